@@ -1,0 +1,77 @@
+"""Names and parsers of the reference dwi_ml HDF5 layout.
+
+Both the writer (``dwi_ml.data.hdf5.creation``) and the readers
+(``dwi_ml.data.dataset``) use these, so the two can never drift apart. See
+``docs/hdf5_layout.md`` for the full description.
+"""
+import ast
+import json
+
+import numpy as np
+
+FORMAT_VERSION = 1
+NOT_DEFINED = "Not defined by user"
+SPLITS = ("training", "validation", "testing")
+SPLIT_ATTRS = {split: f"{split}_subjs" for split in SPLITS}
+VOLUME_TYPE = "volume"
+STREAMLINES_TYPE = "streamlines"
+STREAMLINE_SPACE = "Space.VOX"
+STREAMLINE_ORIGIN = "Origin.TRACKVIS"
+SPACE_ATTRS = ("affine", "dimensions", "voxel_sizes", "voxel_order")
+
+
+def decode_str(value):
+    """Return ``value`` as ``str`` whether h5py gave bytes or str."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return decode_str(value.item())
+    return str(value)
+
+
+def read_subject_list(attrs, split):
+    """Read one split's subject IDs from the root attrs.
+
+    The reference stores an empty list as an empty float64 array, and old
+    files may lack the attr: both give ``[]``.
+    """
+    key = SPLIT_ATTRS[split]
+    if key not in attrs:
+        return []
+    values = np.atleast_1d(attrs[key])
+    if values.size == 0:
+        return []
+    return [decode_str(v) for v in values]
+
+
+def read_optional_number(attrs, key, cast):
+    """Read ``step_size``, ``nb_points`` or ``compress``; None when unset."""
+    if key not in attrs:
+        return None
+    value = attrs[key]
+    if isinstance(value, (bytes, str)) or (
+            isinstance(value, np.ndarray) and value.dtype.kind in "SUO"):
+        text = decode_str(value)
+        if text == NOT_DEFINED or text in ("None", ""):
+            return None
+        return cast(float(text))
+    return cast(value)
+
+
+def write_optional_number(value):
+    """Value to store for an optional number: itself or ``NOT_DEFINED``."""
+    return NOT_DEFINED if value is None else value
+
+
+def parse_groups_config(text):
+    """Parse ``groups_config``, written as JSON or as a Python dict repr."""
+    text = decode_str(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return ast.literal_eval(text)
+
+
+def strip_enum_prefix(value):
+    """'Space.VOX' -> 'VOX', 'Origin.TRACKVIS' -> 'TRACKVIS'."""
+    return decode_str(value).split(".")[-1]

@@ -1,0 +1,49 @@
+"""Write files and folders under a temporary name, then rename them."""
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_output_file(path):
+    """Yield a temporary path next to ``path``; rename it on success.
+
+    An exception (or a kill) inside the block never leaves a partial file at
+    ``path``: the temporary file is removed on error, and the rename is
+    atomic on POSIX file systems.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp",
+                                    dir=folder)
+    os.close(fd)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+@contextlib.contextmanager
+def atomic_output_folder(path):
+    """Yield a temporary folder next to ``path``; swap it in on success.
+
+    The previous folder at ``path`` stays complete until the new one is
+    fully written, so a kill during the write leaves it loadable.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    tmp_path = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    old_path = os.path.join(parent, f".{name}.old")
+    try:
+        yield tmp_path
+        if os.path.exists(path):
+            if os.path.exists(old_path):
+                shutil.rmtree(old_path)
+            os.replace(path, old_path)
+        os.replace(tmp_path, path)
+        if os.path.exists(old_path):
+            shutil.rmtree(old_path)
+    finally:
+        if os.path.exists(tmp_path):
+            shutil.rmtree(tmp_path)

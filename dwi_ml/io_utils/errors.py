@@ -1,0 +1,30 @@
+"""User-facing errors: one clear line, no traceback."""
+import functools
+import os
+import sys
+
+
+class DwiMLUserError(Exception):
+    """A mistake in the user's input (file, key or argument).
+
+    The message must be a single line naming what was wrong, what was
+    expected and what was found. Scripts print it without a traceback and
+    exit with status 2.
+    """
+
+
+def script_entry_point(main_fn):
+    """Wrap a script's ``main(argv=None)`` so user errors exit cleanly.
+
+    A :class:`DwiMLUserError` is printed as ``PROG: error: MESSAGE`` on
+    stderr, followed by exit status 2, the same convention as argparse.
+    """
+    @functools.wraps(main_fn)
+    def wrapper(argv=None):
+        try:
+            return main_fn(argv)
+        except DwiMLUserError as error:
+            prog = os.path.basename(sys.argv[0]) or "dwi_ml"
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper

@@ -1,0 +1,73 @@
+"""Arguments and checks shared by every script."""
+import argparse
+import logging
+import os
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+VERBOSITY_LEVELS = ("DEBUG", "INFO", "WARNING")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def make_parser(description):
+    """Return an ArgumentParser whose help keeps the description's layout."""
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=_HelpFormatter)
+
+
+def add_overwrite_arg(parser):
+    """Add ``-f/--overwrite``."""
+    parser.add_argument("-f", "--overwrite", action="store_true",
+                        help="Overwrite existing outputs.")
+
+
+def add_verbose_arg(parser):
+    """Add ``-v [LEVEL]``: no flag is WARNING, ``-v`` alone is INFO."""
+    parser.add_argument(
+        "-v", dest="verbose", nargs="?", const="INFO", default="WARNING",
+        choices=VERBOSITY_LEVELS,
+        help="Verbosity: -v alone gives INFO; progress bars are hidden "
+             "under WARNING.")
+
+
+def set_verbosity(level):
+    """Configure the root logger for a script at ``level``."""
+    logging.basicConfig(format="%(levelname)s: %(message)s",
+                        level=getattr(logging, level), force=True)
+
+
+def progress_bars_disabled():
+    """True when tqdm bars should stay quiet (WARNING level or no tty).
+
+    Returns None (tqdm's "auto": hide when not a terminal) when the logging
+    level allows INFO messages.
+    """
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        return True
+    return None
+
+
+def check_inputs_exist(*paths, what="input"):
+    """Raise a clear error for the first path that does not exist."""
+    for path in paths:
+        if path is not None and not os.path.exists(path):
+            raise DwiMLUserError(f"{what} '{path}' does not exist.")
+
+
+def check_output_free(path, overwrite):
+    """Refuse an existing output unless ``overwrite`` is set.
+
+    Also checks that the output's parent folder exists.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise DwiMLUserError(
+            f"output folder '{parent}' for '{path}' does not exist.")
+    if os.path.exists(path) and not overwrite:
+        raise DwiMLUserError(
+            f"output '{path}' already exists; use -f/--overwrite to "
+            "replace it.")

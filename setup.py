@@ -1,0 +1,42 @@
+"""Install dwi_ml and one console command per script of scripts_python/."""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _console_scripts():
+    # Each scripts_python/NAME.py is a thin wrapper of dwi_ml.cli.NAME:main;
+    # the installed command keeps the .py name that users know.
+    names = sorted(os.path.splitext(os.path.basename(path))[0] for path in
+                   glob.glob(os.path.join(HERE, "scripts_python", "*.py")))
+    return [f"{name}.py = dwi_ml.cli.{name}:main" for name in names]
+
+
+setup(
+    name="dwi_ml",
+    version="0.1.0",
+    description="Train PyTorch models on diffusion-MRI tractography.",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["dwi_ml", "dwi_ml.*"]),
+    install_requires=[
+        "torch>=2.2",
+        "numpy>=1.23",
+        "h5py>=3.7",
+        "nibabel>=5.0",
+        "dipy>=1.9",
+        "trx-python>=0.3",
+        "tqdm>=4.60",
+        "comet_ml>=3.35",
+        "matplotlib>=3.6",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff"],
+        "docs": ["sphinx>=7"],
+    },
+    entry_points={"console_scripts": _console_scripts()},
+)
