@@ -1,0 +1,229 @@
+"""Pure planning of an epoch's batches from per-subject streamline costs.
+
+These functions know nothing of HDF5 or torch: they take one array of costs
+per subject (1 per streamline when the batch size counts streamlines, the
+length in mm when it counts millimetres), a budget per batch in the same
+unit and a numpy ``Generator``, and return the epoch's list of batches.
+
+A batch is a list of ``(subject_index, streamline_ids)`` with one entry per
+subject present, ``streamline_ids`` an int64 array sorted increasingly (the
+order h5py needs for fancy indexing, and the order in which the lazy data
+are read fastest). Every plan uses each streamline exactly once, never
+yields an empty batch, and keeps each batch's total cost within the budget,
+except for a streamline that alone costs more than the budget: it gets a
+batch of its own.
+"""
+import numpy as np
+
+CONTEXTS = ("training", "validation")
+
+
+def make_generator(seed, context, epoch):
+    """Return the numpy Generator of one (seed, context, epoch) draw.
+
+    Streams of different contexts or epochs are independent, and none of
+    them touches numpy's or torch's global random state.
+    """
+    return np.random.default_rng([seed, CONTEXTS.index(context), epoch])
+
+
+def cut_by_budget(costs, budget):
+    """Cut a sequence into consecutive chunks whose costs fit the budget.
+
+    Greedy: each chunk takes as many of the next items as fit. An item that
+    alone exceeds the budget forms its own chunk.
+
+    Parameters
+    ----------
+    costs : np.ndarray, shape (N,)
+        Non-negative cost of each item, in the order in which they are cut.
+    budget : float
+        Maximal total cost of a chunk (same unit as ``costs``).
+
+    Returns
+    -------
+    np.ndarray, shape (nb_chunks + 1,), int64
+        Chunk boundaries: chunk i is ``costs[bounds[i]:bounds[i + 1]]``.
+    """
+    cumulative = np.concatenate(([0.], np.cumsum(costs, dtype=np.float64)))
+    nb_items = len(costs)
+    bounds = [0]
+    start = 0
+    # One searchsorted per chunk, never a loop per item.
+    while start < nb_items:
+        end = int(np.searchsorted(cumulative, cumulative[start] + budget,
+                                  side="right")) - 1
+        start = max(end, start + 1)
+        bounds.append(start)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def group_by_subject(global_ids, bounds, subject_starts):
+    """Split batches of global streamline indices into per-subject entries.
+
+    Parameters
+    ----------
+    global_ids : np.ndarray, shape (n,), int64
+        Indices into the concatenation of all subjects' streamlines.
+    bounds : np.ndarray, shape (nb_batches + 1,), int64
+        Batch i is ``global_ids[bounds[i]:bounds[i + 1]]``.
+    subject_starts : np.ndarray, shape (nb_subjects + 1,), int64
+        Global index of each subject's first streamline, then the total.
+
+    Returns
+    -------
+    list of list of (int, np.ndarray)
+        Per batch, ``(subject_index, local streamline ids sorted
+        increasingly)`` for each subject present.
+    """
+    batch_of_item = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    # Sorting by (batch, global id) groups each batch by subject as well.
+    sorted_ids = global_ids[np.lexsort((global_ids, batch_of_item))]
+    subjects = np.searchsorted(subject_starts, sorted_ids, side="right") - 1
+    local_ids = sorted_ids - subject_starts[subjects]
+    segment_starts = np.flatnonzero(np.concatenate((
+        [True], (np.diff(batch_of_item) != 0) | (np.diff(subjects) != 0))))
+    batches = [[] for _ in range(len(bounds) - 1)]
+    for batch, subject, ids in zip(batch_of_item[segment_starts].tolist(),
+                                   subjects[segment_starts].tolist(),
+                                   np.split(local_ids, segment_starts[1:])):
+        batches[batch].append((subject, ids))
+    return batches
+
+
+def plan_mixed_batches(costs_per_subject, budget, rng):
+    """Plan an epoch where every batch mixes streamlines of all subjects.
+
+    One permutation of all streamlines of all subjects, cut by the
+    cumulative sum of their costs.
+
+    Parameters
+    ----------
+    costs_per_subject : list of np.ndarray, each (N_s,)
+        Cost of each streamline of each subject (1 or length in mm).
+    budget : float
+        Maximal total cost of a batch.
+    rng : np.random.Generator
+        The epoch's random stream.
+
+    Returns
+    -------
+    list of list of (int, np.ndarray)
+        The epoch's batches.
+    """
+    counts = [len(costs) for costs in costs_per_subject]
+    subject_starts = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    if subject_starts[-1] == 0:
+        return []
+    all_costs = np.concatenate(costs_per_subject).astype(np.float64)
+    order = rng.permutation(len(all_costs))
+    return group_by_subject(order, cut_by_budget(all_costs[order], budget),
+                            subject_starts)
+
+
+def plan_subject_batches(costs_per_subject, budget, nb_subjects_per_batch,
+                         cycles, rng):
+    """Plan an epoch where each batch holds few subjects, kept for cycles.
+
+    Each subject's streamlines are shuffled once and consumed in that order.
+    ``nb_subjects_per_batch`` subjects are drawn without replacement,
+    weighted by their number of remaining streamlines (subjects with none
+    left have weight 0, so are never drawn; fewer are drawn when fewer
+    remain), and kept for ``cycles`` batches. The budget of a batch is
+    shared between its subjects in their drawn order: each takes what fits
+    in an equal share of what is left (at least its next streamline when
+    that fits in what is left), so a subject that takes less leaves the
+    rest to the next ones. A streamline over the whole budget gets a batch
+    of its own when its subject comes first. A subject that runs out is
+    skipped;
+    when all drawn subjects ran out, subjects are drawn again at once. The
+    epoch ends when every streamline was used once.
+
+    Parameters
+    ----------
+    costs_per_subject : list of np.ndarray, each (N_s,)
+        Cost of each streamline of each subject (1 or length in mm).
+    budget : float
+        Maximal total cost of a batch.
+    nb_subjects_per_batch : int
+        Number of subjects drawn for a batch (at least 1).
+    cycles : int
+        Number of consecutive batches that keep the same subjects.
+    rng : np.random.Generator
+        The epoch's random stream.
+
+    Returns
+    -------
+    list of list of (int, np.ndarray)
+        The epoch's batches.
+    """
+    orders = [rng.permutation(len(costs)) for costs in costs_per_subject]
+    cumulatives = [np.concatenate(([0.], np.cumsum(
+        np.asarray(costs, dtype=np.float64)[order])))
+        for costs, order in zip(costs_per_subject, orders)]
+    counts = np.array([len(order) for order in orders], dtype=np.int64)
+    positions = np.zeros(len(orders), dtype=np.int64)
+    batches = []
+    chosen, nb_batches_with_chosen = [], cycles
+    while positions.sum() < counts.sum():
+        remaining = counts - positions
+        if nb_batches_with_chosen == cycles or not remaining[chosen].any():
+            chosen = _draw_subjects(remaining, nb_subjects_per_batch, rng)
+            nb_batches_with_chosen = 0
+        taken = _fill_batch(chosen, cumulatives, positions, counts, budget)
+        batches.append([(int(subject), np.sort(orders[subject][start:end]))
+                        for subject, start, end in taken])
+        nb_batches_with_chosen += 1
+    return batches
+
+
+def _draw_subjects(remaining, nb_subjects_per_batch, rng):
+    """Draw subjects without replacement, weighted by remaining streamlines."""
+    nb_drawn = min(nb_subjects_per_batch, int(np.count_nonzero(remaining)))
+    weights = remaining / remaining.sum()
+    return rng.choice(len(remaining), size=nb_drawn, replace=False,
+                      p=weights)
+
+
+def _fill_batch(chosen, cumulatives, positions, counts, budget):
+    """Take the next streamlines of the chosen subjects for one batch.
+
+    Advances ``positions`` in place and returns ``(subject, start, end)``
+    ranges into each subject's shuffled order, never an empty batch.
+    """
+    active = [subject for subject in chosen
+              if positions[subject] < counts[subject]]
+    left = budget
+    taken = []
+    for rank, subject in enumerate(active):
+        cumulative, start = cumulatives[subject], positions[subject]
+        next_cost = cumulative[start + 1] - cumulative[start]
+        if next_cost > budget and not taken:
+            positions[subject] += 1
+            return [(subject, start, start + 1)]
+        share = left / (len(active) - rank)
+        end = int(np.searchsorted(cumulative, cumulative[start] + share,
+                                  side="right")) - 1
+        if end == start and next_cost <= left:
+            # Longer than an equal share but it fits: taking it keeps this
+            # subject's queue moving instead of leaving it to the others.
+            end = start + 1
+        if end > start:
+            taken.append((subject, start, end))
+            left -= cumulative[end] - cumulative[start]
+            positions[subject] = end
+    return taken
+
+
+def shard_plan(plan, rank, world_size):
+    """Return this rank's batches and the number dropped for equal counts.
+
+    Each rank gets ``plan[rank::world_size]`` of the shared global plan,
+    truncated so that every rank gets ``len(plan) // world_size`` batches:
+    the last ``len(plan) % world_size`` batches of the global plan are
+    dropped (never repeated, so no streamline is used twice in an epoch,
+    and no rank waits for a batch the others do not have).
+    """
+    nb_per_rank = len(plan) // world_size
+    nb_dropped = len(plan) - nb_per_rank * world_size
+    return plan[rank:nb_per_rank * world_size:world_size], nb_dropped

@@ -1,0 +1,295 @@
+"""BatchSampler: a torch batch sampler yielding streamline IDs per subject.
+
+It plays the part of torch's ``batch_sampler``: each item it yields is one
+batch, ``[(subject_index, streamline_ids), ...]``, that the collate step
+(``BatchLoaderOneInput``) turns into data. The planning itself lives in
+``batch_planning.py``.
+"""
+import logging
+import numbers
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from dwi_ml.batching.batch_planning import (
+    CONTEXTS,
+    make_generator,
+    plan_mixed_batches,
+    plan_subject_batches,
+    shard_plan,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE_UNITS = ("nb_streamlines", "length_mm")
+DEFAULT_SEED = 1234
+
+
+class BatchSampler(Sampler):
+    """Yield batches of streamline IDs of one streamline group.
+
+    An epoch's batches are planned from ``(seed, context, epoch)`` alone,
+    with a numpy Generator of their own, and cached: ``len()`` is exact,
+    two samplers with the same seed yield the same batches, and a resumed
+    run yields what the uninterrupted run would have. Validation batches
+    do not depend on the epoch.
+
+    In the default case (``nb_subjects_per_batch=None``) every batch mixes
+    all subjects and every streamline is used exactly once per epoch. With
+    ``nb_subjects_per_batch``, see
+    :func:`dwi_ml.batching.batch_planning.plan_subject_batches`. The last
+    partial batch is kept.
+
+    With several processes (``world_size > 1``) each rank yields
+    ``plan[rank::world_size]`` of the same global plan. To give every rank
+    the same number of batches, the last ``len(plan) % world_size`` batches
+    are dropped (and logged), never repeated: no streamline is used twice.
+
+    Parameters
+    ----------
+    dataset : MultiSubjectDataset
+        A dataset whose data are loaded. Only the streamline lengths of the
+        training and validation sets are read, once, here. It stays
+        available as ``self.dataset`` but is not pickled (a copy holds
+        None), so that the sampler pickles cheaply.
+    streamline_group : str
+        Name of the streamline group to sample.
+    batch_size_training, batch_size_validation : int or float
+        Budget of one batch, in ``batch_size_units``.
+    batch_size_units : str
+        "nb_streamlines" (an integer number of streamlines per batch) or
+        "length_mm" (total length, in mm, of the streamlines of a batch; a
+        single streamline longer than that gets a batch of its own).
+    nb_subjects_per_batch : int or None
+        Number of subjects drawn for a batch; None mixes all subjects. A
+        validation set with fewer subjects uses all of them.
+    cycles : int or None
+        Number of consecutive batches keeping the same drawn subjects
+        (default 1). Only with ``nb_subjects_per_batch``.
+    seed : int
+        Non-negative seed of every draw.
+    rank, world_size : int
+        This process's rank among ``world_size`` distributed processes.
+    """
+
+    def __init__(self, dataset, streamline_group, batch_size_training,
+                 batch_size_validation, batch_size_units,
+                 nb_subjects_per_batch=None, cycles=None, seed=DEFAULT_SEED,
+                 rank=0, world_size=1):
+        super().__init__()
+        group_idx = _check_group(dataset, streamline_group)
+        _check_choice("batch_size_units", batch_size_units, BATCH_SIZE_UNITS)
+        in_streamlines = batch_size_units == "nb_streamlines"
+        budgets = {
+            "training": _check_batch_size(
+                "batch_size_training", batch_size_training, in_streamlines),
+            "validation": _check_batch_size(
+                "batch_size_validation", batch_size_validation,
+                in_streamlines)}
+        subsets = {"training": dataset.training_set,
+                   "validation": dataset.validation_set}
+        _check_subjects_options(nb_subjects_per_batch, cycles,
+                                subsets["training"].nb_subjects)
+        _check_int("seed", seed, minimum=0)
+        _check_int("world_size", world_size, minimum=1)
+        if not (isinstance(rank, numbers.Integral) and 0 <= rank < world_size):
+            raise DwiMLUserError(
+                f"BatchSampler argument rank: expected an integer in "
+                f"[0, {world_size}) for world_size={world_size}, got {rank!r}.")
+
+        self.dataset = dataset
+        self.streamline_group = streamline_group
+        self.batch_size_units = batch_size_units
+        self.budgets = budgets
+        self.nb_subjects_per_batch = nb_subjects_per_batch
+        self.cycles = 1 if cycles is None else int(cycles)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.costs = {context: [_streamline_costs(subset, subj, group_idx,
+                                                  in_streamlines)
+                                for subj in range(subset.nb_subjects)]
+                      for context, subset in subsets.items()}
+        self.context = "training"
+        self.epoch = 0
+        self._nb_yielded = {context: 0 for context in CONTEXTS}
+        self._cached_plan = None
+
+    def set_context(self, context):
+        """Sample the "training" or the "validation" set from now on."""
+        _check_choice("context", context, CONTEXTS)
+        self.context = context
+
+    def set_epoch(self, epoch):
+        """Select the epoch's draw of training batches.
+
+        Changing the epoch restarts both contexts from their first batch;
+        setting the current epoch again keeps the position (a resumed run
+        calls ``set_epoch`` with the epoch it was interrupted in).
+        """
+        _check_int("epoch", epoch, minimum=0)
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self._nb_yielded = {context: 0 for context in CONTEXTS}
+
+    @property
+    def nb_batches_yielded(self):
+        """Batches of the current context and epoch already yielded.
+
+        The next iteration starts with batch number ``nb_batches_yielded``
+        of this rank's plan (0 at the start of an epoch).
+        """
+        return self._nb_yielded[self.context]
+
+    def __len__(self):
+        """Number of batches of the current context and epoch, this rank."""
+        return len(self._rank_plan())
+
+    def __iter__(self):
+        """Yield the remaining batches of the current context and epoch.
+
+        Iteration starts after the batches already yielded (so it resumes
+        where a loaded state stopped) and, once every batch was yielded,
+        the next iteration starts the epoch over.
+        """
+        context = self.context
+        plan = self._rank_plan()
+        for index in range(self._nb_yielded[context], len(plan)):
+            # Counted before the yield: a state saved while the consumer
+            # holds batch ``index`` resumes with the following batch.
+            self._nb_yielded[context] = index + 1
+            yield plan[index]
+        self._nb_yielded[context] = 0
+
+    def state_dict(self):
+        """Return the position in the draws, as plain ints.
+
+        ``nb_batches_yielded`` counts the batches this iterator handed out
+        per context. A DataLoader with workers prefetches batches, so that
+        count runs ahead of the batches a trainer finished; such a trainer
+        should store its own count there.
+        """
+        return {"seed": self.seed, "epoch": self.epoch,
+                "world_size": self.world_size,
+                "nb_batches_yielded": [self._nb_yielded[context]
+                                       for context in CONTEXTS]}
+
+    def load_state_dict(self, state):
+        """Restore a position saved by :meth:`state_dict`.
+
+        The next iteration yields exactly what the saved sampler would have
+        yielded next.
+        """
+        if state["world_size"] != self.world_size:
+            raise DwiMLUserError(
+                f"BatchSampler state: saved with world_size="
+                f"{state['world_size']}, cannot resume with world_size="
+                f"{self.world_size}.")
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self._nb_yielded = dict(zip(CONTEXTS, (
+            int(count) for count in state["nb_batches_yielded"])))
+        self._cached_plan = None
+
+    def __getstate__(self):
+        # The plan is rebuilt on demand and the lengths are all a copy
+        # needs: the dataset may hold all volumes, or an h5py handle.
+        state = self.__dict__.copy()
+        state["_cached_plan"] = None
+        state["dataset"] = None
+        return state
+
+    def _rank_plan(self):
+        """Return this rank's batches of the current context and epoch."""
+        epoch = self.epoch if self.context == "training" else 0
+        key = (self.seed, self.context, epoch)
+        if self._cached_plan is None or self._cached_plan[0] != key:
+            plan = self._plan_epoch(make_generator(*key))
+            rank_plan, nb_dropped = shard_plan(plan, self.rank,
+                                               self.world_size)
+            if nb_dropped:
+                logger.info(
+                    "%s epoch %d: dropped the last %d of %d batches so that "
+                    "each of the %d ranks gets %d.", self.context, epoch,
+                    nb_dropped, len(plan), self.world_size, len(rank_plan))
+            self._cached_plan = (key, rank_plan)
+        return self._cached_plan[1]
+
+    def _plan_epoch(self, rng):
+        """Plan the global batches of the current context."""
+        costs = self.costs[self.context]
+        budget = self.budgets[self.context]
+        if self.nb_subjects_per_batch is None:
+            return plan_mixed_batches(costs, budget, rng)
+        return plan_subject_batches(costs, budget, self.nb_subjects_per_batch,
+                                    self.cycles, rng)
+
+
+def _streamline_costs(subset, subj_idx, group_idx, in_streamlines):
+    """Cost of each streamline of one subject: 1, or its length in mm."""
+    if in_streamlines:
+        nb_streamlines = len(subset.get_lengths(subj_idx, group_idx))
+        return np.ones(nb_streamlines, dtype=np.float64)
+    return np.asarray(subset.get_lengths_mm(subj_idx, group_idx),
+                      dtype=np.float64)
+
+
+def _check_group(dataset, streamline_group):
+    """Return the index of the streamline group, or raise a user error."""
+    groups = list(dataset.streamline_groups)
+    if streamline_group not in groups:
+        raise DwiMLUserError(
+            f"BatchSampler argument streamline_group: expected one of the "
+            f"dataset's streamline groups {groups}, got {streamline_group!r}.")
+    return groups.index(streamline_group)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise DwiMLUserError(
+            f"BatchSampler argument {name}: expected one of {list(choices)}, "
+            f"got {value!r}.")
+
+
+def _check_int(name, value, minimum):
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            or value < minimum):
+        raise DwiMLUserError(
+            f"BatchSampler argument {name}: expected an integer >= {minimum}, "
+            f"got {value!r}.")
+
+
+def _check_batch_size(name, value, in_streamlines):
+    """Return the batch size as a float budget, or raise a user error.
+
+    A whole float (e.g. 100.0 from a float command-line option) is a valid
+    number of streamlines.
+    """
+    valid = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+             and np.isfinite(value) and value > 0
+             and (not in_streamlines or float(value).is_integer()))
+    if not valid:
+        expected = ("a positive whole number of streamlines" if in_streamlines
+                    else "a positive length in mm")
+        raise DwiMLUserError(
+            f"BatchSampler argument {name}: expected {expected}, "
+            f"got {value!r}.")
+    return float(value)
+
+
+def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):
+    if nb_subjects_per_batch is None:
+        if cycles is not None:
+            raise DwiMLUserError(
+                f"BatchSampler argument cycles: only meaningful with "
+                f"nb_subjects_per_batch, which is None; got cycles={cycles!r}.")
+        return
+    if (not isinstance(nb_subjects_per_batch, numbers.Integral)
+            or not 1 <= nb_subjects_per_batch <= nb_subjects):
+        raise DwiMLUserError(
+            f"BatchSampler argument nb_subjects_per_batch: expected an integer "
+            f"in [1, {nb_subjects}] (the training subjects), got "
+            f"{nb_subjects_per_batch!r}.")
+    if cycles is not None:
+        _check_int("cycles", cycles, minimum=1)

@@ -1,0 +1,68 @@
+"""Write a small synthetic dataset ready for dwiml_create_hdf5_dataset.py."""
+from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    make_parser,
+    set_verbosity,
+)
+
+DESCRIPTION = """\
+Write a synthetic diffusion MRI dataset that a tracking model can really
+learn from. Each subject (subj-01, subj-02, ...) gets, in
+OUT_FOLDER/dwi_ml_ready/SUBJECT/, a few bundles of smooth curved streamlines
+(bundles/bundle_XX.trk: arcs and S-curves with different orientations that
+cross each other), a DWI volume dwi.nii.gz (one b=0 volume then the
+diffusion-weighted ones, simulated with one tensor per bundle along the local
+streamline direction, plus dwi.bval and dwi.bvec) and a white-matter mask
+wm_mask.nii.gz (voxels crossed by streamlines, dilated by one voxel). All
+files of a subject share one anisotropic voxel grid; subjects differ by a
+random jitter of the geometry. OUT_FOLDER also gets config.json, the HDF5
+creation config for these files, and training_subjs.txt,
+validation_subjs.txt and testing_subjs.txt: with 3 subjects or more, the last
+two are for validation and testing; with 2, the second is for validation;
+with 1, it is for training. The same seed gives byte-identical files."""
+
+
+def _build_parser():
+    parser = make_parser(DESCRIPTION)
+    parser.add_argument("out_folder",
+                        help="Output folder; it must not exist unless -f.")
+
+    data = parser.add_argument_group("Dataset size")
+    data.add_argument("--nb_subjects", type=int, default=3, metavar="N",
+                      help="Number of subjects.")
+    data.add_argument("--nb_streamlines", type=int, default=300, metavar="K",
+                      help="Streamlines per subject, over all bundles.")
+    data.add_argument("--nb_bundles", type=int, default=3, metavar="B",
+                      help="Bundles per subject.")
+
+    grid = parser.add_argument_group("Images")
+    grid.add_argument("--shape", type=int, nargs=3, default=(24, 24, 16),
+                      metavar=("X", "Y", "Z"), help="Volume size, in voxels.")
+    grid.add_argument("--voxel_size", type=float, nargs=3,
+                      default=(2.0, 2.5, 3.0), metavar=("MM", "MM", "MM"),
+                      help="Voxel size, in mm.")
+    grid.add_argument("--nb_directions", type=int, default=44, metavar="D",
+                      help="Diffusion-weighted volumes (b=1000 s/mm^2) after "
+                           "the b=0 volume.")
+
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Random seed; the same seed gives the same "
+                             "files.")
+    add_overwrite_arg(parser)
+    add_verbose_arg(parser)
+    return parser
+
+
+@script_entry_point
+def main(argv=None):
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    make_synthetic_dataset(
+        args.out_folder, nb_subjects=args.nb_subjects,
+        nb_streamlines=args.nb_streamlines, shape=args.shape,
+        voxel_size=args.voxel_size, nb_bundles=args.nb_bundles,
+        nb_directions=args.nb_directions, seed=args.seed,
+        overwrite=args.overwrite)

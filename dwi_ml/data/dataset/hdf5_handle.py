@@ -1,0 +1,112 @@
+"""One read-only h5py handle per process, safe across fork and spawn.
+
+HDF5 handles must not be shared between processes: a ``DataLoader`` worker
+forked from the main process would otherwise read through the parent's
+handle. :class:`Hdf5Handle` opens the file on first use and again whenever
+the process id changes, and drops the open file when pickled (spawn).
+"""
+import os
+
+import h5py
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+# Per open dataset, for chunks read through h5py (compressed streamlines);
+# unfiltered streamline data is read with os.pread and bypasses it.
+CHUNK_CACHE_BYTES = 16 * 1024 ** 2
+# A prime about 100x the number of small chunks that fit, as HDF5 advises.
+CHUNK_CACHE_SLOTS = 100_003
+
+
+def check_hdf5_file(path):
+    """Raise :class:`DwiMLUserError` unless ``path`` is an existing HDF5 file."""
+    if not os.path.isfile(path):
+        raise DwiMLUserError(f"HDF5 file {path}: not found.")
+    if not h5py.is_hdf5(path):
+        raise DwiMLUserError(
+            f"HDF5 file {path}: expected an HDF5 file, found a file that is "
+            "not HDF5.")
+
+
+class Hdf5Handle:
+    """Lazily opened, per-process, read-only access to one HDF5 file.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file.
+
+    Notes
+    -----
+    Besides the h5py file, the handle keeps a raw file descriptor, used to
+    read unfiltered datasets with ``os.pread`` (see ``row_ranges.py``), and
+    the h5py dataset objects and chunk addresses already looked up, so that
+    a batch does not pay the lookup again. All are per process.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._pid = None
+        self._file = None
+        self._fd = None
+        self._datasets = {}
+        self._memo = {}
+
+    def _ensure_open(self):
+        if self._pid == os.getpid() and self._file is not None:
+            return
+        if self._pid != os.getpid():
+            # Inherited from the parent through fork: never read through it.
+            # Closing our copy of the descriptor leaves the parent's intact.
+            if self._fd is not None:
+                os.close(self._fd)
+            self._file, self._fd = None, None
+        self._datasets, self._memo = {}, {}
+        self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES,
+                               rdcc_nslots=CHUNK_CACHE_SLOTS)
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._pid = os.getpid()
+
+    @property
+    def file(self):
+        """The ``h5py.File`` of this process, opened on first use."""
+        self._ensure_open()
+        return self._file
+
+    @property
+    def fd(self):
+        """A raw read-only file descriptor of this process (for pread)."""
+        self._ensure_open()
+        return self._fd
+
+    def dataset(self, key):
+        """The h5py dataset at ``key`` (e.g. 'subj1/streamlines/data')."""
+        self._ensure_open()
+        dataset = self._datasets.get(key)
+        if dataset is None:
+            dataset = self._file[key]
+            self._datasets[key] = dataset
+        return dataset
+
+    def memoize(self, key, compute):
+        """``compute()``, computed once per process and file opening."""
+        self._ensure_open()
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def close(self):
+        """Close this process's file; a later access reopens it."""
+        if self._pid == os.getpid():
+            if self._file is not None:
+                self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
+        self._pid, self._file, self._fd = None, None, None
+        self._datasets, self._memo = {}, {}
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])

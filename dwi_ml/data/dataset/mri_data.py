@@ -1,0 +1,117 @@
+"""One subject's input volume, in RAM (eager) or read on demand (lazy)."""
+import numpy as np
+import torch
+
+
+def normalize_device(device):
+    """``torch.device`` with an explicit CUDA index, for use as a cache key."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class MRIData:
+    """A volume held in RAM, with one tensor copy per device.
+
+    Parameters
+    ----------
+    data : np.ndarray, shape (X, Y, Z, F)
+        The volume, features last. Kept as float32.
+    affine : np.ndarray, shape (4, 4)
+        Voxel to RAS mm transform, as in NIfTI (see notes).
+    voxres : np.ndarray, shape (3,)
+        Voxel sizes in mm.
+
+    Notes
+    -----
+    ``affine`` is the NIfTI affine: it maps voxel centres (integer indices)
+    to RAS mm. Streamlines are stored with a corner origin, so a point p in
+    VOX corner space lies at ``affine @ (p - 0.5)``.
+    """
+
+    def __init__(self, data, affine, voxres):
+        self.data = np.asarray(data, dtype=np.float32)
+        self.affine = affine
+        self.voxres = voxres
+        self._tensors = {}
+
+    @property
+    def shape(self):
+        """(X, Y, Z, F)."""
+        return self.data.shape
+
+    @property
+    def nb_features(self):
+        """F, the number of features per voxel."""
+        return self.shape[-1]
+
+    def as_tensor(self, device="cpu"):
+        """The volume as a (X, Y, Z, F) float32 tensor on ``device``.
+
+        The copy on each device is made once and kept. On the CPU it shares
+        memory with :attr:`data`: do not modify it in place.
+        """
+        device = normalize_device(device)
+        tensor = self._tensors.get(device)
+        if tensor is None:
+            tensor = torch.from_numpy(self.data).to(device)
+            self._tensors[device] = tensor
+        return tensor
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_tensors"] = {}
+        return state
+
+
+class LazyMRIData:
+    """A volume read from the HDF5 file when needed, kept in an LRU cache.
+
+    Parameters
+    ----------
+    handle : Hdf5Handle
+        The per-process file handle.
+    key : str
+        Path of the volume's ``data`` dataset in the file.
+    shape : tuple
+        (X, Y, Z, F); a 3-D dataset is read as F=1.
+    affine, voxres : np.ndarray
+        As in :class:`MRIData`.
+    cache : LRUCache
+        Shared by all lazy volumes of a dataset, keyed by (key, device).
+    """
+
+    def __init__(self, handle, key, shape, affine, voxres, cache):
+        self._handle = handle
+        self._key = key
+        self.shape = tuple(shape)
+        self.affine = affine
+        self.voxres = voxres
+        self._cache = cache
+
+    @property
+    def nb_features(self):
+        """F, the number of features per voxel."""
+        return self.shape[-1]
+
+    @property
+    def data(self):
+        """The volume read from disk as a (X, Y, Z, F) float32 array."""
+        dataset = self._handle.dataset(self._key)
+        return np.asarray(dataset[()], dtype=np.float32).reshape(self.shape)
+
+    def as_tensor(self, device="cpu"):
+        """The volume as a (X, Y, Z, F) float32 tensor on ``device``.
+
+        Served from the dataset's LRU cache when there; otherwise read from
+        the file and cached. Do not modify it in place.
+        """
+        device = normalize_device(device)
+        cache_key = (self._key, device)
+        tensor = self._cache.get(cache_key)
+        if tensor is None:
+            tensor = torch.from_numpy(self.data).to(device)
+            self._cache.put(cache_key, tensor,
+                            tensor.element_size() * tensor.nelement())
+        return tensor

@@ -1,0 +1,206 @@
+"""All subjects of a dwi_ml HDF5 file, split into training/validation/testing."""
+from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle, check_hdf5_file
+from dwi_ml.data.dataset.lru_cache import LRUCache
+from dwi_ml.data.dataset.subjects import load_subject, read_group_signatures
+from dwi_ml.data.dataset.subsets import MultiSubjectSubset
+from dwi_ml.data.hdf5.layout import (
+    SPLIT_ATTRS,
+    SPLITS,
+    STREAMLINES_TYPE,
+    VOLUME_TYPE,
+    parse_groups_config,
+    read_optional_number,
+    read_subject_list,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+# Lazy mode keeps at most this many bytes of volumes per process (and so per
+# DataLoader worker). No bound on their number unless cache_size is given.
+DEFAULT_CACHE_SIZE_BYTES = 1024 ** 3
+
+
+def _names(names):
+    return ", ".join(names) if names else "none"
+
+
+class MultiSubjectDataset:
+    """The subjects of an HDF5 file in the dwi_ml layout, eager or lazy.
+
+    Parameters
+    ----------
+    hdf5_file : str
+        A file in the reference dwi_ml layout.
+    lazy : bool
+        False reads every volume and streamline into RAM at
+        :meth:`load_data`. True reads only metadata and per-streamline
+        lengths then; volumes and points are read when asked for, through
+        one h5py handle per process (safe in ``DataLoader`` workers).
+    cache_size : int or None
+        Lazy mode: keep at most this many volumes (per device) in the LRU
+        cache; 0 disables the cache. Default None: no bound on the number.
+    cache_size_bytes : int or None
+        Lazy mode: keep at most this many bytes of volumes. Default 1 GiB
+        (``DEFAULT_CACHE_SIZE_BYTES``), per process; None for no bound.
+
+    Attributes
+    ----------
+    volume_groups, streamline_groups : list of str
+    nb_features : list of int
+        Aligned with ``volume_groups``.
+    step_size, nb_points, compress : float, int, float or None
+        The creation options; None when 'Not defined by user'.
+    groups_config : dict or None
+        The creation config stored in the file.
+    training_set, validation_set, testing_set : MultiSubjectSubset
+    """
+
+    def __init__(self, hdf5_file, lazy=False, cache_size=None,
+                 cache_size_bytes=DEFAULT_CACHE_SIZE_BYTES):
+        self.hdf5_file = str(hdf5_file)
+        self.lazy = lazy
+        self.volume_cache = LRUCache(cache_size, cache_size_bytes)
+        self._handle = None
+        self.volume_groups = []
+        self.nb_features = []
+        self.streamline_groups = []
+        self.step_size = None
+        self.nb_points = None
+        self.compress = None
+        self.groups_config = None
+        self.training_set = MultiSubjectSubset("training")
+        self.validation_set = MultiSubjectSubset("validation")
+        self.testing_set = MultiSubjectSubset("testing")
+
+    def load_data(self, load_training=True, load_validation=True,
+                  load_testing=True, subj_id=None, volume_groups=None,
+                  streamline_groups=None):
+        """Read the file's subjects (all data if eager, metadata if lazy).
+
+        Parameters
+        ----------
+        load_training, load_validation, load_testing : bool
+            Which splits to load; the others stay empty.
+        subj_id : str or list of str, optional
+            Load only these subjects (in whichever loaded split they are).
+        volume_groups, streamline_groups : list of str, optional
+            Load only these groups, in this order. Default: all, in
+            alphabetical order.
+        """
+        check_hdf5_file(self.hdf5_file)
+        self.close()
+        self.volume_cache.clear()
+        handle = Hdf5Handle(self.hdf5_file)
+        try:
+            self._load(handle, {"training": load_training,
+                                "validation": load_validation,
+                                "testing": load_testing},
+                       subj_id, volume_groups, streamline_groups)
+        finally:
+            if not self.lazy:
+                handle.close()
+        if self.lazy:
+            self._handle = handle
+
+    def close(self):
+        """Close the lazy file handle of this process, if any."""
+        if self._handle is not None:
+            self._handle.close()
+
+    def _load(self, handle, wanted_splits, subj_id, volume_groups,
+              streamline_groups):
+        attrs = handle.file.attrs
+        if not any(key in attrs for key in SPLIT_ATTRS.values()):
+            raise DwiMLUserError(
+                f"HDF5 file {self.hdf5_file}: expected the dwi_ml layout "
+                f"with root attrs {list(SPLIT_ATTRS.values())}, found attrs "
+                f"[{_names(sorted(attrs.keys()))}].")
+        all_splits = {split: sorted(read_subject_list(attrs, split))
+                      for split in SPLITS}
+        splits = {split: subjects if wanted_splits[split] else []
+                  for split, subjects in all_splits.items()}
+        if subj_id is not None:
+            splits = self._keep_subjects(splits, subj_id)
+        loaded_ids = list(dict.fromkeys(
+            subject for subjects in splits.values() for subject in subjects))
+        reference_id = (loaded_ids or [s for subjects in all_splits.values()
+                                       for s in subjects] or [None])[0]
+        reference = ({} if reference_id is None
+                     else read_group_signatures(handle, reference_id))
+        self.volume_groups = self._choose_groups(
+            reference, reference_id, VOLUME_TYPE, volume_groups)
+        self.streamline_groups = self._choose_groups(
+            reference, reference_id, STREAMLINES_TYPE, streamline_groups)
+        self.nb_features = [reference[name][1] for name in self.volume_groups]
+        for subject in loaded_ids:
+            self._check_same_groups(
+                read_group_signatures(handle, subject), subject, reference,
+                reference_id, volume_groups is None,
+                streamline_groups is None)
+        self.step_size = read_optional_number(attrs, "step_size", float)
+        self.nb_points = read_optional_number(attrs, "nb_points", int)
+        self.compress = read_optional_number(attrs, "compress", float)
+        self.groups_config = (parse_groups_config(attrs["groups_config"])
+                              if "groups_config" in attrs else None)
+        subjects_data = {
+            subject: load_subject(handle, subject, self.volume_groups,
+                                  self.streamline_groups, self.lazy,
+                                  self.volume_cache)
+            for subject in loaded_ids}
+        for split in SPLITS:
+            setattr(self, f"{split}_set", MultiSubjectSubset(
+                split, [subjects_data[s] for s in splits[split]]))
+
+    def _keep_subjects(self, splits, subj_id):
+        wanted = [subj_id] if isinstance(subj_id, str) else list(subj_id)
+        available = sorted({s for subjects in splits.values()
+                            for s in subjects})
+        unknown = [s for s in wanted if s not in available]
+        if unknown:
+            loaded = [split for split, subjects in splits.items() if subjects]
+            raise DwiMLUserError(
+                f"HDF5 file {self.hdf5_file}: unknown subject id "
+                f"'{unknown[0]}'; subjects of the loaded splits "
+                f"({_names(loaded)}): {_names(available)}.")
+        return {split: [s for s in subjects if s in wanted]
+                for split, subjects in splits.items()}
+
+    def _choose_groups(self, reference, reference_id, group_type, requested):
+        available = [name for name, (kind, _) in reference.items()
+                     if kind == group_type]
+        if requested is None:
+            return available
+        for name in requested:
+            if name not in available:
+                raise DwiMLUserError(
+                    f"HDF5 file {self.hdf5_file}: no {group_type} group "
+                    f"'{name}' in subject '{reference_id}'; available "
+                    f"{group_type} groups: {_names(available)}.")
+        return list(requested)
+
+    def _check_same_groups(self, signatures, subject, reference,
+                           reference_id, all_volumes, all_streamlines):
+        where = f"HDF5 file {self.hdf5_file}: subject '{subject}'"
+        for name in self.volume_groups + self.streamline_groups:
+            expected_type, expected_features = reference[name]
+            if name not in signatures:
+                raise DwiMLUserError(
+                    f"{where}: expected a {expected_type} group '{name}' as "
+                    f"in subject '{reference_id}', found only groups "
+                    f"[{_names(list(signatures))}].")
+            found_type, found_features = signatures[name]
+            if found_type != expected_type:
+                raise DwiMLUserError(
+                    f"{where}, group '{name}': expected type '{expected_type}'"
+                    f" as in subject '{reference_id}', found '{found_type}'.")
+            if found_features != expected_features:
+                raise DwiMLUserError(
+                    f"{where}, group '{name}': expected {expected_features} "
+                    f"features as in subject '{reference_id}', found "
+                    f"{found_features}.")
+        checked_types = ([VOLUME_TYPE] * all_volumes
+                         + [STREAMLINES_TYPE] * all_streamlines)
+        for name, (kind, _) in signatures.items():
+            if kind in checked_types and name not in reference:
+                raise DwiMLUserError(
+                    f"{where}, group '{name}': expected no such group as in "
+                    f"subject '{reference_id}', found a {kind} group.")

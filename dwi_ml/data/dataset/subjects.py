@@ -1,0 +1,224 @@
+"""One subject's groups, and how they are read from the reference layout."""
+import nibabel as nib
+import numpy as np
+
+from dwi_ml.data.dataset.mri_data import LazyMRIData, MRIData
+from dwi_ml.data.dataset.row_ranges import read_row_ranges
+from dwi_ml.data.dataset.sft_data import LazySFTData, SFTData, compute_lengths_mm
+from dwi_ml.data.hdf5.layout import (
+    SPACE_ATTRS,
+    STREAMLINE_ORIGIN,
+    STREAMLINE_SPACE,
+    STREAMLINES_TYPE,
+    VOLUME_TYPE,
+    decode_str,
+    strip_enum_prefix,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+# Points read at once when computing missing euclidean lengths lazily.
+LENGTHS_BLOCK_POINTS = 2 ** 20
+
+
+class SubjectData:
+    """The volumes and streamlines of one subject.
+
+    Parameters
+    ----------
+    subject_id : str
+    volume_groups, streamline_groups : list of str
+    mri_data_list : list of MRIData or LazyMRIData
+        Aligned with ``volume_groups``.
+    sft_data_list : list of SFTData or LazySFTData
+        Aligned with ``streamline_groups``.
+    """
+
+    def __init__(self, subject_id, volume_groups, streamline_groups,
+                 mri_data_list, sft_data_list):
+        self.subject_id = subject_id
+        self.volume_groups = volume_groups
+        self.streamline_groups = streamline_groups
+        self.mri_data_list = mri_data_list
+        self.sft_data_list = sft_data_list
+
+    @property
+    def nb_features(self):
+        """Number of features of each volume group."""
+        return [mri_data.nb_features for mri_data in self.mri_data_list]
+
+
+def read_group_signatures(handle, subject_id):
+    """Type and feature count of each group of a subject.
+
+    Returns
+    -------
+    dict of str to (str, int or None)
+        Group name to (type, nb_features), in h5py (alphabetical) order;
+        nb_features is None for streamline groups.
+    """
+    if subject_id not in handle.file:
+        raise DwiMLUserError(
+            f"HDF5 file {handle.path}: subject '{subject_id}' is listed in "
+            "the splits but there is no group of that name at the root.")
+    signatures = {}
+    for name, group in handle.file[subject_id].items():
+        where = f"HDF5 file {handle.path}: group '{subject_id}/{name}'"
+        group_type = decode_str(group.attrs.get("type", ""))
+        if group_type == VOLUME_TYPE:
+            signatures[name] = (group_type, _volume_shape(group, where)[-1])
+        elif group_type == STREAMLINES_TYPE:
+            signatures[name] = (group_type, None)
+        else:
+            raise DwiMLUserError(
+                f"{where}: expected attr 'type' to be '{VOLUME_TYPE}' or "
+                f"'{STREAMLINES_TYPE}', found '{group_type}'.")
+    return signatures
+
+
+def load_subject(handle, subject_id, volume_groups, streamline_groups,
+                 lazy, volume_cache=None):
+    """Read one subject; groups were validated by the caller.
+
+    Parameters
+    ----------
+    handle : Hdf5Handle
+    subject_id : str
+    volume_groups, streamline_groups : list of str
+    lazy : bool
+        Eager reads all volumes and points now; lazy reads only metadata and
+        the per-streamline lengths.
+    volume_cache : LRUCache, optional
+        The cache shared by lazy volumes.
+    """
+    mri_data_list = [
+        _load_volume(handle, f"{subject_id}/{name}", lazy, volume_cache)
+        for name in volume_groups]
+    sft_data_list = [
+        _load_streamlines(handle, f"{subject_id}/{name}", lazy)
+        for name in streamline_groups]
+    return SubjectData(subject_id, list(volume_groups),
+                       list(streamline_groups), mri_data_list, sft_data_list)
+
+
+def _require(group, name, where):
+    if name not in group:
+        raise DwiMLUserError(f"{where}: expected a dataset '{name}', found "
+                             f"only {sorted(group.keys())}.")
+    return group[name]
+
+
+def _volume_shape(group, where):
+    """(X, Y, Z, F) of a volume group; a 3-D dataset counts as F=1."""
+    shape = _require(group, "data", where).shape
+    if len(shape) == 3:
+        return shape + (1,)
+    if len(shape) != 4:
+        raise DwiMLUserError(f"{where}: expected 'data' of shape (X, Y, Z, F),"
+                             f" found shape {shape}.")
+    return shape
+
+
+def _load_volume(handle, key, lazy, volume_cache):
+    group = handle.file[key]
+    where = f"HDF5 file {handle.path}: volume group '{key}'"
+    shape = _volume_shape(group, where)
+    if "affine" not in group.attrs:
+        raise DwiMLUserError(f"{where}: expected attr 'affine', found none.")
+    affine = np.asarray(group.attrs["affine"], dtype=np.float64).reshape(4, 4)
+    if "voxres" in group.attrs:
+        voxres = np.asarray(group.attrs["voxres"], dtype=np.float32).ravel()
+    else:
+        voxres = nib.affines.voxel_sizes(affine).astype(np.float32)
+    if lazy:
+        return LazyMRIData(handle, key + "/data", shape, affine, voxres,
+                           volume_cache)
+    data = np.asarray(group["data"][()], dtype=np.float32).reshape(shape)
+    return MRIData(data, affine, voxres)
+
+
+def read_space_attributes(attrs, where):
+    """dipy's (affine, dimensions, voxel_sizes, voxel_order), cast.
+
+    The reference stores them with the dtypes of the source file; dipy
+    wants float64, int, float32 and str.
+    """
+    missing = [name for name in SPACE_ATTRS if name not in attrs]
+    if missing:
+        raise DwiMLUserError(f"{where}: expected attrs {list(SPACE_ATTRS)}, "
+                             f"missing {missing}.")
+    return (np.asarray(attrs["affine"], dtype=np.float64).reshape(4, 4),
+            np.asarray(attrs["dimensions"]).astype(np.int16).ravel(),
+            np.asarray(attrs["voxel_sizes"], dtype=np.float32).ravel(),
+            decode_str(attrs["voxel_order"]))
+
+
+def _check_space(attrs, where):
+    expected = {"space": STREAMLINE_SPACE, "origin": STREAMLINE_ORIGIN}
+    for name, value in expected.items():
+        if name in attrs and (strip_enum_prefix(attrs[name])
+                              != strip_enum_prefix(value)):
+            raise DwiMLUserError(f"{where}: expected attr '{name}' = "
+                                 f"'{value}', found '{decode_str(attrs[name])}'.")
+
+
+def _load_streamlines(handle, key, lazy):
+    group = handle.file[key]
+    where = f"HDF5 file {handle.path}: streamline group '{key}'"
+    _check_space(group.attrs, where)
+    space_attributes = read_space_attributes(group.attrs, where)
+    data = _require(group, "data", where)
+    offsets = np.asarray(_require(group, "offsets", where)[()], np.int64)
+    lengths = np.asarray(_require(group, "lengths", where)[()], np.int64)
+    _check_packing(data.shape, offsets, lengths, where)
+    dps_names = list(group.get("data_per_streamline", {}))
+    affine = space_attributes[0]
+    if lazy:
+        lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine)
+        return LazySFTData(handle, key, offsets, lengths, lengths_mm,
+                           space_attributes, dps_names)
+    points = np.asarray(data[()], dtype=np.float32)
+    lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine,
+                                  points)
+    dps = {name: group["data_per_streamline"][name][()] for name in dps_names}
+    return SFTData(points, offsets, lengths, lengths_mm, space_attributes, dps)
+
+
+def _check_packing(data_shape, offsets, lengths, where):
+    if len(data_shape) != 2 or data_shape[1] != 3:
+        raise DwiMLUserError(f"{where}: expected 'data' of shape (P, 3), "
+                             f"found {data_shape}.")
+    if offsets.shape != lengths.shape or offsets.ndim != 1:
+        raise DwiMLUserError(f"{where}: expected 'offsets' and 'lengths' of "
+                             f"the same shape (N,), found {offsets.shape} and "
+                             f"{lengths.shape}.")
+    if len(lengths) and (offsets.min() < 0 or lengths.min() < 0
+                         or (offsets + lengths).max() > data_shape[0]):
+        raise DwiMLUserError(f"{where}: expected offsets + lengths within "
+                             f"the {data_shape[0]} rows of 'data', found "
+                             "streamlines outside.")
+
+
+def _read_lengths_mm(handle, key, offsets, lengths, affine, points=None):
+    """Stored euclidean lengths, or computed from the points.
+
+    From ``points`` when given (eager), else read from disk block by block,
+    so that lazy loading never holds all the points.
+    """
+    group = handle.file[key]
+    if "euclidean_lengths" in group:
+        return group["euclidean_lengths"][()]
+    if points is not None:
+        return compute_lengths_mm(points, offsets, lengths, affine)
+    lengths_mm = np.zeros(len(lengths), dtype=np.float32)
+    first_points = np.cumsum(lengths) - lengths
+    block_of_streamline = first_points // LENGTHS_BLOCK_POINTS
+    bounds = np.concatenate([
+        [0], np.flatnonzero(np.diff(block_of_streamline)) + 1, [len(lengths)]
+    ]).astype(np.int64)
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        points, starts = read_row_ranges(handle, key + "/data",
+                                         offsets[first:last],
+                                         lengths[first:last])
+        lengths_mm[first:last] = compute_lengths_mm(
+            points, starts, lengths[first:last], affine)
+    return lengths_mm

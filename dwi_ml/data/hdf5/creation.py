@@ -1,0 +1,130 @@
+"""Create a dwi_ml HDF5 file: validate everything, then write atomically.
+
+The run reads top to bottom:
+
+1. check the options, the config, the subject lists and the output path;
+2. check every subject's files and headers (no data read yet);
+3. under a temporary name, write the root attrs, then each subject (data
+   checks such as NaN or streamlines outside the volume happen here);
+4. rename the temporary file to the output path.
+
+A failing or interrupted run never leaves anything at the output path.
+"""
+import datetime
+import json
+import logging
+import os
+
+import h5py
+from tqdm import tqdm
+
+from dwi_ml.data.hdf5.config import load_groups_config
+from dwi_ml.data.hdf5.subjects import check_subject_lists
+from dwi_ml.data.hdf5.tractograms import check_processing_options, load_streamline_group
+from dwi_ml.data.hdf5.validation import check_subject_files
+from dwi_ml.data.hdf5.volumes import load_volume_group
+from dwi_ml.data.hdf5.writer import (
+    write_root_attrs,
+    write_streamline_group,
+    write_volume_group,
+)
+from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.script_args import check_output_free, progress_bars_disabled
+
+DATE_FORMAT = "%d %B %Y %X"  # the reference's format of data_and_time
+
+
+def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
+                        training_subjs, validation_subjs, testing_subjs, *,
+                        step_size=None, nb_points=None, compress=None,
+                        remove_invalid=False, overwrite=False,
+                        _date_time=None):
+    """Create an HDF5 file from a dwi_ml_ready folder.
+
+    Parameters
+    ----------
+    dwi_ml_ready_folder : str
+        Folder with one sub-folder per subject.
+    out_hdf5 : str
+        Output file. Refused if it exists, unless ``overwrite``.
+    groups_config : str, os.PathLike or dict
+        The groups config: a JSON file or the parsed dict.
+    training_subjs, validation_subjs, testing_subjs : list of str
+        Subject IDs of each split; a list may be empty.
+    step_size : float, optional
+        Resample streamlines to this step, in mm.
+    nb_points : int, optional
+        Resample streamlines to this number of points.
+    compress : float, optional
+        Compress streamlines with this tolerance, in mm. At most one of
+        step_size, nb_points and compress.
+    remove_invalid : bool
+        Drop (and log the count of) streamlines with points outside the
+        volume. Default: such streamlines are an error.
+    overwrite : bool
+        Replace an existing output.
+    _date_time : str, optional
+        Fixed ``data_and_time`` attr, for byte-identical outputs in tests.
+
+    Returns
+    -------
+    dict of str to dict of str to int
+        Number of streamlines removed, by subject then streamline group.
+
+    Raises
+    ------
+    DwiMLUserError
+        Any bad input, in one line naming the subject, group and file. The
+        output path is left untouched.
+    """
+    check_processing_options(step_size, nb_points, compress)
+    if not os.path.isdir(dwi_ml_ready_folder):
+        raise DwiMLUserError(
+            f"dwi_ml_ready folder '{dwi_ml_ready_folder}' does not exist.")
+    config = load_groups_config(groups_config)
+    subjects = check_subject_lists(dwi_ml_ready_folder, training_subjs,
+                                   validation_subjs, testing_subjs)
+    check_output_free(out_hdf5, overwrite)
+    all_files = [
+        check_subject_files(os.path.join(dwi_ml_ready_folder, subject),
+                            subject, config)
+        for subject in subjects.all]
+    date_time = _date_time or datetime.datetime.now().strftime(DATE_FORMAT)
+    processing = dict(step_size=step_size, nb_points=nb_points,
+                      compress=compress)
+
+    removed = {}
+    with atomic_output_file(out_hdf5) as tmp_path, \
+            h5py.File(tmp_path, "w") as hdf_file:
+        write_root_attrs(hdf_file, subjects, json.dumps(config.raw),
+                         date_time, **processing)
+        for subject_files in tqdm(all_files, desc="Subjects", unit="subject",
+                                  disable=progress_bars_disabled()):
+            removed[subject_files.subject] = _write_subject(
+                hdf_file, subject_files, config, processing, remove_invalid)
+    logging.info("Saved %d subjects in %s.", len(all_files), out_hdf5)
+    return removed
+
+
+def _write_subject(hdf_file, subject_files, config, processing,
+                   remove_invalid):
+    """Write one subject's groups; return removals by streamline group."""
+    subject = subject_files.subject
+    logging.info("Processing subject %s.", subject)
+    subject_group = hdf_file.create_group(subject)
+    for group_config in config.volume_groups:
+        files = subject_files.volume_groups[group_config.name]
+        data = load_volume_group(group_config, files.files, files.mask_files,
+                                 subject)
+        write_volume_group(subject_group, group_config.name, data,
+                           files.grid)
+    removed = {}
+    for group_config in config.streamline_groups:
+        files = subject_files.streamline_groups[group_config.name]
+        streamlines = load_streamline_group(
+            group_config, files.files, files.reference, subject,
+            remove_invalid=remove_invalid, **processing)
+        write_streamline_group(subject_group, group_config.name, streamlines)
+        removed[group_config.name] = streamlines.nb_removed
+    return removed

@@ -1,0 +1,147 @@
+"""Subject lists of an HDF5 creation and the files of each subject."""
+import glob
+import os
+from dataclasses import dataclass
+from typing import Tuple
+
+from dwi_ml.data.hdf5.layout import SPLITS
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+
+@dataclass(frozen=True)
+class SubjectLists:
+    """The three splits, each sorted, and their sorted union ``all``."""
+    training: Tuple[str, ...]
+    validation: Tuple[str, ...]
+    testing: Tuple[str, ...]
+
+    @property
+    def all(self):
+        return tuple(sorted(self.training + self.validation + self.testing))
+
+    def split(self, name):
+        """Return the subjects of split ``name`` ('training', ...)."""
+        return getattr(self, name)
+
+
+def describe(subject, group=None, path=None):
+    """Where an error happened: "subject 'S', group 'G', file 'F'"."""
+    parts = [f"subject '{subject}'"]
+    if group is not None:
+        parts.append(f"group '{group}'")
+    if path is not None:
+        parts.append(f"file '{path}'")
+    return ", ".join(parts)
+
+
+def one_line(error):
+    """An exception's message on one line, to quote in a DwiMLUserError."""
+    return " ".join(str(error).split())
+
+
+def read_subjects_file(path):
+    """Read subject IDs from a text file, separated by spaces or newlines.
+
+    Raises
+    ------
+    DwiMLUserError
+        When the file does not exist.
+    """
+    if not os.path.isfile(path):
+        raise DwiMLUserError(f"subject list '{path}' does not exist.")
+    with open(path, encoding="utf-8") as file:
+        return file.read().split()
+
+
+def check_subject_lists(dwi_ml_ready_folder, training, validation, testing):
+    """Check the three subject lists against the data folder.
+
+    Parameters
+    ----------
+    dwi_ml_ready_folder : str
+        Folder holding one sub-folder per subject.
+    training, validation, testing : list of str
+        Subject IDs of each split; a list may be empty.
+
+    Returns
+    -------
+    SubjectLists
+
+    Raises
+    ------
+    DwiMLUserError
+        A subject listed twice (in one list or in two), an ID that cannot be
+        an HDF5 group name, a subject without a folder, or no subject at all.
+    """
+    lists = dict(zip(SPLITS, (list(training), list(validation),
+                              list(testing))))
+    seen = {}
+    for split, subjects in lists.items():
+        for subject in subjects:
+            if not isinstance(subject, str) or not subject or "/" in subject:
+                raise DwiMLUserError(
+                    f"{split} subjects: {subject!r} is not a valid subject "
+                    "ID (a non-empty folder name without '/').")
+            if subject in seen:
+                where = ("twice in the" if seen[subject] == split
+                         else f"in the {seen[subject]} and the")
+                raise DwiMLUserError(
+                    f"subject '{subject}' is listed {where} {split} "
+                    "subjects; each subject must appear once.")
+            seen[subject] = split
+    if not seen:
+        raise DwiMLUserError(
+            "no subject listed: the training, validation and testing lists "
+            "are all empty.")
+    for subject in sorted(seen):
+        folder = os.path.join(dwi_ml_ready_folder, subject)
+        if not os.path.isdir(folder):
+            raise DwiMLUserError(
+                f"subject '{subject}' (in the {seen[subject]} subjects) has "
+                f"no folder '{folder}'.")
+    return SubjectLists(*(tuple(sorted(lists[split])) for split in SPLITS))
+
+
+def resolve_files(subject_folder, patterns, subject, group):
+    """Expand a config's file patterns for one subject.
+
+    Parameters
+    ----------
+    subject_folder : str
+        The subject's folder; patterns are relative to it.
+    patterns : sequence of str
+        File names, possibly with ``*`` wildcards.
+    subject, group : str
+        Named in error messages.
+
+    Returns
+    -------
+    list of str
+        Full paths: patterns in config order, each wildcard's matches sorted.
+
+    Raises
+    ------
+    DwiMLUserError
+        A missing file, a wildcard matching no file, or a file matched twice.
+    """
+    paths = []
+    for pattern in patterns:
+        full = os.path.join(subject_folder, pattern)
+        if glob.has_magic(pattern):
+            matches = sorted(p for p in glob.glob(full) if os.path.isfile(p))
+            if not matches:
+                raise DwiMLUserError(
+                    f"{describe(subject, group, full)}: the pattern matches "
+                    "no file.")
+            paths.extend(matches)
+        elif not os.path.isfile(full):
+            raise DwiMLUserError(
+                f"{describe(subject, group, full)}: file does not exist.")
+        else:
+            paths.append(full)
+    duplicates = sorted({p for p in paths if paths.count(p) > 1})
+    if duplicates:
+        raise DwiMLUserError(
+            f"{describe(subject, group, duplicates[0])}: the file is matched "
+            "twice by the config's patterns; each file must appear once.")
+    return paths

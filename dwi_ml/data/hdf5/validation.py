@@ -1,0 +1,144 @@
+"""Check one subject's files before any data is read.
+
+Resolves the config's patterns, reads every NIfTI header and every
+.trk/.trx header, and checks that grids agree. Only checks that need the
+data (NaN, empty tractograms, streamlines outside the volume) are left to
+the loading step.
+"""
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+from dwi_ml.data.hdf5.subjects import describe, resolve_files
+from dwi_ml.data.hdf5.tractograms import (
+    TRACTOGRAM_EXTENSIONS,
+    check_tractogram_header,
+    tractogram_extension,
+)
+from dwi_ml.data.hdf5.volumes import VolumeGrid, read_volume_grid
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+
+@dataclass(frozen=True)
+class VolumeGroupFiles:
+    """A subject's files for one volume group, on one ``grid``."""
+    files: Tuple[str, ...]
+    mask_files: Tuple[str, ...]
+    grid: VolumeGrid
+
+
+@dataclass(frozen=True)
+class StreamlineGroupFiles:
+    """A subject's tractograms for one group and their grid's ``reference``.
+
+    ``reference`` is the first file of the reference volume group, or the
+    group's first tractogram when the config has no volume group.
+    """
+    files: Tuple[str, ...]
+    reference: str
+
+
+@dataclass(frozen=True)
+class SubjectFiles:
+    """Every file of one subject, by group name."""
+    subject: str
+    volume_groups: Dict[str, VolumeGroupFiles]
+    streamline_groups: Dict[str, StreamlineGroupFiles]
+
+
+def check_subject_files(subject_folder, subject, config):
+    """Resolve and check one subject's files against the config.
+
+    Parameters
+    ----------
+    subject_folder : str
+        The subject's folder.
+    subject : str
+        The subject's ID, named in errors.
+    config : GroupsConfig
+
+    Returns
+    -------
+    SubjectFiles
+
+    Raises
+    ------
+    DwiMLUserError
+        A missing file, a file that is not 3-D/4-D NIfTI, two files (or two
+        volume groups, or a mask) on different grids, a tractogram of an
+        unsupported type or whose header does not match its reference.
+    """
+    volume_groups = {}
+    first_group = None
+    for group_config in config.volume_groups:
+        group = group_config.name
+        files = resolve_files(subject_folder, group_config.files, subject,
+                              group)
+        grid = _check_same_grid(files, subject, group)
+        mask_files = ()
+        if group_config.standardization != "none":
+            mask_files = resolve_files(subject_folder, group_config.std_mask,
+                                       subject, group)
+            _check_masks(mask_files, grid, files[0], subject, group)
+        if first_group is not None:
+            first = volume_groups[first_group]
+            if not grid.matches(first.grid):
+                raise DwiMLUserError(
+                    f"{describe(subject, group, files[0])}: has {grid}, but "
+                    f"volume group '{first_group}' ('{first.files[0]}') has "
+                    f"{first.grid}; all volume groups must share one grid.")
+        else:
+            first_group = group
+        volume_groups[group] = VolumeGroupFiles(tuple(files),
+                                                tuple(mask_files), grid)
+
+    streamline_groups = {}
+    for group_config in config.streamline_groups:
+        group = group_config.name
+        files = resolve_files(subject_folder, group_config.files, subject,
+                              group)
+        if group_config.reference is not None:
+            reference = volume_groups[group_config.reference].files[0]
+        else:
+            reference = files[0]
+        for path in files:
+            extension = tractogram_extension(path)
+            if extension not in TRACTOGRAM_EXTENSIONS:
+                raise DwiMLUserError(
+                    f"{describe(subject, group, path)}: expected a tractogram "
+                    f"{list(TRACTOGRAM_EXTENSIONS)}, found '{extension}'.")
+            if extension == ".tck" and group_config.reference is None:
+                raise DwiMLUserError(
+                    f"{describe(subject, group, path)}: a .tck file has no "
+                    "grid; add a volume group to the config to serve as its "
+                    "'reference'.")
+            if extension != ".tck" and path != reference:
+                check_tractogram_header(path, reference, subject, group)
+        streamline_groups[group] = StreamlineGroupFiles(tuple(files),
+                                                        reference)
+    return SubjectFiles(subject, volume_groups, streamline_groups)
+
+
+def _check_same_grid(files, subject, group):
+    """Return the grid of ``files[0]``; refuse a file on another grid."""
+    grid, _ = read_volume_grid(files[0], subject, group)
+    for path in files[1:]:
+        other, _ = read_volume_grid(path, subject, group)
+        if not other.matches(grid):
+            raise DwiMLUserError(
+                f"{describe(subject, group, path)}: has {other}, but "
+                f"'{files[0]}' has {grid}; files of a group must share one "
+                "grid.")
+    return grid
+
+
+def _check_masks(mask_files, grid, first_file, subject, group):
+    for path in mask_files:
+        mask_grid, nb_features = read_volume_grid(path, subject, group)
+        if nb_features != 1:
+            raise DwiMLUserError(
+                f"{describe(subject, group, path)}: a std_mask must be a 3-D "
+                f"volume, found {nb_features} features.")
+        if not mask_grid.matches(grid):
+            raise DwiMLUserError(
+                f"{describe(subject, group, path)}: std_mask has {mask_grid}, "
+                f"but '{first_file}' has {grid}.")

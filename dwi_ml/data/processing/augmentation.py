@@ -1,0 +1,203 @@
+"""Data augmentation on packed streamlines: splitting, reversal, noise.
+
+All functions take packed streamlines in voxel space with a corner origin
+(dipy ``Space.VOX`` + ``Origin.TRACKVIS``), a ``numpy.random.Generator`` for
+randomness (never the global state), and are vectorised over all points.
+"""
+import numpy as np
+
+from dwi_ml.data.packed import make_array_sequence, ranges_to_indices
+from dwi_ml.data.processing.space import vectors_rasmm_to_vox
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+# Noise is a Gaussian truncated at this many standard deviations.
+NOISE_TRUNCATION_NB_SIGMAS = 2.
+
+
+def count_from_ratio(ratio, nb_items, name="ratio"):
+    """Number of items a ratio selects: ``floor(ratio * nb_items + 0.5)``.
+
+    That is ``ratio * nb_items`` rounded to the nearest integer, halves
+    rounded up (0.5 of 3 items is 2), so the count is exact and reproducible.
+
+    Raises
+    ------
+    DwiMLUserError
+        If ``ratio`` is not in [0, 1]; ``name`` names the argument.
+    """
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        raise DwiMLUserError(
+            f"{name}: expected a number in [0, 1], found {ratio!r}.") from None
+    if not 0. <= ratio <= 1.:
+        raise DwiMLUserError(f"{name}: expected a number in [0, 1], found {ratio}.")
+    return int(np.floor(ratio * nb_items + 0.5))
+
+
+def split_streamlines(streamlines, split_ratio, rng, min_nb_points=3):
+    """Cut a ratio of the streamlines in two at a random point, without copying.
+
+    A streamline is *eligible* when it has at least ``2 * min_nb_points - 1``
+    points. Exactly ``count_from_ratio(split_ratio, nb_eligible)`` eligible
+    streamlines, chosen uniformly without replacement, are cut at a point
+    index ``c`` drawn uniformly in ``[min_nb_points - 1, n - min_nb_points]``.
+    The two pieces are ``points[:c + 1]`` and ``points[c:]``: they SHARE the cut
+    point, so no segment (and no training direction) is lost, each piece has
+    at least ``min_nb_points`` points, and concatenating the first piece with
+    the second minus its first point gives back the original streamline.
+    Streamlines too short to split, and those not chosen, are kept whole:
+    splitting never drops a streamline.
+
+    The result is zero-copy: pieces are new (offset, length) pairs into the
+    SAME data array. The first piece of a split streamline replaces it in the
+    output order and the second piece follows it directly.
+
+    Parameters
+    ----------
+    streamlines : nibabel ArraySequence
+        Packed streamlines (any space: only point indices are used).
+    split_ratio : float
+        Ratio in [0, 1] of the eligible streamlines to split.
+    rng : numpy.random.Generator
+        Source of randomness.
+    min_nb_points : int
+        Minimal number of points of each piece, >= 2.
+
+    Returns
+    -------
+    new_streamlines : nibabel ArraySequence
+        Sharing ``streamlines._data``; ``N + nb_split`` streamlines.
+    source_ids : np.ndarray of int64, shape (N + nb_split,)
+        Index in the input of the streamline each output streamline comes
+        from (use it to keep subject ids or per-streamline data aligned).
+    """
+    if isinstance(min_nb_points, bool) or int(min_nb_points) != min_nb_points \
+            or min_nb_points < 2:
+        raise DwiMLUserError(
+            f"min_nb_points: expected an integer >= 2, found {min_nb_points!r}.")
+    min_nb_points = int(min_nb_points)
+    offsets = np.asarray(streamlines._offsets, dtype=np.int64)
+    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
+    eligible_ids = np.flatnonzero(lengths >= 2 * min_nb_points - 1)
+    nb_split = count_from_ratio(split_ratio, len(eligible_ids), "split_ratio")
+    split_ids = np.sort(rng.choice(eligible_ids, size=nb_split, replace=False))
+    cut_indices = rng.integers(min_nb_points - 1,
+                               lengths[split_ids] - min_nb_points + 1)
+
+    pieces_per_streamline = np.ones(len(lengths), dtype=np.int64)
+    pieces_per_streamline[split_ids] = 2
+    source_ids = np.repeat(np.arange(len(lengths)), pieces_per_streamline)
+    new_offsets = offsets[source_ids]
+    new_lengths = lengths[source_ids]
+    # Output position of each split streamline's first piece.
+    first_pieces = split_ids + np.arange(nb_split)
+    new_lengths[first_pieces] = cut_indices + 1
+    new_offsets[first_pieces + 1] += cut_indices
+    new_lengths[first_pieces + 1] -= cut_indices
+    return (make_array_sequence(streamlines._data, new_offsets, new_lengths),
+            source_ids)
+
+
+def reverse_streamlines(streamlines, reverse_ratio, rng):
+    """Reverse the point order of a ratio of the streamlines.
+
+    Exactly ``count_from_ratio(reverse_ratio, N)`` streamlines, chosen
+    uniformly without replacement, are reversed; the others are unchanged.
+    One gather over all points builds the result.
+
+    Parameters
+    ----------
+    streamlines : nibabel ArraySequence
+        Packed streamlines (any space).
+    reverse_ratio : float
+        Ratio in [0, 1] of the streamlines to reverse.
+    rng : numpy.random.Generator
+        Source of randomness.
+
+    Returns
+    -------
+    new_streamlines : nibabel ArraySequence
+        Compact copy (offsets = cumsum of lengths), same order and lengths.
+    is_reversed : np.ndarray of bool, shape (N,)
+        True for the reversed streamlines.
+    """
+    offsets = np.asarray(streamlines._offsets, dtype=np.int64)
+    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
+    nb_reversed = count_from_ratio(reverse_ratio, len(lengths), "reverse_ratio")
+    is_reversed = np.zeros(len(lengths), dtype=bool)
+    is_reversed[rng.choice(len(lengths), size=nb_reversed, replace=False)] = True
+
+    rows = ranges_to_indices(offsets, lengths)
+    point_owner = np.repeat(np.arange(len(lengths)), lengths)
+    reversed_point = is_reversed[point_owner]
+    # Row r of a reversed streamline [o, o + n) takes row (2o + n - 1) - r.
+    mirror = 2 * offsets + lengths - 1
+    rows[reversed_point] = mirror[point_owner[reversed_point]] - rows[reversed_point]
+    new_offsets = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=new_offsets[1:])
+    return (make_array_sequence(np.asarray(streamlines._data)[rows],
+                                new_offsets, lengths),
+            is_reversed)
+
+
+def add_noise_mm(streamlines_vox, sigma_mm, affine, rng):
+    """Add truncated Gaussian noise (sigma in mm) to every point.
+
+    Each RAS mm component of each point's displacement is drawn from a normal
+    law N(0, sigma_mm^2) truncated to ``[-2 sigma_mm, 2 sigma_mm]`` by
+    redrawing the values outside (a true truncated Gaussian, no pile-up at
+    the bounds). Displacements are then converted to voxel units with the
+    inverse of the affine's linear part, so anisotropic voxels move by the
+    right number of voxels: with voxel sizes 1x2x4 mm, a point moves by at
+    most 2 sigma / (1, 2, 4) voxels along each axis.
+
+    Parameters
+    ----------
+    streamlines_vox : nibabel ArraySequence
+        Packed streamlines in voxel space, corner origin.
+    sigma_mm : float
+        Standard deviation in mm, >= 0. 0 returns ``streamlines_vox`` itself.
+    affine : np.ndarray, shape (4, 4)
+        nibabel voxel-to-RAS mm affine.
+    rng : numpy.random.Generator
+        Source of randomness.
+
+    Returns
+    -------
+    nibabel ArraySequence
+        Same offsets and lengths, new data array (every row of ``_data``,
+        covered by a streamline or not, is moved) with the input's dtype.
+        Pieces from ``split_streamlines`` that share a cut point still share
+        it after noise.
+    """
+    try:
+        sigma_mm = float(sigma_mm)
+    except (TypeError, ValueError):
+        raise DwiMLUserError(
+            f"sigma_mm: expected a number >= 0 (mm), found {sigma_mm!r}.") from None
+    if not np.isfinite(sigma_mm) or sigma_mm < 0:
+        raise DwiMLUserError(
+            f"sigma_mm: expected a number >= 0 (mm), found {sigma_mm}.")
+    if sigma_mm == 0:
+        return streamlines_vox
+    data = np.asarray(streamlines_vox._data)
+    noise_mm = _truncated_normal(data.shape, sigma_mm,
+                                 NOISE_TRUNCATION_NB_SIGMAS * sigma_mm, rng)
+    noise_vox = vectors_rasmm_to_vox(noise_mm, affine)
+    return make_array_sequence((data + noise_vox).astype(data.dtype, copy=False),
+                               streamlines_vox._offsets, streamlines_vox._lengths)
+
+
+def _truncated_normal(shape, sigma, bound, rng):
+    """Draw N(0, sigma^2) values in [-bound, bound], redrawing the others.
+
+    With bound = 2 sigma, about 4.6% of the values are redrawn each round,
+    so a handful of vectorised rounds suffice.
+    """
+    values = rng.normal(0., sigma, size=shape)
+    outside = np.flatnonzero(np.abs(values) > bound)
+    while outside.size:
+        values.flat[outside] = rng.normal(0., sigma, size=outside.size)
+        outside = outside[np.abs(values.flat[outside]) > bound]
+    return values

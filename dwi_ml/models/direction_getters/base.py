@@ -1,0 +1,152 @@
+"""What every direction getter shares: layers, EOS, loss and tracking API.
+
+A direction getter maps the hidden state of each prediction point,
+``(M, input_size)``, to one output row ``(M, output_size)``:
+
+- the first ``nb_dir_outputs`` columns parametrise the direction (a vector,
+  logits over a sphere, a distribution);
+- with ``add_eos`` the last column is the EOS logit.
+
+Loss per point ``m``::
+
+    loss_m = (1 - eos_target_m) * direction_loss_m
+             + eos_weight * BCEWithLogits(eos_logit_m, eos_target_m)
+
+(the second term only with EOS), and ``compute_loss`` returns the mean over
+the ``M`` points and ``M``. Targets follow
+:mod:`dwi_ml.models.directions`: voxel-space segments; each getter says
+whether it normalises them.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.arg_checks import check_choice, check_positive_float
+
+TRACKING_ALGOS = ("det", "prob")
+
+
+class AbstractDirectionGetter(torch.nn.Module):
+    """Two fully connected layers from the hidden size to the outputs.
+
+    Parameters
+    ----------
+    input_size : int
+        Width of the hidden state given to the getter.
+    add_eos : bool
+        Add an EOS logit (last output column).
+    eos_weight : float
+        Weight of the EOS loss term.
+
+    Subclasses set ``key`` (their name in the registry),
+    ``nb_dir_outputs`` (before calling this ``__init__``), and implement
+    ``compute_direction_losses``, ``get_det_directions`` and, when they can
+    sample, ``sample_directions``.
+    """
+
+    key = None
+    nb_dir_outputs = None
+
+    def __init__(self, input_size, add_eos=False, eos_weight=1.0):
+        super().__init__()
+        self.input_size = input_size
+        self.add_eos = bool(add_eos)
+        self.eos_weight = check_positive_float("eos_weight", eos_weight)
+        self.output_size = self.nb_dir_outputs + int(self.add_eos)
+        hidden_size = math.ceil(input_size / 2)
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(input_size, hidden_size),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden_size, self.output_size))
+
+    @property
+    def params(self):
+        """dict: the getter's own arguments (``dg_args``), JSON-able."""
+        return {"add_eos": self.add_eos, "eos_weight": self.eos_weight}
+
+    def forward(self, hidden):
+        """(M, input_size) -> (M, output_size)."""
+        return self.layers(hidden)
+
+    def split_eos(self, outputs):
+        """Return (direction outputs (M, nb_dir_outputs), EOS logits (M,)
+        or None)."""
+        dir_outputs = outputs[:, :self.nb_dir_outputs]
+        if not self.add_eos:
+            return dir_outputs, None
+        return dir_outputs, outputs[:, self.nb_dir_outputs]
+
+    def compute_direction_losses(self, dir_outputs, target_dirs):
+        """Direction loss of each point, (M,)."""
+        raise NotImplementedError
+
+    def compute_loss(self, outputs, target_dirs, eos_targets=None):
+        """Mean loss over the M points, and M.
+
+        Parameters
+        ----------
+        outputs : torch.Tensor (M, output_size)
+        target_dirs : torch.Tensor (M, 3)
+            Voxel-space directions; ignored where ``eos_targets`` is 1.
+        eos_targets : torch.Tensor (M,) or None
+            Required with ``add_eos``: 1 where the streamline stops.
+
+        Returns
+        -------
+        mean_loss : torch.Tensor (scalar)
+        n_points : int
+        """
+        # Under mixed precision the outputs may be float16, in which exp()
+        # of a log-sigma or log-kappa overflows: losses are float32.
+        dir_outputs, eos_logits = self.split_eos(outputs.float())
+        losses = self.compute_direction_losses(dir_outputs,
+                                               target_dirs.float())
+        if self.add_eos:
+            if eos_targets is None:
+                raise ValueError("eos_targets are required with add_eos.")
+            eos_targets = eos_targets.float()
+            eos_losses = F.binary_cross_entropy_with_logits(
+                eos_logits, eos_targets, reduction="none")
+            losses = (1 - eos_targets) * losses + self.eos_weight * eos_losses
+        return losses.mean(), len(losses)
+
+    def get_det_directions(self, dir_outputs):
+        """Most likely unit direction of each point, (N, 3)."""
+        raise NotImplementedError
+
+    def sample_directions(self, dir_outputs, generator):
+        """One random unit direction per point, (N, 3)."""
+        raise DwiMLUserError(
+            f"argument 'algo': 'prob' needs a probabilistic direction "
+            f"getter; '{self.key}' is deterministic, use 'det'.")
+
+    def get_tracking_directions(self, outputs, algo="det", generator=None):
+        """Next directions for tracking.
+
+        Parameters
+        ----------
+        outputs : torch.Tensor (N, output_size)
+        algo : "det" or "prob"
+            Most likely direction, or one drawn from the model.
+        generator : torch.Generator or None
+            Random stream for "prob" (on the outputs' device), for
+            reproducible tracking.
+
+        Returns
+        -------
+        directions : torch.Tensor (N, 3)
+            Unit vectors in voxel space; scale them by the step size in
+            voxels.
+        eos_probs : torch.Tensor (N,) or None
+            Probability to stop here, with EOS.
+        """
+        check_choice("algo", algo, TRACKING_ALGOS)
+        dir_outputs, eos_logits = self.split_eos(outputs.float())
+        if algo == "det":
+            directions = self.get_det_directions(dir_outputs)
+        else:
+            directions = self.sample_directions(dir_outputs, generator)
+        eos_probs = None if eos_logits is None else torch.sigmoid(eos_logits)
+        return directions, eos_probs

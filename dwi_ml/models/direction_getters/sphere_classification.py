@@ -1,0 +1,64 @@
+"""Classification over the vertices of a dipy sphere."""
+import dipy.data
+import torch
+import torch.nn.functional as F
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
+
+
+def _load_sphere_vertices(name):
+    try:
+        sphere = dipy.data.get_sphere(name=name)
+    except dipy.data.DataError:
+        raise DwiMLUserError(
+            f"argument 'sphere': expected a dipy sphere name such as "
+            f"'repulsion100' or 'symmetric724', found {name!r}.") from None
+    return torch.as_tensor(sphere.vertices, dtype=torch.float32)
+
+
+class SphereClassificationDG(AbstractDirectionGetter):
+    """One logit per sphere vertex; cross-entropy loss.
+
+    The class of a target direction is the vertex closest to it in angle
+    (largest dot product with the unit target). Tracking returns that
+    vertex ("det": highest logit) or draws one from the softmax ("prob").
+
+    Parameters
+    ----------
+    sphere : str
+        Name given to ``dipy.data.get_sphere``, e.g. 'repulsion100'.
+    """
+
+    key = "sphere-classification"
+
+    def __init__(self, input_size, sphere="repulsion100", add_eos=False,
+                 eos_weight=1.0):
+        vertices = _load_sphere_vertices(sphere)
+        self.nb_dir_outputs = len(vertices)
+        super().__init__(input_size, add_eos, eos_weight)
+        self.sphere = sphere
+        # Rebuilt from the name: kept out of the state_dict.
+        self.register_buffer("vertices", vertices, persistent=False)
+
+    @property
+    def params(self):
+        return {**super().params, "sphere": self.sphere}
+
+    def directions_to_classes(self, target_dirs):
+        """Index of the vertex closest to each direction, int64 (M,)."""
+        unit_targets = F.normalize(target_dirs, dim=1)
+        return torch.argmax(unit_targets @ self.vertices.T, dim=1)
+
+    def compute_direction_losses(self, dir_outputs, target_dirs):
+        return F.cross_entropy(dir_outputs,
+                               self.directions_to_classes(target_dirs),
+                               reduction="none")
+
+    def get_det_directions(self, dir_outputs):
+        return self.vertices[torch.argmax(dir_outputs, dim=1)]
+
+    def sample_directions(self, dir_outputs, generator):
+        probs = torch.softmax(dir_outputs, dim=1)
+        classes = torch.multinomial(probs, 1, generator=generator)
+        return self.vertices[classes.squeeze(1)]

@@ -1,0 +1,235 @@
+"""Learn2track: a recurrent network that predicts the next direction.
+
+For each prediction point (see :mod:`dwi_ml.models.directions`)::
+
+    input at t  -> embedding -> [ . , previous dirs ] -> stacked RNN
+                -> direction getter -> output row
+
+Training (whole streamlines, :meth:`Learn2TrackModel.forward`)
+    All streamlines of the batch run at once as one PackedSequence
+    (``enforce_sorted=False``). Outputs are ``(M, output_size)``, the
+    predictions of streamline 0, then of streamline 1, etc. The loss is
+    :meth:`Learn2TrackModel.compute_loss` with the same streamlines.
+
+Tracking (one step at a time, :meth:`Learn2TrackModel.forward_step`)
+    At step ``t`` the tracker gives, for its N active streamlines, the input
+    interpolated at their last point, the streamlines so far (to read their
+    previous directions) and the hidden states returned at step ``t - 1``
+    (None at the seed). It gets the outputs for that point and the new
+    hidden states, then turns outputs into directions with
+    :meth:`Learn2TrackModel.get_tracking_directions`. When streamlines stop,
+    :meth:`Learn2TrackModel.select_hidden_states` keeps the others' states,
+    in the same order as the streamlines it keeps. Step after step, the
+    outputs equal those of ``forward`` over the complete streamlines.
+    Put the model in eval mode (no dropout) and under ``torch.no_grad()``.
+"""
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.arg_checks import check_choice, check_fraction, check_int
+from dwi_ml.models.direction_getters import make_direction_getter
+from dwi_ml.models.directions import (
+    compute_direction_targets,
+    nb_predictions,
+    prediction_rows,
+    streamline_lengths,
+)
+from dwi_ml.models.embeddings import make_embedding
+from dwi_ml.models.main_models import MainModelOneInput
+from dwi_ml.models.model_io import register_model
+from dwi_ml.models.stacked_rnn import RNN_CLASSES, StackedRNN, select_hidden_states
+
+
+@register_model
+class Learn2TrackModel(MainModelOneInput):
+    """Input embedding, stacked LSTM/GRU and a direction getter.
+
+    Parameters
+    ----------
+    experiment_name, nb_features, step_size, nb_points, compress,
+    neighborhood_type, neighborhood_radius, neighborhood_resolution,
+    nb_previous_dirs, normalize_prev_dirs :
+        See :class:`dwi_ml.models.main_models.MainModelOneInput`.
+    input_embedding_key : "none" or "linear"
+        Embedding of each point's input (before previous directions are
+        appended).
+    input_embedding_size : int or None
+        Output width of the "linear" embedding.
+    rnn_key : "lstm" or "gru"
+    rnn_layer_sizes : list of int
+        Hidden size of each RNN layer.
+    use_skip_connection : bool
+        Feed the direction getter every layer's output, concatenated.
+    use_layer_norm : bool
+        Layer norm on each RNN layer's output.
+    dropout : float
+        Dropout on each RNN layer's output, in [0, 1).
+    dg_key : str
+        Direction getter, a key of
+        :data:`dwi_ml.models.direction_getters.DIRECTION_GETTERS`.
+    dg_args : dict or None
+        Its arguments: ``add_eos``, ``eos_weight`` (and ``sphere``).
+    """
+
+    def __init__(self, experiment_name, nb_features, step_size=None,
+                 nb_points=None, compress=None, neighborhood_type=None,
+                 neighborhood_radius=None, neighborhood_resolution=None,
+                 nb_previous_dirs=0, normalize_prev_dirs=True,
+                 input_embedding_key="none", input_embedding_size=None,
+                 rnn_key="lstm", rnn_layer_sizes=(100, 100),
+                 use_skip_connection=True, use_layer_norm=True, dropout=0.0,
+                 dg_key="cosine-regression", dg_args=None):
+        super().__init__(experiment_name, nb_features, step_size, nb_points,
+                         compress, neighborhood_type, neighborhood_radius,
+                         neighborhood_resolution, nb_previous_dirs,
+                         normalize_prev_dirs)
+        self.input_embedding_key = input_embedding_key
+        self.embedding = make_embedding(input_embedding_key, self.input_size,
+                                        input_embedding_size)
+        self.rnn_key = check_choice("rnn_key", rnn_key, RNN_CLASSES)
+        if (not isinstance(rnn_layer_sizes, (list, tuple))
+                or len(rnn_layer_sizes) == 0):
+            raise DwiMLUserError(
+                f"argument 'rnn_layer_sizes': expected a non-empty list of "
+                f"integers, found {rnn_layer_sizes!r}.")
+        self.rnn_layer_sizes = [check_int("rnn_layer_sizes", size, 1)
+                                for size in rnn_layer_sizes]
+        self.use_skip_connection = bool(use_skip_connection)
+        self.use_layer_norm = bool(use_layer_norm)
+        self.dropout = check_fraction("dropout", dropout)
+        self.rnn = StackedRNN(
+            rnn_key, self.embedding.output_size + 3 * self.nb_previous_dirs,
+            self.rnn_layer_sizes, self.use_skip_connection,
+            self.use_layer_norm, self.dropout)
+        self.dg_key = dg_key
+        self.direction_getter = make_direction_getter(
+            dg_key, self.rnn.output_size, dg_args)
+
+    @property
+    def params_for_checkpoint(self):
+        params = super().params_for_checkpoint
+        embedding_size = (None if self.input_embedding_key == "none" else
+                          self.embedding.output_size)
+        params.update(input_embedding_key=self.input_embedding_key,
+                      input_embedding_size=embedding_size,
+                      rnn_key=self.rnn_key,
+                      rnn_layer_sizes=list(self.rnn_layer_sizes),
+                      use_skip_connection=self.use_skip_connection,
+                      use_layer_norm=self.use_layer_norm,
+                      dropout=self.dropout,
+                      dg_key=self.dg_key,
+                      dg_args=self.direction_getter.params)
+        return params
+
+    @property
+    def add_eos(self):
+        """bool: whether the model predicts at the last point (EOS)."""
+        return self.direction_getter.add_eos
+
+    @property
+    def output_size(self):
+        """int: width of one output row."""
+        return self.direction_getter.output_size
+
+    def _point_features(self, point_inputs, previous_dirs):
+        return torch.cat([self.embedding(point_inputs), previous_dirs],
+                         dim=1)
+
+    def forward(self, inputs, streamlines):
+        """Outputs at every prediction point of the batch.
+
+        Parameters
+        ----------
+        inputs : list of torch.Tensor (n_i, input_size)
+            Interpolated inputs at every point.
+        streamlines : list of torch.Tensor (n_i, 3)
+            Voxel space, corner origin.
+
+        Returns
+        -------
+        torch.Tensor (M, output_size)
+            Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
+            EOS.
+        """
+        self.check_inputs(inputs, streamlines)
+        lengths = streamline_lengths(streamlines)
+        counts = nb_predictions(lengths, self.add_eos)
+        if torch.any(counts < 1):
+            raise DwiMLUserError(
+                "streamlines: expected at least 2 points per streamline "
+                "(a model without EOS predicts n - 1 directions), found "
+                "a streamline of 1 point.")
+        point_inputs = torch.cat(list(inputs))[
+            prediction_rows(lengths, self.add_eos)]
+        features = self._point_features(
+            point_inputs,
+            self.compute_previous_dirs(streamlines, self.add_eos))
+        # Packing the row numbers gives, once for the whole batch, the
+        # packed order of the rows and the inverse to restore it.
+        row_ids = torch.arange(len(features), device=features.device)
+        packed_ids = pack_sequence(torch.split(row_ids, counts.tolist()),
+                                   enforce_sorted=False)
+        packed, _ = self.rnn(packed_ids._replace(
+            data=features[packed_ids.data]))
+        outputs = self.direction_getter(packed.data)
+        return outputs[torch.argsort(packed_ids.data)]
+
+    def forward_step(self, step_inputs, partial_streamlines,
+                     hidden_states=None):
+        """Outputs at the last point of N streamlines being tracked.
+
+        Parameters
+        ----------
+        step_inputs : torch.Tensor (N, input_size)
+            Inputs interpolated at the last point of each streamline.
+        partial_streamlines : list of torch.Tensor (m_i, 3)
+            The streamlines so far (m_i >= 1; the seed alone at the first
+            step), voxel space, corner origin.
+        hidden_states : tuple or None
+            Returned by the previous step, for the same N streamlines in the
+            same order; None at the first step.
+
+        Returns
+        -------
+        outputs : torch.Tensor (N, output_size)
+        hidden_states : tuple
+            Give them to the next step (after
+            :meth:`select_hidden_states` if streamlines stopped).
+        """
+        features = self._point_features(
+            step_inputs, self.compute_last_previous_dirs(partial_streamlines))
+        outputs, hidden_states = self.rnn(features[None], hidden_states)
+        return self.direction_getter(outputs[0]), hidden_states
+
+    @staticmethod
+    def select_hidden_states(hidden_states, keep):
+        """Hidden states of the streamlines in ``keep`` (mask or indices).
+
+        See :func:`dwi_ml.models.stacked_rnn.select_hidden_states`.
+        """
+        return select_hidden_states(hidden_states, keep)
+
+    def compute_loss(self, outputs, streamlines):
+        """Mean loss over the batch's predictions, and their number.
+
+        Parameters
+        ----------
+        outputs : torch.Tensor (M, output_size)
+            From :meth:`forward`.
+        streamlines : list of torch.Tensor (n_i, 3)
+            The same (target) streamlines, voxel space, corner origin.
+        """
+        target_dirs, eos_targets = compute_direction_targets(
+            streamlines, self.add_eos)
+        return self.direction_getter.compute_loss(outputs, target_dirs,
+                                                  eos_targets)
+
+    def get_tracking_directions(self, outputs, algo="det", generator=None):
+        """Unit directions (N, 3) and EOS probabilities (N,) or None.
+
+        See
+        :meth:`dwi_ml.models.direction_getters.base.AbstractDirectionGetter.get_tracking_directions`.
+        """
+        return self.direction_getter.get_tracking_directions(
+            outputs, algo, generator)

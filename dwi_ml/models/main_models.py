@@ -1,0 +1,231 @@
+"""Base classes of every dwi_ml model.
+
+``MainModelAbstract`` holds what the trainer and the scripts need from any
+model: a name, the streamline resampling it was trained with, its
+constructor arguments (``params_for_checkpoint``) and save/load.
+
+``MainModelOneInput`` adds what the batch loader reads from the model for
+one input volume group: the neighbourhood to interpolate and the number of
+features, and it builds the previous-direction inputs. See
+:mod:`dwi_ml.models.directions` for the batch contract.
+"""
+import torch
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models import model_io
+from dwi_ml.models.arg_checks import check_choice, check_int, check_positive_float
+from dwi_ml.models.directions import compute_last_previous_dirs, compute_previous_dirs
+
+NEIGHBORHOOD_TYPES = (None, "axes", "grid")
+
+
+class MainModelAbstract(torch.nn.Module):
+    """A model that can be saved, rebuilt and trained by dwi_ml.
+
+    Parameters
+    ----------
+    experiment_name : str
+        Name of the experiment, kept in ``parameters.json``.
+    step_size : float or None
+        Step size in mm the streamlines are resampled to.
+    nb_points : int or None
+        Number of points each streamline is resampled to.
+    compress : float or None
+        Compression tolerance in mm.
+
+    At most one of ``step_size``, ``nb_points`` and ``compress`` may be
+    set; none means streamlines are used as stored in the HDF5 file.
+    Subclasses extend ``params_for_checkpoint`` with all their constructor
+    arguments and decorate themselves with
+    :func:`dwi_ml.models.model_io.register_model`.
+    """
+
+    def __init__(self, experiment_name, step_size=None, nb_points=None,
+                 compress=None):
+        super().__init__()
+        if not isinstance(experiment_name, str) or not experiment_name:
+            raise DwiMLUserError(
+                f"argument 'experiment_name': expected a non-empty string, "
+                f"found {experiment_name!r}.")
+        chosen = [name for name, value in (("step_size", step_size),
+                                           ("nb_points", nb_points),
+                                           ("compress", compress))
+                  if value is not None]
+        if len(chosen) > 1:
+            raise DwiMLUserError(
+                f"arguments {', '.join(chosen)}: expected at most one "
+                f"resampling option, found {len(chosen)}.")
+        self.experiment_name = experiment_name
+        self.step_size = (None if step_size is None else
+                          check_positive_float("step_size", step_size))
+        self.nb_points = (None if nb_points is None else
+                          check_int("nb_points", nb_points, 2))
+        self.compress = (None if compress is None else
+                         check_positive_float("compress", compress))
+
+    @property
+    def params_for_checkpoint(self):
+        """dict: every constructor argument, JSON-able, to rebuild the model.
+        """
+        return {"experiment_name": self.experiment_name,
+                "step_size": self.step_size,
+                "nb_points": self.nb_points,
+                "compress": self.compress}
+
+    @property
+    def device(self):
+        """torch.device of the model's parameters (CPU when it has none)."""
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def move_to(self, device):
+        """Move the model to ``device`` and return it."""
+        return self.to(device)
+
+    def save_params_and_state(self, folder):
+        """Write parameters.json, model_type.txt and model_state.pt.
+
+        See :mod:`dwi_ml.models.model_io`.
+        """
+        model_io.save_params_and_state(self, folder)
+
+    @classmethod
+    def load_model_from_params_and_state(cls, folder, device="cpu"):
+        """Rebuild a saved model on ``device`` (in eval mode).
+
+        Called on a subclass, refuses a folder holding another model type.
+        """
+        model = model_io.load_model_from_params_and_state(folder, device)
+        if not isinstance(model, cls):
+            raise DwiMLUserError(
+                f"model folder '{folder}': expected a {cls.__name__}, "
+                f"found a {type(model).__name__}.")
+        return model
+
+    def compute_loss(self, outputs, targets):
+        """Return ``(mean_loss, n_points)`` for a batch's outputs."""
+        raise NotImplementedError
+
+
+def nb_neighbours(neighborhood_type, neighborhood_radius):
+    """Number of interpolation points per streamline point, centre included.
+
+    - None: the point alone (1);
+    - "axes": ``radius`` points on each half-axis, ``1 + 6 * radius``;
+    - "grid": a cube of ``2 * radius + 1`` points per side,
+      ``(2 * radius + 1) ** 3``.
+    """
+    if neighborhood_type is None:
+        return 1
+    if neighborhood_type == "axes":
+        return 1 + 6 * neighborhood_radius
+    return (2 * neighborhood_radius + 1) ** 3
+
+
+class MainModelOneInput(MainModelAbstract):
+    """A model fed by one input volume group, interpolated by the loader.
+
+    Parameters
+    ----------
+    experiment_name, step_size, nb_points, compress :
+        See :class:`MainModelAbstract`.
+    nb_features : int
+        Features of the input volume group (last dimension of the volume).
+    neighborhood_type : None, "axes" or "grid"
+        Extra interpolation points around each streamline point, read by the
+        loader. See :func:`nb_neighbours`.
+    neighborhood_radius : int or None
+        Points on each half-axis ("axes") or the cube's half-width in points
+        ("grid"). Required iff ``neighborhood_type`` is set.
+    neighborhood_resolution : float or None
+        Distance between neighbouring points, in mm. Required iff
+        ``neighborhood_type`` is set.
+    nb_previous_dirs : int
+        ``k``: previous directions added to each point's input (0: none).
+    normalize_prev_dirs : bool
+        Give previous directions unit length, so the input does not depend
+        on the step size.
+
+    Attributes
+    ----------
+    input_size : int
+        ``F_in = nb_features * nb_neighbours``, the loader's input width.
+    """
+
+    def __init__(self, experiment_name, nb_features, step_size=None,
+                 nb_points=None, compress=None, neighborhood_type=None,
+                 neighborhood_radius=None, neighborhood_resolution=None,
+                 nb_previous_dirs=0, normalize_prev_dirs=True):
+        super().__init__(experiment_name, step_size, nb_points, compress)
+        self.nb_features = check_int("nb_features", nb_features, 1)
+        self.neighborhood_type = check_choice(
+            "neighborhood_type", neighborhood_type, NEIGHBORHOOD_TYPES)
+        if neighborhood_type is None:
+            if (neighborhood_radius is not None
+                    or neighborhood_resolution is not None):
+                raise DwiMLUserError(
+                    "arguments neighborhood_radius/neighborhood_resolution: "
+                    "expected None without neighborhood_type, found values.")
+            self.neighborhood_radius = None
+            self.neighborhood_resolution = None
+        else:
+            self.neighborhood_radius = check_int(
+                "neighborhood_radius", neighborhood_radius, 1)
+            self.neighborhood_resolution = check_positive_float(
+                "neighborhood_resolution", neighborhood_resolution)
+        self.nb_previous_dirs = check_int(
+            "nb_previous_dirs", nb_previous_dirs, 0)
+        self.normalize_prev_dirs = bool(normalize_prev_dirs)
+        self.nb_neighbours = nb_neighbours(self.neighborhood_type,
+                                           self.neighborhood_radius)
+        self.input_size = self.nb_features * self.nb_neighbours
+
+    @property
+    def params_for_checkpoint(self):
+        params = super().params_for_checkpoint
+        params.update(nb_features=self.nb_features,
+                      neighborhood_type=self.neighborhood_type,
+                      neighborhood_radius=self.neighborhood_radius,
+                      neighborhood_resolution=self.neighborhood_resolution,
+                      nb_previous_dirs=self.nb_previous_dirs,
+                      normalize_prev_dirs=self.normalize_prev_dirs)
+        return params
+
+    def check_inputs(self, inputs, streamlines):
+        """Refuse a batch that breaks the contract of the loader."""
+        if len(inputs) != len(streamlines) or len(inputs) == 0:
+            raise DwiMLUserError(
+                f"batch: expected as many inputs as streamlines (>= 1), "
+                f"found {len(inputs)} and {len(streamlines)}.")
+        for x, s in zip(inputs, streamlines):
+            if x.ndim != 2 or x.shape[1] != self.input_size:
+                raise DwiMLUserError(
+                    f"batch inputs: expected width {self.input_size} "
+                    f"(nb_features * nb_neighbours), found shape "
+                    f"{tuple(x.shape)}.")
+            if s.ndim != 2 or s.shape[1] != 3 or len(s) != len(x):
+                raise DwiMLUserError(
+                    f"batch streamlines: expected ({len(x)}, 3) points, "
+                    f"found shape {tuple(s.shape)}.")
+
+    def compute_previous_dirs(self, streamlines, add_eos):
+        """Previous directions of every prediction point, (M, 3 * k).
+
+        Empty (M, 0) when ``nb_previous_dirs`` is 0.
+        """
+        if self.nb_previous_dirs == 0:
+            n = sum(len(s) for s in streamlines) - (0 if add_eos else
+                                                    len(streamlines))
+            return streamlines[0].new_zeros((n, 0))
+        return compute_previous_dirs(streamlines, self.nb_previous_dirs,
+                                     add_eos, self.normalize_prev_dirs)
+
+    def compute_last_previous_dirs(self, partial_streamlines):
+        """Previous directions at each partial streamline's last point."""
+        if self.nb_previous_dirs == 0:
+            return partial_streamlines[0].new_zeros(
+                (len(partial_streamlines), 0))
+        return compute_last_previous_dirs(
+            partial_streamlines, self.nb_previous_dirs,
+            self.normalize_prev_dirs)

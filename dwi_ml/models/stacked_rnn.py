@@ -1,0 +1,128 @@
+"""A stack of single-layer RNNs with their own sizes, on packed sequences.
+
+Each layer's output goes through layer norm (optional) and dropout, then
+feeds the next layer. With skip connections the stack's output is the
+concatenation of every layer's output; without, the last layer's.
+
+Hidden states are a tuple with one entry per layer: ``(h, c)`` for LSTM,
+``h`` for GRU, each tensor of shape ``(1, N, layer_size)`` as in
+``torch.nn.LSTM``/``torch.nn.GRU``. Streamline ``j`` of the batch is
+column ``j`` of every tensor.
+"""
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+
+
+def _map_data(sequence, function):
+    """Apply ``function`` to each point of a packed or (L, N, F) sequence."""
+    if isinstance(sequence, PackedSequence):
+        return sequence._replace(data=function(sequence.data))
+    return function(sequence)
+
+
+def _data(sequence):
+    return sequence.data if isinstance(sequence, PackedSequence) else sequence
+
+
+class StackedRNN(torch.nn.Module):
+    """LSTM or GRU layers of sizes ``layer_sizes``.
+
+    Parameters
+    ----------
+    rnn_key : "lstm" or "gru"
+    input_size : int
+    layer_sizes : list of int
+    use_skip_connection : bool
+        Output every layer's output, concatenated.
+    use_layer_norm : bool
+        Layer norm on each layer's output.
+    dropout : float
+        Dropout probability on each layer's output (training only).
+    """
+
+    def __init__(self, rnn_key, input_size, layer_sizes, use_skip_connection,
+                 use_layer_norm, dropout):
+        super().__init__()
+        rnn_class = RNN_CLASSES[rnn_key]
+        self.use_skip_connection = use_skip_connection
+        self.rnn_layers = torch.nn.ModuleList()
+        self.post_layers = torch.nn.ModuleList()
+        size = input_size
+        for layer_size in layer_sizes:
+            self.rnn_layers.append(rnn_class(size, layer_size))
+            norm = (torch.nn.LayerNorm(layer_size) if use_layer_norm
+                    else torch.nn.Identity())
+            self.post_layers.append(
+                torch.nn.Sequential(norm, torch.nn.Dropout(dropout)))
+            size = layer_size
+        self.output_size = (sum(layer_sizes) if use_skip_connection
+                            else layer_sizes[-1])
+
+    def forward(self, inputs, hidden_states=None):
+        """Run the stack.
+
+        Parameters
+        ----------
+        inputs : PackedSequence or torch.Tensor (L, N, input_size)
+        hidden_states : tuple or None
+            One state per layer (see module docstring); None starts at zero.
+
+        Returns
+        -------
+        outputs : PackedSequence or torch.Tensor (L, N, output_size)
+            Same kind as ``inputs``.
+        hidden_states : tuple
+            The new states, one per layer.
+        """
+        if hidden_states is None:
+            hidden_states = (None,) * len(self.rnn_layers)
+        layer_outputs = []
+        new_states = []
+        sequence = inputs
+        for rnn, post_layer, state in zip(self.rnn_layers, self.post_layers,
+                                          hidden_states):
+            sequence, new_state = rnn(sequence, state)
+            sequence = _map_data(sequence, post_layer)
+            layer_outputs.append(_data(sequence))
+            new_states.append(new_state)
+        if self.use_skip_connection:
+            sequence = _map_data(
+                sequence, lambda _: torch.cat(layer_outputs, dim=-1))
+        return sequence, tuple(new_states)
+
+
+def select_hidden_states(hidden_states, keep):
+    """Keep the hidden states of some streamlines only.
+
+    Parameters
+    ----------
+    hidden_states : tuple
+        As returned by :class:`StackedRNN`.
+    keep : bool mask (N,) or int indices, torch tensor, numpy array or list
+        Streamlines to keep, in the order wanted.
+
+    Returns
+    -------
+    tuple
+        The same structure, with ``len(kept)`` streamlines.
+
+    Notes
+    -----
+    A numpy ``keep`` is copied into a new tensor: ``torch.as_tensor`` would
+    share its memory, and autograd keeps the index for the backward pass, so
+    a later in-place change of the caller's array would send gradients to
+    the wrong streamlines.
+    """
+    if isinstance(keep, np.ndarray) or isinstance(keep, (list, tuple)):
+        keep = torch.tensor(np.asarray(keep))
+    if keep.dtype == torch.bool:
+        keep = torch.nonzero(keep).squeeze(1)
+
+    def select(tensor):
+        return tensor.index_select(1, keep.to(tensor.device))
+
+    return tuple(tuple(select(t) for t in state) if isinstance(state, tuple)
+                 else select(state) for state in hidden_states)

@@ -1,0 +1,48 @@
+"""Checks of the trainer's arguments, before any work."""
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+
+def _check_positive(name, value, allow_none=False, integer=False):
+    if value is None and allow_none:
+        return
+    kind = "integer" if integer else "number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok or value <= 0:
+        raise DwiMLUserError(
+            f"{name}: expected a positive {kind}, got {value!r}.")
+
+
+def check_trainer_args(args):
+    """Raise DwiMLUserError for the first invalid trainer argument."""
+    _check_positive("learning_rate", args["learning_rate"])
+    _check_positive("max_epochs", args["max_epochs"], integer=True)
+    _check_positive("patience", args["patience"], allow_none=True,
+                    integer=True)
+    _check_positive("clip_grad", args["clip_grad"], allow_none=True)
+    for key in ("max_batches_per_epoch_training",
+                "max_batches_per_epoch_validation"):
+        _check_positive(key, args[key], allow_none=True, integer=True)
+    if args["weight_decay"] < 0:
+        raise DwiMLUserError(
+            f"weight_decay: expected >= 0, got {args['weight_decay']}.")
+    if args["patience_delta"] < 0:
+        raise DwiMLUserError(
+            f"patience_delta: expected >= 0, got {args['patience_delta']}.")
+    if args["nb_workers"] < 0:
+        raise DwiMLUserError(
+            f"nb_workers: expected >= 0, got {args['nb_workers']}.")
+    if args["mixed_precision"] not in (None, "bf16", "fp16"):
+        raise DwiMLUserError(
+            "mixed_precision: expected 'bf16', 'fp16' or none, got "
+            f"'{args['mixed_precision']}'.")
+    device = str(args["device"])
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise DwiMLUserError(f"device: expected 'cpu' or 'cuda[:N]', got '{device}'.")
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise DwiMLUserError(
+                f"device: '{device}' was asked for but CUDA is not available "
+                "on this machine.")

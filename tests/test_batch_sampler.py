@@ -1,0 +1,323 @@
+"""Tests of the batch planning functions and of BatchSampler.
+
+The planning functions are tested on cost arrays; BatchSampler on a real
+MultiSubjectDataset read from a tiny reference-layout HDF5 file.
+"""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from dwi_ml.batching.batch_planning import (
+    cut_by_budget,
+    make_generator,
+    plan_mixed_batches,
+    plan_subject_batches,
+    shard_plan,
+)
+from dwi_ml.batching.batch_sampler import BatchSampler
+from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
+from dwi_ml.io_utils.errors import DwiMLUserError
+from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
+
+BUDGET_MM = 20.
+
+
+def as_pairs(batch):
+    """A batch as a hashable tuple, to compare plans."""
+    return tuple((subject, tuple(ids.tolist())) for subject, ids in batch)
+
+
+def check_plan(plan, costs_per_subject, budget):
+    """Every streamline once, no empty batch, budgets respected."""
+    used = []
+    for batch in plan:
+        assert len(batch) > 0
+        subjects = [subject for subject, _ in batch]
+        assert len(set(subjects)) == len(subjects)
+        batch_cost = 0.
+        for subject, ids in batch:
+            assert ids.dtype == np.int64 and len(ids) > 0
+            assert np.all(np.diff(ids) > 0)
+            used.extend((subject, int(i)) for i in ids)
+            batch_cost += costs_per_subject[subject][ids].sum()
+        nb_streamlines = sum(len(ids) for _, ids in batch)
+        if nb_streamlines > 1:
+            assert batch_cost <= budget * (1 + 1e-9)
+    expected = [(subject, i) for subject, costs in enumerate(costs_per_subject)
+                for i in range(len(costs))]
+    assert sorted(used) == expected
+
+
+def mm_costs():
+    """Lengths in mm of 4 subjects, one empty, one streamline over budget."""
+    rng = np.random.default_rng(0)
+    costs = [rng.uniform(1., 9., size=n) for n in (9, 0, 14, 5)]
+    costs[2][6] = 3 * BUDGET_MM
+    return costs
+
+
+def count_costs():
+    return [np.ones(n) for n in (9, 0, 14, 5)]
+
+
+@pytest.mark.parametrize("units", ["count", "mm"])
+@pytest.mark.parametrize("nb_subjects, cycles",
+                         [(None, None), (1, 1), (2, 3), (3, 2)])
+def test_plan_uses_every_streamline_once_within_budget(units, nb_subjects,
+                                                       cycles):
+    costs, budget = ((count_costs(), 4.) if units == "count"
+                     else (mm_costs(), BUDGET_MM))
+    rng = make_generator(3, "training", 0)
+    if nb_subjects is None:
+        plan = plan_mixed_batches(costs, budget, rng)
+    else:
+        plan = plan_subject_batches(costs, budget, nb_subjects, cycles, rng)
+    check_plan(plan, costs, budget)
+    assert all(len(batch) <= (nb_subjects or 4) for batch in plan)
+    if units == "mm":
+        assert ((2, (6,)),) in [as_pairs(batch) for batch in plan]
+
+
+def test_cut_by_budget_keeps_last_partial_and_isolates_long_items():
+    costs = np.array([1., 2., 3., 10., 1., 1.])
+    assert cut_by_budget(costs, 5.).tolist() == [0, 2, 3, 4, 6]
+    assert cut_by_budget(np.ones(10), 4.).tolist() == [0, 4, 8, 10]
+    assert cut_by_budget(np.zeros(0), 4.).tolist() == [0]
+
+
+def test_mixed_plan_of_counts_has_full_batches_then_partial():
+    plan = plan_mixed_batches(count_costs(), 4., make_generator(0, "training", 0))
+    sizes = [sum(len(ids) for _, ids in batch) for batch in plan]
+    assert sizes == [4] * 7
+
+
+def test_subject_plan_keeps_subjects_for_cycles():
+    costs = [np.ones(30) for _ in range(3)]
+    plan = plan_subject_batches(costs, 4., 1, 3,
+                                make_generator(0, "training", 0))
+    check_plan(plan, costs, 4.)
+    subjects = [batch[0][0] for batch in plan]
+    assert all(len(batch) == 1 for batch in plan)
+    # 3 batches of 4 never exhaust a subject of 30: runs of 3 batches.
+    assert subjects[0] == subjects[1] == subjects[2]
+    assert subjects[3] == subjects[4] == subjects[5]
+
+
+def test_plan_of_no_streamlines_is_empty():
+    costs = [np.zeros(0), np.zeros(0)]
+    assert plan_mixed_batches(costs, 4., make_generator(0, "training", 0)) == []
+    assert plan_subject_batches(costs, 4., 1, 1,
+                                make_generator(0, "training", 0)) == []
+
+
+def test_generators_are_independent_of_global_state():
+    first = make_generator(5, "training", 0).random(4)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state()
+    assert np.array_equal(make_generator(5, "training", 0).random(4), first)
+    assert not np.array_equal(make_generator(5, "training", 1).random(4), first)
+    assert not np.array_equal(make_generator(5, "validation", 0).random(4),
+                              first)
+    assert np.array_equal(np.random.get_state()[1], np_state)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+def test_shard_plan_gives_equal_disjoint_shares():
+    plan = [[(0, np.array([i]))] for i in range(7)]
+    shares = [shard_plan(plan, rank, 3) for rank in range(3)]
+    assert [nb_dropped for _, nb_dropped in shares] == [1, 1, 1]
+    assert [len(share) for share, _ in shares] == [2, 2, 2]
+    assert shares[1][0] == [plan[1], plan[4]]
+    union = sorted(int(batch[0][1][0]) for share, _ in shares for batch in share)
+    assert union == list(range(6))
+
+
+# --- BatchSampler on a real MultiSubjectDataset -----------------------------
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """3 training subjects (one without streamlines), 2 validation ones.
+
+    Subject 'train_b' holds one zigzag streamline of about 126 mm, longer
+    than the BUDGET_MM length budget.
+    """
+    rng = np.random.default_rng(7)
+    subjects = {name: make_example_subject(rng, nb_streamlines=n)
+                for name, n in (("train_a", 11), ("train_b", 17),
+                                ("train_c", 1), ("valid_a", 6),
+                                ("valid_b", 9))}
+    subjects["train_c"]["streamlines"].streamlines = []
+    zigzag = np.zeros((10, 3), dtype=np.float32) + 4.
+    zigzag[::2, 0], zigzag[1::2, 0] = .5, 7.5
+    subjects["train_b"]["streamlines"].streamlines[4] = zigzag
+    path = tmp_path_factory.mktemp("sampler") / "data.hdf5"
+    write_reference_hdf5(path, subjects,
+                         training_subjs=["train_b", "train_a", "train_c"],
+                         validation_subjs=["valid_a", "valid_b"])
+    loaded = MultiSubjectDataset(path, lazy=True)
+    loaded.load_data(load_testing=False)
+    return loaded
+
+
+def make_sampler(dataset, units="nb_streamlines", **options):
+    batch_size = 4 if units == "nb_streamlines" else BUDGET_MM
+    arguments = dict(streamline_group="streamlines",
+                     batch_size_training=batch_size,
+                     batch_size_validation=batch_size,
+                     batch_size_units=units)
+    arguments.update(options)
+    return BatchSampler(dataset, **arguments)
+
+
+def dataset_costs(subset, units):
+    return [np.ones(len(subset.get_lengths(s, 0)))
+            if units == "nb_streamlines" else subset.get_lengths_mm(s, 0)
+            for s in range(subset.nb_subjects)]
+
+
+def epoch_pairs(sampler):
+    return [as_pairs(batch) for batch in sampler]
+
+
+@pytest.mark.parametrize("units", ["nb_streamlines", "length_mm"])
+@pytest.mark.parametrize("options", [{}, {"nb_subjects_per_batch": 1},
+                                     {"nb_subjects_per_batch": 2,
+                                      "cycles": 2}])
+def test_sampler_epoch_uses_every_streamline_once(dataset, units, options):
+    sampler = make_sampler(dataset, units, **options)
+    budget = 4 if units == "nb_streamlines" else BUDGET_MM
+    for context, subset in (("training", dataset.training_set),
+                            ("validation", dataset.validation_set)):
+        sampler.set_context(context)
+        batches = list(sampler)
+        assert len(sampler) == len(batches)
+        check_plan(batches, dataset_costs(subset, units), budget)
+    sampler.set_context("training")
+    if units == "length_mm":
+        # The zigzag of train_b (subject 1, streamline 4) is alone.
+        assert dataset.training_set.get_lengths_mm(1, 0)[4] > BUDGET_MM
+        assert ((1, (4,)),) in epoch_pairs(sampler)
+    else:
+        assert all(len(ids) <= 4 for batch in sampler for _, ids in batch)
+
+
+def test_sampler_epochs_seeds_and_validation(dataset):
+    sampler, twin = make_sampler(dataset), make_sampler(dataset)
+    other_seed = make_sampler(dataset, seed=99)
+    first = epoch_pairs(sampler)
+    assert first == epoch_pairs(twin)
+    assert first != epoch_pairs(other_seed)
+    sampler.set_epoch(1)
+    assert epoch_pairs(sampler) != first
+    validations = []
+    for epoch in (0, 1, 5):
+        sampler.set_epoch(epoch)
+        sampler.set_context("validation")
+        validations.append(epoch_pairs(sampler))
+        sampler.set_context("training")
+    assert validations[0] == validations[1] == validations[2]
+
+
+def test_sampler_resumes_mid_epoch_from_saved_state(dataset, tmp_path):
+    options = dict(nb_subjects_per_batch=1, cycles=2, seed=5)
+    uninterrupted = make_sampler(dataset, **options)
+    uninterrupted.set_epoch(3)
+    epoch_3 = epoch_pairs(uninterrupted)
+    uninterrupted.set_epoch(4)
+    epoch_4 = epoch_pairs(uninterrupted)
+
+    interrupted = make_sampler(dataset, **options)
+    interrupted.set_epoch(3)
+    iterator = iter(interrupted)
+    consumed = [as_pairs(next(iterator)) for _ in range(3)]
+    assert interrupted.nb_batches_yielded == 3
+    torch.save(interrupted.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+
+    resumed = make_sampler(dataset, nb_subjects_per_batch=1, cycles=2)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)
+    assert resumed.nb_batches_yielded == 3
+    remaining = epoch_pairs(resumed)
+    assert resumed.nb_batches_yielded == 0
+    assert consumed + remaining == epoch_3
+    assert len(remaining) == len(epoch_3) - 3
+    resumed.set_epoch(4)
+    assert epoch_pairs(resumed) == epoch_4
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sampler_shards_global_plan_equally(dataset, world_size, caplog):
+    global_plan = epoch_pairs(make_sampler(dataset))
+    shards = [make_sampler(dataset, rank=rank, world_size=world_size)
+              for rank in range(world_size)]
+    with caplog.at_level("INFO"):
+        per_rank = [epoch_pairs(shard) for shard in shards]
+    nb_per_rank = len(global_plan) // world_size
+    assert [len(shard) for shard in shards] == [nb_per_rank] * world_size
+    assert [len(batches) for batches in per_rank] == [nb_per_rank] * world_size
+    for rank, batches in enumerate(per_rank):
+        assert batches == global_plan[rank:nb_per_rank * world_size:world_size]
+    kept = sorted(batch for batches in per_rank for batch in batches)
+    assert kept == sorted(global_plan[:nb_per_rank * world_size])
+    if len(global_plan) % world_size:
+        assert "dropped" in caplog.text
+
+
+class IdentityDataset(torch.utils.data.Dataset):
+    """Map-style dataset returning each (subject, ids) entry as it is."""
+
+    def __getitem__(self, entry):
+        return entry
+
+
+def test_sampler_feeds_dataloader_and_pickles(dataset):
+    sampler = make_sampler(dataset, "length_mm", nb_subjects_per_batch=2)
+    sampler.set_epoch(2)
+    expected = epoch_pairs(sampler)
+    loader = torch.utils.data.DataLoader(IdentityDataset(),
+                                         batch_sampler=sampler,
+                                         collate_fn=list)
+    assert len(loader) == len(expected)
+    assert [as_pairs(batch) for batch in loader] == expected
+    copy = pickle.loads(pickle.dumps(sampler))
+    assert copy.dataset is None and sampler.dataset is dataset
+    assert epoch_pairs(copy) == expected
+
+
+@pytest.mark.parametrize("options, argument", [
+    ({"streamline_group": "bundles"}, "streamline_group"),
+    ({"batch_size_units": "nb_points"}, "batch_size_units"),
+    ({"batch_size_training": 0}, "batch_size_training"),
+    ({"batch_size_validation": -3}, "batch_size_validation"),
+    ({"batch_size_training": 2.5}, "batch_size_training"),
+    ({"nb_subjects_per_batch": 0}, "nb_subjects_per_batch"),
+    ({"nb_subjects_per_batch": 4}, "nb_subjects_per_batch"),
+    ({"cycles": 2}, "cycles"),
+    ({"nb_subjects_per_batch": 1, "cycles": 0}, "cycles"),
+    ({"rank": 2, "world_size": 2}, "rank"),
+    ({"rank": -1}, "rank"),
+    ({"world_size": 0}, "world_size"),
+    ({"seed": -1}, "seed"),
+])
+def test_sampler_rejects_bad_arguments(dataset, options, argument):
+    with pytest.raises(DwiMLUserError, match=f"argument {argument}:") as error:
+        make_sampler(dataset, **options)
+    assert "\n" not in str(error.value)
+
+
+def test_sampler_error_lists_groups_and_bad_context(dataset):
+    with pytest.raises(DwiMLUserError, match=r"\['streamlines'\], got 'bundles'"):
+        make_sampler(dataset, streamline_group="bundles")
+    with pytest.raises(DwiMLUserError, match="positive length in mm, got 0.0"):
+        make_sampler(dataset, "length_mm", batch_size_training=0.)
+    sampler = make_sampler(dataset)
+    assert len(make_sampler(dataset, batch_size_training=4.)) == len(sampler)
+    with pytest.raises(DwiMLUserError, match="argument context:"):
+        sampler.set_context("testing")
+    state = make_sampler(dataset, world_size=2).state_dict()
+    with pytest.raises(DwiMLUserError, match="world_size=2"):
+        sampler.load_state_dict(state)

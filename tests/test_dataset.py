@@ -1,0 +1,402 @@
+"""MultiSubjectDataset, eager and lazy, on files in the reference layout."""
+import os
+import pickle
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from dipy.io.stateful_tractogram import Origin, Space
+from reference_hdf5 import (
+    lengths_mm,
+    make_example_subject,
+    write_reference_hdf5,
+)
+
+from dwi_ml.data.dataset import (
+    LazyMRIData,
+    LazySFTData,
+    MRIData,
+    MultiSubjectDataset,
+    SFTData,
+)
+from dwi_ml.data.dataset import subjects as subjects_module
+from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle
+from dwi_ml.data.dataset.row_ranges import (
+    find_raw_chunks,
+    plan_blocks,
+    read_row_ranges,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+SPLITS = {"training_subjs": ["subj_b", "subj_a"],
+          "validation_subjs": ["subj_c"], "testing_subjs": []}
+
+
+def _quirky_subjects():
+    """Three subjects, each with some of the reference's quirks."""
+    rng = np.random.default_rng(42)
+    subjects = {
+        "subj_a": make_example_subject(rng, gap_rows=3, shuffle_storage=True,
+                                       write_euclidean_lengths=False),
+        "subj_b": make_example_subject(rng, nb_streamlines=15,
+                                       data_per_streamline=None),
+        "subj_c": make_example_subject(rng, nb_streamlines=25, gap_rows=1),
+    }
+    # Space attributes with other dtypes, as from another source file.
+    streamlines_b = subjects["subj_b"]["streamlines"]
+    streamlines_b.affine = streamlines_b.affine.astype(np.float64)
+    streamlines_b.dimensions = streamlines_b.dimensions.astype(np.float64)
+    streamlines_b.voxel_sizes = streamlines_b.voxel_sizes.astype(np.float64)
+    streamlines_b.voxel_order = np.bytes_(b"RAS")
+    return subjects
+
+
+@pytest.fixture(params=["dict_repr_str_attrs", "json_bytes_attrs"])
+def quirky_file(request, tmp_path):
+    subjects = _quirky_subjects()
+    path = str(tmp_path / "reference.hdf5")
+    as_json = request.param == "json_bytes_attrs"
+    write_reference_hdf5(path, subjects, step_size=0.5, compress=None,
+                         config_as_json=as_json, bytes_attrs=as_json,
+                         **SPLITS)
+    return path, subjects
+
+
+def _load(path, lazy, **kwargs):
+    dataset = MultiSubjectDataset(path, lazy=lazy, **kwargs)
+    dataset.load_data()
+    return dataset
+
+
+def _assert_same_streamlines(sequence, expected_list):
+    assert len(sequence) == len(expected_list)
+    assert sequence._data.dtype == np.float32
+    assert np.array_equal(sequence._offsets,
+                          np.cumsum(sequence._lengths) - sequence._lengths)
+    for got, expected in zip(sequence, expected_list):
+        assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_gives_back_what_was_written(quirky_file, lazy):
+    path, subjects = quirky_file
+    dataset = _load(path, lazy)
+    assert dataset.volume_groups == ["input"]
+    assert dataset.nb_features == [2]
+    assert dataset.streamline_groups == ["streamlines"]
+    assert (dataset.step_size, dataset.nb_points, dataset.compress) == (
+        0.5, None, None)
+    assert dataset.groups_config["input"]["type"] == "volume"
+    assert dataset.training_set.subjects == ["subj_a", "subj_b"]
+    assert dataset.validation_set.subjects == ["subj_c"]
+    assert dataset.testing_set.nb_subjects == 0
+    rng = np.random.default_rng(0)
+    for subset in (dataset.training_set, dataset.validation_set):
+        for subj_idx, subject_id in enumerate(subset.subjects):
+            written = subjects[subject_id]
+            subject = subset.get_subject(subj_idx)
+            mri = subject.mri_data_list[0]
+            assert isinstance(mri, LazyMRIData if lazy else MRIData)
+            tensor = mri.as_tensor("cpu")
+            assert tensor.dtype == torch.float32
+            assert np.array_equal(tensor.numpy(), written["input"].data)
+            assert np.array_equal(mri.affine, written["input"].affine)
+            assert np.allclose(mri.voxres, 2.)
+
+            sft_data = subject.sft_data_list[0]
+            assert isinstance(sft_data, LazySFTData if lazy else SFTData)
+            streamlines = written["streamlines"].streamlines
+            ids = rng.integers(0, len(streamlines), size=30)  # repeats
+            _assert_same_streamlines(sft_data.get_streamlines(ids),
+                                     [streamlines[i] for i in ids])
+            _assert_same_streamlines(sft_data.get_streamlines(), streamlines)
+            assert np.array_equal(subset.get_lengths(subj_idx, 0),
+                                  [len(s) for s in streamlines])
+            assert subset.get_lengths_mm(subj_idx, 0).dtype == np.float32
+            assert np.allclose(
+                subset.get_lengths_mm(subj_idx, 0),
+                lengths_mm(streamlines, written["streamlines"].affine),
+                rtol=1e-5)
+            dps = written["streamlines"].data_per_streamline or {}
+            got_dps = sft_data.get_data_per_streamline(ids)
+            assert sorted(got_dps) == sorted(dps)
+            for key, values in dps.items():
+                assert np.array_equal(got_dps[key], values[ids])
+
+
+def test_eager_equals_lazy(quirky_file):
+    eager, lazy = _load(quirky_file[0], False), _load(quirky_file[0], True)
+    for eager_set, lazy_set in ((eager.training_set, lazy.training_set),
+                                (eager.validation_set, lazy.validation_set)):
+        for subj_idx in range(eager_set.nb_subjects):
+            eager_subject = eager_set.get_subject(subj_idx)
+            lazy_subject = lazy_set.get_subject(subj_idx)
+            assert torch.equal(eager_subject.mri_data_list[0].as_tensor(),
+                               lazy_subject.mri_data_list[0].as_tensor())
+            eager_sft = eager_subject.sft_data_list[0]
+            lazy_sft = lazy_subject.sft_data_list[0]
+            ids = np.arange(eager_sft.nb_streamlines)[::-1]
+            eager_seq = eager_sft.get_streamlines(ids)
+            lazy_seq = lazy_sft.get_streamlines(ids)
+            assert np.array_equal(eager_seq._data, lazy_seq._data)
+            assert np.array_equal(eager_seq._lengths, lazy_seq._lengths)
+            assert np.array_equal(eager_sft.lengths_mm, lazy_sft.lengths_mm)
+            for i, j in zip(eager_sft.space_attributes,
+                            lazy_sft.space_attributes):
+                assert np.array_equal(i, j)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_as_sft_maps_to_rasmm_with_the_affine(quirky_file, lazy):
+    path, subjects = quirky_file
+    subject = _load(path, lazy).validation_set.get_subject(0)
+    written = subjects["subj_c"]["streamlines"]
+    ids = [4, 0, 7]
+    sft = subject.sft_data_list[0].as_sft(ids)
+    assert (sft.space, sft.origin) == (Space.VOX, Origin.TRACKVIS)
+    assert np.array_equal(sft.data_per_streamline["seed_id"],
+                          written.data_per_streamline["seed_id"][ids])
+    sft.to_rasmm()
+    sft.to_center()
+    for got, i in zip(sft.streamlines, ids):
+        expected = nib.affines.apply_affine(written.affine,
+                                            written.streamlines[i] - 0.5)
+        assert np.allclose(got, expected, atol=1e-4)
+
+
+def _arrays_held(obj):
+    return [value for value in vars(obj).values()
+            if isinstance(value, np.ndarray)]
+
+
+def test_lazy_lengths_live_in_ram_without_points(quirky_file, monkeypatch):
+    # Small blocks: the missing euclidean lengths of subj_a are computed
+    # from disk over several blocks.
+    monkeypatch.setattr(subjects_module, "LENGTHS_BLOCK_POINTS", 7)
+    path, subjects = quirky_file
+    dataset = _load(path, lazy=True)
+    dataset.close()
+    for subj_idx, subject_id in enumerate(dataset.training_set.subjects):
+        written = subjects[subject_id]["streamlines"]
+        sft_data = dataset.training_set.get_subject(subj_idx).sft_data_list[0]
+        nb_points = sum(len(s) for s in written.streamlines)
+        # Only per-streamline arrays (N,), never the (P, 3) points.
+        for array in _arrays_held(sft_data):
+            assert array.shape == (sft_data.nb_streamlines,)
+            assert array.size < nb_points
+        assert np.allclose(dataset.training_set.get_lengths_mm(subj_idx, 0),
+                           lengths_mm(written.streamlines, written.affine),
+                           rtol=1e-5)
+    # The handle reopens on the next read.
+    _assert_same_streamlines(
+        dataset.training_set.get_subject(0).sft_data_list[0]
+        .get_streamlines([1]), [subjects["subj_a"]["streamlines"]
+                                .streamlines[1]])
+
+
+def test_lru_cache_is_bounded(quirky_file):
+    path, _ = quirky_file
+    dataset = _load(path, lazy=True, cache_size=1)
+    subjects = [dataset.training_set.get_subject(0),
+                dataset.training_set.get_subject(1),
+                dataset.validation_set.get_subject(0)]
+    tensors = [subject.mri_data_list[0].as_tensor() for subject in subjects]
+    assert len(dataset.volume_cache) == 1
+    assert subjects[2].mri_data_list[0].as_tensor() is tensors[2]
+    assert subjects[0].mri_data_list[0].as_tensor() is not tensors[0]
+
+    volume_bytes = tensors[0].element_size() * tensors[0].nelement()
+    dataset = _load(path, lazy=True, cache_size_bytes=2 * volume_bytes)
+    for subset in (dataset.training_set, dataset.validation_set):
+        for subj_idx in range(subset.nb_subjects):
+            subset.get_subject(subj_idx).mri_data_list[0].as_tensor()
+    assert len(dataset.volume_cache) == 2
+    assert dataset.volume_cache.nbytes == 2 * volume_bytes
+
+
+def test_eager_keeps_one_tensor_per_device(quirky_file):
+    mri = _load(quirky_file[0], False).training_set.get_subject(0) \
+        .mri_data_list[0]
+    assert mri.as_tensor("cpu") is mri.as_tensor(torch.device("cpu"))
+    assert mri.as_tensor().shape == mri.shape == (8, 9, 10, 2)
+
+
+class _StreamlineBatches(torch.utils.data.Dataset):
+    """Batch k: the streamlines ``ids[k]`` of one lazy subject."""
+
+    def __init__(self, sft_data, batches):
+        self.sft_data = sft_data
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, k):
+        sequence = self.sft_data.get_streamlines(self.batches[k])
+        return os.getpid(), sequence._data, sequence._lengths
+
+
+def test_dataloader_workers_read_the_same_streamlines(quirky_file):
+    dataset = _load(quirky_file[0], lazy=True)
+    sft_data = dataset.training_set.get_subject(0).sft_data_list[0]
+    sft_data.get_streamlines([0])  # the parent's handle is now open
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(0, sft_data.nb_streamlines, 12) for _ in range(6)]
+    loader = torch.utils.data.DataLoader(
+        _StreamlineBatches(sft_data, batches), batch_size=None,
+        num_workers=2, multiprocessing_context="fork")
+    worker_pids = set()
+    for k, (pid, data, lengths) in enumerate(loader):
+        expected = sft_data.get_streamlines(batches[k])
+        worker_pids.add(int(pid))
+        assert np.array_equal(data.numpy(), expected._data)
+        assert np.array_equal(lengths.numpy(), expected._lengths)
+    assert os.getpid() not in worker_pids and len(worker_pids) == 2
+
+
+def test_pickled_lazy_dataset_reads_with_its_own_handle(quirky_file):
+    dataset = _load(quirky_file[0], lazy=True)
+    subject = dataset.validation_set.get_subject(0)
+    subject.mri_data_list[0].as_tensor()
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(copy.volume_cache) == 0
+    copy_subject = copy.validation_set.get_subject(0)
+    assert copy_subject.sft_data_list[0]._handle is copy._handle
+    assert copy._handle is not dataset._handle
+    ids = [3, 1, 3]
+    assert np.array_equal(
+        copy_subject.sft_data_list[0].get_streamlines(ids)._data,
+        subject.sft_data_list[0].get_streamlines(ids)._data)
+    assert torch.equal(copy_subject.mri_data_list[0].as_tensor(),
+                       subject.mri_data_list[0].as_tensor())
+
+
+def test_load_subsets_subjects_and_groups(quirky_file):
+    path, _ = quirky_file
+    dataset = MultiSubjectDataset(path)
+    dataset.load_data(load_validation=False, subj_id="subj_b",
+                      volume_groups=[], streamline_groups=["streamlines"])
+    assert dataset.training_set.subjects == ["subj_b"]
+    assert dataset.validation_set.nb_subjects == 0
+    assert dataset.volume_groups == [] and dataset.nb_features == []
+    assert dataset.training_set.get_subject(0).mri_data_list == []
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_3d_volume_counts_as_one_feature(tmp_path, lazy):
+    subjects = {"s1": make_example_subject(np.random.default_rng(2))}
+    volume = subjects["s1"]["input"]
+    volume.data = volume.data[..., 0]
+    dataset = _load(_write(tmp_path, subjects, testing_subjs=["s1"]), lazy)
+    assert dataset.nb_features == [1]
+    tensor = dataset.testing_set.get_subject(0).mri_data_list[0].as_tensor()
+    assert np.array_equal(tensor.numpy(), volume.data[..., None])
+
+
+@pytest.mark.parametrize("chunks, compression, read_raw", [
+    (None, None, True), ((7, 3), None, True), ((7, 3), "gzip", False)])
+def test_coalesced_reads_match_slicing(tmp_path, chunks, compression,
+                                       read_raw):
+    rng = np.random.default_rng(1)
+    data = rng.random((20_000, 3), dtype=np.float32)
+    path = str(tmp_path / "rows.hdf5")
+    with h5py.File(path, "w") as hdf:
+        hdf.create_dataset("data", data=data, chunks=chunks,
+                           compression=compression)
+    handle = Hdf5Handle(path)
+    assert (find_raw_chunks(handle.dataset("data")) is not None) == read_raw
+    # Ranges over chunk ends, some overlapping, some far apart.
+    starts = np.concatenate([rng.integers(0, 400, 30),
+                             rng.integers(0, 19_980, 30)])
+    counts = rng.integers(0, 20, 60)
+    buffer, positions = read_row_ranges(handle, "data", starts, counts)
+    for start, count, position in zip(starts, counts, positions):
+        assert np.array_equal(buffer[position:position + count],
+                              data[start:start + count])
+    # Near ranges share a block, far ones do not: not one big read.
+    assert len(buffer) < (starts + counts).max() - starts.min()
+
+    block_starts, block_counts, positions = plan_blocks(starts, counts, 5)
+    gaps = block_starts[1:] - (block_starts[:-1] + block_counts[:-1])
+    assert len(block_starts) > 1 and np.all(gaps > 5)
+    buffer = np.concatenate([data[start:start + count] for start, count
+                             in zip(block_starts, block_counts)])
+    for start, count, position in zip(starts, counts, positions):
+        assert np.array_equal(buffer[position:position + count],
+                              data[start:start + count])
+
+
+# ---------------------------------------------------------------- errors --
+
+def _raises(match, path, **load_kwargs):
+    with pytest.raises(DwiMLUserError, match=match) as error:
+        MultiSubjectDataset(path).load_data(**load_kwargs)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def _write(tmp_path, subjects=None, **kwargs):
+    path = str(tmp_path / "file.hdf5")
+    write_reference_hdf5(path, subjects or _quirky_subjects(),
+                         **(kwargs or SPLITS))
+    return path
+
+
+def test_error_file_missing_or_not_hdf5_or_not_the_layout(tmp_path):
+    _raises("not found", str(tmp_path / "nope.hdf5"))
+    text_file = tmp_path / "notes.hdf5"
+    text_file.write_text("hello")
+    _raises("not HDF5", str(text_file))
+    with h5py.File(tmp_path / "other.hdf5", "w") as hdf:
+        hdf.attrs["foo"] = 1
+    _raises("expected the dwi_ml layout.*found attrs \\[foo\\]",
+            str(tmp_path / "other.hdf5"))
+
+
+def test_error_unknown_subject_and_groups(tmp_path):
+    path = _write(tmp_path)
+    _raises("unknown subject id 'subj_z'.*subj_a, subj_b, subj_c", path,
+            subj_id="subj_z")
+    _raises("no volume group 'T1'.*available volume groups: input", path,
+            volume_groups=["T1"])
+    _raises("no streamlines group 'input'.*available streamlines groups: "
+            "streamlines", path, streamline_groups=["input"])
+
+
+def test_error_listed_subject_without_group(tmp_path):
+    path = _write(tmp_path)
+    with h5py.File(path, "a") as hdf:
+        del hdf["subj_c"]
+    _raises("subject 'subj_c' is listed", path)
+
+
+def test_error_subjects_differ(tmp_path):
+    rng = np.random.default_rng(5)
+    subjects = {"s1": make_example_subject(rng),
+                "s2": make_example_subject(rng, nb_features=3)}
+    path = _write(tmp_path, subjects, training_subjs=["s1", "s2"])
+    message = _raises("subject 's2', group 'input': expected 2 features as "
+                      "in subject 's1', found 3", path)
+    assert "HDF5 file" in message
+
+    subjects["s2"] = make_example_subject(rng)
+    subjects["s2"]["bundle"] = subjects["s2"].pop("streamlines")
+    path = _write(tmp_path, subjects, training_subjs=["s1", "s2"])
+    _raises("subject 's2': expected a streamlines group 'streamlines' as in "
+            "subject 's1', found only groups \\[bundle, input\\]", path)
+
+    with h5py.File(path, "a") as hdf:
+        hdf["s2"].move("bundle", "streamlines")
+        hdf["s2/input"].attrs["type"] = "streamlines"
+    _raises("group 'input': expected type 'volume' as in subject 's1', "
+            "found 'streamlines'", path)
+
+
+def test_error_streamlines_outside_data(tmp_path):
+    path = _write(tmp_path)
+    with h5py.File(path, "a") as hdf:
+        offsets = hdf["subj_a/streamlines/offsets"]
+        offsets[0] = len(hdf["subj_a/streamlines/data"])
+    _raises("'subj_a/streamlines': expected offsets \\+ lengths within", path)

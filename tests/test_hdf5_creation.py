@@ -1,0 +1,472 @@
+"""Creation of dwi_ml HDF5 files from tiny NIfTI and tractogram files."""
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from dipy.io.streamline import load_tractogram
+from hdf5_test_data import (
+    CONFIG,
+    NB_STREAMLINES,
+    SHAPE,
+    VOXEL_SIZES,
+    grid_affine,
+    random_streamlines,
+    save_nifti,
+    save_streamlines,
+    vox_to_mm_lengths,
+    write_dataset,
+    write_subject,
+    write_subject_lists,
+)
+
+from dwi_ml.cli.dwiml_create_hdf5_dataset import main as create_main
+from dwi_ml.cli.dwiml_hdf5_print_architecture import main as print_main
+from dwi_ml.data.hdf5 import layout
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+SUBJECTS = ("sub-01", "sub-02", "sub-03")
+DATE = "01 January 2000 00:00:00"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Three subjects written once; tests must not change them."""
+    root = tmp_path_factory.mktemp("data") / "dwi_ml_ready"
+    return str(root), write_dataset(str(root), SUBJECTS)
+
+
+def create(root, out, config=CONFIG, training=SUBJECTS[:2],
+           validation=SUBJECTS[2:], testing=(), **options):
+    create_hdf5_dataset(root, str(out), config, list(training),
+                        list(validation), list(testing), _date_time=DATE,
+                        **options)
+    return h5py.File(out, "r")
+
+
+def read_streamlines(group):
+    return make_array_sequence(group["data"][:], group["offsets"][:],
+                               group["lengths"][:])
+
+
+def config_with(**groups):
+    config = json.loads(json.dumps(CONFIG))
+    config.update(groups)
+    return config
+
+
+def test_layout_keys_attrs_and_dtypes(dataset, tmp_path):
+    root, _ = dataset
+    with create(root, tmp_path / "out.h5") as hdf:
+        attrs = hdf.attrs
+        for key, subjects in (("training_subjs", SUBJECTS[:2]),
+                              ("validation_subjs", SUBJECTS[2:]),
+                              ("chosen_subjs", SUBJECTS)):
+            string_info = h5py.check_string_dtype(attrs.get_id(key).dtype)
+            assert string_info.encoding == "utf-8" and string_info.length \
+                is None
+            assert list(attrs[key]) == list(subjects)
+        assert layout.read_subject_list(attrs, "testing") == []
+        for key in ("step_size", "nb_points", "compress"):
+            assert attrs[key] == layout.NOT_DEFINED
+        assert json.loads(attrs["groups_config"]) == CONFIG
+        assert attrs["data_and_time"] == DATE
+        assert attrs["version"] == layout.FORMAT_VERSION
+        assert sorted(hdf.keys()) == list(SUBJECTS)
+
+        volume = hdf["sub-01/input"]
+        assert volume.attrs["type"] == layout.VOLUME_TYPE
+        assert volume.attrs["affine"].dtype == np.float64
+        np.testing.assert_allclose(volume.attrs["affine"], grid_affine())
+        assert volume.attrs["voxres"].dtype == np.float32
+        np.testing.assert_allclose(volume.attrs["voxres"], VOXEL_SIZES)
+        assert volume.attrs["nb_features"] == 4
+        assert volume["data"].shape == SHAPE + (4,)
+        assert volume["data"].dtype == np.float32
+        assert hdf["sub-01/wm_mask/data"].shape == SHAPE + (1,)
+
+        group = hdf["sub-01/streamlines"]
+        nb = NB_STREAMLINES["bundle_1.trk"] + NB_STREAMLINES["bundle_2.trk"]
+        assert group.attrs["type"] == layout.STREAMLINES_TYPE
+        assert group.attrs["space"] == layout.STREAMLINE_SPACE
+        assert group.attrs["origin"] == layout.STREAMLINE_ORIGIN
+        np.testing.assert_allclose(group.attrs["affine"], grid_affine())
+        assert list(group.attrs["dimensions"]) == list(SHAPE)
+        np.testing.assert_allclose(group.attrs["voxel_sizes"], VOXEL_SIZES)
+        assert group.attrs["voxel_order"] == "RAS"
+        assert group["data"].dtype == np.float32
+        assert group["data"].shape == (group["lengths"][:].sum(), 3)
+        assert group["data"].chunks[0] <= 4096
+        assert group["data"].compression is None
+        for key, dtype in (("offsets", np.int64), ("lengths", np.int64),
+                           ("euclidean_lengths", np.float32)):
+            assert group[key].dtype == dtype and group[key].shape == (nb,)
+        assert list(group["data_per_streamline"].keys()) == ["weight"]
+        assert group["data_per_streamline/weight"].shape == (nb, 1)
+
+
+def test_streamlines_match_source_in_vox_corner(dataset, tmp_path):
+    root, written = dataset
+    with create(root, tmp_path / "out.h5") as hdf:
+        for subject in SUBJECTS:
+            group = hdf[f"{subject}/streamlines"]
+            stored = read_streamlines(group)
+            expected, expected_weights = [], []
+            for name in ("bundle_1.trk", "bundle_2.trk"):
+                sft = load_tractogram(os.path.join(root, subject,
+                                                   "tractograms", name),
+                                      "same")
+                sft.to_vox()
+                sft.to_corner()
+                expected += list(sft.streamlines)
+                expected_weights.append(written[subject]["dps"][name]["weight"])
+            assert len(stored) == len(expected)
+            for got, want in zip(stored, expected):
+                np.testing.assert_allclose(got, want, atol=1e-4)
+            np.testing.assert_allclose(group["data_per_streamline/weight"][:],
+                                       np.concatenate(expected_weights))
+            np.testing.assert_allclose(group["euclidean_lengths"][:],
+                                       vox_to_mm_lengths(expected), rtol=1e-5)
+
+
+def test_tck_with_reference_and_trx(dataset, tmp_path):
+    root, written = dataset
+    config = config_with(streamlines={
+        "type": "streamlines", "reference": "wm_mask",
+        "files": ["tractograms/bundle_3.tck", "tractograms/bundle_4.trx"]})
+    with create(root, tmp_path / "out.h5", config) as hdf:
+        stored = read_streamlines(hdf["sub-02/streamlines"])
+        assert list(hdf["sub-02/streamlines/data_per_streamline"]) == []
+    source = written["sub-02"]["streamlines"]
+    expected = source["bundle_3.tck"] + source["bundle_4.trx"]
+    assert len(stored) == len(expected)
+    for got, want in zip(stored, expected):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_features_concatenated_in_order_and_none_keeps_values(dataset,
+                                                              tmp_path):
+    root, written = dataset
+    config = config_with(input={
+        "type": "volume", "files": ["dwi/peaks.nii.gz", "dwi/fa.nii.gz"],
+        "standardization": "none"})
+    with create(root, tmp_path / "out.h5", config) as hdf:
+        data = hdf["sub-03/input/data"][:]
+    np.testing.assert_allclose(data[..., :3], written["sub-03"]["peaks"])
+    np.testing.assert_allclose(data[..., 3], written["sub-03"]["fa"])
+
+
+@pytest.mark.parametrize("mode", ["all", "independent", "per_file"])
+@pytest.mark.parametrize("masks", [["masks/wm.nii.gz", "masks/gm.nii.gz"],
+                                   None])
+def test_standardization(dataset, tmp_path, mode, masks):
+    root, written = dataset
+    input_group = {"type": "volume", "standardization": mode,
+                   "files": ["dwi/fa.nii.gz", "dwi/peaks.nii.gz"]}
+    if masks:
+        input_group["std_mask"] = masks
+    with create(root, tmp_path / "out.h5", config_with(input=input_group)) \
+            as hdf:
+        data = hdf["sub-01/input/data"][:]
+    source = written["sub-01"]
+    if masks:  # the union of the two masks
+        mask = source["wm"] | source["gm"]
+    else:  # voxels where a feature is non-zero
+        mask = (source["fa"] != 0) | np.any(source["peaks"] != 0, axis=-1)
+    inside = data[mask].astype(np.float64)
+    assert np.all(data[~mask] == 0)
+    feature_sets = {"all": [slice(0, 4)],
+                    "independent": [slice(i, i + 1) for i in range(4)],
+                    "per_file": [slice(0, 1), slice(1, 4)]}[mode]
+    for features in feature_sets:
+        np.testing.assert_allclose(inside[:, features].mean(), 0, atol=1e-5)
+        np.testing.assert_allclose(inside[:, features].std(), 1, atol=1e-5)
+    if mode != "independent":  # features keep their relative scales
+        assert inside[:, 3].std() > 2 * inside[:, 2].std()
+
+
+def test_step_size_nb_points_and_compress(dataset, tmp_path):
+    root, _ = dataset
+    with create(root, tmp_path / "raw.h5") as hdf:
+        raw = read_streamlines(hdf["sub-01/streamlines"])
+    with create(root, tmp_path / "step.h5", step_size=1.5) as hdf:
+        assert hdf.attrs["step_size"] == 1.5
+        group = hdf["sub-01/streamlines"]
+        stored = read_streamlines(group)
+        mm_lengths = group["euclidean_lengths"][:]
+    for streamline, source, length_mm in zip(stored, raw, mm_lengths):
+        # Equal steps along the source curve: ceil(L / 1.5) steps of L / n.
+        source_mm = vox_to_mm_lengths([source])[0]
+        assert len(streamline) == np.ceil(source_mm / 1.5) + 1
+        arc_step_mm = source_mm / (len(streamline) - 1)
+        assert arc_step_mm <= 1.5
+        steps_mm = np.linalg.norm(np.diff(streamline, axis=0) * VOXEL_SIZES,
+                                  axis=1)
+        assert np.all(steps_mm <= arc_step_mm + 1e-4)  # chords cut corners
+        np.testing.assert_allclose(np.median(steps_mm), arc_step_mm,
+                                   rtol=1e-4)
+        np.testing.assert_allclose(length_mm, steps_mm.sum(), rtol=1e-4)
+        np.testing.assert_allclose(streamline[[0, -1]], source[[0, -1]],
+                                   atol=1e-4)
+
+    with create(root, tmp_path / "points.h5", nb_points=7) as hdf:
+        assert hdf.attrs["nb_points"] == 7
+        assert np.all(hdf["sub-01/streamlines/lengths"][:] == 7)
+
+    out = tmp_path / "compress.h5"
+    paths = write_subject_lists(tmp_path, SUBJECTS[:1])
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    create_main([root, str(out), str(config), *paths, "--compress"])
+    with h5py.File(out, "r") as hdf:
+        assert hdf.attrs["compress"] == 0.1
+        group = hdf["sub-01/streamlines"]
+        compressed = read_streamlines(group)
+        lengths_mm = vox_to_mm_lengths(compressed)
+        np.testing.assert_allclose(group["euclidean_lengths"][:], lengths_mm,
+                                   rtol=1e-5)
+    # Straight runs lose their inner points (segments up to 10 mm); the
+    # corners stay, so the length in mm does not change.
+    assert compressed._lengths.sum() < raw._lengths.sum() / 2
+    for streamline, source in zip(compressed, raw):
+        distances = np.linalg.norm(streamline[:, None] - source[None], axis=-1)
+        assert np.all(distances.min(axis=1) < 1e-4)  # a subset of the points
+        assert np.all(vox_to_mm_lengths(
+            [streamline[i:i + 2] for i in range(len(streamline) - 1)])
+            <= 10 + 1e-4)
+    np.testing.assert_allclose(lengths_mm, vox_to_mm_lengths(raw), rtol=1e-4)
+
+
+def test_remove_invalid_drops_and_counts(tmp_path, caplog):
+    root = str(tmp_path / "ready")
+    write_subject(root, "sub-01")
+    rng = np.random.default_rng(5)
+    valid = random_streamlines(rng, 4)
+    outside = [s + [0, 0, SHAPE[2]] for s in random_streamlines(rng, 2)]
+    save_streamlines(os.path.join(root, "sub-01", "tractograms",
+                                  "bundle_1.trk"),
+                     [valid[0], outside[0], valid[1], valid[2], outside[1],
+                      valid[3]],
+                     dps={"weight": np.arange(6, dtype=np.float32)[:, None]})
+    removed = create_hdf5_dataset(root, str(tmp_path / "out.h5"), CONFIG,
+                                  ["sub-01"], [], [], remove_invalid=True)
+    assert removed == {"sub-01": {"streamlines": 2}}
+    assert "sub-01" in caplog.text and "removed 2 streamlines" in caplog.text
+    with h5py.File(tmp_path / "out.h5", "r") as hdf:
+        group = hdf["sub-01/streamlines"]
+        stored = read_streamlines(group)
+        weights = group["data_per_streamline/weight"][:, 0]
+    nb_bundle_2 = NB_STREAMLINES["bundle_2.trk"]
+    assert len(stored) == 4 + nb_bundle_2
+    for got, want in zip(stored[:4], valid):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(weights[:4], [0, 2, 3, 5])
+
+
+def _replace_volume(path, shape=SHAPE + (3,), translation=None, value=None):
+    data = np.ones(shape, np.float32)
+    if value is not None:
+        data.flat[7] = value
+    affine = None if translation is None else grid_affine(
+        translation=translation)
+    save_nifti(path, data, affine)
+
+
+def _other_grid_trk(path):
+    other = nib.Nifti1Image(np.zeros((11, 12, 8), np.float32), grid_affine())
+    save_streamlines(path, random_streamlines(np.random.default_rng(1), 3),
+                     other)
+
+
+def _remove_trk_files(folder):
+    for name in os.listdir(folder):
+        if name.endswith(".trk"):
+            os.remove(os.path.join(folder, name))
+
+
+def _empty_trk(path):
+    save_streamlines(path, [])
+
+
+def _outside_trk(path):
+    streamlines = random_streamlines(np.random.default_rng(2), 3)
+    save_streamlines(path, [streamlines[0] - [3, 0, 0]] + streamlines[1:],
+                     dps={"weight": np.ones((3, 1), np.float32)})
+
+
+BAD_INPUTS = {
+    "no_folder": ({"training": ["sub-01", "sub-09"]}, None,
+                  ["sub-09", "no folder"]),
+    "twice_in_list": ({"training": ["sub-01", "sub-01"]}, None,
+                      ["sub-01", "twice", "training"]),
+    "two_lists": ({"validation": ["sub-01"]}, None,
+                  ["sub-01", "training", "validation"]),
+    "missing_file": ({}, ("dwi/fa.nii.gz", os.remove),
+                     ["sub-02", "'input'", "fa.nii.gz", "does not exist"]),
+    "glob_nothing": ({}, ("tractograms", _remove_trk_files),
+                     ["sub-02", "'streamlines'", "*.trk", "matches no"]),
+    "other_shape": ({}, ("dwi/peaks.nii.gz", lambda p: _replace_volume(
+        p, shape=(10, 12, 9, 3))), ["sub-02", "'input'", "peaks.nii.gz",
+                                    "(10, 12, 9)", "(10, 12, 8)"]),
+    "other_affine": ({}, ("dwi/peaks.nii.gz", lambda p: _replace_volume(
+        p, translation=(0, 0, 0))), ["sub-02", "'input'", "peaks.nii.gz",
+                                     "-10.0", "[0.0, 0.0, 3.0, 0.0]"]),
+    "nan": ({}, ("dwi/peaks.nii.gz", lambda p: _replace_volume(
+        p, value=np.nan)), ["sub-02", "'input'", "peaks.nii.gz", "NaN"]),
+    "inf": ({}, ("dwi/fa.nii.gz", lambda p: _replace_volume(
+        p, shape=SHAPE, value=np.inf)), ["sub-02", "'input'", "fa.nii.gz",
+                                         "Inf"]),
+    "trk_other_grid": ({}, ("tractograms/bundle_2.trk", _other_grid_trk),
+                       ["sub-02", "'streamlines'", "bundle_2.trk",
+                        "[11, 12, 8]", "[10, 12, 8]"]),
+    "empty_trk": ({}, ("tractograms/bundle_2.trk", _empty_trk),
+                  ["sub-02", "'streamlines'", "bundle_2.trk", "empty"]),
+    "outside": ({}, ("tractograms/bundle_1.trk", _outside_trk),
+                ["sub-02", "'streamlines'", "bundle_1.trk", "1 of 3",
+                 "outside", "--remove_invalid"]),
+    "unknown_key": ({"config": config_with(wm_mask={
+        "type": "volume", "files": ["masks/wm.nii.gz"], "colour": 1})},
+        None, ["'wm_mask'", "unknown key 'colour'"]),
+    "unknown_type": ({"config": config_with(wm_mask={
+        "type": "surface", "files": ["masks/wm.nii.gz"]})},
+        None, ["'wm_mask'", "'surface'"]),
+    "bad_standardization": ({"config": config_with(wm_mask={
+        "type": "volume", "files": ["masks/wm.nii.gz"],
+        "standardization": "zscore"})}, None, ["'wm_mask'", "'zscore'"]),
+    "bad_reference": ({"config": config_with(streamlines={
+        "type": "streamlines", "files": ["tractograms/bundle_3.tck"],
+        "reference": "streamlines"})}, None,
+        ["'streamlines'", "reference"]),
+    "missing_dps": ({"config": config_with(streamlines={
+        "type": "streamlines", "files": ["tractograms/bundle_1.trk"],
+        "dps_keys": ["seeds"]})}, None,
+        ["sub-01", "'streamlines'", "bundle_1.trk", "'seeds'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_error_and_no_output(tmp_path, capsys, case):
+    lists_and_config, change, expected = BAD_INPUTS[case]
+    root = str(tmp_path / "ready")
+    write_dataset(root, ["sub-01", "sub-02"])
+    if change is not None:
+        change[1](os.path.join(root, "sub-02", change[0]))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(lists_and_config.get("config", CONFIG)))
+    paths = write_subject_lists(
+        tmp_path, lists_and_config.get("training", ["sub-01", "sub-02"]),
+        lists_and_config.get("validation", []))
+    out = tmp_path / "out" / "data.h5"
+    out.parent.mkdir()
+    with pytest.raises(SystemExit) as raised:
+        create_main([root, str(out), str(config), *paths])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "error: " in error
+    for piece in expected:
+        assert piece in error, error
+    assert os.listdir(out.parent) == []
+
+
+def test_exclusive_options_and_bad_values(dataset, tmp_path):
+    root, _ = dataset
+    for options in ({"step_size": 1.0, "nb_points": 5}, {"step_size": 0},
+                    {"nb_points": 1}, {"compress": -1.0}):
+        with pytest.raises(DwiMLUserError):
+            create(root, tmp_path / "out.h5", **options)
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_overwrite_needs_f(dataset, tmp_path, capsys):
+    root, _ = dataset
+    out = tmp_path / "out.h5"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    args = [root, str(out), str(config),
+            *write_subject_lists(tmp_path, SUBJECTS[:1])]
+    create_main(args)
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as raised:
+        create_main(args + ["--nb_points", "4"])
+    assert raised.value.code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    create_main(args + ["--nb_points", "4", "-f"])
+    with h5py.File(out, "r") as hdf:
+        assert hdf.attrs["nb_points"] == 4
+
+
+def test_same_inputs_give_identical_bytes(dataset, tmp_path):
+    root, _ = dataset
+    create(root, tmp_path / "a.h5", step_size=2.0).close()
+    time.sleep(1.1)  # a timestamp, if any, would now differ
+    create(root, tmp_path / "b.h5", step_size=2.0).close()
+    assert filecmp.cmp(tmp_path / "a.h5", tmp_path / "b.h5", shallow=False)
+
+
+def test_interrupted_creation_leaves_no_output(tmp_path):
+    root = tmp_path / "ready"
+    write_subject(str(root), "sub-000", shape=(48, 48, 32))
+    subjects = [f"sub-{i:03d}" for i in range(80)]
+    for subject in subjects[1:]:
+        os.symlink(root / "sub-000", root / subject)
+    config = config_with(streamlines={"type": "streamlines",
+                                      "files": ["tractograms/*.trk"]})
+    out = tmp_path / "out.h5"
+    code = ("import sys; from dwi_ml.data.hdf5.creation import "
+            "create_hdf5_dataset as c; "
+            f"c({str(root)!r}, {str(out)!r}, {config!r}, {subjects!r}, [], [])")
+    process = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while not [p for p in tmp_path.glob(".out.h5.*.tmp")
+               if p.stat().st_size > 0]:
+        assert process.poll() is None, "creation ended before being killed"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not out.exists()
+
+
+def test_print_architecture(dataset, tmp_path, capsys):
+    root, _ = dataset
+    create(root, tmp_path / "out.h5").close()
+    print_main([str(tmp_path / "out.h5")])
+    output = capsys.readouterr().out
+    assert "training (2): sub-01, sub-02" in output
+    assert "validation (1): sub-03" in output
+    for subject in SUBJECTS:
+        assert f"\n  {subject}\n" in output
+    assert "input: type volume, nb_features 4" in output
+    assert "data: shape (10, 12, 8, 4), dtype float32" in output
+    assert "streamlines: type streamlines, nb_streamlines 10" in output
+    assert "data_per_streamline/weight: shape (10, 1), dtype float32" in output
+    assert f"version: {layout.FORMAT_VERSION}" in output
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not hdf5", "is not an HDF5 file"),
+    (None, "lacks the dwi_ml layout")])
+def test_print_architecture_refuses_other_files(tmp_path, capsys, content,
+                                                message):
+    path = tmp_path / "file.h5"
+    if content is None:
+        with h5py.File(path, "w") as hdf:
+            hdf.create_group("something")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit) as raised:
+        print_main([str(path)])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+

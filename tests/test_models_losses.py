@@ -1,0 +1,203 @@
+"""Direction getters: losses against hand-computed values, tracking draws."""
+import dipy.data
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.direction_getters import (
+    DIRECTION_GETTERS,
+    CosineRegressionDG,
+    FisherVonMisesDG,
+    GaussianDG,
+    L2RegressionDG,
+    SphereClassificationDG,
+    make_direction_getter,
+)
+from dwi_ml.models.direction_getters.fisher_von_mises import fisher_von_mises_nll
+
+TARGETS = np.array([[2., 0., 0.], [0., 1., 0.], [0., 0., 0.5]])
+
+
+def unit(vectors):
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def as_tensor(array):
+    return torch.tensor(array, dtype=torch.float32)
+
+
+def mean_loss(dg, outputs, targets=TARGETS, eos_targets=None):
+    loss, n_points = dg.compute_loss(
+        as_tensor(outputs), as_tensor(targets),
+        None if eos_targets is None else as_tensor(eos_targets))
+    assert n_points == len(outputs)
+    return loss.item()
+
+
+def test_cosine_loss_is_one_minus_cosine():
+    outputs = np.array([[1., 0., 0.], [1., 1., 0.], [0., 0., -2.]])
+    cosines = (unit(outputs) * unit(TARGETS)).sum(1)  # 1, 1/sqrt(2), -1
+    expected = np.mean(1 - cosines)
+    assert np.isclose(expected, (0 + (1 - 2 ** -0.5) + 2) / 3)
+    assert mean_loss(CosineRegressionDG(4), outputs) == pytest.approx(
+        expected, rel=1e-6)
+
+
+def test_l2_loss_is_distance_to_unit_target():
+    outputs = np.array([[1., 0., 0.], [0.5, 0.5, 0.], [0., 0., 0.]])
+    expected = np.mean([0., np.sqrt(0.5), 1.])
+    assert mean_loss(L2RegressionDG(4), outputs) == pytest.approx(
+        expected, rel=1e-6)
+
+
+def test_sphere_classification_targets_closest_vertex_and_cross_entropy():
+    dg = SphereClassificationDG(4, sphere="repulsion100")
+    vertices = dipy.data.get_sphere(name="repulsion100").vertices
+    known = [17, 42, 99]
+    # Scaled and slightly moved vertices: the closest stays the same.
+    targets = 0.3 * vertices[known] + np.array([0.01, -0.01, 0.005])
+    assert dg.directions_to_classes(as_tensor(targets)).tolist() == known
+    logits = np.random.default_rng(0).normal(size=(3, 100))
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = -np.mean(log_softmax[np.arange(3), known])
+    assert mean_loss(dg, logits, targets) == pytest.approx(expected,
+                                                           rel=1e-5)
+
+
+def test_gaussian_nll():
+    outputs = np.array([[1., 0., 0., 0., -1., 0.5],
+                        [0.2, 0.7, -0.1, -0.3, -0.3, -0.3],
+                        [0., 0., 0., 0.2, 0.1, -2.]])
+    means, sigmas = outputs[:, :3], np.exp(outputs[:, 3:])
+    x = unit(TARGETS)
+    nll = np.sum(np.log(sigmas) + 0.5 * np.log(2 * np.pi)
+                 + (x - means) ** 2 / (2 * sigmas ** 2), axis=1)
+    assert mean_loss(GaussianDG(4), outputs) == pytest.approx(
+        nll.mean(), rel=1e-5)
+
+
+def test_fisher_von_mises_nll_exact_formula():
+    raw_means = np.array([[1., 0.2, 0.], [1., 1., 1.], [0., -0.3, 2.]])
+    kappas = np.array([0.5, 3., 10.])
+    outputs = np.column_stack([raw_means, np.log(kappas)])
+    mu, x = unit(raw_means), unit(TARGETS)
+    log_density = (np.log(kappas / (4 * np.pi * np.sinh(kappas)))
+                   + kappas * (mu * x).sum(1))
+    scipy_log_density = [scipy.stats.vonmises_fisher(m, k).logpdf(v)
+                         for m, k, v in zip(mu, kappas, x)]
+    np.testing.assert_allclose(log_density, scipy_log_density, rtol=1e-10)
+    assert mean_loss(FisherVonMisesDG(4), outputs) == pytest.approx(
+        -log_density.mean(), rel=1e-5)
+
+
+def test_fisher_von_mises_nll_is_stable_for_large_kappa():
+    angle = 1e-3
+    mu = torch.tensor([[0., 0., 1.]], dtype=torch.float64)
+    x = torch.tensor([[np.sin(angle), 0., np.cos(angle)]],
+                     dtype=torch.float64)
+    log_kappa = torch.tensor([15.], dtype=torch.float64, requires_grad=True)
+    nll = fisher_von_mises_nll(mu, log_kappa, x)
+    kappa = np.exp(15.)
+    # sinh(kappa) overflows: the exact value with log sinh k = k - log 2.
+    expected = -(np.log(kappa) - np.log(2 * np.pi) - kappa
+                 + kappa * np.cos(angle))
+    assert nll.item() == pytest.approx(expected, rel=1e-9)
+    nll.backward()
+    assert torch.isfinite(log_kappa.grad).all()
+    huge = FisherVonMisesDG(4).compute_direction_losses(
+        torch.tensor([[0., 0., 1., 500.]]), torch.tensor([[0., 0., 1.]]))
+    assert torch.isfinite(huge).all()
+
+
+def test_eos_term_is_weighted_bce_and_masks_direction_loss():
+    dg = CosineRegressionDG(4, add_eos=True, eos_weight=2.5)
+    directions = np.array([[1., 1., 0.], [0., 1., 0.], [5., 5., 5.]])
+    eos_logits = np.array([0.3, -1.2, 2.0])
+    eos_targets = np.array([0., 0., 1.])
+    outputs = np.column_stack([directions, eos_logits])
+    probs = 1 / (1 + np.exp(-eos_logits))
+    bce = -(eos_targets * np.log(probs)
+            + (1 - eos_targets) * np.log(1 - probs))
+    dir_losses = 1 - (unit(directions) * unit(TARGETS)).sum(1)
+    expected = np.mean((1 - eos_targets) * dir_losses + 2.5 * bce)
+    assert mean_loss(dg, outputs, TARGETS, eos_targets) == pytest.approx(
+        expected, rel=1e-6)
+    _, eos_probs = dg.get_tracking_directions(as_tensor(outputs))
+    np.testing.assert_allclose(eos_probs.numpy(), probs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dg_key", sorted(DIRECTION_GETTERS))
+def test_det_direction_is_the_expected_unit_vector(dg_key):
+    dg = make_direction_getter(dg_key, 4)
+    vertices = dipy.data.get_sphere(name="repulsion100").vertices
+    if dg_key == "sphere-classification":
+        outputs = np.zeros((2, 100))
+        outputs[[0, 1], [5, 60]] = 3.
+        expected = vertices[[5, 60]]
+    else:
+        outputs = np.zeros((2, dg.nb_dir_outputs))
+        outputs[:, :3] = [[0., 3., 4.], [-2., 0., 0.]]
+        expected = [[0., 0.6, 0.8], [-1., 0., 0.]]
+    directions, eos_probs = dg.get_tracking_directions(as_tensor(outputs),
+                                                       algo="det")
+    assert eos_probs is None
+    np.testing.assert_allclose(directions.numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dg_key", ["sphere-classification", "gaussian",
+                                    "fisher-von-mises"])
+def test_prob_samples_are_unit_and_reproducible(dg_key):
+    dg = make_direction_getter(dg_key, 4)
+    outputs = torch.randn(50, dg.nb_dir_outputs,
+                          generator=torch.Generator().manual_seed(1))
+    draws = [dg.get_tracking_directions(
+        outputs, "prob", torch.Generator().manual_seed(seed))[0]
+        for seed in (7, 7, 8)]
+    np.testing.assert_allclose(draws[0].norm(dim=1).numpy(), 1., atol=1e-5)
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[2])
+
+
+def test_fisher_von_mises_samples_follow_kappa():
+    mean = unit(np.array([[1., 2., -2.]]))
+    generator = torch.Generator().manual_seed(3)
+    cosines = {}
+    for kappa in (2., 1000.):
+        outputs = as_tensor(np.tile(np.append(mean, np.log(kappa)),
+                                    (4000, 1)))
+        draws = FisherVonMisesDG(4).sample_directions(outputs, generator)
+        cosines[kappa] = (draws.numpy() @ mean[0]).astype(np.float64)
+    # E[mu.x] = coth(kappa) - 1 / kappa for the 3-D Fisher-von Mises.
+    expected = 1 / np.tanh(2.) - 1 / 2.
+    standard_error = cosines[2.].std() / np.sqrt(4000)
+    assert abs(cosines[2.].mean() - expected) < 4 * standard_error
+    assert cosines[1000.].min() > 0.98
+    assert cosines[1000.].mean() == pytest.approx(1 - 1 / 1000., abs=1e-4)
+
+
+def test_gaussian_samples_concentrate_for_small_sigma():
+    outputs = as_tensor(np.tile([0., 0., 1., -6., -6., -6.], (500, 1)))
+    draws = GaussianDG(4).sample_directions(outputs,
+                                            torch.Generator().manual_seed(0))
+    assert draws[:, 2].min() > 0.99
+
+
+def test_regression_refuses_prob_tracking_and_bad_algo():
+    dg = CosineRegressionDG(4)
+    with pytest.raises(DwiMLUserError, match="cosine-regression"):
+        dg.get_tracking_directions(torch.ones(2, 3), algo="prob")
+    with pytest.raises(DwiMLUserError, match="algo"):
+        dg.get_tracking_directions(torch.ones(2, 3), algo="sample")
+
+
+@pytest.mark.parametrize("dg_key, dg_args, match", [
+    ("nope", {}, "dg_key"),
+    ("sphere-classification", {"sphere": "nope"}, "sphere"),
+    ("gaussian", {"sphere": "repulsion100"}, "dg_args"),
+    ("cosine-regression", {"eos_weight": -1.}, "eos_weight"),
+])
+def test_bad_direction_getter_args(dg_key, dg_args, match):
+    with pytest.raises(DwiMLUserError, match=match):
+        make_direction_getter(dg_key, 4, dg_args)

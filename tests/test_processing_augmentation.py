@@ -1,0 +1,286 @@
+"""Space conversions, resampling, splitting, reversal and noise of streamlines."""
+import nibabel as nib
+import numpy as np
+import pytest
+from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
+from dipy.tracking.streamlinespeed import set_number_of_points
+
+from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.processing.augmentation import (
+    add_noise_mm,
+    count_from_ratio,
+    reverse_streamlines,
+    split_streamlines,
+)
+from dwi_ml.data.processing.resampling import (
+    compress,
+    resample_to_nb_points,
+    resample_to_step_size,
+)
+from dwi_ml.data.processing.space import (
+    points_rasmm_to_vox_corner,
+    points_vox_corner_to_rasmm,
+    streamlines_rasmm_to_vox_corner,
+    streamlines_vox_corner_to_rasmm,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+# Voxels of 1 x 2 x 4 mm with a translation: one voxel is not one mm.
+ANISOTROPIC_AFFINE = np.array([[1., 0, 0, -10],
+                               [0, 2., 0, 5],
+                               [0, 0, 4., 20],
+                               [0, 0, 0, 1]])
+
+
+def _rotated_affine():
+    """Anisotropic voxels, rotated about z by 30 degrees, flipped x."""
+    angle = np.pi / 6
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0],
+                         [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.5, 2., 4.])
+    affine[:3, 3] = [30., -12., 7.]
+    return affine
+
+
+def _scattered(streamlines, gap_rows=2):
+    """Pack streamlines in reverse order with unused rows between them.
+
+    Offsets are then not the cumulative sum of the lengths, as allowed.
+    """
+    rows, offsets, position = [], [], 0
+    for streamline in reversed(streamlines):
+        rows.extend([streamline, np.full((gap_rows, 3), 999.)])
+        offsets.append(position)
+        position += len(streamline) + gap_rows
+    data = np.concatenate(rows).astype(np.float32)
+    lengths = [len(s) for s in streamlines]
+    return make_array_sequence(data, offsets[::-1], lengths)
+
+
+def _random_streamlines(rng, lengths):
+    return [np.cumsum(rng.normal(size=(n, 3)), axis=0) + 20 for n in lengths]
+
+
+# ---------------------------------------------------------------- space
+def test_vox_corner_to_rasmm_matches_dipy_stateful_tractogram():
+    rng = np.random.default_rng(0)
+    affine = _rotated_affine()
+    streamlines = _random_streamlines(rng, [4, 7, 2])
+    reference = nib.Nifti1Image(np.zeros((40, 40, 40), np.float32), affine)
+    sft = StatefulTractogram(streamlines, reference, Space.VOX,
+                             origin=Origin.TRACKVIS)
+    sft.to_rasmm()
+    sft.to_center()
+    packed = _scattered(streamlines)
+
+    in_mm = streamlines_vox_corner_to_rasmm(packed, affine)
+    for ours, dipys in zip(in_mm, sft.streamlines):
+        np.testing.assert_allclose(ours, dipys, atol=1e-4)
+    back = streamlines_rasmm_to_vox_corner(in_mm, affine)
+    assert back._data.dtype == np.float32
+    for ours, original in zip(back, streamlines):
+        np.testing.assert_allclose(ours, original, atol=1e-4)
+
+
+def test_voxel_centre_corner_maps_to_affine_translation():
+    # The corner-origin centre of voxel (0, 0, 0) is (.5, .5, .5).
+    centre_mm = points_vox_corner_to_rasmm(np.full((1, 3), 0.5), _rotated_affine())
+    np.testing.assert_allclose(centre_mm[0], _rotated_affine()[:3, 3])
+    np.testing.assert_allclose(
+        points_rasmm_to_vox_corner(centre_mm, _rotated_affine()), [[.5, .5, .5]])
+
+
+# ---------------------------------------------------------------- resampling
+def _to_vox(streamlines_mm, affine=ANISOTROPIC_AFFINE):
+    return _scattered([points_rasmm_to_vox_corner(s, affine)
+                       for s in streamlines_mm])
+
+
+def _to_mm(streamlines_vox, affine=ANISOTROPIC_AFFINE):
+    return [points_vox_corner_to_rasmm(s, affine) for s in streamlines_vox]
+
+
+def test_resample_to_step_size_gives_exact_steps_in_mm():
+    rng = np.random.default_rng(1)
+    streamlines_mm = []
+    for nb_points in (5, 12, 2):
+        # Straight lines with irregular spacing: steps along the curve are
+        # also straight-line distances.
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        positions = np.sort(rng.uniform(0, 17, nb_points))
+        streamlines_mm.append(positions[:, None] * direction + 3)
+    resampled = resample_to_step_size(_to_vox(streamlines_mm), ANISOTROPIC_AFFINE,
+                                      step_size_mm=0.75)
+    for new, original in zip(_to_mm(resampled), streamlines_mm):
+        length_mm = np.linalg.norm(original[-1] - original[0])
+        steps = np.linalg.norm(np.diff(new, axis=0), axis=1)
+        assert len(new) == int(np.ceil(length_mm / 0.75)) + 1
+        np.testing.assert_allclose(steps[:-1], 0.75, atol=1e-4)
+        assert 0 < steps[-1] <= 0.75 + 1e-4
+        np.testing.assert_allclose(new[[0, -1]], original[[0, -1]], atol=1e-4)
+
+
+def test_resample_to_step_size_follows_corners():
+    l_shape_mm = np.array([[0., 0, 0], [10, 0, 0], [10, 10, 0]])
+    resampled = resample_to_step_size(_to_vox([l_shape_mm]), ANISOTROPIC_AFFINE, 3.)
+    expected = [[0, 0, 0], [3, 0, 0], [6, 0, 0], [9, 0, 0],
+                [10, 2, 0], [10, 5, 0], [10, 8, 0], [10, 10, 0]]
+    np.testing.assert_allclose(_to_mm(resampled)[0], expected, atol=1e-4)
+
+
+def test_resample_to_nb_points_matches_dipy_in_mm():
+    rng = np.random.default_rng(2)
+    streamlines_mm = _random_streamlines(rng, [3, 9, 2, 20])
+    resampled = resample_to_nb_points(_to_vox(streamlines_mm), ANISOTROPIC_AFFINE, 7)
+    assert list(resampled._lengths) == [7, 7, 7, 7]
+    expected = set_number_of_points(streamlines_mm, 7)
+    for ours, dipys in zip(_to_mm(resampled), expected):
+        np.testing.assert_allclose(ours, dipys, atol=1e-4)
+
+
+def test_resample_degenerate_streamlines():
+    point = np.array([[4., 5, 6]])
+    streamlines = _to_vox([np.repeat(point, 3, axis=0), point])
+    by_nb = resample_to_nb_points(streamlines, ANISOTROPIC_AFFINE, 4)
+    np.testing.assert_allclose(_to_mm(by_nb)[0], np.repeat(point, 4, axis=0),
+                               atol=1e-4)
+    np.testing.assert_allclose(_to_mm(by_nb)[1], np.repeat(point, 4, axis=0),
+                               atol=1e-4)
+    by_step = resample_to_step_size(streamlines, ANISOTROPIC_AFFINE, 1.)
+    assert list(by_step._lengths) == [1, 1]
+
+
+def test_compress_works_in_mm_and_keeps_endpoints():
+    # A 0.4 mm zig-zag along z: 0.1 voxel (4 mm voxels), 0.4 mm in the world.
+    x_mm = np.arange(0, 8, 0.5)
+    zigzag_mm = np.stack([x_mm, np.zeros_like(x_mm),
+                          0.4 * (np.arange(len(x_mm)) % 2)], axis=1)
+    straight_mm = np.stack([x_mm, x_mm / 2, np.zeros_like(x_mm)], axis=1)
+    streamlines = _to_vox([zigzag_mm, straight_mm])
+
+    loose = compress(streamlines, ANISOTROPIC_AFFINE, tolerance_mm=0.5)
+    tight = compress(streamlines, ANISOTROPIC_AFFINE, tolerance_mm=0.15)
+    assert list(loose._lengths) == [2, 2]
+    assert tight._lengths[0] == len(x_mm)  # 0.4 mm wiggles exceed 0.15 mm
+    assert tight._lengths[1] == 2
+    for new, original in zip(_to_mm(loose), [zigzag_mm, straight_mm]):
+        np.testing.assert_allclose(new[[0, -1]], original[[0, -1]], atol=1e-4)
+
+
+@pytest.mark.parametrize("function, value", [
+    (resample_to_step_size, 0), (resample_to_step_size, -1.),
+    (resample_to_nb_points, 1), (resample_to_nb_points, 0),
+    (compress, 0.)])
+def test_resampling_rejects_bad_values(function, value):
+    streamlines = _to_vox([np.eye(3)])
+    with pytest.raises(DwiMLUserError, match="expected"):
+        function(streamlines, ANISOTROPIC_AFFINE, value)
+
+
+# ---------------------------------------------------------------- splitting
+def test_split_counts_pieces_and_short_streamlines():
+    rng = np.random.default_rng(3)
+    lengths = [2, 4, 5, 9, 30, 5, 3, 12, 1, 7, 6]
+    originals = _random_streamlines(rng, lengths)
+    packed = _scattered(originals)
+    nb_eligible = sum(n >= 5 for n in lengths)  # 2 * 3 - 1 with min 3
+
+    new, source_ids = split_streamlines(packed, 0.5, rng, min_nb_points=3)
+
+    nb_split = count_from_ratio(0.5, nb_eligible)
+    assert nb_split == 4  # 0.5 * 7 = 3.5, halves rounded up
+    assert len(new) == len(lengths) + nb_split
+    assert new._data is packed._data  # zero-copy
+    assert np.array_equal(np.unique(source_ids), np.arange(len(lengths)))
+    assert np.all(np.diff(source_ids) >= 0)
+    for source_id, original in enumerate(originals):
+        pieces = [new[i] for i in np.flatnonzero(source_ids == source_id)]
+        if len(pieces) == 1:
+            np.testing.assert_allclose(pieces[0], original, atol=1e-5)
+            continue
+        assert lengths[source_id] >= 5
+        assert min(len(p) for p in pieces) >= 3
+        np.testing.assert_array_equal(pieces[0][-1], pieces[1][0])  # shared point
+        np.testing.assert_allclose(np.concatenate([pieces[0], pieces[1][1:]]),
+                                   original, atol=1e-5)
+
+
+def test_split_ratio_bounds_and_cut_range():
+    rng = np.random.default_rng(4)
+    packed = _scattered(_random_streamlines(rng, [6] * 400 + [2] * 10))
+    new, source_ids = split_streamlines(packed, 1., rng, min_nb_points=2)
+    assert len(new) == 810  # every 6-point streamline split, 2-point ones kept
+    first_piece_lengths = new._lengths[:-10][::2]
+    # Cuts at point indices 1..4 inclusive: first pieces of 2..5 points.
+    assert set(first_piece_lengths) == {2, 3, 4, 5}
+    unchanged, ids = split_streamlines(packed, 0., rng)
+    assert np.array_equal(unchanged._lengths, packed._lengths)
+    assert np.array_equal(ids, np.arange(410))
+
+
+def test_split_is_reproducible_and_validates():
+    packed = _scattered(_random_streamlines(np.random.default_rng(5), [8] * 20))
+    first = split_streamlines(packed, 0.3, np.random.default_rng(7))
+    second = split_streamlines(packed, 0.3, np.random.default_rng(7))
+    assert np.array_equal(first[0]._offsets, second[0]._offsets)
+    assert np.array_equal(first[1], second[1])
+    rng = np.random.default_rng(0)
+    with pytest.raises(DwiMLUserError, match="split_ratio"):
+        split_streamlines(packed, 1.5, rng)
+    with pytest.raises(DwiMLUserError, match="min_nb_points"):
+        split_streamlines(packed, 0.5, rng, min_nb_points=1)
+
+
+# ---------------------------------------------------------------- reversal
+def test_reverse_exact_count_and_content():
+    rng = np.random.default_rng(6)
+    originals = _random_streamlines(rng, [3, 1, 8, 5, 2, 6, 4])
+    packed = _scattered(originals)
+    new, is_reversed = reverse_streamlines(packed, 0.4, rng)
+    assert is_reversed.sum() == 3  # 0.4 * 7 = 2.8
+    assert np.array_equal(new._lengths, packed._lengths)
+    for streamline, original, reversed_ in zip(new, originals, is_reversed):
+        expected = original[::-1] if reversed_ else original
+        np.testing.assert_allclose(streamline, expected, atol=1e-5)
+    with pytest.raises(DwiMLUserError, match="reverse_ratio"):
+        reverse_streamlines(packed, -0.1, rng)
+
+
+# ---------------------------------------------------------------- noise
+def test_noise_is_truncated_in_mm_on_anisotropic_voxels():
+    rng = np.random.default_rng(8)
+    packed = _scattered(_random_streamlines(rng, [5000, 3000, 2000]))
+    sigma_mm = 0.3
+    noisy = add_noise_mm(packed, sigma_mm, ANISOTROPIC_AFFINE, rng)
+    assert noisy._data.dtype == np.float32
+    assert np.array_equal(noisy._offsets, packed._offsets)
+    delta_vox = noisy._data.astype(np.float64) - packed._data
+    voxel_sizes = np.array([1., 2., 4.])
+    max_delta_vox = np.abs(delta_vox).max(axis=0)
+    assert np.all(max_delta_vox <= 2 * sigma_mm / voxel_sizes + 1e-5)
+    assert np.all(max_delta_vox > 1.9 * sigma_mm / voxel_sizes)  # reaches ~2 sigma
+    delta_mm = delta_vox * voxel_sizes
+    assert np.all(np.abs(delta_mm.mean(axis=0)) < 0.01)  # ~4 standard errors
+    # A Gaussian truncated at 2 sigma has a std of 0.88 sigma.
+    np.testing.assert_allclose(delta_mm.std(axis=0), 0.88 * sigma_mm, rtol=0.05)
+
+
+def test_noise_bound_holds_in_mm_on_rotated_affine():
+    rng = np.random.default_rng(9)
+    affine = _rotated_affine()
+    packed = _scattered(_random_streamlines(rng, [4000]))
+    noisy = add_noise_mm(packed, 0.5, affine, rng)
+    delta_mm = (points_vox_corner_to_rasmm(noisy._data, affine)
+                - points_vox_corner_to_rasmm(packed._data, affine))
+    assert np.abs(delta_mm).max() <= 1. + 1e-4
+
+
+def test_zero_noise_returns_input_and_negative_sigma_fails():
+    packed = _scattered([np.eye(3)])
+    rng = np.random.default_rng(0)
+    assert add_noise_mm(packed, 0., ANISOTROPIC_AFFINE, rng) is packed
+    with pytest.raises(DwiMLUserError, match="sigma_mm"):
+        add_noise_mm(packed, -0.1, ANISOTROPIC_AFFINE, rng)
