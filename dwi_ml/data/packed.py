@@ -35,7 +35,7 @@ def compact(sequence):
     if len(lengths) > 1:
         np.cumsum(lengths[:-1], out=new_offsets[1:])
     rows = ranges_to_indices(offsets, lengths)
-    return sequence._data[rows], new_offsets, lengths
+    return np.take(sequence._data, rows, axis=0), new_offsets, lengths
 
 
 def ranges_to_indices(starts, lengths):

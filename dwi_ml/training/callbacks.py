@@ -117,15 +117,17 @@ class ProgressBarCallback(Callback):
 
     def __init__(self):
         self._bar = None
+        self._phase = None
 
     def _open(self, trainer, phase):
+        self._phase = phase
         total = trainer.nb_batches(phase)
         self._bar = tqdm(total=total, desc=f"epoch {trainer.current_epoch} "
                          f"{phase}", leave=False,
                          disable=progress_bars_disabled())
 
     def _advance(self, trainer, phase):
-        if self._bar is None or self._bar.desc.split()[-1] != phase:
+        if self._bar is None or self._phase != phase:
             self._close()
             self._open(trainer, phase)
         self._bar.update(1)
