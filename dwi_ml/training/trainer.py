@@ -22,18 +22,31 @@ import torch
 
 from dwi_ml.batching.dataloaders import make_dataloader
 from dwi_ml.io_utils.atomic import atomic_output_folder
-from dwi_ml.training.callbacks import (CallbackList, EpochSummaryCallback,
-                                       NanCheckCallback, NpyLoggerCallback,
-                                       ProgressBarCallback)
-from dwi_ml.training.checkpoint_io import (BEST_MODEL_DIR, CHECKPOINT_DIR,
-                                           LOGS_DIR, load_checkpoint_state,
-                                           write_json_atomic)
+from dwi_ml.training.callbacks import (
+    CallbackList,
+    EpochSummaryCallback,
+    NanCheckCallback,
+    NpyLoggerCallback,
+    ProgressBarCallback,
+)
+from dwi_ml.training.checkpoint_io import (
+    BEST_MODEL_DIR,
+    CHECKPOINT_DIR,
+    LOGS_DIR,
+    load_checkpoint_state,
+    write_json_atomic,
+)
 from dwi_ml.training.monitors import BatchMeanMonitor, BestEpochTracker
-from dwi_ml.training.optimizers import (create_optimizer, create_scheduler,
-                                        step_scheduler)
-from dwi_ml.training.random_states import (get_global_random_states,
-                                           seed_everything,
-                                           set_global_random_states)
+from dwi_ml.training.optimizers import (
+    create_optimizer,
+    create_scheduler,
+    step_scheduler,
+)
+from dwi_ml.training.random_states import (
+    get_global_random_states,
+    seed_everything,
+    set_global_random_states,
+)
 from dwi_ml.training.trainer_args import check_trainer_args
 
 logger = logging.getLogger(__name__)

@@ -72,8 +72,8 @@ def split_streamlines(streamlines, split_ratio, rng, min_nb_points=3):
         Index in the input of the streamline each output streamline comes
         from (use it to keep subject ids or per-streamline data aligned).
     """
-    if isinstance(min_nb_points, bool) or int(min_nb_points) != min_nb_points \
-            or min_nb_points < 2:
+    if isinstance(min_nb_points, bool) \
+            or not isinstance(min_nb_points, (int, np.integer)) or min_nb_points < 2:
         raise DwiMLUserError(
             f"min_nb_points: expected an integer >= 2, found {min_nb_points!r}.")
     min_nb_points = int(min_nb_points)

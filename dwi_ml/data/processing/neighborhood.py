@@ -50,18 +50,18 @@ def get_neighborhood_offsets(neighborhood_type, radius=None, resolution_mm=None,
         raise DwiMLUserError(
             f"neighborhood_type: expected one of {NEIGHBORHOOD_TYPES}, found "
             f"{neighborhood_type!r}.")
-    if radius is None or isinstance(radius, bool) \
-            or not float(radius).is_integer() or radius < 1:
+    if not _is_number(radius) or not float(radius).is_integer() or radius < 1:
         raise DwiMLUserError(
-            f"radius: a '{neighborhood_type}' neighborhood needs an integer number "
+            f"radius: neighborhood_type '{neighborhood_type}' needs an integer number "
             f"of layers >= 1, found {radius!r}.")
-    if resolution_mm is None or not np.isfinite(resolution_mm) or resolution_mm <= 0:
+    if not _is_number(resolution_mm) or not np.isfinite(resolution_mm) \
+            or resolution_mm <= 0:
         raise DwiMLUserError(
-            f"resolution_mm: a '{neighborhood_type}' neighborhood needs a distance "
+            f"resolution_mm: neighborhood_type '{neighborhood_type}' needs a distance "
             f"between layers > 0 mm, found {resolution_mm!r}.")
     if affine is None:
         raise DwiMLUserError(
-            f"affine: a '{neighborhood_type}' neighborhood needs the subject's "
+            f"affine: neighborhood_type '{neighborhood_type}' needs the subject's "
             f"4x4 voxel-to-RAS mm affine, found None.")
     radius = int(radius)
     if neighborhood_type == "axes":
@@ -74,6 +74,12 @@ def get_neighborhood_offsets(neighborhood_type, radius=None, resolution_mm=None,
         steps = steps[np.any(steps != 0, axis=1)]
     offsets_mm = np.concatenate((np.zeros((1, 3)), steps)) * float(resolution_mm)
     return vectors_rasmm_to_vox(offsets_mm, affine)
+
+
+def _is_number(value):
+    """True for real numbers (numpy ones included), False for bools and None."""
+    return isinstance(value, (int, float, np.integer, np.floating)) \
+        and not isinstance(value, bool)
 
 
 def interpolate_with_neighborhood(volume, coords_vox_corner, offsets_vox,

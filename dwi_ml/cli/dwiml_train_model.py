@@ -1,0 +1,235 @@
+"""Train a Learn2track model on an HDF5 dataset.
+
+The experiment folder EXPERIMENTS_PATH/EXPERIMENT_NAME receives
+parameters.json (everything needed to rebuild the run), best_model/, a
+checkpoint/ after every epoch and logs/*.npy. A killed run continues exactly
+with resume_training_from_checkpoint.py. Batch sizes are per process: under
+torchrun each rank draws its own batches of that size.
+"""
+import logging
+import os
+import shutil
+
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    check_inputs_exist,
+    make_parser,
+    set_verbosity,
+)
+from dwi_ml.models.direction_getters import DIRECTION_GETTERS
+from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.training.experiment_builder import (
+    build_dataset,
+    build_loader,
+    build_sampler,
+    build_trainer,
+    check_hdf5_groups,
+    check_model_matches_dataset,
+)
+from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
+from dwi_ml.training.random_states import seed_everything
+
+
+def build_parser():
+    """The argument parser of dwiml_train_model.py."""
+    parser = make_parser(__doc__)
+    parser.add_argument("experiments_path", help="Parent folder of experiments.")
+    parser.add_argument("experiment_name", help="Name of this experiment's folder.")
+    parser.add_argument("hdf5_file",
+                        help="HDF5 file made by dwiml_create_hdf5_dataset.py.")
+    parser.add_argument("input_group", help="Volume group given to the model.")
+    parser.add_argument("streamline_group", help="Streamline group to learn.")
+
+    data = parser.add_argument_group("Data")
+    data.add_argument("--lazy", action="store_true",
+                      help="Read subjects on demand (bounded RAM).")
+    data.add_argument("--cache_size", type=int, default=None,
+                      help="Lazy mode: number of volumes kept in RAM.")
+
+    sampler = parser.add_argument_group("Batch sampler")
+    sampler.add_argument("--batch_size_training", type=float, default=100)
+    sampler.add_argument("--batch_size_validation", type=float, default=100)
+    sampler.add_argument("--batch_size_units", default="nb_streamlines",
+                         choices=("nb_streamlines", "length_mm"))
+    sampler.add_argument("--nb_subjects_per_batch", type=int, default=None)
+    sampler.add_argument("--cycles", type=int, default=None)
+
+    loader = parser.add_argument_group("Batch loader (training augmentation)")
+    loader.add_argument("--split_ratio", type=float, default=0.0)
+    loader.add_argument("--reverse_ratio", type=float, default=0.0)
+    loader.add_argument("--noise_gaussian_size_forward", type=float, default=0.0,
+                        help="Sigma in mm of the noise on input points.")
+    loader.add_argument("--noise_gaussian_size_loss", type=float, default=0.0,
+                        help="Sigma in mm of the noise on target streamlines.")
+
+    model = parser.add_argument_group("Model (Learn2track)")
+    fmt = model.add_mutually_exclusive_group()
+    fmt.add_argument("--step_size", type=float, help="Step size in mm.")
+    fmt.add_argument("--nb_points", type=int, help="Points per streamline.")
+    fmt.add_argument("--compress", type=float, help="Compression tolerance, mm.")
+    model.add_argument("--nb_previous_dirs", type=int, default=0)
+    model.add_argument("--neighborhood_type", choices=("axes", "grid"))
+    model.add_argument("--neighborhood_radius", type=int)
+    model.add_argument("--neighborhood_resolution", type=float,
+                       help="Distance between neighbourhood layers, mm.")
+    model.add_argument("--input_embedding_key", default="none",
+                       choices=("none", "linear"))
+    model.add_argument("--input_embedding_size", type=int)
+    model.add_argument("--rnn_key", default="lstm", choices=("lstm", "gru"))
+    model.add_argument("--rnn_layer_sizes", type=int, nargs="+",
+                       default=[100, 100])
+    model.add_argument("--no_skip_connection", action="store_true")
+    model.add_argument("--no_layer_norm", action="store_true")
+    model.add_argument("--dropout", type=float, default=0.0)
+    model.add_argument("--dg_key", default="cosine-regression",
+                       choices=sorted(DIRECTION_GETTERS))
+    model.add_argument("--add_eos", action="store_true",
+                       help="Learn an end-of-streamline output.")
+    model.add_argument("--eos_weight", type=float, default=1.0)
+
+    trainer = parser.add_argument_group("Trainer")
+    trainer.add_argument("--optimizer", default="Adam", choices=OPTIMIZER_CHOICES)
+    trainer.add_argument("--learning_rate", type=float, default=1e-3)
+    trainer.add_argument("--weight_decay", type=float, default=0.0)
+    trainer.add_argument("--momentum", type=float, default=0.9,
+                         help="SGD momentum.")
+    trainer.add_argument("--lr_scheduler", default="constant",
+                         choices=SCHEDULER_CHOICES)
+    trainer.add_argument("--lr_step_size", type=int, default=10)
+    trainer.add_argument("--lr_gamma", type=float, default=0.5)
+    trainer.add_argument("--max_epochs", type=int, default=10)
+    trainer.add_argument("--patience", type=int, default=None)
+    trainer.add_argument("--patience_delta", type=float, default=0.0)
+    trainer.add_argument("--max_batches_per_epoch_training", type=int)
+    trainer.add_argument("--max_batches_per_epoch_validation", type=int)
+    trainer.add_argument("--clip_grad", type=float, default=None)
+    trainer.add_argument("--mixed_precision", choices=("bf16", "fp16"),
+                         help="Autocast on CUDA.")
+
+    run = parser.add_argument_group("Run")
+    run.add_argument("--seed", type=int, default=1234)
+    run.add_argument("--nb_workers", type=int, default=0)
+    run.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
+    add_verbose_arg(run)
+    add_overwrite_arg(run)
+    return parser
+
+
+_TRAINER_ARGS = (
+    "optimizer", "learning_rate", "weight_decay", "momentum", "lr_scheduler",
+    "lr_step_size", "lr_gamma", "max_epochs", "patience", "patience_delta",
+    "max_batches_per_epoch_training", "max_batches_per_epoch_validation",
+    "clip_grad", "nb_workers", "device", "mixed_precision", "seed")
+
+
+def _check_simple_args(args):
+    for name in ("split_ratio", "reverse_ratio", "dropout"):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:
+            raise DwiMLUserError(f"--{name}: expected a value in [0, 1], got {value}.")
+    for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
+        if getattr(args, name) < 0:
+            raise DwiMLUserError(
+                f"--{name}: expected a sigma >= 0 mm, got {getattr(args, name)}.")
+    for name in ("batch_size_training", "batch_size_validation"):
+        if getattr(args, name) <= 0:
+            raise DwiMLUserError(
+                f"--{name}: expected a positive size, got {getattr(args, name)}.")
+    if args.neighborhood_type and args.neighborhood_radius is None:
+        raise DwiMLUserError(
+            f"--neighborhood_type {args.neighborhood_type} needs "
+            "--neighborhood_radius.")
+
+
+def collect_params(args):
+    """The parameters.json sections, from the parsed arguments."""
+    as_count = args.batch_size_units == "nb_streamlines"
+    batch_size = {name: int(getattr(args, name)) if as_count else getattr(args, name)
+                  for name in ("batch_size_training", "batch_size_validation")}
+    resolution = args.neighborhood_resolution
+    if args.neighborhood_type and resolution is None:
+        resolution = 1.0
+    return {
+        "dataset": {"hdf5_file": os.path.abspath(args.hdf5_file),
+                    "lazy": args.lazy, "cache_size": args.cache_size},
+        "sampler": {"streamline_group": args.streamline_group,
+                    "batch_size_units": args.batch_size_units,
+                    "nb_subjects_per_batch": args.nb_subjects_per_batch,
+                    "cycles": args.cycles, "seed": args.seed, **batch_size},
+        "loader": {"streamline_group": args.streamline_group,
+                   "input_group": args.input_group,
+                   "split_ratio": args.split_ratio,
+                   "reverse_ratio": args.reverse_ratio,
+                   "noise_gaussian_size_forward": args.noise_gaussian_size_forward,
+                   "noise_gaussian_size_loss": args.noise_gaussian_size_loss,
+                   "seed": args.seed},
+        "model_type": "Learn2TrackModel",
+        "model": {"experiment_name": args.experiment_name,
+                  "step_size": args.step_size, "nb_points": args.nb_points,
+                  "compress": args.compress,
+                  "neighborhood_type": args.neighborhood_type,
+                  "neighborhood_radius": args.neighborhood_radius,
+                  "neighborhood_resolution": (resolution if args.neighborhood_type
+                                              else None),
+                  "nb_previous_dirs": args.nb_previous_dirs,
+                  "input_embedding_key": args.input_embedding_key,
+                  "input_embedding_size": args.input_embedding_size,
+                  "rnn_key": args.rnn_key,
+                  "rnn_layer_sizes": args.rnn_layer_sizes,
+                  "use_skip_connection": not args.no_skip_connection,
+                  "use_layer_norm": not args.no_layer_norm,
+                  "dropout": args.dropout, "dg_key": args.dg_key,
+                  "dg_args": {"add_eos": args.add_eos,
+                              "eos_weight": args.eos_weight}},
+        "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS},
+    }
+
+
+@script_entry_point
+def main(argv=None):
+    """Entry point of dwiml_train_model.py."""
+    args = build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    train_from_args(args)
+
+
+def train_from_args(args, callbacks=()):
+    """Check the arguments, build everything and train.
+
+    ``callbacks`` are added to the trainer's (e.g. for tests or custom
+    monitoring).
+    """
+    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    check_inputs_exist(args.hdf5_file, what="HDF5 file")
+    check_inputs_exist(args.experiments_path, what="experiments_path")
+    if os.path.exists(experiment_dir) and not args.overwrite:
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' already exists: use -f to start "
+            "over, or resume_training_from_checkpoint.py to continue it.")
+    check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group)
+    _check_simple_args(args)
+    params = collect_params(args)
+
+    dataset = build_dataset(params["dataset"])
+    # The model's initial weights come from torch's global generator.
+    seed_everything(args.seed)
+    group_idx = dataset.volume_groups.index(args.input_group)
+    model = Learn2TrackModel(nb_features=dataset.nb_features[group_idx],
+                             **params["model"])
+    check_model_matches_dataset(model, dataset, args.input_group)
+    sampler = build_sampler(dataset, params["sampler"])
+    loader = build_loader(dataset, params["loader"], model, args.device)
+    if os.path.exists(experiment_dir):
+        shutil.rmtree(experiment_dir)
+    trainer = build_trainer(model, args.experiments_path, args.experiment_name,
+                            sampler, loader, params["trainer"], callbacks)
+    params["model"] = model.params_for_checkpoint
+    trainer.save_parameters({key: params[key]
+                             for key in ("dataset", "sampler", "loader")})
+    trainer.train_and_validate()
+    logging.getLogger(__name__).info("Training stopped: %s.", trainer.stopped_reason)
+    print(f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
+          f"best epoch {trainer.best_tracker.best_epoch}, loss "
+          f"{trainer.best_tracker.best_loss:.5f}).")

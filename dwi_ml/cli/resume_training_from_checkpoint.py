@@ -1,0 +1,104 @@
+"""Continue a dwi_ml training from its last checkpoint.
+
+The run restarts at the epoch after the last complete one, with the same
+model, optimizer, scheduler, random streams, sampler and logs: on CPU the
+result is the same as if it had never stopped. Use --new_max_epochs to train
+longer than planned, --new_patience to loosen early stopping, --hdf5_file if
+the data moved.
+"""
+import os
+
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_verbose_arg,
+    check_inputs_exist,
+    make_parser,
+    set_verbosity,
+)
+from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.training.checkpoint_io import (
+    checkpoint_model_dir,
+    load_checkpoint_state,
+    read_parameters,
+)
+from dwi_ml.training.experiment_builder import (
+    build_dataset,
+    build_loader,
+    build_sampler,
+    build_trainer,
+    check_hdf5_groups,
+    check_model_matches_dataset,
+)
+
+
+def _build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("experiments_path", help="Parent folder of experiments.")
+    parser.add_argument("experiment_name", help="The experiment to continue.")
+    group = parser.add_argument_group("Changes on resume")
+    group.add_argument("--new_max_epochs", type=int,
+                       help="Train up to this many epochs in all.")
+    group.add_argument("--new_patience", type=int,
+                       help="New early-stopping patience, in epochs.")
+    group.add_argument("--hdf5_file", help="New location of the HDF5 file.")
+    group.add_argument("--device", help="'cpu' or 'cuda[:N]' (default: as saved).")
+    group.add_argument("--nb_workers", type=int,
+                       help="DataLoader workers (default: as saved).")
+    add_verbose_arg(parser)
+    return parser
+
+
+def _finished_message(trainer, experiment_dir):
+    if trainer.current_epoch >= trainer.max_epochs:
+        return (f"experiment '{experiment_dir}' already finished its "
+                f"{trainer.max_epochs} epochs: give --new_max_epochs larger "
+                f"than {trainer.max_epochs} to train longer.")
+    tracker = trainer.best_tracker
+    return (f"experiment '{experiment_dir}' stopped early: patience "
+            f"({tracker.patience} epochs) reached at epoch "
+            f"{trainer.current_epoch - 1}, best epoch {tracker.best_epoch}; "
+            "give a larger --new_patience to continue.")
+
+
+@script_entry_point
+def main(argv=None):
+    """Entry point of resume_training_from_checkpoint.py."""
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    check_inputs_exist(experiment_dir, what="experiment")
+    params = read_parameters(experiment_dir)
+    state = load_checkpoint_state(experiment_dir)
+    if args.hdf5_file is not None:
+        params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
+    check_inputs_exist(params["dataset"]["hdf5_file"], what="HDF5 file")
+    loader_params = params["loader"]
+    check_hdf5_groups(params["dataset"]["hdf5_file"],
+                      loader_params["input_group"],
+                      loader_params["streamline_group"])
+    trainer_params = params["trainer"]
+    for key, value in (("max_epochs", args.new_max_epochs),
+                       ("patience", args.new_patience),
+                       ("device", args.device),
+                       ("nb_workers", args.nb_workers)):
+        if value is not None:
+            trainer_params[key] = value
+
+    dataset = build_dataset(params["dataset"])
+    model = load_model_from_params_and_state(
+        checkpoint_model_dir(experiment_dir), trainer_params["device"])
+    check_model_matches_dataset(model, dataset, loader_params["input_group"])
+    sampler = build_sampler(dataset, params["sampler"])
+    loader = build_loader(dataset, loader_params, model, trainer_params["device"])
+    trainer = build_trainer(model, args.experiments_path, args.experiment_name,
+                            sampler, loader, trainer_params)
+    trainer.load_checkpoint(state)
+    if trainer.is_finished():
+        raise DwiMLUserError(_finished_message(trainer, experiment_dir))
+    trainer.save_parameters({key: params[key]
+                             for key in ("dataset", "sampler", "loader")})
+    trainer.train_and_validate()
+    print(f"Experiment {experiment_dir} resumed and saved "
+          f"({trainer.stopped_reason}; best epoch "
+          f"{trainer.best_tracker.best_epoch}, loss "
+          f"{trainer.best_tracker.best_loss:.5f}).")

@@ -1,0 +1,94 @@
+"""Build the dataset, sampler, loader, model and trainer of an experiment.
+
+``dwiml_train_model.py`` builds them from its arguments and saves the same
+dicts in ``parameters.json``; ``resume_training_from_checkpoint.py`` rebuilds
+them from that file. One place, so the two can never disagree.
+
+``parameters.json`` holds::
+
+    {"dataset": {...}, "sampler": {...}, "loader": {...},
+     "model_type": "...", "model": {...}, "trainer": {...}}
+"""
+import h5py
+
+from dwi_ml.batching.batch_loader import BatchLoaderOneInput
+from dwi_ml.batching.batch_sampler import BatchSampler
+from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.data.hdf5.layout import VOLUME_TYPE, decode_str
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
+
+
+def check_hdf5_groups(hdf5_file, input_group, streamline_group):
+    """Check cheaply, before any work, that the HDF5 has both groups."""
+    try:
+        with h5py.File(hdf5_file, "r") as f:
+            subjects = [key for key in f.keys()
+                        if isinstance(f[key], h5py.Group)]
+            if not subjects:
+                raise DwiMLUserError(f"HDF5 file '{hdf5_file}': no subject found.")
+            first = f[subjects[0]]
+            types = {name: decode_str(first[name].attrs.get("type", ""))
+                     for name in first.keys()}
+    except OSError as error:
+        raise DwiMLUserError(
+            f"HDF5 file '{hdf5_file}': cannot be read ({error}).") from None
+    volumes = sorted(k for k, v in types.items() if v == VOLUME_TYPE)
+    streamlines = sorted(k for k, v in types.items() if v != VOLUME_TYPE)
+    if input_group not in volumes:
+        raise DwiMLUserError(
+            f"input_group: '{input_group}' is not a volume group of "
+            f"'{hdf5_file}' (expected one of: {', '.join(volumes)}).")
+    if streamline_group not in streamlines:
+        raise DwiMLUserError(
+            f"streamline_group: '{streamline_group}' is not a streamline group "
+            f"of '{hdf5_file}' (expected one of: {', '.join(streamlines)}).")
+
+
+def build_dataset(dataset_params):
+    """Load a MultiSubjectDataset (training and validation sets)."""
+    dataset = MultiSubjectDataset(dataset_params["hdf5_file"],
+                                  lazy=dataset_params["lazy"],
+                                  cache_size=dataset_params.get("cache_size"))
+    dataset.load_data(load_training=True, load_validation=True,
+                      load_testing=False)
+    return dataset
+
+
+def build_sampler(dataset, sampler_params, rank=0, world_size=1):
+    """A BatchSampler from its saved parameters."""
+    return BatchSampler(dataset, rank=rank, world_size=world_size,
+                        **sampler_params)
+
+
+def build_loader(dataset, loader_params, model, device):
+    """A BatchLoaderOneInput reading the model's format and neighbourhood.
+
+    On CUDA, interpolation happens in the main process with volumes cached
+    on the GPU; on CPU it happens in the DataLoader workers.
+    """
+    interpolation_device = device if str(device).startswith("cuda") else None
+    return BatchLoaderOneInput(
+        dataset, step_size=model.step_size, nb_points=model.nb_points,
+        compress=model.compress, neighborhood_type=model.neighborhood_type,
+        neighborhood_radius=model.neighborhood_radius,
+        neighborhood_resolution=model.neighborhood_resolution,
+        interpolation_device=interpolation_device, **loader_params)
+
+
+def build_trainer(model, experiments_path, experiment_name, sampler, loader,
+                  trainer_params, callbacks=()):
+    """A DWIMLTrainerOneInput from its saved parameters."""
+    return DWIMLTrainerOneInput(model, experiments_path, experiment_name,
+                                sampler, loader, callbacks=callbacks,
+                                **trainer_params)
+
+
+def check_model_matches_dataset(model, dataset, input_group):
+    """The model's nb_features must be the input group's."""
+    group_idx = dataset.volume_groups.index(input_group)
+    nb_features = dataset.nb_features[group_idx]
+    if model.nb_features != nb_features:
+        raise DwiMLUserError(
+            f"input group '{input_group}' has {nb_features} features but the "
+            f"model expects {model.nb_features}.")

@@ -1,0 +1,100 @@
+"""Exact resume: 4 epochs straight == 2 epochs + resume to 4 == killed + resumed."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from training_data import make_training_hdf5
+
+from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.cli.dwiml_train_model import main as train_main
+
+# Times differ between runs by nature; every other log must be bitwise equal.
+TIME_LOGS = ("train_time.npy", "valid_time.npy")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def hdf5_file(tmp_path_factory):
+    return make_training_hdf5(str(tmp_path_factory.mktemp("resume_data")))
+
+
+def _train_args(experiments, name, hdf5_file, max_epochs, nb_workers):
+    # Dropout, augmentation and noise exercise every random stream.
+    return [experiments, name, hdf5_file, "input", "streamlines",
+            "--max_epochs", str(max_epochs), "--nb_workers", str(nb_workers),
+            "--batch_size_training", "30", "--batch_size_validation", "40",
+            "--step_size", "1.5", "--nb_previous_dirs", "1",
+            "--rnn_layer_sizes", "16", "16", "--dropout", "0.2",
+            "--split_ratio", "0.3", "--reverse_ratio", "0.5",
+            "--noise_gaussian_size_forward", "0.1",
+            "--noise_gaussian_size_loss", "0.05", "--lr_scheduler", "step",
+            "--lr_step_size", "1", "--seed", "7", "-v", "WARNING"]
+
+
+def _logs(experiment_dir):
+    logs_dir = os.path.join(experiment_dir, "logs")
+    return {name: np.load(os.path.join(logs_dir, name))
+            for name in sorted(os.listdir(logs_dir)) if name not in TIME_LOGS}
+
+
+def _weights(experiment_dir, folder="checkpoint/model"):
+    return torch.load(os.path.join(experiment_dir, folder, "model_state.pt"),
+                      weights_only=True)
+
+
+def _assert_same_run(dir_a, dir_b):
+    logs_a, logs_b = _logs(dir_a), _logs(dir_b)
+    assert sorted(logs_a) == sorted(logs_b)
+    for name in logs_a:
+        assert logs_a[name].tobytes() == logs_b[name].tobytes(), name
+    assert len(logs_a["train_loss.npy"]) == 4
+    for folder in ("checkpoint/model", "best_model"):
+        weights_a, weights_b = _weights(dir_a, folder), _weights(dir_b, folder)
+        assert weights_a.keys() == weights_b.keys()
+        for key in weights_a:
+            assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
+
+
+@pytest.mark.parametrize("nb_workers", [0, 2])
+def test_stop_and_resume_equals_straight_run(tmp_path, hdf5_file, nb_workers):
+    experiments = str(tmp_path)
+    train_main(_train_args(experiments, "straight", hdf5_file, 4, nb_workers))
+    train_main(_train_args(experiments, "resumed", hdf5_file, 2, nb_workers))
+    assert len(_logs(tmp_path / "resumed")["train_loss.npy"]) == 2
+    resume_cli.main([experiments, "resumed", "--new_max_epochs", "4",
+                     "-v", "WARNING"])
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    # Training changed the weights and lowered the loss.
+    losses = _logs(tmp_path / "straight")["train_loss.npy"]
+    assert losses[-1] < losses[0]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_straight_run(tmp_path, hdf5_file):
+    experiments = str(tmp_path)
+    train_main(_train_args(experiments, "straight", hdf5_file, 4, 0))
+    command = [sys.executable, os.path.join(HERE, "kill_during_training.py"),
+               "2", "1", *_train_args(experiments, "killed", hdf5_file, 4, 0)]
+    process = subprocess.run(command, capture_output=True, text=True)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    # The epoch-2 checkpoint is the last complete one: epoch 3 is redone.
+    state = torch.load(tmp_path / "killed" / "checkpoint" / "checkpoint_state.pt",
+                       weights_only=True)
+    assert state["current_epoch"] == 2
+    resume_cli.main([experiments, "killed", "-v", "WARNING"])
+    _assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_resume_of_a_finished_run_says_so(tmp_path, hdf5_file, capsys):
+    experiments = str(tmp_path)
+    train_main(_train_args(experiments, "done", hdf5_file, 1, 0))
+    with pytest.raises(SystemExit) as error:
+        resume_cli.main([experiments, "done"])
+    assert error.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "already finished its 1 epochs" in message
+    assert "--new_max_epochs" in message
+    assert len(message.splitlines()) == 1
