@@ -37,17 +37,25 @@ import torch
 
 from dwi_ml.batching.dataloaders import CONTEXT_CODES
 from dwi_ml.batching.loaded_batch import LoadedBatch
-from dwi_ml.data.processing.augmentation import (add_noise_mm,
-                                                 count_from_ratio,
-                                                 reverse_streamlines,
-                                                 split_streamlines)
+from dwi_ml.data.processing.augmentation import (
+    add_noise_mm,
+    count_from_ratio,
+    reverse_streamlines,
+    split_streamlines,
+)
 from dwi_ml.data.processing.interpolation import (
-    interpolate_volume_at_coordinates, prepare_volume_for_interpolation)
-from dwi_ml.data.processing.neighborhood import (get_neighborhood_offsets,
-                                                 interpolate_with_neighborhood)
-from dwi_ml.data.processing.resampling import (compress,
-                                               resample_to_nb_points,
-                                               resample_to_step_size)
+    interpolate_volume_at_coordinates,
+    prepare_volume_for_interpolation,
+)
+from dwi_ml.data.processing.neighborhood import (
+    get_neighborhood_offsets,
+    interpolate_with_neighborhood,
+)
+from dwi_ml.data.processing.resampling import compress as compress_mm
+from dwi_ml.data.processing.resampling import (
+    resample_to_nb_points,
+    resample_to_step_size,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
@@ -217,7 +225,7 @@ class BatchLoaderOneInput:
         if self.nb_points is not None and self.nb_points != dataset.nb_points:
             return resample_to_nb_points(streamlines, affine, self.nb_points)
         if self.compress is not None and self.compress != dataset.compress:
-            return compress(streamlines, affine, self.compress)
+            return compress_mm(streamlines, affine, self.compress)
         return streamlines
 
     def augment(self, streamlines, rng):
@@ -331,11 +339,11 @@ def _group_index(groups, name, argument):
     return groups.index(name)
 
 
-def _check_format(step_size, nb_points, compress_mm):
+def _check_format(step_size, nb_points, tolerance_mm):
     """At most one of step_size (mm), nb_points, compress (mm); all valid."""
     chosen = {name: value for name, value in (
         ("step_size", step_size), ("nb_points", nb_points),
-        ("compress", compress_mm)) if value is not None}
+        ("compress", tolerance_mm)) if value is not None}
     if len(chosen) > 1:
         raise _argument_error(
             ", ".join(chosen), "at most one of step_size, nb_points, "
@@ -349,7 +357,7 @@ def _check_format(step_size, nb_points, compress_mm):
         raise _argument_error("nb_points", "an integer >= 2", nb_points)
     return (None if step_size is None else float(step_size),
             None if nb_points is None else int(nb_points),
-            None if compress_mm is None else float(compress_mm))
+            None if tolerance_mm is None else float(tolerance_mm))
 
 
 def _check_ratio(name, ratio):

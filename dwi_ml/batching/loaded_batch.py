@@ -42,21 +42,29 @@ class LoadedBatch:
     @classmethod
     def from_array_sequences(cls, targets, input_points, subject_indices,
                              context):
-        """Pack per-subject ArraySequences (same offsets in both lists)."""
-        target_parts, input_parts, length_parts = [], [], []
-        for target, inputs_at in zip(targets, input_points):
-            data, _, lengths = compact(target)
-            target_parts.append(data)
-            length_parts.append(lengths)
-            input_parts.append(data if inputs_at is target
-                               else compact(inputs_at)[0])
-        target_data = _concat(target_parts)
+        """Pack per-subject ArraySequences into one batch.
+
+        Parameters
+        ----------
+        targets, input_points : list of nibabel ArraySequence
+            Per subject, the target streamlines and the same streamlines
+            with the forward noise (same lengths; the same object when there
+            is no noise). Voxel space, corner origin.
+        subject_indices : np.ndarray, shape (N,)
+            Subject of each streamline, in the context's subset.
+        context : str
+        """
+        target_parts = [_packed_points(target) for target in targets]
         same = all(a is b for a, b in zip(targets, input_points))
+        target_data = torch.from_numpy(_concat(target_parts))
+        input_data = target_data if same else torch.from_numpy(_concat(
+            [_packed_points(inputs_at) for inputs_at in input_points]))
+        lengths = [np.asarray(target._lengths) for target in targets]
         return cls(
-            target_points=torch.from_numpy(target_data),
-            input_points=(torch.from_numpy(target_data) if same
-                          else torch.from_numpy(_concat(input_parts))),
-            lengths=torch.from_numpy(np.concatenate(length_parts).astype(np.int64)),
+            target_points=target_data, input_points=input_data,
+            lengths=torch.from_numpy(
+                np.concatenate(lengths).astype(np.int64, copy=False)
+                if lengths else np.zeros(0, dtype=np.int64)),
             subject_indices=torch.from_numpy(
                 np.asarray(subject_indices, dtype=np.int64)),
             context=context)
@@ -84,9 +92,14 @@ class LoadedBatch:
         """Pinned copy, used by DataLoader(pin_memory=True)."""
         def pin(tensor):
             return None if tensor is None else tensor.pin_memory()
-        return LoadedBatch(pin(self.target_points), pin(self.input_points),
-                           self.lengths, self.subject_indices, self.context,
-                           pin(self.inputs))
+        target_points = pin(self.target_points)
+        same_points = self.input_points is self.target_points
+        return LoadedBatch(
+            target_points=target_points,
+            input_points=(target_points if same_points
+                          else pin(self.input_points)),
+            lengths=self.lengths, subject_indices=self.subject_indices,
+            context=self.context, inputs=pin(self.inputs))
 
     def _split(self, tensor):
         return list(torch.split(tensor, self.lengths.tolist()))
@@ -104,7 +117,25 @@ class LoadedBatch:
         return self._split(self.inputs)
 
 
+def _packed_points(streamlines):
+    """(P, 3) points of ``streamlines``, one after the other.
+
+    The data array itself when it is already compact (offsets are the
+    cumulative sum of the lengths and no row is left over), else a gather.
+    """
+    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
+    data = np.asarray(streamlines._data)
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    if len(data) == lengths.sum() and np.array_equal(streamlines._offsets,
+                                                     starts):
+        return data
+    return compact(streamlines)[0]
+
+
 def _concat(parts):
+    """One contiguous float32 (P, 3) array; no copy for one such part."""
     if not parts:
         return np.zeros((0, 3), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return np.ascontiguousarray(data, dtype=np.float32)

@@ -1,0 +1,300 @@
+"""Batched tracking: many streamlines grow at once, one model call per step.
+
+All coordinates are in voxel space with a corner origin (dipy ``Space.VOX``,
+``Origin.TRACKVIS``), on the tracker's device (CPU or GPU).
+
+One step, for every active streamline at once:
+
+1. interpolate the input volume (with the model's neighbourhood) at the
+   streamlines' last points, in one call;
+2. one :meth:`forward_step` of the model gives the outputs and the new RNN
+   hidden states, and :meth:`get_tracking_directions` unit directions in
+   voxel space (and EOS probabilities);
+3. a direction ``d`` becomes a step of ``step_size_mm`` mm:
+   ``d * step_size_mm / |A d|`` voxels, with ``A`` the affine's linear part;
+4. the stopping criteria (:mod:`dwi_ml.tracking.stopping`) end some
+   streamlines; :meth:`select_hidden_states` keeps the others' states.
+
+Both directions (Learn2track's way)
+    The seed is first tracked forward. The backward half then starts again
+    from the seed, with the RNN fed the reversed forward half, point by
+    point, first: its hidden state at the seed is the one it would have had
+    had it tracked the whole streamline in that direction, and its previous
+    directions at the seed are the reversed forward ones (so the angle
+    criterion forbids a U-turn at the seed). All streamlines advance in
+    lockstep; those still replaying their forward half take their known
+    next point and ignore the model's output. The final streamline runs
+    from the end of the forward half, through the seed, to the end of the
+    backward half.
+"""
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dwi_ml.data.packed import compact, make_array_sequence
+from dwi_ml.data.processing.interpolation import prepare_volume_for_interpolation
+from dwi_ml.data.processing.neighborhood import (
+    get_neighborhood_offsets,
+    interpolate_with_neighborhood,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.tracking.stopping import StopReason, max_nb_points, steps_too_sharp
+
+logger = logging.getLogger(__name__)
+
+
+class TrackedStreamlines:
+    """The result of :meth:`BatchedTracker.track`, aligned with the seeds.
+
+    Attributes
+    ----------
+    streamlines : nibabel ArraySequence
+        Voxel space, corner origin, compact. A seed outside the tracking
+        mask gives a single point.
+    seeds : np.ndarray, shape (N, 3)
+        Voxel space, corner origin.
+    forward_stops : np.ndarray of StopReason values, shape (N,)
+        Why the forward half stopped.
+    backward_stops : np.ndarray of StopReason values, shape (N,), or None
+        Why the backward half stopped; None when tracking forward only.
+    """
+
+    def __init__(self, streamlines, seeds, forward_stops, backward_stops):
+        self.streamlines = streamlines
+        self.seeds = seeds
+        self.forward_stops = forward_stops
+        self.backward_stops = backward_stops
+
+
+class BatchedTracker:
+    """Track streamlines with a model, a batch of seeds at a time.
+
+    Parameters
+    ----------
+    model : MainModelOneInput
+        With ``forward_step``, ``select_hidden_states`` and
+        ``get_tracking_directions`` (e.g. Learn2TrackModel). Put in eval
+        mode here.
+    input_volume : torch.Tensor or np.ndarray, shape (X, Y, Z, F)
+        The model's input group for this subject.
+    affine : np.ndarray, shape (4, 4)
+        Voxel-to-RAS mm affine of the input volume.
+    tracking_mask : dwi_ml.tracking.stopping.TrackingMask
+    step_size_mm : float
+    max_angle_deg : float
+        Largest turn between two steps, degrees, measured in mm.
+    max_length_mm : float
+        Streamlines stop growing at this length (both halves together).
+    eos_threshold : float or None
+        Stop where the EOS probability is above it (EOS models only).
+    algo : "det" or "prob"
+    track_forward_only : bool
+    generator : torch.Generator or None
+        Random stream of "prob" sampling, on ``device``.
+    device : str or torch.device
+    """
+
+    def __init__(self, model, input_volume, affine, tracking_mask,
+                 step_size_mm, max_angle_deg=45.0, max_length_mm=300.0,
+                 eos_threshold=None, algo="det", track_forward_only=False,
+                 generator=None, device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.volume = prepare_volume_for_interpolation(input_volume,
+                                                       self.device)
+        self.offsets = torch.as_tensor(get_neighborhood_offsets(
+            model.neighborhood_type, model.neighborhood_radius,
+            model.neighborhood_resolution, affine), dtype=torch.float32,
+            device=self.device)
+        self.linear_part = torch.as_tensor(
+            np.asarray(affine, dtype=np.float64)[:3, :3], dtype=torch.float32,
+            device=self.device)
+        self.tracking_mask = tracking_mask
+        self.step_size_mm = float(step_size_mm)
+        self.max_angle_deg = float(max_angle_deg)
+        self.max_nb_points = max_nb_points(max_length_mm, self.step_size_mm)
+        if eos_threshold is not None and not getattr(model, "add_eos", False):
+            raise DwiMLUserError(
+                f"argument 'eos_stop': the model predicts no EOS, found a "
+                f"threshold of {eos_threshold}.")
+        self.eos_threshold = eos_threshold
+        self.algo = algo
+        self.track_forward_only = track_forward_only
+        self.generator = generator
+
+    def to_mm(self, vectors_vox):
+        """Displacements (N, 3) from voxel units to mm."""
+        return vectors_vox @ self.linear_part.T
+
+    def track(self, seeds_vox_corner):
+        """Track one batch of seeds.
+
+        Parameters
+        ----------
+        seeds_vox_corner : np.ndarray or torch.Tensor, shape (N, 3)
+            Voxel space, corner origin.
+
+        Returns
+        -------
+        TrackedStreamlines
+        """
+        seeds = torch.as_tensor(np.asarray(seeds_vox_corner, np.float32),
+                                device=self.device)
+        with torch.no_grad():
+            valid = self.tracking_mask.contains(seeds)
+            points = seeds[:, None, :]
+            lengths = torch.ones(len(seeds), dtype=torch.int64,
+                                 device=self.device)
+            forward_stops = torch.full_like(lengths, int(StopReason.MASK))
+            backward_stops = (None if self.track_forward_only
+                              else forward_stops.clone())
+            if valid.any():
+                rows = torch.nonzero(valid).squeeze(1)
+                valid_points, valid_lengths, stops = self._propagate(
+                    seeds[rows, None, :], lengths[rows])
+                forward_stops[rows] = stops
+                if not self.track_forward_only:
+                    valid_points, valid_lengths, stops = self._propagate(
+                        _reverse(valid_points, valid_lengths), valid_lengths)
+                    backward_stops[rows] = stops
+                points = _scatter_rows(points, rows, valid_points)
+                lengths[rows] = valid_lengths
+        return TrackedStreamlines(
+            _pack(points, lengths), seeds.cpu().numpy(),
+            forward_stops.cpu().numpy(),
+            None if backward_stops is None else backward_stops.cpu().numpy())
+
+    def track_in_batches(self, seeds_vox_corner, batch_size,
+                         disable_progress=None):
+        """Track all seeds, ``batch_size`` at a time, with a progress bar.
+
+        Returns one :class:`TrackedStreamlines` for all seeds, in order.
+        """
+        results = [self.track(seeds_vox_corner[start:start + batch_size])
+                   for start in tqdm(range(0, len(seeds_vox_corner),
+                                           batch_size),
+                                     desc="Seed batches", unit="batch",
+                                     disable=disable_progress)]
+        return _concatenate(results)
+
+    def _propagate(self, prefixes, prefix_lengths):
+        """Grow streamlines after their prefixes, all in lockstep.
+
+        Parameters
+        ----------
+        prefixes : torch.Tensor, shape (N, T0, 3)
+            Known first points of each streamline (the seed alone, or the
+            reversed forward half ending at the seed), padded.
+        prefix_lengths : torch.Tensor, int64 (N,)
+            Points of each prefix, >= 1.
+
+        Returns
+        -------
+        points : torch.Tensor, shape (N, max_nb_points, 3)
+        lengths : torch.Tensor, int64 (N,)
+        stops : torch.Tensor, int64 (N,)
+            StopReason of each streamline.
+        """
+        nb_streamlines = len(prefixes)
+        points = prefixes.new_zeros((nb_streamlines, self.max_nb_points, 3))
+        points[:, :prefixes.shape[1]] = prefixes
+        lengths = prefix_lengths.clone()
+        stops = torch.full_like(lengths, int(StopReason.MAX_LENGTH))
+        # One view per streamline, made once: the model reads the partial
+        # streamlines from them without any copy.
+        views = points.unbind(0)
+        active = torch.arange(nb_streamlines, device=self.device)
+        hidden_states = None
+        for t in range(self.max_nb_points - 1):
+            if len(active) == 0:
+                break
+            current = points[active, t]
+            inputs = interpolate_with_neighborhood(self.volume, current,
+                                                   self.offsets)
+            partial = [views[i][:t + 1] for i in active.tolist()]
+            outputs, hidden_states = self.model.forward_step(
+                inputs, partial, hidden_states)
+            growing = prefix_lengths[active] <= t + 1
+            if not growing.any():
+                continue
+            stop_codes, next_points = self._check_next_points(
+                outputs, points, active, t, growing)
+            stopped = stop_codes > 0
+            grows = growing & ~stopped
+            points[active[grows], t + 1] = next_points[grows]
+            lengths[active[grows]] = t + 2
+            if stopped.any():
+                stops[active[stopped]] = stop_codes[stopped]
+                keep = ~stopped
+                active = active[keep]
+                hidden_states = self.model.select_hidden_states(
+                    hidden_states, keep)
+        return points, lengths, stops
+
+    def _check_next_points(self, outputs, points, active, t, growing):
+        """Next point of each active streamline and its StopReason.
+
+        Returns (codes (n,), next_points (n, 3)); code 0 means the point is
+        added. Criteria are written from the lowest priority up, so that the
+        highest (EOS, then angle, then mask) wins. Streamlines not
+        ``growing`` (still replaying their prefix) get 0.
+        """
+        directions, eos_probs = self.model.get_tracking_directions(
+            outputs, self.algo, self.generator)
+        lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
+        steps = directions * (self.step_size_mm
+                              / lengths_mm.clamp(min=1e-12))[:, None]
+        current = points[active, t]
+        next_points = current + steps
+        codes = torch.zeros(len(active), dtype=torch.int64,
+                            device=self.device)
+        codes[~self.tracking_mask.contains(next_points)] = StopReason.MASK
+        if t >= 1:
+            previous_steps = current - points[active, t - 1]
+            codes[steps_too_sharp(self.to_mm(previous_steps),
+                                  self.to_mm(steps),
+                                  self.max_angle_deg)] = StopReason.ANGLE
+        if self.eos_threshold is not None:
+            codes[eos_probs > self.eos_threshold] = StopReason.EOS
+        codes[~growing] = 0
+        return codes, next_points
+
+
+def _reverse(points, lengths):
+    """Each streamline's first ``lengths[i]`` points, reversed, padded."""
+    ranks = torch.arange(int(lengths.max()), device=points.device)
+    rows = (lengths[:, None] - 1 - ranks).clamp(min=0)
+    return torch.gather(points, 1, rows[:, :, None].expand(-1, -1, 3))
+
+
+def _scatter_rows(points, rows, row_points):
+    """``points`` (N, T, 3) widened to row_points' T, with ``rows`` set."""
+    out = points.new_zeros((len(points), row_points.shape[1], 3))
+    out[:, :points.shape[1]] = points
+    out[rows] = row_points
+    return out
+
+
+def _pack(points, lengths):
+    """(N, T, 3) padded streamlines to a compact ArraySequence (numpy)."""
+    nb_streamlines, nb_rows = points.shape[:2]
+    offsets = np.arange(nb_streamlines, dtype=np.int64) * nb_rows
+    data, offsets, lengths = compact(make_array_sequence(
+        points.reshape(-1, 3).cpu().numpy(), offsets, lengths.cpu().numpy()))
+    return make_array_sequence(data, offsets, lengths)
+
+
+def _concatenate(results):
+    """One TrackedStreamlines from several (at least one), in order."""
+    data = [r.streamlines._data for r in results]
+    lengths = np.concatenate([r.streamlines._lengths for r in results])
+    offsets = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    backward = (None if results[0].backward_stops is None
+                else np.concatenate([r.backward_stops for r in results]))
+    return TrackedStreamlines(
+        make_array_sequence(np.concatenate(data), offsets, lengths),
+        np.concatenate([r.seeds for r in results]),
+        np.concatenate([r.forward_stops for r in results]), backward)

@@ -1,0 +1,126 @@
+"""Stopping criteria of the tracker, each vectorised over all streamlines.
+
+A streamline stops, at its last point ``p`` with the proposed next point
+``q`` (voxel space, corner origin), on the first of:
+
+- ``EOS``: the model's end-of-streamline probability at ``p`` is above the
+  threshold (models with EOS only);
+- ``ANGLE``: the angle between the last step and ``q - p``, measured in mm
+  (through the affine, so anisotropic voxels do not distort it), is above
+  ``max_angle_deg``;
+- ``MASK``: ``q`` is outside the volume or the tracking mask, trilinearly
+  interpolated at ``q``, is below 0.5;
+- ``MAX_LENGTH``: the streamline has ``max_nb_points`` points.
+
+The point ``q`` that triggers a stop is never added. A seed outside the
+tracking mask stops at once (``MASK``, one point).
+"""
+import enum
+import math
+
+import numpy as np
+import torch
+
+from dwi_ml.data.processing.interpolation import (
+    interpolate_volume_at_coordinates,
+    prepare_volume_for_interpolation,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.tracking.seeding import MASK_THRESHOLD
+
+
+class StopReason(enum.IntEnum):
+    """Why a streamline end stopped growing."""
+    MASK = 1
+    ANGLE = 2
+    MAX_LENGTH = 3
+    EOS = 4
+
+
+class TrackingMask:
+    """Where streamlines may go: inside the volume and the mask.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Volume shape (X, Y, Z), voxels.
+    mask : np.ndarray or torch.Tensor, shape (X, Y, Z) or (X, Y, Z, 1), optional
+        Tracking mask; None allows the whole volume.
+    device : str or torch.device
+    """
+
+    def __init__(self, shape, mask=None, device="cpu"):
+        self.shape = tuple(int(s) for s in shape[:3])
+        self.device = torch.device(device)
+        self._upper = torch.tensor(self.shape, dtype=torch.float32,
+                                   device=self.device)
+        self._volume = None
+        if mask is not None:
+            if tuple(mask.shape[:3]) != self.shape or (
+                    len(mask.shape) == 4 and mask.shape[3] != 1):
+                raise DwiMLUserError(
+                    f"tracking mask: expected shape {self.shape} (one "
+                    f"feature), found {tuple(mask.shape)}.")
+            mask = mask.reshape(self.shape + (1,))
+            self._volume = prepare_volume_for_interpolation(mask, self.device)
+
+    def contains(self, points_vox_corner):
+        """(P,) bool: True where a point may be part of a streamline.
+
+        Parameters
+        ----------
+        points_vox_corner : torch.Tensor, shape (P, 3)
+            Voxel space, corner origin, on the mask's device. Points must
+            lie in ``[0, dim)`` on each axis.
+        """
+        inside = torch.all((points_vox_corner >= 0)
+                           & (points_vox_corner < self._upper), dim=1)
+        if self._volume is None:
+            return inside
+        values = interpolate_volume_at_coordinates(self._volume,
+                                                   points_vox_corner)
+        return inside & (values[:, 0] >= MASK_THRESHOLD)
+
+
+def steps_too_sharp(previous_steps_mm, next_steps_mm, max_angle_deg):
+    """(N,) bool: True where the turn between two steps exceeds the angle.
+
+    Parameters
+    ----------
+    previous_steps_mm, next_steps_mm : torch.Tensor, shape (N, 3)
+        Displacements in mm (any origin).
+    max_angle_deg : float
+        Largest allowed angle, in degrees; 180 or more never stops.
+    """
+    if max_angle_deg >= 180:
+        return torch.zeros(len(next_steps_mm), dtype=torch.bool,
+                           device=next_steps_mm.device)
+    cosines = torch.nn.functional.cosine_similarity(previous_steps_mm,
+                                                    next_steps_mm, dim=1)
+    return cosines < math.cos(math.radians(max_angle_deg))
+
+
+def max_nb_points(max_length_mm, step_size_mm):
+    """Most points a streamline of steps ``step_size_mm`` may hold.
+
+    ``floor(max_length / step) + 1``: its length never exceeds
+    ``max_length_mm``.
+    """
+    return int(math.floor(max_length_mm / step_size_mm + 1e-6)) + 1
+
+
+def keep_by_length(lengths, step_size_mm, min_length_mm, max_length_mm):
+    """(N,) bool: streamlines of at least 2 points with a length in range.
+
+    Parameters
+    ----------
+    lengths : np.ndarray, shape (N,)
+        Points per streamline. Every step is ``step_size_mm`` long, so a
+        streamline of ``n`` points is ``(n - 1) * step_size_mm`` mm long.
+    step_size_mm, min_length_mm, max_length_mm : float
+    """
+    lengths_mm = (np.asarray(lengths) - 1) * step_size_mm
+    tolerance = 1e-6 * step_size_mm
+    return ((np.asarray(lengths) >= 2)
+            & (lengths_mm >= min_length_mm - tolerance)
+            & (lengths_mm <= max_length_mm + tolerance))

@@ -1,0 +1,193 @@
+"""DWIMLAbstractTrainer: folders, logs, best model, patience, NaN stop, checks."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from training_data import make_training_hdf5
+
+from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.training.callbacks import Callback, TrainingAbortedError
+from dwi_ml.training.experiment_builder import (
+    build_dataset,
+    build_loader,
+    build_sampler,
+    build_trainer,
+)
+
+
+@pytest.fixture(scope="module")
+def hdf5_file(tmp_path_factory):
+    return make_training_hdf5(str(tmp_path_factory.mktemp("trainer_data")))
+
+
+@pytest.fixture(scope="module")
+def dataset(hdf5_file):
+    return build_dataset({"hdf5_file": hdf5_file, "lazy": False})
+
+
+def _make_trainer(dataset, experiments, name="exp", callbacks=(), **trainer_params):
+    torch.manual_seed(0)
+    model = Learn2TrackModel(name, nb_features=dataset.nb_features[0],
+                             step_size=1.5, rnn_layer_sizes=[16])
+    sampler = build_sampler(dataset, {
+        "streamline_group": "streamlines", "batch_size_training": 40,
+        "batch_size_validation": 60, "batch_size_units": "nb_streamlines",
+        "seed": 3})
+    loader = build_loader(dataset, {"streamline_group": "streamlines",
+                                    "input_group": "input", "seed": 3},
+                          model, "cpu")
+    params = {"max_epochs": 3, "learning_rate": 0.005, **trainer_params}
+    return build_trainer(model, str(experiments), name, sampler, loader,
+                         params, callbacks)
+
+
+def test_experiment_folder_logs_and_best_model(tmp_path, dataset):
+    trainer = _make_trainer(dataset, tmp_path, clip_grad=0.1)
+    trainer.save_parameters({"note": "test"})
+    trainer.train_and_validate()
+    folder = tmp_path / "exp"
+    logs = {name[:-4]: np.load(folder / "logs" / name)
+            for name in os.listdir(folder / "logs")}
+    for name in ("train_loss", "valid_loss", "grad_norm_before_clip",
+                 "grad_norm_after_clip", "learning_rate", "train_time",
+                 "valid_time"):
+        assert logs[name].shape == (3,), name
+    nb_batches = math.ceil(dataset.training_set.get_lengths(0, 0).size / 40)
+    assert logs["train_loss_per_batch"].shape == (3 * nb_batches,)
+    # The epoch loss is the points-weighted mean of the batch losses: it lies
+    # between their min and max.
+    per_epoch = logs["train_loss_per_batch"].reshape(3, nb_batches)
+    assert np.all(per_epoch.min(1) <= logs["train_loss"] + 1e-12)
+    assert np.all(logs["train_loss"] <= per_epoch.max(1) + 1e-12)
+    assert np.all(logs["grad_norm_after_clip"] <= 0.1 + 1e-6)
+    assert np.all(logs["grad_norm_before_clip"] > logs["grad_norm_after_clip"])
+    assert np.allclose(logs["learning_rate"], 0.005)
+    assert logs["valid_loss"][-1] < logs["valid_loss"][0]
+
+    best = json.loads((folder / "best_model" / "best_epoch.json").read_text())
+    assert best["epoch"] == int(np.argmin(logs["valid_loss"]))
+    assert best["loss"] == pytest.approx(logs["valid_loss"].min())
+    params = json.loads((folder / "parameters.json").read_text())
+    assert params["note"] == "test" and params["trainer"]["max_epochs"] == 3
+    assert params["model"]["rnn_layer_sizes"] == [16]
+    # Safe loading: weights_only, and state of the last epoch in checkpoint/.
+    state = torch.load(folder / "checkpoint" / "checkpoint_state.pt",
+                       weights_only=True)
+    assert state["current_epoch"] == 3
+    model = load_model_from_params_and_state(str(folder / "best_model"), "cpu")
+    assert isinstance(model, Learn2TrackModel)
+
+
+def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
+    # A learning rate of ~0 never improves by more than patience_delta.
+    trainer = _make_trainer(dataset, tmp_path, learning_rate=1e-12,
+                            max_epochs=10, patience=2, patience_delta=1.0)
+    trainer.train_and_validate()
+    assert trainer.current_epoch == 3
+    assert "patience" in trainer.stopped_reason
+    assert len(np.load(tmp_path / "exp" / "logs" / "valid_loss.npy")) == 3
+
+    hdf5_no_valid = make_training_hdf5(str(tmp_path),
+                                       with_validation=False)
+    dataset_no_valid = build_dataset({"hdf5_file": hdf5_no_valid,
+                                      "lazy": True})
+    trainer = _make_trainer(dataset_no_valid, tmp_path, name="no_valid",
+                            max_epochs=2)
+    assert not trainer.use_validation
+    trainer.train_and_validate()
+    train_loss = np.load(tmp_path / "no_valid" / "logs" / "train_loss.npy")
+    best = json.loads((tmp_path / "no_valid" / "best_model" /
+                       "best_epoch.json").read_text())
+    assert best["loss"] == pytest.approx(train_loss.min())
+    assert np.all(np.isnan(np.load(tmp_path / "no_valid" / "logs" /
+                                   "valid_loss.npy")))
+
+
+class _PoisonWeights(Callback):
+    """Makes the loss NaN from a given epoch, as a diverging run would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.epoch:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, dataset):
+    trainer = _make_trainer(dataset, tmp_path, callbacks=[_PoisonWeights(1)])
+    with pytest.raises(TrainingAbortedError, match="non-finite loss"):
+        trainer.train_and_validate()
+    folder = tmp_path / "exp"
+    state = torch.load(folder / "checkpoint" / "checkpoint_state.pt",
+                       weights_only=True)
+    assert state["current_epoch"] == 1
+    for sub in ("checkpoint/model", "best_model"):
+        weights = torch.load(folder / sub / "model_state.pt", weights_only=True)
+        assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.parametrize("optimizer,scheduler", [
+    ("AdamW", "cosine"), ("RAdam", "plateau"), ("SGD", "step")])
+def test_optimizers_and_schedulers(tmp_path, dataset, optimizer, scheduler):
+    trainer = _make_trainer(dataset, tmp_path, optimizer=optimizer,
+                            lr_scheduler=scheduler, lr_step_size=1,
+                            lr_gamma=0.5, max_epochs=2,
+                            max_batches_per_epoch_training=2,
+                            max_batches_per_epoch_validation=1)
+    trainer.train_and_validate()
+    lrs = np.load(tmp_path / "exp" / "logs" / "learning_rate.npy")
+    assert type(trainer.optimizer).__name__ == optimizer
+    if scheduler == "step":
+        assert lrs.tolist() == pytest.approx([0.005, 0.0025])
+    if scheduler == "cosine":
+        assert lrs[1] == pytest.approx(0.005 * (1 + math.cos(math.pi / 2)) / 2)
+    per_batch = np.load(tmp_path / "exp" / "logs" / "train_loss_per_batch.npy")
+    assert per_batch.shape == (4,)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("learning_rate", -1.0, "learning_rate"),
+    ("max_epochs", 0, "max_epochs"),
+    ("optimizer", "Adamax", "optimizer"),
+    ("lr_scheduler", "warm", "lr_scheduler"),
+    ("device", "cuda", "CUDA is not available"),
+    ("mixed_precision", "fp8", "mixed_precision")])
+def test_bad_trainer_arguments(tmp_path, dataset, key, value, message):
+    if key == "device" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here.")
+    with pytest.raises(DwiMLUserError, match=message):
+        _make_trainer(dataset, tmp_path, **{key: value})
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--split_ratio", "1.5"], "--split_ratio: expected a value in [0, 1]"),
+    (["--neighborhood_type", "axes"], "needs --neighborhood_radius"),
+])
+def test_train_script_checks_arguments_before_work(tmp_path, hdf5_file, capsys,
+                                                   extra, message):
+    with pytest.raises(SystemExit) as error:
+        train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines",
+                    *extra])
+    assert error.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
+                                                           capsys):
+    with pytest.raises(SystemExit):
+        train_main([str(tmp_path), "exp", hdf5_file, "dwi", "streamlines"])
+    err = capsys.readouterr().err
+    assert "input_group: 'dwi' is not a volume group" in err and "input" in err
+    (tmp_path / "exp").mkdir()
+    with pytest.raises(SystemExit):
+        train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
+    assert "resume_training_from_checkpoint.py" in capsys.readouterr().err
