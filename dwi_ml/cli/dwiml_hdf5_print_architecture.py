@@ -1,7 +1,11 @@
 """Print what a dwi_ml HDF5 file holds."""
 from dwi_ml.data.hdf5.architecture import describe_hdf5
 from dwi_ml.io_utils.errors import script_entry_point
-from dwi_ml.io_utils.script_args import make_parser
+from dwi_ml.io_utils.script_args import (
+    add_verbose_arg,
+    make_parser,
+    set_verbosity,
+)
 
 DESCRIPTION = """\
 Print the content of a dwi_ml HDF5 file without loading its data: the root
@@ -16,10 +20,12 @@ layout."""
 def _build_parser():
     parser = make_parser(DESCRIPTION)
     parser.add_argument("hdf5_file", help="A dwi_ml HDF5 file.")
+    add_verbose_arg(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
     args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
     print("\n".join(describe_hdf5(args.hdf5_file)))

@@ -1,0 +1,238 @@
+"""Track a subject of an HDF5 file with a trained model."""
+import logging
+import os
+
+import numpy as np
+import torch
+
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    check_inputs_exist,
+    check_output_free,
+    make_parser,
+    progress_bars_disabled,
+    set_verbosity,
+)
+from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
+from dwi_ml.tracking.propagation import BatchedTracker
+from dwi_ml.tracking.seeding import make_seeds
+from dwi_ml.tracking.stopping import StopReason, TrackingMask, keep_by_length
+from dwi_ml.tracking.tracking_io import (
+    check_tractogram_extension,
+    load_experiment_model,
+    load_subject_volumes,
+    save_tractogram_with_seeds,
+)
+
+DESCRIPTION = """\
+Track one subject of a dwi_ml HDF5 file with the model of an experiment
+(its best model, or its latest epoch with --use_latest_epoch). Seeds are
+drawn uniformly in the voxels of the seeding mask group (--npv per voxel or
+--nt in all). Many streamlines are tracked at once, on CPU or GPU: at each
+step the input group is interpolated (with the model's neighbourhood) at
+every streamline's last point and one model call gives every next
+direction, a step of --step_size mm. A streamline stops when its next point
+leaves the volume or the tracking mask group (interpolated value < 0.5),
+turns by more than --theta degrees, reaches --max_length mm or, for models
+with an end-of-streamline (EOS) output, when its probability is above
+--eos_stop. Unless --track_forward_only, each streamline is then tracked
+backward from its seed, the model first being fed the reversed forward
+half so that its memory is the same as if it had tracked the whole
+streamline (as in Learn2track). Streamlines of --min_length to --max_length
+mm are saved in the subject's space (the input group's affine and shape)
+with their seeds as data_per_streamline 'seeds', in RAS mm like the
+streamlines as nibabel and dipy load them (a .tck file cannot hold them).
+Every input is checked before any tracking."""
+
+
+def _build_parser():
+    parser = make_parser(DESCRIPTION)
+    parser.add_argument("experiment_path", help="The experiment folder.")
+    parser.add_argument("hdf5_file", help="dwi_ml HDF5 file.")
+    parser.add_argument("subject_id", help="Subject to track, in any split.")
+    parser.add_argument("input_group",
+                        help="Volume group the model takes as input.")
+    parser.add_argument("out_tractogram", help="Output .trk, .tck or .trx.")
+
+    masks = parser.add_argument_group("Masks (volume groups of the HDF5)")
+    masks.add_argument("--seeding_mask_group", metavar="GROUP",
+                       help="Seeds are drawn in its voxels >= 0.5. Default: "
+                            "the tracking mask group.")
+    masks.add_argument("--tracking_mask_group", metavar="GROUP",
+                       help="Streamlines stop where it is < 0.5. Default: "
+                            "none, they stop at the volume's border.")
+
+    seeding = parser.add_argument_group("Seeding (one of)")
+    seeds = seeding.add_mutually_exclusive_group()
+    seeds.add_argument("--npv", type=int, metavar="N",
+                       help="Seeds per voxel of the seeding mask [1].")
+    seeds.add_argument("--nt", type=int, metavar="N",
+                       help="Total number of seeds.")
+
+    tracking = parser.add_argument_group("Tracking")
+    tracking.add_argument("--algo", choices=TRACKING_ALGOS, default="det",
+                          help="Most likely direction, or one drawn from the "
+                               "model's distribution.")
+    tracking.add_argument("--step_size", type=float, metavar="MM",
+                          help="Step in mm. Default: the model's.")
+    tracking.add_argument("--theta", type=float, default=45.0, metavar="DEG",
+                          help="Largest angle between two steps, degrees.")
+    tracking.add_argument("--min_length", type=float, default=10.0,
+                          metavar="MM", help="Shorter streamlines are "
+                                             "discarded (mm).")
+    tracking.add_argument("--max_length", type=float, default=300.0,
+                          metavar="MM", help="Streamlines stop growing at "
+                                             "this length (mm).")
+    tracking.add_argument("--eos_stop", type=float, metavar="P",
+                          help="Stop where the EOS probability is above P. "
+                               "Default: 0.5 for models with EOS.")
+    tracking.add_argument("--track_forward_only", action="store_true",
+                          help="Do not track backward from the seeds.")
+    tracking.add_argument("--use_latest_epoch", action="store_true",
+                          help="Use the checkpoint's model, not the best.")
+
+    run = parser.add_argument_group("Run")
+    run.add_argument("--seed", type=int, default=1234,
+                     help="Random seed (seeds and 'prob' sampling).")
+    run.add_argument("--device", default="cpu",
+                     help="Torch device, e.g. cpu or cuda.")
+    run.add_argument("--batch_size", type=int, default=1000, metavar="N",
+                     help="Streamlines tracked at once.")
+    add_overwrite_arg(parser)
+    add_verbose_arg(parser)
+    return parser
+
+
+def _check_numbers(args):
+    checks = [
+        ("npv", args.npv, args.npv is None or args.npv >= 1, ">= 1"),
+        ("nt", args.nt, args.nt is None or args.nt >= 1, ">= 1"),
+        ("step_size", args.step_size,
+         args.step_size is None or args.step_size > 0, "> 0 mm"),
+        ("theta", args.theta, 0 < args.theta <= 180, "in (0, 180] degrees"),
+        ("min_length", args.min_length, args.min_length >= 0, ">= 0 mm"),
+        ("max_length", args.max_length, args.max_length >= args.min_length
+         and args.max_length > 0, "> 0 mm and >= --min_length"),
+        ("eos_stop", args.eos_stop,
+         args.eos_stop is None or 0 <= args.eos_stop < 1, "in [0, 1)"),
+        ("batch_size", args.batch_size, args.batch_size >= 1, ">= 1"),
+    ]
+    for name, value, valid, expected in checks:
+        if not valid:
+            raise DwiMLUserError(
+                f"argument --{name}: expected {expected}, found {value}.")
+
+
+def _check_device(device):
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise DwiMLUserError(
+            f"argument --device: expected a torch device such as cpu or "
+            f"cuda, found '{device}'.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DwiMLUserError(
+            f"argument --device: '{device}' requested, found no CUDA GPU.")
+    return device
+
+
+def _check_model(model, args, input_volume):
+    """Step size (mm) to use, after checking the model fits the inputs."""
+    nb_features = input_volume.nb_features
+    if getattr(model, "nb_features", None) != nb_features:
+        raise DwiMLUserError(
+            f"input group '{args.input_group}' of {args.hdf5_file}: the model "
+            f"expects {model.input_size} inputs per point ("
+            f"{model.nb_features} features x {model.nb_neighbours} "
+            f"neighbours), found {nb_features} features.")
+    step_size = args.step_size if args.step_size is not None \
+        else model.step_size
+    if step_size is None:
+        raise DwiMLUserError(
+            "argument --step_size: the model was trained without a step "
+            "size; give one in mm, found none.")
+    # Refuses 'prob' with a deterministic direction getter before any work.
+    model.get_tracking_directions(
+        torch.zeros((1, model.output_size), device=model.device), args.algo)
+    return step_size
+
+
+def _mask_volume(volumes, group):
+    if group is None:
+        return None
+    volume = volumes[group]
+    if volume.nb_features != 1:
+        raise DwiMLUserError(
+            f"mask group '{group}': expected 1 feature, found "
+            f"{volume.nb_features}.")
+    return volume.data[..., 0]
+
+
+@script_entry_point
+def main(argv=None):
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    _check_numbers(args)
+    check_tractogram_extension(args.out_tractogram)
+    check_inputs_exist(args.experiment_path, what="experiment")
+    check_inputs_exist(args.hdf5_file)
+    check_output_free(args.out_tractogram, args.overwrite)
+    seeding_group = args.seeding_mask_group or args.tracking_mask_group
+    if seeding_group is None:
+        raise DwiMLUserError(
+            "arguments --seeding_mask_group/--tracking_mask_group: expected "
+            "at least one mask group to seed in, found none.")
+    device = _check_device(args.device)
+
+    model = load_experiment_model(args.experiment_path,
+                                  args.use_latest_epoch, device)
+    groups = [args.input_group, seeding_group]
+    if args.tracking_mask_group is not None:
+        groups.append(args.tracking_mask_group)
+    volumes = load_subject_volumes(args.hdf5_file, args.subject_id, groups)
+    input_volume = volumes[args.input_group]
+    step_size = _check_model(model, args, input_volume)
+    seeding_mask = _mask_volume(volumes, seeding_group)
+    tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
+    eos_threshold = args.eos_stop
+    if eos_threshold is None and getattr(model, "add_eos", False):
+        eos_threshold = 0.5
+
+    npv = None if args.nt is not None else (args.npv or 1)
+    seeds = make_seeds(seeding_mask, np.random.default_rng(args.seed),
+                       npv=npv, nt=args.nt)
+    tracker = BatchedTracker(
+        model, input_volume.as_tensor(device), input_volume.affine,
+        TrackingMask(input_volume.shape, tracking_mask, device), step_size,
+        max_angle_deg=args.theta, max_length_mm=args.max_length,
+        eos_threshold=eos_threshold, algo=args.algo,
+        track_forward_only=args.track_forward_only,
+        generator=torch.Generator(device).manual_seed(args.seed),
+        device=device)
+    logging.info("Tracking %d seeds of subject %s, step %.3g mm.",
+                 len(seeds), args.subject_id, step_size)
+    result = tracker.track_in_batches(seeds, args.batch_size,
+                                      disable_progress=progress_bars_disabled())
+    _log_stops(result)
+
+    keep = np.flatnonzero(keep_by_length(
+        result.streamlines._lengths, step_size, args.min_length,
+        args.max_length))
+    logging.info("Kept %d of %d streamlines (%.3g to %.3g mm).", len(keep),
+                 len(seeds), args.min_length, args.max_length)
+    save_tractogram_with_seeds(result.streamlines[keep], result.seeds[keep],
+                               input_volume.affine, input_volume.shape,
+                               args.out_tractogram)
+    logging.info("Saved %s.", os.path.abspath(args.out_tractogram))
+
+
+def _log_stops(result):
+    for name, stops in (("forward", result.forward_stops),
+                        ("backward", result.backward_stops)):
+        if stops is not None:
+            counts = ", ".join(f"{reason.name.lower()}: "
+                               f"{int(np.sum(stops == reason))}"
+                               for reason in StopReason)
+            logging.info("Stops of the %s halves: %s.", name, counts)

@@ -1,0 +1,221 @@
+"""Send a training run to Comet, online or as an offline archive.
+
+``comet_ml`` is optional: it is imported only when a Comet experiment is
+created, so importing dwi_ml never imports it. Comet never stops a run: the
+first failure prints one warning and the run goes on with its local logs
+(``EXPERIMENT/logs/*.npy``).
+
+Metric names are those of the ``.npy`` logs (``train_loss``,
+``valid_loss``, ``learning_rate``...), with ``step = epoch``, plus
+``best_epoch`` and ``best_loss`` (as in ``best_model/best_epoch.json``).
+``train_loss_per_batch`` (optional) uses the global batch index as step:
+the row of ``logs/train_loss_per_batch.npy``.
+"""
+import logging
+import math
+import os
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.training.callbacks import Callback
+
+logger = logging.getLogger(__name__)
+
+PER_BATCH_METRIC = "train_loss_per_batch"
+
+# Comet's automatic logging would duplicate what the callback logs itself
+# (hyper-parameters, metrics, model graph), log the command line twice, or
+# fill the experiment with progress bars (console output).
+_EXPERIMENT_OPTIONS = dict(
+    log_code=False, log_graph=False, auto_param_logging=False,
+    auto_metric_logging=False, parse_args=False, auto_output_logging=False,
+    log_git_patch=False, display_summary_level=0)
+
+
+def import_comet():
+    """Import and return ``comet_ml``.
+
+    Comet's import hooks are disabled first: they only serve automatic
+    logging (off here) and would warn that torch was imported before
+    comet_ml.
+    """
+    os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
+    import comet_ml
+    return comet_ml
+
+
+def comet_api_key_is_set():
+    """True when Comet finds an API key (COMET_API_KEY or its config file)."""
+    return bool(import_comet().get_config()["comet.api_key"])
+
+
+def describe_comet_error(error):
+    """A short one-line description of ``error``, API key removed."""
+    text = " ".join(str(error).split()) or "no message"
+    api_key = import_comet().get_config()["comet.api_key"]
+    if api_key:
+        text = text.replace(api_key, "***")
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
+def check_comet_workspace(workspace):
+    """Raise a clear error when Comet does not know ``workspace``.
+
+    Needs the network: when the check itself cannot run (no network, bad
+    key), it warns and returns, and the run goes on.
+    """
+    comet_ml = import_comet()
+    try:
+        workspaces = comet_ml.API().get_workspaces()
+    except Exception as error:  # comet raises requests' and its own errors
+        logger.warning("Could not check the Comet workspace '%s' (%s); "
+                       "going on.", workspace, describe_comet_error(error))
+        return
+    if workspace not in workspaces:
+        raise DwiMLUserError(
+            f"--comet_workspace: '{workspace}' is not one of your Comet "
+            f"workspaces ({', '.join(sorted(workspaces)) or 'none'}).")
+
+
+def create_comet_experiment(workspace=None, project=None, offline_dir=None,
+                            experiment_key=None):
+    """Create or continue a Comet experiment.
+
+    Parameters
+    ----------
+    workspace, project : str or None
+        Where the experiment goes (for an offline archive: once uploaded).
+    offline_dir : str or None
+        None logs online; otherwise the folder of the offline archive
+        (``KEY.zip``, uploaded later with ``comet upload``).
+    experiment_key : str or None
+        Continue this experiment (resumed training) instead of creating
+        one. A continued offline experiment writes a new archive,
+        ``KEY-XXXXXX.zip``, that adds to the first one once both are
+        uploaded.
+
+    Returns
+    -------
+    comet_ml.Experiment, ExistingExperiment, OfflineExperiment or
+    ExistingOfflineExperiment
+        Online, ``experiment.alive`` is False when Comet could not be
+        reached.
+    """
+    comet_ml = import_comet()
+    if offline_dir is None:
+        if experiment_key:
+            return comet_ml.ExistingExperiment(experiment_key=experiment_key,
+                                               **_EXPERIMENT_OPTIONS)
+        return comet_ml.Experiment(workspace=workspace, project_name=project,
+                                   **_EXPERIMENT_OPTIONS)
+    options = dict(workspace=workspace, project_name=project,
+                   offline_directory=offline_dir, **_EXPERIMENT_OPTIONS)
+    if experiment_key:
+        return comet_ml.ExistingOfflineExperiment(
+            experiment_key=experiment_key, **options)
+    return comet_ml.OfflineExperiment(**options)
+
+
+class CometCallback(Callback):
+    """Trainer callback logging the run to one Comet experiment.
+
+    The experiment is created at ``on_train_start`` on the main process
+    only (``trainer.is_main_process``, True when absent). Its key goes to
+    ``trainer.comet_key``, which the trainer saves in its checkpoint; on
+    resume, the same experiment is continued.
+
+    Parameters
+    ----------
+    workspace, project, offline_dir : str or None
+        See :func:`create_comet_experiment`.
+    hyperparameters : dict or None
+        Logged once per start; nested dicts appear as ``outer|inner``.
+    experiment_name : str or None
+        Name given to a new experiment (e.g. the experiment folder's name).
+    log_every : int
+        Log the training loss every ``log_every`` batches; 0 never.
+    experiment_key : str or None
+        Experiment to continue; None continues ``trainer.comet_key`` when
+        set (a resumed trainer) and creates a new experiment otherwise.
+    """
+
+    name = "comet"
+
+    def __init__(self, workspace=None, project=None, offline_dir=None,
+                 hyperparameters=None, experiment_name=None, log_every=0,
+                 experiment_key=None):
+        self.workspace = workspace
+        self.project = project
+        self.offline_dir = offline_dir
+        self.hyperparameters = dict(hyperparameters or {})
+        self.experiment_name = experiment_name
+        self.log_every = log_every
+        self.experiment_key = experiment_key
+        self.experiment = None
+
+    @property
+    def mode(self):
+        """'online' or 'offline'."""
+        return "online" if self.offline_dir is None else "offline"
+
+    def on_train_start(self, trainer):
+        if not getattr(trainer, "is_main_process", True):
+            return
+        key = self.experiment_key or getattr(trainer, "comet_key", None)
+        self._guarded(self._start, trainer, key)
+
+    def _start(self, trainer, key):
+        experiment = create_comet_experiment(
+            self.workspace, self.project, self.offline_dir, key)
+        if not experiment.alive:
+            raise ConnectionError("Comet could not be reached")
+        self.experiment = experiment
+        trainer.comet_key = experiment.get_key()
+        if key is None and self.experiment_name:
+            experiment.set_name(self.experiment_name)
+        experiment.log_parameters(self.hyperparameters)
+        experiment.set_model_graph(str(trainer.model))
+        logger.info("Comet %s experiment %s.", self.mode,
+                    "continued" if key else "created")
+
+    def on_epoch_end(self, trainer, epoch, epoch_logs):
+        if self.experiment is not None:
+            self._guarded(self._log_epoch, trainer, epoch, epoch_logs)
+
+    def _log_epoch(self, trainer, epoch, epoch_logs):
+        # A NaN (e.g. valid_loss without a validation set) is no value.
+        metrics = {name: value for name, value in epoch_logs.items()
+                   if not (isinstance(value, float)
+                           and not math.isfinite(value))}
+        best = trainer.best_tracker
+        metrics["best_epoch"] = best.best_epoch
+        metrics["best_loss"] = best.best_loss
+        self.experiment.log_metrics(metrics, step=epoch, epoch=epoch)
+
+    def on_train_batch_end(self, trainer, batch, outputs):
+        if self.experiment is None or not self.log_every:
+            return
+        # Row of this batch in logs/train_loss_per_batch.npy; it continues
+        # across resumes because the monitor is saved in the checkpoint.
+        global_batch = len(trainer.monitors["train_loss"].batch_history) - 1
+        if global_batch % self.log_every == 0:
+            self._guarded(self.experiment.log_metric, PER_BATCH_METRIC,
+                          outputs["loss"], step=global_batch,
+                          epoch=trainer.current_epoch)
+
+    def on_train_end(self, trainer):
+        if self.experiment is not None:
+            self._guarded(self.experiment.end)
+            self.experiment = None
+
+    def _guarded(self, function, *args, **kwargs):
+        """Call ``function``; on any error, warn once and stop using Comet."""
+        try:
+            function(*args, **kwargs)
+        except Exception as error:  # Comet must never stop a training run
+            self.experiment = None
+            logger.warning(
+                "Comet (%s) stopped: %s. Training goes on; the logs are in "
+                "the experiment's logs/ folder.", self.mode,
+                describe_comet_error(error))

@@ -1,0 +1,406 @@
+"""Tests of BatchLoaderOneInput, LoadedBatch and make_dataloader.
+
+Two tiny HDF5 files, built once for the module:
+
+- a REFERENCE-layout file (``reference_hdf5.py``): streamlines of 2 to 11
+  points (some too short to split), stored with gaps and shuffled, 2 mm
+  isotropic voxels, and one validation streamline through voxel centres;
+- a synthetic dataset (anisotropic 2 x 2.5 x 3 mm voxels) written by our
+  own HDF5 creation, with two training subjects.
+"""
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dwi_ml.batching.batch_loader import BatchLoaderOneInput
+from dwi_ml.batching.batch_sampler import BatchSampler
+from dwi_ml.batching.dataloaders import BatchRequest, make_dataloader
+from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.processing.augmentation import count_from_ratio
+from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
+from dwi_ml.data.processing.neighborhood import get_neighborhood_offsets
+from dwi_ml.data.processing.resampling import resample_to_step_size
+from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError
+from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
+
+VOXEL_SIZE_MM = np.array([2.0, 2.5, 3.0])  # synthetic, anisotropic
+MIN_SPLIT_LENGTH = 5  # split_streamlines' default: 2 * 3 - 1 points
+# Voxel centres (corner origin) inside the (8, 9, 10) reference volume.
+CENTRE_VOXELS = np.array([[2, 2, 2], [3, 2, 2], [3, 3, 2], [4, 3, 3],
+                          [4, 4, 4], [5, 4, 5]])
+AUGMENTED = dict(split_ratio=0.5, reverse_ratio=0.5,
+                 noise_gaussian_size_forward=0.3,
+                 noise_gaussian_size_loss=0.2)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(path, subjects): s1, s2 training, s3 validation."""
+    rng = np.random.default_rng(7)
+    subjects = {name: make_example_subject(
+        rng, nb_streamlines=30, points_range=(2, 12), gap_rows=2,
+        shuffle_storage=True) for name in ("s1", "s2", "s3")}
+    subjects["s3"]["streamlines"].streamlines[0] = (
+        CENTRE_VOXELS + 0.5).astype(np.float32)
+    path = tmp_path_factory.mktemp("reference") / "reference.h5"
+    write_reference_hdf5(path, subjects, training_subjs=["s1", "s2"],
+                         validation_subjs=["s3"])
+    return path, subjects
+
+
+@pytest.fixture(scope="module")
+def reference_eager(reference):
+    return _load(reference[0], lazy=False)
+
+
+@pytest.fixture(scope="module")
+def reference_lazy(reference):
+    return _load(reference[0], lazy=True)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Eager dataset: 2 training subjects, 7 features, anisotropic voxels."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    paths = make_synthetic_dataset(
+        str(folder / "data"), nb_subjects=4, nb_streamlines=30,
+        shape=(12, 12, 10), voxel_size=tuple(VOXEL_SIZE_MM), nb_directions=6,
+        seed=0)
+    hdf5 = folder / "synthetic.h5"
+    create_hdf5_dataset(paths.out_folder + "/dwi_ml_ready", str(hdf5),
+                        paths.config, *(paths.splits[split] for split in
+                                        ("training", "validation", "testing")))
+    return _load(hdf5, lazy=False)
+
+
+def _load(path, lazy):
+    dataset = MultiSubjectDataset(path, lazy=lazy)
+    dataset.load_data()
+    return dataset
+
+
+def _all_ids(dataset, context):
+    subset = (dataset.training_set if context == "training"
+              else dataset.validation_set)
+    return [(subj, np.arange(len(subset.get_lengths(subj, 0))))
+            for subj in range(subset.nb_subjects)]
+
+
+def _load_all(loader, context="training", epoch=0, batch_index=0):
+    return loader.load_batch(BatchRequest(
+        context, epoch, batch_index, _all_ids(loader.dataset, context)))
+
+
+def _as_numpy(streamlines):
+    return [s.numpy() for s in streamlines]
+
+
+def _assert_same_batches(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        for name in ("target_points", "input_points", "lengths",
+                     "subject_indices", "inputs"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name),
+                                       rtol=0, atol=0)
+
+
+def _differ(points_a, points_b):
+    return points_a.shape != points_b.shape or not torch.equal(points_a,
+                                                               points_b)
+
+
+def _loader(dataset, **kwargs):
+    kwargs.setdefault("input_group", "input")
+    return BatchLoaderOneInput(dataset, "streamlines", **kwargs)
+
+
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(split_ratio=1.5), "split_ratio"),
+    (dict(reverse_ratio=-0.1), "reverse_ratio"),
+    (dict(input_group="nope"), "input_group"),
+    (dict(noise_gaussian_size_forward=-1.), "noise_gaussian_size_forward"),
+    (dict(noise_gaussian_size_loss=float("nan")), "noise_gaussian_size_loss"),
+    (dict(neighborhood_type="axes", neighborhood_resolution=1.),
+     "neighborhood_radius"),
+    (dict(neighborhood_type="sphere", neighborhood_radius=1,
+          neighborhood_resolution=1.), "neighborhood_type"),
+    (dict(step_size=1., nb_points=10), "step_size, nb_points"),
+    (dict(step_size=-1.), "step_size"),
+    (dict(nb_points=1), "nb_points"),
+    (dict(seed=-3), "seed"),
+])
+def test_bad_arguments_give_one_line_user_errors(reference_eager, kwargs,
+                                                 name):
+    with pytest.raises(DwiMLUserError) as error:
+        _loader(reference_eager, **kwargs)
+    message = str(error.value)
+    assert "\n" not in message and name in message
+
+
+def test_unknown_streamline_group_is_a_user_error(reference_eager):
+    with pytest.raises(DwiMLUserError, match="streamline_group.*'nope'"):
+        BatchLoaderOneInput(reference_eager, "nope", "input")
+
+
+def test_validation_batches_are_the_dataset_streamlines(reference,
+                                                        reference_eager):
+    batch = _load_all(_loader(reference_eager, **AUGMENTED), "validation")
+    originals = reference[1]["s3"]["streamlines"].streamlines
+    targets = _as_numpy(batch.target_streamlines())
+    assert len(targets) == len(originals)
+    for target, original in zip(targets, originals):
+        np.testing.assert_array_equal(target, original)
+    assert torch.equal(batch.input_points, batch.target_points)
+    assert batch.context == "validation"
+    assert batch.subject_indices.tolist() == [0] * len(originals)
+
+
+def test_split_counts_are_exact_and_short_streamlines_stay_whole(
+        reference, reference_eager):
+    batch = _load_all(_loader(reference_eager, split_ratio=0.5))
+    pieces = _as_numpy(batch.target_streamlines())
+    subjects = batch.subject_indices.tolist()
+    position = 0
+    for subj, name in enumerate(("s1", "s2")):
+        originals = reference[1][name]["streamlines"].streamlines
+        lengths = np.array([len(s) for s in originals])
+        assert min(lengths) < MIN_SPLIT_LENGTH  # some are too short
+        nb_split = 0
+        for original in originals:
+            first = pieces[position]
+            if len(first) == len(original):
+                np.testing.assert_array_equal(first, original)
+                position += 1
+                continue
+            second = pieces[position + 1]
+            assert len(original) >= MIN_SPLIT_LENGTH
+            assert min(len(first), len(second)) >= 3
+            # Pieces share the cut point: nothing is lost.
+            np.testing.assert_array_equal(
+                np.concatenate((first, second[1:])), original)
+            assert subjects[position] == subjects[position + 1] == subj
+            position += 2
+            nb_split += 1
+        assert nb_split == count_from_ratio(
+            0.5, np.count_nonzero(lengths >= MIN_SPLIT_LENGTH))
+    assert position == len(pieces) == batch.nb_streamlines
+
+
+def test_reversed_streamlines_are_exactly_reversed_originals(
+        reference, reference_eager):
+    batch = _load_all(_loader(reference_eager, reverse_ratio=0.5))
+    streamlines = _as_numpy(batch.target_streamlines())
+    originals = (reference[1]["s1"]["streamlines"].streamlines
+                 + reference[1]["s2"]["streamlines"].streamlines)
+    assert len(streamlines) == len(originals)
+    nb_reversed = [0, 0]
+    for streamline, original, subj in zip(streamlines, originals,
+                                          batch.subject_indices.tolist()):
+        if not np.array_equal(streamline, original):
+            np.testing.assert_array_equal(streamline, original[::-1])
+            nb_reversed[subj] += 1
+    assert nb_reversed == [count_from_ratio(0.5, 30)] * 2
+    assert torch.equal(batch.input_points, batch.target_points)
+
+
+def test_noise_is_bounded_by_two_sigma_mm_on_anisotropic_voxels(synthetic):
+    clean = _load_all(_loader(synthetic))
+    noisy = _load_all(_loader(synthetic, noise_gaussian_size_forward=0.5,
+                              noise_gaussian_size_loss=0.3))
+    assert torch.equal(noisy.lengths, clean.lengths)
+    for points, sigma_mm in ((noisy.input_points, 0.5),
+                             (noisy.target_points, 0.3)):
+        shift_vox = (points - clean.target_points).numpy().astype(np.float64)
+        bound_vox = 2 * sigma_mm / VOXEL_SIZE_MM
+        assert np.all(np.abs(shift_vox) <= bound_vox + 1e-5)
+        # Truncated, not clipped, and filling the bound on every axis.
+        assert np.all(np.abs(shift_vox).max(axis=0) > 0.9 * bound_vox)
+        assert np.mean(np.abs(shift_vox) > 0.999 * bound_vox) < 1e-3
+        # Std of N(0, s^2) truncated at 2 s is 0.88 s, in mm on every axis.
+        np.testing.assert_allclose((shift_vox * VOXEL_SIZE_MM).std(axis=0),
+                                   0.88 * sigma_mm, rtol=0.1)
+    assert not torch.equal(noisy.input_points, noisy.target_points)
+
+
+@pytest.mark.parametrize("neighborhood", [
+    dict(), dict(neighborhood_type="axes", neighborhood_radius=1,
+                 neighborhood_resolution=1.5),
+    dict(neighborhood_type="grid", neighborhood_radius=1,
+         neighborhood_resolution=2.)])
+def test_inputs_equal_a_direct_interpolation_of_each_subject(synthetic,
+                                                             neighborhood):
+    loader = _loader(synthetic, **AUGMENTED, **neighborhood)
+    batch = _load_all(loader)
+    point_subjects = torch.repeat_interleave(batch.subject_indices,
+                                             batch.lengths)
+    assert set(point_subjects.tolist()) == {0, 1}
+    nb_features = synthetic.nb_features[0]
+    for subj in (0, 1):
+        mri = synthetic.training_set.get_subject(subj).mri_data_list[0]
+        points = batch.input_points[point_subjects == subj].double()
+        offsets = get_neighborhood_offsets(
+            neighborhood.get("neighborhood_type"),
+            neighborhood.get("neighborhood_radius"),
+            neighborhood.get("neighborhood_resolution"), mri.affine)
+        expected = torch.cat([interpolate_volume_at_coordinates(
+            mri.data, points + torch.from_numpy(offset)) for offset in offsets],
+            dim=1)
+        assert expected.shape[1] == nb_features * len(offsets)
+        torch.testing.assert_close(batch.inputs[point_subjects == subj],
+                                   expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_at_voxel_centres_are_the_voxel_values(reference,
+                                                      reference_eager):
+    # 2 mm voxels and 2 mm layers: the neighbours are the adjacent centres.
+    loader = _loader(reference_eager, neighborhood_type="axes",
+                     neighborhood_radius=1, neighborhood_resolution=2.)
+    batch = loader.load_batch(BatchRequest("validation", 0, 0,
+                                           [(0, np.array([0]))]))
+    volume = reference[1]["s3"]["input"].data
+    steps = [(0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0),
+             (0, 0, 1), (0, 0, -1)]
+    expected = np.concatenate(
+        [volume[tuple((CENTRE_VOXELS + step).T)] for step in steps], axis=1)
+    np.testing.assert_allclose(batch.inputs.numpy(), expected, rtol=1e-6)
+
+
+def test_collate_path_and_compute_inputs_path_agree(synthetic):
+    kwargs = dict(AUGMENTED, neighborhood_type="axes", neighborhood_radius=1,
+                  neighborhood_resolution=2.)
+    in_collate = _load_all(_loader(synthetic, **kwargs), batch_index=3)
+    deferred_loader = _loader(synthetic, interpolation_device="cpu", **kwargs)
+    deferred = _load_all(deferred_loader, batch_index=3)
+    assert deferred.inputs is None
+    deferred.inputs = deferred_loader.compute_inputs(deferred, "cpu")
+    _assert_same_batches([in_collate], [deferred])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compute_inputs_on_gpu_equals_cpu(synthetic):
+    kwargs = dict(AUGMENTED, neighborhood_type="grid", neighborhood_radius=1,
+                  neighborhood_resolution=2.)
+    cpu_batch = _load_all(_loader(synthetic, **kwargs))
+    gpu_loader = _loader(synthetic, interpolation_device="cuda", **kwargs)
+    gpu_batch = _load_all(gpu_loader).to("cuda")
+    inputs = gpu_loader.compute_inputs(gpu_batch, "cuda")
+    assert inputs.device.type == "cuda"
+    torch.testing.assert_close(inputs.cpu(), cpu_batch.inputs, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_eager_and_lazy_datasets_give_the_same_batches(reference_eager,
+                                                       reference_lazy):
+    kwargs = dict(AUGMENTED, neighborhood_type="grid", neighborhood_radius=1,
+                  neighborhood_resolution=1.)
+    for context in ("training", "validation"):
+        _assert_same_batches(
+            [_load_all(_loader(reference_eager, **kwargs), context)],
+            [_load_all(_loader(reference_lazy, **kwargs), context)])
+
+
+def _epoch_batches(dataset, nb_workers=0, epoch=0, sampler_seed=3,
+                   loader_seed=4, context="training"):
+    sampler = BatchSampler(dataset, "streamlines", 16, 16, "nb_streamlines",
+                           seed=sampler_seed)
+    sampler.set_epoch(epoch)
+    loader = _loader(dataset, seed=loader_seed, **AUGMENTED)
+    return list(make_dataloader(sampler, loader, context, nb_workers,
+                                generator=torch.Generator()))
+
+
+def test_two_lazy_workers_give_the_batches_of_the_main_process(
+        reference_eager, reference_lazy):
+    in_main = _epoch_batches(reference_eager)
+    assert len(in_main) == 4  # 60 training streamlines, 16 per batch
+    _assert_same_batches(in_main, _epoch_batches(reference_lazy,
+                                                 nb_workers=2))
+
+
+def test_two_workers_draw_distinct_augmentations(reference_eager):
+    loader = _loader(reference_eager, **AUGMENTED)
+    ids = _all_ids(reference_eager, "training")
+    requests = [BatchRequest("training", 0, index, ids) for index in (0, 1)]
+    batches = list(DataLoader(requests, batch_size=None, num_workers=2,
+                              collate_fn=loader.load_batch))
+    assert _differ(batches[0].input_points, batches[1].input_points)
+    # Each is what the main process loads for the same request.
+    _assert_same_batches(batches, [loader.load_batch(r) for r in requests])
+
+
+def test_epochs_differ_and_seeds_reproduce(reference_eager):
+    epoch_0 = _epoch_batches(reference_eager)
+    _assert_same_batches(epoch_0, _epoch_batches(reference_eager))
+    epoch_1 = _epoch_batches(reference_eager, epoch=1)
+    assert _differ(epoch_0[0].target_points, epoch_1[0].target_points)
+    # The same streamlines in another epoch get other augmentations.
+    loader = _loader(reference_eager, **AUGMENTED)
+    assert _differ(_load_all(loader, epoch=0).input_points,
+                   _load_all(loader, epoch=1).input_points)
+    # Another loader seed: the same streamlines, other augmentations.
+    other_seed = _epoch_batches(reference_eager, loader_seed=5)
+    assert len(other_seed) == len(epoch_0)
+    assert _differ(other_seed[0].input_points, epoch_0[0].input_points)
+
+
+def test_resumed_sampler_and_loader_reproduce_the_batches(reference_eager,
+                                                          tmp_path):
+    uninterrupted = _epoch_batches(reference_eager)
+
+    def make(sampler_seed, loader_seed):
+        return (BatchSampler(reference_eager, "streamlines", 16, 16,
+                             "nb_streamlines", seed=sampler_seed),
+                _loader(reference_eager, seed=loader_seed, **AUGMENTED))
+
+    sampler, loader = make(sampler_seed=3, loader_seed=4)
+    iterator = iter(make_dataloader(sampler, loader, "training"))
+    first = [next(iterator), next(iterator)]
+    path = tmp_path / "state.pt"
+    torch.save({"sampler": sampler.state_dict(),
+                "loader": loader.state_dict()}, path)
+    del iterator
+
+    state = torch.load(path, weights_only=True)
+    sampler, loader = make(sampler_seed=99, loader_seed=99)
+    sampler.load_state_dict(state["sampler"])
+    loader.load_state_dict(state["loader"])
+    rest = list(make_dataloader(sampler, loader, "training"))
+    _assert_same_batches(first + rest, uninterrupted)
+
+
+def test_params_for_checkpoint_rebuild_the_same_loader(reference_eager):
+    loader = _loader(reference_eager, step_size=0.8, seed=11, **AUGMENTED)
+    params = loader.params_for_checkpoint
+    buffer = io.BytesIO()
+    torch.save(params, buffer)
+    buffer.seek(0)
+    rebuilt = BatchLoaderOneInput(reference_eager,
+                                  **torch.load(buffer, weights_only=True))
+    _assert_same_batches([_load_all(loader)], [_load_all(rebuilt)])
+
+
+def test_model_step_size_resamples_validation_too(reference, reference_eager):
+    assert reference_eager.step_size is None
+    batch = _load_all(_loader(reference_eager, step_size=0.8), "validation")
+    subject = reference[1]["s3"]["streamlines"]
+    originals = subject.streamlines
+    lengths = np.array([len(s) for s in originals])
+    expected = resample_to_step_size(
+        make_array_sequence(np.concatenate(originals),
+                            np.cumsum(lengths) - lengths, lengths),
+        np.asarray(subject.affine, dtype=np.float64), 0.8)
+    np.testing.assert_array_equal(batch.lengths.numpy(), expected._lengths)
+    np.testing.assert_allclose(batch.target_points.numpy(), expected._data,
+                               atol=1e-5)
+    # 2 mm voxels: every step is at most 0.8 mm = 0.4 voxel.
+    steps = np.linalg.norm(np.diff(batch.target_points.numpy(), axis=0), axis=1)
+    inner = np.ones(len(steps), dtype=bool)
+    inner[np.cumsum(batch.lengths.numpy())[:-1] - 1] = False
+    assert np.all(steps[inner] <= 0.4 + 1e-5)
