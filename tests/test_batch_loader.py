@@ -237,7 +237,10 @@ def test_noise_is_bounded_by_two_sigma_mm_on_anisotropic_voxels(synthetic):
 def test_inputs_equal_a_direct_interpolation_of_each_subject(synthetic,
                                                              neighborhood):
     loader = _loader(synthetic, **AUGMENTED, **neighborhood)
-    batch = _load_all(loader)
+    (_, ids_0), (_, ids_1) = _all_ids(synthetic, "training")
+    # Subject 1 in two runs: one interpolation per run of a subject.
+    batch = loader.load_batch(BatchRequest(
+        "training", 0, 0, [(1, ids_1[:10]), (0, ids_0), (1, ids_1[10:])]))
     point_subjects = torch.repeat_interleave(batch.subject_indices,
                                              batch.lengths)
     assert set(point_subjects.tolist()) == {0, 1}

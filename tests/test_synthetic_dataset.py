@@ -162,8 +162,8 @@ def test_lowest_dwi_signal_is_along_the_local_streamline_tangent(dataset):
         assert np.mean(angles < 25) >= 0.8
 
         # Directions vary: no single direction explains most voxels.
-        best_axis = np.abs(tangents @ tangents.T) > np.cos(np.radians(25))
-        assert best_axis.sum(axis=1).max() < 0.6 * len(voxels)
+        close = np.abs(tangents @ tangents.T) > np.cos(np.radians(25))
+        assert close.sum(axis=1).max() < 0.6 * len(voxels)
 
         # Outside the mask the signal is isotropic (flat over directions).
         mask = np.asanyarray(nib.load(paths.wm_mask).dataobj).ravel() > 0

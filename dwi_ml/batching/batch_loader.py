@@ -264,12 +264,12 @@ class BatchLoaderOneInput:
             return torch.zeros((0, self.nb_input_features),
                                dtype=torch.float32, device=device)
         if len(runs) == 1:
-            return self._interpolate(batch.context, 0, points, device)
+            return self._interpolate(batch.context, runs[0][0], points, device)
         outputs = torch.empty((len(points), self.nb_input_features),
                               dtype=torch.float32, device=device)
         for subj_idx, start, stop in runs:
             outputs[start:stop] = self._interpolate(
-                batch.context, 0, points[start:stop], device)
+                batch.context, subj_idx, points[start:stop], device)
         return outputs
 
     def _interpolate(self, context, subj_idx, points, device):
@@ -317,6 +317,8 @@ def _subject_runs(subject_indices, lengths):
     subjects = subject_indices.cpu().numpy()
     if len(subjects) == 0:
         return []
+    if subjects[0] == subjects[-1] and np.all(subjects == subjects[0]):
+        return [(int(subjects[0]), 0, int(lengths.sum()))]
     starts = np.concatenate(
         ([0], np.flatnonzero(subjects[1:] != subjects[:-1]) + 1))
     point_bounds = np.zeros(len(subjects) + 1, dtype=np.int64)

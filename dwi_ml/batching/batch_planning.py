@@ -216,14 +216,33 @@ def _fill_batch(chosen, cumulatives, positions, counts, budget):
 
 
 def shard_plan(plan, rank, world_size):
-    """Return this rank's batches and the number dropped for equal counts.
+    """Return this rank's part of every global batch, and the number dropped.
 
-    Each rank gets ``plan[rank::world_size]`` of the shared global plan,
-    truncated so that every rank gets ``len(plan) // world_size`` batches:
-    the last ``len(plan) % world_size`` batches of the global plan are
-    dropped (never repeated, so no streamline is used twice in an epoch,
-    and no rank waits for a batch the others do not have).
+    Batch sizes are global: each batch of the shared plan is split into
+    ``world_size`` contiguous parts of (almost) equal numbers of
+    streamlines, and rank ``r`` gets part ``r`` of every batch. All ranks
+    thus get the same number of batches, and together they see exactly the
+    batches a single process would (the trainer weights each rank's loss
+    by its number of points, so the update equals the single-process one).
+    A batch with fewer streamlines than ranks cannot give each rank one; it
+    is dropped (never repeated) and counted.
     """
-    nb_per_rank = len(plan) // world_size
-    nb_dropped = len(plan) - nb_per_rank * world_size
-    return plan[rank:nb_per_rank * world_size:world_size], nb_dropped
+    if world_size == 1:
+        return plan, 0
+    rank_plan, nb_dropped = [], 0
+    for batch in plan:
+        sizes = np.array([len(ids) for _, ids in batch])
+        if sizes.sum() < world_size:
+            nb_dropped += 1
+            continue
+        bounds = np.linspace(0, sizes.sum(), world_size + 1).round()
+        start, stop = int(bounds[rank]), int(bounds[rank + 1])
+        subject_starts = np.concatenate(([0], np.cumsum(sizes)))
+        part = []
+        for (subj_idx, ids), first, last in zip(batch, subject_starts[:-1],
+                                                subject_starts[1:]):
+            lo, hi = max(start, first), min(stop, last)
+            if lo < hi:
+                part.append((subj_idx, ids[lo - first:hi - first]))
+        rank_plan.append(part)
+    return rank_plan, nb_dropped

@@ -41,10 +41,11 @@ class BatchSampler(Sampler):
     :func:`dwi_ml.batching.batch_planning.plan_subject_batches`. The last
     partial batch is kept.
 
-    With several processes (``world_size > 1``) each rank yields
-    ``plan[rank::world_size]`` of the same global plan. To give every rank
-    the same number of batches, the last ``len(plan) % world_size`` batches
-    are dropped (and logged), never repeated: no streamline is used twice.
+    With several processes (``world_size > 1``) batch sizes are GLOBAL: each
+    batch of the shared plan is split into ``world_size`` parts and rank
+    ``r`` yields part ``r`` (see
+    :func:`dwi_ml.batching.batch_planning.shard_plan`). Every rank gets the
+    same number of batches, and a resume may use another number of ranks.
 
     Parameters
     ----------
@@ -179,17 +180,19 @@ class BatchSampler(Sampler):
         """Restore a position saved by :meth:`state_dict`.
 
         The next iteration yields exactly what the saved sampler would have
-        yielded next.
+        yielded next. A state saved with another number of ranks keeps the
+        seed and epoch but restarts the epoch (its position counted batches
+        of another split).
         """
-        if state["world_size"] != self.world_size:
-            raise DwiMLUserError(
-                f"BatchSampler state: saved with world_size="
-                f"{state['world_size']}, cannot resume with world_size="
-                f"{self.world_size}.")
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._nb_yielded = dict(zip(CONTEXTS, (
             int(count) for count in state["nb_batches_yielded"])))
+        if state["world_size"] != self.world_size:
+            logger.info("BatchSampler state saved with world_size=%d, resumed "
+                        "with %d: restarting epoch %d.", state["world_size"],
+                        self.world_size, self.epoch)
+            self._nb_yielded = {context: 0 for context in CONTEXTS}
         self._cached_plan = None
 
     def __getstate__(self):
@@ -210,9 +213,9 @@ class BatchSampler(Sampler):
                                                self.world_size)
             if nb_dropped:
                 logger.info(
-                    "%s epoch %d: dropped the last %d of %d batches so that "
-                    "each of the %d ranks gets %d.", self.context, epoch,
-                    nb_dropped, len(plan), self.world_size, len(rank_plan))
+                    "%s epoch %d: dropped %d of %d batches, smaller than the "
+                    "%d ranks.", self.context, epoch, nb_dropped, len(plan),
+                    self.world_size)
             self._cached_plan = (key, rank_plan)
         return self._cached_plan[1]
 

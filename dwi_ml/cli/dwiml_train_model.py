@@ -20,6 +20,7 @@ from dwi_ml.io_utils.script_args import (
 )
 from dwi_ml.models.direction_getters import DIRECTION_GETTERS
 from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -114,6 +115,7 @@ def build_parser():
     run.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
     add_verbose_arg(run)
     add_overwrite_arg(run)
+    add_comet_args(parser)
     return parser
 
 
@@ -211,6 +213,7 @@ def train_from_args(args, callbacks=()):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group)
     _check_simple_args(args)
     params = collect_params(args)
+    comet = make_comet_callback(args, experiment_dir)
 
     dataset = build_dataset(params["dataset"])
     # The model's initial weights come from torch's global generator.
@@ -224,7 +227,8 @@ def train_from_args(args, callbacks=()):
     if os.path.exists(experiment_dir):
         shutil.rmtree(experiment_dir)
     trainer = build_trainer(model, args.experiments_path, args.experiment_name,
-                            sampler, loader, params["trainer"], callbacks)
+                            sampler, loader, params["trainer"],
+                            [*callbacks, comet] if comet else callbacks)
     params["model"] = model.params_for_checkpoint
     trainer.save_parameters({key: params[key]
                              for key in ("dataset", "sampler", "loader")})

@@ -16,6 +16,7 @@ from dwi_ml.io_utils.script_args import (
     set_verbosity,
 )
 from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.checkpoint_io import (
     checkpoint_model_dir,
     load_checkpoint_state,
@@ -45,6 +46,7 @@ def _build_parser():
     group.add_argument("--nb_workers", type=int,
                        help="DataLoader workers (default: as saved).")
     add_verbose_arg(parser)
+    add_comet_args(parser)
     return parser
 
 
@@ -69,6 +71,8 @@ def main(argv=None):
     check_inputs_exist(experiment_dir, what="experiment")
     params = read_parameters(experiment_dir)
     state = load_checkpoint_state(experiment_dir)
+    comet = make_comet_callback(args, experiment_dir,
+                                resumed_key=state.get("comet_key"))
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
     check_inputs_exist(params["dataset"]["hdf5_file"], what="HDF5 file")
@@ -91,7 +95,8 @@ def main(argv=None):
     sampler = build_sampler(dataset, params["sampler"])
     loader = build_loader(dataset, loader_params, model, trainer_params["device"])
     trainer = build_trainer(model, args.experiments_path, args.experiment_name,
-                            sampler, loader, trainer_params)
+                            sampler, loader, trainer_params,
+                            [comet] if comet else ())
     trainer.load_checkpoint(state)
     if trainer.is_finished():
         raise DwiMLUserError(_finished_message(trainer, experiment_dir))

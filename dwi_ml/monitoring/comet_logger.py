@@ -14,9 +14,11 @@ the row of ``logs/train_loss_per_batch.npy``.
 import logging
 import math
 import os
+import sys
 
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.training.callbacks import Callback
+from dwi_ml.training.checkpoint_io import PARAMETERS_FILE, read_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,19 @@ _EXPERIMENT_OPTIONS = dict(
 def import_comet():
     """Import and return ``comet_ml``.
 
-    Comet's import hooks are disabled first: they only serve automatic
-    logging (off here) and would warn that torch was imported before
-    comet_ml.
+    Two Comet features are turned off unless the user's environment says
+    otherwise: its import hooks, which only serve automatic logging (off
+    here) and warn that torch was imported first; and its reports of its
+    own errors to Comet's Sentry server, which, without network (offline
+    runs on a cluster), fill the log with retry warnings.
     """
     os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
-    import comet_ml
+    os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
+    try:
+        import comet_ml
+    except ImportError as error:
+        raise DwiMLUserError(
+            f"the Comet options need the comet_ml package ({error}).") from None
     return comet_ml
 
 
@@ -51,7 +60,11 @@ def comet_api_key_is_set():
 def describe_comet_error(error):
     """A short one-line description of ``error``, API key removed."""
     text = " ".join(str(error).split()) or "no message"
-    api_key = import_comet().get_config()["comet.api_key"]
+    # Read the key only where comet_ml is already loaded: this runs in error
+    # handlers, which must not fail themselves.
+    comet_ml = sys.modules.get("comet_ml")
+    api_key = (comet_ml.get_config()["comet.api_key"] if comet_ml
+               else os.environ.get("COMET_API_KEY"))
     if api_key:
         text = text.replace(api_key, "***")
     if len(text) > 200:
@@ -130,7 +143,9 @@ class CometCallback(Callback):
     workspace, project, offline_dir : str or None
         See :func:`create_comet_experiment`.
     hyperparameters : dict or None
-        Logged once per start; nested dicts appear as ``outer|inner``.
+        Logged at each start; nested dicts appear as ``outer|inner``.
+        None logs the experiment's ``parameters.json`` as it is when
+        training starts (the training scripts write it just before).
     experiment_name : str or None
         Name given to a new experiment (e.g. the experiment folder's name).
     log_every : int
@@ -140,15 +155,13 @@ class CometCallback(Callback):
         set (a resumed trainer) and creates a new experiment otherwise.
     """
 
-    name = "comet"
-
     def __init__(self, workspace=None, project=None, offline_dir=None,
                  hyperparameters=None, experiment_name=None, log_every=0,
                  experiment_key=None):
         self.workspace = workspace
         self.project = project
         self.offline_dir = offline_dir
-        self.hyperparameters = dict(hyperparameters or {})
+        self.hyperparameters = hyperparameters
         self.experiment_name = experiment_name
         self.log_every = log_every
         self.experiment_key = experiment_key
@@ -169,15 +182,27 @@ class CometCallback(Callback):
         experiment = create_comet_experiment(
             self.workspace, self.project, self.offline_dir, key)
         if not experiment.alive:
-            raise ConnectionError("Comet could not be reached")
+            raise ConnectionError(
+                "Comet could not be reached or refused the experiment "
+                "(network, API key or experiment key)")
         self.experiment = experiment
         trainer.comet_key = experiment.get_key()
         if key is None and self.experiment_name:
             experiment.set_name(self.experiment_name)
-        experiment.log_parameters(self.hyperparameters)
+        experiment.log_parameters(self._hyperparameters(trainer))
         experiment.set_model_graph(str(trainer.model))
         logger.info("Comet %s experiment %s.", self.mode,
                     "continued" if key else "created")
+
+    def _hyperparameters(self, trainer):
+        if self.hyperparameters is not None:
+            return self.hyperparameters
+        if os.path.isfile(os.path.join(trainer.experiment_dir,
+                                       PARAMETERS_FILE)):
+            return read_parameters(trainer.experiment_dir)
+        logger.info("No %s yet: no hyper-parameters logged to Comet.",
+                    PARAMETERS_FILE)
+        return {}
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         if self.experiment is not None:

@@ -143,7 +143,7 @@ class BatchedTracker:
         seeds = torch.as_tensor(np.asarray(seeds_vox_corner, np.float32),
                                 device=self.device)
         with torch.no_grad():
-            valid = self.tracking_mask.contains(seeds)
+            valid = self.tracking_mask.contains_voxel(seeds)
             points = seeds[:, None, :]
             lengths = torch.ones(len(seeds), dtype=torch.int64,
                                  device=self.device)

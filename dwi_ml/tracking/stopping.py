@@ -12,8 +12,10 @@ A streamline stops, at its last point ``p`` with the proposed next point
   interpolated at ``q``, is below 0.5;
 - ``MAX_LENGTH``: the streamline has ``max_nb_points`` points.
 
-The point ``q`` that triggers a stop is never added. A seed outside the
-tracking mask stops at once (``MASK``, one point).
+The point ``q`` that triggers a stop is never added. A seed whose voxel
+is outside the tracking mask (nearest voxel, not interpolated: seeds near
+the mask's border would otherwise be lost) stops at once (``MASK``, one
+point).
 """
 import enum
 import math
@@ -55,6 +57,7 @@ class TrackingMask:
         self._upper = torch.tensor(self.shape, dtype=torch.float32,
                                    device=self.device)
         self._volume = None
+        self._voxels = None
         if mask is not None:
             if tuple(mask.shape[:3]) != self.shape or (
                     len(mask.shape) == 4 and mask.shape[3] != 1):
@@ -63,6 +66,7 @@ class TrackingMask:
                     f"feature), found {tuple(mask.shape)}.")
             mask = mask.reshape(self.shape + (1,))
             self._volume = prepare_volume_for_interpolation(mask, self.device)
+            self._voxels = self._volume[..., 0] >= MASK_THRESHOLD
 
     def contains(self, points_vox_corner):
         """(P,) bool: True where a point may be part of a streamline.
@@ -73,13 +77,31 @@ class TrackingMask:
             Voxel space, corner origin, on the mask's device. Points must
             lie in ``[0, dim)`` on each axis.
         """
-        inside = torch.all((points_vox_corner >= 0)
-                           & (points_vox_corner < self._upper), dim=1)
+        inside = self._inside_volume(points_vox_corner)
         if self._volume is None:
             return inside
         values = interpolate_volume_at_coordinates(self._volume,
                                                    points_vox_corner)
         return inside & (values[:, 0] >= MASK_THRESHOLD)
+
+    def contains_voxel(self, points_vox_corner):
+        """(P,) bool: True where the voxel holding a point is in the mask.
+
+        For seeds: no interpolation, so that a seed anywhere in a mask
+        voxel counts as inside.
+        """
+        inside = self._inside_volume(points_vox_corner)
+        if self._voxels is None:
+            return inside
+        voxels = torch.floor(points_vox_corner).long()
+        for axis, size in enumerate(self.shape):
+            voxels[:, axis].clamp_(0, size - 1)
+        return inside & self._voxels[voxels[:, 0], voxels[:, 1],
+                                     voxels[:, 2]]
+
+    def _inside_volume(self, points_vox_corner):
+        return torch.all((points_vox_corner >= 0)
+                         & (points_vox_corner < self._upper), dim=1)
 
 
 def steps_too_sharp(previous_steps_mm, next_steps_mm, max_angle_deg):

@@ -124,7 +124,8 @@ class ProgressBarCallback(Callback):
         total = trainer.nb_batches(phase)
         self._bar = tqdm(total=total, desc=f"epoch {trainer.current_epoch} "
                          f"{phase}", leave=False,
-                         disable=progress_bars_disabled())
+                         disable=(progress_bars_disabled()
+                                  or not trainer.is_main_process))
 
     def _advance(self, trainer, phase):
         if self._bar is None or self._phase != phase:
@@ -156,6 +157,8 @@ class NpyLoggerCallback(Callback):
     """Write one ``logs/NAME.npy`` per monitor at each epoch end."""
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
+        if not trainer.is_main_process:
+            return
         for monitor in trainer.monitors.values():
             monitor.save(trainer.logs_dir)
 
@@ -164,6 +167,8 @@ class EpochSummaryCallback(Callback):
     """Log one line per epoch: losses, learning rate, time and best epoch."""
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
+        if not trainer.is_main_process:
+            return
         parts = [f"epoch {epoch}"]
         for key in ("train_loss", "valid_loss"):
             if key in epoch_logs and math.isfinite(epoch_logs[key]):

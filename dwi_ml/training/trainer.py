@@ -19,6 +19,7 @@ import os
 import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from dwi_ml.batching.dataloaders import make_dataloader
 from dwi_ml.io_utils.atomic import atomic_output_folder
@@ -35,6 +36,12 @@ from dwi_ml.training.checkpoint_io import (
     LOGS_DIR,
     load_checkpoint_state,
     write_json_atomic,
+)
+from dwi_ml.training.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    current_context,
 )
 from dwi_ml.training.monitors import BatchMeanMonitor, BestEpochTracker
 from dwi_ml.training.optimizers import (
@@ -95,6 +102,12 @@ class DWIMLAbstractTrainer:
         Seeds torch's global generator (dropout, initialisation).
     callbacks : list of Callback
         Added after the default ones (progress, NaN check, logs).
+    distributed : DistributedContext or None
+        This process's rank under torchrun (default: read from the started
+        process group, or a single process). The model is then wrapped in
+        DistributedDataParallel, losses are weighted so that the update
+        equals a single process's on the same global batch, logs hold the
+        mean over ranks, and only rank 0 writes files.
     """
 
     def __init__(self, model, experiments_path, experiment_name,
@@ -105,7 +118,7 @@ class DWIMLAbstractTrainer:
                  max_batches_per_epoch_training=None,
                  max_batches_per_epoch_validation=None, clip_grad=None,
                  nb_workers=0, device="cpu", mixed_precision=None, seed=1234,
-                 callbacks=()):
+                 callbacks=(), distributed=None):
         check_trainer_args(locals())
         self.model = model
         self.experiment_dir = os.path.join(experiments_path, experiment_name)
@@ -130,8 +143,14 @@ class DWIMLAbstractTrainer:
                                 else None)
         self.seed = seed
 
+        self.distributed = distributed or current_context()
         seed_everything(seed)
         self.model.to(self.device)
+        self.forward_model = self.model
+        if self.distributed.is_distributed:
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=([self.device.index]
+                                        if self.device.type == "cuda" else None))
         self.optimizer = create_optimizer(
             self.model.parameters(), optimizer, learning_rate, weight_decay,
             momentum)
@@ -154,6 +173,11 @@ class DWIMLAbstractTrainer:
         self.batch_index = 0
         self.stopped_reason = None
         self._dataloaders = {}
+
+    @property
+    def is_main_process(self):
+        """Only the main process (rank 0) writes files."""
+        return self.distributed.is_main_process
 
     # ------------------------------------------------------------------
     # Folders and parameters
@@ -185,6 +209,8 @@ class DWIMLAbstractTrainer:
 
     def save_parameters(self, extra_params=None):
         """Write ``parameters.json``: trainer, model and ``extra_params``."""
+        if not self.is_main_process:
+            return
         params = {"trainer": self.params_for_checkpoint,
                   "model_type": type(self.model).__name__,
                   "model": self.model.params_for_checkpoint,
@@ -197,7 +223,8 @@ class DWIMLAbstractTrainer:
     # The loop
     def train_and_validate(self):
         """Run epochs until ``max_epochs`` or patience; see module doc."""
-        os.makedirs(self.experiment_dir, exist_ok=True)
+        if self.is_main_process:
+            os.makedirs(self.experiment_dir, exist_ok=True)
         self.create_dataloaders()
         self.callbacks.on_train_start(self)
         while not self.is_finished():
@@ -269,8 +296,10 @@ class DWIMLAbstractTrainer:
             self.callbacks.on_train_batch_start(self, batch)
             with self.autocast():
                 loss, n_points = self.run_one_batch(batch)
-            grad_norm, clipped_norm = self.back_propagation(loss)
-            outputs = {"loss": loss.item(), "n_points": int(n_points),
+            mean_loss, total_points = self.reduce_over_ranks(loss, n_points)
+            grad_norm, clipped_norm = self.back_propagation(
+                self.weight_loss_for_ranks(loss, n_points, total_points))
+            outputs = {"loss": mean_loss, "n_points": total_points,
                        "grad_norm": grad_norm,
                        "grad_norm_after_clip": clipped_norm}
             self.record_train_batch(outputs)
@@ -286,8 +315,9 @@ class DWIMLAbstractTrainer:
             for batch in self.iterate_batches("validation", epoch):
                 with self.autocast():
                     loss, n_points = self.run_one_batch(batch)
-                outputs = {"loss": loss.item(), "n_points": int(n_points)}
-                self.monitors["valid_loss"].update(outputs["loss"], n_points)
+                mean_loss, total_points = self.reduce_over_ranks(loss, n_points)
+                outputs = {"loss": mean_loss, "n_points": total_points}
+                self.monitors["valid_loss"].update(mean_loss, total_points)
                 self.callbacks.on_validation_batch_end(self, batch, outputs)
         self.monitors["valid_time"].set_epoch_value(time.perf_counter() - start)
 
@@ -298,6 +328,31 @@ class DWIMLAbstractTrainer:
         models.
         """
         raise NotImplementedError
+
+    def reduce_over_ranks(self, loss, n_points):
+        """Mean loss and number of points of the batch over all ranks.
+
+        Alone, ``(loss.item(), n_points)``; under torchrun, the
+        points-weighted mean of every rank's loss, so logs and stopping
+        decisions are the same on every rank.
+        """
+        if not self.distributed.is_distributed:
+            return loss.item(), int(n_points)
+        weighted, total = all_reduce_sum(
+            [loss.item() * int(n_points), int(n_points)], self.device)
+        return weighted / total, int(total)
+
+    def weight_loss_for_ranks(self, loss, n_points, total_points):
+        """Scale a rank's mean loss so DDP's gradient average is the global one.
+
+        DDP averages gradients over ranks; weighting rank r's loss by
+        ``world_size * n_r / n_total`` makes that average the gradient of
+        the mean loss over all points of the global batch.
+        """
+        if not self.distributed.is_distributed:
+            return loss
+        return loss * (self.distributed.world_size * int(n_points)
+                       / total_points)
 
     def back_propagation(self, loss):
         """Backward, clip and step; return grad norms before/after clipping."""
@@ -355,6 +410,8 @@ class DWIMLAbstractTrainer:
     # Saving and resuming
     def save_best_model(self):
         """Write ``best_model/`` (model params and state, epoch and loss)."""
+        if not self.is_main_process:
+            return
         path = os.path.join(self.experiment_dir, BEST_MODEL_DIR)
         with atomic_output_folder(path) as tmp_dir:
             self.model.save_params_and_state(tmp_dir)
@@ -369,8 +426,10 @@ class DWIMLAbstractTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
-            "random_states": get_global_random_states(),
-            "dataloader_generator": self.dataloader_generator.get_state(),
+            # One entry per rank: each resumes its own streams.
+            "random_states": all_gather_objects(get_global_random_states()),
+            "dataloader_generator": all_gather_objects(
+                self.dataloader_generator.get_state()),
             "sampler": self.batch_sampler.state_dict(),
             "loader": (self.batch_loader.state_dict()
                        if hasattr(self.batch_loader, "state_dict") else {}),
@@ -385,11 +444,13 @@ class DWIMLAbstractTrainer:
 
     def save_checkpoint(self):
         """Write ``checkpoint/`` atomically: a kill keeps the previous one."""
-        path = os.path.join(self.experiment_dir, CHECKPOINT_DIR)
-        with atomic_output_folder(path) as tmp_dir:
-            self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
-            torch.save(self.checkpoint_state(),
-                       os.path.join(tmp_dir, "checkpoint_state.pt"))
+        state = self.checkpoint_state()
+        if self.is_main_process:
+            path = os.path.join(self.experiment_dir, CHECKPOINT_DIR)
+            with atomic_output_folder(path) as tmp_dir:
+                self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
+                torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
+        barrier()
 
     def load_checkpoint(self, state=None):
         """Restore the state saved by :meth:`save_checkpoint`.
@@ -403,8 +464,9 @@ class DWIMLAbstractTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
-        set_global_random_states(state["random_states"])
-        self.dataloader_generator.set_state(state["dataloader_generator"])
+        set_global_random_states(self._own_rank_entry(state["random_states"]))
+        self.dataloader_generator.set_state(
+            self._own_rank_entry(state["dataloader_generator"]))
         self.batch_sampler.load_state_dict(state["sampler"])
         if hasattr(self.batch_loader, "load_state_dict"):
             self.batch_loader.load_state_dict(state["loader"])
@@ -416,6 +478,12 @@ class DWIMLAbstractTrainer:
         self.callbacks.load_state_dict(state["callbacks"])
         self.comet_key = state.get("comet_key")
         self.callbacks.on_checkpoint_load(self, state)
+
+    def _own_rank_entry(self, per_rank):
+        """This rank's saved entry; rank 0's if the number of ranks changed."""
+        if len(per_rank) == self.distributed.world_size:
+            return per_rank[self.distributed.rank]
+        return per_rank[0]
 
     def _has_validation_data(self):
         subset = getattr(self.batch_sampler.dataset, "validation_set", None)

@@ -16,5 +16,6 @@ class DWIMLTrainerOneInput(DWIMLAbstractTrainer):
         batch = batch.to(self.device, non_blocking=True)
         if batch.inputs is None:
             batch.inputs = self.batch_loader.compute_inputs(batch, self.device)
-        outputs = self.model(batch.inputs_list(), batch.input_streamlines())
+        outputs = self.forward_model(batch.inputs_list(),
+                                     batch.input_streamlines())
         return self.model.compute_loss(outputs, batch.target_streamlines())

@@ -105,6 +105,7 @@ def make_subject(shape, voxel_size_mm, nb_streamlines, nb_bundles, gtab, rng):
                                         step_mm, radius_mm, rng)
         points_vox = voxmm.get_data() / voxel_size_mm  # corner origin
         point_voxels = np.floor(points_vox).astype(np.int64)
+        # Raises if a point left the volume, which the margins forbid.
         crossed[np.ravel_multi_index(point_voxels.T, shape)] = True
 
         rasmm = make_array_sequence(

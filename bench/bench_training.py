@@ -1,0 +1,125 @@
+"""Training throughput of Learn2track: streamlines/s, data waiting, peak RSS.
+
+Trains for 2 epochs on a benchmark-size synthetic dataset (3 subjects x N
+streamlines, built once in FOLDER) with 0 and with 2 DataLoader workers,
+each case in its own process. "Data waiting" is the time the loop spends
+between the end of one batch and the start of the next (waiting on the
+DataLoader), as a share of the whole training time.
+
+    python bench/bench_training.py /tmp/bench_training --nb_streamlines 5000
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from dwi_ml.training.callbacks import Callback
+
+HERE = os.path.abspath(__file__)
+
+
+class DataWaitTimer(Callback):
+    """Measures, per training batch, the time spent waiting for data."""
+
+    def __init__(self):
+        self.wait = 0.0
+        self.total = 0.0
+        self.nb_streamlines = 0
+        self._last_end = None
+        self._epoch_start = None
+
+    def on_epoch_start(self, trainer, epoch):
+        self._last_end = self._epoch_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, batch):
+        self.wait += time.perf_counter() - self._last_end
+        self.nb_streamlines += batch.nb_streamlines
+
+    def on_train_batch_end(self, trainer, batch, outputs):
+        self._last_end = time.perf_counter()
+
+    def on_validation_batch_end(self, trainer, batch, outputs):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, epoch_logs):
+        self.total += epoch_logs["train_time"]
+
+
+def make_data(folder, nb_streamlines):
+    """Build (once) the synthetic subjects and the HDF5; return its path."""
+    from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+    from dwi_ml.data.synthetic import make_synthetic_dataset
+    hdf5_file = os.path.join(folder, f"bench_{nb_streamlines}.hdf5")
+    if not os.path.exists(hdf5_file):
+        paths = make_synthetic_dataset(
+            os.path.join(folder, f"synthetic_{nb_streamlines}"), nb_subjects=5,
+            nb_streamlines=nb_streamlines, shape=(48, 48, 32), seed=0,
+            overwrite=True)
+        # 3 training subjects, as in the reference comparison.
+        create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
+                            hdf5_file, paths.config,
+                            ["subj-01", "subj-02", "subj-03"], ["subj-04"],
+                            ["subj-05"])
+    return hdf5_file
+
+
+def run_case(hdf5_file, nb_workers, args):
+    """Train 2 epochs in this process; return the measures."""
+    from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
+    timer = DataWaitTimer()
+    experiments = os.path.dirname(hdf5_file)
+    train_args = build_parser().parse_args([
+        experiments, f"bench_w{nb_workers}", hdf5_file, "input", "streamlines",
+        "--max_epochs", "2", "--nb_workers", str(nb_workers), "-f",
+        "--batch_size_training", str(args.batch_size),
+        "--rnn_layer_sizes", *map(str, args.rnn_layer_sizes),
+        "--nb_previous_dirs", "1", "--step_size", "1.0",
+        "--noise_gaussian_size_forward", "0.1", "--split_ratio", "0.5",
+        "--reverse_ratio", "0.5", "-v", "WARNING"])
+    start = time.perf_counter()
+    train_from_args(train_args, callbacks=[timer])
+    wall = time.perf_counter() - start
+    return {"nb_workers": nb_workers,
+            "streamlines_per_s": timer.nb_streamlines / timer.total,
+            "epoch_train_s": timer.total / 2,
+            "data_wait_share": timer.wait / timer.total,
+            "wall_s": wall,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="Where the benchmark data is built.")
+    parser.add_argument("--nb_streamlines", type=int, default=5000)
+    parser.add_argument("--batch_size", type=int, default=100)
+    parser.add_argument("--rnn_layer_sizes", type=int, nargs="+",
+                        default=[100, 100])
+    parser.add_argument("--_case", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.makedirs(args.folder, exist_ok=True)
+    hdf5_file = make_data(args.folder, args.nb_streamlines)
+    if args._case is not None:
+        print(json.dumps(run_case(hdf5_file, args._case, args)))
+        return
+    print(f"dataset: {hdf5_file} (3 training subjects x {args.nb_streamlines} "
+          f"streamlines); model LSTM {args.rnn_layer_sizes}; batch "
+          f"{args.batch_size} streamlines")
+    print(f"{'workers':>7} {'streamlines/s':>14} {'epoch (s)':>10} "
+          f"{'data wait':>10} {'peak RSS MiB':>13}")
+    for nb_workers in (0, 2):
+        output = subprocess.run(
+            [sys.executable, HERE, *sys.argv[1:], "--_case", str(nb_workers)],
+            check=True, capture_output=True, text=True).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        print(f"{nb_workers:>7} {result['streamlines_per_s']:>14.0f} "
+              f"{result['epoch_train_s']:>10.1f} "
+              f"{100 * result['data_wait_share']:>9.1f}% "
+              f"{result['peak_rss_mib']:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()

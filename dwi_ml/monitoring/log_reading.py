@@ -1,0 +1,144 @@
+"""Read the ``logs/*.npy`` and best epoch of dwi_ml experiment folders.
+
+An experiment folder (written by the trainer) holds ``parameters.json``,
+``logs/NAME.npy`` (one float64 value per epoch, or per batch for
+``NAME_per_batch.npy``) and ``best_model/best_epoch.json``. A run still in
+progress may have logs of different lengths; they are read as they are.
+"""
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from dwi_ml.io_utils.atomic import existing_atomic_folder
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.training.checkpoint_io import BEST_MODEL_DIR, LOGS_DIR, PARAMETERS_FILE
+
+logger = logging.getLogger(__name__)
+
+PER_BATCH_SUFFIX = "_per_batch"
+
+
+@dataclass
+class ExperimentLogs:
+    """The logs of one experiment.
+
+    Attributes
+    ----------
+    path : str
+        The experiment folder.
+    label : str
+        Name shown in legends and CSV rows.
+    logs : dict of str to np.ndarray
+        Log name (file name without ``.npy``) -> 1-D float64 values, one per
+        epoch (or per batch for ``*_per_batch`` logs). Logs without any
+        finite value are left out.
+    best_epoch : int or None
+        From ``best_model/best_epoch.json`` (0-based); None when absent.
+    best_loss : float or None
+    """
+    path: str
+    label: str
+    logs: dict = field(default_factory=dict)
+    best_epoch: Optional[int] = None
+    best_loss: Optional[float] = None
+
+
+def is_per_batch(log_name):
+    """True for a per-batch log (x axis in batches, not epochs)."""
+    return log_name.endswith(PER_BATCH_SUFFIX)
+
+
+def _load_log(path):
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DwiMLUserError(
+            f"log '{path}' cannot be read as a .npy array ({error}).") from None
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
+        raise DwiMLUserError(
+            f"log '{path}': expected a 1-D numeric array, found shape "
+            f"{values.shape} and dtype {values.dtype}.")
+    return values.astype(np.float64)
+
+
+def _read_best_epoch(experiment_dir):
+    folder = existing_atomic_folder(os.path.join(experiment_dir, BEST_MODEL_DIR))
+    path = None if folder is None else os.path.join(folder, "best_epoch.json")
+    if path is None or not os.path.isfile(path):
+        return None, None
+    try:
+        with open(path) as f:
+            best = json.load(f)
+        return int(best["epoch"]), float(best["loss"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DwiMLUserError(
+            f"'{path}': expected JSON with 'epoch' and 'loss', could not "
+            f"read it ({error}).") from None
+
+
+def read_experiment_logs(experiment_dir, label=None):
+    """Read every ``logs/*.npy`` of an experiment and its best epoch.
+
+    Parameters
+    ----------
+    experiment_dir : str
+    label : str or None
+        Name for legends; default: the folder's name.
+
+    Returns
+    -------
+    ExperimentLogs
+
+    Raises
+    ------
+    DwiMLUserError
+        When the folder is not an experiment (no ``logs/`` and no
+        ``parameters.json``), when it has no log with a finite value, or
+        when a log is not a 1-D numeric ``.npy`` array.
+    """
+    if not os.path.isdir(experiment_dir):
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' does not exist or is not a folder.")
+    logs_dir = os.path.join(experiment_dir, LOGS_DIR)
+    if not (os.path.isdir(logs_dir) or os.path.isfile(
+            os.path.join(experiment_dir, PARAMETERS_FILE))):
+        raise DwiMLUserError(
+            f"'{experiment_dir}' is not a dwi_ml experiment: expected a "
+            f"{LOGS_DIR}/ folder or {PARAMETERS_FILE}, found neither.")
+    logs = {}
+    for path in sorted(glob.glob(os.path.join(logs_dir, "*.npy"))):
+        values = _load_log(path)
+        name = os.path.basename(path)[:-len(".npy")]
+        if np.isfinite(values).any():
+            logs[name] = values
+        else:
+            logger.info("%s: log %s has no finite value; skipped.",
+                        experiment_dir, name)
+    if not logs:
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' has no logs yet: no .npy file "
+            f"with a finite value in {logs_dir}.")
+    best_epoch, best_loss = _read_best_epoch(experiment_dir)
+    if label is None:
+        label = os.path.basename(os.path.normpath(experiment_dir))
+    return ExperimentLogs(os.path.normpath(experiment_dir), label, logs,
+                          best_epoch, best_loss)
+
+
+def experiment_labels(experiment_dirs):
+    """Folder names as legend labels; full paths when two names clash."""
+    names = [os.path.basename(os.path.normpath(path))
+             for path in experiment_dirs]
+    return [os.path.normpath(path) if names.count(name) > 1 else name
+            for path, name in zip(experiment_dirs, names)]
+
+
+def read_experiments(experiment_dirs):
+    """Read several experiments, labelled by :func:`experiment_labels`."""
+    return [read_experiment_logs(path, label) for path, label in
+            zip(experiment_dirs, experiment_labels(experiment_dirs))]

@@ -1,0 +1,97 @@
+"""torch.distributed for dwi_ml: one process per GPU (or CPU) under torchrun.
+
+``torchrun --nproc_per_node=N dwiml_train_model.py ...`` sets RANK,
+WORLD_SIZE and LOCAL_RANK; :func:`init_distributed` reads them and starts a
+process group (nccl on CUDA, gloo on CPU). Without them, everything runs in
+one process and these helpers do nothing.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistributedContext:
+    """Where this process stands among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main_process(self):
+        """Rank 0 writes the files and talks to Comet."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self):
+        """True with more than one process."""
+        return self.world_size > 1
+
+
+def init_distributed(device):
+    """Start the process group when launched by torchrun.
+
+    Parameters
+    ----------
+    device : str
+        'cpu' or 'cuda[:N]'. On CUDA each process takes GPU LOCAL_RANK.
+
+    Returns
+    -------
+    context : DistributedContext
+    device : str
+        The device this process must use.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistributedContext(), device
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if str(device).startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.startswith("cuda") else "gloo")
+    return DistributedContext(rank, world_size, local_rank), device
+
+
+def current_context():
+    """The context of an already started process group (or a single one)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistributedContext(dist.get_rank(), dist.get_world_size(),
+                                  int(os.environ.get("LOCAL_RANK",
+                                                     dist.get_rank())))
+    return DistributedContext()
+
+
+def all_reduce_sum(values, device):
+    """Sum a list of floats over all processes (float64)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_gather_objects(obj):
+    """Every process's ``obj``, in rank order (a one-item list if alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier():
+    """Wait for every process (no-op when alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup_distributed():
+    """Destroy the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,394 @@
+"""Tracking: seeds, stopping criteria, both directions, the script.
+
+The tracker is tested with real Learn2track models: some with a direction
+getter whose last layer is set to a constant output (a known direction, a
+known EOS probability), so that stops are exact; and one trained for a few
+batches on synthetic data (module fixture) for the script.
+"""
+import math
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from dipy.io.streamline import load_tractogram
+
+from dwi_ml.batching.batch_loader import BatchLoaderOneInput
+from dwi_ml.batching.batch_sampler import BatchSampler
+from dwi_ml.cli.dwiml_track_from_model import main as track_main
+from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.processing.space import points_vox_corner_to_rasmm
+from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models import Learn2TrackModel
+from dwi_ml.tracking.propagation import BatchedTracker
+from dwi_ml.tracking.seeding import make_seeds
+from dwi_ml.tracking.stopping import StopReason, TrackingMask, keep_by_length
+from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
+
+AFFINE = np.diag([2.0, 2.5, 3.0, 1.0])
+SHAPE = (14, 10, 8)
+NB_FEATURES = 4
+STEP_MM = 2.0
+
+
+# ----------------------------------------------------------------------
+# Real models with a known output
+def constant_model(direction=(1.0, 0.0, 0.0), eos_probability=None,
+                   nb_previous_dirs=1):
+    """A Learn2track whose outputs are constant: ``direction`` (voxel
+    space) and, with EOS, ``eos_probability``."""
+    torch.manual_seed(0)
+    dg_args = {"add_eos": eos_probability is not None}
+    model = Learn2TrackModel("constant", nb_features=NB_FEATURES,
+                             step_size=STEP_MM,
+                             nb_previous_dirs=nb_previous_dirs,
+                             rnn_layer_sizes=[8], dg_args=dg_args)
+    last = model.direction_getter.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        bias = list(direction)
+        if eos_probability is not None:
+            bias.append(math.log(eos_probability / (1 - eos_probability)))
+        last.bias.copy_(torch.tensor(bias))
+    return model
+
+
+def box_mask(x_range=(2, 10)):
+    """Mask of voxels x in x_range, y in [2, 8), z in [2, 6)."""
+    mask = np.zeros(SHAPE, dtype=np.float32)
+    mask[x_range[0]:x_range[1], 2:8, 2:6] = 1
+    return mask
+
+
+def make_tracker(model, mask=None, **kwargs):
+    volume = np.random.default_rng(0).normal(
+        size=SHAPE + (NB_FEATURES,)).astype(np.float32)
+    return BatchedTracker(model, volume, AFFINE, TrackingMask(SHAPE, mask),
+                          STEP_MM, **kwargs)
+
+
+SEED = np.array([[3.25, 5.5, 4.5]], dtype=np.float32)
+
+
+# ----------------------------------------------------------------------
+# Seeds
+def test_seeds_npv_and_nt_fall_in_mask_voxels():
+    mask = box_mask()
+    seeds = make_seeds(mask, np.random.default_rng(0), npv=3)
+    assert seeds.shape == (3 * int(mask.sum()), 3)
+    voxels = np.floor(seeds).astype(int)
+    assert np.all(mask[tuple(voxels.T)] == 1)
+    # Each voxel gets exactly npv seeds.
+    _, counts = np.unique(voxels, axis=0, return_counts=True)
+    assert np.all(counts == 3)
+    seeds_nt = make_seeds(mask, np.random.default_rng(0), nt=50)
+    assert seeds_nt.shape == (50, 3)
+    assert np.all(mask[tuple(np.floor(seeds_nt).astype(int).T)] == 1)
+    again = make_seeds(mask, np.random.default_rng(0), nt=50)
+    np.testing.assert_array_equal(seeds_nt, again)
+
+
+def test_seeds_errors():
+    with pytest.raises(DwiMLUserError, match="found none"):
+        make_seeds(np.zeros(SHAPE), np.random.default_rng(0), npv=1)
+    with pytest.raises(DwiMLUserError, match="exactly one"):
+        make_seeds(box_mask(), np.random.default_rng(0), npv=1, nt=3)
+
+
+# ----------------------------------------------------------------------
+# Steps and stopping criteria
+def test_steps_are_step_size_mm_on_anisotropic_voxels():
+    direction = np.array([1.0, 2.0, -0.5])
+    tracker = make_tracker(constant_model(direction), max_length_mm=12,
+                           track_forward_only=True)
+    result = tracker.track(np.array([[7.0, 5.0, 4.0]], dtype=np.float32))
+    points = result.streamlines[0]
+    steps_vox = np.diff(points, axis=0)
+    steps_mm = np.linalg.norm(steps_vox @ AFFINE[:3, :3].T, axis=1)
+    np.testing.assert_allclose(steps_mm, STEP_MM, rtol=1e-5)
+    unit = direction / np.linalg.norm(direction)
+    np.testing.assert_allclose(
+        steps_vox / np.linalg.norm(steps_vox, axis=1, keepdims=True),
+        np.tile(unit, (len(steps_vox), 1)), atol=1e-5)
+
+
+def test_mask_stop_is_exact():
+    # +x, 1 voxel per step: the mask, 1 up to the centre 9.5 and 0 from
+    # 10.5, interpolates to >= 0.5 up to x = 10.
+    tracker = make_tracker(constant_model(), box_mask(),
+                           track_forward_only=True)
+    result = tracker.track(SEED)
+    points = result.streamlines[0]
+    np.testing.assert_allclose(points[:, 0], np.arange(3.25, 10, 1.0))
+    assert result.forward_stops[0] == StopReason.MASK
+    assert result.backward_stops is None
+
+
+def test_volume_border_stops_without_mask():
+    tracker = make_tracker(constant_model(), None, track_forward_only=True)
+    points = tracker.track(SEED).streamlines[0]
+    assert points[-1, 0] < SHAPE[0] <= points[-1, 0] + 1
+
+
+def test_seed_outside_mask_gives_one_point():
+    tracker = make_tracker(constant_model(), box_mask())
+    result = tracker.track(np.array([[0.5, 0.5, 0.5]], dtype=np.float32))
+    assert len(result.streamlines[0]) == 1
+    assert result.forward_stops[0] == StopReason.MASK
+
+
+def test_max_length_stop():
+    tracker = make_tracker(constant_model(), box_mask(), max_length_mm=6.0,
+                           track_forward_only=True)
+    result = tracker.track(SEED)
+    assert len(result.streamlines[0]) == 4    # 3 steps of 2 mm
+    assert result.forward_stops[0] == StopReason.MAX_LENGTH
+
+
+def test_max_length_counts_both_halves():
+    # Forward: 7 points (mask). Backward, U-turn allowed (theta 180): 2 more
+    # points reach the 16 mm cap of the whole streamline.
+    tracker = make_tracker(constant_model(), box_mask(), max_length_mm=16.0,
+                           max_angle_deg=180)
+    result = tracker.track(SEED)
+    assert result.forward_stops[0] == StopReason.MASK
+    assert len(result.streamlines[0]) == 9
+    assert result.backward_stops[0] == StopReason.MAX_LENGTH
+
+
+def test_angle_stop_at_the_seed_u_turn():
+    # The constant model wants +x again after the reversed forward half
+    # (-x): a 180 degree turn, refused below 180 and allowed at 180.
+    result = make_tracker(constant_model(), box_mask(),
+                          max_angle_deg=170).track(SEED)
+    forward_only = make_tracker(constant_model(), box_mask(),
+                                track_forward_only=True).track(SEED)
+    assert result.backward_stops[0] == StopReason.ANGLE
+    np.testing.assert_array_equal(result.streamlines[0],
+                                  forward_only.streamlines[0][::-1])
+    allowed = make_tracker(constant_model(), box_mask(),
+                           max_angle_deg=180).track(SEED)
+    assert allowed.backward_stops[0] == StopReason.MASK
+    assert len(allowed.streamlines[0]) == 2 * 7 - 1
+
+
+def test_eos_stop():
+    model = constant_model(eos_probability=0.7)
+    stopped = make_tracker(model, box_mask(), eos_threshold=0.5).track(SEED)
+    assert len(stopped.streamlines[0]) == 1
+    assert stopped.forward_stops[0] == StopReason.EOS
+    going = make_tracker(model, box_mask(), eos_threshold=0.8,
+                         track_forward_only=True).track(SEED)
+    assert going.forward_stops[0] == StopReason.MASK
+    assert len(going.streamlines[0]) == 7
+    with pytest.raises(DwiMLUserError, match="no EOS"):
+        make_tracker(constant_model(), box_mask(), eos_threshold=0.5)
+
+
+def test_keep_by_length():
+    keep = keep_by_length(np.array([1, 2, 6, 11, 12]), 2.0, 2.0, 20.0)
+    np.testing.assert_array_equal(keep, [False, True, True, True, False])
+
+
+# ----------------------------------------------------------------------
+# A trained model and the script
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny LSTM steps: one thread is faster
+    folder = str(tmp_path_factory.mktemp("tracking"))
+    paths = make_synthetic_dataset(os.path.join(folder, "synthetic"),
+                                   nb_subjects=2, nb_streamlines=150, seed=0)
+    hdf5_file = os.path.join(folder, "data.hdf5")
+    create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
+                        hdf5_file, paths.config, paths.splits["training"],
+                        paths.splits["validation"], [], step_size=STEP_MM)
+    dataset = MultiSubjectDataset(hdf5_file)
+    dataset.load_data()
+    sampler = BatchSampler(dataset, "streamlines", 30, 30, "nb_streamlines",
+                           seed=0)
+    loader = BatchLoaderOneInput(dataset, "streamlines", "input",
+                                 step_size=STEP_MM, reverse_ratio=0.5,
+                                 seed=0)
+    torch.manual_seed(0)
+    nb_features = dataset.nb_features[dataset.volume_groups.index("input")]
+    model = Learn2TrackModel("trained", nb_features=nb_features,
+                             step_size=STEP_MM, nb_previous_dirs=1,
+                             rnn_layer_sizes=[32])
+    trainer = DWIMLTrainerOneInput(model, folder, "trained", sampler, loader,
+                                   max_epochs=3, learning_rate=0.01, seed=0)
+    trainer.save_parameters()
+    trainer.train_and_validate()
+    # An untrained Fisher-von Mises model with EOS, for 'prob' tracking.
+    fvm = Learn2TrackModel("fvm", nb_features=nb_features, step_size=None,
+                           rnn_layer_sizes=[8], dg_key="fisher-von-mises",
+                           dg_args={"add_eos": True})
+    fvm.save_params_and_state(os.path.join(folder, "fvm", "best_model"))
+    subject = paths.splits["validation"][0]
+    yield {"folder": folder, "hdf5": hdf5_file, "subject": subject,
+           "trained": os.path.join(folder, "trained"),
+           "fvm": os.path.join(folder, "fvm"),
+           "reference": paths.subjects[subject].dwi}
+    torch.set_num_threads(previous_threads)
+
+
+def run_track(data, out, *options, experiment="trained"):
+    track_main([data[experiment], data["hdf5"], data["subject"], "input",
+                str(out), "--tracking_mask_group", "wm_mask", *options])
+
+
+@pytest.mark.parametrize("extension", [".trk", ".trx"])
+def test_output_loads_with_seeds_on_streamlines(data, tmp_path, extension):
+    out = tmp_path / f"out{extension}"
+    run_track(data, out, "--nt", "300", "--min_length", "4")
+    sft = load_tractogram(str(out), data["reference"], bbox_valid_check=True)
+    assert len(sft) > 50
+    seeds = np.asarray(sft.data_per_streamline["seeds"])
+    assert seeds.shape == (len(sft), 3)
+    # Seeds are in RAS mm, like the loaded streamlines: each is a point of
+    # its streamline.
+    distances = [np.min(np.linalg.norm(s - seed, axis=1))
+                 for s, seed in zip(sft.streamlines, seeds)]
+    assert np.max(distances) < 1e-3
+    lengths_mm = np.array([np.sum(np.linalg.norm(np.diff(s, axis=0),
+                                                 axis=1))
+                           for s in sft.streamlines])
+    assert np.all(lengths_mm >= 4 - 1e-3)
+    assert np.all(lengths_mm <= 300)
+    # The reference is the input group's grid.
+    image = nib.load(data["reference"])
+    np.testing.assert_allclose(sft.affine, image.affine)
+    np.testing.assert_array_equal(sft.dimensions, image.shape[:3])
+
+
+def test_tck_output(data, tmp_path):
+    out = tmp_path / "out.tck"
+    run_track(data, out, "--nt", "50", "--min_length", "0")
+    sft = load_tractogram(str(out), data["reference"], bbox_valid_check=True)
+    assert len(sft) > 0
+
+
+def test_both_directions_extend_the_forward_halves(data):
+    """Same seeds: each streamline tracked both ways holds the forward-only
+    one, reversed, then its backward half."""
+    dataset = MultiSubjectDataset(data["hdf5"])
+    dataset.load_data(subj_id=data["subject"])
+    subject = dataset.validation_set.get_subject(0)
+    volume = subject.mri_data_list[dataset.volume_groups.index("input")]
+    mask = subject.mri_data_list[dataset.volume_groups.index("wm_mask")]
+    from dwi_ml.tracking.tracking_io import load_experiment_model
+    model = load_experiment_model(data["trained"])
+    seeds = make_seeds(mask.data, np.random.default_rng(0), nt=200)
+    results = {}
+    for forward_only in (True, False):
+        tracker = BatchedTracker(
+            model, volume.data, volume.affine,
+            TrackingMask(volume.shape, mask.data), STEP_MM,
+            track_forward_only=forward_only)
+        results[forward_only] = tracker.track_in_batches(seeds, 64, True)
+    forward, both = results[True].streamlines, results[False].streamlines
+    forward_lengths = forward._lengths
+    assert np.all(both._lengths >= forward_lengths)
+    assert np.mean(both._lengths) > 1.3 * np.mean(forward_lengths)
+    for one_way, two_ways in zip(forward, both):
+        np.testing.assert_allclose(two_ways[:len(one_way)], one_way[::-1])
+    # Every turn, including the one at the seed, is within theta (45).
+    for streamline in both:
+        steps = np.diff(streamline, axis=0) @ volume.affine[:3, :3].T
+        cosines = np.sum(steps[1:] * steps[:-1], axis=1) / (
+            np.linalg.norm(steps[1:], axis=1)
+            * np.linalg.norm(steps[:-1], axis=1))
+        assert np.all(cosines >= math.cos(math.radians(45)) - 1e-5)
+
+
+def test_same_seed_same_output(data, tmp_path):
+    def tracked(name, seed, *options, experiment="trained"):
+        out = tmp_path / name
+        run_track(data, out, "--nt", "100", "--seed", str(seed), *options,
+                  experiment=experiment)
+        return load_tractogram(str(out), data["reference"]).streamlines
+
+    first = tracked("a.trk", 5)
+    np.testing.assert_array_equal(first.get_data(),
+                                  tracked("b.trk", 5).get_data())
+    other = tracked("c.trk", 6)
+    assert (len(other) != len(first)
+            or not np.array_equal(first.get_data(), other.get_data()))
+    prob_options = ("--algo", "prob", "--step_size", "1.5", "--min_length",
+                    "0", "--theta", "180", "--eos_stop", "0.99")
+    prob = tracked("p1.trk", 5, *prob_options, experiment="fvm")
+    assert len(prob) > 0
+    np.testing.assert_array_equal(
+        prob.get_data(),
+        tracked("p2.trk", 5, *prob_options, experiment="fvm").get_data())
+
+
+def test_use_latest_epoch(data, tmp_path):
+    out = tmp_path / "latest.trk"
+    run_track(data, out, "--nt", "20", "--use_latest_epoch",
+              "--min_length", "0")
+    assert len(load_tractogram(str(out), data["reference"])) > 0
+
+
+def test_batch_size_does_not_change_det_results(data, tmp_path):
+    outs = []
+    for batch_size in ("7", "1000"):
+        out = tmp_path / f"bs{batch_size}.trk"
+        run_track(data, out, "--nt", "60", "--batch_size", batch_size)
+        outs.append(load_tractogram(str(out), data["reference"]))
+    np.testing.assert_allclose(outs[0].streamlines.get_data(),
+                               outs[1].streamlines.get_data(), atol=1e-4)
+
+
+def _error(capsys, data, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        track_main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "error:" in message
+    return message
+
+
+def test_errors(data, tmp_path, capsys):
+    out = str(tmp_path / "out.trk")
+    base = [data["trained"], data["hdf5"], data["subject"], "input"]
+    mask = ["--tracking_mask_group", "wm_mask"]
+    existing = tmp_path / "existing.trk"
+    existing.write_text("")
+    cases = [
+        ([*base[:2], "subj-99", "input", out, *mask], "subj-99"),
+        ([*base[:3], "nope", out, *mask], "nope"),
+        ([*base, out, "--tracking_mask_group", "nope"], "nope"),
+        ([*base[:3], "wm_mask", out, *mask], "45 inputs per point"),
+        ([*base, str(existing), *mask], "already exists"),
+        ([*base, str(tmp_path / "out.nii"), *mask], "extensions"),
+        ([str(tmp_path / "missing"), *base[1:], out, *mask], "missing"),
+        ([*base, out, *mask, "--algo", "prob"], "deterministic"),
+        ([*base, out, *mask, "--eos_stop", "0.5"], "no EOS"),
+        ([*base, out], "mask group"),
+        ([*base, out, *mask, "--theta", "0"], "--theta"),
+        ([data["fvm"], *base[1:], out, *mask], "--step_size"),
+    ]
+    for argv, expected in cases:
+        assert expected in _error(capsys, data, argv)
+    assert not os.path.exists(out)
+
+
+def test_seeds_saved_in_rasmm(tmp_path):
+    from dwi_ml.data.packed import make_array_sequence
+    from dwi_ml.tracking.tracking_io import save_tractogram_with_seeds
+    streamlines = make_array_sequence(
+        np.array([[1.5, 2.5, 3.5], [2.5, 2.5, 3.5]]), np.array([0]),
+        np.array([2]))
+    seeds = np.array([[1.5, 2.5, 3.5]])
+    out = str(tmp_path / "one.trk")
+    save_tractogram_with_seeds(streamlines, seeds, AFFINE, SHAPE, out)
+    image = nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE)
+    sft = load_tractogram(out, image, bbox_valid_check=True)
+    expected = points_vox_corner_to_rasmm(seeds, AFFINE)
+    np.testing.assert_allclose(sft.data_per_streamline["seeds"], expected,
+                               atol=1e-5)
+    np.testing.assert_allclose(sft.streamlines[0][0], expected[0], atol=1e-5)
