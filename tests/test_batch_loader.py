@@ -338,6 +338,19 @@ def test_two_workers_draw_distinct_augmentations(reference_eager):
     _assert_same_batches(batches, [loader.load_batch(r) for r in requests])
 
 
+def test_distributed_ranks_draw_distinct_augmentations(reference_eager):
+    loader = _loader(reference_eager, **AUGMENTED)
+    sampler = BatchSampler(reference_eager, "streamlines", 16, 16,
+                           "nb_streamlines", seed=3, rank=1, world_size=2)
+    first = next(iter(make_dataloader(sampler, loader, "training")))
+    ids = sampler._rank_plan()[0]
+    # The request carried rank 1: rank 0 would draw other augmentations.
+    _assert_same_batches([first], [loader.load_batch(
+        BatchRequest("training", 0, 0, ids, rank=1))])
+    assert _differ(first.input_points, loader.load_batch(
+        BatchRequest("training", 0, 0, ids, rank=0)).input_points)
+
+
 def test_epochs_differ_and_seeds_reproduce(reference_eager):
     epoch_0 = _epoch_batches(reference_eager)
     _assert_same_batches(epoch_0, _epoch_batches(reference_eager))

@@ -19,6 +19,7 @@ from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.packed import make_array_sequence
 from dwi_ml.data.processing.space import points_vox_corner_to_rasmm
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -26,6 +27,10 @@ from dwi_ml.models import Learn2TrackModel
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.seeding import make_seeds
 from dwi_ml.tracking.stopping import StopReason, TrackingMask, keep_by_length
+from dwi_ml.tracking.tracking_io import (
+    load_experiment_model,
+    save_tractogram_with_seeds,
+)
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 AFFINE = np.diag([2.0, 2.5, 3.0, 1.0])
@@ -140,6 +145,24 @@ def test_seed_outside_mask_gives_one_point():
     assert result.forward_stops[0] == StopReason.MASK
 
 
+def test_seeds_are_checked_by_voxel_not_interpolated():
+    mask = TrackingMask(SHAPE, box_mask())
+    corner_seed = torch.tensor([[9.9, 7.9, 5.9]])   # in voxel (9, 7, 5)
+    assert mask.contains_voxel(corner_seed).item()
+    assert not mask.contains(corner_seed).item()    # 0.6 ** 3 < 0.5
+
+
+def test_backward_half_of_a_seed_alone_starts_opposite():
+    # The forward step (+x) leaves the mask at once; the backward half
+    # starts with -x, then the constant model's +x is a U-turn.
+    seed = np.array([[9.75, 5.5, 4.5]], dtype=np.float32)
+    result = make_tracker(constant_model(), box_mask()).track(seed)
+    assert result.forward_stops[0] == StopReason.MASK
+    assert result.backward_stops[0] == StopReason.ANGLE
+    np.testing.assert_allclose(result.streamlines[0],
+                               [[9.75, 5.5, 4.5], [8.75, 5.5, 4.5]])
+
+
 def test_max_length_stop():
     tracker = make_tracker(constant_model(), box_mask(), max_length_mm=6.0,
                            track_forward_only=True)
@@ -201,14 +224,14 @@ def data(tmp_path_factory):
     torch.set_num_threads(1)   # tiny LSTM steps: one thread is faster
     folder = str(tmp_path_factory.mktemp("tracking"))
     paths = make_synthetic_dataset(os.path.join(folder, "synthetic"),
-                                   nb_subjects=2, nb_streamlines=150, seed=0)
+                                   nb_subjects=2, nb_streamlines=300, seed=0)
     hdf5_file = os.path.join(folder, "data.hdf5")
     create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
                         hdf5_file, paths.config, paths.splits["training"],
                         paths.splits["validation"], [], step_size=STEP_MM)
     dataset = MultiSubjectDataset(hdf5_file)
     dataset.load_data()
-    sampler = BatchSampler(dataset, "streamlines", 30, 30, "nb_streamlines",
+    sampler = BatchSampler(dataset, "streamlines", 25, 25, "nb_streamlines",
                            seed=0)
     loader = BatchLoaderOneInput(dataset, "streamlines", "input",
                                  step_size=STEP_MM, reverse_ratio=0.5,
@@ -219,7 +242,7 @@ def data(tmp_path_factory):
                              step_size=STEP_MM, nb_previous_dirs=1,
                              rnn_layer_sizes=[32])
     trainer = DWIMLTrainerOneInput(model, folder, "trained", sampler, loader,
-                                   max_epochs=3, learning_rate=0.01, seed=0)
+                                   max_epochs=4, learning_rate=0.01, seed=0)
     trainer.save_parameters()
     trainer.train_and_validate()
     # An untrained Fisher-von Mises model with EOS, for 'prob' tracking.
@@ -279,7 +302,6 @@ def test_both_directions_extend_the_forward_halves(data):
     subject = dataset.validation_set.get_subject(0)
     volume = subject.mri_data_list[dataset.volume_groups.index("input")]
     mask = subject.mri_data_list[dataset.volume_groups.index("wm_mask")]
-    from dwi_ml.tracking.tracking_io import load_experiment_model
     model = load_experiment_model(data["trained"])
     seeds = make_seeds(mask.data, np.random.default_rng(0), nt=200)
     results = {}
@@ -292,7 +314,9 @@ def test_both_directions_extend_the_forward_halves(data):
     forward, both = results[True].streamlines, results[False].streamlines
     forward_lengths = forward._lengths
     assert np.all(both._lengths >= forward_lengths)
-    assert np.mean(both._lengths) > 1.3 * np.mean(forward_lengths)
+    # Measured: 54% of the streamlines grow backward, 1.35x the points.
+    assert np.mean(both._lengths > forward_lengths) > 0.3
+    assert np.mean(both._lengths) > 1.15 * np.mean(forward_lengths)
     for one_way, two_ways in zip(forward, both):
         np.testing.assert_allclose(two_ways[:len(one_way)], one_way[::-1])
     # Every turn, including the one at the seed, is within theta (45).
@@ -378,8 +402,6 @@ def test_errors(data, tmp_path, capsys):
 
 
 def test_seeds_saved_in_rasmm(tmp_path):
-    from dwi_ml.data.packed import make_array_sequence
-    from dwi_ml.tracking.tracking_io import save_tractogram_with_seeds
     streamlines = make_array_sequence(
         np.array([[1.5, 2.5, 3.5], [2.5, 2.5, 3.5]]), np.array([0]),
         np.array([2]))

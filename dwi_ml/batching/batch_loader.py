@@ -17,7 +17,7 @@ volume at every point:
    "loss" noise on the streamlines the loss compares to (``target_points``).
 
 Randomness: each batch draws from its own numpy Generator seeded with
-``(seed, context, epoch, batch index)``, in the order split, reverse,
+``(seed, context, epoch, batch index, rank)``, in the order split, reverse,
 forward noise, loss noise. This is stronger than per-worker streams: a batch
 gets the same augmentations whichever worker loads it and whatever the
 number of workers (0 included), two epochs differ, two batches of one
@@ -166,10 +166,15 @@ class BatchLoaderOneInput:
 
     # ------------------------------------------------------------------
     def make_generator(self, request):
-        """The numpy Generator of one batch, from (seed, context, epoch, index)."""
+        """The numpy Generator of one batch.
+
+        Seeded with (seed, context, epoch, batch index, rank): in a
+        distributed run, the ranks' parts of one global batch draw
+        independently.
+        """
         return np.random.default_rng(
             [self.seed, CONTEXT_CODES[request.context], request.epoch,
-             request.batch_index])
+             request.batch_index, request.rank])
 
     def load_batch(self, request):
         """Collate: load, augment and (optionally) interpolate one batch.

@@ -1,11 +1,11 @@
 """Plug a BatchSampler and a batch loader into torch's DataLoader.
 
 The sampler runs in the main process and yields streamline IDs; each batch
-becomes a :class:`BatchRequest` tagged with its context, epoch and index, so
-that the loader (the collate step, possibly in a worker process) derives
-the batch's random stream from ``(seed, context, epoch, batch index)``: the
-augmentations do not depend on which worker loads the batch, two epochs
-differ, and a resumed run draws the same augmentations.
+becomes a :class:`BatchRequest` tagged with its context, epoch, index and
+rank, so that the loader (the collate step, possibly in a worker process)
+derives the batch's random stream from ``(seed, context, epoch, batch index,
+rank)``: the augmentations do not depend on which worker loads the batch,
+two epochs differ, and a resumed run draws the same augmentations.
 """
 from typing import NamedTuple
 
@@ -16,12 +16,18 @@ CONTEXT_CODES = {"training": 0, "validation": 1}
 
 
 class BatchRequest(NamedTuple):
-    """One batch to load: ``subject_ids`` is ``[(subject_index, ids), ...]``."""
+    """One batch to load: ``subject_ids`` is ``[(subject_index, ids), ...]``.
+
+    ``rank`` is the distributed rank whose part of global batch
+    ``batch_index`` this is (0 in a single process): ranks draw different
+    augmentations for their parts.
+    """
 
     context: str
     epoch: int
     batch_index: int
     subject_ids: list
+    rank: int = 0
 
 
 class _BatchRequestSampler(Sampler):
@@ -43,7 +49,8 @@ class _BatchRequestSampler(Sampler):
         first_index = self.batch_sampler.nb_batches_yielded
         for batch_index, subject_ids in enumerate(self.batch_sampler,
                                                   start=first_index):
-            yield BatchRequest(self.context, epoch, batch_index, subject_ids)
+            yield BatchRequest(self.context, epoch, batch_index, subject_ids,
+                               self.batch_sampler.rank)
 
 
 class _PassThroughDataset(Dataset):
@@ -62,12 +69,22 @@ def make_dataloader(batch_sampler, batch_loader, context, nb_workers=0,
     batch_sampler : BatchSampler
     batch_loader : object with ``load_batch(BatchRequest)``
         The collate step; each worker gets its own copy (and opens its own
-        HDF5 handle in lazy mode).
+        HDF5 handle in lazy mode) when the first iteration starts them, and
+        persistent workers keep it: restore a loader's state before.
+    context : str
+        "training" or "validation".
     nb_workers : int
         0 loads in the main process; otherwise persistent workers.
     generator : torch.Generator or None
         Source of the workers' base seed, so that creating a DataLoader
         iterator never draws from torch's global generator.
+    pin_memory : bool
+        Pin each batch's tensors (for asynchronous copies to a GPU).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Yields one loaded batch per BatchRequest, in the sampler's order.
     """
     return DataLoader(
         _PassThroughDataset(),

@@ -6,7 +6,6 @@ checkpoint/ after every epoch and logs/*.npy. A killed run continues exactly
 with resume_training_from_checkpoint.py. Batch sizes are per process: under
 torchrun each rank draws its own batches of that size.
 """
-import logging
 import os
 import shutil
 
@@ -21,6 +20,7 @@ from dwi_ml.io_utils.script_args import (
 from dwi_ml.models.direction_getters import DIRECTION_GETTERS
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.training.distributed import barrier, cleanup_distributed, init_distributed
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -213,7 +213,9 @@ def train_from_args(args, callbacks=()):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group)
     _check_simple_args(args)
     params = collect_params(args)
-    comet = make_comet_callback(args, experiment_dir)
+    distributed, device = init_distributed(args.device)
+    comet = (make_comet_callback(args, experiment_dir)
+             if distributed.is_main_process else None)
 
     dataset = build_dataset(params["dataset"])
     # The model's initial weights come from torch's global generator.
@@ -222,18 +224,23 @@ def train_from_args(args, callbacks=()):
     model = Learn2TrackModel(nb_features=dataset.nb_features[group_idx],
                              **params["model"])
     check_model_matches_dataset(model, dataset, args.input_group)
-    sampler = build_sampler(dataset, params["sampler"])
-    loader = build_loader(dataset, params["loader"], model, args.device)
-    if os.path.exists(experiment_dir):
+    sampler = build_sampler(dataset, params["sampler"], distributed.rank,
+                            distributed.world_size)
+    loader = build_loader(dataset, params["loader"], model, device)
+    # Every rank checked that the folder was free before rank 0 clears it.
+    barrier()
+    if distributed.is_main_process and os.path.exists(experiment_dir):
         shutil.rmtree(experiment_dir)
     trainer = build_trainer(model, args.experiments_path, args.experiment_name,
-                            sampler, loader, params["trainer"],
-                            [*callbacks, comet] if comet else callbacks)
+                            sampler, loader, {**params["trainer"], "device": device},
+                            [*callbacks, comet] if comet else callbacks,
+                            distributed)
     params["model"] = model.params_for_checkpoint
     trainer.save_parameters({key: params[key]
                              for key in ("dataset", "sampler", "loader")})
     trainer.train_and_validate()
-    logging.getLogger(__name__).info("Training stopped: %s.", trainer.stopped_reason)
-    print(f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
-          f"best epoch {trainer.best_tracker.best_epoch}, loss "
-          f"{trainer.best_tracker.best_loss:.5f}).")
+    if distributed.is_main_process:
+        print(f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
+              f"best epoch {trainer.best_tracker.best_epoch}, loss "
+              f"{trainer.best_tracker.best_loss:.5f}).")
+    cleanup_distributed()

@@ -22,6 +22,7 @@ from dwi_ml.training.checkpoint_io import (
     load_checkpoint_state,
     read_parameters,
 )
+from dwi_ml.training.distributed import cleanup_distributed, init_distributed
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -71,8 +72,6 @@ def main(argv=None):
     check_inputs_exist(experiment_dir, what="experiment")
     params = read_parameters(experiment_dir)
     state = load_checkpoint_state(experiment_dir)
-    comet = make_comet_callback(args, experiment_dir,
-                                resumed_key=state.get("comet_key"))
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
     check_inputs_exist(params["dataset"]["hdf5_file"], what="HDF5 file")
@@ -88,21 +87,31 @@ def main(argv=None):
         if value is not None:
             trainer_params[key] = value
 
+    distributed, device = init_distributed(trainer_params["device"])
+    comet = (make_comet_callback(args, experiment_dir,
+                                 resumed_key=state.get("comet_key"))
+             if distributed.is_main_process else None)
+
     dataset = build_dataset(params["dataset"])
     model = load_model_from_params_and_state(
-        checkpoint_model_dir(experiment_dir), trainer_params["device"])
+        checkpoint_model_dir(experiment_dir), device)
     check_model_matches_dataset(model, dataset, loader_params["input_group"])
-    sampler = build_sampler(dataset, params["sampler"])
-    loader = build_loader(dataset, loader_params, model, trainer_params["device"])
+    sampler = build_sampler(dataset, params["sampler"], distributed.rank,
+                            distributed.world_size)
+    loader = build_loader(dataset, loader_params, model, device)
     trainer = build_trainer(model, args.experiments_path, args.experiment_name,
-                            sampler, loader, trainer_params,
-                            [comet] if comet else ())
+                            sampler, loader, {**trainer_params, "device": device},
+                            [comet] if comet else (), distributed)
     trainer.load_checkpoint(state)
     if trainer.is_finished():
+        cleanup_distributed()
         raise DwiMLUserError(_finished_message(trainer, experiment_dir))
     trainer.save_parameters({key: params[key]
                              for key in ("dataset", "sampler", "loader")})
     trainer.train_and_validate()
+    cleanup_distributed()
+    if not distributed.is_main_process:
+        return
     print(f"Experiment {experiment_dir} resumed and saved "
           f"({trainer.stopped_reason}; best epoch "
           f"{trainer.best_tracker.best_epoch}, loss "

@@ -1,0 +1,2 @@
+"""Tracking with a trained model: seeds, batched propagation, stopping
+criteria, and the files it reads and writes."""

@@ -25,7 +25,10 @@ Both directions (Learn2track's way)
     lockstep; those still replaying their forward half take their known
     next point and ignore the model's output. The final streamline runs
     from the end of the forward half, through the seed, to the end of the
-    backward half.
+    backward half. A forward half that stopped at its first step (the seed
+    alone) leaves nothing to replay, and the model would propose the same
+    step again: its backward half starts instead with the opposite of that
+    refused step, then follows the model.
 """
 import logging
 
@@ -115,6 +118,10 @@ class BatchedTracker:
         self.step_size_mm = float(step_size_mm)
         self.max_angle_deg = float(max_angle_deg)
         self.max_nb_points = max_nb_points(max_length_mm, self.step_size_mm)
+        if self.max_nb_points < 2:
+            raise DwiMLUserError(
+                f"argument 'max_length': expected at least one step of "
+                f"{self.step_size_mm} mm, found {max_length_mm} mm.")
         if eos_threshold is not None and not getattr(model, "add_eos", False):
             raise DwiMLUserError(
                 f"argument 'eos_stop': the model predicts no EOS, found a "
@@ -152,12 +159,13 @@ class BatchedTracker:
                               else forward_stops.clone())
             if valid.any():
                 rows = torch.nonzero(valid).squeeze(1)
-                valid_points, valid_lengths, stops = self._propagate(
-                    seeds[rows, None, :], lengths[rows])
+                valid_points, valid_lengths, stops, first_directions = \
+                    self._propagate(seeds[rows, None, :], lengths[rows])
                 forward_stops[rows] = stops
                 if not self.track_forward_only:
-                    valid_points, valid_lengths, stops = self._propagate(
-                        _reverse(valid_points, valid_lengths), valid_lengths)
+                    valid_points, valid_lengths, stops, _ = self._propagate(
+                        _reverse(valid_points, valid_lengths), valid_lengths,
+                        -first_directions)
                     backward_stops[rows] = stops
                 points = _scatter_rows(points, rows, valid_points)
                 lengths[rows] = valid_lengths
@@ -179,7 +187,7 @@ class BatchedTracker:
                                      disable=disable_progress)]
         return _concatenate(results)
 
-    def _propagate(self, prefixes, prefix_lengths):
+    def _propagate(self, prefixes, prefix_lengths, seed_directions=None):
         """Grow streamlines after their prefixes, all in lockstep.
 
         Parameters
@@ -189,6 +197,9 @@ class BatchedTracker:
             reversed forward half ending at the seed), padded.
         prefix_lengths : torch.Tensor, int64 (N,)
             Points of each prefix, >= 1.
+        seed_directions : torch.Tensor, shape (N, 3), optional
+            Unit directions (voxel space) that replace the model's first
+            direction where the prefix is the seed alone.
 
         Returns
         -------
@@ -196,6 +207,8 @@ class BatchedTracker:
         lengths : torch.Tensor, int64 (N,)
         stops : torch.Tensor, int64 (N,)
             StopReason of each streamline.
+        first_directions : torch.Tensor, shape (N, 3)
+            The model's directions at the first point, whether used or not.
         """
         nb_streamlines = len(prefixes)
         points = prefixes.new_zeros((nb_streamlines, self.max_nb_points, 3))
@@ -207,6 +220,7 @@ class BatchedTracker:
         views = points.unbind(0)
         active = torch.arange(nb_streamlines, device=self.device)
         hidden_states = None
+        first_directions = None
         for t in range(self.max_nb_points - 1):
             if len(active) == 0:
                 break
@@ -219,8 +233,17 @@ class BatchedTracker:
             growing = prefix_lengths[active] <= t + 1
             if not growing.any():
                 continue
+            directions, eos_probs = self.model.get_tracking_directions(
+                outputs, self.algo, self.generator)
+            if t == 0:
+                # Every streamline is active at t = 0: rows match.
+                first_directions = directions
+                if seed_directions is not None:
+                    directions = torch.where(
+                        (prefix_lengths == 1)[:, None], seed_directions,
+                        directions)
             stop_codes, next_points = self._check_next_points(
-                outputs, points, active, t, growing)
+                directions, eos_probs, points, active, t, growing)
             stopped = stop_codes > 0
             grows = growing & ~stopped
             points[active[grows], t + 1] = next_points[grows]
@@ -231,18 +254,19 @@ class BatchedTracker:
                 active = active[keep]
                 hidden_states = self.model.select_hidden_states(
                     hidden_states, keep)
-        return points, lengths, stops
+        return points, lengths, stops, first_directions
 
-    def _check_next_points(self, outputs, points, active, t, growing):
+    def _check_next_points(self, directions, eos_probs, points, active, t,
+                           growing):
         """Next point of each active streamline and its StopReason.
 
-        Returns (codes (n,), next_points (n, 3)); code 0 means the point is
-        added. Criteria are written from the lowest priority up, so that the
-        highest (EOS, then angle, then mask) wins. Streamlines not
-        ``growing`` (still replaying their prefix) get 0.
+        ``directions`` (n, 3) are unit vectors in voxel space and
+        ``eos_probs`` (n,) or None. Returns (codes (n,), next_points
+        (n, 3)); code 0 means the point is added. Criteria are written from
+        the lowest priority up, so that the highest (EOS, then angle, then
+        mask) wins. Streamlines not ``growing`` (still replaying their
+        prefix) get 0.
         """
-        directions, eos_probs = self.model.get_tracking_directions(
-            outputs, self.algo, self.generator)
         lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
         steps = directions * (self.step_size_mm
                               / lengths_mm.clamp(min=1e-12))[:, None]

@@ -77,11 +77,11 @@ def build_loader(dataset, loader_params, model, device):
 
 
 def build_trainer(model, experiments_path, experiment_name, sampler, loader,
-                  trainer_params, callbacks=()):
+                  trainer_params, callbacks=(), distributed=None):
     """A DWIMLTrainerOneInput from its saved parameters."""
     return DWIMLTrainerOneInput(model, experiments_path, experiment_name,
                                 sampler, loader, callbacks=callbacks,
-                                **trainer_params)
+                                distributed=distributed, **trainer_params)
 
 
 def check_model_matches_dataset(model, dataset, input_group):
