@@ -33,7 +33,8 @@ from dwi_ml.training.experiment_builder import (
 )
 
 
-def _build_parser():
+def build_parser():
+    """The argument parser of resume_training_from_checkpoint.py."""
     parser = make_parser(__doc__)
     parser.add_argument("experiments_path", help="Parent folder of experiments.")
     parser.add_argument("experiment_name", help="The experiment to continue.")
@@ -66,8 +67,16 @@ def _finished_message(trainer, experiment_dir):
 @script_entry_point
 def main(argv=None):
     """Entry point of resume_training_from_checkpoint.py."""
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     set_verbosity(args.verbose)
+    resume_from_args(args)
+
+
+def resume_from_args(args, callbacks=()):
+    """Rebuild the experiment from its folder and train on.
+
+    ``callbacks`` are added to the trainer's.
+    """
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     check_inputs_exist(experiment_dir, what="experiment")
     params = read_parameters(experiment_dir)
@@ -101,7 +110,8 @@ def main(argv=None):
     loader = build_loader(dataset, loader_params, model, device)
     trainer = build_trainer(model, args.experiments_path, args.experiment_name,
                             sampler, loader, {**trainer_params, "device": device},
-                            [comet] if comet else (), distributed)
+                            [*callbacks, comet] if comet else callbacks,
+                            distributed)
     trainer.load_checkpoint(state)
     if trainer.is_finished():
         cleanup_distributed()

@@ -1,0 +1,120 @@
+"""Real torch.distributed (gloo, 2 CPU processes under torchrun)."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from training_data import make_training_hdf5
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node=2"]
+
+
+@pytest.fixture(scope="module")
+def hdf5_file(tmp_path_factory):
+    return make_training_hdf5(str(tmp_path_factory.mktemp("ddp_data")))
+
+
+def _run(launcher, out_dir, mode, args, kill=(-1, -1), expect_ok=True):
+    os.makedirs(out_dir, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [*launcher, os.path.join(HERE, "ddp_train.py"), str(out_dir),
+         str(kill[0]), str(kill[1]), mode, *args],
+        capture_output=True, text=True, env=env, timeout=600)
+    if expect_ok:
+        assert process.returncode == 0, process.stderr[-3000:]
+    return process
+
+
+def _train_args(experiments, name, hdf5_file, max_epochs):
+    # Global batches of 40 streamlines: 20 per rank under torchrun.
+    return [str(experiments), name, hdf5_file, "input", "streamlines",
+            "--max_epochs", str(max_epochs), "--batch_size_training", "40",
+            "--batch_size_validation", "60", "--step_size", "1.5",
+            "--rnn_layer_sizes", "16", "--nb_previous_dirs", "1",
+            "--learning_rate", "0.01", "--seed", "5", "-v", "WARNING"]
+
+
+def _records(out_dir):
+    return [torch.load(os.path.join(out_dir, f"rank{rank}.pt"), weights_only=True)
+            for rank in range(2)]
+
+
+def _assert_equal_weights(weights_a, weights_b, exact=True):
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        if exact:
+            assert torch.equal(weights_a[key], weights_b[key]), key
+        else:
+            torch.testing.assert_close(weights_a[key], weights_b[key],
+                                       atol=2e-5, rtol=1e-4)
+
+
+def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
+                                                             hdf5_file):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    _run(TORCHRUN, tmp_path / "ddp", "train",
+         _train_args(experiments, "ddp", hdf5_file, 2))
+    rank0, rank1 = _records(tmp_path / "ddp")
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    _assert_equal_weights(rank0["weights"], rank1["weights"])
+    assert torch.equal(rank0["train_loss"], rank1["train_loss"])
+
+    # Rank 0 alone wrote: one set of outputs, no leftover temporary folder,
+    # and the logs are the (rank-averaged) values every rank computed.
+    folder = experiments / "ddp"
+    assert sorted(os.listdir(folder)) == ["best_model", "checkpoint", "logs",
+                                          "parameters.json"]
+    logged = np.load(folder / "logs" / "train_loss.npy")
+    assert np.array_equal(logged, rank0["train_loss"].numpy())
+    saved = torch.load(folder / "checkpoint" / "model" / "model_state.pt",
+                       weights_only=True)
+    _assert_equal_weights(saved, rank0["weights"])
+
+    # One process with the same global batch makes the same updates.
+    _run([sys.executable], tmp_path / "single", "train",
+         _train_args(experiments, "single", hdf5_file, 2))
+    single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
+    assert single["world_size"] == 1
+    _assert_equal_weights(single["weights"], rank0["weights"], exact=False)
+    np.testing.assert_allclose(single["train_loss"], rank0["train_loss"],
+                               rtol=1e-4)
+
+
+def test_ddp_kill_and_resume_continues(tmp_path, hdf5_file):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    _run(TORCHRUN, tmp_path / "straight", "train",
+         _train_args(experiments, "straight", hdf5_file, 3))
+    killed = _run(TORCHRUN, tmp_path / "killed", "train",
+                  _train_args(experiments, "killed", hdf5_file, 3),
+                  kill=(1, 1), expect_ok=False)
+    assert killed.returncode != 0
+    state = torch.load(experiments / "killed" / "checkpoint" /
+                       "checkpoint_state.pt", weights_only=True)
+    assert state["current_epoch"] == 1
+    shutil.copytree(experiments / "killed", experiments / "killed_one_rank")
+
+    # Same number of ranks: continues exactly.
+    _run(TORCHRUN, tmp_path / "resumed", "resume",
+         [str(experiments), "killed", "-v", "WARNING"])
+    straight, resumed = (_records(tmp_path / "straight")[0],
+                         _records(tmp_path / "resumed")[0])
+    _assert_equal_weights(straight["weights"], resumed["weights"])
+    assert np.array_equal(np.load(experiments / "straight" / "logs" /
+                                  "train_loss.npy"),
+                          np.load(experiments / "killed" / "logs" /
+                                  "train_loss.npy"))
+
+    # Another number of ranks: resumes and finishes the planned epochs.
+    _run([sys.executable], tmp_path / "one_rank", "resume",
+         [str(experiments), "killed_one_rank", "-v", "WARNING"])
+    one_rank = torch.load(tmp_path / "one_rank" / "rank0.pt", weights_only=True)
+    assert one_rank["world_size"] == 1 and len(one_rank["train_loss"]) == 3
+    _assert_equal_weights(one_rank["weights"], straight["weights"], exact=False)
