@@ -17,6 +17,7 @@ from dwi_ml.models.directions import (
     compute_last_previous_dirs,
     compute_previous_dirs,
 )
+from dwi_ml.training.trainer import combine_losses
 
 NB_FEATURES = 4
 LENGTHS = (5, 3, 7)
@@ -71,8 +72,10 @@ def test_output_shapes_and_loss(config):
     assert model.output_size == expected_width
     expected_rnn_out = 14 if model.use_skip_connection else 6
     assert model.direction_getter.input_size == expected_rnn_out
-    loss, n_points = model.compute_loss(outputs, streamlines)
+    losses, n_points = model.compute_loss(outputs, streamlines)
+    loss, named = combine_losses(losses)
     assert n_points == nb_rows and torch.isfinite(loss)
+    assert sorted(named) == (["direction", "eos"] if add_eos else [])
 
 
 def hand_previous_dirs(streamline, k, add_eos, normalize):
@@ -193,7 +196,8 @@ def test_a_few_optimisation_steps_reduce_the_loss():
     losses = []
     for _ in range(40):
         optimizer.zero_grad()
-        loss, _ = model.compute_loss(model(inputs, streamlines), streamlines)
+        loss, _ = combine_losses(model.compute_loss(model(inputs, streamlines),
+                                                    streamlines)[0])
         loss.backward()
         optimizer.step()
         losses.append(loss.item())

@@ -105,7 +105,10 @@ def build_parser():
     trainer.add_argument("--patience_delta", type=float, default=0.0)
     trainer.add_argument("--max_batches_per_epoch_training", type=int)
     trainer.add_argument("--max_batches_per_epoch_validation", type=int)
-    trainer.add_argument("--clip_grad", type=float, default=None)
+    trainer.add_argument("--clip_grad", type=float, default=None,
+                         help="Clip the gradients' total norm, once per update.")
+    trainer.add_argument("--grad_accumulation_steps", type=int, default=1,
+                         help="Update the weights every N batches.")
     trainer.add_argument("--mixed_precision", choices=("bf16", "fp16"),
                          help="Autocast on CUDA.")
 
@@ -123,7 +126,8 @@ _TRAINER_ARGS = (
     "optimizer", "learning_rate", "weight_decay", "momentum", "lr_scheduler",
     "lr_step_size", "lr_gamma", "max_epochs", "patience", "patience_delta",
     "max_batches_per_epoch_training", "max_batches_per_epoch_validation",
-    "clip_grad", "nb_workers", "device", "mixed_precision", "seed")
+    "clip_grad", "grad_accumulation_steps", "nb_workers", "device",
+    "mixed_precision", "seed")
 
 
 def _check_simple_args(args):

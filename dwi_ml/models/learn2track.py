@@ -224,11 +224,21 @@ class Learn2TrackModel(MainModelOneInput):
             From :meth:`forward`.
         streamlines : list of torch.Tensor (n_i, 3)
             The same (target) streamlines, voxel space, corner origin.
+
+        Returns
+        -------
+        losses : torch.Tensor, or dict
+            The mean loss; with EOS, the named terms ``{'direction': ...,
+            'eos': ...}`` whose sum is optimised (the trainer logs each).
+        n_points : int
         """
         target_dirs, eos_targets = compute_direction_targets(
             streamlines, self.add_eos)
-        return self.direction_getter.compute_loss(outputs, target_dirs,
-                                                  eos_targets)
+        losses, n_points = self.direction_getter.compute_named_losses(
+            outputs, target_dirs, eos_targets)
+        if self.add_eos:
+            return losses, n_points
+        return losses["direction"], n_points
 
     def get_tracking_directions(self, outputs, algo="det", generator=None):
         """Unit directions (N, 3) and EOS probabilities (N,) or None.

@@ -85,6 +85,7 @@ class BatchedTracker:
     affine : np.ndarray, shape (4, 4)
         Voxel-to-RAS mm affine of the input volume.
     tracking_mask : dwi_ml.tracking.stopping.TrackingMask
+        On ``device``.
     step_size_mm : float
     max_angle_deg : float
         Largest turn between two steps, degrees, measured in mm.
@@ -140,7 +141,7 @@ class BatchedTracker:
 
         Parameters
         ----------
-        seeds_vox_corner : np.ndarray or torch.Tensor, shape (N, 3)
+        seeds_vox_corner : np.ndarray, shape (N, 3)
             Voxel space, corner origin.
 
         Returns

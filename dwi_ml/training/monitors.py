@@ -125,3 +125,82 @@ class BestEpochTracker:
         self.best_loss = math.inf if best is None else float(best)
         self.best_epoch = int(state["best_epoch"])
         self.nb_bad_epochs = int(state["nb_bad_epochs"])
+
+
+PER_EPOCH_MONITORS = ("learning_rate", "train_time", "valid_time")
+
+
+class EpochMonitors(dict):
+    """All monitors of a trainer, by log name, created on first use.
+
+    Batch values come in as ``outputs`` dicts (``loss``, ``loss_NAME`` for
+    named losses, ``grad_norm``, ``grad_norm_after_clip``); they are
+    recorded under ``PHASE_loss``, ``PHASE_loss_NAME``,
+    ``grad_norm_before_clip`` and ``grad_norm_after_clip``. A monitor that
+    appears at epoch k gets NaN for the epochs before.
+    """
+
+    _OUTPUT_LOGS = {"grad_norm": "grad_norm_before_clip",
+                    "grad_norm_after_clip": "grad_norm_after_clip"}
+
+    def __init__(self):
+        super().__init__()
+        self.nb_epochs = 0
+        for name in ("train_loss", "valid_loss", "grad_norm_before_clip",
+                     "grad_norm_after_clip", *PER_EPOCH_MONITORS):
+            self.get_or_create(name)
+
+    def get_or_create(self, name):
+        """The monitor ``name``; a new one has NaN for past epochs."""
+        if name not in self:
+            monitor = BatchMeanMonitor(name, keep_batch_values=(
+                name == "train_loss"))
+            monitor.epoch_history = [math.nan] * self.nb_epochs
+            self[name] = monitor
+        return self[name]
+
+    def _batch_monitors(self, phase):
+        prefixes = (f"{phase}_loss",) + (
+            ("grad_norm",) if phase == "train" else ())
+        return [monitor for name, monitor in self.items()
+                if name.startswith(prefixes)]
+
+    def start_phase(self, phase):
+        """Reset the running means of 'train' or 'valid' monitors."""
+        for monitor in self._batch_monitors(phase):
+            monitor.start_epoch()
+
+    def record_batch(self, phase, outputs):
+        """Add one batch's outputs to the running means."""
+        for key, value in outputs.items():
+            if key.startswith("loss"):
+                self.get_or_create(f"{phase}_{key}").update(
+                    value, outputs["n_points"])
+            elif key in self._OUTPUT_LOGS:
+                self.get_or_create(self._OUTPUT_LOGS[key]).update(value)
+
+    def end_phase(self, phase):
+        """Close the epoch of every monitor of the phase."""
+        for monitor in self._batch_monitors(phase):
+            monitor.end_epoch()
+
+    def skip_phase(self, phase):
+        """Record NaN for a phase that did not run this epoch."""
+        for monitor in self._batch_monitors(phase):
+            monitor.set_epoch_value(math.nan)
+
+    def end_epoch(self):
+        """Count the epoch; return every monitor's value for it."""
+        self.nb_epochs += 1
+        return {name: monitor.epoch_history[-1]
+                for name, monitor in self.items()}
+
+    def state_dict(self):
+        """Every monitor's histories, by name."""
+        return {name: monitor.state_dict() for name, monitor in self.items()}
+
+    def load_state_dict(self, state):
+        """Restore (and create) the monitors saved by :meth:`state_dict`."""
+        for name, monitor_state in state.items():
+            self.get_or_create(name).load_state_dict(monitor_state)
+        self.nb_epochs = len(state["train_loss"]["epoch_history"])

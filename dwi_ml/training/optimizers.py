@@ -4,7 +4,7 @@ import torch
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 OPTIMIZER_CHOICES = ("Adam", "AdamW", "RAdam", "SGD")
-SCHEDULER_CHOICES = ("constant", "step", "cosine", "plateau")
+SCHEDULER_CHOICES = ("constant", "step", "cosine", "plateau", "onecycle")
 
 
 def create_optimizer(parameters, optimizer_name, learning_rate,
@@ -33,33 +33,95 @@ def create_optimizer(parameters, optimizer_name, learning_rate,
                            weight_decay=weight_decay)
 
 
-def create_scheduler(optimizer, scheduler_name, max_epochs, step_size=10,
-                     gamma=0.5, plateau_patience=5):
-    """Build an epoch-wise learning-rate scheduler by name.
+# Placeholders of a SchedulerFactory's arguments, filled by the trainer.
+MAX_EPOCHS = "{max_epochs}"
+STEPS_PER_EPOCH = "{steps_per_epoch}"
+
+
+class SchedulerFactory:
+    """Builds a ``torch.optim.lr_scheduler`` once the run's sizes are known.
+
+    Parameters
+    ----------
+    scheduler_class : type
+        E.g. ``torch.optim.lr_scheduler.OneCycleLR``.
+    step_every : "epoch" or "batch"
+        When the trainer steps it: after each epoch (with the epoch's loss
+        for ReduceLROnPlateau) or after each optimizer update.
+    **kwargs
+        Its arguments; the values ``MAX_EPOCHS`` and ``STEPS_PER_EPOCH`` are
+        replaced by the trainer's number of epochs and of optimizer updates
+        per epoch.
+
+    Examples
+    --------
+    >>> one_cycle = SchedulerFactory(torch.optim.lr_scheduler.OneCycleLR,
+    ...                              step_every="batch", max_lr=0.01,
+    ...                              epochs=MAX_EPOCHS,
+    ...                              steps_per_epoch=STEPS_PER_EPOCH)
+    """
+
+    def __init__(self, scheduler_class, step_every="epoch", **kwargs):
+        if step_every not in ("epoch", "batch"):
+            raise DwiMLUserError(
+                f"SchedulerFactory step_every: expected 'epoch' or 'batch', "
+                f"got '{step_every}'.")
+        self.scheduler_class = scheduler_class
+        self.step_every = step_every
+        self.kwargs = kwargs
+
+    def __call__(self, optimizer, max_epochs, steps_per_epoch):
+        """The scheduler of ``optimizer``, placeholders filled."""
+        values = {MAX_EPOCHS: max_epochs, STEPS_PER_EPOCH: steps_per_epoch}
+        kwargs = {key: values.get(value, value) if isinstance(value, str)
+                  else value for key, value in self.kwargs.items()}
+        return self.scheduler_class(optimizer, **kwargs)
+
+    def __repr__(self):
+        return f"{self.scheduler_class.__name__}(step_every={self.step_every})"
+
+
+def scheduler_factory_from_name(scheduler_name, learning_rate, step_size=10,
+                                gamma=0.5, plateau_patience=5):
+    """The factory of a named scheduler.
 
     ``constant`` keeps the learning rate, ``step`` multiplies it by
     ``gamma`` every ``step_size`` epochs, ``cosine`` anneals it to zero
-    over ``max_epochs`` and ``plateau`` divides it when the validation loss
-    stops improving for ``plateau_patience`` epochs.
+    over the run, ``plateau`` divides it when the validation loss stops
+    improving for ``plateau_patience`` epochs, and ``onecycle`` warms up to
+    ``learning_rate`` then anneals, stepping after every update.
     """
-    if scheduler_name not in SCHEDULER_CHOICES:
+    schedulers = torch.optim.lr_scheduler
+    factories = {
+        "constant": SchedulerFactory(schedulers.ConstantLR, factor=1.0,
+                                     total_iters=0),
+        "step": SchedulerFactory(schedulers.StepLR, step_size=step_size,
+                                 gamma=gamma),
+        "cosine": SchedulerFactory(schedulers.CosineAnnealingLR,
+                                   T_max=MAX_EPOCHS),
+        "plateau": SchedulerFactory(schedulers.ReduceLROnPlateau,
+                                    factor=gamma, patience=plateau_patience),
+        "onecycle": SchedulerFactory(schedulers.OneCycleLR, step_every="batch",
+                                     max_lr=learning_rate, epochs=MAX_EPOCHS,
+                                     steps_per_epoch=STEPS_PER_EPOCH),
+    }
+    if scheduler_name not in factories:
         raise DwiMLUserError(
             f"lr_scheduler: expected one of {', '.join(SCHEDULER_CHOICES)}, "
             f"got '{scheduler_name}'.")
-    schedulers = torch.optim.lr_scheduler
-    if scheduler_name == "constant":
-        return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if scheduler_name == "step":
-        return schedulers.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    if scheduler_name == "cosine":
-        return schedulers.CosineAnnealingLR(optimizer, T_max=max_epochs)
-    return schedulers.ReduceLROnPlateau(optimizer, factor=gamma,
-                                        patience=plateau_patience)
+    return factories[scheduler_name]
 
 
-def step_scheduler(scheduler, epoch_loss):
-    """Advance an epoch-wise scheduler; plateau schedulers need the loss."""
+def step_scheduler(scheduler, epoch_loss=None):
+    """Advance a scheduler; plateau schedulers need the epoch's loss.
+
+    A per-batch scheduler with a fixed number of steps (OneCycleLR) stays
+    at its last value once its steps are spent, instead of failing.
+    """
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(epoch_loss)
-    else:
-        scheduler.step()
+        return
+    total_steps = getattr(scheduler, "total_steps", None)
+    if total_steps is not None and scheduler.last_epoch + 1 >= total_steps:
+        return
+    scheduler.step()

@@ -1,19 +1,20 @@
-"""DWIMLAbstractTrainer: the epoch loop, best model, checkpoints and resume.
+"""DWIMLAbstractTrainer: the epoch loop of dwi_ml.
 
-``train_and_validate`` reads like the pseudocode of docs/training.md::
+``train_and_validate`` reads like the pseudocode of the docs::
 
     for each epoch until max_epochs or patience:
-        train_one_epoch      (run_one_batch, back_propagation per batch)
-        validate_one_epoch   (run_one_batch per batch, no gradients)
+        train_one_epoch      (per batch: run_one_batch, back_propagation,
+                              optimizer_step every grad_accumulation_steps)
+        validate_one_epoch   (per batch: run_one_batch, no gradients)
         end_epoch            (monitors, LR scheduler, best epoch)
         save_best_model      (if this epoch is the best)
         save_checkpoint
 
 Every step is a method a model author can override. Progress bars, the NaN
-check, the ``.npy`` logs and the log line are callbacks
-(:mod:`dwi_ml.training.callbacks`).
+check, the ``.npy`` logs, Comet and the log line are callbacks
+(:mod:`dwi_ml.training.callbacks`). Saving and resuming live in
+:mod:`dwi_ml.training.trainer_checkpointing`.
 """
-import logging
 import math
 import os
 import time
@@ -22,7 +23,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dwi_ml.batching.dataloaders import make_dataloader
-from dwi_ml.io_utils.atomic import atomic_output_folder
 from dwi_ml.training.callbacks import (
     CallbackList,
     EpochSummaryCallback,
@@ -30,40 +30,32 @@ from dwi_ml.training.callbacks import (
     NpyLoggerCallback,
     ProgressBarCallback,
 )
-from dwi_ml.training.checkpoint_io import (
-    BEST_MODEL_DIR,
-    CHECKPOINT_DIR,
-    LOGS_DIR,
-    load_checkpoint_state,
-    write_json_atomic,
-)
-from dwi_ml.training.distributed import (
-    all_gather_objects,
-    all_reduce_sum,
-    barrier,
-    current_context,
-)
-from dwi_ml.training.monitors import BatchMeanMonitor, BestEpochTracker
+from dwi_ml.training.checkpoint_io import LOGS_DIR
+from dwi_ml.training.distributed import all_reduce_sum, current_context
+from dwi_ml.training.monitors import BestEpochTracker, EpochMonitors
 from dwi_ml.training.optimizers import (
+    SchedulerFactory,
     create_optimizer,
-    create_scheduler,
+    scheduler_factory_from_name,
     step_scheduler,
 )
-from dwi_ml.training.random_states import (
-    get_global_random_states,
-    seed_everything,
-    set_global_random_states,
-)
+from dwi_ml.training.random_states import seed_everything
 from dwi_ml.training.trainer_args import check_trainer_args
-
-logger = logging.getLogger(__name__)
-
-EPOCH_MONITORS = ("train_loss", "valid_loss", "grad_norm_before_clip",
-                  "grad_norm_after_clip", "learning_rate", "train_time",
-                  "valid_time")
+from dwi_ml.training.trainer_checkpointing import TrainerCheckpointing
 
 
-class DWIMLAbstractTrainer:
+def combine_losses(losses):
+    """``(total, named)`` from a loss tensor or a dict of named losses.
+
+    The total of a dict is the sum of its values; ``named`` maps each name
+    to its tensor (empty for a single tensor).
+    """
+    if isinstance(losses, dict):
+        return sum(losses.values()), dict(losses)
+    return losses, {}
+
+
+class DWIMLAbstractTrainer(TrainerCheckpointing):
     """Trains a dwi_ml model with a BatchSampler and a BatchLoader.
 
     Parameters
@@ -79,9 +71,10 @@ class DWIMLAbstractTrainer:
     optimizer : str
         'Adam', 'AdamW', 'RAdam' or 'SGD' (with ``momentum``).
     learning_rate, weight_decay, momentum : float
-    lr_scheduler : str
+    lr_scheduler : str or SchedulerFactory
         'constant', 'step' (``lr_step_size`` epochs, ``lr_gamma``),
-        'cosine' or 'plateau'.
+        'cosine', 'plateau', 'onecycle', or any
+        :class:`~dwi_ml.training.optimizers.SchedulerFactory`.
     max_epochs : int
     patience : int or None
         Stop after this many epochs without improvement of the validation
@@ -91,7 +84,11 @@ class DWIMLAbstractTrainer:
     max_batches_per_epoch_training, max_batches_per_epoch_validation : int
         Cap on the batches per epoch (None: the whole epoch).
     clip_grad : float or None
-        Clip the gradients' total norm to this value.
+        Clip the gradients' total norm to this value, once per update.
+    grad_accumulation_steps : int
+        Update the weights every N batches, with each batch's loss scaled
+        by 1/N: N batches of equal numbers of points then give the update
+        of one batch N times bigger.
     nb_workers : int
         DataLoader worker processes.
     device : str
@@ -99,7 +96,7 @@ class DWIMLAbstractTrainer:
     mixed_precision : None, 'bf16' or 'fp16'
         Autocast on CUDA; fp16 uses a gradient scaler.
     seed : int
-        Seeds torch's global generator (dropout, initialisation).
+        Seeds torch's global generator (dropout).
     callbacks : list of Callback
         Added after the default ones (progress, NaN check, logs).
     distributed : DistributedContext or None
@@ -117,8 +114,9 @@ class DWIMLAbstractTrainer:
                  max_epochs=10, patience=None, patience_delta=0.0,
                  max_batches_per_epoch_training=None,
                  max_batches_per_epoch_validation=None, clip_grad=None,
-                 nb_workers=0, device="cpu", mixed_precision=None, seed=1234,
-                 callbacks=(), distributed=None):
+                 grad_accumulation_steps=1, nb_workers=0, device="cpu",
+                 mixed_precision=None, seed=1234, callbacks=(),
+                 distributed=None):
         check_trainer_args(locals())
         self.model = model
         self.experiment_dir = os.path.join(experiments_path, experiment_name)
@@ -130,13 +128,15 @@ class DWIMLAbstractTrainer:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.momentum = momentum
-        self.lr_scheduler_name = lr_scheduler
+        self.lr_scheduler_name = (lr_scheduler if isinstance(lr_scheduler, str)
+                                  else repr(lr_scheduler))
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
         self.max_epochs = max_epochs
         self.max_batches = {"training": max_batches_per_epoch_training,
                             "validation": max_batches_per_epoch_validation}
         self.clip_grad = clip_grad
+        self.grad_accumulation_steps = int(grad_accumulation_steps)
         self.nb_workers = nb_workers
         self.device = torch.device(device)
         self.mixed_precision = (mixed_precision if self.device.type == "cuda"
@@ -154,17 +154,19 @@ class DWIMLAbstractTrainer:
         self.optimizer = create_optimizer(
             self.model.parameters(), optimizer, learning_rate, weight_decay,
             momentum)
-        self.scheduler = create_scheduler(self.optimizer, lr_scheduler,
-                                          max_epochs, lr_step_size, lr_gamma)
+        self.scheduler_factory = (
+            lr_scheduler if isinstance(lr_scheduler, SchedulerFactory)
+            else scheduler_factory_from_name(lr_scheduler, learning_rate,
+                                             lr_step_size, lr_gamma))
+        self.scheduler = self.scheduler_factory(
+            self.optimizer, max_epochs, self._updates_per_epoch())
         self.grad_scaler = torch.amp.GradScaler(
             "cuda", enabled=self.mixed_precision == "fp16")
         self.dataloader_generator = torch.Generator().manual_seed(seed)
 
         self.use_validation = self._has_validation_data()
         self.best_tracker = BestEpochTracker(patience, patience_delta)
-        self.monitors = {name: BatchMeanMonitor(
-            name, keep_batch_values=(name == "train_loss"))
-            for name in EPOCH_MONITORS}
+        self.monitors = EpochMonitors()
         self.callbacks = CallbackList([ProgressBarCallback(),
                                        NanCheckCallback(),
                                        NpyLoggerCallback(),
@@ -179,8 +181,6 @@ class DWIMLAbstractTrainer:
         """Only the main process (rank 0) writes files."""
         return self.distributed.is_main_process
 
-    # ------------------------------------------------------------------
-    # Folders and parameters
     @property
     def logs_dir(self):
         """``EXPERIMENT/logs``, created on first use."""
@@ -202,22 +202,11 @@ class DWIMLAbstractTrainer:
             "patience_delta": self.best_tracker.patience_delta,
             "max_batches_per_epoch_training": self.max_batches["training"],
             "max_batches_per_epoch_validation": self.max_batches["validation"],
-            "clip_grad": self.clip_grad, "nb_workers": self.nb_workers,
-            "device": str(self.device),
+            "clip_grad": self.clip_grad,
+            "grad_accumulation_steps": self.grad_accumulation_steps,
+            "nb_workers": self.nb_workers, "device": str(self.device),
             "mixed_precision": self.mixed_precision, "seed": self.seed,
         }
-
-    def save_parameters(self, extra_params=None):
-        """Write ``parameters.json``: trainer, model and ``extra_params``."""
-        if not self.is_main_process:
-            return
-        params = {"trainer": self.params_for_checkpoint,
-                  "model_type": type(self.model).__name__,
-                  "model": self.model.params_for_checkpoint,
-                  **(extra_params or {})}
-        os.makedirs(self.experiment_dir, exist_ok=True)
-        write_json_atomic(os.path.join(self.experiment_dir,
-                                       "parameters.json"), params)
 
     # ------------------------------------------------------------------
     # The loop
@@ -267,15 +256,14 @@ class DWIMLAbstractTrainer:
     def nb_batches(self, phase):
         """Number of batches of this epoch for phase 'train' or 'valid'."""
         context = "training" if phase == "train" else "validation"
-        total = len(self._dataloaders[context])
+        self.batch_sampler.set_context(context)
+        total = len(self.batch_sampler)
         cap = self.max_batches[context]
         return total if cap is None else min(total, cap)
 
     def iterate_batches(self, context, epoch):
         """Yield the epoch's batches of ``context``, up to the cap."""
         self.batch_sampler.set_epoch(epoch)
-        if hasattr(self.batch_loader, "set_epoch"):
-            self.batch_loader.set_epoch(epoch)
         cap = self.max_batches[context]
         for batch_index, batch in enumerate(self._dataloaders[context]):
             if cap is not None and batch_index >= cap:
@@ -286,61 +274,69 @@ class DWIMLAbstractTrainer:
     def train_one_epoch(self, epoch):
         """Train on every batch of the epoch."""
         self.model.train()
-        for name in ("train_loss", "grad_norm_before_clip",
-                     "grad_norm_after_clip"):
-            self.monitors[name].start_epoch()
+        self.monitors.start_phase("train")
         self.monitors["learning_rate"].set_epoch_value(
             self.optimizer.param_groups[0]["lr"])
+        nb_batches = self.nb_batches("train")
+        self.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter()
         for batch in self.iterate_batches("training", epoch):
             self.callbacks.on_train_batch_start(self, batch)
             with self.autocast():
-                loss, n_points = self.run_one_batch(batch)
-            mean_loss, total_points = self.reduce_over_ranks(loss, n_points)
-            grad_norm, clipped_norm = self.back_propagation(
-                self.weight_loss_for_ranks(loss, n_points, total_points))
-            outputs = {"loss": mean_loss, "n_points": total_points,
-                       "grad_norm": grad_norm,
-                       "grad_norm_after_clip": clipped_norm}
-            self.record_train_batch(outputs)
+                losses, n_points = self.run_one_batch(batch)
+            loss, outputs = self.reduce_losses(losses, n_points)
+            group_size = self.accumulation_group_size(nb_batches)
+            self.back_propagation(self.weight_loss_for_ranks(
+                loss, n_points, outputs["n_points"]) / group_size)
+            if self.is_update_step(nb_batches):
+                outputs.update(self.optimizer_step())
+            self.monitors.record_batch("train", outputs)
             self.callbacks.on_train_batch_end(self, batch, outputs)
         self.monitors["train_time"].set_epoch_value(time.perf_counter() - start)
 
     def validate_one_epoch(self, epoch):
-        """Compute the validation loss on every batch, without gradients."""
+        """Compute the validation losses on every batch, without gradients."""
         self.model.eval()
-        self.monitors["valid_loss"].start_epoch()
+        self.monitors.start_phase("valid")
         start = time.perf_counter()
         with torch.no_grad():
             for batch in self.iterate_batches("validation", epoch):
                 with self.autocast():
-                    loss, n_points = self.run_one_batch(batch)
-                mean_loss, total_points = self.reduce_over_ranks(loss, n_points)
-                outputs = {"loss": mean_loss, "n_points": total_points}
-                self.monitors["valid_loss"].update(mean_loss, total_points)
+                    losses, n_points = self.run_one_batch(batch)
+                _, outputs = self.reduce_losses(losses, n_points)
+                self.monitors.record_batch("valid", outputs)
                 self.callbacks.on_validation_batch_end(self, batch, outputs)
         self.monitors["valid_time"].set_epoch_value(time.perf_counter() - start)
 
     def run_one_batch(self, batch):
-        """Forward one batch; return ``(mean_loss tensor, n_points)``.
+        """Forward one batch; return ``(losses, n_points)``.
 
+        ``losses`` is the mean loss tensor, or a dict of named mean loss
+        tensors whose sum is optimised (each is logged as ``loss_NAME``).
         Abstract: ``DWIMLTrainerOneInput`` implements it for one-input
-        models.
+        models. Call ``self.forward_model`` (the DDP-wrapped model under
+        torchrun) for the forward pass.
         """
         raise NotImplementedError
 
-    def reduce_over_ranks(self, loss, n_points):
-        """Mean loss and number of points of the batch over all ranks.
+    def reduce_losses(self, losses, n_points):
+        """The total loss tensor, and the batch's outputs for the logs.
 
-        Alone, ``(loss.item(), n_points)``; under torchrun, the
-        points-weighted mean of every rank's loss, so logs and stopping
+        Outputs hold ``loss``, ``loss_NAME`` per named loss and
+        ``n_points``. Alone they are this batch's values; under torchrun,
+        the points-weighted means over all ranks, so that logs and stopping
         decisions are the same on every rank.
         """
-        if not self.distributed.is_distributed:
-            return loss.item(), int(n_points)
-        weighted, total = all_reduce_sum(
-            [loss.item() * int(n_points), int(n_points)], self.device)
-        return weighted / total, int(total)
+        loss, named = combine_losses(losses)
+        values = {"loss": loss.item(),
+                  **{f"loss_{name}": value.item() for name, value in named.items()}}
+        n_points = int(n_points)
+        if self.distributed.is_distributed:
+            sums = all_reduce_sum([v * n_points for v in values.values()]
+                                  + [n_points], self.device)
+            n_points = int(sums[-1])
+            values = {key: total / n_points for key, total in zip(values, sums)}
+        return loss, {**values, "n_points": n_points}
 
     def weight_loss_for_ranks(self, loss, n_points, total_points):
         """Scale a rank's mean loss so DDP's gradient average is the global one.
@@ -354,10 +350,29 @@ class DWIMLAbstractTrainer:
         return loss * (self.distributed.world_size * int(n_points)
                        / total_points)
 
+    def accumulation_group_size(self, nb_batches):
+        """Batches in the current accumulation group (fewer at epoch end)."""
+        steps = self.grad_accumulation_steps
+        group_start = self.batch_index - self.batch_index % steps
+        return min(steps, nb_batches - group_start)
+
+    def is_update_step(self, nb_batches):
+        """True on the last batch of an accumulation group."""
+        return ((self.batch_index + 1) % self.grad_accumulation_steps == 0
+                or self.batch_index + 1 == nb_batches)
+
     def back_propagation(self, loss):
-        """Backward, clip and step; return grad norms before/after clipping."""
-        self.optimizer.zero_grad(set_to_none=True)
+        """Accumulate the gradients of ``loss``."""
         self.grad_scaler.scale(loss).backward()
+
+    def optimizer_step(self):
+        """Clip, update the weights, zero the gradients, step per-batch LR.
+
+        Returns
+        -------
+        dict
+            ``grad_norm`` (before clipping) and ``grad_norm_after_clip``.
+        """
         self.grad_scaler.unscale_(self.optimizer)
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.clip_grad if self.clip_grad is not None else math.inf
@@ -366,14 +381,10 @@ class DWIMLAbstractTrainer:
             torch.nn.utils.get_total_norm([p.grad for p in parameters]))
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
-        return grad_norm, clipped_norm
-
-    def record_train_batch(self, outputs):
-        """Update the training monitors with one batch's outputs."""
-        self.monitors["train_loss"].update(outputs["loss"], outputs["n_points"])
-        self.monitors["grad_norm_before_clip"].update(outputs["grad_norm"])
-        self.monitors["grad_norm_after_clip"].update(
-            outputs["grad_norm_after_clip"])
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler_factory.step_every == "batch":
+            step_scheduler(self.scheduler)
+        return {"grad_norm": grad_norm, "grad_norm_after_clip": clipped_norm}
 
     def end_epoch(self, epoch):
         """Close the monitors, step the scheduler, update the best epoch.
@@ -384,18 +395,16 @@ class DWIMLAbstractTrainer:
             This epoch's value of every monitor.
         is_best : bool
         """
-        for name in ("train_loss", "grad_norm_before_clip",
-                     "grad_norm_after_clip"):
-            self.monitors[name].end_epoch()
+        self.monitors.end_phase("train")
         if self.use_validation:
-            self.monitors["valid_loss"].end_epoch()
+            self.monitors.end_phase("valid")
         else:
-            self.monitors["valid_loss"].set_epoch_value(math.nan)
+            self.monitors.skip_phase("valid")
             self.monitors["valid_time"].set_epoch_value(0.0)
-        epoch_logs = {name: monitor.epoch_history[-1]
-                      for name, monitor in self.monitors.items()}
+        epoch_logs = self.monitors.end_epoch()
         loss = epoch_logs["valid_loss" if self.use_validation else "train_loss"]
-        step_scheduler(self.scheduler, loss)
+        if self.scheduler_factory.step_every == "epoch":
+            step_scheduler(self.scheduler, loss)
         is_best = self.best_tracker.update(loss, epoch)
         return epoch_logs, is_best
 
@@ -406,84 +415,14 @@ class DWIMLAbstractTrainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype,
                               enabled=dtype is not None)
 
-    # ------------------------------------------------------------------
-    # Saving and resuming
-    def save_best_model(self):
-        """Write ``best_model/`` (model params and state, epoch and loss)."""
-        if not self.is_main_process:
-            return
-        path = os.path.join(self.experiment_dir, BEST_MODEL_DIR)
-        with atomic_output_folder(path) as tmp_dir:
-            self.model.save_params_and_state(tmp_dir)
-            write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
-                "epoch": self.best_tracker.best_epoch,
-                "loss": self.best_tracker.best_loss})
-
-    def checkpoint_state(self):
-        """Everything needed to continue exactly, as tensors and lists."""
-        state = {
-            "current_epoch": self.current_epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.grad_scaler.state_dict(),
-            # One entry per rank: each resumes its own streams.
-            "random_states": all_gather_objects(get_global_random_states()),
-            "dataloader_generator": all_gather_objects(
-                self.dataloader_generator.get_state()),
-            "sampler": self.batch_sampler.state_dict(),
-            "loader": (self.batch_loader.state_dict()
-                       if hasattr(self.batch_loader, "state_dict") else {}),
-            "monitors": {name: monitor.state_dict()
-                         for name, monitor in self.monitors.items()},
-            "best": self.best_tracker.state_dict(),
-            "callbacks": self.callbacks.state_dict(),
-            "comet_key": getattr(self, "comet_key", None),
-        }
-        self.callbacks.on_checkpoint_save(self, state)
-        return state
-
-    def save_checkpoint(self):
-        """Write ``checkpoint/`` atomically: a kill keeps the previous one."""
-        state = self.checkpoint_state()
-        if self.is_main_process:
-            path = os.path.join(self.experiment_dir, CHECKPOINT_DIR)
-            with atomic_output_folder(path) as tmp_dir:
-                self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
-                torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
-        barrier()
-
-    def load_checkpoint(self, state=None):
-        """Restore the state saved by :meth:`save_checkpoint`.
-
-        The model weights are loaded separately, when the model is rebuilt
-        (see :func:`dwi_ml.training.checkpoint_io.load_checkpoint_model`).
-        """
-        if state is None:
-            state = load_checkpoint_state(self.experiment_dir)
-        self.current_epoch = int(state["current_epoch"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
-        set_global_random_states(self._own_rank_entry(state["random_states"]))
-        self.dataloader_generator.set_state(
-            self._own_rank_entry(state["dataloader_generator"]))
-        self.batch_sampler.load_state_dict(state["sampler"])
-        if hasattr(self.batch_loader, "load_state_dict"):
-            self.batch_loader.load_state_dict(state["loader"])
-        for name, monitor in self.monitors.items():
-            monitor.load_state_dict(state["monitors"][name])
-        patience = self.best_tracker.patience
-        self.best_tracker.load_state_dict(state["best"])
-        self.best_tracker.patience = patience
-        self.callbacks.load_state_dict(state["callbacks"])
-        self.comet_key = state.get("comet_key")
-        self.callbacks.on_checkpoint_load(self, state)
-
-    def _own_rank_entry(self, per_rank):
-        """This rank's saved entry; rank 0's if the number of ranks changed."""
-        if len(per_rank) == self.distributed.world_size:
-            return per_rank[self.distributed.rank]
-        return per_rank[0]
+    def _updates_per_epoch(self):
+        """Optimizer updates in a training epoch (for per-batch schedulers)."""
+        self.batch_sampler.set_context("training")
+        nb_batches = len(self.batch_sampler)
+        cap = self.max_batches["training"]
+        if cap is not None:
+            nb_batches = min(nb_batches, cap)
+        return max(1, math.ceil(nb_batches / self.grad_accumulation_steps))
 
     def _has_validation_data(self):
         subset = getattr(self.batch_sampler.dataset, "validation_set", None)

@@ -21,6 +21,8 @@ def check_trainer_args(args):
     _check_positive("patience", args["patience"], allow_none=True,
                     integer=True)
     _check_positive("clip_grad", args["clip_grad"], allow_none=True)
+    _check_positive("grad_accumulation_steps", args["grad_accumulation_steps"],
+                    integer=True)
     for key in ("max_batches_per_epoch_training",
                 "max_batches_per_epoch_validation"):
         _check_positive(key, args[key], allow_none=True, integer=True)

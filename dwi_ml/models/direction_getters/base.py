@@ -98,19 +98,31 @@ class AbstractDirectionGetter(torch.nn.Module):
         mean_loss : torch.Tensor (scalar)
         n_points : int
         """
+        losses, n_points = self.compute_named_losses(outputs, target_dirs,
+                                                     eos_targets)
+        return sum(losses.values()), n_points
+
+    def compute_named_losses(self, outputs, target_dirs, eos_targets=None):
+        """The loss split by term: ``{'direction': ..., 'eos': ...}``.
+
+        Same arguments as :meth:`compute_loss`. Each term is a mean over the
+        M points, so their sum is :meth:`compute_loss`'s; ``eos`` (already
+        weighted by ``eos_weight``) is present only with ``add_eos``.
+        """
         # Under mixed precision the outputs may be float16, in which exp()
         # of a log-sigma or log-kappa overflows: losses are float32.
         dir_outputs, eos_logits = self.split_eos(outputs.float())
         losses = self.compute_direction_losses(dir_outputs,
                                                target_dirs.float())
-        if self.add_eos:
-            if eos_targets is None:
-                raise ValueError("eos_targets are required with add_eos.")
-            eos_targets = eos_targets.float()
-            eos_losses = F.binary_cross_entropy_with_logits(
-                eos_logits, eos_targets, reduction="none")
-            losses = (1 - eos_targets) * losses + self.eos_weight * eos_losses
-        return losses.mean(), len(losses)
+        if not self.add_eos:
+            return {"direction": losses.mean()}, len(losses)
+        if eos_targets is None:
+            raise ValueError("eos_targets are required with add_eos.")
+        eos_targets = eos_targets.float()
+        eos_losses = F.binary_cross_entropy_with_logits(
+            eos_logits, eos_targets, reduction="none")
+        return {"direction": ((1 - eos_targets) * losses).mean(),
+                "eos": self.eos_weight * eos_losses.mean()}, len(losses)
 
     def get_det_directions(self, dir_outputs):
         """Most likely unit direction of each point, (N, 3)."""

@@ -1,0 +1,115 @@
+"""Saving and resuming a trainer: best model, checkpoint, parameters.json.
+
+Mixed into :class:`~dwi_ml.training.trainer.DWIMLAbstractTrainer`. Only the
+main process writes; every process takes part in gathering the per-rank
+random states. Checkpoints hold tensors and plain Python only, so they load
+with ``torch.load(weights_only=True)``.
+"""
+import os
+
+import torch
+
+from dwi_ml.io_utils.atomic import atomic_output_folder
+from dwi_ml.training.checkpoint_io import (
+    BEST_MODEL_DIR,
+    CHECKPOINT_DIR,
+    PARAMETERS_FILE,
+    load_checkpoint_state,
+    write_json_atomic,
+)
+from dwi_ml.training.distributed import all_gather_objects, barrier
+from dwi_ml.training.random_states import (
+    get_global_random_states,
+    set_global_random_states,
+)
+
+
+class TrainerCheckpointing:
+    """best_model/, checkpoint/ and parameters.json of a trainer."""
+
+    def save_parameters(self, extra_params=None):
+        """Write ``parameters.json``: trainer, model and ``extra_params``."""
+        if not self.is_main_process:
+            return
+        params = {"trainer": self.params_for_checkpoint,
+                  "model_type": type(self.model).__name__,
+                  "model": self.model.params_for_checkpoint,
+                  **(extra_params or {})}
+        os.makedirs(self.experiment_dir, exist_ok=True)
+        write_json_atomic(os.path.join(self.experiment_dir,
+                                       PARAMETERS_FILE), params)
+
+    def save_best_model(self):
+        """Write ``best_model/`` (model params and state, epoch and loss)."""
+        if not self.is_main_process:
+            return
+        path = os.path.join(self.experiment_dir, BEST_MODEL_DIR)
+        with atomic_output_folder(path) as tmp_dir:
+            self.model.save_params_and_state(tmp_dir)
+            write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
+                "epoch": self.best_tracker.best_epoch,
+                "loss": self.best_tracker.best_loss})
+
+    def checkpoint_state(self):
+        """Everything needed to continue exactly, as tensors and lists."""
+        state = {
+            "current_epoch": self.current_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            # One entry per rank: each resumes its own streams.
+            "random_states": all_gather_objects(get_global_random_states()),
+            "dataloader_generator": all_gather_objects(
+                self.dataloader_generator.get_state()),
+            "sampler": self.batch_sampler.state_dict(),
+            "loader": (self.batch_loader.state_dict()
+                       if hasattr(self.batch_loader, "state_dict") else {}),
+            "monitors": self.monitors.state_dict(),
+            "best": self.best_tracker.state_dict(),
+            "callbacks": self.callbacks.state_dict(),
+            "comet_key": getattr(self, "comet_key", None),
+        }
+        self.callbacks.on_checkpoint_save(self, state)
+        return state
+
+    def save_checkpoint(self):
+        """Write ``checkpoint/`` atomically: a kill keeps the previous one."""
+        state = self.checkpoint_state()
+        if self.is_main_process:
+            path = os.path.join(self.experiment_dir, CHECKPOINT_DIR)
+            with atomic_output_folder(path) as tmp_dir:
+                self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
+                torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
+        barrier()
+
+    def load_checkpoint(self, state=None):
+        """Restore the state saved by :meth:`save_checkpoint`.
+
+        The model weights are loaded separately, when the model is rebuilt
+        (see :func:`dwi_ml.training.checkpoint_io.load_checkpoint_model`).
+        """
+        if state is None:
+            state = load_checkpoint_state(self.experiment_dir)
+        self.current_epoch = int(state["current_epoch"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        set_global_random_states(self._own_rank_entry(state["random_states"]))
+        self.dataloader_generator.set_state(
+            self._own_rank_entry(state["dataloader_generator"]))
+        self.batch_sampler.load_state_dict(state["sampler"])
+        if hasattr(self.batch_loader, "load_state_dict"):
+            self.batch_loader.load_state_dict(state["loader"])
+        self.monitors.load_state_dict(state["monitors"])
+        patience = self.best_tracker.patience
+        self.best_tracker.load_state_dict(state["best"])
+        self.best_tracker.patience = patience
+        self.callbacks.load_state_dict(state["callbacks"])
+        self.comet_key = state.get("comet_key")
+        self.callbacks.on_checkpoint_load(self, state)
+
+    def _own_rank_entry(self, per_rank):
+        """This rank's saved entry; rank 0's if the number of ranks changed."""
+        if len(per_rank) == self.distributed.world_size:
+            return per_rank[self.distributed.rank]
+        return per_rank[0]
