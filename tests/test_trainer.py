@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from training_data import make_training_hdf5
+from training_data import make_trainer, make_training_hdf5
 
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -15,9 +15,6 @@ from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.callbacks import Callback, TrainingAbortedError
 from dwi_ml.training.experiment_builder import (
     build_dataset,
-    build_loader,
-    build_sampler,
-    build_trainer,
 )
 
 
@@ -31,24 +28,8 @@ def dataset(hdf5_file):
     return build_dataset({"hdf5_file": hdf5_file, "lazy": False})
 
 
-def _make_trainer(dataset, experiments, name="exp", callbacks=(), **trainer_params):
-    torch.manual_seed(0)
-    model = Learn2TrackModel(name, nb_features=dataset.nb_features[0],
-                             step_size=1.5, rnn_layer_sizes=[16])
-    sampler = build_sampler(dataset, {
-        "streamline_group": "streamlines", "batch_size_training": 40,
-        "batch_size_validation": 60, "batch_size_units": "nb_streamlines",
-        "seed": 3})
-    loader = build_loader(dataset, {"streamline_group": "streamlines",
-                                    "input_group": "input", "seed": 3},
-                          model, "cpu")
-    params = {"max_epochs": 3, "learning_rate": 0.005, **trainer_params}
-    return build_trainer(model, str(experiments), name, sampler, loader,
-                         params, callbacks)
-
-
 def test_experiment_folder_logs_and_best_model(tmp_path, dataset):
-    trainer = _make_trainer(dataset, tmp_path, clip_grad=0.1)
+    trainer = make_trainer(dataset, tmp_path, clip_grad=0.1)
     trainer.save_parameters({"note": "test"})
     trainer.train_and_validate()
     folder = tmp_path / "exp"
@@ -86,7 +67,7 @@ def test_experiment_folder_logs_and_best_model(tmp_path, dataset):
 
 def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
     # A learning rate of ~0 never improves by more than patience_delta.
-    trainer = _make_trainer(dataset, tmp_path, learning_rate=1e-12,
+    trainer = make_trainer(dataset, tmp_path, learning_rate=1e-12,
                             max_epochs=10, patience=2, patience_delta=1.0)
     trainer.train_and_validate()
     assert trainer.current_epoch == 3
@@ -97,7 +78,7 @@ def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
                                        with_validation=False)
     dataset_no_valid = build_dataset({"hdf5_file": hdf5_no_valid,
                                       "lazy": True})
-    trainer = _make_trainer(dataset_no_valid, tmp_path, name="no_valid",
+    trainer = make_trainer(dataset_no_valid, tmp_path, name="no_valid",
                             max_epochs=2)
     assert not trainer.use_validation
     trainer.train_and_validate()
@@ -122,7 +103,7 @@ class _PoisonWeights(Callback):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, dataset):
-    trainer = _make_trainer(dataset, tmp_path, callbacks=[_PoisonWeights(1)])
+    trainer = make_trainer(dataset, tmp_path, callbacks=[_PoisonWeights(1)])
     with pytest.raises(TrainingAbortedError, match="non-finite loss"):
         trainer.train_and_validate()
     folder = tmp_path / "exp"
@@ -137,7 +118,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, dataset):
 @pytest.mark.parametrize("optimizer,scheduler", [
     ("AdamW", "cosine"), ("RAdam", "plateau"), ("SGD", "step")])
 def test_optimizers_and_schedulers(tmp_path, dataset, optimizer, scheduler):
-    trainer = _make_trainer(dataset, tmp_path, optimizer=optimizer,
+    trainer = make_trainer(dataset, tmp_path, optimizer=optimizer,
                             lr_scheduler=scheduler, lr_step_size=1,
                             lr_gamma=0.5, max_epochs=2,
                             max_batches_per_epoch_training=2,
@@ -164,7 +145,7 @@ def test_bad_trainer_arguments(tmp_path, dataset, key, value, message):
     if key == "device" and torch.cuda.is_available():
         pytest.skip("CUDA is available here.")
     with pytest.raises(DwiMLUserError, match=message):
-        _make_trainer(dataset, tmp_path, **{key: value})
+        make_trainer(dataset, tmp_path, **{key: value})
 
 
 @pytest.mark.parametrize("extra,message", [

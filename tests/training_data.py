@@ -1,8 +1,16 @@
 """A tiny synthetic HDF5 shared by the training tests (built once per module)."""
 import os
 
+import torch
+
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.training.experiment_builder import (
+    build_loader,
+    build_sampler,
+    build_trainer,
+)
 
 
 def make_training_hdf5(folder, nb_streamlines=120, seed=0,
@@ -21,3 +29,23 @@ def make_training_hdf5(folder, nb_streamlines=120, seed=0,
                         paths.splits["validation"] if with_validation else [],
                         paths.splits["testing"])
     return hdf5_file
+
+
+def make_trainer(dataset, experiments, name="exp", callbacks=(),
+                 model_params=None, batch_size=40, **trainer_params):
+    """A small Learn2track trainer on ``dataset`` (seeded initial weights)."""
+    torch.manual_seed(0)
+    model_params = {"step_size": 1.5, "rnn_layer_sizes": [16],
+                    **(model_params or {})}
+    model = Learn2TrackModel(name, nb_features=dataset.nb_features[0],
+                             **model_params)
+    sampler = build_sampler(dataset, {
+        "streamline_group": "streamlines", "batch_size_training": batch_size,
+        "batch_size_validation": 60, "batch_size_units": "nb_streamlines",
+        "seed": 3})
+    loader = build_loader(dataset, {"streamline_group": "streamlines",
+                                    "input_group": "input", "seed": 3},
+                          model, "cpu")
+    params = {"max_epochs": 3, "learning_rate": 0.005, **trainer_params}
+    return build_trainer(model, str(experiments), name, sampler, loader,
+                         params, callbacks)
