@@ -92,5 +92,16 @@ class ProgramHelp(Directive):
         return [block]
 
 
+def show_script_docstrings_verbatim(app, what, name, obj, options, lines):
+    """Show the module docstring of ``dwi_ml.cli.NAME`` as it is.
+
+    It is the script's ``--help`` description, written for a terminal
+    (``logs/*.npy``, line breaks kept), not reStructuredText.
+    """
+    if what == "module" and name.startswith("dwi_ml.cli.") and lines:
+        lines[:] = ["::", ""] + ["    " + line for line in lines]
+
+
 def setup(app):
     app.add_directive("program-help", ProgramHelp)
+    app.connect("autodoc-process-docstring", show_script_docstrings_verbatim)

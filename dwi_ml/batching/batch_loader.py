@@ -310,8 +310,8 @@ class BatchLoaderOneInput:
                 f"{self.neighborhood_resolution!r}: {error}") from None
 
     def _subset(self, context):
-        return (self.dataset.training_set if context == "training"
-                else self.dataset.validation_set)
+        # 'testing' batches (evaluation only) are loaded like validation ones.
+        return getattr(self.dataset, f"{context}_set")
 
 
 def _subject_runs(subject_indices, lengths):

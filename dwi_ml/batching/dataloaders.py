@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-CONTEXT_CODES = {"training": 0, "validation": 1}
+CONTEXT_CODES = {"training": 0, "validation": 1, "testing": 2}
 
 
 class BatchRequest(NamedTuple):

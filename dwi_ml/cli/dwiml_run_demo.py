@@ -26,7 +26,7 @@ from dwi_ml.io_utils.script_args import (
     set_verbosity,
 )
 from dwi_ml.training.checkpoint_io import best_model_dir
-from dwi_ml.training.evaluation import evaluate_angular_error
+from dwi_ml.training.evaluation import evaluate_model_folder
 
 
 def _build_parser():
@@ -107,8 +107,9 @@ def main(argv=None):
                      str(total_epochs), "-v", args.verbose])
 
     valid_loss = np.load(os.path.join(experiment_dir, "logs", "valid_loss.npy"))
-    angle = evaluate_angular_error(best_model_dir(experiment_dir), hdf5_file,
-                                   "validation", "input", "streamlines")
+    angle = evaluate_model_folder(
+        best_model_dir(experiment_dir), hdf5_file, "validation", "input",
+        "streamlines")["all"]["angular_error_deg"]
     print("Outputs:")
     print(f"  synthetic data : {paths.out_folder}")
     print(f"  HDF5           : {hdf5_file}")

@@ -47,8 +47,10 @@ class Learn2TrackModel(MainModelOneInput):
 
     Parameters
     ----------
-    experiment_name, nb_features, step_size, nb_points, compress,
-    neighborhood_type, neighborhood_radius, neighborhood_resolution,
+    experiment_name, nb_features, step_size, nb_points, compress :
+        See :class:`dwi_ml.models.main_models.MainModelOneInput`.
+    neighborhood_type, neighborhood_radius, neighborhood_resolution :
+        See :class:`dwi_ml.models.main_models.MainModelOneInput`.
     nb_previous_dirs, normalize_prev_dirs :
         See :class:`dwi_ml.models.main_models.MainModelOneInput`.
     input_embedding_key : "none" or "linear"

@@ -33,6 +33,8 @@ class MainModelAbstract(torch.nn.Module):
     compress : float or None
         Compression tolerance in mm.
 
+    Notes
+    -----
     At most one of ``step_size``, ``nb_points`` and ``compress`` may be
     set; none means streamlines are used as stored in the HDF5 file.
     Subclasses extend ``params_for_checkpoint`` with all their constructor

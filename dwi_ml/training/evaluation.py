@@ -1,4 +1,8 @@
-"""Angular error of a trained model's predicted directions, in mm space."""
+"""Evaluate a trained model on a subset: per-subject losses and angles.
+
+The loop is the validation loop of the trainer (no augmentation, no
+gradients), run subject by subject over every streamline of any subset.
+"""
 import numpy as np
 import torch
 
@@ -7,34 +11,72 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import build_loader
+from dwi_ml.training.trainer import combine_losses
 
 
-def evaluate_angular_error(model_dir, hdf5_file, split, input_group,
-                           streamline_group, batch_size=200, device="cpu"):
-    """Mean angle, in degrees, between predicted and true directions.
+class _WeightedMeans:
+    """Points-weighted means of named values."""
 
-    Deterministic directions ("det") of the model at every point of every
-    streamline of ``split`` ('training' or 'validation'), against the
-    streamline's own next segment. Both are mapped to RAS mm through the
-    subject's affine first, so anisotropic voxels do not bend the angles.
-    Points where the target is "stop" (EOS models) are left out.
+    def __init__(self):
+        self.sums = {}
+        self.n_points = 0
+
+    def add(self, values, n_points):
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * n_points
+        self.n_points += n_points
+
+    def means(self):
+        return {**{name: total / self.n_points
+                   for name, total in self.sums.items()},
+                "n_points": self.n_points}
+
+
+def _batch_angles_deg(model, outputs, target_streamlines, linear):
+    """Angles (degrees) between predicted and true directions, in mm."""
+    predicted, _ = model.get_tracking_directions(outputs, "det")
+    targets, eos = compute_direction_targets(target_streamlines, model.add_eos)
+    if eos is not None:
+        predicted, targets = predicted[eos == 0], targets[eos == 0]
+    cosines = torch.nn.functional.cosine_similarity(
+        predicted @ linear.T, targets @ linear.T, dim=1)
+    return torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))
+
+
+def evaluate_model(model, dataset, split, input_group, streamline_group,
+                   batch_size=200, device="cpu"):
+    """Losses and mean angular error of ``model`` per subject of ``split``.
+
+    Parameters
+    ----------
+    model : MainModelOneInput
+        In eval mode, on ``device``.
+    dataset : MultiSubjectDataset
+        With ``split`` ('training', 'validation' or 'testing') loaded.
+    batch_size : int
+        Streamlines per forward pass.
+
+    Returns
+    -------
+    dict
+        ``{subject_id: {'loss': ..., 'loss_NAME': ..., 'angular_error_deg':
+        ..., 'n_points': ...}, ..., 'all': {...}}``. Losses are means over
+        predicted points; angles compare the deterministic directions with
+        the streamlines' next segments, in RAS mm (anisotropic voxels do
+        not bend them), leaving out points where the target is "stop".
     """
-    model = load_model_from_params_and_state(model_dir, device)
-    dataset = MultiSubjectDataset(hdf5_file, lazy=True)
-    dataset.load_data(load_training=split == "training",
-                      load_validation=split == "validation",
-                      load_testing=False, streamline_groups=[streamline_group],
-                      volume_groups=[input_group])
     loader = build_loader(dataset, {"streamline_group": streamline_group,
                                     "input_group": input_group}, model, device)
+    group_idx = dataset.streamline_groups.index(streamline_group)
     subset = getattr(dataset, f"{split}_set")
-    angles = []
+    results, overall = {}, _WeightedMeans()
     with torch.no_grad():
-        for subj_idx in range(subset.nb_subjects):
-            sft_data = subset.get_subject(subj_idx).sft_data_list[0]
+        for subj_idx, subject_id in enumerate(subset.subjects):
+            sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
             linear = torch.as_tensor(
                 np.asarray(sft_data.space_attributes[0])[:3, :3],
                 dtype=torch.float32, device=device)
+            losses, angles = _WeightedMeans(), _WeightedMeans()
             ids = np.arange(sft_data.nb_streamlines)
             for start in range(0, len(ids), batch_size):
                 request = BatchRequest(split, 0, start // batch_size,
@@ -43,14 +85,37 @@ def evaluate_angular_error(model_dir, hdf5_file, split, input_group,
                 if batch.inputs is None:
                     batch.inputs = loader.compute_inputs(batch, device)
                 outputs = model(batch.inputs_list(), batch.input_streamlines())
-                predicted, _ = model.get_tracking_directions(outputs, "det")
-                targets, eos = compute_direction_targets(
-                    batch.target_streamlines(), model.add_eos)
-                keep = torch.ones(len(targets), dtype=torch.bool, device=device) \
-                    if eos is None else eos == 0
-                cosines = torch.nn.functional.cosine_similarity(
-                    predicted[keep] @ linear.T, targets[keep] @ linear.T, dim=1)
-                angles.append(torch.rad2deg(torch.arccos(
-                    cosines.clamp(-1, 1))).cpu())
-    dataset.close()
-    return float(torch.cat(angles).mean())
+                batch_losses, n_points = model.compute_loss(
+                    outputs, batch.target_streamlines())
+                loss, named = combine_losses(batch_losses)
+                losses.add({"loss": loss.item(), **{
+                    f"loss_{name}": value.item() for name, value in named.items()}},
+                    int(n_points))
+                batch_angles = _batch_angles_deg(
+                    model, outputs, batch.target_streamlines(), linear)
+                angles.add({"angular_error_deg": batch_angles.mean().item()},
+                           len(batch_angles))
+            values = {**losses.means(),
+                      "angular_error_deg": angles.means()["angular_error_deg"]}
+            results[subject_id] = values
+            overall.add({key: value for key, value in values.items()
+                         if key != "n_points"}, values["n_points"])
+    results["all"] = overall.means()
+    return results
+
+
+def evaluate_model_folder(model_dir, hdf5_file, split, input_group,
+                          streamline_group, batch_size=200, device="cpu"):
+    """:func:`evaluate_model` for a saved model, on a lazily read HDF5."""
+    model = load_model_from_params_and_state(model_dir, device)
+    dataset = MultiSubjectDataset(hdf5_file, lazy=True)
+    dataset.load_data(load_training=split == "training",
+                      load_validation=split == "validation",
+                      load_testing=split == "testing",
+                      volume_groups=[input_group],
+                      streamline_groups=[streamline_group])
+    try:
+        return evaluate_model(model, dataset, split, input_group,
+                              streamline_group, batch_size, device)
+    finally:
+        dataset.close()

@@ -99,7 +99,8 @@ def simulate_dwi(tangent_sums, counts, shape, gtab, rng):
 
     Returns
     -------
-    np.ndarray, shape (*shape, len(gtab.bvals)), float32
+    np.ndarray, shape (X, Y, Z, len(gtab.bvals)), float32
+        With ``shape == (X, Y, Z)``.
     """
     bvals = gtab.bvals.astype(np.float64)
     bvecs = gtab.bvecs.astype(np.float64)

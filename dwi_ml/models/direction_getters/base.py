@@ -40,6 +40,8 @@ class AbstractDirectionGetter(torch.nn.Module):
     eos_weight : float
         Weight of the EOS loss term.
 
+    Notes
+    -----
     Subclasses set ``key`` (their name in the registry),
     ``nb_dir_outputs`` (before calling this ``__init__``), and implement
     ``compute_direction_losses``, ``get_det_directions`` and, when they can

@@ -1,0 +1,88 @@
+"""Evaluate a trained model on a subset of an HDF5 file, subject by subject.
+
+Runs the validation loop (no augmentation, no gradients) of the experiment's
+best model, or of its latest checkpoint with --use_latest_epoch, over every
+streamline of the chosen subset. Prints, and saves as JSON, each subject's
+losses (the total and each named loss), number of points and mean angular
+error in degrees (deterministic directions against the streamlines' own
+segments, measured in mm). A model trained on GPU evaluates on CPU.
+"""
+import os
+
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    check_inputs_exist,
+    check_output_free,
+    make_parser,
+    set_verbosity,
+)
+from dwi_ml.training.checkpoint_io import (
+    best_model_dir,
+    checkpoint_model_dir,
+    read_parameters,
+    write_json_atomic,
+)
+from dwi_ml.training.evaluation import evaluate_model_folder
+from dwi_ml.training.experiment_builder import check_hdf5_groups
+
+
+def _build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("experiment_path", help="The experiment folder.")
+    parser.add_argument("hdf5_file", help="HDF5 file holding the subset.")
+    group = parser.add_argument_group("Evaluation")
+    group.add_argument("--subset", default="testing",
+                       choices=("training", "validation", "testing"))
+    group.add_argument("--use_latest_epoch", action="store_true",
+                       help="Evaluate the checkpoint's model, not best_model/.")
+    group.add_argument("--batch_size", type=int, default=200,
+                       help="Streamlines per forward pass.")
+    group.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
+    group.add_argument("--out", help="JSON output (default: EXPERIMENT/"
+                       "evaluation_SUBSET_best|latest.json).")
+    add_verbose_arg(parser)
+    add_overwrite_arg(parser)
+    return parser
+
+
+@script_entry_point
+def main(argv=None):
+    """Entry point of dwiml_evaluate_model.py."""
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    check_inputs_exist(args.experiment_path, what="experiment")
+    check_inputs_exist(args.hdf5_file, what="HDF5 file")
+    if args.batch_size < 1:
+        raise DwiMLUserError(
+            f"--batch_size: expected a positive number, got {args.batch_size}.")
+    params = read_parameters(args.experiment_path)
+    input_group = params["loader"]["input_group"]
+    streamline_group = params["loader"]["streamline_group"]
+    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
+    which = "latest" if args.use_latest_epoch else "best"
+    model_dir = (checkpoint_model_dir(args.experiment_path)
+                 if args.use_latest_epoch else best_model_dir(args.experiment_path))
+    out = args.out or os.path.join(args.experiment_path,
+                                   f"evaluation_{args.subset}_{which}.json")
+    check_output_free(out, args.overwrite)
+
+    results = evaluate_model_folder(model_dir, args.hdf5_file, args.subset,
+                                    input_group, streamline_group,
+                                    args.batch_size, args.device)
+    if len(results) == 1:
+        raise DwiMLUserError(
+            f"--subset {args.subset}: '{args.hdf5_file}' has no "
+            f"{args.subset} subject.")
+    write_json_atomic(out, {"experiment": os.path.abspath(args.experiment_path),
+                            "model": which, "subset": args.subset,
+                            "hdf5_file": os.path.abspath(args.hdf5_file),
+                            "results": results})
+    names = [key for key in results["all"] if key != "n_points"]
+    print(f"{'subject':<16}" + "".join(f"{name:>20}" for name in names)
+          + f"{'n_points':>10}")
+    for subject, values in results.items():
+        print(f"{subject:<16}" + "".join(f"{values[name]:>20.5f}" for name in names)
+              + f"{values['n_points']:>10d}")
+    print(f"Saved to {out}")

@@ -1,0 +1,52 @@
+"""dwiml_evaluate_model.py: per-subject losses on any subset."""
+import json
+
+import pytest
+from training_data import make_training_hdf5
+
+from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
+from dwi_ml.cli.dwiml_train_model import main as train_main
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evaluate")
+    hdf5_file = make_training_hdf5(str(folder))
+    train_main([str(folder), "exp", hdf5_file, "input", "streamlines",
+                "--max_epochs", "2", "--step_size", "1.5", "--rnn_layer_sizes",
+                "16", "--add_eos", "--batch_size_validation", "37",
+                "-v", "WARNING"])
+    return folder / "exp", hdf5_file
+
+
+def test_validation_subset_reproduces_the_best_validation_loss(experiment,
+                                                               capsys):
+    experiment_dir, hdf5_file = experiment
+    evaluate_main([str(experiment_dir), hdf5_file, "--subset", "validation",
+                   "--batch_size", "50"])
+    saved = json.loads((experiment_dir /
+                        "evaluation_validation_best.json").read_text())
+    best = json.loads((experiment_dir / "best_model" /
+                       "best_epoch.json").read_text())
+    results = saved["results"]
+    assert saved["model"] == "best" and sorted(results) == ["all", "subj-02"]
+    # Other batches, same points: the points-weighted mean is the same.
+    assert results["all"]["loss"] == pytest.approx(best["loss"], rel=1e-5)
+    assert results["subj-02"]["loss"] == pytest.approx(
+        results["subj-02"]["loss_direction"] + results["subj-02"]["loss_eos"],
+        rel=1e-6)
+    assert 0 < results["all"]["angular_error_deg"] < 90
+    assert "subj-02" in capsys.readouterr().out
+
+
+def test_testing_subset_latest_model_and_overwrite(experiment, capsys):
+    experiment_dir, hdf5_file = experiment
+    out = experiment_dir / "test.json"
+    evaluate_main([str(experiment_dir), hdf5_file, "--use_latest_epoch",
+                   "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert sorted(results) == ["all", "subj-03"] and results["all"]["n_points"] > 0
+    with pytest.raises(SystemExit) as error:
+        evaluate_main([str(experiment_dir), hdf5_file, "--out", str(out)])
+    assert error.value.code == 2
+    assert "already exists" in capsys.readouterr().err
