@@ -1,17 +1,20 @@
 """Run the whole dwi_ml job on a synthetic example, in a few minutes on CPU.
 
-Steps: make the synthetic subjects, build the HDF5, load it and print a
-summary, train a small Learn2track model (with validation, best model and
-checkpoints), resume it for more epochs, then print where each output went
-and the final validation loss and angular error. Every step uses the same
-code as the individual scripts; the commands that reproduce each step are
-logged with -v.
+Steps: make the synthetic subjects, build the HDF5 (streamlines resampled
+to 2 mm steps), load it and print a summary, train a small Learn2track model
+(with validation, best model and checkpoints), resume it for more epochs,
+plot its logs to PNG, track the validation subject into a .trk, then print
+where each output went and the final validation loss and angular error.
+Every step runs the same code as the individual scripts.
 """
 import os
 
 import numpy as np
+from dipy.io.streamline import load_tractogram
 
+from dwi_ml.cli import dwiml_track_from_model as track_cli
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.cli import visualize_logs
 from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
 from dwi_ml.cli.dwiml_train_model import train_from_args
 from dwi_ml.data.dataset import MultiSubjectDataset
@@ -33,7 +36,7 @@ def _build_parser():
     parser = make_parser(__doc__)
     parser.add_argument("out_folder", help="Output folder (must not exist "
                         "unless -f).")
-    parser.add_argument("--nb_streamlines", type=int, default=600,
+    parser.add_argument("--nb_streamlines", type=int, default=1000,
                         help="Streamlines per synthetic subject.")
     parser.add_argument("--epochs", type=int, nargs=2, default=(4, 8),
                         metavar=("FIRST", "TOTAL"),
@@ -85,7 +88,7 @@ def main(argv=None):
     create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
                         hdf5_file, paths.config, paths.splits["training"],
                         paths.splits["validation"], paths.splits["testing"],
-                        overwrite=True)
+                        step_size=2.0, overwrite=True)
     print(f"   -> {hdf5_file}")
     print("\n".join(summarize_dataset(hdf5_file)))
 
@@ -94,10 +97,10 @@ def main(argv=None):
     os.makedirs(experiments, exist_ok=True)
     train_args = train_parser().parse_args([
         experiments, "demo", hdf5_file, "input", "streamlines",
-        "--step_size", "1.0", "--nb_previous_dirs", "2",
-        "--rnn_layer_sizes", "64", "--input_embedding_key", "linear",
-        "--input_embedding_size", "64", "--batch_size_training", "50",
-        "--learning_rate", "0.005", "--max_epochs", str(first_epochs),
+        "--step_size", "2.0", "--nb_previous_dirs", "2",
+        "--rnn_layer_sizes", "64", "--batch_size_training", "25",
+        "--learning_rate", "0.005",
+        "--max_epochs", str(first_epochs),
         "--seed", str(args.seed), "-f", "-v", args.verbose])
     train_from_args(train_args)
     experiment_dir = os.path.join(experiments, "demo")
@@ -105,6 +108,20 @@ def main(argv=None):
     print(f"4. Resuming up to {total_epochs} epochs")
     resume_cli.main([experiments, "demo", "--new_max_epochs",
                      str(total_epochs), "-v", args.verbose])
+
+    print("5. Plotting the logs")
+    plot_prefix = os.path.join(args.out_folder, "logs_plot")
+    visualize_logs.main([experiment_dir, "--out", plot_prefix, "-f",
+                         "-v", args.verbose])
+
+    print("6. Tracking the validation subject")
+    tractogram = os.path.join(args.out_folder, "tracking_subj-02.trk")
+    track_cli.main([experiment_dir, hdf5_file, paths.splits["validation"][0],
+                    "input", tractogram, "--tracking_mask_group", "wm_mask",
+                    "--npv", "2", "--seed", str(args.seed), "-f",
+                    "-v", args.verbose])
+    nb_tracked = len(load_tractogram(tractogram, "same",
+                                     bbox_valid_check=True).streamlines)
 
     valid_loss = np.load(os.path.join(experiment_dir, "logs", "valid_loss.npy"))
     angle = evaluate_model_folder(
@@ -114,6 +131,8 @@ def main(argv=None):
     print(f"  synthetic data : {paths.out_folder}")
     print(f"  HDF5           : {hdf5_file}")
     print(f"  experiment     : {experiment_dir}")
+    print(f"  logs plot      : {plot_prefix}.png")
+    print(f"  tractogram     : {tractogram} ({nb_tracked} streamlines)")
     print(f"Final validation loss {valid_loss[-1]:.4f} (epoch 0: "
           f"{valid_loss[0]:.4f}); mean angular error of the best model on "
           f"the validation subject: {angle:.1f} degrees.")
