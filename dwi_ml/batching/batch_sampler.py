@@ -18,6 +18,7 @@ from dwi_ml.batching.batch_planning import (
     plan_subject_batches,
     shard_plan,
 )
+from dwi_ml.io_utils.arg_checks import check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class BatchSampler(Sampler):
                  rank=0, world_size=1):
         super().__init__()
         group_idx = _check_group(dataset, streamline_group)
-        _check_choice("batch_size_units", batch_size_units, BATCH_SIZE_UNITS)
+        check_choice("batch_size_units", batch_size_units, BATCH_SIZE_UNITS,
+                     owner="BatchSampler")
         in_streamlines = batch_size_units == "nb_streamlines"
         budgets = {
             "training": _check_batch_size(
@@ -92,8 +94,8 @@ class BatchSampler(Sampler):
                    "validation": dataset.validation_set}
         _check_subjects_options(nb_subjects_per_batch, cycles,
                                 subsets["training"].nb_subjects)
-        _check_int("seed", seed, minimum=0)
-        _check_int("world_size", world_size, minimum=1)
+        check_int("seed", seed, 0, owner="BatchSampler")
+        check_int("world_size", world_size, 1, owner="BatchSampler")
         if not (isinstance(rank, numbers.Integral) and 0 <= rank < world_size):
             raise DwiMLUserError(
                 f"BatchSampler argument rank: expected an integer in "
@@ -119,7 +121,7 @@ class BatchSampler(Sampler):
 
     def set_context(self, context):
         """Sample the "training" or the "validation" set from now on."""
-        _check_choice("context", context, CONTEXTS)
+        check_choice("context", context, CONTEXTS, owner="BatchSampler")
         self.context = context
 
     def set_epoch(self, epoch):
@@ -129,7 +131,7 @@ class BatchSampler(Sampler):
         setting the current epoch again keeps the position (a resumed run
         calls ``set_epoch`` with the epoch it was interrupted in).
         """
-        _check_int("epoch", epoch, minimum=0)
+        check_int("epoch", epoch, 0, owner="BatchSampler")
         if epoch != self.epoch:
             self.epoch = int(epoch)
             self._nb_yielded = {context: 0 for context in CONTEXTS}
@@ -248,21 +250,6 @@ def _check_group(dataset, streamline_group):
     return groups.index(streamline_group)
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise DwiMLUserError(
-            f"BatchSampler argument {name}: expected one of {list(choices)}, "
-            f"got {value!r}.")
-
-
-def _check_int(name, value, minimum):
-    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-            or value < minimum):
-        raise DwiMLUserError(
-            f"BatchSampler argument {name}: expected an integer >= {minimum}, "
-            f"got {value!r}.")
-
-
 def _check_batch_size(name, value, in_streamlines):
     """Return the batch size as a float budget, or raise a user error.
 
@@ -295,4 +282,4 @@ def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):
             f"in [1, {nb_subjects}] (the training subjects), got "
             f"{nb_subjects_per_batch!r}.")
     if cycles is not None:
-        _check_int("cycles", cycles, minimum=1)
+        check_int("cycles", cycles, 1, owner="BatchSampler")

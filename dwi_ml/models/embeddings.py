@@ -4,8 +4,8 @@ Embeddings act on packed points, (P, input_size) -> (P, output_size).
 """
 import torch
 
+from dwi_ml.io_utils.arg_checks import check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.arg_checks import check_choice, check_int
 
 
 class NoEmbedding(torch.nn.Identity):

@@ -26,8 +26,8 @@ Tracking (one step at a time, :meth:`Learn2TrackModel.forward_step`)
 """
 import torch
 
+from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.models.direction_getters import make_direction_getter
 from dwi_ml.models.directions import (
     compute_direction_targets,

@@ -11,9 +11,9 @@ features, and it builds the previous-direction inputs. See
 """
 import torch
 
+from dwi_ml.io_utils.arg_checks import check_choice, check_int, check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import model_io
-from dwi_ml.models.arg_checks import check_choice, check_int, check_positive_float
 from dwi_ml.models.directions import compute_last_previous_dirs, compute_previous_dirs
 
 NEIGHBORHOOD_TYPES = (None, "axes", "grid")

@@ -1,17 +1,15 @@
 """Checks of the trainer's arguments, before any work."""
+from dwi_ml.io_utils.arg_checks import check_int, check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
 def _check_positive(name, value, allow_none=False, integer=False):
     if value is None and allow_none:
         return
-    kind = "integer" if integer else "number"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if integer:
-        ok = ok and float(value).is_integer()
-    if not ok or value <= 0:
-        raise DwiMLUserError(
-            f"{name}: expected a positive {kind}, got {value!r}.")
+        check_int(name, value, 1)
+    else:
+        check_positive_float(name, value)
 
 
 def check_trainer_args(args):

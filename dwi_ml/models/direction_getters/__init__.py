@@ -6,8 +6,8 @@ and tracking API.
 """
 import inspect
 
+from dwi_ml.io_utils.arg_checks import check_choice
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.arg_checks import check_choice
 from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
 from dwi_ml.models.direction_getters.fisher_von_mises import FisherVonMisesDG
 from dwi_ml.models.direction_getters.gaussian import GaussianDG

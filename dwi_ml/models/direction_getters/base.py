@@ -22,8 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dwi_ml.io_utils.arg_checks import check_choice, check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.arg_checks import check_choice, check_positive_float
 
 TRACKING_ALGOS = ("det", "prob")
 

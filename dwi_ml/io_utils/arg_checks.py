@@ -1,8 +1,8 @@
-"""Checks of model constructor arguments, raising one-line user errors.
+"""Checks of constructor arguments, raising one-line user errors.
 
-Models are built from user options (scripts) and from ``parameters.json``
+Objects are built from user options (scripts) and from ``parameters.json``
 (loading), so a bad value must name the argument, what was expected and
-what was found.
+what was found. ``owner`` (e.g. 'BatchSampler') prefixes the argument name.
 """
 import math
 import numbers
@@ -10,40 +10,37 @@ import numbers
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
-def check_int(name, value, min_value):
+def _fail(name, owner, expected, value):
+    where = f"{owner} argument {name}" if owner else f"argument '{name}'"
+    raise DwiMLUserError(f"{where}: expected {expected}, got {value!r}.")
+
+
+def check_int(name, value, min_value, owner=None):
     """Return ``value`` as int, refusing non-integers and values below min."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
             or value < min_value):
-        raise DwiMLUserError(
-            f"argument '{name}': expected an integer >= {min_value}, "
-            f"found {value!r}.")
+        _fail(name, owner, f"an integer >= {min_value}", value)
     return int(value)
 
 
-def check_positive_float(name, value):
+def check_positive_float(name, value, owner=None):
     """Return ``value`` as float, refusing NaN, infinities and values <= 0."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or value <= 0):
-        raise DwiMLUserError(
-            f"argument '{name}': expected a finite number > 0, "
-            f"found {value!r}.")
+        _fail(name, owner, "a finite number > 0", value)
     return float(value)
 
 
-def check_fraction(name, value):
+def check_fraction(name, value, owner=None):
     """Return ``value`` as float, refusing anything outside [0, 1)."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not 0 <= value < 1):
-        raise DwiMLUserError(
-            f"argument '{name}': expected a number in [0, 1), "
-            f"found {value!r}.")
+        _fail(name, owner, "a number in [0, 1)", value)
     return float(value)
 
 
-def check_choice(name, value, choices):
+def check_choice(name, value, choices, owner=None):
     """Return ``value`` if it is one of ``choices``."""
     if value not in choices:
-        raise DwiMLUserError(
-            f"argument '{name}': expected one of {list(choices)}, "
-            f"found {value!r}.")
+        _fail(name, owner, f"one of {list(choices)}", value)
     return value
