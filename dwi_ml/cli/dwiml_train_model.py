@@ -20,6 +20,7 @@ from dwi_ml.io_utils.script_args import (
 from dwi_ml.models.direction_getters import DIRECTION_GETTERS
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, cleanup_distributed, init_distributed
 from dwi_ml.training.experiment_builder import (
     build_dataset,
@@ -114,7 +115,11 @@ def build_parser():
 
     run = parser.add_argument_group("Run")
     run.add_argument("--seed", type=int, default=1234)
-    run.add_argument("--nb_workers", type=int, default=0)
+    run.add_argument("--nb_workers", type=int, default=0,
+                     help="DataLoader worker processes.")
+    run.add_argument("--nb_cpu_threads", type=int,
+                     help="torch threads of the main process (default: the "
+                          "cores left by the workers and other ranks).")
     run.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
     add_verbose_arg(run)
     add_overwrite_arg(run)
@@ -218,6 +223,7 @@ def train_from_args(args, callbacks=()):
     _check_simple_args(args)
     params = collect_params(args)
     distributed, device = init_distributed(args.device)
+    set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
     comet = (make_comet_callback(args, experiment_dir)
              if distributed.is_main_process else None)
 

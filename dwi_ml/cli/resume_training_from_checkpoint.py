@@ -22,6 +22,7 @@ from dwi_ml.training.checkpoint_io import (
     load_checkpoint_state,
     read_parameters,
 )
+from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
 from dwi_ml.training.experiment_builder import (
     build_dataset,
@@ -45,6 +46,9 @@ def build_parser():
                        help="New early-stopping patience, in epochs.")
     group.add_argument("--hdf5_file", help="New location of the HDF5 file.")
     group.add_argument("--device", help="'cpu' or 'cuda[:N]' (default: as saved).")
+    group.add_argument("--nb_cpu_threads", type=int,
+                       help="torch threads of the main process (default: the "
+                            "cores left by the workers and other ranks).")
     group.add_argument("--nb_workers", type=int,
                        help="DataLoader workers (default: as saved).")
     add_verbose_arg(parser)
@@ -97,6 +101,7 @@ def resume_from_args(args, callbacks=()):
             trainer_params[key] = value
 
     distributed, device = init_distributed(trainer_params["device"])
+    set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
     comet = (make_comet_callback(args, experiment_dir,
                                  resumed_key=state.get("comet_key"))
              if distributed.is_main_process else None)
