@@ -36,7 +36,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "ruff"],
-        "docs": ["sphinx>=7"],
+        "docs": ["sphinx>=7", "myst-parser>=2"],
     },
     entry_points={"console_scripts": _console_scripts()},
 )

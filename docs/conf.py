@@ -46,7 +46,9 @@ autodoc_default_options = {"show-inheritance": True}
 # Signatures keep default values as written (e.g. DEFAULT_CACHE_SIZE_BYTES).
 autodoc_preserve_defaults = True
 
-# MyST: ``{directive}`` fences and anchors for "page.md#section" links.
+# MyST: ``{directive}`` fences, "term / : definition" lists, and anchors
+# for "page.md#section" links.
+myst_enable_extensions = ["deflist"]
 myst_heading_anchors = 3
 
 html_theme = "alabaster"
@@ -99,7 +101,8 @@ def show_script_docstrings_verbatim(app, what, name, obj, options, lines):
     (``logs/*.npy``, line breaks kept), not reStructuredText.
     """
     if what == "module" and name.startswith("dwi_ml.cli.") and lines:
-        lines[:] = ["::", ""] + ["    " + line for line in lines]
+        lines[:] = [".. code-block:: text", ""] + ["    " + line
+                                                  for line in lines]
 
 
 def setup(app):

@@ -3,8 +3,8 @@
 The experiment folder EXPERIMENTS_PATH/EXPERIMENT_NAME receives
 parameters.json (everything needed to rebuild the run), best_model/, a
 checkpoint/ after every epoch and logs/*.npy. A killed run continues exactly
-with resume_training_from_checkpoint.py. Batch sizes are per process: under
-torchrun each rank draws its own batches of that size.
+with resume_training_from_checkpoint.py. Under torchrun, batch sizes are
+global: each batch is split across the ranks.
 """
 import os
 import shutil

@@ -86,7 +86,7 @@ class TrainerCheckpointing:
         """Restore the state saved by :meth:`save_checkpoint`.
 
         The model weights are loaded separately, when the model is rebuilt
-        (see :func:`dwi_ml.training.checkpoint_io.load_checkpoint_model`).
+        (``load_model_from_params_and_state(checkpoint_model_dir(...))``).
         """
         if state is None:
             state = load_checkpoint_state(self.experiment_dir)

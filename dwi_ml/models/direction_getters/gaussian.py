@@ -1,4 +1,6 @@
 """A 3-D Gaussian with diagonal covariance over the unit direction."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,10 +27,13 @@ class GaussianDG(AbstractDirectionGetter):
         return dir_outputs[:, :3], torch.exp(dir_outputs[:, 3:6])
 
     def compute_direction_losses(self, dir_outputs, target_dirs):
-        means, sigmas = self._split(dir_outputs)
-        distribution = torch.distributions.Normal(means, sigmas)
+        # Written from log sigma rather than with torch.distributions, whose
+        # argument checks raise on a diverged (NaN) output: a NaN loss must
+        # reach the trainer's NaN check and stop the run cleanly.
+        means, log_sigmas = dir_outputs[:, :3], dir_outputs[:, 3:6]
         unit_targets = F.normalize(target_dirs, dim=1)
-        return -distribution.log_prob(unit_targets).sum(dim=1)
+        squared = (unit_targets - means) ** 2 / (2 * torch.exp(2 * log_sigmas))
+        return (log_sigmas + 0.5 * math.log(2 * math.pi) + squared).sum(dim=1)
 
     def get_det_directions(self, dir_outputs):
         return F.normalize(dir_outputs[:, :3], dim=1)
