@@ -31,9 +31,9 @@ def _run(launcher, out_dir, mode, args, kill=(-1, -1), expect_ok=True):
     return process
 
 
-def _train_args(experiments, name, hdf5_file, max_epochs):
+def _train_args(experiments, name, hdf5_file, max_epochs, extra=()):
     # Global batches of 40 streamlines: 20 per rank under torchrun.
-    return [str(experiments), name, hdf5_file, "input", "streamlines",
+    return [str(experiments), name, hdf5_file, "input", "streamlines", *extra,
             "--max_epochs", str(max_epochs), "--batch_size_training", "40",
             "--batch_size_validation", "60", "--step_size", "1.5",
             "--rnn_layer_sizes", "16", "--nb_previous_dirs", "1",
@@ -88,12 +88,15 @@ def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
 
 
 def test_ddp_kill_and_resume_continues(tmp_path, hdf5_file):
+    # Lazy data read by a DataLoader worker in each rank: every worker of
+    # every rank opens its own HDF5 handle.
+    lazy = ("--lazy", "--nb_workers", "1")
     experiments = tmp_path / "experiments"
     experiments.mkdir()
     _run(TORCHRUN, tmp_path / "straight", "train",
-         _train_args(experiments, "straight", hdf5_file, 3))
+         _train_args(experiments, "straight", hdf5_file, 3, lazy))
     killed = _run(TORCHRUN, tmp_path / "killed", "train",
-                  _train_args(experiments, "killed", hdf5_file, 3),
+                  _train_args(experiments, "killed", hdf5_file, 3, lazy),
                   kill=(1, 1), expect_ok=False)
     assert killed.returncode != 0
     state = torch.load(experiments / "killed" / "checkpoint" /
