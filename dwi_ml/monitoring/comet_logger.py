@@ -11,6 +11,7 @@ Metric names are those of the ``.npy`` logs (``train_loss``,
 ``train_loss_per_batch`` (optional) uses the global batch index as step:
 the row of ``logs/train_loss_per_batch.npy``.
 """
+import contextlib
 import logging
 import math
 import os
@@ -91,6 +92,18 @@ def check_comet_workspace(workspace):
             f"workspaces ({', '.join(sorted(workspaces)) or 'none'}).")
 
 
+@contextlib.contextmanager
+def _quiet_logger(name):
+    """Only errors of logger ``name`` get through inside the block."""
+    quiet = logging.getLogger(name)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def create_comet_experiment(workspace=None, project=None, offline_dir=None,
                             experiment_key=None):
     """Create or continue a Comet experiment.
@@ -117,11 +130,15 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
     """
     comet_ml = import_comet()
     if offline_dir is None:
-        if experiment_key:
-            return comet_ml.ExistingExperiment(experiment_key=experiment_key,
-                                               **_EXPERIMENT_OPTIONS)
-        return comet_ml.Experiment(workspace=workspace, project_name=project,
-                                   **_EXPERIMENT_OPTIONS)
+        # Comet warns by itself when it cannot connect; the callback says it
+        # once, in its own words, so Comet's warnings are held back here.
+        with _quiet_logger("comet_ml"):
+            if experiment_key:
+                return comet_ml.ExistingExperiment(
+                    experiment_key=experiment_key, **_EXPERIMENT_OPTIONS)
+            return comet_ml.Experiment(workspace=workspace,
+                                       project_name=project,
+                                       **_EXPERIMENT_OPTIONS)
     options = dict(workspace=workspace, project_name=project,
                    offline_directory=offline_dir, **_EXPERIMENT_OPTIONS)
     if experiment_key:
