@@ -94,10 +94,10 @@ def check_comet_workspace(workspace):
 
 @contextlib.contextmanager
 def _quiet_logger(name):
-    """Only errors of logger ``name`` get through inside the block."""
+    """Only critical messages of logger ``name`` get through in the block."""
     quiet = logging.getLogger(name)
     level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    quiet.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -130,8 +130,8 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
     """
     comet_ml = import_comet()
     if offline_dir is None:
-        # Comet warns by itself when it cannot connect; the callback says it
-        # once, in its own words, so Comet's warnings are held back here.
+        # Comet logs errors of its own when it cannot connect; the callback
+        # says it once, in its own words, so Comet's are held back here.
         with _quiet_logger("comet_ml"):
             if experiment_key:
                 return comet_ml.ExistingExperiment(
