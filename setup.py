@@ -35,7 +35,8 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
+        # The tests build the docs too, so that they never break unseen.
+        "test": ["pytest>=7", "ruff", "sphinx>=7", "myst-parser>=2"],
         "docs": ["sphinx>=7", "myst-parser>=2"],
     },
     entry_points={"console_scripts": _console_scripts()},

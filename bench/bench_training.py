@@ -77,8 +77,9 @@ def run_case(hdf5_file, nb_workers, args):
         "--batch_size_training", str(args.batch_size),
         "--rnn_layer_sizes", *map(str, args.rnn_layer_sizes),
         "--nb_previous_dirs", "1", "--step_size", "1.0",
-        "--noise_gaussian_size_forward", "0.1", "--split_ratio", "0.5",
-        "--reverse_ratio", "0.5", "-v", "WARNING"])
+        "--noise_gaussian_size_forward", "0.1", "-v", "WARNING",
+        *(["--split_ratio", "0.5", "--reverse_ratio", "0.5"] if args.augment
+          else [])])
     start = time.perf_counter()
     train_from_args(train_args, callbacks=[timer])
     wall = time.perf_counter() - start
@@ -98,6 +99,9 @@ def main():
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--rnn_layer_sizes", type=int, nargs="+",
                         default=[100, 100])
+    parser.add_argument("--augment", action="store_true",
+                        help="Also split and reverse half of the streamlines "
+                             "(more, shorter streamlines per batch).")
     parser.add_argument("--_case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.makedirs(args.folder, exist_ok=True)
@@ -107,7 +111,8 @@ def main():
         return
     print(f"dataset: {hdf5_file} (3 training subjects x {args.nb_streamlines} "
           f"streamlines); model LSTM {args.rnn_layer_sizes}; batch "
-          f"{args.batch_size} streamlines")
+          f"{args.batch_size} streamlines; noise 0.1 mm"
+          + ("; split 0.5, reverse 0.5" if args.augment else ""))
     print(f"{'workers':>7} {'streamlines/s':>14} {'epoch (s)':>10} "
           f"{'data wait':>10} {'peak RSS MiB':>13}")
     for nb_workers in (0, 2):
