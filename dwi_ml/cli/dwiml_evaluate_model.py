@@ -9,6 +9,7 @@ segments, measured in mm). A model trained on GPU evaluates on CPU.
 """
 import os
 
+from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
@@ -54,6 +55,7 @@ def main(argv=None):
     set_verbosity(args.verbose)
     check_inputs_exist(args.experiment_path, what="experiment")
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
+    check_device(args.device, "--device")
     if args.batch_size < 1:
         raise DwiMLUserError(
             f"--batch_size: expected a positive number, got {args.batch_size}.")

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import torch
 
+from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
@@ -125,19 +126,6 @@ def _check_numbers(args):
                 f"argument --{name}: expected {expected}, found {value}.")
 
 
-def _check_device(device):
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise DwiMLUserError(
-            f"argument --device: expected a torch device such as cpu or "
-            f"cuda, found '{device}'.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DwiMLUserError(
-            f"argument --device: '{device}' requested, found no CUDA GPU.")
-    return device
-
-
 def _check_model(model, args, input_volume):
     """Step size (mm) to use, after checking the model fits the inputs."""
     nb_features = input_volume.nb_features
@@ -184,7 +172,7 @@ def main(argv=None):
         raise DwiMLUserError(
             "arguments --seeding_mask_group/--tracking_mask_group: expected "
             "at least one mask group to seed in, found none.")
-    device = _check_device(args.device)
+    device = check_device(args.device, "--device")
 
     model = load_experiment_model(args.experiment_path,
                                   args.use_latest_epoch, device)

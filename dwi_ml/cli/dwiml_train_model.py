@@ -9,6 +9,7 @@ global: each batch is split across the ranks.
 import os
 import shutil
 
+from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
@@ -136,6 +137,7 @@ _TRAINER_ARGS = (
 
 
 def _check_simple_args(args):
+    check_device(args.device, "--device")
     for name in ("split_ratio", "reverse_ratio", "dropout"):
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:

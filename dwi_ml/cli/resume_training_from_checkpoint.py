@@ -8,6 +8,7 @@ the data moved.
 """
 import os
 
+from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
@@ -100,6 +101,7 @@ def resume_from_args(args, callbacks=()):
         if value is not None:
             trainer_params[key] = value
 
+    check_device(trainer_params["device"], "--device")
     distributed, device = init_distributed(trainer_params["device"])
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
     comet = (make_comet_callback(args, experiment_dir,

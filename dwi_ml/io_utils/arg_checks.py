@@ -44,3 +44,23 @@ def check_choice(name, value, choices, owner=None):
     if value not in choices:
         _fail(name, owner, f"one of {list(choices)}", value)
     return value
+
+
+def check_device(device, name="device"):
+    """Return ``torch.device(device)``; refuse unknown or absent devices."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DwiMLUserError(
+            f"argument {name}: expected a torch device such as 'cpu' or "
+            f"'cuda[:N]', got {device!r}.") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise DwiMLUserError(
+            f"argument {name}: expected 'cpu' or 'cuda[:N]', got {device!r}.")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise DwiMLUserError(
+            f"argument {name}: '{device}' was asked for but CUDA is not "
+            "available on this machine.")
+    return parsed

@@ -1,5 +1,5 @@
 """Checks of the trainer's arguments, before any work."""
-from dwi_ml.io_utils.arg_checks import check_int, check_positive_float
+from dwi_ml.io_utils.arg_checks import check_device, check_int, check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
@@ -37,12 +37,4 @@ def check_trainer_args(args):
         raise DwiMLUserError(
             "mixed_precision: expected 'bf16', 'fp16' or none, got "
             f"'{args['mixed_precision']}'.")
-    device = str(args["device"])
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise DwiMLUserError(f"device: expected 'cpu' or 'cuda[:N]', got '{device}'.")
-    if device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise DwiMLUserError(
-                f"device: '{device}' was asked for but CUDA is not available "
-                "on this machine.")
+    check_device(args["device"])
