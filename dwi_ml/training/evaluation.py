@@ -11,24 +11,26 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import build_loader
-from dwi_ml.training.trainer import combine_losses
+from dwi_ml.training.monitors import BatchMeanMonitor
+from dwi_ml.training.trainer import combine_losses, loss_log_values
 
 
 class _WeightedMeans:
-    """Points-weighted means of named values."""
+    """Points-weighted means of named values (one monitor per name)."""
 
     def __init__(self):
-        self.sums = {}
+        self.monitors = {}
         self.n_points = 0
 
     def add(self, values, n_points):
         for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value * n_points
+            self.monitors.setdefault(name, BatchMeanMonitor(name)).update(
+                value, n_points)
         self.n_points += n_points
 
     def means(self):
-        return {**{name: total / self.n_points
-                   for name, total in self.sums.items()},
+        return {**{name: monitor.running_mean
+                   for name, monitor in self.monitors.items()},
                 "n_points": self.n_points}
 
 
@@ -87,10 +89,8 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
                 outputs = model(batch.inputs_list(), batch.input_streamlines())
                 batch_losses, n_points = model.compute_loss(
                     outputs, batch.target_streamlines())
-                loss, named = combine_losses(batch_losses)
-                losses.add({"loss": loss.item(), **{
-                    f"loss_{name}": value.item() for name, value in named.items()}},
-                    int(n_points))
+                losses.add(loss_log_values(*combine_losses(batch_losses)),
+                           int(n_points))
                 batch_angles = _batch_angles_deg(
                     model, outputs, batch.target_streamlines(), linear)
                 angles.add({"angular_error_deg": batch_angles.mean().item()},

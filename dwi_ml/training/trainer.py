@@ -55,6 +55,12 @@ def combine_losses(losses):
     return losses, {}
 
 
+def loss_log_values(loss, named):
+    """Floats to log: ``loss`` and ``loss_NAME`` for each named loss."""
+    return {"loss": loss.item(),
+            **{f"loss_{name}": value.item() for name, value in named.items()}}
+
+
 class DWIMLAbstractTrainer(TrainerCheckpointing):
     """Trains a dwi_ml model with a BatchSampler and a BatchLoader.
 
@@ -328,8 +334,7 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         decisions are the same on every rank.
         """
         loss, named = combine_losses(losses)
-        values = {"loss": loss.item(),
-                  **{f"loss_{name}": value.item() for name, value in named.items()}}
+        values = loss_log_values(loss, named)
         n_points = int(n_points)
         if self.distributed.is_distributed:
             sums = all_reduce_sum([v * n_points for v in values.values()]
