@@ -22,7 +22,8 @@ from dwi_ml.models.direction_getters import DIRECTION_GETTERS
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.cpu_threads import set_cpu_threads
-from dwi_ml.training.distributed import barrier, cleanup_distributed, init_distributed
+from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -31,7 +32,13 @@ from dwi_ml.training.experiment_builder import (
     check_hdf5_groups,
     check_model_matches_dataset,
 )
+from dwi_ml.training.checkpoint_io import has_checkpoint
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
+from dwi_ml.training.preemption import (
+    add_interruption_args,
+    end_run,
+    interruption_params,
+)
 from dwi_ml.training.random_states import seed_everything
 
 
@@ -122,8 +129,17 @@ def build_parser():
                      help="torch threads of the main process (default: the "
                           "cores left by the workers and other ranks).")
     run.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
+    run.add_argument(
+        "--resume_if_exists", action="store_true",
+        help="If the experiment already has a checkpoint, resume it (as "
+             "resume_training_from_checkpoint.py would, with its saved "
+             "options; --max_time, --checkpoint_every_* and Comet options "
+             "given here apply) instead of refusing: one command line that "
+             "starts or continues a run, e.g. in a requeued SLURM job "
+             "(default: off).")
     add_verbose_arg(run)
     add_overwrite_arg(run)
+    add_interruption_args(parser)
     add_comet_args(parser)
     return parser
 
@@ -215,6 +231,8 @@ def train_from_args(args, callbacks=()):
     monitoring).
     """
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    if args.resume_if_exists and has_checkpoint(experiment_dir):
+        return resume_cli.resume_from_args(_resume_args(args), callbacks)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
     if os.path.exists(experiment_dir) and not args.overwrite:
@@ -224,6 +242,7 @@ def train_from_args(args, callbacks=()):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group)
     _check_simple_args(args)
     params = collect_params(args)
+    params["trainer"].update(interruption_params(args))
     distributed, device = init_distributed(args.device)
     set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
     comet = (make_comet_callback(args, experiment_dir)
@@ -251,8 +270,18 @@ def train_from_args(args, callbacks=()):
     trainer.save_parameters({key: params[key]
                              for key in ("dataset", "sampler", "loader")})
     trainer.train_and_validate()
-    if distributed.is_main_process:
-        print(f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
-              f"best epoch {trainer.best_tracker.best_epoch}, loss "
-              f"{trainer.best_tracker.best_loss:.5f}).")
-    cleanup_distributed()
+    end_run(trainer, args.experiments_path, args.experiment_name,
+            f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
+            f"best epoch {trainer.best_tracker.best_epoch}, loss "
+            f"{trainer.best_tracker.best_loss:.5f}).", args.auto_requeue)
+
+
+def _resume_args(args):
+    """resume_training_from_checkpoint.py's arguments for --resume_if_exists."""
+    resume_args = resume_cli.build_parser().parse_args(
+        [args.experiments_path, args.experiment_name, "-v", args.verbose])
+    for name in ("nb_cpu_threads", "max_time", "checkpoint_every_n_batches",
+                 "checkpoint_every_minutes", "auto_requeue", "comet_workspace",
+                 "comet_project", "comet_offline_dir", "comet_log_every"):
+        setattr(resume_args, name, getattr(args, name))
+    return resume_args

@@ -25,6 +25,11 @@ from dwi_ml.training.checkpoint_io import (
 )
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
+from dwi_ml.training.preemption import (
+    add_interruption_args,
+    end_run,
+    interruption_params,
+)
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -53,6 +58,7 @@ def build_parser():
     group.add_argument("--nb_workers", type=int,
                        help="DataLoader workers (default: as saved).")
     add_verbose_arg(parser)
+    add_interruption_args(parser, for_resume=True)
     add_comet_args(parser)
     return parser
 
@@ -93,7 +99,7 @@ def resume_from_args(args, callbacks=()):
     check_hdf5_groups(params["dataset"]["hdf5_file"],
                       loader_params["input_group"],
                       loader_params["streamline_group"])
-    trainer_params = params["trainer"]
+    trainer_params = interruption_params(args, params["trainer"])
     for key, value in (("max_epochs", args.new_max_epochs),
                        ("patience", args.new_patience),
                        ("device", args.device),
@@ -126,10 +132,8 @@ def resume_from_args(args, callbacks=()):
     trainer.save_parameters({key: params[key]
                              for key in ("dataset", "sampler", "loader")})
     trainer.train_and_validate()
-    cleanup_distributed()
-    if not distributed.is_main_process:
-        return
-    print(f"Experiment {experiment_dir} resumed and saved "
-          f"({trainer.stopped_reason}; best epoch "
-          f"{trainer.best_tracker.best_epoch}, loss "
-          f"{trainer.best_tracker.best_loss:.5f}).")
+    end_run(trainer, args.experiments_path, args.experiment_name,
+            f"Experiment {experiment_dir} resumed and saved "
+            f"({trainer.stopped_reason}; best epoch "
+            f"{trainer.best_tracker.best_epoch}, loss "
+            f"{trainer.best_tracker.best_loss:.5f}).", args.auto_requeue)

@@ -45,6 +45,12 @@ def checkpoint_dir(experiment_dir):
     return path
 
 
+def has_checkpoint(experiment_dir):
+    """True when the experiment has a readable ``checkpoint/`` folder."""
+    return existing_atomic_folder(
+        os.path.join(experiment_dir, CHECKPOINT_DIR)) is not None
+
+
 def load_checkpoint_state(experiment_dir):
     """Load ``checkpoint/checkpoint_state.pt`` with weights_only=True."""
     path = os.path.join(checkpoint_dir(experiment_dir), "checkpoint_state.pt")
