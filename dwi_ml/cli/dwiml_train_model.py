@@ -9,6 +9,7 @@ global: each batch is split across the ranks.
 import os
 import shutil
 
+from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -21,8 +22,8 @@ from dwi_ml.io_utils.script_args import (
 from dwi_ml.models.direction_getters import DIRECTION_GETTERS
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.training.checkpoint_io import has_checkpoint
 from dwi_ml.training.cpu_threads import set_cpu_threads
-from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import (
     build_dataset,
@@ -32,7 +33,6 @@ from dwi_ml.training.experiment_builder import (
     check_hdf5_groups,
     check_model_matches_dataset,
 )
-from dwi_ml.training.checkpoint_io import has_checkpoint
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 from dwi_ml.training.preemption import (
     add_interruption_args,

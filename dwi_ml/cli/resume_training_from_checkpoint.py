@@ -25,11 +25,6 @@ from dwi_ml.training.checkpoint_io import (
 )
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
-from dwi_ml.training.preemption import (
-    add_interruption_args,
-    end_run,
-    interruption_params,
-)
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -37,6 +32,11 @@ from dwi_ml.training.experiment_builder import (
     build_trainer,
     check_hdf5_groups,
     check_model_matches_dataset,
+)
+from dwi_ml.training.preemption import (
+    add_interruption_args,
+    end_run,
+    interruption_params,
 )
 
 

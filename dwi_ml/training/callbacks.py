@@ -123,8 +123,9 @@ class ProgressBarCallback(Callback):
         self._phase = phase
         total = trainer.nb_batches(phase)
         # A resumed epoch starts its bar at the batch it resumes from.
-        self._bar = tqdm(total=total, initial=trainer.batch_index, desc=f"epoch {trainer.current_epoch} "
-                         f"{phase}", leave=False,
+        self._bar = tqdm(total=total, initial=trainer.batch_index,
+                         desc=f"epoch {trainer.current_epoch} {phase}",
+                         leave=False,
                          disable=(progress_bars_disabled()
                                   or not trainer.is_main_process))
 

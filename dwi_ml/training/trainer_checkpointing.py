@@ -11,7 +11,6 @@ import time
 import torch
 
 from dwi_ml.batching.batch_planning import CONTEXTS
-
 from dwi_ml.io_utils.atomic import atomic_output_folder
 from dwi_ml.training.checkpoint_io import (
     BEST_MODEL_DIR,
