@@ -4,8 +4,7 @@ import logging
 import os
 
 from dwi_ml.io_utils.errors import DwiMLUserError
-# The scripts import the output check from here, with the other checks.
-from dwi_ml.io_utils.output_folders import check_output_free  # noqa: F401
+from dwi_ml.io_utils.output_folders import check_output_free  # noqa: F401 (for scripts)
 
 VERBOSITY_LEVELS = ("DEBUG", "INFO", "WARNING")
 
