@@ -63,6 +63,8 @@ def holder(experiment):
 
 def test_resume_refuses_while_another_process_runs(experiment, holder,
                                                    capsys):
+    # The holder may be writing it: a refused run must not clean it up.
+    (experiment / "exp" / ".checkpoint.abcdefgh.tmp").mkdir()
     before = snapshot(experiment.parent)
     message = run_refused(resume_cli.main, [str(experiment), "exp",
                                             "--new_max_epochs", "2"], capsys)

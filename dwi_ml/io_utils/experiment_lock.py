@@ -122,27 +122,11 @@ def start_new_experiment(lock, overwrite, hint=""):
         Appended to the 'already exists' message.
     """
     experiment_dir = lock.experiment_dir
-    try:
-        os.mkdir(experiment_dir)
-        created = True
-    except FileExistsError:
-        created = False
-    try:
-        lock.acquire()
-        check_output_folder(experiment_dir, "experiment", overwrite,
-                            what="experiment", hint=hint, ignore=(LOCK_FILE,))
-    except DwiMLUserError:
-        if created and not lock.is_held:
-            _remove_if_only_lock(experiment_dir)
-        raise
+    os.makedirs(experiment_dir, exist_ok=True)
+    lock.acquire()
+    check_output_folder(experiment_dir, "experiment", overwrite,
+                        what="experiment", hint=hint, ignore=(LOCK_FILE,))
     reset_output_folder(experiment_dir, "experiment", keep=(LOCK_FILE,))
-
-
-def _remove_if_only_lock(folder):
-    if os.listdir(folder) in ([], [LOCK_FILE]):
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
 
 
 def start_resumed_experiment(lock):

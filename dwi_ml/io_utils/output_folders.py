@@ -269,7 +269,7 @@ def reset_output_folder(path, kind, keep=()):
     keep : tuple of str
         Entries left in place (e.g. the lock file of the running process).
     """
-    if protected_folder_reason(path) is not None or os.path.islink(path):
+    if protected_folder_reason(path) is not None:
         raise DwiMLUserError(f"output folder '{path}': refusing to empty it.")
     if not os.path.isdir(path):
         os.mkdir(path)
