@@ -7,11 +7,12 @@ with resume_training_from_checkpoint.py. Under torchrun, batch sizes are
 global: each batch is split across the ranks.
 """
 import os
-import shutil
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
+from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
@@ -152,6 +153,9 @@ _TRAINER_ARGS = (
     "mixed_precision", "seed")
 
 
+_EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
+
+
 def _check_simple_args(args):
     check_device(args.device, "--device")
     for name in ("split_ratio", "reverse_ratio", "dropout"):
@@ -228,17 +232,23 @@ def train_from_args(args, callbacks=()):
     """Check the arguments, build everything and train.
 
     ``callbacks`` are added to the trainer's (e.g. for tests or custom
-    monitoring).
+    monitoring). The experiment's lock is held from before its folder is
+    changed until the end of the run.
     """
+    check_experiment_name(args.experiment_name)
+    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    with ExperimentLock(experiment_dir) as lock:
+        _train(args, callbacks, lock)
+
+
+def _train(args, callbacks, lock):
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     if args.resume_if_exists and has_checkpoint(experiment_dir):
         return resume_cli.resume_from_args(_resume_args(args), callbacks)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
-    if os.path.exists(experiment_dir) and not args.overwrite:
-        raise DwiMLUserError(
-            f"experiment '{experiment_dir}' already exists: use -f to start "
-            "over, or resume_training_from_checkpoint.py to continue it.")
+    check_output_folder(experiment_dir, "experiment", args.overwrite,
+                        what="experiment", hint=_EXISTS_HINT)
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group)
     _check_simple_args(args)
     params = collect_params(args)
@@ -260,8 +270,8 @@ def train_from_args(args, callbacks=()):
     loader = build_loader(dataset, params["loader"], model, device)
     # Every rank checked that the folder was free before rank 0 clears it.
     barrier()
-    if distributed.is_main_process and os.path.exists(experiment_dir):
-        shutil.rmtree(experiment_dir)
+    if distributed.is_main_process:
+        start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
     trainer = build_trainer(model, args.experiments_path, args.experiment_name,
                             sampler, loader, {**params["trainer"], "device": device},
                             [*callbacks, comet] if comet else callbacks,

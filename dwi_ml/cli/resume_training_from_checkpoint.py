@@ -10,6 +10,8 @@ import os
 
 from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_resumed_experiment
+from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
@@ -86,8 +88,16 @@ def main(argv=None):
 def resume_from_args(args, callbacks=()):
     """Rebuild the experiment from its folder and train on.
 
-    ``callbacks`` are added to the trainer's.
+    ``callbacks`` are added to the trainer's. The experiment's lock is held
+    from before any of its files is changed until the end of the run.
     """
+    check_experiment_name(args.experiment_name)
+    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    with ExperimentLock(experiment_dir) as lock:
+        _resume(args, callbacks, lock)
+
+
+def _resume(args, callbacks, lock):
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     check_inputs_exist(experiment_dir, what="experiment")
     params = read_parameters(experiment_dir)
@@ -109,6 +119,8 @@ def resume_from_args(args, callbacks=()):
 
     check_device(trainer_params["device"], "--device")
     distributed, device = init_distributed(trainer_params["device"])
+    if distributed.is_main_process:
+        start_resumed_experiment(lock)
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
     comet = (make_comet_callback(args, experiment_dir,
                                  resumed_key=state.get("comet_key"))

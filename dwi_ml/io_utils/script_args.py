@@ -4,6 +4,7 @@ import logging
 import os
 
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import check_output_free  # noqa: F401 (for scripts)
 
 VERBOSITY_LEVELS = ("DEBUG", "INFO", "WARNING")
 
@@ -56,18 +57,3 @@ def check_inputs_exist(*paths, what="input"):
     for path in paths:
         if path is not None and not os.path.exists(path):
             raise DwiMLUserError(f"{what} '{path}' does not exist.")
-
-
-def check_output_free(path, overwrite):
-    """Refuse an existing output unless ``overwrite`` is set.
-
-    Also checks that the output's parent folder exists.
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise DwiMLUserError(
-            f"output folder '{parent}' for '{path}' does not exist.")
-    if os.path.exists(path) and not overwrite:
-        raise DwiMLUserError(
-            f"output '{path}' already exists; use -f/--overwrite to "
-            "replace it.")

@@ -16,6 +16,7 @@ from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.layout import VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 
@@ -79,6 +80,7 @@ def build_loader(dataset, loader_params, model, device):
 def build_trainer(model, experiments_path, experiment_name, sampler, loader,
                   trainer_params, callbacks=(), distributed=None):
     """A DWIMLTrainerOneInput from its saved parameters."""
+    check_experiment_name(experiment_name)
     return DWIMLTrainerOneInput(model, experiments_path, experiment_name,
                                 sampler, loader, callbacks=callbacks,
                                 distributed=distributed, **trainer_params)
