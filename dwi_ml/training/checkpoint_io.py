@@ -1,15 +1,18 @@
 """Experiment folder layout and safe reading of checkpoints.
 
-Everything is loaded with ``torch.load(weights_only=True)``: a checkpoint
-shared by someone else never runs pickled code.
+Everything is loaded with ``torch.load(weights_only=True)``
+(:func:`~dwi_ml.io_utils.safe_load.load_torch_file`): a checkpoint shared
+by someone else never runs pickled code. ``checkpoint/`` and ``best_model/``
+hold a ``MANIFEST.sha256`` checked before loading (see
+:mod:`dwi_ml.io_utils.manifest`).
 """
 import json
 import os
 
-import torch
-
 from dwi_ml.io_utils.atomic import atomic_output_file, existing_atomic_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.manifest import verify_manifest
+from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
 BEST_MODEL_DIR = "best_model"
 CHECKPOINT_DIR = "checkpoint"
@@ -31,8 +34,14 @@ def read_parameters(experiment_dir):
     if not os.path.isfile(path):
         raise DwiMLUserError(
             f"'{experiment_dir}' is not a dwi_ml experiment: no {PARAMETERS_FILE}.")
-    with open(path) as f:
-        return json.load(f)
+    params = load_json_file(path, "experiment parameters")
+    missing = [key for key in ("dataset", "sampler", "loader", "trainer")
+               if not isinstance(params, dict) or key not in params]
+    if missing:
+        raise DwiMLUserError(
+            f"experiment parameters '{path}': expected sections 'dataset', "
+            f"'sampler', 'loader' and 'trainer', found no '{missing[0]}'.")
+    return params
 
 
 def checkpoint_dir(experiment_dir):
@@ -46,14 +55,27 @@ def checkpoint_dir(experiment_dir):
 
 
 def load_checkpoint_state(experiment_dir):
-    """Load ``checkpoint/checkpoint_state.pt`` with weights_only=True."""
-    path = os.path.join(checkpoint_dir(experiment_dir), "checkpoint_state.pt")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load ``checkpoint/checkpoint_state.pt`` after checking the manifest."""
+    folder = checkpoint_dir(experiment_dir)
+    verify_manifest(folder)
+    state = load_torch_file(os.path.join(folder, "checkpoint_state.pt"),
+                            "checkpoint state")
+    if not isinstance(state, dict) or "current_epoch" not in state:
+        raise DwiMLUserError(
+            f"checkpoint state '{os.path.join(folder, 'checkpoint_state.pt')}'"
+            ": expected a dwi_ml checkpoint (a dict with 'current_epoch'), "
+            f"found a {type(state).__name__} without it.")
+    return state
 
 
 def checkpoint_model_dir(experiment_dir):
-    """Folder of the model saved in the checkpoint."""
-    return os.path.join(checkpoint_dir(experiment_dir), "model")
+    """Folder of the model saved in the checkpoint.
+
+    Its files are checked first against the checkpoint's manifest.
+    """
+    folder = checkpoint_dir(experiment_dir)
+    verify_manifest(folder, ["model"])
+    return os.path.join(folder, "model")
 
 
 def best_model_dir(experiment_dir):

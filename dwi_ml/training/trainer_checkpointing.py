@@ -10,6 +10,7 @@ import os
 import torch
 
 from dwi_ml.io_utils.atomic import atomic_output_folder
+from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.checkpoint_io import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
@@ -49,6 +50,7 @@ class TrainerCheckpointing:
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
                 "epoch": self.best_tracker.best_epoch,
                 "loss": self.best_tracker.best_loss})
+            write_manifest(tmp_dir)
 
     def checkpoint_state(self):
         """Everything needed to continue exactly, as tensors and lists."""
@@ -80,6 +82,7 @@ class TrainerCheckpointing:
             with atomic_output_folder(path) as tmp_dir:
                 self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
                 torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
+                write_manifest(tmp_dir)
         barrier()
 
     def load_checkpoint(self, state=None):
