@@ -117,7 +117,7 @@ def load_streamline_group(group_config, files, reference, subject, *,
     StreamlineGroupData
     """
     group = group_config.name
-    parts = [_load_one_file(path, reference, group_config, subject,
+    parts = [load_tractogram_file(path, reference, group_config, subject,
                             remove_invalid) for path in files]
     nb_removed = sum(nb for _, nb in parts)
     sfts = [sft for sft, _ in parts if len(sft) > 0]
@@ -242,10 +242,17 @@ def find_invalid_streamlines(streamlines, dimensions):
                        minlength=len(lengths)) > 0
 
 
-def _load_one_file(path, reference, group_config, subject, remove_invalid):
+def load_tractogram_file(path, reference, group_config, subject, remove_invalid):
     """One file as an SFT on the reference grid (RAS mm, centre origin).
 
     Returns the SFT (possibly empty after removals) and the number removed.
+
+    Raises
+    ------
+    DwiMLUserError
+        An unreadable (e.g. truncated) or empty file, NaN or Inf
+        coordinates, a missing dps key, or (without ``remove_invalid``)
+        points outside the volume.
     """
     group = group_config.name
     where = describe(subject, group, path)
@@ -263,6 +270,11 @@ def _load_one_file(path, reference, group_config, subject, remove_invalid):
     if len(loaded) == 0:
         raise DwiMLUserError(f"{where}: the tractogram is empty (0 "
                              "streamlines).")
+    nb_bad = int(np.count_nonzero(~np.isfinite(loaded.streamlines.get_data())))
+    if nb_bad:
+        raise DwiMLUserError(
+            f"{where}: found {nb_bad} NaN or Inf coordinate(s); expected "
+            "finite points only.")
     missing = [k for k in group_config.dps_keys
                if k not in loaded.data_per_streamline]
     if missing:
