@@ -15,6 +15,9 @@ from dwi_ml.data.hdf5.layout import SPLITS, decode_str, read_subject_list
 # apart; groups_config is compared as text).
 CREATION_ATTRS = ("step_size", "nb_points", "compress", "groups_config",
                   "data_and_time", "version")
+# Differences are reported in this order: the content before how it was
+# made, and the creation date last (any re-creation changes it).
+_KEY_ORDER = {"splits": 0, "subjects": 1, "creation": 2, "data_and_time": 3}
 
 
 def _plain(value):
@@ -80,12 +83,15 @@ def compute_hdf5_fingerprint(path):
 def first_fingerprint_difference(saved, found, where=""):
     """The first difference between two fingerprints, as one line, or None.
 
-    Keys are visited in sorted order, so the answer is stable. Example:
+    Splits, then subjects, then creation attrs (the date last) are
+    compared, other keys in sorted order, so the answer is stable and
+    names the most telling difference. Example:
     ``"subjects/subj-01/input/datasets/data/shape: saved [24, 24, 16, 45],
     found [24, 24, 16, 44]"``.
     """
     if isinstance(saved, dict) and isinstance(found, dict):
-        for key in sorted(set(saved) | set(found)):
+        for key in sorted(set(saved) | set(found),
+                          key=lambda k: (_KEY_ORDER.get(k, 1), str(k))):
             path = f"{where}/{key}" if where else str(key)
             if key not in found:
                 return f"{path}: saved, but absent from the file"

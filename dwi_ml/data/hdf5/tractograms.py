@@ -79,7 +79,8 @@ def check_tractogram_header(path, reference, subject, group):
             compatible = is_header_compatible(path, reference)
         except Exception as error:  # dipy/nibabel raise many types
             raise DwiMLUserError(
-                f"{describe(subject, group, path)}: cannot read its header "
+                f"{describe(subject, group, path)}: cannot read its header; "
+                "the file is truncated or corrupt, or not a tractogram "
                 f"({type(error).__name__}: {one_line(error)}).") from None
     if not compatible:
         found, expected = (_grid_text(get_reference_info(p))
@@ -265,7 +266,8 @@ def load_tractogram_file(path, reference, group_config, subject, remove_invalid)
                                      trk_header_check=False)
         except Exception as error:  # dipy/nibabel raise many types
             raise DwiMLUserError(
-                f"{where}: cannot read it as a tractogram "
+                f"{where}: cannot read it as a tractogram; the file is "
+                "truncated or corrupt "
                 f"({type(error).__name__}: {one_line(error)}).") from None
     if len(loaded) == 0:
         raise DwiMLUserError(f"{where}: the tractogram is empty (0 "

@@ -184,7 +184,8 @@ def _load_image(path, subject, group):
         return nib.load(path)
     except Exception as error:  # nibabel raises many types for bad files
         raise DwiMLUserError(
-            f"{describe(subject, group, path)}: cannot read it as NIfTI "
+            f"{describe(subject, group, path)}: cannot read it as NIfTI; "
+            "the file is truncated or corrupt, or not NIfTI "
             f"({type(error).__name__}: {one_line(error)}).") from None
 
 
