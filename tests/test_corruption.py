@@ -318,3 +318,22 @@ def test_params_file_left_as_is_after_refused_resume(data, tmp_path, capsys):
     assert_user_error(resume_main, _resume(tmp_path), capsys, tmp_path, state)
     with open(os.path.join(experiment, "parameters.json")) as f:
         assert json.load(f) == before
+
+
+def test_corrupt_lazy_data_read_in_a_worker_is_one_line(data, tmp_path,
+                                                        capsys):
+    # Lazy reads happen in the DataLoader worker, which re-raises with its
+    # traceback as the message: the script still prints one line. (The
+    # experiment started before the read: its folder stays, to resume.)
+    path = _copy(data["data"], tmp_path)
+    with h5py.File(path, "r") as hdf:
+        training_subject = sorted(hdf.attrs["training_subjs"])[0]
+    _damage_chunk(path, f"{training_subject}/streamlines/data")
+    with pytest.raises(SystemExit) as raised:
+        train_main([str(tmp_path), "exp", path, "input", "streamlines",
+                    *TRAIN_OPTIONS, "--lazy", "--nb_workers", "1"])
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert f"subject '{training_subject}', group 'streamlines'" in err
+    assert "CRC-32" in err
