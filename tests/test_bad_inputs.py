@@ -313,3 +313,26 @@ def test_creation_checks_every_file_before_writing(creation_inputs, tmp_path,
                       tmp_path, damaged, "subject 'sub-03'", f"group '{group}'",
                       *expected)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damaged, expected", [
+    ("config", ["config '", "expected valid JSON", "truncated or corrupt"]),
+    ("list", ["subject list '", "binary bytes"]),
+])
+def test_creation_names_a_corrupt_config_or_subject_list(
+        creation_inputs, tmp_path, capsys, damaged, expected):
+    config_path = str(tmp_path / "config.json")
+    with open(config_path, "w") as f:
+        json.dump(CONFIG, f)
+    lists = write_subject_lists(str(tmp_path), SUBJECTS[:2], SUBJECTS[2:])
+    if damaged == "config":
+        path = config_path
+        truncate(path, 0.5)
+    else:
+        path = lists[0]
+        with open(path, "wb") as f:
+            f.write(b"\xff\xfe\x00\x81" * 8)
+    out = tmp_path / "out.hdf5"
+    assert_user_error(create_main, [creation_inputs, out, config_path,
+                                    *lists], capsys, tmp_path, path, *expected)
+    assert not out.exists()
