@@ -129,7 +129,8 @@ def resume_from_args(args, callbacks=()):
     check_int_options(args, {"new_max_epochs": 1, "new_patience": 1,
                              "nb_cpu_threads": 1, "nb_workers": 0})
     check_inputs_exist(experiment_dir, what="experiment")
-    params = read_parameters(experiment_dir)
+    params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
+                                              "trainer"))
     state = load_checkpoint_state(experiment_dir)
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)

@@ -28,19 +28,30 @@ def write_json_atomic(path, data):
             f.write(text + "\n")
 
 
-def read_parameters(experiment_dir):
-    """Read ``parameters.json`` of an experiment, with a clear error."""
+def read_parameters(experiment_dir, sections=()):
+    """Read ``parameters.json`` of an experiment, with a clear error.
+
+    Parameters
+    ----------
+    experiment_dir : str
+    sections : sequence of str
+        Top-level keys the caller needs (e.g. 'dataset' to resume): their
+        absence is a user error naming the first one missing.
+    """
     path = os.path.join(experiment_dir, PARAMETERS_FILE)
     if not os.path.isfile(path):
         raise DwiMLUserError(
             f"'{experiment_dir}' is not a dwi_ml experiment: no {PARAMETERS_FILE}.")
     params = load_json_file(path, "experiment parameters")
-    missing = [key for key in ("dataset", "sampler", "loader", "trainer")
-               if not isinstance(params, dict) or key not in params]
+    if not isinstance(params, dict):
+        raise DwiMLUserError(
+            f"experiment parameters '{path}': expected a JSON object, found "
+            f"{type(params).__name__}.")
+    missing = [key for key in sections if key not in params]
     if missing:
         raise DwiMLUserError(
-            f"experiment parameters '{path}': expected sections 'dataset', "
-            f"'sampler', 'loader' and 'trainer', found no '{missing[0]}'.")
+            f"experiment parameters '{path}': expected sections "
+            f"{list(sections)}, found no '{missing[0]}'.")
     return params
 
 
