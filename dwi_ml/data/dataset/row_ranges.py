@@ -27,7 +27,7 @@ import os
 import h5py
 import numpy as np
 
-from dwi_ml.data.hdf5.writer import (
+from dwi_ml.data.hdf5.layout import (
     CHECKSUM_SUFFIX,
     ROWS_PER_CHECKSUM_ATTR,
     row_block_checksums,

@@ -21,53 +21,30 @@ docs/hdf5_layout.md, "Storage choices"):
   Its sibling dataset ``data_crc32`` holds the CRC-32 of each chunk's rows
   (attr ``rows_per_checksum``), checked by our readers.
 """
-import zlib
-
 import h5py
 import numpy as np
 
 from dwi_ml.data.hdf5.layout import (
+    CHECKSUM_SUFFIX,
     FORMAT_VERSION,
+    ROWS_PER_CHECKSUM_ATTR,
     SPLIT_ATTRS,
     SPLITS,
     STREAMLINE_ORIGIN,
     STREAMLINE_SPACE,
     STREAMLINES_TYPE,
     VOLUME_TYPE,
+    row_block_checksums,
     write_optional_number,
 )
 
 STREAMLINE_CHUNK_ROWS = 4096
-CHECKSUM_SUFFIX = "_crc32"
-ROWS_PER_CHECKSUM_ATTR = "rows_per_checksum"
 
 
 def _create_checked(group, name, data):
     """A dataset with HDF5's fletcher32 checksum (chunked, as it needs)."""
     return group.create_dataset(name, data=data, fletcher32=True,
                                 chunks=True, track_times=False)
-
-
-def row_block_checksums(data, rows_per_checksum):
-    """CRC-32 of each block of ``rows_per_checksum`` rows of ``data``.
-
-    Parameters
-    ----------
-    data : np.ndarray, shape (R, ...)
-        C-contiguous rows, as stored in the file.
-    rows_per_checksum : int
-
-    Returns
-    -------
-    np.ndarray, shape (ceil(R / rows_per_checksum),), uint32
-    """
-    data = np.ascontiguousarray(data)
-    row_bytes = data.strides[0] if data.ndim else data.itemsize
-    raw = memoryview(data).cast("B")
-    block_bytes = rows_per_checksum * row_bytes
-    return np.array([zlib.crc32(raw[start:start + block_bytes])
-                     for start in range(0, len(raw), block_bytes)],
-                    dtype=np.uint32)
 
 
 def write_root_attrs(hdf_file, subjects, groups_config_text, date_time, *,
