@@ -337,3 +337,39 @@ def test_corrupt_lazy_data_read_in_a_worker_is_one_line(data, tmp_path,
     assert len(err.strip().splitlines()) == 1
     assert f"subject '{training_subject}', group 'streamlines'" in err
     assert "CRC-32" in err
+
+
+def _read_everything(path, lazy):
+    dataset = MultiSubjectDataset(path, lazy=lazy)
+    try:
+        dataset.load_data()
+        for subset in (dataset.training_set, dataset.validation_set,
+                       dataset.testing_set):
+            for index in range(subset.nb_subjects):
+                subject = subset.get_subject(index)
+                for volume in subject.mri_data_list:
+                    volume.as_tensor()
+                for streamlines in subject.sft_data_list:
+                    streamlines.get_streamlines()
+    finally:
+        dataset.close()
+
+
+def test_random_bytes_anywhere_in_the_hdf5_give_a_user_error(data, tmp_path):
+    # Metadata or data, eager or lazy: a one-line user error, never another
+    # exception. Bytes landing in unused space (the free entries of HDF5's
+    # chunk index nodes, e.g.) change nothing that is read, and go unseen.
+    size = os.path.getsize(data["data"])
+    nb_detected = 0
+    offsets = np.linspace(0, size - 64, 16).astype(int).tolist()
+    for index, offset in enumerate(offsets):
+        path = str(tmp_path / f"damaged_{index}.hdf5")
+        shutil.copy(data["data"], path)
+        write_random_bytes(path, offset, nb_bytes=32, seed=index)
+        for lazy in (False, True):
+            try:
+                _read_everything(path, lazy)
+            except DwiMLUserError as error:
+                assert "\n" not in str(error) and path in str(error)
+                nb_detected += 1
+    assert nb_detected >= len(offsets)

@@ -3,7 +3,7 @@ from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle
 from dwi_ml.data.dataset.lru_cache import LRUCache
 from dwi_ml.data.dataset.subjects import load_subject, read_group_signatures
 from dwi_ml.data.dataset.subsets import MultiSubjectSubset
-from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5
+from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
     SPLITS,
     STREAMLINES_TYPE,
@@ -91,10 +91,11 @@ class MultiSubjectDataset:
         self.volume_cache.clear()
         handle = Hdf5Handle(self.hdf5_file)
         try:
-            self._load(handle, {"training": load_training,
-                                "validation": load_validation,
-                                "testing": load_testing},
-                       subj_id, volume_groups, streamline_groups)
+            with hdf5_read_errors(self.hdf5_file):
+                self._load(handle, {"training": load_training,
+                                    "validation": load_validation,
+                                    "testing": load_testing},
+                           subj_id, volume_groups, streamline_groups)
         finally:
             if not self.lazy:
                 handle.close()

@@ -86,25 +86,27 @@ def check_dwiml_hdf5(path):
 
 
 @contextlib.contextmanager
-def hdf5_read_errors(path, key):
+def hdf5_read_errors(path, key=None):
     """Turn an HDF5 read error inside the block into a one-line user error.
 
     Parameters
     ----------
     path : str
         The HDF5 file.
-    key : str
-        The dataset read, 'subject/group/...': the error names the subject
-        and the group.
+    key : str, optional
+        The dataset or group read, 'subject/group/...': the error names the
+        subject and the group. None for reads anywhere in the file.
     """
     try:
         yield
     except READ_ERRORS as error:
-        parts = key.strip("/").split("/")
-        where = f"subject '{parts[0]}'"
-        if len(parts) > 1:
-            where += f", group '{parts[1]}'"
+        where = f"HDF5 file '{path}': cannot read it"
+        if key is not None:
+            parts = key.strip("/").split("/")
+            where = f"HDF5 file '{path}', subject '{parts[0]}'"
+            if len(parts) > 1:
+                where += f", group '{parts[1]}'"
+            where += f": cannot read '{key}'"
         raise DwiMLUserError(
-            f"HDF5 file '{path}', {where}: cannot read dataset '{key}'; the "
-            f"file is corrupt or truncated ({type(error).__name__}: "
-            f"{_one_line(error)}).") from None
+            f"{where}; the file is corrupt or truncated "
+            f"({type(error).__name__}: {_one_line(error)}).") from None
