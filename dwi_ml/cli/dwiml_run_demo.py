@@ -20,6 +20,7 @@ from dwi_ml.cli.dwiml_train_model import train_from_args
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.arg_checks import check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.output_folders import check_output_folder, reset_output_folder
 from dwi_ml.io_utils.script_args import (
@@ -73,6 +74,8 @@ def main(argv=None):
     """Entry point of dwiml_run_demo.py."""
     args = _build_parser().parse_args(argv)
     set_verbosity(args.verbose)
+    # The synthetic subjects have 3 bundles of at least one streamline.
+    check_int_options(args, {"nb_streamlines": 3, "epochs": 1, "seed": 0})
     first_epochs, total_epochs = args.epochs
     if not 1 <= first_epochs < total_epochs:
         # The resume step needs epochs left to train.

@@ -9,7 +9,12 @@ global: each batch is split across the ranks.
 import os
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
-from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
+from dwi_ml.io_utils.arg_checks import (
+    check_count_or_size,
+    check_device,
+    check_int_options,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
 from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
@@ -155,9 +160,19 @@ _TRAINER_ARGS = (
 
 _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
 
+# Smallest valid value of each integer option.
+INT_MINIMUMS = {
+    "cache_size": 0, "nb_subjects_per_batch": 1, "cycles": 1, "nb_points": 2,
+    "nb_previous_dirs": 0, "neighborhood_radius": 1,
+    "input_embedding_size": 1, "rnn_layer_sizes": 1, "lr_step_size": 1,
+    "max_epochs": 1, "patience": 1, "max_batches_per_epoch_training": 1,
+    "max_batches_per_epoch_validation": 1, "grad_accumulation_steps": 1,
+    "seed": 0, "nb_workers": 0, "nb_cpu_threads": 1}
+
 
 def _check_simple_args(args):
     check_device(args.device, "--device")
+    check_int_options(args, INT_MINIMUMS)
     for name in ("split_ratio", "reverse_ratio", "dropout"):
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
@@ -167,9 +182,8 @@ def _check_simple_args(args):
             raise DwiMLUserError(
                 f"--{name}: expected a sigma >= 0 mm, got {getattr(args, name)}.")
     for name in ("batch_size_training", "batch_size_validation"):
-        if getattr(args, name) <= 0:
-            raise DwiMLUserError(
-                f"--{name}: expected a positive size, got {getattr(args, name)}.")
+        check_count_or_size(f"--{name}", getattr(args, name),
+                            args.batch_size_units == "nb_streamlines")
     if args.neighborhood_type and args.neighborhood_radius is None:
         raise DwiMLUserError(
             f"--neighborhood_type {args.neighborhood_type} needs "
@@ -179,7 +193,8 @@ def _check_simple_args(args):
 def collect_params(args):
     """The parameters.json sections, from the parsed arguments."""
     as_count = args.batch_size_units == "nb_streamlines"
-    batch_size = {name: int(getattr(args, name)) if as_count else getattr(args, name)
+    batch_size = {name: check_count_or_size(f"--{name}", getattr(args, name),
+                                            as_count)
                   for name in ("batch_size_training", "batch_size_validation")}
     resolution = args.neighborhood_resolution
     if args.neighborhood_type and resolution is None:
@@ -249,10 +264,12 @@ def _train(args, callbacks, lock):
     check_inputs_exist(args.experiments_path, what="experiments_path")
     check_output_folder(experiment_dir, "experiment", args.overwrite,
                         what="experiment", hint=_EXISTS_HINT)
-    check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group)
     _check_simple_args(args)
+    check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
+                      need_training=True)
     params = collect_params(args)
     params["trainer"].update(interruption_params(args))
+    params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     distributed, device = init_distributed(args.device)
     set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
     comet = (make_comet_callback(args, experiment_dir)

@@ -14,10 +14,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
     pass
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad argument in one line, like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help).\n")
+
+
 def make_parser(description):
-    """Return an ArgumentParser whose help keeps the description's layout."""
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=_HelpFormatter)
+    """Return an ArgumentParser whose help keeps the description's layout.
+
+    A bad argument (e.g. '2.5' for an integer option) is one line
+    ``PROG: error: MESSAGE`` and exit status 2, without the usage.
+    """
+    return _OneLineErrorParser(description=description,
+                               formatter_class=_HelpFormatter)
 
 
 def add_overwrite_arg(parser):

@@ -12,6 +12,7 @@ import torch
 
 from dwi_ml.batching.batch_planning import CONTEXTS
 from dwi_ml.io_utils.atomic import atomic_output_folder
+from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.checkpoint_io import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
@@ -52,6 +53,7 @@ class TrainerCheckpointing:
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
                 "epoch": self.best_tracker.best_epoch,
                 "loss": self.best_tracker.best_loss})
+            write_manifest(tmp_dir)
 
     def checkpoint_state(self):
         """Everything needed to continue exactly, as tensors and lists.
@@ -100,6 +102,7 @@ class TrainerCheckpointing:
             with atomic_output_folder(path) as tmp_dir:
                 self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
                 torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
+                write_manifest(tmp_dir)
         barrier()
         self.interruptions.checkpoint_written(time.monotonic() - start)
 
