@@ -102,8 +102,9 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
             f"reference_labels: expected one label per reference streamline "
             f"({len(reference)}), found {len(reference_labels)}.")
 
-    tracked = make_array_sequence(*compact(tracked))
-    dense_reference = densify(reference, affine, max_step_vox)
+    tracked = _compact_points(tracked)
+    dense_reference = densify(_compact_points(reference), affine,
+                              max_step_vox)
     scores = {"nb_tracked": float(len(tracked)),
               "nb_reference": float(len(reference)),
               "nb_tracked_points": float(len(tracked._data))}
@@ -116,6 +117,12 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
             reference_labels, shape, min_share_in_volume))
     scores.update(score_lengths(tracked, affine))
     return scores
+
+
+def _compact_points(streamlines):
+    """Compact copy whose data is (P, 3) even without streamlines."""
+    data, offsets, lengths = compact(streamlines)
+    return make_array_sequence(np.reshape(data, (-1, 3)), offsets, lengths)
 
 
 def check_scoring_numbers(distances_vox, max_angle_deg,
