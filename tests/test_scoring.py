@@ -232,6 +232,10 @@ def test_densify_and_directions():
         ArraySequence([streamlines[0], streamlines[1]]), GRID_AFFINE)
     np.testing.assert_array_equal(
         directions, [[4, 0, 0], [0, 2, 0], [0, 2, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(
+        point_directions_mm(ArraySequence([streamlines[0], streamlines[1]]),
+                            GRID_AFFINE, np.array([3, 2, 0])),
+        [[0, 0, 0], [0, 2, 0], [4, 0, 0]])
 
 
 # The script.

@@ -174,8 +174,8 @@ def densify(streamlines_vox, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
                                  max_step_vox * smallest_mm_per_vox)
 
 
-def point_directions_mm(streamlines_vox, affine):
-    """Direction (mm, not normalised) of each point of compact streamlines.
+def point_directions_mm(streamlines_vox, affine, rows=None):
+    """Direction (mm, not normalised) at points of compact streamlines.
 
     A point's direction is the step to the next point; the last point takes
     the step that reaches it. Streamlines of one point get zeros.
@@ -185,21 +185,29 @@ def point_directions_mm(streamlines_vox, affine):
     streamlines_vox : nibabel ArraySequence
         Compact (offsets == cumsum of lengths), voxel space.
     affine : np.ndarray, shape (4, 4)
+    rows : np.ndarray of int, optional
+        Rows of the points to give (default: all), so that a few points of
+        a large tractogram cost only their own work.
 
     Returns
     -------
-    np.ndarray, shape (P, 3), float64
+    np.ndarray, shape (len(rows), 3), float64
     """
     data = np.asarray(streamlines_vox._data, dtype=np.float64)
+    offsets = np.asarray(streamlines_vox._offsets, dtype=np.int64)
     lengths = np.asarray(streamlines_vox._lengths, dtype=np.int64)
-    steps = np.zeros_like(data)
-    steps[:-1] = np.diff(data, axis=0)
-    last_rows = np.asarray(streamlines_vox._offsets)[lengths > 0] \
-        + lengths[lengths > 0] - 1
-    has_previous = last_rows[lengths[lengths > 0] > 1]
-    steps[has_previous] = steps[has_previous - 1]
-    steps[last_rows[lengths[lengths > 0] == 1]] = 0.
-    return steps @ check_affine(affine)[:3, :3].T
+    rows = np.arange(len(data)) if rows is None \
+        else np.asarray(rows, dtype=np.int64)
+    # Offsets are sorted: the last one <= row is the row's streamline (an
+    # empty streamline shares its offset with the next one).
+    owners = np.searchsorted(offsets, rows, side="right") - 1
+    first_rows = offsets[owners]
+    last_rows = first_rows + lengths[owners] - 1
+    is_last = rows == last_rows
+    step_starts = np.where(is_last, np.maximum(rows - 1, first_rows), rows)
+    step_ends = np.where(is_last, rows, rows + 1)
+    return (data[step_ends] - data[step_starts]) @ \
+        check_affine(affine)[:3, :3].T
 
 
 def score_points(tracked, dense_reference, affine,
@@ -242,8 +250,9 @@ def score_points(tracked, dense_reference, affine,
               for key, d in zip(keys, distances_vox)}
 
     near = np.flatnonzero(distances <= direction_max_distance_vox)
-    tracked_dirs = point_directions_mm(tracked, affine)[near]
-    reference_dirs = point_directions_mm(dense_reference, affine)[nearest[near]]
+    tracked_dirs = point_directions_mm(tracked, affine, near)
+    reference_dirs = point_directions_mm(dense_reference, affine,
+                                         nearest[near])
     norms = (np.linalg.norm(tracked_dirs, axis=1)
              * np.linalg.norm(reference_dirs, axis=1))
     dots = np.abs(np.sum(tracked_dirs * reference_dirs, axis=1))
