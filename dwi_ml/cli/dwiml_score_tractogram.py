@@ -115,6 +115,10 @@ def main(argv=None):
     reference = load_tractogram_vox_corner(args.reference_tractogram,
                                            args.mask_or_volume)
     labels = None
+    if args.bundle_key is None and reference.data_per_streamline:
+        logging.info("No --bundle_key: no bundle scores. The reference has "
+                     "the data_per_streamline keys %s.",
+                     sorted(reference.data_per_streamline.keys()))
     if args.bundle_key is not None:
         labels = check_bundle_labels(
             bundle_labels_of(reference, args.bundle_key,
