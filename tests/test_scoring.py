@@ -181,7 +181,8 @@ def test_random_lines_score_near_chance():
 
 def test_without_labels_or_tracked_streamlines():
     reference, _ = hand_reference()
-    scores = score_tractogram(hand_tracked(), reference, GRID, np.eye(4))
+    scores = score_tractogram(list(hand_tracked()), list(reference), GRID,
+                              np.eye(4))
     assert "VC" not in scores
     assert scores["points_within_1_vox"] == HAND_SCORES["points_within_1_vox"]
 

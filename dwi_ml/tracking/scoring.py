@@ -34,6 +34,7 @@ Counts
     ``nb_tracked``, ``nb_reference`` (streamlines) and ``nb_tracked_points``.
 """
 import numpy as np
+from nibabel.streamlines import ArraySequence
 from scipy.spatial import cKDTree
 
 from dwi_ml.data.dataset.sft_data import compute_lengths_mm
@@ -61,7 +62,7 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
 
     Parameters
     ----------
-    tracked, reference : nibabel ArraySequence
+    tracked, reference : nibabel ArraySequence (or list of (n, 3) arrays)
         Packed streamlines in voxel space, corner origin, on the grid of
         ``shape`` and ``affine``.
     shape : tuple of 3 int
@@ -122,6 +123,8 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
 
 def _compact_points(streamlines):
     """Compact copy whose data is (P, 3) even without streamlines."""
+    if not isinstance(streamlines, ArraySequence):
+        streamlines = ArraySequence(streamlines)
     data, offsets, lengths = compact(streamlines)
     return make_array_sequence(np.reshape(data, (-1, 3)), offsets, lengths)
 
