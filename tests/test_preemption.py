@@ -269,8 +269,85 @@ def test_deterministic_is_accepted_on_cpu_and_saved(tmp_path, hdf5_file):
         assert json.load(f)["trainer"]["deterministic"] is True
 
 
-def _wait_for(path, timeout_s):
-    end = time.monotonic() + timeout_s
-    while not os.path.exists(path):
-        assert time.monotonic() < end, f"{path} never appeared"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node=2"]
+
+
+def _torchrun(mode, args, **popen_args):
+    # One torch thread per rank: the default on 2 cores and 2 ranks.
+    return subprocess.Popen(
+        [*TORCHRUN, HELPER, "-", mode, *args], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env=_env(OMP_NUM_THREADS="1", **popen_args.pop("env", {})),
+        **popen_args)
+
+
+def _ddp_args(experiments, name, hdf5_file):
+    # Global batches of 40 (20 per rank); default torch threads per rank.
+    args = _train_args(experiments, name, hdf5_file, ["--batch_size_training",
+                                                      "40"])
+    cut = args.index("--nb_cpu_threads")
+    return args[:cut] + args[cut + 2:]
+
+
+def test_torchrun_sigterm_to_the_group_then_resume(tmp_path, hdf5_file):
+    straight = _torchrun("train", _ddp_args(tmp_path, "straight", hdf5_file))
+    _, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err[-3000:]
+
+    # SIGTERM to torchrun and both ranks, as SLURM or scancel do, once the
+    # first epoch is saved; slowed batches keep the run going meanwhile.
+    interrupted = _torchrun(
+        "train", _ddp_args(tmp_path, "stopped", hdf5_file),
+        env={"DWIML_TEST_SLEEP_PER_BATCH": "0.3"}, start_new_session=True)
+    checkpoint = tmp_path / "stopped" / "checkpoint"
+    end = time.monotonic() + 600
+    while not checkpoint.exists() and interrupted.poll() is None:
+        assert time.monotonic() < end, "no checkpoint after 600 s"
         time.sleep(0.2)
+    os.killpg(interrupted.pid, signal.SIGTERM)
+    _, err = interrupted.communicate(timeout=600)
+    assert interrupted.returncode != 0
+    assert "stopped by SIGTERM at epoch" in err, err[-3000:]
+    epoch, phase, nb_done = _position(tmp_path / "stopped")
+    assert epoch < NB_EPOCHS
+    if (phase, nb_done) != ("train", 0):
+        # Inside an epoch, the parts of each global batch done by 2 ranks
+        # do not map onto 1 process: refused in one line.
+        process = _resume("-", tmp_path, "stopped", expected=2)
+        assert "saved inside epoch" in process.stderr
+        assert "by 2 process(es); resume it with 2 (found 1)" in process.stderr
+
+    resumed = _torchrun("resume", [str(tmp_path), "stopped", "-v", "WARNING"])
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+
+
+def _has_mkl():
+    import ctypes
+
+    library = os.path.join(os.path.dirname(torch.__file__), "lib",
+                           "libtorch_cpu.so")
+    try:
+        return hasattr(ctypes.CDLL(library), "mkl_serv_cbwr_get")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_mkl(), reason="this torch build has no MKL")
+def test_import_sets_reproducible_mkl_mode():
+    code = ("import ctypes, os, torch, dwi_ml; print(ctypes.CDLL(os.path.join("
+            "os.path.dirname(torch.__file__), 'lib', 'libtorch_cpu.so'))"
+            ".mkl_serv_cbwr_get(1))")
+    env = {key: value for key, value in os.environ.items()
+           if key != "MKL_CBWR"}
+    # MKL_CBWR_AUTO (2): deterministic scheduling, fastest code path.
+    assert subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True,
+                          check=True).stdout.strip() == "2"
+    # A mode the user chose wins (MKL_CBWR_COMPATIBLE is 3).
+    assert subprocess.run([sys.executable, "-c", code],
+                          env={**env, "MKL_CBWR": "COMPATIBLE"},
+                          capture_output=True, text=True,
+                          check=True).stdout.strip() == "3"

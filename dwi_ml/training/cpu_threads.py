@@ -41,3 +41,44 @@ def set_cpu_threads(nb_threads=None, nb_workers=0):
     torch.set_num_threads(int(nb_threads))
     logger.info("Using %d CPU thread(s) for torch.", nb_threads)
     return nb_threads
+
+
+# MKL's conditional numerical reproducibility: mkl_cbwr_set(MKL_CBWR_AUTO).
+_MKL_CBWR_AUTO = 2
+_MKL_CBWR_SUCCESS = 0
+
+
+def request_reproducible_mkl():
+    """Make torch's MKL kernels reproducible at a fixed thread count.
+
+    Without it, MKL may schedule the work of a threaded kernel by which
+    thread is free first, and sum partial results in that order: two runs
+    with the same seed and 2 threads then differ in the last bits when
+    other processes compete for the cores. ``MKL_CBWR_AUTO`` keeps the
+    fastest code path of the processor but makes the scheduling
+    deterministic. MKL accepts the mode only before its first computation,
+    so ``import dwi_ml`` calls this; a ``MKL_CBWR`` set by the user wins.
+
+    Returns
+    -------
+    bool
+        True when the mode is set (or the user's ``MKL_CBWR`` applies).
+    """
+    if os.environ.get("MKL_CBWR"):
+        return True
+    import ctypes
+
+    library = os.path.join(os.path.dirname(torch.__file__), "lib",
+                           "libtorch_cpu.so")
+    try:
+        set_mode = ctypes.CDLL(library).mkl_serv_cbwr_set
+    except (OSError, AttributeError):
+        return False  # No MKL in this torch build (e.g. ARM, macOS).
+    set_mode.argtypes = [ctypes.c_int]
+    set_mode.restype = ctypes.c_int
+    if set_mode(_MKL_CBWR_AUTO) != _MKL_CBWR_SUCCESS:
+        logger.warning("MKL ran before dwi_ml was imported: 2-thread CPU "
+                       "runs may differ in the last bits; import dwi_ml "
+                       "first, or set MKL_CBWR=AUTO.")
+        return False
+    return True

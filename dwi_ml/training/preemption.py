@@ -120,15 +120,18 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
         Requeue the SLURM job after an interruption.
     """
     main = trainer.is_main_process
-    cleanup_distributed()
     if not trainer.interrupted_by:
+        cleanup_distributed()
         if main:
             print(done_message)
         return
+    # Said before leaving the process group: under torchrun, the first rank
+    # to exit makes the launcher stop the others.
     if main:
         requeued = auto_requeue and requeue_slurm_job()
         print(f"{trainer.stopped_reason}; checkpoint saved; "
               f"{'job requeued; ' if requeued else ''}resume with: "
               f"resume_training_from_checkpoint.py {experiments_path} "
               f"{experiment_name}", file=sys.stderr, flush=True)
+    cleanup_distributed()
     sys.exit(EXIT_STATUS_INTERRUPTED)

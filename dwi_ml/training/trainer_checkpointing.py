@@ -12,6 +12,7 @@ import torch
 
 from dwi_ml.batching.batch_planning import CONTEXTS
 from dwi_ml.io_utils.atomic import atomic_output_folder
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.checkpoint_io import (
     BEST_MODEL_DIR,
@@ -116,6 +117,16 @@ class TrainerCheckpointing:
             state = load_checkpoint_state(self.experiment_dir)
         self.current_epoch = int(state["current_epoch"])
         self.position = EpochPosition.from_state(state.get("position"))
+        saved_ranks = int(state["sampler"]["world_size"])
+        if (saved_ranks != self.distributed.world_size
+                and not self.position.at_epoch_start):
+            # Each rank's batches are parts of the global ones: the parts
+            # done with one number of ranks do not map onto another.
+            raise DwiMLUserError(
+                f"checkpoint of '{self.experiment_dir}' was saved inside epoch "
+                f"{self.current_epoch} by {saved_ranks} process(es); resume it "
+                f"with {saved_ranks} (found {self.distributed.world_size}), "
+                "then change the number at an epoch end.")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
