@@ -1,0 +1,122 @@
+"""RunInterruptions and mid-epoch checkpoints, in process (fast cases)."""
+import os
+import signal
+
+import pytest
+import torch
+from training_data import make_trainer, make_training_hdf5
+
+from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.training.callbacks import Callback
+from dwi_ml.training.interruptions import (
+    MAX_TIME_CODE,
+    RunInterruptions,
+    describe_stop,
+    parse_duration,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    dataset = MultiSubjectDataset(make_training_hdf5(
+        str(tmp_path_factory.mktemp("interruptions_data"))))
+    dataset.load_data()
+    return dataset
+
+
+class SaveRecorder(Callback):
+    """Record the position of every checkpoint written."""
+
+    def __init__(self):
+        self.positions = []
+
+    def on_checkpoint_save(self, trainer, state):
+        position = state["position"]
+        self.positions.append((state["current_epoch"], position["phase"],
+                               position["nb_batches_done"]))
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("00:00:01", 1), ("01:30:00", 5400), ("2:00:00:05", 2 * 86400 + 5),
+    ("48:00:00", 172800)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["90", "1:30", "00:00:00", "a:b:c",
+                                  "-1:00:00", "1:2:3:4:5"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(DwiMLUserError, match="--max_time: expected a positive"
+                                             " duration"):
+        parse_duration(text)
+
+
+def test_stop_codes_are_named():
+    assert describe_stop(signal.SIGTERM) == "SIGTERM"
+    assert describe_stop(signal.SIGUSR1) == "SIGUSR1"
+    assert describe_stop(MAX_TIME_CODE) == "max_time"
+
+
+def test_signal_is_recorded_and_handlers_restored():
+    interruptions = RunInterruptions()
+    previous = signal.getsignal(signal.SIGUSR1)
+    interruptions.start()
+    try:
+        assert interruptions.poll(True) == (0, 0)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        # The first signal is the one reported.
+        assert interruptions.poll(True) == (signal.SIGUSR1, 0)
+    finally:
+        interruptions.stop()
+    assert signal.getsignal(signal.SIGUSR1) is previous
+
+
+def test_checkpoint_cadence_in_batches():
+    interruptions = RunInterruptions(checkpoint_every_n_batches=3)
+    interruptions.start()
+    try:
+        due = [interruptions.poll(True)[1] for _ in range(3)]
+        assert due == [0, 0, 1]
+        interruptions.checkpoint_written(0.0)
+        # Validation batches do not count, and never checkpoint.
+        assert interruptions.poll(False) == (0, 0)
+        assert [interruptions.poll(True)[1] for _ in range(3)] == [0, 0, 1]
+    finally:
+        interruptions.stop()
+
+
+def test_every_n_batches_positions(tmp_path, dataset):
+    recorder = SaveRecorder()
+    # 120 training streamlines in batches of 40: 3 batches per epoch.
+    trainer = make_trainer(dataset, tmp_path, callbacks=[recorder],
+                           max_epochs=2, checkpoint_every_n_batches=2)
+    trainer.train_and_validate()
+    # The epoch-end checkpoint restarts the count.
+    assert recorder.positions == [(0, "train", 2), (1, "train", 0),
+                                  (1, "train", 2), (2, "train", 0)]
+
+
+def test_every_minutes_checkpoints_each_batch_when_short(tmp_path, dataset):
+    recorder = SaveRecorder()
+    # A cadence far below one step: a checkpoint after every batch.
+    trainer = make_trainer(dataset, tmp_path, callbacks=[recorder],
+                           max_epochs=1, checkpoint_every_minutes=1e-9)
+    trainer.train_and_validate()
+    # Only training batches checkpoint; after the last one the training
+    # phase is complete but not closed.
+    assert recorder.positions == [(0, "train", 1), (0, "train", 2),
+                                  (0, "train", 3), (1, "train", 0)]
+    state = torch.load(tmp_path / "exp" / "checkpoint" / "checkpoint_state.pt",
+                       weights_only=True)
+    assert state["position"] == {"phase": "train", "nb_batches_done": 0,
+                                 "elapsed_s": 0.0}
+    assert state["current_epoch"] == 1
+
+
+def test_trainer_refuses_bad_interruption_arguments(tmp_path, dataset):
+    for name, value in (("max_time_s", 0), ("checkpoint_every_n_batches", 1.5),
+                        ("checkpoint_every_minutes", -2.0)):
+        with pytest.raises(DwiMLUserError, match=name):
+            make_trainer(dataset, tmp_path, **{name: value})
