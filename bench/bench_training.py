@@ -1,12 +1,16 @@
-"""Training throughput of Learn2track: streamlines/s, data waiting, peak RSS.
+"""Training throughput of Learn2track: points/s, data waiting, peak memory.
 
 Trains for 2 epochs on a benchmark-size synthetic dataset (3 subjects x N
-streamlines, built once in FOLDER) with 0 and with 2 DataLoader workers,
-each case in its own process. "Data waiting" is the time the loop spends
-between the end of one batch and the start of the next (waiting on the
-DataLoader), as a share of the whole training time.
+streamlines, built once in FOLDER) with each number of DataLoader workers of
+``--workers``, each case in its own process. "Data waiting" is the time the
+loop spends between the end of one batch and the start of the next (waiting
+on the DataLoader), as a share of the whole training time. On CUDA the
+inputs are interpolated on the GPU in the main process (the loader's
+default there); ``--mixed_precision bf16`` autocasts the forward pass.
 
     python bench/bench_training.py /tmp/bench_training --nb_streamlines 5000
+    python bench/bench_training.py /tmp/bench_training --device cuda \
+        --mixed_precision bf16 --workers 0 4
 """
 import argparse
 import json
@@ -28,6 +32,7 @@ class DataWaitTimer(Callback):
         self.wait = 0.0
         self.total = 0.0
         self.nb_streamlines = 0
+        self.nb_points = 0
         self._last_end = None
         self._epoch_start = None
 
@@ -37,6 +42,7 @@ class DataWaitTimer(Callback):
     def on_train_batch_start(self, trainer, batch):
         self.wait += time.perf_counter() - self._last_end
         self.nb_streamlines += batch.nb_streamlines
+        self.nb_points += len(batch.target_points)
 
     def on_train_batch_end(self, trainer, batch, outputs):
         self._last_end = time.perf_counter()
@@ -74,6 +80,9 @@ def run_case(hdf5_file, nb_workers, args):
     train_args = build_parser().parse_args([
         experiments, f"bench_w{nb_workers}", hdf5_file, "input", "streamlines",
         "--max_epochs", "2", "--nb_workers", str(nb_workers), "-f",
+        "--device", args.device,
+        *(["--mixed_precision", args.mixed_precision]
+          if args.mixed_precision else []),
         "--batch_size_training", str(args.batch_size),
         "--rnn_layer_sizes", *map(str, args.rnn_layer_sizes),
         "--nb_previous_dirs", "1", "--step_size", "1.0",
@@ -83,8 +92,14 @@ def run_case(hdf5_file, nb_workers, args):
     start = time.perf_counter()
     train_from_args(train_args, callbacks=[timer])
     wall = time.perf_counter() - start
+    gpu_peak = 0.0
+    if args.device.startswith("cuda"):
+        import torch
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**20
     return {"nb_workers": nb_workers,
             "streamlines_per_s": timer.nb_streamlines / timer.total,
+            "points_per_s": timer.nb_points / timer.total,
+            "gpu_peak_mib": gpu_peak,
             "epoch_train_s": timer.total / 2,
             "data_wait_share": timer.wait / timer.total,
             "wall_s": wall,
@@ -102,6 +117,10 @@ def main():
     parser.add_argument("--augment", action="store_true",
                         help="Also split and reverse half of the streamlines "
                              "(more, shorter streamlines per batch).")
+    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda'.")
+    parser.add_argument("--mixed_precision", choices=("bf16", "fp16"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader workers of each case.")
     parser.add_argument("--_case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.makedirs(args.folder, exist_ok=True)
@@ -112,18 +131,22 @@ def main():
     print(f"dataset: {hdf5_file} (3 training subjects x {args.nb_streamlines} "
           f"streamlines); model LSTM {args.rnn_layer_sizes}; batch "
           f"{args.batch_size} streamlines; noise 0.1 mm"
-          + ("; split 0.5, reverse 0.5" if args.augment else ""))
-    print(f"{'workers':>7} {'streamlines/s':>14} {'epoch (s)':>10} "
-          f"{'data wait':>10} {'peak RSS MiB':>13}")
-    for nb_workers in (0, 2):
+          + ("; split 0.5, reverse 0.5" if args.augment else "")
+          + f"; device {args.device} {args.mixed_precision or 'fp32'}")
+    print(f"{'workers':>7} {'streamlines/s':>14} {'points/s':>11} "
+          f"{'epoch (s)':>10} {'data wait':>10} {'peak RSS MiB':>13} "
+          f"{'GPU peak MiB':>13}")
+    for nb_workers in args.workers:
         output = subprocess.run(
             [sys.executable, HERE, *sys.argv[1:], "--_case", str(nb_workers)],
             check=True, capture_output=True, text=True).stdout
         result = json.loads(output.strip().splitlines()[-1])
         print(f"{nb_workers:>7} {result['streamlines_per_s']:>14.0f} "
+              f"{result['points_per_s']:>11.0f} "
               f"{result['epoch_train_s']:>10.1f} "
               f"{100 * result['data_wait_share']:>9.1f}% "
-              f"{result['peak_rss_mib']:>13.0f}")
+              f"{result['peak_rss_mib']:>13.0f} "
+              f"{result['gpu_peak_mib']:>13.0f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+#!/bin/bash
+# One command for the GPU figures of bench/README.md (under 8 minutes on one
+# H100/H200): training throughput in points/s, fp32 and bf16, with
+# interpolation on the GPU (0 workers) and workers loading beside it; data
+# waiting as a share of the step; peak GPU memory; tracking at batch 10000.
+#
+#   bash bench/bench_gpu.sh [FOLDER]         # on a machine with CUDA
+#   bash bench/bench_gpu.sh --cpu [FOLDER]   # the same steps, small, on CPU
+#
+# --cpu runs every step on the CPU with small sizes (about 2 minutes on 2
+# cores), so that the script is exercised without a GPU and cannot rot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=cuda
+if [ "${1:-}" = "--cpu" ]; then DEVICE=cpu; shift; fi
+FOLDER=${1:-/tmp/dwiml_bench_gpu}
+mkdir -p "$FOLDER"
+
+if [ "$DEVICE" = cuda ]; then
+    python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --cpu')"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    NB_STREAMLINES=20000; BATCH=1000; WORKERS="0 4"
+    TRACK_SEEDS=20000; TRACK_BATCH=10000; PRECISIONS="fp32 bf16"
+else
+    NB_STREAMLINES=500; BATCH=100; WORKERS="0 1"
+    TRACK_SEEDS=200; TRACK_BATCH=100; PRECISIONS="fp32"
+fi
+
+for precision in $PRECISIONS; do
+    echo "== training, $precision"
+    MP=()
+    if [ "$precision" != fp32 ]; then MP=(--mixed_precision "$precision"); fi
+    python3 bench/bench_training.py "$FOLDER" --device "$DEVICE" \
+        --nb_streamlines "$NB_STREAMLINES" --batch_size "$BATCH" \
+        --rnn_layer_sizes 64 64 --workers $WORKERS "${MP[@]}"
+done
+
+echo "== tracking, batch $TRACK_BATCH"
+python3 bench/bench_tracking.py --device "$DEVICE" \
+    --batch_sizes "$TRACK_BATCH" --nb_seeds "$TRACK_SEEDS" --max_length 40
