@@ -9,6 +9,7 @@ import numpy as np
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 
 from dwi_ml.data.dataset.row_ranges import read_row_ranges
+from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.packed import make_array_sequence, ranges_to_indices
 
@@ -121,13 +122,17 @@ class SFTData(_SFTDataBase):
     space_attributes : tuple
         dipy's (affine, dimensions, voxel_sizes, voxel_order).
     data_per_streamline : dict of str to np.ndarray (N, k)
+    connectivity : Connectivity or None
+        The subject's known connectivity, when the HDF5 has one (see
+        :mod:`dwi_ml.data.hdf5.connectivity`).
     """
 
     def __init__(self, data, offsets, lengths, lengths_mm, space_attributes,
-                 data_per_streamline):
+                 data_per_streamline, connectivity=None):
         super().__init__(offsets, lengths, lengths_mm, space_attributes)
         self._data = data
         self.data_per_streamline = data_per_streamline
+        self.connectivity = connectivity
 
     @property
     def streamlines(self):
@@ -174,6 +179,12 @@ class LazySFTData(_SFTDataBase):
         with hdf5_read_errors(self._handle.path, self._key):
             return read_row_ranges(self._handle, self._key + "/data",
                                    self._offsets[ids], self.lengths[ids])
+
+    @property
+    def connectivity(self):
+        """The group's Connectivity or None, read from disk."""
+        with hdf5_read_errors(self._handle.path, self._key):
+            return read_connectivity(self._handle.file[self._key])
 
     @property
     def data_per_streamline(self):

@@ -9,6 +9,7 @@ from dwi_ml.data.dataset.row_ranges import (
     read_row_ranges,
 )
 from dwi_ml.data.dataset.sft_data import LazySFTData, SFTData, compute_lengths_mm
+from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
     SPACE_ATTRS,
@@ -200,7 +201,8 @@ def _load_streamlines(handle, key, lazy):
     lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine,
                                   points)
     dps = {name: group["data_per_streamline"][name][()] for name in dps_names}
-    return SFTData(points, offsets, lengths, lengths_mm, space_attributes, dps)
+    return SFTData(points, offsets, lengths, lengths_mm, space_attributes, dps,
+                   read_connectivity(group))
 
 
 def _check_packing(data_shape, offsets, lengths, where):

@@ -17,13 +17,19 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from dwi_ml.data.hdf5.connectivity import (
+    CONNECTIVITY_KEYS,
+    ConnectivityConfig,
+    parse_connectivity_config,
+)
 from dwi_ml.data.hdf5.layout import STREAMLINES_TYPE, VOLUME_TYPE
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.safe_load import load_json_file
 
 STANDARDIZATIONS = ("all", "independent", "per_file", "none")
 VOLUME_KEYS = ("type", "files", "standardization", "std_mask")
-STREAMLINE_KEYS = ("type", "files", "reference", "dps_keys")
+STREAMLINE_KEYS = ("type", "files", "reference", "dps_keys",
+                   *CONNECTIVITY_KEYS)
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,15 @@ class StreamlineGroupConfig:
         of the group (a .trk or .trx) is then the reference.
     dps_keys : tuple of str
         data_per_streamline keys to keep.
+    connectivity : ConnectivityConfig or None
+        The subject's known connectivity (see
+        :mod:`dwi_ml.data.hdf5.connectivity`).
     """
     name: str
     files: Tuple[str, ...]
     reference: Optional[str] = None
     dps_keys: Tuple[str, ...] = ()
+    connectivity: Optional[ConnectivityConfig] = None
 
 
 @dataclass(frozen=True)
@@ -211,4 +221,5 @@ def _parse_streamline_group(name, entry, volume_names, where):
         name=name,
         files=_relative_files(entry, "files", where, required=True),
         reference=reference,
-        dps_keys=dps_keys)
+        dps_keys=dps_keys,
+        connectivity=parse_connectivity_config(entry, where))

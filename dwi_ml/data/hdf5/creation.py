@@ -20,6 +20,10 @@ import h5py
 from tqdm import tqdm
 
 from dwi_ml.data.hdf5.config import load_groups_config
+from dwi_ml.data.hdf5.connectivity import (
+    load_group_connectivity,
+    write_connectivity,
+)
 from dwi_ml.data.hdf5.subjects import check_subject_lists
 from dwi_ml.data.hdf5.tractograms import check_processing_options, load_streamline_group
 from dwi_ml.data.hdf5.validation import check_subject_data, check_subject_files
@@ -130,5 +134,9 @@ def _write_subject(hdf_file, subject_files, config, processing,
             group_config, files.files, files.reference, subject,
             remove_invalid=remove_invalid, **processing)
         write_streamline_group(subject_group, group_config.name, streamlines)
+        if group_config.connectivity is not None:
+            write_connectivity(subject_group[group_config.name],
+                               load_group_connectivity(group_config, files,
+                                                       subject))
         removed[group_config.name] = streamlines.nb_removed
     return removed

@@ -8,6 +8,7 @@ the loading step.
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
+from dwi_ml.data.hdf5.connectivity import load_group_connectivity
 from dwi_ml.data.hdf5.subjects import describe, resolve_files
 from dwi_ml.data.hdf5.tractograms import (
     TRACTOGRAM_EXTENSIONS,
@@ -38,9 +39,12 @@ class StreamlineGroupFiles:
 
     ``reference`` is the first file of the reference volume group, or the
     group's first tractogram when the config has no volume group.
+    ``connectivity_files`` holds the connectivity matrix and, with labels,
+    the label volume (empty without connectivity).
     """
     files: Tuple[str, ...]
     reference: str
+    connectivity_files: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,13 @@ def check_subject_files(subject_folder, subject, config):
                     "'reference'.")
             if extension != ".tck" and path != reference:
                 check_tractogram_header(path, reference, subject, group)
-        streamline_groups[group] = StreamlineGroupFiles(tuple(files),
-                                                        reference)
+        connectivity = group_config.connectivity
+        connectivity_files = () if connectivity is None else tuple(
+            resolve_files(subject_folder, [name for name in (
+                connectivity.matrix_file, connectivity.labels_file) if name],
+                subject, group))
+        streamline_groups[group] = StreamlineGroupFiles(
+            tuple(files), reference, connectivity_files)
     return SubjectFiles(subject, volume_groups, streamline_groups)
 
 
@@ -157,6 +166,8 @@ def check_subject_data(subject_files, config, remove_invalid=False):
         for path in files.files:
             load_tractogram_file(path, files.reference, group_config,
                                  subject, remove_invalid)
+        if group_config.connectivity is not None:
+            load_group_connectivity(group_config, files, subject)
 
 
 def _check_same_grid(files, subject, group):

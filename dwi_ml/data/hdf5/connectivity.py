@@ -1,0 +1,241 @@
+"""Connectivity matrices of streamline groups, in the reference's layout.
+
+A streamline group of the creation config may carry the subject's known
+connectivity, used to score generated streamlines::
+
+    "streamlines": {"type": "streamlines", "files": ["bundles/*.trk"],
+                    "connectivity_matrix": "connectivity.npy",
+                    "connectivity_nb_blocs": [4, 4, 4]}
+
+``connectivity_matrix`` is a square ``.npy`` file (counts or booleans),
+relative to the subject folder, with exactly one of:
+
+- ``connectivity_nb_blocs``: an int or 3 ints, the volume split into that
+  many equal blocs per axis (nodes numbered as in
+  :func:`dwi_ml.tracking.connectivity.endpoint_blocs`); the matrix is then
+  ``prod(nb_blocs)`` square;
+- ``connectivity_labels``: a NIfTI label volume on the group's grid
+  (integer labels; nodes are label values, 0 the background).
+
+The HDF5 group then holds, as the reference dwi_ml writes them: the dataset
+``connectivity_matrix`` (bool, M x M), the attr ``connectivity_matrix_type``
+(``'from_blocs'`` or ``'from_labels'``), and the attr
+``connectivity_nb_blocs`` (3 ints) or the dataset
+``connectivity_label_volume`` (int32).
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from dwi_ml.data.hdf5.layout import decode_str
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+CONNECTIVITY_KEYS = ("connectivity_matrix", "connectivity_nb_blocs",
+                     "connectivity_labels")
+FROM_BLOCS = "from_blocs"
+FROM_LABELS = "from_labels"
+
+
+@dataclass(frozen=True)
+class ConnectivityConfig:
+    """A streamline group's connectivity entries of the creation config."""
+    matrix_file: str
+    nb_blocs: Optional[Tuple[int, int, int]] = None
+    labels_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Connectivity:
+    """A subject's known connectivity for one streamline group.
+
+    Attributes
+    ----------
+    matrix : np.ndarray of bool, (M, M)
+    matrix_type : str
+        'from_blocs' or 'from_labels'.
+    nb_blocs : tuple of 3 int or None
+        With 'from_blocs'.
+    label_volume : np.ndarray of int, (X, Y, Z), or None
+        With 'from_labels'.
+    """
+    matrix: np.ndarray
+    matrix_type: str
+    nb_blocs: Optional[Tuple[int, int, int]] = None
+    label_volume: Optional[np.ndarray] = None
+
+
+def parse_connectivity_config(entry, where):
+    """The ConnectivityConfig of a streamline group's config entry, or None.
+
+    Raises
+    ------
+    DwiMLUserError
+        Blocs or labels without a matrix, both or neither with a matrix, a
+        bad number of blocs or a file name that is not relative.
+    """
+    matrix_file = entry.get("connectivity_matrix")
+    has_blocs = "connectivity_nb_blocs" in entry
+    has_labels = "connectivity_labels" in entry
+    if matrix_file is None:
+        if has_blocs or has_labels:
+            raise DwiMLUserError(
+                f"{where}: 'connectivity_nb_blocs' and 'connectivity_labels' "
+                "need 'connectivity_matrix'.")
+        return None
+    if has_blocs == has_labels:
+        raise DwiMLUserError(
+            f"{where}: 'connectivity_matrix' needs exactly one of "
+            "'connectivity_nb_blocs' and 'connectivity_labels', found "
+            f"{'both' if has_blocs else 'neither'}.")
+    files = [("connectivity_matrix", matrix_file)]
+    if has_labels:
+        files.append(("connectivity_labels", entry["connectivity_labels"]))
+    for key, name in files:
+        if not isinstance(name, str) or not name or name.startswith("/"):
+            raise DwiMLUserError(
+                f"{where}: '{key}' must be a file name relative to the "
+                f"subject folder, found {name!r}.")
+    if has_labels:
+        return ConnectivityConfig(matrix_file,
+                                  labels_file=entry["connectivity_labels"])
+    return ConnectivityConfig(matrix_file, nb_blocs=_parse_nb_blocs(
+        entry["connectivity_nb_blocs"], where))
+
+
+def _parse_nb_blocs(value, where):
+    values = [value] if isinstance(value, int) else value
+    valid = (isinstance(values, list) and len(values) in (1, 3)
+             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                     for v in values))
+    if not valid:
+        raise DwiMLUserError(
+            f"{where}: 'connectivity_nb_blocs' must be a positive integer or "
+            f"a list of 3, found {value!r}.")
+    return tuple(values * 3) if len(values) == 1 else tuple(values)
+
+
+def load_connectivity(config, matrix_path, labels_path, shape, where):
+    """Read and check a subject's connectivity files.
+
+    Parameters
+    ----------
+    config : ConnectivityConfig
+    matrix_path, labels_path : str or None
+        The subject's files (labels_path with 'from_labels' only).
+    shape : tuple of 3 int
+        The streamline group's grid, for the label volume.
+    where : str
+        Names the subject and group in errors.
+
+    Returns
+    -------
+    Connectivity
+    """
+    import nibabel as nib
+
+    try:
+        matrix = np.load(matrix_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise DwiMLUserError(f"{where}: connectivity matrix '{matrix_path}' "
+                             f"cannot be read ({error}).") from None
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise DwiMLUserError(
+            f"{where}: connectivity matrix '{matrix_path}': expected a square "
+            f"2-D array, found shape {matrix.shape}.")
+    if config.nb_blocs is not None:
+        nb_nodes = int(np.prod(config.nb_blocs))
+        if matrix.shape[0] != nb_nodes:
+            raise DwiMLUserError(
+                f"{where}: connectivity matrix '{matrix_path}': expected "
+                f"{nb_nodes} x {nb_nodes} for {list(config.nb_blocs)} blocs, "
+                f"found {matrix.shape[0]} x {matrix.shape[1]}.")
+        return Connectivity(matrix > 0, FROM_BLOCS, config.nb_blocs)
+    try:
+        labels = np.asanyarray(nib.load(labels_path).dataobj)
+    except Exception as error:  # nibabel raises many types on bad files
+        raise DwiMLUserError(f"{where}: connectivity labels '{labels_path}' "
+                             f"cannot be read ({error}).") from None
+    if labels.shape != tuple(shape) or not np.all(np.mod(labels, 1) == 0):
+        raise DwiMLUserError(
+            f"{where}: connectivity labels '{labels_path}': expected integer "
+            f"labels of shape {tuple(shape)}, found {labels.dtype} "
+            f"{labels.shape}.")
+    labels = labels.astype(np.int32)
+    if labels.min() < 0 or labels.max() >= matrix.shape[0]:
+        raise DwiMLUserError(
+            f"{where}: connectivity labels '{labels_path}' go from "
+            f"{labels.min()} to {labels.max()}, but the matrix has "
+            f"{matrix.shape[0]} nodes.")
+    return Connectivity(matrix > 0, FROM_LABELS, label_volume=labels)
+
+
+def load_group_connectivity(group_config, group_files, subject):
+    """Load the connectivity of one streamline group of one subject.
+
+    Parameters
+    ----------
+    group_config : StreamlineGroupConfig
+        With its ``connectivity`` set.
+    group_files : StreamlineGroupFiles
+        The subject's resolved files of that group.
+    subject : str
+
+    Returns
+    -------
+    Connectivity
+    """
+    from dipy.io.utils import get_reference_info
+
+    shape = tuple(int(v) for v in
+                  get_reference_info(group_files.reference)[1])
+    matrix_path, *labels_path = group_files.connectivity_files
+    return load_connectivity(
+        group_config.connectivity, matrix_path,
+        labels_path[0] if labels_path else None, shape,
+        f"subject '{subject}', group '{group_config.name}'")
+
+
+def write_connectivity(streamline_group, connectivity):
+    """Add ``connectivity`` to an HDF5 streamline group, reference layout."""
+    streamline_group.attrs["connectivity_matrix_type"] = \
+        connectivity.matrix_type
+    streamline_group.create_dataset(
+        "connectivity_matrix", data=np.asarray(connectivity.matrix, bool),
+        fletcher32=True, chunks=True, track_times=False)
+    if connectivity.matrix_type == FROM_BLOCS:
+        streamline_group.attrs["connectivity_nb_blocs"] = np.asarray(
+            connectivity.nb_blocs, dtype=np.int64)
+    else:
+        streamline_group.create_dataset(
+            "connectivity_label_volume",
+            data=np.asarray(connectivity.label_volume, np.int32),
+            fletcher32=True, chunks=True, track_times=False)
+
+
+def read_connectivity(streamline_group):
+    """The Connectivity of an HDF5 streamline group (either tool's), or None.
+
+    Raises
+    ------
+    DwiMLUserError
+        A matrix without its blocs or label volume.
+    """
+    if "connectivity_matrix" not in streamline_group:
+        return None
+    matrix = np.asarray(streamline_group["connectivity_matrix"]) > 0
+    if "connectivity_nb_blocs" in streamline_group.attrs:
+        nb_blocs = [int(v) for v in np.atleast_1d(
+            streamline_group.attrs["connectivity_nb_blocs"])]
+        return Connectivity(matrix, FROM_BLOCS,
+                            tuple(nb_blocs * 3 if len(nb_blocs) == 1
+                                  else nb_blocs))
+    if "connectivity_label_volume" in streamline_group:
+        return Connectivity(matrix, FROM_LABELS, label_volume=np.asarray(
+            streamline_group["connectivity_label_volume"], dtype=np.int32))
+    matrix_type = decode_str(streamline_group.attrs.get(
+        "connectivity_matrix_type", "?"))
+    raise DwiMLUserError(
+        f"HDF5 group '{streamline_group.name}': connectivity_matrix of type "
+        f"'{matrix_type}' has neither connectivity_nb_blocs nor "
+        "connectivity_label_volume.")

@@ -1,0 +1,127 @@
+"""Connectivity matrices in the HDF5: config keys, reference layout, reading."""
+import copy
+import os
+
+import h5py
+import numpy as np
+import pytest
+from hdf5_test_data import (
+    CONFIG,
+    SHAPE,
+    grid_affine,
+    save_nifti,
+    write_dataset,
+    write_subject_lists,
+)
+
+from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.data.hdf5.connectivity import read_connectivity
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+SUBJECTS = ("s1", "s2")
+
+
+@pytest.fixture
+def dataset_root(tmp_path):
+    root = tmp_path / "dwi_ml_ready"
+    write_dataset(str(root), SUBJECTS)
+    rng = np.random.default_rng(3)
+    for subject in SUBJECTS:
+        # 2 x 2 x 2 blocs: 8 nodes; a labels volume with labels 0..4.
+        np.save(root / subject / "blocs.npy", rng.integers(0, 3, (8, 8)))
+        np.save(root / subject / "labels.npy", rng.integers(0, 3, (5, 5)))
+        np.save(root / subject / "small.npy", np.ones((3, 3)))
+        labels = rng.integers(0, 5, SHAPE).astype(np.int16)
+        save_nifti(str(root / subject / "labels.nii.gz"), labels,
+                   grid_affine())
+    return root
+
+
+def _create(root, tmp_path, group_entry, name="out.hdf5"):
+    config = copy.deepcopy(CONFIG)
+    config["streamlines"].update(group_entry)
+    lists = write_subject_lists(str(tmp_path), list(SUBJECTS))
+    out = str(tmp_path / name)
+    create_hdf5_dataset(str(root), out, config, *[
+        [line for line in open(path).read().split() if line]
+        for path in lists])
+    return out
+
+
+def test_blocs_are_stored_in_the_reference_layout(dataset_root, tmp_path):
+    out = _create(dataset_root, tmp_path, {
+        "connectivity_matrix": "blocs.npy", "connectivity_nb_blocs": 2})
+    with h5py.File(out, "r") as f:
+        for subject in SUBJECTS:
+            group = f[subject]["streamlines"]
+            expected = np.load(dataset_root / subject / "blocs.npy") > 0
+            assert group["connectivity_matrix"].dtype == bool
+            assert np.array_equal(group["connectivity_matrix"][()], expected)
+            assert group.attrs["connectivity_matrix_type"] == "from_blocs"
+            assert list(group.attrs["connectivity_nb_blocs"]) == [2, 2, 2]
+            assert "connectivity_label_volume" not in group
+            connectivity = read_connectivity(group)
+            assert connectivity.nb_blocs == (2, 2, 2)
+            assert np.array_equal(connectivity.matrix, expected)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_labels_are_stored_and_read_back(dataset_root, tmp_path, lazy):
+    import nibabel as nib
+
+    out = _create(dataset_root, tmp_path, {
+        "connectivity_matrix": "labels.npy",
+        "connectivity_labels": "labels.nii.gz"})
+    dataset = MultiSubjectDataset(out, lazy=lazy)
+    dataset.load_data()
+    subject = dataset.training_set.get_subject(0)
+    connectivity = subject.sft_data_list[0].connectivity
+    subject_id = dataset.training_set.subjects[0]
+    assert connectivity.matrix_type == "from_labels"
+    assert connectivity.nb_blocs is None
+    assert np.array_equal(
+        connectivity.matrix,
+        np.load(dataset_root / subject_id / "labels.npy") > 0)
+    assert np.array_equal(
+        connectivity.label_volume,
+        np.asarray(nib.load(dataset_root / subject_id
+                            / "labels.nii.gz").dataobj))
+    with h5py.File(out, "r") as f:
+        group = f[subject_id]["streamlines"]
+        assert group["connectivity_label_volume"].dtype == np.int32
+        assert "connectivity_nb_blocs" not in group.attrs
+
+
+def test_without_connectivity_nothing_is_added(dataset_root, tmp_path):
+    out = _create(dataset_root, tmp_path, {})
+    dataset = MultiSubjectDataset(out)
+    dataset.load_data()
+    assert dataset.training_set.get_subject(0).sft_data_list[0] \
+        .connectivity is None
+    with h5py.File(out, "r") as f:
+        assert "connectivity_matrix" not in f["s1"]["streamlines"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"connectivity_nb_blocs": 2}, "need 'connectivity_matrix'"),
+    ({"connectivity_matrix": "blocs.npy"}, "found neither"),
+    ({"connectivity_matrix": "blocs.npy", "connectivity_nb_blocs": 2,
+      "connectivity_labels": "labels.nii.gz"}, "found both"),
+    ({"connectivity_matrix": "blocs.npy", "connectivity_nb_blocs": [2, 2]},
+     "a positive integer or a list of 3"),
+    ({"connectivity_matrix": "blocs.npy", "connectivity_nb_blocs": 3},
+     "expected 27 x 27 for [3, 3, 3] blocs, found 8 x 8"),
+    ({"connectivity_matrix": "missing.npy", "connectivity_nb_blocs": 2},
+     "missing.npy"),
+    ({"connectivity_matrix": "small.npy",
+      "connectivity_labels": "labels.nii.gz"},
+     "go from 0 to 4, but the matrix has 3 nodes"),
+])
+def test_bad_connectivity_config_is_one_clear_error(dataset_root, tmp_path,
+                                                    entry, message):
+    with pytest.raises(DwiMLUserError) as error:
+        _create(dataset_root, tmp_path, entry)
+    assert message in str(error.value)
+    assert len(str(error.value).splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out.hdf5")
