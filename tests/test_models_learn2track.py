@@ -67,7 +67,7 @@ def test_output_shapes_and_loss(config):
     add_eos = config.get("dg_args", {}).get("add_eos", False)
     nb_rows = sum(LENGTHS) - (0 if add_eos else len(LENGTHS))
     assert outputs.shape == (nb_rows, model.output_size)
-    expected_width = {"cosine-regression": 3, "sphere-classification": 100,
+    expected_width = {"cosine-regression": 3, "sphere-classification": 724,
                       "fisher-von-mises": 4}[model.dg_key] + add_eos
     assert model.output_size == expected_width
     expected_rnn_out = 14 if model.use_skip_connection else 6
@@ -219,7 +219,7 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
         params = json.load(f, parse_constant=refuse_constant)
     assert params == model.params_for_checkpoint
     assert params["dg_args"] == {"add_eos": True, "eos_weight": 1.0,
-                                 "sphere": "repulsion100"}
+                                 "dropout": 0.0, "sphere": "repulsion100"}
     with open(os.path.join(folder, "model_type.txt")) as f:
         assert f.read().strip() == "Learn2TrackModel"
     state = torch.load(os.path.join(folder, "model_state.pt"),

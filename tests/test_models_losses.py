@@ -128,16 +128,26 @@ def test_eos_term_is_weighted_bce_and_masks_direction_loss():
     np.testing.assert_allclose(eos_probs.numpy(), probs, rtol=1e-6)
 
 
+# Getters whose first 3 direction outputs are the direction itself.
+VECTOR_OUTPUT_GETTERS = ("cosine-regression", "l2-regression",
+                         "cosine-plus-l2-regression", "gaussian",
+                         "fisher-von-mises")
+
+
 @pytest.mark.parametrize("dg_key", sorted(DIRECTION_GETTERS))
 def test_det_direction_is_the_expected_unit_vector(dg_key):
     dg = make_direction_getter(dg_key, 4)
-    vertices = dipy.data.get_sphere(name="repulsion100").vertices
-    if dg_key == "sphere-classification":
-        outputs = np.zeros((2, 100))
+    outputs = np.zeros((2, dg.nb_dir_outputs))
+    if dg_key.endswith("sphere-classification"):
         outputs[[0, 1], [5, 60]] = 3.
-        expected = vertices[[5, 60]]
+        expected = dg.vertices[[5, 60]].numpy()
+    elif dg_key == "gaussian-mixture":
+        # Component 1 of 3 has the highest weight; its mean is the answer.
+        outputs[:, 1] = 2.
+        outputs[:, 3 + 3:3 + 6] = [[0., 3., 4.], [-2., 0., 0.]]
+        expected = [[0., 0.6, 0.8], [-1., 0., 0.]]
     else:
-        outputs = np.zeros((2, dg.nb_dir_outputs))
+        assert dg_key in VECTOR_OUTPUT_GETTERS
         outputs[:, :3] = [[0., 3., 4.], [-2., 0., 0.]]
         expected = [[0., 0.6, 0.8], [-1., 0., 0.]]
     directions, eos_probs = dg.get_tracking_directions(as_tensor(outputs),
@@ -146,8 +156,9 @@ def test_det_direction_is_the_expected_unit_vector(dg_key):
     np.testing.assert_allclose(directions.numpy(), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("dg_key", ["sphere-classification", "gaussian",
-                                    "fisher-von-mises"])
+@pytest.mark.parametrize("dg_key", ["sphere-classification",
+                                    "smooth-sphere-classification", "gaussian",
+                                    "gaussian-mixture", "fisher-von-mises"])
 def test_prob_samples_are_unit_and_reproducible(dg_key):
     dg = make_direction_getter(dg_key, 4)
     outputs = torch.randn(50, dg.nb_dir_outputs,

@@ -10,16 +10,21 @@ from dwi_ml.io_utils.arg_checks import check_choice
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
 from dwi_ml.models.direction_getters.fisher_von_mises import FisherVonMisesDG
-from dwi_ml.models.direction_getters.gaussian import GaussianDG
+from dwi_ml.models.direction_getters.gaussian import GaussianDG, GaussianMixtureDG
 from dwi_ml.models.direction_getters.regression import (
+    CosinePlusL2RegressionDG,
     CosineRegressionDG,
     L2RegressionDG,
 )
-from dwi_ml.models.direction_getters.sphere_classification import SphereClassificationDG
+from dwi_ml.models.direction_getters.sphere_classification import (
+    SmoothSphereClassificationDG,
+    SphereClassificationDG,
+)
 
 DIRECTION_GETTERS = {cls.key: cls for cls in (
-    CosineRegressionDG, L2RegressionDG, SphereClassificationDG, GaussianDG,
-    FisherVonMisesDG)}
+    CosineRegressionDG, L2RegressionDG, CosinePlusL2RegressionDG,
+    SphereClassificationDG, SmoothSphereClassificationDG, GaussianDG,
+    GaussianMixtureDG, FisherVonMisesDG)}
 
 
 def make_direction_getter(dg_key, input_size, dg_args=None):
@@ -32,8 +37,9 @@ def make_direction_getter(dg_key, input_size, dg_args=None):
     input_size : int
         Width of the hidden state it receives.
     dg_args : dict or None
-        Keyword arguments: ``add_eos``, ``eos_weight`` and, for
-        sphere-classification, ``sphere``.
+        Keyword arguments: ``add_eos``, ``eos_weight``, ``dropout`` and each
+        getter's own (``sphere``, ``normalize_targets``, ``entropy_weight``,
+        ``nb_gaussians``, ``smoothing_sigma_deg``...).
     """
     check_choice("dg_key", dg_key, DIRECTION_GETTERS)
     cls = DIRECTION_GETTERS[dg_key]
@@ -47,5 +53,6 @@ def make_direction_getter(dg_key, input_size, dg_args=None):
 
 
 __all__ = ["AbstractDirectionGetter", "CosineRegressionDG", "L2RegressionDG",
-           "SphereClassificationDG", "GaussianDG", "FisherVonMisesDG",
-           "DIRECTION_GETTERS", "make_direction_getter"]
+           "CosinePlusL2RegressionDG", "SphereClassificationDG",
+           "SmoothSphereClassificationDG", "GaussianDG", "GaussianMixtureDG",
+           "FisherVonMisesDG", "DIRECTION_GETTERS", "make_direction_getter"]

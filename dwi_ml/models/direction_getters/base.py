@@ -18,11 +18,16 @@ the ``M`` points and ``M``. Targets follow
 whether it normalises them.
 """
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
-from dwi_ml.io_utils.arg_checks import check_choice, check_positive_float
+from dwi_ml.io_utils.arg_checks import (
+    check_choice,
+    check_fraction,
+    check_positive_float,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 TRACKING_ALGOS = ("det", "prob")
@@ -39,6 +44,8 @@ class AbstractDirectionGetter(torch.nn.Module):
         Add an EOS logit (last output column).
     eos_weight : float
         Weight of the EOS loss term.
+    dropout : float in [0, 1)
+        Dropout between the two layers (``--dg_dropout``).
 
     Notes
     -----
@@ -51,22 +58,28 @@ class AbstractDirectionGetter(torch.nn.Module):
     key = None
     nb_dir_outputs = None
 
-    def __init__(self, input_size, add_eos=False, eos_weight=1.0):
+    def __init__(self, input_size, add_eos=False, eos_weight=1.0,
+                 dropout=0.0):
         super().__init__()
         self.input_size = input_size
         self.add_eos = bool(add_eos)
         self.eos_weight = check_positive_float("eos_weight", eos_weight)
+        self.dropout = check_fraction("dropout", dropout)
         self.output_size = self.nb_dir_outputs + int(self.add_eos)
         hidden_size = math.ceil(input_size / 2)
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(input_size, hidden_size),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden_size, self.output_size))
+        # Named so that the linear layers keep the state_dict keys
+        # (layers.0, layers.2) of models saved before the dropout existed.
+        self.layers = torch.nn.Sequential(OrderedDict([
+            ("0", torch.nn.Linear(input_size, hidden_size)),
+            ("1", torch.nn.ReLU()),
+            ("dropout", torch.nn.Dropout(self.dropout)),
+            ("2", torch.nn.Linear(hidden_size, self.output_size))]))
 
     @property
     def params(self):
         """dict: the getter's own arguments (``dg_args``), JSON-able."""
-        return {"add_eos": self.add_eos, "eos_weight": self.eos_weight}
+        return {"add_eos": self.add_eos, "eos_weight": self.eos_weight,
+                "dropout": self.dropout}
 
     def forward(self, hidden):
         """(M, input_size) -> (M, output_size)."""

@@ -1,8 +1,11 @@
 """Classification over the vertices of a dipy sphere."""
+import math
+
 import dipy.data
 import torch
 import torch.nn.functional as F
 
+from dwi_ml.io_utils.arg_checks import check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
 
@@ -27,16 +30,17 @@ class SphereClassificationDG(AbstractDirectionGetter):
     Parameters
     ----------
     sphere : str
-        Name given to ``dipy.data.get_sphere``, e.g. 'repulsion100'.
+        Name given to ``dipy.data.get_sphere``: 'symmetric724' (the
+        default, as in the reference), 'repulsion100', 'repulsion724'...
     """
 
     key = "sphere-classification"
 
-    def __init__(self, input_size, sphere="repulsion100", add_eos=False,
-                 eos_weight=1.0):
+    def __init__(self, input_size, sphere="symmetric724", add_eos=False,
+                 eos_weight=1.0, dropout=0.0):
         vertices = _load_sphere_vertices(sphere)
         self.nb_dir_outputs = len(vertices)
-        super().__init__(input_size, add_eos, eos_weight)
+        super().__init__(input_size, add_eos, eos_weight, dropout)
         self.sphere = sphere
         # Rebuilt from the name: kept out of the state_dict.
         self.register_buffer("vertices", vertices, persistent=False)
@@ -62,3 +66,45 @@ class SphereClassificationDG(AbstractDirectionGetter):
         probs = torch.softmax(dir_outputs, dim=1)
         classes = torch.multinomial(probs, 1, generator=generator)
         return self.vertices[classes.squeeze(1)]
+
+
+class SmoothSphereClassificationDG(SphereClassificationDG):
+    """Sphere classification with Gaussian-smoothed targets.
+
+    The target of a direction ``x`` is not one vertex but a distribution
+    over all of them, ``p_j ∝ exp(-angle(v_j, x)^2 / (2 sigma^2))``, and the
+    loss is the cross-entropy ``-sum_j p_j log softmax(outputs)_j``: a
+    prediction one vertex away costs little, one across the sphere a lot.
+    Its minimum is the entropy of ``p``, not 0. Tracking is as for
+    'sphere-classification'.
+
+    Parameters
+    ----------
+    smoothing_sigma_deg : float
+        Sigma of the smoothing, in degrees (default 10, about twice the
+        5-degree spacing of symmetric724's vertices).
+    """
+
+    key = "smooth-sphere-classification"
+
+    def __init__(self, input_size, sphere="symmetric724", add_eos=False,
+                 eos_weight=1.0, dropout=0.0, smoothing_sigma_deg=10.0):
+        super().__init__(input_size, sphere, add_eos, eos_weight, dropout)
+        self.smoothing_sigma_deg = check_positive_float(
+            "smoothing_sigma_deg", smoothing_sigma_deg)
+
+    @property
+    def params(self):
+        return {**super().params,
+                "smoothing_sigma_deg": self.smoothing_sigma_deg}
+
+    def smoothed_targets(self, target_dirs):
+        """Target distributions over the vertices, (M, nb_vertices)."""
+        cosines = F.normalize(target_dirs, dim=1) @ self.vertices.T
+        angles = torch.acos(cosines.clamp(-1.0, 1.0))
+        sigma = math.radians(self.smoothing_sigma_deg)
+        return torch.softmax(-angles ** 2 / (2 * sigma ** 2), dim=1)
+
+    def compute_direction_losses(self, dir_outputs, target_dirs):
+        log_probs = torch.log_softmax(dir_outputs, dim=1)
+        return -(self.smoothed_targets(target_dirs) * log_probs).sum(dim=1)

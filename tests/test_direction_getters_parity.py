@@ -1,0 +1,154 @@
+"""The reference's other direction getters and options, against hand values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.direction_getters import (
+    CosinePlusL2RegressionDG,
+    GaussianDG,
+    GaussianMixtureDG,
+    L2RegressionDG,
+    SmoothSphereClassificationDG,
+    make_direction_getter,
+)
+
+# float64 throughout: these tests check formulas, not rounding.
+TARGETS = torch.tensor([[2., 0., 0.], [0., 1., 0.], [0., 0., 0.5]],
+                       dtype=torch.float64)
+
+
+def losses(dg, outputs, targets=TARGETS):
+    return dg.compute_direction_losses(
+        torch.as_tensor(outputs, dtype=torch.float64), targets).numpy()
+
+
+def test_cosine_plus_l2_is_the_sum_of_both_terms():
+    outputs = np.array([[1., 0., 0.], [1., 1., 0.], [0., 0., -2.]])
+    dg = CosinePlusL2RegressionDG(4)
+    unit_targets = np.eye(3)
+    cosines = [1., 1 / math.sqrt(2), -1.]
+    expected = [1 - c + np.linalg.norm(o - t)
+                for c, o, t in zip(cosines, outputs, unit_targets)]
+    np.testing.assert_allclose(losses(dg, outputs), expected, rtol=1e-12)
+
+
+def test_regression_normalisation_options():
+    outputs = np.array([[3., 4., 0.]])
+    target = torch.tensor([[0., 2., 0.]], dtype=torch.float64)
+    # Default: unit targets, outputs as they are: |(3, 4, 0) - (0, 1, 0)|.
+    assert losses(L2RegressionDG(4), outputs, target) == pytest.approx(
+        math.sqrt(18))
+    # Outputs to norm 1: (0.6, 0.8, 0) - (0, 1, 0).
+    dg = L2RegressionDG(4, normalize_outputs=1.0)
+    assert losses(dg, outputs, target) == pytest.approx(math.sqrt(0.4))
+    # Targets kept at norm 2: (3, 4, 0) - (0, 2, 0).
+    dg = L2RegressionDG(4, normalize_targets=None)
+    assert losses(dg, outputs, target) == pytest.approx(math.sqrt(13))
+    assert dg.params["normalize_targets"] is None
+
+
+def test_gaussian_entropy_weight_adds_the_entropy():
+    outputs = np.array([[1., 0., 0., math.log(0.5), 0., math.log(2.)]])
+    target = torch.tensor([[3., 0., 0.]], dtype=torch.float64)
+    nll = losses(GaussianDG(4), outputs, target)[0]
+    # Entropy of N(mu, diag(s^2)) in 3-D: sum log s + 3/2 log(2 pi e).
+    entropy = math.log(0.5) + math.log(2.) + 1.5 * math.log(2 * math.pi
+                                                            * math.e)
+    weighted = losses(GaussianDG(4, entropy_weight=0.3), outputs, target)[0]
+    assert weighted == pytest.approx(nll + 0.3 * entropy, rel=1e-12)
+
+
+def test_mixture_nll_against_hand_computed_value():
+    dg = GaussianMixtureDG(4, nb_gaussians=2)
+    assert dg.nb_dir_outputs == 14
+    logits = [0., math.log(3.)]                      # weights 1/4, 3/4
+    means = [[1., 0., 0.], [0., 1., 0.]]
+    log_sigmas = [[0., 0., 0.], [math.log(0.5)] * 3]
+    outputs = np.concatenate([logits, np.ravel(means),
+                              np.ravel(log_sigmas)])[None]
+    target = torch.tensor([[1., 0., 0.]], dtype=torch.float64)
+
+    def density(x, mu, sigma):
+        return np.prod(np.exp(-(x - mu) ** 2 / (2 * sigma ** 2))
+                       / (sigma * math.sqrt(2 * math.pi)))
+    x = np.array([1., 0., 0.])
+    expected = -math.log(0.25 * density(x, np.array(means[0]), 1.)
+                         + 0.75 * density(x, np.array(means[1]), 0.5))
+    assert losses(dg, outputs, target)[0] == pytest.approx(expected,
+                                                           rel=1e-12)
+    # One component: the mixture is the Gaussian getter.
+    single = GaussianMixtureDG(4, nb_gaussians=1)
+    row = np.array([[5., 1., 0., 0., 0., 0., 0.]])
+    np.testing.assert_allclose(
+        losses(single, row, target), losses(GaussianDG(4), row[:, 1:], target),
+        rtol=1e-12)
+
+
+def test_mixture_samples_follow_the_weights():
+    dg = GaussianMixtureDG(4, nb_gaussians=2)
+    # 90 % on +x, 10 % on +y, both very narrow.
+    row = np.concatenate([[math.log(9.), 0.], [1., 0., 0., 0., 1., 0.],
+                          [-8.] * 6])
+    outputs = torch.tensor(np.tile(row, (4000, 1)), dtype=torch.float32)
+    draws = dg.sample_directions(outputs, torch.Generator().manual_seed(0))
+    share_x = (draws[:, 0] > 0.99).double().mean().item()
+    # Binomial(4000, 0.9): standard error 0.0047.
+    assert abs(share_x - 0.9) < 4 * 0.0047
+    assert ((draws[:, 0] > 0.99) | (draws[:, 1] > 0.99)).all()
+
+
+def test_smooth_sphere_targets_and_loss():
+    dg = SmoothSphereClassificationDG(4, sphere="repulsion100",
+                                      smoothing_sigma_deg=10.)
+    vertices = dg.vertices.double()
+    target = vertices[7:8] * 2
+    smoothed = dg.smoothed_targets(target.float()).double()
+    angles = torch.acos((vertices @ vertices[7]).clamp(-1, 1))
+    weights = torch.exp(-angles ** 2 / (2 * math.radians(10.) ** 2))
+    # float32 targets: angles to about 1e-3 rad near 0, so 1e-4 relative.
+    np.testing.assert_allclose(smoothed[0].numpy(),
+                               (weights / weights.sum()).numpy(), atol=1e-4)
+    assert torch.argmax(smoothed[0]) == 7
+    outputs = torch.randn(1, 100, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(2))
+    expected = -(smoothed[0] * torch.log_softmax(outputs[0], 0)).sum()
+    loss = dg.compute_direction_losses(outputs.float(), target.float())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sphere_defaults_to_symmetric724():
+    assert make_direction_getter("sphere-classification", 4).nb_dir_outputs \
+        == 724
+    assert make_direction_getter("smooth-sphere-classification",
+                                 4).params["sphere"] == "symmetric724"
+
+
+def test_dropout_is_used_in_training_only_and_saved():
+    dg = make_direction_getter("cosine-regression", 8, {"dropout": 0.5})
+    assert dg.params["dropout"] == 0.5
+    hidden = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    dg.eval()
+    assert torch.equal(dg(hidden), dg(hidden))
+    dg.train()
+    torch.manual_seed(0)
+    assert not torch.equal(dg(hidden), dg(hidden))
+    # The linear layers keep the keys of models saved before dropout.
+    assert sorted(dg.state_dict()) == ["layers.0.bias", "layers.0.weight",
+                                       "layers.2.bias", "layers.2.weight"]
+
+
+@pytest.mark.parametrize("dg_key, dg_args, match", [
+    ("gaussian", {"entropy_weight": -1.}, "entropy_weight"),
+    ("gaussian-mixture", {"nb_gaussians": 0}, "nb_gaussians"),
+    ("cosine-regression", {"dropout": 1.5}, "dropout"),
+    ("l2-regression", {"normalize_targets": 0.}, "normalize_targets"),
+    ("smooth-sphere-classification", {"smoothing_sigma_deg": 0},
+     "smoothing_sigma_deg"),
+    ("sphere-classification", {"entropy_weight": 1.}, "dg_args"),
+])
+def test_bad_new_arguments(dg_key, dg_args, match):
+    with pytest.raises(DwiMLUserError, match=match):
+        make_direction_getter(dg_key, 4, dg_args)
