@@ -223,10 +223,10 @@ def main(argv=None):
     panels = _parse_graphs(args.graph)
     experiments = read_experiments(args.experiments)
     panels = panels or default_panels(experiments)
+    _check_ylim_titles(panel_ylims, panels)
     add_expression_logs(experiments, [name for panel in panels
                                       for name in panel.log_names])
     check_panels(panels, experiments)
-    _check_ylim_titles(panel_ylims, panels)
     options = PlotOptions(
         xlim=args.xlim, ylim=ylim, panel_ylims=panel_ylims,
         log_y=args.log_y, smooth=args.smooth,
