@@ -25,6 +25,7 @@ from dwi_ml.monitoring.plotting import (
     build_figures,
     check_panels,
     default_panels,
+    split_panels,
 )
 
 logger = logging.getLogger(__name__)
@@ -202,13 +203,8 @@ def write_logs_csv(path, experiments, log_names):
             writer.writerows(row + [""] * (width - len(row)) for row in rows)
 
 
-@script_entry_point
-def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
-    check_inputs_exist(*args.experiments, what="experiment")
+def _check_numbers(args):
     _check_range("xlim", args.xlim)
-    ylim, panel_ylims = parse_ylims(args.ylim)
     if args.smooth < 1:
         raise DwiMLUserError(
             f"--smooth: expected at least 1 batch, got {args.smooth}.")
@@ -220,6 +216,15 @@ def main(argv=None):
         raise DwiMLUserError(
             f"--fig_size: expected positive inches, got "
             f"{args.fig_size[0]:g} {args.fig_size[1]:g}.")
+
+
+@script_entry_point
+def main(argv=None):
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    check_inputs_exist(*args.experiments, what="experiment")
+    _check_numbers(args)
+    ylim, panel_ylims = parse_ylims(args.ylim)
     panels = _parse_graphs(args.graph)
     experiments = read_experiments(args.experiments)
     panels = panels or default_panels(experiments)
@@ -233,7 +238,7 @@ def main(argv=None):
         remove_outliers=args.remove_outliers,
         nb_plots_per_fig=args.nb_plots_per_fig, fig_size=args.fig_size)
 
-    nb_figures = -(-len(panels) // (args.nb_plots_per_fig or len(panels)))
+    nb_figures = len(split_panels(panels, args.nb_plots_per_fig))
     paths = png_paths(args.out or os.path.join(args.experiments[0],
                                                DEFAULT_OUT_NAME), nb_figures)
     for path in paths:
