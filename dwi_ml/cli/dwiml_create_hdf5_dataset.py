@@ -1,5 +1,16 @@
 """Create the dwi_ml HDF5 file of a dwi_ml_ready folder."""
+import os
+import time
+
+import h5py
+
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.hdf5.layout import (
+    SPLITS,
+    STREAMLINES_TYPE,
+    decode_str,
+    read_subject_list,
+)
 from dwi_ml.data.hdf5.subjects import read_subjects_file
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -27,7 +38,10 @@ first volume group); "dps_keys" keeps data_per_streamline. The three
 subject lists are text files of subject IDs (one may be empty). Every
 input is checked before any work, and the output is written under a
 temporary name then renamed, so a failed or interrupted run leaves nothing
-at OUT_HDF5. See docs/hdf5_layout.md for the layout and a config example."""
+at OUT_HDF5. With -v, a progress bar counts the subjects (it names the one
+being written). On success, one paragraph sums up the file: subjects per
+split, streamlines and points, file size and time taken. See
+docs/hdf5_layout.md for the layout and a config example."""
 
 
 def _build_parser():
@@ -62,6 +76,42 @@ def _build_parser():
     return parser
 
 
+def summarize_hdf5(path):
+    """Count what a dwi_ml HDF5 file holds, reading only ``lengths``.
+
+    Returns
+    -------
+    dict
+        ``subjects``: {split: number of subjects}; ``nb_streamlines`` and
+        ``nb_points``: totals over every subject and streamline group;
+        ``file_size_bytes``.
+    """
+    nb_streamlines = nb_points = 0
+    with h5py.File(path, "r") as hdf_file:
+        subjects = {split: len(read_subject_list(hdf_file.attrs, split))
+                    for split in SPLITS}
+        for subject_group in hdf_file.values():
+            for group in subject_group.values():
+                if decode_str(group.attrs.get("type", "")) == STREAMLINES_TYPE:
+                    lengths = group["lengths"][:]
+                    nb_streamlines += len(lengths)
+                    nb_points += int(lengths.sum())
+    return {"subjects": subjects, "nb_streamlines": nb_streamlines,
+            "nb_points": nb_points, "file_size_bytes": os.path.getsize(path)}
+
+
+def format_summary(path, summary, seconds):
+    """The one-paragraph summary printed after a successful creation."""
+    splits = ", ".join(f"{count} {split}"
+                       for split, count in summary["subjects"].items())
+    return (f"Created {path} in {seconds:.1f} s: "
+            f"{sum(summary['subjects'].values())} subjects ({splits}), "
+            f"{summary['nb_streamlines']} streamlines, "
+            f"{summary['nb_points']} points, "
+            f"{summary['file_size_bytes'] / 1024 ** 2:.2f} MiB "
+            f"({summary['file_size_bytes']} bytes).")
+
+
 @script_entry_point
 def main(argv=None):
     args = _build_parser().parse_args(argv)
@@ -69,6 +119,7 @@ def main(argv=None):
     check_inputs_exist(args.dwi_ml_ready_folder, args.config_json,
                        args.training_subjs, args.validation_subjs,
                        args.testing_subjs)
+    start = time.perf_counter()
     create_hdf5_dataset(
         args.dwi_ml_ready_folder, args.out_hdf5, args.config_json,
         read_subjects_file(args.training_subjs),
@@ -77,3 +128,5 @@ def main(argv=None):
         step_size=args.step_size, nb_points=args.nb_points,
         compress=args.compress, remove_invalid=args.remove_invalid,
         overwrite=args.overwrite)
+    print(format_summary(args.out_hdf5, summarize_hdf5(args.out_hdf5),
+                         time.perf_counter() - start))

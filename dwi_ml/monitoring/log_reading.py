@@ -16,6 +16,7 @@ import numpy as np
 
 from dwi_ml.io_utils.atomic import existing_atomic_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.monitoring.log_expressions import base_log_names
 from dwi_ml.training.checkpoint_io import BEST_MODEL_DIR, LOGS_DIR, PARAMETERS_FILE
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,13 @@ class ExperimentLogs:
 
 
 def is_per_batch(log_name):
-    """True for a per-batch log (x axis in batches, not epochs)."""
-    return log_name.endswith(PER_BATCH_SUFFIX)
+    """True for a per-batch log (x axis in batches, not epochs).
+
+    An expression (see :mod:`~dwi_ml.monitoring.log_expressions`) is
+    per-batch when its first log is; ``check_panels`` refuses one that
+    mixes both kinds.
+    """
+    return base_log_names(log_name)[0].endswith(PER_BATCH_SUFFIX)
 
 
 def _load_log(path):

@@ -2,19 +2,26 @@
 
 Each experiment has one colour in every panel; each log of a panel has one
 line style. A star marks each experiment's best epoch on its per-epoch
-curves. Per-epoch logs are drawn against the epoch (0-based, as in
-``best_epoch.json``), per-batch logs against the global batch index.
+loss and metric curves (not on learning rates, times or gradient norms,
+whose value at the best epoch means nothing). Per-epoch logs are drawn
+against the epoch (0-based, as in ``best_epoch.json``), per-batch logs
+against the global batch index. Each panel's y axis is labelled with what
+its logs measure (:func:`y_label`). Panels are spread over figures of at
+most ``nb_plots_per_fig`` panels each.
 """
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.monitoring.log_expressions import base_log_names, parse_log_expression
 from dwi_ml.monitoring.log_reading import is_per_batch
 
 logger = logging.getLogger(__name__)
@@ -26,6 +33,14 @@ LINE_STYLES = ("-", "--", ":", "-.")
 # Logs spanning decades (e.g. a decaying learning rate) read best on a log
 # scale; a panel holding only such logs always uses one.
 LOG_SCALE_LOGS = frozenset({"learning_rate"})
+# Values beyond this many interquartile ranges from the quartiles are
+# outliers for --remove_outliers (Tukey's "far out" fence).
+OUTLIER_IQR_FACTOR = 3.0
+# What a log measures (see log_kind), and the y-axis label of each kind.
+KIND_LABELS = {"loss": "loss", "metric": "value",
+               "learning_rate": "learning rate", "time": "seconds",
+               "grad_norm": "gradient norm"}
+BEST_EPOCH_KINDS = frozenset({"loss", "metric"})
 
 
 @dataclass(frozen=True)
@@ -63,7 +78,8 @@ def check_panels(panels, experiments):
         or a panel none of whose logs exists in any experiment.
     """
     for panel in panels:
-        if len({is_per_batch(name) for name in panel.log_names}) > 1:
+        if len({is_per_batch(name) for log_name in panel.log_names
+                for name in base_log_names(log_name)}) > 1:
             raise DwiMLUserError(
                 f"--graph '{panel.title}': cannot mix per-batch and per-epoch "
                 f"logs in one panel ({', '.join(panel.log_names)}).")
@@ -83,9 +99,102 @@ def check_panels(panels, experiments):
                            experiment.label, ", ".join(missing))
 
 
+@dataclass(frozen=True)
+class PlotOptions:
+    """How to draw the panels (see ``visualize_logs.py --help``).
+
+    Attributes
+    ----------
+    xlim, ylim : (float, float) or None
+        Ranges of every panel (epochs or batches on x).
+    panel_ylims : dict of str to (float, float)
+        y range of the panel of that title; wins over ``ylim``.
+    log_y : bool
+        Log scale on every y axis.
+    smooth : int
+        Moving-average window (batches) for per-batch logs; 1: none.
+    remove_outliers : bool
+        Leave out of each curve the values beyond
+        ``OUTLIER_IQR_FACTOR`` interquartile ranges from its quartiles.
+    nb_plots_per_fig : int or None
+        Most panels per figure; None: all in one figure.
+    fig_size : (float, float) or None
+        (width, height) of each figure in inches; None: from the number
+        of panels (:func:`figure_size_inches`).
+    """
+    xlim: Optional[tuple] = None
+    ylim: Optional[tuple] = None
+    panel_ylims: dict = field(default_factory=dict)
+    log_y: bool = False
+    smooth: int = 1
+    remove_outliers: bool = False
+    nb_plots_per_fig: Optional[int] = None
+    fig_size: Optional[tuple] = None
+
+
+def log_kind(log_name):
+    """What a log (or expression) measures: a key of ``KIND_LABELS``.
+
+    Named by the trainer's conventions: ``learning_rate``, ``*_time``
+    (seconds), ``grad_norm*``, ``*loss*``; anything else is a metric. An
+    expression has the kind of its first log.
+    """
+    name = base_log_names(log_name)[0]
+    if name == "learning_rate":
+        return "learning_rate"
+    if name.endswith("_time"):
+        return "time"
+    if name.startswith("grad_norm"):
+        return "grad_norm"
+    return "loss" if "loss" in name else "metric"
+
+
+def y_label(log_names):
+    """The y-axis label of a panel: what its logs measure, e.g. 'loss'.
+
+    A ``diff`` expression measures a difference ('loss difference'); logs
+    of several kinds give their labels joined by ' / '.
+    """
+    labels = []
+    for name in log_names:
+        label = KIND_LABELS[log_kind(name)]
+        expression = parse_log_expression(name)
+        if expression is not None and expression.operator == "diff":
+            label += " difference"
+        labels.append(label)
+    return " / ".join(dict.fromkeys(labels))
+
+
+def remove_outliers(values, factor=OUTLIER_IQR_FACTOR):
+    """``values`` with NaN for those beyond ``factor`` IQRs of the quartiles.
+
+    With Q1 and Q3 the quartiles of the finite values and
+    ``IQR = Q3 - Q1``, a value below ``Q1 - factor * IQR`` or above
+    ``Q3 + factor * IQR`` becomes NaN (a gap in the curve, at its place).
+    """
+    values = np.array(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return values
+    q1, q3 = np.percentile(finite, [25, 75])
+    spread = factor * (q3 - q1)
+    with np.errstate(invalid="ignore"):
+        values[(values < q1 - spread) | (values > q3 + spread)] = np.nan
+    return values
+
+
 def moving_average(values, window):
-    """Mean of each ``window`` consecutive values (length ``n - window + 1``)."""
-    return np.convolve(values, np.ones(window) / window, mode="valid")
+    """Mean of each ``window`` consecutive values (length ``n - window + 1``).
+
+    NaN values (e.g. removed outliers) are left out of their windows; a
+    window of NaN only is NaN.
+    """
+    finite = np.isfinite(values)
+    kernel = np.ones(window)
+    sums = np.convolve(np.where(finite, values, 0.0), kernel, mode="valid")
+    counts = np.convolve(finite.astype(np.float64), kernel, mode="valid")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
 
 
 def _draw_curve(ax, values, colour, style, smooth):
@@ -109,11 +218,14 @@ def _draw_best_epoch(ax, experiment, values, colour):
     return True
 
 
-def draw_panel(ax, panel, experiments, colours, smooth=1):
+def draw_panel(ax, panel, experiments, colours, smooth=1,
+               outliers_removed=False):
     """Draw one panel's logs of every experiment, with its legend.
 
     ``smooth`` > 1 adds a moving average over that many batches to
-    per-batch logs (the raw values stay, faint).
+    per-batch logs (the raw values stay, faint). With
+    ``outliers_removed``, each curve goes through :func:`remove_outliers`
+    first.
     """
     per_batch = is_per_batch(panel.log_names[0])
     handles, any_best = [], False
@@ -123,9 +235,11 @@ def draw_panel(ax, panel, experiments, colours, smooth=1):
             values = experiment.logs.get(name)
             if values is None:
                 continue
+            if outliers_removed:
+                values = remove_outliers(values)
             drawn = True
             _draw_curve(ax, values, colour, style, smooth if per_batch else 1)
-            if not per_batch:
+            if not per_batch and log_kind(name) in BEST_EPOCH_KINDS:
                 any_best |= _draw_best_epoch(ax, experiment, values, colour)
         if drawn:
             handles.append(Line2D([], [], color=colour,
@@ -140,6 +254,7 @@ def draw_panel(ax, panel, experiments, colours, smooth=1):
     ax.legend(handles=handles, fontsize="small")
     ax.set_title(panel.title)
     ax.set_xlabel("batch" if per_batch else "epoch")
+    ax.set_ylabel(y_label(panel.log_names))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if LOG_SCALE_LOGS.issuperset(panel.log_names):
         ax.set_yscale("log")
@@ -159,24 +274,27 @@ def figure_size_inches(nb_panels):
             PANEL_SIZE_INCHES[1] * nb_rows)
 
 
-def draw_figure(figure, panels, experiments, xlim=None, ylim=None,
-                log_y=False, smooth=1):
+def split_panels(panels, nb_plots_per_fig=None):
+    """The panels of each figure: consecutive groups of at most N panels."""
+    size = nb_plots_per_fig or max(len(panels), 1)
+    return [panels[start:start + size]
+            for start in range(0, len(panels), size)]
+
+
+def draw_figure(figure, panels, experiments, options=PlotOptions()):
     """Fill ``figure`` (a matplotlib Figure) with one subplot per panel.
 
     Parameters
     ----------
     figure : matplotlib.figure.Figure
-        Sized here with :func:`figure_size_inches` at :data:`DPI`.
+        Sized here: ``options.fig_size`` or :func:`figure_size_inches`, at
+        :data:`DPI`.
     panels : list of Panel
     experiments : list of dwi_ml.monitoring.log_reading.ExperimentLogs
-    xlim, ylim : (float, float) or None
-        Applied to every panel (epochs or batches on x).
-    log_y : bool
-        Log scale on every panel's y axis.
-    smooth : int
-        Moving-average window (batches) for per-batch logs; 1: none.
+    options : PlotOptions
     """
-    figure.set_size_inches(*figure_size_inches(len(panels)))
+    figure.set_size_inches(*(options.fig_size
+                             or figure_size_inches(len(panels))))
     figure.set_dpi(DPI)
     figure.set_layout_engine("constrained")
     nb_columns = min(MAX_COLUMNS, len(panels))
@@ -185,12 +303,33 @@ def draw_figure(figure, panels, experiments, xlim=None, ylim=None,
     cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = [cycle[i % len(cycle)] for i in range(len(experiments))]
     for ax, panel in zip(axes, panels):
-        draw_panel(ax, panel, experiments, colours, smooth)
-        if log_y:
+        draw_panel(ax, panel, experiments, colours, options.smooth,
+                   options.remove_outliers)
+        if options.log_y:
             ax.set_yscale("log")
-        if xlim is not None:
-            ax.set_xlim(*xlim)
+        if options.xlim is not None:
+            ax.set_xlim(*options.xlim)
+        ylim = options.panel_ylims.get(panel.title, options.ylim)
         if ylim is not None:
             ax.set_ylim(*ylim)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+
+
+def build_figures(panels, experiments, options=PlotOptions(),
+                  make_figure=Figure):
+    """One drawn figure per group of ``options.nb_plots_per_fig`` panels.
+
+    ``make_figure`` creates each empty figure: ``Figure`` (no display) or
+    ``matplotlib.pyplot.figure`` (to show them).
+
+    Returns
+    -------
+    list of matplotlib.figure.Figure
+    """
+    figures = []
+    for figure_panels in split_panels(panels, options.nb_plots_per_fig):
+        figure = make_figure()
+        draw_figure(figure, figure_panels, experiments, options)
+        figures.append(figure)
+    return figures

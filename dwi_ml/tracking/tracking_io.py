@@ -117,6 +117,54 @@ def make_reference_header(affine, shape):
     return header
 
 
+def save_tractogram_atomic(streamlines_vox_corner, affine, shape, out_path,
+                           data_per_streamline=None, data_per_point=None,
+                           bbox_valid_check=True):
+    """Write streamlines in the subject's space (RAS mm), atomically.
+
+    Parameters
+    ----------
+    streamlines_vox_corner : nibabel ArraySequence
+        Voxel space, corner origin, on the grid (``affine``, ``shape``).
+    affine : np.ndarray, shape (4, 4)
+        Voxel (centre) to RAS mm: the reference of the output.
+    shape : tuple of 3 int
+    out_path : str
+        .trk, .tck or .trx. A .tck file holds neither
+        ``data_per_streamline`` nor ``data_per_point``: they are dropped
+        there, with a warning.
+    data_per_streamline : dict of str to np.ndarray (N, k), optional
+    data_per_point : dict of str to nibabel ArraySequence, optional
+        Each with the streamlines' lengths and (n_i, k) rows.
+    bbox_valid_check : bool
+        Refuse points outside the grid (dipy's check).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    streamlines_mm = streamlines_vox_corner_to_rasmm(streamlines_vox_corner,
+                                                     affine)
+    extension = os.path.splitext(out_path)[1].lower()
+    if extension == ".tck" and (data_per_streamline or data_per_point):
+        logger.warning("%s: .tck files hold no data per streamline or per "
+                       "point; %s not saved.", out_path, ", ".join(
+                           [*(data_per_streamline or {}),
+                            *(data_per_point or {})]))
+    sft = StatefulTractogram(
+        streamlines_mm, make_reference_header(affine, shape), Space.RASMM,
+        origin=Origin.NIFTI, data_per_streamline=data_per_streamline,
+        data_per_point=data_per_point)
+    with atomic_output_file(out_path) as tmp_path:
+        # dipy picks the format from the extension, which the temporary
+        # name lacks.
+        tmp_with_extension = tmp_path + extension
+        try:
+            save_tractogram(sft, tmp_with_extension,
+                            bbox_valid_check=bbox_valid_check)
+            os.replace(tmp_with_extension, tmp_path)
+        finally:
+            if os.path.exists(tmp_with_extension):
+                os.remove(tmp_with_extension)
+
+
 def save_tractogram_with_seeds(streamlines_vox_corner, seeds_vox_corner,
                                affine, shape, out_path):
     """Write streamlines and their seeds, atomically.
@@ -135,25 +183,7 @@ def save_tractogram_with_seeds(streamlines_vox_corner, seeds_vox_corner,
         and dipy's ``load_tractogram`` return the streamlines. A .tck file
         cannot hold them: they are dropped there, with a warning.
     """
-    affine = np.asarray(affine, dtype=np.float64)
-    streamlines_mm = streamlines_vox_corner_to_rasmm(streamlines_vox_corner,
-                                                     affine)
     seeds_mm = points_vox_corner_to_rasmm(seeds_vox_corner, affine)
-    extension = os.path.splitext(out_path)[1].lower()
-    if extension == ".tck":
-        logger.warning("%s: .tck files hold no data_per_streamline; the "
-                       "seeds are not saved.", out_path)
-    sft = StatefulTractogram(
-        streamlines_mm, make_reference_header(affine, shape), Space.RASMM,
-        origin=Origin.NIFTI,
+    save_tractogram_atomic(
+        streamlines_vox_corner, affine, shape, out_path,
         data_per_streamline={SEEDS_KEY: seeds_mm.astype(np.float32)})
-    with atomic_output_file(out_path) as tmp_path:
-        # dipy picks the format from the extension, which the temporary
-        # name lacks.
-        tmp_with_extension = tmp_path + extension
-        try:
-            save_tractogram(sft, tmp_with_extension, bbox_valid_check=True)
-            os.replace(tmp_with_extension, tmp_path)
-        finally:
-            if os.path.exists(tmp_with_extension):
-                os.remove(tmp_with_extension)

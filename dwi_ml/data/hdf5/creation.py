@@ -107,8 +107,11 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
             h5py.File(tmp_path, "w") as hdf_file:
         write_root_attrs(hdf_file, subjects, json.dumps(config.raw),
                          date_time, **processing)
-        for subject_files in tqdm(all_files, desc="Subjects", unit="subject",
-                                  disable=progress_bars_disabled()):
+        subjects_bar = tqdm(all_files, desc="Subjects", unit="subject",
+                            disable=progress_bars_disabled())
+        for subject_files in subjects_bar:
+            # Names the subject being written: a slow one is then visible.
+            subjects_bar.set_postfix_str(subject_files.subject)
             removed[subject_files.subject] = _write_subject(
                 hdf_file, subject_files, config, processing, remove_invalid)
     logging.info("Saved %d subjects in %s.", len(all_files), out_hdf5)

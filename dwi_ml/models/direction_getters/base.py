@@ -124,20 +124,36 @@ class AbstractDirectionGetter(torch.nn.Module):
         M points, so their sum is :meth:`compute_loss`'s; ``eos`` (already
         weighted by ``eos_weight``) is present only with ``add_eos``.
         """
+        losses = self.compute_per_point_losses(outputs, target_dirs,
+                                               eos_targets)
+        return ({name: values.mean() for name, values in losses.items()},
+                len(losses["direction"]))
+
+    def compute_per_point_losses(self, outputs, target_dirs,
+                                 eos_targets=None):
+        """Each term of the loss at each of the M points, not reduced.
+
+        Same arguments as :meth:`compute_loss`. Returns ``{'direction':
+        (M,), 'eos': (M,)}`` float32 tensors (``eos``, weighted by
+        ``eos_weight``, only with ``add_eos``): ``direction`` is 0 where
+        the streamline stops. Their means are
+        :meth:`compute_named_losses`' terms; their sum over the terms is
+        the loss of each point.
+        """
         # Under mixed precision the outputs may be float16, in which exp()
         # of a log-sigma or log-kappa overflows: losses are float32.
         dir_outputs, eos_logits = self.split_eos(outputs.float())
         losses = self.compute_direction_losses(dir_outputs,
                                                target_dirs.float())
         if not self.add_eos:
-            return {"direction": losses.mean()}, len(losses)
+            return {"direction": losses}
         if eos_targets is None:
             raise ValueError("eos_targets are required with add_eos.")
         eos_targets = eos_targets.float()
         eos_losses = F.binary_cross_entropy_with_logits(
             eos_logits, eos_targets, reduction="none")
-        return {"direction": ((1 - eos_targets) * losses).mean(),
-                "eos": self.eos_weight * eos_losses.mean()}, len(losses)
+        return {"direction": (1 - eos_targets) * losses,
+                "eos": self.eos_weight * eos_losses}
 
     def get_det_directions(self, dir_outputs):
         """Most likely unit direction of each point, (N, 3)."""

@@ -1,0 +1,129 @@
+"""See where along the streamlines a trained model's loss is high."""
+import logging
+import os
+
+from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    check_inputs_exist,
+    check_output_free,
+    make_parser,
+    set_verbosity,
+)
+from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.monitoring.loss_per_point import (
+    compute_subject_point_losses,
+    draw_histograms,
+    save_loss_tractogram,
+)
+from dwi_ml.training.checkpoint_io import (
+    best_model_dir,
+    checkpoint_model_dir,
+    read_parameters,
+)
+from dwi_ml.training.experiment_builder import check_hdf5_groups
+
+logger = logging.getLogger(__name__)
+
+OUT_EXTENSIONS = (".trk", ".trx")
+HISTOGRAM_SUFFIX = "_histogram.png"
+
+DESCRIPTION = """\
+Run the model of an experiment (its best model, or its latest epoch with
+--use_latest_epoch) over every streamline of one subject of a dwi_ml HDF5
+file, as in validation (no augmentation), and write the streamlines with
+the loss at each point as data_per_point, to colour them in a viewer
+(e.g. MI-Brain, or scil_viz_bundle.py). Point i holds the loss of the
+direction predicted there, towards point i + 1: key 'loss' and, for models
+with an end-of-streamline (EOS) output, its terms 'loss_direction' and
+'loss_eos'; key 'angular_error_deg' holds the angle in degrees between the
+model's most likely direction and the true one (in mm). Without EOS the
+last point of each streamline predicts nothing: its values are NaN. With
+EOS it holds the loss of stopping there, and a NaN angle. The streamlines
+are those the model saw (resampled to its step size when the HDF5's
+differs), in the subject's space (RAS mm, on the streamline group's grid).
+The mean of 'loss' over the points with a value is the subject's loss of
+dwiml_evaluate_model.py. A histogram of each value is written to a PNG
+file. OUT_TRACTOGRAM is a .trk or .trx file (a .tck file cannot hold
+data_per_point). Every input is checked, and existing outputs refused
+without -f, before any work."""
+
+
+def _build_parser():
+    parser = make_parser(DESCRIPTION)
+    parser.add_argument("experiment_path", metavar="EXPERIMENT",
+                        help="The experiment folder.")
+    parser.add_argument("hdf5_file", metavar="HDF5", help="dwi_ml HDF5 file.")
+    parser.add_argument("subject_id", metavar="SUBJECT",
+                        help="Subject ID, in any split.")
+    parser.add_argument("out_tractogram", metavar="OUT_TRACTOGRAM",
+                        help="Output .trk or .trx.")
+    model = parser.add_argument_group("Model and data")
+    model.add_argument("--use_latest_epoch", action="store_true",
+                       help="Use the checkpoint's model, not best_model/.")
+    model.add_argument("--input_group", metavar="GROUP",
+                       help="Volume group fed to the model. Default: the "
+                            "experiment's.")
+    model.add_argument("--streamline_group", metavar="GROUP",
+                       help="Streamline group to evaluate. Default: the "
+                            "experiment's.")
+    model.add_argument("--batch_size", type=int, default=200,
+                       help="Streamlines per forward pass.")
+    model.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
+    outputs = parser.add_argument_group("Histogram")
+    outputs.add_argument("--out_histogram", metavar="PNG",
+                         help="Histogram figure. Default: OUT_TRACTOGRAM "
+                              f"without its extension + '{HISTOGRAM_SUFFIX}'.")
+    outputs.add_argument("--nb_bins", type=int, default=50,
+                         help="Bins of each histogram.")
+    add_overwrite_arg(parser)
+    add_verbose_arg(parser)
+    return parser
+
+
+def _check_positive(name, value):
+    if value < 1:
+        raise DwiMLUserError(f"--{name}: expected a positive number, got "
+                             f"{value}.")
+
+
+@script_entry_point
+def main(argv=None):
+    """Entry point of dwiml_visualize_loss.py."""
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    check_inputs_exist(args.experiment_path, what="experiment")
+    check_inputs_exist(args.hdf5_file, what="HDF5 file")
+    check_device(args.device, "--device")
+    _check_positive("batch_size", args.batch_size)
+    _check_positive("nb_bins", args.nb_bins)
+    root, extension = os.path.splitext(args.out_tractogram)
+    if extension.lower() not in OUT_EXTENSIONS:
+        raise DwiMLUserError(
+            f"output '{args.out_tractogram}': expected one of "
+            f"{', '.join(OUT_EXTENSIONS)} (data_per_point), found "
+            f"'{extension or 'none'}'.")
+    out_histogram = args.out_histogram or root + HISTOGRAM_SUFFIX
+    check_output_free(args.out_tractogram, args.overwrite)
+    check_output_free(out_histogram, args.overwrite)
+    loader_params = read_parameters(args.experiment_path, ("loader",))["loader"]
+    input_group = args.input_group or loader_params["input_group"]
+    streamline_group = args.streamline_group or loader_params["streamline_group"]
+    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
+    model_dir = (checkpoint_model_dir(args.experiment_path)
+                 if args.use_latest_epoch
+                 else best_model_dir(args.experiment_path))
+    model = load_model_from_params_and_state(model_dir, args.device)
+
+    point_losses = compute_subject_point_losses(
+        model, args.hdf5_file, args.subject_id, input_group,
+        streamline_group, args.batch_size, args.device)
+    save_loss_tractogram(point_losses, args.out_tractogram)
+    figure = draw_histograms(point_losses, args.nb_bins)
+    with atomic_output_file(out_histogram) as tmp_path:
+        figure.savefig(tmp_path, format="png")
+    logger.info("Tractogram written to %s, histograms to %s.",
+                args.out_tractogram, out_histogram)
