@@ -12,7 +12,7 @@ from dwi_ml.cli.dwiml_visualize_loss import main as visualize_loss_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.space import points_vox_corner_to_rasmm
 from dwi_ml.models import load_model_from_params_and_state
-from dwi_ml.models.direction_getters import make_direction_getter
+from dwi_ml.models.direction_getters import DIRECTION_GETTERS, make_direction_getter
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.loss_per_point import (
     compute_subject_point_losses,
@@ -22,8 +22,7 @@ from dwi_ml.monitoring.loss_per_point import (
 )
 from dwi_ml.training.evaluation import evaluate_model
 
-DG_KEYS = ("cosine-regression", "l2-regression", "sphere-classification",
-           "gaussian", "fisher-von-mises")
+DG_KEYS = tuple(sorted(DIRECTION_GETTERS))
 
 
 @pytest.mark.parametrize("dg_key", DG_KEYS)
