@@ -26,6 +26,10 @@ from dwi_ml.tracking.tracking_io import (
     load_subject_volumes,
     save_tractogram_with_seeds,
 )
+from dwi_ml.tracking.training_facts import (
+    choose_step_size,
+    warn_if_not_trained_backward,
+)
 
 DESCRIPTION = """\
 Track one subject of a dwi_ml HDF5 file with the model of an experiment
@@ -77,7 +81,8 @@ def _build_parser():
                           help="Most likely direction, or one drawn from the "
                                "model's distribution.")
     tracking.add_argument("--step_size", type=float, metavar="MM",
-                          help="Step in mm. Default: the model's.")
+                          help="Step in mm. Default: the model's, else the "
+                               "step size of the HDF5 it was trained on.")
     tracking.add_argument("--theta", type=float, default=45.0, metavar="DEG",
                           help="Largest angle between two steps, degrees.")
     tracking.add_argument("--min_length", type=float, default=10.0,
@@ -136,12 +141,7 @@ def _check_model(model, args, input_volume):
             f"expects {model.input_size} inputs per point ("
             f"{model.nb_features} features x {model.nb_neighbours} "
             f"neighbours), found {nb_features} features.")
-    step_size = args.step_size if args.step_size is not None \
-        else model.step_size
-    if step_size is None:
-        raise DwiMLUserError(
-            "argument --step_size: the model was trained without a step "
-            "size; give one in mm, found none.")
+    step_size = choose_step_size(args.step_size, model, args.experiment_path)
     # Refuses 'prob' with a deterministic direction getter before any work.
     model.get_tracking_directions(
         torch.zeros((1, model.output_size), device=model.device), args.algo)
@@ -183,6 +183,8 @@ def main(argv=None):
     volumes = load_subject_volumes(args.hdf5_file, args.subject_id, groups)
     input_volume = volumes[args.input_group]
     step_size = _check_model(model, args, input_volume)
+    warn_if_not_trained_backward(args.experiment_path,
+                                 args.track_forward_only)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
     eos_threshold = args.eos_stop

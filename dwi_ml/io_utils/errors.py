@@ -29,7 +29,9 @@ def script_entry_point(main_fn):
     """Wrap a script's ``main(argv=None)`` so user errors exit cleanly.
 
     A :class:`DwiMLUserError` is printed as ``PROG: error: MESSAGE`` on
-    stderr, followed by exit status 2, the same convention as argparse.
+    stderr, followed by exit status 2, the same convention as argparse. A
+    reader that stops reading the output (``| head``) ends the script
+    quietly.
     """
     @functools.wraps(main_fn)
     def wrapper(argv=None):
@@ -39,4 +41,9 @@ def script_entry_point(main_fn):
             prog = os.path.basename(sys.argv[0]) or "dwi_ml"
             print(f"{prog}: error: {one_line_message(error)}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:
+            # Python would report the pipe again when flushing stdout at
+            # exit: point stdout at /dev/null first.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
     return wrapper

@@ -1,0 +1,85 @@
+"""What tracking learns from how a model was trained (its parameters.json).
+
+A model trained without its own step size saw the streamlines of its HDF5
+file at that file's step size, so tracking uses that step by default. A
+model trained without reversed streamlines has never seen a streamline run
+backwards, so the backward half of two-way tracking is out of its training.
+"""
+import logging
+import numbers
+import os
+
+import h5py
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.training.checkpoint_io import PARAMETERS_FILE, read_parameters
+
+logger = logging.getLogger(__name__)
+
+
+def _as_step(value):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and value > 0:
+        return float(value)
+    return None
+
+
+def training_hdf5_step_size(experiment_dir):
+    """Step size (mm) of the HDF5 the experiment was trained on, or None.
+
+    Read from the HDF5 fingerprint of ``parameters.json`` (written since
+    fingerprints exist), else from the training file's root attrs when it
+    is still there.
+    """
+    if not os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE)):
+        return None
+    dataset = read_parameters(experiment_dir).get("dataset") or {}
+    creation = (dataset.get("fingerprint") or {}).get("creation") or {}
+    if "step_size" in creation:
+        return _as_step(creation["step_size"])
+    path = dataset.get("hdf5_file")
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with h5py.File(path, "r") as hdf_file:
+            return _as_step(hdf_file.attrs.get("step_size"))
+    except OSError:
+        return None
+
+
+def choose_step_size(given_mm, model, experiment_dir):
+    """The tracking step: given, else the model's, else the training HDF5's.
+
+    Raises
+    ------
+    DwiMLUserError
+        When none of the three is known.
+    """
+    if given_mm is not None:
+        return given_mm
+    if model.step_size is not None:
+        return model.step_size
+    step_size = training_hdf5_step_size(experiment_dir)
+    if step_size is None:
+        raise DwiMLUserError(
+            "argument --step_size: the model was trained without a step "
+            "size and its training HDF5's step size is unknown; give one in "
+            "mm, found none.")
+    logger.info("Step size %s mm: the step size of the HDF5 the model was "
+                "trained on (give --step_size to change it).", step_size)
+    return step_size
+
+
+def warn_if_not_trained_backward(experiment_dir, forward_only):
+    """One warning when two-way tracking uses a model never shown reversed
+    streamlines (reverse_ratio 0 in its loader parameters)."""
+    if forward_only or not os.path.isfile(
+            os.path.join(experiment_dir, PARAMETERS_FILE)):
+        return
+    loader = read_parameters(experiment_dir).get("loader") or {}
+    if loader.get("reverse_ratio", 0) == 0:
+        logger.warning(
+            "The model was trained without reversed streamlines "
+            "(--reverse_ratio 0): the backward half of each streamline may "
+            "stop at once. Train with --reverse_ratio 0.5, or track with "
+            "--track_forward_only.")
