@@ -18,6 +18,7 @@ import pytest
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.comet_logger import CometCallback, describe_comet_error
@@ -56,7 +57,7 @@ def make_tiny_trainer(hdf5_file, experiments_path, experiment_name,
     sampler = BatchSampler(dataset, "streamlines", 5, 10, "nb_streamlines",
                            seed=1)
     loader = BatchLoaderOneInput(dataset, "streamlines", "input",
-                                 step_size=1.0)
+                                 InputSpec.from_options(step_size=1.0))
     model = Learn2TrackModel(experiment_name, nb_features=dataset.nb_features[0],
                              step_size=1.0, rnn_layer_sizes=[8])
     return DWIMLTrainerOneInput(model, str(experiments_path), experiment_name,

@@ -81,7 +81,8 @@ def main(argv=None):
         # The resume step needs epochs left to train.
         raise DwiMLUserError(
             f"--epochs: expected FIRST >= 1 and TOTAL > FIRST, got "
-            f"{first_epochs} {total_epochs}.")
+            f"{first_epochs} {total_epochs} (FIRST < TOTAL leaves epochs "
+            "to resume).")
     check_output_folder(args.out_folder, "demo_output", args.overwrite)
     reset_output_folder(args.out_folder, "demo_output")
 

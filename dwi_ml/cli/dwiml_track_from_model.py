@@ -134,10 +134,11 @@ def _check_model(model, args, input_volume):
         raise DwiMLUserError(
             f"input group '{args.input_group}' of {args.hdf5_file}: the model "
             f"expects {model.input_size} inputs per point ("
-            f"{model.nb_features} features x {model.nb_neighbours} "
+            f"{model.nb_features} features x "
+            f"{model.input_spec.neighborhood.nb_neighbours} "
             f"neighbours), found {nb_features} features.")
     step_size = args.step_size if args.step_size is not None \
-        else model.step_size
+        else model.input_spec.streamline_format.step_size
     if step_size is None:
         raise DwiMLUserError(
             "argument --step_size: the model was trained without a step "

@@ -38,10 +38,7 @@ from tqdm import tqdm
 
 from dwi_ml.data.packed import compact, make_array_sequence
 from dwi_ml.data.processing.interpolation import prepare_volume_for_interpolation
-from dwi_ml.data.processing.neighborhood import (
-    get_neighborhood_offsets,
-    interpolate_with_neighborhood,
-)
+from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.stopping import StopReason, max_nb_points, steps_too_sharp
 
@@ -108,10 +105,9 @@ class BatchedTracker:
         self.model = model.to(self.device).eval()
         self.volume = prepare_volume_for_interpolation(input_volume,
                                                        self.device)
-        self.offsets = torch.as_tensor(get_neighborhood_offsets(
-            model.neighborhood_type, model.neighborhood_radius,
-            model.neighborhood_resolution, affine), dtype=torch.float32,
-            device=self.device)
+        self.offsets = torch.as_tensor(
+            model.input_spec.neighborhood.offsets_vox(affine),
+            dtype=torch.float32, device=self.device)
         self.linear_part = torch.as_tensor(
             np.asarray(affine, dtype=np.float64)[:3, :3], dtype=torch.float32,
             device=self.device)

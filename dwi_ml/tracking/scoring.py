@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 
 from dwi_ml.data.dataset.sft_data import compute_lengths_mm
 from dwi_ml.data.packed import compact, make_array_sequence
-from dwi_ml.data.processing.resampling import resample_to_step_size
+from dwi_ml.data.processing.resampling import resample_to_max_step
 from dwi_ml.data.processing.space import check_affine
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.bundle_scoring import score_bundles
@@ -174,8 +174,8 @@ def densify(streamlines_vox, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
     """
     smallest_mm_per_vox = np.linalg.svd(check_affine(affine)[:3, :3],
                                         compute_uv=False).min()
-    return resample_to_step_size(streamlines_vox, affine,
-                                 max_step_vox * smallest_mm_per_vox)
+    return resample_to_max_step(streamlines_vox, affine,
+                                max_step_vox * smallest_mm_per_vox)
 
 
 def point_directions_mm(streamlines_vox, affine, rows=None):

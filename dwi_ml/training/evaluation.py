@@ -83,9 +83,7 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
             for start in range(0, len(ids), batch_size):
                 request = BatchRequest(split, 0, start // batch_size,
                                        [(subj_idx, ids[start:start + batch_size])])
-                batch = loader.load_batch(request).to(device)
-                if batch.inputs is None:
-                    batch.inputs = loader.compute_inputs(batch, device)
+                batch = loader.prepare_batch(loader.load_batch(request), device)
                 outputs = model(batch.inputs_list(), batch.input_streamlines())
                 batch_losses, n_points = model.compute_loss(
                     outputs, batch.target_streamlines())
