@@ -5,7 +5,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dwi_ml.data.packed import compact
+from dwi_ml.data.packed import compact, packed_arrays
 
 
 @dataclass
@@ -54,12 +54,12 @@ class LoadedBatch:
             Subject of each streamline, in the context's subset.
         context : str
         """
-        target_parts = [_packed_points(target) for target in targets]
+        target_parts = [compact(target)[0] for target in targets]
         same = all(a is b for a, b in zip(targets, input_points))
         target_data = torch.from_numpy(_concat(target_parts))
         input_data = target_data if same else torch.from_numpy(_concat(
-            [_packed_points(inputs_at) for inputs_at in input_points]))
-        lengths = [np.asarray(target._lengths) for target in targets]
+            [compact(inputs_at)[0] for inputs_at in input_points]))
+        lengths = [packed_arrays(target)[2] for target in targets]
         return cls(
             target_points=target_data, input_points=input_data,
             lengths=torch.from_numpy(
@@ -115,22 +115,6 @@ class LoadedBatch:
     def inputs_list(self):
         """List of N (n_i, F * K) views of ``inputs``."""
         return self._split(self.inputs)
-
-
-def _packed_points(streamlines):
-    """(P, 3) points of ``streamlines``, one after the other.
-
-    The data array itself when it is already compact (offsets are the
-    cumulative sum of the lengths and no row is left over), else a gather.
-    """
-    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
-    data = np.asarray(streamlines._data)
-    starts = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    if len(data) == lengths.sum() and np.array_equal(streamlines._offsets,
-                                                     starts):
-        return data
-    return compact(streamlines)[0]
 
 
 def _concat(parts):

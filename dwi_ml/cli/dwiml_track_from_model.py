@@ -5,6 +5,7 @@ import os
 import numpy as np
 import torch
 
+from dwi_ml.data.packed import packed_arrays
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -208,7 +209,7 @@ def main(argv=None):
     _log_stops(result)
 
     keep = np.flatnonzero(keep_by_length(
-        result.streamlines._lengths, step_size, args.min_length,
+        packed_arrays(result.streamlines)[2], step_size, args.min_length,
         args.max_length))
     logging.info("Kept %d of %d streamlines (%.3g to %.3g mm).", len(keep),
                  len(seeds), args.min_length, args.max_length)

@@ -67,11 +67,26 @@ def compact(sequence):
     new_offsets = offsets_from_lengths(lengths)
     if len(data) == lengths.sum() and np.array_equal(offsets, new_offsets):
         return data, new_offsets, lengths
+    return gather(data, offsets, lengths)
+
+
+def gather(data, offsets, lengths):
+    """A new compact copy of the streamlines (offsets, lengths) of ``data``.
+
+    One ``np.take`` over all points (~3x faster than ``data[rows]`` for
+    (P, 3) rows), never a loop per streamline.
+
+    Returns
+    -------
+    (points, new_offsets, lengths) : points of shape (sum(lengths), 3) and
+        offsets == the exclusive cumulative sum of lengths.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
     rows = ranges_to_indices(offsets, lengths)
-    return np.take(data, rows, axis=0), new_offsets, lengths
+    return np.take(data, rows, axis=0), offsets_from_lengths(lengths), lengths
 
 
-def lengths_mm(data, offsets, lengths, affine):
+def lengths_mm(data, offsets, lengths, affine, dtype=np.float32):
     """Euclidean length of each streamline, in mm.
 
     Parameters
@@ -82,10 +97,13 @@ def lengths_mm(data, offsets, lengths, affine):
         First row in ``data`` and number of points of each streamline.
     affine : np.ndarray, shape (4, 4)
         Voxel to RAS mm transform (the identity for points already in mm).
+    dtype : numpy dtype
+        Of the result: float32 as stored in HDF5 files, float64 where the
+        lengths place new points (resampling).
 
     Returns
     -------
-    np.ndarray, shape (N,), float64
+    np.ndarray, shape (N,)
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     points_mm = (np.asarray(data)[ranges_to_indices(offsets, lengths)]
@@ -97,7 +115,7 @@ def lengths_mm(data, offsets, lengths, affine):
     step_mm[first_rows[lengths > 0]] = 0.
     total_mm = np.zeros(len(points_mm) + 1, dtype=np.float64)
     np.cumsum(step_mm, out=total_mm[1:])
-    return total_mm[first_rows + lengths] - total_mm[first_rows]
+    return (total_mm[first_rows + lengths] - total_mm[first_rows]).astype(dtype)
 
 
 def ranges_to_indices(starts, lengths):

@@ -132,8 +132,7 @@ def load_streamline_group(group_config, files, reference, subject,
         affine = sft.affine.astype(np.float64)
         processed = streamline_format.apply(sft.streamlines, affine)
         data, offsets, lengths = compact(processed)
-        euclidean.append(lengths_mm(data, offsets, lengths,
-                                    affine).astype(np.float32))
+        euclidean.append(lengths_mm(data, offsets, lengths, affine))
         datas.append(data.astype(np.float32))
         all_lengths.append(lengths)
     lengths = np.concatenate(all_lengths)

@@ -178,7 +178,7 @@ def _resample_by_length(streamlines_vox, affine, step_size_mm,
     one point for streamlines of length 0 mm."""
     step_size_mm = check_positive_float("step_size_mm", step_size_mm)
     data, offsets, lengths = packed_arrays(streamlines_vox)
-    length_mm = lengths_mm(data, offsets, lengths, affine)
+    length_mm = lengths_mm(data, offsets, lengths, affine, np.float64)
     counts = nb_points_for_step_size(length_mm, step_size_mm, nb_extra_points)
     return resample_to_nb_points(streamlines_vox, affine,
                                  np.where(length_mm > 0, counts, 1))
@@ -210,7 +210,7 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
         nb_points = check_int("nb_points", nb_points, 2)
     points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
     length_mm = lengths_mm(points_mm, offsets_from_lengths(lengths), lengths,
-                           np.eye(4))
+                           np.eye(4), np.float64)
     nb_new_points = np.where(lengths > 0, nb_points, 0).astype(np.int64)
     streamline_ids, rank = _new_point_ranks(nb_new_points)
     nb_steps = np.maximum(nb_new_points[streamline_ids] - 1, 1)
