@@ -170,6 +170,7 @@ def _resume(args, callbacks, lock):
     if distributed.is_main_process:
         start_resumed_experiment(lock)
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
+    # Checkpoints of older versions kept the Comet key at the top level.
     comet = (make_comet_callback(args, experiment_dir,
                                  resumed_key=state.get("comet_key"))
              if distributed.is_main_process else None)

@@ -151,9 +151,10 @@ class CometCallback(Callback):
     """Trainer callback logging the run to one Comet experiment.
 
     The experiment is created at ``on_train_start`` on the main process
-    only (``trainer.is_main_process``, True when absent). Its key goes to
-    ``trainer.comet_key``, which the trainer saves in its checkpoint; on
-    resume, the same experiment is continued.
+    only (``trainer.is_main_process``, True when absent). Its key is this
+    callback's state (``experiment_key``), saved in the trainer's checkpoint
+    under ``callbacks['comet']``; on resume, the same experiment is
+    continued.
 
     Parameters
     ----------
@@ -168,9 +169,11 @@ class CometCallback(Callback):
     log_every : int
         Log the training loss every ``log_every`` batches; 0 never.
     experiment_key : str or None
-        Experiment to continue; None continues ``trainer.comet_key`` when
-        set (a resumed trainer) and creates a new experiment otherwise.
+        Experiment to continue; None creates a new experiment unless a
+        checkpoint's state gives one (:meth:`load_state_dict`).
     """
+
+    name = "comet"
 
     def __init__(self, workspace=None, project=None, offline_dir=None,
                  hyperparameters=None, experiment_name=None, log_every=0,
@@ -192,8 +195,7 @@ class CometCallback(Callback):
     def on_train_start(self, trainer):
         if not getattr(trainer, "is_main_process", True):
             return
-        key = self.experiment_key or getattr(trainer, "comet_key", None)
-        self._guarded(self._start, trainer, key)
+        self._guarded(self._start, trainer, self.experiment_key)
 
     def _start(self, trainer, key):
         experiment = create_comet_experiment(
@@ -203,7 +205,7 @@ class CometCallback(Callback):
                 "Comet could not be reached or refused the experiment "
                 "(network, API key or experiment key)")
         self.experiment = experiment
-        trainer.comet_key = experiment.get_key()
+        self.experiment_key = experiment.get_key()
         if key is None and self.experiment_name:
             experiment.set_name(self.experiment_name)
         experiment.log_parameters(self._hyperparameters(trainer))
@@ -220,6 +222,16 @@ class CometCallback(Callback):
         logger.info("No %s yet: no hyper-parameters logged to Comet.",
                     PARAMETERS_FILE)
         return {}
+
+    def state_dict(self):
+        """``{'experiment_key': key}`` once an experiment exists."""
+        if self.experiment_key is None:
+            return None
+        return {"experiment_key": self.experiment_key}
+
+    def load_state_dict(self, state):
+        """Continue the experiment of a checkpoint."""
+        self.experiment_key = state.get("experiment_key")
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         if self.experiment is not None:

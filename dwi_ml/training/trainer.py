@@ -545,12 +545,8 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
 
     def _updates_per_epoch(self):
         """Optimizer updates in a training epoch (for per-batch schedulers)."""
-        self.batch_sampler.set_context("training")
-        nb_batches = len(self.batch_sampler)
-        cap = self.max_batches["training"]
-        if cap is not None:
-            nb_batches = min(nb_batches, cap)
-        return max(1, math.ceil(nb_batches / self.grad_accumulation_steps))
+        return max(1, math.ceil(self.nb_batches("train")
+                                / self.grad_accumulation_steps))
 
     def _has_validation_data(self):
         subset = getattr(self.batch_sampler.dataset, "validation_set", None)

@@ -78,7 +78,6 @@ class TrainerCheckpointing:
             "monitors": self.monitors.state_dict(),
             "best": self.best_tracker.state_dict(),
             "callbacks": self.callbacks.state_dict(),
-            "comet_key": getattr(self, "comet_key", None),
         }
         self.callbacks.on_checkpoint_save(self, state)
         return state
@@ -130,7 +129,6 @@ class TrainerCheckpointing:
         self.best_tracker.load_state_dict(state["best"])
         self.best_tracker.patience = patience
         self.callbacks.load_state_dict(state["callbacks"])
-        self.comet_key = state.get("comet_key")
         self.callbacks.on_checkpoint_load(self, state)
 
     def _own_rank_entry(self, per_rank):
