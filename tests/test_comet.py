@@ -20,10 +20,10 @@ from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import load_checkpoint_state, read_parameters
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.comet_logger import CometCallback, describe_comet_error
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
-from dwi_ml.training.checkpoint_io import load_checkpoint_state, read_parameters
 from dwi_ml.training.distributed import DistributedContext
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 from tests.reference_hdf5 import make_example_subject, write_reference_hdf5

@@ -38,13 +38,13 @@ from dwi_ml.data.packed import make_array_sequence
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.space import points_rasmm_to_vox_corner
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.experiment_layout import best_model_dir
 from dwi_ml.models import Learn2TrackModel, load_model_from_params_and_state
 from dwi_ml.models.directions import (
     compute_direction_targets,
     compute_previous_dirs,
 )
 from dwi_ml.tracking.stopping import TrackingMask
-from dwi_ml.training.checkpoint_io import best_model_dir
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 STEP_SIZE_MM = 2.0   # one voxel along x of the (2, 2.5, 3) mm grid

@@ -17,12 +17,12 @@ from dwi_ml.io_utils.script_args import (
     progress_bars_disabled,
     set_verbosity,
 )
+from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
 from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.seeding import make_seeds
 from dwi_ml.tracking.stopping import StopReason, TrackingMask, keep_by_length
 from dwi_ml.tracking.tracking_io import (
-    check_tractogram_extension,
     load_experiment_model,
     load_subject_volumes,
     save_tractogram_with_seeds,

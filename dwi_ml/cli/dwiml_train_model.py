@@ -16,6 +16,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_int_options,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
 from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
 from dwi_ml.io_utils.script_args import (
@@ -28,7 +29,6 @@ from dwi_ml.io_utils.script_args import (
 from dwi_ml.models.direction_getters import DIRECTION_GETTERS
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
-from dwi_ml.training.checkpoint_io import has_checkpoint
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import (

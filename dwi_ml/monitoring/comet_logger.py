@@ -11,15 +11,15 @@ Metric names are those of the ``.npy`` logs (``train_loss``,
 ``train_loss_per_batch`` (optional) uses the global batch index as step:
 the row of ``logs/train_loss_per_batch.npy``.
 """
-import contextlib
 import logging
 import math
 import os
 import sys
 
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
+from dwi_ml.io_utils.script_args import quiet_logger
 from dwi_ml.training.callbacks import Callback
-from dwi_ml.training.checkpoint_io import PARAMETERS_FILE, read_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +92,6 @@ def check_comet_workspace(workspace):
             f"workspaces ({', '.join(sorted(workspaces)) or 'none'}).")
 
 
-@contextlib.contextmanager
-def _quiet_logger(name):
-    """Only critical messages of logger ``name`` get through in the block."""
-    quiet = logging.getLogger(name)
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        quiet.setLevel(level)
-
-
 def create_comet_experiment(workspace=None, project=None, offline_dir=None,
                             experiment_key=None):
     """Create or continue a Comet experiment.
@@ -132,7 +120,7 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
     if offline_dir is None:
         # Comet logs errors of its own when it cannot connect; the callback
         # says it once, in its own words, so Comet's are held back here.
-        with _quiet_logger("comet_ml"):
+        with quiet_logger("comet_ml"):
             if experiment_key:
                 return comet_ml.ExistingExperiment(
                     experiment_key=experiment_key, **_EXPERIMENT_OPTIONS)

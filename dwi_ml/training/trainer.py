@@ -30,6 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dwi_ml.batching.dataloaders import make_dataloader
+from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.training.callbacks import (
     CallbackList,
     EpochSummaryCallback,
@@ -37,7 +38,6 @@ from dwi_ml.training.callbacks import (
     NpyLoggerCallback,
     ProgressBarCallback,
 )
-from dwi_ml.training.checkpoint_io import LOGS_DIR
 from dwi_ml.training.distributed import (
     all_reduce_max,
     all_reduce_sum,

@@ -11,15 +11,14 @@ import time
 import torch
 
 from dwi_ml.batching.batch_planning import CONTEXTS
-from dwi_ml.io_utils.atomic import atomic_output_folder
-from dwi_ml.io_utils.manifest import write_manifest
-from dwi_ml.training.checkpoint_io import (
+from dwi_ml.io_utils.atomic import atomic_output_folder, write_json_atomic
+from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
     PARAMETERS_FILE,
     load_checkpoint_state,
-    write_json_atomic,
 )
+from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.distributed import all_gather_objects, barrier
 from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
 from dwi_ml.training.random_states import (

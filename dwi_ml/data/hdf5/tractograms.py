@@ -6,9 +6,7 @@ a corner origin (dipy ``Space.VOX``, ``Origin.TRACKVIS``) for the HDF5, then
 resampled or compressed by its ``StreamlineFormat`` (in mm, with the same
 function as the batch loader) and measured in mm.
 """
-import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -21,8 +19,8 @@ from dwi_ml.data.hdf5.subjects import describe, one_line
 from dwi_ml.data.packed import compact, lengths_mm, offsets_from_lengths
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
-
-TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
+from dwi_ml.io_utils.script_args import quiet_logger
+from dwi_ml.io_utils.tractogram_files import tractogram_extension
 
 
 @dataclass
@@ -53,11 +51,6 @@ class StreamlineGroupData:
     nb_removed: int
 
 
-def tractogram_extension(path):
-    """The lower-case extension of a tractogram path ('.trk', ...)."""
-    return os.path.splitext(path)[1].lower()
-
-
 def check_tractogram_header(path, reference, subject, group):
     """Refuse a .trk/.trx whose grid differs from the reference's.
 
@@ -68,7 +61,7 @@ def check_tractogram_header(path, reference, subject, group):
     reference : str
         NIfTI, .trk or .trx file defining the grid.
     """
-    with _quiet_dipy():
+    with quiet_logger("dipy"):
         try:
             compatible = is_header_compatible(path, reference)
         except Exception as error:  # dipy/nibabel raise many types
@@ -183,7 +176,7 @@ def load_tractogram_file(path, reference, group_config, subject, remove_invalid)
     where = describe(subject, group, path)
     loading_reference = reference if tractogram_extension(path) == ".tck" \
         else "same"
-    with _quiet_dipy():
+    with quiet_logger("dipy"):
         try:
             loaded = load_tractogram(path, loading_reference,
                                      bbox_valid_check=False,
@@ -248,15 +241,3 @@ def _grid_text(info):
             f"{np.round(np.asarray(voxel_sizes, float), 4).tolist()}, "
             f"order {voxel_order}, affine "
             f"{np.round(np.asarray(affine, float), 4).tolist()}")
-
-
-@contextlib.contextmanager
-def _quiet_dipy():
-    """Hide dipy's ERROR logs: our own one-line error says it better."""
-    logger = logging.getLogger("dipy")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
