@@ -12,7 +12,7 @@ from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import build_loader
 from dwi_ml.training.monitors import BatchMeanMonitor
-from dwi_ml.training.trainer import combine_losses, loss_log_values
+from dwi_ml.training.trainer_optimization import combine_losses, loss_log_values
 
 
 class _WeightedMeans:
