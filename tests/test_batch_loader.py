@@ -167,7 +167,7 @@ def test_validation_batches_are_the_dataset_streamlines(reference,
     for target, original in zip(targets, originals):
         np.testing.assert_array_equal(target, original)
     assert torch.equal(batch.input_points, batch.target_points)
-    assert batch.context == "validation"
+    assert batch.split == "validation"
     assert batch.subject_indices.tolist() == [0] * len(originals)
 
 
@@ -352,7 +352,7 @@ def test_distributed_ranks_draw_distinct_augmentations(reference_eager):
     sampler = BatchSampler(reference_eager, "streamlines", 16, 16,
                            "nb_streamlines", seed=3, rank=1, world_size=2)
     first = next(iter(make_dataloader(sampler, loader, "training")))
-    ids = sampler._rank_plan()[0]
+    ids = sampler.rank_plan("training")[0]
     # The request carried rank 1: rank 0 would draw other augmentations.
     _assert_same_batches([first], [loader.load_batch(
         BatchRequest("training", 0, 0, ids, rank=1))])

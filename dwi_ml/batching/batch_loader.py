@@ -18,7 +18,7 @@ from its :class:`~dwi_ml.data.processing.input_spec.InputSpec`:
    "loss" noise on the streamlines the loss compares to (``target_points``).
 
 Randomness: each batch draws from its own numpy Generator seeded with
-``(seed, context, epoch, batch index, rank)``, in the order split, reverse,
+``(seed, split, epoch, batch index, rank)``, in the order split, reverse,
 forward noise, loss noise. This is stronger than per-worker streams: a batch
 gets the same augmentations whichever worker loads it and whatever the
 number of workers (0 included), two epochs differ, two batches of one
@@ -35,7 +35,6 @@ that moves it to the device and interpolates what is left to interpolate.
 import numpy as np
 import torch
 
-from dwi_ml.batching.dataloaders import CONTEXT_CODES
 from dwi_ml.batching.loaded_batch import LoadedBatch
 from dwi_ml.data.packed import offsets_from_lengths
 from dwi_ml.data.processing.augmentation import (
@@ -49,6 +48,7 @@ from dwi_ml.data.processing.interpolation import (
     prepare_volume_for_interpolation,
 )
 from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.arg_checks import (
     check_choice,
     check_int,
@@ -148,12 +148,12 @@ class BatchLoaderOneInput:
     def make_generator(self, request):
         """The numpy Generator of one batch.
 
-        Seeded with (seed, context, epoch, batch index, rank): in a
+        Seeded with (seed, split, epoch, batch index, rank): in a
         distributed run, the ranks' parts of one global batch draw
         independently.
         """
         return np.random.default_rng(
-            [self.seed, CONTEXT_CODES[request.context], request.epoch,
+            [self.seed, Split(request.split).code, request.epoch,
              request.batch_index, request.rank])
 
     def load_batch(self, request):
@@ -162,7 +162,7 @@ class BatchLoaderOneInput:
         Parameters
         ----------
         request : BatchRequest
-            The context, epoch, batch index and ``[(subject_index, ids)]``.
+            The split, epoch, batch index and ``[(subject_index, ids)]``.
 
         Returns
         -------
@@ -173,8 +173,8 @@ class BatchLoaderOneInput:
             the inputs.
         """
         rng = self.make_generator(request)
-        is_training = request.context == "training"
-        subset = self._subset(request.context)
+        is_training = request.split == Split.TRAINING
+        subset = self._subset(request.split)
         targets, input_points, subject_indices = [], [], []
         for subj_idx, ids in request.subject_ids:
             sft_data = subset.get_subject(subj_idx).sft_data_list[
@@ -193,7 +193,7 @@ class BatchLoaderOneInput:
             subject_indices.append(np.full(len(streamlines), subj_idx))
         batch = LoadedBatch.from_array_sequences(
             targets, input_points, np.concatenate(subject_indices),
-            request.context)
+            request.split)
         if self.interpolation_device is None:
             batch.inputs = self.compute_inputs(batch, "cpu")
         return batch
@@ -269,17 +269,17 @@ class BatchLoaderOneInput:
             return torch.zeros((0, self.nb_input_features),
                                dtype=torch.float32, device=device)
         if len(runs) == 1:
-            return self._interpolate(batch.context, runs[0][0], points, device)
+            return self._interpolate(batch.split, runs[0][0], points, device)
         outputs = torch.empty((len(points), self.nb_input_features),
                               dtype=torch.float32, device=device)
         for subj_idx, start, stop in runs:
             outputs[start:stop] = self._interpolate(
-                batch.context, subj_idx, points[start:stop], device)
+                batch.split, subj_idx, points[start:stop], device)
         return outputs
 
-    def _interpolate(self, context, subj_idx, points, device):
+    def _interpolate(self, split, subj_idx, points, device):
         """Inputs of one subject at ``points`` (voxel space, corner origin)."""
-        mri = self._subset(context).get_subject(subj_idx).mri_data_list[
+        mri = self._subset(split).get_subject(subj_idx).mri_data_list[
             self.input_group_idx]
         # Eager volumes keep one tensor per device; lazy ones sit in the
         # dataset's LRU cache. Both are already float32 and contiguous, so
@@ -288,7 +288,7 @@ class BatchLoaderOneInput:
         neighborhood = self.input_spec.neighborhood
         if neighborhood.type is None:
             return interpolate_volume_at_coordinates(volume, points)
-        key = (context, subj_idx, str(device))
+        key = (split, subj_idx, str(device))
         offsets = self._offsets_cache.get(key)
         if offsets is None:
             offsets = torch.as_tensor(
@@ -297,9 +297,9 @@ class BatchLoaderOneInput:
             self._offsets_cache[key] = offsets
         return interpolate_with_neighborhood(volume, points, offsets)
 
-    def _subset(self, context):
-        # 'testing' batches (evaluation only) are loaded like validation ones.
-        return getattr(self.dataset, f"{context}_set")
+    def _subset(self, split):
+        # Testing batches (evaluation only) are loaded like validation ones.
+        return getattr(self.dataset, f"{Split(split).value}_set")
 
 
 def _subject_runs(subject_indices, lengths):

@@ -25,9 +25,9 @@ class LoadedBatch:
     lengths : torch.Tensor, (N,) int64
         Points per streamline.
     subject_indices : torch.Tensor, (N,) int64
-        Subject of each streamline, in the context's subset.
-    context : str
-        'training' or 'validation'.
+        Subject of each streamline, in the split's subset.
+    split : Split
+        The split the batch comes from.
     inputs : torch.Tensor or None, (P, F * K) float32
         Interpolated inputs, once computed.
     """
@@ -36,12 +36,12 @@ class LoadedBatch:
     input_points: torch.Tensor
     lengths: torch.Tensor
     subject_indices: torch.Tensor
-    context: str
+    split: str
     inputs: Optional[torch.Tensor] = None
 
     @classmethod
     def from_array_sequences(cls, targets, input_points, subject_indices,
-                             context):
+                             split):
         """Pack per-subject ArraySequences into one batch.
 
         Parameters
@@ -51,8 +51,8 @@ class LoadedBatch:
             with the forward noise (same lengths; the same object when there
             is no noise). Voxel space, corner origin.
         subject_indices : np.ndarray, shape (N,)
-            Subject of each streamline, in the context's subset.
-        context : str
+            Subject of each streamline, in the split's subset.
+        split : Split
         """
         target_parts = [compact(target)[0] for target in targets]
         same = all(a is b for a, b in zip(targets, input_points))
@@ -67,7 +67,7 @@ class LoadedBatch:
                 if lengths else np.zeros(0, dtype=np.int64)),
             subject_indices=torch.from_numpy(
                 np.asarray(subject_indices, dtype=np.int64)),
-            context=context)
+            split=split)
 
     @property
     def nb_streamlines(self):
@@ -86,7 +86,7 @@ class LoadedBatch:
             target_points=target_points,
             input_points=target_points if same_points else move(self.input_points),
             lengths=self.lengths, subject_indices=self.subject_indices,
-            context=self.context, inputs=move(self.inputs))
+            split=self.split, inputs=move(self.inputs))
 
     def pin_memory(self):
         """Pinned copy, used by DataLoader(pin_memory=True)."""
@@ -99,7 +99,7 @@ class LoadedBatch:
             input_points=(target_points if same_points
                           else pin(self.input_points)),
             lengths=self.lengths, subject_indices=self.subject_indices,
-            context=self.context, inputs=pin(self.inputs))
+            split=self.split, inputs=pin(self.inputs))
 
     def _split(self, tensor):
         return list(torch.split(tensor, self.lengths.tolist()))

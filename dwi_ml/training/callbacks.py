@@ -9,6 +9,7 @@ import math
 
 from tqdm import tqdm
 
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import progress_bars_disabled
 
@@ -147,24 +148,25 @@ class ProgressBarCallback(Callback):
 
     def __init__(self):
         self._bar = None
-        self._phase = None
+        self._split = None
 
-    def _open(self, trainer, phase):
-        self._phase = phase
-        total = trainer.nb_batches(phase)
+    def _open(self, trainer, split):
+        self._split = split
+        total = trainer.nb_batches(split)
         # A resumed epoch starts its bar at the batch it resumes from.
         self._bar = tqdm(total=total, initial=trainer.batch_index,
-                         desc=f"epoch {trainer.current_epoch} {phase}",
+                         desc=f"epoch {trainer.current_epoch} "
+                              f"{split.log_prefix}",
                          leave=False,
                          disable=(progress_bars_disabled()
                                   or not trainer.is_main_process))
 
-    def _advance(self, trainer, phase):
-        if self._bar is None or self._phase != phase:
+    def _advance(self, trainer, split):
+        if self._bar is None or self._split != split:
             self._close()
-            self._open(trainer, phase)
+            self._open(trainer, split)
         self._bar.update(1)
-        monitor = trainer.monitors[f"{phase}_loss"]
+        monitor = trainer.monitors[f"{split.log_prefix}_loss"]
         self._bar.set_postfix(loss=f"{monitor.running_mean:.4f}")
 
     def _close(self):
@@ -173,10 +175,10 @@ class ProgressBarCallback(Callback):
             self._bar = None
 
     def on_train_batch_end(self, trainer, batch, outputs):
-        self._advance(trainer, "train")
+        self._advance(trainer, Split.TRAINING)
 
     def on_validation_batch_end(self, trainer, batch, outputs):
-        self._advance(trainer, "valid")
+        self._advance(trainer, Split.VALIDATION)
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         self._close()

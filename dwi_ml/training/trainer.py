@@ -32,6 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dwi_ml.batching.dataloaders import make_dataloader
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.training.callbacks import (
     CallbackList,
@@ -155,8 +156,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
         self.max_epochs = max_epochs
-        self.max_batches = {"training": max_batches_per_epoch_training,
-                            "validation": max_batches_per_epoch_validation}
+        self.max_batches = {Split.TRAINING: max_batches_per_epoch_training,
+                            Split.VALIDATION: max_batches_per_epoch_validation}
         self.clip_grad = clip_grad
         self.grad_accumulation_steps = int(grad_accumulation_steps)
         self.nb_workers = nb_workers
@@ -228,8 +229,9 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
             "max_epochs": self.max_epochs,
             "patience": self.best_tracker.patience,
             "patience_delta": self.best_tracker.patience_delta,
-            "max_batches_per_epoch_training": self.max_batches["training"],
-            "max_batches_per_epoch_validation": self.max_batches["validation"],
+            "max_batches_per_epoch_training": self.max_batches[Split.TRAINING],
+            "max_batches_per_epoch_validation":
+                self.max_batches[Split.VALIDATION],
             "clip_grad": self.clip_grad,
             "grad_accumulation_steps": self.grad_accumulation_steps,
             "nb_workers": self.nb_workers, "device": str(self.device),
@@ -323,33 +325,35 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
 
     def create_dataloaders(self):
         """Create the training and validation DataLoaders (kept for reuse)."""
-        contexts = ["training"] + (["validation"] if self.use_validation
-                                   else [])
-        for context in contexts:
-            if context not in self._dataloaders:
-                self._dataloaders[context] = make_dataloader(
-                    self.batch_sampler, self.batch_loader, context,
+        splits = [Split.TRAINING] + ([Split.VALIDATION] if self.use_validation
+                                     else [])
+        for split in splits:
+            if split not in self._dataloaders:
+                self._dataloaders[split] = make_dataloader(
+                    self.batch_sampler, self.batch_loader, split,
                     self.nb_workers, self.dataloader_generator,
                     pin_memory=self.device.type == "cuda")
 
-    def nb_batches(self, phase):
-        """Number of batches of this epoch for phase 'train' or 'valid'."""
-        context = "training" if phase == "train" else "validation"
-        self.batch_sampler.set_context(context)
-        total = len(self.batch_sampler)
-        cap = self.max_batches[context]
+    def nb_batches(self, split):
+        """Number of batches of this epoch of ``split``, up to the cap.
+
+        The one count of an epoch's batches: the loop, the per-batch LR
+        schedulers and the progress bar read it.
+        """
+        total = len(self.batch_sampler.for_split(split))
+        cap = self.max_batches[split]
         return total if cap is None else min(total, cap)
 
-    def iterate_batches(self, context, epoch):
-        """Yield the epoch's remaining batches of ``context``, up to the cap.
+    def iterate_batches(self, split, epoch):
+        """Yield the epoch's remaining batches of ``split``, up to the cap.
 
         Iteration starts after the batches the current position has done
         (the sampler was restored at the same place).
         """
         self.batch_sampler.set_epoch(epoch)
-        cap = self.max_batches[context]
+        cap = self.max_batches[split]
         first = self.position.nb_batches_done
-        for batch_index, batch in enumerate(self._dataloaders[context],
+        for batch_index, batch in enumerate(self._dataloaders[split],
                                             start=first):
             if cap is not None and batch_index >= cap:
                 break
@@ -362,14 +366,14 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         Returns early, with the position kept, when a stop is requested.
         """
         self.model.train()
-        nb_batches = self.nb_batches("train")
+        nb_batches = self.nb_batches(Split.TRAINING)
         if self.position.nb_batches_done == 0:
-            self.monitors.start_phase("train")
+            self.monitors.start_phase(TRAIN_PHASE)
             self.monitors["learning_rate"].set_epoch_value(
                 self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter() - self.position.elapsed_s
-        for batch in self.iterate_batches("training", epoch):
+        for batch in self.iterate_batches(Split.TRAINING, epoch):
             self.callbacks.on_train_batch_start(self, batch)
             with self.autocast():
                 losses, n_points = self.run_one_batch(batch)
@@ -380,7 +384,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
             is_update = self.is_update_step(nb_batches)
             if is_update:
                 outputs.update(self.optimizer_step())
-            self.monitors.record_batch("train", outputs)
+            self.monitors.record_batch(TRAIN_PHASE, outputs)
             self.callbacks.on_train_batch_end(self, batch, outputs)
             self.position.nb_batches_done = self.batch_index + 1
             self.position.elapsed_s = time.perf_counter() - start
@@ -401,16 +405,16 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         kept, when a stop is requested.
         """
         self.model.eval()
-        nb_batches = self.nb_batches("valid")
+        nb_batches = self.nb_batches(Split.VALIDATION)
         if self.position.nb_batches_done == 0:
-            self.monitors.start_phase("valid")
+            self.monitors.start_phase(VALID_PHASE)
         start = time.perf_counter() - self.position.elapsed_s
         with torch.no_grad():
-            for batch in self.iterate_batches("validation", epoch):
+            for batch in self.iterate_batches(Split.VALIDATION, epoch):
                 with self.autocast():
                     losses, n_points = self.run_one_batch(batch)
                 _, outputs = self.reduce_losses(losses, n_points)
-                self.monitors.record_batch("valid", outputs)
+                self.monitors.record_batch(VALID_PHASE, outputs)
                 self.callbacks.on_validation_batch_end(self, batch, outputs)
                 self.position.nb_batches_done = self.batch_index + 1
                 self.position.elapsed_s = time.perf_counter() - start
@@ -434,7 +438,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
 
     def _updates_per_epoch(self):
         """Optimizer updates in a training epoch (for per-batch schedulers)."""
-        return max(1, math.ceil(self.nb_batches("train")
+        return max(1, math.ceil(self.nb_batches(Split.TRAINING)
                                 / self.grad_accumulation_steps))
 
     def _has_validation_data(self):

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from dwi_ml.batching.batch_planning import CONTEXTS
+from dwi_ml.data.splits import SAMPLED_SPLITS, Split
 from dwi_ml.io_utils.atomic import atomic_output_folder, write_json_atomic
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
@@ -84,11 +84,12 @@ class TrainerCheckpointing:
     def _sampler_state_at_position(self):
         state = self.batch_sampler.state_dict()
         in_validation = self.position.phase == VALID_PHASE
-        done = {"training": 0 if in_validation else self.position.nb_batches_done,
-                "validation": self.position.nb_batches_done if in_validation
+        done = {Split.TRAINING: (0 if in_validation
+                                 else self.position.nb_batches_done),
+                Split.VALIDATION: self.position.nb_batches_done if in_validation
                 else 0}
         state["epoch"] = self.current_epoch
-        state["nb_batches_yielded"] = [done[context] for context in CONTEXTS]
+        state["nb_batches_yielded"] = [done[split] for split in SAMPLED_SPLITS]
         return state
 
     def save_checkpoint(self):

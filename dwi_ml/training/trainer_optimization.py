@@ -11,6 +11,7 @@ import math
 import torch
 
 from dwi_ml.training.distributed import all_reduce_sum
+from dwi_ml.training.epoch_position import TRAIN_PHASE, VALID_PHASE
 from dwi_ml.training.optimizers import step_scheduler
 
 
@@ -116,11 +117,11 @@ class TrainerOptimization:
             This epoch's value of every monitor.
         is_best : bool
         """
-        self.monitors.end_phase("train")
+        self.monitors.end_phase(TRAIN_PHASE)
         if self.use_validation:
-            self.monitors.end_phase("valid")
+            self.monitors.end_phase(VALID_PHASE)
         else:
-            self.monitors.skip_phase("valid")
+            self.monitors.skip_phase(VALID_PHASE)
             self.monitors["valid_time"].set_epoch_value(0.0)
         epoch_logs = self.monitors.end_epoch()
         loss = epoch_logs["valid_loss" if self.use_validation else "train_loss"]
