@@ -319,3 +319,22 @@ def _subject_runs(subject_indices, lengths):
     ends = np.append(starts[1:], len(subjects))
     return [(int(subjects[start]), int(point_bounds[start]),
              int(point_bounds[end])) for start, end in zip(starts, ends)]
+
+
+def add_loader_args(parser):
+    """The script options of :class:`BatchLoaderOneInput` (training only)."""
+    group = parser.add_argument_group("Batch loader (training augmentation)")
+    group.add_argument("--split_ratio", type=float, default=0.0,
+                       help="Share in [0, 1] of the streamlines split in two "
+                            "at a random point.")
+    group.add_argument("--reverse_ratio", type=float, default=0.0,
+                       help="Share in [0, 1] of the streamlines reversed.")
+    group.add_argument("--noise_gaussian_size_forward", type=float,
+                       default=0.0,
+                       help="Sigma in mm of the Gaussian noise (truncated "
+                            "at 2 sigma) on the points where inputs are "
+                            "interpolated.")
+    group.add_argument("--noise_gaussian_size_loss", type=float, default=0.0,
+                       help="Sigma in mm of the noise on the target "
+                            "streamlines of the loss.")
+    return group

@@ -297,3 +297,29 @@ def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):
             f"{nb_subjects_per_batch!r}.")
     if cycles is not None:
         check_int("cycles", cycles, 1, owner="BatchSampler")
+
+
+def add_sampler_args(parser):
+    """The script options of :class:`BatchSampler` (group "Batch sampler").
+
+    ``--seed`` is shared with the rest of the run and added elsewhere.
+    """
+    group = parser.add_argument_group("Batch sampler")
+    group.add_argument("--batch_size_training", type=float, default=100,
+                       help="Budget of a training batch, in "
+                            "--batch_size_units (global under torchrun).")
+    group.add_argument("--batch_size_validation", type=float, default=100,
+                       help="Budget of a validation batch, in "
+                            "--batch_size_units.")
+    group.add_argument("--batch_size_units", default="nb_streamlines",
+                       choices=BATCH_SIZE_UNITS,
+                       help="nb_streamlines: a number of streamlines per "
+                            "batch; length_mm: their total length in mm.")
+    group.add_argument("--nb_subjects_per_batch", type=int, default=None,
+                       help="Subjects drawn for each batch; None mixes all "
+                            "subjects.")
+    group.add_argument("--cycles", type=int, default=None,
+                       help="Consecutive batches keeping the same drawn "
+                            "subjects (with --nb_subjects_per_batch); None "
+                            "is 1.")
+    return group

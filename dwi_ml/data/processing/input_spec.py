@@ -59,3 +59,34 @@ class InputSpec:
     def input_size(self, nb_features):
         """Width of the interpolated inputs: ``nb_features * K``."""
         return nb_features * self.neighborhood.nb_neighbours
+
+
+def add_input_spec_args(group):
+    """Script options of an :class:`InputSpec`, added to a model's group.
+
+    Names match :meth:`InputSpec.from_options`.
+    """
+    streamline_format = group.add_mutually_exclusive_group()
+    streamline_format.add_argument(
+        "--step_size", type=float, metavar="MM",
+        help="Resample streamlines to max(ceil(L / MM), 2) equally spaced "
+             "points, as HDF5 creation does; None keeps them as stored.")
+    streamline_format.add_argument(
+        "--nb_points", type=int,
+        help="Resample every streamline to this many points (>= 2).")
+    streamline_format.add_argument(
+        "--compress", type=float, metavar="MM",
+        help="Compress streamlines with this tolerance in mm.")
+    group.add_argument("--nb_previous_dirs", type=int, default=0,
+                       help="Previous directions added to each point's "
+                            "input.")
+    group.add_argument("--neighborhood_type", choices=("axes", "grid"),
+                       help="Also interpolate the input around each point: "
+                            "6 points per layer along the axes, or a cube; "
+                            "None interpolates the point only.")
+    group.add_argument("--neighborhood_radius", type=int,
+                       help="Layers of the neighbourhood (needed with "
+                            "--neighborhood_type).")
+    group.add_argument("--neighborhood_resolution", type=float, metavar="MM",
+                       help="Distance in mm between neighbourhood layers; "
+                            "None is 1 mm with --neighborhood_type.")
