@@ -22,6 +22,7 @@ from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.packed import make_array_sequence
 from dwi_ml.data.processing.augmentation import count_from_ratio
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
 from dwi_ml.data.processing.neighborhood import get_neighborhood_offsets
 from dwi_ml.data.processing.resampling import resample_to_step_size
@@ -115,9 +116,17 @@ def _differ(points_a, points_b):
                                                                points_b)
 
 
+SPEC_OPTIONS = ("step_size", "nb_points", "compress", "neighborhood_type",
+                "neighborhood_radius", "neighborhood_resolution")
+
+
 def _loader(dataset, **kwargs):
+    """A loader; the model's options (format, neighbourhood) go in its spec."""
     kwargs.setdefault("input_group", "input")
-    return BatchLoaderOneInput(dataset, "streamlines", **kwargs)
+    spec = InputSpec.from_options(**{name: kwargs.pop(name)
+                                     for name in SPEC_OPTIONS if name in kwargs})
+    return BatchLoaderOneInput(dataset, "streamlines", input_spec=spec,
+                               **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +167,7 @@ def test_validation_batches_are_the_dataset_streamlines(reference,
     for target, original in zip(targets, originals):
         np.testing.assert_array_equal(target, original)
     assert torch.equal(batch.input_points, batch.target_points)
-    assert batch.context == "validation"
+    assert batch.split == "validation"
     assert batch.subject_indices.tolist() == [0] * len(originals)
 
 
@@ -343,7 +352,7 @@ def test_distributed_ranks_draw_distinct_augmentations(reference_eager):
     sampler = BatchSampler(reference_eager, "streamlines", 16, 16,
                            "nb_streamlines", seed=3, rank=1, world_size=2)
     first = next(iter(make_dataloader(sampler, loader, "training")))
-    ids = sampler._rank_plan()[0]
+    ids = sampler.rank_plan("training")[0]
     # The request carried rank 1: rank 0 would draw other augmentations.
     _assert_same_batches([first], [loader.load_batch(
         BatchRequest("training", 0, 0, ids, rank=1))])
@@ -397,7 +406,7 @@ def test_params_for_checkpoint_rebuild_the_same_loader(reference_eager):
     buffer = io.BytesIO()
     torch.save(params, buffer)
     buffer.seek(0)
-    rebuilt = BatchLoaderOneInput(reference_eager,
+    rebuilt = BatchLoaderOneInput(reference_eager, input_spec=loader.input_spec,
                                   **torch.load(buffer, weights_only=True))
     _assert_same_batches([_load_all(loader)], [_load_all(rebuilt)])
 
@@ -415,8 +424,30 @@ def test_model_step_size_resamples_validation_too(reference, reference_eager):
     np.testing.assert_array_equal(batch.lengths.numpy(), expected._lengths)
     np.testing.assert_allclose(batch.target_points.numpy(), expected._data,
                                atol=1e-5)
-    # 2 mm voxels: every step is at most 0.8 mm = 0.4 voxel.
+    # 2 mm voxels: ceil(L / 0.8) equally spaced points, so steps of about
+    # 0.8 mm = 0.4 voxel (longer by at most a factor (n - 1) / (n - 2)).
     steps = np.linalg.norm(np.diff(batch.target_points.numpy(), axis=0), axis=1)
     inner = np.ones(len(steps), dtype=bool)
     inner[np.cumsum(batch.lengths.numpy())[:-1] - 1] = False
-    assert np.all(steps[inner] <= 0.4 + 1e-5)
+    assert np.all(steps[inner] <= 0.4 * 2 + 1e-5)
+    assert np.median(steps[inner]) < 0.5
+
+
+def test_streamlines_stored_at_the_model_step_reach_it_unchanged(tmp_path):
+    """Idempotence: resampled at creation with the model's step, a streamline
+    keeps exactly its stored points at load time."""
+    paths = make_synthetic_dataset(str(tmp_path / "data"), nb_subjects=3,
+                                   nb_streamlines=10, shape=(12, 12, 10),
+                                   seed=2)
+    hdf5 = tmp_path / "step.h5"
+    create_hdf5_dataset(paths.out_folder + "/dwi_ml_ready", str(hdf5),
+                        paths.config, *(paths.splits[split] for split in
+                                        ("training", "validation", "testing")),
+                        step_size=0.5)
+    dataset = _load(hdf5, lazy=False)
+    stored = dataset.validation_set.get_subject(0).sft_data_list[0]
+    batch = _load_all(_loader(dataset, step_size=0.5), "validation")
+    expected = stored.get_streamlines(np.arange(stored.nb_streamlines))
+    np.testing.assert_array_equal(batch.lengths.numpy(), expected._lengths)
+    np.testing.assert_array_equal(batch.target_points.numpy(),
+                                  expected.get_data())

@@ -187,8 +187,8 @@ def dataset_costs(subset, units):
             for s in range(subset.nb_subjects)]
 
 
-def epoch_pairs(sampler):
-    return [as_pairs(batch) for batch in sampler]
+def epoch_pairs(sampler, split="training"):
+    return [as_pairs(batch) for batch in sampler.for_split(split)]
 
 
 @pytest.mark.parametrize("units", ["nb_streamlines", "length_mm"])
@@ -198,19 +198,18 @@ def epoch_pairs(sampler):
 def test_sampler_epoch_uses_every_streamline_once(dataset, units, options):
     sampler = make_sampler(dataset, units, **options)
     budget = 4 if units == "nb_streamlines" else BUDGET_MM
-    for context, subset in (("training", dataset.training_set),
-                            ("validation", dataset.validation_set)):
-        sampler.set_context(context)
-        batches = list(sampler)
-        assert len(sampler) == len(batches)
+    for split, subset in (("training", dataset.training_set),
+                          ("validation", dataset.validation_set)):
+        batches = list(sampler.for_split(split))
+        assert len(sampler.for_split(split)) == len(batches)
         check_plan(batches, dataset_costs(subset, units), budget)
-    sampler.set_context("training")
     if units == "length_mm":
         # The zigzag of train_b (subject 1, streamline 4) is alone.
         assert dataset.training_set.get_lengths_mm(1, 0)[4] > BUDGET_MM
         assert ((1, (4,)),) in epoch_pairs(sampler)
     else:
-        assert all(len(ids) <= 4 for batch in sampler for _, ids in batch)
+        assert all(len(ids) <= 4 for batch in sampler.for_split("training")
+                   for _, ids in batch)
 
 
 def test_sampler_epochs_seeds_and_validation(dataset):
@@ -224,9 +223,7 @@ def test_sampler_epochs_seeds_and_validation(dataset):
     validations = []
     for epoch in (0, 1, 5):
         sampler.set_epoch(epoch)
-        sampler.set_context("validation")
-        validations.append(epoch_pairs(sampler))
-        sampler.set_context("training")
+        validations.append(epoch_pairs(sampler, "validation"))
     assert validations[0] == validations[1] == validations[2]
 
 
@@ -240,18 +237,18 @@ def test_sampler_resumes_mid_epoch_from_saved_state(dataset, tmp_path):
 
     interrupted = make_sampler(dataset, **options)
     interrupted.set_epoch(3)
-    iterator = iter(interrupted)
+    iterator = iter(interrupted.for_split("training"))
     consumed = [as_pairs(next(iterator)) for _ in range(3)]
-    assert interrupted.nb_batches_yielded == 3
+    assert interrupted.for_split("training").nb_batches_yielded == 3
     torch.save(interrupted.state_dict(), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)
 
     resumed = make_sampler(dataset, nb_subjects_per_batch=1, cycles=2)
     resumed.load_state_dict(state)
     resumed.set_epoch(3)
-    assert resumed.nb_batches_yielded == 3
+    assert resumed.for_split("training").nb_batches_yielded == 3
     remaining = epoch_pairs(resumed)
-    assert resumed.nb_batches_yielded == 0
+    assert resumed.for_split("training").nb_batches_yielded == 0
     assert consumed + remaining == epoch_3
     assert len(remaining) == len(epoch_3) - 3
     resumed.set_epoch(4)
@@ -264,7 +261,7 @@ def test_sampler_shards_every_global_batch(dataset, world_size):
     shards = [make_sampler(dataset, rank=rank, world_size=world_size)
               for rank in range(world_size)]
     per_rank = [epoch_pairs(shard) for shard in shards]
-    assert len({len(shard) for shard in shards}) == 1
+    assert len({len(shard.for_split("training")) for shard in shards}) == 1
     assert len({len(batches) for batches in per_rank}) == 1
     def streamlines(batch):
         return sorted((subj, i) for subj, ids in batch for i in ids)
@@ -288,7 +285,8 @@ def test_sampler_feeds_dataloader_and_pickles(dataset):
     sampler.set_epoch(2)
     expected = epoch_pairs(sampler)
     loader = torch.utils.data.DataLoader(IdentityDataset(),
-                                         batch_sampler=sampler,
+                                         batch_sampler=sampler.for_split(
+                                             "training"),
                                          collate_fn=list)
     assert len(loader) == len(expected)
     assert [as_pairs(batch) for batch in loader] == expected
@@ -324,12 +322,14 @@ def test_sampler_error_lists_groups_and_bad_context(dataset):
     with pytest.raises(DwiMLUserError, match="positive length in mm, got 0.0"):
         make_sampler(dataset, "length_mm", batch_size_training=0.)
     sampler = make_sampler(dataset)
-    assert len(make_sampler(dataset, batch_size_training=4.)) == len(sampler)
-    with pytest.raises(DwiMLUserError, match="argument context:"):
-        sampler.set_context("testing")
+    assert len(make_sampler(dataset, batch_size_training=4.).for_split(
+        "training")) == len(sampler.for_split("training"))
+    with pytest.raises(DwiMLUserError, match="argument split:"):
+        sampler.for_split("testing")
     # A state from 2 ranks restarts the saved epoch on 1 rank.
     two_ranks = make_sampler(dataset, world_size=2)
     two_ranks.set_epoch(3)
-    next(iter(two_ranks))
+    next(iter(two_ranks.for_split("training")))
     sampler.load_state_dict(two_ranks.state_dict())
-    assert sampler.epoch == 3 and sampler.nb_batches_yielded == 0
+    assert sampler.epoch == 3
+    assert sampler.for_split("training").nb_batches_yielded == 0

@@ -18,11 +18,12 @@ import pytest
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import load_checkpoint_state, read_parameters
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.comet_logger import CometCallback, describe_comet_error
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
-from dwi_ml.training.checkpoint_io import load_checkpoint_state, read_parameters
 from dwi_ml.training.distributed import DistributedContext
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
@@ -56,7 +57,7 @@ def make_tiny_trainer(hdf5_file, experiments_path, experiment_name,
     sampler = BatchSampler(dataset, "streamlines", 5, 10, "nb_streamlines",
                            seed=1)
     loader = BatchLoaderOneInput(dataset, "streamlines", "input",
-                                 step_size=1.0)
+                                 InputSpec.from_options(step_size=1.0))
     model = Learn2TrackModel(experiment_name, nb_features=dataset.nb_features[0],
                              step_size=1.0, rnn_layer_sizes=[8])
     return DWIMLTrainerOneInput(model, str(experiments_path), experiment_name,
@@ -134,18 +135,16 @@ def train_offline(hdf5, tmp_path, max_epochs, log_every, resume=False):
     args = comet_args(["--comet_workspace", "ws", "--comet_project", "proj",
                        "--comet_offline_dir", str(tmp_path / "comet"),
                        "--comet_log_every", str(log_every)])
-    trainer = make_tiny_trainer(hdf5, tmp_path, "exp", max_epochs)
+    # hyperparameters=None: parameters.json as it is when training starts.
+    callback = make_comet_callback(args, os.path.join(tmp_path, "exp"))
+    trainer = make_tiny_trainer(hdf5, tmp_path, "exp", max_epochs,
+                                callbacks=[callback])
     if resume:
-        trainer.load_checkpoint()
+        trainer.load_checkpoint()  # gives the callback its experiment key
     else:
         trainer.save_parameters()
-    experiment_dir = os.path.join(tmp_path, "exp")
-    # A resumed run logs parameters.json itself (hyperparameters=None).
-    hyperparameters = None if resume else read_parameters(experiment_dir)
-    callback = make_comet_callback(args, experiment_dir, hyperparameters)
-    trainer.callbacks.append(callback)
     trainer.train_and_validate()
-    return trainer
+    return trainer, callback
 
 
 def test_importing_dwi_ml_monitoring_does_not_import_comet_ml():
@@ -160,11 +159,13 @@ def test_importing_dwi_ml_monitoring_does_not_import_comet_ml():
 def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
         tiny_hdf5, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger=COMET_LOGGER)
-    trainer = train_offline(tiny_hdf5, tmp_path, max_epochs=2, log_every=3)
-    key = trainer.comet_key
+    trainer, callback = train_offline(tiny_hdf5, tmp_path, max_epochs=2,
+                                      log_every=3)
+    key = callback.experiment_key
     archives = glob.glob(str(tmp_path / "comet" / "*.zip"))
     assert archives == [str(tmp_path / "comet" / f"{key}.zip")]
-    assert load_checkpoint_state(trainer.experiment_dir)["comet_key"] == key
+    assert load_checkpoint_state(trainer.experiment_dir)["callbacks"][
+        "comet"] == {"experiment_key": key}
 
     experiment, messages, raw = read_archive(archives[0])
     first_messages = messages
@@ -202,9 +203,9 @@ def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
     assert names == ["exp"]
 
     # Resume to epoch 3: a second archive continues the same experiment.
-    resumed = train_offline(tiny_hdf5, tmp_path, max_epochs=3, log_every=3,
-                            resume=True)
-    assert resumed.comet_key == key
+    _, resumed = train_offline(tiny_hdf5, tmp_path, max_epochs=3,
+                               log_every=3, resume=True)
+    assert resumed.experiment_key == key
     second = [path for path in glob.glob(str(tmp_path / "comet" / "*.zip"))
               if path != archives[0]]
     assert len(second) == 1 and os.path.basename(second[0]).startswith(key)
@@ -245,7 +246,7 @@ def test_online_without_network_warns_once_and_trains(tiny_hdf5, tmp_path,
         "Comet (online) stopped: ConnectionError: Comet could not be reached "
         "or refused the experiment (network, API key or experiment key). "
         "Training goes on; the logs are in the experiment's logs/ folder."]
-    assert getattr(trainer, "comet_key", None) is None
+    assert callback.experiment_key is None
     assert len(np.load(os.path.join(trainer.logs_dir, "train_loss.npy"))) == 2
     assert DUMMY_API_KEY not in caplog.text
 
@@ -283,7 +284,7 @@ def test_only_the_main_process_talks_to_comet(tiny_hdf5, tmp_path):
     assert not trainer.is_main_process
     trainer.train_and_validate()
     assert not os.path.exists(tmp_path / "comet")
-    assert getattr(trainer, "comet_key", None) is None
+    assert callback.experiment_key is None
 
 
 @pytest.mark.parametrize("argv, message", [

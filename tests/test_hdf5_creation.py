@@ -204,11 +204,12 @@ def test_step_size_nb_points_and_compress(dataset, tmp_path):
         stored = read_streamlines(group)
         mm_lengths = group["euclidean_lengths"][:]
     for streamline, source, length_mm in zip(stored, raw, mm_lengths):
-        # Equal steps along the source curve: ceil(L / 1.5) steps of L / n.
+        # The reference's convention: ceil(L / 1.5) points, equally spaced
+        # along the source curve (steps of L / (n - 1), about 1.5 mm).
         source_mm = vox_to_mm_lengths([source])[0]
-        assert len(streamline) == np.ceil(source_mm / 1.5) + 1
+        assert len(streamline) == max(np.ceil(source_mm / 1.5), 2)
         arc_step_mm = source_mm / (len(streamline) - 1)
-        assert arc_step_mm <= 1.5
+        assert 1.5 <= arc_step_mm < 1.5 * len(streamline) / (len(streamline) - 2)
         steps_mm = np.linalg.norm(np.diff(streamline, axis=0) * VOXEL_SIZES,
                                   axis=1)
         assert np.all(steps_mm <= arc_step_mm + 1e-4)  # chords cut corners

@@ -35,15 +35,16 @@ from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.space import points_rasmm_to_vox_corner
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.experiment_layout import best_model_dir
 from dwi_ml.models import Learn2TrackModel, load_model_from_params_and_state
 from dwi_ml.models.directions import (
     compute_direction_targets,
     compute_previous_dirs,
 )
 from dwi_ml.tracking.stopping import TrackingMask
-from dwi_ml.training.checkpoint_io import best_model_dir
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 STEP_SIZE_MM = 2.0   # one voxel along x of the (2, 2.5, 3) mm grid
@@ -79,7 +80,8 @@ def experiment(tmp_path_factory, single_thread):
     sampler = BatchSampler(dataset, "streamlines", 25, 25, "nb_streamlines",
                            seed=1)
     loader = BatchLoaderOneInput(
-        dataset, "streamlines", "input", step_size=STEP_SIZE_MM,
+        dataset, "streamlines", "input",
+        InputSpec.from_options(step_size=STEP_SIZE_MM, nb_previous_dirs=2),
         split_ratio=0.5, reverse_ratio=0.5, noise_gaussian_size_forward=0.1,
         seed=1)
     torch.manual_seed(1)

@@ -17,7 +17,7 @@ from dwi_ml.models.directions import (
     compute_last_previous_dirs,
     compute_previous_dirs,
 )
-from dwi_ml.training.trainer import combine_losses
+from dwi_ml.training.trainer_optimization import combine_losses
 
 NB_FEATURES = 4
 LENGTHS = (5, 3, 7)

@@ -22,7 +22,7 @@ from dwi_ml.cli.dwiml_run_demo import main as demo_main
 from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.visualize_logs import main as plot_main
-from dwi_ml.io_utils import output_folders
+from dwi_ml.io_utils import experiment_layout, output_folders
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import (
     MARKER_FILE,
@@ -32,7 +32,6 @@ from dwi_ml.io_utils.output_folders import (
     folder_kind,
     mark_output_folder,
 )
-from dwi_ml.training import checkpoint_io
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
@@ -261,10 +260,10 @@ def test_old_experiment_without_marker_is_recognised(tmp_path, data, capsys):
 
 
 def test_old_layout_names_match_the_trainers():
-    assert output_folders.EXPERIMENT_PARAMETERS == checkpoint_io.PARAMETERS_FILE
+    assert output_folders.PARAMETERS_FILE == "parameters.json"
     assert set(output_folders.EXPERIMENT_FOLDERS) == {
-        checkpoint_io.CHECKPOINT_DIR, checkpoint_io.BEST_MODEL_DIR,
-        checkpoint_io.LOGS_DIR}
+        experiment_layout.CHECKPOINT_DIR, experiment_layout.BEST_MODEL_DIR,
+        experiment_layout.LOGS_DIR}
 
 
 def test_resume_refuses_a_folder_that_is_not_an_experiment(tmp_path, capsys):

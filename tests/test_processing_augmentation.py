@@ -20,7 +20,6 @@ from dwi_ml.data.processing.resampling import (
 from dwi_ml.data.processing.space import (
     points_rasmm_to_vox_corner,
     points_vox_corner_to_rasmm,
-    streamlines_rasmm_to_vox_corner,
     streamlines_vox_corner_to_rasmm,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -78,8 +77,7 @@ def test_vox_corner_to_rasmm_matches_dipy_stateful_tractogram():
     in_mm = streamlines_vox_corner_to_rasmm(packed, affine)
     for ours, dipys in zip(in_mm, sft.streamlines):
         np.testing.assert_allclose(ours, dipys, atol=1e-4)
-    back = streamlines_rasmm_to_vox_corner(in_mm, affine)
-    assert back._data.dtype == np.float32
+    back = [points_rasmm_to_vox_corner(s, affine) for s in in_mm]
     for ours, original in zip(back, streamlines):
         np.testing.assert_allclose(ours, original, atol=1e-4)
 
@@ -102,7 +100,7 @@ def _to_mm(streamlines_vox, affine=ANISOTROPIC_AFFINE):
     return [points_vox_corner_to_rasmm(s, affine) for s in streamlines_vox]
 
 
-def test_resample_to_step_size_gives_exact_steps_in_mm():
+def test_resample_to_step_size_gives_ceil_l_over_s_equal_steps_in_mm():
     rng = np.random.default_rng(1)
     streamlines_mm = []
     for nb_points in (5, 12, 2):
@@ -117,17 +115,19 @@ def test_resample_to_step_size_gives_exact_steps_in_mm():
     for new, original in zip(_to_mm(resampled), streamlines_mm):
         length_mm = np.linalg.norm(original[-1] - original[0])
         steps = np.linalg.norm(np.diff(new, axis=0), axis=1)
-        assert len(new) == int(np.ceil(length_mm / 0.75)) + 1
-        np.testing.assert_allclose(steps[:-1], 0.75, atol=1e-4)
-        assert 0 < steps[-1] <= 0.75 + 1e-4
+        # The reference dwi_ml's convention: ceil(L / s) equally spaced points.
+        assert len(new) == max(int(np.ceil(length_mm / 0.75)), 2)
+        np.testing.assert_allclose(steps, length_mm / (len(new) - 1), atol=1e-4)
         np.testing.assert_allclose(new[[0, -1]], original[[0, -1]], atol=1e-4)
 
 
 def test_resample_to_step_size_follows_corners():
     l_shape_mm = np.array([[0., 0, 0], [10, 0, 0], [10, 10, 0]])
     resampled = resample_to_step_size(_to_vox([l_shape_mm]), ANISOTROPIC_AFFINE, 3.)
-    expected = [[0, 0, 0], [3, 0, 0], [6, 0, 0], [9, 0, 0],
-                [10, 2, 0], [10, 5, 0], [10, 8, 0], [10, 10, 0]]
+    # 20 mm: ceil(20 / 3) = 7 points, 20 / 6 mm apart along the curve.
+    third = 10 / 3
+    expected = [[0, 0, 0], [third, 0, 0], [2 * third, 0, 0], [10, 0, 0],
+                [10, third, 0], [10, 2 * third, 0], [10, 10, 0]]
     np.testing.assert_allclose(_to_mm(resampled)[0], expected, atol=1e-4)
 
 
@@ -151,6 +151,22 @@ def test_resample_degenerate_streamlines():
                                atol=1e-4)
     by_step = resample_to_step_size(streamlines, ANISOTROPIC_AFFINE, 1.)
     assert list(by_step._lengths) == [1, 1]
+
+
+def test_resampling_twice_at_one_step_keeps_the_points():
+    """Idempotence on smooth curves: resampling again keeps the points.
+
+    (On sharp polylines chords cut corners, so the loader never resamples
+    streamlines already stored in the model's format.)
+    """
+    angles = np.linspace(0, 3 * np.pi, 400)
+    helix_mm = np.stack([10 * np.cos(angles), 10 * np.sin(angles),
+                         2 * angles], axis=1) + 20
+    streamlines = _to_vox([helix_mm, helix_mm[:150], helix_mm[:40]])
+    once = resample_to_step_size(streamlines, ANISOTROPIC_AFFINE, 0.5)
+    twice = resample_to_step_size(once, ANISOTROPIC_AFFINE, 0.5)
+    assert list(twice._lengths) == list(once._lengths)
+    np.testing.assert_allclose(twice.get_data(), once.get_data(), atol=1e-3)
 
 
 def test_compress_works_in_mm_and_keeps_endpoints():

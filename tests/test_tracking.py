@@ -20,6 +20,7 @@ from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.space import points_vox_corner_to_rasmm
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -234,7 +235,8 @@ def data(tmp_path_factory):
     sampler = BatchSampler(dataset, "streamlines", 25, 25, "nb_streamlines",
                            seed=0)
     loader = BatchLoaderOneInput(dataset, "streamlines", "input",
-                                 step_size=STEP_MM, reverse_ratio=0.5,
+                                 InputSpec.from_options(step_size=STEP_MM),
+                                 reverse_ratio=0.5,
                                  seed=0)
     torch.manual_seed(0)
     nb_features = dataset.nb_features[dataset.volume_groups.index("input")]

@@ -40,7 +40,7 @@ def test_step_size_comes_from_the_training_hdf5(experiments, caplog):
     exps, files = experiments
     experiment = str(exps / "stepped")
     model = load_experiment_model(experiment, False, "cpu")
-    assert model.step_size is None
+    assert model.input_spec.streamline_format.step_size is None
     assert training_hdf5_step_size(experiment) == 1.5
     with caplog.at_level(logging.INFO):
         assert choose_step_size(None, model, experiment) == 1.5

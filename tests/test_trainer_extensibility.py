@@ -63,7 +63,7 @@ def test_one_cycle_factory_steps_per_batch(tmp_path, dataset):
                                steps_per_epoch=STEPS_PER_EPOCH)
     trainer = make_trainer(dataset, tmp_path, lr_scheduler=factory,
                            max_epochs=3, grad_accumulation_steps=2)
-    nb_batches = trainer.nb_batches("train")
+    nb_batches = trainer.nb_batches("training")
     updates_per_epoch = -(-nb_batches // 2)
     assert trainer.scheduler.total_steps == 3 * updates_per_epoch
     trainer.train_and_validate()
@@ -108,4 +108,4 @@ def test_callback_state_goes_into_checkpoint(tmp_path, dataset):
     resumed.load_checkpoint()
     assert second.loaded and second.count == first.count
     resumed.train_and_validate()
-    assert second.count == straight.count == 3 * resumed.nb_batches("train")
+    assert second.count == straight.count == 3 * resumed.nb_batches("training")

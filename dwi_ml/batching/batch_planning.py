@@ -15,16 +15,16 @@ batch of its own.
 """
 import numpy as np
 
-CONTEXTS = ("training", "validation")
+from dwi_ml.data.splits import Split
 
 
-def make_generator(seed, context, epoch):
-    """Return the numpy Generator of one (seed, context, epoch) draw.
+def make_generator(seed, split, epoch):
+    """Return the numpy Generator of one (seed, split, epoch) draw.
 
-    Streams of different contexts or epochs are independent, and none of
+    Streams of different splits or epochs are independent, and none of
     them touches numpy's or torch's global random state.
     """
-    return np.random.default_rng([seed, CONTEXTS.index(context), epoch])
+    return np.random.default_rng([seed, Split(split).code, epoch])
 
 
 def cut_by_budget(costs, budget):

@@ -12,12 +12,12 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from dwi_ml.batching.batch_planning import (
-    CONTEXTS,
     make_generator,
     plan_mixed_batches,
     plan_subject_batches,
     shard_plan,
 )
+from dwi_ml.data.splits import SAMPLED_SPLITS, Split
 from dwi_ml.io_utils.arg_checks import check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -27,10 +27,12 @@ BATCH_SIZE_UNITS = ("nb_streamlines", "length_mm")
 DEFAULT_SEED = 1234
 
 
-class BatchSampler(Sampler):
-    """Yield batches of streamline IDs of one streamline group.
+class BatchSampler:
+    """Plan batches of streamline IDs of one streamline group, per split.
 
-    An epoch's batches are planned from ``(seed, context, epoch)`` alone,
+    ``sampler.for_split(split)`` is the torch ``Sampler`` of one split's
+    batches (its own ``len`` and iterator). An epoch's batches are planned
+    from ``(seed, split, epoch)`` alone,
     with a numpy Generator of their own, and cached: ``len()`` is exact,
     two samplers with the same seed yield the same batches, and a resumed
     run yields what the uninterrupted run would have. Validation batches
@@ -85,15 +87,15 @@ class BatchSampler(Sampler):
                      owner="BatchSampler")
         in_streamlines = batch_size_units == "nb_streamlines"
         budgets = {
-            "training": _check_batch_size(
+            Split.TRAINING: _check_batch_size(
                 "batch_size_training", batch_size_training, in_streamlines),
-            "validation": _check_batch_size(
+            Split.VALIDATION: _check_batch_size(
                 "batch_size_validation", batch_size_validation,
                 in_streamlines)}
-        subsets = {"training": dataset.training_set,
-                   "validation": dataset.validation_set}
+        subsets = {Split.TRAINING: dataset.training_set,
+                   Split.VALIDATION: dataset.validation_set}
         _check_subjects_options(nb_subjects_per_batch, cycles,
-                                subsets["training"].nb_subjects)
+                                subsets[Split.TRAINING].nb_subjects)
         check_int("seed", seed, 0, owner="BatchSampler")
         check_int("world_size", world_size, 1, owner="BatchSampler")
         if not (isinstance(rank, numbers.Integral) and 0 <= rank < world_size):
@@ -110,73 +112,48 @@ class BatchSampler(Sampler):
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
-        self.costs = {context: [_streamline_costs(subset, subj, group_idx,
-                                                  in_streamlines)
-                                for subj in range(subset.nb_subjects)]
-                      for context, subset in subsets.items()}
-        self.context = "training"
+        self.costs = {split: [_streamline_costs(subset, subj, group_idx,
+                                                in_streamlines)
+                              for subj in range(subset.nb_subjects)]
+                      for split, subset in subsets.items()}
         self.epoch = 0
-        self._nb_yielded = {context: 0 for context in CONTEXTS}
+        self._nb_yielded = dict.fromkeys(SAMPLED_SPLITS, 0)
         self._cached_plan = None
 
-    def set_context(self, context):
-        """Sample the "training" or the "validation" set from now on."""
-        check_choice("context", context, CONTEXTS, owner="BatchSampler")
-        self.context = context
+    def for_split(self, split):
+        """The batches of ``split`` (training or validation), as a Sampler.
+
+        Views share this sampler's epoch, seed and position: a view made
+        after :meth:`load_state_dict` resumes where the saved run stopped.
+        """
+        split = check_choice("split", split, SAMPLED_SPLITS,
+                             owner="BatchSampler")
+        return SplitBatches(self, Split(split))
 
     def set_epoch(self, epoch):
         """Select the epoch's draw of training batches.
 
-        Changing the epoch restarts both contexts from their first batch;
+        Changing the epoch restarts both splits from their first batch;
         setting the current epoch again keeps the position (a resumed run
         calls ``set_epoch`` with the epoch it was interrupted in).
         """
         check_int("epoch", epoch, 0, owner="BatchSampler")
         if epoch != self.epoch:
             self.epoch = int(epoch)
-            self._nb_yielded = {context: 0 for context in CONTEXTS}
-
-    @property
-    def nb_batches_yielded(self):
-        """Batches of the current context and epoch already yielded.
-
-        The next iteration starts with batch number ``nb_batches_yielded``
-        of this rank's plan (0 at the start of an epoch).
-        """
-        return self._nb_yielded[self.context]
-
-    def __len__(self):
-        """Number of batches of the current context and epoch, this rank."""
-        return len(self._rank_plan())
-
-    def __iter__(self):
-        """Yield the remaining batches of the current context and epoch.
-
-        Iteration starts after the batches already yielded (so it resumes
-        where a loaded state stopped) and, once every batch was yielded,
-        the next iteration starts the epoch over.
-        """
-        context = self.context
-        plan = self._rank_plan()
-        for index in range(self._nb_yielded[context], len(plan)):
-            # Counted before the yield: a state saved while the consumer
-            # holds batch ``index`` resumes with the following batch.
-            self._nb_yielded[context] = index + 1
-            yield plan[index]
-        self._nb_yielded[context] = 0
+            self._nb_yielded = dict.fromkeys(SAMPLED_SPLITS, 0)
 
     def state_dict(self):
         """Return the position in the draws, as plain ints.
 
         ``nb_batches_yielded`` counts the batches this iterator handed out
-        per context. A DataLoader with workers prefetches batches, so that
+        per split. A DataLoader with workers prefetches batches, so that
         count runs ahead of the batches a trainer finished; such a trainer
         should store its own count there.
         """
         return {"seed": self.seed, "epoch": self.epoch,
                 "world_size": self.world_size,
-                "nb_batches_yielded": [self._nb_yielded[context]
-                                       for context in CONTEXTS]}
+                "nb_batches_yielded": [self._nb_yielded[split]
+                                       for split in SAMPLED_SPLITS]}
 
     def load_state_dict(self, state):
         """Restore a position saved by :meth:`state_dict`.
@@ -188,13 +165,13 @@ class BatchSampler(Sampler):
         """
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
-        self._nb_yielded = dict(zip(CONTEXTS, (
+        self._nb_yielded = dict(zip(SAMPLED_SPLITS, (
             int(count) for count in state["nb_batches_yielded"])))
         if state["world_size"] != self.world_size:
             logger.info("BatchSampler state saved with world_size=%d, resumed "
                         "with %d: restarting epoch %d.", state["world_size"],
                         self.world_size, self.epoch)
-            self._nb_yielded = {context: 0 for context in CONTEXTS}
+            self._nb_yielded = dict.fromkeys(SAMPLED_SPLITS, 0)
         self._cached_plan = None
 
     def __getstate__(self):
@@ -205,30 +182,67 @@ class BatchSampler(Sampler):
         state["dataset"] = None
         return state
 
-    def _rank_plan(self):
-        """Return this rank's batches of the current context and epoch."""
-        epoch = self.epoch if self.context == "training" else 0
-        key = (self.seed, self.context, epoch)
+    def rank_plan(self, split):
+        """Return this rank's batches of ``split`` in the current epoch."""
+        epoch = self.epoch if split == Split.TRAINING else 0
+        key = (self.seed, split, epoch)
         if self._cached_plan is None or self._cached_plan[0] != key:
-            plan = self._plan_epoch(make_generator(*key))
+            plan = self._plan_epoch(split, make_generator(*key))
             rank_plan, nb_dropped = shard_plan(plan, self.rank,
                                                self.world_size)
             if nb_dropped:
                 logger.info(
                     "%s epoch %d: dropped %d of %d batches, smaller than the "
-                    "%d ranks.", self.context, epoch, nb_dropped, len(plan),
+                    "%d ranks.", split, epoch, nb_dropped, len(plan),
                     self.world_size)
             self._cached_plan = (key, rank_plan)
         return self._cached_plan[1]
 
-    def _plan_epoch(self, rng):
-        """Plan the global batches of the current context."""
-        costs = self.costs[self.context]
-        budget = self.budgets[self.context]
+    def _plan_epoch(self, split, rng):
+        """Plan the global batches of ``split``."""
+        costs = self.costs[split]
+        budget = self.budgets[split]
         if self.nb_subjects_per_batch is None:
             return plan_mixed_batches(costs, budget, rng)
         return plan_subject_batches(costs, budget, self.nb_subjects_per_batch,
                                     self.cycles, rng)
+
+
+class SplitBatches(Sampler):
+    """The batches of one split of a :class:`BatchSampler`, this rank.
+
+    ``len()`` is the number of batches of the current epoch; iteration
+    starts after the batches already yielded (so it resumes where a loaded
+    state stopped) and, once every batch was yielded, the next iteration
+    starts the epoch over.
+    """
+
+    def __init__(self, batch_sampler, split):
+        super().__init__()
+        self.batch_sampler = batch_sampler
+        self.split = split
+
+    @property
+    def nb_batches_yielded(self):
+        """Batches of this split and epoch already yielded.
+
+        The next iteration starts with batch number ``nb_batches_yielded``
+        of this rank's plan (0 at the start of an epoch).
+        """
+        return self.batch_sampler._nb_yielded[self.split]
+
+    def __len__(self):
+        return len(self.batch_sampler.rank_plan(self.split))
+
+    def __iter__(self):
+        counts = self.batch_sampler._nb_yielded
+        plan = self.batch_sampler.rank_plan(self.split)
+        for index in range(counts[self.split], len(plan)):
+            # Counted before the yield: a state saved while the consumer
+            # holds batch ``index`` resumes with the following batch.
+            counts[self.split] = index + 1
+            yield plan[index]
+        counts[self.split] = 0
 
 
 def _streamline_costs(subset, subj_idx, group_idx, in_streamlines):
@@ -283,3 +297,29 @@ def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):
             f"{nb_subjects_per_batch!r}.")
     if cycles is not None:
         check_int("cycles", cycles, 1, owner="BatchSampler")
+
+
+def add_sampler_args(parser):
+    """The script options of :class:`BatchSampler` (group "Batch sampler").
+
+    ``--seed`` is shared with the rest of the run and added elsewhere.
+    """
+    group = parser.add_argument_group("Batch sampler")
+    group.add_argument("--batch_size_training", type=float, default=100,
+                       help="Budget of a training batch, in "
+                            "--batch_size_units (global under torchrun).")
+    group.add_argument("--batch_size_validation", type=float, default=100,
+                       help="Budget of a validation batch, in "
+                            "--batch_size_units.")
+    group.add_argument("--batch_size_units", default="nb_streamlines",
+                       choices=BATCH_SIZE_UNITS,
+                       help="nb_streamlines: a number of streamlines per "
+                            "batch; length_mm: their total length in mm.")
+    group.add_argument("--nb_subjects_per_batch", type=int, default=None,
+                       help="Subjects drawn for each batch; None mixes all "
+                            "subjects.")
+    group.add_argument("--cycles", type=int, default=None,
+                       help="Consecutive batches keeping the same drawn "
+                            "subjects (with --nb_subjects_per_batch); None "
+                            "is 1.")
+    return group

@@ -1,9 +1,9 @@
 """Plug a BatchSampler and a batch loader into torch's DataLoader.
 
 The sampler runs in the main process and yields streamline IDs; each batch
-becomes a :class:`BatchRequest` tagged with its context, epoch, index and
+becomes a :class:`BatchRequest` tagged with its split, epoch, index and
 rank, so that the loader (the collate step, possibly in a worker process)
-derives the batch's random stream from ``(seed, context, epoch, batch index,
+derives the batch's random stream from ``(seed, split, epoch, batch index,
 rank)``: the augmentations do not depend on which worker loads the batch,
 two epochs differ, and a resumed run draws the same augmentations.
 """
@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-CONTEXT_CODES = {"training": 0, "validation": 1, "testing": 2}
+from dwi_ml.data.splits import Split
 
 
 class BatchRequest(NamedTuple):
@@ -24,7 +24,7 @@ class BatchRequest(NamedTuple):
     augmentations for their parts.
     """
 
-    context: str
+    split: Split
     epoch: int
     batch_index: int
     subject_ids: list
@@ -32,25 +32,24 @@ class BatchRequest(NamedTuple):
 
 
 class _BatchRequestSampler(Sampler):
-    """Yields the BatchSampler's batches of one context as BatchRequests."""
+    """Yields one split's batches of a BatchSampler as BatchRequests."""
 
-    def __init__(self, batch_sampler, context):
+    def __init__(self, batch_sampler, split):
         super().__init__()
         self.batch_sampler = batch_sampler
-        self.context = context
+        self.split_batches = batch_sampler.for_split(split)
 
     def __len__(self):
-        self.batch_sampler.set_context(self.context)
-        return len(self.batch_sampler)
+        return len(self.split_batches)
 
     def __iter__(self):
-        self.batch_sampler.set_context(self.context)
-        epoch = self.batch_sampler.epoch if self.context == "training" else 0
+        split = self.split_batches.split
+        epoch = self.batch_sampler.epoch if split == Split.TRAINING else 0
         # A sampler resumed mid-epoch starts after the batches it yielded.
-        first_index = self.batch_sampler.nb_batches_yielded
-        for batch_index, subject_ids in enumerate(self.batch_sampler,
+        first_index = self.split_batches.nb_batches_yielded
+        for batch_index, subject_ids in enumerate(self.split_batches,
                                                   start=first_index):
-            yield BatchRequest(self.context, epoch, batch_index, subject_ids,
+            yield BatchRequest(split, epoch, batch_index, subject_ids,
                                self.batch_sampler.rank)
 
 
@@ -69,9 +68,9 @@ def _ignore_stop_signals(worker_id):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def make_dataloader(batch_sampler, batch_loader, context, nb_workers=0,
+def make_dataloader(batch_sampler, batch_loader, split, nb_workers=0,
                     generator=None, pin_memory=False):
-    """Build the DataLoader of one context ("training" or "validation").
+    """Build the DataLoader of one split (training or validation).
 
     Parameters
     ----------
@@ -80,8 +79,8 @@ def make_dataloader(batch_sampler, batch_loader, context, nb_workers=0,
         The collate step; each worker gets its own copy (and opens its own
         HDF5 handle in lazy mode) when the first iteration starts them, and
         persistent workers keep it: restore a loader's state before.
-    context : str
-        "training" or "validation".
+    split : Split or str
+        ``Split.TRAINING`` or ``Split.VALIDATION``.
     nb_workers : int
         0 loads in the main process; otherwise persistent workers.
     generator : torch.Generator or None
@@ -97,7 +96,7 @@ def make_dataloader(batch_sampler, batch_loader, context, nb_workers=0,
     """
     return DataLoader(
         _PassThroughDataset(),
-        sampler=_BatchRequestSampler(batch_sampler, context),
+        sampler=_BatchRequestSampler(batch_sampler, split),
         batch_size=None, collate_fn=batch_loader.load_batch,
         num_workers=nb_workers, persistent_workers=nb_workers > 0,
         prefetch_factor=4 if nb_workers > 0 else None,

@@ -5,7 +5,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dwi_ml.data.packed import compact
+from dwi_ml.data.packed import compact, packed_arrays
 
 
 @dataclass
@@ -25,9 +25,9 @@ class LoadedBatch:
     lengths : torch.Tensor, (N,) int64
         Points per streamline.
     subject_indices : torch.Tensor, (N,) int64
-        Subject of each streamline, in the context's subset.
-    context : str
-        'training' or 'validation'.
+        Subject of each streamline, in the split's subset.
+    split : Split
+        The split the batch comes from.
     inputs : torch.Tensor or None, (P, F * K) float32
         Interpolated inputs, once computed.
     """
@@ -36,12 +36,12 @@ class LoadedBatch:
     input_points: torch.Tensor
     lengths: torch.Tensor
     subject_indices: torch.Tensor
-    context: str
+    split: str
     inputs: Optional[torch.Tensor] = None
 
     @classmethod
     def from_array_sequences(cls, targets, input_points, subject_indices,
-                             context):
+                             split):
         """Pack per-subject ArraySequences into one batch.
 
         Parameters
@@ -51,15 +51,15 @@ class LoadedBatch:
             with the forward noise (same lengths; the same object when there
             is no noise). Voxel space, corner origin.
         subject_indices : np.ndarray, shape (N,)
-            Subject of each streamline, in the context's subset.
-        context : str
+            Subject of each streamline, in the split's subset.
+        split : Split
         """
-        target_parts = [_packed_points(target) for target in targets]
+        target_parts = [compact(target)[0] for target in targets]
         same = all(a is b for a, b in zip(targets, input_points))
         target_data = torch.from_numpy(_concat(target_parts))
         input_data = target_data if same else torch.from_numpy(_concat(
-            [_packed_points(inputs_at) for inputs_at in input_points]))
-        lengths = [np.asarray(target._lengths) for target in targets]
+            [compact(inputs_at)[0] for inputs_at in input_points]))
+        lengths = [packed_arrays(target)[2] for target in targets]
         return cls(
             target_points=target_data, input_points=input_data,
             lengths=torch.from_numpy(
@@ -67,7 +67,7 @@ class LoadedBatch:
                 if lengths else np.zeros(0, dtype=np.int64)),
             subject_indices=torch.from_numpy(
                 np.asarray(subject_indices, dtype=np.int64)),
-            context=context)
+            split=split)
 
     @property
     def nb_streamlines(self):
@@ -86,7 +86,7 @@ class LoadedBatch:
             target_points=target_points,
             input_points=target_points if same_points else move(self.input_points),
             lengths=self.lengths, subject_indices=self.subject_indices,
-            context=self.context, inputs=move(self.inputs))
+            split=self.split, inputs=move(self.inputs))
 
     def pin_memory(self):
         """Pinned copy, used by DataLoader(pin_memory=True)."""
@@ -99,7 +99,7 @@ class LoadedBatch:
             input_points=(target_points if same_points
                           else pin(self.input_points)),
             lengths=self.lengths, subject_indices=self.subject_indices,
-            context=self.context, inputs=pin(self.inputs))
+            split=self.split, inputs=pin(self.inputs))
 
     def _split(self, tensor):
         return list(torch.split(tensor, self.lengths.tolist()))
@@ -115,22 +115,6 @@ class LoadedBatch:
     def inputs_list(self):
         """List of N (n_i, F * K) views of ``inputs``."""
         return self._split(self.inputs)
-
-
-def _packed_points(streamlines):
-    """(P, 3) points of ``streamlines``, one after the other.
-
-    The data array itself when it is already compact (offsets are the
-    cumulative sum of the lengths and no row is left over), else a gather.
-    """
-    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
-    data = np.asarray(streamlines._data)
-    starts = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    if len(data) == lengths.sum() and np.array_equal(streamlines._offsets,
-                                                     starts):
-        return data
-    return compact(streamlines)[0]
 
 
 def _concat(parts):

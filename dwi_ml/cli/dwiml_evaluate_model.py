@@ -10,7 +10,13 @@ segments, measured in mm). A model trained on GPU evaluates on CPU.
 import os
 
 from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import (
+    best_model_dir,
+    checkpoint_model_dir,
+    read_parameters,
+)
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
@@ -18,12 +24,6 @@ from dwi_ml.io_utils.script_args import (
     check_output_free,
     make_parser,
     set_verbosity,
-)
-from dwi_ml.training.checkpoint_io import (
-    best_model_dir,
-    checkpoint_model_dir,
-    read_parameters,
-    write_json_atomic,
 )
 from dwi_ml.training.evaluation import evaluate_model_folder
 from dwi_ml.training.experiment_builder import check_hdf5_groups

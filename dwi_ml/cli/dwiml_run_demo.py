@@ -22,6 +22,7 @@ from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.arg_checks import check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import best_model_dir
 from dwi_ml.io_utils.output_folders import check_output_folder, reset_output_folder
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
@@ -29,7 +30,6 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     set_verbosity,
 )
-from dwi_ml.training.checkpoint_io import best_model_dir
 from dwi_ml.training.evaluation import evaluate_model_folder
 
 
@@ -81,7 +81,8 @@ def main(argv=None):
         # The resume step needs epochs left to train.
         raise DwiMLUserError(
             f"--epochs: expected FIRST >= 1 and TOTAL > FIRST, got "
-            f"{first_epochs} {total_epochs}.")
+            f"{first_epochs} {total_epochs} (FIRST < TOTAL leaves epochs "
+            "to resume).")
     check_output_folder(args.out_folder, "demo_output", args.overwrite)
     reset_output_folder(args.out_folder, "demo_output")
 

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import torch
 
+from dwi_ml.data.packed import packed_arrays
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -16,12 +17,12 @@ from dwi_ml.io_utils.script_args import (
     progress_bars_disabled,
     set_verbosity,
 )
+from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
 from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.seeding import make_seeds
 from dwi_ml.tracking.stopping import StopReason, TrackingMask, keep_by_length
 from dwi_ml.tracking.tracking_io import (
-    check_tractogram_extension,
     load_experiment_model,
     load_subject_volumes,
     save_tractogram_with_seeds,
@@ -139,7 +140,8 @@ def _check_model(model, args, input_volume):
         raise DwiMLUserError(
             f"input group '{args.input_group}' of {args.hdf5_file}: the model "
             f"expects {model.input_size} inputs per point ("
-            f"{model.nb_features} features x {model.nb_neighbours} "
+            f"{model.nb_features} features x "
+            f"{model.input_spec.neighborhood.nb_neighbours} "
             f"neighbours), found {nb_features} features.")
     step_size = choose_step_size(args.step_size, model, args.experiment_path)
     # Refuses 'prob' with a deterministic direction getter before any work.
@@ -209,7 +211,7 @@ def main(argv=None):
     _log_stops(result)
 
     keep = np.flatnonzero(keep_by_length(
-        result.streamlines._lengths, step_size, args.min_length,
+        packed_arrays(result.streamlines)[2], step_size, args.min_length,
         args.max_length))
     logging.info("Kept %d of %d streamlines (%.3g to %.3g mm).", len(keep),
                  len(seeds), args.min_length, args.max_length)

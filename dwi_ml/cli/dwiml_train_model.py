@@ -8,6 +8,8 @@ global: each batch is split across the ranks.
 """
 import os
 
+from dwi_ml.batching.batch_loader import add_loader_args
+from dwi_ml.batching.batch_sampler import add_sampler_args
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.io_utils.arg_checks import (
@@ -16,6 +18,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_int_options,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
 from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
 from dwi_ml.io_utils.script_args import (
@@ -25,10 +28,8 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     set_verbosity,
 )
-from dwi_ml.models.direction_getters import DIRECTION_GETTERS
-from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
-from dwi_ml.training.checkpoint_io import has_checkpoint
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import (
@@ -39,13 +40,13 @@ from dwi_ml.training.experiment_builder import (
     check_hdf5_groups,
     check_model_matches_dataset,
 )
-from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 from dwi_ml.training.preemption import (
     add_interruption_args,
     end_run,
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
+from dwi_ml.training.trainer_args import add_trainer_args
 
 
 def build_parser():
@@ -64,71 +65,15 @@ def build_parser():
     data.add_argument("--cache_size", type=int, default=None,
                       help="Lazy mode: number of volumes kept in RAM.")
 
-    sampler = parser.add_argument_group("Batch sampler")
-    sampler.add_argument("--batch_size_training", type=float, default=100)
-    sampler.add_argument("--batch_size_validation", type=float, default=100)
-    sampler.add_argument("--batch_size_units", default="nb_streamlines",
-                         choices=("nb_streamlines", "length_mm"))
-    sampler.add_argument("--nb_subjects_per_batch", type=int, default=None)
-    sampler.add_argument("--cycles", type=int, default=None)
-
-    loader = parser.add_argument_group("Batch loader (training augmentation)")
-    loader.add_argument("--split_ratio", type=float, default=0.0)
-    loader.add_argument("--reverse_ratio", type=float, default=0.0)
-    loader.add_argument("--noise_gaussian_size_forward", type=float, default=0.0,
-                        help="Sigma in mm of the noise on input points.")
-    loader.add_argument("--noise_gaussian_size_loss", type=float, default=0.0,
-                        help="Sigma in mm of the noise on target streamlines.")
-
-    model = parser.add_argument_group("Model (Learn2track)")
-    fmt = model.add_mutually_exclusive_group()
-    fmt.add_argument("--step_size", type=float, help="Step size in mm.")
-    fmt.add_argument("--nb_points", type=int, help="Points per streamline.")
-    fmt.add_argument("--compress", type=float, help="Compression tolerance, mm.")
-    model.add_argument("--nb_previous_dirs", type=int, default=0)
-    model.add_argument("--neighborhood_type", choices=("axes", "grid"))
-    model.add_argument("--neighborhood_radius", type=int)
-    model.add_argument("--neighborhood_resolution", type=float,
-                       help="Distance between neighbourhood layers, mm.")
-    model.add_argument("--input_embedding_key", default="none",
-                       choices=("none", "linear"))
-    model.add_argument("--input_embedding_size", type=int)
-    model.add_argument("--rnn_key", default="lstm", choices=("lstm", "gru"))
-    model.add_argument("--rnn_layer_sizes", type=int, nargs="+",
-                       default=[100, 100])
-    model.add_argument("--no_skip_connection", action="store_true")
-    model.add_argument("--no_layer_norm", action="store_true")
-    model.add_argument("--dropout", type=float, default=0.0)
-    model.add_argument("--dg_key", default="cosine-regression",
-                       choices=sorted(DIRECTION_GETTERS))
-    model.add_argument("--add_eos", action="store_true",
-                       help="Learn an end-of-streamline output.")
-    model.add_argument("--eos_weight", type=float, default=1.0)
-
-    trainer = parser.add_argument_group("Trainer")
-    trainer.add_argument("--optimizer", default="Adam", choices=OPTIMIZER_CHOICES)
-    trainer.add_argument("--learning_rate", type=float, default=1e-3)
-    trainer.add_argument("--weight_decay", type=float, default=0.0)
-    trainer.add_argument("--momentum", type=float, default=0.9,
-                         help="SGD momentum.")
-    trainer.add_argument("--lr_scheduler", default="constant",
-                         choices=SCHEDULER_CHOICES)
-    trainer.add_argument("--lr_step_size", type=int, default=10)
-    trainer.add_argument("--lr_gamma", type=float, default=0.5)
-    trainer.add_argument("--max_epochs", type=int, default=10)
-    trainer.add_argument("--patience", type=int, default=None)
-    trainer.add_argument("--patience_delta", type=float, default=0.0)
-    trainer.add_argument("--max_batches_per_epoch_training", type=int)
-    trainer.add_argument("--max_batches_per_epoch_validation", type=int)
-    trainer.add_argument("--clip_grad", type=float, default=None,
-                         help="Clip the gradients' total norm, once per update.")
-    trainer.add_argument("--grad_accumulation_steps", type=int, default=1,
-                         help="Update the weights every N batches.")
-    trainer.add_argument("--mixed_precision", choices=("bf16", "fp16"),
-                         help="Autocast on CUDA.")
+    add_sampler_args(parser)
+    add_loader_args(parser)
+    add_learn2track_args(parser)
+    add_trainer_args(parser)
 
     run = parser.add_argument_group("Run")
-    run.add_argument("--seed", type=int, default=1234)
+    run.add_argument("--seed", type=int, default=1234,
+                     help="Seed of the initial weights, the batches and "
+                          "the augmentations.")
     run.add_argument("--nb_workers", type=int, default=0,
                      help="DataLoader worker processes.")
     run.add_argument("--nb_cpu_threads", type=int,

@@ -5,6 +5,11 @@ import os
 from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import (
+    best_model_dir,
+    checkpoint_model_dir,
+    read_parameters,
+)
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
@@ -18,11 +23,6 @@ from dwi_ml.monitoring.loss_per_point import (
     compute_subject_point_losses,
     draw_histograms,
     save_loss_tractogram,
-)
-from dwi_ml.training.checkpoint_io import (
-    best_model_dir,
-    checkpoint_model_dir,
-    read_parameters,
 )
 from dwi_ml.training.experiment_builder import check_hdf5_groups
 

@@ -17,6 +17,11 @@ from dwi_ml.data.hdf5.fingerprint import (
 )
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import (
+    checkpoint_model_dir,
+    load_checkpoint_state,
+    read_parameters,
+)
 from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_resumed_experiment
 from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.io_utils.script_args import (
@@ -27,11 +32,6 @@ from dwi_ml.io_utils.script_args import (
 )
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
-from dwi_ml.training.checkpoint_io import (
-    checkpoint_model_dir,
-    load_checkpoint_state,
-    read_parameters,
-)
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
 from dwi_ml.training.experiment_builder import (
@@ -170,6 +170,7 @@ def _resume(args, callbacks, lock):
     if distributed.is_main_process:
         start_resumed_experiment(lock)
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
+    # Checkpoints of older versions kept the Comet key at the top level.
     comet = (make_comet_callback(args, experiment_dir,
                                  resumed_key=state.get("comet_key"))
              if distributed.is_main_process else None)

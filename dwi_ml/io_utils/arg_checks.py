@@ -44,6 +44,22 @@ def check_int_options(args, minimums):
                 check_int(f"--{name}", item, min_value)
 
 
+def check_at_most_one(values, owner=None):
+    """Refuse more than one non-None value among mutually exclusive options.
+
+    Parameters
+    ----------
+    values : dict of str to object
+        Option name to value (None: not given).
+    """
+    given = [name for name, value in values.items() if value is not None]
+    if len(given) > 1:
+        where = f"{owner} arguments" if owner else "arguments"
+        raise DwiMLUserError(
+            f"{where} {', '.join(given)}: expected at most one of "
+            f"{', '.join(values)}, found {len(given)}.")
+
+
 def check_count_or_size(name, value, as_count):
     """A batch size: an integer count, or a finite size > 0 (e.g. mm).
 
@@ -74,6 +90,22 @@ def check_positive_float(name, value, owner=None):
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or value <= 0):
         _fail(name, owner, "a finite number > 0", value)
+    return float(value)
+
+
+def check_non_negative_float(name, value, owner=None):
+    """Return ``value`` as float, refusing NaN, infinities and values < 0."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value < 0):
+        _fail(name, owner, "a finite number >= 0", value)
+    return float(value)
+
+
+def check_ratio(name, value, owner=None):
+    """Return ``value`` as float, refusing anything outside [0, 1]."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not 0 <= value <= 1):
+        _fail(name, owner, "a number in [0, 1]", value)
     return float(value)
 
 

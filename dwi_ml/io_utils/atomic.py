@@ -1,5 +1,6 @@
 """Write files and folders under a temporary name, then rename them."""
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -113,3 +114,11 @@ def remove_stale_temporaries(folder, names):
             os.remove(path)
         removed.append(path)
     return removed
+
+
+def write_json_atomic(path, data):
+    """Write strict JSON (no NaN/Infinity) under a temporary name."""
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+    with atomic_output_file(path) as tmp_path:
+        with open(tmp_path, "w") as f:
+            f.write(text + "\n")

@@ -16,8 +16,8 @@ from dwi_ml.io_utils.atomic import remove_stale_temporaries
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import (
     EXPERIMENT_FOLDERS,
-    EXPERIMENT_PARAMETERS,
     MARKER_FILE,
+    PARAMETERS_FILE,
     check_output_folder,
     folder_kind,
     mark_output_folder,
@@ -27,7 +27,7 @@ from dwi_ml.io_utils.output_folders import (
 LOCK_FILE = ".lock"
 
 # What a training run writes atomically at the top of its experiment.
-_ATOMIC_OUTPUTS = (EXPERIMENT_PARAMETERS, MARKER_FILE, *EXPERIMENT_FOLDERS)
+_ATOMIC_OUTPUTS = (PARAMETERS_FILE, MARKER_FILE, *EXPERIMENT_FOLDERS)
 
 
 class ExperimentLock:
@@ -151,7 +151,7 @@ def start_resumed_experiment(lock):
     if folder_kind(experiment_dir) != "experiment":
         raise DwiMLUserError(
             f"experiment '{experiment_dir}' is not a dwi_ml experiment: no "
-            f"{MARKER_FILE} or {EXPERIMENT_PARAMETERS} with a checkpoint.")
+            f"{MARKER_FILE} or {PARAMETERS_FILE} with a checkpoint.")
     lock.acquire()
     for path in remove_stale_temporaries(experiment_dir, _ATOMIC_OUTPUTS):
         logging.info("Removed %s, left by a killed run.", path)

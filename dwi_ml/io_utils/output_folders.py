@@ -19,14 +19,13 @@ import shutil
 from dwi_ml import __version__
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS, PARAMETERS_FILE
 
 MARKER_FILE = ".dwi_ml_output.json"
 OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output")
 
-# The layout of dwi_ml.training.checkpoint_io, repeated here so that io_utils
+# The layout of dwi_ml.io_utils.experiment_layout, repeated here so that io_utils
 # does not import torch (a test checks that both agree).
-EXPERIMENT_PARAMETERS = "parameters.json"
-EXPERIMENT_FOLDERS = ("checkpoint", "best_model", "logs")
 
 _KIND_NAMES = {"experiment": "dwi_ml experiment",
                "synthetic_dataset": "dwi_ml synthetic dataset",
@@ -139,7 +138,7 @@ def _read_marker(path):
 
 
 def _is_old_experiment(path):
-    return (os.path.isfile(os.path.join(path, EXPERIMENT_PARAMETERS))
+    return (os.path.isfile(os.path.join(path, PARAMETERS_FILE))
             and any(os.path.isdir(os.path.join(path, name))
                     for name in EXPERIMENT_FOLDERS))
 

@@ -1,5 +1,6 @@
 """Arguments and checks shared by every script."""
 import argparse
+import contextlib
 import logging
 import os
 
@@ -50,6 +51,22 @@ def set_verbosity(level):
     """Configure the root logger for a script at ``level``."""
     logging.basicConfig(format="%(levelname)s: %(message)s",
                         level=getattr(logging, level), force=True)
+
+
+@contextlib.contextmanager
+def quiet_logger(name):
+    """Only critical messages of logger ``name`` get through in the block.
+
+    For libraries (dipy, comet_ml) whose error logs would repeat our own
+    one-line error.
+    """
+    quiet = logging.getLogger(name)
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def progress_bars_disabled():

@@ -26,9 +26,10 @@ Tracking (one step at a time, :meth:`Learn2TrackModel.forward_step`)
 """
 import torch
 
+from dwi_ml.data.processing.input_spec import add_input_spec_args
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.direction_getters import make_direction_getter
+from dwi_ml.models.direction_getters import DIRECTION_GETTERS, make_direction_getter
 from dwi_ml.models.directions import (
     compute_direction_targets,
     nb_predictions,
@@ -250,3 +251,34 @@ class Learn2TrackModel(MainModelOneInput):
         """
         return self.direction_getter.get_tracking_directions(
             outputs, algo, generator)
+
+
+def add_learn2track_args(parser):
+    """The script options of :class:`Learn2TrackModel` (group "Model")."""
+    group = parser.add_argument_group("Model (Learn2track)")
+    add_input_spec_args(group)
+    group.add_argument("--input_embedding_key", default="none",
+                       choices=("none", "linear"),
+                       help="Embedding of the inputs before the RNN.")
+    group.add_argument("--input_embedding_size", type=int,
+                       help="Output size of the linear embedding.")
+    group.add_argument("--rnn_key", default="lstm", choices=tuple(RNN_CLASSES),
+                       help="Recurrent layer type.")
+    group.add_argument("--rnn_layer_sizes", type=int, nargs="+",
+                       default=[100, 100],
+                       help="Hidden size of each stacked RNN layer.")
+    group.add_argument("--no_skip_connection", action="store_true",
+                       help="Feed the direction getter the last layer only, "
+                            "not all layers.")
+    group.add_argument("--no_layer_norm", action="store_true",
+                       help="No layer normalisation between RNN layers.")
+    group.add_argument("--dropout", type=float, default=0.0,
+                       help="Dropout probability between RNN layers.")
+    group.add_argument("--dg_key", default="cosine-regression",
+                       choices=sorted(DIRECTION_GETTERS),
+                       help="Direction getter: the output head and loss.")
+    group.add_argument("--add_eos", action="store_true",
+                       help="Learn an end-of-streamline output.")
+    group.add_argument("--eos_weight", type=float, default=1.0,
+                       help="Weight of the end-of-streamline loss.")
+    return group

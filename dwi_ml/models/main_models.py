@@ -1,22 +1,21 @@
 """Base classes of every dwi_ml model.
 
 ``MainModelAbstract`` holds what the trainer and the scripts need from any
-model: a name, the streamline resampling it was trained with, its
-constructor arguments (``params_for_checkpoint``) and save/load.
+model: a name, its ``input_spec`` (what the data stages must give it, see
+:mod:`dwi_ml.data.processing.input_spec`), its constructor arguments
+(``params_for_checkpoint``) and save/load.
 
-``MainModelOneInput`` adds what the batch loader reads from the model for
-one input volume group: the neighbourhood to interpolate and the number of
-features, and it builds the previous-direction inputs. See
-:mod:`dwi_ml.models.directions` for the batch contract.
+``MainModelOneInput`` adds the neighbourhood and the previous directions to
+the spec for one input volume group, and builds the previous-direction
+inputs. See :mod:`dwi_ml.models.directions` for the batch contract.
 """
 import torch
 
-from dwi_ml.io_utils.arg_checks import check_choice, check_int, check_positive_float
+from dwi_ml.data.processing.input_spec import InputSpec
+from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import model_io
 from dwi_ml.models.directions import compute_last_previous_dirs, compute_previous_dirs
-
-NEIGHBORHOOD_TYPES = (None, "axes", "grid")
 
 
 class MainModelAbstract(torch.nn.Module):
@@ -49,30 +48,15 @@ class MainModelAbstract(torch.nn.Module):
             raise DwiMLUserError(
                 f"argument 'experiment_name': expected a non-empty string, "
                 f"found {experiment_name!r}.")
-        chosen = [name for name, value in (("step_size", step_size),
-                                           ("nb_points", nb_points),
-                                           ("compress", compress))
-                  if value is not None]
-        if len(chosen) > 1:
-            raise DwiMLUserError(
-                f"arguments {', '.join(chosen)}: expected at most one "
-                f"resampling option, found {len(chosen)}.")
         self.experiment_name = experiment_name
-        self.step_size = (None if step_size is None else
-                          check_positive_float("step_size", step_size))
-        self.nb_points = (None if nb_points is None else
-                          check_int("nb_points", nb_points, 2))
-        self.compress = (None if compress is None else
-                         check_positive_float("compress", compress))
+        self.input_spec = InputSpec.from_options(step_size, nb_points, compress)
 
     @property
     def params_for_checkpoint(self):
         """dict: every constructor argument, JSON-able, to rebuild the model.
         """
         return {"experiment_name": self.experiment_name,
-                "step_size": self.step_size,
-                "nb_points": self.nb_points,
-                "compress": self.compress}
+                **self.input_spec.streamline_format.as_dict()}
 
     @property
     def device(self):
@@ -80,10 +64,6 @@ class MainModelAbstract(torch.nn.Module):
         for tensor in self.parameters():
             return tensor.device
         return torch.device("cpu")
-
-    def move_to(self, device):
-        """Move the model to ``device`` and return it."""
-        return self.to(device)
 
     def save_params_and_state(self, folder):
         """Write parameters.json, model_type.txt and model_state.pt.
@@ -110,21 +90,6 @@ class MainModelAbstract(torch.nn.Module):
         raise NotImplementedError
 
 
-def nb_neighbours(neighborhood_type, neighborhood_radius):
-    """Number of interpolation points per streamline point, centre included.
-
-    - None: the point alone (1);
-    - "axes": ``radius`` points on each half-axis, ``1 + 6 * radius``;
-    - "grid": a cube of ``2 * radius + 1`` points per side,
-      ``(2 * radius + 1) ** 3``.
-    """
-    if neighborhood_type is None:
-        return 1
-    if neighborhood_type == "axes":
-        return 1 + 6 * neighborhood_radius
-    return (2 * neighborhood_radius + 1) ** 3
-
-
 class MainModelOneInput(MainModelAbstract):
     """A model fed by one input volume group, interpolated by the loader.
 
@@ -136,7 +101,7 @@ class MainModelOneInput(MainModelAbstract):
         Features of the input volume group (last dimension of the volume).
     neighborhood_type : None, "axes" or "grid"
         Extra interpolation points around each streamline point, read by the
-        loader. See :func:`nb_neighbours`.
+        loader. See :class:`~dwi_ml.data.processing.neighborhood.Neighborhood`.
     neighborhood_radius : int or None
         Points on each half-axis ("axes") or the cube's half-width in points
         ("grid"). Required iff ``neighborhood_type`` is set.
@@ -151,6 +116,9 @@ class MainModelOneInput(MainModelAbstract):
 
     Attributes
     ----------
+    input_spec : InputSpec
+        The format, neighbourhood and number of previous directions, read
+        by the loader, the tracker and the evaluation.
     input_size : int
         ``F_in = nb_features * nb_neighbours``, the loader's input width.
     """
@@ -161,36 +129,22 @@ class MainModelOneInput(MainModelAbstract):
                  nb_previous_dirs=0, normalize_prev_dirs=True):
         super().__init__(experiment_name, step_size, nb_points, compress)
         self.nb_features = check_int("nb_features", nb_features, 1)
-        self.neighborhood_type = check_choice(
-            "neighborhood_type", neighborhood_type, NEIGHBORHOOD_TYPES)
-        if neighborhood_type is None:
-            if (neighborhood_radius is not None
-                    or neighborhood_resolution is not None):
-                raise DwiMLUserError(
-                    "arguments neighborhood_radius/neighborhood_resolution: "
-                    "expected None without neighborhood_type, found values.")
-            self.neighborhood_radius = None
-            self.neighborhood_resolution = None
-        else:
-            self.neighborhood_radius = check_int(
-                "neighborhood_radius", neighborhood_radius, 1)
-            self.neighborhood_resolution = check_positive_float(
-                "neighborhood_resolution", neighborhood_resolution)
-        self.nb_previous_dirs = check_int(
-            "nb_previous_dirs", nb_previous_dirs, 0)
+        self.input_spec = InputSpec.from_options(
+            step_size, nb_points, compress, neighborhood_type,
+            neighborhood_radius, neighborhood_resolution, nb_previous_dirs)
         self.normalize_prev_dirs = bool(normalize_prev_dirs)
-        self.nb_neighbours = nb_neighbours(self.neighborhood_type,
-                                           self.neighborhood_radius)
-        self.input_size = self.nb_features * self.nb_neighbours
+        self.input_size = self.input_spec.input_size(self.nb_features)
+
+    @property
+    def nb_previous_dirs(self):
+        """``k``, read from :attr:`input_spec`."""
+        return self.input_spec.nb_previous_dirs
 
     @property
     def params_for_checkpoint(self):
         params = super().params_for_checkpoint
         params.update(nb_features=self.nb_features,
-                      neighborhood_type=self.neighborhood_type,
-                      neighborhood_radius=self.neighborhood_radius,
-                      neighborhood_resolution=self.neighborhood_resolution,
-                      nb_previous_dirs=self.nb_previous_dirs,
+                      **self.input_spec.as_options(),
                       normalize_prev_dirs=self.normalize_prev_dirs)
         return params
 

@@ -19,10 +19,10 @@ import torch
 
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE
 from dwi_ml.io_utils.manifest import verify_manifest
 from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
-PARAMETERS_FILE = "parameters.json"
 MODEL_TYPE_FILE = "model_type.txt"
 STATE_FILE = "model_state.pt"
 

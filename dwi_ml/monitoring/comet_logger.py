@@ -11,15 +11,15 @@ Metric names are those of the ``.npy`` logs (``train_loss``,
 ``train_loss_per_batch`` (optional) uses the global batch index as step:
 the row of ``logs/train_loss_per_batch.npy``.
 """
-import contextlib
 import logging
 import math
 import os
 import sys
 
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
+from dwi_ml.io_utils.script_args import quiet_logger
 from dwi_ml.training.callbacks import Callback
-from dwi_ml.training.checkpoint_io import PARAMETERS_FILE, read_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +92,6 @@ def check_comet_workspace(workspace):
             f"workspaces ({', '.join(sorted(workspaces)) or 'none'}).")
 
 
-@contextlib.contextmanager
-def _quiet_logger(name):
-    """Only critical messages of logger ``name`` get through in the block."""
-    quiet = logging.getLogger(name)
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        quiet.setLevel(level)
-
-
 def create_comet_experiment(workspace=None, project=None, offline_dir=None,
                             experiment_key=None):
     """Create or continue a Comet experiment.
@@ -132,7 +120,7 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
     if offline_dir is None:
         # Comet logs errors of its own when it cannot connect; the callback
         # says it once, in its own words, so Comet's are held back here.
-        with _quiet_logger("comet_ml"):
+        with quiet_logger("comet_ml"):
             if experiment_key:
                 return comet_ml.ExistingExperiment(
                     experiment_key=experiment_key, **_EXPERIMENT_OPTIONS)
@@ -151,9 +139,10 @@ class CometCallback(Callback):
     """Trainer callback logging the run to one Comet experiment.
 
     The experiment is created at ``on_train_start`` on the main process
-    only (``trainer.is_main_process``, True when absent). Its key goes to
-    ``trainer.comet_key``, which the trainer saves in its checkpoint; on
-    resume, the same experiment is continued.
+    only (``trainer.is_main_process``, True when absent). Its key is this
+    callback's state (``experiment_key``), saved in the trainer's checkpoint
+    under ``callbacks['comet']``; on resume, the same experiment is
+    continued.
 
     Parameters
     ----------
@@ -168,9 +157,11 @@ class CometCallback(Callback):
     log_every : int
         Log the training loss every ``log_every`` batches; 0 never.
     experiment_key : str or None
-        Experiment to continue; None continues ``trainer.comet_key`` when
-        set (a resumed trainer) and creates a new experiment otherwise.
+        Experiment to continue; None creates a new experiment unless a
+        checkpoint's state gives one (:meth:`load_state_dict`).
     """
+
+    name = "comet"
 
     def __init__(self, workspace=None, project=None, offline_dir=None,
                  hyperparameters=None, experiment_name=None, log_every=0,
@@ -192,8 +183,7 @@ class CometCallback(Callback):
     def on_train_start(self, trainer):
         if not getattr(trainer, "is_main_process", True):
             return
-        key = self.experiment_key or getattr(trainer, "comet_key", None)
-        self._guarded(self._start, trainer, key)
+        self._guarded(self._start, trainer, self.experiment_key)
 
     def _start(self, trainer, key):
         experiment = create_comet_experiment(
@@ -203,7 +193,7 @@ class CometCallback(Callback):
                 "Comet could not be reached or refused the experiment "
                 "(network, API key or experiment key)")
         self.experiment = experiment
-        trainer.comet_key = experiment.get_key()
+        self.experiment_key = experiment.get_key()
         if key is None and self.experiment_name:
             experiment.set_name(self.experiment_name)
         experiment.log_parameters(self._hyperparameters(trainer))
@@ -220,6 +210,16 @@ class CometCallback(Callback):
         logger.info("No %s yet: no hyper-parameters logged to Comet.",
                     PARAMETERS_FILE)
         return {}
+
+    def state_dict(self):
+        """``{'experiment_key': key}`` once an experiment exists."""
+        if self.experiment_key is None:
+            return None
+        return {"experiment_key": self.experiment_key}
+
+    def load_state_dict(self, state):
+        """Continue the experiment of a checkpoint."""
+        self.experiment_key = state.get("experiment_key")
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         if self.experiment is not None:

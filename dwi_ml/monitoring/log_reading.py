@@ -16,8 +16,8 @@ import numpy as np
 
 from dwi_ml.io_utils.atomic import existing_atomic_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR, LOGS_DIR, PARAMETERS_FILE
 from dwi_ml.monitoring.log_expressions import base_log_names
-from dwi_ml.training.checkpoint_io import BEST_MODEL_DIR, LOGS_DIR, PARAMETERS_FILE
 
 logger = logging.getLogger(__name__)
 

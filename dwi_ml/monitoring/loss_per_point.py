@@ -23,6 +23,7 @@ from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.layout import SPLITS
 from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import compute_direction_targets, prediction_rows
 from dwi_ml.tracking.tracking_io import save_tractogram_atomic
@@ -157,11 +158,10 @@ def compute_subject_point_losses(model, hdf5_file, subject_id, input_group,
         points, lengths, values = [], [], {}
         with torch.no_grad():
             for start in range(0, len(ids), batch_size):
-                request = BatchRequest(split, 0, start // batch_size,
+                request = BatchRequest(Split(split), 0, start // batch_size,
                                        [(0, ids[start:start + batch_size])])
-                batch = loader.load_batch(request).to(device)
-                if batch.inputs is None:
-                    batch.inputs = loader.compute_inputs(batch, device)
+                batch = loader.prepare_batch(loader.load_batch(request),
+                                             device)
                 targets = batch.target_streamlines()
                 outputs = model(batch.inputs_list(), batch.input_streamlines())
                 per_prediction = _named(compute_per_prediction_losses(

@@ -103,9 +103,9 @@ def make_comet_callback(args, experiment_dir, hyperparameters=None,
         Logged to Comet. None (advised): the experiment's
         ``parameters.json`` as written before training starts.
     resumed_key : str or None
-        Comet key of the experiment to continue (``"comet_key"`` of the
-        checkpoint state). When None, the callback still continues
-        ``trainer.comet_key`` if the trainer loaded a checkpoint first.
+        Comet key of the experiment to continue, for checkpoints written
+        before the key moved into the callback's own state. Otherwise the
+        trainer's ``load_checkpoint`` gives the callback its saved key.
 
     Returns
     -------

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dwi_ml.data.packed import ranges_to_indices
+from dwi_ml.data.packed import packed_arrays, ranges_to_indices
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.voxel_masks import (
     dilate_voxel_set,
@@ -135,8 +135,7 @@ def make_reference_bundles(dense_reference, labels, shape):
     list of ReferenceBundle
     """
     labels = check_bundle_labels(labels, len(dense_reference))
-    offsets = np.asarray(dense_reference._offsets, dtype=np.int64)
-    lengths = np.asarray(dense_reference._lengths, dtype=np.int64)
+    data, offsets, lengths = packed_arrays(dense_reference)
     heads, tails = streamline_endpoints(dense_reference)
     bundles = []
     for label in np.unique(labels):
@@ -148,7 +147,7 @@ def make_reference_bundles(dense_reference, labels, shape):
         bundles.append(ReferenceBundle(
             label=int(label),
             volume=voxel_set(point_voxel_indices(
-                dense_reference._data[rows], shape)),
+                data[rows], shape)),
             head_region=_end_region(bundle_heads, shape),
             tail_region=_end_region(bundle_tails, shape)))
     return bundles
@@ -200,9 +199,8 @@ def assign_valid_connections(dense_tracked, bundles, shape,
     np.ndarray, shape (N,), int64
         ``NO_BUNDLE`` (-1) for streamlines that are no VC.
     """
-    offsets = np.asarray(dense_tracked._offsets, dtype=np.int64)
-    lengths = np.asarray(dense_tracked._lengths, dtype=np.int64)
-    point_voxels = point_voxel_indices(dense_tracked._data, shape)
+    data, offsets, lengths = packed_arrays(dense_tracked)
+    point_voxels = point_voxel_indices(data, shape)
     head_voxels, tail_voxels = (point_voxel_indices(points, shape) for points
                                 in streamline_endpoints(dense_tracked))
     assigned = np.full(len(lengths), NO_BUNDLE, dtype=np.int64)
@@ -335,10 +333,10 @@ def score_bundles(dense_tracked, dense_reference, reference_labels, shape,
 def _overlaps_per_bundle(dense_tracked, assigned, bundles, shape):
     """(bundle, number of VCs, (OL, OR, F1)) for each bundle."""
     valid = np.flatnonzero(assigned != NO_BUNDLE)
-    lengths = np.asarray(dense_tracked._lengths, dtype=np.int64)[valid]
-    rows = ranges_to_indices(
-        np.asarray(dense_tracked._offsets, dtype=np.int64)[valid], lengths)
-    point_voxels = point_voxel_indices(dense_tracked._data[rows], shape)
+    data, offsets, lengths = packed_arrays(dense_tracked)
+    lengths = lengths[valid]
+    rows = ranges_to_indices(offsets[valid], lengths)
+    point_voxels = point_voxel_indices(data[rows], shape)
     point_bundles = np.repeat(assigned[valid], lengths)
     inside = point_voxels >= 0
     # One sort for all bundles: (bundle, voxel) pairs as single integers.

@@ -36,12 +36,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dwi_ml.data.packed import compact, make_array_sequence
-from dwi_ml.data.processing.interpolation import prepare_volume_for_interpolation
-from dwi_ml.data.processing.neighborhood import (
-    get_neighborhood_offsets,
-    interpolate_with_neighborhood,
+from dwi_ml.data.packed import (
+    compact,
+    make_array_sequence,
+    offsets_from_lengths,
+    packed_arrays,
 )
+from dwi_ml.data.processing.interpolation import prepare_volume_for_interpolation
+from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.stopping import StopReason, max_nb_points, steps_too_sharp
 
@@ -108,10 +110,9 @@ class BatchedTracker:
         self.model = model.to(self.device).eval()
         self.volume = prepare_volume_for_interpolation(input_volume,
                                                        self.device)
-        self.offsets = torch.as_tensor(get_neighborhood_offsets(
-            model.neighborhood_type, model.neighborhood_radius,
-            model.neighborhood_resolution, affine), dtype=torch.float32,
-            device=self.device)
+        self.offsets = torch.as_tensor(
+            model.input_spec.neighborhood.offsets_vox(affine),
+            dtype=torch.float32, device=self.device)
         self.linear_part = torch.as_tensor(
             np.asarray(affine, dtype=np.float64)[:3, :3], dtype=torch.float32,
             device=self.device)
@@ -313,10 +314,10 @@ def _pack(points, lengths):
 
 def _concatenate(results):
     """One TrackedStreamlines from several (at least one), in order."""
-    data = [r.streamlines._data for r in results]
-    lengths = np.concatenate([r.streamlines._lengths for r in results])
-    offsets = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
+    # Each result's streamlines are compact (see _pack).
+    data = [packed_arrays(r.streamlines)[0] for r in results]
+    lengths = np.concatenate([packed_arrays(r.streamlines)[2] for r in results])
+    offsets = offsets_from_lengths(lengths)
     backward = (None if results[0].backward_stops is None
                 else np.concatenate([r.backward_stops for r in results]))
     return TrackedStreamlines(

@@ -37,9 +37,8 @@ import numpy as np
 from nibabel.streamlines import ArraySequence
 from scipy.spatial import cKDTree
 
-from dwi_ml.data.dataset.sft_data import compute_lengths_mm
-from dwi_ml.data.packed import compact, make_array_sequence
-from dwi_ml.data.processing.resampling import resample_to_step_size
+from dwi_ml.data.packed import compact, lengths_mm, make_array_sequence, packed_arrays
+from dwi_ml.data.processing.resampling import resample_to_max_step
 from dwi_ml.data.processing.space import check_affine
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.bundle_scoring import score_bundles
@@ -109,7 +108,7 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
                               max_step_vox)
     scores = {"nb_tracked": float(len(tracked)),
               "nb_reference": float(len(reference)),
-              "nb_tracked_points": float(len(tracked._data))}
+              "nb_tracked_points": float(len(packed_arrays(tracked)[0]))}
     scores.update(score_points(
         tracked, dense_reference, affine, distances_vox, max_angle_deg,
         direction_max_distance_vox))
@@ -174,8 +173,8 @@ def densify(streamlines_vox, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
     """
     smallest_mm_per_vox = np.linalg.svd(check_affine(affine)[:3, :3],
                                         compute_uv=False).min()
-    return resample_to_step_size(streamlines_vox, affine,
-                                 max_step_vox * smallest_mm_per_vox)
+    return resample_to_max_step(streamlines_vox, affine,
+                                max_step_vox * smallest_mm_per_vox)
 
 
 def point_directions_mm(streamlines_vox, affine, rows=None):
@@ -197,9 +196,8 @@ def point_directions_mm(streamlines_vox, affine, rows=None):
     -------
     np.ndarray, shape (len(rows), 3), float64
     """
-    data = np.asarray(streamlines_vox._data, dtype=np.float64)
-    offsets = np.asarray(streamlines_vox._offsets, dtype=np.int64)
-    lengths = np.asarray(streamlines_vox._lengths, dtype=np.int64)
+    data, offsets, lengths = packed_arrays(streamlines_vox)
+    data = data.astype(np.float64, copy=False)
     rows = np.arange(len(data)) if rows is None \
         else np.asarray(rows, dtype=np.int64)
     # Offsets are sorted: the last one <= row is the row's streamline (an
@@ -238,13 +236,15 @@ def score_points(tracked, dense_reference, affine,
         ``points_within_{d:g}_vox`` for each distance, and
         ``points_aligned``; 0 when there are no tracked points.
     """
-    nb_points = len(tracked._data)
+    tracked_points = packed_arrays(tracked)[0]
+    reference_points = packed_arrays(dense_reference)[0]
+    nb_points = len(tracked_points)
     keys = [f"points_within_{d:g}_vox" for d in distances_vox]
-    if nb_points == 0 or len(dense_reference._data) == 0:
+    if nb_points == 0 or len(reference_points) == 0:
         return dict.fromkeys(keys + ["points_aligned"], 0.0)
 
     distances, nearest = _nearest_reference_points(
-        dense_reference._data, tracked._data,
+        reference_points, tracked_points,
         max(max(distances_vox), direction_max_distance_vox))
     scores = {key: float(np.count_nonzero(distances <= d)) / nb_points
               for key, d in zip(keys, distances_vox)}
@@ -298,9 +298,8 @@ def score_lengths(streamlines_vox, affine):
     """
     if len(streamlines_vox) == 0:
         return {"mean_length_mm": 0.0, "median_length_mm": 0.0}
-    lengths_mm = compute_lengths_mm(
-        np.asarray(streamlines_vox._data, dtype=np.float64),
-        streamlines_vox._offsets, streamlines_vox._lengths,
-        check_affine(affine)).astype(np.float64)
-    return {"mean_length_mm": float(lengths_mm.mean()),
-            "median_length_mm": float(np.median(lengths_mm))}
+    data, offsets, lengths = packed_arrays(streamlines_vox)
+    length_mm = lengths_mm(data.astype(np.float64, copy=False), offsets,
+                           lengths, check_affine(affine)).astype(np.float64)
+    return {"mean_length_mm": float(length_mm.mean()),
+            "median_length_mm": float(np.median(length_mm))}

@@ -14,8 +14,7 @@ from dipy.io.streamline import load_tractogram
 
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
-
-TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
+from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
 
 
 def _load_image(nifti_path):
@@ -61,12 +60,7 @@ def load_tractogram_vox_corner(path, nifti_path):
     dipy StatefulTractogram
         In ``Space.VOX``, ``Origin.TRACKVIS``.
     """
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in TRACTOGRAM_EXTENSIONS:
-        raise DwiMLUserError(
-            f"tractogram '{path}': expected one of the extensions "
-            f"{', '.join(TRACTOGRAM_EXTENSIONS)}, found "
-            f"'{extension or 'none'}'.")
+    check_tractogram_extension(path, "tractogram")
     try:
         sft = load_tractogram(path, nifti_path, bbox_valid_check=False)
     except Exception as error:  # dipy and nibabel raise many kinds

@@ -19,23 +19,12 @@ from dwi_ml.data.processing.space import (
 )
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import best_model_dir, checkpoint_model_dir
 from dwi_ml.models import load_model_from_params_and_state
-from dwi_ml.training.checkpoint_io import best_model_dir, checkpoint_model_dir
 
-TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
 SEEDS_KEY = "seeds"
 
 logger = logging.getLogger(__name__)
-
-
-def check_tractogram_extension(path):
-    """Raise a user error unless ``path`` ends with .trk, .tck or .trx."""
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in TRACTOGRAM_EXTENSIONS:
-        raise DwiMLUserError(
-            f"output '{path}': expected one of the extensions "
-            f"{', '.join(TRACTOGRAM_EXTENSIONS)}, found "
-            f"'{extension or 'none'}'.")
 
 
 def load_experiment_model(experiment_path, use_latest_epoch=False,

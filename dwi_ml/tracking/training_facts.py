@@ -12,7 +12,7 @@ import os
 import h5py
 
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.training.checkpoint_io import PARAMETERS_FILE, read_parameters
+from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ def choose_step_size(given_mm, model, experiment_dir):
     """
     if given_mm is not None:
         return given_mm
-    if model.step_size is not None:
-        return model.step_size
+    model_step_size = model.input_spec.streamline_format.step_size
+    if model_step_size is not None:
+        return model_step_size
     step_size = training_hdf5_step_size(experiment_dir)
     if step_size is None:
         raise DwiMLUserError(

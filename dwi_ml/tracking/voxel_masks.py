@@ -13,6 +13,8 @@ axis, and so on.
 """
 import numpy as np
 
+from dwi_ml.data.packed import packed_arrays
+
 OUTSIDE = -1  # flat index of a point outside the grid
 
 
@@ -96,9 +98,8 @@ def streamline_endpoints(streamlines):
     heads, tails : np.ndarray, shape (N, 3), float64
         An empty streamline gets NaN points, which lie in no voxel.
     """
-    offsets = np.asarray(streamlines._offsets, dtype=np.int64)
-    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
-    data = np.asarray(streamlines._data, dtype=np.float64)
+    data, offsets, lengths = packed_arrays(streamlines)
+    data = data.astype(np.float64, copy=False)
     heads = np.full((len(lengths), 3), np.nan)
     tails = np.full((len(lengths), 3), np.nan)
     kept = lengths > 0

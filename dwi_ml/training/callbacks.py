@@ -9,16 +9,11 @@ import math
 
 from tqdm import tqdm
 
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import progress_bars_disabled
 
 logger = logging.getLogger(__name__)
-
-CALLBACK_EVENTS = (
-    "on_train_start", "on_train_end", "on_epoch_start", "on_epoch_end",
-    "on_train_batch_start", "on_train_batch_end",
-    "on_validation_batch_end", "on_checkpoint_save", "on_checkpoint_load")
-
 
 class TrainingAbortedError(DwiMLUserError):
     """The run cannot go on (e.g. a NaN loss); the last checkpoint is kept."""
@@ -51,22 +46,14 @@ class Callback:
         """Restore the state returned by :meth:`state_dict`."""
 
 
-def _make_event(event_name):
-    def fire(self, trainer, *args):
-        for callback in self.callbacks:
-            method = getattr(callback, event_name, None)
-            if method is not None:
-                method(trainer, *args)
-    fire.__name__ = event_name
-    fire.__doc__ = f"Call ``{event_name}`` on every callback, in order."
-    return fire
-
-
 class CallbackList:
     """Fires each event on a list of callbacks, in order."""
 
     def __init__(self, callbacks=()):
         self.callbacks = list(callbacks)
+        # States of callbacks absent from this run (e.g. Comet not asked for
+        # on one resume): kept and saved again, so a later run finds them.
+        self._unclaimed_states = {}
 
     def append(self, callback):
         """Add a callback at the end of the list."""
@@ -74,7 +61,7 @@ class CallbackList:
 
     def state_dict(self):
         """States of the named callbacks that have one."""
-        states = {}
+        states = dict(self._unclaimed_states)
         for callback in self.callbacks:
             state = callback.state_dict()
             if state is not None and callback.name:
@@ -83,13 +70,57 @@ class CallbackList:
 
     def load_state_dict(self, states):
         """Give each named callback its saved state."""
+        names = {callback.name for callback in self.callbacks}
+        self._unclaimed_states = {name: state for name, state in states.items()
+                                  if name not in names}
         for callback in self.callbacks:
             if callback.name in states:
                 callback.load_state_dict(states[callback.name])
 
+    def _fire(self, event_name, trainer, *args):
+        """Call ``event_name`` on every callback that has it, in order."""
+        for callback in self.callbacks:
+            method = getattr(callback, event_name, None)
+            if method is not None:
+                method(trainer, *args)
 
-for _event in CALLBACK_EVENTS:
-    setattr(CallbackList, _event, _make_event(_event))
+    # One method per event (see :class:`Callback`), so that a search for an
+    # event name finds where it is fired.
+    def on_train_start(self, trainer):
+        """Fire ``on_train_start``."""
+        self._fire("on_train_start", trainer)
+
+    def on_train_end(self, trainer):
+        """Fire ``on_train_end``."""
+        self._fire("on_train_end", trainer)
+
+    def on_epoch_start(self, trainer, epoch):
+        """Fire ``on_epoch_start``."""
+        self._fire("on_epoch_start", trainer, epoch)
+
+    def on_epoch_end(self, trainer, epoch, epoch_logs):
+        """Fire ``on_epoch_end``."""
+        self._fire("on_epoch_end", trainer, epoch, epoch_logs)
+
+    def on_train_batch_start(self, trainer, batch):
+        """Fire ``on_train_batch_start``."""
+        self._fire("on_train_batch_start", trainer, batch)
+
+    def on_train_batch_end(self, trainer, batch, outputs):
+        """Fire ``on_train_batch_end``."""
+        self._fire("on_train_batch_end", trainer, batch, outputs)
+
+    def on_validation_batch_end(self, trainer, batch, outputs):
+        """Fire ``on_validation_batch_end``."""
+        self._fire("on_validation_batch_end", trainer, batch, outputs)
+
+    def on_checkpoint_save(self, trainer, checkpoint_state):
+        """Fire ``on_checkpoint_save``."""
+        self._fire("on_checkpoint_save", trainer, checkpoint_state)
+
+    def on_checkpoint_load(self, trainer, checkpoint_state):
+        """Fire ``on_checkpoint_load``."""
+        self._fire("on_checkpoint_load", trainer, checkpoint_state)
 
 
 class NanCheckCallback(Callback):
@@ -117,24 +148,25 @@ class ProgressBarCallback(Callback):
 
     def __init__(self):
         self._bar = None
-        self._phase = None
+        self._split = None
 
-    def _open(self, trainer, phase):
-        self._phase = phase
-        total = trainer.nb_batches(phase)
+    def _open(self, trainer, split):
+        self._split = split
+        total = trainer.nb_batches(split)
         # A resumed epoch starts its bar at the batch it resumes from.
         self._bar = tqdm(total=total, initial=trainer.batch_index,
-                         desc=f"epoch {trainer.current_epoch} {phase}",
+                         desc=f"epoch {trainer.current_epoch} "
+                              f"{split.log_prefix}",
                          leave=False,
                          disable=(progress_bars_disabled()
                                   or not trainer.is_main_process))
 
-    def _advance(self, trainer, phase):
-        if self._bar is None or self._phase != phase:
+    def _advance(self, trainer, split):
+        if self._bar is None or self._split != split:
             self._close()
-            self._open(trainer, phase)
+            self._open(trainer, split)
         self._bar.update(1)
-        monitor = trainer.monitors[f"{phase}_loss"]
+        monitor = trainer.monitors[f"{split.log_prefix}_loss"]
         self._bar.set_postfix(loss=f"{monitor.running_mean:.4f}")
 
     def _close(self):
@@ -143,10 +175,10 @@ class ProgressBarCallback(Callback):
             self._bar = None
 
     def on_train_batch_end(self, trainer, batch, outputs):
-        self._advance(trainer, "train")
+        self._advance(trainer, Split.TRAINING)
 
     def on_validation_batch_end(self, trainer, batch, outputs):
-        self._advance(trainer, "valid")
+        self._advance(trainer, Split.VALIDATION)
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         self._close()

@@ -1,8 +1,12 @@
 """Where a trainer stands inside an epoch, as saved in checkpoints."""
 from dataclasses import asdict, dataclass
 
-TRAIN_PHASE = "train"
-VALID_PHASE = "valid"
+from dwi_ml.data.splits import Split
+
+# Phases are named by their split's log prefix ("train", "valid"), as saved
+# in checkpoints.
+TRAIN_PHASE = Split.TRAINING.log_prefix
+VALID_PHASE = Split.VALIDATION.log_prefix
 # Both phases are done; the epoch's monitors and checkpoint are not.
 END_PHASE = "end"
 

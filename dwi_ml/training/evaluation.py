@@ -12,7 +12,7 @@ from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import build_loader
 from dwi_ml.training.monitors import BatchMeanMonitor
-from dwi_ml.training.trainer import combine_losses, loss_log_values
+from dwi_ml.training.trainer_optimization import combine_losses, loss_log_values
 
 
 class _WeightedMeans:
@@ -83,9 +83,7 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
             for start in range(0, len(ids), batch_size):
                 request = BatchRequest(split, 0, start // batch_size,
                                        [(subj_idx, ids[start:start + batch_size])])
-                batch = loader.load_batch(request).to(device)
-                if batch.inputs is None:
-                    batch.inputs = loader.compute_inputs(batch, device)
+                batch = loader.prepare_batch(loader.load_batch(request), device)
                 outputs = model(batch.inputs_list(), batch.input_streamlines())
                 batch_losses, n_points = model.compute_loss(
                     outputs, batch.target_streamlines())

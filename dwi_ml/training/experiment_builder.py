@@ -79,18 +79,16 @@ def build_sampler(dataset, sampler_params, rank=0, world_size=1):
 
 
 def build_loader(dataset, loader_params, model, device):
-    """A BatchLoaderOneInput reading the model's format and neighbourhood.
+    """A BatchLoaderOneInput reading the model's ``input_spec``.
 
     On CUDA, interpolation happens in the main process with volumes cached
-    on the GPU; on CPU it happens in the DataLoader workers.
+    on the GPU (see ``prepare_batch``); on CPU it happens in the DataLoader
+    workers.
     """
     interpolation_device = device if str(device).startswith("cuda") else None
-    return BatchLoaderOneInput(
-        dataset, step_size=model.step_size, nb_points=model.nb_points,
-        compress=model.compress, neighborhood_type=model.neighborhood_type,
-        neighborhood_radius=model.neighborhood_radius,
-        neighborhood_resolution=model.neighborhood_resolution,
-        interpolation_device=interpolation_device, **loader_params)
+    return BatchLoaderOneInput(dataset, input_spec=model.input_spec,
+                               interpolation_device=interpolation_device,
+                               **loader_params)
 
 
 def build_trainer(model, experiments_path, experiment_name, sampler, loader,

@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 
+from dwi_ml.data.splits import Split
+
 
 class BatchMeanMonitor:
     """Weighted mean of per-batch values over one epoch.
@@ -165,7 +167,7 @@ class EpochMonitors(dict):
 
     def _batch_monitors(self, phase):
         prefixes = (f"{phase}_loss",) + (
-            ("grad_norm",) if phase == "train" else ())
+            ("grad_norm",) if phase == Split.TRAINING.log_prefix else ())
         return [monitor for name, monitor in self.items()
                 if name.startswith(prefixes)]
 

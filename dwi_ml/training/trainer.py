@@ -20,7 +20,9 @@ checkpoint and go on. A run resumed from it continues as if never stopped.
 Every step is a method a model author can override. Progress bars, the NaN
 check, the ``.npy`` logs, Comet and the log line are callbacks
 (:mod:`dwi_ml.training.callbacks`). Saving and resuming live in
-:mod:`dwi_ml.training.trainer_checkpointing`.
+:mod:`dwi_ml.training.trainer_checkpointing`; the optimisation steps (loss
+reduction across ranks, back-propagation, gradient accumulation, optimizer
+step) in :mod:`dwi_ml.training.trainer_optimization`.
 """
 import math
 import os
@@ -30,6 +32,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dwi_ml.batching.dataloaders import make_dataloader
+from dwi_ml.data.splits import Split
+from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.training.callbacks import (
     CallbackList,
     EpochSummaryCallback,
@@ -37,10 +41,8 @@ from dwi_ml.training.callbacks import (
     NpyLoggerCallback,
     ProgressBarCallback,
 )
-from dwi_ml.training.checkpoint_io import LOGS_DIR
 from dwi_ml.training.distributed import (
     all_reduce_max,
-    all_reduce_sum,
     current_context,
 )
 from dwi_ml.training.epoch_position import (
@@ -55,31 +57,14 @@ from dwi_ml.training.optimizers import (
     SchedulerFactory,
     create_optimizer,
     scheduler_factory_from_name,
-    step_scheduler,
 )
 from dwi_ml.training.random_states import seed_everything, set_deterministic
 from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_checkpointing import TrainerCheckpointing
+from dwi_ml.training.trainer_optimization import TrainerOptimization
 
 
-def combine_losses(losses):
-    """``(total, named)`` from a loss tensor or a dict of named losses.
-
-    The total of a dict is the sum of its values; ``named`` maps each name
-    to its tensor (empty for a single tensor).
-    """
-    if isinstance(losses, dict):
-        return sum(losses.values()), dict(losses)
-    return losses, {}
-
-
-def loss_log_values(loss, named):
-    """Floats to log: ``loss`` and ``loss_NAME`` for each named loss."""
-    return {"loss": loss.item(),
-            **{f"loss_{name}": value.item() for name, value in named.items()}}
-
-
-class DWIMLAbstractTrainer(TrainerCheckpointing):
+class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
     """Trains a dwi_ml model with a BatchSampler and a BatchLoader.
 
     Parameters
@@ -171,8 +156,8 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
         self.max_epochs = max_epochs
-        self.max_batches = {"training": max_batches_per_epoch_training,
-                            "validation": max_batches_per_epoch_validation}
+        self.max_batches = {Split.TRAINING: max_batches_per_epoch_training,
+                            Split.VALIDATION: max_batches_per_epoch_validation}
         self.clip_grad = clip_grad
         self.grad_accumulation_steps = int(grad_accumulation_steps)
         self.nb_workers = nb_workers
@@ -244,8 +229,9 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
             "max_epochs": self.max_epochs,
             "patience": self.best_tracker.patience,
             "patience_delta": self.best_tracker.patience_delta,
-            "max_batches_per_epoch_training": self.max_batches["training"],
-            "max_batches_per_epoch_validation": self.max_batches["validation"],
+            "max_batches_per_epoch_training": self.max_batches[Split.TRAINING],
+            "max_batches_per_epoch_validation":
+                self.max_batches[Split.VALIDATION],
             "clip_grad": self.clip_grad,
             "grad_accumulation_steps": self.grad_accumulation_steps,
             "nb_workers": self.nb_workers, "device": str(self.device),
@@ -339,33 +325,35 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
 
     def create_dataloaders(self):
         """Create the training and validation DataLoaders (kept for reuse)."""
-        contexts = ["training"] + (["validation"] if self.use_validation
-                                   else [])
-        for context in contexts:
-            if context not in self._dataloaders:
-                self._dataloaders[context] = make_dataloader(
-                    self.batch_sampler, self.batch_loader, context,
+        splits = [Split.TRAINING] + ([Split.VALIDATION] if self.use_validation
+                                     else [])
+        for split in splits:
+            if split not in self._dataloaders:
+                self._dataloaders[split] = make_dataloader(
+                    self.batch_sampler, self.batch_loader, split,
                     self.nb_workers, self.dataloader_generator,
                     pin_memory=self.device.type == "cuda")
 
-    def nb_batches(self, phase):
-        """Number of batches of this epoch for phase 'train' or 'valid'."""
-        context = "training" if phase == "train" else "validation"
-        self.batch_sampler.set_context(context)
-        total = len(self.batch_sampler)
-        cap = self.max_batches[context]
+    def nb_batches(self, split):
+        """Number of batches of this epoch of ``split``, up to the cap.
+
+        The one count of an epoch's batches: the loop, the per-batch LR
+        schedulers and the progress bar read it.
+        """
+        total = len(self.batch_sampler.for_split(split))
+        cap = self.max_batches[split]
         return total if cap is None else min(total, cap)
 
-    def iterate_batches(self, context, epoch):
-        """Yield the epoch's remaining batches of ``context``, up to the cap.
+    def iterate_batches(self, split, epoch):
+        """Yield the epoch's remaining batches of ``split``, up to the cap.
 
         Iteration starts after the batches the current position has done
         (the sampler was restored at the same place).
         """
         self.batch_sampler.set_epoch(epoch)
-        cap = self.max_batches[context]
+        cap = self.max_batches[split]
         first = self.position.nb_batches_done
-        for batch_index, batch in enumerate(self._dataloaders[context],
+        for batch_index, batch in enumerate(self._dataloaders[split],
                                             start=first):
             if cap is not None and batch_index >= cap:
                 break
@@ -378,14 +366,14 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         Returns early, with the position kept, when a stop is requested.
         """
         self.model.train()
-        nb_batches = self.nb_batches("train")
+        nb_batches = self.nb_batches(Split.TRAINING)
         if self.position.nb_batches_done == 0:
-            self.monitors.start_phase("train")
+            self.monitors.start_phase(TRAIN_PHASE)
             self.monitors["learning_rate"].set_epoch_value(
                 self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter() - self.position.elapsed_s
-        for batch in self.iterate_batches("training", epoch):
+        for batch in self.iterate_batches(Split.TRAINING, epoch):
             self.callbacks.on_train_batch_start(self, batch)
             with self.autocast():
                 losses, n_points = self.run_one_batch(batch)
@@ -396,7 +384,7 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
             is_update = self.is_update_step(nb_batches)
             if is_update:
                 outputs.update(self.optimizer_step())
-            self.monitors.record_batch("train", outputs)
+            self.monitors.record_batch(TRAIN_PHASE, outputs)
             self.callbacks.on_train_batch_end(self, batch, outputs)
             self.position.nb_batches_done = self.batch_index + 1
             self.position.elapsed_s = time.perf_counter() - start
@@ -417,16 +405,16 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         kept, when a stop is requested.
         """
         self.model.eval()
-        nb_batches = self.nb_batches("valid")
+        nb_batches = self.nb_batches(Split.VALIDATION)
         if self.position.nb_batches_done == 0:
-            self.monitors.start_phase("valid")
+            self.monitors.start_phase(VALID_PHASE)
         start = time.perf_counter() - self.position.elapsed_s
         with torch.no_grad():
-            for batch in self.iterate_batches("validation", epoch):
+            for batch in self.iterate_batches(Split.VALIDATION, epoch):
                 with self.autocast():
                     losses, n_points = self.run_one_batch(batch)
                 _, outputs = self.reduce_losses(losses, n_points)
-                self.monitors.record_batch("valid", outputs)
+                self.monitors.record_batch(VALID_PHASE, outputs)
                 self.callbacks.on_validation_batch_end(self, batch, outputs)
                 self.position.nb_batches_done = self.batch_index + 1
                 self.position.elapsed_s = time.perf_counter() - start
@@ -448,109 +436,10 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         """
         raise NotImplementedError
 
-    def reduce_losses(self, losses, n_points):
-        """The total loss tensor, and the batch's outputs for the logs.
-
-        Outputs hold ``loss``, ``loss_NAME`` per named loss and
-        ``n_points``. Alone they are this batch's values; under torchrun,
-        the points-weighted means over all ranks, so that logs and stopping
-        decisions are the same on every rank.
-        """
-        loss, named = combine_losses(losses)
-        values = loss_log_values(loss, named)
-        n_points = int(n_points)
-        if self.distributed.is_distributed:
-            sums = all_reduce_sum([v * n_points for v in values.values()]
-                                  + [n_points], self.device)
-            n_points = int(sums[-1])
-            values = {key: total / n_points for key, total in zip(values, sums)}
-        return loss, {**values, "n_points": n_points}
-
-    def weight_loss_for_ranks(self, loss, n_points, total_points):
-        """Scale a rank's mean loss so DDP's gradient average is the global one.
-
-        DDP averages gradients over ranks; weighting rank r's loss by
-        ``world_size * n_r / n_total`` makes that average the gradient of
-        the mean loss over all points of the global batch.
-        """
-        if not self.distributed.is_distributed:
-            return loss
-        return loss * (self.distributed.world_size * int(n_points)
-                       / total_points)
-
-    def accumulation_group_size(self, nb_batches):
-        """Batches in the current accumulation group (fewer at epoch end)."""
-        steps = self.grad_accumulation_steps
-        group_start = self.batch_index - self.batch_index % steps
-        return min(steps, nb_batches - group_start)
-
-    def is_update_step(self, nb_batches):
-        """True on the last batch of an accumulation group."""
-        return ((self.batch_index + 1) % self.grad_accumulation_steps == 0
-                or self.batch_index + 1 == nb_batches)
-
-    def back_propagation(self, loss):
-        """Accumulate the gradients of ``loss``."""
-        self.grad_scaler.scale(loss).backward()
-
-    def optimizer_step(self):
-        """Clip, update the weights, zero the gradients, step per-batch LR.
-
-        Returns
-        -------
-        dict
-            ``grad_norm`` (before clipping) and ``grad_norm_after_clip``.
-        """
-        self.grad_scaler.unscale_(self.optimizer)
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.clip_grad if self.clip_grad is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
-        clipped_norm = grad_norm if self.clip_grad is None else float(
-            torch.nn.utils.get_total_norm([p.grad for p in parameters]))
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler_factory.step_every == "batch":
-            step_scheduler(self.scheduler)
-        return {"grad_norm": grad_norm, "grad_norm_after_clip": clipped_norm}
-
-    def end_epoch(self, epoch):
-        """Close the monitors, step the scheduler, update the best epoch.
-
-        Returns
-        -------
-        epoch_logs : dict
-            This epoch's value of every monitor.
-        is_best : bool
-        """
-        self.monitors.end_phase("train")
-        if self.use_validation:
-            self.monitors.end_phase("valid")
-        else:
-            self.monitors.skip_phase("valid")
-            self.monitors["valid_time"].set_epoch_value(0.0)
-        epoch_logs = self.monitors.end_epoch()
-        loss = epoch_logs["valid_loss" if self.use_validation else "train_loss"]
-        if self.scheduler_factory.step_every == "epoch":
-            step_scheduler(self.scheduler, loss)
-        is_best = self.best_tracker.update(loss, epoch)
-        return epoch_logs, is_best
-
-    def autocast(self):
-        """Mixed-precision context on CUDA; a no-op otherwise."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            self.mixed_precision)
-        return torch.autocast(device_type=self.device.type, dtype=dtype,
-                              enabled=dtype is not None)
-
     def _updates_per_epoch(self):
         """Optimizer updates in a training epoch (for per-batch schedulers)."""
-        self.batch_sampler.set_context("training")
-        nb_batches = len(self.batch_sampler)
-        cap = self.max_batches["training"]
-        if cap is not None:
-            nb_batches = min(nb_batches, cap)
-        return max(1, math.ceil(nb_batches / self.grad_accumulation_steps))
+        return max(1, math.ceil(self.nb_batches(Split.TRAINING)
+                                / self.grad_accumulation_steps))
 
     def _has_validation_data(self):
         subset = getattr(self.batch_sampler.dataset, "validation_set", None)

@@ -1,6 +1,7 @@
-"""Checks of the trainer's arguments, before any work."""
+"""The trainer's arguments: their script options and their checks."""
 from dwi_ml.io_utils.arg_checks import check_device, check_int, check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 
 
 def _check_positive(name, value, allow_none=False, integer=False):
@@ -44,3 +45,44 @@ def check_trainer_args(args):
                     integer=True)
     _check_positive("checkpoint_every_minutes",
                     args["checkpoint_every_minutes"], allow_none=True)
+
+
+def add_trainer_args(parser):
+    """The script options of the trainer's optimisation (group "Trainer")."""
+    group = parser.add_argument_group("Trainer")
+    group.add_argument("--optimizer", default="Adam", choices=OPTIMIZER_CHOICES,
+                       help="torch optimizer.")
+    group.add_argument("--learning_rate", type=float, default=1e-3,
+                       help="Initial learning rate.")
+    group.add_argument("--weight_decay", type=float, default=0.0,
+                       help="Weight decay (L2 penalty; decoupled for AdamW).")
+    group.add_argument("--momentum", type=float, default=0.9,
+                       help="SGD momentum (other optimizers ignore it).")
+    group.add_argument("--lr_scheduler", default="constant",
+                       choices=SCHEDULER_CHOICES,
+                       help="Learning-rate schedule over the epochs.")
+    group.add_argument("--lr_step_size", type=int, default=10,
+                       help="'step' scheduler: epochs between decays.")
+    group.add_argument("--lr_gamma", type=float, default=0.5,
+                       help="'step'/'plateau' scheduler: decay factor.")
+    group.add_argument("--max_epochs", type=int, default=10,
+                       help="Epochs to train in all.")
+    group.add_argument("--patience", type=int, default=None,
+                       help="Stop after this many epochs without a better "
+                            "loss; None never stops early.")
+    group.add_argument("--patience_delta", type=float, default=0.0,
+                       help="Improvement of the loss that counts as better.")
+    group.add_argument("--max_batches_per_epoch_training", type=int,
+                       help="Cap on training batches per epoch; None uses "
+                            "them all.")
+    group.add_argument("--max_batches_per_epoch_validation", type=int,
+                       help="Cap on validation batches per epoch; None uses "
+                            "them all.")
+    group.add_argument("--clip_grad", type=float, default=None,
+                       help="Clip the gradients' total norm, once per "
+                            "update; None never clips.")
+    group.add_argument("--grad_accumulation_steps", type=int, default=1,
+                       help="Update the weights every N batches.")
+    group.add_argument("--mixed_precision", choices=("bf16", "fp16"),
+                       help="Autocast on CUDA; None trains in float32.")
+    return group

@@ -10,17 +10,16 @@ import time
 
 import torch
 
-from dwi_ml.batching.batch_planning import CONTEXTS
-from dwi_ml.io_utils.atomic import atomic_output_folder
+from dwi_ml.data.splits import SAMPLED_SPLITS, Split
+from dwi_ml.io_utils.atomic import atomic_output_folder, write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.manifest import write_manifest
-from dwi_ml.training.checkpoint_io import (
+from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
     PARAMETERS_FILE,
     load_checkpoint_state,
-    write_json_atomic,
 )
+from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.distributed import all_gather_objects, barrier
 from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
 from dwi_ml.training.random_states import (
@@ -79,7 +78,6 @@ class TrainerCheckpointing:
             "monitors": self.monitors.state_dict(),
             "best": self.best_tracker.state_dict(),
             "callbacks": self.callbacks.state_dict(),
-            "comet_key": getattr(self, "comet_key", None),
         }
         self.callbacks.on_checkpoint_save(self, state)
         return state
@@ -87,11 +85,12 @@ class TrainerCheckpointing:
     def _sampler_state_at_position(self):
         state = self.batch_sampler.state_dict()
         in_validation = self.position.phase == VALID_PHASE
-        done = {"training": 0 if in_validation else self.position.nb_batches_done,
-                "validation": self.position.nb_batches_done if in_validation
+        done = {Split.TRAINING: (0 if in_validation
+                                 else self.position.nb_batches_done),
+                Split.VALIDATION: self.position.nb_batches_done if in_validation
                 else 0}
         state["epoch"] = self.current_epoch
-        state["nb_batches_yielded"] = [done[context] for context in CONTEXTS]
+        state["nb_batches_yielded"] = [done[split] for split in SAMPLED_SPLITS]
         return state
 
     def save_checkpoint(self):
@@ -141,7 +140,6 @@ class TrainerCheckpointing:
         self.best_tracker.load_state_dict(state["best"])
         self.best_tracker.patience = patience
         self.callbacks.load_state_dict(state["callbacks"])
-        self.comet_key = state.get("comet_key")
         self.callbacks.on_checkpoint_load(self, state)
 
     def _own_rank_entry(self, per_rank):

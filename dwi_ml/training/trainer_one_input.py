@@ -5,17 +5,14 @@ from dwi_ml.training.trainer import DWIMLAbstractTrainer
 class DWIMLTrainerOneInput(DWIMLAbstractTrainer):
     """Trainer of :class:`~dwi_ml.models.main_models.MainModelOneInput`.
 
-    The batch loader is a :class:`~dwi_ml.batching.batch_loader.BatchLoaderOneInput`.
-    When the loader leaves interpolation to the main process
-    (``interpolation_device`` set), inputs are computed here on the
-    trainer's device, with the volumes cached there.
+    The batch loader is a :class:`~dwi_ml.batching.batch_loader.BatchLoaderOneInput`;
+    its ``prepare_batch`` moves each batch to the trainer's device and
+    interpolates its inputs if the workers left them to the main process.
     """
 
     def run_one_batch(self, batch):
         """Forward the batch; return ``(mean_loss, n_points)``."""
-        batch = batch.to(self.device, non_blocking=True)
-        if batch.inputs is None:
-            batch.inputs = self.batch_loader.compute_inputs(batch, self.device)
+        batch = self.batch_loader.prepare_batch(batch, self.device)
         outputs = self.forward_model(batch.inputs_list(),
                                      batch.input_streamlines())
         return self.model.compute_loss(outputs, batch.target_streamlines())

@@ -12,6 +12,7 @@ from dwi_ml.data.hdf5.layout import (
     read_optional_number,
     read_subject_list,
 )
+from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 # Lazy mode keeps at most this many bytes of volumes per process (and so per
@@ -70,6 +71,11 @@ class MultiSubjectDataset:
         self.training_set = MultiSubjectSubset("training")
         self.validation_set = MultiSubjectSubset("validation")
         self.testing_set = MultiSubjectSubset("testing")
+
+    @property
+    def streamline_format(self):
+        """The :class:`StreamlineFormat` the HDF5's streamlines were stored in."""
+        return StreamlineFormat(self.step_size, self.nb_points, self.compress)
 
     def load_data(self, load_training=True, load_validation=True,
                   load_testing=True, subj_id=None, volume_groups=None,

@@ -32,7 +32,7 @@ from dwi_ml.data.hdf5.layout import (
     ROWS_PER_CHECKSUM_ATTR,
     row_block_checksums,
 )
-from dwi_ml.data.packed import ranges_to_indices
+from dwi_ml.data.packed import offsets_from_lengths, ranges_to_indices
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 # Merge two ranges when the gap between them is at most this many bytes:
@@ -73,8 +73,7 @@ def plan_blocks(starts, counts, max_gap_rows=0):
     first_of_block = np.flatnonzero(opens_block)
     block_starts = sorted_starts[first_of_block]
     block_counts = np.maximum.reduceat(sorted_ends, first_of_block) - block_starts
-    block_buffer_rows = np.zeros(len(block_starts), dtype=np.int64)
-    np.cumsum(block_counts[:-1], out=block_buffer_rows[1:])
+    block_buffer_rows = offsets_from_lengths(block_counts)
     block_of_range = np.cumsum(opens_block) - 1
     positions = np.empty(len(starts), dtype=np.int64)
     positions[order] = (block_buffer_rows[block_of_range]
@@ -247,7 +246,7 @@ def _file_pieces(block_starts, block_counts, row_bytes, chunk_rows,
     first_chunk = block_starts // chunk_rows
     nb_pieces = (block_ends - 1) // chunk_rows - first_chunk + 1
     piece_block = np.repeat(np.arange(len(block_starts)), nb_pieces)
-    first_piece = np.cumsum(nb_pieces) - nb_pieces
+    first_piece = offsets_from_lengths(nb_pieces)
     piece_chunk = (first_chunk[piece_block]
                    + np.arange(len(piece_block)) - first_piece[piece_block])
     chunk_first_row = piece_chunk * chunk_rows

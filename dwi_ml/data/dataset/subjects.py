@@ -8,7 +8,7 @@ from dwi_ml.data.dataset.row_ranges import (
     load_row_checksums,
     read_row_ranges,
 )
-from dwi_ml.data.dataset.sft_data import LazySFTData, SFTData, compute_lengths_mm
+from dwi_ml.data.dataset.sft_data import LazySFTData, SFTData
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
@@ -20,6 +20,7 @@ from dwi_ml.data.hdf5.layout import (
     decode_str,
     strip_enum_prefix,
 )
+from dwi_ml.data.packed import lengths_mm, offsets_from_lengths
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 # Points read at once when computing missing euclidean lengths lazily.
@@ -230,9 +231,9 @@ def _read_lengths_mm(handle, key, offsets, lengths, affine, points=None):
     if "euclidean_lengths" in group:
         return group["euclidean_lengths"][()]
     if points is not None:
-        return compute_lengths_mm(points, offsets, lengths, affine)
-    lengths_mm = np.zeros(len(lengths), dtype=np.float32)
-    first_points = np.cumsum(lengths) - lengths
+        return lengths_mm(points, offsets, lengths, affine)
+    result = np.zeros(len(lengths), dtype=np.float32)
+    first_points = offsets_from_lengths(lengths)
     block_of_streamline = first_points // LENGTHS_BLOCK_POINTS
     bounds = np.concatenate([
         [0], np.flatnonzero(np.diff(block_of_streamline)) + 1, [len(lengths)]
@@ -241,6 +242,7 @@ def _read_lengths_mm(handle, key, offsets, lengths, affine, points=None):
         points, starts = read_row_ranges(handle, key + "/data",
                                          offsets[first:last],
                                          lengths[first:last])
-        lengths_mm[first:last] = compute_lengths_mm(
+        result[first:last] = lengths_mm(
             points, starts, lengths[first:last], affine)
-    return lengths_mm
+    return result
+

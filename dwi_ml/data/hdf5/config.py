@@ -90,10 +90,6 @@ class GroupsConfig:
     streamline_groups: Tuple[StreamlineGroupConfig, ...]
     raw: dict
 
-    def volume_group(self, name):
-        """Return the volume group called ``name``."""
-        return next(g for g in self.volume_groups if g.name == name)
-
 
 def load_groups_config(config):
     """Read and validate a groups config.

@@ -25,7 +25,7 @@ from dwi_ml.data.hdf5.connectivity import (
     write_connectivity,
 )
 from dwi_ml.data.hdf5.subjects import check_subject_lists
-from dwi_ml.data.hdf5.tractograms import check_processing_options, load_streamline_group
+from dwi_ml.data.hdf5.tractograms import load_streamline_group
 from dwi_ml.data.hdf5.validation import check_subject_data, check_subject_files
 from dwi_ml.data.hdf5.volumes import load_volume_group
 from dwi_ml.data.hdf5.writer import (
@@ -33,6 +33,7 @@ from dwi_ml.data.hdf5.writer import (
     write_streamline_group,
     write_volume_group,
 )
+from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import check_output_free, progress_bars_disabled
@@ -57,13 +58,10 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
         The groups config: a JSON file or the parsed dict.
     training_subjs, validation_subjs, testing_subjs : list of str
         Subject IDs of each split; a list may be empty.
-    step_size : float, optional
-        Resample streamlines to this step, in mm.
-    nb_points : int, optional
-        Resample streamlines to this number of points.
-    compress : float, optional
-        Compress streamlines with this tolerance, in mm. At most one of
-        step_size, nb_points and compress.
+    step_size, nb_points, compress : float, int, float, optional
+        At most one: the :class:`StreamlineFormat` of the stored
+        streamlines (step in mm, points per streamline, or compression
+        tolerance in mm).
     remove_invalid : bool
         Drop (and log the count of) streamlines with points outside the
         volume. Default: such streamlines are an error.
@@ -83,7 +81,7 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
         Any bad input, in one line naming the subject, group and file. The
         output path is left untouched.
     """
-    check_processing_options(step_size, nb_points, compress)
+    streamline_format = StreamlineFormat(step_size, nb_points, compress)
     if not os.path.isdir(dwi_ml_ready_folder):
         raise DwiMLUserError(
             f"dwi_ml_ready folder '{dwi_ml_ready_folder}' does not exist.")
@@ -99,26 +97,26 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
                               unit="subject", disable=progress_bars_disabled()):
         check_subject_data(subject_files, config, remove_invalid)
     date_time = _date_time or datetime.datetime.now().strftime(DATE_FORMAT)
-    processing = dict(step_size=step_size, nb_points=nb_points,
-                      compress=compress)
 
     removed = {}
     with atomic_output_file(out_hdf5) as tmp_path, \
             h5py.File(tmp_path, "w") as hdf_file:
         write_root_attrs(hdf_file, subjects, json.dumps(config.raw),
-                         date_time, **processing)
+                         date_time,
+                         **streamline_format.as_dict())
         subjects_bar = tqdm(all_files, desc="Subjects", unit="subject",
                             disable=progress_bars_disabled())
         for subject_files in subjects_bar:
             # Names the subject being written: a slow one is then visible.
             subjects_bar.set_postfix_str(subject_files.subject)
             removed[subject_files.subject] = _write_subject(
-                hdf_file, subject_files, config, processing, remove_invalid)
+                hdf_file, subject_files, config, streamline_format,
+                remove_invalid)
     logging.info("Saved %d subjects in %s.", len(all_files), out_hdf5)
     return removed
 
 
-def _write_subject(hdf_file, subject_files, config, processing,
+def _write_subject(hdf_file, subject_files, config, streamline_format,
                    remove_invalid):
     """Write one subject's groups; return removals by streamline group."""
     subject = subject_files.subject
@@ -135,7 +133,7 @@ def _write_subject(hdf_file, subject_files, config, processing,
         files = subject_files.streamline_groups[group_config.name]
         streamlines = load_streamline_group(
             group_config, files.files, files.reference, subject,
-            remove_invalid=remove_invalid, **processing)
+            streamline_format, remove_invalid=remove_invalid)
         write_streamline_group(subject_group, group_config.name, streamlines)
         if group_config.connectivity is not None:
             write_connectivity(subject_group[group_config.name],

@@ -1,13 +1,12 @@
 """Load, check, resample and convert the tractograms of a streamline group.
 
 Every file is loaded in RAS mm (centre origin), checked against the
-reference grid in voxel space (corner origin), resampled or compressed in
-RAS mm with dipy, measured in mm, then converted to voxel space with a
-corner origin (dipy ``Space.VOX``, ``Origin.TRACKVIS``) for the HDF5.
+reference grid in voxel space (corner origin), converted to voxel space with
+a corner origin (dipy ``Space.VOX``, ``Origin.TRACKVIS``) for the HDF5, then
+resampled or compressed by its ``StreamlineFormat`` (in mm, with the same
+function as the batch loader) and measured in mm.
 """
-import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -15,20 +14,13 @@ import numpy as np
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.io.streamline import load_tractogram
 from dipy.io.utils import get_reference_info, is_header_compatible
-from dipy.tracking.streamlinespeed import (
-    compress_streamlines,
-    length,
-    set_number_of_points,
-)
-from nibabel.streamlines import ArraySequence
 
 from dwi_ml.data.hdf5.subjects import describe, one_line
-from dwi_ml.data.packed import compact, make_array_sequence, ranges_to_indices
+from dwi_ml.data.packed import compact, lengths_mm, offsets_from_lengths
+from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
-
-TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
-# dipy's default: a compressed segment never exceeds 10 mm.
-COMPRESS_MAX_SEGMENT_MM = 10.0
+from dwi_ml.io_utils.script_args import quiet_logger
+from dwi_ml.io_utils.tractogram_files import tractogram_extension
 
 
 @dataclass
@@ -59,11 +51,6 @@ class StreamlineGroupData:
     nb_removed: int
 
 
-def tractogram_extension(path):
-    """The lower-case extension of a tractogram path ('.trk', ...)."""
-    return os.path.splitext(path)[1].lower()
-
-
 def check_tractogram_header(path, reference, subject, group):
     """Refuse a .trk/.trx whose grid differs from the reference's.
 
@@ -74,7 +61,7 @@ def check_tractogram_header(path, reference, subject, group):
     reference : str
         NIfTI, .trk or .trx file defining the grid.
     """
-    with _quiet_dipy():
+    with quiet_logger("dipy"):
         try:
             compatible = is_header_compatible(path, reference)
         except Exception as error:  # dipy/nibabel raise many types
@@ -91,8 +78,8 @@ def check_tractogram_header(path, reference, subject, group):
             f"({expected}).")
 
 
-def load_streamline_group(group_config, files, reference, subject, *,
-                          step_size=None, nb_points=None, compress=None,
+def load_streamline_group(group_config, files, reference, subject,
+                          streamline_format=None, *,
                           remove_invalid=False):
     """Load a streamline group's files, processed and concatenated.
 
@@ -107,9 +94,9 @@ def load_streamline_group(group_config, files, reference, subject, *,
         .tck files).
     subject : str
         Named in error and log messages.
-    step_size, nb_points, compress : float, int, float, optional
-        At most one: step in mm, number of points per streamline, or
-        compression tolerance in mm.
+    streamline_format : StreamlineFormat, optional
+        Resampling or compression, applied (in mm) as the loader would.
+        None: streamlines are kept as they are.
     remove_invalid : bool
         Drop streamlines with a point outside the volume instead of failing.
 
@@ -130,20 +117,19 @@ def load_streamline_group(group_config, files, reference, subject, *,
             f"{describe(subject, group)}: no streamline left after removing "
             f"{nb_removed} streamlines outside the volume.")
 
+    streamline_format = streamline_format or StreamlineFormat()
     datas, all_lengths, euclidean = [], [], []
     for sft in sfts:
-        # Resampling leaves data_per_streamline unchanged: sfts keep it.
-        processed = StatefulTractogram.from_sft(
-            resample_or_compress(sft.streamlines, step_size, nb_points,
-                                 compress), sft)
-        euclidean.append(length(processed.streamlines).astype(np.float32))
-        processed.to_vox()
-        processed.to_corner()
-        data, _, lengths = compact(processed.streamlines)
+        sft.to_vox()
+        sft.to_corner()
+        affine = sft.affine.astype(np.float64)
+        processed = streamline_format.apply(sft.streamlines, affine)
+        data, offsets, lengths = compact(processed)
+        euclidean.append(lengths_mm(data, offsets, lengths, affine))
         datas.append(data.astype(np.float32))
         all_lengths.append(lengths)
     lengths = np.concatenate(all_lengths)
-    offsets = np.concatenate(([0], np.cumsum(lengths[:-1]))).astype(np.int64)
+    offsets = offsets_from_lengths(lengths)
     dps = {key: _concatenate_dps(sfts, key, subject, group)
            for key in group_config.dps_keys}
     return StreamlineGroupData(
@@ -151,75 +137,6 @@ def load_streamline_group(group_config, files, reference, subject, *,
         euclidean_lengths=np.concatenate(euclidean),
         data_per_streamline=dps, space_attributes=sfts[0].space_attributes,
         nb_removed=nb_removed)
-
-
-def check_processing_options(step_size=None, nb_points=None, compress=None):
-    """Refuse more than one option, or a value out of range.
-
-    Raises
-    ------
-    DwiMLUserError
-        Two options given, a step_size or compress <= 0 mm, or nb_points < 2.
-    """
-    given = [name for name, value in (("step_size", step_size),
-                                      ("nb_points", nb_points),
-                                      ("compress", compress))
-             if value is not None]
-    if len(given) > 1:
-        raise DwiMLUserError(
-            f"options {given} are mutually exclusive; give at most one.")
-    if step_size is not None and not step_size > 0:
-        raise DwiMLUserError(
-            f"step_size must be > 0 mm, found {step_size}.")
-    if compress is not None and not compress > 0:
-        raise DwiMLUserError(
-            f"compress tolerance must be > 0 mm, found {compress}.")
-    if nb_points is not None and (int(nb_points) != nb_points
-                                  or nb_points < 2):
-        raise DwiMLUserError(
-            f"nb_points must be an integer >= 2, found {nb_points}.")
-
-
-def resample_or_compress(streamlines, step_size=None, nb_points=None,
-                         compress=None):
-    """Resample or compress streamlines given in RAS mm.
-
-    Parameters
-    ----------
-    streamlines : ArraySequence
-        Streamlines in RAS mm (any origin).
-    step_size : float, optional
-        Step in mm. Each streamline gets ``ceil(length / step_size) + 1``
-        equally spaced points (at least 2), so no step exceeds step_size.
-    nb_points : int, optional
-        Number of equally spaced points of every streamline.
-    compress : float, optional
-        dipy's compression tolerance in mm (segments up to 10 mm).
-
-    Returns
-    -------
-    ArraySequence
-        In RAS mm; the input itself when no option is given.
-    """
-    if nb_points is not None:
-        return set_number_of_points(streamlines, int(nb_points))
-    if compress is not None:
-        return ArraySequence(compress_streamlines(
-            streamlines, tol_error=compress,
-            max_segment_length=COMPRESS_MAX_SEGMENT_MM))
-    if step_size is None:
-        return streamlines
-    counts = np.maximum(
-        np.ceil(length(streamlines) / step_size).astype(np.int64) + 1, 2)
-    offsets = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.int64)
-    data = np.empty((int(counts.sum()), 3), dtype=streamlines._data.dtype)
-    # dipy takes one number of points per call: one call per distinct count.
-    for count in np.unique(counts):
-        ids = np.flatnonzero(counts == count)
-        resampled = set_number_of_points(streamlines[ids], int(count))
-        data[ranges_to_indices(offsets[ids], counts[ids])] = \
-            resampled.get_data()
-    return make_array_sequence(data, offsets, counts)
 
 
 def find_invalid_streamlines(streamlines, dimensions):
@@ -259,7 +176,7 @@ def load_tractogram_file(path, reference, group_config, subject, remove_invalid)
     where = describe(subject, group, path)
     loading_reference = reference if tractogram_extension(path) == ".tck" \
         else "same"
-    with _quiet_dipy():
+    with quiet_logger("dipy"):
         try:
             loaded = load_tractogram(path, loading_reference,
                                      bbox_valid_check=False,
@@ -324,15 +241,3 @@ def _grid_text(info):
             f"{np.round(np.asarray(voxel_sizes, float), 4).tolist()}, "
             f"order {voxel_order}, affine "
             f"{np.round(np.asarray(affine, float), 4).tolist()}")
-
-
-@contextlib.contextmanager
-def _quiet_dipy():
-    """Hide dipy's ERROR logs: our own one-line error says it better."""
-    logger = logging.getLogger("dipy")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

@@ -11,10 +11,8 @@ from typing import Dict, Tuple
 from dwi_ml.data.hdf5.connectivity import load_group_connectivity
 from dwi_ml.data.hdf5.subjects import describe, resolve_files
 from dwi_ml.data.hdf5.tractograms import (
-    TRACTOGRAM_EXTENSIONS,
     check_tractogram_header,
     load_tractogram_file,
-    tractogram_extension,
 )
 from dwi_ml.data.hdf5.volumes import (
     VolumeGrid,
@@ -23,6 +21,7 @@ from dwi_ml.data.hdf5.volumes import (
     read_volume_grid,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.tractogram_files import TRACTOGRAM_EXTENSIONS, tractogram_extension
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,12 @@ randomness (never the global state), and are vectorised over all points.
 """
 import numpy as np
 
-from dwi_ml.data.packed import make_array_sequence, ranges_to_indices
+from dwi_ml.data.packed import (
+    make_array_sequence,
+    offsets_from_lengths,
+    packed_arrays,
+    ranges_to_indices,
+)
 from dwi_ml.data.processing.space import vectors_rasmm_to_vox
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -77,8 +82,7 @@ def split_streamlines(streamlines, split_ratio, rng, min_nb_points=3):
         raise DwiMLUserError(
             f"min_nb_points: expected an integer >= 2, found {min_nb_points!r}.")
     min_nb_points = int(min_nb_points)
-    offsets = np.asarray(streamlines._offsets, dtype=np.int64)
-    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
+    data, offsets, lengths = packed_arrays(streamlines)
     eligible_ids = np.flatnonzero(lengths >= 2 * min_nb_points - 1)
     nb_split = count_from_ratio(split_ratio, len(eligible_ids), "split_ratio")
     split_ids = np.sort(rng.choice(eligible_ids, size=nb_split, replace=False))
@@ -95,7 +99,7 @@ def split_streamlines(streamlines, split_ratio, rng, min_nb_points=3):
     new_lengths[first_pieces] = cut_indices + 1
     new_offsets[first_pieces + 1] += cut_indices
     new_lengths[first_pieces + 1] -= cut_indices
-    return (make_array_sequence(streamlines._data, new_offsets, new_lengths),
+    return (make_array_sequence(data, new_offsets, new_lengths),
             source_ids)
 
 
@@ -122,8 +126,7 @@ def reverse_streamlines(streamlines, reverse_ratio, rng):
     is_reversed : np.ndarray of bool, shape (N,)
         True for the reversed streamlines.
     """
-    offsets = np.asarray(streamlines._offsets, dtype=np.int64)
-    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
+    data, offsets, lengths = packed_arrays(streamlines)
     nb_reversed = count_from_ratio(reverse_ratio, len(lengths), "reverse_ratio")
     is_reversed = np.zeros(len(lengths), dtype=bool)
     is_reversed[rng.choice(len(lengths), size=nb_reversed, replace=False)] = True
@@ -134,10 +137,8 @@ def reverse_streamlines(streamlines, reverse_ratio, rng):
     # Row r of a reversed streamline [o, o + n) takes row (2o + n - 1) - r.
     mirror = 2 * offsets + lengths - 1
     rows[reversed_point] = mirror[point_owner[reversed_point]] - rows[reversed_point]
-    new_offsets = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=new_offsets[1:])
-    return (make_array_sequence(np.asarray(streamlines._data)[rows],
-                                new_offsets, lengths),
+    return (make_array_sequence(data[rows], offsets_from_lengths(lengths),
+                                lengths),
             is_reversed)
 
 
@@ -181,12 +182,12 @@ def add_noise_mm(streamlines_vox, sigma_mm, affine, rng):
             f"sigma_mm: expected a number >= 0 (mm), found {sigma_mm}.")
     if sigma_mm == 0:
         return streamlines_vox
-    data = np.asarray(streamlines_vox._data)
+    data, offsets, lengths = packed_arrays(streamlines_vox)
     noise_mm = _truncated_normal(data.shape, sigma_mm,
                                  NOISE_TRUNCATION_NB_SIGMAS * sigma_mm, rng)
     noise_vox = vectors_rasmm_to_vox(noise_mm, affine)
     return make_array_sequence((data + noise_vox).astype(data.dtype, copy=False),
-                               streamlines_vox._offsets, streamlines_vox._lengths)
+                               offsets, lengths)
 
 
 def _truncated_normal(shape, sigma, bound, rng):

@@ -7,79 +7,120 @@ anisotropic (or rotated) voxels the neighbours really are ``resolution_mm``
 apart in mm.
 """
 import itertools
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
 from dwi_ml.data.processing.space import vectors_rasmm_to_vox
+from dwi_ml.io_utils.arg_checks import check_choice, check_int, check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 NEIGHBORHOOD_TYPES = (None, "axes", "grid")
 
 
-def get_neighborhood_offsets(neighborhood_type, radius=None, resolution_mm=None,
-                             affine=None):
-    """Offsets (voxel units) of the neighbours of a point, centre first.
+@dataclass(frozen=True)
+class Neighborhood:
+    """Extra interpolation points around each streamline point.
 
-    Parameters
+    Validated once, here; models, the loader and the tracker share it.
+
+    Attributes
     ----------
-    neighborhood_type : None, "axes" or "grid"
-        - None: only the centre, K = 1 (other arguments are ignored).
+    type : None, "axes" or "grid"
+        - None: only the centre, K = 1.
         - "axes": the centre, then for each layer ``l = 1..radius`` the six
           points at ``l * resolution_mm`` along +x, -x, +y, -y, +z, -z (RAS
           world axes), K = 6 * radius + 1.
         - "grid": every point of the cubic grid
           ``{-radius..radius}^3 * resolution_mm`` mm, the centre first then
           the others in lexicographic (x, y, z) order, K = (2 radius + 1)^3.
-    radius : int
-        Number of layers, >= 1. Required unless ``neighborhood_type`` is None.
-    resolution_mm : float
-        Distance in mm between two layers, > 0.
-    affine : np.ndarray, shape (4, 4)
-        nibabel voxel-to-RAS mm affine; only its linear part is used.
+    radius : int or None
+        Number of layers, >= 1. Required iff ``type`` is set.
+    resolution_mm : float or None
+        Distance in mm between two layers, > 0. Required iff ``type`` is set.
+    """
 
-    Returns
-    -------
-    np.ndarray, shape (K, 3), float64
-        Offsets in voxel units (to add to voxel coordinates, either origin).
+    type: Optional[str] = None
+    radius: Optional[int] = None
+    resolution_mm: Optional[float] = None
+
+    def __post_init__(self):
+        check_choice("neighborhood_type", self.type, NEIGHBORHOOD_TYPES)
+        if self.type is None:
+            if self.radius is not None or self.resolution_mm is not None:
+                raise DwiMLUserError(
+                    "arguments neighborhood_radius/neighborhood_resolution_mm: "
+                    "expected None without neighborhood_type, found "
+                    f"{self.radius!r}/{self.resolution_mm!r}.")
+            return
+        radius = self.radius
+        if isinstance(radius, float) and radius.is_integer():
+            radius = int(radius)
+        object.__setattr__(self, "radius", check_int(
+            "neighborhood_radius", radius, 1))
+        object.__setattr__(self, "resolution_mm", check_positive_float(
+            "neighborhood_resolution_mm", self.resolution_mm))
+
+    @property
+    def nb_neighbours(self):
+        """K, the number of points per streamline point, centre included."""
+        if self.type is None:
+            return 1
+        if self.type == "axes":
+            return 1 + 6 * self.radius
+        return (2 * self.radius + 1) ** 3
+
+    def offsets_vox(self, affine):
+        """(K, 3) offsets in voxel units, centre first.
+
+        Parameters
+        ----------
+        affine : np.ndarray, shape (4, 4)
+            nibabel voxel-to-RAS mm affine; only its linear part is used, so
+            that on anisotropic (or rotated) voxels neighbours really are
+            ``resolution_mm`` apart in mm.
+
+        Returns
+        -------
+        np.ndarray, shape (K, 3), float64
+            To add to voxel coordinates (either origin).
+        """
+        if self.type is None:
+            return np.zeros((1, 3))
+        if affine is None:
+            raise DwiMLUserError(
+                f"affine: neighborhood_type '{self.type}' needs the subject's "
+                "4x4 voxel-to-RAS mm affine, found None.")
+        if self.type == "axes":
+            directions = np.concatenate((np.eye(3), -np.eye(3)),
+                                        axis=1).reshape(6, 3)
+            layers = np.arange(1, self.radius + 1, dtype=np.float64)
+            steps = (layers[:, None, None] * directions[None]).reshape(-1, 3)
+        else:
+            steps = np.array(list(itertools.product(
+                range(-self.radius, self.radius + 1), repeat=3)),
+                dtype=np.float64)
+            steps = steps[np.any(steps != 0, axis=1)]
+        offsets_mm = np.concatenate((np.zeros((1, 3)), steps)) \
+            * self.resolution_mm
+        return vectors_rasmm_to_vox(offsets_mm, affine)
+
+
+def get_neighborhood_offsets(neighborhood_type, radius=None, resolution_mm=None,
+                             affine=None):
+    """Offsets (voxel units) of the neighbours of a point, centre first.
+
+    A shortcut for ``Neighborhood(type, radius, resolution_mm).offsets_vox``
+    (see :class:`Neighborhood`); other arguments are ignored when
+    ``neighborhood_type`` is None.
     """
     if neighborhood_type is None:
         return np.zeros((1, 3))
-    if neighborhood_type not in NEIGHBORHOOD_TYPES:
-        raise DwiMLUserError(
-            f"neighborhood_type: expected one of {NEIGHBORHOOD_TYPES}, found "
-            f"{neighborhood_type!r}.")
-    if not _is_number(radius) or not float(radius).is_integer() or radius < 1:
-        raise DwiMLUserError(
-            f"radius: neighborhood_type '{neighborhood_type}' needs an integer number "
-            f"of layers >= 1, found {radius!r}.")
-    if not _is_number(resolution_mm) or not np.isfinite(resolution_mm) \
-            or resolution_mm <= 0:
-        raise DwiMLUserError(
-            f"resolution_mm: neighborhood_type '{neighborhood_type}' needs a distance "
-            f"between layers > 0 mm, found {resolution_mm!r}.")
-    if affine is None:
-        raise DwiMLUserError(
-            f"affine: neighborhood_type '{neighborhood_type}' needs the subject's "
-            f"4x4 voxel-to-RAS mm affine, found None.")
-    radius = int(radius)
-    if neighborhood_type == "axes":
-        directions = np.concatenate((np.eye(3), -np.eye(3)), axis=1).reshape(6, 3)
-        layers = np.arange(1, radius + 1, dtype=np.float64)
-        steps = (layers[:, None, None] * directions[None]).reshape(-1, 3)
-    else:
-        steps = np.array(list(itertools.product(range(-radius, radius + 1),
-                                                repeat=3)), dtype=np.float64)
-        steps = steps[np.any(steps != 0, axis=1)]
-    offsets_mm = np.concatenate((np.zeros((1, 3)), steps)) * float(resolution_mm)
-    return vectors_rasmm_to_vox(offsets_mm, affine)
-
-
-def _is_number(value):
-    """True for real numbers (numpy ones included), False for bools and None."""
-    return isinstance(value, (int, float, np.integer, np.floating)) \
-        and not isinstance(value, bool)
+    return Neighborhood(neighborhood_type, radius,
+                        resolution_mm).offsets_vox(affine)
 
 
 def interpolate_with_neighborhood(volume, coords_vox_corner, offsets_vox,

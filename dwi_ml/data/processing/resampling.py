@@ -1,4 +1,6 @@
-"""Resampling and compression of packed streamlines, measured in mm.
+"""The streamline format (step size, number of points or compression) and
+the one resampler of dwi_ml, used by HDF5 creation, the batch loader, the
+models and the scripts.
 
 Streamlines come and go in voxel space with a corner origin (see
 ``space.py``), but step sizes and tolerances are in mm: with anisotropic
@@ -7,34 +9,138 @@ function here converts to RAS mm, works there, and converts back; affine maps
 keep straight segments straight, so the new points lie on the original
 polyline.
 
-Both resamplers move points by linear interpolation along the arc length in
-mm, vectorised over all points of all streamlines (one ``searchsorted``), which
+The step-size convention is the reference dwi_ml's (scilpy's
+``resample_streamlines_step_size``): a streamline of ``L`` mm gets
+``max(ceil(L / s), 2)`` points, equally spaced along its arc length, so
+steps are ``L / (n - 1)`` mm, close to ``s`` but possibly a little longer.
+HDF5 creation and the loader use this same function, and the loader does not
+resample streamlines already stored in the model's format: a streamline
+stored at ``s`` mm reaches the model with exactly its stored points.
+
+Resampling moves points by linear interpolation along the arc length in mm,
+vectorised over all points of all streamlines (one ``searchsorted``), which
 is what dipy's ``set_number_of_points`` does one streamline at a time.
 """
+from dataclasses import asdict, dataclass
+from typing import Optional
+
 import numpy as np
 from dipy.tracking.streamlinespeed import compress_streamlines
 
-from dwi_ml.data.packed import compact, make_array_sequence
+from dwi_ml.data.packed import (
+    compact,
+    lengths_mm,
+    make_array_sequence,
+    offsets_from_lengths,
+    packed_arrays,
+)
 from dwi_ml.data.processing.space import (
     points_rasmm_to_vox_corner,
     points_vox_corner_to_rasmm,
 )
-from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.arg_checks import (
+    check_at_most_one,
+    check_int,
+    check_positive_float,
+)
 
-# A remainder shorter than this fraction of a step is not worth its own point:
-# the last regular point becomes the endpoint instead of adding a ~0 mm step.
-_STEP_REMAINDER_TOLERANCE = 1e-6
+# ceil(L / s) would give one extra point to a streamline of exactly k steps
+# whose length picked up rounding noise: round such noise away first.
+_STEP_COUNT_TOLERANCE = 1e-6
+# dipy's default: a compressed segment never exceeds 10 mm.
+COMPRESS_MAX_SEGMENT_MM = 10.0
+
+
+@dataclass(frozen=True)
+class StreamlineFormat:
+    """How streamlines are resampled: at most one of three options.
+
+    Validated once, here; HDF5 creation, the loader, the models and the
+    scripts share this object.
+
+    Attributes
+    ----------
+    step_size : float or None
+        Step in mm; see the module docstring for the number of points.
+    nb_points : int or None
+        Number of points of every streamline (>= 2), equally spaced in mm.
+    compress : float or None
+        dipy's compression tolerance in mm (segments up to 10 mm).
+    """
+
+    step_size: Optional[float] = None
+    nb_points: Optional[int] = None
+    compress: Optional[float] = None
+
+    def __post_init__(self):
+        check_at_most_one({"step_size": self.step_size,
+                           "nb_points": self.nb_points,
+                           "compress": self.compress})
+        # Frozen: normalise the types through object.__setattr__.
+        if self.step_size is not None:
+            object.__setattr__(self, "step_size", check_positive_float(
+                "step_size", self.step_size))
+        if self.nb_points is not None:
+            object.__setattr__(self, "nb_points", check_int(
+                "nb_points", self.nb_points, 2))
+        if self.compress is not None:
+            object.__setattr__(self, "compress", check_positive_float(
+                "compress", self.compress))
+
+    @property
+    def is_set(self):
+        """False when streamlines are used as they are."""
+        return any(value is not None for value in asdict(self).values())
+
+    def as_dict(self):
+        """``{'step_size', 'nb_points', 'compress'}``, JSON-able."""
+        return asdict(self)
+
+    def apply(self, streamlines_vox, affine):
+        """Streamlines in this format (the input itself when unset).
+
+        Parameters
+        ----------
+        streamlines_vox : nibabel ArraySequence
+            Voxel space, corner origin.
+        affine : np.ndarray, shape (4, 4)
+            nibabel voxel-to-RAS mm affine (steps are in mm).
+        """
+        if self.step_size is not None:
+            return resample_to_step_size(streamlines_vox, affine,
+                                         self.step_size)
+        if self.nb_points is not None:
+            return resample_to_nb_points(streamlines_vox, affine,
+                                         self.nb_points)
+        if self.compress is not None:
+            return compress(streamlines_vox, affine, self.compress)
+        return streamlines_vox
+
+
+def nb_points_for_step_size(lengths_in_mm, step_size_mm, nb_extra_points=0):
+    """Points per streamline for a step size: ``max(ceil(L / s) + extra, 2)``.
+
+    Parameters
+    ----------
+    lengths_in_mm : np.ndarray, shape (N,)
+    step_size_mm : float
+    nb_extra_points : int
+        0: the reference's convention; 1: no step longer than ``s``.
+
+    Returns
+    -------
+    np.ndarray, shape (N,), int64
+    """
+    nb_steps = np.ceil(np.asarray(lengths_in_mm) / step_size_mm
+                       - _STEP_COUNT_TOLERANCE)
+    return np.maximum(nb_steps.astype(np.int64) + nb_extra_points, 2)
 
 
 def resample_to_step_size(streamlines_vox, affine, step_size_mm):
-    """Resample streamlines so that consecutive points are ``step_size_mm`` apart.
+    """Resample streamlines to ``max(ceil(L / s), 2)`` equally spaced points.
 
-    New points sit at arc lengths ``0, s, 2s, ...`` mm from the first point and
-    the last point is always the original endpoint, so every step along the
-    curve is exactly ``s`` mm except the last one, which is in ``(0, s]``. A
-    streamline of length ``L`` mm gets ``ceil(L / s) + 1`` points (one point
-    if ``L == 0``). Steps are measured along the polyline; on curved parts the
-    straight distance between new points can be slightly less than ``s``.
+    The reference dwi_ml's convention (see the module docstring). Both
+    endpoints are kept; a one-point streamline stays as it is.
 
     Parameters
     ----------
@@ -51,25 +157,38 @@ def resample_to_step_size(streamlines_vox, affine, step_size_mm):
         Compact resampled streamlines in voxel space, corner origin, with the
         dtype of the input (float32 for integer inputs).
     """
-    step_size_mm = _check_positive("step_size_mm", step_size_mm)
-    points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
-    length_mm = _lengths_mm(points_mm, lengths)
-    nb_steps = np.ceil(length_mm / step_size_mm - _STEP_REMAINDER_TOLERANCE)
-    nb_new_points = np.where(lengths > 0, nb_steps.astype(np.int64) + 1, 0)
-    streamline_ids, rank = _new_point_ranks(nb_new_points)
-    arc_lengths = np.minimum(rank * step_size_mm, length_mm[streamline_ids])
-    is_last = rank == nb_new_points[streamline_ids] - 1
-    arc_lengths[is_last] = length_mm[streamline_ids[is_last]]
-    return _resample_at_arc_lengths(points_mm, lengths, nb_new_points,
-                                    streamline_ids, arc_lengths, affine,
-                                    _output_dtype(streamlines_vox))
+    return _resample_by_length(streamlines_vox, affine, step_size_mm,
+                               nb_extra_points=0)
+
+
+def resample_to_max_step(streamlines_vox, affine, max_step_mm):
+    """Densify: ``ceil(L / s) + 1`` equally spaced points, no step over ``s``.
+
+    For measures that need points at most ``s`` mm apart along the curve
+    (scoring), not for training data: see :func:`resample_to_step_size`.
+    Arguments and result as in :func:`resample_to_step_size`.
+    """
+    return _resample_by_length(streamlines_vox, affine, max_step_mm,
+                               nb_extra_points=1)
+
+
+def _resample_by_length(streamlines_vox, affine, step_size_mm,
+                        nb_extra_points):
+    """``nb_points_for_step_size + nb_extra_points`` points per streamline;
+    one point for streamlines of length 0 mm."""
+    step_size_mm = check_positive_float("step_size_mm", step_size_mm)
+    data, offsets, lengths = packed_arrays(streamlines_vox)
+    length_mm = lengths_mm(data, offsets, lengths, affine, np.float64)
+    counts = nb_points_for_step_size(length_mm, step_size_mm, nb_extra_points)
+    return resample_to_nb_points(streamlines_vox, affine,
+                                 np.where(length_mm > 0, counts, 1))
 
 
 def resample_to_nb_points(streamlines_vox, affine, nb_points):
-    """Resample every streamline to ``nb_points`` points, equally spaced in mm.
+    """Resample streamlines to a number of points, equally spaced in mm.
 
-    Both endpoints are kept. A streamline of length 0 mm gets ``nb_points``
-    copies of its point; an empty streamline stays empty.
+    Both endpoints are kept. A streamline of length 0 mm gets copies of its
+    point; an empty streamline stays empty.
 
     Parameters
     ----------
@@ -78,29 +197,31 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
     affine : np.ndarray, shape (4, 4)
         nibabel voxel-to-RAS mm affine. Needed because equal spacing in voxels
         is not equal spacing in mm when voxels are anisotropic.
-    nb_points : int
-        Number of points of every output streamline, >= 2.
+    nb_points : int, or np.ndarray of shape (N,)
+        Number of points of every output streamline (>= 2), or of each one
+        (>= 1).
 
     Returns
     -------
     nibabel ArraySequence
         Compact resampled streamlines in voxel space, corner origin.
     """
-    if isinstance(nb_points, bool) or not float(nb_points).is_integer() \
-            or nb_points < 2:
-        raise DwiMLUserError(
-            f"nb_points: expected an integer >= 2, found {nb_points!r}.")
+    if np.ndim(nb_points) == 0:
+        nb_points = check_int("nb_points", nb_points, 2)
     points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
-    length_mm = _lengths_mm(points_mm, lengths)
-    nb_new_points = np.where(lengths > 0, int(nb_points), 0)
+    length_mm = lengths_mm(points_mm, offsets_from_lengths(lengths), lengths,
+                           np.eye(4), np.float64)
+    nb_new_points = np.where(lengths > 0, nb_points, 0).astype(np.int64)
     streamline_ids, rank = _new_point_ranks(nb_new_points)
-    arc_lengths = length_mm[streamline_ids] * (rank / (int(nb_points) - 1))
+    nb_steps = np.maximum(nb_new_points[streamline_ids] - 1, 1)
+    arc_lengths = length_mm[streamline_ids] * (rank / nb_steps)
     return _resample_at_arc_lengths(points_mm, lengths, nb_new_points,
                                     streamline_ids, arc_lengths, affine,
                                     _output_dtype(streamlines_vox))
 
 
-def compress(streamlines_vox, affine, tolerance_mm, max_segment_length_mm=10.):
+def compress(streamlines_vox, affine, tolerance_mm,
+             max_segment_length_mm=COMPRESS_MAX_SEGMENT_MM):
     """Compress streamlines with dipy's ``compress_streamlines``, in mm.
 
     Removes points of nearly collinear segments so that every removed point is
@@ -122,15 +243,15 @@ def compress(streamlines_vox, affine, tolerance_mm, max_segment_length_mm=10.):
     nibabel ArraySequence
         Compact compressed streamlines in voxel space, corner origin.
     """
-    tolerance_mm = _check_positive("tolerance_mm", tolerance_mm)
-    max_segment_length_mm = _check_positive("max_segment_length_mm",
-                                            max_segment_length_mm)
+    tolerance_mm = check_positive_float("tolerance_mm", tolerance_mm)
+    max_segment_length_mm = check_positive_float("max_segment_length_mm",
+                                                 max_segment_length_mm)
     points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
     if len(lengths) == 0:
         return make_array_sequence(np.zeros((0, 3), _output_dtype(streamlines_vox)),
                                    lengths, lengths)
     # dipy's Cython loop takes the whole list; np.split only makes views.
-    pieces = np.split(points_mm, np.cumsum(lengths[:-1]))
+    pieces = np.split(points_mm, offsets_from_lengths(lengths)[1:])
     compressed = compress_streamlines(pieces, tol_error=tolerance_mm,
                                       max_segment_length=max_segment_length_mm)
     new_lengths = np.fromiter(map(len, compressed), dtype=np.int64,
@@ -138,31 +259,12 @@ def compress(streamlines_vox, affine, tolerance_mm, max_segment_length_mm=10.):
     new_points_vox = points_rasmm_to_vox_corner(np.concatenate(compressed), affine)
     return make_array_sequence(
         new_points_vox.astype(_output_dtype(streamlines_vox), copy=False),
-        _starts(new_lengths), new_lengths)
-
-
-def _check_positive(name, value):
-    """Return ``value`` as a float, or raise if it is not finite and > 0."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise DwiMLUserError(
-            f"{name}: expected a number > 0 (mm), found {value!r}.") from None
-    if not np.isfinite(value) or value <= 0:
-        raise DwiMLUserError(f"{name}: expected a number > 0 (mm), found {value}.")
-    return value
+        offsets_from_lengths(new_lengths), new_lengths)
 
 
 def _output_dtype(streamlines):
-    dtype = np.asarray(streamlines._data).dtype
+    dtype = packed_arrays(streamlines)[0].dtype
     return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
-
-
-def _starts(lengths):
-    """Offsets of compact streamlines: exclusive cumulative sum of lengths."""
-    starts = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    return starts
 
 
 def _compact_in_mm(streamlines_vox, affine):
@@ -179,22 +281,16 @@ def _segment_lengths_mm(points_mm, lengths):
     """
     segment_lengths = np.zeros(len(points_mm))
     segment_lengths[:-1] = np.linalg.norm(np.diff(points_mm, axis=0), axis=1)
-    last_rows = (_starts(lengths) + lengths - 1)[lengths > 0]
+    last_rows = (offsets_from_lengths(lengths) + lengths - 1)[lengths > 0]
     segment_lengths[last_rows] = 0.
     return segment_lengths
-
-
-def _lengths_mm(points_mm, lengths):
-    """Length in mm of every compact streamline, shape (N,)."""
-    ids = np.repeat(np.arange(len(lengths)), lengths)
-    return np.bincount(ids, weights=_segment_lengths_mm(points_mm, lengths),
-                       minlength=len(lengths))
 
 
 def _new_point_ranks(nb_new_points):
     """Streamline id and rank within its streamline of every new point."""
     streamline_ids = np.repeat(np.arange(len(nb_new_points)), nb_new_points)
-    rank = np.arange(len(streamline_ids)) - _starts(nb_new_points)[streamline_ids]
+    rank = (np.arange(len(streamline_ids))
+            - offsets_from_lengths(nb_new_points)[streamline_ids])
     return streamline_ids, rank
 
 
@@ -220,7 +316,7 @@ def _resample_at_arc_lengths(points_mm, lengths, nb_new_points, streamline_ids,
     """
     cumulative = np.cumsum(_segment_lengths_mm(points_mm, lengths))
     cumulative = np.concatenate(([0.], cumulative[:-1]))
-    first_rows = _starts(lengths)[streamline_ids]
+    first_rows = offsets_from_lengths(lengths)[streamline_ids]
     last_rows = first_rows + lengths[streamline_ids] - 1
     targets = cumulative[first_rows] + arc_lengths
     # Arc length is flat across streamline boundaries: clipping to the
@@ -237,4 +333,4 @@ def _resample_at_arc_lengths(points_mm, lengths, nb_new_points, streamline_ids,
         points_mm[segment_ends] - points_mm[segment_starts])
     new_points_vox = points_rasmm_to_vox_corner(new_points_mm, affine)
     return make_array_sequence(new_points_vox.astype(dtype, copy=False),
-                               _starts(nb_new_points), nb_new_points)
+                               offsets_from_lengths(nb_new_points), nb_new_points)

@@ -10,7 +10,7 @@ conversions as dipy's ``StatefulTractogram.to_corner`` / ``to_rasmm`` /
 """
 import numpy as np
 
-from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.packed import make_array_sequence, packed_arrays
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 # Shift from the corner origin to nibabel's centre origin, in voxels.
@@ -106,28 +106,6 @@ def streamlines_vox_corner_to_rasmm(streamlines_vox, affine):
         Same offsets and lengths; a new float64 data array in RAS mm (rows not
         covered by any streamline are converted too).
     """
-    return make_array_sequence(
-        points_vox_corner_to_rasmm(streamlines_vox._data, affine),
-        streamlines_vox._offsets, streamlines_vox._lengths)
-
-
-def streamlines_rasmm_to_vox_corner(streamlines_mm, affine, dtype=np.float32):
-    """Convert packed streamlines from RAS mm to voxel space (corner origin).
-
-    Parameters
-    ----------
-    streamlines_mm : nibabel ArraySequence
-        Packed streamlines in RAS mm.
-    affine : np.ndarray, shape (4, 4)
-        nibabel voxel-to-RAS mm affine.
-    dtype : numpy dtype
-        dtype of the returned points (float32, as stored in the HDF5).
-
-    Returns
-    -------
-    nibabel ArraySequence
-        Same offsets and lengths; data in voxel units, corner origin.
-    """
-    points_vox = points_rasmm_to_vox_corner(streamlines_mm._data, affine)
-    return make_array_sequence(points_vox.astype(dtype, copy=False),
-                               streamlines_mm._offsets, streamlines_mm._lengths)
+    data, offsets, lengths = packed_arrays(streamlines_vox)
+    return make_array_sequence(points_vox_corner_to_rasmm(data, affine),
+                               offsets, lengths)

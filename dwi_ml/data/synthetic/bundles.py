@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dwi_ml.data.packed import make_array_sequence, ranges_to_indices
+from dwi_ml.data.packed import (
+    make_array_sequence,
+    offsets_from_lengths,
+    ranges_to_indices,
+)
 
 # Main orientations (in box-normalised coordinates) and the axis each bundle
 # bends towards. They differ so that "go straight" is a bad model, and all
@@ -158,8 +162,7 @@ def make_bundle_streamlines(centreline, nb_streamlines, step_mm, radius_mm, rng)
     first_mm = rng.uniform(0., 0.2, nb_streamlines) * arc_mm[-1]
     last_mm = rng.uniform(0.8, 1.0, nb_streamlines) * arc_mm[-1]
     lengths = np.floor((last_mm - first_mm) / step_mm).astype(np.int64) + 1
-    offsets = np.zeros(nb_streamlines, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
+    offsets = offsets_from_lengths(lengths)
 
     # Offset in the plane across the chord, in units of radius_mm: a
     # constant inside a disc of radius 0.7 plus a slow wave of amplitude

@@ -12,6 +12,7 @@ import numpy as np
 from dipy.core.gradients import gradient_table
 from dipy.core.sphere import HemiSphere, disperse_charges
 
+from dwi_ml.data.packed import offsets_from_lengths, packed_arrays
 from dwi_ml.data.processing.space import points_rasmm_to_vox_corner
 
 S0 = 1000.
@@ -69,7 +70,7 @@ def accumulate_segment_directions(streamlines_rasmm, affine, shape):
     # Segments joining two streamlines go to an extra bin, dropped below;
     # this is cheaper than copying every other segment.
     nb_voxels = int(np.prod(shape))
-    junctions = np.cumsum(streamlines_rasmm._lengths)[:-1] - 1
+    junctions = offsets_from_lengths(packed_arrays(streamlines_rasmm)[2])[1:] - 1
     flat[junctions] = nb_voxels
     tangents = segments / np.sqrt(
         np.einsum("ij,ij->i", segments, segments))[:, None]

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.packed import make_array_sequence, packed_arrays
 from dwi_ml.data.processing.space import points_vox_corner_to_rasmm
 from dwi_ml.data.synthetic.bundles import (
     make_bundle_streamlines,
@@ -110,7 +110,7 @@ def make_subject(shape, voxel_size_mm, nb_streamlines, nb_bundles, gtab, rng):
 
         rasmm = make_array_sequence(
             points_vox_corner_to_rasmm(points_vox, affine),
-            voxmm._offsets, voxmm._lengths)
+            *packed_arrays(voxmm)[1:])
         bundle_sums, bundle_counts = accumulate_segment_directions(
             rasmm, affine, shape)
         bundles.append(rasmm)

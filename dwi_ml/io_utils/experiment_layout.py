@@ -1,4 +1,13 @@
-"""Experiment folder layout and safe reading of checkpoints.
+"""The experiment folder layout and safe reading of its files.
+
+One definition of the folder and file names of an experiment, used by the
+trainer, the scripts, tracking, monitoring and the output-folder safety
+code::
+
+    EXPERIMENT/parameters.json    everything needed to rebuild the run
+    EXPERIMENT/checkpoint/        the last checkpoint (model/ inside)
+    EXPERIMENT/best_model/        the best model so far
+    EXPERIMENT/logs/              one .npy per logged value
 
 Everything is loaded with ``torch.load(weights_only=True)``
 (:func:`~dwi_ml.io_utils.safe_load.load_torch_file`): a checkpoint shared
@@ -6,10 +15,9 @@ by someone else never runs pickled code. ``checkpoint/`` and ``best_model/``
 hold a ``MANIFEST.sha256`` checked before loading (see
 :mod:`dwi_ml.io_utils.manifest`).
 """
-import json
 import os
 
-from dwi_ml.io_utils.atomic import atomic_output_file, existing_atomic_folder
+from dwi_ml.io_utils.atomic import existing_atomic_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.manifest import verify_manifest
 from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
@@ -18,14 +26,7 @@ BEST_MODEL_DIR = "best_model"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
 PARAMETERS_FILE = "parameters.json"
-
-
-def write_json_atomic(path, data):
-    """Write strict JSON (no NaN/Infinity) under a temporary name."""
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
-    with atomic_output_file(path) as tmp_path:
-        with open(tmp_path, "w") as f:
-            f.write(text + "\n")
+EXPERIMENT_FOLDERS = (CHECKPOINT_DIR, BEST_MODEL_DIR, LOGS_DIR)
 
 
 def read_parameters(experiment_dir, sections=()):
