@@ -152,3 +152,35 @@ def test_dropout_is_used_in_training_only_and_saved():
 def test_bad_new_arguments(dg_key, dg_args, match):
     with pytest.raises(DwiMLUserError, match=match):
         make_direction_getter(dg_key, 4, dg_args)
+
+
+def test_getter_options_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from training_data import make_training_hdf5
+
+    from dwi_ml.cli.dwiml_train_model import main as train_main
+
+    hdf5_file = make_training_hdf5(str(tmp_path), nb_streamlines=30)
+    common = [str(tmp_path), "mixture", hdf5_file, "input", "streamlines",
+              "--max_epochs", "1", "--rnn_layer_sizes", "8", "--step_size",
+              "1.5", "-v", "WARNING"]
+    train_main([*common, "--dg_key", "gaussian-mixture", "--nb_gaussians",
+                "2", "--entropy_weight", "0.1", "--dg_dropout", "0.2",
+                "--add_eos"])
+    with open(tmp_path / "mixture" / "parameters.json") as f:
+        model = json.load(f)["model"]
+    assert model["dg_key"] == "gaussian-mixture"
+    assert model["dg_args"] == {"add_eos": True, "eos_weight": 1.0,
+                                "dropout": 0.2, "entropy_weight": 0.1,
+                                "nb_gaussians": 2}
+    # An option of another getter: one line, before any work.
+    common[1] = "refused"
+    with pytest.raises(SystemExit) as error:
+        train_main([*common, "--sphere", "repulsion100"])
+    assert error.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.endswith("argument --sphere: not an option of direction "
+                            "getter 'cosine-regression', found "
+                            "'repulsion100'.")
+    assert not (tmp_path / "refused").exists()

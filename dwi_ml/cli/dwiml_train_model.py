@@ -28,6 +28,7 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     set_verbosity,
 )
+from dwi_ml.models.direction_getters import direction_getter_args
 from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.cpu_threads import set_cpu_threads
@@ -174,8 +175,7 @@ def collect_params(args):
                   "use_skip_connection": not args.no_skip_connection,
                   "use_layer_norm": not args.no_layer_norm,
                   "dropout": args.dropout, "dg_key": args.dg_key,
-                  "dg_args": {"add_eos": args.add_eos,
-                              "eos_weight": args.eos_weight}},
+                  "dg_args": direction_getter_args(args)},
         "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS},
     }
 

@@ -29,7 +29,10 @@ import torch
 from dwi_ml.data.processing.input_spec import add_input_spec_args
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.direction_getters import DIRECTION_GETTERS, make_direction_getter
+from dwi_ml.models.direction_getters import (
+    add_direction_getter_args,
+    make_direction_getter,
+)
 from dwi_ml.models.directions import (
     compute_direction_targets,
     nb_predictions,
@@ -274,11 +277,5 @@ def add_learn2track_args(parser):
                        help="No layer normalisation between RNN layers.")
     group.add_argument("--dropout", type=float, default=0.0,
                        help="Dropout probability between RNN layers.")
-    group.add_argument("--dg_key", default="cosine-regression",
-                       choices=sorted(DIRECTION_GETTERS),
-                       help="Direction getter: the output head and loss.")
-    group.add_argument("--add_eos", action="store_true",
-                       help="Learn an end-of-streamline output.")
-    group.add_argument("--eos_weight", type=float, default=1.0,
-                       help="Weight of the end-of-streamline loss.")
+    add_direction_getter_args(group)
     return group

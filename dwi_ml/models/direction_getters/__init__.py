@@ -52,7 +52,77 @@ def make_direction_getter(dg_key, input_size, dg_args=None):
     return cls(input_size, **dg_args)
 
 
+def add_direction_getter_args(group):
+    """Add ``--dg_key``, EOS and every getter's own options to ``group``.
+
+    Options of another getter than the chosen one are refused by
+    :func:`direction_getter_args`.
+    """
+    group.add_argument("--dg_key", default="cosine-regression",
+                       choices=sorted(DIRECTION_GETTERS),
+                       help="Direction getter: the output head and loss.")
+    group.add_argument("--add_eos", action="store_true",
+                       help="Learn an end-of-streamline output.")
+    group.add_argument("--eos_weight", type=float, default=1.0,
+                       help="Weight of the end-of-streamline loss.")
+    group.add_argument("--dg_dropout", type=float, default=0.0,
+                       help="Dropout between the direction getter's two "
+                            "layers.")
+    group.add_argument("--normalize_targets", type=float, metavar="NORM",
+                       help="Regression getters: scale the target directions "
+                            "to this norm before the loss (default: 1 for "
+                            "the L2 getters; the cosine ignores norms).")
+    group.add_argument("--normalize_outputs", type=float, metavar="NORM",
+                       help="Regression getters: scale the outputs to this "
+                            "norm before the loss (default: unscaled).")
+    group.add_argument("--entropy_weight", type=float, default=0.0,
+                       help="Gaussian getters: loss = NLL + W * entropy.")
+    group.add_argument("--nb_gaussians", type=int, default=3,
+                       help="gaussian-mixture: number of components.")
+    group.add_argument("--sphere", default="symmetric724",
+                       help="Sphere classification getters: dipy sphere "
+                            "name.")
+    group.add_argument("--smoothing_sigma_deg", type=float, default=10.0,
+                       help="smooth-sphere-classification: sigma of the "
+                            "target smoothing, degrees.")
+
+
+# Command-line option -> constructor argument, for the getter's own options.
+_OPTION_ARGS = {"dg_dropout": "dropout", "normalize_targets":
+                "normalize_targets", "normalize_outputs": "normalize_outputs",
+                "entropy_weight": "entropy_weight", "nb_gaussians":
+                "nb_gaussians", "sphere": "sphere",
+                "smoothing_sigma_deg": "smoothing_sigma_deg"}
+
+
+def direction_getter_args(args):
+    """``dg_args`` from the options of :func:`add_direction_getter_args`.
+
+    Options left at their default are omitted (the getter's own default
+    applies); an option the chosen getter does not take is refused.
+    """
+    cls = DIRECTION_GETTERS[args.dg_key]
+    accepted = set(inspect.signature(cls).parameters)
+    dg_args = {"add_eos": args.add_eos, "eos_weight": args.eos_weight}
+    defaults = {action: value for action, value in (
+        ("dg_dropout", 0.0), ("normalize_targets", None),
+        ("normalize_outputs", None), ("entropy_weight", 0.0),
+        ("nb_gaussians", 3), ("sphere", "symmetric724"),
+        ("smoothing_sigma_deg", 10.0))}
+    for option, name in _OPTION_ARGS.items():
+        value = getattr(args, option)
+        if value == defaults[option]:
+            continue
+        if name not in accepted:
+            raise DwiMLUserError(
+                f"argument --{option}: not an option of direction getter "
+                f"'{args.dg_key}', found {value!r}.")
+        dg_args[name] = value
+    return dg_args
+
+
 __all__ = ["AbstractDirectionGetter", "CosineRegressionDG", "L2RegressionDG",
            "CosinePlusL2RegressionDG", "SphereClassificationDG",
            "SmoothSphereClassificationDG", "GaussianDG", "GaussianMixtureDG",
-           "FisherVonMisesDG", "DIRECTION_GETTERS", "make_direction_getter"]
+           "FisherVonMisesDG", "DIRECTION_GETTERS", "make_direction_getter",
+           "add_direction_getter_args", "direction_getter_args"]
