@@ -16,7 +16,8 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     set_verbosity,
 )
-from dwi_ml.tracking.tracking_io import TRACTOGRAM_EXTENSIONS, save_tractogram_atomic
+from dwi_ml.io_utils.tractogram_files import TRACTOGRAM_EXTENSIONS
+from dwi_ml.tracking.tracking_io import save_tractogram_atomic
 
 logger = logging.getLogger(__name__)
 
