@@ -1,0 +1,406 @@
+"""What the three Transformer models share: options, tokens, masks, loss.
+
+Each prediction point ``t`` of a streamline (see
+:mod:`dwi_ml.models.directions`) is one position of a sequence:
+
+- its **source** token is the input at ``t``, extended with the ``k``
+  previous directions when ``nb_previous_dirs > 0``;
+- its **target** token (models with a target) is the previous direction
+  ``d_{t-1}`` (unit length with ``normalize_prev_dirs``), or a
+  start-of-sequence (SOS) token at ``t = 0``.
+
+Training (:meth:`TransformerModelAbstract.forward`)
+    Tokens are gathered over the packed prediction points, embedded, given
+    their position vector, then padded to ``(N, T, d_model)`` with one
+    indexed write. One mask per batch, built from the lengths, lets
+    position ``t`` attend to positions ``<= t`` of its own streamline only
+    (causal, no padding). Outputs are gathered back to the packed
+    ``(M, output_size)`` rows, so the loss sees real points only.
+
+Tracking (:meth:`TransformerModelAbstract.forward_step`)
+    Every attention is causal, so position ``t`` depends on positions
+    ``<= t`` only: a step computes the new position alone, with the keys
+    and values of the past ones kept in a
+    :class:`~dwi_ml.models.transformer_cache.TransformerCache`. Step after
+    step, the outputs equal those of ``forward`` over the complete
+    streamlines. Put the model in eval mode and under ``torch.no_grad()``.
+"""
+import torch
+
+from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.direction_getters import make_direction_getter
+from dwi_ml.models.directions import (
+    compute_direction_targets,
+    compute_last_previous_dirs,
+    compute_previous_dirs,
+    nb_predictions,
+    prediction_rows,
+    streamline_lengths,
+)
+from dwi_ml.models.embeddings import EMBEDDING_KEYS, make_embedding
+from dwi_ml.models.main_models import MainModelOneInput
+from dwi_ml.models.transformer_cache import KeyValueBuffer
+from dwi_ml.models.transformer_layers import (
+    ACTIVATIONS,
+    POSITION_ENCODINGS,
+    LayerStack,
+    PositionEncoding,
+)
+
+SOS_TOKEN_TYPES = ("learned", "class")
+
+
+def make_token_embedding(name, key, input_size, output_size):
+    """Embedding ``key`` ("none" or "linear") from ``input_size`` to
+    ``output_size``; "none" requires both widths to be equal."""
+    check_choice(name, key, EMBEDDING_KEYS)
+    if key == "none" and input_size != output_size:
+        raise DwiMLUserError(
+            f"argument '{name}': 'none' keeps the token's {input_size} "
+            f"values, but the model expects {output_size}; use 'linear'.")
+    return make_embedding(key, input_size,
+                          None if key == "none" else output_size)
+
+
+class TargetEmbedding(torch.nn.Module):
+    """Embed the previous directions; an SOS token at the first point.
+
+    Parameters
+    ----------
+    key : "none" or "linear"
+    output_size : int
+    sos_token_type : "learned" or "class"
+        "learned": the embedded token at ``t = 0`` is a trained vector.
+        "class": each token gets a fourth value, 1 for SOS (whose direction
+        is zeros) and 0 elsewhere, and goes through the embedding like the
+        others.
+    """
+
+    def __init__(self, key, output_size, sos_token_type):
+        super().__init__()
+        self.sos_token_type = check_choice("sos_token_type", sos_token_type,
+                                           SOS_TOKEN_TYPES)
+        token_size = 4 if sos_token_type == "class" else 3
+        self.embedding = make_token_embedding("target_embedding_key", key,
+                                              token_size, output_size)
+        if sos_token_type == "learned":
+            self.sos = torch.nn.Parameter(torch.randn(output_size) * 0.02)
+
+    def forward(self, previous_dirs, is_first):
+        """previous_dirs (M, 3), is_first (M,) bool -> (M, output_size)."""
+        if self.sos_token_type == "class":
+            return self.embedding(torch.cat(
+                [previous_dirs, is_first[:, None].to(previous_dirs.dtype)],
+                dim=1))
+        return torch.where(is_first[:, None], self.sos,
+                           self.embedding(previous_dirs))
+
+
+class PaddedLayout:
+    """Where each packed prediction row goes in the padded (N, T) grid.
+
+    Parameters
+    ----------
+    counts : torch.Tensor int64 (N,)
+        Prediction points per streamline (>= 1).
+    """
+
+    def __init__(self, counts):
+        self.counts = counts
+        self.nb_streamlines = len(counts)
+        self.nb_positions = int(counts.max())
+        self.streamline_ids = torch.repeat_interleave(
+            torch.arange(self.nb_streamlines, device=counts.device), counts)
+        first_rows = torch.cumsum(counts, 0) - counts
+        self.time_ids = (torch.arange(len(self.streamline_ids),
+                                      device=counts.device)
+                         - first_rows[self.streamline_ids])
+
+    def pad(self, packed):
+        """(M, d) -> (N, T, d), zeros after each streamline's end."""
+        padded = packed.new_zeros((self.nb_streamlines, self.nb_positions,
+                                   packed.shape[1]))
+        padded[self.streamline_ids, self.time_ids] = packed
+        return padded
+
+    def unpad(self, padded):
+        """(N, T, d) -> (M, d), real positions only."""
+        return padded[self.streamline_ids, self.time_ids]
+
+    def attention_mask(self):
+        """(N, 1, T, T) bool: query t may attend to key s iff s <= t and s
+        is a point of the streamline (causal, no padding)."""
+        positions = torch.arange(self.nb_positions, device=self.counts.device)
+        causal = positions[:, None] >= positions[None, :]
+        real = positions[None, :] < self.counts[:, None]
+        return (causal[None] & real[:, None, :])[:, None]
+
+
+class TransformerModelAbstract(MainModelOneInput):
+    """Options, embeddings, causal masks, loss and tracking of the
+    Transformer models; subclasses build their stacks and say how tokens
+    go through them (:meth:`_run` and :meth:`_new_cache`).
+
+    Parameters
+    ----------
+    experiment_name, nb_features, step_size, nb_points, compress :
+        See :class:`dwi_ml.models.main_models.MainModelOneInput`.
+    neighborhood_type, neighborhood_radius, neighborhood_resolution :
+        See :class:`dwi_ml.models.main_models.MainModelOneInput`.
+    nb_previous_dirs, normalize_prev_dirs :
+        See :class:`dwi_ml.models.main_models.MainModelOneInput`; the
+        previous directions extend the source tokens.
+    d_model : int
+        Width of the tokens in the layers.
+    nheads : int
+        Attention heads; divides ``d_model``.
+    n_layers_e : int
+        Encoder layers.
+    ffnn_hidden_size : int or None
+        Hidden width of each layer's feed-forward network; None:
+        ``d_model // 2``.
+    dropout : float
+        In [0, 1), in the layers and after the position encoding.
+    activation : "relu" or "gelu"
+    norm_first : bool
+        Pre-norm layers (and a final norm after each stack).
+    max_len : int
+        Longest sequence, in prediction points, in training and tracking.
+    position_encoding : "sinusoidal" or "learned"
+    input_embedding_key : "none" or "linear"
+        Embedding of the source tokens (linear layer and ReLU).
+    dg_key, dg_args :
+        Direction getter, as in
+        :class:`dwi_ml.models.learn2track.Learn2TrackModel`; it gets the
+        last stack's ``d_model`` outputs.
+    """
+
+    def __init__(self, experiment_name, nb_features, step_size=None,
+                 nb_points=None, compress=None, neighborhood_type=None,
+                 neighborhood_radius=None, neighborhood_resolution=None,
+                 nb_previous_dirs=0, normalize_prev_dirs=True, d_model=64,
+                 nheads=4, n_layers_e=2, ffnn_hidden_size=None, dropout=0.1,
+                 activation="relu", norm_first=False, max_len=1000,
+                 position_encoding="sinusoidal", input_embedding_key="linear",
+                 dg_key="cosine-regression", dg_args=None):
+        super().__init__(experiment_name, nb_features, step_size, nb_points,
+                         compress, neighborhood_type, neighborhood_radius,
+                         neighborhood_resolution, nb_previous_dirs,
+                         normalize_prev_dirs)
+        self.d_model = check_int("d_model", d_model, 1)
+        self.nheads = check_int("nheads", nheads, 1)
+        if d_model % nheads:
+            raise DwiMLUserError(
+                f"argument 'nheads': expected a divisor of d_model "
+                f"({d_model}), found {nheads}.")
+        self.n_layers_e = check_int("n_layers_e", n_layers_e, 1)
+        self.ffnn_hidden_size = check_int(
+            "ffnn_hidden_size",
+            d_model // 2 if ffnn_hidden_size is None else ffnn_hidden_size, 1)
+        self.dropout = check_fraction("dropout", dropout)
+        self.activation = check_choice("activation", activation, ACTIVATIONS)
+        self.norm_first = bool(norm_first)
+        self.max_len = check_int("max_len", max_len, 1)
+        self.position_encoding_key = check_choice(
+            "position_encoding", position_encoding, POSITION_ENCODINGS)
+        self.position_encoding = PositionEncoding(position_encoding, d_model,
+                                                  self.max_len)
+        self.input_embedding_key = input_embedding_key
+        self.token_dropout = torch.nn.Dropout(self.dropout)
+        self.dg_key = dg_key
+        self.direction_getter = make_direction_getter(dg_key, d_model,
+                                                      dg_args)
+
+    @property
+    def source_size(self):
+        """int: width of a source token (input and previous directions)."""
+        return self.input_size + 3 * self.nb_previous_dirs
+
+    def make_stack(self, n_layers, cross_attention):
+        """``n_layers`` layers with the model's options."""
+        return LayerStack(n_layers, self.d_model, self.nheads,
+                          self.ffnn_hidden_size, self.dropout,
+                          self.activation, self.norm_first, cross_attention)
+
+    @property
+    def params_for_checkpoint(self):
+        params = super().params_for_checkpoint
+        params.update(d_model=self.d_model, nheads=self.nheads,
+                      n_layers_e=self.n_layers_e,
+                      ffnn_hidden_size=self.ffnn_hidden_size,
+                      dropout=self.dropout, activation=self.activation,
+                      norm_first=self.norm_first, max_len=self.max_len,
+                      position_encoding=self.position_encoding_key,
+                      input_embedding_key=self.input_embedding_key,
+                      dg_key=self.dg_key,
+                      dg_args=self.direction_getter.params)
+        return params
+
+    @property
+    def add_eos(self):
+        """bool: whether the model predicts at the last point (EOS)."""
+        return self.direction_getter.add_eos
+
+    @property
+    def output_size(self):
+        """int: width of one output row."""
+        return self.direction_getter.output_size
+
+    def add_position(self, tokens, positions):
+        """Embedded tokens (M, d_model) plus their position vectors."""
+        return self.token_dropout(tokens + self.position_encoding(positions))
+
+    def _run(self, sources, previous_dirs, is_first, positions, layout,
+             cache):
+        """Tokens (packed rows) through the model's stacks.
+
+        Parameters
+        ----------
+        sources : torch.Tensor (M, source_size)
+        previous_dirs : torch.Tensor (M, 3)
+            ``d_{t-1}`` of each row (zeros at ``t = 0``).
+        is_first : torch.Tensor bool (M,)
+        positions : torch.Tensor int64 (M,)
+        layout : PaddedLayout or None
+            Training: where rows go in the padded batch. None when tracking
+            (one row per streamline, all at position ``cache.nb_steps``).
+        cache : TransformerCache or None
+            Tracking only; its buffers are appended to in place.
+
+        Returns
+        -------
+        torch.Tensor (M, d_model)
+        """
+        raise NotImplementedError
+
+    def _new_cache(self, like):
+        """An empty :class:`TransformerCache` for ``len(like)`` streamlines."""
+        raise NotImplementedError
+
+    def new_buffers(self, n_layers, like):
+        """``n_layers`` empty key/value buffers like ``like`` (N, ...)."""
+        return tuple(KeyValueBuffer.empty(like, self.nheads,
+                                          self.d_model // self.nheads)
+                     for _ in range(n_layers))
+
+    def run_stack(self, stack, tokens, layout, buffers=None, memories=None):
+        """Packed tokens through ``stack``: padded with ``layout`` and the
+        causal mask in training, one position per row when tracking."""
+        if layout is None:
+            return stack(tokens[:, None], None, buffers, memories)[:, 0]
+        padded = stack(layout.pad(tokens), layout.attention_mask(),
+                       memories=memories)
+        return layout.unpad(padded)
+
+    def forward(self, inputs, streamlines):
+        """Outputs at every prediction point of the batch.
+
+        Parameters
+        ----------
+        inputs : list of torch.Tensor (n_i, input_size)
+            Interpolated inputs at every point.
+        streamlines : list of torch.Tensor (n_i, 3)
+            Voxel space, corner origin.
+
+        Returns
+        -------
+        torch.Tensor (M, output_size)
+            Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
+            EOS.
+        """
+        self.check_inputs(inputs, streamlines)
+        lengths = streamline_lengths(streamlines)
+        counts = nb_predictions(lengths, self.add_eos)
+        if torch.any(counts < 1):
+            raise DwiMLUserError(
+                "streamlines: expected at least 2 points per streamline "
+                "(a model without EOS predicts n - 1 directions), found "
+                "a streamline of 1 point.")
+        if int(counts.max()) > self.max_len:
+            raise DwiMLUserError(
+                f"streamlines: expected at most max_len={self.max_len} "
+                f"prediction points, found {int(counts.max())}.")
+        layout = PaddedLayout(counts)
+        sources = torch.cat([
+            torch.cat(list(inputs))[prediction_rows(lengths, self.add_eos)],
+            self.compute_previous_dirs(streamlines, self.add_eos)], dim=1)
+        previous_dirs = compute_previous_dirs(
+            streamlines, 1, self.add_eos, self.normalize_prev_dirs)
+        hidden = self._run(sources, previous_dirs, layout.time_ids == 0,
+                           layout.time_ids, layout, None)
+        return self.direction_getter(hidden)
+
+    def forward_step(self, step_inputs, partial_streamlines, cache=None):
+        """Outputs at the last point of N streamlines being tracked.
+
+        Parameters
+        ----------
+        step_inputs : torch.Tensor (N, input_size)
+            Inputs interpolated at the last point of each streamline.
+        partial_streamlines : list of torch.Tensor (m_i, 3)
+            The streamlines so far, voxel space, corner origin. All have
+            ``cache.nb_steps + 1`` points (the tracker's lockstep; a
+            streamline replaying a known prefix counts its points too).
+        cache : TransformerCache or None
+            Returned by the previous step for the same N streamlines, in
+            the same order; None at the first step (the seeds). It is
+            updated in place and returned.
+
+        Returns
+        -------
+        outputs : torch.Tensor (N, output_size)
+        cache : TransformerCache
+            Give it to the next step (after :meth:`select_hidden_states` if
+            streamlines stopped).
+        """
+        if cache is None:
+            cache = self._new_cache(step_inputs)
+        step = cache.nb_steps
+        if step >= self.max_len:
+            raise DwiMLUserError(
+                f"tracking: expected at most max_len={self.max_len} "
+                f"points per streamline, found more; track with a shorter "
+                f"maximal length.")
+        nb_streamlines = len(step_inputs)
+        sources = torch.cat([step_inputs, self.compute_last_previous_dirs(
+            partial_streamlines)], dim=1)
+        previous_dirs = compute_last_previous_dirs(
+            partial_streamlines, 1, self.normalize_prev_dirs)
+        positions = torch.full((nb_streamlines,), step, dtype=torch.int64,
+                               device=step_inputs.device)
+        hidden = self._run(sources, previous_dirs, positions == 0, positions,
+                           None, cache)
+        cache.nb_steps = step + 1
+        return self.direction_getter(hidden), cache
+
+    @staticmethod
+    def select_hidden_states(cache, keep):
+        """The cache of the streamlines in ``keep`` (bool mask or indices).
+
+        See :meth:`dwi_ml.models.transformer_cache.TransformerCache.select`.
+        """
+        return cache.select(keep)
+
+    def compute_loss(self, outputs, streamlines):
+        """Mean loss over the batch's predictions, and their number.
+
+        As :meth:`dwi_ml.models.learn2track.Learn2TrackModel.compute_loss`:
+        a tensor, or with EOS the named terms ``direction`` and ``eos``.
+        """
+        target_dirs, eos_targets = compute_direction_targets(
+            streamlines, self.add_eos)
+        losses, n_points = self.direction_getter.compute_named_losses(
+            outputs, target_dirs, eos_targets)
+        if self.add_eos:
+            return losses, n_points
+        return losses["direction"], n_points
+
+    def get_tracking_directions(self, outputs, algo="det", generator=None):
+        """Unit directions (N, 3) and EOS probabilities (N,) or None.
+
+        See
+        :meth:`dwi_ml.models.direction_getters.base.AbstractDirectionGetter.get_tracking_directions`.
+        """
+        return self.direction_getter.get_tracking_directions(
+            outputs, algo, generator)
