@@ -296,6 +296,10 @@ class TransformerModelAbstract(MainModelOneInput):
     def forward(self, inputs, streamlines):
         """Outputs at every prediction point of the batch.
 
+        The previous directions are gathered once: the first ``3 * k``
+        columns extend the sources, the first 3 (``d_{t-1}``) are the
+        targets.
+
         Parameters
         ----------
         inputs : list of torch.Tensor (n_i, input_size)
@@ -322,13 +326,15 @@ class TransformerModelAbstract(MainModelOneInput):
                 f"streamlines: expected at most max_len={self.max_len} "
                 f"prediction points, found {int(counts.max())}.")
         layout = PaddedLayout(counts)
+        previous_dirs = compute_previous_dirs(
+            streamlines, max(self.nb_previous_dirs, 1), self.add_eos,
+            self.normalize_prev_dirs)
         sources = torch.cat([
             torch.cat(list(inputs))[prediction_rows(lengths, self.add_eos)],
-            self.compute_previous_dirs(streamlines, self.add_eos)], dim=1)
-        previous_dirs = compute_previous_dirs(
-            streamlines, 1, self.add_eos, self.normalize_prev_dirs)
-        hidden = self._run(sources, previous_dirs, layout.time_ids == 0,
-                           layout.time_ids, layout, None)
+            previous_dirs[:, :3 * self.nb_previous_dirs]], dim=1)
+        hidden = self._run(sources, previous_dirs[:, :3],
+                           layout.time_ids == 0, layout.time_ids, layout,
+                           None)
         return self.direction_getter(hidden)
 
     def forward_step(self, step_inputs, partial_streamlines, cache=None):
@@ -362,15 +368,15 @@ class TransformerModelAbstract(MainModelOneInput):
                 f"tracking: expected at most max_len={self.max_len} "
                 f"points per streamline, found more; track with a shorter "
                 f"maximal length.")
-        nb_streamlines = len(step_inputs)
-        sources = torch.cat([step_inputs, self.compute_last_previous_dirs(
-            partial_streamlines)], dim=1)
         previous_dirs = compute_last_previous_dirs(
-            partial_streamlines, 1, self.normalize_prev_dirs)
-        positions = torch.full((nb_streamlines,), step, dtype=torch.int64,
+            partial_streamlines, max(self.nb_previous_dirs, 1),
+            self.normalize_prev_dirs)
+        sources = torch.cat(
+            [step_inputs, previous_dirs[:, :3 * self.nb_previous_dirs]], dim=1)
+        positions = torch.full((len(step_inputs),), step, dtype=torch.int64,
                                device=step_inputs.device)
-        hidden = self._run(sources, previous_dirs, positions == 0, positions,
-                           None, cache)
+        hidden = self._run(sources, previous_dirs[:, :3], positions == 0,
+                           positions, None, cache)
         cache.nb_steps = step + 1
         return self.direction_getter(hidden), cache
 
