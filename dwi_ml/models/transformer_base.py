@@ -242,9 +242,10 @@ class TransformerModelAbstract(MainModelOneInput):
         """bool: whether the model predicts at the last point (EOS)."""
         return self.direction_getter.add_eos
 
+    # int: width of one output row. No docstring: Sphinx would then have two
+    # targets for the "output_size" that direction getters' docstrings cite.
     @property
     def output_size(self):
-        """int: width of one output row."""
         return self.direction_getter.output_size
 
     def add_position(self, tokens, positions):

@@ -40,8 +40,9 @@ class TransformerSrcOnlyModel(TransformerModelAbstract):
 
     Parameters
     ----------
-    All those of
-    :class:`~dwi_ml.models.transformer_base.TransformerModelAbstract`.
+    *args, **kwargs :
+        Those of
+        :class:`~dwi_ml.models.transformer_base.TransformerModelAbstract`.
     """
 
     def __init__(self, *args, **kwargs):
