@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from dwi_ml.data.processing.neighborhood import get_neighborhood_offsets
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.models.cnn_embedding import CNNEmbedding
 from dwi_ml.models.transformer_cache import TransformerCache
 from dwi_ml.models.transformer_layers import CachedTransformerLayer
 from dwi_ml.models.transformers import (
@@ -36,6 +38,10 @@ CONFIGS = [
         input_embedding_key="none", nb_features=2, d_model=14,
         neighborhood_type="axes", neighborhood_radius=1,
         neighborhood_resolution=1.0)),
+    (TransformerSrcOnlyModel, dict(
+        input_embedding_key="cnn", nb_features=2, neighborhood_type="grid",
+        neighborhood_radius=1, neighborhood_resolution=1.0,
+        nb_previous_dirs=1, cnn_nb_filters=3)),
     (TransformerSrcAndTgtModel, dict(sos_token_type="learned")),
     (TransformerSrcAndTgtModel, dict(
         sos_token_type="class", token_combination="add",
@@ -114,6 +120,22 @@ def test_layer_equals_torch_layer(norm_first, activation, cross_attention):
             expected = reference(x, src_mask=~causal)
             got = layer(x, causal[None, None])
     torch.testing.assert_close(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_cnn_embedding_puts_neighbours_on_their_grid(radius):
+    # Each neighbour's two features are its x and y offsets: on the grid,
+    # cell (x, y, z) must hold (x - r, y - r).
+    offsets = torch.as_tensor(get_neighborhood_offsets(
+        "grid", radius, 1.0, np.eye(4)), dtype=torch.float32)
+    tokens = torch.cat([offsets[:, :2].reshape(1, -1),
+                        torch.ones(1, 3)], dim=1)
+    embedding = CNNEmbedding(2, radius, 3, 5, 4)
+    grid = embedding.to_grid(tokens)[0]
+    side = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x, y, _ = torch.meshgrid(side, side, side, indexing="ij")
+    assert torch.equal(grid[0], x) and torch.equal(grid[1], y)
+    assert embedding(tokens).shape == (1, 5)
 
 
 # ----------------------------------------------------------------------
@@ -329,6 +351,7 @@ def test_a_few_optimisation_steps_reduce_the_loss(cls):
     (TransformerSrcOnlyModel, dict(position_encoding="rope"),
      "position_encoding"),
     (TransformerSrcOnlyModel, dict(activation="tanh"), "activation"),
+    (TransformerSrcOnlyModel, dict(input_embedding_key="cnn"), "grid"),
     (OriginalTransformerModel, dict(target_embedding_key="none"),
      "target_embedding_key"),
     (OriginalTransformerModel, dict(sos_token_type="eos"), "sos_token_type"),

@@ -29,6 +29,7 @@ import torch
 
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.cnn_embedding import CNNEmbedding
 from dwi_ml.models.direction_getters import make_direction_getter
 from dwi_ml.models.directions import (
     compute_direction_targets,
@@ -49,6 +50,7 @@ from dwi_ml.models.transformer_layers import (
 )
 
 SOS_TOKEN_TYPES = ("learned", "class")
+INPUT_EMBEDDING_KEYS = EMBEDDING_KEYS + ("cnn",)
 
 
 def make_token_embedding(name, key, input_size, output_size):
@@ -168,8 +170,11 @@ class TransformerModelAbstract(MainModelOneInput):
     max_len : int
         Longest sequence, in prediction points, in training and tracking.
     position_encoding : "sinusoidal" or "learned"
-    input_embedding_key : "none" or "linear"
-        Embedding of the source tokens (linear layer and ReLU).
+    input_embedding_key : "none", "linear" or "cnn"
+        Embedding of the source tokens: linear layer and ReLU, or (with a
+        "grid" neighbourhood) :class:`~dwi_ml.models.cnn_embedding.CNNEmbedding`.
+    cnn_nb_filters : int
+        Channels of the "cnn" embedding's convolution.
     dg_key, dg_args :
         Direction getter, as in
         :class:`dwi_ml.models.learn2track.Learn2TrackModel`; it gets the
@@ -183,7 +188,7 @@ class TransformerModelAbstract(MainModelOneInput):
                  nheads=4, n_layers_e=2, ffnn_hidden_size=None, dropout=0.1,
                  activation="relu", norm_first=False, max_len=1000,
                  position_encoding="sinusoidal", input_embedding_key="linear",
-                 dg_key="cosine-regression", dg_args=None):
+                 cnn_nb_filters=8, dg_key="cosine-regression", dg_args=None):
         super().__init__(experiment_name, nb_features, step_size, nb_points,
                          compress, neighborhood_type, neighborhood_radius,
                          neighborhood_resolution, nb_previous_dirs,
@@ -206,7 +211,14 @@ class TransformerModelAbstract(MainModelOneInput):
             "position_encoding", position_encoding, POSITION_ENCODINGS)
         self.position_encoding = PositionEncoding(position_encoding, d_model,
                                                   self.max_len)
-        self.input_embedding_key = input_embedding_key
+        self.input_embedding_key = check_choice(
+            "input_embedding_key", input_embedding_key, INPUT_EMBEDDING_KEYS)
+        if input_embedding_key == "cnn" and self.neighborhood_type != "grid":
+            raise DwiMLUserError(
+                f"argument 'input_embedding_key': 'cnn' needs a 'grid' "
+                f"neighbourhood, found neighborhood_type "
+                f"{self.neighborhood_type!r}.")
+        self.cnn_nb_filters = check_int("cnn_nb_filters", cnn_nb_filters, 1)
         self.token_dropout = torch.nn.Dropout(self.dropout)
         self.dg_key = dg_key
         self.direction_getter = make_direction_getter(dg_key, d_model,
@@ -216,6 +228,16 @@ class TransformerModelAbstract(MainModelOneInput):
     def source_size(self):
         """int: width of a source token (input and previous directions)."""
         return self.input_size + 3 * self.nb_previous_dirs
+
+    def make_input_embedding(self, output_size):
+        """The source tokens' embedding, to ``output_size`` values."""
+        if self.input_embedding_key == "cnn":
+            return CNNEmbedding(self.nb_features, self.neighborhood_radius,
+                                3 * self.nb_previous_dirs, output_size,
+                                self.cnn_nb_filters)
+        return make_token_embedding("input_embedding_key",
+                                    self.input_embedding_key,
+                                    self.source_size, output_size)
 
     def make_stack(self, n_layers, cross_attention):
         """``n_layers`` layers with the model's options."""
@@ -233,6 +255,7 @@ class TransformerModelAbstract(MainModelOneInput):
                       norm_first=self.norm_first, max_len=self.max_len,
                       position_encoding=self.position_encoding_key,
                       input_embedding_key=self.input_embedding_key,
+                      cnn_nb_filters=self.cnn_nb_filters,
                       dg_key=self.dg_key,
                       dg_args=self.direction_getter.params)
         return params

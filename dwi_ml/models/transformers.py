@@ -24,7 +24,6 @@ from dwi_ml.models.model_io import register_model
 from dwi_ml.models.transformer_base import (
     TargetEmbedding,
     TransformerModelAbstract,
-    make_token_embedding,
 )
 from dwi_ml.models.transformer_cache import TransformerCache
 
@@ -47,9 +46,7 @@ class TransformerSrcOnlyModel(TransformerModelAbstract):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.input_embedding = make_token_embedding(
-            "input_embedding_key", self.input_embedding_key,
-            self.source_size, self.d_model)
+        self.input_embedding = self.make_input_embedding(self.d_model)
         self.encoder = self.make_stack(self.n_layers_e, False)
 
     def _run(self, sources, previous_dirs, is_first, positions, layout,
@@ -111,9 +108,7 @@ class TransformerSrcAndTgtModel(TransformerModelAbstract):
                     f"d_model ({self.d_model}), found {target_width}.")
         self.target_embedded_size = target_embedded_size
         self.target_embedding_key = target_embedding_key
-        self.input_embedding = make_token_embedding(
-            "input_embedding_key", self.input_embedding_key,
-            self.source_size, source_width)
+        self.input_embedding = self.make_input_embedding(source_width)
         self.target_embedding = TargetEmbedding(
             target_embedding_key, target_width, sos_token_type)
         self.encoder = self.make_stack(self.n_layers_e, False)
@@ -179,9 +174,7 @@ class OriginalTransformerModel(TransformerModelAbstract):
         super().__init__(*args, **kwargs)
         self.n_layers_d = check_int("n_layers_d", n_layers_d, 1)
         self.target_embedding_key = target_embedding_key
-        self.input_embedding = make_token_embedding(
-            "input_embedding_key", self.input_embedding_key,
-            self.source_size, self.d_model)
+        self.input_embedding = self.make_input_embedding(self.d_model)
         self.target_embedding = TargetEmbedding(
             target_embedding_key, self.d_model, sos_token_type)
         self.encoder = self.make_stack(self.n_layers_e, False)
