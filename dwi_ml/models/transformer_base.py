@@ -386,6 +386,11 @@ class TransformerModelAbstract(MainModelOneInput):
         """
         if cache is None:
             cache = self._new_cache(step_inputs)
+        elif cache.nb_streamlines != len(step_inputs):
+            raise ValueError(
+                f"forward_step: the cache holds {cache.nb_streamlines} "
+                f"streamlines, the step {len(step_inputs)}; keep the rows "
+                f"of those still tracked with select_hidden_states.")
         step = cache.nb_steps
         if step >= self.max_len:
             raise DwiMLUserError(
