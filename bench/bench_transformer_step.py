@@ -5,9 +5,9 @@ An UNTRAINED Transformer (seeded weights, eval mode, no gradients) tracks
 ``--nb_streamlines`` random walks together, as the BatchedTracker does:
 
 - cached: ``forward_step`` point after point, the keys and values of the
-  past kept in the cache; the time of the steps at each ``--lengths`` point
-  (mean over ``--repeats`` steps around it) is the cost of one tracking
-  step once the streamlines are that long;
+  past kept in the cache; the cost of one tracking step once the
+  streamlines are ``--lengths`` points long is the median of ``--repeats``
+  steps from there;
 - re-forward: what a model without a cache does at each step, ``forward``
   over the whole partial streamlines of that length.
 
@@ -17,6 +17,7 @@ part runs first; peak RSS never decreases).
 """
 import argparse
 import resource
+import statistics
 import time
 
 import torch
@@ -63,7 +64,8 @@ def _synchronize(device):
 
 
 def bench_cached(model, args):
-    """ms of one cached step at each length (mean over the repeats)."""
+    """ms of one cached step at each length: the median of the repeats
+    that start there (robust to other processes on shared cores)."""
     nb_steps = max(args.lengths) + args.repeats
     points, inputs = _random_walks(args, nb_steps)
     times = []
@@ -77,8 +79,9 @@ def bench_cached(model, args):
             _, cache = model.forward_step(inputs[:, t], partial, cache)
             _synchronize(args.device)
             times.append(time.perf_counter() - start)
-    return {length: 1000 * sum(times[length - 1:length - 1 + args.repeats])
-            / args.repeats for length in args.lengths}
+    return {length: 1000 * statistics.median(
+        times[length - 1:length - 1 + args.repeats])
+        for length in args.lengths}
 
 
 def bench_full(model, args):
@@ -107,7 +110,7 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+",
                         default=(20, 100, 200))
     parser.add_argument("--repeats", type=int, default=5,
-                        help="Cached steps averaged at each length.")
+                        help="Cached steps timed from each length.")
     parser.add_argument("--d_model", type=int, default=64)
     parser.add_argument("--nheads", type=int, default=4)
     parser.add_argument("--n_layers", type=int, default=2,
