@@ -21,11 +21,9 @@ import torch
 from dwi_ml.io_utils.arg_checks import check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.model_io import register_model
-from dwi_ml.models.transformer_base import (
-    TargetEmbedding,
-    TransformerModelAbstract,
-)
+from dwi_ml.models.transformer_base import TransformerModelAbstract
 from dwi_ml.models.transformer_cache import TransformerCache
+from dwi_ml.models.transformer_tokens import TargetEmbedding
 
 TOKEN_COMBINATIONS = ("concat", "add")
 
@@ -76,7 +74,7 @@ class TransformerSrcAndTgtModel(TransformerModelAbstract):
     target_embedding_key : "none" or "linear"
         Embedding of the target tokens.
     sos_token_type : "learned" or "class"
-        See :class:`~dwi_ml.models.transformer_base.TargetEmbedding`.
+        See :class:`~dwi_ml.models.transformer_tokens.TargetEmbedding`.
     token_combination : "concat" or "add"
         "concat": the source is embedded to ``d_model -
         target_embedded_size`` values and the target to
@@ -166,7 +164,7 @@ class OriginalTransformerModel(TransformerModelAbstract):
     target_embedding_key : "none" or "linear"
         Embedding of the target tokens to ``d_model``.
     sos_token_type : "learned" or "class"
-        See :class:`~dwi_ml.models.transformer_base.TargetEmbedding`.
+        See :class:`~dwi_ml.models.transformer_tokens.TargetEmbedding`.
     """
 
     def __init__(self, *args, n_layers_d=2, target_embedding_key="linear",
