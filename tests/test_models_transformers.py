@@ -17,6 +17,7 @@ from dwi_ml.models import load_model_from_params_and_state
 from dwi_ml.models.cnn_embedding import CNNEmbedding
 from dwi_ml.models.transformer_cache import TransformerCache
 from dwi_ml.models.transformer_layers import CachedTransformerLayer
+from dwi_ml.models.transformer_tokens import PaddedLayout
 from dwi_ml.models.transformers import (
     OriginalTransformerModel,
     TransformerSrcAndTgtModel,
@@ -114,11 +115,10 @@ def test_layer_equals_torch_layer(norm_first, activation, cross_attention):
             memory = torch.randn(3, length, d_model, dtype=torch.float64)
             expected = reference(x, memory, tgt_mask=~causal,
                                  memory_mask=~causal)
-            got = layer(x, causal[None, None],
-                        memory=layer.memory_keys_values(memory))
+            got = layer(x, True, memory=layer.memory_keys_values(memory))
         else:
             expected = reference(x, src_mask=~causal)
-            got = layer(x, causal[None, None])
+            got = layer(x, True)
     torch.testing.assert_close(got, expected, **TIGHT)
 
 
@@ -170,6 +170,31 @@ def test_no_attention_to_padding(cls, config):
                          streamlines[1:2] + longer), (3, 12))[0]
     torch.testing.assert_close(batch, alone, **TIGHT)
     torch.testing.assert_close(with_longer, alone, **TIGHT)
+
+
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_padding_values_do_not_enter(cls, config, monkeypatch):
+    # Padded positions filled with large random values instead of zeros
+    # (in every stack, and the encoder's outputs for cross-attention).
+    model = eval_double(cls, config)
+    inputs, streamlines = make_batch(model)
+    with torch.no_grad():
+        expected = model(inputs, streamlines)
+    zero_pad = PaddedLayout.pad
+    generator = torch.Generator().manual_seed(3)
+
+    def noisy_pad(layout, packed):
+        padded = zero_pad(layout, packed)
+        real = torch.zeros(padded.shape[:2], dtype=torch.bool)
+        real[layout.streamline_ids, layout.time_ids] = True
+        noise = 1e3 * torch.randn(padded.shape, generator=generator,
+                                  dtype=padded.dtype)
+        return torch.where(real[:, :, None], padded, noise)
+
+    monkeypatch.setattr(PaddedLayout, "pad", noisy_pad)
+    with torch.no_grad():
+        got = model(inputs, streamlines)
+    torch.testing.assert_close(got, expected, **TIGHT)
 
 
 @pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)

@@ -1,4 +1,4 @@
-"""What the three Transformer models share: options, tokens, masks, loss.
+"""What the three Transformer models share: options, tokens, loss, steps.
 
 Each prediction point ``t`` of a streamline (see
 :mod:`dwi_ml.models.directions`) is one position of a sequence:
@@ -12,10 +12,13 @@ Each prediction point ``t`` of a streamline (see
 Training (:meth:`TransformerModelAbstract.forward`)
     Tokens are gathered over the packed prediction points, embedded, given
     their position vector, then padded to ``(N, T, d_model)`` with one
-    indexed write. One mask per batch, built from the lengths, lets
-    position ``t`` attend to positions ``<= t`` of its own streamline only
-    (causal, no padding). Outputs are gathered back to the packed
-    ``(M, output_size)`` rows, so the loss sees real points only.
+    indexed write. Attention is causal: position ``t`` attends to
+    positions ``<= t`` of its own streamline. Padding comes after each
+    streamline's points, so the causal mask alone keeps it out of every
+    real position (no per-batch padding mask is needed, and
+    ``scaled_dot_product_attention`` runs its causal kernel). Outputs are
+    gathered back to the packed ``(M, output_size)`` rows, so the loss
+    sees real points only.
 
 Tracking (:meth:`TransformerModelAbstract.forward_step`)
     Every attention is causal, so position ``t`` depends on positions
@@ -57,7 +60,7 @@ INPUT_EMBEDDING_KEYS = EMBEDDING_KEYS + ("cnn",)
 
 
 class TransformerModelAbstract(MainModelOneInput):
-    """Options, embeddings, causal masks, loss and tracking of the
+    """Options, embeddings, causal attention, loss and tracking of the
     Transformer models; subclasses build their stacks and say how tokens
     go through them (:meth:`_run` and :meth:`_new_cache`).
 
@@ -227,10 +230,10 @@ class TransformerModelAbstract(MainModelOneInput):
 
     def run_stack(self, stack, tokens, layout, buffers=None, memories=None):
         """Packed tokens through ``stack``: padded with ``layout`` and the
-        causal mask in training, one position per row when tracking."""
+        causal attention in training, one position per row when tracking."""
         if layout is None:
-            return stack(tokens[:, None], None, buffers, memories)[:, 0]
-        padded = stack(layout.pad(tokens), layout.attention_mask(),
+            return stack(tokens[:, None], False, buffers, memories)[:, 0]
+        padded = stack(layout.pad(tokens), True,
                        memories=memories)
         return layout.unpad(padded)
 

@@ -9,14 +9,15 @@ attention with ``F.scaled_dot_product_attention`` on the parameters of its
 incremental decoding needs each layer's keys and values, which the torch
 layers do not expose:
 
-- full sequences (training): keys and values of all positions, a boolean
-  mask (True: may attend), as the torch layers;
+- full sequences (training): keys and values of all positions, causal
+  (position ``t`` attends to positions ``<= t``), as the torch layers with
+  a causal mask;
 - one new position (tracking): its keys and values are appended to a
   :class:`~dwi_ml.models.transformer_cache.KeyValueBuffer` and its query
   attends to every position kept there, all in the past.
 
 Shapes: tokens ``(N, T, d_model)``, keys and values ``(N, heads, T,
-head_dim)``, masks ``(N, 1, T_query, T_key)``.
+head_dim)``.
 """
 import math
 
@@ -87,13 +88,13 @@ class CachedTransformerLayer(torch.nn.Module):
         self._ff_norm_dropout = ((self.norm3, self.dropout3) if cross_attention
                                  else (self.norm2, self.dropout2))
 
-    def _attend(self, attention, queries, keys, values, mask):
+    def _attend(self, attention, queries, keys, values, causal):
         """Heads of ``attention`` over given keys/values -> (N, T, d)."""
         d_model = attention.embed_dim
         queries = F.linear(queries, attention.in_proj_weight[:d_model],
                            attention.in_proj_bias[:d_model])
         out = F.scaled_dot_product_attention(
-            _split_heads(queries, self.nheads), keys, values, attn_mask=mask,
+            _split_heads(queries, self.nheads), keys, values, is_causal=causal,
             dropout_p=self.dropout_p if self.training else 0.0)
         return attention.out_proj(_merge_heads(out))
 
@@ -109,25 +110,26 @@ class CachedTransformerLayer(torch.nn.Module):
         """Cross-attention keys and values of encoder outputs (N, T, d)."""
         return self._keys_values(self.multihead_attn, memory)
 
-    def _self_attention(self, x, mask, buffer):
+    def _self_attention(self, x, causal, buffer):
         keys, values = self._keys_values(self.self_attn, x)
         if buffer is not None:
             keys, values = buffer.append(keys, values)
-        return self._attend(self.self_attn, x, keys, values, mask)
+        return self._attend(self.self_attn, x, keys, values, causal)
 
     def _feed_forward(self, x):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
-    def forward(self, x, mask=None, buffer=None, memory=None):
+    def forward(self, x, causal=False, buffer=None, memory=None):
         """Run the layer on tokens x (N, T, d_model).
 
         Parameters
         ----------
         x : torch.Tensor (N, T, d_model)
-        mask : torch.Tensor bool (N or 1, 1, T, T_key) or None
-            True where a query may attend to a key; used by self- and
+        causal : bool
+            Position ``t`` attends to keys ``<= t`` only, in self- and
             cross-attention alike (the encoder's outputs are aligned with
-            the positions). None: attend to every key.
+            the positions). False: attend to every key (one new position
+            over the buffer's past ones).
         buffer : KeyValueBuffer or None
             Keys and values of earlier positions: this call's are appended
             to it (in place) and the queries attend to all of them.
@@ -141,17 +143,17 @@ class CachedTransformerLayer(torch.nn.Module):
         """
         ff_norm, ff_dropout = self._ff_norm_dropout
         if self.norm_first:
-            x = x + self.dropout1(self._self_attention(self.norm1(x), mask,
+            x = x + self.dropout1(self._self_attention(self.norm1(x), causal,
                                                        buffer))
             if self.cross_attention:
                 x = x + self.dropout2(self._attend(
-                    self.multihead_attn, self.norm2(x), *memory, mask))
+                    self.multihead_attn, self.norm2(x), *memory, causal))
             return x + ff_dropout(self._feed_forward(ff_norm(x)))
-        x = self.norm1(x + self.dropout1(self._self_attention(x, mask,
+        x = self.norm1(x + self.dropout1(self._self_attention(x, causal,
                                                               buffer)))
         if self.cross_attention:
             x = self.norm2(x + self.dropout2(self._attend(
-                self.multihead_attn, x, *memory, mask)))
+                self.multihead_attn, x, *memory, causal)))
         return ff_norm(x + ff_dropout(self._feed_forward(x)))
 
 
@@ -175,13 +177,13 @@ class LayerStack(torch.nn.Module):
         """Each layer's cross-attention keys and values of ``memory``."""
         return [layer.memory_keys_values(memory) for layer in self.layers]
 
-    def forward(self, x, mask=None, buffers=None, memories=None):
+    def forward(self, x, causal=False, buffers=None, memories=None):
         """Tokens through every layer; see :meth:`CachedTransformerLayer.forward`.
 
         ``buffers`` and ``memories`` are None or hold one entry per layer.
         """
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, None if buffers is None else buffers[i],
+            x = layer(x, causal, None if buffers is None else buffers[i],
                       None if memories is None else memories[i])
         return self.final_norm(x)
 

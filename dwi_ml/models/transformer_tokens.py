@@ -1,11 +1,12 @@
-"""Tokens of the Transformer models: embeddings, padding and masks.
+"""Tokens of the Transformer models: embeddings and padding.
 
 - :func:`make_token_embedding` and :class:`TargetEmbedding` embed the
   source and target tokens of each prediction point (see
   :mod:`dwi_ml.models.transformer_base`), packed ``(M, width)``;
 - :class:`PaddedLayout` places the packed rows of a batch in a padded
-  ``(N, T)`` grid with one indexed write, back again, and builds the one
-  causal, padding-aware attention mask of the batch from the lengths.
+  ``(N, T)`` grid with one indexed write, and back again; padding comes
+  after each streamline's points, so causal attention never reaches it
+  from a real point.
 """
 import torch
 
@@ -92,11 +93,3 @@ class PaddedLayout:
     def unpad(self, padded):
         """(N, T, d) -> (M, d), real positions only."""
         return padded[self.streamline_ids, self.time_ids]
-
-    def attention_mask(self):
-        """(N, 1, T, T) bool: query t may attend to key s iff s <= t and s
-        is a point of the streamline (causal, no padding)."""
-        positions = torch.arange(self.nb_positions, device=self.counts.device)
-        causal = positions[:, None] >= positions[None, :]
-        real = positions[None, :] < self.counts[:, None]
-        return (causal[None] & real[:, None, :])[:, None]

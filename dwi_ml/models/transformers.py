@@ -1,7 +1,7 @@
 """Three Transformer models that predict the next direction of streamlines.
 
 They share :class:`~dwi_ml.models.transformer_base.TransformerModelAbstract`
-(options, tokens, causal masks, loss, cached tracking) and differ in their
+(options, tokens, causal attention, loss, cached tracking) and differ in their
 stacks of layers:
 
 - :class:`OriginalTransformerModel` (``transformer_original``): an encoder
