@@ -11,9 +11,10 @@ An UNTRAINED Transformer (seeded weights, eval mode, no gradients) tracks
 - re-forward: what a model without a cache does at each step, ``forward``
   over the whole partial streamlines of that length.
 
-Prints ms per step, the ratio of the longest length's cached step to the
-shortest's (target: <= 1.5), and the peak RSS after each part (the cached
-part runs first; peak RSS never decreases).
+Prints ms per step (wall, and CPU for the cached steps), the ratio of the
+longest length's cached step to the shortest's (target: <= 1.5), and the
+peak RSS after each part (the cached part runs first; peak RSS never
+decreases).
 """
 import argparse
 import resource
@@ -64,8 +65,9 @@ def _synchronize(device):
 
 
 def bench_cached(model, args):
-    """ms of one cached step at each length: the median of the repeats
-    that start there (robust to other processes on shared cores)."""
+    """ms of one cached step at each length, wall and CPU: the medians of
+    the repeats that start there (robust to other processes on shared
+    cores; on one thread, CPU time is the steadier of the two)."""
     nb_steps = max(args.lengths) + args.repeats
     points, inputs = _random_walks(args, nb_steps)
     times = []
@@ -73,14 +75,15 @@ def bench_cached(model, args):
     with torch.no_grad():
         for t in range(nb_steps):
             _synchronize(args.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             # As the tracker: views of the points so far, one per streamline.
             partial = points[:, :t + 1].unbind(0)
             _, cache = model.forward_step(inputs[:, t], partial, cache)
             _synchronize(args.device)
-            times.append(time.perf_counter() - start)
-    return {length: 1000 * statistics.median(
-        times[length - 1:length - 1 + args.repeats])
+            times.append((time.perf_counter() - start,
+                          time.process_time() - cpu_start))
+    return {length: tuple(1000 * statistics.median(column) for column in zip(
+        *times[length - 1:length - 1 + args.repeats]))
         for length in args.lengths}
 
 
@@ -139,14 +142,15 @@ def main():
         print(f"{model_type} (peak RSS {rss_cached:.0f} MiB after the "
               f"cached steps, {_peak_rss_mib():.0f} MiB after re-forwards)")
         for length in args.lengths:
+            wall, cpu = cached[length]
             full_text = (f", re-forward {full[length]:9.1f} ms "
-                         f"({full[length] / cached[length]:6.1f}x)"
-                         if full else "")
-            print(f"  length {length:4d}: cached step {cached[length]:7.2f} "
-                  f"ms{full_text}")
-        shortest, longest = args.lengths[0], args.lengths[-1]
-        print(f"  cached step at {longest} / at {shortest}: "
-              f"{cached[longest] / cached[shortest]:.2f}")
+                         f"({full[length] / wall:6.1f}x)" if full else "")
+            print(f"  length {length:4d}: cached step {wall:7.2f} ms (CPU "
+                  f"{cpu:7.2f} ms){full_text}")
+        shortest, longest = cached[args.lengths[0]], cached[args.lengths[-1]]
+        print(f"  cached step at {args.lengths[-1]} / at {args.lengths[0]}: "
+              f"{longest[0] / shortest[0]:.2f} (CPU time: "
+              f"{longest[1] / shortest[1]:.2f})")
 
 
 if __name__ == "__main__":
