@@ -4,6 +4,7 @@ Importing the package registers every concrete model, so that
 :func:`dwi_ml.models.model_io.load_model_from_params_and_state` can rebuild
 any of them from its saved folder.
 """
+import dwi_ml.models.transformers  # noqa: F401 (registers the Transformer models)
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.models.main_models import MainModelAbstract, MainModelOneInput
 from dwi_ml.models.model_io import (

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Benchmark one tracking step of a Transformer model: cached vs re-forward.
+
+An UNTRAINED Transformer (seeded weights, eval mode, no gradients) tracks
+``--nb_streamlines`` random walks together, as the BatchedTracker does:
+
+- cached: ``forward_step`` point after point, the keys and values of the
+  past kept in the cache; the cost of one tracking step once the
+  streamlines are ``--lengths`` points long is the median of ``--repeats``
+  steps from there;
+- re-forward: what a model without a cache does at each step, ``forward``
+  over the whole partial streamlines of that length.
+
+Prints ms per step (wall, and CPU for the cached steps), the ratio of the
+longest length's cached step to the shortest's (target: <= 1.5), and the
+peak RSS after each part (the cached part runs first; peak RSS never
+decreases).
+"""
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+from dwi_ml.models.transformers import (
+    OriginalTransformerModel,
+    TransformerSrcAndTgtModel,
+    TransformerSrcOnlyModel,
+)
+
+MODEL_TYPES = {"transformer_original": OriginalTransformerModel,
+               "transformer_src_tgt": TransformerSrcAndTgtModel,
+               "transformer_src_only": TransformerSrcOnlyModel}
+
+
+def _peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _make_model(args):
+    torch.manual_seed(0)
+    kwargs = dict(d_model=args.d_model, nheads=args.nheads,
+                  n_layers_e=args.n_layers, nb_previous_dirs=2,
+                  max_len=max(args.lengths) + args.repeats + 1)
+    if args.model_type == "transformer_original":
+        kwargs["n_layers_d"] = args.n_layers
+    model = MODEL_TYPES[args.model_type]("bench", nb_features=args.nb_features,
+                                         **kwargs)
+    return model.to(args.device).eval()
+
+
+def _random_walks(args, nb_points):
+    generator = torch.Generator().manual_seed(0)
+    points = 50 + torch.cumsum(torch.nn.functional.normalize(torch.randn(
+        args.nb_streamlines, nb_points, 3, generator=generator), dim=2), 1)
+    inputs = torch.randn(args.nb_streamlines, nb_points, args.nb_features,
+                         generator=generator)
+    return points.to(args.device), inputs.to(args.device)
+
+
+def _synchronize(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_cached(model, args):
+    """ms of one cached step at each length, wall and CPU: the medians of
+    the repeats that start there (robust to other processes on shared
+    cores; on one thread, CPU time is the steadier of the two)."""
+    nb_steps = max(args.lengths) + args.repeats
+    points, inputs = _random_walks(args, nb_steps)
+    times = []
+    cache = None
+    with torch.no_grad():
+        for t in range(nb_steps):
+            _synchronize(args.device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            # As the tracker: views of the points so far, one per streamline.
+            partial = points[:, :t + 1].unbind(0)
+            _, cache = model.forward_step(inputs[:, t], partial, cache)
+            _synchronize(args.device)
+            times.append((time.perf_counter() - start,
+                          time.process_time() - cpu_start))
+    return {length: tuple(1000 * statistics.median(column) for column in zip(
+        *times[length - 1:length - 1 + args.repeats]))
+        for length in args.lengths}
+
+
+def bench_full(model, args):
+    """ms of one forward over the partial streamlines, at each length."""
+    results = {}
+    with torch.no_grad():
+        for length in args.lengths:
+            points, inputs = _random_walks(args, length)
+            streamlines, point_inputs = list(points.unbind(0)), list(
+                inputs.unbind(0))
+            model(point_inputs[:2], streamlines[:2])  # warm-up
+            _synchronize(args.device)
+            start = time.perf_counter()
+            model(point_inputs, streamlines)
+            _synchronize(args.device)
+            results[length] = 1000 * (time.perf_counter() - start)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model_type", choices=sorted(MODEL_TYPES),
+                        nargs="+", default=sorted(MODEL_TYPES))
+    parser.add_argument("--nb_streamlines", type=int, default=1000)
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        default=(20, 100, 200))
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="Cached steps timed from each length.")
+    parser.add_argument("--d_model", type=int, default=64)
+    parser.add_argument("--nheads", type=int, default=4)
+    parser.add_argument("--n_layers", type=int, default=2,
+                        help="Encoder layers (and decoder layers).")
+    parser.add_argument("--nb_features", type=int, default=45)
+    parser.add_argument("--no_full", action="store_true",
+                        help="Skip the re-forward part.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads. Small kernels on a "
+                             "shared 2-core machine run 10-60x slower with "
+                             "2 threads than with 1.")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.lengths = sorted(args.lengths)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {args.device}; {args.nb_streamlines} streamlines, "
+          f"d_model {args.d_model}, {args.nheads} heads, {args.n_layers} "
+          f"layers per stack, {args.nb_features} features")
+    for model_type in args.model_type:
+        args.model_type = model_type
+        model = _make_model(args)
+        cached = bench_cached(model, args)
+        rss_cached = _peak_rss_mib()
+        full = {} if args.no_full else bench_full(model, args)
+        print(f"{model_type} (peak RSS {rss_cached:.0f} MiB after the "
+              f"cached steps, {_peak_rss_mib():.0f} MiB after re-forwards)")
+        for length in args.lengths:
+            wall, cpu = cached[length]
+            full_text = (f", re-forward {full[length]:9.1f} ms "
+                         f"({full[length] / wall:6.1f}x)" if full else "")
+            print(f"  length {length:4d}: cached step {wall:7.2f} ms (CPU "
+                  f"{cpu:7.2f} ms){full_text}")
+        shortest, longest = cached[args.lengths[0]], cached[args.lengths[-1]]
+        print(f"  cached step at {args.lengths[-1]} / at {args.lengths[0]}: "
+              f"{longest[0] / shortest[0]:.2f} (CPU time: "
+              f"{longest[1] / shortest[1]:.2f})")
+
+
+if __name__ == "__main__":
+    main()

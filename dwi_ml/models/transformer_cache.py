@@ -1,0 +1,128 @@
+"""What a Transformer keeps between two tracking steps: past keys and values.
+
+At tracking step ``t`` a Transformer model computes only position ``t`` of
+its N streamlines: each attention layer appends the new position's keys and
+values to its :class:`KeyValueBuffer` and attends to everything there. The
+:class:`TransformerCache` gathers the buffers of a model and the step
+counter; the model's ``forward_step`` takes it and returns it, and
+``select_hidden_states`` keeps the rows of the streamlines still tracked.
+All streamlines step together (the tracker's lockstep), so every row holds
+the same number of positions and no mask is needed.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+INITIAL_CAPACITY = 32
+
+
+def keep_indices(keep, device):
+    """Indices (int64 tensor on ``device``) from a bool mask or indices.
+
+    ``keep`` may be a torch tensor, numpy array, list or tuple. A numpy
+    array is copied, never shared.
+    """
+    if isinstance(keep, (np.ndarray, list, tuple)):
+        keep = torch.tensor(np.asarray(keep))
+    keep = keep.to(device)
+    if keep.dtype == torch.bool:
+        return torch.nonzero(keep).squeeze(1)
+    return keep.long()
+
+
+class KeyValueBuffer:
+    """Keys and values of the past positions of one attention layer.
+
+    Stored in ``(N, heads, capacity, head_dim)`` tensors whose capacity
+    doubles when full: appending a position writes in place and copies the
+    past only ``log2(T)`` times in all, so a step's cost does not grow with
+    copies of the past.
+
+    Parameters
+    ----------
+    keys, values : torch.Tensor (N, heads, capacity, head_dim)
+    length : int
+        Positions in use (the first ``length`` along dimension 2).
+    """
+
+    def __init__(self, keys, values, length=0):
+        self.keys = keys
+        self.values = values
+        self.length = length
+
+    @classmethod
+    def empty(cls, like, nheads, head_dim):
+        """An empty buffer for ``len(like)`` streamlines, like's dtype and
+        device."""
+        shape = (len(like), nheads, INITIAL_CAPACITY, head_dim)
+        return cls(like.new_empty(shape), like.new_empty(shape))
+
+    def append(self, keys, values):
+        """Add positions (N, heads, T, head_dim); return all kept ones.
+
+        Returns views ``(N, heads, length, head_dim)`` of the keys and
+        values, past then new.
+        """
+        end = self.length + keys.shape[2]
+        if end > self.keys.shape[2]:
+            capacity = max(2 * self.keys.shape[2], end)
+            self.keys = self._grown(self.keys, capacity)
+            self.values = self._grown(self.values, capacity)
+        self.keys[:, :, self.length:end] = keys
+        self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def _grown(self, tensor, capacity):
+        grown = tensor.new_empty(tensor.shape[:2] + (capacity,)
+                                 + tensor.shape[3:])
+        grown[:, :, :self.length] = tensor[:, :, :self.length]
+        return grown
+
+    def select(self, rows):
+        """A new buffer with streamlines ``rows`` (int64 indices) only."""
+        return KeyValueBuffer(self.keys.index_select(0, rows),
+                              self.values.index_select(0, rows), self.length)
+
+
+@dataclass
+class TransformerCache:
+    """Per-layer key/value buffers of a Transformer model, and the step.
+
+    Attributes
+    ----------
+    encoder : tuple of KeyValueBuffer
+        Self-attention of each encoder layer.
+    decoder : tuple of KeyValueBuffer
+        Self-attention of each decoder layer (empty without a decoder).
+    cross : tuple of KeyValueBuffer
+        Cross-attention keys and values of the encoder's outputs, for each
+        decoder layer; they grow with each step because the encoder is
+        causal (empty without a decoder).
+    nb_steps : int
+        Positions computed so far; the next step computes position
+        ``nb_steps``.
+    """
+
+    encoder: tuple
+    decoder: tuple = field(default_factory=tuple)
+    cross: tuple = field(default_factory=tuple)
+    nb_steps: int = 0
+
+    @property
+    def nb_streamlines(self):
+        """int: rows of the buffers."""
+        return len(self.encoder[0].keys)
+
+    def select(self, keep):
+        """The cache of the streamlines in ``keep`` (mask or indices), in
+        that order. See :func:`keep_indices`."""
+        rows = keep_indices(keep, self.encoder[0].keys.device)
+
+        def select_all(buffers):
+            return tuple(buffer.select(rows) for buffer in buffers)
+
+        return TransformerCache(select_all(self.encoder),
+                                select_all(self.decoder),
+                                select_all(self.cross), self.nb_steps)

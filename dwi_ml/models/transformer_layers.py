@@ -1,0 +1,226 @@
+"""Transformer layers that can run one new position at a time.
+
+:class:`CachedTransformerLayer` is ``torch.nn.TransformerEncoderLayer``
+(without cross-attention) or ``torch.nn.TransformerDecoderLayer`` (with it,
+``batch_first=True``): same sub-modules, same parameter names, hence the same
+``state_dict``, the same ``norm_first``, activation and dropouts. It computes
+attention with ``F.scaled_dot_product_attention`` on the parameters of its
+``nn.MultiheadAttention`` modules instead of calling them, because
+incremental decoding needs each layer's keys and values, which the torch
+layers do not expose:
+
+- full sequences (training): keys and values of all positions, causal
+  (position ``t`` attends to positions ``<= t``), as the torch layers with
+  a causal mask;
+- one new position (tracking): its keys and values are appended to a
+  :class:`~dwi_ml.models.transformer_cache.KeyValueBuffer` and its query
+  attends to every position kept there, all in the past.
+
+Shapes: tokens ``(N, T, d_model)``, keys and values ``(N, heads, T,
+head_dim)``.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+POSITION_ENCODINGS = ("sinusoidal", "learned")
+
+
+def _split_heads(x, nheads):
+    """(N, T, d) -> (N, heads, T, d / heads)."""
+    n, t, d = x.shape
+    return x.view(n, t, nheads, d // nheads).transpose(1, 2)
+
+
+def _merge_heads(x):
+    """(N, heads, T, head_dim) -> (N, T, heads * head_dim)."""
+    n, h, t, hd = x.shape
+    return x.transpose(1, 2).reshape(n, t, h * hd)
+
+
+class CachedTransformerLayer(torch.nn.Module):
+    """Self-attention, optional cross-attention, feed-forward; norms.
+
+    Parameters
+    ----------
+    d_model : int
+    nheads : int
+        Divides ``d_model``.
+    ffnn_hidden_size : int
+        Hidden width of the feed-forward network.
+    dropout : float
+        As in the torch layers: on attention weights, in the feed-forward
+        network and on each sub-layer's output (training only).
+    activation : "relu" or "gelu"
+    norm_first : bool
+        Pre-norm (norm, sub-layer, residual) instead of post-norm.
+    cross_attention : bool
+        A decoder layer, attending to an encoder's outputs too.
+    """
+
+    def __init__(self, d_model, nheads, ffnn_hidden_size, dropout,
+                 activation, norm_first, cross_attention):
+        super().__init__()
+        self.nheads = nheads
+        self.dropout_p = dropout
+        self.activation = ACTIVATIONS[activation]
+        self.norm_first = norm_first
+        self.cross_attention = cross_attention
+        # Names follow torch's layers, so their state_dicts load here.
+        self.self_attn = torch.nn.MultiheadAttention(
+            d_model, nheads, dropout=dropout, batch_first=True)
+        self.linear1 = torch.nn.Linear(d_model, ffnn_hidden_size)
+        self.dropout = torch.nn.Dropout(dropout)
+        self.linear2 = torch.nn.Linear(ffnn_hidden_size, d_model)
+        self.norm1 = torch.nn.LayerNorm(d_model)
+        self.norm2 = torch.nn.LayerNorm(d_model)
+        self.dropout1 = torch.nn.Dropout(dropout)
+        self.dropout2 = torch.nn.Dropout(dropout)
+        if cross_attention:
+            self.multihead_attn = torch.nn.MultiheadAttention(
+                d_model, nheads, dropout=dropout, batch_first=True)
+            self.norm3 = torch.nn.LayerNorm(d_model)
+            self.dropout3 = torch.nn.Dropout(dropout)
+        # A plain tuple: the feed-forward's norm is the last one of either
+        # layer, registered above under torch's name.
+        self._ff_norm_dropout = ((self.norm3, self.dropout3) if cross_attention
+                                 else (self.norm2, self.dropout2))
+
+    def _attend(self, attention, queries, keys, values, causal):
+        """Heads of ``attention`` over given keys/values -> (N, T, d)."""
+        d_model = attention.embed_dim
+        queries = F.linear(queries, attention.in_proj_weight[:d_model],
+                           attention.in_proj_bias[:d_model])
+        out = F.scaled_dot_product_attention(
+            _split_heads(queries, self.nheads), keys, values, is_causal=causal,
+            dropout_p=self.dropout_p if self.training else 0.0)
+        return attention.out_proj(_merge_heads(out))
+
+    def _keys_values(self, attention, x):
+        """Keys and values of ``attention`` for tokens x (N, T, d)."""
+        d_model = attention.embed_dim
+        keys, values = F.linear(x, attention.in_proj_weight[d_model:],
+                                attention.in_proj_bias[d_model:]).chunk(2, -1)
+        return _split_heads(keys, self.nheads), _split_heads(values,
+                                                             self.nheads)
+
+    def memory_keys_values(self, memory):
+        """Cross-attention keys and values of encoder outputs (N, T, d)."""
+        return self._keys_values(self.multihead_attn, memory)
+
+    def _self_attention(self, x, causal, buffer):
+        keys, values = self._keys_values(self.self_attn, x)
+        if buffer is not None:
+            keys, values = buffer.append(keys, values)
+        return self._attend(self.self_attn, x, keys, values, causal)
+
+    def _feed_forward(self, x):
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+    def forward(self, x, causal=False, buffer=None, memory=None):
+        """Run the layer on tokens x (N, T, d_model).
+
+        Parameters
+        ----------
+        x : torch.Tensor (N, T, d_model)
+        causal : bool
+            Position ``t`` attends to keys ``<= t`` only, in self- and
+            cross-attention alike (the encoder's outputs are aligned with
+            the positions). False: attend to every key (one new position
+            over the buffer's past ones).
+        buffer : KeyValueBuffer or None
+            Keys and values of earlier positions: this call's are appended
+            to it (in place) and the queries attend to all of them.
+        memory : tuple (keys, values) or None
+            Cross-attention keys and values of the encoder's outputs
+            (:meth:`memory_keys_values`), for a decoder layer.
+
+        Returns
+        -------
+        torch.Tensor (N, T, d_model)
+        """
+        ff_norm, ff_dropout = self._ff_norm_dropout
+        if self.norm_first:
+            x = x + self.dropout1(self._self_attention(self.norm1(x), causal,
+                                                       buffer))
+            if self.cross_attention:
+                x = x + self.dropout2(self._attend(
+                    self.multihead_attn, self.norm2(x), *memory, causal))
+            return x + ff_dropout(self._feed_forward(ff_norm(x)))
+        x = self.norm1(x + self.dropout1(self._self_attention(x, causal,
+                                                              buffer)))
+        if self.cross_attention:
+            x = self.norm2(x + self.dropout2(self._attend(
+                self.multihead_attn, x, *memory, causal)))
+        return ff_norm(x + ff_dropout(self._feed_forward(x)))
+
+
+class LayerStack(torch.nn.Module):
+    """``n_layers`` :class:`CachedTransformerLayer`, with a final norm when
+    ``norm_first`` (pre-norm layers leave their output un-normalised, as
+    ``torch.nn.Transformer`` does with its final norms).
+
+    ``layer_args`` are those of :class:`CachedTransformerLayer`, in order.
+    """
+
+    def __init__(self, n_layers, *layer_args):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            CachedTransformerLayer(*layer_args) for _ in range(n_layers))
+        d_model, norm_first = layer_args[0], layer_args[5]
+        self.final_norm = (torch.nn.LayerNorm(d_model) if norm_first
+                           else torch.nn.Identity())
+
+    def memory_keys_values(self, memory):
+        """Each layer's cross-attention keys and values of ``memory``."""
+        return [layer.memory_keys_values(memory) for layer in self.layers]
+
+    def forward(self, x, causal=False, buffers=None, memories=None):
+        """Tokens through every layer; see :meth:`CachedTransformerLayer.forward`.
+
+        ``buffers`` and ``memories`` are None or hold one entry per layer.
+        """
+        for i, layer in enumerate(self.layers):
+            x = layer(x, causal, None if buffers is None else buffers[i],
+                      None if memories is None else memories[i])
+        return self.final_norm(x)
+
+
+class PositionEncoding(torch.nn.Module):
+    """Position vectors added to the tokens: sinusoidal or learned.
+
+    Parameters
+    ----------
+    kind : "sinusoidal" or "learned"
+        Sinusoidal: Vaswani et al.'s fixed sines and cosines (no weights).
+        Learned: one trained vector per position.
+    d_model : int
+    max_len : int
+        Positions 0 .. max_len - 1, i.e. the longest streamline (points
+        that predict) the model can take, in training or tracking.
+    """
+
+    def __init__(self, kind, d_model, max_len):
+        super().__init__()
+        self.kind = kind
+        self.max_len = max_len
+        if kind == "learned":
+            self.learned = torch.nn.Embedding(max_len, d_model)
+            return
+        positions = torch.arange(max_len, dtype=torch.float64)[:, None]
+        frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64)
+                                * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_len, d_model, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(positions * frequencies)
+        table[:, 1::2] = torch.cos(positions * frequencies)[:, :d_model // 2]
+        # Not persistent: it is computed, not learned, and saved models
+        # stay small.
+        self.register_buffer("table", table.float(), persistent=False)
+
+    def forward(self, positions):
+        """Vectors (len(positions), d_model) of int64 positions."""
+        if self.kind == "learned":
+            return self.learned(positions)
+        return self.table[positions]

@@ -1,0 +1,403 @@
+"""Transformer models: layers, masks, loss, cached tracking, save/load.
+
+Equalities that are about logic (masks, cache) run in float64 with a
+1e-10 tolerance: float32 rounding would need a tolerance loose enough to
+hide a small leak.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dwi_ml.data.processing.neighborhood import get_neighborhood_offsets
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.models.cnn_embedding import CNNEmbedding
+from dwi_ml.models.transformer_cache import TransformerCache
+from dwi_ml.models.transformer_layers import CachedTransformerLayer
+from dwi_ml.models.transformer_tokens import PaddedLayout
+from dwi_ml.models.transformers import (
+    OriginalTransformerModel,
+    TransformerSrcAndTgtModel,
+    TransformerSrcOnlyModel,
+)
+
+NB_FEATURES = 4
+LENGTHS = (6, 3, 8, 5)
+TIGHT = dict(atol=1e-10, rtol=1e-10)
+
+CONFIGS = [
+    (TransformerSrcOnlyModel, dict()),
+    (TransformerSrcOnlyModel, dict(
+        position_encoding="learned", norm_first=True, activation="gelu",
+        nb_previous_dirs=2, dg_key="fisher-von-mises",
+        dg_args={"add_eos": True})),
+    # "none": the source tokens (2 features x 7 neighbours) are d_model wide.
+    (TransformerSrcOnlyModel, dict(
+        input_embedding_key="none", nb_features=2, d_model=14,
+        neighborhood_type="axes", neighborhood_radius=1,
+        neighborhood_resolution=1.0)),
+    (TransformerSrcOnlyModel, dict(
+        input_embedding_key="cnn", nb_features=2, neighborhood_type="grid",
+        neighborhood_radius=1, neighborhood_resolution=1.0,
+        nb_previous_dirs=1, cnn_nb_filters=3)),
+    (TransformerSrcAndTgtModel, dict(sos_token_type="learned")),
+    (TransformerSrcAndTgtModel, dict(
+        sos_token_type="class", token_combination="add",
+        target_embedded_size=None, position_encoding="learned",
+        norm_first=True, dg_args={"add_eos": True})),
+    (OriginalTransformerModel, dict(sos_token_type="learned",
+                                    dg_args={"add_eos": True})),
+    (OriginalTransformerModel, dict(
+        sos_token_type="class", norm_first=True, activation="gelu",
+        position_encoding="learned", nb_previous_dirs=1,
+        dg_key="sphere-classification")),
+]
+IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(CONFIGS)]
+
+
+def make_model(cls, **kwargs):
+    torch.manual_seed(0)
+    args = dict(experiment_name="test", nb_features=NB_FEATURES, d_model=16,
+                nheads=2, n_layers_e=2, max_len=48, dropout=0.1)
+    if cls is OriginalTransformerModel:
+        args["n_layers_d"] = 2
+    args.update(kwargs)
+    return cls(**args)
+
+
+def make_batch(model, lengths=LENGTHS, seed=0, dtype=torch.float64):
+    """Random walks (voxel space, corner origin) and their inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    streamlines = [10 + torch.cumsum(torch.randn(n, 3, generator=generator),
+                                     0).to(dtype) for n in lengths]
+    inputs = [torch.randn(n, model.input_size, generator=generator).to(dtype)
+              for n in lengths]
+    return inputs, streamlines
+
+
+def total_loss(losses):
+    """The optimised loss: the sum of named terms, or the single one."""
+    return sum(losses.values()) if isinstance(losses, dict) else losses
+
+
+def eval_double(cls, config):
+    return make_model(cls, **config).double().eval()
+
+
+def split_outputs(model, outputs, lengths):
+    return torch.split(outputs, [n - 1 + model.add_eos for n in lengths])
+
+
+# ----------------------------------------------------------------------
+# The layer equals torch's layers
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("cross_attention", [False, True])
+def test_layer_equals_torch_layer(norm_first, activation, cross_attention):
+    torch.manual_seed(0)
+    d_model, nheads, hidden, length = 8, 2, 12, 5
+    torch_class = (torch.nn.TransformerDecoderLayer if cross_attention
+                   else torch.nn.TransformerEncoderLayer)
+    reference = torch_class(d_model, nheads, hidden, dropout=0.1,
+                            activation=activation, batch_first=True,
+                            norm_first=norm_first).double().eval()
+    layer = CachedTransformerLayer(d_model, nheads, hidden, 0.1, activation,
+                                   norm_first, cross_attention)
+    layer.load_state_dict(reference.state_dict())
+    layer.double().eval()
+    x = torch.randn(3, length, d_model, dtype=torch.float64)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    with torch.no_grad():
+        if cross_attention:
+            memory = torch.randn(3, length, d_model, dtype=torch.float64)
+            expected = reference(x, memory, tgt_mask=~causal,
+                                 memory_mask=~causal)
+            got = layer(x, True, memory=layer.memory_keys_values(memory))
+        else:
+            expected = reference(x, src_mask=~causal)
+            got = layer(x, True)
+    torch.testing.assert_close(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_cnn_embedding_puts_neighbours_on_their_grid(radius):
+    # Each neighbour's two features are its x and y offsets: on the grid,
+    # cell (x, y, z) must hold (x - r, y - r).
+    offsets = torch.as_tensor(get_neighborhood_offsets(
+        "grid", radius, 1.0, np.eye(4)), dtype=torch.float32)
+    tokens = torch.cat([offsets[:, :2].reshape(1, -1),
+                        torch.ones(1, 3)], dim=1)
+    embedding = CNNEmbedding(2, radius, 3, 5, 4)
+    grid = embedding.to_grid(tokens)[0]
+    side = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x, y, _ = torch.meshgrid(side, side, side, indexing="ij")
+    assert torch.equal(grid[0], x) and torch.equal(grid[1], y)
+    assert embedding(tokens).shape == (1, 5)
+
+
+# ----------------------------------------------------------------------
+# Shapes, masks and loss
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_output_shapes_and_loss_names(cls, config):
+    model = make_model(cls, **config)
+    inputs, streamlines = make_batch(model, dtype=torch.float32)
+    outputs = model(inputs, streamlines)
+    nb_rows = sum(LENGTHS) - (0 if model.add_eos else len(LENGTHS))
+    assert outputs.shape == (nb_rows, model.output_size)
+    losses, n_points = model.compute_loss(outputs, streamlines)
+    assert n_points == nb_rows
+    if model.add_eos:
+        assert sorted(losses) == ["direction", "eos"]
+    else:
+        assert losses.ndim == 0 and torch.isfinite(losses)
+
+
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_no_attention_to_padding(cls, config):
+    # Streamline 1 (3 points) is padded to 6, then to 12 points: its outputs
+    # stay those it has alone.
+    model = eval_double(cls, config)
+    inputs, streamlines = make_batch(model)
+    longer_inputs, longer = make_batch(model, lengths=(12,), seed=1)
+    with torch.no_grad():
+        alone = model(inputs[1:2], streamlines[1:2])
+        batch = split_outputs(model, model(inputs, streamlines), LENGTHS)[1]
+        with_longer = split_outputs(
+            model, model(inputs[1:2] + longer_inputs,
+                         streamlines[1:2] + longer), (3, 12))[0]
+    torch.testing.assert_close(batch, alone, **TIGHT)
+    torch.testing.assert_close(with_longer, alone, **TIGHT)
+
+
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_padding_values_do_not_enter(cls, config, monkeypatch):
+    # Padded positions filled with large random values instead of zeros
+    # (in every stack, and the encoder's outputs for cross-attention).
+    model = eval_double(cls, config)
+    inputs, streamlines = make_batch(model)
+    with torch.no_grad():
+        expected = model(inputs, streamlines)
+    zero_pad = PaddedLayout.pad
+    generator = torch.Generator().manual_seed(3)
+
+    def noisy_pad(layout, packed):
+        padded = zero_pad(layout, packed)
+        real = torch.zeros(padded.shape[:2], dtype=torch.bool)
+        real[layout.streamline_ids, layout.time_ids] = True
+        noise = 1e3 * torch.randn(padded.shape, generator=generator,
+                                  dtype=padded.dtype)
+        return torch.where(real[:, :, None], padded, noise)
+
+    monkeypatch.setattr(PaddedLayout, "pad", noisy_pad)
+    with torch.no_grad():
+        got = model(inputs, streamlines)
+    torch.testing.assert_close(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_no_attention_to_the_future(cls, config):
+    # Changing the points after point 3 (and their inputs) changes no
+    # output at points <= 3 (point 4 moves d_3, the previous direction of
+    # point 4 only).
+    model = eval_double(cls, config)
+    inputs, streamlines = make_batch(model)
+    changed_inputs = [x.clone() for x in inputs]
+    changed = [s.clone() for s in streamlines]
+    changed_inputs[2][4:] += 1.0
+    changed[2][4:] += torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64)
+    with torch.no_grad():
+        before = split_outputs(model, model(inputs, streamlines), LENGTHS)
+        after = split_outputs(model, model(changed_inputs, changed), LENGTHS)
+    torch.testing.assert_close(after[2][:4], before[2][:4], **TIGHT)
+    assert not torch.allclose(after[2][4:], before[2][4:])
+    for i in (0, 1, 3):
+        torch.testing.assert_close(after[i], before[i], **TIGHT)
+
+
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_loss_is_the_point_weighted_mean_of_streamline_losses(cls, config):
+    # Direction getters compute their losses in float32: so does this test.
+    model = make_model(cls, **config).eval()
+    inputs, streamlines = make_batch(model, dtype=torch.float32)
+    with torch.no_grad():
+        losses, n_points = model.compute_loss(model(inputs, streamlines),
+                                              streamlines)
+        weighted, counted = 0.0, 0
+        for x, s in zip(inputs, streamlines):
+            alone, n = model.compute_loss(model([x], [s]), [s])
+            weighted += float(total_loss(alone)) * n
+            counted += n
+    total = total_loss(losses)
+    assert n_points == counted
+    assert float(total) == pytest.approx(weighted / counted, rel=1e-5)
+
+
+# ----------------------------------------------------------------------
+# Cached tracking
+def track_step_by_step(model, inputs, streamlines, keep_as_indices=False):
+    """Step all streamlines together, dropping each one after its last
+    prediction; return each one's outputs, stacked."""
+    counts = [len(s) - 1 + model.add_eos for s in streamlines]
+    active = list(range(len(streamlines)))
+    outputs = [[] for _ in streamlines]
+    cache = None
+    for t in range(max(counts)):
+        step_outputs, cache = model.forward_step(
+            torch.stack([inputs[i][t] for i in active]),
+            [streamlines[i][:t + 1] for i in active], cache)
+        assert isinstance(cache, TransformerCache)
+        assert cache.nb_steps == t + 1
+        for row, i in enumerate(active):
+            outputs[i].append(step_outputs[row])
+        keep = np.array([t + 1 < counts[i] for i in active])
+        active = [i for i, kept in zip(active, keep) if kept]
+        if not keep.all():
+            cache = model.select_hidden_states(
+                cache, np.nonzero(keep)[0] if keep_as_indices else keep)
+            assert cache.nb_streamlines == len(active)
+    return [torch.stack(rows) for rows in outputs]
+
+
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_cached_steps_equal_full_forward(cls, config):
+    model = eval_double(cls, config)
+    # 40 points: the key/value buffers grow past their first capacity.
+    lengths = LENGTHS + (40,)
+    inputs, streamlines = make_batch(model, lengths)
+    with torch.no_grad():
+        full = split_outputs(model, model(inputs, streamlines), lengths)
+        stepped = track_step_by_step(model, inputs, streamlines,
+                                     keep_as_indices=cls is
+                                     OriginalTransformerModel)
+    for expected, got in zip(full, stepped):
+        torch.testing.assert_close(got, expected, **TIGHT)
+
+
+def test_select_hidden_states_reorders_rows():
+    model = eval_double(OriginalTransformerModel, {})
+    inputs, streamlines = make_batch(model)
+    with torch.no_grad():
+        _, cache = model.forward_step(torch.stack([x[0] for x in inputs]),
+                                      [s[:1] for s in streamlines])
+        _, cache = model.forward_step(torch.stack([x[1] for x in inputs]),
+                                      [s[:2] for s in streamlines], cache)
+    selected = model.select_hidden_states(cache, torch.tensor([3, 0]))
+    assert selected.nb_steps == 2
+    for buffers, new_buffers in ((cache.encoder, selected.encoder),
+                                 (cache.decoder, selected.decoder),
+                                 (cache.cross, selected.cross)):
+        assert len(new_buffers) == 2
+        for old, new in zip(buffers, new_buffers):
+            assert new.length == 2
+            assert torch.equal(new.keys[:, :, :2], old.keys[[3, 0], :, :2])
+            assert torch.equal(new.values[:, :, :2],
+                               old.values[[3, 0], :, :2])
+
+
+# ----------------------------------------------------------------------
+# Options, save/load, training
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_save_then_load_gives_identical_outputs(cls, config, tmp_path):
+    model = make_model(cls, **config).eval()
+    folder = str(tmp_path / "model")
+    model.save_params_and_state(folder)
+    with open(os.path.join(folder, "parameters.json")) as f:
+        assert json.load(f) == model.params_for_checkpoint
+    with open(os.path.join(folder, "model_type.txt")) as f:
+        assert f.read().strip() == cls.__name__
+    loaded = load_model_from_params_and_state(folder)
+    assert type(loaded) is cls and not loaded.training
+    inputs, streamlines = make_batch(model, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(model(inputs, streamlines),
+                           loaded(inputs, streamlines))
+
+
+def test_options_change_the_model():
+    # Each option really builds another model: same seed, other outputs.
+    base = dict(position_encoding="sinusoidal", sos_token_type="learned")
+    inputs = None
+    outputs = {}
+    for name, change in [("base", {}),
+                         ("learned_pe", dict(position_encoding="learned")),
+                         ("class_sos", dict(sos_token_type="class"))]:
+        model = eval_double(OriginalTransformerModel, {**base, **change})
+        if inputs is None:
+            inputs, streamlines = make_batch(model)
+        with torch.no_grad():
+            outputs[name] = model(inputs, streamlines)
+    assert not torch.allclose(outputs["base"], outputs["learned_pe"])
+    assert not torch.allclose(outputs["base"], outputs["class_sos"])
+    learned = make_model(TransformerSrcOnlyModel, position_encoding="learned")
+    sinusoidal = make_model(TransformerSrcOnlyModel)
+    assert "position_encoding.learned.weight" in learned.state_dict()
+    assert not any(k.startswith("position_encoding")
+                   for k in sinusoidal.state_dict())
+
+
+def test_dropout_is_active_in_training_only():
+    model = make_model(TransformerSrcAndTgtModel, dropout=0.5).double()
+    inputs, streamlines = make_batch(model)
+    with torch.no_grad():
+        model.train()
+        first, second = (model(inputs, streamlines) for _ in range(2))
+        model.eval()
+        third, fourth = (model(inputs, streamlines) for _ in range(2))
+    assert not torch.allclose(first, second)
+    assert torch.equal(third, fourth)
+
+
+@pytest.mark.parametrize("cls", [TransformerSrcOnlyModel,
+                                 TransformerSrcAndTgtModel,
+                                 OriginalTransformerModel])
+def test_a_few_optimisation_steps_reduce_the_loss(cls):
+    model = make_model(cls, nb_previous_dirs=1, dropout=0.0,
+                       dg_args={"add_eos": True})
+    inputs, streamlines = make_batch(model, dtype=torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = total_loss(model.compute_loss(model(inputs, streamlines),
+                                             streamlines)[0])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("cls, kwargs, match", [
+    (TransformerSrcOnlyModel, dict(nheads=3), "nheads"),
+    (TransformerSrcOnlyModel, dict(input_embedding_key="none"),
+     "input_embedding_key"),
+    (TransformerSrcOnlyModel, dict(position_encoding="rope"),
+     "position_encoding"),
+    (TransformerSrcOnlyModel, dict(activation="tanh"), "activation"),
+    (TransformerSrcOnlyModel, dict(input_embedding_key="cnn"), "grid"),
+    (OriginalTransformerModel, dict(target_embedding_key="none"),
+     "target_embedding_key"),
+    (OriginalTransformerModel, dict(sos_token_type="eos"), "sos_token_type"),
+    (TransformerSrcAndTgtModel, dict(target_embedded_size=16),
+     "target_embedded_size"),
+    (TransformerSrcAndTgtModel, dict(token_combination="add"),
+     "target_embedded_size"),
+])
+def test_bad_model_args_give_user_errors(cls, kwargs, match):
+    with pytest.raises(DwiMLUserError, match=match):
+        make_model(cls, **kwargs)
+
+
+def test_sequences_longer_than_max_len_are_refused():
+    model = make_model(TransformerSrcOnlyModel, max_len=4).eval()
+    inputs, streamlines = make_batch(model)
+    with pytest.raises(DwiMLUserError, match="max_len"):
+        model(inputs, streamlines)
+    cache = None
+    with torch.no_grad(), pytest.raises(DwiMLUserError, match="max_len"):
+        for t in range(5):
+            _, cache = model.forward_step(
+                inputs[0][t:t + 1].float(),
+                [streamlines[0][:t + 1].float()], cache)
