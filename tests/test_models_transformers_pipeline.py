@@ -131,15 +131,15 @@ def test_original_transformer_beats_repeating_the_previous_direction(
     learn_dataset.load_data(load_testing=False)
     sampler = BatchSampler(learn_dataset, "streamlines", 25, 25,
                            "nb_streamlines", seed=1)
-    loader = BatchLoaderOneInput(
-        learn_dataset, "streamlines", "input", step_size=2.0,
-        split_ratio=0.5, reverse_ratio=0.5, noise_gaussian_size_forward=0.1,
-        seed=1)
     torch.manual_seed(1)
     model = OriginalTransformerModel(
         "learn", nb_features=learn_dataset.nb_features[0], step_size=2.0,
         nb_previous_dirs=2, d_model=32, nheads=4, n_layers_e=1, n_layers_d=1,
         dropout=0.0, max_len=200)
+    loader = BatchLoaderOneInput(
+        learn_dataset, "streamlines", "input", model.input_spec,
+        split_ratio=0.5, reverse_ratio=0.5, noise_gaussian_size_forward=0.1,
+        seed=1)
     untrained, rule = mean_validation_losses(model, sampler, loader)
     nb_epochs = 10
     nb_batches = len(list(make_dataloader(sampler, loader, "training")))

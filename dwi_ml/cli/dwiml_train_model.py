@@ -1,4 +1,4 @@
-"""Train a Learn2track model on an HDF5 dataset.
+"""Train a Learn2track or Transformer model on an HDF5 dataset.
 
 The experiment folder EXPERIMENTS_PATH/EXPERIMENT_NAME receives
 parameters.json (everything needed to rebuild the run), best_model/, a
@@ -28,8 +28,8 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     set_verbosity,
 )
-from dwi_ml.models.direction_getters import direction_getter_args
-from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
+from dwi_ml.models.model_io import MODEL_REGISTRY
+from dwi_ml.models.model_types import add_model_args, model_params_from_args
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
@@ -68,7 +68,7 @@ def build_parser():
 
     add_sampler_args(parser)
     add_loader_args(parser)
-    add_learn2track_args(parser)
+    add_model_args(parser)
     add_trainer_args(parser)
 
     run = parser.add_argument_group("Run")
@@ -121,7 +121,7 @@ def _check_simple_args(args):
     check_int_options(args, INT_MINIMUMS)
     for name in ("split_ratio", "reverse_ratio", "dropout"):
         value = getattr(args, name)
-        if not 0.0 <= value <= 1.0:
+        if value is not None and not 0.0 <= value <= 1.0:
             raise DwiMLUserError(f"--{name}: expected a value in [0, 1], got {value}.")
     for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
         if getattr(args, name) < 0:
@@ -142,9 +142,7 @@ def collect_params(args):
     batch_size = {name: check_count_or_size(f"--{name}", getattr(args, name),
                                             as_count)
                   for name in ("batch_size_training", "batch_size_validation")}
-    resolution = args.neighborhood_resolution
-    if args.neighborhood_type and resolution is None:
-        resolution = 1.0
+    model_type, model_params = model_params_from_args(args)
     return {
         "dataset": {"hdf5_file": os.path.abspath(args.hdf5_file),
                     "lazy": args.lazy, "cache_size": args.cache_size},
@@ -159,23 +157,8 @@ def collect_params(args):
                    "noise_gaussian_size_forward": args.noise_gaussian_size_forward,
                    "noise_gaussian_size_loss": args.noise_gaussian_size_loss,
                    "seed": args.seed},
-        "model_type": "Learn2TrackModel",
-        "model": {"experiment_name": args.experiment_name,
-                  "step_size": args.step_size, "nb_points": args.nb_points,
-                  "compress": args.compress,
-                  "neighborhood_type": args.neighborhood_type,
-                  "neighborhood_radius": args.neighborhood_radius,
-                  "neighborhood_resolution": (resolution if args.neighborhood_type
-                                              else None),
-                  "nb_previous_dirs": args.nb_previous_dirs,
-                  "input_embedding_key": args.input_embedding_key,
-                  "input_embedding_size": args.input_embedding_size,
-                  "rnn_key": args.rnn_key,
-                  "rnn_layer_sizes": args.rnn_layer_sizes,
-                  "use_skip_connection": not args.no_skip_connection,
-                  "use_layer_norm": not args.no_layer_norm,
-                  "dropout": args.dropout, "dg_key": args.dg_key,
-                  "dg_args": direction_getter_args(args)},
+        "model_type": model_type,
+        "model": model_params,
         "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS},
     }
 
@@ -224,8 +207,8 @@ def _train(args, callbacks, lock):
     # The model's initial weights come from torch's global generator.
     seed_everything(args.seed)
     group_idx = dataset.volume_groups.index(args.input_group)
-    model = Learn2TrackModel(nb_features=dataset.nb_features[group_idx],
-                             **params["model"])
+    model = MODEL_REGISTRY[params["model_type"]](
+        nb_features=dataset.nb_features[group_idx], **params["model"])
     check_model_matches_dataset(model, dataset, args.input_group)
     sampler = build_sampler(dataset, params["sampler"], distributed.rank,
                             distributed.world_size)

@@ -260,9 +260,12 @@ def add_learn2track_args(parser):
     """The script options of :class:`Learn2TrackModel` (group "Model")."""
     group = parser.add_argument_group("Model (Learn2track)")
     add_input_spec_args(group)
-    group.add_argument("--input_embedding_key", default="none",
-                       choices=("none", "linear"),
-                       help="Embedding of the inputs before the RNN.")
+    group.add_argument("--input_embedding_key",
+                       choices=("none", "linear", "cnn"),
+                       help="Embedding of the inputs: before the RNN "
+                            "(none or linear; default none), or into the "
+                            "Transformers' tokens (linear, or cnn over a grid "
+                            "neighbourhood; default linear).")
     group.add_argument("--input_embedding_size", type=int,
                        help="Output size of the linear embedding.")
     group.add_argument("--rnn_key", default="lstm", choices=tuple(RNN_CLASSES),
@@ -275,7 +278,9 @@ def add_learn2track_args(parser):
                             "not all layers.")
     group.add_argument("--no_layer_norm", action="store_true",
                        help="No layer normalisation between RNN layers.")
-    group.add_argument("--dropout", type=float, default=0.0,
-                       help="Dropout probability between RNN layers.")
+    group.add_argument("--dropout", type=float,
+                       help="Dropout probability between RNN layers "
+                            "(default 0), or in the Transformer layers "
+                            "(default 0.1).")
     add_direction_getter_args(group)
     return group

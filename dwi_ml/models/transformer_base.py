@@ -133,11 +133,11 @@ class TransformerModelAbstract(MainModelOneInput):
                                                   self.max_len)
         self.input_embedding_key = check_choice(
             "input_embedding_key", input_embedding_key, INPUT_EMBEDDING_KEYS)
-        if input_embedding_key == "cnn" and self.neighborhood_type != "grid":
+        if input_embedding_key == "cnn" and self.input_spec.neighborhood.type != "grid":
             raise DwiMLUserError(
                 f"argument 'input_embedding_key': 'cnn' needs a 'grid' "
                 f"neighbourhood, found neighborhood_type "
-                f"{self.neighborhood_type!r}.")
+                f"{self.input_spec.neighborhood.type!r}.")
         self.cnn_nb_filters = check_int("cnn_nb_filters", cnn_nb_filters, 1)
         self.token_dropout = torch.nn.Dropout(self.dropout)
         self.dg_key = dg_key
@@ -152,7 +152,7 @@ class TransformerModelAbstract(MainModelOneInput):
     def make_input_embedding(self, output_size):
         """The source tokens' embedding, to ``output_size`` values."""
         if self.input_embedding_key == "cnn":
-            return CNNEmbedding(self.nb_features, self.neighborhood_radius,
+            return CNNEmbedding(self.nb_features, self.input_spec.neighborhood.radius,
                                 3 * self.nb_previous_dirs, output_size,
                                 self.cnn_nb_filters)
         return make_token_embedding("input_embedding_key",

@@ -1,0 +1,127 @@
+"""The model families a script can train, chosen with ``--model_type``.
+
+Each type names a registered model class; its constructor arguments come
+from the options every model shares (input spec, previous directions,
+direction getter, dropout, input embedding) and from its family's own
+argument group. Resume, evaluation and tracking read the class back from
+the experiment (``model_type.txt``): they need no option.
+"""
+from dwi_ml.models.direction_getters import direction_getter_args
+from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
+from dwi_ml.models.transformers import (
+    OriginalTransformerModel,
+    TransformerSrcAndTgtModel,
+    TransformerSrcOnlyModel,
+)
+
+MODEL_TYPES = {"learn2track": Learn2TrackModel,
+               "transformer_original": OriginalTransformerModel,
+               "transformer_src_tgt": TransformerSrcAndTgtModel,
+               "transformer_src_only": TransformerSrcOnlyModel}
+
+
+def add_model_args(parser):
+    """``--model_type``, Learn2track's group and the Transformers' group."""
+    parser.add_argument(
+        "--model_type", default="learn2track", choices=tuple(MODEL_TYPES),
+        help="Model family: Learn2track (recurrent) or one of the "
+             "reference's Transformers (see docs/models.md).")
+    add_learn2track_args(parser)
+    group = parser.add_argument_group(
+        "Transformers (--model_type transformer_*)",
+        "Options of the Transformer models; the input spec, previous "
+        "directions, --dropout, --input_embedding_key (none, linear or cnn "
+        "with a grid neighbourhood) and the direction getter options above "
+        "apply too.")
+    group.add_argument("--d_model", type=int, default=64,
+                       help="Width of every token and attention layer.")
+    group.add_argument("--nheads", type=int, default=4,
+                       help="Attention heads (must divide d_model).")
+    group.add_argument("--n_layers_e", type=int, default=2,
+                       help="Encoder layers.")
+    group.add_argument("--n_layers_d", type=int, default=2,
+                       help="Decoder layers (transformer_original).")
+    group.add_argument("--ffnn_hidden_size", type=int,
+                       help="Hidden size of each layer's feed-forward "
+                            "network (default: d_model // 2).")
+    group.add_argument("--activation", default="relu",
+                       choices=("relu", "gelu"),
+                       help="Feed-forward activation.")
+    group.add_argument("--norm_first", action="store_true",
+                       help="Layer norm before attention and feed-forward "
+                            "(pre-norm) instead of after.")
+    group.add_argument("--max_len", type=int, default=1000,
+                       help="Most points of a streamline, in training and "
+                            "tracking.")
+    group.add_argument("--position_encoding", default="sinusoidal",
+                       choices=("sinusoidal", "learned"),
+                       help="Position encoding added to the tokens.")
+    group.add_argument("--target_embedding_key", default="linear",
+                       choices=("none", "linear"),
+                       help="Embedding of the previous direction "
+                            "(transformer_original, transformer_src_tgt).")
+    group.add_argument("--sos_token_type", default="learned",
+                       choices=("learned", "class"),
+                       help="Start-of-sequence target token: a learned "
+                            "vector, or a class label.")
+    group.add_argument("--token_combination", default="concat",
+                       choices=("concat", "add"),
+                       help="transformer_src_tgt: concatenate or add the "
+                            "embedded input and previous direction.")
+    group.add_argument("--target_embedded_size", type=int, default=8,
+                       help="transformer_src_tgt with concat: width of the "
+                            "embedded previous direction.")
+    group.add_argument("--cnn_nb_filters", type=int, default=8,
+                       help="Filters of the CNN input embedding.")
+    return group
+
+
+def model_params_from_args(args):
+    """``(model class name, constructor arguments)`` from the options.
+
+    ``nb_features`` is left to the caller (it comes from the HDF5).
+    """
+    resolution = args.neighborhood_resolution
+    if args.neighborhood_type and resolution is None:
+        resolution = 1.0
+    params = {"experiment_name": args.experiment_name,
+              "step_size": args.step_size, "nb_points": args.nb_points,
+              "compress": args.compress,
+              "neighborhood_type": args.neighborhood_type,
+              "neighborhood_radius": args.neighborhood_radius,
+              "neighborhood_resolution": (resolution if args.neighborhood_type
+                                          else None),
+              "nb_previous_dirs": args.nb_previous_dirs,
+              "dg_key": args.dg_key, "dg_args": direction_getter_args(args)}
+    model_class = MODEL_TYPES[args.model_type]
+    is_recurrent = model_class is Learn2TrackModel
+    # Each family has its own defaults for the options they share.
+    params["input_embedding_key"] = args.input_embedding_key or (
+        "none" if is_recurrent else "linear")
+    params["dropout"] = (args.dropout if args.dropout is not None
+                         else 0.0 if is_recurrent else 0.1)
+    if is_recurrent:
+        params.update(input_embedding_size=args.input_embedding_size,
+                      rnn_key=args.rnn_key,
+                      rnn_layer_sizes=args.rnn_layer_sizes,
+                      use_skip_connection=not args.no_skip_connection,
+                      use_layer_norm=not args.no_layer_norm)
+        return model_class.__name__, params
+    params.update(d_model=args.d_model, nheads=args.nheads,
+                  n_layers_e=args.n_layers_e,
+                  ffnn_hidden_size=args.ffnn_hidden_size,
+                  activation=args.activation, norm_first=args.norm_first,
+                  max_len=args.max_len,
+                  position_encoding=args.position_encoding,
+                  cnn_nb_filters=args.cnn_nb_filters)
+    if model_class is not TransformerSrcOnlyModel:
+        params.update(target_embedding_key=args.target_embedding_key,
+                      sos_token_type=args.sos_token_type)
+    if model_class is OriginalTransformerModel:
+        params["n_layers_d"] = args.n_layers_d
+    if model_class is TransformerSrcAndTgtModel:
+        params.update(token_combination=args.token_combination,
+                      target_embedded_size=(
+                          None if args.token_combination == "add"
+                          else args.target_embedded_size))
+    return model_class.__name__, params
