@@ -153,6 +153,30 @@ def test_two_workers_lazy_signals_then_resume_equal_straight_run(
     assert_same_run(straight_run, folder)
 
 
+def test_sigterm_to_the_group_kills_workers_and_still_saves(
+        tmp_path, hdf5_file, straight_run):
+    name = "group"
+    # As SLURM or scancel do: SIGTERM to the main process and its 2 workers,
+    # once the first epoch is saved; slowed batches keep the run going.
+    process = subprocess.Popen(
+        [sys.executable, HELPER, "-", "train",
+         *_train_args(tmp_path, name, hdf5_file, ["--nb_workers", "2"])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(DWIML_TEST_SLEEP_PER_BATCH="0.3"), start_new_session=True)
+    checkpoint = tmp_path / name / "checkpoint"
+    end = time.monotonic() + 600
+    while not checkpoint.exists() and process.poll() is None:
+        assert time.monotonic() < end, "no checkpoint after 600 s"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == EXIT_INTERRUPTED, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(
+        "stopped by SIGTERM at epoch")
+    _resume("-", tmp_path, name)
+    assert_same_run(straight_run, tmp_path / name)
+
+
 def test_signal_during_checkpoint_write(tmp_path, hdf5_file, straight_run):
     name = "during_save"
     folder = tmp_path / name

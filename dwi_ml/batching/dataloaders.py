@@ -61,10 +61,11 @@ class _PassThroughDataset(Dataset):
 
 
 def _ignore_stop_signals(worker_id):
-    # A stop signal sent to the whole process group (Ctrl-C, SLURM, torchrun)
-    # is the main process's to handle: a worker that died of it would break
-    # the batch in flight and the checkpoint the main process is writing.
-    for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+    # Ctrl-C (SIGINT) and SLURM's --signal=USR1 reach the whole process
+    # group: they are the main process's to handle. SIGTERM keeps killing
+    # workers, since Python's exit terminates daemonic workers with it; the
+    # main process stops fetching batches when it gets SIGTERM itself.
+    for name in ("SIGINT", "SIGUSR1"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 

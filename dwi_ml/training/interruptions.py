@@ -105,6 +105,13 @@ class RunInterruptions:
         self._previous_handlers = {}
 
     def _on_signal(self, signum, frame):
+        if signum == signal.SIGTERM and signal.SIGCHLD not in \
+                self._previous_handlers:
+            # SIGTERM to the process group also kills DataLoader workers:
+            # their deaths must not raise in the main process (torch's
+            # SIGCHLD handler) while it saves the checkpoint.
+            self._previous_handlers[signal.SIGCHLD] = signal.signal(
+                signal.SIGCHLD, signal.SIG_DFL)
         if self.received_signal is None:
             self.received_signal = signum
             logger.warning("%s received: stopping after the current step.",

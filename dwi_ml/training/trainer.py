@@ -353,10 +353,21 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         self.batch_sampler.set_epoch(epoch)
         cap = self.max_batches[split]
         first = self.position.nb_batches_done
-        for batch_index, batch in enumerate(self._dataloaders[split],
-                                            start=first):
+        batches = enumerate(self._dataloaders[split], start=first)
+        while True:
+            try:
+                batch_index, batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError:
+                # Workers killed by the SIGTERM that stops this process:
+                # stop at the last finished step instead of failing.
+                if not self.interruptions.received_signal:
+                    raise
+                self.poll_interruptions(is_training_batch=False)
+                return
             if cap is not None and batch_index >= cap:
-                break
+                return
             self.batch_index = batch_index
             yield batch
 
@@ -391,9 +402,9 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
             # Gradients of a partial accumulation group are not saved:
             # requests wait for the group's update.
             if is_update and self.poll_interruptions(is_training_batch=True):
-                if self.position.nb_batches_done < nb_batches:
-                    return
                 break
+        if self.interrupted_by and self.position.nb_batches_done < nb_batches:
+            return
         self.monitors["train_time"].set_epoch_value(time.perf_counter() - start)
         self.position.start_phase(VALID_PHASE if self.use_validation
                                   else END_PHASE)
@@ -419,9 +430,9 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
                 self.position.nb_batches_done = self.batch_index + 1
                 self.position.elapsed_s = time.perf_counter() - start
                 if self.poll_interruptions(is_training_batch=False):
-                    if self.position.nb_batches_done < nb_batches:
-                        return
                     break
+        if self.interrupted_by and self.position.nb_batches_done < nb_batches:
+            return
         self.monitors["valid_time"].set_epoch_value(time.perf_counter() - start)
         self.position.start_phase(END_PHASE)
 
