@@ -1,7 +1,9 @@
 """Batched tracking: many streamlines grow at once, one model call per step.
 
 All coordinates are in voxel space with a corner origin (dipy ``Space.VOX``,
-``Origin.TRACKVIS``), on the tracker's device (CPU or GPU).
+``Origin.TRACKVIS``), on the tracker's device (CPU or GPU), in the model's
+floating dtype (float32 usually; float64 after ``model.double()``, e.g. to
+compare two trackings up to logic rather than float32 rounding).
 
 One step, for every active streamline at once:
 
@@ -106,14 +108,15 @@ class BatchedTracker:
                  generator=None, device="cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.dtype = next(model.parameters()).dtype
         self.volume = prepare_volume_for_interpolation(input_volume,
                                                        self.device)
         self.offsets = torch.as_tensor(get_neighborhood_offsets(
             model.neighborhood_type, model.neighborhood_radius,
-            model.neighborhood_resolution, affine), dtype=torch.float32,
+            model.neighborhood_resolution, affine), dtype=self.dtype,
             device=self.device)
         self.linear_part = torch.as_tensor(
-            np.asarray(affine, dtype=np.float64)[:3, :3], dtype=torch.float32,
+            np.asarray(affine, dtype=np.float64)[:3, :3], dtype=self.dtype,
             device=self.device)
         self.tracking_mask = tracking_mask
         self.step_size_mm = float(step_size_mm)
@@ -148,8 +151,8 @@ class BatchedTracker:
         -------
         TrackedStreamlines
         """
-        seeds = torch.as_tensor(np.asarray(seeds_vox_corner, np.float32),
-                                device=self.device)
+        seeds = torch.as_tensor(np.asarray(seeds_vox_corner),
+                                dtype=self.dtype, device=self.device)
         with torch.no_grad():
             valid = self.tracking_mask.contains_voxel(seeds)
             points = seeds[:, None, :]
@@ -223,8 +226,8 @@ class BatchedTracker:
             if len(active) == 0:
                 break
             current = points[active, t]
-            inputs = interpolate_with_neighborhood(self.volume, current,
-                                                   self.offsets)
+            inputs = interpolate_with_neighborhood(
+                self.volume, current, self.offsets).to(self.dtype)
             # Views, no copy: one unbind in C++ is ~4x faster than slicing
             # each active streamline in Python.
             views = points[:, :t + 1].unbind(0)

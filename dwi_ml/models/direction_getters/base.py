@@ -157,7 +157,10 @@ class AbstractDirectionGetter(torch.nn.Module):
             Probability to stop here, with EOS.
         """
         check_choice("algo", algo, TRACKING_ALGOS)
-        dir_outputs, eos_logits = self.split_eos(outputs.float())
+        # float16 outputs (mixed precision) are upcast; float64 ones (a
+        # model.double()) stay float64.
+        dir_outputs, eos_logits = self.split_eos(
+            outputs.to(torch.promote_types(outputs.dtype, torch.float32)))
         if algo == "det":
             directions = self.get_det_directions(dir_outputs)
         else:
