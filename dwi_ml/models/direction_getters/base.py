@@ -28,6 +28,12 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 TRACKING_ALGOS = ("det", "prob")
 
 
+def at_least_float32(tensor):
+    """``tensor`` as float32 if of a narrower (or integer) type; float64
+    stays float64 (e.g. a model.double())."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class AbstractDirectionGetter(torch.nn.Module):
     """Two fully connected layers from the hidden size to the outputs.
 
@@ -112,15 +118,16 @@ class AbstractDirectionGetter(torch.nn.Module):
         weighted by ``eos_weight``) is present only with ``add_eos``.
         """
         # Under mixed precision the outputs may be float16, in which exp()
-        # of a log-sigma or log-kappa overflows: losses are float32.
-        dir_outputs, eos_logits = self.split_eos(outputs.float())
-        losses = self.compute_direction_losses(dir_outputs,
-                                               target_dirs.float())
+        # of a log-sigma or log-kappa overflows: losses are float32 (float64
+        # for a model.double()).
+        dir_outputs, eos_logits = self.split_eos(at_least_float32(outputs))
+        losses = self.compute_direction_losses(
+            dir_outputs, at_least_float32(target_dirs))
         if not self.add_eos:
             return {"direction": losses.mean()}, len(losses)
         if eos_targets is None:
             raise ValueError("eos_targets are required with add_eos.")
-        eos_targets = eos_targets.float()
+        eos_targets = at_least_float32(eos_targets)
         eos_losses = F.binary_cross_entropy_with_logits(
             eos_logits, eos_targets, reduction="none")
         return {"direction": ((1 - eos_targets) * losses).mean(),
@@ -157,10 +164,7 @@ class AbstractDirectionGetter(torch.nn.Module):
             Probability to stop here, with EOS.
         """
         check_choice("algo", algo, TRACKING_ALGOS)
-        # float16 outputs (mixed precision) are upcast; float64 ones (a
-        # model.double()) stay float64.
-        dir_outputs, eos_logits = self.split_eos(
-            outputs.to(torch.promote_types(outputs.dtype, torch.float32)))
+        dir_outputs, eos_logits = self.split_eos(at_least_float32(outputs))
         if algo == "det":
             directions = self.get_det_directions(dir_outputs)
         else:
