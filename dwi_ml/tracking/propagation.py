@@ -108,7 +108,7 @@ class BatchedTracker:
                  generator=None, device="cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = model.dtype
         self.volume = prepare_volume_for_interpolation(input_volume,
                                                        self.device)
         self.offsets = torch.as_tensor(get_neighborhood_offsets(
@@ -226,8 +226,8 @@ class BatchedTracker:
             if len(active) == 0:
                 break
             current = points[active, t]
-            inputs = interpolate_with_neighborhood(
-                self.volume, current, self.offsets).to(self.dtype)
+            inputs = interpolate_with_neighborhood(self.volume, current,
+                                                   self.offsets)
             # Views, no copy: one unbind in C++ is ~4x faster than slicing
             # each active streamline in Python.
             views = points[:, :t + 1].unbind(0)
