@@ -22,3 +22,15 @@ def rounding_atol(magnitude, nb_roundings, eps=EPS32):
     """Absolute bound on the rounding error of ``nb_roundings`` float
     operations on values of size at most ``magnitude``."""
     return nb_roundings * eps * magnitude
+
+
+def adam_weights_atol(learning_rate, nb_updates, gradient_atol,
+                      adam_eps=1e-8):
+    """How far two Adam trainings' weights drift apart, to first order,
+    when their gradients differ by at most ``gradient_atol`` per update.
+
+    One Adam step ``lr * m / (sqrt(v) + adam_eps)`` moves by at most
+    ``lr / adam_eps`` times an error of the gradient (at a gradient of 0);
+    the errors of successive updates add up.
+    """
+    return nb_updates * learning_rate / adam_eps * gradient_atol
