@@ -465,6 +465,10 @@ def test_seeds_saved_in_rasmm(tmp_path):
     image = nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE)
     sft = load_tractogram(out, image, bbox_valid_check=True)
     expected = points_vox_corner_to_rasmm(seeds, AFFINE)
+    # float32 in the file (seeds in mm; points in the format's own space,
+    # converted both ways: ~8 roundings), in values < the largest in mm.
+    atol_mm = rounding_atol(np.abs(expected).max(), 8)
     np.testing.assert_allclose(sft.data_per_streamline["seeds"], expected,
-                               atol=1e-5)
-    np.testing.assert_allclose(sft.streamlines[0][0], expected[0], atol=1e-5)
+                               rtol=0, atol=atol_mm)
+    np.testing.assert_allclose(sft.streamlines[0][0], expected[0], rtol=0,
+                               atol=atol_mm)
