@@ -4,10 +4,10 @@ One rounding to float32 changes a value ``x`` by at most ``EPS32 / 2 * |x|``
 (EPS32 = 2 ** -23 ~ 1.2e-7). A result obtained from values of size at most
 ``magnitude`` through ``nb_roundings`` roundings (a sum of n terms: n - 1;
 a product, an affine map of 3 terms: ~4; a format conversion: 1) is within
-``nb_roundings * EPS32 * magnitude`` of the exact one, with a factor of 2
-to spare. Two float32 computations of the same quantity by different
-kernels (batch sizes, thread counts, SIMD widths) are each within that of
-the exact value, hence within twice that of each other.
+``nb_roundings * EPS32 / 2 * magnitude`` of the exact one. ``rounding_atol``
+gives twice that: the bound between two float32 computations of the same
+quantity by different kernels (batch sizes, thread counts, SIMD widths),
+each within the half of it of the exact value.
 
 Where a test is about logic rather than rounding and the error would grow
 over many steps (tracking, training), it computes in float64 instead.
