@@ -27,6 +27,7 @@ setup(
         "torch>=2.2",
         "numpy>=1.23",
         "h5py>=3.7",
+        "scipy>=1.8",
         "nibabel>=5.0",
         "dipy>=1.9",
         "trx-python>=0.3",

@@ -341,6 +341,8 @@ def test_only_the_main_process_talks_to_comet(tiny_hdf5, tmp_path):
     (["--comet_offline_dir", "{tmp}/missing/comet"],
      "parent folder '{tmp}/missing' of '{tmp}/missing/comet' does not exist"),
     (["--comet_offline_dir", "{tmp}/a_file"], "exists and is not a folder"),
+    (["--comet_offline_dir", "{tmp}/a_file/comet"],
+     "parent folder '{tmp}/a_file' of '{tmp}/a_file/comet' is a file"),
 ])
 def test_bad_comet_options_are_clear_errors(argv, message, tmp_path):
     (tmp_path / "a_file").write_text("")

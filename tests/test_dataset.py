@@ -370,10 +370,11 @@ def test_error_file_missing_or_not_hdf5_or_not_the_layout(tmp_path):
     _raises("not found", str(tmp_path / "nope.hdf5"))
     text_file = tmp_path / "notes.hdf5"
     text_file.write_text("hello")
-    _raises("not HDF5", str(text_file))
+    _raises("not a dwi_ml HDF5 file: it is not an HDF5 file", str(text_file))
     with h5py.File(tmp_path / "other.hdf5", "w") as hdf:
         hdf.attrs["foo"] = 1
-    _raises("expected the dwi_ml layout.*found attrs \\[foo\\]",
+    _raises("not a dwi_ml HDF5 file: .*lacks the dwi_ml layout.*found "
+            "attrs \\[foo\\]",
             str(tmp_path / "other.hdf5"))
 
 

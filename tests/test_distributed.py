@@ -79,7 +79,9 @@ def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
     # Rank 0 alone wrote: one set of outputs, no leftover temporary folder,
     # and the logs are the (rank-averaged) values every rank computed.
     folder = experiments / "ddp"
-    assert sorted(os.listdir(folder)) == ["best_model", "checkpoint", "logs",
+    # Rank 0 alone took the lock (the others did not refuse): one .lock.
+    assert sorted(os.listdir(folder)) == [".dwi_ml_output.json", ".lock",
+                                          "best_model", "checkpoint", "logs",
                                           "parameters.json"]
     logged = np.load(folder / "logs" / "train_loss.npy")
     assert np.array_equal(logged, rank0["train_loss"].numpy())

@@ -487,8 +487,9 @@ def test_print_architecture(dataset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"not hdf5", "is not an HDF5 file"),
-    (None, "lacks the dwi_ml layout")])
+    (b"not hdf5", "is not a dwi_ml HDF5 file: it is not an HDF5 file"),
+    (None, "is not a dwi_ml HDF5 file: it is HDF5 but lacks the dwi_ml "
+           "layout")])
 def test_print_architecture_refuses_other_files(tmp_path, capsys, content,
                                                 message):
     path = tmp_path / "file.h5"

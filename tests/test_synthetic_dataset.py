@@ -224,18 +224,20 @@ def test_few_subjects_keep_one_for_training(tmp_path, nb_subjects, expected):
 def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
         tmp_path, capsys):
     out = tmp_path / "data"
-    out.mkdir()
-    (out / "old.txt").write_text("keep me")
+    tiny = ["--nb_subjects", "1", "--nb_streamlines", "20", "--shape", "12",
+            "12", "10", "--nb_directions", "6"]
+    main([str(out), *tiny])
+    (out / "old.txt").write_text("from before")
     with pytest.raises(SystemExit) as error:
-        main([str(out)])
+        main([str(out), *tiny])
     assert error.value.code == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "already exists" in message
     assert str(out) in message and "-f" in message
-    assert os.listdir(out) == ["old.txt"]
+    assert (out / "old.txt").exists()
 
-    main([str(out), "-f", "--nb_subjects", "1", "--nb_streamlines", "20",
-          "--shape", "12", "12", "10", "--nb_directions", "6"])
+    # -f replaces it: it is a synthetic dataset (its marker file says so).
+    main([str(out), "-f", *tiny])
     assert not (out / "old.txt").exists()
     dwi = nib.load(out / "dwi_ml_ready" / "subj-01" / "dwi.nii.gz")
     assert dwi.shape == (12, 12, 10, 7)

@@ -10,6 +10,7 @@ from training_data import make_trainer, make_training_hdf5
 
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import mark_output_folder
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.callbacks import Callback, TrainingAbortedError
@@ -179,6 +180,7 @@ def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
     err = capsys.readouterr().err
     assert "input_group: 'dwi' is not a volume group" in err and "input" in err
     (tmp_path / "exp").mkdir()
+    mark_output_folder(str(tmp_path / "exp"), "experiment")
     with pytest.raises(SystemExit):
         train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
     assert "resume_training_from_checkpoint.py" in capsys.readouterr().err

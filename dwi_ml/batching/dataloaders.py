@@ -7,6 +7,7 @@ derives the batch's random stream from ``(seed, context, epoch, batch index,
 rank)``: the augmentations do not depend on which worker loads the batch,
 two epochs differ, and a resumed run draws the same augmentations.
 """
+import signal
 from typing import NamedTuple
 
 import torch
@@ -60,6 +61,14 @@ class _PassThroughDataset(Dataset):
         return request
 
 
+def _ignore_stop_signals(worker_id):
+    # A stop signal sent to the whole process group (Ctrl-C, SLURM, torchrun)
+    # is the main process's to handle: a worker that died of it would break
+    # the batch in flight and the checkpoint the main process is writing.
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def make_dataloader(batch_sampler, batch_loader, context, nb_workers=0,
                     generator=None, pin_memory=False):
     """Build the DataLoader of one context ("training" or "validation").
@@ -93,4 +102,5 @@ def make_dataloader(batch_sampler, batch_loader, context, nb_workers=0,
         num_workers=nb_workers, persistent_workers=nb_workers > 0,
         prefetch_factor=4 if nb_workers > 0 else None,
         generator=generator if generator is not None else torch.Generator(),
-        pin_memory=pin_memory)
+        pin_memory=pin_memory,
+        worker_init_fn=_ignore_stop_signals if nb_workers > 0 else None)

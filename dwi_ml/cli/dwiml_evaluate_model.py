@@ -59,7 +59,7 @@ def main(argv=None):
     if args.batch_size < 1:
         raise DwiMLUserError(
             f"--batch_size: expected a positive number, got {args.batch_size}.")
-    params = read_parameters(args.experiment_path)
+    params = read_parameters(args.experiment_path, ("loader",))
     input_group = params["loader"]["input_group"]
     streamline_group = params["loader"]["streamline_group"]
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)

@@ -28,7 +28,8 @@ with 1, it is for training. The same seed gives byte-identical files."""
 def _build_parser():
     parser = make_parser(DESCRIPTION)
     parser.add_argument("out_folder",
-                        help="Output folder; it must not exist unless -f.")
+                        help="Output folder: new or empty, or a synthetic "
+                             "dataset to replace with -f.")
 
     data = parser.add_argument_group("Dataset size")
     data.add_argument("--nb_subjects", type=int, default=3, metavar="N",

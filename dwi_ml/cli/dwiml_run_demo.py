@@ -20,11 +20,12 @@ from dwi_ml.cli.dwiml_train_model import train_from_args
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.arg_checks import check_int_options
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.output_folders import check_output_folder, reset_output_folder
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
-    check_output_free,
     make_parser,
     set_verbosity,
 )
@@ -34,8 +35,8 @@ from dwi_ml.training.evaluation import evaluate_model_folder
 
 def _build_parser():
     parser = make_parser(__doc__)
-    parser.add_argument("out_folder", help="Output folder (must not exist "
-                        "unless -f).")
+    parser.add_argument("out_folder", help="Output folder: new or empty, or "
+                        "a demo output to replace with -f.")
     parser.add_argument("--nb_streamlines", type=int, default=1000,
                         help="Streamlines per synthetic subject.")
     parser.add_argument("--epochs", type=int, nargs=2, default=(4, 8),
@@ -73,9 +74,16 @@ def main(argv=None):
     """Entry point of dwiml_run_demo.py."""
     args = _build_parser().parse_args(argv)
     set_verbosity(args.verbose)
-    check_output_free(args.out_folder, args.overwrite)
-    os.makedirs(args.out_folder, exist_ok=True)
+    # The synthetic subjects have 3 bundles of at least one streamline.
+    check_int_options(args, {"nb_streamlines": 3, "epochs": 1, "seed": 0})
     first_epochs, total_epochs = args.epochs
+    if not 1 <= first_epochs < total_epochs:
+        # The resume step needs epochs left to train.
+        raise DwiMLUserError(
+            f"--epochs: expected FIRST >= 1 and TOTAL > FIRST, got "
+            f"{first_epochs} {total_epochs}.")
+    check_output_folder(args.out_folder, "demo_output", args.overwrite)
+    reset_output_folder(args.out_folder, "demo_output")
 
     print("1. Synthetic subjects")
     paths = make_synthetic_dataset(

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
@@ -124,6 +124,7 @@ def _check_numbers(args):
         if not valid:
             raise DwiMLUserError(
                 f"argument --{name}: expected {expected}, found {value}.")
+    check_int_options(args, {"seed": 0})
 
 
 def _check_model(model, args, input_volume):

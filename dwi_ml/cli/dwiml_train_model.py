@@ -7,10 +7,17 @@ with resume_training_from_checkpoint.py. Under torchrun, batch sizes are
 global: each batch is split across the ranks.
 """
 import os
-import shutil
 
-from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
+from dwi_ml.io_utils.arg_checks import (
+    check_count_or_size,
+    check_device,
+    check_int_options,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
+from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
@@ -21,8 +28,9 @@ from dwi_ml.io_utils.script_args import (
 from dwi_ml.models.direction_getters import DIRECTION_GETTERS
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.training.checkpoint_io import has_checkpoint
 from dwi_ml.training.cpu_threads import set_cpu_threads
-from dwi_ml.training.distributed import barrier, cleanup_distributed, init_distributed
+from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -32,6 +40,11 @@ from dwi_ml.training.experiment_builder import (
     check_model_matches_dataset,
 )
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
+from dwi_ml.training.preemption import (
+    add_interruption_args,
+    end_run,
+    interruption_params,
+)
 from dwi_ml.training.random_states import seed_everything
 
 
@@ -122,8 +135,17 @@ def build_parser():
                      help="torch threads of the main process (default: the "
                           "cores left by the workers and other ranks).")
     run.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
+    run.add_argument(
+        "--resume_if_exists", action="store_true",
+        help="If the experiment already has a checkpoint, resume it (as "
+             "resume_training_from_checkpoint.py would, with its saved "
+             "options; --max_time, --checkpoint_every_* and Comet options "
+             "given here apply) instead of refusing: one command line that "
+             "starts or continues a run, e.g. in a requeued SLURM job "
+             "(default: off).")
     add_verbose_arg(run)
     add_overwrite_arg(run)
+    add_interruption_args(parser)
     add_comet_args(parser)
     return parser
 
@@ -136,8 +158,21 @@ _TRAINER_ARGS = (
     "mixed_precision", "seed")
 
 
+_EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
+
+# Smallest valid value of each integer option.
+INT_MINIMUMS = {
+    "cache_size": 0, "nb_subjects_per_batch": 1, "cycles": 1, "nb_points": 2,
+    "nb_previous_dirs": 0, "neighborhood_radius": 1,
+    "input_embedding_size": 1, "rnn_layer_sizes": 1, "lr_step_size": 1,
+    "max_epochs": 1, "patience": 1, "max_batches_per_epoch_training": 1,
+    "max_batches_per_epoch_validation": 1, "grad_accumulation_steps": 1,
+    "seed": 0, "nb_workers": 0, "nb_cpu_threads": 1}
+
+
 def _check_simple_args(args):
     check_device(args.device, "--device")
+    check_int_options(args, INT_MINIMUMS)
     for name in ("split_ratio", "reverse_ratio", "dropout"):
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
@@ -147,9 +182,8 @@ def _check_simple_args(args):
             raise DwiMLUserError(
                 f"--{name}: expected a sigma >= 0 mm, got {getattr(args, name)}.")
     for name in ("batch_size_training", "batch_size_validation"):
-        if getattr(args, name) <= 0:
-            raise DwiMLUserError(
-                f"--{name}: expected a positive size, got {getattr(args, name)}.")
+        check_count_or_size(f"--{name}", getattr(args, name),
+                            args.batch_size_units == "nb_streamlines")
     if args.neighborhood_type and args.neighborhood_radius is None:
         raise DwiMLUserError(
             f"--neighborhood_type {args.neighborhood_type} needs "
@@ -159,7 +193,8 @@ def _check_simple_args(args):
 def collect_params(args):
     """The parameters.json sections, from the parsed arguments."""
     as_count = args.batch_size_units == "nb_streamlines"
-    batch_size = {name: int(getattr(args, name)) if as_count else getattr(args, name)
+    batch_size = {name: check_count_or_size(f"--{name}", getattr(args, name),
+                                            as_count)
                   for name in ("batch_size_training", "batch_size_validation")}
     resolution = args.neighborhood_resolution
     if args.neighborhood_type and resolution is None:
@@ -212,18 +247,29 @@ def train_from_args(args, callbacks=()):
     """Check the arguments, build everything and train.
 
     ``callbacks`` are added to the trainer's (e.g. for tests or custom
-    monitoring).
+    monitoring). The experiment's lock is held from before its folder is
+    changed until the end of the run.
     """
+    check_experiment_name(args.experiment_name)
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    with ExperimentLock(experiment_dir) as lock:
+        _train(args, callbacks, lock)
+
+
+def _train(args, callbacks, lock):
+    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    if args.resume_if_exists and has_checkpoint(experiment_dir):
+        return resume_cli.resume_from_args(_resume_args(args), callbacks)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
-    if os.path.exists(experiment_dir) and not args.overwrite:
-        raise DwiMLUserError(
-            f"experiment '{experiment_dir}' already exists: use -f to start "
-            "over, or resume_training_from_checkpoint.py to continue it.")
-    check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group)
+    check_output_folder(experiment_dir, "experiment", args.overwrite,
+                        what="experiment", hint=_EXISTS_HINT)
     _check_simple_args(args)
+    check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
+                      need_training=True)
     params = collect_params(args)
+    params["trainer"].update(interruption_params(args))
+    params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     distributed, device = init_distributed(args.device)
     set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
     comet = (make_comet_callback(args, experiment_dir)
@@ -241,8 +287,8 @@ def train_from_args(args, callbacks=()):
     loader = build_loader(dataset, params["loader"], model, device)
     # Every rank checked that the folder was free before rank 0 clears it.
     barrier()
-    if distributed.is_main_process and os.path.exists(experiment_dir):
-        shutil.rmtree(experiment_dir)
+    if distributed.is_main_process:
+        start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
     trainer = build_trainer(model, args.experiments_path, args.experiment_name,
                             sampler, loader, {**params["trainer"], "device": device},
                             [*callbacks, comet] if comet else callbacks,
@@ -251,8 +297,18 @@ def train_from_args(args, callbacks=()):
     trainer.save_parameters({key: params[key]
                              for key in ("dataset", "sampler", "loader")})
     trainer.train_and_validate()
-    if distributed.is_main_process:
-        print(f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
-              f"best epoch {trainer.best_tracker.best_epoch}, loss "
-              f"{trainer.best_tracker.best_loss:.5f}).")
-    cleanup_distributed()
+    end_run(trainer, args.experiments_path, args.experiment_name,
+            f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
+            f"best epoch {trainer.best_tracker.best_epoch}, loss "
+            f"{trainer.best_tracker.best_loss:.5f}).", args.auto_requeue)
+
+
+def _resume_args(args):
+    """resume_training_from_checkpoint.py's arguments for --resume_if_exists."""
+    resume_args = resume_cli.build_parser().parse_args(
+        [args.experiments_path, args.experiment_name, "-v", args.verbose])
+    for name in ("nb_cpu_threads", "max_time", "checkpoint_every_n_batches",
+                 "checkpoint_every_minutes", "auto_requeue", "comet_workspace",
+                 "comet_project", "comet_offline_dir", "comet_log_every"):
+        setattr(resume_args, name, getattr(args, name))
+    return resume_args

@@ -4,12 +4,21 @@ The run restarts at the epoch after the last complete one, with the same
 model, optimizer, scheduler, random streams, sampler and logs: on CPU the
 result is the same as if it had never stopped. Use --new_max_epochs to train
 longer than planned, --new_patience to loosen early stopping, --hdf5_file if
-the data moved.
+the data moved. The HDF5 file must be the one the experiment was trained on
+(same subjects, groups, shapes and creation attributes, as recorded in its
+parameters.json); --accept_different_hdf5 resumes on another one.
 """
+import logging
 import os
 
-from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.data.hdf5.fingerprint import (
+    compute_hdf5_fingerprint,
+    first_fingerprint_difference,
+)
+from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_resumed_experiment
+from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
@@ -33,6 +42,11 @@ from dwi_ml.training.experiment_builder import (
     check_hdf5_groups,
     check_model_matches_dataset,
 )
+from dwi_ml.training.preemption import (
+    add_interruption_args,
+    end_run,
+    interruption_params,
+)
 
 
 def build_parser():
@@ -46,6 +60,9 @@ def build_parser():
     group.add_argument("--new_patience", type=int,
                        help="New early-stopping patience, in epochs.")
     group.add_argument("--hdf5_file", help="New location of the HDF5 file.")
+    group.add_argument("--accept_different_hdf5", action="store_true",
+                       help="Resume even if the HDF5 file differs from the "
+                            "one the experiment was trained on.")
     group.add_argument("--device", help="'cpu' or 'cuda[:N]' (default: as saved).")
     group.add_argument("--nb_cpu_threads", type=int,
                        help="torch threads of the main process (default: the "
@@ -53,8 +70,42 @@ def build_parser():
     group.add_argument("--nb_workers", type=int,
                        help="DataLoader workers (default: as saved).")
     add_verbose_arg(parser)
+    add_interruption_args(parser, for_resume=True)
     add_comet_args(parser)
     return parser
+
+
+def check_same_hdf5(dataset_params, experiment_dir, accept_different):
+    """Compare the HDF5 file with the fingerprint saved at training time.
+
+    Stores the file's current fingerprint in ``dataset_params``. Without a
+    saved fingerprint (experiments made before it existed), warns only.
+
+    Raises
+    ------
+    DwiMLUserError
+        The file differs and ``accept_different`` is False.
+    """
+    hdf5_file = dataset_params["hdf5_file"]
+    found = compute_hdf5_fingerprint(hdf5_file)
+    saved = dataset_params.get("fingerprint")
+    dataset_params["fingerprint"] = found
+    if saved is None:
+        logging.warning("Experiment '%s' has no fingerprint of its training "
+                        "HDF5 file (made by an older dwi_ml): '%s' is not "
+                        "checked against it.", experiment_dir, hdf5_file)
+        return
+    difference = first_fingerprint_difference(saved, found)
+    if difference is None:
+        return
+    if not accept_different:
+        raise DwiMLUserError(
+            f"HDF5 file '{hdf5_file}' is not the one experiment "
+            f"'{experiment_dir}' was trained on (first difference: "
+            f"{difference}); use --accept_different_hdf5 to resume on it "
+            "anyway.")
+    logging.warning("Resuming on a different HDF5 file '%s' (first "
+                    "difference: %s).", hdf5_file, difference)
 
 
 def _finished_message(trainer, experiment_dir):
@@ -80,11 +131,22 @@ def main(argv=None):
 def resume_from_args(args, callbacks=()):
     """Rebuild the experiment from its folder and train on.
 
-    ``callbacks`` are added to the trainer's.
+    ``callbacks`` are added to the trainer's. The experiment's lock is held
+    from before any of its files is changed until the end of the run.
     """
+    check_experiment_name(args.experiment_name)
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    with ExperimentLock(experiment_dir) as lock:
+        _resume(args, callbacks, lock)
+
+
+def _resume(args, callbacks, lock):
+    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    check_int_options(args, {"new_max_epochs": 1, "new_patience": 1,
+                             "nb_cpu_threads": 1, "nb_workers": 0})
     check_inputs_exist(experiment_dir, what="experiment")
-    params = read_parameters(experiment_dir)
+    params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
+                                              "trainer"))
     state = load_checkpoint_state(experiment_dir)
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
@@ -92,8 +154,10 @@ def resume_from_args(args, callbacks=()):
     loader_params = params["loader"]
     check_hdf5_groups(params["dataset"]["hdf5_file"],
                       loader_params["input_group"],
-                      loader_params["streamline_group"])
-    trainer_params = params["trainer"]
+                      loader_params["streamline_group"], need_training=True)
+    check_same_hdf5(params["dataset"], experiment_dir,
+                    args.accept_different_hdf5)
+    trainer_params = interruption_params(args, params["trainer"])
     for key, value in (("max_epochs", args.new_max_epochs),
                        ("patience", args.new_patience),
                        ("device", args.device),
@@ -103,6 +167,8 @@ def resume_from_args(args, callbacks=()):
 
     check_device(trainer_params["device"], "--device")
     distributed, device = init_distributed(trainer_params["device"])
+    if distributed.is_main_process:
+        start_resumed_experiment(lock)
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
     comet = (make_comet_callback(args, experiment_dir,
                                  resumed_key=state.get("comet_key"))
@@ -126,10 +192,8 @@ def resume_from_args(args, callbacks=()):
     trainer.save_parameters({key: params[key]
                              for key in ("dataset", "sampler", "loader")})
     trainer.train_and_validate()
-    cleanup_distributed()
-    if not distributed.is_main_process:
-        return
-    print(f"Experiment {experiment_dir} resumed and saved "
-          f"({trainer.stopped_reason}; best epoch "
-          f"{trainer.best_tracker.best_epoch}, loss "
-          f"{trainer.best_tracker.best_loss:.5f}).")
+    end_run(trainer, args.experiments_path, args.experiment_name,
+            f"Experiment {experiment_dir} resumed and saved "
+            f"({trainer.stopped_reason}; best epoch "
+            f"{trainer.best_tracker.best_epoch}, loss "
+            f"{trainer.best_tracker.best_loss:.5f}).", args.auto_requeue)

@@ -23,6 +23,52 @@ def check_int(name, value, min_value, owner=None):
     return int(value)
 
 
+def check_int_options(args, minimums):
+    """Check a script's integer options against their minimum values.
+
+    argparse's ``type=int`` already refuses '2.5'; this refuses values out
+    of range before any work, naming the option as typed.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+    minimums : dict of str to int
+        Option (attribute) name to its smallest valid value. None values
+        (option not given) are skipped; lists (``nargs``) are checked item
+        by item.
+    """
+    for name, min_value in minimums.items():
+        value = getattr(args, name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None:
+                check_int(f"--{name}", item, min_value)
+
+
+def check_count_or_size(name, value, as_count):
+    """A batch size: an integer count, or a finite size > 0 (e.g. mm).
+
+    Parameters
+    ----------
+    name : str
+        The option, e.g. '--batch_size_training'.
+    value : float
+        As parsed (float, since sizes in mm may be fractional).
+    as_count : bool
+        True when the unit is a number of items: refuse non-integers.
+
+    Returns
+    -------
+    int or float
+    """
+    check_positive_float(name, value)
+    if as_count:
+        if not float(value).is_integer():
+            _fail(name, None, "an integer number of streamlines (with "
+                  "batch_size_units nb_streamlines)", value)
+        return int(value)
+    return float(value)
+
+
 def check_positive_float(name, value, owner=None):
     """Return ``value`` as float, refusing NaN, infinities and values <= 0."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)

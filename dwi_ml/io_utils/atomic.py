@@ -1,8 +1,12 @@
 """Write files and folders under a temporary name, then rename them."""
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+
+# tempfile's names: PREFIX + 8 characters of this alphabet + SUFFIX.
+_TEMP_RANDOM = "[a-z0-9_]{8}"
 
 
 def _current_umask():
@@ -70,3 +74,42 @@ def existing_atomic_folder(path):
     parent, name = os.path.split(os.path.abspath(path))
     old_path = os.path.join(parent, f".{name}.old")
     return old_path if os.path.isdir(old_path) else None
+
+
+def remove_stale_temporaries(folder, names):
+    """Remove what killed atomic writes of ``names`` left in ``folder``.
+
+    Removes ``.NAME.XXXXXXXX.tmp`` (files or folders) for each NAME of
+    ``names``, and ``.NAME.old`` when NAME itself exists (otherwise
+    ``.NAME.old`` is the only complete version and is kept). Only call it
+    while no other process writes these names (e.g. holding the
+    experiment's lock).
+
+    Parameters
+    ----------
+    folder : str
+        The folder the atomic writes were in.
+    names : iterable of str
+        Names of the outputs written there by atomic_output_file/folder.
+
+    Returns
+    -------
+    list of str
+        The paths removed.
+    """
+    patterns = [re.compile(rf"\.{re.escape(name)}\.{_TEMP_RANDOM}\.tmp")
+                for name in names]
+    stale = [entry.name for entry in os.scandir(folder)
+             if any(pattern.fullmatch(entry.name) for pattern in patterns)]
+    stale += [f".{name}.old" for name in names
+              if os.path.lexists(os.path.join(folder, f".{name}.old"))
+              and os.path.lexists(os.path.join(folder, name))]
+    removed = []
+    for name in stale:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(path)
+    return removed

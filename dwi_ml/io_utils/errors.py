@@ -13,6 +13,18 @@ class DwiMLUserError(Exception):
     """
 
 
+def one_line_message(error):
+    """The message of a user error, on one line.
+
+    A DataLoader worker's error reaches the main process re-raised with the
+    worker's traceback as its message; its last line is the original one.
+    """
+    lines = str(error).strip().splitlines() or [""]
+    if len(lines) == 1:
+        return lines[0]
+    return lines[-1].split(f"{DwiMLUserError.__name__}: ", 1)[-1]
+
+
 def script_entry_point(main_fn):
     """Wrap a script's ``main(argv=None)`` so user errors exit cleanly.
 
@@ -25,6 +37,6 @@ def script_entry_point(main_fn):
             return main_fn(argv)
         except DwiMLUserError as error:
             prog = os.path.basename(sys.argv[0]) or "dwi_ml"
-            print(f"{prog}: error: {error}", file=sys.stderr)
+            print(f"{prog}: error: {one_line_message(error)}", file=sys.stderr)
             sys.exit(2)
     return wrapper

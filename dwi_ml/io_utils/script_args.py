@@ -4,6 +4,7 @@ import logging
 import os
 
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import check_output_free  # noqa: F401 (for scripts)
 
 VERBOSITY_LEVELS = ("DEBUG", "INFO", "WARNING")
 
@@ -13,10 +14,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
     pass
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad argument in one line, like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help).\n")
+
+
 def make_parser(description):
-    """Return an ArgumentParser whose help keeps the description's layout."""
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=_HelpFormatter)
+    """Return an ArgumentParser whose help keeps the description's layout.
+
+    A bad argument (e.g. '2.5' for an integer option) is one line
+    ``PROG: error: MESSAGE`` and exit status 2, without the usage.
+    """
+    return _OneLineErrorParser(description=description,
+                               formatter_class=_HelpFormatter)
 
 
 def add_overwrite_arg(parser):
@@ -56,18 +68,3 @@ def check_inputs_exist(*paths, what="input"):
     for path in paths:
         if path is not None and not os.path.exists(path):
             raise DwiMLUserError(f"{what} '{path}' does not exist.")
-
-
-def check_output_free(path, overwrite):
-    """Refuse an existing output unless ``overwrite`` is set.
-
-    Also checks that the output's parent folder exists.
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise DwiMLUserError(
-            f"output folder '{parent}' for '{path}' does not exist.")
-    if os.path.exists(path) and not overwrite:
-        raise DwiMLUserError(
-            f"output '{path}' already exists; use -f/--overwrite to "
-            "replace it.")

@@ -19,6 +19,8 @@ import torch
 
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.manifest import verify_manifest
+from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
 PARAMETERS_FILE = "parameters.json"
 MODEL_TYPE_FILE = "model_type.txt"
@@ -77,35 +79,44 @@ def load_model_from_params_and_state(folder, device="cpu"):
     MainModelAbstract
         The model, on ``device``, in eval mode.
     """
+    verify_manifest(folder)
     for name in (MODEL_TYPE_FILE, PARAMETERS_FILE, STATE_FILE):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise DwiMLUserError(
                 f"model folder '{folder}': expected file '{name}', "
                 f"found none.")
-    with open(os.path.join(folder, MODEL_TYPE_FILE)) as f:
-        model_type = f.read().strip()
+    type_path = os.path.join(folder, MODEL_TYPE_FILE)
+    try:
+        with open(type_path, encoding="utf-8") as f:
+            model_type = f.read().strip()
+    except UnicodeDecodeError:
+        model_type = "(binary bytes)"
     if model_type not in MODEL_REGISTRY:
         raise DwiMLUserError(
             f"{os.path.join(folder, MODEL_TYPE_FILE)}: expected one of "
             f"{sorted(MODEL_REGISTRY)}, found '{model_type}'.")
     params_path = os.path.join(folder, PARAMETERS_FILE)
-    try:
-        with open(params_path) as f:
-            params = json.load(f)
-    except json.JSONDecodeError as error:
+    params = load_json_file(params_path, "model parameters")
+    if not isinstance(params, dict):
         raise DwiMLUserError(
-            f"{params_path}: expected strict JSON, found an error at line "
-            f"{error.lineno}: {error.msg}.") from None
+            f"model parameters '{params_path}': expected a JSON object, found "
+            f"{type(params).__name__}.")
     try:
         model = MODEL_REGISTRY[model_type](**params)
     except TypeError as error:
         raise DwiMLUserError(
             f"{params_path}: parameters do not match {model_type}: "
             f"{error}.") from None
-    state = torch.load(os.path.join(folder, STATE_FILE),
-                       map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    state_path = os.path.join(folder, STATE_FILE)
+    state = load_torch_file(state_path, "model weights", map_location=device)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise DwiMLUserError(
+            f"model weights '{state_path}': expected the weights of this "
+            f"{model_type}, found others ({' '.join(str(error).split())[:200]})."
+        ) from None
     model.to(device)
     model.eval()
     return model

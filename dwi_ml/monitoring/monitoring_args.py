@@ -74,9 +74,15 @@ def _check_offline_dir(path):
             f"--comet_offline_dir: '{path}' exists and is not a folder.")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
+        found = "is a file" if os.path.exists(parent) else "does not exist"
         raise DwiMLUserError(
             f"--comet_offline_dir: parent folder '{parent}' of '{path}' "
-            "does not exist.")
+            f"{found}.")
+    # Comet writes its archive at the end of the run: refuse it now.
+    folder = path if os.path.isdir(path) else parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DwiMLUserError(
+            f"--comet_offline_dir: folder '{folder}' is not writable.")
 
 
 def make_comet_callback(args, experiment_dir, hyperparameters=None,

@@ -122,8 +122,10 @@ class ProgressBarCallback(Callback):
     def _open(self, trainer, phase):
         self._phase = phase
         total = trainer.nb_batches(phase)
-        self._bar = tqdm(total=total, desc=f"epoch {trainer.current_epoch} "
-                         f"{phase}", leave=False,
+        # A resumed epoch starts its bar at the batch it resumes from.
+        self._bar = tqdm(total=total, initial=trainer.batch_index,
+                         desc=f"epoch {trainer.current_epoch} {phase}",
+                         leave=False,
                          disable=(progress_bars_disabled()
                                   or not trainer.is_main_process))
 

@@ -1,15 +1,18 @@
 """Experiment folder layout and safe reading of checkpoints.
 
-Everything is loaded with ``torch.load(weights_only=True)``: a checkpoint
-shared by someone else never runs pickled code.
+Everything is loaded with ``torch.load(weights_only=True)``
+(:func:`~dwi_ml.io_utils.safe_load.load_torch_file`): a checkpoint shared
+by someone else never runs pickled code. ``checkpoint/`` and ``best_model/``
+hold a ``MANIFEST.sha256`` checked before loading (see
+:mod:`dwi_ml.io_utils.manifest`).
 """
 import json
 import os
 
-import torch
-
 from dwi_ml.io_utils.atomic import atomic_output_file, existing_atomic_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.manifest import verify_manifest
+from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
 BEST_MODEL_DIR = "best_model"
 CHECKPOINT_DIR = "checkpoint"
@@ -25,14 +28,31 @@ def write_json_atomic(path, data):
             f.write(text + "\n")
 
 
-def read_parameters(experiment_dir):
-    """Read ``parameters.json`` of an experiment, with a clear error."""
+def read_parameters(experiment_dir, sections=()):
+    """Read ``parameters.json`` of an experiment, with a clear error.
+
+    Parameters
+    ----------
+    experiment_dir : str
+    sections : sequence of str
+        Top-level keys the caller needs (e.g. 'dataset' to resume): their
+        absence is a user error naming the first one missing.
+    """
     path = os.path.join(experiment_dir, PARAMETERS_FILE)
     if not os.path.isfile(path):
         raise DwiMLUserError(
             f"'{experiment_dir}' is not a dwi_ml experiment: no {PARAMETERS_FILE}.")
-    with open(path) as f:
-        return json.load(f)
+    params = load_json_file(path, "experiment parameters")
+    if not isinstance(params, dict):
+        raise DwiMLUserError(
+            f"experiment parameters '{path}': expected a JSON object, found "
+            f"{type(params).__name__}.")
+    missing = [key for key in sections if key not in params]
+    if missing:
+        raise DwiMLUserError(
+            f"experiment parameters '{path}': expected sections "
+            f"{list(sections)}, found no '{missing[0]}'.")
+    return params
 
 
 def checkpoint_dir(experiment_dir):
@@ -45,15 +65,34 @@ def checkpoint_dir(experiment_dir):
     return path
 
 
+def has_checkpoint(experiment_dir):
+    """True when the experiment has a readable ``checkpoint/`` folder."""
+    return existing_atomic_folder(
+        os.path.join(experiment_dir, CHECKPOINT_DIR)) is not None
+
+
 def load_checkpoint_state(experiment_dir):
-    """Load ``checkpoint/checkpoint_state.pt`` with weights_only=True."""
-    path = os.path.join(checkpoint_dir(experiment_dir), "checkpoint_state.pt")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load ``checkpoint/checkpoint_state.pt`` after checking the manifest."""
+    folder = checkpoint_dir(experiment_dir)
+    verify_manifest(folder)
+    state = load_torch_file(os.path.join(folder, "checkpoint_state.pt"),
+                            "checkpoint state")
+    if not isinstance(state, dict) or "current_epoch" not in state:
+        raise DwiMLUserError(
+            f"checkpoint state '{os.path.join(folder, 'checkpoint_state.pt')}'"
+            ": expected a dwi_ml checkpoint (a dict with 'current_epoch'), "
+            f"found a {type(state).__name__} without it.")
+    return state
 
 
 def checkpoint_model_dir(experiment_dir):
-    """Folder of the model saved in the checkpoint."""
-    return os.path.join(checkpoint_dir(experiment_dir), "model")
+    """Folder of the model saved in the checkpoint.
+
+    Its files are checked first against the checkpoint's manifest.
+    """
+    folder = checkpoint_dir(experiment_dir)
+    verify_manifest(folder, ["model"])
+    return os.path.join(folder, "model")
 
 
 def best_model_dir(experiment_dir):

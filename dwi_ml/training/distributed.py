@@ -76,6 +76,14 @@ def all_reduce_sum(values, device):
     return tensor.tolist()
 
 
+def all_reduce_max(values, device):
+    """Element-wise max of a list of ints over all processes."""
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [int(value) for value in tensor.tolist()]
+
+
 def all_gather_objects(obj):
     """Every process's ``obj``, in rank order (a one-item list if alone)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -14,25 +14,42 @@ import h5py
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset import MultiSubjectDataset
-from dwi_ml.data.hdf5.layout import VOLUME_TYPE, decode_str
+from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
+from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 
-def check_hdf5_groups(hdf5_file, input_group, streamline_group):
-    """Check cheaply, before any work, that the HDF5 has both groups."""
-    try:
-        with h5py.File(hdf5_file, "r") as f:
-            subjects = [key for key in f.keys()
-                        if isinstance(f[key], h5py.Group)]
-            if not subjects:
-                raise DwiMLUserError(f"HDF5 file '{hdf5_file}': no subject found.")
-            first = f[subjects[0]]
-            types = {name: decode_str(first[name].attrs.get("type", ""))
-                     for name in first.keys()}
-    except OSError as error:
+def check_hdf5_groups(hdf5_file, input_group, streamline_group,
+                      need_training=False):
+    """Check cheaply, before any work, that the HDF5 has both groups.
+
+    Parameters
+    ----------
+    hdf5_file : str
+    input_group, streamline_group : str
+    need_training : bool
+        Also refuse a file without training subjects (to train on it).
+
+    Raises
+    ------
+    DwiMLUserError
+        The file is not a readable dwi_ml HDF5 file, has no training
+        subject (when needed), or lacks one of the groups.
+    """
+    splits = check_dwiml_hdf5(hdf5_file)
+    if need_training and not splits["training"]:
         raise DwiMLUserError(
-            f"HDF5 file '{hdf5_file}': cannot be read ({error}).") from None
+            f"HDF5 file '{hdf5_file}': expected at least one training "
+            "subject, found none (its training_subjs attr is empty); "
+            "training needs some.")
+    first_subject = next(s for split in SPLITS for s in splits[split])
+    with h5py.File(hdf5_file, "r") as f, \
+            hdf5_read_errors(hdf5_file, first_subject):
+        first = f[first_subject]
+        types = {name: decode_str(first[name].attrs.get("type", ""))
+                 for name in first.keys()}
     volumes = sorted(k for k, v in types.items() if v == VOLUME_TYPE)
     streamlines = sorted(k for k, v in types.items() if v != VOLUME_TYPE)
     if input_group not in volumes:
@@ -79,6 +96,7 @@ def build_loader(dataset, loader_params, model, device):
 def build_trainer(model, experiments_path, experiment_name, sampler, loader,
                   trainer_params, callbacks=(), distributed=None):
     """A DWIMLTrainerOneInput from its saved parameters."""
+    check_experiment_name(experiment_name)
     return DWIMLTrainerOneInput(model, experiments_path, experiment_name,
                                 sampler, loader, callbacks=callbacks,
                                 distributed=distributed, **trainer_params)

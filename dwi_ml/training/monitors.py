@@ -52,18 +52,22 @@ class BatchMeanMonitor:
         self.epoch_history.append(float(value))
 
     def state_dict(self):
-        """Plain-Python state (safe for ``torch.load(weights_only=True)``)."""
+        """Plain-Python state (safe for ``torch.load(weights_only=True)``).
+
+        The running sums are kept, so that a checkpoint written inside an
+        epoch resumes the epoch's mean exactly.
+        """
         return {"epoch_history": [float(v) for v in self.epoch_history],
-                "batch_history": [float(v) for v in self.batch_history]}
+                "batch_history": [float(v) for v in self.batch_history],
+                "running_sum": float(self._sum),
+                "running_weight": float(self._weight)}
 
     def load_state_dict(self, state):
         """Restore the histories saved by :meth:`state_dict`."""
         self.epoch_history = list(state["epoch_history"])
         self.batch_history = list(state["batch_history"])
-
-    def truncate(self, nb_epochs):
-        """Keep only the first ``nb_epochs`` epoch values."""
-        self.epoch_history = self.epoch_history[:nb_epochs]
+        self._sum = float(state.get("running_sum", 0.0))
+        self._weight = float(state.get("running_weight", 0.0))
 
     def save(self, logs_dir):
         """Write ``NAME.npy`` (and ``NAME_per_batch.npy`` when kept)."""

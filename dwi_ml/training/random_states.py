@@ -4,6 +4,7 @@ Checkpoints must load with ``torch.load(weights_only=True)``, which refuses
 arbitrary Python objects: numpy's and Python's states are converted to
 tensors and plain lists here.
 """
+import os
 import random
 
 import numpy as np
@@ -47,3 +48,21 @@ def seed_everything(seed):
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def set_deterministic(enabled):
+    """Ask CUDA for deterministic kernels (``--deterministic``).
+
+    Sets ``torch.use_deterministic_algorithms``, cuDNN's deterministic mode
+    without autotuning, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (read by
+    cuBLAS when it starts, so before the first CUDA matrix product). On
+    CUDA it costs speed: slower kernels, no cuDNN autotuning, and an error
+    for the few operations that have no deterministic version. CPU runs are
+    bitwise reproducible at a fixed thread count without it.
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False

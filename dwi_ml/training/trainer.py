@@ -10,6 +10,13 @@
         save_best_model      (if this epoch is the best)
         save_checkpoint
 
+After each optimizer step and validation batch the trainer polls its
+:class:`~dwi_ml.training.interruptions.RunInterruptions`: a stop signal or
+``max_time`` ends the run with a checkpoint of its exact position inside the
+epoch (:class:`~dwi_ml.training.epoch_position.EpochPosition`), and
+``checkpoint_every_n_batches``/``checkpoint_every_minutes`` write the same
+checkpoint and go on. A run resumed from it continues as if never stopped.
+
 Every step is a method a model author can override. Progress bars, the NaN
 check, the ``.npy`` logs, Comet and the log line are callbacks
 (:mod:`dwi_ml.training.callbacks`). Saving and resuming live in
@@ -31,7 +38,18 @@ from dwi_ml.training.callbacks import (
     ProgressBarCallback,
 )
 from dwi_ml.training.checkpoint_io import LOGS_DIR
-from dwi_ml.training.distributed import all_reduce_sum, current_context
+from dwi_ml.training.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    current_context,
+)
+from dwi_ml.training.epoch_position import (
+    END_PHASE,
+    TRAIN_PHASE,
+    VALID_PHASE,
+    EpochPosition,
+)
+from dwi_ml.training.interruptions import RunInterruptions, describe_stop
 from dwi_ml.training.monitors import BestEpochTracker, EpochMonitors
 from dwi_ml.training.optimizers import (
     SchedulerFactory,
@@ -39,7 +57,7 @@ from dwi_ml.training.optimizers import (
     scheduler_factory_from_name,
     step_scheduler,
 )
-from dwi_ml.training.random_states import seed_everything
+from dwi_ml.training.random_states import seed_everything, set_deterministic
 from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_checkpointing import TrainerCheckpointing
 
@@ -105,6 +123,18 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         Seeds torch's global generator (dropout).
     callbacks : list of Callback
         Added after the default ones (progress, NaN check, logs).
+    max_time_s : float or None
+        Stop with a mid-epoch checkpoint before this many seconds (counted
+        from the start of this process's training).
+    checkpoint_every_n_batches : int or None
+        Also write a mid-epoch checkpoint every N training batches.
+    checkpoint_every_minutes : float or None
+        Also write a mid-epoch checkpoint when this long has passed since
+        the last checkpoint.
+    deterministic : bool
+        Deterministic algorithms on CUDA (see
+        :func:`~dwi_ml.training.random_states.set_deterministic`). CPU
+        runs are bitwise reproducible at a fixed thread count either way.
     distributed : DistributedContext or None
         This process's rank under torchrun (default: read from the started
         process group, or a single process). The model is then wrapped in
@@ -122,7 +152,9 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
                  max_batches_per_epoch_validation=None, clip_grad=None,
                  grad_accumulation_steps=1, nb_workers=0, device="cpu",
                  mixed_precision=None, seed=1234, callbacks=(),
-                 distributed=None):
+                 distributed=None, max_time_s=None,
+                 checkpoint_every_n_batches=None,
+                 checkpoint_every_minutes=None, deterministic=False):
         check_trainer_args(locals())
         self.model = model
         self.experiment_dir = os.path.join(experiments_path, experiment_name)
@@ -148,6 +180,10 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         self.mixed_precision = (mixed_precision if self.device.type == "cuda"
                                 else None)
         self.seed = seed
+        self.deterministic = bool(deterministic)
+        set_deterministic(self.deterministic)
+        self.interruptions = RunInterruptions(
+            max_time_s, checkpoint_every_n_batches, checkpoint_every_minutes)
 
         self.distributed = distributed or current_context()
         seed_everything(seed)
@@ -178,8 +214,10 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
                                        NpyLoggerCallback(),
                                        EpochSummaryCallback(), *callbacks])
         self.current_epoch = 0
+        self.position = EpochPosition()
         self.batch_index = 0
         self.stopped_reason = None
+        self.interrupted_by = None
         self._dataloaders = {}
 
     @property
@@ -212,32 +250,83 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
             "grad_accumulation_steps": self.grad_accumulation_steps,
             "nb_workers": self.nb_workers, "device": str(self.device),
             "mixed_precision": self.mixed_precision, "seed": self.seed,
+            "max_time_s": self.interruptions.max_time_s,
+            "checkpoint_every_n_batches":
+                self.interruptions.checkpoint_every_n_batches,
+            "checkpoint_every_minutes": (
+                None if self.interruptions.checkpoint_every_s is None
+                else self.interruptions.checkpoint_every_s / 60.0),
+            "deterministic": self.deterministic,
         }
 
     # ------------------------------------------------------------------
     # The loop
     def train_and_validate(self):
-        """Run epochs until ``max_epochs`` or patience; see module doc."""
+        """Run epochs until ``max_epochs``, patience or a stop request."""
         if self.is_main_process:
             os.makedirs(self.experiment_dir, exist_ok=True)
         self.create_dataloaders()
         self.callbacks.on_train_start(self)
-        while not self.is_finished():
-            epoch = self.current_epoch
-            self.callbacks.on_epoch_start(self, epoch)
-            self.train_one_epoch(epoch)
-            if self.use_validation:
-                self.validate_one_epoch(epoch)
-            epoch_logs, is_best = self.end_epoch(epoch)
-            if is_best:
-                self.save_best_model()
-            self.current_epoch += 1
-            self.callbacks.on_epoch_end(self, epoch, epoch_logs)
-            self.save_checkpoint()
+        self.interruptions.start()
+        try:
+            while not self.is_finished() and not self.interrupted_by:
+                epoch = self.current_epoch
+                if self.position.at_epoch_start:
+                    self.callbacks.on_epoch_start(self, epoch)
+                if self.position.phase == TRAIN_PHASE:
+                    self.train_one_epoch(epoch)
+                if self.position.phase == VALID_PHASE and not self.interrupted_by:
+                    self.validate_one_epoch(epoch)
+                if self.position.phase == END_PHASE:
+                    self.finish_epoch(epoch)
+                elif self.interrupted_by:
+                    self.save_checkpoint()
+        finally:
+            self.interruptions.stop()
         self.callbacks.on_train_end(self)
 
+    def finish_epoch(self, epoch):
+        """Close the epoch: monitors, best model, callbacks, checkpoint."""
+        epoch_logs, is_best = self.end_epoch(epoch)
+        if is_best:
+            self.save_best_model()
+        self.current_epoch += 1
+        self.position = EpochPosition()
+        self.callbacks.on_epoch_end(self, epoch, epoch_logs)
+        self.save_checkpoint()
+        # A signal that came during the epoch's last steps or its save
+        # stops here: the checkpoint just written is the exact position.
+        self.poll_interruptions(is_training_batch=False)
+
+    def poll_interruptions(self, is_training_batch):
+        """Act on stop and checkpoint requests after a step.
+
+        Every rank takes the same decision (the max of their requests), so
+        that collective operations stay in step. Returns True when the run
+        must stop.
+        """
+        requests = self.interruptions.poll(is_training_batch)
+        if self.distributed.is_distributed:
+            requests = all_reduce_max(requests, self.device)
+        stop_code, checkpoint_due = requests
+        if stop_code:
+            self.interrupted_by = describe_stop(stop_code)
+            self.stopped_reason = (
+                f"stopped by {self.interrupted_by} at epoch "
+                f"{self.current_epoch}, {self.position.phase} batch "
+                f"{self.position.nb_batches_done}")
+            return True
+        if checkpoint_due:
+            self.save_checkpoint()
+        return False
+
     def is_finished(self):
-        """True when max_epochs is reached or patience ran out."""
+        """True when max_epochs is reached or patience ran out.
+
+        A run interrupted inside its last epoch is not finished.
+        """
+        if not self.position.at_epoch_start:
+            return False
         if self.current_epoch >= self.max_epochs:
             self.stopped_reason = f"reached max_epochs ({self.max_epochs})"
             return True
@@ -268,24 +357,34 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
         return total if cap is None else min(total, cap)
 
     def iterate_batches(self, context, epoch):
-        """Yield the epoch's batches of ``context``, up to the cap."""
+        """Yield the epoch's remaining batches of ``context``, up to the cap.
+
+        Iteration starts after the batches the current position has done
+        (the sampler was restored at the same place).
+        """
         self.batch_sampler.set_epoch(epoch)
         cap = self.max_batches[context]
-        for batch_index, batch in enumerate(self._dataloaders[context]):
+        first = self.position.nb_batches_done
+        for batch_index, batch in enumerate(self._dataloaders[context],
+                                            start=first):
             if cap is not None and batch_index >= cap:
                 break
             self.batch_index = batch_index
             yield batch
 
     def train_one_epoch(self, epoch):
-        """Train on every batch of the epoch."""
+        """Train on the epoch's batches, from the current position.
+
+        Returns early, with the position kept, when a stop is requested.
+        """
         self.model.train()
-        self.monitors.start_phase("train")
-        self.monitors["learning_rate"].set_epoch_value(
-            self.optimizer.param_groups[0]["lr"])
         nb_batches = self.nb_batches("train")
+        if self.position.nb_batches_done == 0:
+            self.monitors.start_phase("train")
+            self.monitors["learning_rate"].set_epoch_value(
+                self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
-        start = time.perf_counter()
+        start = time.perf_counter() - self.position.elapsed_s
         for batch in self.iterate_batches("training", epoch):
             self.callbacks.on_train_batch_start(self, batch)
             with self.autocast():
@@ -294,17 +393,34 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
             group_size = self.accumulation_group_size(nb_batches)
             self.back_propagation(self.weight_loss_for_ranks(
                 loss, n_points, outputs["n_points"]) / group_size)
-            if self.is_update_step(nb_batches):
+            is_update = self.is_update_step(nb_batches)
+            if is_update:
                 outputs.update(self.optimizer_step())
             self.monitors.record_batch("train", outputs)
             self.callbacks.on_train_batch_end(self, batch, outputs)
+            self.position.nb_batches_done = self.batch_index + 1
+            self.position.elapsed_s = time.perf_counter() - start
+            # Gradients of a partial accumulation group are not saved:
+            # requests wait for the group's update.
+            if is_update and self.poll_interruptions(is_training_batch=True):
+                if self.position.nb_batches_done < nb_batches:
+                    return
+                break
         self.monitors["train_time"].set_epoch_value(time.perf_counter() - start)
+        self.position.start_phase(VALID_PHASE if self.use_validation
+                                  else END_PHASE)
 
     def validate_one_epoch(self, epoch):
-        """Compute the validation losses on every batch, without gradients."""
+        """Compute the validation losses, without gradients.
+
+        Starts from the current position; returns early, with the position
+        kept, when a stop is requested.
+        """
         self.model.eval()
-        self.monitors.start_phase("valid")
-        start = time.perf_counter()
+        nb_batches = self.nb_batches("valid")
+        if self.position.nb_batches_done == 0:
+            self.monitors.start_phase("valid")
+        start = time.perf_counter() - self.position.elapsed_s
         with torch.no_grad():
             for batch in self.iterate_batches("validation", epoch):
                 with self.autocast():
@@ -312,7 +428,14 @@ class DWIMLAbstractTrainer(TrainerCheckpointing):
                 _, outputs = self.reduce_losses(losses, n_points)
                 self.monitors.record_batch("valid", outputs)
                 self.callbacks.on_validation_batch_end(self, batch, outputs)
+                self.position.nb_batches_done = self.batch_index + 1
+                self.position.elapsed_s = time.perf_counter() - start
+                if self.poll_interruptions(is_training_batch=False):
+                    if self.position.nb_batches_done < nb_batches:
+                        return
+                    break
         self.monitors["valid_time"].set_epoch_value(time.perf_counter() - start)
+        self.position.start_phase(END_PHASE)
 
     def run_one_batch(self, batch):
         """Forward one batch; return ``(losses, n_points)``.

@@ -38,3 +38,9 @@ def check_trainer_args(args):
             "mixed_precision: expected 'bf16', 'fp16' or none, got "
             f"'{args['mixed_precision']}'.")
     check_device(args["device"])
+    _check_positive("max_time_s", args["max_time_s"], allow_none=True)
+    _check_positive("checkpoint_every_n_batches",
+                    args["checkpoint_every_n_batches"], allow_none=True,
+                    integer=True)
+    _check_positive("checkpoint_every_minutes",
+                    args["checkpoint_every_minutes"], allow_none=True)

@@ -6,10 +6,13 @@ random states. Checkpoints hold tensors and plain Python only, so they load
 with ``torch.load(weights_only=True)``.
 """
 import os
+import time
 
 import torch
 
+from dwi_ml.batching.batch_planning import CONTEXTS
 from dwi_ml.io_utils.atomic import atomic_output_folder
+from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.checkpoint_io import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
@@ -18,6 +21,7 @@ from dwi_ml.training.checkpoint_io import (
     write_json_atomic,
 )
 from dwi_ml.training.distributed import all_gather_objects, barrier
+from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
 from dwi_ml.training.random_states import (
     get_global_random_states,
     set_global_random_states,
@@ -49,11 +53,18 @@ class TrainerCheckpointing:
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
                 "epoch": self.best_tracker.best_epoch,
                 "loss": self.best_tracker.best_loss})
+            write_manifest(tmp_dir)
 
     def checkpoint_state(self):
-        """Everything needed to continue exactly, as tensors and lists."""
+        """Everything needed to continue exactly, as tensors and lists.
+
+        Between epochs or inside one: ``position`` says which phase and
+        batch come next, the sampler's position is the trainer's (workers
+        prefetch ahead of it) and the monitors keep their partial sums.
+        """
         state = {
             "current_epoch": self.current_epoch,
+            "position": self.position.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
@@ -61,7 +72,7 @@ class TrainerCheckpointing:
             "random_states": all_gather_objects(get_global_random_states()),
             "dataloader_generator": all_gather_objects(
                 self.dataloader_generator.get_state()),
-            "sampler": self.batch_sampler.state_dict(),
+            "sampler": self._sampler_state_at_position(),
             "loader": (self.batch_loader.state_dict()
                        if hasattr(self.batch_loader, "state_dict") else {}),
             "monitors": self.monitors.state_dict(),
@@ -72,15 +83,28 @@ class TrainerCheckpointing:
         self.callbacks.on_checkpoint_save(self, state)
         return state
 
+    def _sampler_state_at_position(self):
+        state = self.batch_sampler.state_dict()
+        in_validation = self.position.phase == VALID_PHASE
+        done = {"training": 0 if in_validation else self.position.nb_batches_done,
+                "validation": self.position.nb_batches_done if in_validation
+                else 0}
+        state["epoch"] = self.current_epoch
+        state["nb_batches_yielded"] = [done[context] for context in CONTEXTS]
+        return state
+
     def save_checkpoint(self):
         """Write ``checkpoint/`` atomically: a kill keeps the previous one."""
+        start = time.monotonic()
         state = self.checkpoint_state()
         if self.is_main_process:
             path = os.path.join(self.experiment_dir, CHECKPOINT_DIR)
             with atomic_output_folder(path) as tmp_dir:
                 self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
                 torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
+                write_manifest(tmp_dir)
         barrier()
+        self.interruptions.checkpoint_written(time.monotonic() - start)
 
     def load_checkpoint(self, state=None):
         """Restore the state saved by :meth:`save_checkpoint`.
@@ -91,6 +115,7 @@ class TrainerCheckpointing:
         if state is None:
             state = load_checkpoint_state(self.experiment_dir)
         self.current_epoch = int(state["current_epoch"])
+        self.position = EpochPosition.from_state(state.get("position"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])

@@ -9,23 +9,11 @@ import os
 
 import h5py
 
-from dwi_ml.io_utils.errors import DwiMLUserError
-
 # Per open dataset, for chunks read through h5py (compressed streamlines);
 # unfiltered streamline data is read with os.pread and bypasses it.
 CHUNK_CACHE_BYTES = 16 * 1024 ** 2
 # A prime about 100x the number of small chunks that fit, as HDF5 advises.
 CHUNK_CACHE_SLOTS = 100_003
-
-
-def check_hdf5_file(path):
-    """Raise :class:`DwiMLUserError` unless ``path`` is an existing HDF5 file."""
-    if not os.path.isfile(path):
-        raise DwiMLUserError(f"HDF5 file {path}: not found.")
-    if not h5py.is_hdf5(path):
-        raise DwiMLUserError(
-            f"HDF5 file {path}: expected an HDF5 file, found a file that is "
-            "not HDF5.")
 
 
 class Hdf5Handle:

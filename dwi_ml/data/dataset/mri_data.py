@@ -2,6 +2,8 @@
 import numpy as np
 import torch
 
+from dwi_ml.data.hdf5.file_check import hdf5_read_errors
+
 
 def normalize_device(device):
     """``torch.device`` with an explicit CUDA index, for use as a cache key."""
@@ -98,8 +100,10 @@ class LazyMRIData:
     @property
     def data(self):
         """The volume read from disk as a (X, Y, Z, F) float32 array."""
-        dataset = self._handle.dataset(self._key)
-        return np.asarray(dataset[()], dtype=np.float32).reshape(self.shape)
+        with hdf5_read_errors(self._handle.path, self._key):
+            dataset = self._handle.dataset(self._key)
+            return np.asarray(dataset[()],
+                              dtype=np.float32).reshape(self.shape)
 
     def as_tensor(self, device="cpu"):
         """The volume as a (X, Y, Z, F) float32 tensor on ``device``.

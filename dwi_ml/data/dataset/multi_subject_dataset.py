@@ -1,10 +1,10 @@
 """All subjects of a dwi_ml HDF5 file, split into training/validation/testing."""
-from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle, check_hdf5_file
+from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle
 from dwi_ml.data.dataset.lru_cache import LRUCache
 from dwi_ml.data.dataset.subjects import load_subject, read_group_signatures
 from dwi_ml.data.dataset.subsets import MultiSubjectSubset
+from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
-    SPLIT_ATTRS,
     SPLITS,
     STREAMLINES_TYPE,
     VOLUME_TYPE,
@@ -86,15 +86,16 @@ class MultiSubjectDataset:
             Load only these groups, in this order. Default: all, in
             alphabetical order.
         """
-        check_hdf5_file(self.hdf5_file)
+        check_dwiml_hdf5(self.hdf5_file)
         self.close()
         self.volume_cache.clear()
         handle = Hdf5Handle(self.hdf5_file)
         try:
-            self._load(handle, {"training": load_training,
-                                "validation": load_validation,
-                                "testing": load_testing},
-                       subj_id, volume_groups, streamline_groups)
+            with hdf5_read_errors(self.hdf5_file):
+                self._load(handle, {"training": load_training,
+                                    "validation": load_validation,
+                                    "testing": load_testing},
+                           subj_id, volume_groups, streamline_groups)
         finally:
             if not self.lazy:
                 handle.close()
@@ -109,11 +110,6 @@ class MultiSubjectDataset:
     def _load(self, handle, wanted_splits, subj_id, volume_groups,
               streamline_groups):
         attrs = handle.file.attrs
-        if not any(key in attrs for key in SPLIT_ATTRS.values()):
-            raise DwiMLUserError(
-                f"HDF5 file {self.hdf5_file}: expected the dwi_ml layout "
-                f"with root attrs {list(SPLIT_ATTRS.values())}, found attrs "
-                f"[{_names(sorted(attrs.keys()))}].")
         all_splits = {split: sorted(read_subject_list(attrs, split))
                       for split in SPLITS}
         splits = {split: subjects if wanted_splits[split] else []

@@ -9,6 +9,7 @@ import numpy as np
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 
 from dwi_ml.data.dataset.row_ranges import read_row_ranges
+from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.packed import make_array_sequence, ranges_to_indices
 
 
@@ -170,8 +171,9 @@ class LazySFTData(_SFTDataBase):
         self.dps_names = list(dps_names)
 
     def _read_points(self, ids):
-        return read_row_ranges(self._handle, self._key + "/data",
-                               self._offsets[ids], self.lengths[ids])
+        with hdf5_read_errors(self._handle.path, self._key):
+            return read_row_ranges(self._handle, self._key + "/data",
+                                   self._offsets[ids], self.lengths[ids])
 
     @property
     def data_per_streamline(self):
@@ -183,8 +185,9 @@ class LazySFTData(_SFTDataBase):
         ids = self._check_ids(ids)
         values = {}
         for name in self.dps_names:
-            buffer, positions = read_row_ranges(
-                self._handle, f"{self._key}/data_per_streamline/{name}",
-                ids, np.ones(len(ids), dtype=np.int64))
+            with hdf5_read_errors(self._handle.path, self._key):
+                buffer, positions = read_row_ranges(
+                    self._handle, f"{self._key}/data_per_streamline/{name}",
+                    ids, np.ones(len(ids), dtype=np.int64))
             values[name] = buffer[positions]
         return values

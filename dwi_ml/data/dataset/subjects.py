@@ -3,8 +3,13 @@ import nibabel as nib
 import numpy as np
 
 from dwi_ml.data.dataset.mri_data import LazyMRIData, MRIData
-from dwi_ml.data.dataset.row_ranges import read_row_ranges
+from dwi_ml.data.dataset.row_ranges import (
+    check_row_checksums,
+    load_row_checksums,
+    read_row_ranges,
+)
 from dwi_ml.data.dataset.sft_data import LazySFTData, SFTData, compute_lengths_mm
+from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
     SPACE_ATTRS,
     STREAMLINE_ORIGIN,
@@ -89,13 +94,23 @@ def load_subject(handle, subject_id, volume_groups, streamline_groups,
         the per-streamline lengths.
     volume_cache : LRUCache, optional
         The cache shared by lazy volumes.
+
+    Raises
+    ------
+    DwiMLUserError
+        A group that is not in the layout, or data that cannot be read or
+        does not match its checksum (corrupt or truncated file).
     """
-    mri_data_list = [
-        _load_volume(handle, f"{subject_id}/{name}", lazy, volume_cache)
-        for name in volume_groups]
-    sft_data_list = [
-        _load_streamlines(handle, f"{subject_id}/{name}", lazy)
-        for name in streamline_groups]
+    mri_data_list, sft_data_list = [], []
+    for name in volume_groups:
+        key = f"{subject_id}/{name}"
+        with hdf5_read_errors(handle.path, key):
+            mri_data_list.append(_load_volume(handle, key, lazy,
+                                              volume_cache))
+    for name in streamline_groups:
+        key = f"{subject_id}/{name}"
+        with hdf5_read_errors(handle.path, key):
+            sft_data_list.append(_load_streamlines(handle, key, lazy))
     return SubjectData(subject_id, list(volume_groups),
                        list(streamline_groups), mri_data_list, sft_data_list)
 
@@ -176,7 +191,12 @@ def _load_streamlines(handle, key, lazy):
         lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine)
         return LazySFTData(handle, key, offsets, lengths, lengths_mm,
                            space_attributes, dps_names)
-    points = np.asarray(data[()], dtype=np.float32)
+    stored_points = data[()]
+    checksums = load_row_checksums(handle, key + "/data")
+    if checksums is not None:
+        check_row_checksums(handle.path, key + "/data", stored_points,
+                            *checksums[:2])
+    points = np.asarray(stored_points, dtype=np.float32)
     lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine,
                                   points)
     dps = {name: group["data_per_streamline"][name][()] for name in dps_names}

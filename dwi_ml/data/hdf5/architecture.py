@@ -1,9 +1,8 @@
 """Describe the content of a dwi_ml HDF5 file, for humans."""
-import os
-
 import h5py
 import numpy as np
 
+from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
     SPLIT_ATTRS,
     SPLITS,
@@ -12,7 +11,6 @@ from dwi_ml.data.hdf5.layout import (
     decode_str,
     read_subject_list,
 )
-from dwi_ml.io_utils.errors import DwiMLUserError
 
 INDENT = "  "
 
@@ -27,18 +25,11 @@ def describe_hdf5(path):
     Raises
     ------
     DwiMLUserError
-        When ``path`` does not exist, is not HDF5, or has none of the split
-        attrs of the layout.
+        When ``path`` is not a readable dwi_ml HDF5 file (see
+        :func:`~dwi_ml.data.hdf5.file_check.check_dwiml_hdf5`).
     """
-    if not os.path.isfile(path):
-        raise DwiMLUserError(f"HDF5 file '{path}' does not exist.")
-    if not h5py.is_hdf5(path):
-        raise DwiMLUserError(f"'{path}' is not an HDF5 file.")
+    check_dwiml_hdf5(path)
     with h5py.File(path, "r") as hdf_file:
-        if not any(SPLIT_ATTRS[split] in hdf_file.attrs for split in SPLITS):
-            raise DwiMLUserError(
-                f"'{path}' is HDF5 but lacks the dwi_ml layout: no root attr "
-                f"among {list(SPLIT_ATTRS.values())}.")
         lines = [f"HDF5 file: {path}", "Root attributes:"]
         lines += [f"{INDENT}{key}: {_format_value(value)}"
                   for key, value in hdf_file.attrs.items()
@@ -53,7 +44,8 @@ def describe_hdf5(path):
         for subject in subjects:
             lines.append(f"{INDENT}{subject}")
             for name, group in hdf_file[subject].items():
-                lines += _describe_group(name, group, depth=2)
+                with hdf5_read_errors(path, f"{subject}/{name}"):
+                    lines += _describe_group(name, group, depth=2)
     return lines
 
 

@@ -12,7 +12,6 @@ The config has one entry per HDF5 group. Example (see docs/hdf5_layout.md)::
 File names are relative to each subject's folder; ``*`` wildcards are
 expanded per subject (see ``dwi_ml.data.hdf5.subjects.resolve_files``).
 """
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Optional, Tuple
 
 from dwi_ml.data.hdf5.layout import STREAMLINES_TYPE, VOLUME_TYPE
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.safe_load import load_json_file
 
 STANDARDIZATIONS = ("all", "independent", "per_file", "none")
 VOLUME_KEYS = ("type", "files", "standardization", "std_mask")
@@ -139,12 +139,7 @@ def load_groups_config(config):
 def _read_json(path, source):
     if not os.path.isfile(path):
         raise DwiMLUserError(f"{source} does not exist.")
-    with open(path, encoding="utf-8") as file:
-        try:
-            return json.load(file)
-        except json.JSONDecodeError as error:
-            raise DwiMLUserError(f"{source} is not valid JSON: {error}.") \
-                from None
+    return load_json_file(path, "config")
 
 
 def _check_group_name(name, where):

@@ -3,9 +3,10 @@
 The run reads top to bottom:
 
 1. check the options, the config, the subject lists and the output path;
-2. check every subject's files and headers (no data read yet);
-3. under a temporary name, write the root attrs, then each subject (data
-   checks such as NaN or streamlines outside the volume happen here);
+2. check every subject's files and headers, then read every file whole,
+   one at a time, to check its data (truncated files, NaN or Inf,
+   streamlines outside the volume) and discard it;
+3. under a temporary name, write the root attrs, then each subject;
 4. rename the temporary file to the output path.
 
 A failing or interrupted run never leaves anything at the output path.
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from dwi_ml.data.hdf5.config import load_groups_config
 from dwi_ml.data.hdf5.subjects import check_subject_lists
 from dwi_ml.data.hdf5.tractograms import check_processing_options, load_streamline_group
-from dwi_ml.data.hdf5.validation import check_subject_files
+from dwi_ml.data.hdf5.validation import check_subject_data, check_subject_files
 from dwi_ml.data.hdf5.volumes import load_volume_group
 from dwi_ml.data.hdf5.writer import (
     write_root_attrs,
@@ -90,6 +91,9 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
         check_subject_files(os.path.join(dwi_ml_ready_folder, subject),
                             subject, config)
         for subject in subjects.all]
+    for subject_files in tqdm(all_files, desc="Checking data",
+                              unit="subject", disable=progress_bars_disabled()):
+        check_subject_data(subject_files, config, remove_invalid)
     date_time = _date_time or datetime.datetime.now().strftime(DATE_FORMAT)
     processing = dict(step_size=step_size, nb_points=nb_points,
                       compress=compress)

@@ -6,6 +6,7 @@ Both the writer (``dwi_ml.data.hdf5.creation``) and the readers
 """
 import ast
 import json
+import zlib
 
 import numpy as np
 
@@ -18,6 +19,10 @@ STREAMLINES_TYPE = "streamlines"
 STREAMLINE_SPACE = "Space.VOX"
 STREAMLINE_ORIGIN = "Origin.TRACKVIS"
 SPACE_ATTRS = ("affine", "dimensions", "voxel_sizes", "voxel_order")
+# Ours: dataset NAME may have a sibling NAME_crc32 holding the CRC-32 of
+# each block of rows_per_checksum rows (see writer.py).
+CHECKSUM_SUFFIX = "_crc32"
+ROWS_PER_CHECKSUM_ATTR = "rows_per_checksum"
 
 
 def decode_str(value):
@@ -75,3 +80,25 @@ def parse_groups_config(text):
 def strip_enum_prefix(value):
     """'Space.VOX' -> 'VOX', 'Origin.TRACKVIS' -> 'TRACKVIS'."""
     return decode_str(value).split(".")[-1]
+
+
+def row_block_checksums(data, rows_per_checksum):
+    """CRC-32 of each block of ``rows_per_checksum`` rows of ``data``.
+
+    Parameters
+    ----------
+    data : np.ndarray, shape (R, ...)
+        C-contiguous rows, as stored in the file.
+    rows_per_checksum : int
+
+    Returns
+    -------
+    np.ndarray, shape (ceil(R / rows_per_checksum),), uint32
+    """
+    data = np.ascontiguousarray(data)
+    row_bytes = data.itemsize * int(np.prod(data.shape[1:], dtype=np.int64))
+    raw = data.reshape(-1).view(np.uint8)
+    block_bytes = rows_per_checksum * row_bytes
+    return np.array([zlib.crc32(raw[start:start + block_bytes])
+                     for start in range(0, len(raw), block_bytes)],
+                    dtype=np.uint32)

@@ -45,12 +45,18 @@ def read_subjects_file(path):
     Raises
     ------
     DwiMLUserError
-        When the file does not exist.
+        When the file does not exist or is not text.
     """
     if not os.path.isfile(path):
         raise DwiMLUserError(f"subject list '{path}' does not exist.")
-    with open(path, encoding="utf-8") as file:
-        return file.read().split()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().split()
+    except UnicodeDecodeError:
+        raise DwiMLUserError(
+            f"subject list '{path}': expected text (subject IDs), found "
+            "binary bytes; the file is corrupt or not a subject list.") \
+            from None
 
 
 def check_subject_lists(dwi_ml_ready_folder, training, validation, testing):

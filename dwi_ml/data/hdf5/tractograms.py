@@ -79,7 +79,8 @@ def check_tractogram_header(path, reference, subject, group):
             compatible = is_header_compatible(path, reference)
         except Exception as error:  # dipy/nibabel raise many types
             raise DwiMLUserError(
-                f"{describe(subject, group, path)}: cannot read its header "
+                f"{describe(subject, group, path)}: cannot read its header; "
+                "the file is truncated or corrupt, or not a tractogram "
                 f"({type(error).__name__}: {one_line(error)}).") from None
     if not compatible:
         found, expected = (_grid_text(get_reference_info(p))
@@ -117,7 +118,7 @@ def load_streamline_group(group_config, files, reference, subject, *,
     StreamlineGroupData
     """
     group = group_config.name
-    parts = [_load_one_file(path, reference, group_config, subject,
+    parts = [load_tractogram_file(path, reference, group_config, subject,
                             remove_invalid) for path in files]
     nb_removed = sum(nb for _, nb in parts)
     sfts = [sft for sft, _ in parts if len(sft) > 0]
@@ -242,10 +243,17 @@ def find_invalid_streamlines(streamlines, dimensions):
                        minlength=len(lengths)) > 0
 
 
-def _load_one_file(path, reference, group_config, subject, remove_invalid):
+def load_tractogram_file(path, reference, group_config, subject, remove_invalid):
     """One file as an SFT on the reference grid (RAS mm, centre origin).
 
     Returns the SFT (possibly empty after removals) and the number removed.
+
+    Raises
+    ------
+    DwiMLUserError
+        An unreadable (e.g. truncated) or empty file, NaN or Inf
+        coordinates, a missing dps key, or (without ``remove_invalid``)
+        points outside the volume.
     """
     group = group_config.name
     where = describe(subject, group, path)
@@ -258,11 +266,17 @@ def _load_one_file(path, reference, group_config, subject, remove_invalid):
                                      trk_header_check=False)
         except Exception as error:  # dipy/nibabel raise many types
             raise DwiMLUserError(
-                f"{where}: cannot read it as a tractogram "
+                f"{where}: cannot read it as a tractogram; the file is "
+                "truncated or corrupt "
                 f"({type(error).__name__}: {one_line(error)}).") from None
     if len(loaded) == 0:
         raise DwiMLUserError(f"{where}: the tractogram is empty (0 "
                              "streamlines).")
+    nb_bad = int(np.count_nonzero(~np.isfinite(loaded.streamlines.get_data())))
+    if nb_bad:
+        raise DwiMLUserError(
+            f"{where}: found {nb_bad} NaN or Inf coordinate(s); expected "
+            "finite points only.")
     missing = [k for k in group_config.dps_keys
                if k not in loaded.data_per_streamline]
     if missing:

@@ -12,9 +12,15 @@ from dwi_ml.data.hdf5.subjects import describe, resolve_files
 from dwi_ml.data.hdf5.tractograms import (
     TRACTOGRAM_EXTENSIONS,
     check_tractogram_header,
+    load_tractogram_file,
     tractogram_extension,
 )
-from dwi_ml.data.hdf5.volumes import VolumeGrid, read_volume_grid
+from dwi_ml.data.hdf5.volumes import (
+    VolumeGrid,
+    load_std_mask,
+    load_volume,
+    read_volume_grid,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
@@ -116,6 +122,41 @@ def check_subject_files(subject_folder, subject, config):
         streamline_groups[group] = StreamlineGroupFiles(tuple(files),
                                                         reference)
     return SubjectFiles(subject, volume_groups, streamline_groups)
+
+
+def check_subject_data(subject_files, config, remove_invalid=False):
+    """Read every file of a subject whole, check its data, and discard it.
+
+    At most one file is held in memory at a time.
+
+    Parameters
+    ----------
+    subject_files : SubjectFiles
+        From :func:`check_subject_files`.
+    config : GroupsConfig
+    remove_invalid : bool
+        Streamlines outside the volume are allowed (they will be dropped).
+
+    Raises
+    ------
+    DwiMLUserError
+        A file whose data cannot be read (truncated, corrupt), NaN or Inf
+        in a volume or a tractogram, an empty mask or tractogram, a missing
+        dps key, or streamlines outside the volume.
+    """
+    subject = subject_files.subject
+    for group_config in config.volume_groups:
+        group = group_config.name
+        files = subject_files.volume_groups[group]
+        for path in files.files:
+            load_volume(path, subject, group)
+        if files.mask_files:
+            load_std_mask(files.mask_files, subject, group)
+    for group_config in config.streamline_groups:
+        files = subject_files.streamline_groups[group_config.name]
+        for path in files.files:
+            load_tractogram_file(path, files.reference, group_config,
+                                 subject, remove_invalid)
 
 
 def _check_same_grid(files, subject, group):

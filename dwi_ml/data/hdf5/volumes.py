@@ -114,7 +114,9 @@ def load_volume_group(group_config, files, mask_files, subject):
 
 def load_volume(path, subject, group):
     """Load one NIfTI file as (X, Y, Z, F) float32, refusing NaN and Inf."""
-    data = _load_image(path, subject, group).get_fdata(dtype=np.float32)
+    image = _load_image(path, subject, group)
+    data = _read_data(image, path, subject, group,
+                      lambda img: img.get_fdata(dtype=np.float32))
     if data.ndim == 3:
         data = data[..., None]
     nb_bad = int(np.count_nonzero(~np.isfinite(data)))
@@ -132,7 +134,9 @@ def load_std_mask(paths, subject, group):
     """
     mask = None
     for path in paths:
-        data = np.asanyarray(_load_image(path, subject, group).dataobj)
+        image = _load_image(path, subject, group)
+        data = _read_data(image, path, subject, group,
+                          lambda img: np.asanyarray(img.dataobj))
         file_mask = data.reshape(data.shape[:3]) > 0
         mask = file_mask if mask is None else mask | file_mask
     if not mask.any():
@@ -180,5 +184,18 @@ def _load_image(path, subject, group):
         return nib.load(path)
     except Exception as error:  # nibabel raises many types for bad files
         raise DwiMLUserError(
-            f"{describe(subject, group, path)}: cannot read it as NIfTI "
+            f"{describe(subject, group, path)}: cannot read it as NIfTI; "
+            "the file is truncated or corrupt, or not NIfTI "
             f"({type(error).__name__}: {one_line(error)}).") from None
+
+
+def _read_data(image, path, subject, group, read):
+    """``read(image)``, its data; a truncated file is a user error."""
+    try:
+        return read(image)
+    except Exception as error:  # EOFError, OSError, zlib.error...
+        raise DwiMLUserError(
+            f"{describe(subject, group, path)}: its header reads but its data "
+            f"does not: the file is truncated or corrupt (expected shape "
+            f"{image.shape}; {type(error).__name__}: {one_line(error)})."
+        ) from None

@@ -7,25 +7,44 @@ Chunking: streamline ``data`` is chunked by ``STREAMLINE_CHUNK_ROWS`` rows
 (4096 points x 3 x float32 = 48 KiB), uncompressed. A lazy read of one
 streamline (typically 20 to 300 points) then touches one or two chunks,
 and h5py's default 1 MiB chunk cache holds about 20 of them. Compression
-would make every such read decompress whole chunks. ``offsets``,
-``lengths``, ``euclidean_lengths`` and volumes are read whole, so they stay
-contiguous.
+would make every such read decompress whole chunks.
+
+Checksums, so that corrupt bytes raise instead of feeding a model (see
+docs/hdf5_layout.md, "Storage choices"):
+
+- volumes, ``offsets``, ``lengths``, ``euclidean_lengths`` and
+  ``data_per_streamline`` are chunked with HDF5's fletcher32 filter: HDF5
+  checks every chunk it reads, and any h5py (the reference's too) reads
+  them transparently;
+- streamline ``data`` stays unfiltered, so that lazy reads can fetch its
+  bytes with ``os.pread`` (a filter would force HDF5's much slower path).
+  Its sibling dataset ``data_crc32`` holds the CRC-32 of each chunk's rows
+  (attr ``rows_per_checksum``), checked by our readers.
 """
 import h5py
 import numpy as np
 
 from dwi_ml.data.hdf5.layout import (
+    CHECKSUM_SUFFIX,
     FORMAT_VERSION,
+    ROWS_PER_CHECKSUM_ATTR,
     SPLIT_ATTRS,
     SPLITS,
     STREAMLINE_ORIGIN,
     STREAMLINE_SPACE,
     STREAMLINES_TYPE,
     VOLUME_TYPE,
+    row_block_checksums,
     write_optional_number,
 )
 
 STREAMLINE_CHUNK_ROWS = 4096
+
+
+def _create_checked(group, name, data):
+    """A dataset with HDF5's fletcher32 checksum (chunked, as it needs)."""
+    return group.create_dataset(name, data=data, fletcher32=True,
+                                chunks=True, track_times=False)
 
 
 def write_root_attrs(hdf_file, subjects, groups_config_text, date_time, *,
@@ -72,8 +91,7 @@ def write_volume_group(subject_group, name, data, grid):
     group.attrs["affine"] = np.asarray(grid.affine, dtype=np.float64)
     group.attrs["voxres"] = np.asarray(grid.voxres, dtype=np.float32)
     group.attrs["nb_features"] = np.int64(data.shape[-1])
-    group.create_dataset("data", data=np.asarray(data, dtype=np.float32),
-                         track_times=False)
+    _create_checked(group, "data", np.asarray(data, dtype=np.float32))
 
 
 def write_streamline_group(subject_group, name, streamlines):
@@ -101,16 +119,18 @@ def write_streamline_group(subject_group, name, streamlines):
     chunk_rows = min(STREAMLINE_CHUNK_ROWS, max(len(data), 1))
     group.create_dataset("data", data=data, chunks=(chunk_rows, 3),
                          track_times=False)
-    group.create_dataset("offsets", track_times=False,
-                         data=np.asarray(streamlines.offsets, np.int64))
-    group.create_dataset("lengths", track_times=False,
-                         data=np.asarray(streamlines.lengths, np.int64))
-    group.create_dataset(
-        "euclidean_lengths", track_times=False,
-        data=np.asarray(streamlines.euclidean_lengths, np.float32))
+    checksums = _create_checked(group, "data" + CHECKSUM_SUFFIX,
+                                row_block_checksums(data, chunk_rows))
+    checksums.attrs[ROWS_PER_CHECKSUM_ATTR] = np.int64(chunk_rows)
+    _create_checked(group, "offsets",
+                    np.asarray(streamlines.offsets, np.int64))
+    _create_checked(group, "lengths",
+                    np.asarray(streamlines.lengths, np.int64))
+    _create_checked(group, "euclidean_lengths",
+                    np.asarray(streamlines.euclidean_lengths, np.float32))
     dps_group = group.create_group("data_per_streamline")
     for key, values in streamlines.data_per_streamline.items():
-        dps_group.create_dataset(key, data=values, track_times=False)
+        _create_checked(dps_group, key, values)
 
 
 def _string_array(values):

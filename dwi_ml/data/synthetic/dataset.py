@@ -20,7 +20,7 @@ from dwi_ml.data.synthetic.writer import (
 )
 from dwi_ml.io_utils.atomic import atomic_output_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.script_args import check_output_free
+from dwi_ml.io_utils.output_folders import check_output_folder, mark_output_folder
 
 MIN_NB_DIRECTIONS = 6  # a tensor needs six directions
 
@@ -92,7 +92,8 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
     Parameters
     ----------
     out_folder : str
-        Must not exist unless ``overwrite``; its parent must exist.
+        A new or empty folder, or (with ``overwrite``) a synthetic dataset
+        written before; its parent must exist.
     nb_subjects : int
     nb_streamlines : int
         Streamlines per subject, over all bundles.
@@ -105,7 +106,9 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
         Diffusion-weighted volumes after the b=0 one.
     seed : int
     overwrite : bool
-        Replace an existing ``out_folder``.
+        Replace an existing synthetic dataset at ``out_folder``. Any other
+        non-empty folder is refused (see
+        :mod:`dwi_ml.io_utils.output_folders`).
 
     Returns
     -------
@@ -114,13 +117,13 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
     Raises
     ------
     DwiMLUserError
-        On a bad argument or an existing ``out_folder`` without overwrite.
+        On a bad argument, or an ``out_folder`` that may not be written.
     """
     shape = tuple(int(s) for s in shape)
     voxel_size = tuple(float(v) for v in voxel_size)
     _check_arguments(nb_subjects, nb_streamlines, shape, voxel_size,
                      nb_bundles, nb_directions, seed)
-    check_output_free(out_folder, overwrite)
+    check_output_folder(out_folder, "synthetic_dataset", overwrite)
 
     out_folder = os.path.abspath(out_folder)
     width = max(2, len(str(nb_subjects)))
@@ -141,6 +144,7 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
                          nb_streamlines, time.perf_counter() - start)
         write_config(tmp_folder)
         write_subject_lists(tmp_folder, splits)
+        mark_output_folder(tmp_folder, "synthetic_dataset")
 
     return SyntheticDatasetPaths(
         out_folder=out_folder,

@@ -1,0 +1,73 @@
+"""Count a tractogram's streamlines between the blocs of a volume grid."""
+import logging
+import os
+
+from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    check_inputs_exist,
+    check_output_free,
+    make_parser,
+    set_verbosity,
+)
+from dwi_ml.tracking.connectivity import (
+    connectivity_from_blocs,
+    parse_nb_blocs,
+)
+from dwi_ml.tracking.scoring_io import (
+    check_npy_extension,
+    load_grid,
+    load_tractogram_vox_corner,
+    save_npy,
+)
+
+DESCRIPTION = """\
+Compute the connectivity matrix of a tractogram between blocs of the
+volume: the volume of the reference NIfTI is cut into NB_BLOCS equal parts
+along each axis (one value for all axes, or three), and blocs are numbered
+in C order, as in the reference dwi_ml. A point at x voxels along an axis
+of S voxels cut in n parts is in part floor(x * n / S), clipped to [0,
+n - 1] (points outside the volume count in the border blocs). Each
+streamline is counted once, between the blocs of its first and last
+points, at [min(i, j), max(i, j)]: the matrix is upper-triangular and sums
+to the number of streamlines. It has prod(NB_BLOCS) rows (8000 for 20 blocs
+per axis: 512 MB of int64) and is saved as .npy (int64 counts, or bool with
+--binary)."""
+
+
+def _build_parser():
+    parser = make_parser(DESCRIPTION)
+    parser.add_argument("in_tractogram", help="Tractogram (.trk, .tck or "
+                                              ".trx).")
+    parser.add_argument("in_volume",
+                        help="NIfTI giving the voxel grid (shape, affine).")
+    parser.add_argument("nb_blocs", type=int, nargs="+", metavar="NB_BLOCS",
+                        help="Blocs per axis: 1 value, or 3.")
+    parser.add_argument("out_matrix", help="Output .npy matrix.")
+    parser.add_argument("--binary", action="store_true",
+                        help="Save whether each pair is connected (bool) "
+                             "instead of streamline counts.")
+    add_overwrite_arg(parser)
+    add_verbose_arg(parser)
+    return parser
+
+
+@script_entry_point
+def main(argv=None):
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    nb_blocs = parse_nb_blocs(args.nb_blocs)
+    check_inputs_exist(args.in_tractogram, args.in_volume)
+    check_npy_extension(args.out_matrix)
+    check_output_free(args.out_matrix, args.overwrite)
+
+    shape, _ = load_grid(args.in_volume)
+    sft = load_tractogram_vox_corner(args.in_tractogram, args.in_volume)
+    matrix = connectivity_from_blocs(sft.streamlines, shape, nb_blocs,
+                                     args.binary)
+    save_npy(args.out_matrix, matrix)
+    logging.info("Saved the %d x %d matrix (%s blocs) of %d streamlines in "
+                 "%s.", len(matrix), len(matrix),
+                 " x ".join(map(str, nb_blocs)), len(sft),
+                 os.path.abspath(args.out_matrix))

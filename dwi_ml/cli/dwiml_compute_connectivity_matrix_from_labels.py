@@ -1,0 +1,61 @@
+"""Count a tractogram's streamlines between the labels of a parcellation."""
+import logging
+import os
+
+from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    check_inputs_exist,
+    check_output_free,
+    make_parser,
+    set_verbosity,
+)
+from dwi_ml.tracking.connectivity import connectivity_from_labels
+from dwi_ml.tracking.scoring_io import (
+    check_npy_extension,
+    load_label_volume,
+    load_tractogram_vox_corner,
+    save_npy,
+)
+
+DESCRIPTION = """\
+Compute the connectivity matrix of a tractogram between the labels of a
+parcellation (a NIfTI of integers >= 0, on the subject's grid). Each
+streamline is counted once, between the labels of the voxels of its first
+and last points, at [min(i, j), max(i, j)]: the matrix is upper-triangular,
+as the reference dwi_ml's, and sums to the number of streamlines. Row and
+column k are label k; row and column 0 gather the endpoints in the
+background (label 0) or outside the volume. The matrix has (largest label
++ 1) rows and is saved as .npy (int64 counts, or bool with --binary)."""
+
+
+def _build_parser():
+    parser = make_parser(DESCRIPTION)
+    parser.add_argument("in_tractogram", help="Tractogram (.trk, .tck or "
+                                              ".trx).")
+    parser.add_argument("in_labels", help="NIfTI of integer labels >= 0.")
+    parser.add_argument("out_matrix", help="Output .npy matrix.")
+    parser.add_argument("--binary", action="store_true",
+                        help="Save whether each pair is connected (bool) "
+                             "instead of streamline counts.")
+    add_overwrite_arg(parser)
+    add_verbose_arg(parser)
+    return parser
+
+
+@script_entry_point
+def main(argv=None):
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    check_inputs_exist(args.in_tractogram, args.in_labels)
+    check_npy_extension(args.out_matrix)
+    check_output_free(args.out_matrix, args.overwrite)
+
+    labels, _ = load_label_volume(args.in_labels)
+    sft = load_tractogram_vox_corner(args.in_tractogram, args.in_labels)
+    matrix = connectivity_from_labels(sft.streamlines, labels, args.binary)
+    save_npy(args.out_matrix, matrix)
+    logging.info("Saved the %d x %d matrix of %d streamlines in %s.",
+                 len(matrix), len(matrix), len(sft),
+                 os.path.abspath(args.out_matrix))

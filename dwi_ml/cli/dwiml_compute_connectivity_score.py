@@ -1,0 +1,75 @@
+"""Score a predicted connectivity matrix against the true one."""
+import logging
+import os
+
+import numpy as np
+
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.script_args import (
+    add_overwrite_arg,
+    add_verbose_arg,
+    check_inputs_exist,
+    check_output_free,
+    make_parser,
+    set_verbosity,
+)
+from dwi_ml.tracking.connectivity import score_connectivity
+from dwi_ml.tracking.scoring_io import format_scores, write_json
+
+DESCRIPTION = """\
+Compare a predicted connectivity matrix (e.g. of a tracked tractogram) with
+the true one (e.g. of the subject's reference tractogram), both .npy
+matrices of the same shape from dwiml_compute_connectivity_matrix_from_*.py
+(counts or booleans; upper-triangular or symmetric). A connection is a pair
+of nodes with a non-zero entry.
+  true_connections_found: share of the true connections that are predicted
+    (recall).
+  predicted_connections_true: share of the predicted connections that are
+    true (precision).
+  connections_f1: 2 x found / (nb true + nb predicted connections).
+  streamlines_in_true_connections: share of the predicted streamlines (sum
+    of the predicted counts) that join a true connection; 1 minus the
+    reference dwi_ml's "connectivity loss". Meaningless for a binary
+    predicted matrix, which counts connections.
+The scores are printed and, with --out_json, saved as one flat JSON dict."""
+
+
+def _build_parser():
+    parser = make_parser(DESCRIPTION)
+    parser.add_argument("predicted_matrix", help="Matrix to score (.npy).")
+    parser.add_argument("true_matrix", help="Reference matrix (.npy).")
+    parser.add_argument("--out_json", metavar="FILE",
+                        help="Save the scores in this JSON file.")
+    add_overwrite_arg(parser)
+    add_verbose_arg(parser)
+    return parser
+
+
+def _load_matrix(path):
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DwiMLUserError(
+            f"matrix '{path}': expected a .npy array, could not read it "
+            f"({error}).") from None
+    if not (np.issubdtype(matrix.dtype, np.number) or matrix.dtype == bool):
+        raise DwiMLUserError(
+            f"matrix '{path}': expected numbers or booleans, found dtype "
+            f"{matrix.dtype}.")
+    return matrix
+
+
+@script_entry_point
+def main(argv=None):
+    args = _build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
+    check_inputs_exist(args.predicted_matrix, args.true_matrix)
+    if args.out_json is not None:
+        check_output_free(args.out_json, args.overwrite)
+
+    scores = score_connectivity(_load_matrix(args.predicted_matrix),
+                                _load_matrix(args.true_matrix))
+    print(format_scores(scores))
+    if args.out_json is not None:
+        write_json(args.out_json, scores)
+        logging.info("Saved %s.", os.path.abspath(args.out_json))

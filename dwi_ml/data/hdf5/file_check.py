@@ -1,0 +1,112 @@
+"""Is this a readable dwi_ml HDF5 file? One check for every reader.
+
+Every script and the dataset open a user's HDF5 file through
+:func:`check_dwiml_hdf5` first, so that a missing, truncated or foreign file
+gets the same one-line error everywhere, naming why the file is not a
+dwi_ml file. :func:`hdf5_read_errors` turns a failed data read (corrupt
+bytes caught by a checksum, a truncated file) into a one-line error naming
+the file, subject and group.
+"""
+import contextlib
+import os
+
+import h5py
+
+from dwi_ml.data.hdf5.layout import SPLIT_ATTRS, SPLITS, read_subject_list
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+# What h5py raises on unreadable metadata or data (corrupt, truncated).
+READ_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+
+def _one_line(error):
+    return " ".join(str(error).split())[:200]
+
+
+def check_dwiml_hdf5(path):
+    """Check that ``path`` is a dwi_ml HDF5 file; return its splits.
+
+    A dwi_ml file (ours or the reference package's) has root attrs listing
+    the subjects of each split, and one root group per listed subject. Only
+    metadata is read.
+
+    Parameters
+    ----------
+    path : str
+
+    Returns
+    -------
+    dict of str to list of str
+        Split name ('training', ...) to its subject IDs, sorted.
+
+    Raises
+    ------
+    DwiMLUserError
+        A missing file, a file that is not HDF5, truncated or corrupt
+        metadata, no split attrs, no subject at all, or a listed subject
+        without its group.
+    """
+    if not os.path.isfile(path):
+        raise DwiMLUserError(f"HDF5 file '{path}' not found.")
+    not_dwiml = f"'{path}' is not a dwi_ml HDF5 file"
+    if not h5py.is_hdf5(path):
+        raise DwiMLUserError(
+            f"{not_dwiml}: it is not an HDF5 file (no HDF5 signature).")
+    try:
+        with h5py.File(path, "r") as hdf_file:
+            attrs = hdf_file.attrs
+            attr_names = sorted(attrs.keys())
+            if not any(SPLIT_ATTRS[split] in attrs for split in SPLITS):
+                raise DwiMLUserError(
+                    f"{not_dwiml}: it is HDF5 but lacks the dwi_ml layout: "
+                    f"expected root attrs {list(SPLIT_ATTRS.values())}, "
+                    f"found attrs [{', '.join(attr_names) or 'none'}].")
+            splits = {split: sorted(read_subject_list(attrs, split))
+                      for split in SPLITS}
+            groups = {name for name, item in hdf_file.items()
+                      if isinstance(item, h5py.Group)}
+    except DwiMLUserError:
+        raise
+    except READ_ERRORS as error:
+        raise DwiMLUserError(
+            f"HDF5 file '{path}': cannot read its metadata; the file is "
+            f"truncated or corrupt ({type(error).__name__}: "
+            f"{_one_line(error)}).") from None
+    listed = [subject for split in SPLITS for subject in splits[split]]
+    if not listed:
+        raise DwiMLUserError(
+            f"{not_dwiml}: its split attrs list no subject, found subject "
+            f"groups [{', '.join(sorted(groups)) or 'none'}].")
+    missing = [subject for subject in listed if subject not in groups]
+    if missing:
+        raise DwiMLUserError(
+            f"HDF5 file '{path}': subject '{missing[0]}' is listed in the "
+            "splits but there is no group of that name at the root.")
+    return splits
+
+
+@contextlib.contextmanager
+def hdf5_read_errors(path, key=None):
+    """Turn an HDF5 read error inside the block into a one-line user error.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file.
+    key : str, optional
+        The dataset or group read, 'subject/group/...': the error names the
+        subject and the group. None for reads anywhere in the file.
+    """
+    try:
+        yield
+    except READ_ERRORS as error:
+        where = f"HDF5 file '{path}': cannot read it"
+        if key is not None:
+            parts = key.strip("/").split("/")
+            where = f"HDF5 file '{path}', subject '{parts[0]}'"
+            if len(parts) > 1:
+                where += f", group '{parts[1]}'"
+            where += f": cannot read '{key}'"
+        raise DwiMLUserError(
+            f"{where}; the file is corrupt or truncated "
+            f"({type(error).__name__}: {_one_line(error)}).") from None

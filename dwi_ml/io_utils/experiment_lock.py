@@ -1,0 +1,159 @@
+"""One process at a time per experiment: an OS lock on EXPERIMENT/.lock.
+
+Training and resuming take ``fcntl.flock`` on the lock file before they
+change any file of the experiment, and hold it for the whole run. The
+kernel releases it when the process ends, even on a kill, so a lock file
+left by a dead process never blocks. The holder writes its PID in the file
+so that a refused process can name it. Under torchrun only rank 0 takes the
+lock: the other ranks never write into the experiment.
+"""
+import errno
+import fcntl
+import logging
+import os
+
+from dwi_ml.io_utils.atomic import remove_stale_temporaries
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import (
+    EXPERIMENT_FOLDERS,
+    EXPERIMENT_PARAMETERS,
+    MARKER_FILE,
+    check_output_folder,
+    folder_kind,
+    mark_output_folder,
+    reset_output_folder,
+)
+
+LOCK_FILE = ".lock"
+
+# What a training run writes atomically at the top of its experiment.
+_ATOMIC_OUTPUTS = (EXPERIMENT_PARAMETERS, MARKER_FILE, *EXPERIMENT_FOLDERS)
+
+
+class ExperimentLock:
+    """The lock of one experiment folder, held from acquire() to release().
+
+    Use it as ``with ExperimentLock(folder) as lock: ... lock.acquire()``:
+    leaving the block releases it (if it was taken), even on an error.
+
+    Parameters
+    ----------
+    experiment_dir : str
+        The experiment folder; it must exist when the lock is acquired.
+    """
+
+    def __init__(self, experiment_dir):
+        self.experiment_dir = experiment_dir
+        self.path = os.path.join(experiment_dir, LOCK_FILE)
+        self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+    @property
+    def is_held(self):
+        """True between a successful acquire() and release()."""
+        return self._fd is not None
+
+    def acquire(self):
+        """Take the lock, or refuse naming the process that holds it.
+
+        Returns
+        -------
+        ExperimentLock
+            self.
+
+        Raises
+        ------
+        DwiMLUserError
+            When another process holds the lock.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise DwiMLUserError(
+                f"experiment '{self.experiment_dir}' is in use by {holder} "
+                f"(lock {self.path}): wait for it to end or stop it, then "
+                "run again.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self):
+        """Release the lock; does nothing if it is not held."""
+        if self._fd is None:
+            return
+        # Emptied, not removed: removing a lock file lets two processes
+        # lock two different files of the same name.
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_holder(fd):
+    content = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    return f"process {content}" if content.isdigit() else "another process"
+
+
+def start_new_experiment(lock, overwrite, hint=""):
+    """Lock, then create or replace (``overwrite``) an experiment folder.
+
+    Call it on the main process only, after every check of the run: the
+    folder's state is checked again under the lock (another run may have
+    written it meanwhile), then it is emptied and marked as an experiment.
+
+    Parameters
+    ----------
+    lock : ExperimentLock
+        The experiment's lock, not yet acquired.
+    overwrite : bool
+        ``-f``: replace an existing experiment.
+    hint : str
+        Appended to the 'already exists' message.
+    """
+    experiment_dir = lock.experiment_dir
+    os.makedirs(experiment_dir, exist_ok=True)
+    lock.acquire()
+    check_output_folder(experiment_dir, "experiment", overwrite,
+                        what="experiment", hint=hint, ignore=(LOCK_FILE,))
+    reset_output_folder(experiment_dir, "experiment", keep=(LOCK_FILE,))
+
+
+def start_resumed_experiment(lock):
+    """Lock an existing experiment to continue it; clean a killed run's leftovers.
+
+    Call it on the main process only. Removes the temporary files and
+    folders that a killed run of this experiment left (see
+    :func:`~dwi_ml.io_utils.atomic.remove_stale_temporaries`) and marks an
+    experiment written before markers existed.
+
+    Parameters
+    ----------
+    lock : ExperimentLock
+        The experiment's lock, not yet acquired.
+
+    Raises
+    ------
+    DwiMLUserError
+        When the folder is not a dwi_ml experiment or is in use.
+    """
+    experiment_dir = lock.experiment_dir
+    if folder_kind(experiment_dir) != "experiment":
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' is not a dwi_ml experiment: no "
+            f"{MARKER_FILE} or {EXPERIMENT_PARAMETERS} with a checkpoint.")
+    lock.acquire()
+    for path in remove_stale_temporaries(experiment_dir, _ATOMIC_OUTPUTS):
+        logging.info("Removed %s, left by a killed run.", path)
+    if not os.path.isfile(os.path.join(experiment_dir, MARKER_FILE)):
+        mark_output_folder(experiment_dir, "experiment")

@@ -1,0 +1,288 @@
+"""Outputs that dwi_ml may write, and the folders that ``-f`` may replace.
+
+A script writes its output folder with a marker file, ``.dwi_ml_output.json``
+(its kind, the dwi_ml version and the creation time). ``-f`` replaces a
+folder only when its marker says it holds that same kind of output, or when
+it is an experiment written before markers existed (``parameters.json`` with
+``checkpoint/``, ``best_model/`` or ``logs/``). Any other non-empty folder is
+refused, with or without ``-f``; an empty one may be used. The current
+folder, its parents, the home folder and ``/`` are never written to or
+replaced. Output files are replaced with ``-f``, but a folder at an output
+file's path never is. Every check runs before any work and raises a one-line
+:class:`~dwi_ml.io_utils.errors.DwiMLUserError`.
+"""
+import datetime
+import json
+import os
+import shutil
+
+from dwi_ml import __version__
+from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+MARKER_FILE = ".dwi_ml_output.json"
+OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output")
+
+# The layout of dwi_ml.training.checkpoint_io, repeated here so that io_utils
+# does not import torch (a test checks that both agree).
+EXPERIMENT_PARAMETERS = "parameters.json"
+EXPERIMENT_FOLDERS = ("checkpoint", "best_model", "logs")
+
+_KIND_NAMES = {"experiment": "dwi_ml experiment",
+               "synthetic_dataset": "dwi_ml synthetic dataset",
+               "demo_output": "dwi_ml demo output"}
+
+
+def check_experiment_name(name, what="experiment_name"):
+    """Refuse an experiment name that is not one plain folder name.
+
+    Parameters
+    ----------
+    name : str
+        The name of a folder inside the experiments path.
+    what : str
+        The argument's name, for the message.
+
+    Returns
+    -------
+    str
+        ``name``, unchanged.
+
+    Raises
+    ------
+    DwiMLUserError
+        When ``name`` is empty, ``.`` or ``..``, or holds a path separator:
+        the experiment would not be a new folder inside the experiments path.
+    """
+    separators = [sep for sep in ("/", os.sep, os.altsep) if sep]
+    if name in ("", ".", "..") or any(sep in name for sep in separators):
+        raise DwiMLUserError(
+            f"{what}: expected a plain folder name (not empty, not '.' or "
+            f"'..', without '/'), got {name!r}.")
+    return name
+
+
+def protected_folder_reason(path):
+    """Why dwi_ml must never write into or replace ``path``, or None.
+
+    The root folder, the home folder, the current folder and its parents
+    are protected, whatever their content.
+    """
+    real = os.path.realpath(path)
+    cwd = os.path.realpath(os.getcwd())
+    if real == os.path.realpath(os.sep):
+        return "the root folder"
+    if real == os.path.realpath(os.path.expanduser("~")):
+        return "your home folder"
+    if real == cwd:
+        return "the current folder"
+    if cwd.startswith(real.rstrip(os.sep) + os.sep):
+        return "a parent of the current folder"
+    return None
+
+
+def _check_parent(path, what):
+    """The folder that will hold ``path`` exists, is a folder, is writable."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        ancestor = parent
+        while not os.path.lexists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise DwiMLUserError(
+                f"{what} '{path}': '{ancestor}' is a file, expected a "
+                "folder.")
+        raise DwiMLUserError(
+            f"{what} folder '{parent}' for '{path}' does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DwiMLUserError(
+            f"{what} '{path}': folder '{parent}' is not writable.")
+
+
+def check_output_free(path, overwrite, what="output"):
+    """Check that the output file ``path`` can be written, before any work.
+
+    Parameters
+    ----------
+    path : str
+        An output file.
+    overwrite : bool
+        Whether an existing file at ``path`` may be replaced (``-f``).
+    what : str
+        What the output is, for the message.
+
+    Raises
+    ------
+    DwiMLUserError
+        When ``path`` is a folder (``-f`` never replaces one), its parent is
+        missing, is a file or is not writable, or ``path`` exists without
+        ``overwrite``.
+    """
+    if os.path.isdir(path):
+        raise DwiMLUserError(
+            f"{what} '{path}' is a folder; expected a file name (-f never "
+            "replaces a folder).")
+    _check_parent(path, what)
+    if os.path.lexists(path) and not overwrite:
+        raise DwiMLUserError(
+            f"{what} '{path}' already exists; use -f/--overwrite to "
+            "replace it.")
+
+
+def _read_marker(path):
+    try:
+        with open(os.path.join(path, MARKER_FILE)) as f:
+            kind = json.load(f).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in OUTPUT_KINDS else None
+
+
+def _is_old_experiment(path):
+    return (os.path.isfile(os.path.join(path, EXPERIMENT_PARAMETERS))
+            and any(os.path.isdir(os.path.join(path, name))
+                    for name in EXPERIMENT_FOLDERS))
+
+
+def folder_kind(path):
+    """The kind of dwi_ml output that folder ``path`` holds, or None.
+
+    Parameters
+    ----------
+    path : str
+        An existing folder.
+
+    Returns
+    -------
+    str or None
+        One of :data:`OUTPUT_KINDS`, from the folder's marker file, or
+        'experiment' for an experiment written before markers existed.
+        None for any other folder.
+    """
+    kind = _read_marker(path)
+    if kind is None and _is_old_experiment(path):
+        return "experiment"
+    return kind
+
+
+def _is_empty(path, ignore):
+    return all(name in ignore for name in os.listdir(path))
+
+
+def check_output_folder(path, kind, overwrite, what="output folder",
+                        hint="", ignore=()):
+    """Check that dwi_ml may write the output folder ``path``, before any work.
+
+    Parameters
+    ----------
+    path : str
+        The output folder.
+    kind : str
+        One of :data:`OUTPUT_KINDS`: what the folder will hold.
+    overwrite : bool
+        Whether a folder already holding this kind of output may be
+        replaced (``-f``).
+    what : str
+        What the folder is, for the message.
+    hint : str
+        Appended to the 'already exists' message (e.g. how to continue it).
+    ignore : tuple of str
+        Names that do not make the folder non-empty (e.g. our lock file).
+
+    Raises
+    ------
+    DwiMLUserError
+        When ``path`` is protected (see :func:`protected_folder_reason`) or
+        a file; when its parent is missing or not writable; when it is a
+        non-empty folder that does not hold ``kind`` (with or without
+        ``overwrite``); when it holds ``kind`` and ``overwrite`` is False.
+    """
+    reason = protected_folder_reason(path)
+    if reason is not None:
+        raise DwiMLUserError(
+            f"{what} '{path}' is {reason}; dwi_ml never writes into or "
+            "replaces it: give a new folder name.")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise DwiMLUserError(
+            f"{what} '{path}' is a file; expected a folder (-f never "
+            "replaces a file by a folder).")
+    _check_parent(path, what)
+    if not os.path.isdir(path):
+        return
+    if not _is_empty(path, ignore):
+        _check_folder_holds(path, kind, overwrite, what, hint)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DwiMLUserError(f"{what} '{path}' is not writable.")
+
+
+def _check_folder_holds(path, kind, overwrite, what, hint):
+    found = folder_kind(path)
+    if found is None:
+        raise DwiMLUserError(
+            f"{what} '{path}' is not empty and is not a {_KIND_NAMES[kind]} "
+            f"(no {MARKER_FILE}): refused with or without -f; give a new or "
+            "empty folder.")
+    if found != kind:
+        raise DwiMLUserError(
+            f"{what} '{path}' holds a {_KIND_NAMES[found]}, expected a "
+            f"{_KIND_NAMES[kind]}: refused with or without -f.")
+    if not overwrite:
+        raise DwiMLUserError(
+            f"{what} '{path}' already exists; use -f/--overwrite to replace "
+            f"it{hint}.")
+
+
+def mark_output_folder(path, kind):
+    """Write the marker that lets ``-f`` recognise folder ``path`` later.
+
+    Parameters
+    ----------
+    path : str
+        An existing folder, written by dwi_ml.
+    kind : str
+        One of :data:`OUTPUT_KINDS`.
+    """
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"kind must be one of {OUTPUT_KINDS}, got {kind!r}")
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds")
+    text = json.dumps({"kind": kind, "dwi_ml_version": __version__,
+                       "created": created}, indent=2)
+    with atomic_output_file(os.path.join(path, MARKER_FILE)) as tmp_path:
+        with open(tmp_path, "w") as f:
+            f.write(text + "\n")
+
+
+def reset_output_folder(path, kind, keep=()):
+    """Make ``path`` an empty folder marked as ``kind``, keeping ``keep``.
+
+    The folder is created if missing. An existing one must be empty (but
+    for ``keep``) or already hold ``kind``: the check is repeated here, so
+    this never empties a folder that dwi_ml did not write.
+
+    Parameters
+    ----------
+    path : str
+        The output folder, checked by :func:`check_output_folder`.
+    kind : str
+        One of :data:`OUTPUT_KINDS`.
+    keep : tuple of str
+        Entries left in place (e.g. the lock file of the running process).
+    """
+    if protected_folder_reason(path) is not None:
+        raise DwiMLUserError(f"output folder '{path}': refusing to empty it.")
+    if not os.path.isdir(path):
+        os.mkdir(path)
+    elif not _is_empty(path, keep) and folder_kind(path) != kind:
+        raise DwiMLUserError(
+            f"output folder '{path}' is not a {_KIND_NAMES[kind]}: refusing "
+            "to empty it.")
+    # Marked first: a kill while emptying leaves a folder -f still knows.
+    mark_output_folder(path, kind)
+    for entry in os.scandir(path):
+        if entry.name in (*keep, MARKER_FILE):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.remove(entry.path)

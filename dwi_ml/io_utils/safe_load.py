@@ -1,0 +1,87 @@
+"""Read torch and JSON files that a user gave us, with one-line errors.
+
+Every torch file (model weights, checkpoint state) goes through
+:func:`load_torch_file`: ``torch.load(weights_only=True)``, so that a file
+holding pickled code is refused before any of it runs, and every way a file
+can be bad (missing, empty, truncated, random bytes, pickled code) becomes a
+:class:`DwiMLUserError` naming the file.
+"""
+import json
+import os
+import pickle
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+
+def _one_line(error):
+    return " ".join(str(error).split())[:200]
+
+
+def load_torch_file(path, what, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``, with one-line user errors.
+
+    Parameters
+    ----------
+    path : str
+        The file to read.
+    what : str
+        What the file should be, named in errors (e.g. 'dwi_ml model
+        weights').
+    map_location : str or torch.device
+        Where tensors go.
+
+    Returns
+    -------
+    object
+        Tensors, dicts, lists and plain Python values only.
+
+    Raises
+    ------
+    DwiMLUserError
+        Missing file, pickled code (not loaded), or a truncated or corrupt
+        file.
+    """
+    import torch
+
+    if not os.path.isfile(path):
+        raise DwiMLUserError(f"{what} '{path}': expected a file, found none.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refused a class or a function: never retry without it.
+        raise DwiMLUserError(
+            f"{what} '{path}': expected tensors and plain values only, found "
+            "pickled code; it is not a dwi_ml file and was not loaded."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        size = os.path.getsize(path)
+        raise DwiMLUserError(
+            f"{what} '{path}': expected a complete torch file, found a "
+            f"truncated or corrupt one ({size} bytes; "
+            f"{type(error).__name__}: {_one_line(error) or 'no data'})."
+        ) from None
+
+
+def load_json_file(path, what):
+    """Parse a JSON file, with one-line user errors naming it.
+
+    Raises
+    ------
+    DwiMLUserError
+        Missing file, bytes that are not UTF-8, or invalid (e.g. truncated)
+        JSON.
+    """
+    if not os.path.isfile(path):
+        raise DwiMLUserError(f"{what} '{path}': expected a file, found none.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError:
+        raise DwiMLUserError(
+            f"{what} '{path}': expected UTF-8 JSON text, found binary bytes "
+            "(the file is corrupt).") from None
+    except json.JSONDecodeError as error:
+        raise DwiMLUserError(
+            f"{what} '{path}': expected valid JSON, found an error at line "
+            f"{error.lineno} column {error.colno}: {error.msg} (the file is "
+            "truncated or corrupt).") from None

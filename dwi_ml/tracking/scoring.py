@@ -1,0 +1,306 @@
+"""Scores of a tracked tractogram against the subject's reference tractogram.
+
+:func:`score_tractogram` returns a flat dict of floats, for the scoring
+script and for validation by tracking during training. Every function here
+takes packed streamlines (nibabel ``ArraySequence``: one ``(P, 3)`` array,
+``offsets`` and ``lengths``) in voxel space with a corner origin (dipy
+``Space.VOX``, ``Origin.TRACKVIS``), and works on all points at once.
+
+Distances to the reference are point-to-point distances to the reference
+streamlines resampled to steps of at most ``max_step_vox`` (0.5 voxel by
+default), which approximate the distances to the reference curves: a point
+at distance ``d`` from a curve sampled every ``h`` is at most
+``sqrt(d**2 + (h / 2)**2)`` from its nearest sample, 1.03 voxels for
+``d = 1`` and ``h = 0.5``.
+
+Points
+    ``points_within_1_vox`` and ``points_within_2_vox`` (one key per
+    ``distances_vox``): the share of tracked points within that distance
+    (voxels, <=) of a reference point. ``points_aligned``: the share of
+    tracked points whose nearest reference point is within
+    ``direction_max_distance_vox`` and whose direction makes at most
+    ``max_angle_deg`` with that reference point's direction, whatever the
+    sign. The direction at a point is the step to the next point (the step
+    from the previous one at the last point), measured in mm.
+
+Bundles
+    Tractometer-style scores when the reference has bundle labels, see
+    :mod:`dwi_ml.tracking.bundle_scoring`.
+
+Lengths
+    ``mean_length_mm`` and ``median_length_mm`` of the tracked streamlines.
+
+Counts
+    ``nb_tracked``, ``nb_reference`` (streamlines) and ``nb_tracked_points``.
+"""
+import numpy as np
+from nibabel.streamlines import ArraySequence
+from scipy.spatial import cKDTree
+
+from dwi_ml.data.dataset.sft_data import compute_lengths_mm
+from dwi_ml.data.packed import compact, make_array_sequence
+from dwi_ml.data.processing.resampling import resample_to_step_size
+from dwi_ml.data.processing.space import check_affine
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.tracking.bundle_scoring import score_bundles
+
+DEFAULT_DISTANCES_VOX = (1.0, 2.0)
+DEFAULT_MAX_ANGLE_DEG = 30.0
+DEFAULT_DIRECTION_MAX_DISTANCE_VOX = 2.0
+DEFAULT_MIN_SHARE_IN_VOLUME = 0.5
+DEFAULT_MAX_STEP_VOX = 0.5
+_QUERY_BLOCK_VOX = 4.0
+
+
+def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
+                     distances_vox=DEFAULT_DISTANCES_VOX,
+                     max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
+                     direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
+                     min_share_in_volume=DEFAULT_MIN_SHARE_IN_VOLUME,
+                     max_step_vox=DEFAULT_MAX_STEP_VOX):
+    """Score tracked streamlines against the reference streamlines.
+
+    Parameters
+    ----------
+    tracked, reference : nibabel ArraySequence (or list of (n, 3) arrays)
+        Packed streamlines in voxel space, corner origin, on the grid of
+        ``shape`` and ``affine``.
+    shape : tuple of 3 int
+        Grid size in voxels (the grid of voxel distances and voxel masks).
+    affine : np.ndarray, shape (4, 4)
+        The grid's voxel-to-RAS mm affine (lengths, angles and resampling
+        are in mm).
+    reference_labels : np.ndarray, shape (len(reference),), int, optional
+        Bundle label of each reference streamline. Without it, no bundle
+        scores.
+    distances_vox : tuple of float
+        One ``points_within_{d}_vox`` key per distance (voxels).
+    max_angle_deg : float
+        Largest angle (degrees) of an aligned point.
+    direction_max_distance_vox : float
+        Farthest nearest reference point (voxels) of an aligned point.
+    min_share_in_volume : float
+        Share of a tracked streamline's points that must lie in a bundle's
+        volume for it to be a valid connection of that bundle, in [0, 1].
+    max_step_vox : float
+        Both tractograms are resampled to steps of at most this (voxels)
+        for the distances to the reference and for the voxel masks.
+
+    Returns
+    -------
+    dict of str to float
+        The keys of the module docstring, and those of
+        :func:`dwi_ml.tracking.bundle_scoring.score_bundles` when
+        ``reference_labels`` is given.
+    """
+    affine = check_affine(affine)
+    shape = tuple(int(size) for size in shape)
+    check_scoring_numbers(distances_vox, max_angle_deg,
+                          direction_max_distance_vox, min_share_in_volume,
+                          max_step_vox)
+    if reference_labels is not None and \
+            len(reference_labels) != len(reference):
+        raise DwiMLUserError(
+            f"reference_labels: expected one label per reference streamline "
+            f"({len(reference)}), found {len(reference_labels)}.")
+
+    tracked = _compact_points(tracked)
+    dense_reference = densify(_compact_points(reference), affine,
+                              max_step_vox)
+    scores = {"nb_tracked": float(len(tracked)),
+              "nb_reference": float(len(reference)),
+              "nb_tracked_points": float(len(tracked._data))}
+    scores.update(score_points(
+        tracked, dense_reference, affine, distances_vox, max_angle_deg,
+        direction_max_distance_vox))
+    if reference_labels is not None:
+        scores.update(score_bundles(
+            densify(tracked, affine, max_step_vox), dense_reference,
+            reference_labels, shape, min_share_in_volume))
+    scores.update(score_lengths(tracked, affine))
+    return scores
+
+
+def _compact_points(streamlines):
+    """Compact copy whose data is (P, 3) even without streamlines."""
+    if not isinstance(streamlines, ArraySequence):
+        streamlines = ArraySequence(streamlines)
+    data, offsets, lengths = compact(streamlines)
+    return make_array_sequence(np.reshape(data, (-1, 3)), offsets, lengths)
+
+
+def check_scoring_numbers(distances_vox, max_angle_deg,
+                          direction_max_distance_vox, min_share_in_volume,
+                          max_step_vox):
+    """Raise a user error for a threshold of :func:`score_tractogram` out of
+    its range."""
+    checks = [
+        ("distances_vox", distances_vox, len(distances_vox) > 0 and
+         all(d > 0 for d in distances_vox), "distances > 0 (voxels)"),
+        ("max_angle_deg", max_angle_deg, 0 <= max_angle_deg <= 90,
+         "an angle in [0, 90] degrees"),
+        ("direction_max_distance_vox", direction_max_distance_vox,
+         direction_max_distance_vox > 0, "a distance > 0 (voxels)"),
+        ("min_share_in_volume", min_share_in_volume,
+         0 <= min_share_in_volume <= 1, "a share in [0, 1]"),
+        ("max_step_vox", max_step_vox, max_step_vox > 0,
+         "a step > 0 (voxels)"),
+    ]
+    for name, value, valid, expected in checks:
+        if not valid:
+            raise DwiMLUserError(
+                f"argument {name}: expected {expected}, found {value!r}.")
+
+
+def densify(streamlines_vox, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
+    """Resample streamlines to steps of at most ``max_step_vox`` voxels.
+
+    The step in mm is ``max_step_vox`` times the smallest singular value of
+    the affine's linear part, so no step is longer than ``max_step_vox`` in
+    voxel units, along any direction, even with anisotropic or oblique
+    voxels. Points stay on the original polylines; endpoints are kept.
+
+    Parameters
+    ----------
+    streamlines_vox : nibabel ArraySequence
+        Voxel space, corner origin.
+    affine : np.ndarray, shape (4, 4)
+    max_step_vox : float
+
+    Returns
+    -------
+    nibabel ArraySequence
+        Compact, voxel space, corner origin.
+    """
+    smallest_mm_per_vox = np.linalg.svd(check_affine(affine)[:3, :3],
+                                        compute_uv=False).min()
+    return resample_to_step_size(streamlines_vox, affine,
+                                 max_step_vox * smallest_mm_per_vox)
+
+
+def point_directions_mm(streamlines_vox, affine, rows=None):
+    """Direction (mm, not normalised) at points of compact streamlines.
+
+    A point's direction is the step to the next point; the last point takes
+    the step that reaches it. Streamlines of one point get zeros.
+
+    Parameters
+    ----------
+    streamlines_vox : nibabel ArraySequence
+        Compact (offsets == cumsum of lengths), voxel space.
+    affine : np.ndarray, shape (4, 4)
+    rows : np.ndarray of int, optional
+        Rows of the points to give (default: all), so that a few points of
+        a large tractogram cost only their own work.
+
+    Returns
+    -------
+    np.ndarray, shape (len(rows), 3), float64
+    """
+    data = np.asarray(streamlines_vox._data, dtype=np.float64)
+    offsets = np.asarray(streamlines_vox._offsets, dtype=np.int64)
+    lengths = np.asarray(streamlines_vox._lengths, dtype=np.int64)
+    rows = np.arange(len(data)) if rows is None \
+        else np.asarray(rows, dtype=np.int64)
+    # Offsets are sorted: the last one <= row is the row's streamline (an
+    # empty streamline shares its offset with the next one).
+    owners = np.searchsorted(offsets, rows, side="right") - 1
+    first_rows = offsets[owners]
+    last_rows = first_rows + lengths[owners] - 1
+    is_last = rows == last_rows
+    step_starts = np.where(is_last, np.maximum(rows - 1, first_rows), rows)
+    step_ends = np.where(is_last, rows, rows + 1)
+    return (data[step_ends] - data[step_starts]) @ \
+        check_affine(affine)[:3, :3].T
+
+
+def score_points(tracked, dense_reference, affine,
+                 distances_vox=DEFAULT_DISTANCES_VOX,
+                 max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
+                 direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX):
+    """Shares of tracked points near, and aligned with, the reference.
+
+    Parameters
+    ----------
+    tracked : nibabel ArraySequence
+        Compact, voxel space, corner origin: the points as tracked.
+    dense_reference : nibabel ArraySequence
+        Compact reference streamlines, voxel space, corner origin, already
+        resampled densely (see :func:`densify`).
+    affine : np.ndarray, shape (4, 4)
+        Directions are compared in mm.
+    distances_vox, max_angle_deg, direction_max_distance_vox
+        See :func:`score_tractogram`.
+
+    Returns
+    -------
+    dict
+        ``points_within_{d:g}_vox`` for each distance, and
+        ``points_aligned``; 0 when there are no tracked points.
+    """
+    nb_points = len(tracked._data)
+    keys = [f"points_within_{d:g}_vox" for d in distances_vox]
+    if nb_points == 0 or len(dense_reference._data) == 0:
+        return dict.fromkeys(keys + ["points_aligned"], 0.0)
+
+    distances, nearest = _nearest_reference_points(
+        dense_reference._data, tracked._data,
+        max(max(distances_vox), direction_max_distance_vox))
+    scores = {key: float(np.count_nonzero(distances <= d)) / nb_points
+              for key, d in zip(keys, distances_vox)}
+
+    near = np.flatnonzero(distances <= direction_max_distance_vox)
+    tracked_dirs = point_directions_mm(tracked, affine, near)
+    reference_dirs = point_directions_mm(dense_reference, affine,
+                                         nearest[near])
+    norms = (np.linalg.norm(tracked_dirs, axis=1)
+             * np.linalg.norm(reference_dirs, axis=1))
+    dots = np.abs(np.sum(tracked_dirs * reference_dirs, axis=1))
+    aligned = (norms > 0) & (dots >= np.cos(np.radians(max_angle_deg)) * norms)
+    scores["points_aligned"] = float(np.count_nonzero(aligned)) / nb_points
+    return scores
+
+
+def _nearest_reference_points(reference_points, points, max_distance):
+    """Distance (inf beyond ``max_distance``) and row of the nearest
+    reference point of each point; all in the same (voxel) units."""
+    tree = cKDTree(np.asarray(reference_points, dtype=np.float64))
+    points = np.asarray(points, dtype=np.float64)
+    # Queried block by block (4 voxels wide), neighbouring queries visit the
+    # same tree nodes: twice as fast as in streamline order.
+    blocks = np.floor(points / _QUERY_BLOCK_VOX).astype(np.int64)
+    order = np.lexsort(blocks.T[::-1])
+    # The bound only prunes the search; the margin keeps the points exactly
+    # at a threshold, which the callers compare with <=.
+    sorted_distances, sorted_nearest = tree.query(
+        points[order], k=1,
+        distance_upper_bound=max_distance * (1 + 1e-6) + 1e-9)
+    distances = np.empty_like(sorted_distances)
+    nearest = np.empty_like(sorted_nearest)
+    distances[order] = sorted_distances
+    nearest[order] = sorted_nearest
+    return distances, nearest
+
+
+def score_lengths(streamlines_vox, affine):
+    """Mean and median length (mm) of streamlines; 0 for none.
+
+    Parameters
+    ----------
+    streamlines_vox : nibabel ArraySequence
+        Voxel space (any origin).
+    affine : np.ndarray, shape (4, 4)
+
+    Returns
+    -------
+    dict
+        ``mean_length_mm``, ``median_length_mm``.
+    """
+    if len(streamlines_vox) == 0:
+        return {"mean_length_mm": 0.0, "median_length_mm": 0.0}
+    lengths_mm = compute_lengths_mm(
+        np.asarray(streamlines_vox._data, dtype=np.float64),
+        streamlines_vox._offsets, streamlines_vox._lengths,
+        check_affine(affine)).astype(np.float64)
+    return {"mean_length_mm": float(lengths_mm.mean()),
+            "median_length_mm": float(np.median(lengths_mm))}

@@ -1,0 +1,124 @@
+"""Files the scoring and connectivity scripts read and write.
+
+Tractograms are loaded with dipy on the grid of a NIfTI volume and turned
+into voxel space with a corner origin, the space every scoring function
+expects. Outputs (JSON, .npy) are written under a temporary name, then
+renamed.
+"""
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+from dipy.io.streamline import load_tractogram
+
+from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
+
+
+def _load_image(nifti_path):
+    try:
+        return nib.load(nifti_path)
+    except Exception as error:  # nibabel raises many kinds on a bad file
+        raise DwiMLUserError(
+            f"volume '{nifti_path}': expected a NIfTI file, could not read "
+            f"it ({error}).") from None
+
+
+def load_grid(nifti_path):
+    """Shape (3 int) and voxel-to-RAS mm affine of a NIfTI volume."""
+    image = _load_image(nifti_path)
+    if len(image.shape) < 3:
+        raise DwiMLUserError(
+            f"volume '{nifti_path}': expected a 3-D or 4-D volume, found "
+            f"shape {image.shape}.")
+    return tuple(int(size) for size in image.shape[:3]), \
+        np.asarray(image.affine, dtype=np.float64)
+
+
+def load_label_volume(nifti_path):
+    """Integer labels (X, Y, Z) of a NIfTI volume, and its affine."""
+    image = _load_image(nifti_path)
+    data = np.asanyarray(image.dataobj)
+    if data.ndim != 3 or not np.all(np.isfinite(data)) \
+            or np.any(data != np.round(data)) or np.any(data < 0):
+        raise DwiMLUserError(
+            f"labels '{nifti_path}': expected a 3-D volume of integers >= 0, "
+            f"found shape {data.shape}, dtype {data.dtype}.")
+    return data.astype(np.int64), np.asarray(image.affine, dtype=np.float64)
+
+
+def load_tractogram_vox_corner(path, nifti_path):
+    """Load a tractogram on the grid of a NIfTI, in voxel space, corner origin.
+
+    Points outside the grid are kept (dipy's bounding-box check is off):
+    a score counts them as outside.
+
+    Returns
+    -------
+    dipy StatefulTractogram
+        In ``Space.VOX``, ``Origin.TRACKVIS``.
+    """
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in TRACTOGRAM_EXTENSIONS:
+        raise DwiMLUserError(
+            f"tractogram '{path}': expected one of the extensions "
+            f"{', '.join(TRACTOGRAM_EXTENSIONS)}, found "
+            f"'{extension or 'none'}'.")
+    try:
+        sft = load_tractogram(path, nifti_path, bbox_valid_check=False)
+    except Exception as error:  # dipy and nibabel raise many kinds
+        raise DwiMLUserError(
+            f"tractogram '{path}': could not read it with the grid of "
+            f"'{nifti_path}' ({error}).") from None
+    sft.to_vox()
+    sft.to_corner()
+    return sft
+
+
+def bundle_labels_of(sft, key, path):
+    """The ``data_per_streamline[key]`` of a tractogram, or a user error."""
+    if key not in sft.data_per_streamline:
+        found = sorted(sft.data_per_streamline.keys())
+        raise DwiMLUserError(
+            f"reference '{path}': expected data_per_streamline '{key}' "
+            f"holding bundle labels, found keys {found}.")
+    return np.asarray(sft.data_per_streamline[key])
+
+
+def write_json(path, values):
+    """Write a dict as indented JSON, atomically."""
+    with atomic_output_file(path) as tmp_path:
+        with open(tmp_path, "w") as f:
+            json.dump(values, f, indent=2)
+            f.write("\n")
+
+
+def save_npy(path, array):
+    """Save an array at ``path`` (ending in .npy), atomically."""
+    with atomic_output_file(path) as tmp_path:
+        # A file object: np.save would add '.npy' to the temporary name.
+        with open(tmp_path, "wb") as f:
+            np.save(f, array)
+
+
+def check_npy_extension(path, what="output"):
+    """Refuse a matrix path that np.save/np.load would not treat as .npy."""
+    if not path.lower().endswith(".npy"):
+        raise DwiMLUserError(
+            f"{what} '{path}': expected the extension .npy, found "
+            f"'{os.path.splitext(path)[1] or 'none'}'.")
+
+
+def format_scores(scores):
+    """One line per score, name then value: counts as integers, shares to
+    4 decimals."""
+    width = max((len(name) for name in scores), default=0)
+    lines = []
+    for name, value in scores.items():
+        shown = f"{value:.0f}" if (name.startswith("nb_") or "_nb_" in name
+                                   or name in ("VB", "IB")) else f"{value:.4f}"
+        lines.append(f"{name:<{width}}  {shown}")
+    return "\n".join(lines)

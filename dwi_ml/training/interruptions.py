@@ -1,0 +1,143 @@
+"""Stopping a run cleanly: signals, a time limit and mid-epoch checkpoints.
+
+Clusters pre-empt jobs with SIGTERM (or the signal chosen with SLURM's
+``--signal``, often SIGUSR1) and kill them a grace period later; a user
+stops a run with Ctrl-C (SIGINT). :class:`RunInterruptions` turns these
+signals, a ``max_time`` and a checkpoint cadence into requests that the
+trainer polls after each optimizer step and each validation batch. The
+signal handler only records the signal: the step in progress finishes, the
+trainer writes a checkpoint of its exact position inside the epoch, and the
+script exits with :data:`EXIT_STATUS_INTERRUPTED`. A second signal during
+that save is recorded and ignored, so the save completes; the checkpoint
+is written atomically, so even a SIGKILL keeps the previous one valid.
+"""
+import logging
+import signal
+import threading
+import time
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+EXIT_STATUS_INTERRUPTED = 3
+# A time limit is reported as this code among the signal numbers.
+MAX_TIME_CODE = 1000
+
+
+def parse_duration(text, name="--max_time"):
+    """Seconds in ``[DD:]HH:MM:SS`` (e.g. ``'01:30:00'``), as a float.
+
+    Raises
+    ------
+    DwiMLUserError
+        When ``text`` is not of that form or is not positive.
+    """
+    parts = str(text).split(":")
+    valid = len(parts) in (3, 4) and all(part.isdigit() for part in parts)
+    seconds = 0
+    if valid:
+        for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
+            seconds += int(part) * unit
+    if not valid or seconds <= 0:
+        raise DwiMLUserError(
+            f"argument {name}: expected a positive duration [DD:]HH:MM:SS, "
+            f"got {text!r}.")
+    return float(seconds)
+
+
+def describe_stop(code):
+    """'SIGTERM', 'SIGINT', 'SIGUSR1' or 'max_time' for a stop code."""
+    if code == MAX_TIME_CODE:
+        return "max_time"
+    return signal.Signals(code).name
+
+
+class RunInterruptions:
+    """Requests to stop or to checkpoint, polled between steps.
+
+    Parameters
+    ----------
+    max_time_s : float or None
+        Stop before this many seconds since :meth:`start`, keeping a margin
+        of twice the longest step seen plus the longest checkpoint write.
+    checkpoint_every_n_batches : int or None
+        Ask for a mid-epoch checkpoint every N training batches.
+    checkpoint_every_minutes : float or None
+        Ask for a mid-epoch checkpoint when this long has passed since the
+        last checkpoint.
+    """
+
+    def __init__(self, max_time_s=None, checkpoint_every_n_batches=None,
+                 checkpoint_every_minutes=None):
+        self.max_time_s = max_time_s
+        self.checkpoint_every_n_batches = checkpoint_every_n_batches
+        self.checkpoint_every_s = (None if checkpoint_every_minutes is None
+                                   else 60.0 * checkpoint_every_minutes)
+        self.received_signal = None
+        self._previous_handlers = {}
+        self._start_time = None
+        self._last_poll = None
+        self._last_checkpoint = None
+        self._longest_step = 0.0
+        self._longest_save = 0.0
+        self._batches_since_checkpoint = 0
+
+    def start(self):
+        """Catch the stop signals and start the clocks."""
+        now = time.monotonic()
+        self._start_time = self._last_poll = self._last_checkpoint = now
+        self.received_signal = None
+        # Python only lets the main thread install handlers.
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Training outside the main thread: signals stop "
+                           "the run without a checkpoint.")
+            return
+        for signum in STOP_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum,
+                                                            self._on_signal)
+
+    def stop(self):
+        """Give the signals back to their previous handlers."""
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum, frame):
+        if self.received_signal is None:
+            self.received_signal = signum
+            logger.warning("%s received: stopping after the current step.",
+                           signal.Signals(signum).name)
+
+    def poll(self, is_training_batch):
+        """This process's requests after a step: ``(stop_code, checkpoint)``.
+
+        ``stop_code`` is 0, a signal number or :data:`MAX_TIME_CODE`;
+        ``checkpoint`` is 1 when a mid-epoch checkpoint is due. Both are
+        ints so that distributed ranks can agree on them with a max.
+        """
+        now = time.monotonic()
+        self._longest_step = max(self._longest_step, now - self._last_poll)
+        self._last_poll = now
+        if is_training_batch:
+            self._batches_since_checkpoint += 1
+        stop_code = self.received_signal or 0
+        if not stop_code and self.max_time_s is not None:
+            margin = 2 * self._longest_step + self._longest_save
+            if now - self._start_time + margin >= self.max_time_s:
+                stop_code = MAX_TIME_CODE
+        return stop_code, int(is_training_batch and self._checkpoint_due(now))
+
+    def _checkpoint_due(self, now):
+        every_n = self.checkpoint_every_n_batches
+        if every_n is not None and self._batches_since_checkpoint >= every_n:
+            return True
+        return (self.checkpoint_every_s is not None
+                and now - self._last_checkpoint >= self.checkpoint_every_s)
+
+    def checkpoint_written(self, duration_s):
+        """Restart the checkpoint cadence; remember how long a save takes."""
+        self._longest_save = max(self._longest_save, duration_s)
+        self._last_checkpoint = time.monotonic()
+        self._batches_since_checkpoint = 0

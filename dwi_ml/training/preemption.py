@@ -1,0 +1,134 @@
+"""Pre-emption options of the training scripts, and the end of a run.
+
+``dwiml_train_model.py`` and ``resume_training_from_checkpoint.py`` share
+the 'Interruptions' argument group and :func:`end_run`: a run stopped by a
+signal or ``--max_time`` prints one line saying how to resume, optionally
+requeues its SLURM job, and exits with
+:data:`~dwi_ml.training.interruptions.EXIT_STATUS_INTERRUPTED`.
+"""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from dwi_ml.io_utils.arg_checks import check_int, check_positive_float
+from dwi_ml.training.distributed import cleanup_distributed
+from dwi_ml.training.interruptions import EXIT_STATUS_INTERRUPTED, parse_duration
+
+logger = logging.getLogger(__name__)
+
+INTERRUPTIONS_DESCRIPTION = f"""\
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 stop the run cleanly: the current
+optimizer step finishes, a checkpoint of the exact position inside the epoch
+is written, one line says how to resume, and the process exits with status
+{EXIT_STATUS_INTERRUPTED} (0 means the run finished). A resumed run
+continues as if it had never stopped. See docs/slurm.md."""
+
+
+def add_interruption_args(parser, for_resume=False):
+    """Add the 'Interruptions and checkpoints' group.
+
+    On resume, every option defaults to the value saved with the run.
+    """
+    group = parser.add_argument_group("Interruptions and checkpoints",
+                                      INTERRUPTIONS_DESCRIPTION)
+    saved = " (default: as saved)" if for_resume else ""
+    group.add_argument(
+        "--max_time", metavar="[DD:]HH:MM:SS",
+        help="Stop with a checkpoint before this much time has passed since "
+             "this process started training, keeping a margin of twice the "
+             "longest step plus the longest checkpoint write (default: no "
+             f"limit){saved}.")
+    group.add_argument(
+        "--checkpoint_every_n_batches", type=int, metavar="N",
+        help="Also write a mid-epoch checkpoint every N training batches "
+             f"(default: only at the end of each epoch){saved}.")
+    group.add_argument(
+        "--checkpoint_every_minutes", type=float, metavar="M",
+        help="Also write a mid-epoch checkpoint when M minutes have passed "
+             f"since the last one (default: never){saved}.")
+    group.add_argument(
+        "--auto_requeue", action="store_true",
+        help="After a stop by a signal or --max_time, when SLURM_JOB_ID is "
+             "set and scontrol is on PATH, requeue the job with 'scontrol "
+             "requeue $SLURM_JOB_ID' (default: off).")
+    if not for_resume:
+        group.add_argument(
+            "--deterministic", action="store_true",
+            help="CUDA: use deterministic algorithms "
+                 "(torch.use_deterministic_algorithms, cuDNN deterministic "
+                 "without autotuning, CUBLAS_WORKSPACE_CONFIG=:4096:8). It "
+                 "makes GPU runs repeatable at a cost in speed (often 10-30%%) "
+                 "and fails on the rare operations without a deterministic "
+                 "kernel. CPU runs are bitwise repeatable at a fixed thread "
+                 "count without it (default: off).")
+    return group
+
+
+def interruption_params(args, saved=None):
+    """Trainer parameters from the options; None keeps ``saved`` values."""
+    params = dict(saved or {})
+    if args.max_time is not None:
+        params["max_time_s"] = parse_duration(args.max_time)
+    if args.checkpoint_every_n_batches is not None:
+        params["checkpoint_every_n_batches"] = check_int(
+            "--checkpoint_every_n_batches", args.checkpoint_every_n_batches, 1)
+    if args.checkpoint_every_minutes is not None:
+        params["checkpoint_every_minutes"] = check_positive_float(
+            "--checkpoint_every_minutes", args.checkpoint_every_minutes)
+    if getattr(args, "deterministic", False):
+        params["deterministic"] = True
+    return params
+
+
+def requeue_slurm_job():
+    """Run ``scontrol requeue $SLURM_JOB_ID``; return True if it was asked.
+
+    Does nothing outside a SLURM job or without ``scontrol``; a failed
+    requeue is a warning, since the checkpoint is already safe.
+    """
+    job_id = os.environ.get("SLURM_JOB_ID")
+    scontrol = shutil.which("scontrol")
+    if not job_id or scontrol is None:
+        logger.warning("--auto_requeue: not requeued (SLURM_JOB_ID %s, "
+                       "scontrol %s).", "set" if job_id else "unset",
+                       "found" if scontrol else "not on PATH")
+        return False
+    result = subprocess.run([scontrol, "requeue", job_id],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        logger.warning("scontrol requeue %s failed: %s", job_id,
+                       result.stderr.strip().splitlines()[-1:] or "")
+        return False
+    return True
+
+
+def end_run(trainer, experiments_path, experiment_name, done_message,
+            auto_requeue=False):
+    """Report the end of a run; exit with status 3 if it was interrupted.
+
+    Parameters
+    ----------
+    trainer : DWIMLAbstractTrainer
+        After ``train_and_validate``.
+    experiments_path, experiment_name : str
+        For the resume command line.
+    done_message : str
+        Printed (by rank 0) when the run finished.
+    auto_requeue : bool
+        Requeue the SLURM job after an interruption.
+    """
+    main = trainer.is_main_process
+    cleanup_distributed()
+    if not trainer.interrupted_by:
+        if main:
+            print(done_message)
+        return
+    if main:
+        requeued = auto_requeue and requeue_slurm_job()
+        print(f"{trainer.stopped_reason}; checkpoint saved; "
+              f"{'job requeued; ' if requeued else ''}resume with: "
+              f"resume_training_from_checkpoint.py {experiments_path} "
+              f"{experiment_name}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_STATUS_INTERRUPTED)

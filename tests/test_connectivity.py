@@ -1,0 +1,197 @@
+"""Connectivity matrices from labels and from blocs, their score, and the
+three scripts: exact values on hand-built cases."""
+import json
+
+import numpy as np
+import pytest
+from nibabel.streamlines import ArraySequence
+from scoring_data import GRID, line_along_x, save_nifti, save_trk
+
+from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_blocs import main as blocs_main
+from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_labels import main as labels_main
+from dwi_ml.cli.dwiml_compute_connectivity_score import main as score_main
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.tracking.connectivity import (
+    connectivity_from_blocs,
+    connectivity_from_labels,
+    connectivity_matrix,
+    endpoint_blocs,
+    fold_upper,
+    parse_nb_blocs,
+    score_connectivity,
+)
+
+
+def _labels():
+    """Label 1 for x in {0, 1, 2}, label 3 for x in {7, 8, 9}, 0 between."""
+    labels = np.zeros(GRID, dtype=np.int16)
+    labels[:3] = 1
+    labels[7:] = 3
+    return labels
+
+
+def _streamlines():
+    return ArraySequence([
+        line_along_x(2.5, 2.5),                              # 1 -> 3
+        line_along_x(2.5, 2.5)[::-1],                        # 3 -> 1
+        line_along_x(2.5, 2.5, np.arange(5) + 0.5),          # 1 -> 0
+        np.array([[-2., 5.5, 5.5], [5.5, 5.5, 5.5]]),        # out -> 0
+        np.array([[9.5, 2.5, 2.5], [7.5, 2.5, 2.5]]),        # 3 -> 3
+    ])
+
+
+EXPECTED_FROM_LABELS = np.zeros((4, 4), dtype=np.int64)
+EXPECTED_FROM_LABELS[1, 3] = 2
+EXPECTED_FROM_LABELS[0, 1] = 1
+EXPECTED_FROM_LABELS[0, 0] = 1
+EXPECTED_FROM_LABELS[3, 3] = 1
+
+# 2 blocs per axis: x < 5 is part 0. The endpoints' blocs (a, b, c) ->
+# 4a + 2b + c: (0,0,0) -> 0 and (1,0,0) -> 4 for the first two and the
+# fifth streamlines; (0,0,0) twice for the third; the fourth starts at
+# x = -2, clipped to part 0, (0,1,1) -> 3, and ends in (1,1,1) -> 7.
+EXPECTED_FROM_BLOCS = np.zeros((8, 8), dtype=np.int64)
+EXPECTED_FROM_BLOCS[0, 4] = 2
+EXPECTED_FROM_BLOCS[0, 0] = 1
+EXPECTED_FROM_BLOCS[3, 7] = 1
+EXPECTED_FROM_BLOCS[4, 4] = 1
+
+
+def test_matrix_is_upper_triangular_and_counts_each_streamline_once():
+    matrix = connectivity_matrix([0, 2, 1, 1], [2, 0, 1, 3], 4)
+    expected = np.zeros((4, 4), dtype=np.int64)
+    expected[0, 2], expected[1, 1], expected[1, 3] = 2, 1, 1
+    np.testing.assert_array_equal(matrix, expected)
+    assert matrix.dtype == np.int64
+    binary = connectivity_matrix([0, 2, 1, 1], [2, 0, 1, 3], 4, binary=True)
+    np.testing.assert_array_equal(binary, expected > 0)
+
+
+def test_from_labels():
+    matrix = connectivity_from_labels(_streamlines(), _labels())
+    np.testing.assert_array_equal(matrix, EXPECTED_FROM_LABELS)
+    assert matrix.sum() == 5
+    with pytest.raises(DwiMLUserError, match=">= 0"):
+        connectivity_from_labels(_streamlines(), -_labels())
+
+
+def test_from_blocs():
+    matrix = connectivity_from_blocs(_streamlines(), GRID, 2)
+    np.testing.assert_array_equal(matrix, EXPECTED_FROM_BLOCS)
+    # (2, 1, 5) blocs: (0.5, 2.5, 9.5) is in part (0, 0, 4) -> bloc 4,
+    # (9.5, 2.5, 0.5) in (1, 0, 0) -> bloc 5.
+    one = ArraySequence([np.array([[0.5, 2.5, 9.5], [9.5, 2.5, 0.5]])])
+    starts, ends = endpoint_blocs(one, GRID, (2, 1, 5))
+    assert (starts[0], ends[0]) == (4, 5)
+    matrix = connectivity_from_blocs(one, GRID, (2, 1, 5), binary=True)
+    assert matrix.shape == (10, 10) and matrix.dtype == bool
+    assert np.flatnonzero(matrix).tolist() == [4 * 10 + 5]
+    assert parse_nb_blocs([3]) == (3, 3, 3)
+    with pytest.raises(DwiMLUserError, match="1 or 3 integers"):
+        parse_nb_blocs([2, 2])
+
+
+def _score_case():
+    true = np.zeros((6, 6), dtype=np.int64)
+    true[0, 4], true[1, 2], true[3, 3] = 5, 3, 1
+    predicted = np.zeros((6, 6), dtype=np.int64)
+    predicted[0, 4], predicted[2, 5], predicted[3, 3] = 2, 6, 2
+    return predicted, true
+
+
+# Two of the three true connections are predicted; two of the three
+# predicted connections are true; 4 of the 10 predicted streamlines join a
+# true connection.
+EXPECTED_SCORES = {
+    "true_connections_found": 2 / 3, "predicted_connections_true": 2 / 3,
+    "connections_f1": 4 / 6, "streamlines_in_true_connections": 0.4,
+    "nb_true_connections": 3.0, "nb_predicted_connections": 3.0,
+    "nb_predicted_streamlines": 10.0,
+}
+
+
+def test_score():
+    predicted, true = _score_case()
+    assert score_connectivity(predicted, true) == EXPECTED_SCORES
+    # A symmetric matrix, or a binary true one, scores the same.
+    symmetric = predicted + predicted.T - np.diag(np.diag(predicted))
+    np.testing.assert_array_equal(fold_upper(symmetric), predicted)
+    assert score_connectivity(symmetric, true > 0) == EXPECTED_SCORES
+    perfect = score_connectivity(true, true)
+    assert (perfect["true_connections_found"], perfect["connections_f1"],
+            perfect["streamlines_in_true_connections"]) == (1.0, 1.0, 1.0)
+    with pytest.raises(DwiMLUserError, match="same shape"):
+        score_connectivity(predicted, true[:5, :5])
+
+
+# The scripts.
+
+
+@pytest.fixture
+def files(tmp_path):
+    labels = save_nifti(tmp_path / "labels.nii.gz", data=_labels())
+    return {"labels": labels,
+            "tractogram": save_trk(tmp_path / "t.trk", _streamlines(),
+                                   labels)}
+
+
+def test_scripts_write_the_matrices_and_the_scores(files, tmp_path, capsys):
+    out = str(tmp_path / "labels.npy")
+    labels_main([files["tractogram"], files["labels"], out])
+    np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS)
+    labels_main([files["tractogram"], files["labels"], out, "--binary",
+                 "-f"])
+    np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS > 0)
+
+    out = str(tmp_path / "blocs.npy")
+    blocs_main([files["tractogram"], files["labels"], "2", out])
+    np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_BLOCS)
+    blocs_main([files["tractogram"], files["labels"], "2", "2", "2", out,
+                "-f"])
+    np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_BLOCS)
+
+    predicted, true = _score_case()
+    np.save(tmp_path / "predicted.npy", predicted)
+    np.save(tmp_path / "true.npy", true)
+    out = str(tmp_path / "score.json")
+    capsys.readouterr()
+    score_main([str(tmp_path / "predicted.npy"), str(tmp_path / "true.npy"),
+                "--out_json", out])
+    assert "true_connections_found" in capsys.readouterr().out
+    with open(out) as f:
+        assert json.load(f) == pytest.approx(EXPECTED_SCORES, abs=1e-12)
+
+
+def _error(capsys, main, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "error:" in message
+    return message
+
+
+def test_script_errors(files, tmp_path, capsys):
+    existing = tmp_path / "existing.npy"
+    np.save(existing, np.zeros((2, 2)))
+    bad_labels = save_nifti(tmp_path / "bad.nii.gz",
+                            data=np.full(GRID, 0.5, dtype=np.float32))
+    inputs = [files["tractogram"], files["labels"]]
+    cases = [
+        (labels_main, [str(tmp_path / "missing.trk"), files["labels"],
+                       str(tmp_path / "o.npy")], "missing.trk"),
+        (labels_main, [*inputs, str(existing)], "already exists"),
+        (labels_main, [*inputs, str(tmp_path / "o.txt")], ".npy"),
+        (labels_main, [files["tractogram"], bad_labels,
+                       str(tmp_path / "o.npy")], "integers >= 0"),
+        (blocs_main, [*inputs, "2", "2", str(tmp_path / "o.npy")],
+         "1 or 3 integers"),
+        (blocs_main, [*inputs, "2", str(existing)], "already exists"),
+        (score_main, [str(existing), str(tmp_path / "missing.npy")],
+         "missing.npy"),
+        (score_main, [str(existing), files["labels"]], "could not read"),
+    ]
+    for main, argv, expected in cases:
+        assert expected in _error(capsys, main, argv)
+    np.testing.assert_array_equal(np.load(existing), np.zeros((2, 2)))
+    assert not (tmp_path / "o.npy").exists()

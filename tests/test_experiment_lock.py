@@ -1,0 +1,154 @@
+"""One process per experiment, and a killed run's leftovers cleaned."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from file_tree import run_refused, snapshot
+from training_data import make_training_hdf5
+
+from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.io_utils.atomic import remove_stale_temporaries
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_lock import LOCK_FILE, ExperimentLock
+from dwi_ml.training.callbacks import Callback
+
+TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
+                 "--batch_size_validation", "20", "--rnn_layer_sizes", "8",
+                 "--step_size", "1.5", "-v", "WARNING"]
+
+# Holds the lock of EXPERIMENT like a running training would, until killed.
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from dwi_ml.io_utils.experiment_lock import ExperimentLock
+    lock = ExperimentLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lock_data")
+    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=40)
+    train_main([str(folder), "trained", hdf5_file, "input", "streamlines",
+                *TINY_TRAINING])
+    return {"hdf5": hdf5_file, "experiment": str(folder / "trained")}
+
+
+@pytest.fixture
+def experiment(tmp_path, data):
+    """A copy of a trained 1-epoch experiment, beside a user's file."""
+    (tmp_path / "sibling.txt").write_text("keep me")
+    experiments = tmp_path / "exps"
+    experiments.mkdir()
+    shutil.copytree(data["experiment"], experiments / "exp")
+    return experiments
+
+
+@pytest.fixture
+def holder(experiment):
+    """A real second process holding the experiment's lock."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER,
+                                str(experiment / "exp")],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_resume_refuses_while_another_process_runs(experiment, holder,
+                                                   capsys):
+    # The holder may be writing it: a refused run must not clean it up.
+    (experiment / "exp" / ".checkpoint.abcdefgh.tmp").mkdir()
+    before = snapshot(experiment.parent)
+    message = run_refused(resume_cli.main, [str(experiment), "exp",
+                                            "--new_max_epochs", "2"], capsys)
+    assert f"experiment '{experiment / 'exp'}' is in use by process " \
+           f"{holder.pid}" in message
+    assert snapshot(experiment.parent) == before
+
+
+def test_train_f_refuses_while_another_process_runs(experiment, holder, data,
+                                                    capsys):
+    before = snapshot(experiment.parent)
+    message = run_refused(train_main, [
+        str(experiment), "exp", data["hdf5"], "input", "streamlines",
+        *TINY_TRAINING, "-f"], capsys)
+    assert f"is in use by process {holder.pid}" in message
+    assert snapshot(experiment.parent) == before
+
+
+def test_lock_of_a_dead_process_does_not_block(experiment, holder):
+    holder.kill()
+    holder.wait()
+    lock_path = experiment / "exp" / LOCK_FILE
+    assert lock_path.read_text().strip() == str(holder.pid)
+    resume_cli.main([str(experiment), "exp", "--new_max_epochs", "2",
+                     "-v", "WARNING"])
+    # Released at the end of the run, and left empty.
+    assert lock_path.read_text() == ""
+    with ExperimentLock(str(experiment / "exp")) as lock:
+        lock.acquire()
+        assert lock_path.read_text().strip() == str(os.getpid())
+
+
+def test_lock_is_held_during_the_run(experiment, data):
+    """A callback of the run tries to take the lock from another process."""
+    probe = ("import sys\nfrom dwi_ml.io_utils.experiment_lock import "
+             "ExperimentLock\nExperimentLock(sys.argv[1]).acquire()")
+    seen = []
+
+    class TryLock(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append(subprocess.run(
+                [sys.executable, "-c", probe, trainer.experiment_dir],
+                capture_output=True, text=True))
+
+    resume_cli.resume_from_args(resume_cli.build_parser().parse_args(
+        [str(experiment), "exp", "--new_max_epochs", "2"]),
+        callbacks=[TryLock()])
+    assert len(seen) == 1 and seen[0].returncode != 0
+    assert f"in use by process {os.getpid()}" in seen[0].stderr
+
+
+def test_same_process_cannot_take_a_held_lock(tmp_path):
+    with ExperimentLock(str(tmp_path)) as first:
+        first.acquire()
+        with pytest.raises(DwiMLUserError, match=f"process {os.getpid()}"):
+            ExperimentLock(str(tmp_path)).acquire()
+    ExperimentLock(str(tmp_path)).acquire().release()
+
+
+def test_resume_removes_its_own_stale_temporaries_only(experiment):
+    exp = experiment / "exp"
+    (exp / ".checkpoint.ab_12cd3.tmp").mkdir()
+    (exp / ".checkpoint.ab_12cd3.tmp" / "model_state.pt").write_bytes(b"x")
+    (exp / ".parameters.json.k2j4h5g6.tmp").write_text("{")
+    shutil.copytree(exp / "best_model", exp / ".best_model.old")
+    # Not ours: a user's hidden files, another script's temporary file.
+    (exp / ".checkpoint.tmp").write_text("user")
+    (exp / ".my_notes.abcdefgh.tmp").write_text("user")
+    (exp / ".evaluation_testing_best.json.abcdefgh.tmp").write_text("eval")
+    resume_cli.main([str(experiment), "exp", "--new_max_epochs", "2",
+                     "-v", "WARNING"])
+    left = sorted(name for name in os.listdir(exp) if name.startswith("."))
+    assert left == [".checkpoint.tmp", ".dwi_ml_output.json",
+                    ".evaluation_testing_best.json.abcdefgh.tmp", ".lock",
+                    ".my_notes.abcdefgh.tmp"]
+
+
+def test_only_previous_version_is_kept(tmp_path):
+    # Killed between the two renames: .checkpoint.old is the only complete
+    # checkpoint, so it must stay.
+    (tmp_path / ".checkpoint.old").mkdir()
+    (tmp_path / ".best_model.old").mkdir()
+    (tmp_path / "best_model").mkdir()
+    removed = remove_stale_temporaries(str(tmp_path),
+                                       ("checkpoint", "best_model"))
+    assert removed == [str(tmp_path / ".best_model.old")]
+    assert sorted(os.listdir(tmp_path)) == [".checkpoint.old", "best_model"]

@@ -1,0 +1,425 @@
+"""Nothing lost: -f replaces only dwi_ml's own outputs, refusals change nothing.
+
+Every refusal is checked for its exit status (2), its one-line message and
+what it names, and a snapshot of every file under the test's folder (the
+user's sibling files included) before and after.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from file_tree import run_refused, snapshot
+from training_data import make_training_hdf5
+
+from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.cli.dwiml_create_hdf5_dataset import main as create_main
+from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
+from dwi_ml.cli.dwiml_make_synthetic_dataset import main as synthetic_main
+from dwi_ml.cli.dwiml_run_demo import main as demo_main
+from dwi_ml.cli.dwiml_track_from_model import main as track_main
+from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.cli.visualize_logs import main as plot_main
+from dwi_ml.io_utils import output_folders
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import (
+    MARKER_FILE,
+    check_experiment_name,
+    check_output_folder,
+    check_output_free,
+    folder_kind,
+    mark_output_folder,
+)
+from dwi_ml.training import checkpoint_io
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
+                 "--batch_size_validation", "20", "--rnn_layer_sizes", "8",
+                 "--step_size", "1.5", "-v", "WARNING"]
+TINY_SYNTHETIC = ["--nb_subjects", "1", "--nb_streamlines", "10", "--shape",
+                  "12", "12", "10", "--nb_directions", "6"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny HDF5 and a trained experiment, outside each test's folder."""
+    folder = tmp_path_factory.mktemp("safety_data")
+    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=40)
+    train_main([str(folder), "trained", hdf5_file, "input", "streamlines",
+                *TINY_TRAINING])
+    return {"hdf5": hdf5_file, "folder": folder,
+            "experiment": str(folder / "trained")}
+
+
+def _train(experiments, name, data, *extra):
+    return [str(experiments), name, data["hdf5"], "input", "streamlines",
+            *TINY_TRAINING, *extra]
+
+
+def _copy_experiment(data, destination):
+    shutil.copytree(data["experiment"], destination)
+    return str(destination)
+
+
+def _user_files(root):
+    """Experiments and files a user keeps side by side."""
+    experiments = root / "exps"
+    experiments.mkdir(parents=True)
+    (experiments / "other_exp").mkdir()
+    (experiments / "other_exp" / "parameters.json").write_text("{}")
+    (experiments / "other_exp" / "logs").mkdir()
+    (experiments / "notes.txt").write_text("my notes")
+    (root / "sibling.txt").write_text("keep me")
+    return experiments
+
+
+# ----------------------------------------------------------------------
+# The five QA cases, literally.
+def test_qa_dot_name_does_not_empty_the_experiments_folder(tmp_path, data,
+                                                           capsys):
+    experiments = _user_files(tmp_path)
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, ".", data, "-f"),
+                          capsys)
+    assert "experiment_name" in message and "'.'" in message
+    assert "plain folder name" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_qa_dotdot_name_does_not_empty_the_parent(tmp_path, data, capsys):
+    experiments = _user_files(tmp_path / "a")
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, "..", data, "-f"),
+                          capsys)
+    assert "experiment_name" in message and "'..'" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_qa_absolute_name_does_not_touch_that_folder(tmp_path, data, capsys):
+    experiments = _user_files(tmp_path)
+    elsewhere = tmp_path / "some" / "abs" / "folder"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "unrelated.txt").write_text("not yours")
+    before = snapshot(tmp_path)
+    message = run_refused(
+        train_main, _train(experiments, str(elsewhere), data, "-f"), capsys)
+    assert "experiment_name" in message and str(elsewhere) in message
+    assert snapshot(tmp_path) == before
+
+
+def test_qa_relative_name_cannot_escape_the_experiments_folder(tmp_path, data,
+                                                               capsys):
+    experiments = _user_files(tmp_path)
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, "../escape", data),
+                          capsys)
+    assert "experiment_name" in message and "'../escape'" in message
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "escape").exists()
+
+
+def test_qa_synthetic_dataset_never_replaces_the_current_folder(
+        tmp_path, monkeypatch, capsys):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dwi.nii.gz").write_bytes(b"\x00" * 10)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    for folder in (".", str(tmp_path), "data/.."):
+        message = run_refused(synthetic_main, [folder, "-f", *TINY_SYNTHETIC],
+                              capsys)
+        assert f"'{folder}' is the current folder" in message
+    monkeypatch.chdir(tmp_path / "data")
+    message = run_refused(synthetic_main, ["..", "-f", *TINY_SYNTHETIC],
+                          capsys)
+    assert "'..' is a parent of the current folder" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_qa_case_as_a_real_command_prints_one_line(tmp_path, data):
+    experiments = _user_files(tmp_path)
+    before = snapshot(tmp_path)
+    process = subprocess.run(
+        [sys.executable, os.path.join(HERE, "..", "scripts_python",
+                                      "dwiml_train_model.py"),
+         *_train(experiments, ".", data, "-f")],
+        capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    assert process.stderr.startswith("dwiml_train_model.py: error: ")
+    assert len(process.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------
+# Experiment names, everywhere they are taken.
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/abs", "x/"])
+def test_experiment_name_is_one_plain_component(name):
+    with pytest.raises(DwiMLUserError, match="experiment_name: expected a "
+                                             "plain folder name"):
+        check_experiment_name(name)
+
+
+def test_empty_name_is_refused_by_train_and_resume(tmp_path, data, capsys):
+    experiments = _user_files(tmp_path)
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, "", data, "-f"),
+                          capsys)
+    assert "experiment_name" in message and "''" in message
+    message = run_refused(resume_cli.main, [str(experiments), ".."], capsys)
+    assert "experiment_name" in message and "'..'" in message
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------
+# Markers: -f replaces what dwi_ml wrote, and only that.
+def test_train_f_replaces_a_marked_experiment(tmp_path, data):
+    experiments = _user_files(tmp_path)
+    old = _copy_experiment(data, experiments / "exp")
+    (experiments / "exp" / "stale_output.txt").write_text("from the old run")
+    train_main(_train(experiments, "exp", data, "-f"))
+    assert not os.path.exists(os.path.join(old, "stale_output.txt"))
+    assert folder_kind(old) == "experiment"
+    assert os.path.isdir(os.path.join(old, "checkpoint"))
+    # The user's other files are untouched.
+    assert (tmp_path / "sibling.txt").read_text() == "keep me"
+    assert (experiments / "notes.txt").read_text() == "my notes"
+    assert (experiments / "other_exp" / "parameters.json").is_file()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["-f"]])
+def test_train_refuses_a_folder_without_marker(tmp_path, data, capsys,
+                                               overwrite):
+    experiments = _user_files(tmp_path)
+    (experiments / "exp").mkdir()
+    (experiments / "exp" / "results.csv").write_text("1,2,3")
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, "exp", data,
+                                             *overwrite), capsys)
+    assert str(experiments / "exp") in message
+    assert "is not empty and is not a dwi_ml experiment" in message
+    assert "with or without -f" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_train_refuses_another_kind_of_dwi_ml_output(tmp_path, data, capsys):
+    experiments = _user_files(tmp_path)
+    (experiments / "exp").mkdir()
+    mark_output_folder(str(experiments / "exp"), "synthetic_dataset")
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, "exp", data, "-f"),
+                          capsys)
+    assert "holds a dwi_ml synthetic dataset, expected a dwi_ml experiment" \
+        in message
+    assert snapshot(tmp_path) == before
+
+
+def test_train_without_f_names_resume_and_changes_nothing(tmp_path, data,
+                                                          capsys):
+    experiments = _user_files(tmp_path)
+    _copy_experiment(data, experiments / "exp")
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, "exp", data),
+                          capsys)
+    assert f"experiment '{experiments / 'exp'}' already exists" in message
+    assert "-f" in message and "resume_training_from_checkpoint.py" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_train_uses_an_empty_existing_folder(tmp_path, data):
+    experiments = _user_files(tmp_path)
+    (experiments / "exp").mkdir()
+    train_main(_train(experiments, "exp", data))
+    assert folder_kind(str(experiments / "exp")) == "experiment"
+    marker = json.loads((experiments / "exp" / MARKER_FILE).read_text())
+    assert marker["kind"] == "experiment" and marker["dwi_ml_version"]
+    assert marker["created"]
+
+
+def test_old_experiment_without_marker_is_recognised(tmp_path, data, capsys):
+    experiments = _user_files(tmp_path)
+    old = _copy_experiment(data, experiments / "old")
+    os.remove(os.path.join(old, MARKER_FILE))
+    os.remove(os.path.join(old, ".lock"))
+    assert folder_kind(old) == "experiment"
+    # Resume continues it (and marks it); train -f replaces it.
+    message = run_refused(resume_cli.main, [str(experiments), "old"], capsys)
+    assert "already finished its 1 epochs" in message
+    os.remove(os.path.join(old, MARKER_FILE))
+    resume_cli.main([str(experiments), "old", "--new_max_epochs", "2",
+                     "-v", "WARNING"])
+    assert os.path.isfile(os.path.join(old, MARKER_FILE))
+    os.remove(os.path.join(old, MARKER_FILE))
+    train_main(_train(experiments, "old", data, "-f"))
+    assert os.path.isfile(os.path.join(old, MARKER_FILE))
+    # Only parameters.json (or only logs) is not enough.
+    (experiments / "params_only").mkdir()
+    (experiments / "params_only" / "parameters.json").write_text("{}")
+    assert folder_kind(str(experiments / "params_only")) is None
+    assert folder_kind(str(experiments / "other_exp")) == "experiment"
+
+
+def test_old_layout_names_match_the_trainers():
+    assert output_folders.EXPERIMENT_PARAMETERS == checkpoint_io.PARAMETERS_FILE
+    assert set(output_folders.EXPERIMENT_FOLDERS) == {
+        checkpoint_io.CHECKPOINT_DIR, checkpoint_io.BEST_MODEL_DIR,
+        checkpoint_io.LOGS_DIR}
+
+
+def test_resume_refuses_a_folder_that_is_not_an_experiment(tmp_path, capsys):
+    experiments = _user_files(tmp_path)
+    (experiments / "photos").mkdir()
+    (experiments / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    before = snapshot(tmp_path)
+    message = run_refused(resume_cli.main, [str(experiments), "photos"],
+                          capsys)
+    assert "photos" in message and "not a dwi_ml experiment" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_synthetic_f_replaces_only_a_marked_dataset(tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    synthetic_main([str(out), *TINY_SYNTHETIC])
+    assert folder_kind(str(out)) == "synthetic_dataset"
+    (out / "extra.txt").write_text("written after")
+    message = run_refused(synthetic_main, [str(out), *TINY_SYNTHETIC], capsys)
+    assert f"'{out}' already exists; use -f" in message
+    synthetic_main([str(out), "-f", *TINY_SYNTHETIC])
+    assert not (out / "extra.txt").exists()
+    assert folder_kind(str(out)) == "synthetic_dataset"
+
+    os.remove(out / MARKER_FILE)
+    (tmp_path / "sibling.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    for overwrite in ([], ["-f"]):
+        message = run_refused(synthetic_main,
+                              [str(out), *overwrite, *TINY_SYNTHETIC], capsys)
+        assert f"'{out}' is not empty and is not a dwi_ml synthetic " \
+               "dataset" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_demo_refuses_a_users_folder_and_bad_epochs(tmp_path, capsys):
+    users = tmp_path / "my_folder"
+    users.mkdir()
+    (users / "data.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    message = run_refused(demo_main, [str(users), "-f"], capsys)
+    assert f"'{users}' is not empty and is not a dwi_ml demo output" in message
+    # The resume step needs TOTAL > FIRST: said before any work, naming the
+    # demo's own option (not resume's --new_max_epochs).
+    message = run_refused(demo_main, [str(tmp_path / "new"), "--epochs", "4",
+                                      "4"], capsys)
+    assert "--epochs: expected FIRST >= 1 and TOTAL > FIRST, got 4 4" \
+        in message and "--new_max_epochs" not in message
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------
+# Output files: -f replaces a file, never a folder; unwritable outputs are
+# refused before any work.
+def test_output_file_checks():
+    with pytest.raises(DwiMLUserError, match="is a folder; expected a file"):
+        check_output_free(".", True)
+    with pytest.raises(DwiMLUserError, match="is a folder; expected a file"):
+        check_output_free(os.path.expanduser("~"), True)
+
+
+def test_parent_that_is_a_file_is_named_as_a_file(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for path in (tmp_path / "a_file" / "out.trk",
+                 tmp_path / "a_file" / "sub" / "out.trk"):
+        with pytest.raises(DwiMLUserError) as raised:
+            check_output_free(str(path), False)
+        message = str(raised.value)
+        assert f"'{tmp_path / 'a_file'}' is a file, expected a folder" \
+            in message and "does not exist" not in message
+    with pytest.raises(DwiMLUserError, match="does not exist"):
+        check_output_free(str(tmp_path / "missing" / "out.trk"), False)
+    with pytest.raises(DwiMLUserError, match="is a file, expected a folder"):
+        check_output_folder(str(tmp_path / "a_file" / "out"), "experiment",
+                            True)
+    with pytest.raises(DwiMLUserError, match="is a file; expected a folder"):
+        check_output_folder(str(tmp_path / "a_file"), "demo_output", True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(DwiMLUserError, match="is not writable"):
+            check_output_free(str(locked / "out.trk"), False)
+        with pytest.raises(DwiMLUserError, match="is not writable"):
+            check_output_folder(str(locked / "new"), "experiment", False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_track_refuses_bad_outputs_before_loading_anything(tmp_path, capsys):
+    # Inputs that exist but cannot be read: the output is checked first.
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    hdf5_file = tmp_path / "fake.hdf5"
+    hdf5_file.write_text("not hdf5")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "out.trk").mkdir()
+    (tmp_path / "out.trk" / "inside.txt").write_text("keep")
+    before = snapshot(tmp_path)
+    base = [str(experiment), str(hdf5_file), "subj-01", "input"]
+    cases = [
+        (str(tmp_path / "out.trk"), "is a folder; expected a file name"),
+        (str(tmp_path / "a_file" / "out.trk"), "is a file, expected a folder"),
+        (str(tmp_path / "nope" / "out.trk"), "does not exist"),
+    ]
+    for out, expected in cases:
+        message = run_refused(track_main, [*base, out, "--tracking_mask_group",
+                                           "wm_mask", "-f"], capsys)
+        assert expected in message
+    assert snapshot(tmp_path) == before
+
+
+def test_evaluate_refuses_bad_outputs_before_evaluating(tmp_path, data,
+                                                        capsys):
+    experiment = _copy_experiment(data, tmp_path / "exp")
+    (tmp_path / "a_file").write_text("x")
+    before = snapshot(tmp_path)
+    for out, expected in ((tmp_path / "a_file" / "eval.json",
+                           "is a file, expected a folder"),
+                          (tmp_path / "exp", "is a folder")):
+        message = run_refused(evaluate_main, [experiment, data["hdf5"],
+                                              "--out", str(out), "-f"], capsys)
+        assert expected in message and str(out) in message
+    assert snapshot(tmp_path) == before
+
+
+def test_plot_refuses_bad_outputs_before_plotting(tmp_path, data, capsys):
+    experiment = _copy_experiment(data, tmp_path / "exp")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "values.csv").mkdir()
+    before = snapshot(tmp_path)
+    cases = [
+        (["--out", str(tmp_path / "a_file" / "plot")],
+         "is a file, expected a folder"),
+        (["--save_to_csv", str(tmp_path / "values.csv")], "is a folder"),
+    ]
+    for options, expected in cases:
+        message = run_refused(plot_main, [experiment, *options, "-f"], capsys)
+        assert expected in message
+    assert snapshot(tmp_path) == before
+
+
+def test_hdf5_creation_never_replaces_a_folder(tmp_path, data, capsys):
+    synthetic = data["folder"] / "synthetic"
+    out = tmp_path / "out.hdf5"
+    out.mkdir()
+    (out / "keep.txt").write_text("keep")
+    before = snapshot(tmp_path)
+    message = run_refused(create_main, [
+        str(synthetic / "dwi_ml_ready"), str(out), str(synthetic / "config.json"),
+        *(str(synthetic / f"{split}_subjs.txt")
+          for split in ("training", "validation", "testing")), "-f"], capsys)
+    assert f"output '{out}' is a folder; expected a file name" in message
+    assert snapshot(tmp_path) == before

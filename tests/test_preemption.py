@@ -1,0 +1,276 @@
+"""Pre-emption: real signals stop a run with a checkpoint; resume is exact.
+
+Every interrupted run here is compared with one uninterrupted run: logs
+(except times) and weights must be bitwise equal, at 2 torch threads. The
+loader draws each batch from (seed, context, epoch, batch index), so 0 or 2
+workers and eager or lazy reading give the same batches: one reference run
+serves all of them.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from training_data import make_training_hdf5
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HELPER = os.path.join(HERE, "signal_during_training.py")
+TIME_LOGS = ("train_time.npy", "valid_time.npy")
+EXIT_INTERRUPTED = 3
+NB_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def hdf5_file(tmp_path_factory):
+    return make_training_hdf5(str(tmp_path_factory.mktemp("preempt_data")))
+
+
+def _env(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "2", **extra}
+
+
+def _train_args(experiments, name, hdf5_file, extra=()):
+    # 120 streamlines: 4 training batches of 30 and 3 validation batches
+    # of 40 per epoch. Dropout, augmentation and noise use every stream.
+    return [str(experiments), name, hdf5_file, "input", "streamlines",
+            "--max_epochs", str(NB_EPOCHS), "--batch_size_training", "30",
+            "--batch_size_validation", "40", "--step_size", "1.5",
+            "--nb_previous_dirs", "1", "--rnn_layer_sizes", "16", "16",
+            "--dropout", "0.2", "--split_ratio", "0.3", "--reverse_ratio",
+            "0.5", "--noise_gaussian_size_forward", "0.1",
+            "--noise_gaussian_size_loss", "0.05", "--lr_scheduler", "step",
+            "--lr_step_size", "1", "--seed", "7", "--nb_cpu_threads", "2",
+            "-v", "WARNING", *extra]
+
+
+def _run(spec, mode, args, env=None, expected=0):
+    process = subprocess.run([sys.executable, HELPER, spec, mode, *args],
+                             capture_output=True, text=True, timeout=600,
+                             env=env or _env())
+    assert process.returncode == expected, process.stderr[-3000:]
+    return process
+
+
+def _resume(spec, experiments, name, expected=0, extra=()):
+    return _run(spec, "resume", [str(experiments), name, "-v", "WARNING",
+                                 *extra], expected=expected)
+
+
+def _state(experiment_dir):
+    return torch.load(os.path.join(experiment_dir, "checkpoint",
+                                   "checkpoint_state.pt"), weights_only=True)
+
+
+def _position(experiment_dir):
+    state = _state(experiment_dir)
+    position = state["position"]
+    return (state["current_epoch"], position["phase"],
+            position["nb_batches_done"])
+
+
+def _logs(experiment_dir):
+    logs_dir = os.path.join(experiment_dir, "logs")
+    return {name: np.load(os.path.join(logs_dir, name))
+            for name in sorted(os.listdir(logs_dir)) if name not in TIME_LOGS}
+
+
+def _weights(experiment_dir, folder):
+    return torch.load(os.path.join(experiment_dir, folder, "model_state.pt"),
+                      weights_only=True)
+
+
+def assert_same_run(dir_a, dir_b):
+    """Bitwise equal logs (but times) and weights of two experiments."""
+    logs_a, logs_b = _logs(dir_a), _logs(dir_b)
+    assert sorted(logs_a) == sorted(logs_b)
+    for name in logs_a:
+        assert logs_a[name].tobytes() == logs_b[name].tobytes(), name
+    assert len(logs_a["train_loss.npy"]) == NB_EPOCHS
+    for folder in ("checkpoint/model", "best_model"):
+        weights_a, weights_b = _weights(dir_a, folder), _weights(dir_b, folder)
+        assert weights_a.keys() == weights_b.keys()
+        for key in weights_a:
+            assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
+
+
+def _stop_line(process):
+    lines = process.stderr.strip().splitlines()
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, hdf5_file):
+    experiments = tmp_path_factory.mktemp("straight")
+    _run("-", "train", _train_args(experiments, "straight", hdf5_file))
+    return experiments / "straight"
+
+
+def test_signals_at_many_positions_then_resume_equal_straight_run(
+        tmp_path, hdf5_file, straight_run):
+    name = "chain"
+    folder = tmp_path / name
+    # First training batch.
+    process = _run("0:train:0:SIGTERM", "train",
+                   _train_args(tmp_path, name, hdf5_file),
+                   expected=EXIT_INTERRUPTED)
+    assert _stop_line(process) == (
+        f"stopped by SIGTERM at epoch 0, train batch 1; checkpoint saved; "
+        f"resume with: resume_training_from_checkpoint.py {tmp_path} {name}")
+    assert _position(folder) == (0, "train", 1)
+    # During validation.
+    _resume("0:valid:0:SIGUSR1", tmp_path, name, EXIT_INTERRUPTED)
+    assert _position(folder) == (0, "valid", 1)
+    # Last training batch: the position is the start of validation.
+    process = _resume("1:train:3:SIGINT", tmp_path, name, EXIT_INTERRUPTED)
+    assert "stopped by SIGINT at epoch 1, train batch 4" in _stop_line(process)
+    assert _position(folder) == (1, "valid", 0)
+    # A second signal while stopping changes nothing.
+    _resume("2:train:1:SIGTERM+SIGINT", tmp_path, name, EXIT_INTERRUPTED)
+    assert _position(folder) == (2, "train", 2)
+    process = _resume("-", tmp_path, name)
+    assert "resumed and saved" in process.stdout
+    assert_same_run(straight_run, folder)
+
+
+def test_two_workers_lazy_signals_then_resume_equal_straight_run(
+        tmp_path, hdf5_file, straight_run):
+    name = "workers"
+    folder = tmp_path / name
+    _run("0:train:2:SIGINT", "train",
+         _train_args(tmp_path, name, hdf5_file,
+                     ["--nb_workers", "2", "--lazy"]),
+         expected=EXIT_INTERRUPTED)
+    assert _position(folder) == (0, "train", 3)
+    # The last validation batch: the epoch is closed and saved.
+    _resume("1:valid:2:SIGTERM", tmp_path, name, EXIT_INTERRUPTED)
+    assert _position(folder) == (2, "train", 0)
+    assert len(_logs(folder)["train_loss.npy"]) == 2
+    _resume("-", tmp_path, name)
+    assert_same_run(straight_run, folder)
+
+
+def test_signal_during_checkpoint_write(tmp_path, hdf5_file, straight_run):
+    name = "during_save"
+    folder = tmp_path / name
+    # Two signals while the batch-3 checkpoint is written: the write
+    # completes, then the run stops after the next step.
+    _run("0:save:3:SIGTERM+SIGUSR1", "train",
+         _train_args(tmp_path, name, hdf5_file,
+                     ["--checkpoint_every_n_batches", "3"]),
+         expected=EXIT_INTERRUPTED)
+    assert _position(folder) == (0, "valid", 0)
+    assert not [entry for entry in os.listdir(folder)
+                if entry.endswith((".tmp", ".old"))]
+    _resume("-", tmp_path, name)
+    assert_same_run(straight_run, folder)
+
+
+def test_checkpoint_every_n_batches_then_sigkill(tmp_path, hdf5_file,
+                                                 straight_run):
+    name = "killed"
+    folder = tmp_path / name
+    _run("1:train:2:SIGKILL", "train",
+         _train_args(tmp_path, name, hdf5_file,
+                     ["--checkpoint_every_n_batches", "2"]),
+         expected=-signal.SIGKILL)
+    # Batches 0-1 of epoch 1 were checkpointed; batch 2 is redone.
+    assert _position(folder) == (1, "train", 2)
+    _resume("-", tmp_path, name)
+    assert_same_run(straight_run, folder)
+
+
+def test_max_time_stops_with_a_checkpoint(tmp_path, hdf5_file, straight_run):
+    name = "timed"
+    folder = tmp_path / name
+    # Each batch takes 0.3 s more: a 2 s budget stops inside epoch 0 or 1.
+    process = subprocess.run(
+        [sys.executable, HELPER, "-", "train",
+         *_train_args(tmp_path, name, hdf5_file, ["--max_time", "00:00:02"])],
+        capture_output=True, text=True, timeout=600,
+        env=_env(DWIML_TEST_SLEEP_PER_BATCH="0.3"))
+    assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
+    assert _stop_line(process).startswith("stopped by max_time at epoch ")
+    epoch, _, _ = _position(folder)
+    assert epoch < NB_EPOCHS
+    _resume("-", tmp_path, name, extra=["--max_time", "01:00:00"])
+    assert_same_run(straight_run, folder)
+
+
+def test_runs_repeat_bitwise_under_cpu_contention(tmp_path, hdf5_file,
+                                                  straight_run):
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(2)]
+    try:
+        _run("-", "train", _train_args(tmp_path, "busy", hdf5_file))
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert_same_run(straight_run, tmp_path / "busy")
+
+
+def test_resume_if_exists_starts_then_continues(tmp_path, hdf5_file,
+                                                straight_run):
+    name = "wrapper"
+    args = _train_args(tmp_path, name, hdf5_file, ["--resume_if_exists"])
+    _run("0:valid:1:SIGTERM", "train", args, expected=EXIT_INTERRUPTED)
+    # The same command line continues the run.
+    process = _run("-", "train", args)
+    assert "resumed and saved" in process.stdout
+    assert_same_run(straight_run, tmp_path / name)
+
+
+def test_auto_requeue_calls_scontrol(tmp_path, hdf5_file):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "scontrol_calls.txt"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {record}\n")
+    scontrol.chmod(0o755)
+    env = _env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               SLURM_JOB_ID="4242")
+    process = subprocess.run(
+        [sys.executable, HELPER, "0:train:1:SIGUSR1", "train",
+         *_train_args(tmp_path, "requeued", hdf5_file, ["--auto_requeue"])],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
+    assert record.read_text() == "requeue 4242\n"
+    assert "job requeued" in _stop_line(process)
+
+
+def test_interruption_options_are_checked(tmp_path, hdf5_file, capsys):
+    from dwi_ml.cli.dwiml_train_model import main as train_main
+
+    for option, value, expected in (
+            ("--max_time", "90", "expected a positive duration"),
+            ("--max_time", "00:00:00", "expected a positive duration"),
+            ("--checkpoint_every_n_batches", "0", "an integer >= 1"),
+            ("--checkpoint_every_minutes", "-1", "a finite number > 0")):
+        with pytest.raises(SystemExit) as error:
+            train_main(_train_args(tmp_path, "bad", hdf5_file,
+                                   [option, value]))
+        assert error.value.code == 2
+        message = capsys.readouterr().err.strip()
+        assert len(message.splitlines()) == 1
+        assert option in message and expected in message
+        assert not (tmp_path / "bad").exists()
+
+
+def test_deterministic_is_accepted_on_cpu_and_saved(tmp_path, hdf5_file):
+    import json
+
+    _run("-", "train", _train_args(tmp_path, "det", hdf5_file,
+                                   ["--deterministic", "--max_epochs", "1"]))
+    with open(tmp_path / "det" / "parameters.json") as f:
+        assert json.load(f)["trainer"]["deterministic"] is True
+
+
+def _wait_for(path, timeout_s):
+    end = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.2)

@@ -1,0 +1,304 @@
+"""Scoring a tractogram against a reference: exact values on hand-built
+cases, sanity checks on synthetic bundles, and the script."""
+import json
+import os
+
+import numpy as np
+import pytest
+from nibabel.streamlines import ArraySequence
+from scoring_data import (
+    GRID,
+    GRID_AFFINE,
+    hand_reference,
+    hand_tracked,
+    line_along_x,
+    random_lines,
+    save_nifti,
+    save_trk,
+    synthetic_reference,
+)
+
+from dwi_ml.cli.dwiml_score_tractogram import main as score_main
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.tracking.bundle_scoring import (
+    count_invalid_bundles,
+    orient_like_first,
+)
+from dwi_ml.tracking.scoring import (
+    densify,
+    point_directions_mm,
+    score_tractogram,
+)
+from dwi_ml.tracking.voxel_masks import (
+    dilate_voxel_set,
+    point_voxel_indices,
+)
+
+SYNTHETIC_SHAPE = (30, 30, 30)
+
+# The hand-built case (see scoring_data.hand_tracked), 41 tracked points:
+# - the copy of bundle 1 (10 points at distance 0, along x): a VC;
+# - bundle 2 moved by 1.2 voxels along y (10 points at 1.2, along x): its
+#   endpoints are in bundle 2's regions but none of its points in its
+#   volume, an IC (of the bundle's own region pair, not counted in IB);
+# - a diagonal in the plane x = 0.5 from bundle 1's head voxel to bundle
+#   2's (6 points at 0, 1.41, 2.83, 2.83, 1.41 and 0 voxels, at 90 degrees
+#   from the reference): an IC between two heads, the one invalid bundle;
+# - a parallel line between the bundles (10 points at 4.24): an NC;
+# - the first half of bundle 1 (5 points at 0, along x): an NC.
+HAND_SCORES = {
+    "nb_tracked": 5.0, "nb_reference": 2.0, "nb_tracked_points": 41.0,
+    "points_within_1_vox": (10 + 2 + 5) / 41,
+    "points_within_2_vox": (10 + 10 + 4 + 5) / 41,
+    "points_aligned": (10 + 10 + 5) / 41,
+    "VC": 0.2, "IC": 0.4, "NC": 0.4, "VB": 1.0, "IB": 1.0,
+    "nb_bundles": 2.0,
+    "bundle_1_nb_VC": 1.0, "bundle_1_OL": 1.0, "bundle_1_OR": 0.0,
+    "bundle_1_F1": 1.0,
+    "bundle_2_nb_VC": 0.0, "bundle_2_OL": 0.0, "bundle_2_OR": 0.0,
+    "bundle_2_F1": 0.0,
+    "mean_OL": 0.5, "mean_OR": 0.0, "mean_F1": 0.5,
+}
+HAND_LENGTHS_MM = [9., 9., 5 * np.sqrt(2), 9., 4.]
+
+
+def _score_hand(tracked, affine=None):
+    affine = np.eye(4) if affine is None else affine
+    reference, labels = hand_reference()
+    return score_tractogram(tracked, reference, GRID, affine, labels)
+
+
+def test_hand_built_case_exact_values():
+    scores = _score_hand(hand_tracked())
+    lengths = {key: scores.pop(key) for key in ("mean_length_mm",
+                                                "median_length_mm")}
+    assert scores == HAND_SCORES
+    assert lengths["mean_length_mm"] == pytest.approx(
+        np.mean(HAND_LENGTHS_MM), rel=1e-6)
+    assert lengths["median_length_mm"] == 9.0
+
+
+def test_hand_scores_do_not_depend_on_voxel_size():
+    # Voxel counts and shares stay; lengths double with 2 mm voxels.
+    scores = _score_hand(hand_tracked(), GRID_AFFINE)
+    assert {k: scores[k] for k in HAND_SCORES} == HAND_SCORES
+    assert scores["median_length_mm"] == pytest.approx(18.0, rel=1e-6)
+
+
+def test_reference_against_itself_is_perfect():
+    reference, labels = hand_reference()
+    scores = score_tractogram(reference, reference, GRID, np.eye(4), labels)
+    perfect = {"points_within_1_vox": 1.0, "points_within_2_vox": 1.0,
+               "points_aligned": 1.0, "VC": 1.0, "IC": 0.0, "NC": 0.0,
+               "VB": 2.0, "IB": 0.0, "mean_OL": 1.0, "mean_OR": 0.0,
+               "mean_F1": 1.0}
+    assert {k: scores[k] for k in perfect} == perfect
+
+    reference, labels = synthetic_reference()
+    scores = score_tractogram(reference, reference, SYNTHETIC_SHAPE,
+                              np.eye(4), labels)
+    assert {k: scores[k] for k in perfect} == {**perfect, "VB": 3.0}
+    for label in (1, 2, 3):
+        assert scores[f"bundle_{label}_nb_VC"] == 60.0
+
+
+def test_overlap_overreach_and_f1_count_voxels():
+    # Bundle 2 holds two streamlines (20 voxels); tracking one of them
+    # covers half of it. The tracked bundle 1 leaves its 10 voxels for the
+    # row y = 3 between x = 2.5 and 6.5: 7 common voxels, 5 outside.
+    reference = ArraySequence([line_along_x(2.5, 2.5), line_along_x(7.5, 7.5),
+                               line_along_x(6.5, 7.5)])
+    labels = np.array([1, 2, 2])
+    detour = np.array([[0.5, 2.5, 2.5], [2.5, 2.5, 2.5], [2.5, 3.5, 2.5],
+                       [6.5, 3.5, 2.5], [6.5, 2.5, 2.5], [9.5, 2.5, 2.5]])
+    tracked = ArraySequence([detour, line_along_x(7.5, 7.5)])
+    scores = score_tractogram(tracked, reference, GRID, np.eye(4), labels)
+    assert scores["VC"] == 1.0
+    assert (scores["bundle_1_OL"], scores["bundle_1_OR"],
+            scores["bundle_1_F1"]) == (0.7, 0.5, 14 / 22)
+    assert (scores["bundle_2_OL"], scores["bundle_2_OR"],
+            scores["bundle_2_F1"]) == (0.5, 0.0, 20 / 30)
+    assert scores["mean_OL"] == pytest.approx(0.6, abs=1e-12)
+
+    # Asking for more of the points in the volume than the detour has (12
+    # of its 23 resampled points, or 14) makes it an IC.
+    strict = score_tractogram(tracked, reference, GRID, np.eye(4), labels,
+                              min_share_in_volume=0.9)
+    assert (strict["VC"], strict["IC"], strict["bundle_1_OL"]) == \
+        (0.5, 0.5, 0.0)
+
+
+def test_streamlines_of_a_bundle_may_run_either_way():
+    # The second reference streamline runs from x = 9.5 to 0.5: once
+    # flipped, the head region is around x = 0 only, so a tracked loop with
+    # both ends there is an IC (its two ends in one region), not a VC.
+    reference = ArraySequence([line_along_x(2.5, 2.5),
+                               line_along_x(3.5, 2.5)[::-1]])
+    loop = np.array([[0.5, 2.5, 2.5], [1.5, 2.5, 2.5], [1.5, 3.5, 2.5],
+                     [0.5, 3.5, 2.5]])
+    tracked = ArraySequence([line_along_x(3.5, 2.5), loop])
+    scores = score_tractogram(tracked, reference, GRID, np.eye(4),
+                              np.array([4, 4]))
+    assert (scores["VC"], scores["IC"], scores["VB"], scores["IB"],
+            scores["bundle_4_OL"]) == (0.5, 0.5, 1.0, 1.0, 0.5)
+    heads, tails = orient_like_first(np.array([[0., 0, 0], [9, 0, 0]]),
+                                     np.array([[9., 0, 0], [1, 0, 0]]))
+    np.testing.assert_array_equal(heads, [[0, 0, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(tails, [[9, 0, 0], [9, 0, 0]])
+
+
+def test_shifted_copy_scores_lower():
+    reference, labels = synthetic_reference()
+    perfect = score_tractogram(reference, reference, SYNTHETIC_SHAPE,
+                               np.eye(4), labels)
+    shifted = ArraySequence([s + [3., 0., 0.] for s in reference])
+    scores = score_tractogram(shifted, reference, SYNTHETIC_SHAPE,
+                              np.eye(4), labels)
+    for key in ("points_within_1_vox", "points_within_2_vox",
+                "points_aligned", "VC", "mean_OL", "mean_F1"):
+        assert scores[key] < perfect[key], key
+    assert scores["IC"] + scores["NC"] > 0
+    assert scores["mean_OR"] > perfect["mean_OR"]
+    # Bundles are ~4 voxels wide: a few shifted streamlines stay valid.
+    assert scores["VB"] <= perfect["VB"]
+
+
+def test_random_lines_score_near_chance():
+    reference, labels = synthetic_reference()
+    lines = random_lines(300, np.array(SYNTHETIC_SHAPE),
+                         np.random.default_rng(1))
+    scores = score_tractogram(lines, reference, SYNTHETIC_SHAPE, np.eye(4),
+                              labels)
+    # ~5 % of the voxels are within 1 voxel of the bundles (10 % within 2);
+    # random lines cross the centre, where the bundles meet, a bit more.
+    assert scores["points_within_1_vox"] < 0.2
+    assert scores["points_within_2_vox"] < 0.35
+    assert scores["points_aligned"] < 0.1
+    assert scores["VC"] <= 0.01
+    assert scores["NC"] > 0.9
+    assert scores["mean_F1"] <= 0.05
+
+
+def test_without_labels_or_tracked_streamlines():
+    reference, _ = hand_reference()
+    scores = score_tractogram(list(hand_tracked()), list(reference), GRID,
+                              np.eye(4))
+    assert "VC" not in scores
+    assert scores["points_within_1_vox"] == HAND_SCORES["points_within_1_vox"]
+
+    empty = ArraySequence()
+    scores = score_tractogram(empty, reference, GRID, np.eye(4),
+                              np.array([1, 2]))
+    assert scores["nb_tracked"] == 0.0
+    assert all(scores[key] == 0.0 for key in (
+        "points_within_1_vox", "points_aligned", "VC", "IC", "NC", "VB",
+        "mean_OL", "mean_length_mm"))
+
+
+def test_bad_arguments_are_user_errors():
+    reference, _ = hand_reference()
+    with pytest.raises(DwiMLUserError, match="one label per"):
+        score_tractogram(reference, reference, GRID, np.eye(4),
+                         np.array([1, 2, 3]))
+    with pytest.raises(DwiMLUserError, match="integer bundle labels"):
+        score_tractogram(reference, reference, GRID, np.eye(4),
+                         np.array([1.5, 2]))
+    with pytest.raises(DwiMLUserError, match="min_share_in_volume"):
+        score_tractogram(reference, reference, GRID, np.eye(4),
+                         min_share_in_volume=1.5)
+
+
+def test_voxel_helpers():
+    np.testing.assert_array_equal(
+        point_voxel_indices(np.array([[0.5, 0.5, 0.5], [9.99, 0, 0],
+                                      [10., 0, 0], [-0.1, 0, 0],
+                                      [np.nan, 0, 0]]), GRID),
+        [0, 900, -1, -1, -1])
+    # A corner voxel has 7 neighbours in the grid, an inner one 26.
+    assert len(dilate_voxel_set(np.array([0]), GRID)) == 8
+    assert len(dilate_voxel_set(np.array([555]), GRID)) == 27
+    assert count_invalid_bundles(np.array([0, 1, 0, 2, 2]),
+                                 np.array([1, 0, 2, 0, 2])) == 2
+
+
+def test_densify_and_directions():
+    streamlines = ArraySequence([np.array([[0.5, 0.5, 0.5], [2.5, 0.5, 0.5],
+                                           [2.5, 1.5, 0.5]]),
+                                 np.array([[1., 1., 1.]])])
+    dense = densify(streamlines, GRID_AFFINE)   # 2 mm voxels: 1 mm steps
+    np.testing.assert_array_equal(dense._lengths, [7, 1])
+    assert np.max(np.linalg.norm(np.diff(dense[0], axis=0), axis=1)) \
+        == pytest.approx(0.5)
+    directions = point_directions_mm(
+        ArraySequence([streamlines[0], streamlines[1]]), GRID_AFFINE)
+    np.testing.assert_array_equal(
+        directions, [[4, 0, 0], [0, 2, 0], [0, 2, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(
+        point_directions_mm(ArraySequence([streamlines[0], streamlines[1]]),
+                            GRID_AFFINE, np.array([3, 2, 0])),
+        [[0, 0, 0], [0, 2, 0], [4, 0, 0]])
+
+
+# The script.
+
+
+@pytest.fixture
+def hand_files(tmp_path):
+    nifti = save_nifti(tmp_path / "mask.nii.gz")
+    reference, labels = hand_reference()
+    return {
+        "nifti": nifti,
+        "tracked": save_trk(tmp_path / "tracked.trk", hand_tracked(), nifti),
+        "reference": save_trk(tmp_path / "reference.trk", reference, nifti,
+                              labels),
+    }
+
+
+def test_script_prints_and_saves_the_scores(hand_files, tmp_path, capsys):
+    out = str(tmp_path / "scores.json")
+    argv = [hand_files["tracked"], hand_files["reference"],
+            hand_files["nifti"], "--bundle_key", "bundle", "--out_json", out]
+    assert score_main(argv) is None
+    printed = capsys.readouterr().out
+    assert "VC" in printed and "points_within_1_vox" in printed
+    with open(out) as f:
+        scores = json.load(f)
+    assert {k: scores[k] for k in HAND_SCORES} == \
+        pytest.approx(HAND_SCORES, abs=1e-12)
+    assert scores["median_length_mm"] == pytest.approx(18.0, rel=1e-6)
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] \
+        == []
+
+    score_main(argv + ["-f", "--min_share_in_volume", "1"])
+    with open(out) as f:
+        assert json.load(f)["VC"] == pytest.approx(0.2)
+
+
+def _error(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        score_main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "error:" in message
+    return message
+
+
+def test_script_errors(hand_files, tmp_path, capsys):
+    files = [hand_files["tracked"], hand_files["reference"],
+             hand_files["nifti"]]
+    existing = tmp_path / "existing.json"
+    existing.write_text("{}")
+    not_a_tractogram = tmp_path / "tracked.txt"
+    not_a_tractogram.write_text("")
+    cases = [
+        ([str(tmp_path / "missing.trk"), *files[1:]], "missing.trk"),
+        ([*files, "--out_json", str(existing)], "already exists"),
+        ([*files, "--bundle_key", "nope"], "'nope'"),
+        ([str(not_a_tractogram), *files[1:]], "extensions"),
+        ([*files, "--min_share_in_volume", "2"], "min_share_in_volume"),
+        ([*files, "--out_json", str(tmp_path / "no" / "s.json")],
+         "does not exist"),
+    ]
+    for argv, expected in cases:
+        assert expected in _error(capsys, argv)
+    assert existing.read_text() == "{}"
