@@ -113,7 +113,7 @@ def _other_script_cases():
         ("track", ["--seed", "-3"], ["--seed", ">= 0", "-3"]),
         ("synthetic", ["--nb_subjects", "2.5"], ["--nb_subjects", "invalid"]),
         ("create", ["--nb_points", "2.5"], ["--nb_points", "invalid int"]),
-        ("demo", ["--epochs", "4", "2"], ["--epochs", "FIRST < TOTAL"]),
+        ("demo", ["--epochs", "4", "2"], ["--epochs", "TOTAL > FIRST"]),
         ("demo", ["--nb_streamlines", "0"], ["--nb_streamlines", ">= 3"]),
         ("visualize", ["--smooth", "1.5"], ["--smooth", "invalid int"]),
     ]
