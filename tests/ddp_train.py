@@ -5,7 +5,8 @@ Usage (under torchrun or alone):
     python ddp_train.py OUT_DIR -1 -1 resume RESUME_ARGS...
 Each rank writes OUT_DIR/rank{R}.pt with its final weights and epoch logs,
 so the test can check that all ranks agree. KILL_EPOCH >= 0 makes rank 0
-SIGKILL itself after that batch of that epoch.
+SIGKILL itself after that batch of that epoch. With DWIML_TEST_FLOAT64=1
+in the environment, the model is built and trained in float64.
 """
 import os
 import signal
@@ -42,6 +43,8 @@ class RecordRank(Callback):
 
 if __name__ == "__main__":
     out_dir, kill_epoch, kill_batch, mode = sys.argv[1:5]
+    if os.environ.get("DWIML_TEST_FLOAT64") == "1":
+        torch.set_default_dtype(torch.float64)
     record = RecordRank(out_dir, int(kill_epoch), int(kill_batch))
     if mode == "train":
         train_from_args(build_parser().parse_args(sys.argv[5:]),

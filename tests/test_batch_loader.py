@@ -29,6 +29,7 @@ from dwi_ml.data.processing.resampling import resample_to_step_size
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import DwiMLUserError
 from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
+from tests.tolerances import EPS32, rounding_atol
 
 VOXEL_SIZE_MM = np.array([2.0, 2.5, 3.0])  # synthetic, anisotropic
 MIN_SPLIT_LENGTH = 5  # split_streamlines' default: 2 * 3 - 1 points
@@ -228,13 +229,20 @@ def test_noise_is_bounded_by_two_sigma_mm_on_anisotropic_voxels(synthetic):
                              (noisy.target_points, 0.3)):
         shift_vox = (points - clean.target_points).numpy().astype(np.float64)
         bound_vox = 2 * sigma_mm / VOXEL_SIZE_MM
-        assert np.all(np.abs(shift_vox) <= bound_vox + 1e-5)
+        # Both points are float32 coordinates (one rounding each).
+        slack_vox = rounding_atol(np.abs(points.numpy()).max(), 2)
+        assert np.all(np.abs(shift_vox) <= bound_vox + slack_vox)
         # Truncated, not clipped, and filling the bound on every axis.
         assert np.all(np.abs(shift_vox).max(axis=0) > 0.9 * bound_vox)
+        # Clipping would put ~4.6% of the values at the bound; truncation
+        # puts 2.3e-4 within 0.1% of it.
         assert np.mean(np.abs(shift_vox) > 0.999 * bound_vox) < 1e-3
-        # Std of N(0, s^2) truncated at 2 s is 0.88 s, in mm on every axis.
+        # Std of N(0, s^2) truncated at 2 s is 0.8796 s, in mm on every
+        # axis; 5 standard errors of a sample std (< 1 / sqrt(2 n)
+        # relatively, lighter tails than a Gaussian's).
         np.testing.assert_allclose((shift_vox * VOXEL_SIZE_MM).std(axis=0),
-                                   0.88 * sigma_mm, rtol=0.1)
+                                   0.8796 * sigma_mm,
+                                   rtol=5 / np.sqrt(2 * len(shift_vox)))
     assert not torch.equal(noisy.input_points, noisy.target_points)
 
 
@@ -265,8 +273,18 @@ def test_inputs_equal_a_direct_interpolation_of_each_subject(synthetic,
             mri.data, points + torch.from_numpy(offset)) for offset in offsets],
             dim=1)
         assert expected.shape[1] == nb_features * len(offsets)
+        # The loader adds the offsets in float32 (2 roundings of each
+        # coordinate, < the largest one); the value moves by at most the
+        # largest step between neighbour voxels per voxel of error, on each
+        # of 3 axes. Both blend 8 corners with float32 weights.
+        data = np.asarray(mri.data, dtype=np.float64)
+        max_step = max(np.abs(np.diff(data, axis=axis)).max()
+                       for axis in range(3))
+        coordinate_atol = rounding_atol(float(points.abs().max()) + 2, 2)
+        atol = (3 * max_step * coordinate_atol
+                + rounding_atol(np.abs(data).max(), 8))
         torch.testing.assert_close(batch.inputs[point_subjects == subj],
-                                   expected, rtol=1e-5, atol=1e-5)
+                                   expected, rtol=0, atol=atol)
 
 
 def test_inputs_at_voxel_centres_are_the_voxel_values(reference,
@@ -281,7 +299,9 @@ def test_inputs_at_voxel_centres_are_the_voxel_values(reference,
              (0, 0, 1), (0, 0, -1)]
     expected = np.concatenate(
         [volume[tuple((CENTRE_VOXELS + step).T)] for step in steps], axis=1)
-    np.testing.assert_allclose(batch.inputs.numpy(), expected, rtol=1e-6)
+    # At voxel centres the weights are 0 and 1: exact, but for the volume's
+    # cast to float32.
+    np.testing.assert_allclose(batch.inputs.numpy(), expected, rtol=EPS32)
 
 
 def test_collate_path_and_compute_inputs_path_agree(synthetic):
@@ -304,8 +324,11 @@ def test_compute_inputs_on_gpu_equals_cpu(synthetic):
     gpu_batch = _load_all(gpu_loader).to("cuda")
     inputs = gpu_loader.compute_inputs(gpu_batch, "cuda")
     assert inputs.device.type == "cuda"
-    torch.testing.assert_close(inputs.cpu(), cpu_batch.inputs, rtol=1e-5,
-                               atol=1e-5)
+    # Each device blends 8 corners in float32 in its own order (within
+    # 8 roundings of the exact value): twice that apart.
+    atol = 2 * rounding_atol(float(cpu_batch.inputs.abs().max()), 8)
+    torch.testing.assert_close(inputs.cpu(), cpu_batch.inputs, rtol=0,
+                               atol=atol)
 
 
 def test_eager_and_lazy_datasets_give_the_same_batches(reference_eager,
@@ -422,14 +445,19 @@ def test_model_step_size_resamples_validation_too(reference, reference_eager):
                             np.cumsum(lengths) - lengths, lengths),
         np.asarray(subject.affine, dtype=np.float64), 0.8)
     np.testing.assert_array_equal(batch.lengths.numpy(), expected._lengths)
-    np.testing.assert_allclose(batch.target_points.numpy(), expected._data,
-                               atol=1e-5)
+    # float32 resampling: each new point is a blend of two (a few
+    # roundings, ~4 each way through mm), in coordinates < the largest.
+    np.testing.assert_allclose(
+        batch.target_points.numpy(), expected._data, rtol=0,
+        atol=rounding_atol(np.abs(expected._data).max(), 8))
     # 2 mm voxels: ceil(L / 0.8) equally spaced points, so steps of about
     # 0.8 mm = 0.4 voxel (longer by at most a factor (n - 1) / (n - 2)).
     steps = np.linalg.norm(np.diff(batch.target_points.numpy(), axis=0), axis=1)
     inner = np.ones(len(steps), dtype=bool)
     inner[np.cumsum(batch.lengths.numpy())[:-1] - 1] = False
-    assert np.all(steps[inner] <= 0.4 * 2 + 1e-5)
+    # Each float32 point rounds once, in coordinates < the largest.
+    slack_vox = rounding_atol(np.abs(batch.target_points.numpy()).max(), 2)
+    assert np.all(steps[inner] <= 0.4 * 2 + slack_vox)
     assert np.median(steps[inner]) < 0.5
 
 

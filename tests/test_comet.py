@@ -33,6 +33,8 @@ EPOCH_LOGS = ("train_loss", "valid_loss", "grad_norm_before_clip",
               "grad_norm_after_clip", "learning_rate", "train_time",
               "valid_time")
 COMET_LOGGER = "dwi_ml.monitoring.comet_logger"
+TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                            "scripts_python", "dwiml_train_model.py")
 
 
 # ----------------------------------------------------------------------
@@ -230,14 +232,59 @@ def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
                 assert DUMMY_API_KEY.encode() not in f.read(), path
 
 
-def test_online_without_network_warns_once_and_trains(tiny_hdf5, tmp_path,
-                                                      caplog):
-    args = comet_args(["--comet_workspace", "ws", "--comet_project", "proj",
-                       "--comet_log_every", "1"])
-    with caplog.at_level(logging.WARNING, logger=COMET_LOGGER):
-        callback = make_comet_callback(args, str(tmp_path / "exp"), {"a": 1})
-    assert "Could not check the Comet workspace 'ws'" in caplog.text
-    caplog.clear()
+def test_script_online_bogus_key_no_network_warns_once_and_trains(
+        tiny_hdf5, tmp_path):
+    """The training script as a user runs it: a bogus key, a workspace, no
+    network, and Comet's default retries (which once printed 16 warning
+    lines over 80 s). One warning line, then the run goes on."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("COMET_")}
+    env.update(COMET_API_KEY=DUMMY_API_KEY, HOME=str(tmp_path),
+               COMET_URL_OVERRIDE="http://127.0.0.1:9/clientlib/",
+               OMP_NUM_THREADS="1")
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    process = subprocess.run(
+        [sys.executable, TRAIN_SCRIPT,
+         str(experiments), "exp", tiny_hdf5, "input", "streamlines",
+         "--max_epochs", "2", "--batch_size_training", "5",
+         "--step_size", "1.0", "--rnn_layer_sizes", "8",
+         "--comet_workspace", "ws", "--comet_project", "proj",
+         "--comet_log_every", "1"],
+        capture_output=True, text=True, env=env,
+        timeout=600)   # a hang guard only, not a timing
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output
+    warnings = [line for line in output.splitlines()
+                if any(word in line.lower()
+                       for word in ("warn", "retr", "error"))]
+    assert len(warnings) == 1, output
+    assert "Comet could not be reached" in warnings[0]
+    assert len(np.load(experiments / "exp" / "logs" / "train_loss.npy")) == 2
+    assert DUMMY_API_KEY not in output
+    for path in glob.glob(str(tmp_path / "**" / "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                assert DUMMY_API_KEY.encode() not in f.read(), path
+
+
+def test_unreachable_comet_warns_once_and_gives_no_callback(tmp_path,
+                                                            caplog):
+    args = comet_args(["--comet_workspace", "ws", "--comet_project", "proj"])
+    with caplog.at_level(logging.WARNING):
+        assert make_comet_callback(args, str(tmp_path / "exp"), {}) is None
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith(
+        "Comet could not be reached to check the workspace 'ws'")
+    assert DUMMY_API_KEY not in caplog.text
+
+
+def test_online_experiment_failing_warns_once_and_trains(tiny_hdf5, tmp_path,
+                                                         caplog):
+    # Reached at the workspace check, lost at the experiment.
+    callback = CometCallback(workspace="ws", project="proj",
+                             hyperparameters={"a": 1}, experiment_name="exp",
+                             log_every=1)
     trainer = make_tiny_trainer(tiny_hdf5, tmp_path, "exp",
                                 callbacks=[callback])
     with caplog.at_level(logging.WARNING, logger=COMET_LOGGER):

@@ -12,6 +12,7 @@ from dipy.io.streamline import load_tractogram
 from training_data import make_training_hdf5
 
 from dwi_ml.data.dataset import MultiSubjectDataset
+from tests.tolerances import EPS32, rounding_atol
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +34,21 @@ def _source_streamlines(subject_folder):
 
 
 def _expected_input(subject_folder):
+    """The standardized input volume, its affine, and the float32 error
+    bound of the HDF5's copy: the raw values, mean and std rounded to
+    float32 (3 roundings in values < max |raw|, divided by the std), then
+    the quotient (1 rounding)."""
     dwi = nib.load(os.path.join(subject_folder, "dwi.nii.gz"))
-    data = np.asarray(dwi.dataobj, dtype=np.float64)
+    raw = np.asarray(dwi.dataobj, dtype=np.float64)
     mask = np.asarray(nib.load(os.path.join(subject_folder,
                                             "wm_mask.nii.gz")).dataobj) > 0
-    values = data[mask]
-    std = values.std(axis=0)
-    data = (data - values.mean(axis=0)) / np.where(std > 0, std, 1)
+    values = raw[mask]
+    std = np.where(values.std(axis=0) > 0, values.std(axis=0), 1)
+    data = (raw - values.mean(axis=0)) / std
     data[~mask] = 0
-    return data, dwi.affine
+    atol = (rounding_atol(np.abs(values).max() / std.min(), 3)
+            + rounding_atol(np.abs(data).max(), 1))
+    return data, dwi.affine, atol
 
 
 @pytest.mark.parametrize("lazy", [False, True])
@@ -66,17 +73,27 @@ def test_dataset_gives_back_sources(data_folder, lazy):
         assert sft_data.nb_streamlines == len(expected)
         order = np.random.default_rng(0).permutation(len(expected))
         got = sft_data.get_streamlines(order)
+        volume, affine, volume_atol = _expected_input(subject_folder)
+        # Both sides convert the .trk's float32 mm to float32 voxels (dipy's
+        # way and ours: up to 8 roundings), in mm values < the largest
+        # coordinate times the largest voxel size, read back in voxels of
+        # the smallest.
+        zooms = np.linalg.norm(affine[:3, :3], axis=0)
+        magnitude_vox = max(np.abs(s).max() for s in expected)
+        atol_vox = rounding_atol(magnitude_vox * zooms.max() / zooms.min(), 8)
         for index, streamline in zip(order, got):
-            np.testing.assert_allclose(streamline, expected[index], atol=1e-4)
+            np.testing.assert_allclose(streamline, expected[index], rtol=0,
+                                       atol=atol_vox)
         assert np.array_equal(subset.get_lengths(0, 0),
                               [len(s) for s in expected])
 
-        volume, affine = _expected_input(subject_folder)
         mri = subject.mri_data_list[0]
-        np.testing.assert_allclose(mri.affine, affine)
+        # The NIfTI's float32 sform, read twice.
+        np.testing.assert_allclose(mri.affine, affine, rtol=EPS32)
         tensor = mri.as_tensor("cpu")
         assert tensor.dtype.is_floating_point and tensor.shape == volume.shape
-        np.testing.assert_allclose(tensor.numpy(), volume, atol=1e-4)
+        np.testing.assert_allclose(tensor.numpy(), volume, rtol=0,
+                                   atol=volume_atol)
 
 
 def test_lengths_mm_are_in_mm_not_voxels(data_folder):
@@ -86,9 +103,15 @@ def test_lengths_mm_are_in_mm_not_voxels(data_folder):
     sft_data = dataset.training_set.get_subject(0).sft_data_list[0]
     streamlines = sft_data.get_streamlines(np.arange(5))
     affine = sft_data.space_attributes[0]
+    zoom = np.linalg.norm(affine[:3, :3], axis=0).max()
     for streamline, length_mm in zip(streamlines, sft_data.lengths_mm[:5]):
-        steps_mm = np.diff(streamline, axis=0) @ affine[:3, :3].T
-        assert length_mm == pytest.approx(
-            np.linalg.norm(steps_mm, axis=1).sum(), rel=1e-4)
+        steps_mm = np.linalg.norm(np.diff(streamline, axis=0)
+                                  @ affine[:3, :3].T, axis=1)
+        # Each float32 point is within EPS32 / 2 of its coordinates: each
+        # step within that (times 2, in mm) relatively to its length; the
+        # stored float32 length rounds once more.
+        rel = rounding_atol(np.abs(streamline).max() * zoom / steps_mm.min(),
+                            1) + EPS32
+        assert length_mm == pytest.approx(steps_mm.sum(), rel=rel)
         steps_vox = np.linalg.norm(np.diff(streamline, axis=0), axis=1).sum()
         assert abs(length_mm - steps_vox) > 0.1

@@ -6,6 +6,7 @@ from training_data import make_training_hdf5
 
 from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from tests.tolerances import rounding_atol
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +31,17 @@ def test_validation_subset_reproduces_the_best_validation_loss(experiment,
                        "best_epoch.json").read_text())
     results = saved["results"]
     assert saved["model"] == "best" and sorted(results) == ["all", "subj-02"]
-    # Other batches, same points: the points-weighted mean is the same.
-    assert results["all"]["loss"] == pytest.approx(best["loss"], rel=1e-5)
+    # Other batches, same points: the points-weighted mean is the same, up
+    # to float32 rounding, since other batch shapes take other kernels. The
+    # forward error of an RNN output is within one rounding per term of its
+    # dot products (fan-in < 64: 45 inputs, 3, 16 hidden) per step (< 100:
+    # streamlines < 150 mm at 1.5 mm), relatively to losses of size ~1.
+    assert results["all"]["loss"] == pytest.approx(
+        best["loss"], rel=rounding_atol(1, 100 * 64))
+    # Each batch's loss is the float32 sum of its two positive terms.
     assert results["subj-02"]["loss"] == pytest.approx(
         results["subj-02"]["loss_direction"] + results["subj-02"]["loss_eos"],
-        rel=1e-6)
+        rel=rounding_atol(1, 1))
     assert 0 < results["all"]["angular_error_deg"] < 90
     assert "subj-02" in capsys.readouterr().out
 

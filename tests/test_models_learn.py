@@ -195,7 +195,8 @@ def test_validation_loss_goes_down_and_beats_repeating(experiment):
               f"trained {trained['model_later']:.4f}, rule "
               f"{trained['rule_later']:.4f}")
     print(report)
-    assert trained["rule"] == pytest.approx(untrained["rule"]), report
+    # Same batches, no model: the same arithmetic, bit for bit.
+    assert trained["rule"] == untrained["rule"], report
     assert trained["model"] < 0.1 * untrained["model"], report
     assert trained["model"] < 0.6 * trained["rule"], report
     train_losses = np.load(os.path.join(experiment["dir"], "logs",

@@ -18,6 +18,7 @@ from dwi_ml.models.directions import (
     compute_previous_dirs,
 )
 from dwi_ml.training.trainer_optimization import combine_losses
+from tests.tolerances import EPS64, rounding_atol
 
 NB_FEATURES = 4
 LENGTHS = (5, 3, 7)
@@ -31,6 +32,20 @@ def make_batch(lengths=LENGTHS, seed=0):
     inputs = [torch.randn(n, NB_FEATURES, generator=generator)
               for n in lengths]
     return inputs, streamlines
+
+
+def make_batch64(lengths=LENGTHS):
+    """make_batch in float64: packed and one-by-one runs use matrices of
+    different sizes, hence kernels that round differently in float32."""
+    return tuple([x.double() for x in tensors] for tensors in make_batch(lengths))
+
+
+def float64_recurrent_atol(values):
+    """Rounding bound of RNN results: over at most max(LENGTHS) steps (and
+    as many back), each a sum of at most 32 products (no layer is wider),
+    in values of the size of ``values``."""
+    return rounding_atol(float(values.abs().max()), 2 * max(LENGTHS) * 32,
+                         eps=EPS64)
 
 
 def make_model(**kwargs):
@@ -98,13 +113,17 @@ def test_previous_dirs_equal_hand_built_ones(add_eos, normalize):
     expected = np.concatenate([hand_previous_dirs(s, 3, add_eos, normalize)
                                for s in streamlines])
     found = compute_previous_dirs(streamlines, 3, add_eos, normalize)
-    np.testing.assert_allclose(found.numpy(), expected, atol=1e-6)
+    # The same float32 differences; normalising adds a norm (4 roundings)
+    # and a division.
+    atol = rounding_atol(np.abs(expected).max(), 5)
+    np.testing.assert_allclose(found.numpy(), expected, rtol=0, atol=atol)
     # At the tracker's steps, same rows from partial streamlines.
     partials = [streamlines[0][:1], streamlines[1][:3], streamlines[2][:5]]
     last = compute_last_previous_dirs(partials, 3, normalize)
     expected_last = [hand_previous_dirs(s, 3, True, normalize)[-1]
                      for s in partials]
-    np.testing.assert_allclose(last.numpy(), expected_last, atol=1e-6)
+    np.testing.assert_allclose(last.numpy(), expected_last, rtol=0,
+                               atol=atol)
 
 
 def test_direction_targets_with_eos():
@@ -121,21 +140,24 @@ def test_direction_targets_with_eos():
 
 @pytest.mark.parametrize("config", CONFIGS[:4])
 def test_packed_forward_equals_each_streamline_alone(config):
-    model = make_model(**config).eval()
-    inputs, streamlines = make_batch()
+    model = make_model(**config).double().eval()
+    inputs, streamlines = make_batch64()
     with torch.no_grad():
         batch_outputs = model(inputs, streamlines)
         alone = torch.cat([model([x], [s])
                            for x, s in zip(inputs, streamlines)])
-    torch.testing.assert_close(batch_outputs, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch_outputs, alone, rtol=0,
+                               atol=float64_recurrent_atol(batch_outputs))
 
 
 @pytest.mark.parametrize("config", CONFIGS[1:4])
 def test_step_by_step_reproduces_full_sequence(config):
-    model = make_model(**config).eval()
-    inputs, streamlines = make_batch()
+    model = make_model(**config).double().eval()
+    inputs, streamlines = make_batch64()
     with torch.no_grad():
-        full = torch.split(model(inputs, streamlines),
+        full_outputs = model(inputs, streamlines)
+        atol = float64_recurrent_atol(full_outputs)
+        full = torch.split(full_outputs,
                            [n - 1 + model.add_eos for n in LENGTHS])
         # Tracking all three at once: longest one, others stop early.
         active = [0, 1, 2]
@@ -146,7 +168,7 @@ def test_step_by_step_reproduces_full_sequence(config):
                 [streamlines[i][:t + 1] for i in active], hidden)
             for row, i in enumerate(active):
                 torch.testing.assert_close(outputs[row], full[i][t],
-                                           atol=1e-5, rtol=1e-5)
+                                           rtol=0, atol=atol)
             keep = np.array([t + 1 < len(full[i]) for i in active])
             active = [i for i, kept in zip(active, keep) if kept]
             hidden = model.select_hidden_states(hidden, keep)
@@ -167,8 +189,8 @@ def test_select_hidden_states_with_indices_reorders():
 def test_gradients_reach_the_right_input_rows():
     # The numpy-index pitfall: a numpy array used as an index and later
     # modified in place would send gradients to the wrong rows.
-    model = make_model(nb_previous_dirs=2)
-    inputs, streamlines = make_batch()
+    model = make_model(nb_previous_dirs=2).double()
+    inputs, streamlines = make_batch64()
     inputs = [x.requires_grad_() for x in inputs]
     loss, n_points = model.compute_loss(model(inputs, streamlines),
                                         streamlines)
@@ -178,7 +200,8 @@ def test_gradients_reach_the_right_input_rows():
         x.grad = None
         alone_loss, alone_n = model.compute_loss(model([x], [s]), [s])
         (alone_loss * alone_n).backward()
-        torch.testing.assert_close(grad, x.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(grad, x.grad, rtol=0,
+                                   atol=float64_recurrent_atol(grad))
         assert torch.all(grad[-1] == 0) and torch.any(grad[:-1] != 0)
 
     hidden = (torch.randn(1, 4, 3, requires_grad=True),)

@@ -23,6 +23,7 @@ from dwi_ml.data.processing.space import (
     streamlines_vox_corner_to_rasmm,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
+from tests.tolerances import EPS64, rounding_atol
 
 # Voxels of 1 x 2 x 4 mm with a translation: one voxel is not one mm.
 ANISOTROPIC_AFFINE = np.array([[1., 0, 0, -10],
@@ -41,6 +42,16 @@ def _rotated_affine():
     affine[:3, :3] = rotation @ np.diag([-1.5, 2., 4.])
     affine[:3, 3] = [30., -12., 7.]
     return affine
+
+
+def float32_mm_atol(affine, points_vox, nb_roundings):
+    """Error in mm of points stored ``nb_roundings`` times in float32 (in
+    voxels or mm; the conversions themselves are float64), in values below
+    |A| |x| + |t| mm."""
+    magnitude_mm = (np.abs(affine[:3, :3]).sum(axis=1).max()
+                    * np.abs(np.asarray(points_vox)).max()
+                    + np.abs(affine[:3, 3]).max())
+    return rounding_atol(magnitude_mm, nb_roundings)
 
 
 def _scattered(streamlines, gap_rows=2):
@@ -75,19 +86,27 @@ def test_vox_corner_to_rasmm_matches_dipy_stateful_tractogram():
     packed = _scattered(streamlines)
 
     in_mm = streamlines_vox_corner_to_rasmm(packed, affine)
+    # Stored in float32 as voxels, then as mm (and as voxels again below);
+    # back in voxels, an error in mm is divided by at least the smallest
+    # voxel size (1.5 mm).
     for ours, dipys in zip(in_mm, sft.streamlines):
-        np.testing.assert_allclose(ours, dipys, atol=1e-4)
+        np.testing.assert_allclose(ours, dipys, rtol=0,
+                                   atol=float32_mm_atol(affine, packed._data, 2))
     back = [points_rasmm_to_vox_corner(s, affine) for s in in_mm]
     for ours, original in zip(back, streamlines):
-        np.testing.assert_allclose(ours, original, atol=1e-4)
+        np.testing.assert_allclose(
+            ours, original, rtol=0,
+            atol=float32_mm_atol(affine, packed._data, 3) / 1.5)
 
 
 def test_voxel_centre_corner_maps_to_affine_translation():
     # The corner-origin centre of voxel (0, 0, 0) is (.5, .5, .5).
     centre_mm = points_vox_corner_to_rasmm(np.full((1, 3), 0.5), _rotated_affine())
-    np.testing.assert_allclose(centre_mm[0], _rotated_affine()[:3, 3])
+    # float64 all the way: 0.5 - 0.5 is exact, the inverse affine rounds.
+    np.testing.assert_array_equal(centre_mm[0], _rotated_affine()[:3, 3])
     np.testing.assert_allclose(
-        points_rasmm_to_vox_corner(centre_mm, _rotated_affine()), [[.5, .5, .5]])
+        points_rasmm_to_vox_corner(centre_mm, _rotated_affine()), [[.5, .5, .5]],
+        rtol=0, atol=rounding_atol(100, 16, eps=EPS64))
 
 
 # ---------------------------------------------------------------- resampling
@@ -112,13 +131,18 @@ def test_resample_to_step_size_gives_ceil_l_over_s_equal_steps_in_mm():
         streamlines_mm.append(positions[:, None] * direction + 3)
     resampled = resample_to_step_size(_to_vox(streamlines_mm), ANISOTROPIC_AFFINE,
                                       step_size_mm=0.75)
+    # Stored in float32 before and after resampling (and a float32 blend
+    # of two points, at most 2 more roundings): a step is off by twice that.
+    atol_mm = float32_mm_atol(ANISOTROPIC_AFFINE, resampled._data, 4)
     for new, original in zip(_to_mm(resampled), streamlines_mm):
         length_mm = np.linalg.norm(original[-1] - original[0])
         steps = np.linalg.norm(np.diff(new, axis=0), axis=1)
         # The reference dwi_ml's convention: ceil(L / s) equally spaced points.
         assert len(new) == max(int(np.ceil(length_mm / 0.75)), 2)
-        np.testing.assert_allclose(steps, length_mm / (len(new) - 1), atol=1e-4)
-        np.testing.assert_allclose(new[[0, -1]], original[[0, -1]], atol=1e-4)
+        np.testing.assert_allclose(steps, length_mm / (len(new) - 1), rtol=0,
+                                   atol=2 * atol_mm)
+        np.testing.assert_allclose(new[[0, -1]], original[[0, -1]], rtol=0,
+                                   atol=atol_mm)
 
 
 def test_resample_to_step_size_follows_corners():
@@ -128,7 +152,9 @@ def test_resample_to_step_size_follows_corners():
     third = 10 / 3
     expected = [[0, 0, 0], [third, 0, 0], [2 * third, 0, 0], [10, 0, 0],
                 [10, third, 0], [10, 2 * third, 0], [10, 10, 0]]
-    np.testing.assert_allclose(_to_mm(resampled)[0], expected, atol=1e-4)
+    np.testing.assert_allclose(
+        _to_mm(resampled)[0], expected, rtol=0,
+        atol=float32_mm_atol(ANISOTROPIC_AFFINE, resampled._data, 4))
 
 
 def test_resample_to_nb_points_matches_dipy_in_mm():
@@ -137,18 +163,19 @@ def test_resample_to_nb_points_matches_dipy_in_mm():
     resampled = resample_to_nb_points(_to_vox(streamlines_mm), ANISOTROPIC_AFFINE, 7)
     assert list(resampled._lengths) == [7, 7, 7, 7]
     expected = set_number_of_points(streamlines_mm, 7)
+    atol_mm = float32_mm_atol(ANISOTROPIC_AFFINE, resampled._data, 4)
     for ours, dipys in zip(_to_mm(resampled), expected):
-        np.testing.assert_allclose(ours, dipys, atol=1e-4)
+        np.testing.assert_allclose(ours, dipys, rtol=0, atol=atol_mm)
 
 
 def test_resample_degenerate_streamlines():
     point = np.array([[4., 5, 6]])
     streamlines = _to_vox([np.repeat(point, 3, axis=0), point])
     by_nb = resample_to_nb_points(streamlines, ANISOTROPIC_AFFINE, 4)
-    np.testing.assert_allclose(_to_mm(by_nb)[0], np.repeat(point, 4, axis=0),
-                               atol=1e-4)
-    np.testing.assert_allclose(_to_mm(by_nb)[1], np.repeat(point, 4, axis=0),
-                               atol=1e-4)
+    atol_mm = float32_mm_atol(ANISOTROPIC_AFFINE, by_nb._data, 4)
+    for streamline in _to_mm(by_nb):
+        np.testing.assert_allclose(streamline, np.repeat(point, 4, axis=0),
+                                   rtol=0, atol=atol_mm)
     by_step = resample_to_step_size(streamlines, ANISOTROPIC_AFFINE, 1.)
     assert list(by_step._lengths) == [1, 1]
 
@@ -182,8 +209,10 @@ def test_compress_works_in_mm_and_keeps_endpoints():
     assert list(loose._lengths) == [2, 2]
     assert tight._lengths[0] == len(x_mm)  # 0.4 mm wiggles exceed 0.15 mm
     assert tight._lengths[1] == 2
+    atol_mm = float32_mm_atol(ANISOTROPIC_AFFINE, streamlines._data, 2)
     for new, original in zip(_to_mm(loose), [zigzag_mm, straight_mm]):
-        np.testing.assert_allclose(new[[0, -1]], original[[0, -1]], atol=1e-4)
+        np.testing.assert_allclose(new[[0, -1]], original[[0, -1]], rtol=0,
+                                   atol=atol_mm)
 
 
 @pytest.mark.parametrize("function, value", [
@@ -214,14 +243,16 @@ def test_split_counts_pieces_and_short_streamlines():
     assert np.all(np.diff(source_ids) >= 0)
     for source_id, original in enumerate(originals):
         pieces = [new[i] for i in np.flatnonzero(source_ids == source_id)]
+        # Views of the float32 data: no arithmetic.
+        original = original.astype(np.float32)
         if len(pieces) == 1:
-            np.testing.assert_allclose(pieces[0], original, atol=1e-5)
+            np.testing.assert_array_equal(pieces[0], original)
             continue
         assert lengths[source_id] >= 5
         assert min(len(p) for p in pieces) >= 3
         np.testing.assert_array_equal(pieces[0][-1], pieces[1][0])  # shared point
-        np.testing.assert_allclose(np.concatenate([pieces[0], pieces[1][1:]]),
-                                   original, atol=1e-5)
+        np.testing.assert_array_equal(
+            np.concatenate([pieces[0], pieces[1][1:]]), original)
 
 
 def test_split_ratio_bounds_and_cut_range():
@@ -260,7 +291,8 @@ def test_reverse_exact_count_and_content():
     assert np.array_equal(new._lengths, packed._lengths)
     for streamline, original, reversed_ in zip(new, originals, is_reversed):
         expected = original[::-1] if reversed_ else original
-        np.testing.assert_allclose(streamline, expected, atol=1e-5)
+        # A reordering of the float32 data: no arithmetic.
+        np.testing.assert_array_equal(streamline, expected.astype(np.float32))
     with pytest.raises(DwiMLUserError, match="reverse_ratio"):
         reverse_streamlines(packed, -0.1, rng)
 
@@ -276,12 +308,16 @@ def test_noise_is_truncated_in_mm_on_anisotropic_voxels():
     delta_vox = noisy._data.astype(np.float64) - packed._data
     voxel_sizes = np.array([1., 2., 4.])
     max_delta_vox = np.abs(delta_vox).max(axis=0)
-    assert np.all(max_delta_vox <= 2 * sigma_mm / voxel_sizes + 1e-5)
+    # The noisy points are rounded to float32 once.
+    slack_vox = rounding_atol(np.abs(packed._data).max(), 1)
+    assert np.all(max_delta_vox <= 2 * sigma_mm / voxel_sizes + slack_vox)
     assert np.all(max_delta_vox > 1.9 * sigma_mm / voxel_sizes)  # reaches ~2 sigma
     delta_mm = delta_vox * voxel_sizes
     assert np.all(np.abs(delta_mm.mean(axis=0)) < 0.01)  # ~4 standard errors
-    # A Gaussian truncated at 2 sigma has a std of 0.88 sigma.
-    np.testing.assert_allclose(delta_mm.std(axis=0), 0.88 * sigma_mm, rtol=0.05)
+    # A Gaussian truncated at 2 sigma has a std of 0.8796 sigma; 5 standard
+    # errors of a sample std (< 1 / sqrt(2 n) relatively).
+    np.testing.assert_allclose(delta_mm.std(axis=0), 0.8796 * sigma_mm,
+                               rtol=5 / np.sqrt(2 * len(delta_mm)))
 
 
 def test_noise_bound_holds_in_mm_on_rotated_affine():
@@ -291,7 +327,9 @@ def test_noise_bound_holds_in_mm_on_rotated_affine():
     noisy = add_noise_mm(packed, 0.5, affine, rng)
     delta_mm = (points_vox_corner_to_rasmm(noisy._data, affine)
                 - points_vox_corner_to_rasmm(packed._data, affine))
-    assert np.abs(delta_mm).max() <= 1. + 1e-4
+    # The noisy points are rounded to float32 once (float64 conversions).
+    assert np.abs(delta_mm).max() <= 1. + float32_mm_atol(affine, packed._data,
+                                                          1)
 
 
 def test_zero_noise_returns_input_and_negative_sigma_fails():

@@ -14,9 +14,23 @@ from dwi_ml.data.processing.neighborhood import (
     interpolate_with_neighborhood,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
+from tests.tolerances import EPS64, rounding_atol
 
 SHAPE = (4, 5, 6, 3)
 ANISOTROPIC_AFFINE = np.diag([1., 2., 4., 1.])
+# grid_sample's round trip through normalised coordinates (2 c / dim - 1 and
+# back, ~6 float32 roundings) moves a point by at most this, in voxels.
+GRID_SAMPLE_COORDINATE_ATOL = rounding_atol(max(SHAPE[:3]) + 4, 6)
+# Offsets: float64 affine maps of values < 10 (a few roundings each).
+OFFSETS_ATOL = rounding_atol(10, 16, eps=EPS64)
+
+
+def blend_atol(coordinate_atol_vox=0.):
+    """Error bound of a float32 trilinear blend of values in [0, 1): 8
+    weighted corners summed (within 8 roundings), plus, per voxel of
+    coordinate error on each of 3 axes, the step between neighbours (< 1).
+    """
+    return rounding_atol(1, 8) + 3 * coordinate_atol_vox
 
 
 @pytest.fixture
@@ -37,7 +51,8 @@ def test_exact_value_at_every_voxel_centre(volume, method):
     if method == "gather":
         np.testing.assert_array_equal(values, volume.reshape(-1, SHAPE[3]))
     else:  # grid_sample normalises coordinates: exact up to float32 rounding
-        np.testing.assert_allclose(values, volume.reshape(-1, SHAPE[3]), rtol=1e-5)
+        np.testing.assert_allclose(values, volume.reshape(-1, SHAPE[3]), rtol=0,
+                                   atol=blend_atol(GRID_SAMPLE_COORDINATE_ATOL))
 
 
 @pytest.mark.parametrize("method", INTERPOLATION_METHODS)
@@ -51,7 +66,9 @@ def test_trilinear_blend_between_centres_by_hand(volume, method):
             for dz, wz in ((0, 1 - fz), (1, fz)):
                 expected += wx * wy * wz * volume[dx, dy, 2 + dz]
     values = _interpolate(volume, np.array([[1.0, 1.25, 2.7]]), method)
-    np.testing.assert_allclose(values[0], expected, rtol=1e-5)
+    coordinate_atol = GRID_SAMPLE_COORDINATE_ATOL if method == "grid_sample" else 0
+    np.testing.assert_allclose(values[0], expected, rtol=0,
+                               atol=blend_atol(coordinate_atol))
 
 
 @pytest.mark.parametrize("method", INTERPOLATION_METHODS)
@@ -62,8 +79,11 @@ def test_outside_volume_replicates_the_border(volume, method):
     outside = np.array([[0.0, 1.7, 2.2],    # half a voxel beyond x = 0
                         [100., 60., 9.],    # far beyond the last corner
                         [2.2, -7., 3.3]])
+    # "gather" clamps to the very same coordinates; grid_sample clamps in its
+    # own normalised space.
     np.testing.assert_allclose(_interpolate(volume, outside, method),
-                               _interpolate(volume, inside, method), rtol=1e-6)
+                               _interpolate(volume, inside, method), rtol=0,
+                               atol=2 * blend_atol(GRID_SAMPLE_COORDINATE_ATOL))
     np.testing.assert_array_equal(_interpolate(volume, outside[1:2], method)[0],
                                   volume[3, 4, 5])
 
@@ -76,7 +96,11 @@ def test_float64_and_numpy_inputs_give_float32(volume):
         for points in (coords, torch.from_numpy(coords)):
             values = interpolate_volume_at_coordinates(vol, points)
             assert values.dtype == torch.float32 and values.shape == (50, 3)
-            np.testing.assert_allclose(values.numpy(), expected, atol=1e-5)
+            # Only the float32 coordinates of `expected` differ (one
+            # rounding, < max(SHAPE) voxels).
+            np.testing.assert_allclose(
+                values.numpy(), expected, rtol=0,
+                atol=2 * blend_atol(rounding_atol(max(SHAPE[:3]), 1)))
 
 
 def test_both_methods_agree_and_chunks_are_seamless(volume, monkeypatch):
@@ -84,7 +108,8 @@ def test_both_methods_agree_and_chunks_are_seamless(volume, monkeypatch):
               - 2).astype(np.float32)
     gather = _interpolate(volume, coords, "gather")
     np.testing.assert_allclose(gather, _interpolate(volume, coords, "grid_sample"),
-                               atol=1e-5)
+                               rtol=0,
+                               atol=2 * blend_atol(GRID_SAMPLE_COORDINATE_ATOL))
     monkeypatch.setattr(interpolation, "_CHUNK_NB_POINTS", 7)
     np.testing.assert_array_equal(_interpolate(volume, coords, "gather"), gather)
 
@@ -93,7 +118,8 @@ def test_axis_of_size_one():
     flat_volume = np.arange(6, dtype=np.float32).reshape(2, 1, 3, 1)
     values = _interpolate(flat_volume, np.array([[1.5, 0.9, 1.0], [0.5, 0.5, 2.5]]),
                           "gather")
-    np.testing.assert_allclose(values[:, 0], [3.5, 2.])
+    # Weights 0, 0.5 and 1 on small integers: exact.
+    np.testing.assert_array_equal(values[:, 0], [3.5, 2.])
 
 
 def test_prepared_volume_is_reused_and_bad_inputs_fail(volume):
@@ -126,15 +152,19 @@ def test_neighborhood_offsets_are_in_mm_along_world_axes():
     # Voxels of 1 x 2 x 4 mm: 1.5 mm is 1.5, 0.75 and 0.375 voxels.
     np.testing.assert_allclose(axes[1:7], [[1.5, 0, 0], [-1.5, 0, 0],
                                            [0, .75, 0], [0, -.75, 0],
-                                           [0, 0, .375], [0, 0, -.375]])
-    np.testing.assert_allclose(axes[7:], 2 * axes[1:7])
+                                           [0, 0, .375], [0, 0, -.375]],
+                               rtol=0, atol=OFFSETS_ATOL)
+    np.testing.assert_allclose(axes[7:], 2 * axes[1:7], rtol=0,
+                               atol=OFFSETS_ATOL)
     rotation = np.array([[0., -1, 0], [1, 0, 0], [0, 0, 1]])
     affine = np.eye(4)
     affine[:3, :3] = rotation @ np.diag([1., 2., 4.])
     grid = get_neighborhood_offsets("grid", 1, 2., affine)
     grid_mm = grid @ affine[:3, :3].T
-    np.testing.assert_allclose(np.sort(np.abs(grid_mm).max(axis=1))[1:], 2.)
-    np.testing.assert_allclose(grid_mm[1], [-2., -2., -2.])
+    np.testing.assert_allclose(np.sort(np.abs(grid_mm).max(axis=1))[1:], 2.,
+                               rtol=0, atol=OFFSETS_ATOL)
+    np.testing.assert_allclose(grid_mm[1], [-2., -2., -2.], rtol=0,
+                               atol=OFFSETS_ATOL)
 
 
 def test_neighborhood_layout_equals_separate_interpolations(volume):
@@ -145,7 +175,8 @@ def test_neighborhood_layout_equals_separate_interpolations(volume):
     expected = np.concatenate(
         [_interpolate(volume, coords + offset, "gather") for offset in offsets],
         axis=1)
-    np.testing.assert_allclose(values, expected, atol=1e-6)
+    # The same float64 sums of coordinates and offsets: bit for bit.
+    np.testing.assert_array_equal(values, expected)
     np.testing.assert_array_equal(values[:, :SHAPE[3]],
                                   _interpolate(volume, coords, "gather"))
 

@@ -17,6 +17,7 @@ from dwi_ml.training.callbacks import Callback, TrainingAbortedError
 from dwi_ml.training.experiment_builder import (
     build_dataset,
 )
+from tests.tolerances import EPS32, EPS64, rounding_atol
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +45,24 @@ def test_experiment_folder_logs_and_best_model(tmp_path, dataset):
     assert logs["train_loss_per_batch"].shape == (3 * nb_batches,)
     # The epoch loss is the points-weighted mean of the batch losses: it lies
     # between their min and max.
+    # float64 means: a rounding per batch.
     per_epoch = logs["train_loss_per_batch"].reshape(3, nb_batches)
-    assert np.all(per_epoch.min(1) <= logs["train_loss"] + 1e-12)
-    assert np.all(logs["train_loss"] <= per_epoch.max(1) + 1e-12)
-    assert np.all(logs["grad_norm_after_clip"] <= 0.1 + 1e-6)
+    slack = rounding_atol(per_epoch.max(), nb_batches + 1, eps=EPS64)
+    assert np.all(per_epoch.min(1) <= logs["train_loss"] + slack)
+    assert np.all(logs["train_loss"] <= per_epoch.max(1) + slack)
+    # Clipped to 0.1 exactly, but for the float32 norm of the clipped
+    # gradients: one rounding per weight, relatively.
+    nb_weights = sum(p.numel() for p in trainer.model.parameters())
+    assert np.all(logs["grad_norm_after_clip"]
+                  <= 0.1 + rounding_atol(0.1, nb_weights))
     assert np.all(logs["grad_norm_before_clip"] > logs["grad_norm_after_clip"])
-    assert np.allclose(logs["learning_rate"], 0.005)
+    np.testing.assert_allclose(logs["learning_rate"], 0.005,
+                               rtol=EPS32)   # stored once, maybe as float32
     assert logs["valid_loss"][-1] < logs["valid_loss"][0]
 
     best = json.loads((folder / "best_model" / "best_epoch.json").read_text())
     assert best["epoch"] == int(np.argmin(logs["valid_loss"]))
-    assert best["loss"] == pytest.approx(logs["valid_loss"].min())
+    assert best["loss"] == logs["valid_loss"].min()   # the same float64
     params = json.loads((folder / "parameters.json").read_text())
     assert params["note"] == "test" and params["trainer"]["max_epochs"] == 3
     assert params["model"]["rnn_layer_sizes"] == [16]
@@ -86,7 +94,7 @@ def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
     train_loss = np.load(tmp_path / "no_valid" / "logs" / "train_loss.npy")
     best = json.loads((tmp_path / "no_valid" / "best_model" /
                        "best_epoch.json").read_text())
-    assert best["loss"] == pytest.approx(train_loss.min())
+    assert best["loss"] == train_loss.min()   # the same float64
     assert np.all(np.isnan(np.load(tmp_path / "no_valid" / "logs" /
                                    "valid_loss.npy")))
 
@@ -128,9 +136,11 @@ def test_optimizers_and_schedulers(tmp_path, dataset, optimizer, scheduler):
     lrs = np.load(tmp_path / "exp" / "logs" / "learning_rate.npy")
     assert type(trainer.optimizer).__name__ == optimizer
     if scheduler == "step":
-        assert lrs.tolist() == pytest.approx([0.005, 0.0025])
+        assert lrs.tolist() == [0.005, 0.0025]   # halving is exact
     if scheduler == "cosine":
-        assert lrs[1] == pytest.approx(0.005 * (1 + math.cos(math.pi / 2)) / 2)
+        assert lrs[1] == pytest.approx(   # float64, a few roundings
+            0.005 * (1 + math.cos(math.pi / 2)) / 2,
+            abs=rounding_atol(0.005, 16, eps=EPS64))
     per_batch = np.load(tmp_path / "exp" / "logs" / "train_loss_per_batch.npy")
     assert per_batch.shape == (4,)
 

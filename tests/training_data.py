@@ -32,13 +32,16 @@ def make_training_hdf5(folder, nb_streamlines=120, seed=0,
 
 
 def make_trainer(dataset, experiments, name="exp", callbacks=(),
-                 model_params=None, batch_size=40, **trainer_params):
-    """A small Learn2track trainer on ``dataset`` (seeded initial weights)."""
+                 model_params=None, batch_size=40, dtype=torch.float32,
+                 **trainer_params):
+    """A small Learn2track trainer on ``dataset`` (seeded initial weights),
+    computing in ``dtype`` (float64 to compare runs whose batches have
+    different shapes up to logic rather than float32 rounding)."""
     torch.manual_seed(0)
     model_params = {"step_size": 1.5, "rnn_layer_sizes": [16],
                     **(model_params or {})}
     model = Learn2TrackModel(name, nb_features=dataset.nb_features[0],
-                             **model_params)
+                             **model_params).to(dtype)
     sampler = build_sampler(dataset, {
         "streamline_group": "streamlines", "batch_size_training": batch_size,
         "batch_size_validation": 60, "batch_size_units": "nb_streamlines",

@@ -185,8 +185,6 @@ def main(argv=None):
     volumes = load_subject_volumes(args.hdf5_file, args.subject_id, groups)
     input_volume = volumes[args.input_group]
     step_size = _check_model(model, args, input_volume)
-    warn_if_not_trained_backward(args.experiment_path,
-                                 args.track_forward_only)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
     eos_threshold = args.eos_stop
@@ -204,6 +202,9 @@ def main(argv=None):
         track_forward_only=args.track_forward_only,
         generator=torch.Generator(device).manual_seed(args.seed),
         device=device)
+    # After every check: a refused run prints its one error line alone.
+    warn_if_not_trained_backward(args.experiment_path,
+                                 args.track_forward_only)
     logging.info("Tracking %d seeds of subject %s, step %.3g mm.",
                  len(seeds), args.subject_id, step_size)
     result = tracker.track_in_batches(seeds, args.batch_size,

@@ -139,8 +139,10 @@ class Learn2TrackModel(MainModelOneInput):
         return self.direction_getter.output_size
 
     def _point_features(self, point_inputs, previous_dirs):
-        return torch.cat([self.embedding(point_inputs), previous_dirs],
-                         dim=1)
+        # Inputs and points come as float32 (interpolation, the loader);
+        # a model.double() computes in float64 from here on.
+        return torch.cat([self.embedding(point_inputs.to(self.dtype)),
+                          previous_dirs.to(self.dtype)], dim=1)
 
     def forward(self, inputs, streamlines):
         """Outputs at every prediction point of the batch.

@@ -65,6 +65,14 @@ class MainModelAbstract(torch.nn.Module):
             return tensor.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self):
+        """Floating dtype of the model's parameters (float32 when it has
+        none): float32 usually, float64 after ``model.double()``."""
+        for tensor in self.parameters():
+            return tensor.dtype
+        return torch.float32
+
     def save_params_and_state(self, folder):
         """Write parameters.json, model_type.txt and model_state.pt.
 

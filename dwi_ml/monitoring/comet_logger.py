@@ -11,6 +11,7 @@ Metric names are those of the ``.npy`` logs (``train_loss``,
 ``train_loss_per_batch`` (optional) uses the global batch index as step:
 the row of ``logs/train_loss_per_batch.npy``.
 """
+import contextlib
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from dwi_ml.training.callbacks import Callback
 logger = logging.getLogger(__name__)
 
 PER_BATCH_METRIC = "train_loss_per_batch"
+COMET_RETRY_VARIABLE = "COMET_HTTP_SESSION_RETRY_TOTAL"
 
 # Comet's automatic logging would duplicate what the callback logs itself
 # (hyper-parameters, metrics, model graph), log the command line twice, or
@@ -74,22 +76,44 @@ def describe_comet_error(error):
 
 
 def check_comet_workspace(workspace):
-    """Raise a clear error when Comet does not know ``workspace``.
+    """Reach Comet and raise a clear error when it does not know
+    ``workspace``; return False when Comet cannot be reached.
 
-    Needs the network: when the check itself cannot run (no network, bad
-    key), it warns and returns, and the run goes on.
+    The check is the run's first contact with Comet. When it fails (no
+    network, a bad key), it warns once and returns False: the run goes on
+    without Comet, rather than retrying every later call for a minute and
+    printing a warning for each retry. Comet's own HTTP retries are off
+    for the check unless COMET_HTTP_SESSION_RETRY_TOTAL says otherwise.
     """
     comet_ml = import_comet()
     try:
-        workspaces = comet_ml.API().get_workspaces()
+        with quiet_logger("comet_ml"), quiet_logger("urllib3"), \
+                _environment_default(COMET_RETRY_VARIABLE, "0"):
+            workspaces = comet_ml.API().get_workspaces()
     except Exception as error:  # comet raises requests' and its own errors
-        logger.warning("Could not check the Comet workspace '%s' (%s); "
-                       "going on.", workspace, describe_comet_error(error))
-        return
+        logger.warning(
+            "Comet could not be reached to check the workspace '%s' (%s); "
+            "the run goes on without Comet, its logs are in the "
+            "experiment's logs/ folder.", workspace, describe_comet_error(error))
+        return False
     if workspace not in workspaces:
         raise DwiMLUserError(
             f"--comet_workspace: '{workspace}' is not one of your Comet "
             f"workspaces ({', '.join(sorted(workspaces)) or 'none'}).")
+    return True
+
+
+@contextlib.contextmanager
+def _environment_default(name, value):
+    """Environment variable ``name`` is ``value`` in the block, unless set."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        del os.environ[name]
 
 
 def create_comet_experiment(workspace=None, project=None, offline_dir=None,

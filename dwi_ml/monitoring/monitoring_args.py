@@ -91,7 +91,8 @@ def make_comet_callback(args, experiment_dir, hyperparameters=None,
 
     Call it after parsing the arguments, before loading data: it raises
     :class:`DwiMLUserError` on bad options (and, online, on an unknown
-    workspace; without network that check warns and is skipped).
+    workspace; when Comet cannot be reached, that check warns once and the
+    run goes on without Comet).
 
     Parameters
     ----------
@@ -110,13 +111,14 @@ def make_comet_callback(args, experiment_dir, hyperparameters=None,
     Returns
     -------
     dwi_ml.monitoring.comet_logger.CometCallback or None
-        None when no Comet option was given.
+        None when no Comet option was given, or Comet cannot be reached.
     """
     check_comet_args(args)
     if not comet_is_requested(args):
         return None
-    if args.comet_offline_dir is None:
-        check_comet_workspace(args.comet_workspace)
+    if args.comet_offline_dir is None and not check_comet_workspace(
+            args.comet_workspace):
+        return None
     return CometCallback(
         workspace=args.comet_workspace, project=args.comet_project,
         offline_dir=args.comet_offline_dir, hyperparameters=hyperparameters,

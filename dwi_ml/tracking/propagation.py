@@ -1,7 +1,9 @@
 """Batched tracking: many streamlines grow at once, one model call per step.
 
 All coordinates are in voxel space with a corner origin (dipy ``Space.VOX``,
-``Origin.TRACKVIS``), on the tracker's device (CPU or GPU).
+``Origin.TRACKVIS``), on the tracker's device (CPU or GPU), in the model's
+floating dtype (float32 usually; float64 after ``model.double()``, e.g. to
+compare two trackings up to logic rather than float32 rounding).
 
 One step, for every active streamline at once:
 
@@ -108,13 +110,14 @@ class BatchedTracker:
                  generator=None, device="cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.dtype = model.dtype
         self.volume = prepare_volume_for_interpolation(input_volume,
                                                        self.device)
         self.offsets = torch.as_tensor(
             model.input_spec.neighborhood.offsets_vox(affine),
-            dtype=torch.float32, device=self.device)
+            dtype=self.dtype, device=self.device)
         self.linear_part = torch.as_tensor(
-            np.asarray(affine, dtype=np.float64)[:3, :3], dtype=torch.float32,
+            np.asarray(affine, dtype=np.float64)[:3, :3], dtype=self.dtype,
             device=self.device)
         self.tracking_mask = tracking_mask
         self.step_size_mm = float(step_size_mm)
@@ -149,8 +152,8 @@ class BatchedTracker:
         -------
         TrackedStreamlines
         """
-        seeds = torch.as_tensor(np.asarray(seeds_vox_corner, np.float32),
-                                device=self.device)
+        seeds = torch.as_tensor(np.asarray(seeds_vox_corner),
+                                dtype=self.dtype, device=self.device)
         with torch.no_grad():
             valid = self.tracking_mask.contains_voxel(seeds)
             points = seeds[:, None, :]

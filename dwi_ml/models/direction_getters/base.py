@@ -33,6 +33,12 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 TRACKING_ALGOS = ("det", "prob")
 
 
+def at_least_float32(tensor):
+    """``tensor`` as float32 if of a narrower (or integer) type; float64
+    stays float64 (e.g. a model.double())."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class AbstractDirectionGetter(torch.nn.Module):
     """Two fully connected layers from the hidden size to the outputs.
 
@@ -141,15 +147,16 @@ class AbstractDirectionGetter(torch.nn.Module):
         the loss of each point.
         """
         # Under mixed precision the outputs may be float16, in which exp()
-        # of a log-sigma or log-kappa overflows: losses are float32.
-        dir_outputs, eos_logits = self.split_eos(outputs.float())
-        losses = self.compute_direction_losses(dir_outputs,
-                                               target_dirs.float())
+        # of a log-sigma or log-kappa overflows: losses are float32 (float64
+        # for a model.double()).
+        dir_outputs, eos_logits = self.split_eos(at_least_float32(outputs))
+        losses = self.compute_direction_losses(
+            dir_outputs, at_least_float32(target_dirs))
         if not self.add_eos:
             return {"direction": losses}
         if eos_targets is None:
             raise ValueError("eos_targets are required with add_eos.")
-        eos_targets = eos_targets.float()
+        eos_targets = at_least_float32(eos_targets)
         eos_losses = F.binary_cross_entropy_with_logits(
             eos_logits, eos_targets, reduction="none")
         return {"direction": (1 - eos_targets) * losses,
@@ -186,7 +193,7 @@ class AbstractDirectionGetter(torch.nn.Module):
             Probability to stop here, with EOS.
         """
         check_choice("algo", algo, TRACKING_ALGOS)
-        dir_outputs, eos_logits = self.split_eos(outputs.float())
+        dir_outputs, eos_logits = self.split_eos(at_least_float32(outputs))
         if algo == "det":
             directions = self.get_det_directions(dir_outputs)
         else:
