@@ -32,17 +32,9 @@ from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
-from dwi_ml.training.experiment_builder import (
-    build_dataset,
-    build_loader,
-    build_sampler,
-    build_trainer,
-    check_hdf5_groups,
-    check_model_matches_dataset,
-)
+from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
 from dwi_ml.training.preemption import (
     add_interruption_args,
-    end_run,
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
@@ -220,32 +212,27 @@ def _train(args, callbacks, lock):
     comet = (make_comet_callback(args, experiment_dir)
              if distributed.is_main_process else None)
 
-    dataset = build_dataset(params["dataset"])
-    # The model's initial weights come from torch's global generator.
-    seed_everything(args.seed)
-    group_idx = dataset.volume_groups.index(args.input_group)
-    model = Learn2TrackModel(nb_features=dataset.nb_features[group_idx],
-                             **params["model"])
-    check_model_matches_dataset(model, dataset, args.input_group)
-    sampler = build_sampler(dataset, params["sampler"], distributed.rank,
-                            distributed.world_size)
-    loader = build_loader(dataset, params["loader"], model, device)
-    # Every rank checked that the folder was free before rank 0 clears it.
-    barrier()
-    if distributed.is_main_process:
-        start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
-    trainer = build_trainer(model, args.experiments_path, args.experiment_name,
-                            sampler, loader, {**params["trainer"], "device": device},
-                            [*callbacks, comet] if comet else callbacks,
-                            distributed)
-    params["model"] = model.params_for_checkpoint
-    trainer.save_parameters({key: params[key]
-                             for key in ("dataset", "sampler", "loader")})
-    trainer.train_and_validate()
-    end_run(trainer, args.experiments_path, args.experiment_name,
+    def make_model(dataset):
+        # The model's initial weights come from torch's global generator.
+        seed_everything(args.seed)
+        group_idx = dataset.volume_groups.index(args.input_group)
+        return Learn2TrackModel(nb_features=dataset.nb_features[group_idx],
+                                **params["model"])
+
+    def clear_folder():
+        # Every rank checked that the folder was free before rank 0 clears it.
+        barrier()
+        if distributed.is_main_process:
+            start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
+
+    run_experiment(
+        params, make_model, args.experiments_path, args.experiment_name,
+        device, distributed, [*callbacks, comet] if comet else callbacks,
+        lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
             f"best epoch {trainer.best_tracker.best_epoch}, loss "
-            f"{trainer.best_tracker.best_loss:.5f}).", args.auto_requeue)
+            f"{trainer.best_tracker.best_loss:.5f})."),
+        args.auto_requeue, before_trainer=clear_folder)
 
 
 def _resume_args(args):
