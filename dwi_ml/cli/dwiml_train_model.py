@@ -12,12 +12,16 @@ from dwi_ml.batching.batch_loader import add_loader_args
 from dwi_ml.batching.batch_sampler import add_sampler_args
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.arg_checks import (
     check_count_or_size,
     check_device,
+    check_fraction,
     check_int_options,
+    check_non_negative_float,
+    check_ratio,
 )
-from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
 from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
@@ -108,23 +112,19 @@ INT_MINIMUMS = {
 
 
 def _check_simple_args(args):
+    """Refuse bad option values before any work, naming the options.
+
+    The same :mod:`dwi_ml.io_utils.arg_checks` functions check them again
+    when the components are built; checking first leaves the experiment
+    folder untouched and loads no data.
+    """
     check_device(args.device, "--device")
     check_int_options(args, INT_MINIMUMS)
-    for name in ("split_ratio", "reverse_ratio", "dropout"):
-        value = getattr(args, name)
-        if not 0.0 <= value <= 1.0:
-            raise DwiMLUserError(f"--{name}: expected a value in [0, 1], got {value}.")
+    for name in ("split_ratio", "reverse_ratio"):
+        check_ratio(f"--{name}", getattr(args, name))
+    check_fraction("--dropout", args.dropout)
     for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
-        if getattr(args, name) < 0:
-            raise DwiMLUserError(
-                f"--{name}: expected a sigma >= 0 mm, got {getattr(args, name)}.")
-    for name in ("batch_size_training", "batch_size_validation"):
-        check_count_or_size(f"--{name}", getattr(args, name),
-                            args.batch_size_units == "nb_streamlines")
-    if args.neighborhood_type and args.neighborhood_radius is None:
-        raise DwiMLUserError(
-            f"--neighborhood_type {args.neighborhood_type} needs "
-            "--neighborhood_radius.")
+        check_non_negative_float(f"--{name}", getattr(args, name))
 
 
 def collect_params(args):
@@ -205,6 +205,9 @@ def _train(args, callbacks, lock):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
     params = collect_params(args)
+    # The model's format and neighbourhood, validated by the model's spec.
+    InputSpec.from_options(**{name: params["model"][name]
+                              for name in InputSpec().as_options()})
     params["trainer"].update(interruption_params(args))
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     distributed, device = init_distributed(args.device)
