@@ -160,8 +160,8 @@ def test_bad_trainer_arguments(tmp_path, dataset, key, value, message):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--split_ratio", "1.5"], "--split_ratio: expected a value in [0, 1]"),
-    (["--neighborhood_type", "axes"], "needs --neighborhood_radius"),
+    (["--split_ratio", "1.5"], "'--split_ratio': expected a number in [0, 1]"),
+    (["--neighborhood_type", "axes"], "'axes' needs neighborhood_radius"),
 ])
 def test_train_script_checks_arguments_before_work(tmp_path, hdf5_file, capsys,
                                                    extra, message):

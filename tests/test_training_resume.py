@@ -98,3 +98,27 @@ def test_resume_of_a_finished_run_says_so(tmp_path, hdf5_file, capsys):
     assert "already finished its 1 epochs" in message
     assert "--new_max_epochs" in message
     assert len(message.splitlines()) == 1
+
+
+def test_parameters_format_version(tmp_path):
+    """Files without a version (older dwi_ml) load; newer ones are refused
+    in one line naming the version."""
+    import json
+
+    import pytest
+
+    from dwi_ml.io_utils.errors import DwiMLUserError
+    from dwi_ml.io_utils.experiment_layout import (
+        EXPERIMENT_FORMAT_VERSION,
+        read_parameters,
+    )
+    path = tmp_path / "parameters.json"
+    path.write_text(json.dumps({"dataset": {}}))
+    assert read_parameters(str(tmp_path), ("dataset",)) == {"dataset": {}}
+    path.write_text(json.dumps({"dataset": {}, "format_version":
+                                EXPERIMENT_FORMAT_VERSION + 1}))
+    with pytest.raises(DwiMLUserError) as error:
+        read_parameters(str(tmp_path), ("dataset",))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"format_version {EXPERIMENT_FORMAT_VERSION + 1}" in message

@@ -18,7 +18,7 @@ from dwi_ml.batching.batch_planning import (
     shard_plan,
 )
 from dwi_ml.data.splits import SAMPLED_SPLITS, Split
-from dwi_ml.io_utils.arg_checks import check_choice, check_int
+from dwi_ml.io_utils.arg_checks import check_choice, check_count_or_size, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 logger = logging.getLogger(__name__)
@@ -82,16 +82,17 @@ class BatchSampler:
                  nb_subjects_per_batch=None, cycles=None, seed=DEFAULT_SEED,
                  rank=0, world_size=1):
         super().__init__()
-        group_idx = _check_group(dataset, streamline_group)
+        groups = list(dataset.streamline_groups)
+        group_idx = groups.index(check_choice(
+            "streamline_group", streamline_group, groups, "BatchSampler"))
         check_choice("batch_size_units", batch_size_units, BATCH_SIZE_UNITS,
                      owner="BatchSampler")
         in_streamlines = batch_size_units == "nb_streamlines"
         budgets = {
-            Split.TRAINING: _check_batch_size(
-                "batch_size_training", batch_size_training, in_streamlines),
-            Split.VALIDATION: _check_batch_size(
-                "batch_size_validation", batch_size_validation,
-                in_streamlines)}
+            split: float(check_count_or_size(
+                f"batch_size_{split}", size, in_streamlines, "BatchSampler"))
+            for split, size in ((Split.TRAINING, batch_size_training),
+                                (Split.VALIDATION, batch_size_validation))}
         subsets = {Split.TRAINING: dataset.training_set,
                    Split.VALIDATION: dataset.validation_set}
         _check_subjects_options(nb_subjects_per_batch, cycles,
@@ -252,34 +253,6 @@ def _streamline_costs(subset, subj_idx, group_idx, in_streamlines):
         return np.ones(nb_streamlines, dtype=np.float64)
     return np.asarray(subset.get_lengths_mm(subj_idx, group_idx),
                       dtype=np.float64)
-
-
-def _check_group(dataset, streamline_group):
-    """Return the index of the streamline group, or raise a user error."""
-    groups = list(dataset.streamline_groups)
-    if streamline_group not in groups:
-        raise DwiMLUserError(
-            f"BatchSampler argument streamline_group: expected one of the "
-            f"dataset's streamline groups {groups}, got {streamline_group!r}.")
-    return groups.index(streamline_group)
-
-
-def _check_batch_size(name, value, in_streamlines):
-    """Return the batch size as a float budget, or raise a user error.
-
-    A whole float (e.g. 100.0 from a float command-line option) is a valid
-    number of streamlines.
-    """
-    valid = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-             and np.isfinite(value) and value > 0
-             and (not in_streamlines or float(value).is_integer()))
-    if not valid:
-        expected = ("a positive whole number of streamlines" if in_streamlines
-                    else "a positive length in mm")
-        raise DwiMLUserError(
-            f"BatchSampler argument {name}: expected {expected}, "
-            f"got {value!r}.")
-    return float(value)
 
 
 def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):

@@ -59,7 +59,8 @@ def _build_parser():
         "Streamline processing (in RAS mm, at most one)")
     choice = streamlines.add_mutually_exclusive_group()
     choice.add_argument("--step_size", type=float, metavar="MM",
-                        help="Resample streamlines to this step, in mm.")
+                        help="Resample streamlines to max(ceil(L / MM), 2) "
+                             "equally spaced points (L: length in mm).")
     choice.add_argument("--nb_points", type=int, metavar="N",
                         help="Resample streamlines to N points each.")
     choice.add_argument("--compress", type=float, nargs="?", metavar="TOL",

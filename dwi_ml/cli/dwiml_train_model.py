@@ -12,12 +12,16 @@ from dwi_ml.batching.batch_loader import add_loader_args
 from dwi_ml.batching.batch_sampler import add_sampler_args
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.arg_checks import (
     check_count_or_size,
     check_device,
+    check_fraction,
     check_int_options,
+    check_non_negative_float,
+    check_ratio,
 )
-from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
 from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
@@ -33,17 +37,9 @@ from dwi_ml.models.model_types import add_model_args, model_params_from_args
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
-from dwi_ml.training.experiment_builder import (
-    build_dataset,
-    build_loader,
-    build_sampler,
-    build_trainer,
-    check_hdf5_groups,
-    check_model_matches_dataset,
-)
+from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
 from dwi_ml.training.preemption import (
     add_interruption_args,
-    end_run,
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
@@ -117,23 +113,20 @@ INT_MINIMUMS = {
 
 
 def _check_simple_args(args):
+    """Refuse bad option values before any work, naming the options.
+
+    The same :mod:`dwi_ml.io_utils.arg_checks` functions check them again
+    when the components are built; checking first leaves the experiment
+    folder untouched and loads no data.
+    """
     check_device(args.device, "--device")
     check_int_options(args, INT_MINIMUMS)
-    for name in ("split_ratio", "reverse_ratio", "dropout"):
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise DwiMLUserError(f"--{name}: expected a value in [0, 1], got {value}.")
+    for name in ("split_ratio", "reverse_ratio"):
+        check_ratio(f"--{name}", getattr(args, name))
+    if args.dropout is not None:
+        check_fraction("--dropout", args.dropout)
     for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
-        if getattr(args, name) < 0:
-            raise DwiMLUserError(
-                f"--{name}: expected a sigma >= 0 mm, got {getattr(args, name)}.")
-    for name in ("batch_size_training", "batch_size_validation"):
-        check_count_or_size(f"--{name}", getattr(args, name),
-                            args.batch_size_units == "nb_streamlines")
-    if args.neighborhood_type and args.neighborhood_radius is None:
-        raise DwiMLUserError(
-            f"--neighborhood_type {args.neighborhood_type} needs "
-            "--neighborhood_radius.")
+        check_non_negative_float(f"--{name}", getattr(args, name))
 
 
 def collect_params(args):
@@ -196,6 +189,9 @@ def _train(args, callbacks, lock):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
     params = collect_params(args)
+    # The model's format and neighbourhood, validated by the model's spec.
+    InputSpec.from_options(**{name: params["model"][name]
+                              for name in InputSpec().as_options()})
     params["trainer"].update(interruption_params(args))
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     distributed, device = init_distributed(args.device)
@@ -203,32 +199,27 @@ def _train(args, callbacks, lock):
     comet = (make_comet_callback(args, experiment_dir)
              if distributed.is_main_process else None)
 
-    dataset = build_dataset(params["dataset"])
-    # The model's initial weights come from torch's global generator.
-    seed_everything(args.seed)
-    group_idx = dataset.volume_groups.index(args.input_group)
-    model = MODEL_REGISTRY[params["model_type"]](
-        nb_features=dataset.nb_features[group_idx], **params["model"])
-    check_model_matches_dataset(model, dataset, args.input_group)
-    sampler = build_sampler(dataset, params["sampler"], distributed.rank,
-                            distributed.world_size)
-    loader = build_loader(dataset, params["loader"], model, device)
-    # Every rank checked that the folder was free before rank 0 clears it.
-    barrier()
-    if distributed.is_main_process:
-        start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
-    trainer = build_trainer(model, args.experiments_path, args.experiment_name,
-                            sampler, loader, {**params["trainer"], "device": device},
-                            [*callbacks, comet] if comet else callbacks,
-                            distributed)
-    params["model"] = model.params_for_checkpoint
-    trainer.save_parameters({key: params[key]
-                             for key in ("dataset", "sampler", "loader")})
-    trainer.train_and_validate()
-    end_run(trainer, args.experiments_path, args.experiment_name,
+    def make_model(dataset):
+        # The model's initial weights come from torch's global generator.
+        seed_everything(args.seed)
+        group_idx = dataset.volume_groups.index(args.input_group)
+        return MODEL_REGISTRY[params["model_type"]](
+            nb_features=dataset.nb_features[group_idx], **params["model"])
+
+    def clear_folder():
+        # Every rank checked that the folder was free before rank 0 clears it.
+        barrier()
+        if distributed.is_main_process:
+            start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
+
+    run_experiment(
+        params, make_model, args.experiments_path, args.experiment_name,
+        device, distributed, [*callbacks, comet] if comet else callbacks,
+        lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
             f"best epoch {trainer.best_tracker.best_epoch}, loss "
-            f"{trainer.best_tracker.best_loss:.5f}).", args.auto_requeue)
+            f"{trainer.best_tracker.best_loss:.5f})."),
+        args.auto_requeue, before_trainer=clear_folder)
 
 
 def _resume_args(args):

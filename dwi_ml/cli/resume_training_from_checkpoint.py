@@ -34,17 +34,9 @@ from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
-from dwi_ml.training.experiment_builder import (
-    build_dataset,
-    build_loader,
-    build_sampler,
-    build_trainer,
-    check_hdf5_groups,
-    check_model_matches_dataset,
-)
+from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
 from dwi_ml.training.preemption import (
     add_interruption_args,
-    end_run,
     interruption_params,
 )
 
@@ -175,26 +167,23 @@ def _resume(args, callbacks, lock):
                                  resumed_key=state.get("comet_key"))
              if distributed.is_main_process else None)
 
-    dataset = build_dataset(params["dataset"])
-    model = load_model_from_params_and_state(
-        checkpoint_model_dir(experiment_dir), device)
-    check_model_matches_dataset(model, dataset, loader_params["input_group"])
-    sampler = build_sampler(dataset, params["sampler"], distributed.rank,
-                            distributed.world_size)
-    loader = build_loader(dataset, loader_params, model, device)
-    trainer = build_trainer(model, args.experiments_path, args.experiment_name,
-                            sampler, loader, {**trainer_params, "device": device},
-                            [*callbacks, comet] if comet else callbacks,
-                            distributed)
-    trainer.load_checkpoint(state)
-    if trainer.is_finished():
-        cleanup_distributed()
-        raise DwiMLUserError(_finished_message(trainer, experiment_dir))
-    trainer.save_parameters({key: params[key]
-                             for key in ("dataset", "sampler", "loader")})
-    trainer.train_and_validate()
-    end_run(trainer, args.experiments_path, args.experiment_name,
+    def load_model(dataset):
+        return load_model_from_params_and_state(
+            checkpoint_model_dir(experiment_dir), device)
+
+    def load_checkpoint(trainer):
+        trainer.load_checkpoint(state)
+        if trainer.is_finished():
+            cleanup_distributed()
+            raise DwiMLUserError(_finished_message(trainer, experiment_dir))
+
+    run_experiment(
+        {**params, "trainer": trainer_params}, load_model,
+        args.experiments_path, args.experiment_name, device, distributed,
+        [*callbacks, comet] if comet else callbacks,
+        lambda trainer: (
             f"Experiment {experiment_dir} resumed and saved "
             f"({trainer.stopped_reason}; best epoch "
             f"{trainer.best_tracker.best_epoch}, loss "
-            f"{trainer.best_tracker.best_loss:.5f}).", args.auto_requeue)
+            f"{trainer.best_tracker.best_loss:.5f})."),
+        args.auto_requeue, after_trainer=load_checkpoint)

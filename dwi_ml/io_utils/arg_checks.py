@@ -60,7 +60,7 @@ def check_at_most_one(values, owner=None):
             f"{', '.join(values)}, found {len(given)}.")
 
 
-def check_count_or_size(name, value, as_count):
+def check_count_or_size(name, value, as_count, owner=None):
     """A batch size: an integer count, or a finite size > 0 (e.g. mm).
 
     Parameters
@@ -68,21 +68,22 @@ def check_count_or_size(name, value, as_count):
     name : str
         The option, e.g. '--batch_size_training'.
     value : float
-        As parsed (float, since sizes in mm may be fractional).
+        As parsed (float, since sizes in mm may be fractional). A whole
+        float (100.0) is a valid count.
     as_count : bool
-        True when the unit is a number of items: refuse non-integers.
+        True when the unit is a number of streamlines: refuse non-integers.
 
     Returns
     -------
     int or float
     """
-    check_positive_float(name, value)
-    if as_count:
-        if not float(value).is_integer():
-            _fail(name, None, "an integer number of streamlines (with "
-                  "batch_size_units nb_streamlines)", value)
-        return int(value)
-    return float(value)
+    expected = ("a finite, positive integer number of streamlines"
+                if as_count else "a finite, positive length in mm")
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value <= 0
+            or (as_count and not float(value).is_integer())):
+        _fail(name, owner, expected, value)
+    return int(value) if as_count else float(value)
 
 
 def check_positive_float(name, value, owner=None):

@@ -27,6 +27,11 @@ CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
 PARAMETERS_FILE = "parameters.json"
 EXPERIMENT_FOLDERS = (CHECKPOINT_DIR, BEST_MODEL_DIR, LOGS_DIR)
+# Version of parameters.json and checkpoints. 1: files without the key
+# (before the input spec and the split enum; they load unchanged). 2: the
+# Comet key is the Comet callback's state. Bump it when old experiments can
+# no longer be read, and refuse newer ones (written by a newer dwi_ml).
+EXPERIMENT_FORMAT_VERSION = 2
 
 
 def read_parameters(experiment_dir, sections=()):
@@ -48,6 +53,13 @@ def read_parameters(experiment_dir, sections=()):
         raise DwiMLUserError(
             f"experiment parameters '{path}': expected a JSON object, found "
             f"{type(params).__name__}.")
+    version = params.get("format_version", 1)
+    if (isinstance(version, bool) or not isinstance(version, int)
+            or not 1 <= version <= EXPERIMENT_FORMAT_VERSION):
+        raise DwiMLUserError(
+            f"experiment parameters '{path}': format_version {version!r} is "
+            f"not one this dwi_ml reads (1 to {EXPERIMENT_FORMAT_VERSION}); "
+            "use the dwi_ml version that wrote it.")
     missing = [key for key in sections if key not in params]
     if missing:
         raise DwiMLUserError(

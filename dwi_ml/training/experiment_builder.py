@@ -2,7 +2,8 @@
 
 ``dwiml_train_model.py`` builds them from its arguments and saves the same
 dicts in ``parameters.json``; ``resume_training_from_checkpoint.py`` rebuilds
-them from that file. One place, so the two can never disagree.
+them from that file. One place, so the two can never disagree: both run
+:func:`run_experiment`.
 
 ``parameters.json`` holds::
 
@@ -18,6 +19,7 @@ from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_experiment_name
+from dwi_ml.training.preemption import end_run
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 
@@ -108,3 +110,50 @@ def check_model_matches_dataset(model, dataset, input_group):
         raise DwiMLUserError(
             f"input group '{input_group}' has {nb_features} features but the "
             f"model expects {model.nb_features}.")
+
+
+def run_experiment(params, make_model, experiments_path, experiment_name,
+                   device, distributed, callbacks, done_message, auto_requeue,
+                   before_trainer=None, after_trainer=None):
+    """Build the dataset, model, sampler, loader and trainer, train, end.
+
+    The one sequence of the training and the resume scripts.
+
+    Parameters
+    ----------
+    params : dict
+        ``parameters.json``'s sections 'dataset', 'sampler', 'loader' and
+        'trainer' (the trainer's without its device).
+    make_model : callable
+        ``make_model(dataset)`` returns the model (new, or the checkpoint's).
+    experiments_path, experiment_name : str
+    device : torch.device
+    distributed : DistributedContext
+    callbacks : sequence of Callback
+    done_message : callable
+        ``done_message(trainer)``: the line logged at the end of the run.
+    auto_requeue : bool
+        See :func:`dwi_ml.training.preemption.end_run`.
+    before_trainer, after_trainer : callable, optional
+        Called with no argument before the trainer is built (e.g. to clear
+        the experiment folder) and with the trainer once built (e.g. to
+        load its checkpoint).
+    """
+    dataset = build_dataset(params["dataset"])
+    model = make_model(dataset)
+    check_model_matches_dataset(model, dataset, params["loader"]["input_group"])
+    sampler = build_sampler(dataset, params["sampler"], distributed.rank,
+                            distributed.world_size)
+    loader = build_loader(dataset, params["loader"], model, device)
+    if before_trainer is not None:
+        before_trainer()
+    trainer = build_trainer(model, experiments_path, experiment_name, sampler,
+                            loader, {**params["trainer"], "device": device},
+                            callbacks, distributed)
+    if after_trainer is not None:
+        after_trainer(trainer)
+    trainer.save_parameters({key: params[key]
+                             for key in ("dataset", "sampler", "loader")})
+    trainer.train_and_validate()
+    end_run(trainer, experiments_path, experiment_name, done_message(trainer),
+            auto_requeue)

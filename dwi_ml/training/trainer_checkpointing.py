@@ -16,6 +16,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
+    EXPERIMENT_FORMAT_VERSION,
     PARAMETERS_FILE,
     load_checkpoint_state,
 )
@@ -35,7 +36,8 @@ class TrainerCheckpointing:
         """Write ``parameters.json``: trainer, model and ``extra_params``."""
         if not self.is_main_process:
             return
-        params = {"trainer": self.params_for_checkpoint,
+        params = {"format_version": EXPERIMENT_FORMAT_VERSION,
+                  "trainer": self.params_for_checkpoint,
                   "model_type": type(self.model).__name__,
                   "model": self.model.params_for_checkpoint,
                   **(extra_params or {})}

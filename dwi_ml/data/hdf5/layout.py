@@ -10,9 +10,12 @@ import zlib
 
 import numpy as np
 
+from dwi_ml.data.splits import Split
+
 FORMAT_VERSION = 1
 NOT_DEFINED = "Not defined by user"
-SPLITS = ("training", "validation", "testing")
+# The HDF5's split lists, in the order of the Split enum.
+SPLITS = tuple(Split)
 SPLIT_ATTRS = {split: f"{split}_subjs" for split in SPLITS}
 VOLUME_TYPE = "volume"
 STREAMLINES_TYPE = "streamlines"

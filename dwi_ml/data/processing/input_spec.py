@@ -12,7 +12,7 @@ evaluation read it, so a new model family needs no edit in them:
 """
 from dataclasses import dataclass, field
 
-from dwi_ml.data.processing.neighborhood import Neighborhood
+from dwi_ml.data.processing.neighborhood import NEIGHBORHOOD_TYPES, Neighborhood
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.arg_checks import check_int
 
@@ -80,7 +80,7 @@ def add_input_spec_args(group):
     group.add_argument("--nb_previous_dirs", type=int, default=0,
                        help="Previous directions added to each point's "
                             "input.")
-    group.add_argument("--neighborhood_type", choices=("axes", "grid"),
+    group.add_argument("--neighborhood_type", choices=NEIGHBORHOOD_TYPES[1:],
                        help="Also interpolate the input around each point: "
                             "6 points per layer along the axes, or a cube; "
                             "None interpolates the point only.")

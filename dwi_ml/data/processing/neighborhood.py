@@ -57,6 +57,10 @@ class Neighborhood:
                     f"{self.radius!r}/{self.resolution_mm!r}.")
             return
         radius = self.radius
+        if radius is None:
+            raise DwiMLUserError(
+                f"neighborhood_type '{self.type}' needs neighborhood_radius, "
+                "an integer >= 1 of layers; found None.")
         if isinstance(radius, float) and radius.is_integer():
             radius = int(radius)
         object.__setattr__(self, "radius", check_int(
