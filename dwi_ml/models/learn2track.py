@@ -29,24 +29,21 @@ import torch
 from dwi_ml.data.processing.input_spec import add_input_spec_args
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.direction_getter_model import DirectionGetterModel
 from dwi_ml.models.direction_getters import (
     add_direction_getter_args,
     make_direction_getter,
 )
 from dwi_ml.models.directions import (
-    compute_direction_targets,
-    nb_predictions,
     prediction_rows,
-    streamline_lengths,
 )
 from dwi_ml.models.embeddings import make_embedding
-from dwi_ml.models.main_models import MainModelOneInput
 from dwi_ml.models.model_io import register_model
 from dwi_ml.models.stacked_rnn import RNN_CLASSES, StackedRNN, select_hidden_states
 
 
 @register_model
-class Learn2TrackModel(MainModelOneInput):
+class Learn2TrackModel(DirectionGetterModel):
     """Input embedding, stacked LSTM/GRU and a direction getter.
 
     Parameters
@@ -128,16 +125,6 @@ class Learn2TrackModel(MainModelOneInput):
                       dg_args=self.direction_getter.params)
         return params
 
-    @property
-    def add_eos(self):
-        """bool: whether the model predicts at the last point (EOS)."""
-        return self.direction_getter.add_eos
-
-    @property
-    def output_size(self):
-        """int: width of one output row."""
-        return self.direction_getter.output_size
-
     def _point_features(self, point_inputs, previous_dirs):
         # Inputs and points come as float32 (interpolation, the loader);
         # a model.double() computes in float64 from here on.
@@ -160,14 +147,7 @@ class Learn2TrackModel(MainModelOneInput):
             Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
             EOS.
         """
-        self.check_inputs(inputs, streamlines)
-        lengths = streamline_lengths(streamlines)
-        counts = nb_predictions(lengths, self.add_eos)
-        if torch.any(counts < 1):
-            raise DwiMLUserError(
-                "streamlines: expected at least 2 points per streamline "
-                "(a model without EOS predicts n - 1 directions), found "
-                "a streamline of 1 point.")
+        lengths, counts = self.count_predictions(inputs, streamlines)
         point_inputs = torch.cat(list(inputs))[
             prediction_rows(lengths, self.add_eos)]
         features = self._point_features(
@@ -223,39 +203,7 @@ class Learn2TrackModel(MainModelOneInput):
         """
         return select_hidden_states(hidden_states, keep)
 
-    def compute_loss(self, outputs, streamlines):
-        """Mean loss over the batch's predictions, and their number.
 
-        Parameters
-        ----------
-        outputs : torch.Tensor (M, output_size)
-            From :meth:`forward`.
-        streamlines : list of torch.Tensor (n_i, 3)
-            The same (target) streamlines, voxel space, corner origin.
-
-        Returns
-        -------
-        losses : torch.Tensor, or dict
-            The mean loss; with EOS, the named terms ``{'direction': ...,
-            'eos': ...}`` whose sum is optimised (the trainer logs each).
-        n_points : int
-        """
-        target_dirs, eos_targets = compute_direction_targets(
-            streamlines, self.add_eos)
-        losses, n_points = self.direction_getter.compute_named_losses(
-            outputs, target_dirs, eos_targets)
-        if self.add_eos:
-            return losses, n_points
-        return losses["direction"], n_points
-
-    def get_tracking_directions(self, outputs, algo="det", generator=None):
-        """Unit directions (N, 3) and EOS probabilities (N,) or None.
-
-        See
-        :meth:`dwi_ml.models.direction_getters.base.AbstractDirectionGetter.get_tracking_directions`.
-        """
-        return self.direction_getter.get_tracking_directions(
-            outputs, algo, generator)
 
 
 def add_learn2track_args(parser):

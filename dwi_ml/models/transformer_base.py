@@ -33,17 +33,14 @@ import torch
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.cnn_embedding import CNNEmbedding
+from dwi_ml.models.direction_getter_model import DirectionGetterModel
 from dwi_ml.models.direction_getters import make_direction_getter
 from dwi_ml.models.directions import (
-    compute_direction_targets,
     compute_last_previous_dirs,
     compute_previous_dirs,
-    nb_predictions,
     prediction_rows,
-    streamline_lengths,
 )
 from dwi_ml.models.embeddings import EMBEDDING_KEYS
-from dwi_ml.models.main_models import MainModelOneInput
 from dwi_ml.models.transformer_cache import KeyValueBuffer
 from dwi_ml.models.transformer_layers import (
     ACTIVATIONS,
@@ -59,7 +56,7 @@ from dwi_ml.models.transformer_tokens import (
 INPUT_EMBEDDING_KEYS = EMBEDDING_KEYS + ("cnn",)
 
 
-class TransformerModelAbstract(MainModelOneInput):
+class TransformerModelAbstract(DirectionGetterModel):
     """Options, embeddings, causal attention, loss and tracking of the
     Transformer models; subclasses build their stacks and say how tokens
     go through them (:meth:`_run` and :meth:`_new_cache`).
@@ -180,17 +177,6 @@ class TransformerModelAbstract(MainModelOneInput):
                       dg_args=self.direction_getter.params)
         return params
 
-    @property
-    def add_eos(self):
-        """bool: whether the model predicts at the last point (EOS)."""
-        return self.direction_getter.add_eos
-
-    # int: width of one output row. No docstring: Sphinx would then have two
-    # targets for the "output_size" that direction getters' docstrings cite.
-    @property
-    def output_size(self):
-        return self.direction_getter.output_size
-
     def add_position(self, tokens, positions):
         """Embedded tokens (M, d_model) plus their position vectors."""
         return self.token_dropout(tokens + self.position_encoding(positions))
@@ -257,14 +243,7 @@ class TransformerModelAbstract(MainModelOneInput):
             Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
             EOS.
         """
-        self.check_inputs(inputs, streamlines)
-        lengths = streamline_lengths(streamlines)
-        counts = nb_predictions(lengths, self.add_eos)
-        if torch.any(counts < 1):
-            raise DwiMLUserError(
-                "streamlines: expected at least 2 points per streamline "
-                "(a model without EOS predicts n - 1 directions), found "
-                "a streamline of 1 point.")
+        lengths, counts = self.count_predictions(inputs, streamlines)
         if int(counts.max()) > self.max_len:
             raise DwiMLUserError(
                 f"streamlines: expected at most max_len={self.max_len} "
@@ -337,25 +316,4 @@ class TransformerModelAbstract(MainModelOneInput):
         """
         return cache.select(keep)
 
-    def compute_loss(self, outputs, streamlines):
-        """Mean loss over the batch's predictions, and their number.
 
-        As :meth:`dwi_ml.models.learn2track.Learn2TrackModel.compute_loss`:
-        a tensor, or with EOS the named terms ``direction`` and ``eos``.
-        """
-        target_dirs, eos_targets = compute_direction_targets(
-            streamlines, self.add_eos)
-        losses, n_points = self.direction_getter.compute_named_losses(
-            outputs, target_dirs, eos_targets)
-        if self.add_eos:
-            return losses, n_points
-        return losses["direction"], n_points
-
-    def get_tracking_directions(self, outputs, algo="det", generator=None):
-        """Unit directions (N, 3) and EOS probabilities (N,) or None.
-
-        See
-        :meth:`dwi_ml.models.direction_getters.base.AbstractDirectionGetter.get_tracking_directions`.
-        """
-        return self.direction_getter.get_tracking_directions(
-            outputs, algo, generator)
