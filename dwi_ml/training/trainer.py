@@ -42,7 +42,6 @@ from dwi_ml.training.callbacks import (
     ProgressBarCallback,
 )
 from dwi_ml.training.distributed import (
-    all_reduce_max,
     current_context,
 )
 from dwi_ml.training.epoch_position import (
@@ -51,7 +50,7 @@ from dwi_ml.training.epoch_position import (
     VALID_PHASE,
     EpochPosition,
 )
-from dwi_ml.training.interruptions import RunInterruptions, describe_stop
+from dwi_ml.training.interruptions import RunInterruptions
 from dwi_ml.training.monitors import BestEpochTracker, EpochMonitors
 from dwi_ml.training.optimizers import (
     SchedulerFactory,
@@ -283,28 +282,6 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         # A signal that came during the epoch's last steps or its save
         # stops here: the checkpoint just written is the exact position.
         self.poll_interruptions(is_training_batch=False)
-
-    def poll_interruptions(self, is_training_batch):
-        """Act on stop and checkpoint requests after a step.
-
-        Every rank takes the same decision (the max of their requests), so
-        that collective operations stay in step. Returns True when the run
-        must stop.
-        """
-        requests = self.interruptions.poll(is_training_batch)
-        if self.distributed.is_distributed:
-            requests = all_reduce_max(requests, self.device)
-        stop_code, checkpoint_due = requests
-        if stop_code:
-            self.interrupted_by = describe_stop(stop_code)
-            self.stopped_reason = (
-                f"stopped by {self.interrupted_by} at epoch "
-                f"{self.current_epoch}, {self.position.phase} batch "
-                f"{self.position.nb_batches_done}")
-            return True
-        if checkpoint_due:
-            self.save_checkpoint()
-        return False
 
     def is_finished(self):
         """True when max_epochs is reached or patience ran out.

@@ -1,4 +1,5 @@
-"""Saving and resuming a trainer: best model, checkpoint, parameters.json.
+"""Saving and resuming a trainer: best model, checkpoint, parameters.json,
+and the stop and checkpoint requests polled between steps.
 
 Mixed into :class:`~dwi_ml.training.trainer.DWIMLAbstractTrainer`. Only the
 main process writes; every process takes part in gathering the per-rank
@@ -21,8 +22,9 @@ from dwi_ml.io_utils.experiment_layout import (
     load_checkpoint_state,
 )
 from dwi_ml.io_utils.manifest import write_manifest
-from dwi_ml.training.distributed import all_gather_objects, barrier
+from dwi_ml.training.distributed import all_gather_objects, all_reduce_max, barrier
 from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
+from dwi_ml.training.interruptions import describe_stop
 from dwi_ml.training.random_states import (
     get_global_random_states,
     set_global_random_states,
@@ -83,6 +85,28 @@ class TrainerCheckpointing:
         }
         self.callbacks.on_checkpoint_save(self, state)
         return state
+
+    def poll_interruptions(self, is_training_batch):
+        """Act on stop and checkpoint requests after a step.
+
+        Every rank takes the same decision (the max of their requests), so
+        that collective operations stay in step. Returns True when the run
+        must stop.
+        """
+        requests = self.interruptions.poll(is_training_batch)
+        if self.distributed.is_distributed:
+            requests = all_reduce_max(requests, self.device)
+        stop_code, checkpoint_due = requests
+        if stop_code:
+            self.interrupted_by = describe_stop(stop_code)
+            self.stopped_reason = (
+                f"stopped by {self.interrupted_by} at epoch "
+                f"{self.current_epoch}, {self.position.phase} batch "
+                f"{self.position.nb_batches_done}")
+            return True
+        if checkpoint_due:
+            self.save_checkpoint()
+        return False
 
     def _sampler_state_at_position(self):
         state = self.batch_sampler.state_dict()
