@@ -167,10 +167,11 @@ def test_getter_options_from_the_command_line(tmp_path, capsys):
               "1.5", "-v", "WARNING"]
     train_main([*common, "--dg_key", "gaussian-mixture", "--nb_gaussians",
                 "2", "--entropy_weight", "0.1", "--dg_dropout", "0.2",
-                "--add_eos"])
+                "--add_eos", "--no-normalize_prev_dirs"])
     with open(tmp_path / "mixture" / "parameters.json") as f:
         model = json.load(f)["model"]
     assert model["dg_key"] == "gaussian-mixture"
+    assert model["normalize_prev_dirs"] is False
     assert model["dg_args"] == {"add_eos": True, "eos_weight": 1.0,
                                 "dropout": 0.2, "entropy_weight": 0.1,
                                 "nb_gaussians": 2}

@@ -92,6 +92,7 @@ def model_params_from_args(args):
               "neighborhood_resolution": (resolution if args.neighborhood_type
                                           else None),
               "nb_previous_dirs": args.nb_previous_dirs,
+              "normalize_prev_dirs": args.normalize_prev_dirs,
               "dg_key": args.dg_key, "dg_args": direction_getter_args(args)}
     model_class = MODEL_TYPES[args.model_type]
     is_recurrent = model_class is Learn2TrackModel

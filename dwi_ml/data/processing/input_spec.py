@@ -10,6 +10,7 @@ evaluation read it, so a new model family needs no edit in them:
 - ``nb_previous_dirs``: how many previous directions the model adds to each
   point's input (computed by the model from the streamlines).
 """
+import argparse
 from dataclasses import dataclass, field
 
 from dwi_ml.data.processing.neighborhood import NEIGHBORHOOD_TYPES, Neighborhood
@@ -80,6 +81,12 @@ def add_input_spec_args(group):
     group.add_argument("--nb_previous_dirs", type=int, default=0,
                        help="Previous directions added to each point's "
                             "input.")
+    group.add_argument("--normalize_prev_dirs",
+                       action=argparse.BooleanOptionalAction, default=True,
+                       help="Give previous directions unit length, so the "
+                            "inputs do not depend on the step size "
+                            "(--no-normalize_prev_dirs keeps their length "
+                            "in voxels).")
     group.add_argument("--neighborhood_type", choices=NEIGHBORHOOD_TYPES[1:],
                        help="Also interpolate the input around each point: "
                             "6 points per layer along the axes, or a cube; "
