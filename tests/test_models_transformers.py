@@ -404,3 +404,27 @@ def test_sequences_longer_than_max_len_are_refused():
             _, cache = model.forward_step(
                 inputs[0][t:t + 1].float(),
                 [streamlines[0][:t + 1].float()], cache)
+
+
+def test_tracker_refuses_max_length_beyond_max_len_before_tracking():
+    """A streamline of n points takes n - 1 steps: max_len steps fit,
+    one more is refused when the tracker is built, not mid-tracking."""
+    from dwi_ml.tracking.propagation import BatchedTracker
+    from dwi_ml.tracking.stopping import TrackingMask
+    model = make_model(TransformerSrcOnlyModel, max_len=6)
+    shape = (40, 40, 40)
+    volume = np.random.default_rng(0).normal(
+        size=shape + (NB_FEATURES,)).astype(np.float32)
+
+    def tracker(max_length_mm):
+        return BatchedTracker(model, volume, np.eye(4),
+                              TrackingMask(shape, None), 1.0,
+                              max_angle_deg=180, max_length_mm=max_length_mm,
+                              track_forward_only=True)
+
+    seeds = np.full((5, 3), 20.0, dtype=np.float32)
+    result = tracker(6.0).track(seeds)
+    assert result.streamlines._lengths.max() == 7
+    with pytest.raises(DwiMLUserError,
+                       match=r"max_length.*max_len=6 steps.*6 mm.*7 steps"):
+        tracker(7.0)

@@ -127,6 +127,8 @@ class BatchedTracker:
             raise DwiMLUserError(
                 f"argument 'max_length': expected at least one step of "
                 f"{self.step_size_mm} mm, found {max_length_mm} mm.")
+        _check_model_max_len(model, self.max_nb_points, self.step_size_mm,
+                             max_length_mm)
         if eos_threshold is not None and not getattr(model, "add_eos", False):
             raise DwiMLUserError(
                 f"argument 'eos_stop': the model predicts no EOS, found a "
@@ -289,6 +291,20 @@ class BatchedTracker:
             codes[eos_probs > self.eos_threshold] = StopReason.EOS
         codes[~growing] = 0
         return codes, next_points
+
+
+def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
+    """Refuse, before tracking, streamlines longer than a model's
+    ``max_len`` (Transformers: positions it can encode); a streamline of
+    ``nb_points`` points takes ``nb_points - 1`` model steps."""
+    max_len = getattr(model, "max_len", None)
+    if max_len is not None and nb_points - 1 > max_len:
+        raise DwiMLUserError(
+            f"argument 'max_length': the model takes at most max_len="
+            f"{max_len} steps per streamline, i.e. {max_len * step_size_mm:g}"
+            f" mm at {step_size_mm:g} mm per step; found {max_length_mm:g} "
+            f"mm ({nb_points - 1} steps). Track with a max_length of at most "
+            f"{max_len * step_size_mm:g} mm.")
 
 
 def _reverse(points, lengths):
