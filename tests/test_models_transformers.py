@@ -428,3 +428,51 @@ def test_tracker_refuses_max_length_beyond_max_len_before_tracking():
     with pytest.raises(DwiMLUserError,
                        match=r"max_length.*max_len=6 steps.*6 mm.*7 steps"):
         tracker(7.0)
+
+
+# ----------------------------------------------------------------------
+# Attention weights, for viewing
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_recorded_attention_weights_are_those_the_model_uses(cls, config):
+    from dwi_ml.models.transformer_attention import (
+        attention_maps,
+        recording_attention,
+    )
+    model = eval_double(cls, config)
+    inputs, streamlines = make_batch(model)
+    with torch.no_grad():
+        plain = model(inputs, streamlines)
+        with recording_attention(model) as records:
+            recorded = model(inputs, streamlines)
+    # Recording changes nothing in the outputs.
+    assert torch.equal(plain, recorded)
+    counts = [n - 1 + model.add_eos for n in LENGTHS]
+    nb_attentions = 0
+    for stack, layers in records.items():
+        for layer in layers:
+            assert set(layer) == ({"self", "cross"} if stack == "decoder"
+                                  else {"self"})
+            for weights, values, output in layer.values():
+                nb_attentions += 1
+                n, heads, t, _ = weights.shape
+                assert (n, heads, t) == (len(LENGTHS), model.nheads,
+                                         max(counts))
+                torch.testing.assert_close(weights.sum(-1),
+                                           weights.new_ones(n, heads, t),
+                                           **TIGHT)
+                future = torch.ones(t, t, dtype=torch.bool).triu(1)
+                assert torch.all(weights[..., future] == 0)
+                for row, count in enumerate(counts):
+                    # Real queries give padding nothing.
+                    assert torch.all(weights[row, :, :count, count:] == 0)
+                # The kernel's output is these weights applied to values.
+                torch.testing.assert_close(weights @ values, output, **TIGHT)
+    assert nb_attentions == model.n_layers_e + (
+        2 * model.n_layers_d if cls is OriginalTransformerModel else 0)
+    maps, map_counts = attention_maps(model, inputs, streamlines)
+    assert list(map_counts) == counts
+    assert maps["encoder"].shape == (model.n_layers_e, len(LENGTHS),
+                                     model.nheads, max(counts), max(counts))
+    # After the block, layers no longer record.
+    assert all(layer.attention_records is None
+               for layer in model.encoder.layers)
