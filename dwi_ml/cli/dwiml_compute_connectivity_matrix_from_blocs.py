@@ -4,12 +4,11 @@ import os
 
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.tracking.connectivity import (
     connectivity_from_blocs,
@@ -48,15 +47,13 @@ def _build_parser():
     parser.add_argument("--binary", action="store_true",
                         help="Save whether each pair is connected (bool) "
                              "instead of streamline counts.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     nb_blocs = parse_nb_blocs(args.nb_blocs)
     check_inputs_exist(args.in_tractogram, args.in_volume)
     check_npy_extension(args.out_matrix)

@@ -6,12 +6,11 @@ import numpy as np
 
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.tracking.bundle_scoring import check_bundle_labels
 from dwi_ml.tracking.scoring import (
@@ -92,15 +91,13 @@ def _build_parser():
     rules.add_argument("--max_angle", type=float, metavar="DEG",
                        default=DEFAULT_MAX_ANGLE_DEG,
                        help="Largest angle of an aligned point, degrees.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     check_scoring_numbers(DEFAULT_DISTANCES_VOX, args.max_angle,
                           DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
                           args.min_share_in_volume, DEFAULT_MAX_STEP_VOX)

@@ -30,7 +30,7 @@ from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.models.model_io import MODEL_REGISTRY
 from dwi_ml.models.model_types import add_model_args, model_params_from_args
@@ -159,8 +159,7 @@ def collect_params(args):
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_train_model.py."""
-    args = build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(build_parser(), argv)
     train_from_args(args)
 
 

@@ -28,7 +28,7 @@ from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
@@ -115,8 +115,7 @@ def _finished_message(trainer, experiment_dir):
 @script_entry_point
 def main(argv=None):
     """Entry point of resume_training_from_checkpoint.py."""
-    args = build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(build_parser(), argv)
     resume_from_args(args)
 
 
