@@ -4,9 +4,7 @@ import os
 
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_output_args,
     check_inputs_exist,
-    check_output_free,
     make_parser,
     parse_script_args,
 )
@@ -15,7 +13,8 @@ from dwi_ml.tracking.connectivity import (
     parse_nb_blocs,
 )
 from dwi_ml.tracking.scoring_io import (
-    check_npy_extension,
+    add_matrix_output_args,
+    check_matrix_output,
     load_grid,
     load_tractogram_vox_corner,
     save_npy,
@@ -43,11 +42,7 @@ def _build_parser():
                         help="NIfTI giving the voxel grid (shape, affine).")
     parser.add_argument("nb_blocs", type=int, nargs="+", metavar="NB_BLOCS",
                         help="Blocs per axis: 1 value, or 3.")
-    parser.add_argument("out_matrix", help="Output .npy matrix.")
-    parser.add_argument("--binary", action="store_true",
-                        help="Save whether each pair is connected (bool) "
-                             "instead of streamline counts.")
-    add_output_args(parser)
+    add_matrix_output_args(parser)
     return parser
 
 
@@ -56,8 +51,7 @@ def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
     nb_blocs = parse_nb_blocs(args.nb_blocs)
     check_inputs_exist(args.in_tractogram, args.in_volume)
-    check_npy_extension(args.out_matrix)
-    check_output_free(args.out_matrix, args.overwrite)
+    check_matrix_output(args)
 
     shape, _ = load_grid(args.in_volume)
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_volume)

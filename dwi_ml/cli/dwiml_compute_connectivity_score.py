@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -13,7 +14,7 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.tracking.connectivity import score_connectivity
-from dwi_ml.tracking.scoring_io import format_scores, write_json
+from dwi_ml.tracking.scoring_io import format_scores
 
 DESCRIPTION = """\
 Compare a predicted connectivity matrix (e.g. of a tracked tractogram) with
@@ -68,5 +69,5 @@ def main(argv=None):
                                 _load_matrix(args.true_matrix))
     print(format_scores(scores))
     if args.out_json is not None:
-        write_json(args.out_json, scores)
+        write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -27,7 +28,6 @@ from dwi_ml.tracking.scoring_io import (
     format_scores,
     load_grid,
     load_tractogram_vox_corner,
-    write_json,
 )
 
 DESCRIPTION = """\
@@ -139,5 +139,5 @@ def main(argv=None):
         min_share_in_volume=args.min_share_in_volume)
     print(format_scores(scores))
     if args.out_json is not None:
-        write_json(args.out_json, scores)
+        write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))

@@ -21,6 +21,12 @@ class DirectionGetterModel(MainModelOneInput):
     """A :class:`MainModelOneInput` whose subclass sets ``direction_getter``."""
 
     @property
+    def params_for_checkpoint(self):
+        params = super().params_for_checkpoint
+        params.update(dg_key=self.dg_key, dg_args=self.direction_getter.params)
+        return params
+
+    @property
     def add_eos(self):
         """bool: whether the model predicts at the last point (EOS)."""
         return self.direction_getter.add_eos

@@ -117,9 +117,7 @@ class Learn2TrackModel(DirectionGetterModel):
                       rnn_layer_sizes=list(self.rnn_layer_sizes),
                       use_skip_connection=self.use_skip_connection,
                       use_layer_norm=self.use_layer_norm,
-                      dropout=self.dropout,
-                      dg_key=self.dg_key,
-                      dg_args=self.direction_getter.params)
+                      dropout=self.dropout)
         return params
 
     def _point_features(self, point_inputs, previous_dirs):

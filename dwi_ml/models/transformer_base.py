@@ -171,9 +171,7 @@ class TransformerModelAbstract(DirectionGetterModel):
                       norm_first=self.norm_first, max_len=self.max_len,
                       position_encoding=self.position_encoding_key,
                       input_embedding_key=self.input_embedding_key,
-                      cnn_nb_filters=self.cnn_nb_filters,
-                      dg_key=self.dg_key,
-                      dg_args=self.direction_getter.params)
+                      cnn_nb_filters=self.cnn_nb_filters)
         return params
 
     def add_position(self, tokens, positions):
