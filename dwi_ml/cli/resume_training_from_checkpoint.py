@@ -22,8 +22,10 @@ from dwi_ml.io_utils.experiment_layout import (
     load_checkpoint_state,
     read_parameters,
 )
-from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_resumed_experiment
-from dwi_ml.io_utils.output_folders import check_experiment_name
+from dwi_ml.io_utils.experiment_lock import (
+    run_locked,
+    start_resumed_experiment,
+)
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
@@ -120,15 +122,9 @@ def main(argv=None):
 
 
 def resume_from_args(args, callbacks=()):
-    """Rebuild the experiment from its folder and train on.
-
-    ``callbacks`` are added to the trainer's. The experiment's lock is held
-    from before any of its files is changed until the end of the run.
-    """
-    check_experiment_name(args.experiment_name)
-    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
-    with ExperimentLock(experiment_dir) as lock:
-        _resume(args, callbacks, lock)
+    """Rebuild the experiment from its folder and train on, holding its
+    lock; ``callbacks`` are added to the trainer's."""
+    return run_locked(args, _resume, callbacks)
 
 
 def _resume(args, callbacks, lock):
