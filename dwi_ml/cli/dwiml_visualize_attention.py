@@ -6,8 +6,7 @@ from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
-    best_model_dir,
-    checkpoint_model_dir,
+    experiment_model_dir,
     read_parameters,
 )
 from dwi_ml.io_utils.output_folders import (
@@ -15,11 +14,10 @@ from dwi_ml.io_utils.output_folders import (
     reset_output_folder,
 )
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.models import load_model_from_params_and_state
 from dwi_ml.monitoring.attention_views import (
@@ -80,26 +78,25 @@ def _build_parser():
                        default=list(DEFAULT_IDS), metavar="ID",
                        help="Indices of the streamlines in the subject's "
                             "streamline group (default: 0 1 2).")
+    # All the streamlines go through the model at once: no --batch_size.
     model.add_argument("--use_latest_epoch", action="store_true",
                        help="Use the checkpoint's model, not best_model/.")
+    model.add_argument("--device", default="cpu",
+                       help="'cpu' or 'cuda[:N]'. Default: cpu.")
     model.add_argument("--input_group", metavar="GROUP",
                        help="Volume group fed to the model. Default: the "
                             "experiment's.")
     model.add_argument("--streamline_group", metavar="GROUP",
                        help="Streamline group to read. Default: the "
                             "experiment's.")
-    model.add_argument("--device", default="cpu",
-                       help="'cpu' or 'cuda[:N]' (default: cpu).")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_visualize_attention.py."""
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(args.experiment_path, what="experiment")
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_device(args.device, "--device")
@@ -114,10 +111,9 @@ def main(argv=None):
     streamline_group = (args.streamline_group
                         or loader_params["streamline_group"])
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
-    model_dir = (checkpoint_model_dir(args.experiment_path)
-                 if args.use_latest_epoch
-                 else best_model_dir(args.experiment_path))
-    model = load_model_from_params_and_state(model_dir, args.device).eval()
+    model = load_model_from_params_and_state(
+        experiment_model_dir(args.experiment_path, args.use_latest_epoch),
+        args.device).eval()
     check_transformer(model, args.experiment_path)
 
     attention = subject_attention(model, args.hdf5_file, args.subject_id,
