@@ -1,12 +1,13 @@
-"""A small Learn2track really learns to track synthetic bundles.
+"""A small Learn2track, and a small Transformer, really learn.
 
-One module fixture trains the model (about 10 s on one CPU thread); the
-tests then check that
+One module fixture trains the Learn2track (about 10 s on one CPU thread),
+another a transformer_src_only (d_model 32, 2 layers, learned positions,
+about 15 s) on the same batches; the tests then check that
 
-- its validation loss went down from the untrained model's and beats the
+- each one's validation loss went down from the untrained model's and beats the
   rule "repeat the previous direction" on the same validation batches with
   the same loss (1 - cosine);
-- streamlines it tracks on the validation subject, seeded in the white
+- streamlines the Learn2track tracks on the validation subject, seeded in the white
   matter, follow the true streamlines' directions: the share of tracked
   segments within 30 degrees of a true segment lying within 1 voxel. Straight
   lines in random directions from the same seeds, which ignore the signal,
@@ -19,6 +20,10 @@ near-exact on smooth teacher-forced streamlines); tracking score 0.70 vs
 0.16 for straight lines. Only ~73% of the tracked segments have any true
 segment within 1 voxel (the white-matter mask is the crossed voxels dilated
 by one voxel, so most seeds lie in that shell); ~95% of those agree.
+The Transformer: 0.028 vs 0.059 for the rule and 1.38 untrained (without
+first points 0.026 vs 0.007: it has not yet learned the rule's near-exact
+continuation at this budget). The Transformers' tracking is compared with
+Learn2track's in ``bench/bench_model_comparison.py`` (bench/README.md).
 """
 import os
 
@@ -105,14 +110,16 @@ def train_and_validate(model, folder, name, dataset, learning_rate):
 @pytest.fixture(scope="module")
 def transformer_experiment(experiment):
     """A small causal Transformer (transformer_src_only) on the same data
-    and batches as the Learn2track of ``experiment``."""
+    and batches as the Learn2track of ``experiment``. Learned positions:
+    with sinusoidal ones this budget gives 0.047 instead of 0.028."""
     dataset = experiment["dataset"]
     torch.manual_seed(1)
     model = TransformerSrcOnlyModel(
         "learn_tt", nb_features=dataset.nb_features[
             dataset.volume_groups.index("input")],
         step_size=STEP_SIZE_MM, nb_previous_dirs=2, d_model=32, nheads=4,
-        n_layers_e=2, dropout=0.0, dg_key="cosine-regression")
+        n_layers_e=2, dropout=0.0, position_encoding="learned",
+        dg_key="cosine-regression")
     return train_and_validate(model, experiment["folder"], "transformer",
                               dataset, learning_rate=0.003)
 
