@@ -77,7 +77,8 @@ def bench_transformer_steps(args):
             text = " | ".join(
                 f"{length}: {cached[length][0]:7.2f} ms (CPU "
                 f"{cached[length][1]:7.2f}), re-forward "
-                f"{full[length]:8.1f} ms" for length in options.lengths)
+                f"{full[length][0]:8.1f} ms (CPU {full[length][1]:8.1f})"
+                for length in options.lengths)
             first, last = options.lengths[0], options.lengths[-1]
             print(f"batch {batch_size:5d} {model_type:21s} {text} | "
                   f"{last} / {first}: {cached[last][0] / cached[first][0]:.2f}"
@@ -125,7 +126,8 @@ def main():
     if args.transformer:
         print(f"device {args.device}, {torch.get_num_threads()} thread(s), "
               f"untrained Transformers, d_model 64, 4 heads, 2 layers per "
-              f"stack, {args.shape[3]} features; ms per step (median)")
+              f"stack, {args.shape[3]} features; ms per step (cached: "
+              f"median of --repeats), wall and CPU")
         bench_transformer_steps(args)
         return
     if len(args.nb_seeds) != len(args.batch_sizes):

@@ -116,7 +116,8 @@ def bench_select(model, args, fraction=0.01):
 
 
 def bench_full(model, args):
-    """ms of one forward over the partial streamlines, at each length."""
+    """ms of one forward over the partial streamlines, at each length:
+    (wall, CPU)."""
     results = {}
     with torch.no_grad():
         for length in args.lengths:
@@ -125,10 +126,11 @@ def bench_full(model, args):
                 inputs.unbind(0))
             model(point_inputs[:2], streamlines[:2])  # warm-up
             _synchronize(args.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             model(point_inputs, streamlines)
             _synchronize(args.device)
-            results[length] = 1000 * (time.perf_counter() - start)
+            results[length] = (1000 * (time.perf_counter() - start),
+                               1000 * (time.process_time() - cpu_start))
     return results
 
 
@@ -176,8 +178,10 @@ def main():
               f"cached steps, {_peak_rss_mib():.0f} MiB after re-forwards)")
         for length in args.lengths:
             wall, cpu = cached[length]
-            full_text = (f", re-forward {full[length]:9.1f} ms "
-                         f"({full[length] / wall:6.1f}x)" if full else "")
+            full_text = (f", re-forward {full[length][0]:9.1f} ms (CPU "
+                         f"{full[length][1]:9.1f} ms, "
+                         f"{full[length][1] / cpu:6.1f}x the cached step)"
+                         if full else "")
             if selects:
                 full_text += f", select 99% {selects[length]:6.2f} ms CPU"
             print(f"  length {length:4d}: cached step {wall:7.2f} ms (CPU "
