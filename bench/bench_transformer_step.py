@@ -87,6 +87,33 @@ def bench_cached(model, args):
         for length in args.lengths}
 
 
+def profile_steps(model, args):
+    """Print torch.profiler's table (self CPU time per operator) of
+    ``args.repeats`` cached steps from each of ``args.lengths``: which
+    operators grow with the length."""
+    from torch.profiler import ProfilerActivity, profile
+    points, inputs = _random_walks(args, max(args.lengths) + args.repeats)
+    cache = None
+    done = 0
+
+    def step(t, cache):
+        return model.forward_step(inputs[:, t], points[:, :t + 1].unbind(0),
+                                  cache)[1]
+
+    with torch.no_grad():
+        for length in args.lengths:
+            for t in range(done, length - 1):
+                cache = step(t, cache)
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                for t in range(length - 1, length - 1 + args.repeats):
+                    cache = step(t, cache)
+            done = length - 1 + args.repeats
+            print(f"{args.model_type}: {args.repeats} steps from length "
+                  f"{length}")
+            print(profiler.key_averages().table(
+                sort_by="self_cpu_time_total", row_limit=8))
+
+
 def bench_select(model, args, fraction=0.01):
     """ms (CPU) to drop ``fraction`` of the streamlines from the cache
     (``select_hidden_states``, what the tracker does after a step where
@@ -151,6 +178,10 @@ def main():
     parser.add_argument("--nb_features", type=int, default=45)
     parser.add_argument("--no_full", action="store_true",
                         help="Skip the re-forward part.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Only print the profiler's table of the "
+                             "cached steps at each length (default: time "
+                             "them).")
     parser.add_argument("--select", action="store_true",
                         help="Also time dropping 1%% of the streamlines "
                              "from the cache after a step (default: not "
@@ -170,6 +201,9 @@ def main():
     for model_type in args.model_type:
         args.model_type = model_type
         model = _make_model(args)
+        if args.profile:
+            profile_steps(model, args)
+            continue
         cached = bench_cached(model, args)
         rss_cached = _peak_rss_mib()
         full = {} if args.no_full else bench_full(model, args)
