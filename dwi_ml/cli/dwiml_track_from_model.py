@@ -49,7 +49,9 @@ streamline (as in Learn2track). Streamlines of --min_length to --max_length
 mm are saved in the subject's space (the input group's affine and shape)
 with their seeds as data_per_streamline 'seeds', in RAS mm like the
 streamlines as nibabel and dipy load them (a .tck file cannot hold them).
-Every input is checked before any tracking."""
+A Transformer model takes at most its max_len steps per streamline: a
+--max_length above max_len x the step size is refused. Every input is
+checked before any tracking."""
 
 
 def _build_parser():
