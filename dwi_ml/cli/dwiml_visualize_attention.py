@@ -14,6 +14,7 @@ from dwi_ml.io_utils.output_folders import (
     reset_output_folder,
 )
 from dwi_ml.io_utils.script_args import (
+    add_experiment_group_args,
     add_output_args,
     check_inputs_exist,
     make_parser,
@@ -77,18 +78,13 @@ def _build_parser():
     model.add_argument("--streamline_ids", type=int, nargs="+",
                        default=list(DEFAULT_IDS), metavar="ID",
                        help="Indices of the streamlines in the subject's "
-                            "streamline group (default: 0 1 2).")
+                            "streamline group.")
     # All the streamlines go through the model at once: no --batch_size.
     model.add_argument("--use_latest_epoch", action="store_true",
                        help="Use the checkpoint's model, not best_model/.")
     model.add_argument("--device", default="cpu",
-                       help="'cpu' or 'cuda[:N]'. Default: cpu.")
-    model.add_argument("--input_group", metavar="GROUP",
-                       help="Volume group fed to the model. Default: the "
-                            "experiment's.")
-    model.add_argument("--streamline_group", metavar="GROUP",
-                       help="Streamline group to read. Default: the "
-                            "experiment's.")
+                       help="'cpu' or 'cuda[:N]'.")
+    add_experiment_group_args(model, "to read")
     add_output_args(parser)
     return parser
 

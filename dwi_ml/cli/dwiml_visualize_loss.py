@@ -10,6 +10,7 @@ from dwi_ml.io_utils.experiment_layout import (
     read_parameters,
 )
 from dwi_ml.io_utils.script_args import (
+    add_experiment_group_args,
     add_model_run_args,
     add_output_args,
     check_model_run_args,
@@ -62,12 +63,7 @@ def _build_parser():
                         help="Output .trk or .trx.")
     model = parser.add_argument_group("Model and data")
     add_model_run_args(model)
-    model.add_argument("--input_group", metavar="GROUP",
-                       help="Volume group fed to the model. Default: the "
-                            "experiment's.")
-    model.add_argument("--streamline_group", metavar="GROUP",
-                       help="Streamline group to evaluate. Default: the "
-                            "experiment's.")
+    add_experiment_group_args(model, "to evaluate")
     outputs = parser.add_argument_group("Histogram")
     outputs.add_argument("--out_histogram", metavar="PNG",
                          help="Histogram figure. Default: OUT_TRACTOGRAM "

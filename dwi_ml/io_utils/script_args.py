@@ -66,6 +66,17 @@ def add_model_run_args(group):
                        help="'cpu' or 'cuda[:N]'. Default: cpu.")
 
 
+def add_experiment_group_args(group, streamlines_use="to read"):
+    """Add ``--input_group`` and ``--streamline_group``, which override the
+    groups an experiment was trained on."""
+    group.add_argument("--input_group", metavar="GROUP",
+                       help="Volume group fed to the model. Default: the "
+                            "experiment's.")
+    group.add_argument("--streamline_group", metavar="GROUP",
+                       help=f"Streamline group {streamlines_use}. Default: "
+                            f"the experiment's.")
+
+
 def check_model_run_args(args):
     """Check the experiment, the HDF5 file and :func:`add_model_run_args`'s
     options before any work."""
