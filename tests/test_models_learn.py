@@ -20,7 +20,7 @@ near-exact on smooth teacher-forced streamlines); tracking score 0.70 vs
 0.16 for straight lines. Only ~73% of the tracked segments have any true
 segment within 1 voxel (the white-matter mask is the crossed voxels dilated
 by one voxel, so most seeds lie in that shell); ~95% of those agree.
-The Transformer: 0.028 vs 0.059 for the rule and 1.38 untrained (without
+The Transformer: 0.028 vs 0.059 for the rule and 1.23 untrained (without
 first points 0.026 vs 0.007: it has not yet learned the rule's near-exact
 continuation at this budget). The Transformers' tracking is compared with
 Learn2track's in ``bench/bench_model_comparison.py`` (bench/README.md).
