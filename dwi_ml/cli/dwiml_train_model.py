@@ -43,6 +43,10 @@ from dwi_ml.training.preemption import (
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
+from dwi_ml.training.tracking_validation_args import (
+    add_tracking_validation_args,
+    tracking_validation_params_from_args,
+)
 from dwi_ml.training.trainer_args import add_trainer_args
 
 
@@ -66,6 +70,7 @@ def build_parser():
     add_loader_args(parser)
     add_model_args(parser)
     add_trainer_args(parser)
+    add_tracking_validation_args(parser)
 
     run = parser.add_argument_group("Run")
     run.add_argument("--seed", type=int, default=1234,
@@ -97,7 +102,7 @@ _TRAINER_ARGS = (
     "lr_step_size", "lr_gamma", "max_epochs", "patience", "patience_delta",
     "max_batches_per_epoch_training", "max_batches_per_epoch_validation",
     "clip_grad", "grad_accumulation_steps", "nb_workers", "device",
-    "mixed_precision", "seed")
+    "mixed_precision", "seed", "best_model_metric")
 
 
 _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
@@ -127,6 +132,7 @@ def _check_simple_args(args):
         check_fraction("--dropout", args.dropout)
     for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
         check_non_negative_float(f"--{name}", getattr(args, name))
+    tracking_validation_params_from_args(args)
 
 
 def collect_params(args):
@@ -153,7 +159,13 @@ def collect_params(args):
         "model_type": model_type,
         "model": model_params,
         "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS},
+        "tracking_validation": _as_dict(
+            tracking_validation_params_from_args(args)),
     }
+
+
+def _as_dict(params):
+    return None if params is None else params.as_dict()
 
 
 @script_entry_point
@@ -217,7 +229,8 @@ def _train(args, callbacks, lock):
         device, distributed, [*callbacks, comet] if comet else callbacks,
         lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
-            f"best epoch {trainer.best_tracker.best_epoch}, loss "
+            f"best epoch {trainer.best_tracker.best_epoch}, "
+            f"{trainer.best_tracker.metric} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, before_trainer=clear_folder)
 
