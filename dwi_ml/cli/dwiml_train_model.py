@@ -45,6 +45,7 @@ from dwi_ml.training.preemption import (
 from dwi_ml.training.random_states import seed_everything
 from dwi_ml.training.tracking_validation_args import (
     add_tracking_validation_args,
+    check_tracking_validation_data,
     tracking_validation_params_from_args,
 )
 from dwi_ml.training.trainer_args import add_trainer_args
@@ -201,6 +202,9 @@ def _train(args, callbacks, lock):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
     params = collect_params(args)
+    check_tracking_validation_data(
+        args.hdf5_file, args.streamline_group,
+        tracking_validation_params_from_args(args), args.best_model_metric)
     # The model's format and neighbourhood, validated by the model's spec.
     InputSpec.from_options(**{name: params["model"][name]
                               for name in InputSpec().as_options()})

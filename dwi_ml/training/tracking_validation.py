@@ -73,10 +73,9 @@ from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
 from dwi_ml.training.callbacks import Callback
 from dwi_ml.training.tracking_validation_args import (
     GENERATION,
-    LABEL_METRICS,
-    MODE_METRICS,
     TRACKING_TIME,
     TrackingValidationParams,
+    check_tracking_validation_data,
 )
 
 logger = logging.getLogger(__name__)
@@ -192,48 +191,12 @@ class TrackingValidationCallback(Callback):
         self._ids_cache = {}
 
     def on_train_start(self, trainer):
-        dataset = trainer.batch_sampler.dataset
-        if not trainer.use_validation:
-            raise DwiMLUserError(
-                f"--tracking_validation_every: expected validation subjects "
-                f"in '{dataset.hdf5_file}', found none.")
-        for option, group in (
-                ("seeding_mask_group", self.params.seeding_mask_group),
-                ("tracking_mask_group", self.params.tracking_mask_group)):
-            if group is not None and group not in dataset.volume_groups:
-                raise DwiMLUserError(
-                    f"--tracking_validation_{option}: expected a volume group "
-                    f"of '{dataset.hdf5_file}' ({', '.join(dataset.volume_groups)}"
-                    f"), found '{group}'.")
-        self.metric_names = self._available_metrics(trainer)
-        metric = trainer.best_tracker.metric
-        if metric in MODE_METRICS[self.params.mode] and \
-                metric not in self.metric_names:
-            missing = ("connectivity" if metric == "connectivity_score"
-                       else "bundle labels")
-            raise DwiMLUserError(
-                f"--best_model_metric {metric}: the validation subjects of "
-                f"'{dataset.hdf5_file}' have no {missing} for streamline "
-                f"group '{trainer.batch_loader.streamline_group}'.")
+        self.metric_names = check_tracking_validation_data(
+            trainer.batch_sampler.dataset.hdf5_file,
+            trainer.batch_loader.streamline_group, self.params,
+            trainer.best_tracker.metric)
         self.step_size_mm = choose_step_size(None, trainer.model,
                                              trainer.experiment_dir)
-
-    def _available_metrics(self, trainer):
-        subjects = self._validation_subjects(trainer)
-        if self.params.mode == GENERATION:
-            has_connectivity = all(sft.connectivity is not None
-                                   for _, _, sft in subjects)
-            return tuple(name for name in MODE_METRICS[GENERATION]
-                         if has_connectivity or name != "connectivity_score")
-        key = self.params.bundle_key
-        if key is not None:
-            for subject_id, _, sft in subjects:
-                if key not in sft.data_per_streamline:
-                    raise DwiMLUserError(
-                        f"--tracking_validation_bundle_key: validation subject "
-                        f"'{subject_id}' has no data_per_streamline '{key}'.")
-        return tuple(name for name in MODE_METRICS[self.params.mode]
-                     if key is not None or name not in LABEL_METRICS)
 
     def on_validation_end(self, trainer, epoch):
         if epoch % self.params.every == 0:

@@ -7,6 +7,10 @@ See :mod:`dwi_ml.training.tracking_validation` for what is measured.
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import h5py
+
+from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
+from dwi_ml.data.hdf5.layout import VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.arg_checks import check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.training.monitors import BEST_MODEL_METRICS
@@ -69,15 +73,14 @@ class TrackingValidationParams:
     batch_size: int = DEFAULT_BATCH_SIZE
 
     def __post_init__(self):
-        owner = "tracking validation"
-        check_int("tracking_validation_every", self.every, 1, owner)
-        check_choice("tracking_validation_mode", self.mode, MODES, owner)
+        check_int("--tracking_validation_every", self.every, 1)
+        check_choice("--tracking_validation_mode", self.mode, MODES)
         if self.nb_streamlines is not None:
-            check_int("tracking_validation_nb_streamlines",
-                      self.nb_streamlines, 1, owner)
-        check_int("tracking_validation_nb_points", self.nb_points, 1, owner)
-        check_int("tracking_validation_nb_seeds", self.nb_seeds, 1, owner)
-        check_int("tracking_validation_batch_size", self.batch_size, 1, owner)
+            check_int("--tracking_validation_nb_streamlines",
+                      self.nb_streamlines, 1)
+        check_int("--tracking_validation_nb_points", self.nb_points, 1)
+        check_int("--tracking_validation_nb_seeds", self.nb_seeds, 1)
+        check_int("--tracking_validation_batch_size", self.batch_size, 1)
         if self.mode == WHOLE_SUBJECT and self.seeding_mask_group is None \
                 and self.tracking_mask_group is None:
             raise DwiMLUserError(
@@ -165,6 +168,11 @@ def tracking_validation_params_from_args(args):
         A bad value, or a best-model metric the run will not write.
     """
     params = None
+    if args.tracking_validation_every is not None \
+            and args.tracking_validation_every < 0:
+        raise DwiMLUserError(
+            f"argument --tracking_validation_every: expected an integer >= 0,"
+            f" found {args.tracking_validation_every}.")
     if args.tracking_validation_every:
         params = TrackingValidationParams(
             every=args.tracking_validation_every,
@@ -176,11 +184,6 @@ def tracking_validation_params_from_args(args):
             tracking_mask_group=args.tracking_validation_tracking_mask_group,
             bundle_key=args.tracking_validation_bundle_key,
             batch_size=args.tracking_validation_batch_size)
-    elif args.tracking_validation_every is not None \
-            and args.tracking_validation_every < 0:
-        raise DwiMLUserError(
-            f"argument --tracking_validation_every: expected an integer >= 0,"
-            f" found {args.tracking_validation_every}.")
     check_best_model_metric_option(args.best_model_metric, params)
     return params
 
@@ -209,3 +212,75 @@ def check_best_model_metric_option(metric, params):
             f"argument --best_model_metric: '{metric}' needs bundle labels; "
             "expected --tracking_validation_bundle_key KEY, found none.")
 
+
+
+def check_tracking_validation_data(hdf5_file, streamline_group, params,
+                                   best_model_metric):
+    """The metrics tracking validation will write for this HDF5 file.
+
+    Reads only metadata. ``tracking_vc``, ``tracking_ic`` and
+    ``tracking_nc`` need ``bundle_key``; ``connectivity_score`` needs the
+    group's connectivity in every validation subject.
+
+    Parameters
+    ----------
+    hdf5_file, streamline_group : str
+    params : TrackingValidationParams or None
+        None: off (no metric).
+    best_model_metric : str
+
+    Returns
+    -------
+    tuple of str
+
+    Raises
+    ------
+    DwiMLUserError
+        No validation subject, a mask group that is not a volume group, a
+        subject without the bundle key, or a best-model metric the data
+        cannot give.
+    """
+    if params is None:
+        return ()
+    subjects = check_dwiml_hdf5(hdf5_file)["validation"]
+    if not subjects:
+        raise DwiMLUserError(
+            f"--tracking_validation_every: expected validation subjects in "
+            f"'{hdf5_file}', found none.")
+    masks = {"seeding_mask_group": params.seeding_mask_group,
+             "tracking_mask_group": params.tracking_mask_group}
+    has_connectivity = True
+    with h5py.File(hdf5_file, "r") as hdf_file, \
+            hdf5_read_errors(hdf5_file):
+        for subject in subjects:
+            groups = hdf_file[subject]
+            for option, group in masks.items():
+                if group is not None and (group not in groups or decode_str(
+                        groups[group].attrs.get("type", "")) != VOLUME_TYPE):
+                    raise DwiMLUserError(
+                        f"--tracking_validation_{option}: expected a volume "
+                        f"group of '{hdf5_file}', found no group '{group}' in "
+                        f"subject '{subject}'.")
+            streamlines = groups[streamline_group]
+            has_connectivity &= "connectivity_matrix" in streamlines
+            key = params.bundle_key
+            if key is not None and key not in streamlines.get(
+                    "data_per_streamline", {}):
+                raise DwiMLUserError(
+                    f"--tracking_validation_bundle_key: expected "
+                    f"data_per_streamline '{key}' in '{hdf5_file}', subject "
+                    f"'{subject}', group '{streamline_group}'; found none.")
+    names = tuple(
+        name for name in MODE_METRICS[params.mode]
+        if (name not in LABEL_METRICS or params.bundle_key is not None)
+        and (name != "connectivity_score" or has_connectivity))
+    if best_model_metric in MODE_METRICS[params.mode] and \
+            best_model_metric not in names:
+        needed = (f"the connectivity of group '{streamline_group}' in every "
+                  f"validation subject of '{hdf5_file}'"
+                  if best_model_metric == "connectivity_score"
+                  else "--tracking_validation_bundle_key")
+        raise DwiMLUserError(
+            f"argument --best_model_metric: '{best_model_metric}' needs "
+            f"{needed}, found none.")
+    return names
