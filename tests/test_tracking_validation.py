@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 import torch
 from error_checks import assert_user_error
+from matplotlib.image import imread as plt_imread
 from nibabel.streamlines import ArraySequence
 from tracking_validation_data import make_labelled_hdf5
 from training_data import make_training_hdf5
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.cli.visualize_logs import main as visualize_main
 from dwi_ml.data.hdf5.connectivity import FROM_BLOCS, FROM_LABELS, Connectivity
 from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.monitoring.log_reading import read_experiments
+from dwi_ml.monitoring.plotting import DPI, PANEL_SIZE_INCHES, default_panels
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.stopping import TrackingMask
 from dwi_ml.training.monitors import BestEpochTracker
@@ -179,6 +183,18 @@ def test_best_model_is_the_epoch_with_the_best_tracking_f1(tmp_path,
     assert best["metric"] == "tracking_f1"
     assert best["epoch"] == int(np.argmax(logs["tracking_f1"]))
     assert best["loss"] == logs["tracking_f1"][best["epoch"]]
+
+    # visualize_logs.py draws them in their own panels.
+    panels = {panel.title: panel.log_names for panel in default_panels(
+        read_experiments([str(tmp_path / "f1")]))}
+    drawn = {name for names in panels.values() for name in names}
+    assert drawn >= set(WHOLE_SUBJECT_LOGS) | {"tracking_time"}
+    assert "tracking_vc" in panels["Tracking: bundles"]
+    visualize_main([str(tmp_path / "f1"), "-v", "WARNING"])
+    image = plt_imread(tmp_path / "f1" / "logs_plot.png")
+    # Loss, grad norm, LR, times, per batch and 4 tracking panels: 5 rows.
+    assert image.shape[:2] == (5 * PANEL_SIZE_INCHES[1] * DPI,
+                               2 * PANEL_SIZE_INCHES[0] * DPI)
 
 
 def test_generation_mode_repeats_its_values_between_tracking_epochs(
