@@ -1,4 +1,5 @@
 """Tracking validation during training, and --best_model_metric."""
+import glob
 import json
 import math
 import os
@@ -9,6 +10,11 @@ import torch
 from error_checks import assert_user_error
 from matplotlib.image import imread as plt_imread
 from nibabel.streamlines import ArraySequence
+from test_comet import (  # noqa: F401 (comet_env: autouse fixture)
+    archive_metrics,
+    comet_env,
+    read_archive,
+)
 from tracking_validation_data import make_labelled_hdf5
 from training_data import make_training_hdf5
 
@@ -254,19 +260,30 @@ def test_resume_with_tracking_validation_equals_straight_run(
             assert torch.equal(weights[0][key], weights[1][key]), key
 
 
-def test_tracking_validation_leaves_training_unchanged(tmp_path, plain_hdf5):
-    """Same losses with and without it: it draws from no training stream."""
+def test_tracking_validation_leaves_training_unchanged_and_goes_to_comet(
+        tmp_path, plain_hdf5):
+    """Same losses with and without it: it draws from no training stream.
+
+    Comet runs offline (test_comet's autouse ``comet_env``)."""
     experiments = str(tmp_path)
     train_main(_train_args(experiments, "off", plain_hdf5, 2))
     train_main(_train_args(experiments, "on", plain_hdf5, 2,
                            "--tracking_validation_every", "1",
-                           "--tracking_validation_nb_streamlines", "20"))
-    off, on = _logs(tmp_path / "off"), _logs(tmp_path / "on")
+                           "--tracking_validation_nb_streamlines", "20",
+                           "--comet_workspace", "ws", "--comet_project", "p",
+                           "--comet_offline_dir", str(tmp_path / "comet")))
+    off, on = _logs(tmp_path / "off"), _logs(tmp_path / "on", True)
     for name in ("train_loss", "valid_loss", "train_loss_per_batch"):
         assert off[name].tobytes() == on[name].tobytes(), name
     # No connectivity in this file: endpoint distance only.
     assert "connectivity_score" not in on
     assert on["tracking_endpoint_distance"].shape == (2,)
+    # Comet gets the same values, one per epoch.
+    archive, = glob.glob(str(tmp_path / "comet" / "*.zip"))
+    metrics = archive_metrics(read_archive(archive)[1])
+    for name in ("tracking_endpoint_distance", "tracking_time"):
+        assert metrics[name][0] == [0, 1], name
+        np.testing.assert_array_equal(metrics[name][1], on[name])
 
 
 # ----------------------------------------------------------------------
