@@ -67,6 +67,7 @@ from dwi_ml.tracking.stopping import (
     TrackingMask,
     default_eos_threshold,
     keep_by_length,
+    max_nb_points,
 )
 from dwi_ml.tracking.training_facts import choose_step_size
 from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
@@ -188,7 +189,6 @@ class TrackingValidationCallback(Callback):
         self.params = params
         self.metric_names = ()
         self.step_size_mm = None
-        self._ids_cache = {}
 
     def on_train_start(self, trainer):
         self.metric_names = check_tracking_validation_data(
@@ -197,6 +197,13 @@ class TrackingValidationCallback(Callback):
             trainer.best_tracker.metric)
         self.step_size_mm = choose_step_size(None, trainer.model,
                                              trainer.experiment_dir)
+        most_points = max_nb_points(DEFAULT_MAX_LENGTH_MM, self.step_size_mm)
+        if self.params.nb_points >= most_points:
+            raise DwiMLUserError(
+                f"--tracking_validation_nb_points: expected fewer than "
+                f"{most_points} points ({DEFAULT_MAX_LENGTH_MM} mm at "
+                f"{self.step_size_mm} mm steps), found "
+                f"{self.params.nb_points}.")
 
     def on_validation_end(self, trainer, epoch):
         if epoch % self.params.every == 0:
@@ -218,12 +225,12 @@ class TrackingValidationCallback(Callback):
                    if name in trainer.monitors else [])
         return history[-1] if history else float("nan")
 
-    def _validation_subjects(self, trainer):
-        """(subject_id, subject index, SFTData) of each validation subject."""
+    @staticmethod
+    def _validation_subjects(trainer):
+        """(subject index, SFTData) of each validation subject."""
         subset = trainer.batch_sampler.dataset.validation_set
         group_idx = trainer.batch_loader.streamline_group_idx
-        return [(subset.subjects[i], i,
-                 subset.get_subject(i).sft_data_list[group_idx])
+        return [(i, subset.get_subject(i).sft_data_list[group_idx])
                 for i in range(subset.nb_subjects)]
 
     def track_and_score(self, trainer):
@@ -267,7 +274,7 @@ class TrackingValidationCallback(Callback):
     def _generation_scores(self, trainer):
         nb_points = self.params.nb_points
         distance_sum, nb_connected, nb_generated = 0.0, 0, 0
-        for _, subject_idx, sft in self._validation_subjects(trainer):
+        for subject_idx, sft in self._validation_subjects(trainer):
             tracker, volume, _ = self._make_tracker(trainer, subject_idx, True)
             ids = self._streamline_ids(trainer.seed, subject_idx,
                                        sft.nb_streamlines)
@@ -299,22 +306,16 @@ class TrackingValidationCallback(Callback):
         return values
 
     def _streamline_ids(self, seed, subject_idx, nb_streamlines):
-        """The subject's validation streamlines, drawn once per run."""
-        key = (seed, subject_idx)
-        if key not in self._ids_cache:
-            nb_wanted = self.params.nb_streamlines
-            if nb_wanted is None or nb_wanted >= nb_streamlines:
-                ids = np.arange(nb_streamlines)
-            else:
-                rng = np.random.default_rng([seed, subject_idx])
-                ids = np.sort(rng.choice(nb_streamlines, nb_wanted,
-                                         replace=False))
-            self._ids_cache[key] = ids
-        return self._ids_cache[key]
+        """The subject's validation streamlines: the same at every epoch."""
+        nb_wanted = self.params.nb_streamlines
+        if nb_wanted is None or nb_wanted >= nb_streamlines:
+            return np.arange(nb_streamlines)
+        rng = np.random.default_rng([seed, subject_idx])
+        return np.sort(rng.choice(nb_streamlines, nb_wanted, replace=False))
 
     def _whole_subject_scores(self, trainer):
         all_scores = []
-        for _, subject_idx, sft in self._validation_subjects(trainer):
+        for subject_idx, sft in self._validation_subjects(trainer):
             tracker, volume, subject = self._make_tracker(trainer, subject_idx,
                                                           False)
             seeding_group = (self.params.seeding_mask_group
