@@ -115,7 +115,7 @@ def _labelled_reference(subject_paths, out_path):
 def proof(out, nb_epochs):
     """Per epoch: valid loss, validation F1/VC, testing subject's scores."""
     hdf5_file, paths = make_labelled_hdf5(
-        out, nb_streamlines=1000, seed=0, nb_subjects=5)
+        out, nb_streamlines=1000, seed=0, step_size=2.0, nb_subjects=5)
     testing = paths.splits["testing"][0]
     subject_paths = paths.subjects[testing]
     reference = os.path.join(out, "testing_reference.trk")

@@ -40,9 +40,11 @@ def label_bundles(subject_paths):
     return ArraySequence(streamlines), np.asarray(labels)
 
 
-def make_labelled_hdf5(folder, nb_streamlines=120, seed=0, **synthetic):
-    """Synthetic subjects (1 training, 1 validation, 1 testing) -> HDF5 whose
-    'streamlines' group has bundle labels and a blocs connectivity.
+def make_labelled_hdf5(folder, nb_streamlines=120, seed=0, step_size=None,
+                       **synthetic):
+    """Synthetic subjects (1 training, 1 validation, 1 testing by default)
+    -> HDF5 whose 'streamlines' group has bundle labels and a blocs
+    connectivity, streamlines resampled to ``step_size`` mm if given.
 
     Returns ``(hdf5 path, SyntheticDatasetPaths)``.
     """
@@ -62,6 +64,7 @@ def make_labelled_hdf5(folder, nb_streamlines=120, seed=0, **synthetic):
     hdf5_file = os.path.join(folder, "labelled.hdf5")
     create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
                         hdf5_file, config, paths.splits["training"],
-                        paths.splits["validation"], paths.splits["testing"])
+                        paths.splits["validation"], paths.splits["testing"],
+                        step_size=step_size)
     return hdf5_file, paths
 
