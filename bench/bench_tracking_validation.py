@@ -14,7 +14,8 @@ model of every epoch is kept. The testing subject is tracked with each
 epoch's model (``dwiml_track_from_model.py``) and scored against its
 labelled streamlines (``dwiml_score_tractogram.py``). Prints, per epoch, the
 validation loss, the validation tracking F1 and VC, and the testing
-subject's scores, and which epoch each criterion picks.
+subject's scores, and which epoch each criterion (valid_loss, tracking_f1,
+tracking_vc) picks.
 """
 import argparse
 import json
@@ -150,13 +151,12 @@ def proof(out, nb_epochs):
     for row in rows:
         print("| {} | {:.4f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | "
               "{:.3f} | {:.0f} |".format(*row))
-    by_loss = int(np.argmin(logs["valid_loss"]))
-    by_f1 = int(np.argmax(logs["tracking_f1"]))
-    print(f"best by valid_loss: epoch {by_loss}; by tracking_f1: epoch "
-          f"{by_f1}; testing F1 {rows[by_loss][4]:.3f} vs "
-          f"{rows[by_f1][4]:.3f}, VC {rows[by_loss][5]:.3f} vs "
-          f"{rows[by_f1][5]:.3f}")
-
+    for metric, pick in (("valid_loss", np.argmin), ("tracking_f1", np.argmax),
+                         ("tracking_vc", np.argmax)):
+        epoch = int(pick(logs[metric]))
+        print(f"best by {metric}: epoch {epoch}, testing F1 "
+              f"{rows[epoch][4]:.3f}, VC {rows[epoch][5]:.3f}, IC "
+              f"{rows[epoch][6]:.3f}")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
