@@ -55,17 +55,7 @@ MAX_STRAIGHT_SCORE = 0.3
 
 
 @pytest.fixture(scope="module")
-def single_thread():
-    # Tiny LSTM steps are slower with two intra-op threads than with one,
-    # by 10x or more when other processes share the two cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory, single_thread):
+def experiment(tmp_path_factory, single_torch_thread):
     folder = str(tmp_path_factory.mktemp("learn"))
     paths = make_synthetic_dataset(os.path.join(folder, "synthetic"),
                                    nb_subjects=3,

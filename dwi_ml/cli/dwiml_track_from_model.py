@@ -9,13 +9,12 @@ from dwi_ml.data.packed import packed_arrays
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
+    parse_script_args,
     progress_bars_disabled,
-    set_verbosity,
 )
 from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
 from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
@@ -118,8 +117,7 @@ def _build_parser():
                      help="Torch device, e.g. cpu or cuda.")
     run.add_argument("--batch_size", type=int, default=1000, metavar="N",
                      help="Streamlines tracked at once.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
@@ -174,8 +172,7 @@ def _mask_volume(volumes, group):
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     _check_numbers(args)
     check_tractogram_extension(args.out_tractogram)
     check_inputs_exist(args.experiment_path, what="experiment")

@@ -23,14 +23,17 @@ from dwi_ml.io_utils.arg_checks import (
 )
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.experiment_layout import has_checkpoint
-from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
-from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
+from dwi_ml.io_utils.experiment_lock import (
+    run_locked,
+    start_new_experiment,
+)
+from dwi_ml.io_utils.output_folders import check_output_folder
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
     check_inputs_exist,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.models.model_io import MODEL_REGISTRY
 from dwi_ml.models.model_types import add_model_args, model_params_from_args
@@ -172,22 +175,15 @@ def _as_dict(params):
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_train_model.py."""
-    args = build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(build_parser(), argv)
     train_from_args(args)
 
 
 def train_from_args(args, callbacks=()):
-    """Check the arguments, build everything and train.
-
-    ``callbacks`` are added to the trainer's (e.g. for tests or custom
-    monitoring). The experiment's lock is held from before its folder is
-    changed until the end of the run.
-    """
-    check_experiment_name(args.experiment_name)
-    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
-    with ExperimentLock(experiment_dir) as lock:
-        _train(args, callbacks, lock)
+    """Check the arguments, build everything and train, holding the
+    experiment's lock; ``callbacks`` are added to the trainer's (e.g. for
+    tests or custom monitoring)."""
+    return run_locked(args, _train, callbacks)
 
 
 def _train(args, callbacks, lock):

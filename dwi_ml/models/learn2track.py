@@ -34,9 +34,6 @@ from dwi_ml.models.direction_getters import (
     add_direction_getter_args,
     make_direction_getter,
 )
-from dwi_ml.models.directions import (
-    prediction_rows,
-)
 from dwi_ml.models.embeddings import make_embedding
 from dwi_ml.models.model_io import register_model
 from dwi_ml.models.stacked_rnn import RNN_CLASSES, StackedRNN, select_hidden_states
@@ -120,9 +117,7 @@ class Learn2TrackModel(DirectionGetterModel):
                       rnn_layer_sizes=list(self.rnn_layer_sizes),
                       use_skip_connection=self.use_skip_connection,
                       use_layer_norm=self.use_layer_norm,
-                      dropout=self.dropout,
-                      dg_key=self.dg_key,
-                      dg_args=self.direction_getter.params)
+                      dropout=self.dropout)
         return params
 
     def _point_features(self, point_inputs, previous_dirs):
@@ -131,25 +126,9 @@ class Learn2TrackModel(DirectionGetterModel):
         return torch.cat([self.embedding(point_inputs.to(self.dtype)),
                           previous_dirs.to(self.dtype)], dim=1)
 
-    def forward(self, inputs, streamlines):
-        """Outputs at every prediction point of the batch.
-
-        Parameters
-        ----------
-        inputs : list of torch.Tensor (n_i, input_size)
-            Interpolated inputs at every point.
-        streamlines : list of torch.Tensor (n_i, 3)
-            Voxel space, corner origin.
-
-        Returns
-        -------
-        torch.Tensor (M, output_size)
-            Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
-            EOS.
-        """
-        lengths, counts = self.count_predictions(inputs, streamlines)
-        point_inputs = torch.cat(list(inputs))[
-            prediction_rows(lengths, self.add_eos)]
+    def hidden_states(self, point_inputs, streamlines, counts):
+        """The RNN's outputs at the prediction points (see
+        :meth:`DirectionGetterModel.hidden_states`)."""
         features = self._point_features(
             point_inputs,
             self.compute_previous_dirs(streamlines, self.add_eos))
@@ -166,7 +145,7 @@ class Learn2TrackModel(DirectionGetterModel):
             (int(counts.max()), nb_streamlines, features.shape[1]))
         padded[time_ids, streamline_ids] = features
         sequence, _ = self.rnn(padded)
-        return self.direction_getter(sequence[time_ids, streamline_ids])
+        return sequence[time_ids, streamline_ids]
 
     def forward_step(self, step_inputs, partial_streamlines,
                      hidden_states=None):
