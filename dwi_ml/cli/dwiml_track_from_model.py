@@ -20,7 +20,15 @@ from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
 from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.seeding import make_seeds
-from dwi_ml.tracking.stopping import StopReason, TrackingMask, keep_by_length
+from dwi_ml.tracking.stopping import (
+    DEFAULT_MAX_ANGLE_DEG,
+    DEFAULT_MAX_LENGTH_MM,
+    DEFAULT_MIN_LENGTH_MM,
+    StopReason,
+    TrackingMask,
+    default_eos_threshold,
+    keep_by_length,
+)
 from dwi_ml.tracking.tracking_io import (
     load_experiment_model,
     load_subject_volumes,
@@ -85,12 +93,15 @@ def _build_parser():
     tracking.add_argument("--step_size", type=float, metavar="MM",
                           help="Step in mm. Default: the model's, else the "
                                "step size of the HDF5 it was trained on.")
-    tracking.add_argument("--theta", type=float, default=45.0, metavar="DEG",
+    tracking.add_argument("--theta", type=float,
+                          default=DEFAULT_MAX_ANGLE_DEG, metavar="DEG",
                           help="Largest angle between two steps, degrees.")
-    tracking.add_argument("--min_length", type=float, default=10.0,
+    tracking.add_argument("--min_length", type=float,
+                          default=DEFAULT_MIN_LENGTH_MM,
                           metavar="MM", help="Shorter streamlines are "
                                              "discarded (mm).")
-    tracking.add_argument("--max_length", type=float, default=300.0,
+    tracking.add_argument("--max_length", type=float,
+                          default=DEFAULT_MAX_LENGTH_MM,
                           metavar="MM", help="Streamlines stop growing at "
                                              "this length (mm).")
     tracking.add_argument("--eos_stop", type=float, metavar="P",
@@ -186,9 +197,7 @@ def main(argv=None):
     step_size = _check_model(model, args, input_volume)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
-    eos_threshold = args.eos_stop
-    if eos_threshold is None and getattr(model, "add_eos", False):
-        eos_threshold = 0.5
+    eos_threshold = default_eos_threshold(model, args.eos_stop)
 
     npv = None if args.nt is not None else (args.npv or 1)
     seeds = make_seeds(seeding_mask, np.random.default_rng(args.seed),

@@ -46,6 +46,11 @@ from dwi_ml.training.preemption import (
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
+from dwi_ml.training.tracking_validation_args import (
+    add_tracking_validation_args,
+    check_tracking_validation_data,
+    tracking_validation_params_from_args,
+)
 from dwi_ml.training.trainer_args import add_trainer_args
 
 
@@ -69,6 +74,7 @@ def build_parser():
     add_loader_args(parser)
     add_model_args(parser)
     add_trainer_args(parser)
+    add_tracking_validation_args(parser)
 
     run = parser.add_argument_group("Run")
     run.add_argument("--seed", type=int, default=1234,
@@ -100,7 +106,7 @@ _TRAINER_ARGS = (
     "lr_step_size", "lr_gamma", "max_epochs", "patience", "patience_delta",
     "max_batches_per_epoch_training", "max_batches_per_epoch_validation",
     "clip_grad", "grad_accumulation_steps", "nb_workers", "device",
-    "mixed_precision", "seed")
+    "mixed_precision", "seed", "best_model_metric")
 
 
 _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
@@ -130,6 +136,7 @@ def _check_simple_args(args):
         check_fraction("--dropout", args.dropout)
     for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
         check_non_negative_float(f"--{name}", getattr(args, name))
+    tracking_validation_params_from_args(args)
 
 
 def collect_params(args):
@@ -156,7 +163,13 @@ def collect_params(args):
         "model_type": model_type,
         "model": model_params,
         "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS},
+        "tracking_validation": _as_dict(
+            tracking_validation_params_from_args(args)),
     }
+
+
+def _as_dict(params):
+    return None if params is None else params.as_dict()
 
 
 @script_entry_point
@@ -185,6 +198,9 @@ def _train(args, callbacks, lock):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
     params = collect_params(args)
+    check_tracking_validation_data(
+        args.hdf5_file, args.streamline_group,
+        tracking_validation_params_from_args(args), args.best_model_metric)
     # The model's format and neighbourhood, validated by the model's spec.
     InputSpec.from_options(**{name: params["model"][name]
                               for name in InputSpec().as_options()})
@@ -213,7 +229,8 @@ def _train(args, callbacks, lock):
         device, distributed, [*callbacks, comet] if comet else callbacks,
         lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
-            f"best epoch {trainer.best_tracker.best_epoch}, loss "
+            f"best epoch {trainer.best_tracker.best_epoch}, "
+            f"{trainer.best_tracker.metric} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, before_trainer=clear_folder)
 

@@ -36,7 +36,10 @@ Plot the logs of dwi_ml experiments (EXPERIMENT/logs/*.npy, written by the
 trainer at each epoch) in one PNG figure, one panel per group of logs:
 losses (train and valid), gradient norms (before and after clipping),
 learning rate (log scale), epoch times (train and valid), the per-batch
-training loss, then any other log found. Experiments are overlaid, one
+training loss, the tracking validation metrics when there are some (bundle
+scores, overreach, points near the reference, endpoint distance,
+connectivity score, tracking time; see docs/tracking.md), then any other
+log found. Experiments are overlaid, one
 colour each, with a legend of their folder names; a star marks each
 experiment's best epoch (best_model/best_epoch.json) on loss and metric
 curves (not on learning rates, times or gradient norms). Each y axis says

@@ -194,6 +194,33 @@ class BatchedTracker:
                                      disable=disable_progress)]
         return _concatenate(results)
 
+    def continue_streamlines(self, prefixes_vox_corner):
+        """Grow streamlines forward after known first points.
+
+        The model is fed the prefix point by point (as in the backward half
+        of two-way tracking), then tracks on from its last point: the
+        reference dwi_ml's generation validation.
+
+        Parameters
+        ----------
+        prefixes_vox_corner : np.ndarray, shape (N, K, 3)
+            The first K >= 1 points of each streamline, voxel space, corner
+            origin.
+
+        Returns
+        -------
+        streamlines : nibabel ArraySequence
+            Prefix and continuation, voxel space, corner origin, compact.
+        stops : np.ndarray of StopReason values, shape (N,)
+        """
+        prefixes = torch.as_tensor(np.asarray(prefixes_vox_corner),
+                                   dtype=self.dtype, device=self.device)
+        lengths = torch.full((len(prefixes),), prefixes.shape[1],
+                             dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            points, lengths, stops, _ = self._propagate(prefixes, lengths)
+        return _pack(points, lengths), stops.cpu().numpy()
+
     def _propagate(self, prefixes, prefix_lengths, seed_directions=None):
         """Grow streamlines after their prefixes, all in lockstep.
 
