@@ -105,9 +105,10 @@ def run_case(hdf5_file, nb_workers, args):
           else [])])
     if args.interpolation == "workers":
         _interpolate_in_workers()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     train_from_args(train_args, callbacks=[timer])
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     gpu_peak = 0.0
     if args.device.startswith("cuda"):
         import torch
@@ -119,6 +120,8 @@ def run_case(hdf5_file, nb_workers, args):
             "epoch_train_s": timer.total / 2,
             "data_wait_share": timer.wait / timer.total,
             "wall_s": wall,
+            # Main process, all threads, 2 epochs with validation and setup.
+            "cpu_s": cpu,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -159,7 +162,7 @@ def main():
           + f"; interpolation {args.interpolation}")
     print(f"{'workers':>7} {'streamlines/s':>14} {'points/s':>11} "
           f"{'epoch (s)':>10} {'data wait':>10} {'peak RSS MiB':>13} "
-          f"{'GPU peak MiB':>13}")
+          f"{'GPU peak MiB':>13} {'CPU s (2 epochs)':>16}")
     for nb_workers in args.workers:
         output = subprocess.run(
             [sys.executable, HERE, *sys.argv[1:], "--_case", str(nb_workers)],
@@ -170,7 +173,8 @@ def main():
               f"{result['epoch_train_s']:>10.1f} "
               f"{100 * result['data_wait_share']:>9.1f}% "
               f"{result['peak_rss_mib']:>13.0f} "
-              f"{result['gpu_peak_mib']:>13.0f}")
+              f"{result['gpu_peak_mib']:>13.0f} "
+              f"{result['cpu_s']:>16.1f}")
 
 
 if __name__ == "__main__":
