@@ -232,8 +232,8 @@ class BatchLoaderOneInput:
             rows = noise_rows = None
         if layout_to_data is not None:
             rows = layout_to_data if rows is None else layout_to_data[rows]
-        points = (data if rows is None else np.take(data, rows, axis=0)
-                  ).astype(np.float32, copy=False)
+        # The one copy of the points (rows is never None here).
+        points = np.take(data, rows, axis=0).astype(np.float32, copy=False)
         if not is_training:
             return points, points, lengths
 
