@@ -15,12 +15,22 @@ from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.io.streamline import load_tractogram
 from dipy.io.utils import get_reference_info, is_header_compatible
 
+from dwi_ml.batching.batch_planning import cut_by_budget
 from dwi_ml.data.hdf5.subjects import describe, one_line
-from dwi_ml.data.packed import compact, lengths_mm, offsets_from_lengths
+from dwi_ml.data.packed import (
+    compact,
+    lengths_mm,
+    make_array_sequence,
+    offsets_from_lengths,
+    packed_arrays,
+)
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import quiet_logger
 from dwi_ml.io_utils.tractogram_files import tractogram_extension
+
+# Input points per resampling run (see _apply_in_runs).
+RESAMPLING_RUN_POINTS = 2 ** 20
 
 
 @dataclass
@@ -123,14 +133,14 @@ def load_streamline_group(group_config, files, reference, subject,
         sft.to_vox()
         sft.to_corner()
         affine = sft.affine.astype(np.float64)
-        processed = streamline_format.apply(sft.streamlines, affine)
+        streamlines = sft.streamlines
         del sft
-        data, offsets, lengths = compact(processed)
-        del processed
-        euclidean.append(lengths_mm(data, offsets, lengths, affine))
-        datas.append(data.astype(np.float32, copy=False))
-        all_lengths.append(lengths)
-        del data
+        for data, offsets, lengths in _apply_in_runs(streamline_format,
+                                                     streamlines, affine):
+            euclidean.append(lengths_mm(data, offsets, lengths, affine))
+            datas.append(data.astype(np.float32, copy=False))
+            all_lengths.append(lengths)
+        del streamlines, data
     if nb_removed:
         logging.warning("%s: removed %d streamlines with points outside the "
                         "volume.", describe(subject, group), nb_removed)
@@ -150,6 +160,25 @@ def load_streamline_group(group_config, files, reference, subject,
         euclidean_lengths=np.concatenate(euclidean),
         data_per_streamline=dps, space_attributes=space_attributes,
         nb_removed=nb_removed)
+
+
+def _apply_in_runs(streamline_format, streamlines, affine):
+    """Yield ``compact(streamline_format.apply(run))`` for runs of streamlines.
+
+    Resampling works on all the points it is given at once, with a dozen
+    float64 temporaries the size of its output; runs of about
+    ``RESAMPLING_RUN_POINTS`` points keep them to some 100 MB whatever the
+    file's size. Streamlines are resampled independently: the runs change
+    nothing but float rounding in the arc lengths.
+    """
+    if not streamline_format.is_set:
+        yield compact(streamlines)
+        return
+    data, offsets, lengths = packed_arrays(streamlines)
+    bounds = cut_by_budget(lengths, RESAMPLING_RUN_POINTS)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        yield compact(streamline_format.apply(make_array_sequence(
+            data, offsets[start:stop], lengths[start:stop]), affine))
 
 
 def find_invalid_streamlines(streamlines, dimensions):
