@@ -155,9 +155,12 @@ class Learn2TrackModel(DirectionGetterModel):
         ----------
         step_inputs : torch.Tensor (N, input_size)
             Inputs interpolated at the last point of each streamline.
-        partial_streamlines : list of torch.Tensor (m_i, 3)
+        partial_streamlines : list of torch.Tensor (m_i, 3) or torch.Tensor (N, m, 3)
             The streamlines so far (m_i >= 1; the seed alone at the first
             step), voxel space, corner origin.
+            The tracker passes one (N, m, 3) tensor of the last
+            ``tracking_context_points`` points (all streamlines step
+            together).
         hidden_states : tuple or None
             Returned by the previous step, for the same N streamlines in the
             same order; None at the first step.

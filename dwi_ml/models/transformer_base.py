@@ -249,10 +249,13 @@ class TransformerModelAbstract(DirectionGetterModel):
         ----------
         step_inputs : torch.Tensor (N, input_size)
             Inputs interpolated at the last point of each streamline.
-        partial_streamlines : list of torch.Tensor (m_i, 3)
+        partial_streamlines : list of torch.Tensor (m_i, 3) or torch.Tensor (N, m, 3)
             The streamlines so far, voxel space, corner origin. All have
             ``cache.nb_steps + 1`` points (the tracker's lockstep; a
             streamline replaying a known prefix counts its points too).
+            The tracker passes one (N, m, 3) tensor of the last
+            ``tracking_context_points`` points (all streamlines step
+            together).
         cache : TransformerCache or None
             Returned by the previous step for the same N streamlines, in
             the same order; None at the first step (the seeds). It is
