@@ -27,13 +27,13 @@ from dwi_ml.monitoring.log_reading import read_experiments
 from dwi_ml.monitoring.plotting import DPI, PANEL_SIZE_INCHES, default_panels
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.stopping import TrackingMask
-from dwi_ml.training.monitors import BestEpochTracker
-from dwi_ml.training.tracking_validation import (
+from dwi_ml.tracking.tracking_validation import (
     endpoint_distances_mm,
     endpoint_pairs,
     nb_in_true_connections,
     whole_tractogram_overlap,
 )
+from dwi_ml.training.monitors import BestEpochTracker
 
 # Times differ between runs by nature.
 TIME_LOGS = ("train_time.npy", "valid_time.npy", "tracking_time.npy")

@@ -15,6 +15,7 @@ batch of its own.
 """
 import numpy as np
 
+from dwi_ml.data.packed import cut_by_budget  # noqa: F401 (re-exported)
 from dwi_ml.data.splits import Split
 
 
@@ -25,37 +26,6 @@ def make_generator(seed, split, epoch):
     them touches numpy's or torch's global random state.
     """
     return np.random.default_rng([seed, Split(split).code, epoch])
-
-
-def cut_by_budget(costs, budget):
-    """Cut a sequence into consecutive chunks whose costs fit the budget.
-
-    Greedy: each chunk takes as many of the next items as fit. An item that
-    alone exceeds the budget forms its own chunk.
-
-    Parameters
-    ----------
-    costs : np.ndarray, shape (N,)
-        Non-negative cost of each item, in the order in which they are cut.
-    budget : float
-        Maximal total cost of a chunk (same unit as ``costs``).
-
-    Returns
-    -------
-    np.ndarray, shape (nb_chunks + 1,), int64
-        Chunk boundaries: chunk i is ``costs[bounds[i]:bounds[i + 1]]``.
-    """
-    cumulative = np.concatenate(([0.], np.cumsum(costs, dtype=np.float64)))
-    nb_items = len(costs)
-    bounds = [0]
-    start = 0
-    # One searchsorted per chunk, never a loop per item.
-    while start < nb_items:
-        end = int(np.searchsorted(cumulative, cumulative[start] + budget,
-                                  side="right")) - 1
-        start = max(end, start + 1)
-        bounds.append(start)
-    return np.asarray(bounds, dtype=np.int64)
 
 
 def group_by_subject(global_ids, bounds, subject_starts):

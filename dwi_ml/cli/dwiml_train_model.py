@@ -38,6 +38,12 @@ from dwi_ml.io_utils.script_args import (
 from dwi_ml.models.model_io import MODEL_REGISTRY
 from dwi_ml.models.model_types import add_model_args, model_params_from_args
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
+from dwi_ml.tracking.tracking_validation_args import (
+    add_tracking_validation_args,
+    check_tracking_validation_data,
+    tracking_validation_params_from_args,
+)
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
@@ -46,11 +52,6 @@ from dwi_ml.training.preemption import (
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
-from dwi_ml.training.tracking_validation_args import (
-    add_tracking_validation_args,
-    check_tracking_validation_data,
-    tracking_validation_params_from_args,
-)
 from dwi_ml.training.trainer_args import add_trainer_args
 
 
@@ -226,7 +227,9 @@ def _train(args, callbacks, lock):
 
     run_experiment(
         params, make_model, args.experiments_path, args.experiment_name,
-        device, distributed, [*callbacks, comet] if comet else callbacks,
+        device, distributed,
+        [*tracking_validation_callbacks(params.get("tracking_validation")),
+         *callbacks, *([comet] if comet else [])],
         lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
             f"best epoch {trainer.best_tracker.best_epoch}, "

@@ -34,6 +34,7 @@ from dwi_ml.io_utils.script_args import (
 )
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
@@ -175,7 +176,8 @@ def _resume(args, callbacks, lock):
     run_experiment(
         {**params, "trainer": trainer_params}, load_model,
         args.experiments_path, args.experiment_name, device, distributed,
-        [*callbacks, comet] if comet else callbacks,
+        [*tracking_validation_callbacks(params.get("tracking_validation")),
+         *callbacks, *([comet] if comet else [])],
         lambda trainer: (
             f"Experiment {experiment_dir} resumed and saved "
             f"({trainer.stopped_reason}; best epoch "

@@ -150,3 +150,34 @@ def ranges_to_indices(starts, lengths, steps=None):
     increments[0] = starts[0]
     increments[first_rows] = starts[1:] - last_values
     return np.cumsum(increments)
+
+
+def cut_by_budget(costs, budget):
+    """Cut a sequence into consecutive chunks whose costs fit the budget.
+
+    Greedy: each chunk takes as many of the next items as fit. An item that
+    alone exceeds the budget forms its own chunk.
+
+    Parameters
+    ----------
+    costs : np.ndarray, shape (N,)
+        Non-negative cost of each item, in the order in which they are cut.
+    budget : float
+        Maximal total cost of a chunk (same unit as ``costs``).
+
+    Returns
+    -------
+    np.ndarray, shape (nb_chunks + 1,), int64
+        Chunk boundaries: chunk i is ``costs[bounds[i]:bounds[i + 1]]``.
+    """
+    cumulative = np.concatenate(([0.], np.cumsum(costs, dtype=np.float64)))
+    nb_items = len(costs)
+    bounds = [0]
+    start = 0
+    # One searchsorted per chunk, never a loop per item.
+    while start < nb_items:
+        end = int(np.searchsorted(cumulative, cumulative[start] + budget,
+                                  side="right")) - 1
+        start = max(end, start + 1)
+        bounds.append(start)
+    return np.asarray(bounds, dtype=np.int64)

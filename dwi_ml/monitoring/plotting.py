@@ -56,7 +56,7 @@ DEFAULT_PANELS = (
     Panel("Learning rate", ("learning_rate",)),
     Panel("Epoch time (s)", ("train_time", "valid_time")),
     Panel("Training loss per batch", ("train_loss_per_batch",)),
-    # Tracking validation (dwi_ml.training.tracking_validation).
+    # Tracking validation (dwi_ml.tracking.tracking_validation).
     Panel("Tracking: bundles", ("tracking_f1", "tracking_ol", "tracking_vc",
                                 "tracking_ic", "tracking_nc")),
     Panel("Tracking: overreach", ("tracking_or",)),

@@ -83,7 +83,7 @@ class BatchMeanMonitor:
 
 # Monitors that may choose the best model (``best_model_metric``), and
 # whether a higher value is better. Tracking metrics are written by
-# :mod:`dwi_ml.training.tracking_validation`.
+# :mod:`dwi_ml.tracking.tracking_validation`.
 BEST_MODEL_METRICS = {
     "valid_loss": False, "train_loss": False,
     "tracking_endpoint_distance": False, "connectivity_score": True,

@@ -15,10 +15,10 @@ from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.io.streamline import load_tractogram
 from dipy.io.utils import get_reference_info, is_header_compatible
 
-from dwi_ml.batching.batch_planning import cut_by_budget
 from dwi_ml.data.hdf5.subjects import describe, one_line
 from dwi_ml.data.packed import (
     compact,
+    cut_by_budget,
     lengths_mm,
     make_array_sequence,
     offsets_from_lengths,

@@ -69,15 +69,15 @@ from dwi_ml.tracking.stopping import (
     keep_by_length,
     max_nb_points,
 )
-from dwi_ml.tracking.training_facts import choose_step_size
-from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
-from dwi_ml.training.callbacks import Callback
-from dwi_ml.training.tracking_validation_args import (
+from dwi_ml.tracking.tracking_validation_args import (
     GENERATION,
     TRACKING_TIME,
     TrackingValidationParams,
     check_tracking_validation_data,
 )
+from dwi_ml.tracking.training_facts import choose_step_size
+from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
+from dwi_ml.training.callbacks import Callback
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class TrackingValidationCallback(Callback):
     Parameters
     ----------
     params : TrackingValidationParams
-        See :mod:`dwi_ml.training.tracking_validation_args`.
+        See :mod:`dwi_ml.tracking.tracking_validation_args`.
 
     Notes
     -----

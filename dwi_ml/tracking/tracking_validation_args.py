@@ -2,7 +2,7 @@
 
 The parameters live in ``parameters.json`` under ``tracking_validation``
 (absent or null when off), so that a resumed run tracks as the first did.
-See :mod:`dwi_ml.training.tracking_validation` for what is measured.
+See :mod:`dwi_ml.tracking.tracking_validation` for what is measured.
 """
 from dataclasses import asdict, dataclass
 from typing import Optional
