@@ -106,7 +106,8 @@ _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
 INT_MINIMUMS = {
     "cache_size": 0, "nb_subjects_per_batch": 1, "cycles": 1, "nb_points": 2,
     "nb_previous_dirs": 0, "neighborhood_radius": 1,
-    "input_embedding_size": 1, "rnn_layer_sizes": 1, "lr_step_size": 1,
+    "input_embedding_size": 1, "cnn_nb_filters": 1,
+    "prev_dirs_embedding_size": 1, "rnn_layer_sizes": 1, "lr_step_size": 1,
     "max_epochs": 1, "patience": 1, "max_batches_per_epoch_training": 1,
     "max_batches_per_epoch_validation": 1, "grad_accumulation_steps": 1,
     "seed": 0, "nb_workers": 0, "nb_cpu_threads": 1}
