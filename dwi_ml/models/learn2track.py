@@ -30,6 +30,7 @@ import torch
 from dwi_ml.data.processing.input_spec import add_input_spec_args
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.cnn_embedding import check_cnn_neighborhood, make_cnn_embedding
 from dwi_ml.models.direction_getter_model import DirectionGetterModel
 from dwi_ml.models.direction_getters import (
     add_direction_getter_args,
@@ -38,7 +39,6 @@ from dwi_ml.models.direction_getters import (
 from dwi_ml.models.directions import (
     prediction_rows,
 )
-from dwi_ml.models.cnn_embedding import check_cnn_neighborhood, make_cnn_embedding
 from dwi_ml.models.embeddings import (
     EMBEDDING_KEYS,
     INPUT_EMBEDDING_KEYS,
@@ -96,7 +96,8 @@ class Learn2TrackModel(DirectionGetterModel):
                  nb_previous_dirs=0, normalize_prev_dirs=True,
                  input_embedding_key="none", input_embedding_size=None,
                  cnn_nb_filters=8, prev_dirs_embedding_key="none",
-                 prev_dirs_embedding_size=None, rnn_key="lstm", rnn_layer_sizes=(100, 100),
+                 prev_dirs_embedding_size=None, rnn_key="lstm",
+                 rnn_layer_sizes=(100, 100),
                  use_skip_connection=True, use_layer_norm=True, dropout=0.0,
                  dg_key="cosine-regression", dg_args=None):
         super().__init__(experiment_name, nb_features, step_size, nb_points,

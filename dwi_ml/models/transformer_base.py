@@ -54,7 +54,6 @@ from dwi_ml.models.transformer_tokens import (
 )
 
 
-
 class TransformerModelAbstract(DirectionGetterModel):
     """Options, embeddings, causal attention, loss and tracking of the
     Transformer models; subclasses build their stacks and say how tokens
