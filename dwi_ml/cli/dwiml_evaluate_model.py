@@ -35,7 +35,9 @@ def _build_parser():
     parser.add_argument("hdf5_file", help="HDF5 file holding the subset.")
     group = parser.add_argument_group("Evaluation")
     group.add_argument("--subset", default="testing",
-                       choices=("training", "validation", "testing"))
+                       choices=("training", "validation", "testing"),
+                       help="Split of the HDF5 file whose subjects are "
+                            "evaluated.")
     group.add_argument("--use_latest_epoch", action="store_true",
                        help="Evaluate the checkpoint's model, not best_model/.")
     group.add_argument("--batch_size", type=int, default=200,
