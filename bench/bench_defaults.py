@@ -59,6 +59,9 @@ def main():
     parser.add_argument("--nb_streamlines", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--npv", type=int, default=2)
+    parser.add_argument("--track_options", default="",
+                        help="Extra options of dwiml_track_from_model.py, "
+                             "in one string.")
     args = parser.parse_args(argv)
     os.makedirs(args.out_folder, exist_ok=True)
     paths, hdf5_file = _prepare_data(args.out_folder, args.nb_streamlines,
@@ -77,7 +80,8 @@ def main():
     tracked_path = os.path.join(args.out_folder, name + ".trk")
     track_cli.main([os.path.join(experiments, name), hdf5_file, testing,
                     "input", tracked_path, "--tracking_mask_group", "wm_mask",
-                    "--npv", str(args.npv), "-f"])
+                    "--npv", str(args.npv), "-f",
+                    *args.track_options.split()])
     cpu = time.process_time() - cpu_start
 
     try:
@@ -97,7 +101,8 @@ def main():
     valid_loss = np.load(os.path.join(experiments, name, "logs",
                                       "valid_loss.npy"))
     nb_seeds = _count_seeds(mask_path, args.npv)
-    print(f"options [{' '.join(extra) or 'defaults'}]: best valid loss "
+    print(f"options [{' '.join(extra) or 'defaults'}] tracking "
+          f"[{args.track_options}]: best valid loss "
           f"{valid_loss.min():.4f}; within 1 vox "
           f"{scores['points_within_1_vox']:.3f}; aligned 30 deg "
           f"{scores['points_aligned']:.3f}; kept "
