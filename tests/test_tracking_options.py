@@ -183,9 +183,10 @@ def test_compress_th_keeps_points_within_the_threshold(experiment):
 
 def test_discard_last_point_removes_the_point_out_of_the_mask(experiment):
     options = ("--track_forward_only", "--eos_stop", "0.99")
-    kept = track(experiment, "kept", *options)
-    discarded = track(experiment, "discarded", *options,
-                      "--discard_last_point")
+    kept = track(experiment, "kept", *options, "--no-discard_last_point")
+    discarded = track(experiment, "discarded", *options)
+    assert len(discarded) == len(track(experiment, "default", *options,
+                                       "--discard_last_point"))
     # Same seeds; a seed whose first step left the mask has one point
     # with --discard_last_point, and single points are not saved.
     by_seed = {tuple(seed): streamline for seed, streamline in zip(

@@ -49,7 +49,7 @@ every streamline's last point and one model call gives every next
 direction, a step of --step_size mm. A streamline stops when its next point
 leaves the volume or the tracking mask group (value < 0.5, read as
 --mask_interp; --max_invalid_nb_points such points are tolerated first, the
-last one is kept unless --discard_last_point), turns by more than --theta
+last one is kept with --no-discard_last_point), turns by more than --theta
 degrees, reaches --max_length mm or, for models with an end-of-streamline
 (EOS) output, when its probability is above --eos_stop (or, with
 --eos_stop max, when EOS is the most likely class). Unless
@@ -121,11 +121,13 @@ def _build_parser():
                                "volume) tolerated in each half of a "
                                "streamline before the next one stops it; "
                                "0: the first one does.")
-    tracking.add_argument("--discard_last_point", action="store_true",
-                          help="Do not end a half stopped by the mask with "
-                               "the point out of the mask that stopped it "
-                               "(kept by default, as in the reference). "
-                               "Default: kept.")
+    tracking.add_argument("--discard_last_point",
+                          action=argparse.BooleanOptionalAction, default=True,
+                          help="Leave out of a half stopped by the mask, "
+                               "inside the volume, the point out of the mask "
+                               "that stopped it (kept, it scores worse: see "
+                               "docs/training.md); --no-discard_last_point "
+                               "keeps it, as the reference does.")
     tracking.add_argument("--track_forward_only", action="store_true",
                           help="Do not track backward from the seeds.")
     tracking.add_argument("--use_latest_epoch", action="store_true",

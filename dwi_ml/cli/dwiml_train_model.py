@@ -33,7 +33,11 @@ from dwi_ml.io_utils.script_args import (
     set_verbosity,
 )
 from dwi_ml.models.model_io import MODEL_REGISTRY
-from dwi_ml.models.model_types import add_model_args, model_params_from_args
+from dwi_ml.models.model_types import (
+    DEFAULT_LEARNING_RATES,
+    add_model_args,
+    model_params_from_args,
+)
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
@@ -153,7 +157,10 @@ def collect_params(args):
                    "seed": args.seed},
         "model_type": model_type,
         "model": model_params,
-        "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS},
+        "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS}
+        | {"learning_rate": (DEFAULT_LEARNING_RATES[args.model_type]
+                             if args.learning_rate is None
+                             else args.learning_rate)},
     }
 
 
