@@ -7,6 +7,8 @@ import pkgutil
 import pytest
 
 import dwi_ml.cli
+from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
+from dwi_ml.cli.dwiml_train_model import collect_params
 
 SCRIPTS = sorted(module.name for module in pkgutil.iter_modules(
     dwi_ml.cli.__path__))
@@ -63,3 +65,21 @@ def test_a_help_that_states_its_default_is_not_given_a_second_one():
              for action in parser._actions}
     assert helps["eos_stop"].lower().count("default") == 1
     assert helps["theta"].endswith("(default: 45.0)")
+
+
+@pytest.mark.parametrize("model_type, options, learning_rate", [
+    ("learn2track", [], 0.005),
+    ("transformer_src_only", [], 0.001),
+    ("learn2track", ["--learning_rate", "0.002"], 0.002),
+])
+def test_training_defaults_in_the_saved_parameters(model_type, options,
+                                                   learning_rate):
+    # The measured defaults of docs/training.md ("Default options").
+    args = train_parser().parse_args(
+        ["exps", "exp", "data.hdf5", "input", "streamlines", "--model_type",
+         model_type, *options])
+    params = collect_params(args)
+    assert params["trainer"]["learning_rate"] == learning_rate
+    assert params["model"]["nb_previous_dirs"] == 2
+    assert params["loader"]["reverse_ratio"] == 0.5
+    assert params["loader"]["split_ratio"] == 0.0
