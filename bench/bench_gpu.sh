@@ -3,6 +3,9 @@
 # H100/H200): training throughput in points/s, fp32 and bf16, with
 # interpolation on the GPU (0 workers) and workers loading beside it; data
 # waiting as a share of the step; peak GPU memory; tracking at batch 10000.
+# Each case prints points/s, data waiting (share of the training time spent
+# waiting for the DataLoader) and peak GPU memory; every step prints its
+# time, and the total is printed at the end.
 #
 #   bash bench/bench_gpu.sh [FOLDER]         # on a machine with CUDA
 #   bash bench/bench_gpu.sh --cpu [FOLDER]   # the same steps, small, on CPU
@@ -19,10 +22,10 @@ mkdir -p "$FOLDER"
 if [ "$DEVICE" = cuda ]; then
     python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --cpu')"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    NB_STREAMLINES=20000; BATCH=1000; WORKERS="0 4"
+    NB_STREAMLINES=20000; BATCH=1000; WORKERS="0 4"; INTERP_WORKERS=4
     TRACK_SEEDS=20000; TRACK_BATCH=10000; PRECISIONS="fp32 bf16"
 else
-    NB_STREAMLINES=500; BATCH=100; WORKERS="0 1"
+    NB_STREAMLINES=500; BATCH=100; WORKERS="0 1"; INTERP_WORKERS=1
     TRACK_SEEDS=200; TRACK_BATCH=100; PRECISIONS="fp32"
 fi
 
@@ -33,8 +36,14 @@ for precision in $PRECISIONS; do
     python3 bench/bench_training.py "$FOLDER" --device "$DEVICE" \
         --nb_streamlines "$NB_STREAMLINES" --batch_size "$BATCH" \
         --rnn_layer_sizes 64 64 --workers $WORKERS "${MP[@]}"
+    echo "== training, $precision, interpolation in the workers (CPU)"
+    python3 bench/bench_training.py "$FOLDER" --device "$DEVICE" \
+        --nb_streamlines "$NB_STREAMLINES" --batch_size "$BATCH" \
+        --rnn_layer_sizes 64 64 --workers $INTERP_WORKERS "${MP[@]}" \
+        --interpolation workers
 done
 
-echo "== tracking, batch $TRACK_BATCH"
+echo "== tracking, batch $TRACK_BATCH ($SECONDS s so far)"
 python3 bench/bench_tracking.py --device "$DEVICE" \
     --batch_sizes "$TRACK_BATCH" --nb_seeds "$TRACK_SEEDS" --max_length 40
+echo "== bench_gpu.sh done in $SECONDS s"

@@ -38,7 +38,7 @@ from dwi_ml.io_utils.script_args import check_inputs_exist, check_output_free
 CASES = [(neighborhood, lazy, nb_workers)
          for neighborhood in ("none", "axes")
          for lazy in (False, True)
-         for nb_workers in (0, 2)]
+         for nb_workers in (0, 1, 2, 4)]
 AXES_RADIUS, AXES_RESOLUTION_MM = 1, 1.
 BARE_REPEATS = 3
 # The main process stays light (no torch, no data): a child's ru_maxrss
@@ -54,6 +54,7 @@ def _make_pipeline(args, neighborhood, lazy, interpolation_device=None):
     from dwi_ml.batching.batch_loader import BatchLoaderOneInput
     from dwi_ml.batching.batch_sampler import BatchSampler
     from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
+    from dwi_ml.data.processing.input_spec import InputSpec
 
     dataset = MultiSubjectDataset(args.hdf5_file, lazy=lazy)
     dataset.load_data(load_validation=False, load_testing=False,
@@ -66,9 +67,10 @@ def _make_pipeline(args, neighborhood, lazy, interpolation_device=None):
         dataset, args.streamline_group, args.input_group,
         split_ratio=args.split, reverse_ratio=args.reverse,
         noise_gaussian_size_forward=args.noise,
-        neighborhood_type="axes" if with_axes else None,
-        neighborhood_radius=AXES_RADIUS if with_axes else None,
-        neighborhood_resolution=AXES_RESOLUTION_MM if with_axes else None,
+        input_spec=InputSpec.from_options(
+            neighborhood_type="axes" if with_axes else None,
+            neighborhood_radius=AXES_RADIUS if with_axes else None,
+            neighborhood_resolution=AXES_RESOLUTION_MM if with_axes else None),
         seed=args.seed, interpolation_device=interpolation_device)
     return dataset, sampler, loader
 
@@ -176,6 +178,77 @@ def measure_bare(args, neighborhood):
             "nb_features": int(volumes[calls[0][0]][1].shape[3])}
 
 
+# Stages of one batch: (label, functions whose cumulative time it is).
+PROFILE_STAGES = [
+    ("random stream (seeded Generator)", ["make_generator"]),
+    ("reading (read_points)", ["read_points"]),
+    ("splitting (split_ranges)", ["split_ranges"]),
+    ("reversing (reverse_rows)", ["reverse_rows"]),
+    ("noise (draw + add)", ["add_noise"]),
+    ("packing (LoadedBatch)", ["from_packed_parts"]),
+    ("interpolation (compute_inputs)", ["compute_inputs"]),
+]
+
+
+def profile_batches(args, lazy):
+    """cProfile the loader's batches in this process; CPU s per stage.
+
+    Planning (the sampler's epoch plan and its batches) is timed apart,
+    with ``time.process_time``. The gather of the points is what
+    ``_load_subject`` spends outside the stages it calls.
+    """
+    import cProfile
+    import pstats
+
+    from dwi_ml.batching.dataloaders import BatchRequest
+
+    _, sampler, loader = _make_pipeline(args, "none", lazy)
+    start = time.process_time()
+    plan = sampler.for_split("training")
+    requests = [BatchRequest("training", 0, index, subject_ids)
+                for index, subject_ids in enumerate(plan)][:args.nb_batches]
+    planning = time.process_time() - start
+    loader.load_batch(requests[0])  # warm-up (lazy: first reads, checks)
+    profile = cProfile.Profile(time.process_time)
+    start = time.process_time()
+    profile.enable()
+    nb_points = sum(len(loader.load_batch(request).input_points)
+                    for request in requests[1:])
+    profile.disable()
+    cpu_seconds = time.process_time() - start
+    cumulative = {}
+    for (_, _, name), row in pstats.Stats(profile).stats.items():
+        cumulative[name] = cumulative.get(name, 0.) + row[3]
+    stages = {label: sum(cumulative.get(name, 0.) for name in names)
+              for label, names in PROFILE_STAGES}
+    in_subject = cumulative.get("_load_subject", 0.) - sum(
+        stages[label] for label, _ in PROFILE_STAGES[1:5])
+    stages["gather of the points (np.take)"] = in_subject
+    total = cumulative.get("load_batch", 0.)
+    stages["other"] = total - sum(stages.values())
+    # Planning is per epoch: give it per batch of the epoch.
+    return {"planning_per_batch": planning / max(len(plan), 1),
+            "total_per_batch": total / len(requests[1:]),
+            "stages_per_batch": {label: seconds / len(requests[1:])
+                                 for label, seconds in stages.items()},
+            "points_per_cpu_s": nb_points / cpu_seconds,
+            "nb_points_per_batch": nb_points / len(requests[1:])}
+
+
+def print_profile(args):
+    for lazy in (False, True):
+        result = _run_in_subprocess(args, {"kind": "profile", "lazy": lazy})
+        total = result["total_per_batch"]
+        print(f"{'lazy' if lazy else 'eager'}: {1e3 * total:.2f} ms per batch "
+              f"of CPU under cProfile ({result['nb_points_per_batch']:.0f} points; "
+              f"{result['points_per_cpu_s'] / 1e6:.2f} M points per CPU s "
+              f"under cProfile); planning "
+              f"{1e3 * result['planning_per_batch']:.3f} ms per batch")
+        for label, seconds in result["stages_per_batch"].items():
+            print(f"  {label:<34} {1e3 * seconds:6.2f} ms "
+                  f"{100 * seconds / total:5.1f} %")
+
+
 def _bare_volume(mri, neighborhood, offsets_vox):
     """Channels-first and channels-last volumes, offsets (voxels), dims."""
     import torch
@@ -240,6 +313,8 @@ def _run_job(args, job):
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    if job["kind"] == "profile":
+        return profile_batches(args, job["lazy"])
     if job["kind"] == "bare":
         return measure_bare(args, job["neighborhood"])
     return measure_case(args, job["neighborhood"], job["lazy"],
@@ -267,6 +342,14 @@ def _build_parser():
                         "torch's choice (DataLoader workers always use 1). "
                         "Default 1: on a shared machine, many threads make "
                         "small per-batch ops wait for each other")
+    parser.add_argument("--neighborhoods", nargs="+", default=["none", "axes"],
+                        choices=["none", "axes"],
+                        help="cases to run (default: none axes)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader worker counts to run (default: 0 2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile the batches (0 workers, no "
+                        "neighbourhood, eager then lazy): CPU time per stage")
     parser.add_argument("--make_synthetic", metavar="FOLDER")
     parser.add_argument("--nb_streamlines", type=int, default=20_000,
                         help="per synthetic subject")
@@ -289,15 +372,20 @@ def main(argv=None):
         print(f"synthetic dataset (3 x {args.nb_streamlines} streamlines) "
               f"and HDF5 written in {result['seconds']:.1f} s")
     check_inputs_exist(args.hdf5_file)
+    if args.profile:
+        print_profile(args)
+        return
 
     start = time.perf_counter()
     bare = {neighborhood: _run_in_subprocess(
         args, {"kind": "bare", "neighborhood": neighborhood})
-        for neighborhood in ("none", "axes")}
-    print(f"{args.hdf5_file}: {bare['none']['nb_features']} features, "
+        for neighborhood in args.neighborhoods}
+    first = bare[args.neighborhoods[0]]
+    print(f"{args.hdf5_file}: {first['nb_features']} features, "
           f"batches of {args.batch_size} streamlines, noise {args.noise} mm, "
           f"split {args.split}, reverse {args.reverse}, torch "
-          f"{bare['none']['torch']}, {os.cpu_count()} CPUs")
+          f"{first['torch']}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}")
     for neighborhood, result in bare.items():
         print(f"bare grid_sample, neighbourhood {neighborhood}: "
               f"{result['points_per_s'] / 1e6:.2f} M points/s per batch "
@@ -312,6 +400,9 @@ def main(argv=None):
           f"{'k stream/s':>10} {'M points/s':>10} {'per CPU s':>9} "
           f"{'RSS MiB':>8} {'worker MiB':>10} {'vs bare':>13}")
     for neighborhood, lazy, nb_workers in CASES:
+        if (neighborhood not in args.neighborhoods
+                or nb_workers not in args.workers):
+            continue
         result = _run_in_subprocess(
             args, {"kind": "case", "neighborhood": neighborhood,
                    "lazy": lazy, "nb_workers": nb_workers})

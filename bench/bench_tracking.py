@@ -9,9 +9,18 @@ border), so every batch size does the same work per streamline. Both
 directions are tracked unless ``--forward_only``; the backward half replays
 the forward half through the model first (those model calls count as steps
 too: "model steps" below, next to the points actually added).
+
+With ``--transformer``, it instead times one tracking step of the three
+UNTRAINED Transformer models (d_model 64, 4 heads, 2 layers per stack) at
+streamline lengths ``--lengths``, for each of ``--transformer_batch_sizes``
+streamlines stepping together: the cached step (``forward_step``) next to
+the full re-forward of the partial streamlines, and the ratio of the cached
+step at the longest length to the shortest (target <= 1.5). The functions
+are those of ``bench_transformer_step.py``, which has more options.
 """
 import argparse
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -52,6 +61,30 @@ def _bench(tracker, seeds, batch_size):
           f"steps/s (wall {wall:.2f} s, CPU {cpu:.2f} s)")
 
 
+def bench_transformer_steps(args):
+    """Cached step vs re-forward of each Transformer, per batch size."""
+    import bench_transformer_step as step_bench
+    for batch_size in args.transformer_batch_sizes:
+        for model_type in sorted(step_bench.MODEL_TYPES):
+            options = SimpleNamespace(
+                model_type=model_type, nb_streamlines=batch_size,
+                lengths=sorted(args.lengths), repeats=args.repeats,
+                d_model=64, nheads=4, n_layers=2, nb_features=args.shape[3],
+                device=args.device)
+            model = step_bench._make_model(options)
+            cached = step_bench.bench_cached(model, options)
+            full = step_bench.bench_full(model, options)
+            text = " | ".join(
+                f"{length}: {cached[length][0]:7.2f} ms (CPU "
+                f"{cached[length][1]:7.2f}), re-forward "
+                f"{full[length][0]:8.1f} ms (CPU {full[length][1]:8.1f})"
+                for length in options.lengths)
+            first, last = options.lengths[0], options.lengths[-1]
+            print(f"batch {batch_size:5d} {model_type:21s} {text} | "
+                  f"{last} / {first}: {cached[last][0] / cached[first][0]:.2f}"
+                  f" (CPU {cached[last][1] / cached[first][1]:.2f})")
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -71,8 +104,32 @@ def main():
                         help="torch CPU threads; one is fastest for these "
                              "small per-step operations on a shared "
                              "machine.")
+    parser.add_argument("--transformer", action="store_true",
+                        help="Time one Transformer tracking step at "
+                             "--lengths instead (see above); default: "
+                             "track with Learn2track.")
+    parser.add_argument("--transformer_batch_sizes", type=int, nargs="+",
+                        default=(100, 1000),
+                        help="Streamlines stepping together, with "
+                             "--transformer (default: 100 1000).")
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        default=(20, 100, 200),
+                        help="Streamline lengths (points) at which a step "
+                             "is timed, with --transformer (default: 20 "
+                             "100 200).")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="Steps timed from each length, with "
+                             "--transformer; the median is shown "
+                             "(default: 5).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.transformer:
+        print(f"device {args.device}, {torch.get_num_threads()} thread(s), "
+              f"untrained Transformers, d_model 64, 4 heads, 2 layers per "
+              f"stack, {args.shape[3]} features; ms per step (cached: "
+              f"median of --repeats), wall and CPU")
+        bench_transformer_steps(args)
+        return
     if len(args.nb_seeds) != len(args.batch_sizes):
         parser.error("--nb_seeds needs one count per batch size.")
 

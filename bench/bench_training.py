@@ -72,6 +72,20 @@ def make_data(folder, nb_streamlines):
     return hdf5_file
 
 
+def _interpolate_in_workers():
+    """Make the loader interpolate in the collate step (workers, CPU) on
+    every device, as it does on CPU; on CUDA it otherwise interpolates on
+    the GPU in the main process."""
+    from dwi_ml.training import experiment_builder
+    build_loader = experiment_builder.build_loader
+
+    def build_cpu_interpolating_loader(dataset, loader_params, model, device):
+        loader = build_loader(dataset, loader_params, model, device)
+        loader.interpolation_device = None
+        return loader
+    experiment_builder.build_loader = build_cpu_interpolating_loader
+
+
 def run_case(hdf5_file, nb_workers, args):
     """Train 2 epochs in this process; return the measures."""
     from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
@@ -89,9 +103,12 @@ def run_case(hdf5_file, nb_workers, args):
         "--noise_gaussian_size_forward", "0.1", "-v", "WARNING",
         *(["--split_ratio", "0.5", "--reverse_ratio", "0.5"] if args.augment
           else [])])
-    start = time.perf_counter()
+    if args.interpolation == "workers":
+        _interpolate_in_workers()
+    start, cpu_start = time.perf_counter(), time.process_time()
     train_from_args(train_args, callbacks=[timer])
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     gpu_peak = 0.0
     if args.device.startswith("cuda"):
         import torch
@@ -103,6 +120,8 @@ def run_case(hdf5_file, nb_workers, args):
             "epoch_train_s": timer.total / 2,
             "data_wait_share": timer.wait / timer.total,
             "wall_s": wall,
+            # Main process, all threads, 2 epochs with validation and setup.
+            "cpu_s": cpu,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -121,6 +140,13 @@ def main():
     parser.add_argument("--mixed_precision", choices=("bf16", "fp16"))
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="DataLoader workers of each case.")
+    parser.add_argument("--interpolation", choices=("default", "workers"),
+                        default="default",
+                        help="Where inputs are interpolated: 'default' is "
+                             "the trainer's choice (on the GPU in the main "
+                             "process on CUDA, in the collate step on CPU); "
+                             "'workers' always in the collate step, on the "
+                             "CPU (default: default).")
     parser.add_argument("--_case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.makedirs(args.folder, exist_ok=True)
@@ -132,10 +158,11 @@ def main():
           f"streamlines); model LSTM {args.rnn_layer_sizes}; batch "
           f"{args.batch_size} streamlines; noise 0.1 mm"
           + ("; split 0.5, reverse 0.5" if args.augment else "")
-          + f"; device {args.device} {args.mixed_precision or 'fp32'}")
+          + f"; device {args.device} {args.mixed_precision or 'fp32'}"
+          + f"; interpolation {args.interpolation}")
     print(f"{'workers':>7} {'streamlines/s':>14} {'points/s':>11} "
           f"{'epoch (s)':>10} {'data wait':>10} {'peak RSS MiB':>13} "
-          f"{'GPU peak MiB':>13}")
+          f"{'GPU peak MiB':>13} {'CPU s (2 epochs)':>16}")
     for nb_workers in args.workers:
         output = subprocess.run(
             [sys.executable, HERE, *sys.argv[1:], "--_case", str(nb_workers)],
@@ -146,7 +173,8 @@ def main():
               f"{result['epoch_train_s']:>10.1f} "
               f"{100 * result['data_wait_share']:>9.1f}% "
               f"{result['peak_rss_mib']:>13.0f} "
-              f"{result['gpu_peak_mib']:>13.0f}")
+              f"{result['gpu_peak_mib']:>13.0f} "
+              f"{result['cpu_s']:>16.1f}")
 
 
 if __name__ == "__main__":

@@ -87,8 +87,64 @@ def bench_cached(model, args):
         for length in args.lengths}
 
 
+def profile_steps(model, args):
+    """Print torch.profiler's table (self CPU time per operator) of
+    ``args.repeats`` cached steps from each of ``args.lengths``: which
+    operators grow with the length."""
+    from torch.profiler import ProfilerActivity, profile
+    points, inputs = _random_walks(args, max(args.lengths) + args.repeats)
+    cache = None
+    done = 0
+
+    def step(t, cache):
+        return model.forward_step(inputs[:, t], points[:, :t + 1].unbind(0),
+                                  cache)[1]
+
+    with torch.no_grad():
+        for length in args.lengths:
+            for t in range(done, length - 1):
+                cache = step(t, cache)
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                for t in range(length - 1, length - 1 + args.repeats):
+                    cache = step(t, cache)
+            done = length - 1 + args.repeats
+            print(f"{args.model_type}: {args.repeats} steps from length "
+                  f"{length}")
+            print(profiler.key_averages().table(
+                sort_by="self_cpu_time_total", row_limit=8))
+
+
+def bench_select(model, args, fraction=0.01):
+    """ms (CPU) to drop ``fraction`` of the streamlines from the cache
+    (``select_hidden_states``, what the tracker does after a step where
+    some stopped), at each length: the median of ``args.repeats`` selects,
+    one after each step from that length. The dropped streamlines are gone
+    for the following steps, as in tracking."""
+    nb_steps = max(args.lengths) + args.repeats
+    points, inputs = _random_walks(args, nb_steps)
+    times = {}
+    cache = None
+    with torch.no_grad():
+        for t in range(nb_steps):
+            partial = points[:, :t + 1].unbind(0)
+            _, cache = model.forward_step(inputs[:, t], partial, cache)
+            if not any(length <= t + 1 < length + args.repeats
+                       for length in args.lengths):
+                continue
+            keep = torch.ones(len(points), dtype=torch.bool)
+            keep[::max(1, round(1 / fraction))] = False
+            start = time.process_time()
+            cache = model.select_hidden_states(cache, keep)
+            times[t + 1] = 1000 * (time.process_time() - start)
+            points, inputs = points[keep], inputs[keep]
+    return {length: statistics.median(
+        times[t] for t in range(length, length + args.repeats))
+        for length in args.lengths}
+
+
 def bench_full(model, args):
-    """ms of one forward over the partial streamlines, at each length."""
+    """ms of one forward over the partial streamlines, at each length:
+    (wall, CPU)."""
     results = {}
     with torch.no_grad():
         for length in args.lengths:
@@ -97,10 +153,11 @@ def bench_full(model, args):
                 inputs.unbind(0))
             model(point_inputs[:2], streamlines[:2])  # warm-up
             _synchronize(args.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             model(point_inputs, streamlines)
             _synchronize(args.device)
-            results[length] = 1000 * (time.perf_counter() - start)
+            results[length] = (1000 * (time.perf_counter() - start),
+                               1000 * (time.process_time() - cpu_start))
     return results
 
 
@@ -121,6 +178,14 @@ def main():
     parser.add_argument("--nb_features", type=int, default=45)
     parser.add_argument("--no_full", action="store_true",
                         help="Skip the re-forward part.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Only print the profiler's table of the "
+                             "cached steps at each length (default: time "
+                             "them).")
+    parser.add_argument("--select", action="store_true",
+                        help="Also time dropping 1%% of the streamlines "
+                             "from the cache after a step (default: not "
+                             "timed).")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads. Small kernels on a "
                              "shared 2-core machine run 10-60x slower with "
@@ -136,15 +201,23 @@ def main():
     for model_type in args.model_type:
         args.model_type = model_type
         model = _make_model(args)
+        if args.profile:
+            profile_steps(model, args)
+            continue
         cached = bench_cached(model, args)
         rss_cached = _peak_rss_mib()
         full = {} if args.no_full else bench_full(model, args)
+        selects = bench_select(model, args) if args.select else {}
         print(f"{model_type} (peak RSS {rss_cached:.0f} MiB after the "
               f"cached steps, {_peak_rss_mib():.0f} MiB after re-forwards)")
         for length in args.lengths:
             wall, cpu = cached[length]
-            full_text = (f", re-forward {full[length]:9.1f} ms "
-                         f"({full[length] / wall:6.1f}x)" if full else "")
+            full_text = (f", re-forward {full[length][0]:9.1f} ms (CPU "
+                         f"{full[length][1]:9.1f} ms, "
+                         f"{full[length][1] / cpu:6.1f}x the cached step)"
+                         if full else "")
+            if selects:
+                full_text += f", select 99% {selects[length]:6.2f} ms CPU"
             print(f"  length {length:4d}: cached step {wall:7.2f} ms (CPU "
                   f"{cpu:7.2f} ms){full_text}")
         shortest, longest = cached[args.lengths[0]], cached[args.lengths[-1]]

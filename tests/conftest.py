@@ -19,7 +19,18 @@ kernels.
 """
 import os
 
+import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op torch thread for a module: tiny model steps run 10-60x
+    slower with two threads when other processes share the two cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

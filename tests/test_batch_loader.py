@@ -21,7 +21,12 @@ from dwi_ml.batching.dataloaders import BatchRequest, make_dataloader
 from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.packed import make_array_sequence
-from dwi_ml.data.processing.augmentation import count_from_ratio
+from dwi_ml.data.processing.augmentation import (
+    add_noise_mm,
+    count_from_ratio,
+    reverse_streamlines,
+    split_streamlines,
+)
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
 from dwi_ml.data.processing.neighborhood import get_neighborhood_offsets
@@ -218,6 +223,53 @@ def test_reversed_streamlines_are_exactly_reversed_originals(
             nb_reversed[subj] += 1
     assert nb_reversed == [count_from_ratio(0.5, 30)] * 2
     assert torch.equal(batch.input_points, batch.target_points)
+
+
+@pytest.mark.parametrize("dataset_name", ["reference_eager", "reference_lazy"])
+@pytest.mark.parametrize("augmentations", [
+    AUGMENTED,
+    dict(split_ratio=0.5, noise_gaussian_size_forward=0.3,
+         noise_gaussian_size_loss=0.2),
+    dict(reverse_ratio=0.5, noise_gaussian_size_loss=0.2),
+])
+def test_batches_equal_the_augmentation_functions_applied_in_order(
+        request, dataset_name, augmentations):
+    # The loader augments row indices and gathers once; its batches must be
+    # bit for bit those of the public functions, one after the other, on
+    # get_streamlines (split, reverse, forward noise, loss noise), drawn
+    # from the batch's generator. The reference file stores streamlines
+    # with gaps and shuffled, so rows and offsets differ from the output's.
+    dataset = request.getfixturevalue(dataset_name)
+    loader = _loader(dataset, **augmentations)
+    batch_request = BatchRequest("training", 2, 5, _all_ids(dataset,
+                                                            "training"))
+    batch = loader.load_batch(batch_request)
+    rng = loader.make_generator(batch_request)
+    targets, inputs = [], []
+    for subj, ids in batch_request.subject_ids:
+        sft_data = dataset.training_set.get_subject(subj).sft_data_list[0]
+        affine = np.asarray(sft_data.space_attributes[0])
+        streamlines = sft_data.get_streamlines(ids)
+        if loader.split_ratio:
+            streamlines, _ = split_streamlines(streamlines,
+                                               loader.split_ratio, rng)
+        if loader.reverse_ratio:
+            streamlines, _ = reverse_streamlines(streamlines,
+                                                 loader.reverse_ratio, rng)
+        inputs += list(add_noise_mm(streamlines, loader.noise_forward,
+                                    affine, rng))
+        targets += list(add_noise_mm(streamlines, loader.noise_loss, affine,
+                                     rng))
+    np.testing.assert_array_equal(batch.lengths.numpy(),
+                                  [len(s) for s in targets])
+    assert batch.target_points.dtype == torch.float32
+    np.testing.assert_array_equal(batch.target_points.numpy(),
+                                  np.concatenate(targets))
+    np.testing.assert_array_equal(batch.input_points.numpy(),
+                                  np.concatenate(inputs))
+    assert (batch.input_points is batch.target_points) == (
+        not augmentations.get("noise_gaussian_size_forward")
+        and not augmentations.get("noise_gaussian_size_loss"))
 
 
 def test_noise_is_bounded_by_two_sigma_mm_on_anisotropic_voxels(synthetic):

@@ -284,17 +284,20 @@ def test_select_hidden_states_reorders_rows():
                                       [s[:1] for s in streamlines])
         _, cache = model.forward_step(torch.stack([x[1] for x in inputs]),
                                       [s[:2] for s in streamlines], cache)
+    # Snapshots: select compacts the buffers in place.
+    before = [[(b.keys[:, :, :2].clone(), b.values[:, :, :2].clone())
+               for b in buffers]
+              for buffers in (cache.encoder, cache.decoder, cache.cross)]
     selected = model.select_hidden_states(cache, torch.tensor([3, 0]))
     assert selected.nb_steps == 2
-    for buffers, new_buffers in ((cache.encoder, selected.encoder),
-                                 (cache.decoder, selected.decoder),
-                                 (cache.cross, selected.cross)):
+    assert selected.nb_streamlines == 2
+    for old_buffers, new_buffers in zip(before, (
+            selected.encoder, selected.decoder, selected.cross)):
         assert len(new_buffers) == 2
-        for old, new in zip(buffers, new_buffers):
+        for (keys, values), new in zip(old_buffers, new_buffers):
             assert new.length == 2
-            assert torch.equal(new.keys[:, :, :2], old.keys[[3, 0], :, :2])
-            assert torch.equal(new.values[:, :, :2],
-                               old.values[[3, 0], :, :2])
+            assert torch.equal(new.keys[:, :, :2], keys[[3, 0]])
+            assert torch.equal(new.values[:, :, :2], values[[3, 0]])
 
 
 # ----------------------------------------------------------------------
@@ -401,3 +404,75 @@ def test_sequences_longer_than_max_len_are_refused():
             _, cache = model.forward_step(
                 inputs[0][t:t + 1].float(),
                 [streamlines[0][:t + 1].float()], cache)
+
+
+def test_tracker_refuses_max_length_beyond_max_len_before_tracking():
+    """A streamline of n points takes n - 1 steps: max_len steps fit,
+    one more is refused when the tracker is built, not mid-tracking."""
+    from dwi_ml.tracking.propagation import BatchedTracker
+    from dwi_ml.tracking.stopping import TrackingMask
+    model = make_model(TransformerSrcOnlyModel, max_len=6)
+    shape = (40, 40, 40)
+    volume = np.random.default_rng(0).normal(
+        size=shape + (NB_FEATURES,)).astype(np.float32)
+
+    def tracker(max_length_mm):
+        return BatchedTracker(model, volume, np.eye(4),
+                              TrackingMask(shape, None), 1.0,
+                              max_angle_deg=180, max_length_mm=max_length_mm,
+                              track_forward_only=True)
+
+    seeds = np.full((5, 3), 20.0, dtype=np.float32)
+    result = tracker(6.0).track(seeds)
+    assert result.streamlines._lengths.max() == 7
+    with pytest.raises(DwiMLUserError,
+                       match=r"max_length.*max_len=6 steps.*6 mm.*7 steps"):
+        tracker(7.0)
+
+
+# ----------------------------------------------------------------------
+# Attention weights, for viewing
+@pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
+def test_recorded_attention_weights_are_those_the_model_uses(cls, config):
+    from dwi_ml.models.transformer_attention import (
+        attention_maps,
+        recording_attention,
+    )
+    model = eval_double(cls, config)
+    inputs, streamlines = make_batch(model)
+    with torch.no_grad():
+        plain = model(inputs, streamlines)
+        with recording_attention(model) as records:
+            recorded = model(inputs, streamlines)
+    # Recording changes nothing in the outputs.
+    assert torch.equal(plain, recorded)
+    counts = [n - 1 + model.add_eos for n in LENGTHS]
+    nb_attentions = 0
+    for stack, layers in records.items():
+        for layer in layers:
+            assert set(layer) == ({"self", "cross"} if stack == "decoder"
+                                  else {"self"})
+            for weights, values, output in layer.values():
+                nb_attentions += 1
+                n, heads, t, _ = weights.shape
+                assert (n, heads, t) == (len(LENGTHS), model.nheads,
+                                         max(counts))
+                torch.testing.assert_close(weights.sum(-1),
+                                           weights.new_ones(n, heads, t),
+                                           **TIGHT)
+                future = torch.ones(t, t, dtype=torch.bool).triu(1)
+                assert torch.all(weights[..., future] == 0)
+                for row, count in enumerate(counts):
+                    # Real queries give padding nothing.
+                    assert torch.all(weights[row, :, :count, count:] == 0)
+                # The kernel's output is these weights applied to values.
+                torch.testing.assert_close(weights @ values, output, **TIGHT)
+    assert nb_attentions == model.n_layers_e + (
+        2 * model.n_layers_d if cls is OriginalTransformerModel else 0)
+    maps, map_counts = attention_maps(model, inputs, streamlines)
+    assert list(map_counts) == counts
+    assert maps["encoder"].shape == (model.n_layers_e, len(LENGTHS),
+                                     model.nheads, max(counts), max(counts))
+    # After the block, layers no longer record.
+    assert all(layer.attention_records is None
+               for layer in model.encoder.layers)

@@ -50,13 +50,8 @@ def small_model(cls, nb_features, **kwargs):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Small kernels run 10-60x slower with two intra-op threads on the
-    # shared two cores than with one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_thread(single_torch_thread):
+    return
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +61,28 @@ def dataset(tmp_path_factory):
                                                      nb_streamlines=60))
     dataset.load_data(load_testing=False)
     return dataset
+
+
+def train(model, sampler, loader, nb_epochs, lr, cosine_schedule=False):
+    """Adam on the training batches for ``nb_epochs``."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = None
+    if cosine_schedule:
+        nb_batches = len(list(make_dataloader(sampler, loader, "training")))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, nb_epochs * nb_batches)
+    for epoch in range(nb_epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        for batch in make_dataloader(sampler, loader, "training"):
+            optimizer.zero_grad()
+            loss, _ = model.compute_loss(
+                model(batch.inputs_list(), batch.input_streamlines()),
+                batch.target_streamlines())
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
 
 
 def mean_validation_losses(model, sampler, loader):
@@ -98,17 +115,7 @@ def test_training_on_loader_batches_lowers_the_validation_loss(cls, dataset):
                                     "input_group": "input", "seed": 3},
                           model, "cpu")
     untrained, rule = mean_validation_losses(model, sampler, loader)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for epoch in range(8):
-        sampler.set_epoch(epoch)
-        model.train()
-        for batch in make_dataloader(sampler, loader, "training"):
-            optimizer.zero_grad()
-            loss, _ = model.compute_loss(
-                model(batch.inputs_list(), batch.input_streamlines()),
-                batch.target_streamlines())
-            loss.backward()
-            optimizer.step()
+    train(model, sampler, loader, 8, lr=0.01)
     trained, _ = mean_validation_losses(model, sampler, loader)
     report = (f"{cls.__name__}: validation loss untrained {untrained:.3f}, "
               f"trained {trained:.3f}, repeat-the-previous-direction "
@@ -141,22 +148,7 @@ def test_original_transformer_beats_repeating_the_previous_direction(
         split_ratio=0.5, reverse_ratio=0.5, noise_gaussian_size_forward=0.1,
         seed=1)
     untrained, rule = mean_validation_losses(model, sampler, loader)
-    nb_epochs = 10
-    nb_batches = len(list(make_dataloader(sampler, loader, "training")))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, nb_epochs * nb_batches)
-    for epoch in range(nb_epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        for batch in make_dataloader(sampler, loader, "training"):
-            optimizer.zero_grad()
-            loss, _ = model.compute_loss(
-                model(batch.inputs_list(), batch.input_streamlines()),
-                batch.target_streamlines())
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+    train(model, sampler, loader, 10, lr=0.003, cosine_schedule=True)
     trained, _ = mean_validation_losses(model, sampler, loader)
     report = (f"validation loss (1 - cos): trained {trained:.4f}, 'repeat "
               f"the previous direction' {rule:.4f}, untrained "

@@ -77,3 +77,13 @@ def test_warns_when_the_model_never_saw_reversed_streamlines(experiments,
         warn_if_not_trained_backward(str(exps / "stepped"),
                                      forward_only=False)
     assert not caplog.records
+
+
+def test_no_warning_when_the_parameters_do_not_record_the_loader(tmp_path,
+                                                                 caplog):
+    # A model trained from Python (trainer.save_parameters) has no loader
+    # section: whether it saw reversed streamlines is unknown.
+    (tmp_path / "parameters.json").write_text('{"trainer": {}}')
+    with caplog.at_level(logging.WARNING):
+        warn_if_not_trained_backward(str(tmp_path), forward_only=False)
+    assert not caplog.records

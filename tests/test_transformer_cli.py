@@ -3,6 +3,7 @@ import json
 
 import pytest
 from dipy.io.streamline import load_tractogram
+from error_checks import assert_user_error
 from test_preemption import assert_same_run
 from training_data import make_training_hdf5
 
@@ -34,7 +35,7 @@ def _args(experiments, name, hdf5_file, model_type, max_epochs):
 
 @pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
 def test_train_resume_track_each_transformer(tmp_path, hdf5_file,
-                                             model_type):
+                                             model_type, capsys):
     train_main(_args(tmp_path, "straight", hdf5_file, model_type, 3))
     train_main(_args(tmp_path, "resumed", hdf5_file, model_type, 2))
     resume_cli.main([str(tmp_path), "resumed", "--new_max_epochs", "3",
@@ -57,3 +58,11 @@ def test_train_resume_track_each_transformer(tmp_path, hdf5_file,
     tracked = load_tractogram(str(out), "same", bbox_valid_check=True)
     assert 25 <= len(tracked.streamlines) <= 50
     assert tracked.streamlines._lengths.max() > 2
+
+    # max_len 1000 steps of 1.5 mm: 1500 mm; longer is refused up front.
+    assert_user_error(
+        track_cli.main, [tmp_path / "straight", hdf5_file, "subj-02",
+                         "input", tmp_path / "long.trk",
+                         "--tracking_mask_group", "wm_mask", "--nt", "5",
+                         "--max_length", "1600"],
+        capsys, tmp_path, "max_length", "max_len=1000", "1500 mm")

@@ -196,9 +196,9 @@ def test_bad_inputs_are_one_line_errors(eos_experiment, hdf5_file, tmp_path,
         ([eos_experiment, hdf5_file, "subj-01", out, "--input_group",
           "typo"], "typo"),
         ([eos_experiment, hdf5_file, "subj-01", out, "--batch_size", "0"],
-         "--batch_size: expected a positive number"),
+         "--batch_size': expected an integer >= 1"),
         ([eos_experiment, hdf5_file, "subj-01", out, "--nb_bins", "0"],
-         "--nb_bins: expected a positive number"),
+         "--nb_bins': expected an integer >= 1"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:

@@ -36,11 +36,15 @@ import numpy as np
 import torch
 
 from dwi_ml.batching.loaded_batch import LoadedBatch
-from dwi_ml.data.packed import offsets_from_lengths
+from dwi_ml.data.packed import (
+    offsets_from_lengths,
+    packed_arrays,
+    ranges_to_indices,
+)
 from dwi_ml.data.processing.augmentation import (
-    add_noise_mm,
-    reverse_streamlines,
-    split_streamlines,
+    draw_noise_vox,
+    reverse_rows,
+    split_ranges,
 )
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.interpolation import (
@@ -175,28 +179,81 @@ class BatchLoaderOneInput:
         rng = self.make_generator(request)
         is_training = request.split == Split.TRAINING
         subset = self._subset(request.split)
-        targets, input_points, subject_indices = [], [], []
+        parts = []
         for subj_idx, ids in request.subject_ids:
             sft_data = subset.get_subject(subj_idx).sft_data_list[
                 self.streamline_group_idx]
-            affine = np.asarray(sft_data.space_attributes[0], dtype=np.float64)
-            streamlines = self.resample(sft_data.get_streamlines(ids), affine)
-            inputs_at = streamlines
-            if is_training:
-                streamlines = self.augment(streamlines, rng)
-                inputs_at = add_noise_mm(streamlines, self.noise_forward,
-                                         affine, rng)
-                streamlines = add_noise_mm(streamlines, self.noise_loss,
-                                           affine, rng)
-            targets.append(streamlines)
-            input_points.append(inputs_at)
-            subject_indices.append(np.full(len(streamlines), subj_idx))
-        batch = LoadedBatch.from_array_sequences(
-            targets, input_points, np.concatenate(subject_indices),
-            request.split)
+            parts.append(self._load_subject(sft_data, ids, is_training, rng)
+                         + (subj_idx,))
+        batch = LoadedBatch.from_packed_parts(parts, request.split)
         if self.interpolation_device is None:
             batch.inputs = self.compute_inputs(batch, "cpu")
         return batch
+
+    def _load_subject(self, sft_data, ids, is_training, rng):
+        """One subject's streamlines ``ids``, in the model's format, augmented.
+
+        The augmentations choose row indices; the points are gathered once
+        and the noise added to them, with the draws and the values of
+        ``split_streamlines``, ``reverse_streamlines`` then ``add_noise_mm``
+        (forward, then loss) applied to ``get_streamlines(ids)``.
+
+        Returns
+        -------
+        targets, input_points : np.ndarray (P, 3), float32
+            Compact; the same array when no noise tells them apart.
+        lengths : np.ndarray (N,), int64
+        """
+        affine = np.asarray(sft_data.space_attributes[0], dtype=np.float64)
+        # "Layout": the packed array the augmentations would see, that of
+        # get_streamlines (compact), or of the resampled streamlines.
+        if self._resamples:
+            data, layout_offsets, lengths = packed_arrays(self.resample(
+                sft_data.get_streamlines(ids), affine))
+            layout_to_data, layout_size = None, len(data)
+        else:
+            data, offsets, lengths = sft_data.read_points(ids)
+            layout_to_data = ranges_to_indices(offsets, lengths)
+            layout_offsets = offsets_from_lengths(lengths)
+            layout_size = len(layout_to_data)
+        split = is_training and self.split_ratio > 0
+        if split:
+            layout_offsets, lengths, _ = split_ranges(
+                layout_offsets, lengths, self.split_ratio, rng)
+        # Output row -> layout row (None: the same row); noise is drawn over
+        # the layout's rows, or over the output's once reversing copied them.
+        if is_training and self.reverse_ratio > 0:
+            rows, _ = reverse_rows(layout_offsets, lengths,
+                                   self.reverse_ratio, rng)
+            noise_rows, layout_size = None, len(rows)
+        elif split or layout_to_data is None:
+            rows = noise_rows = ranges_to_indices(layout_offsets, lengths)
+        else:
+            rows = noise_rows = None
+        if layout_to_data is not None:
+            rows = layout_to_data if rows is None else layout_to_data[rows]
+        # The one copy of the points (rows is never None here).
+        points = np.take(data, rows, axis=0).astype(np.float32, copy=False)
+        if not is_training:
+            return points, points, lengths
+
+        def add_noise(sigma_mm):
+            if sigma_mm == 0:
+                return points
+            noise = draw_noise_vox(layout_size, sigma_mm, affine, rng)
+            if noise_rows is not None:
+                noise = np.take(noise, noise_rows, axis=0)
+            # Summed in float64, rounded once to float32, as add_noise_mm.
+            return np.add(points, noise, out=np.empty_like(points),
+                          casting="same_kind")
+        input_points = add_noise(self.noise_forward)
+        return add_noise(self.noise_loss), input_points, lengths
+
+    @property
+    def _resamples(self):
+        streamline_format = self.input_spec.streamline_format
+        return (streamline_format.is_set
+                and streamline_format != self.dataset.streamline_format)
 
     def resample(self, streamlines, affine):
         """Bring streamlines to the model's format if it differs from the HDF5's.
@@ -205,21 +262,9 @@ class BatchLoaderOneInput:
         to RAS mm (steps and tolerances are in mm). Streamlines stored in
         the model's format are returned as they are, point for point.
         """
-        streamline_format = self.input_spec.streamline_format
-        if (not streamline_format.is_set
-                or streamline_format == self.dataset.streamline_format):
+        if not self._resamples:
             return streamlines
-        return streamline_format.apply(streamlines, affine)
-
-    def augment(self, streamlines, rng):
-        """Split, then reverse (training only); noise is added after."""
-        if self.split_ratio > 0:
-            streamlines, _ = split_streamlines(streamlines, self.split_ratio,
-                                               rng)
-        if self.reverse_ratio > 0:
-            streamlines, _ = reverse_streamlines(streamlines,
-                                                 self.reverse_ratio, rng)
-        return streamlines
+        return self.input_spec.streamline_format.apply(streamlines, affine)
 
     def prepare_batch(self, batch, device):
         """The batch on ``device``, with its inputs: call it on every batch.

@@ -5,8 +5,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dwi_ml.data.packed import compact, packed_arrays
-
 
 @dataclass
 class LoadedBatch:
@@ -40,33 +38,30 @@ class LoadedBatch:
     inputs: Optional[torch.Tensor] = None
 
     @classmethod
-    def from_array_sequences(cls, targets, input_points, subject_indices,
-                             split):
-        """Pack per-subject ArraySequences into one batch.
+    def from_packed_parts(cls, parts, split):
+        """Concatenate per-subject packed parts into one batch.
 
         Parameters
         ----------
-        targets, input_points : list of nibabel ArraySequence
-            Per subject, the target streamlines and the same streamlines
-            with the forward noise (same lengths; the same object when there
-            is no noise). Voxel space, corner origin.
-        subject_indices : np.ndarray, shape (N,)
-            Subject of each streamline, in the split's subset.
+        parts : list of (targets, input_points, lengths, subject_index)
+            Compact float32 (P_s, 3) arrays (the same object when there is
+            no forward noise), (N_s,) lengths and the subject's index.
         split : Split
         """
-        target_parts = [compact(target)[0] for target in targets]
-        same = all(a is b for a, b in zip(targets, input_points))
-        target_data = torch.from_numpy(_concat(target_parts))
-        input_data = target_data if same else torch.from_numpy(_concat(
-            [compact(inputs_at)[0] for inputs_at in input_points]))
-        lengths = [packed_arrays(target)[2] for target in targets]
+        same = all(targets is inputs for targets, inputs, _, _ in parts)
+        target_data = torch.from_numpy(_concat([part[0] for part in parts]))
+        input_data = target_data if same else torch.from_numpy(
+            _concat([part[1] for part in parts]))
+        lengths = [part[2] for part in parts]
         return cls(
             target_points=target_data, input_points=input_data,
             lengths=torch.from_numpy(
                 np.concatenate(lengths).astype(np.int64, copy=False)
                 if lengths else np.zeros(0, dtype=np.int64)),
-            subject_indices=torch.from_numpy(
-                np.asarray(subject_indices, dtype=np.int64)),
+            subject_indices=torch.from_numpy(np.concatenate(
+                [np.full(len(part[2]), part[3], dtype=np.int64)
+                 for part in parts]) if parts
+                else np.zeros(0, dtype=np.int64)),
             split=split)
 
     @property

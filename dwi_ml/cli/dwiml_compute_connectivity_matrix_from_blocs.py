@@ -4,19 +4,17 @@ import os
 
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
     check_inputs_exist,
-    check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.tracking.connectivity import (
     connectivity_from_blocs,
     parse_nb_blocs,
 )
 from dwi_ml.tracking.scoring_io import (
-    check_npy_extension,
+    add_matrix_output_args,
+    check_matrix_output,
     load_grid,
     load_tractogram_vox_corner,
     save_npy,
@@ -44,23 +42,16 @@ def _build_parser():
                         help="NIfTI giving the voxel grid (shape, affine).")
     parser.add_argument("nb_blocs", type=int, nargs="+", metavar="NB_BLOCS",
                         help="Blocs per axis: 1 value, or 3.")
-    parser.add_argument("out_matrix", help="Output .npy matrix.")
-    parser.add_argument("--binary", action="store_true",
-                        help="Save whether each pair is connected (bool) "
-                             "instead of streamline counts.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_matrix_output_args(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     nb_blocs = parse_nb_blocs(args.nb_blocs)
     check_inputs_exist(args.in_tractogram, args.in_volume)
-    check_npy_extension(args.out_matrix)
-    check_output_free(args.out_matrix, args.overwrite)
+    check_matrix_output(args)
 
     shape, _ = load_grid(args.in_volume)
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_volume)

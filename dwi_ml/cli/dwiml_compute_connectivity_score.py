@@ -4,17 +4,17 @@ import os
 
 import numpy as np
 
+from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.tracking.connectivity import score_connectivity
-from dwi_ml.tracking.scoring_io import format_scores, write_json
+from dwi_ml.tracking.scoring_io import format_scores
 
 DESCRIPTION = """\
 Compare a predicted connectivity matrix (e.g. of a tracked tractogram) with
@@ -40,8 +40,7 @@ def _build_parser():
     parser.add_argument("true_matrix", help="Reference matrix (.npy).")
     parser.add_argument("--out_json", metavar="FILE",
                         help="Save the scores in this JSON file.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
@@ -61,8 +60,7 @@ def _load_matrix(path):
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(args.predicted_matrix, args.true_matrix)
     if args.out_json is not None:
         check_output_free(args.out_json, args.overwrite)
@@ -71,5 +69,5 @@ def main(argv=None):
                                 _load_matrix(args.true_matrix))
     print(format_scores(scores))
     if args.out_json is not None:
-        write_json(args.out_json, scores)
+        write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))

@@ -14,11 +14,10 @@ from dwi_ml.data.hdf5.layout import (
 from dwi_ml.data.hdf5.subjects import read_subjects_file
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 
 DEFAULT_COMPRESS_MM = 0.1
@@ -72,8 +71,7 @@ def _build_parser():
         help="Drop streamlines with points outside the volume (their count "
              "is logged per subject and group) instead of failing.")
 
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
@@ -115,8 +113,7 @@ def format_summary(path, summary, seconds):
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(args.dwi_ml_ready_folder, args.config_json,
                        args.training_subjs, args.validation_subjs,
                        args.testing_subjs)

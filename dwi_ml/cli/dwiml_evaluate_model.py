@@ -9,21 +9,19 @@ segments, measured in mm). A model trained on GPU evaluates on CPU.
 """
 import os
 
-from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
-    best_model_dir,
-    checkpoint_model_dir,
+    experiment_model_dir,
     read_parameters,
 )
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
-    check_inputs_exist,
+    add_model_run_args,
+    add_output_args,
+    check_model_run_args,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.training.evaluation import evaluate_model_folder
 from dwi_ml.training.experiment_builder import check_hdf5_groups
@@ -38,36 +36,25 @@ def _build_parser():
                        choices=("training", "validation", "testing"),
                        help="Split of the HDF5 file whose subjects are "
                             "evaluated.")
-    group.add_argument("--use_latest_epoch", action="store_true",
-                       help="Evaluate the checkpoint's model, not best_model/.")
-    group.add_argument("--batch_size", type=int, default=200,
-                       help="Streamlines per forward pass.")
-    group.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
+    add_model_run_args(group)
     group.add_argument("--out", help="JSON output (default: EXPERIMENT/"
                        "evaluation_SUBSET_best|latest.json).")
-    add_verbose_arg(parser)
-    add_overwrite_arg(parser)
+    add_output_args(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_evaluate_model.py."""
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
-    check_inputs_exist(args.experiment_path, what="experiment")
-    check_inputs_exist(args.hdf5_file, what="HDF5 file")
-    check_device(args.device, "--device")
-    if args.batch_size < 1:
-        raise DwiMLUserError(
-            f"--batch_size: expected a positive number, got {args.batch_size}.")
+    args = parse_script_args(_build_parser(), argv)
+    check_model_run_args(args)
     params = read_parameters(args.experiment_path, ("loader",))
     input_group = params["loader"]["input_group"]
     streamline_group = params["loader"]["streamline_group"]
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     which = "latest" if args.use_latest_epoch else "best"
-    model_dir = (checkpoint_model_dir(args.experiment_path)
-                 if args.use_latest_epoch else best_model_dir(args.experiment_path))
+    model_dir = experiment_model_dir(args.experiment_path,
+                                     args.use_latest_epoch)
     out = args.out or os.path.join(args.experiment_path,
                                    f"evaluation_{args.subset}_{which}.json")
     check_output_free(out, args.overwrite)

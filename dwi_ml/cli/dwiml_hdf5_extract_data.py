@@ -9,12 +9,11 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.io_utils.tractogram_files import TRACTOGRAM_EXTENSIONS
 from dwi_ml.tracking.tracking_io import save_tractogram_atomic
@@ -48,8 +47,7 @@ def _build_parser():
     parser.add_argument("out_file", metavar="OUT",
                         help="Output .nii/.nii.gz (volume group) or "
                              ".trk/.tck/.trx (streamline group).")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
@@ -135,8 +133,7 @@ def save_streamline_group(sft_data, out_path):
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_hdf5_extract_data.py."""
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     _check_extension(args.out_file, NIFTI_EXTENSIONS + TRACTOGRAM_EXTENSIONS,
                      "group")

@@ -4,7 +4,7 @@ from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 
 DESCRIPTION = """\
@@ -26,6 +26,5 @@ def _build_parser():
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     print("\n".join(describe_hdf5(args.hdf5_file)))

@@ -2,10 +2,9 @@
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 
 DESCRIPTION = """\
@@ -52,15 +51,13 @@ def _build_parser():
     parser.add_argument("--seed", type=int, default=0,
                         help="Random seed; the same seed gives the same "
                              "files.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     make_synthetic_dataset(
         args.out_folder, nb_subjects=args.nb_subjects,
         nb_streamlines=args.nb_streamlines, shape=args.shape,

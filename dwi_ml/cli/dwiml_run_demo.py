@@ -25,10 +25,9 @@ from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import best_model_dir
 from dwi_ml.io_utils.output_folders import check_output_folder, reset_output_folder
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.training.evaluation import evaluate_model_folder
 
@@ -46,8 +45,7 @@ def _build_parser():
     parser.add_argument("--seed", type=int, default=0,
                         help="Seed of the synthetic data, the training and "
                              "the tracking.")
-    add_verbose_arg(parser)
-    add_overwrite_arg(parser)
+    add_output_args(parser)
     return parser
 
 
@@ -74,8 +72,7 @@ def summarize_dataset(hdf5_file):
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_run_demo.py."""
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     # The synthetic subjects have 3 bundles of at least one streamline.
     check_int_options(args, {"nb_streamlines": 3, "epochs": 1, "seed": 0})
     first_epochs, total_epochs = args.epochs

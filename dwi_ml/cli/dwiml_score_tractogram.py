@@ -4,14 +4,14 @@ import os
 
 import numpy as np
 
+from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.tracking.bundle_scoring import check_bundle_labels
 from dwi_ml.tracking.scoring import (
@@ -28,7 +28,6 @@ from dwi_ml.tracking.scoring_io import (
     format_scores,
     load_grid,
     load_tractogram_vox_corner,
-    write_json,
 )
 
 DESCRIPTION = """\
@@ -92,15 +91,13 @@ def _build_parser():
     rules.add_argument("--max_angle", type=float, metavar="DEG",
                        default=DEFAULT_MAX_ANGLE_DEG,
                        help="Largest angle of an aligned point, degrees.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     check_scoring_numbers(DEFAULT_DISTANCES_VOX, args.max_angle,
                           DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
                           args.min_share_in_volume, DEFAULT_MAX_STEP_VOX)
@@ -142,5 +139,5 @@ def main(argv=None):
         min_share_in_volume=args.min_share_in_volume)
     print(format_scores(scores))
     if args.out_json is not None:
-        write_json(args.out_json, scores)
+        write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))

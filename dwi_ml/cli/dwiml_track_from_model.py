@@ -11,22 +11,25 @@ from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
+    parse_script_args,
     progress_bars_disabled,
-    set_verbosity,
 )
 from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
 from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.seeding import make_seeds
 from dwi_ml.tracking.stopping import (
+    DEFAULT_MAX_ANGLE_DEG,
+    DEFAULT_MAX_LENGTH_MM,
+    DEFAULT_MIN_LENGTH_MM,
     MASK_INTERPOLATIONS,
     StopReason,
     TrackingMask,
+    default_eos_threshold,
     keep_by_length,
 )
 from dwi_ml.tracking.tracking_io import (
@@ -60,7 +63,9 @@ Learn2track). Streamlines of --min_length to --max_length mm are saved in
 the subject's space (the input group's affine and shape), compressed with
 --compress_th, with their seeds as data_per_streamline 'seeds', in RAS mm
 like the streamlines as nibabel and dipy load them (a .tck file cannot hold
-them). Every input is checked before any tracking."""
+them). A Transformer model takes at most its max_len steps per streamline:
+a --max_length above max_len x the step size is refused. Every input is
+checked before any tracking."""
 
 
 def _build_parser():
@@ -94,12 +99,15 @@ def _build_parser():
     tracking.add_argument("--step_size", type=float, metavar="MM",
                           help="Step in mm. Default: the model's, else the "
                                "step size of the HDF5 it was trained on.")
-    tracking.add_argument("--theta", type=float, default=45.0, metavar="DEG",
+    tracking.add_argument("--theta", type=float,
+                          default=DEFAULT_MAX_ANGLE_DEG, metavar="DEG",
                           help="Largest angle between two steps, degrees.")
-    tracking.add_argument("--min_length", type=float, default=10.0,
+    tracking.add_argument("--min_length", type=float,
+                          default=DEFAULT_MIN_LENGTH_MM,
                           metavar="MM", help="Shorter streamlines are "
                                              "discarded (mm).")
-    tracking.add_argument("--max_length", type=float, default=300.0,
+    tracking.add_argument("--max_length", type=float,
+                          default=DEFAULT_MAX_LENGTH_MM,
                           metavar="MM", help="Streamlines stop growing at "
                                              "this length (mm).")
     tracking.add_argument("--eos_stop", type=_eos_stop, metavar="P|max",
@@ -146,8 +154,7 @@ def _build_parser():
                              "point stays within MM mm of the compressed "
                              "streamline (dipy's compress_streamlines). "
                              "Default: not compressed.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
@@ -217,8 +224,7 @@ def _mask_volume(volumes, group):
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     _check_numbers(args)
     check_tractogram_extension(args.out_tractogram)
     check_inputs_exist(args.experiment_path, what="experiment")
@@ -241,9 +247,7 @@ def main(argv=None):
     step_size = _check_model(model, args, input_volume)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
-    eos_threshold = args.eos_stop
-    if eos_threshold is None and getattr(model, "add_eos", False):
-        eos_threshold = 0.5
+    eos_threshold = default_eos_threshold(model, args.eos_stop)
 
     npv = None if args.nt is not None else (args.npv or 1)
     seeds = make_seeds(seeding_mask, np.random.default_rng(args.seed),

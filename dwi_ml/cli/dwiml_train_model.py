@@ -23,14 +23,17 @@ from dwi_ml.io_utils.arg_checks import (
 )
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.experiment_layout import has_checkpoint
-from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_new_experiment
-from dwi_ml.io_utils.output_folders import check_experiment_name, check_output_folder
+from dwi_ml.io_utils.experiment_lock import (
+    run_locked,
+    start_new_experiment,
+)
+from dwi_ml.io_utils.output_folders import check_output_folder
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
     check_inputs_exist,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.models.model_io import MODEL_REGISTRY
 from dwi_ml.models.model_types import (
@@ -47,6 +50,11 @@ from dwi_ml.training.preemption import (
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
+from dwi_ml.training.tracking_validation_args import (
+    add_tracking_validation_args,
+    check_tracking_validation_data,
+    tracking_validation_params_from_args,
+)
 from dwi_ml.training.trainer_args import add_trainer_args
 
 
@@ -70,6 +78,7 @@ def build_parser():
     add_loader_args(parser)
     add_model_args(parser)
     add_trainer_args(parser)
+    add_tracking_validation_args(parser)
 
     run = parser.add_argument_group("Run")
     run.add_argument("--seed", type=int, default=1234,
@@ -101,7 +110,7 @@ _TRAINER_ARGS = (
     "lr_step_size", "lr_gamma", "max_epochs", "patience", "patience_delta",
     "max_batches_per_epoch_training", "max_batches_per_epoch_validation",
     "clip_grad", "grad_accumulation_steps", "nb_workers", "device",
-    "mixed_precision", "seed")
+    "mixed_precision", "seed", "best_model_metric")
 
 
 _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
@@ -132,6 +141,7 @@ def _check_simple_args(args):
         check_fraction("--dropout", args.dropout)
     for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
         check_non_negative_float(f"--{name}", getattr(args, name))
+    tracking_validation_params_from_args(args)
 
 
 def collect_params(args):
@@ -161,28 +171,27 @@ def collect_params(args):
         | {"learning_rate": (DEFAULT_LEARNING_RATES[args.model_type]
                              if args.learning_rate is None
                              else args.learning_rate)},
+        "tracking_validation": _as_dict(
+            tracking_validation_params_from_args(args)),
     }
+
+
+def _as_dict(params):
+    return None if params is None else params.as_dict()
 
 
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_train_model.py."""
-    args = build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(build_parser(), argv)
     train_from_args(args)
 
 
 def train_from_args(args, callbacks=()):
-    """Check the arguments, build everything and train.
-
-    ``callbacks`` are added to the trainer's (e.g. for tests or custom
-    monitoring). The experiment's lock is held from before its folder is
-    changed until the end of the run.
-    """
-    check_experiment_name(args.experiment_name)
-    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
-    with ExperimentLock(experiment_dir) as lock:
-        _train(args, callbacks, lock)
+    """Check the arguments, build everything and train, holding the
+    experiment's lock; ``callbacks`` are added to the trainer's (e.g. for
+    tests or custom monitoring)."""
+    return run_locked(args, _train, callbacks)
 
 
 def _train(args, callbacks, lock):
@@ -197,6 +206,9 @@ def _train(args, callbacks, lock):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
     params = collect_params(args)
+    check_tracking_validation_data(
+        args.hdf5_file, args.streamline_group,
+        tracking_validation_params_from_args(args), args.best_model_metric)
     # The model's format and neighbourhood, validated by the model's spec.
     InputSpec.from_options(**{name: params["model"][name]
                               for name in InputSpec().as_options()})
@@ -225,7 +237,8 @@ def _train(args, callbacks, lock):
         device, distributed, [*callbacks, comet] if comet else callbacks,
         lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
-            f"best epoch {trainer.best_tracker.best_epoch}, loss "
+            f"best epoch {trainer.best_tracker.best_epoch}, "
+            f"{trainer.best_tracker.metric} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, before_trainer=clear_folder)
 

@@ -2,21 +2,21 @@
 import logging
 import os
 
-from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
-    best_model_dir,
-    checkpoint_model_dir,
+    experiment_model_dir,
     read_parameters,
 )
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
-    check_inputs_exist,
+    add_experiment_group_args,
+    add_model_run_args,
+    add_output_args,
+    check_model_run_args,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.models import load_model_from_params_and_state
 from dwi_ml.monitoring.loss_per_point import (
@@ -62,44 +62,24 @@ def _build_parser():
     parser.add_argument("out_tractogram", metavar="OUT_TRACTOGRAM",
                         help="Output .trk or .trx.")
     model = parser.add_argument_group("Model and data")
-    model.add_argument("--use_latest_epoch", action="store_true",
-                       help="Use the checkpoint's model, not best_model/.")
-    model.add_argument("--input_group", metavar="GROUP",
-                       help="Volume group fed to the model. Default: the "
-                            "experiment's.")
-    model.add_argument("--streamline_group", metavar="GROUP",
-                       help="Streamline group to evaluate. Default: the "
-                            "experiment's.")
-    model.add_argument("--batch_size", type=int, default=200,
-                       help="Streamlines per forward pass.")
-    model.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
+    add_model_run_args(model)
+    add_experiment_group_args(model, "to evaluate")
     outputs = parser.add_argument_group("Histogram")
     outputs.add_argument("--out_histogram", metavar="PNG",
                          help="Histogram figure. Default: OUT_TRACTOGRAM "
                               f"without its extension + '{HISTOGRAM_SUFFIX}'.")
     outputs.add_argument("--nb_bins", type=int, default=50,
                          help="Bins of each histogram.")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
-
-
-def _check_positive(name, value):
-    if value < 1:
-        raise DwiMLUserError(f"--{name}: expected a positive number, got "
-                             f"{value}.")
 
 
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_visualize_loss.py."""
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
-    check_inputs_exist(args.experiment_path, what="experiment")
-    check_inputs_exist(args.hdf5_file, what="HDF5 file")
-    check_device(args.device, "--device")
-    _check_positive("batch_size", args.batch_size)
-    _check_positive("nb_bins", args.nb_bins)
+    args = parse_script_args(_build_parser(), argv)
+    check_model_run_args(args)
+    check_int("--nb_bins", args.nb_bins, 1)
     root, extension = os.path.splitext(args.out_tractogram)
     if extension.lower() not in OUT_EXTENSIONS:
         raise DwiMLUserError(
@@ -113,9 +93,8 @@ def main(argv=None):
     input_group = args.input_group or loader_params["input_group"]
     streamline_group = args.streamline_group or loader_params["streamline_group"]
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
-    model_dir = (checkpoint_model_dir(args.experiment_path)
-                 if args.use_latest_epoch
-                 else best_model_dir(args.experiment_path))
+    model_dir = experiment_model_dir(args.experiment_path,
+                                     args.use_latest_epoch)
     model = load_model_from_params_and_state(model_dir, args.device)
 
     point_losses = compute_subject_point_losses(

@@ -22,13 +22,15 @@ from dwi_ml.io_utils.experiment_layout import (
     load_checkpoint_state,
     read_parameters,
 )
-from dwi_ml.io_utils.experiment_lock import ExperimentLock, start_resumed_experiment
-from dwi_ml.io_utils.output_folders import check_experiment_name
+from dwi_ml.io_utils.experiment_lock import (
+    run_locked,
+    start_resumed_experiment,
+)
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
@@ -115,21 +117,14 @@ def _finished_message(trainer, experiment_dir):
 @script_entry_point
 def main(argv=None):
     """Entry point of resume_training_from_checkpoint.py."""
-    args = build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(build_parser(), argv)
     resume_from_args(args)
 
 
 def resume_from_args(args, callbacks=()):
-    """Rebuild the experiment from its folder and train on.
-
-    ``callbacks`` are added to the trainer's. The experiment's lock is held
-    from before any of its files is changed until the end of the run.
-    """
-    check_experiment_name(args.experiment_name)
-    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
-    with ExperimentLock(experiment_dir) as lock:
-        _resume(args, callbacks, lock)
+    """Rebuild the experiment from its folder and train on, holding its
+    lock; ``callbacks`` are added to the trainer's."""
+    return run_locked(args, _resume, callbacks)
 
 
 def _resume(args, callbacks, lock):
@@ -184,6 +179,7 @@ def _resume(args, callbacks, lock):
         lambda trainer: (
             f"Experiment {experiment_dir} resumed and saved "
             f"({trainer.stopped_reason}; best epoch "
-            f"{trainer.best_tracker.best_epoch}, loss "
+            f"{trainer.best_tracker.best_epoch}, "
+            f"{trainer.best_tracker.metric} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, after_trainer=load_checkpoint)

@@ -9,12 +9,11 @@ from matplotlib.figure import Figure
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
-    add_overwrite_arg,
-    add_verbose_arg,
+    add_output_args,
     check_inputs_exist,
     check_output_free,
     make_parser,
-    set_verbosity,
+    parse_script_args,
 )
 from dwi_ml.monitoring.log_expressions import add_expression_logs, parse_log_expression
 from dwi_ml.monitoring.log_reading import read_experiments
@@ -37,7 +36,10 @@ Plot the logs of dwi_ml experiments (EXPERIMENT/logs/*.npy, written by the
 trainer at each epoch) in one PNG figure, one panel per group of logs:
 losses (train and valid), gradient norms (before and after clipping),
 learning rate (log scale), epoch times (train and valid), the per-batch
-training loss, then any other log found. Experiments are overlaid, one
+training loss, the tracking validation metrics when there are some (bundle
+scores, overreach, points near the reference, endpoint distance,
+connectivity score, tracking time; see docs/tracking.md), then any other
+log found. Experiments are overlaid, one
 colour each, with a legend of their folder names; a star marks each
 experiment's best epoch (best_model/best_epoch.json) on loss and metric
 curves (not on learning rates, times or gradient norms). Each y axis says
@@ -107,8 +109,7 @@ def _build_parser():
     outputs.add_argument("--show", action="store_true",
                          help="Also open the figure in a window (needs a "
                               "display).")
-    add_overwrite_arg(parser)
-    add_verbose_arg(parser)
+    add_output_args(parser)
     return parser
 
 
@@ -220,8 +221,7 @@ def _check_numbers(args):
 
 @script_entry_point
 def main(argv=None):
-    args = _build_parser().parse_args(argv)
-    set_verbosity(args.verbose)
+    args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(*args.experiments, what="experiment")
     _check_numbers(args)
     ylim, panel_ylims = parse_ylims(args.ylim)

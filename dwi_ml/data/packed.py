@@ -118,13 +118,19 @@ def lengths_mm(data, offsets, lengths, affine, dtype=np.float32):
     return (total_mm[first_rows + lengths] - total_mm[first_rows]).astype(dtype)
 
 
-def ranges_to_indices(starts, lengths):
+def ranges_to_indices(starts, lengths, steps=None):
     """Concatenate ``arange(s, s + n)`` for every (s, n), vectorised.
+
+    With ``steps`` (+1 or -1 per range), range i is
+    ``s, s + steps[i], ...`` (n values): -1 walks a streamline backwards
+    from its last row.
 
     Examples
     --------
     >>> ranges_to_indices(np.array([5, 0]), np.array([2, 3]))
     array([5, 6, 0, 1, 2])
+    >>> ranges_to_indices(np.array([6, 0]), np.array([2, 3]), np.array([-1, 1]))
+    array([6, 5, 0, 1, 2])
     """
     starts = np.asarray(starts, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -133,8 +139,14 @@ def ranges_to_indices(starts, lengths):
         return np.zeros(0, dtype=np.int64)
     keep = lengths > 0
     starts, lengths = starts[keep], lengths[keep]
-    steps = np.ones(total, dtype=np.int64)
     first_rows = np.cumsum(lengths[:-1])
-    steps[0] = starts[0]
-    steps[first_rows] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
-    return np.cumsum(steps)
+    if steps is None:
+        increments = np.ones(total, dtype=np.int64)
+        last_values = starts[:-1] + lengths[:-1] - 1
+    else:
+        range_steps = np.asarray(steps, dtype=np.int64)[keep]
+        increments = np.repeat(range_steps, lengths)
+        last_values = starts[:-1] + (lengths[:-1] - 1) * range_steps[:-1]
+    increments[0] = starts[0]
+    increments[first_rows] = starts[1:] - last_values
+    return np.cumsum(increments)

@@ -116,9 +116,13 @@ def remove_stale_temporaries(folder, names):
     return removed
 
 
-def write_json_atomic(path, data):
-    """Write strict JSON (no NaN/Infinity) under a temporary name."""
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+def write_json_atomic(path, data, strict=True):
+    """Write JSON under a temporary name.
+
+    ``strict``: sorted keys, and no NaN/Infinity (refused). Otherwise the
+    keys keep their order and NaN is written as Python's json writes it.
+    """
+    text = json.dumps(data, indent=2, sort_keys=strict, allow_nan=not strict)
     with atomic_output_file(path) as tmp_path:
         with open(tmp_path, "w") as f:
             f.write(text + "\n")

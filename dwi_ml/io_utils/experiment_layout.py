@@ -115,3 +115,10 @@ def best_model_dir(experiment_dir):
         raise DwiMLUserError(
             f"experiment '{experiment_dir}' has no {BEST_MODEL_DIR}/ folder.")
     return path
+
+
+def experiment_model_dir(experiment_dir, use_latest_epoch=False):
+    """Folder of the best model, or of the checkpoint's model (checked)."""
+    if use_latest_epoch:
+        return checkpoint_model_dir(experiment_dir)
+    return best_model_dir(experiment_dir)

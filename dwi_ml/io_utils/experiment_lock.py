@@ -18,6 +18,7 @@ from dwi_ml.io_utils.output_folders import (
     EXPERIMENT_FOLDERS,
     MARKER_FILE,
     PARAMETERS_FILE,
+    check_experiment_name,
     check_output_folder,
     folder_kind,
     mark_output_folder,
@@ -157,3 +158,16 @@ def start_resumed_experiment(lock):
         logging.info("Removed %s, left by a killed run.", path)
     if not os.path.isfile(os.path.join(experiment_dir, MARKER_FILE)):
         mark_output_folder(experiment_dir, "experiment")
+
+
+def run_locked(args, run, callbacks=()):
+    """Call ``run(args, callbacks, lock)`` holding the lock of experiment
+    ``args.experiments_path/args.experiment_name``.
+
+    The name is checked first; the lock is held from before any of the
+    experiment's files is changed until the end of the run.
+    """
+    check_experiment_name(args.experiment_name)
+    experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
+    with ExperimentLock(experiment_dir) as lock:
+        return run(args, callbacks, lock)

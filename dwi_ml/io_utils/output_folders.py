@@ -22,14 +22,16 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS, PARAMETERS_FILE
 
 MARKER_FILE = ".dwi_ml_output.json"
-OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output")
+OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output",
+                "attention_views")
 
 # The layout of dwi_ml.io_utils.experiment_layout, repeated here so that io_utils
 # does not import torch (a test checks that both agree).
 
 _KIND_NAMES = {"experiment": "dwi_ml experiment",
                "synthetic_dataset": "dwi_ml synthetic dataset",
-               "demo_output": "dwi_ml demo output"}
+               "demo_output": "dwi_ml demo output",
+               "attention_views": "dwi_ml attention views folder"}
 
 
 def check_experiment_name(name, what="experiment_name"):

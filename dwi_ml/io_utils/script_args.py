@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 
+from dwi_ml.io_utils.arg_checks import check_device, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_output_free  # noqa: F401 (for scripts)
 
@@ -51,6 +52,51 @@ def add_verbose_arg(parser):
         choices=VERBOSITY_LEVELS,
         help="Verbosity: -v alone gives INFO; progress bars are hidden "
              "under WARNING.")
+
+
+def add_output_args(parser):
+    """Add ``-f/--overwrite`` and ``-v``, the options of a script that
+    writes outputs."""
+    add_overwrite_arg(parser)
+    add_verbose_arg(parser)
+
+
+def add_model_run_args(group):
+    """Add ``--use_latest_epoch``, ``--batch_size`` and ``--device``, the
+    options of a script that runs an experiment's model over an HDF5."""
+    group.add_argument("--use_latest_epoch", action="store_true",
+                       help="Use the checkpoint's model, not best_model/.")
+    group.add_argument("--batch_size", type=int, default=200,
+                       help="Streamlines per forward pass. Default: 200.")
+    group.add_argument("--device", default="cpu",
+                       help="'cpu' or 'cuda[:N]'. Default: cpu.")
+
+
+def add_experiment_group_args(group, streamlines_use="to read"):
+    """Add ``--input_group`` and ``--streamline_group``, which override the
+    groups an experiment was trained on."""
+    group.add_argument("--input_group", metavar="GROUP",
+                       help="Volume group fed to the model. Default: the "
+                            "experiment's.")
+    group.add_argument("--streamline_group", metavar="GROUP",
+                       help=f"Streamline group {streamlines_use}. Default: "
+                            f"the experiment's.")
+
+
+def check_model_run_args(args):
+    """Check the experiment, the HDF5 file and :func:`add_model_run_args`'s
+    options before any work."""
+    check_inputs_exist(args.experiment_path, what="experiment")
+    check_inputs_exist(args.hdf5_file, what="HDF5 file")
+    check_device(args.device, "--device")
+    check_int("--batch_size", args.batch_size, 1)
+
+
+def parse_script_args(parser, argv=None):
+    """Parse ``argv`` and set the logging level that ``-v`` asked for."""
+    args = parser.parse_args(argv)
+    set_verbosity(args.verbose)
+    return args
 
 
 def set_verbosity(level):

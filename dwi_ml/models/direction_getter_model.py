@@ -11,6 +11,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import (
     compute_direction_targets,
     nb_predictions,
+    prediction_rows,
     streamline_lengths,
 )
 from dwi_ml.models.main_models import MainModelOneInput
@@ -18,6 +19,12 @@ from dwi_ml.models.main_models import MainModelOneInput
 
 class DirectionGetterModel(MainModelOneInput):
     """A :class:`MainModelOneInput` whose subclass sets ``direction_getter``."""
+
+    @property
+    def params_for_checkpoint(self):
+        params = super().params_for_checkpoint
+        params.update(dg_key=self.dg_key, dg_args=self.direction_getter.params)
+        return params
 
     @property
     def add_eos(self):
@@ -47,6 +54,46 @@ class DirectionGetterModel(MainModelOneInput):
                 "(a model without EOS predicts n - 1 directions), found "
                 "a streamline of 1 point.")
         return lengths, counts
+
+    def forward(self, inputs, streamlines):
+        """Outputs at every prediction point of the batch.
+
+        Parameters
+        ----------
+        inputs : list of torch.Tensor (n_i, input_size)
+            Interpolated inputs at every point.
+        streamlines : list of torch.Tensor (n_i, 3)
+            Voxel space, corner origin.
+
+        Returns
+        -------
+        torch.Tensor (M, output_size)
+            Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
+            EOS.
+        """
+        lengths, counts = self.count_predictions(inputs, streamlines)
+        point_inputs = torch.cat(list(inputs))[
+            prediction_rows(lengths, self.add_eos)]
+        return self.direction_getter(
+            self.hidden_states(point_inputs, streamlines, counts))
+
+    def hidden_states(self, point_inputs, streamlines, counts):
+        """Hidden state at each prediction point, for the direction getter.
+
+        Parameters
+        ----------
+        point_inputs : torch.Tensor (M, input_size)
+            The inputs at the prediction points, streamline after streamline.
+        streamlines : list of torch.Tensor (n_i, 3)
+            Voxel space, corner origin.
+        counts : torch.Tensor, int64 (N,)
+            Prediction points per streamline.
+
+        Returns
+        -------
+        torch.Tensor (M, hidden_size)
+        """
+        raise NotImplementedError
 
     def compute_loss(self, outputs, streamlines):
         """Mean loss over the batch's predictions, and their number.

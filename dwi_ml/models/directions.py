@@ -205,8 +205,11 @@ def compute_last_previous_dirs(partial_streamlines, nb_previous_dirs,
 
     Parameters
     ----------
-    partial_streamlines : list of torch.Tensor (m_i, 3)
+    partial_streamlines : list of torch.Tensor (m_i, 3) or torch.Tensor (N, m, 3)
         Streamlines tracked so far (m_i >= 1), voxel space, corner origin.
+        A (N, m, 3) tensor holds N streamlines of m points each (a
+        tracker's lockstep), or only their last m points when
+        ``m >= k + 1``: the result depends on the last k + 1 points only.
     nb_previous_dirs, normalize :
         As in :func:`compute_previous_dirs`.
 
@@ -214,6 +217,9 @@ def compute_last_previous_dirs(partial_streamlines, nb_previous_dirs,
     -------
     torch.Tensor (N, 3 * k)
     """
+    if isinstance(partial_streamlines, torch.Tensor):
+        return _last_previous_dirs_lockstep(partial_streamlines,
+                                            nb_previous_dirs, normalize)
     # Only the last k + 1 points matter; this keeps each step's cost flat.
     tails = [s[-(nb_previous_dirs + 1):] for s in partial_streamlines]
     directions, nb_directions, first_dir_rows = _prepare_directions(
@@ -221,3 +227,22 @@ def compute_last_previous_dirs(partial_streamlines, nb_previous_dirs,
     previous = _gather_previous_dirs(directions, first_dir_rows,
                                      nb_directions, nb_previous_dirs)
     return previous.reshape(len(tails), 3 * nb_previous_dirs)
+
+
+def _last_previous_dirs_lockstep(points, nb_previous_dirs, normalize):
+    """:func:`compute_last_previous_dirs` of (N, m, 3) equal-length streamlines.
+
+    A few tensor operations, no list: the same rows, bit for bit (the same
+    differences and the same normalisation of each 3-vector).
+    """
+    tails = points[:, -(nb_previous_dirs + 1):]
+    directions = tails[:, 1:] - tails[:, :-1]
+    if normalize:
+        directions = F.normalize(directions, dim=2)
+    # Most recent first: d_{t-1}, d_{t-2}...; zeros for missing ones.
+    previous = directions.flip(1)
+    missing = nb_previous_dirs - previous.shape[1]
+    if missing:
+        previous = torch.cat([previous, previous.new_zeros(
+            (len(points), missing, 3))], dim=1)
+    return previous.reshape(len(points), 3 * nb_previous_dirs)

@@ -36,9 +36,6 @@ from dwi_ml.models.direction_getters import (
     add_direction_getter_args,
     make_direction_getter,
 )
-from dwi_ml.models.directions import (
-    prediction_rows,
-)
 from dwi_ml.models.embeddings import (
     EMBEDDING_KEYS,
     INPUT_EMBEDDING_KEYS,
@@ -155,9 +152,7 @@ class Learn2TrackModel(DirectionGetterModel):
                       rnn_layer_sizes=list(self.rnn_layer_sizes),
                       use_skip_connection=self.use_skip_connection,
                       use_layer_norm=self.use_layer_norm,
-                      dropout=self.dropout,
-                      dg_key=self.dg_key,
-                      dg_args=self.direction_getter.params)
+                      dropout=self.dropout)
         return params
 
     def _point_features(self, point_inputs, previous_dirs):
@@ -167,25 +162,9 @@ class Learn2TrackModel(DirectionGetterModel):
             [self.embedding(point_inputs.to(self.dtype)),
              self.prev_dirs_embedding(previous_dirs.to(self.dtype))], dim=1)
 
-    def forward(self, inputs, streamlines):
-        """Outputs at every prediction point of the batch.
-
-        Parameters
-        ----------
-        inputs : list of torch.Tensor (n_i, input_size)
-            Interpolated inputs at every point.
-        streamlines : list of torch.Tensor (n_i, 3)
-            Voxel space, corner origin.
-
-        Returns
-        -------
-        torch.Tensor (M, output_size)
-            Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
-            EOS.
-        """
-        lengths, counts = self.count_predictions(inputs, streamlines)
-        point_inputs = torch.cat(list(inputs))[
-            prediction_rows(lengths, self.add_eos)]
+    def hidden_states(self, point_inputs, streamlines, counts):
+        """The RNN's outputs at the prediction points (see
+        :meth:`DirectionGetterModel.hidden_states`)."""
         features = self._point_features(
             point_inputs,
             self.compute_previous_dirs(streamlines, self.add_eos))
@@ -202,7 +181,7 @@ class Learn2TrackModel(DirectionGetterModel):
             (int(counts.max()), nb_streamlines, features.shape[1]))
         padded[time_ids, streamline_ids] = features
         sequence, _ = self.rnn(padded)
-        return self.direction_getter(sequence[time_ids, streamline_ids])
+        return sequence[time_ids, streamline_ids]
 
     def forward_step(self, step_inputs, partial_streamlines,
                      hidden_states=None):
@@ -212,9 +191,12 @@ class Learn2TrackModel(DirectionGetterModel):
         ----------
         step_inputs : torch.Tensor (N, input_size)
             Inputs interpolated at the last point of each streamline.
-        partial_streamlines : list of torch.Tensor (m_i, 3)
+        partial_streamlines : list of torch.Tensor (m_i, 3) or torch.Tensor (N, m, 3)
             The streamlines so far (m_i >= 1; the seed alone at the first
             step), voxel space, corner origin.
+            The tracker passes one (N, m, 3) tensor of the last
+            ``tracking_context_points`` points (all streamlines step
+            together).
         hidden_states : tuple or None
             Returned by the previous step, for the same N streamlines in the
             same order; None at the first step.

@@ -185,6 +185,17 @@ class MainModelOneInput(MainModelAbstract):
         return compute_previous_dirs(streamlines, self.nb_previous_dirs,
                                      add_eos, self.normalize_prev_dirs)
 
+    @property
+    def tracking_context_points(self):
+        """Last points of each streamline that ``forward_step`` reads.
+
+        The tracker passes ``forward_step`` only these last points, (N, m, 3),
+        instead of the whole streamlines: the previous directions (at least
+        one, the Transformers' target) need k + 1 points. A model whose
+        step reads more overrides it; None means the whole streamlines.
+        """
+        return max(self.nb_previous_dirs, 1) + 1
+
     def compute_last_previous_dirs(self, partial_streamlines):
         """Previous directions at each partial streamline's last point."""
         if self.nb_previous_dirs == 0:

@@ -38,7 +38,6 @@ from dwi_ml.models.direction_getters import make_direction_getter
 from dwi_ml.models.directions import (
     compute_last_previous_dirs,
     compute_previous_dirs,
-    prediction_rows,
 )
 from dwi_ml.models.embeddings import INPUT_EMBEDDING_KEYS
 from dwi_ml.models.transformer_cache import KeyValueBuffer
@@ -167,9 +166,7 @@ class TransformerModelAbstract(DirectionGetterModel):
                       norm_first=self.norm_first, max_len=self.max_len,
                       position_encoding=self.position_encoding_key,
                       input_embedding_key=self.input_embedding_key,
-                      cnn_nb_filters=self.cnn_nb_filters,
-                      dg_key=self.dg_key,
-                      dg_args=self.direction_getter.params)
+                      cnn_nb_filters=self.cnn_nb_filters)
         return params
 
     def add_position(self, tokens, positions):
@@ -218,27 +215,14 @@ class TransformerModelAbstract(DirectionGetterModel):
                        memories=memories)
         return layout.unpad(padded)
 
-    def forward(self, inputs, streamlines):
-        """Outputs at every prediction point of the batch.
+    def hidden_states(self, point_inputs, streamlines, counts):
+        """The last layer's outputs at the prediction points (see
+        :meth:`DirectionGetterModel.hidden_states`).
 
         The previous directions are gathered once: the first ``3 * k``
         columns extend the sources, the first 3 (``d_{t-1}``) are the
         targets.
-
-        Parameters
-        ----------
-        inputs : list of torch.Tensor (n_i, input_size)
-            Interpolated inputs at every point.
-        streamlines : list of torch.Tensor (n_i, 3)
-            Voxel space, corner origin.
-
-        Returns
-        -------
-        torch.Tensor (M, output_size)
-            Streamline after streamline; ``n_i - 1`` rows each, ``n_i`` with
-            EOS.
         """
-        lengths, counts = self.count_predictions(inputs, streamlines)
         if int(counts.max()) > self.max_len:
             raise DwiMLUserError(
                 f"streamlines: expected at most max_len={self.max_len} "
@@ -247,13 +231,11 @@ class TransformerModelAbstract(DirectionGetterModel):
         previous_dirs = compute_previous_dirs(
             streamlines, max(self.nb_previous_dirs, 1), self.add_eos,
             self.normalize_prev_dirs)
-        sources = torch.cat([
-            torch.cat(list(inputs))[prediction_rows(lengths, self.add_eos)],
-            previous_dirs[:, :3 * self.nb_previous_dirs]], dim=1)
-        hidden = self._run(sources, previous_dirs[:, :3],
-                           layout.time_ids == 0, layout.time_ids, layout,
-                           None)
-        return self.direction_getter(hidden)
+        sources = torch.cat(
+            [point_inputs, previous_dirs[:, :3 * self.nb_previous_dirs]],
+            dim=1)
+        return self._run(sources, previous_dirs[:, :3],
+                         layout.time_ids == 0, layout.time_ids, layout, None)
 
     def forward_step(self, step_inputs, partial_streamlines, cache=None):
         """Outputs at the last point of N streamlines being tracked.
@@ -262,10 +244,13 @@ class TransformerModelAbstract(DirectionGetterModel):
         ----------
         step_inputs : torch.Tensor (N, input_size)
             Inputs interpolated at the last point of each streamline.
-        partial_streamlines : list of torch.Tensor (m_i, 3)
+        partial_streamlines : list of torch.Tensor (m_i, 3) or torch.Tensor (N, m, 3)
             The streamlines so far, voxel space, corner origin. All have
             ``cache.nb_steps + 1`` points (the tracker's lockstep; a
             streamline replaying a known prefix counts its points too).
+            The tracker passes one (N, m, 3) tensor of the last
+            ``tracking_context_points`` points (all streamlines step
+            together).
         cache : TransformerCache or None
             Returned by the previous step for the same N streamlines, in
             the same order; None at the first step (the seeds). It is

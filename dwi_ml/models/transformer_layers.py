@@ -18,6 +18,13 @@ layers do not expose:
 
 Shapes: tokens ``(N, T, d_model)``, keys and values ``(N, heads, T,
 head_dim)``.
+
+For visualization only, a layer whose ``attention_records`` is a dict
+also computes each attention's weights explicitly, from the same queries
+and keys (:func:`explicit_attention_weights`), and keeps them there with
+the values and the kernel's output: see
+:mod:`dwi_ml.models.transformer_attention`. The outputs still come from
+``scaled_dot_product_attention``.
 """
 import math
 
@@ -32,6 +39,30 @@ def _split_heads(x, nheads):
     """(N, T, d) -> (N, heads, T, d / heads)."""
     n, t, d = x.shape
     return x.view(n, t, nheads, d // nheads).transpose(1, 2)
+
+
+def explicit_attention_weights(queries, keys, causal):
+    """Softmax of scaled dot products, as ``scaled_dot_product_attention``
+    computes them (default scale ``1 / sqrt(head_dim)``; ``causal``: query
+    ``t`` sees keys ``<= t``, top-left aligned).
+
+    Parameters
+    ----------
+    queries : torch.Tensor (N, heads, Tq, head_dim)
+    keys : torch.Tensor (N, heads, Tk, head_dim)
+    causal : bool
+
+    Returns
+    -------
+    torch.Tensor (N, heads, Tq, Tk)
+        Each row sums to 1.
+    """
+    scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+    if causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool,
+                            device=scores.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return torch.softmax(scores, dim=-1)
 
 
 def _merge_heads(x):
@@ -87,15 +118,23 @@ class CachedTransformerLayer(torch.nn.Module):
         # layer, registered above under torch's name.
         self._ff_norm_dropout = ((self.norm3, self.dropout3) if cross_attention
                                  else (self.norm2, self.dropout2))
+        # None, or a dict that each attention fills (visualization only).
+        self.attention_records = None
 
     def _attend(self, attention, queries, keys, values, causal):
         """Heads of ``attention`` over given keys/values -> (N, T, d)."""
         d_model = attention.embed_dim
-        queries = F.linear(queries, attention.in_proj_weight[:d_model],
-                           attention.in_proj_bias[:d_model])
+        queries = _split_heads(F.linear(
+            queries, attention.in_proj_weight[:d_model],
+            attention.in_proj_bias[:d_model]), self.nheads)
         out = F.scaled_dot_product_attention(
-            _split_heads(queries, self.nheads), keys, values, is_causal=causal,
+            queries, keys, values, is_causal=causal,
             dropout_p=self.dropout_p if self.training else 0.0)
+        if self.attention_records is not None:
+            name = "self" if attention is self.self_attn else "cross"
+            self.attention_records[name] = (
+                explicit_attention_weights(queries, keys, causal), values,
+                out)
         return attention.out_proj(_merge_heads(out))
 
     def _keys_values(self, attention, x):

@@ -111,7 +111,7 @@ def predictions_to_points(values, lengths, add_eos):
     return points
 
 
-def _loaded_split(dataset):
+def loaded_split(dataset):
     """The split of the one subject loaded."""
     return next(split for split in SPLITS
                 if getattr(dataset, f"{split}_set").nb_subjects > 0)
@@ -145,7 +145,7 @@ def compute_subject_point_losses(model, hdf5_file, subject_id, input_group,
     dataset.load_data(subj_id=subject_id, volume_groups=[input_group],
                       streamline_groups=[streamline_group])
     try:
-        split = _loaded_split(dataset)
+        split = loaded_split(dataset)
         loader = build_loader(dataset, {"streamline_group": streamline_group,
                                         "input_group": input_group},
                               model, device)

@@ -56,6 +56,16 @@ DEFAULT_PANELS = (
     Panel("Learning rate", ("learning_rate",)),
     Panel("Epoch time (s)", ("train_time", "valid_time")),
     Panel("Training loss per batch", ("train_loss_per_batch",)),
+    # Tracking validation (dwi_ml.training.tracking_validation).
+    Panel("Tracking: bundles", ("tracking_f1", "tracking_ol", "tracking_vc",
+                                "tracking_ic", "tracking_nc")),
+    Panel("Tracking: overreach", ("tracking_or",)),
+    Panel("Tracking: points", ("tracking_points_within_1_vox",
+                               "tracking_points_within_2_vox",
+                               "tracking_points_aligned")),
+    Panel("Tracking: endpoint distance (mm)", ("tracking_endpoint_distance",)),
+    Panel("Tracking: connectivity score", ("connectivity_score",)),
+    Panel("Tracking time (s)", ("tracking_time",)),
 )
 
 

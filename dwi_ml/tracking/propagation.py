@@ -137,6 +137,8 @@ class BatchedTracker:
             raise DwiMLUserError(
                 f"argument 'max_length': expected at least one step of "
                 f"{self.step_size_mm} mm, found {max_length_mm} mm.")
+        _check_model_max_len(model, self.max_nb_points, self.step_size_mm,
+                             max_length_mm)
         if eos_threshold is not None and not getattr(model, "add_eos", False):
             raise DwiMLUserError(
                 f"argument 'eos_stop': the model predicts no EOS, found a "
@@ -205,6 +207,33 @@ class BatchedTracker:
                                      disable=disable_progress)]
         return _concatenate(results)
 
+    def continue_streamlines(self, prefixes_vox_corner):
+        """Grow streamlines forward after known first points.
+
+        The model is fed the prefix point by point (as in the backward half
+        of two-way tracking), then tracks on from its last point: the
+        reference dwi_ml's generation validation.
+
+        Parameters
+        ----------
+        prefixes_vox_corner : np.ndarray, shape (N, K, 3)
+            The first K >= 1 points of each streamline, voxel space, corner
+            origin.
+
+        Returns
+        -------
+        streamlines : nibabel ArraySequence
+            Prefix and continuation, voxel space, corner origin, compact.
+        stops : np.ndarray of StopReason values, shape (N,)
+        """
+        prefixes = torch.as_tensor(np.asarray(prefixes_vox_corner),
+                                   dtype=self.dtype, device=self.device)
+        lengths = torch.full((len(prefixes),), prefixes.shape[1],
+                             dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            points, lengths, stops, _ = self._propagate(prefixes, lengths)
+        return _pack(points, lengths), stops.cpu().numpy()
+
     def _propagate(self, prefixes, prefix_lengths, seed_directions=None):
         """Grow streamlines after their prefixes, all in lockstep.
 
@@ -237,18 +266,19 @@ class BatchedTracker:
         invalid_counts = torch.zeros_like(lengths)
         hidden_states = None
         first_directions = None
+        context_points = getattr(self.model, "tracking_context_points", None)
         for t in range(self.max_nb_points - 1):
             if len(active) == 0:
                 break
             current = points[active, t]
             inputs = interpolate_with_neighborhood(self.volume, current,
                                                    self.offsets)
-            # Views, no copy: one unbind in C++ is ~4x faster than slicing
-            # each active streamline in Python.
-            views = points[:, :t + 1].unbind(0)
-            partial = [views[i] for i in active.tolist()]
+            # All active streamlines have t + 1 points (lockstep): the step
+            # gets one (n, m, 3) tensor of their last m points, no list.
+            first = (0 if context_points is None
+                     else max(t + 1 - context_points, 0))
             outputs, hidden_states = self.model.forward_step(
-                inputs, partial, hidden_states)
+                inputs, points[active, first:t + 1], hidden_states)
             growing = prefix_lengths[active] <= t + 1
             if not growing.any():
                 continue
@@ -324,6 +354,20 @@ class BatchedTracker:
             codes[eos_stops] = StopReason.EOS
         codes[~growing] = 0
         return codes, next_points, out_of_mask
+
+
+def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
+    """Refuse, before tracking, streamlines longer than a model's
+    ``max_len`` (Transformers: positions it can encode); a streamline of
+    ``nb_points`` points takes ``nb_points - 1`` model steps."""
+    max_len = getattr(model, "max_len", None)
+    if max_len is not None and nb_points - 1 > max_len:
+        raise DwiMLUserError(
+            f"argument 'max_length': the model takes at most max_len="
+            f"{max_len} steps per streamline, i.e. {max_len * step_size_mm:g}"
+            f" mm at {step_size_mm:g} mm per step; found {max_length_mm:g} "
+            f"mm ({nb_points - 1} steps). Track with a max_length of at most "
+            f"{max_len * step_size_mm:g} mm.")
 
 
 def _reverse(points, lengths):

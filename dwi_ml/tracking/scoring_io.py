@@ -5,7 +5,6 @@ into voxel space with a corner origin, the space every scoring function
 expects. Outputs (JSON, .npy) are written under a temporary name, then
 renamed.
 """
-import json
 import os
 
 import nibabel as nib
@@ -14,6 +13,8 @@ from dipy.io.streamline import load_tractogram
 
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import check_output_free
+from dwi_ml.io_utils.script_args import add_output_args
 from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
 
 
@@ -82,14 +83,6 @@ def bundle_labels_of(sft, key, path):
     return np.asarray(sft.data_per_streamline[key])
 
 
-def write_json(path, values):
-    """Write a dict as indented JSON, atomically."""
-    with atomic_output_file(path) as tmp_path:
-        with open(tmp_path, "w") as f:
-            json.dump(values, f, indent=2)
-            f.write("\n")
-
-
 def save_npy(path, array):
     """Save an array at ``path`` (ending in .npy), atomically."""
     with atomic_output_file(path) as tmp_path:
@@ -104,6 +97,22 @@ def check_npy_extension(path, what="output"):
         raise DwiMLUserError(
             f"{what} '{path}': expected the extension .npy, found "
             f"'{os.path.splitext(path)[1] or 'none'}'.")
+
+
+def add_matrix_output_args(parser):
+    """Add OUT_MATRIX, ``--binary``, ``-f`` and ``-v`` (connectivity
+    matrix scripts)."""
+    parser.add_argument("out_matrix", help="Output .npy matrix.")
+    parser.add_argument("--binary", action="store_true",
+                        help="Save whether each pair is connected (bool) "
+                             "instead of streamline counts.")
+    add_output_args(parser)
+
+
+def check_matrix_output(args):
+    """Refuse an OUT_MATRIX that is not .npy, or exists without ``-f``."""
+    check_npy_extension(args.out_matrix)
+    check_output_free(args.out_matrix, args.overwrite)
 
 
 def format_scores(scores):

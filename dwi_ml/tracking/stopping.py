@@ -37,6 +37,19 @@ from dwi_ml.io_utils.arg_checks import check_choice
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.seeding import MASK_THRESHOLD
 
+# Defaults of dwiml_track_from_model.py, shared by tracking validation.
+DEFAULT_MAX_ANGLE_DEG = 45.0
+DEFAULT_MIN_LENGTH_MM = 10.0
+DEFAULT_MAX_LENGTH_MM = 300.0
+DEFAULT_EOS_THRESHOLD = 0.5
+
+
+def default_eos_threshold(model, given=None):
+    """``given``, else 0.5 for models with an EOS output, else None."""
+    if given is None and getattr(model, "add_eos", False):
+        return DEFAULT_EOS_THRESHOLD
+    return given
+
 
 class StopReason(enum.IntEnum):
     """Why a streamline end stopped growing."""

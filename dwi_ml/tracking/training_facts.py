@@ -73,12 +73,13 @@ def choose_step_size(given_mm, model, experiment_dir):
 
 def warn_if_not_trained_backward(experiment_dir, forward_only):
     """One warning when two-way tracking uses a model never shown reversed
-    streamlines (reverse_ratio 0 in its loader parameters)."""
+    streamlines (reverse_ratio 0 in its loader parameters; nothing is said
+    when the parameters do not record it)."""
     if forward_only or not os.path.isfile(
             os.path.join(experiment_dir, PARAMETERS_FILE)):
         return
     loader = read_parameters(experiment_dir).get("loader") or {}
-    if loader.get("reverse_ratio", 0) == 0:
+    if loader.get("reverse_ratio", None) == 0:
         logger.warning(
             "The model was trained without reversed streamlines "
             "(--reverse_ratio 0): the backward half of each streamline may "

@@ -27,9 +27,18 @@ class Callback:
     epoch_logs)``, ``on_train_batch_start(trainer, batch)``,
     ``on_train_batch_end(trainer, batch, outputs)``,
     ``on_validation_batch_end(trainer, batch, outputs)``,
+    ``on_validation_end(trainer, epoch)``,
     ``on_checkpoint_save(trainer, checkpoint_state)`` and
     ``on_checkpoint_load(trainer, checkpoint_state)``. ``outputs`` is a
     dict with at least ``loss`` (float) and ``n_points``.
+
+    ``on_validation_end`` comes after the epoch's training and validation,
+    before its monitors are closed and its best epoch is chosen: a
+    callback may add one value per epoch there, with
+    ``trainer.monitors.get_or_create(name).set_epoch_value(value)`` (it
+    must then do so at every epoch, so that each log has one value per
+    epoch). It runs in the epoch's end phase, before its checkpoint: a run
+    stopped before the checkpoint redoes it on resume.
 
     A callback with state returns it from :meth:`state_dict` (plain
     Python or tensors); it is saved in the checkpoint under the callback's
@@ -113,6 +122,10 @@ class CallbackList:
     def on_validation_batch_end(self, trainer, batch, outputs):
         """Fire ``on_validation_batch_end``."""
         self._fire("on_validation_batch_end", trainer, batch, outputs)
+
+    def on_validation_end(self, trainer, epoch):
+        """Fire ``on_validation_end``."""
+        self._fire("on_validation_end", trainer, epoch)
 
     def on_checkpoint_save(self, trainer, checkpoint_state):
         """Fire ``on_checkpoint_save``."""
@@ -209,6 +222,7 @@ class EpochSummaryCallback(Callback):
                 parts.append(f"{key} {epoch_logs[key]:.5f}")
         parts.append(f"lr {epoch_logs['learning_rate']:.3g}")
         parts.append(f"time {epoch_logs['train_time'] + epoch_logs['valid_time']:.1f}s")
-        parts.append(f"best epoch {trainer.best_tracker.best_epoch} "
-                     f"({trainer.best_tracker.best_loss:.5f})")
+        best = trainer.best_tracker
+        parts.append(f"best epoch {best.best_epoch} ({best.metric} "
+                     f"{best.best_loss:.5f})")
         logger.info(", ".join(parts))

@@ -20,6 +20,7 @@ from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.training.preemption import end_run
+from dwi_ml.training.tracking_validation import tracking_validation_callbacks
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 
@@ -123,7 +124,9 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     ----------
     params : dict
         ``parameters.json``'s sections 'dataset', 'sampler', 'loader' and
-        'trainer' (the trainer's without its device).
+        'trainer' (the trainer's without its device), and optionally
+        'tracking_validation' (see
+        :mod:`dwi_ml.training.tracking_validation_args`).
     make_model : callable
         ``make_model(dataset)`` returns the model (new, or the checkpoint's).
     experiments_path, experiment_name : str
@@ -147,13 +150,16 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     loader = build_loader(dataset, params["loader"], model, device)
     if before_trainer is not None:
         before_trainer()
+    tracking = params.get("tracking_validation")
     trainer = build_trainer(model, experiments_path, experiment_name, sampler,
                             loader, {**params["trainer"], "device": device},
-                            callbacks, distributed)
+                            [*tracking_validation_callbacks(tracking),
+                             *callbacks], distributed)
     if after_trainer is not None:
         after_trainer(trainer)
-    trainer.save_parameters({key: params[key]
-                             for key in ("dataset", "sampler", "loader")})
+    trainer.save_parameters({**{key: params[key]
+                                for key in ("dataset", "sampler", "loader")},
+                             "tracking_validation": tracking})
     trainer.train_and_validate()
     end_run(trainer, experiments_path, experiment_name, done_message(trainer),
             auto_requeue)

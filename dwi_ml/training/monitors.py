@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from dwi_ml.data.splits import Split
+from dwi_ml.io_utils.errors import DwiMLUserError
 
 
 class BatchMeanMonitor:
@@ -80,10 +81,35 @@ class BatchMeanMonitor:
                     np.asarray(self.batch_history, dtype=np.float64))
 
 
-class BestEpochTracker:
-    """Remembers the best loss and counts epochs without improvement.
+# Monitors that may choose the best model (``best_model_metric``), and
+# whether a higher value is better. Tracking metrics are written by
+# :mod:`dwi_ml.training.tracking_validation`.
+BEST_MODEL_METRICS = {
+    "valid_loss": False, "train_loss": False,
+    "tracking_endpoint_distance": False, "connectivity_score": True,
+    "tracking_f1": True, "tracking_ol": True, "tracking_or": False,
+    "tracking_vc": True, "tracking_ic": False, "tracking_nc": False,
+    "tracking_points_within_1_vox": True,
+    "tracking_points_within_2_vox": True, "tracking_points_aligned": True,
+}
 
-    A loss improves on the best when it is lower than ``best - delta``.
+
+def check_best_model_metric(name):
+    """Whether a higher ``name`` is better; refuse an unknown metric."""
+    if name not in BEST_MODEL_METRICS:
+        raise DwiMLUserError(
+            f"best_model_metric: expected one of "
+            f"{', '.join(BEST_MODEL_METRICS)}, found '{name}'.")
+    return BEST_MODEL_METRICS[name]
+
+
+class BestEpochTracker:
+    """Remembers the best value of a metric and counts epochs without
+    improvement.
+
+    A value improves on the best when it is lower than ``best - delta``
+    (higher than ``best + delta`` when a higher value is better). NaN never
+    improves, except at the first epoch.
 
     Parameters
     ----------
@@ -91,20 +117,37 @@ class BestEpochTracker:
         Number of epochs without improvement before stopping; None never
         stops.
     patience_delta : float
-        Minimal decrease that counts as an improvement.
+        Minimal change that counts as an improvement.
+    metric : str
+        The monitor that is compared (a key of ``BEST_MODEL_METRICS``).
+
+    Attributes
+    ----------
+    best_loss : float
+        The best value of ``metric`` so far (a loss by default).
+    best_epoch : int
+        Its epoch, -1 before the first.
     """
 
-    def __init__(self, patience=None, patience_delta=0.0):
+    def __init__(self, patience=None, patience_delta=0.0,
+                 metric="valid_loss"):
         self.patience = patience
         self.patience_delta = patience_delta
-        self.best_loss = math.inf
+        self.metric = metric
+        self.higher_is_better = check_best_model_metric(metric)
+        self.best_loss = -math.inf if self.higher_is_better else math.inf
         self.best_epoch = -1
         self.nb_bad_epochs = 0
 
-    def update(self, loss, epoch):
-        """Record this epoch's loss; return True if it is the new best."""
-        if loss < self.best_loss - self.patience_delta or self.best_epoch < 0:
-            self.best_loss = float(loss)
+    def _improves(self, value):
+        if self.higher_is_better:
+            return value > self.best_loss + self.patience_delta
+        return value < self.best_loss - self.patience_delta
+
+    def update(self, value, epoch):
+        """Record this epoch's value; return True if it is the new best."""
+        if self._improves(value) or self.best_epoch < 0:
+            self.best_loss = float(value)
             self.best_epoch = epoch
             self.nb_bad_epochs = 0
             return True
@@ -117,18 +160,20 @@ class BestEpochTracker:
         return self.patience is not None and self.nb_bad_epochs >= self.patience
 
     def state_dict(self):
-        """Plain-Python state; an infinite best loss is stored as None."""
+        """Plain-Python state; an infinite best value is stored as None."""
         return {"best_loss": (None if math.isinf(self.best_loss)
                               else self.best_loss),
                 "best_epoch": self.best_epoch,
                 "nb_bad_epochs": self.nb_bad_epochs,
                 "patience": self.patience,
-                "patience_delta": self.patience_delta}
+                "patience_delta": self.patience_delta,
+                "metric": self.metric}
 
     def load_state_dict(self, state):
         """Restore the state saved by :meth:`state_dict`."""
         best = state["best_loss"]
-        self.best_loss = math.inf if best is None else float(best)
+        self.best_loss = (float(best) if best is not None else
+                          -math.inf if self.higher_is_better else math.inf)
         self.best_epoch = int(state["best_epoch"])
         self.nb_bad_epochs = int(state["nb_bad_epochs"])
 

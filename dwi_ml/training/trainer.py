@@ -85,10 +85,15 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         :class:`~dwi_ml.training.optimizers.SchedulerFactory`.
     max_epochs : int
     patience : int or None
-        Stop after this many epochs without improvement of the validation
-        loss (of the training loss when there is no validation set).
+        Stop after this many epochs without improvement of
+        ``best_model_metric``.
     patience_delta : float
-        Minimal decrease of the loss counted as an improvement.
+        Minimal change of that metric counted as an improvement.
+    best_model_metric : str
+        The monitor that chooses ``best_model/`` and drives patience, with
+        its direction (``monitors.BEST_MODEL_METRICS``): 'valid_loss' (the
+        training loss when there is no validation set), or a metric a
+        callback writes, e.g. 'tracking_f1'.
     max_batches_per_epoch_training, max_batches_per_epoch_validation : int
         Cap on the batches per epoch (None: the whole epoch).
     clip_grad : float or None
@@ -138,7 +143,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
                  mixed_precision=None, seed=1234, callbacks=(),
                  distributed=None, max_time_s=None,
                  checkpoint_every_n_batches=None,
-                 checkpoint_every_minutes=None, deterministic=False):
+                 checkpoint_every_minutes=None, deterministic=False,
+                 best_model_metric="valid_loss"):
         check_trainer_args(locals())
         self.model = model
         self.experiment_dir = os.path.join(experiments_path, experiment_name)
@@ -191,7 +197,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         self.dataloader_generator = torch.Generator().manual_seed(seed)
 
         self.use_validation = self._has_validation_data()
-        self.best_tracker = BestEpochTracker(patience, patience_delta)
+        self.best_tracker = BestEpochTracker(patience, patience_delta,
+                                             best_model_metric)
         self.monitors = EpochMonitors()
         self.callbacks = CallbackList([ProgressBarCallback(),
                                        NanCheckCallback(),
@@ -242,6 +249,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
                 None if self.interruptions.checkpoint_every_s is None
                 else self.interruptions.checkpoint_every_s / 60.0),
             "deterministic": self.deterministic,
+            "best_model_metric": self.best_tracker.metric,
         }
 
     # ------------------------------------------------------------------

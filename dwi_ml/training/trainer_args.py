@@ -71,9 +71,10 @@ def add_trainer_args(parser):
                        help="Epochs to train in all.")
     group.add_argument("--patience", type=int, default=None,
                        help="Stop after this many epochs without a better "
-                            "loss; None never stops early.")
+                            "--best_model_metric; None never stops early.")
     group.add_argument("--patience_delta", type=float, default=0.0,
-                       help="Improvement of the loss that counts as better.")
+                       help="Improvement of --best_model_metric that counts "
+                            "as better (default: 0).")
     group.add_argument("--max_batches_per_epoch_training", type=int,
                        help="Cap on training batches per epoch; None uses "
                             "them all.")

@@ -56,7 +56,8 @@ class TrainerCheckpointing:
             self.model.save_params_and_state(tmp_dir)
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
                 "epoch": self.best_tracker.best_epoch,
-                "loss": self.best_tracker.best_loss})
+                "loss": self.best_tracker.best_loss,
+                "metric": self.best_tracker.metric})
             write_manifest(tmp_dir)
 
     def checkpoint_state(self):

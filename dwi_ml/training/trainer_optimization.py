@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.training.distributed import all_reduce_sum
 from dwi_ml.training.epoch_position import TRAIN_PHASE, VALID_PHASE
 from dwi_ml.training.optimizers import step_scheduler
@@ -111,6 +112,9 @@ class TrainerOptimization:
     def end_epoch(self, epoch):
         """Close the monitors, step the scheduler, update the best epoch.
 
+        The scheduler steps on the validation loss (the training loss
+        without validation); the best epoch follows ``best_model_metric``.
+
         Returns
         -------
         epoch_logs : dict
@@ -123,9 +127,33 @@ class TrainerOptimization:
         else:
             self.monitors.skip_phase(VALID_PHASE)
             self.monitors["valid_time"].set_epoch_value(0.0)
+        # Callbacks add their per-epoch values (e.g. tracking validation)
+        # before the epoch is closed and its best metric is read.
+        self.callbacks.on_validation_end(self, epoch)
         epoch_logs = self.monitors.end_epoch()
         loss = epoch_logs["valid_loss" if self.use_validation else "train_loss"]
         if self.scheduler_factory.step_every == "epoch":
             step_scheduler(self.scheduler, loss)
-        is_best = self.best_tracker.update(loss, epoch)
+        is_best = self.best_tracker.update(self.best_metric_value(epoch_logs),
+                                           epoch)
         return epoch_logs, is_best
+
+    def best_metric_value(self, epoch_logs):
+        """This epoch's value of ``best_model_metric``.
+
+        'valid_loss' is the training loss when there is no validation set.
+
+        Raises
+        ------
+        DwiMLUserError
+            No monitor of that name this epoch (no callback writes it).
+        """
+        metric = self.best_tracker.metric
+        if metric == "valid_loss" and not self.use_validation:
+            metric = "train_loss"
+        if metric not in epoch_logs:
+            raise DwiMLUserError(
+                f"best_model_metric: no monitor '{metric}' at epoch end "
+                f"(found: {', '.join(sorted(epoch_logs))}); tracking metrics "
+                "need tracking validation (--tracking_validation_every).")
+        return epoch_logs[metric]

@@ -54,11 +54,28 @@ class _SFTDataBase:
             requested streamlines, one after the other, and ``_offsets`` is
             the cumulative sum of ``_lengths``.
         """
-        ids = self._check_ids(ids)
-        data, offsets = self._read_points(ids)
-        points, new_offsets, lengths = gather(data, offsets, self.lengths[ids])
+        points, new_offsets, lengths = gather(*self.read_points(ids))
         return make_array_sequence(points.astype(np.float32, copy=False),
                                    new_offsets, lengths)
+
+    def read_points(self, ids=None):
+        """The streamlines ``ids`` as rows of a packed array, not copied.
+
+        For a caller that gathers the points once, after choosing them
+        (the batch loader): :meth:`get_streamlines` is
+        ``gather(*read_points(ids))``.
+
+        Returns
+        -------
+        data : np.ndarray, shape (R, 3), as stored (float32 in our files)
+            All the subject's points (eager) or the blocks read for ``ids``
+            (lazy, possibly read-only). Do not modify it.
+        offsets, lengths : np.ndarray, shape (len(ids),), int64
+            Row in ``data`` and number of points of each streamline.
+        """
+        ids = self._check_ids(ids)
+        data, offsets = self._read_points(ids)
+        return data, offsets, self.lengths[ids]
 
     def as_sft(self, ids=None):
         """A dipy ``StatefulTractogram`` of the streamlines ``ids``.

@@ -15,12 +15,22 @@ from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.io.streamline import load_tractogram
 from dipy.io.utils import get_reference_info, is_header_compatible
 
+from dwi_ml.batching.batch_planning import cut_by_budget
 from dwi_ml.data.hdf5.subjects import describe, one_line
-from dwi_ml.data.packed import compact, lengths_mm, offsets_from_lengths
+from dwi_ml.data.packed import (
+    compact,
+    lengths_mm,
+    make_array_sequence,
+    offsets_from_lengths,
+    packed_arrays,
+)
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import quiet_logger
 from dwi_ml.io_utils.tractogram_files import tractogram_extension
+
+# Input points per resampling run (see _apply_in_runs).
+RESAMPLING_RUN_POINTS = 2 ** 20
 
 
 @dataclass
@@ -105,38 +115,70 @@ def load_streamline_group(group_config, files, reference, subject,
     StreamlineGroupData
     """
     group = group_config.name
-    parts = [load_tractogram_file(path, reference, group_config, subject,
-                            remove_invalid) for path in files]
-    nb_removed = sum(nb for _, nb in parts)
-    sfts = [sft for sft, _ in parts if len(sft) > 0]
-    if nb_removed:
-        logging.warning("%s: removed %d streamlines with points outside the "
-                        "volume.", describe(subject, group), nb_removed)
-    if not sfts:
-        raise DwiMLUserError(
-            f"{describe(subject, group)}: no streamline left after removing "
-            f"{nb_removed} streamlines outside the volume.")
-
     streamline_format = streamline_format or StreamlineFormat()
-    datas, all_lengths, euclidean = [], [], []
-    for sft in sfts:
+    # One file at a time: its SFT is dropped once its points are processed,
+    # so only the group's processed float32 points accumulate.
+    datas, all_lengths, euclidean, dps_parts = [], [], [], []
+    nb_removed, space_attributes = 0, None
+    for path in files:
+        sft, nb_invalid = load_tractogram_file(path, reference, group_config,
+                                               subject, remove_invalid)
+        nb_removed += nb_invalid
+        if len(sft) == 0:
+            continue
+        space_attributes = space_attributes or sft.space_attributes
+        dps_parts.append({key: np.asarray(sft.data_per_streamline[key])
+                          .reshape(len(sft), -1)
+                          for key in group_config.dps_keys})
         sft.to_vox()
         sft.to_corner()
         affine = sft.affine.astype(np.float64)
-        processed = streamline_format.apply(sft.streamlines, affine)
-        data, offsets, lengths = compact(processed)
-        euclidean.append(lengths_mm(data, offsets, lengths, affine))
-        datas.append(data.astype(np.float32))
-        all_lengths.append(lengths)
+        streamlines = sft.streamlines
+        del sft
+        for data, offsets, lengths in _apply_in_runs(streamline_format,
+                                                     streamlines, affine):
+            euclidean.append(lengths_mm(data, offsets, lengths, affine))
+            datas.append(data.astype(np.float32, copy=False))
+            all_lengths.append(lengths)
+        del streamlines, data
+    if nb_removed:
+        logging.warning("%s: removed %d streamlines with points outside the "
+                        "volume.", describe(subject, group), nb_removed)
+    if not datas:
+        raise DwiMLUserError(
+            f"{describe(subject, group)}: no streamline left after removing "
+            f"{nb_removed} streamlines outside the volume.")
     lengths = np.concatenate(all_lengths)
     offsets = offsets_from_lengths(lengths)
-    dps = {key: _concatenate_dps(sfts, key, subject, group)
+    dps = {key: _concatenate_dps([part[key] for part in dps_parts], key,
+                                 subject, group)
            for key in group_config.dps_keys}
+    data = datas[0] if len(datas) == 1 else np.concatenate(datas)
+    del datas
     return StreamlineGroupData(
-        data=np.concatenate(datas), offsets=offsets, lengths=lengths,
+        data=data, offsets=offsets, lengths=lengths,
         euclidean_lengths=np.concatenate(euclidean),
-        data_per_streamline=dps, space_attributes=sfts[0].space_attributes,
+        data_per_streamline=dps, space_attributes=space_attributes,
         nb_removed=nb_removed)
+
+
+def _apply_in_runs(streamline_format, streamlines, affine):
+    """Yield ``compact(streamline_format.apply(run))`` for runs of streamlines.
+
+    Resampling works on all the points it is given at once, with a dozen
+    float64 temporaries the size of its output; runs of about
+    ``RESAMPLING_RUN_POINTS`` points keep them to some 100 MB whatever the
+    file's size. Streamlines are resampled independently: the runs change
+    nothing but float rounding in the arc lengths.
+    """
+    if not streamline_format.is_set:
+        yield compact(streamlines)
+        return
+    data, offsets, lengths = packed_arrays(streamlines)
+    bounds = cut_by_budget(lengths, RESAMPLING_RUN_POINTS)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        yield compact(streamline_format.apply(make_array_sequence(
+            data, offsets[start:stop], lengths[start:stop]), affine))
 
 
 def find_invalid_streamlines(streamlines, dimensions):
@@ -224,9 +266,8 @@ def load_tractogram_file(path, reference, group_config, subject, remove_invalid)
     return sft, nb_invalid
 
 
-def _concatenate_dps(sfts, key, subject, group):
-    values = [np.asarray(sft.data_per_streamline[key]).reshape(len(sft), -1)
-              for sft in sfts]
+def _concatenate_dps(values, key, subject, group):
+    """One (N, k) array from the files' (N_i, k_i) values of ``key``."""
     if len({v.shape[1:] for v in values}) > 1:
         raise DwiMLUserError(
             f"{describe(subject, group)}: data_per_streamline '{key}' has "

@@ -77,12 +77,28 @@ def split_streamlines(streamlines, split_ratio, rng, min_nb_points=3):
         Index in the input of the streamline each output streamline comes
         from (use it to keep subject ids or per-streamline data aligned).
     """
+    data, offsets, lengths = packed_arrays(streamlines)
+    new_offsets, new_lengths, source_ids = split_ranges(
+        offsets, lengths, split_ratio, rng, min_nb_points)
+    return (make_array_sequence(data, new_offsets, new_lengths),
+            source_ids)
+
+
+def split_ranges(offsets, lengths, split_ratio, rng, min_nb_points=3):
+    """:func:`split_streamlines` on (offsets, lengths) alone.
+
+    Same draws, same pieces; no data array is needed.
+
+    Returns
+    -------
+    new_offsets, new_lengths, source_ids : np.ndarray of int64,
+        shape (N + nb_split,)
+    """
     if isinstance(min_nb_points, bool) \
             or not isinstance(min_nb_points, (int, np.integer)) or min_nb_points < 2:
         raise DwiMLUserError(
             f"min_nb_points: expected an integer >= 2, found {min_nb_points!r}.")
     min_nb_points = int(min_nb_points)
-    data, offsets, lengths = packed_arrays(streamlines)
     eligible_ids = np.flatnonzero(lengths >= 2 * min_nb_points - 1)
     nb_split = count_from_ratio(split_ratio, len(eligible_ids), "split_ratio")
     split_ids = np.sort(rng.choice(eligible_ids, size=nb_split, replace=False))
@@ -99,8 +115,7 @@ def split_streamlines(streamlines, split_ratio, rng, min_nb_points=3):
     new_lengths[first_pieces] = cut_indices + 1
     new_offsets[first_pieces + 1] += cut_indices
     new_lengths[first_pieces + 1] -= cut_indices
-    return (make_array_sequence(data, new_offsets, new_lengths),
-            source_ids)
+    return new_offsets, new_lengths, source_ids
 
 
 def reverse_streamlines(streamlines, reverse_ratio, rng):
@@ -127,19 +142,32 @@ def reverse_streamlines(streamlines, reverse_ratio, rng):
         True for the reversed streamlines.
     """
     data, offsets, lengths = packed_arrays(streamlines)
+    rows, is_reversed = reverse_rows(offsets, lengths, reverse_ratio, rng)
+    return (make_array_sequence(np.take(data, rows, axis=0),
+                                offsets_from_lengths(lengths), lengths),
+            is_reversed)
+
+
+def reverse_rows(offsets, lengths, reverse_ratio, rng):
+    """:func:`reverse_streamlines` as row indices, without moving points.
+
+    Same draws. ``data[rows]`` is the compact result of
+    :func:`reverse_streamlines` on the streamlines (offsets, lengths) of
+    ``data``.
+
+    Returns
+    -------
+    rows : np.ndarray of int64, shape (sum(lengths),)
+    is_reversed : np.ndarray of bool, shape (N,)
+    """
     nb_reversed = count_from_ratio(reverse_ratio, len(lengths), "reverse_ratio")
     is_reversed = np.zeros(len(lengths), dtype=bool)
     is_reversed[rng.choice(len(lengths), size=nb_reversed, replace=False)] = True
-
-    rows = ranges_to_indices(offsets, lengths)
-    point_owner = np.repeat(np.arange(len(lengths)), lengths)
-    reversed_point = is_reversed[point_owner]
-    # Row r of a reversed streamline [o, o + n) takes row (2o + n - 1) - r.
-    mirror = 2 * offsets + lengths - 1
-    rows[reversed_point] = mirror[point_owner[reversed_point]] - rows[reversed_point]
-    return (make_array_sequence(data[rows], offsets_from_lengths(lengths),
-                                lengths),
-            is_reversed)
+    # Row r of a reversed streamline [o, o + n) takes row (2o + n - 1) - r:
+    # its rows are the same range with a negative step.
+    starts = np.where(is_reversed, offsets + lengths - 1, offsets)
+    return ranges_to_indices(starts, lengths,
+                             np.where(is_reversed, -1, 1)), is_reversed
 
 
 def add_noise_mm(streamlines_vox, sigma_mm, affine, rng):
@@ -183,11 +211,24 @@ def add_noise_mm(streamlines_vox, sigma_mm, affine, rng):
     if sigma_mm == 0:
         return streamlines_vox
     data, offsets, lengths = packed_arrays(streamlines_vox)
-    noise_mm = _truncated_normal(data.shape, sigma_mm,
-                                 NOISE_TRUNCATION_NB_SIGMAS * sigma_mm, rng)
-    noise_vox = vectors_rasmm_to_vox(noise_mm, affine)
+    noise_vox = draw_noise_vox(len(data), sigma_mm, affine, rng)
     return make_array_sequence((data + noise_vox).astype(data.dtype, copy=False),
                                offsets, lengths)
+
+
+def draw_noise_vox(nb_rows, sigma_mm, affine, rng):
+    """The displacements :func:`add_noise_mm` adds to ``nb_rows`` rows.
+
+    Same draws: ``(data + draw_noise_vox(len(data), ...)).astype(float32)``
+    is ``add_noise_mm``'s data for ``sigma_mm > 0``.
+
+    Returns
+    -------
+    np.ndarray, shape (nb_rows, 3), float64, in voxel units.
+    """
+    noise_mm = _truncated_normal((nb_rows, 3), sigma_mm,
+                                 NOISE_TRUNCATION_NB_SIGMAS * sigma_mm, rng)
+    return vectors_rasmm_to_vox(noise_mm, affine)
 
 
 def _truncated_normal(shape, sigma, bound, rng):

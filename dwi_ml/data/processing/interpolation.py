@@ -38,6 +38,8 @@ _CHUNK_NB_POINTS = 2 ** 16
 # The 8 corners of a voxel cell as (dx, dy, dz) in {0, 1}^3, z varying fastest.
 _CORNERS = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1)
                          for dz in (0, 1)])
+# (shape, device) -> constants of _interpolate_gather; a few grids per run.
+_GRID_CONSTANTS = {}
 
 
 def prepare_volume_for_interpolation(volume, device=None):
@@ -122,32 +124,61 @@ def _as_coordinates(coords, device):
 
 
 def _interpolate_gather(volume, coords):
-    """Flat-table implementation: 8 weighted rows per point, one fused call."""
-    size_x, size_y, size_z = volume.shape[:3]
-    dims = torch.tensor((size_x, size_y, size_z), device=volume.device)
+    """Flat-table implementation: 8 weighted rows per point, one fused call.
+
+    The rows and weights are built with a dozen passes over 1D columns:
+    torch's broadcasting over tiny trailing dimensions ((P, 2, 1) x
+    (P, 1, 2)) or fancy indexing of columns is several times slower than
+    the gather itself.
+    """
+    upper_centre, lower_max, strides, corner_steps = _grid_constants(
+        tuple(volume.shape[:3]), volume.device)
     centred = torch.clamp(coords - 0.5, min=torch.zeros_like(coords[0]),
-                          max=(dims - 1).to(coords.dtype))
+                          max=upper_centre.to(coords.dtype))
     # Lower corner at most dim - 2, so that lower + 1 is always a voxel (when
     # dim >= 2; at the last centre the upper weight is exactly 1). The 8
     # corners are then the lower one plus the same 8 row steps for every
     # point (a step is 0 along an axis of size 1).
-    lower = torch.minimum(centred.floor().long(), (dims - 2).clamp(min=0))
+    lower = torch.minimum(centred.floor().long(), lower_max)
     fraction = (centred - lower).float()
-    # Row of voxel (i, j, k) in the flat (X*Y*Z, F) table of a C-contiguous
-    # volume.
-    strides = torch.tensor((size_y * size_z, size_z, 1), device=volume.device)
-    steps = strides * (dims > 1)
-    corner_steps = (_CORNERS.to(volume.device) * steps).sum(dim=1)
-    rows = (lower * strides).sum(dim=1, keepdim=True) + corner_steps
-    weights_x, weights_y, weights_z = (
-        torch.stack((1 - fraction[:, axis], fraction[:, axis]), dim=1)
-        for axis in range(3))
+    # Row of the lower corner in the flat (X*Y*Z, F) table of a C-contiguous
+    # volume (integer matrix products exist on the CPU only).
+    base = (lower @ strides if lower.device.type == "cpu"
+            else (lower * strides).sum(dim=1))
+    rows = base[:, None] + corner_steps
+    upper_x, upper_y, upper_z = fraction.unbind(1)
+    lower_z = 1 - upper_z
+    weights_xy = [weight_x * weight_y
+                  for weight_x in (1 - upper_x, upper_x)
+                  for weight_y in (1 - upper_y, upper_y)]
     # Same corner order as _CORNERS: x slowest, z fastest.
-    weights = ((weights_x[:, :, None] * weights_y[:, None, :])
-               .reshape(-1, 4, 1) * weights_z[:, None, :]).reshape(-1, 8)
+    weights = torch.empty((len(fraction), 8), dtype=fraction.dtype,
+                          device=fraction.device)
+    for corner, weight_xy in enumerate(weights_xy):
+        torch.mul(weight_xy, lower_z, out=weights[:, 2 * corner])
+        torch.mul(weight_xy, upper_z, out=weights[:, 2 * corner + 1])
     table = volume.reshape(-1, volume.shape[3])
     return torch_functional.embedding_bag(rows, table, per_sample_weights=weights,
                                           mode="sum")
+
+
+def _grid_constants(shape, device):
+    """Per-grid constants of the gather, cached by (shape, device).
+
+    Returns the last centre's lower corner ``dims - 1``, the largest lower
+    corner ``max(dims - 2, 0)``, the row strides of the flat table and the
+    row steps from the lower corner to each of the 8 corners.
+    """
+    key = (shape, str(device))
+    constants = _GRID_CONSTANTS.get(key)
+    if constants is None:
+        dims = torch.tensor(shape, device=device)
+        strides = torch.tensor((shape[1] * shape[2], shape[2], 1),
+                               device=device)
+        corner_steps = (_CORNERS.to(device) * strides * (dims > 1)).sum(dim=1)
+        constants = (dims - 1, (dims - 2).clamp(min=0), strides, corner_steps)
+        _GRID_CONSTANTS[key] = constants
+    return constants
 
 
 def _interpolate_grid_sample(volume, coords):

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Tracking validation: its cost, and whether it picks better models.
+
+``cost OUT``: the bundled example of ``dwiml_run_demo.py`` (3 synthetic
+subjects x 1000 streamlines, HDF5 at 2 mm, its Learn2track model), trained
+2 epochs with whole-subject tracking validation from 1000 seeds, then 2
+with generation validation; prints the epoch's training and validation
+time against the tracking time, from the run's own logs.
+
+``proof OUT``: synthetic subjects with bundle labels (5 subjects: 3
+training, 1 validation, 1 testing), one Learn2track run with
+``--tracking_validation_every 1`` (whole subject, 1000 seeds, labels); the
+model of every epoch is kept. The testing subject is tracked with each
+epoch's model (``dwiml_track_from_model.py``) and scored against its
+labelled streamlines (``dwiml_score_tractogram.py``). Prints, per epoch, the
+validation loss, the validation tracking F1 and VC, and the testing
+subject's scores, and which epoch each criterion (valid_loss, tracking_f1,
+tracking_vc) picks.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
+from dipy.io.streamline import save_tractogram
+
+from dwi_ml.cli import dwiml_score_tractogram as score_cli
+from dwi_ml.cli import dwiml_track_from_model as track_cli
+from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR
+from dwi_ml.training.callbacks import Callback
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "tests"))
+from tracking_validation_data import (  # noqa: E402
+    BUNDLE_KEY,
+    label_bundles,
+    make_labelled_hdf5,
+)
+
+# The model of dwiml_run_demo.py.
+DEMO_MODEL = ["--step_size", "2.0", "--nb_previous_dirs", "2",
+              "--rnn_layer_sizes", "64", "--batch_size_training", "25",
+              "--learning_rate", "0.005", "--reverse_ratio", "0.5"]
+WHOLE_SUBJECT = ["--tracking_validation_mode", "whole_subject",
+                 "--tracking_validation_tracking_mask_group", "wm_mask",
+                 "--tracking_validation_nb_seeds", "1000"]
+
+
+class SaveEveryEpoch(Callback):
+    """Keep each epoch's model as ``FOLDER/epoch_K/best_model``, a folder
+    ``dwiml_track_from_model.py`` takes as an experiment."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_epoch_end(self, trainer, epoch, epoch_logs):
+        path = os.path.join(self.folder, f"epoch_{epoch}", BEST_MODEL_DIR)
+        os.makedirs(path)
+        trainer.model.save_params_and_state(path)
+
+
+def _train(experiments, name, hdf5_file, extra, callbacks=()):
+    os.makedirs(experiments, exist_ok=True)
+    args = build_parser().parse_args([experiments, name, hdf5_file, "input",
+                                      "streamlines", *DEMO_MODEL, *extra,
+                                      "-f", "-v", "WARNING"])
+    cpu, wall = time.process_time(), time.perf_counter()
+    train_from_args(args, callbacks=callbacks)
+    print(f"{name}: {time.process_time() - cpu:.0f} s CPU, "
+          f"{time.perf_counter() - wall:.0f} s wall")
+    logs_dir = os.path.join(experiments, name, "logs")
+    return {f[:-4]: np.load(os.path.join(logs_dir, f))
+            for f in os.listdir(logs_dir)}
+
+
+def cost(out):
+    """Tracking time vs one epoch on the bundled example."""
+    paths = make_synthetic_dataset(os.path.join(out, "synthetic"),
+                                   nb_subjects=3, nb_streamlines=1000, seed=0,
+                                   overwrite=True)
+    hdf5_file = os.path.join(out, "dataset.hdf5")
+    create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
+                        hdf5_file, paths.config, paths.splits["training"],
+                        paths.splits["validation"], paths.splits["testing"],
+                        step_size=2.0, overwrite=True)
+    experiments = os.path.join(out, "experiments")
+    for name, extra in (
+            ("whole_subject", WHOLE_SUBJECT),
+            ("generation", ["--tracking_validation_nb_streamlines", "1000"])):
+        logs = _train(experiments, name, hdf5_file,
+                      ["--tracking_validation_every", "1", "--max_epochs",
+                       "2", *extra])
+        epoch = logs["train_time"] + logs["valid_time"]
+        for k in range(2):
+            print(f"{name} epoch {k}: train {logs['train_time'][k]:.1f} s, "
+                  f"valid {logs['valid_time'][k]:.1f} s, tracking "
+                  f"{logs['tracking_time'][k]:.1f} s "
+                  f"({logs['tracking_time'][k] / epoch[k]:.0%} of train + "
+                  "valid)")
+
+
+def _labelled_reference(subject_paths, out_path):
+    streamlines, labels = label_bundles(subject_paths)
+    save_tractogram(StatefulTractogram(
+        streamlines, subject_paths.dwi, Space.VOX, origin=Origin.TRACKVIS,
+        data_per_streamline={BUNDLE_KEY: labels[:, None].astype(np.float32)}),
+        out_path, bbox_valid_check=False)
+
+
+def proof(out, nb_epochs):
+    """Per epoch: valid loss, validation F1/VC, testing subject's scores."""
+    hdf5_file, paths = make_labelled_hdf5(
+        out, nb_streamlines=1000, seed=0, step_size=2.0, nb_subjects=5)
+    testing = paths.splits["testing"][0]
+    subject_paths = paths.subjects[testing]
+    reference = os.path.join(out, "testing_reference.trk")
+    _labelled_reference(subject_paths, reference)
+    experiments = os.path.join(out, "experiments")
+    epochs_folder = os.path.join(out, "epochs")
+    logs = _train(experiments, "proof", hdf5_file, [
+        "--tracking_validation_every", "1", "--max_epochs", str(nb_epochs),
+        "--tracking_validation_bundle_key", BUNDLE_KEY,
+        "--best_model_metric", "tracking_f1", *WHOLE_SUBJECT],
+        callbacks=[SaveEveryEpoch(epochs_folder)])
+    rows = []
+    for epoch in range(nb_epochs):
+        folder = os.path.join(epochs_folder, f"epoch_{epoch}")
+        tractogram = os.path.join(folder, "testing.trk")
+        track_cli.main([folder, hdf5_file, testing, "input", tractogram,
+                        "--tracking_mask_group", "wm_mask", "--npv", "2",
+                        "-v", "WARNING"])
+        scores_path = os.path.join(folder, "testing_scores.json")
+        score_cli.main([tractogram, reference, subject_paths.wm_mask,
+                        "--bundle_key", BUNDLE_KEY, "--out_json", scores_path,
+                        "-v", "WARNING"])
+        with open(scores_path) as f:
+            scores = json.load(f)
+        rows.append((epoch, logs["valid_loss"][epoch],
+                     logs["tracking_f1"][epoch], logs["tracking_vc"][epoch],
+                     scores["mean_F1"], scores["VC"], scores["IC"],
+                     scores["points_within_1_vox"], scores["nb_tracked"]))
+    print("| epoch | valid loss | valid F1 | valid VC | test F1 | test VC | "
+          "test IC | test points <= 1 vox | test streamlines |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| {} | {:.4f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | "
+              "{:.3f} | {:.0f} |".format(*row))
+    for metric, pick in (("valid_loss", np.argmin), ("tracking_f1", np.argmax),
+                         ("tracking_vc", np.argmax)):
+        epoch = int(pick(logs[metric]))
+        print(f"best by {metric}: epoch {epoch}, testing F1 "
+              f"{rows[epoch][4]:.3f}, VC {rows[epoch][5]:.3f}, IC "
+              f"{rows[epoch][6]:.3f}")
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", choices=("cost", "proof"))
+    parser.add_argument("out", help="Output folder (replaced).")
+    parser.add_argument("--nb_epochs", type=int, default=8,
+                        help="proof: epochs to train (default 8).")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.what == "cost":
+        cost(args.out)
+    else:
+        proof(args.out, args.nb_epochs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""dwiml_visualize_attention.py: heatmaps per layer and head, and a
+tractogram of per-point attention summaries."""
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from dipy.io.streamline import load_tractogram
+from error_checks import assert_user_error
+from training_data import make_training_hdf5
+
+from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.cli.dwiml_visualize_attention import TRACTOGRAM_NAME
+from dwi_ml.cli.dwiml_visualize_attention import main as attention_main
+from dwi_ml.io_utils.output_folders import MARKER_FILE
+from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.monitoring.attention_views import subject_attention
+
+IDS = ["0", "3", "5"]
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("attention")
+    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=30)
+    common = [hdf5_file, "input", "streamlines", "--max_epochs", "1",
+              "--step_size", "1.5", "--nb_previous_dirs", "1",
+              "-v", "WARNING"]
+    train_main([str(folder), "original", *common, "--model_type",
+                "transformer_original", "--d_model", "8", "--nheads", "2",
+                "--n_layers_e", "2", "--n_layers_d", "1"])
+    train_main([str(folder), "src_only", *common, "--model_type",
+                "transformer_src_only", "--d_model", "8", "--nheads", "2",
+                "--n_layers_e", "1", "--add_eos"])
+    train_main([str(folder), "l2t", *common, "--rnn_layer_sizes", "8"])
+    return {"hdf5": hdf5_file, "folder": folder}
+
+
+def _read(out_dir):
+    pngs = sorted(name for name in os.listdir(out_dir)
+                  if name.endswith(".png"))
+    sft = load_tractogram(str(out_dir / TRACTOGRAM_NAME), "same")
+    return pngs, sft
+
+
+@pytest.mark.parametrize("name, expected_pngs", [
+    # 2 encoder layers, 1 decoder layer (self and cross), 2 heads each.
+    ("original", ["cross_layer0_head0.png", "cross_layer0_head1.png",
+                  "decoder_layer0_head0.png", "decoder_layer0_head1.png",
+                  "encoder_layer0_head0.png", "encoder_layer0_head1.png",
+                  "encoder_layer1_head0.png", "encoder_layer1_head1.png"]),
+    ("src_only", ["encoder_layer0_head0.png", "encoder_layer0_head1.png"]),
+])
+def test_heatmaps_and_tractogram(experiments, tmp_path, name,
+                                 expected_pngs):
+    experiment = str(experiments["folder"] / name)
+    out_dir = tmp_path / "views"
+    attention_main([experiment, experiments["hdf5"], "subj-03",
+                    str(out_dir), "--streamline_ids", *IDS])
+    pngs, sft = _read(out_dir)
+    assert pngs == expected_pngs
+    for png in pngs:
+        image = matplotlib.image.imread(str(out_dir / png))
+        # Three panels (one per streamline) side by side, with colour bars.
+        assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]
+
+    model = load_model_from_params_and_state(experiment + "/best_model")
+    expected = subject_attention(model.eval(), experiments["hdf5"],
+                                 "subj-03", "input", "streamlines",
+                                 [int(i) for i in IDS])
+    lengths = expected.streamlines._lengths
+    assert len(sft) == len(IDS)
+    np.testing.assert_array_equal(sft.streamlines._lengths, lengths)
+    assert set(sft.data_per_point) == {"attention_received",
+                                       "most_attended_from"}
+    received = sft.data_per_point["attention_received"]
+    attended_from = sft.data_per_point["most_attended_from"]
+    weights = torch.cat([expected.maps[key] for key in ("encoder", "decoder")
+                         if key in expected.maps]).mean(dim=(0, 2))
+    for row, (n, count) in enumerate(zip(lengths, expected.counts)):
+        values = np.asarray(received[row]).ravel()
+        sources = np.asarray(attended_from[row]).ravel()
+        assert len(values) == n and len(sources) == n
+        assert count == n - 1 + model.add_eos
+        assert np.all((values >= 0) & (values <= 1))
+        # Causal: a point is attended from itself or a later point.
+        assert np.all(sources[:count] >= np.arange(count))
+        assert np.all(sources < n)
+        # The first point: seen by every query, mean of its column.
+        column = weights[row, :count, 0].numpy()
+        assert values[0] == pytest.approx(column.mean(), rel=1e-6)
+        assert sources[0] == np.argmax(column)
+        # The last query sees only the past: its own weight, alone.
+        assert values[count - 1] == pytest.approx(
+            float(weights[row, count - 1, count - 1]), rel=1e-6)
+        if count < n:
+            assert values[count] == 0 and sources[count] == count
+
+
+def test_overwrite_and_refusals(experiments, tmp_path, capsys):
+    hdf5 = experiments["hdf5"]
+    original = str(experiments["folder"] / "original")
+    out_dir = tmp_path / "views"
+    attention_main([original, hdf5, "subj-03", str(out_dir),
+                    "--streamline_ids", "1"])
+    assert (out_dir / MARKER_FILE).is_file()
+    assert_user_error(attention_main, [original, hdf5, "subj-03", out_dir],
+                      capsys, tmp_path, "already exists", "-f")
+    # -f replaces the folder: the new run's two streamlines.
+    attention_main([original, hdf5, "subj-03", str(out_dir),
+                    "--streamline_ids", "2", "4", "-f"])
+    assert len(_read(out_dir)[1]) == 2
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert_user_error(attention_main, [original, hdf5, "subj-03", foreign,
+                                       "-f"],
+                      capsys, tmp_path, "not empty", "refused")
+    assert_user_error(
+        attention_main, [experiments["folder"] / "l2t", hdf5, "subj-03",
+                         tmp_path / "new"],
+        capsys, tmp_path, "expected a Transformer model",
+        "Learn2TrackModel")
+    assert_user_error(
+        attention_main, [original, hdf5, "subj-03", tmp_path / "new",
+                         "--streamline_ids", "0", "999"],
+        capsys, tmp_path, "--streamline_ids", "999")
+    assert not (tmp_path / "new").exists()
