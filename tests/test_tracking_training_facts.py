@@ -29,7 +29,7 @@ def experiments(tmp_path_factory):
                             ["subj-02"], step_size=step)
     os.makedirs(folder / "exps")
     for name, extra in (("stepped", ["--reverse_ratio", "0.5"]),
-                        ("raw", [])):
+                        ("raw", ["--reverse_ratio", "0"])):
         train_main([str(folder / "exps"), name, files[name], "input",
                     "streamlines", "--max_epochs", "1",
                     "--rnn_layer_sizes", "8", "-v", "WARNING", *extra])

@@ -372,8 +372,10 @@ def add_loader_args(parser):
     group.add_argument("--split_ratio", type=float, default=0.0,
                        help="Share in [0, 1] of the streamlines split in two "
                             "at a random point.")
-    group.add_argument("--reverse_ratio", type=float, default=0.0,
-                       help="Share in [0, 1] of the streamlines reversed.")
+    group.add_argument("--reverse_ratio", type=float, default=0.5,
+                       help="Share in [0, 1] of the streamlines reversed: "
+                            "0.5 trains for two-way tracking (the backward "
+                            "half runs against the stored direction).")
     group.add_argument("--noise_gaussian_size_forward", type=float,
                        default=0.0,
                        help="Sigma in mm of the Gaussian noise (truncated "

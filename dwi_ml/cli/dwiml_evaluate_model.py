@@ -33,7 +33,9 @@ def _build_parser():
     parser.add_argument("hdf5_file", help="HDF5 file holding the subset.")
     group = parser.add_argument_group("Evaluation")
     group.add_argument("--subset", default="testing",
-                       choices=("training", "validation", "testing"))
+                       choices=("training", "validation", "testing"),
+                       help="Split of the HDF5 file whose subjects are "
+                            "evaluated.")
     add_model_run_args(group)
     group.add_argument("--out", help="JSON output (default: EXPERIMENT/"
                        "evaluation_SUBSET_best|latest.json).")

@@ -42,7 +42,9 @@ def _build_parser():
                         metavar=("FIRST", "TOTAL"),
                         help="Epochs of the first run, then in all after "
                              "the resume.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of the synthetic data, the training and "
+                             "the tracking.")
     add_output_args(parser)
     return parser
 

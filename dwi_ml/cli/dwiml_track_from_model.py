@@ -1,4 +1,5 @@
 """Track a subject of an HDF5 file with a trained model."""
+import argparse
 import logging
 import os
 
@@ -6,6 +7,7 @@ import numpy as np
 import torch
 
 from dwi_ml.data.packed import packed_arrays
+from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -24,6 +26,7 @@ from dwi_ml.tracking.stopping import (
     DEFAULT_MAX_ANGLE_DEG,
     DEFAULT_MAX_LENGTH_MM,
     DEFAULT_MIN_LENGTH_MM,
+    MASK_INTERPOLATIONS,
     StopReason,
     TrackingMask,
     default_eos_threshold,
@@ -47,18 +50,21 @@ drawn uniformly in the voxels of the seeding mask group (--npv per voxel or
 step the input group is interpolated (with the model's neighbourhood) at
 every streamline's last point and one model call gives every next
 direction, a step of --step_size mm. A streamline stops when its next point
-leaves the volume or the tracking mask group (interpolated value < 0.5),
-turns by more than --theta degrees, reaches --max_length mm or, for models
-with an end-of-streamline (EOS) output, when its probability is above
---eos_stop. Unless --track_forward_only, each streamline is then tracked
-backward from its seed, the model first being fed the reversed forward
-half so that its memory is the same as if it had tracked the whole
-streamline (as in Learn2track). Streamlines of --min_length to --max_length
-mm are saved in the subject's space (the input group's affine and shape)
-with their seeds as data_per_streamline 'seeds', in RAS mm like the
-streamlines as nibabel and dipy load them (a .tck file cannot hold them).
-A Transformer model takes at most its max_len steps per streamline: a
---max_length above max_len x the step size is refused. Every input is
+leaves the volume or the tracking mask group (value < 0.5, read as
+--mask_interp; --max_invalid_nb_points such points are tolerated first, the
+last one is kept with --no-discard_last_point), turns by more than --theta
+degrees, reaches --max_length mm or, for models with an end-of-streamline
+(EOS) output, when its probability is above --eos_stop (or, with
+--eos_stop max, when EOS is the most likely class). Unless
+--track_forward_only, each streamline is then tracked backward from its
+seed, the model first being fed the reversed forward half so that its
+memory is the same as if it had tracked the whole streamline (as in
+Learn2track). Streamlines of --min_length to --max_length mm are saved in
+the subject's space (the input group's affine and shape), compressed with
+--compress_th, with their seeds as data_per_streamline 'seeds', in RAS mm
+like the streamlines as nibabel and dipy load them (a .tck file cannot hold
+them). A Transformer model takes at most its max_len steps per streamline:
+a --max_length above max_len x the step size is refused. Every input is
 checked before any tracking."""
 
 
@@ -104,9 +110,32 @@ def _build_parser():
                           default=DEFAULT_MAX_LENGTH_MM,
                           metavar="MM", help="Streamlines stop growing at "
                                              "this length (mm).")
-    tracking.add_argument("--eos_stop", type=float, metavar="P",
-                          help="Stop where the EOS probability is above P. "
-                               "Default: 0.5 for models with EOS.")
+    tracking.add_argument("--eos_stop", type=_eos_stop, metavar="P|max",
+                          help="Models with EOS: stop where the EOS "
+                               "probability is above P, or with 'max' where "
+                               "EOS is the most likely class (EOS against "
+                               "each direction class of a classification "
+                               "getter; P > 0.5 for the others). Default: "
+                               "0.5 for models with EOS.")
+    tracking.add_argument("--mask_interp", choices=MASK_INTERPOLATIONS,
+                          default="trilinear",
+                          help="How the tracking mask is read at a point: "
+                               "trilinear interpolation, or the value of "
+                               "the voxel holding it (the reference's "
+                               "default is nearest).")
+    tracking.add_argument("--max_invalid_nb_points", type=int, default=0,
+                          metavar="N",
+                          help="Points out of the tracking mask (inside the "
+                               "volume) tolerated in each half of a "
+                               "streamline before the next one stops it; "
+                               "0: the first one does.")
+    tracking.add_argument("--discard_last_point",
+                          action=argparse.BooleanOptionalAction, default=True,
+                          help="Leave out of a half stopped by the mask, "
+                               "inside the volume, the point out of the mask "
+                               "that stopped it (kept, it scores worse: see "
+                               "docs/training.md); --no-discard_last_point "
+                               "keeps it, as the reference does.")
     tracking.add_argument("--track_forward_only", action="store_true",
                           help="Do not track backward from the seeds.")
     tracking.add_argument("--use_latest_epoch", action="store_true",
@@ -119,8 +148,25 @@ def _build_parser():
                      help="Torch device, e.g. cpu or cuda.")
     run.add_argument("--batch_size", type=int, default=1000, metavar="N",
                      help="Streamlines tracked at once.")
+    output = parser.add_argument_group("Output")
+    output.add_argument("--compress_th", type=float, metavar="MM",
+                        help="Compress the saved streamlines: every removed "
+                             "point stays within MM mm of the compressed "
+                             "streamline (dipy's compress_streamlines). "
+                             "Default: not compressed.")
     add_output_args(parser)
     return parser
+
+
+def _eos_stop(value):
+    """--eos_stop: a probability, or 'max'."""
+    if value == "max":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a probability or 'max', found {value!r}") from None
 
 
 def _check_numbers(args):
@@ -133,8 +179,12 @@ def _check_numbers(args):
         ("min_length", args.min_length, args.min_length >= 0, ">= 0 mm"),
         ("max_length", args.max_length, args.max_length >= args.min_length
          and args.max_length > 0, "> 0 mm and >= --min_length"),
-        ("eos_stop", args.eos_stop,
-         args.eos_stop is None or 0 <= args.eos_stop < 1, "in [0, 1)"),
+        ("eos_stop", args.eos_stop, args.eos_stop in (None, "max")
+         or 0 <= args.eos_stop < 1, "in [0, 1) or 'max'"),
+        ("max_invalid_nb_points", args.max_invalid_nb_points,
+         args.max_invalid_nb_points >= 0, ">= 0"),
+        ("compress_th", args.compress_th,
+         args.compress_th is None or args.compress_th > 0, "> 0 mm"),
         ("batch_size", args.batch_size, args.batch_size >= 1, ">= 1"),
     ]
     for name, value, valid, expected in checks:
@@ -204,12 +254,14 @@ def main(argv=None):
                        npv=npv, nt=args.nt)
     tracker = BatchedTracker(
         model, input_volume.as_tensor(device), input_volume.affine,
-        TrackingMask(input_volume.shape, tracking_mask, device), step_size,
+        TrackingMask(input_volume.shape, tracking_mask, device,
+                     args.mask_interp), step_size,
         max_angle_deg=args.theta, max_length_mm=args.max_length,
         eos_threshold=eos_threshold, algo=args.algo,
         track_forward_only=args.track_forward_only,
         generator=torch.Generator(device).manual_seed(args.seed),
-        device=device)
+        device=device, max_invalid_nb_points=args.max_invalid_nb_points,
+        append_last_point=not args.discard_last_point)
     # After every check: a refused run prints its one error line alone.
     warn_if_not_trained_backward(args.experiment_path,
                                  args.track_forward_only)
@@ -224,7 +276,11 @@ def main(argv=None):
         args.max_length))
     logging.info("Kept %d of %d streamlines (%.3g to %.3g mm).", len(keep),
                  len(seeds), args.min_length, args.max_length)
-    save_tractogram_with_seeds(result.streamlines[keep], result.seeds[keep],
+    streamlines = result.streamlines[keep]
+    if args.compress_th is not None:
+        streamlines = compress(streamlines, input_volume.affine,
+                               args.compress_th)
+    save_tractogram_with_seeds(streamlines, result.seeds[keep],
                                input_volume.affine, input_volume.shape,
                                args.out_tractogram)
     logging.info("Saved %s.", os.path.abspath(args.out_tractogram))

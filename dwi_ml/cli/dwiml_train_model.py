@@ -36,7 +36,11 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.models.model_io import MODEL_REGISTRY
-from dwi_ml.models.model_types import add_model_args, model_params_from_args
+from dwi_ml.models.model_types import (
+    DEFAULT_LEARNING_RATES,
+    add_model_args,
+    model_params_from_args,
+)
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
 from dwi_ml.tracking.tracking_validation_args import (
@@ -116,7 +120,8 @@ _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
 INT_MINIMUMS = {
     "cache_size": 0, "nb_subjects_per_batch": 1, "cycles": 1, "nb_points": 2,
     "nb_previous_dirs": 0, "neighborhood_radius": 1,
-    "input_embedding_size": 1, "rnn_layer_sizes": 1, "lr_step_size": 1,
+    "input_embedding_size": 1, "cnn_nb_filters": 1,
+    "prev_dirs_embedding_size": 1, "rnn_layer_sizes": 1, "lr_step_size": 1,
     "max_epochs": 1, "patience": 1, "max_batches_per_epoch_training": 1,
     "max_batches_per_epoch_validation": 1, "grad_accumulation_steps": 1,
     "seed": 0, "nb_workers": 0, "nb_cpu_threads": 1}
@@ -163,7 +168,10 @@ def collect_params(args):
                    "seed": args.seed},
         "model_type": model_type,
         "model": model_params,
-        "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS},
+        "trainer": {name: getattr(args, name) for name in _TRAINER_ARGS}
+        | {"learning_rate": (DEFAULT_LEARNING_RATES[args.model_type]
+                             if args.learning_rate is None
+                             else args.learning_rate)},
         "tracking_validation": _as_dict(
             tracking_validation_params_from_args(args)),
     }

@@ -13,7 +13,13 @@ VERBOSITY_LEVELS = ("DEBUG", "INFO", "WARNING")
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
                      argparse.RawDescriptionHelpFormatter):
-    pass
+    """Appends "(default: X)" to each option's help, unless the help
+    already says its default in words (e.g. "Default: the model's")."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):

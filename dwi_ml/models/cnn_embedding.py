@@ -12,6 +12,7 @@ directions), to the output width by a linear layer and a ReLU.
 import torch
 
 from dwi_ml.io_utils.arg_checks import check_int
+from dwi_ml.io_utils.errors import DwiMLUserError
 
 
 def grid_order(radius):
@@ -75,3 +76,26 @@ class CNNEmbedding(torch.nn.Module):
         maps = torch.relu(self.conv(self.to_grid(tokens))).flatten(1)
         extra = tokens[:, self.nb_features * self.side ** 3:]
         return torch.relu(self.linear(torch.cat([maps, extra], dim=1)))
+
+
+def check_cnn_neighborhood(embedding_key, neighborhood):
+    """Refuse the "cnn" embedding without a "grid" neighbourhood.
+
+    Parameters
+    ----------
+    embedding_key : str
+        The model's ``input_embedding_key``.
+    neighborhood : dwi_ml.data.processing.neighborhood.Neighborhood
+    """
+    if embedding_key == "cnn" and neighborhood.type != "grid":
+        raise DwiMLUserError(
+            f"argument 'input_embedding_key': 'cnn' needs a 'grid' "
+            f"neighbourhood, found neighborhood_type {neighborhood.type!r}.")
+
+
+def make_cnn_embedding(nb_features, neighborhood, extra_size, output_size,
+                       nb_filters):
+    """A :class:`CNNEmbedding` over ``neighborhood`` (a "grid" one)."""
+    check_cnn_neighborhood("cnn", neighborhood)
+    return CNNEmbedding(nb_features, neighborhood.radius, extra_size,
+                        output_size, nb_filters)

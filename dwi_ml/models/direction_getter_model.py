@@ -128,3 +128,11 @@ class DirectionGetterModel(MainModelOneInput):
         """
         return self.direction_getter.get_tracking_directions(
             outputs, algo, generator)
+
+    def eos_is_most_likely(self, outputs):
+        """(N,) bool: EOS is the most likely class (``--eos_stop max``).
+
+        See
+        :meth:`dwi_ml.models.direction_getters.base.AbstractDirectionGetter.eos_is_most_likely`.
+        """
+        return self.direction_getter.eos_is_most_likely(outputs)

@@ -1,6 +1,9 @@
-"""Input embeddings: map each point's input vector before the RNN.
+"""Embeddings: map each point's input vector, or its previous directions.
 
-Embeddings act on packed points, (P, input_size) -> (P, output_size).
+Embeddings act on packed points, (P, input_size) -> (P, output_size). The
+input embeddings are "none", "linear" and "cnn" (a 3-D convolution over a
+grid neighbourhood, :mod:`dwi_ml.models.cnn_embedding`); the previous
+directions' are "none" and "linear" (:func:`make_prev_dirs_embedding`).
 """
 import torch
 
@@ -31,6 +34,7 @@ class LinearEmbedding(torch.nn.Module):
 
 
 EMBEDDING_KEYS = ("none", "linear")
+INPUT_EMBEDDING_KEYS = EMBEDDING_KEYS + ("cnn",)
 
 
 def make_embedding(key, input_size, embedding_size):
@@ -47,3 +51,35 @@ def make_embedding(key, input_size, embedding_size):
         return NoEmbedding(input_size)
     return LinearEmbedding(
         input_size, check_int("input_embedding_size", embedding_size, 1))
+
+
+def make_prev_dirs_embedding(key, nb_previous_dirs, embedding_size):
+    """The embedding of the ``3 k`` previous-direction values of a point.
+
+    Parameters
+    ----------
+    key : "none" or "linear"
+        "none" keeps the ``3 k`` values; "linear" maps them to
+        ``embedding_size`` values (a linear layer and a ReLU).
+    nb_previous_dirs : int
+        ``k``; "linear" needs ``k >= 1``.
+    embedding_size : int or None
+        Output width; None is ``3 k``. With "none" it must be None or
+        ``3 k``.
+    """
+    check_choice("prev_dirs_embedding_key", key, EMBEDDING_KEYS)
+    input_size = 3 * nb_previous_dirs
+    if key == "none":
+        if embedding_size not in (None, input_size):
+            raise DwiMLUserError(
+                f"argument 'prev_dirs_embedding_size': expected None or "
+                f"{input_size} (3 * nb_previous_dirs) with "
+                f"prev_dirs_embedding_key 'none', found {embedding_size!r}.")
+        return NoEmbedding(input_size)
+    if nb_previous_dirs == 0:
+        raise DwiMLUserError(
+            "argument 'prev_dirs_embedding_key': 'linear' embeds previous "
+            "directions, expected nb_previous_dirs >= 1, found 0.")
+    return LinearEmbedding(input_size, check_int(
+        "prev_dirs_embedding_size",
+        input_size if embedding_size is None else embedding_size, 1))

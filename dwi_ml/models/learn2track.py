@@ -2,8 +2,9 @@
 
 For each prediction point (see :mod:`dwi_ml.models.directions`)::
 
-    input at t  -> embedding -> [ . , previous dirs ] -> stacked RNN
-                -> direction getter -> output row
+    input at t  -> input embedding --------------.
+    previous dirs -> previous-directions embedding -> concatenated
+                -> stacked RNN -> direction getter -> output row
 
 Training (whole streamlines, :meth:`Learn2TrackModel.forward`)
     All streamlines of the batch run at once, as one padded sequence
@@ -29,12 +30,18 @@ import torch
 from dwi_ml.data.processing.input_spec import add_input_spec_args
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.cnn_embedding import check_cnn_neighborhood, make_cnn_embedding
 from dwi_ml.models.direction_getter_model import DirectionGetterModel
 from dwi_ml.models.direction_getters import (
     add_direction_getter_args,
     make_direction_getter,
 )
-from dwi_ml.models.embeddings import make_embedding
+from dwi_ml.models.embeddings import (
+    EMBEDDING_KEYS,
+    INPUT_EMBEDDING_KEYS,
+    make_embedding,
+    make_prev_dirs_embedding,
+)
 from dwi_ml.models.model_io import register_model
 from dwi_ml.models.stacked_rnn import RNN_CLASSES, StackedRNN, select_hidden_states
 
@@ -51,11 +58,19 @@ class Learn2TrackModel(DirectionGetterModel):
         See :class:`dwi_ml.models.main_models.MainModelOneInput`.
     nb_previous_dirs, normalize_prev_dirs :
         See :class:`dwi_ml.models.main_models.MainModelOneInput`.
-    input_embedding_key : "none" or "linear"
+    input_embedding_key : "none", "linear" or "cnn"
         Embedding of each point's input (before previous directions are
-        appended).
+        appended); "cnn" (:class:`~dwi_ml.models.cnn_embedding.CNNEmbedding`)
+        needs a "grid" neighbourhood.
     input_embedding_size : int or None
-        Output width of the "linear" embedding.
+        Output width of the "linear" and "cnn" embeddings (required by
+        them; None with "none").
+    cnn_nb_filters : int
+        Channels of the "cnn" embedding's convolution.
+    prev_dirs_embedding_key : "none" or "linear"
+        Embedding of each point's ``3 k`` previous-direction values.
+    prev_dirs_embedding_size : int or None
+        Its output width; None is ``3 k``.
     rnn_key : "lstm" or "gru"
     rnn_layer_sizes : list of int
         Hidden size of each RNN layer.
@@ -77,16 +92,31 @@ class Learn2TrackModel(DirectionGetterModel):
                  neighborhood_radius=None, neighborhood_resolution=None,
                  nb_previous_dirs=0, normalize_prev_dirs=True,
                  input_embedding_key="none", input_embedding_size=None,
-                 rnn_key="lstm", rnn_layer_sizes=(100, 100),
+                 cnn_nb_filters=8, prev_dirs_embedding_key="none",
+                 prev_dirs_embedding_size=None, rnn_key="lstm",
+                 rnn_layer_sizes=(100, 100),
                  use_skip_connection=True, use_layer_norm=True, dropout=0.0,
                  dg_key="cosine-regression", dg_args=None):
         super().__init__(experiment_name, nb_features, step_size, nb_points,
                          compress, neighborhood_type, neighborhood_radius,
                          neighborhood_resolution, nb_previous_dirs,
                          normalize_prev_dirs)
-        self.input_embedding_key = input_embedding_key
-        self.embedding = make_embedding(input_embedding_key, self.input_size,
-                                        input_embedding_size)
+        self.input_embedding_key = check_choice(
+            "input_embedding_key", input_embedding_key, INPUT_EMBEDDING_KEYS)
+        check_cnn_neighborhood(input_embedding_key, self.input_spec.neighborhood)
+        self.cnn_nb_filters = check_int("cnn_nb_filters", cnn_nb_filters, 1)
+        if input_embedding_key == "cnn":
+            self.embedding = make_cnn_embedding(
+                self.nb_features, self.input_spec.neighborhood, 0,
+                check_int("input_embedding_size", input_embedding_size, 1),
+                self.cnn_nb_filters)
+        else:
+            self.embedding = make_embedding(
+                input_embedding_key, self.input_size, input_embedding_size)
+        self.prev_dirs_embedding = make_prev_dirs_embedding(
+            prev_dirs_embedding_key, self.nb_previous_dirs,
+            prev_dirs_embedding_size)
+        self.prev_dirs_embedding_key = prev_dirs_embedding_key
         self.rnn_key = check_choice("rnn_key", rnn_key, RNN_CLASSES)
         if (not isinstance(rnn_layer_sizes, (list, tuple))
                 or len(rnn_layer_sizes) == 0):
@@ -99,7 +129,8 @@ class Learn2TrackModel(DirectionGetterModel):
         self.use_layer_norm = bool(use_layer_norm)
         self.dropout = check_fraction("dropout", dropout)
         self.rnn = StackedRNN(
-            rnn_key, self.embedding.output_size + 3 * self.nb_previous_dirs,
+            rnn_key, (self.embedding.output_size
+                      + self.prev_dirs_embedding.output_size),
             self.rnn_layer_sizes, self.use_skip_connection,
             self.use_layer_norm, self.dropout)
         self.dg_key = dg_key
@@ -113,6 +144,10 @@ class Learn2TrackModel(DirectionGetterModel):
                           self.embedding.output_size)
         params.update(input_embedding_key=self.input_embedding_key,
                       input_embedding_size=embedding_size,
+                      cnn_nb_filters=self.cnn_nb_filters,
+                      prev_dirs_embedding_key=self.prev_dirs_embedding_key,
+                      prev_dirs_embedding_size=(
+                          self.prev_dirs_embedding.output_size),
                       rnn_key=self.rnn_key,
                       rnn_layer_sizes=list(self.rnn_layer_sizes),
                       use_skip_connection=self.use_skip_connection,
@@ -123,8 +158,9 @@ class Learn2TrackModel(DirectionGetterModel):
     def _point_features(self, point_inputs, previous_dirs):
         # Inputs and points come as float32 (interpolation, the loader);
         # a model.double() computes in float64 from here on.
-        return torch.cat([self.embedding(point_inputs.to(self.dtype)),
-                          previous_dirs.to(self.dtype)], dim=1)
+        return torch.cat(
+            [self.embedding(point_inputs.to(self.dtype)),
+             self.prev_dirs_embedding(previous_dirs.to(self.dtype))], dim=1)
 
     def hidden_states(self, point_inputs, streamlines, counts):
         """The RNN's outputs at the prediction points (see
@@ -193,13 +229,29 @@ def add_learn2track_args(parser):
     group = parser.add_argument_group("Model (Learn2track)")
     add_input_spec_args(group)
     group.add_argument("--input_embedding_key",
-                       choices=("none", "linear", "cnn"),
-                       help="Embedding of the inputs: before the RNN "
-                            "(none or linear; default none), or into the "
-                            "Transformers' tokens (linear, or cnn over a grid "
-                            "neighbourhood; default linear).")
+                       choices=INPUT_EMBEDDING_KEYS,
+                       help="Embedding of each point's input: none, linear, "
+                            "or cnn (a 3-D convolution over a grid "
+                            "neighbourhood, --neighborhood_type grid). "
+                            "Default: none for Learn2track, linear for the "
+                            "Transformers.")
     group.add_argument("--input_embedding_size", type=int,
-                       help="Output size of the linear embedding.")
+                       help="Learn2track: output size of the linear or cnn "
+                            "input embedding (required by them). Default: "
+                            "none (no embedding).")
+    group.add_argument("--cnn_nb_filters", type=int, default=8,
+                       help="Filters of the cnn input embedding's "
+                            "convolution (kernel 3).")
+    group.add_argument("--prev_dirs_embedding_key", default="none",
+                       choices=EMBEDDING_KEYS,
+                       help="Learn2track: embedding of the 3 * "
+                            "--nb_previous_dirs previous-direction values: "
+                            "none (as they are) or linear (a linear layer "
+                            "and a ReLU).")
+    group.add_argument("--prev_dirs_embedding_size", type=int,
+                       help="Learn2track: output size of the linear "
+                            "previous-directions embedding. Default: 3 * "
+                            "--nb_previous_dirs.")
     group.add_argument("--rnn_key", default="lstm", choices=tuple(RNN_CLASSES),
                        help="Recurrent layer type.")
     group.add_argument("--rnn_layer_sizes", type=int, nargs="+",

@@ -6,6 +6,7 @@ direction getter, dropout, input embedding) and from its family's own
 argument group. Resume, evaluation and tracking read the class back from
 the experiment (``model_type.txt``): they need no option.
 """
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters import direction_getter_args
 from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
 from dwi_ml.models.transformers import (
@@ -31,8 +32,10 @@ def add_model_args(parser):
         "Transformers (--model_type transformer_*)",
         "Options of the Transformer models; the input spec, previous "
         "directions, --dropout, --input_embedding_key (none, linear or cnn "
-        "with a grid neighbourhood) and the direction getter options above "
-        "apply too.")
+        "with a grid neighbourhood), --cnn_nb_filters and the direction "
+        "getter options above apply too (not --input_embedding_size nor "
+        "--prev_dirs_embedding_*: the Transformers embed whole tokens to "
+        "--d_model).")
     group.add_argument("--d_model", type=int, default=64,
                        help="Width of every token and attention layer.")
     group.add_argument("--nheads", type=int, default=4,
@@ -71,9 +74,14 @@ def add_model_args(parser):
     group.add_argument("--target_embedded_size", type=int, default=8,
                        help="transformer_src_tgt with concat: width of the "
                             "embedded previous direction.")
-    group.add_argument("--cnn_nb_filters", type=int, default=8,
-                       help="Filters of the CNN input embedding.")
     return group
+
+
+# Measured in docs/training.md: Learn2track learns faster at 0.005; the
+# Transformers keep the usual 0.001.
+DEFAULT_LEARNING_RATES = {"learn2track": 0.005, "transformer_original": 0.001,
+                          "transformer_src_tgt": 0.001,
+                          "transformer_src_only": 0.001}
 
 
 def model_params_from_args(args):
@@ -101,20 +109,28 @@ def model_params_from_args(args):
         "none" if is_recurrent else "linear")
     params["dropout"] = (args.dropout if args.dropout is not None
                          else 0.0 if is_recurrent else 0.1)
+    params["cnn_nb_filters"] = args.cnn_nb_filters
     if is_recurrent:
         params.update(input_embedding_size=args.input_embedding_size,
+                      prev_dirs_embedding_key=args.prev_dirs_embedding_key,
+                      prev_dirs_embedding_size=args.prev_dirs_embedding_size,
                       rnn_key=args.rnn_key,
                       rnn_layer_sizes=args.rnn_layer_sizes,
                       use_skip_connection=not args.no_skip_connection,
                       use_layer_norm=not args.no_layer_norm)
         return model_class.__name__, params
+    if (args.prev_dirs_embedding_key != "none"
+            or args.prev_dirs_embedding_size is not None):
+        raise DwiMLUserError(
+            f"arguments --prev_dirs_embedding_key/--prev_dirs_embedding_size: "
+            f"Learn2track only, found them with --model_type "
+            f"{args.model_type}.")
     params.update(d_model=args.d_model, nheads=args.nheads,
                   n_layers_e=args.n_layers_e,
                   ffnn_hidden_size=args.ffnn_hidden_size,
                   activation=args.activation, norm_first=args.norm_first,
                   max_len=args.max_len,
-                  position_encoding=args.position_encoding,
-                  cnn_nb_filters=args.cnn_nb_filters)
+                  position_encoding=args.position_encoding)
     if model_class is not TransformerSrcOnlyModel:
         params.update(target_embedding_key=args.target_embedding_key,
                       sos_token_type=args.sos_token_type)

@@ -32,14 +32,14 @@ import torch
 
 from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.cnn_embedding import CNNEmbedding
+from dwi_ml.models.cnn_embedding import check_cnn_neighborhood, make_cnn_embedding
 from dwi_ml.models.direction_getter_model import DirectionGetterModel
 from dwi_ml.models.direction_getters import make_direction_getter
 from dwi_ml.models.directions import (
     compute_last_previous_dirs,
     compute_previous_dirs,
 )
-from dwi_ml.models.embeddings import EMBEDDING_KEYS
+from dwi_ml.models.embeddings import INPUT_EMBEDDING_KEYS
 from dwi_ml.models.transformer_cache import KeyValueBuffer
 from dwi_ml.models.transformer_layers import (
     ACTIVATIONS,
@@ -51,8 +51,6 @@ from dwi_ml.models.transformer_tokens import (
     PaddedLayout,
     make_token_embedding,
 )
-
-INPUT_EMBEDDING_KEYS = EMBEDDING_KEYS + ("cnn",)
 
 
 class TransformerModelAbstract(DirectionGetterModel):
@@ -129,11 +127,7 @@ class TransformerModelAbstract(DirectionGetterModel):
                                                   self.max_len)
         self.input_embedding_key = check_choice(
             "input_embedding_key", input_embedding_key, INPUT_EMBEDDING_KEYS)
-        if input_embedding_key == "cnn" and self.input_spec.neighborhood.type != "grid":
-            raise DwiMLUserError(
-                f"argument 'input_embedding_key': 'cnn' needs a 'grid' "
-                f"neighbourhood, found neighborhood_type "
-                f"{self.input_spec.neighborhood.type!r}.")
+        check_cnn_neighborhood(input_embedding_key, self.input_spec.neighborhood)
         self.cnn_nb_filters = check_int("cnn_nb_filters", cnn_nb_filters, 1)
         self.token_dropout = torch.nn.Dropout(self.dropout)
         self.dg_key = dg_key
@@ -148,9 +142,10 @@ class TransformerModelAbstract(DirectionGetterModel):
     def make_input_embedding(self, output_size):
         """The source tokens' embedding, to ``output_size`` values."""
         if self.input_embedding_key == "cnn":
-            return CNNEmbedding(self.nb_features, self.input_spec.neighborhood.radius,
-                                3 * self.nb_previous_dirs, output_size,
-                                self.cnn_nb_filters)
+            return make_cnn_embedding(self.nb_features,
+                                      self.input_spec.neighborhood,
+                                      3 * self.nb_previous_dirs, output_size,
+                                      self.cnn_nb_filters)
         return make_token_embedding("input_embedding_key",
                                     self.input_embedding_key,
                                     self.source_size, output_size)

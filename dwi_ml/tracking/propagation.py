@@ -46,6 +46,7 @@ from dwi_ml.data.packed import (
 )
 from dwi_ml.data.processing.interpolation import prepare_volume_for_interpolation
 from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
+from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.stopping import StopReason, max_nb_points, steps_too_sharp
 
@@ -95,19 +96,28 @@ class BatchedTracker:
         Largest turn between two steps, degrees, measured in mm.
     max_length_mm : float
         Streamlines stop growing at this length (both halves together).
-    eos_threshold : float or None
-        Stop where the EOS probability is above it (EOS models only).
+    eos_threshold : float, "max" or None
+        Stop where the EOS probability is above it, or with "max" where EOS
+        is the model's most likely class (EOS models only).
     algo : "det" or "prob"
     track_forward_only : bool
     generator : torch.Generator or None
         Random stream of "prob" sampling, on ``device``.
     device : str or torch.device
+    max_invalid_nb_points : int
+        Points out of the tracking mask (inside the volume) each half of a
+        streamline may add before the next one stops it (0: the first one
+        does).
+    append_last_point : bool
+        A half that stops on the mask, inside the volume, ends with the
+        point out of the mask that stopped it.
     """
 
     def __init__(self, model, input_volume, affine, tracking_mask,
                  step_size_mm, max_angle_deg=45.0, max_length_mm=300.0,
                  eos_threshold=None, algo="det", track_forward_only=False,
-                 generator=None, device="cpu"):
+                 generator=None, device="cpu", max_invalid_nb_points=0,
+                 append_last_point=False):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.dtype = model.dtype
@@ -134,6 +144,9 @@ class BatchedTracker:
                 f"argument 'eos_stop': the model predicts no EOS, found a "
                 f"threshold of {eos_threshold}.")
         self.eos_threshold = eos_threshold
+        self.max_invalid_nb_points = check_int("max_invalid_nb_points",
+                                               max_invalid_nb_points, 0)
+        self.append_last_point = bool(append_last_point)
         self.algo = algo
         self.track_forward_only = track_forward_only
         self.generator = generator
@@ -250,6 +263,7 @@ class BatchedTracker:
         lengths = prefix_lengths.clone()
         stops = torch.full_like(lengths, int(StopReason.MAX_LENGTH))
         active = torch.arange(nb_streamlines, device=self.device)
+        invalid_counts = torch.zeros_like(lengths)
         hidden_states = None
         first_directions = None
         context_points = getattr(self.model, "tracking_context_points", None)
@@ -277,10 +291,16 @@ class BatchedTracker:
                     directions = torch.where(
                         (prefix_lengths == 1)[:, None], seed_directions,
                         directions)
-            stop_codes, next_points = self._check_next_points(
-                directions, eos_probs, points, active, t, growing)
+            stop_codes, next_points, out_of_mask = self._check_next_points(
+                directions, self._eos_stops(outputs, eos_probs), points,
+                active, t, growing)
+            invalid_counts[active] += out_of_mask
+            stop_codes[invalid_counts[active] > self.max_invalid_nb_points] \
+                = StopReason.MASK
             stopped = stop_codes > 0
             grows = growing & ~stopped
+            if self.append_last_point:
+                grows |= out_of_mask & (stop_codes == StopReason.MASK)
             points[active[grows], t + 1] = next_points[grows]
             lengths[active[grows]] = t + 2
             if stopped.any():
@@ -291,16 +311,28 @@ class BatchedTracker:
                     hidden_states, keep)
         return points, lengths, stops, first_directions
 
-    def _check_next_points(self, directions, eos_probs, points, active, t,
+    def _eos_stops(self, outputs, eos_probs):
+        """(n,) bool where EOS stops a streamline, or None without EOS."""
+        if self.eos_threshold is None:
+            return None
+        if self.eos_threshold == "max":
+            return self.model.eos_is_most_likely(outputs)
+        return eos_probs > self.eos_threshold
+
+    def _check_next_points(self, directions, eos_stops, points, active, t,
                            growing):
         """Next point of each active streamline and its StopReason.
 
         ``directions`` (n, 3) are unit vectors in voxel space and
-        ``eos_probs`` (n,) or None. Returns (codes (n,), next_points
-        (n, 3)); code 0 means the point is added. Criteria are written from
-        the lowest priority up, so that the highest (EOS, then angle, then
-        mask) wins. Streamlines not ``growing`` (still replaying their
-        prefix) get 0.
+        ``eos_stops`` (n,) bool or None. Returns (codes (n,), next_points
+        (n, 3), out_of_mask (n,) bool); code 0 means the point is added.
+        ``out_of_mask`` marks growing streamlines whose next point is in
+        the volume but out of the tracking mask: the caller counts them
+        against ``max_invalid_nb_points`` and gives ``MASK`` to those past
+        it, which wins over the codes here. Criteria are written from the
+        lowest priority up, so that the highest (EOS, then angle, then
+        leaving the volume) wins. Streamlines not ``growing`` (still
+        replaying their prefix) get 0.
         """
         lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
         steps = directions * (self.step_size_mm
@@ -309,16 +341,19 @@ class BatchedTracker:
         next_points = current + steps
         codes = torch.zeros(len(active), dtype=torch.int64,
                             device=self.device)
-        codes[~self.tracking_mask.contains(next_points)] = StopReason.MASK
+        in_volume = self.tracking_mask.inside_volume(next_points)
+        out_of_mask = (in_volume & ~self.tracking_mask.contains(next_points)
+                       & growing)
+        codes[~in_volume] = StopReason.MASK
         if t >= 1:
             previous_steps = current - points[active, t - 1]
             codes[steps_too_sharp(self.to_mm(previous_steps),
                                   self.to_mm(steps),
                                   self.max_angle_deg)] = StopReason.ANGLE
-        if self.eos_threshold is not None:
-            codes[eos_probs > self.eos_threshold] = StopReason.EOS
+        if eos_stops is not None:
+            codes[eos_stops] = StopReason.EOS
         codes[~growing] = 0
-        return codes, next_points
+        return codes, next_points, out_of_mask
 
 
 def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):

@@ -4,15 +4,21 @@ A streamline stops, at its last point ``p`` with the proposed next point
 ``q`` (voxel space, corner origin), on the first of:
 
 - ``EOS``: the model's end-of-streamline probability at ``p`` is above the
-  threshold (models with EOS only);
+  threshold, or (threshold ``"max"``) EOS is the most likely of the
+  model's classes (models with EOS only);
 - ``ANGLE``: the angle between the last step and ``q - p``, measured in mm
   (through the affine, so anisotropic voxels do not distort it), is above
   ``max_angle_deg``;
-- ``MASK``: ``q`` is outside the volume or the tracking mask, trilinearly
-  interpolated at ``q``, is below 0.5;
+- ``MASK``: ``q`` is outside the volume, or the tracking mask at ``q``
+  (trilinearly interpolated, or its voxel's value with ``interp="nearest"``)
+  is below 0.5 for more than ``max_invalid_nb_points`` points of this
+  half of the streamline (0 by default: the first such point stops it;
+  tolerated points are added);
 - ``MAX_LENGTH``: the streamline has ``max_nb_points`` points.
 
-The point ``q`` that triggers a stop is never added. A seed whose voxel
+The point ``q`` that triggers a stop is not added, but for a ``MASK``
+stop inside the volume with ``append_last_point`` (the point out of the
+mask, as in the reference and dipy). A seed whose voxel
 is outside the tracking mask (nearest voxel, not interpolated: seeds near
 the mask's border would otherwise be lost) stops at once (``MASK``, one
 point).
@@ -27,6 +33,7 @@ from dwi_ml.data.processing.interpolation import (
     interpolate_volume_at_coordinates,
     prepare_volume_for_interpolation,
 )
+from dwi_ml.io_utils.arg_checks import check_choice
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.seeding import MASK_THRESHOLD
 
@@ -52,6 +59,9 @@ class StopReason(enum.IntEnum):
     EOS = 4
 
 
+MASK_INTERPOLATIONS = ("nearest", "trilinear")
+
+
 class TrackingMask:
     """Where streamlines may go: inside the volume and the mask.
 
@@ -62,9 +72,14 @@ class TrackingMask:
     mask : np.ndarray or torch.Tensor, shape (X, Y, Z) or (X, Y, Z, 1), optional
         Tracking mask; None allows the whole volume.
     device : str or torch.device
+    interp : "trilinear" or "nearest"
+        How :meth:`contains` reads the mask at a point: interpolated
+        trilinearly, or the value of the voxel holding the point.
     """
 
-    def __init__(self, shape, mask=None, device="cpu"):
+    def __init__(self, shape, mask=None, device="cpu", interp="trilinear"):
+        self.interp = check_choice("mask_interp", interp,
+                                   MASK_INTERPOLATIONS)
         self.shape = tuple(int(s) for s in shape[:3])
         self.device = torch.device(device)
         self._upper = torch.tensor(self.shape, dtype=torch.float32,
@@ -90,9 +105,11 @@ class TrackingMask:
             Voxel space, corner origin, on the mask's device. Points must
             lie in ``[0, dim)`` on each axis.
         """
-        inside = self._inside_volume(points_vox_corner)
+        inside = self.inside_volume(points_vox_corner)
         if self._volume is None:
             return inside
+        if self.interp == "nearest":
+            return self.contains_voxel(points_vox_corner)
         values = interpolate_volume_at_coordinates(self._volume,
                                                    points_vox_corner)
         return inside & (values[:, 0] >= MASK_THRESHOLD)
@@ -103,7 +120,7 @@ class TrackingMask:
         For seeds: no interpolation, so that a seed anywhere in a mask
         voxel counts as inside.
         """
-        inside = self._inside_volume(points_vox_corner)
+        inside = self.inside_volume(points_vox_corner)
         if self._voxels is None:
             return inside
         voxels = torch.floor(points_vox_corner).long()
@@ -112,7 +129,9 @@ class TrackingMask:
         return inside & self._voxels[voxels[:, 0], voxels[:, 1],
                                      voxels[:, 2]]
 
-    def _inside_volume(self, points_vox_corner):
+    def inside_volume(self, points_vox_corner):
+        """(P,) bool: True where a point lies in the volume, ``[0, dim)``.
+        """
         return torch.all((points_vox_corner >= 0)
                          & (points_vox_corner < self._upper), dim=1)
 

@@ -52,8 +52,10 @@ def add_trainer_args(parser):
     group = parser.add_argument_group("Trainer")
     group.add_argument("--optimizer", default="Adam", choices=OPTIMIZER_CHOICES,
                        help="torch optimizer.")
-    group.add_argument("--learning_rate", type=float, default=1e-3,
-                       help="Initial learning rate.")
+    group.add_argument("--learning_rate", type=float,
+                       help="Initial learning rate. Default: 0.005 for "
+                            "Learn2track, 0.001 for the Transformers (see "
+                            "docs/training.md).")
     group.add_argument("--weight_decay", type=float, default=0.0,
                        help="Weight decay (L2 penalty; decoupled for AdamW).")
     group.add_argument("--momentum", type=float, default=0.9,

@@ -78,9 +78,9 @@ def add_input_spec_args(group):
     streamline_format.add_argument(
         "--compress", type=float, metavar="MM",
         help="Compress streamlines with this tolerance in mm.")
-    group.add_argument("--nb_previous_dirs", type=int, default=0,
+    group.add_argument("--nb_previous_dirs", type=int, default=2,
                        help="Previous directions added to each point's "
-                            "input.")
+                            "input (0: none; docs/training.md says why 2).")
     group.add_argument("--normalize_prev_dirs",
                        action=argparse.BooleanOptionalAction, default=True,
                        help="Give previous directions unit length, so the "

@@ -162,6 +162,26 @@ class AbstractDirectionGetter(torch.nn.Module):
         return {"direction": (1 - eos_targets) * losses,
                 "eos": self.eos_weight * eos_losses}
 
+    def log_largest_class_probability(self, dir_outputs):
+        """Log-probability of the most likely direction class, (N,).
+
+        A getter without classes has one "continue" class: 0 (probability
+        1). See :meth:`eos_is_most_likely`.
+        """
+        return dir_outputs.new_zeros(len(dir_outputs))
+
+    def eos_is_most_likely(self, outputs):
+        """(N,) bool: EOS is the most likely class of each point.
+
+        The classes are EOS, of probability ``p = sigmoid(eos_logit)``, and
+        each direction class ``j``, of probability ``(1 - p) q_j``. EOS wins
+        where ``p > (1 - p) max_j q_j``, i.e. ``eos_logit > log max_j q_j``:
+        ``p > 0.5`` for getters without classes. The reference's
+        ``--eos_stop max``. Requires ``add_eos``.
+        """
+        dir_outputs, eos_logits = self.split_eos(at_least_float32(outputs))
+        return eos_logits > self.log_largest_class_probability(dir_outputs)
+
     def get_det_directions(self, dir_outputs):
         """Most likely unit direction of each point, (N, 3)."""
         raise NotImplementedError

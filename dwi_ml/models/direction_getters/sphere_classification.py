@@ -59,6 +59,9 @@ class SphereClassificationDG(AbstractDirectionGetter):
                                self.directions_to_classes(target_dirs),
                                reduction="none")
 
+    def log_largest_class_probability(self, dir_outputs):
+        return torch.log_softmax(dir_outputs, dim=1).max(dim=1).values
+
     def get_det_directions(self, dir_outputs):
         return self.vertices[torch.argmax(dir_outputs, dim=1)]
 
