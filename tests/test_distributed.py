@@ -37,8 +37,11 @@ def _run(launcher, out_dir, mode, args, kill=(-1, -1), expect_ok=True,
 
 
 def _train_args(experiments, name, hdf5_file, max_epochs, extra=()):
-    # Global batches of 40 streamlines: 20 per rank under torchrun.
+    # Global batches of 40 streamlines: 20 per rank under torchrun. No
+    # reversal: its draws are per rank, so a single process would reverse
+    # other streamlines than two ranks do.
     return [str(experiments), name, hdf5_file, "input", "streamlines", *extra,
+            "--reverse_ratio", "0",
             "--max_epochs", str(max_epochs), "--batch_size_training", "40",
             "--batch_size_validation", "60", "--step_size", "1.5",
             "--rnn_layer_sizes", "16", "--nb_previous_dirs", "1",
