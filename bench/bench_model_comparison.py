@@ -161,8 +161,9 @@ def main():
     parser.add_argument("--max_epochs", type=int, default=8,
                         help="Epochs for every model (default: 8).")
     parser.add_argument("--learning_rate", type=float, default=0.003,
-                        help="Initial learning rate of every model, cosine "
-                             "schedule (default: 0.003).")
+                        help="Initial learning rate of Learn2track, cosine "
+                             "schedule, and of the Transformers without "
+                             "--tf_learning_rate (default: 0.003).")
     parser.add_argument("--d_model", type=int, default=64,
                         help="Width of the Transformers (default: 64).")
     parser.add_argument("--tf_learning_rate", type=float, default=None,
