@@ -220,7 +220,12 @@ def main():
           f"{args.position_encoding} positions, "
           f"{args.max_epochs} epochs of batches of {args.batch_size}, lr "
           f"{args.learning_rate} (cosine), {args.nt} seeds on the testing "
-          f"subject\n")
+          f"subject; Transformers: d_model {args.d_model}, {args.nheads} "
+          f"heads, {args.n_layers} layers, dropout {args.dropout}, "
+          f"norm_first {args.norm_first}, ffnn {args.ffnn_hidden_size}, "
+          f"{args.tf_nb_previous_dirs} previous dirs, lr "
+          f"{args.tf_learning_rate or args.learning_rate} "
+          f"({args.tf_lr_scheduler})\n")
     print("| model | best valid loss | training CPU (s) | tracked "
           "streamlines | points within 1 voxel | points within 30 deg |")
     print("|---|---|---|---|---|---|")
