@@ -8,8 +8,11 @@ training, one for validation, one held out for testing):
 1. the HDF5 file (step size ``--step_size`` mm);
 2. each model is trained with the same budget: same batches (``--batch_size``
    streamlines, split/reverse/noise augmentation), same epochs
-   (``--max_epochs``), same learning rate and cosine schedule, same seed;
-   the best model (lowest validation loss) is kept;
+   (``--max_epochs``), same seed; the learning rate and cosine schedule
+   are shared unless ``--tf_learning_rate`` / ``--tf_lr_scheduler`` give
+   the Transformers their own, and the Transformers' size, dropout,
+   pre-norm and previous directions are their own options; the best model
+   (lowest validation loss) is kept;
 3. each best model tracks the held-out testing subject with
    ``dwiml_track_from_model.py`` (``--nt`` seeds in the white-matter mask,
    ``--theta`` degrees, both directions);
@@ -69,21 +72,25 @@ def make_data(args):
 
 
 def make_model(model_type, nb_features, args):
-    """The model, seeded: Learn2track LSTM [64] or a Transformer of
-    ``--d_model``, 4 heads, 2 layers per stack, no dropout,
-    ``--position_encoding``; 2 previous directions and a cosine-regression
-    direction getter for all."""
+    """The model, seeded: Learn2track LSTM [64] with 2 previous directions,
+    or a Transformer of ``--d_model``, ``--nheads``, ``--n_layers`` per
+    stack, ``--dropout``, ``--norm_first``, ``--ffnn_hidden_size``,
+    ``--position_encoding`` and ``--tf_nb_previous_dirs``; a
+    cosine-regression direction getter for all."""
     torch.manual_seed(args.seed)
     common = dict(nb_features=nb_features, step_size=args.step_size,
-                  nb_previous_dirs=2, dg_key="cosine-regression")
+                  dg_key="cosine-regression")
     if model_type == "learn2track":
-        return Learn2TrackModel(model_type, rnn_layer_sizes=[64], **common)
-    extra = ({"n_layers_d": 2} if model_type == "transformer_original"
-             else {})
+        return Learn2TrackModel(model_type, rnn_layer_sizes=[64],
+                                nb_previous_dirs=2, **common)
+    extra = ({"n_layers_d": args.n_layers}
+             if model_type == "transformer_original" else {})
     return TRANSFORMERS[model_type](
-        model_type, d_model=args.d_model, nheads=4, n_layers_e=2,
-        dropout=0.0, position_encoding=args.position_encoding, **extra,
-        **common)
+        model_type, d_model=args.d_model, nheads=args.nheads,
+        n_layers_e=args.n_layers, dropout=args.dropout,
+        norm_first=args.norm_first, ffnn_hidden_size=args.ffnn_hidden_size,
+        nb_previous_dirs=args.tf_nb_previous_dirs,
+        position_encoding=args.position_encoding, **extra, **common)
 
 
 def train(model_type, dataset, args):
@@ -96,12 +103,16 @@ def train(model_type, dataset, args):
         InputSpec.from_options(step_size=args.step_size, nb_previous_dirs=2),
         split_ratio=0.5, reverse_ratio=0.5, noise_gaussian_size_forward=0.1,
         seed=args.seed)
+    learning_rate, scheduler = args.learning_rate, "cosine"
+    if model_type != "learn2track":
+        learning_rate = args.tf_learning_rate or args.learning_rate
+        scheduler = args.tf_lr_scheduler
     model = make_model(model_type, dataset.nb_features[
         dataset.volume_groups.index("input")], args)
     trainer = DWIMLTrainerOneInput(
         model, args.out_dir, model_type, sampler, loader,
-        max_epochs=args.max_epochs, learning_rate=args.learning_rate,
-        lr_scheduler="cosine", seed=args.seed)
+        max_epochs=args.max_epochs, learning_rate=learning_rate,
+        lr_scheduler=scheduler, seed=args.seed)
     trainer.save_parameters()
     start = time.process_time()
     trainer.train_and_validate()
@@ -150,10 +161,34 @@ def main():
     parser.add_argument("--max_epochs", type=int, default=8,
                         help="Epochs for every model (default: 8).")
     parser.add_argument("--learning_rate", type=float, default=0.003,
-                        help="Initial learning rate of every model, cosine "
-                             "schedule (default: 0.003).")
+                        help="Initial learning rate of Learn2track, cosine "
+                             "schedule, and of the Transformers without "
+                             "--tf_learning_rate (default: 0.003).")
     parser.add_argument("--d_model", type=int, default=64,
                         help="Width of the Transformers (default: 64).")
+    parser.add_argument("--tf_learning_rate", type=float, default=None,
+                        help="Initial learning rate of the Transformers "
+                             "(default: --learning_rate).")
+    parser.add_argument("--tf_lr_scheduler", default="cosine",
+                        choices=("cosine", "onecycle", "constant"),
+                        help="Schedule of the Transformers (default: cosine; "
+                             "onecycle warms up then anneals).")
+    parser.add_argument("--nheads", type=int, default=4,
+                        help="Attention heads of the Transformers "
+                             "(default: 4).")
+    parser.add_argument("--n_layers", type=int, default=2,
+                        help="Layers per Transformer stack (default: 2).")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="Dropout of the Transformers (default: 0).")
+    parser.add_argument("--norm_first", action="store_true",
+                        help="Pre-norm Transformer layers (default: "
+                             "post-norm).")
+    parser.add_argument("--ffnn_hidden_size", type=int, default=None,
+                        help="Feed-forward width of the Transformers "
+                             "(default: d_model / 2).")
+    parser.add_argument("--tf_nb_previous_dirs", type=int, default=2,
+                        help="Previous directions in the Transformers' "
+                             "source tokens (default: 2, as Learn2track).")
     parser.add_argument("--position_encoding", default="learned",
                         choices=("learned", "sinusoidal"),
                         help="Position encoding of the Transformers "
@@ -185,7 +220,12 @@ def main():
           f"{args.position_encoding} positions, "
           f"{args.max_epochs} epochs of batches of {args.batch_size}, lr "
           f"{args.learning_rate} (cosine), {args.nt} seeds on the testing "
-          f"subject\n")
+          f"subject; Transformers: d_model {args.d_model}, {args.nheads} "
+          f"heads, {args.n_layers} layers, dropout {args.dropout}, "
+          f"norm_first {args.norm_first}, ffnn {args.ffnn_hidden_size}, "
+          f"{args.tf_nb_previous_dirs} previous dirs, lr "
+          f"{args.tf_learning_rate or args.learning_rate} "
+          f"({args.tf_lr_scheduler})\n")
     print("| model | best valid loss | training CPU (s) | tracked "
           "streamlines | points within 1 voxel | points within 30 deg |")
     print("|---|---|---|---|---|---|")
