@@ -29,8 +29,12 @@ from hdf5_test_data import (
 
 from dwi_ml.cli.dwiml_create_hdf5_dataset import main as create_main
 from dwi_ml.cli.dwiml_hdf5_print_architecture import main as print_main
-from dwi_ml.data.hdf5 import layout
+from dwi_ml.data.hdf5 import layout, tractograms
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.hdf5.writer import (
+    STREAMLINE_CHUNK_ROWS,
+    StreamlinePointsWriter,
+)
 from dwi_ml.data.packed import make_array_sequence
 from dwi_ml.io_utils.errors import DwiMLUserError
 from tests.tolerances import EPS32, rounding_atol
@@ -504,3 +508,78 @@ def test_print_architecture_refuses_other_files(tmp_path, capsys, content,
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("run_sizes", [
+    [0, 5, 4000, 90, 1], [4096], [4095, 1, 8192, 0, 10000, 3], [7],
+    [0], [12000, 4096, 17]])
+def test_points_writer_equals_writing_the_group_whole(tmp_path, run_sizes):
+    """Runs appended one by one give what writing the concatenation in one
+    go gave (main's writer, inline here): values, chunks, filters, CRCs."""
+    rng = np.random.default_rng(len(run_sizes))
+    runs = [rng.uniform(0, 50, (n, 3)).astype(np.float32) for n in run_sizes]
+    whole = np.concatenate(runs)
+    with h5py.File(tmp_path / "a.h5", "w") as hdf:
+        writer = StreamlinePointsWriter(hdf.create_group("g"))
+        for run in runs:
+            writer.append(run)
+        dataset = writer.close()
+        assert dataset.name == "/g/data"
+        chunk_rows = min(STREAMLINE_CHUNK_ROWS, max(len(whole), 1))
+        assert dataset.chunks == (chunk_rows, 3)
+        assert dataset.dtype == np.float32 and dataset.shape == whole.shape
+        assert dataset.compression is None and not dataset.fletcher32
+        np.testing.assert_array_equal(dataset[:], whole)   # bitwise
+        crc = hdf["g/data" + layout.CHECKSUM_SUFFIX]
+        assert crc.fletcher32
+        assert crc.attrs[layout.ROWS_PER_CHECKSUM_ATTR] == chunk_rows
+        np.testing.assert_array_equal(
+            crc[:], layout.row_block_checksums(whole, chunk_rows))
+
+
+@pytest.mark.parametrize("step_size", [None, 0.5])
+def test_group_of_files_is_the_concatenation_of_each_file_alone(
+        tmp_path, monkeypatch, step_size):
+    """Points go to the file one run at a time; a group of three files
+    (several runs each, crossing chunk boundaries) stores bit for bit the
+    concatenation of the three files, each created as a group alone."""
+    monkeypatch.setattr(tractograms, "RESAMPLING_RUN_POINTS", 700)
+    root = str(tmp_path / "dwi_ml_ready")
+    write_subject(root, "sub-01")
+    rng = np.random.default_rng(3)
+    reference = os.path.join(root, "sub-01", "dwi", "fa.nii.gz")
+    names = ("big_a.trk", "big_b.trk", "big_c.trk")
+    for name, nb in zip(names, (300, 120, 250)):
+        save_streamlines(os.path.join(root, "sub-01", "tractograms", name),
+                         random_streamlines(rng, nb), reference,
+                         {"weight": rng.uniform(0, 1, (nb, 1))
+                          .astype(np.float32)})
+    groups = {name: {"type": "streamlines", "dps_keys": ["weight"],
+                     "files": [f"tractograms/{name}"]} for name in names}
+    groups["all"] = {"type": "streamlines", "dps_keys": ["weight"],
+                     "files": [f"tractograms/{name}" for name in names]}
+    config = {"input": CONFIG["input"], **groups}
+    with create(root, tmp_path / "out.h5", config, training=["sub-01"],
+                validation=(), step_size=step_size) as hdf:
+        alone = [hdf[f"sub-01/{name}"] for name in names]
+        group = hdf["sub-01/all"]
+        assert group["data"].shape[0] > 2 * STREAMLINE_CHUNK_ROWS
+        for key in ("data", "lengths", "euclidean_lengths",
+                    "data_per_streamline/weight"):
+            np.testing.assert_array_equal(
+                group[key][:], np.concatenate([g[key][:] for g in alone]))
+        starts = np.cumsum([0] + [len(g["data"]) for g in alone[:-1]])
+        np.testing.assert_array_equal(
+            group["offsets"][:],
+            np.concatenate([g["offsets"][:] + s
+                            for g, s in zip(alone, starts)]))
+        assert group["data"].chunks == (STREAMLINE_CHUNK_ROWS, 3)
+        np.testing.assert_array_equal(
+            group["data_crc32"][:],
+            layout.row_block_checksums(group["data"][:],
+                                       STREAMLINE_CHUNK_ROWS))
+        for key in ("type", "space", "origin", "voxel_order"):
+            assert group.attrs[key] == alone[0].attrs[key]
+        for key in ("affine", "dimensions", "voxel_sizes"):
+            np.testing.assert_array_equal(group.attrs[key],
+                                          alone[0].attrs[key])

@@ -29,6 +29,7 @@ from dwi_ml.data.hdf5.tractograms import load_streamline_group
 from dwi_ml.data.hdf5.validation import check_subject_data, check_subject_files
 from dwi_ml.data.hdf5.volumes import load_volume_group
 from dwi_ml.data.hdf5.writer import (
+    StreamlinePointsWriter,
     write_root_attrs,
     write_streamline_group,
     write_volume_group,
@@ -131,10 +132,14 @@ def _write_subject(hdf_file, subject_files, config, streamline_format,
     removed = {}
     for group_config in config.streamline_groups:
         files = subject_files.streamline_groups[group_config.name]
+        # Points go to the file as they are processed: no group-sized copy.
+        group = subject_group.create_group(group_config.name)
+        points = StreamlinePointsWriter(group)
         streamlines = load_streamline_group(
             group_config, files.files, files.reference, subject,
-            streamline_format, remove_invalid=remove_invalid)
-        write_streamline_group(subject_group, group_config.name, streamlines)
+            streamline_format, write_points=points.append,
+            remove_invalid=remove_invalid)
+        write_streamline_group(group, streamlines, points)
         if group_config.connectivity is not None:
             write_connectivity(subject_group[group_config.name],
                                load_group_connectivity(group_config, files,

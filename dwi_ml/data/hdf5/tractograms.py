@@ -35,14 +35,13 @@ RESAMPLING_RUN_POINTS = 2 ** 20
 
 @dataclass
 class StreamlineGroupData:
-    """A streamline group ready to be written.
+    """A streamline group's streamlines, once its points are written.
 
     Attributes
     ----------
-    data : np.ndarray, shape (P, 3), float32
-        All points, in voxel space with a corner origin.
     offsets, lengths : np.ndarray, shape (N,), int64
-        First row in ``data`` and number of points of each streamline.
+        First row in the group's points and number of points of each
+        streamline.
     euclidean_lengths : np.ndarray, shape (N,), float32
         Length of each streamline in mm, after resampling.
     data_per_streamline : dict of str to np.ndarray of shape (N, k)
@@ -52,7 +51,6 @@ class StreamlineGroupData:
     nb_removed : int
         Streamlines dropped for leaving the volume.
     """
-    data: np.ndarray
     offsets: np.ndarray
     lengths: np.ndarray
     euclidean_lengths: np.ndarray
@@ -89,9 +87,9 @@ def check_tractogram_header(path, reference, subject, group):
 
 
 def load_streamline_group(group_config, files, reference, subject,
-                          streamline_format=None, *,
+                          streamline_format=None, *, write_points,
                           remove_invalid=False):
-    """Load a streamline group's files, processed and concatenated.
+    """Load a streamline group's files, processed, passing on their points.
 
     Parameters
     ----------
@@ -107,6 +105,11 @@ def load_streamline_group(group_config, files, reference, subject,
     streamline_format : StreamlineFormat, optional
         Resampling or compression, applied (in mm) as the loader would.
         None: streamlines are kept as they are.
+    write_points : callable
+        Called with each run of processed points (np.ndarray, shape (n, 3),
+        float32, voxel space with a corner origin), in the order of the
+        files and streamlines; the group's points are their concatenation.
+        Nothing keeps them after the call.
     remove_invalid : bool
         Drop streamlines with a point outside the volume instead of failing.
 
@@ -116,9 +119,9 @@ def load_streamline_group(group_config, files, reference, subject,
     """
     group = group_config.name
     streamline_format = streamline_format or StreamlineFormat()
-    # One file at a time: its SFT is dropped once its points are processed,
-    # so only the group's processed float32 points accumulate.
-    datas, all_lengths, euclidean, dps_parts = [], [], [], []
+    # One file at a time, its SFT dropped once its points are processed;
+    # each run's points go to write_points, so none accumulate here.
+    all_lengths, euclidean, dps_parts = [], [], []
     nb_removed, space_attributes = 0, None
     for path in files:
         sft, nb_invalid = load_tractogram_file(path, reference, group_config,
@@ -138,13 +141,13 @@ def load_streamline_group(group_config, files, reference, subject,
         for data, offsets, lengths in _apply_in_runs(streamline_format,
                                                      streamlines, affine):
             euclidean.append(lengths_mm(data, offsets, lengths, affine))
-            datas.append(data.astype(np.float32, copy=False))
+            write_points(data.astype(np.float32, copy=False))
             all_lengths.append(lengths)
         del streamlines, data
     if nb_removed:
         logging.warning("%s: removed %d streamlines with points outside the "
                         "volume.", describe(subject, group), nb_removed)
-    if not datas:
+    if not all_lengths:
         raise DwiMLUserError(
             f"{describe(subject, group)}: no streamline left after removing "
             f"{nb_removed} streamlines outside the volume.")
@@ -153,10 +156,8 @@ def load_streamline_group(group_config, files, reference, subject,
     dps = {key: _concatenate_dps([part[key] for part in dps_parts], key,
                                  subject, group)
            for key in group_config.dps_keys}
-    data = datas[0] if len(datas) == 1 else np.concatenate(datas)
-    del datas
     return StreamlineGroupData(
-        data=data, offsets=offsets, lengths=lengths,
+        offsets=offsets, lengths=lengths,
         euclidean_lengths=np.concatenate(euclidean),
         data_per_streamline=dps, space_attributes=space_attributes,
         nb_removed=nb_removed)

@@ -94,17 +94,91 @@ def write_volume_group(subject_group, name, data, grid):
     _create_checked(group, "data", np.asarray(data, dtype=np.float32))
 
 
-def write_streamline_group(subject_group, name, streamlines):
-    """Write a streamline group.
+class StreamlinePointsWriter:
+    """Append a streamline group's points to its ``data`` dataset.
+
+    The points arrive in runs (one per file, or per resampling run) and go
+    straight to the file, so a group never holds more than one run's
+    points. The dataset is resizable (``maxshape`` (None, 3)) and chunked
+    by ``STREAMLINE_CHUNK_ROWS`` rows; a group of fewer rows gets one chunk
+    of its size, as when written whole. Rows that do not fill a chunk yet
+    wait in a buffer (< one chunk), so each chunk's CRC-32 is computed
+    once, on its full rows: the result equals writing all the points at
+    once.
 
     Parameters
     ----------
-    subject_group : h5py.Group
-    name : str
-    streamlines : StreamlineGroupData
-        Points in voxel space with a corner origin.
+    group : h5py.Group
+        The streamline group.
     """
-    group = subject_group.create_group(name)
+
+    def __init__(self, group):
+        self._group = group
+        self._dataset = None
+        self._pending = np.empty((0, 3), np.float32)
+        self._checksums = []
+
+    def append(self, points):
+        """Write points, shape (n, 3), in voxel space with a corner origin."""
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        if len(self._pending) + len(points) < STREAMLINE_CHUNK_ROWS:
+            self._pending = np.concatenate([self._pending, points])
+            return
+        if self._dataset is None:
+            self._dataset = self._create(STREAMLINE_CHUNK_ROWS)
+        # Complete the buffered chunk, then write whole chunks in place.
+        head = STREAMLINE_CHUNK_ROWS - len(self._pending)
+        if len(self._pending):
+            self._write(np.concatenate([self._pending, points[:head]]))
+            points = points[head:]
+        nb_full = len(points) - len(points) % STREAMLINE_CHUNK_ROWS
+        if nb_full:
+            self._write(points[:nb_full])
+        self._pending = points[nb_full:].copy()
+
+    def close(self):
+        """Write the buffered rows and ``data_crc32``; return the dataset."""
+        if self._dataset is None:
+            self._dataset = self._create(
+                min(STREAMLINE_CHUNK_ROWS, max(len(self._pending), 1)))
+        if len(self._pending):
+            self._write(self._pending)
+            self._pending = self._pending[:0]
+        chunk_rows = self._dataset.chunks[0]
+        checksums = _create_checked(
+            self._group, "data" + CHECKSUM_SUFFIX,
+            np.concatenate(self._checksums or [np.empty(0, np.uint32)]))
+        checksums.attrs[ROWS_PER_CHECKSUM_ATTR] = np.int64(chunk_rows)
+        return self._dataset
+
+    def _create(self, chunk_rows):
+        return self._group.create_dataset(
+            "data", shape=(0, 3), maxshape=(None, 3), dtype=np.float32,
+            chunks=(chunk_rows, 3), track_times=False)
+
+    def _write(self, rows):
+        """Append rows starting at a chunk boundary."""
+        start = self._dataset.shape[0]
+        self._dataset.resize(start + len(rows), axis=0)
+        self._dataset[start:] = rows
+        self._checksums.append(
+            row_block_checksums(rows, self._dataset.chunks[0]))
+
+
+def write_streamline_group(group, streamlines, points):
+    """Finish a streamline group whose points went through ``points``.
+
+    Parameters
+    ----------
+    group : h5py.Group
+        The group, created empty with ``subject_group.create_group(name)``.
+    streamlines : StreamlineGroupData
+        Lengths, offsets and the rest; points in voxel space with a corner
+        origin.
+    points : StreamlinePointsWriter
+        The writer that received the group's points.
+    """
+    points.close()
     group.attrs["type"] = STREAMLINES_TYPE
     group.attrs["space"] = STREAMLINE_SPACE
     group.attrs["origin"] = STREAMLINE_ORIGIN
@@ -114,14 +188,6 @@ def write_streamline_group(subject_group, name, streamlines):
     group.attrs["dimensions"] = dimensions
     group.attrs["voxel_sizes"] = voxel_sizes
     group.attrs["voxel_order"] = voxel_order
-
-    data = np.asarray(streamlines.data, dtype=np.float32)
-    chunk_rows = min(STREAMLINE_CHUNK_ROWS, max(len(data), 1))
-    group.create_dataset("data", data=data, chunks=(chunk_rows, 3),
-                         track_times=False)
-    checksums = _create_checked(group, "data" + CHECKSUM_SUFFIX,
-                                row_block_checksums(data, chunk_rows))
-    checksums.attrs[ROWS_PER_CHECKSUM_ATTR] = np.int64(chunk_rows)
     _create_checked(group, "offsets",
                     np.asarray(streamlines.offsets, np.int64))
     _create_checked(group, "lengths",
