@@ -365,8 +365,11 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         nb_batches = self.nb_batches(Split.TRAINING)
         if self.position.nb_batches_done == 0:
             self.monitors.start_phase(TRAIN_PHASE)
-            self.monitors["learning_rate"].set_epoch_value(
-                self.optimizer.param_groups[0]["lr"])
+        lr_log = self.monitors["learning_rate"]
+        if len(lr_log.epoch_history) == epoch:
+            # Once per epoch: a run stopped before its first batch already
+            # logged it, and its checkpoint holds that value.
+            lr_log.set_epoch_value(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter() - self.position.elapsed_s
         for batch in self.iterate_batches(Split.TRAINING, epoch):
