@@ -15,6 +15,7 @@ from dwi_ml.io_utils.output_folders import (
 )
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
+    add_experiment_subject_args,
     add_output_args,
     check_inputs_exist,
     make_parser,
@@ -67,11 +68,7 @@ work."""
 
 def _build_parser():
     parser = make_parser(DESCRIPTION)
-    parser.add_argument("experiment_path", metavar="EXPERIMENT",
-                        help="The experiment folder (a Transformer).")
-    parser.add_argument("hdf5_file", metavar="HDF5", help="dwi_ml HDF5 file.")
-    parser.add_argument("subject_id", metavar="SUBJECT",
-                        help="Subject ID, in any split.")
+    add_experiment_subject_args(parser, "The experiment folder (a Transformer).")
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="Output folder for the PNGs and the .trk.")
     model = parser.add_argument_group("Model and data")

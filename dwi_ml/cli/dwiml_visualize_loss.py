@@ -11,6 +11,7 @@ from dwi_ml.io_utils.experiment_layout import (
 )
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
+    add_experiment_subject_args,
     add_model_run_args,
     add_output_args,
     check_model_run_args,
@@ -54,11 +55,7 @@ without -f, before any work."""
 
 def _build_parser():
     parser = make_parser(DESCRIPTION)
-    parser.add_argument("experiment_path", metavar="EXPERIMENT",
-                        help="The experiment folder.")
-    parser.add_argument("hdf5_file", metavar="HDF5", help="dwi_ml HDF5 file.")
-    parser.add_argument("subject_id", metavar="SUBJECT",
-                        help="Subject ID, in any split.")
+    add_experiment_subject_args(parser)
     parser.add_argument("out_tractogram", metavar="OUT_TRACTOGRAM",
                         help="Output .trk or .trx.")
     model = parser.add_argument_group("Model and data")

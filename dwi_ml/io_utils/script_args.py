@@ -72,6 +72,16 @@ def add_model_run_args(group):
                        help="'cpu' or 'cuda[:N]'. Default: cpu.")
 
 
+def add_experiment_subject_args(parser, experiment_help="The experiment folder."):
+    """Add the positional ``EXPERIMENT HDF5 SUBJECT`` of a script that runs
+    an experiment's model on one subject."""
+    parser.add_argument("experiment_path", metavar="EXPERIMENT",
+                        help=experiment_help)
+    parser.add_argument("hdf5_file", metavar="HDF5", help="dwi_ml HDF5 file.")
+    parser.add_argument("subject_id", metavar="SUBJECT",
+                        help="Subject ID, in any split.")
+
+
 def add_experiment_group_args(group, streamlines_use="to read"):
     """Add ``--input_group`` and ``--streamline_group``, which override the
     groups an experiment was trained on."""
