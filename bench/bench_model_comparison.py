@@ -102,6 +102,8 @@ def train(model_type, dataset, args):
         dataset, "streamlines", "input",
         InputSpec.from_options(step_size=args.step_size, nb_previous_dirs=2),
         split_ratio=0.5, reverse_ratio=0.5, noise_gaussian_size_forward=0.1,
+        noise_gaussian_size_loss=(args.noise_loss if model_type == "learn2track"
+                                  else args.tf_noise_loss),
         seed=args.seed)
     learning_rate, scheduler = args.learning_rate, "cosine"
     if model_type != "learn2track":
@@ -173,6 +175,12 @@ def main():
                         choices=("cosine", "onecycle", "constant"),
                         help="Schedule of the Transformers (default: cosine; "
                              "onecycle warms up then anneals).")
+    parser.add_argument("--noise_loss", type=float, default=0.0,
+                        help="Sigma (mm) of the noise on Learn2track's target "
+                             "streamlines (--noise_gaussian_size_loss; "
+                             "default: 0).")
+    parser.add_argument("--tf_noise_loss", type=float, default=0.0,
+                        help="The same for the Transformers (default: 0).")
     parser.add_argument("--nheads", type=int, default=4,
                         help="Attention heads of the Transformers "
                              "(default: 4).")
