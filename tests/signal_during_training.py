@@ -6,12 +6,16 @@ Usage:
 SIGNALS is a comma-separated list of EPOCH:PHASE:BATCH:SIGNAL, or '-' for
 none. PHASE 'train' or 'valid' fires after batch BATCH of that phase;
 'save' fires while a checkpoint is being written (before its files), where
-EPOCH:BATCH is the position saved: the next epoch and 0 at an epoch's end. SIGNAL is
-a signal name, or two names joined by '+' to send both (a second signal
-during the stop). DWIML_TEST_SLEEP_PER_BATCH=S makes each training batch S
-seconds longer (for --max_time). Used by test_preemption.py: the process exits through
-the scripts' own entry points, with their exit status.
+EPOCH:BATCH is the position saved: the next epoch and 0 at an epoch's end;
+'start' (BATCH 0) fires when the epoch starts. SIGNAL is a signal name, or
+two names joined by '+' to send both (a second signal during the stop).
+'SIGTERM@group' sends SIGTERM to the whole process group, as SLURM does,
+and returns once the DataLoader workers have died of it.
+DWIML_TEST_SLEEP_PER_BATCH=S makes each training batch S seconds longer (for
+--max_time). Used by test_preemption.py: the process exits through the
+scripts' own entry points, with their exit status.
 """
+import multiprocessing
 import os
 import signal
 import sys
@@ -31,15 +35,23 @@ class SignalAt(Callback):
         if spec != "-":
             for item in spec.split(","):
                 epoch, phase, batch, names = item.split(":")
-                self.targets[(int(epoch), phase, int(batch))] = [
-                    getattr(signal, name) for name in names.split("+")]
+                self.targets[(int(epoch), phase, int(batch))] = names.split("+")
 
     def _fire(self, trainer, phase, batch_index=None):
         if batch_index is None:
             batch_index = trainer.batch_index
         key = (trainer.current_epoch, phase, batch_index)
-        for signum in self.targets.pop(key, []):
-            os.kill(os.getpid(), signum)
+        for name in self.targets.pop(key, []):
+            if name == "SIGTERM@group":
+                os.killpg(os.getpgid(0), signal.SIGTERM)
+                while any(child.is_alive()
+                          for child in multiprocessing.active_children()):
+                    time.sleep(0.01)
+            else:
+                os.kill(os.getpid(), getattr(signal, name))
+
+    def on_epoch_start(self, trainer, epoch):
+        self._fire(trainer, "start", 0)
 
     def on_train_batch_end(self, trainer, batch, outputs):
         time.sleep(float(os.environ.get("DWIML_TEST_SLEEP_PER_BATCH", "0")))

@@ -177,6 +177,24 @@ def test_sigterm_to_the_group_kills_workers_and_still_saves(
     assert_same_run(straight_run, tmp_path / name)
 
 
+def test_sigterm_to_the_group_between_epochs(tmp_path, hdf5_file,
+                                             straight_run):
+    name = "group_between"
+    folder = tmp_path / name
+    # The workers die before the next epoch wakes them up: a stop, not a
+    # DataLoader error.
+    process = subprocess.run(
+        [sys.executable, HELPER, "1:start:0:SIGTERM@group", "train",
+         *_train_args(tmp_path, name, hdf5_file, ["--nb_workers", "2"])],
+        capture_output=True, text=True, timeout=600, env=_env(),
+        start_new_session=True)
+    assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
+    assert _stop_line(process).startswith("stopped by SIGTERM at epoch")
+    assert _position(folder) == (1, "train", 0)
+    _resume("-", tmp_path, name)
+    assert_same_run(straight_run, folder)
+
+
 def test_signal_during_checkpoint_write(tmp_path, hdf5_file, straight_run):
     name = "during_save"
     folder = tmp_path / name

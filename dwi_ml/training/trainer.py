@@ -338,23 +338,30 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         self.batch_sampler.set_epoch(epoch)
         cap = self.max_batches[split]
         first = self.position.nb_batches_done
-        batches = enumerate(self._dataloaders[split], start=first)
+        try:  # wakes persistent workers up: they may be dead already
+            batches = enumerate(self._dataloaders[split], start=first)
+        except RuntimeError:
+            self._stop_if_workers_died_of_stop_signal()
+            return
         while True:
             try:
                 batch_index, batch = next(batches)
             except StopIteration:
                 return
             except RuntimeError:
-                # Workers killed by the SIGTERM that stops this process:
-                # stop at the last finished step instead of failing.
-                if not self.interruptions.received_signal:
-                    raise
-                self.poll_interruptions(is_training_batch=False)
+                self._stop_if_workers_died_of_stop_signal()
                 return
             if cap is not None and batch_index >= cap:
                 return
             self.batch_index = batch_index
             yield batch
+
+    def _stop_if_workers_died_of_stop_signal(self):
+        """On a DataLoader error: workers killed by this run's SIGTERM (sent
+        to the process group) stop it at its last step; else re-raise."""
+        if not self.interruptions.received_signal:
+            raise
+        self.poll_interruptions(is_training_batch=False)
 
     def train_one_epoch(self, epoch):
         """Train on the epoch's batches, from the current position.
