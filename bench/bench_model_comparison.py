@@ -198,7 +198,7 @@ def main():
                         help="Previous directions in the Transformers' "
                              "source tokens (default: 2, as Learn2track).")
     parser.add_argument("--position_encoding", default="learned",
-                        choices=("learned", "sinusoidal"),
+                        choices=("learned", "sinusoidal", "none"),
                         help="Position encoding of the Transformers "
                              "(default: learned; sinusoidal learned 1.7x "
                              "slower in our runs).")

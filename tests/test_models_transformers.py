@@ -36,14 +36,16 @@ CONFIGS = [
         dg_args={"add_eos": True})),
     # "none": the source tokens (2 features x 7 neighbours) are d_model wide.
     (TransformerSrcOnlyModel, dict(
-        input_embedding_key="none", nb_features=2, d_model=14,
+        input_embedding_key="none", position_encoding="none",
+        nb_features=2, d_model=14,
         neighborhood_type="axes", neighborhood_radius=1,
         neighborhood_resolution=1.0)),
     (TransformerSrcOnlyModel, dict(
         input_embedding_key="cnn", nb_features=2, neighborhood_type="grid",
         neighborhood_radius=1, neighborhood_resolution=1.0,
         nb_previous_dirs=1, cnn_nb_filters=3)),
-    (TransformerSrcAndTgtModel, dict(sos_token_type="learned")),
+    (TransformerSrcAndTgtModel, dict(sos_token_type="learned",
+                                     position_encoding="none")),
     (TransformerSrcAndTgtModel, dict(
         sos_token_type="class", token_combination="add",
         target_embedded_size=None, position_encoding="learned",
@@ -326,6 +328,7 @@ def test_options_change_the_model():
     outputs = {}
     for name, change in [("base", {}),
                          ("learned_pe", dict(position_encoding="learned")),
+                         ("no_pe", dict(position_encoding="none")),
                          ("class_sos", dict(sos_token_type="class"))]:
         model = eval_double(OriginalTransformerModel, {**base, **change})
         if inputs is None:
@@ -333,12 +336,21 @@ def test_options_change_the_model():
         with torch.no_grad():
             outputs[name] = model(inputs, streamlines)
     assert not torch.allclose(outputs["base"], outputs["learned_pe"])
+    assert not torch.allclose(outputs["base"], outputs["no_pe"])
     assert not torch.allclose(outputs["base"], outputs["class_sos"])
     learned = make_model(TransformerSrcOnlyModel, position_encoding="learned")
     sinusoidal = make_model(TransformerSrcOnlyModel)
     assert "position_encoding.learned.weight" in learned.state_dict()
     assert not any(k.startswith("position_encoding")
                    for k in sinusoidal.state_dict())
+    # Without positions, the tokens enter the layers as embedded.
+    none = make_model(TransformerSrcOnlyModel, position_encoding="none")
+    assert not any(k.startswith("position_encoding")
+                   for k in none.state_dict())
+    tokens = torch.randn(5, none.d_model)
+    assert torch.equal(none.position_encoding(tokens, torch.arange(5)), tokens)
+    assert torch.equal(sinusoidal.position_encoding(tokens, torch.arange(5)),
+                       tokens + sinusoidal.position_encoding.table[:5])
 
 
 def test_dropout_is_active_in_training_only():

@@ -9,6 +9,7 @@ the experiment (``model_type.txt``): they need no option.
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters import direction_getter_args
 from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
+from dwi_ml.models.transformer_layers import POSITION_ENCODINGS
 from dwi_ml.models.transformers import (
     OriginalTransformerModel,
     TransformerSrcAndTgtModel,
@@ -57,8 +58,11 @@ def add_model_args(parser):
                        help="Most points of a streamline, in training and "
                             "tracking.")
     group.add_argument("--position_encoding", default="sinusoidal",
-                       choices=("sinusoidal", "learned"),
-                       help="Position encoding added to the tokens.")
+                       choices=POSITION_ENCODINGS,
+                       help="Position vectors added to the tokens: fixed "
+                            "sines and cosines, one learned vector per "
+                            "position, or none (the causal mask alone "
+                            "orders the points; see docs/models.md).")
     group.add_argument("--target_embedding_key", default="linear",
                        choices=("none", "linear"),
                        help="Embedding of the previous direction "

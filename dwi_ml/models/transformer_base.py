@@ -83,7 +83,8 @@ class TransformerModelAbstract(DirectionGetterModel):
         Pre-norm layers (and a final norm after each stack).
     max_len : int
         Longest sequence, in prediction points, in training and tracking.
-    position_encoding : "sinusoidal" or "learned"
+    position_encoding : "sinusoidal", "learned" or "none"
+        See :class:`~dwi_ml.models.transformer_layers.PositionEncoding`.
     input_embedding_key : "none", "linear" or "cnn"
         Embedding of the source tokens: linear layer and ReLU, or (with a
         "grid" neighbourhood) :class:`~dwi_ml.models.cnn_embedding.CNNEmbedding`.
@@ -171,7 +172,7 @@ class TransformerModelAbstract(DirectionGetterModel):
 
     def add_position(self, tokens, positions):
         """Embedded tokens (M, d_model) plus their position vectors."""
-        return self.token_dropout(tokens + self.position_encoding(positions))
+        return self.token_dropout(self.position_encoding(tokens, positions))
 
     def _run(self, sources, previous_dirs, is_first, positions, layout,
              cache):

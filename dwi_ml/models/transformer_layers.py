@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
-POSITION_ENCODINGS = ("sinusoidal", "learned")
+POSITION_ENCODINGS = ("sinusoidal", "learned", "none")
 
 
 def _split_heads(x, nheads):
@@ -228,13 +228,15 @@ class LayerStack(torch.nn.Module):
 
 
 class PositionEncoding(torch.nn.Module):
-    """Position vectors added to the tokens: sinusoidal or learned.
+    """Position vectors added to the tokens: sinusoidal, learned or none.
 
     Parameters
     ----------
-    kind : "sinusoidal" or "learned"
+    kind : "sinusoidal", "learned" or "none"
         Sinusoidal: Vaswani et al.'s fixed sines and cosines (no weights).
-        Learned: one trained vector per position.
+        Learned: one trained vector per position. None: tokens are left as
+        they are; the causal mask alone tells positions apart (a position
+        attends to itself and to the ones before it).
     d_model : int
     max_len : int
         Positions 0 .. max_len - 1, i.e. the longest streamline (points
@@ -247,6 +249,7 @@ class PositionEncoding(torch.nn.Module):
         self.max_len = max_len
         if kind == "learned":
             self.learned = torch.nn.Embedding(max_len, d_model)
+        if kind != "sinusoidal":
             return
         positions = torch.arange(max_len, dtype=torch.float64)[:, None]
         frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64)
@@ -258,8 +261,10 @@ class PositionEncoding(torch.nn.Module):
         # stay small.
         self.register_buffer("table", table.float(), persistent=False)
 
-    def forward(self, positions):
-        """Vectors (len(positions), d_model) of int64 positions."""
+    def forward(self, tokens, positions):
+        """Tokens (M, d_model) plus the vectors of their int64 positions."""
+        if self.kind == "none":
+            return tokens
         if self.kind == "learned":
-            return self.learned(positions)
-        return self.table[positions]
+            return tokens + self.learned(positions)
+        return tokens + self.table[positions]
