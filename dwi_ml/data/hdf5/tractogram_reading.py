@@ -25,8 +25,8 @@ from dwi_ml.data.processing.space import CORNER_TO_CENTER_SHIFT, check_affine
 from dwi_ml.io_utils.script_args import quiet_logger
 from dwi_ml.io_utils.tractogram_files import tractogram_extension
 
-# Points converted per float64 run (24 MiB of temporaries).
-AFFINE_RUN_POINTS = 2 ** 20
+# Points converted per float64 run (6 MiB per temporary).
+AFFINE_RUN_POINTS = 2 ** 18
 
 
 class TractogramReadError(ValueError):
@@ -85,19 +85,18 @@ def read_tractogram_vox(path, reference_affine):
         file_to_rasmm = np.eye(4)
     file_to_vox = np.linalg.inv(check_affine(reference_affine)) @ file_to_rasmm
     file_to_vox[:3, 3] += CORNER_TO_CENTER_SHIFT
-    return PackedTractogram(_apply_affine_float32(file_to_vox, file_points),
-                            lengths, dps)
+    points = np.require(file_points, np.float32, ["C", "W"])
+    _apply_affine_in_place(file_to_vox, points)
+    return PackedTractogram(points, lengths, dps)
 
 
-def _apply_affine_float32(affine, points):
-    """``affine`` applied to (P, 3) points in float64, stored as float32."""
-    result = np.empty(points.shape, dtype=np.float32)
+def _apply_affine_in_place(affine, points):
+    """Apply ``affine`` to (P, 3) float32 points, in float64, run by run."""
     for start in range(0, len(points), AFFINE_RUN_POINTS):
-        run = np.asarray(points[start:start + AFFINE_RUN_POINTS], np.float64)
+        run = points[start:start + AFFINE_RUN_POINTS]
         # einsum: ~3x faster than matmul for a (n, 3) by (3, 3) product.
-        result[start:start + AFFINE_RUN_POINTS] = np.einsum(
-            "pj,ij->pi", run, affine[:3, :3]) + affine[:3, 3]
-    return result
+        run[:] = np.einsum("pj,ij->pi", run.astype(np.float64),
+                           affine[:3, :3]) + affine[:3, 3]
 
 
 def _read_trk(path):
@@ -118,8 +117,9 @@ def _read_trk(path):
     point_words = ranges_to_indices(first_words, lengths,
                                     np.full(len(lengths), 3 + nb_scalars))
     # One gather per coordinate: ~6x faster than np.take over row views.
-    points = np.stack([floats[point_words + axis] for axis in range(3)],
-                      axis=1)
+    points = np.empty((len(point_words), 3), dtype=np.float32)
+    for axis in range(3):
+        points[:, axis] = floats[axis:][point_words]
     property_words = (first_words + lengths * (3 + nb_scalars))[:, None] \
         + np.arange(nb_properties)
     properties = floats[property_words]

@@ -33,6 +33,7 @@ from dwi_ml.data.packed import (
     make_array_sequence,
     offsets_from_lengths,
     packed_arrays,
+    row_norms,
 )
 from dwi_ml.data.processing.space import (
     points_rasmm_to_vox_corner,
@@ -209,14 +210,17 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
     if np.ndim(nb_points) == 0:
         nb_points = check_int("nb_points", nb_points, 2)
     points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
-    length_mm = lengths_mm(points_mm, offsets_from_lengths(lengths), lengths,
-                           np.eye(4), np.float64)
+    cumulative = _cumulative_lengths_mm(points_mm, lengths)
+    first_rows = offsets_from_lengths(lengths)
+    # As lengths_mm would compute them, from the same sums.
+    length_mm = cumulative[first_rows + lengths] - cumulative[first_rows]
     nb_new_points = np.where(lengths > 0, nb_points, 0).astype(np.int64)
     streamline_ids, rank = _new_point_ranks(nb_new_points)
     nb_steps = np.maximum(nb_new_points[streamline_ids] - 1, 1)
     arc_lengths = length_mm[streamline_ids] * (rank / nb_steps)
-    return _resample_at_arc_lengths(points_mm, lengths, nb_new_points,
-                                    streamline_ids, arc_lengths, affine,
+    return _resample_at_arc_lengths(points_mm, lengths, cumulative[:-1],
+                                    nb_new_points, streamline_ids,
+                                    arc_lengths, affine,
                                     _output_dtype(streamlines_vox))
 
 
@@ -273,17 +277,23 @@ def _compact_in_mm(streamlines_vox, affine):
     return points_vox_corner_to_rasmm(points_vox, affine), lengths
 
 
-def _segment_lengths_mm(points_mm, lengths):
-    """Length (mm) of the segment from each point to the next, 0 at boundaries.
+def _cumulative_lengths_mm(points_mm, lengths):
+    """Arc length (mm) from the first row to each row, across streamlines.
 
-    Returns an array of shape (P,): the last point of each streamline (and
-    the last row) gets 0, so a cumulative sum never crosses streamlines.
+    Returns an array of shape (P + 1,): entry k sums the segments between
+    rows 0 and k (the last point of each streamline has no segment, so
+    sums never cross streamlines), and entry P is the total. Row k's arc
+    length within its streamline is entry k minus the entry of its
+    streamline's first row. The sums are sequential, in row order, as
+    ``lengths_mm`` makes them: lengths taken from here equal its own.
     """
     segment_lengths = np.zeros(len(points_mm))
-    segment_lengths[:-1] = np.linalg.norm(np.diff(points_mm, axis=0), axis=1)
+    segment_lengths[:-1] = row_norms(np.diff(points_mm, axis=0))
     last_rows = (offsets_from_lengths(lengths) + lengths - 1)[lengths > 0]
     segment_lengths[last_rows] = 0.
-    return segment_lengths
+    cumulative = np.zeros(len(points_mm) + 1)
+    np.cumsum(segment_lengths, out=cumulative[1:])
+    return cumulative
 
 
 def _new_point_ranks(nb_new_points):
@@ -294,8 +304,8 @@ def _new_point_ranks(nb_new_points):
     return streamline_ids, rank
 
 
-def _resample_at_arc_lengths(points_mm, lengths, nb_new_points, streamline_ids,
-                             arc_lengths, affine, dtype):
+def _resample_at_arc_lengths(points_mm, lengths, cumulative, nb_new_points,
+                             streamline_ids, arc_lengths, affine, dtype):
     """Place new points at given arc lengths (mm) along compact streamlines.
 
     Parameters
@@ -304,6 +314,8 @@ def _resample_at_arc_lengths(points_mm, lengths, nb_new_points, streamline_ids,
         Compact points in RAS mm.
     lengths : np.ndarray, shape (N,)
         Number of points of each streamline.
+    cumulative : np.ndarray, shape (P,)
+        Arc length of each row from row 0 (``_cumulative_lengths_mm``).
     nb_new_points : np.ndarray, shape (N,)
         Number of new points of each streamline.
     streamline_ids, arc_lengths : np.ndarray, shape (Q,)
@@ -314,8 +326,6 @@ def _resample_at_arc_lengths(points_mm, lengths, nb_new_points, streamline_ids,
     dtype : numpy dtype
         dtype of the returned points.
     """
-    cumulative = np.cumsum(_segment_lengths_mm(points_mm, lengths))
-    cumulative = np.concatenate(([0.], cumulative[:-1]))
     first_rows = offsets_from_lengths(lengths)[streamline_ids]
     last_rows = first_rows + lengths[streamline_ids] - 1
     targets = cumulative[first_rows] + arc_lengths
@@ -329,8 +339,10 @@ def _resample_at_arc_lengths(points_mm, lengths, nb_new_points, streamline_ids,
     safe_lengths = np.where(segment_lengths > 0, segment_lengths, 1.)
     fractions = np.clip((targets - cumulative[segment_starts]) / safe_lengths, 0., 1.)
     fractions[segment_lengths <= 0] = 0.
-    new_points_mm = points_mm[segment_starts] + fractions[:, None] * (
-        points_mm[segment_ends] - points_mm[segment_starts])
+    # np.take gathers rows ~3x faster than fancy indexing.
+    start_points = np.take(points_mm, segment_starts, axis=0)
+    new_points_mm = start_points + fractions[:, None] * (
+        np.take(points_mm, segment_ends, axis=0) - start_points)
     new_points_vox = points_rasmm_to_vox_corner(new_points_mm, affine)
     return make_array_sequence(new_points_vox.astype(dtype, copy=False),
                                offsets_from_lengths(nb_new_points), nb_new_points)
