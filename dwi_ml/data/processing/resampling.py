@@ -29,7 +29,6 @@ from dipy.tracking.streamlinespeed import compress_streamlines
 
 from dwi_ml.data.packed import (
     compact,
-    lengths_mm,
     make_array_sequence,
     offsets_from_lengths,
     packed_arrays,
@@ -178,11 +177,12 @@ def _resample_by_length(streamlines_vox, affine, step_size_mm,
     """``nb_points_for_step_size + nb_extra_points`` points per streamline;
     one point for streamlines of length 0 mm."""
     step_size_mm = check_positive_float("step_size_mm", step_size_mm)
-    data, offsets, lengths = packed_arrays(streamlines_vox)
-    length_mm = lengths_mm(data, offsets, lengths, affine, np.float64)
-    counts = nb_points_for_step_size(length_mm, step_size_mm, nb_extra_points)
-    return resample_to_nb_points(streamlines_vox, affine,
-                                 np.where(length_mm > 0, counts, 1))
+
+    def count_points(length_mm):
+        counts = nb_points_for_step_size(length_mm, step_size_mm,
+                                         nb_extra_points)
+        return np.where(length_mm > 0, counts, 1)
+    return _resample(streamlines_vox, affine, count_points)
 
 
 def resample_to_nb_points(streamlines_vox, affine, nb_points):
@@ -209,12 +209,22 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
     """
     if np.ndim(nb_points) == 0:
         nb_points = check_int("nb_points", nb_points, 2)
+    return _resample(streamlines_vox, affine, lambda length_mm: nb_points)
+
+
+def _resample(streamlines_vox, affine, count_points):
+    """Resample to ``count_points(length_mm)`` points per streamline.
+
+    The points are converted to mm once; the lengths (mm) that set the
+    counts are the arc lengths that place the new points.
+    """
     points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
     cumulative = _cumulative_lengths_mm(points_mm, lengths)
     first_rows = offsets_from_lengths(lengths)
     # As lengths_mm would compute them, from the same sums.
     length_mm = cumulative[first_rows + lengths] - cumulative[first_rows]
-    nb_new_points = np.where(lengths > 0, nb_points, 0).astype(np.int64)
+    nb_new_points = np.where(lengths > 0, count_points(length_mm),
+                             0).astype(np.int64)
     streamline_ids, rank = _new_point_ranks(nb_new_points)
     nb_steps = np.maximum(nb_new_points[streamline_ids] - 1, 1)
     arc_lengths = length_mm[streamline_ids] * (rank / nb_steps)
@@ -326,23 +336,37 @@ def _resample_at_arc_lengths(points_mm, lengths, cumulative, nb_new_points,
     dtype : numpy dtype
         dtype of the returned points.
     """
-    first_rows = offsets_from_lengths(lengths)[streamline_ids]
-    last_rows = first_rows + lengths[streamline_ids] - 1
-    targets = cumulative[first_rows] + arc_lengths
+    # In-place steps, with the arithmetic of the written-out formulas
+    # (x + f * (y - x) as (y - x) * f + x: the same IEEE results).
+    first_rows = np.take(offsets_from_lengths(lengths), streamline_ids)
+    last_rows = np.take(lengths, streamline_ids)
+    last_rows += first_rows - 1
+    targets = np.take(cumulative, first_rows)
+    targets += arc_lengths
     # Arc length is flat across streamline boundaries: clipping to the
     # streamline's own segments resolves ties with its neighbours.
-    segment_starts = np.searchsorted(cumulative, targets, side="right") - 1
-    segment_starts = np.clip(segment_starts, first_rows,
-                             np.maximum(last_rows - 1, first_rows))
-    segment_ends = np.minimum(segment_starts + 1, last_rows)
-    segment_lengths = cumulative[segment_ends] - cumulative[segment_starts]
-    safe_lengths = np.where(segment_lengths > 0, segment_lengths, 1.)
-    fractions = np.clip((targets - cumulative[segment_starts]) / safe_lengths, 0., 1.)
-    fractions[segment_lengths <= 0] = 0.
+    segment_starts = np.searchsorted(cumulative, targets, side="right")
+    segment_starts -= 1
+    np.clip(segment_starts, first_rows, np.maximum(last_rows - 1, first_rows),
+            out=segment_starts)
+    segment_ends = segment_starts + 1
+    np.minimum(segment_ends, last_rows, out=segment_ends)
+    start_arc_lengths = np.take(cumulative, segment_starts)
+    segment_lengths = np.take(cumulative, segment_ends)
+    segment_lengths -= start_arc_lengths
+    flat = segment_lengths <= 0
+    segment_lengths[flat] = 1.
+    fractions = targets
+    fractions -= start_arc_lengths
+    fractions /= segment_lengths
+    np.clip(fractions, 0., 1., out=fractions)
+    fractions[flat] = 0.
     # np.take gathers rows ~3x faster than fancy indexing.
     start_points = np.take(points_mm, segment_starts, axis=0)
-    new_points_mm = start_points + fractions[:, None] * (
-        np.take(points_mm, segment_ends, axis=0) - start_points)
+    new_points_mm = np.take(points_mm, segment_ends, axis=0)
+    new_points_mm -= start_points
+    new_points_mm *= fractions[:, None]
+    new_points_mm += start_points
     new_points_vox = points_rasmm_to_vox_corner(new_points_mm, affine)
     return make_array_sequence(new_points_vox.astype(dtype, copy=False),
                                offsets_from_lengths(nb_new_points), nb_new_points)
