@@ -4,10 +4,12 @@ models and the scripts.
 
 Streamlines come and go in voxel space with a corner origin (see
 ``space.py``), but step sizes and tolerances are in mm: with anisotropic
-voxels, one voxel is not one mm and not the same length along each axis. Every
-function here converts to RAS mm, works there, and converts back; affine maps
-keep straight segments straight, so the new points lie on the original
-polyline.
+voxels, one voxel is not one mm and not the same length along each axis.
+Arc lengths are measured in RAS mm. An affine map keeps straight segments
+straight and ratios along them, so the point at a fraction f of a segment's
+length in mm is at the fraction f of that segment in voxels: new points are
+interpolated between the voxel-space points themselves, on the original
+polyline, with no conversion back from mm.
 
 The step-size convention is the reference dwi_ml's (scilpy's
 ``resample_streamlines_step_size``): a streamline of ``L`` mm gets
@@ -215,11 +217,12 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
 def _resample(streamlines_vox, affine, count_points):
     """Resample to ``count_points(length_mm)`` points per streamline.
 
-    The points are converted to mm once; the lengths (mm) that set the
-    counts are the arc lengths that place the new points.
+    The points are converted to mm once, for their arc lengths; these set
+    the counts and place the new points.
     """
-    points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
-    cumulative = _cumulative_lengths_mm(points_mm, lengths)
+    points_vox, _, lengths = compact(streamlines_vox)
+    cumulative = _cumulative_lengths_mm(
+        points_vox_corner_to_rasmm(points_vox, affine), lengths)
     first_rows = offsets_from_lengths(lengths)
     # As lengths_mm would compute them, from the same sums.
     length_mm = cumulative[first_rows + lengths] - cumulative[first_rows]
@@ -228,9 +231,9 @@ def _resample(streamlines_vox, affine, count_points):
     streamline_ids, rank = _new_point_ranks(nb_new_points)
     nb_steps = np.maximum(nb_new_points[streamline_ids] - 1, 1)
     arc_lengths = length_mm[streamline_ids] * (rank / nb_steps)
-    return _resample_at_arc_lengths(points_mm, lengths, cumulative[:-1],
+    return _resample_at_arc_lengths(points_vox, lengths, cumulative[:-1],
                                     nb_new_points, streamline_ids,
-                                    arc_lengths, affine,
+                                    arc_lengths,
                                     _output_dtype(streamlines_vox))
 
 
@@ -314,14 +317,15 @@ def _new_point_ranks(nb_new_points):
     return streamline_ids, rank
 
 
-def _resample_at_arc_lengths(points_mm, lengths, cumulative, nb_new_points,
-                             streamline_ids, arc_lengths, affine, dtype):
+def _resample_at_arc_lengths(points_vox, lengths, cumulative, nb_new_points,
+                             streamline_ids, arc_lengths, dtype):
     """Place new points at given arc lengths (mm) along compact streamlines.
 
     Parameters
     ----------
-    points_mm : np.ndarray, shape (P, 3)
-        Compact points in RAS mm.
+    points_vox : np.ndarray, shape (P, 3)
+        Compact points in voxel space (any origin: the new points are
+        interpolated between them, see the module docstring).
     lengths : np.ndarray, shape (N,)
         Number of points of each streamline.
     cumulative : np.ndarray, shape (P,)
@@ -331,8 +335,6 @@ def _resample_at_arc_lengths(points_mm, lengths, cumulative, nb_new_points,
     streamline_ids, arc_lengths : np.ndarray, shape (Q,)
         For every new point, its streamline and its arc length (mm) from that
         streamline's first point.
-    affine : np.ndarray, shape (4, 4)
-        Used to convert the result back to voxel space, corner origin.
     dtype : numpy dtype
         dtype of the returned points.
     """
@@ -362,11 +364,10 @@ def _resample_at_arc_lengths(points_mm, lengths, cumulative, nb_new_points,
     np.clip(fractions, 0., 1., out=fractions)
     fractions[flat] = 0.
     # np.take gathers rows ~3x faster than fancy indexing.
-    start_points = np.take(points_mm, segment_starts, axis=0)
-    new_points_mm = np.take(points_mm, segment_ends, axis=0)
-    new_points_mm -= start_points
-    new_points_mm *= fractions[:, None]
-    new_points_mm += start_points
-    new_points_vox = points_rasmm_to_vox_corner(new_points_mm, affine)
-    return make_array_sequence(new_points_vox.astype(dtype, copy=False),
+    start_points = np.take(points_vox, segment_starts, axis=0)
+    new_points = np.take(points_vox, segment_ends, axis=0).astype(np.float64)
+    new_points -= start_points
+    new_points *= fractions[:, None]
+    new_points += start_points
+    return make_array_sequence(new_points.astype(dtype, copy=False),
                                offsets_from_lengths(nb_new_points), nb_new_points)
