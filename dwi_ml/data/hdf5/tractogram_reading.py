@@ -94,9 +94,7 @@ def _apply_affine_in_place(affine, points):
     """Apply ``affine`` to (P, 3) float32 points, in float64, run by run."""
     for start in range(0, len(points), AFFINE_RUN_POINTS):
         run = points[start:start + AFFINE_RUN_POINTS]
-        # einsum: ~3x faster than matmul for a (n, 3) by (3, 3) product.
-        run[:] = np.einsum("pj,ij->pi", run.astype(np.float64),
-                           affine[:3, :3]) + affine[:3, 3]
+        run[:] = run.astype(np.float64) @ affine[:3, :3].T + affine[:3, 3]
 
 
 def _read_trk(path):
