@@ -6,7 +6,7 @@ kept for later runs unless -f), then, for each count N of --nb_subjects,
 creates the HDF5 of its first N subjects (all in training) with
 ``create_hdf5_dataset`` in a fresh subprocess, with --step_size (0.5 mm by
 default, as the issue's reference figure). Each subprocess reports its wall
-and CPU time, the time of the check pass (every file read whole once
+and CPU time, the time of the check pass (every volume read whole once
 before writing) and its peak RSS (``resource.getrusage``). Creation streams
 subject by subject, so the peak RSS should not grow with N.
 """
