@@ -190,30 +190,46 @@ def _apply_in_runs(streamline_format, points, lengths, affine):
             points, offsets[start:stop], lengths[start:stop]), affine))
 
 
-def find_invalid_streamlines(points, lengths, dimensions):
-    """Flag streamlines with a point outside the volume.
+def points_outside_volume(points, dimensions):
+    """Flag points outside the volume, NaN and Inf included.
 
     Parameters
     ----------
     points : np.ndarray, shape (P, 3)
-        Compact points in voxel space with a corner origin.
-    lengths : np.ndarray, shape (N,)
-        Number of points of each streamline.
+        Points in voxel space with a corner origin.
     dimensions : array-like of 3 int
         Volume shape; valid coordinates are in [0, dimensions).
 
     Returns
     -------
+    np.ndarray of bool, shape (P,)
+    """
+    # NaN fails both comparisons: it is flagged with the points outside.
+    inside = points >= 0
+    inside &= points < np.asarray(dimensions)
+    return ~inside.all(axis=1)
+
+
+def streamlines_with_flagged_points(flags, lengths):
+    """True for each streamline with a flagged point.
+
+    Parameters
+    ----------
+    flags : np.ndarray of bool, shape (P,)
+        One flag per point of compact streamlines.
+    lengths : np.ndarray, shape (N,)
+        Number of points of each streamline.
+
+    Returns
+    -------
     np.ndarray of bool, shape (N,)
     """
-    outside = np.any((points < 0) | (points >= np.asarray(dimensions)),
-                     axis=1)
     first_rows = offsets_from_lengths(lengths)
-    # Points outside, per streamline (reduceat needs non-empty ranges).
-    nb_outside = np.zeros(len(lengths), dtype=np.int64)
+    # Flagged points per streamline (reduceat needs non-empty ranges).
+    nb_flagged = np.zeros(len(lengths), dtype=np.int64)
     filled = lengths > 0
-    nb_outside[filled] = np.add.reduceat(outside, first_rows[filled])
-    return nb_outside > 0
+    nb_flagged[filled] = np.add.reduceat(flags, first_rows[filled])
+    return nb_flagged > 0
 
 
 def load_tractogram_file(path, space_attributes, group_config, subject,
@@ -255,8 +271,11 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
     if len(lengths) == 0:
         raise DwiMLUserError(f"{where}: the tractogram is empty (0 "
                              "streamlines).")
-    # NaN or Inf in the file stays non-finite through the affine.
-    nb_bad = int(np.count_nonzero(~np.isfinite(points)))
+    dimensions = space_attributes[1]
+    outside = points_outside_volume(points, dimensions)
+    # NaN or Inf in the file stays non-finite through the affine, and is
+    # among the points flagged outside: only those need a second look.
+    nb_bad = int(np.count_nonzero(~np.isfinite(points[outside])))
     if nb_bad:
         raise DwiMLUserError(
             f"{where}: found {nb_bad} NaN or Inf coordinate(s); expected "
@@ -269,8 +288,7 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
             f"found keys {sorted(found)}.")
     dps = {key: np.asarray(found[key]).reshape(len(lengths), -1)
            for key in group_config.dps_keys}
-    dimensions = space_attributes[1]
-    invalid = find_invalid_streamlines(points, lengths, dimensions)
+    invalid = streamlines_with_flagged_points(outside, lengths)
     nb_invalid = int(invalid.sum())
     if nb_invalid and not remove_invalid:
         shape = tuple(int(n) for n in dimensions)
