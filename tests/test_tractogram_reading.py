@@ -103,3 +103,18 @@ def test_trk_cut_inside_a_streamline_is_refused(tmp_path):
     with pytest.raises(TractogramReadError,
                        match="the data ends inside streamline 4"):
         read_tractogram_vox(str(path), AFFINE)
+
+
+def test_trk_without_a_count_is_read_to_its_end(tmp_path):
+    # A count of 0 in the header means "not given" (TrackVis convention).
+    path = tmp_path / "bundle.trk"
+    streamlines = _write_trk(path, 5, with_extras=True)
+    expected = read_tractogram_vox(str(path), AFFINE)
+    with open(path, "r+b") as file:
+        file.seek(988)  # nb_streamlines, an int32 of the 1000-byte header
+        file.write(np.int32(0).tobytes())
+    read = read_tractogram_vox(str(path), AFFINE)
+    np.testing.assert_array_equal(read.lengths, [len(s) for s in streamlines])
+    np.testing.assert_array_equal(read.points, expected.points)
+    for key, values in expected.data_per_streamline.items():
+        np.testing.assert_array_equal(read.data_per_streamline[key], values)
