@@ -4,15 +4,20 @@ The sub-packages follow the data flow: ``data`` (HDF5 creation and
 datasets) -> ``batching`` (sampler and loader) -> ``models`` -> ``training``,
 then ``tracking`` and ``monitoring``.
 """
+import os
+import sys
+
 __version__ = "0.1.0"
 
 
 def _request_reproducible_mkl():
-    # Before any torch computation: see request_reproducible_mkl.
-    try:
-        from dwi_ml.training.cpu_threads import request_reproducible_mkl
-    except ImportError:  # torch is not installed yet (setup.py).
+    # Before any torch computation: see request_reproducible_mkl. Without
+    # torch loaded yet, MKL_CBWR sets the same mode when MKL first runs, and
+    # scripts that never need torch (HDF5 creation) do not pay its import.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("MKL_CBWR", "AUTO")
         return
+    from dwi_ml.training.cpu_threads import request_reproducible_mkl
     request_reproducible_mkl()
 
 

@@ -443,6 +443,31 @@ def test_overwrite_needs_f(dataset, tmp_path, capsys):
         assert hdf.attrs["nb_points"] == 4
 
 
+def test_bad_tractogram_of_the_last_subject_keeps_the_old_output(tmp_path,
+                                                               capsys):
+    # Tractograms are checked on the read that writes them, after the
+    # other subjects: the failure must leave the previous output whole.
+    root = str(tmp_path / "ready")
+    write_dataset(root, SUBJECTS)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    out = tmp_path / "out" / "data.h5"
+    out.parent.mkdir()
+    args = [root, str(out), str(config),
+            *write_subject_lists(tmp_path, SUBJECTS[:2], SUBJECTS[2:])]
+    create_main(args)
+    before = out.read_bytes()
+    _outside_trk(os.path.join(root, SUBJECTS[2], "tractograms",
+                              "bundle_2.trk"))
+    with pytest.raises(SystemExit) as raised:
+        create_main(args + ["--step_size", "1", "-f"])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert "sub-03" in error and "bundle_2.trk" in error and "outside" in error
+    assert os.listdir(out.parent) == ["data.h5"]
+    assert out.read_bytes() == before
+
+
 def test_same_inputs_give_identical_bytes(dataset, tmp_path):
     root, _ = dataset
     create(root, tmp_path / "a.h5", step_size=2.0).close()

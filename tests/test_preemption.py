@@ -388,6 +388,12 @@ def test_import_sets_reproducible_mkl_mode():
     assert subprocess.run([sys.executable, "-c", code], env=env,
                           capture_output=True, text=True,
                           check=True).stdout.strip() == "2"
+    # dwi_ml imported before torch (as by HDF5 creation, which never loads
+    # torch): MKL_CBWR sets the same mode when MKL first runs.
+    torch_after = code.replace("torch, dwi_ml", "dwi_ml, torch")
+    assert subprocess.run([sys.executable, "-c", torch_after], env=env,
+                          capture_output=True, text=True,
+                          check=True).stdout.strip() == "2"
     # A mode the user chose wins (MKL_CBWR_COMPATIBLE is 3).
     assert subprocess.run([sys.executable, "-c", code],
                           env={**env, "MKL_CBWR": "COMPATIBLE"},

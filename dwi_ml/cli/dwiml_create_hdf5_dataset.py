@@ -34,13 +34,14 @@ without one; voxels outside the mask become 0). The .trk, .tck and .trx
 files of a streamline group are concatenated and stored in voxel space with
 a corner origin, on the grid of the "reference" volume group (default: the
 first volume group); "dps_keys" keeps data_per_streamline. The three
-subject lists are text files of subject IDs (one may be empty). Every
-input is checked before any work, and the output is written under a
-temporary name then renamed, so a failed or interrupted run leaves nothing
-at OUT_HDF5. With -v, a progress bar counts the subjects (it names the one
-being written). On success, one paragraph sums up the file: subjects per
-split, streamlines and points, file size and time taken. See
-docs/hdf5_layout.md for the layout and a config example."""
+subject lists are text files of subject IDs (one may be empty). The
+options, lists, headers and volumes are checked before any work; each
+tractogram is read once, when written, and checked as it is read. The
+output is written under a temporary name then renamed, so a failed or
+interrupted run leaves nothing at OUT_HDF5. With -v, a progress bar counts
+the subjects (it names the one being written). On success, one paragraph
+sums up the file: subjects per split, streamlines and points, file size and
+time taken. See docs/hdf5_layout.md for the layout and a config example."""
 
 
 def _build_parser():

@@ -105,12 +105,11 @@ def lengths_mm(data, offsets, lengths, affine, dtype=np.float32):
     -------
     np.ndarray, shape (N,)
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    points_mm = (np.asarray(data)[ranges_to_indices(offsets, lengths)]
-                 @ np.asarray(affine, dtype=np.float64)[:3, :3].T)
+    points, first_rows, lengths = compact(make_array_sequence(data, offsets,
+                                                             lengths))
+    points_mm = points @ np.asarray(affine, dtype=np.float64)[:3, :3].T
     step_mm = np.zeros(len(points_mm), dtype=np.float64)
-    step_mm[1:] = np.linalg.norm(np.diff(points_mm, axis=0), axis=1)
-    first_rows = offsets_from_lengths(lengths)
+    step_mm[1:] = row_norms(np.diff(points_mm, axis=0))
     # A streamline's first point has no step from the previous streamline.
     step_mm[first_rows[lengths > 0]] = 0.
     total_mm = np.zeros(len(points_mm) + 1, dtype=np.float64)
@@ -118,12 +117,27 @@ def lengths_mm(data, offsets, lengths, affine, dtype=np.float32):
     return (total_mm[first_rows + lengths] - total_mm[first_rows]).astype(dtype)
 
 
+def row_norms(vectors):
+    """Euclidean norm of each row of a (P, 3) array.
+
+    Equals ``np.linalg.norm(vectors, axis=1)`` bit for bit (the same
+    squares summed in the same order, ``(x² + y²) + z²``), at about twice
+    its speed: numpy's reduction over rows of 3 is slower than three
+    column operations.
+    """
+    squares = np.square(vectors)
+    total = squares[:, 0] + squares[:, 1]
+    total += squares[:, 2]
+    return np.sqrt(total, out=total)
+
+
 def ranges_to_indices(starts, lengths, steps=None):
     """Concatenate ``arange(s, s + n)`` for every (s, n), vectorised.
 
-    With ``steps`` (+1 or -1 per range), range i is
+    With ``steps`` (an integer per range), range i is
     ``s, s + steps[i], ...`` (n values): -1 walks a streamline backwards
-    from its last row.
+    from its last row; k > 1 picks every k-th value (one per point of
+    interleaved records).
 
     Examples
     --------

@@ -3,13 +3,16 @@
 The run reads top to bottom:
 
 1. check the options, the config, the subject lists and the output path;
-2. check every subject's files and headers, then read every file whole,
-   one at a time, to check its data (truncated files, NaN or Inf,
-   streamlines outside the volume) and discard it;
-3. under a temporary name, write the root attrs, then each subject;
+2. check every subject's files and headers, then read every volume and
+   connectivity file whole, one at a time, to check its data (truncated
+   files, NaN or Inf) and discard it;
+3. under a temporary name, write the root attrs, then each subject; each
+   tractogram is read once, here, and checked as it is read (truncated
+   files, NaN or Inf, streamlines outside the volume, dps keys);
 4. rename the temporary file to the output path.
 
-A failing or interrupted run never leaves anything at the output path.
+A failing or interrupted run never leaves anything at the output path: a
+tractogram refused in step 3 removes the temporary file.
 """
 import datetime
 import json
@@ -96,7 +99,7 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
         for subject in subjects.all]
     for subject_files in tqdm(all_files, desc="Checking data",
                               unit="subject", disable=progress_bars_disabled()):
-        check_subject_data(subject_files, config, remove_invalid)
+        check_subject_data(subject_files, config)
     date_time = _date_time or datetime.datetime.now().strftime(DATE_FORMAT)
 
     removed = {}

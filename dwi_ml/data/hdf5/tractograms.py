@@ -1,8 +1,8 @@
 """Load, check, resample and convert the tractograms of a streamline group.
 
-Every file is loaded in RAS mm (centre origin), checked against the
-reference grid in voxel space (corner origin), converted to voxel space with
-a corner origin (dipy ``Space.VOX``, ``Origin.TRACKVIS``) for the HDF5, then
+Every file is read once (see ``tractogram_reading``), straight into voxel
+space with a corner origin (dipy ``Space.VOX``, ``Origin.TRACKVIS``) on the
+reference grid, checked there (NaN, streamlines outside the volume), then
 resampled or compressed by its ``StreamlineFormat`` (in mm, with the same
 function as the batch loader) and measured in mm.
 """
@@ -11,26 +11,27 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import numpy as np
-from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
-from dipy.io.streamline import load_tractogram
 from dipy.io.utils import get_reference_info, is_header_compatible
 
 from dwi_ml.data.hdf5.subjects import describe, one_line
+from dwi_ml.data.hdf5.tractogram_reading import (
+    PackedTractogram,
+    read_tractogram_vox,
+)
 from dwi_ml.data.packed import (
     compact,
     cut_by_budget,
+    gather,
     lengths_mm,
     make_array_sequence,
     offsets_from_lengths,
-    packed_arrays,
 )
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import quiet_logger
-from dwi_ml.io_utils.tractogram_files import tractogram_extension
 
 # Input points per resampling run (see _apply_in_runs).
-RESAMPLING_RUN_POINTS = 2 ** 20
+RESAMPLING_RUN_POINTS = 2 ** 17
 
 
 @dataclass
@@ -91,6 +92,9 @@ def load_streamline_group(group_config, files, reference, subject,
                           remove_invalid=False):
     """Load a streamline group's files, processed, passing on their points.
 
+    Each file is read once and checked as it is read (see
+    :func:`load_tractogram_file`).
+
     Parameters
     ----------
     group_config : StreamlineGroupConfig
@@ -116,34 +120,35 @@ def load_streamline_group(group_config, files, reference, subject,
     Returns
     -------
     StreamlineGroupData
+
+    Raises
+    ------
+    DwiMLUserError
+        As :func:`load_tractogram_file`.
     """
     group = group_config.name
     streamline_format = streamline_format or StreamlineFormat()
-    # One file at a time, its SFT dropped once its points are processed;
-    # each run's points go to write_points, so none accumulate here.
+    with quiet_logger("dipy"):
+        space_attributes = get_reference_info(reference)
+    affine = np.asarray(space_attributes[0], dtype=np.float64)
+    # One file at a time, dropped once its points are processed; each run's
+    # points go to write_points, so none accumulate here.
     all_lengths, euclidean, dps_parts = [], [], []
-    nb_removed, space_attributes = 0, None
+    nb_removed = 0
     for path in files:
-        sft, nb_invalid = load_tractogram_file(path, reference, group_config,
-                                               subject, remove_invalid)
+        tractogram, nb_invalid = load_tractogram_file(
+            path, space_attributes, group_config, subject, remove_invalid)
         nb_removed += nb_invalid
-        if len(sft) == 0:
+        if len(tractogram.lengths) == 0:
             continue
-        space_attributes = space_attributes or sft.space_attributes
-        dps_parts.append({key: np.asarray(sft.data_per_streamline[key])
-                          .reshape(len(sft), -1)
-                          for key in group_config.dps_keys})
-        sft.to_vox()
-        sft.to_corner()
-        affine = sft.affine.astype(np.float64)
-        streamlines = sft.streamlines
-        del sft
-        for data, offsets, lengths in _apply_in_runs(streamline_format,
-                                                     streamlines, affine):
+        dps_parts.append(tractogram.data_per_streamline)
+        for data, offsets, lengths in _apply_in_runs(
+                streamline_format, tractogram.points, tractogram.lengths,
+                affine):
             euclidean.append(lengths_mm(data, offsets, lengths, affine))
             write_points(data.astype(np.float32, copy=False))
             all_lengths.append(lengths)
-        del streamlines, data
+        del tractogram, data
     if nb_removed:
         logging.warning("%s: removed %d streamlines with points outside the "
                         "volume.", describe(subject, group), nb_removed)
@@ -163,50 +168,93 @@ def load_streamline_group(group_config, files, reference, subject,
         nb_removed=nb_removed)
 
 
-def _apply_in_runs(streamline_format, streamlines, affine):
+def _apply_in_runs(streamline_format, points, lengths, affine):
     """Yield ``compact(streamline_format.apply(run))`` for runs of streamlines.
 
-    Resampling works on all the points it is given at once, with a dozen
-    float64 temporaries the size of its output; runs of about
-    ``RESAMPLING_RUN_POINTS`` points keep them to some 100 MB whatever the
-    file's size. Streamlines are resampled independently: the runs change
-    nothing but float rounding in the arc lengths.
+    ``points`` are compact, in voxel space with a corner origin. Resampling
+    works on all the points it is given at once, with a dozen float64
+    temporaries the size of its output; runs of about
+    ``RESAMPLING_RUN_POINTS`` points keep them to a few tens of MB whatever
+    the file's size (2 ** 20 points peaked 360 MB higher for 1.4x the
+    system time, in page faults, at the same user time). Streamlines are
+    resampled independently: the runs change nothing but float rounding in
+    the arc lengths.
     """
+    offsets = offsets_from_lengths(lengths)
     if not streamline_format.is_set:
-        yield compact(streamlines)
+        yield points, offsets, lengths
         return
-    data, offsets, lengths = packed_arrays(streamlines)
     bounds = cut_by_budget(lengths, RESAMPLING_RUN_POINTS)
     for start, stop in zip(bounds[:-1], bounds[1:]):
         yield compact(streamline_format.apply(make_array_sequence(
-            data, offsets[start:stop], lengths[start:stop]), affine))
+            points, offsets[start:stop], lengths[start:stop]), affine))
 
 
-def find_invalid_streamlines(streamlines, dimensions):
-    """Flag streamlines with a point outside the volume.
+def points_outside_volume(points, dimensions):
+    """Flag points outside the volume, NaN and Inf included.
 
     Parameters
     ----------
-    streamlines : ArraySequence
-        In voxel space with a corner origin.
+    points : np.ndarray, shape (P, 3)
+        Points in voxel space with a corner origin.
     dimensions : array-like of 3 int
         Volume shape; valid coordinates are in [0, dimensions).
 
     Returns
     -------
+    np.ndarray of bool, shape (P,)
+    """
+    # NaN fails both comparisons: it is flagged with the points outside.
+    inside = points >= 0
+    inside &= points < np.asarray(dimensions)
+    # Column by column: numpy's reduction over rows of 3 is much slower.
+    outside = ~inside[:, 0]
+    outside |= ~inside[:, 1]
+    outside |= ~inside[:, 2]
+    return outside
+
+
+def streamlines_with_flagged_points(flags, lengths):
+    """True for each streamline with a flagged point.
+
+    Parameters
+    ----------
+    flags : np.ndarray of bool, shape (P,)
+        One flag per point of compact streamlines.
+    lengths : np.ndarray, shape (N,)
+        Number of points of each streamline.
+
+    Returns
+    -------
     np.ndarray of bool, shape (N,)
     """
-    data, _, lengths = compact(streamlines)
-    outside = np.any((data < 0) | (data >= np.asarray(dimensions)), axis=1)
-    streamline_ids = np.repeat(np.arange(len(lengths)), lengths)
-    return np.bincount(streamline_ids, weights=outside,
-                       minlength=len(lengths)) > 0
+    first_rows = offsets_from_lengths(lengths)
+    # Flagged points per streamline (reduceat needs non-empty ranges).
+    nb_flagged = np.zeros(len(lengths), dtype=np.int64)
+    filled = lengths > 0
+    nb_flagged[filled] = np.add.reduceat(flags, first_rows[filled])
+    return nb_flagged > 0
 
 
-def load_tractogram_file(path, reference, group_config, subject, remove_invalid):
-    """One file as an SFT on the reference grid (RAS mm, centre origin).
+def load_tractogram_file(path, space_attributes, group_config, subject,
+                         remove_invalid):
+    """Read and check one file, in voxel space with a corner origin.
 
-    Returns the SFT (possibly empty after removals) and the number removed.
+    Parameters
+    ----------
+    path : str
+    space_attributes : tuple
+        dipy's (affine, dimensions, voxel_sizes, voxel_order) of the
+        reference grid.
+    group_config : StreamlineGroupConfig
+    subject : str
+    remove_invalid : bool
+
+    Returns
+    -------
+    (PackedTractogram, int)
+        The file's streamlines and its ``dps_keys`` only, without the
+        removed ones (possibly none left), and the number removed.
 
     Raises
     ------
@@ -215,56 +263,49 @@ def load_tractogram_file(path, reference, group_config, subject, remove_invalid)
         coordinates, a missing dps key, or (without ``remove_invalid``)
         points outside the volume.
     """
-    group = group_config.name
-    where = describe(subject, group, path)
-    loading_reference = reference if tractogram_extension(path) == ".tck" \
-        else "same"
-    with quiet_logger("dipy"):
-        try:
-            loaded = load_tractogram(path, loading_reference,
-                                     bbox_valid_check=False,
-                                     trk_header_check=False)
-        except Exception as error:  # dipy/nibabel raise many types
-            raise DwiMLUserError(
-                f"{where}: cannot read it as a tractogram; the file is "
-                "truncated or corrupt "
-                f"({type(error).__name__}: {one_line(error)}).") from None
-    if len(loaded) == 0:
+    where = describe(subject, group_config.name, path)
+    try:
+        tractogram = read_tractogram_vox(path, space_attributes[0])
+    except Exception as error:  # nibabel, dipy and ours raise many types
+        raise DwiMLUserError(
+            f"{where}: cannot read it as a tractogram; the file is "
+            "truncated or corrupt "
+            f"({type(error).__name__}: {one_line(error)}).") from None
+    points, lengths = tractogram.points, tractogram.lengths
+    if len(lengths) == 0:
         raise DwiMLUserError(f"{where}: the tractogram is empty (0 "
                              "streamlines).")
-    nb_bad = int(np.count_nonzero(~np.isfinite(loaded.streamlines.get_data())))
+    dimensions = space_attributes[1]
+    outside = points_outside_volume(points, dimensions)
+    # NaN or Inf in the file stays non-finite through the affine, and is
+    # among the points flagged outside: only those need a second look.
+    nb_bad = int(np.count_nonzero(~np.isfinite(points[outside])))
     if nb_bad:
         raise DwiMLUserError(
             f"{where}: found {nb_bad} NaN or Inf coordinate(s); expected "
             "finite points only.")
-    missing = [k for k in group_config.dps_keys
-               if k not in loaded.data_per_streamline]
+    found = tractogram.data_per_streamline
+    missing = [key for key in group_config.dps_keys if key not in found]
     if missing:
         raise DwiMLUserError(
             f"{where}: data_per_streamline key '{missing[0]}' is missing; "
-            f"found keys {sorted(loaded.data_per_streamline.keys())}.")
-    loaded.to_rasmm()
-    loaded.to_center()
-    # Rebuilt on the reference so every file shares its space attributes.
-    sft = StatefulTractogram(
-        loaded.streamlines, reference, Space.RASMM, origin=Origin.NIFTI,
-        data_per_streamline={k: loaded.data_per_streamline[k]
-                             for k in group_config.dps_keys})
-    sft.to_vox()
-    sft.to_corner()
-    invalid = find_invalid_streamlines(sft.streamlines, sft.dimensions)
+            f"found keys {sorted(found)}.")
+    dps = {key: np.asarray(found[key]).reshape(len(lengths), -1)
+           for key in group_config.dps_keys}
+    invalid = streamlines_with_flagged_points(outside, lengths)
     nb_invalid = int(invalid.sum())
     if nb_invalid and not remove_invalid:
-        shape = tuple(int(n) for n in sft.dimensions)
+        shape = tuple(int(n) for n in dimensions)
         raise DwiMLUserError(
-            f"{where}: {nb_invalid} of {len(sft)} streamlines have points "
+            f"{where}: {nb_invalid} of {len(lengths)} streamlines have points "
             f"outside the volume of shape {shape}; use --remove_invalid to "
             "drop them.")
     if nb_invalid:
-        sft = sft[np.flatnonzero(~invalid)]
-    sft.to_rasmm()
-    sft.to_center()
-    return sft, nb_invalid
+        keep = np.flatnonzero(~invalid)
+        points, _, lengths = gather(points, offsets_from_lengths(lengths)[keep],
+                                    lengths[keep])
+        dps = {key: values[keep] for key, values in dps.items()}
+    return PackedTractogram(points, lengths, dps), nb_invalid
 
 
 def _concatenate_dps(values, key, subject, group):

@@ -1,19 +1,19 @@
-"""Check one subject's files before any data is read.
+"""Check one subject's files before any data is written.
 
-Resolves the config's patterns, reads every NIfTI header and every
-.trk/.trx header, and checks that grids agree. Only checks that need the
-data (NaN, empty tractograms, streamlines outside the volume) are left to
-the loading step.
+:func:`check_subject_files` resolves the config's patterns, reads every
+NIfTI header and every .trk/.trx header, and checks that grids agree.
+:func:`check_subject_data` reads the volumes and connectivity files whole.
+Tractograms, the largest inputs, are read once, when written: their data
+checks (truncation, NaN, empty files, streamlines outside the volume, dps
+keys) run as each file is loaded (``tractograms.load_tractogram_file``),
+and a failure there removes the temporary output.
 """
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from dwi_ml.data.hdf5.connectivity import load_group_connectivity
 from dwi_ml.data.hdf5.subjects import describe, resolve_files
-from dwi_ml.data.hdf5.tractograms import (
-    check_tractogram_header,
-    load_tractogram_file,
-)
+from dwi_ml.data.hdf5.tractograms import check_tractogram_header
 from dwi_ml.data.hdf5.volumes import (
     VolumeGrid,
     load_std_mask,
@@ -132,25 +132,23 @@ def check_subject_files(subject_folder, subject, config):
     return SubjectFiles(subject, volume_groups, streamline_groups)
 
 
-def check_subject_data(subject_files, config, remove_invalid=False):
-    """Read every file of a subject whole, check its data, and discard it.
+def check_subject_data(subject_files, config):
+    """Read a subject's volumes and connectivity files whole, and check them.
 
-    At most one file is held in memory at a time.
+    At most one file is held in memory at a time. Tractograms are checked
+    when they are loaded for writing (see the module docstring).
 
     Parameters
     ----------
     subject_files : SubjectFiles
         From :func:`check_subject_files`.
     config : GroupsConfig
-    remove_invalid : bool
-        Streamlines outside the volume are allowed (they will be dropped).
 
     Raises
     ------
     DwiMLUserError
         A file whose data cannot be read (truncated, corrupt), NaN or Inf
-        in a volume or a tractogram, an empty mask or tractogram, a missing
-        dps key, or streamlines outside the volume.
+        in a volume, an empty mask, or a bad connectivity file.
     """
     subject = subject_files.subject
     for group_config in config.volume_groups:
@@ -161,12 +159,10 @@ def check_subject_data(subject_files, config, remove_invalid=False):
         if files.mask_files:
             load_std_mask(files.mask_files, subject, group)
     for group_config in config.streamline_groups:
-        files = subject_files.streamline_groups[group_config.name]
-        for path in files.files:
-            load_tractogram_file(path, files.reference, group_config,
-                                 subject, remove_invalid)
         if group_config.connectivity is not None:
-            load_group_connectivity(group_config, files, subject)
+            load_group_connectivity(
+                group_config,
+                subject_files.streamline_groups[group_config.name], subject)
 
 
 def _check_same_grid(files, subject, group):

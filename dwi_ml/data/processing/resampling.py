@@ -4,10 +4,12 @@ models and the scripts.
 
 Streamlines come and go in voxel space with a corner origin (see
 ``space.py``), but step sizes and tolerances are in mm: with anisotropic
-voxels, one voxel is not one mm and not the same length along each axis. Every
-function here converts to RAS mm, works there, and converts back; affine maps
-keep straight segments straight, so the new points lie on the original
-polyline.
+voxels, one voxel is not one mm and not the same length along each axis.
+Arc lengths are measured in RAS mm. An affine map keeps straight segments
+straight and ratios along them, so the point at a fraction f of a segment's
+length in mm is at the fraction f of that segment in voxels: new points are
+interpolated between the voxel-space points themselves, on the original
+polyline, with no conversion back from mm.
 
 The step-size convention is the reference dwi_ml's (scilpy's
 ``resample_streamlines_step_size``): a streamline of ``L`` mm gets
@@ -29,10 +31,10 @@ from dipy.tracking.streamlinespeed import compress_streamlines
 
 from dwi_ml.data.packed import (
     compact,
-    lengths_mm,
     make_array_sequence,
     offsets_from_lengths,
     packed_arrays,
+    row_norms,
 )
 from dwi_ml.data.processing.space import (
     points_rasmm_to_vox_corner,
@@ -177,11 +179,12 @@ def _resample_by_length(streamlines_vox, affine, step_size_mm,
     """``nb_points_for_step_size + nb_extra_points`` points per streamline;
     one point for streamlines of length 0 mm."""
     step_size_mm = check_positive_float("step_size_mm", step_size_mm)
-    data, offsets, lengths = packed_arrays(streamlines_vox)
-    length_mm = lengths_mm(data, offsets, lengths, affine, np.float64)
-    counts = nb_points_for_step_size(length_mm, step_size_mm, nb_extra_points)
-    return resample_to_nb_points(streamlines_vox, affine,
-                                 np.where(length_mm > 0, counts, 1))
+
+    def count_points(length_mm):
+        counts = nb_points_for_step_size(length_mm, step_size_mm,
+                                         nb_extra_points)
+        return np.where(length_mm > 0, counts, 1)
+    return _resample(streamlines_vox, affine, count_points)
 
 
 def resample_to_nb_points(streamlines_vox, affine, nb_points):
@@ -208,15 +211,29 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
     """
     if np.ndim(nb_points) == 0:
         nb_points = check_int("nb_points", nb_points, 2)
-    points_mm, lengths = _compact_in_mm(streamlines_vox, affine)
-    length_mm = lengths_mm(points_mm, offsets_from_lengths(lengths), lengths,
-                           np.eye(4), np.float64)
-    nb_new_points = np.where(lengths > 0, nb_points, 0).astype(np.int64)
-    streamline_ids, rank = _new_point_ranks(nb_new_points)
-    nb_steps = np.maximum(nb_new_points[streamline_ids] - 1, 1)
-    arc_lengths = length_mm[streamline_ids] * (rank / nb_steps)
-    return _resample_at_arc_lengths(points_mm, lengths, nb_new_points,
-                                    streamline_ids, arc_lengths, affine,
+    return _resample(streamlines_vox, affine, lambda length_mm: nb_points)
+
+
+def _resample(streamlines_vox, affine, count_points):
+    """Resample to ``count_points(length_mm)`` points per streamline.
+
+    The points are converted to mm once, for their arc lengths; these set
+    the counts and place the new points.
+    """
+    points_vox, _, lengths = compact(streamlines_vox)
+    cumulative = _cumulative_lengths_mm(
+        points_vox_corner_to_rasmm(points_vox, affine), lengths)
+    first_rows = offsets_from_lengths(lengths)
+    # As lengths_mm would compute them, from the same sums.
+    length_mm = cumulative[first_rows + lengths] - cumulative[first_rows]
+    nb_new_points = np.where(lengths > 0, count_points(length_mm),
+                             0).astype(np.int64)
+    rank = (np.arange(nb_new_points.sum())
+            - np.repeat(offsets_from_lengths(nb_new_points), nb_new_points))
+    nb_steps = np.repeat(np.maximum(nb_new_points - 1, 1), nb_new_points)
+    arc_lengths = np.repeat(length_mm, nb_new_points) * (rank / nb_steps)
+    return _resample_at_arc_lengths(points_vox, lengths, cumulative,
+                                    nb_new_points, arc_lengths,
                                     _output_dtype(streamlines_vox))
 
 
@@ -273,64 +290,80 @@ def _compact_in_mm(streamlines_vox, affine):
     return points_vox_corner_to_rasmm(points_vox, affine), lengths
 
 
-def _segment_lengths_mm(points_mm, lengths):
-    """Length (mm) of the segment from each point to the next, 0 at boundaries.
+def _cumulative_lengths_mm(points_mm, lengths):
+    """Arc length (mm) from the first row to each row, across streamlines.
 
-    Returns an array of shape (P,): the last point of each streamline (and
-    the last row) gets 0, so a cumulative sum never crosses streamlines.
+    Returns an array of shape (P + 1,): entry k sums the segments between
+    rows 0 and k (the last point of each streamline has no segment, so
+    sums never cross streamlines), and entry P is the total. Row k's arc
+    length within its streamline is entry k minus the entry of its
+    streamline's first row. The sums are sequential, in row order, as
+    ``lengths_mm`` makes them: lengths taken from here equal its own.
     """
     segment_lengths = np.zeros(len(points_mm))
-    segment_lengths[:-1] = np.linalg.norm(np.diff(points_mm, axis=0), axis=1)
+    segment_lengths[:-1] = row_norms(np.diff(points_mm, axis=0))
     last_rows = (offsets_from_lengths(lengths) + lengths - 1)[lengths > 0]
     segment_lengths[last_rows] = 0.
-    return segment_lengths
+    cumulative = np.zeros(len(points_mm) + 1)
+    np.cumsum(segment_lengths, out=cumulative[1:])
+    return cumulative
 
 
-def _new_point_ranks(nb_new_points):
-    """Streamline id and rank within its streamline of every new point."""
-    streamline_ids = np.repeat(np.arange(len(nb_new_points)), nb_new_points)
-    rank = (np.arange(len(streamline_ids))
-            - offsets_from_lengths(nb_new_points)[streamline_ids])
-    return streamline_ids, rank
-
-
-def _resample_at_arc_lengths(points_mm, lengths, nb_new_points, streamline_ids,
-                             arc_lengths, affine, dtype):
+def _resample_at_arc_lengths(points_vox, lengths, cumulative, nb_new_points,
+                             arc_lengths, dtype):
     """Place new points at given arc lengths (mm) along compact streamlines.
 
     Parameters
     ----------
-    points_mm : np.ndarray, shape (P, 3)
-        Compact points in RAS mm.
+    points_vox : np.ndarray, shape (P, 3)
+        Compact points in voxel space (any origin: the new points are
+        interpolated between them, see the module docstring).
     lengths : np.ndarray, shape (N,)
         Number of points of each streamline.
+    cumulative : np.ndarray, shape (P + 1,)
+        Arc length of each row from row 0, then the total
+        (``_cumulative_lengths_mm``).
     nb_new_points : np.ndarray, shape (N,)
         Number of new points of each streamline.
-    streamline_ids, arc_lengths : np.ndarray, shape (Q,)
-        For every new point, its streamline and its arc length (mm) from that
-        streamline's first point.
-    affine : np.ndarray, shape (4, 4)
-        Used to convert the result back to voxel space, corner origin.
+    arc_lengths : np.ndarray, shape (Q,)
+        For every new point, in streamline order, its arc length (mm) from
+        its streamline's first point.
     dtype : numpy dtype
         dtype of the returned points.
     """
-    cumulative = np.cumsum(_segment_lengths_mm(points_mm, lengths))
-    cumulative = np.concatenate(([0.], cumulative[:-1]))
-    first_rows = offsets_from_lengths(lengths)[streamline_ids]
-    last_rows = first_rows + lengths[streamline_ids] - 1
-    targets = cumulative[first_rows] + arc_lengths
+    # Per-streamline values reach each new point by np.repeat (sequential,
+    # faster than a gather by streamline id). In-place steps, with the
+    # arithmetic of the written-out formulas (x + f * (y - x) as
+    # (y - x) * f + x: the same IEEE results).
+    offsets = offsets_from_lengths(lengths)
+    first_rows = np.repeat(offsets, nb_new_points)
+    last_rows = np.repeat(offsets + lengths - 1, nb_new_points)
+    targets = np.repeat(cumulative[offsets], nb_new_points)
+    targets += arc_lengths
+    cumulative = cumulative[:-1]
     # Arc length is flat across streamline boundaries: clipping to the
     # streamline's own segments resolves ties with its neighbours.
-    segment_starts = np.searchsorted(cumulative, targets, side="right") - 1
-    segment_starts = np.clip(segment_starts, first_rows,
-                             np.maximum(last_rows - 1, first_rows))
-    segment_ends = np.minimum(segment_starts + 1, last_rows)
-    segment_lengths = cumulative[segment_ends] - cumulative[segment_starts]
-    safe_lengths = np.where(segment_lengths > 0, segment_lengths, 1.)
-    fractions = np.clip((targets - cumulative[segment_starts]) / safe_lengths, 0., 1.)
-    fractions[segment_lengths <= 0] = 0.
-    new_points_mm = points_mm[segment_starts] + fractions[:, None] * (
-        points_mm[segment_ends] - points_mm[segment_starts])
-    new_points_vox = points_rasmm_to_vox_corner(new_points_mm, affine)
-    return make_array_sequence(new_points_vox.astype(dtype, copy=False),
+    segment_starts = np.searchsorted(cumulative, targets, side="right")
+    segment_starts -= 1
+    np.clip(segment_starts, first_rows, np.maximum(last_rows - 1, first_rows),
+            out=segment_starts)
+    segment_ends = segment_starts + 1
+    np.minimum(segment_ends, last_rows, out=segment_ends)
+    start_arc_lengths = np.take(cumulative, segment_starts)
+    segment_lengths = np.take(cumulative, segment_ends)
+    segment_lengths -= start_arc_lengths
+    flat = segment_lengths <= 0
+    segment_lengths[flat] = 1.
+    fractions = targets
+    fractions -= start_arc_lengths
+    fractions /= segment_lengths
+    np.clip(fractions, 0., 1., out=fractions)
+    fractions[flat] = 0.
+    # np.take gathers rows ~3x faster than fancy indexing.
+    start_points = np.take(points_vox, segment_starts, axis=0)
+    new_points = np.take(points_vox, segment_ends, axis=0).astype(np.float64)
+    new_points -= start_points
+    new_points *= fractions[:, None]
+    new_points += start_points
+    return make_array_sequence(new_points.astype(dtype, copy=False),
                                offsets_from_lengths(nb_new_points), nb_new_points)
