@@ -44,7 +44,10 @@ from dwi_ml.data.packed import (
     offsets_from_lengths,
     packed_arrays,
 )
-from dwi_ml.data.processing.interpolation import prepare_volume_for_interpolation
+from dwi_ml.data.processing.interpolation import (
+    interpolate_volume_at_coordinates,
+    prepare_volume_for_interpolation,
+)
 from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -123,9 +126,16 @@ class BatchedTracker:
         self.dtype = model.dtype
         self.volume = prepare_volume_for_interpolation(input_volume,
                                                        self.device)
-        self.offsets = torch.as_tensor(
+        offsets = torch.as_tensor(
             model.input_spec.neighborhood.offsets_vox(affine),
             dtype=self.dtype, device=self.device)
+        # None without a neighbourhood: the point alone, no offset to add.
+        self.offsets = (None if len(offsets) == 1 and not offsets.any()
+                        else offsets)
+        # Last points of each streamline that forward_step reads (None:
+        # all of them).
+        self.context_points = getattr(model, "tracking_context_points",
+                                      None)
         self.linear_part = torch.as_tensor(
             np.asarray(affine, dtype=np.float64)[:3, :3], dtype=self.dtype,
             device=self.device)
@@ -169,7 +179,7 @@ class BatchedTracker:
         """
         seeds = torch.as_tensor(np.asarray(seeds_vox_corner),
                                 dtype=self.dtype, device=self.device)
-        with torch.no_grad():
+        with torch.inference_mode():
             valid = self.tracking_mask.contains_voxel(seeds)
             points = seeds[:, None, :]
             lengths = torch.ones(len(seeds), dtype=torch.int64,
@@ -230,7 +240,7 @@ class BatchedTracker:
                                    dtype=self.dtype, device=self.device)
         lengths = torch.full((len(prefixes),), prefixes.shape[1],
                              dtype=torch.int64, device=self.device)
-        with torch.no_grad():
+        with torch.inference_mode():
             points, lengths, stops, _ = self._propagate(prefixes, lengths)
         return _pack(points, lengths), stops.cpu().numpy()
 
@@ -251,6 +261,7 @@ class BatchedTracker:
         Returns
         -------
         points : torch.Tensor, shape (N, max_nb_points, 3)
+            Rows past a streamline's length are undefined.
         lengths : torch.Tensor, int64 (N,)
         stops : torch.Tensor, int64 (N,)
             StopReason of each streamline.
@@ -260,28 +271,37 @@ class BatchedTracker:
         nb_streamlines = len(prefixes)
         points = prefixes.new_zeros((nb_streamlines, self.max_nb_points, 3))
         points[:, :prefixes.shape[1]] = prefixes
-        lengths = prefix_lengths.clone()
+        # A streamline gets its length when it stops; those still active
+        # at the end have max_nb_points.
+        lengths = torch.full_like(prefix_lengths, self.max_nb_points)
         stops = torch.full_like(lengths, int(StopReason.MAX_LENGTH))
+        # Rows of the N streamlines still active, then per active row:
+        # its prefix length and its points out of the mask so far.
         active = torch.arange(nb_streamlines, device=self.device)
+        active_prefix_lengths = prefix_lengths
         invalid_counts = torch.zeros_like(lengths)
+        longest_prefix = int(prefix_lengths.max())
         hidden_states = None
         first_directions = None
-        context_points = getattr(self.model, "tracking_context_points", None)
         for t in range(self.max_nb_points - 1):
             if len(active) == 0:
                 break
-            current = points[active, t]
-            inputs = interpolate_with_neighborhood(self.volume, current,
-                                                   self.offsets)
-            # All active streamlines have t + 1 points (lockstep): the step
-            # gets one (n, m, 3) tensor of their last m points, no list.
-            first = (0 if context_points is None
-                     else max(t + 1 - context_points, 0))
+            # All active streamlines have t + 1 points (lockstep): one
+            # gather gives the model its (n, m, 3) context and the angle
+            # criterion the previous point.
+            recent = points[active, self._first_context_row(t):t + 1]
+            current = recent[:, -1]
+            context = (recent if self.context_points is None
+                       else recent[:, -self.context_points:])
             outputs, hidden_states = self.model.forward_step(
-                inputs, points[active, first:t + 1], hidden_states)
-            growing = prefix_lengths[active] <= t + 1
-            if not growing.any():
-                continue
+                self._interpolate_inputs(current), context, hidden_states)
+            # Until the longest prefix is replayed, some streamlines take
+            # their known next point instead of the model's.
+            growing = None
+            if t + 1 < longest_prefix:
+                growing = active_prefix_lengths <= t + 1
+                if not growing.any():
+                    continue
             directions, eos_probs = self.model.get_tracking_directions(
                 outputs, self.algo, self.generator)
             if t == 0:
@@ -292,24 +312,50 @@ class BatchedTracker:
                         (prefix_lengths == 1)[:, None], seed_directions,
                         directions)
             stop_codes, next_points, out_of_mask = self._check_next_points(
-                directions, self._eos_stops(outputs, eos_probs), points,
-                active, t, growing)
-            invalid_counts[active] += out_of_mask
-            stop_codes[invalid_counts[active] > self.max_invalid_nb_points] \
-                = StopReason.MASK
+                directions, self._eos_stops(outputs, eos_probs), recent, t,
+                growing)
+            invalid_counts += out_of_mask
+            stop_codes.masked_fill_(
+                invalid_counts > self.max_invalid_nb_points,
+                int(StopReason.MASK))
+            # Points past a streamline's length are never read: every
+            # growing streamline writes its next point, stopped or not.
+            if growing is None:
+                points[active, t + 1] = next_points
+            else:
+                points[active[growing], t + 1] = next_points[growing]
             stopped = stop_codes > 0
-            grows = growing & ~stopped
-            if self.append_last_point:
-                grows |= out_of_mask & (stop_codes == StopReason.MASK)
-            points[active[grows], t + 1] = next_points[grows]
-            lengths[active[grows]] = t + 2
             if stopped.any():
-                stops[active[stopped]] = stop_codes[stopped]
+                stopped_rows = active[stopped]
+                stops[stopped_rows] = stop_codes[stopped]
+                new_lengths = t + 1
+                if self.append_last_point:
+                    new_lengths = new_lengths + (
+                        out_of_mask & (stop_codes == StopReason.MASK)
+                    )[stopped]
+                lengths[stopped_rows] = new_lengths
                 keep = ~stopped
                 active = active[keep]
+                active_prefix_lengths = active_prefix_lengths[keep]
+                invalid_counts = invalid_counts[keep]
                 hidden_states = self.model.select_hidden_states(
                     hidden_states, keep)
         return points, lengths, stops, first_directions
+
+    def _first_context_row(self, t):
+        """First row of the points gathered at step ``t``: the model's
+        context, and at least the previous point."""
+        if self.context_points is None:
+            return 0
+        return max(t + 1 - max(self.context_points, 2), 0)
+
+    def _interpolate_inputs(self, points_vox_corner):
+        """The model's inputs at the points (with its neighbourhood)."""
+        if self.offsets is None:
+            return interpolate_volume_at_coordinates(self.volume,
+                                                     points_vox_corner)
+        return interpolate_with_neighborhood(self.volume, points_vox_corner,
+                                             self.offsets)
 
     def _eos_stops(self, outputs, eos_probs):
         """(n,) bool where EOS stops a streamline, or None without EOS."""
@@ -319,13 +365,14 @@ class BatchedTracker:
             return self.model.eos_is_most_likely(outputs)
         return eos_probs > self.eos_threshold
 
-    def _check_next_points(self, directions, eos_stops, points, active, t,
-                           growing):
+    def _check_next_points(self, directions, eos_stops, recent, t, growing):
         """Next point of each active streamline and its StopReason.
 
-        ``directions`` (n, 3) are unit vectors in voxel space and
-        ``eos_stops`` (n,) bool or None. Returns (codes (n,), next_points
-        (n, 3), out_of_mask (n,) bool); code 0 means the point is added.
+        ``directions`` (n, 3) are unit vectors in voxel space, ``eos_stops``
+        (n,) bool or None, ``recent`` (n, m, 3) the streamlines' last
+        points (at least 2 from t = 1) and ``growing`` (n,) bool, or None
+        when all grow. Returns (codes (n,), next_points (n, 3),
+        out_of_mask (n,) bool); code 0 means the point is added.
         ``out_of_mask`` marks growing streamlines whose next point is in
         the volume but out of the tracking mask: the caller counts them
         against ``max_invalid_nb_points`` and gives ``MASK`` to those past
@@ -337,22 +384,22 @@ class BatchedTracker:
         lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
         steps = directions * (self.step_size_mm
                               / lengths_mm.clamp(min=1e-12))[:, None]
-        current = points[active, t]
+        current = recent[:, -1]
         next_points = current + steps
-        codes = torch.zeros(len(active), dtype=torch.int64,
-                            device=self.device)
-        in_volume = self.tracking_mask.inside_volume(next_points)
-        out_of_mask = (in_volume & ~self.tracking_mask.contains(next_points)
-                       & growing)
-        codes[~in_volume] = StopReason.MASK
+        in_volume, in_mask = self.tracking_mask.check(next_points)
+        codes = torch.where(in_volume, 0, int(StopReason.MASK))
+        out_of_mask = in_volume & ~in_mask
         if t >= 1:
-            previous_steps = current - points[active, t - 1]
-            codes[steps_too_sharp(self.to_mm(previous_steps),
-                                  self.to_mm(steps),
-                                  self.max_angle_deg)] = StopReason.ANGLE
+            previous_steps = current - recent[:, -2]
+            codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
+                                               self.to_mm(steps),
+                                               self.max_angle_deg),
+                               int(StopReason.ANGLE))
         if eos_stops is not None:
-            codes[eos_stops] = StopReason.EOS
-        codes[~growing] = 0
+            codes.masked_fill_(eos_stops, int(StopReason.EOS))
+        if growing is not None:
+            codes.masked_fill_(~growing, 0)
+            out_of_mask &= growing
         return codes, next_points, out_of_mask
 
 

@@ -105,14 +105,23 @@ class TrackingMask:
             Voxel space, corner origin, on the mask's device. Points must
             lie in ``[0, dim)`` on each axis.
         """
+        return self.check(points_vox_corner)[1]
+
+    def check(self, points_vox_corner):
+        """:meth:`inside_volume` and :meth:`contains` of the points at once.
+
+        Returns
+        -------
+        inside, contains : torch.Tensor, bool (P,)
+        """
         inside = self.inside_volume(points_vox_corner)
         if self._volume is None:
-            return inside
+            return inside, inside
         if self.interp == "nearest":
-            return self.contains_voxel(points_vox_corner)
+            return inside, inside & self._voxel_values(points_vox_corner)
         values = interpolate_volume_at_coordinates(self._volume,
                                                    points_vox_corner)
-        return inside & (values[:, 0] >= MASK_THRESHOLD)
+        return inside, inside & (values[:, 0] >= MASK_THRESHOLD)
 
     def contains_voxel(self, points_vox_corner):
         """(P,) bool: True where the voxel holding a point is in the mask.
@@ -123,11 +132,15 @@ class TrackingMask:
         inside = self.inside_volume(points_vox_corner)
         if self._voxels is None:
             return inside
+        return inside & self._voxel_values(points_vox_corner)
+
+    def _voxel_values(self, points_vox_corner):
+        """(P,) bool: the mask voxel holding each point (clamped to the
+        volume)."""
         voxels = torch.floor(points_vox_corner).long()
         for axis, size in enumerate(self.shape):
             voxels[:, axis].clamp_(0, size - 1)
-        return inside & self._voxels[voxels[:, 0], voxels[:, 1],
-                                     voxels[:, 2]]
+        return self._voxels[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
 
     def inside_volume(self, points_vox_corner):
         """(P,) bool: True where a point lies in the volume, ``[0, dim)``.
