@@ -136,9 +136,16 @@ class BatchedTracker:
         # all of them).
         self.context_points = getattr(model, "tracking_context_points",
                                       None)
-        self.linear_part = torch.as_tensor(
-            np.asarray(affine, dtype=np.float64)[:3, :3], dtype=self.dtype,
-            device=self.device)
+        linear_part = np.asarray(affine, dtype=np.float64)[:3, :3]
+        self.linear_part = torch.as_tensor(linear_part, dtype=self.dtype,
+                                           device=self.device)
+        # A diagonal affine scales each axis: a product per coordinate gives
+        # the matrix product's values (its other terms are exact zeros) in
+        # one cheap operation.
+        self._axis_scales = (
+            torch.diagonal(self.linear_part).clone()
+            if np.count_nonzero(linear_part - np.diag(np.diag(linear_part)))
+            == 0 else None)
         self.tracking_mask = tracking_mask
         self.step_size_mm = float(step_size_mm)
         self.max_angle_deg = float(max_angle_deg)
@@ -163,6 +170,8 @@ class BatchedTracker:
 
     def to_mm(self, vectors_vox):
         """Displacements (N, 3) from voxel units to mm."""
+        if self._axis_scales is not None:
+            return vectors_vox * self._axis_scales
         return vectors_vox @ self.linear_part.T
 
     def track(self, seeds_vox_corner):
