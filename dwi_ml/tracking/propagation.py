@@ -330,20 +330,20 @@ class BatchedTracker:
             # Points past a streamline's length are never read: every
             # growing streamline writes its next point, stopped or not.
             if growing is None:
-                points[active, t + 1] = next_points
+                points[:, t + 1].index_copy_(0, active, next_points)
             else:
                 points[active[growing], t + 1] = next_points[growing]
-            stopped = stop_codes > 0
-            if stopped.any():
+            # Integer rows: cheaper than boolean masks for the few gathers.
+            stopped = torch.nonzero(stop_codes).squeeze(1)
+            if len(stopped):
                 stopped_rows = active[stopped]
-                stops[stopped_rows] = stop_codes[stopped]
-                new_lengths = t + 1
+                stops.index_copy_(0, stopped_rows, stop_codes[stopped])
+                new_lengths = torch.full_like(stopped, t + 1)
                 if self.append_last_point:
-                    new_lengths = new_lengths + (
-                        out_of_mask & (stop_codes == StopReason.MASK)
-                    )[stopped]
-                lengths[stopped_rows] = new_lengths
-                keep = ~stopped
+                    new_lengths += (out_of_mask & (stop_codes
+                                                   == StopReason.MASK))[stopped]
+                lengths.index_copy_(0, stopped_rows, new_lengths)
+                keep = torch.nonzero(stop_codes == 0).squeeze(1)
                 active = active[keep]
                 active_prefix_lengths = active_prefix_lengths[keep]
                 invalid_counts = invalid_counts[keep]
