@@ -38,12 +38,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dwi_ml.data.packed import (
-    compact,
-    make_array_sequence,
-    offsets_from_lengths,
-    packed_arrays,
-)
 from dwi_ml.data.processing.interpolation import (
     interpolate_volume_at_coordinates,
     prepare_volume_for_interpolation,
@@ -52,31 +46,13 @@ from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.stopping import StopReason, max_nb_points, steps_too_sharp
+from dwi_ml.tracking.tracked_streamlines import (
+    TrackedStreamlines,
+    concatenate_results,
+    pack_padded,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class TrackedStreamlines:
-    """The result of :meth:`BatchedTracker.track`, aligned with the seeds.
-
-    Attributes
-    ----------
-    streamlines : nibabel ArraySequence
-        Voxel space, corner origin, compact. A seed outside the tracking
-        mask gives a single point.
-    seeds : np.ndarray, shape (N, 3)
-        Voxel space, corner origin.
-    forward_stops : np.ndarray of StopReason values, shape (N,)
-        Why the forward half stopped.
-    backward_stops : np.ndarray of StopReason values, shape (N,), or None
-        Why the backward half stopped; None when tracking forward only.
-    """
-
-    def __init__(self, streamlines, seeds, forward_stops, backward_stops):
-        self.streamlines = streamlines
-        self.seeds = seeds
-        self.forward_stops = forward_stops
-        self.backward_stops = backward_stops
 
 
 class BatchedTracker:
@@ -126,12 +102,12 @@ class BatchedTracker:
         self.dtype = model.dtype
         self.volume = prepare_volume_for_interpolation(input_volume,
                                                        self.device)
-        offsets = torch.as_tensor(
+        self.offsets = torch.as_tensor(
             model.input_spec.neighborhood.offsets_vox(affine),
             dtype=self.dtype, device=self.device)
-        # None without a neighbourhood: the point alone, no offset to add.
-        self.offsets = (None if len(offsets) == 1 and not offsets.any()
-                        else offsets)
+        # Without a neighbourhood (the point alone) no offset is added.
+        self._has_neighbours = bool(len(self.offsets) > 1
+                                    or self.offsets.any())
         # Last points of each streamline that forward_step reads (None:
         # all of them).
         self.context_points = getattr(model, "tracking_context_points",
@@ -209,7 +185,7 @@ class BatchedTracker:
                 points = _scatter_rows(points, rows, valid_points)
                 lengths[rows] = valid_lengths
         return TrackedStreamlines(
-            _pack(points, lengths), seeds.cpu().numpy(),
+            pack_padded(points, lengths), seeds.cpu().numpy(),
             forward_stops.cpu().numpy(),
             None if backward_stops is None else backward_stops.cpu().numpy())
 
@@ -224,7 +200,7 @@ class BatchedTracker:
                                            batch_size),
                                      desc="Seed batches", unit="batch",
                                      disable=disable_progress)]
-        return _concatenate(results)
+        return concatenate_results(results)
 
     def continue_streamlines(self, prefixes_vox_corner):
         """Grow streamlines forward after known first points.
@@ -251,7 +227,7 @@ class BatchedTracker:
                              dtype=torch.int64, device=self.device)
         with torch.inference_mode():
             points, lengths, stops, _ = self._propagate(prefixes, lengths)
-        return _pack(points, lengths), stops.cpu().numpy()
+        return pack_padded(points, lengths), stops.cpu().numpy()
 
     def _propagate(self, prefixes, prefix_lengths, seed_directions=None):
         """Grow streamlines after their prefixes, all in lockstep.
@@ -360,7 +336,7 @@ class BatchedTracker:
 
     def _interpolate_inputs(self, points_vox_corner):
         """The model's inputs at the points (with its neighbourhood)."""
-        if self.offsets is None:
+        if not self._has_neighbours:
             return interpolate_volume_at_coordinates(self.volume,
                                                      points_vox_corner)
         return interpolate_with_neighborhood(self.volume, points_vox_corner,
@@ -439,26 +415,3 @@ def _scatter_rows(points, rows, row_points):
     out[:, :points.shape[1]] = points
     out[rows] = row_points
     return out
-
-
-def _pack(points, lengths):
-    """(N, T, 3) padded streamlines to a compact ArraySequence (numpy)."""
-    nb_streamlines, nb_rows = points.shape[:2]
-    offsets = np.arange(nb_streamlines, dtype=np.int64) * nb_rows
-    data, offsets, lengths = compact(make_array_sequence(
-        points.reshape(-1, 3).cpu().numpy(), offsets, lengths.cpu().numpy()))
-    return make_array_sequence(data, offsets, lengths)
-
-
-def _concatenate(results):
-    """One TrackedStreamlines from several (at least one), in order."""
-    # Each result's streamlines are compact (see _pack).
-    data = [packed_arrays(r.streamlines)[0] for r in results]
-    lengths = np.concatenate([packed_arrays(r.streamlines)[2] for r in results])
-    offsets = offsets_from_lengths(lengths)
-    backward = (None if results[0].backward_stops is None
-                else np.concatenate([r.backward_stops for r in results]))
-    return TrackedStreamlines(
-        make_array_sequence(np.concatenate(data), offsets, lengths),
-        np.concatenate([r.seeds for r in results]),
-        np.concatenate([r.forward_stops for r in results]), backward)
