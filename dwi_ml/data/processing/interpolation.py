@@ -149,10 +149,9 @@ def _interpolate_gather(volume, coords):
             else (lower * strides).sum(dim=1))
     rows = base[:, None] + corner_steps
     upper_x, upper_y, upper_z = fraction.unbind(1)
-    lower_z = 1 - upper_z
-    weights_xy = [weight_x * weight_y
-                  for weight_x in (1 - upper_x, upper_x)
-                  for weight_y in (1 - upper_y, upper_y)]
+    lower_x, lower_y, lower_z = (1 - fraction).unbind(1)
+    weights_xy = [weight_x * weight_y for weight_x in (lower_x, upper_x)
+                  for weight_y in (lower_y, upper_y)]
     # Same corner order as _CORNERS: x slowest, z fastest.
     weights = torch.empty((len(fraction), 8), dtype=fraction.dtype,
                           device=fraction.device)
