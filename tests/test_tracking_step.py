@@ -1,9 +1,10 @@
 """The tracker's cheap paths give the general paths' values, bit for bit.
 
 A diagonal affine turns voxel displacements into mm with one product per
-coordinate instead of a matrix product, and a model without a
-neighbourhood reads the volume at the points themselves instead of adding
-a zero offset: tracks must not change. Real untrained Learn2track models
+coordinate instead of a matrix product, a model without a neighbourhood
+reads the volume at the points themselves instead of adding a zero
+offset, and the tracking mask is read with the next step's inputs from one
+joined table: tracks must not change. Real untrained Learn2track models
 (seeded), a random volume and a tracking mask.
 """
 import numpy as np
@@ -80,6 +81,41 @@ def test_no_neighbourhood_reads_the_points_as_a_zero_offset_would():
     assert torch.equal(fast._interpolate_inputs(points),
                        general._interpolate_inputs(points))
     _assert_same_tracks(fast.track(_seeds()), general.track(_seeds()))
+
+
+def test_mask_read_with_the_inputs_tracks_as_read_alone():
+    joined = _tracker(DIAGONAL)
+    assert joined._inputs_and_mask is not None
+    volume = np.random.default_rng(0).normal(
+        size=SHAPE + (NB_FEATURES,)).astype(np.float32)
+    # The input volume is still there, as a view of the joined table.
+    assert torch.equal(joined.volume, torch.from_numpy(volume))
+    alone = _tracker(DIAGONAL)
+    alone._inputs_and_mask = None
+    _assert_same_tracks(joined.track(_seeds()), alone.track(_seeds()))
+    prefixes = joined.track(_seeds()).streamlines
+    starts = np.stack([s[:3] for s in prefixes if len(s) >= 3])
+    first = joined.continue_streamlines(starts)
+    second = alone.continue_streamlines(starts)
+    np.testing.assert_array_equal(first[0].get_data(), second[0].get_data())
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_mask_on_another_grid_or_nearest_is_read_alone():
+    tracker = _tracker(DIAGONAL)
+    nearest = BatchedTracker(
+        tracker.model, tracker.volume, DIAGONAL,
+        TrackingMask(SHAPE, np.ones(SHAPE, np.float32), interp="nearest"),
+        STEP_MM)
+    assert nearest._inputs_and_mask is None
+    unmasked = BatchedTracker(tracker.model, tracker.volume, DIAGONAL,
+                              TrackingMask(SHAPE), STEP_MM)
+    assert unmasked._inputs_and_mask is None
+    coarse = (6, 5, 4)
+    other_grid = BatchedTracker(
+        tracker.model, tracker.volume, DIAGONAL,
+        TrackingMask(coarse, np.ones(coarse, np.float32)), STEP_MM)
+    assert other_grid._inputs_and_mask is None
 
 
 def test_neighbourhood_inputs_are_read_at_the_offsets():

@@ -50,6 +50,8 @@ from dwi_ml.tracking.tracked_streamlines import (
     TrackedStreamlines,
     concatenate_results,
     pack_padded,
+    reverse_padded,
+    scatter_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class BatchedTracker:
         # Without a neighbourhood (the point alone) no offset is added.
         self._has_neighbours = bool(len(self.offsets) > 1
                                     or self.offsets.any())
+        self._inputs_and_mask = self._join_inputs_and_mask(tracking_mask)
         # Last points of each streamline that forward_step reads (None:
         # all of them).
         self.context_points = getattr(model, "tracking_context_points",
@@ -144,6 +147,27 @@ class BatchedTracker:
         self.track_forward_only = track_forward_only
         self.generator = generator
 
+    def _join_inputs_and_mask(self, tracking_mask):
+        """The (X, Y, Z, F + 1) table of the inputs and the tracking mask,
+        or None.
+
+        Without neighbours, and with a trilinear mask on the input grid,
+        one interpolation of this table at a step's next points gives the
+        mask test and, for the streamlines that go on, the next step's
+        inputs: one call per step instead of two. Each column of the
+        weighted sum of rows is computed alone, so the values are those of
+        the separate tables, bit for bit. ``self.volume`` becomes a view of
+        its first F features (no second copy of the volume).
+        """
+        mask = tracking_mask.trilinear_volume
+        if (self._has_neighbours or mask is None
+                or mask.shape[:3] != self.volume.shape[:3]
+                or mask.device != self.volume.device):
+            return None
+        table = torch.cat([self.volume, mask], dim=3)
+        self.volume = table[..., :-1]
+        return table
+
     def to_mm(self, vectors_vox):
         """Displacements (N, 3) from voxel units to mm."""
         if self._axis_scales is not None:
@@ -179,10 +203,10 @@ class BatchedTracker:
                 forward_stops[rows] = stops
                 if not self.track_forward_only:
                     valid_points, valid_lengths, stops, _ = self._propagate(
-                        _reverse(valid_points, valid_lengths), valid_lengths,
-                        -first_directions)
+                        reverse_padded(valid_points, valid_lengths),
+                        valid_lengths, -first_directions)
                     backward_stops[rows] = stops
-                points = _scatter_rows(points, rows, valid_points)
+                points = scatter_rows(points, rows, valid_points)
                 lengths[rows] = valid_lengths
         return TrackedStreamlines(
             pack_padded(points, lengths), seeds.cpu().numpy(),
@@ -268,6 +292,8 @@ class BatchedTracker:
         longest_prefix = int(prefix_lengths.max())
         hidden_states = None
         first_directions = None
+        # The inputs at the current points, when the last step read them.
+        inputs = None
         for t in range(self.max_nb_points - 1):
             if len(active) == 0:
                 break
@@ -278,8 +304,11 @@ class BatchedTracker:
             current = recent[:, -1]
             context = (recent if self.context_points is None
                        else recent[:, -self.context_points:])
+            if inputs is None:
+                inputs = self._interpolate_inputs(current)
             outputs, hidden_states = self.model.forward_step(
-                self._interpolate_inputs(current), context, hidden_states)
+                inputs, context, hidden_states)
+            inputs = None
             # Until the longest prefix is replayed, some streamlines take
             # their known next point instead of the model's.
             growing = None
@@ -296,9 +325,10 @@ class BatchedTracker:
                     directions = torch.where(
                         (prefix_lengths == 1)[:, None], seed_directions,
                         directions)
-            stop_codes, next_points, out_of_mask = self._check_next_points(
-                directions, self._eos_stops(outputs, eos_probs), recent, t,
-                growing)
+            stop_codes, next_points, out_of_mask, inputs = \
+                self._check_next_points(directions,
+                                        self._eos_stops(outputs, eos_probs),
+                                        recent, t, growing)
             invalid_counts += out_of_mask
             stop_codes.masked_fill_(
                 invalid_counts > self.max_invalid_nb_points,
@@ -323,6 +353,8 @@ class BatchedTracker:
                 active = active[keep]
                 active_prefix_lengths = active_prefix_lengths[keep]
                 invalid_counts = invalid_counts[keep]
+                if inputs is not None:
+                    inputs = inputs[keep]
                 hidden_states = self.model.select_hidden_states(
                     hidden_states, keep)
         return points, lengths, stops, first_directions
@@ -336,6 +368,9 @@ class BatchedTracker:
 
     def _interpolate_inputs(self, points_vox_corner):
         """The model's inputs at the points (with its neighbourhood)."""
+        if self._inputs_and_mask is not None:
+            return interpolate_volume_at_coordinates(
+                self._inputs_and_mask, points_vox_corner)[:, :-1]
         if not self._has_neighbours:
             return interpolate_volume_at_coordinates(self.volume,
                                                      points_vox_corner)
@@ -357,7 +392,10 @@ class BatchedTracker:
         (n,) bool or None, ``recent`` (n, m, 3) the streamlines' last
         points (at least 2 from t = 1) and ``growing`` (n,) bool, or None
         when all grow. Returns (codes (n,), next_points (n, 3),
-        out_of_mask (n,) bool); code 0 means the point is added.
+        out_of_mask (n,) bool, next_inputs (n, F) or None); code 0 means
+        the point is added. ``next_inputs`` are the model's inputs at the
+        next points, read with the mask (see :meth:`_join_inputs_and_mask`)
+        when all streamlines grow.
         ``out_of_mask`` marks growing streamlines whose next point is in
         the volume but out of the tracking mask: the caller counts them
         against ``max_invalid_nb_points`` and gives ``MASK`` to those past
@@ -371,7 +409,15 @@ class BatchedTracker:
                               / lengths_mm.clamp(min=1e-12))[:, None]
         current = recent[:, -1]
         next_points = current + steps
-        in_volume, in_mask = self.tracking_mask.check(next_points)
+        next_inputs = None
+        if self._inputs_and_mask is None or growing is not None:
+            in_volume, in_mask = self.tracking_mask.check(next_points)
+        else:
+            values = interpolate_volume_at_coordinates(self._inputs_and_mask,
+                                                       next_points)
+            next_inputs = values[:, :-1]
+            in_volume, in_mask = self.tracking_mask.check(next_points,
+                                                          values[:, -1])
         codes = torch.where(in_volume, 0, int(StopReason.MASK))
         out_of_mask = in_volume & ~in_mask
         if t >= 1:
@@ -385,7 +431,7 @@ class BatchedTracker:
         if growing is not None:
             codes.masked_fill_(~growing, 0)
             out_of_mask &= growing
-        return codes, next_points, out_of_mask
+        return codes, next_points, out_of_mask, next_inputs
 
 
 def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
@@ -400,18 +446,3 @@ def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
             f" mm at {step_size_mm:g} mm per step; found {max_length_mm:g} "
             f"mm ({nb_points - 1} steps). Track with a max_length of at most "
             f"{max_len * step_size_mm:g} mm.")
-
-
-def _reverse(points, lengths):
-    """Each streamline's first ``lengths[i]`` points, reversed, padded."""
-    ranks = torch.arange(int(lengths.max()), device=points.device)
-    rows = (lengths[:, None] - 1 - ranks).clamp(min=0)
-    return torch.gather(points, 1, rows[:, :, None].expand(-1, -1, 3))
-
-
-def _scatter_rows(points, rows, row_points):
-    """``points`` (N, T, 3) widened to row_points' T, with ``rows`` set."""
-    out = points.new_zeros((len(points), row_points.shape[1], 3))
-    out[:, :points.shape[1]] = points
-    out[rows] = row_points
-    return out

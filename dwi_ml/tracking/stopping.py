@@ -107,8 +107,14 @@ class TrackingMask:
         """
         return self.check(points_vox_corner)[1]
 
-    def check(self, points_vox_corner):
+    def check(self, points_vox_corner, mask_values=None):
         """:meth:`inside_volume` and :meth:`contains` of the points at once.
+
+        Parameters
+        ----------
+        points_vox_corner : torch.Tensor, shape (P, 3)
+        mask_values : torch.Tensor, shape (P,), optional
+            :attr:`trilinear_volume` already interpolated at the points.
 
         Returns
         -------
@@ -119,9 +125,16 @@ class TrackingMask:
             return inside, inside
         if self.interp == "nearest":
             return inside, inside & self._voxel_values(points_vox_corner)
-        values = interpolate_volume_at_coordinates(self._volume,
-                                                   points_vox_corner)
-        return inside, inside & (values[:, 0] >= MASK_THRESHOLD)
+        if mask_values is None:
+            mask_values = interpolate_volume_at_coordinates(
+                self._volume, points_vox_corner)[:, 0]
+        return inside, inside & (mask_values >= MASK_THRESHOLD)
+
+    @property
+    def trilinear_volume(self):
+        """The (X, Y, Z, 1) float32 mask that :meth:`contains` interpolates,
+        or None (no mask, or ``interp="nearest"``)."""
+        return self._volume if self.interp == "trilinear" else None
 
     def contains_voxel(self, points_vox_corner):
         """(P,) bool: True where the voxel holding a point is in the mask.

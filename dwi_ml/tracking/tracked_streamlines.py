@@ -1,11 +1,13 @@
 """What the tracker returns: the tracked streamlines, packed, and why
 each half stopped (:class:`TrackedStreamlines`).
 
-The tracker grows (N, T, 3) padded tensors; :func:`pack_padded` turns them
-into one compact nibabel ``ArraySequence`` (voxel space, corner origin),
-and :func:`concatenate_results` joins the results of several seed batches.
+The tracker grows (N, T, 3) padded tensors (:func:`reverse_padded` and
+:func:`scatter_rows` move their rows); :func:`pack_padded` turns them into
+one compact nibabel ``ArraySequence`` (voxel space, corner origin), and
+:func:`concatenate_results` joins the results of several seed batches.
 """
 import numpy as np
+import torch
 
 from dwi_ml.data.packed import (
     compact,
@@ -73,3 +75,18 @@ def concatenate_results(results):
         make_array_sequence(np.concatenate(data), offsets, lengths),
         np.concatenate([r.seeds for r in results]),
         np.concatenate([r.forward_stops for r in results]), backward)
+
+
+def reverse_padded(points, lengths):
+    """Each streamline's first ``lengths[i]`` points, reversed, padded."""
+    ranks = torch.arange(int(lengths.max()), device=points.device)
+    rows = (lengths[:, None] - 1 - ranks).clamp(min=0)
+    return torch.gather(points, 1, rows[:, :, None].expand(-1, -1, 3))
+
+
+def scatter_rows(points, rows, row_points):
+    """``points`` (N, T, 3) widened to row_points' T, with ``rows`` set."""
+    out = points.new_zeros((len(points), row_points.shape[1], 3))
+    out[:, :points.shape[1]] = points
+    out[rows] = row_points
+    return out
