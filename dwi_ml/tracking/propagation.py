@@ -156,8 +156,9 @@ class BatchedTracker:
         mask test and, for the streamlines that go on, the next step's
         inputs: one call per step instead of two. Each column of the
         weighted sum of rows is computed alone, so the values are those of
-        the separate tables, bit for bit. ``self.volume`` becomes a view of
-        its first F features (no second copy of the volume).
+        the separate tables, bit for bit. The table is a copy of the
+        volume (the caller's stays as it is); ``self.volume`` becomes a
+        view of its first F features.
         """
         mask = tracking_mask.trilinear_volume
         if (self._has_neighbours or mask is None
