@@ -25,10 +25,12 @@ from dwi_ml.tracking.bundle_scoring import (
     orient_like_first,
 )
 from dwi_ml.tracking.scoring import (
+    DenseReference,
     densify,
     point_directions_mm,
     score_tractogram,
 )
+from dwi_ml.tracking.tracking_validation import whole_tractogram_overlap
 from dwi_ml.tracking.voxel_masks import (
     dilate_voxel_set,
     point_voxel_indices,
@@ -182,6 +184,30 @@ def test_random_lines_score_near_chance():
     assert scores["VC"] <= 0.01
     assert scores["NC"] > 0.9
     assert scores["mean_F1"] <= 0.05
+
+
+def test_dense_reference_scores_as_the_reference_itself():
+    reference, labels = synthetic_reference()
+    lines = random_lines(100, np.array(SYNTHETIC_SHAPE),
+                         np.random.default_rng(2))
+    tracked = ArraySequence(list(reference[::3]) + list(lines))
+    dense = DenseReference(reference, np.eye(4))
+    for reference_labels in (labels, None):
+        expected = score_tractogram(tracked, reference, SYNTHETIC_SHAPE,
+                                    np.eye(4), reference_labels)
+        # Twice: the second call reuses the dense points and the tree.
+        for _ in range(2):
+            assert score_tractogram(tracked, dense, SYNTHETIC_SHAPE,
+                                    np.eye(4), reference_labels) == expected
+    assert whole_tractogram_overlap(tracked, dense, SYNTHETIC_SHAPE,
+                                    np.eye(4)) == whole_tractogram_overlap(
+        tracked, reference, SYNTHETIC_SHAPE, np.eye(4))
+    with pytest.raises(ValueError, match="max_step_vox"):
+        score_tractogram(tracked, dense, SYNTHETIC_SHAPE, np.eye(4),
+                         max_step_vox=0.25)
+    with pytest.raises(ValueError, match="affine"):
+        score_tractogram(tracked, dense, SYNTHETIC_SHAPE,
+                         np.diag([2.0, 2.0, 2.0, 1.0]))
 
 
 def test_without_labels_or_tracked_streamlines():

@@ -157,10 +157,12 @@ class Learn2TrackModel(DirectionGetterModel):
 
     def _point_features(self, point_inputs, previous_dirs):
         # Inputs and points come as float32 (interpolation, the loader);
-        # a model.double() computes in float64 from here on.
+        # a model.double() computes in float64 from here on. (self.dtype
+        # walks the modules: read once, it is called at every tracking step.)
+        dtype = self.dtype
         return torch.cat(
-            [self.embedding(point_inputs.to(self.dtype)),
-             self.prev_dirs_embedding(previous_dirs.to(self.dtype))], dim=1)
+            [self.embedding(point_inputs.to(dtype)),
+             self.prev_dirs_embedding(previous_dirs.to(dtype))], dim=1)
 
     def hidden_states(self, point_inputs, streamlines, counts):
         """The RNN's outputs at the prediction points (see

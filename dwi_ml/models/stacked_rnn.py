@@ -88,7 +88,8 @@ class StackedRNN(torch.nn.Module):
             sequence = _map_data(sequence, post_layer)
             layer_outputs.append(_data(sequence))
             new_states.append(new_state)
-        if self.use_skip_connection:
+        # Skip connection: every layer's output (one layer: it already is).
+        if self.use_skip_connection and len(layer_outputs) > 1:
             sequence = _map_data(
                 sequence, lambda _: torch.cat(layer_outputs, dim=-1))
         return sequence, tuple(new_states)

@@ -38,42 +38,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dwi_ml.data.packed import (
-    compact,
-    make_array_sequence,
-    offsets_from_lengths,
-    packed_arrays,
+from dwi_ml.data.processing.interpolation import (
+    interpolate_volume_at_coordinates,
+    prepare_volume_for_interpolation,
 )
-from dwi_ml.data.processing.interpolation import prepare_volume_for_interpolation
 from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.stopping import StopReason, max_nb_points, steps_too_sharp
+from dwi_ml.tracking.tracked_streamlines import (
+    TrackedStreamlines,
+    concatenate_results,
+    pack_padded,
+    reverse_padded,
+    scatter_rows,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class TrackedStreamlines:
-    """The result of :meth:`BatchedTracker.track`, aligned with the seeds.
-
-    Attributes
-    ----------
-    streamlines : nibabel ArraySequence
-        Voxel space, corner origin, compact. A seed outside the tracking
-        mask gives a single point.
-    seeds : np.ndarray, shape (N, 3)
-        Voxel space, corner origin.
-    forward_stops : np.ndarray of StopReason values, shape (N,)
-        Why the forward half stopped.
-    backward_stops : np.ndarray of StopReason values, shape (N,), or None
-        Why the backward half stopped; None when tracking forward only.
-    """
-
-    def __init__(self, streamlines, seeds, forward_stops, backward_stops):
-        self.streamlines = streamlines
-        self.seeds = seeds
-        self.forward_stops = forward_stops
-        self.backward_stops = backward_stops
 
 
 class BatchedTracker:
@@ -126,9 +107,24 @@ class BatchedTracker:
         self.offsets = torch.as_tensor(
             model.input_spec.neighborhood.offsets_vox(affine),
             dtype=self.dtype, device=self.device)
-        self.linear_part = torch.as_tensor(
-            np.asarray(affine, dtype=np.float64)[:3, :3], dtype=self.dtype,
-            device=self.device)
+        # Without a neighbourhood (the point alone) no offset is added.
+        self._has_neighbours = bool(len(self.offsets) > 1
+                                    or self.offsets.any())
+        self._inputs_and_mask = self._join_inputs_and_mask(tracking_mask)
+        # Last points of each streamline that forward_step reads (None:
+        # all of them).
+        self.context_points = getattr(model, "tracking_context_points",
+                                      None)
+        linear_part = np.asarray(affine, dtype=np.float64)[:3, :3]
+        self.linear_part = torch.as_tensor(linear_part, dtype=self.dtype,
+                                           device=self.device)
+        # A diagonal affine scales each axis: a product per coordinate gives
+        # the matrix product's values (its other terms are exact zeros) in
+        # one cheap operation.
+        self._axis_scales = (
+            torch.diagonal(self.linear_part).clone()
+            if np.count_nonzero(linear_part - np.diag(np.diag(linear_part)))
+            == 0 else None)
         self.tracking_mask = tracking_mask
         self.step_size_mm = float(step_size_mm)
         self.max_angle_deg = float(max_angle_deg)
@@ -151,8 +147,32 @@ class BatchedTracker:
         self.track_forward_only = track_forward_only
         self.generator = generator
 
+    def _join_inputs_and_mask(self, tracking_mask):
+        """The (X, Y, Z, F + 1) table of the inputs and the tracking mask,
+        or None.
+
+        Without neighbours, and with a trilinear mask on the input grid,
+        one interpolation of this table at a step's next points gives the
+        mask test and, for the streamlines that go on, the next step's
+        inputs: one call per step instead of two. Each column of the
+        weighted sum of rows is computed alone, so the values are those of
+        the separate tables, bit for bit. The table is a copy of the
+        volume (the caller's stays as it is); ``self.volume`` becomes a
+        view of its first F features.
+        """
+        mask = tracking_mask.trilinear_volume
+        if (self._has_neighbours or mask is None
+                or mask.shape[:3] != self.volume.shape[:3]
+                or mask.device != self.volume.device):
+            return None
+        table = torch.cat([self.volume, mask], dim=3)
+        self.volume = table[..., :-1]
+        return table
+
     def to_mm(self, vectors_vox):
         """Displacements (N, 3) from voxel units to mm."""
+        if self._axis_scales is not None:
+            return vectors_vox * self._axis_scales
         return vectors_vox @ self.linear_part.T
 
     def track(self, seeds_vox_corner):
@@ -169,7 +189,7 @@ class BatchedTracker:
         """
         seeds = torch.as_tensor(np.asarray(seeds_vox_corner),
                                 dtype=self.dtype, device=self.device)
-        with torch.no_grad():
+        with torch.inference_mode():
             valid = self.tracking_mask.contains_voxel(seeds)
             points = seeds[:, None, :]
             lengths = torch.ones(len(seeds), dtype=torch.int64,
@@ -184,13 +204,13 @@ class BatchedTracker:
                 forward_stops[rows] = stops
                 if not self.track_forward_only:
                     valid_points, valid_lengths, stops, _ = self._propagate(
-                        _reverse(valid_points, valid_lengths), valid_lengths,
-                        -first_directions)
+                        reverse_padded(valid_points, valid_lengths),
+                        valid_lengths, -first_directions)
                     backward_stops[rows] = stops
-                points = _scatter_rows(points, rows, valid_points)
+                points = scatter_rows(points, rows, valid_points)
                 lengths[rows] = valid_lengths
         return TrackedStreamlines(
-            _pack(points, lengths), seeds.cpu().numpy(),
+            pack_padded(points, lengths), seeds.cpu().numpy(),
             forward_stops.cpu().numpy(),
             None if backward_stops is None else backward_stops.cpu().numpy())
 
@@ -205,7 +225,7 @@ class BatchedTracker:
                                            batch_size),
                                      desc="Seed batches", unit="batch",
                                      disable=disable_progress)]
-        return _concatenate(results)
+        return concatenate_results(results)
 
     def continue_streamlines(self, prefixes_vox_corner):
         """Grow streamlines forward after known first points.
@@ -230,9 +250,9 @@ class BatchedTracker:
                                    dtype=self.dtype, device=self.device)
         lengths = torch.full((len(prefixes),), prefixes.shape[1],
                              dtype=torch.int64, device=self.device)
-        with torch.no_grad():
+        with torch.inference_mode():
             points, lengths, stops, _ = self._propagate(prefixes, lengths)
-        return _pack(points, lengths), stops.cpu().numpy()
+        return pack_padded(points, lengths), stops.cpu().numpy()
 
     def _propagate(self, prefixes, prefix_lengths, seed_directions=None):
         """Grow streamlines after their prefixes, all in lockstep.
@@ -251,6 +271,7 @@ class BatchedTracker:
         Returns
         -------
         points : torch.Tensor, shape (N, max_nb_points, 3)
+            Rows past a streamline's length are undefined.
         lengths : torch.Tensor, int64 (N,)
         stops : torch.Tensor, int64 (N,)
             StopReason of each streamline.
@@ -260,28 +281,42 @@ class BatchedTracker:
         nb_streamlines = len(prefixes)
         points = prefixes.new_zeros((nb_streamlines, self.max_nb_points, 3))
         points[:, :prefixes.shape[1]] = prefixes
-        lengths = prefix_lengths.clone()
+        # A streamline gets its length when it stops; those still active
+        # at the end have max_nb_points.
+        lengths = torch.full_like(prefix_lengths, self.max_nb_points)
         stops = torch.full_like(lengths, int(StopReason.MAX_LENGTH))
+        # Rows of the N streamlines still active, then per active row:
+        # its prefix length and its points out of the mask so far.
         active = torch.arange(nb_streamlines, device=self.device)
+        active_prefix_lengths = prefix_lengths
         invalid_counts = torch.zeros_like(lengths)
+        longest_prefix = int(prefix_lengths.max())
         hidden_states = None
         first_directions = None
-        context_points = getattr(self.model, "tracking_context_points", None)
+        # The inputs at the current points, when the last step read them.
+        inputs = None
         for t in range(self.max_nb_points - 1):
             if len(active) == 0:
                 break
-            current = points[active, t]
-            inputs = interpolate_with_neighborhood(self.volume, current,
-                                                   self.offsets)
-            # All active streamlines have t + 1 points (lockstep): the step
-            # gets one (n, m, 3) tensor of their last m points, no list.
-            first = (0 if context_points is None
-                     else max(t + 1 - context_points, 0))
+            # All active streamlines have t + 1 points (lockstep): one
+            # gather gives the model its (n, m, 3) context and the angle
+            # criterion the previous point.
+            recent = points[active, self._first_context_row(t):t + 1]
+            current = recent[:, -1]
+            context = (recent if self.context_points is None
+                       else recent[:, -self.context_points:])
+            if inputs is None:
+                inputs = self._interpolate_inputs(current)
             outputs, hidden_states = self.model.forward_step(
-                inputs, points[active, first:t + 1], hidden_states)
-            growing = prefix_lengths[active] <= t + 1
-            if not growing.any():
-                continue
+                inputs, context, hidden_states)
+            inputs = None
+            # Until the longest prefix is replayed, some streamlines take
+            # their known next point instead of the model's.
+            growing = None
+            if t + 1 < longest_prefix:
+                growing = active_prefix_lengths <= t + 1
+                if not growing.any():
+                    continue
             directions, eos_probs = self.model.get_tracking_directions(
                 outputs, self.algo, self.generator)
             if t == 0:
@@ -291,25 +326,57 @@ class BatchedTracker:
                     directions = torch.where(
                         (prefix_lengths == 1)[:, None], seed_directions,
                         directions)
-            stop_codes, next_points, out_of_mask = self._check_next_points(
-                directions, self._eos_stops(outputs, eos_probs), points,
-                active, t, growing)
-            invalid_counts[active] += out_of_mask
-            stop_codes[invalid_counts[active] > self.max_invalid_nb_points] \
-                = StopReason.MASK
-            stopped = stop_codes > 0
-            grows = growing & ~stopped
-            if self.append_last_point:
-                grows |= out_of_mask & (stop_codes == StopReason.MASK)
-            points[active[grows], t + 1] = next_points[grows]
-            lengths[active[grows]] = t + 2
-            if stopped.any():
-                stops[active[stopped]] = stop_codes[stopped]
-                keep = ~stopped
+            stop_codes, next_points, out_of_mask, inputs = \
+                self._check_next_points(directions,
+                                        self._eos_stops(outputs, eos_probs),
+                                        recent, t, growing)
+            invalid_counts += out_of_mask
+            stop_codes.masked_fill_(
+                invalid_counts > self.max_invalid_nb_points,
+                int(StopReason.MASK))
+            # Points past a streamline's length are never read: every
+            # growing streamline writes its next point, stopped or not.
+            if growing is None:
+                points[:, t + 1].index_copy_(0, active, next_points)
+            else:
+                points[active[growing], t + 1] = next_points[growing]
+            # Integer rows: cheaper than boolean masks for the few gathers.
+            stopped = torch.nonzero(stop_codes).squeeze(1)
+            if len(stopped):
+                stopped_rows = active[stopped]
+                stops.index_copy_(0, stopped_rows, stop_codes[stopped])
+                new_lengths = torch.full_like(stopped, t + 1)
+                if self.append_last_point:
+                    new_lengths += (out_of_mask & (stop_codes
+                                                   == StopReason.MASK))[stopped]
+                lengths.index_copy_(0, stopped_rows, new_lengths)
+                keep = torch.nonzero(stop_codes == 0).squeeze(1)
                 active = active[keep]
+                active_prefix_lengths = active_prefix_lengths[keep]
+                invalid_counts = invalid_counts[keep]
+                if inputs is not None:
+                    inputs = inputs[keep]
                 hidden_states = self.model.select_hidden_states(
                     hidden_states, keep)
         return points, lengths, stops, first_directions
+
+    def _first_context_row(self, t):
+        """First row of the points gathered at step ``t``: the model's
+        context, and at least the previous point."""
+        if self.context_points is None:
+            return 0
+        return max(t + 1 - max(self.context_points, 2), 0)
+
+    def _interpolate_inputs(self, points_vox_corner):
+        """The model's inputs at the points (with its neighbourhood)."""
+        if self._inputs_and_mask is not None:
+            return interpolate_volume_at_coordinates(
+                self._inputs_and_mask, points_vox_corner)[:, :-1]
+        if not self._has_neighbours:
+            return interpolate_volume_at_coordinates(self.volume,
+                                                     points_vox_corner)
+        return interpolate_with_neighborhood(self.volume, points_vox_corner,
+                                             self.offsets)
 
     def _eos_stops(self, outputs, eos_probs):
         """(n,) bool where EOS stops a streamline, or None without EOS."""
@@ -319,13 +386,17 @@ class BatchedTracker:
             return self.model.eos_is_most_likely(outputs)
         return eos_probs > self.eos_threshold
 
-    def _check_next_points(self, directions, eos_stops, points, active, t,
-                           growing):
+    def _check_next_points(self, directions, eos_stops, recent, t, growing):
         """Next point of each active streamline and its StopReason.
 
-        ``directions`` (n, 3) are unit vectors in voxel space and
-        ``eos_stops`` (n,) bool or None. Returns (codes (n,), next_points
-        (n, 3), out_of_mask (n,) bool); code 0 means the point is added.
+        ``directions`` (n, 3) are unit vectors in voxel space, ``eos_stops``
+        (n,) bool or None, ``recent`` (n, m, 3) the streamlines' last
+        points (at least 2 from t = 1) and ``growing`` (n,) bool, or None
+        when all grow. Returns (codes (n,), next_points (n, 3),
+        out_of_mask (n,) bool, next_inputs (n, F) or None); code 0 means
+        the point is added. ``next_inputs`` are the model's inputs at the
+        next points, read with the mask (see :meth:`_join_inputs_and_mask`)
+        when all streamlines grow.
         ``out_of_mask`` marks growing streamlines whose next point is in
         the volume but out of the tracking mask: the caller counts them
         against ``max_invalid_nb_points`` and gives ``MASK`` to those past
@@ -337,23 +408,31 @@ class BatchedTracker:
         lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
         steps = directions * (self.step_size_mm
                               / lengths_mm.clamp(min=1e-12))[:, None]
-        current = points[active, t]
+        current = recent[:, -1]
         next_points = current + steps
-        codes = torch.zeros(len(active), dtype=torch.int64,
-                            device=self.device)
-        in_volume = self.tracking_mask.inside_volume(next_points)
-        out_of_mask = (in_volume & ~self.tracking_mask.contains(next_points)
-                       & growing)
-        codes[~in_volume] = StopReason.MASK
+        next_inputs = None
+        if self._inputs_and_mask is None or growing is not None:
+            in_volume, in_mask = self.tracking_mask.check(next_points)
+        else:
+            values = interpolate_volume_at_coordinates(self._inputs_and_mask,
+                                                       next_points)
+            next_inputs = values[:, :-1]
+            in_volume, in_mask = self.tracking_mask.check(next_points,
+                                                          values[:, -1])
+        codes = torch.where(in_volume, 0, int(StopReason.MASK))
+        out_of_mask = in_volume & ~in_mask
         if t >= 1:
-            previous_steps = current - points[active, t - 1]
-            codes[steps_too_sharp(self.to_mm(previous_steps),
-                                  self.to_mm(steps),
-                                  self.max_angle_deg)] = StopReason.ANGLE
+            previous_steps = current - recent[:, -2]
+            codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
+                                               self.to_mm(steps),
+                                               self.max_angle_deg),
+                               int(StopReason.ANGLE))
         if eos_stops is not None:
-            codes[eos_stops] = StopReason.EOS
-        codes[~growing] = 0
-        return codes, next_points, out_of_mask
+            codes.masked_fill_(eos_stops, int(StopReason.EOS))
+        if growing is not None:
+            codes.masked_fill_(~growing, 0)
+            out_of_mask &= growing
+        return codes, next_points, out_of_mask, next_inputs
 
 
 def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
@@ -368,41 +447,3 @@ def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
             f" mm at {step_size_mm:g} mm per step; found {max_length_mm:g} "
             f"mm ({nb_points - 1} steps). Track with a max_length of at most "
             f"{max_len * step_size_mm:g} mm.")
-
-
-def _reverse(points, lengths):
-    """Each streamline's first ``lengths[i]`` points, reversed, padded."""
-    ranks = torch.arange(int(lengths.max()), device=points.device)
-    rows = (lengths[:, None] - 1 - ranks).clamp(min=0)
-    return torch.gather(points, 1, rows[:, :, None].expand(-1, -1, 3))
-
-
-def _scatter_rows(points, rows, row_points):
-    """``points`` (N, T, 3) widened to row_points' T, with ``rows`` set."""
-    out = points.new_zeros((len(points), row_points.shape[1], 3))
-    out[:, :points.shape[1]] = points
-    out[rows] = row_points
-    return out
-
-
-def _pack(points, lengths):
-    """(N, T, 3) padded streamlines to a compact ArraySequence (numpy)."""
-    nb_streamlines, nb_rows = points.shape[:2]
-    offsets = np.arange(nb_streamlines, dtype=np.int64) * nb_rows
-    data, offsets, lengths = compact(make_array_sequence(
-        points.reshape(-1, 3).cpu().numpy(), offsets, lengths.cpu().numpy()))
-    return make_array_sequence(data, offsets, lengths)
-
-
-def _concatenate(results):
-    """One TrackedStreamlines from several (at least one), in order."""
-    # Each result's streamlines are compact (see _pack).
-    data = [packed_arrays(r.streamlines)[0] for r in results]
-    lengths = np.concatenate([packed_arrays(r.streamlines)[2] for r in results])
-    offsets = offsets_from_lengths(lengths)
-    backward = (None if results[0].backward_stops is None
-                else np.concatenate([r.backward_stops for r in results]))
-    return TrackedStreamlines(
-        make_array_sequence(np.concatenate(data), offsets, lengths),
-        np.concatenate([r.seeds for r in results]),
-        np.concatenate([r.forward_stops for r in results]), backward)

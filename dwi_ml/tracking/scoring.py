@@ -51,6 +51,55 @@ DEFAULT_MAX_STEP_VOX = 0.5
 _QUERY_BLOCK_VOX = 4.0
 
 
+class DenseReference:
+    """A reference tractogram densified once, with its k-d tree.
+
+    Scoring several tractograms against the same reference (tracking
+    validation, epoch after epoch) then resamples it and builds the tree
+    once.
+
+    Parameters
+    ----------
+    reference : nibabel ArraySequence (or list of (n, 3) arrays)
+        Voxel space, corner origin.
+    affine : np.ndarray, shape (4, 4)
+        The grid's voxel-to-RAS mm affine.
+    max_step_vox : float
+        See :func:`densify`.
+
+    Attributes
+    ----------
+    streamlines : nibabel ArraySequence
+        The densified reference, compact, voxel space, corner origin.
+    nb_streamlines : int
+    """
+
+    def __init__(self, reference, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
+        self.affine = check_affine(affine)
+        self.max_step_vox = max_step_vox
+        self.nb_streamlines = len(reference)
+        self.streamlines = densify(_compact_points(reference), self.affine,
+                                   max_step_vox)
+        self._tree = None
+
+    @property
+    def tree(self):
+        """scipy ``cKDTree`` of the dense points, built at the first query."""
+        if self._tree is None:
+            self._tree = cKDTree(np.asarray(packed_arrays(self.streamlines)[0],
+                                            dtype=np.float64))
+        return self._tree
+
+    def check_matches(self, affine, max_step_vox):
+        """Refuse to score on another grid or resampling than its own."""
+        if max_step_vox != self.max_step_vox or not np.array_equal(
+                check_affine(affine), self.affine):
+            raise ValueError(
+                f"DenseReference: built for max_step_vox {self.max_step_vox}"
+                f" and its affine, asked for {max_step_vox} or another "
+                f"affine.")
+
+
 def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
                      distances_vox=DEFAULT_DISTANCES_VOX,
                      max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
@@ -63,7 +112,9 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
     ----------
     tracked, reference : nibabel ArraySequence (or list of (n, 3) arrays)
         Packed streamlines in voxel space, corner origin, on the grid of
-        ``shape`` and ``affine``.
+        ``shape`` and ``affine``. ``reference`` may instead be a
+        :class:`DenseReference` built with the same affine and
+        ``max_step_vox``.
     shape : tuple of 3 int
         Grid size in voxels (the grid of voxel distances and voxel masks).
     affine : np.ndarray, shape (4, 4)
@@ -97,21 +148,24 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
     check_scoring_numbers(distances_vox, max_angle_deg,
                           direction_max_distance_vox, min_share_in_volume,
                           max_step_vox)
+    if isinstance(reference, DenseReference):
+        reference.check_matches(affine, max_step_vox)
+    else:
+        reference = DenseReference(reference, affine, max_step_vox)
     if reference_labels is not None and \
-            len(reference_labels) != len(reference):
+            len(reference_labels) != reference.nb_streamlines:
         raise DwiMLUserError(
             f"reference_labels: expected one label per reference streamline "
-            f"({len(reference)}), found {len(reference_labels)}.")
+            f"({reference.nb_streamlines}), found {len(reference_labels)}.")
 
     tracked = _compact_points(tracked)
-    dense_reference = densify(_compact_points(reference), affine,
-                              max_step_vox)
+    dense_reference = reference.streamlines
     scores = {"nb_tracked": float(len(tracked)),
-              "nb_reference": float(len(reference)),
+              "nb_reference": float(reference.nb_streamlines),
               "nb_tracked_points": float(len(packed_arrays(tracked)[0]))}
     scores.update(score_points(
         tracked, dense_reference, affine, distances_vox, max_angle_deg,
-        direction_max_distance_vox))
+        direction_max_distance_vox, reference.tree))
     if reference_labels is not None:
         scores.update(score_bundles(
             densify(tracked, affine, max_step_vox), dense_reference,
@@ -215,7 +269,8 @@ def point_directions_mm(streamlines_vox, affine, rows=None):
 def score_points(tracked, dense_reference, affine,
                  distances_vox=DEFAULT_DISTANCES_VOX,
                  max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
-                 direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX):
+                 direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
+                 reference_tree=None):
     """Shares of tracked points near, and aligned with, the reference.
 
     Parameters
@@ -229,6 +284,9 @@ def score_points(tracked, dense_reference, affine,
         Directions are compared in mm.
     distances_vox, max_angle_deg, direction_max_distance_vox
         See :func:`score_tractogram`.
+    reference_tree : scipy.spatial.cKDTree, optional
+        Of the dense reference's points (:attr:`DenseReference.tree`);
+        built here when None.
 
     Returns
     -------
@@ -243,8 +301,11 @@ def score_points(tracked, dense_reference, affine,
     if nb_points == 0 or len(reference_points) == 0:
         return dict.fromkeys(keys + ["points_aligned"], 0.0)
 
+    if reference_tree is None:
+        reference_tree = cKDTree(np.asarray(reference_points,
+                                            dtype=np.float64))
     distances, nearest = _nearest_reference_points(
-        reference_points, tracked_points,
+        reference_tree, tracked_points,
         max(max(distances_vox), direction_max_distance_vox))
     scores = {key: float(np.count_nonzero(distances <= d)) / nb_points
               for key, d in zip(keys, distances_vox)}
@@ -261,10 +322,10 @@ def score_points(tracked, dense_reference, affine,
     return scores
 
 
-def _nearest_reference_points(reference_points, points, max_distance):
+def _nearest_reference_points(tree, points, max_distance):
     """Distance (inf beyond ``max_distance``) and row of the nearest
-    reference point of each point; all in the same (voxel) units."""
-    tree = cKDTree(np.asarray(reference_points, dtype=np.float64))
+    reference point (in the k-d ``tree``) of each point; all in the same
+    (voxel) units."""
     points = np.asarray(points, dtype=np.float64)
     # Queried block by block (4 voxels wide), neighbouring queries visit the
     # same tree nodes: twice as fast as in streamline order.

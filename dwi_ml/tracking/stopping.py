@@ -105,14 +105,36 @@ class TrackingMask:
             Voxel space, corner origin, on the mask's device. Points must
             lie in ``[0, dim)`` on each axis.
         """
+        return self.check(points_vox_corner)[1]
+
+    def check(self, points_vox_corner, mask_values=None):
+        """:meth:`inside_volume` and :meth:`contains` of the points at once.
+
+        Parameters
+        ----------
+        points_vox_corner : torch.Tensor, shape (P, 3)
+        mask_values : torch.Tensor, shape (P,), optional
+            :attr:`trilinear_volume` already interpolated at the points.
+
+        Returns
+        -------
+        inside, contains : torch.Tensor, bool (P,)
+        """
         inside = self.inside_volume(points_vox_corner)
         if self._volume is None:
-            return inside
+            return inside, inside
         if self.interp == "nearest":
-            return self.contains_voxel(points_vox_corner)
-        values = interpolate_volume_at_coordinates(self._volume,
-                                                   points_vox_corner)
-        return inside & (values[:, 0] >= MASK_THRESHOLD)
+            return inside, inside & self._voxel_values(points_vox_corner)
+        if mask_values is None:
+            mask_values = interpolate_volume_at_coordinates(
+                self._volume, points_vox_corner)[:, 0]
+        return inside, inside & (mask_values >= MASK_THRESHOLD)
+
+    @property
+    def trilinear_volume(self):
+        """The (X, Y, Z, 1) float32 mask that :meth:`contains` interpolates,
+        or None (no mask, or ``interp="nearest"``)."""
+        return self._volume if self.interp == "trilinear" else None
 
     def contains_voxel(self, points_vox_corner):
         """(P,) bool: True where the voxel holding a point is in the mask.
@@ -123,11 +145,15 @@ class TrackingMask:
         inside = self.inside_volume(points_vox_corner)
         if self._voxels is None:
             return inside
+        return inside & self._voxel_values(points_vox_corner)
+
+    def _voxel_values(self, points_vox_corner):
+        """(P,) bool: the mask voxel holding each point (clamped to the
+        volume)."""
         voxels = torch.floor(points_vox_corner).long()
         for axis, size in enumerate(self.shape):
             voxels[:, axis].clamp_(0, size - 1)
-        return inside & self._voxels[voxels[:, 0], voxels[:, 1],
-                                     voxels[:, 2]]
+        return self._voxels[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
 
     def inside_volume(self, points_vox_corner):
         """(P,) bool: True where a point lies in the volume, ``[0, dim)``.

@@ -58,7 +58,7 @@ from dwi_ml.tracking.connectivity import (
     score_connectivity,
 )
 from dwi_ml.tracking.propagation import BatchedTracker
-from dwi_ml.tracking.scoring import densify, score_tractogram
+from dwi_ml.tracking.scoring import DenseReference, densify, score_tractogram
 from dwi_ml.tracking.seeding import make_seeds
 from dwi_ml.tracking.stopping import (
     DEFAULT_MAX_ANGLE_DEG,
@@ -151,11 +151,17 @@ def whole_tractogram_overlap(tracked_vox, reference_vox, shape, affine):
     """OL, OR and F1 of the tracked voxel mask against the reference's.
 
     Both are densified (:func:`dwi_ml.tracking.scoring.densify`) first, as
-    for the bundle scores. All 0 when the reference covers no voxel.
+    for the bundle scores; ``reference_vox`` may be a
+    :class:`~dwi_ml.tracking.scoring.DenseReference` (of the default step)
+    already. All 0 when the reference covers no voxel.
     """
-    masks = [voxel_set(point_voxel_indices(
-        packed_arrays(densify(streamlines, affine))[0], shape))
-        for streamlines in (tracked_vox, reference_vox)]
+    dense_reference = (reference_vox.streamlines
+                       if isinstance(reference_vox, DenseReference)
+                       else densify(reference_vox, affine))
+    masks = [voxel_set(point_voxel_indices(packed_arrays(streamlines)[0],
+                                           shape))
+             for streamlines in (densify(tracked_vox, affine),
+                                 dense_reference)]
     if len(masks[1]) == 0:
         return 0.0, 0.0, 0.0
     return overlap_scores(*masks)
@@ -189,6 +195,10 @@ class TrackingValidationCallback(Callback):
         self.params = params
         self.metric_names = ()
         self.step_size_mm = None
+        # Validation subject index -> its DenseReference: the reference
+        # streamlines never change, so they are densified (and their k-d
+        # tree built) once per run, not at every tracking epoch.
+        self._dense_references = {}
 
     def on_train_start(self, trainer):
         self.metric_names = check_tracking_validation_data(
@@ -330,16 +340,19 @@ class TrackingValidationCallback(Callback):
                 packed_arrays(result.streamlines)[2], self.step_size_mm,
                 DEFAULT_MIN_LENGTH_MM, DEFAULT_MAX_LENGTH_MM))
             all_scores.append(self._score_subject(
-                result.streamlines[keep], sft, volume))
+                result.streamlines[keep], sft, volume, subject_idx))
         return {name: float(np.mean([scores[name] for scores in all_scores]))
                 for name in self.metric_names}
 
-    def _score_subject(self, tracked, sft, volume):
-        reference = sft.get_streamlines()
+    def _score_subject(self, tracked, sft, volume, subject_idx):
+        reference = self._dense_references.get(subject_idx)
+        if reference is None:
+            reference = DenseReference(sft.get_streamlines(), volume.affine)
+            self._dense_references[subject_idx] = reference
         key = self.params.bundle_key
         labels = (None if key is None else np.asarray(
-            sft.get_data_per_streamline()[key]).reshape(len(reference), -1)
-            [:, 0].astype(np.int64))
+            sft.get_data_per_streamline()[key]).reshape(
+                reference.nb_streamlines, -1)[:, 0].astype(np.int64))
         scores = score_tractogram(tracked, reference, volume.shape[:3],
                                   volume.affine, labels)
         if labels is None:

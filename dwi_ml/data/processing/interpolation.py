@@ -38,7 +38,7 @@ _CHUNK_NB_POINTS = 2 ** 16
 # The 8 corners of a voxel cell as (dx, dy, dz) in {0, 1}^3, z varying fastest.
 _CORNERS = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1)
                          for dz in (0, 1)])
-# (shape, device) -> constants of _interpolate_gather; a few grids per run.
+# (shape, device, dtype) -> constants of _interpolate_gather; a few per run.
 _GRID_CONSTANTS = {}
 
 
@@ -101,6 +101,9 @@ def interpolate_volume_at_coordinates(volume, coords_vox_corner, method="gather"
     coords = _as_coordinates(coords_vox_corner, volume.device)
     interpolate_chunk = (_interpolate_gather if method == "gather"
                          else _interpolate_grid_sample)
+    if len(coords) <= _CHUNK_NB_POINTS:
+        # One chunk (a tracking step): no output to fill.
+        return interpolate_chunk(volume, coords).contiguous()
     output = torch.empty((len(coords), volume.shape[3]), dtype=torch.float32,
                          device=volume.device)
     for start in range(0, len(coords), _CHUNK_NB_POINTS):
@@ -131,10 +134,9 @@ def _interpolate_gather(volume, coords):
     (P, 1, 2)) or fancy indexing of columns is several times slower than
     the gather itself.
     """
-    upper_centre, lower_max, strides, corner_steps = _grid_constants(
-        tuple(volume.shape[:3]), volume.device)
-    centred = torch.clamp(coords - 0.5, min=torch.zeros_like(coords[0]),
-                          max=upper_centre.to(coords.dtype))
+    lowest_centre, upper_centre, lower_max, strides, corner_steps = \
+        _grid_constants(tuple(volume.shape[:3]), volume.device, coords.dtype)
+    centred = torch.clamp(coords - 0.5, min=lowest_centre, max=upper_centre)
     # Lower corner at most dim - 2, so that lower + 1 is always a voxel (when
     # dim >= 2; at the last centre the upper weight is exactly 1). The 8
     # corners are then the lower one plus the same 8 row steps for every
@@ -147,10 +149,9 @@ def _interpolate_gather(volume, coords):
             else (lower * strides).sum(dim=1))
     rows = base[:, None] + corner_steps
     upper_x, upper_y, upper_z = fraction.unbind(1)
-    lower_z = 1 - upper_z
-    weights_xy = [weight_x * weight_y
-                  for weight_x in (1 - upper_x, upper_x)
-                  for weight_y in (1 - upper_y, upper_y)]
+    lower_x, lower_y, lower_z = (1 - fraction).unbind(1)
+    weights_xy = [weight_x * weight_y for weight_x in (lower_x, upper_x)
+                  for weight_y in (lower_y, upper_y)]
     # Same corner order as _CORNERS: x slowest, z fastest.
     weights = torch.empty((len(fraction), 8), dtype=fraction.dtype,
                           device=fraction.device)
@@ -162,21 +163,28 @@ def _interpolate_gather(volume, coords):
                                           mode="sum")
 
 
-def _grid_constants(shape, device):
-    """Per-grid constants of the gather, cached by (shape, device).
+def _grid_constants(shape, device, dtype):
+    """Per-grid constants of the gather, cached by (shape, device, dtype).
 
-    Returns the last centre's lower corner ``dims - 1``, the largest lower
-    corner ``max(dims - 2, 0)``, the row strides of the flat table and the
-    row steps from the lower corner to each of the 8 corners.
+    Returns, on ``device``: the first and the last voxel centre ``0`` and
+    ``dims - 1`` (shifted by half a voxel) in the coordinates' ``dtype``,
+    the largest lower corner ``max(dims - 2, 0)``, the row strides of the
+    flat table and the row steps from the lower corner to each of the 8
+    corners.
     """
-    key = (shape, str(device))
+    key = (shape, str(device), dtype)
     constants = _GRID_CONSTANTS.get(key)
     if constants is None:
-        dims = torch.tensor(shape, device=device)
-        strides = torch.tensor((shape[1] * shape[2], shape[2], 1),
-                               device=device)
-        corner_steps = (_CORNERS.to(device) * strides * (dims > 1)).sum(dim=1)
-        constants = (dims - 1, (dims - 2).clamp(min=0), strides, corner_steps)
+        # Plain tensors even when first asked under torch.inference_mode.
+        with torch.inference_mode(False):
+            dims = torch.tensor(shape, device=device)
+            strides = torch.tensor((shape[1] * shape[2], shape[2], 1),
+                                   device=device)
+            corner_steps = (_CORNERS.to(device) * strides * (dims > 1)).sum(
+                dim=1)
+            constants = (torch.zeros(3, dtype=dtype, device=device),
+                         (dims - 1).to(dtype), (dims - 2).clamp(min=0),
+                         strides, corner_steps)
         _GRID_CONSTANTS[key] = constants
     return constants
 
