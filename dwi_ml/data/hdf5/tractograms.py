@@ -186,8 +186,11 @@ def _apply_in_runs(streamline_format, points, lengths, affine):
         return
     bounds = cut_by_budget(lengths, RESAMPLING_RUN_POINTS)
     for start, stop in zip(bounds[:-1], bounds[1:]):
+        # A slice of the compact points: a view, not a gather.
+        first, end = offsets[start], offsets[stop - 1] + lengths[stop - 1]
         yield compact(streamline_format.apply(make_array_sequence(
-            points, offsets[start:stop], lengths[start:stop]), affine))
+            points[first:end], offsets[start:stop] - first,
+            lengths[start:stop]), affine))
 
 
 def points_outside_volume(points, dimensions):
