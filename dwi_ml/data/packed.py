@@ -98,8 +98,7 @@ def lengths_mm(data, offsets, lengths, affine, dtype=np.float32):
     affine : np.ndarray, shape (4, 4)
         Voxel to RAS mm transform (the identity for points already in mm).
     dtype : numpy dtype
-        Of the result: float32 as stored in HDF5 files, float64 where the
-        lengths place new points (resampling).
+        Of the result: float32 as stored in HDF5 files.
 
     Returns
     -------
@@ -107,14 +106,55 @@ def lengths_mm(data, offsets, lengths, affine, dtype=np.float32):
     """
     points, first_rows, lengths = compact(make_array_sequence(data, offsets,
                                                              lengths))
-    points_mm = points @ np.asarray(affine, dtype=np.float64)[:3, :3].T
-    step_mm = np.zeros(len(points_mm), dtype=np.float64)
-    step_mm[1:] = row_norms(np.diff(points_mm, axis=0))
-    # A streamline's first point has no step from the previous streamline.
-    step_mm[first_rows[lengths > 0]] = 0.
-    total_mm = np.zeros(len(points_mm) + 1, dtype=np.float64)
-    np.cumsum(step_mm, out=total_mm[1:])
+    total_mm = cumulative_lengths_mm(points, first_rows, lengths, affine)
     return (total_mm[first_rows + lengths] - total_mm[first_rows]).astype(dtype)
+
+
+def cumulative_lengths_mm(points, first_rows, lengths, affine):
+    """Arc lengths (mm) of compact streamlines, summed over all rows.
+
+    Row k's step is ``|A (p_k - p_(k-1))|`` (A: the affine's linear part);
+    a streamline's first row has none, so sums never cross streamlines.
+
+    Parameters
+    ----------
+    points : np.ndarray, shape (P, 3)
+        Compact points in voxel space (any origin).
+    first_rows, lengths : np.ndarray, shape (N,)
+        ``offsets_from_lengths(lengths)`` and the number of points of each
+        streamline.
+    affine : np.ndarray, shape (4, 4)
+        Voxel to RAS mm transform.
+
+    Returns
+    -------
+    np.ndarray, shape (P + 1,), float64
+        Entry k + 1 sums the steps of rows 0 to k (``np.cumsum``, in row
+        order); streamline i's length is entry ``first_rows[i] +
+        lengths[i]`` minus entry ``first_rows[i]``.
+    """
+    # Steps are taken in voxels (the float64 difference of two float32
+    # coordinates is exact), then mapped to mm: the norm of A d, summed as
+    # ((A d)_x² w_x + (A d)_y² w_y) + (A d)_z² w_z by one matrix-vector
+    # product over flat squares (numpy's loops over rows of 3 are slow).
+    # An axis-aligned affine needs no matrix product: |A d|² is then
+    # sum(a_ii² d_i²).
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    steps = np.zeros((len(points), 3), dtype=np.float64)
+    np.subtract(points[1:], points[:-1], out=steps[1:], dtype=np.float64)
+    if np.count_nonzero(linear - np.diag(np.diag(linear))):
+        steps = steps @ linear.T
+        weights = np.ones(3)
+    else:
+        weights = np.square(np.diag(linear))
+    squares = steps.reshape(-1)
+    np.square(squares, out=squares)
+    step_mm = steps @ weights
+    np.sqrt(step_mm, out=step_mm)
+    step_mm[first_rows[lengths > 0]] = 0.
+    total_mm = np.zeros(len(points) + 1, dtype=np.float64)
+    np.cumsum(step_mm, out=total_mm[1:])
+    return total_mm
 
 
 def row_norms(vectors):

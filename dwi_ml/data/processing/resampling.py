@@ -31,10 +31,10 @@ from dipy.tracking.streamlinespeed import compress_streamlines
 
 from dwi_ml.data.packed import (
     compact,
+    cumulative_lengths_mm,
     make_array_sequence,
     offsets_from_lengths,
     packed_arrays,
-    row_norms,
 )
 from dwi_ml.data.processing.space import (
     points_rasmm_to_vox_corner,
@@ -217,22 +217,20 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
 def _resample(streamlines_vox, affine, count_points):
     """Resample to ``count_points(length_mm)`` points per streamline.
 
-    The points are converted to mm once, for their arc lengths; these set
-    the counts and place the new points.
+    The arc lengths (mm) are summed once; they set the counts and place the
+    new points. The lengths are those ``lengths_mm`` gives, bit for bit
+    (the same sums).
     """
-    points_vox, _, lengths = compact(streamlines_vox)
-    cumulative = _cumulative_lengths_mm(
-        points_vox_corner_to_rasmm(points_vox, affine), lengths)
-    first_rows = offsets_from_lengths(lengths)
-    # As lengths_mm would compute them, from the same sums.
-    length_mm = cumulative[first_rows + lengths] - cumulative[first_rows]
+    points_vox, first_rows, lengths = compact(streamlines_vox)
+    total_mm = cumulative_lengths_mm(points_vox, first_rows, lengths, affine)
+    length_mm = total_mm[first_rows + lengths] - total_mm[first_rows]
     nb_new_points = np.where(lengths > 0, count_points(length_mm),
                              0).astype(np.int64)
     rank = (np.arange(nb_new_points.sum())
             - np.repeat(offsets_from_lengths(nb_new_points), nb_new_points))
     nb_steps = np.repeat(np.maximum(nb_new_points - 1, 1), nb_new_points)
     arc_lengths = np.repeat(length_mm, nb_new_points) * (rank / nb_steps)
-    return _resample_at_arc_lengths(points_vox, lengths, cumulative,
+    return _resample_at_arc_lengths(points_vox, lengths, total_mm,
                                     nb_new_points, arc_lengths,
                                     _output_dtype(streamlines_vox))
 
@@ -290,26 +288,7 @@ def _compact_in_mm(streamlines_vox, affine):
     return points_vox_corner_to_rasmm(points_vox, affine), lengths
 
 
-def _cumulative_lengths_mm(points_mm, lengths):
-    """Arc length (mm) from the first row to each row, across streamlines.
-
-    Returns an array of shape (P + 1,): entry k sums the segments between
-    rows 0 and k (the last point of each streamline has no segment, so
-    sums never cross streamlines), and entry P is the total. Row k's arc
-    length within its streamline is entry k minus the entry of its
-    streamline's first row. The sums are sequential, in row order, as
-    ``lengths_mm`` makes them: lengths taken from here equal its own.
-    """
-    segment_lengths = np.zeros(len(points_mm))
-    segment_lengths[:-1] = row_norms(np.diff(points_mm, axis=0))
-    last_rows = (offsets_from_lengths(lengths) + lengths - 1)[lengths > 0]
-    segment_lengths[last_rows] = 0.
-    cumulative = np.zeros(len(points_mm) + 1)
-    np.cumsum(segment_lengths, out=cumulative[1:])
-    return cumulative
-
-
-def _resample_at_arc_lengths(points_vox, lengths, cumulative, nb_new_points,
+def _resample_at_arc_lengths(points_vox, lengths, total_mm, nb_new_points,
                              arc_lengths, dtype):
     """Place new points at given arc lengths (mm) along compact streamlines.
 
@@ -320,9 +299,9 @@ def _resample_at_arc_lengths(points_vox, lengths, cumulative, nb_new_points,
         interpolated between them, see the module docstring).
     lengths : np.ndarray, shape (N,)
         Number of points of each streamline.
-    cumulative : np.ndarray, shape (P + 1,)
-        Arc length of each row from row 0, then the total
-        (``_cumulative_lengths_mm``).
+    total_mm : np.ndarray, shape (P + 1,)
+        ``packed.cumulative_lengths_mm``: entry k + 1 is row k's arc length
+        (mm) from row 0.
     nb_new_points : np.ndarray, shape (N,)
         Number of new points of each streamline.
     arc_lengths : np.ndarray, shape (Q,)
@@ -343,9 +322,9 @@ def _resample_at_arc_lengths(points_vox, lengths, cumulative, nb_new_points,
     lowest = np.repeat(offsets, nb_new_points)
     highest = np.repeat(np.maximum(offsets + lengths - 2, offsets),
                         nb_new_points)
-    targets = np.repeat(cumulative[offsets], nb_new_points)
+    targets = np.repeat(total_mm[offsets], nb_new_points)
     targets += arc_lengths
-    cumulative = cumulative[:-1]
+    cumulative = total_mm[1:]
     # Arc length is flat across streamline boundaries: clipping to the
     # streamline's own segments resolves ties with its neighbours.
     segment_starts = np.searchsorted(cumulative, targets, side="right")
