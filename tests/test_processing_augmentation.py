@@ -5,7 +5,7 @@ import pytest
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.tracking.streamlinespeed import set_number_of_points
 
-from dwi_ml.data.packed import make_array_sequence, row_norms
+from dwi_ml.data.packed import lengths_mm, make_array_sequence, row_norms
 from dwi_ml.data.processing.augmentation import (
     add_noise_mm,
     count_from_ratio,
@@ -186,6 +186,31 @@ def test_row_norms_equal_numpy_norms_bit_for_bit():
     vectors = np.random.default_rng(5).normal(size=(100_000, 3)) * 7
     np.testing.assert_array_equal(row_norms(vectors),
                                   np.linalg.norm(vectors, axis=1))
+
+
+@pytest.mark.parametrize("affine", [ANISOTROPIC_AFFINE, _rotated_affine()],
+                         ids=["axis_aligned", "rotated"])
+def test_lengths_mm_equal_the_norms_of_the_steps_in_mm(affine):
+    # Axis-aligned and rotated affines take two paths (weights or a matrix
+    # product); both must give each streamline's sum of |A (p_k - p_k-1)|,
+    # with one-point and empty streamlines of length 0.
+    streamlines = _random_streamlines(np.random.default_rng(8),
+                                      [5, 1, 0, 200, 2])
+    # Scattered rows (offsets not the cumulative lengths), float32 as
+    # stored: the expected lengths are those of the float32 points.
+    sequence = _scattered(streamlines)
+    points = [np.asarray(s, np.float64) for s in sequence]
+    expected = np.array([
+        np.linalg.norm(np.diff(s @ affine[:3, :3].T, axis=0), axis=1).sum()
+        for s in points])
+    got = lengths_mm(sequence._data, sequence._offsets, sequence._lengths,
+                     affine, dtype=np.float64)
+    # Each step: a difference, a 3-term map and a norm (~8 roundings); the
+    # sums: one rounding per step, all below the longest length.
+    nb_roundings = 8 + max(len(s) for s in streamlines)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=rounding_atol(
+        expected.max(), nb_roundings, EPS64))
+    assert got[[1, 2]].tolist() == [0., 0.]
 
 
 def test_resample_degenerate_streamlines():
