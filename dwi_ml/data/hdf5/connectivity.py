@@ -29,6 +29,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from dwi_ml.data.hdf5.layout import decode_str
+from dwi_ml.data.hdf5.tractograms import reference_info
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 CONNECTIVITY_KEYS = ("connectivity_matrix", "connectivity_nb_blocs",
@@ -185,10 +186,7 @@ def load_group_connectivity(group_config, group_files, subject):
     -------
     Connectivity
     """
-    from dipy.io.utils import get_reference_info
-
-    shape = tuple(int(v) for v in
-                  get_reference_info(group_files.reference)[1])
+    shape = tuple(int(v) for v in reference_info(group_files.reference)[1])
     matrix_path, *labels_path = group_files.connectivity_files
     return load_connectivity(
         group_config.connectivity, matrix_path,
