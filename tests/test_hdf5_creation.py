@@ -30,6 +30,7 @@ from hdf5_test_data import (
 from dwi_ml.cli.dwiml_create_hdf5_dataset import main as create_main
 from dwi_ml.cli.dwiml_hdf5_print_architecture import main as print_main
 from dwi_ml.data.hdf5 import layout, tractograms
+from dwi_ml.data.hdf5 import writer as writer_module
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.hdf5.writer import (
     STREAMLINE_CHUNK_ROWS,
@@ -535,12 +536,19 @@ def test_print_architecture_refuses_other_files(tmp_path, capsys, content,
 
 
 
+@pytest.mark.parametrize("write_chunks", [2, None])
 @pytest.mark.parametrize("run_sizes", [
     [0, 5, 4000, 90, 1], [4096], [4095, 1, 8192, 0, 10000, 3], [7],
     [0], [12000, 4096, 17]])
-def test_points_writer_equals_writing_the_group_whole(tmp_path, run_sizes):
+def test_points_writer_equals_writing_the_group_whole(tmp_path, run_sizes,
+                                                      write_chunks,
+                                                      monkeypatch):
     """Runs appended one by one give what writing the concatenation in one
-    go gave (main's writer, inline here): values, chunks, filters, CRCs."""
+    go gave (main's writer, inline here): values, chunks, filters, CRCs.
+    With a buffer of 2 chunks, runs fill it, cross it and span several."""
+    if write_chunks:
+        monkeypatch.setattr(writer_module, "WRITE_ROWS",
+                            write_chunks * STREAMLINE_CHUNK_ROWS)
     rng = np.random.default_rng(len(run_sizes))
     runs = [rng.uniform(0, 50, (n, 3)).astype(np.float32) for n in run_sizes]
     whole = np.concatenate(runs)
