@@ -118,3 +118,24 @@ def test_trk_without_a_count_is_read_to_its_end(tmp_path):
     np.testing.assert_array_equal(read.points, expected.points)
     for key, values in expected.data_per_streamline.items():
         np.testing.assert_array_equal(read.data_per_streamline[key], values)
+
+
+def test_reference_info_equals_dipys_for_nifti_trk_and_trx(tmp_path):
+    """Creation reads grids without dipy.io (its import pulls pytest): the
+    values, dtypes and voxel order must stay dipy's, bit for bit."""
+    from dipy.io.utils import get_reference_info
+
+    from dwi_ml.data.hdf5.tractograms import reference_info
+
+    nifti = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE), nifti)
+    trk = tmp_path / "bundle.trk"
+    _write_trk(trk, 3, with_extras=False)
+    trx = tmp_path / "bundle.trx"
+    save_tractogram(load_tractogram(str(trk), "same"), str(trx))
+    for path in (nifti, trk, trx):
+        ours, dipys = reference_info(str(path)), get_reference_info(str(path))
+        for got, expected in zip(ours[:3], dipys[:3]):
+            assert np.asarray(got).dtype == np.asarray(expected).dtype
+            np.testing.assert_array_equal(got, expected)
+        assert ours[3] == dipys[3] and isinstance(ours[3], str)
