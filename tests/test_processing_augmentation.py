@@ -5,7 +5,7 @@ import pytest
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.tracking.streamlinespeed import set_number_of_points
 
-from dwi_ml.data.packed import lengths_mm, make_array_sequence, row_norms
+from dwi_ml.data.packed import lengths_mm, make_array_sequence
 from dwi_ml.data.processing.augmentation import (
     add_noise_mm,
     count_from_ratio,
@@ -180,12 +180,6 @@ def test_resample_on_rotated_voxels_matches_dipy_in_mm():
     atol_mm = float32_mm_atol(affine, resampled._data, 4)
     for ours, dipys in zip(_to_mm(resampled, affine), expected):
         np.testing.assert_allclose(ours, dipys, rtol=0, atol=atol_mm)
-
-
-def test_row_norms_equal_numpy_norms_bit_for_bit():
-    vectors = np.random.default_rng(5).normal(size=(100_000, 3)) * 7
-    np.testing.assert_array_equal(row_norms(vectors),
-                                  np.linalg.norm(vectors, axis=1))
 
 
 @pytest.mark.parametrize("affine", [ANISOTROPIC_AFFINE, _rotated_affine()],

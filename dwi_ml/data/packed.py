@@ -157,20 +157,6 @@ def cumulative_lengths_mm(points, first_rows, lengths, affine):
     return total_mm
 
 
-def row_norms(vectors):
-    """Euclidean norm of each row of a (P, 3) array.
-
-    Equals ``np.linalg.norm(vectors, axis=1)`` bit for bit (the same
-    squares summed in the same order, ``(x² + y²) + z²``), at about twice
-    its speed: numpy's reduction over rows of 3 is slower than three
-    column operations.
-    """
-    squares = np.square(vectors)
-    total = squares[:, 0] + squares[:, 1]
-    total += squares[:, 2]
-    return np.sqrt(total, out=total)
-
-
 def ranges_to_indices(starts, lengths, steps=None):
     """Concatenate ``arange(s, s + n)`` for every (s, n), vectorised.
 
