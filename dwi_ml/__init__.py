@@ -3,6 +3,12 @@
 The sub-packages follow the data flow: ``data`` (HDF5 creation and
 datasets) -> ``batching`` (sampler and loader) -> ``models`` -> ``training``,
 then ``tracking`` and ``monitoring``.
+
+Importing dwi_ml before numpy makes numpy's OpenBLAS single-threaded
+(``OPENBLAS_NUM_THREADS=1``, unless already set): our numpy matrix
+products are (P, 3) x (3, 3) conversions of points, where OpenBLAS's
+threads gain little and then spin, taking a core from torch's threads and
+the DataLoader workers (bench/README.md, "Workers").
 """
 import os
 import sys
@@ -21,4 +27,10 @@ def _request_reproducible_mkl():
     request_reproducible_mkl()
 
 
+def _single_threaded_openblas():
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+_single_threaded_openblas()
 _request_reproducible_mkl()

@@ -9,6 +9,7 @@ Two tiny HDF5 files, built once for the module:
   own HDF5 creation, with two training subjects.
 """
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.batching.dataloaders import BatchRequest, make_dataloader
+from dwi_ml.batching.loaded_batch import LoadedBatch
 from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.packed import make_array_sequence
@@ -409,6 +411,25 @@ def test_two_lazy_workers_give_the_batches_of_the_main_process(
     assert len(in_main) == 4  # 60 training streamlines, 16 per batch
     _assert_same_batches(in_main, _epoch_batches(reference_lazy,
                                                  nb_workers=2))
+
+
+@pytest.mark.parametrize("same_points, with_inputs",
+                         [(True, True), (False, True), (False, False)])
+def test_a_batch_crosses_processes_as_two_tensors(same_points, with_inputs):
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.rand(7, 3, generator=generator)
+    batch = LoadedBatch(
+        targets, targets if same_points else torch.rand(7, 3,
+                                                        generator=generator),
+        torch.tensor([3, 4]), torch.tensor([0, 1]), "training",
+        torch.rand(7, 5, generator=generator) if with_inputs else None)
+    _, arguments = batch.__reduce__()
+    assert sum(isinstance(a, torch.Tensor) for a in arguments) == 2
+    copy = pickle.loads(pickle.dumps(batch))
+    _assert_same_batches([batch], [copy])
+    assert (copy.input_points is copy.target_points) == same_points
+    assert (copy.inputs is None) == (not with_inputs)
+    assert copy.split == "training"
 
 
 def test_two_workers_draw_distinct_augmentations(reference_eager):
