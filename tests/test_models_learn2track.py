@@ -10,6 +10,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import (
     Learn2TrackModel,
     MainModelAbstract,
+    learn2track,
     load_model_from_params_and_state,
 )
 from dwi_ml.models.directions import (
@@ -148,6 +149,25 @@ def test_packed_forward_equals_each_streamline_alone(config):
                            for x, s in zip(inputs, streamlines)])
     torch.testing.assert_close(batch_outputs, alone, rtol=0,
                                atol=float64_recurrent_atol(batch_outputs))
+
+
+@pytest.mark.parametrize("lengths", [(2, 30, 3, 29, 5, 31, 4, 2, 28, 6),
+                                     (20, 19, 21, 18, 20)])
+def test_length_groups_give_each_streamline_its_own_outputs(lengths):
+    # The first batch runs in 3 length groups (padded area 0.6 of one
+    # group's), the second in one: both equal each streamline alone.
+    sorted_counts = torch.tensor(sorted(lengths, reverse=True)) - 1
+    nb_groups = -(-len(lengths) // learn2track._length_group_size(sorted_counts))
+    assert nb_groups == (3 if max(lengths) > 21 else 1)
+    model = make_model(**CONFIGS[1]).double().eval()
+    inputs, streamlines = make_batch64(lengths)
+    with torch.no_grad():
+        batch_outputs = model(inputs, streamlines)
+        alone = torch.cat([model([x], [s])
+                           for x, s in zip(inputs, streamlines)])
+    atol = rounding_atol(float(batch_outputs.abs().max()),
+                         2 * max(lengths) * 32, eps=EPS64)
+    torch.testing.assert_close(batch_outputs, alone, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("config", CONFIGS[1:4])
