@@ -145,7 +145,7 @@ def _unpack_batch(buffer, nb_streamlines, float_dtype, shapes, same_points,
     (lengths and subject indices as int64, then the float tensors)."""
     integers = buffer[:16 * nb_streamlines].view(torch.int64)
     views, start = [], 16 * nb_streamlines
-    item_size = torch.empty(0, dtype=float_dtype).element_size()
+    item_size = float_dtype.itemsize
     for shape in shapes:
         nb_bytes = math.prod(shape) * item_size
         views.append(buffer[start:start + nb_bytes].view(float_dtype)
