@@ -75,7 +75,8 @@ def make_model(model_type, nb_features, args):
     """The model, seeded: Learn2track LSTM [64] with 2 previous directions,
     or a Transformer of ``--d_model``, ``--nheads``, ``--n_layers`` per
     stack, ``--dropout``, ``--norm_first``, ``--ffnn_hidden_size``,
-    ``--position_encoding`` and ``--tf_nb_previous_dirs``; a
+    ``--position_encoding``, ``--attention_window`` and
+    ``--tf_nb_previous_dirs``; a
     cosine-regression direction getter for all."""
     torch.manual_seed(args.seed)
     common = dict(nb_features=nb_features, step_size=args.step_size,
@@ -90,7 +91,8 @@ def make_model(model_type, nb_features, args):
         n_layers_e=args.n_layers, dropout=args.dropout,
         norm_first=args.norm_first, ffnn_hidden_size=args.ffnn_hidden_size,
         nb_previous_dirs=args.tf_nb_previous_dirs,
-        position_encoding=args.position_encoding, **extra, **common)
+        position_encoding=args.position_encoding,
+        attention_window=args.attention_window, **extra, **common)
 
 
 def train(model_type, dataset, args):
@@ -202,6 +204,9 @@ def main():
                         help="Position encoding of the Transformers "
                              "(default: learned; sinusoidal learned 1.7x "
                              "slower in our runs).")
+    parser.add_argument("--attention_window", type=int, default=None,
+                        help="Attention window of the Transformers "
+                             "(default: none, every earlier point).")
     parser.add_argument("--nt", type=int, default=1000,
                         help="Seeds tracked on the testing subject "
                              "(default: 1000).")
@@ -225,7 +230,8 @@ def main():
         rows.append((model_type, valid_loss, cpu, scores))
         print(f"{model_type}: done ({cpu:.0f} s CPU training)", flush=True)
     print(f"\n{args.nb_streamlines} streamlines per subject, "
-          f"{args.position_encoding} positions, "
+          f"{args.position_encoding} positions, attention window "
+          f"{args.attention_window}, "
           f"{args.max_epochs} epochs of batches of {args.batch_size}, lr "
           f"{args.learning_rate} (cosine), {args.nt} seeds on the testing "
           f"subject; Transformers: d_model {args.d_model}, {args.nheads} "

@@ -70,7 +70,7 @@ def bench_transformer_steps(args):
                 model_type=model_type, nb_streamlines=batch_size,
                 lengths=sorted(args.lengths), repeats=args.repeats,
                 d_model=64, nheads=4, n_layers=2, nb_features=args.shape[3],
-                device=args.device)
+                device=args.device, attention_window=args.attention_window)
             model = step_bench._make_model(options)
             cached = step_bench.bench_cached(model, options)
             full = step_bench.bench_full(model, options)
@@ -117,6 +117,10 @@ def main():
                         help="Streamline lengths (points) at which a step "
                              "is timed, with --transformer (default: 20 "
                              "100 200).")
+    parser.add_argument("--attention_window", type=int, default=None,
+                        help="With --transformer: the models' attention "
+                             "window (default: none, every earlier "
+                             "point).")
     parser.add_argument("--repeats", type=int, default=5,
                         help="Steps timed from each length, with "
                              "--transformer; the median is shown "
@@ -126,7 +130,8 @@ def main():
     if args.transformer:
         print(f"device {args.device}, {torch.get_num_threads()} thread(s), "
               f"untrained Transformers, d_model 64, 4 heads, 2 layers per "
-              f"stack, {args.shape[3]} features; ms per step (cached: "
+              f"stack, attention window {args.attention_window}, "
+              f"{args.shape[3]} features; ms per step (cached: "
               f"median of --repeats), wall and CPU")
         bench_transformer_steps(args)
         return

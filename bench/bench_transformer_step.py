@@ -42,7 +42,8 @@ def _make_model(args):
     torch.manual_seed(0)
     kwargs = dict(d_model=args.d_model, nheads=args.nheads,
                   n_layers_e=args.n_layers, nb_previous_dirs=2,
-                  max_len=max(args.lengths) + args.repeats + 1)
+                  max_len=max(args.lengths) + args.repeats + 1,
+                  attention_window=getattr(args, "attention_window", None))
     if args.model_type == "transformer_original":
         kwargs["n_layers_d"] = args.n_layers
     model = MODEL_TYPES[args.model_type]("bench", nb_features=args.nb_features,
@@ -176,6 +177,9 @@ def main():
     parser.add_argument("--n_layers", type=int, default=2,
                         help="Encoder layers (and decoder layers).")
     parser.add_argument("--nb_features", type=int, default=45)
+    parser.add_argument("--attention_window", type=int, default=None,
+                        help="Attention window of the models (default: "
+                             "none, every earlier point).")
     parser.add_argument("--no_full", action="store_true",
                         help="Skip the re-forward part.")
     parser.add_argument("--profile", action="store_true",

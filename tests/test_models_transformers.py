@@ -56,6 +56,12 @@ CONFIGS = [
         sos_token_type="class", norm_first=True, activation="gelu",
         position_encoding="learned", nb_previous_dirs=1,
         dg_key="sphere-classification")),
+    # Attention windows shorter than the streamlines (2 to 40 points).
+    (TransformerSrcOnlyModel, dict(attention_window=2, nb_previous_dirs=1)),
+    (TransformerSrcAndTgtModel, dict(attention_window=4,
+                                     position_encoding="none")),
+    (OriginalTransformerModel, dict(attention_window=3, norm_first=True,
+                                    dg_args={"add_eos": True})),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(CONFIGS)]
 
@@ -353,6 +359,44 @@ def test_options_change_the_model():
                        tokens + sinusoidal.position_encoding.table[:5])
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_a_point_beyond_the_window_changes_nothing(window):
+    # One layer, inputs only (no previous directions): the output at point
+    # t depends on the inputs at points t - window + 1 .. t alone.
+    model = eval_double(TransformerSrcOnlyModel,
+                        dict(attention_window=window, n_layers_e=1))
+    inputs, streamlines = make_batch(model)
+    changed = [x.clone() for x in inputs]
+    changed[2][1] += 1.0
+    with torch.no_grad():
+        before = split_outputs(model, model(inputs, streamlines), LENGTHS)
+        after = split_outputs(model, model(changed, streamlines), LENGTHS)
+    seen_by = slice(1, 1 + window)
+    assert not torch.allclose(after[2][seen_by], before[2][seen_by])
+    torch.testing.assert_close(after[2][1 + window:], before[2][1 + window:],
+                               **TIGHT)
+    torch.testing.assert_close(after[2][:1], before[2][:1], **TIGHT)
+    # Two layers see twice as far back (less the shared point).
+    deep = eval_double(TransformerSrcOnlyModel,
+                       dict(attention_window=window, n_layers_e=2))
+    with torch.no_grad():
+        before = split_outputs(deep, deep(inputs, streamlines), LENGTHS)
+        after = split_outputs(deep, deep(changed, streamlines), LENGTHS)
+    reach = 1 + 2 * (window - 1)
+    assert not torch.allclose(after[2][reach], before[2][reach])
+    torch.testing.assert_close(after[2][reach + 1:], before[2][reach + 1:],
+                               **TIGHT)
+
+
+def test_window_mask_is_a_band_aligned_on_the_last_queries():
+    from dwi_ml.models.transformer_layers import window_mask
+    square = window_mask(4, 4, 2, "cpu")
+    assert square.int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0],
+                                     [0, 1, 1, 0], [0, 0, 1, 1]]
+    # The last query of 5 keys sees the last 3.
+    assert window_mask(1, 5, 3, "cpu").int().tolist() == [[0, 0, 1, 1, 1]]
+
+
 def test_dropout_is_active_in_training_only():
     model = make_model(TransformerSrcAndTgtModel, dropout=0.5).double()
     inputs, streamlines = make_batch(model)
@@ -391,6 +435,7 @@ def test_a_few_optimisation_steps_reduce_the_loss(cls):
     (TransformerSrcOnlyModel, dict(position_encoding="rope"),
      "position_encoding"),
     (TransformerSrcOnlyModel, dict(activation="tanh"), "activation"),
+    (TransformerSrcOnlyModel, dict(attention_window=0), "attention_window"),
     (TransformerSrcOnlyModel, dict(input_embedding_key="cnn"), "grid"),
     (OriginalTransformerModel, dict(target_embedding_key="none"),
      "target_embedding_key"),
@@ -474,6 +519,12 @@ def test_recorded_attention_weights_are_those_the_model_uses(cls, config):
                                            **TIGHT)
                 future = torch.ones(t, t, dtype=torch.bool).triu(1)
                 assert torch.all(weights[..., future] == 0)
+                window = model.attention_window
+                if window is not None:
+                    # Keys window or more points back get nothing.
+                    too_old = torch.ones(t, t, dtype=torch.bool).tril(-window)
+                    assert too_old.any()
+                    assert torch.all(weights[..., too_old] == 0)
                 for row, count in enumerate(counts):
                     # Real queries give padding nothing.
                     assert torch.all(weights[row, :, :count, count:] == 0)

@@ -127,3 +127,22 @@ def test_overwrite_and_refusals(experiments, tmp_path, capsys):
                          "--streamline_ids", "0", "999"],
         capsys, tmp_path, "--streamline_ids", "999")
     assert not (tmp_path / "new").exists()
+
+
+def test_attention_received_counts_the_queries_of_the_window():
+    from dwi_ml.models.transformer_attention import point_attention_values
+    # One layer and head, 4 points; window 2: query q sees q - 1 and q.
+    weights = torch.tensor([[1.0, 0.0, 0.0, 0.0],
+                            [0.25, 0.75, 0.0, 0.0],
+                            [0.0, 0.5, 0.5, 0.0],
+                            [0.0, 0.0, 0.9, 0.1]], dtype=torch.float64)
+    maps = {"encoder": weights[None, None, None]}
+    values = point_attention_values(maps, [4], [5], window=2)
+    # Point k is seen by queries k and k + 1 (the last one by itself).
+    np.testing.assert_allclose(values["attention_received"][0].ravel(),
+                               [1.25 / 2, 1.25 / 2, 1.4 / 2, 0.1, 0.0])
+    np.testing.assert_array_equal(values["most_attended_from"][0].ravel(),
+                                  [0, 1, 3, 3, 4])
+    # Without the window, point 0 would count 4 viewers.
+    unbounded = point_attention_values(maps, [4], [5])
+    assert unbounded["attention_received"][0][0, 0] == np.float32(1.25 / 4)

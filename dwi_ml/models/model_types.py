@@ -63,6 +63,12 @@ def add_model_args(parser):
                             "sines and cosines, one learned vector per "
                             "position, or none (the causal mask alone "
                             "orders the points; see docs/models.md).")
+    group.add_argument("--attention_window", type=int,
+                       help="Points each attention sees, the current one "
+                            "included; a tracking step then reads at most "
+                            "this many past keys and values whatever the "
+                            "length (default: every earlier point, as the "
+                            "reference; see docs/models.md).")
     group.add_argument("--target_embedding_key", default="linear",
                        choices=("none", "linear"),
                        help="Embedding of the previous direction "
@@ -134,7 +140,8 @@ def model_params_from_args(args):
                   ffnn_hidden_size=args.ffnn_hidden_size,
                   activation=args.activation, norm_first=args.norm_first,
                   max_len=args.max_len,
-                  position_encoding=args.position_encoding)
+                  position_encoding=args.position_encoding,
+                  attention_window=args.attention_window)
     if model_class is not TransformerSrcOnlyModel:
         params.update(target_embedding_key=args.target_embedding_key,
                       sos_token_type=args.sos_token_type)

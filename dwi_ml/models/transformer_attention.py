@@ -96,15 +96,15 @@ def attention_maps(model, inputs, streamlines):
     return maps, np.asarray(counts.cpu())
 
 
-def point_attention_values(maps, counts, nb_points):
+def point_attention_values(maps, counts, nb_points, window=None):
     """Per-point summaries of the self-attentions, for a tractogram.
 
     Averaged over every self-attention layer and head (``"encoder"`` and
     ``"decoder"``, not ``"cross"``):
 
     - ``attention_received``: for each point ``k``, the mean weight that
-      the queries allowed to see it (positions ``q >= k``) give it, in
-      [0, 1];
+      the queries allowed to see it (positions ``q >= k``, and ``q < k +
+      window`` with an attention window) give it, in [0, 1];
     - ``most_attended_from``: the query position ``q`` (a point index)
       that gives point ``k`` its largest weight, ``>= k``.
 
@@ -117,6 +117,8 @@ def point_attention_values(maps, counts, nb_points):
         From :func:`attention_maps`.
     nb_points : sequence of int
         Points of each streamline.
+    window : int or None
+        The model's ``attention_window``.
 
     Returns
     -------
@@ -127,8 +129,11 @@ def point_attention_values(maps, counts, nb_points):
     received, attended_from = [], []
     for row, (count, n) in enumerate(zip(counts, nb_points)):
         square = weights[row, :count, :count].double().cpu().numpy()
-        # Query q sees keys k <= q: column k's viewers are rows k .. T-1.
+        # Query q sees keys k <= q (and q - k < window): column k's
+        # viewers are rows k .. min(k + window, count) - 1.
         viewers = count - np.arange(count)
+        if window is not None:
+            viewers = np.minimum(viewers, window)
         values = np.zeros(n)
         values[:count] = square.sum(axis=0) / viewers
         most = np.arange(n, dtype=np.float64)

@@ -85,6 +85,11 @@ class TransformerModelAbstract(DirectionGetterModel):
         Longest sequence, in prediction points, in training and tracking.
     position_encoding : "sinusoidal", "learned" or "none"
         See :class:`~dwi_ml.models.transformer_layers.PositionEncoding`.
+    attention_window : int or None
+        Points each attention sees, the current one included: point ``t``
+        attends to points ``t - W + 1 .. t``. A tracking step then reads at
+        most W past keys and values. None: every earlier point (the
+        reference's Transformers).
     input_embedding_key : "none", "linear" or "cnn"
         Embedding of the source tokens: linear layer and ReLU, or (with a
         "grid" neighbourhood) :class:`~dwi_ml.models.cnn_embedding.CNNEmbedding`.
@@ -102,7 +107,8 @@ class TransformerModelAbstract(DirectionGetterModel):
                  nb_previous_dirs=0, normalize_prev_dirs=True, d_model=64,
                  nheads=4, n_layers_e=2, ffnn_hidden_size=None, dropout=0.1,
                  activation="relu", norm_first=False, max_len=1000,
-                 position_encoding="sinusoidal", input_embedding_key="linear",
+                 position_encoding="sinusoidal", attention_window=None,
+                 input_embedding_key="linear",
                  cnn_nb_filters=8, dg_key="cosine-regression", dg_args=None):
         super().__init__(experiment_name, nb_features, step_size, nb_points,
                          compress, neighborhood_type, neighborhood_radius,
@@ -126,6 +132,9 @@ class TransformerModelAbstract(DirectionGetterModel):
             "position_encoding", position_encoding, POSITION_ENCODINGS)
         self.position_encoding = PositionEncoding(position_encoding, d_model,
                                                   self.max_len)
+        self.attention_window = (None if attention_window is None else
+                                 check_int("attention_window",
+                                           attention_window, 1))
         self.input_embedding_key = check_choice(
             "input_embedding_key", input_embedding_key, INPUT_EMBEDDING_KEYS)
         check_cnn_neighborhood(input_embedding_key, self.input_spec.neighborhood)
@@ -155,7 +164,8 @@ class TransformerModelAbstract(DirectionGetterModel):
         """``n_layers`` layers with the model's options."""
         return LayerStack(n_layers, self.d_model, self.nheads,
                           self.ffnn_hidden_size, self.dropout,
-                          self.activation, self.norm_first, cross_attention)
+                          self.activation, self.norm_first, cross_attention,
+                          self.attention_window)
 
     @property
     def params_for_checkpoint(self):
@@ -166,6 +176,7 @@ class TransformerModelAbstract(DirectionGetterModel):
                       dropout=self.dropout, activation=self.activation,
                       norm_first=self.norm_first, max_len=self.max_len,
                       position_encoding=self.position_encoding_key,
+                      attention_window=self.attention_window,
                       input_embedding_key=self.input_embedding_key,
                       cnn_nb_filters=self.cnn_nb_filters)
         return params

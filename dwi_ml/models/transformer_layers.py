@@ -16,6 +16,11 @@ layers do not expose:
   :class:`~dwi_ml.models.transformer_cache.KeyValueBuffer` and its query
   attends to every position kept there, all in the past.
 
+With an ``attention_window`` W, a position attends to itself and the W - 1
+positions before it only (a banded causal mask in training; the last W
+kept positions when tracking), so a tracking step reads at most W past
+keys and values whatever the streamline's length.
+
 Shapes: tokens ``(N, T, d_model)``, keys and values ``(N, heads, T,
 head_dim)``.
 
@@ -41,16 +46,36 @@ def _split_heads(x, nheads):
     return x.view(n, t, nheads, d // nheads).transpose(1, 2)
 
 
-def explicit_attention_weights(queries, keys, causal):
+def window_mask(nb_queries, nb_keys, window, device):
+    """Which keys each query sees within an attention window.
+
+    Queries are the last ``nb_queries`` of ``nb_keys`` positions (bottom
+    right aligned; in training both are the sequence): query ``i``, at
+    position ``p = nb_keys - nb_queries + i``, sees keys ``j`` with
+    ``0 <= p - j < window``.
+
+    Returns
+    -------
+    torch.Tensor bool (nb_queries, nb_keys)
+        True where the query attends to the key.
+    """
+    positions = torch.arange(nb_keys - nb_queries, nb_keys, device=device)
+    lags = positions[:, None] - torch.arange(nb_keys, device=device)[None]
+    return (lags >= 0) & (lags < window)
+
+
+def explicit_attention_weights(queries, keys, causal, mask=None):
     """Softmax of scaled dot products, as ``scaled_dot_product_attention``
     computes them (default scale ``1 / sqrt(head_dim)``; ``causal``: query
-    ``t`` sees keys ``<= t``, top-left aligned).
+    ``t`` sees keys ``<= t``, top-left aligned; ``mask``: a boolean
+    ``attn_mask``, True where a query sees a key, used instead).
 
     Parameters
     ----------
     queries : torch.Tensor (N, heads, Tq, head_dim)
     keys : torch.Tensor (N, heads, Tk, head_dim)
     causal : bool
+    mask : torch.Tensor bool (Tq, Tk) or None
 
     Returns
     -------
@@ -58,10 +83,11 @@ def explicit_attention_weights(queries, keys, causal):
         Each row sums to 1.
     """
     scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
-    if causal:
-        future = torch.ones(scores.shape[-2:], dtype=torch.bool,
-                            device=scores.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
+    if mask is None and causal:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool,
+                          device=scores.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
@@ -89,12 +115,17 @@ class CachedTransformerLayer(torch.nn.Module):
         Pre-norm (norm, sub-layer, residual) instead of post-norm.
     cross_attention : bool
         A decoder layer, attending to an encoder's outputs too.
+    attention_window : int or None
+        Positions each query sees, itself included, in every attention
+        (module docstring); None: all earlier positions.
     """
 
     def __init__(self, d_model, nheads, ffnn_hidden_size, dropout,
-                 activation, norm_first, cross_attention):
+                 activation, norm_first, cross_attention,
+                 attention_window=None):
         super().__init__()
         self.nheads = nheads
+        self.attention_window = attention_window
         self.dropout_p = dropout
         self.activation = ACTIVATIONS[activation]
         self.norm_first = norm_first
@@ -127,14 +158,23 @@ class CachedTransformerLayer(torch.nn.Module):
         queries = _split_heads(F.linear(
             queries, attention.in_proj_weight[:d_model],
             attention.in_proj_bias[:d_model]), self.nheads)
+        window, mask = self.attention_window, None
+        if window is not None and keys.shape[2] > window:
+            if causal or queries.shape[2] > 1:
+                mask = window_mask(queries.shape[2], keys.shape[2], window,
+                                   keys.device)
+            else:
+                # One new position: a view of the last keys, no mask.
+                keys, values = keys[:, :, -window:], values[:, :, -window:]
         out = F.scaled_dot_product_attention(
-            queries, keys, values, is_causal=causal,
+            queries, keys, values, attn_mask=mask,
+            is_causal=causal and mask is None,
             dropout_p=self.dropout_p if self.training else 0.0)
         if self.attention_records is not None:
             name = "self" if attention is self.self_attn else "cross"
             self.attention_records[name] = (
-                explicit_attention_weights(queries, keys, causal), values,
-                out)
+                explicit_attention_weights(queries, keys, causal, mask),
+                values, out)
         return attention.out_proj(_merge_heads(out))
 
     def _keys_values(self, attention, x):

@@ -48,6 +48,8 @@ class SubjectAttention:
         Prediction points (real query and key positions) per streamline.
     affine : np.ndarray (4, 4)
     dimensions : tuple of 3 int
+    window : int or None
+        The model's ``attention_window``.
     """
 
     streamline_ids: np.ndarray
@@ -56,6 +58,7 @@ class SubjectAttention:
     counts: np.ndarray
     affine: np.ndarray
     dimensions: tuple
+    window: object = None
 
 
 def check_transformer(model, experiment_path):
@@ -121,7 +124,8 @@ def subject_attention(model, hdf5_file, subject_id, input_group,
     return SubjectAttention(ids, streamlines,
                             {name: weights.double().cpu()
                              for name, weights in maps.items()},
-                            counts, affine, dimensions)
+                            counts, affine, dimensions,
+                            model.attention_window)
 
 
 def draw_heatmap(attention, name, layer, head):
@@ -171,7 +175,7 @@ def save_attention_tractogram(attention, out_path):
     """
     streamlines = attention.streamlines
     values = point_attention_values(attention.maps, attention.counts,
-                                    streamlines._lengths)
+                                    streamlines._lengths, attention.window)
     data_per_point = {
         key: make_array_sequence(np.concatenate(rows), streamlines._offsets,
                                  streamlines._lengths)
