@@ -80,7 +80,8 @@ def make_model(model_type, nb_features, args):
     cosine-regression direction getter for all."""
     torch.manual_seed(args.seed)
     common = dict(nb_features=nb_features, step_size=args.step_size,
-                  dg_key="cosine-regression")
+                  dg_key="cosine-regression",
+                  dg_args={"add_eos": True} if args.add_eos else None)
     if model_type == "learn2track":
         return Learn2TrackModel(model_type, rnn_layer_sizes=[64],
                                 nb_previous_dirs=2, **common)
@@ -207,6 +208,10 @@ def main():
     parser.add_argument("--attention_window", type=int, default=None,
                         help="Attention window of the Transformers "
                              "(default: none, every earlier point).")
+    parser.add_argument("--add_eos", action="store_true",
+                        help="Every model predicts an end of streamline "
+                             "(EOS), and tracking stops where its "
+                             "probability is above 0.5 (default: no EOS).")
     parser.add_argument("--nt", type=int, default=1000,
                         help="Seeds tracked on the testing subject "
                              "(default: 1000).")
@@ -230,7 +235,8 @@ def main():
         rows.append((model_type, valid_loss, cpu, scores))
         print(f"{model_type}: done ({cpu:.0f} s CPU training)", flush=True)
     print(f"\n{args.nb_streamlines} streamlines per subject, "
-          f"{args.position_encoding} positions, attention window "
+          f"EOS {args.add_eos}, {args.position_encoding} positions, "
+          f"attention window "
           f"{args.attention_window}, "
           f"{args.max_epochs} epochs of batches of {args.batch_size}, lr "
           f"{args.learning_rate} (cosine), {args.nt} seeds on the testing "
