@@ -69,6 +69,20 @@ def summarize_dataset(hdf5_file):
     return lines
 
 
+def demo_training_args(experiments, hdf5_file, max_epochs, seed):
+    """The demo's ``dwiml_train_model.py`` arguments (experiment "demo").
+
+    Its validation loss jumps from epoch to epoch whatever the learning
+    rate, schedule or batch size: see ``--reverse_ratio`` in
+    docs/training.md and ``bench/bench_demo_validation.py``.
+    """
+    return [experiments, "demo", hdf5_file, "input", "streamlines",
+            "--step_size", "2.0", "--nb_previous_dirs", "2",
+            "--rnn_layer_sizes", "64", "--batch_size_training", "25",
+            "--learning_rate", "0.005", "--max_epochs", str(max_epochs),
+            "--seed", str(seed), "-f"]
+
+
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_run_demo.py."""
@@ -103,13 +117,8 @@ def main(argv=None):
     print(f"3. Training for {first_epochs} epochs")
     experiments = os.path.join(args.out_folder, "experiments")
     os.makedirs(experiments, exist_ok=True)
-    train_args = train_parser().parse_args([
-        experiments, "demo", hdf5_file, "input", "streamlines",
-        "--step_size", "2.0", "--nb_previous_dirs", "2",
-        "--rnn_layer_sizes", "64", "--batch_size_training", "25",
-        "--learning_rate", "0.005",
-        "--max_epochs", str(first_epochs),
-        "--seed", str(args.seed), "-f", "-v", args.verbose])
+    train_args = train_parser().parse_args(demo_training_args(
+        experiments, hdf5_file, first_epochs, args.seed) + ["-v", args.verbose])
     train_from_args(train_args)
     experiment_dir = os.path.join(experiments, "demo")
 
