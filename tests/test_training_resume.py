@@ -73,6 +73,33 @@ def test_stop_and_resume_equals_straight_run(tmp_path, hdf5_file, nb_workers):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_a_longer_resumed_run_follows_the_longer_schedule(tmp_path, hdf5_file,
+                                                         scheduler):
+    # 2 epochs planned, then --new_max_epochs 4: from epoch 2 on, the
+    # learning rate is that of a run planned for 4 epochs (not the 2-epoch
+    # curve, spent at epoch 2, and for cosine rising again after it).
+    experiments = str(tmp_path)
+
+    def args(name, max_epochs):
+        arguments = _train_args(experiments, name, hdf5_file, max_epochs, 0)
+        arguments[arguments.index("step")] = scheduler
+        return arguments
+
+    train_main(args("straight", 4))
+    train_main(args("extended", 2))
+    resume_cli.main([experiments, "extended", "--new_max_epochs", "4",
+                     "-v", "WARNING"])
+    straight = _logs(tmp_path / "straight")["learning_rate.npy"]
+    extended = _logs(tmp_path / "extended")["learning_rate.npy"]
+    assert len(straight) == len(extended) == 4
+    # Cosine's closed form against torch's recursive one: a few float64
+    # roundings apart.
+    np.testing.assert_allclose(extended[2:], straight[2:], rtol=1e-12)
+    assert not np.allclose(extended[:2], straight[:2], rtol=1e-3)
+    assert np.all(np.diff(straight[1:]) < 0)
+
+
 def test_sigkill_mid_epoch_then_resume_equals_straight_run(tmp_path, hdf5_file):
     experiments = str(tmp_path)
     train_main(_train_args(experiments, "straight", hdf5_file, 4, 0))

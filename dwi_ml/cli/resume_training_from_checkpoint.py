@@ -51,7 +51,10 @@ def build_parser():
     parser.add_argument("experiment_name", help="The experiment to continue.")
     group = parser.add_argument_group("Changes on resume")
     group.add_argument("--new_max_epochs", type=int,
-                       help="Train up to this many epochs in all.")
+                       help="Train up to this many epochs in all; cosine "
+                            "and onecycle schedules then follow the curve "
+                            "of a run planned for this many (default: the "
+                            "experiment's max_epochs).")
     group.add_argument("--new_patience", type=int,
                        help="New early-stopping patience, in epochs.")
     group.add_argument("--hdf5_file", help="New location of the HDF5 file.")

@@ -1,4 +1,6 @@
 """Optimizers and learning-rate schedulers chosen by name."""
+import warnings
+
 import torch
 
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -116,12 +118,62 @@ def step_scheduler(scheduler, epoch_loss=None):
     """Advance a scheduler; plateau schedulers need the epoch's loss.
 
     A per-batch scheduler with a fixed number of steps (OneCycleLR) stays
-    at its last value once its steps are spent, instead of failing.
+    at its last value once its steps are spent, instead of failing; its
+    ``last_epoch`` still counts the updates, so that a longer run resumed
+    from it (:func:`load_scheduler_state`) knows where it is.
     """
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(epoch_loss)
         return
     total_steps = getattr(scheduler, "total_steps", None)
     if total_steps is not None and scheduler.last_epoch + 1 >= total_steps:
+        scheduler.last_epoch += 1
         return
     scheduler.step()
+
+
+# State entries of a scheduler that follow from the run's length.
+_HORIZON_KEYS = ("T_max", "total_steps", "_schedule_phases")
+
+
+def load_scheduler_state(scheduler, saved_state):
+    """Restore a scheduler's saved state, keeping its own horizon.
+
+    ``scheduler`` was built for the run's current number of epochs. When
+    that number is the saved run's (a resume), this is
+    ``scheduler.load_state_dict(saved_state)``. When it changed (resume
+    with ``--new_max_epochs``), schedules planned over the run (``cosine``,
+    ``onecycle``) keep the new length: from the saved step on, the learning
+    rate follows the curve of a run planned for the new number of epochs,
+    instead of the old curve (which reaches zero at the old end, then
+    ``cosine`` rises again).
+
+    Parameters
+    ----------
+    scheduler : torch.optim.lr_scheduler.LRScheduler or ReduceLROnPlateau
+        Built by a :class:`SchedulerFactory`, on the optimizer whose state
+        was loaded already.
+    saved_state : dict
+        ``scheduler.state_dict()`` of the saved run.
+    """
+    fresh = scheduler.state_dict()
+    horizon = {key: fresh[key] for key in _HORIZON_KEYS if key in fresh}
+    if all(saved_state.get(key) == value for key, value in horizon.items()):
+        scheduler.load_state_dict(saved_state)
+        return
+    scheduler.load_state_dict({**saved_state, **horizon})
+    # The learning rate of the current step on the new curve: cosine's
+    # get_lr is recursive (from the old curve's value), hence its closed
+    # form; OneCycleLR's get_lr is already a function of the step.
+    total_steps = horizon.get("total_steps")
+    if total_steps is not None and scheduler.last_epoch >= total_steps:
+        return  # spent: stays at its last rate (see step_scheduler)
+    closed_form = getattr(scheduler, "_get_closed_form_lr", None)
+    with warnings.catch_warnings():
+        # get_lr outside step() warns; here it is the point.
+        warnings.simplefilter("ignore", UserWarning)
+        rates = (closed_form() if closed_form is not None
+                 else scheduler.get_lr())
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = list(rates)

@@ -25,6 +25,7 @@ from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.distributed import all_gather_objects, all_reduce_max, barrier
 from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
 from dwi_ml.training.interruptions import describe_stop
+from dwi_ml.training.optimizers import load_scheduler_state
 from dwi_ml.training.random_states import (
     get_global_random_states,
     set_global_random_states,
@@ -154,7 +155,7 @@ class TrainerCheckpointing:
                 f"with {saved_ranks} (found {self.distributed.world_size}), "
                 "then change the number at an epoch end.")
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_scheduler_state(self.scheduler, state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         set_global_random_states(self._own_rank_entry(state["random_states"]))
         self.dataloader_generator.set_state(
