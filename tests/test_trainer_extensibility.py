@@ -85,7 +85,11 @@ def test_one_cycle_factory_steps_per_batch(tmp_path, dataset):
     updates_per_epoch = -(-nb_batches // 2)
     assert trainer.scheduler.total_steps == 3 * updates_per_epoch
     trainer.train_and_validate()
-    assert trainer.scheduler.last_epoch == 3 * updates_per_epoch - 1
+    # One count per update; the last one, past the schedule's last step,
+    # leaves the rate as it was (step_scheduler).
+    assert trainer.scheduler.last_epoch == 3 * updates_per_epoch
+    assert trainer.scheduler.get_last_lr() == [
+        group["lr"] for group in trainer.optimizer.param_groups]
     lrs = np.load(tmp_path / "exp" / "logs" / "learning_rate.npy")
     # Warm-up then annealing: the middle epoch starts at a higher LR.
     assert lrs[1] > lrs[0] and lrs[1] > lrs[2]
