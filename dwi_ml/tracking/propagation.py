@@ -286,10 +286,12 @@ class BatchedTracker:
         lengths = torch.full_like(prefix_lengths, self.max_nb_points)
         stops = torch.full_like(lengths, int(StopReason.MAX_LENGTH))
         # Rows of the N streamlines still active, then per active row:
-        # its prefix length and its points out of the mask so far.
+        # its prefix length (read while prefixes are replayed) and its
+        # points out of the mask so far (kept only when some are allowed).
         active = torch.arange(nb_streamlines, device=self.device)
         active_prefix_lengths = prefix_lengths
-        invalid_counts = torch.zeros_like(lengths)
+        invalid_counts = (torch.zeros_like(lengths)
+                          if self.max_invalid_nb_points else None)
         longest_prefix = int(prefix_lengths.max())
         hidden_states = None
         first_directions = None
@@ -301,7 +303,8 @@ class BatchedTracker:
             # All active streamlines have t + 1 points (lockstep): one
             # gather gives the model its (n, m, 3) context and the angle
             # criterion the previous point.
-            recent = points[active, self._first_context_row(t):t + 1]
+            recent = points[:, self._first_context_row(t):t + 1].index_select(
+                0, active)
             current = recent[:, -1]
             context = (recent if self.context_points is None
                        else recent[:, -self.context_points:])
@@ -330,32 +333,42 @@ class BatchedTracker:
                 self._check_next_points(directions,
                                         self._eos_stops(outputs, eos_probs),
                                         recent, t, growing)
-            invalid_counts += out_of_mask
-            stop_codes.masked_fill_(
-                invalid_counts > self.max_invalid_nb_points,
-                int(StopReason.MASK))
+            if out_of_mask is not None:
+                # With no point allowed out of the mask, all counts are 0
+                # before the step: the first one is past the limit.
+                past_limit = out_of_mask
+                if invalid_counts is not None:
+                    invalid_counts += out_of_mask
+                    past_limit = invalid_counts > self.max_invalid_nb_points
+                stop_codes.masked_fill_(past_limit, int(StopReason.MASK))
             # Points past a streamline's length are never read: every
             # growing streamline writes its next point, stopped or not.
             if growing is None:
                 points[:, t + 1].index_copy_(0, active, next_points)
             else:
                 points[active[growing], t + 1] = next_points[growing]
-            # Integer rows: cheaper than boolean masks for the few gathers.
+            # Integer rows (index_select, index_copy_): cheaper than boolean
+            # masks or advanced indexing for these few gathers.
             stopped = torch.nonzero(stop_codes).squeeze(1)
             if len(stopped):
-                stopped_rows = active[stopped]
-                stops.index_copy_(0, stopped_rows, stop_codes[stopped])
-                new_lengths = torch.full_like(stopped, t + 1)
-                if self.append_last_point:
-                    new_lengths += (out_of_mask & (stop_codes
-                                                   == StopReason.MASK))[stopped]
-                lengths.index_copy_(0, stopped_rows, new_lengths)
+                stopped_rows = active.index_select(0, stopped)
+                stops.index_copy_(0, stopped_rows,
+                                  stop_codes.index_select(0, stopped))
+                if self.append_last_point and out_of_mask is not None:
+                    lengths.index_copy_(0, stopped_rows, (out_of_mask & (
+                        stop_codes == StopReason.MASK)).index_select(
+                            0, stopped) + (t + 1))
+                else:
+                    lengths.index_fill_(0, stopped_rows, t + 1)
                 keep = torch.nonzero(stop_codes == 0).squeeze(1)
-                active = active[keep]
-                active_prefix_lengths = active_prefix_lengths[keep]
-                invalid_counts = invalid_counts[keep]
+                active = active.index_select(0, keep)
+                if t + 2 < longest_prefix:
+                    active_prefix_lengths = active_prefix_lengths.index_select(
+                        0, keep)
+                if invalid_counts is not None:
+                    invalid_counts = invalid_counts.index_select(0, keep)
                 if inputs is not None:
-                    inputs = inputs[keep]
+                    inputs = inputs.index_select(0, keep)
                 hidden_states = self.model.select_hidden_states(
                     hidden_states, keep)
         return points, lengths, stops, first_directions
@@ -393,14 +406,15 @@ class BatchedTracker:
         (n,) bool or None, ``recent`` (n, m, 3) the streamlines' last
         points (at least 2 from t = 1) and ``growing`` (n,) bool, or None
         when all grow. Returns (codes (n,), next_points (n, 3),
-        out_of_mask (n,) bool, next_inputs (n, F) or None); code 0 means
-        the point is added. ``next_inputs`` are the model's inputs at the
-        next points, read with the mask (see :meth:`_join_inputs_and_mask`)
-        when all streamlines grow.
+        out_of_mask (n,) bool or None, next_inputs (n, F) or None); code 0
+        means the point is added. ``next_inputs`` are the model's inputs at
+        the next points, read with the mask (see
+        :meth:`_join_inputs_and_mask`) when all streamlines grow.
         ``out_of_mask`` marks growing streamlines whose next point is in
-        the volume but out of the tracking mask: the caller counts them
-        against ``max_invalid_nb_points`` and gives ``MASK`` to those past
-        it, which wins over the codes here. Criteria are written from the
+        the volume but out of the tracking mask (None without a mask: none
+        can be); the caller counts them against ``max_invalid_nb_points``
+        and gives ``MASK`` to those past it, which wins over the codes
+        here. Criteria are written from the
         lowest priority up, so that the highest (EOS, then angle, then
         leaving the volume) wins. Streamlines not ``growing`` (still
         replaying their prefix) get 0.
@@ -412,15 +426,14 @@ class BatchedTracker:
         next_points = current + steps
         next_inputs = None
         if self._inputs_and_mask is None or growing is not None:
-            in_volume, in_mask = self.tracking_mask.check(next_points)
+            in_volume, out_of_mask = self.tracking_mask.check(next_points)
         else:
             values = interpolate_volume_at_coordinates(self._inputs_and_mask,
                                                        next_points)
             next_inputs = values[:, :-1]
-            in_volume, in_mask = self.tracking_mask.check(next_points,
-                                                          values[:, -1])
+            in_volume, out_of_mask = self.tracking_mask.check(next_points,
+                                                              values[:, -1])
         codes = torch.where(in_volume, 0, int(StopReason.MASK))
-        out_of_mask = in_volume & ~in_mask
         if t >= 1:
             previous_steps = current - recent[:, -2]
             codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
@@ -431,9 +444,9 @@ class BatchedTracker:
             codes.masked_fill_(eos_stops, int(StopReason.EOS))
         if growing is not None:
             codes.masked_fill_(~growing, 0)
-            out_of_mask &= growing
+            if out_of_mask is not None:
+                out_of_mask &= growing
         return codes, next_points, out_of_mask, next_inputs
-
 
 def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
     """Refuse, before tracking, streamlines longer than a model's
