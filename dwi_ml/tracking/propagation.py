@@ -329,10 +329,12 @@ class BatchedTracker:
                     directions = torch.where(
                         (prefix_lengths == 1)[:, None], seed_directions,
                         directions)
+            known_next_points = (None if growing is None else
+                                 points[:, t + 1].index_select(0, active))
             stop_codes, next_points, out_of_mask, inputs = \
                 self._check_next_points(directions,
                                         self._eos_stops(outputs, eos_probs),
-                                        recent, t, growing)
+                                        recent, t, growing, known_next_points)
             if out_of_mask is not None:
                 # With no point allowed out of the mask, all counts are 0
                 # before the step: the first one is past the limit.
@@ -342,11 +344,9 @@ class BatchedTracker:
                     past_limit = invalid_counts > self.max_invalid_nb_points
                 stop_codes.masked_fill_(past_limit, int(StopReason.MASK))
             # Points past a streamline's length are never read: every
-            # growing streamline writes its next point, stopped or not.
-            if growing is None:
-                points[:, t + 1].index_copy_(0, active, next_points)
-            else:
-                points[active[growing], t + 1] = next_points[growing]
+            # streamline writes its next point, stopped or not (those
+            # replaying their prefix write the known one again).
+            points[:, t + 1].index_copy_(0, active, next_points)
             # Integer rows (index_select, index_copy_): cheaper than boolean
             # masks or advanced indexing for these few gathers.
             stopped = torch.nonzero(stop_codes).squeeze(1)
@@ -399,17 +399,19 @@ class BatchedTracker:
             return self.model.eos_is_most_likely(outputs)
         return eos_probs > self.eos_threshold
 
-    def _check_next_points(self, directions, eos_stops, recent, t, growing):
+    def _check_next_points(self, directions, eos_stops, recent, t, growing,
+                           known_next_points=None):
         """Next point of each active streamline and its StopReason.
 
         ``directions`` (n, 3) are unit vectors in voxel space, ``eos_stops``
         (n,) bool or None, ``recent`` (n, m, 3) the streamlines' last
         points (at least 2 from t = 1) and ``growing`` (n,) bool, or None
-        when all grow. Returns (codes (n,), next_points (n, 3),
+        when all grow; the others go to their ``known_next_points`` (n, 3)
+        (their prefix). Returns (codes (n,), next_points (n, 3),
         out_of_mask (n,) bool or None, next_inputs (n, F) or None); code 0
         means the point is added. ``next_inputs`` are the model's inputs at
         the next points, read with the mask (see
-        :meth:`_join_inputs_and_mask`) when all streamlines grow.
+        :meth:`_join_inputs_and_mask`).
         ``out_of_mask`` marks growing streamlines whose next point is in
         the volume but out of the tracking mask (None without a mask: none
         can be); the caller counts them against ``max_invalid_nb_points``
@@ -424,8 +426,11 @@ class BatchedTracker:
                               / lengths_mm.clamp(min=1e-12))[:, None]
         current = recent[:, -1]
         next_points = current + steps
+        if growing is not None:
+            next_points = torch.where(growing[:, None], next_points,
+                                      known_next_points)
         next_inputs = None
-        if self._inputs_and_mask is None or growing is not None:
+        if self._inputs_and_mask is None:
             in_volume, out_of_mask = self.tracking_mask.check(next_points)
         else:
             values = interpolate_volume_at_coordinates(self._inputs_and_mask,
@@ -434,7 +439,7 @@ class BatchedTracker:
             in_volume, out_of_mask = self.tracking_mask.check(next_points,
                                                               values[:, -1])
         codes = torch.where(in_volume, 0, int(StopReason.MASK))
-        if t >= 1:
+        if t >= 1 and self.max_angle_deg < 180:
             previous_steps = current - recent[:, -2]
             codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
                                                self.to_mm(steps),
