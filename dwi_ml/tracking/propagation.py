@@ -53,6 +53,7 @@ from dwi_ml.tracking.tracked_streamlines import (
     reverse_padded,
     scatter_rows,
 )
+from dwi_ml.tracking.training_facts import check_model_max_len
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class BatchedTracker:
             raise DwiMLUserError(
                 f"argument 'max_length': expected at least one step of "
                 f"{self.step_size_mm} mm, found {max_length_mm} mm.")
-        _check_model_max_len(model, self.max_nb_points, self.step_size_mm,
+        check_model_max_len(model, self.max_nb_points, self.step_size_mm,
                              max_length_mm)
         if eos_threshold is not None and not getattr(model, "add_eos", False):
             raise DwiMLUserError(
@@ -293,10 +294,8 @@ class BatchedTracker:
         invalid_counts = (torch.zeros_like(lengths)
                           if self.max_invalid_nb_points else None)
         longest_prefix = int(prefix_lengths.max())
-        hidden_states = None
-        first_directions = None
-        # The inputs at the current points, when the last step read them.
-        inputs = None
+        # inputs: at the current points, when the last step read them.
+        hidden_states = first_directions = inputs = None
         for t in range(self.max_nb_points - 1):
             if len(active) == 0:
                 break
@@ -343,12 +342,10 @@ class BatchedTracker:
                     invalid_counts += out_of_mask
                     past_limit = invalid_counts > self.max_invalid_nb_points
                 stop_codes.masked_fill_(past_limit, int(StopReason.MASK))
-            # Points past a streamline's length are never read: every
-            # streamline writes its next point, stopped or not (those
-            # replaying their prefix write the known one again).
+            # Rows past a length are never read: all write their next point
+            # (stopped or not; those replaying a prefix, the known one).
             points[:, t + 1].index_copy_(0, active, next_points)
-            # Integer rows (index_select, index_copy_): cheaper than boolean
-            # masks or advanced indexing for these few gathers.
+            # Integer rows: cheaper than boolean masks or advanced indexing.
             stopped = torch.nonzero(stop_codes).squeeze(1)
             if len(stopped):
                 stopped_rows = active.index_select(0, stopped)
@@ -413,13 +410,12 @@ class BatchedTracker:
         the next points, read with the mask (see
         :meth:`_join_inputs_and_mask`).
         ``out_of_mask`` marks growing streamlines whose next point is in
-        the volume but out of the tracking mask (None without a mask: none
-        can be); the caller counts them against ``max_invalid_nb_points``
-        and gives ``MASK`` to those past it, which wins over the codes
-        here. Criteria are written from the
-        lowest priority up, so that the highest (EOS, then angle, then
-        leaving the volume) wins. Streamlines not ``growing`` (still
-        replaying their prefix) get 0.
+        the volume but out of the tracking mask (None without a mask); the
+        caller counts them against ``max_invalid_nb_points`` and gives
+        ``MASK`` to those past it, which wins over the codes here. Criteria
+        are written from the lowest priority up, so that the highest (EOS,
+        then angle, then leaving the volume) wins. Streamlines not
+        ``growing`` (still replaying their prefix) get 0.
         """
         lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
         steps = directions * (self.step_size_mm
@@ -452,16 +448,3 @@ class BatchedTracker:
             if out_of_mask is not None:
                 out_of_mask &= growing
         return codes, next_points, out_of_mask, next_inputs
-
-def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
-    """Refuse, before tracking, streamlines longer than a model's
-    ``max_len`` (Transformers: positions it can encode); a streamline of
-    ``nb_points`` points takes ``nb_points - 1`` model steps."""
-    max_len = getattr(model, "max_len", None)
-    if max_len is not None and nb_points - 1 > max_len:
-        raise DwiMLUserError(
-            f"argument 'max_length': the model takes at most max_len="
-            f"{max_len} steps per streamline, i.e. {max_len * step_size_mm:g}"
-            f" mm at {step_size_mm:g} mm per step; found {max_length_mm:g} "
-            f"mm ({nb_points - 1} steps). Track with a max_length of at most "
-            f"{max_len * step_size_mm:g} mm.")
