@@ -106,7 +106,7 @@ class AbstractDirectionGetter(torch.nn.Module):
         # In eval mode the dropout is the identity: the two products and the
         # ReLU called directly give the same values without three module
         # calls, which cost more than the products at a tracking step.
-        first, last = self.layers[0], self.layers[-1]
+        first, _, _, last = self.layers
         return F.linear(F.relu(F.linear(hidden, first.weight, first.bias)),
                         last.weight, last.bias)
 
