@@ -135,7 +135,7 @@ class BatchedTracker:
                 f"argument 'max_length': expected at least one step of "
                 f"{self.step_size_mm} mm, found {max_length_mm} mm.")
         check_model_max_len(model, self.max_nb_points, self.step_size_mm,
-                             max_length_mm)
+                            max_length_mm)
         if eos_threshold is not None and not getattr(model, "add_eos", False):
             raise DwiMLUserError(
                 f"argument 'eos_stop': the model predicts no EOS, found a "
@@ -342,8 +342,7 @@ class BatchedTracker:
                     invalid_counts += out_of_mask
                     past_limit = invalid_counts > self.max_invalid_nb_points
                 stop_codes.masked_fill_(past_limit, int(StopReason.MASK))
-            # Rows past a length are never read: all write their next point
-            # (stopped or not; those replaying a prefix, the known one).
+            # All write their next point: rows past a length are never read.
             points[:, t + 1].index_copy_(0, active, next_points)
             # Integer rows: cheaper than boolean masks or advanced indexing.
             stopped = torch.nonzero(stop_codes).squeeze(1)
@@ -435,6 +434,7 @@ class BatchedTracker:
             in_volume, out_of_mask = self.tracking_mask.check(next_points,
                                                               values[:, -1])
         codes = torch.where(in_volume, 0, int(StopReason.MASK))
+        # At 180 degrees or more no turn stops (steps_too_sharp): skipped.
         if t >= 1 and self.max_angle_deg < 180:
             previous_steps = current - recent[:, -2]
             codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
