@@ -114,6 +114,22 @@ def test_both_methods_agree_and_chunks_are_seamless(volume, monkeypatch):
     np.testing.assert_array_equal(_interpolate(volume, coords, "gather"), gather)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_and_many_points_give_the_same_bits(volume, monkeypatch, dtype):
+    """Up to _BROADCAST_MAX_NB_POINTS points (a tracking step), the corner
+    weights come from a broadcast product, beyond from 1D columns: the same
+    products in the same order, so every point's value is the same whether
+    it is interpolated with few or many others."""
+    coords = (np.random.default_rng(3).random((600, 3))
+              * (np.array(SHAPE[:3]) + 4) - 2).astype(dtype)
+    many = _interpolate(volume, coords, "gather")
+    monkeypatch.setattr(interpolation, "_BROADCAST_MAX_NB_POINTS", 0)
+    np.testing.assert_array_equal(_interpolate(volume, coords, "gather"), many)
+    monkeypatch.setattr(interpolation, "_BROADCAST_MAX_NB_POINTS", 1024)
+    monkeypatch.setattr(interpolation, "_CHUNK_NB_POINTS", 7)
+    np.testing.assert_array_equal(_interpolate(volume, coords, "gather"), many)
+
+
 def test_axis_of_size_one():
     flat_volume = np.arange(6, dtype=np.float32).reshape(2, 1, 3, 1)
     values = _interpolate(flat_volume, np.array([[1.5, 0.9, 1.0], [0.5, 0.5, 2.5]]),

@@ -4,14 +4,18 @@ A diagonal affine turns voxel displacements into mm with one product per
 coordinate instead of a matrix product, a model without a neighbourhood
 reads the volume at the points themselves instead of adding a zero
 offset, and the tracking mask is read with the next step's inputs from one
-joined table: tracks must not change. Real untrained Learn2track models
-(seeded), a random volume and a tracking mask.
+joined table; in eval mode a direction getter calls its layers directly
+and scales its directions without ``F.normalize``: tracks must not
+change. Real untrained Learn2track models (seeded), a random volume and a
+tracking mask.
 """
 import numpy as np
 import torch
 
 from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
 from dwi_ml.models import Learn2TrackModel
+from dwi_ml.models.direction_getters import make_direction_getter
+from dwi_ml.models.direction_getters.base import unit_vectors
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.stopping import TrackingMask
 
@@ -128,6 +132,24 @@ def test_neighbourhood_inputs_are_read_at_the_offsets():
         tracker.volume, points + offset) for offset in tracker.offsets],
         dim=1)
     assert torch.equal(inputs, expected)
+
+
+def test_eval_getter_gives_its_layers_values():
+    getter = make_direction_getter("gaussian", 16, {"dropout": 0.5,
+                                                    "add_eos": True}).eval()
+    hidden = torch.randn(50, 16, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert torch.equal(getter(hidden), getter.layers(hidden))
+
+
+def test_unit_vectors_are_normalize_bit_for_bit():
+    vectors = torch.randn(200, 3, generator=torch.Generator().manual_seed(4))
+    vectors[0] = 0  # the 1e-12 clamp: zeros stay zeros
+    vectors[1] *= 1e-20
+    for dtype in (torch.float32, torch.float64):
+        typed = vectors.to(dtype)
+        assert torch.equal(unit_vectors(typed),
+                           torch.nn.functional.normalize(typed, dim=1))
 
 
 def test_interpolation_first_called_under_inference_mode():

@@ -53,6 +53,7 @@ from dwi_ml.tracking.tracked_streamlines import (
     reverse_padded,
     scatter_rows,
 )
+from dwi_ml.tracking.training_facts import check_model_max_len
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ class BatchedTracker:
             raise DwiMLUserError(
                 f"argument 'max_length': expected at least one step of "
                 f"{self.step_size_mm} mm, found {max_length_mm} mm.")
-        _check_model_max_len(model, self.max_nb_points, self.step_size_mm,
-                             max_length_mm)
+        check_model_max_len(model, self.max_nb_points, self.step_size_mm,
+                            max_length_mm)
         if eos_threshold is not None and not getattr(model, "add_eos", False):
             raise DwiMLUserError(
                 f"argument 'eos_stop': the model predicts no EOS, found a "
@@ -286,22 +287,23 @@ class BatchedTracker:
         lengths = torch.full_like(prefix_lengths, self.max_nb_points)
         stops = torch.full_like(lengths, int(StopReason.MAX_LENGTH))
         # Rows of the N streamlines still active, then per active row:
-        # its prefix length and its points out of the mask so far.
+        # its prefix length (read while prefixes are replayed) and its
+        # points out of the mask so far (kept only when some are allowed).
         active = torch.arange(nb_streamlines, device=self.device)
         active_prefix_lengths = prefix_lengths
-        invalid_counts = torch.zeros_like(lengths)
+        invalid_counts = (torch.zeros_like(lengths)
+                          if self.max_invalid_nb_points else None)
         longest_prefix = int(prefix_lengths.max())
-        hidden_states = None
-        first_directions = None
-        # The inputs at the current points, when the last step read them.
-        inputs = None
+        # inputs: at the current points, when the last step read them.
+        hidden_states = first_directions = inputs = None
         for t in range(self.max_nb_points - 1):
             if len(active) == 0:
                 break
             # All active streamlines have t + 1 points (lockstep): one
             # gather gives the model its (n, m, 3) context and the angle
             # criterion the previous point.
-            recent = points[active, self._first_context_row(t):t + 1]
+            recent = points[:, self._first_context_row(t):t + 1].index_select(
+                0, active)
             current = recent[:, -1]
             context = (recent if self.context_points is None
                        else recent[:, -self.context_points:])
@@ -326,36 +328,43 @@ class BatchedTracker:
                     directions = torch.where(
                         (prefix_lengths == 1)[:, None], seed_directions,
                         directions)
+            known_next_points = (None if growing is None else
+                                 points[:, t + 1].index_select(0, active))
             stop_codes, next_points, out_of_mask, inputs = \
                 self._check_next_points(directions,
                                         self._eos_stops(outputs, eos_probs),
-                                        recent, t, growing)
-            invalid_counts += out_of_mask
-            stop_codes.masked_fill_(
-                invalid_counts > self.max_invalid_nb_points,
-                int(StopReason.MASK))
-            # Points past a streamline's length are never read: every
-            # growing streamline writes its next point, stopped or not.
-            if growing is None:
-                points[:, t + 1].index_copy_(0, active, next_points)
-            else:
-                points[active[growing], t + 1] = next_points[growing]
-            # Integer rows: cheaper than boolean masks for the few gathers.
+                                        recent, t, growing, known_next_points)
+            if out_of_mask is not None:
+                # With no point allowed out of the mask, all counts are 0
+                # before the step: the first one is past the limit.
+                past_limit = out_of_mask
+                if invalid_counts is not None:
+                    invalid_counts += out_of_mask
+                    past_limit = invalid_counts > self.max_invalid_nb_points
+                stop_codes.masked_fill_(past_limit, int(StopReason.MASK))
+            # All write their next point: rows past a length are never read.
+            points[:, t + 1].index_copy_(0, active, next_points)
+            # Integer rows: cheaper than boolean masks or advanced indexing.
             stopped = torch.nonzero(stop_codes).squeeze(1)
             if len(stopped):
-                stopped_rows = active[stopped]
-                stops.index_copy_(0, stopped_rows, stop_codes[stopped])
-                new_lengths = torch.full_like(stopped, t + 1)
-                if self.append_last_point:
-                    new_lengths += (out_of_mask & (stop_codes
-                                                   == StopReason.MASK))[stopped]
-                lengths.index_copy_(0, stopped_rows, new_lengths)
+                stopped_rows = active.index_select(0, stopped)
+                stops.index_copy_(0, stopped_rows,
+                                  stop_codes.index_select(0, stopped))
+                if self.append_last_point and out_of_mask is not None:
+                    lengths.index_copy_(0, stopped_rows, (out_of_mask & (
+                        stop_codes == StopReason.MASK)).index_select(
+                            0, stopped) + (t + 1))
+                else:
+                    lengths.index_fill_(0, stopped_rows, t + 1)
                 keep = torch.nonzero(stop_codes == 0).squeeze(1)
-                active = active[keep]
-                active_prefix_lengths = active_prefix_lengths[keep]
-                invalid_counts = invalid_counts[keep]
+                active = active.index_select(0, keep)
+                if t + 2 < longest_prefix:
+                    active_prefix_lengths = active_prefix_lengths.index_select(
+                        0, keep)
+                if invalid_counts is not None:
+                    invalid_counts = invalid_counts.index_select(0, keep)
                 if inputs is not None:
-                    inputs = inputs[keep]
+                    inputs = inputs.index_select(0, keep)
                 hidden_states = self.model.select_hidden_states(
                     hidden_states, keep)
         return points, lengths, stops, first_directions
@@ -386,42 +395,47 @@ class BatchedTracker:
             return self.model.eos_is_most_likely(outputs)
         return eos_probs > self.eos_threshold
 
-    def _check_next_points(self, directions, eos_stops, recent, t, growing):
+    def _check_next_points(self, directions, eos_stops, recent, t, growing,
+                           known_next_points=None):
         """Next point of each active streamline and its StopReason.
 
         ``directions`` (n, 3) are unit vectors in voxel space, ``eos_stops``
         (n,) bool or None, ``recent`` (n, m, 3) the streamlines' last
         points (at least 2 from t = 1) and ``growing`` (n,) bool, or None
-        when all grow. Returns (codes (n,), next_points (n, 3),
-        out_of_mask (n,) bool, next_inputs (n, F) or None); code 0 means
-        the point is added. ``next_inputs`` are the model's inputs at the
-        next points, read with the mask (see :meth:`_join_inputs_and_mask`)
-        when all streamlines grow.
+        when all grow; the others go to their ``known_next_points`` (n, 3)
+        (their prefix). Returns (codes (n,), next_points (n, 3),
+        out_of_mask (n,) bool or None, next_inputs (n, F) or None); code 0
+        means the point is added. ``next_inputs`` are the model's inputs at
+        the next points, read with the mask (see
+        :meth:`_join_inputs_and_mask`).
         ``out_of_mask`` marks growing streamlines whose next point is in
-        the volume but out of the tracking mask: the caller counts them
-        against ``max_invalid_nb_points`` and gives ``MASK`` to those past
-        it, which wins over the codes here. Criteria are written from the
-        lowest priority up, so that the highest (EOS, then angle, then
-        leaving the volume) wins. Streamlines not ``growing`` (still
-        replaying their prefix) get 0.
+        the volume but out of the tracking mask (None without a mask); the
+        caller counts them against ``max_invalid_nb_points`` and gives
+        ``MASK`` to those past it, which wins over the codes here. Criteria
+        are written from the lowest priority up, so that the highest (EOS,
+        then angle, then leaving the volume) wins. Streamlines not
+        ``growing`` (still replaying their prefix) get 0.
         """
         lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
         steps = directions * (self.step_size_mm
                               / lengths_mm.clamp(min=1e-12))[:, None]
         current = recent[:, -1]
         next_points = current + steps
+        if growing is not None:
+            next_points = torch.where(growing[:, None], next_points,
+                                      known_next_points)
         next_inputs = None
-        if self._inputs_and_mask is None or growing is not None:
-            in_volume, in_mask = self.tracking_mask.check(next_points)
+        if self._inputs_and_mask is None:
+            in_volume, out_of_mask = self.tracking_mask.check(next_points)
         else:
             values = interpolate_volume_at_coordinates(self._inputs_and_mask,
                                                        next_points)
             next_inputs = values[:, :-1]
-            in_volume, in_mask = self.tracking_mask.check(next_points,
-                                                          values[:, -1])
+            in_volume, out_of_mask = self.tracking_mask.check(next_points,
+                                                              values[:, -1])
         codes = torch.where(in_volume, 0, int(StopReason.MASK))
-        out_of_mask = in_volume & ~in_mask
-        if t >= 1:
+        # At 180 degrees or more no turn stops (steps_too_sharp): skipped.
+        if t >= 1 and self.max_angle_deg < 180:
             previous_steps = current - recent[:, -2]
             codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
                                                self.to_mm(steps),
@@ -431,19 +445,6 @@ class BatchedTracker:
             codes.masked_fill_(eos_stops, int(StopReason.EOS))
         if growing is not None:
             codes.masked_fill_(~growing, 0)
-            out_of_mask &= growing
+            if out_of_mask is not None:
+                out_of_mask &= growing
         return codes, next_points, out_of_mask, next_inputs
-
-
-def _check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
-    """Refuse, before tracking, streamlines longer than a model's
-    ``max_len`` (Transformers: positions it can encode); a streamline of
-    ``nb_points`` points takes ``nb_points - 1`` model steps."""
-    max_len = getattr(model, "max_len", None)
-    if max_len is not None and nb_points - 1 > max_len:
-        raise DwiMLUserError(
-            f"argument 'max_length': the model takes at most max_len="
-            f"{max_len} steps per streamline, i.e. {max_len * step_size_mm:g}"
-            f" mm at {step_size_mm:g} mm per step; found {max_length_mm:g} "
-            f"mm ({nb_points - 1} steps). Track with a max_length of at most "
-            f"{max_len * step_size_mm:g} mm.")

@@ -105,10 +105,12 @@ class TrackingMask:
             Voxel space, corner origin, on the mask's device. Points must
             lie in ``[0, dim)`` on each axis.
         """
-        return self.check(points_vox_corner)[1]
+        inside, out_of_mask = self.check(points_vox_corner)
+        return inside if out_of_mask is None else inside & ~out_of_mask
 
     def check(self, points_vox_corner, mask_values=None):
-        """:meth:`inside_volume` and :meth:`contains` of the points at once.
+        """Which points are in the volume, and which of those are out of
+        the mask: a tracking step's two tests at once.
 
         Parameters
         ----------
@@ -118,17 +120,21 @@ class TrackingMask:
 
         Returns
         -------
-        inside, contains : torch.Tensor, bool (P,)
+        inside : torch.Tensor, bool (P,)
+            :meth:`inside_volume`.
+        out_of_mask : torch.Tensor, bool (P,), or None
+            Inside the volume but not :meth:`contains`; None without a mask
+            (no point is then out of it).
         """
         inside = self.inside_volume(points_vox_corner)
         if self._volume is None:
-            return inside, inside
+            return inside, None
         if self.interp == "nearest":
-            return inside, inside & self._voxel_values(points_vox_corner)
+            return inside, inside & ~self._voxel_values(points_vox_corner)
         if mask_values is None:
             mask_values = interpolate_volume_at_coordinates(
                 self._volume, points_vox_corner)[:, 0]
-        return inside, inside & (mask_values >= MASK_THRESHOLD)
+        return inside, inside & ~(mask_values >= MASK_THRESHOLD)
 
     @property
     def trilinear_volume(self):

@@ -4,6 +4,8 @@ A model trained without its own step size saw the streamlines of its HDF5
 file at that file's step size, so tracking uses that step by default. A
 model trained without reversed streamlines has never seen a streamline run
 backwards, so the backward half of two-way tracking is out of its training.
+A model with a ``max_len`` (the Transformers' positions) cannot track
+longer streamlines.
 """
 import logging
 import numbers
@@ -85,3 +87,17 @@ def warn_if_not_trained_backward(experiment_dir, forward_only):
             "(--reverse_ratio 0): the backward half of each streamline may "
             "stop at once. Train with --reverse_ratio 0.5, or track with "
             "--track_forward_only.")
+
+
+def check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
+    """Refuse, before tracking, streamlines longer than a model's
+    ``max_len`` (Transformers: positions it can encode); a streamline of
+    ``nb_points`` points takes ``nb_points - 1`` model steps."""
+    max_len = getattr(model, "max_len", None)
+    if max_len is not None and nb_points - 1 > max_len:
+        raise DwiMLUserError(
+            f"argument 'max_length': the model takes at most max_len="
+            f"{max_len} steps per streamline, i.e. {max_len * step_size_mm:g}"
+            f" mm at {step_size_mm:g} mm per step; found {max_length_mm:g} "
+            f"mm ({nb_points - 1} steps). Track with a max_length of at most "
+            f"{max_len * step_size_mm:g} mm.")

@@ -4,7 +4,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
+from dwi_ml.models.direction_getters.base import (
+    AbstractDirectionGetter,
+    unit_vectors,
+)
 
 # Beyond these, float32 cannot tell the densities apart: exp(20) ~ 5e8 is a
 # spread of ~5e-5 rad, and the normaliser stays exact down to exp(-20).
@@ -84,7 +87,7 @@ class FisherVonMisesDG(AbstractDirectionGetter):
                                     F.normalize(target_dirs, dim=1))
 
     def get_det_directions(self, dir_outputs):
-        return F.normalize(dir_outputs[:, :3], dim=1)
+        return unit_vectors(dir_outputs[:, :3])
 
     def sample_directions(self, dir_outputs, generator):
         mean_dirs, log_kappas = self._split(dir_outputs)

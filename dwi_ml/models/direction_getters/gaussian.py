@@ -12,7 +12,10 @@ import torch.nn.functional as F
 
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
+from dwi_ml.models.direction_getters.base import (
+    AbstractDirectionGetter,
+    unit_vectors,
+)
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -74,13 +77,13 @@ class GaussianDG(AbstractDirectionGetter):
         return losses
 
     def get_det_directions(self, dir_outputs):
-        return F.normalize(dir_outputs[:, :3], dim=1)
+        return unit_vectors(dir_outputs[:, :3])
 
     def sample_directions(self, dir_outputs, generator):
         means, sigmas = dir_outputs[:, :3], torch.exp(dir_outputs[:, 3:6])
         noise = torch.randn(means.shape, generator=generator,
                             device=means.device, dtype=means.dtype)
-        return F.normalize(means + sigmas * noise, dim=1)
+        return unit_vectors(means + sigmas * noise)
 
 
 class GaussianMixtureDG(AbstractDirectionGetter):
@@ -138,7 +141,7 @@ class GaussianMixtureDG(AbstractDirectionGetter):
     def get_det_directions(self, dir_outputs):
         log_weights, means, _ = self.split_mixture(dir_outputs)
         best = torch.argmax(log_weights, dim=1)
-        return F.normalize(means[torch.arange(len(best)), best], dim=1)
+        return unit_vectors(means[torch.arange(len(best)), best])
 
     def sample_directions(self, dir_outputs, generator):
         log_weights, means, log_sigmas = self.split_mixture(dir_outputs)
@@ -149,4 +152,4 @@ class GaussianMixtureDG(AbstractDirectionGetter):
                             device=means.device, dtype=means.dtype)
         draws = (means[rows, chosen]
                  + torch.exp(log_sigmas[rows, chosen]) * noise)
-        return F.normalize(draws, dim=1)
+        return unit_vectors(draws)

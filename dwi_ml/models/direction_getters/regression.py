@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from dwi_ml.io_utils.arg_checks import check_positive_float
-from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
+from dwi_ml.models.direction_getters.base import (
+    AbstractDirectionGetter,
+    unit_vectors,
+)
 
 
 class _RegressionDG(AbstractDirectionGetter):
@@ -41,7 +44,7 @@ class _RegressionDG(AbstractDirectionGetter):
                 _rescale(target_dirs, self.normalize_targets))
 
     def get_det_directions(self, dir_outputs):
-        return F.normalize(dir_outputs, dim=1)
+        return unit_vectors(dir_outputs)
 
 
 class CosineRegressionDG(_RegressionDG):
