@@ -284,6 +284,24 @@ def test_cached_steps_equal_full_forward(cls, config):
         torch.testing.assert_close(got, expected, **TIGHT)
 
 
+def test_windowed_cache_keeps_at_most_the_window():
+    # 40 steps with a window of 3: every buffer stays at 3 positions (a
+    # ring), and the steps still equal the full forward
+    # (test_cached_steps_equal_full_forward covers the values).
+    model = eval_double(OriginalTransformerModel, dict(attention_window=3))
+    inputs, streamlines = make_batch(model, lengths=(41, 41))
+    cache = None
+    with torch.no_grad():
+        for t in range(40):
+            _, cache = model.forward_step(
+                torch.stack([x[t] for x in inputs]),
+                [s[:t + 1] for s in streamlines], cache)
+    for buffer in cache.encoder + cache.decoder + cache.cross:
+        assert buffer.keys.shape[2] == 3 and buffer.length == 40
+    with pytest.raises(ValueError, match="one position at a time"):
+        buffer.append(buffer.keys[:, :, :2], buffer.values[:, :, :2])
+
+
 def test_select_hidden_states_reorders_rows():
     model = eval_double(OriginalTransformerModel, {})
     inputs, streamlines = make_batch(model)

@@ -215,7 +215,8 @@ class TransformerModelAbstract(DirectionGetterModel):
     def new_buffers(self, n_layers, like):
         """``n_layers`` empty key/value buffers like ``like`` (N, ...)."""
         return tuple(KeyValueBuffer.empty(like, self.nheads,
-                                          self.d_model // self.nheads)
+                                          self.d_model // self.nheads,
+                                          self.attention_window)
                      for _ in range(n_layers))
 
     def run_stack(self, stack, tokens, layout, buffers=None, memories=None):

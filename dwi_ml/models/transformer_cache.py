@@ -40,6 +40,12 @@ class KeyValueBuffer:
     copies of the past. A single query reads the first ``length``
     positions of each (row, head), which are contiguous.
 
+    With an attention window W (the model's ``attention_window``) the
+    buffer holds at most W positions: once full, each new position
+    overwrites the oldest one's slot (a ring), so tracking memory stays
+    bounded too. The slots are then out of order, which attention does not
+    see: its weights and sum do not depend on the order of the keys.
+
     Dropping stopped streamlines (:meth:`select`) gathers the kept rows
     into a second, spare storage of the same capacity, kept from one
     select to the next: a fresh allocation would cost page faults on every
@@ -55,13 +61,17 @@ class KeyValueBuffer:
         Streamlines in the buffer; None: all rows of the storages.
     spare : tuple of two torch.Tensor or None
         Storages that :meth:`select` may overwrite.
+    window : int or None
+        Positions kept at most (a ring once full); None: all.
     """
 
-    def __init__(self, keys, values, length=0, nb_rows=None, spare=None):
+    def __init__(self, keys, values, length=0, nb_rows=None, spare=None,
+                 window=None):
         self._storages = (keys, values)
         self.length = length
         self.nb_rows = len(keys) if nb_rows is None else nb_rows
         self._spare = spare
+        self.window = window
 
     @property
     def keys(self):
@@ -74,21 +84,39 @@ class KeyValueBuffer:
         return self._storages[1][:self.nb_rows]
 
     @classmethod
-    def empty(cls, like, nheads, head_dim):
+    def empty(cls, like, nheads, head_dim, window=None):
         """An empty buffer for ``len(like)`` streamlines, like's dtype and
-        device."""
-        shape = (len(like), nheads, INITIAL_CAPACITY, head_dim)
-        return cls(like.new_empty(shape), like.new_empty(shape))
+        device, keeping at most ``window`` positions (None: all)."""
+        capacity = (INITIAL_CAPACITY if window is None
+                    else min(INITIAL_CAPACITY, window))
+        shape = (len(like), nheads, capacity, head_dim)
+        return cls(like.new_empty(shape), like.new_empty(shape),
+                   window=window)
 
     def append(self, keys, values):
         """Add positions (N, heads, T, head_dim); return all kept ones.
 
-        Returns views ``(N, heads, length, head_dim)`` of the keys and
-        values, past then new.
+        Returns views ``(N, heads, kept, head_dim)`` of the keys and
+        values: past then new, or, once a windowed buffer is full, its W
+        slots in ring order.
         """
+        window = self.window
+        if window is not None and self.length >= window:
+            if keys.shape[2] != 1:
+                raise ValueError(
+                    f"KeyValueBuffer.append: a full windowed buffer takes "
+                    f"one position at a time, found {keys.shape[2]}.")
+            slot = self.length % window
+            stored_keys, stored_values = self.keys, self.values
+            stored_keys[:, :, slot:slot + 1] = keys
+            stored_values[:, :, slot:slot + 1] = values
+            self.length += 1
+            return stored_keys[:, :, :window], stored_values[:, :, :window]
         end = self.length + keys.shape[2]
         if end > self._storages[0].shape[2]:
             capacity = max(2 * self._storages[0].shape[2], end)
+            if window is not None and end <= window:
+                capacity = min(capacity, window)
             self._storages = (self._grown(self.keys, capacity),
                               self._grown(self.values, capacity))
             self.nb_rows = len(self._storages[0])
@@ -120,7 +148,8 @@ class KeyValueBuffer:
         nb_rows = len(rows)
         for source, target in zip((self.keys, self.values), spare):
             torch.index_select(source, 0, rows, out=target[:nb_rows])
-        return KeyValueBuffer(*spare, self.length, nb_rows, self._storages)
+        return KeyValueBuffer(*spare, self.length, nb_rows, self._storages,
+                              self.window)
 
 
 @dataclass
