@@ -13,9 +13,9 @@ from the per-point angles on the validation subject:
     on the others, mean over all points.
 
 Each epoch's model then tracks the testing subject with the README's
-options (``--tracking_mask_group wm_mask --npv 2 --seed 0``; the seed is
-``--tracking_seed``) and the
-tractogram is scored against the subject's true streamlines
+options (``--tracking_mask_group wm_mask --npv 2``), its ``--seed`` set to
+``--tracking_seed`` (default 0), and the tractogram is scored against the
+subject's true streamlines
 (:func:`dwi_ml.tracking.scoring.score_tractogram`: points within 1 voxel
 of a true streamline, points within 30 degrees). Prints a markdown table
 per seed, which epoch each criterion picks (lowest value) and each
@@ -162,9 +162,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=8,
                         help="Epochs in all (default: 8, the demo's).")
     parser.add_argument("--tracking_seed", type=int, default=0,
-                        help="--seed of the tracking: which seeds in the "
-                             "mask and their order (default: 0, the "
-                             "README's; another shows the scores' noise).")
+                        help="--seed of the tracking: where the seeds fall "
+                             "in their voxels (default: 0; others show the "
+                             "scores' noise).")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
