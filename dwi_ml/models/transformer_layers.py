@@ -17,9 +17,9 @@ layers do not expose:
   attends to every position kept there, all in the past.
 
 With an ``attention_window`` W, a position attends to itself and the W - 1
-positions before it only (a banded causal mask in training; the last W
-kept positions when tracking), so a tracking step reads at most W past
-keys and values whatever the streamline's length.
+positions before it only (a banded causal mask in training; when tracking,
+the buffer keeps the last W positions), so a tracking step reads at most W
+past keys and values whatever the streamline's length.
 
 Shapes: tokens ``(N, T, d_model)``, keys and values ``(N, heads, T,
 head_dim)``.
@@ -158,14 +158,11 @@ class CachedTransformerLayer(torch.nn.Module):
         queries = _split_heads(F.linear(
             queries, attention.in_proj_weight[:d_model],
             attention.in_proj_bias[:d_model]), self.nheads)
+        # Tracking needs no mask: a windowed buffer keeps W positions.
         window, mask = self.attention_window, None
         if window is not None and keys.shape[2] > window:
-            if causal or queries.shape[2] > 1:
-                mask = window_mask(queries.shape[2], keys.shape[2], window,
-                                   keys.device)
-            else:
-                # One new position: a view of the last keys, no mask.
-                keys, values = keys[:, :, -window:], values[:, :, -window:]
+            mask = window_mask(queries.shape[2], keys.shape[2], window,
+                               keys.device)
         out = F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=mask,
             is_causal=causal and mask is None,
