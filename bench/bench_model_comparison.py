@@ -201,7 +201,7 @@ def main():
                         help="Previous directions in the Transformers' "
                              "source tokens (default: 2, as Learn2track).")
     parser.add_argument("--position_encoding", default="learned",
-                        choices=("learned", "sinusoidal", "none"),
+                        choices=("learned", "sinusoidal", "none", "alibi"),
                         help="Position encoding of the Transformers "
                              "(default: learned; sinusoidal learned 1.7x "
                              "slower in our runs).")
