@@ -431,12 +431,13 @@ def test_alibi_bias_decreases_with_the_lag_inside_the_band():
     assert slopes.tolist() == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]
     bias = alibi_bias(slopes[:2], attention_lags(3, 3, "cpu"), window=2)
     inf = float("-inf")
-    assert bias[0].tolist() == [[0, inf, inf], [-0.25, 0, inf],
-                                [inf, -0.25, 0]]
-    assert bias[1].tolist() == [[0, inf, inf], [-0.0625, 0, inf],
-                                [inf, -0.0625, 0]]
+    assert bias.shape == (1, 2, 3, 3)
+    assert bias[0, 0].tolist() == [[0, inf, inf], [-0.25, 0, inf],
+                                   [inf, -0.25, 0]]
+    assert bias[0, 1].tolist() == [[0, inf, inf], [-0.0625, 0, inf],
+                                   [inf, -0.0625, 0]]
     # No window: every past key, further back costs more.
-    assert alibi_bias(slopes[:1], attention_lags(1, 4, "cpu"))[0].tolist() \
+    assert alibi_bias(slopes[:1], attention_lags(1, 4, "cpu"))[0, 0].tolist() \
         == [[-0.75, -0.5, -0.25, 0]]
 
 
