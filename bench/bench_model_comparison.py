@@ -27,9 +27,11 @@ tracked streamlines and the two scores. Run with ``OMP_NUM_THREADS=1``;
 everything is seeded.
 """
 import argparse
+import json
 import os
 import time
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -57,15 +59,46 @@ TRANSFORMERS = {"transformer_original": OriginalTransformerModel,
                 "transformer_src_only": TransformerSrcOnlyModel}
 
 
+def write_fibre_masks(paths):
+    """Each subject's ``fibre_mask.nii.gz``: the voxels its true streamlines
+    cross (their points and segment midpoints, at steps under a voxel), and
+    a config with that group; returns the config's path."""
+    for subject in paths.subjects.values():
+        image = nib.load(subject.wm_mask)
+        world_to_vox = np.linalg.inv(image.affine)
+        mask = np.zeros(image.shape[:3], np.uint8)
+        for bundle in subject.bundles:
+            for points in nib.streamlines.load(bundle).streamlines:
+                dense = np.concatenate(
+                    [points, points[:-1] + np.diff(points, axis=0) / 2])
+                # RAS mm -> voxel, corner origin.
+                voxels = np.floor(nib.affines.apply_affine(
+                    world_to_vox, dense) + 0.5).astype(np.int64)
+                mask[tuple(voxels.T)] = 1
+        nib.save(nib.Nifti1Image(mask, image.affine, image.header),
+                 os.path.join(subject.folder, "fibre_mask.nii.gz"))
+    with open(paths.config) as f:
+        config = json.load(f)
+    config["fibre_mask"] = {"type": "volume", "files": ["fibre_mask.nii.gz"],
+                            "standardization": "none"}
+    config_file = os.path.join(os.path.dirname(paths.config),
+                               "config_fibres.json")
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    return config_file
+
+
 def make_data(args):
     """Synthetic subjects and their HDF5 file; returns (paths, hdf5)."""
     paths = make_synthetic_dataset(os.path.join(args.out_dir, "synthetic"),
                                    nb_subjects=3,
                                    nb_streamlines=args.nb_streamlines,
                                    seed=args.seed)
+    config = (write_fibre_masks(paths) if args.seeding == "fibres"
+              else paths.config)
     hdf5_file = os.path.join(args.out_dir, "data.hdf5")
     create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
-                        hdf5_file, paths.config, paths.splits["training"],
+                        hdf5_file, config, paths.splits["training"],
                         paths.splits["validation"], paths.splits["testing"],
                         step_size=args.step_size)
     return paths, hdf5_file
@@ -133,7 +166,10 @@ def track_and_score(experiment, paths, hdf5_file, dataset, args):
     subject = paths.splits["testing"][0]
     out = os.path.join(args.out_dir, os.path.basename(experiment) + ".trk")
     track_main([experiment, hdf5_file, subject, "input", out,
-                "--tracking_mask_group", "wm_mask", "--nt", str(args.nt),
+                "--tracking_mask_group", "wm_mask",
+                "--seeding_mask_group",
+                "fibre_mask" if args.seeding == "fibres" else "wm_mask",
+                "--nt", str(args.nt),
                 "--theta", str(args.theta), "--seed", str(args.seed), "-f",
                 "-v", "WARNING"])
     grid = paths.subjects[subject].dwi
@@ -201,7 +237,7 @@ def main():
                         help="Previous directions in the Transformers' "
                              "source tokens (default: 2, as Learn2track).")
     parser.add_argument("--position_encoding", default="learned",
-                        choices=("learned", "sinusoidal", "none"),
+                        choices=("learned", "sinusoidal", "none", "alibi"),
                         help="Position encoding of the Transformers "
                              "(default: learned; sinusoidal learned 1.7x "
                              "slower in our runs).")
@@ -212,6 +248,14 @@ def main():
                         help="Every model predicts an end of streamline "
                              "(EOS), and tracking stops where its "
                              "probability is above 0.5 (default: no EOS).")
+    parser.add_argument("--seeding", choices=("wm_mask", "fibres"),
+                        default="wm_mask",
+                        help="Where the testing subject's seeds are drawn: "
+                             "the white-matter mask (the voxels the true "
+                             "streamlines cross, dilated by one voxel, which "
+                             "makes about 70 %% of it fibre-free), or those "
+                             "voxels alone ('fibres'); tracking stays in the "
+                             "white-matter mask (default: wm_mask).")
     parser.add_argument("--nt", type=int, default=1000,
                         help="Seeds tracked on the testing subject "
                              "(default: 1000).")

@@ -70,7 +70,8 @@ def bench_transformer_steps(args):
                 model_type=model_type, nb_streamlines=batch_size,
                 lengths=sorted(args.lengths), repeats=args.repeats,
                 d_model=64, nheads=4, n_layers=2, nb_features=args.shape[3],
-                device=args.device, attention_window=args.attention_window)
+                device=args.device, attention_window=args.attention_window,
+                position_encoding=args.position_encoding)
             model = step_bench._make_model(options)
             cached = step_bench.bench_cached(model, options)
             full = step_bench.bench_full(model, options)
@@ -117,6 +118,10 @@ def main():
                         help="Streamline lengths (points) at which a step "
                              "is timed, with --transformer (default: 20 "
                              "100 200).")
+    parser.add_argument("--position_encoding", default="sinusoidal",
+                        choices=("sinusoidal", "learned", "none", "alibi"),
+                        help="Position encoding of the Transformers "
+                             "(--transformer; default: sinusoidal).")
     parser.add_argument("--attention_window", type=int, default=None,
                         help="With --transformer: the models' attention "
                              "window (default: none, every earlier "

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from dwi_ml.models.transformer_layers import POSITION_ENCODINGS
 from dwi_ml.models.transformers import (
     OriginalTransformerModel,
     TransformerSrcAndTgtModel,
@@ -43,7 +44,9 @@ def _make_model(args):
     kwargs = dict(d_model=args.d_model, nheads=args.nheads,
                   n_layers_e=args.n_layers, nb_previous_dirs=2,
                   max_len=max(args.lengths) + args.repeats + 1,
-                  attention_window=getattr(args, "attention_window", None))
+                  attention_window=getattr(args, "attention_window", None),
+                  position_encoding=getattr(args, "position_encoding",
+                                            "sinusoidal"))
     if args.model_type == "transformer_original":
         kwargs["n_layers_d"] = args.n_layers
     model = MODEL_TYPES[args.model_type]("bench", nb_features=args.nb_features,
@@ -177,6 +180,10 @@ def main():
     parser.add_argument("--n_layers", type=int, default=2,
                         help="Encoder layers (and decoder layers).")
     parser.add_argument("--nb_features", type=int, default=45)
+    parser.add_argument("--position_encoding", default="sinusoidal",
+                        choices=POSITION_ENCODINGS,
+                        help="Position encoding of the models (default: "
+                             "sinusoidal).")
     parser.add_argument("--attention_window", type=int, default=None,
                         help="Attention window of the models (default: "
                              "none, every earlier point).")

@@ -62,6 +62,12 @@ CONFIGS = [
                                      position_encoding="none")),
     (OriginalTransformerModel, dict(attention_window=3, norm_first=True,
                                     dg_args={"add_eos": True})),
+    # ALiBi: biased self-attention, with and without a window.
+    (TransformerSrcOnlyModel, dict(position_encoding="alibi",
+                                   attention_window=3, nb_previous_dirs=1)),
+    (TransformerSrcAndTgtModel, dict(position_encoding="alibi")),
+    (OriginalTransformerModel, dict(position_encoding="alibi",
+                                    sos_token_type="class")),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(CONFIGS)]
 
@@ -413,6 +419,73 @@ def test_window_mask_is_a_band_aligned_on_the_last_queries():
                                      [0, 1, 1, 0], [0, 0, 1, 1]]
     # The last query of 5 keys sees the last 3.
     assert window_mask(1, 5, 3, "cpu").int().tolist() == [[0, 0, 1, 1, 1]]
+
+
+def test_alibi_bias_decreases_with_the_lag_inside_the_band():
+    from dwi_ml.models.transformer_layers import (
+        alibi_bias,
+        alibi_head_slopes,
+        attention_lags,
+    )
+    slopes = alibi_head_slopes(4)
+    assert slopes.tolist() == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]
+    bias = alibi_bias(slopes[:2], attention_lags(3, 3, "cpu"), window=2)
+    inf = float("-inf")
+    assert bias.shape == (1, 2, 3, 3)
+    assert bias[0, 0].tolist() == [[0, inf, inf], [-0.25, 0, inf],
+                                   [inf, -0.25, 0]]
+    assert bias[0, 1].tolist() == [[0, inf, inf], [-0.0625, 0, inf],
+                                   [inf, -0.0625, 0]]
+    # No window: every past key, further back costs more.
+    assert alibi_bias(slopes[:1], attention_lags(1, 4, "cpu"))[0, 0].tolist() \
+        == [[-0.75, -0.5, -0.25, 0]]
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_buffer_lags_are_those_of_the_positions_kept(window):
+    from dwi_ml.models.transformer_cache import KeyValueBuffer
+    like = torch.zeros(2, 1)
+    buffer = KeyValueBuffer.empty(like, 1, 1, window)
+    for position in range(7):
+        # Each position's keys hold the position itself.
+        keys = torch.full((2, 1, 1, 1), float(position))
+        kept_keys, _ = buffer.append(keys, keys)
+        lags = buffer.lags()
+        assert lags.shape == (1, kept_keys.shape[2])
+        # position - lag is the position stored in each slot (a ring
+        # once a window is full).
+        assert (position - lags[0]).tolist() == \
+            kept_keys[0, 0, :, 0].long().tolist()
+    if window is None:
+        # The last two positions as queries: the newest key is in the
+        # first one's future.
+        assert buffer.lags(2).tolist() == [[5, 4, 3, 2, 1, 0, -1],
+                                           [6, 5, 4, 3, 2, 1, 0]]
+
+
+def test_alibi_steep_slopes_attend_to_the_current_point_only():
+    from dwi_ml.models.transformer_attention import recording_attention
+    model = eval_double(TransformerSrcOnlyModel,
+                        dict(position_encoding="alibi"))
+    # Same weights without the bias: other outputs.
+    plain = eval_double(TransformerSrcOnlyModel, dict(position_encoding="none"))
+    plain.load_state_dict(model.state_dict())
+    inputs, streamlines = make_batch(model)
+    with torch.no_grad():
+        assert not torch.allclose(model(inputs, streamlines),
+                                  plain(inputs, streamlines))
+        for layer in model.encoder.layers:
+            layer.alibi_slopes *= 1e4
+        with recording_attention(model) as records:
+            model(inputs, streamlines)
+    counts = [n - 1 for n in LENGTHS]
+    for layer in records["encoder"]:
+        weights = layer["self"][0]
+        for row, count in enumerate(counts):
+            torch.testing.assert_close(
+                weights[row, :, :count, :count],
+                torch.eye(count, dtype=weights.dtype).expand(
+                    model.nheads, count, count), **TIGHT)
 
 
 def test_dropout_is_active_in_training_only():

@@ -23,9 +23,11 @@ def hdf5_file(tmp_path_factory):
 
 def _args(experiments, name, hdf5_file, model_type, max_epochs):
     # Dropout, augmentation and noise exercise every random stream;
-    # transformer_src_tgt attends within a window of 3 points.
-    window = (["--attention_window", "3"]
-              if model_type == "transformer_src_tgt" else [])
+    # transformer_src_tgt attends within a window of 3 points,
+    # transformer_src_only with ALiBi.
+    window = {"transformer_src_tgt": ["--attention_window", "3"],
+              "transformer_src_only": ["--position_encoding", "alibi"]}.get(
+                  model_type, [])
     return [str(experiments), name, hdf5_file, "input", "streamlines", *window,
             "--model_type", model_type, "--max_epochs", str(max_epochs),
             "--d_model", "16", "--nheads", "2", "--n_layers_e", "1",
@@ -51,6 +53,8 @@ def test_train_resume_track_each_transformer(tmp_path, hdf5_file,
     assert params["model"]["d_model"] == 16
     assert params["model"]["attention_window"] == (
         3 if model_type == "transformer_src_tgt" else None)
+    assert params["model"]["position_encoding"] == (
+        "alibi" if model_type == "transformer_src_only" else "sinusoidal")
     # The family's own defaults for shared options.
     assert params["model"]["input_embedding_key"] == "linear"
     assert params["model"]["dropout"] == 0.1

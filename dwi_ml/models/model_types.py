@@ -61,8 +61,11 @@ def add_model_args(parser):
                        choices=POSITION_ENCODINGS,
                        help="Position vectors added to the tokens: fixed "
                             "sines and cosines, one learned vector per "
-                            "position, or none (the causal mask alone "
-                            "orders the points; see docs/models.md).")
+                            "position, none (the causal mask alone "
+                            "orders the points), or alibi (none added; "
+                            "self-attention is biased against points "
+                            "further back, one rate per head; see "
+                            "docs/models.md). Default: sinusoidal.")
     group.add_argument("--attention_window", type=int,
                        help="Points each attention sees, the current one "
                             "included; a tracking step then reads at most "

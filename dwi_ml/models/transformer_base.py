@@ -83,7 +83,7 @@ class TransformerModelAbstract(DirectionGetterModel):
         Pre-norm layers (and a final norm after each stack).
     max_len : int
         Longest sequence, in prediction points, in training and tracking.
-    position_encoding : "sinusoidal", "learned" or "none"
+    position_encoding : "sinusoidal", "learned", "none" or "alibi"
         See :class:`~dwi_ml.models.transformer_layers.PositionEncoding`.
     attention_window : int or None
         Points each attention sees, the current one included: point ``t``
@@ -165,7 +165,8 @@ class TransformerModelAbstract(DirectionGetterModel):
         return LayerStack(n_layers, self.d_model, self.nheads,
                           self.ffnn_hidden_size, self.dropout,
                           self.activation, self.norm_first, cross_attention,
-                          self.attention_window)
+                          self.attention_window,
+                          self.position_encoding_key == "alibi")
 
     @property
     def params_for_checkpoint(self):

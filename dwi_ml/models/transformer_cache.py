@@ -127,6 +127,27 @@ class KeyValueBuffer:
         self.length = end
         return stored_keys[:, :, :end], stored_values[:, :, :end]
 
+    def lags(self, nb_queries=1):
+        """Lag of each kept key behind each of the last ``nb_queries``
+        positions, in storage order (ALiBi's bias; see
+        :func:`~dwi_ml.models.transformer_layers.attention_lags`).
+
+        Returns
+        -------
+        torch.Tensor int64 (nb_queries, kept)
+            Negative for keys after a query. A full windowed buffer (a
+            ring) takes one query: the newest position, in slot
+            ``(length - 1) % W``.
+        """
+        device = self._storages[0].device
+        window = self.window
+        if window is None or self.length < window:
+            kept = self.length
+            positions = torch.arange(kept - nb_queries, kept, device=device)
+            return positions[:, None] - torch.arange(kept, device=device)
+        newest = (self.length - 1) % window
+        return ((newest - torch.arange(window, device=device)) % window)[None]
+
     def _grown(self, tensor, capacity):
         grown = tensor.new_empty(tensor.shape[:2] + (capacity,)
                                  + tensor.shape[3:])

@@ -21,6 +21,13 @@ positions before it only (a banded causal mask in training; when tracking,
 the buffer keeps the last W positions), so a tracking step reads at most W
 past keys and values whatever the streamline's length.
 
+With ALiBi (Press et al., 2022, "Train short, test long"; the models'
+``position_encoding="alibi"``), self-attention scores get a bias
+``-slope_h * lag`` that grows with the lag between the query and the key,
+one slope per head: the tokens carry no position vector, each head
+prefers recent points at its own rate, and the order of the points is
+known from the lags alone. Cross-attention gets no bias.
+
 Shapes: tokens ``(N, T, d_model)``, keys and values ``(N, heads, T,
 head_dim)``.
 
@@ -37,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
-POSITION_ENCODINGS = ("sinusoidal", "learned", "none")
+POSITION_ENCODINGS = ("sinusoidal", "learned", "none", "alibi")
 
 
 def _split_heads(x, nheads):
@@ -46,36 +53,86 @@ def _split_heads(x, nheads):
     return x.view(n, t, nheads, d // nheads).transpose(1, 2)
 
 
-def window_mask(nb_queries, nb_keys, window, device):
-    """Which keys each query sees within an attention window.
+def attention_lags(nb_queries, nb_keys, device):
+    """Lag ``p - j`` of each key ``j`` behind each query's position ``p``.
 
     Queries are the last ``nb_queries`` of ``nb_keys`` positions (bottom
-    right aligned; in training both are the sequence): query ``i``, at
-    position ``p = nb_keys - nb_queries + i``, sees keys ``j`` with
-    ``0 <= p - j < window``.
+    right aligned; in training both are the sequence): query ``i`` is at
+    position ``p = nb_keys - nb_queries + i``. Negative lags are keys in
+    the query's future.
+
+    Returns
+    -------
+    torch.Tensor int64 (nb_queries, nb_keys)
+    """
+    positions = torch.arange(nb_keys - nb_queries, nb_keys, device=device)
+    return positions[:, None] - torch.arange(nb_keys, device=device)[None]
+
+
+def window_mask(nb_queries, nb_keys, window, device):
+    """Which keys each query sees within an attention window: keys ``j``
+    with ``0 <= p - j < window`` (see :func:`attention_lags`).
 
     Returns
     -------
     torch.Tensor bool (nb_queries, nb_keys)
         True where the query attends to the key.
     """
-    positions = torch.arange(nb_keys - nb_queries, nb_keys, device=device)
-    lags = positions[:, None] - torch.arange(nb_keys, device=device)[None]
+    lags = attention_lags(nb_queries, nb_keys, device)
     return (lags >= 0) & (lags < window)
+
+
+def alibi_head_slopes(nheads):
+    """ALiBi's head slopes ``2 ** (-8 (h + 1) / nheads)``, h = 0 .. nheads - 1.
+
+    With 4 heads: 1/4, 1/16, 1/64, 1/256 (per point of lag).
+
+    Returns
+    -------
+    torch.Tensor float64 (nheads,)
+    """
+    return 2.0 ** (-8.0 * torch.arange(1, nheads + 1, dtype=torch.float64)
+                   / nheads)
+
+
+def alibi_bias(slopes, lags, window=None):
+    """Additive attention bias ``-slope_h * lag``, ``-inf`` where a key is
+    not seen (in the future, or ``window`` or more points back).
+
+    Parameters
+    ----------
+    slopes : torch.Tensor (heads,)
+        Floating, in the attention's dtype.
+    lags : torch.Tensor int64 (Tq, Tk)
+        From :func:`attention_lags` or :meth:`KeyValueBuffer.lags`.
+    window : int or None
+
+    Returns
+    -------
+    torch.Tensor (1, heads, Tq, Tk), ``slopes``' dtype
+        Four dimensions: ``scaled_dot_product_attention`` then keeps its
+        fast CPU kernel (a 3D mask halved its speed in tracking steps).
+    """
+    bias = -slopes[None, :, None, None] * lags.to(slopes.dtype)
+    unseen = lags < 0
+    if window is not None:
+        unseen = unseen | (lags >= window)
+    return bias.masked_fill(unseen, float("-inf"))
 
 
 def explicit_attention_weights(queries, keys, causal, mask=None):
     """Softmax of scaled dot products, as ``scaled_dot_product_attention``
     computes them (default scale ``1 / sqrt(head_dim)``; ``causal``: query
     ``t`` sees keys ``<= t``, top-left aligned; ``mask``: a boolean
-    ``attn_mask``, True where a query sees a key, used instead).
+    ``attn_mask``, True where a query sees a key, or a float one added to
+    the scores, used instead).
 
     Parameters
     ----------
     queries : torch.Tensor (N, heads, Tq, head_dim)
     keys : torch.Tensor (N, heads, Tk, head_dim)
     causal : bool
-    mask : torch.Tensor bool (Tq, Tk) or None
+    mask : torch.Tensor bool (Tq, Tk), float (1, heads, Tq, Tk), or None
 
     Returns
     -------
@@ -86,8 +143,10 @@ def explicit_attention_weights(queries, keys, causal, mask=None):
     if mask is None and causal:
         mask = torch.ones(scores.shape[-2:], dtype=torch.bool,
                           device=scores.device).tril()
-    if mask is not None:
+    if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
     return torch.softmax(scores, dim=-1)
 
 
@@ -118,14 +177,21 @@ class CachedTransformerLayer(torch.nn.Module):
     attention_window : int or None
         Positions each query sees, itself included, in every attention
         (module docstring); None: all earlier positions.
+    alibi : bool
+        Bias the self-attention scores by the lags (ALiBi, module
+        docstring).
     """
 
     def __init__(self, d_model, nheads, ffnn_hidden_size, dropout,
                  activation, norm_first, cross_attention,
-                 attention_window=None):
+                 attention_window=None, alibi=False):
         super().__init__()
         self.nheads = nheads
         self.attention_window = attention_window
+        # Computed, not learned: not in the state_dict (as torch's layers).
+        self.register_buffer("alibi_slopes",
+                             alibi_head_slopes(nheads).float() if alibi else None,
+                             persistent=False)
         self.dropout_p = dropout
         self.activation = ACTIVATIONS[activation]
         self.norm_first = norm_first
@@ -152,15 +218,22 @@ class CachedTransformerLayer(torch.nn.Module):
         # None, or a dict that each attention fills (visualization only).
         self.attention_records = None
 
-    def _attend(self, attention, queries, keys, values, causal):
-        """Heads of ``attention`` over given keys/values -> (N, T, d)."""
+    def _attend(self, attention, queries, keys, values, causal, lags=None):
+        """Heads of ``attention`` over given keys/values -> (N, T, d).
+
+        ``lags`` (Tq, Tk) int64: ALiBi's lags of the keys (self-attention
+        of an ALiBi layer only; see :func:`attention_lags`).
+        """
         d_model = attention.embed_dim
         queries = _split_heads(F.linear(
             queries, attention.in_proj_weight[:d_model],
             attention.in_proj_bias[:d_model]), self.nheads)
-        # Tracking needs no mask: a windowed buffer keeps W positions.
         window, mask = self.attention_window, None
-        if window is not None and keys.shape[2] > window:
+        if lags is not None:
+            mask = alibi_bias(self.alibi_slopes.to(queries.dtype), lags,
+                              window)
+        # Tracking needs no mask: a windowed buffer keeps W positions.
+        elif window is not None and keys.shape[2] > window:
             mask = window_mask(queries.shape[2], keys.shape[2], window,
                                keys.device)
         out = F.scaled_dot_product_attention(
@@ -190,7 +263,11 @@ class CachedTransformerLayer(torch.nn.Module):
         keys, values = self._keys_values(self.self_attn, x)
         if buffer is not None:
             keys, values = buffer.append(keys, values)
-        return self._attend(self.self_attn, x, keys, values, causal)
+        lags = None
+        if self.alibi_slopes is not None:
+            lags = (attention_lags(x.shape[1], keys.shape[2], keys.device)
+                    if buffer is None else buffer.lags(x.shape[1]))
+        return self._attend(self.self_attn, x, keys, values, causal, lags)
 
     def _feed_forward(self, x):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
@@ -269,11 +346,13 @@ class PositionEncoding(torch.nn.Module):
 
     Parameters
     ----------
-    kind : "sinusoidal", "learned" or "none"
+    kind : "sinusoidal", "learned", "none" or "alibi"
         Sinusoidal: Vaswani et al.'s fixed sines and cosines (no weights).
         Learned: one trained vector per position. None: tokens are left as
         they are; the causal mask alone tells positions apart (a position
-        attends to itself and to the ones before it).
+        attends to itself and to the ones before it). ALiBi: tokens are
+        left as they are too; the layers bias their self-attention by the
+        lags (module docstring).
     d_model : int
     max_len : int
         Positions 0 .. max_len - 1, i.e. the longest streamline (points
@@ -300,7 +379,7 @@ class PositionEncoding(torch.nn.Module):
 
     def forward(self, tokens, positions):
         """Tokens (M, d_model) plus the vectors of their int64 positions."""
-        if self.kind == "none":
+        if self.kind in ("none", "alibi"):
             return tokens
         if self.kind == "learned":
             return tokens + self.learned(positions)
