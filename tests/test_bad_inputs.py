@@ -90,6 +90,28 @@ def test_train_refuses_bad_integer_options(data, capsys, extra, expected):
     assert not os.path.exists(os.path.join(data["experiments"], "new"))
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--learning_rate", "-1"], ["learning_rate", "> 0", "-1.0"]),
+    (["--weight_decay", "-1"], ["weight_decay", ">= 0", "-1.0"]),
+    (["--clip_grad", "0"], ["clip_grad", "> 0", "0.0"]),
+    (["--patience_delta", "-0.5"], ["patience_delta", ">= 0", "-0.5"]),
+    # torch raised a ValueError (a traceback) for these two ...
+    (["--optimizer", "SGD", "--momentum", "-1"], ["momentum", ">= 0", "-1.0"]),
+    (["--lr_scheduler", "plateau", "--lr_gamma", "2"],
+     ["lr_gamma", "(0, 1)", "'plateau'", "2.0"]),
+    # ... and trained with a negative learning rate after lr_step_size
+    # epochs for this one.
+    (["--lr_scheduler", "step", "--lr_gamma", "-1"], ["lr_gamma", "> 0"]),
+])
+def test_train_refuses_bad_trainer_options_before_creating_the_experiment(
+        data, capsys, extra, expected):
+    """Checked when the trainer was built, after the experiment folder was
+    made: the folder stayed, and the corrected command was refused."""
+    assert_user_error(train_main, _train_argv(data, data["data"], *extra),
+                      capsys, data["folder"], *expected)
+    assert not os.path.exists(os.path.join(data["experiments"], "new"))
+
+
 def test_batch_sizes_in_mm_may_be_fractional(data):
     args = build_parser().parse_args(_train_argv(
         data, data["data"], "--batch_size_units", "length_mm",

@@ -56,7 +56,7 @@ from dwi_ml.training.preemption import (
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
-from dwi_ml.training.trainer_args import add_trainer_args
+from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 
 
 def build_parser():
@@ -217,6 +217,8 @@ def _train(args, callbacks, lock):
     InputSpec.from_options(**{name: params["model"][name]
                               for name in InputSpec().as_options()})
     params["trainer"].update(interruption_params(args))
+    # The trainer checks them again; here, before the folder is created.
+    check_trainer_args(params["trainer"])
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     distributed, device = init_distributed(args.device)
     set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
