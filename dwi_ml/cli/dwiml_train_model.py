@@ -6,6 +6,7 @@ checkpoint/ after every epoch and logs/*.npy. A killed run continues exactly
 with resume_training_from_checkpoint.py. Under torchrun, batch sizes are
 global: each batch is split across the ranks.
 """
+import logging
 import os
 
 from dwi_ml.batching.batch_loader import add_loader_args
@@ -27,7 +28,7 @@ from dwi_ml.io_utils.experiment_lock import (
     run_locked,
     start_new_experiment,
 )
-from dwi_ml.io_utils.output_folders import check_output_folder
+from dwi_ml.io_utils.output_folders import check_output_folder, folder_kind
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
@@ -99,9 +100,10 @@ def build_parser():
         help="If the experiment already has a checkpoint, resume it (as "
              "resume_training_from_checkpoint.py would, with its saved "
              "options; --max_time, --checkpoint_every_* and Comet options "
-             "given here apply) instead of refusing: one command line that "
-             "starts or continues a run, e.g. in a requeued SLURM job "
-             "(default: off).")
+             "given here apply) instead of refusing; if it has none (its "
+             "run was killed before saving one), start it over: one "
+             "command line that starts or continues a run, e.g. in a "
+             "requeued SLURM job (default: off).")
     add_verbose_arg(run)
     add_overwrite_arg(run)
     add_interruption_args(parser)
@@ -118,6 +120,8 @@ _TRAINER_ARGS = (
 
 
 _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
+_NO_CHECKPOINT_HINT = (" (it has no checkpoint to continue: its run stopped "
+                       "before saving one)")
 
 # Smallest valid value of each integer option.
 INT_MINIMUMS = {
@@ -200,12 +204,23 @@ def train_from_args(args, callbacks=()):
 
 def _train(args, callbacks, lock):
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
-    if args.resume_if_exists and has_checkpoint(experiment_dir):
+    resumable = has_checkpoint(experiment_dir)
+    if args.resume_if_exists and resumable:
         return resume_cli.resume_from_args(_resume_args(args), callbacks)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
-    check_output_folder(experiment_dir, "experiment", args.overwrite,
-                        what="experiment", hint=_EXISTS_HINT)
+    # A run killed before its first checkpoint left nothing to continue:
+    # --resume_if_exists (a requeued job) starts it over.
+    overwrite = args.overwrite or (
+        args.resume_if_exists and os.path.isdir(experiment_dir)
+        and folder_kind(experiment_dir) == "experiment")
+    if overwrite and not args.overwrite:
+        logging.warning("Experiment '%s' has no checkpoint (its run stopped "
+                        "before saving one): starting it over.",
+                        experiment_dir)
+    hint = _EXISTS_HINT if resumable else _NO_CHECKPOINT_HINT
+    check_output_folder(experiment_dir, "experiment", overwrite,
+                        what="experiment", hint=hint)
     _check_simple_args(args)
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
@@ -236,7 +251,7 @@ def _train(args, callbacks, lock):
         # Every rank checked that the folder was free before rank 0 clears it.
         barrier()
         if distributed.is_main_process:
-            start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
+            start_new_experiment(lock, overwrite, hint=hint)
 
     run_experiment(
         params, make_model, args.experiments_path, args.experiment_name,

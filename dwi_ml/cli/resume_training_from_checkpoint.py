@@ -19,6 +19,7 @@ from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
     checkpoint_model_dir,
+    has_checkpoint,
     load_checkpoint_state,
     read_parameters,
 )
@@ -26,6 +27,7 @@ from dwi_ml.io_utils.experiment_lock import (
     run_locked,
     start_resumed_experiment,
 )
+from dwi_ml.io_utils.output_folders import folder_kind
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
@@ -136,6 +138,12 @@ def _resume(args, callbacks, lock):
     check_int_options(args, {"new_max_epochs": 1, "new_patience": 1,
                              "nb_cpu_threads": 1, "nb_workers": 0})
     check_inputs_exist(experiment_dir, what="experiment")
+    if (folder_kind(experiment_dir) == "experiment"
+            and not has_checkpoint(experiment_dir)):
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' has no checkpoint to continue: "
+            "its run stopped before saving one; start it over with "
+            "dwiml_train_model.py -f (or --resume_if_exists).")
     params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
                                               "trainer"))
     state = load_checkpoint_state(experiment_dir)
