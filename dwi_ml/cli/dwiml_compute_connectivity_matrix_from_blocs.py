@@ -62,3 +62,7 @@ def main(argv=None):
                  "%s.", len(matrix), len(matrix),
                  " x ".join(map(str, nb_blocs)), len(sft),
                  os.path.abspath(args.out_matrix))
+
+
+if __name__ == "__main__":
+    main()

@@ -71,3 +71,7 @@ def main(argv=None):
     if args.out_json is not None:
         write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))
+
+
+if __name__ == "__main__":
+    main()

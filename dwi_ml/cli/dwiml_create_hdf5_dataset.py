@@ -129,3 +129,7 @@ def main(argv=None):
         overwrite=args.overwrite)
     print(format_summary(args.out_hdf5, summarize_hdf5(args.out_hdf5),
                          time.perf_counter() - start))
+
+
+if __name__ == "__main__":
+    main()

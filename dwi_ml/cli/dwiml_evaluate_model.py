@@ -77,3 +77,7 @@ def main(argv=None):
         print(f"{subject:<16}" + "".join(f"{values[name]:>20.5f}" for name in names)
               + f"{values['n_points']:>10d}")
     print(f"Saved to {out}")
+
+
+if __name__ == "__main__":
+    main()

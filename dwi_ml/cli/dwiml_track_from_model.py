@@ -294,3 +294,7 @@ def _log_stops(result):
                                f"{int(np.sum(stops == reason))}"
                                for reason in StopReason)
             logging.info("Stops of the %s halves: %s.", name, counts)
+
+
+if __name__ == "__main__":
+    main()

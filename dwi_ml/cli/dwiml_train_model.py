@@ -275,3 +275,7 @@ def _resume_args(args):
                  "comet_project", "comet_offline_dir", "comet_log_every"):
         setattr(resume_args, name, getattr(args, name))
     return resume_args
+
+
+if __name__ == "__main__":
+    main()

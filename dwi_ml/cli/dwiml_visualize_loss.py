@@ -103,3 +103,7 @@ def main(argv=None):
         figure.savefig(tmp_path, format="png")
     logger.info("Tractogram written to %s, histograms to %s.",
                 args.out_tractogram, out_histogram)
+
+
+if __name__ == "__main__":
+    main()

@@ -196,3 +196,7 @@ def _resume(args, callbacks, lock):
             f"{trainer.best_tracker.metric} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, after_trainer=load_checkpoint)
+
+
+if __name__ == "__main__":
+    main()

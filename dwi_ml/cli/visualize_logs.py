@@ -265,3 +265,7 @@ def main(argv=None):
         logger.info("Values written to %s.", args.save_to_csv)
     if show:
         plt.show()
+
+
+if __name__ == "__main__":
+    main()
