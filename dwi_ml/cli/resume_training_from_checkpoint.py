@@ -110,9 +110,11 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
 
 def _finished_message(trainer, experiment_dir):
     if trainer.current_epoch >= trainer.max_epochs:
+        # current_epoch: epochs done, which a smaller --new_max_epochs
+        # does not undo.
         return (f"experiment '{experiment_dir}' already finished its "
-                f"{trainer.max_epochs} epochs: give --new_max_epochs larger "
-                f"than {trainer.max_epochs} to train longer.")
+                f"{trainer.current_epoch} epochs: give --new_max_epochs "
+                f"larger than {trainer.current_epoch} to train longer.")
     tracker = trainer.best_tracker
     return (f"experiment '{experiment_dir}' stopped early: patience "
             f"({tracker.patience} epochs) reached at epoch "
