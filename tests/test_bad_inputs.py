@@ -167,6 +167,29 @@ def test_every_script_refuses_bad_integer_options(data, capsys, script, extra,
     assert_user_error(main, [*argv, *extra], capsys, folder, *expected)
 
 
+# ------------------------------------------- a file for a folder, or reverse --
+
+def test_a_folder_given_for_a_file_and_the_reverse_are_named(data, capsys):
+    """The messages said 'does not exist' of a path that exists."""
+    folder = data["folder"]
+    synthetic = os.path.join(folder, "synthetic")
+    ready = os.path.join(synthetic, "dwi_ml_ready")
+    config = os.path.join(synthetic, "config.json")
+    lists = [os.path.join(synthetic, f"{s}_subjs.txt")
+             for s in ("training", "validation", "testing")]
+    out = os.path.join(folder, "new.hdf5")
+    for argv, expected in [
+            ([config, out, config, *lists],
+             f"dwi_ml_ready folder '{config}' is a file; expected a folder."),
+            ([ready, out, ready, *lists],
+             f"config '{ready}' is a folder; expected a file."),
+            ([ready, out, config, ready, *lists[1:]],
+             f"subject list '{ready}' is a folder; expected a file.")]:
+        assert_user_error(create_main, argv, capsys, folder, expected)
+    assert_user_error(print_main, [synthetic], capsys, folder,
+                      f"HDF5 file '{synthetic}' is a folder; expected a file.")
+
+
 # ---------------------------------------------------- resume, other dataset --
 
 def test_resume_refuses_another_hdf5_and_names_the_difference(data, capsys,
