@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from file_tree import run_refused, snapshot
 from training_data import make_training_hdf5
@@ -488,4 +489,47 @@ def test_hdf5_creation_never_replaces_a_folder(tmp_path, data, capsys):
         *(str(synthetic / f"{split}_subjs.txt")
           for split in ("training", "validation", "testing")), "-f"], capsys)
     assert f"output '{out}' is a folder; expected a file name" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_an_output_of_another_format_is_refused_even_with_f(tmp_path, data,
+                                                             capsys):
+    """`--out_json tracked.trk -f` replaced the input tractogram with JSON,
+    and an HDF5 written over the config.json it was made from."""
+    from scoring_data import hand_tracked, save_nifti, save_trk
+
+    from dwi_ml.cli.dwiml_compute_connectivity_score import (
+        main as connectivity_score_main,
+    )
+    from dwi_ml.cli.dwiml_score_tractogram import main as score_main
+
+    nifti = save_nifti(tmp_path / "mask.nii.gz")
+    tracked = save_trk(tmp_path / "tracked.trk", hand_tracked(), nifti)
+    matrix = str(tmp_path / "matrix.npy")
+    np.save(matrix, np.eye(3))
+    synthetic = tmp_path / "synthetic"
+    synthetic_main([str(synthetic), *TINY_SYNTHETIC])
+    config = str(synthetic / "config.json")
+    lists = [str(synthetic / f"{s}_subjs.txt")
+             for s in ("training", "validation", "testing")]
+    csv_input = tmp_path / "values.txt"
+    csv_input.write_text("mine")
+    before = snapshot(tmp_path)
+    for main, argv, expected in [
+            (score_main, [tracked, tracked, nifti, "--out_json", tracked],
+             f"output '{tracked}': expected the extension .json, found "
+             "'.trk'"),
+            (connectivity_score_main, [matrix, matrix, "--out_json", matrix],
+             "expected the extension .json, found '.npy'"),
+            (create_main, [str(synthetic / "dwi_ml_ready"), config, config,
+                           *lists],
+             f"output '{config}': expected one of the extensions .hdf5, "
+             ".h5, found '.json'"),
+            (evaluate_main, [data["experiment"], data["hdf5"], "--out",
+                             str(tmp_path / "mask.nii.gz")],
+             "expected the extension .json, found '.gz'"),
+            (plot_main, [data["experiment"], "--out", str(tmp_path / "p"),
+                         "--save_to_csv", str(csv_input)],
+             "expected the extension .csv, found '.txt'")]:
+        assert expected in run_refused(main, [*argv, "-f"], capsys)
     assert snapshot(tmp_path) == before

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -39,7 +40,7 @@ def _build_parser():
     parser.add_argument("predicted_matrix", help="Matrix to score (.npy).")
     parser.add_argument("true_matrix", help="Reference matrix (.npy).")
     parser.add_argument("--out_json", metavar="FILE",
-                        help="Save the scores in this JSON file.")
+                        help="Save the scores in this .json file.")
     add_output_args(parser)
     return parser
 
@@ -64,6 +65,7 @@ def main(argv=None):
     check_inputs_exist(args.predicted_matrix, args.true_matrix)
     if args.out_json is not None:
         check_output_free(args.out_json, args.overwrite)
+        check_extension(args.out_json, (".json",))
 
     scores = score_connectivity(_load_matrix(args.predicted_matrix),
                                 _load_matrix(args.true_matrix))

@@ -5,7 +5,6 @@ into voxel space with a corner origin, the space every scoring function
 expects. Outputs (JSON, .npy) are written under a temporary name, then
 renamed.
 """
-import os
 
 import nibabel as nib
 import numpy as np
@@ -13,6 +12,7 @@ from dipy.io.streamline import load_tractogram
 
 from dwi_ml.data.hdf5.subjects import one_line
 from dwi_ml.data.hdf5.tractograms import grid_difference, reference_info
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_output_free
@@ -122,10 +122,7 @@ def save_npy(path, array):
 
 def check_npy_extension(path, what="output"):
     """Refuse a matrix path that np.save/np.load would not treat as .npy."""
-    if not path.lower().endswith(".npy"):
-        raise DwiMLUserError(
-            f"{what} '{path}': expected the extension .npy, found "
-            f"'{os.path.splitext(path)[1] or 'none'}'.")
+    check_extension(path, (".npy",), what)
 
 
 def add_matrix_output_args(parser):
