@@ -15,7 +15,7 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.tracking.connectivity import score_connectivity
-from dwi_ml.tracking.scoring_io import format_scores
+from dwi_ml.tracking.scoring_io import check_npy_extension, format_scores
 
 DESCRIPTION = """\
 Compare a predicted connectivity matrix (e.g. of a tracked tractogram) with
@@ -46,6 +46,7 @@ def _build_parser():
 
 
 def _load_matrix(path):
+    check_npy_extension(path, "matrix")
     try:
         matrix = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -56,6 +57,11 @@ def _load_matrix(path):
         raise DwiMLUserError(
             f"matrix '{path}': expected numbers or booleans, found dtype "
             f"{matrix.dtype}.")
+    nb_not_finite = int(np.count_nonzero(~np.isfinite(matrix)))
+    if nb_not_finite:
+        raise DwiMLUserError(
+            f"matrix '{path}': expected finite counts, found {nb_not_finite} "
+            "NaN or infinite entries.")
     return matrix
 
 
