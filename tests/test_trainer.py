@@ -97,6 +97,20 @@ def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
     assert best["loss"] == train_loss.min()   # the same float64
     assert np.all(np.isnan(np.load(tmp_path / "no_valid" / "logs" /
                                    "valid_loss.npy")))
+    assert trainer.best_metric_name == "train_loss"
+
+
+def test_script_names_the_training_loss_without_validation(tmp_path, capsys):
+    """It said 'best epoch 1, valid_loss 0.91452' of a run whose
+    valid_loss log is all NaN."""
+    hdf5_no_valid = make_training_hdf5(str(tmp_path), nb_streamlines=40,
+                                       with_validation=False)
+    train_main([str(tmp_path), "exp", hdf5_no_valid, "input", "streamlines",
+                "--max_epochs", "2", "--rnn_layer_sizes", "8"])
+    train_loss = np.load(tmp_path / "exp" / "logs" / "train_loss.npy")
+    best = int(np.argmin(train_loss))
+    assert capsys.readouterr().out.strip().endswith(
+        f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
 
 
 class _PoisonWeights(Callback):

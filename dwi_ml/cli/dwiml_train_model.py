@@ -261,7 +261,7 @@ def _train(args, callbacks, lock):
         lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
             f"best epoch {trainer.best_tracker.best_epoch}, "
-            f"{trainer.best_tracker.metric} "
+            f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, before_trainer=clear_folder)
 

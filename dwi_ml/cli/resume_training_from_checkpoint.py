@@ -195,7 +195,7 @@ def _resume(args, callbacks, lock):
             f"Experiment {experiment_dir} resumed and saved "
             f"({trainer.stopped_reason}; best epoch "
             f"{trainer.best_tracker.best_epoch}, "
-            f"{trainer.best_tracker.metric} "
+            f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, after_trainer=load_checkpoint)
 
