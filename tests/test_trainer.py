@@ -197,4 +197,8 @@ def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
     mark_output_folder(str(tmp_path / "exp"), "experiment")
     with pytest.raises(SystemExit):
         train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
+    assert "it has no checkpoint to continue" in capsys.readouterr().err
+    (tmp_path / "exp" / "checkpoint").mkdir()
+    with pytest.raises(SystemExit):
+        train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
     assert "resume_training_from_checkpoint.py" in capsys.readouterr().err
