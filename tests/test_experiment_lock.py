@@ -202,3 +202,36 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_over(
     (experiments / "early" / LOCK_FILE).write_text("")
     train_main([str(experiments), "early", *argv[2:], "--resume_if_exists"])
     assert has_checkpoint(str(experiments / "early"))
+
+
+def test_a_run_in_its_first_epoch_is_named_as_in_use(tmp_path, data, capsys):
+    """Another process started this experiment and has no checkpoint yet:
+    train said 'already exists; use -f', and resume 'no checkpoint to
+    continue: its run stopped', of a run that had not stopped."""
+    experiments = tmp_path / "exps"
+    (experiments / "exp").mkdir(parents=True)
+    mark_output_folder(str(experiments / "exp"), "experiment")
+    process = subprocess.Popen([sys.executable, "-c", HOLDER,
+                                str(experiments / "exp")],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        before = snapshot(tmp_path)
+        in_use = f"is in use by process {process.pid}"
+        argv = [str(experiments), "exp", data["hdf5"], "input",
+                "streamlines", *TINY_TRAINING]
+        for main, extra in ((train_main, []),
+                            (train_main, ["--resume_if_exists"]),
+                            (train_main, ["-f"])):
+            assert in_use in run_refused(main, argv + extra, capsys)
+        assert in_use in run_refused(resume_cli.main,
+                                     [str(experiments), "exp"], capsys)
+        assert snapshot(tmp_path) == before
+    finally:
+        process.kill()
+        process.wait()
+    # A user's folder gets no lock file from the check.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    run_refused(train_main, [str(tmp_path), "mine", *argv[2:]], capsys)
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]

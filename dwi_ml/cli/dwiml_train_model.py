@@ -209,6 +209,7 @@ def _train(args, callbacks, lock):
         return resume_cli.resume_from_args(_resume_args(args), callbacks)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
+    lock.refuse_if_held()
     # A run killed before its first checkpoint left nothing to continue:
     # --resume_if_exists (a requeued job) starts it over.
     overwrite = args.overwrite or (

@@ -140,6 +140,7 @@ def _resume(args, callbacks, lock):
     check_int_options(args, {"new_max_epochs": 1, "new_patience": 1,
                              "nb_cpu_threads": 1, "nb_workers": 0})
     check_inputs_exist(experiment_dir, what="experiment")
+    lock.refuse_if_held()
     if (folder_kind(experiment_dir) == "experiment"
             and not has_checkpoint(experiment_dir)):
         raise DwiMLUserError(
