@@ -204,6 +204,24 @@ def test_resume_refuses_another_hdf5_and_names_the_difference(data, capsys,
     assert "/streamlines/datasets/" in message and "shape" in message
 
 
+def test_resume_of_moved_data_names_hdf5_file(data, tmp_path, capsys):
+    """It said only "HDF5 file '...' does not exist"."""
+    experiment = copy_experiment(data, tmp_path)
+    path = os.path.join(experiment, "parameters.json")
+    with open(path) as f:
+        params = json.load(f)
+    moved = str(tmp_path / "moved" / "data.hdf5")
+    params["dataset"]["hdf5_file"] = moved
+    with open(path, "w") as f:
+        json.dump(params, f)
+    assert_user_error(resume_main, [tmp_path, "exp", "--new_max_epochs", "2"],
+                      capsys, tmp_path, f"HDF5 file '{moved}'", "does not exist",
+                      "if it moved, give its new path with --hdf5_file")
+    assert_user_error(resume_main, [tmp_path, "exp", "--new_max_epochs", "2",
+                                    "--hdf5_file", moved], capsys, tmp_path,
+                      f"--hdf5_file '{moved}' does not exist.")
+
+
 def test_resume_accepts_another_hdf5_when_asked(data, tmp_path, capsys):
     experiment = copy_experiment(data, tmp_path)
     resume_main([str(tmp_path), "exp", "--new_max_epochs", "2",

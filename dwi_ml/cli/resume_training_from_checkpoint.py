@@ -152,7 +152,12 @@ def _resume(args, callbacks, lock):
     state = load_checkpoint_state(experiment_dir)
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
-    check_inputs_exist(params["dataset"]["hdf5_file"], what="HDF5 file")
+        check_inputs_exist(args.hdf5_file, what="--hdf5_file")
+    elif not os.path.exists(params["dataset"]["hdf5_file"]):
+        raise DwiMLUserError(
+            f"HDF5 file '{params['dataset']['hdf5_file']}' (the experiment's "
+            "training data, recorded in its parameters.json) does not exist; "
+            "if it moved, give its new path with --hdf5_file.")
     loader_params = params["loader"]
     check_hdf5_groups(params["dataset"]["hdf5_file"],
                       loader_params["input_group"],
