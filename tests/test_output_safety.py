@@ -355,6 +355,29 @@ def test_f_refuses_a_marked_folder_holding_a_users_file(
     assert snapshot(tmp_path) == before
 
 
+def test_demo_f_keeps_the_experiments_trained_next_to_the_demos(
+        tmp_path, capsys):
+    """The docs train experiments into demo_output/experiments (ddp_run,
+    mlp, comet_run): rerunning the demo with -f deleted them."""
+    out = tmp_path / "demo_output"
+    (out / "experiments" / "demo").mkdir(parents=True)
+    (out / "experiments" / "mlp" / "logs").mkdir(parents=True)
+    (out / "experiments" / ".demo.x1y2z3w4.tmp").mkdir()   # a killed write
+    mark_output_folder(str(out), "demo_output")
+    assert output_folders.foreign_entries(str(out), "demo_output") == [
+        "experiments/mlp"]
+    before = snapshot(tmp_path)
+    message = run_refused(demo_main, [str(out), "-f"], capsys)
+    assert "but also holds 'experiments/mlp'" in message
+    assert snapshot(tmp_path) == before
+    shutil.rmtree(out / "experiments" / "mlp")
+    assert output_folders.foreign_entries(str(out), "demo_output") == []
+    shutil.rmtree(out / "experiments")
+    (out / "experiments").write_text("a file where the demo's folder goes")
+    assert output_folders.foreign_entries(str(out), "demo_output") == [
+        "experiments"]
+
+
 def test_demo_outputs_are_all_its_own(tmp_path):
     out = tmp_path / "demo"
     demo_main([str(out), "--epochs", "1", "2", "--nb_streamlines", "30",

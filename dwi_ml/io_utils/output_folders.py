@@ -31,11 +31,12 @@ OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output",
 # The layout of dwi_ml.io_utils.experiment_layout, repeated here so that io_utils
 # does not import torch (a test checks that both agree).
 
-# What the scripts write at the top of each kind of folder (fnmatch
-# patterns), besides the marker and the temporaries of atomic writes. -f
-# removes these only: a folder of that kind that also holds anything else
-# (a user's notes, an HDF5 or experiments written inside a synthetic
-# dataset) is refused, so -f never deletes what its script did not write.
+# What the scripts write in each kind of folder (fnmatch patterns; 'A/B':
+# folder A holding only B), besides the marker and the temporaries of
+# atomic writes. -f removes these only: a folder of that kind that also
+# holds anything else (a user's notes, an HDF5 or experiments written
+# inside a synthetic dataset, the docs' experiments trained next to the
+# demo's) is refused, so -f never deletes what its script did not write.
 # A test checks that each script's outputs match.
 OWN_ENTRIES = {
     # evaluation JSONs and the logs plot are written into the experiment
@@ -43,7 +44,7 @@ OWN_ENTRIES = {
     "experiment": (PARAMETERS_FILE, *EXPERIMENT_FOLDERS, ".lock",
                    "evaluation_*.json", "logs_plot*.png"),
     "synthetic_dataset": ("config.json", "dwi_ml_ready", "*_subjs.txt"),
-    "demo_output": ("synthetic", "dataset.hdf5", "experiments",
+    "demo_output": ("synthetic", "dataset.hdf5", "experiments/demo",
                     "logs_plot*.png", "tracking_*.trk"),
     "attention_views": ("*.png", "streamlines_attention.trk"),
 }
@@ -256,12 +257,30 @@ def _check_folder_holds(path, kind, overwrite, what, hint):
 
 
 def foreign_entries(path, kind):
-    """Names at the top of folder ``path`` that ``kind``'s scripts do not
-    write (see :data:`OWN_ENTRIES`), sorted."""
-    patterns = (MARKER_FILE, *OWN_ENTRIES[kind], *_TEMPORARY_ENTRIES)
-    return sorted(name for name in os.listdir(path)
-                  if not any(fnmatch.fnmatchcase(name, pattern)
-                             for pattern in patterns))
+    """Paths in folder ``path`` (relative, sorted) that ``kind``'s scripts
+    do not write (see :data:`OWN_ENTRIES`)."""
+    return _foreign_entries(path, (MARKER_FILE, *OWN_ENTRIES[kind]))
+
+
+def _foreign_entries(path, patterns):
+    inside = {}   # top-level pattern -> patterns of what it may hold
+    for pattern in patterns:
+        head, _, rest = pattern.partition("/")
+        inside.setdefault(head, []).append(rest)
+    foreign = []
+    for name in sorted(os.listdir(path)):
+        allowed = [rest for head, rests in inside.items()
+                   if fnmatch.fnmatchcase(name, head) for rest in rests]
+        if any(fnmatch.fnmatchcase(name, temporary)
+               for temporary in _TEMPORARY_ENTRIES) or "" in allowed:
+            continue
+        full = os.path.join(path, name)
+        if allowed and os.path.isdir(full) and not os.path.islink(full):
+            foreign += [f"{name}/{entry}"
+                        for entry in _foreign_entries(full, allowed)]
+        else:
+            foreign.append(name)
+    return foreign
 
 
 def _refuse_foreign_entries(path, kind, what):
