@@ -195,6 +195,11 @@ def test_bad_inputs_are_one_line_errors(eos_experiment, hdf5_file, tmp_path,
          "unknown subject id 'subj-99'"),
         ([eos_experiment, hdf5_file, "subj-01", out, "--input_group",
           "typo"], "typo"),
+        # It said 'batch inputs: expected width 45 ..., found shape (N, 1)'.
+        ([eos_experiment, hdf5_file, "subj-01", out, "--input_group",
+          "wm_mask"], f"input group 'wm_mask' of {hdf5_file}: the model "
+         "expects 45 inputs per point (45 features x 1 neighbours), found 1 "
+         "features."),
         ([eos_experiment, hdf5_file, "subj-01", out, "--batch_size", "0"],
          "--batch_size': expected an integer >= 1"),
         ([eos_experiment, hdf5_file, "subj-01", out, "--nb_bins", "0"],
