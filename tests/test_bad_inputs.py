@@ -112,6 +112,16 @@ def test_train_refuses_bad_trainer_options_before_creating_the_experiment(
     assert not os.path.exists(os.path.join(data["experiments"], "new"))
 
 
+def test_train_refuses_f_with_resume_if_exists(data, capsys, tmp_path):
+    """With a checkpoint, --resume_if_exists resumed and -f was ignored."""
+    copy_experiment(data, tmp_path)
+    assert_user_error(train_main, [tmp_path, "exp", data["data"], "input",
+                                   "streamlines", *TRAIN_OPTIONS, "-f",
+                                   "--resume_if_exists"],
+                      capsys, tmp_path, "-f/--overwrite and --resume_if_exists",
+                      "found both")
+
+
 def test_batch_sizes_in_mm_may_be_fractional(data):
     args = build_parser().parse_args(_train_argv(
         data, data["data"], "--batch_size_units", "length_mm",

@@ -22,7 +22,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_non_negative_float,
     check_ratio,
 )
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import (
     run_locked,
@@ -203,6 +203,12 @@ def train_from_args(args, callbacks=()):
 
 
 def _train(args, callbacks, lock):
+    if args.overwrite and args.resume_if_exists:
+        # -f was silently ignored when there was a checkpoint to resume.
+        raise DwiMLUserError(
+            "arguments -f/--overwrite and --resume_if_exists: expected at "
+            "most one (-f starts the experiment over, --resume_if_exists "
+            "continues it), found both.")
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     resumable = has_checkpoint(experiment_dir)
     if args.resume_if_exists and resumable:
