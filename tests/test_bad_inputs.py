@@ -90,6 +90,38 @@ def test_train_refuses_bad_integer_options(data, capsys, extra, expected):
     assert not os.path.exists(os.path.join(data["experiments"], "new"))
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--learning_rate", "-1"], ["learning_rate", "> 0", "-1.0"]),
+    (["--weight_decay", "-1"], ["weight_decay", ">= 0", "-1.0"]),
+    (["--clip_grad", "0"], ["clip_grad", "> 0", "0.0"]),
+    (["--patience_delta", "-0.5"], ["patience_delta", ">= 0", "-0.5"]),
+    # torch raised a ValueError (a traceback) for these two ...
+    (["--optimizer", "SGD", "--momentum", "-1"], ["momentum", ">= 0", "-1.0"]),
+    (["--lr_scheduler", "plateau", "--lr_gamma", "2"],
+     ["lr_gamma", "(0, 1)", "'plateau'", "2.0"]),
+    # ... and trained with a negative learning rate after lr_step_size
+    # epochs for this one.
+    (["--lr_scheduler", "step", "--lr_gamma", "-1"], ["lr_gamma", "> 0"]),
+])
+def test_train_refuses_bad_trainer_options_before_creating_the_experiment(
+        data, capsys, extra, expected):
+    """Checked when the trainer was built, after the experiment folder was
+    made: the folder stayed, and the corrected command was refused."""
+    assert_user_error(train_main, _train_argv(data, data["data"], *extra),
+                      capsys, data["folder"], *expected)
+    assert not os.path.exists(os.path.join(data["experiments"], "new"))
+
+
+def test_train_refuses_f_with_resume_if_exists(data, capsys, tmp_path):
+    """With a checkpoint, --resume_if_exists resumed and -f was ignored."""
+    copy_experiment(data, tmp_path)
+    assert_user_error(train_main, [tmp_path, "exp", data["data"], "input",
+                                   "streamlines", *TRAIN_OPTIONS, "-f",
+                                   "--resume_if_exists"],
+                      capsys, tmp_path, "-f/--overwrite and --resume_if_exists",
+                      "found both")
+
+
 def test_batch_sizes_in_mm_may_be_fractional(data):
     args = build_parser().parse_args(_train_argv(
         data, data["data"], "--batch_size_units", "length_mm",
@@ -145,6 +177,29 @@ def test_every_script_refuses_bad_integer_options(data, capsys, script, extra,
     assert_user_error(main, [*argv, *extra], capsys, folder, *expected)
 
 
+# ------------------------------------------- a file for a folder, or reverse --
+
+def test_a_folder_given_for_a_file_and_the_reverse_are_named(data, capsys):
+    """The messages said 'does not exist' of a path that exists."""
+    folder = data["folder"]
+    synthetic = os.path.join(folder, "synthetic")
+    ready = os.path.join(synthetic, "dwi_ml_ready")
+    config = os.path.join(synthetic, "config.json")
+    lists = [os.path.join(synthetic, f"{s}_subjs.txt")
+             for s in ("training", "validation", "testing")]
+    out = os.path.join(folder, "new.hdf5")
+    for argv, expected in [
+            ([config, out, config, *lists],
+             f"dwi_ml_ready folder '{config}' is a file; expected a folder."),
+            ([ready, out, ready, *lists],
+             f"config '{ready}' is a folder; expected a file."),
+            ([ready, out, config, ready, *lists[1:]],
+             f"subject list '{ready}' is a folder; expected a file.")]:
+        assert_user_error(create_main, argv, capsys, folder, expected)
+    assert_user_error(print_main, [synthetic], capsys, folder,
+                      f"HDF5 file '{synthetic}' is a folder; expected a file.")
+
+
 # ---------------------------------------------------- resume, other dataset --
 
 def test_resume_refuses_another_hdf5_and_names_the_difference(data, capsys,
@@ -157,6 +212,24 @@ def test_resume_refuses_another_hdf5_and_names_the_difference(data, capsys,
         "first difference: subjects/", "--accept_different_hdf5")
     # --step_size 2.0 gave fewer points: a shape of the streamline group.
     assert "/streamlines/datasets/" in message and "shape" in message
+
+
+def test_resume_of_moved_data_names_hdf5_file(data, tmp_path, capsys):
+    """It said only "HDF5 file '...' does not exist"."""
+    experiment = copy_experiment(data, tmp_path)
+    path = os.path.join(experiment, "parameters.json")
+    with open(path) as f:
+        params = json.load(f)
+    moved = str(tmp_path / "moved" / "data.hdf5")
+    params["dataset"]["hdf5_file"] = moved
+    with open(path, "w") as f:
+        json.dump(params, f)
+    assert_user_error(resume_main, [tmp_path, "exp", "--new_max_epochs", "2"],
+                      capsys, tmp_path, f"HDF5 file '{moved}'", "does not exist",
+                      "if it moved, give its new path with --hdf5_file")
+    assert_user_error(resume_main, [tmp_path, "exp", "--new_max_epochs", "2",
+                                    "--hdf5_file", moved], capsys, tmp_path,
+                      f"--hdf5_file '{moved}' does not exist.")
 
 
 def test_resume_accepts_another_hdf5_when_asked(data, tmp_path, capsys):

@@ -189,8 +189,21 @@ def test_script_errors(files, tmp_path, capsys):
         (blocs_main, [*inputs, "2", str(existing)], "already exists"),
         (score_main, [str(existing), str(tmp_path / "missing.npy")],
          "missing.npy"),
-        (score_main, [str(existing), files["labels"]], "could not read"),
+        (score_main, [str(existing), files["labels"]],
+         "expected the extension .npy, found '.gz'"),
+        (score_main, [str(existing), str(tmp_path / "not_npy.npy")],
+         "could not read"),
+        # A NaN was scored (nan streamlines), and 100 blocs per axis of a
+        # 10-voxel grid asked for a 7 TiB matrix (a MemoryError traceback).
+        (score_main, [str(existing), str(tmp_path / "nan.npy")],
+         "expected finite counts, found 1 NaN or infinite entries"),
+        (blocs_main, [*inputs, "100", str(tmp_path / "o.npy")],
+         f"at most the volume's size along each axis {list(GRID)}"),
+        (blocs_main, [*inputs, "2", "2", "11", str(tmp_path / "o.npy")],
+         "found [2, 2, 11]"),
     ]
+    (tmp_path / "not_npy.npy").write_text("not a matrix")
+    np.save(tmp_path / "nan.npy", np.array([[np.nan, 1.0], [1.0, 0.0]]))
     for main, argv, expected in cases:
         assert expected in _error(capsys, main, argv)
     np.testing.assert_array_equal(np.load(existing), np.zeros((2, 2)))

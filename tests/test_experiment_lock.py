@@ -5,15 +5,19 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from file_tree import run_refused, snapshot
 from training_data import make_training_hdf5
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.io_utils.atomic import remove_stale_temporaries
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import LOCK_FILE, ExperimentLock
+from dwi_ml.io_utils.output_folders import mark_output_folder
 from dwi_ml.training.callbacks import Callback
 
 TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
@@ -152,3 +156,82 @@ def test_only_previous_version_is_kept(tmp_path):
                                        ("checkpoint", "best_model"))
     assert removed == [str(tmp_path / ".best_model.old")]
     assert sorted(os.listdir(tmp_path)) == [".checkpoint.old", "best_model"]
+
+
+class _CrashAtFirstBatch(Callback):
+    """Stands for a kill (-9, out of memory) before the first checkpoint."""
+
+    def on_train_batch_end(self, trainer, batch, outputs):
+        raise RuntimeError("killed before the first checkpoint")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_started_over(
+        tmp_path, data, capsys):
+    """Such a folder was refused by train ('use -f or resume') and by resume
+    ('not a dwi_ml experiment' / 'never finished an epoch'), and a requeued
+    job's --resume_if_exists failed instead of starting the run over."""
+    experiments = tmp_path / "exps"
+    experiments.mkdir()
+    argv = [str(experiments), "exp", data["hdf5"], "input", "streamlines",
+            *TINY_TRAINING]
+    with pytest.raises(RuntimeError, match="before the first checkpoint"):
+        train_from_args(build_parser().parse_args(argv),
+                        callbacks=[_CrashAtFirstBatch()])
+    folder = str(experiments / "exp")
+    assert os.path.isfile(os.path.join(folder, "parameters.json"))
+    assert not has_checkpoint(folder)
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, argv, capsys)
+    assert "already exists; use -f/--overwrite to replace it (it has no " \
+           "checkpoint to continue" in message
+    assert "resume_training_from_checkpoint.py" not in message
+    message = run_refused(resume_cli.main, [str(experiments), "exp"], capsys)
+    assert f"experiment '{folder}' has no checkpoint to continue" in message
+    assert "dwiml_train_model.py -f (or --resume_if_exists)" in message
+    assert snapshot(tmp_path) == before
+
+    # The same command line with --resume_if_exists starts it over.
+    train_main(argv + ["--resume_if_exists"])
+    assert "starting it over" in capsys.readouterr().err
+    assert has_checkpoint(folder)
+    assert len(np.load(os.path.join(folder, "logs", "train_loss.npy"))) == 1
+
+    # Killed even earlier: only the marker and the lock were written.
+    (experiments / "early").mkdir()
+    mark_output_folder(str(experiments / "early"), "experiment")
+    (experiments / "early" / LOCK_FILE).write_text("")
+    train_main([str(experiments), "early", *argv[2:], "--resume_if_exists"])
+    assert has_checkpoint(str(experiments / "early"))
+
+
+def test_a_run_in_its_first_epoch_is_named_as_in_use(tmp_path, data, capsys):
+    """Another process started this experiment and has no checkpoint yet:
+    train said 'already exists; use -f', and resume 'no checkpoint to
+    continue: its run stopped', of a run that had not stopped."""
+    experiments = tmp_path / "exps"
+    (experiments / "exp").mkdir(parents=True)
+    mark_output_folder(str(experiments / "exp"), "experiment")
+    process = subprocess.Popen([sys.executable, "-c", HOLDER,
+                                str(experiments / "exp")],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        before = snapshot(tmp_path)
+        in_use = f"is in use by process {process.pid}"
+        argv = [str(experiments), "exp", data["hdf5"], "input",
+                "streamlines", *TINY_TRAINING]
+        for main, extra in ((train_main, []),
+                            (train_main, ["--resume_if_exists"]),
+                            (train_main, ["-f"])):
+            assert in_use in run_refused(main, argv + extra, capsys)
+        assert in_use in run_refused(resume_cli.main,
+                                     [str(experiments), "exp"], capsys)
+        assert snapshot(tmp_path) == before
+    finally:
+        process.kill()
+        process.wait()
+    # A user's folder gets no lock file from the check.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    run_refused(train_main, [str(tmp_path), "mine", *argv[2:]], capsys)
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from file_tree import run_refused, snapshot
 from training_data import make_training_hdf5
@@ -176,9 +177,18 @@ def test_empty_name_is_refused_by_train_and_resume(tmp_path, data, capsys):
 def test_train_f_replaces_a_marked_experiment(tmp_path, data):
     experiments = _user_files(tmp_path)
     old = _copy_experiment(data, experiments / "exp")
-    (experiments / "exp" / "stale_output.txt").write_text("from the old run")
+    # What dwi_ml's scripts write into an experiment by default goes too.
+    evaluate_main([old, data["hdf5"], "--subset", "validation"])
+    plot_main([old])
+    assert sorted(os.listdir(old)) == sorted(
+        [".dwi_ml_output.json", ".lock", "best_model", "checkpoint", "logs",
+         "parameters.json", "evaluation_validation_best.json",
+         "logs_plot.png"])
+    assert output_folders.foreign_entries(old, "experiment") == []
     train_main(_train(experiments, "exp", data, "-f"))
-    assert not os.path.exists(os.path.join(old, "stale_output.txt"))
+    assert not os.path.exists(os.path.join(old, "logs_plot.png"))
+    assert not os.path.exists(
+        os.path.join(old, "evaluation_validation_best.json"))
     assert folder_kind(old) == "experiment"
     assert os.path.isdir(os.path.join(old, "checkpoint"))
     # The user's other files are untouched.
@@ -281,11 +291,11 @@ def test_synthetic_f_replaces_only_a_marked_dataset(tmp_path, capsys):
     out = tmp_path / "synthetic"
     synthetic_main([str(out), *TINY_SYNTHETIC])
     assert folder_kind(str(out)) == "synthetic_dataset"
-    (out / "extra.txt").write_text("written after")
+    assert output_folders.foreign_entries(str(out), "synthetic_dataset") \
+        == []
     message = run_refused(synthetic_main, [str(out), *TINY_SYNTHETIC], capsys)
     assert f"'{out}' already exists; use -f" in message
     synthetic_main([str(out), "-f", *TINY_SYNTHETIC])
-    assert not (out / "extra.txt").exists()
     assert folder_kind(str(out)) == "synthetic_dataset"
 
     os.remove(out / MARKER_FILE)
@@ -297,6 +307,87 @@ def test_synthetic_f_replaces_only_a_marked_dataset(tmp_path, capsys):
         assert f"'{out}' is not empty and is not a dwi_ml synthetic " \
                "dataset" in message
     assert snapshot(tmp_path) == before
+
+
+def test_qa_synthetic_f_keeps_what_the_pipeline_wrote_inside_it(
+        tmp_path, data, capsys):
+    """The README's pipeline writes data.hdf5 and experiments/ inside the
+    synthetic dataset's folder: regenerating it with -f must not delete
+    them (it did, with every trained model)."""
+    out = tmp_path / "example"
+    synthetic_main([str(out), *TINY_SYNTHETIC])
+    shutil.copy(data["hdf5"], out / "data.hdf5")
+    (out / "experiments").mkdir()
+    _copy_experiment(data, out / "experiments" / "l2t")
+    (out / "my_notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    message = run_refused(synthetic_main, [str(out), "-f", *TINY_SYNTHETIC],
+                          capsys)
+    assert (f"'{out}' is a dwi_ml synthetic dataset but also holds "
+            "'data.hdf5', 'experiments', 'my_notes.txt'") in message
+    assert "-f removes only what dwi_ml wrote" in message
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind, own, script", [
+    ("experiment", "logs", "train"), ("demo_output", "synthetic", "demo"),
+    ("attention_views", "attention_layer0_head0.png", None)])
+def test_f_refuses_a_marked_folder_holding_a_users_file(
+        tmp_path, data, capsys, kind, own, script):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    mark_output_folder(str(folder), kind)
+    (folder / own).mkdir()
+    (folder / "tracked_by_me.trk").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(DwiMLUserError, match="but also holds "
+                       "'tracked_by_me.trk'"):
+        check_output_folder(str(folder), kind, overwrite=True)
+    with pytest.raises(DwiMLUserError, match="tracked_by_me.trk"):
+        output_folders.reset_output_folder(str(folder), kind)
+    if script == "train":
+        message = run_refused(train_main, _train(tmp_path, "out", data, "-f"),
+                              capsys)
+        assert "'tracked_by_me.trk'" in message
+    elif script == "demo":
+        message = run_refused(demo_main, [str(folder), "-f"], capsys)
+        assert "'tracked_by_me.trk'" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_demo_f_keeps_the_experiments_trained_next_to_the_demos(
+        tmp_path, capsys):
+    """The docs train experiments into demo_output/experiments (ddp_run,
+    mlp, comet_run): rerunning the demo with -f deleted them."""
+    out = tmp_path / "demo_output"
+    (out / "experiments" / "demo").mkdir(parents=True)
+    (out / "experiments" / "mlp" / "logs").mkdir(parents=True)
+    (out / "experiments" / ".demo.x1y2z3w4.tmp").mkdir()   # a killed write
+    mark_output_folder(str(out), "demo_output")
+    assert output_folders.foreign_entries(str(out), "demo_output") == [
+        "experiments/mlp"]
+    before = snapshot(tmp_path)
+    message = run_refused(demo_main, [str(out), "-f"], capsys)
+    assert "but also holds 'experiments/mlp'" in message
+    assert snapshot(tmp_path) == before
+    shutil.rmtree(out / "experiments" / "mlp")
+    assert output_folders.foreign_entries(str(out), "demo_output") == []
+    shutil.rmtree(out / "experiments")
+    (out / "experiments").write_text("a file where the demo's folder goes")
+    assert output_folders.foreign_entries(str(out), "demo_output") == [
+        "experiments"]
+
+
+def test_demo_outputs_are_all_its_own(tmp_path):
+    out = tmp_path / "demo"
+    demo_main([str(out), "--epochs", "1", "2", "--nb_streamlines", "30",
+               "-v", "WARNING"])
+    assert sorted(os.listdir(out)) == [
+        ".dwi_ml_output.json", "dataset.hdf5", "experiments", "logs_plot.png",
+        "synthetic", "tracking_subj-02.trk"]
+    assert output_folders.foreign_entries(str(out), "demo_output") == []
+    experiment = out / "experiments" / "demo"
+    assert output_folders.foreign_entries(str(experiment), "experiment") == []
 
 
 def test_demo_refuses_a_users_folder_and_bad_epochs(tmp_path, capsys):
@@ -421,4 +512,47 @@ def test_hdf5_creation_never_replaces_a_folder(tmp_path, data, capsys):
         *(str(synthetic / f"{split}_subjs.txt")
           for split in ("training", "validation", "testing")), "-f"], capsys)
     assert f"output '{out}' is a folder; expected a file name" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_an_output_of_another_format_is_refused_even_with_f(tmp_path, data,
+                                                             capsys):
+    """`--out_json tracked.trk -f` replaced the input tractogram with JSON,
+    and an HDF5 written over the config.json it was made from."""
+    from scoring_data import hand_tracked, save_nifti, save_trk
+
+    from dwi_ml.cli.dwiml_compute_connectivity_score import (
+        main as connectivity_score_main,
+    )
+    from dwi_ml.cli.dwiml_score_tractogram import main as score_main
+
+    nifti = save_nifti(tmp_path / "mask.nii.gz")
+    tracked = save_trk(tmp_path / "tracked.trk", hand_tracked(), nifti)
+    matrix = str(tmp_path / "matrix.npy")
+    np.save(matrix, np.eye(3))
+    synthetic = tmp_path / "synthetic"
+    synthetic_main([str(synthetic), *TINY_SYNTHETIC])
+    config = str(synthetic / "config.json")
+    lists = [str(synthetic / f"{s}_subjs.txt")
+             for s in ("training", "validation", "testing")]
+    csv_input = tmp_path / "values.txt"
+    csv_input.write_text("mine")
+    before = snapshot(tmp_path)
+    for main, argv, expected in [
+            (score_main, [tracked, tracked, nifti, "--out_json", tracked],
+             f"output '{tracked}': expected the extension .json, found "
+             "'.trk'"),
+            (connectivity_score_main, [matrix, matrix, "--out_json", matrix],
+             "expected the extension .json, found '.npy'"),
+            (create_main, [str(synthetic / "dwi_ml_ready"), config, config,
+                           *lists],
+             f"output '{config}': expected one of the extensions .hdf5, "
+             ".h5, found '.json'"),
+            (evaluate_main, [data["experiment"], data["hdf5"], "--out",
+                             str(tmp_path / "mask.nii.gz")],
+             "expected the extension .json, found '.gz'"),
+            (plot_main, [data["experiment"], "--out", str(tmp_path / "p"),
+                         "--save_to_csv", str(csv_input)],
+             "expected the extension .csv, found '.txt'")]:
+        assert expected in run_refused(main, [*argv, "-f"], capsys)
     assert snapshot(tmp_path) == before

@@ -335,3 +335,24 @@ def test_script_errors(hand_files, tmp_path, capsys):
     for argv, expected in cases:
         assert expected in _error(capsys, argv)
     assert existing.read_text() == "{}"
+
+
+def test_script_refuses_a_tractogram_of_another_grid(hand_files, tmp_path,
+                                                     capsys):
+    """A .trk of another subject's grid: one line naming both grids (dipy's
+    load_tractogram returned False, and the script crashed on it)."""
+    shifted = GRID_AFFINE.copy()
+    shifted[:3, 3] += [4.0, 0.0, 0.0]
+    other_nifti = save_nifti(tmp_path / "other_mask.nii.gz", affine=shifted)
+    message = _error(capsys, [hand_files["tracked"], hand_files["reference"],
+                              other_nifti])
+    assert f"tractogram '{hand_files['tracked']}'" in message
+    assert f"does not match the reference '{other_nifti}'" in message
+    assert "[[2.0, 0.0, 0.0, -10.0]" in message    # the tractogram's grid
+    assert "[[2.0, 0.0, 0.0, -6.0]" in message     # the volume's
+    other_reference = save_trk(tmp_path / "other_reference.trk",
+                               hand_reference()[0], other_nifti)
+    message = _error(capsys, [hand_files["tracked"], other_reference,
+                              hand_files["nifti"]])
+    assert f"tractogram '{other_reference}'" in message
+    assert not os.path.exists(tmp_path / "scores.json")

@@ -3,6 +3,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import runpy
 
 import pytest
 
@@ -83,3 +84,15 @@ def test_training_defaults_in_the_saved_parameters(model_type, options,
     assert params["model"]["nb_previous_dirs"] == 2
     assert params["loader"]["reverse_ratio"] == 0.5
     assert params["loader"]["split_ratio"] == 0.0
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+# The test process imported the modules already; a real `python -m` did not.
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_every_script_runs_as_a_module(script, monkeypatch, capsys):
+    """``python -m dwi_ml.cli.NAME`` ran nothing and exited 0."""
+    monkeypatch.setattr("sys.argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as raised:
+        runpy.run_module(f"dwi_ml.cli.{script}", run_name="__main__")
+    assert raised.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {script}.py")

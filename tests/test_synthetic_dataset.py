@@ -227,18 +227,19 @@ def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
     tiny = ["--nb_subjects", "1", "--nb_streamlines", "20", "--shape", "12",
             "12", "10", "--nb_directions", "6"]
     main([str(out), *tiny])
-    (out / "old.txt").write_text("from before")
+    (out / "training_subjs.txt").write_text("from before")
     with pytest.raises(SystemExit) as error:
         main([str(out), *tiny])
     assert error.value.code == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "already exists" in message
     assert str(out) in message and "-f" in message
-    assert (out / "old.txt").exists()
+    assert (out / "training_subjs.txt").read_text() == "from before"
 
-    # -f replaces it: it is a synthetic dataset (its marker file says so).
+    # -f replaces it: it is a synthetic dataset (its marker file says so),
+    # holding only what the script writes.
     main([str(out), "-f", *tiny])
-    assert not (out / "old.txt").exists()
+    assert (out / "training_subjs.txt").read_text() == "subj-01\n"
     dwi = nib.load(out / "dwi_ml_ready" / "subj-01" / "dwi.nii.gz")
     assert dwi.shape == (12, 12, 10, 7)
 

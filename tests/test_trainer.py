@@ -97,6 +97,20 @@ def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
     assert best["loss"] == train_loss.min()   # the same float64
     assert np.all(np.isnan(np.load(tmp_path / "no_valid" / "logs" /
                                    "valid_loss.npy")))
+    assert trainer.best_metric_name == "train_loss"
+
+
+def test_script_names_the_training_loss_without_validation(tmp_path, capsys):
+    """It said 'best epoch 1, valid_loss 0.91452' of a run whose
+    valid_loss log is all NaN."""
+    hdf5_no_valid = make_training_hdf5(str(tmp_path), nb_streamlines=40,
+                                       with_validation=False)
+    train_main([str(tmp_path), "exp", hdf5_no_valid, "input", "streamlines",
+                "--max_epochs", "2", "--rnn_layer_sizes", "8"])
+    train_loss = np.load(tmp_path / "exp" / "logs" / "train_loss.npy")
+    best = int(np.argmin(train_loss))
+    assert capsys.readouterr().out.strip().endswith(
+        f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
 
 
 class _PoisonWeights(Callback):
@@ -181,6 +195,10 @@ def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
     assert "input_group: 'dwi' is not a volume group" in err and "input" in err
     (tmp_path / "exp").mkdir()
     mark_output_folder(str(tmp_path / "exp"), "experiment")
+    with pytest.raises(SystemExit):
+        train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
+    assert "it has no checkpoint to continue" in capsys.readouterr().err
+    (tmp_path / "exp" / "checkpoint").mkdir()
     with pytest.raises(SystemExit):
         train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
     assert "resume_training_from_checkpoint.py" in capsys.readouterr().err

@@ -117,14 +117,17 @@ def test_sigkill_mid_epoch_then_resume_equals_straight_run(tmp_path, hdf5_file):
 
 def test_resume_of_a_finished_run_says_so(tmp_path, hdf5_file, capsys):
     experiments = str(tmp_path)
-    train_main(_train_args(experiments, "done", hdf5_file, 1, 0))
-    with pytest.raises(SystemExit) as error:
-        resume_cli.main([experiments, "done"])
-    assert error.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert "already finished its 1 epochs" in message
-    assert "--new_max_epochs" in message
-    assert len(message.splitlines()) == 1
+    train_main(_train_args(experiments, "done", hdf5_file, 2, 0))
+    # A smaller --new_max_epochs does not undo the epochs done: the message
+    # said 'finished its 1 epochs: give --new_max_epochs larger than 1'.
+    for extra in ([], ["--new_max_epochs", "1"], ["--new_max_epochs", "2"]):
+        with pytest.raises(SystemExit) as error:
+            resume_cli.main([experiments, "done", *extra])
+        assert error.value.code == 2
+        message = capsys.readouterr().err.strip()
+        assert ("already finished its 2 epochs: give --new_max_epochs "
+                "larger than 2") in message
+        assert len(message.splitlines()) == 1
 
 
 def test_parameters_format_version(tmp_path):

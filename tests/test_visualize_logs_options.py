@@ -225,3 +225,29 @@ def test_new_options_refuse_bad_values(experiment, tmp_path, capsys):
                        str(tmp_path / "taken")], capsys)
     assert "taken_2.png' already exists" in error
     assert sorted(os.listdir(tmp_path)) == ["run", "taken_2.png"]
+
+
+def test_values_without_a_neighbour_are_drawn_as_dots(tmp_path):
+    """A line through one point draws nothing: the panels of an experiment
+    after its first epoch were empty."""
+    one_epoch = write_experiment(tmp_path / "one", {
+        "train_loss": [2.0], "valid_loss": [2.5],
+        "train_loss_per_batch": [3.0, np.nan, 1.0, 2.0]})
+    experiments = read_experiments([one_epoch])
+    figure = build_figures([Panel("Loss", ("train_loss", "valid_loss")),
+                            Panel("Batches", ("train_loss_per_batch",))],
+                           experiments)[0]
+
+    def dots(ax):
+        return [(line.get_xdata().tolist(), line.get_ydata().tolist())
+                for line in ax.lines if line.get_marker() == "o"]
+
+    assert dots(figure.axes[0]) == [([0], [2.0]), ([0], [2.5])]
+    # Epoch ticks are integers (they were -0.045, -0.030, ...).
+    figure.canvas.draw()
+    ticks = [tick for tick in figure.axes[0].get_xticks()
+             if figure.axes[0].get_xlim()[0] <= tick
+             <= figure.axes[0].get_xlim()[1]]
+    assert ticks == [-1, 0, 1]
+    # Batch 0 is alone; batches 2 and 3 make a line.
+    assert dots(figure.axes[1]) == [([0], [3.0])]

@@ -195,11 +195,22 @@ def test_bad_inputs_are_one_line_errors(eos_experiment, hdf5_file, tmp_path,
          "unknown subject id 'subj-99'"),
         ([eos_experiment, hdf5_file, "subj-01", out, "--input_group",
           "typo"], "typo"),
+        # It said 'batch inputs: expected width 45 ..., found shape (N, 1)'.
+        ([eos_experiment, hdf5_file, "subj-01", out, "--input_group",
+          "wm_mask"], f"input group 'wm_mask' of {hdf5_file}: the model "
+         "expects 45 inputs per point (45 features x 1 neighbours), found 1 "
+         "features."),
         ([eos_experiment, hdf5_file, "subj-01", out, "--batch_size", "0"],
          "--batch_size': expected an integer >= 1"),
         ([eos_experiment, hdf5_file, "subj-01", out, "--nb_bins", "0"],
          "--nb_bins': expected an integer >= 1"),
+        # With -f, a PNG was written over the input HDF5 file.
+        ([eos_experiment, hdf5_file, "subj-01", out, "--out_histogram",
+          hdf5_file, "-f"],
+         f"--out_histogram '{hdf5_file}': expected the extension .png, "
+         "found '.hdf5'"),
     ]
+    hdf5_bytes = open(hdf5_file, "rb").read()
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             visualize_loss_main(argv)
@@ -208,3 +219,4 @@ def test_bad_inputs_are_one_line_errors(eos_experiment, hdf5_file, tmp_path,
         assert message in error, error
         assert error.count("\n") == 1, error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.trk"]
+    assert open(hdf5_file, "rb").read() == hdf5_bytes

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     check_inputs_exist,
     make_parser,
@@ -54,6 +54,12 @@ def main(argv=None):
     check_matrix_output(args)
 
     shape, _ = load_grid(args.in_volume)
+    if any(nb > size for nb, size in zip(nb_blocs, shape)):
+        # Also keeps the prod(NB_BLOCS)^2 matrix within memory.
+        raise DwiMLUserError(
+            f"nb_blocs: expected at most the volume's size along each axis "
+            f"{list(shape)} (a bloc holds at least one voxel), found "
+            f"{list(nb_blocs)}.")
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_volume)
     matrix = connectivity_from_blocs(sft.streamlines, shape, nb_blocs,
                                      args.binary)
@@ -62,3 +68,7 @@ def main(argv=None):
                  "%s.", len(matrix), len(matrix),
                  " x ".join(map(str, nb_blocs)), len(sft),
                  os.path.abspath(args.out_matrix))
+
+
+if __name__ == "__main__":
+    main()

@@ -50,3 +50,7 @@ def main(argv=None):
     logging.info("Saved the %d x %d matrix of %d streamlines in %s.",
                  len(matrix), len(matrix), len(sft),
                  os.path.abspath(args.out_matrix))
+
+
+if __name__ == "__main__":
+    main()

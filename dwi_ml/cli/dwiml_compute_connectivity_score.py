@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -14,7 +15,7 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.tracking.connectivity import score_connectivity
-from dwi_ml.tracking.scoring_io import format_scores
+from dwi_ml.tracking.scoring_io import check_npy_extension, format_scores
 
 DESCRIPTION = """\
 Compare a predicted connectivity matrix (e.g. of a tracked tractogram) with
@@ -39,12 +40,13 @@ def _build_parser():
     parser.add_argument("predicted_matrix", help="Matrix to score (.npy).")
     parser.add_argument("true_matrix", help="Reference matrix (.npy).")
     parser.add_argument("--out_json", metavar="FILE",
-                        help="Save the scores in this JSON file.")
+                        help="Save the scores in this .json file.")
     add_output_args(parser)
     return parser
 
 
 def _load_matrix(path):
+    check_npy_extension(path, "matrix")
     try:
         matrix = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -55,6 +57,11 @@ def _load_matrix(path):
         raise DwiMLUserError(
             f"matrix '{path}': expected numbers or booleans, found dtype "
             f"{matrix.dtype}.")
+    nb_not_finite = int(np.count_nonzero(~np.isfinite(matrix)))
+    if nb_not_finite:
+        raise DwiMLUserError(
+            f"matrix '{path}': expected finite counts, found {nb_not_finite} "
+            "NaN or infinite entries.")
     return matrix
 
 
@@ -64,6 +71,7 @@ def main(argv=None):
     check_inputs_exist(args.predicted_matrix, args.true_matrix)
     if args.out_json is not None:
         check_output_free(args.out_json, args.overwrite)
+        check_extension(args.out_json, (".json",))
 
     scores = score_connectivity(_load_matrix(args.predicted_matrix),
                                 _load_matrix(args.true_matrix))
@@ -71,3 +79,7 @@ def main(argv=None):
     if args.out_json is not None:
         write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))
+
+
+if __name__ == "__main__":
+    main()

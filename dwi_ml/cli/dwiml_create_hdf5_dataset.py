@@ -12,6 +12,7 @@ from dwi_ml.data.hdf5.layout import (
     read_subject_list,
 )
 from dwi_ml.data.hdf5.subjects import read_subjects_file
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -48,7 +49,7 @@ def _build_parser():
     parser = make_parser(DESCRIPTION)
     parser.add_argument("dwi_ml_ready_folder",
                         help="Folder with one sub-folder per subject.")
-    parser.add_argument("out_hdf5", help="Output HDF5 file.")
+    parser.add_argument("out_hdf5", help="Output HDF5 file (.hdf5 or .h5).")
     parser.add_argument("config_json", help="Groups config (JSON).")
     parser.add_argument("training_subjs", help="Training subject IDs (.txt).")
     parser.add_argument("validation_subjs",
@@ -115,6 +116,7 @@ def format_summary(path, summary, seconds):
 @script_entry_point
 def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
+    check_extension(args.out_hdf5, (".hdf5", ".h5"))
     check_inputs_exist(args.dwi_ml_ready_folder, args.config_json,
                        args.training_subjs, args.validation_subjs,
                        args.testing_subjs)
@@ -129,3 +131,7 @@ def main(argv=None):
         overwrite=args.overwrite)
     print(format_summary(args.out_hdf5, summarize_hdf5(args.out_hdf5),
                          time.perf_counter() - start))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ segments, measured in mm). A model trained on GPU evaluates on CPU.
 """
 import os
 
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
@@ -37,7 +38,7 @@ def _build_parser():
                        help="Split of the HDF5 file whose subjects are "
                             "evaluated.")
     add_model_run_args(group)
-    group.add_argument("--out", help="JSON output (default: EXPERIMENT/"
+    group.add_argument("--out", help="Output .json file (default: EXPERIMENT/"
                        "evaluation_SUBSET_best|latest.json).")
     add_output_args(parser)
     return parser
@@ -58,6 +59,7 @@ def main(argv=None):
     out = args.out or os.path.join(args.experiment_path,
                                    f"evaluation_{args.subset}_{which}.json")
     check_output_free(out, args.overwrite)
+    check_extension(out, (".json",))
 
     results = evaluate_model_folder(model_dir, args.hdf5_file, args.subset,
                                     input_group, streamline_group,
@@ -77,3 +79,7 @@ def main(argv=None):
         print(f"{subject:<16}" + "".join(f"{values[name]:>20.5f}" for name in names)
               + f"{values['n_points']:>10d}")
     print(f"Saved to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -152,3 +152,7 @@ def main(argv=None):
         dataset.close()
     logger.info("Group '%s' of subject '%s' written to %s.", args.group,
                 args.subject_id, args.out_file)
+
+
+if __name__ == "__main__":
+    main()

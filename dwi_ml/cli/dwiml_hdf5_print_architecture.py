@@ -28,3 +28,7 @@ def _build_parser():
 def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
     print("\n".join(describe_hdf5(args.hdf5_file)))
+
+
+if __name__ == "__main__":
+    main()

@@ -64,3 +64,7 @@ def main(argv=None):
         voxel_size=args.voxel_size, nb_bundles=args.nb_bundles,
         nb_directions=args.nb_directions, seed=args.seed,
         overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    main()

@@ -153,3 +153,7 @@ def main(argv=None):
     print(f"Final validation loss {valid_loss[-1]:.4f} (epoch 0: "
           f"{valid_loss[0]:.4f}); mean angular error of the best model on "
           f"the validation subject: {angle:.1f} degrees.")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -82,7 +83,7 @@ def _build_parser():
                              "holding bundle labels. Without it, no bundle "
                              "scores.")
     parser.add_argument("--out_json", metavar="FILE",
-                        help="Save the scores in this JSON file.")
+                        help="Save the scores in this .json file.")
 
     rules = parser.add_argument_group("Rules")
     rules.add_argument("--min_share_in_volume", type=float, metavar="S",
@@ -105,6 +106,7 @@ def main(argv=None):
                        args.mask_or_volume)
     if args.out_json is not None:
         check_output_free(args.out_json, args.overwrite)
+        check_extension(args.out_json, (".json",))
 
     shape, affine = load_grid(args.mask_or_volume)
     tracked = load_tractogram_vox_corner(args.in_tractogram,
@@ -141,3 +143,7 @@ def main(argv=None):
     if args.out_json is not None:
         write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))
+
+
+if __name__ == "__main__":
+    main()

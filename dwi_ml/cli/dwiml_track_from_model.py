@@ -41,6 +41,7 @@ from dwi_ml.tracking.training_facts import (
     choose_step_size,
     warn_if_not_trained_backward,
 )
+from dwi_ml.training.experiment_builder import check_model_input_features
 
 DESCRIPTION = """\
 Track one subject of a dwi_ml HDF5 file with the model of an experiment
@@ -196,14 +197,8 @@ def _check_numbers(args):
 
 def _check_model(model, args, input_volume):
     """Step size (mm) to use, after checking the model fits the inputs."""
-    nb_features = input_volume.nb_features
-    if getattr(model, "nb_features", None) != nb_features:
-        raise DwiMLUserError(
-            f"input group '{args.input_group}' of {args.hdf5_file}: the model "
-            f"expects {model.input_size} inputs per point ("
-            f"{model.nb_features} features x "
-            f"{model.input_spec.neighborhood.nb_neighbours} "
-            f"neighbours), found {nb_features} features.")
+    check_model_input_features(model, input_volume.nb_features,
+                               args.input_group, args.hdf5_file)
     step_size = choose_step_size(args.step_size, model, args.experiment_path)
     # Refuses 'prob' with a deterministic direction getter before any work.
     model.get_tracking_directions(
@@ -294,3 +289,7 @@ def _log_stops(result):
                                f"{int(np.sum(stops == reason))}"
                                for reason in StopReason)
             logging.info("Stops of the %s halves: %s.", name, counts)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ checkpoint/ after every epoch and logs/*.npy. A killed run continues exactly
 with resume_training_from_checkpoint.py. Under torchrun, batch sizes are
 global: each batch is split across the ranks.
 """
+import logging
 import os
 
 from dwi_ml.batching.batch_loader import add_loader_args
@@ -21,13 +22,13 @@ from dwi_ml.io_utils.arg_checks import (
     check_non_negative_float,
     check_ratio,
 )
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import (
     run_locked,
     start_new_experiment,
 )
-from dwi_ml.io_utils.output_folders import check_output_folder
+from dwi_ml.io_utils.output_folders import check_output_folder, folder_kind
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
@@ -56,7 +57,7 @@ from dwi_ml.training.preemption import (
     interruption_params,
 )
 from dwi_ml.training.random_states import seed_everything
-from dwi_ml.training.trainer_args import add_trainer_args
+from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 
 
 def build_parser():
@@ -99,9 +100,10 @@ def build_parser():
         help="If the experiment already has a checkpoint, resume it (as "
              "resume_training_from_checkpoint.py would, with its saved "
              "options; --max_time, --checkpoint_every_* and Comet options "
-             "given here apply) instead of refusing: one command line that "
-             "starts or continues a run, e.g. in a requeued SLURM job "
-             "(default: off).")
+             "given here apply) instead of refusing; if it has none (its "
+             "run was killed before saving one), start it over: one "
+             "command line that starts or continues a run, e.g. in a "
+             "requeued SLURM job (default: off).")
     add_verbose_arg(run)
     add_overwrite_arg(run)
     add_interruption_args(parser)
@@ -118,6 +120,8 @@ _TRAINER_ARGS = (
 
 
 _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
+_NO_CHECKPOINT_HINT = (" (it has no checkpoint to continue: its run stopped "
+                       "before saving one)")
 
 # Smallest valid value of each integer option.
 INT_MINIMUMS = {
@@ -199,13 +203,31 @@ def train_from_args(args, callbacks=()):
 
 
 def _train(args, callbacks, lock):
+    if args.overwrite and args.resume_if_exists:
+        # -f was silently ignored when there was a checkpoint to resume.
+        raise DwiMLUserError(
+            "arguments -f/--overwrite and --resume_if_exists: expected at "
+            "most one (-f starts the experiment over, --resume_if_exists "
+            "continues it), found both.")
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
-    if args.resume_if_exists and has_checkpoint(experiment_dir):
+    resumable = has_checkpoint(experiment_dir)
+    if args.resume_if_exists and resumable:
         return resume_cli.resume_from_args(_resume_args(args), callbacks)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
-    check_output_folder(experiment_dir, "experiment", args.overwrite,
-                        what="experiment", hint=_EXISTS_HINT)
+    lock.refuse_if_held()
+    # A run killed before its first checkpoint left nothing to continue:
+    # --resume_if_exists (a requeued job) starts it over.
+    overwrite = args.overwrite or (
+        args.resume_if_exists and os.path.isdir(experiment_dir)
+        and folder_kind(experiment_dir) == "experiment")
+    if overwrite and not args.overwrite:
+        logging.warning("Experiment '%s' has no checkpoint (its run stopped "
+                        "before saving one): starting it over.",
+                        experiment_dir)
+    hint = _EXISTS_HINT if resumable else _NO_CHECKPOINT_HINT
+    check_output_folder(experiment_dir, "experiment", overwrite,
+                        what="experiment", hint=hint)
     _check_simple_args(args)
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
@@ -217,6 +239,8 @@ def _train(args, callbacks, lock):
     InputSpec.from_options(**{name: params["model"][name]
                               for name in InputSpec().as_options()})
     params["trainer"].update(interruption_params(args))
+    # The trainer checks them again; here, before the folder is created.
+    check_trainer_args(params["trainer"])
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     distributed, device = init_distributed(args.device)
     set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
@@ -234,7 +258,7 @@ def _train(args, callbacks, lock):
         # Every rank checked that the folder was free before rank 0 clears it.
         barrier()
         if distributed.is_main_process:
-            start_new_experiment(lock, args.overwrite, hint=_EXISTS_HINT)
+            start_new_experiment(lock, overwrite, hint=hint)
 
     run_experiment(
         params, make_model, args.experiments_path, args.experiment_name,
@@ -244,7 +268,7 @@ def _train(args, callbacks, lock):
         lambda trainer: (
             f"Experiment saved in {experiment_dir} ({trainer.stopped_reason}; "
             f"best epoch {trainer.best_tracker.best_epoch}, "
-            f"{trainer.best_tracker.metric} "
+            f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, before_trainer=clear_folder)
 
@@ -258,3 +282,7 @@ def _resume_args(args):
                  "comet_project", "comet_offline_dir", "comet_log_every"):
         setattr(resume_args, name, getattr(args, name))
     return resume_args
+
+
+if __name__ == "__main__":
+    main()

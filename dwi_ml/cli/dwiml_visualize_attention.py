@@ -123,3 +123,7 @@ def main(argv=None):
                               os.path.join(args.out_dir, TRACTOGRAM_NAME))
     logger.info("%d heatmaps and %s written to %s.", len(names),
                 TRACTOGRAM_NAME, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from dwi_ml.io_utils.arg_checks import check_int
+from dwi_ml.io_utils.arg_checks import check_extension, check_int
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
@@ -63,7 +63,7 @@ def _build_parser():
     add_experiment_group_args(model, "to evaluate")
     outputs = parser.add_argument_group("Histogram")
     outputs.add_argument("--out_histogram", metavar="PNG",
-                         help="Histogram figure. Default: OUT_TRACTOGRAM "
+                         help="Histogram figure (.png). Default: OUT_TRACTOGRAM "
                               f"without its extension + '{HISTOGRAM_SUFFIX}'.")
     outputs.add_argument("--nb_bins", type=int, default=50,
                          help="Bins of each histogram.")
@@ -86,6 +86,7 @@ def main(argv=None):
     out_histogram = args.out_histogram or root + HISTOGRAM_SUFFIX
     check_output_free(args.out_tractogram, args.overwrite)
     check_output_free(out_histogram, args.overwrite)
+    check_extension(out_histogram, (".png",), "--out_histogram")
     loader_params = read_parameters(args.experiment_path, ("loader",))["loader"]
     input_group = args.input_group or loader_params["input_group"]
     streamline_group = args.streamline_group or loader_params["streamline_group"]
@@ -103,3 +104,7 @@ def main(argv=None):
         figure.savefig(tmp_path, format="png")
     logger.info("Tractogram written to %s, histograms to %s.",
                 args.out_tractogram, out_histogram)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
     checkpoint_model_dir,
+    has_checkpoint,
     load_checkpoint_state,
     read_parameters,
 )
@@ -26,6 +27,7 @@ from dwi_ml.io_utils.experiment_lock import (
     run_locked,
     start_resumed_experiment,
 )
+from dwi_ml.io_utils.output_folders import folder_kind
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
@@ -108,9 +110,11 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
 
 def _finished_message(trainer, experiment_dir):
     if trainer.current_epoch >= trainer.max_epochs:
+        # current_epoch: epochs done, which a smaller --new_max_epochs
+        # does not undo.
         return (f"experiment '{experiment_dir}' already finished its "
-                f"{trainer.max_epochs} epochs: give --new_max_epochs larger "
-                f"than {trainer.max_epochs} to train longer.")
+                f"{trainer.current_epoch} epochs: give --new_max_epochs "
+                f"larger than {trainer.current_epoch} to train longer.")
     tracker = trainer.best_tracker
     return (f"experiment '{experiment_dir}' stopped early: patience "
             f"({tracker.patience} epochs) reached at epoch "
@@ -136,12 +140,24 @@ def _resume(args, callbacks, lock):
     check_int_options(args, {"new_max_epochs": 1, "new_patience": 1,
                              "nb_cpu_threads": 1, "nb_workers": 0})
     check_inputs_exist(experiment_dir, what="experiment")
+    lock.refuse_if_held()
+    if (folder_kind(experiment_dir) == "experiment"
+            and not has_checkpoint(experiment_dir)):
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' has no checkpoint to continue: "
+            "its run stopped before saving one; start it over with "
+            "dwiml_train_model.py -f (or --resume_if_exists).")
     params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
                                               "trainer"))
     state = load_checkpoint_state(experiment_dir)
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
-    check_inputs_exist(params["dataset"]["hdf5_file"], what="HDF5 file")
+        check_inputs_exist(args.hdf5_file, what="--hdf5_file")
+    elif not os.path.exists(params["dataset"]["hdf5_file"]):
+        raise DwiMLUserError(
+            f"HDF5 file '{params['dataset']['hdf5_file']}' (the experiment's "
+            "training data, recorded in its parameters.json) does not exist; "
+            "if it moved, give its new path with --hdf5_file.")
     loader_params = params["loader"]
     check_hdf5_groups(params["dataset"]["hdf5_file"],
                       loader_params["input_group"],
@@ -185,6 +201,10 @@ def _resume(args, callbacks, lock):
             f"Experiment {experiment_dir} resumed and saved "
             f"({trainer.stopped_reason}; best epoch "
             f"{trainer.best_tracker.best_epoch}, "
-            f"{trainer.best_tracker.metric} "
+            f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, after_trainer=load_checkpoint)
+
+
+if __name__ == "__main__":
+    main()

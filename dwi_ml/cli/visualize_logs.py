@@ -6,6 +6,7 @@ import sys
 
 from matplotlib.figure import Figure
 
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -102,10 +103,11 @@ def _build_parser():
                               "PREFIX_1.png, PREFIX_2.png, ...). Default: "
                               f"FIRST_EXPERIMENT/{DEFAULT_OUT_NAME}.")
     outputs.add_argument("--save_to_csv", metavar="FILE",
-                         help="Also write the plotted logs' raw values (computed "
-                              "curves included, outliers kept): one "
-                              "row per experiment and log (experiment, "
-                              "metric, then one value per epoch or batch).")
+                         help="Also write the plotted logs' raw values "
+                              "(computed curves included, outliers kept) "
+                              "to this .csv file: one row per experiment "
+                              "and log (experiment, metric, then one value "
+                              "per epoch or batch).")
     outputs.add_argument("--show", action="store_true",
                          help="Also open the figure in a window (needs a "
                               "display).")
@@ -245,6 +247,7 @@ def main(argv=None):
         check_output_free(path, args.overwrite)
     if args.save_to_csv:
         check_output_free(args.save_to_csv, args.overwrite)
+        check_extension(args.save_to_csv, (".csv",))
     show = args.show and _has_display()
     if args.show and not show:
         logger.warning("--show: no display found (DISPLAY is not set); "
@@ -265,3 +268,7 @@ def main(argv=None):
         logger.info("Values written to %s.", args.save_to_csv)
     if show:
         plt.show()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ what was found. ``owner`` (e.g. 'BatchSampler') prefixes the argument name.
 """
 import math
 import numbers
+import os
 
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -143,3 +144,29 @@ def check_device(device, name="device"):
             f"argument {name}: '{device}' was asked for but CUDA is not "
             "available on this machine.")
     return parsed
+
+
+def check_extension(path, extensions, what="output"):
+    """Refuse a path whose extension is not one of ``extensions``.
+
+    Parameters
+    ----------
+    path : str
+    extensions : tuple of str
+        Lower-case, with the dot (e.g. ('.json',)).
+    what : str
+        Names the file in the message (e.g. 'output', 'tractogram').
+
+    Returns
+    -------
+    str
+        The path's lower-case extension.
+    """
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in extensions:
+        expected = (f"the extension {extensions[0]}" if len(extensions) == 1
+                    else f"one of the extensions {', '.join(extensions)}")
+        raise DwiMLUserError(
+            f"{what} '{path}': expected {expected}, found "
+            f"'{extension or 'none'}'.")
+    return extension

@@ -73,6 +73,28 @@ class ExperimentLock:
             When another process holds the lock.
         """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        self._lock_or_refuse(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def refuse_if_held(self):
+        """Refuse, naming the holder, when another process holds the lock.
+
+        Lets a run say that the experiment is in use before it checks the
+        folder's content (an experiment in its first epoch has no
+        checkpoint yet). Creates no lock file.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        self._lock_or_refuse(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def _lock_or_refuse(self, fd):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -84,10 +106,6 @@ class ExperimentLock:
                 f"experiment '{self.experiment_dir}' is in use by {holder} "
                 f"(lock {self.path}): wait for it to end or stop it, then "
                 "run again.") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
 
     def release(self):
         """Release the lock; does nothing if it is not held."""

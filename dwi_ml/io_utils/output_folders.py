@@ -4,7 +4,9 @@ A script writes its output folder with a marker file, ``.dwi_ml_output.json``
 (its kind, the dwi_ml version and the creation time). ``-f`` replaces a
 folder only when its marker says it holds that same kind of output, or when
 it is an experiment written before markers existed (``parameters.json`` with
-``checkpoint/``, ``best_model/`` or ``logs/``). Any other non-empty folder is
+``checkpoint/``, ``best_model/`` or ``logs/``), and when it holds nothing
+but what that kind's scripts write (:data:`OWN_ENTRIES`): ``-f`` never
+deletes a file its script did not write. Any other non-empty folder is
 refused, with or without ``-f``; an empty one may be used. The current
 folder, its parents, the home folder and ``/`` are never written to or
 replaced. Output files are replaced with ``-f``, but a folder at an output
@@ -12,6 +14,7 @@ file's path never is. Every check runs before any work and raises a one-line
 :class:`~dwi_ml.io_utils.errors.DwiMLUserError`.
 """
 import datetime
+import fnmatch
 import json
 import os
 import shutil
@@ -27,6 +30,25 @@ OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output",
 
 # The layout of dwi_ml.io_utils.experiment_layout, repeated here so that io_utils
 # does not import torch (a test checks that both agree).
+
+# What the scripts write in each kind of folder (fnmatch patterns; 'A/B':
+# folder A holding only B), besides the marker and the temporaries of
+# atomic writes. -f removes these only: a folder of that kind that also
+# holds anything else (a user's notes, an HDF5 or experiments written
+# inside a synthetic dataset, the docs' experiments trained next to the
+# demo's) is refused, so -f never deletes what its script did not write.
+# A test checks that each script's outputs match.
+OWN_ENTRIES = {
+    # evaluation JSONs and the logs plot are written into the experiment
+    # by dwiml_evaluate_model.py and visualize_logs.py by default.
+    "experiment": (PARAMETERS_FILE, *EXPERIMENT_FOLDERS, ".lock",
+                   "evaluation_*.json", "logs_plot*.png"),
+    "synthetic_dataset": ("config.json", "dwi_ml_ready", "*_subjs.txt"),
+    "demo_output": ("synthetic", "dataset.hdf5", "experiments/demo",
+                    "logs_plot*.png", "tracking_*.trk"),
+    "attention_views": ("*.png", "streamlines_attention.trk"),
+}
+_TEMPORARY_ENTRIES = (".*.tmp", ".*.old")
 
 _KIND_NAMES = {"experiment": "dwi_ml experiment",
                "synthetic_dataset": "dwi_ml synthetic dataset",
@@ -231,6 +253,45 @@ def _check_folder_holds(path, kind, overwrite, what, hint):
         raise DwiMLUserError(
             f"{what} '{path}' already exists; use -f/--overwrite to replace "
             f"it{hint}.")
+    _refuse_foreign_entries(path, kind, what)
+
+
+def foreign_entries(path, kind):
+    """Paths in folder ``path`` (relative, sorted) that ``kind``'s scripts
+    do not write (see :data:`OWN_ENTRIES`)."""
+    return _foreign_entries(path, (MARKER_FILE, *OWN_ENTRIES[kind]))
+
+
+def _foreign_entries(path, patterns):
+    inside = {}   # top-level pattern -> patterns of what it may hold
+    for pattern in patterns:
+        head, _, rest = pattern.partition("/")
+        inside.setdefault(head, []).append(rest)
+    foreign = []
+    for name in sorted(os.listdir(path)):
+        allowed = [rest for head, rests in inside.items()
+                   if fnmatch.fnmatchcase(name, head) for rest in rests]
+        if any(fnmatch.fnmatchcase(name, temporary)
+               for temporary in _TEMPORARY_ENTRIES) or "" in allowed:
+            continue
+        full = os.path.join(path, name)
+        if allowed and os.path.isdir(full) and not os.path.islink(full):
+            foreign += [f"{name}/{entry}"
+                        for entry in _foreign_entries(full, allowed)]
+        else:
+            foreign.append(name)
+    return foreign
+
+
+def _refuse_foreign_entries(path, kind, what):
+    foreign = foreign_entries(path, kind)
+    if foreign:
+        shown = ", ".join(f"'{name}'" for name in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise DwiMLUserError(
+            f"{what} '{path}' is a {_KIND_NAMES[kind]} but also holds "
+            f"{shown}{more}, which are not part of one: -f removes only "
+            "what dwi_ml wrote; move them elsewhere or give a new folder.")
 
 
 def mark_output_folder(path, kind):
@@ -274,10 +335,12 @@ def reset_output_folder(path, kind, keep=()):
         raise DwiMLUserError(f"output folder '{path}': refusing to empty it.")
     if not os.path.isdir(path):
         os.mkdir(path)
-    elif not _is_empty(path, keep) and folder_kind(path) != kind:
-        raise DwiMLUserError(
-            f"output folder '{path}' is not a {_KIND_NAMES[kind]}: refusing "
-            "to empty it.")
+    elif not _is_empty(path, keep):
+        if folder_kind(path) != kind:
+            raise DwiMLUserError(
+                f"output folder '{path}' is not a {_KIND_NAMES[kind]}: "
+                "refusing to empty it.")
+        _refuse_foreign_entries(path, kind, "output folder")
     # Marked first: a kill while emptying leaves a folder -f still knows.
     mark_output_folder(path, kind)
     for entry in os.scandir(path):

@@ -147,3 +147,13 @@ def check_inputs_exist(*paths, what="input"):
     for path in paths:
         if path is not None and not os.path.exists(path):
             raise DwiMLUserError(f"{what} '{path}' does not exist.")
+
+
+def refuse_wrong_path_kind(path, what, folder=False):
+    """Refuse ``path`` when it exists as a folder where a file is expected
+    (``folder`` False), or as a file where a folder is; a missing path is
+    left to the caller, which says what it needed."""
+    if folder and os.path.lexists(path) and not os.path.isdir(path):
+        raise DwiMLUserError(f"{what} '{path}' is a file; expected a folder.")
+    if not folder and os.path.isdir(path):
+        raise DwiMLUserError(f"{what} '{path}' is a folder; expected a file.")

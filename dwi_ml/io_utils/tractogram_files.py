@@ -1,7 +1,7 @@
 """Tractogram file formats: the one list of extensions dwi_ml reads and writes."""
 import os
 
-from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.arg_checks import check_extension
 
 TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
 
@@ -25,10 +25,4 @@ def check_tractogram_extension(path, what="output"):
     str
         The lower-case extension.
     """
-    extension = tractogram_extension(path)
-    if extension not in TRACTOGRAM_EXTENSIONS:
-        raise DwiMLUserError(
-            f"{what} '{path}': expected one of the extensions "
-            f"{', '.join(TRACTOGRAM_EXTENSIONS)}, found "
-            f"'{extension or 'none'}'.")
-    return extension
+    return check_extension(path, TRACTOGRAM_EXTENSIONS, what)

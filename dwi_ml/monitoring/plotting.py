@@ -212,10 +212,23 @@ def _draw_curve(ax, values, colour, style, smooth):
     if smooth > 1 and len(values) >= smooth:
         ax.plot(x, values, color=colour, linestyle=style, linewidth=0.8,
                 alpha=0.25)
-        ax.plot(x[smooth - 1:], moving_average(values, smooth), color=colour,
-                linestyle=style)
-    else:
-        ax.plot(x, values, color=colour, linestyle=style)
+        x, values = x[smooth - 1:], moving_average(values, smooth)
+    ax.plot(x, values, color=colour, linestyle=style)
+    _mark_isolated_points(ax, x, values, colour)
+
+
+def _mark_isolated_points(ax, x, values, colour):
+    """A dot at each finite value without a finite neighbour: a line draws
+    nothing there (a run of one epoch, or a value between removed
+    outliers)."""
+    finite = np.isfinite(values)
+    neighbour = np.zeros_like(finite)
+    neighbour[1:] |= finite[:-1]
+    neighbour[:-1] |= finite[1:]
+    isolated = finite & ~neighbour
+    if isolated.any():
+        ax.plot(x[isolated], np.asarray(values)[isolated], color=colour,
+                marker="o", linestyle="none")
 
 
 def _draw_best_epoch(ax, experiment, values, colour):
@@ -266,6 +279,11 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
     ax.set_xlabel("batch" if per_batch else "epoch")
     ax.set_ylabel(y_label(panel.log_names))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left, right = ax.get_xlim()
+    if right - left < 1:
+        # One epoch: no integer tick fits matplotlib's narrow default axis.
+        centre = (left + right) / 2
+        ax.set_xlim(centre - 1, centre + 1)
     if LOG_SCALE_LOGS.issuperset(panel.log_names):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)

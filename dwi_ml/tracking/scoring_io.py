@@ -5,17 +5,22 @@ into voxel space with a corner origin, the space every scoring function
 expects. Outputs (JSON, .npy) are written under a temporary name, then
 renamed.
 """
-import os
 
 import nibabel as nib
 import numpy as np
 from dipy.io.streamline import load_tractogram
 
+from dwi_ml.data.hdf5.subjects import one_line
+from dwi_ml.data.hdf5.tractograms import grid_difference, reference_info
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_output_free
 from dwi_ml.io_utils.script_args import add_output_args
-from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
+from dwi_ml.io_utils.tractogram_files import (
+    check_tractogram_extension,
+    tractogram_extension,
+)
 
 
 def _load_image(nifti_path):
@@ -62,6 +67,7 @@ def load_tractogram_vox_corner(path, nifti_path):
         In ``Space.VOX``, ``Origin.TRACKVIS``.
     """
     check_tractogram_extension(path, "tractogram")
+    _check_same_grid(path, nifti_path)
     try:
         sft = load_tractogram(path, nifti_path, bbox_valid_check=False)
     except Exception as error:  # dipy and nibabel raise many kinds
@@ -71,6 +77,29 @@ def load_tractogram_vox_corner(path, nifti_path):
     sft.to_vox()
     sft.to_corner()
     return sft
+
+
+def _check_same_grid(path, nifti_path):
+    """Refuse a .trk/.trx made on another grid than the NIfTI's.
+
+    dipy's load_tractogram would log errors and return False instead of a
+    tractogram. A .tck has no grid: it is read in the NIfTI's space.
+    """
+    if tractogram_extension(path) == ".tck":
+        return
+    try:
+        found = reference_info(path)
+    except Exception as error:  # dipy and nibabel raise many kinds
+        raise DwiMLUserError(
+            f"tractogram '{path}': cannot read its header; the file is "
+            f"truncated or corrupt ({type(error).__name__}: "
+            f"{one_line(error)}).") from None
+    difference = grid_difference(found, reference_info(nifti_path),
+                                 nifti_path)
+    if difference is not None:
+        raise DwiMLUserError(
+            f"tractogram '{path}': {difference}; expected a tractogram of "
+            "the same subject and space as the volume.")
 
 
 def bundle_labels_of(sft, key, path):
@@ -93,10 +122,7 @@ def save_npy(path, array):
 
 def check_npy_extension(path, what="output"):
     """Refuse a matrix path that np.save/np.load would not treat as .npy."""
-    if not path.lower().endswith(".npy"):
-        raise DwiMLUserError(
-            f"{what} '{path}': expected the extension .npy, found "
-            f"'{os.path.splitext(path)[1] or 'none'}'.")
+    check_extension(path, (".npy",), what)
 
 
 def add_matrix_output_args(parser):

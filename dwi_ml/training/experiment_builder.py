@@ -85,8 +85,9 @@ def build_loader(dataset, loader_params, model, device):
 
     On CUDA, interpolation happens in the main process with volumes cached
     on the GPU (see ``prepare_batch``); on CPU it happens in the DataLoader
-    workers.
+    workers. The model must take the input group's features.
     """
+    check_model_matches_dataset(model, dataset, loader_params["input_group"])
     interpolation_device = device if str(device).startswith("cuda") else None
     return BatchLoaderOneInput(dataset, input_spec=model.input_spec,
                                interpolation_device=interpolation_device,
@@ -105,11 +106,28 @@ def build_trainer(model, experiments_path, experiment_name, sampler, loader,
 def check_model_matches_dataset(model, dataset, input_group):
     """The model's nb_features must be the input group's."""
     group_idx = dataset.volume_groups.index(input_group)
-    nb_features = dataset.nb_features[group_idx]
-    if model.nb_features != nb_features:
+    check_model_input_features(model, dataset.nb_features[group_idx],
+                               input_group, dataset.hdf5_file)
+
+
+def check_model_input_features(model, nb_features, input_group, hdf5_file):
+    """Refuse an input group whose number of features is not the model's.
+
+    Parameters
+    ----------
+    model : MainModelAbstract
+    nb_features : int
+        Features per voxel of the input group.
+    input_group, hdf5_file : str
+        Named in the message.
+    """
+    if getattr(model, "nb_features", None) != nb_features:
         raise DwiMLUserError(
-            f"input group '{input_group}' has {nb_features} features but the "
-            f"model expects {model.nb_features}.")
+            f"input group '{input_group}' of {hdf5_file}: the model "
+            f"expects {model.input_size} inputs per point "
+            f"({model.nb_features} features x "
+            f"{model.input_spec.neighborhood.nb_neighbours} neighbours), "
+            f"found {nb_features} features.")
 
 
 def run_experiment(params, make_model, experiments_path, experiment_name,
@@ -145,7 +163,6 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     """
     dataset = build_dataset(params["dataset"])
     model = make_model(dataset)
-    check_model_matches_dataset(model, dataset, params["loader"]["input_group"])
     sampler = build_sampler(dataset, params["sampler"], distributed.rank,
                             distributed.world_size)
     loader = build_loader(dataset, params["loader"], model, device)

@@ -1,5 +1,10 @@
 """The trainer's arguments: their script options and their checks."""
-from dwi_ml.io_utils.arg_checks import check_device, check_int, check_positive_float
+from dwi_ml.io_utils.arg_checks import (
+    check_device,
+    check_int,
+    check_non_negative_float,
+    check_positive_float,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 
@@ -14,8 +19,22 @@ def _check_positive(name, value, allow_none=False, integer=False):
 
 
 def check_trainer_args(args):
-    """Raise DwiMLUserError for the first invalid trainer argument."""
+    """Raise DwiMLUserError for the first invalid trainer argument.
+
+    ``args`` holds the trainer's arguments by name; the interruption
+    arguments (``max_time_s``, ``checkpoint_every_*``) may be absent.
+    """
     _check_positive("learning_rate", args["learning_rate"])
+    # torch would raise a ValueError (a traceback) or, for a negative
+    # step gamma, silently turn the learning rate negative.
+    check_non_negative_float("momentum", args["momentum"])
+    if args["lr_scheduler"] == "step":
+        check_positive_float("lr_gamma", args["lr_gamma"])
+    elif args["lr_scheduler"] == "plateau" and not (
+            check_positive_float("lr_gamma", args["lr_gamma"]) < 1):
+        raise DwiMLUserError(
+            "argument 'lr_gamma': expected a number in (0, 1) for the "
+            f"'plateau' scheduler, got {args['lr_gamma']!r}.")
     _check_positive("max_epochs", args["max_epochs"], integer=True)
     _check_positive("patience", args["patience"], allow_none=True,
                     integer=True)
@@ -39,12 +58,12 @@ def check_trainer_args(args):
             "mixed_precision: expected 'bf16', 'fp16' or none, got "
             f"'{args['mixed_precision']}'.")
     check_device(args["device"])
-    _check_positive("max_time_s", args["max_time_s"], allow_none=True)
+    _check_positive("max_time_s", args.get("max_time_s"), allow_none=True)
     _check_positive("checkpoint_every_n_batches",
-                    args["checkpoint_every_n_batches"], allow_none=True,
+                    args.get("checkpoint_every_n_batches"), allow_none=True,
                     integer=True)
     _check_positive("checkpoint_every_minutes",
-                    args["checkpoint_every_minutes"], allow_none=True)
+                    args.get("checkpoint_every_minutes"), allow_none=True)
 
 
 def add_trainer_args(parser):

@@ -138,19 +138,24 @@ class TrainerOptimization:
                                            epoch)
         return epoch_logs, is_best
 
-    def best_metric_value(self, epoch_logs):
-        """This epoch's value of ``best_model_metric``.
+    @property
+    def best_metric_name(self):
+        """The log the best epoch follows: ``best_model_metric``, but
+        'train_loss' for 'valid_loss' when there is no validation set."""
+        metric = self.best_tracker.metric
+        if metric == "valid_loss" and not self.use_validation:
+            return "train_loss"
+        return metric
 
-        'valid_loss' is the training loss when there is no validation set.
+    def best_metric_value(self, epoch_logs):
+        """This epoch's value of :attr:`best_metric_name`.
 
         Raises
         ------
         DwiMLUserError
             No monitor of that name this epoch (no callback writes it).
         """
-        metric = self.best_tracker.metric
-        if metric == "valid_loss" and not self.use_validation:
-            metric = "train_loss"
+        metric = self.best_metric_name
         if metric not in epoch_logs:
             raise DwiMLUserError(
                 f"best_model_metric: no monitor '{metric}' at epoch end "

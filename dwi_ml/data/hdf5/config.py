@@ -25,6 +25,7 @@ from dwi_ml.data.hdf5.connectivity import (
 from dwi_ml.data.hdf5.layout import STREAMLINES_TYPE, VOLUME_TYPE
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.safe_load import load_json_file
+from dwi_ml.io_utils.script_args import refuse_wrong_path_kind
 
 STANDARDIZATIONS = ("all", "independent", "per_file", "none")
 VOLUME_KEYS = ("type", "files", "standardization", "std_mask")
@@ -143,6 +144,7 @@ def load_groups_config(config):
 
 
 def _read_json(path, source):
+    refuse_wrong_path_kind(path, "config")
     if not os.path.isfile(path):
         raise DwiMLUserError(f"{source} does not exist.")
     return load_json_file(path, "config")

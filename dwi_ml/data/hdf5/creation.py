@@ -40,7 +40,11 @@ from dwi_ml.data.hdf5.writer import (
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.script_args import check_output_free, progress_bars_disabled
+from dwi_ml.io_utils.script_args import (
+    check_output_free,
+    progress_bars_disabled,
+    refuse_wrong_path_kind,
+)
 
 DATE_FORMAT = "%d %B %Y %X"  # the reference's format of data_and_time
 
@@ -86,6 +90,8 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
         output path is left untouched.
     """
     streamline_format = StreamlineFormat(step_size, nb_points, compress)
+    refuse_wrong_path_kind(dwi_ml_ready_folder, "dwi_ml_ready folder",
+                           folder=True)
     if not os.path.isdir(dwi_ml_ready_folder):
         raise DwiMLUserError(
             f"dwi_ml_ready folder '{dwi_ml_ready_folder}' does not exist.")

@@ -14,6 +14,7 @@ import h5py
 
 from dwi_ml.data.hdf5.layout import SPLIT_ATTRS, SPLITS, read_subject_list
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.script_args import refuse_wrong_path_kind
 
 # What h5py raises on unreadable metadata or data (corrupt, truncated).
 READ_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
@@ -46,6 +47,7 @@ def check_dwiml_hdf5(path):
         metadata, no split attrs, no subject at all, or a listed subject
         without its group.
     """
+    refuse_wrong_path_kind(path, "HDF5 file")
     if not os.path.isfile(path):
         raise DwiMLUserError(f"HDF5 file '{path}' not found.")
     not_dwiml = f"'{path}' is not a dwi_ml HDF5 file"

@@ -6,6 +6,7 @@ from typing import Tuple
 
 from dwi_ml.data.hdf5.layout import SPLITS
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.script_args import refuse_wrong_path_kind
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def read_subjects_file(path):
     DwiMLUserError
         When the file does not exist or is not text.
     """
+    refuse_wrong_path_kind(path, "subject list")
     if not os.path.isfile(path):
         raise DwiMLUserError(f"subject list '{path}' does not exist.")
     try:

@@ -126,15 +126,31 @@ def check_tractogram_header(path, reference, subject, group):
             f"{describe(subject, group, path)}: cannot read its header; "
             "the file is truncated or corrupt, or not a tractogram "
             f"({type(error).__name__}: {one_line(error)}).") from None
-    expected = reference_info(reference)
+    difference = grid_difference(found, reference_info(reference), reference)
+    if difference is not None:
+        raise DwiMLUserError(f"{describe(subject, group, path)}: {difference}.")
+
+
+def grid_difference(found, expected, reference):
+    """How a tractogram's grid differs from its reference's, or None.
+
+    The comparison of dipy's ``is_header_compatible`` (see
+    :func:`check_tractogram_header`).
+
+    Parameters
+    ----------
+    found, expected : tuple
+        :func:`reference_info` of the tractogram and of the reference.
+    reference : str
+        The reference's path, named in the text.
+    """
     close = [np.allclose(found[i], expected[i], rtol=HEADER_TOLERANCE,
                          atol=HEADER_TOLERANCE) for i in (0, 2)]
-    if not (all(close) and np.array_equal(found[1], expected[1])
+    if (all(close) and np.array_equal(found[1], expected[1])
             and found[3] == expected[3]):
-        raise DwiMLUserError(
-            f"{describe(subject, group, path)}: the tractogram's grid "
-            f"({_grid_text(found)}) does not match the reference "
-            f"'{reference}' ({_grid_text(expected)}).")
+        return None
+    return (f"the tractogram's grid ({_grid_text(found)}) does not match "
+            f"the reference '{reference}' ({_grid_text(expected)})")
 
 
 def load_streamline_group(group_config, files, reference, subject,
