@@ -358,6 +358,11 @@ BAD_INPUTS = {
     "other_affine": ({}, ("dwi/peaks.nii.gz", lambda p: _replace_volume(
         p, translation=(0, 0, 0))), ["sub-02", "'input'", "peaks.nii.gz",
                                      "-10.0", "[0.0, 0.0, 3.0, 0.0]"]),
+    # Same grid, another width: a model takes one input width.
+    "other_features": ({}, ("dwi/peaks.nii.gz", lambda p: _replace_volume(
+        p, shape=(10, 12, 8, 4))), ["sub-02", "'input'", "expected 4 "
+                                    "features", "'sub-01'", "found 5",
+                                    "peaks.nii.gz"]),
     "nan": ({}, ("dwi/peaks.nii.gz", lambda p: _replace_volume(
         p, value=np.nan)), ["sub-02", "'input'", "peaks.nii.gz", "NaN"]),
     "inf": ({}, ("dwi/fa.nii.gz", lambda p: _replace_volume(

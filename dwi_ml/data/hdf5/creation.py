@@ -29,7 +29,11 @@ from dwi_ml.data.hdf5.connectivity import (
 )
 from dwi_ml.data.hdf5.subjects import check_subject_lists
 from dwi_ml.data.hdf5.tractograms import load_streamline_group
-from dwi_ml.data.hdf5.validation import check_subject_data, check_subject_files
+from dwi_ml.data.hdf5.validation import (
+    check_same_features,
+    check_subject_data,
+    check_subject_files,
+)
 from dwi_ml.data.hdf5.volumes import load_volume_group
 from dwi_ml.data.hdf5.writer import (
     StreamlinePointsWriter,
@@ -103,6 +107,7 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
         check_subject_files(os.path.join(dwi_ml_ready_folder, subject),
                             subject, config)
         for subject in subjects.all]
+    check_same_features(all_files)
     for subject_files in tqdm(all_files, desc="Checking data",
                               unit="subject", disable=progress_bars_disabled()):
         check_subject_data(subject_files, config)

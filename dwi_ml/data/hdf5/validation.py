@@ -26,10 +26,12 @@ from dwi_ml.io_utils.tractogram_files import TRACTOGRAM_EXTENSIONS, tractogram_e
 
 @dataclass(frozen=True)
 class VolumeGroupFiles:
-    """A subject's files for one volume group, on one ``grid``."""
+    """A subject's files for one volume group, on one ``grid``, and the
+    group's features (those of its files, concatenated)."""
     files: Tuple[str, ...]
     mask_files: Tuple[str, ...]
     grid: VolumeGrid
+    nb_features: int
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def check_subject_files(subject_folder, subject, config):
         group = group_config.name
         files = resolve_files(subject_folder, group_config.files, subject,
                               group)
-        grid = _check_same_grid(files, subject, group)
+        grid, nb_features = _check_same_grid(files, subject, group)
         mask_files = ()
         if group_config.standardization != "none":
             mask_files = resolve_files(subject_folder, group_config.std_mask,
@@ -98,7 +100,8 @@ def check_subject_files(subject_folder, subject, config):
         else:
             first_group = group
         volume_groups[group] = VolumeGroupFiles(tuple(files),
-                                                tuple(mask_files), grid)
+                                                tuple(mask_files), grid,
+                                                nb_features)
 
     streamline_groups = {}
     for group_config in config.streamline_groups:
@@ -166,16 +169,45 @@ def check_subject_data(subject_files, config):
 
 
 def _check_same_grid(files, subject, group):
-    """Return the grid of ``files[0]``; refuse a file on another grid."""
-    grid, _ = read_volume_grid(files[0], subject, group)
+    """Return the grid of ``files[0]`` and the files' total features;
+    refuse a file on another grid."""
+    grid, nb_features = read_volume_grid(files[0], subject, group)
     for path in files[1:]:
-        other, _ = read_volume_grid(path, subject, group)
+        other, other_features = read_volume_grid(path, subject, group)
         if not other.matches(grid):
             raise DwiMLUserError(
                 f"{describe(subject, group, path)}: has {other}, but "
                 f"'{files[0]}' has {grid}; files of a group must share one "
                 "grid.")
-    return grid
+        nb_features += other_features
+    return grid, nb_features
+
+
+def check_same_features(all_subject_files):
+    """Refuse subjects whose volume group has another number of features
+    than the first subject's: a model takes one input width.
+
+    Parameters
+    ----------
+    all_subject_files : list of SubjectFiles
+        From :func:`check_subject_files`, one per subject.
+
+    Raises
+    ------
+    DwiMLUserError
+        Naming the subject, the group, its files and both counts.
+    """
+    first = all_subject_files[0]
+    for subject_files in all_subject_files[1:]:
+        for group, files in subject_files.volume_groups.items():
+            expected = first.volume_groups[group].nb_features
+            if files.nb_features != expected:
+                raise DwiMLUserError(
+                    f"subject '{subject_files.subject}', volume group "
+                    f"'{group}': expected {expected} features, as subject "
+                    f"'{first.subject}', found {files.nb_features} in "
+                    f"{list(files.files)}; every subject's group must have "
+                    "the same features.")
 
 
 def _check_masks(mask_files, grid, first_file, subject, group):
