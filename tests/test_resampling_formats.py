@@ -17,7 +17,9 @@ from dipy.io.stateful_tractogram import Space, StatefulTractogram
 from dipy.io.streamline import load_tractogram, save_tractogram
 
 from dwi_ml.cli.dwiml_score_tractogram import main as score_main
+from dwi_ml.data.packed import compact, lengths_mm
 from dwi_ml.data.processing.resampling import (
+    length_rounding_bound_mm,
     resample_to_max_step,
     resample_to_step_size,
 )
@@ -100,6 +102,22 @@ def test_exact_k_steps_give_the_same_counts_from_every_format(files,
     # The scoring's densify, 0.5 voxel of the 1 mm axis: the same.
     np.testing.assert_array_equal(densify(streamlines, affine)._lengths,
                                   k + 1)
+
+
+@pytest.mark.parametrize("extension", FORMATS)
+def test_length_rounding_bound_holds_and_is_small(files, extension):
+    streamlines = load_vox_corner(files["paths"][extension],
+                                  files["reference"])
+    affine = files["affine"]
+    points, first_rows, nb_points = compact(streamlines)
+    measured_mm = lengths_mm(points, first_rows, nb_points, affine,
+                             dtype=np.float64)
+    error_mm = np.abs(measured_mm - STEP_MM * files["nb_steps"])
+    bound_mm = length_rounding_bound_mm(points, first_rows, nb_points,
+                                        affine)
+    assert np.all(error_mm <= bound_mm)
+    # Far below a step: the count can only lose the noise, not a step.
+    assert bound_mm.max() < STEP_MM / 100
 
 
 def test_scores_do_not_depend_on_the_format(files):

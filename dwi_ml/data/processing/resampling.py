@@ -140,12 +140,14 @@ def nb_points_for_step_size(lengths_in_mm, step_size_mm, nb_extra_points=0,
         used, so that a streamline of exactly ``k`` steps gets the same count
         from a .trk, .tck or .trx file, whatever the sign of its noise. A
         streamline less than ``atol`` longer than ``k s`` thus gets steps up
-        to ``atol / k`` mm longer than ``s``.
+        to ``atol / k`` mm longer than ``s``. Capped at ``s / 4``.
 
     Returns
     -------
     np.ndarray, shape (N,), int64
     """
+    # Capped so that a count drops by one step at most.
+    length_atol_mm = np.minimum(length_atol_mm, step_size_mm / 4)
     nb_steps = np.ceil((np.asarray(lengths_in_mm) - length_atol_mm)
                        / step_size_mm - _STEP_COUNT_TOLERANCE)
     return np.maximum(nb_steps.astype(np.int64) + nb_extra_points, 2)
