@@ -15,6 +15,9 @@ The step-size convention is the reference dwi_ml's (scilpy's
 ``resample_streamlines_step_size``): a streamline of ``L`` mm gets
 ``max(ceil(L / s), 2)`` points, equally spaced along its arc length, so
 steps are ``L / (n - 1)`` mm, close to ``s`` but possibly a little longer.
+``L`` is taken less its float32 rounding error (see
+:func:`length_rounding_bound_mm`): a streamline of exactly ``k`` steps of
+``s`` gets ``k`` points whether it was read from a .trk, .tck or .trx file.
 HDF5 creation and the loader use this same function, and the loader does not
 resample streamlines already stored in the model's format: a streamline
 stored at ``s`` mm reaches the model with exactly its stored points.
