@@ -141,3 +141,35 @@ def test_scores_do_not_depend_on_the_format(files):
                                                                abs=atol_mm)
             else:
                 assert scores[extension][key] == value, (extension, key)
+
+
+def test_the_exact_bound_is_computed_where_it_can_change_a_count():
+    # resample_to_step_size computes the exact bound only for the
+    # streamlines whose count a coarse bound could change: its counts equal
+    # those of the exact bound applied to every streamline.
+    from dwi_ml.data.packed import make_array_sequence, offsets_from_lengths
+    from dwi_ml.data.processing.resampling import nb_points_for_step_size
+    rng = np.random.default_rng(3)
+    affine = oblique_lps_affine()
+    exact, _ = exact_step_streamlines(rng, affine, 100)
+    # Voxel space, float32 (as read from a file), mixed with streamlines
+    # of random lengths.
+    to_vox = np.linalg.inv(affine)
+    streamlines = [((s @ to_vox[:3, :3].T + to_vox[:3, 3]) + 0.5).astype(
+        np.float32) for s in exact]
+    streamlines += [(streamlines[i][0] + np.cumsum(rng.normal(
+        0, 0.3, (n, 3)), axis=0)).astype(np.float32)
+        for i, n in enumerate(rng.integers(2, 40, 100))]
+    lengths = np.array([len(s) for s in streamlines])
+    packed = make_array_sequence(np.concatenate(streamlines),
+                                 offsets_from_lengths(lengths), lengths)
+    points, first_rows, lengths = compact(packed)
+    length_mm = lengths_mm(points, first_rows, lengths, affine)
+    expected = nb_points_for_step_size(
+        length_mm, STEP_MM, length_atol_mm=length_rounding_bound_mm(
+            points, first_rows, lengths, affine))
+    resampled = resample_to_step_size(packed, affine, STEP_MM)
+    np.testing.assert_array_equal(resampled._lengths, expected)
+    # Some exact-step streamlines fell on the other side of k s: the
+    # shortcut had something to decide.
+    assert np.any(expected != nb_points_for_step_size(length_mm, STEP_MM))

@@ -38,6 +38,7 @@ from dwi_ml.data.packed import (
     make_array_sequence,
     offsets_from_lengths,
     packed_arrays,
+    ranges_to_indices,
 )
 from dwi_ml.data.processing.space import (
     points_rasmm_to_vox_corner,
@@ -230,18 +231,10 @@ def length_rounding_bound_mm(points_vox, first_rows, lengths, affine):
         0 for integer points, and for streamlines of one point or none.
     """
     bound = np.zeros(len(lengths))
-    if (not np.issubdtype(points_vox.dtype, np.floating)
-            or len(points_vox) < 2):
+    point_error_mm = _point_rounding_mm(points_vox, affine)
+    if point_error_mm == 0:
         return bound
     linear = np.asarray(affine, np.float64)[:3, :3]
-    magnitude_mm = (np.abs(linear).sum(axis=1).max()
-                    * np.abs(points_vox).max()
-                    + np.abs(np.asarray(affine)[:3, 3]).max())
-    # float64 points have been float32 too: in our HDF5, in dipy's
-    # StatefulTractogram, and in the files (a .trx read back as float64).
-    eps = max(np.finfo(points_vox.dtype).eps, np.finfo(np.float32).eps)
-    point_error_mm = (np.sqrt(3) * _NB_POINT_ROUNDINGS / 2 * eps
-                      * magnitude_mm)
     # steps[r]: from row r to r + 1 (across two streamlines at their
     # boundary; those terms are left out below).
     steps = np.diff(points_vox.astype(np.float64), axis=0) @ linear.T
@@ -258,6 +251,47 @@ def length_rounding_bound_mm(points_vox, first_rows, lengths, affine):
         - cumulative[np.minimum(first, len(turns))]
     bound = point_error_mm * (2 + total_turns)
     return np.where(np.asarray(lengths) > 1, bound, 0.0)
+
+
+def _point_rounding_mm(points_vox, affine):
+    """``e`` of :func:`length_rounding_bound_mm`: a bound (mm) on the
+    rounding error of each point; 0 for integer points or fewer than 2."""
+    if (not np.issubdtype(points_vox.dtype, np.floating)
+            or len(points_vox) < 2):
+        return 0.0
+    linear = np.asarray(affine, np.float64)[:3, :3]
+    magnitude_mm = (np.abs(linear).sum(axis=1).max()
+                    * np.abs(points_vox).max()
+                    + np.abs(np.asarray(affine)[:3, 3]).max())
+    # float64 points have been float32 too: in our HDF5, in dipy's
+    # StatefulTractogram, and in the files (a .trx read back as float64).
+    eps = max(np.finfo(points_vox.dtype).eps, np.finfo(np.float32).eps)
+    return float(np.sqrt(3) * _NB_POINT_ROUNDINGS / 2 * eps * magnitude_mm)
+
+
+def _counts_within_rounding(count_points, points_vox, first_rows, lengths,
+                            length_mm, affine):
+    """``count_points(length_mm, length_rounding_bound_mm(...))``, with the
+    exact bound computed only where it can change a count.
+
+    A turn ``|u_(k-1) - u_k|`` is at most 2, so ``e (2 + 2 (n - 2))``
+    bounds every streamline's bound; counts are non-increasing in the
+    bound, so where that coarse bound and 0 give the same count, so does
+    the exact bound (in practice, all but the few streamlines within a
+    hair of a whole number of steps).
+    """
+    point_error_mm = _point_rounding_mm(points_vox, affine)
+    coarse = point_error_mm * (2 + 2 * np.maximum(lengths - 2, 0))
+    counts = np.asarray(count_points(length_mm, coarse))
+    unsure = np.flatnonzero(counts != count_points(length_mm, 0.0))
+    if unsure.size:
+        rows = ranges_to_indices(first_rows[unsure], lengths[unsure])
+        counts = counts.copy()
+        counts[unsure] = count_points(
+            length_mm[unsure], length_rounding_bound_mm(
+                points_vox[rows], offsets_from_lengths(lengths[unsure]),
+                lengths[unsure], affine))
+    return counts
 
 
 def resample_to_nb_points(streamlines_vox, affine, nb_points):
@@ -300,8 +334,8 @@ def _resample(streamlines_vox, affine, count_points, length_atol=False):
     total_mm = cumulative_lengths_mm(points_vox, first_rows, lengths, affine)
     length_mm = total_mm[first_rows + lengths] - total_mm[first_rows]
     if length_atol:
-        counts = count_points(length_mm, length_rounding_bound_mm(
-            points_vox, first_rows, lengths, affine))
+        counts = _counts_within_rounding(count_points, points_vox, first_rows,
+                                         lengths, length_mm, affine)
     else:
         counts = count_points(length_mm)
     nb_new_points = np.where(lengths > 0, counts, 0).astype(np.int64)
