@@ -15,6 +15,9 @@ The step-size convention is the reference dwi_ml's (scilpy's
 ``resample_streamlines_step_size``): a streamline of ``L`` mm gets
 ``max(ceil(L / s), 2)`` points, equally spaced along its arc length, so
 steps are ``L / (n - 1)`` mm, close to ``s`` but possibly a little longer.
+``L`` is taken less its float32 rounding error (see
+:func:`length_rounding_bound_mm`): a streamline of exactly ``k`` steps of
+``s`` gets ``k`` points whether it was read from a .trk, .tck or .trx file.
 HDF5 creation and the loader use this same function, and the loader does not
 resample streamlines already stored in the model's format: a streamline
 stored at ``s`` mm reaches the model with exactly its stored points.
@@ -35,6 +38,7 @@ from dwi_ml.data.packed import (
     make_array_sequence,
     offsets_from_lengths,
     packed_arrays,
+    ranges_to_indices,
 )
 from dwi_ml.data.processing.space import (
     points_rasmm_to_vox_corner,
@@ -47,8 +51,13 @@ from dwi_ml.io_utils.arg_checks import (
 )
 
 # ceil(L / s) would give one extra point to a streamline of exactly k steps
-# whose length picked up rounding noise: round such noise away first.
+# whose length picked up rounding noise: round such noise away first (see
+# length_rounding_bound_mm for the noise of float32 points).
 _STEP_COUNT_TOLERANCE = 1e-6
+# Roundings of each coordinate of a stored point before it reaches us: its
+# storage in the file's own space, dipy's conversions to voxels (an affine
+# map: ~4 each way), ours to mm; counted generously.
+_NB_POINT_ROUNDINGS = 16
 # dipy's default: a compressed segment never exceeds 10 mm.
 COMPRESS_MAX_SEGMENT_MM = 10.0
 
@@ -119,7 +128,8 @@ class StreamlineFormat:
         return streamlines_vox
 
 
-def nb_points_for_step_size(lengths_in_mm, step_size_mm, nb_extra_points=0):
+def nb_points_for_step_size(lengths_in_mm, step_size_mm, nb_extra_points=0,
+                            length_atol_mm=0.0):
     """Points per streamline for a step size: ``max(ceil(L / s) + extra, 2)``.
 
     Parameters
@@ -128,13 +138,22 @@ def nb_points_for_step_size(lengths_in_mm, step_size_mm, nb_extra_points=0):
     step_size_mm : float
     nb_extra_points : int
         0: the reference's convention; 1: no step longer than ``s``.
+    length_atol_mm : float or np.ndarray, shape (N,)
+        Bound on the rounding error of each length (see
+        :func:`length_rounding_bound_mm`): ``ceil((L - atol) / s)`` is
+        used, so that a streamline of exactly ``k`` steps gets the same count
+        from a .trk, .tck or .trx file, whatever the sign of its noise. A
+        streamline less than ``atol`` longer than ``k s`` thus gets steps up
+        to ``atol / k`` mm longer than ``s``. Capped at ``s / 4``.
 
     Returns
     -------
     np.ndarray, shape (N,), int64
     """
-    nb_steps = np.ceil(np.asarray(lengths_in_mm) / step_size_mm
-                       - _STEP_COUNT_TOLERANCE)
+    # Capped so that a count drops by one step at most.
+    length_atol_mm = np.minimum(length_atol_mm, step_size_mm / 4)
+    nb_steps = np.ceil((np.asarray(lengths_in_mm) - length_atol_mm)
+                       / step_size_mm - _STEP_COUNT_TOLERANCE)
     return np.maximum(nb_steps.astype(np.int64) + nb_extra_points, 2)
 
 
@@ -180,11 +199,99 @@ def _resample_by_length(streamlines_vox, affine, step_size_mm,
     one point for streamlines of length 0 mm."""
     step_size_mm = check_positive_float("step_size_mm", step_size_mm)
 
-    def count_points(length_mm):
+    def count_points(length_mm, length_atol_mm):
         counts = nb_points_for_step_size(length_mm, step_size_mm,
-                                         nb_extra_points)
+                                         nb_extra_points, length_atol_mm)
         return np.where(length_mm > 0, counts, 1)
-    return _resample(streamlines_vox, affine, count_points)
+    return _resample(streamlines_vox, affine, count_points, length_atol=True)
+
+
+def length_rounding_bound_mm(points_vox, first_rows, lengths, affine):
+    """Bound on the rounding error (mm) of each compact streamline's length.
+
+    Each point is off by at most ``e = sqrt(3) * 16 * eps / 2 * M`` mm (see
+    ``_NB_POINT_ROUNDINGS``; ``eps`` of float32, or of the points' dtype if
+    coarser; ``M`` a bound on their coordinates in mm). To first order, the
+    length ``sum |d_k|`` then changes by ``sum_k u_k . (e_(k+1) - e_k)``
+    (``u_k`` the unit step directions), which regroups into
+    ``-e_0 . u_0 + e_n . u_(n-1)`` plus, at each inner point,
+    ``e_k . (u_(k-1) - u_k)``: at most ``e (2 + sum_k |u_(k-1) - u_k|)``,
+    small on smooth streamlines whatever their number of points.
+
+    Parameters
+    ----------
+    points_vox : np.ndarray, shape (P, 3)
+        Compact points, voxel space (any origin).
+    first_rows, lengths : np.ndarray, shape (N,)
+    affine : np.ndarray, shape (4, 4)
+
+    Returns
+    -------
+    np.ndarray, shape (N,), float64
+        0 for integer points, and for streamlines of one point or none.
+    """
+    bound = np.zeros(len(lengths))
+    point_error_mm = _point_rounding_mm(points_vox, affine)
+    if point_error_mm == 0:
+        return bound
+    linear = np.asarray(affine, np.float64)[:3, :3]
+    # steps[r]: from row r to r + 1 (across two streamlines at their
+    # boundary; those terms are left out below).
+    steps = np.diff(points_vox.astype(np.float64), axis=0) @ linear.T
+    norms = np.linalg.norm(steps, axis=1, keepdims=True)
+    units = np.divide(steps, norms, out=np.zeros_like(steps),
+                      where=norms > 0)
+    # turns[r]: |u_(r+1) - u_r|, at row r + 1.
+    turns = np.linalg.norm(np.diff(units, axis=0), axis=1)
+    cumulative = np.concatenate([[0.0], np.cumsum(turns)])
+    # Inner rows first + 1 .. first + n - 2: turns first .. first + n - 3.
+    first = np.asarray(first_rows, np.int64)
+    last = first + np.maximum(np.asarray(lengths, np.int64) - 2, 0)
+    total_turns = cumulative[np.minimum(last, len(turns))] \
+        - cumulative[np.minimum(first, len(turns))]
+    bound = point_error_mm * (2 + total_turns)
+    return np.where(np.asarray(lengths) > 1, bound, 0.0)
+
+
+def _point_rounding_mm(points_vox, affine):
+    """``e`` of :func:`length_rounding_bound_mm`: a bound (mm) on the
+    rounding error of each point; 0 for integer points or fewer than 2."""
+    if (not np.issubdtype(points_vox.dtype, np.floating)
+            or len(points_vox) < 2):
+        return 0.0
+    linear = np.asarray(affine, np.float64)[:3, :3]
+    magnitude_mm = (np.abs(linear).sum(axis=1).max()
+                    * np.abs(points_vox).max()
+                    + np.abs(np.asarray(affine)[:3, 3]).max())
+    # float64 points have been float32 too: in our HDF5, in dipy's
+    # StatefulTractogram, and in the files (a .trx read back as float64).
+    eps = max(np.finfo(points_vox.dtype).eps, np.finfo(np.float32).eps)
+    return float(np.sqrt(3) * _NB_POINT_ROUNDINGS / 2 * eps * magnitude_mm)
+
+
+def _counts_within_rounding(count_points, points_vox, first_rows, lengths,
+                            length_mm, affine):
+    """``count_points(length_mm, length_rounding_bound_mm(...))``, with the
+    exact bound computed only where it can change a count.
+
+    A turn ``|u_(k-1) - u_k|`` is at most 2, so ``e (2 + 2 (n - 2))``
+    bounds every streamline's bound; counts are non-increasing in the
+    bound, so where that coarse bound and 0 give the same count, so does
+    the exact bound (in practice, all but the few streamlines within a
+    hair of a whole number of steps).
+    """
+    point_error_mm = _point_rounding_mm(points_vox, affine)
+    coarse = point_error_mm * (2 + 2 * np.maximum(lengths - 2, 0))
+    counts = np.asarray(count_points(length_mm, coarse))
+    unsure = np.flatnonzero(counts != count_points(length_mm, 0.0))
+    if unsure.size:
+        rows = ranges_to_indices(first_rows[unsure], lengths[unsure])
+        counts = counts.copy()
+        counts[unsure] = count_points(
+            length_mm[unsure], length_rounding_bound_mm(
+                points_vox[rows], offsets_from_lengths(lengths[unsure]),
+                lengths[unsure], affine))
+    return counts
 
 
 def resample_to_nb_points(streamlines_vox, affine, nb_points):
@@ -214,8 +321,10 @@ def resample_to_nb_points(streamlines_vox, affine, nb_points):
     return _resample(streamlines_vox, affine, lambda length_mm: nb_points)
 
 
-def _resample(streamlines_vox, affine, count_points):
-    """Resample to ``count_points(length_mm)`` points per streamline.
+def _resample(streamlines_vox, affine, count_points, length_atol=False):
+    """Resample to ``count_points(length_mm)`` points per streamline, or
+    to ``count_points(length_mm, length_atol_mm)`` with ``length_atol``
+    (see :func:`length_rounding_bound_mm`).
 
     The arc lengths (mm) are summed once; they set the counts and place the
     new points. The lengths are those ``lengths_mm`` gives, bit for bit
@@ -224,8 +333,12 @@ def _resample(streamlines_vox, affine, count_points):
     points_vox, first_rows, lengths = compact(streamlines_vox)
     total_mm = cumulative_lengths_mm(points_vox, first_rows, lengths, affine)
     length_mm = total_mm[first_rows + lengths] - total_mm[first_rows]
-    nb_new_points = np.where(lengths > 0, count_points(length_mm),
-                             0).astype(np.int64)
+    if length_atol:
+        counts = _counts_within_rounding(count_points, points_vox, first_rows,
+                                         lengths, length_mm, affine)
+    else:
+        counts = count_points(length_mm)
+    nb_new_points = np.where(lengths > 0, counts, 0).astype(np.int64)
     rank = (np.arange(nb_new_points.sum())
             - np.repeat(offsets_from_lengths(nb_new_points), nb_new_points))
     nb_steps = np.repeat(np.maximum(nb_new_points - 1, 1), nb_new_points)
