@@ -196,6 +196,14 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_over(
     assert has_checkpoint(folder)
     assert len(np.load(os.path.join(folder, "logs", "train_loss.npy"))) == 1
 
+    # A finished epoch whose checkpoint was removed since (to save space)
+    # keeps its best model: --resume_if_exists refuses, changing nothing.
+    shutil.rmtree(os.path.join(folder, "checkpoint"))
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, argv + ["--resume_if_exists"], capsys)
+    assert "already exists" in message and "no checkpoint" in message
+    assert snapshot(tmp_path) == before
+
     # Killed even earlier: only the marker and the lock were written.
     (experiments / "early").mkdir()
     mark_output_folder(str(experiments / "early"), "experiment")

@@ -23,7 +23,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_ratio,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.experiment_layout import has_checkpoint
+from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR, has_checkpoint
 from dwi_ml.io_utils.experiment_lock import (
     run_locked,
     start_new_experiment,
@@ -217,10 +217,13 @@ def _train(args, callbacks, lock):
     check_inputs_exist(args.experiments_path, what="experiments_path")
     lock.refuse_if_held()
     # A run killed before its first checkpoint left nothing to continue:
-    # --resume_if_exists (a requeued job) starts it over.
+    # --resume_if_exists (a requeued job) starts it over. Not one with a
+    # best model: an epoch ended there (its checkpoint was removed since),
+    # and starting over would delete that model.
     overwrite = args.overwrite or (
         args.resume_if_exists and os.path.isdir(experiment_dir)
-        and folder_kind(experiment_dir) == "experiment")
+        and folder_kind(experiment_dir) == "experiment"
+        and not os.path.exists(os.path.join(experiment_dir, BEST_MODEL_DIR)))
     if overwrite and not args.overwrite:
         logging.warning("Experiment '%s' has no checkpoint (its run stopped "
                         "before saving one): starting it over.",
