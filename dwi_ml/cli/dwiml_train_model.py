@@ -101,9 +101,9 @@ def build_parser():
              "resume_training_from_checkpoint.py would, with its saved "
              "options; --max_time, --checkpoint_every_* and Comet options "
              "given here apply) instead of refusing; if it has none (its "
-             "run was killed before saving one), start it over: one "
-             "command line that starts or continues a run, e.g. in a "
-             "requeued SLURM job (default: off).")
+             "run was killed before saving one) nor a best model, start "
+             "it over: one command line that starts or continues a run, "
+             "e.g. in a requeued SLURM job (default: off).")
     add_verbose_arg(run)
     add_overwrite_arg(run)
     add_interruption_args(parser)
