@@ -146,3 +146,20 @@ def test_attention_received_counts_the_queries_of_the_window():
     # Without the window, point 0 would count 4 viewers.
     unbounded = point_attention_values(maps, [4], [5])
     assert unbounded["attention_received"][0][0, 0] == np.float32(1.25 / 4)
+
+
+@pytest.mark.parametrize("count", [5, 14, 40])
+def test_heatmap_axes_tick_whole_positions(count):
+    # Short streamlines had ticks at 2.5, 7.5, ... positions.
+    from dwi_ml.monitoring.attention_views import SubjectAttention, draw_heatmap
+    weights = torch.eye(count, dtype=torch.float64)[None, None, None]
+    attention = SubjectAttention(
+        streamline_ids=np.array([3]), streamlines=None,
+        maps={"encoder": weights}, counts=np.array([count]),
+        affine=np.eye(4), dimensions=(4, 4, 4))
+    figure = draw_heatmap(attention, "encoder", 0, 0)
+    ax = figure.axes[0]
+    for ticks in (ax.get_xticks(), ax.get_yticks()):
+        assert len(ticks) >= 2
+        np.testing.assert_array_equal(ticks, np.round(ticks))
+    assert ax.get_xlabel() == "key position (point attended to)"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset import MultiSubjectDataset
@@ -153,6 +154,9 @@ def draw_heatmap(attention, name, layer, head):
         ax.set_title(f"streamline {sid}", fontsize="small")
         ax.set_xlabel("key position (point attended to)")
         ax.set_ylabel("query position (point attending)")
+        # Positions are whole points: no 2.5 on a short streamline.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         figure.colorbar(image, ax=ax, label="attention weight")
     figure.suptitle(f"{ATTENTION_TITLES[name]}, layer {layer}, head {head}")
     return figure
