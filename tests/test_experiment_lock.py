@@ -243,3 +243,21 @@ def test_a_run_in_its_first_epoch_is_named_as_in_use(tmp_path, data, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     run_refused(train_main, [str(tmp_path), "mine", *argv[2:]], capsys)
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+def test_only_rank_0_probes_the_lock(tmp_path, monkeypatch):
+    """Under torchrun, rank 0 of the same run may already hold the lock
+    when another rank starts: that rank's probe refused its own run (and
+    could make rank 0's acquire fail), about once in a few runs."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    with ExperimentLock(str(folder)) as held:
+        held.acquire()
+        probe = ExperimentLock(str(folder))
+        monkeypatch.setenv("RANK", "1")
+        probe.refuse_if_held()
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(DwiMLUserError, match="is in use by process"):
+            probe.refuse_if_held()
+        # The holder keeps its lock through both probes.
+        assert held.is_held

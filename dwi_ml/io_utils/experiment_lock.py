@@ -84,8 +84,12 @@ class ExperimentLock:
 
         Lets a run say that the experiment is in use before it checks the
         folder's content (an experiment in its first epoch has no
-        checkpoint yet). Creates no lock file.
+        checkpoint yet). Creates no lock file. Under torchrun, ranks other
+        than 0 do nothing: rank 0 of the same run may hold the lock
+        already, and a probe of theirs could make its acquire() fail.
         """
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError):
