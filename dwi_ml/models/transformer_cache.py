@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dwi_ml.models.transformer_layers import attention_lags
+
 INITIAL_CAPACITY = 32
 
 
@@ -142,9 +144,7 @@ class KeyValueBuffer:
         device = self._storages[0].device
         window = self.window
         if window is None or self.length < window:
-            kept = self.length
-            positions = torch.arange(kept - nb_queries, kept, device=device)
-            return positions[:, None] - torch.arange(kept, device=device)
+            return attention_lags(nb_queries, self.length, device)
         newest = (self.length - 1) % window
         return ((newest - torch.arange(window, device=device)) % window)[None]
 
