@@ -126,7 +126,8 @@ def make_model(model_type, nb_features, args):
         norm_first=args.norm_first, ffnn_hidden_size=args.ffnn_hidden_size,
         nb_previous_dirs=args.tf_nb_previous_dirs,
         position_encoding=args.position_encoding,
-        attention_window=args.attention_window, **extra, **common)
+        attention_window=args.attention_window, activation=args.activation,
+        **extra, **common)
 
 
 def train(model_type, dataset, args):
@@ -142,15 +143,19 @@ def train(model_type, dataset, args):
                                   else args.tf_noise_loss),
         seed=args.seed)
     learning_rate, scheduler = args.learning_rate, "cosine"
+    optimization = {}
     if model_type != "learn2track":
         learning_rate = args.tf_learning_rate or args.learning_rate
         scheduler = args.tf_lr_scheduler
+        optimization = dict(optimizer=args.tf_optimizer,
+                            weight_decay=args.tf_weight_decay,
+                            clip_grad=args.tf_clip_grad)
     model = make_model(model_type, dataset.nb_features[
         dataset.volume_groups.index("input")], args)
     trainer = DWIMLTrainerOneInput(
         model, args.out_dir, model_type, sampler, loader,
         max_epochs=args.max_epochs, learning_rate=learning_rate,
-        lr_scheduler=scheduler, seed=args.seed)
+        lr_scheduler=scheduler, seed=args.seed, **optimization)
     trainer.save_parameters()
     start = time.process_time()
     trainer.train_and_validate()
@@ -214,6 +219,19 @@ def main():
                         choices=("cosine", "onecycle", "constant"),
                         help="Schedule of the Transformers (default: cosine; "
                              "onecycle warms up then anneals).")
+    parser.add_argument("--tf_optimizer", default="Adam",
+                        choices=("Adam", "AdamW", "RAdam"),
+                        help="Optimizer of the Transformers (default: Adam, "
+                             "as Learn2track).")
+    parser.add_argument("--tf_weight_decay", type=float, default=0.0,
+                        help="Weight decay of the Transformers (default: 0).")
+    parser.add_argument("--tf_clip_grad", type=float, default=None,
+                        help="Gradient norm clipping of the Transformers "
+                             "(default: none).")
+    parser.add_argument("--activation", default="relu",
+                        choices=("relu", "gelu"),
+                        help="Feed-forward activation of the Transformers "
+                             "(default: relu).")
     parser.add_argument("--noise_loss", type=float, default=0.0,
                         help="Sigma (mm) of the noise on Learn2track's target "
                              "streamlines (--noise_gaussian_size_loss; "

@@ -264,6 +264,12 @@ def test_resume_if_exists_starts_then_continues(tmp_path, hdf5_file,
     process = _run("-", "train", args)
     assert "resumed and saved" in process.stdout
     assert_same_run(straight_run, tmp_path / name)
+    # Requeued once more after the end: nothing to do is a success (it
+    # exited 2 and the job was marked failed), and nothing changes.
+    process = _run("-", "train", args)
+    assert (f"Nothing to resume: experiment '{tmp_path / name}' already "
+            f"finished its {NB_EPOCHS} epochs") in process.stderr
+    assert_same_run(straight_run, tmp_path / name)
 
 
 def test_auto_requeue_calls_scontrol(tmp_path, hdf5_file):

@@ -102,8 +102,9 @@ def build_parser():
              "options; --max_time, --checkpoint_every_* and Comet options "
              "given here apply) instead of refusing; if it has none (its "
              "run was killed before saving one) nor a best model, start "
-             "it over: one command line that starts or continues a run, "
-             "e.g. in a requeued SLURM job (default: off).")
+             "it over; if its run had ended, say so and exit 0: one "
+             "command line that starts or continues a run, e.g. in a "
+             "requeued SLURM job (default: off).")
     add_verbose_arg(run)
     add_overwrite_arg(run)
     add_interruption_args(parser)
@@ -212,7 +213,12 @@ def _train(args, callbacks, lock):
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     resumable = has_checkpoint(experiment_dir)
     if args.resume_if_exists and resumable:
-        return resume_cli.resume_from_args(_resume_args(args), callbacks)
+        try:
+            return resume_cli.resume_from_args(_resume_args(args), callbacks)
+        except resume_cli.ExperimentFinished as finished:
+            # A requeued job whose run had ended: done, not a failure.
+            logging.warning("Nothing to resume: %s", finished)
+            return None
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
     lock.refuse_if_held()

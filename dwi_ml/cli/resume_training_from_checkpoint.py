@@ -108,6 +108,11 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
                     "difference: %s).", hdf5_file, difference)
 
 
+class ExperimentFinished(DwiMLUserError):
+    """The experiment has nothing left to train (its epochs or patience
+    are spent)."""
+
+
 def _finished_message(trainer, experiment_dir):
     if trainer.current_epoch >= trainer.max_epochs:
         # current_epoch: epochs done, which a smaller --new_max_epochs
@@ -190,7 +195,8 @@ def _resume(args, callbacks, lock):
         trainer.load_checkpoint(state)
         if trainer.is_finished():
             cleanup_distributed()
-            raise DwiMLUserError(_finished_message(trainer, experiment_dir))
+            raise ExperimentFinished(_finished_message(trainer,
+                                                       experiment_dir))
 
     run_experiment(
         {**params, "trainer": trainer_params}, load_model,
