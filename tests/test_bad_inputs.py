@@ -409,3 +409,15 @@ def test_creation_names_a_corrupt_config_or_subject_list(
     assert_user_error(create_main, [creation_inputs, out, config_path,
                                     *lists], capsys, tmp_path, path, *expected)
     assert not out.exists()
+
+
+def test_sizes_beyond_memory_are_one_line_not_a_traceback(tmp_path, capsys):
+    """A --shape far too large ended in numpy's MemoryError traceback."""
+    out = tmp_path / "huge"
+    with pytest.raises(SystemExit) as stop:
+        synthetic_main([str(out), "--shape", "1000000", "1000000", "1000000"])
+    assert stop.value.code == 1
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1
+    assert "error: out of memory (Unable to allocate" in message
+    assert not out.exists()

@@ -31,7 +31,8 @@ def script_entry_point(main_fn):
     A :class:`DwiMLUserError` is printed as ``PROG: error: MESSAGE`` on
     stderr, followed by exit status 2, the same convention as argparse. A
     reader that stops reading the output (``| head``) ends the script
-    quietly.
+    quietly. Running out of memory (e.g. sizes far too large for the
+    machine) is one line too, with exit status 1.
     """
     @functools.wraps(main_fn)
     def wrapper(argv=None):
@@ -41,6 +42,13 @@ def script_entry_point(main_fn):
             prog = os.path.basename(sys.argv[0]) or "dwi_ml"
             print(f"{prog}: error: {one_line_message(error)}", file=sys.stderr)
             sys.exit(2)
+        except MemoryError as error:
+            prog = os.path.basename(sys.argv[0]) or "dwi_ml"
+            print(f"{prog}: error: out of memory ({one_line_message(error)}):"
+                  " the inputs or options ask for more memory than this "
+                  "machine has; use smaller sizes or a larger machine.",
+                  file=sys.stderr)
+            sys.exit(1)
         except BrokenPipeError:
             # Python would report the pipe again when flushing stdout at
             # exit: point stdout at /dev/null first.
