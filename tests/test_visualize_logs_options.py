@@ -238,11 +238,18 @@ def test_values_without_a_neighbour_are_drawn_as_dots(tmp_path):
                             Panel("Batches", ("train_loss_per_batch",))],
                            experiments)[0]
 
-    def dots(ax):
+    def dots(ax, marker="o"):
         return [(line.get_xdata().tolist(), line.get_ydata().tolist())
-                for line in ax.lines if line.get_marker() == "o"]
+                for line in ax.lines if line.get_marker() == marker]
 
-    assert dots(figure.axes[0]) == [([0], [2.0]), ([0], [2.5])]
+    # Training and validation differ by their dots' marker (both were
+    # circles of the experiment's colour), and the legend says which.
+    assert dots(figure.axes[0]) == [([0], [2.0])]
+    assert dots(figure.axes[0], "s") == [([0], [2.5])]
+    legend = {text.get_text(): handle.get_marker() for text, handle in zip(
+        figure.axes[0].get_legend().get_texts(),
+        figure.axes[0].get_legend().legend_handles)}
+    assert legend["train_loss"] == "o" and legend["valid_loss"] == "s"
     # Epoch ticks are integers (they were -0.045, -0.030, ...).
     figure.canvas.draw()
     ticks = [tick for tick in figure.axes[0].get_xticks()

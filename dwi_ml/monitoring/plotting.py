@@ -30,6 +30,8 @@ PANEL_SIZE_INCHES = (6.4, 4.0)
 DPI = 100
 MAX_COLUMNS = 2
 LINE_STYLES = ("-", "--", ":", "-.")
+# The dot of a value drawn alone, per line style: a dot has no line style.
+DOT_MARKERS = ("o", "s", "^", "D")
 # Logs spanning decades (e.g. a decaying learning rate) read best on a log
 # scale; a panel holding only such logs always uses one.
 LOG_SCALE_LOGS = frozenset({"learning_rate"})
@@ -208,19 +210,25 @@ def moving_average(values, window):
 
 
 def _draw_curve(ax, values, colour, style, smooth):
+    """Returns True when some values were drawn as dots."""
     x = np.arange(len(values))
     if smooth > 1 and len(values) >= smooth:
         ax.plot(x, values, color=colour, linestyle=style, linewidth=0.8,
                 alpha=0.25)
         x, values = x[smooth - 1:], moving_average(values, smooth)
     ax.plot(x, values, color=colour, linestyle=style)
-    _mark_isolated_points(ax, x, values, colour)
+    return _mark_isolated_points(ax, x, values, colour, _dot_marker(style))
 
 
-def _mark_isolated_points(ax, x, values, colour):
+def _dot_marker(style):
+    return DOT_MARKERS[LINE_STYLES.index(style) % len(DOT_MARKERS)]
+
+
+def _mark_isolated_points(ax, x, values, colour, marker):
     """A dot at each finite value without a finite neighbour: a line draws
     nothing there (a run of one epoch, or a value between removed
-    outliers)."""
+    outliers). Its marker stands for the line style. Returns True when a
+    dot was drawn."""
     finite = np.isfinite(values)
     neighbour = np.zeros_like(finite)
     neighbour[1:] |= finite[:-1]
@@ -228,7 +236,8 @@ def _mark_isolated_points(ax, x, values, colour):
     isolated = finite & ~neighbour
     if isolated.any():
         ax.plot(x[isolated], np.asarray(values)[isolated], color=colour,
-                marker="o", linestyle="none")
+                marker=marker, linestyle="none")
+    return bool(isolated.any())
 
 
 def _draw_best_epoch(ax, experiment, values, colour):
@@ -251,7 +260,7 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
     first.
     """
     per_batch = is_per_batch(panel.log_names[0])
-    handles, any_best = [], False
+    handles, any_best, any_dot = [], False, False
     for experiment, colour in zip(experiments, colours):
         drawn = False
         for name, style in zip(panel.log_names, _styles(panel)):
@@ -261,14 +270,17 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
             if outliers_removed:
                 values = remove_outliers(values)
             drawn = True
-            _draw_curve(ax, values, colour, style, smooth if per_batch else 1)
+            any_dot |= _draw_curve(ax, values, colour, style,
+                                   smooth if per_batch else 1)
             if not per_batch and log_kind(name) in BEST_EPOCH_KINDS:
                 any_best |= _draw_best_epoch(ax, experiment, values, colour)
         if drawn:
             handles.append(Line2D([], [], color=colour,
                                   label=experiment.label))
     if len(panel.log_names) > 1:
-        handles += [Line2D([], [], color="black", linestyle=style, label=name)
+        # Values drawn alone show their log by the dot's marker.
+        handles += [Line2D([], [], color="black", linestyle=style, label=name,
+                           marker=_dot_marker(style) if any_dot else None)
                     for name, style in zip(panel.log_names, _styles(panel))]
     if any_best:
         handles.append(Line2D([], [], marker="*", markersize=10, color="grey",
