@@ -246,9 +246,10 @@ def test_values_without_a_neighbour_are_drawn_as_dots(tmp_path):
     # circles of the experiment's colour), and the legend says which.
     assert dots(figure.axes[0]) == [([0], [2.0])]
     assert dots(figure.axes[0], "s") == [([0], [2.5])]
+    box = figure.axes[0].get_legend()
     legend = {text.get_text(): handle.get_marker() for text, handle in zip(
-        figure.axes[0].get_legend().get_texts(),
-        figure.axes[0].get_legend().legend_handles)}
+        box.get_texts(), getattr(box, "legend_handles", None)
+        or box.legendHandles)}  # matplotlib < 3.7
     assert legend["train_loss"] == "o" and legend["valid_loss"] == "s"
     # Epoch ticks are integers (they were -0.045, -0.030, ...).
     figure.canvas.draw()
