@@ -22,7 +22,9 @@ from dipy.io.stateful_tractogram import Space
 
 from dwi_ml.cli import dwiml_run_demo, dwiml_score_tractogram
 from dwi_ml.cli import dwiml_track_from_model as track_cli
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.processing.augmentation import count_from_ratio
+from dwi_ml.data.synthetic import make_synthetic_dataset
 from tests.tolerances import rounding_atol
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -195,3 +197,19 @@ def test_tracking_page(in_demo_folder, capsys):
                                                    "dwiml_score_tractogram"))
     with open("subj03_scores.json") as f:
         assert json.load(f) == pytest.approx(scores)
+
+
+def test_demo_dataset_summary_is_the_documented_one(tmp_path):
+    # getting_started.md: "The counts of the dataset summary depend only on
+    # --seed" (the demo's default, 0, with 1000 streamlines per subject).
+    documented = [line for line in page("docs/getting_started.md").splitlines()
+                  if re.match(r"  (training|validation|testing) +subj-", line)]
+    paths = make_synthetic_dataset(str(tmp_path / "synthetic"), nb_subjects=3,
+                                   nb_streamlines=1000, seed=0)
+    hdf5_file = str(tmp_path / "dataset.hdf5")
+    create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
+                        hdf5_file, paths.config, paths.splits["training"],
+                        paths.splits["validation"], paths.splits["testing"],
+                        step_size=2.0)
+    assert len(documented) == 3
+    assert dwiml_run_demo.summarize_dataset(hdf5_file)[1:] == documented
