@@ -136,6 +136,18 @@ def test_signals_at_many_positions_then_resume_equal_straight_run(
     assert_same_run(straight_run, folder)
 
 
+def test_resume_in_the_first_validation_warns_nothing(tmp_path, hdf5_file):
+    # The resumed process steps the scheduler at the end of epoch 0 without
+    # an update of its own: torch warned "Detected call of
+    # `lr_scheduler.step()` before `optimizer.step()`", wrongly.
+    args = _train_args(tmp_path, "warn", hdf5_file, extra=("--max_epochs", "1"))
+    _run("0:valid:0:SIGTERM", "train", args, expected=EXIT_INTERRUPTED)
+    assert _position(tmp_path / "warn") == (0, "valid", 1)
+    process = _resume("-", tmp_path, "warn")
+    assert "Warning" not in process.stderr, process.stderr[-2000:]
+    assert len(np.load(tmp_path / "warn" / "logs" / "train_loss.npy")) == 1
+
+
 def test_two_workers_lazy_signals_then_resume_equal_straight_run(
         tmp_path, hdf5_file, straight_run):
     name = "workers"

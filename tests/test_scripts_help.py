@@ -3,6 +3,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import runpy
 
 import pytest
@@ -58,6 +59,17 @@ def test_every_option_has_help_and_its_default(script):
         if shown_default(default) not in text or "default" not in text.lower():
             problems.append(f"{name}: default {default!r} not in {text!r}")
     assert not problems, f"{script}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_no_help_gives_its_default_in_brackets(script):
+    # "[1]" is not read as a default: --help then also printed
+    # "(default: None)" (dwiml_track_from_model.py --npv did).
+    parser = build_parser(script)
+    bracketed = [f"{action.option_strings}: {action.help!r}"
+                 for action in parser._actions
+                 if re.search(r"\[-?\d[\d.]*\]", action.help or "")]
+    assert not bracketed, f"{script}: say 'Default: X' in " + "; ".join(bracketed)
 
 
 def test_a_help_that_states_its_default_is_not_given_a_second_one():

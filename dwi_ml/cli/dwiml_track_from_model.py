@@ -89,7 +89,8 @@ def _build_parser():
     seeding = parser.add_argument_group("Seeding (one of)")
     seeds = seeding.add_mutually_exclusive_group()
     seeds.add_argument("--npv", type=int, metavar="N",
-                       help="Seeds per voxel of the seeding mask [1].")
+                       help="Seeds per voxel of the seeding mask. Default: 1, "
+                            "unless --nt is given.")
     seeds.add_argument("--nt", type=int, metavar="N",
                        help="Total number of seeds.")
 

@@ -74,7 +74,9 @@ def build_parser():
     data.add_argument("--lazy", action="store_true",
                       help="Read subjects on demand (bounded RAM).")
     data.add_argument("--cache_size", type=int, default=None,
-                      help="Lazy mode: number of volumes kept in RAM.")
+                      help="Lazy mode: number of volumes kept in RAM. Default: "
+                           "no bound on the number (1 GiB in all, see "
+                           "docs/dataset.md).")
 
     add_sampler_args(parser)
     add_loader_args(parser)

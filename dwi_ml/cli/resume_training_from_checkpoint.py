@@ -58,8 +58,10 @@ def build_parser():
                             "of a run planned for this many (default: the "
                             "experiment's max_epochs).")
     group.add_argument("--new_patience", type=int,
-                       help="New early-stopping patience, in epochs.")
-    group.add_argument("--hdf5_file", help="New location of the HDF5 file.")
+                       help="New early-stopping patience, in epochs. Default: "
+                            "the saved one.")
+    group.add_argument("--hdf5_file", help="New location of the HDF5 file. "
+                       "Default: the saved path.")
     group.add_argument("--accept_different_hdf5", action="store_true",
                        help="Resume even if the HDF5 file differs from the "
                             "one the experiment was trained on.")

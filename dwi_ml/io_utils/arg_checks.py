@@ -52,6 +52,8 @@ def check_at_most_one(values, owner=None):
     ----------
     values : dict of str to object
         Option name to value (None: not given).
+    owner : str or None
+        What the options belong to (e.g. a class name), named in the error.
     """
     given = [name for name, value in values.items() if value is not None]
     if len(given) > 1:
@@ -73,6 +75,8 @@ def check_count_or_size(name, value, as_count, owner=None):
         float (100.0) is a valid count.
     as_count : bool
         True when the unit is a number of streamlines: refuse non-integers.
+    owner : str or None
+        What the option belongs to, named in the error.
 
     Returns
     -------

@@ -54,9 +54,15 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
     model : MainModelOneInput
         In eval mode, on ``device``.
     dataset : MultiSubjectDataset
-        With ``split`` ('training', 'validation' or 'testing') loaded.
+        With ``split`` loaded.
+    split : str
+        'training', 'validation' or 'testing'.
+    input_group, streamline_group : str
+        The dataset's groups the model reads and predicts.
     batch_size : int
         Streamlines per forward pass.
+    device : str or torch.device
+        Where the batches are moved and interpolated.
 
     Returns
     -------

@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedulers chosen by name."""
+import re
 import warnings
 
 import torch
@@ -129,7 +130,15 @@ def step_scheduler(scheduler, epoch_loss=None):
     if total_steps is not None and scheduler.last_epoch + 1 >= total_steps:
         scheduler.last_epoch += 1
         return
-    scheduler.step()
+    with warnings.catch_warnings():
+        # Torch warns when this process has not called optimizer.step() yet.
+        # The loop always updates first, except in a run resumed inside its
+        # first epoch after its last update (in validation): that update was
+        # made by the process that saved the checkpoint.
+        warnings.filterwarnings(
+            "ignore", message=re.escape("Detected call of `lr_scheduler.step()`"),
+            category=UserWarning)
+        scheduler.step()
 
 
 # State entries of a scheduler that follow from the run's length.

@@ -79,9 +79,9 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
     optimizer : str
         'Adam', 'AdamW', 'RAdam' or 'SGD' (with ``momentum``).
     learning_rate, weight_decay, momentum : float
-    lr_scheduler : str or SchedulerFactory
-        'constant', 'step' (``lr_step_size`` epochs, ``lr_gamma``),
-        'cosine', 'plateau', 'onecycle', or any
+    lr_scheduler, lr_step_size, lr_gamma : str or SchedulerFactory, int, float
+        'constant', 'step' (times ``lr_gamma`` every ``lr_step_size``
+        epochs), 'cosine', 'plateau' (times ``lr_gamma``), 'onecycle', or a
         :class:`~dwi_ml.training.optimizers.SchedulerFactory`.
     max_epochs : int
     patience : int or None

@@ -118,6 +118,13 @@ def check_tractogram_header(path, reference, subject, group):
         A .trk or .trx file (a .tck has no grid to check).
     reference : str
         NIfTI, .trk or .trx file defining the grid.
+    subject, group : str
+        Subject ID and streamline group, named in the error message.
+
+    Raises
+    ------
+    DwiMLUserError
+        When the header cannot be read or its grid differs.
     """
     try:
         found = reference_info(path)

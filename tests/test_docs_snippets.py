@@ -1,0 +1,215 @@
+"""The Python snippets of README.md and docs/*.md run as written.
+
+Each page's ```python blocks run in order, in one namespace, from a folder
+holding a small demo output (``dwiml_run_demo.py`` with 60 streamlines per
+subject and 1 + 1 epochs), as the pages ask the reader to. The checks are
+the values the pages print or state in their comments. docs/own_model.md
+has its own test (tests/test_docs_own_model.py); the blocks of
+docs/architecture.md are signatures, not a program.
+"""
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from dipy.io.stateful_tractogram import Space
+
+from dwi_ml.cli import dwiml_run_demo, dwiml_score_tractogram
+from dwi_ml.cli import dwiml_track_from_model as track_cli
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.processing.augmentation import count_from_ratio
+from dwi_ml.data.synthetic import make_synthetic_dataset
+from tests.tolerances import rounding_atol
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+NB_STREAMLINES = 60
+DEMO_EPOCHS = 2
+
+
+def page(name):
+    with open(os.path.join(ROOT, name)) as f:
+        return f.read()
+
+
+def python_blocks(name):
+    return re.findall(r"```python\n(.*?)```", page(name), re.DOTALL)
+
+
+def run_page(name):
+    """Run every Python block of a page in one namespace; return it."""
+    namespace = {}
+    for index, block in enumerate(python_blocks(name)):
+        exec(compile(block, f"{name}, block {index}", "exec"), namespace)
+    return namespace
+
+
+def documented_command(name, script):
+    """The arguments of the first command of a page's bash blocks that runs
+    ``script``, continuation lines joined."""
+    for block in re.findall(r"```bash\n(.*?)```", page(name), re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            words = shlex.split(line)
+            if words and words[0] == f"{script}.py":
+                return words[1:]
+    raise AssertionError(f"{name} runs no {script}.py")
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("docs")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        dwiml_run_demo.main(["demo_output", "--nb_streamlines",
+                             str(NB_STREAMLINES), "--epochs", "1",
+                             str(DEMO_EPOCHS)])
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+@pytest.fixture
+def in_demo_folder(demo_folder, monkeypatch):
+    monkeypatch.chdir(demo_folder)
+    return demo_folder
+
+
+def printed_lines(capsys):
+    return [line for line in capsys.readouterr().out.splitlines()
+            if not line.startswith(("Experiment ", "COMET"))]
+
+
+def test_readme_python(in_demo_folder):
+    # The README's pipeline writes example/data.hdf5.
+    os.makedirs("example", exist_ok=True)
+    shutil.copy("demo_output/dataset.hdf5", "example/data.hdf5")
+    namespace = run_page("README.md")
+    sft_data = namespace["subject"].sft_data_list[0]
+    expected = sft_data.get_streamlines([3])[0]
+    np.testing.assert_array_equal(namespace["streamlines"][0], expected)
+    assert len(namespace["streamlines"]) == 3
+    assert len(namespace["sft"]) == sft_data.nb_streamlines
+    assert namespace["volume"].dtype == torch.float32
+    assert namespace["volume"].shape == (24, 24, 16, 45)
+
+
+def test_dataset_page(in_demo_folder, capsys):
+    namespace = run_page("docs/dataset.md")
+    assert printed_lines(capsys) == [
+        "['input', 'wm_mask'] [45, 1] ['streamlines']", "2.0 None None",
+        "['subj-01']", "(4, 4) [2.  2.5 3. ]"]
+    assert namespace["volume"].shape == (24, 24, 16, 45)
+    assert namespace["lengths"].dtype == np.int64
+    assert namespace["lengths_mm"].dtype == np.float32
+    assert len(namespace["lengths"]) == NB_STREAMLINES
+    # Points in the order of the ids, and the sft holds the same ones.
+    sft_data = namespace["sft_data"]
+    for row, streamline_id in enumerate([5, 0, 2]):
+        np.testing.assert_array_equal(
+            namespace["streamlines"][row],
+            sft_data.get_streamlines([streamline_id])[0])
+    assert namespace["sft"].space == Space.RASMM
+    assert len(namespace["sft"]) == 3
+
+
+def test_batching_page(in_demo_folder, capsys):
+    namespace = run_page("docs/batching.md")
+    nb_batches, batch_line = printed_lines(capsys)
+    assert int(nb_batches) == math.ceil(NB_STREAMLINES / 100)
+    batch = namespace["batch"]
+    # The first batch holds min(100, N) streamlines; 20 % of them are cut
+    # in two (all are long enough: at least 5 points at 1 mm).
+    nb_read = min(100, NB_STREAMLINES)
+    assert batch.nb_streamlines == nb_read + count_from_ratio(0.2, nb_read)
+    nb_points = batch.target_points.shape[0]
+    assert batch.inputs.shape == (nb_points, 45 * 7)
+    assert batch_line == (f"{batch.nb_streamlines} torch.Size([{nb_points}, 3])"
+                          f" torch.Size([{nb_points}, 315])")
+
+
+def test_hdf5_layout_page(in_demo_folder, capsys):
+    run_page("docs/hdf5_layout.md")
+    assert printed_lines(capsys) == [
+        "{'subj-01': {'streamlines': 0}, 'subj-02': {'streamlines': 0}, "
+        "'subj-03': {'streamlines': 0}}"]
+    with h5py.File("out.hdf5", "r") as f:
+        assert f.attrs["step_size"] == 0.5
+        assert list(f.attrs["validation_subjs"]) == ["subj-03"]
+        assert f["subj-01/streamlines/lengths"].shape == (NB_STREAMLINES,)
+
+
+def test_models_page(in_demo_folder, capsys):
+    namespace = run_page("docs/models.md")
+    assert printed_lines(capsys) == [
+        "['direction', 'eos'] 17", "torch.Size([2, 3]) torch.Size([2])"]
+    assert namespace["outputs"].shape == (17, 5)
+    np.testing.assert_allclose(namespace["directions"].norm(dim=1), 1,
+                               atol=rounding_atol(1, 3))
+    assert ((namespace["eos_probs"] >= 0) & (namespace["eos_probs"] <= 1)).all()
+
+
+def test_monitoring_page(in_demo_folder, capsys):
+    run_page("docs/monitoring.md")
+    valid_loss = np.load("demo_output/experiments/demo/logs/valid_loss.npy")
+    assert printed_lines(capsys) == [f"{DEMO_EPOCHS} {valid_loss.argmin()}"]
+
+
+def test_extending_page(in_demo_folder, capsys):
+    run_page("docs/extending.md")
+    assert printed_lines(capsys)[-1] == "PreviousDirsMLP 32"
+    logs = os.path.join("demo_output", "experiments", "mlp", "logs")
+    for phase in ("train", "valid"):
+        total = np.load(os.path.join(logs, f"{phase}_loss.npy"))
+        named = (np.load(os.path.join(logs, f"{phase}_loss_direction.npy"))
+                 + np.load(os.path.join(logs, f"{phase}_loss_weights.npy")))
+        assert total.shape == (2,)
+        # Each batch's total is the float32 sum of its two positive terms.
+        np.testing.assert_allclose(total, named, rtol=rounding_atol(1, 1))
+
+
+def test_training_page_callback_survives_resume(in_demo_folder, capsys):
+    run_page("docs/training.md")
+    counts = [int(re.match(r"epoch (\d+): (\d+) points", line).group(2))
+              for line in printed_lines(capsys)]
+    assert len(counts) == 3 and counts[0] > 0
+    assert counts == [counts[0], 2 * counts[0], 3 * counts[0]]
+
+
+def test_tracking_page(in_demo_folder, capsys):
+    # getting_started.md's tracking command writes subj03.trk.
+    track_cli.main(documented_command("docs/getting_started.md",
+                                      "dwiml_track_from_model"))
+    namespace = run_page("docs/tracking.md")
+    nb_tracked = len(namespace["sft"])
+    assert namespace["sft"].data_per_streamline["seeds"].shape == (nb_tracked, 3)
+    scores = namespace["scores"]
+    assert scores["nb_tracked"] == nb_tracked
+    assert scores["nb_reference"] == NB_STREAMLINES
+    assert scores["VC"] + scores["IC"] + scores["NC"] == pytest.approx(1)
+    # The page's command line gives the same scores as its Python.
+    dwiml_score_tractogram.main(documented_command("docs/tracking.md",
+                                                   "dwiml_score_tractogram"))
+    with open("subj03_scores.json") as f:
+        assert json.load(f) == pytest.approx(scores)
+
+
+def test_demo_dataset_summary_is_the_documented_one(tmp_path):
+    # getting_started.md: "The counts of the dataset summary depend only on
+    # --seed" (the demo's default, 0, with 1000 streamlines per subject).
+    documented = [line for line in page("docs/getting_started.md").splitlines()
+                  if re.match(r"  (training|validation|testing) +subj-", line)]
+    paths = make_synthetic_dataset(str(tmp_path / "synthetic"), nb_subjects=3,
+                                   nb_streamlines=1000, seed=0)
+    hdf5_file = str(tmp_path / "dataset.hdf5")
+    create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
+                        hdf5_file, paths.config, paths.splits["training"],
+                        paths.splits["validation"], paths.splits["testing"],
+                        step_size=2.0)
+    assert len(documented) == 3
+    assert dwiml_run_demo.summarize_dataset(hdf5_file)[1:] == documented
