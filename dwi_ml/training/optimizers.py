@@ -136,7 +136,14 @@ def step_scheduler(scheduler, epoch_loss=None):
 _HORIZON_KEYS = ("T_max", "total_steps", "_schedule_phases")
 
 
-def load_scheduler_state(scheduler, saved_state):
+def scheduler_horizon(scheduler):
+    """The state entries of ``scheduler`` that follow from the run's length
+    (empty for schedules that do not span the run)."""
+    state = scheduler.state_dict()
+    return {key: state[key] for key in _HORIZON_KEYS if key in state}
+
+
+def load_scheduler_state(scheduler, saved_state, horizon=None):
     """Restore a scheduler's saved state, keeping its own horizon.
 
     ``scheduler`` was built for the run's current number of epochs. When
@@ -155,9 +162,12 @@ def load_scheduler_state(scheduler, saved_state):
         was loaded already.
     saved_state : dict
         ``scheduler.state_dict()`` of the saved run.
+    horizon : dict or None
+        The horizon to keep, from :func:`scheduler_horizon`; None: the
+        scheduler's own.
     """
-    fresh = scheduler.state_dict()
-    horizon = {key: fresh[key] for key in _HORIZON_KEYS if key in fresh}
+    if horizon is None:
+        horizon = scheduler_horizon(scheduler)
     if all(saved_state.get(key) == value for key, value in horizon.items()):
         scheduler.load_state_dict(saved_state)
         return

@@ -41,9 +41,7 @@ from dwi_ml.training.callbacks import (
     NpyLoggerCallback,
     ProgressBarCallback,
 )
-from dwi_ml.training.distributed import (
-    current_context,
-)
+from dwi_ml.training.distributed import current_context
 from dwi_ml.training.epoch_position import (
     END_PHASE,
     TRAIN_PHASE,
@@ -281,6 +279,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
     def finish_epoch(self, epoch):
         """Close the epoch: monitors, best model, callbacks, checkpoint."""
         epoch_logs, is_best = self.end_epoch(epoch)
+        self.apply_pending_scheduler_horizon()
         if is_best:
             self.save_best_model()
         self.current_epoch += 1
@@ -396,7 +395,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
             self.position.elapsed_s = time.perf_counter() - start
             # Gradients of a partial accumulation group are not saved:
             # requests wait for the group's update.
-            if is_update and self.poll_interruptions(is_training_batch=True):
+            if is_update and self.poll_interruptions(True, group_size):
                 break
         if self.interrupted_by and self.position.nb_batches_done < nb_batches:
             return
