@@ -13,6 +13,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import mark_output_folder
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.monitoring.log_reading import read_experiment_logs
 from dwi_ml.training.callbacks import Callback, TrainingAbortedError
 from dwi_ml.training.experiment_builder import (
     build_dataset,
@@ -202,3 +203,41 @@ def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
     with pytest.raises(SystemExit):
         train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
     assert "resume_training_from_checkpoint.py" in capsys.readouterr().err
+
+
+class MetricPerEpoch(Callback):
+    """Writes given values of a best-model metric, one per epoch."""
+
+    def __init__(self, name, values):
+        self.name_of_metric, self.values = name, values
+
+    def on_validation_end(self, trainer, epoch):
+        trainer.monitors.get_or_create(self.name_of_metric).set_epoch_value(
+            self.values[epoch])
+
+    def on_epoch_end(self, trainer, epoch, epoch_logs):
+        if epoch == 0:  # the best so far has no value: JSON null, readable
+            folder = os.path.join(trainer.experiment_dir, "best_model")
+            with open(os.path.join(folder, "best_epoch.json")) as f:
+                assert json.load(f)["loss"] is None
+            logs = read_experiment_logs(trainer.experiment_dir)
+            assert (logs.best_epoch, logs.best_loss) == (0, None)
+
+
+def test_a_first_epoch_without_a_metric_value_is_not_the_best_for_ever(
+        tmp_path, dataset):
+    # A metric that could not be measured at epoch 0 (NaN) became the best,
+    # whose best_epoch.json could not be written (a ValueError ended the
+    # run); and nothing compares better than NaN.
+    values = [math.nan, 0.5, 0.75, 0.25]
+    trainer = make_trainer(
+        dataset, tmp_path, max_epochs=4, patience=2,
+        best_model_metric="tracking_f1",
+        callbacks=[MetricPerEpoch("tracking_f1", values)])
+    trainer.train_and_validate()
+    best = json.loads((tmp_path / "exp" / "best_model" /
+                       "best_epoch.json").read_text())
+    assert best == {"epoch": 2, "loss": 0.75, "metric": "tracking_f1"}
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "exp" / "logs" / "tracking_f1.npy"), values)
+    assert trainer.current_epoch == 4

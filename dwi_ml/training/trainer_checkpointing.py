@@ -6,6 +6,7 @@ main process writes; every process takes part in gathering the per-rank
 random states. Checkpoints hold tensors and plain Python only, so they load
 with ``torch.load(weights_only=True)``.
 """
+import math
 import os
 import time
 
@@ -69,7 +70,9 @@ class TrainerCheckpointing:
             self.model.save_params_and_state(tmp_dir)
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
                 "epoch": self.best_tracker.best_epoch,
-                "loss": self.best_tracker.best_loss,
+                # JSON has no NaN: null while the metric has no value.
+                "loss": (None if math.isnan(self.best_tracker.best_loss)
+                         else self.best_tracker.best_loss),
                 "metric": self.best_tracker.metric})
             write_manifest(tmp_dir)
 
