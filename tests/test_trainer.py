@@ -241,3 +241,21 @@ def test_a_first_epoch_without_a_metric_value_is_not_the_best_for_ever(
     np.testing.assert_array_equal(
         np.load(tmp_path / "exp" / "logs" / "tracking_f1.npy"), values)
     assert trainer.current_epoch == 4
+
+
+def test_plateau_lowers_the_rate_after_5_epochs_without_improvement(
+        tmp_path, dataset):
+    # docs/training.md: 'plateau' multiplies the rate by --lr_gamma when
+    # the loss has not improved for 5 epochs. torch's patience 5 waited for
+    # a 6th. At a rate of 1e-7 (a decay well above torch's eps, 1e-8) the
+    # loss moves by ~1e-5 relatively per epoch: 8 epochs stay within 1e-4
+    # of epoch 0, torch's threshold of an improvement.
+    trainer = make_trainer(dataset, tmp_path, learning_rate=1e-7,
+                           lr_scheduler="plateau", lr_gamma=0.5, max_epochs=8,
+                           max_batches_per_epoch_training=1,
+                           max_batches_per_epoch_validation=1)
+    trainer.train_and_validate()
+    lrs = np.load(tmp_path / "exp" / "logs" / "learning_rate.npy")
+    assert lrs.tolist() == [1e-7] * 6 + [5e-8] * 2
+    losses = np.load(tmp_path / "exp" / "logs" / "valid_loss.npy")
+    assert np.all(losses > losses[0] * (1 - 1e-4))

@@ -89,8 +89,9 @@ def scheduler_factory_from_name(scheduler_name, learning_rate, step_size=10,
 
     ``constant`` keeps the learning rate, ``step`` multiplies it by
     ``gamma`` every ``step_size`` epochs, ``cosine`` anneals it to zero
-    over the run, ``plateau`` divides it when the validation loss stops
-    improving for ``plateau_patience`` epochs, and ``onecycle`` warms up to
+    over the run, ``plateau`` multiplies it by ``gamma`` after
+    ``plateau_patience`` epochs in a row without improvement of the
+    validation loss (by more than 0.01 %, relatively), and ``onecycle`` warms up to
     ``learning_rate`` then anneals, stepping after every update.
     """
     schedulers = torch.optim.lr_scheduler
@@ -101,8 +102,11 @@ def scheduler_factory_from_name(scheduler_name, learning_rate, step_size=10,
                                  gamma=gamma),
         "cosine": SchedulerFactory(schedulers.CosineAnnealingLR,
                                    T_max=MAX_EPOCHS),
+        # torch lowers the rate once more than `patience` epochs did not
+        # improve: after plateau_patience of them, as documented.
         "plateau": SchedulerFactory(schedulers.ReduceLROnPlateau,
-                                    factor=gamma, patience=plateau_patience),
+                                    factor=gamma,
+                                    patience=plateau_patience - 1),
         "onecycle": SchedulerFactory(schedulers.OneCycleLR, step_every="batch",
                                      max_lr=learning_rate, epochs=MAX_EPOCHS,
                                      steps_per_epoch=STEPS_PER_EPOCH),
