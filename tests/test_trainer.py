@@ -259,3 +259,23 @@ def test_plateau_lowers_the_rate_after_5_epochs_without_improvement(
     assert lrs.tolist() == [1e-7] * 6 + [5e-8] * 2
     losses = np.load(tmp_path / "exp" / "logs" / "valid_loss.npy")
     assert np.all(losses > losses[0] * (1 - 1e-4))
+
+
+def test_mixed_precision_is_kept_for_a_resume_on_cuda(tmp_path, dataset):
+    # Ignored on CPU, it was also dropped from parameters.json and the
+    # checkpoint: a GPU run resumed once on CPU went on in float32 on GPU.
+    trainer = make_trainer(dataset, tmp_path, mixed_precision="fp16",
+                           max_epochs=1, max_batches_per_epoch_training=1,
+                           max_batches_per_epoch_validation=1)
+    trainer.save_parameters()
+    trainer.train_and_validate()
+    saved = json.loads((tmp_path / "exp" / "parameters.json").read_text())
+    assert saved["trainer"]["mixed_precision"] == "fp16"
+    assert not trainer.grad_scaler.is_enabled()
+    # The disabled scaler's empty state loads into the next trainer.
+    resumed = make_trainer(dataset, tmp_path, mixed_precision="fp16",
+                           max_epochs=2, max_batches_per_epoch_training=1,
+                           max_batches_per_epoch_validation=1)
+    resumed.load_checkpoint()
+    resumed.train_and_validate()
+    assert len(np.load(tmp_path / "exp" / "logs" / "train_loss.npy")) == 2

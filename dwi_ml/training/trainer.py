@@ -165,8 +165,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         self.grad_accumulation_steps = int(grad_accumulation_steps)
         self.nb_workers = nb_workers
         self.device = torch.device(device)
-        self.mixed_precision = (mixed_precision if self.device.type == "cuda"
-                                else None)
+        # Saved as asked; applied on CUDA only (autocast, grad_scaler).
+        self.mixed_precision = mixed_precision
         self.seed = seed
         self.deterministic = bool(deterministic)
         set_deterministic(self.deterministic)
@@ -190,8 +190,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
                                              lr_step_size, lr_gamma))
         self.scheduler = self.scheduler_factory(
             self.optimizer, max_epochs, self._updates_per_epoch())
-        self.grad_scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.mixed_precision == "fp16")
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=(
+            mixed_precision == "fp16" and self.device.type == "cuda"))
         self.dataloader_generator = torch.Generator().manual_seed(seed)
 
         self.use_validation = self._has_validation_data()

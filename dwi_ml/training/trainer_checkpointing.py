@@ -179,7 +179,8 @@ class TrainerCheckpointing:
             # as they would have had the run been extended at that end.
             self._pending_scheduler_horizon = scheduler_horizon(self.scheduler)
             self.scheduler.load_state_dict(state["scheduler"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if state["grad_scaler"]:  # empty when saved off CUDA or without fp16
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         set_global_random_states(self._own_rank_entry(state["random_states"]))
         self.dataloader_generator.set_state(
             self._own_rank_entry(state["dataloader_generator"]))
