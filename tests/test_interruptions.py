@@ -120,3 +120,18 @@ def test_trainer_refuses_bad_interruption_arguments(tmp_path, dataset):
                         ("checkpoint_every_minutes", -2.0)):
         with pytest.raises(DwiMLUserError, match=name):
             make_trainer(dataset, tmp_path, **{name: value})
+
+
+def test_every_n_batches_counts_batches_under_gradient_accumulation(
+        tmp_path, dataset):
+    recorder = SaveRecorder()
+    # 120 training streamlines in batches of 20: 6 batches, 3 updates of 2.
+    # Checkpoints can only follow an update; every 2 batches is every
+    # update (it was every 2 updates: 4 batches).
+    trainer = make_trainer(dataset, tmp_path, callbacks=[recorder],
+                           batch_size=20, max_epochs=1,
+                           grad_accumulation_steps=2,
+                           checkpoint_every_n_batches=2)
+    trainer.train_and_validate()
+    assert recorder.positions == [(0, "train", 2), (0, "train", 4),
+                                  (0, "train", 6), (1, "train", 0)]

@@ -13,6 +13,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import mark_output_folder
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.monitoring.log_reading import read_experiment_logs
 from dwi_ml.training.callbacks import Callback, TrainingAbortedError
 from dwi_ml.training.experiment_builder import (
     build_dataset,
@@ -202,3 +203,79 @@ def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
     with pytest.raises(SystemExit):
         train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
     assert "resume_training_from_checkpoint.py" in capsys.readouterr().err
+
+
+class MetricPerEpoch(Callback):
+    """Writes given values of a best-model metric, one per epoch."""
+
+    def __init__(self, name, values):
+        self.name_of_metric, self.values = name, values
+
+    def on_validation_end(self, trainer, epoch):
+        trainer.monitors.get_or_create(self.name_of_metric).set_epoch_value(
+            self.values[epoch])
+
+    def on_epoch_end(self, trainer, epoch, epoch_logs):
+        if epoch == 0:  # the best so far has no value: JSON null, readable
+            folder = os.path.join(trainer.experiment_dir, "best_model")
+            with open(os.path.join(folder, "best_epoch.json")) as f:
+                assert json.load(f)["loss"] is None
+            logs = read_experiment_logs(trainer.experiment_dir)
+            assert (logs.best_epoch, logs.best_loss) == (0, None)
+
+
+def test_a_first_epoch_without_a_metric_value_is_not_the_best_for_ever(
+        tmp_path, dataset):
+    # A metric that could not be measured at epoch 0 (NaN) became the best,
+    # whose best_epoch.json could not be written (a ValueError ended the
+    # run); and nothing compares better than NaN.
+    values = [math.nan, 0.5, 0.75, 0.25]
+    trainer = make_trainer(
+        dataset, tmp_path, max_epochs=4, patience=2,
+        best_model_metric="tracking_f1",
+        callbacks=[MetricPerEpoch("tracking_f1", values)])
+    trainer.train_and_validate()
+    best = json.loads((tmp_path / "exp" / "best_model" /
+                       "best_epoch.json").read_text())
+    assert best == {"epoch": 2, "loss": 0.75, "metric": "tracking_f1"}
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "exp" / "logs" / "tracking_f1.npy"), values)
+    assert trainer.current_epoch == 4
+
+
+def test_plateau_lowers_the_rate_after_5_epochs_without_improvement(
+        tmp_path, dataset):
+    # docs/training.md: 'plateau' multiplies the rate by --lr_gamma when
+    # the loss has not improved for 5 epochs. torch's patience 5 waited for
+    # a 6th. At a rate of 1e-7 (a decay well above torch's eps, 1e-8) the
+    # loss moves by ~1e-5 relatively per epoch: 8 epochs stay within 1e-4
+    # of epoch 0, torch's threshold of an improvement.
+    trainer = make_trainer(dataset, tmp_path, learning_rate=1e-7,
+                           lr_scheduler="plateau", lr_gamma=0.5, max_epochs=8,
+                           max_batches_per_epoch_training=1,
+                           max_batches_per_epoch_validation=1)
+    trainer.train_and_validate()
+    lrs = np.load(tmp_path / "exp" / "logs" / "learning_rate.npy")
+    assert lrs.tolist() == [1e-7] * 6 + [5e-8] * 2
+    losses = np.load(tmp_path / "exp" / "logs" / "valid_loss.npy")
+    assert np.all(losses > losses[0] * (1 - 1e-4))
+
+
+def test_mixed_precision_is_kept_for_a_resume_on_cuda(tmp_path, dataset):
+    # Ignored on CPU, it was also dropped from parameters.json and the
+    # checkpoint: a GPU run resumed once on CPU went on in float32 on GPU.
+    trainer = make_trainer(dataset, tmp_path, mixed_precision="fp16",
+                           max_epochs=1, max_batches_per_epoch_training=1,
+                           max_batches_per_epoch_validation=1)
+    trainer.save_parameters()
+    trainer.train_and_validate()
+    saved = json.loads((tmp_path / "exp" / "parameters.json").read_text())
+    assert saved["trainer"]["mixed_precision"] == "fp16"
+    assert not trainer.grad_scaler.is_enabled()
+    # The disabled scaler's empty state loads into the next trainer.
+    resumed = make_trainer(dataset, tmp_path, mixed_precision="fp16",
+                           max_epochs=2, max_batches_per_epoch_training=1,
+                           max_batches_per_epoch_validation=1)
+    resumed.load_checkpoint()
+    resumed.train_and_validate()
+    assert len(np.load(tmp_path / "exp" / "logs" / "train_loss.npy")) == 2

@@ -9,6 +9,7 @@ import pytest
 import torch
 from training_data import make_training_hdf5
 
+from dwi_ml.cli import dwiml_train_model as train_cli
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.cli.dwiml_train_model import main as train_main
 
@@ -152,3 +153,34 @@ def test_parameters_format_version(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert f"format_version {EXPERIMENT_FORMAT_VERSION + 1}" in message
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_a_longer_run_resumed_inside_an_epoch_equals_one_extended_at_its_end(
+        tmp_path, hdf5_file, scheduler):
+    # Pre-empted inside epoch 1 of 2, then resumed with --new_max_epochs 4:
+    # the rest of epoch 1 used the 4-epoch curve while learning_rate.npy
+    # said the 2-epoch one (epoch 1's train_loss differed from a run
+    # extended at the end of epoch 1). The new curve now starts at the
+    # epoch's end, so both runs are the same, logs and weights.
+    from signal_during_training import SignalAt
+
+    experiments = str(tmp_path)
+
+    def args(name):
+        arguments = _train_args(experiments, name, hdf5_file, 2, 0)
+        arguments[arguments.index("step")] = scheduler
+        return arguments
+
+    train_main(args("at_end"))
+    with pytest.raises(SystemExit) as stopped:
+        train_cli.train_from_args(train_cli.build_parser().parse_args(
+            args("inside")), [SignalAt("1:train:1:SIGTERM")])
+    assert stopped.value.code == 3
+    position = torch.load(tmp_path / "inside" / "checkpoint" /
+                          "checkpoint_state.pt", weights_only=True)["position"]
+    assert (position["phase"], position["nb_batches_done"]) == ("train", 2)
+    for name in ("at_end", "inside"):
+        resume_cli.main([experiments, name, "--new_max_epochs", "4",
+                         "-v", "WARNING"])
+    _assert_same_run(tmp_path / "at_end", tmp_path / "inside")

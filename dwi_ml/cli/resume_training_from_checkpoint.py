@@ -55,7 +55,8 @@ def build_parser():
     group.add_argument("--new_max_epochs", type=int,
                        help="Train up to this many epochs in all; cosine "
                             "and onecycle schedules then follow the curve "
-                            "of a run planned for this many (default: the "
+                            "of a run planned for this many, from the end of "
+                            "the epoch in progress (default: the "
                             "experiment's max_epochs).")
     group.add_argument("--new_patience", type=int,
                        help="New early-stopping patience, in epochs. Default: "

@@ -256,7 +256,8 @@ class CometCallback(Callback):
                            and not math.isfinite(value))}
         best = trainer.best_tracker
         metrics["best_epoch"] = best.best_epoch
-        metrics["best_loss"] = best.best_loss
+        if math.isfinite(best.best_loss):
+            metrics["best_loss"] = best.best_loss
         self.experiment.log_metrics(metrics, step=epoch, epoch=epoch)
 
     def on_train_batch_end(self, trainer, batch, outputs):

@@ -80,7 +80,9 @@ def _read_best_epoch(experiment_dir):
     try:
         with open(path) as f:
             best = json.load(f)
-        return int(best["epoch"]), float(best["loss"])
+        # A null loss: the metric had no value yet at the best epoch.
+        loss = best["loss"]
+        return int(best["epoch"]), None if loss is None else float(loss)
     except (ValueError, KeyError, TypeError) as error:
         raise DwiMLUserError(
             f"'{path}': expected JSON with 'epoch' and 'loss', could not "

@@ -117,8 +117,11 @@ class RunInterruptions:
             logger.warning("%s received: stopping after the current step.",
                            signal.Signals(signum).name)
 
-    def poll(self, is_training_batch):
+    def poll(self, is_training_batch, nb_batches=1):
         """This process's requests after a step: ``(stop_code, checkpoint)``.
+
+        A training step counts ``nb_batches`` batches towards
+        ``checkpoint_every_n_batches`` (an accumulation group's batches).
 
         ``stop_code`` is 0, a signal number or :data:`MAX_TIME_CODE`;
         ``checkpoint`` is 1 when a mid-epoch checkpoint is due. Both are
@@ -128,7 +131,7 @@ class RunInterruptions:
         self._longest_step = max(self._longest_step, now - self._last_poll)
         self._last_poll = now
         if is_training_batch:
-            self._batches_since_checkpoint += 1
+            self._batches_since_checkpoint += nb_batches
         stop_code = self.received_signal or 0
         if not stop_code and self.max_time_s is not None:
             margin = 2 * self._longest_step + self._longest_save

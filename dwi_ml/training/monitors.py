@@ -108,8 +108,9 @@ class BestEpochTracker:
     improvement.
 
     A value improves on the best when it is lower than ``best - delta``
-    (higher than ``best + delta`` when a higher value is better). NaN never
-    improves, except at the first epoch.
+    (higher than ``best + delta`` when a higher value is better). NaN (a
+    metric not measured) never improves; the first epoch is the best even
+    with NaN, until an epoch has a value.
 
     Parameters
     ----------
@@ -140,6 +141,8 @@ class BestEpochTracker:
         self.nb_bad_epochs = 0
 
     def _improves(self, value):
+        if math.isnan(self.best_loss):
+            return not math.isnan(value)
         if self.higher_is_better:
             return value > self.best_loss + self.patience_delta
         return value < self.best_loss - self.patience_delta

@@ -90,8 +90,9 @@ def scheduler_factory_from_name(scheduler_name, learning_rate, step_size=10,
 
     ``constant`` keeps the learning rate, ``step`` multiplies it by
     ``gamma`` every ``step_size`` epochs, ``cosine`` anneals it to zero
-    over the run, ``plateau`` divides it when the validation loss stops
-    improving for ``plateau_patience`` epochs, and ``onecycle`` warms up to
+    over the run, ``plateau`` multiplies it by ``gamma`` after
+    ``plateau_patience`` epochs in a row without improvement of the
+    validation loss (by more than 0.01 %, relatively), and ``onecycle`` warms up to
     ``learning_rate`` then anneals, stepping after every update.
     """
     schedulers = torch.optim.lr_scheduler
@@ -102,8 +103,11 @@ def scheduler_factory_from_name(scheduler_name, learning_rate, step_size=10,
                                  gamma=gamma),
         "cosine": SchedulerFactory(schedulers.CosineAnnealingLR,
                                    T_max=MAX_EPOCHS),
+        # torch lowers the rate once more than `patience` epochs did not
+        # improve: after plateau_patience of them, as documented.
         "plateau": SchedulerFactory(schedulers.ReduceLROnPlateau,
-                                    factor=gamma, patience=plateau_patience),
+                                    factor=gamma,
+                                    patience=plateau_patience - 1),
         "onecycle": SchedulerFactory(schedulers.OneCycleLR, step_every="batch",
                                      max_lr=learning_rate, epochs=MAX_EPOCHS,
                                      steps_per_epoch=STEPS_PER_EPOCH),
@@ -145,7 +149,14 @@ def step_scheduler(scheduler, epoch_loss=None):
 _HORIZON_KEYS = ("T_max", "total_steps", "_schedule_phases")
 
 
-def load_scheduler_state(scheduler, saved_state):
+def scheduler_horizon(scheduler):
+    """The state entries of ``scheduler`` that follow from the run's length
+    (empty for schedules that do not span the run)."""
+    state = scheduler.state_dict()
+    return {key: state[key] for key in _HORIZON_KEYS if key in state}
+
+
+def load_scheduler_state(scheduler, saved_state, horizon=None):
     """Restore a scheduler's saved state, keeping its own horizon.
 
     ``scheduler`` was built for the run's current number of epochs. When
@@ -164,9 +175,12 @@ def load_scheduler_state(scheduler, saved_state):
         was loaded already.
     saved_state : dict
         ``scheduler.state_dict()`` of the saved run.
+    horizon : dict or None
+        The horizon to keep, from :func:`scheduler_horizon`; None: the
+        scheduler's own.
     """
-    fresh = scheduler.state_dict()
-    horizon = {key: fresh[key] for key in _HORIZON_KEYS if key in fresh}
+    if horizon is None:
+        horizon = scheduler_horizon(scheduler)
     if all(saved_state.get(key) == value for key, value in horizon.items()):
         scheduler.load_state_dict(saved_state)
         return

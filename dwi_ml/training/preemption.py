@@ -43,6 +43,7 @@ def add_interruption_args(parser, for_resume=False):
     group.add_argument(
         "--checkpoint_every_n_batches", type=int, metavar="N",
         help="Also write a mid-epoch checkpoint every N training batches "
+             "(rounded up to whole --grad_accumulation_steps groups) "
              f"(default: only at the end of each epoch){saved}.")
     group.add_argument(
         "--checkpoint_every_minutes", type=float, metavar="M",

@@ -41,9 +41,7 @@ from dwi_ml.training.callbacks import (
     NpyLoggerCallback,
     ProgressBarCallback,
 )
-from dwi_ml.training.distributed import (
-    current_context,
-)
+from dwi_ml.training.distributed import current_context
 from dwi_ml.training.epoch_position import (
     END_PHASE,
     TRAIN_PHASE,
@@ -167,8 +165,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         self.grad_accumulation_steps = int(grad_accumulation_steps)
         self.nb_workers = nb_workers
         self.device = torch.device(device)
-        self.mixed_precision = (mixed_precision if self.device.type == "cuda"
-                                else None)
+        # Saved as asked; applied on CUDA only (autocast, grad_scaler).
+        self.mixed_precision = mixed_precision
         self.seed = seed
         self.deterministic = bool(deterministic)
         set_deterministic(self.deterministic)
@@ -192,8 +190,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
                                              lr_step_size, lr_gamma))
         self.scheduler = self.scheduler_factory(
             self.optimizer, max_epochs, self._updates_per_epoch())
-        self.grad_scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.mixed_precision == "fp16")
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=(
+            mixed_precision == "fp16" and self.device.type == "cuda"))
         self.dataloader_generator = torch.Generator().manual_seed(seed)
 
         self.use_validation = self._has_validation_data()
@@ -281,6 +279,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
     def finish_epoch(self, epoch):
         """Close the epoch: monitors, best model, callbacks, checkpoint."""
         epoch_logs, is_best = self.end_epoch(epoch)
+        self.apply_pending_scheduler_horizon()
         if is_best:
             self.save_best_model()
         self.current_epoch += 1
@@ -396,7 +395,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
             self.position.elapsed_s = time.perf_counter() - start
             # Gradients of a partial accumulation group are not saved:
             # requests wait for the group's update.
-            if is_update and self.poll_interruptions(is_training_batch=True):
+            if is_update and self.poll_interruptions(True, group_size):
                 break
         if self.interrupted_by and self.position.nb_batches_done < nb_batches:
             return

@@ -6,6 +6,7 @@ main process writes; every process takes part in gathering the per-rank
 random states. Checkpoints hold tensors and plain Python only, so they load
 with ``torch.load(weights_only=True)``.
 """
+import math
 import os
 import time
 
@@ -25,7 +26,7 @@ from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.distributed import all_gather_objects, all_reduce_max, barrier
 from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
 from dwi_ml.training.interruptions import describe_stop
-from dwi_ml.training.optimizers import load_scheduler_state
+from dwi_ml.training.optimizers import load_scheduler_state, scheduler_horizon
 from dwi_ml.training.random_states import (
     get_global_random_states,
     set_global_random_states,
@@ -34,6 +35,18 @@ from dwi_ml.training.random_states import (
 
 class TrainerCheckpointing:
     """best_model/, checkpoint/ and parameters.json of a trainer."""
+
+    # Horizon of the LR schedule to take at the current epoch's end (a
+    # longer run resumed inside an epoch; see load_checkpoint).
+    _pending_scheduler_horizon = None
+
+    def apply_pending_scheduler_horizon(self):
+        """At an epoch's end: move the LR schedule to the run's new length,
+        if a resume inside the epoch left one pending."""
+        if self._pending_scheduler_horizon is not None:
+            load_scheduler_state(self.scheduler, self.scheduler.state_dict(),
+                                 self._pending_scheduler_horizon)
+            self._pending_scheduler_horizon = None
 
     def save_parameters(self, extra_params=None):
         """Write ``parameters.json``: trainer, model and ``extra_params``."""
@@ -57,7 +70,9 @@ class TrainerCheckpointing:
             self.model.save_params_and_state(tmp_dir)
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
                 "epoch": self.best_tracker.best_epoch,
-                "loss": self.best_tracker.best_loss,
+                # JSON has no NaN: null while the metric has no value.
+                "loss": (None if math.isnan(self.best_tracker.best_loss)
+                         else self.best_tracker.best_loss),
                 "metric": self.best_tracker.metric})
             write_manifest(tmp_dir)
 
@@ -88,14 +103,15 @@ class TrainerCheckpointing:
         self.callbacks.on_checkpoint_save(self, state)
         return state
 
-    def poll_interruptions(self, is_training_batch):
+    def poll_interruptions(self, is_training_batch, nb_batches=1):
         """Act on stop and checkpoint requests after a step.
 
-        Every rank takes the same decision (the max of their requests), so
-        that collective operations stay in step. Returns True when the run
-        must stop.
+        ``nb_batches`` is the number of training batches of the step (the
+        batches of an accumulation group). Every rank takes the same
+        decision (the max of their requests), so that collective
+        operations stay in step. Returns True when the run must stop.
         """
-        requests = self.interruptions.poll(is_training_batch)
+        requests = self.interruptions.poll(is_training_batch, nb_batches)
         if self.distributed.is_distributed:
             requests = all_reduce_max(requests, self.device)
         stop_code, checkpoint_due = requests
@@ -155,8 +171,16 @@ class TrainerCheckpointing:
                 f"with {saved_ranks} (found {self.distributed.world_size}), "
                 "then change the number at an epoch end.")
         self.optimizer.load_state_dict(state["optimizer"])
-        load_scheduler_state(self.scheduler, state["scheduler"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if self.position.at_epoch_start:
+            load_scheduler_state(self.scheduler, state["scheduler"])
+        else:
+            # Inside an epoch, a new horizon (--new_max_epochs) waits for
+            # the epoch's end: its remaining batches keep the saved curve,
+            # as they would have had the run been extended at that end.
+            self._pending_scheduler_horizon = scheduler_horizon(self.scheduler)
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state["grad_scaler"]:  # empty when saved off CUDA or without fp16
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         set_global_random_states(self._own_rank_entry(state["random_states"]))
         self.dataloader_generator.set_state(
             self._own_rank_entry(state["dataloader_generator"]))

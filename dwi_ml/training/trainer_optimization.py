@@ -105,7 +105,7 @@ class TrainerOptimization:
     def autocast(self):
         """Mixed-precision context on CUDA; a no-op otherwise."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            self.mixed_precision)
+            self.mixed_precision if self.device.type == "cuda" else None)
         return torch.autocast(device_type=self.device.type, dtype=dtype,
                               enabled=dtype is not None)
 
