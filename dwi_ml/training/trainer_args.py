@@ -93,7 +93,10 @@ def add_trainer_args(parser):
                             "--best_model_metric; None never stops early.")
     group.add_argument("--patience_delta", type=float, default=0.0,
                        help="Improvement of --best_model_metric that counts "
-                            "as better (default: 0).")
+                            "as better, for patience and for best_model/ "
+                            "alike (as the reference dwi_ml): a smaller "
+                            "gain keeps the earlier best epoch "
+                            "(default: 0).")
     group.add_argument("--max_batches_per_epoch_training", type=int,
                        help="Cap on training batches per epoch; None uses "
                             "them all.")
