@@ -18,8 +18,8 @@ from dipy.io.streamline import load_tractogram, save_tractogram
 
 from dwi_ml.cli.dwiml_score_tractogram import main as score_main
 from dwi_ml.data.packed import compact, lengths_mm
+from dwi_ml.data.processing.length_rounding import length_rounding_bound_mm
 from dwi_ml.data.processing.resampling import (
-    length_rounding_bound_mm,
     resample_to_max_step,
     resample_to_step_size,
 )
