@@ -98,6 +98,24 @@ def test_seeds_npv_and_nt_fall_in_mask_voxels():
     np.testing.assert_array_equal(seeds_nt, again)
 
 
+def test_seeds_stay_in_their_voxel_after_float32_rounding():
+    """A draw just below 1 must not round onto the next voxel's edge.
+
+    Seeds are float32: near coordinate c the spacing of float32 values is
+    about c * EPS32, so a draw within half of it of 1 rounded up to the
+    next voxel (54 of 1.76 million seeds with voxels at 200 to 255, some
+    then outside the seeding mask). A voxel at x = 2**20, where the spacing
+    is 1/8, shows it for one draw in 16.
+    """
+    voxel = 2 ** 20
+    mask = np.zeros((voxel + 1, 1, 1), dtype=np.float32)
+    mask[voxel] = 1
+    for npv, nt in ((400, None), (None, 400)):
+        seeds = make_seeds(mask, np.random.default_rng(0), npv=npv, nt=nt)
+        np.testing.assert_array_equal(np.floor(seeds[:, 0]), voxel)
+        np.testing.assert_array_equal(np.floor(seeds[:, 1:]), 0)
+
+
 def test_seeds_errors():
     with pytest.raises(DwiMLUserError, match="found none"):
         make_seeds(np.zeros(SHAPE), np.random.default_rng(0), npv=1)
