@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from dipy.io.streamline import load_tractogram
+from scipy.ndimage import map_coordinates
 
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.batch_sampler import BatchSampler
@@ -96,6 +97,24 @@ def test_seeds_npv_and_nt_fall_in_mask_voxels():
     assert np.all(mask[tuple(np.floor(seeds_nt).astype(int).T)] == 1)
     again = make_seeds(mask, np.random.default_rng(0), nt=50)
     np.testing.assert_array_equal(seeds_nt, again)
+
+
+def test_seeds_stay_in_their_voxel_after_float32_rounding():
+    """A draw just below 1 must not round onto the next voxel's edge.
+
+    Seeds are float32: near coordinate c the spacing of float32 values is
+    about c * EPS32, so a draw within half of it of 1 rounded up to the
+    next voxel (54 of 1.76 million seeds with voxels at 200 to 255, some
+    then outside the seeding mask). A voxel at x = 2**20, where the spacing
+    is 1/8, shows it for one draw in 16.
+    """
+    voxel = 2 ** 20
+    mask = np.zeros((voxel + 1, 1, 1), dtype=np.float32)
+    mask[voxel] = 1
+    for npv, nt in ((400, None), (None, 400)):
+        seeds = make_seeds(mask, np.random.default_rng(0), npv=npv, nt=nt)
+        np.testing.assert_array_equal(np.floor(seeds[:, 0]), voxel)
+        np.testing.assert_array_equal(np.floor(seeds[:, 1:]), 0)
 
 
 def test_seeds_errors():
@@ -361,6 +380,81 @@ def test_both_directions_extend_the_forward_halves(data):
             np.linalg.norm(steps[1:], axis=1)
             * np.linalg.norm(steps[:-1], axis=1))
         assert np.all(cosines >= math.cos(math.radians(45)) - cosine_atol)
+
+
+def _trilinear(volume, points_vox_corner):
+    """scipy's trilinear interpolation (voxel values at voxel centres,
+    clamped at the border), (P, F): independent of the package's."""
+    coords = (np.asarray(points_vox_corner, dtype=np.float64) - 0.5).T
+    volume = np.asarray(volume, dtype=np.float64).reshape(
+        volume.shape[:3] + (-1,))
+    return np.stack([map_coordinates(volume[..., f], coords, order=1,
+                                     mode="nearest")
+                     for f in range(volume.shape[3])], axis=1)
+
+
+def _expected_stops(model, volume, mask, points, first_step=None):
+    """Reasons (set of StopReason) why the tracker may stop after
+    ``points`` (fed to the model one by one, as the tracker does), at 45
+    degrees; ``first_step``: the step it forced instead of the model's."""
+    points = torch.as_tensor(points, dtype=torch.float64)
+    inputs = torch.as_tensor(_trilinear(volume.data, points))
+    hidden = None
+    with torch.no_grad():
+        for t in range(len(points)):
+            outputs, hidden = model.forward_step(inputs[t:t + 1],
+                                                 points[None, :t + 1], hidden)
+        direction = model.get_tracking_directions(outputs)[0][0].numpy()
+    linear = volume.affine[:3, :3]
+    step = (first_step if first_step is not None else
+            direction * STEP_MM / np.linalg.norm(linear @ direction))
+    next_point = points[-1].numpy() + step
+    reasons = set()
+    if np.any(next_point < 0) or np.any(next_point >= volume.shape[:3]):
+        return {StopReason.MASK}, direction
+    if _trilinear(mask.data, next_point[None])[0, 0] < 0.5:
+        reasons.add(StopReason.MASK)
+    if len(points) > 1:
+        previous = linear @ (points[-1] - points[-2]).numpy()
+        new = linear @ step
+        cosine = previous @ new / np.linalg.norm(previous) \
+            / np.linalg.norm(new)
+        if cosine < math.cos(math.radians(45)):
+            reasons.add(StopReason.ANGLE)
+    return reasons, direction
+
+
+def test_stop_reasons_match_an_independent_replay(data):
+    """Each half's StopReason (as logged) is one that holds at its next
+    point, replaying the model streamline by streamline with scipy's
+    interpolation: the mask (out of the volume, or trilinear < 0.5) or a
+    turn above 45 degrees (in mm)."""
+    volume, mask = validation_volumes(data)
+    model = load_experiment_model(data["trained"]).double()
+    seeds = make_seeds(mask.data, np.random.default_rng(1), nt=40)
+    results = {
+        forward_only: BatchedTracker(
+            model, volume.data, volume.affine,
+            TrackingMask(volume.shape, mask.data), STEP_MM,
+            track_forward_only=forward_only).track(seeds)
+        for forward_only in (True, False)}
+    forward, both = results[True], results[False]
+    stops_seen = set()
+    for i in range(len(seeds)):
+        half = np.asarray(forward.streamlines[i], dtype=np.float64)
+        reasons, first_direction = _expected_stops(model, volume, mask, half)
+        assert forward.forward_stops[i] in reasons, i
+        whole = np.asarray(both.streamlines[i], dtype=np.float64)
+        # A seed alone starts backward opposite to its refused step.
+        forced = None
+        if len(whole) == 1:
+            forced = -first_direction * STEP_MM / np.linalg.norm(
+                volume.affine[:3, :3] @ first_direction)
+        reasons, _ = _expected_stops(model, volume, mask, whole, forced)
+        assert both.backward_stops[i] in reasons, i
+        stops_seen |= {int(forward.forward_stops[i]),
+                       int(both.backward_stops[i])}
+    assert stops_seen == {StopReason.MASK, StopReason.ANGLE}
 
 
 def test_same_seed_same_output(data, tmp_path):

@@ -215,3 +215,21 @@ def test_eos_stop_max_and_bad_values_from_the_script(experiment, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and match in err
+
+
+def test_logged_stop_reason_when_several_criteria_apply():
+    """docs/tracking.md: a point out of the mask (inside the volume) is
+    logged 'mask' before EOS; EOS before a point out of the volume."""
+    model = constant_model(eos_probability=0.7)
+    seeds = np.array([[9.25, 5.5, 4.5],     # next 10.25: out of the mask
+                      [13.25, 5.5, 4.5],    # next 14.25: out of the volume
+                      [5.25, 5.5, 4.5]],    # next 6.25: in the mask
+                     dtype=np.float32)
+    mask = box_mask()
+    mask[12:14] = box_mask()[2:4]           # so that x = 13.25 is in it
+    result = make_tracker(model, mask, eos_threshold=0.5,
+                          track_forward_only=True).track(seeds)
+    np.testing.assert_array_equal(
+        result.forward_stops,
+        [StopReason.MASK, StopReason.EOS, StopReason.EOS])
+    np.testing.assert_array_equal(result.streamlines._lengths, [1, 1, 1])

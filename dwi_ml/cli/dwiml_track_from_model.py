@@ -106,8 +106,10 @@ def _build_parser():
                           help="Largest angle between two steps, degrees.")
     tracking.add_argument("--min_length", type=float,
                           default=DEFAULT_MIN_LENGTH_MM,
-                          metavar="MM", help="Shorter streamlines are "
-                                             "discarded (mm).")
+                          metavar="MM", help="Shorter streamlines, and "
+                                             "seeds alone, are discarded "
+                                             "(mm, measured before "
+                                             "--compress_th).")
     tracking.add_argument("--max_length", type=float,
                           default=DEFAULT_MAX_LENGTH_MM,
                           metavar="MM", help="Streamlines stop growing at "
@@ -145,7 +147,9 @@ def _build_parser():
 
     run = parser.add_argument_group("Run")
     run.add_argument("--seed", type=int, default=1234,
-                     help="Random seed (seeds and 'prob' sampling).")
+                     help="Random seed (seeds and 'prob' sampling; "
+                          "'prob' draws also depend on --batch_size and "
+                          "--device).")
     run.add_argument("--device", default="cpu",
                      help="Torch device, e.g. cpu or cuda.")
     run.add_argument("--batch_size", type=int, default=1000, metavar="N",
@@ -154,8 +158,10 @@ def _build_parser():
     output.add_argument("--compress_th", type=float, metavar="MM",
                         help="Compress the saved streamlines: every removed "
                              "point stays within MM mm of the compressed "
-                             "streamline (dipy's compress_streamlines). "
-                             "Default: not compressed.")
+                             "streamline (dipy's compress_streamlines), "
+                             "after the length filter: a compressed "
+                             "streamline can be slightly shorter than "
+                             "--min_length. Default: not compressed.")
     add_output_args(parser)
     return parser
 

@@ -53,4 +53,8 @@ def make_seeds(mask, rng, npv=None, nt=None):
         chosen = np.repeat(voxels, npv, axis=0)
     else:
         chosen = voxels[rng.integers(0, len(voxels), size=nt)]
-    return (chosen + rng.random(chosen.shape)).astype(np.float32)
+    seeds = (chosen + rng.random(chosen.shape)).astype(np.float32)
+    # Rounding to float32 can carry a draw just below 1 onto the next
+    # voxel's edge: keep each seed below its voxel's upper bound.
+    upper = np.nextafter((chosen + 1).astype(np.float32), np.float32(0))
+    return np.minimum(seeds, upper)
