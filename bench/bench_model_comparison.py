@@ -143,13 +143,15 @@ def train(model_type, dataset, args):
                                   else args.tf_noise_loss),
         seed=args.seed)
     learning_rate, scheduler = args.learning_rate, "cosine"
-    optimization = {}
+    optimization = dict(optimizer=args.optimizer,
+                        weight_decay=args.weight_decay,
+                        clip_grad=args.clip_grad)
     if model_type != "learn2track":
         learning_rate = args.tf_learning_rate or args.learning_rate
         scheduler = args.tf_lr_scheduler
-        optimization = dict(optimizer=args.tf_optimizer,
-                            weight_decay=args.tf_weight_decay,
-                            clip_grad=args.tf_clip_grad)
+        for name in optimization:
+            own = getattr(args, "tf_" + name)
+            optimization[name] = optimization[name] if own is None else own
     model = make_model(model_type, dataset.nb_features[
         dataset.volume_groups.index("input")], args)
     trainer = DWIMLTrainerOneInput(
@@ -219,15 +221,26 @@ def main():
                         choices=("cosine", "onecycle", "constant"),
                         help="Schedule of the Transformers (default: cosine; "
                              "onecycle warms up then anneals).")
-    parser.add_argument("--tf_optimizer", default="Adam",
+    parser.add_argument("--optimizer", default="Adam",
                         choices=("Adam", "AdamW", "RAdam"),
-                        help="Optimizer of the Transformers (default: Adam, "
-                             "as Learn2track).")
-    parser.add_argument("--tf_weight_decay", type=float, default=0.0,
-                        help="Weight decay of the Transformers (default: 0).")
+                        help="Optimizer of every model unless --tf_optimizer "
+                             "(default: Adam).")
+    parser.add_argument("--weight_decay", type=float, default=0.0,
+                        help="Weight decay of every model unless "
+                             "--tf_weight_decay (default: 0).")
+    parser.add_argument("--clip_grad", type=float, default=None,
+                        help="Gradient norm clipping of every model unless "
+                             "--tf_clip_grad (default: none).")
+    parser.add_argument("--tf_optimizer", default=None,
+                        choices=("Adam", "AdamW", "RAdam"),
+                        help="Optimizer of the Transformers (default: "
+                             "--optimizer).")
+    parser.add_argument("--tf_weight_decay", type=float, default=None,
+                        help="Weight decay of the Transformers (default: "
+                             "--weight_decay).")
     parser.add_argument("--tf_clip_grad", type=float, default=None,
                         help="Gradient norm clipping of the Transformers "
-                             "(default: none).")
+                             "(default: --clip_grad).")
     parser.add_argument("--activation", default="relu",
                         choices=("relu", "gelu"),
                         help="Feed-forward activation of the Transformers "
