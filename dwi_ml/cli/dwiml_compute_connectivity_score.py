@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 
-from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -70,8 +69,8 @@ def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(args.predicted_matrix, args.true_matrix)
     if args.out_json is not None:
-        check_output_free(args.out_json, args.overwrite)
-        check_extension(args.out_json, (".json",))
+        check_output_free(args.out_json, args.overwrite,
+                          extensions=(".json",))
 
     scores = score_connectivity(_load_matrix(args.predicted_matrix),
                                 _load_matrix(args.true_matrix))

@@ -9,7 +9,6 @@ segments, measured in mm). A model trained on GPU evaluates on CPU.
 """
 import os
 
-from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
@@ -58,8 +57,8 @@ def main(argv=None):
                                      args.use_latest_epoch)
     out = args.out or os.path.join(args.experiment_path,
                                    f"evaluation_{args.subset}_{which}.json")
-    check_output_free(out, args.overwrite)
-    check_extension(out, (".json",))
+    check_output_free(out, args.overwrite,
+                      extensions=(".json",))
 
     results = evaluate_model_folder(model_dir, args.hdf5_file, args.subset,
                                     input_group, streamline_group,

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 
-from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -105,8 +104,8 @@ def main(argv=None):
     check_inputs_exist(args.in_tractogram, args.reference_tractogram,
                        args.mask_or_volume)
     if args.out_json is not None:
-        check_output_free(args.out_json, args.overwrite)
-        check_extension(args.out_json, (".json",))
+        check_output_free(args.out_json, args.overwrite,
+                          extensions=(".json",))
 
     shape, affine = load_grid(args.mask_or_volume)
     tracked = load_tractogram_vox_corner(args.in_tractogram,

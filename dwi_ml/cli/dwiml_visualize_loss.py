@@ -2,7 +2,7 @@
 import logging
 import os
 
-from dwi_ml.io_utils.arg_checks import check_extension, check_int
+from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
@@ -85,8 +85,8 @@ def main(argv=None):
             f"'{extension or 'none'}'.")
     out_histogram = args.out_histogram or root + HISTOGRAM_SUFFIX
     check_output_free(args.out_tractogram, args.overwrite)
-    check_output_free(out_histogram, args.overwrite)
-    check_extension(out_histogram, (".png",), "--out_histogram")
+    check_output_free(out_histogram, args.overwrite, "--out_histogram",
+                      extensions=(".png",))
     loader_params = read_parameters(args.experiment_path, ("loader",))["loader"]
     input_group = args.input_group or loader_params["input_group"]
     streamline_group = args.streamline_group or loader_params["streamline_group"]

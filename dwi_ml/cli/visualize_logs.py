@@ -6,7 +6,6 @@ import sys
 
 from matplotlib.figure import Figure
 
-from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -246,8 +245,8 @@ def main(argv=None):
     for path in paths:
         check_output_free(path, args.overwrite)
     if args.save_to_csv:
-        check_output_free(args.save_to_csv, args.overwrite)
-        check_extension(args.save_to_csv, (".csv",))
+        check_output_free(args.save_to_csv, args.overwrite,
+                          extensions=(".csv",))
     show = args.show and _has_display()
     if args.show and not show:
         logger.warning("--show: no display found (DISPLAY is not set); "

@@ -39,12 +39,11 @@ def script_entry_point(main_fn):
         try:
             return main_fn(argv)
         except DwiMLUserError as error:
-            prog = os.path.basename(sys.argv[0]) or "dwi_ml"
-            print(f"{prog}: error: {one_line_message(error)}", file=sys.stderr)
+            print(f"{_prog()}: error: {one_line_message(error)}",
+                  file=sys.stderr)
             sys.exit(2)
         except MemoryError as error:
-            prog = os.path.basename(sys.argv[0]) or "dwi_ml"
-            print(f"{prog}: error: out of memory ({one_line_message(error)}):"
+            print(f"{_prog()}: error: out of memory ({one_line_message(error)}):"
                   " the inputs or options ask for more memory than this "
                   "machine has; use smaller sizes or a larger machine.",
                   file=sys.stderr)
@@ -55,3 +54,7 @@ def script_entry_point(main_fn):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
     return wrapper
+
+
+def _prog():
+    return os.path.basename(sys.argv[0]) or "dwi_ml"

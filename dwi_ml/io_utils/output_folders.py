@@ -20,6 +20,7 @@ import os
 import shutil
 
 from dwi_ml import __version__
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS, PARAMETERS_FILE
@@ -122,7 +123,7 @@ def _check_parent(path, what):
             f"{what} '{path}': folder '{parent}' is not writable.")
 
 
-def check_output_free(path, overwrite, what="output"):
+def check_output_free(path, overwrite, what="output", extensions=None):
     """Check that the output file ``path`` can be written, before any work.
 
     Parameters
@@ -133,13 +134,16 @@ def check_output_free(path, overwrite, what="output"):
         Whether an existing file at ``path`` may be replaced (``-f``).
     what : str
         What the output is, for the message.
+    extensions : tuple of str or None
+        Lower-case extensions (with the dot) that ``path`` must end with;
+        None accepts any.
 
     Raises
     ------
     DwiMLUserError
         When ``path`` is a folder (``-f`` never replaces one), its parent is
-        missing, is a file or is not writable, or ``path`` exists without
-        ``overwrite``.
+        missing, is a file or is not writable, ``path`` exists without
+        ``overwrite``, or its extension is not one of ``extensions``.
     """
     if os.path.isdir(path):
         raise DwiMLUserError(
@@ -150,6 +154,8 @@ def check_output_free(path, overwrite, what="output"):
         raise DwiMLUserError(
             f"{what} '{path}' already exists; use -f/--overwrite to "
             "replace it.")
+    if extensions is not None:
+        check_extension(path, extensions, what)
 
 
 def _read_marker(path):
