@@ -24,7 +24,6 @@ check, the ``.npy`` logs, Comet and the log line are callbacks
 reduction across ranks, back-propagation, gradient accumulation, optimizer
 step) in :mod:`dwi_ml.training.trainer_optimization`.
 """
-import math
 import os
 import time
 
@@ -440,11 +439,6 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         torchrun) for the forward pass.
         """
         raise NotImplementedError
-
-    def _updates_per_epoch(self):
-        """Optimizer updates in a training epoch (for per-batch schedulers)."""
-        return max(1, math.ceil(self.nb_batches(Split.TRAINING)
-                                / self.grad_accumulation_steps))
 
     def _has_validation_data(self):
         subset = getattr(self.batch_sampler.dataset, "validation_set", None)

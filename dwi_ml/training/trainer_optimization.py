@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.training.distributed import all_reduce_sum
 from dwi_ml.training.epoch_position import TRAIN_PHASE, VALID_PHASE
@@ -71,6 +72,11 @@ class TrainerOptimization:
         steps = self.grad_accumulation_steps
         group_start = self.batch_index - self.batch_index % steps
         return min(steps, nb_batches - group_start)
+
+    def _updates_per_epoch(self):
+        """Optimizer updates in a training epoch (for per-batch schedulers)."""
+        return max(1, math.ceil(self.nb_batches(Split.TRAINING)
+                                / self.grad_accumulation_steps))
 
     def is_update_step(self, nb_batches):
         """True on the last batch of an accumulation group."""
