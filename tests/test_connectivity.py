@@ -10,6 +10,7 @@ from scoring_data import GRID, line_along_x, save_nifti, save_trk
 from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_blocs import main as blocs_main
 from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_labels import main as labels_main
 from dwi_ml.cli.dwiml_compute_connectivity_score import main as score_main
+from dwi_ml.data.hdf5.connectivity import matrix_on_label_nodes
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.connectivity import (
     connectivity_from_blocs,
@@ -17,6 +18,7 @@ from dwi_ml.tracking.connectivity import (
     connectivity_matrix,
     endpoint_blocs,
     fold_upper,
+    label_nodes,
     parse_nb_blocs,
     score_connectivity,
 )
@@ -40,11 +42,13 @@ def _streamlines():
     ])
 
 
-EXPECTED_FROM_LABELS = np.zeros((4, 4), dtype=np.int64)
-EXPECTED_FROM_LABELS[1, 3] = 2
+# Nodes are the labels present, in order (the reference dwi_ml's): 0, 1
+# and 3 are rows 0, 1 and 2.
+EXPECTED_FROM_LABELS = np.zeros((3, 3), dtype=np.int64)
+EXPECTED_FROM_LABELS[1, 2] = 2
 EXPECTED_FROM_LABELS[0, 1] = 1
 EXPECTED_FROM_LABELS[0, 0] = 1
-EXPECTED_FROM_LABELS[3, 3] = 1
+EXPECTED_FROM_LABELS[2, 2] = 1
 
 # 2 blocs per axis: x < 5 is part 0. The endpoints' blocs (a, b, c) ->
 # 4a + 2b + c: (0,0,0) -> 0 and (1,0,0) -> 4 for the first two and the
@@ -73,6 +77,35 @@ def test_from_labels():
     assert matrix.sum() == 5
     with pytest.raises(DwiMLUserError, match=">= 0"):
         connectivity_from_labels(_streamlines(), -_labels())
+    assert label_nodes(_labels()).tolist() == [0, 1, 3]
+
+
+def test_from_labels_without_background():
+    """Labels 2 and 5 everywhere: rows 0 and 1; the streamline with an
+    endpoint outside the volume joins no node and is not counted."""
+    labels = np.where(_labels() == 3, 5, 2)
+    matrix = connectivity_from_labels(_streamlines(), labels)
+    expected = np.zeros((2, 2), dtype=np.int64)
+    # 2 -> 5 twice; 2 -> 2 (x from 0.5 to 4.5: labels 2 and 2); 5 -> 5.
+    expected[0, 1], expected[0, 0], expected[1, 1] = 2, 1, 1
+    np.testing.assert_array_equal(matrix, expected)
+    assert label_nodes(labels).tolist() == [2, 5]
+
+
+def test_matrices_indexed_by_label_value_are_converted():
+    """A matrix of our earlier layout (row k is label k, absent labels
+    included) keeps the rows of the labels present; the reference's
+    layout is kept as it is; any other size is one clear error."""
+    by_value = np.arange(16).reshape(4, 4)
+    converted = matrix_on_label_nodes(by_value, _labels(), "m")
+    np.testing.assert_array_equal(converted, [[0, 1, 3], [4, 5, 7],
+                                              [12, 13, 15]])
+    compact = np.ones((3, 3))
+    assert matrix_on_label_nodes(compact, _labels(), "m") is compact
+    with pytest.raises(DwiMLUserError,
+                       match="m: expected 3 x 3, one row per distinct "
+                             "label of the label volume, found 5 x 5"):
+        matrix_on_label_nodes(np.ones((5, 5)), _labels(), "m")
 
 
 def test_from_blocs():
@@ -140,8 +173,9 @@ def test_scripts_write_the_matrices_and_the_scores(files, tmp_path, capsys):
     labels_main([files["tractogram"], files["labels"], out])
     np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS)
     labels_main([files["tractogram"], files["labels"], out, "--binary",
-                 "-f"])
+                 "-f", "--out_labels", str(tmp_path / "rows.txt")])
     np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS > 0)
+    assert (tmp_path / "rows.txt").read_text().split() == ["0", "1", "3"]
 
     out = str(tmp_path / "blocs.npy")
     blocs_main([files["tractogram"], files["labels"], "2", out])
@@ -182,6 +216,8 @@ def test_script_errors(files, tmp_path, capsys):
                        str(tmp_path / "o.npy")], "missing.trk"),
         (labels_main, [*inputs, str(existing)], "already exists"),
         (labels_main, [*inputs, str(tmp_path / "o.txt")], ".npy"),
+        (labels_main, [*inputs, str(tmp_path / "o.npy"), "--out_labels",
+                       str(tmp_path / "rows.csv")], "--out_labels"),
         (labels_main, [files["tractogram"], bad_labels,
                        str(tmp_path / "o.npy")], "integers >= 0"),
         (blocs_main, [*inputs, "2", "2", str(tmp_path / "o.npy")],

@@ -116,7 +116,8 @@ def test_without_connectivity_nothing_is_added(dataset_root, tmp_path):
      "missing.npy"),
     ({"connectivity_matrix": "small.npy",
       "connectivity_labels": "labels.nii.gz"},
-     "go from 0 to 4, but the matrix has 3 nodes"),
+     "expected 5 x 5, one row per distinct label of the label volume, "
+     "found 3 x 3"),
 ])
 def test_bad_connectivity_config_is_one_clear_error(dataset_root, tmp_path,
                                                     entry, message):
@@ -125,3 +126,35 @@ def test_bad_connectivity_config_is_one_clear_error(dataset_root, tmp_path,
     assert message in str(error.value)
     assert len(str(error.value).splitlines()) == 1
     assert not os.path.exists(tmp_path / "out.hdf5")
+
+
+@pytest.mark.parametrize("layout", ["reference", "by_label_value"])
+def test_sparse_labels_of_either_layout_score_streamlines(tmp_path, layout):
+    """Labels 0, 4 and 9 (a parcellation's numbering has gaps): the
+    reference dwi_ml stores a 3 x 3 matrix over the labels present; our
+    earlier files a 10 x 10 one indexed by label value. Both read
+    as the 3 x 3 matrix, and generated streamlines are scored on it."""
+    from nibabel.streamlines import ArraySequence
+
+    from dwi_ml.tracking.tracking_validation import nb_in_true_connections
+
+    labels = np.zeros((10, 4, 4), dtype=np.int32)
+    labels[:2], labels[8:] = 4, 9
+    compact = np.zeros((3, 3), dtype=bool)
+    compact[1, 2] = True                       # 4 <-> 9 is a true connection
+    matrix = compact
+    if layout == "by_label_value":
+        matrix = np.zeros((10, 10), dtype=bool)
+        matrix[4, 9] = True
+    with h5py.File(tmp_path / "ref.hdf5", "w") as f:
+        group = f.create_group("subj/streamlines")
+        group.attrs["connectivity_matrix_type"] = "from_labels"
+        group.create_dataset("connectivity_matrix", data=matrix)
+        group.create_dataset("connectivity_label_volume", data=labels)
+        connectivity = read_connectivity(group)
+    np.testing.assert_array_equal(connectivity.matrix, compact)
+    line = np.array([[0.5, 2.5, 2.5], [5.5, 2.5, 2.5], [9.5, 2.5, 2.5]])
+    streamlines = ArraySequence([line, line[::-1], line[:2]])
+    # The first two join labels 4 and 9; the third ends in the background.
+    assert nb_in_true_connections(streamlines, connectivity,
+                                  labels.shape) == 2

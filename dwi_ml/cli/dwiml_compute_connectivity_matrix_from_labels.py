@@ -2,13 +2,17 @@
 import logging
 import os
 
+import numpy as np
+
+from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.output_folders import check_output_free
 from dwi_ml.io_utils.script_args import (
     check_inputs_exist,
     make_parser,
     parse_script_args,
 )
-from dwi_ml.tracking.connectivity import connectivity_from_labels
+from dwi_ml.tracking.connectivity import connectivity_from_labels, label_nodes
 from dwi_ml.tracking.scoring_io import (
     add_matrix_output_args,
     check_matrix_output,
@@ -22,10 +26,12 @@ Compute the connectivity matrix of a tractogram between the labels of a
 parcellation (a NIfTI of integers >= 0, on the subject's grid). Each
 streamline is counted once, between the labels of the voxels of its first
 and last points, at [min(i, j), max(i, j)]: the matrix is upper-triangular,
-as the reference dwi_ml's, and sums to the number of streamlines. Row and
-column k are label k; row and column 0 gather the endpoints in the
-background (label 0) or outside the volume. The matrix has (largest label
-+ 1) rows and is saved as .npy (int64 counts, or bool with --binary)."""
+as the reference dwi_ml's. Rows and columns are the labels present in the
+volume, in increasing order (as in the reference dwi_ml): with a
+background (label 0), row 0 gathers the endpoints there or outside the
+volume, and the matrix sums to the number of streamlines. --out_labels
+writes the label of each row. Saved as .npy (int64 counts, or bool with
+--binary)."""
 
 
 def _build_parser():
@@ -34,6 +40,10 @@ def _build_parser():
                                               ".trx).")
     parser.add_argument("in_labels", help="NIfTI of integer labels >= 0.")
     add_matrix_output_args(parser)
+    parser.add_argument("--out_labels", metavar="FILE",
+                        help="Also write the label of each row, one per "
+                             "line, in this .txt file. Default: not "
+                             "written.")
     return parser
 
 
@@ -42,11 +52,19 @@ def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(args.in_tractogram, args.in_labels)
     check_matrix_output(args)
+    if args.out_labels is not None:
+        check_output_free(args.out_labels, args.overwrite, "--out_labels",
+                          extensions=(".txt",))
 
     labels, _ = load_label_volume(args.in_labels)
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_labels)
     matrix = connectivity_from_labels(sft.streamlines, labels, args.binary)
     save_npy(args.out_matrix, matrix)
+    nodes = label_nodes(labels)
+    if args.out_labels is not None:
+        with atomic_output_file(args.out_labels) as tmp_path:
+            np.savetxt(tmp_path, nodes, fmt="%d")
+    logging.info("Labels of the rows: %s.", " ".join(map(str, nodes)))
     logging.info("Saved the %d x %d matrix of %d streamlines in %s.",
                  len(matrix), len(matrix), len(sft),
                  os.path.abspath(args.out_matrix))

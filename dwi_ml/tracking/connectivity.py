@@ -84,12 +84,32 @@ def endpoint_labels(streamlines_vox, label_volume):
     return tuple(results)
 
 
+def label_nodes(label_volume):
+    """The nodes of a parcellation: its distinct labels, sorted.
+
+    Row and column ``k`` of a matrix from labels are ``label_nodes(...)[k]``,
+    as in the reference dwi_ml: labels absent from the volume have no row,
+    and the background (0) is node 0 when the volume has some.
+
+    Parameters
+    ----------
+    label_volume : np.ndarray, int >= 0
+
+    Returns
+    -------
+    np.ndarray, shape (M,), the volume's dtype
+    """
+    return np.unique(np.asarray(label_volume))
+
+
 def connectivity_from_labels(streamlines_vox, label_volume, binary=False):
     """Connectivity between the labels of a parcellation.
 
-    Row and column ``k`` are label ``k``; row and column 0 gather the
-    endpoints in the background (label 0) or outside the volume, so that
-    every streamline is counted. The matrix has ``max label + 1`` rows.
+    Rows and columns are the volume's labels in increasing order
+    (:func:`label_nodes`), the background (label 0) included when present:
+    the reference dwi_ml's matrices. Endpoints outside the volume count as
+    background; where the volume has no background, a streamline with such
+    an endpoint joins no node and is not counted.
 
     Parameters
     ----------
@@ -100,15 +120,22 @@ def connectivity_from_labels(streamlines_vox, label_volume, binary=False):
 
     Returns
     -------
-    np.ndarray, square, int64 (or bool)
+    np.ndarray, square (as many rows as distinct labels), int64 (or bool)
     """
     label_volume = np.asarray(label_volume)
     if label_volume.size and label_volume.min() < 0:
         raise DwiMLUserError(
             f"label_volume: expected labels >= 0, found {label_volume.min()}.")
-    nb_nodes = int(label_volume.max(initial=BACKGROUND)) + 1
+    nodes = label_nodes(label_volume)
     start_labels, end_labels = endpoint_labels(streamlines_vox, label_volume)
-    return connectivity_matrix(start_labels, end_labels, nb_nodes, binary)
+    start_nodes, end_nodes = (np.searchsorted(nodes, labels)
+                              for labels in (start_labels, end_labels))
+    # Only BACKGROUND (outside the volume) can be missing from the nodes.
+    known = ((start_nodes < len(nodes)) & (end_nodes < len(nodes)))
+    known[known] = ((nodes[start_nodes[known]] == start_labels[known])
+                    & (nodes[end_nodes[known]] == end_labels[known]))
+    return connectivity_matrix(start_nodes[known], end_nodes[known],
+                               len(nodes), binary)
 
 
 def endpoint_blocs(streamlines_vox, shape, nb_blocs):

@@ -15,7 +15,10 @@ relative to the subject folder, with exactly one of:
   :func:`dwi_ml.tracking.connectivity.endpoint_blocs`); the matrix is then
   ``prod(nb_blocs)`` square;
 - ``connectivity_labels``: a NIfTI label volume on the group's grid
-  (integer labels; nodes are label values, 0 the background).
+  (integers >= 0, 0 the background). The matrix has one row per distinct
+  label of the volume, in increasing order, as the reference dwi_ml's
+  (:func:`matrix_on_label_nodes` also takes our older matrices, one row
+  per label value).
 
 The HDF5 group then holds, as the reference dwi_ml writes them: the dataset
 ``connectivity_matrix`` (bool, M x M), the attr ``connectivity_matrix_type``
@@ -31,6 +34,7 @@ import numpy as np
 from dwi_ml.data.hdf5.layout import decode_str
 from dwi_ml.data.hdf5.tractograms import reference_info
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.tracking.connectivity import label_nodes
 
 CONNECTIVITY_KEYS = ("connectivity_matrix", "connectivity_nb_blocs",
                      "connectivity_labels")
@@ -163,12 +167,39 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
             f"labels of shape {tuple(shape)}, found {labels.dtype} "
             f"{labels.shape}.")
     labels = labels.astype(np.int32)
-    if labels.min() < 0 or labels.max() >= matrix.shape[0]:
+    if labels.size and labels.min() < 0:
         raise DwiMLUserError(
-            f"{where}: connectivity labels '{labels_path}' go from "
-            f"{labels.min()} to {labels.max()}, but the matrix has "
-            f"{matrix.shape[0]} nodes.")
+            f"{where}: connectivity labels '{labels_path}': expected labels "
+            f">= 0, found {labels.min()}.")
+    matrix = matrix_on_label_nodes(
+        matrix, labels, f"{where}: connectivity matrix '{matrix_path}'")
     return Connectivity(matrix > 0, FROM_LABELS, label_volume=labels)
+
+
+def matrix_on_label_nodes(matrix, label_volume, where):
+    """``matrix`` with one row per distinct label of ``label_volume``.
+
+    A matrix from labels has a row per label present, in increasing order
+    (the reference dwi_ml's, :func:`~dwi_ml.tracking.connectivity.label_nodes`).
+    Matrices indexed by label value (row ``k`` is label ``k``, ``largest
+    label + 1`` rows: earlier dwi_ml versions) are converted by keeping the
+    rows and columns of the labels present; they are the same matrix when
+    every label from 0 to the largest is present.
+
+    Raises
+    ------
+    DwiMLUserError
+        Any other number of rows.
+    """
+    nodes = label_nodes(label_volume)
+    if len(matrix) == len(nodes):
+        return matrix
+    if len(nodes) and len(matrix) == int(nodes[-1]) + 1:
+        return matrix[np.ix_(nodes, nodes)]
+    raise DwiMLUserError(
+        f"{where}: expected {len(nodes)} x {len(nodes)}, one row per "
+        f"distinct label of the label volume, found {matrix.shape[0]} x "
+        f"{matrix.shape[1]}.")
 
 
 def load_group_connectivity(group_config, group_files, subject):
@@ -229,8 +260,12 @@ def read_connectivity(streamline_group):
                             tuple(nb_blocs * 3 if len(nb_blocs) == 1
                                   else nb_blocs))
     if "connectivity_label_volume" in streamline_group:
-        return Connectivity(matrix, FROM_LABELS, label_volume=np.asarray(
-            streamline_group["connectivity_label_volume"], dtype=np.int32))
+        labels = np.asarray(streamline_group["connectivity_label_volume"],
+                            dtype=np.int32)
+        return Connectivity(matrix_on_label_nodes(
+            matrix, labels, f"HDF5 group '{streamline_group.name}': "
+                            "connectivity_matrix"),
+            FROM_LABELS, label_volume=labels)
     matrix_type = decode_str(streamline_group.attrs.get(
         "connectivity_matrix_type", "?"))
     raise DwiMLUserError(
