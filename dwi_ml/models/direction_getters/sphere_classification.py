@@ -1,7 +1,6 @@
 """Classification over the vertices of a dipy sphere."""
 import math
 
-import dipy.data
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +10,9 @@ from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
 
 
 def _load_sphere_vertices(name):
+    # Imported here: dipy.data costs a second at the start of every script.
+    import dipy.data
+
     try:
         sphere = dipy.data.get_sphere(name=name)
     except dipy.data.DataError:
