@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from dwi_ml.io_utils.arg_checks import check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
+from dwi_ml.models.direction_getters.random_draws import sample_classes
 
 
 def _load_sphere_vertices(name):
@@ -65,10 +66,10 @@ class SphereClassificationDG(AbstractDirectionGetter):
     def get_det_directions(self, dir_outputs):
         return self.vertices[torch.argmax(dir_outputs, dim=1)]
 
-    def sample_directions(self, dir_outputs, generator):
+    def sample_directions(self, dir_outputs, draws):
         probs = torch.softmax(dir_outputs, dim=1)
-        classes = torch.multinomial(probs, 1, generator=generator)
-        return self.vertices[classes.squeeze(1)]
+        return self.vertices[sample_classes(probs,
+                                            draws.uniforms(1, dir_outputs))]
 
 
 class SmoothSphereClassificationDG(SphereClassificationDG):
