@@ -141,7 +141,8 @@ def track_script(experiment, name, *options):
     track_main([experiment["experiment"], experiment["hdf5"], SUBJECT,
                 "input", str(out), "--tracking_mask_group", "wm_mask",
                 "--algo", "prob", "--nt", "30", "--min_length", "0",
-                "--theta", "180", "--max_length", "20", "--seed", "3", "-v", "WARNING", *options])
+                "--theta", "180", "--max_length", "20", "--seed", "3",
+                "-v", "WARNING", *options])
     return load_tractogram(str(out), "same", bbox_valid_check=True)
 
 
