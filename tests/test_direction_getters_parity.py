@@ -95,7 +95,7 @@ def test_mixture_samples_follow_the_weights():
                           [-8.] * 6])
     outputs = torch.tensor(np.tile(row, (4000, 1)), dtype=torch.float32)
     draws = dg.sample_directions(outputs,
-                                 KeyedDraws(0, torch.arange(4000), 0))
+                                 KeyedDraws.for_keys(0, torch.arange(4000), 0))
     share_x = (draws[:, 0] > 0.99).double().mean().item()
     # Binomial(4000, 0.9): standard error 0.0047.
     assert abs(share_x - 0.9) < 4 * 0.0047

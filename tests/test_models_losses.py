@@ -193,7 +193,7 @@ def test_prob_samples_are_unit_and_reproducible(dg_key, source):
 
     def random_source(seed):
         if source == "keys":
-            return KeyedDraws(seed, torch.arange(50), 0)
+            return KeyedDraws.for_keys(seed, torch.arange(50), 0)
         return torch.Generator().manual_seed(seed)
 
     draws = [dg.get_tracking_directions(outputs, "prob",
@@ -208,7 +208,7 @@ def test_prob_samples_are_unit_and_reproducible(dg_key, source):
 
 def keyed_draws(nb_rows, seed=3):
     """The tracker's draws for rows of keys 0..nb_rows - 1."""
-    return KeyedDraws(seed, torch.arange(nb_rows), 0)
+    return KeyedDraws.for_keys(seed, torch.arange(nb_rows), 0)
 
 
 def test_fisher_von_mises_samples_follow_kappa():

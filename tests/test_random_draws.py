@@ -27,8 +27,12 @@ def numpy_mix32(words):
 
 
 def draws(seed=5, nb_rows=NB_DRAWS, step=3, first_key=0):
-    return KeyedDraws(seed, torch.arange(first_key, first_key + nb_rows),
-                      step)
+    return KeyedDraws.for_keys(
+        seed, torch.arange(first_key, first_key + nb_rows), step)
+
+
+def uniforms(draws_, nb_columns, like):
+    return draws_.draw(like, nb_uniforms=nb_columns)[0]
 
 
 LIKE32 = torch.zeros(1, dtype=torch.float32)
@@ -50,7 +54,7 @@ def test_mix32_is_the_uint32_hash_without_overflow():
 
 @pytest.mark.parametrize("like", [LIKE32, LIKE64], ids=["float32", "float64"])
 def test_uniforms_moments_and_open_interval(like):
-    values = draws().uniforms(3, like)
+    values = uniforms(draws(), 3, like)
     assert values.shape == (NB_DRAWS, 3) and values.dtype == like.dtype
     assert values.min() > 0 and values.max() < 1
     samples = values.double().flatten().numpy()
@@ -63,8 +67,8 @@ def test_uniforms_moments_and_open_interval(like):
 
 
 def test_uniforms_are_independent_across_rows_steps_and_columns():
-    first = draws().uniforms(2, LIKE64)
-    next_step = draws(step=4).uniforms(1, LIKE64)[:, 0]
+    first = uniforms(draws(), 2, LIKE64)
+    next_step = uniforms(draws(step=4), 1, LIKE64)[:, 0]
     pairs = {"next row": (first[:-1, 0], first[1:, 0]),
              "next column": (first[:, 0], first[:, 1]),
              "next step": (first[:, 0], next_step)}
@@ -75,17 +79,19 @@ def test_uniforms_are_independent_across_rows_steps_and_columns():
 
 
 def test_extreme_words_give_uniforms_inside_the_interval():
-    words = torch.tensor([0, 2 ** 32 - 1])
-    exact = words_to_uniforms(words, words, torch.float64)
+    # Mantissas 0 and 2 ** 52 - 1 (high word all ones, low word with its
+    # 20 low bits set).
+    high, low = torch.tensor([0, 2 ** 32 - 1]), torch.tensor([0, 2 ** 20 - 1])
+    exact = words_to_uniforms(high, low, torch.float64)
     assert exact.tolist() == [2.0 ** -53, 1 - 2.0 ** -53]
     # In float32, 1 - 2 ** -53 would round to 1: clamped to the float32
     # below 1.
-    narrow = words_to_uniforms(words, words, torch.float32)
+    narrow = words_to_uniforms(high, low, torch.float32)
     assert narrow.tolist() == [2.0 ** -53, 1 - 2.0 ** -24]
 
 
 def test_normals_moments():
-    values = draws().normals(3, LIKE64)
+    values = draws().draw(LIKE64, nb_normals=3)[1]
     assert values.shape == (NB_DRAWS, 3)
     samples = values.flatten().numpy()
     count = len(samples)
@@ -98,30 +104,31 @@ def test_normals_moments():
 
 def test_draws_depend_on_seed_key_step_and_call_order_only():
     reference = draws(nb_rows=100)
-    first, second = reference.uniforms(2, LIKE64), reference.uniforms(1, LIKE64)
+    first, second = uniforms(reference, 2, LIKE64), uniforms(reference, 1, LIKE64)
     # The same rows among others (keys 40..59 of 0..99), alone, give the
     # same values: a row's draws do not depend on the others.
-    subset = KeyedDraws(5, torch.arange(40, 60), 3)
-    assert torch.equal(subset.uniforms(2, LIKE64), first[40:60])
-    assert torch.equal(subset.uniforms(1, LIKE64), second[40:60])
+    subset = KeyedDraws.for_keys(5, torch.arange(40, 60), 3)
+    assert torch.equal(uniforms(subset, 2, LIKE64), first[40:60])
+    assert torch.equal(uniforms(subset, 1, LIKE64), second[40:60])
     # A later call takes the next columns: not the first ones again.
     assert not torch.equal(second[:, 0], first[:, 0])
     for other in (draws(seed=6, nb_rows=100), draws(step=4, nb_rows=100),
                   draws(nb_rows=100, first_key=100)):
-        assert not torch.isin(other.uniforms(2, LIKE64), first).any()
+        assert not torch.isin(uniforms(other, 2, LIKE64), first).any()
 
 
 def test_keys_above_32_bits_are_distinct():
     keys = torch.tensor([7, 7 + 2 ** 32, 7 + 2 ** 40])
-    values = KeyedDraws(5, keys, 0).uniforms(1, LIKE64)[:, 0]
+    values = uniforms(KeyedDraws.for_keys(5, keys, 0), 1, LIKE64)[:, 0]
     assert len(torch.unique(values)) == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_same_uniforms_on_cuda():
     keys = torch.arange(5000)
-    on_cpu = KeyedDraws(5, keys, 3).uniforms(3, LIKE64)
-    on_cuda = KeyedDraws(5, keys.cuda(), 3).uniforms(3, LIKE64.cuda())
+    on_cpu = uniforms(KeyedDraws.for_keys(5, keys, 3), 3, LIKE64)
+    on_cuda = uniforms(KeyedDraws.for_keys(5, keys.cuda(), 3), 3,
+                       LIKE64.cuda())
     assert torch.equal(on_cuda.cpu(), on_cpu)
 
 
@@ -129,7 +136,7 @@ def test_classes_follow_the_probabilities():
     probabilities = torch.zeros(NB_DRAWS, 8, dtype=torch.float32)
     expected = np.array([0.5, 0., 0.3, 0.15, 0., 0.04, 0.01, 0.])
     probabilities[:] = torch.tensor(expected)
-    classes = sample_classes(probabilities, draws().uniforms(1, LIKE32))
+    classes = sample_classes(probabilities, uniforms(draws(), 1, LIKE32))
     frequencies = np.bincount(classes.numpy(), minlength=8) / NB_DRAWS
     standard_errors = np.sqrt(expected * (1 - expected) / NB_DRAWS)
     assert np.all(np.abs(frequencies - expected) <= 4 * standard_errors)
@@ -151,6 +158,6 @@ def test_generator_draws_are_the_torch_streams():
     wrapped = as_draws(torch.Generator().manual_seed(3))
     assert isinstance(wrapped, GeneratorDraws)
     expected = torch.rand((50, 2), generator=torch.Generator().manual_seed(3))
-    assert torch.equal(wrapped.uniforms(2, like), expected)
+    assert torch.equal(uniforms(wrapped, 2, like), expected)
     keyed = draws()
     assert as_draws(keyed) is keyed

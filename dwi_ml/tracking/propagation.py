@@ -52,7 +52,7 @@ from dwi_ml.data.processing.interpolation import (
 from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.direction_getters.random_draws import KeyedDraws
+from dwi_ml.models.direction_getters.random_draws import KeyedDraws, key_words
 from dwi_ml.tracking.next_points import NextPointChecks
 from dwi_ml.tracking.stopping import StopReason, max_nb_points
 from dwi_ml.tracking.tracked_streamlines import (
@@ -313,6 +313,9 @@ class BatchedTracker(NextPointChecks):
         invalid_counts = (torch.zeros_like(lengths)
                           if self.max_invalid_nb_points else None)
         longest_prefix = int(prefix_lengths.max())
+        # Hashed once per streamline; each step mixes in the step.
+        words = (None if self.algo == "det"
+                 else key_words(self.rng_seed, keys))
         # inputs: at the current points, when the last step read them.
         hidden_states = first_directions = inputs = None
         for t in range(self.max_nb_points - 1):
@@ -340,8 +343,8 @@ class BatchedTracker(NextPointChecks):
                     continue
             # Rows replaying their prefix draw too and ignore it: keyed
             # draws do not shift the others'.
-            draws = (None if self.algo == "det" else KeyedDraws(
-                self.rng_seed, keys.index_select(0, active), t))
+            draws = (None if words is None else KeyedDraws(
+                self.rng_seed, words.index_select(0, active), t))
             directions, eos_probs = self.model.get_tracking_directions(
                 outputs, self.algo, draws)
             if t == 0:

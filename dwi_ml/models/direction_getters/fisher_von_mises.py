@@ -52,14 +52,14 @@ def sample_fisher_von_mises(mean_dirs, kappas, draws=None):
     :mod:`~dwi_ml.models.direction_getters.random_draws`, a
     ``torch.Generator`` or None (torch's global stream).
     """
-    draws = as_draws(draws)
-    uniforms = draws.uniforms(1, mean_dirs).squeeze(1)
+    uniforms, tangents = as_draws(draws).draw(mean_dirs, nb_uniforms=1,
+                                              nb_normals=3)
+    uniforms = uniforms.squeeze(1)
     cosines = 1 + torch.log1p((1 - uniforms)
                               * torch.expm1(-2 * kappas)) / kappas
     cosines = cosines.clamp(-1, 1)
     # A Gaussian vector projected on the plane orthogonal to the mean has a
     # uniform direction in that plane.
-    tangents = draws.normals(3, mean_dirs)
     tangents -= (tangents * mean_dirs).sum(1, keepdim=True) * mean_dirs
     tangents = F.normalize(tangents, dim=1)
     sines = torch.sqrt(1 - cosines ** 2)

@@ -82,7 +82,8 @@ class GaussianDG(AbstractDirectionGetter):
 
     def sample_directions(self, dir_outputs, draws):
         means, sigmas = dir_outputs[:, :3], torch.exp(dir_outputs[:, 3:6])
-        return unit_vectors(means + sigmas * draws.normals(3, dir_outputs))
+        _, normals = draws.draw(dir_outputs, nb_normals=3)
+        return unit_vectors(means + sigmas * normals)
 
 
 class GaussianMixtureDG(AbstractDirectionGetter):
@@ -145,8 +146,9 @@ class GaussianMixtureDG(AbstractDirectionGetter):
     def sample_directions(self, dir_outputs, draws):
         log_weights, means, log_sigmas = self.split_mixture(dir_outputs)
         rows = torch.arange(len(means), device=means.device)
-        chosen = sample_classes(torch.exp(log_weights),
-                                draws.uniforms(1, dir_outputs))
-        noise = draws.normals(3, dir_outputs)
+        # One uniform picks the component, three normals its draw.
+        uniforms, noise = draws.draw(dir_outputs, nb_uniforms=1,
+                                     nb_normals=3)
+        chosen = sample_classes(torch.exp(log_weights), uniforms)
         return unit_vectors(means[rows, chosen]
                             + torch.exp(log_sigmas[rows, chosen]) * noise)

@@ -1,8 +1,8 @@
 """Random draws of 'prob' tracking: keyed by streamline, not by batch.
 
-A sampler asks a draws object for ``uniforms`` or ``normals``, one row per
-point to sample. :class:`KeyedDraws` computes them from (run seed, the
-row's key, the step, the column) with an integer hash, as counter-based
+A sampler asks a draws object for its uniforms and normals (``draw``), one
+row per point to sample. :class:`KeyedDraws` computes them from (run seed,
+the row's key, the step, the column) with an integer hash, as counter-based
 generators (Philox, Random123) do: a streamline's draws depend only on the
 run's seed and its key (the tracker's: its seed's index in the run and the
 half), not on the batch it shares, the batch size or the order of the
@@ -13,21 +13,23 @@ does.
 
 :class:`GeneratorDraws` wraps a ``torch.Generator`` (or torch's global
 stream) for callers that pass one: ``torch.rand`` and ``torch.randn``.
+:func:`sample_classes` turns a uniform into a class by inverse CDF, for
+both.
 
 Hash
     ``mix32`` is a 32-bit integer mixer (two xor-shift-multiply rounds,
     constants of C. Wellons' hash-prospector). Both constants are below
     2 ** 31, so a product of a 32-bit value stays below 2 ** 63; values
-    stay non-negative, so ``>>`` is a logical shift. The row's word at a
-    step mixes its key with two words of (seed, step) (two rounds, so that
-    no xor-difference of keys repeats across steps); each column's two
-    32-bit words mix the row's word with a word of the column. Within a
-    step distinct keys below 2 ** 32 get distinct words (``mix32`` is a
-    bijection); across steps and columns, two draws share a word with
-    probability 2 ** -32.
+    stay non-negative, so ``>>`` is a logical shift. A key's word
+    (:func:`key_words`, once per streamline) mixes the key with the seed;
+    at each step, each column's two words mix the key's word with a word
+    of (seed, step, column). Within a step and column, distinct keys below
+    2 ** 32 get distinct words (``mix32`` is a bijection); two draws of
+    other steps or columns share a word with probability 2 ** -32, and a
+    whole uniform with probability 2 ** -64.
 
 Uniforms
-    52 bits of the two words ``m`` give ``(2 m + 1) 2 ** -53`` in float64:
+    52 bits ``m`` of the two words give ``(2 m + 1) 2 ** -53`` in float64:
     odd multiples of 2 ** -53, exact and strictly inside (0, 1). Cast to
     float32 they are clamped to the largest float32 below 1.
 """
@@ -36,7 +38,7 @@ import math
 import torch
 
 MASK32 = 0xFFFFFFFF
-_ROW_SALT = 0x9E3779B9
+_STEP_SALT = 0x9E3779B9
 _COLUMN_SALT = 0x85EBCA6B
 
 
@@ -50,20 +52,31 @@ def mix32(words):
     return words ^ (words >> 15)
 
 
-def _step_words(seed, step):
-    """Two 32-bit words of (run seed modulo 2 ** 64, step)."""
-    first = mix32(mix32(mix32(step & MASK32) ^ (seed & MASK32))
-                  ^ ((seed >> 32) & MASK32))
-    return first, mix32(first ^ _ROW_SALT)
+def _seed_words(seed):
+    """Two 32-bit words of the run seed (modulo 2 ** 64)."""
+    first = mix32(mix32(seed & MASK32) ^ ((seed >> 32) & MASK32))
+    return first, mix32(first ^ _STEP_SALT)
+
+
+def key_words(seed, keys):
+    """The 32-bit word of each key in the run of ``seed``, int64 (N,).
+
+    ``keys`` (int64 (N,)) are non-negative: the tracker's are
+    ``2 * index + half``, ``index`` the seed's in the run and ``half`` 0
+    forward, 1 backward. A streamline's word is computed once and serves
+    all its steps.
+    """
+    first, _ = _seed_words(int(seed))
+    return mix32((keys & MASK32) ^ first) ^ (keys >> 32)
 
 
 def words_to_uniforms(high_words, low_words, dtype):
     """Uniforms in (0, 1) of ``dtype`` from pairs of 32-bit words (int64
-    tensors): ``(2 m + 1) 2 ** -53`` for the 52 bits ``m`` (20 of the
-    high word, 32 of the low one), exact in float64; in a narrower dtype
+    tensors): ``(2 m + 1) 2 ** -53`` for the 52 bits ``m`` of
+    ``high * 2 ** 20 xor low``, exact in float64; in a narrower dtype
     clamped inside (0, 1)."""
-    mantissas = ((high_words >> 12) << 32) | low_words
-    uniforms = (2 * mantissas + 1).to(torch.float64) * 2.0 ** -53
+    mantissas = (high_words << 20) ^ low_words
+    uniforms = mantissas.to(torch.float64).mul_(2.0 ** -52).add_(2.0 ** -53)
     if dtype == torch.float64:
         return uniforms
     info = torch.finfo(dtype)
@@ -77,45 +90,53 @@ class KeyedDraws:
     ----------
     seed : int
         The run's seed (taken modulo 2 ** 64).
-    keys : torch.Tensor, int64 (N,)
-        Non-negative key of each row (the tracker's: ``2 * index + half``,
-        with ``index`` the seed's in the run and ``half`` 0 forward, 1
-        backward).
+    words : torch.Tensor, int64 (N,)
+        :func:`key_words` of the rows' keys, for this ``seed``.
     step : int
         The step, >= 0.
 
     Notes
     -----
-    Successive calls of one step take the next columns: a sampler's
-    draws are those of its calls in order, whatever the other rows.
+    Successive calls of one step take the next columns: a sampler's draws
+    are those of its calls in order, whatever the other rows.
     """
 
-    def __init__(self, seed, keys, step):
-        first, second = _step_words(int(seed), int(step))
-        self._row_words = mix32(mix32((keys & MASK32) ^ first)
-                                ^ (keys >> 32) ^ second)
+    def __init__(self, seed, words, step):
+        _, second = _seed_words(int(seed))
+        self._step_word = mix32(mix32(int(step) & MASK32) ^ second)
+        self._words = words
         self._next_column = 0
 
-    def uniforms(self, nb_columns, like):
-        """(N, nb_columns) uniforms in (0, 1) of ``like``'s dtype."""
+    @classmethod
+    def for_keys(cls, seed, keys, step):
+        """The draws of ``keys`` (int64 (N,), non-negative) at ``step``."""
+        return cls(seed, key_words(seed, keys), step)
+
+    def draw(self, like, nb_uniforms=0, nb_normals=0):
+        """(N, nb_uniforms) uniforms in (0, 1) and (N, nb_normals)
+        standard normals (Box-Muller: two uniforms give two normals), of
+        ``like``'s dtype, from one pass over the rows."""
+        nb_pairs = math.ceil(nb_normals / 2)
+        # Computed as (columns, N): each column's values are contiguous,
+        # where torch's vectorised log, cos and sin apply.
+        uniforms = self._uniforms(nb_uniforms + 2 * nb_pairs, like.dtype)
+        gaussian = uniforms[nb_uniforms:]
+        radii = torch.log(gaussian[:nb_pairs]).mul_(-2).sqrt_()
+        angles = 2 * math.pi * gaussian[nb_pairs:]
+        normals = torch.cat([radii * torch.cos(angles),
+                             radii * torch.sin(angles)])
+        return uniforms[:nb_uniforms].T, normals[:nb_normals].T
+
+    def _uniforms(self, nb_columns, dtype):
+        """(nb_columns, N) uniforms of the next columns."""
         start = self._next_column
         self._next_column += nb_columns
         column_words = torch.tensor(
-            [mix32(column ^ _COLUMN_SALT)
+            [mix32(self._step_word ^ mix32(column ^ _COLUMN_SALT))
              for column in range(2 * start, 2 * self._next_column)],
-            dtype=torch.int64, device=self._row_words.device)
-        words = mix32(self._row_words[:, None] ^ column_words)
-        return words_to_uniforms(words[:, 0::2], words[:, 1::2], like.dtype)
-
-    def normals(self, nb_columns, like):
-        """(N, nb_columns) standard normals of ``like``'s dtype
-        (Box-Muller: two uniforms give two normals)."""
-        nb_pairs = math.ceil(nb_columns / 2)
-        uniforms = self.uniforms(2 * nb_pairs, like)
-        radii = torch.sqrt(-2 * torch.log(uniforms[:, :nb_pairs]))
-        angles = 2 * math.pi * uniforms[:, nb_pairs:]
-        return torch.cat([radii * torch.cos(angles),
-                          radii * torch.sin(angles)], dim=1)[:, :nb_columns]
+            dtype=torch.int64, device=self._words.device)
+        words = mix32(column_words[:, None] ^ self._words)
+        return words_to_uniforms(words[0::2], words[1::2], dtype)
 
 
 class GeneratorDraws:
@@ -125,17 +146,13 @@ class GeneratorDraws:
     def __init__(self, generator=None):
         self.generator = generator
 
-    def _options(self, like):
-        return {"generator": self.generator, "device": like.device,
-                "dtype": like.dtype}
-
-    def uniforms(self, nb_columns, like):
-        """(N, nb_columns) uniforms in [0, 1) (``torch.rand``)."""
-        return torch.rand((len(like), nb_columns), **self._options(like))
-
-    def normals(self, nb_columns, like):
-        """(N, nb_columns) standard normals (``torch.randn``)."""
-        return torch.randn((len(like), nb_columns), **self._options(like))
+    def draw(self, like, nb_uniforms=0, nb_normals=0):
+        """(N, nb_uniforms) uniforms in [0, 1) (``torch.rand``) and
+        (N, nb_normals) standard normals (``torch.randn``)."""
+        options = {"generator": self.generator, "device": like.device,
+                   "dtype": like.dtype}
+        return (torch.rand((len(like), nb_uniforms), **options),
+                torch.randn((len(like), nb_normals), **options))
 
 
 def as_draws(source):

@@ -68,8 +68,8 @@ class SphereClassificationDG(AbstractDirectionGetter):
 
     def sample_directions(self, dir_outputs, draws):
         probs = torch.softmax(dir_outputs, dim=1)
-        return self.vertices[sample_classes(probs,
-                                            draws.uniforms(1, dir_outputs))]
+        uniforms, _ = draws.draw(dir_outputs, nb_uniforms=1)
+        return self.vertices[sample_classes(probs, uniforms)]
 
 
 class SmoothSphereClassificationDG(SphereClassificationDG):
