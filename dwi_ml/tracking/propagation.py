@@ -211,7 +211,7 @@ class BatchedTracker(NextPointChecks):
             if valid.any():
                 rows = torch.nonzero(valid).squeeze(1)
                 # Keys of the draws: forward half 2 i, backward 2 i + 1.
-                keys = 2 * (rows + int(first_index))
+                keys = 2 * (rows + check_int("first_index", first_index, 0))
                 valid_points, valid_lengths, stops, first_directions = \
                     self._propagate(seeds[rows, None, :], lengths[rows], keys)
                 forward_stops[rows] = stops
