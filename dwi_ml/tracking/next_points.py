@@ -44,7 +44,7 @@ class NextPointChecks:
         out_of_mask (n,) bool or None, next_inputs (n, F) or None); code 0
         means the point is added. ``next_inputs`` are the model's inputs at
         the next points, read with the mask (see
-        :meth:`_join_inputs_and_mask`).
+        the tracker's ``_join_inputs_and_mask``).
         ``out_of_mask`` marks growing streamlines whose next point is in
         the volume but out of the tracking mask (None without a mask); the
         caller counts them against ``max_invalid_nb_points`` and gives
