@@ -2,13 +2,14 @@
 """Benchmark batched tracking: streamlines/s and steps/s per batch size.
 
 The model is an UNTRAINED Learn2track (LSTM [64], 2 previous directions,
-cosine regression, seeded weights) on a random (96, 96, 96, 45) volume with
-1 mm voxels and no tracking mask. With ``--theta 180`` (the default) no
-streamline stops early: each runs until ``--max_length`` (or the volume's
-border), so every batch size does the same work per streamline. Both
-directions are tracked unless ``--forward_only``; the backward half replays
-the forward half through the model first (those model calls count as steps
-too: "model steps" below, next to the points actually added).
+cosine regression or ``--dg_key``, seeded weights) on a random (96, 96, 96,
+45) volume with 1 mm voxels and no tracking mask. With ``--theta 180`` (the
+default) no streamline stops early: each runs until ``--max_length`` (or
+the volume's border), so every batch size does the same work per
+streamline. Both directions are tracked unless ``--forward_only``; the
+backward half replays the forward half through the model first (those model
+calls count as steps too: "model steps" below, next to the points actually
+added).
 
 With ``--transformer``, it instead times one tracking step of the three
 UNTRAINED Transformer models (d_model 64, 4 heads, 2 layers per stack) at
@@ -34,14 +35,14 @@ def _make_tracker(args):
     torch.manual_seed(0)
     model = Learn2TrackModel("bench", nb_features=args.shape[3],
                              step_size=args.step_size, nb_previous_dirs=2,
-                             rnn_layer_sizes=[64])
+                             rnn_layer_sizes=[64], dg_key=args.dg_key)
     volume = np.random.default_rng(0).random(args.shape, dtype=np.float32)
     affine = np.eye(4)
     return BatchedTracker(
         model, volume, affine, TrackingMask(args.shape[:3], None, args.device),
         args.step_size, max_angle_deg=args.theta,
         max_length_mm=args.max_length, track_forward_only=args.forward_only,
-        device=args.device)
+        algo=args.algo, rng_seed=0, device=args.device)
 
 
 def _bench(tracker, seeds, batch_size):
@@ -100,6 +101,12 @@ def main():
     parser.add_argument("--max_length", type=float, default=40.0)
     parser.add_argument("--theta", type=float, default=180.0)
     parser.add_argument("--forward_only", action="store_true")
+    parser.add_argument("--dg_key", default="cosine-regression",
+                        help="Direction getter of the model (default: "
+                             "cosine-regression).")
+    parser.add_argument("--algo", default="det", choices=("det", "prob"),
+                        help="Tracking algorithm; 'prob' needs a "
+                             "probabilistic --dg_key (default: det).")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; one is fastest for these "
@@ -149,7 +156,7 @@ def main():
     print(f"device {args.device}, {torch.get_num_threads()} thread(s), "
           f"{'forward only' if args.forward_only else 'both directions'}, "
           f"step {args.step_size} mm, max {args.max_length} mm, untrained "
-          f"LSTM [64]")
+          f"LSTM [64], {args.dg_key}, {args.algo}")
     _bench(tracker, centre + rng.uniform(-5, 5, (8, 3)), 8)   # warm-up
     for batch_size, nb_seeds in zip(args.batch_sizes, args.nb_seeds):
         seeds = (centre + rng.uniform(-5, 5, (nb_seeds, 3))).astype(

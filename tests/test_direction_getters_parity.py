@@ -14,6 +14,7 @@ from dwi_ml.models.direction_getters import (
     SmoothSphereClassificationDG,
     make_direction_getter,
 )
+from dwi_ml.models.direction_getters.random_draws import KeyedDraws
 
 # float64 throughout: these tests check formulas, not rounding.
 TARGETS = torch.tensor([[2., 0., 0.], [0., 1., 0.], [0., 0., 0.5]],
@@ -93,7 +94,8 @@ def test_mixture_samples_follow_the_weights():
     row = np.concatenate([[math.log(9.), 0.], [1., 0., 0., 0., 1., 0.],
                           [-8.] * 6])
     outputs = torch.tensor(np.tile(row, (4000, 1)), dtype=torch.float32)
-    draws = dg.sample_directions(outputs, torch.Generator().manual_seed(0))
+    draws = dg.sample_directions(outputs,
+                                 KeyedDraws.for_keys(0, torch.arange(4000), 0))
     share_x = (draws[:, 0] > 0.99).double().mean().item()
     # Binomial(4000, 0.9): standard error 0.0047.
     assert abs(share_x - 0.9) < 4 * 0.0047

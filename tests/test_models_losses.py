@@ -16,6 +16,7 @@ from dwi_ml.models.direction_getters import (
     make_direction_getter,
 )
 from dwi_ml.models.direction_getters.fisher_von_mises import fisher_von_mises_nll
+from dwi_ml.models.direction_getters.random_draws import KeyedDraws
 from tests.tolerances import EPS64, rounding_atol
 
 TARGETS = np.array([[2., 0., 0.], [0., 1., 0.], [0., 0., 0.5]])
@@ -184,13 +185,20 @@ def test_det_direction_is_the_expected_unit_vector(dg_key):
 @pytest.mark.parametrize("dg_key", ["sphere-classification",
                                     "smooth-sphere-classification", "gaussian",
                                     "gaussian-mixture", "fisher-von-mises"])
-def test_prob_samples_are_unit_and_reproducible(dg_key):
+@pytest.mark.parametrize("source", ["keys", "generator"])
+def test_prob_samples_are_unit_and_reproducible(dg_key, source):
     dg = make_direction_getter(dg_key, 4)
     outputs = torch.randn(50, dg.nb_dir_outputs,
                           generator=torch.Generator().manual_seed(1))
-    draws = [dg.get_tracking_directions(
-        outputs, "prob", torch.Generator().manual_seed(seed))[0]
-        for seed in (7, 7, 8)]
+
+    def random_source(seed):
+        if source == "keys":
+            return KeyedDraws.for_keys(seed, torch.arange(50), 0)
+        return torch.Generator().manual_seed(seed)
+
+    draws = [dg.get_tracking_directions(outputs, "prob",
+                                        random_source(seed))[0]
+             for seed in (7, 7, 8)]
     # float32 unit draws (a sampler's few steps, then a norm).
     np.testing.assert_allclose(draws[0].norm(dim=1).numpy(), 1., rtol=0,
                                atol=rounding_atol(1, 16))
@@ -198,14 +206,19 @@ def test_prob_samples_are_unit_and_reproducible(dg_key):
     assert not torch.equal(draws[0], draws[2])
 
 
+def keyed_draws(nb_rows, seed=3):
+    """The tracker's draws for rows of keys 0..nb_rows - 1."""
+    return KeyedDraws.for_keys(seed, torch.arange(nb_rows), 0)
+
+
 def test_fisher_von_mises_samples_follow_kappa():
     mean = unit(np.array([[1., 2., -2.]]))
-    generator = torch.Generator().manual_seed(3)
     cosines = {}
-    for kappa in (2., 1000.):
+    for seed, kappa in enumerate((2., 1000.)):
         outputs = as_tensor(np.tile(np.append(mean, np.log(kappa)),
                                     (4000, 1)))
-        draws = FisherVonMisesDG(4).sample_directions(outputs, generator)
+        draws = FisherVonMisesDG(4).sample_directions(
+            outputs, keyed_draws(4000, seed))
         cosines[kappa] = (draws.numpy() @ mean[0]).astype(np.float64)
     # E[mu.x] = coth(kappa) - 1 / kappa for the 3-D Fisher-von Mises.
     expected = 1 / np.tanh(2.) - 1 / 2.
@@ -217,10 +230,24 @@ def test_fisher_von_mises_samples_follow_kappa():
         1 - 1 / 1000., abs=4 * standard_error + rounding_atol(1, 8))
 
 
+def test_sphere_classification_draws_follow_the_softmax():
+    dg = SphereClassificationDG(4, sphere="repulsion100")
+    expected = np.zeros(100)
+    expected[[3, 40, 41, 99]] = [0.5, 0.3, 0.15, 0.05]
+    with np.errstate(divide="ignore"):
+        logits = np.log(expected)     # -inf: probability 0
+    nb_draws = 20000
+    outputs = as_tensor(np.tile(logits, (nb_draws, 1)))
+    draws = dg.sample_directions(outputs, keyed_draws(nb_draws))
+    classes = dg.directions_to_classes(draws).numpy()
+    frequencies = np.bincount(classes, minlength=100) / nb_draws
+    standard_errors = np.sqrt(expected * (1 - expected) / nb_draws)
+    assert np.all(np.abs(frequencies - expected) <= 4 * standard_errors)
+
+
 def test_gaussian_samples_concentrate_for_small_sigma():
     outputs = as_tensor(np.tile([0., 0., 1., -6., -6., -6.], (500, 1)))
-    draws = GaussianDG(4).sample_directions(outputs,
-                                            torch.Generator().manual_seed(0))
+    draws = GaussianDG(4).sample_directions(outputs, keyed_draws(500))
     assert draws[:, 2].min() > 0.99
 
 

@@ -147,9 +147,12 @@ def _build_parser():
 
     run = parser.add_argument_group("Run")
     run.add_argument("--seed", type=int, default=1234,
-                     help="Random seed (seeds and 'prob' sampling; "
-                          "'prob' draws also depend on --batch_size and "
-                          "--device).")
+                     help="Random seed of the seeds and of 'prob' "
+                          "sampling. A streamline's draws depend only on "
+                          "it and on the streamline's seed (its index "
+                          "among the seeds): the same with any "
+                          "--batch_size, and on another --device up to "
+                          "float rounding. Default: 1234.")
     run.add_argument("--device", default="cpu",
                      help="Torch device, e.g. cpu or cuda.")
     run.add_argument("--batch_size", type=int, default=1000, metavar="N",
@@ -261,7 +264,7 @@ def main(argv=None):
         max_angle_deg=args.theta, max_length_mm=args.max_length,
         eos_threshold=eos_threshold, algo=args.algo,
         track_forward_only=args.track_forward_only,
-        generator=torch.Generator(device).manual_seed(args.seed),
+        rng_seed=args.seed,
         device=device, max_invalid_nb_points=args.max_invalid_nb_points,
         append_last_point=not args.discard_last_point)
     # After every check: a refused run prints its one error line alone.

@@ -120,14 +120,14 @@ class DirectionGetterModel(MainModelOneInput):
             return losses, n_points
         return losses["direction"], n_points
 
-    def get_tracking_directions(self, outputs, algo="det", generator=None):
+    def get_tracking_directions(self, outputs, algo="det", draws=None):
         """Unit directions (N, 3) and EOS probabilities (N,) or None.
 
         See
         :meth:`dwi_ml.models.direction_getters.base.AbstractDirectionGetter.get_tracking_directions`.
         """
         return self.direction_getter.get_tracking_directions(
-            outputs, algo, generator)
+            outputs, algo, draws)
 
     def eos_is_most_likely(self, outputs):
         """(N,) bool: EOS is the most likely class (``--eos_stop max``).

@@ -31,6 +31,13 @@ Both directions (Learn2track's way)
     alone) leaves nothing to replay, and the model would propose the same
     step again: its backward half starts instead with the opposite of that
     refused step, then follows the model.
+
+Random draws ("prob")
+    Each half of a streamline draws with its own key (``2 i`` forward,
+    ``2 i + 1`` backward, ``i`` its seed's index in the run) and the step
+    (:class:`~dwi_ml.models.direction_getters.random_draws.KeyedDraws`): its
+    draws depend on ``rng_seed`` and its seed's index only, whatever the
+    batch size or the streamlines around it.
 """
 import logging
 
@@ -45,7 +52,9 @@ from dwi_ml.data.processing.interpolation import (
 from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.tracking.stopping import StopReason, max_nb_points, steps_too_sharp
+from dwi_ml.models.direction_getters.random_draws import KeyedDraws, key_words
+from dwi_ml.tracking.next_points import NextPointChecks
+from dwi_ml.tracking.stopping import StopReason, max_nb_points
 from dwi_ml.tracking.tracked_streamlines import (
     TrackedStreamlines,
     concatenate_results,
@@ -58,7 +67,7 @@ from dwi_ml.tracking.training_facts import check_model_max_len
 logger = logging.getLogger(__name__)
 
 
-class BatchedTracker:
+class BatchedTracker(NextPointChecks):
     """Track streamlines with a model, a batch of seeds at a time.
 
     Parameters
@@ -83,8 +92,12 @@ class BatchedTracker:
         is the model's most likely class (EOS models only).
     algo : "det" or "prob"
     track_forward_only : bool
-    generator : torch.Generator or None
-        Random stream of "prob" sampling, on ``device``.
+    rng_seed : int
+        Seed of "prob" sampling. The draws of a streamline depend only on
+        it and on the streamline's key: its seed's index among all seeds
+        of the run (``first_index`` of :meth:`track`) and its half
+        (:class:`~dwi_ml.models.direction_getters.random_draws.KeyedDraws`),
+        not on the batch size or the other streamlines.
     device : str or torch.device
     max_invalid_nb_points : int
         Points out of the tracking mask (inside the volume) each half of a
@@ -98,7 +111,7 @@ class BatchedTracker:
     def __init__(self, model, input_volume, affine, tracking_mask,
                  step_size_mm, max_angle_deg=45.0, max_length_mm=300.0,
                  eos_threshold=None, algo="det", track_forward_only=False,
-                 generator=None, device="cpu", max_invalid_nb_points=0,
+                 rng_seed=0, device="cpu", max_invalid_nb_points=0,
                  append_last_point=False):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -146,7 +159,7 @@ class BatchedTracker:
         self.append_last_point = bool(append_last_point)
         self.algo = algo
         self.track_forward_only = track_forward_only
-        self.generator = generator
+        self.rng_seed = int(rng_seed)
 
     def _join_inputs_and_mask(self, tracking_mask):
         """The (X, Y, Z, F + 1) table of the inputs and the tracking mask,
@@ -170,19 +183,16 @@ class BatchedTracker:
         self.volume = table[..., :-1]
         return table
 
-    def to_mm(self, vectors_vox):
-        """Displacements (N, 3) from voxel units to mm."""
-        if self._axis_scales is not None:
-            return vectors_vox * self._axis_scales
-        return vectors_vox @ self.linear_part.T
-
-    def track(self, seeds_vox_corner):
+    def track(self, seeds_vox_corner, first_index=0):
         """Track one batch of seeds.
 
         Parameters
         ----------
         seeds_vox_corner : np.ndarray, shape (N, 3)
             Voxel space, corner origin.
+        first_index : int
+            Index of the first seed among all seeds of the run: seed ``i``
+            of the batch draws as seed ``first_index + i`` ("prob").
 
         Returns
         -------
@@ -200,13 +210,15 @@ class BatchedTracker:
                               else forward_stops.clone())
             if valid.any():
                 rows = torch.nonzero(valid).squeeze(1)
+                # Keys of the draws: forward half 2 i, backward 2 i + 1.
+                keys = 2 * (rows + check_int("first_index", first_index, 0))
                 valid_points, valid_lengths, stops, first_directions = \
-                    self._propagate(seeds[rows, None, :], lengths[rows])
+                    self._propagate(seeds[rows, None, :], lengths[rows], keys)
                 forward_stops[rows] = stops
                 if not self.track_forward_only:
                     valid_points, valid_lengths, stops, _ = self._propagate(
                         reverse_padded(valid_points, valid_lengths),
-                        valid_lengths, -first_directions)
+                        valid_lengths, keys + 1, -first_directions)
                     backward_stops[rows] = stops
                 points = scatter_rows(points, rows, valid_points)
                 lengths[rows] = valid_lengths
@@ -221,7 +233,8 @@ class BatchedTracker:
 
         Returns one :class:`TrackedStreamlines` for all seeds, in order.
         """
-        results = [self.track(seeds_vox_corner[start:start + batch_size])
+        results = [self.track(seeds_vox_corner[start:start + batch_size],
+                              start)
                    for start in tqdm(range(0, len(seeds_vox_corner),
                                            batch_size),
                                      desc="Seed batches", unit="batch",
@@ -239,7 +252,8 @@ class BatchedTracker:
         ----------
         prefixes_vox_corner : np.ndarray, shape (N, K, 3)
             The first K >= 1 points of each streamline, voxel space, corner
-            origin.
+            origin. Prefix ``i`` draws ("prob") as the forward half of seed
+            ``i``.
 
         Returns
         -------
@@ -251,11 +265,14 @@ class BatchedTracker:
                                    dtype=self.dtype, device=self.device)
         lengths = torch.full((len(prefixes),), prefixes.shape[1],
                              dtype=torch.int64, device=self.device)
+        keys = 2 * torch.arange(len(prefixes), device=self.device)
         with torch.inference_mode():
-            points, lengths, stops, _ = self._propagate(prefixes, lengths)
+            points, lengths, stops, _ = self._propagate(prefixes, lengths,
+                                                        keys)
         return pack_padded(points, lengths), stops.cpu().numpy()
 
-    def _propagate(self, prefixes, prefix_lengths, seed_directions=None):
+    def _propagate(self, prefixes, prefix_lengths, keys,
+                   seed_directions=None):
         """Grow streamlines after their prefixes, all in lockstep.
 
         Parameters
@@ -265,6 +282,8 @@ class BatchedTracker:
             reversed forward half ending at the seed), padded.
         prefix_lengths : torch.Tensor, int64 (N,)
             Points of each prefix, >= 1.
+        keys : torch.Tensor, int64 (N,)
+            Key of each streamline's "prob" draws (see :class:`KeyedDraws`).
         seed_directions : torch.Tensor, shape (N, 3), optional
             Unit directions (voxel space) that replace the model's first
             direction where the prefix is the seed alone.
@@ -294,6 +313,9 @@ class BatchedTracker:
         invalid_counts = (torch.zeros_like(lengths)
                           if self.max_invalid_nb_points else None)
         longest_prefix = int(prefix_lengths.max())
+        # Hashed once per streamline; each step mixes in the step.
+        words = (None if self.algo == "det"
+                 else key_words(self.rng_seed, keys))
         # inputs: at the current points, when the last step read them.
         hidden_states = first_directions = inputs = None
         for t in range(self.max_nb_points - 1):
@@ -319,8 +341,12 @@ class BatchedTracker:
                 growing = active_prefix_lengths <= t + 1
                 if not growing.any():
                     continue
+            # Rows replaying their prefix draw too and ignore it: keyed
+            # draws do not shift the others'.
+            draws = (None if words is None else KeyedDraws(
+                self.rng_seed, words.index_select(0, active), t))
             directions, eos_probs = self.model.get_tracking_directions(
-                outputs, self.algo, self.generator)
+                outputs, self.algo, draws)
             if t == 0:
                 # Every streamline is active at t = 0: rows match.
                 first_directions = directions
@@ -386,65 +412,3 @@ class BatchedTracker:
                                                      points_vox_corner)
         return interpolate_with_neighborhood(self.volume, points_vox_corner,
                                              self.offsets)
-
-    def _eos_stops(self, outputs, eos_probs):
-        """(n,) bool where EOS stops a streamline, or None without EOS."""
-        if self.eos_threshold is None:
-            return None
-        if self.eos_threshold == "max":
-            return self.model.eos_is_most_likely(outputs)
-        return eos_probs > self.eos_threshold
-
-    def _check_next_points(self, directions, eos_stops, recent, t, growing,
-                           known_next_points=None):
-        """Next point of each active streamline and its StopReason.
-
-        ``directions`` (n, 3) are unit vectors in voxel space, ``eos_stops``
-        (n,) bool or None, ``recent`` (n, m, 3) the streamlines' last
-        points (at least 2 from t = 1) and ``growing`` (n,) bool, or None
-        when all grow; the others go to their ``known_next_points`` (n, 3)
-        (their prefix). Returns (codes (n,), next_points (n, 3),
-        out_of_mask (n,) bool or None, next_inputs (n, F) or None); code 0
-        means the point is added. ``next_inputs`` are the model's inputs at
-        the next points, read with the mask (see
-        :meth:`_join_inputs_and_mask`).
-        ``out_of_mask`` marks growing streamlines whose next point is in
-        the volume but out of the tracking mask (None without a mask); the
-        caller counts them against ``max_invalid_nb_points`` and gives
-        ``MASK`` to those past it, which wins over the codes here. Criteria
-        are written from the lowest priority up, so that the highest (EOS,
-        then angle, then leaving the volume) wins. Streamlines not
-        ``growing`` (still replaying their prefix) get 0.
-        """
-        lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
-        steps = directions * (self.step_size_mm
-                              / lengths_mm.clamp(min=1e-12))[:, None]
-        current = recent[:, -1]
-        next_points = current + steps
-        if growing is not None:
-            next_points = torch.where(growing[:, None], next_points,
-                                      known_next_points)
-        next_inputs = None
-        if self._inputs_and_mask is None:
-            in_volume, out_of_mask = self.tracking_mask.check(next_points)
-        else:
-            values = interpolate_volume_at_coordinates(self._inputs_and_mask,
-                                                       next_points)
-            next_inputs = values[:, :-1]
-            in_volume, out_of_mask = self.tracking_mask.check(next_points,
-                                                              values[:, -1])
-        codes = torch.where(in_volume, 0, int(StopReason.MASK))
-        # At 180 degrees or more no turn stops (steps_too_sharp): skipped.
-        if t >= 1 and self.max_angle_deg < 180:
-            previous_steps = current - recent[:, -2]
-            codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
-                                               self.to_mm(steps),
-                                               self.max_angle_deg),
-                               int(StopReason.ANGLE))
-        if eos_stops is not None:
-            codes.masked_fill_(eos_stops, int(StopReason.EOS))
-        if growing is not None:
-            codes.masked_fill_(~growing, 0)
-            if out_of_mask is not None:
-                out_of_mask &= growing
-        return codes, next_points, out_of_mask, next_inputs

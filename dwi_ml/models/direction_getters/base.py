@@ -29,6 +29,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_positive_float,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.direction_getters.random_draws import as_draws
 
 TRACKING_ALGOS = ("det", "prob")
 
@@ -205,13 +206,14 @@ class AbstractDirectionGetter(torch.nn.Module):
         """Most likely unit direction of each point, (N, 3)."""
         raise NotImplementedError
 
-    def sample_directions(self, dir_outputs, generator):
-        """One random unit direction per point, (N, 3)."""
+    def sample_directions(self, dir_outputs, draws):
+        """One random unit direction per point, (N, 3), from ``draws``
+        (:mod:`~dwi_ml.models.direction_getters.random_draws`)."""
         raise DwiMLUserError(
             f"argument 'algo': 'prob' needs a probabilistic direction "
             f"getter; '{self.key}' is deterministic, use 'det'.")
 
-    def get_tracking_directions(self, outputs, algo="det", generator=None):
+    def get_tracking_directions(self, outputs, algo="det", draws=None):
         """Next directions for tracking.
 
         Parameters
@@ -219,9 +221,11 @@ class AbstractDirectionGetter(torch.nn.Module):
         outputs : torch.Tensor (N, output_size)
         algo : "det" or "prob"
             Most likely direction, or one drawn from the model.
-        generator : torch.Generator or None
-            Random stream for "prob" (on the outputs' device), for
-            reproducible tracking.
+        draws : KeyedDraws, torch.Generator or None
+            Random source of "prob": the draws of each row by its key
+            (:class:`~dwi_ml.models.direction_getters.random_draws.KeyedDraws`,
+            as the tracker does), or a random stream on the outputs'
+            device (None: torch's global one).
 
         Returns
         -------
@@ -236,6 +240,7 @@ class AbstractDirectionGetter(torch.nn.Module):
         if algo == "det":
             directions = self.get_det_directions(dir_outputs)
         else:
-            directions = self.sample_directions(dir_outputs, generator)
+            directions = self.sample_directions(dir_outputs,
+                                                as_draws(draws))
         eos_probs = None if eos_logits is None else torch.sigmoid(eos_logits)
         return directions, eos_probs

@@ -8,6 +8,7 @@ from dwi_ml.models.direction_getters.base import (
     AbstractDirectionGetter,
     unit_vectors,
 )
+from dwi_ml.models.direction_getters.random_draws import as_draws
 
 # Beyond these, float32 cannot tell the densities apart: exp(20) ~ 5e8 is a
 # spread of ~5e-5 rad, and the normaliser stays exact down to exp(-20).
@@ -40,25 +41,25 @@ def fisher_von_mises_nll(mean_dirs, log_kappas, unit_targets):
             + kappas * (1 - cosines))
 
 
-def sample_fisher_von_mises(mean_dirs, kappas, generator=None):
+def sample_fisher_von_mises(mean_dirs, kappas, draws=None):
     """One draw per row from FvM(mu, kappa) on the unit sphere, (N, 3).
 
     Wood's (1994) method, exact in 3-D: the cosine to the mean is
     ``w = 1 + log(u + (1 - u) exp(-2 kappa)) / kappa`` for ``u ~ U(0, 1)``,
     written ``1 + log1p((1 - u) expm1(-2 kappa)) / kappa`` to stay exact for
     small and large kappa; the remaining direction is uniform around the
-    mean.
+    mean. ``draws``: a draws object of
+    :mod:`~dwi_ml.models.direction_getters.random_draws`, a
+    ``torch.Generator`` or None (torch's global stream).
     """
-    shape = (len(mean_dirs),)
-    options = {"generator": generator, "device": mean_dirs.device,
-               "dtype": mean_dirs.dtype}
-    uniforms = torch.rand(shape, **options)
+    uniforms, tangents = as_draws(draws).draw(mean_dirs, nb_uniforms=1,
+                                              nb_normals=3)
+    uniforms = uniforms.squeeze(1)
     cosines = 1 + torch.log1p((1 - uniforms)
                               * torch.expm1(-2 * kappas)) / kappas
     cosines = cosines.clamp(-1, 1)
     # A Gaussian vector projected on the plane orthogonal to the mean has a
     # uniform direction in that plane.
-    tangents = torch.randn(mean_dirs.shape, **options)
     tangents -= (tangents * mean_dirs).sum(1, keepdim=True) * mean_dirs
     tangents = F.normalize(tangents, dim=1)
     sines = torch.sqrt(1 - cosines ** 2)
@@ -89,7 +90,7 @@ class FisherVonMisesDG(AbstractDirectionGetter):
     def get_det_directions(self, dir_outputs):
         return unit_vectors(dir_outputs[:, :3])
 
-    def sample_directions(self, dir_outputs, generator):
+    def sample_directions(self, dir_outputs, draws):
         mean_dirs, log_kappas = self._split(dir_outputs)
         return sample_fisher_von_mises(mean_dirs, torch.exp(log_kappas),
-                                       generator)
+                                       draws)

@@ -16,6 +16,7 @@ from dwi_ml.models.direction_getters.base import (
     AbstractDirectionGetter,
     unit_vectors,
 )
+from dwi_ml.models.direction_getters.random_draws import sample_classes
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -79,11 +80,10 @@ class GaussianDG(AbstractDirectionGetter):
     def get_det_directions(self, dir_outputs):
         return unit_vectors(dir_outputs[:, :3])
 
-    def sample_directions(self, dir_outputs, generator):
+    def sample_directions(self, dir_outputs, draws):
         means, sigmas = dir_outputs[:, :3], torch.exp(dir_outputs[:, 3:6])
-        noise = torch.randn(means.shape, generator=generator,
-                            device=means.device, dtype=means.dtype)
-        return unit_vectors(means + sigmas * noise)
+        _, normals = draws.draw(dir_outputs, nb_normals=3)
+        return unit_vectors(means + sigmas * normals)
 
 
 class GaussianMixtureDG(AbstractDirectionGetter):
@@ -143,13 +143,12 @@ class GaussianMixtureDG(AbstractDirectionGetter):
         best = torch.argmax(log_weights, dim=1)
         return unit_vectors(means[torch.arange(len(best)), best])
 
-    def sample_directions(self, dir_outputs, generator):
+    def sample_directions(self, dir_outputs, draws):
         log_weights, means, log_sigmas = self.split_mixture(dir_outputs)
         rows = torch.arange(len(means), device=means.device)
-        chosen = torch.multinomial(torch.exp(log_weights), 1,
-                                   generator=generator).squeeze(1)
-        noise = torch.randn((len(means), 3), generator=generator,
-                            device=means.device, dtype=means.dtype)
-        draws = (means[rows, chosen]
-                 + torch.exp(log_sigmas[rows, chosen]) * noise)
-        return unit_vectors(draws)
+        # One uniform picks the component, three normals its draw.
+        uniforms, noise = draws.draw(dir_outputs, nb_uniforms=1,
+                                     nb_normals=3)
+        chosen = sample_classes(torch.exp(log_weights), uniforms)
+        return unit_vectors(means[rows, chosen]
+                            + torch.exp(log_sigmas[rows, chosen]) * noise)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from dwi_ml.io_utils.arg_checks import check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
+from dwi_ml.models.direction_getters.random_draws import sample_classes
 
 
 def _load_sphere_vertices(name):
@@ -67,10 +68,10 @@ class SphereClassificationDG(AbstractDirectionGetter):
     def get_det_directions(self, dir_outputs):
         return self.vertices[torch.argmax(dir_outputs, dim=1)]
 
-    def sample_directions(self, dir_outputs, generator):
+    def sample_directions(self, dir_outputs, draws):
         probs = torch.softmax(dir_outputs, dim=1)
-        classes = torch.multinomial(probs, 1, generator=generator)
-        return self.vertices[classes.squeeze(1)]
+        uniforms, _ = draws.draw(dir_outputs, nb_uniforms=1)
+        return self.vertices[sample_classes(probs, uniforms)]
 
 
 class SmoothSphereClassificationDG(SphereClassificationDG):
