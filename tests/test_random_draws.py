@@ -144,13 +144,18 @@ def test_classes_follow_the_probabilities():
     assert frequencies[expected == 0].sum() == 0
 
 
-def test_a_uniform_above_a_rounded_sum_takes_the_last_class():
-    # The uniform is scaled to the sum of the row; where the product rounds
-    # up to the sum (here: a uniform of 1), no cumulative sum is above it
-    # and the index is clamped to the last class.
-    probabilities = torch.tensor([[0.25, 0.75], [0.3, 0.7]])
+def test_a_uniform_scaled_to_the_sum_takes_the_last_class_of_non_zero_probability():
+    # A uniform that rounds to 1 times the row's sum (here: 1) lands on the
+    # sum; trailing classes of probability 0 are skipped, and a value equal
+    # to a cumulative sum takes the class that ends there.
+    probabilities = torch.tensor([[0.25, 0.75, 0.], [0.3, 0.7, 0.],
+                                  [0.5, 0., 0.5]])
     assert sample_classes(probabilities,
-                          torch.ones(2, 1)).tolist() == [1, 1]
+                          torch.ones(3, 1)).tolist() == [1, 1, 2]
+    assert sample_classes(probabilities,
+                          torch.full((3, 1), 0.25)).tolist() == [0, 0, 0]
+    assert sample_classes(probabilities[2:], torch.tensor([[0.5]])).tolist() \
+        == [0]
 
 
 def test_generator_draws_are_the_torch_streams():

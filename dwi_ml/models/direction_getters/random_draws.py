@@ -176,7 +176,8 @@ def sample_classes(probabilities, uniforms):
         In (0, 1).
     """
     cdf = torch.cumsum(probabilities, dim=1)
-    classes = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True)
-    # Where the scaled uniform rounds up to the sum, no class is above it:
-    # the last one is taken (a chance of about one float32 rounding).
+    # Class i for a value in (cdf[i - 1], cdf[i]]: a class of probability 0
+    # has an empty interval, and a value rounded up to the sum (u < 1, so
+    # never above it) takes the last class of non-zero probability.
+    classes = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=False)
     return classes.squeeze(1).clamp_(max=probabilities.shape[1] - 1)
