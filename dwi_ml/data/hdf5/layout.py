@@ -12,7 +12,10 @@ import numpy as np
 
 from dwi_ml.data.splits import Split
 
-FORMAT_VERSION = 1
+# The root attr 'version'. Reference dwi_ml versions that wrote it wrote 2
+# (its HDF_DATABASE_VERSION) and their readers warn below 2: ours is that
+# layout, with additions those readers ignore.
+FORMAT_VERSION = 2
 NOT_DEFINED = "Not defined by user"
 # The HDF5's split lists, in the order of the Split enum.
 SPLITS = tuple(Split)
