@@ -93,6 +93,9 @@ VARIANTS = {
                                      origin="corner"),
     "space_origin_upper": _set_attrs("s1/streamlines", space="SPACE.VOX",
                                      origin="TRACKVIS"),
+    # str() of a config holding NaN (json.load takes it): no literal.
+    "groups_config_with_nan": _set_attrs(
+        "", groups_config="{'input': {'type': 'volume', 'x': nan}}"),
 }
 
 

@@ -75,12 +75,22 @@ def write_optional_number(value):
 
 
 def parse_groups_config(text):
-    """Parse ``groups_config``, written as JSON or as a Python dict repr."""
+    """Parse ``groups_config``, written as JSON or as a Python dict repr.
+
+    None when it is neither: the reference writes ``str()`` of the config,
+    which ``ast.literal_eval`` cannot read back when a value is NaN or
+    infinite (``nan``, ``inf``). The config is informative only; the file
+    is still read.
+    """
     text = decode_str(text)
     try:
         return json.loads(text)
     except json.JSONDecodeError:
+        pass
+    try:
         return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
 
 
 def strip_enum_prefix(value):
