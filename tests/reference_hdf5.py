@@ -7,6 +7,10 @@ attributes with the source's dtypes. Options reproduce the odd files a
 reader must accept: gaps and shuffled storage in ``data``, no
 ``euclidean_lengths``, no ``data_per_streamline``, bytes attributes.
 
+:func:`read_as_reference_reader` reads a file the way the reference's
+reader does (same keys, same types and conversions), so that tests can
+check that the reference would load our files.
+
 Examples
 --------
 pytest puts tests/ on sys.path, so import this module by its bare name:
@@ -24,6 +28,8 @@ from typing import Optional
 
 import h5py
 import numpy as np
+from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
+from nibabel.streamlines import ArraySequence
 
 from dwi_ml.data.packed import ranges_to_indices
 
@@ -210,3 +216,119 @@ def _write_streamlines(group, sft, text):
         dps_group = group.create_group("data_per_streamline")
         for key, values in sft.data_per_streamline.items():
             dps_group.create_dataset(key, data=values)
+
+
+# Reference versions that wrote a root 'version' wrote 2 and warned below.
+REFERENCE_MIN_VERSION = 2
+
+
+def read_as_reference_reader(path):
+    """Read ``path`` with the accesses of the reference dwi_ml's reader.
+
+    The same keys, indexing and conversions as its MultiSubjectDataset
+    (multi_subject_containers.py, checks_for_groups.py,
+    mri_data_containers.py, streamline_containers.py): ``str()`` of the
+    string attrs, comparisons with ``'Not defined by user'``, the first
+    training subject's groups, a StatefulTractogram built from the space
+    attributes. An AssertionError or an exception means the reference would
+    fail (or warn) on the file.
+
+    Returns
+    -------
+    dict
+        'splits' (sorted lists), 'step_size', 'compress' (None when not
+        defined), 'volume_groups', 'nb_features', 'streamline_groups',
+        'subjects': {subject: {streamline group: {'sft', 'lengths_mm',
+        'connectivity_matrix', 'connectivity_nb_blocs'}}}.
+    """
+    read = {}
+    with h5py.File(path, "r") as hdf:
+        if "version" in hdf.attrs:
+            assert hdf.attrs["version"] >= REFERENCE_MIN_VERSION, (
+                f"version {hdf.attrs['version']} < {REFERENCE_MIN_VERSION}")
+        for key in ("step_size", "compress"):
+            value = hdf.attrs[key]
+            read[key] = None if value == NOT_DEFINED else float(value)
+        splits = {split: sorted(hdf.attrs[split + "_subjs"])
+                  for split in ("training", "validation", "testing")}
+        for subjects in splits.values():
+            assert all(isinstance(s, str) for s in subjects), subjects
+        read["splits"] = splits
+        first = hdf.attrs["training_subjs"][0]
+        groups = _reference_groups(hdf, first)
+        read["volume_groups"], read["nb_features"], \
+            read["streamline_groups"] = groups
+        read["subjects"] = {}
+        for subject in dict.fromkeys(s for subjects in splits.values()
+                                     for s in subjects):
+            assert _reference_groups(hdf, subject) == groups, subject
+            for name in groups[0]:
+                _read_volume_as_reference(hdf[subject][name])
+            read["subjects"][subject] = {
+                name: _read_streamlines_as_reference(hdf[subject][name])
+                for name in groups[2]}
+    return read
+
+
+def _reference_groups(hdf, subject):
+    volumes, nb_features, streamlines = [], [], []
+    for name in hdf[subject]:
+        group_type = hdf[subject][name].attrs["type"]
+        if group_type == "volume":
+            volumes.append(name)
+            nb_features.append(int(hdf[subject][name].attrs["nb_features"]))
+        else:
+            assert group_type == "streamlines", (name, group_type)
+            streamlines.append(name)
+    return volumes, nb_features, streamlines
+
+
+def _read_volume_as_reference(group):
+    data = np.array(group["data"], dtype=np.float32)
+    assert data.ndim == 4 and data.shape[-1] == group.attrs["nb_features"]
+    assert np.array(group.attrs["voxres"], dtype=np.float32).shape == (3,)
+    assert np.array(group.attrs["affine"], dtype=np.float32).shape == (4, 4)
+
+
+def _read_streamlines_as_reference(group):
+    space_attributes = (np.array(group.attrs["affine"]),
+                        np.array(group.attrs["dimensions"]),
+                        np.array(group.attrs["voxel_sizes"]),
+                        str(group.attrs["voxel_order"]))
+    space = str(group.attrs["space"]).lower()
+    space = Space(space[6:] if space.startswith("space.") else space)
+    origin = str(group.attrs["origin"]).lower()
+    origin = origin[7:] if origin.startswith("origin.") else origin
+    origin = {"trackvis": Origin.TRACKVIS, "nifti": Origin.NIFTI}.get(
+        origin) or Origin(origin)
+    streamlines = ArraySequence()
+    streamlines._data = np.array(group["data"])
+    streamlines._offsets = np.array(group["offsets"])
+    streamlines._lengths = np.array(group["lengths"])
+    assert np.array_equal(np.array(group["lengths"], dtype=np.int16),
+                          streamlines._lengths)
+    dps = {key: values[:]
+           for key, values in group["data_per_streamline"].items()}
+    for key, values in dps.items():
+        assert len(values) == len(streamlines), key
+    # The lazy reader reads one streamline by slicing.
+    for i in (0, len(streamlines) - 1):
+        offset, length = group["offsets"][i], group["lengths"][i]
+        assert np.array_equal(group["data"][offset:offset + length],
+                              streamlines[i])
+    sft = StatefulTractogram(streamlines, space_attributes, space,
+                             origin=origin, data_per_streamline=dps)
+    lengths_mm = np.array(group["euclidean_lengths"])
+    assert len(lengths_mm) == len(streamlines)
+    read = {"sft": sft, "lengths_mm": lengths_mm,
+            "connectivity_matrix": None, "connectivity_nb_blocs": None}
+    if "connectivity_matrix" in group:
+        read["connectivity_matrix"] = np.asarray(group["connectivity_matrix"],
+                                                 dtype=int)
+        if "connectivity_nb_blocs" in group.attrs:
+            read["connectivity_nb_blocs"] = [
+                int(n) for n in group.attrs["connectivity_nb_blocs"]]
+        else:
+            labels = np.asarray(group["connectivity_label_volume"], dtype=int)
+            assert labels.shape == tuple(space_attributes[1])
+    return read

@@ -51,7 +51,8 @@ class MultiSubjectDataset:
     step_size, nb_points, compress : float, int, float or None
         The creation options; None when 'Not defined by user'.
     groups_config : dict or None
-        The creation config stored in the file.
+        The creation config stored in the file; None when there is none,
+        or one that cannot be parsed.
     training_set, validation_set, testing_set : MultiSubjectSubset
     """
 

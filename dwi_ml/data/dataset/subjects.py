@@ -170,10 +170,22 @@ def read_space_attributes(attrs, where):
 
 
 def _check_space(attrs, where):
-    expected = {"space": STREAMLINE_SPACE, "origin": STREAMLINE_ORIGIN}
-    for name, value in expected.items():
-        if name in attrs and (strip_enum_prefix(attrs[name])
-                              != strip_enum_prefix(value)):
+    """Refuse points not in VOX space with a corner origin.
+
+    Spelled as the reference's reader accepts them: any case, with or
+    without the enum prefix, the origin also by dipy's value 'corner'.
+    Older reference files have no 'origin': their points have dipy's
+    default centre origin, so they are refused too.
+    """
+    expected = {"space": (STREAMLINE_SPACE, {"vox"}),
+                "origin": (STREAMLINE_ORIGIN, {"trackvis", "corner"})}
+    for name, (value, accepted) in expected.items():
+        if name not in attrs:
+            raise DwiMLUserError(
+                f"{where}: expected attr '{name}' = '{value}', found none "
+                "(older reference dwi_ml files stored centre-origin points "
+                "without it: create the file again).")
+        if strip_enum_prefix(attrs[name]).lower() not in accepted:
             raise DwiMLUserError(f"{where}: expected attr '{name}' = "
                                  f"'{value}', found '{decode_str(attrs[name])}'.")
 
@@ -222,13 +234,17 @@ def _check_packing(data_shape, offsets, lengths, where):
 
 
 def _read_lengths_mm(handle, key, offsets, lengths, affine, points=None):
-    """Stored euclidean lengths, or computed from the points.
+    """Stored euclidean lengths, or computed from the points when there
+    are none, or not one per streamline.
 
     From ``points`` when given (eager), else read from disk block by block,
     so that lazy loading never holds all the points.
     """
     group = handle.file[key]
-    if "euclidean_lengths" in group:
+    # Older reference files may hold the lengths of streamlines removed
+    # later (invalid ones): then they match no streamline.
+    if ("euclidean_lengths" in group
+            and group["euclidean_lengths"].shape == lengths.shape):
         return group["euclidean_lengths"][()]
     if points is not None:
         return lengths_mm(points, offsets, lengths, affine)

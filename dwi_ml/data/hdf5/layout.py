@@ -12,7 +12,10 @@ import numpy as np
 
 from dwi_ml.data.splits import Split
 
-FORMAT_VERSION = 1
+# The root attr 'version'. Reference dwi_ml versions that wrote it wrote 2
+# (its HDF_DATABASE_VERSION) and their readers warn below 2: ours is that
+# layout, with additions those readers ignore.
+FORMAT_VERSION = 2
 NOT_DEFINED = "Not defined by user"
 # The HDF5's split lists, in the order of the Split enum.
 SPLITS = tuple(Split)
@@ -72,12 +75,22 @@ def write_optional_number(value):
 
 
 def parse_groups_config(text):
-    """Parse ``groups_config``, written as JSON or as a Python dict repr."""
+    """Parse ``groups_config``, written as JSON or as a Python dict repr.
+
+    None when it is neither: the reference writes ``str()`` of the config,
+    which ``ast.literal_eval`` cannot read back when a value is NaN or
+    infinite (``nan``, ``inf``). The config is informative only; the file
+    is still read.
+    """
     text = decode_str(text)
     try:
         return json.loads(text)
     except json.JSONDecodeError:
+        pass
+    try:
         return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
 
 
 def strip_enum_prefix(value):
