@@ -12,6 +12,7 @@ Every function takes streamlines in voxel space with a corner origin (dipy
 """
 import numpy as np
 
+from dwi_ml.data.hdf5.connectivity import label_nodes
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.voxel_masks import (
     OUTSIDE,
@@ -84,32 +85,15 @@ def endpoint_labels(streamlines_vox, label_volume):
     return tuple(results)
 
 
-def label_nodes(label_volume):
-    """The nodes of a parcellation: its distinct labels, sorted.
-
-    Row and column ``k`` of a matrix from labels are ``label_nodes(...)[k]``,
-    as in the reference dwi_ml: labels absent from the volume have no row,
-    and the background (0) is node 0 when the volume has some.
-
-    Parameters
-    ----------
-    label_volume : np.ndarray, int >= 0
-
-    Returns
-    -------
-    np.ndarray, shape (M,), the volume's dtype
-    """
-    return np.unique(np.asarray(label_volume))
-
-
 def connectivity_from_labels(streamlines_vox, label_volume, binary=False):
     """Connectivity between the labels of a parcellation.
 
     Rows and columns are the volume's labels in increasing order
-    (:func:`label_nodes`), the background (label 0) included when present:
-    the reference dwi_ml's matrices. Endpoints outside the volume count as
-    background; where the volume has no background, a streamline with such
-    an endpoint joins no node and is not counted.
+    (:func:`~dwi_ml.data.hdf5.connectivity.label_nodes`), the background
+    (label 0) included when present: the reference dwi_ml's matrices.
+    Endpoints outside the volume count as background; where the volume has
+    no background, a streamline with such an endpoint joins no node and is
+    not counted.
 
     Parameters
     ----------

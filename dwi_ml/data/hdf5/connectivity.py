@@ -34,7 +34,6 @@ import numpy as np
 from dwi_ml.data.hdf5.layout import decode_str
 from dwi_ml.data.hdf5.tractograms import reference_info
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.tracking.connectivity import label_nodes
 
 CONNECTIVITY_KEYS = ("connectivity_matrix", "connectivity_nb_blocs",
                      "connectivity_labels")
@@ -176,11 +175,29 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
     return Connectivity(matrix > 0, FROM_LABELS, label_volume=labels)
 
 
+def label_nodes(label_volume):
+    """The nodes of a parcellation: its distinct labels, sorted.
+
+    Row and column ``k`` of a matrix from labels are ``label_nodes(...)[k]``,
+    as in the reference dwi_ml: labels absent from the volume have no row,
+    and the background (0) is node 0 when the volume has some.
+
+    Parameters
+    ----------
+    label_volume : np.ndarray, int >= 0
+
+    Returns
+    -------
+    np.ndarray, shape (M,), the volume's dtype
+    """
+    return np.unique(np.asarray(label_volume))
+
+
 def matrix_on_label_nodes(matrix, label_volume, where):
     """``matrix`` with one row per distinct label of ``label_volume``.
 
     A matrix from labels has a row per label present, in increasing order
-    (the reference dwi_ml's, :func:`~dwi_ml.tracking.connectivity.label_nodes`).
+    (the reference dwi_ml's, :func:`label_nodes`).
     Matrices indexed by label value (row ``k`` is label ``k``, ``largest
     label + 1`` rows: earlier dwi_ml versions) are converted by keeping the
     rows and columns of the labels present; they are the same matrix when
