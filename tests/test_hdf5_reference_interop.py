@@ -232,3 +232,19 @@ def test_the_reference_reader_check_catches_an_old_version(our_file,
         hdf.attrs["version"] = 1
     with pytest.raises(AssertionError, match="version"):
         read_as_reference_reader(str(path))
+
+
+def test_architecture_counts_one_feature_in_a_3d_volume(tmp_path):
+    """A volume stored as (X, Y, Z), without a feature axis, has one
+    feature; its last axis is not a feature count."""
+    from dwi_ml.data.hdf5.architecture import describe_hdf5
+
+    subject = make_example_subject(np.random.default_rng(0), dims=(8, 9, 10),
+                                   nb_features=3)
+    path = tmp_path / "ref.hdf5"
+    write_reference_hdf5(path, {"s1": subject}, training_subjs=["s1"])
+    with h5py.File(path, "r+") as f:
+        del f["s1/input/data"]
+        f["s1/input/data"] = np.zeros((8, 9, 10), dtype=np.float32)
+    lines = [line.strip() for line in describe_hdf5(str(path))]
+    assert "input: type volume, nb_features 1" in lines

@@ -56,7 +56,9 @@ def _describe_group(name, group, depth):
     group_type = decode_str(group.attrs.get("type", "unknown"))
     summary = f"{pad}{name}: type {group_type}"
     if group_type == VOLUME_TYPE and "data" in group:
-        summary += f", nb_features {int(group['data'].shape[-1])}"
+        shape = group["data"].shape
+        # A 3-D volume (X, Y, Z) has one feature per voxel.
+        summary += f", nb_features {int(shape[3]) if len(shape) == 4 else 1}"
     elif group_type == STREAMLINES_TYPE and "lengths" in group:
         lengths = group["lengths"][:]
         summary += (f", nb_streamlines {len(lengths)}, "
