@@ -4,6 +4,7 @@ CI has no GPU: the tests marked ``needs CUDA`` run the day one is present
 (compare each CUDA result with the CPU one, within float64 rounding where
 kernels differ). The others show on CPU a GPU bug's logic.
 """
+import json
 import math
 import os
 
@@ -13,7 +14,11 @@ import torch
 from training_data import make_trainer, make_training_hdf5
 
 from dwi_ml.batching.dataloaders import make_dataloader
+from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.cli.resume_training_from_checkpoint import main as resume_main
 from dwi_ml.data.splits import Split
+from dwi_ml.io_utils.arg_checks import check_device
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import checkpoint_model_dir
 from dwi_ml.io_utils.safe_load import load_torch_file
 from dwi_ml.models.direction_getters.random_draws import GeneratorDraws
@@ -261,3 +266,33 @@ def test_a_cpu_generator_draws_for_cuda_rows():
     assert uniforms.device == normals.device == like.device
     assert torch.equal(uniforms.cpu(), expected[0])
     assert torch.equal(normals.cpu(), expected[1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_a_gpu_experiment_resumes_on_a_cpu_machine_with_device_cpu(
+        tmp_path, dataset, capsys):
+    train_main([str(tmp_path), "gpu", dataset.hdf5_file, "input",
+                "streamlines", "--max_epochs", "1", "--step_size", "1.5",
+                "--rnn_layer_sizes", "8", "--batch_size_training", "60",
+                "-v", "WARNING"])
+    # As a run with --device cuda records it.
+    parameters = tmp_path / "gpu" / "parameters.json"
+    saved = json.loads(parameters.read_text())
+    saved["trainer"]["device"] = "cuda"
+    parameters.write_text(json.dumps(saved))
+    resume = [str(tmp_path), "gpu", "--new_max_epochs", "2", "-v", "WARNING"]
+    with pytest.raises(SystemExit) as exit_info:
+        resume_main(resume)
+    assert exit_info.value.code == 2
+    # The user gave no --device: the message says where 'cuda' comes from.
+    assert ("--device (default: 'cuda', saved in parameters.json)"
+            in capsys.readouterr().err)
+    resume_main([*resume, "--device", "cpu"])
+    assert len(_logs(tmp_path / "gpu", "train_loss")) == 2
+
+
+@needs_cuda
+def test_a_missing_gpu_index_is_a_user_error():
+    with pytest.raises(DwiMLUserError, match="GPU index below"):
+        check_device(f"cuda:{torch.cuda.device_count()}", "--device")
+    assert check_device("cuda", "--device") == torch.device("cuda")
