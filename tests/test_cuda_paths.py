@@ -30,6 +30,7 @@ from dwi_ml.tracking.stopping import TrackingMask
 from dwi_ml.training.experiment_builder import build_dataset
 from dwi_ml.training.random_states import (
     get_global_random_states,
+    set_deterministic,
     set_global_random_states,
 )
 from tests.tolerances import EPS64, adam_weights_atol, rounding_atol
@@ -206,6 +207,31 @@ def test_mixed_precision_training_on_cuda(tmp_path, dataset, precision,
     assert mixed.dtype == torch.float32
     assert abs(mixed.item() - exact.item()) <= rounding_atol(
         abs(exact.item()), 16, half_eps)
+
+
+@needs_cuda
+@pytest.mark.parametrize("model_name", ["l2t_linear_embeddings",
+                                        "transformer_alibi"])
+def test_deterministic_cuda_training_repeats_bit_for_bit(tmp_path, dataset,
+                                                         model_name):
+    # --deterministic on CUDA: every kernel of a training step (cuDNN LSTM,
+    # attention, the losses, index_put) has a deterministic version, so
+    # that none raises, and two runs give the same weights.
+    make_model = _mixed_precision_models(dataset.nb_features[0])[model_name]
+    weights = []
+    try:
+        for run in ("a", "b"):
+            torch.manual_seed(0)
+            trainer = make_trainer(dataset, tmp_path, name=run,
+                                   model=make_model(), loader_device="cuda",
+                                   max_epochs=2, device="cuda",
+                                   deterministic=True)
+            trainer.train_and_validate()
+            weights.append(trainer.model.state_dict())
+    finally:
+        set_deterministic(False)  # a process-wide setting
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
 
 
 def _tracker_inputs():
