@@ -66,6 +66,25 @@ def _assert_equal_weights(weights_a, weights_b, atol=0):
                                        rtol=0, atol=atol)
 
 
+def _assert_same_updates(single, rank0, nb_updates):
+    """One process's weights and losses equal rank 0's, up to rounding.
+
+    Each gradient entry is a mean over < 1e4 points of terms < 10 (the
+    grad norm is ~4), summed in another order: within gradient_atol, for
+    each update.
+    """
+    gradient_atol = rounding_atol(10, 1e4, EPS64)
+    weights_atol = adam_weights_atol(0.01, nb_updates, gradient_atol)
+    _assert_equal_weights(single["weights"], rank0["weights"],
+                          atol=weights_atol)
+    # The mean loss moves with the weights by at most its gradient's L1
+    # norm (< sqrt(nb_weights) * 10) times their drift.
+    nb_weights = sum(w.numel() for w in rank0["weights"].values())
+    np.testing.assert_allclose(
+        single["train_loss"], rank0["train_loss"], rtol=0,
+        atol=math.sqrt(nb_weights) * 10 * weights_atol)
+
+
 def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
                                                              hdf5_file):
     experiments = tmp_path / "experiments"
@@ -99,19 +118,8 @@ def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
          _train_args(experiments, "single", hdf5_file, 2), float64=True)
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
     assert single["world_size"] == 1
-    # Each gradient entry is a mean over < 1e4 points of terms < 10 (the
-    # grad norm is ~4), summed in another order: within gradient_atol, for
-    # each of the 6 updates (2 epochs of 3 batches).
-    gradient_atol = rounding_atol(10, 1e4, EPS64)
-    weights_atol = adam_weights_atol(0.01, 6, gradient_atol)
-    _assert_equal_weights(single["weights"], rank0["weights"],
-                          atol=weights_atol)
-    # The mean loss moves with the weights by at most its gradient's L1
-    # norm (< sqrt(nb_weights) * 10) times their drift.
-    nb_weights = sum(w.numel() for w in rank0["weights"].values())
-    np.testing.assert_allclose(
-        single["train_loss"], rank0["train_loss"], rtol=0,
-        atol=math.sqrt(nb_weights) * 10 * weights_atol)
+    # 6 updates: 2 epochs of 3 batches.
+    _assert_same_updates(single, rank0, 6)
 
 
 def test_ddp_kill_and_resume_continues(tmp_path, hdf5_file):
@@ -176,11 +184,4 @@ def test_ddp_on_two_gpus_with_nccl_equals_one_gpu(tmp_path, hdf5_file):
     single = torch.load(tmp_path / "single" / "rank0.pt", map_location="cpu",
                         weights_only=True)
     assert single["device"] == "cuda:0"
-    # As in the first test: 6 updates, other kernels and summation orders.
-    weights_atol = adam_weights_atol(0.01, 6, rounding_atol(10, 1e4, EPS64))
-    _assert_equal_weights(single["weights"], rank0["weights"],
-                          atol=weights_atol)
-    nb_weights = sum(w.numel() for w in rank0["weights"].values())
-    np.testing.assert_allclose(
-        single["train_loss"], rank0["train_loss"], rtol=0,
-        atol=math.sqrt(nb_weights) * 10 * weights_atol)
+    _assert_same_updates(single, rank0, 6)
