@@ -20,8 +20,12 @@ FOLDER=${1:-/tmp/dwiml_bench_gpu}
 mkdir -p "$FOLDER"
 
 if [ "$DEVICE" = cuda ]; then
-    python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --cpu')"
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    # The GPU as torch sees it (nvidia-smi is missing from some containers,
+    # and set -e would stop there).
+    python3 -c "import sys, torch
+if not torch.cuda.is_available(): sys.exit('no CUDA device: use --cpu')
+p = torch.cuda.get_device_properties(0)
+print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')"
     NB_STREAMLINES=20000; BATCH=1000; WORKERS="0 4"; INTERP_WORKERS=4
     TRACK_SEEDS=20000; TRACK_BATCH=10000; PRECISIONS="fp32 bf16"
 else

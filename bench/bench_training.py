@@ -105,13 +105,17 @@ def run_case(hdf5_file, nb_workers, args):
           else [])])
     if args.interpolation == "workers":
         _interpolate_in_workers()
+    if args.device.startswith("cuda"):
+        import torch
+        # The cases run in one process: without a reset, each would report
+        # the peak of all the cases before it.
+        torch.cuda.reset_peak_memory_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
     train_from_args(train_args, callbacks=[timer])
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     gpu_peak = 0.0
     if args.device.startswith("cuda"):
-        import torch
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20
     return {"nb_workers": nb_workers,
             "streamlines_per_s": timer.nb_streamlines / timer.total,

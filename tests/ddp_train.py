@@ -36,7 +36,8 @@ class RecordRank(Callback):
                     "train_loss": torch.tensor(
                         trainer.monitors["train_loss"].epoch_history,
                         dtype=torch.float64),
-                    "world_size": trainer.distributed.world_size},
+                    "world_size": trainer.distributed.world_size,
+                    "device": str(next(trainer.model.parameters()).device)},
                    os.path.join(self.out_dir,
                                 f"rank{trainer.distributed.rank}.pt"))
 

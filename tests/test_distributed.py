@@ -49,7 +49,9 @@ def _train_args(experiments, name, hdf5_file, max_epochs, extra=()):
 
 
 def _records(out_dir):
-    return [torch.load(os.path.join(out_dir, f"rank{rank}.pt"), weights_only=True)
+    # On the CPU: the ranks of a CUDA run saved from different GPUs.
+    return [torch.load(os.path.join(out_dir, f"rank{rank}.pt"),
+                       map_location="cpu", weights_only=True)
             for rank in range(2)]
 
 
@@ -62,6 +64,25 @@ def _assert_equal_weights(weights_a, weights_b, atol=0):
         else:
             torch.testing.assert_close(weights_a[key], weights_b[key],
                                        rtol=0, atol=atol)
+
+
+def _assert_same_updates(single, rank0, nb_updates):
+    """One process's weights and losses equal rank 0's, up to rounding.
+
+    Each gradient entry is a mean over < 1e4 points of terms < 10 (the
+    grad norm is ~4), summed in another order: within gradient_atol, for
+    each update.
+    """
+    gradient_atol = rounding_atol(10, 1e4, EPS64)
+    weights_atol = adam_weights_atol(0.01, nb_updates, gradient_atol)
+    _assert_equal_weights(single["weights"], rank0["weights"],
+                          atol=weights_atol)
+    # The mean loss moves with the weights by at most its gradient's L1
+    # norm (< sqrt(nb_weights) * 10) times their drift.
+    nb_weights = sum(w.numel() for w in rank0["weights"].values())
+    np.testing.assert_allclose(
+        single["train_loss"], rank0["train_loss"], rtol=0,
+        atol=math.sqrt(nb_weights) * 10 * weights_atol)
 
 
 def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
@@ -97,19 +118,8 @@ def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
          _train_args(experiments, "single", hdf5_file, 2), float64=True)
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
     assert single["world_size"] == 1
-    # Each gradient entry is a mean over < 1e4 points of terms < 10 (the
-    # grad norm is ~4), summed in another order: within gradient_atol, for
-    # each of the 6 updates (2 epochs of 3 batches).
-    gradient_atol = rounding_atol(10, 1e4, EPS64)
-    weights_atol = adam_weights_atol(0.01, 6, gradient_atol)
-    _assert_equal_weights(single["weights"], rank0["weights"],
-                          atol=weights_atol)
-    # The mean loss moves with the weights by at most its gradient's L1
-    # norm (< sqrt(nb_weights) * 10) times their drift.
-    nb_weights = sum(w.numel() for w in rank0["weights"].values())
-    np.testing.assert_allclose(
-        single["train_loss"], rank0["train_loss"], rtol=0,
-        atol=math.sqrt(nb_weights) * 10 * weights_atol)
+    # 6 updates: 2 epochs of 3 batches.
+    _assert_same_updates(single, rank0, 6)
 
 
 def test_ddp_kill_and_resume_continues(tmp_path, hdf5_file):
@@ -153,3 +163,25 @@ def test_ddp_kill_and_resume_continues(tmp_path, hdf5_file):
     _assert_equal_weights(
         one_rank["weights"], straight["weights"],
         atol=adam_weights_atol(0.01, 9, rounding_atol(10, 1e4, EPS64)))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason="needs 2 CUDA devices")
+def test_ddp_on_two_gpus_with_nccl_equals_one_gpu(tmp_path, hdf5_file):
+    # Each rank on GPU LOCAL_RANK under NCCL, interpolating there; losses
+    # and stop requests all-reduced on the ranks' GPUs. float64, as above.
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    cuda = ("--device", "cuda")
+    _run(TORCHRUN, tmp_path / "ddp", "train",
+         _train_args(experiments, "ddp", hdf5_file, 2, cuda), float64=True)
+    rank0, rank1 = _records(tmp_path / "ddp")
+    assert (rank0["device"], rank1["device"]) == ("cuda:0", "cuda:1")
+    _assert_equal_weights(rank0["weights"], rank1["weights"])
+    assert torch.equal(rank0["train_loss"], rank1["train_loss"])
+    _run([sys.executable], tmp_path / "single", "train",
+         _train_args(experiments, "single", hdf5_file, 2, cuda), float64=True)
+    single = torch.load(tmp_path / "single" / "rank0.pt", map_location="cpu",
+                        weights_only=True)
+    assert single["device"] == "cuda:0"
+    _assert_same_updates(single, rank0, 6)

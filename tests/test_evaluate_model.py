@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from training_data import make_training_hdf5
 
 from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
@@ -60,3 +61,20 @@ def test_testing_subset_latest_model_and_overwrite(experiment, capsys):
         evaluate_main([str(experiment_dir), hdf5_file, "--out", str(out)])
     assert error.value.code == 2
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_evaluation_on_cuda_equals_cpu(experiment, tmp_path):
+    # Batches moved to the GPU and interpolated there, the model on it.
+    experiment_dir, hdf5_file = experiment
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.json"
+        evaluate_main([str(experiment_dir), hdf5_file, "--subset",
+                       "validation", "--device", device, "--out", str(out)])
+        results[device] = json.loads(out.read_text())["results"]["all"]
+    assert results["cuda"]["n_points"] == results["cpu"]["n_points"]
+    # Each device within the bound of the first test of the exact losses.
+    for key in ("loss", "loss_direction", "loss_eos"):
+        assert results["cuda"][key] == pytest.approx(
+            results["cpu"][key], rel=2 * rounding_atol(1, 100 * 64))

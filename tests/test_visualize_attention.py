@@ -16,6 +16,7 @@ from dwi_ml.cli.dwiml_visualize_attention import main as attention_main
 from dwi_ml.io_utils.output_folders import MARKER_FILE
 from dwi_ml.models import load_model_from_params_and_state
 from dwi_ml.monitoring.attention_views import subject_attention
+from tests.tolerances import rounding_atol
 
 IDS = ["0", "3", "5"]
 
@@ -163,3 +164,27 @@ def test_heatmap_axes_tick_whole_positions(count):
         assert len(ticks) >= 2
         np.testing.assert_array_equal(ticks, np.round(ticks))
     assert ax.get_xlabel() == "key position (point attended to)"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_views_of_a_model_on_cuda_equal_the_cpu_ones(experiments, tmp_path):
+    # The maps come back to the CPU for the figures and the tractogram.
+    experiment = str(experiments["folder"] / "original")
+    views = {}
+    for device in ("cpu", "cuda"):
+        out_dir = tmp_path / device
+        attention_main([experiment, experiments["hdf5"], "subj-03",
+                        str(out_dir), "--streamline_ids", *IDS,
+                        "--device", device])
+        views[device] = _read(out_dir)
+    assert views["cuda"][0] == views["cpu"][0]
+    cpu_sft, cuda_sft = views["cpu"][1], views["cuda"][1]
+    np.testing.assert_array_equal(cuda_sft.streamlines._lengths,
+                                  cpu_sft.streamlines._lengths)
+    # The scores (< 10) come through the embedding (fan-in < 64) and two
+    # layers (fan-in < 16, a few products each): fewer than 256 float32
+    # roundings on each device; the softmax is 1-Lipschitz.
+    np.testing.assert_allclose(
+        cuda_sft.data_per_point["attention_received"].get_data(),
+        cpu_sft.data_per_point["attention_received"].get_data(), rtol=0,
+        atol=2 * rounding_atol(10, 256))

@@ -33,22 +33,27 @@ def make_training_hdf5(folder, nb_streamlines=120, seed=0,
 
 def make_trainer(dataset, experiments, name="exp", callbacks=(),
                  model_params=None, batch_size=40, dtype=torch.float32,
-                 **trainer_params):
+                 model=None, loader_device="cpu", **trainer_params):
     """A small Learn2track trainer on ``dataset`` (seeded initial weights),
     computing in ``dtype`` (float64 to compare runs whose batches have
-    different shapes up to logic rather than float32 rounding)."""
-    torch.manual_seed(0)
-    model_params = {"step_size": 1.5, "rnn_layer_sizes": [16],
-                    **(model_params or {})}
-    model = Learn2TrackModel(name, nb_features=dataset.nb_features[0],
-                             **model_params).to(dtype)
+    different shapes up to logic rather than float32 rounding).
+
+    ``model`` trains another model instead, as it is; ``loader_device`` is
+    where the loader interpolates ('cpu': in the collate step, 'cuda': in
+    the trainer's process, on the GPU)."""
+    if model is None:
+        torch.manual_seed(0)
+        model_params = {"step_size": 1.5, "rnn_layer_sizes": [16],
+                        **(model_params or {})}
+        model = Learn2TrackModel(name, nb_features=dataset.nb_features[0],
+                                 **model_params).to(dtype)
     sampler = build_sampler(dataset, {
         "streamline_group": "streamlines", "batch_size_training": batch_size,
         "batch_size_validation": 60, "batch_size_units": "nb_streamlines",
         "seed": 3})
     loader = build_loader(dataset, {"streamline_group": "streamlines",
                                     "input_group": "input", "seed": 3},
-                          model, "cpu")
+                          model, loader_device)
     params = {"max_epochs": 3, "learning_rate": 0.005, **trainer_params}
     return build_trainer(model, str(experiments), name, sampler, loader,
                          params, callbacks)

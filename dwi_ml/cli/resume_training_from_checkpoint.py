@@ -180,7 +180,11 @@ def _resume(args, callbacks, lock):
         if value is not None:
             trainer_params[key] = value
 
-    check_device(trainer_params["device"], "--device")
+    # A GPU experiment resumed on a CPU machine fails here with its saved
+    # device: the message says where it comes from.
+    check_device(trainer_params["device"], "--device" if args.device else (
+        f"--device (default: '{trainer_params['device']}', saved in "
+        "parameters.json)"))
     distributed, device = init_distributed(trainer_params["device"])
     if distributed.is_main_process:
         start_resumed_experiment(lock)

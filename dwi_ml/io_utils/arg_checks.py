@@ -147,6 +147,11 @@ def check_device(device, name="device"):
         raise DwiMLUserError(
             f"argument {name}: '{device}' was asked for but CUDA is not "
             "available on this machine.")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise DwiMLUserError(
+            f"argument {name}: expected a GPU index below "
+            f"{torch.cuda.device_count()} (the GPUs of this machine), got "
+            f"{device!r}.")
     return parsed
 
 

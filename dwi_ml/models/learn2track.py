@@ -204,7 +204,10 @@ class Learn2TrackModel(DirectionGetterModel):
         rank[order] = torch.arange(nb_streamlines, device=device)
         group_size = _length_group_size(counts[order])
         row_groups = rank[streamline_ids] // group_size
-        outputs = features.new_empty((len(features), self.rnn.output_size))
+        # In the RNN's output dtype: under CUDA autocast it may differ from
+        # the features' (half LSTM outputs of float32 features; float32
+        # layer norms of half ones), and index_put refuses a mix.
+        outputs = None
         for group in range(-(-nb_streamlines // group_size)):
             rows = torch.nonzero(row_groups == group).squeeze(1)
             if len(rows) == 0:
@@ -216,7 +219,12 @@ class Learn2TrackModel(DirectionGetterModel):
                  features.shape[1]))
             padded[time_ids[rows], columns] = features[rows]
             sequence, _ = self.rnn(padded)
+            if outputs is None:
+                outputs = sequence.new_empty((len(features),
+                                              self.rnn.output_size))
             outputs[rows] = sequence[time_ids[rows], columns]
+        if outputs is None:  # no point at all
+            outputs = features.new_empty((0, self.rnn.output_size))
         return outputs
 
     def forward_step(self, step_inputs, partial_streamlines,

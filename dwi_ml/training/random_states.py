@@ -40,7 +40,10 @@ def set_global_random_states(states):
     random.setstate((py_state["version"], tuple(py_state["internal"]),
                      py_state["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # Saved on a node with more GPUs: the states of the GPUs here
+        # (set_rng_state_all would ask for the missing devices and fail).
+        torch.cuda.set_rng_state_all(
+            states["cuda"][:torch.cuda.device_count()])
 
 
 def seed_everything(seed):

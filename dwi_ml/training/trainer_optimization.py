@@ -93,7 +93,16 @@ class TrainerOptimization:
         Returns
         -------
         dict
-            ``grad_norm`` (before clipping) and ``grad_norm_after_clip``.
+            ``grad_norm`` (before clipping) and ``grad_norm_after_clip``;
+            empty when the fp16 gradient scaler skipped the update.
+
+        Notes
+        -----
+        With fp16 the scaled gradients overflow now and then (often in
+        the first steps, at the scaler's initial scale of 2**16): their
+        norm is then infinite, the scaler skips the update and lowers its
+        scale. That is its normal working, not a diverging run: no
+        gradient norm is reported, so the NaN check and the logs see none.
         """
         self.grad_scaler.unscale_(self.optimizer)
         parameters = [p for p in self.model.parameters() if p.grad is not None]
@@ -106,6 +115,8 @@ class TrainerOptimization:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler_factory.step_every == "batch":
             step_scheduler(self.scheduler)
+        if self.grad_scaler.is_enabled() and not math.isfinite(grad_norm):
+            return {}
         return {"grad_norm": grad_norm, "grad_norm_after_clip": clipped_norm}
 
     def autocast(self):

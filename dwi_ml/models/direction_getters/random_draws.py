@@ -140,19 +140,24 @@ class KeyedDraws:
 
 
 class GeneratorDraws:
-    """Draws from a ``torch.Generator`` (None: torch's global stream), on
-    the device of the rows they are for; they depend on the batch."""
+    """Draws from a ``torch.Generator`` (None: torch's global stream of the
+    rows' device); they depend on the batch. A generator draws on its own
+    device (torch refuses a CPU generator for CUDA tensors) and the draws
+    are moved to the rows' device."""
 
     def __init__(self, generator=None):
         self.generator = generator
 
     def draw(self, like, nb_uniforms=0, nb_normals=0):
         """(N, nb_uniforms) uniforms in [0, 1) (``torch.rand``) and
-        (N, nb_normals) standard normals (``torch.randn``)."""
-        options = {"generator": self.generator, "device": like.device,
+        (N, nb_normals) standard normals (``torch.randn``), on ``like``'s
+        device."""
+        device = (like.device if self.generator is None
+                  else self.generator.device)
+        options = {"generator": self.generator, "device": device,
                    "dtype": like.dtype}
-        return (torch.rand((len(like), nb_uniforms), **options),
-                torch.randn((len(like), nb_normals), **options))
+        return (torch.rand((len(like), nb_uniforms), **options).to(like.device),
+                torch.randn((len(like), nb_normals), **options).to(like.device))
 
 
 def as_draws(source):
