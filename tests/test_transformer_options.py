@@ -1,0 +1,91 @@
+"""The Transformer options one by one, as a user gives them to the scripts:
+options of another model type are refused, not silently ignored."""
+import pytest
+from error_checks import assert_user_error
+from training_data import make_training_hdf5
+
+from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
+from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.model_types import model_params_from_args
+
+
+def _model_params(model_type, *options):
+    args = train_parser().parse_args(
+        ["exps", "exp", "data.hdf5", "input", "streamlines", "--model_type",
+         model_type, *options])
+    return model_params_from_args(args)[1]
+
+
+@pytest.mark.parametrize("model_type, option, value", [
+    ("transformer_src_only", "n_layers_d", "3"),
+    ("transformer_src_tgt", "n_layers_d", "3"),
+    ("transformer_src_only", "target_embedding_key", "none"),
+    ("transformer_src_only", "sos_token_type", "class"),
+    ("transformer_original", "token_combination", "add"),
+    ("transformer_src_only", "target_embedded_size", "4"),
+    ("transformer_original", "rnn_key", "gru"),
+    ("transformer_src_tgt", "rnn_layer_sizes", "8"),
+    ("transformer_src_only", "input_embedding_size", "8"),
+    ("transformer_original", "prev_dirs_embedding_key", "linear"),
+    ("learn2track", "d_model", "32"),
+    ("learn2track", "attention_window", "3"),
+    ("learn2track", "position_encoding", "alibi"),
+])
+def test_an_option_of_another_model_type_is_refused(model_type, option,
+                                                    value):
+    # Before: each was dropped from the model's parameters without a word.
+    with pytest.raises(DwiMLUserError) as raised:
+        _model_params(model_type, f"--{option}", value)
+    message = str(raised.value)
+    assert message.startswith(f"argument --{option}: an option of "
+                              f"--model_type ")
+    assert f"with --model_type {model_type}" in message
+
+
+def test_target_embedded_size_is_refused_with_add():
+    # Before: replaced by None, the size asked for was never used.
+    with pytest.raises(DwiMLUserError, match="--target_embedded_size.*"
+                                             "--token_combination add"):
+        _model_params("transformer_src_tgt", "--token_combination", "add",
+                      "--target_embedded_size", "4")
+    params = _model_params("transformer_src_tgt", "--token_combination",
+                           "add")
+    assert params["target_embedded_size"] is None
+
+
+@pytest.mark.parametrize("model_type, options, expected", [
+    ("transformer_original", ["--n_layers_d", "3", "--sos_token_type",
+                              "class"],
+     {"n_layers_d": 3, "sos_token_type": "class"}),
+    ("transformer_src_tgt", ["--target_embedded_size", "4",
+                             "--target_embedding_key", "none"],
+     {"target_embedded_size": 4, "target_embedding_key": "none"}),
+    # An option at its default value is accepted by every model type.
+    ("transformer_src_only", ["--n_layers_d", "2", "--rnn_key", "lstm"], {}),
+    ("learn2track", ["--d_model", "64", "--rnn_key", "gru"],
+     {"rnn_key": "gru"}),
+])
+def test_options_of_the_chosen_model_type_reach_it(model_type, options,
+                                                   expected):
+    params = _model_params(model_type, *options)
+    assert {name: params[name] for name in expected} == expected
+    assert "n_layers_d" in params or model_type != "transformer_original"
+    if model_type == "transformer_src_only":
+        assert "n_layers_d" not in params
+
+
+@pytest.fixture(scope="module")
+def hdf5_file(tmp_path_factory):
+    return make_training_hdf5(str(tmp_path_factory.mktemp("tt_options")),
+                              nb_streamlines=20)
+
+
+def test_refused_from_the_script_before_any_folder(tmp_path, hdf5_file,
+                                                   capsys):
+    assert_user_error(
+        train_main, [tmp_path, "exp", hdf5_file, "input",
+                     "streamlines", "--model_type", "transformer_src_only",
+                     "--n_layers_d", "3"],
+        capsys, tmp_path, "--n_layers_d", "transformer_original",
+        "transformer_src_only")
