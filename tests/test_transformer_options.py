@@ -1,5 +1,6 @@
 """The Transformer options one by one, as a user gives them to the scripts:
 options of another model type are refused, not silently ignored."""
+import numpy as np
 import pytest
 from error_checks import assert_user_error
 from training_data import make_training_hdf5
@@ -8,6 +9,12 @@ from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.model_types import model_params_from_args
+from dwi_ml.models.transformers import TransformerSrcOnlyModel
+from dwi_ml.training.experiment_builder import (
+    build_dataset,
+    build_loader,
+    check_streamlines_fit_model,
+)
 
 
 def _model_params(model_type, *options):
@@ -89,3 +96,62 @@ def test_refused_from_the_script_before_any_folder(tmp_path, hdf5_file,
                      "--n_layers_d", "3"],
         capsys, tmp_path, "--n_layers_d", "transformer_original",
         "transformer_src_only")
+
+
+def _longest_predictions(loader, split, add_eos):
+    """Prediction points of the longest streamline of ``split``, every
+    streamline read and brought to the model's format."""
+    subset = loader._subset(split)
+    longest = 0
+    for subj_idx in range(subset.nb_subjects):
+        sft_data = subset.get_subject(subj_idx).sft_data_list[0]
+        streamlines = loader.resample(
+            sft_data.get_streamlines(),
+            np.asarray(sft_data.space_attributes[0], dtype=np.float64))
+        longest = max(longest, int(max(len(s) for s in streamlines)))
+    return longest if add_eos else longest - 1
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("add_eos", [False, True])
+@pytest.mark.parametrize("streamline_format", [
+    {}, {"step_size": 1.5}, {"step_size": 0.7}, {"nb_points": 9},
+    {"compress": 0.3}])
+def test_max_len_is_checked_exactly_before_training(hdf5_file, lazy,
+                                                    add_eos,
+                                                    streamline_format):
+    # Before: a streamline beyond max_len stopped the run at its first
+    # batch (possibly in validation, after a whole epoch), with the
+    # experiment folder already made.
+    dataset = build_dataset({"hdf5_file": hdf5_file, "lazy": lazy})
+
+    def check(max_len):
+        model = TransformerSrcOnlyModel(
+            "m", dataset.nb_features[0], d_model=8, nheads=2, n_layers_e=1,
+            max_len=max_len, dg_args={"add_eos": add_eos},
+            **streamline_format)
+        loader = build_loader(dataset, {"streamline_group": "streamlines",
+                                        "input_group": "input"}, model, "cpu")
+        check_streamlines_fit_model(model, loader)
+        return loader
+
+    loader = check(10_000)
+    longest = {split: _longest_predictions(loader, split, add_eos)
+               for split in ("training", "validation")}
+    split = max(longest, key=longest.get)
+    check(longest[split])
+    with pytest.raises(DwiMLUserError) as raised:
+        check(longest[split] - 1)
+    assert str(raised.value) == (
+        f"argument --max_len: expected at least {longest[split]}, the "
+        f"prediction points of the longest {split} streamline in the "
+        f"model's format, found {longest[split] - 1}.")
+
+
+def test_max_len_refused_from_the_script_before_any_folder(tmp_path,
+                                                           hdf5_file, capsys):
+    assert_user_error(
+        train_main, [tmp_path, "exp", hdf5_file, "input", "streamlines",
+                     "--model_type", "transformer_src_only", "--d_model", "8",
+                     "--nheads", "2", "--step_size", "1.5", "--max_len", "5"],
+        capsys, tmp_path, "--max_len", "found 5")

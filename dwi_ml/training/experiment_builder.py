@@ -130,6 +130,26 @@ def check_model_input_features(model, nb_features, input_group, hdf5_file):
             f"found {nb_features} features.")
 
 
+def check_streamlines_fit_model(model, loader):
+    """Refuse, before any folder is made, training and validation
+    streamlines longer than a model's ``max_len`` (Transformers: positions
+    it can encode) in prediction points; the model would refuse them at
+    their first batch, possibly epochs later."""
+    max_len = getattr(model, "max_len", None)
+    if max_len is None:
+        return
+    # Prediction points: n with EOS, n - 1 without.
+    extra_point = 0 if model.add_eos else 1
+    for split in ("training", "validation"):
+        nb_predictions = loader.longest_streamline(
+            split, max_len + extra_point) - extra_point
+        if nb_predictions > max_len:
+            raise DwiMLUserError(
+                f"argument --max_len: expected at least {nb_predictions}, "
+                f"the prediction points of the longest {split} streamline "
+                f"in the model's format, found {max_len}.")
+
+
 def run_experiment(params, make_model, experiments_path, experiment_name,
                    device, distributed, callbacks, done_message, auto_requeue,
                    before_trainer=None, after_trainer=None):
@@ -166,6 +186,7 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     sampler = build_sampler(dataset, params["sampler"], distributed.rank,
                             distributed.world_size)
     loader = build_loader(dataset, params["loader"], model, device)
+    check_streamlines_fit_model(model, loader)
     if before_trainer is not None:
         before_trainer()
     trainer = build_trainer(model, experiments_path, experiment_name, sampler,
