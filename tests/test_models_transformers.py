@@ -68,6 +68,25 @@ CONFIGS = [
     (TransformerSrcAndTgtModel, dict(position_encoding="alibi")),
     (OriginalTransformerModel, dict(position_encoding="alibi",
                                     sos_token_type="class")),
+    # Target tokens kept as they are (3 values, or 4 with the SOS class),
+    # concatenated; the getters not met above; cnn sources with targets.
+    (TransformerSrcAndTgtModel, dict(
+        target_embedding_key="none", target_embedded_size=4,
+        sos_token_type="class", dg_key="gaussian-mixture",
+        dg_args={"add_eos": True})),
+    (TransformerSrcAndTgtModel, dict(
+        target_embedding_key="none", target_embedded_size=3,
+        input_embedding_key="cnn", nb_features=2, neighborhood_type="grid",
+        neighborhood_radius=1, neighborhood_resolution=1.0,
+        attention_window=1, dg_key="smooth-sphere-classification")),
+    (OriginalTransformerModel, dict(
+        input_embedding_key="cnn", nb_features=2, neighborhood_type="grid",
+        neighborhood_radius=1, neighborhood_resolution=1.0,
+        position_encoding="alibi", attention_window=2, dg_key="gaussian",
+        dg_args={"add_eos": True})),
+    (TransformerSrcOnlyModel, dict(dg_key="cosine-plus-l2-regression",
+                                   nb_previous_dirs=3,
+                                   dg_args={"add_eos": True})),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(CONFIGS)]
 
