@@ -10,6 +10,8 @@ from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.model_types import model_params_from_args
 from dwi_ml.models.transformers import TransformerSrcOnlyModel
+from dwi_ml.tracking.stopping import max_nb_points
+from dwi_ml.tracking.training_facts import model_max_length_mm
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -155,3 +157,28 @@ def test_max_len_refused_from_the_script_before_any_folder(tmp_path,
                      "--model_type", "transformer_src_only", "--d_model", "8",
                      "--nheads", "2", "--step_size", "1.5", "--max_len", "5"],
         capsys, tmp_path, "--max_len", "found 5")
+
+
+def test_model_max_length_is_that_of_max_len_steps():
+    model = TransformerSrcOnlyModel("m", 2, d_model=8, nheads=2, max_len=40)
+    assert model_max_length_mm(model, 1.5, 300.0) == 60.0
+    assert model_max_length_mm(model, 10.0, 300.0) == 300.0
+    assert max_nb_points(model_max_length_mm(model, 1.5, 300.0), 1.5) == 41
+    assert model_max_length_mm(object(), 1.5, 300.0) == 300.0
+
+
+def test_tracking_validation_of_a_transformer_shorter_than_300_mm(tmp_path,
+                                                                  hdf5_file):
+    # Before: 40 steps of 1.5 mm (60 mm) < 300 mm: the first tracking
+    # validation, after an epoch, refused '--max_length', an option the
+    # training script does not have. It now tracks up to 60 mm.
+    train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines",
+                "--model_type", "transformer_src_only", "--d_model", "8",
+                "--nheads", "2", "--n_layers_e", "1", "--step_size", "1.5",
+                "--max_len", "40", "--max_epochs", "1",
+                "--tracking_validation_every", "1",
+                "--tracking_validation_mode", "whole_subject",
+                "--tracking_validation_tracking_mask_group", "wm_mask",
+                "--tracking_validation_nb_seeds", "20", "-v", "WARNING"])
+    f1 = np.load(tmp_path / "exp" / "logs" / "tracking_f1.npy")
+    assert f1.shape == (1,) and 0 <= f1[0] <= 1
