@@ -554,10 +554,25 @@ def test_a_few_optimisation_steps_reduce_the_loss(cls):
      "target_embedded_size"),
     (TransformerSrcAndTgtModel, dict(token_combination="add"),
      "target_embedded_size"),
+    # Kept as they are, the target tokens must fill their share: the
+    # message names the size to give.
+    (TransformerSrcAndTgtModel, dict(target_embedding_key="none"),
+     "'target_embedded_size'.*expected target_embedded_size 3, found 8"),
+    (TransformerSrcAndTgtModel, dict(target_embedding_key="none",
+                                     sos_token_type="class",
+                                     target_embedded_size=3),
+     "'target_embedded_size'.*expected target_embedded_size 4, found 3"),
 ])
 def test_bad_model_args_give_user_errors(cls, kwargs, match):
     with pytest.raises(DwiMLUserError, match=match):
         make_model(cls, **kwargs)
+
+
+def test_the_default_feed_forward_of_a_one_wide_model_is_one_wide():
+    # Before: d_model // 2 = 0 refused 'ffnn_hidden_size', not given.
+    model = make_model(TransformerSrcOnlyModel, d_model=1, nheads=1)
+    assert model.ffnn_hidden_size == 1
+    assert model.encoder.layers[0].linear1.out_features == 1
 
 
 def test_sequences_longer_than_max_len_are_refused():

@@ -49,7 +49,7 @@ def add_model_args(parser):
                        help="Decoder layers (transformer_original).")
     group.add_argument("--ffnn_hidden_size", type=int,
                        help="Hidden size of each layer's feed-forward "
-                            "network (default: d_model // 2).")
+                            "network (default: d_model // 2, at least 1).")
     group.add_argument("--activation", default="relu",
                        choices=("relu", "gelu"),
                        help="Feed-forward activation.")

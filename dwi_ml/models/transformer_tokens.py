@@ -47,11 +47,17 @@ class TargetEmbedding(torch.nn.Module):
         super().__init__()
         self.sos_token_type = check_choice("sos_token_type", sos_token_type,
                                            SOS_TOKEN_TYPES)
-        token_size = 4 if sos_token_type == "class" else 3
+        token_size = self.token_size(sos_token_type)
         self.embedding = make_token_embedding("target_embedding_key", key,
                                               token_size, output_size)
         if sos_token_type == "learned":
             self.sos = torch.nn.Parameter(torch.randn(output_size) * 0.02)
+
+    @staticmethod
+    def token_size(sos_token_type):
+        """Values of a target token: the direction, and the SOS flag with
+        "class"."""
+        return 4 if sos_token_type == "class" else 3
 
     def forward(self, previous_dirs, is_first):
         """previous_dirs (M, 3), is_first (M,) bool -> (M, output_size)."""
