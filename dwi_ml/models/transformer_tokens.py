@@ -24,7 +24,8 @@ def make_token_embedding(name, key, input_size, output_size):
     if key == "none" and input_size != output_size:
         raise DwiMLUserError(
             f"argument '{name}': 'none' keeps the token's {input_size} "
-            f"values, but the model expects {output_size}; use 'linear'.")
+            f"values, but the model expects {output_size} (set by d_model); "
+            f"use 'linear', or a d_model that fits.")
     return make_embedding(key, input_size,
                           None if key == "none" else output_size)
 
