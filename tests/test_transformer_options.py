@@ -2,16 +2,19 @@
 options of another model type are refused, not silently ignored."""
 import numpy as np
 import pytest
+import torch
 from error_checks import assert_user_error
 from training_data import make_training_hdf5
 
 from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.model_types import model_params_from_args
 from dwi_ml.models.transformers import TransformerSrcOnlyModel
 from dwi_ml.tracking.stopping import max_nb_points
 from dwi_ml.tracking.training_facts import model_max_length_mm
+from dwi_ml.training.evaluation import evaluate_model
 from dwi_ml.training.experiment_builder import (
     build_dataset,
     build_loader,
@@ -182,3 +185,35 @@ def test_tracking_validation_of_a_transformer_shorter_than_300_mm(tmp_path,
                 "--tracking_validation_nb_seeds", "20", "-v", "WARNING"])
     f1 = np.load(tmp_path / "exp" / "logs" / "tracking_f1.npy")
     assert f1.shape == (1,) and 0 <= f1[0] <= 1
+
+
+def test_evaluation_refuses_a_subset_beyond_max_len_before_any_batch(
+        hdf5_file):
+    # Before: refused at the first batch holding a too long streamline,
+    # after the batches before it were run.
+    dataset = MultiSubjectDataset(hdf5_file, lazy=True)
+    dataset.load_data(load_training=False, load_validation=False,
+                      load_testing=True)
+
+    def evaluate(max_len):
+        torch.manual_seed(0)
+        model = TransformerSrcOnlyModel(
+            "m", dataset.nb_features[0], d_model=8, nheads=2, n_layers_e=1,
+            max_len=max_len, step_size=1.5).eval()
+        return evaluate_model(model, dataset, "testing", "input",
+                              "streamlines", batch_size=5)
+
+    loader = build_loader(dataset, {"streamline_group": "streamlines",
+                                    "input_group": "input"},
+                          TransformerSrcOnlyModel("m", dataset.nb_features[0],
+                                                  d_model=8, nheads=2,
+                                                  step_size=1.5), "cpu")
+    longest = _longest_predictions(loader, "testing", False)
+    assert evaluate(longest)["all"]["n_points"] > longest
+    with pytest.raises(DwiMLUserError) as raised:
+        evaluate(longest - 1)
+    assert str(raised.value) == (
+        f"--subset testing: expected streamlines of at most the model's "
+        f"max_len={longest - 1} prediction points, found {longest} (in the "
+        f"model's format).")
+    dataset.close()

@@ -130,24 +130,31 @@ def check_model_input_features(model, nb_features, input_group, hdf5_file):
             f"found {nb_features} features.")
 
 
-def check_streamlines_fit_model(model, loader):
-    """Refuse, before any folder is made, training and validation
-    streamlines longer than a model's ``max_len`` (Transformers: positions
-    it can encode) in prediction points; the model would refuse them at
-    their first batch, possibly epochs later."""
+def nb_predictions_beyond_max_len(model, loader, split):
+    """Prediction points of the longest streamline of ``split`` in the
+    model's format when more than its ``max_len`` (Transformers: positions
+    it can encode), else None (None too for a model without ``max_len``)."""
     max_len = getattr(model, "max_len", None)
     if max_len is None:
-        return
+        return None
     # Prediction points: n with EOS, n - 1 without.
     extra_point = 0 if model.add_eos else 1
+    nb_predictions = loader.longest_streamline(
+        split, max_len + extra_point) - extra_point
+    return nb_predictions if nb_predictions > max_len else None
+
+
+def check_streamlines_fit_model(model, loader):
+    """Refuse, before any folder is made, training and validation
+    streamlines longer than a model's ``max_len``; the model would refuse
+    them at their first batch, possibly epochs later."""
     for split in ("training", "validation"):
-        nb_predictions = loader.longest_streamline(
-            split, max_len + extra_point) - extra_point
-        if nb_predictions > max_len:
+        nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
+        if nb_predictions is not None:
             raise DwiMLUserError(
                 f"argument --max_len: expected at least {nb_predictions}, "
                 f"the prediction points of the longest {split} streamline "
-                f"in the model's format, found {max_len}.")
+                f"in the model's format, found {model.max_len}.")
 
 
 def run_experiment(params, make_model, experiments_path, experiment_name,
