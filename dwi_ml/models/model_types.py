@@ -38,7 +38,8 @@ def add_model_args(parser):
         "with a grid neighbourhood), --cnn_nb_filters and the direction "
         "getter options above apply too (not --input_embedding_size nor "
         "--prev_dirs_embedding_*: the Transformers embed whole tokens to "
-        "--d_model).")
+        "--d_model). An option of another model type than --model_type's "
+        "is refused unless left at its default.")
     group.add_argument("--d_model", type=int, default=64,
                        help="Width of every token and attention layer.")
     group.add_argument("--nheads", type=int, default=4,
