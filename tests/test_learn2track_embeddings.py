@@ -183,4 +183,4 @@ def test_prev_dirs_embedding_refused_for_transformers(tmp_path, hdf5_file,
                     "--model_type", "transformer_src_only",
                     "--nb_previous_dirs", "1", "--prev_dirs_embedding_key",
                     "linear", "-v", "WARNING"])
-    assert "Learn2track only" in capsys.readouterr().err
+    assert "an option of --model_type learn2track" in capsys.readouterr().err

@@ -68,6 +68,25 @@ CONFIGS = [
     (TransformerSrcAndTgtModel, dict(position_encoding="alibi")),
     (OriginalTransformerModel, dict(position_encoding="alibi",
                                     sos_token_type="class")),
+    # Target tokens kept as they are (3 values, or 4 with the SOS class),
+    # concatenated; the getters not met above; cnn sources with targets.
+    (TransformerSrcAndTgtModel, dict(
+        target_embedding_key="none", target_embedded_size=4,
+        sos_token_type="class", dg_key="gaussian-mixture",
+        dg_args={"add_eos": True})),
+    (TransformerSrcAndTgtModel, dict(
+        target_embedding_key="none", target_embedded_size=3,
+        input_embedding_key="cnn", nb_features=2, neighborhood_type="grid",
+        neighborhood_radius=1, neighborhood_resolution=1.0,
+        attention_window=1, dg_key="smooth-sphere-classification")),
+    (OriginalTransformerModel, dict(
+        input_embedding_key="cnn", nb_features=2, neighborhood_type="grid",
+        neighborhood_radius=1, neighborhood_resolution=1.0,
+        position_encoding="alibi", attention_window=2, dg_key="gaussian",
+        dg_args={"add_eos": True})),
+    (TransformerSrcOnlyModel, dict(dg_key="cosine-plus-l2-regression",
+                                   nb_previous_dirs=3,
+                                   dg_args={"add_eos": True})),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(CONFIGS)]
 
@@ -522,7 +541,7 @@ def test_a_few_optimisation_steps_reduce_the_loss(cls):
 @pytest.mark.parametrize("cls, kwargs, match", [
     (TransformerSrcOnlyModel, dict(nheads=3), "nheads"),
     (TransformerSrcOnlyModel, dict(input_embedding_key="none"),
-     "input_embedding_key"),
+     "'input_embedding_key'.*4 values.*expects 16 \\(set by d_model\\)"),
     (TransformerSrcOnlyModel, dict(position_encoding="rope"),
      "position_encoding"),
     (TransformerSrcOnlyModel, dict(activation="tanh"), "activation"),
@@ -535,10 +554,25 @@ def test_a_few_optimisation_steps_reduce_the_loss(cls):
      "target_embedded_size"),
     (TransformerSrcAndTgtModel, dict(token_combination="add"),
      "target_embedded_size"),
+    # Kept as they are, the target tokens must fill their share: the
+    # message names the size to give.
+    (TransformerSrcAndTgtModel, dict(target_embedding_key="none"),
+     "'target_embedded_size'.*expected target_embedded_size 3, found 8"),
+    (TransformerSrcAndTgtModel, dict(target_embedding_key="none",
+                                     sos_token_type="class",
+                                     target_embedded_size=3),
+     "'target_embedded_size'.*expected target_embedded_size 4, found 3"),
 ])
 def test_bad_model_args_give_user_errors(cls, kwargs, match):
     with pytest.raises(DwiMLUserError, match=match):
         make_model(cls, **kwargs)
+
+
+def test_the_default_feed_forward_of_a_one_wide_model_is_one_wide():
+    # Before: d_model // 2 = 0 refused 'ffnn_hidden_size', not given.
+    model = make_model(TransformerSrcOnlyModel, d_model=1, nheads=1)
+    assert model.ffnn_hidden_size == 1
+    assert model.encoder.layers[0].linear1.out_features == 1
 
 
 def test_sequences_longer_than_max_len_are_refused():

@@ -24,14 +24,15 @@ def hdf5_file(tmp_path_factory):
 def _args(experiments, name, hdf5_file, model_type, max_epochs):
     # Dropout, augmentation and noise exercise every random stream;
     # transformer_src_tgt attends within a window of 3 points,
-    # transformer_src_only with ALiBi.
+    # transformer_src_only with ALiBi, transformer_original has 1 decoder
+    # layer (an option of that model only).
     window = {"transformer_src_tgt": ["--attention_window", "3"],
-              "transformer_src_only": ["--position_encoding", "alibi"]}.get(
-                  model_type, [])
+              "transformer_src_only": ["--position_encoding", "alibi"],
+              "transformer_original": ["--n_layers_d", "1"]}[model_type]
     return [str(experiments), name, hdf5_file, "input", "streamlines", *window,
             "--model_type", model_type, "--max_epochs", str(max_epochs),
             "--d_model", "16", "--nheads", "2", "--n_layers_e", "1",
-            "--n_layers_d", "1", "--nb_previous_dirs", "1",
+            "--nb_previous_dirs", "1",
             "--step_size", "1.5", "--batch_size_training", "30",
             "--batch_size_validation", "40", "--split_ratio", "0.3",
             "--reverse_ratio", "0.5", "--noise_gaussian_size_forward", "0.1",

@@ -52,6 +52,7 @@ from dwi_ml.data.processing.interpolation import (
     prepare_volume_for_interpolation,
 )
 from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
+from dwi_ml.data.processing.resampling import nb_points_for_step_size
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.arg_checks import (
     check_choice,
@@ -265,6 +266,37 @@ class BatchLoaderOneInput:
         if not self._resamples:
             return streamlines
         return self.input_spec.streamline_format.apply(streamlines, affine)
+
+    def longest_streamline(self, split, at_least):
+        """``max(at_least, most points of a streamline of split)`` once in
+        the model's format (augmentation never lengthens a streamline).
+
+        Only the streamlines that may exceed ``at_least`` are read and
+        resampled: the stored counts (no resampling, or compression), the
+        fixed ``nb_points``, or the step count of the stored length in mm
+        bound them from above (one step of margin for its rounding).
+        """
+        subset = self._subset(split)
+        streamline_format = self.input_spec.streamline_format
+        for subj_idx in range(subset.nb_subjects):
+            sft_data = subset.get_subject(subj_idx).sft_data_list[
+                self.streamline_group_idx]
+            bounds = sft_data.lengths
+            if self._resamples and streamline_format.nb_points is not None:
+                bounds = np.full_like(bounds, streamline_format.nb_points)
+            elif self._resamples and streamline_format.step_size is not None:
+                bounds = nb_points_for_step_size(
+                    sft_data.lengths_mm, streamline_format.step_size) + 1
+            ids = np.flatnonzero(bounds > at_least)
+            if len(ids) and self._resamples:
+                affine = np.asarray(sft_data.space_attributes[0],
+                                    dtype=np.float64)
+                bounds = packed_arrays(self.resample(
+                    sft_data.get_streamlines(ids), affine))[2]
+            else:
+                bounds = bounds[ids]
+            at_least = max(at_least, int(bounds.max(initial=0)))
+        return at_least
 
     def prepare_batch(self, batch, device):
         """The batch on ``device``, with its inputs: call it on every batch.

@@ -6,6 +6,8 @@ direction getter, dropout, input embedding) and from its family's own
 argument group. Resume, evaluation and tracking read the class back from
 the experiment (``model_type.txt``): they need no option.
 """
+import argparse
+
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters import direction_getter_args
 from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
@@ -36,7 +38,8 @@ def add_model_args(parser):
         "with a grid neighbourhood), --cnn_nb_filters and the direction "
         "getter options above apply too (not --input_embedding_size nor "
         "--prev_dirs_embedding_*: the Transformers embed whole tokens to "
-        "--d_model).")
+        "--d_model). An option of another model type than --model_type's "
+        "is refused unless left at its default.")
     group.add_argument("--d_model", type=int, default=64,
                        help="Width of every token and attention layer.")
     group.add_argument("--nheads", type=int, default=4,
@@ -47,7 +50,7 @@ def add_model_args(parser):
                        help="Decoder layers (transformer_original).")
     group.add_argument("--ffnn_hidden_size", type=int,
                        help="Hidden size of each layer's feed-forward "
-                            "network (default: d_model // 2).")
+                            "network (default: d_model // 2, at least 1).")
     group.add_argument("--activation", default="relu",
                        choices=("relu", "gelu"),
                        help="Feed-forward activation.")
@@ -97,6 +100,51 @@ DEFAULT_LEARNING_RATES = {"learn2track": 0.005, "transformer_original": 0.001,
                           "transformer_src_only": 0.001}
 
 
+_TRANSFORMERS = ("transformer_original", "transformer_src_tgt",
+                 "transformer_src_only")
+_WITH_TARGET = ("transformer_original", "transformer_src_tgt")
+# The model types that take each family-specific option; the others would
+# ignore it, so a value other than its default is refused.
+OPTION_MODEL_TYPES = {
+    **dict.fromkeys(("input_embedding_size", "prev_dirs_embedding_key",
+                     "prev_dirs_embedding_size", "rnn_key", "rnn_layer_sizes",
+                     "no_skip_connection", "no_layer_norm"),
+                    ("learn2track",)),
+    **dict.fromkeys(("d_model", "nheads", "n_layers_e", "ffnn_hidden_size",
+                     "activation", "norm_first", "max_len",
+                     "position_encoding", "attention_window"), _TRANSFORMERS),
+    "n_layers_d": ("transformer_original",),
+    "target_embedding_key": _WITH_TARGET, "sos_token_type": _WITH_TARGET,
+    "token_combination": ("transformer_src_tgt",),
+    "target_embedded_size": ("transformer_src_tgt",)}
+
+
+def check_options_of_model_type(args):
+    """Refuse an option of another model type than ``args.model_type``
+    (e.g. --n_layers_d with transformer_src_only) set to another value
+    than its default: the model would silently ignore it.
+
+    ``--target_embedded_size`` is refused with ``--token_combination add``
+    too (both tokens embed to d_model).
+    """
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    for option, model_types in OPTION_MODEL_TYPES.items():
+        value = getattr(args, option)
+        if value == parser.get_default(option):
+            continue
+        if args.model_type not in model_types:
+            raise DwiMLUserError(
+                f"argument --{option}: an option of --model_type "
+                f"{' or '.join(model_types)}, found {value!r} with "
+                f"--model_type {args.model_type}.")
+        if option == "target_embedded_size" and args.token_combination == "add":
+            raise DwiMLUserError(
+                f"argument --target_embedded_size: an option of "
+                f"--token_combination concat (with add, both tokens embed to "
+                f"--d_model), found {value!r} with --token_combination add.")
+
+
 def model_params_from_args(args):
     """``(model class name, constructor arguments)`` from the options.
 
@@ -115,6 +163,7 @@ def model_params_from_args(args):
               "nb_previous_dirs": args.nb_previous_dirs,
               "normalize_prev_dirs": args.normalize_prev_dirs,
               "dg_key": args.dg_key, "dg_args": direction_getter_args(args)}
+    check_options_of_model_type(args)
     model_class = MODEL_TYPES[args.model_type]
     is_recurrent = model_class is Learn2TrackModel
     # Each family has its own defaults for the options they share.
@@ -132,12 +181,6 @@ def model_params_from_args(args):
                       use_skip_connection=not args.no_skip_connection,
                       use_layer_norm=not args.no_layer_norm)
         return model_class.__name__, params
-    if (args.prev_dirs_embedding_key != "none"
-            or args.prev_dirs_embedding_size is not None):
-        raise DwiMLUserError(
-            f"arguments --prev_dirs_embedding_key/--prev_dirs_embedding_size: "
-            f"Learn2track only, found them with --model_type "
-            f"{args.model_type}.")
     params.update(d_model=args.d_model, nheads=args.nheads,
                   n_layers_e=args.n_layers_e,
                   ffnn_hidden_size=args.ffnn_hidden_size,

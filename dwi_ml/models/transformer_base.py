@@ -75,7 +75,7 @@ class TransformerModelAbstract(DirectionGetterModel):
         Encoder layers.
     ffnn_hidden_size : int or None
         Hidden width of each layer's feed-forward network; None:
-        ``d_model // 2``.
+        ``d_model // 2`` (at least 1).
     dropout : float
         In [0, 1), in the layers and after the position encoding.
     activation : "relu" or "gelu"
@@ -123,7 +123,8 @@ class TransformerModelAbstract(DirectionGetterModel):
         self.n_layers_e = check_int("n_layers_e", n_layers_e, 1)
         self.ffnn_hidden_size = check_int(
             "ffnn_hidden_size",
-            d_model // 2 if ffnn_hidden_size is None else ffnn_hidden_size, 1)
+            max(d_model // 2, 1) if ffnn_hidden_size is None
+            else ffnn_hidden_size, 1)
         self.dropout = check_fraction("dropout", dropout)
         self.activation = check_choice("activation", activation, ACTIVATIONS)
         self.norm_first = bool(norm_first)

@@ -24,7 +24,8 @@ def make_token_embedding(name, key, input_size, output_size):
     if key == "none" and input_size != output_size:
         raise DwiMLUserError(
             f"argument '{name}': 'none' keeps the token's {input_size} "
-            f"values, but the model expects {output_size}; use 'linear'.")
+            f"values, but the model expects {output_size} (set by d_model); "
+            f"use 'linear', or a d_model that fits.")
     return make_embedding(key, input_size,
                           None if key == "none" else output_size)
 
@@ -47,11 +48,17 @@ class TargetEmbedding(torch.nn.Module):
         super().__init__()
         self.sos_token_type = check_choice("sos_token_type", sos_token_type,
                                            SOS_TOKEN_TYPES)
-        token_size = 4 if sos_token_type == "class" else 3
+        token_size = self.token_size(sos_token_type)
         self.embedding = make_token_embedding("target_embedding_key", key,
                                               token_size, output_size)
         if sos_token_type == "learned":
             self.sos = torch.nn.Parameter(torch.randn(output_size) * 0.02)
+
+    @staticmethod
+    def token_size(sos_token_type):
+        """Values of a target token: the direction, and the SOS flag with
+        "class"."""
+        return 4 if sos_token_type == "class" else 3
 
     def forward(self, previous_dirs, is_first):
         """previous_dirs (M, 3), is_first (M,) bool -> (M, output_size)."""

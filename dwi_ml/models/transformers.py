@@ -23,7 +23,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.model_io import register_model
 from dwi_ml.models.transformer_base import TransformerModelAbstract
 from dwi_ml.models.transformer_cache import TransformerCache
-from dwi_ml.models.transformer_tokens import TargetEmbedding
+from dwi_ml.models.transformer_tokens import SOS_TOKEN_TYPES, TargetEmbedding
 
 TOKEN_COMBINATIONS = ("concat", "add")
 
@@ -104,6 +104,16 @@ class TransformerSrcAndTgtModel(TransformerModelAbstract):
                 raise DwiMLUserError(
                     f"argument 'target_embedded_size': expected less than "
                     f"d_model ({self.d_model}), found {target_width}.")
+        token_size = TargetEmbedding.token_size(check_choice(
+            "sos_token_type", sos_token_type, SOS_TOKEN_TYPES))
+        if (token_combination == "concat" and target_embedding_key == "none"
+                and target_width != token_size):
+            raise DwiMLUserError(
+                f"arguments 'target_embedding_key' and "
+                f"'target_embedded_size': 'none' keeps the target token's "
+                f"{token_size} values (sos_token_type {sos_token_type!r}), "
+                f"expected target_embedded_size {token_size}, found "
+                f"{target_width}; or use 'linear'.")
         self.target_embedded_size = target_embedded_size
         self.target_embedding_key = target_embedding_key
         self.input_embedding = self.make_input_embedding(source_width)

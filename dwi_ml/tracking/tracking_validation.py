@@ -75,7 +75,7 @@ from dwi_ml.tracking.tracking_validation_args import (
     TrackingValidationParams,
     check_tracking_validation_data,
 )
-from dwi_ml.tracking.training_facts import choose_step_size
+from dwi_ml.tracking.training_facts import choose_step_size, model_max_length_mm
 from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
 from dwi_ml.training.callbacks import Callback
 
@@ -195,6 +195,7 @@ class TrackingValidationCallback(Callback):
         self.params = params
         self.metric_names = ()
         self.step_size_mm = None
+        self.max_length_mm = None
         # Validation subject index -> its DenseReference: the reference
         # streamlines never change, so they are densified (and their k-d
         # tree built) once per run, not at every tracking epoch.
@@ -207,11 +208,14 @@ class TrackingValidationCallback(Callback):
             trainer.best_tracker.metric)
         self.step_size_mm = choose_step_size(None, trainer.model,
                                              trainer.experiment_dir)
-        most_points = max_nb_points(DEFAULT_MAX_LENGTH_MM, self.step_size_mm)
+        # A Transformer tracks max_len steps at most: no further.
+        self.max_length_mm = model_max_length_mm(
+            trainer.model, self.step_size_mm, DEFAULT_MAX_LENGTH_MM)
+        most_points = max_nb_points(self.max_length_mm, self.step_size_mm)
         if self.params.nb_points >= most_points:
             raise DwiMLUserError(
                 f"--tracking_validation_nb_points: expected fewer than "
-                f"{most_points} points ({DEFAULT_MAX_LENGTH_MM} mm at "
+                f"{most_points} points ({self.max_length_mm:g} mm at "
                 f"{self.step_size_mm} mm steps), found "
                 f"{self.params.nb_points}.")
 
@@ -265,7 +269,7 @@ class TrackingValidationCallback(Callback):
             trainer.model, volume.as_tensor(trainer.device), volume.affine,
             TrackingMask(volume.shape, mask, trainer.device),
             self.step_size_mm, max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
-            max_length_mm=DEFAULT_MAX_LENGTH_MM,
+            max_length_mm=self.max_length_mm,
             eos_threshold=default_eos_threshold(trainer.model), algo="det",
             track_forward_only=track_forward_only, device=trainer.device)
         return tracker, volume, subject
@@ -338,7 +342,7 @@ class TrackingValidationCallback(Callback):
                                               disable_progress=True)
             keep = np.flatnonzero(keep_by_length(
                 packed_arrays(result.streamlines)[2], self.step_size_mm,
-                DEFAULT_MIN_LENGTH_MM, DEFAULT_MAX_LENGTH_MM))
+                DEFAULT_MIN_LENGTH_MM, self.max_length_mm))
             all_scores.append(self._score_subject(
                 result.streamlines[keep], sft, volume, subject_idx))
         return {name: float(np.mean([scores[name] for scores in all_scores]))

@@ -89,6 +89,16 @@ def warn_if_not_trained_backward(experiment_dir, forward_only):
             "--track_forward_only.")
 
 
+def model_max_length_mm(model, step_size_mm, max_length_mm):
+    """``max_length_mm``, or less for a model with a ``max_len``: the
+    longest streamline it can track, ``max_len`` steps of
+    ``step_size_mm``."""
+    max_len = getattr(model, "max_len", None)
+    if max_len is None:
+        return max_length_mm
+    return min(max_length_mm, max_len * step_size_mm)
+
+
 def check_model_max_len(model, nb_points, step_size_mm, max_length_mm):
     """Refuse, before tracking, streamlines longer than a model's
     ``max_len`` (Transformers: positions it can encode); a streamline of

@@ -8,9 +8,13 @@ import torch
 
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
-from dwi_ml.training.experiment_builder import build_loader
+from dwi_ml.training.experiment_builder import (
+    build_loader,
+    nb_predictions_beyond_max_len,
+)
 from dwi_ml.training.monitors import BatchMeanMonitor
 from dwi_ml.training.trainer_optimization import combine_losses, loss_log_values
 
@@ -75,6 +79,13 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
     """
     loader = build_loader(dataset, {"streamline_group": streamline_group,
                                     "input_group": input_group}, model, device)
+    # Refused before any batch, not at the first too long one.
+    nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
+    if nb_predictions is not None:
+        raise DwiMLUserError(
+            f"--subset {split}: expected streamlines of at most the model's "
+            f"max_len={model.max_len} prediction points, found "
+            f"{nb_predictions} (in the model's format).")
     group_idx = dataset.streamline_groups.index(streamline_group)
     subset = getattr(dataset, f"{split}_set")
     results, overall = {}, _WeightedMeans()

@@ -130,6 +130,33 @@ def check_model_input_features(model, nb_features, input_group, hdf5_file):
             f"found {nb_features} features.")
 
 
+def nb_predictions_beyond_max_len(model, loader, split):
+    """Prediction points of the longest streamline of ``split`` in the
+    model's format when more than its ``max_len`` (Transformers: positions
+    it can encode), else None (None too for a model without ``max_len``)."""
+    max_len = getattr(model, "max_len", None)
+    if max_len is None:
+        return None
+    # Prediction points: n with EOS, n - 1 without.
+    extra_point = 0 if model.add_eos else 1
+    nb_predictions = loader.longest_streamline(
+        split, max_len + extra_point) - extra_point
+    return nb_predictions if nb_predictions > max_len else None
+
+
+def check_streamlines_fit_model(model, loader):
+    """Refuse, before any folder is made, training and validation
+    streamlines longer than a model's ``max_len``; the model would refuse
+    them at their first batch, possibly epochs later."""
+    for split in ("training", "validation"):
+        nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
+        if nb_predictions is not None:
+            raise DwiMLUserError(
+                f"argument --max_len: expected at least {nb_predictions}, "
+                f"the prediction points of the longest {split} streamline "
+                f"in the model's format, found {model.max_len}.")
+
+
 def run_experiment(params, make_model, experiments_path, experiment_name,
                    device, distributed, callbacks, done_message, auto_requeue,
                    before_trainer=None, after_trainer=None):
@@ -166,6 +193,7 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     sampler = build_sampler(dataset, params["sampler"], distributed.rank,
                             distributed.world_size)
     loader = build_loader(dataset, params["loader"], model, device)
+    check_streamlines_fit_model(model, loader)
     if before_trainer is not None:
         before_trainer()
     trainer = build_trainer(model, experiments_path, experiment_name, sampler,
