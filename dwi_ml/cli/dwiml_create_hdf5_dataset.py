@@ -1,5 +1,7 @@
 """Create the dwi_ml HDF5 file of a dwi_ml_ready folder."""
+import argparse
 import os
+import sys
 import time
 
 import h5py
@@ -13,7 +15,7 @@ from dwi_ml.data.hdf5.layout import (
 )
 from dwi_ml.data.hdf5.subjects import read_subjects_file
 from dwi_ml.io_utils.arg_checks import check_extension
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -21,7 +23,31 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 
-DEFAULT_COMPRESS_MM = 0.1
+DEFAULT_COMPRESS_MM = 0.01  # the reference dwi_ml's --compress given alone
+
+# Options of the reference dwi_ml's creation script (all its versions) that
+# have no equivalent here, with what to use instead.
+REFERENCE_ONLY_OPTIONS = {
+    "--std_mask": "put the masks in the config, as \"std_mask\": [...] in "
+                  "each volume group",
+    "--do_not_verify_files_presence": "a missing file is always an error "
+                                      "here; remove it from the config or "
+                                      "the subject from the lists",
+    "--save_intermediate": "write a group back to NIfTI or a tractogram "
+                           "with dwiml_hdf5_extract_data.py",
+    "--logging": "use -v [DEBUG|INFO|WARNING]",
+    "--name": "give the output file's path as OUT_HDF5",
+    "--space": "streamlines are always stored in voxel space, corner "
+               "origin",
+    **{option: "put \"connectivity_matrix\" with \"connectivity_nb_blocs\" "
+               "or \"connectivity_labels\" in the streamline group of the "
+               "config"
+       for option in ("--compute_connectivity_matrix",
+                      "--compute_connectivity_from_blocs",
+                      "--compute_connectivity_from_labels",
+                      "--connectivity_nb_blocs",
+                      "--connectivity_downsample_size")},
+}
 
 DESCRIPTION = """\
 Gather the volumes and tractograms of many subjects into one HDF5 file for
@@ -30,8 +56,9 @@ the HDF5 groups: each has a "type" ("volume" or "streamlines") and "files"
 (relative to the subject folder, "*" wildcards expanded in sorted order).
 The files of a volume group are concatenated along the feature axis and
 standardized ("standardization": "all", "independent", "per_file" or
-"none", over the union of the "std_mask" files, or over non-zero voxels
-without one; voxels outside the mask become 0). The .trk, .tck and .trx
+"none": the mean and std over the union of the "std_mask" files, or over
+the voxels where every feature is non-zero without one, map every voxel,
+as in the reference dwi_ml). The .trk, .tck and .trx
 files of a streamline group are concatenated and stored in voxel space with
 a corner origin, on the grid of the "reference" volume group (default: the
 first volume group); "dps_keys" keeps data_per_streamline. The three
@@ -42,7 +69,10 @@ output is written under a temporary name then renamed, so a failed or
 interrupted run leaves nothing at OUT_HDF5. With -v, a progress bar counts
 the subjects (it names the one being written). On success, one paragraph
 sums up the file: subjects per split, streamlines and points, file size and
-time taken. See docs/hdf5_layout.md for the layout and a config example."""
+time taken. The reference dwi_ml's configs, lists and commands work as
+they are; its options without an equivalent here (--std_mask,
+--save_intermediate, --logging...) are refused with what to use instead.
+See docs/hdf5_layout.md for the layout and a config example."""
 
 
 def _build_parser():
@@ -72,9 +102,40 @@ def _build_parser():
         "--remove_invalid", action="store_true",
         help="Drop streamlines with points outside the volume (their count "
              "is logged per subject and group) instead of failing.")
+    parser.add_argument(
+        "--enforce_files_presence", type=_only_true, default=True,
+        metavar="True",
+        help="Accepted for the reference dwi_ml's commands: a missing file "
+             "is always an error here, so only True is accepted. Default: "
+             "True.")
 
     add_output_args(parser)
     return parser
+
+
+def _only_true(value):
+    """argparse type of --enforce_files_presence: True, or a clear error."""
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    raise argparse.ArgumentTypeError(
+        f"found {value!r}; a missing file is always an error here: remove "
+        "it from the config or the subject from the lists")
+
+
+def refuse_reference_only_options(argv):
+    """Refuse, in one line, an option of the reference dwi_ml's creation
+    script that has no equivalent here, saying what to use instead.
+
+    Raises
+    ------
+    DwiMLUserError
+    """
+    for token in argv:
+        option = token.split("=", 1)[0]
+        if option in REFERENCE_ONLY_OPTIONS:
+            raise DwiMLUserError(
+                f"option {option} of the reference dwi_ml is not supported "
+                f"here: {REFERENCE_ONLY_OPTIONS[option]}.")
 
 
 def summarize_hdf5(path):
@@ -115,6 +176,8 @@ def format_summary(path, summary, seconds):
 
 @script_entry_point
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    refuse_reference_only_options(argv)
     args = parse_script_args(_build_parser(), argv)
     check_extension(args.out_hdf5, (".hdf5", ".h5"))
     check_inputs_exist(args.dwi_ml_ready_folder, args.config_json,

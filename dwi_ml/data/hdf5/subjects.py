@@ -8,6 +8,8 @@ from dwi_ml.data.hdf5.layout import SPLITS
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import refuse_wrong_path_kind
 
+ALL_FILES = "ALL"  # 'folder/ALL': the older reference's "every file in it"
+
 
 @dataclass(frozen=True)
 class SubjectLists:
@@ -118,7 +120,9 @@ def resolve_files(subject_folder, patterns, subject, group):
     subject_folder : str
         The subject's folder; patterns are relative to it.
     patterns : sequence of str
-        File names, possibly with ``*`` wildcards.
+        File names, possibly with ``*`` wildcards. ``folder/ALL`` (the older
+        reference dwi_ml's form), when no file is named ALL, is
+        ``folder/*``.
     subject, group : str
         Named in error messages.
 
@@ -130,11 +134,16 @@ def resolve_files(subject_folder, patterns, subject, group):
     Raises
     ------
     DwiMLUserError
-        A missing file, a wildcard matching no file, or a file matched twice.
+        A missing file, a folder, a wildcard matching no file, or a file
+        matched twice.
     """
     paths = []
     for pattern in patterns:
         full = os.path.join(subject_folder, pattern)
+        if os.path.basename(pattern) == ALL_FILES and not os.path.isfile(full):
+            # The older reference dwi_ml's 'folder/ALL': every file in it.
+            pattern = os.path.join(os.path.dirname(pattern), "*")
+            full = os.path.join(subject_folder, pattern)
         if glob.has_magic(pattern):
             matches = sorted(p for p in glob.glob(full) if os.path.isfile(p))
             if not matches:
@@ -142,6 +151,11 @@ def resolve_files(subject_folder, patterns, subject, group):
                     f"{describe(subject, group, full)}: the pattern matches "
                     "no file.")
             paths.extend(matches)
+        elif os.path.isdir(full):
+            raise DwiMLUserError(
+                f"{describe(subject, group, full)}: expected a file, found a "
+                f"folder; write '{os.path.join(pattern, '*')}' for all its "
+                "files.")
         elif not os.path.isfile(full):
             raise DwiMLUserError(
                 f"{describe(subject, group, full)}: file does not exist.")

@@ -1,15 +1,16 @@
 """Load, check, standardize and concatenate the NIfTI files of a volume group.
 
 Standardization (the config's ``standardization``) maps values to zero mean
-and unit standard deviation over the voxels of a mask:
+and unit standard deviation over the voxels of a mask, with the maths of the
+reference dwi_ml (scil-vital/dwi_ml, ``standardize_data``):
 
 - ``std_mask`` given: the union of its files (voxels > 0). Without it, the
-  voxels where at least one feature of the standardized data is non-zero.
+  voxels where every feature of the standardized data is non-zero.
 - ``all``: one mean and std over every feature of the concatenated group.
   ``independent``: one mean and std per feature. ``per_file``: each file
   with its own mean and std over all its features. ``none``: values kept.
-- Voxels outside the mask are set to 0 (the standardized mean), so that
-  the background never carries NaN or extreme values into interpolation.
+- Every voxel, inside the mask or not, is mapped with the mask's mean and
+  std: the mask chooses the statistics, not the voxels kept.
 - A feature with a std of 0 in the mask is only centred.
 """
 from dataclasses import dataclass
@@ -93,7 +94,8 @@ def load_volume_group(group_config, files, mask_files, subject):
     Raises
     ------
     DwiMLUserError
-        NaN or Inf in a file, or a ``std_mask`` with no voxel > 0.
+        NaN or Inf in a file, a ``std_mask`` with no voxel > 0, or no voxel
+        to standardize over (see :func:`standardize`).
     """
     group = group_config.name
     mode = group_config.standardization
@@ -103,12 +105,14 @@ def load_volume_group(group_config, files, mask_files, subject):
     for path in files:
         data = load_volume(path, subject, group)
         if mode == "per_file":
-            data = standardize(data, mask, independent=False)
+            data = standardize(data, mask, independent=False,
+                               where=describe(subject, group, path))
         volumes.append(data)
     data = volumes[0] if len(volumes) == 1 else np.concatenate(volumes,
                                                                axis=-1)
     if mode in ("all", "independent"):
-        data = standardize(data, mask, independent=(mode == "independent"))
+        data = standardize(data, mask, independent=(mode == "independent"),
+                           where=describe(subject, group))
     return data
 
 
@@ -146,27 +150,42 @@ def load_std_mask(paths, subject, group):
     return mask
 
 
-def standardize(data, mask=None, independent=False):
-    """Zero mean, unit std over the mask's voxels; 0 outside the mask.
+def standardize(data, mask=None, independent=False, where="volume"):
+    """Zero mean, unit std over the mask's voxels, applied to every voxel.
 
     Parameters
     ----------
     data : np.ndarray, shape (X, Y, Z, F), float32
         Changed in place and returned.
     mask : np.ndarray of bool, shape (X, Y, Z), optional
-        Voxels defining the statistics. Default: voxels where at least one
-        feature is non-zero.
+        Voxels defining the statistics. Default: voxels where every feature
+        is non-zero (the reference's default).
     independent : bool
         One mean and std per feature (True) or for all features (False).
+    where : str
+        Names the data in errors.
 
     Returns
     -------
     np.ndarray, shape (X, Y, Z, F), float32
+
+    Raises
+    ------
+    DwiMLUserError
+        Without a mask, non-zero data but no voxel where every feature is
+        non-zero: there is nothing to take statistics over (the reference
+        writes NaN everywhere).
     """
     if mask is None:
-        mask = np.any(data != 0, axis=-1)
-    if not mask.any():
-        return data  # all zeros: already centred and nothing to scale
+        mask = np.all(data != 0, axis=-1)
+        if not mask.any():
+            if data.any():
+                raise DwiMLUserError(
+                    f"{where}: no voxel has every feature non-zero, so "
+                    "standardization without a std_mask has no voxel to "
+                    "take its mean and std over; add a 'std_mask' to the "
+                    "group.")
+            return data  # all zeros: already standardized
     # Statistics in float64: float32 sums drift on large volumes.
     values = data[mask].astype(np.float64)
     axis = 0 if independent else None
@@ -175,7 +194,6 @@ def standardize(data, mask=None, independent=False):
     std = np.where(std > 0, std, 1.0)
     data -= mean.astype(np.float32)
     data /= std.astype(np.float32)
-    data[~mask] = 0
     return data
 
 
