@@ -140,9 +140,8 @@ def test_zero_variance_feature_is_only_centred(tmp_path):
     np.testing.assert_array_equal(data[3], -7)
 
 
-def test_no_voxel_with_every_feature_non_zero_is_refused(dataset, tmp_path):
-    root, _ = dataset
-    folder = os.path.join(root, "..", "disjoint")
+def test_no_voxel_with_every_feature_non_zero_is_refused(tmp_path):
+    folder = str(tmp_path / "disjoint")
     left = np.zeros((3, 3, 3), np.float32)
     left[:2] = [[[1.0]], [[2.0]]]
     right = np.zeros((3, 3, 3), np.float32)
@@ -227,7 +226,7 @@ def config_file(tmp_path):
     return path
 
 
-def test_reference_command_line(dataset, tmp_path, config_file, capsys):
+def test_reference_command_line(dataset, tmp_path, config_file):
     """--compress alone is the reference's 0.01 mm; --enforce_files_presence
     True is accepted."""
     root, _ = dataset
