@@ -7,6 +7,7 @@ argument group. Resume, evaluation and tracking read the class back from
 the experiment (``model_type.txt``): they need no option.
 """
 import argparse
+import functools
 
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters import direction_getter_args
@@ -127,11 +128,9 @@ def check_options_of_model_type(args):
     ``--target_embedded_size`` is refused with ``--token_combination add``
     too (both tokens embed to d_model).
     """
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
     for option, model_types in OPTION_MODEL_TYPES.items():
         value = getattr(args, option)
-        if value == parser.get_default(option):
+        if value == _default(option):
             continue
         if args.model_type not in model_types:
             raise DwiMLUserError(
@@ -164,10 +163,16 @@ def _check_options_of_inputs(args, input_embedding_key, model_class):
             f"(it reads no previous direction), found --nb_previous_dirs 0.")
 
 
-def _default(option):
+@functools.lru_cache(maxsize=1)
+def _model_args_parser():
     parser = argparse.ArgumentParser()
     add_model_args(parser)
-    return parser.get_default(option)
+    return parser
+
+
+def _default(option):
+    """The default value of one of :func:`add_model_args`'s options."""
+    return _model_args_parser().get_default(option)
 
 
 def model_params_from_args(args):
