@@ -41,12 +41,13 @@ def make_batch64(lengths=LENGTHS):
     return tuple([x.double() for x in tensors] for tensors in make_batch(lengths))
 
 
-def float64_recurrent_atol(values):
+def float64_recurrent_atol(values, widest=32):
     """Rounding bound of RNN results: over at most max(LENGTHS) steps (and
-    as many back), each a sum of at most 32 products (no layer is wider),
-    in values of the size of ``values``."""
-    return rounding_atol(float(values.abs().max()), 2 * max(LENGTHS) * 32,
-                         eps=EPS64)
+    as many back), each a sum of at most ``widest`` products (32: no layer
+    is wider; the model's input width when it is wider), in values of the
+    size of ``values``."""
+    return rounding_atol(float(values.abs().max()),
+                         2 * max(LENGTHS) * widest, eps=EPS64)
 
 
 def make_model(**kwargs):
@@ -170,13 +171,37 @@ def test_length_groups_give_each_streamline_its_own_outputs(lengths):
     torch.testing.assert_close(batch_outputs, alone, rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("config", CONFIGS[1:4])
+# Settings a tracker meets too: many non-normalised previous directions
+# through the linear embedding, no skip connection over 3 layers, the cnn
+# embedding on a grid, axes of 2 layers, and the other getters with EOS.
+STEP_CONFIGS = CONFIGS[1:] + [
+    dict(rnn_key="lstm", rnn_layer_sizes=[8, 6, 4], use_skip_connection=False,
+         nb_previous_dirs=5, normalize_prev_dirs=False,
+         prev_dirs_embedding_key="linear", prev_dirs_embedding_size=7),
+    dict(rnn_key="gru", neighborhood_type="grid", neighborhood_radius=1,
+         neighborhood_resolution=1.0, input_embedding_key="cnn",
+         input_embedding_size=6, cnn_nb_filters=2, nb_previous_dirs=2,
+         dg_key="gaussian-mixture", dg_args={"add_eos": True}),
+    dict(rnn_key="lstm", neighborhood_type="axes", neighborhood_radius=2,
+         neighborhood_resolution=0.5, dg_key="cosine-plus-l2-regression",
+         dg_args={"add_eos": True}),
+    dict(rnn_key="lstm", nb_previous_dirs=1, dropout=0.5,
+         dg_key="smooth-sphere-classification",
+         dg_args={"add_eos": True, "sphere": "repulsion100"}),
+]
+
+
+@pytest.mark.parametrize("config", STEP_CONFIGS)
 def test_step_by_step_reproduces_full_sequence(config):
     model = make_model(**config).double().eval()
-    inputs, streamlines = make_batch64()
+    streamlines = make_batch64()[1]
+    generator = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(len(s), model.input_size, generator=generator,
+                          dtype=torch.float64) for s in streamlines]
     with torch.no_grad():
         full_outputs = model(inputs, streamlines)
-        atol = float64_recurrent_atol(full_outputs)
+        atol = float64_recurrent_atol(full_outputs,
+                                      max(32, model.input_size))
         full = torch.split(full_outputs,
                            [n - 1 + model.add_eos for n in LENGTHS])
         # Tracking all three at once: longest one, others stop early.

@@ -3,15 +3,19 @@ import logging
 import os
 
 import pytest
+from error_checks import assert_user_error
+from training_data import make_training_hdf5
 
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.tracking.tracking_io import load_experiment_model
 from dwi_ml.tracking.training_facts import (
     choose_step_size,
     training_hdf5_step_size,
+    training_step_size,
     warn_if_not_trained_backward,
 )
 
@@ -87,3 +91,37 @@ def test_no_warning_when_the_parameters_do_not_record_the_loader(tmp_path,
     with caplog.at_level(logging.WARNING):
         warn_if_not_trained_backward(str(tmp_path), forward_only=False)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("streamline_format, option", [
+    ({"step_size": None, "nb_points": 10, "compress": None}, "--nb_points 10"),
+    ({"step_size": None, "nb_points": None, "compress": 0.5},
+     "--compress 0.5"),
+])
+def test_a_model_resampled_otherwise_never_saw_the_hdf5_step(
+        experiments, streamline_format, option):
+    # Before: tracked at the HDF5's 1.5 mm, a step its model never saw.
+    exps, _ = experiments
+    dataset = read_parameters(str(exps / "stepped"))["dataset"]
+    assert training_step_size({"step_size": None, "nb_points": None,
+                               "compress": None}, dataset) == 1.5
+    assert training_step_size({"step_size": 2.0, "nb_points": None,
+                               "compress": None}, dataset) == 2.0
+    with pytest.raises(DwiMLUserError, match=f"trained on streamlines of "
+                                             f"{option}, without a step"):
+        training_step_size(streamline_format, dataset)
+
+
+def test_tracking_validation_without_a_step_is_refused_before_any_folder(
+        tmp_path, capsys):
+    # Before: refused at the first epoch, after the folder was made.
+    hdf5_file = make_training_hdf5(str(tmp_path), nb_streamlines=10)
+    os.makedirs(tmp_path / "exps")
+    for extra, reason in (([], "step size is unknown"),
+                          (["--nb_points", "10"], "--nb_points 10")):
+        assert_user_error(
+            train_main, [tmp_path / "exps", "tv", hdf5_file, "input",
+                         "streamlines", "--tracking_validation_every", "1",
+                         *extra],
+            capsys, tmp_path, "--tracking_validation_every",
+            "needs a step size", reason)

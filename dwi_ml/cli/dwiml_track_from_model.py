@@ -100,7 +100,9 @@ def _build_parser():
                                "model's distribution.")
     tracking.add_argument("--step_size", type=float, metavar="MM",
                           help="Step in mm. Default: the model's, else the "
-                               "step size of the HDF5 it was trained on.")
+                               "step size of the HDF5 it was trained on "
+                               "(required for a model trained with "
+                               "--nb_points or --compress).")
     tracking.add_argument("--theta", type=float,
                           default=DEFAULT_MAX_ANGLE_DEG, metavar="DEG",
                           help="Largest angle between two steps, degrees.")

@@ -49,6 +49,7 @@ from dwi_ml.tracking.tracking_validation_args import (
     check_tracking_validation_data,
     tracking_validation_params_from_args,
 )
+from dwi_ml.tracking.training_facts import training_step_size
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
@@ -187,6 +188,19 @@ def collect_params(args):
     }
 
 
+def _check_tracking_validation_step(params):
+    """Tracking validation tracks at the training streamlines' step: refuse,
+    before the folder is made, a run where that step is unknown."""
+    if params["tracking_validation"] is None:
+        return
+    try:
+        training_step_size(params["model"], params["dataset"])
+    except DwiMLUserError as error:
+        raise DwiMLUserError(
+            f"argument --tracking_validation_every: tracking validation "
+            f"needs a step size; {error}") from None
+
+
 def _as_dict(params):
     return None if params is None else params.as_dict()
 
@@ -253,6 +267,7 @@ def _train(args, callbacks, lock):
     # The trainer checks them again; here, before the folder is created.
     check_trainer_args(params["trainer"])
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
+    _check_tracking_validation_step(params)
     distributed, device = init_distributed(args.device)
     set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
     comet = (make_comet_callback(args, experiment_dir)

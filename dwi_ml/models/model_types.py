@@ -7,6 +7,7 @@ argument group. Resume, evaluation and tracking read the class back from
 the experiment (``model_type.txt``): they need no option.
 """
 import argparse
+import functools
 
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters import direction_getter_args
@@ -127,11 +128,9 @@ def check_options_of_model_type(args):
     ``--target_embedded_size`` is refused with ``--token_combination add``
     too (both tokens embed to d_model).
     """
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
     for option, model_types in OPTION_MODEL_TYPES.items():
         value = getattr(args, option)
-        if value == parser.get_default(option):
+        if value == _default(option):
             continue
         if args.model_type not in model_types:
             raise DwiMLUserError(
@@ -145,6 +144,37 @@ def check_options_of_model_type(args):
                 f"--d_model), found {value!r} with --token_combination add.")
 
 
+def _check_options_of_inputs(args, input_embedding_key, model_class):
+    """Refuse --cnn_nb_filters without the cnn embedding, and
+    --no-normalize_prev_dirs for a model that reads no previous direction:
+    either would be silently ignored."""
+    if (args.cnn_nb_filters != _default("cnn_nb_filters")
+            and input_embedding_key != "cnn"):
+        raise DwiMLUserError(
+            f"argument --cnn_nb_filters: an option of --input_embedding_key "
+            f"cnn, found {args.cnn_nb_filters!r} with --input_embedding_key "
+            f"{input_embedding_key}.")
+    # The Transformers with targets read d_{t-1} even when k is 0.
+    if (not args.normalize_prev_dirs and args.nb_previous_dirs == 0
+            and model_class in (Learn2TrackModel, TransformerSrcOnlyModel)):
+        raise DwiMLUserError(
+            f"argument --no-normalize_prev_dirs: an option of "
+            f"--nb_previous_dirs >= 1 with --model_type {args.model_type} "
+            f"(it reads no previous direction), found --nb_previous_dirs 0.")
+
+
+@functools.lru_cache(maxsize=1)
+def _model_args_parser():
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    return parser
+
+
+def _default(option):
+    """The default value of one of :func:`add_model_args`'s options."""
+    return _model_args_parser().get_default(option)
+
+
 def model_params_from_args(args):
     """``(model class name, constructor arguments)`` from the options.
 
@@ -153,13 +183,14 @@ def model_params_from_args(args):
     resolution = args.neighborhood_resolution
     if args.neighborhood_type and resolution is None:
         resolution = 1.0
+    # Without --neighborhood_type, a resolution given reaches the input spec,
+    # which refuses it: it would interpolate nothing more.
     params = {"experiment_name": args.experiment_name,
               "step_size": args.step_size, "nb_points": args.nb_points,
               "compress": args.compress,
               "neighborhood_type": args.neighborhood_type,
               "neighborhood_radius": args.neighborhood_radius,
-              "neighborhood_resolution": (resolution if args.neighborhood_type
-                                          else None),
+              "neighborhood_resolution": resolution,
               "nb_previous_dirs": args.nb_previous_dirs,
               "normalize_prev_dirs": args.normalize_prev_dirs,
               "dg_key": args.dg_key, "dg_args": direction_getter_args(args)}
@@ -172,6 +203,7 @@ def model_params_from_args(args):
     params["dropout"] = (args.dropout if args.dropout is not None
                          else 0.0 if is_recurrent else 0.1)
     params["cnn_nb_filters"] = args.cnn_nb_filters
+    _check_options_of_inputs(args, params["input_embedding_key"], model_class)
     if is_recurrent:
         params.update(input_embedding_size=args.input_embedding_size,
                       prev_dirs_embedding_key=args.prev_dirs_embedding_key,

@@ -35,7 +35,12 @@ def training_hdf5_step_size(experiment_dir):
     """
     if not os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE)):
         return None
-    dataset = read_parameters(experiment_dir).get("dataset") or {}
+    return _dataset_step_size(
+        read_parameters(experiment_dir).get("dataset") or {})
+
+
+def _dataset_step_size(dataset):
+    """Step size (mm) of the ``dataset`` section of parameters.json."""
     creation = (dataset.get("fingerprint") or {}).get("creation") or {}
     if "step_size" in creation:
         return _as_step(creation["step_size"])
@@ -52,6 +57,10 @@ def training_hdf5_step_size(experiment_dir):
 def choose_step_size(given_mm, model, experiment_dir):
     """The tracking step: given, else the model's, else the training HDF5's.
 
+    The HDF5's only for a model that read its streamlines as stored: one
+    trained on ``nb_points`` points or compressed streamlines never saw
+    that step.
+
     Raises
     ------
     DwiMLUserError
@@ -59,10 +68,39 @@ def choose_step_size(given_mm, model, experiment_dir):
     """
     if given_mm is not None:
         return given_mm
-    model_step_size = model.input_spec.streamline_format.step_size
-    if model_step_size is not None:
-        return model_step_size
-    step_size = training_hdf5_step_size(experiment_dir)
+    dataset = {}
+    if os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE)):
+        dataset = read_parameters(experiment_dir).get("dataset") or {}
+    return training_step_size(model.input_spec.streamline_format.as_dict(),
+                              dataset)
+
+
+def training_step_size(streamline_format, dataset):
+    """The step (mm) of the streamlines a model was trained on.
+
+    Parameters
+    ----------
+    streamline_format : dict
+        The model's ``step_size``, ``nb_points`` and ``compress``.
+    dataset : dict
+        The ``dataset`` section of its parameters.json.
+
+    Raises
+    ------
+    DwiMLUserError
+        When that step is unknown: no step size of the model's, and none
+        of the HDF5's or streamlines resampled to a number of points or
+        compressed.
+    """
+    if streamline_format.get("step_size") is not None:
+        return streamline_format["step_size"]
+    for option in ("nb_points", "compress"):
+        if streamline_format.get(option) is not None:
+            raise DwiMLUserError(
+                f"argument --step_size: the model was trained on streamlines "
+                f"of --{option} {streamline_format[option]:g}, without a "
+                f"step size; give one in mm, found none.")
+    step_size = _dataset_step_size(dataset)
     if step_size is None:
         raise DwiMLUserError(
             "argument --step_size: the model was trained without a step "

@@ -64,17 +64,19 @@ def add_direction_getter_args(group):
     group.add_argument("--add_eos", action="store_true",
                        help="Learn an end-of-streamline output.")
     group.add_argument("--eos_weight", type=float, default=1.0,
-                       help="Weight of the end-of-streamline loss.")
+                       help="Weight of the end-of-streamline loss (with "
+                            "--add_eos).")
     group.add_argument("--dg_dropout", type=float, default=0.0,
                        help="Dropout between the direction getter's two "
                             "layers.")
     group.add_argument("--normalize_targets", type=float, metavar="NORM",
-                       help="Regression getters: scale the target directions "
-                            "to this norm before the loss (default: 1 for "
-                            "the L2 getters; the cosine ignores norms).")
+                       help="L2 regression getters: scale the target "
+                            "directions to this norm before the loss "
+                            "(default: 1; refused with cosine-regression, "
+                            "which ignores norms).")
     group.add_argument("--normalize_outputs", type=float, metavar="NORM",
-                       help="Regression getters: scale the outputs to this "
-                            "norm before the loss (default: unscaled).")
+                       help="L2 regression getters: scale the outputs to "
+                            "this norm before the loss (default: unscaled).")
     group.add_argument("--entropy_weight", type=float, default=0.0,
                        help="Gaussian getters: loss = NLL + W * entropy.")
     group.add_argument("--nb_gaussians", type=int, default=3,
@@ -103,6 +105,11 @@ def direction_getter_args(args):
     """
     cls = DIRECTION_GETTERS[args.dg_key]
     accepted = set(inspect.signature(cls).parameters)
+    if not args.add_eos and args.eos_weight != 1.0:
+        # Without EOS there is no EOS loss to weigh.
+        raise DwiMLUserError(
+            f"argument --eos_weight: an option of --add_eos, found "
+            f"{args.eos_weight!r} without --add_eos.")
     dg_args = {"add_eos": args.add_eos, "eos_weight": args.eos_weight}
     defaults = {action: value for action, value in (
         ("dg_dropout", 0.0), ("normalize_targets", None),

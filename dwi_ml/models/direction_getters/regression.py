@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dwi_ml.io_utils.arg_checks import check_positive_float
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters.base import (
     AbstractDirectionGetter,
     unit_vectors,
@@ -50,10 +51,24 @@ class _RegressionDG(AbstractDirectionGetter):
 class CosineRegressionDG(_RegressionDG):
     """Loss ``1 - cos(output, target)``, in [0, 2].
 
-    Only the angle counts: neither vector's length matters.
+    Only the angle counts: neither vector's length matters, so
+    ``normalize_targets`` and ``normalize_outputs``, which would change
+    nothing, are refused.
     """
 
     key = "cosine-regression"
+
+    def __init__(self, input_size, add_eos=False, eos_weight=1.0,
+                 dropout=0.0, normalize_targets=None, normalize_outputs=None):
+        for name, value in (("normalize_targets", normalize_targets),
+                            ("normalize_outputs", normalize_outputs)):
+            if value is not None:
+                raise DwiMLUserError(
+                    f"argument '{name}': expected None with "
+                    f"'cosine-regression' (a cosine ignores lengths; "
+                    f"'l2-regression' or 'cosine-plus-l2-regression' use "
+                    f"it), found {value!r}.")
+        super().__init__(input_size, add_eos, eos_weight, dropout)
 
     def compute_direction_losses(self, dir_outputs, target_dirs):
         return 1 - F.cosine_similarity(dir_outputs, target_dirs, dim=1)
