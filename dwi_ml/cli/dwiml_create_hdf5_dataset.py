@@ -1,7 +1,6 @@
 """Create the dwi_ml HDF5 file of a dwi_ml_ready folder."""
 import argparse
 import os
-import sys
 import time
 
 import h5py
@@ -15,7 +14,7 @@ from dwi_ml.data.hdf5.layout import (
 )
 from dwi_ml.data.hdf5.subjects import read_subjects_file
 from dwi_ml.io_utils.arg_checks import check_extension
-from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -122,22 +121,6 @@ def _only_true(value):
         "it from the config or the subject from the lists")
 
 
-def refuse_reference_only_options(argv):
-    """Refuse, in one line, an option of the reference dwi_ml's creation
-    script that has no equivalent here, saying what to use instead.
-
-    Raises
-    ------
-    DwiMLUserError
-    """
-    for token in argv:
-        option = token.split("=", 1)[0]
-        if option in REFERENCE_ONLY_OPTIONS:
-            raise DwiMLUserError(
-                f"option {option} of the reference dwi_ml is not supported "
-                f"here: {REFERENCE_ONLY_OPTIONS[option]}.")
-
-
 def summarize_hdf5(path):
     """Count what a dwi_ml HDF5 file holds, reading only ``lengths``.
 
@@ -176,9 +159,8 @@ def format_summary(path, summary, seconds):
 
 @script_entry_point
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    refuse_reference_only_options(argv)
-    args = parse_script_args(_build_parser(), argv)
+    args = parse_script_args(_build_parser(), argv,
+                             reference_options=REFERENCE_ONLY_OPTIONS)
     check_extension(args.out_hdf5, (".hdf5", ".h5"))
     check_inputs_exist(args.dwi_ml_ready_folder, args.config_json,
                        args.training_subjs, args.validation_subjs,

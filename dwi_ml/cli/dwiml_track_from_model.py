@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from dwi_ml.cli.reference_options import TRACK_REFERENCE_OPTIONS
 from dwi_ml.data.packed import packed_arrays
 from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
@@ -231,7 +232,8 @@ def _mask_volume(volumes, group):
 
 @script_entry_point
 def main(argv=None):
-    args = parse_script_args(_build_parser(), argv)
+    args = parse_script_args(_build_parser(), argv,
+                             reference_options=TRACK_REFERENCE_OPTIONS)
     _check_numbers(args)
     check_tractogram_extension(args.out_tractogram)
     check_inputs_exist(args.experiment_path, what="experiment")

@@ -12,6 +12,7 @@ import os
 from dwi_ml.batching.batch_loader import add_loader_args
 from dwi_ml.batching.batch_sampler import add_sampler_args
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.cli.reference_options import TRAIN_REFERENCE_OPTIONS
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.arg_checks import (
@@ -208,7 +209,8 @@ def _as_dict(params):
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_train_model.py."""
-    args = parse_script_args(build_parser(), argv)
+    args = parse_script_args(build_parser(), argv,
+                             reference_options=TRAIN_REFERENCE_OPTIONS)
     train_from_args(args)
 
 

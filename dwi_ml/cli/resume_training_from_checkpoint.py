@@ -11,6 +11,7 @@ parameters.json); --accept_different_hdf5 resumes on another one.
 import logging
 import os
 
+from dwi_ml.cli.reference_options import RESUME_REFERENCE_OPTIONS
 from dwi_ml.data.hdf5.fingerprint import (
     compute_hdf5_fingerprint,
     first_fingerprint_difference,
@@ -133,7 +134,8 @@ def _finished_message(trainer, experiment_dir):
 @script_entry_point
 def main(argv=None):
     """Entry point of resume_training_from_checkpoint.py."""
-    args = parse_script_args(build_parser(), argv)
+    args = parse_script_args(build_parser(), argv,
+                             reference_options=RESUME_REFERENCE_OPTIONS)
     resume_from_args(args)
 
 

@@ -6,6 +6,7 @@ import sys
 
 from matplotlib.figure import Figure
 
+from dwi_ml.cli.reference_options import VISUALIZE_LOGS_REFERENCE_OPTIONS
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -222,7 +223,8 @@ def _check_numbers(args):
 
 @script_entry_point
 def main(argv=None):
-    args = parse_script_args(_build_parser(), argv)
+    args = parse_script_args(_build_parser(), argv,
+                             reference_options=VISUALIZE_LOGS_REFERENCE_OPTIONS)
     check_inputs_exist(*args.experiments, what="experiment")
     _check_numbers(args)
     ylim, panel_ylims = parse_ylims(args.ylim)

@@ -3,6 +3,8 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
+from typing import NamedTuple
 
 from dwi_ml.io_utils.arg_checks import check_device, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -102,8 +104,71 @@ def check_model_run_args(args):
     check_int("--batch_size", args.batch_size, 1)
 
 
-def parse_script_args(parser, argv=None):
-    """Parse ``argv`` and set the logging level that ``-v`` asked for."""
+class SameAs(NamedTuple):
+    """A reference dwi_ml option that is one of ours under another name,
+    with the same meaning and default: it is accepted as ``option``."""
+    option: str
+
+
+def translate_reference_options(argv, table):
+    """Answer, before any parsing, the reference dwi_ml's options that this
+    script names differently.
+
+    Parameters
+    ----------
+    argv : list of str
+        The command line, without the program name.
+    table : dict
+        Reference option -> what it is here: a :class:`SameAs` (the option
+        is replaced by ours), a str (no equivalent here: the option is
+        refused with this hint, saying what to use instead) or a dict
+        {value: hint} (only those values of the option are refused, as an
+        invalid choice with the hint).
+
+    Returns
+    -------
+    list of str
+        ``argv`` with each alias replaced by our option (``--opt=value``
+        forms included). Tokens after ``--`` are left alone.
+
+    Raises
+    ------
+    DwiMLUserError
+        For the first refused option or value.
+    """
+    translated = list(argv)
+    for index, token in enumerate(argv):
+        if token == "--":
+            break
+        option, equals, value = token.partition("=")
+        meaning = table.get(option)
+        if meaning is None:
+            continue
+        if isinstance(meaning, SameAs):
+            translated[index] = meaning.option + equals + value
+        elif isinstance(meaning, str):
+            raise DwiMLUserError(
+                f"option {option} of the reference dwi_ml is not supported "
+                f"here: {meaning}.")
+        else:
+            if not equals and index + 1 < len(argv):
+                value = argv[index + 1]
+            if value in meaning:
+                raise DwiMLUserError(
+                    f"argument {option}: invalid choice: {value!r} (the "
+                    f"reference dwi_ml's spelling): {meaning[value]}.")
+    return translated
+
+
+def parse_script_args(parser, argv=None, reference_options=None):
+    """Parse ``argv`` and set the logging level that ``-v`` asked for.
+
+    ``reference_options``, a table of :func:`translate_reference_options`,
+    answers the reference dwi_ml's spellings first.
+    """
+    if reference_options is not None:
+        argv = translate_reference_options(
+            sys.argv[1:] if argv is None else argv, reference_options)
     args = parser.parse_args(argv)
     set_verbosity(args.verbose)
     return args
