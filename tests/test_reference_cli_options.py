@@ -13,7 +13,7 @@ from dwi_ml.cli import (
     resume_training_from_checkpoint,
     visualize_logs,
 )
-from dwi_ml.cli import reference_options as ref
+from dwi_ml.io_utils import reference_options as ref
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import (
     SameAs,

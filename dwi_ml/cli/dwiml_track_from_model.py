@@ -6,11 +6,11 @@ import os
 import numpy as np
 import torch
 
-from dwi_ml.cli.reference_options import TRACK_REFERENCE_OPTIONS
 from dwi_ml.data.packed import packed_arrays
 from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.reference_options import TRACK_REFERENCE_OPTIONS
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,

@@ -12,7 +12,6 @@ import os
 from dwi_ml.batching.batch_loader import add_loader_args
 from dwi_ml.batching.batch_sampler import add_sampler_args
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
-from dwi_ml.cli.reference_options import TRAIN_REFERENCE_OPTIONS
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.arg_checks import (
@@ -30,6 +29,7 @@ from dwi_ml.io_utils.experiment_lock import (
     start_new_experiment,
 )
 from dwi_ml.io_utils.output_folders import check_output_folder, folder_kind
+from dwi_ml.io_utils.reference_options import TRAIN_REFERENCE_OPTIONS
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,

@@ -11,7 +11,6 @@ parameters.json); --accept_different_hdf5 resumes on another one.
 import logging
 import os
 
-from dwi_ml.cli.reference_options import RESUME_REFERENCE_OPTIONS
 from dwi_ml.data.hdf5.fingerprint import (
     compute_hdf5_fingerprint,
     first_fingerprint_difference,
@@ -29,6 +28,7 @@ from dwi_ml.io_utils.experiment_lock import (
     start_resumed_experiment,
 )
 from dwi_ml.io_utils.output_folders import folder_kind
+from dwi_ml.io_utils.reference_options import RESUME_REFERENCE_OPTIONS
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,

@@ -6,9 +6,9 @@ import sys
 
 from matplotlib.figure import Figure
 
-from dwi_ml.cli.reference_options import VISUALIZE_LOGS_REFERENCE_OPTIONS
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.reference_options import VISUALIZE_LOGS_REFERENCE_OPTIONS
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
