@@ -33,10 +33,14 @@ def training_hdf5_step_size(experiment_dir):
     fingerprints exist), else from the training file's root attrs when it
     is still there.
     """
+    return _dataset_step_size(_training_dataset(experiment_dir))
+
+
+def _training_dataset(experiment_dir):
+    """The ``dataset`` section of the experiment's parameters.json, or {}."""
     if not os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE)):
-        return None
-    return _dataset_step_size(
-        read_parameters(experiment_dir).get("dataset") or {})
+        return {}
+    return read_parameters(experiment_dir).get("dataset") or {}
 
 
 def _dataset_step_size(dataset):
@@ -68,11 +72,8 @@ def choose_step_size(given_mm, model, experiment_dir):
     """
     if given_mm is not None:
         return given_mm
-    dataset = {}
-    if os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE)):
-        dataset = read_parameters(experiment_dir).get("dataset") or {}
     return training_step_size(model.input_spec.streamline_format.as_dict(),
-                              dataset)
+                              _training_dataset(experiment_dir))
 
 
 def training_step_size(streamline_format, dataset):
