@@ -138,7 +138,10 @@ def train(model_type, dataset, args):
     loader = BatchLoaderOneInput(
         dataset, "streamlines", "input",
         InputSpec.from_options(step_size=args.step_size, nb_previous_dirs=2),
-        split_ratio=0.5, reverse_ratio=0.5, noise_gaussian_size_forward=0.1,
+        split_ratio=0.5, reverse_ratio=0.5,
+        noise_gaussian_size_forward=(args.noise_forward
+                                     if model_type == "learn2track"
+                                     else args.tf_noise_forward),
         noise_gaussian_size_loss=(args.noise_loss if model_type == "learn2track"
                                   else args.tf_noise_loss),
         seed=args.seed)
@@ -245,6 +248,12 @@ def main():
                         choices=("relu", "gelu"),
                         help="Feed-forward activation of the Transformers "
                              "(default: relu).")
+    parser.add_argument("--noise_forward", type=float, default=0.1,
+                        help="Sigma (mm) of the noise on Learn2track's input "
+                             "points (--noise_gaussian_size_forward; "
+                             "default: 0.1).")
+    parser.add_argument("--tf_noise_forward", type=float, default=0.1,
+                        help="The same for the Transformers (default: 0.1).")
     parser.add_argument("--noise_loss", type=float, default=0.0,
                         help="Sigma (mm) of the noise on Learn2track's target "
                              "streamlines (--noise_gaussian_size_loss; "
