@@ -244,3 +244,26 @@ def test_script_errors(files, tmp_path, capsys):
         assert expected in _error(capsys, main, argv)
     np.testing.assert_array_equal(np.load(existing), np.zeros((2, 2)))
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_label_volume_errors_say_what_is_wrong(files, tmp_path, capsys):
+    """A label volume of the wrong kind: the message says which value or
+    shape is wrong (it only gave the shape and dtype, which looked fine)."""
+    labels = _labels().astype(np.float32)
+    cases = []
+    for name, value, expected in [
+            ("fraction", 1.5, "non-integer values such as 1.5"),
+            ("negative", -1, "negative values such as -1"),
+            ("nan", np.nan, "1 NaN or infinite value(s)")]:
+        data = labels.copy()
+        data[0, 0, 0] = value
+        cases.append((save_nifti(tmp_path / f"{name}.nii.gz", data=data),
+                      expected))
+    cases.append((save_nifti(tmp_path / "4d.nii.gz",
+                             data=np.stack([labels, labels], axis=-1)),
+                  "found shape (10, 10, 10, 2)"))
+    for path, expected in cases:
+        message = _error(capsys, labels_main, [files["tractogram"], path,
+                                               str(tmp_path / "o.npy")])
+        assert f"labels '{path}'" in message and expected in message
+    assert not (tmp_path / "o.npy").exists()

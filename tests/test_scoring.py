@@ -356,3 +356,21 @@ def test_script_refuses_a_tractogram_of_another_grid(hand_files, tmp_path,
                               hand_files["nifti"]])
     assert f"tractogram '{other_reference}'" in message
     assert not os.path.exists(tmp_path / "scores.json")
+
+
+def test_script_refuses_nan_points(hand_files, tmp_path, capsys):
+    """A tractogram with a NaN coordinate: one line naming the file (the
+    k-d tree query and the resampling raised a traceback)."""
+    streamlines = [s.copy() for s in hand_tracked()]
+    streamlines[0][3] = np.nan
+    streamlines[2][1, 0] = np.inf
+    bad = save_trk(tmp_path / "nan.trk", ArraySequence(streamlines),
+                   hand_files["nifti"], labels=[1, 2, 1, 2, 1])
+    for argv in ([bad, hand_files["reference"], hand_files["nifti"]],
+                 [hand_files["tracked"], bad, hand_files["nifti"],
+                  "--bundle_key", "bundle"]):
+        message = _error(capsys, argv)
+        assert f"tractogram '{bad}'" in message
+        assert ("found 2 point(s) with NaN or Inf coordinates in 2 "
+                "streamline(s)") \
+            in message

@@ -11,7 +11,12 @@ import numpy as np
 from dipy.io.streamline import load_tractogram
 
 from dwi_ml.data.hdf5.subjects import one_line
-from dwi_ml.data.hdf5.tractograms import grid_difference, reference_info
+from dwi_ml.data.hdf5.tractograms import (
+    grid_difference,
+    reference_info,
+    streamlines_with_flagged_points,
+)
+from dwi_ml.data.packed import compact
 from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -47,11 +52,21 @@ def load_label_volume(nifti_path):
     """Integer labels (X, Y, Z) of a NIfTI volume, and its affine."""
     image = _load_image(nifti_path)
     data = np.asanyarray(image.dataobj)
-    if data.ndim != 3 or not np.all(np.isfinite(data)) \
-            or np.any(data != np.round(data)) or np.any(data < 0):
-        raise DwiMLUserError(
-            f"labels '{nifti_path}': expected a 3-D volume of integers >= 0, "
-            f"found shape {data.shape}, dtype {data.dtype}.")
+    where = f"labels '{nifti_path}': expected a 3-D volume of integers >= 0"
+    if data.ndim != 3:
+        raise DwiMLUserError(f"{where}, found shape {data.shape}.")
+    nb_not_finite = int(np.count_nonzero(~np.isfinite(data)))
+    if nb_not_finite:
+        raise DwiMLUserError(f"{where}, found {nb_not_finite} NaN or "
+                             "infinite value(s).")
+    # Scaled integers (scl_slope) may load as floats that are not integers.
+    for wrong, kind in ((data != np.round(data), "non-integer"),
+                        (data < 0, "negative")):
+        if np.any(wrong):
+            raise DwiMLUserError(
+                f"{where}, found {kind} values such as "
+                f"{', '.join(map(str, np.unique(data[wrong])[:3].tolist()))} "
+                f"(dtype {data.dtype}).")
     return data.astype(np.int64), np.asarray(image.affine, dtype=np.float64)
 
 
@@ -59,7 +74,8 @@ def load_tractogram_vox_corner(path, nifti_path):
     """Load a tractogram on the grid of a NIfTI, in voxel space, corner origin.
 
     Points outside the grid are kept (dipy's bounding-box check is off):
-    a score counts them as outside.
+    a score counts them as outside. NaN or infinite coordinates are
+    refused: no distance, voxel or length is defined for them.
 
     Returns
     -------
@@ -76,7 +92,21 @@ def load_tractogram_vox_corner(path, nifti_path):
             f"'{nifti_path}' ({error}).") from None
     sft.to_vox()
     sft.to_corner()
+    _check_finite_points(sft.streamlines, path)
     return sft
+
+
+def _check_finite_points(streamlines, path):
+    data, _, lengths = compact(streamlines)
+    bad_points = ~np.all(np.isfinite(np.reshape(data, (-1, 3))), axis=1)
+    if not bad_points.any():
+        return
+    nb_streamlines = int(np.count_nonzero(
+        streamlines_with_flagged_points(bad_points, lengths)))
+    raise DwiMLUserError(
+        f"tractogram '{path}': found {np.count_nonzero(bad_points)} "
+        f"point(s) with NaN or Inf coordinates in {nb_streamlines} "
+        "streamline(s); expected finite points only.")
 
 
 def _check_same_grid(path, nifti_path):
