@@ -267,3 +267,30 @@ def test_label_volume_errors_say_what_is_wrong(files, tmp_path, capsys):
                                                str(tmp_path / "o.npy")])
         assert f"labels '{path}'" in message and expected in message
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_score_script_names_the_matrix_of_the_wrong_shape(tmp_path, capsys):
+    """Matrices of the wrong shape or kind: the message names the file (it
+    said 'matrices', and took complex numbers)."""
+    paths = {}
+    for name, matrix in [("square", np.eye(3)), ("big", np.eye(4)),
+                         ("row", np.ones(3)), ("rect", np.ones((2, 3))),
+                         ("complex", np.eye(3) * (1 + 1j)),
+                         ("negative", -np.eye(3))]:
+        paths[name] = str(tmp_path / f"{name}.npy")
+        np.save(paths[name], matrix)
+    cases = [
+        (["row", "square"], "matrix '{row}': expected a square matrix, "
+                            "found shape (3,)"),
+        (["square", "rect"], "matrix '{rect}': expected a square matrix, "
+                             "found shape (2, 3)"),
+        (["square", "big"], "matrices '{square}' (3 x 3) and '{big}' "
+                            "(4 x 4): expected the same shape"),
+        (["complex", "square"], "matrix '{complex}': expected numbers or "
+                                "booleans, found dtype complex128"),
+        (["square", "negative"], "matrix '{negative}': expected counts >= 0, "
+                                 "found 3 negative entries"),
+    ]
+    for names, expected in cases:
+        message = _error(capsys, score_main, [paths[n] for n in names])
+        assert expected.format(**paths) in message

@@ -52,15 +52,26 @@ def _load_matrix(path):
         raise DwiMLUserError(
             f"matrix '{path}': expected a .npy array, could not read it "
             f"({error}).") from None
-    if not (np.issubdtype(matrix.dtype, np.number) or matrix.dtype == bool):
+    if not (np.issubdtype(matrix.dtype, np.integer)
+            or np.issubdtype(matrix.dtype, np.floating)
+            or matrix.dtype == bool):
         raise DwiMLUserError(
             f"matrix '{path}': expected numbers or booleans, found dtype "
             f"{matrix.dtype}.")
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise DwiMLUserError(
+            f"matrix '{path}': expected a square matrix, found shape "
+            f"{matrix.shape}.")
     nb_not_finite = int(np.count_nonzero(~np.isfinite(matrix)))
     if nb_not_finite:
         raise DwiMLUserError(
             f"matrix '{path}': expected finite counts, found {nb_not_finite} "
             "NaN or infinite entries.")
+    nb_negative = int(np.count_nonzero(matrix < 0))
+    if nb_negative:
+        raise DwiMLUserError(
+            f"matrix '{path}': expected counts >= 0, found {nb_negative} "
+            "negative entries.")
     return matrix
 
 
@@ -72,8 +83,15 @@ def main(argv=None):
         check_output_free(args.out_json, args.overwrite,
                           extensions=(".json",))
 
-    scores = score_connectivity(_load_matrix(args.predicted_matrix),
-                                _load_matrix(args.true_matrix))
+    predicted = _load_matrix(args.predicted_matrix)
+    true = _load_matrix(args.true_matrix)
+    if predicted.shape != true.shape:
+        raise DwiMLUserError(
+            f"matrices '{args.predicted_matrix}' ({len(predicted)} x "
+            f"{len(predicted)}) and '{args.true_matrix}' ({len(true)} x "
+            f"{len(true)}): expected the same shape (the same labels or "
+            "blocs).")
+    scores = score_connectivity(predicted, true)
     print(format_scores(scores))
     if args.out_json is not None:
         write_json_atomic(args.out_json, scores, strict=False)
