@@ -2,6 +2,7 @@
 cases, sanity checks on synthetic bundles, and the script."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -374,3 +375,15 @@ def test_script_refuses_nan_points(hand_files, tmp_path, capsys):
         assert ("found 2 point(s) with NaN or Inf coordinates in 2 "
                 "streamline(s)") \
             in message
+
+
+def test_script_refuses_an_upper_case_extension(hand_files, tmp_path,
+                                                capsys):
+    """'.TRK' passed the extension check, then dipy's load_tractogram
+    returned False and the script crashed ('bool' has no 'to_vox')."""
+    upper = str(tmp_path / "TRACKED.TRK")
+    shutil.copyfile(hand_files["tracked"], upper)
+    message = _error(capsys, [upper, hand_files["reference"],
+                              hand_files["nifti"]])
+    assert f"tractogram '{upper}'" in message
+    assert "lower-case extension" in message and "found '.TRK'" in message

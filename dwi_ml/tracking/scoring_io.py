@@ -6,6 +6,8 @@ expects. Outputs (JSON, .npy) are written under a temporary name, then
 renamed.
 """
 
+import os
+
 import nibabel as nib
 import numpy as np
 from dipy.io.streamline import load_tractogram
@@ -23,6 +25,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_output_free
 from dwi_ml.io_utils.script_args import add_output_args
 from dwi_ml.io_utils.tractogram_files import (
+    TRACTOGRAM_EXTENSIONS,
     check_tractogram_extension,
     tractogram_extension,
 )
@@ -83,6 +86,13 @@ def load_tractogram_vox_corner(path, nifti_path):
         In ``Space.VOX``, ``Origin.TRACKVIS``.
     """
     check_tractogram_extension(path, "tractogram")
+    extension = os.path.splitext(path)[1]
+    if extension != extension.lower():
+        # dipy's load_tractogram logs an error and returns False.
+        raise DwiMLUserError(
+            f"tractogram '{path}': expected a lower-case extension "
+            f"({', '.join(TRACTOGRAM_EXTENSIONS)}; dipy reads no other), "
+            f"found '{extension}'.")
     _check_same_grid(path, nifti_path)
     try:
         sft = load_tractogram(path, nifti_path, bbox_valid_check=False)
