@@ -294,3 +294,16 @@ def test_score_script_names_the_matrix_of_the_wrong_shape(tmp_path, capsys):
     for names, expected in cases:
         message = _error(capsys, score_main, [paths[n] for n in names])
         assert expected.format(**paths) in message
+
+
+def test_printed_sum_of_a_weighted_matrix_is_not_rounded(tmp_path, capsys):
+    """A weighted (float) predicted matrix: its sum was printed as a count,
+    rounded ('nb_predicted_streamlines 2' for 2.4)."""
+    np.save(tmp_path / "weighted.npy", np.diag([0.8, 0.8, 0.8]))
+    np.save(tmp_path / "true.npy", np.eye(3, dtype=np.int64))
+    capsys.readouterr()
+    score_main([str(tmp_path / "weighted.npy"), str(tmp_path / "true.npy")])
+    printed = dict(line.split() for line in
+                   capsys.readouterr().out.strip().splitlines())
+    assert printed["nb_predicted_streamlines"] == "2.4000"
+    assert printed["nb_true_connections"] == "3"

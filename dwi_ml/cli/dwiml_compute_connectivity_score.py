@@ -30,7 +30,8 @@ of nodes with a non-zero entry.
   streamlines_in_true_connections: share of the predicted streamlines (sum
     of the predicted counts) that join a true connection; 1 minus the
     reference dwi_ml's "connectivity loss". Meaningless for a binary
-    predicted matrix, which counts connections.
+    predicted matrix, which counts connections; for a weighted one
+    (floats), the share of its weights.
 The scores are printed and, with --out_json, saved as one flat JSON dict."""
 
 

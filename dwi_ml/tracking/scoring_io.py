@@ -182,12 +182,14 @@ def check_matrix_output(args):
 
 
 def format_scores(scores):
-    """One line per score, name then value: counts as integers, shares to
-    4 decimals."""
+    """One line per score, name then value: counts as integers, shares (and
+    counts that are not whole, e.g. sums of weights) to 4 decimals."""
     width = max((len(name) for name in scores), default=0)
     lines = []
     for name, value in scores.items():
-        shown = f"{value:.0f}" if (name.startswith("nb_") or "_nb_" in name
-                                   or name in ("VB", "IB")) else f"{value:.4f}"
+        is_count = (name.startswith("nb_") or "_nb_" in name
+                    or name in ("VB", "IB"))
+        shown = f"{value:.0f}" if is_count and float(value).is_integer() \
+            else f"{value:.4f}"
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines)
