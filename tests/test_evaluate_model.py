@@ -1,13 +1,20 @@
 """dwiml_evaluate_model.py: per-subject losses on any subset."""
 import json
+import os
 
+import numpy as np
 import pytest
 import torch
 from training_data import make_training_hdf5
 
 from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
-from tests.tolerances import rounding_atol
+from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.training.evaluation import evaluate_model
+from tests.tolerances import EPS64, rounding_atol
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +85,43 @@ def test_evaluation_on_cuda_equals_cpu(experiment, tmp_path):
     for key in ("loss", "loss_direction", "loss_eos"):
         assert results["cuda"][key] == pytest.approx(
             results["cpu"][key], rel=2 * rounding_atol(1, 100 * 64))
+
+
+def test_all_subjects_angle_is_the_mean_over_all_angles(tmp_path):
+    """With EOS a subject has N fewer angles (none at the stop point) than
+    loss points: 'all' weighted each subject's mean angle by its loss points
+    instead of its angles."""
+    paths = make_synthetic_dataset(str(tmp_path / "synthetic"),
+                                   nb_subjects=3, nb_streamlines=30, seed=1)
+    hdf5_file = str(tmp_path / "data.hdf5")
+    # Streamlines of other lengths per subject: other ratios N / n_points.
+    create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
+                        hdf5_file, paths.config,
+                        paths.splits["training"] + paths.splits["validation"],
+                        [], paths.splits["testing"], step_size=1.0)
+    dataset = MultiSubjectDataset(hdf5_file, lazy=True)
+    dataset.load_data(load_validation=False, load_testing=False,
+                      volume_groups=["input"],
+                      streamline_groups=["streamlines"])
+    torch.manual_seed(0)
+    model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
+                             step_size=1.0, rnn_layer_sizes=[8],
+                             dg_args={"add_eos": True}).eval()
+    results = evaluate_model(model, dataset, "training", "input",
+                             "streamlines", batch_size=7)
+    nb_streamlines = [dataset.training_set.get_subject(i).sft_data_list[0]
+                      .nb_streamlines for i in range(2)]
+    dataset.close()
+    subjects = [results[s] for s in dataset.training_set.subjects]
+    # One prediction per point with EOS; an angle at all but the last one.
+    nb_angles = np.array([s["n_points"] - n
+                          for s, n in zip(subjects, nb_streamlines)])
+    angles = np.array([s["angular_error_deg"] for s in subjects])
+    assert nb_angles[0] * subjects[1]["n_points"] != \
+        nb_angles[1] * subjects[0]["n_points"]     # the weights differ
+    expected = float(np.sum(angles * nb_angles) / nb_angles.sum())
+    # The same float32 batch means, weighted and summed in float64 either
+    # per subject then over subjects, or over all batches: a few float64
+    # roundings apart (the loss-point weights were 3e-6 off here).
+    assert results["all"]["angular_error_deg"] == pytest.approx(
+        expected, rel=rounding_atol(1, 10, EPS64))

@@ -3,6 +3,8 @@
 The loop is the validation loop of the trainer (no augmentation, no
 gradients), run subject by subject over every streamline of any subset.
 """
+import math
+
 import numpy as np
 import torch
 
@@ -31,6 +33,11 @@ class _WeightedMeans:
             self.monitors.setdefault(name, BatchMeanMonitor(name)).update(
                 value, n_points)
         self.n_points += n_points
+
+    def mean_of(self, name):
+        """The mean of one value; NaN when it was never added."""
+        monitor = self.monitors.get(name)
+        return math.nan if monitor is None else monitor.running_mean
 
     def means(self):
         return {**{name: monitor.running_mean
@@ -75,7 +82,9 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
         ..., 'n_points': ...}, ..., 'all': {...}}``. Losses are means over
         predicted points; angles compare the deterministic directions with
         the streamlines' next segments, in RAS mm (anisotropic voxels do
-        not bend them), leaving out points where the target is "stop".
+        not bend them), leaving out points where the target is "stop";
+        ``'all'`` averages the losses over all loss points and the angles
+        over all angles of the subset.
     """
     loader = build_loader(dataset, {"streamline_group": streamline_group,
                                     "input_group": input_group}, model, device)
@@ -88,7 +97,9 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
             f"{nb_predictions} (in the model's format).")
     group_idx = dataset.streamline_groups.index(streamline_group)
     subset = getattr(dataset, f"{split}_set")
-    results, overall = {}, _WeightedMeans()
+    # Angles are averaged over their own points: with EOS a streamline has
+    # one angle fewer than loss points (none where the target is "stop").
+    results, overall, overall_angles = {}, _WeightedMeans(), _WeightedMeans()
     with torch.no_grad():
         for subj_idx, subject_id in enumerate(subset.subjects):
             sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
@@ -108,14 +119,19 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
                            int(n_points))
                 batch_angles = _batch_angles_deg(
                     model, outputs, batch.target_streamlines(), linear)
-                angles.add({"angular_error_deg": batch_angles.mean().item()},
-                           len(batch_angles))
+                if len(batch_angles):
+                    for means in (angles, overall_angles):
+                        means.add({"angular_error_deg":
+                                   batch_angles.mean().item()},
+                                  len(batch_angles))
             values = {**losses.means(),
-                      "angular_error_deg": angles.means()["angular_error_deg"]}
+                      "angular_error_deg": angles.mean_of("angular_error_deg")}
             results[subject_id] = values
             overall.add({key: value for key, value in values.items()
-                         if key != "n_points"}, values["n_points"])
-    results["all"] = overall.means()
+                         if key not in ("n_points", "angular_error_deg")},
+                        values["n_points"])
+    results["all"] = {**overall.means(), "angular_error_deg":
+                      overall_angles.mean_of("angular_error_deg")}
     return results
 
 
