@@ -270,8 +270,8 @@ def test_label_volume_errors_say_what_is_wrong(files, tmp_path, capsys):
 
 
 def test_score_script_names_the_matrix_of_the_wrong_shape(tmp_path, capsys):
-    """Matrices of the wrong shape or kind: the message names the file (it
-    said 'matrices', and took complex numbers)."""
+    """Matrices of the wrong shape or kind, or empty files: the message
+    names the file (it said 'matrices', and took complex numbers)."""
     paths = {}
     for name, matrix in [("square", np.eye(3)), ("big", np.eye(4)),
                          ("row", np.ones(3)), ("rect", np.ones((2, 3))),
@@ -290,7 +290,12 @@ def test_score_script_names_the_matrix_of_the_wrong_shape(tmp_path, capsys):
                                 "booleans, found dtype complex128"),
         (["square", "negative"], "matrix '{negative}': expected counts >= 0, "
                                  "found 3 negative entries"),
+        # 0 bytes: numpy's EOFError went through as a traceback.
+        (["empty", "square"], "matrix '{empty}': expected a .npy array, "
+                              "could not read it"),
     ]
+    paths["empty"] = str(tmp_path / "empty.npy")
+    open(paths["empty"], "wb").close()
     for names, expected in cases:
         message = _error(capsys, score_main, [paths[n] for n in names])
         assert expected.format(**paths) in message

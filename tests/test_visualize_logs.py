@@ -219,3 +219,15 @@ def test_same_folder_names_are_told_apart(tmp_path):
     paths = [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"),
              str(tmp_path / "c" / "other") + "/"]
     assert experiment_labels(paths) == [paths[0], paths[1], "other"]
+
+
+def test_empty_log_file_is_a_one_line_error(tmp_path, capsys):
+    """A 0-byte logs/NAME.npy (a copy cut short): numpy's EOFError went
+    through as a traceback; a truncated one already gave one line."""
+    folder = write_experiment(tmp_path / "cut", {"train_loss": [2.0, 1.0]})
+    (tmp_path / "cut" / "logs" / "valid_loss.npy").write_bytes(b"")
+    error = run_error([folder, "--out", str(tmp_path / "plot")], capsys)
+    assert error.count("\n") == 1, error
+    assert "log '{}' cannot be read as a .npy array".format(
+        tmp_path / "cut" / "logs" / "valid_loss.npy") in error
+    assert not os.path.exists(tmp_path / "plot.png")

@@ -49,7 +49,7 @@ def _load_matrix(path):
     check_npy_extension(path, "matrix")
     try:
         matrix = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:  # EOFError: 0 bytes
         raise DwiMLUserError(
             f"matrix '{path}': expected a .npy array, could not read it "
             f"({error}).") from None

@@ -62,7 +62,7 @@ def is_per_batch(log_name):
 def _load_log(path):
     try:
         values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:  # EOFError: 0 bytes
         raise DwiMLUserError(
             f"log '{path}' cannot be read as a .npy array ({error}).") from None
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
