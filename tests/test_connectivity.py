@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from nibabel.streamlines import ArraySequence
+from error_checks import truncate
 from scoring_data import GRID, line_along_x, save_nifti, save_trk
 
 from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_blocs import main as blocs_main
@@ -312,3 +313,16 @@ def test_printed_sum_of_a_weighted_matrix_is_not_rounded(tmp_path, capsys):
                    capsys.readouterr().out.strip().splitlines())
     assert printed["nb_predicted_streamlines"] == "2.4000"
     assert printed["nb_true_connections"] == "3"
+
+
+def test_truncated_label_volume_is_a_one_line_error(files, tmp_path,
+                                                    capsys):
+    """A label NIfTI cut short after its header: reading its data raised a
+    traceback (only opening it was checked)."""
+    path = save_nifti(tmp_path / "labels.nii", data=_labels())
+    truncate(path, 0.8)
+    message = _error(capsys, labels_main, [files["tractogram"], path,
+                                           str(tmp_path / "o.npy")])
+    assert f"labels '{path}': expected a NIfTI file" in message
+    assert "truncated or corrupt" in message
+    assert not (tmp_path / "o.npy").exists()

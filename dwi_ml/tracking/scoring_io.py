@@ -54,7 +54,13 @@ def load_grid(nifti_path):
 def load_label_volume(nifti_path):
     """Integer labels (X, Y, Z) of a NIfTI volume, and its affine."""
     image = _load_image(nifti_path)
-    data = np.asanyarray(image.dataobj)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel, gzip and zlib raise many kinds
+        raise DwiMLUserError(
+            f"labels '{nifti_path}': expected a NIfTI file, could not read "
+            f"its data; the file is truncated or corrupt "
+            f"({type(error).__name__}: {one_line(error)}).") from None
     where = f"labels '{nifti_path}': expected a 3-D volume of integers >= 0"
     if data.ndim != 3:
         raise DwiMLUserError(f"{where}, found shape {data.shape}.")
