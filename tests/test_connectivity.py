@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from nibabel.streamlines import ArraySequence
 from error_checks import truncate
+from nibabel.streamlines import ArraySequence
 from scoring_data import GRID, line_along_x, save_nifti, save_trk
 
 from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_blocs import main as blocs_main
