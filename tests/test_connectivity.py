@@ -326,3 +326,21 @@ def test_truncated_label_volume_is_a_one_line_error(files, tmp_path,
     assert f"labels '{path}': expected a NIfTI file" in message
     assert "truncated or corrupt" in message
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_script_warns_of_streamlines_left_out_without_background(tmp_path,
+                                                                 capsys):
+    """Without a background, a streamline with an endpoint outside the
+    volume joins no node: the script said 'matrix of 5 streamlines' of a
+    matrix of 4."""
+    labels = save_nifti(tmp_path / "labels.nii.gz",
+                        data=np.where(_labels() == 3, 5, 2).astype(np.int16))
+    tractogram = save_trk(tmp_path / "t.trk", _streamlines(), labels)
+    for binary in ([], ["--binary"]):
+        out = str(tmp_path / f"m{len(binary)}.npy")
+        capsys.readouterr()
+        labels_main([tractogram, labels, out, *binary])
+        assert ("1 of 5 streamlines not counted: an endpoint outside the "
+                "volume, which has no background (label 0)"
+                in capsys.readouterr().err)
+        assert np.load(out).sum() == (3 if binary else 4)

@@ -29,8 +29,9 @@ and last points, at [min(i, j), max(i, j)]: the matrix is upper-triangular,
 as the reference dwi_ml's. Rows and columns are the labels present in the
 volume, in increasing order (as in the reference dwi_ml): with a
 background (label 0), row 0 gathers the endpoints there or outside the
-volume, and the matrix sums to the number of streamlines. --out_labels
-writes the label of each row. Saved as .npy (int64 counts, or bool with
+volume, and the matrix sums to the number of streamlines; without one, a
+streamline with an endpoint outside the volume is not counted (a warning
+says how many). --out_labels writes the label of each row. Saved as .npy (int64 counts, or bool with
 --binary)."""
 
 
@@ -58,15 +59,21 @@ def main(argv=None):
 
     labels, _ = load_label_volume(args.in_labels)
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_labels)
-    matrix = connectivity_from_labels(sft.streamlines, labels, args.binary)
-    save_npy(args.out_matrix, matrix)
+    matrix = connectivity_from_labels(sft.streamlines, labels)
+    nb_left_out = len(sft) - int(matrix.sum())
+    if nb_left_out:
+        logging.warning(
+            "%d of %d streamlines not counted: an endpoint outside the "
+            "volume, which has no background (label 0).", nb_left_out,
+            len(sft))
+    save_npy(args.out_matrix, matrix > 0 if args.binary else matrix)
     nodes = label_nodes(labels)
     if args.out_labels is not None:
         with atomic_output_file(args.out_labels) as tmp_path:
             np.savetxt(tmp_path, nodes, fmt="%d")
     logging.info("Labels of the rows: %s.", " ".join(map(str, nodes)))
     logging.info("Saved the %d x %d matrix of %d streamlines in %s.",
-                 len(matrix), len(matrix), len(sft),
+                 len(matrix), len(matrix), len(sft) - nb_left_out,
                  os.path.abspath(args.out_matrix))
 
 
