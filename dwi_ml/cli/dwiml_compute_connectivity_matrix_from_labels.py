@@ -31,8 +31,8 @@ volume, in increasing order (as in the reference dwi_ml): with a
 background (label 0), row 0 gathers the endpoints there or outside the
 volume, and the matrix sums to the number of streamlines; without one, a
 streamline with an endpoint outside the volume is not counted (a warning
-says how many). --out_labels writes the label of each row. Saved as .npy (int64 counts, or bool with
---binary)."""
+says how many). --out_labels writes the label of each row. Saved as .npy
+(int64 counts, or bool with --binary)."""
 
 
 def _build_parser():
