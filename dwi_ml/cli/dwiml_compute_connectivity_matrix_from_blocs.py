@@ -2,6 +2,7 @@
 import logging
 import os
 
+from dwi_ml.io_utils.atomic import save_npy
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     check_inputs_exist,
@@ -17,7 +18,6 @@ from dwi_ml.tracking.scoring_io import (
     check_matrix_output,
     load_grid,
     load_tractogram_vox_corner,
-    save_npy,
 )
 
 DESCRIPTION = """\

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import atomic_output_file, save_npy
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.output_folders import check_output_free
 from dwi_ml.io_utils.script_args import (
@@ -18,7 +18,6 @@ from dwi_ml.tracking.scoring_io import (
     check_matrix_output,
     load_label_volume,
     load_tractogram_vox_corner,
-    save_npy,
 )
 
 DESCRIPTION = """\

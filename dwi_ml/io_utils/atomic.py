@@ -6,6 +6,8 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
+
 # tempfile's names: PREFIX + 8 characters of this alphabet + SUFFIX.
 _TEMP_RANDOM = "[a-z0-9_]{8}"
 
@@ -36,6 +38,15 @@ def atomic_output_file(path):
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def save_npy(path, array):
+    """Save an array at ``path`` (ending in .npy), atomically: a kill while
+    writing leaves the previous file, never a file cut short."""
+    with atomic_output_file(path) as tmp_path:
+        # A file object: np.save would add '.npy' to the temporary name.
+        with open(tmp_path, "wb") as f:
+            np.save(f, array)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ from dwi_ml.data.hdf5.tractograms import (
 )
 from dwi_ml.data.packed import compact
 from dwi_ml.io_utils.arg_checks import check_extension
-from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_output_free
 from dwi_ml.io_utils.script_args import add_output_args
@@ -156,14 +155,6 @@ def bundle_labels_of(sft, key, path):
             f"reference '{path}': expected data_per_streamline '{key}' "
             f"holding bundle labels, found keys {found}.")
     return np.asarray(sft.data_per_streamline[key])
-
-
-def save_npy(path, array):
-    """Save an array at ``path`` (ending in .npy), atomically."""
-    with atomic_output_file(path) as tmp_path:
-        # A file object: np.save would add '.npy' to the temporary name.
-        with open(tmp_path, "wb") as f:
-            np.save(f, array)
 
 
 def check_npy_extension(path, what="output"):

@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from dwi_ml.data.splits import Split
+from dwi_ml.io_utils.atomic import save_npy
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
@@ -74,11 +75,11 @@ class BatchMeanMonitor:
 
     def save(self, logs_dir):
         """Write ``NAME.npy`` (and ``NAME_per_batch.npy`` when kept)."""
-        np.save(f"{logs_dir}/{self.name}.npy",
-                np.asarray(self.epoch_history, dtype=np.float64))
+        save_npy(f"{logs_dir}/{self.name}.npy",
+                 np.asarray(self.epoch_history, dtype=np.float64))
         if self.keep_batch_values:
-            np.save(f"{logs_dir}/{self.name}_per_batch.npy",
-                    np.asarray(self.batch_history, dtype=np.float64))
+            save_npy(f"{logs_dir}/{self.name}_per_batch.npy",
+                     np.asarray(self.batch_history, dtype=np.float64))
 
 
 # Monitors that may choose the best model (``best_model_metric``), and
