@@ -2,6 +2,7 @@
 import filecmp
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +176,26 @@ def test_tck_with_reference_and_trx(dataset, tmp_path):
     assert len(stored) == len(expected)
     for got, want in zip(stored, expected):
         np.testing.assert_allclose(got, want, rtol=0, atol=POINT_ATOL_VOX)
+
+
+def test_upper_case_trx_is_a_one_line_error(dataset, tmp_path):
+    """dipy reads '.trx' only: a '.TRX' passed our extension check, then
+    dipy's load returned False and the creation failed on it."""
+    root = str(tmp_path / "dwi_ml_ready")
+    shutil.copytree(dataset[0], root)
+    for subject in SUBJECTS:
+        folder = os.path.join(root, subject, "tractograms")
+        os.rename(os.path.join(folder, "bundle_4.trx"),
+                  os.path.join(folder, "bundle_4.TRX"))
+    config = config_with(streamlines={
+        "type": "streamlines", "reference": "wm_mask",
+        "files": ["tractograms/bundle_4.TRX"]})
+    with pytest.raises(DwiMLUserError) as error:
+        create(root, tmp_path / "out.h5", config)
+    message = str(error.value)
+    assert "\n" not in message and "bundle_4.TRX" in message
+    assert "lower-case extension '.trx'" in message and "'.TRX'" in message
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_features_concatenated_in_order_and_none_keeps_values(dataset,

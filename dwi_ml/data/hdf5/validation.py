@@ -8,6 +8,7 @@ checks (truncation, NaN, empty files, streamlines outside the volume, dps
 keys) run as each file is loaded (``tractograms.load_tractogram_file``),
 and a failure there removes the temporary output.
 """
+import os
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -118,6 +119,12 @@ def check_subject_files(subject_folder, subject, config):
                 raise DwiMLUserError(
                     f"{describe(subject, group, path)}: expected a tractogram "
                     f"{list(TRACTOGRAM_EXTENSIONS)}, found '{extension}'.")
+            if extension == ".trx" and not path.endswith(".trx"):
+                # dipy, which reads .trx, accepts no other spelling.
+                raise DwiMLUserError(
+                    f"{describe(subject, group, path)}: expected a lower-case "
+                    f"extension '.trx' (dipy reads no other), found "
+                    f"'{os.path.splitext(path)[1]}'.")
             if extension == ".tck" and group_config.reference is None:
                 raise DwiMLUserError(
                     f"{describe(subject, group, path)}: a .tck file has no "
