@@ -22,7 +22,10 @@ Tracking (one step at a time, :meth:`Learn2TrackModel.forward_step`)
     :meth:`Learn2TrackModel.get_tracking_directions`. When streamlines stop,
     :meth:`Learn2TrackModel.select_hidden_states` keeps the others' states,
     in the same order as the streamlines it keeps. Step after step, the
-    outputs equal those of ``forward`` over the complete streamlines.
+    outputs equal those of ``forward`` over the complete streamlines, to
+    float rounding (the step runs the RNN cells' native kernels, see
+    :meth:`StackedRNN.forward_step
+    <dwi_ml.models.stacked_rnn.StackedRNN.forward_step>`).
     Put the model in eval mode (no dropout) and under ``torch.no_grad()``.
 """
 import torch
