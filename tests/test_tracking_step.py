@@ -15,7 +15,7 @@ import torch
 from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
 from dwi_ml.models import Learn2TrackModel
 from dwi_ml.models.direction_getters import make_direction_getter
-from dwi_ml.models.direction_getters.base import unit_vectors
+from dwi_ml.models.directions import unit_vectors
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.stopping import TrackingMask
 
@@ -150,6 +150,10 @@ def test_unit_vectors_are_normalize_bit_for_bit():
         typed = vectors.to(dtype)
         assert torch.equal(unit_vectors(typed),
                            torch.nn.functional.normalize(typed, dim=1))
+        # (N, k, 3): the previous directions of a tracking step.
+        assert torch.equal(unit_vectors(typed.reshape(20, 10, 3)),
+                           torch.nn.functional.normalize(
+                               typed.reshape(20, 10, 3), dim=2))
 
 
 def test_interpolation_first_called_under_inference_mode():

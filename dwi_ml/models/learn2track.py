@@ -22,7 +22,10 @@ Tracking (one step at a time, :meth:`Learn2TrackModel.forward_step`)
     :meth:`Learn2TrackModel.get_tracking_directions`. When streamlines stop,
     :meth:`Learn2TrackModel.select_hidden_states` keeps the others' states,
     in the same order as the streamlines it keeps. Step after step, the
-    outputs equal those of ``forward`` over the complete streamlines.
+    outputs equal those of ``forward`` over the complete streamlines, to
+    float rounding (the step runs the RNN cells' native kernels, see
+    :meth:`StackedRNN.forward_step
+    <dwi_ml.models.stacked_rnn.StackedRNN.forward_step>`).
     Put the model in eval mode (no dropout) and under ``torch.no_grad()``.
 """
 import torch
@@ -174,8 +177,7 @@ class Learn2TrackModel(DirectionGetterModel):
 
     def _point_features(self, point_inputs, previous_dirs):
         # Inputs and points come as float32 (interpolation, the loader);
-        # a model.double() computes in float64 from here on. (self.dtype
-        # walks the modules: read once, it is called at every tracking step.)
+        # a model.double() computes in float64 from here on.
         dtype = self.dtype
         return torch.cat(
             [self.embedding(point_inputs.to(dtype)),
@@ -254,8 +256,8 @@ class Learn2TrackModel(DirectionGetterModel):
         """
         features = self._point_features(
             step_inputs, self.compute_last_previous_dirs(partial_streamlines))
-        outputs, hidden_states = self.rnn(features[None], hidden_states)
-        return self.direction_getter(outputs[0]), hidden_states
+        outputs, hidden_states = self.rnn.forward_step(features, hidden_states)
+        return self.direction_getter(outputs), hidden_states
 
     @staticmethod
     def select_hidden_states(hidden_states, keep):

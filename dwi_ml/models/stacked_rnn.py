@@ -8,12 +8,25 @@ Hidden states are a tuple with one entry per layer: ``(h, c)`` for LSTM,
 ``h`` for GRU, each tensor of shape ``(1, N, layer_size)`` as in
 ``torch.nn.LSTM``/``torch.nn.GRU``. Streamline ``j`` of the batch is
 column ``j`` of every tensor.
+
+A tracking step (one point of N sequences, :meth:`StackedRNN.forward_step`)
+runs the layers' cell functions (``torch.lstm_cell``, ``torch.gru_cell``)
+on their weights instead of ``torch.nn.LSTM``/``GRU``: on CPU those call
+oneDNN, which builds a kernel for each new batch size (a tracking batch
+shrinks through some 70 sizes as streamlines stop, 1.5 - 2 ms each the
+first time) and costs 0.2 ms a call at one streamline, against 0.05 ms
+for the cell. The cell gives torch's native values, those of ``nn.LSTM``
+with oneDNN disabled: other last bits than ``forward``'s oneDNN ones, the
+same in every run. Training keeps oneDNN (faster there).
 """
 import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
 RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+# Cell function of each RNN class: one time step of a layer,
+# (inputs (N, F), state, w_ih, w_hh, b_ih, b_hh) -> new state.
+RNN_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell}
 
 
 def _map_data(sequence, function):
@@ -47,7 +60,9 @@ class StackedRNN(torch.nn.Module):
                  use_layer_norm, dropout):
         super().__init__()
         rnn_class = RNN_CLASSES[rnn_key]
+        self.rnn_key = rnn_key
         self.use_skip_connection = use_skip_connection
+        self.use_layer_norm = use_layer_norm
         self.rnn_layers = torch.nn.ModuleList()
         self.post_layers = torch.nn.ModuleList()
         size = input_size
@@ -93,6 +108,65 @@ class StackedRNN(torch.nn.Module):
             sequence = _map_data(
                 sequence, lambda _: torch.cat(layer_outputs, dim=-1))
         return sequence, tuple(new_states)
+
+    def forward_step(self, inputs, hidden_states=None):
+        """One time step of N sequences: ``forward`` of length-1 sequences,
+        by the layers' cell functions (see module docstring).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor (N, input_size)
+        hidden_states : tuple or None
+            As in :meth:`forward`.
+
+        Returns
+        -------
+        outputs : torch.Tensor (N, output_size)
+        hidden_states : tuple
+            The new states, one per layer, shaped as :meth:`forward`'s.
+        """
+        cell = RNN_CELLS[self.rnn_key]
+        is_lstm = self.rnn_key == "lstm"
+        layer_outputs = []
+        new_states = []
+        outputs = inputs
+        for layer, (rnn, post_layer) in enumerate(zip(self.rnn_layers,
+                                                      self.post_layers)):
+            if hidden_states is None:
+                zeros = outputs.new_zeros((len(outputs), rnn.hidden_size))
+                state = (zeros, zeros) if is_lstm else zeros
+            elif is_lstm:
+                state = (hidden_states[layer][0][0],
+                         hidden_states[layer][1][0])
+            else:
+                state = hidden_states[layer][0]
+            # _flat_weights: the list nn.LSTM/GRU's own forward gives its
+            # kernel (w_ih, w_hh, b_ih, b_hh), kept current by the module;
+            # all_weights rebuilds it at each call.
+            new_state = cell(outputs, state, *rnn._flat_weights)
+            if is_lstm:
+                outputs = new_state[0]
+                new_states.append((outputs[None], new_state[1][None]))
+            else:
+                outputs = new_state
+                new_states.append(outputs[None])
+            outputs = self._post_layer_step(post_layer, outputs)
+            layer_outputs.append(outputs)
+        if self.use_skip_connection and len(layer_outputs) > 1:
+            outputs = torch.cat(layer_outputs, dim=-1)
+        return outputs, tuple(new_states)
+
+    def _post_layer_step(self, post_layer, outputs):
+        """``post_layer(outputs)``; in eval mode (no dropout) its layer
+        norm's kernel alone: ``torch.layer_norm`` is what ``LayerNorm`` and
+        ``F.layer_norm`` call, without their Python layers."""
+        if self.training:
+            return post_layer(outputs)
+        if not self.use_layer_norm:
+            return outputs
+        norm = post_layer[0]
+        return torch.layer_norm(outputs, norm.normalized_shape, norm.weight,
+                                norm.bias, norm.eps)
 
 
 def select_hidden_states(hidden_states, keep):

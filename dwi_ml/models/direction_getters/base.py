@@ -43,15 +43,6 @@ def at_least_float32(tensor):
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-def unit_vectors(vectors):
-    """Rows of ``vectors`` (N, 3) scaled to unit length: the values of
-    ``F.normalize(vectors, dim=1)``, bit for bit (the same norm, clamped to
-    1e-12, and division), without its Python layers (a third of its time
-    for the few rows of a tracking step)."""
-    return vectors / torch.linalg.vector_norm(
-        vectors, dim=1, keepdim=True).clamp_min(1e-12)
-
-
 class AbstractDirectionGetter(torch.nn.Module):
     """Two fully connected layers from the hidden size to the outputs.
 

@@ -4,11 +4,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dwi_ml.models.direction_getters.base import (
-    AbstractDirectionGetter,
-    unit_vectors,
-)
+from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
 from dwi_ml.models.direction_getters.random_draws import as_draws
+from dwi_ml.models.directions import unit_vectors
 
 # Beyond these, float32 cannot tell the densities apart: exp(20) ~ 5e8 is a
 # spread of ~5e-5 rad, and the normaliser stays exact down to exp(-20).

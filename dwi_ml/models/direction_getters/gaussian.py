@@ -12,11 +12,9 @@ import torch.nn.functional as F
 
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.direction_getters.base import (
-    AbstractDirectionGetter,
-    unit_vectors,
-)
+from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
 from dwi_ml.models.direction_getters.random_draws import sample_classes
+from dwi_ml.models.directions import unit_vectors
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

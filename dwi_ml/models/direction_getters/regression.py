@@ -11,10 +11,8 @@ import torch.nn.functional as F
 
 from dwi_ml.io_utils.arg_checks import check_positive_float
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.direction_getters.base import (
-    AbstractDirectionGetter,
-    unit_vectors,
-)
+from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
+from dwi_ml.models.directions import unit_vectors
 
 
 class _RegressionDG(AbstractDirectionGetter):
