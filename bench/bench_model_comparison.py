@@ -138,7 +138,7 @@ def train(model_type, dataset, args):
     loader = BatchLoaderOneInput(
         dataset, "streamlines", "input",
         InputSpec.from_options(step_size=args.step_size, nb_previous_dirs=2),
-        split_ratio=0.5, reverse_ratio=0.5,
+        split_ratio=args.split_ratio, reverse_ratio=0.5,
         noise_gaussian_size_forward=(args.noise_forward
                                      if model_type == "learn2track"
                                      else args.tf_noise_forward),
@@ -284,6 +284,10 @@ def main():
     parser.add_argument("--attention_window", type=int, default=None,
                         help="Attention window of the Transformers "
                              "(default: none, every earlier point).")
+    parser.add_argument("--split_ratio", type=float, default=0.5,
+                        help="Share of the training streamlines split in "
+                             "two, every model (default: 0.5). A split "
+                             "piece's last point is an EOS target too.")
     parser.add_argument("--add_eos", action="store_true",
                         help="Every model predicts an end of streamline "
                              "(EOS), and tracking stops where its "
