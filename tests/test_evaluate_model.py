@@ -1,6 +1,7 @@
 """dwiml_evaluate_model.py: per-subject losses on any subset."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -68,6 +69,26 @@ def test_testing_subset_latest_model_and_overwrite(experiment, capsys):
         evaluate_main([str(experiment_dir), hdf5_file, "--out", str(out)])
     assert error.value.code == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_no_best_model_points_to_the_checkpoint(experiment, tmp_path,
+                                               capsys):
+    """A run stopped before it kept a best model still has its checkpoint:
+    the one-line error says how to use it."""
+    experiment_dir, hdf5_file = experiment
+    copy = tmp_path / "exp"
+    shutil.copytree(experiment_dir, copy,
+                    ignore=shutil.ignore_patterns("best_model"))
+    with pytest.raises(SystemExit) as error:
+        evaluate_main([str(copy), hdf5_file, "--subset", "validation"])
+    assert error.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "has no best_model/ folder" in message
+    assert "--use_latest_epoch" in message
+    shutil.rmtree(copy / "checkpoint")
+    with pytest.raises(SystemExit):
+        evaluate_main([str(copy), hdf5_file, "--subset", "validation"])
+    assert "--use_latest_epoch" not in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

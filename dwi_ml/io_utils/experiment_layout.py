@@ -121,4 +121,13 @@ def experiment_model_dir(experiment_dir, use_latest_epoch=False):
     """Folder of the best model, or of the checkpoint's model (checked)."""
     if use_latest_epoch:
         return checkpoint_model_dir(experiment_dir)
-    return best_model_dir(experiment_dir)
+    try:
+        return best_model_dir(experiment_dir)
+    except DwiMLUserError as error:
+        # Stopped before its first epoch ended (a checkpoint written at
+        # a pre-emption, say): its model is there.
+        if not has_checkpoint(experiment_dir):
+            raise
+        raise DwiMLUserError(
+            f"{error} Its checkpoint holds a model: --use_latest_epoch "
+            "takes it.") from None
