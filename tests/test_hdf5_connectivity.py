@@ -14,6 +14,7 @@ from hdf5_test_data import (
     write_subject_lists,
 )
 
+from dwi_ml.cli.dwiml_hdf5_extract_data import main as extract_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
@@ -91,6 +92,20 @@ def test_labels_are_stored_and_read_back(dataset_root, tmp_path, lazy):
         group = f[subject_id]["streamlines"]
         assert group["connectivity_label_volume"].dtype == np.int32
         assert "connectivity_nb_blocs" not in group.attrs
+
+
+@pytest.mark.parametrize("entry", [
+    {"connectivity_matrix": "blocs.npy", "connectivity_nb_blocs": 2},
+    {"connectivity_matrix": "labels.npy",
+     "connectivity_labels": "labels.nii.gz"}])
+def test_extract_data_writes_the_stored_matrix(dataset_root, tmp_path, entry):
+    out = _create(dataset_root, tmp_path, entry)
+    matrix_path = tmp_path / "true.npy"
+    extract_main([out, SUBJECTS[1], "streamlines", str(matrix_path)])
+    expected = np.load(dataset_root / SUBJECTS[1]
+                       / entry["connectivity_matrix"]) > 0
+    extracted = np.load(matrix_path)
+    assert extracted.dtype == bool and np.array_equal(extracted, expected)
 
 
 def test_without_connectivity_nothing_is_added(dataset_root, tmp_path):

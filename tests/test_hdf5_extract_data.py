@@ -102,6 +102,9 @@ def test_bad_inputs_are_one_line_errors(hdf5_and_sources, tmp_path, capsys):
          "a streamline group is written to one of .trk, .tck, .trx"),
         ([hdf5_file, SUBJECTS[0], "input", str(tmp_path / "a.txt")],
          "found '.txt'"),
+        ([hdf5_file, SUBJECTS[0], "streamlines", str(tmp_path / "a.npy")],
+         "expected a stored connectivity matrix for a .npy output, found "
+         "none"),
         ([hdf5_file, SUBJECTS[0], "input", str(existing)],
          "already exists; use -f"),
         ([hdf5_file, SUBJECTS[0], "input",

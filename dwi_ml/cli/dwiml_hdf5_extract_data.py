@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 
 from dwi_ml.data.dataset import MultiSubjectDataset
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import atomic_output_file, save_npy
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -21,6 +21,7 @@ from dwi_ml.tracking.tracking_io import save_tractogram_atomic
 logger = logging.getLogger(__name__)
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+MATRIX_EXTENSIONS = (".npy",)
 
 DESCRIPTION = """\
 Write one group of one subject of a dwi_ml HDF5 file back to a file, to
@@ -32,7 +33,11 @@ volume, otherwise as 4-D (X, Y, Z, F). A streamline group becomes a .trk,
 .tck or .trx file in the subject's space (RAS mm, on the group's reference
 grid) with its stored data_per_streamline (a .tck file cannot hold them:
 they are dropped, with a warning); its points are those stored, so after
-any resampling or compression done at creation. SUBJECT may be in any
+any resampling or compression done at creation. A streamline group with
+OUT ending in .npy gives instead its stored connectivity matrix (bool, the
+reference dwi_ml's layout: one row per bloc, or per label present in
+increasing order), e.g. the true matrix for
+dwiml_compute_connectivity_score.py. SUBJECT may be in any
 split. Every input is checked, and an existing OUT refused without -f,
 before anything is written."""
 
@@ -45,8 +50,9 @@ def _build_parser():
     parser.add_argument("group", metavar="GROUP",
                         help="A volume or streamline group of the subject.")
     parser.add_argument("out_file", metavar="OUT",
-                        help="Output .nii/.nii.gz (volume group) or "
-                             ".trk/.tck/.trx (streamline group).")
+                        help="Output .nii/.nii.gz (volume group), "
+                             ".trk/.tck/.trx (streamline group) or .npy (a "
+                             "streamline group's connectivity matrix).")
     add_output_args(parser)
     return parser
 
@@ -117,6 +123,22 @@ def save_nifti_atomic(image, out_path):
                 os.remove(tmp_with_extension)
 
 
+def save_connectivity_matrix(sft_data, out_path, where):
+    """Save a streamline group's stored connectivity matrix (.npy, bool)."""
+    connectivity = sft_data.connectivity
+    if connectivity is None:
+        raise DwiMLUserError(
+            f"{where}: expected a stored connectivity matrix for a .npy "
+            "output, found none (the group was created without "
+            "connectivity keys).")
+    save_npy(out_path, np.asarray(connectivity.matrix, dtype=bool))
+    nodes = (f"{len(connectivity.matrix)} labels"
+             if connectivity.nb_blocs is None
+             else f"{' x '.join(map(str, connectivity.nb_blocs))} blocs")
+    logger.info("Connectivity matrix %s, %s.", connectivity.matrix_type,
+                nodes)
+
+
 def save_streamline_group(sft_data, out_path):
     """Save a stored streamline group in the subject's space (RAS mm).
 
@@ -135,8 +157,8 @@ def main(argv=None):
     """Entry point of dwiml_hdf5_extract_data.py."""
     args = parse_script_args(_build_parser(), argv)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
-    _check_extension(args.out_file, NIFTI_EXTENSIONS + TRACTOGRAM_EXTENSIONS,
-                     "group")
+    _check_extension(args.out_file, NIFTI_EXTENSIONS + TRACTOGRAM_EXTENSIONS
+                     + MATRIX_EXTENSIONS, "group")
     check_output_free(args.out_file, args.overwrite)
     dataset, data = load_subject_group(args.hdf5_file, args.subject_id,
                                        args.group)
@@ -144,6 +166,10 @@ def main(argv=None):
         if args.group in dataset.volume_groups:
             _check_extension(args.out_file, NIFTI_EXTENSIONS, "volume group")
             save_nifti_atomic(volume_to_nifti(data), args.out_file)
+        elif _extension(args.out_file) in MATRIX_EXTENSIONS:
+            save_connectivity_matrix(
+                data, args.out_file, f"HDF5 file {args.hdf5_file}, subject "
+                f"'{args.subject_id}', group '{args.group}'")
         else:
             _check_extension(args.out_file, TRACTOGRAM_EXTENSIONS,
                              "streamline group")
