@@ -344,3 +344,25 @@ def test_script_warns_of_streamlines_left_out_without_background(tmp_path,
                 "volume, which has no background (label 0)"
                 in capsys.readouterr().err)
         assert np.load(out).sum() == (3 if binary else 4)
+
+
+def test_a_matrix_larger_than_memory_is_refused_before_any_work(
+        files, tmp_path, capsys):
+    """10^6 nodes ask for 9 TB: refused in one line, where numpy could be
+    killed by the system with no message (overcommitted memory)."""
+    big_grid = (100, 100, 100)
+    volume = save_nifti(tmp_path / "big.nii.gz", shape=big_grid)
+    labels = save_nifti(tmp_path / "labels.nii.gz", shape=big_grid,
+                        data=np.arange(10 ** 6, dtype=np.int32).reshape(
+                            big_grid))
+    out = tmp_path / "o.npy"
+    for main, argv, where in [
+            (blocs_main, [files["tractogram"], volume, "100", str(out)],
+             "nb_blocs [100, 100, 100]"),
+            (labels_main, [files["tractogram"], labels, str(out)],
+             f"labels '{labels}'")]:
+        message = _error(capsys, main, argv)
+        assert where in message
+        assert "fits in memory, found 1000000 nodes" in message
+        assert "8381.9 GiB" in message
+    assert not out.exists()

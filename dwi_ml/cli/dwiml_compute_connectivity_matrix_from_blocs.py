@@ -2,6 +2,8 @@
 import logging
 import os
 
+import numpy as np
+
 from dwi_ml.io_utils.atomic import save_npy
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -15,6 +17,7 @@ from dwi_ml.tracking.connectivity import (
 )
 from dwi_ml.tracking.scoring_io import (
     add_matrix_output_args,
+    check_matrix_fits,
     check_matrix_output,
     load_grid,
     load_tractogram_vox_corner,
@@ -55,11 +58,11 @@ def main(argv=None):
 
     shape, _ = load_grid(args.in_volume)
     if any(nb > size for nb, size in zip(nb_blocs, shape)):
-        # Also keeps the prod(NB_BLOCS)^2 matrix within memory.
         raise DwiMLUserError(
             f"nb_blocs: expected at most the volume's size along each axis "
             f"{list(shape)} (a bloc holds at least one voxel), found "
             f"{list(nb_blocs)}.")
+    check_matrix_fits(int(np.prod(nb_blocs)), f"nb_blocs {list(nb_blocs)}")
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_volume)
     matrix = connectivity_from_blocs(sft.streamlines, shape, nb_blocs,
                                      args.binary)

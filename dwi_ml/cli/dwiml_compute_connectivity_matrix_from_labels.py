@@ -15,6 +15,7 @@ from dwi_ml.io_utils.script_args import (
 from dwi_ml.tracking.connectivity import connectivity_from_labels, label_nodes
 from dwi_ml.tracking.scoring_io import (
     add_matrix_output_args,
+    check_matrix_fits,
     check_matrix_output,
     load_label_volume,
     load_tractogram_vox_corner,
@@ -57,6 +58,8 @@ def main(argv=None):
                           extensions=(".txt",))
 
     labels, _ = load_label_volume(args.in_labels)
+    check_matrix_fits(len(label_nodes(labels)),
+                      f"labels '{args.in_labels}'")
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_labels)
     matrix = connectivity_from_labels(sft.streamlines, labels)
     nb_left_out = len(sft) - int(matrix.sum())

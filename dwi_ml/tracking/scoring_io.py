@@ -178,6 +178,32 @@ def check_matrix_output(args):
     check_output_free(args.out_matrix, args.overwrite)
 
 
+def available_memory_bytes():
+    """MemAvailable of /proc/meminfo (Linux), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_matrix_fits(nb_nodes, where):
+    """Refuse, in one line, an nb_nodes x nb_nodes count matrix (int64, and
+    a bool copy with --binary) larger than the memory available: the
+    system would otherwise kill the script with no message."""
+    needed = 9 * nb_nodes ** 2
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise DwiMLUserError(
+            f"{where}: expected a connectivity matrix that fits in memory, "
+            f"found {nb_nodes} nodes: {nb_nodes} x {nb_nodes} counts need "
+            f"{needed / 2 ** 30:.1f} GiB, {available / 2 ** 30:.1f} GiB are "
+            "available.")
+
+
 def format_scores(scores):
     """One line per score, name then value: counts as integers, shares (and
     counts that are not whole, e.g. sums of weights) to 4 decimals."""
