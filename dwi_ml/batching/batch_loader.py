@@ -205,48 +205,50 @@ class BatchLoaderOneInput:
             Compact; the same array when no noise tells them apart.
         lengths : np.ndarray (N,), int64
         """
-        affine = np.asarray(sft_data.space_attributes[0], dtype=np.float64)
-        # "Layout": the packed array the augmentations would see, that of
-        # get_streamlines (compact), or of the resampled streamlines.
+        affine = sft_data.space_attributes[0]
         if self._resamples:
-            data, layout_offsets, lengths = packed_arrays(self.resample(
-                sft_data.get_streamlines(ids), affine))
-            layout_to_data, layout_size = None, len(data)
+            data, offsets, lengths = packed_arrays(self.resample(
+                sft_data.get_streamlines(ids),
+                np.asarray(affine, dtype=np.float64)))
         else:
             data, offsets, lengths = sft_data.read_points(ids)
-            layout_to_data = ranges_to_indices(offsets, lengths)
-            layout_offsets = offsets_from_lengths(lengths)
-            layout_size = len(layout_to_data)
-        split = is_training and self.split_ratio > 0
-        if split:
-            layout_offsets, lengths, _ = split_ranges(
-                layout_offsets, lengths, self.split_ratio, rng)
-        # Output row -> layout row (None: the same row); noise is drawn over
-        # the layout's rows, or over the output's once reversing copied them.
+        # The functions would act on the compact copy of the streamlines
+        # (the "layout", get_streamlines' array); splitting and reversing
+        # act on (offsets, lengths) alone, so they run on the rows of
+        # ``data`` directly. Only the noise of split, unreversed streamlines
+        # (drawn over the layout's rows, cut points shared) needs the
+        # layout's rows.
+        noisy = is_training and (self.noise_forward or self.noise_loss)
+        layout_shift = None
+        if is_training and self.split_ratio > 0:
+            if noisy and not self.reverse_ratio:
+                layout_shift = offsets_from_lengths(lengths) - offsets
+                nb_noise_rows = int(lengths.sum())
+            offsets, lengths, sources = split_ranges(
+                offsets, lengths, self.split_ratio, rng)
         if is_training and self.reverse_ratio > 0:
-            rows, _ = reverse_rows(layout_offsets, lengths,
-                                   self.reverse_ratio, rng)
-            noise_rows, layout_size = None, len(rows)
-        elif split or layout_to_data is None:
-            rows = noise_rows = ranges_to_indices(layout_offsets, lengths)
+            rows, _ = reverse_rows(offsets, lengths, self.reverse_ratio, rng)
         else:
-            rows = noise_rows = None
-        if layout_to_data is not None:
-            rows = layout_to_data if rows is None else layout_to_data[rows]
-        # The one copy of the points (rows is never None here).
+            rows = ranges_to_indices(offsets, lengths)
+        # The one copy of the points.
         points = np.take(data, rows, axis=0).astype(np.float32, copy=False)
-        if not is_training:
+        if not noisy:
             return points, points, lengths
+        noise_rows = None
+        if layout_shift is not None:
+            noise_rows = ranges_to_indices(offsets + layout_shift[sources],
+                                           lengths)
+        else:
+            nb_noise_rows = len(rows)
 
         def add_noise(sigma_mm):
             if sigma_mm == 0:
                 return points
-            noise = draw_noise_vox(layout_size, sigma_mm, affine, rng)
+            noise = draw_noise_vox(nb_noise_rows, sigma_mm, affine, rng)
             if noise_rows is not None:
                 noise = np.take(noise, noise_rows, axis=0)
-            # Summed in float64, rounded once to float32, as add_noise_mm.
-            return np.add(points, noise, out=np.empty_like(points),
-                          casting="same_kind")
+            noise += points
+            return noise
         input_points = add_noise(self.noise_forward)
         return add_noise(self.noise_loss), input_points, lengths
 
