@@ -350,6 +350,31 @@ def test_coalesced_reads_match_slicing(tmp_path, chunks, compression,
                               data[start:start + count])
 
 
+def test_reads_across_chunks_scattered_in_the_file(tmp_path):
+    # Chunks written last to first lie in the file in reverse order: every
+    # chunk end is the end of a stretch of bytes, and blocks over it are read
+    # in pieces, still one after the other in the buffer.
+    rng = np.random.default_rng(2)
+    data = rng.random((3_000, 3), dtype=np.float32)
+    path = str(tmp_path / "scattered.hdf5")
+    with h5py.File(path, "w") as hdf:
+        dataset = hdf.create_dataset("data", shape=data.shape,
+                                     dtype=data.dtype, chunks=(7, 3))
+        for first_row in range(len(data) // 7 * 7, -1, -7):
+            dataset[first_row:first_row + 7] = data[first_row:first_row + 7]
+    handle = Hdf5Handle(path)
+    chunk_rows, addresses = find_raw_chunks(handle.dataset("data"))
+    assert chunk_rows == 7 and np.all(np.diff(addresses) < 0)
+    # Ranges over 0 to 5 chunk ends, overlapping, repeated, empty, merged by
+    # the gap or not.
+    starts = np.concatenate([rng.integers(0, 2_960, 200), [5, 5, 13, 700]])
+    counts = np.concatenate([rng.integers(0, 40, 200), [3, 3, 0, 30]])
+    buffer, positions = read_row_ranges(handle, "data", starts, counts)
+    for start, count, position in zip(starts, counts, positions):
+        assert np.array_equal(buffer[position:position + count],
+                              data[start:start + count])
+
+
 # ---------------------------------------------------------------- errors --
 
 def _raises(match, path, **load_kwargs):
