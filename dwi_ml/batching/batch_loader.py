@@ -62,6 +62,10 @@ from dwi_ml.io_utils.arg_checks import (
 )
 
 
+# The dataset's subset of each split (keys hash as the splits' strings).
+_SUBSET_ATTRIBUTES = {split: f"{split.value}_set" for split in Split}
+
+
 class BatchLoaderOneInput:
     """Load, augment and interpolate the batches of one input group.
 
@@ -343,7 +347,8 @@ class BatchLoaderOneInput:
         """
         device = torch.device(device)
         points = batch.input_points.to(device)
-        runs = _subject_runs(batch.subject_indices, batch.lengths)
+        runs = _subject_runs(batch.subject_indices, batch.lengths,
+                             len(points))
         if not runs:
             return torch.zeros((0, self.nb_input_features),
                                dtype=torch.float32, device=device)
@@ -361,9 +366,9 @@ class BatchLoaderOneInput:
         mri = self._subset(split).get_subject(subj_idx).mri_data_list[
             self.input_group_idx]
         # Eager volumes keep one tensor per device; lazy ones sit in the
-        # dataset's LRU cache. Both are already float32 and contiguous, so
-        # preparing them makes no copy.
-        volume = prepare_volume_for_interpolation(mri.as_tensor(device))
+        # dataset's LRU cache. Both are already float32 and contiguous:
+        # the interpolation uses them as they are.
+        volume = mri.as_tensor(device)
         neighborhood = self.input_spec.neighborhood
         if neighborhood.type is None:
             return interpolate_volume_at_coordinates(volume, points)
@@ -374,14 +379,18 @@ class BatchLoaderOneInput:
                 neighborhood.offsets_vox(np.asarray(mri.affine)),
                 dtype=torch.float32, device=device)
             self._offsets_cache[key] = offsets
-        return interpolate_with_neighborhood(volume, points, offsets)
+        return interpolate_with_neighborhood(
+            prepare_volume_for_interpolation(volume), points, offsets)
 
     def _subset(self, split):
         # Testing batches (evaluation only) are loaded like validation ones.
-        return getattr(self.dataset, f"{Split(split).value}_set")
+        attribute = _SUBSET_ATTRIBUTES.get(split)
+        if attribute is None:  # not a split: Split names the choices
+            attribute = f"{Split(split).value}_set"
+        return getattr(self.dataset, attribute)
 
 
-def _subject_runs(subject_indices, lengths):
+def _subject_runs(subject_indices, lengths, nb_points):
     """``[(subject, first point, end point)]`` of runs of one subject.
 
     Computed on the CPU from the (N,) tensors, with no per-point work.
@@ -389,12 +398,13 @@ def _subject_runs(subject_indices, lengths):
     subjects = subject_indices.cpu().numpy()
     if len(subjects) == 0:
         return []
-    if subjects[0] == subjects[-1] and np.all(subjects == subjects[0]):
-        return [(int(subjects[0]), 0, int(lengths.sum()))]
+    first = subjects[0]
+    if first == subjects[-1] and (subjects == first).all():
+        return [(int(first), 0, nb_points)]
     starts = np.concatenate(
         ([0], np.flatnonzero(subjects[1:] != subjects[:-1]) + 1))
     point_bounds = np.append(offsets_from_lengths(lengths.cpu().numpy()),
-                             int(lengths.sum()))
+                             nb_points)
     ends = np.append(starts[1:], len(subjects))
     return [(int(subjects[start]), int(point_bounds[start]),
              int(point_bounds[end])) for start, end in zip(starts, ends)]
