@@ -61,7 +61,6 @@ from dwi_ml.io_utils.arg_checks import (
     check_ratio,
 )
 
-
 # The dataset's subset of each split (keys hash as the splits' strings).
 _SUBSET_ATTRIBUTES = {split: f"{split.value}_set" for split in Split}
 
