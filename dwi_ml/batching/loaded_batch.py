@@ -60,8 +60,8 @@ class LoadedBatch:
                 input_points=(target_data if inputs is targets
                               else torch.from_numpy(_concat([inputs]))),
                 lengths=torch.from_numpy(_int64(lengths)),
-                subject_indices=torch.full((len(lengths),), subject,
-                                           dtype=torch.int64),
+                subject_indices=torch.from_numpy(
+                    np.full(len(lengths), subject, dtype=np.int64)),
                 split=split)
         same = all(targets is inputs for targets, inputs, _, _ in parts)
         target_data = torch.from_numpy(_concat([part[0] for part in parts]))
