@@ -23,6 +23,7 @@ rows checked once per process, the first time a read touches it: a 48 KiB
 read per block, once, then a lookup in a boolean array per batch.
 """
 import os
+import zlib
 
 import h5py
 import numpy as np
@@ -146,40 +147,47 @@ def _read_blocks(handle, layout, block_starts, block_counts):
     """Rows of sorted, disjoint blocks, one after the other."""
     if layout.extent_rows is None:
         return _read_with_h5py(layout.dataset, block_starts, block_counts)
-    extents = np.searchsorted(layout.extent_rows, block_starts,
-                              side="right") - 1
-    block_ends = block_starts + block_counts
-    if np.any(block_ends > layout.extent_ends[extents]):  # rare
-        block_starts, block_ends, extents = _cut_at_extents(
-            block_starts, block_ends, extents, layout)
-    row_bytes = layout.row_bytes
-    file_starts = (layout.extent_addresses[extents]
-                   + row_bytes * (block_starts - layout.extent_rows[extents]))
+    file_starts, sizes, _ = _file_pieces(layout, block_starts, block_counts)
     fd = handle.fd
-    raw = b"".join([os.pread(fd, size, start) for size, start in zip(
-        (row_bytes * (block_ends - block_starts)).tolist(),
-        file_starts.tolist())])
-    if len(raw) != row_bytes * int(block_counts.sum()):
+    raw = b"".join([os.pread(fd, size, start) for size, start
+                    in zip(sizes.tolist(), file_starts.tolist())])
+    if len(raw) != sizes.sum():
         raise OSError(f"Short read in {handle.path}: the file is shorter "
                       "than its datasets.")
     return np.frombuffer(raw, dtype=layout.dtype).reshape(
         (-1,) + layout.row_shape)
 
 
-def _cut_at_extents(block_starts, block_ends, extents, layout):
-    """Blocks cut where extents begin, in order: (starts, ends, extents)
-    of the pieces."""
-    last_extents = np.searchsorted(layout.extent_rows, block_ends - 1,
-                                   side="right") - 1
-    nb_pieces = last_extents - extents + 1
-    blocks = np.repeat(np.arange(len(block_starts)), nb_pieces)
-    piece_extents = (np.arange(len(blocks))
-                     - offsets_from_lengths(nb_pieces)[blocks]
-                     + extents[blocks])
-    return (np.maximum(block_starts[blocks],
-                       layout.extent_rows[piece_extents]),
-            np.minimum(block_ends[blocks], layout.extent_ends[piece_extents]),
-            piece_extents)
+def _file_pieces(layout, block_starts, block_counts):
+    """Where sorted, disjoint blocks of rows lie in the file.
+
+    Returns
+    -------
+    file_starts, sizes : np.ndarray of int64, shape (nb_pieces,)
+        Bytes to read, in order; a block that crosses the end of an extent
+        (rare) is read as several pieces.
+    blocks : np.ndarray or None
+        The block of each piece; None when there is one piece per block.
+    """
+    extents = np.searchsorted(layout.extent_rows, block_starts,
+                              side="right") - 1
+    block_ends = block_starts + block_counts
+    blocks = None
+    if np.any(block_ends > layout.extent_ends[extents]):
+        last_extents = np.searchsorted(layout.extent_rows, block_ends - 1,
+                                       side="right") - 1
+        nb_pieces = last_extents - extents + 1
+        blocks = np.repeat(np.arange(len(block_starts)), nb_pieces)
+        extents = (np.arange(len(blocks))
+                   - offsets_from_lengths(nb_pieces)[blocks] + extents[blocks])
+        block_starts = np.maximum(block_starts[blocks],
+                                  layout.extent_rows[extents])
+        block_ends = np.minimum(block_ends[blocks],
+                                layout.extent_ends[extents])
+    row_bytes = layout.row_bytes
+    file_starts = (layout.extent_addresses[extents]
+                   + row_bytes * (block_starts - layout.extent_rows[extents]))
+    return file_starts, row_bytes * (block_ends - block_starts), blocks
 
 
 def load_row_checksums(handle, key):
@@ -232,17 +240,41 @@ def _verify_touched_rows(handle, key, layout, block_starts, block_counts):
         return
     starts = new * rows
     counts = np.minimum(rows, layout.nb_rows - starts)
-    # Consecutive blocks share a read; the buffer holds the blocks in
-    # order, only the dataset's last one short.
-    merged_starts, merged_counts, _ = plan_blocks(starts, counts)
-    data = _read_blocks(handle, layout, merged_starts, merged_counts)
-    bad = np.flatnonzero(row_block_checksums(data, rows) != expected[new])
+    found = _block_checksums(handle, layout, starts, counts, rows)
+    bad = np.flatnonzero(found != expected[new])
     if len(bad):
-        first_row = int(bad[0]) * rows
-        check_row_checksums(handle.path, key,
-                            data[first_row:first_row + counts[bad[0]]], rows,
-                            expected, int(new[bad[0]]))
+        block = int(bad[0])
+        check_row_checksums(
+            handle.path, key,
+            _read_blocks(handle, layout, starts[block:block + 1],
+                         counts[block:block + 1]),
+            rows, expected, int(new[block]))
     verified[new] = True
+
+
+def _block_checksums(handle, layout, starts, counts, rows_per_checksum):
+    """CRC-32 of the rows ``[s, s + n)`` of each (s, n): checksum blocks,
+    sorted, all of ``rows_per_checksum`` rows but the dataset's last.
+
+    Read from the file's bytes, each read's CRC computed as it comes: the
+    first epoch of a lazy run reads every chunk once this way, and no
+    buffer is assembled (a copy less).
+    """
+    if layout.extent_rows is None:
+        return row_block_checksums(
+            _read_with_h5py(layout.dataset, starts, counts), rows_per_checksum)
+    file_starts, sizes, blocks = _file_pieces(layout, starts, counts)
+    crcs = [0] * len(starts)
+    fd = handle.fd
+    for piece, (size, start) in enumerate(zip(sizes.tolist(),
+                                              file_starts.tolist())):
+        data = os.pread(fd, size, start)
+        if len(data) != size:
+            raise OSError(f"Short read in {handle.path}: the file is "
+                          "shorter than its datasets.")
+        block = piece if blocks is None else int(blocks[piece])
+        crcs[block] = zlib.crc32(data, crcs[block])
+    return np.array(crcs, dtype=np.uint32)
 
 
 def find_raw_chunks(dataset):
