@@ -28,6 +28,11 @@ from dwi_ml.data.dataset.row_ranges import (
     plan_blocks,
     read_row_ranges,
 )
+from dwi_ml.data.hdf5.layout import (
+    CHECKSUM_SUFFIX,
+    ROWS_PER_CHECKSUM_ATTR,
+    row_block_checksums,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from tests.tolerances import rounding_atol
 
@@ -348,6 +353,67 @@ def test_coalesced_reads_match_slicing(tmp_path, chunks, compression,
     for start, count, position in zip(starts, counts, positions):
         assert np.array_equal(buffer[position:position + count],
                               data[start:start + count])
+
+
+def test_reads_across_chunks_scattered_in_the_file(tmp_path):
+    # Chunks written last to first lie in the file in reverse order: every
+    # chunk end is the end of a stretch of bytes, and blocks over it are read
+    # in pieces, still one after the other in the buffer.
+    rng = np.random.default_rng(2)
+    data = rng.random((3_000, 3), dtype=np.float32)
+    path = str(tmp_path / "scattered.hdf5")
+    with h5py.File(path, "w") as hdf:
+        dataset = hdf.create_dataset("data", shape=data.shape,
+                                     dtype=data.dtype, chunks=(7, 3))
+        for first_row in range(len(data) // 7 * 7, -1, -7):
+            dataset[first_row:first_row + 7] = data[first_row:first_row + 7]
+    handle = Hdf5Handle(path)
+    chunk_rows, addresses = find_raw_chunks(handle.dataset("data"))
+    assert chunk_rows == 7 and np.all(np.diff(addresses) < 0)
+    # Ranges over 0 to 5 chunk ends, overlapping, repeated, empty, merged by
+    # the gap or not.
+    starts = np.concatenate([rng.integers(0, 2_960, 200), [5, 5, 13, 700]])
+    counts = np.concatenate([rng.integers(0, 40, 200), [3, 3, 0, 30]])
+    buffer, positions = read_row_ranges(handle, "data", starts, counts)
+    for start, count, position in zip(starts, counts, positions):
+        assert np.array_equal(buffer[position:position + count],
+                              data[start:start + count])
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_checksums_of_blocks_across_scattered_chunks(tmp_path, damaged):
+    # Checksum blocks of 10 rows over chunks of 7 written last to first:
+    # most blocks lie in two or three stretches of the file, each checked
+    # once, the first time a read touches it; a changed byte is named.
+    key = "subj/streamlines/data"  # subject/group/data, as in the files
+    rng = np.random.default_rng(3)
+    data = rng.random((700, 3), dtype=np.float32)
+    path = str(tmp_path / "checked.hdf5")
+    with h5py.File(path, "w") as hdf:
+        dataset = hdf.create_dataset(key, shape=data.shape,
+                                     dtype=data.dtype, chunks=(7, 3))
+        for first_row in range(len(data) // 7 * 7, -1, -7):
+            dataset[first_row:first_row + 7] = data[first_row:first_row + 7]
+        checksums = hdf.create_dataset(
+            key + CHECKSUM_SUFFIX, data=row_block_checksums(data, 10))
+        checksums.attrs[ROWS_PER_CHECKSUM_ATTR] = 10
+        chunk_address = dataset.id.get_chunk_info_by_coord((350, 0)).byte_offset
+    if damaged:  # row 352 (block 35, rows 350 to 359)
+        with open(path, "r+b") as file:
+            file.seek(chunk_address + 2 * 12)
+            file.write(np.float32(7.).tobytes())
+    handle = Hdf5Handle(path)
+    starts = np.array([0, 345, 600, 5])
+    counts = np.array([30, 20, 100, 3])
+    if damaged:
+        with pytest.raises(DwiMLUserError, match="rows 350 to 359 do not"):
+            read_row_ranges(handle, key, starts, counts)
+        return
+    for _ in range(2):  # checked, then read only
+        buffer, positions = read_row_ranges(handle, key, starts, counts)
+        for start, count, position in zip(starts, counts, positions):
+            assert np.array_equal(buffer[position:position + count],
+                                  data[start:start + count])
 
 
 # ---------------------------------------------------------------- errors --

@@ -8,9 +8,11 @@ from dipy.tracking.streamlinespeed import set_number_of_points
 from dwi_ml.data.packed import lengths_mm, make_array_sequence
 from dwi_ml.data.processing.augmentation import (
     add_noise_mm,
+    choose,
     count_from_ratio,
     reverse_streamlines,
     split_streamlines,
+    uniform_integers,
 )
 from dwi_ml.data.processing.resampling import (
     compress,
@@ -336,6 +338,22 @@ def test_reverse_exact_count_and_content():
         reverse_streamlines(packed, -0.1, rng)
 
 
+def test_choose_and_uniform_integers_are_exact_and_uniform():
+    rng = np.random.default_rng(11)
+    nb_draws = 4000
+    masks = np.array([choose(10, 3, rng) for _ in range(nb_draws)])
+    assert np.all(masks.sum(axis=1) == 3)
+    # Each item chosen with probability 0.3: 5 binomial standard errors.
+    np.testing.assert_allclose(masks.mean(axis=0), 0.3,
+                               atol=5 * np.sqrt(0.3 * 0.7 / nb_draws))
+    values = uniform_integers(2, np.full(40_000, 5), rng)
+    assert values.dtype == np.int64 and set(values.tolist()) == set(range(2, 7))
+    np.testing.assert_allclose(np.bincount(values - 2) / len(values), 0.2,
+                               atol=5 * np.sqrt(0.2 * 0.8 / len(values)))
+    # Ranges of one value.
+    assert np.all(uniform_integers(7, np.ones(100, dtype=np.int64), rng) == 7)
+
+
 # ---------------------------------------------------------------- noise
 def test_noise_is_truncated_in_mm_on_anisotropic_voxels():
     rng = np.random.default_rng(8)
@@ -347,9 +365,12 @@ def test_noise_is_truncated_in_mm_on_anisotropic_voxels():
     delta_vox = noisy._data.astype(np.float64) - packed._data
     voxel_sizes = np.array([1., 2., 4.])
     max_delta_vox = np.abs(delta_vox).max(axis=0)
-    # The noisy points are rounded to float32 once.
-    slack_vox = rounding_atol(np.abs(packed._data).max(), 1)
-    assert np.all(max_delta_vox <= 2 * sigma_mm / voxel_sizes + slack_vox)
+    # The noisy points are rounded to float32 once; the float32 noise is
+    # sigma / voxel size (one rounding) times a value within [-2, 2] (one).
+    bound_vox = 2 * sigma_mm / voxel_sizes
+    slack_vox = (rounding_atol(np.abs(packed._data).max(), 1)
+                 + rounding_atol(bound_vox, 2))
+    assert np.all(max_delta_vox <= bound_vox + slack_vox)
     assert np.all(max_delta_vox > 1.9 * sigma_mm / voxel_sizes)  # reaches ~2 sigma
     delta_mm = delta_vox * voxel_sizes
     assert np.all(np.abs(delta_mm.mean(axis=0)) < 0.01)  # ~4 standard errors
@@ -366,9 +387,16 @@ def test_noise_bound_holds_in_mm_on_rotated_affine():
     noisy = add_noise_mm(packed, 0.5, affine, rng)
     delta_mm = (points_vox_corner_to_rasmm(noisy._data, affine)
                 - points_vox_corner_to_rasmm(packed._data, affine))
-    # The noisy points are rounded to float32 once (float64 conversions).
-    assert np.abs(delta_mm).max() <= 1. + float32_mm_atol(affine, packed._data,
-                                                          1)
+    # The noisy points are rounded to float32 once (float64 conversions);
+    # the float32 noise in voxels is a product of 3 terms by the rounded
+    # sigma times the inverse linear part (4 roundings), of values below
+    # 2 sigma |A^-1|, then mapped to mm by A.
+    linear = affine[:3, :3]
+    noise_vox_max = 2 * 0.5 * np.abs(np.linalg.inv(linear)).sum(axis=1).max()
+    noise_atol_mm = np.abs(linear).sum(axis=1).max() * rounding_atol(
+        noise_vox_max, 4)
+    assert np.abs(delta_mm).max() <= 1. + float32_mm_atol(
+        affine, packed._data, 1) + noise_atol_mm
 
 
 def test_zero_noise_returns_input_and_negative_sigma_fails():

@@ -130,6 +130,30 @@ def test_few_and_many_points_give_the_same_bits(volume, monkeypatch, dtype):
     np.testing.assert_array_equal(_interpolate(volume, coords, "gather"), many)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [SHAPE[:3], (2, 1, 3)])
+def test_cpu_and_torch_rows_and_weights_are_the_same_bits(dtype, shape):
+    """Batches on the CPU take the rows and weights from numpy, GPUs and
+    tracking steps from torch: the same integers and the same float bits,
+    inside the volume, on its centres and borders and beyond them."""
+    rng = np.random.default_rng(4)
+    dims = np.array(shape)
+    coords = np.concatenate([
+        rng.random((3000, 3)) * (dims + 4) - 2,
+        np.indices(shape).reshape(3, -1).T + 0.5,  # voxel centres
+        np.zeros((1, 3)), dims[None] * 1., dims[None] + 0.5])
+    coords = torch.from_numpy(coords).to(dtype)
+    constants = interpolation._grid_constants(shape, torch.device("cpu"),
+                                              dtype)
+    rows, weights = interpolation._cpu_rows_and_weights(
+        coords, shape + (1,), constants[4])
+    torch_rows, torch_weights = interpolation._torch_rows_and_weights(
+        coords, *constants)
+    assert weights.dtype == torch_weights.dtype == torch.float32
+    assert torch.equal(rows.long(), torch_rows)
+    assert torch.equal(weights, torch_weights)
+
+
 def test_axis_of_size_one():
     flat_volume = np.arange(6, dtype=np.float32).reshape(2, 1, 3, 1)
     values = _interpolate(flat_volume, np.array([[1.5, 0.9, 1.0], [0.5, 0.5, 2.5]]),

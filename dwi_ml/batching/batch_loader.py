@@ -61,6 +61,9 @@ from dwi_ml.io_utils.arg_checks import (
     check_ratio,
 )
 
+# The dataset's subset of each split (keys hash as the splits' strings).
+_SUBSET_ATTRIBUTES = {split: f"{split.value}_set" for split in Split}
+
 
 class BatchLoaderOneInput:
     """Load, augment and interpolate the batches of one input group.
@@ -205,48 +208,50 @@ class BatchLoaderOneInput:
             Compact; the same array when no noise tells them apart.
         lengths : np.ndarray (N,), int64
         """
-        affine = np.asarray(sft_data.space_attributes[0], dtype=np.float64)
-        # "Layout": the packed array the augmentations would see, that of
-        # get_streamlines (compact), or of the resampled streamlines.
+        affine = sft_data.space_attributes[0]
         if self._resamples:
-            data, layout_offsets, lengths = packed_arrays(self.resample(
-                sft_data.get_streamlines(ids), affine))
-            layout_to_data, layout_size = None, len(data)
+            data, offsets, lengths = packed_arrays(self.resample(
+                sft_data.get_streamlines(ids),
+                np.asarray(affine, dtype=np.float64)))
         else:
             data, offsets, lengths = sft_data.read_points(ids)
-            layout_to_data = ranges_to_indices(offsets, lengths)
-            layout_offsets = offsets_from_lengths(lengths)
-            layout_size = len(layout_to_data)
-        split = is_training and self.split_ratio > 0
-        if split:
-            layout_offsets, lengths, _ = split_ranges(
-                layout_offsets, lengths, self.split_ratio, rng)
-        # Output row -> layout row (None: the same row); noise is drawn over
-        # the layout's rows, or over the output's once reversing copied them.
+        # The functions would act on the compact copy of the streamlines
+        # (the "layout", get_streamlines' array); splitting and reversing
+        # act on (offsets, lengths) alone, so they run on the rows of
+        # ``data`` directly. Only the noise of split, unreversed streamlines
+        # (drawn over the layout's rows, cut points shared) needs the
+        # layout's rows.
+        noisy = is_training and (self.noise_forward or self.noise_loss)
+        layout_shift = None
+        if is_training and self.split_ratio > 0:
+            if noisy and not self.reverse_ratio:
+                layout_shift = offsets_from_lengths(lengths) - offsets
+                nb_noise_rows = int(lengths.sum())
+            offsets, lengths, sources = split_ranges(
+                offsets, lengths, self.split_ratio, rng)
         if is_training and self.reverse_ratio > 0:
-            rows, _ = reverse_rows(layout_offsets, lengths,
-                                   self.reverse_ratio, rng)
-            noise_rows, layout_size = None, len(rows)
-        elif split or layout_to_data is None:
-            rows = noise_rows = ranges_to_indices(layout_offsets, lengths)
+            rows, _ = reverse_rows(offsets, lengths, self.reverse_ratio, rng)
         else:
-            rows = noise_rows = None
-        if layout_to_data is not None:
-            rows = layout_to_data if rows is None else layout_to_data[rows]
-        # The one copy of the points (rows is never None here).
+            rows = ranges_to_indices(offsets, lengths)
+        # The one copy of the points.
         points = np.take(data, rows, axis=0).astype(np.float32, copy=False)
-        if not is_training:
+        if not noisy:
             return points, points, lengths
+        noise_rows = None
+        if layout_shift is not None:
+            noise_rows = ranges_to_indices(offsets + layout_shift[sources],
+                                           lengths)
+        else:
+            nb_noise_rows = len(rows)
 
         def add_noise(sigma_mm):
             if sigma_mm == 0:
                 return points
-            noise = draw_noise_vox(layout_size, sigma_mm, affine, rng)
+            noise = draw_noise_vox(nb_noise_rows, sigma_mm, affine, rng)
             if noise_rows is not None:
                 noise = np.take(noise, noise_rows, axis=0)
-            # Summed in float64, rounded once to float32, as add_noise_mm.
-            return np.add(points, noise, out=np.empty_like(points),
-                          casting="same_kind")
+            noise += points
+            return noise
         input_points = add_noise(self.noise_forward)
         return add_noise(self.noise_loss), input_points, lengths
 
@@ -341,7 +346,8 @@ class BatchLoaderOneInput:
         """
         device = torch.device(device)
         points = batch.input_points.to(device)
-        runs = _subject_runs(batch.subject_indices, batch.lengths)
+        runs = _subject_runs(batch.subject_indices, batch.lengths,
+                             len(points))
         if not runs:
             return torch.zeros((0, self.nb_input_features),
                                dtype=torch.float32, device=device)
@@ -359,9 +365,9 @@ class BatchLoaderOneInput:
         mri = self._subset(split).get_subject(subj_idx).mri_data_list[
             self.input_group_idx]
         # Eager volumes keep one tensor per device; lazy ones sit in the
-        # dataset's LRU cache. Both are already float32 and contiguous, so
-        # preparing them makes no copy.
-        volume = prepare_volume_for_interpolation(mri.as_tensor(device))
+        # dataset's LRU cache. Both are already float32 and contiguous:
+        # the interpolation uses them as they are.
+        volume = mri.as_tensor(device)
         neighborhood = self.input_spec.neighborhood
         if neighborhood.type is None:
             return interpolate_volume_at_coordinates(volume, points)
@@ -372,14 +378,18 @@ class BatchLoaderOneInput:
                 neighborhood.offsets_vox(np.asarray(mri.affine)),
                 dtype=torch.float32, device=device)
             self._offsets_cache[key] = offsets
-        return interpolate_with_neighborhood(volume, points, offsets)
+        return interpolate_with_neighborhood(
+            prepare_volume_for_interpolation(volume), points, offsets)
 
     def _subset(self, split):
         # Testing batches (evaluation only) are loaded like validation ones.
-        return getattr(self.dataset, f"{Split(split).value}_set")
+        attribute = _SUBSET_ATTRIBUTES.get(split)
+        if attribute is None:  # not a split: Split names the choices
+            attribute = f"{Split(split).value}_set"
+        return getattr(self.dataset, attribute)
 
 
-def _subject_runs(subject_indices, lengths):
+def _subject_runs(subject_indices, lengths, nb_points):
     """``[(subject, first point, end point)]`` of runs of one subject.
 
     Computed on the CPU from the (N,) tensors, with no per-point work.
@@ -387,12 +397,13 @@ def _subject_runs(subject_indices, lengths):
     subjects = subject_indices.cpu().numpy()
     if len(subjects) == 0:
         return []
-    if subjects[0] == subjects[-1] and np.all(subjects == subjects[0]):
-        return [(int(subjects[0]), 0, int(lengths.sum()))]
+    first = subjects[0]
+    if first == subjects[-1] and (subjects == first).all():
+        return [(int(first), 0, nb_points)]
     starts = np.concatenate(
         ([0], np.flatnonzero(subjects[1:] != subjects[:-1]) + 1))
     point_bounds = np.append(offsets_from_lengths(lengths.cpu().numpy()),
-                             int(lengths.sum()))
+                             nb_points)
     ends = np.append(starts[1:], len(subjects))
     return [(int(subjects[start]), int(point_bounds[start]),
              int(point_bounds[end])) for start, end in zip(starts, ends)]

@@ -69,6 +69,32 @@ def _ignore_stop_signals(worker_id):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
+class InProcessLoader:
+    """Batches loaded in the main process: a DataLoader with 0 workers,
+    without its per-batch cost.
+
+    Yields ``load_batch(request)`` for each request of the sampler, pinned
+    when asked (and CUDA is there), as ``DataLoader(num_workers=0)`` does.
+    Torch's DataLoader wraps each batch in a ``record_function`` scope,
+    which made the torch calls of a batch of 100 streamlines (interpolation
+    included) about 0.15 ms slower; it also drew its unused base seed from
+    the generator at each iteration.
+    """
+
+    def __init__(self, sampler, load_batch, pin_memory=False):
+        self.sampler = sampler
+        self.load_batch = load_batch
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for request in self.sampler:
+            batch = self.load_batch(request)
+            yield batch.pin_memory() if self.pin_memory else batch
+
+
 def make_dataloader(batch_sampler, batch_loader, split, nb_workers=0,
                     generator=None, pin_memory=False):
     """Build the DataLoader of one split (training or validation).
@@ -83,24 +109,29 @@ def make_dataloader(batch_sampler, batch_loader, split, nb_workers=0,
     split : Split or str
         ``Split.TRAINING`` or ``Split.VALIDATION``.
     nb_workers : int
-        0 loads in the main process; otherwise persistent workers.
+        0 loads in the main process (an :class:`InProcessLoader`);
+        otherwise a torch DataLoader with persistent workers.
     generator : torch.Generator or None
         Source of the workers' base seed, so that creating a DataLoader
-        iterator never draws from torch's global generator.
+        iterator never draws from torch's global generator (unused with 0
+        workers).
     pin_memory : bool
         Pin each batch's tensors (for asynchronous copies to a GPU).
 
     Returns
     -------
-    torch.utils.data.DataLoader
+    torch.utils.data.DataLoader or InProcessLoader
         Yields one loaded batch per BatchRequest, in the sampler's order.
     """
+    request_sampler = _BatchRequestSampler(batch_sampler, split)
+    if nb_workers == 0:
+        return InProcessLoader(request_sampler, batch_loader.load_batch,
+                               pin_memory)
     return DataLoader(
         _PassThroughDataset(),
-        sampler=_BatchRequestSampler(batch_sampler, split),
+        sampler=request_sampler,
         batch_size=None, collate_fn=batch_loader.load_batch,
-        num_workers=nb_workers, persistent_workers=nb_workers > 0,
-        prefetch_factor=4 if nb_workers > 0 else None,
+        num_workers=nb_workers, persistent_workers=True,
+        prefetch_factor=4,
         generator=generator if generator is not None else torch.Generator(),
-        pin_memory=pin_memory,
-        worker_init_fn=_ignore_stop_signals if nb_workers > 0 else None)
+        pin_memory=pin_memory, worker_init_fn=_ignore_stop_signals)

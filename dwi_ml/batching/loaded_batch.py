@@ -52,6 +52,17 @@ class LoadedBatch:
             no forward noise), (N_s,) lengths and the subject's index.
         split : Split
         """
+        if len(parts) == 1:  # the usual batch: no concatenation
+            targets, inputs, lengths, subject = parts[0]
+            target_data = torch.from_numpy(_concat([targets]))
+            return cls(
+                target_points=target_data,
+                input_points=(target_data if inputs is targets
+                              else torch.from_numpy(_concat([inputs]))),
+                lengths=torch.from_numpy(_int64(lengths)),
+                subject_indices=torch.from_numpy(
+                    np.full(len(lengths), subject, dtype=np.int64)),
+                split=split)
         same = all(targets is inputs for targets, inputs, _, _ in parts)
         target_data = torch.from_numpy(_concat([part[0] for part in parts]))
         input_data = target_data if same else torch.from_numpy(
@@ -60,8 +71,8 @@ class LoadedBatch:
         return cls(
             target_points=target_data, input_points=input_data,
             lengths=torch.from_numpy(
-                np.concatenate(lengths).astype(np.int64, copy=False)
-                if lengths else np.zeros(0, dtype=np.int64)),
+                _int64(np.concatenate(lengths)) if lengths
+                else np.zeros(0, dtype=np.int64)),
             subject_indices=torch.from_numpy(np.concatenate(
                 [np.full(len(part[2]), part[3], dtype=np.int64)
                  for part in parts]) if parts
@@ -157,6 +168,10 @@ def _unpack_batch(buffer, nb_streamlines, float_dtype, shapes, same_points,
         lengths=integers[:nb_streamlines],
         subject_indices=integers[nb_streamlines:], split=split,
         inputs=views[-1] if has_inputs else None)
+
+
+def _int64(values):
+    return np.asarray(values, dtype=np.int64)
 
 
 def _concat(parts):

@@ -32,7 +32,7 @@ class Split(str, enum.Enum):
     @property
     def code(self):
         """0, 1 or 2: this split's number in random seeds (never change)."""
-        return list(Split).index(self)
+        return _CODES[self]
 
     @property
     def log_prefix(self):
@@ -48,6 +48,8 @@ class Split(str, enum.Enum):
 
 _LOG_PREFIXES = {Split.TRAINING: "train", Split.VALIDATION: "valid",
                  Split.TESTING: "test"}
+# Looked up once per batch (the batch's random stream).
+_CODES = {split: code for code, split in enumerate(Split)}
 
 # The splits a trainer samples batches from, in the order of saved states.
 SAMPLED_SPLITS = (Split.TRAINING, Split.VALIDATION)

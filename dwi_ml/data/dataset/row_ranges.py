@@ -23,6 +23,7 @@ rows checked once per process, the first time a read touches it: a 48 KiB
 read per block, once, then a lookup in a boolean array per batch.
 """
 import os
+import zlib
 
 import h5py
 import numpy as np
@@ -64,20 +65,22 @@ def plan_blocks(starts, counts, max_gap_rows=0):
     if len(starts) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
+    # About 15 numpy calls whatever the number of ranges (a batch: ~100).
     order = np.argsort(starts, kind="stable")
     sorted_starts = starts[order]
-    sorted_ends = sorted_starts + counts[order]
-    reach = np.maximum.accumulate(sorted_ends)
-    opens_block = np.ones(len(starts), dtype=bool)
-    opens_block[1:] = sorted_starts[1:] > reach[:-1] + max_gap_rows
+    reach = np.maximum.accumulate(sorted_starts + counts[order])
+    opens_block = np.empty(len(starts), dtype=bool)
+    opens_block[0] = True
+    np.greater(sorted_starts[1:], reach[:-1] + max_gap_rows,
+               out=opens_block[1:])
     first_of_block = np.flatnonzero(opens_block)
     block_starts = sorted_starts[first_of_block]
-    block_counts = np.maximum.reduceat(sorted_ends, first_of_block) - block_starts
-    block_buffer_rows = offsets_from_lengths(block_counts)
-    block_of_range = np.cumsum(opens_block) - 1
+    # A block ends where the reach of its last range does.
+    block_counts = reach[np.append(first_of_block[1:] - 1, -1)] - block_starts
+    buffer_shift = np.cumsum(block_counts) - block_counts - block_starts
     positions = np.empty(len(starts), dtype=np.int64)
-    positions[order] = (block_buffer_rows[block_of_range]
-                        + sorted_starts - block_starts[block_of_range])
+    positions[order] = (buffer_shift[np.cumsum(opens_block) - 1]
+                        + sorted_starts)
     return block_starts, block_counts, positions
 
 
@@ -101,40 +104,90 @@ def read_row_ranges(handle, key, starts, counts):
     positions : np.ndarray, shape (N,)
         ``buffer[positions[i]:positions[i] + counts[i]]`` is range i.
     """
-    dataset = handle.dataset(key)
-    row_shape = dataset.shape[1:]
-    row_bytes = dataset.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-    max_gap_rows = MERGE_GAP_BYTES // max(row_bytes, 1)
-    block_starts, block_counts, positions = plan_blocks(starts, counts,
-                                                        max_gap_rows)
+    layout = handle.memoize(("row_layout", key),
+                            lambda: _RowLayout(handle, key))
+    block_starts, block_counts, positions = plan_blocks(
+        starts, counts, layout.max_gap_rows)
     if not block_counts.any():
-        return np.empty((0,) + row_shape, dataset.dtype), positions
-    raw_chunks = handle.memoize(("raw_chunks", key),
-                                lambda: find_raw_chunks(dataset))
-    checksums = handle.memoize(("checksums", key),
-                               lambda: load_row_checksums(handle, key))
-    if checksums is not None:
-        _verify_touched_rows(handle, key, raw_chunks, checksums,
-                             block_starts, block_counts)
-    return _read_blocks(handle, dataset, raw_chunks, block_starts,
-                        block_counts), positions
+        return np.empty((0,) + layout.row_shape, layout.dtype), positions
+    if layout.checksums is not None:
+        _verify_touched_rows(handle, key, layout, block_starts, block_counts)
+    return _read_blocks(handle, layout, block_starts, block_counts), positions
 
 
-def _read_blocks(handle, dataset, raw_chunks, block_starts, block_counts):
+class _RowLayout:
+    """What reading rows of one dataset needs, looked up once per process
+    (h5py's ``shape`` and ``dtype`` cost microseconds per access)."""
+
+    def __init__(self, handle, key):
+        self.dataset = handle.dataset(key)
+        self.nb_rows = len(self.dataset)
+        self.row_shape = self.dataset.shape[1:]
+        self.dtype = self.dataset.dtype
+        self.row_bytes = self.dtype.itemsize * int(
+            np.prod(self.row_shape, dtype=np.int64))
+        self.max_gap_rows = MERGE_GAP_BYTES // max(self.row_bytes, 1)
+        # Rows where each extent of chunks contiguous in the file begins,
+        # and its address; None: read through h5py.
+        self.extent_rows = self.extent_addresses = None
+        raw_chunks = find_raw_chunks(self.dataset)
+        if raw_chunks is not None:
+            chunk_rows, addresses = raw_chunks
+            opens = np.ones(len(addresses), dtype=bool)
+            opens[1:] = (np.diff(addresses)
+                         != chunk_rows * self.row_bytes)
+            self.extent_rows = np.flatnonzero(opens) * chunk_rows
+            self.extent_ends = np.append(self.extent_rows[1:],
+                                         np.iinfo(np.int64).max)
+            self.extent_addresses = addresses[opens]
+        self.checksums = load_row_checksums(handle, key)
+
+
+def _read_blocks(handle, layout, block_starts, block_counts):
     """Rows of sorted, disjoint blocks, one after the other."""
-    if raw_chunks is None:
-        return _read_with_h5py(dataset, block_starts, block_counts)
-    row_shape = dataset.shape[1:]
-    row_bytes = dataset.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-    file_starts, nb_bytes = _file_pieces(block_starts, block_counts,
-                                         row_bytes, *raw_chunks)
+    if layout.extent_rows is None:
+        return _read_with_h5py(layout.dataset, block_starts, block_counts)
+    file_starts, sizes, _ = _file_pieces(layout, block_starts, block_counts)
     fd = handle.fd
     raw = b"".join([os.pread(fd, size, start) for size, start
-                    in zip(nb_bytes.tolist(), file_starts.tolist())])
-    if len(raw) != nb_bytes.sum():
+                    in zip(sizes.tolist(), file_starts.tolist())])
+    if len(raw) != sizes.sum():
         raise OSError(f"Short read in {handle.path}: the file is shorter "
                       "than its datasets.")
-    return np.frombuffer(raw, dtype=dataset.dtype).reshape((-1,) + row_shape)
+    return np.frombuffer(raw, dtype=layout.dtype).reshape(
+        (-1,) + layout.row_shape)
+
+
+def _file_pieces(layout, block_starts, block_counts):
+    """Where sorted, disjoint blocks of rows lie in the file.
+
+    Returns
+    -------
+    file_starts, sizes : np.ndarray of int64, shape (nb_pieces,)
+        Bytes to read, in order; a block that crosses the end of an extent
+        (rare) is read as several pieces.
+    blocks : np.ndarray or None
+        The block of each piece; None when there is one piece per block.
+    """
+    extents = np.searchsorted(layout.extent_rows, block_starts,
+                              side="right") - 1
+    block_ends = block_starts + block_counts
+    blocks = None
+    if np.any(block_ends > layout.extent_ends[extents]):
+        last_extents = np.searchsorted(layout.extent_rows, block_ends - 1,
+                                       side="right") - 1
+        nb_pieces = last_extents - extents + 1
+        blocks = np.repeat(np.arange(len(block_starts)), nb_pieces)
+        extents = (np.arange(len(blocks))
+                   - offsets_from_lengths(nb_pieces)[blocks] + extents[blocks])
+        block_starts = np.maximum(block_starts[blocks],
+                                  layout.extent_rows[extents])
+        block_ends = np.minimum(block_ends[blocks],
+                                layout.extent_ends[extents])
+    row_bytes = layout.row_bytes
+    file_starts = (layout.extent_addresses[extents]
+                   + row_bytes * (block_starts - layout.extent_rows[extents]))
+    return file_starts, row_bytes * (block_ends - block_starts), blocks
 
 
 def load_row_checksums(handle, key):
@@ -174,10 +227,9 @@ def check_row_checksums(path, key, data, rows_per_checksum, checksums,
             "CRC-32 stored when the file was created.")
 
 
-def _verify_touched_rows(handle, key, raw_chunks, checksums, block_starts,
-                         block_counts):
+def _verify_touched_rows(handle, key, layout, block_starts, block_counts):
     """Check, once per process, every checksum block these reads touch."""
-    rows, expected, verified = checksums
+    rows, expected, verified = layout.checksums
     if verified.all():  # the usual case after the first epoch
         return
     first = block_starts // rows
@@ -186,19 +238,43 @@ def _verify_touched_rows(handle, key, raw_chunks, checksums, block_starts,
     new = touched[~verified[touched]]
     if not len(new):
         return
-    dataset = handle.dataset(key)
     starts = new * rows
-    counts = np.minimum(rows, len(dataset) - starts)
-    # Merge consecutive blocks into one read; check each block on its own.
-    merged_starts, merged_counts, _ = plan_blocks(starts, counts)
-    data = _read_blocks(handle, dataset, raw_chunks, merged_starts,
-                        merged_counts)
-    bounds = np.concatenate(([0], np.cumsum(counts)))
-    for index, block in enumerate(new.tolist()):
-        check_row_checksums(handle.path, key,
-                            data[bounds[index]:bounds[index + 1]], rows,
-                            expected, block)
+    counts = np.minimum(rows, layout.nb_rows - starts)
+    found = _block_checksums(handle, layout, starts, counts, rows)
+    bad = np.flatnonzero(found != expected[new])
+    if len(bad):
+        block = int(bad[0])
+        check_row_checksums(
+            handle.path, key,
+            _read_blocks(handle, layout, starts[block:block + 1],
+                         counts[block:block + 1]),
+            rows, expected, int(new[block]))
     verified[new] = True
+
+
+def _block_checksums(handle, layout, starts, counts, rows_per_checksum):
+    """CRC-32 of the rows ``[s, s + n)`` of each (s, n): checksum blocks,
+    sorted, all of ``rows_per_checksum`` rows but the dataset's last.
+
+    Read from the file's bytes, each read's CRC computed as it comes: the
+    first epoch of a lazy run reads every chunk once this way, and no
+    buffer is assembled (a copy less).
+    """
+    if layout.extent_rows is None:
+        return row_block_checksums(
+            _read_with_h5py(layout.dataset, starts, counts), rows_per_checksum)
+    file_starts, sizes, blocks = _file_pieces(layout, starts, counts)
+    crcs = [0] * len(starts)
+    fd = handle.fd
+    for piece, (size, start) in enumerate(zip(sizes.tolist(),
+                                              file_starts.tolist())):
+        data = os.pread(fd, size, start)
+        if len(data) != size:
+            raise OSError(f"Short read in {handle.path}: the file is "
+                          "shorter than its datasets.")
+        block = piece if blocks is None else int(blocks[piece])
+        crcs[block] = zlib.crc32(data, crcs[block])
+    return np.array(crcs, dtype=np.uint32)
 
 
 def find_raw_chunks(dataset):
@@ -232,36 +308,6 @@ def find_raw_chunks(dataset):
         addresses[info.chunk_offset[0] // chunk_rows] = info.byte_offset
     dataset.id.chunk_iter(store)
     return None if (addresses < 0).any() else (chunk_rows, addresses)
-
-
-def _file_pieces(block_starts, block_counts, row_bytes, chunk_rows,
-                 chunk_addresses):
-    """Split blocks of rows at chunk ends; (file starts, sizes) in bytes.
-
-    Pieces follow the blocks' order, so reading them one after the other
-    gives the blocks' rows in order. Pieces adjacent in the file (a block
-    over consecutive chunks written in order) are merged.
-    """
-    block_ends = block_starts + block_counts
-    first_chunk = block_starts // chunk_rows
-    nb_pieces = (block_ends - 1) // chunk_rows - first_chunk + 1
-    piece_block = np.repeat(np.arange(len(block_starts)), nb_pieces)
-    first_piece = offsets_from_lengths(nb_pieces)
-    piece_chunk = (first_chunk[piece_block]
-                   + np.arange(len(piece_block)) - first_piece[piece_block])
-    chunk_first_row = piece_chunk * chunk_rows
-    piece_starts = np.maximum(block_starts[piece_block], chunk_first_row)
-    piece_ends = np.minimum(block_ends[piece_block],
-                            chunk_first_row + chunk_rows)
-    file_starts = (chunk_addresses[piece_chunk]
-                   + (piece_starts - chunk_first_row) * row_bytes)
-    file_ends = file_starts + (piece_ends - piece_starts) * row_bytes
-    opens = np.ones(len(file_starts), dtype=bool)
-    opens[1:] = file_starts[1:] != file_ends[:-1]
-    merged_starts = file_starts[opens]
-    merged_ends = file_ends[np.append(np.flatnonzero(opens)[1:] - 1,
-                                      len(file_ends) - 1)]
-    return merged_starts, merged_ends - merged_starts
 
 
 def _read_with_h5py(dataset, block_starts, block_counts):

@@ -97,7 +97,9 @@ class StreamlineFormat:
     @property
     def is_set(self):
         """False when streamlines are used as they are."""
-        return any(value is not None for value in asdict(self).values())
+        # Not through asdict (a deep copy): the loader asks once per batch.
+        return not (self.step_size is None and self.nb_points is None
+                    and self.compress is None)
 
     def as_dict(self):
         """``{'step_size', 'nb_points', 'compress'}``, JSON-able."""
