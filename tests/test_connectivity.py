@@ -366,3 +366,12 @@ def test_a_matrix_larger_than_memory_is_refused_before_any_work(
         assert "fits in memory, found 1000000 nodes" in message
         assert "8381.9 GiB" in message
     assert not out.exists()
+
+
+def test_labels_of_shape_xyz1_are_read_as_3d(files, tmp_path):
+    """Some tools write a parcellation as (X, Y, Z, 1): the same labels."""
+    labels_4d = save_nifti(tmp_path / "labels_4d.nii.gz",
+                           data=_labels()[..., None])
+    out = tmp_path / "o.npy"
+    labels_main([files["tractogram"], labels_4d, str(out)])
+    np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS)

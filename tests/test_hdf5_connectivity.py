@@ -108,6 +108,26 @@ def test_extract_data_writes_the_stored_matrix(dataset_root, tmp_path, entry):
     assert extracted.dtype == bool and np.array_equal(extracted, expected)
 
 
+def test_labels_of_shape_xyz1_are_stored_as_3d(dataset_root, tmp_path):
+    """Some tools write a parcellation as (X, Y, Z, 1): the same labels."""
+    import nibabel as nib
+
+    for subject in SUBJECTS:
+        image = nib.load(dataset_root / subject / "labels.nii.gz")
+        save_nifti(str(dataset_root / subject / "labels_4d.nii.gz"),
+                   np.asarray(image.dataobj)[..., None], image.affine)
+    out = _create(dataset_root, tmp_path, {
+        "connectivity_matrix": "labels.npy",
+        "connectivity_labels": "labels_4d.nii.gz"})
+    with h5py.File(out, "r") as f:
+        for subject in SUBJECTS:
+            stored = f[subject]["streamlines"]["connectivity_label_volume"]
+            expected = np.asarray(nib.load(
+                dataset_root / subject / "labels.nii.gz").dataobj)
+            assert stored.shape == expected.shape
+            np.testing.assert_array_equal(stored[()], expected)
+
+
 def test_without_connectivity_nothing_is_added(dataset_root, tmp_path):
     out = _create(dataset_root, tmp_path, {})
     dataset = MultiSubjectDataset(out)

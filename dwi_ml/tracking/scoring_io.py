@@ -61,6 +61,8 @@ def load_label_volume(nifti_path):
             f"its data; the file is truncated or corrupt "
             f"({type(error).__name__}: {one_line(error)}).") from None
     where = f"labels '{nifti_path}': expected a 3-D volume of integers >= 0"
+    if data.ndim == 4 and data.shape[3] == 1:  # (X, Y, Z, 1): some tools'
+        data = data[..., 0]
     if data.ndim != 3:
         raise DwiMLUserError(f"{where}, found shape {data.shape}.")
     nb_not_finite = int(np.count_nonzero(~np.isfinite(data)))

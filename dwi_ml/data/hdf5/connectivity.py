@@ -160,6 +160,8 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
     except Exception as error:  # nibabel raises many types on bad files
         raise DwiMLUserError(f"{where}: connectivity labels '{labels_path}' "
                              f"cannot be read ({error}).") from None
+    if labels.ndim == 4 and labels.shape[3] == 1:  # (X, Y, Z, 1): some tools'
+        labels = labels[..., 0]
     if labels.shape != tuple(shape) or not np.all(np.mod(labels, 1) == 0):
         raise DwiMLUserError(
             f"{where}: connectivity labels '{labels_path}': expected integer "
