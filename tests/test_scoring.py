@@ -387,3 +387,30 @@ def test_script_refuses_an_upper_case_extension(hand_files, tmp_path,
                               hand_files["nifti"]])
     assert f"tractogram '{upper}'" in message
     assert "lower-case extension" in message and "found '.TRK'" in message
+
+
+def test_a_tck_in_another_space_is_warned(hand_files, tmp_path, capsys):
+    """A .tck has no header to check: one in another space (here its RAS mm
+    points 100 mm off) scored near 0 with no word. Now a warning says how
+    many points lie outside the grid; the right one gets none."""
+    import nibabel as nib
+    from dipy.io.streamline import load_tractogram
+
+    sft = load_tractogram(hand_files["tracked"], "same")
+    sft.to_rasmm()
+    streamlines = list(sft.streamlines)
+    for name, shift in (("right.tck", 0.), ("shifted.tck", 100.)):
+        nib.streamlines.save(nib.streamlines.Tractogram(
+            [s + shift for s in streamlines], affine_to_rasmm=np.eye(4)),
+            str(tmp_path / name))
+    nb_points = sum(len(s) for s in streamlines)
+    argv = [hand_files["reference"], hand_files["nifti"]]
+    for name, warned in (("right.tck", False), ("shifted.tck", True)):
+        capsys.readouterr()
+        score_main([str(tmp_path / name), *argv])
+        err = capsys.readouterr().err
+        expected = (f"tractogram '{tmp_path / name}': {nb_points} of its "
+                    f"{nb_points} points (100 %) lie outside the grid of "
+                    f"'{hand_files['nifti']}'; is it in that volume's space?")
+        assert (expected in err) == warned
+        assert ("outside the grid" in err) == warned

@@ -6,6 +6,7 @@ expects. Outputs (JSON, .npy) are written under a temporary name, then
 renamed.
 """
 
+import logging
 import os
 
 import nibabel as nib
@@ -28,6 +29,11 @@ from dwi_ml.io_utils.tractogram_files import (
     check_tractogram_extension,
     tractogram_extension,
 )
+
+logger = logging.getLogger(__name__)
+# Share of a tractogram's points outside the grid above which it is
+# probably in another space (warned, not refused).
+MAX_SHARE_OUTSIDE_GRID = 0.5
 
 
 def _load_image(nifti_path):
@@ -110,7 +116,24 @@ def load_tractogram_vox_corner(path, nifti_path):
     sft.to_vox()
     sft.to_corner()
     _check_finite_points(sft.streamlines, path)
+    _warn_if_mostly_outside(sft, path, nifti_path)
     return sft
+
+
+def _warn_if_mostly_outside(sft, path, nifti_path):
+    """Warn when most points lie outside the grid: a .tck (no header) in
+    another space than the NIfTI's would otherwise score near 0 silently.
+    Tracked streamlines may end just outside the grid: a few are normal."""
+    points = np.reshape(compact(sft.streamlines)[0], (-1, 3))
+    if not len(points):
+        return
+    dims = np.asarray(sft.dimensions, dtype=np.float64)
+    outside = np.count_nonzero(np.any((points < 0) | (points > dims), axis=1))
+    if outside > MAX_SHARE_OUTSIDE_GRID * len(points):
+        logger.warning(
+            "tractogram '%s': %d of its %d points (%.0f %%) lie outside the "
+            "grid of '%s'; is it in that volume's space?", path, outside,
+            len(points), 100 * outside / len(points), nifti_path)
 
 
 def _check_finite_points(streamlines, path):
