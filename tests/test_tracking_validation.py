@@ -306,6 +306,10 @@ def test_tracking_validation_leaves_training_unchanged_and_goes_to_comet(
      ("--tracking_validation_every", ">= 0", "-1")),
     (("--tracking_validation_every", "1", "--tracking_validation_nb_points",
       "0"), ("tracking_validation_nb_points", ">= 1", "0")),
+    # Refused once the folder existed (by the callback, at train start).
+    (("--tracking_validation_every", "1", "--tracking_validation_nb_points",
+      "1000"), ("--tracking_validation_nb_points", "expected fewer than",
+                "at 1.5 mm steps), found 1000")),
     (("--tracking_validation_every", "1", "--tracking_validation_mode",
       "whole_subject", "--tracking_validation_seeding_mask_group", "brain"),
      ("--tracking_validation_seeding_mask_group", "'brain'")),

@@ -44,13 +44,17 @@ from dwi_ml.models.model_types import (
     model_params_from_args,
 )
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
-from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
+from dwi_ml.tracking.stopping import DEFAULT_MAX_LENGTH_MM
+from dwi_ml.tracking.tracking_validation import (
+    check_nb_prefix_points,
+    tracking_validation_callbacks,
+)
 from dwi_ml.tracking.tracking_validation_args import (
     add_tracking_validation_args,
     check_tracking_validation_data,
     tracking_validation_params_from_args,
 )
-from dwi_ml.tracking.training_facts import training_step_size
+from dwi_ml.tracking.training_facts import max_length_for, training_step_size
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
@@ -191,15 +195,20 @@ def collect_params(args):
 
 def _check_tracking_validation_step(params):
     """Tracking validation tracks at the training streamlines' step: refuse,
-    before the folder is made, a run where that step is unknown."""
+    before the folder is made, a run where that step is unknown or leaves
+    no step after the generation prefixes (as the callback would)."""
     if params["tracking_validation"] is None:
         return
     try:
-        training_step_size(params["model"], params["dataset"])
+        step_size_mm = training_step_size(params["model"], params["dataset"])
     except DwiMLUserError as error:
         raise DwiMLUserError(
             f"argument --tracking_validation_every: tracking validation "
             f"needs a step size; {error}") from None
+    check_nb_prefix_points(
+        params["tracking_validation"]["nb_points"],
+        max_length_for(params["model"].get("max_len"), step_size_mm,
+                       DEFAULT_MAX_LENGTH_MM), step_size_mm)
 
 
 def _as_dict(params):

@@ -176,6 +176,17 @@ def tracking_validation_callbacks(saved_params):
         TrackingValidationParams(**saved_params))]
 
 
+
+def check_nb_prefix_points(nb_points, max_length_mm, step_size_mm):
+    """Refuse generation prefixes of ``nb_points`` points that leave no
+    step to track within ``max_length_mm`` at ``step_size_mm``."""
+    most_points = max_nb_points(max_length_mm, step_size_mm)
+    if nb_points >= most_points:
+        raise DwiMLUserError(
+            f"--tracking_validation_nb_points: expected fewer than "
+            f"{most_points} points ({max_length_mm:g} mm at "
+            f"{step_size_mm} mm steps), found {nb_points}.")
+
 class TrackingValidationCallback(Callback):
     """Track on the validation subjects every N epochs (module docstring).
 
@@ -211,13 +222,8 @@ class TrackingValidationCallback(Callback):
         # A Transformer tracks max_len steps at most: no further.
         self.max_length_mm = model_max_length_mm(
             trainer.model, self.step_size_mm, DEFAULT_MAX_LENGTH_MM)
-        most_points = max_nb_points(self.max_length_mm, self.step_size_mm)
-        if self.params.nb_points >= most_points:
-            raise DwiMLUserError(
-                f"--tracking_validation_nb_points: expected fewer than "
-                f"{most_points} points ({self.max_length_mm:g} mm at "
-                f"{self.step_size_mm} mm steps), found "
-                f"{self.params.nb_points}.")
+        check_nb_prefix_points(self.params.nb_points, self.max_length_mm,
+                               self.step_size_mm)
 
     def on_validation_end(self, trainer, epoch):
         if epoch % self.params.every == 0:

@@ -132,7 +132,13 @@ def model_max_length_mm(model, step_size_mm, max_length_mm):
     """``max_length_mm``, or less for a model with a ``max_len``: the
     longest streamline it can track, ``max_len`` steps of
     ``step_size_mm``."""
-    max_len = getattr(model, "max_len", None)
+    return max_length_for(getattr(model, "max_len", None), step_size_mm,
+                          max_length_mm)
+
+
+def max_length_for(max_len, step_size_mm, max_length_mm):
+    """:func:`model_max_length_mm` from a model's ``max_len`` (None: no
+    limit), e.g. read from its parameters before it is built."""
     if max_len is None:
         return max_length_mm
     return min(max_length_mm, max_len * step_size_mm)
