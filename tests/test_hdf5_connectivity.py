@@ -163,6 +163,33 @@ def test_bad_connectivity_config_is_one_clear_error(dataset_root, tmp_path,
     assert not os.path.exists(tmp_path / "out.hdf5")
 
 
+@pytest.mark.parametrize("name, data, message", [
+    ("fraction", 1.5, "non-integer values such as 1.5"),
+    ("negative", -2, "negative values such as -2.0"),
+    ("small", None, "expected the streamline group's grid"),
+])
+def test_bad_label_volume_is_one_clear_error(dataset_root, tmp_path, name,
+                                             data, message):
+    """The creation read labels with a shorter check than the scripts (it
+    named the dtype and shape only); both read them with one function."""
+    for subject in SUBJECTS:
+        labels = np.zeros(SHAPE, dtype=np.float32)
+        if data is None:
+            labels = labels[:-1]
+        else:
+            labels[0, 0, 0] = data
+        save_nifti(str(dataset_root / subject / f"{name}.nii.gz"), labels,
+                   grid_affine())
+    with pytest.raises(DwiMLUserError) as error:
+        _create(dataset_root, tmp_path, {
+            "connectivity_matrix": "small.npy",
+            "connectivity_labels": f"{name}.nii.gz"})
+    text = str(error.value)
+    assert message in text and "connectivity labels '" in text
+    assert f"{name}.nii.gz" in text and len(text.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out.hdf5")
+
+
 @pytest.mark.parametrize("layout", ["reference", "by_label_value"])
 def test_sparse_labels_of_either_layout_score_streamlines(tmp_path, layout):
     """Labels 0, 4 and 9 (a parcellation's numbering has gaps): the

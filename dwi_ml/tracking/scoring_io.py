@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 from dipy.io.streamline import load_tractogram
 
+from dwi_ml.data.hdf5.connectivity import read_label_volume
 from dwi_ml.data.hdf5.subjects import one_line
 from dwi_ml.data.hdf5.tractograms import (
     grid_difference,
@@ -57,33 +58,9 @@ def load_grid(nifti_path):
 
 
 def load_label_volume(nifti_path):
-    """Integer labels (X, Y, Z) of a NIfTI volume, and its affine."""
-    image = _load_image(nifti_path)
-    try:
-        data = np.asanyarray(image.dataobj)
-    except Exception as error:  # nibabel, gzip and zlib raise many kinds
-        raise DwiMLUserError(
-            f"labels '{nifti_path}': expected a NIfTI file, could not read "
-            f"its data; the file is truncated or corrupt "
-            f"({type(error).__name__}: {one_line(error)}).") from None
-    where = f"labels '{nifti_path}': expected a 3-D volume of integers >= 0"
-    if data.ndim == 4 and data.shape[3] == 1:  # (X, Y, Z, 1): some tools'
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DwiMLUserError(f"{where}, found shape {data.shape}.")
-    nb_not_finite = int(np.count_nonzero(~np.isfinite(data)))
-    if nb_not_finite:
-        raise DwiMLUserError(f"{where}, found {nb_not_finite} NaN or "
-                             "infinite value(s).")
-    # Scaled integers (scl_slope) may load as floats that are not integers.
-    for wrong, kind in ((data != np.round(data), "non-integer"),
-                        (data < 0, "negative")):
-        if np.any(wrong):
-            raise DwiMLUserError(
-                f"{where}, found {kind} values such as "
-                f"{', '.join(map(str, np.unique(data[wrong])[:3].tolist()))} "
-                f"(dtype {data.dtype}).")
-    return data.astype(np.int64), np.asarray(image.affine, dtype=np.float64)
+    """Integer labels (X, Y, Z) of a NIfTI volume, and its affine (see
+    :func:`~dwi_ml.data.hdf5.connectivity.read_label_volume`)."""
+    return read_label_volume(nifti_path, f"labels '{nifti_path}'")
 
 
 def load_tractogram_vox_corner(path, nifti_path):

@@ -32,6 +32,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from dwi_ml.data.hdf5.layout import decode_str
+from dwi_ml.data.hdf5.subjects import one_line
 from dwi_ml.data.hdf5.tractograms import reference_info
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -136,8 +137,6 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
     -------
     Connectivity
     """
-    import nibabel as nib
-
     try:
         matrix = np.load(matrix_path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
@@ -155,26 +154,58 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
                 f"{nb_nodes} x {nb_nodes} for {list(config.nb_blocs)} blocs, "
                 f"found {matrix.shape[0]} x {matrix.shape[1]}.")
         return Connectivity(matrix > 0, FROM_BLOCS, config.nb_blocs)
-    try:
-        labels = np.asanyarray(nib.load(labels_path).dataobj)
-    except Exception as error:  # nibabel raises many types on bad files
-        raise DwiMLUserError(f"{where}: connectivity labels '{labels_path}' "
-                             f"cannot be read ({error}).") from None
-    if labels.ndim == 4 and labels.shape[3] == 1:  # (X, Y, Z, 1): some tools'
-        labels = labels[..., 0]
-    if labels.shape != tuple(shape) or not np.all(np.mod(labels, 1) == 0):
+    what = f"{where}: connectivity labels '{labels_path}'"
+    labels, _ = read_label_volume(labels_path, what)
+    if labels.shape != tuple(shape):
         raise DwiMLUserError(
-            f"{where}: connectivity labels '{labels_path}': expected integer "
-            f"labels of shape {tuple(shape)}, found {labels.dtype} "
-            f"{labels.shape}.")
+            f"{what}: expected the streamline group's grid {tuple(shape)}, "
+            f"found shape {labels.shape}.")
     labels = labels.astype(np.int32)
-    if labels.size and labels.min() < 0:
-        raise DwiMLUserError(
-            f"{where}: connectivity labels '{labels_path}': expected labels "
-            f">= 0, found {labels.min()}.")
     matrix = matrix_on_label_nodes(
         matrix, labels, f"{where}: connectivity matrix '{matrix_path}'")
     return Connectivity(matrix > 0, FROM_LABELS, label_volume=labels)
+
+
+def read_label_volume(path, what):
+    """Integer labels (X, Y, Z) >= 0 of a NIfTI parcellation, and its
+    affine; one-line errors start with ``what`` (names the file).
+
+    A volume of shape (X, Y, Z, 1), as some tools write them, is read as
+    3-D; scaled integers (``scl_slope``) that load as whole floats are
+    integers.
+
+    Returns
+    -------
+    labels : np.ndarray (X, Y, Z), int64
+    affine : np.ndarray (4, 4), float64
+    """
+    import nibabel as nib
+
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel, gzip and zlib raise many kinds
+        raise DwiMLUserError(
+            f"{what}: expected a NIfTI file, could not read it; the file is "
+            f"missing, truncated or corrupt ({type(error).__name__}: "
+            f"{one_line(error)}).") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    where = f"{what}: expected a 3-D volume of integers >= 0"
+    if data.ndim != 3:
+        raise DwiMLUserError(f"{where}, found shape {data.shape}.")
+    nb_not_finite = int(np.count_nonzero(~np.isfinite(data)))
+    if nb_not_finite:
+        raise DwiMLUserError(f"{where}, found {nb_not_finite} NaN or "
+                             "infinite value(s).")
+    for wrong, kind in ((data != np.round(data), "non-integer"),
+                        (data < 0, "negative")):
+        if np.any(wrong):
+            raise DwiMLUserError(
+                f"{where}, found {kind} values such as "
+                f"{', '.join(map(str, np.unique(data[wrong])[:3].tolist()))} "
+                f"(dtype {data.dtype}).")
+    return data.astype(np.int64), np.asarray(image.affine, dtype=np.float64)
 
 
 def label_nodes(label_volume):
