@@ -169,6 +169,28 @@ def test_eager_equals_lazy(quirky_file):
                 assert np.array_equal(i, j)
 
 
+def test_eager_equals_lazy_lengths_mm_of_float64_points(tmp_path):
+    # Before: without euclidean_lengths, the lazy dataset measured float64
+    # points as stored and the eager one their float32 cast (what batches
+    # hold): lengths differed by ~1e-6 mm, and so could the batches of a
+    # length_mm sampler.
+    rng = np.random.default_rng(3)
+    subjects = {"s1": make_example_subject(rng, nb_streamlines=40,
+                                           write_euclidean_lengths=False)}
+    path = _write(tmp_path, subjects, training_subjs=["s1"])
+    with h5py.File(path, "a") as hdf:
+        points = hdf["s1/streamlines/data"][()].astype(np.float64)
+        points += rng.uniform(-1e-4, 1e-4, points.shape)
+        del hdf["s1/streamlines/data"]
+        hdf["s1/streamlines"].create_dataset("data", data=points)
+    eager, lazy = _load(path, False), _load(path, True)
+    eager_sft = eager.training_set.get_subject(0).sft_data_list[0]
+    lazy_sft = lazy.training_set.get_subject(0).sft_data_list[0]
+    assert np.array_equal(eager_sft.lengths_mm, lazy_sft.lengths_mm)
+    assert np.array_equal(eager_sft.get_streamlines()._data,
+                          lazy_sft.get_streamlines()._data)
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_as_sft_maps_to_rasmm_with_the_affine(quirky_file, lazy):
     path, subjects = quirky_file

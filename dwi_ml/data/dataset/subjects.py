@@ -258,7 +258,10 @@ def _read_lengths_mm(handle, key, offsets, lengths, affine, points=None):
         points, starts = read_row_ranges(handle, key + "/data",
                                          offsets[first:last],
                                          lengths[first:last])
+        # Measured on float32 points, as the eager path and the batches
+        # hold them: the same lengths (and length_mm batches) either way.
         result[first:last] = lengths_mm(
-            points, starts, lengths[first:last], affine)
+            points.astype(np.float32, copy=False), starts,
+            lengths[first:last], affine)
     return result
 
