@@ -338,3 +338,24 @@ def test_sampler_error_lists_groups_and_bad_context(dataset):
     sampler.load_state_dict(two_ranks.state_dict())
     assert sampler.epoch == 3
     assert sampler.for_split("training").nb_batches_yielded == 0
+
+
+def test_sampler_refuses_training_subjects_without_streamlines(tmp_path):
+    # Before: an epoch of no batch, and a trainer that "trained" for every
+    # epoch without one update, its best model the untrained one.
+    rng = np.random.default_rng(2)
+    subjects = {name: make_example_subject(rng, nb_streamlines=n)
+                for name, n in (("t1", 5), ("t2", 5), ("v1", 4))}
+    for name in ("t1", "t2"):
+        subjects[name]["streamlines"].streamlines = []
+    path = tmp_path / "data.hdf5"
+    write_reference_hdf5(path, subjects, training_subjs=["t1", "t2"],
+                         validation_subjs=["v1"])
+    loaded = MultiSubjectDataset(path)
+    loaded.load_data()
+    with pytest.raises(DwiMLUserError) as error:
+        make_sampler(loaded)
+    assert str(error.value) == (
+        f"HDF5 file {path}, streamline group 'streamlines': expected at "
+        "least one training streamline, found none in the 2 training "
+        "subjects (t1, t2).")

@@ -117,6 +117,8 @@ class BatchSampler:
                                                 in_streamlines)
                               for subj in range(subset.nb_subjects)]
                       for split, subset in subsets.items()}
+        _check_training_streamlines(dataset, streamline_group,
+                                    self.costs[Split.TRAINING])
         self.epoch = 0
         self._nb_yielded = dict.fromkeys(SAMPLED_SPLITS, 0)
         self._cached_plan = None
@@ -253,6 +255,18 @@ def _streamline_costs(subset, subj_idx, group_idx, in_streamlines):
         return np.ones(nb_streamlines, dtype=np.float64)
     return np.asarray(subset.get_lengths_mm(subj_idx, group_idx),
                       dtype=np.float64)
+
+
+def _check_training_streamlines(dataset, streamline_group, training_costs):
+    """Refuse a training split without a streamline: no batch to train on."""
+    if sum(len(costs) for costs in training_costs):
+        return
+    subjects = dataset.training_set.subjects
+    raise DwiMLUserError(
+        f"HDF5 file {dataset.hdf5_file}, streamline group "
+        f"'{streamline_group}': expected at least one training streamline, "
+        f"found none in the {len(subjects)} training subjects "
+        f"({', '.join(subjects) or 'none'}).")
 
 
 def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):
