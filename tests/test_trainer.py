@@ -18,6 +18,7 @@ from dwi_ml.training.callbacks import Callback, TrainingAbortedError
 from dwi_ml.training.experiment_builder import (
     build_dataset,
 )
+from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
 from tests.tolerances import EPS32, EPS64, rounding_atol
 
 
@@ -112,6 +113,31 @@ def test_script_names_the_training_loss_without_validation(tmp_path, capsys):
     best = int(np.argmin(train_loss))
     assert capsys.readouterr().out.strip().endswith(
         f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
+
+
+def test_validation_subjects_without_streamlines_count_as_no_validation(
+        tmp_path, capsys):
+    """It said 'best epoch 0, valid_loss nan': validation subjects whose
+    group holds no streamline gave an epoch of no validation batch, a NaN
+    valid_loss, and the best model was the first epoch's for ever."""
+    rng = np.random.default_rng(4)
+    subjects = {name: make_example_subject(rng, nb_streamlines=n)
+                for name, n in (("t1", 12), ("v1", 3), ("v2", 3))}
+    for name in ("v1", "v2"):
+        subjects[name]["streamlines"].streamlines = []
+    path = str(tmp_path / "data.hdf5")
+    write_reference_hdf5(path, subjects, training_subjs=["t1"],
+                         validation_subjs=["v1", "v2"])
+    train_main([str(tmp_path), "exp", path, "input", "streamlines",
+                "--max_epochs", "2", "--rnn_layer_sizes", "8"])
+    train_loss = np.load(tmp_path / "exp" / "logs" / "train_loss.npy")
+    best = int(np.argmin(train_loss))
+    output = capsys.readouterr()
+    assert output.out.strip().endswith(
+        f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
+    assert (f"HDF5 file {path}, streamline group 'streamlines': the 2 "
+            "validation subjects (v1, v2) hold no streamline; training "
+            "runs without validation.") in output.err
 
 
 class _PoisonWeights(Callback):

@@ -117,11 +117,14 @@ class BatchSampler:
                                                 in_streamlines)
                               for subj in range(subset.nb_subjects)]
                       for split, subset in subsets.items()}
-        _check_training_streamlines(dataset, streamline_group,
-                                    self.costs[Split.TRAINING])
+        _check_split_streamlines(dataset, streamline_group, self.costs)
         self.epoch = 0
         self._nb_yielded = dict.fromkeys(SAMPLED_SPLITS, 0)
         self._cached_plan = None
+
+    def nb_streamlines(self, split):
+        """Streamlines of ``split`` (training or validation) in the group."""
+        return sum(len(costs) for costs in self.costs[Split(split)])
 
     def for_split(self, split):
         """The batches of ``split`` (training or validation), as a Sampler.
@@ -257,16 +260,23 @@ def _streamline_costs(subset, subj_idx, group_idx, in_streamlines):
                       dtype=np.float64)
 
 
-def _check_training_streamlines(dataset, streamline_group, training_costs):
-    """Refuse a training split without a streamline: no batch to train on."""
-    if sum(len(costs) for costs in training_costs):
-        return
+def _check_split_streamlines(dataset, streamline_group, costs):
+    """Refuse a training split without a streamline (no batch to train
+    on); warn of validation subjects without one (no validation)."""
+    where = (f"HDF5 file {dataset.hdf5_file}, streamline group "
+             f"'{streamline_group}'")
     subjects = dataset.training_set.subjects
-    raise DwiMLUserError(
-        f"HDF5 file {dataset.hdf5_file}, streamline group "
-        f"'{streamline_group}': expected at least one training streamline, "
-        f"found none in the {len(subjects)} training subjects "
-        f"({', '.join(subjects) or 'none'}).")
+    if not sum(len(subject_costs) for subject_costs in costs[Split.TRAINING]):
+        raise DwiMLUserError(
+            f"{where}: expected at least one training streamline, found "
+            f"none in the {len(subjects)} training subjects "
+            f"({', '.join(subjects) or 'none'}).")
+    subjects = dataset.validation_set.subjects
+    if subjects and not sum(len(subject_costs) for subject_costs
+                            in costs[Split.VALIDATION]):
+        logger.warning("%s: the %d validation subjects (%s) hold no "
+                       "streamline; training runs without validation.",
+                       where, len(subjects), ", ".join(subjects))
 
 
 def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):

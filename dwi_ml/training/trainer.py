@@ -441,5 +441,6 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         raise NotImplementedError
 
     def _has_validation_data(self):
-        subset = getattr(self.batch_sampler.dataset, "validation_set", None)
-        return subset is not None and subset.nb_subjects > 0
+        # Validation subjects without a streamline give no batch: a run
+        # without validation, not one with a NaN valid_loss.
+        return self.batch_sampler.nb_streamlines(Split.VALIDATION) > 0
