@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -146,3 +147,39 @@ def test_all_subjects_angle_is_the_mean_over_all_angles(tmp_path):
     # roundings apart (the loss-point weights were 3e-6 off here).
     assert results["all"]["angular_error_deg"] == pytest.approx(
         expected, rel=rounding_atol(1, 10, EPS64))
+
+
+def _empty_streamline_group(hdf5_file, copy, subject):
+    """A copy of ``hdf5_file`` where ``subject``'s streamline group holds no
+    streamline (as for a bundle absent from a subject)."""
+    shutil.copy(hdf5_file, copy)
+    with h5py.File(copy, "a") as hdf:
+        group = hdf[f"{subject}/streamlines"]
+        for name in ("offsets", "lengths", "euclidean_lengths"):
+            del group[name]
+            group.create_dataset(name, shape=(0,), dtype=np.int64)
+        if "data_per_streamline" in group:
+            del group["data_per_streamline"]
+        # Evaluated with a subject that has some.
+        hdf.attrs["testing_subjs"] = ["subj-01", subject]
+    return str(copy)
+
+
+def test_a_subject_without_streamlines_gets_null_values(experiment,
+                                                        tmp_path, capsys):
+    """Its mean loss and angle, means of nothing, were NaN: the strict JSON
+    writer refused them with a traceback, and nothing was saved."""
+    experiment_dir, hdf5_file = experiment
+    empty = _empty_streamline_group(hdf5_file, tmp_path / "data.hdf5",
+                                    "subj-03")
+    out = tmp_path / "out.json"
+    evaluate_main([str(experiment_dir), empty, "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert results["subj-03"] == {"loss": None, "loss_direction": None,
+                                  "loss_eos": None, "n_points": 0,
+                                  "angular_error_deg": None}
+    # 'all' is subj-01's means (one float64 weighting apart).
+    assert results["all"] == pytest.approx(results["subj-01"],
+                                           rel=rounding_atol(1, 2, EPS64))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2].split() == ["subj-03"] + ["n/a"] * 4 + ["0"]

@@ -43,6 +43,11 @@ def _build_parser():
     return parser
 
 
+def _column(mean):
+    """A mean, or n/a for the None of a subject without streamlines."""
+    return f"{'n/a':>20}" if mean is None else f"{mean:>20.5f}"
+
+
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_evaluate_model.py."""
@@ -75,7 +80,7 @@ def main(argv=None):
     print(f"{'subject':<16}" + "".join(f"{name:>20}" for name in names)
           + f"{'n_points':>10}")
     for subject, values in results.items():
-        print(f"{subject:<16}" + "".join(f"{values[name]:>20.5f}" for name in names)
+        print(f"{subject:<16}" + "".join(_column(values[name]) for name in names)
               + f"{values['n_points']:>10d}")
     print(f"Saved to {out}")
 

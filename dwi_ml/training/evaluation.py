@@ -3,8 +3,6 @@
 The loop is the validation loop of the trainer (no augmentation, no
 gradients), run subject by subject over every streamline of any subset.
 """
-import math
-
 import numpy as np
 import torch
 
@@ -35,9 +33,9 @@ class _WeightedMeans:
         self.n_points += n_points
 
     def mean_of(self, name):
-        """The mean of one value; NaN when it was never added."""
+        """The mean of one value; None (JSON null) when it was never added."""
         monitor = self.monitors.get(name)
-        return math.nan if monitor is None else monitor.running_mean
+        return None if monitor is None else monitor.running_mean
 
     def means(self):
         return {**{name: monitor.running_mean
@@ -84,7 +82,8 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
         the streamlines' next segments, in RAS mm (anisotropic voxels do
         not bend them), leaving out points where the target is "stop";
         ``'all'`` averages the losses over all loss points and the angles
-        over all angles of the subset.
+        over all angles of the subset. A mean of nothing (a subject without
+        streamlines, or without an angle) is None.
     """
     loader = build_loader(dataset, {"streamline_group": streamline_group,
                                     "input_group": input_group}, model, device)
@@ -132,7 +131,16 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
                         values["n_points"])
     results["all"] = {**overall.means(), "angular_error_deg":
                       overall_angles.mean_of("angular_error_deg")}
-    return results
+    return _with_null_means(results)
+
+
+def _with_null_means(results):
+    """Every entry with every value: a subject without streamlines (no loss
+    point) gets None for the means of nothing, never NaN (not JSON)."""
+    names = dict.fromkeys(name for values in results.values()
+                          for name in values)
+    return {subject: {name: values.get(name) for name in names}
+            for subject, values in results.items()}
 
 
 def evaluate_model_folder(model_dir, hdf5_file, split, input_group,
