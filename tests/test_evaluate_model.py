@@ -14,8 +14,10 @@ from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.training.evaluation import evaluate_model
+from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
 from tests.tolerances import EPS64, rounding_atol
 
 
@@ -183,3 +185,26 @@ def test_a_subject_without_streamlines_gets_null_values(experiment,
                                            rel=rounding_atol(1, 2, EPS64))
     printed = capsys.readouterr().out.splitlines()
     assert printed[2].split() == ["subj-03"] + ["n/a"] * 4 + ["0"]
+
+
+def test_a_streamline_too_short_for_the_model_is_named_before_any_batch(
+        tmp_path):
+    """The model refused it at its batch, naming neither file nor subject."""
+    rng = np.random.default_rng(8)
+    subjects = {name: make_example_subject(rng, nb_streamlines=5)
+                for name in ("s1", "s2")}
+    subjects["s2"]["streamlines"].streamlines[2] = (
+        subjects["s2"]["streamlines"].streamlines[2][:1])
+    path = str(tmp_path / "data.hdf5")
+    write_reference_hdf5(path, subjects, testing_subjs=["s1", "s2"])
+    dataset = MultiSubjectDataset(path, lazy=True)
+    dataset.load_data()
+    model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
+                             rnn_layer_sizes=[8]).eval()
+    with pytest.raises(DwiMLUserError) as error:
+        evaluate_model(model, dataset, "testing", "input", "streamlines")
+    assert str(error.value) == (
+        f"HDF5 file {path}, subject 's2', group 'streamlines': expected "
+        "testing streamlines of at least 2 points in the model's format (a "
+        "model without EOS predicts n - 1 directions), found 1 (streamline "
+        "ids: 2).")

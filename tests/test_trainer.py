@@ -214,6 +214,41 @@ def test_train_script_checks_arguments_before_work(tmp_path, hdf5_file, capsys,
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.parametrize("extra, expected", [
+    ([], "at least 2 points in the model's format (a model without EOS "
+         "predicts n - 1 directions), found 1 (streamline ids: 3)."),
+    # A streamline of 0 mm keeps 1 point at any step size.
+    (["--step_size", "0.5"], "at least 2 points in the model's format (a "
+     "model without EOS predicts n - 1 directions), found 2 (streamline "
+     "ids: 3, 4)."),
+    (["--add_eos"], "at least 1 point in the model's format (a model with "
+     "EOS predicts n directions), found 1 (streamline ids: 5).")])
+def test_train_script_refuses_streamlines_too_short_for_the_model(
+        tmp_path, capsys, extra, expected):
+    """A model without EOS predicts n - 1 directions: a stored 1-point
+    streamline, or one of 0 mm resampled to 1 point, stopped the run at its
+    first batch, after the experiment folder was made, with an error that
+    named neither the file nor the subject. With EOS, a 0-point one."""
+    rng = np.random.default_rng(6)
+    subjects = {name: make_example_subject(rng, nb_streamlines=6)
+                for name in ("t1", "t2")}
+    streamlines = subjects["t2"]["streamlines"].streamlines
+    streamlines[3] = streamlines[3][:1]
+    streamlines[4] = np.repeat(streamlines[4][:1], 3, axis=0)
+    if "--add_eos" in extra:
+        streamlines[5] = streamlines[5][:0]
+    path = str(tmp_path / "data.hdf5")
+    write_reference_hdf5(path, subjects, training_subjs=["t1", "t2"])
+    with pytest.raises(SystemExit) as error:
+        train_main([str(tmp_path), "exp", path, "input", "streamlines",
+                    "--rnn_layer_sizes", "8", *extra])
+    assert error.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: HDF5 file {path}, subject 't2', group 'streamlines': "
+        f"expected training streamlines of {expected}")
+    assert not (tmp_path / "exp").exists()
+
+
 def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
                                                            capsys):
     with pytest.raises(SystemExit):

@@ -7,9 +7,8 @@ volume at every point. What the model needs (format, neighbourhood) comes
 from its :class:`~dwi_ml.data.processing.input_spec.InputSpec`:
 
 1. resampling to the model's ``StreamlineFormat`` (step size in mm, number
-   of points or compression), when it differs from the HDF5's. This also applies in
-   validation (and never augments anything): the model must see streamlines
-   with its own step size;
+   of points or compression) when it differs from the HDF5's, in validation
+   too: the model must see streamlines with its own step size;
 2. splitting ``split_ratio`` of the streamlines long enough to be split, in
    two (short streamlines stay whole, none is dropped);
 3. reversing ``reverse_ratio`` of them;
@@ -61,6 +60,8 @@ from dwi_ml.io_utils.arg_checks import (
     check_ratio,
 )
 
+# Below this length (mm), step-size resampling may keep 1 point.
+_ZERO_LENGTH_MM = 1e-3
 # The dataset's subset of each split (keys hash as the splits' strings).
 _SUBSET_ATTRIBUTES = {split: f"{split.value}_set" for split in Split}
 
@@ -276,16 +277,12 @@ class BatchLoaderOneInput:
         """``max(at_least, most points of a streamline of split)`` once in
         the model's format (augmentation never lengthens a streamline).
 
-        Only the streamlines that may exceed ``at_least`` are read and
-        resampled: the stored counts (no resampling, or compression), the
-        fixed ``nb_points``, or the step count of the stored length in mm
-        bound them from above (one step of margin for its rounding).
-        """
-        subset = self._subset(split)
+        Only the streamlines that may exceed ``at_least`` are resampled:
+        the stored counts (no resampling, or compression), the fixed
+        ``nb_points``, or the step count of the stored length in mm (one
+        step of margin for its rounding) bound them from above."""
         streamline_format = self.input_spec.streamline_format
-        for subj_idx in range(subset.nb_subjects):
-            sft_data = subset.get_subject(subj_idx).sft_data_list[
-                self.streamline_group_idx]
+        for _, sft_data in self._subjects_streamlines(split):
             bounds = sft_data.lengths
             if self._resamples and streamline_format.nb_points is not None:
                 bounds = np.full_like(bounds, streamline_format.nb_points)
@@ -293,15 +290,38 @@ class BatchLoaderOneInput:
                 bounds = nb_points_for_step_size(
                     sft_data.lengths_mm, streamline_format.step_size) + 1
             ids = np.flatnonzero(bounds > at_least)
-            if len(ids) and self._resamples:
-                affine = np.asarray(sft_data.space_attributes[0],
-                                    dtype=np.float64)
-                bounds = packed_arrays(self.resample(
-                    sft_data.get_streamlines(ids), affine))[2]
-            else:
-                bounds = bounds[ids]
-            at_least = max(at_least, int(bounds.max(initial=0)))
+            at_least = max(at_least, int(self._nb_points_in_format(
+                sft_data, ids).max(initial=0)))
         return at_least
+
+    def streamlines_shorter_than(self, split, nb_points):
+        """``(subject_id, ids)`` of the first subject of ``split`` with
+        streamlines of fewer than ``nb_points`` (1 or 2) points in the
+        model's format, or None. Only candidates are resampled: fewer
+        points stored, or (step size) about 0 mm, which keeps 1 point."""
+        step_size = self.input_spec.streamline_format.step_size
+        for subject_id, sft_data in self._subjects_streamlines(split):
+            ids = np.flatnonzero((sft_data.lengths < nb_points) | (
+                (step_size is not None) & (sft_data.lengths_mm < _ZERO_LENGTH_MM)))
+            ids = ids[self._nb_points_in_format(sft_data, ids) < nb_points]
+            if len(ids):
+                return subject_id, ids
+        return None
+
+    def _subjects_streamlines(self, split):
+        """``(subject_id, sft_data)`` of each subject of ``split``."""
+        subset = self._subset(split)
+        return [(subject_id, subset.get_subject(subj_idx).sft_data_list[
+            self.streamline_group_idx])
+            for subj_idx, subject_id in enumerate(subset.subjects)]
+
+    def _nb_points_in_format(self, sft_data, ids):
+        """Points of the streamlines ``ids`` in the model's format."""
+        if not len(ids) or not self._resamples:
+            return sft_data.lengths[ids]
+        affine = np.asarray(sft_data.space_attributes[0], dtype=np.float64)
+        return packed_arrays(self.resample(sft_data.get_streamlines(ids),
+                                           affine))[2]
 
     def prepare_batch(self, batch, device):
         """The batch on ``device``, with its inputs: call it on every batch.

@@ -13,6 +13,7 @@ from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import (
     build_loader,
+    check_streamlines_not_too_short,
     nb_predictions_beyond_max_len,
 )
 from dwi_ml.training.monitors import BatchMeanMonitor
@@ -94,6 +95,7 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
             f"--subset {split}: expected streamlines of at most the model's "
             f"max_len={model.max_len} prediction points, found "
             f"{nb_predictions} (in the model's format).")
+    check_streamlines_not_too_short(model, loader, split)
     group_idx = dataset.streamline_groups.index(streamline_group)
     subset = getattr(dataset, f"{split}_set")
     # Angles are averaged over their own points: with EOS a streamline has

@@ -144,11 +144,35 @@ def nb_predictions_beyond_max_len(model, loader, split):
     return nb_predictions if nb_predictions > max_len else None
 
 
+def check_streamlines_not_too_short(model, loader, split):
+    """Refuse streamlines of ``split`` with no prediction point in the
+    model's format: fewer than 2 points without EOS (n - 1 directions),
+    none with EOS. The model would refuse them at their first batch,
+    without naming the file or the subject."""
+    add_eos = getattr(model, "add_eos", None)
+    if add_eos is None:  # not a direction-getter model
+        return
+    min_nb_points = 1 if add_eos else 2
+    found = loader.streamlines_shorter_than(split, min_nb_points)
+    if found is None:
+        return
+    subject_id, ids = found
+    raise DwiMLUserError(
+        f"HDF5 file {loader.dataset.hdf5_file}, subject '{subject_id}', "
+        f"group '{loader.streamline_group}': expected {split} streamlines of "
+        f"at least {min_nb_points} point{'s' * (min_nb_points > 1)} in the "
+        f"model's format (a model "
+        + ("with EOS predicts n" if add_eos else "without EOS predicts n - 1")
+        + f" directions), found {len(ids)} (streamline ids: "
+        f"{', '.join(map(str, ids[:5]))}{', ...' * (len(ids) > 5)}).")
+
+
 def check_streamlines_fit_model(model, loader):
     """Refuse, before any folder is made, training and validation
-    streamlines longer than a model's ``max_len``; the model would refuse
-    them at their first batch, possibly epochs later."""
+    streamlines longer than a model's ``max_len`` or too short for it; the
+    model would refuse them at their first batch, possibly epochs later."""
     for split in ("training", "validation"):
+        check_streamlines_not_too_short(model, loader, split)
         nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
         if nb_predictions is not None:
             raise DwiMLUserError(
