@@ -405,3 +405,19 @@ def test_zero_noise_returns_input_and_negative_sigma_fails():
     assert add_noise_mm(packed, 0., ANISOTROPIC_AFFINE, rng) is packed
     with pytest.raises(DwiMLUserError, match="sigma_mm"):
         add_noise_mm(packed, -0.1, ANISOTROPIC_AFFINE, rng)
+
+
+@pytest.mark.parametrize("transform", [
+    lambda s, rng: split_streamlines(s, 1., rng)[0],
+    lambda s, rng: reverse_streamlines(s, 1., rng)[0],
+    lambda s, rng: add_noise_mm(s, 1., ANISOTROPIC_AFFINE, rng),
+    lambda s, rng: resample_to_step_size(s, ANISOTROPIC_AFFINE, 0.5),
+    lambda s, rng: resample_to_nb_points(s, ANISOTROPIC_AFFINE, 3),
+    lambda s, rng: compress(s, ANISOTROPIC_AFFINE, 0.1),
+])
+def test_an_empty_array_sequence_gives_an_empty_one(transform):
+    # nibabel's ArraySequence([]) holds a (0,) array, not (0, 3): noise and
+    # resampling failed with a broadcasting ValueError.
+    result = transform(nib.streamlines.ArraySequence([]),
+                       np.random.default_rng(0))
+    assert len(result) == 0 and result.get_data().shape == (0, 3)

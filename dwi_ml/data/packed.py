@@ -33,11 +33,15 @@ def packed_arrays(sequence):
     Returns
     -------
     data : np.ndarray, shape (P, 3)
-        May hold rows that belong to no streamline.
+        May hold rows that belong to no streamline. (0, 3) for an empty
+        sequence (nibabel's ``ArraySequence([])`` holds a (0,) array).
     offsets, lengths : np.ndarray, shape (N,), int64
         First row in ``data`` and number of points of each streamline.
     """
-    return (np.asarray(sequence._data),
+    data = np.asarray(sequence._data)
+    if data.ndim == 1 and not data.size:
+        data = data.reshape(0, 3)
+    return (data,
             np.asarray(sequence._offsets, dtype=np.int64),
             np.asarray(sequence._lengths, dtype=np.int64))
 
