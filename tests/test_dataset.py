@@ -511,3 +511,29 @@ def test_error_streamlines_outside_data(tmp_path):
         offsets = hdf["subj_a/streamlines/offsets"]
         offsets[0] = len(hdf["subj_a/streamlines/data"])
     _raises("'subj_a/streamlines': expected offsets \\+ lengths within", path)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_non_finite_volume_values_are_named(tmp_path, lazy):
+    # Our HDF5 creation refuses NaN, the reference's does not: its NaN
+    # reached the inputs, and training stopped with "non-finite loss (nan)
+    # ... Try a lower learning rate or --clip_grad".
+    path = _write(tmp_path)
+    with h5py.File(path, "a") as hdf:
+        data = hdf["subj_b/input/data"]
+        values = data[()]
+        values[2, 3, 4, 1] = np.nan
+        values[5, 0, 1, 0] = np.inf
+        data[...] = values
+    dataset = MultiSubjectDataset(path, lazy=lazy)
+    expected = (f"HDF5 file '{path}', subject 'subj_b', group 'input': "
+                "expected finite values, found 2 NaN or Inf (the first at "
+                "voxel (2, 3, 4), feature 1).")
+    if not lazy:
+        with pytest.raises(DwiMLUserError) as error:
+            dataset.load_data()
+    else:
+        dataset.load_data()
+        with pytest.raises(DwiMLUserError) as error:
+            dataset.training_set.get_subject(1).mri_data_list[0].as_tensor()
+    assert str(error.value) == expected

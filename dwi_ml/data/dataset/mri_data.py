@@ -3,6 +3,25 @@ import numpy as np
 import torch
 
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+
+def check_finite_volume(data, path, key):
+    """Refuse NaN or Inf in a (X, Y, Z, F) volume read from ``key``.
+
+    Our HDF5 creation refuses them; the reference's does not, and they
+    would reach the inputs, then the loss.
+    """
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    voxel = np.unravel_index(int(np.argmax(bad)), data.shape)
+    subject, group = key.split("/")[:2]
+    raise DwiMLUserError(
+        f"HDF5 file '{path}', subject '{subject}', group '{group}': expected "
+        f"finite values, found {int(np.count_nonzero(bad))} NaN or Inf (the "
+        f"first at voxel {tuple(int(i) for i in voxel[:3])}, feature "
+        f"{int(voxel[3])}).")
 
 
 def normalize_device(device):
@@ -102,8 +121,9 @@ class LazyMRIData:
         """The volume read from disk as a (X, Y, Z, F) float32 array."""
         with hdf5_read_errors(self._handle.path, self._key):
             dataset = self._handle.dataset(self._key)
-            return np.asarray(dataset[()],
-                              dtype=np.float32).reshape(self.shape)
+            data = np.asarray(dataset[()], dtype=np.float32).reshape(self.shape)
+        check_finite_volume(data, self._handle.path, self._key)
+        return data
 
     def as_tensor(self, device="cpu"):
         """The volume as a (X, Y, Z, F) float32 tensor on ``device``.

@@ -2,7 +2,11 @@
 import nibabel as nib
 import numpy as np
 
-from dwi_ml.data.dataset.mri_data import LazyMRIData, MRIData
+from dwi_ml.data.dataset.mri_data import (
+    LazyMRIData,
+    MRIData,
+    check_finite_volume,
+)
 from dwi_ml.data.dataset.row_ranges import (
     check_row_checksums,
     load_row_checksums,
@@ -150,6 +154,7 @@ def _load_volume(handle, key, lazy, volume_cache):
         return LazyMRIData(handle, key + "/data", shape, affine, voxres,
                            volume_cache)
     data = np.asarray(group["data"][()], dtype=np.float32).reshape(shape)
+    check_finite_volume(data, handle.path, key)
     return MRIData(data, affine, voxres)
 
 
