@@ -537,3 +537,31 @@ def test_non_finite_volume_values_are_named(tmp_path, lazy):
         with pytest.raises(DwiMLUserError) as error:
             dataset.training_set.get_subject(1).mri_data_list[0].as_tensor()
     assert str(error.value) == expected
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_non_finite_streamline_points_are_named(tmp_path, lazy):
+    # Before: a NaN point reached the interpolation, which failed with
+    # "RuntimeError: Index 72 of input takes value -9223372036854775808".
+    # Unused rows of 'data' (gaps) may hold anything.
+    path = _write(tmp_path)
+    with h5py.File(path, "a") as hdf:
+        group = hdf["subj_a/streamlines"]
+        points = group["data"][()]
+        offsets, lengths = group["offsets"][()], group["lengths"][()]
+        points[offsets[7] + 1] = [1., np.nan, 2.]
+        points[offsets[4] - 1] = np.nan  # a gap row: subj_a has gap_rows=3
+        group["data"][...] = points
+    dataset = MultiSubjectDataset(path, lazy=lazy)
+    expected = (f"HDF5 file '{path}', subject 'subj_a', group 'streamlines': "
+                "expected finite points, found NaN or Inf in streamline 7.")
+    if lazy:
+        dataset.load_data()
+        sft = dataset.training_set.get_subject(0).sft_data_list[0]
+        assert len(sft.get_streamlines([3, 4, 5])) == 3
+        with pytest.raises(DwiMLUserError) as error:
+            sft.get_streamlines([2, 7, 9])
+    else:
+        with pytest.raises(DwiMLUserError) as error:
+            dataset.load_data()
+    assert str(error.value) == expected

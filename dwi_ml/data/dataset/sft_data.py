@@ -11,7 +11,43 @@ from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dwi_ml.data.dataset.row_ranges import read_row_ranges
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
-from dwi_ml.data.packed import gather, make_array_sequence
+from dwi_ml.data.packed import (
+    gather,
+    make_array_sequence,
+    offsets_from_lengths,
+    ranges_to_indices,
+)
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+
+def check_finite_points(data, offsets, lengths, ids, path, key):
+    """Refuse NaN or Inf in the streamlines (offsets, lengths) of ``data``.
+
+    Our HDF5 creation refuses them; the reference's does not, and they
+    would reach the interpolation. Rows outside the streamlines (gaps) may
+    hold anything.
+
+    Parameters
+    ----------
+    data : np.ndarray (R, 3)
+    offsets, lengths : np.ndarray (N,)
+    ids : np.ndarray (N,)
+        The streamline ids of these ranges, named in the error.
+    path, key : str
+        The HDF5 file and the streamline group ('subject/group').
+    """
+    if np.isfinite(data).all():  # one pass, in the usual case
+        return
+    rows = ranges_to_indices(offsets, lengths)
+    bad = ~np.isfinite(np.take(data, rows, axis=0)).all(axis=1)
+    if not bad.any():
+        return
+    first = np.searchsorted(offsets_from_lengths(lengths), np.argmax(bad),
+                            side="right") - 1
+    subject, group = key.split("/")[:2]
+    raise DwiMLUserError(
+        f"HDF5 file '{path}', subject '{subject}', group '{group}': expected "
+        f"finite points, found NaN or Inf in streamline {int(ids[first])}.")
 
 
 class _SFTDataBase:
@@ -160,8 +196,12 @@ class LazySFTData(_SFTDataBase):
 
     def _read_points(self, ids):
         with hdf5_read_errors(self._handle.path, self._key):
-            return read_row_ranges(self._handle, self._key + "/data",
-                                   self._offsets[ids], self.lengths[ids])
+            data, offsets = read_row_ranges(self._handle, self._key + "/data",
+                                            self._offsets[ids],
+                                            self.lengths[ids])
+        check_finite_points(data, offsets, self.lengths[ids], ids,
+                            self._handle.path, self._key)
+        return data, offsets
 
     @property
     def connectivity(self):

@@ -12,7 +12,11 @@ from dwi_ml.data.dataset.row_ranges import (
     load_row_checksums,
     read_row_ranges,
 )
-from dwi_ml.data.dataset.sft_data import LazySFTData, SFTData
+from dwi_ml.data.dataset.sft_data import (
+    LazySFTData,
+    SFTData,
+    check_finite_points,
+)
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
@@ -216,6 +220,8 @@ def _load_streamlines(handle, key, lazy):
         check_row_checksums(handle.path, key + "/data", stored_points,
                             *checksums[:2])
     points = np.asarray(stored_points, dtype=np.float32)
+    check_finite_points(points, offsets, lengths, np.arange(len(lengths)),
+                        handle.path, key)
     lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine,
                                   points)
     dps = {name: group["data_per_streamline"][name][()] for name in dps_names}
