@@ -548,7 +548,7 @@ def test_non_finite_streamline_points_are_named(tmp_path, lazy):
     with h5py.File(path, "a") as hdf:
         group = hdf["subj_a/streamlines"]
         points = group["data"][()]
-        offsets, lengths = group["offsets"][()], group["lengths"][()]
+        offsets = group["offsets"][()]
         points[offsets[7] + 1] = [1., np.nan, 2.]
         points[offsets[4] - 1] = np.nan  # a gap row: subj_a has gap_rows=3
         group["data"][...] = points
