@@ -357,5 +357,5 @@ def test_sampler_refuses_training_subjects_without_streamlines(tmp_path):
         make_sampler(loaded)
     assert str(error.value) == (
         f"HDF5 file {path}, streamline group 'streamlines': expected at "
-        "least one training streamline, found none in the 2 training "
+        "least one training streamline, found none in the training "
         "subjects (t1, t2).")

@@ -135,7 +135,7 @@ def test_validation_subjects_without_streamlines_count_as_no_validation(
     output = capsys.readouterr()
     assert output.out.strip().endswith(
         f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
-    assert (f"HDF5 file {path}, streamline group 'streamlines': the 2 "
+    assert (f"HDF5 file {path}, streamline group 'streamlines': the "
             "validation subjects (v1, v2) hold no streamline; training "
             "runs without validation.") in output.err
 

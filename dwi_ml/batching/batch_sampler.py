@@ -269,14 +269,13 @@ def _check_split_streamlines(dataset, streamline_group, costs):
     if not sum(len(subject_costs) for subject_costs in costs[Split.TRAINING]):
         raise DwiMLUserError(
             f"{where}: expected at least one training streamline, found "
-            f"none in the {len(subjects)} training subjects "
-            f"({', '.join(subjects) or 'none'}).")
+            f"none in the training subjects ({', '.join(subjects) or 'none'}).")
     subjects = dataset.validation_set.subjects
     if subjects and not sum(len(subject_costs) for subject_costs
                             in costs[Split.VALIDATION]):
-        logger.warning("%s: the %d validation subjects (%s) hold no "
+        logger.warning("%s: the validation subjects (%s) hold no "
                        "streamline; training runs without validation.",
-                       where, len(subjects), ", ".join(subjects))
+                       where, ", ".join(subjects))
 
 
 def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):
