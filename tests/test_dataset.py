@@ -33,7 +33,7 @@ from dwi_ml.data.hdf5.layout import (
     ROWS_PER_CHECKSUM_ATTR,
     row_block_checksums,
 )
-from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.errors import DwiMLUserError, one_line_message
 from tests.tolerances import rounding_atol
 
 SPLITS = {"training_subjs": ["subj_b", "subj_a"],
@@ -303,6 +303,33 @@ def test_dataloader_workers_read_the_same_streamlines(quirky_file):
         assert np.array_equal(data.numpy(), expected._data)
         assert np.array_equal(lengths.numpy(), expected._lengths)
     assert os.getpid() not in worker_pids and len(worker_pids) == 2
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_file_recreated_under_a_lazy_dataset_is_refused_by_workers(
+        tmp_path, context):
+    # Workers open the file by its path: one re-created (same path, other
+    # streamlines) after the dataset was loaded was read with the old
+    # offsets and lengths, silently giving other points.
+    path = _write(tmp_path)
+    dataset = _load(path, lazy=True)
+    sft_data = dataset.training_set.get_subject(0).sft_data_list[0]
+    sft_data.get_streamlines([0])
+    rng = np.random.default_rng(11)
+    subjects = {name: make_example_subject(rng, nb_streamlines=30)
+                for name in ("subj_a", "subj_b", "subj_c")}
+    write_reference_hdf5(path + ".new", subjects, **SPLITS)
+    os.replace(path + ".new", path)
+    assert len(sft_data.get_streamlines([0, 1])) == 2  # the open old file
+    loader = torch.utils.data.DataLoader(
+        _StreamlineBatches(sft_data, [[0, 1]]), batch_size=None,
+        num_workers=1, multiprocessing_context=context)
+    with pytest.raises(DwiMLUserError) as error:
+        next(iter(loader))
+    assert one_line_message(error.value) == (
+        f"HDF5 file '{path}': it changed since the dataset was loaded "
+        "(re-created or modified); a lazy dataset reads it until the end of "
+        "the run: restart the run, or resume it from its checkpoint.")
 
 
 def test_pickled_lazy_dataset_reads_with_its_own_handle(quirky_file):

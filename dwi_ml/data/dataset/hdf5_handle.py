@@ -9,6 +9,8 @@ import os
 
 import h5py
 
+from dwi_ml.io_utils.errors import DwiMLUserError
+
 # Per open dataset, for chunks read through h5py (compressed streamlines);
 # unfiltered streamline data is read with os.pread and bypasses it.
 CHUNK_CACHE_BYTES = 16 * 1024 ** 2
@@ -39,6 +41,9 @@ class Hdf5Handle:
         self._fd = None
         self._datasets = {}
         self._memo = {}
+        # (device, inode, size, modification time) at the first opening:
+        # a process opening the file later (a worker) must find the same.
+        self._identity = None
 
     def _ensure_open(self):
         if self._pid == os.getpid() and self._file is not None:
@@ -54,6 +59,20 @@ class Hdf5Handle:
                                rdcc_nslots=CHUNK_CACHE_SLOTS)
         self._fd = os.open(self.path, os.O_RDONLY)
         self._pid = os.getpid()
+        self._check_identity()
+
+    def _check_identity(self):
+        stat = os.fstat(self._fd)
+        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            self.close()
+            raise DwiMLUserError(
+                f"HDF5 file '{self.path}': it changed since the dataset was "
+                "loaded (re-created or modified); a lazy dataset "
+                "reads it until the end of the run: restart the run, or "
+                "resume it from its checkpoint.")
 
     @property
     def file(self):
@@ -94,7 +113,8 @@ class Hdf5Handle:
         self._datasets, self._memo = {}, {}
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {"path": self.path, "identity": self._identity}
 
     def __setstate__(self, state):
         self.__init__(state["path"])
+        self._identity = state["identity"]
