@@ -359,3 +359,21 @@ def test_sampler_refuses_training_subjects_without_streamlines(tmp_path):
         f"HDF5 file {path}, streamline group 'streamlines': expected at "
         "least one training streamline, found none in the training "
         "subjects (t1, t2).")
+
+
+@pytest.mark.parametrize("units, budget", [("nb_streamlines", 1),
+                                           ("length_mm", 1.)])
+def test_sampler_refuses_batches_too_small_for_every_rank(dataset, units,
+                                                          budget):
+    # Before: every batch of one streamline was dropped (fewer streamlines
+    # than ranks), logged at INFO only: a run under torchrun trained on
+    # nothing, and its valid_loss was NaN.
+    sampler = make_sampler(dataset, units, batch_size_training=budget,
+                           batch_size_validation=budget, world_size=2)
+    for split in ("training", "validation"):
+        with pytest.raises(DwiMLUserError) as error:
+            len(sampler.for_split(split))
+        assert str(error.value) == (
+            f"BatchSampler argument batch_size_{split}: every {split} batch "
+            f"of epoch 0 holds fewer streamlines than the 2 ranks and is "
+            f"dropped; expected a budget above {float(budget)} ({units}).")

@@ -17,6 +17,9 @@ from dwi_ml.monitoring.log_reading import read_experiment_logs
 from dwi_ml.training.callbacks import Callback, TrainingAbortedError
 from dwi_ml.training.experiment_builder import (
     build_dataset,
+    build_loader,
+    build_sampler,
+    build_trainer,
 )
 from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
 from tests.tolerances import EPS32, EPS64, rounding_atol
@@ -340,3 +343,21 @@ def test_mixed_precision_is_kept_for_a_resume_on_cuda(tmp_path, dataset):
     resumed.load_checkpoint()
     resumed.train_and_validate()
     assert len(np.load(tmp_path / "exp" / "logs" / "train_loss.npy")) == 2
+
+
+def test_validation_budget_leaving_ranks_no_batch_is_refused_at_build(
+        tmp_path, dataset):
+    """Refused before the run, not after its first training epoch."""
+    torch.manual_seed(0)
+    model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
+                             step_size=1.5, rnn_layer_sizes=[8])
+    sampler = build_sampler(dataset, {
+        "streamline_group": "streamlines", "batch_size_training": 40,
+        "batch_size_validation": 1, "batch_size_units": "nb_streamlines",
+        "seed": 3}, rank=0, world_size=2)
+    loader = build_loader(dataset, {"streamline_group": "streamlines",
+                                    "input_group": "input"}, model, "cpu")
+    with pytest.raises(DwiMLUserError, match="argument batch_size_validation:"):
+        build_trainer(model, str(tmp_path), "exp", sampler, loader,
+                      {"max_epochs": 1})
+    assert not (tmp_path / "exp").exists()

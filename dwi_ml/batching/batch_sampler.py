@@ -196,6 +196,13 @@ class BatchSampler:
             plan = self._plan_epoch(split, make_generator(*key))
             rank_plan, nb_dropped = shard_plan(plan, self.rank,
                                                self.world_size)
+            if plan and not rank_plan:
+                raise DwiMLUserError(
+                    f"BatchSampler argument batch_size_{split.value}: every "
+                    f"{split.value} batch of epoch {epoch} holds fewer "
+                    f"streamlines than the {self.world_size} ranks and is "
+                    f"dropped; expected a budget above {self.budgets[split]} "
+                    f"({self.batch_size_units}).")
             if nb_dropped:
                 logger.info(
                     "%s epoch %d: dropped %d of %d batches, smaller than the "

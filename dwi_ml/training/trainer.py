@@ -442,5 +442,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
 
     def _has_validation_data(self):
         # Validation subjects without a streamline give no batch: a run
-        # without validation, not one with a NaN valid_loss.
-        return self.batch_sampler.nb_streamlines(Split.VALIDATION) > 0
+        # without validation, not one with a NaN valid_loss. Planned now,
+        # so that a budget leaving ranks no batch is refused before the run.
+        return (self.batch_sampler.nb_streamlines(Split.VALIDATION) > 0
+                and len(self.batch_sampler.for_split(Split.VALIDATION)) > 0)
