@@ -11,6 +11,7 @@ from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.dwiml_visualize_loss import main as visualize_loss_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.space import points_vox_corner_to_rasmm
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import load_model_from_params_and_state
 from dwi_ml.models.direction_getters import DIRECTION_GETTERS, make_direction_getter
 from dwi_ml.models.learn2track import Learn2TrackModel
@@ -21,6 +22,7 @@ from dwi_ml.monitoring.loss_per_point import (
     save_loss_tractogram,
 )
 from dwi_ml.training.evaluation import evaluate_model
+from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
 
 DG_KEYS = tuple(sorted(DIRECTION_GETTERS))
 
@@ -220,3 +222,31 @@ def test_bad_inputs_are_one_line_errors(eos_experiment, hdf5_file, tmp_path,
         assert error.count("\n") == 1, error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.trk"]
     assert open(hdf5_file, "rb").read() == hdf5_bytes
+
+
+def test_subjects_without_usable_streamlines_are_one_line_errors(tmp_path):
+    # A subject without streamlines failed with torch.cat's ValueError
+    # traceback; a 1-point streamline with the model's batch error, which
+    # named neither file nor subject.
+    rng = np.random.default_rng(9)
+    subjects = {name: make_example_subject(rng, nb_streamlines=4)
+                for name in ("s1", "s2")}
+    subjects["s1"]["streamlines"].streamlines = []
+    subjects["s2"]["streamlines"].streamlines[1] = (
+        subjects["s2"]["streamlines"].streamlines[1][:1])
+    path = str(tmp_path / "data.hdf5")
+    write_reference_hdf5(path, subjects, testing_subjs=["s1", "s2"])
+    torch.manual_seed(0)
+    model = Learn2TrackModel("m", nb_features=2, rnn_layer_sizes=[8]).eval()
+    expected = {
+        "s1": f"HDF5 file {path}, subject 's1', group 'streamlines': "
+              "expected streamlines, found none.",
+        "s2": f"HDF5 file {path}, subject 's2', group 'streamlines': "
+              "expected testing streamlines of at least 2 points in the "
+              "model's format (a model without EOS predicts n - 1 "
+              "directions), found 1 (streamline ids: 1)."}
+    for subject, message in expected.items():
+        with pytest.raises(DwiMLUserError) as error:
+            compute_subject_point_losses(model, path, subject, "input",
+                                         "streamlines")
+        assert str(error.value) == message

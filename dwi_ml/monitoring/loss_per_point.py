@@ -27,7 +27,10 @@ from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import compute_direction_targets, prediction_rows
 from dwi_ml.tracking.tracking_io import save_tractogram_atomic
-from dwi_ml.training.experiment_builder import build_loader
+from dwi_ml.training.experiment_builder import (
+    build_loader,
+    check_streamlines_not_too_short,
+)
 
 ANGLE_KEY = "angular_error_deg"
 LOSS_KEY = "loss"
@@ -151,6 +154,11 @@ def compute_subject_point_losses(model, hdf5_file, subject_id, input_group,
                               model, device)
         sft_data = getattr(dataset, f"{split}_set").get_subject(0) \
             .sft_data_list[0]
+        if not sft_data.nb_streamlines:
+            raise DwiMLUserError(
+                f"HDF5 file {hdf5_file}, subject '{subject_id}', group "
+                f"'{streamline_group}': expected streamlines, found none.")
+        check_streamlines_not_too_short(model, loader, split)
         affine = np.asarray(sft_data.space_attributes[0], dtype=np.float64)
         linear = torch.as_tensor(affine[:3, :3], dtype=torch.float32,
                                  device=device)
