@@ -361,3 +361,33 @@ def test_validation_budget_leaving_ranks_no_batch_is_refused_at_build(
         build_trainer(model, str(tmp_path), "exp", sampler, loader,
                       {"max_epochs": 1})
     assert not (tmp_path / "exp").exists()
+
+
+def test_train_script_refuses_streamlines_on_another_grid(tmp_path, capsys):
+    """A reference-layout subject whose streamlines were stored on a 1 mm
+    grid and its input on a 2 mm one trained without a word: its voxel
+    coordinates were interpolated on the input's grid."""
+    rng = np.random.default_rng(1)
+    subjects = {name: make_example_subject(rng, nb_streamlines=8)
+                for name in ("s1", "s2")}
+    group = subjects["s2"]["streamlines"]
+    group.affine = np.diag([1., 1., 1., 1.]).astype(np.float32)
+    group.affine[:3, 3] = [-10.5, 4.5, 2.5]
+    group.dimensions = np.array([16, 18, 20], dtype=np.int16)
+    group.voxel_sizes = np.ones(3, dtype=np.float32)
+    group.streamlines = [points * 2 for points in group.streamlines]
+    path = str(tmp_path / "data.hdf5")
+    write_reference_hdf5(path, subjects, training_subjs=["s1", "s2"])
+    with pytest.raises(SystemExit) as error:
+        train_main([str(tmp_path), "exp", path, "input", "streamlines",
+                    "--rnn_layer_sizes", "8"])
+    assert error.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: HDF5 file {path}, subject 's2': expected streamline group "
+        "'streamlines' on the grid of volume group 'input' (shape (8, 9, "
+        "10), affine [[2.0, 0.0, 0.0, -10.0], [0.0, 2.0, 0.0, 5.0], [0.0, "
+        "0.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0]]), found shape (16, 18, 20), "
+        "affine [[1.0, 0.0, 0.0, -10.5], [0.0, 1.0, 0.0, 4.5], [0.0, 0.0, "
+        "1.0, 2.5], [0.0, 0.0, 0.0, 1.0]]: its points would be interpolated "
+        "on the wrong grid.")
+    assert not (tmp_path / "exp").exists()

@@ -88,6 +88,8 @@ def build_loader(dataset, loader_params, model, device):
     workers. The model must take the input group's features.
     """
     check_model_matches_dataset(model, dataset, loader_params["input_group"])
+    dataset.check_same_grid(loader_params["input_group"],
+                            loader_params["streamline_group"])
     interpolation_device = device if str(device).startswith("cuda") else None
     return BatchLoaderOneInput(dataset, input_spec=model.input_spec,
                                interpolation_device=interpolation_device,

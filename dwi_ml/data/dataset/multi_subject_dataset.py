@@ -1,4 +1,6 @@
 """All subjects of a dwi_ml HDF5 file, split into training/validation/testing."""
+import numpy as np
+
 from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle
 from dwi_ml.data.dataset.lru_cache import LRUCache
 from dwi_ml.data.dataset.subjects import load_subject, read_group_signatures
@@ -12,6 +14,7 @@ from dwi_ml.data.hdf5.layout import (
     read_optional_number,
     read_subject_list,
 )
+from dwi_ml.data.hdf5.volumes import AFFINE_TOLERANCE_MM
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -108,6 +111,37 @@ class MultiSubjectDataset:
                 handle.close()
         if self.lazy:
             self._handle = handle
+
+    def check_same_grid(self, volume_group, streamline_group):
+        """Refuse subjects whose streamlines are not on the volume's grid.
+
+        Points are in the voxel space of the streamline group's reference
+        (its ``affine`` and ``dimensions``) and are interpolated in the
+        volume's: both grids must be the same (affines within
+        ``AFFINE_TOLERANCE_MM``, as the HDF5 creation checks).
+        """
+        volume_idx = self.volume_groups.index(volume_group)
+        streamline_idx = self.streamline_groups.index(streamline_group)
+        for subset in (self.training_set, self.validation_set,
+                       self.testing_set):
+            for subj_idx in range(subset.nb_subjects):
+                subject = subset.get_subject(subj_idx)
+                volume = subject.mri_data_list[volume_idx]
+                affine, dimensions = subject.sft_data_list[
+                    streamline_idx].space_attributes[:2]
+                shape = tuple(int(n) for n in dimensions)
+                if shape == tuple(volume.shape[:3]) and np.allclose(
+                        affine, volume.affine, rtol=0,
+                        atol=AFFINE_TOLERANCE_MM):
+                    continue
+                raise DwiMLUserError(
+                    f"HDF5 file {self.hdf5_file}, subject "
+                    f"'{subject.subject_id}': expected streamline group "
+                    f"'{streamline_group}' on the grid of volume group "
+                    f"'{volume_group}' (shape {tuple(volume.shape[:3])}, "
+                    f"affine {np.round(volume.affine, 4).tolist()}), found "
+                    f"shape {shape}, affine {np.round(affine, 4).tolist()}: "
+                    "its points would be interpolated on the wrong grid.")
 
     def close(self):
         """Close the lazy file handle of this process, if any."""
