@@ -154,18 +154,17 @@ def check_streamlines_not_too_short(model, loader, split):
     add_eos = getattr(model, "add_eos", None)
     if add_eos is None:  # not a direction-getter model
         return
-    min_nb_points = 1 if add_eos else 2
-    found = loader.streamlines_shorter_than(split, min_nb_points)
+    found = loader.streamlines_shorter_than(split, 1 if add_eos else 2)
     if found is None:
         return
     subject_id, ids = found
+    need = ("1 point in the model's format (a model with EOS predicts n "
+            "directions)" if add_eos else "2 points in the model's format (a "
+            "model without EOS predicts n - 1 directions)")
     raise DwiMLUserError(
         f"HDF5 file {loader.dataset.hdf5_file}, subject '{subject_id}', "
         f"group '{loader.streamline_group}': expected {split} streamlines of "
-        f"at least {min_nb_points} point{'s' * (min_nb_points > 1)} in the "
-        f"model's format (a model "
-        + ("with EOS predicts n" if add_eos else "without EOS predicts n - 1")
-        + f" directions), found {len(ids)} (streamline ids: "
+        f"at least {need}, found {len(ids)} (streamline ids: "
         f"{', '.join(map(str, ids[:5]))}{', ...' * (len(ids) > 5)}).")
 
 
