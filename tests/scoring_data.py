@@ -94,6 +94,21 @@ def save_nifti(path, shape=GRID, affine=GRID_AFFINE, data=None):
     return str(path)
 
 
+def save_trx_with_groups(path, streamlines_vox, nifti_path, groups):
+    """Save voxel-space (corner) streamlines as .trx with named groups
+    (name -> streamline indices), the TRX way of storing bundles."""
+    from trx.trx_file_memmap import TrxFile
+    from trx.trx_file_memmap import save as save_trx
+    sft = StatefulTractogram(streamlines_vox, nifti_path, Space.VOX,
+                             origin=Origin.TRACKVIS)
+    trx = TrxFile.from_sft(sft)
+    trx.groups = {name: np.asarray(ids, dtype=np.uint32)
+                  for name, ids in groups.items()}
+    save_trx(trx, str(path))
+    trx.close()
+    return str(path)
+
+
 def save_trk(path, streamlines_vox, nifti_path, labels=None, key="bundle"):
     """Save voxel-space (corner) streamlines as .trk on a NIfTI's grid."""
     dps = {} if labels is None else {key: np.asarray(labels, float)[:, None]}

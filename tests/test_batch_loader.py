@@ -26,6 +26,7 @@ from dwi_ml.data.packed import make_array_sequence
 from dwi_ml.data.processing.augmentation import (
     add_noise_mm,
     count_from_ratio,
+    open_ended_pieces,
     reverse_streamlines,
     split_streamlines,
 )
@@ -114,9 +115,11 @@ def _assert_same_batches(batches_a, batches_b):
     assert len(batches_a) == len(batches_b)
     for a, b in zip(batches_a, batches_b):
         for name in ("target_points", "input_points", "lengths",
-                     "subject_indices", "inputs"):
-            torch.testing.assert_close(getattr(a, name), getattr(b, name),
-                                       rtol=0, atol=0)
+                     "subject_indices", "inputs", "open_ends"):
+            assert (getattr(a, name) is None) == (getattr(b, name) is None)
+            if getattr(a, name) is not None:
+                torch.testing.assert_close(getattr(a, name), getattr(b, name),
+                                           rtol=0, atol=0)
 
 
 def _differ(points_a, points_b):
@@ -247,17 +250,20 @@ def test_batches_equal_the_augmentation_functions_applied_in_order(
                                                             "training"))
     batch = loader.load_batch(batch_request)
     rng = loader.make_generator(batch_request)
-    targets, inputs = [], []
+    targets, inputs, open_ends = [], [], []
     for subj, ids in batch_request.subject_ids:
         sft_data = dataset.training_set.get_subject(subj).sft_data_list[0]
         affine = np.asarray(sft_data.space_attributes[0])
         streamlines = sft_data.get_streamlines(ids)
+        sources = is_reversed = None
         if loader.split_ratio:
-            streamlines, _ = split_streamlines(streamlines,
-                                               loader.split_ratio, rng)
+            streamlines, sources = split_streamlines(streamlines,
+                                                     loader.split_ratio, rng)
         if loader.reverse_ratio:
-            streamlines, _ = reverse_streamlines(streamlines,
-                                                 loader.reverse_ratio, rng)
+            streamlines, is_reversed = reverse_streamlines(
+                streamlines, loader.reverse_ratio, rng)
+        if sources is not None:
+            open_ends.append(open_ended_pieces(sources, is_reversed))
         inputs += list(add_noise_mm(streamlines, loader.noise_forward,
                                     affine, rng))
         targets += list(add_noise_mm(streamlines, loader.noise_loss, affine,
@@ -272,6 +278,11 @@ def test_batches_equal_the_augmentation_functions_applied_in_order(
     assert (batch.input_points is batch.target_points) == (
         not augmentations.get("noise_gaussian_size_forward")
         and not augmentations.get("noise_gaussian_size_loss"))
+    if open_ends:
+        np.testing.assert_array_equal(batch.open_ends.numpy(),
+                                      np.concatenate(open_ends))
+    else:
+        assert batch.open_ends is None
 
 
 def test_noise_is_bounded_by_two_sigma_mm_on_anisotropic_voxels(synthetic):
@@ -416,16 +427,19 @@ def test_two_lazy_workers_give_the_batches_of_the_main_process(
                                                  nb_workers=2))
 
 
-@pytest.mark.parametrize("same_points, with_inputs",
-                         [(True, True), (False, True), (False, False)])
-def test_a_batch_crosses_processes_as_one_tensor(same_points, with_inputs):
+@pytest.mark.parametrize("same_points, with_inputs, open_ends",
+                         [(True, True, None), (False, True, [True, False]),
+                          (False, False, [False, True])])
+def test_a_batch_crosses_processes_as_one_tensor(same_points, with_inputs,
+                                                 open_ends):
     generator = torch.Generator().manual_seed(0)
     targets = torch.rand(7, 3, generator=generator)
     batch = LoadedBatch(
         targets, targets if same_points else torch.rand(7, 3,
                                                         generator=generator),
         torch.tensor([3, 4]), torch.tensor([0, 1]), "training",
-        torch.rand(7, 5, generator=generator) if with_inputs else None)
+        torch.rand(7, 5, generator=generator) if with_inputs else None,
+        None if open_ends is None else torch.tensor(open_ends))
     _, arguments = batch.__reduce__()
     assert sum(isinstance(a, torch.Tensor) for a in arguments) == 1
     copy = pickle.loads(pickle.dumps(batch))

@@ -16,6 +16,7 @@ from scoring_data import (
     random_lines,
     save_nifti,
     save_trk,
+    save_trx_with_groups,
     synthetic_reference,
 )
 
@@ -414,3 +415,43 @@ def test_a_tck_in_another_space_is_warned(hand_files, tmp_path, capsys):
                     f"'{hand_files['nifti']}'; is it in that volume's space?")
         assert (expected in err) == warned
         assert ("outside the grid" in err) == warned
+
+
+def test_trx_groups_are_the_bundles(hand_files, tmp_path, capsys):
+    # The hand reference as .trx, labels 1 and 2 stored as groups whose
+    # sorted names make them bundles 0 and 1.
+    reference, _ = hand_reference()
+    trx = save_trx_with_groups(tmp_path / "reference.trx", reference,
+                               hand_files["nifti"], {"b_two": [1],
+                                                     "a_one": [0]})
+    out = str(tmp_path / "scores.json")
+    score_main([hand_files["tracked"], trx, hand_files["nifti"],
+                "--bundle_key", "groups", "--out_json", out])
+    printed = capsys.readouterr().out
+    assert "bundle_0 is group 'a_one'" in printed
+    assert "bundle_1 is group 'b_two'" in printed
+    with open(out) as f:
+        scores = json.load(f)
+    renamed = {key.replace("bundle_1", "bundle_0").replace("bundle_2",
+                                                           "bundle_1"): value
+               for key, value in HAND_SCORES.items()}
+    assert {k: scores[k] for k in renamed} == renamed
+    assert scores["bundle_names"] == {"0": "a_one", "1": "b_two"}
+
+
+@pytest.mark.parametrize("groups, expected", [
+    ({}, "found none"),
+    ({"a": [0]}, "found 1 in none (streamline 1 first)"),
+    ({"a": [0, 1], "b": [1]}, "found streamline 1 in groups 'a' and 'b'"),
+    ({"a": [0, 1, 5]}, "group 'a': expected streamline indices in [0, 2), "
+                       "found 5"),
+])
+def test_trx_groups_that_are_not_bundles_are_refused(hand_files, tmp_path,
+                                                     capsys, groups,
+                                                     expected):
+    reference, _ = hand_reference()
+    trx = save_trx_with_groups(tmp_path / "reference.trx", reference,
+                               hand_files["nifti"], groups)
+    message = _error(capsys, [hand_files["tracked"], trx,
+                              hand_files["nifti"], "--bundle_key", "groups"])
+    assert "reference.trx" in message and expected in message

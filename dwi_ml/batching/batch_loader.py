@@ -42,6 +42,7 @@ from dwi_ml.data.packed import (
 )
 from dwi_ml.data.processing.augmentation import (
     draw_noise_vox,
+    open_ended_pieces,
     reverse_rows,
     split_ranges,
 )
@@ -208,6 +209,9 @@ class BatchLoaderOneInput:
         targets, input_points : np.ndarray (P, 3), float32
             Compact; the same array when no noise tells them apart.
         lengths : np.ndarray (N,), int64
+        open_ends : np.ndarray (N,) bool, or None
+            With splitting: True where a streamline ends at a cut
+            (:func:`~dwi_ml.data.processing.augmentation.open_ended_pieces`).
         """
         affine = sft_data.space_attributes[0]
         if self._resamples:
@@ -223,7 +227,7 @@ class BatchLoaderOneInput:
         # (drawn over the layout's rows, cut points shared) needs the
         # layout's rows.
         noisy = is_training and (self.noise_forward or self.noise_loss)
-        layout_shift = None
+        layout_shift = sources = open_ends = is_reversed = None
         if is_training and self.split_ratio > 0:
             if noisy and not self.reverse_ratio:
                 layout_shift = offsets_from_lengths(lengths) - offsets
@@ -231,13 +235,16 @@ class BatchLoaderOneInput:
             offsets, lengths, sources = split_ranges(
                 offsets, lengths, self.split_ratio, rng)
         if is_training and self.reverse_ratio > 0:
-            rows, _ = reverse_rows(offsets, lengths, self.reverse_ratio, rng)
+            rows, is_reversed = reverse_rows(offsets, lengths,
+                                             self.reverse_ratio, rng)
         else:
             rows = ranges_to_indices(offsets, lengths)
+        if sources is not None:
+            open_ends = open_ended_pieces(sources, is_reversed)
         # The one copy of the points.
         points = np.take(data, rows, axis=0).astype(np.float32, copy=False)
         if not noisy:
-            return points, points, lengths
+            return points, points, lengths, open_ends
         noise_rows = None
         if layout_shift is not None:
             noise_rows = ranges_to_indices(offsets + layout_shift[sources],
@@ -254,7 +261,7 @@ class BatchLoaderOneInput:
             noise += points
             return noise
         input_points = add_noise(self.noise_forward)
-        return add_noise(self.noise_loss), input_points, lengths
+        return add_noise(self.noise_loss), input_points, lengths, open_ends
 
     @property
     def _resamples(self):

@@ -32,6 +32,10 @@ class LoadedBatch:
         The split the batch comes from.
     inputs : torch.Tensor or None, (P, F * K) float32
         Interpolated inputs, once computed.
+    open_ends : torch.Tensor or None, (N,) bool
+        True where a streamline's last point is a cut made by splitting,
+        not an end of its fibre: the loss learns no EOS there. None when
+        nothing was split (validation, ``split_ratio`` 0).
     """
 
     target_points: torch.Tensor
@@ -40,6 +44,7 @@ class LoadedBatch:
     subject_indices: torch.Tensor
     split: str
     inputs: Optional[torch.Tensor] = None
+    open_ends: Optional[torch.Tensor] = None
 
     @classmethod
     def from_packed_parts(cls, parts, split):
@@ -47,13 +52,14 @@ class LoadedBatch:
 
         Parameters
         ----------
-        parts : list of (targets, input_points, lengths, subject_index)
+        parts : list of (targets, input_points, lengths, open_ends, subject_index)
             Compact float32 (P_s, 3) arrays (the same object when there is
-            no forward noise), (N_s,) lengths and the subject's index.
+            no forward noise), (N_s,) lengths, (N_s,) bool open ends or
+            None (nothing split), and the subject's index.
         split : Split
         """
         if len(parts) == 1:  # the usual batch: no concatenation
-            targets, inputs, lengths, subject = parts[0]
+            targets, inputs, lengths, open_ends, subject = parts[0]
             target_data = torch.from_numpy(_concat([targets]))
             return cls(
                 target_points=target_data,
@@ -62,22 +68,29 @@ class LoadedBatch:
                 lengths=torch.from_numpy(_int64(lengths)),
                 subject_indices=torch.from_numpy(
                     np.full(len(lengths), subject, dtype=np.int64)),
-                split=split)
-        same = all(targets is inputs for targets, inputs, _, _ in parts)
+                split=split,
+                open_ends=(None if open_ends is None
+                           else torch.from_numpy(open_ends)))
+        same = all(part[0] is part[1] for part in parts)
         target_data = torch.from_numpy(_concat([part[0] for part in parts]))
         input_data = target_data if same else torch.from_numpy(
             _concat([part[1] for part in parts]))
         lengths = [part[2] for part in parts]
+        open_ends = None
+        if any(part[3] is not None for part in parts):
+            open_ends = torch.from_numpy(np.concatenate(
+                [np.zeros(len(part[2]), dtype=bool) if part[3] is None
+                 else part[3] for part in parts]))
         return cls(
             target_points=target_data, input_points=input_data,
             lengths=torch.from_numpy(
                 _int64(np.concatenate(lengths)) if lengths
                 else np.zeros(0, dtype=np.int64)),
             subject_indices=torch.from_numpy(np.concatenate(
-                [np.full(len(part[2]), part[3], dtype=np.int64)
+                [np.full(len(part[2]), part[4], dtype=np.int64)
                  for part in parts]) if parts
                 else np.zeros(0, dtype=np.int64)),
-            split=split)
+            split=split, open_ends=open_ends)
 
     def __reduce__(self):
         same = self.input_points is self.target_points
@@ -86,21 +99,25 @@ class LoadedBatch:
         if len({(t.dtype, t.device) for t in floats}) > 1:
             return (LoadedBatch, (self.target_points, self.input_points,
                                   self.lengths, self.subject_indices,
-                                  self.split, self.inputs))
+                                  self.split, self.inputs, self.open_ends))
         integers = (self.lengths, self.subject_indices)
-        nb_integer_bytes = 8 * 2 * len(self.lengths)
+        if self.open_ends is not None:
+            integers += (self.open_ends.to(torch.int64),)
+        nb_integer_bytes = 8 * len(integers) * len(self.lengths)
         float_bytes = [t.numel() * t.element_size() for t in floats]
         buffer = torch.empty(nb_integer_bytes + sum(float_bytes),
                              dtype=torch.uint8, device=floats[0].device)
         start = 0
-        for tensor, nb_bytes in zip(integers + tuple(floats),
-                                    [nb_integer_bytes // 2] * 2 + float_bytes):
+        for tensor, nb_bytes in zip(
+                integers + tuple(floats),
+                [8 * len(self.lengths)] * len(integers) + float_bytes):
             buffer[start:start + nb_bytes].view(tensor.dtype).copy_(
                 tensor.reshape(-1))
             start += nb_bytes
         return (_unpack_batch, (buffer, len(self.lengths), floats[0].dtype,
                                 tuple(tuple(t.shape) for t in floats), same,
-                                self.inputs is not None, self.split))
+                                self.inputs is not None, self.split,
+                                self.open_ends is not None))
 
     @property
     def nb_streamlines(self):
@@ -119,7 +136,8 @@ class LoadedBatch:
             target_points=target_points,
             input_points=target_points if same_points else move(self.input_points),
             lengths=self.lengths, subject_indices=self.subject_indices,
-            split=self.split, inputs=move(self.inputs))
+            split=self.split, inputs=move(self.inputs),
+            open_ends=self.open_ends)
 
     def pin_memory(self):
         """Pinned copy, used by DataLoader(pin_memory=True)."""
@@ -132,7 +150,8 @@ class LoadedBatch:
             input_points=(target_points if same_points
                           else pin(self.input_points)),
             lengths=self.lengths, subject_indices=self.subject_indices,
-            split=self.split, inputs=pin(self.inputs))
+            split=self.split, inputs=pin(self.inputs),
+            open_ends=self.open_ends)
 
     def _split(self, tensor):
         return list(torch.split(tensor, self.lengths.tolist()))
@@ -151,11 +170,13 @@ class LoadedBatch:
 
 
 def _unpack_batch(buffer, nb_streamlines, float_dtype, shapes, same_points,
-                  has_inputs, split):
+                  has_inputs, split, has_open_ends=False):
     """The LoadedBatch that ``__reduce__`` packed: views of one byte buffer
-    (lengths and subject indices as int64, then the float tensors)."""
-    integers = buffer[:16 * nb_streamlines].view(torch.int64)
-    views, start = [], 16 * nb_streamlines
+    (lengths, subject indices and open ends as int64, then the float
+    tensors)."""
+    nb_integers = 3 if has_open_ends else 2
+    integers = buffer[:8 * nb_integers * nb_streamlines].view(torch.int64)
+    views, start = [], 8 * nb_integers * nb_streamlines
     item_size = float_dtype.itemsize
     for shape in shapes:
         nb_bytes = math.prod(shape) * item_size
@@ -166,8 +187,10 @@ def _unpack_batch(buffer, nb_streamlines, float_dtype, shapes, same_points,
         target_points=views[0],
         input_points=views[0] if same_points else views[1],
         lengths=integers[:nb_streamlines],
-        subject_indices=integers[nb_streamlines:], split=split,
-        inputs=views[-1] if has_inputs else None)
+        subject_indices=integers[nb_streamlines:2 * nb_streamlines],
+        split=split, inputs=views[-1] if has_inputs else None,
+        open_ends=(integers[2 * nb_streamlines:].bool() if has_open_ends
+                   else None))
 
 
 def _int64(values):

@@ -79,8 +79,11 @@ def _build_parser():
                         help="NIfTI giving the voxel grid (shape, affine).")
     parser.add_argument("--bundle_key", metavar="KEY",
                         help="data_per_streamline key of the reference "
-                             "holding bundle labels. Without it, no bundle "
-                             "scores.")
+                             "holding bundle labels. For a .trx reference, "
+                             "'groups' reads its groups instead: group i in "
+                             "the sorted order of their names is bundle i, "
+                             "and each streamline must be in one group. "
+                             "Without it, no bundle scores.")
     parser.add_argument("--out_json", metavar="FILE",
                         help="Save the scores in this .json file.")
 
@@ -112,16 +115,16 @@ def main(argv=None):
                                          args.mask_or_volume)
     reference = load_tractogram_vox_corner(args.reference_tractogram,
                                            args.mask_or_volume)
-    labels = None
+    labels = names = None
     if args.bundle_key is None and reference.data_per_streamline:
         logging.info("No --bundle_key: no bundle scores. The reference has "
                      "the data_per_streamline keys %s.",
                      sorted(reference.data_per_streamline.keys()))
     if args.bundle_key is not None:
+        labels, names = bundle_labels_of(reference, args.bundle_key,
+                                         args.reference_tractogram)
         labels = check_bundle_labels(
-            bundle_labels_of(reference, args.bundle_key,
-                             args.reference_tractogram),
-            len(reference),
+            labels, len(reference),
             where=f"reference '{args.reference_tractogram}' key "
                   f"'{args.bundle_key}'")
     if len(reference) == 0:
@@ -139,6 +142,11 @@ def main(argv=None):
         direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
         min_share_in_volume=args.min_share_in_volume)
     print(format_scores(scores))
+    if names is not None:
+        scores["bundle_names"] = {str(label): name
+                                  for label, name in names.items()}
+        print("\n".join(f"bundle_{label} is group '{name}'"
+                        for label, name in names.items()))
     if args.out_json is not None:
         write_json_atomic(args.out_json, scores, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))

@@ -12,6 +12,7 @@ from dwi_ml.models.directions import (
     compute_direction_targets,
     nb_predictions,
     prediction_rows,
+    rows_with_targets,
     streamline_lengths,
 )
 from dwi_ml.models.main_models import MainModelOneInput
@@ -95,7 +96,7 @@ class DirectionGetterModel(MainModelOneInput):
         """
         raise NotImplementedError
 
-    def compute_loss(self, outputs, streamlines):
+    def compute_loss(self, outputs, streamlines, open_ends=None):
         """Mean loss over the batch's predictions, and their number.
 
         Parameters
@@ -104,6 +105,10 @@ class DirectionGetterModel(MainModelOneInput):
             From ``forward``.
         streamlines : list of torch.Tensor (n_i, 3)
             The same (target) streamlines, voxel space, corner origin.
+        open_ends : torch.Tensor (N,) bool, optional
+            The batch's ``open_ends``: with EOS, the last point of a
+            streamline that ends at a cut is left out of the loss
+            (:func:`~dwi_ml.models.directions.rows_with_targets`).
 
         Returns
         -------
@@ -114,6 +119,12 @@ class DirectionGetterModel(MainModelOneInput):
         """
         target_dirs, eos_targets = compute_direction_targets(
             streamlines, self.add_eos)
+        kept = rows_with_targets(streamline_lengths(streamlines), open_ends,
+                                 self.add_eos)
+        if kept is not None:
+            kept = kept.to(outputs.device)
+            outputs, target_dirs, eos_targets = (
+                outputs[kept], target_dirs[kept], eos_targets[kept])
         losses, n_points = self.direction_getter.compute_named_losses(
             outputs, target_dirs, eos_targets)
         if self.add_eos:

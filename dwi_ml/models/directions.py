@@ -26,7 +26,10 @@ directions and predicts ``d_t``.
   the last point is not used.
 - With EOS ("end of streamline"): ``n`` predictions, for ``t = 0 .. n - 1``.
   The EOS target is 1 at the last point (stop there: no direction loss) and
-  0 elsewhere.
+  0 elsewhere. A streamline that ends at a cut made by splitting (the
+  batch's ``open_ends``) has no true end: the fibre goes on, so its last
+  point has no target at all and is left out of the loss
+  (:func:`rows_with_targets`).
 
 Predictions of a batch are concatenated streamline after streamline
 (``M = sum of the predictions per streamline`` rows), the order of the
@@ -146,6 +149,37 @@ def compute_direction_targets(streamlines, add_eos):
     target_dirs = directions.new_zeros((len(eos_targets), 3))
     target_dirs[eos_targets == 0] = directions
     return target_dirs, eos_targets
+
+
+def rows_with_targets(lengths, open_ends, add_eos):
+    """Prediction rows that have a target, or None when all of them have.
+
+    Only with EOS can a row lack a target: the last point of a streamline
+    whose end is a cut (``open_ends``), where neither "stop" nor a
+    direction is known. Without EOS that point predicts nothing anyway.
+
+    Parameters
+    ----------
+    lengths : torch.Tensor, int64 (N,)
+        Points per streamline.
+    open_ends : torch.Tensor (N,) bool, or None
+        True where the streamline's last point is a cut.
+    add_eos : bool
+
+    Returns
+    -------
+    torch.Tensor, int64 (M',) or None
+        Indices into the M prediction rows, in order.
+    """
+    if not add_eos or open_ends is None:
+        return None
+    open_ends = open_ends.to(lengths.device)
+    if not bool(open_ends.any()):
+        return None
+    keep = torch.ones(int(lengths.sum()), dtype=torch.bool,
+                      device=lengths.device)
+    keep[(torch.cumsum(lengths, 0) - 1)[open_ends]] = False
+    return torch.nonzero(keep).squeeze(1)
 
 
 def _gather_previous_dirs(directions, first_dir_rows, points, k):

@@ -106,8 +106,13 @@ class MainModelAbstract(torch.nn.Module):
                 f"found a {type(model).__name__}.")
         return model
 
-    def compute_loss(self, outputs, targets):
-        """Return ``(mean_loss, n_points)`` for a batch's outputs."""
+    def compute_loss(self, outputs, targets, open_ends=None):
+        """Return ``(mean_loss, n_points)`` for a batch's outputs.
+
+        ``open_ends`` is the batch's
+        :attr:`~dwi_ml.batching.loaded_batch.LoadedBatch.open_ends`: the
+        streamlines whose last point is a cut, not an end of the fibre.
+        """
         raise NotImplementedError
 
 

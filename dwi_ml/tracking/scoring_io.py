@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 # Share of a tractogram's points outside the grid above which it is
 # probably in another space (warned, not refused).
 MAX_SHARE_OUTSIDE_GRID = 0.5
+# --bundle_key value that reads a .trx file's groups as its bundles.
+TRX_GROUPS_KEY = "groups"
 
 
 def _load_image(nifti_path):
@@ -150,13 +152,77 @@ def _check_same_grid(path, nifti_path):
 
 
 def bundle_labels_of(sft, key, path):
-    """The ``data_per_streamline[key]`` of a tractogram, or a user error."""
-    if key not in sft.data_per_streamline:
-        found = sorted(sft.data_per_streamline.keys())
+    """Bundle labels of a tractogram, and the bundles' names if it has some.
+
+    ``data_per_streamline[key]``; for a .trx file without that key, ``key``
+    ``'groups'`` reads its groups instead (:func:`trx_group_labels`).
+
+    Returns
+    -------
+    labels : np.ndarray (N,) or (N, 1)
+    names : dict of int to str, or None
+    """
+    if key in sft.data_per_streamline:
+        return np.asarray(sft.data_per_streamline[key]), None
+    is_trx = tractogram_extension(path) == ".trx"
+    if key == TRX_GROUPS_KEY and is_trx:
+        return trx_group_labels(path, len(sft))
+    found = sorted(sft.data_per_streamline.keys())
+    raise DwiMLUserError(
+        f"reference '{path}': expected data_per_streamline '{key}' "
+        f"holding bundle labels{' (or groups)' if is_trx else ''}, found "
+        f"keys {found}.")
+
+
+def trx_group_labels(path, nb_streamlines):
+    """Bundle labels from a .trx file's groups, one group per streamline.
+
+    Group ``i`` in the sorted order of the group names is label ``i``.
+
+    Returns
+    -------
+    labels : np.ndarray of int64, shape (N,)
+    names : dict of int to str
+        The group name of each label.
+
+    Raises
+    ------
+    DwiMLUserError
+        When the file has no groups, a streamline is in two groups or in
+        none, or a group names a streamline the file does not have.
+    """
+    from trx.trx_file_memmap import load as load_trx
+    trx = load_trx(path)
+    try:
+        groups = {name: np.asarray(ids, dtype=np.int64)
+                  for name, ids in trx.groups.items()}
+    finally:
+        trx.close()
+    if not groups:
         raise DwiMLUserError(
-            f"reference '{path}': expected data_per_streamline '{key}' "
-            f"holding bundle labels, found keys {found}.")
-    return np.asarray(sft.data_per_streamline[key])
+            f"reference '{path}': expected groups holding the bundles "
+            "(--bundle_key groups), found none.")
+    labels = np.full(nb_streamlines, -1, dtype=np.int64)
+    names = dict(enumerate(sorted(groups)))
+    for label, name in names.items():
+        ids = groups[name]
+        if ids.size and (ids.min() < 0 or ids.max() >= nb_streamlines):
+            raise DwiMLUserError(
+                f"reference '{path}': group '{name}': expected streamline "
+                f"indices in [0, {nb_streamlines}), found {ids.max()}.")
+        taken = ids[labels[ids] >= 0]
+        if taken.size:
+            raise DwiMLUserError(
+                f"reference '{path}': expected each streamline in one group, "
+                f"found streamline {taken[0]} in groups "
+                f"'{names[labels[taken[0]]]}' and '{name}'.")
+        labels[ids] = label
+    missing = np.flatnonzero(labels < 0)
+    if missing.size:
+        raise DwiMLUserError(
+            f"reference '{path}': expected each streamline in one group, "
+            f"found {missing.size} in none (streamline {missing[0]} first).")
+    return labels, names
 
 
 def check_npy_extension(path, what="output"):

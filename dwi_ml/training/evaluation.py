@@ -17,7 +17,11 @@ from dwi_ml.training.experiment_builder import (
     nb_predictions_beyond_max_len,
 )
 from dwi_ml.training.monitors import BatchMeanMonitor
-from dwi_ml.training.trainer_optimization import combine_losses, loss_log_values
+from dwi_ml.training.trainer_optimization import (
+    combine_losses,
+    compute_batch_loss,
+    loss_log_values,
+)
 
 
 class _WeightedMeans:
@@ -114,8 +118,8 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
                                        [(subj_idx, ids[start:start + batch_size])])
                 batch = loader.prepare_batch(loader.load_batch(request), device)
                 outputs = model(batch.inputs_list(), batch.input_streamlines())
-                batch_losses, n_points = model.compute_loss(
-                    outputs, batch.target_streamlines())
+                batch_losses, n_points = compute_batch_loss(model, outputs,
+                                                            batch)
                 losses.add(loss_log_values(*combine_losses(batch_losses)),
                            int(n_points))
                 batch_angles = _batch_angles_deg(

@@ -1,5 +1,6 @@
 """DWIMLTrainerOneInput: run_one_batch for models with one input volume."""
 from dwi_ml.training.trainer import DWIMLAbstractTrainer
+from dwi_ml.training.trainer_optimization import compute_batch_loss
 
 
 class DWIMLTrainerOneInput(DWIMLAbstractTrainer):
@@ -15,4 +16,4 @@ class DWIMLTrainerOneInput(DWIMLAbstractTrainer):
         batch = self.batch_loader.prepare_batch(batch, self.device)
         outputs = self.forward_model(batch.inputs_list(),
                                      batch.input_streamlines())
-        return self.model.compute_loss(outputs, batch.target_streamlines())
+        return compute_batch_loss(self.model, outputs, batch)

@@ -17,6 +17,19 @@ from dwi_ml.training.epoch_position import TRAIN_PHASE, VALID_PHASE
 from dwi_ml.training.optimizers import step_scheduler
 
 
+def compute_batch_loss(model, outputs, batch):
+    """``model.compute_loss`` on a prepared batch's target streamlines.
+
+    The batch's ``open_ends`` (split pieces that end at a cut) are passed
+    when there are some, so a model whose ``compute_loss`` does not take
+    them still trains on unsplit batches.
+    """
+    targets = batch.target_streamlines()
+    if batch.open_ends is None:
+        return model.compute_loss(outputs, targets)
+    return model.compute_loss(outputs, targets, open_ends=batch.open_ends)
+
+
 def combine_losses(losses):
     """``(total, named)`` from a loss tensor or a dict of named losses.
 

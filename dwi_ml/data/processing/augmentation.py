@@ -121,6 +121,39 @@ def split_ranges(offsets, lengths, split_ratio, rng, min_nb_points=3):
     return new_offsets, new_lengths, source_ids
 
 
+def open_ended_pieces(source_ids, is_reversed=None):
+    """Which streamlines end at a cut, not at an end of their fibre.
+
+    After :func:`split_streamlines` (and :func:`reverse_streamlines`), the
+    first piece of a split streamline ends at the cut point and the second
+    piece starts there; reversing a piece swaps its ends. A piece whose
+    LAST point is the cut has no true end: the fibre goes on there, so the
+    model must not learn to stop (EOS) at it.
+
+    Parameters
+    ----------
+    source_ids : np.ndarray of int64, shape (N,)
+        From :func:`split_streamlines`: the two pieces of a split
+        streamline are neighbours with the same source.
+    is_reversed : np.ndarray of bool, shape (N,), optional
+        From :func:`reverse_streamlines`, applied after the split.
+
+    Returns
+    -------
+    np.ndarray of bool, shape (N,)
+        True where the last point is a cut: first pieces not reversed and
+        second pieces reversed.
+    """
+    if len(source_ids) == 0:
+        return np.zeros(0, dtype=bool)
+    same_as_next = source_ids[:-1] == source_ids[1:]
+    first_pieces = np.append(same_as_next, False)
+    if is_reversed is None:
+        return first_pieces
+    second_pieces = np.insert(same_as_next, 0, False)
+    return np.where(is_reversed, second_pieces, first_pieces)
+
+
 def reverse_streamlines(streamlines, reverse_ratio, rng):
     """Reverse the point order of a ratio of the streamlines.
 
