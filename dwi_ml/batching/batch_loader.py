@@ -39,6 +39,7 @@ from dwi_ml.data.packed import (
     offsets_from_lengths,
     packed_arrays,
     ranges_to_indices,
+    subject_runs,
 )
 from dwi_ml.data.processing.augmentation import (
     draw_noise_vox,
@@ -373,7 +374,7 @@ class BatchLoaderOneInput:
         """
         device = torch.device(device)
         points = batch.input_points.to(device)
-        runs = _subject_runs(batch.subject_indices, batch.lengths,
+        runs = subject_runs(batch.subject_indices, batch.lengths,
                              len(points))
         if not runs:
             return torch.zeros((0, self.nb_input_features),
@@ -414,26 +415,6 @@ class BatchLoaderOneInput:
         if attribute is None:  # not a split: Split names the choices
             attribute = f"{Split(split).value}_set"
         return getattr(self.dataset, attribute)
-
-
-def _subject_runs(subject_indices, lengths, nb_points):
-    """``[(subject, first point, end point)]`` of runs of one subject.
-
-    Computed on the CPU from the (N,) tensors, with no per-point work.
-    """
-    subjects = subject_indices.cpu().numpy()
-    if len(subjects) == 0:
-        return []
-    first = subjects[0]
-    if first == subjects[-1] and (subjects == first).all():
-        return [(int(first), 0, nb_points)]
-    starts = np.concatenate(
-        ([0], np.flatnonzero(subjects[1:] != subjects[:-1]) + 1))
-    point_bounds = np.append(offsets_from_lengths(lengths.cpu().numpy()),
-                             nb_points)
-    ends = np.append(starts[1:], len(subjects))
-    return [(int(subjects[start]), int(point_bounds[start]),
-             int(point_bounds[end])) for start, end in zip(starts, ends)]
 
 
 def add_loader_args(parser):

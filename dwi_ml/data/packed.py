@@ -223,3 +223,25 @@ def cut_by_budget(costs, budget):
         start = max(end, start + 1)
         bounds.append(start)
     return np.asarray(bounds, dtype=np.int64)
+
+
+def subject_runs(subject_indices, lengths, nb_points):
+    """``[(subject, first point, end point)]`` of runs of one subject.
+
+    ``subject_indices`` and ``lengths`` are the (N,) tensors of a packed
+    batch of ``nb_points`` points; computed on the CPU, with no per-point
+    work.
+    """
+    subjects = subject_indices.cpu().numpy()
+    if len(subjects) == 0:
+        return []
+    first = subjects[0]
+    if first == subjects[-1] and (subjects == first).all():
+        return [(int(first), 0, nb_points)]
+    starts = np.concatenate(
+        ([0], np.flatnonzero(subjects[1:] != subjects[:-1]) + 1))
+    point_bounds = np.append(offsets_from_lengths(lengths.cpu().numpy()),
+                             nb_points)
+    ends = np.append(starts[1:], len(subjects))
+    return [(int(subjects[start]), int(point_bounds[start]),
+             int(point_bounds[end])) for start, end in zip(starts, ends)]
