@@ -186,15 +186,21 @@ def _torch_rows_and_weights(coords, lowest_centre, upper_centre, lower_max,
     columns: torch's broadcasting over tiny trailing dimensions ((P, 2, 1)
     x (P, 1, 2)) or fancy indexing of columns is several times slower than
     the gather itself. For a few points (a tracking step) the number of
-    calls counts more than their size: the broadcast takes 4 instead of 16.
+    calls counts more than their size: :func:`_few_point_weights` takes a
+    handful instead of 16.
     """
     centred = torch.clamp(coords - 0.5, min=lowest_centre, max=upper_centre)
     # Lower corner at most dim - 2, so that lower + 1 is always a voxel (when
     # dim >= 2; at the last centre the upper weight is exactly 1). The 8
     # corners are then the lower one plus the same 8 row steps for every
     # point (a step is 0 along an axis of size 1).
-    lower = torch.minimum(centred.floor().long(), lower_max)
-    fraction = (centred - lower).float()
+    # In the coordinates' dtype (integers, exact) until the rows need them:
+    # fewer conversions than with an integer lower corner, the same values.
+    lower_corner = torch.minimum(centred.floor(), lower_max)
+    fraction = centred - lower_corner
+    if fraction.dtype != torch.float32:
+        fraction = fraction.float()
+    lower = lower_corner.long()
     # Row of the lower corner in the flat (X*Y*Z, F) table of a C-contiguous
     # volume (integer matrix products exist on the CPU only).
     base = (lower @ strides if lower.device.type == "cpu"
@@ -280,9 +286,9 @@ def _grid_constants(shape, device, dtype):
 
     Returns, on ``device``: the first and the last voxel centre ``0`` and
     ``dims - 1`` (shifted by half a voxel) in the coordinates' ``dtype``,
-    the largest lower corner ``max(dims - 2, 0)``, the row strides of the
-    flat table, the row steps from the lower corner to each of the 8
-    corners and the columns of each corner's factors
+    the largest lower corner ``max(dims - 2, 0)`` (also in ``dtype``), the
+    row strides of the flat table, the row steps from the lower corner to
+    each of the 8 corners and the columns of each corner's factors
     (:func:`_few_point_weights`).
     """
     key = (shape, str(device), dtype)
@@ -296,7 +302,7 @@ def _grid_constants(shape, device, dtype):
             corner_steps = (_CORNERS.to(device) * strides * (dims > 1)).sum(
                 dim=1)
             constants = (torch.zeros(3, dtype=dtype, device=device),
-                         (dims - 1).to(dtype), (dims - 2).clamp(min=0),
+                         (dims - 1).to(dtype), (dims - 2).clamp(min=0).to(dtype),
                          strides, corner_steps,
                          _CORNER_FACTOR_COLUMNS.to(device))
         _GRID_CONSTANTS[key] = constants
