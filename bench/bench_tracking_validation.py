@@ -8,6 +8,15 @@ with generation validation; prints the epoch's training and validation
 time against the tracking time, from the run's own logs (wall), then the
 same in CPU time of this process (steadier on a shared machine).
 
+``stages OUT``: the same example and runs as ``cost``; after training,
+the callback's tracking pass is run ``--repeats`` more times with each
+stage's CPU time taken (its function wrapped while the clock is on): the
+model's step (and within it the RNN cells), the directions, the checks of
+the next points (with a tracking mask they read the next inputs too), the
+inputs read alone (without a mask, or at the first steps), the hidden
+states' selection, the scoring. Also a fit of each step's CPU time as a
+fixed cost plus a cost per streamline row.
+
 ``proof OUT``: synthetic subjects with bundle labels (5 subjects: 3
 training, 1 validation, 1 testing), one Learn2track run with
 ``--tracking_validation_every 1`` (whole subject, 1000 seeds, labels); the
@@ -19,6 +28,8 @@ subject's scores, and which epoch each criterion (valid_loss, tracking_f1,
 tracking_vc) picks.
 """
 import argparse
+import collections
+import functools
 import json
 import os
 import sys
@@ -34,6 +45,11 @@ from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR
+from dwi_ml.models.direction_getter_model import DirectionGetterModel
+from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.models.stacked_rnn import StackedRNN
+from dwi_ml.tracking.next_points import NextPointChecks
+from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.tracking_validation import TrackingValidationCallback
 from dwi_ml.training.callbacks import Callback
 
@@ -52,6 +68,7 @@ DEMO_MODEL = ["--step_size", "2.0", "--nb_previous_dirs", "2",
 WHOLE_SUBJECT = ["--tracking_validation_mode", "whole_subject",
                  "--tracking_validation_tracking_mask_group", "wm_mask",
                  "--tracking_validation_nb_seeds", "1000"]
+GENERATION = ["--tracking_validation_nb_streamlines", "1000"]
 
 
 class SaveEveryEpoch(Callback):
@@ -99,6 +116,90 @@ class CpuClock(Callback):
         self.epochs.append(time.process_time() - self._start)
 
 
+# Stages of a tracking pass: (class, method, label).
+STAGES = (
+    (TrackingValidationCallback, "track_and_score", "tracking pass"),
+    (BatchedTracker, "_propagate", "tracker's steps"),
+    (Learn2TrackModel, "forward_step", "model step"),
+    (StackedRNN, "forward_step", "  of which RNN cells"),
+    (DirectionGetterModel, "get_tracking_directions", "directions"),
+    (NextPointChecks, "_check_next_points", "next points' checks"),
+    (BatchedTracker, "_interpolate_inputs", "inputs read alone"),
+    (Learn2TrackModel, "select_hidden_states", "hidden states' selection"),
+    (TrackingValidationCallback, "_score_subject", "scoring"),
+)
+
+
+class KeepTrainer(Callback):
+    """Keeps the trainer, to track again after training."""
+
+    def on_train_end(self, trainer):
+        self.trainer = trainer
+
+
+def _clock_stages(times, steps):
+    """Wrap each stage's method to add its CPU time to ``times[label]``,
+    and record (CPU time, rows) at each model step in ``steps``; return
+    the original methods."""
+    def timed(function, label):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            start = time.process_time()
+            if label == "model step":
+                steps.append((start, len(args[1])))
+            try:
+                return function(*args, **kwargs)
+            finally:
+                times[label] += time.process_time() - start
+        return wrapper
+    originals = {}
+    for owner, name, label in STAGES:
+        function = owner.__dict__[name]
+        originals[owner, name] = function
+        setattr(owner, name, staticmethod(timed(function.__func__, label))
+                if isinstance(function, staticmethod)
+                else timed(function, label))
+    return originals
+
+
+def stages(out, repeats):
+    """CPU time of each stage of a tracking pass, both modes."""
+    hdf5_file = _demo_hdf5(out)
+    for name, extra in (("whole_subject", WHOLE_SUBJECT),
+                        ("generation", GENERATION)):
+        keep = KeepTrainer()
+        _train(os.path.join(out, "experiments"), name, hdf5_file,
+               ["--tracking_validation_every", "1", "--max_epochs", "2",
+                *extra], callbacks=[keep])
+        callback = next(c for c in keep.trainer.callbacks.callbacks
+                        if isinstance(c, TrackingValidationCallback))
+        times, steps, passes = collections.defaultdict(float), [], []
+        originals = _clock_stages(times, steps)
+        try:
+            for _ in range(repeats + 1):  # the first one warms up
+                times.clear()
+                steps.clear()
+                callback.track_and_score(keep.trainer)
+                passes.append(dict(times))
+        finally:
+            for (owner, method), function in originals.items():
+                setattr(owner, method, function)
+        for _, _, label in STAGES:
+            values = [times.get(label, 0.0) * 1e3 for times in passes[1:]]
+            print(f"{name}: {label:26s} {min(values):6.1f} - "
+                  f"{max(values):6.1f} ms CPU")
+        starts, rows = np.array(steps).T
+        durations = np.diff(starts)
+        # Not the gap between the two halves (the backward one's setup).
+        regular = durations < 5 * np.median(durations)
+        fixed, per_row = np.linalg.lstsq(
+            np.stack([np.ones(regular.sum()), rows[:-1][regular]], 1),
+            durations[regular], rcond=None)[0]
+        print(f"{name}: {len(rows)} steps, {int(rows.sum())} rows; a step "
+              f"{fixed * 1e3:.2f} ms + {per_row * 1e6:.2f} us a row (fit, "
+              "last pass)")
+
+
 def _train(experiments, name, hdf5_file, extra, callbacks=()):
     os.makedirs(experiments, exist_ok=True)
     args = build_parser().parse_args([experiments, name, hdf5_file, "input",
@@ -113,8 +214,8 @@ def _train(experiments, name, hdf5_file, extra, callbacks=()):
             for f in os.listdir(logs_dir)}
 
 
-def cost(out):
-    """Tracking time vs one epoch on the bundled example."""
+def _demo_hdf5(out):
+    """The bundled example's HDF5 (3 subjects x 1000 streamlines, 2 mm)."""
     paths = make_synthetic_dataset(os.path.join(out, "synthetic"),
                                    nb_subjects=3, nb_streamlines=1000, seed=0,
                                    overwrite=True)
@@ -123,10 +224,15 @@ def cost(out):
                         hdf5_file, paths.config, paths.splits["training"],
                         paths.splits["validation"], paths.splits["testing"],
                         step_size=2.0, overwrite=True)
+    return hdf5_file
+
+
+def cost(out):
+    """Tracking time vs one epoch on the bundled example."""
+    hdf5_file = _demo_hdf5(out)
     experiments = os.path.join(out, "experiments")
-    for name, extra in (
-            ("whole_subject", WHOLE_SUBJECT),
-            ("generation", ["--tracking_validation_nb_streamlines", "1000"])):
+    for name, extra in (("whole_subject", WHOLE_SUBJECT),
+                        ("generation", GENERATION)):
         clock = CpuClock()
         logs = _train(experiments, name, hdf5_file,
                       ["--tracking_validation_every", "1", "--max_epochs",
@@ -199,14 +305,19 @@ def proof(out, nb_epochs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=("cost", "proof"))
+    parser.add_argument("what", choices=("cost", "stages", "proof"))
     parser.add_argument("out", help="Output folder (replaced).")
     parser.add_argument("--nb_epochs", type=int, default=8,
                         help="proof: epochs to train (default 8).")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="stages: tracking passes timed after a first "
+                             "one (default 4).")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.what == "cost":
         cost(args.out)
+    elif args.what == "stages":
+        stages(args.out, args.repeats)
     else:
         proof(args.out, args.nb_epochs)
 

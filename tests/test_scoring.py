@@ -21,6 +21,7 @@ from scoring_data import (
 )
 
 from dwi_ml.cli.dwiml_score_tractogram import main as score_main
+from dwi_ml.data.packed import packed_arrays
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.bundle_scoring import (
     count_invalid_bundles,
@@ -36,6 +37,7 @@ from dwi_ml.tracking.tracking_validation import whole_tractogram_overlap
 from dwi_ml.tracking.voxel_masks import (
     dilate_voxel_set,
     point_voxel_indices,
+    voxel_set,
 )
 from tests.tolerances import EPS64, rounding_atol
 
@@ -204,6 +206,12 @@ def test_dense_reference_scores_as_the_reference_itself():
     assert whole_tractogram_overlap(tracked, dense, SYNTHETIC_SHAPE,
                                     np.eye(4)) == whole_tractogram_overlap(
         tracked, reference, SYNTHETIC_SHAPE, np.eye(4))
+    # The reference's voxels: found once per grid, those of its dense points.
+    voxels = dense.voxel_set(SYNTHETIC_SHAPE)
+    assert dense.voxel_set(SYNTHETIC_SHAPE) is voxels
+    np.testing.assert_array_equal(voxels, voxel_set(point_voxel_indices(
+        packed_arrays(densify(reference, np.eye(4)))[0], SYNTHETIC_SHAPE)))
+    assert len(voxels) > 0
     with pytest.raises(ValueError, match="max_step_vox"):
         score_tractogram(tracked, dense, SYNTHETIC_SHAPE, np.eye(4),
                          max_step_vox=0.25)

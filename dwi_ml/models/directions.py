@@ -280,7 +280,9 @@ def _last_previous_dirs_lockstep(points, nb_previous_dirs, normalize):
     what counts: ``torch.diff`` is one call for the slices and the
     difference.
     """
-    directions = torch.diff(points[:, -(nb_previous_dirs + 1):], dim=1)
+    nb_points = min(points.shape[1], nb_previous_dirs + 1)
+    directions = torch.diff(points.narrow(1, points.shape[1] - nb_points,
+                                          nb_points), dim=1)
     if normalize:
         directions = unit_vectors(directions)
     # Most recent first: d_{t-1}, d_{t-2}...; zeros for missing ones.

@@ -146,10 +146,11 @@ class StackedRNN(torch.nn.Module):
             new_state = cell(outputs, state, *rnn._flat_weights)
             if is_lstm:
                 outputs = new_state[0]
-                new_states.append((outputs[None], new_state[1][None]))
+                new_states.append((outputs.unsqueeze(0),
+                                   new_state[1].unsqueeze(0)))
             else:
                 outputs = new_state
-                new_states.append(outputs[None])
+                new_states.append(outputs.unsqueeze(0))
             outputs = self._post_layer_step(post_layer, outputs)
             layer_outputs.append(outputs)
         if self.use_skip_connection and len(layer_outputs) > 1:

@@ -54,12 +54,14 @@ class NextPointChecks:
         ``growing`` (still replaying their prefix) get 0.
         """
         lengths_mm = torch.linalg.vector_norm(self.to_mm(directions), dim=1)
+        # Method calls rather than Python indexing (x[:, None], x[:, -1]):
+        # a step's fixed cost is mostly such calls.
         steps = directions * (self.step_size_mm
-                              / lengths_mm.clamp(min=1e-12))[:, None]
-        current = recent[:, -1]
+                              / lengths_mm.clamp(min=1e-12)).unsqueeze(1)
+        current = recent.select(1, -1)
         next_points = current + steps
         if growing is not None:
-            next_points = torch.where(growing[:, None], next_points,
+            next_points = torch.where(growing.unsqueeze(1), next_points,
                                       known_next_points)
         next_inputs = None
         if self._inputs_and_mask is None:
@@ -67,13 +69,14 @@ class NextPointChecks:
         else:
             values = interpolate_volume_at_coordinates(self._inputs_and_mask,
                                                        next_points)
-            next_inputs = values[:, :-1]
-            in_volume, out_of_mask = self.tracking_mask.check(next_points,
-                                                              values[:, -1])
+            nb_features = values.shape[1] - 1
+            next_inputs = values.narrow(1, 0, nb_features)
+            in_volume, out_of_mask = self.tracking_mask.check(
+                next_points, values.select(1, nb_features))
         codes = torch.where(in_volume, 0, int(StopReason.MASK))
         # At 180 degrees or more no turn stops (steps_too_sharp): skipped.
         if t >= 1 and self.max_angle_deg < 180:
-            previous_steps = current - recent[:, -2]
+            previous_steps = current - recent.select(1, -2)
             codes.masked_fill_(steps_too_sharp(self.to_mm(previous_steps),
                                                self.to_mm(steps),
                                                self.max_angle_deg),

@@ -324,9 +324,12 @@ class BatchedTracker(NextPointChecks):
             # All active streamlines have t + 1 points (lockstep): one
             # gather gives the model its (n, m, 3) context and the angle
             # criterion the previous point.
-            recent = points[:, self._first_context_row(t):t + 1].index_select(
-                0, active)
-            current = recent[:, -1]
+            # narrow/select rather than Python indexing: a step's fixed
+            # cost is mostly such calls.
+            first_row = self._first_context_row(t)
+            recent = points.narrow(1, first_row, t + 1 - first_row
+                                   ).index_select(0, active)
+            current = recent.select(1, -1)
             context = (recent if self.context_points is None
                        else recent[:, -self.context_points:])
             if inputs is None:
@@ -355,7 +358,8 @@ class BatchedTracker(NextPointChecks):
                         (prefix_lengths == 1)[:, None], seed_directions,
                         directions)
             known_next_points = (None if growing is None else
-                                 points[:, t + 1].index_select(0, active))
+                                 points.select(1, t + 1).index_select(
+                                     0, active))
             stop_codes, next_points, out_of_mask, inputs = \
                 self._check_next_points(directions,
                                         self._eos_stops(outputs, eos_probs),
@@ -369,7 +373,7 @@ class BatchedTracker(NextPointChecks):
                     past_limit = invalid_counts > self.max_invalid_nb_points
                 stop_codes.masked_fill_(past_limit, int(StopReason.MASK))
             # All write their next point: rows past a length are never read.
-            points[:, t + 1].index_copy_(0, active, next_points)
+            points.select(1, t + 1).index_copy_(0, active, next_points)
             # Integer rows: cheaper than boolean masks or advanced indexing.
             stopped = torch.nonzero(stop_codes).squeeze(1)
             if len(stopped):
@@ -406,7 +410,8 @@ class BatchedTracker(NextPointChecks):
         """The model's inputs at the points (with its neighbourhood)."""
         if self._inputs_and_mask is not None:
             return interpolate_volume_at_coordinates(
-                self._inputs_and_mask, points_vox_corner)[:, :-1]
+                self._inputs_and_mask, points_vox_corner).narrow(
+                    1, 0, self.volume.shape[3])
         if not self._has_neighbours:
             return interpolate_volume_at_coordinates(self.volume,
                                                      points_vox_corner)

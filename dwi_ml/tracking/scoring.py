@@ -42,6 +42,7 @@ from dwi_ml.data.processing.resampling import resample_to_max_step
 from dwi_ml.data.processing.space import check_affine
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.bundle_scoring import score_bundles
+from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
 
 DEFAULT_DISTANCES_VOX = (1.0, 2.0)
 DEFAULT_MAX_ANGLE_DEG = 30.0
@@ -55,8 +56,8 @@ class DenseReference:
     """A reference tractogram densified once, with its k-d tree.
 
     Scoring several tractograms against the same reference (tracking
-    validation, epoch after epoch) then resamples it and builds the tree
-    once.
+    validation, epoch after epoch) then resamples it, builds the tree and
+    finds its voxels once.
 
     Parameters
     ----------
@@ -81,6 +82,19 @@ class DenseReference:
         self.streamlines = densify(_compact_points(reference), self.affine,
                                    max_step_vox)
         self._tree = None
+        self._voxel_sets = {}
+
+    def voxel_set(self, shape):
+        """Sorted flat indices of the voxels (grid ``shape``) that the dense
+        points visit (:func:`dwi_ml.tracking.voxel_masks.voxel_set`),
+        computed at the first call for each shape."""
+        shape = tuple(int(size) for size in shape)
+        voxels = self._voxel_sets.get(shape)
+        if voxels is None:
+            voxels = voxel_set(point_voxel_indices(
+                packed_arrays(self.streamlines)[0], shape))
+            self._voxel_sets[shape] = voxels
+        return voxels
 
     @property
     def tree(self):

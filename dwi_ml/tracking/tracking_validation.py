@@ -153,18 +153,17 @@ def whole_tractogram_overlap(tracked_vox, reference_vox, shape, affine):
     Both are densified (:func:`dwi_ml.tracking.scoring.densify`) first, as
     for the bundle scores; ``reference_vox`` may be a
     :class:`~dwi_ml.tracking.scoring.DenseReference` (of the default step)
-    already. All 0 when the reference covers no voxel.
+    already, whose voxels are then found once for all epochs. All 0 when
+    the reference covers no voxel.
     """
-    dense_reference = (reference_vox.streamlines
-                       if isinstance(reference_vox, DenseReference)
-                       else densify(reference_vox, affine))
-    masks = [voxel_set(point_voxel_indices(packed_arrays(streamlines)[0],
-                                           shape))
-             for streamlines in (densify(tracked_vox, affine),
-                                 dense_reference)]
-    if len(masks[1]) == 0:
+    if not isinstance(reference_vox, DenseReference):
+        reference_vox = DenseReference(reference_vox, affine)
+    reference_mask = reference_vox.voxel_set(shape)
+    if len(reference_mask) == 0:
         return 0.0, 0.0, 0.0
-    return overlap_scores(*masks)
+    tracked_mask = voxel_set(point_voxel_indices(
+        packed_arrays(densify(tracked_vox, affine))[0], shape))
+    return overlap_scores(tracked_mask, reference_mask)
 
 
 def tracking_validation_callbacks(saved_params):

@@ -47,6 +47,12 @@ _CORNERS = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1)
                          for dz in (0, 1)])
 # (shape, device, dtype) -> constants of _interpolate_gather; a few per run.
 _GRID_CONSTANTS = {}
+# Coordinates used as they come; any other dtype is converted to float32.
+_COORDINATE_DTYPES = (torch.float32, torch.float64)
+# Columns of the (P, 6) axis factors (lower_x, upper_x, lower_y, upper_y,
+# lower_z, upper_z) that give each corner's x, y and z weights (_CORNERS).
+_CORNER_FACTOR_COLUMNS = torch.cat([2 * axis + _CORNERS[:, axis]
+                                    for axis in range(3)])
 
 
 def prepare_volume_for_interpolation(volume, device=None):
@@ -104,7 +110,8 @@ def interpolate_volume_at_coordinates(volume, coords_vox_corner, method="gather"
     if method not in INTERPOLATION_METHODS:
         raise DwiMLUserError(
             f"method: expected one of {INTERPOLATION_METHODS}, found {method!r}.")
-    volume = prepare_volume_for_interpolation(volume)
+    if not _is_prepared(volume):
+        volume = prepare_volume_for_interpolation(volume)
     coords = _as_coordinates(coords_vox_corner, volume.device)
     interpolate_chunk = (_interpolate_gather if method == "gather"
                          else _interpolate_grid_sample)
@@ -129,8 +136,20 @@ def _as_coordinates(coords, device):
         raise DwiMLUserError(
             f"coords_vox_corner: expected a (P, 3) array of voxel coordinates, "
             f"found shape {shape}.")
+    # A tracking step's points are float32 on the volume's device already:
+    # no call (each costs as much as a small operation).
+    if coords.dtype in _COORDINATE_DTYPES and coords.device == device:
+        return coords
     dtype = torch.float64 if coords.dtype == torch.float64 else torch.float32
     return coords.to(device=device, dtype=dtype)
+
+
+def _is_prepared(volume):
+    """True for what :func:`prepare_volume_for_interpolation` returns: a
+    contiguous float32 4D tensor (checked without a torch call)."""
+    return (isinstance(volume, torch.Tensor) and volume.dtype == torch.float32
+            and volume.dim() == 4 and min(volume.shape) >= 1
+            and volume.is_contiguous())
 
 
 def _interpolate_gather(volume, coords):
@@ -150,33 +169,44 @@ def _interpolate_gather(volume, coords):
     else:
         rows, weights = _torch_rows_and_weights(coords, *constants)
     table = volume.reshape(-1, volume.shape[3])
-    return torch_functional.embedding_bag(rows, table, per_sample_weights=weights,
-                                          mode="sum")
+    # The kernel of torch_functional.embedding_bag(rows, table, mode="sum",
+    # per_sample_weights=weights), without its Python checks: bags of 8
+    # rows (mode 0 is "sum").
+    offsets = torch.arange(0, rows.numel(), 8, dtype=rows.dtype,
+                           device=rows.device)
+    return torch.embedding_bag(table, rows.reshape(-1), offsets, False, 0,
+                               False, weights.reshape(-1), False, None)[0]
 
 
 def _torch_rows_and_weights(coords, lowest_centre, upper_centre, lower_max,
-                            strides, corner_steps):
+                            strides, corner_steps, corner_factor_columns):
     """The (P, 8) rows of the corners in the flat table and their weights.
 
     For many points the weights are built with a dozen passes over 1D
     columns: torch's broadcasting over tiny trailing dimensions ((P, 2, 1)
     x (P, 1, 2)) or fancy indexing of columns is several times slower than
     the gather itself. For a few points (a tracking step) the number of
-    calls counts more than their size: the broadcast takes 4 instead of 16.
+    calls counts more than their size: :func:`_few_point_weights` takes a
+    handful instead of 16.
     """
     centred = torch.clamp(coords - 0.5, min=lowest_centre, max=upper_centre)
     # Lower corner at most dim - 2, so that lower + 1 is always a voxel (when
     # dim >= 2; at the last centre the upper weight is exactly 1). The 8
     # corners are then the lower one plus the same 8 row steps for every
     # point (a step is 0 along an axis of size 1).
-    lower = torch.minimum(centred.floor().long(), lower_max)
-    fraction = (centred - lower).float()
+    # In the coordinates' dtype (integers, exact) until the rows need them:
+    # fewer conversions than with an integer lower corner, the same values.
+    lower_corner = torch.minimum(centred.floor(), lower_max)
+    fraction = centred - lower_corner
+    if fraction.dtype != torch.float32:
+        fraction = fraction.float()
+    lower = lower_corner.long()
     # Row of the lower corner in the flat (X*Y*Z, F) table of a C-contiguous
     # volume (integer matrix products exist on the CPU only).
     base = (lower @ strides if lower.device.type == "cpu"
             else (lower * strides).sum(dim=1))
-    rows = base[:, None] + corner_steps
-    weights = (_few_point_weights(fraction)
+    rows = base.unsqueeze(1) + corner_steps
+    weights = (_few_point_weights(fraction, corner_factor_columns)
                if len(fraction) <= _BROADCAST_MAX_NB_POINTS
                else _weights(fraction))
     return rows, weights
@@ -239,14 +269,16 @@ def _weights(fraction):
     return weights
 
 
-def _few_point_weights(fraction):
-    """:func:`_weights` (the same products, bit for bit) in 4 operations
-    instead of 16 by broadcasting over (P, 2, 2, 2): fewer calls for the
-    few points of a tracking step, slower for many points."""
-    factors = torch.stack((1 - fraction, fraction), dim=2)
-    weights_xy = factors[:, 0, :, None] * factors[:, 1, None, :]
-    return (weights_xy.reshape(-1, 4, 1)
-            * factors[:, 2, None, :]).reshape(-1, 8)
+def _few_point_weights(fraction, corner_factor_columns):
+    """:func:`_weights` (the same products, bit for bit) in a few
+    operations on (P, 8) tables instead of 16 on columns: fewer calls for
+    the few points of a tracking step, slower for many points. One gather
+    gives each corner its x, y and z factors (no Python indexing, which
+    costs more than the products at a step's size)."""
+    factors = torch.stack((1 - fraction, fraction), dim=2).view(-1, 6)
+    weight_x, weight_y, weight_z = factors.index_select(
+        1, corner_factor_columns).view(-1, 3, 8).unbind(1)
+    return weight_x * weight_y * weight_z
 
 
 def _grid_constants(shape, device, dtype):
@@ -254,9 +286,10 @@ def _grid_constants(shape, device, dtype):
 
     Returns, on ``device``: the first and the last voxel centre ``0`` and
     ``dims - 1`` (shifted by half a voxel) in the coordinates' ``dtype``,
-    the largest lower corner ``max(dims - 2, 0)``, the row strides of the
-    flat table and the row steps from the lower corner to each of the 8
-    corners.
+    the largest lower corner ``max(dims - 2, 0)`` (also in ``dtype``), the
+    row strides of the flat table, the row steps from the lower corner to
+    each of the 8 corners and the columns of each corner's factors
+    (:func:`_few_point_weights`).
     """
     key = (shape, str(device), dtype)
     constants = _GRID_CONSTANTS.get(key)
@@ -269,8 +302,9 @@ def _grid_constants(shape, device, dtype):
             corner_steps = (_CORNERS.to(device) * strides * (dims > 1)).sum(
                 dim=1)
             constants = (torch.zeros(3, dtype=dtype, device=device),
-                         (dims - 1).to(dtype), (dims - 2).clamp(min=0),
-                         strides, corner_steps)
+                         (dims - 1).to(dtype), (dims - 2).clamp(min=0).to(dtype),
+                         strides, corner_steps,
+                         _CORNER_FACTOR_COLUMNS.to(device))
         _GRID_CONSTANTS[key] = constants
     return constants
 
