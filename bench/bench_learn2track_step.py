@@ -31,25 +31,15 @@ from dwi_ml.io_utils.script_args import check_inputs_exist
 
 def _load_batches(args):
     """The first ``nb_batches`` batches, inputs interpolated."""
-    from dwi_ml.batching.batch_loader import BatchLoaderOneInput
-    from dwi_ml.batching.batch_sampler import BatchSampler
-    from dwi_ml.batching.dataloaders import make_dataloader
-    from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
-    from dwi_ml.data.processing.input_spec import InputSpec
+    from bench_loading import _make_pipeline
 
-    dataset = MultiSubjectDataset(args.hdf5_file, lazy=False)
-    dataset.load_data(load_validation=False, load_testing=False,
-                      volume_groups=[args.input_group],
-                      streamline_groups=[args.streamline_group])
-    sampler = BatchSampler(dataset, args.streamline_group, args.batch_size,
-                           args.batch_size, "nb_streamlines", seed=0)
+    from dwi_ml.batching.dataloaders import make_dataloader
+
     augment = not args.validation
-    loader = BatchLoaderOneInput(
-        dataset, args.streamline_group, args.input_group,
-        split_ratio=0.5 if augment else 0.,
-        reverse_ratio=0.5 if augment else 0.,
-        noise_gaussian_size_forward=0.1 if augment else 0.,
-        input_spec=InputSpec.from_options(), seed=0)
+    args.split = args.reverse = 0.5 if augment else 0.
+    args.noise = 0.1 if augment else 0.
+    args.seed = 0
+    _, sampler, loader = _make_pipeline(args, "none", lazy=False)
     batches = []
     for batch in make_dataloader(sampler, loader, "training"):
         if len(batches) == args.nb_batches:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from dwi_ml.models import length_groups as length_groups_module
 from dwi_ml.models.length_groups import PaddedGroups, length_groups
 
 
@@ -68,3 +69,18 @@ def test_padded_groups_zero_padding_in_shared_blocks():
                              [4., 13., 0., 0.]])
     assert torch.equal(block, expected)
     assert torch.equal(groups.unpad([block[:, :, None]]), rows)
+
+
+def test_default_group_cost_follows_torch_threads(monkeypatch):
+    monkeypatch.setattr(length_groups_module, "GROUP_COST", 1)
+    monkeypatch.setattr(length_groups_module, "MULTITHREAD_GROUP_COST", 1000)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        # A group of 1 point splits 9 9 5 5 5 2 at every length...
+        assert length_groups([9, 9, 5, 5, 5, 2]) == [0, 2, 5]
+        torch.set_num_threads(2)
+        # ...one of 1000 points keeps them together.
+        assert length_groups([9, 9, 5, 5, 5, 2]) == [0]
+    finally:
+        torch.set_num_threads(threads)

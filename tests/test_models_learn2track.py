@@ -161,6 +161,7 @@ def test_length_groups_give_each_streamline_its_own_outputs(lengths,
     # against 300 + 5 in one), the second in one: both equal each
     # streamline alone.
     monkeypatch.setattr(length_groups, "GROUP_COST", 5)
+    monkeypatch.setattr(length_groups, "MULTITHREAD_GROUP_COST", 5)
     groups = length_groups.PaddedGroups(torch.tensor(lengths) - 1)
     assert len(groups.shapes) == (3 if max(lengths) > 21 else 1)
     model = make_model(**CONFIGS[1]).double().eval()

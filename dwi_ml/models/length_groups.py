@@ -8,10 +8,11 @@ work on split batches, so the sequences, sorted by length, run in groups,
 each padded to its own longest.
 
 Each RNN call also has a fixed cost (on CPU, oneDNN builds a kernel for a
-new shape, reorders the weights, and runs its time steps: some
-``GROUP_COST`` padded points, forward and backward, at 64 units and one
-thread). :func:`length_groups` chooses the groups of least padded points
-plus that cost per group.
+new shape, reorders the weights, and synchronises its threads at each time
+step): :func:`length_groups` chooses the groups of least padded points plus
+that cost per group, counted in padded points: ``GROUP_COST`` at one torch
+thread, ``MULTITHREAD_GROUP_COST`` at more (each point costs less there,
+each time step more).
 
 All groups' blocks are views of one buffer: one scatter puts the batch's
 points in it, and one gather takes the outputs back (:class:`PaddedGroups`).
@@ -19,9 +20,20 @@ points in it, and one gather takes the outputs back (:class:`PaddedGroups`).
 import numpy as np
 import torch
 
-# Fixed cost of one group, in padded points (see the module docstring and
-# bench/README.md, "Session 10").
+# Fixed cost of one group, in padded points (LSTM [64, 64], forward and
+# backward; bench/README.md, "Session 10"). One thread: measured, the best
+# of 100 - 1200 for split batches. More threads: estimated from session 4's
+# figures at 2 threads, where a 4th equal group saved ~550 padded points
+# and cost 5 ms more than 3 groups (~1000 points); to measure again.
 GROUP_COST = 300
+MULTITHREAD_GROUP_COST = 1000
+
+
+def default_group_cost():
+    """``GROUP_COST`` at one torch thread, ``MULTITHREAD_GROUP_COST`` at
+    more."""
+    return (GROUP_COST if torch.get_num_threads() == 1
+            else MULTITHREAD_GROUP_COST)
 
 
 def length_groups(sorted_counts, group_cost=None):
@@ -32,7 +44,8 @@ def length_groups(sorted_counts, group_cost=None):
     sorted_counts : array of int (N,)
         Sequence lengths, in decreasing order.
     group_cost : float or None
-        Cost of one group, in padded points; None: ``GROUP_COST``.
+        Cost of one group, in padded points; None:
+        :func:`default_group_cost`.
 
     Returns
     -------
@@ -43,7 +56,7 @@ def length_groups(sorted_counts, group_cost=None):
         lengths).
     """
     if group_cost is None:
-        group_cost = GROUP_COST
+        group_cost = default_group_cost()
     counts = np.asarray(sorted_counts, dtype=np.int64)
     if len(counts) == 0:
         return [0]
