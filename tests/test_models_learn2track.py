@@ -10,7 +10,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import (
     Learn2TrackModel,
     MainModelAbstract,
-    learn2track,
+    length_groups,
     load_model_from_params_and_state,
 )
 from dwi_ml.models.directions import (
@@ -154,12 +154,16 @@ def test_packed_forward_equals_each_streamline_alone(config):
 
 @pytest.mark.parametrize("lengths", [(2, 30, 3, 29, 5, 31, 4, 2, 28, 6),
                                      (20, 19, 21, 18, 20)])
-def test_length_groups_give_each_streamline_its_own_outputs(lengths):
-    # The first batch runs in 3 length groups (padded area 0.6 of one
-    # group's), the second in one: both equal each streamline alone.
-    sorted_counts = torch.tensor(sorted(lengths, reverse=True)) - 1
-    nb_groups = -(-len(lengths) // learn2track._length_group_size(sorted_counts))
-    assert nb_groups == (3 if max(lengths) > 21 else 1)
+def test_length_groups_give_each_streamline_its_own_outputs(lengths,
+                                                           monkeypatch):
+    # At 5 padded points a group, the first batch runs in 3 groups (of
+    # 30 29 28 27 | 5 4 3 | 2 1 1 predictions: 141 padded points + 15,
+    # against 300 + 5 in one), the second in one: both equal each
+    # streamline alone.
+    monkeypatch.setattr(length_groups, "GROUP_COST", 5)
+    monkeypatch.setattr(length_groups, "MULTITHREAD_GROUP_COST", 5)
+    groups = length_groups.PaddedGroups(torch.tensor(lengths) - 1)
+    assert len(groups.shapes) == (3 if max(lengths) > 21 else 1)
     model = make_model(**CONFIGS[1]).double().eval()
     inputs, streamlines = make_batch64(lengths)
     with torch.no_grad():

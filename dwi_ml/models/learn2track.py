@@ -7,10 +7,11 @@ For each prediction point (see :mod:`dwi_ml.models.directions`)::
                 -> stacked RNN -> direction getter -> output row
 
 Training (whole streamlines, :meth:`Learn2TrackModel.forward`)
-    All streamlines of the batch run at once, as one padded sequence
-    (exact for a unidirectional RNN, and faster than packed sequences on
-    CPU). Outputs are ``(M, output_size)``, the predictions of streamline
-    0, then of streamline 1, etc. The loss is
+    The batch's streamlines, sorted by length, run in a few padded blocks
+    (:mod:`dwi_ml.models.length_groups`; exact for a unidirectional RNN,
+    and faster than packed sequences on CPU). Outputs are
+    ``(M, output_size)``, the predictions of streamline 0, then of
+    streamline 1, etc. The loss is
     :meth:`Learn2TrackModel.compute_loss` with the same streamlines.
 
 Tracking (one step at a time, :meth:`Learn2TrackModel.forward_step`)
@@ -45,25 +46,9 @@ from dwi_ml.models.embeddings import (
     make_embedding,
     make_prev_dirs_embedding,
 )
+from dwi_ml.models.length_groups import PaddedGroups
 from dwi_ml.models.model_io import register_model
 from dwi_ml.models.stacked_rnn import RNN_CLASSES, StackedRNN, select_hidden_states
-
-# Length groups of a batch's streamlines in the RNN: 3 ran a batch of 150
-# split streamlines in 2/3 of the time of 1 group; 4 - 6 were no faster.
-# Groups pay only when they cut the padded area by a quarter or more.
-NB_LENGTH_GROUPS = 3
-MAX_GROUPED_AREA = 0.75
-
-
-def _length_group_size(sorted_counts):
-    """Streamlines per length group (all of them: one group)."""
-    nb_streamlines = len(sorted_counts)
-    size = -(-nb_streamlines // NB_LENGTH_GROUPS)
-    one_group = nb_streamlines * int(sorted_counts[0]) if nb_streamlines else 0
-    grouped = sum(int(sorted_counts[start]) * min(size, nb_streamlines - start)
-                  for start in range(0, nb_streamlines, size))
-    return size if grouped <= MAX_GROUPED_AREA * one_group else max(
-        nb_streamlines, 1)
 
 
 @register_model
@@ -189,45 +174,13 @@ class Learn2TrackModel(DirectionGetterModel):
         features = self._point_features(
             point_inputs,
             self.compute_previous_dirs(streamlines, self.add_eos))
-        # Padded (time, streamline, features) sequences: a unidirectional
-        # RNN's outputs at valid steps never see the padding after them, and
-        # CPU kernels run padded batches 2-3x faster than packed ones. The
-        # streamlines, sorted by length, run in a few groups, each padded
-        # to its own longest: a third less work on split batches.
-        nb_streamlines = len(counts)
-        device = features.device
-        streamline_ids = torch.repeat_interleave(
-            torch.arange(nb_streamlines, device=device), counts)
-        first_rows = torch.cumsum(counts, 0) - counts
-        time_ids = (torch.arange(len(features), device=device)
-                    - first_rows[streamline_ids])
-        order = torch.argsort(counts, descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(nb_streamlines, device=device)
-        group_size = _length_group_size(counts[order])
-        row_groups = rank[streamline_ids] // group_size
-        # In the RNN's output dtype: under CUDA autocast it may differ from
-        # the features' (half LSTM outputs of float32 features; float32
-        # layer norms of half ones), and index_put refuses a mix.
-        outputs = None
-        for group in range(-(-nb_streamlines // group_size)):
-            rows = torch.nonzero(row_groups == group).squeeze(1)
-            if len(rows) == 0:
-                continue
-            columns = rank[streamline_ids[rows]] - group * group_size
-            padded = features.new_zeros(
-                (int(counts[order[group * group_size]]),
-                 min(group_size, nb_streamlines - group * group_size),
-                 features.shape[1]))
-            padded[time_ids[rows], columns] = features[rows]
-            sequence, _ = self.rnn(padded)
-            if outputs is None:
-                outputs = sequence.new_empty((len(features),
-                                              self.rnn.output_size))
-            outputs[rows] = sequence[time_ids[rows], columns]
-        if outputs is None:  # no point at all
-            outputs = features.new_empty((0, self.rnn.output_size))
-        return outputs
+        # Padded (time, streamline, features) blocks of a few length
+        # groups: see dwi_ml.models.length_groups.
+        if len(features) == 0:
+            return features.new_empty((0, self.rnn.output_size))
+        groups = PaddedGroups(counts)
+        return groups.unpad([self.rnn(block)[0]
+                             for block in groups.pad(features)])
 
     def forward_step(self, step_inputs, partial_streamlines,
                      hidden_states=None):

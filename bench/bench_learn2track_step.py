@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""CPU time of Learn2track training steps on fixed batches, and its split.
+
+Loads ``--nb_batches`` training batches of the issue-17 setting (batches of
+100 streamlines, noise 0.1 mm, split 0.5, reverse 0.5; with
+``--validation``: unsplit, no noise, forward only under ``no_grad``),
+builds Learn2track (LSTM [64, 64], our defaults or, with
+``--reference_settings``, the reference dwi_ml's: no previous direction, no
+skip connection, no layer norm) and Adam as the trainer does, runs two
+warm-up steps, then times ``--repeats`` passes over the same batches in
+process CPU time (``time.process_time``: steady on a shared machine; run
+it at 1 torch thread). A step is what the trainer does: forward, loss,
+backward, gradient norm, optimizer step, zero_grad.
+
+``--stages`` prints the CPU time of each stage of a step (forward: previous
+directions, length groups, each LSTM layer and layer norm, the direction
+getter; loss; backward; gradient norm; optimizer), ``--profile`` the
+``torch.profiler`` table of one pass (backward per operation).
+
+    python bench/bench_learn2track_step.py /tmp/b17/syn.hdf5 --nb_batches 10 --repeats 3
+"""
+import argparse
+import collections
+import time
+
+import torch
+
+from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.script_args import check_inputs_exist
+
+
+def _load_batches(args):
+    """The first ``nb_batches`` batches, inputs interpolated."""
+    from bench_loading import _make_pipeline
+
+    from dwi_ml.batching.dataloaders import make_dataloader
+
+    augment = not args.validation
+    args.split = args.reverse = 0.5 if augment else 0.
+    args.noise = 0.1 if augment else 0.
+    args.seed = 0
+    _, sampler, loader = _make_pipeline(args, "none", lazy=False)
+    batches = []
+    for batch in make_dataloader(sampler, loader, "training"):
+        if len(batches) == args.nb_batches:
+            break
+        batch = loader.prepare_batch(batch, "cpu")
+        batches.append((batch.inputs_list(), batch.input_streamlines(),
+                        batch.target_streamlines()))
+    return batches
+
+
+def _timed(times, name, function):
+    def wrapper(*args, **kwargs):
+        start = time.process_time()
+        result = function(*args, **kwargs)
+        times[name] += time.process_time() - start
+        return result
+    return wrapper
+
+
+def _time_stages(model, times):
+    """Wrap the model's stages so that each adds its CPU time to ``times``."""
+    model.compute_previous_dirs = _timed(times, "previous directions",
+                                         model.compute_previous_dirs)
+    model.count_predictions = _timed(times, "checks, prediction counts",
+                                     model.count_predictions)
+    try:
+        from dwi_ml.models import length_groups
+        groups = length_groups.PaddedGroups
+        for name in ("__init__", "pad", "unpad"):
+            setattr(groups, name, _timed(times, f"length groups: {name}",
+                                         getattr(groups, name)))
+    except ImportError:  # a tree before length_groups
+        pass
+    for i, (rnn, post) in enumerate(zip(model.rnn.rnn_layers,
+                                        model.rnn.post_layers)):
+        rnn.forward = _timed(times, f"LSTM layer {i} forward", rnn.forward)
+        post.forward = _timed(times, f"layer norm {i} forward", post.forward)
+    model.direction_getter.forward = _timed(
+        times, "direction getter forward", model.direction_getter.forward)
+
+
+def _make_step(model, optimizer, times, validation):
+    def stage(name, function, *args):
+        start = time.process_time()
+        result = function(*args)
+        times[name] += time.process_time() - start
+        return result
+
+    def train_step(batch):
+        outputs = stage("forward (all)", model, batch[0], batch[1])
+        loss, _ = stage("loss", model.compute_loss, outputs, batch[2])
+        stage("backward", loss.backward)
+        parameters = [p for p in model.parameters() if p.grad is not None]
+        stage("gradient norm", torch.nn.utils.clip_grad_norm_, parameters,
+              float("inf"))
+        stage("optimizer step", optimizer.step)
+        stage("zero_grad", optimizer.zero_grad, True)
+        return float(loss.detach())
+
+    def valid_step(batch):
+        with torch.no_grad():
+            outputs = stage("forward (all)", model, batch[0], batch[1])
+            return float(stage("loss", model.compute_loss, outputs,
+                               batch[2])[0])
+
+    return valid_step if validation else train_step
+
+
+@script_entry_point
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("hdf5_file", help="HDF5 of the issue-17 data.")
+    parser.add_argument("--input_group", default="input",
+                        help="Input volume group (default: input).")
+    parser.add_argument("--streamline_group", default="streamlines",
+                        help="Streamline group (default: streamlines).")
+    parser.add_argument("--batch_size", type=int, default=100,
+                        help="Streamlines per batch (default: 100).")
+    parser.add_argument("--nb_batches", type=int, default=10,
+                        help="Batches loaded and timed (default: 10).")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Timed passes over them (default: 3).")
+    parser.add_argument("--nb_threads", type=int, default=1,
+                        help="torch threads (default: 1).")
+    parser.add_argument("--reference_settings", action="store_true",
+                        help="The reference dwi_ml's model settings: 0 "
+                             "previous directions, no skip connection, no "
+                             "layer norm (default: ours, 2, with both).")
+    parser.add_argument("--validation", action="store_true",
+                        help="Validation batches and steps (unsplit, no "
+                             "augmentation, forward and loss only).")
+    parser.add_argument("--stages", action="store_true",
+                        help="Print the CPU time of each stage.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Print torch.profiler's table of one pass.")
+    args = parser.parse_args(argv)
+    check_inputs_exist(args.hdf5_file)
+    torch.set_num_threads(args.nb_threads)
+
+    from dwi_ml.models.learn2track import Learn2TrackModel
+    from dwi_ml.training.optimizers import create_optimizer
+
+    batches = _load_batches(args)
+    settings = (dict(nb_previous_dirs=0, use_skip_connection=False,
+                     use_layer_norm=False) if args.reference_settings
+                else dict(nb_previous_dirs=2))
+    torch.manual_seed(0)
+    model = Learn2TrackModel("bench", batches[0][0][0].shape[1],
+                             rnn_layer_sizes=[64, 64], **settings)
+    model.train(not args.validation)
+    optimizer = create_optimizer(model.parameters(), "Adam", 0.005)
+    times = collections.defaultdict(float)
+    if args.stages:
+        _time_stages(model, times)
+    step = _make_step(model, optimizer, times, args.validation)
+    for batch in batches[:2]:
+        step(batch)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for batch in batches:
+                step(batch)
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total",
+                                            row_limit=30))
+    times.clear()
+    passes = []
+    for _ in range(args.repeats):
+        start = time.process_time()
+        for batch in batches:
+            loss = step(batch)
+        passes.append(time.process_time() - start)
+    nb_points = sum(sum(len(s) for s in batch[1]) for batch in batches)
+    print(f"{'validation' if args.validation else 'training'} step, "
+          f"{'reference' if args.reference_settings else 'our'} settings, "
+          f"{args.nb_threads} thread(s), {nb_points // len(batches)} points "
+          f"a batch: CPU ms a batch "
+          + " ".join(f"{1000 * t / len(batches):.1f}" for t in passes)
+          + f" (last loss {loss:.6g})")
+    if args.stages:
+        # Nested: the forward's parts are inside "forward (all)".
+        nb_steps = len(batches) * len(passes)
+        for name, seconds in times.items():
+            print(f"  {name:32s} {1000 * seconds / nb_steps:7.1f} ms "
+                  f"{100 * seconds / sum(passes):5.1f} %")
+
+if __name__ == "__main__":
+    main()
