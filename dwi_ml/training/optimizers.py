@@ -37,9 +37,17 @@ def create_optimizer(parameters, optimizer_name, learning_rate,
     # Adam and AdamW in one kernel over all tensors (CPU and CUDA): on CPU
     # 0.4 ms a step for Learn2track's 16 tensors, against 1.7 - 2.0 one
     # tensor at a time (the default there). Same formula, other rounding.
-    fused = {"fused": True} if optimizer_name in FUSED_OPTIMIZERS else {}
+    parameters = list(parameters)
+    if optimizer_name in FUSED_OPTIMIZERS:
+        try:
+            return optimizer_class(parameters, lr=learning_rate,
+                                   weight_decay=weight_decay, fused=True)
+        except RuntimeError:
+            # Devices or torch versions without the fused kernel (CPU
+            # before torch 2.4): the same formula one tensor at a time.
+            pass
     return optimizer_class(parameters, lr=learning_rate,
-                           weight_decay=weight_decay, **fused)
+                           weight_decay=weight_decay)
 
 
 # Placeholders of a SchedulerFactory's arguments, filled by the trainer.
