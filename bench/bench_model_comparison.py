@@ -114,7 +114,9 @@ def make_model(model_type, nb_features, args):
     torch.manual_seed(args.seed)
     common = dict(nb_features=nb_features, step_size=args.step_size,
                   dg_key="cosine-regression",
-                  dg_args={"add_eos": True} if args.add_eos else None)
+                  dg_args=({"add_eos": True, "eos_only_at_fibre_ends":
+                            args.eos_only_at_fibre_ends}
+                           if args.add_eos else None))
     if model_type == "learn2track":
         return Learn2TrackModel(model_type, rnn_layer_sizes=[64],
                                 nb_previous_dirs=2, **common)
@@ -287,7 +289,12 @@ def main():
     parser.add_argument("--split_ratio", type=float, default=0.5,
                         help="Share of the training streamlines split in "
                              "two, every model (default: 0.5). A split "
-                             "piece's last point is an EOS target too.")
+                             "piece's last point is an EOS target too, "
+                             "unless --eos_only_at_fibre_ends.")
+    parser.add_argument("--eos_only_at_fibre_ends", action="store_true",
+                        help="With --add_eos: the last point of a split "
+                             "piece that ends at the cut is left out of "
+                             "the loss (default: an EOS target).")
     parser.add_argument("--add_eos", action="store_true",
                         help="Every model predicts an end of streamline "
                              "(EOS), and tracking stops where its "

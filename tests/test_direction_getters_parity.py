@@ -176,7 +176,8 @@ def test_getter_options_from_the_command_line(tmp_path, capsys):
     assert model["normalize_prev_dirs"] is False
     assert model["dg_args"] == {"add_eos": True, "eos_weight": 1.0,
                                 "dropout": 0.2, "entropy_weight": 0.1,
-                                "nb_gaussians": 2}
+                                "nb_gaussians": 2,
+                                "eos_only_at_fibre_ends": False}
     # An option of another getter: one line, before any work.
     common[1] = "refused"
     with pytest.raises(SystemExit) as error:

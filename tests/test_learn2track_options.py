@@ -20,6 +20,7 @@ IGNORED_OPTIONS = [
      "--no-normalize_prev_dirs"),
     (["--neighborhood_resolution", "2"], "neighborhood_resolution"),
     (["--eos_weight", "0.5"], "--eos_weight"),
+    (["--eos_only_at_fibre_ends"], "--eos_only_at_fibre_ends"),
     (["--normalize_targets", "2"], "normalize_targets"),
     (["--normalize_outputs", "2"], "normalize_outputs"),
 ]
@@ -51,11 +52,17 @@ def test_an_option_without_effect_is_refused(options, option):
      {"neighborhood_resolution": 1.0}),
     (["--add_eos", "--eos_weight", "0.5"],
      {"dg_args": {"add_eos": True, "eos_weight": 0.5, "dropout": 0.0,
-                  "normalize_targets": None, "normalize_outputs": None}}),
+                  "normalize_targets": None, "normalize_outputs": None,
+                  "eos_only_at_fibre_ends": False}}),
+    (["--add_eos", "--eos_only_at_fibre_ends"],
+     {"dg_args": {"add_eos": True, "eos_weight": 1.0, "dropout": 0.0,
+                  "normalize_targets": None, "normalize_outputs": None,
+                  "eos_only_at_fibre_ends": True}}),
     (["--dg_key", "l2-regression", "--normalize_targets", "2",
       "--normalize_outputs", "3"],
      {"dg_args": {"add_eos": False, "eos_weight": 1.0, "dropout": 0.0,
-                  "normalize_targets": 2.0, "normalize_outputs": 3.0}}),
+                  "normalize_targets": 2.0, "normalize_outputs": 3.0,
+                  "eos_only_at_fibre_ends": False}}),
 ])
 def test_the_same_options_where_they_apply_reach_the_model(options,
                                                            expected):

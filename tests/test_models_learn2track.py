@@ -291,7 +291,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
         params = json.load(f, parse_constant=refuse_constant)
     assert params == model.params_for_checkpoint
     assert params["dg_args"] == {"add_eos": True, "eos_weight": 1.0,
-                                 "dropout": 0.0, "sphere": "repulsion100"}
+                                 "dropout": 0.0, "sphere": "repulsion100",
+                                 "eos_only_at_fibre_ends": False}
     with open(os.path.join(folder, "model_type.txt")) as f:
         assert f.read().strip() == "Learn2TrackModel"
     state = torch.load(os.path.join(folder, "model_state.pt"),

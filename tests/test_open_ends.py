@@ -1,10 +1,10 @@
-"""Split pieces that end at a cut: no EOS is learned there.
+"""Split pieces that end at a cut, and the EOS learned there.
 
 Splitting cuts a streamline in two; the piece whose last point is the cut
 (the first piece, or the second once reversed) does not end where its fibre
-ends. The loader marks those pieces (``LoadedBatch.open_ends``) and, with
-EOS, the loss leaves their last point out: neither "stop" nor a direction is
-known there.
+ends. The loader marks those pieces (``LoadedBatch.open_ends``). By default
+(as the reference) their last point is an EOS target like any other; with
+the direction getter's ``eos_only_at_fibre_ends`` the loss leaves it out.
 """
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
 from dwi_ml.data.processing.augmentation import open_ended_pieces
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import rows_with_targets
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.loss_per_point import compute_per_prediction_losses
@@ -30,11 +31,13 @@ def dataset(tmp_path_factory):
     return data
 
 
-def _eos_model(dataset):
+def _eos_model(dataset, only_at_fibre_ends=True):
     torch.manual_seed(0)
-    return Learn2TrackModel("m", nb_features=dataset.nb_features[0],
-                            step_size=1.5, rnn_layer_sizes=[8],
-                            dg_args={"add_eos": True})
+    return Learn2TrackModel(
+        "m", nb_features=dataset.nb_features[0], step_size=1.5,
+        rnn_layer_sizes=[8],
+        dg_args={"add_eos": True,
+                 "eos_only_at_fibre_ends": only_at_fibre_ends})
 
 
 def _split_batch(dataset, model, **augmentations):
@@ -132,3 +135,26 @@ def test_the_trainer_gives_the_open_ends_to_the_loss(dataset, tmp_path):
     with torch.no_grad():
         _, n_points = trainer.run_one_batch(batch)
     assert n_points == int(batch.lengths.sum()) - int(batch.open_ends.sum())
+
+
+def test_by_default_every_last_point_is_an_eos_target(dataset):
+    model = _eos_model(dataset, only_at_fibre_ends=False)
+    _, batch = _split_batch(dataset, model, split_ratio=1.0)
+    with torch.no_grad():
+        outputs = model(batch.inputs_list(), batch.input_streamlines())
+        with_ends = model.compute_loss(outputs, batch.target_streamlines(),
+                                       open_ends=batch.open_ends)
+        without = model.compute_loss(outputs, batch.target_streamlines())
+    assert with_ends[1] == without[1] == int(batch.lengths.sum())
+    for name in ("direction", "eos"):
+        assert torch.equal(with_ends[0][name], without[0][name])
+
+
+def test_the_option_is_saved_and_needs_eos(dataset, tmp_path):
+    from dwi_ml.models.direction_getters import make_direction_getter
+    getter = make_direction_getter("cosine-regression", 8,
+                                   _eos_model(dataset).direction_getter.params)
+    assert getter.params["eos_only_at_fibre_ends"] is True
+    with pytest.raises(DwiMLUserError, match="eos_only_at_fibre_ends"):
+        make_direction_getter("cosine-regression", 8,
+                              {"eos_only_at_fibre_ends": "yes"})

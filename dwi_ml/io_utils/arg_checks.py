@@ -8,6 +8,8 @@ import math
 import numbers
 import os
 
+import numpy as np
+
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
@@ -121,6 +123,13 @@ def check_fraction(name, value, owner=None):
             or not 0 <= value < 1):
         _fail(name, owner, "a number in [0, 1)", value)
     return float(value)
+
+
+def check_bool(name, value, owner=None):
+    """Return ``value`` if it is a bool (numpy's included), as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        _fail(name, owner, "True or False", value)
+    return bool(value)
 
 
 def check_choice(name, value, choices, owner=None):

@@ -106,8 +106,9 @@ class DirectionGetterModel(MainModelOneInput):
         streamlines : list of torch.Tensor (n_i, 3)
             The same (target) streamlines, voxel space, corner origin.
         open_ends : torch.Tensor (N,) bool, optional
-            The batch's ``open_ends``: with EOS, the last point of a
-            streamline that ends at a cut is left out of the loss
+            The batch's ``open_ends``: with EOS and the getter's
+            ``eos_only_at_fibre_ends``, the last point of a streamline that
+            ends at a cut is left out of the loss
             (:func:`~dwi_ml.models.directions.rows_with_targets`).
 
         Returns
@@ -119,8 +120,10 @@ class DirectionGetterModel(MainModelOneInput):
         """
         target_dirs, eos_targets = compute_direction_targets(
             streamlines, self.add_eos)
-        kept = rows_with_targets(streamline_lengths(streamlines), open_ends,
-                                 self.add_eos)
+        kept = None
+        if self.direction_getter.eos_only_at_fibre_ends:
+            kept = rows_with_targets(streamline_lengths(streamlines),
+                                     open_ends, self.add_eos)
         if kept is not None:
             kept = kept.to(outputs.device)
             outputs, target_dirs, eos_targets = (

@@ -37,7 +37,8 @@ def make_direction_getter(dg_key, input_size, dg_args=None):
     input_size : int
         Width of the hidden state it receives.
     dg_args : dict or None
-        Keyword arguments: ``add_eos``, ``eos_weight``, ``dropout`` and each
+        Keyword arguments: ``add_eos``, ``eos_weight``,
+        ``eos_only_at_fibre_ends``, ``dropout`` and each
         getter's own (``sphere``, ``normalize_targets``, ``entropy_weight``,
         ``nb_gaussians``, ``smoothing_sigma_deg``...).
     """
@@ -66,6 +67,15 @@ def add_direction_getter_args(group):
     group.add_argument("--eos_weight", type=float, default=1.0,
                        help="Weight of the end-of-streamline loss (with "
                             "--add_eos).")
+    group.add_argument("--eos_only_at_fibre_ends", action="store_true",
+                       help="With --add_eos and --split_ratio: learn EOS only "
+                            "where a fibre ends; the last point of a split "
+                            "piece that ends at the cut is left out of the "
+                            "loss. By default every streamline's last point, "
+                            "cut or not, is an EOS target, as in the "
+                            "reference dwi_ml: on our synthetic data the "
+                            "Transformers tracked worse with this option and "
+                            "Learn2track no better (bench/README.md).")
     group.add_argument("--dg_dropout", type=float, default=0.0,
                        help="Dropout between the direction getter's two "
                             "layers.")
@@ -110,7 +120,13 @@ def direction_getter_args(args):
         raise DwiMLUserError(
             f"argument --eos_weight: an option of --add_eos, found "
             f"{args.eos_weight!r} without --add_eos.")
+    if not args.add_eos and args.eos_only_at_fibre_ends:
+        raise DwiMLUserError(
+            "argument --eos_only_at_fibre_ends: an option of --add_eos, "
+            "found without --add_eos.")
     dg_args = {"add_eos": args.add_eos, "eos_weight": args.eos_weight}
+    if args.eos_only_at_fibre_ends:
+        dg_args["eos_only_at_fibre_ends"] = True
     defaults = {action: value for action, value in (
         ("dg_dropout", 0.0), ("normalize_targets", None),
         ("normalize_outputs", None), ("entropy_weight", 0.0),

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dwi_ml.io_utils.arg_checks import (
+    check_bool,
     check_choice,
     check_fraction,
     check_positive_float,
@@ -56,6 +57,12 @@ class AbstractDirectionGetter(torch.nn.Module):
         Weight of the EOS loss term.
     dropout : float in [0, 1)
         Dropout between the two layers (``--dg_dropout``).
+    eos_only_at_fibre_ends : bool
+        With EOS, learn "stop" only where a fibre ends: the last point of a
+        split piece that ends at the cut is left out of the loss (the
+        model reads it in ``compute_loss``'s ``open_ends``). False, the
+        default (as the reference dwi_ml): every streamline's last point
+        is an EOS target.
 
     Notes
     -----
@@ -69,10 +76,12 @@ class AbstractDirectionGetter(torch.nn.Module):
     nb_dir_outputs = None
 
     def __init__(self, input_size, add_eos=False, eos_weight=1.0,
-                 dropout=0.0):
+                 dropout=0.0, eos_only_at_fibre_ends=False):
         super().__init__()
         self.input_size = input_size
         self.add_eos = bool(add_eos)
+        self.eos_only_at_fibre_ends = check_bool("eos_only_at_fibre_ends",
+                                                 eos_only_at_fibre_ends)
         self.eos_weight = check_positive_float("eos_weight", eos_weight)
         self.dropout = check_fraction("dropout", dropout)
         self.output_size = self.nb_dir_outputs + int(self.add_eos)
@@ -89,7 +98,8 @@ class AbstractDirectionGetter(torch.nn.Module):
     def params(self):
         """dict: the getter's own arguments (``dg_args``), JSON-able."""
         return {"add_eos": self.add_eos, "eos_weight": self.eos_weight,
-                "dropout": self.dropout}
+                "dropout": self.dropout,
+                "eos_only_at_fibre_ends": self.eos_only_at_fibre_ends}
 
     def forward(self, hidden):
         """(M, input_size) -> (M, output_size)."""

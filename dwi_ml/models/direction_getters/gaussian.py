@@ -58,8 +58,10 @@ class GaussianDG(AbstractDirectionGetter):
     nb_dir_outputs = 6
 
     def __init__(self, input_size, add_eos=False, eos_weight=1.0,
-                 dropout=0.0, entropy_weight=0.0):
-        super().__init__(input_size, add_eos, eos_weight, dropout)
+                 dropout=0.0, entropy_weight=0.0,
+                 eos_only_at_fibre_ends=False):
+        super().__init__(input_size, add_eos, eos_weight, dropout,
+                         eos_only_at_fibre_ends=eos_only_at_fibre_ends)
         self.entropy_weight = _check_entropy_weight(entropy_weight)
 
     @property
@@ -104,10 +106,12 @@ class GaussianMixtureDG(AbstractDirectionGetter):
     key = "gaussian-mixture"
 
     def __init__(self, input_size, add_eos=False, eos_weight=1.0,
-                 dropout=0.0, entropy_weight=0.0, nb_gaussians=3):
+                 dropout=0.0, entropy_weight=0.0, nb_gaussians=3,
+                 eos_only_at_fibre_ends=False):
         self.nb_gaussians = check_int("nb_gaussians", nb_gaussians, 1)
         self.nb_dir_outputs = 7 * self.nb_gaussians
-        super().__init__(input_size, add_eos, eos_weight, dropout)
+        super().__init__(input_size, add_eos, eos_weight, dropout,
+                         eos_only_at_fibre_ends=eos_only_at_fibre_ends)
         self.entropy_weight = _check_entropy_weight(entropy_weight)
 
     @property

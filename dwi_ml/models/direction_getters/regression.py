@@ -23,8 +23,10 @@ class _RegressionDG(AbstractDirectionGetter):
 
     def __init__(self, input_size, add_eos=False, eos_weight=1.0,
                  dropout=0.0, normalize_targets="default",
-                 normalize_outputs=None):
-        super().__init__(input_size, add_eos, eos_weight, dropout)
+                 normalize_outputs=None,
+                 eos_only_at_fibre_ends=False):
+        super().__init__(input_size, add_eos, eos_weight, dropout,
+                         eos_only_at_fibre_ends=eos_only_at_fibre_ends)
         if normalize_targets == "default":
             normalize_targets = self.default_normalize_targets
         self.normalize_targets = _optional_norm("normalize_targets",
@@ -57,7 +59,8 @@ class CosineRegressionDG(_RegressionDG):
     key = "cosine-regression"
 
     def __init__(self, input_size, add_eos=False, eos_weight=1.0,
-                 dropout=0.0, normalize_targets=None, normalize_outputs=None):
+                 dropout=0.0, normalize_targets=None, normalize_outputs=None,
+                 eos_only_at_fibre_ends=False):
         for name, value in (("normalize_targets", normalize_targets),
                             ("normalize_outputs", normalize_outputs)):
             if value is not None:
@@ -66,7 +69,8 @@ class CosineRegressionDG(_RegressionDG):
                     f"'cosine-regression' (a cosine ignores lengths; "
                     f"'l2-regression' or 'cosine-plus-l2-regression' use "
                     f"it), found {value!r}.")
-        super().__init__(input_size, add_eos, eos_weight, dropout)
+        super().__init__(input_size, add_eos, eos_weight, dropout,
+                         eos_only_at_fibre_ends=eos_only_at_fibre_ends)
 
     def compute_direction_losses(self, dir_outputs, target_dirs):
         return 1 - F.cosine_similarity(dir_outputs, target_dirs, dim=1)

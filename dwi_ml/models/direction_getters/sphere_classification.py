@@ -40,10 +40,12 @@ class SphereClassificationDG(AbstractDirectionGetter):
     key = "sphere-classification"
 
     def __init__(self, input_size, sphere="symmetric724", add_eos=False,
-                 eos_weight=1.0, dropout=0.0):
+                 eos_weight=1.0, dropout=0.0,
+                 eos_only_at_fibre_ends=False):
         vertices = _load_sphere_vertices(sphere)
         self.nb_dir_outputs = len(vertices)
-        super().__init__(input_size, add_eos, eos_weight, dropout)
+        super().__init__(input_size, add_eos, eos_weight, dropout,
+                         eos_only_at_fibre_ends=eos_only_at_fibre_ends)
         self.sphere = sphere
         # Rebuilt from the name: kept out of the state_dict.
         self.register_buffer("vertices", vertices, persistent=False)
@@ -94,8 +96,10 @@ class SmoothSphereClassificationDG(SphereClassificationDG):
     key = "smooth-sphere-classification"
 
     def __init__(self, input_size, sphere="symmetric724", add_eos=False,
-                 eos_weight=1.0, dropout=0.0, smoothing_sigma_deg=10.0):
-        super().__init__(input_size, sphere, add_eos, eos_weight, dropout)
+                 eos_weight=1.0, dropout=0.0, smoothing_sigma_deg=10.0,
+                 eos_only_at_fibre_ends=False):
+        super().__init__(input_size, sphere, add_eos, eos_weight, dropout,
+                         eos_only_at_fibre_ends=eos_only_at_fibre_ends)
         self.smoothing_sigma_deg = check_positive_float(
             "smoothing_sigma_deg", smoothing_sigma_deg)
 
