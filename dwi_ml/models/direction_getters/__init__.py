@@ -73,9 +73,9 @@ def add_direction_getter_args(group):
                             "piece that ends at the cut is left out of the "
                             "loss. By default every streamline's last point, "
                             "cut or not, is an EOS target, as in the "
-                            "reference dwi_ml: on our synthetic data the "
-                            "Transformers tracked worse with this option and "
-                            "Learn2track no better (bench/README.md).")
+                            "reference dwi_ml: on our synthetic data both "
+                            "model families tracked worse with this option "
+                            "(bench/README.md).")
     group.add_argument("--dg_dropout", type=float, default=0.0,
                        help="Dropout between the direction getter's two "
                             "layers.")
