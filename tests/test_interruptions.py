@@ -1,6 +1,9 @@
 """RunInterruptions and mid-epoch checkpoints, in process (fast cases)."""
+import multiprocessing
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -135,3 +138,49 @@ def test_every_n_batches_counts_batches_under_gradient_accumulation(
     trainer.train_and_validate()
     assert recorder.positions == [(0, "train", 2), (0, "train", 4),
                                   (0, "train", 6), (1, "train", 0)]
+
+
+class SigtermWithWorkers(Callback):
+    """After training batch 1 of epoch 1, a SIGTERM to this process and
+    to its DataLoader workers, as a SIGTERM to the process group does: the
+    workers are killed by the signal (sent by another process, `kill`)."""
+
+    def __init__(self):
+        self.worker_pids = []
+
+    def on_train_batch_end(self, trainer, batch, outputs):
+        if trainer.current_epoch != 1 or trainer.batch_index != 1:
+            return
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.worker_pids = [child.pid for child in
+                            multiprocessing.active_children()]
+        subprocess.run(["kill", "-TERM", *map(str, self.worker_pids)],
+                       check=True)
+        for pid in self.worker_pids:  # dead, not reaped (torch checks them)
+            while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG
+                            | os.WNOWAIT) is None:
+                time.sleep(0.01)
+
+
+def test_workers_killed_with_the_run_are_released(tmp_path, dataset):
+    # Training and validation workers were left registered with torch's
+    # SIGCHLD check, which it gives back after the stop: any later child's
+    # exit raised "DataLoader worker ... is killed by signal" (at exit in
+    # the CI run of session 10).
+    killer = SigtermWithWorkers()
+    trainer = make_trainer(dataset, tmp_path, callbacks=[killer],
+                           max_epochs=3, nb_workers=2)
+    trainer.train_and_validate()
+    assert trainer.interrupted_by == "SIGTERM"
+    assert len(killer.worker_pids) == 4
+    subprocess.run(["true"], check=True)
+    time.sleep(0.1)  # the SIGCHLD handler runs here
+    assert multiprocessing.active_children() == []
+    assert trainer.position.nb_batches_done == 2
+
+
+def test_workers_stopped_when_training_returns(tmp_path, dataset):
+    trainer = make_trainer(dataset, tmp_path, max_epochs=1, nb_workers=2)
+    trainer.train_and_validate()
+    assert trainer.stopped_reason == "reached max_epochs (1)"
+    assert multiprocessing.active_children() == []

@@ -135,3 +135,18 @@ def make_dataloader(batch_sampler, batch_loader, split, nb_workers=0,
         prefetch_factor=4,
         generator=generator if generator is not None else torch.Generator(),
         pin_memory=pin_memory, worker_init_fn=_ignore_stop_signals)
+
+
+def shut_down_workers(loader):
+    """Stop a DataLoader's persistent workers now (nothing with 0 workers).
+
+    Torch skips this at interpreter exit, which leaves the workers' pids
+    registered with its SIGCHLD check: after a SIGTERM to the process group
+    had killed them, any later child's exit raised in the main process. A
+    later iteration of ``loader`` starts new workers.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None or not hasattr(iterator, "_shutdown_workers"):
+        return
+    iterator._shutdown_workers()
+    loader._iterator = None

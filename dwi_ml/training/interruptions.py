@@ -117,6 +117,17 @@ class RunInterruptions:
             logger.warning("%s received: stopping after the current step.",
                            signal.Signals(signum).name)
 
+    def signal_within(self, timeout_s):
+        """True when a stop signal was received or comes within timeout_s.
+
+        Python runs the handler in the main thread between bytecodes: a
+        process killed with its group can see its workers' deaths first.
+        """
+        end = time.monotonic() + timeout_s
+        while self.received_signal is None and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.received_signal is not None
+
     def poll(self, is_training_batch, nb_batches=1):
         """This process's requests after a step: ``(stop_code, checkpoint)``.
 

@@ -30,7 +30,7 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dwi_ml.batching.dataloaders import make_dataloader
+from dwi_ml.batching.dataloaders import make_dataloader, shut_down_workers
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.training.callbacks import (
@@ -58,6 +58,9 @@ from dwi_ml.training.random_states import seed_everything, set_deterministic
 from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_checkpointing import TrainerCheckpointing
 from dwi_ml.training.trainer_optimization import TrainerOptimization
+
+# How long a DataLoader error waits for this process's own stop signal.
+WORKER_DEATH_SIGNAL_WAIT_S = 2.0
 
 
 class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
@@ -272,6 +275,9 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
                 elif self.interrupted_by:
                     self.save_checkpoint()
         finally:
+            # Before the signals' handlers are given back (torch's SIGCHLD).
+            for loader in self._dataloaders.values():
+                shut_down_workers(loader)
             self.interruptions.stop()
         self.callbacks.on_train_end(self)
 
@@ -338,7 +344,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         first = self.position.nb_batches_done
         try:  # wakes persistent workers up: they may be dead already
             batches = enumerate(self._dataloaders[split], start=first)
-        except RuntimeError:
+        except (RuntimeError, OSError):
             self._stop_if_workers_died_of_stop_signal()
             return
         while True:
@@ -346,7 +352,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
                 batch_index, batch = next(batches)
             except StopIteration:
                 return
-            except RuntimeError:
+            except (RuntimeError, OSError):
                 self._stop_if_workers_died_of_stop_signal()
                 return
             if cap is not None and batch_index >= cap:
@@ -356,8 +362,13 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
 
     def _stop_if_workers_died_of_stop_signal(self):
         """On a DataLoader error: workers killed by this run's SIGTERM (sent
-        to the process group) stop it at its last step; else re-raise."""
-        if not self.interruptions.received_signal:
+        to the process group) stop it at its last step; else re-raise.
+
+        A worker killed while its batch is being received gives a
+        ``ConnectionResetError`` (the tensors' file descriptors), possibly
+        before this process has run its own SIGTERM's handler: wait for it.
+        """
+        if not self.interruptions.signal_within(WORKER_DEATH_SIGNAL_WAIT_S):
             raise
         self.poll_interruptions(is_training_batch=False)
 
