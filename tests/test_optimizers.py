@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from dwi_ml.training.optimizers import create_optimizer
+from dwi_ml.training.optimizers import create_optimizer, load_optimizer_state
 from tests.tolerances import EPS64, rounding_atol
 
 NB_STEPS = 30
@@ -53,3 +53,42 @@ def test_state_of_unfused_adam_loads_and_continues_unfused():
     _train(old, old_optimizer, 5, seed=2)
     _train(resumed, optimizer, 5, seed=2)
     assert torch.equal(resumed, old)
+
+
+def test_fused_state_resumes_fused_and_bitwise():
+    start = torch.randn(7, generator=torch.Generator().manual_seed(0))
+    straight = torch.nn.Parameter(start.clone())
+    straight_optimizer = create_optimizer([straight], "Adam", LEARNING_RATE)
+    _train(straight, straight_optimizer, 5, seed=1)
+    saved = copy.deepcopy(straight_optimizer.state_dict())
+    resumed = torch.nn.Parameter(straight.detach().clone())
+    optimizer = create_optimizer([resumed], "Adam", LEARNING_RATE)
+    load_optimizer_state(optimizer, saved)
+    assert optimizer.param_groups[0]["fused"] is True
+    _train(straight, straight_optimizer, 5, seed=2)
+    _train(resumed, optimizer, 5, seed=2)
+    assert torch.equal(resumed, straight)
+
+
+def test_fused_state_into_unfused_optimizer_steps_unfused(caplog):
+    # Where torch has no fused kernel, create_optimizer builds Adam
+    # unfused; a checkpoint saved with the kernel elsewhere then resumes
+    # without it, with a warning, instead of failing its first step.
+    start = torch.randn(7, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))
+    straight = torch.nn.Parameter(start.clone())
+    straight_optimizer = create_optimizer([straight], "Adam", LEARNING_RATE)
+    _train(straight, straight_optimizer, 5, seed=1)
+    resumed = torch.nn.Parameter(straight.detach().clone())
+    optimizer = torch.optim.Adam([resumed], lr=LEARNING_RATE)
+    load_optimizer_state(optimizer,
+                         copy.deepcopy(straight_optimizer.state_dict()))
+    assert optimizer.param_groups[0]["fused"] is None
+    assert "resuming without it" in caplog.text
+    _train(straight, straight_optimizer, 5, seed=2)
+    _train(resumed, optimizer, 5, seed=2)
+    # The same formula; ~10 float64 roundings a step of values <= 1 + lr.
+    atol = rounding_atol(1 + float(start.abs().max()) + 10 * LEARNING_RATE,
+                         10 * 5, eps=EPS64)
+    torch.testing.assert_close(resumed.detach(), straight.detach(), rtol=0,
+                               atol=atol)

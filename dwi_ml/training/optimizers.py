@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedulers chosen by name."""
+import logging
 import re
 import warnings
 
@@ -10,6 +11,8 @@ OPTIMIZER_CHOICES = ("Adam", "AdamW", "RAdam", "SGD")
 SCHEDULER_CHOICES = ("constant", "step", "cosine", "plateau", "onecycle")
 # Built with fused=True (see create_optimizer).
 FUSED_OPTIMIZERS = ("Adam", "AdamW")
+
+logger = logging.getLogger(__name__)
 
 
 def create_optimizer(parameters, optimizer_name, learning_rate,
@@ -48,6 +51,30 @@ def create_optimizer(parameters, optimizer_name, learning_rate,
             pass
     return optimizer_class(parameters, lr=learning_rate,
                            weight_decay=weight_decay)
+
+
+def load_optimizer_state(optimizer, state):
+    """``optimizer.load_state_dict(state)``, keeping what this torch can run.
+
+    The saved groups carry the ``fused`` flag of the run that saved them: a
+    run saved with the fused kernel resumes with it, as it ran, and one
+    saved without it resumes without it. :func:`create_optimizer` builds
+    Adam and AdamW fused wherever torch can: one built unfused means this
+    torch or device has no fused kernel (CPU before torch 2.4), where the
+    loaded flag would fail the first step. The run then goes on one tensor
+    at a time, with a warning (same formula, other last bits).
+    """
+    built_fused = [bool(group.get("fused")) for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    if type(optimizer).__name__ not in FUSED_OPTIMIZERS:
+        return
+    for group, fused in zip(optimizer.param_groups, built_fused):
+        if group.get("fused") and not fused:
+            logger.warning(
+                "The checkpoint's optimizer ran the fused kernel, which this "
+                "torch lacks on this device: resuming without it (the last "
+                "bits of the weights may differ from an unbroken run).")
+            group["fused"] = None
 
 
 # Placeholders of a SchedulerFactory's arguments, filled by the trainer.

@@ -26,7 +26,11 @@ from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.training.distributed import all_gather_objects, all_reduce_max, barrier
 from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
 from dwi_ml.training.interruptions import describe_stop
-from dwi_ml.training.optimizers import load_scheduler_state, scheduler_horizon
+from dwi_ml.training.optimizers import (
+    load_optimizer_state,
+    load_scheduler_state,
+    scheduler_horizon,
+)
 from dwi_ml.training.random_states import (
     get_global_random_states,
     set_global_random_states,
@@ -170,7 +174,7 @@ class TrainerCheckpointing:
                 f"{self.current_epoch} by {saved_ranks} process(es); resume it "
                 f"with {saved_ranks} (found {self.distributed.world_size}), "
                 "then change the number at an epoch end.")
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.position.at_epoch_start:
             load_scheduler_state(self.scheduler, state["scheduler"])
         else:
