@@ -566,6 +566,23 @@ def test_non_finite_volume_values_are_named(tmp_path, lazy):
     assert str(error.value) == expected
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_one_non_finite_volume_value_of_each_kind_is_found(tmp_path, bad):
+    # The check runs on min and max (no copy of the volume): one NaN, +Inf
+    # or -Inf alone must still be found.
+    path = _write(tmp_path)
+    with h5py.File(path, "a") as hdf:
+        data = hdf["subj_b/input/data"]
+        values = data[()]
+        values[1, 2, 0, 1] = bad
+        data[...] = values
+    with pytest.raises(DwiMLUserError) as error:
+        MultiSubjectDataset(path).load_data()
+    assert str(error.value).endswith(
+        "expected finite values, found 1 NaN or Inf (the first at voxel "
+        "(1, 2, 0), feature 1).")
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_non_finite_streamline_points_are_named(tmp_path, lazy):
     # Before: a NaN point reached the interpolation, which failed with

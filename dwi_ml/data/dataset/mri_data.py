@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+from dwi_ml.data.finite import all_finite
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -12,9 +13,9 @@ def check_finite_volume(data, path, key):
     Our HDF5 creation refuses them; the reference's does not, and they
     would reach the inputs, then the loss.
     """
-    bad = ~np.isfinite(data)
-    if not bad.any():
+    if all_finite(data):
         return
+    bad = ~np.isfinite(data)
     voxel = np.unravel_index(int(np.argmax(bad)), data.shape)
     subject, group = key.split("/")[:2]
     raise DwiMLUserError(

@@ -9,6 +9,7 @@ import numpy as np
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 
 from dwi_ml.data.dataset.row_ranges import read_row_ranges
+from dwi_ml.data.finite import all_finite
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.packed import (
@@ -36,7 +37,7 @@ def check_finite_points(data, offsets, lengths, ids, path, key):
     path, key : str
         The HDF5 file and the streamline group ('subject/group').
     """
-    if np.isfinite(data).all():  # one pass, in the usual case
+    if all_finite(data):  # no copy, in the usual case
         return
     rows = ranges_to_indices(offsets, lengths)
     bad = ~np.isfinite(np.take(data, rows, axis=0)).all(axis=1)

@@ -19,6 +19,7 @@ from typing import Tuple
 import nibabel as nib
 import numpy as np
 
+from dwi_ml.data.finite import all_finite
 from dwi_ml.data.hdf5.subjects import describe, one_line
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -123,8 +124,8 @@ def load_volume(path, subject, group):
                       lambda img: img.get_fdata(dtype=np.float32))
     if data.ndim == 3:
         data = data[..., None]
-    nb_bad = int(np.count_nonzero(~np.isfinite(data)))
-    if nb_bad:
+    if not all_finite(data):
+        nb_bad = int(np.count_nonzero(~np.isfinite(data)))
         raise DwiMLUserError(
             f"{describe(subject, group, path)}: found {nb_bad} NaN or Inf "
             "value(s); expected finite values only.")
