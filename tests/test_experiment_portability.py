@@ -78,6 +78,17 @@ def _assert_one_line_refusal(process, script, *expected):
     return lines[0]
 
 
+def _interrupted_run(experiments, name, hdf5_file):
+    """A real run of 2 epochs stopped by SIGINT in its first epoch."""
+    stopped = subprocess.run(
+        [sys.executable, SIGNAL_HELPER, "0:train:1:SIGINT", "train",
+         str(experiments), name, hdf5_file, "input", "streamlines",
+         *TINY_TRAINING[2:], "--max_epochs", "2"],
+        capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-3000:]
+    return stopped
+
+
 def test_copied_experiment_and_moved_hdf5_work_from_relative_paths(
         tmp_path, data, monkeypatch):
     """Copied under another parent and name, its HDF5 moved: every script
@@ -121,12 +132,7 @@ def test_printed_resume_command_works_when_pasted(tmp_path, data):
     pasted as it is, it resumes an experiment whose path has spaces."""
     experiments = tmp_path / PARENT
     experiments.mkdir()
-    train_args = [str(experiments), NAME, data["hdf5"], "input",
-                  "streamlines", *TINY_TRAINING[2:], "--max_epochs", "2"]
-    stopped = subprocess.run(
-        [sys.executable, SIGNAL_HELPER, "0:train:1:SIGINT", "train",
-         *train_args], capture_output=True, text=True, timeout=300)
-    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-3000:]
+    stopped = _interrupted_run(experiments, NAME, data["hdf5"])
     command = stopped.stderr.strip().splitlines()[-1].split(
         "resume with: ", 1)[1]
     script, *args = shlex.split(command)
@@ -136,6 +142,26 @@ def test_printed_resume_command_works_when_pasted(tmp_path, data):
     resumed = _run_script(script, [*args, "-v", "WARNING"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(np.load(experiments / NAME / "logs" / "train_loss.npy")) == 2
+
+
+def test_requeued_job_resumes_on_its_own_copy_of_the_hdf5(tmp_path, data):
+    """A job that copies the HDF5 to its node's scratch each time: the
+    requeued command line names a new copy; the first one is gone."""
+    first_copy = tmp_path / "scratch_job1" / "data.hdf5"
+    second_copy = tmp_path / "scratch_job2" / "data.hdf5"
+    for copy in (first_copy, second_copy):
+        copy.parent.mkdir()
+        shutil.copy(data["hdf5"], copy)
+    _interrupted_run(tmp_path, "exp", str(first_copy))
+    shutil.rmtree(first_copy.parent)
+
+    train_main([str(tmp_path), "exp", str(second_copy), "input",
+                "streamlines", *TINY_TRAINING[2:], "--max_epochs", "2",
+                "--resume_if_exists"])
+    experiment = tmp_path / "exp"
+    assert len(np.load(experiment / "logs" / "train_loss.npy")) == 2
+    with open(experiment / "parameters.json") as f:
+        assert json.load(f)["dataset"]["hdf5_file"] == str(second_copy)
 
 
 @pytest.mark.parametrize("read_only", [".", "logs"])
