@@ -14,9 +14,8 @@ import time
 
 import pytest
 from file_tree import snapshot
-from training_data import make_training_hdf5
+from training_data import make_trained_experiment
 
-from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.io_utils.errors import EXIT_STATUS_CTRL_C
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,13 +26,8 @@ NB_ATTEMPTS = 5
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ctrl_c_data")
-    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=120)
-    train_main([str(folder), "trained", hdf5_file, "input", "streamlines",
-                "--max_epochs", "1", "--rnn_layer_sizes", "8",
-                "--step_size", "1.5", "-v", "WARNING"])
-    return {"folder": folder, "hdf5": hdf5_file,
-            "experiment": str(folder / "trained")}
+    return make_trained_experiment(tmp_path_factory.mktemp("ctrl_c_data"),
+                                   nb_streamlines=120)
 
 
 def _interrupt_while_writing(script, args, out_path):

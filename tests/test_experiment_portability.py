@@ -17,7 +17,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from file_tree import snapshot
-from training_data import make_training_hdf5
+from training_data import (
+    TINY_TRAINING,
+    make_trained_experiment,
+)
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
@@ -30,9 +33,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "..", "scripts_python")
 SIGNAL_HELPER = os.path.join(HERE, "signal_during_training.py")
 EXIT_INTERRUPTED = 3
-TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
-                 "--batch_size_validation", "20", "--rnn_layer_sizes", "8",
-                 "--step_size", "1.5", "-v", "WARNING"]
 # Spaces, non-ASCII letters and a quote: what a pasted command must keep.
 PARENT = "other parent é"
 NAME = "run 1 ñ'b"
@@ -40,11 +40,7 @@ NAME = "run 1 ñ'b"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("portability_data")
-    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=40)
-    train_main([str(folder), "trained", hdf5_file, "input", "streamlines",
-                *TINY_TRAINING])
-    return {"hdf5": hdf5_file, "experiment": str(folder / "trained")}
+    return make_trained_experiment(tmp_path_factory.mktemp("portability_data"))
 
 
 def _run_script(name, args, prefix=(), **kwargs):
