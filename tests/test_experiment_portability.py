@@ -16,10 +16,11 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from file_tree import snapshot
+from file_tree import run_refused, snapshot
 from training_data import (
     TINY_TRAINING,
     make_trained_experiment,
+    make_training_hdf5,
 )
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
@@ -158,6 +159,28 @@ def test_requeued_job_resumes_on_its_own_copy_of_the_hdf5(tmp_path, data):
     assert len(np.load(experiment / "logs" / "train_loss.npy")) == 2
     with open(experiment / "parameters.json") as f:
         assert json.load(f)["dataset"]["hdf5_file"] == str(second_copy)
+
+
+def test_requeued_job_names_its_own_hdf5_problems(tmp_path, data, capsys):
+    """Refusals of train --resume_if_exists name the train command's HDF5
+    file, and options that exist (train has no --hdf5_file)."""
+    shutil.copytree(data["experiment"], tmp_path / "exp")
+    (tmp_path / "other").mkdir()
+    other = make_training_hdf5(str(tmp_path / "other"), nb_streamlines=30)
+    before = snapshot(tmp_path)
+    missing = str(tmp_path / "gone" / "data.hdf5")
+    for hdf5_file, expected in (
+            (missing, f"HDF5 file '{missing}' does not exist."),
+            (other, f"HDF5 file '{other}' is not the one experiment "
+                    f"'{tmp_path / 'exp'}' was trained on (first difference: "
+                    "subjects/")):
+        message = run_refused(train_main, [
+            str(tmp_path), "exp", hdf5_file, "input", "streamlines",
+            *TINY_TRAINING, "--resume_if_exists"], capsys)
+        assert expected in message and "--hdf5_file" not in message
+    assert "use resume_training_from_checkpoint.py --accept_different_hdf5" \
+        in message
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("read_only", [".", "logs"])

@@ -422,6 +422,13 @@ def test_parent_that_is_a_file_is_named_as_a_file(tmp_path):
             in message and "does not exist" not in message
     with pytest.raises(DwiMLUserError, match="does not exist"):
         check_output_free(str(tmp_path / "missing" / "out.trk"), False)
+    # It said "output folder folder '...' for '...' does not exist."
+    with pytest.raises(DwiMLUserError) as raised:
+        check_output_folder(str(tmp_path / "missing" / "out"),
+                            "synthetic_dataset", False, what="output folder")
+    assert str(raised.value) == (
+        f"output folder '{tmp_path / 'missing' / 'out'}': folder "
+        f"'{tmp_path / 'missing'}' does not exist.")
     with pytest.raises(DwiMLUserError, match="is a file, expected a folder"):
         check_output_folder(str(tmp_path / "a_file" / "out"), "experiment",
                             True)

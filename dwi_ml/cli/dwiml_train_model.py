@@ -240,6 +240,7 @@ def _train(args, callbacks, lock):
             "continues it), found both.")
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     resumable = has_checkpoint(experiment_dir)
+    check_inputs_exist(args.hdf5_file, what="HDF5 file")
     if args.resume_if_exists and resumable:
         try:
             return resume_cli.resume_from_args(_resume_args(args), callbacks)
@@ -247,7 +248,6 @@ def _train(args, callbacks, lock):
             # A requeued job whose run had ended: done, not a failure.
             logging.warning("Nothing to resume: %s", finished)
             return None
-    check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
     lock.refuse_if_held()
     # A run killed before its first checkpoint left nothing to continue:

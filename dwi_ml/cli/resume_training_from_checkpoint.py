@@ -107,8 +107,8 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
         raise DwiMLUserError(
             f"HDF5 file '{hdf5_file}' is not the one experiment "
             f"'{experiment_dir}' was trained on (first difference: "
-            f"{difference}); use --accept_different_hdf5 to resume on it "
-            "anyway.")
+            f"{difference}); use resume_training_from_checkpoint.py "
+            "--accept_different_hdf5 to resume on it anyway.")
     logging.warning("Resuming on a different HDF5 file '%s' (first "
                     "difference: %s).", hdf5_file, difference)
 
