@@ -79,8 +79,9 @@ def atomic_output_file(path):
     """Yield a temporary path next to ``path``; rename it on success.
 
     An exception (or a kill) inside the block never leaves a partial file at
-    ``path``: the temporary file is removed on error, and the rename is
-    atomic on POSIX file systems.
+    ``path``: the temporary file is removed on error (a Ctrl-C too, even
+    one that comes as it is created), and the rename is atomic on POSIX
+    file systems. A kill leaves the temporary, never a partial ``path``.
     """
     folder, name = os.path.split(os.path.abspath(path))
     tmp_path, held = _create_holding_ctrl_c(
