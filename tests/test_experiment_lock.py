@@ -8,7 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 from file_tree import run_refused, snapshot
-from training_data import make_training_hdf5
+from training_data import (
+    TINY_TRAINING,
+    make_trained_experiment,
+)
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
@@ -19,10 +22,6 @@ from dwi_ml.io_utils.experiment_layout import has_checkpoint
 from dwi_ml.io_utils.experiment_lock import LOCK_FILE, ExperimentLock
 from dwi_ml.io_utils.output_folders import mark_output_folder
 from dwi_ml.training.callbacks import Callback
-
-TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
-                 "--batch_size_validation", "20", "--rnn_layer_sizes", "8",
-                 "--step_size", "1.5", "-v", "WARNING"]
 
 # Holds the lock of EXPERIMENT like a running training would, until killed.
 HOLDER = textwrap.dedent("""
@@ -36,11 +35,7 @@ HOLDER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lock_data")
-    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=40)
-    train_main([str(folder), "trained", hdf5_file, "input", "streamlines",
-                *TINY_TRAINING])
-    return {"hdf5": hdf5_file, "experiment": str(folder / "trained")}
+    return make_trained_experiment(tmp_path_factory.mktemp("lock_data"))
 
 
 @pytest.fixture

@@ -13,7 +13,10 @@ import sys
 import numpy as np
 import pytest
 from file_tree import run_refused, snapshot
-from training_data import make_training_hdf5
+from training_data import (
+    TINY_TRAINING,
+    make_trained_experiment,
+)
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.cli.dwiml_create_hdf5_dataset import main as create_main
@@ -35,9 +38,6 @@ from dwi_ml.io_utils.output_folders import (
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
-                 "--batch_size_validation", "20", "--rnn_layer_sizes", "8",
-                 "--step_size", "1.5", "-v", "WARNING"]
 TINY_SYNTHETIC = ["--nb_subjects", "1", "--nb_streamlines", "10", "--shape",
                   "12", "12", "10", "--nb_directions", "6"]
 
@@ -45,12 +45,7 @@ TINY_SYNTHETIC = ["--nb_subjects", "1", "--nb_streamlines", "10", "--shape",
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A tiny HDF5 and a trained experiment, outside each test's folder."""
-    folder = tmp_path_factory.mktemp("safety_data")
-    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=40)
-    train_main([str(folder), "trained", hdf5_file, "input", "streamlines",
-                *TINY_TRAINING])
-    return {"hdf5": hdf5_file, "folder": folder,
-            "experiment": str(folder / "trained")}
+    return make_trained_experiment(tmp_path_factory.mktemp("safety_data"))
 
 
 def _train(experiments, name, data, *extra):
@@ -427,6 +422,13 @@ def test_parent_that_is_a_file_is_named_as_a_file(tmp_path):
             in message and "does not exist" not in message
     with pytest.raises(DwiMLUserError, match="does not exist"):
         check_output_free(str(tmp_path / "missing" / "out.trk"), False)
+    # It said "output folder folder '...' for '...' does not exist."
+    with pytest.raises(DwiMLUserError) as raised:
+        check_output_folder(str(tmp_path / "missing" / "out"),
+                            "synthetic_dataset", False, what="output folder")
+    assert str(raised.value) == (
+        f"output folder '{tmp_path / 'missing' / 'out'}': folder "
+        f"'{tmp_path / 'missing'}' does not exist.")
     with pytest.raises(DwiMLUserError, match="is a file, expected a folder"):
         check_output_folder(str(tmp_path / "a_file" / "out"), "experiment",
                             True)

@@ -3,6 +3,7 @@ import os
 
 import torch
 
+from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.models.learn2track import Learn2TrackModel
@@ -29,6 +30,26 @@ def make_training_hdf5(folder, nb_streamlines=120, seed=0,
                         paths.splits["validation"] if with_validation else [],
                         paths.splits["testing"])
     return hdf5_file
+
+
+# Options of the smallest real experiment: 1 epoch of an 8-unit Learn2track.
+TINY_TRAINING = ["--max_epochs", "1", "--batch_size_training", "20",
+                 "--batch_size_validation", "20", "--rnn_layer_sizes", "8",
+                 "--step_size", "1.5", "-v", "WARNING"]
+
+
+def make_trained_experiment(folder, nb_streamlines=40):
+    """A training HDF5 and the experiment 'trained' on it (TINY_TRAINING,
+    by the training script), both in ``folder``.
+
+    Returns a dict: 'folder', 'hdf5' (the file) and 'experiment' (its
+    folder), as str except 'folder' (as given).
+    """
+    hdf5_file = make_training_hdf5(str(folder), nb_streamlines=nb_streamlines)
+    train_main([str(folder), "trained", hdf5_file, "input", "streamlines",
+                *TINY_TRAINING])
+    return {"folder": folder, "hdf5": hdf5_file,
+            "experiment": os.path.join(str(folder), "trained")}
 
 
 def make_trainer(dataset, experiments, name="exp", callbacks=(),

@@ -108,7 +108,8 @@ def build_parser():
         help="If the experiment already has a checkpoint, resume it (as "
              "resume_training_from_checkpoint.py would, with its saved "
              "options; --max_time, --checkpoint_every_* and Comet options "
-             "given here apply) instead of refusing; if it has none (its "
+             "given here apply, and HDF5_FILE, which may have moved if it "
+             "is the same data) instead of refusing; if it has none (its "
              "run was killed before saving one) nor a best model, start "
              "it over; if its run had ended, say so and exit 0: one "
              "command line that starts or continues a run, e.g. in a "
@@ -239,6 +240,7 @@ def _train(args, callbacks, lock):
             "continues it), found both.")
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     resumable = has_checkpoint(experiment_dir)
+    check_inputs_exist(args.hdf5_file, what="HDF5 file")
     if args.resume_if_exists and resumable:
         try:
             return resume_cli.resume_from_args(_resume_args(args), callbacks)
@@ -246,7 +248,6 @@ def _train(args, callbacks, lock):
             # A requeued job whose run had ended: done, not a failure.
             logging.warning("Nothing to resume: %s", finished)
             return None
-    check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_inputs_exist(args.experiments_path, what="experiments_path")
     lock.refuse_if_held()
     # A run killed before its first checkpoint left nothing to continue:
@@ -312,8 +313,12 @@ def _train(args, callbacks, lock):
 
 def _resume_args(args):
     """resume_training_from_checkpoint.py's arguments for --resume_if_exists."""
+    # The HDF5 file of this command line: a job that copies the data to
+    # its node's scratch each time gives a new path (its fingerprint is
+    # still checked against the experiment's).
     resume_args = resume_cli.build_parser().parse_args(
-        [args.experiments_path, args.experiment_name, "-v", args.verbose])
+        [args.experiments_path, args.experiment_name, "-v", args.verbose,
+         "--hdf5_file", args.hdf5_file])
     for name in ("nb_cpu_threads", "max_time", "checkpoint_every_n_batches",
                  "checkpoint_every_minutes", "auto_requeue", "comet_workspace",
                  "comet_project", "comet_offline_dir", "comet_log_every"):

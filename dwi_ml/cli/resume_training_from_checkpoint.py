@@ -24,6 +24,7 @@ from dwi_ml.io_utils.experiment_layout import (
     read_parameters,
 )
 from dwi_ml.io_utils.experiment_lock import (
+    check_experiment_writable,
     run_locked,
     start_resumed_experiment,
 )
@@ -106,8 +107,8 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
         raise DwiMLUserError(
             f"HDF5 file '{hdf5_file}' is not the one experiment "
             f"'{experiment_dir}' was trained on (first difference: "
-            f"{difference}); use --accept_different_hdf5 to resume on it "
-            "anyway.")
+            f"{difference}); use resume_training_from_checkpoint.py "
+            "--accept_different_hdf5 to resume on it anyway.")
     logging.warning("Resuming on a different HDF5 file '%s' (first "
                     "difference: %s).", hdf5_file, difference)
 
@@ -150,6 +151,7 @@ def _resume(args, callbacks, lock):
     check_int_options(args, {"new_max_epochs": 1, "new_patience": 1,
                              "nb_cpu_threads": 1, "nb_workers": 0})
     check_inputs_exist(experiment_dir, what="experiment")
+    check_experiment_writable(experiment_dir)
     lock.refuse_if_held()
     if (folder_kind(experiment_dir) == "experiment"
             and not has_checkpoint(experiment_dir)):

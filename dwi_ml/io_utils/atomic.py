@@ -4,7 +4,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 
 import numpy as np
 
@@ -18,19 +20,74 @@ def _current_umask():
     return mask
 
 
+def _new_temporary_file(folder, name):
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp",
+                                    dir=folder)
+    os.close(fd)
+    return tmp_path
+
+
+class _CtrlCHeld:
+    """From creation to release(), a Ctrl-C is recorded instead of raised.
+
+    Only where Python would raise KeyboardInterrupt for it: in the main
+    thread, under Python's default SIGINT handler (a training run installs
+    its own, which never raises). Another thread may receive the signal
+    (torch's threads), so blocking it in this thread would not hold it.
+    """
+
+    def __init__(self):
+        self._received = False
+        self._active = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self._active:
+            signal.signal(signal.SIGINT, self._record)
+
+    def _record(self, signum, frame):
+        self._received = True
+
+    def release(self):
+        """Restore Python's handler; raise the Ctrl-C that came meanwhile."""
+        if not self._active:
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._active = False
+        if self._received:
+            raise KeyboardInterrupt
+
+
+def _create_holding_ctrl_c(create):
+    """Call ``create()`` (which makes a temporary) holding Ctrl-C.
+
+    Returns its result and the :class:`_CtrlCHeld`, which the caller
+    releases first thing inside the ``try`` that removes the temporary: a
+    Ctrl-C that came meanwhile raises there, and the temporary is removed,
+    where it would have been left behind between its creation and the
+    ``try``.
+    """
+    held = _CtrlCHeld()
+    try:
+        return create(), held
+    except BaseException:
+        held.release()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output_file(path):
     """Yield a temporary path next to ``path``; rename it on success.
 
     An exception (or a kill) inside the block never leaves a partial file at
-    ``path``: the temporary file is removed on error, and the rename is
-    atomic on POSIX file systems.
+    ``path``: the temporary file is removed on error (a Ctrl-C too, even
+    one that comes as it is created), and the rename is atomic on POSIX
+    file systems. A kill leaves the temporary, never a partial ``path``.
     """
     folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp",
-                                    dir=folder)
-    os.close(fd)
+    tmp_path, held = _create_holding_ctrl_c(
+        lambda: _new_temporary_file(folder, name))
     try:
+        held.release()
         yield tmp_path
         # mkstemp creates 0600 files; give the output the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
@@ -57,10 +114,12 @@ def atomic_output_folder(path):
     fully written, so a kill during the write leaves it loadable.
     """
     parent, name = os.path.split(os.path.abspath(path))
-    tmp_path = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-    os.chmod(tmp_path, 0o777 & ~_current_umask())
+    tmp_path, held = _create_holding_ctrl_c(lambda: tempfile.mkdtemp(
+        prefix=f".{name}.", suffix=".tmp", dir=parent))
     old_path = os.path.join(parent, f".{name}.old")
     try:
+        held.release()
+        os.chmod(tmp_path, 0o777 & ~_current_umask())
         yield tmp_path
         if os.path.exists(path):
             if os.path.exists(old_path):

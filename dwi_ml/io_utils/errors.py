@@ -3,6 +3,9 @@ import functools
 import os
 import sys
 
+# What a shell reports for a command killed by SIGINT (128 + 2).
+EXIT_STATUS_CTRL_C = 130
+
 
 class DwiMLUserError(Exception):
     """A mistake in the user's input (file, key or argument).
@@ -32,7 +35,8 @@ def script_entry_point(main_fn):
     stderr, followed by exit status 2, the same convention as argparse. A
     reader that stops reading the output (``| head``) ends the script
     quietly. Running out of memory (e.g. sizes far too large for the
-    machine) is one line too, with exit status 1.
+    machine) is one line too, with exit status 1, and so is Ctrl-C outside
+    a training run (which stops cleanly instead), with exit status 130.
     """
     @functools.wraps(main_fn)
     def wrapper(argv=None):
@@ -48,6 +52,12 @@ def script_entry_point(main_fn):
                   "machine has; use smaller sizes or a larger machine.",
                   file=sys.stderr)
             sys.exit(1)
+        except KeyboardInterrupt:
+            # Every output is written under a temporary name and renamed
+            # when complete, so the traceback would only hide this line.
+            print(f"{_prog()}: interrupted (Ctrl-C); an output it had not "
+                  "finished is not written.", file=sys.stderr)
+            sys.exit(EXIT_STATUS_CTRL_C)
         except BrokenPipeError:
             # Python would report the pipe again when flushing stdout at
             # exit: point stdout at /dev/null first.

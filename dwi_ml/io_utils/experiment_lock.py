@@ -26,6 +26,7 @@ from dwi_ml.io_utils.output_folders import (
 )
 
 LOCK_FILE = ".lock"
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 # What a training run writes atomically at the top of its experiment.
 _ATOMIC_OUTPUTS = (PARAMETERS_FILE, MARKER_FILE, *EXPERIMENT_FOLDERS)
@@ -72,7 +73,7 @@ class ExperimentLock:
         DwiMLUserError
             When another process holds the lock.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = self._open(os.O_CREAT)
         self._lock_or_refuse(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -91,12 +92,27 @@ class ExperimentLock:
         if int(os.environ.get("RANK", "0")) != 0:
             return
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+            fd = self._open()
         except (FileNotFoundError, NotADirectoryError):
             return
         self._lock_or_refuse(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+    def _open(self, flags=0):
+        """Open the lock file for writing; a user error when it cannot be
+        (a read-only copy of an experiment, another user's lock file)."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | flags,
+                           0o644)
+        except OSError as error:
+            if error.errno not in _NOT_WRITABLE:
+                raise
+            raise DwiMLUserError(
+                f"experiment '{self.experiment_dir}': cannot open its lock "
+                f"file {self.path} for writing ({error.strerror}); training "
+                "writes into the experiment: make it writable, or copy it to "
+                "a folder you can write to.") from None
 
     def _lock_or_refuse(self, fd):
         try:
@@ -126,6 +142,30 @@ class ExperimentLock:
 def _read_holder(fd):
     content = os.pread(fd, 64, 0).decode(errors="replace").strip()
     return f"process {content}" if content.isdigit() else "another process"
+
+
+def check_experiment_writable(experiment_dir):
+    """Refuse, before any work, an experiment that a run could not write.
+
+    A run writes into the experiment folder and into its checkpoint, best
+    model and logs folders; an experiment copied read-only (from an
+    archive, a teammate's folder, a read-only project) would fail at its
+    first save otherwise.
+
+    Raises
+    ------
+    DwiMLUserError
+        Naming the first folder that is not writable.
+    """
+    for folder in (experiment_dir, *(os.path.join(experiment_dir, name)
+                                     for name in EXPERIMENT_FOLDERS)):
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+            where = ("" if folder == experiment_dir
+                     else f": its folder '{folder}'")
+            raise DwiMLUserError(
+                f"experiment '{experiment_dir}'{where} is not writable; "
+                "training writes there: make it writable, or copy the "
+                "experiment to a folder you can write to.")
 
 
 def start_new_experiment(lock, overwrite, hint=""):

@@ -116,8 +116,9 @@ def _check_parent(path, what):
             raise DwiMLUserError(
                 f"{what} '{path}': '{ancestor}' is a file, expected a "
                 "folder.")
+        # Said like the other two: 'what' may end in 'folder' already.
         raise DwiMLUserError(
-            f"{what} folder '{parent}' for '{path}' does not exist.")
+            f"{what} '{path}': folder '{parent}' does not exist.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DwiMLUserError(
             f"{what} '{path}': folder '{parent}' is not writable.")

@@ -8,6 +8,7 @@ requeues its SLURM job, and exits with
 """
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,13 @@ def requeue_slurm_job():
     return True
 
 
+def resume_command(experiments_path, experiment_name):
+    """The command line that resumes an experiment, quoted for a shell so
+    that it can be pasted as it is (paths with spaces or quotes)."""
+    return shlex.join(["resume_training_from_checkpoint.py", experiments_path,
+                       experiment_name])
+
+
 def end_run(trainer, experiments_path, experiment_name, done_message,
             auto_requeue=False):
     """Report the end of a run; exit with status 3 if it was interrupted.
@@ -132,7 +140,7 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
         requeued = auto_requeue and requeue_slurm_job()
         print(f"{trainer.stopped_reason}; checkpoint saved; "
               f"{'job requeued; ' if requeued else ''}resume with: "
-              f"resume_training_from_checkpoint.py {experiments_path} "
-              f"{experiment_name}", file=sys.stderr, flush=True)
+              f"{resume_command(experiments_path, experiment_name)}",
+              file=sys.stderr, flush=True)
     cleanup_distributed()
     sys.exit(EXIT_STATUS_INTERRUPTED)

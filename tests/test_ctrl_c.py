@@ -1,0 +1,88 @@
+"""Ctrl-C while a script writes its output: one line, nothing half-written.
+
+A real SIGINT reaches a real script while its output's temporary file
+exists (it is being written); the final name must not exist afterwards,
+nor the temporary file, and the script says so in one line with exit
+status 130, as a shell reports for a command stopped by Ctrl-C.
+"""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from file_tree import snapshot
+from training_data import make_trained_experiment
+
+from dwi_ml.io_utils.errors import EXIT_STATUS_CTRL_C
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.join(HERE, "..", "scripts_python")
+# A fast machine may finish writing before the signal arrives: try again.
+NB_ATTEMPTS = 5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_trained_experiment(tmp_path_factory.mktemp("ctrl_c_data"),
+                                   nb_streamlines=120)
+
+
+def _interrupt_while_writing(script, args, out_path):
+    """Run SCRIPT; send SIGINT once its output's temporary file exists.
+
+    Returns the exit status and stderr of the interrupted run, or None when
+    every attempt finished its output before the signal.
+    """
+    temporaries = os.path.join(os.path.dirname(out_path),
+                               f".{os.path.basename(out_path)}.*")
+    for _ in range(NB_ATTEMPTS):
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(SCRIPTS, script), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while process.poll() is None and not glob.glob(temporaries):
+            time.sleep(0.0005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+        if process.returncode != 0:
+            return process.returncode, stderr
+        os.remove(out_path)
+    return None
+
+
+def _assert_stopped_cleanly(stopped, script, out_path, folder, before):
+    assert stopped is not None, "each run finished before the signal"
+    returncode, stderr = stopped
+    assert returncode == EXIT_STATUS_CTRL_C, stderr[-3000:]
+    assert stderr.strip().splitlines() == [
+        f"{script}: interrupted (Ctrl-C); an output it had not finished is "
+        "not written."]
+    assert not os.path.lexists(out_path)
+    assert snapshot(folder) == before
+
+
+def test_ctrl_c_during_hdf5_creation(data, tmp_path):
+    synthetic = data["folder"] / "synthetic"
+    out_path = str(tmp_path / "out.hdf5")
+    before = snapshot(tmp_path)
+    script = "dwiml_create_hdf5_dataset.py"
+    stopped = _interrupt_while_writing(script, [
+        str(synthetic / "dwi_ml_ready"), out_path,
+        str(synthetic / "config.json"),
+        *(str(synthetic / f"{split}_subjs.txt")
+          for split in ("training", "validation", "testing"))], out_path)
+    _assert_stopped_cleanly(stopped, script, out_path, tmp_path, before)
+
+
+@pytest.mark.parametrize("extension", [".trk", ".trx"])
+def test_ctrl_c_during_tractogram_writing(data, tmp_path, extension):
+    out_path = str(tmp_path / f"tracks{extension}")
+    before = snapshot(tmp_path)
+    script = "dwiml_track_from_model.py"
+    stopped = _interrupt_while_writing(script, [
+        data["experiment"], data["hdf5"], "subj-03", "input", out_path,
+        "--seeding_mask_group", "wm_mask", "--npv", "2",
+        "--step_size", "1.5"], out_path)
+    _assert_stopped_cleanly(stopped, script, out_path, tmp_path, before)
