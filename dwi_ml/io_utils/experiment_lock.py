@@ -27,6 +27,11 @@ from dwi_ml.io_utils.output_folders import (
 
 LOCK_FILE = ".lock"
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+# flock on file systems without locks (NFS without lockd, Lustre mounted
+# noflock): the run goes on unguarded, with a warning.
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+logger = logging.getLogger(__name__)
 
 # What a training run writes atomically at the top of its experiment.
 _ATOMIC_OUTPUTS = (PARAMETERS_FILE, MARKER_FILE, *EXPERIMENT_FOLDERS)
@@ -48,6 +53,7 @@ class ExperimentLock:
         self.experiment_dir = experiment_dir
         self.path = os.path.join(experiment_dir, LOCK_FILE)
         self._fd = None
+        self._locked = False
 
     def __enter__(self):
         return self
@@ -74,7 +80,7 @@ class ExperimentLock:
             When another process holds the lock.
         """
         fd = self._open(os.O_CREAT)
-        self._lock_or_refuse(fd)
+        self._locked = self._lock_or_refuse(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -95,8 +101,8 @@ class ExperimentLock:
             fd = self._open()
         except (FileNotFoundError, NotADirectoryError):
             return
-        self._lock_or_refuse(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if self._lock_or_refuse(fd):
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
     def _open(self, flags=0):
@@ -115,9 +121,17 @@ class ExperimentLock:
                 "a folder you can write to.") from None
 
     def _lock_or_refuse(self, fd):
+        """True once locked; False where the file system has no locks."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
         except OSError as error:
+            if error.errno in _NO_LOCKS:
+                logger.warning(
+                    "The file system of %s does not support locks (%s): a "
+                    "second run of this experiment at the same time would "
+                    "not be refused.", self.path, error.strerror)
+                return False
             holder = _read_holder(fd)
             os.close(fd)
             if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
@@ -134,7 +148,8 @@ class ExperimentLock:
         # Emptied, not removed: removing a lock file lets two processes
         # lock two different files of the same name.
         os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._locked:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
 
