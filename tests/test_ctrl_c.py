@@ -1,9 +1,11 @@
-"""Ctrl-C while a script writes its output: one line, nothing half-written.
+"""Ctrl-C or SIGTERM while a script writes its output: one line, nothing
+half-written.
 
-A real SIGINT reaches a real script while its output's temporary file
-exists (it is being written); the final name must not exist afterwards,
-nor the temporary file, and the script says so in one line with exit
-status 130, as a shell reports for a command stopped by Ctrl-C.
+A real SIGINT (or SIGTERM: ``scancel``, a time limit) reaches a real script
+while its output's temporary file exists (it is being written); the final
+name must not exist afterwards, nor the temporary file, and the script says
+so in one line with exit status 130 (143), as a shell reports for a command
+stopped by that signal.
 """
 import glob
 import os
@@ -16,12 +18,16 @@ import pytest
 from file_tree import snapshot
 from training_data import make_trained_experiment
 
-from dwi_ml.io_utils.errors import EXIT_STATUS_CTRL_C
+from dwi_ml.io_utils.errors import EXIT_STATUS_CTRL_C, EXIT_STATUS_SIGTERM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "..", "scripts_python")
 # A fast machine may finish writing before the signal arrives: try again.
 NB_ATTEMPTS = 5
+# Each signal, its exit status and what the script says.
+STOPS = [(signal.SIGINT, EXIT_STATUS_CTRL_C, "interrupted (Ctrl-C)"),
+         (signal.SIGTERM, EXIT_STATUS_SIGTERM, "terminated (SIGTERM)")]
+STOP_IDS = ["SIGINT", "SIGTERM"]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +36,8 @@ def data(tmp_path_factory):
                                    nb_streamlines=120)
 
 
-def _interrupt_while_writing(script, args, out_path):
-    """Run SCRIPT; send SIGINT once its output's temporary file exists.
+def _interrupt_while_writing(script, args, out_path, signum):
+    """Run SCRIPT; send ``signum`` once its output's temporary file exists.
 
     Returns the exit status and stderr of the interrupted run, or None when
     every attempt finished its output before the signal.
@@ -44,7 +50,7 @@ def _interrupt_while_writing(script, args, out_path):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         while process.poll() is None and not glob.glob(temporaries):
             time.sleep(0.0005)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, stderr = process.communicate(timeout=300)
         if process.returncode != 0:
             return process.returncode, stderr
@@ -52,18 +58,20 @@ def _interrupt_while_writing(script, args, out_path):
     return None
 
 
-def _assert_stopped_cleanly(stopped, script, out_path, folder, before):
+def _assert_stopped_cleanly(stopped, stop, script, out_path, folder,
+                            before):
     assert stopped is not None, "each run finished before the signal"
     returncode, stderr = stopped
-    assert returncode == EXIT_STATUS_CTRL_C, stderr[-3000:]
+    _, status, what = stop
+    assert returncode == status, stderr[-3000:]
     assert stderr.strip().splitlines() == [
-        f"{script}: interrupted (Ctrl-C); an output it had not finished is "
-        "not written."]
+        f"{script}: {what}; an output it had not finished is not written."]
     assert not os.path.lexists(out_path)
     assert snapshot(folder) == before
 
 
-def test_ctrl_c_during_hdf5_creation(data, tmp_path):
+@pytest.mark.parametrize("stop", STOPS, ids=STOP_IDS)
+def test_stop_during_hdf5_creation(data, tmp_path, stop):
     synthetic = data["folder"] / "synthetic"
     out_path = str(tmp_path / "out.hdf5")
     before = snapshot(tmp_path)
@@ -72,17 +80,19 @@ def test_ctrl_c_during_hdf5_creation(data, tmp_path):
         str(synthetic / "dwi_ml_ready"), out_path,
         str(synthetic / "config.json"),
         *(str(synthetic / f"{split}_subjs.txt")
-          for split in ("training", "validation", "testing"))], out_path)
-    _assert_stopped_cleanly(stopped, script, out_path, tmp_path, before)
+          for split in ("training", "validation", "testing"))], out_path,
+        stop[0])
+    _assert_stopped_cleanly(stopped, stop, script, out_path, tmp_path, before)
 
 
+@pytest.mark.parametrize("stop", STOPS, ids=STOP_IDS)
 @pytest.mark.parametrize("extension", [".trk", ".trx"])
-def test_ctrl_c_during_tractogram_writing(data, tmp_path, extension):
+def test_stop_during_tractogram_writing(data, tmp_path, extension, stop):
     out_path = str(tmp_path / f"tracks{extension}")
     before = snapshot(tmp_path)
     script = "dwiml_track_from_model.py"
     stopped = _interrupt_while_writing(script, [
         data["experiment"], data["hdf5"], "subj-03", "input", out_path,
         "--seeding_mask_group", "wm_mask", "--npv", "2",
-        "--step_size", "1.5"], out_path)
-    _assert_stopped_cleanly(stopped, script, out_path, tmp_path, before)
+        "--step_size", "1.5"], out_path, stop[0])
+    _assert_stopped_cleanly(stopped, stop, script, out_path, tmp_path, before)

@@ -10,6 +10,8 @@ import threading
 
 import numpy as np
 
+from dwi_ml.io_utils.errors import Terminated, raise_terminated
+
 # tempfile's names: PREFIX + 8 characters of this alphabet + SUFFIX.
 _TEMP_RANDOM = "[a-z0-9_]{8}"
 
@@ -27,46 +29,56 @@ def _new_temporary_file(folder, name):
     return tmp_path
 
 
-class _CtrlCHeld:
-    """From creation to release(), a Ctrl-C is recorded instead of raised.
+# Handlers that raise in the main thread, and what they raise.
+_RAISING_HANDLERS = {
+    signal.SIGINT: (signal.default_int_handler, KeyboardInterrupt),
+    signal.SIGTERM: (raise_terminated, Terminated),
+}
 
-    Only where Python would raise KeyboardInterrupt for it: in the main
-    thread, under Python's default SIGINT handler (a training run installs
-    its own, which never raises). Another thread may receive the signal
-    (torch's threads), so blocking it in this thread would not hold it.
+
+class _StopSignalsHeld:
+    """From creation to release(), Ctrl-C and SIGTERM are recorded instead
+    of raised.
+
+    Only where Python would raise for them: in the main thread, under
+    Python's default SIGINT handler or the scripts' SIGTERM one (a training
+    run installs its own, which never raise). Another thread may receive
+    the signal (torch's threads), so blocking it in this thread would not
+    hold it.
     """
 
     def __init__(self):
-        self._received = False
-        self._active = (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-        if self._active:
-            signal.signal(signal.SIGINT, self._record)
+        self._received = []
+        self._held = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, (handler, _) in _RAISING_HANDLERS.items():
+            if signal.getsignal(signum) is handler:
+                self._held[signum] = handler
+                signal.signal(signum, self._record)
 
     def _record(self, signum, frame):
-        self._received = True
+        self._received.append(signum)
 
     def release(self):
-        """Restore Python's handler; raise the Ctrl-C that came meanwhile."""
-        if not self._active:
-            return
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        self._active = False
+        """Restore the handlers; raise for the first signal that came."""
+        held, self._held = self._held, {}
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
         if self._received:
-            raise KeyboardInterrupt
+            raise _RAISING_HANDLERS[self._received[0]][1]()
 
 
-def _create_holding_ctrl_c(create):
-    """Call ``create()`` (which makes a temporary) holding Ctrl-C.
+def _create_holding_stop_signals(create):
+    """Call ``create()`` (which makes a temporary) holding Ctrl-C and SIGTERM.
 
-    Returns its result and the :class:`_CtrlCHeld`, which the caller
+    Returns its result and the :class:`_StopSignalsHeld`, which the caller
     releases first thing inside the ``try`` that removes the temporary: a
     Ctrl-C that came meanwhile raises there, and the temporary is removed,
     where it would have been left behind between its creation and the
     ``try``.
     """
-    held = _CtrlCHeld()
+    held = _StopSignalsHeld()
     try:
         return create(), held
     except BaseException:
@@ -79,12 +91,13 @@ def atomic_output_file(path):
     """Yield a temporary path next to ``path``; rename it on success.
 
     An exception (or a kill) inside the block never leaves a partial file at
-    ``path``: the temporary file is removed on error (a Ctrl-C too, even
-    one that comes as it is created), and the rename is atomic on POSIX
-    file systems. A kill leaves the temporary, never a partial ``path``.
+    ``path``: the temporary file is removed on error (a Ctrl-C or a SIGTERM
+    to a script too, even one that comes as it is created), and the rename
+    is atomic on POSIX file systems. A SIGKILL leaves the temporary, never
+    a partial ``path``.
     """
     folder, name = os.path.split(os.path.abspath(path))
-    tmp_path, held = _create_holding_ctrl_c(
+    tmp_path, held = _create_holding_stop_signals(
         lambda: _new_temporary_file(folder, name))
     try:
         held.release()
@@ -114,7 +127,7 @@ def atomic_output_folder(path):
     fully written, so a kill during the write leaves it loadable.
     """
     parent, name = os.path.split(os.path.abspath(path))
-    tmp_path, held = _create_holding_ctrl_c(lambda: tempfile.mkdtemp(
+    tmp_path, held = _create_holding_stop_signals(lambda: tempfile.mkdtemp(
         prefix=f".{name}.", suffix=".tmp", dir=parent))
     old_path = os.path.join(parent, f".{name}.old")
     try:

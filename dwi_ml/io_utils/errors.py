@@ -1,10 +1,27 @@
 """User-facing errors: one clear line, no traceback."""
 import functools
 import os
+import signal
 import sys
+import threading
 
-# What a shell reports for a command killed by SIGINT (128 + 2).
+# What a shell reports for a command killed by SIGINT (128 + 2), SIGTERM.
 EXIT_STATUS_CTRL_C = 130
+EXIT_STATUS_SIGTERM = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM (``scancel``, a time limit) raised in a script's main thread.
+
+    Like Ctrl-C's KeyboardInterrupt, it unwinds the script, so that an
+    output's temporary file is removed. A training run handles SIGTERM
+    itself (a checkpoint, then exit status 3).
+    """
+
+
+def raise_terminated(signum, frame):
+    """The SIGTERM handler of scripts: raise :class:`Terminated`."""
+    raise Terminated()
 
 
 class DwiMLUserError(Exception):
@@ -36,10 +53,15 @@ def script_entry_point(main_fn):
     reader that stops reading the output (``| head``) ends the script
     quietly. Running out of memory (e.g. sizes far too large for the
     machine) is one line too, with exit status 1, and so is Ctrl-C outside
-    a training run (which stops cleanly instead), with exit status 130.
+    a training run (which stops cleanly instead), with exit status 130;
+    SIGTERM likewise, with exit status 143, while the script runs.
     """
     @functools.wraps(main_fn)
     def wrapper(argv=None):
+        previous = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+            previous = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return main_fn(argv)
         except DwiMLUserError as error:
@@ -58,11 +80,18 @@ def script_entry_point(main_fn):
             print(f"{_prog()}: interrupted (Ctrl-C); an output it had not "
                   "finished is not written.", file=sys.stderr)
             sys.exit(EXIT_STATUS_CTRL_C)
+        except Terminated:
+            print(f"{_prog()}: terminated (SIGTERM); an output it had not "
+                  "finished is not written.", file=sys.stderr)
+            sys.exit(EXIT_STATUS_SIGTERM)
         except BrokenPipeError:
             # Python would report the pipe again when flushing stdout at
             # exit: point stdout at /dev/null first.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper
 
 
