@@ -12,7 +12,7 @@ training, one for validation, one held out for testing):
    are shared unless ``--tf_learning_rate`` / ``--tf_lr_scheduler`` give
    the Transformers their own, and the Transformers' size, dropout,
    pre-norm and previous directions are their own options; the best model
-   (lowest validation loss) is kept;
+   (lowest validation loss, or best ``--best_model_metric``) is kept;
 3. each best model tracks the held-out testing subject with
    ``dwiml_track_from_model.py`` (``--nt`` seeds in the white-matter mask,
    ``--theta`` degrees, both directions);
@@ -50,6 +50,8 @@ from dwi_ml.models.transformers import (
 )
 from dwi_ml.tracking.scoring import score_tractogram
 from dwi_ml.tracking.scoring_io import load_tractogram_vox_corner
+from dwi_ml.tracking.tracking_validation import TrackingValidationCallback
+from dwi_ml.tracking.tracking_validation_args import TrackingValidationParams
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 MODEL_TYPES = ("learn2track", "transformer_original", "transformer_src_tgt",
@@ -134,7 +136,7 @@ def make_model(model_type, nb_features, args):
 
 def train(model_type, dataset, args):
     """Train with the shared budget; returns (experiment dir, best
-    validation loss, CPU seconds)."""
+    validation loss, CPU seconds, the best model's epoch)."""
     sampler = BatchSampler(dataset, "streamlines", args.batch_size,
                            args.batch_size, "nb_streamlines", seed=args.seed)
     loader = BatchLoaderOneInput(
@@ -159,10 +161,20 @@ def train(model_type, dataset, args):
             optimization[name] = optimization[name] if own is None else own
     model = make_model(model_type, dataset.nb_features[
         dataset.volume_groups.index("input")], args)
+    callbacks = []
+    if args.best_model_metric != "valid_loss":
+        # Whole-subject tracking of the validation subject at every epoch,
+        # seeded as the testing subject is.
+        callbacks.append(TrackingValidationCallback(TrackingValidationParams(
+            every=1, mode="whole_subject", nb_seeds=args.nt,
+            seeding_mask_group=("fibre_mask" if args.seeding == "fibres"
+                                else "wm_mask"),
+            tracking_mask_group="wm_mask")))
     trainer = DWIMLTrainerOneInput(
         model, args.out_dir, model_type, sampler, loader,
         max_epochs=args.max_epochs, learning_rate=learning_rate,
-        lr_scheduler=scheduler, seed=args.seed, **optimization)
+        lr_scheduler=scheduler, seed=args.seed, callbacks=callbacks,
+        best_model_metric=args.best_model_metric, **optimization)
     trainer.save_parameters()
     start = time.process_time()
     trainer.train_and_validate()
@@ -170,7 +182,8 @@ def train(model_type, dataset, args):
     experiment = os.path.join(args.out_dir, model_type)
     valid_losses = np.load(os.path.join(experiment, "logs",
                                         "valid_loss.npy"))
-    return experiment, float(np.min(valid_losses)), cpu
+    return (experiment, float(np.min(valid_losses)), cpu,
+            trainer.best_tracker.best_epoch)
 
 
 def track_and_score(experiment, paths, hdf5_file, dataset, args):
@@ -307,6 +320,13 @@ def main():
                              "makes about 70 %% of it fibre-free), or those "
                              "voxels alone ('fibres'); tracking stays in the "
                              "white-matter mask (default: wm_mask).")
+    parser.add_argument("--best_model_metric", default="valid_loss",
+                        help="The monitor that picks every model's best "
+                             "epoch: valid_loss, or a tracking metric "
+                             "(e.g. tracking_points_within_1_vox), then "
+                             "measured at each epoch by tracking --nt seeds "
+                             "on the validation subject (default: "
+                             "valid_loss).")
     parser.add_argument("--nt", type=int, default=1000,
                         help="Seeds tracked on the testing subject "
                              "(default: 1000).")
@@ -324,10 +344,10 @@ def main():
     dataset.load_data()
     rows = []
     for model_type in args.model_types:
-        experiment, valid_loss, cpu = train(model_type, dataset, args)
+        experiment, valid_loss, cpu, epoch = train(model_type, dataset, args)
         scores = track_and_score(experiment,
                                  paths, hdf5_file, dataset, args)
-        rows.append((model_type, valid_loss, cpu, scores))
+        rows.append((model_type, valid_loss, cpu, scores, epoch))
         print(f"{model_type}: done ({cpu:.0f} s CPU training)", flush=True)
     print(f"\n{args.nb_streamlines} streamlines per subject, "
           f"EOS {args.add_eos}, {args.position_encoding} positions, "
@@ -342,13 +362,14 @@ def main():
           f"{args.tf_learning_rate or args.learning_rate} "
           f"({args.tf_lr_scheduler})\n")
     print("| model | best valid loss | training CPU (s) | tracked "
-          "streamlines | points within 1 voxel | points within 30 deg |")
-    print("|---|---|---|---|---|---|")
-    for model_type, valid_loss, cpu, scores in rows:
+          "streamlines | points within 1 voxel | points within 30 deg | "
+          f"best epoch ({args.best_model_metric}) |")
+    print("|---|---|---|---|---|---|---|")
+    for model_type, valid_loss, cpu, scores, epoch in rows:
         print(f"| {model_type} | {valid_loss:.4f} | {cpu:.0f} | "
               f"{scores['nb_tracked']:.0f} | "
               f"{scores['points_within_1_vox']:.3f} | "
-              f"{scores['points_aligned']:.3f} |")
+              f"{scores['points_aligned']:.3f} | {epoch} |")
 
 
 if __name__ == "__main__":
