@@ -367,8 +367,10 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         A worker killed while its batch is being received gives a
         ``ConnectionResetError`` (the tensors' file descriptors), possibly
         before this process has run its own SIGTERM's handler: wait for it.
+        With 0 workers no worker can die: the error is the loader's own.
         """
-        if not self.interruptions.signal_within(WORKER_DEATH_SIGNAL_WAIT_S):
+        if (self.nb_workers == 0 or not self.interruptions.signal_within(
+                WORKER_DEATH_SIGNAL_WAIT_S)):
             raise
         self.poll_interruptions(is_training_batch=False)
 
