@@ -1,6 +1,7 @@
 """Snapshots of a folder tree, to assert that a refused command lost nothing."""
 import hashlib
 import os
+import shutil
 
 import pytest
 
@@ -42,3 +43,17 @@ def run_refused(main, argv, capsys):
     assert ": error: " in lines[0] and "Traceback" not in captured.err
     assert captured.out == ""
     return lines[0]
+
+
+def without_write_permission():
+    """Command prefix for a process that file modes bind.
+
+    Root writes anywhere; without the capabilities that allow it (dropped
+    from its bounding set by setpriv), it is bound by modes like any user.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv writes anywhere")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]

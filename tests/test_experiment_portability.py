@@ -16,7 +16,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from file_tree import run_refused, snapshot
+from file_tree import run_refused, snapshot, without_write_permission
 from training_data import (
     TINY_TRAINING,
     make_trained_experiment,
@@ -49,20 +49,6 @@ def _run_script(name, args, prefix=(), **kwargs):
                            os.path.join(SCRIPTS, name), *args],
                           capture_output=True, text=True, timeout=300,
                           **kwargs)
-
-
-def _without_write_permission():
-    """Command prefix for a process that file modes bind.
-
-    Root writes anywhere; without the capabilities that allow it (dropped
-    from its bounding set by setpriv), it is bound by modes like any user.
-    """
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("root without setpriv writes anywhere")
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
 def _assert_one_line_refusal(process, script, *expected):
@@ -194,7 +180,7 @@ def test_read_only_experiment_is_refused_before_any_work(tmp_path, data,
     os.chmod(folder, 0o555)
     try:
         before = snapshot(tmp_path)
-        prefix = _without_write_permission()
+        prefix = without_write_permission()
         where = "" if read_only == "." else f": its folder '{folder}'"
         expected = f"experiment '{experiment}'{where} is not writable"
         _assert_one_line_refusal(
@@ -223,7 +209,7 @@ def test_lock_file_of_another_user_is_named(tmp_path, data):
     lock_path.touch()
     lock_path.chmod(0o444)
     before = snapshot(tmp_path)
-    prefix = _without_write_permission()
+    prefix = without_write_permission()
     expected = (f"experiment '{experiment}': cannot open its lock file "
                 f"{lock_path} for writing (Permission denied)")
     _assert_one_line_refusal(

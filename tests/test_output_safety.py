@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from file_tree import run_refused, snapshot
+from file_tree import run_refused, snapshot, without_write_permission
 from training_data import (
     TINY_TRAINING,
     make_trained_experiment,
@@ -436,18 +436,36 @@ def test_parent_that_is_a_file_is_named_as_a_file(tmp_path):
         check_output_folder(str(tmp_path / "a_file"), "demo_output", True)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_unwritable_folder_is_refused(tmp_path):
+    # In a process that file modes bind (root drops its capabilities).
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    checks = f"""
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import check_output_folder, check_output_free
+for check, args in ((check_output_free, ({str(locked / "out.trk")!r}, False)),
+                    (check_output_folder,
+                     ({str(locked / "new")!r}, "experiment", False))):
     try:
-        with pytest.raises(DwiMLUserError, match="is not writable"):
-            check_output_free(str(locked / "out.trk"), False)
-        with pytest.raises(DwiMLUserError, match="is not writable"):
-            check_output_folder(str(locked / "new"), "experiment", False)
+        check(*args)
+    except DwiMLUserError as error:
+        print(error)
+    else:
+        print("accepted")
+"""
+    try:
+        process = subprocess.run(
+            [*without_write_permission(), sys.executable, "-c", checks],
+            capture_output=True, text=True, timeout=120)
     finally:
         locked.chmod(0o700)
+    assert process.returncode == 0, process.stderr
+    lines = process.stdout.strip().splitlines()
+    assert len(lines) == 2, process.stdout
+    assert all("is not writable" in line for line in lines), lines
+    assert str(locked) in lines[0] and str(locked) in lines[1]
+    assert sorted(os.listdir(locked)) == []
 
 
 def test_track_refuses_bad_outputs_before_loading_anything(tmp_path, capsys):
