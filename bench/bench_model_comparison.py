@@ -50,6 +50,7 @@ from dwi_ml.models.transformers import (
 )
 from dwi_ml.tracking.scoring import score_tractogram
 from dwi_ml.tracking.scoring_io import load_tractogram_vox_corner
+from dwi_ml.tracking.stopping import eos_stop_value
 from dwi_ml.tracking.tracking_validation import TrackingValidationCallback
 from dwi_ml.tracking.tracking_validation_args import TrackingValidationParams
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -186,26 +187,41 @@ def train(model_type, dataset, args):
             trainer.best_tracker.best_epoch)
 
 
-def track_and_score(experiment, paths, hdf5_file, dataset, args):
-    """Track the testing subject; scores against its true streamlines."""
-    subject = paths.splits["testing"][0]
-    out = os.path.join(args.out_dir, os.path.basename(experiment) + ".trk")
+def track_subject(experiment, hdf5_file, subject, out, args, eos_stop=None):
+    """Track one subject of the HDF5 file as the bench does (seeds in the
+    fibre or white-matter mask, tracking in the white-matter mask, ``--nt``,
+    ``--theta``, ``--seed``), with EOS threshold ``eos_stop`` (None: the
+    model's default); writes the tractogram ``out``."""
+    eos = [] if eos_stop is None else ["--eos_stop", str(eos_stop)]
     track_main([experiment, hdf5_file, subject, "input", out,
                 "--tracking_mask_group", "wm_mask",
                 "--seeding_mask_group",
                 "fibre_mask" if args.seeding == "fibres" else "wm_mask",
                 "--nt", str(args.nt),
                 "--theta", str(args.theta), "--seed", str(args.seed), "-f",
-                "-v", "WARNING"])
-    grid = paths.subjects[subject].dwi
+                "-v", "WARNING", *eos])
+
+
+def score_subject(out, grid, subject_data, volume_groups):
+    """score_tractogram of the tractogram ``out`` (on the NIfTI ``grid``)
+    against the subject's true streamlines (its first streamline group)."""
     tracked = load_tractogram_vox_corner(out, grid)
-    testing = dataset.testing_set.get_subject(0)
-    true = testing.sft_data_list[0]
-    mri = testing.mri_data_list[dataset.volume_groups.index("wm_mask")]
+    true = subject_data.sft_data_list[0]
+    mri = subject_data.mri_data_list[volume_groups.index("wm_mask")]
     return score_tractogram(
         tracked.streamlines,
         true.get_streamlines(np.arange(true.nb_streamlines)),
         mri.shape, mri.affine)
+
+
+def track_and_score(experiment, paths, hdf5_file, dataset, args):
+    """Track the testing subject; scores against its true streamlines."""
+    subject = paths.splits["testing"][0]
+    out = os.path.join(args.out_dir, os.path.basename(experiment) + ".trk")
+    track_subject(experiment, hdf5_file, subject, out, args, args.eos_stop)
+    return score_subject(out, paths.subjects[subject].dwi,
+                         dataset.testing_set.get_subject(0),
+                         dataset.volume_groups)
 
 
 def main():
@@ -312,6 +328,11 @@ def main():
                         help="Every model predicts an end of streamline "
                              "(EOS), and tracking stops where its "
                              "probability is above 0.5 (default: no EOS).")
+    parser.add_argument("--eos_stop", type=eos_stop_value, default=None,
+                        metavar="P|max",
+                        help="With --add_eos: dwiml_track_from_model.py's "
+                             "--eos_stop for the testing subject (default: "
+                             "the model's, 0.5).")
     parser.add_argument("--seeding", choices=("wm_mask", "fibres"),
                         default="wm_mask",
                         help="Where the testing subject's seeds are drawn: "
