@@ -135,6 +135,14 @@ def make_model(model_type, nb_features, args):
         **extra, **common)
 
 
+def eos_stop(model_type, args):
+    """The model's EOS threshold: ``--tf_eos_stop`` for the Transformers
+    when given, else ``--eos_stop`` (None: the model's default)."""
+    if model_type != "learn2track" and args.tf_eos_stop is not None:
+        return args.tf_eos_stop
+    return args.eos_stop
+
+
 def train(model_type, dataset, args):
     """Train with the shared budget; returns (experiment dir, best
     validation loss, CPU seconds, the best model's epoch)."""
@@ -170,7 +178,8 @@ def train(model_type, dataset, args):
             every=1, mode="whole_subject", nb_seeds=args.nt,
             seeding_mask_group=("fibre_mask" if args.seeding == "fibres"
                                 else "wm_mask"),
-            tracking_mask_group="wm_mask")))
+            tracking_mask_group="wm_mask", eos_stop=eos_stop(model_type,
+                                                             args))))
     trainer = DWIMLTrainerOneInput(
         model, args.out_dir, model_type, sampler, loader,
         max_epochs=args.max_epochs, learning_rate=learning_rate,
@@ -218,7 +227,8 @@ def track_and_score(experiment, paths, hdf5_file, dataset, args):
     """Track the testing subject; scores against its true streamlines."""
     subject = paths.splits["testing"][0]
     out = os.path.join(args.out_dir, os.path.basename(experiment) + ".trk")
-    track_subject(experiment, hdf5_file, subject, out, args, args.eos_stop)
+    track_subject(experiment, hdf5_file, subject, out, args,
+                  eos_stop(os.path.basename(experiment), args))
     return score_subject(out, paths.subjects[subject].dwi,
                          dataset.testing_set.get_subject(0),
                          dataset.volume_groups)
@@ -330,9 +340,16 @@ def main():
                              "probability is above 0.5 (default: no EOS).")
     parser.add_argument("--eos_stop", type=eos_stop_value, default=None,
                         metavar="P|max",
-                        help="With --add_eos: dwiml_track_from_model.py's "
-                             "--eos_stop for the testing subject (default: "
+                        help="With --add_eos: the EOS threshold of every "
+                             "model unless --tf_eos_stop, for the testing "
+                             "subject (dwiml_track_from_model.py's "
+                             "--eos_stop) and for tracking validation "
+                             "(--tracking_validation_eos_stop) (default: "
                              "the model's, 0.5).")
+    parser.add_argument("--tf_eos_stop", type=eos_stop_value, default=None,
+                        metavar="P|max",
+                        help="The same for the Transformers (default: "
+                             "--eos_stop).")
     parser.add_argument("--seeding", choices=("wm_mask", "fibres"),
                         default="wm_mask",
                         help="Where the testing subject's seeds are drawn: "
