@@ -388,7 +388,8 @@ def main():
         rows.append((model_type, valid_loss, cpu, scores, epoch))
         print(f"{model_type}: done ({cpu:.0f} s CPU training)", flush=True)
     print(f"\n{args.nb_streamlines} streamlines per subject, "
-          f"EOS {args.add_eos}, {args.position_encoding} positions, "
+          f"EOS {args.add_eos} (stop {args.eos_stop}, Transformers "
+          f"{args.tf_eos_stop}), {args.position_encoding} positions, "
           f"attention window "
           f"{args.attention_window}, "
           f"{args.max_epochs} epochs of batches of {args.batch_size}, lr "
