@@ -25,7 +25,11 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_model_comparison import score_subject, track_subject  # noqa: E402
+from bench_model_comparison import (  # noqa: E402
+    add_tracking_args,
+    score_subject,
+    track_subject,
+)
 
 from dwi_ml.data.dataset import MultiSubjectDataset  # noqa: E402
 from dwi_ml.tracking.stopping import eos_stop_value  # noqa: E402
@@ -172,12 +176,7 @@ def main():
                         help="Validation score that picks each family's "
                              "threshold; 'both': the sum of the two shares "
                              "(default: both).")
-    parser.add_argument("--nt", type=int, default=1000,
-                        help="Seeds per subject (default: 1000, as the "
-                             "comparison bench).")
-    parser.add_argument("--theta", type=float, default=45.0,
-                        help="Tracking's largest angle, degrees "
-                             "(default: 45).")
+    add_tracking_args(parser)
     args = parser.parse_args()
     if 0.5 not in args.eos_stops:
         parser.error("argument --eos_stops: expected 0.5 among them, "

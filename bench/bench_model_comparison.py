@@ -234,6 +234,15 @@ def track_and_score(experiment, paths, hdf5_file, dataset, args):
                          dataset.volume_groups)
 
 
+def add_tracking_args(parser):
+    """--nt and --theta, for this bench and those that track its models."""
+    parser.add_argument("--nt", type=int, default=1000,
+                        help="Seeds tracked per subject (default: 1000).")
+    parser.add_argument("--theta", type=float, default=45.0,
+                        help="Tracking's largest angle, degrees "
+                             "(default: 45).")
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -365,12 +374,7 @@ def main():
                              "measured at each epoch by tracking --nt seeds "
                              "on the validation subject (default: "
                              "valid_loss).")
-    parser.add_argument("--nt", type=int, default=1000,
-                        help="Seeds tracked on the testing subject "
-                             "(default: 1000).")
-    parser.add_argument("--theta", type=float, default=45.0,
-                        help="Tracking's largest angle, degrees "
-                             "(default: 45).")
+    add_tracking_args(parser)
     parser.add_argument("--seed", type=int, default=1,
                         help="Seed of the data, the models, the batches "
                              "and the seeds (default: 1).")
