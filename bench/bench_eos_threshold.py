@@ -98,18 +98,26 @@ def mean_over_seeds(rows, split, model_type, eos_stop, key):
 
 
 def paired(rows, model_type, eos_stop, ref_type, ref_stop):
-    """Testing subject: model minus reference, per seed, for both shares;
-    returns (means, standard errors), each (2,)."""
+    """Testing subject: model minus reference, per seed, for both shares
+    and the number of points within 1 voxel; returns (means, standard
+    errors), each (3,)."""
     def by_seed(kind, stop):
-        return {r["seed"]: (r["points_within_1_vox"], r["points_aligned"])
+        return {r["seed"]: (r["points_within_1_vox"], r["points_aligned"],
+                            within_1_vox_count(r))
                 for r in rows if (r["split"], r["model_type"], r["eos_stop"])
                 == ("testing", kind, stop)}
     a, b = by_seed(model_type, eos_stop), by_seed(ref_type, ref_stop)
     seeds = sorted(set(a) & set(b))
     diffs = np.array([np.subtract(a[s], b[s]) for s in seeds])
     se = (diffs.std(0, ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1
-          else np.zeros(2))
+          else np.zeros(3))
     return diffs.mean(0), se
+
+
+def within_1_vox_count(row):
+    """Tracked points within 1 voxel of a true streamline (a number, not a
+    share: stopping early lowers it)."""
+    return row["points_within_1_vox"] * row["nb_tracked_points"]
 
 
 def report(rows, args):
@@ -125,7 +133,8 @@ def report(rows, args):
             mean, se = paired(rows, model_type, mine, ref, theirs)
             print(f"testing, {model_type} ({mine}) minus {ref} ({theirs}), "
                   f"{label}: {mean[0]:+.3f} +- {se[0]:.3f} (within 1 vox) / "
-                  f"{mean[1]:+.3f} +- {se[1]:.3f} (within 30 deg)")
+                  f"{mean[1]:+.3f} +- {se[1]:.3f} (within 30 deg) / "
+                  f"{mean[2]:+.0f} +- {se[2]:.0f} (points within 1 vox)")
     print("\n| model | eos_stop | subject | within 1 voxel | within 30 deg | "
           "kept streamlines | points within 1 voxel (count) | mean length "
           "(mm) | minus 0.5, within 1 voxel / 30 deg (testing) |")
@@ -135,8 +144,7 @@ def report(rows, args):
             for stop in stops:
                 mean = {k: mean_over_seeds(rows, split, model_type, stop, k)
                         for k in KEYS}
-                count = np.mean([r["points_within_1_vox"]
-                                 * r["nb_tracked_points"] for r in rows
+                count = np.mean([within_1_vox_count(r) for r in rows
                                  if (r["split"], r["model_type"],
                                      r["eos_stop"]) == (split, model_type,
                                                         stop)])
