@@ -50,6 +50,7 @@ from dwi_ml.models.transformers import (
 )
 from dwi_ml.tracking.scoring import score_tractogram
 from dwi_ml.tracking.scoring_io import load_tractogram_vox_corner
+from dwi_ml.tracking.stopping import eos_stop_value
 from dwi_ml.tracking.tracking_validation import TrackingValidationCallback
 from dwi_ml.tracking.tracking_validation_args import TrackingValidationParams
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -134,6 +135,14 @@ def make_model(model_type, nb_features, args):
         **extra, **common)
 
 
+def eos_stop(model_type, args):
+    """The model's EOS threshold: ``--tf_eos_stop`` for the Transformers
+    when given, else ``--eos_stop`` (None: the model's default)."""
+    if model_type != "learn2track" and args.tf_eos_stop is not None:
+        return args.tf_eos_stop
+    return args.eos_stop
+
+
 def train(model_type, dataset, args):
     """Train with the shared budget; returns (experiment dir, best
     validation loss, CPU seconds, the best model's epoch)."""
@@ -169,7 +178,8 @@ def train(model_type, dataset, args):
             every=1, mode="whole_subject", nb_seeds=args.nt,
             seeding_mask_group=("fibre_mask" if args.seeding == "fibres"
                                 else "wm_mask"),
-            tracking_mask_group="wm_mask")))
+            tracking_mask_group="wm_mask", eos_stop=eos_stop(model_type,
+                                                             args))))
     trainer = DWIMLTrainerOneInput(
         model, args.out_dir, model_type, sampler, loader,
         max_epochs=args.max_epochs, learning_rate=learning_rate,
@@ -186,26 +196,51 @@ def train(model_type, dataset, args):
             trainer.best_tracker.best_epoch)
 
 
-def track_and_score(experiment, paths, hdf5_file, dataset, args):
-    """Track the testing subject; scores against its true streamlines."""
-    subject = paths.splits["testing"][0]
-    out = os.path.join(args.out_dir, os.path.basename(experiment) + ".trk")
+def track_subject(experiment, hdf5_file, subject, out, args, eos_stop=None):
+    """Track one subject of the HDF5 file as the bench does (seeds in the
+    fibre or white-matter mask, tracking in the white-matter mask, ``--nt``,
+    ``--theta``, ``--seed``), with EOS threshold ``eos_stop`` (None: the
+    model's default); writes the tractogram ``out``."""
+    eos = [] if eos_stop is None else ["--eos_stop", str(eos_stop)]
     track_main([experiment, hdf5_file, subject, "input", out,
                 "--tracking_mask_group", "wm_mask",
                 "--seeding_mask_group",
                 "fibre_mask" if args.seeding == "fibres" else "wm_mask",
                 "--nt", str(args.nt),
                 "--theta", str(args.theta), "--seed", str(args.seed), "-f",
-                "-v", "WARNING"])
-    grid = paths.subjects[subject].dwi
+                "-v", "WARNING", *eos])
+
+
+def score_subject(out, grid, subject_data, volume_groups):
+    """score_tractogram of the tractogram ``out`` (on the NIfTI ``grid``)
+    against the subject's true streamlines (its first streamline group)."""
     tracked = load_tractogram_vox_corner(out, grid)
-    testing = dataset.testing_set.get_subject(0)
-    true = testing.sft_data_list[0]
-    mri = testing.mri_data_list[dataset.volume_groups.index("wm_mask")]
+    true = subject_data.sft_data_list[0]
+    mri = subject_data.mri_data_list[volume_groups.index("wm_mask")]
     return score_tractogram(
         tracked.streamlines,
         true.get_streamlines(np.arange(true.nb_streamlines)),
         mri.shape, mri.affine)
+
+
+def track_and_score(experiment, paths, hdf5_file, dataset, args):
+    """Track the testing subject; scores against its true streamlines."""
+    subject = paths.splits["testing"][0]
+    out = os.path.join(args.out_dir, os.path.basename(experiment) + ".trk")
+    track_subject(experiment, hdf5_file, subject, out, args,
+                  eos_stop(os.path.basename(experiment), args))
+    return score_subject(out, paths.subjects[subject].dwi,
+                         dataset.testing_set.get_subject(0),
+                         dataset.volume_groups)
+
+
+def add_tracking_args(parser):
+    """--nt and --theta, for this bench and those that track its models."""
+    parser.add_argument("--nt", type=int, default=1000,
+                        help="Seeds tracked per subject (default: 1000).")
+    parser.add_argument("--theta", type=float, default=45.0,
+                        help="Tracking's largest angle, degrees "
+                             "(default: 45).")
 
 
 def main():
@@ -312,6 +347,18 @@ def main():
                         help="Every model predicts an end of streamline "
                              "(EOS), and tracking stops where its "
                              "probability is above 0.5 (default: no EOS).")
+    parser.add_argument("--eos_stop", type=eos_stop_value, default=None,
+                        metavar="P|max",
+                        help="With --add_eos: the EOS threshold of every "
+                             "model unless --tf_eos_stop, for the testing "
+                             "subject (dwiml_track_from_model.py's "
+                             "--eos_stop) and for tracking validation "
+                             "(--tracking_validation_eos_stop) (default: "
+                             "the model's, 0.5).")
+    parser.add_argument("--tf_eos_stop", type=eos_stop_value, default=None,
+                        metavar="P|max",
+                        help="The same for the Transformers (default: "
+                             "--eos_stop).")
     parser.add_argument("--seeding", choices=("wm_mask", "fibres"),
                         default="wm_mask",
                         help="Where the testing subject's seeds are drawn: "
@@ -327,12 +374,7 @@ def main():
                              "measured at each epoch by tracking --nt seeds "
                              "on the validation subject (default: "
                              "valid_loss).")
-    parser.add_argument("--nt", type=int, default=1000,
-                        help="Seeds tracked on the testing subject "
-                             "(default: 1000).")
-    parser.add_argument("--theta", type=float, default=45.0,
-                        help="Tracking's largest angle, degrees "
-                             "(default: 45).")
+    add_tracking_args(parser)
     parser.add_argument("--seed", type=int, default=1,
                         help="Seed of the data, the models, the batches "
                              "and the seeds (default: 1).")
@@ -350,7 +392,8 @@ def main():
         rows.append((model_type, valid_loss, cpu, scores, epoch))
         print(f"{model_type}: done ({cpu:.0f} s CPU training)", flush=True)
     print(f"\n{args.nb_streamlines} streamlines per subject, "
-          f"EOS {args.add_eos}, {args.position_encoding} positions, "
+          f"EOS {args.add_eos} (stop {args.eos_stop}, Transformers "
+          f"{args.tf_eos_stop}), {args.position_encoding} positions, "
           f"attention window "
           f"{args.attention_window}, "
           f"{args.max_epochs} epochs of batches of {args.batch_size}, lr "

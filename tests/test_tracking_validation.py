@@ -21,18 +21,31 @@ from training_data import make_training_hdf5
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.visualize_logs import main as visualize_main
+from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.connectivity import FROM_BLOCS, FROM_LABELS, Connectivity
+from dwi_ml.data.packed import packed_arrays
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.monitoring.log_reading import read_experiments
 from dwi_ml.monitoring.plotting import DPI, PANEL_SIZE_INCHES, default_panels
 from dwi_ml.tracking.propagation import BatchedTracker
-from dwi_ml.tracking.stopping import TrackingMask
+from dwi_ml.tracking.scoring import score_tractogram
+from dwi_ml.tracking.seeding import make_seeds
+from dwi_ml.tracking.stopping import (
+    DEFAULT_MAX_LENGTH_MM,
+    DEFAULT_MIN_LENGTH_MM,
+    StopReason,
+    TrackingMask,
+    keep_by_length,
+)
+from dwi_ml.tracking.tracking_io import load_experiment_model
 from dwi_ml.tracking.tracking_validation import (
     endpoint_distances_mm,
     endpoint_pairs,
     nb_in_true_connections,
+    tracking_validation_callbacks,
     whole_tractogram_overlap,
 )
+from dwi_ml.tracking.training_facts import choose_step_size, model_max_length_mm
 from dwi_ml.training.monitors import BestEpochTracker
 
 # Times differ between runs by nature.
@@ -286,6 +299,66 @@ def test_tracking_validation_leaves_training_unchanged_and_goes_to_comet(
         np.testing.assert_array_equal(metrics[name][1], on[name])
 
 
+def _direct_points_within_1_vox(experiment_dir, hdf5_file, eos_stop,
+                                 nb_seeds, seed):
+    """tracking_points_within_1_vox of the validation subject, tracked with
+    BatchedTracker by hand (the best model, seeds and options of
+    whole_subject tracking validation) at EOS threshold ``eos_stop``."""
+    model = load_experiment_model(experiment_dir)
+    dataset = MultiSubjectDataset(hdf5_file)
+    dataset.load_data()
+    subject = dataset.validation_set.get_subject(0)
+    groups = dataset.volume_groups
+    volume = subject.mri_data_list[groups.index("input")]
+    mask = np.asarray(subject.mri_data_list[groups.index("wm_mask")].data)
+    mask = mask.reshape(mask.shape[:3])
+    step = choose_step_size(None, model, experiment_dir)
+    max_length = model_max_length_mm(model, step, DEFAULT_MAX_LENGTH_MM)
+    tracker = BatchedTracker(
+        model, volume.as_tensor("cpu"), volume.affine,
+        TrackingMask(volume.shape, mask), step, max_length_mm=max_length,
+        eos_threshold=eos_stop)
+    result = tracker.track_in_batches(
+        make_seeds(mask, np.random.default_rng([seed, 0]), nt=nb_seeds),
+        1000, disable_progress=True)
+    keep = np.flatnonzero(keep_by_length(
+        packed_arrays(result.streamlines)[2], step, DEFAULT_MIN_LENGTH_MM,
+        max_length))
+    reference = subject.sft_data_list[0].get_streamlines()
+    eos_stops = sum(int(np.sum(stops == StopReason.EOS)) for stops in
+                    (result.forward_stops, result.backward_stops))
+    return score_tractogram(result.streamlines[keep], reference,
+                            volume.shape[:3], volume.affine)[
+        "points_within_1_vox"], eos_stops
+
+
+def test_tracking_validation_tracks_with_its_eos_stop(tmp_path,
+                                                      labelled_hdf5):
+    """--tracking_validation_eos_stop is saved, and the logged score is the
+    one of tracking at that threshold, not at the default 0.5."""
+    train_main(_train_args(str(tmp_path), "eos", labelled_hdf5, 1,
+                           "--add_eos", "--tracking_validation_every", "1",
+                           "--tracking_validation_eos_stop", "0.3",
+                           *WHOLE_SUBJECT))
+    with open(tmp_path / "eos" / "parameters.json") as f:
+        saved = json.load(f)["tracking_validation"]
+    assert saved["eos_stop"] == 0.3
+    # The resumed run's callback tracks at the saved threshold too.
+    callback, = tracking_validation_callbacks(saved)
+    assert callback.params.eos_stop == 0.3
+    # One epoch: the best model is the one tracking validation used.
+    logged = _logs(tmp_path / "eos")["tracking_points_within_1_vox"][0]
+    at_03, eos_stops_03 = _direct_points_within_1_vox(
+        str(tmp_path / "eos"), labelled_hdf5, 0.3, 150, 7)
+    at_05, eos_stops_05 = _direct_points_within_1_vox(
+        str(tmp_path / "eos"), labelled_hdf5, 0.5, 150, 7)
+    # The same computation in the same order: equal to the last bit.
+    assert logged == at_03
+    # The threshold changes the tracking: more EOS stops, another score.
+    assert eos_stops_03 > eos_stops_05
+    assert at_03 != at_05
+
+
 # ----------------------------------------------------------------------
 # Bad options: one line, before any work
 @pytest.mark.parametrize("extra, expected", [
@@ -306,6 +379,12 @@ def test_tracking_validation_leaves_training_unchanged_and_goes_to_comet(
      ("--tracking_validation_every", ">= 0", "-1")),
     (("--tracking_validation_every", "1", "--tracking_validation_nb_points",
       "0"), ("tracking_validation_nb_points", ">= 1", "0")),
+    (("--add_eos", "--tracking_validation_every", "1",
+      "--tracking_validation_eos_stop", "1.5"),
+     ("--tracking_validation_eos_stop", "[0, 1) or 'max'", "1.5")),
+    (("--tracking_validation_every", "1", "--tracking_validation_eos_stop",
+      "0.3"), ("--tracking_validation_eos_stop", "with EOS",
+               "one without")),
     # Refused once the folder existed (by the callback, at train start).
     (("--tracking_validation_every", "1", "--tracking_validation_nb_points",
       "1000"), ("--tracking_validation_nb_points", "expected fewer than",

@@ -31,6 +31,8 @@ from dwi_ml.tracking.stopping import (
     StopReason,
     TrackingMask,
     default_eos_threshold,
+    eos_stop_is_valid,
+    eos_stop_value,
     keep_by_length,
 )
 from dwi_ml.tracking.tracking_io import (
@@ -117,7 +119,7 @@ def _build_parser():
                           default=DEFAULT_MAX_LENGTH_MM,
                           metavar="MM", help="Streamlines stop growing at "
                                              "this length (mm).")
-    tracking.add_argument("--eos_stop", type=_eos_stop, metavar="P|max",
+    tracking.add_argument("--eos_stop", type=eos_stop_value, metavar="P|max",
                           help="Models with EOS: stop where the EOS "
                                "probability is above P, or with 'max' where "
                                "EOS is the most likely class (EOS against "
@@ -172,17 +174,6 @@ def _build_parser():
     return parser
 
 
-def _eos_stop(value):
-    """--eos_stop: a probability, or 'max'."""
-    if value == "max":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a probability or 'max', found {value!r}") from None
-
-
 def _check_numbers(args):
     checks = [
         ("npv", args.npv, args.npv is None or args.npv >= 1, ">= 1"),
@@ -193,8 +184,8 @@ def _check_numbers(args):
         ("min_length", args.min_length, args.min_length >= 0, ">= 0 mm"),
         ("max_length", args.max_length, args.max_length >= args.min_length
          and args.max_length > 0, "> 0 mm and >= --min_length"),
-        ("eos_stop", args.eos_stop, args.eos_stop in (None, "max")
-         or 0 <= args.eos_stop < 1, "in [0, 1) or 'max'"),
+        ("eos_stop", args.eos_stop, eos_stop_is_valid(args.eos_stop),
+         "in [0, 1) or 'max'"),
         ("max_invalid_nb_points", args.max_invalid_nb_points,
          args.max_invalid_nb_points >= 0, ">= 0"),
         ("compress_th", args.compress_th,

@@ -46,6 +46,7 @@ from dwi_ml.models.model_types import (
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.tracking.stopping import DEFAULT_MAX_LENGTH_MM
 from dwi_ml.tracking.tracking_validation import (
+    check_eos_stop_for_model,
     check_nb_prefix_points,
     tracking_validation_callbacks,
 )
@@ -197,7 +198,8 @@ def collect_params(args):
 def _check_tracking_validation_step(params):
     """Tracking validation tracks at the training streamlines' step: refuse,
     before the folder is made, a run where that step is unknown or leaves
-    no step after the generation prefixes (as the callback would)."""
+    no step after the generation prefixes, or an EOS threshold for a
+    model without EOS (as the callback would)."""
     if params["tracking_validation"] is None:
         return
     try:
@@ -206,6 +208,9 @@ def _check_tracking_validation_step(params):
         raise DwiMLUserError(
             f"argument --tracking_validation_every: tracking validation "
             f"needs a step size; {error}") from None
+    check_eos_stop_for_model(
+        params["tracking_validation"]["eos_stop"],
+        (params["model"].get("dg_args") or {}).get("add_eos", False))
     check_nb_prefix_points(
         params["tracking_validation"]["nb_points"],
         max_length_for(params["model"].get("max_len"), step_size_mm,

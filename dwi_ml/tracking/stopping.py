@@ -23,6 +23,7 @@ is outside the tracking mask (nearest voxel, not interpolated: seeds near
 the mask's border would otherwise be lost) stops at once (``MASK``, one
 point).
 """
+import argparse
 import enum
 import math
 
@@ -49,6 +50,24 @@ def default_eos_threshold(model, given=None):
     if given is None and getattr(model, "add_eos", False):
         return DEFAULT_EOS_THRESHOLD
     return given
+
+
+def eos_stop_value(value):
+    """argparse type of an EOS threshold option (``--eos_stop``): a float,
+    or ``'max'``; its range is checked by :func:`check_eos_stop`."""
+    if value == "max":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a probability or 'max', found {value!r}") from None
+
+
+def eos_stop_is_valid(value):
+    """True for None (the model's default), 'max' or a float in [0, 1)."""
+    return value in (None, "max") or (
+        isinstance(value, (int, float)) and 0 <= value < 1)
 
 
 class StopReason(enum.IntEnum):

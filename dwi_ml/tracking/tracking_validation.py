@@ -24,7 +24,7 @@ the epochs in between, each metric repeats its last value and
 ``whole_subject``
     ``nb_seeds`` seeds drawn in the seeding mask group, tracked both ways
     as ``dwiml_track_from_model.py`` does with its defaults (45 degrees,
-    10 to 300 mm, EOS above 0.5), scored by
+    10 to 300 mm, EOS above 0.5 unless ``eos_stop`` is given), scored by
     :func:`dwi_ml.tracking.scoring.score_tractogram` against the subject's
     streamline group: ``tracking_f1``, ``tracking_ol``, ``tracking_or``
     (means over bundles when ``bundle_key`` labels exist, else of the
@@ -186,6 +186,16 @@ def check_nb_prefix_points(nb_points, max_length_mm, step_size_mm):
             f"{most_points} points ({max_length_mm:g} mm at "
             f"{step_size_mm} mm steps), found {nb_points}.")
 
+
+def check_eos_stop_for_model(eos_stop, add_eos):
+    """Refuse an EOS threshold (``eos_stop`` not None) for a model without
+    EOS (``add_eos`` False)."""
+    if eos_stop is not None and not add_eos:
+        raise DwiMLUserError(
+            f"argument --tracking_validation_eos_stop: expected a model "
+            f"with EOS (add_eos), found one without (threshold {eos_stop}).")
+
+
 class TrackingValidationCallback(Callback):
     """Track on the validation subjects every N epochs (module docstring).
 
@@ -223,6 +233,8 @@ class TrackingValidationCallback(Callback):
             trainer.model, self.step_size_mm, DEFAULT_MAX_LENGTH_MM)
         check_nb_prefix_points(self.params.nb_points, self.max_length_mm,
                                self.step_size_mm)
+        check_eos_stop_for_model(self.params.eos_stop,
+                                 getattr(trainer.model, "add_eos", False))
 
     def on_validation_end(self, trainer, epoch):
         if epoch % self.params.every == 0:
@@ -275,7 +287,9 @@ class TrackingValidationCallback(Callback):
             TrackingMask(volume.shape, mask, trainer.device),
             self.step_size_mm, max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
             max_length_mm=self.max_length_mm,
-            eos_threshold=default_eos_threshold(trainer.model), algo="det",
+            eos_threshold=default_eos_threshold(trainer.model,
+                                                self.params.eos_stop),
+            algo="det",
             track_forward_only=track_forward_only, device=trainer.device)
         return tracker, volume, subject
 

@@ -5,7 +5,7 @@ The parameters live in ``parameters.json`` under ``tracking_validation``
 See :mod:`dwi_ml.tracking.tracking_validation` for what is measured.
 """
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import h5py
 
@@ -13,6 +13,7 @@ from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.layout import VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.arg_checks import check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.tracking.stopping import eos_stop_is_valid, eos_stop_value
 from dwi_ml.training.monitors import BEST_MODEL_METRICS
 
 GENERATION = "generation"
@@ -60,6 +61,10 @@ class TrackingValidationParams:
         whole_subject: data_per_streamline key of the bundle labels.
     batch_size : int
         Streamlines tracked at once.
+    eos_stop : float, 'max' or None
+        EOS threshold of the tracker (``--eos_stop`` of
+        ``dwiml_track_from_model.py``); None: the model's default (0.5
+        with EOS, none without).
     """
 
     every: int
@@ -71,6 +76,7 @@ class TrackingValidationParams:
     tracking_mask_group: Optional[str] = None
     bundle_key: Optional[str] = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    eos_stop: Optional[Union[float, str]] = None
 
     def __post_init__(self):
         check_int("--tracking_validation_every", self.every, 1)
@@ -81,6 +87,10 @@ class TrackingValidationParams:
         check_int("--tracking_validation_nb_points", self.nb_points, 1)
         check_int("--tracking_validation_nb_seeds", self.nb_seeds, 1)
         check_int("--tracking_validation_batch_size", self.batch_size, 1)
+        if not eos_stop_is_valid(self.eos_stop):
+            raise DwiMLUserError(
+                f"argument --tracking_validation_eos_stop: expected a "
+                f"probability in [0, 1) or 'max', found {self.eos_stop!r}.")
         if self.mode == WHOLE_SUBJECT and self.seeding_mask_group is None \
                 and self.tracking_mask_group is None:
             raise DwiMLUserError(
@@ -148,6 +158,14 @@ def add_tracking_validation_args(parser):
         default=DEFAULT_BATCH_SIZE,
         help=f"Streamlines tracked at once (default: {DEFAULT_BATCH_SIZE}).")
     group.add_argument(
+        "--tracking_validation_eos_stop", type=eos_stop_value,
+        metavar="P|max",
+        help="Models with EOS: tracking stops where the EOS probability is "
+             "above P, or with 'max' where EOS is the most likely class, as "
+             "dwiml_track_from_model.py's --eos_stop; give the threshold "
+             "you will track with, so that the best epoch is chosen with it "
+             "(default: the model's, 0.5 with EOS).")
+    group.add_argument(
         "--best_model_metric", default="valid_loss", metavar="NAME",
         help="Monitor that picks best_model/ and drives --patience: "
              f"{', '.join(BEST_MODEL_METRICS)}. Lower is better for losses, "
@@ -183,7 +201,8 @@ def tracking_validation_params_from_args(args):
             seeding_mask_group=args.tracking_validation_seeding_mask_group,
             tracking_mask_group=args.tracking_validation_tracking_mask_group,
             bundle_key=args.tracking_validation_bundle_key,
-            batch_size=args.tracking_validation_batch_size)
+            batch_size=args.tracking_validation_batch_size,
+            eos_stop=args.tracking_validation_eos_stop)
     check_best_model_metric_option(args.best_model_metric, params)
     return params
 
