@@ -54,7 +54,7 @@ def default_eos_threshold(model, given=None):
 
 def eos_stop_value(value):
     """argparse type of an EOS threshold option (``--eos_stop``): a float,
-    or ``'max'``; its range is checked by :func:`check_eos_stop`."""
+    or ``'max'``; its range is checked by :func:`eos_stop_is_valid`."""
     if value == "max":
         return value
     try:
