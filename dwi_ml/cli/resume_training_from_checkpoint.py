@@ -41,6 +41,7 @@ from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callbac
 from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
+from dwi_ml.training.epoch_position import EpochPosition
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
 from dwi_ml.training.preemption import (
     add_interruption_args,
@@ -118,6 +119,30 @@ class ExperimentFinished(DwiMLUserError):
     are spent)."""
 
 
+def check_new_max_epochs(new_max_epochs, state, experiment_dir):
+    """Refuse a ``--new_max_epochs`` that ends before the epoch in progress.
+
+    A checkpoint saved inside epoch E continues with the rest of E: the
+    run then holds E + 1 epochs, whatever the new total. At an epoch's
+    end, a total of at most the epochs done is a finished run, said
+    later (:func:`_finished_message`).
+
+    Raises
+    ------
+    DwiMLUserError
+        The checkpoint is inside epoch E and ``new_max_epochs <= E``.
+    """
+    epoch = int(state["current_epoch"])
+    position = EpochPosition.from_state(state.get("position"))
+    if (new_max_epochs is None or position.at_epoch_start
+            or new_max_epochs > epoch):
+        return
+    raise DwiMLUserError(
+        f"--new_max_epochs: experiment '{experiment_dir}' stopped inside "
+        f"epoch {epoch} ({epoch} epochs done), which a resume finishes: "
+        f"expected at least {epoch + 1}, found {new_max_epochs}.")
+
+
 def _finished_message(trainer, experiment_dir):
     if trainer.current_epoch >= trainer.max_epochs:
         # current_epoch: epochs done, which a smaller --new_max_epochs
@@ -162,6 +187,7 @@ def _resume(args, callbacks, lock):
     params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
                                               "trainer"))
     state = load_checkpoint_state(experiment_dir)
+    check_new_max_epochs(args.new_max_epochs, state, experiment_dir)
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
         check_inputs_exist(args.hdf5_file, what="--hdf5_file")
