@@ -19,8 +19,7 @@ from dwi_ml.data.processing.space import (
 )
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.experiment_layout import experiment_model_dir
-from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.models.model_io import load_model_of_experiment
 
 SEEDS_KEY = "seeds"
 
@@ -47,8 +46,7 @@ def load_experiment_model(experiment_path, use_latest_epoch=False,
         raise DwiMLUserError(
             f"experiment '{experiment_path}': expected an experiment folder, "
             f"found none.")
-    folder = experiment_model_dir(experiment_path, use_latest_epoch)
-    model = load_model_from_params_and_state(folder, device)
+    model = load_model_of_experiment(experiment_path, use_latest_epoch, device)
     for method in ("forward_step", "select_hidden_states",
                    "get_tracking_directions"):
         if not hasattr(model, method):
