@@ -10,6 +10,7 @@ parameters.json); --accept_different_hdf5 resumes on another one.
 """
 import logging
 import os
+import sys
 
 from dwi_ml.data.hdf5.fingerprint import (
     compute_hdf5_fingerprint,
@@ -114,6 +115,38 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
                     "difference: %s).", hdf5_file, difference)
 
 
+_FIXED_ON_RESUME = ("the optimizer and its learning-rate schedule continue "
+                    "from the checkpoint; train a new experiment to change "
+                    "them")
+# Options of dwiml_train_model.py that a resume may be given by habit.
+TRAINING_OPTIONS_ON_RESUME = {
+    "--max_epochs": "use --new_max_epochs N (the new total)",
+    "--patience": "use --new_patience N",
+    **{option: _FIXED_ON_RESUME for option in (
+        "--learning_rate", "--lr_scheduler", "--lr_step_size", "--lr_gamma",
+        "--optimizer", "--weight_decay", "--momentum")},
+}
+
+
+def refuse_training_options(argv):
+    """Name what to give instead of a training option given to a resume.
+
+    Raises
+    ------
+    DwiMLUserError
+        For the first option of :data:`TRAINING_OPTIONS_ON_RESUME` in
+        ``argv`` (before any ``--``).
+    """
+    for token in argv:
+        if token == "--":
+            return
+        option = token.partition("=")[0]
+        if option in TRAINING_OPTIONS_ON_RESUME:
+            raise DwiMLUserError(
+                f"argument {option}: not an option of a resume: "
+                f"{TRAINING_OPTIONS_ON_RESUME[option]}.")
+
+
 class ExperimentFinished(DwiMLUserError):
     """The experiment has nothing left to train (its epochs or patience
     are spent)."""
@@ -160,6 +193,8 @@ def _finished_message(trainer, experiment_dir):
 @script_entry_point
 def main(argv=None):
     """Entry point of resume_training_from_checkpoint.py."""
+    argv = sys.argv[1:] if argv is None else argv
+    refuse_training_options([str(arg) for arg in argv])
     args = parse_script_args(build_parser(), argv,
                              reference_options=RESUME_REFERENCE_OPTIONS)
     resume_from_args(args)
