@@ -28,20 +28,8 @@ logger = logging.getLogger(__name__)
 
 def load_experiment_model(experiment_path, use_latest_epoch=False,
                           device="cpu"):
-    """Load the best (or the latest) model of an experiment folder.
-
-    Parameters
-    ----------
-    experiment_path : str
-        The experiment folder (holding ``best_model/`` and ``checkpoint/``).
-    use_latest_epoch : bool
-        Load ``checkpoint/model/`` instead of ``best_model/``.
-    device : str or torch.device
-
-    Returns
-    -------
-    MainModelAbstract, in eval mode on ``device``.
-    """
+    """:func:`~dwi_ml.models.model_io.load_model_of_experiment`, for a
+    model that tracks (a one-line error otherwise)."""
     if not os.path.isdir(experiment_path):
         raise DwiMLUserError(
             f"experiment '{experiment_path}': expected an experiment folder, "
