@@ -38,7 +38,11 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.models.model_io import load_model_from_params_and_state
-from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.monitoring.monitoring_args import (
+    add_comet_args,
+    comet_is_requested,
+    make_comet_callback,
+)
 from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
@@ -255,9 +259,18 @@ def _resume(args, callbacks, lock):
         start_resumed_experiment(lock)
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
     # Checkpoints of older versions kept the Comet key at the top level.
+    comet_key = ((state.get("callbacks") or {}).get("comet") or {}).get(
+        "experiment_key", state.get("comet_key"))
     comet = (make_comet_callback(args, experiment_dir,
                                  resumed_key=state.get("comet_key"))
              if distributed.is_main_process else None)
+    if (distributed.is_main_process and comet_key
+            and not comet_is_requested(args)):
+        logging.warning(
+            "Experiment '%s' was logged to Comet (experiment %s); this resume "
+            "is not: give --comet_offline_dir DIR, or --comet_workspace and "
+            "--comet_project, to continue that experiment.", experiment_dir,
+            comet_key)
 
     def load_model(dataset):
         return load_model_from_params_and_state(
