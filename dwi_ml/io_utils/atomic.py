@@ -186,7 +186,8 @@ def read_replaced_folder(path, read, max_attempts=100):
         The folder written by :func:`atomic_output_folder`.
     read : callable
         Reads it (through :func:`existing_atomic_folder`) and returns what
-        it read; raises :class:`DwiMLUserError` on a bad file.
+        it read; raises :class:`DwiMLUserError` (or ``OSError``) on a bad
+        or missing file.
     max_attempts : int
         Attempts in all, for a writer that never pauses.
 
@@ -198,7 +199,8 @@ def read_replaced_folder(path, read, max_attempts=100):
         version = _folder_version(path)
         try:
             return read()
-        except DwiMLUserError:
+        except (DwiMLUserError, OSError):
+            # OSError: a file removed between its check and its opening.
             if attempt == max_attempts or _folder_version(path) == version:
                 raise
 
