@@ -61,7 +61,9 @@ def build_parser():
     parser.add_argument("experiment_name", help="The experiment to continue.")
     group = parser.add_argument_group("Changes on resume")
     group.add_argument("--new_max_epochs", type=int,
-                       help="Train up to this many epochs in all; cosine "
+                       help="Train up to this many epochs in all (from a "
+                            "checkpoint inside epoch E, at least E + 1: the "
+                            "resume finishes that epoch); cosine "
                             "and onecycle schedules then follow the curve "
                             "of a run planned for this many, from the end of "
                             "the epoch in progress (default: the "
