@@ -421,3 +421,19 @@ def test_sizes_beyond_memory_are_one_line_not_a_traceback(tmp_path, capsys):
     assert len(message.splitlines()) == 1
     assert "error: out of memory (Unable to allocate" in message
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--max_epochs", "6", "use --new_max_epochs"),
+    ("--patience", "3", "use --new_patience"),
+    ("--learning_rate", "0.001", "continue from the checkpoint"),
+    ("--lr_scheduler=cosine", None, "continue from the checkpoint"),
+])
+def test_resume_says_which_training_options_it_takes_instead(
+        tmp_path, capsys, option, value, expected):
+    # They were 'unrecognized arguments': not what to give instead, nor
+    # that the learning rate cannot change on resume.
+    argv = [tmp_path, "exp", option] + ([value] if value else [])
+    message = assert_user_error(resume_main, argv, capsys, tmp_path,
+                                expected)
+    assert message.startswith(f"argument {option.partition('=')[0]}: ")

@@ -371,3 +371,31 @@ def test_error_descriptions_hide_the_api_key():
     error = ConnectionError(f"401 for key {DUMMY_API_KEY}\n  retry later")
     assert describe_comet_error(error) == \
         "ConnectionError: 401 for key *** retry later"
+
+
+def test_a_resume_without_comet_options_says_its_epochs_miss_comet(
+        tiny_hdf5, tmp_path, capsys):
+    # Trained with an offline archive, resumed without a Comet option: the
+    # resumed epochs silently never reached the Comet experiment.
+    from dwi_ml.cli.dwiml_train_model import main as train_main
+    from dwi_ml.cli.resume_training_from_checkpoint import main as resume_main
+
+    comet_dir = tmp_path / "comet"
+    train_main([str(tmp_path), "exp", tiny_hdf5, "input", "streamlines",
+                "--max_epochs", "1", "--batch_size_training", "5",
+                "--step_size", "1.0", "--rnn_layer_sizes", "8",
+                "--comet_offline_dir", str(comet_dir), "-v", "WARNING"])
+    key = load_checkpoint_state(str(tmp_path / "exp"))["callbacks"][
+        "comet"]["experiment_key"]
+    archives = sorted(os.listdir(comet_dir))
+    capsys.readouterr()
+    resume_main([str(tmp_path), "exp", "--new_max_epochs", "2",
+                 "-v", "WARNING"])
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("WARNING:")]
+    assert len(warnings) == 1, warnings
+    assert key in warnings[0] and "--comet_offline_dir" in warnings[0]
+    assert sorted(os.listdir(comet_dir)) == archives
+    # The key is kept: a later resume with Comet continues the experiment.
+    assert load_checkpoint_state(str(tmp_path / "exp"))["callbacks"][
+        "comet"] == {"experiment_key": key}

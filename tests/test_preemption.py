@@ -417,3 +417,29 @@ def test_import_sets_reproducible_mkl_mode():
                           env={**env, "MKL_CBWR": "COMPATIBLE"},
                           capture_output=True, text=True,
                           check=True).stdout.strip() == "3"
+
+
+def test_resume_if_exists_names_the_training_options_it_ignores(
+        tmp_path, hdf5_file, capsys):
+    # A job script given a larger --max_epochs (or another learning rate)
+    # and requeued: --resume_if_exists continues with the saved options,
+    # and said only 'give --new_max_epochs', an option this script lacks.
+    from dwi_ml.cli.dwiml_train_model import main as train_main
+
+    args = _train_args(tmp_path, "exp", hdf5_file, ["--resume_if_exists"])
+    args[args.index("--max_epochs") + 1] = "1"
+    train_main(args)
+    assert capsys.readouterr().err == ""
+    train_main(args)   # the same command line: nothing ignored
+    err = capsys.readouterr().err
+    assert "Nothing to resume" in err and "ignored" not in err
+    args[args.index("--max_epochs") + 1] = "3"
+    train_main([*args, "--learning_rate", "0.01"])
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 2, warnings
+    assert "--max_epochs 3 (saved: 1)" in warnings[0]
+    assert "--learning_rate 0.01 (saved: 0.005)" in warnings[0]
+    assert "--new_max_epochs" in warnings[0]
+    assert "Nothing to resume" in warnings[1]
+    logs = np.load(tmp_path / "exp" / "logs" / "train_loss.npy")
+    assert len(logs) == 1

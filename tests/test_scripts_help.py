@@ -108,3 +108,14 @@ def test_every_script_runs_as_a_module(script, monkeypatch, capsys):
         runpy.run_module(f"dwi_ml.cli.{script}", run_name="__main__")
     assert raised.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: {script}.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_no_help_gives_two_defaults(script):
+    # resume_training_from_checkpoint.py --max_time said '(default: no
+    # limit) (default: as saved)': which one holds on resume?
+    parser = build_parser(script)
+    doubled = [f"{action.dest}: {rendered_help(parser, action)!r}"
+               for action in parser._actions
+               if rendered_help(parser, action).count("(default:") > 1]
+    assert not doubled, f"{script}: " + "; ".join(doubled)

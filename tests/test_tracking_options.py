@@ -233,3 +233,16 @@ def test_logged_stop_reason_when_several_criteria_apply():
         result.forward_stops,
         [StopReason.MASK, StopReason.EOS, StopReason.EOS])
     np.testing.assert_array_equal(result.streamlines._lengths, [1, 1, 1])
+
+
+def test_no_streamline_kept_is_a_warning_naming_why(experiment, capsys):
+    # Every streamline shorter than --min_length: the .trk was written
+    # empty, exit 0, without a word unless -v.
+    capsys.readouterr()
+    assert len(track(experiment, "none_kept", "--min_length", "250")) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("WARNING: no streamline kept:")
+    assert "none_kept.trk" in warnings[0]
+    assert "0 of 40" in warnings[0] and "250 to 300 mm" in warnings[0]
+    assert "stops of the halves" in warnings[0]

@@ -184,3 +184,37 @@ def test_a_longer_run_resumed_inside_an_epoch_equals_one_extended_at_its_end(
         resume_cli.main([experiments, name, "--new_max_epochs", "4",
                          "-v", "WARNING"])
     _assert_same_run(tmp_path / "at_end", tmp_path / "inside")
+
+
+def test_a_smaller_new_max_epochs_than_the_epoch_in_progress_is_refused(
+        tmp_path, hdf5_file, capsys):
+    # Stopped inside epoch 1, resumed with --new_max_epochs 1: the run
+    # trained all of epoch 1 anyway (2 epochs of logs) and said 'reached
+    # max_epochs (1)'. It must be refused before any work, in one line.
+    from signal_during_training import SignalAt
+
+    experiments = str(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        train_cli.train_from_args(train_cli.build_parser().parse_args(
+            _train_args(experiments, "inside", hdf5_file, 3, 0)),
+            [SignalAt("1:train:1:SIGTERM")])
+    assert stopped.value.code == 3
+    capsys.readouterr()
+    checkpoint = tmp_path / "inside" / "checkpoint" / "checkpoint_state.pt"
+    saved = checkpoint.read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        resume_cli.main([experiments, "inside", "--new_max_epochs", "1"])
+    assert refused.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1
+    assert "error: --new_max_epochs: " in message
+    assert "inside epoch 1" in message
+    assert "expected at least 2, found 1" in message
+    assert checkpoint.read_bytes() == saved
+    assert len(_logs(tmp_path / "inside")["train_loss.npy"]) == 1
+
+    # The smallest allowed value finishes the epoch in progress, no more.
+    resume_cli.main([experiments, "inside", "--new_max_epochs", "2",
+                     "-v", "WARNING"])
+    assert "reached max_epochs (2)" in capsys.readouterr().out
+    assert len(_logs(tmp_path / "inside")["train_loss.npy"]) == 2

@@ -259,3 +259,57 @@ def test_values_without_a_neighbour_are_drawn_as_dots(tmp_path):
     assert ticks == [-1, 0, 1]
     # Batch 0 is alone; batches 2 and 3 make a line.
     assert dots(figure.axes[1]) == [([0], [3.0])]
+
+
+def legend_entries(ax):
+    """Legend text -> its handle's dash pattern (offset, on-off lengths),
+    in the legend's order. get_linestyle() says '--' for every custom
+    pattern: the pattern is what is drawn."""
+    box = ax.get_legend()
+    handles = getattr(box, "legend_handles", None) or box.legendHandles
+    return {text.get_text(): handle._unscaled_dash_pattern
+            for text, handle in zip(box.get_texts(), handles)}
+
+
+def test_default_panels_name_only_logs_some_experiment_has(tmp_path, capsys):
+    # Without a bundle key, tracking validation writes no tracking_vc/ic/nc:
+    # the bundles panel's legend still listed them, tracking_nc with the
+    # same solid line as tracking_f1, and every experiment was warned
+    # about these logs that none has.
+    losses = {"train_loss": [3.0, 2.0, 1.0], "valid_loss": [3.5, 2.5, 1.5]}
+    tracked = write_experiment(tmp_path / "tracked", {
+        **losses, "tracking_f1": [0.2, 0.4, 0.3],
+        "tracking_ol": [0.3, 0.5, 0.4], "tracking_or": [0.1, 0.2, 0.2]},
+        best_epoch=1)
+    plain = write_experiment(tmp_path / "plain", losses)
+    out = str(tmp_path / "compared")
+    main([tracked, plain, "--out", out])
+    assert capsys.readouterr().err == (
+        "WARNING: experiment 'plain' has no log tracking_f1, tracking_ol, "
+        "tracking_or: not drawn for it.\n")
+    # Loss, bundles and overreach: 2 rows of 2 panels.
+    image = matplotlib.image.imread(out + ".png")
+    assert image.shape[:2] == (2 * 400, 2 * 640)
+
+    experiments = read_experiments([tracked, plain])
+    panels = default_panels(experiments)
+    assert [(panel.title, panel.log_names) for panel in panels] == [
+        ("Loss", ("train_loss", "valid_loss")),
+        ("Tracking: bundles", ("tracking_f1", "tracking_ol")),
+        ("Tracking: overreach", ("tracking_or",))]
+    axes = axes_by_title(build_figures(panels, experiments))
+    assert list(legend_entries(axes["Tracking: bundles"])) == [
+        "tracked", "tracking_f1", "tracking_ol", "best epoch"]
+
+
+def test_the_logs_of_a_default_panel_have_distinct_line_styles(tmp_path):
+    bundles = ("tracking_f1", "tracking_ol", "tracking_vc", "tracking_ic",
+               "tracking_nc")
+    run = write_experiment(tmp_path / "run", {
+        name: [0.1 * index, 0.2] for index, name in enumerate(bundles)})
+    experiments = read_experiments([run])
+    axes = axes_by_title(build_figures(default_panels(experiments),
+                                       experiments))
+    styles = legend_entries(axes["Tracking: bundles"])
+    assert [name for name in styles if name in bundles] == list(bundles)
+    assert len({str(styles[name]) for name in bundles}) == len(bundles)

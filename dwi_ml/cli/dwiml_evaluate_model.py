@@ -11,10 +11,7 @@ import os
 
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.experiment_layout import (
-    experiment_model_dir,
-    read_parameters,
-)
+from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.script_args import (
     add_model_run_args,
     add_output_args,
@@ -23,7 +20,8 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.training.evaluation import evaluate_model_folder
+from dwi_ml.models.model_io import load_model_of_experiment
+from dwi_ml.training.evaluation import evaluate_model_on_hdf5
 from dwi_ml.training.experiment_builder import check_hdf5_groups
 
 
@@ -58,16 +56,16 @@ def main(argv=None):
     streamline_group = params["loader"]["streamline_group"]
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     which = "latest" if args.use_latest_epoch else "best"
-    model_dir = experiment_model_dir(args.experiment_path,
-                                     args.use_latest_epoch)
+    model = load_model_of_experiment(args.experiment_path,
+                                     args.use_latest_epoch, args.device)
     out = args.out or os.path.join(args.experiment_path,
                                    f"evaluation_{args.subset}_{which}.json")
     check_output_free(out, args.overwrite,
                       extensions=(".json",))
 
-    results = evaluate_model_folder(model_dir, args.hdf5_file, args.subset,
-                                    input_group, streamline_group,
-                                    args.batch_size, args.device)
+    results = evaluate_model_on_hdf5(model, args.hdf5_file, args.subset,
+                                     input_group, streamline_group,
+                                     args.batch_size, args.device)
     if len(results) == 1:
         raise DwiMLUserError(
             f"--subset {args.subset}: '{args.hdf5_file}' has no "

@@ -276,6 +276,13 @@ def main(argv=None):
         args.max_length))
     logging.info("Kept %d of %d streamlines (%.3g to %.3g mm).", len(keep),
                  len(seeds), args.min_length, args.max_length)
+    if len(keep) == 0:
+        logging.warning(
+            "no streamline kept: 0 of %d are %.3g to %.3g mm long (--min_length,"
+            " --max_length); %s holds none (stops of the halves: %s).",
+            len(seeds), args.min_length, args.max_length, args.out_tractogram,
+            "; ".join(f"{name} {counts}"
+                      for name, counts in _stop_counts(result)))
     streamlines = result.streamlines[keep]
     if args.compress_th is not None:
         streamlines = compress(streamlines, input_volume.affine,
@@ -286,14 +293,19 @@ def main(argv=None):
     logging.info("Saved %s.", os.path.abspath(args.out_tractogram))
 
 
+def _stop_counts(result):
+    """(half, 'reason: count, ...') for each tracked half."""
+    return [(name, ", ".join(f"{reason.name.lower()}: "
+                             f"{int(np.sum(stops == reason))}"
+                             for reason in StopReason))
+            for name, stops in (("forward", result.forward_stops),
+                                ("backward", result.backward_stops))
+            if stops is not None]
+
+
 def _log_stops(result):
-    for name, stops in (("forward", result.forward_stops),
-                        ("backward", result.backward_stops)):
-        if stops is not None:
-            counts = ", ".join(f"{reason.name.lower()}: "
-                               f"{int(np.sum(stops == reason))}"
-                               for reason in StopReason)
-            logging.info("Stops of the %s halves: %s.", name, counts)
+    for name, counts in _stop_counts(result):
+        logging.info("Stops of the %s halves: %s.", name, counts)
 
 
 if __name__ == "__main__":

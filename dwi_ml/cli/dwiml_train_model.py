@@ -23,7 +23,11 @@ from dwi_ml.io_utils.arg_checks import (
     check_ratio,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR, has_checkpoint
+from dwi_ml.io_utils.experiment_layout import (
+    BEST_MODEL_DIR,
+    has_checkpoint,
+    read_parameters,
+)
 from dwi_ml.io_utils.experiment_lock import (
     run_locked,
     start_new_experiment,
@@ -108,7 +112,8 @@ def build_parser():
         "--resume_if_exists", action="store_true",
         help="If the experiment already has a checkpoint, resume it (as "
              "resume_training_from_checkpoint.py would, with its saved "
-             "options; --max_time, --checkpoint_every_* and Comet options "
+             "options, naming in a warning the trainer options given here "
+             "that differ; --max_time, --checkpoint_every_* and Comet options "
              "given here apply, and HDF5_FILE, which may have moved if it "
              "is the same data) instead of refusing; if it has none (its "
              "run was killed before saving one) nor a best model, start "
@@ -247,6 +252,7 @@ def _train(args, callbacks, lock):
     resumable = has_checkpoint(experiment_dir)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     if args.resume_if_exists and resumable:
+        _warn_ignored_trainer_options(args, experiment_dir)
         try:
             return resume_cli.resume_from_args(_resume_args(args), callbacks)
         except resume_cli.ExperimentFinished as finished:
@@ -314,6 +320,23 @@ def _train(args, callbacks, lock):
             f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, before_trainer=clear_folder)
+
+
+def _warn_ignored_trainer_options(args, experiment_dir):
+    """--resume_if_exists continues with the saved trainer options: name
+    those of this command line that differ (a job script given a larger
+    --max_epochs, say, then requeued)."""
+    saved = read_parameters(experiment_dir, ("trainer",))["trainer"]
+    given = collect_params(args)["trainer"]
+    ignored = [f"--{name} {given[name]} (saved: {saved[name]})"
+               for name in _TRAINER_ARGS
+               if name in saved and given[name] != saved[name]]
+    if ignored:
+        logging.warning(
+            "--resume_if_exists continues experiment '%s' with its saved "
+            "options; ignored: %s. To train longer or with another patience,"
+            " run resume_training_from_checkpoint.py with --new_max_epochs "
+            "or --new_patience.", experiment_dir, ", ".join(ignored))
 
 
 def _resume_args(args):

@@ -5,10 +5,7 @@ import os
 from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.experiment_layout import (
-    experiment_model_dir,
-    read_parameters,
-)
+from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.output_folders import (
     check_output_folder,
     reset_output_folder,
@@ -21,7 +18,7 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.monitoring.attention_views import (
     check_transformer,
     draw_heatmap,
@@ -104,9 +101,8 @@ def main(argv=None):
     streamline_group = (args.streamline_group
                         or loader_params["streamline_group"])
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
-    model = load_model_from_params_and_state(
-        experiment_model_dir(args.experiment_path, args.use_latest_epoch),
-        args.device).eval()
+    model = load_model_of_experiment(args.experiment_path,
+                                     args.use_latest_epoch, args.device)
     check_transformer(model, args.experiment_path)
 
     attention = subject_attention(model, args.hdf5_file, args.subject_id,

@@ -5,10 +5,7 @@ import os
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.experiment_layout import (
-    experiment_model_dir,
-    read_parameters,
-)
+from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
     add_experiment_subject_args,
@@ -19,7 +16,7 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.monitoring.loss_per_point import (
     compute_subject_point_losses,
     draw_histograms,
@@ -91,9 +88,8 @@ def main(argv=None):
     input_group = args.input_group or loader_params["input_group"]
     streamline_group = args.streamline_group or loader_params["streamline_group"]
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
-    model_dir = experiment_model_dir(args.experiment_path,
-                                     args.use_latest_epoch)
-    model = load_model_from_params_and_state(model_dir, args.device)
+    model = load_model_of_experiment(args.experiment_path,
+                                     args.use_latest_epoch, args.device)
 
     point_losses = compute_subject_point_losses(
         model, args.hdf5_file, args.subject_id, input_group,

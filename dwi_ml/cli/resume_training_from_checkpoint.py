@@ -10,6 +10,7 @@ parameters.json); --accept_different_hdf5 resumes on another one.
 """
 import logging
 import os
+import sys
 
 from dwi_ml.data.hdf5.fingerprint import (
     compute_hdf5_fingerprint,
@@ -37,10 +38,15 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.models.model_io import load_model_from_params_and_state
-from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
+from dwi_ml.monitoring.monitoring_args import (
+    add_comet_args,
+    comet_is_requested,
+    make_comet_callback,
+)
 from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
+from dwi_ml.training.epoch_position import EpochPosition
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
 from dwi_ml.training.preemption import (
     add_interruption_args,
@@ -55,7 +61,9 @@ def build_parser():
     parser.add_argument("experiment_name", help="The experiment to continue.")
     group = parser.add_argument_group("Changes on resume")
     group.add_argument("--new_max_epochs", type=int,
-                       help="Train up to this many epochs in all; cosine "
+                       help="Train up to this many epochs in all (from a "
+                            "checkpoint inside epoch E, at least E + 1: the "
+                            "resume finishes that epoch); cosine "
                             "and onecycle schedules then follow the curve "
                             "of a run planned for this many, from the end of "
                             "the epoch in progress (default: the "
@@ -113,9 +121,65 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
                     "difference: %s).", hdf5_file, difference)
 
 
+_FIXED_ON_RESUME = ("the optimizer and its learning-rate schedule continue "
+                    "from the checkpoint; train a new experiment to change "
+                    "them")
+# Options of dwiml_train_model.py that a resume may be given by habit.
+TRAINING_OPTIONS_ON_RESUME = {
+    "--max_epochs": "use --new_max_epochs N (the new total)",
+    "--patience": "use --new_patience N",
+    **{option: _FIXED_ON_RESUME for option in (
+        "--learning_rate", "--lr_scheduler", "--lr_step_size", "--lr_gamma",
+        "--optimizer", "--weight_decay", "--momentum")},
+}
+
+
+def refuse_training_options(argv):
+    """Name what to give instead of a training option given to a resume.
+
+    Raises
+    ------
+    DwiMLUserError
+        For the first option of :data:`TRAINING_OPTIONS_ON_RESUME` in
+        ``argv`` (before any ``--``).
+    """
+    for token in argv:
+        if token == "--":
+            return
+        option = token.partition("=")[0]
+        if option in TRAINING_OPTIONS_ON_RESUME:
+            raise DwiMLUserError(
+                f"argument {option}: not an option of a resume: "
+                f"{TRAINING_OPTIONS_ON_RESUME[option]}.")
+
+
 class ExperimentFinished(DwiMLUserError):
     """The experiment has nothing left to train (its epochs or patience
     are spent)."""
+
+
+def check_new_max_epochs(new_max_epochs, state, experiment_dir):
+    """Refuse a ``--new_max_epochs`` that ends before the epoch in progress.
+
+    A checkpoint saved inside epoch E continues with the rest of E: the
+    run then holds E + 1 epochs, whatever the new total. At an epoch's
+    end, a total of at most the epochs done is a finished run, said
+    later (:func:`_finished_message`).
+
+    Raises
+    ------
+    DwiMLUserError
+        The checkpoint is inside epoch E and ``new_max_epochs <= E``.
+    """
+    epoch = int(state["current_epoch"])
+    position = EpochPosition.from_state(state.get("position"))
+    if (new_max_epochs is None or position.at_epoch_start
+            or new_max_epochs > epoch):
+        return
+    raise DwiMLUserError(
+        f"--new_max_epochs: experiment '{experiment_dir}' stopped inside "
+        f"epoch {epoch} ({epoch} epochs done), which a resume finishes: "
+        f"expected at least {epoch + 1}, found {new_max_epochs}.")
 
 
 def _finished_message(trainer, experiment_dir):
@@ -135,6 +199,8 @@ def _finished_message(trainer, experiment_dir):
 @script_entry_point
 def main(argv=None):
     """Entry point of resume_training_from_checkpoint.py."""
+    argv = sys.argv[1:] if argv is None else argv
+    refuse_training_options([str(arg) for arg in argv])
     args = parse_script_args(build_parser(), argv,
                              reference_options=RESUME_REFERENCE_OPTIONS)
     resume_from_args(args)
@@ -162,6 +228,7 @@ def _resume(args, callbacks, lock):
     params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
                                               "trainer"))
     state = load_checkpoint_state(experiment_dir)
+    check_new_max_epochs(args.new_max_epochs, state, experiment_dir)
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
         check_inputs_exist(args.hdf5_file, what="--hdf5_file")
@@ -194,9 +261,18 @@ def _resume(args, callbacks, lock):
         start_resumed_experiment(lock)
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
     # Checkpoints of older versions kept the Comet key at the top level.
+    comet_key = ((state.get("callbacks") or {}).get("comet") or {}).get(
+        "experiment_key", state.get("comet_key"))
     comet = (make_comet_callback(args, experiment_dir,
                                  resumed_key=state.get("comet_key"))
              if distributed.is_main_process else None)
+    if (distributed.is_main_process and comet_key
+            and not comet_is_requested(args)):
+        logging.warning(
+            "Experiment '%s' was logged to Comet (experiment %s); this resume "
+            "is not: give --comet_offline_dir DIR, or --comet_workspace and "
+            "--comet_project, to continue that experiment.", experiment_dir,
+            comet_key)
 
     def load_model(dataset):
         return load_model_from_params_and_state(

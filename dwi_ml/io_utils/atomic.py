@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from dwi_ml.io_utils.errors import Terminated, raise_terminated
+from dwi_ml.io_utils.errors import DwiMLUserError, Terminated, raise_terminated
 
 # tempfile's names: PREFIX + 8 characters of this alphabet + SUFFIX.
 _TEMP_RANDOM = "[a-z0-9_]{8}"
@@ -158,6 +158,51 @@ def existing_atomic_folder(path):
     parent, name = os.path.split(os.path.abspath(path))
     old_path = os.path.join(parent, f".{name}.old")
     return old_path if os.path.isdir(old_path) else None
+
+
+def _folder_version(path):
+    """What changes when :func:`atomic_output_folder` swaps ``path``: the
+    folder's inode and change time (an inode number may be reused)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino, status.st_ctime_ns
+
+
+def read_replaced_folder(path, read, max_attempts=100):
+    """``read()``, again when a writer replaced the folder ``path`` meanwhile.
+
+    A run in progress swaps in a new version of its folders
+    (:func:`atomic_output_folder`) at each save. A reader that opens some
+    files before the swap and others after sees two versions (a manifest
+    check then calls a file corrupt), or misses a file of the removed one.
+    Each new attempt follows a swap, so the reads end when the writer
+    pauses; an error without a swap is raised at once.
+
+    Parameters
+    ----------
+    path : str
+        The folder written by :func:`atomic_output_folder`.
+    read : callable
+        Reads it (through :func:`existing_atomic_folder`) and returns what
+        it read; raises :class:`DwiMLUserError` (or ``OSError``) on a bad
+        or missing file.
+    max_attempts : int
+        Attempts in all, for a writer that never pauses.
+
+    Returns
+    -------
+    What ``read`` returned.
+    """
+    for attempt in range(1, max_attempts + 1):
+        version = _folder_version(path)
+        try:
+            return read()
+        except (DwiMLUserError, OSError):
+            # OSError: a file removed between its check and its opening.
+            if attempt == max_attempts or _folder_version(path) == version:
+                raise
 
 
 def remove_stale_temporaries(folder, names):

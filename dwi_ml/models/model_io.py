@@ -17,9 +17,14 @@ import os
 
 import torch
 
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import atomic_output_file, read_replaced_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE
+from dwi_ml.io_utils.experiment_layout import (
+    BEST_MODEL_DIR,
+    CHECKPOINT_DIR,
+    PARAMETERS_FILE,
+    experiment_model_dir,
+)
 from dwi_ml.io_utils.manifest import verify_manifest
 from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
@@ -120,3 +125,30 @@ def load_model_from_params_and_state(folder, device="cpu"):
     model.to(device)
     model.eval()
     return model
+
+
+def load_model_of_experiment(experiment_dir, use_latest_epoch=False,
+                             device="cpu"):
+    """Load an experiment's best model, or its checkpoint's model.
+
+    The experiment's run may be going on: a save that swaps in a new
+    folder while it is read makes it read again
+    (:func:`~dwi_ml.io_utils.atomic.read_replaced_folder`), instead of
+    calling a file corrupt.
+
+    Parameters
+    ----------
+    experiment_dir : str
+    use_latest_epoch : bool
+        Load ``checkpoint/model/`` instead of ``best_model/``.
+    device : str or torch.device
+
+    Returns
+    -------
+    MainModelAbstract, in eval mode on ``device``.
+    """
+    saved = CHECKPOINT_DIR if use_latest_epoch else BEST_MODEL_DIR
+    return read_replaced_folder(
+        os.path.join(experiment_dir, saved),
+        lambda: load_model_from_params_and_state(
+            experiment_model_dir(experiment_dir, use_latest_epoch), device))

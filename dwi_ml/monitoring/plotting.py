@@ -29,9 +29,11 @@ logger = logging.getLogger(__name__)
 PANEL_SIZE_INCHES = (6.4, 4.0)
 DPI = 100
 MAX_COLUMNS = 2
-LINE_STYLES = ("-", "--", ":", "-.")
+# As many as the logs of the largest default panel (tracking bundles), so
+# that each of its logs is told apart; a longer --graph repeats them.
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 # The dot of a value drawn alone, per line style: a dot has no line style.
-DOT_MARKERS = ("o", "s", "^", "D")
+DOT_MARKERS = ("o", "s", "^", "D", "v")
 # Logs spanning decades (e.g. a decaying learning rate) read best on a log
 # scale; a panel holding only such logs always uses one.
 LOG_SCALE_LOGS = frozenset({"learning_rate"})
@@ -72,9 +74,12 @@ DEFAULT_PANELS = (
 
 
 def default_panels(experiments):
-    """The default panels that have data, then one panel per other log."""
+    """The default panels that have data, each with only the logs that some
+    experiment has, then one panel per other log."""
     found = set().union(*(experiment.logs for experiment in experiments))
-    panels = [panel for panel in DEFAULT_PANELS
+    panels = [Panel(panel.title, tuple(name for name in panel.log_names
+                                       if name in found))
+              for panel in DEFAULT_PANELS
               if found.intersection(panel.log_names)]
     known = {name for panel in DEFAULT_PANELS for name in panel.log_names}
     return panels + [Panel(name, (name,)) for name in sorted(found - known)]

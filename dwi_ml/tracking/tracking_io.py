@@ -19,8 +19,7 @@ from dwi_ml.data.processing.space import (
 )
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.experiment_layout import experiment_model_dir
-from dwi_ml.models import load_model_from_params_and_state
+from dwi_ml.models.model_io import load_model_of_experiment
 
 SEEDS_KEY = "seeds"
 
@@ -29,26 +28,13 @@ logger = logging.getLogger(__name__)
 
 def load_experiment_model(experiment_path, use_latest_epoch=False,
                           device="cpu"):
-    """Load the best (or the latest) model of an experiment folder.
-
-    Parameters
-    ----------
-    experiment_path : str
-        The experiment folder (holding ``best_model/`` and ``checkpoint/``).
-    use_latest_epoch : bool
-        Load ``checkpoint/model/`` instead of ``best_model/``.
-    device : str or torch.device
-
-    Returns
-    -------
-    MainModelAbstract, in eval mode on ``device``.
-    """
+    """:func:`~dwi_ml.models.model_io.load_model_of_experiment`, for a
+    model that tracks (a one-line error otherwise)."""
     if not os.path.isdir(experiment_path):
         raise DwiMLUserError(
             f"experiment '{experiment_path}': expected an experiment folder, "
             f"found none.")
-    folder = experiment_model_dir(experiment_path, use_latest_epoch)
-    model = load_model_from_params_and_state(folder, device)
+    model = load_model_of_experiment(experiment_path, use_latest_epoch, device)
     for method in ("forward_step", "select_hidden_states",
                    "get_tracking_directions"):
         if not hasattr(model, method):

@@ -152,7 +152,14 @@ def _with_null_means(results):
 def evaluate_model_folder(model_dir, hdf5_file, split, input_group,
                           streamline_group, batch_size=200, device="cpu"):
     """:func:`evaluate_model` for a saved model, on a lazily read HDF5."""
-    model = load_model_from_params_and_state(model_dir, device)
+    return evaluate_model_on_hdf5(
+        load_model_from_params_and_state(model_dir, device), hdf5_file, split,
+        input_group, streamline_group, batch_size, device)
+
+
+def evaluate_model_on_hdf5(model, hdf5_file, split, input_group,
+                           streamline_group, batch_size=200, device="cpu"):
+    """:func:`evaluate_model` on a lazily read HDF5 file."""
     dataset = MultiSubjectDataset(hdf5_file, lazy=True)
     dataset.load_data(load_training=split == "training",
                       load_validation=split == "validation",

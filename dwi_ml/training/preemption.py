@@ -34,22 +34,25 @@ def add_interruption_args(parser, for_resume=False):
     """
     group = parser.add_argument_group("Interruptions and checkpoints",
                                       INTERRUPTIONS_DESCRIPTION)
-    saved = " (default: as saved)" if for_resume else ""
+
+    def default(when_training):
+        return "as saved with the run" if for_resume else when_training
+
     group.add_argument(
         "--max_time", metavar="[DD:]HH:MM:SS",
         help="Stop with a checkpoint before this much time has passed since "
              "this process started training, keeping a margin of twice the "
-             "longest step plus the longest checkpoint write (default: no "
-             f"limit){saved}.")
+             "longest step plus the longest checkpoint write (default: "
+             f"{default('no limit')}).")
     group.add_argument(
         "--checkpoint_every_n_batches", type=int, metavar="N",
         help="Also write a mid-epoch checkpoint every N training batches "
              "(rounded up to whole --grad_accumulation_steps groups) "
-             f"(default: only at the end of each epoch){saved}.")
+             f"(default: {default('only at the end of each epoch')}).")
     group.add_argument(
         "--checkpoint_every_minutes", type=float, metavar="M",
         help="Also write a mid-epoch checkpoint when M minutes have passed "
-             f"since the last one (default: never){saved}.")
+             f"since the last one (default: {default('never')}).")
     group.add_argument(
         "--auto_requeue", action="store_true",
         help="After a stop by a signal or --max_time, when SLURM_JOB_ID is "

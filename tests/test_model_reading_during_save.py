@@ -1,0 +1,104 @@
+"""Reading an experiment's model while its run saves a new one.
+
+A run in progress swaps in a new checkpoint/ (and best_model/) folder at
+each save. Tracking, evaluating or plotting that experiment at the same
+time read files of two versions, and the manifest check called the
+checkpoint corrupt, or a file of the removed version missing.
+"""
+import multiprocessing
+import os
+
+import pytest
+import torch
+
+from dwi_ml.io_utils.atomic import atomic_output_folder, read_replaced_folder
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import checkpoint_model_dir
+from dwi_ml.io_utils.manifest import write_manifest
+from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.tracking.tracking_io import load_experiment_model
+
+# Enough saves that reads overlap several of them: without reading again
+# after a swap, the test failed 4 runs in 4.
+NB_SAVES = 300
+
+
+def seeded_model(seed):
+    torch.manual_seed(seed)
+    return Learn2TrackModel("m", nb_features=4, rnn_layer_sizes=[64])
+
+
+def save_checkpoint(model, experiment_dir):
+    """What the trainer's save_checkpoint does to the folder."""
+    with atomic_output_folder(os.path.join(experiment_dir,
+                                           "checkpoint")) as tmp_dir:
+        model.save_params_and_state(os.path.join(tmp_dir, "model"))
+        write_manifest(tmp_dir)
+
+
+def keep_saving(experiment_dir, started):
+    models = [seeded_model(0), seeded_model(1)]
+    started.set()
+    for index in range(NB_SAVES):
+        save_checkpoint(models[index % 2], experiment_dir)
+
+
+def test_the_latest_model_loads_while_the_run_saves_checkpoints(tmp_path):
+    experiment_dir = str(tmp_path / "exp")
+    os.makedirs(experiment_dir)
+    expected = [seeded_model(0).state_dict(), seeded_model(1).state_dict()]
+    save_checkpoint(seeded_model(0), experiment_dir)
+    started = multiprocessing.get_context("fork").Event()
+    writer = multiprocessing.get_context("fork").Process(
+        target=keep_saving, args=(experiment_dir, started))
+    writer.start()
+    started.wait()
+    errors, nb_loads = [], 0
+    while writer.is_alive():
+        try:
+            weights = load_experiment_model(experiment_dir,
+                                            use_latest_epoch=True).state_dict()
+        except Exception as error:  # noqa: BLE001 - every failure counts
+            errors.append(str(error))
+            continue
+        nb_loads += 1
+        # One saved version, whole.
+        assert any(all(torch.equal(weights[key], version[key])
+                       for key in version) for version in expected)
+    writer.join()
+    assert writer.exitcode == 0
+    assert errors == []
+    assert nb_loads > 0
+
+
+def test_a_read_is_done_again_after_a_swap_and_not_without(tmp_path):
+    # A kill between the two renames of a save left .checkpoint.old only;
+    # the next save, made while a reader had resolved that folder, removes
+    # it: the reader's files are gone, and it reads the new folder.
+    experiment_dir = str(tmp_path)
+    save_checkpoint(seeded_model(0), experiment_dir)
+    os.rename(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")
+    folders, attempts = [], []
+
+    def read():
+        attempts.append(1)
+        folders.append(checkpoint_model_dir(experiment_dir))
+        if len(folders) == 1:
+            save_checkpoint(seeded_model(1), experiment_dir)
+        return load_model_from_params_and_state(folders[-1])
+
+    model = read_replaced_folder(str(tmp_path / "checkpoint"), read)
+    assert folders == [str(tmp_path / ".checkpoint.old" / "model"),
+                       str(tmp_path / "checkpoint" / "model")]
+    expected = seeded_model(1).state_dict()
+    assert all(torch.equal(model.state_dict()[key], expected[key])
+               for key in expected)
+
+    # A file changed with no save going on is corrupt: said at once.
+    state = tmp_path / "checkpoint" / "model" / "model_state.pt"
+    state.write_bytes(state.read_bytes()[:-1] + b"x")
+    attempts.clear()
+    with pytest.raises(DwiMLUserError, match="model_state.pt' is corrupt"):
+        read_replaced_folder(str(tmp_path / "checkpoint"), read)
+    assert len(attempts) == 1
