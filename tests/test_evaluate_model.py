@@ -7,14 +7,17 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from signal_during_training import SignalAt
 from training_data import make_training_hdf5
 
 from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
+from dwi_ml.cli.dwiml_train_model import build_parser as train_build_parser
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.cli.dwiml_train_model import train_from_args
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
-from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.training.evaluation import evaluate_model
 from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
@@ -46,6 +49,8 @@ def test_validation_subset_reproduces_the_best_validation_loss(experiment,
                        "best_epoch.json").read_text())
     results = saved["results"]
     assert saved["model"] == "best" and sorted(results) == ["all", "subj-02"]
+    # The JSON says which model it evaluated: best_model's epoch.
+    assert saved["epoch"] == best["epoch"] and saved["epoch_complete"]
     # Other batches, same points: the points-weighted mean is the same, up
     # to float32 rounding, since other batch shapes take other kernels. The
     # forward error of an RNN output is within one rounding per term of its
@@ -66,12 +71,37 @@ def test_testing_subset_latest_model_and_overwrite(experiment, capsys):
     out = experiment_dir / "test.json"
     evaluate_main([str(experiment_dir), hdf5_file, "--use_latest_epoch",
                    "--out", str(out)])
-    results = json.loads(out.read_text())["results"]
+    saved = json.loads(out.read_text())
+    results = saved["results"]
     assert sorted(results) == ["all", "subj-03"] and results["all"]["n_points"] > 0
+    # The checkpoint after the last of the 2 epochs (0-based epoch 1).
+    assert (saved["model"], saved["epoch"], saved["epoch_complete"]) == \
+        ("latest", 1, True)
+    assert "Evaluated the latest model (epoch 1). Saved" in capsys.readouterr().out
     with pytest.raises(SystemExit) as error:
         evaluate_main([str(experiment_dir), hdf5_file, "--out", str(out)])
     assert error.value.code == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_latest_model_stopped_inside_an_epoch(experiment, tmp_path):
+    """A run stopped by SIGTERM after training batch 1 of epoch 1: its
+    checkpoint's model is inside epoch 1, which the JSON says."""
+    _, hdf5_file = experiment
+    args = train_build_parser().parse_args(
+        [str(tmp_path), "stopped", hdf5_file, "input", "streamlines",
+         "--max_epochs", "2", "--step_size", "1.5", "--rnn_layer_sizes", "8",
+         "--batch_size_training", "30", "-v", "WARNING"])
+    with pytest.raises(SystemExit) as stop:
+        script_entry_point(lambda argv: train_from_args(
+            args, [SignalAt("1:train:1:SIGTERM")]))([])
+    assert stop.value.code != 0
+    out = tmp_path / "latest.json"
+    evaluate_main([str(tmp_path / "stopped"), hdf5_file, "--subset",
+                   "validation", "--use_latest_epoch", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert (saved["model"], saved["epoch"], saved["epoch_complete"]) == \
+        ("latest", 1, False)
 
 
 def test_no_best_model_points_to_the_checkpoint(experiment, tmp_path,

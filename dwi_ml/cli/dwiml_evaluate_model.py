@@ -5,7 +5,9 @@ best model, or of its latest checkpoint with --use_latest_epoch, over every
 streamline of the chosen subset. Prints, and saves as JSON, each subject's
 losses (the total and each named loss), number of points and mean angular
 error in degrees (deterministic directions against the streamlines' own
-segments, measured in mm). A model trained on GPU evaluates on CPU.
+segments, measured in mm), with the model evaluated: best or latest, its
+0-based epoch and whether that epoch was complete (a checkpoint written at
+a stop holds a model inside an epoch). A model trained on GPU evaluates on CPU.
 """
 import os
 
@@ -56,8 +58,9 @@ def main(argv=None):
     streamline_group = params["loader"]["streamline_group"]
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     which = "latest" if args.use_latest_epoch else "best"
-    model = load_model_of_experiment(args.experiment_path,
-                                     args.use_latest_epoch, args.device)
+    model, (epoch, epoch_complete) = load_model_of_experiment(
+        args.experiment_path, args.use_latest_epoch, args.device,
+        with_epoch=True)
     out = args.out or os.path.join(args.experiment_path,
                                    f"evaluation_{args.subset}_{which}.json")
     check_output_free(out, args.overwrite,
@@ -71,7 +74,9 @@ def main(argv=None):
             f"--subset {args.subset}: '{args.hdf5_file}' has no "
             f"{args.subset} subject.")
     write_json_atomic(out, {"experiment": os.path.abspath(args.experiment_path),
-                            "model": which, "subset": args.subset,
+                            "model": which, "epoch": epoch,
+                            "epoch_complete": epoch_complete,
+                            "subset": args.subset,
                             "hdf5_file": os.path.abspath(args.hdf5_file),
                             "results": results})
     names = [key for key in results["all"] if key != "n_points"]
@@ -80,7 +85,9 @@ def main(argv=None):
     for subject, values in results.items():
         print(f"{subject:<16}" + "".join(_column(values[name]) for name in names)
               + f"{values['n_points']:>10d}")
-    print(f"Saved to {out}")
+    stopped = "" if epoch_complete else ", stopped inside it"
+    print(f"Evaluated the {which} model (epoch {epoch}{stopped}). "
+          f"Saved to {out}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,50 @@ def best_model_dir(experiment_dir):
     return path
 
 
+def read_best_epoch(best_folder):
+    """``best_epoch.json`` of a ``best_model/`` folder -> (epoch, loss).
+
+    ``loss`` is None while the metric had no value at the best epoch.
+
+    Raises
+    ------
+    DwiMLUserError
+        A file that is not JSON with an integer 'epoch' and a 'loss'.
+    """
+    path = os.path.join(best_folder, "best_epoch.json")
+    best = load_json_file(path, "best epoch")
+    try:
+        loss = best["loss"]
+        return int(best["epoch"]), None if loss is None else float(loss)
+    except (ValueError, KeyError, TypeError) as error:
+        raise DwiMLUserError(
+            f"'{path}': expected JSON with 'epoch' and 'loss', could not "
+            f"read it ({error}).") from None
+
+
+def read_model_epoch(experiment_dir, use_latest_epoch=False):
+    """The epoch of the model :func:`experiment_model_dir` points to.
+
+    Returns
+    -------
+    (int or None, bool)
+        The 0-based epoch (as in ``best_epoch.json``) of the model's last
+        training batch, and whether that epoch was finished (validated).
+        The best model's epoch is always finished; a checkpoint written
+        inside an epoch (a stop request) holds a model inside it. None:
+        a checkpoint before any training batch.
+    """
+    if not use_latest_epoch:
+        return read_best_epoch(best_model_dir(experiment_dir))[0], True
+    state = load_checkpoint_state(experiment_dir)
+    epochs_done = int(state["current_epoch"])
+    position = state.get("position") or {}
+    if position.get("phase", "train") == "train" and \
+            position.get("nb_batches_done", 0) == 0:
+        return (epochs_done - 1 if epochs_done else None), epochs_done > 0
+    return epochs_done, False
+
+
 def experiment_model_dir(experiment_dir, use_latest_epoch=False):
     """Folder of the best model, or of the checkpoint's model (checked)."""
     if use_latest_epoch:

@@ -24,6 +24,7 @@ from dwi_ml.io_utils.experiment_layout import (
     CHECKPOINT_DIR,
     PARAMETERS_FILE,
     experiment_model_dir,
+    read_model_epoch,
 )
 from dwi_ml.io_utils.manifest import verify_manifest
 from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
@@ -128,7 +129,7 @@ def load_model_from_params_and_state(folder, device="cpu"):
 
 
 def load_model_of_experiment(experiment_dir, use_latest_epoch=False,
-                             device="cpu"):
+                             device="cpu", with_epoch=False):
     """Load an experiment's best model, or its checkpoint's model.
 
     The experiment's run may be going on: a save that swaps in a new
@@ -142,13 +143,20 @@ def load_model_of_experiment(experiment_dir, use_latest_epoch=False,
     use_latest_epoch : bool
         Load ``checkpoint/model/`` instead of ``best_model/``.
     device : str or torch.device
+    with_epoch : bool
+        Also return the model's epoch, read with it from the same save
+        (:func:`~dwi_ml.io_utils.experiment_layout.read_model_epoch`).
 
     Returns
     -------
-    MainModelAbstract, in eval mode on ``device``.
+    MainModelAbstract, in eval mode on ``device``; with ``with_epoch``,
+    (model, (epoch, epoch_complete)).
     """
+    def read():
+        model = load_model_from_params_and_state(
+            experiment_model_dir(experiment_dir, use_latest_epoch), device)
+        if not with_epoch:
+            return model
+        return model, read_model_epoch(experiment_dir, use_latest_epoch)
     saved = CHECKPOINT_DIR if use_latest_epoch else BEST_MODEL_DIR
-    return read_replaced_folder(
-        os.path.join(experiment_dir, saved),
-        lambda: load_model_from_params_and_state(
-            experiment_model_dir(experiment_dir, use_latest_epoch), device))
+    return read_replaced_folder(os.path.join(experiment_dir, saved), read)

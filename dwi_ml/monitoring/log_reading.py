@@ -6,7 +6,6 @@ An experiment folder (written by the trainer) holds ``parameters.json``,
 progress may have logs of different lengths; they are read as they are.
 """
 import glob
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,7 +15,12 @@ import numpy as np
 
 from dwi_ml.io_utils.atomic import existing_atomic_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR, LOGS_DIR, PARAMETERS_FILE
+from dwi_ml.io_utils.experiment_layout import (
+    BEST_MODEL_DIR,
+    LOGS_DIR,
+    PARAMETERS_FILE,
+    read_best_epoch,
+)
 from dwi_ml.monitoring.log_expressions import base_log_names
 
 logger = logging.getLogger(__name__)
@@ -74,19 +78,10 @@ def _load_log(path):
 
 def _read_best_epoch(experiment_dir):
     folder = existing_atomic_folder(os.path.join(experiment_dir, BEST_MODEL_DIR))
-    path = None if folder is None else os.path.join(folder, "best_epoch.json")
-    if path is None or not os.path.isfile(path):
+    if folder is None or not os.path.isfile(
+            os.path.join(folder, "best_epoch.json")):
         return None, None
-    try:
-        with open(path) as f:
-            best = json.load(f)
-        # A null loss: the metric had no value yet at the best epoch.
-        loss = best["loss"]
-        return int(best["epoch"]), None if loss is None else float(loss)
-    except (ValueError, KeyError, TypeError) as error:
-        raise DwiMLUserError(
-            f"'{path}': expected JSON with 'epoch' and 'loss', could not "
-            f"read it ({error}).") from None
+    return read_best_epoch(folder)
 
 
 def read_experiment_logs(experiment_dir, label=None):
