@@ -313,3 +313,45 @@ def test_the_logs_of_a_default_panel_have_distinct_line_styles(tmp_path):
     styles = legend_entries(axes["Tracking: bundles"])
     assert [name for name in styles if name in bundles] == list(bundles)
     assert len({str(styles[name]) for name in bundles}) == len(bundles)
+
+
+def test_smooth_longer_than_a_log_warns_once(experiment, tmp_path, capsys):
+    # A window longer than the 8 batches drew the raw values only, silently.
+    out = str(tmp_path / "batches")
+    main([experiment, "--graph", "Batches", "train_loss_per_batch", "--graph",
+          "Again", "train_loss_per_batch", "--smooth", "20", "--out", out])
+    assert capsys.readouterr().err == (
+        "WARNING: --smooth 20: experiment 'run', log train_loss_per_batch "
+        "has only 8 values: drawn without smoothing.\n")
+    figures = build_figures([Panel("Batches", ("train_loss_per_batch",))],
+                            read_experiments([experiment]),
+                            PlotOptions(smooth=20))
+    lines = axes_by_title(figures)["Batches"].lines
+    assert len(lines) == 1
+    np.testing.assert_array_equal(lines[0].get_ydata(),
+                                  LOGS["train_loss_per_batch"])
+    main([experiment, "--graph", "Batches", "train_loss_per_batch",
+          "--smooth", "8", "--out", out, "-f"])
+    assert capsys.readouterr().err == ""
+
+
+def test_log_y_names_the_values_it_leaves_out(tmp_path, capsys):
+    run = write_experiment(tmp_path / "run", {
+        "train_loss": [3.0, 2.0, 1.0, 0.5],
+        "valid_gain": [0.5, 0.0, -0.2, 1.0],
+        "learning_rate": [1e-2, 1e-3, 0.0, 0.0]})
+    out = str(tmp_path / "plot")
+    main([run, "--graph", "Gain", "valid_gain", "train_loss",
+          "--graph", "Gain again", "valid_gain", "--log_y", "--out", out])
+    assert capsys.readouterr().err == (
+        "WARNING: experiment 'run', log valid_gain: 2 of 4 values are <= 0, "
+        "left out on the log-scale y axis.\n")
+    assert os.path.isfile(out + ".png")
+    # The learning rate panel is always on a log scale.
+    main([run, "--graph", "LR", "learning_rate", "--out", out, "-f"])
+    assert capsys.readouterr().err == (
+        "WARNING: experiment 'run', log learning_rate: 2 of 4 values are "
+        "<= 0, left out on the log-scale y axis.\n")
+    main([run, "--graph", "Gain", "valid_gain", "--out", out, "-f"])
+    assert capsys.readouterr().err == ""
+

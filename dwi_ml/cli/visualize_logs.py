@@ -26,6 +26,7 @@ from dwi_ml.monitoring.plotting import (
     check_panels,
     default_panels,
     split_panels,
+    warn_hidden_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,13 @@ def _build_parser():
              "default panel's title, e.g. Loss). Repeatable; a panel's own "
              "range wins over the range of every panel.")
     panels.add_argument("--log_y", action="store_true",
-                        help="Log scale on every panel's y axis.")
+                        help="Log scale on every panel's y axis (values <= 0 "
+                             "are left out, with a warning naming each log).")
     panels.add_argument("--smooth", type=int, default=1, metavar="N",
                         help="Moving average over N batches for per-batch "
-                             "logs (the raw values stay, faint).")
+                             "logs (the raw values stay, faint); a log of "
+                             "fewer than N batches is drawn unsmoothed, with "
+                             "a warning. Default: 1 (none).")
     panels.add_argument(
         "--remove_outliers", action="store_true",
         help="Leave out of each drawn curve (per experiment and log) the "
@@ -254,6 +258,7 @@ def main(argv=None):
         logger.warning("--show: no display found (DISPLAY is not set); "
                        "the figure is only saved to %s.", ", ".join(paths))
 
+    warn_hidden_values(panels, experiments, options)
     if show:
         import matplotlib.pyplot as plt
     figures = build_figures(panels, experiments, options,

@@ -116,6 +116,44 @@ def check_panels(panels, experiments):
                            experiment.label, ", ".join(missing))
 
 
+def _log_scale(panel, options):
+    """True when the panel's y axis is on a log scale."""
+    return options.log_y or LOG_SCALE_LOGS.issuperset(panel.log_names)
+
+
+def warn_hidden_values(panels, experiments, options):
+    """Warn, once per experiment and log, about values a panel hides.
+
+    A per-batch log shorter than the ``options.smooth`` window is drawn
+    without smoothing; values <= 0 on a log-scale axis are left out (after
+    ``options.remove_outliers``, as drawn).
+    """
+    for experiment in experiments:
+        smoothed, logged = set(), set()
+        for panel in panels:
+            for name in panel.log_names:
+                values = experiment.logs.get(name)
+                if values is None:
+                    continue
+                if (options.smooth > len(values) and is_per_batch(name)
+                        and name not in smoothed):
+                    smoothed.add(name)
+                    logger.warning(
+                        "--smooth %d: experiment '%s', log %s has only %d "
+                        "values: drawn without smoothing.", options.smooth,
+                        experiment.label, name, len(values))
+                if _log_scale(panel, options) and name not in logged:
+                    logged.add(name)
+                    if options.remove_outliers:
+                        values = remove_outliers(values)
+                    count = np.count_nonzero(values <= 0)
+                    if count:
+                        logger.warning(
+                            "experiment '%s', log %s: %d of %d values are "
+                            "<= 0, left out on the log-scale y axis.",
+                            experiment.label, name, count, len(values))
+
+
 @dataclass(frozen=True)
 class PlotOptions:
     """How to draw the panels (see ``visualize_logs.py --help``).
