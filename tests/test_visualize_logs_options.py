@@ -355,3 +355,12 @@ def test_log_y_names_the_values_it_leaves_out(tmp_path, capsys):
     main([run, "--graph", "Gain", "valid_gain", "--out", out, "-f"])
     assert capsys.readouterr().err == ""
 
+
+def test_an_experiment_given_twice_is_refused(experiment, tmp_path, capsys):
+    # Two curves of one colour each, under two identical legend labels.
+    error = run_error([experiment, experiment + os.sep, "--out",
+                       str(tmp_path / "plot")], capsys)
+    assert "\n" not in error.strip() and error.strip().endswith(
+        f"experiment '{experiment}{os.sep}' is given twice (as "
+        f"'{experiment}' too): give each experiment once.")
+    assert not os.path.exists(tmp_path / "plot.png")

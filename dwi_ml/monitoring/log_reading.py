@@ -142,6 +142,20 @@ def experiment_labels(experiment_dirs):
 
 
 def read_experiments(experiment_dirs):
-    """Read several experiments, labelled by :func:`experiment_labels`."""
+    """Read several experiments, labelled by :func:`experiment_labels`.
+
+    Raises
+    ------
+    DwiMLUserError
+        An experiment given twice (the same folder by two paths too): its
+        curves would be drawn twice under one legend label.
+    """
+    seen = {}
+    for path in experiment_dirs:
+        first = seen.setdefault(os.path.realpath(path), path)
+        if first is not path:
+            raise DwiMLUserError(
+                f"experiment '{path}' is given twice (as '{first}' too): "
+                "give each experiment once.")
     return [read_experiment_logs(path, label) for path, label in
             zip(experiment_dirs, experiment_labels(experiment_dirs))]
