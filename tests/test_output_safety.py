@@ -249,7 +249,7 @@ def test_old_experiment_without_marker_is_recognised(tmp_path, data, capsys):
     assert folder_kind(old) == "experiment"
     # Resume continues it (and marks it); train -f replaces it.
     message = run_refused(resume_cli.main, [str(experiments), "old"], capsys)
-    assert "already finished its 1 epochs" in message
+    assert "already finished its 1 epoch: " in message
     os.remove(os.path.join(old, MARKER_FILE))
     resume_cli.main([str(experiments), "old", "--new_max_epochs", "2",
                      "-v", "WARNING"])
@@ -373,10 +373,12 @@ def test_demo_f_keeps_the_experiments_trained_next_to_the_demos(
         "experiments"]
 
 
-def test_demo_outputs_are_all_its_own(tmp_path):
+def test_demo_outputs_are_all_its_own(tmp_path, capsys):
     out = tmp_path / "demo"
     demo_main([str(out), "--epochs", "1", "2", "--nb_streamlines", "30",
                "-v", "WARNING"])
+    printed = capsys.readouterr().out
+    assert "3. Training for 1 epoch\n" in printed   # not '1 epochs'
     assert sorted(os.listdir(out)) == [
         ".dwi_ml_output.json", "dataset.hdf5", "experiments", "logs_plot.png",
         "synthetic", "tracking_subj-02.trk"]

@@ -208,7 +208,7 @@ def test_a_smaller_new_max_epochs_than_the_epoch_in_progress_is_refused(
     message = capsys.readouterr().err.strip()
     assert len(message.splitlines()) == 1
     assert "error: --new_max_epochs: " in message
-    assert "inside epoch 1" in message
+    assert "inside epoch 1 (1 epoch done)" in message
     assert "expected at least 2, found 1" in message
     assert checkpoint.read_bytes() == saved
     assert len(_logs(tmp_path / "inside")["train_loss.npy"]) == 1
@@ -218,3 +218,20 @@ def test_a_smaller_new_max_epochs_than_the_epoch_in_progress_is_refused(
                      "-v", "WARNING"])
     assert "reached max_epochs (2)" in capsys.readouterr().out
     assert len(_logs(tmp_path / "inside")["train_loss.npy"]) == 2
+
+
+def test_patience_of_one_epoch_is_said_in_the_singular(tmp_path, hdf5_file,
+                                                       capsys):
+    # The stop and the refused resume said 'no improvement for 1 epochs'
+    # and 'patience (1 epochs)'. A learning rate of ~0 never improves by
+    # more than --patience_delta: the run stops after epoch 1.
+    experiments = str(tmp_path)
+    train_cli.main(_train_args(experiments, "patient", hdf5_file, 5, 0)
+                   + ["--patience", "1", "--patience_delta", "1.0",
+                      "--learning_rate", "1e-12"])
+    assert ("patience reached: no improvement for 1 epoch;"
+            in capsys.readouterr().out)
+    with pytest.raises(SystemExit) as refused:
+        resume_cli.main([experiments, "patient"])
+    assert refused.value.code == 2
+    assert "patience (1 epoch) reached at epoch 1" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.arg_checks import check_int_options
-from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, count_of, script_entry_point
 from dwi_ml.io_utils.experiment_layout import best_model_dir
 from dwi_ml.io_utils.output_folders import check_output_folder, reset_output_folder
 from dwi_ml.io_utils.script_args import (
@@ -114,7 +114,7 @@ def main(argv=None):
     print(f"   -> {hdf5_file}")
     print("\n".join(summarize_dataset(hdf5_file)))
 
-    print(f"3. Training for {first_epochs} epochs")
+    print(f"3. Training for {count_of(first_epochs, 'epoch')}")
     experiments = os.path.join(args.out_folder, "experiments")
     os.makedirs(experiments, exist_ok=True)
     train_args = train_parser().parse_args(demo_training_args(

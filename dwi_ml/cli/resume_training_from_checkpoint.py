@@ -17,7 +17,7 @@ from dwi_ml.data.hdf5.fingerprint import (
     first_fingerprint_difference,
 )
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
-from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, count_of, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
     checkpoint_model_dir,
     has_checkpoint,
@@ -178,7 +178,7 @@ def check_new_max_epochs(new_max_epochs, state, experiment_dir):
         return
     raise DwiMLUserError(
         f"--new_max_epochs: experiment '{experiment_dir}' stopped inside "
-        f"epoch {epoch} ({epoch} epochs done), which a resume finishes: "
+        f"epoch {epoch} ({count_of(epoch, 'epoch')} done), which a resume finishes: "
         f"expected at least {epoch + 1}, found {new_max_epochs}.")
 
 
@@ -187,11 +187,11 @@ def _finished_message(trainer, experiment_dir):
         # current_epoch: epochs done, which a smaller --new_max_epochs
         # does not undo.
         return (f"experiment '{experiment_dir}' already finished its "
-                f"{trainer.current_epoch} epochs: give --new_max_epochs "
+                f"{count_of(trainer.current_epoch, 'epoch')}: give --new_max_epochs "
                 f"larger than {trainer.current_epoch} to train longer.")
     tracker = trainer.best_tracker
     return (f"experiment '{experiment_dir}' stopped early: patience "
-            f"({tracker.patience} epochs) reached at epoch "
+            f"({count_of(tracker.patience, 'epoch')}) reached at epoch "
             f"{trainer.current_epoch - 1}, best epoch {tracker.best_epoch}; "
             "give a larger --new_patience to continue.")
 

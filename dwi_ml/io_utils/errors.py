@@ -45,6 +45,11 @@ def one_line_message(error):
     return lines[-1].split(f"{DwiMLUserError.__name__}: ", 1)[-1]
 
 
+def count_of(count, noun):
+    """``'1 epoch'``, ``'2 epochs'``: a count and its noun, in messages."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def script_entry_point(main_fn):
     """Wrap a script's ``main(argv=None)`` so user errors exit cleanly.
 

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dwi_ml.batching.dataloaders import make_dataloader, shut_down_workers
 from dwi_ml.data.splits import Split
+from dwi_ml.io_utils.errors import count_of
 from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.training.callbacks import (
     CallbackList,
@@ -306,9 +307,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
             self.stopped_reason = f"reached max_epochs ({self.max_epochs})"
             return True
         if self.best_tracker.is_patience_reached:
-            self.stopped_reason = (
-                f"patience reached: no improvement for "
-                f"{self.best_tracker.nb_bad_epochs} epochs")
+            self.stopped_reason = "patience reached: no improvement for " \
+                + count_of(self.best_tracker.nb_bad_epochs, "epoch")
             return True
         return False
 
