@@ -16,7 +16,7 @@ import time
 
 import pytest
 from file_tree import snapshot
-from training_data import make_trained_experiment
+from training_data import make_trained_experiment, make_training_hdf5
 
 from dwi_ml.io_utils.errors import EXIT_STATUS_CTRL_C, EXIT_STATUS_SIGTERM
 
@@ -96,3 +96,27 @@ def test_stop_during_tractogram_writing(data, tmp_path, extension, stop):
         "--seeding_mask_group", "wm_mask", "--npv", "2",
         "--step_size", "1.5"], out_path, stop[0])
     _assert_stopped_cleanly(stopped, stop, script, out_path, tmp_path, before)
+
+
+def test_sigterm_after_a_finished_training_says_it_is_complete(tmp_path):
+    # A SIGTERM while the interpreter exits, after 'Experiment saved' (a
+    # time limit, scancel): the script died of it (143) without a word,
+    # so that the run looked killed with its experiment unfinished.
+    hdf5_file = make_training_hdf5(str(tmp_path))
+    script = os.path.join(SCRIPTS, "dwiml_train_model.py")
+    code = ("import atexit, os, runpy, signal, sys\n"
+            "atexit.register(os.kill, os.getpid(), signal.SIGTERM)\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    process = subprocess.run(
+        [sys.executable, "-c", code, script, str(tmp_path), "exp", hdf5_file,
+         "input", "streamlines", "--max_epochs", "1", "--step_size", "1.5",
+         "--rnn_layer_sizes", "8", "-v", "WARNING"],
+        capture_output=True, text=True, timeout=300)
+    assert process.returncode == EXIT_STATUS_SIGTERM, process.stderr[-3000:]
+    assert process.stdout.startswith(f"Experiment saved in {tmp_path}/exp (")
+    assert process.stderr.strip().splitlines() == [
+        "dwiml_train_model.py: terminated (SIGTERM) after it finished: its "
+        "outputs are complete."]
+    assert os.path.isfile(tmp_path / "exp" / "checkpoint" /
+                          "checkpoint_state.pt")

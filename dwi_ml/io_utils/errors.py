@@ -24,6 +24,15 @@ def raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _terminated_after_the_end(signum, frame):
+    """SIGTERM handler once a command-line script has finished: while the
+    interpreter exits, every output is complete; say so, exit 143."""
+    sys.stdout.flush()
+    print(f"{_prog()}: terminated (SIGTERM) after it finished: its outputs "
+          "are complete.", file=sys.stderr, flush=True)
+    os._exit(EXIT_STATUS_SIGTERM)
+
+
 class DwiMLUserError(Exception):
     """A mistake in the user's input (file, key or argument).
 
@@ -59,7 +68,9 @@ def script_entry_point(main_fn):
     quietly. Running out of memory (e.g. sizes far too large for the
     machine) is one line too, with exit status 1, and so is Ctrl-C outside
     a training run (which stops cleanly instead), with exit status 130;
-    SIGTERM likewise, with exit status 143, while the script runs.
+    SIGTERM likewise, with exit status 143, while the script runs, and
+    after it finished when run from the command line (``argv`` None),
+    saying then that its outputs are complete.
     """
     @functools.wraps(main_fn)
     def wrapper(argv=None):
@@ -67,8 +78,11 @@ def script_entry_point(main_fn):
         if (threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
             previous = signal.signal(signal.SIGTERM, raise_terminated)
+        finished = False
         try:
-            return main_fn(argv)
+            result = main_fn(argv)
+            finished = True
+            return result
         except DwiMLUserError as error:
             print(f"{_prog()}: error: {one_line_message(error)}",
                   file=sys.stderr)
@@ -96,7 +110,10 @@ def script_entry_point(main_fn):
             sys.exit(0)
         finally:
             if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+                # Run from the command line (argv None), the process exits
+                # next: a SIGTERM then must not look like a killed run.
+                signal.signal(signal.SIGTERM, _terminated_after_the_end
+                              if finished and argv is None else previous)
     return wrapper
 
 
