@@ -22,7 +22,8 @@ check, the ``.npy`` logs, Comet and the log line are callbacks
 (:mod:`dwi_ml.training.callbacks`). Saving and resuming live in
 :mod:`dwi_ml.training.trainer_checkpointing`; the optimisation steps (loss
 reduction across ranks, back-propagation, gradient accumulation, optimizer
-step) in :mod:`dwi_ml.training.trainer_optimization`.
+step) in :mod:`dwi_ml.training.trainer_optimization`; the DataLoaders and
+their iteration in :mod:`dwi_ml.training.trainer_dataloading`.
 """
 import os
 import time
@@ -30,7 +31,7 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dwi_ml.batching.dataloaders import make_dataloader, shut_down_workers
+from dwi_ml.batching.dataloaders import shut_down_workers
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import count_of
 from dwi_ml.io_utils.experiment_layout import LOGS_DIR
@@ -58,13 +59,12 @@ from dwi_ml.training.optimizers import (
 from dwi_ml.training.random_states import seed_everything, set_deterministic
 from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_checkpointing import TrainerCheckpointing
+from dwi_ml.training.trainer_dataloading import TrainerDataLoading
 from dwi_ml.training.trainer_optimization import TrainerOptimization
 
-# How long a DataLoader error waits for this process's own stop signal.
-WORKER_DEATH_SIGNAL_WAIT_S = 2.0
 
-
-class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
+class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
+                           TrainerDataLoading):
     """Trains a dwi_ml model with a BatchSampler and a BatchLoader.
 
     Parameters
@@ -312,17 +312,6 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
             return True
         return False
 
-    def create_dataloaders(self):
-        """Create the training and validation DataLoaders (kept for reuse)."""
-        splits = [Split.TRAINING] + ([Split.VALIDATION] if self.use_validation
-                                     else [])
-        for split in splits:
-            if split not in self._dataloaders:
-                self._dataloaders[split] = make_dataloader(
-                    self.batch_sampler, self.batch_loader, split,
-                    self.nb_workers, self.dataloader_generator,
-                    pin_memory=self.device.type == "cuda")
-
     def nb_batches(self, split):
         """Number of batches of this epoch of ``split``, up to the cap.
 
@@ -332,47 +321,6 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing):
         total = len(self.batch_sampler.for_split(split))
         cap = self.max_batches[split]
         return total if cap is None else min(total, cap)
-
-    def iterate_batches(self, split, epoch):
-        """Yield the epoch's remaining batches of ``split``, up to the cap.
-
-        Iteration starts after the batches the current position has done
-        (the sampler was restored at the same place).
-        """
-        self.batch_sampler.set_epoch(epoch)
-        cap = self.max_batches[split]
-        first = self.position.nb_batches_done
-        try:  # wakes persistent workers up: they may be dead already
-            batches = enumerate(self._dataloaders[split], start=first)
-        except (RuntimeError, OSError):
-            self._stop_if_workers_died_of_stop_signal()
-            return
-        while True:
-            try:
-                batch_index, batch = next(batches)
-            except StopIteration:
-                return
-            except (RuntimeError, OSError):
-                self._stop_if_workers_died_of_stop_signal()
-                return
-            if cap is not None and batch_index >= cap:
-                return
-            self.batch_index = batch_index
-            yield batch
-
-    def _stop_if_workers_died_of_stop_signal(self):
-        """On a DataLoader error: workers killed by this run's SIGTERM (sent
-        to the process group) stop it at its last step; else re-raise.
-
-        A worker killed while its batch is being received gives a
-        ``ConnectionResetError`` (the tensors' file descriptors), possibly
-        before this process has run its own SIGTERM's handler: wait for it.
-        With 0 workers no worker can die: the error is the loader's own.
-        """
-        if (self.nb_workers == 0 or not self.interruptions.signal_within(
-                WORKER_DEATH_SIGNAL_WAIT_S)):
-            raise
-        self.poll_interruptions(is_training_batch=False)
 
     def train_one_epoch(self, epoch):
         """Train on the epoch's batches, from the current position.
