@@ -339,8 +339,6 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
         # One epoch: no integer tick fits matplotlib's narrow default axis.
         centre = (left + right) / 2
         ax.set_xlim(centre - 1, centre + 1)
-    if LOG_SCALE_LOGS.issuperset(panel.log_names):
-        ax.set_yscale("log")
     ax.grid(alpha=0.3)
 
 
@@ -388,7 +386,7 @@ def draw_figure(figure, panels, experiments, options=PlotOptions()):
     for ax, panel in zip(axes, panels):
         draw_panel(ax, panel, experiments, colours, options.smooth,
                    options.remove_outliers)
-        if options.log_y:
+        if _log_scale(panel, options):
             ax.set_yscale("log")
         if options.xlim is not None:
             ax.set_xlim(*options.xlim)
