@@ -21,7 +21,6 @@ from dwi_ml.io_utils.atomic import existing_atomic_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.manifest import verify_manifest
 from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
-from dwi_ml.training.epoch_position import EpochPosition
 
 BEST_MODEL_DIR = "best_model"
 CHECKPOINT_DIR = "checkpoint"
@@ -155,7 +154,9 @@ def read_model_epoch(experiment_dir, use_latest_epoch=False):
         return read_best_epoch(best_model_dir(experiment_dir))[0], True
     state = load_checkpoint_state(experiment_dir)
     epochs_done = int(state["current_epoch"])
-    if EpochPosition.from_state(state.get("position")).at_epoch_start:
+    position = state.get("position") or {}
+    if position.get("phase", "train") == "train" and \
+            position.get("nb_batches_done", 0) == 0:
         return (epochs_done - 1 if epochs_done else None), epochs_done > 0
     return epochs_done, False
 
