@@ -154,6 +154,8 @@ def read_model_epoch(experiment_dir, use_latest_epoch=False):
         return read_best_epoch(best_model_dir(experiment_dir))[0], True
     state = load_checkpoint_state(experiment_dir)
     epochs_done = int(state["current_epoch"])
+    # As EpochPosition.at_epoch_start, which io_utils may not import (it
+    # comes after io_utils in the data flow).
     position = state.get("position") or {}
     if position.get("phase", "train") == "train" and \
             position.get("nb_batches_done", 0) == 0:
