@@ -118,7 +118,8 @@ def make_model(model_type, nb_features, args):
     common = dict(nb_features=nb_features, step_size=args.step_size,
                   dg_key="cosine-regression",
                   dg_args=({"add_eos": True, "eos_only_at_fibre_ends":
-                            args.eos_only_at_fibre_ends}
+                            args.eos_only_at_fibre_ends,
+                            "eos_weight": eos_weight(model_type, args)}
                            if args.add_eos else None))
     if model_type == "learn2track":
         return Learn2TrackModel(model_type, rnn_layer_sizes=[64],
@@ -133,6 +134,14 @@ def make_model(model_type, nb_features, args):
         position_encoding=args.position_encoding,
         attention_window=args.attention_window, activation=args.activation,
         **extra, **common)
+
+
+def eos_weight(model_type, args):
+    """The weight of the model's EOS loss: ``--tf_eos_weight`` for the
+    Transformers when given, else ``--eos_weight``."""
+    if model_type != "learn2track" and args.tf_eos_weight is not None:
+        return args.tf_eos_weight
+    return args.eos_weight
 
 
 def eos_stop(model_type, args):
@@ -347,6 +356,13 @@ def main():
                         help="Every model predicts an end of streamline "
                              "(EOS), and tracking stops where its "
                              "probability is above 0.5 (default: no EOS).")
+    parser.add_argument("--eos_weight", type=float, default=1.0,
+                        help="With --add_eos: the weight of the EOS loss "
+                             "beside the direction loss, every model "
+                             "unless --tf_eos_weight (default: 1.0).")
+    parser.add_argument("--tf_eos_weight", type=float, default=None,
+                        help="The same for the Transformers (default: "
+                             "--eos_weight).")
     parser.add_argument("--eos_stop", type=eos_stop_value, default=None,
                         metavar="P|max",
                         help="With --add_eos: the EOS threshold of every "

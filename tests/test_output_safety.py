@@ -133,6 +133,26 @@ def test_qa_synthetic_dataset_never_replaces_the_current_folder(
     assert snapshot(tmp_path) == before
 
 
+def test_a_leading_tilde_means_the_home_folder(tmp_path, monkeypatch,
+                                              capsys):
+    """The shell leaves '~' alone in --opt=~/x and in quotes: the script
+    expands it, so it never makes a folder named '~' here, and '~' with -f
+    is the home folder, which is refused."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    synthetic_main(["~/syn", *TINY_SYNTHETIC])
+    assert (home / "syn" / "config.json").is_file()
+    assert not (tmp_path / "~").exists()
+    before = snapshot(home)
+    message = run_refused(synthetic_main, ["~", "-f", *TINY_SYNTHETIC],
+                          capsys)
+    assert f"'{home}' is your home folder" in message
+    assert snapshot(home) == before
+
+
 def test_qa_case_as_a_real_command_prints_one_line(tmp_path, data):
     experiments = _user_files(tmp_path)
     before = snapshot(tmp_path)

@@ -170,8 +170,28 @@ def parse_script_args(parser, argv=None, reference_options=None):
         argv = translate_reference_options(
             sys.argv[1:] if argv is None else argv, reference_options)
     args = parser.parse_args(argv)
+    expand_home(args)
     set_verbosity(args.verbose)
     return args
+
+
+def _expanded(value):
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    if isinstance(value, list):
+        return [_expanded(item) for item in value]
+    return value
+
+
+def expand_home(args):
+    """Expand a leading ``~`` or ``~user`` in every string argument.
+
+    The shell leaves ``--out_json=~/x`` and a quoted ``'~/x'`` alone; a path
+    that starts with ``~`` then means the home folder, never a folder
+    named ``~`` in the current one. An unknown ``~user`` stays as it is.
+    """
+    for name, value in vars(args).items():
+        setattr(args, name, _expanded(value))
 
 
 def set_verbosity(level):
