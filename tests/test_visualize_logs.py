@@ -215,6 +215,25 @@ def test_show_without_display_warns_and_saves(experiments, tmp_path,
         (3 * PANEL_PX[0], 2 * PANEL_PX[1])
 
 
+def test_an_experiment_without_logs_yet_is_left_out_of_a_comparison(
+        experiments, tmp_path, capsys):
+    """A run still in its first epoch does not stop the others' plot; alone,
+    or with only others like it, it is the one-line error above."""
+    starting = write_experiment(tmp_path / "starting", {})
+    out = str(tmp_path / "plot")
+    main([experiments[1], starting, "--out", out,
+          "--save_to_csv", str(tmp_path / "values.csv")])
+    err = capsys.readouterr().err
+    assert f"experiment '{starting}' has no logs yet" in err
+    assert err.count("\n") == 1, err
+    _, values = read_csv(tmp_path / "values.csv")
+    assert {experiment for experiment, _ in values} == {"complete"}
+    error = run_error([starting, write_experiment(tmp_path / "other", {}),
+                       "--out", str(tmp_path / "none")], capsys)
+    assert f"experiment '{starting}' has no logs yet" in error
+    assert error.count("\n") == 1, error
+
+
 def test_same_folder_names_are_told_apart(tmp_path):
     paths = [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"),
              str(tmp_path / "c" / "other") + "/"]

@@ -84,6 +84,11 @@ def _read_best_epoch(experiment_dir):
     return read_best_epoch(folder)
 
 
+class NoLogsYet(DwiMLUserError):
+    """An experiment folder without any finite log value yet (a run that
+    has not finished its first epoch)."""
+
+
 def read_experiment_logs(experiment_dir, label=None):
     """Read every ``logs/*.npy`` of an experiment and its best epoch.
 
@@ -101,8 +106,9 @@ def read_experiment_logs(experiment_dir, label=None):
     ------
     DwiMLUserError
         When the folder is not an experiment (no ``logs/`` and no
-        ``parameters.json``), when it has no log with a finite value, or
-        when a log is not a 1-D numeric ``.npy`` array.
+        ``parameters.json``), when it has no log with a finite value
+        (:class:`NoLogsYet`), or when a log is not a 1-D numeric ``.npy``
+        array.
     """
     if not os.path.isdir(experiment_dir):
         raise DwiMLUserError(
@@ -123,7 +129,7 @@ def read_experiment_logs(experiment_dir, label=None):
             logger.info("%s: log %s has no finite value; skipped.",
                         experiment_dir, name)
     if not logs:
-        raise DwiMLUserError(
+        raise NoLogsYet(
             f"experiment '{experiment_dir}' has no logs yet: no .npy file "
             f"with a finite value in {logs_dir}.")
     best_epoch, best_loss = _read_best_epoch(experiment_dir)
@@ -144,11 +150,15 @@ def experiment_labels(experiment_dirs):
 def read_experiments(experiment_dirs):
     """Read several experiments, labelled by :func:`experiment_labels`.
 
+    An experiment without logs yet (a run still in its first epoch) is
+    left out with a warning when others have logs.
+
     Raises
     ------
     DwiMLUserError
         An experiment given twice (the same folder by two paths too): its
-        curves would be drawn twice under one legend label.
+        curves would be drawn twice under one legend label; or no
+        experiment has logs yet.
     """
     seen = {}
     for path in experiment_dirs:
@@ -157,5 +167,14 @@ def read_experiments(experiment_dirs):
             raise DwiMLUserError(
                 f"experiment '{path}' is given twice (as '{first}' too): "
                 "give each experiment once.")
-    return [read_experiment_logs(path, label) for path, label in
-            zip(experiment_dirs, experiment_labels(experiment_dirs))]
+    experiments, without_logs = [], []
+    for path, label in zip(experiment_dirs, experiment_labels(experiment_dirs)):
+        try:
+            experiments.append(read_experiment_logs(path, label))
+        except NoLogsYet as error:
+            without_logs.append(error)
+    if not experiments:
+        raise without_logs[0]
+    for error in without_logs:
+        logger.warning("%s: not drawn.", str(error).rstrip("."))
+    return experiments
