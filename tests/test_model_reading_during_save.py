@@ -8,15 +8,21 @@ checkpoint corrupt, or a file of the removed version missing.
 import multiprocessing
 import os
 
+import numpy as np
 import pytest
 import torch
 
-from dwi_ml.io_utils.atomic import atomic_output_folder, read_replaced_folder
+from dwi_ml.io_utils.atomic import (
+    atomic_output_folder,
+    read_replaced_folder,
+    write_json_atomic,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import checkpoint_model_dir
 from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.monitoring.log_reading import read_experiment_logs
 from dwi_ml.tracking.tracking_io import load_experiment_model
 
 # Enough saves that reads overlap several of them: without reading again
@@ -102,3 +108,47 @@ def test_a_read_is_done_again_after_a_swap_and_not_without(tmp_path):
     with pytest.raises(DwiMLUserError, match="model_state.pt' is corrupt"):
         read_replaced_folder(str(tmp_path / "checkpoint"), read)
     assert len(attempts) == 1
+
+
+def save_best_epochs(experiment_dir, nb_saves):
+    """What save_best_model does to best_model/, epochs 0 and 1 in turn."""
+    for index in range(nb_saves):
+        with atomic_output_folder(os.path.join(experiment_dir,
+                                               "best_model")) as tmp_dir:
+            write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"),
+                              {"epoch": index % 2, "loss": float(index % 2)})
+            write_manifest(tmp_dir)
+
+
+def keep_saving_best_epochs(experiment_dir, started):
+    started.set()
+    save_best_epochs(experiment_dir, NB_SAVES)
+
+
+def test_the_best_epoch_is_read_whole_while_the_run_saves_it(tmp_path):
+    """visualize_logs reads best_model/best_epoch.json of a run in
+    progress: always one saved version, never a missing-file error, and
+    never no best epoch (between the two renames of a swap, no folder has
+    the name)."""
+    experiment_dir = str(tmp_path / "exp")
+    os.makedirs(os.path.join(experiment_dir, "logs"))
+    np.save(os.path.join(experiment_dir, "logs", "valid_loss.npy"),
+            np.array([1.0, 0.5]))
+    save_best_epochs(experiment_dir, 1)
+    started = multiprocessing.get_context("fork").Event()
+    writer = multiprocessing.get_context("fork").Process(
+        target=keep_saving_best_epochs, args=(experiment_dir, started))
+    writer.start()
+    started.wait()
+    errors, seen = [], set()
+    while writer.is_alive():
+        try:
+            logs = read_experiment_logs(experiment_dir)
+        except Exception as error:  # noqa: BLE001 - every failure counts
+            errors.append(str(error))
+            continue
+        seen.add((logs.best_epoch, logs.best_loss))
+    writer.join()
+    assert writer.exitcode == 0
+    assert errors == []
+    assert seen == {(0, 0.0), (1, 1.0)}

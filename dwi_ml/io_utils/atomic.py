@@ -176,9 +176,11 @@ def read_replaced_folder(path, read, max_attempts=100):
     A run in progress swaps in a new version of its folders
     (:func:`atomic_output_folder`) at each save. A reader that opens some
     files before the swap and others after sees two versions (a manifest
-    check then calls a file corrupt), or misses a file of the removed one.
-    Each new attempt follows a swap, so the reads end when the writer
-    pauses; an error without a swap is raised at once.
+    check then calls a file corrupt), misses a file of the removed one, or,
+    between the two renames of the swap, finds no folder at all. So a read
+    during which the folder was swapped is done again, whether it failed
+    or not; the reads end when the writer pauses, and an error without a
+    swap is raised at once.
 
     Parameters
     ----------
@@ -189,7 +191,8 @@ def read_replaced_folder(path, read, max_attempts=100):
         it read; raises :class:`DwiMLUserError` (or ``OSError``) on a bad
         or missing file.
     max_attempts : int
-        Attempts in all, for a writer that never pauses.
+        Attempts in all, for a writer that never pauses: the last one's
+        result or error is returned.
 
     Returns
     -------
@@ -198,11 +201,14 @@ def read_replaced_folder(path, read, max_attempts=100):
     for attempt in range(1, max_attempts + 1):
         version = _folder_version(path)
         try:
-            return read()
+            result = read()
         except (DwiMLUserError, OSError):
             # OSError: a file removed between its check and its opening.
             if attempt == max_attempts or _folder_version(path) == version:
                 raise
+            continue
+        if attempt == max_attempts or _folder_version(path) == version:
+            return result
 
 
 def remove_stale_temporaries(folder, names):

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from dwi_ml.io_utils.atomic import existing_atomic_folder
+from dwi_ml.io_utils.atomic import existing_atomic_folder, read_replaced_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
@@ -77,11 +77,17 @@ def _load_log(path):
 
 
 def _read_best_epoch(experiment_dir):
-    folder = existing_atomic_folder(os.path.join(experiment_dir, BEST_MODEL_DIR))
-    if folder is None or not os.path.isfile(
-            os.path.join(folder, "best_epoch.json")):
-        return None, None
-    return read_best_epoch(folder)
+    """(epoch, loss) of best_model/best_epoch.json, or (None, None); read
+    again if a run in progress replaces best_model/ meanwhile."""
+    path = os.path.join(experiment_dir, BEST_MODEL_DIR)
+
+    def read():
+        folder = existing_atomic_folder(path)
+        if folder is None or not os.path.isfile(
+                os.path.join(folder, "best_epoch.json")):
+            return None, None
+        return read_best_epoch(folder)
+    return read_replaced_folder(path, read)
 
 
 class NoLogsYet(DwiMLUserError):
