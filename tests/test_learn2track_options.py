@@ -23,6 +23,10 @@ IGNORED_OPTIONS = [
     (["--eos_only_at_fibre_ends"], "--eos_only_at_fibre_ends"),
     (["--normalize_targets", "2"], "normalize_targets"),
     (["--normalize_outputs", "2"], "normalize_outputs"),
+    (["--rnn_layer_sizes", "8", "--rnn_stacking", "reference"],
+     "--rnn_stacking"),
+    (["--model_type", "transformer_src_only", "--rnn_stacking", "reference"],
+     "--rnn_stacking"),
 ]
 
 
@@ -58,6 +62,10 @@ def test_an_option_without_effect_is_refused(options, option):
      {"dg_args": {"add_eos": True, "eos_weight": 1.0, "dropout": 0.0,
                   "normalize_targets": None, "normalize_outputs": None,
                   "eos_only_at_fibre_ends": True}}),
+    (["--rnn_stacking", "reference"], {"rnn_stacking": "reference"}),
+    (["--rnn_layer_sizes", "8", "--dropout", "0.1", "--rnn_stacking",
+      "reference"], {"rnn_stacking": "reference"}),
+    ([], {"rnn_stacking": "plain"}),
     (["--dg_key", "l2-regression", "--normalize_targets", "2",
       "--normalize_outputs", "3"],
      {"dg_args": {"add_eos": False, "eos_weight": 1.0, "dropout": 0.0,

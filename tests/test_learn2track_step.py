@@ -29,6 +29,12 @@ STACKS = [
          use_layer_norm=True),
     dict(rnn_key="gru", layer_sizes=[8, 6, 4], use_skip_connection=False,
          use_layer_norm=False),
+    # The reference's stacking: ReLUs between layers, and with skip
+    # connections the input read again by the later layers.
+    dict(rnn_key="lstm", layer_sizes=[8, 6], use_skip_connection=True,
+         use_layer_norm=True, stacking="reference"),
+    dict(rnn_key="gru", layer_sizes=[8, 6, 4], use_skip_connection=False,
+         use_layer_norm=False, stacking="reference"),
 ]
 
 
@@ -48,12 +54,15 @@ def step_by_step(stack, sequence):
     return torch.stack(outputs), states
 
 
-def recurrent_atol(values, layer_sizes, eps, gain=1.0):
+def recurrent_atol(values, layer_sizes, eps, gain=1.0, input_width=None):
     """Each step's gates are sums of at most ``widest`` products (input,
     hidden and two biases); the error of a step carries into the next
     through the state: ``NB_STEPS`` such sums, in each of the two
-    computations compared; the layer norms multiply it by ``gain``."""
-    widest = max(INPUT_SIZE, *layer_sizes) + max(layer_sizes) + 2
+    computations compared; the layer norms multiply it by ``gain`` (a ReLU
+    does not grow it). ``input_width``: the widest layer input (default:
+    the stack's input or a layer's output)."""
+    widest = (input_width or max(INPUT_SIZE, *layer_sizes)) \
+        + max(layer_sizes) + 2
     return gain * rounding_atol(float(values.detach().abs().max()),
                                 2 * NB_STEPS * widest, eps=eps)
 
@@ -95,7 +104,8 @@ def test_steps_reproduce_forward(options, dtype, eps):
         expected, expected_states = stack(sequence)
         found, states = step_by_step(stack, sequence)
     atol = recurrent_atol(expected, options["layer_sizes"], eps,
-                          layer_norm_gain(stack, sequence))
+                          layer_norm_gain(stack, sequence),
+                          max(rnn.input_size for rnn in stack.rnn_layers))
     assert found.shape == expected.shape
     torch.testing.assert_close(found, expected, rtol=0, atol=atol)
     for state, expected_state in zip(flat_states(states),

@@ -48,7 +48,12 @@ from dwi_ml.models.embeddings import (
 )
 from dwi_ml.models.length_groups import PaddedGroups
 from dwi_ml.models.model_io import register_model
-from dwi_ml.models.stacked_rnn import RNN_CLASSES, StackedRNN, select_hidden_states
+from dwi_ml.models.stacked_rnn import (
+    RNN_CLASSES,
+    STACKINGS,
+    StackedRNN,
+    select_hidden_states,
+)
 
 
 @register_model
@@ -85,7 +90,10 @@ class Learn2TrackModel(DirectionGetterModel):
         Layer norm on each RNN layer's output.
     dropout : float
         Dropout on each RNN layer's output, in [0, 1).
-    dg_key : str
+    rnn_stacking : "plain" or "reference"
+        How the RNN layers are stacked; "reference" is the reference
+        dwi_ml's (see :mod:`dwi_ml.models.stacked_rnn`). A model saved
+        before this option existed is "plain".
         Direction getter, a key of
         :data:`dwi_ml.models.direction_getters.DIRECTION_GETTERS`.
     dg_args : dict or None
@@ -101,7 +109,8 @@ class Learn2TrackModel(DirectionGetterModel):
                  prev_dirs_embedding_size=None, rnn_key="lstm",
                  rnn_layer_sizes=(100, 100),
                  use_skip_connection=True, use_layer_norm=True, dropout=0.0,
-                 dg_key="cosine-regression", dg_args=None):
+                 dg_key="cosine-regression", dg_args=None,
+                 rnn_stacking="plain"):
         super().__init__(experiment_name, nb_features, step_size, nb_points,
                          compress, neighborhood_type, neighborhood_radius,
                          neighborhood_resolution, nb_previous_dirs,
@@ -133,11 +142,13 @@ class Learn2TrackModel(DirectionGetterModel):
         self.use_skip_connection = bool(use_skip_connection)
         self.use_layer_norm = bool(use_layer_norm)
         self.dropout = check_fraction("dropout", dropout)
+        self.rnn_stacking = check_choice("rnn_stacking", rnn_stacking,
+                                         STACKINGS)
         self.rnn = StackedRNN(
             rnn_key, (self.embedding.output_size
                       + self.prev_dirs_embedding.output_size),
             self.rnn_layer_sizes, self.use_skip_connection,
-            self.use_layer_norm, self.dropout)
+            self.use_layer_norm, self.dropout, self.rnn_stacking)
         self.dg_key = dg_key
         self.direction_getter = make_direction_getter(
             dg_key, self.rnn.output_size, dg_args)
@@ -157,7 +168,7 @@ class Learn2TrackModel(DirectionGetterModel):
                       rnn_layer_sizes=list(self.rnn_layer_sizes),
                       use_skip_connection=self.use_skip_connection,
                       use_layer_norm=self.use_layer_norm,
-                      dropout=self.dropout)
+                      dropout=self.dropout, rnn_stacking=self.rnn_stacking)
         return params
 
     def _point_features(self, point_inputs, previous_dirs):
@@ -261,6 +272,14 @@ def add_learn2track_args(parser):
                             "not all layers.")
     group.add_argument("--no_layer_norm", action="store_true",
                        help="No layer normalisation between RNN layers.")
+    group.add_argument("--rnn_stacking", default="plain", choices=STACKINGS,
+                       help="How the RNN layers are stacked: plain (layer "
+                            "norm and dropout after each layer) or reference "
+                            "(the reference dwi_ml's: layer norm after each "
+                            "layer, dropout and a ReLU between layers, and "
+                            "with skip connections each later layer also "
+                            "reads the input). Same with one layer and no "
+                            "dropout.")
     group.add_argument("--dropout", type=float,
                        help="Dropout probability between RNN layers "
                             "(default 0), or in the Transformer layers "

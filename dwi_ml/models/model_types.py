@@ -109,7 +109,7 @@ _WITH_TARGET = ("transformer_original", "transformer_src_tgt")
 OPTION_MODEL_TYPES = {
     **dict.fromkeys(("input_embedding_size", "prev_dirs_embedding_key",
                      "prev_dirs_embedding_size", "rnn_key", "rnn_layer_sizes",
-                     "no_skip_connection", "no_layer_norm"),
+                     "no_skip_connection", "no_layer_norm", "rnn_stacking"),
                     ("learn2track",)),
     **dict.fromkeys(("d_model", "nheads", "n_layers_e", "ffnn_hidden_size",
                      "activation", "norm_first", "max_len",
@@ -163,6 +163,18 @@ def _check_options_of_inputs(args, input_embedding_key, model_class):
             f"(it reads no previous direction), found --nb_previous_dirs 0.")
 
 
+def _check_rnn_stacking(args, dropout):
+    """Refuse --rnn_stacking reference where it changes nothing: one RNN
+    layer and no dropout."""
+    if (args.rnn_stacking != _default("rnn_stacking")
+            and len(args.rnn_layer_sizes) == 1 and dropout == 0):
+        raise DwiMLUserError(
+            f"argument --rnn_stacking: {args.rnn_stacking} differs from "
+            f"{_default('rnn_stacking')} between RNN layers and by the "
+            f"dropout after the last one, found one layer "
+            f"(--rnn_layer_sizes {args.rnn_layer_sizes[0]}) and no dropout.")
+
+
 @functools.lru_cache(maxsize=1)
 def _model_args_parser():
     parser = argparse.ArgumentParser()
@@ -205,13 +217,15 @@ def model_params_from_args(args):
     params["cnn_nb_filters"] = args.cnn_nb_filters
     _check_options_of_inputs(args, params["input_embedding_key"], model_class)
     if is_recurrent:
+        _check_rnn_stacking(args, params["dropout"])
         params.update(input_embedding_size=args.input_embedding_size,
                       prev_dirs_embedding_key=args.prev_dirs_embedding_key,
                       prev_dirs_embedding_size=args.prev_dirs_embedding_size,
                       rnn_key=args.rnn_key,
                       rnn_layer_sizes=args.rnn_layer_sizes,
                       use_skip_connection=not args.no_skip_connection,
-                      use_layer_norm=not args.no_layer_norm)
+                      use_layer_norm=not args.no_layer_norm,
+                      rnn_stacking=args.rnn_stacking)
         return model_class.__name__, params
     params.update(d_model=args.d_model, nheads=args.nheads,
                   n_layers_e=args.n_layers_e,

@@ -1,8 +1,16 @@
 """A stack of single-layer RNNs with their own sizes, on packed sequences.
 
-Each layer's output goes through layer norm (optional) and dropout, then
-feeds the next layer. With skip connections the stack's output is the
-concatenation of every layer's output; without, the last layer's.
+Two ways of stacking the layers (``stacking``):
+
+- ``"plain"``: each layer's output goes through layer norm (optional) and
+  dropout, then feeds the next layer;
+- ``"reference"``, as the reference dwi_ml's ``StackedRNN``: layer norm
+  (optional) after each layer, then, between layers only, dropout and a
+  ReLU; with skip connections every layer after the first also reads the
+  stack's input, concatenated to the previous layer's output.
+
+With skip connections the stack's output is the concatenation of every
+layer's output; without, the last layer's.
 
 Hidden states are a tuple with one entry per layer: ``(h, c)`` for LSTM,
 ``h`` for GRU, each tensor of shape ``(1, N, layer_size)`` as in
@@ -27,6 +35,7 @@ RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 # Cell function of each RNN class: one time step of a layer,
 # (inputs (N, F), state, w_ih, w_hh, b_ih, b_hh) -> new state.
 RNN_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell}
+STACKINGS = ("plain", "reference")
 
 
 def _map_data(sequence, function):
@@ -53,26 +62,38 @@ class StackedRNN(torch.nn.Module):
     use_layer_norm : bool
         Layer norm on each layer's output.
     dropout : float
-        Dropout probability on each layer's output (training only).
+        Dropout probability on each layer's output (training only; with
+        ``"reference"`` stacking, between layers only).
+    stacking : "plain" or "reference"
+        See the module docstring.
     """
 
     def __init__(self, rnn_key, input_size, layer_sizes, use_skip_connection,
-                 use_layer_norm, dropout):
+                 use_layer_norm, dropout, stacking="plain"):
         super().__init__()
         rnn_class = RNN_CLASSES[rnn_key]
         self.rnn_key = rnn_key
         self.use_skip_connection = use_skip_connection
         self.use_layer_norm = use_layer_norm
+        self.stacking = stacking
+        # The reference's skip connection: later layers read the input too.
+        self.inputs_to_every_layer = (stacking == "reference"
+                                      and use_skip_connection)
         self.rnn_layers = torch.nn.ModuleList()
         self.post_layers = torch.nn.ModuleList()
         size = input_size
-        for layer_size in layer_sizes:
+        for index, layer_size in enumerate(layer_sizes):
             self.rnn_layers.append(rnn_class(size, layer_size))
-            norm = (torch.nn.LayerNorm(layer_size) if use_layer_norm
-                    else torch.nn.Identity())
-            self.post_layers.append(
-                torch.nn.Sequential(norm, torch.nn.Dropout(dropout)))
-            size = layer_size
+            post = [torch.nn.LayerNorm(layer_size) if use_layer_norm
+                    else torch.nn.Identity()]
+            is_last = index == len(layer_sizes) - 1
+            if stacking == "plain":
+                post.append(torch.nn.Dropout(dropout))
+            elif not is_last:
+                post += [torch.nn.Dropout(dropout), torch.nn.ReLU()]
+            self.post_layers.append(torch.nn.Sequential(*post))
+            size = layer_size + (input_size if self.inputs_to_every_layer
+                                 else 0)
         self.output_size = (sum(layer_sizes) if use_skip_connection
                             else layer_sizes[-1])
 
@@ -97,8 +118,11 @@ class StackedRNN(torch.nn.Module):
         layer_outputs = []
         new_states = []
         sequence = inputs
-        for rnn, post_layer, state in zip(self.rnn_layers, self.post_layers,
-                                          hidden_states):
+        for layer, (rnn, post_layer, state) in enumerate(
+                zip(self.rnn_layers, self.post_layers, hidden_states)):
+            if layer > 0 and self.inputs_to_every_layer:
+                sequence = _map_data(sequence, lambda data: torch.cat(
+                    [data, _data(inputs)], dim=-1))
             sequence, new_state = rnn(sequence, state)
             sequence = _map_data(sequence, post_layer)
             layer_outputs.append(_data(sequence))
@@ -132,6 +156,8 @@ class StackedRNN(torch.nn.Module):
         outputs = inputs
         for layer, (rnn, post_layer) in enumerate(zip(self.rnn_layers,
                                                       self.post_layers)):
+            if layer > 0 and self.inputs_to_every_layer:
+                outputs = torch.cat([outputs, inputs], dim=1)
             if hidden_states is None:
                 zeros = outputs.new_zeros((len(outputs), rnn.hidden_size))
                 state = (zeros, zeros) if is_lstm else zeros
@@ -159,15 +185,18 @@ class StackedRNN(torch.nn.Module):
 
     def _post_layer_step(self, post_layer, outputs):
         """``post_layer(outputs)``; in eval mode (no dropout) its layer
-        norm's kernel alone: ``torch.layer_norm`` is what ``LayerNorm`` and
-        ``F.layer_norm`` call, without their Python layers."""
+        norm's kernel alone (``torch.layer_norm`` is what ``LayerNorm`` and
+        ``F.layer_norm`` call, without their Python layers), then its ReLU
+        if it has one."""
         if self.training:
             return post_layer(outputs)
-        if not self.use_layer_norm:
-            return outputs
-        norm = post_layer[0]
-        return torch.layer_norm(outputs, norm.normalized_shape, norm.weight,
-                                norm.bias, norm.eps)
+        if self.use_layer_norm:
+            norm = post_layer[0]
+            outputs = torch.layer_norm(outputs, norm.normalized_shape,
+                                       norm.weight, norm.bias, norm.eps)
+        if isinstance(post_layer[-1], torch.nn.ReLU):
+            outputs = torch.relu(outputs)
+        return outputs
 
 
 def select_hidden_states(hidden_states, keep):
