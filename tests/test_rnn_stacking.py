@@ -2,8 +2,9 @@
 dwi_ml's StackedRNN: layer norm after each layer, then, between layers only,
 dropout and a ReLU; with skip connections every later layer reads the
 stack's input again, and the output is every layer's output, concatenated.
-"plain" (ours, the default, and what a model saved before the option is)
-puts layer norm and dropout after every layer and nothing else."""
+"reference" is the default; "plain" (ours before it, and what a model
+saved before the option is) puts layer norm and dropout after every layer
+and nothing else."""
 import json
 import os
 
@@ -103,11 +104,15 @@ def test_packed_sequences_read_the_input_again_in_their_own_order():
 
 def test_a_model_saved_before_the_option_loads_as_plain(tmp_path):
     torch.manual_seed(0)
+    new = Learn2TrackModel("m", nb_features=INPUT_SIZE, rnn_layer_sizes=[8, 6])
+    assert new.params_for_checkpoint["rnn_stacking"] == "reference"
+    new.save_params_and_state(str(tmp_path / "new"))
+    assert load_model_from_params_and_state(
+        str(tmp_path / "new")).rnn_stacking == "reference"
     model = Learn2TrackModel("m", nb_features=INPUT_SIZE,
-                             rnn_layer_sizes=[8, 6])
+                             rnn_layer_sizes=[8, 6], rnn_stacking="plain")
     folder = str(tmp_path / "model")
     model.save_params_and_state(folder)
-    assert model.params_for_checkpoint["rnn_stacking"] == "plain"
     # As written before the option existed: no rnn_stacking key.
     params_path = os.path.join(folder, "parameters.json")
     with open(params_path) as f:

@@ -90,15 +90,19 @@ class Learn2TrackModel(DirectionGetterModel):
         Layer norm on each RNN layer's output.
     dropout : float
         Dropout on each RNN layer's output, in [0, 1).
-    rnn_stacking : "plain" or "reference"
+    rnn_stacking : "reference" or "plain"
         How the RNN layers are stacked; "reference" is the reference
         dwi_ml's (see :mod:`dwi_ml.models.stacked_rnn`). A model saved
-        before this option existed is "plain".
+        before this option existed is "plain" (:attr:`SAVED_BEFORE`).
         Direction getter, a key of
         :data:`dwi_ml.models.direction_getters.DIRECTION_GETTERS`.
     dg_args : dict or None
         Its arguments: ``add_eos``, ``eos_weight`` (and ``sphere``).
     """
+
+    # The value of each parameter added since the first saved models, for
+    # a model saved before it existed (see model_io).
+    SAVED_BEFORE = {"rnn_stacking": "plain"}
 
     def __init__(self, experiment_name, nb_features, step_size=None,
                  nb_points=None, compress=None, neighborhood_type=None,
@@ -110,7 +114,7 @@ class Learn2TrackModel(DirectionGetterModel):
                  rnn_layer_sizes=(100, 100),
                  use_skip_connection=True, use_layer_norm=True, dropout=0.0,
                  dg_key="cosine-regression", dg_args=None,
-                 rnn_stacking="plain"):
+                 rnn_stacking="reference"):
         super().__init__(experiment_name, nb_features, step_size, nb_points,
                          compress, neighborhood_type, neighborhood_radius,
                          neighborhood_resolution, nb_previous_dirs,
@@ -272,13 +276,15 @@ def add_learn2track_args(parser):
                             "not all layers.")
     group.add_argument("--no_layer_norm", action="store_true",
                        help="No layer normalisation between RNN layers.")
-    group.add_argument("--rnn_stacking", default="plain", choices=STACKINGS,
-                       help="How the RNN layers are stacked: plain (layer "
-                            "norm and dropout after each layer) or reference "
-                            "(the reference dwi_ml's: layer norm after each "
+    group.add_argument("--rnn_stacking", default="reference",
+                       choices=STACKINGS,
+                       help="How the RNN layers are stacked: reference (the "
+                            "reference dwi_ml's: layer norm after each "
                             "layer, dropout and a ReLU between layers, and "
                             "with skip connections each later layer also "
-                            "reads the input). Same with one layer and no "
+                            "reads the input) or plain (layer norm and "
+                            "dropout after each layer, the only way before "
+                            "2026-12). The same with one layer and no "
                             "dropout.")
     group.add_argument("--dropout", type=float,
                        help="Dropout probability between RNN layers "

@@ -108,8 +108,11 @@ def load_model_from_params_and_state(folder, device="cpu"):
         raise DwiMLUserError(
             f"model parameters '{params_path}': expected a JSON object, found "
             f"{type(params).__name__}.")
+    model_class = MODEL_REGISTRY[model_type]
+    # Parameters added later: what a model saved before them was.
+    params = {**getattr(model_class, "SAVED_BEFORE", {}), **params}
     try:
-        model = MODEL_REGISTRY[model_type](**params)
+        model = model_class(**params)
     except TypeError as error:
         raise DwiMLUserError(
             f"{params_path}: parameters do not match {model_type}: "
