@@ -119,7 +119,8 @@ def make_model(model_type, nb_features, args):
                   dg_key="cosine-regression",
                   dg_args=({"add_eos": True, "eos_only_at_fibre_ends":
                             args.eos_only_at_fibre_ends,
-                            "eos_weight": eos_weight(model_type, args)}
+                            "eos_weight": model_option(model_type, args,
+                                                       "eos_weight")}
                            if args.add_eos else None))
     if model_type == "learn2track":
         return Learn2TrackModel(model_type, rnn_layer_sizes=[64],
@@ -136,20 +137,13 @@ def make_model(model_type, nb_features, args):
         **extra, **common)
 
 
-def eos_weight(model_type, args):
-    """The weight of the model's EOS loss: ``--tf_eos_weight`` for the
-    Transformers when given, else ``--eos_weight``."""
-    if model_type != "learn2track" and args.tf_eos_weight is not None:
-        return args.tf_eos_weight
-    return args.eos_weight
-
-
-def eos_stop(model_type, args):
-    """The model's EOS threshold: ``--tf_eos_stop`` for the Transformers
-    when given, else ``--eos_stop`` (None: the model's default)."""
-    if model_type != "learn2track" and args.tf_eos_stop is not None:
-        return args.tf_eos_stop
-    return args.eos_stop
+def model_option(model_type, args, name):
+    """Option ``name`` of the model: ``--tf_NAME`` for the Transformers when
+    given, else ``--NAME`` (e.g. eos_stop: None is the model's default)."""
+    own = getattr(args, "tf_" + name)
+    if model_type != "learn2track" and own is not None:
+        return own
+    return getattr(args, name)
 
 
 def train(model_type, dataset, args):
@@ -168,15 +162,11 @@ def train(model_type, dataset, args):
                                   else args.tf_noise_loss),
         seed=args.seed)
     learning_rate, scheduler = args.learning_rate, "cosine"
-    optimization = dict(optimizer=args.optimizer,
-                        weight_decay=args.weight_decay,
-                        clip_grad=args.clip_grad)
+    optimization = {name: model_option(model_type, args, name)
+                    for name in ("optimizer", "weight_decay", "clip_grad")}
     if model_type != "learn2track":
         learning_rate = args.tf_learning_rate or args.learning_rate
         scheduler = args.tf_lr_scheduler
-        for name in optimization:
-            own = getattr(args, "tf_" + name)
-            optimization[name] = optimization[name] if own is None else own
     model = make_model(model_type, dataset.nb_features[
         dataset.volume_groups.index("input")], args)
     callbacks = []
@@ -187,8 +177,8 @@ def train(model_type, dataset, args):
             every=1, mode="whole_subject", nb_seeds=args.nt,
             seeding_mask_group=("fibre_mask" if args.seeding == "fibres"
                                 else "wm_mask"),
-            tracking_mask_group="wm_mask", eos_stop=eos_stop(model_type,
-                                                             args))))
+            tracking_mask_group="wm_mask",
+            eos_stop=model_option(model_type, args, "eos_stop"))))
     trainer = DWIMLTrainerOneInput(
         model, args.out_dir, model_type, sampler, loader,
         max_epochs=args.max_epochs, learning_rate=learning_rate,
@@ -237,7 +227,8 @@ def track_and_score(experiment, paths, hdf5_file, dataset, args):
     subject = paths.splits["testing"][0]
     out = os.path.join(args.out_dir, os.path.basename(experiment) + ".trk")
     track_subject(experiment, hdf5_file, subject, out, args,
-                  eos_stop(os.path.basename(experiment), args))
+                  model_option(os.path.basename(experiment), args,
+                               "eos_stop"))
     return score_subject(out, paths.subjects[subject].dwi,
                          dataset.testing_set.get_subject(0),
                          dataset.volume_groups)
