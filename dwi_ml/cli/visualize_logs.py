@@ -48,8 +48,8 @@ curves (not on learning rates, times or gradient norms). Each y axis says
 what it measures (loss, learning rate, seconds, gradient norm, or value for
 other metrics). A run still in progress plots what it has; a log missing
 from an experiment is named in a warning, and so is an experiment with no
-log yet, left out of the figure (alone, it is an error). Choose panels with --graph; a
-panel may draw computed curves: diff(a,b) is log a minus log b and
+log yet, left out of the figure (alone, it is an error). Choose panels with
+--graph; a panel may draw computed curves: diff(a,b) is log a minus log b and
 sum(a,b,...) their sum (quote them if they hold spaces; logs of different
 lengths are combined over the epochs they share). The figure is written to
 PREFIX.png (default: FIRST_EXPERIMENT/logs_plot.png), or, when

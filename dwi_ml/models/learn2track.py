@@ -94,6 +94,7 @@ class Learn2TrackModel(DirectionGetterModel):
         How the RNN layers are stacked; "reference" is the reference
         dwi_ml's (see :mod:`dwi_ml.models.stacked_rnn`). A model saved
         before this option existed is "plain" (:attr:`SAVED_BEFORE`).
+    dg_key : str
         Direction getter, a key of
         :data:`dwi_ml.models.direction_getters.DIRECTION_GETTERS`.
     dg_args : dict or None

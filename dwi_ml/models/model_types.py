@@ -164,8 +164,8 @@ def _check_options_of_inputs(args, input_embedding_key, model_class):
 
 
 def _check_rnn_stacking(args, dropout):
-    """Refuse --rnn_stacking reference where it changes nothing: one RNN
-    layer and no dropout."""
+    """Refuse a non-default --rnn_stacking where it changes nothing: one
+    RNN layer and no dropout."""
     if (args.rnn_stacking != _default("rnn_stacking")
             and len(args.rnn_layer_sizes) == 1 and dropout == 0):
         raise DwiMLUserError(
