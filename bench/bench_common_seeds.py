@@ -40,7 +40,12 @@ KEYS = ("nb_tracked", "points_within_1_vox", "points_aligned")
 def seed_keys(path):
     """Each streamline's seed (RAS mm, as written by the tracker), as a
     hashable row."""
-    seeds = nib.streamlines.load(path).tractogram.data_per_streamline["seeds"]
+    per_streamline = nib.streamlines.load(path).tractogram.data_per_streamline
+    if "seeds" not in per_streamline:
+        sys.exit(f"{path}: expected data_per_streamline 'seeds' (written by "
+                 "dwiml_track_from_model.py in a .trk or .trx), found "
+                 f"{sorted(per_streamline.keys()) or 'none'}.")
+    seeds = per_streamline["seeds"]
     return [tuple(row) for row in np.asarray(seeds, dtype=np.float32)]
 
 
