@@ -23,7 +23,6 @@ import argparse
 import os
 import sys
 
-import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,15 +36,14 @@ PARTS = ("all", "common", "alone")
 KEYS = ("nb_tracked", "points_within_1_vox", "points_aligned")
 
 
-def seed_keys(path):
-    """Each streamline's seed (RAS mm, as written by the tracker), as a
-    hashable row."""
-    per_streamline = nib.streamlines.load(path).tractogram.data_per_streamline
-    if "seeds" not in per_streamline:
+def seed_keys(sft, path):
+    """Each streamline's seed (RAS mm, as written by the tracker; dipy
+    leaves data_per_streamline as stored), as a hashable row."""
+    if "seeds" not in sft.data_per_streamline:
         sys.exit(f"{path}: expected data_per_streamline 'seeds' (written by "
                  "dwiml_track_from_model.py in a .trk or .trx), found "
-                 f"{sorted(per_streamline.keys()) or 'none'}.")
-    seeds = per_streamline["seeds"]
+                 f"{sorted(sft.data_per_streamline.keys()) or 'none'}.")
+    seeds = sft.data_per_streamline["seeds"]
     return [tuple(row) for row in np.asarray(seeds, dtype=np.float32)]
 
 
@@ -64,11 +62,14 @@ def score_parts(folder, model_a, model_b, folder_b, grid_dir):
     write_grid(subject, dataset.volume_groups, grid)
     paths = {model_a: os.path.join(folder, model_a + ".trk"),
              model_b: os.path.join(folder_b, model_b + ".trk")}
-    keys = {model: seed_keys(path) for model, path in paths.items()}
+    tractograms = {model: load_tractogram_vox_corner(path, grid)
+                   for model, path in paths.items()}
+    keys = {model: seed_keys(tractograms[model], path)
+            for model, path in paths.items()}
     common = set(keys[model_a]) & set(keys[model_b])
     scores = {}
-    for model, path in paths.items():
-        streamlines = load_tractogram_vox_corner(path, grid).streamlines
+    for model, sft in tractograms.items():
+        streamlines = sft.streamlines
         in_common = np.array([key in common for key in keys[model]], bool)
         for part, rows in (("all", np.arange(len(streamlines))),
                            ("common", np.flatnonzero(in_common)),

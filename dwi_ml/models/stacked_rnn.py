@@ -75,7 +75,6 @@ class StackedRNN(torch.nn.Module):
         self.rnn_key = rnn_key
         self.use_skip_connection = use_skip_connection
         self.use_layer_norm = use_layer_norm
-        self.stacking = stacking
         # The reference's skip connection: later layers read the input too.
         self.inputs_to_every_layer = (stacking == "reference"
                                       and use_skip_connection)
