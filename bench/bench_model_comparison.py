@@ -283,7 +283,9 @@ def main():
                              "--tf_weight_decay (default: 0).")
     parser.add_argument("--clip_grad", type=float, default=None,
                         help="Gradient norm clipping of every model unless "
-                             "--tf_clip_grad (default: none).")
+                             "--tf_clip_grad (default: none, unlike "
+                             "dwiml_train_model.py's 1.0 since session 15, "
+                             "so that earlier figures reproduce).")
     parser.add_argument("--tf_optimizer", default=None,
                         choices=("Adam", "AdamW", "RAdam"),
                         help="Optimizer of the Transformers (default: "

@@ -133,6 +133,23 @@ def test_batch_sizes_in_mm_may_be_fractional(data):
     assert isinstance(sampler["batch_size_training"], int)
 
 
+@pytest.mark.parametrize("extra, expected", [
+    ([], 1.0), (["--clip_grad", "none"], None), (["--clip_grad", "None"], None),
+    (["--clip_grad", "0.5"], 0.5)])
+def test_gradients_are_clipped_at_1_unless_told(data, extra, expected):
+    """The default clips (docs/training.md); 'none' turns it off."""
+    args = build_parser().parse_args(_train_argv(data, data["data"], *extra))
+    assert collect_params(args)["trainer"]["clip_grad"] == expected
+
+
+def test_train_refuses_a_clip_grad_that_is_no_number(data, capsys):
+    assert_user_error(train_main, _train_argv(data, data["data"],
+                                              "--clip_grad", "off"),
+                      capsys, data["folder"], "--clip_grad",
+                      "a number or 'none'", "'off'")
+    assert not os.path.exists(os.path.join(data["experiments"], "new"))
+
+
 def _other_script_cases():
     return [
         ("resume", ["--new_max_epochs", "2.5"],

@@ -1,4 +1,6 @@
 """The trainer's arguments: their script options and their checks."""
+import argparse
+
 from dwi_ml.io_utils.arg_checks import (
     check_device,
     check_int,
@@ -7,6 +9,17 @@ from dwi_ml.io_utils.arg_checks import (
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
+
+
+def clip_grad_value(value):
+    """argparse type of --clip_grad: a number, or 'none' (no clipping)."""
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or 'none', found {value!r}") from None
 
 
 def _check_positive(name, value, allow_none=False, integer=False):
@@ -103,9 +116,12 @@ def add_trainer_args(parser):
     group.add_argument("--max_batches_per_epoch_validation", type=int,
                        help="Cap on validation batches per epoch; None uses "
                             "them all.")
-    group.add_argument("--clip_grad", type=float, default=None,
-                       help="Clip the gradients' total norm, once per "
-                            "update; None never clips.")
+    group.add_argument("--clip_grad", type=clip_grad_value, default=1.0,
+                       metavar="NORM|none",
+                       help="Clip the gradients' total norm to NORM, once "
+                            "per update; 'none' never clips. Default: 1.0 "
+                            "(since 2026-12-02; it made Learn2track track "
+                            "better: docs/training.md).")
     group.add_argument("--grad_accumulation_steps", type=int, default=1,
                        help="Update the weights every N batches.")
     group.add_argument("--mixed_precision", choices=("bf16", "fp16"),
