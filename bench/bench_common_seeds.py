@@ -111,6 +111,7 @@ def main():
     folders_b = args.folders_b or args.folders
     if len(folders_b) != len(args.folders):
         parser.error("--folders_b: expected one folder per folder.")
+    os.makedirs(args.work_dir, exist_ok=True)
     runs = [score_parts(a, args.model_a, args.model_b, b, args.work_dir)
             for a, b in zip(args.folders, folders_b)]
     print(f"{len(runs)} folders; model A {args.model_a}, model B "
