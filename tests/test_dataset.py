@@ -1,4 +1,5 @@
 """MultiSubjectDataset, eager and lazy, on files in the reference layout."""
+import gc
 import os
 import pickle
 
@@ -324,12 +325,29 @@ def test_a_file_recreated_under_a_lazy_dataset_is_refused_by_workers(
     loader = torch.utils.data.DataLoader(
         _StreamlineBatches(sft_data, [[0, 1]]), batch_size=None,
         num_workers=1, multiprocessing_context=context)
-    with pytest.raises(DwiMLUserError) as error:
-        next(iter(loader))
-    assert one_line_message(error.value) == (
+    message = _first_batch_error(loader)
+    assert message == (
         f"HDF5 file '{path}': it changed since the dataset was loaded "
         "(re-created or modified); a lazy dataset reads it until the end of "
         "the run: restart the run, or resume it from its checkpoint.")
+
+
+def _first_batch_error(loader):
+    """The one-line message of the user error of the loader's first batch.
+
+    The iterator is released here: an exception kept by pytest would hold
+    it, through its traceback, and keep its worker alive for later tests.
+    """
+    iterator = iter(loader)
+    try:
+        next(iterator)
+    except DwiMLUserError as error:
+        return one_line_message(error)
+    finally:
+        # The worker's traceback makes a reference cycle with the iterator.
+        del iterator
+        gc.collect()
+    pytest.fail("expected a DwiMLUserError from the first batch")
 
 
 def test_pickled_lazy_dataset_reads_with_its_own_handle(quirky_file):

@@ -24,8 +24,12 @@ from dwi_ml.training.trainer_optimization import (
 )
 
 
-class _WeightedMeans:
-    """Points-weighted means of named values (one monitor per name)."""
+class WeightedMeans:
+    """Points-weighted means of named values (one monitor per name).
+
+    ``add(values, n_points)`` adds a batch's means; ``mean_of(name)`` and
+    ``means()`` read them.
+    """
 
     def __init__(self):
         self.monitors = {}
@@ -48,15 +52,21 @@ class _WeightedMeans:
                 "n_points": self.n_points}
 
 
+def angles_deg_mm(directions, other_directions, linear):
+    """Angles (degrees) between two (M, 3) sets of voxel directions, taken
+    in mm through ``linear``, the (3, 3) voxel-to-RAS part of the affine."""
+    cosines = torch.nn.functional.cosine_similarity(
+        directions @ linear.T, other_directions @ linear.T, dim=1)
+    return torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))
+
+
 def _batch_angles_deg(model, outputs, target_streamlines, linear):
     """Angles (degrees) between predicted and true directions, in mm."""
     predicted, _ = model.get_tracking_directions(outputs, "det")
     targets, eos = compute_direction_targets(target_streamlines, model.add_eos)
     if eos is not None:
         predicted, targets = predicted[eos == 0], targets[eos == 0]
-    cosines = torch.nn.functional.cosine_similarity(
-        predicted @ linear.T, targets @ linear.T, dim=1)
-    return torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))
+    return angles_deg_mm(predicted, targets, linear)
 
 
 def evaluate_model(model, dataset, split, input_group, streamline_group,
@@ -104,14 +114,14 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
     subset = getattr(dataset, f"{split}_set")
     # Angles are averaged over their own points: with EOS a streamline has
     # one angle fewer than loss points (none where the target is "stop").
-    results, overall, overall_angles = {}, _WeightedMeans(), _WeightedMeans()
+    results, overall, overall_angles = {}, WeightedMeans(), WeightedMeans()
     with torch.no_grad():
         for subj_idx, subject_id in enumerate(subset.subjects):
             sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
             linear = torch.as_tensor(
                 np.asarray(sft_data.space_attributes[0])[:3, :3],
                 dtype=torch.float32, device=device)
-            losses, angles = _WeightedMeans(), _WeightedMeans()
+            losses, angles = WeightedMeans(), WeightedMeans()
             ids = np.arange(sft_data.nb_streamlines)
             for start in range(0, len(ids), batch_size):
                 request = BatchRequest(split, 0, start // batch_size,
@@ -137,10 +147,10 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
                         values["n_points"])
     results["all"] = {**overall.means(), "angular_error_deg":
                       overall_angles.mean_of("angular_error_deg")}
-    return _with_null_means(results)
+    return with_null_means(results)
 
 
-def _with_null_means(results):
+def with_null_means(results):
     """Every entry with every value: a subject without streamlines (no loss
     point) gets None for the means of nothing, never NaN (not JSON)."""
     names = dict.fromkeys(name for values in results.values()

@@ -23,22 +23,25 @@ from dwi_ml.training.preemption import end_run
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 
-def check_hdf5_groups(hdf5_file, input_group, streamline_group,
-                      need_training=False):
-    """Check cheaply, before any work, that the HDF5 has both groups.
+def hdf5_group_names(hdf5_file, need_training=False):
+    """The volume and streamline group names of an HDF5 file, read cheaply.
 
     Parameters
     ----------
     hdf5_file : str
-    input_group, streamline_group : str
     need_training : bool
-        Also refuse a file without training subjects (to train on it).
+        Refuse a file without training subjects (to train on it).
+
+    Returns
+    -------
+    volumes, streamlines : list of str
+        Sorted, as the file's first listed subject holds them.
 
     Raises
     ------
     DwiMLUserError
-        The file is not a readable dwi_ml HDF5 file, has no training
-        subject (when needed), or lacks one of the groups.
+        The file is not a readable dwi_ml HDF5 file, or has no training
+        subject when needed.
     """
     splits = check_dwiml_hdf5(hdf5_file)
     if need_training and not splits["training"]:
@@ -54,7 +57,29 @@ def check_hdf5_groups(hdf5_file, input_group, streamline_group,
                  for name in first.keys()}
     volumes = sorted(k for k, v in types.items() if v == VOLUME_TYPE)
     streamlines = sorted(k for k, v in types.items() if v != VOLUME_TYPE)
-    if input_group not in volumes:
+    return volumes, streamlines
+
+
+def check_hdf5_groups(hdf5_file, input_group, streamline_group,
+                      need_training=False):
+    """Check cheaply, before any work, that the HDF5 has both groups.
+
+    Parameters
+    ----------
+    hdf5_file : str
+    input_group, streamline_group : str
+        ``input_group`` None checks the streamline group only.
+    need_training : bool
+        Also refuse a file without training subjects (to train on it).
+
+    Raises
+    ------
+    DwiMLUserError
+        The file is not a readable dwi_ml HDF5 file, has no training
+        subject (when needed), or lacks one of the groups.
+    """
+    volumes, streamlines = hdf5_group_names(hdf5_file, need_training)
+    if input_group is not None and input_group not in volumes:
         raise DwiMLUserError(
             f"input_group: '{input_group}' is not a volume group of "
             f"'{hdf5_file}' (expected one of: {', '.join(volumes)}).")

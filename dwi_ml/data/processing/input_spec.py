@@ -67,17 +67,7 @@ def add_input_spec_args(group):
 
     Names match :meth:`InputSpec.from_options`.
     """
-    streamline_format = group.add_mutually_exclusive_group()
-    streamline_format.add_argument(
-        "--step_size", type=float, metavar="MM",
-        help="Resample streamlines to max(ceil(L / MM), 2) equally spaced "
-             "points, as HDF5 creation does; None keeps them as stored.")
-    streamline_format.add_argument(
-        "--nb_points", type=int,
-        help="Resample every streamline to this many points (>= 2).")
-    streamline_format.add_argument(
-        "--compress", type=float, metavar="MM",
-        help="Compress streamlines with this tolerance in mm.")
+    add_streamline_format_args(group)
     group.add_argument("--nb_previous_dirs", type=int, default=2,
                        help="Previous directions added to each point's "
                             "input (0: none; docs/training.md says why 2).")
@@ -97,3 +87,20 @@ def add_input_spec_args(group):
     group.add_argument("--neighborhood_resolution", type=float, metavar="MM",
                        help="Distance in mm between neighbourhood layers; "
                             "None is 1 mm with --neighborhood_type.")
+
+
+def add_streamline_format_args(group):
+    """Add ``--step_size``, ``--nb_points`` and ``--compress`` (at most one)
+    to ``group``: the options of a
+    :class:`~dwi_ml.data.processing.resampling.StreamlineFormat`."""
+    streamline_format = group.add_mutually_exclusive_group()
+    streamline_format.add_argument(
+        "--step_size", type=float, metavar="MM",
+        help="Resample streamlines to max(ceil(L / MM), 2) equally spaced "
+             "points, as HDF5 creation does; None keeps them as stored.")
+    streamline_format.add_argument(
+        "--nb_points", type=int,
+        help="Resample every streamline to this many points (>= 2).")
+    streamline_format.add_argument(
+        "--compress", type=float, metavar="MM",
+        help="Compress streamlines with this tolerance in mm.")

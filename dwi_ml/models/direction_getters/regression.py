@@ -109,6 +109,11 @@ class CosinePlusL2RegressionDG(_RegressionDG):
                 + torch.linalg.vector_norm(outputs - targets, dim=1))
 
 
+# Getters whose output is a direction (the others output distributions).
+REGRESSION_KEYS = (CosineRegressionDG.key, L2RegressionDG.key,
+                   CosinePlusL2RegressionDG.key)
+
+
 def _optional_norm(name, value):
     return None if value is None else check_positive_float(name, value)
 

@@ -1,0 +1,173 @@
+"""The "copy the previous direction" baseline: its loss on a subset.
+
+Streamlines are smooth, so predicting at each point the direction of the
+segment that led there already scores well under a direction loss. A
+model's loss means something only next to this rule's, on the same
+streamlines, in the same format and with the same loss.
+
+The rule's output at a point is the unit direction of the previous segment
+(voxel space, as the models see it), and a zero vector at the first point
+of a streamline, where there is none: there, the cosine loss is 1 and the
+L2 loss is the target's norm. ``skip_first_point`` leaves first points
+out. With EOS, the rows are the model's (one per point, the last one's
+target being "stop"): the rule's direction loss is 0 where the target is
+"stop", so its mean is comparable to the model's ``loss_direction``.
+
+Only regression getters have such an output: the rule gives no
+probability, so the negative log-likelihood of the Gaussian, Fisher-von
+Mises and classification getters is not defined for it.
+"""
+import numpy as np
+import torch
+
+from dwi_ml.batching.batch_loader import BatchLoaderOneInput
+from dwi_ml.batching.dataloaders import BatchRequest
+from dwi_ml.data.processing.input_spec import InputSpec
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.direction_getters.regression import REGRESSION_KEYS
+from dwi_ml.models.directions import (
+    compute_direction_targets,
+    compute_previous_dirs,
+    nb_predictions,
+    streamline_lengths,
+)
+from dwi_ml.training.evaluation import (
+    WeightedMeans,
+    angles_deg_mm,
+    with_null_means,
+)
+
+
+def check_regression_getter(direction_getter, where):
+    """Refuse a direction getter whose output is not a direction."""
+    if direction_getter.key not in REGRESSION_KEYS:
+        raise DwiMLUserError(
+            f"{where}: expected a regression direction getter "
+            f"({', '.join(REGRESSION_KEYS)}), found '{direction_getter.key}': "
+            "copying the previous direction gives no probability, so its "
+            "loss is not defined.")
+
+
+def copy_previous_point_losses(direction_getter, streamlines,
+                               skip_first_point=False):
+    """The rule's direction loss at each prediction point of a batch.
+
+    Parameters
+    ----------
+    direction_getter : regression direction getter
+        Gives the loss (and whether rows include the last points: EOS).
+    streamlines : list of torch.Tensor (n_i, 3)
+        Voxel space, corner origin.
+    skip_first_point : bool
+        Leave out each streamline's first point (no previous direction).
+
+    Returns
+    -------
+    losses : torch.Tensor (M,)
+        In prediction order; 0 where the target is "stop".
+    previous, targets : torch.Tensor (M, 3)
+        The rule's outputs and the target directions, voxel units.
+    has_direction : torch.Tensor (M,) bool
+        Rows with both a previous and a target direction (for angles).
+    """
+    add_eos = direction_getter.add_eos
+    targets, eos = compute_direction_targets(streamlines, add_eos)
+    previous = compute_previous_dirs(streamlines, 1, add_eos)
+    losses = direction_getter.compute_direction_losses(previous, targets)
+    counts = nb_predictions(streamline_lengths(streamlines), add_eos)
+    first_rows = torch.cumsum(counts, 0) - counts
+    is_first = torch.zeros(len(losses), dtype=torch.bool)
+    is_first[first_rows[counts > 0]] = True
+    has_direction = ~is_first
+    if eos is not None:
+        losses = (1 - eos) * losses
+        has_direction &= eos == 0
+    if skip_first_point:
+        keep = ~is_first
+        return (losses[keep], previous[keep], targets[keep],
+                has_direction[keep])
+    return losses, previous, targets, has_direction
+
+
+def copy_previous_losses(dataset, split, streamline_group, direction_getter,
+                         streamline_format=None, skip_first_point=False,
+                         batch_size=1000):
+    """The rule's loss and angles per subject of ``split``.
+
+    Parameters
+    ----------
+    dataset : MultiSubjectDataset
+        With ``split`` loaded, and at least one volume group (none is read).
+    split : str
+        'training', 'validation' or 'testing'.
+    streamline_group : str
+    direction_getter : regression direction getter
+        Its loss (and EOS rows), e.g. an experiment model's.
+    streamline_format : StreamlineFormat or None
+        The model's format: streamlines are resampled or compressed to it,
+        as the loader does in validation. None keeps them as stored.
+    skip_first_point : bool
+    batch_size : int
+        Streamlines per pass.
+
+    Returns
+    -------
+    dict
+        As :func:`~dwi_ml.training.evaluation.evaluate_model`:
+        ``{subject_id: {'loss', 'angular_error_deg', 'n_points'}, ...,
+        'all': {...}}``. The loss is the mean over loss points; the angle,
+        in degrees and RAS mm, between the previous and the next segment,
+        over points that have both.
+    """
+    check_regression_getter(direction_getter, "direction getter")
+    if not dataset.volume_groups:
+        raise DwiMLUserError(
+            f"HDF5 file '{dataset.hdf5_file}': expected a volume group to "
+            "read streamlines through, found none.")
+    spec = (InputSpec() if streamline_format is None
+            else InputSpec(streamline_format=streamline_format))
+    # Interpolation is left to prepare_batch, which is never called: no
+    # volume is read.
+    loader = BatchLoaderOneInput(dataset, streamline_group,
+                                 dataset.volume_groups[0], input_spec=spec,
+                                 interpolation_device="cpu")
+    group_idx = dataset.streamline_groups.index(streamline_group)
+    subset = getattr(dataset, f"{split}_set")
+    results, overall, overall_angles = {}, WeightedMeans(), WeightedMeans()
+    with torch.no_grad():
+        for subj_idx, subject_id in enumerate(subset.subjects):
+            sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
+            linear = torch.as_tensor(
+                np.asarray(sft_data.space_attributes[0])[:3, :3],
+                dtype=torch.float32)
+            losses, angles = WeightedMeans(), WeightedMeans()
+            ids = np.arange(sft_data.nb_streamlines)
+            for start in range(0, len(ids), batch_size):
+                request = BatchRequest(split, 0, start // batch_size,
+                                       [(subj_idx, ids[start:start + batch_size])])
+                streamlines = loader.load_batch(request).target_streamlines()
+                point_losses, previous, targets, has_direction = \
+                    copy_previous_point_losses(direction_getter, streamlines,
+                                               skip_first_point)
+                if len(point_losses):
+                    losses.add({"loss": point_losses.mean().item()},
+                               len(point_losses))
+                batch_angles = angles_deg_mm(previous[has_direction],
+                                           targets[has_direction], linear)
+                if len(batch_angles):
+                    for means in (angles, overall_angles):
+                        means.add({"angular_error_deg":
+                                   batch_angles.mean().item()},
+                                  len(batch_angles))
+            values = {"loss": losses.mean_of("loss"),
+                      "angular_error_deg": angles.mean_of("angular_error_deg"),
+                      "n_points": losses.n_points}
+            results[subject_id] = values
+            if values["loss"] is not None:
+                overall.add({"loss": values["loss"]}, values["n_points"])
+    results["all"] = {"loss": overall.mean_of("loss"),
+                      "angular_error_deg":
+                          overall_angles.mean_of("angular_error_deg"),
+                      "n_points": overall.n_points}
+    return with_null_means(results)
+
