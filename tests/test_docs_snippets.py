@@ -7,6 +7,7 @@ the values the pages print or state in their comments. docs/own_model.md
 has its own test (tests/test_docs_own_model.py); the blocks of
 docs/architecture.md are signatures, not a program.
 """
+import glob
 import json
 import math
 import os
@@ -20,7 +21,9 @@ import pytest
 import torch
 from dipy.io.stateful_tractogram import Space
 
+from dwi_ml.cli import dwiml_compute_loss_copy_previous as copy_previous_cli
 from dwi_ml.cli import dwiml_run_demo, dwiml_score_tractogram
+from dwi_ml.cli import dwiml_send_logs_to_comet as send_logs_cli
 from dwi_ml.cli import dwiml_track_from_model as track_cli
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.processing.augmentation import count_from_ratio
@@ -213,3 +216,29 @@ def test_demo_dataset_summary_is_the_documented_one(tmp_path):
                         step_size=2.0)
     assert len(documented) == 3
     assert dwiml_run_demo.summarize_dataset(hdf5_file)[1:] == documented
+
+
+def test_training_page_copy_previous_baseline(in_demo_folder, capsys):
+    copy_previous_cli.main(documented_command(
+        "docs/training.md", "dwiml_compute_loss_copy_previous"))
+    header, subject, overall, summary = printed_lines(capsys)
+    assert header.split() == ["subject", "loss", "angular_error_deg",
+                              "n_points"]
+    # One validation subject: its values are the subset's.
+    assert subject.split()[0] == "subj-02" and overall.split()[0] == "all"
+    assert subject.split()[1:] == overall.split()[1:]
+    assert 0 < float(subject.split()[1]) < 2
+    assert "cosine-regression" in summary and "step_size 2.0" in summary
+
+
+def test_monitoring_page_sends_logs_to_comet(in_demo_folder, capsys,
+                                             monkeypatch, tmp_path):
+    # Offline: no API key, no user config, no network needed.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("COMET_API_KEY", raising=False)
+    before = set(glob.glob("comet_archives/*.zip"))
+    send_logs_cli.main(documented_command("docs/monitoring.md",
+                                          "dwiml_send_logs_to_comet"))
+    [archive] = set(glob.glob("comet_archives/*.zip")) - before
+    key = os.path.basename(archive)[:-len(".zip")]
+    assert f"logs to a new Comet experiment {key}" in capsys.readouterr().out

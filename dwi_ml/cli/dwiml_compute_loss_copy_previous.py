@@ -24,7 +24,6 @@ probability, so the likelihood losses of the other getters are undefined.
 """
 import os
 
-from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.input_spec import add_streamline_format_args
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.arg_checks import check_int
@@ -43,7 +42,7 @@ from dwi_ml.models.direction_getters.regression import REGRESSION_KEYS
 from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.copy_previous import (
     check_regression_getter,
-    copy_previous_losses,
+    copy_previous_losses_on_hdf5,
 )
 from dwi_ml.training.experiment_builder import (
     check_hdf5_groups,
@@ -170,17 +169,9 @@ def main(argv=None):
     if args.out is not None:
         check_output_free(args.out, args.overwrite, extensions=(".json",))
 
-    dataset = MultiSubjectDataset(args.hdf5_file, lazy=True)
-    try:
-        dataset.load_data(load_training=args.subset == "training",
-                          load_validation=args.subset == "validation",
-                          load_testing=args.subset == "testing",
-                          streamline_groups=[group])
-        results = copy_previous_losses(
-            dataset, args.subset, group, getter, streamline_format,
-            args.skip_first_point, args.batch_size)
-    finally:
-        dataset.close()
+    results = copy_previous_losses_on_hdf5(
+        args.hdf5_file, args.subset, group, getter, streamline_format,
+        args.skip_first_point, args.batch_size)
     if len(results) == 1:
         raise DwiMLUserError(
             f"--subset {args.subset}: '{args.hdf5_file}' has no "

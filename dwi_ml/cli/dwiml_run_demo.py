@@ -29,7 +29,9 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.training.evaluation import evaluate_model_folder
+from dwi_ml.models.model_io import load_model_from_params_and_state
+from dwi_ml.training.copy_previous import copy_previous_losses_on_hdf5
+from dwi_ml.training.evaluation import evaluate_model_on_hdf5
 
 
 def _build_parser():
@@ -141,9 +143,13 @@ def main(argv=None):
                                      bbox_valid_check=True).streamlines)
 
     valid_loss = np.load(os.path.join(experiment_dir, "logs", "valid_loss.npy"))
-    angle = evaluate_model_folder(
-        best_model_dir(experiment_dir), hdf5_file, "validation", "input",
+    best = load_model_from_params_and_state(best_model_dir(experiment_dir))
+    angle = evaluate_model_on_hdf5(
+        best, hdf5_file, "validation", "input",
         "streamlines")["all"]["angular_error_deg"]
+    rule = copy_previous_losses_on_hdf5(
+        hdf5_file, "validation", "streamlines", best.direction_getter,
+        best.input_spec.streamline_format)["all"]["loss"]
     print("Outputs:")
     print(f"  synthetic data : {paths.out_folder}")
     print(f"  HDF5           : {hdf5_file}")
@@ -151,8 +157,9 @@ def main(argv=None):
     print(f"  logs plot      : {plot_prefix}.png")
     print(f"  tractogram     : {tractogram} ({nb_tracked} streamlines)")
     print(f"Final validation loss {valid_loss[-1]:.4f} (epoch 0: "
-          f"{valid_loss[0]:.4f}); mean angular error of the best model on "
-          f"the validation subject: {angle:.1f} degrees.")
+          f"{valid_loss[0]:.4f}; copying the previous direction: "
+          f"{rule:.4f}); mean angular error of the best model on the "
+          f"validation subject: {angle:.1f} degrees.")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,15 @@ def _environment_default(name, value):
         del os.environ[name]
 
 
+# Comet's own measures of the machine (CPU, GPU, disk use, host details):
+# off for a process that only sends logs written by another run.
+_NO_SYSTEM_METRICS = dict(
+    log_env_details=False, log_env_gpu=False, log_env_host=False,
+    log_env_cpu=False, log_env_disk=False)
+
+
 def create_comet_experiment(workspace=None, project=None, offline_dir=None,
-                            experiment_key=None):
+                            experiment_key=None, system_metrics=True):
     """Create or continue a Comet experiment.
 
     Parameters
@@ -132,6 +139,10 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
         one. A continued offline experiment writes a new archive,
         ``KEY-XXXXXX.zip``, that adds to the first one once both are
         uploaded.
+    system_metrics : bool
+        Let Comet log this machine's CPU, GPU, disk and host details (as
+        it does for a training run); False for a process that does not
+        train.
 
     Returns
     -------
@@ -141,18 +152,19 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
         reached.
     """
     comet_ml = import_comet()
+    options = dict(_EXPERIMENT_OPTIONS,
+                   **({} if system_metrics else _NO_SYSTEM_METRICS))
     if offline_dir is None:
         # Comet logs errors of its own when it cannot connect; the callback
         # says it once, in its own words, so Comet's are held back here.
         with quiet_logger("comet_ml"):
             if experiment_key:
                 return comet_ml.ExistingExperiment(
-                    experiment_key=experiment_key, **_EXPERIMENT_OPTIONS)
+                    experiment_key=experiment_key, **options)
             return comet_ml.Experiment(workspace=workspace,
-                                       project_name=project,
-                                       **_EXPERIMENT_OPTIONS)
-    options = dict(workspace=workspace, project_name=project,
-                   offline_directory=offline_dir, **_EXPERIMENT_OPTIONS)
+                                       project_name=project, **options)
+    options.update(workspace=workspace, project_name=project,
+                   offline_directory=offline_dir)
     if experiment_key:
         return comet_ml.ExistingOfflineExperiment(
             experiment_key=experiment_key, **options)

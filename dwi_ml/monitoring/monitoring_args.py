@@ -19,9 +19,14 @@ experiment. If Comet fails during the run, one warning is printed and
 training goes on with its local logs."""
 
 
-def add_comet_args(parser):
-    """Add the 'Comet' argument group to a training script's parser."""
-    group = parser.add_argument_group("Comet", COMET_ARGS_DESCRIPTION)
+def add_comet_args(parser, description=COMET_ARGS_DESCRIPTION,
+                   log_every=True):
+    """Add the 'Comet' argument group to a script's parser; return it.
+
+    ``log_every`` False leaves out ``--comet_log_every`` (a script that
+    does not train); :func:`check_comet_args` then takes it as 0.
+    """
+    group = parser.add_argument_group("Comet", description)
     group.add_argument("--comet_workspace", metavar="W",
                        help="Comet workspace (online: must exist).")
     group.add_argument("--comet_project", metavar="P",
@@ -30,9 +35,12 @@ def add_comet_args(parser):
                        help="Write an offline archive in DIR instead of "
                             "logging online. DIR is created if its parent "
                             "exists.")
-    group.add_argument("--comet_log_every", type=int, default=0, metavar="N",
-                       help="Also log the training loss every N batches "
-                            "(0: epoch metrics only).")
+    if log_every:
+        group.add_argument("--comet_log_every", type=int, default=0,
+                           metavar="N",
+                           help="Also log the training loss every N batches "
+                                "(0: epoch metrics only).")
+    return group
 
 
 def comet_is_requested(args):
@@ -43,12 +51,13 @@ def comet_is_requested(args):
 
 def check_comet_args(args):
     """Check the Comet options locally (no network); raise a clear error."""
-    if args.comet_log_every < 0:
+    log_every = getattr(args, "comet_log_every", 0)
+    if log_every < 0:
         raise DwiMLUserError(
             f"--comet_log_every: expected 0 or more batches, got "
-            f"{args.comet_log_every}.")
+            f"{log_every}.")
     if not comet_is_requested(args):
-        if args.comet_log_every:
+        if log_every:
             raise DwiMLUserError(
                 "--comet_log_every needs --comet_workspace and "
                 "--comet_project, or --comet_offline_dir.")

@@ -22,6 +22,7 @@ import torch
 
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.dataloaders import BatchRequest
+from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters.regression import REGRESSION_KEYS
@@ -171,3 +172,21 @@ def copy_previous_losses(dataset, split, streamline_group, direction_getter,
                       "n_points": overall.n_points}
     return with_null_means(results)
 
+
+
+def copy_previous_losses_on_hdf5(hdf5_file, split, streamline_group,
+                                 direction_getter, streamline_format=None,
+                                 skip_first_point=False, batch_size=1000):
+    """:func:`copy_previous_losses` on a lazily read HDF5 file (only the
+    streamline group of ``split`` is read)."""
+    dataset = MultiSubjectDataset(hdf5_file, lazy=True)
+    try:
+        dataset.load_data(load_training=split == "training",
+                          load_validation=split == "validation",
+                          load_testing=split == "testing",
+                          streamline_groups=[streamline_group])
+        return copy_previous_losses(dataset, split, streamline_group,
+                                    direction_getter, streamline_format,
+                                    skip_first_point, batch_size)
+    finally:
+        dataset.close()

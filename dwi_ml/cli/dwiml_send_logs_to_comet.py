@@ -1,0 +1,104 @@
+"""Send an experiment's logs to Comet after its run.
+
+A run trained without a Comet option, resumed without one, or that lost
+Comet during training (no network, a quota) still has every value in its
+logs/ folder. This script sends them: each epoch log (train_loss,
+valid_loss, learning_rate, grad norms, times, tracking-validation metrics)
+under its own name with the epoch as step, as the training's Comet logging
+does; with --per_batch, also train_loss_per_batch (step: its row).
+
+By default the values go to the Comet experiment saved in the experiment's
+checkpoint (a run that had Comet at some point), to fill its gaps: choose
+the missing epochs with --epochs FIRST LAST, since Comet keeps every value
+sent, and a value sent twice shows twice. Without a saved experiment, or
+with --new_comet_experiment, a new Comet experiment is created, named
+after the experiment folder, with parameters.json as its hyper-parameters.
+
+Online, give --comet_workspace and --comet_project (the API key comes from
+COMET_API_KEY or your Comet config file); offline, --comet_offline_dir DIR
+writes an archive there, to upload with 'comet upload'.
+"""
+import os
+
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import read_parameters
+from dwi_ml.io_utils.script_args import (
+    add_verbose_arg,
+    check_inputs_exist,
+    make_parser,
+    parse_script_args,
+)
+from dwi_ml.monitoring.comet_logger import check_comet_workspace
+from dwi_ml.monitoring.comet_upload import (
+    logs_to_send,
+    saved_comet_key,
+    send_logs,
+)
+from dwi_ml.monitoring.monitoring_args import (
+    add_comet_args,
+    check_comet_args,
+    comet_is_requested,
+)
+
+COMET_SEND_DESCRIPTION = """\
+Online: --comet_workspace and --comet_project (the API key comes from the
+COMET_API_KEY variable or your Comet config file); offline:
+--comet_offline_dir, to upload later with 'comet upload ARCHIVE'."""
+
+
+def _build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("experiment_path", metavar="EXPERIMENT",
+                        help="The experiment folder.")
+    logs = parser.add_argument_group("Logs")
+    logs.add_argument("--logs", nargs="+", metavar="NAME",
+                      help="Logs to send (names of logs/NAME.npy). Default: "
+                           "every epoch log.")
+    logs.add_argument("--epochs", nargs=2, type=int,
+                      metavar=("FIRST", "LAST"),
+                      help="Send these epochs only (0-based, inclusive). "
+                           "Default: all.")
+    logs.add_argument("--per_batch", action="store_true",
+                      help="Also send train_loss_per_batch (all its rows).")
+    comet = add_comet_args(parser, COMET_SEND_DESCRIPTION, log_every=False)
+    comet.add_argument("--new_comet_experiment", action="store_true",
+                       help="Create a new Comet experiment even when the "
+                            "checkpoint names one.")
+    add_verbose_arg(parser)
+    return parser
+
+
+@script_entry_point
+def main(argv=None):
+    """Entry point of dwiml_send_logs_to_comet.py."""
+    args = parse_script_args(_build_parser(), argv)
+    check_inputs_exist(args.experiment_path, what="experiment")
+    check_comet_args(args)
+    if not comet_is_requested(args):
+        raise DwiMLUserError(
+            "Comet: expected --comet_workspace and --comet_project, or "
+            "--comet_offline_dir; found none.")
+    values = logs_to_send(args.experiment_path, args.logs, args.epochs,
+                          args.per_batch)
+    key = None if args.new_comet_experiment else saved_comet_key(
+        args.experiment_path)
+    if args.comet_offline_dir is None and not check_comet_workspace(
+            args.comet_workspace):
+        raise DwiMLUserError(
+            "Comet could not be reached (see the warning above); nothing "
+            "was sent.")
+    name = os.path.basename(os.path.normpath(args.experiment_path))
+    sent_key = send_logs(
+        values, args.comet_workspace, args.comet_project,
+        args.comet_offline_dir, key, name,
+        None if key else read_parameters(args.experiment_path))
+    nb_values = sum(len(pairs) for pairs in values.values())
+    where = ("online" if args.comet_offline_dir is None else
+             f"offline, archive in {args.comet_offline_dir}")
+    print(f"Sent {nb_values} values of {len(values)} logs to "
+          f"{'the saved' if key else 'a new'} Comet experiment {sent_key} "
+          f"({where}).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""dwiml_send_logs_to_comet.py: an experiment's logs sent to Comet after its
+run, into real offline archives (the network is closed)."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from dwi_ml.cli.dwiml_send_logs_to_comet import main as send_main
+from dwi_ml.io_utils.experiment_layout import read_parameters
+from tests.test_comet import (  # noqa: F401
+    DUMMY_API_KEY,
+    EPOCH_LOGS,
+    archive_metrics,
+    archive_parameters,
+    comet_env,
+    flatten,
+    make_tiny_trainer,
+    read_archive,
+    tiny_hdf5,
+    train_offline,
+)
+
+
+def _archives(folder):
+    return sorted(glob.glob(os.path.join(folder, "*.zip")))
+
+
+def test_a_run_without_comet_goes_to_a_new_experiment(tiny_hdf5,  # noqa: F811
+                                                      tmp_path, capsys):
+    trainer = make_tiny_trainer(tiny_hdf5, tmp_path, "plain", max_epochs=3)
+    trainer.save_parameters()
+    trainer.train_and_validate()
+    out = tmp_path / "comet"
+    send_main([trainer.experiment_dir, "--comet_workspace", "ws",
+               "--comet_project", "proj", "--comet_offline_dir", str(out)])
+    [archive] = _archives(out)
+    experiment, messages, raw = read_archive(archive)
+    assert (experiment["workspace"], experiment["project_name"]) == \
+        ("ws", "proj")
+    assert DUMMY_API_KEY.encode() not in raw
+    metrics = archive_metrics(messages)
+    logs_dir = os.path.join(trainer.experiment_dir, "logs")
+    for name in EPOCH_LOGS:
+        assert metrics[name][0] == [0, 1, 2], name
+        np.testing.assert_array_equal(
+            metrics[name][1], np.load(os.path.join(logs_dir, f"{name}.npy")))
+    # Per-batch values only on request.
+    assert "train_loss_per_batch" not in metrics
+    assert archive_parameters(messages) == flatten(
+        read_parameters(trainer.experiment_dir))
+    names = [m["payload"]["value"] for m in messages
+             if m["type"] == "log_other" and m["payload"]["key"] == "Name"]
+    assert names == ["plain"]
+    key = os.path.basename(archive)[:-len(".zip")]
+    assert f"to a new Comet experiment {key} (offline" in capsys.readouterr().out
+
+    # Chosen logs and epochs, the per-batch log, into another experiment.
+    send_main([trainer.experiment_dir, "--comet_offline_dir", str(out),
+               "--logs", "valid_loss", "train_loss_per_batch", "--epochs",
+               "1", "2"])
+    [second] = [path for path in _archives(out) if path != archive]
+    metrics = archive_metrics(read_archive(second)[1])
+    valid_loss = np.load(os.path.join(logs_dir, "valid_loss.npy"))
+    per_batch = np.load(os.path.join(logs_dir, "train_loss_per_batch.npy"))
+    assert sorted(metrics) == ["train_loss_per_batch", "valid_loss"]
+    assert metrics["valid_loss"] == ([1, 2], list(valid_loss[1:]))
+    assert metrics["train_loss_per_batch"] == (list(range(len(per_batch))),
+                                               list(per_batch))
+
+
+def test_a_run_that_had_comet_is_continued(tiny_hdf5, tmp_path):  # noqa: F811
+    trainer, callback = train_offline(tiny_hdf5, tmp_path, max_epochs=2,
+                                      log_every=0)
+    out = str(tmp_path / "comet")
+    first = _archives(out)
+    send_main([trainer.experiment_dir, "--comet_offline_dir", out,
+               "--epochs", "1", "1"])
+    [added] = [path for path in _archives(out) if path not in first]
+    experiment, messages, _ = read_archive(added)
+    assert experiment["offline_id"] == callback.experiment_key
+    assert experiment["resume_strategy"] == "get"
+    metrics = archive_metrics(messages)
+    train_loss = np.load(os.path.join(trainer.experiment_dir, "logs",
+                                      "train_loss.npy"))
+    assert metrics["train_loss"] == ([1], [train_loss[1]])
+    # A continued experiment keeps its hyper-parameters: none sent again.
+    assert archive_parameters(messages) == {}
+
+    send_main([trainer.experiment_dir, "--comet_offline_dir", out,
+               "--new_comet_experiment"])
+    [new] = [path for path in _archives(out)
+             if path not in first and path != added]
+    assert not os.path.basename(new).startswith(callback.experiment_key)
+
+
+def test_bad_requests_are_refused_in_one_line(tiny_hdf5, tmp_path,  # noqa: F811
+                                              capsys):
+    trainer = make_tiny_trainer(tiny_hdf5, tmp_path, "plain", max_epochs=2)
+    trainer.save_parameters()
+    trainer.train_and_validate()
+    exp = trainer.experiment_dir
+    offline = ["--comet_offline_dir", str(tmp_path / "comet")]
+    cases = [
+        ([exp], "found none"),
+        ([exp, "--comet_workspace", "ws"], "needs both"),
+        ([exp, *offline, "--logs", "nope"], "no log 'nope'"),
+        ([exp, *offline, "--epochs", "1", "5"], "0 <= FIRST <= LAST < 2"),
+        ([str(tmp_path / "missing"), *offline], "missing"),
+        ([str(tmp_path), *offline], "not a dwi_ml experiment"),
+        # Online, Comet refuses at once (a closed port): nothing is sent.
+        ([exp, "--comet_workspace", "ws", "--comet_project", "p"],
+         "could not be reached"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as raised:
+            send_main(argv)
+        err = capsys.readouterr().err
+        assert raised.value.code != 0, argv
+        last = err.strip().splitlines()[-1]
+        assert message in last and "Traceback" not in err, (argv, err)
+    assert _archives(tmp_path / "comet") == []
