@@ -17,11 +17,9 @@ Only regression getters have such an output: the rule gives no
 probability, so the negative log-likelihood of the Gaussian, Fisher-von
 Mises and classification getters is not defined for it.
 """
-import numpy as np
 import torch
 
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
-from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -34,7 +32,9 @@ from dwi_ml.models.directions import (
 )
 from dwi_ml.training.evaluation import (
     WeightedMeans,
+    add_angles,
     angles_deg_mm,
+    subject_requests,
     with_null_means,
 )
 
@@ -132,20 +132,13 @@ def copy_previous_losses(dataset, split, streamline_group, direction_getter,
     loader = BatchLoaderOneInput(dataset, streamline_group,
                                  dataset.volume_groups[0], input_spec=spec,
                                  interpolation_device="cpu")
-    group_idx = dataset.streamline_groups.index(streamline_group)
-    subset = getattr(dataset, f"{split}_set")
     results, overall, overall_angles = {}, WeightedMeans(), WeightedMeans()
     with torch.no_grad():
-        for subj_idx, subject_id in enumerate(subset.subjects):
-            sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
-            linear = torch.as_tensor(
-                np.asarray(sft_data.space_attributes[0])[:3, :3],
-                dtype=torch.float32)
+        for subject_id, linear, requests in subject_requests(
+                dataset, split, streamline_group, batch_size):
+            linear = torch.as_tensor(linear, dtype=torch.float32)
             losses, angles = WeightedMeans(), WeightedMeans()
-            ids = np.arange(sft_data.nb_streamlines)
-            for start in range(0, len(ids), batch_size):
-                request = BatchRequest(split, 0, start // batch_size,
-                                       [(subj_idx, ids[start:start + batch_size])])
+            for request in requests:
                 streamlines = loader.load_batch(request).target_streamlines()
                 point_losses, previous, targets, has_direction = \
                     copy_previous_point_losses(direction_getter, streamlines,
@@ -153,13 +146,9 @@ def copy_previous_losses(dataset, split, streamline_group, direction_getter,
                 if len(point_losses):
                     losses.add({"loss": point_losses.mean().item()},
                                len(point_losses))
-                batch_angles = angles_deg_mm(previous[has_direction],
-                                           targets[has_direction], linear)
-                if len(batch_angles):
-                    for means in (angles, overall_angles):
-                        means.add({"angular_error_deg":
-                                   batch_angles.mean().item()},
-                                  len(batch_angles))
+                add_angles(angles_deg_mm(previous[has_direction],
+                                         targets[has_direction], linear),
+                           angles, overall_angles)
             values = {"loss": losses.mean_of("loss"),
                       "angular_error_deg": angles.mean_of("angular_error_deg"),
                       "n_points": losses.n_points}

@@ -69,6 +69,38 @@ def _batch_angles_deg(model, outputs, target_streamlines, linear):
     return angles_deg_mm(predicted, targets, linear)
 
 
+def subject_requests(dataset, split, streamline_group, batch_size):
+    """The batches of every streamline of each subject of ``split``.
+
+    Yields
+    ------
+    subject_id : str
+    linear : np.ndarray, shape (3, 3)
+        The voxel-to-RAS part of the streamline group's affine (for angles
+        in mm).
+    requests : list of BatchRequest
+        ``batch_size`` streamlines each, in order.
+    """
+    group_idx = dataset.streamline_groups.index(streamline_group)
+    subset = getattr(dataset, f"{split}_set")
+    for subj_idx, subject_id in enumerate(subset.subjects):
+        sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
+        linear = np.asarray(sft_data.space_attributes[0])[:3, :3]
+        ids = np.arange(sft_data.nb_streamlines)
+        yield subject_id, linear, [
+            BatchRequest(split, 0, start // batch_size,
+                         [(subj_idx, ids[start:start + batch_size])])
+            for start in range(0, len(ids), batch_size)]
+
+
+def add_angles(batch_angles, *means):
+    """Add a batch's mean angle (with its count) to each WeightedMeans."""
+    if len(batch_angles):
+        for each in means:
+            each.add({"angular_error_deg": batch_angles.mean().item()},
+                     len(batch_angles))
+
+
 def evaluate_model(model, dataset, split, input_group, streamline_group,
                    batch_size=200, device="cpu"):
     """Losses and mean angular error of ``model`` per subject of ``split``.
@@ -110,35 +142,25 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
             f"max_len={model.max_len} prediction points, found "
             f"{nb_predictions} (in the model's format).")
     check_streamlines_not_too_short(model, loader, split)
-    group_idx = dataset.streamline_groups.index(streamline_group)
-    subset = getattr(dataset, f"{split}_set")
     # Angles are averaged over their own points: with EOS a streamline has
     # one angle fewer than loss points (none where the target is "stop").
     results, overall, overall_angles = {}, WeightedMeans(), WeightedMeans()
     with torch.no_grad():
-        for subj_idx, subject_id in enumerate(subset.subjects):
-            sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
-            linear = torch.as_tensor(
-                np.asarray(sft_data.space_attributes[0])[:3, :3],
-                dtype=torch.float32, device=device)
+        for subject_id, linear, requests in subject_requests(
+                dataset, split, streamline_group, batch_size):
+            linear = torch.as_tensor(linear, dtype=torch.float32,
+                                     device=device)
             losses, angles = WeightedMeans(), WeightedMeans()
-            ids = np.arange(sft_data.nb_streamlines)
-            for start in range(0, len(ids), batch_size):
-                request = BatchRequest(split, 0, start // batch_size,
-                                       [(subj_idx, ids[start:start + batch_size])])
+            for request in requests:
                 batch = loader.prepare_batch(loader.load_batch(request), device)
                 outputs = model(batch.inputs_list(), batch.input_streamlines())
                 batch_losses, n_points = compute_batch_loss(model, outputs,
                                                             batch)
                 losses.add(loss_log_values(*combine_losses(batch_losses)),
                            int(n_points))
-                batch_angles = _batch_angles_deg(
-                    model, outputs, batch.target_streamlines(), linear)
-                if len(batch_angles):
-                    for means in (angles, overall_angles):
-                        means.add({"angular_error_deg":
-                                   batch_angles.mean().item()},
-                                  len(batch_angles))
+                add_angles(_batch_angles_deg(model, outputs,
+                                             batch.target_streamlines(),
+                                             linear), angles, overall_angles)
             values = {**losses.means(),
                       "angular_error_deg": angles.mean_of("angular_error_deg")}
             results[subject_id] = values
