@@ -34,3 +34,13 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _tmp_child_probe(request):
+    import multiprocessing
+    yield
+    kids = multiprocessing.active_children()
+    if kids:
+        with open("/tmp/s16/children.log", "a") as log:
+            log.write(f"{request.node.nodeid} {[(k.name, k.pid) for k in kids]}\n")

@@ -8,6 +8,7 @@ import pytest
 
 from dwi_ml.cli.dwiml_send_logs_to_comet import main as send_main
 from dwi_ml.io_utils.experiment_layout import read_parameters
+from dwi_ml.io_utils.experiment_lock import ExperimentLock
 from tests.test_comet import (  # noqa: F401
     DUMMY_API_KEY,
     EPOCH_LOGS,
@@ -69,7 +70,8 @@ def test_a_run_without_comet_goes_to_a_new_experiment(tiny_hdf5,  # noqa: F811
                                                list(per_batch))
 
 
-def test_a_run_that_had_comet_is_continued(tiny_hdf5, tmp_path):  # noqa: F811
+def test_a_run_that_had_comet_is_continued(tiny_hdf5, tmp_path,  # noqa: F811
+                                           capsys):
     trainer, callback = train_offline(tiny_hdf5, tmp_path, max_epochs=2,
                                       log_every=0)
     out = str(tmp_path / "comet")
@@ -87,8 +89,18 @@ def test_a_run_that_had_comet_is_continued(tiny_hdf5, tmp_path):  # noqa: F811
     # A continued experiment keeps its hyper-parameters: none sent again.
     assert archive_parameters(messages) == {}
 
-    send_main([trainer.experiment_dir, "--comet_offline_dir", out,
-               "--new_comet_experiment"])
+    # While a run holds the experiment, it logs to that Comet experiment
+    # itself: refused; a new Comet experiment is not.
+    with ExperimentLock(trainer.experiment_dir) as lock:
+        lock.acquire()
+        with pytest.raises(SystemExit) as raised:
+            send_main([trainer.experiment_dir, "--comet_offline_dir", out])
+        assert raised.value.code == 2
+        assert (f"is in use by process {os.getpid()}, which logs to its Comet"
+                f" experiment {callback.experiment_key}") in \
+            capsys.readouterr().err
+        send_main([trainer.experiment_dir, "--comet_offline_dir", out,
+                   "--new_comet_experiment"])
     [new] = [path for path in _archives(out)
              if path not in first and path != added]
     assert not os.path.basename(new).startswith(callback.experiment_key)

@@ -256,3 +256,16 @@ def test_only_rank_0_probes_the_lock(tmp_path, monkeypatch):
             probe.refuse_if_held()
         # The holder keeps its lock through both probes.
         assert held.is_held
+
+
+def test_holder_names_the_running_process(tmp_path):
+    assert ExperimentLock(str(tmp_path)).holder() is None
+    assert not (tmp_path / LOCK_FILE).exists()  # asking creates no file
+    with ExperimentLock(str(tmp_path)) as lock:
+        lock.acquire()
+        assert ExperimentLock(str(tmp_path)).holder() == \
+            f"process {os.getpid()}"
+    assert ExperimentLock(str(tmp_path)).holder() is None
+    # Asking took no lock: the experiment can be locked at once.
+    with ExperimentLock(str(tmp_path)) as lock:
+        assert lock.acquire().is_held

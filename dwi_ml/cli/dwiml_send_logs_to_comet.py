@@ -22,6 +22,7 @@ import os
 
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import read_parameters
+from dwi_ml.io_utils.experiment_lock import ExperimentLock
 from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
@@ -82,6 +83,12 @@ def main(argv=None):
                           args.per_batch)
     key = None if args.new_comet_experiment else saved_comet_key(
         args.experiment_path)
+    holder = ExperimentLock(args.experiment_path).holder()
+    if key is not None and holder is not None:
+        raise DwiMLUserError(
+            f"experiment '{args.experiment_path}' is in use by {holder}, "
+            f"which logs to its Comet experiment {key} itself: wait for it "
+            "to end, or send to a new one with --new_comet_experiment.")
     if args.comet_offline_dir is None and not check_comet_workspace(
             args.comet_workspace):
         raise DwiMLUserError(

@@ -105,6 +105,28 @@ class ExperimentLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
+    def holder(self):
+        """Who holds the lock now ('process PID'), or None.
+
+        For a process that only reads the experiment (it never takes the
+        lock): it needs no write access, and creates no lock file.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return _read_holder(fd)
+            return None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def _open(self, flags=0):
         """Open the lock file for writing; a user error when it cannot be
         (a read-only copy of an experiment, another user's lock file)."""
