@@ -17,7 +17,9 @@ so float comparisons use tolerances derived in ``tests/tolerances.py``, or
 float64, or bitwise equality only where the same shapes run the same
 kernels.
 """
+import multiprocessing
 import os
+import time
 
 import pytest
 import torch
@@ -37,10 +39,15 @@ def single_torch_thread():
 
 
 @pytest.fixture(autouse=True)
-def _tmp_child_probe(request):
-    import multiprocessing
+def no_child_process_left(request):
+    """Fail a test that leaves a multiprocessing child running (a
+    DataLoader worker, a spawned writer): it would run on through later
+    tests and disturb what they count and time. Children get 10 s to end."""
     yield
-    kids = multiprocessing.active_children()
-    if kids:
-        with open("/tmp/s16/children.log", "a") as log:
-            log.write(f"{request.node.nodeid} {[(k.name, k.pid) for k in kids]}\n")
+    deadline = time.monotonic() + 10
+    for child in multiprocessing.active_children():
+        child.join(timeout=max(0.0, deadline - time.monotonic()))
+    alive = multiprocessing.active_children()
+    if alive:
+        pytest.fail(f"{request.node.nodeid} left child processes running: "
+                    + ", ".join(f"{c.name} (pid {c.pid})" for c in alive))
