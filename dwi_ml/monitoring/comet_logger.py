@@ -116,11 +116,12 @@ def _environment_default(name, value):
         del os.environ[name]
 
 
-# Comet's own measures of the machine (CPU, GPU, disk use, host details):
-# off for a process that only sends logs written by another run.
+# Comet's own measures of the machine (CPU, GPU, disk use, host details)
+# and of the git checkout: off for a process that only sends logs written
+# by another run.
 _NO_SYSTEM_METRICS = dict(
     log_env_details=False, log_env_gpu=False, log_env_host=False,
-    log_env_cpu=False, log_env_disk=False)
+    log_env_cpu=False, log_env_disk=False, log_git_metadata=False)
 
 
 def create_comet_experiment(workspace=None, project=None, offline_dir=None,
