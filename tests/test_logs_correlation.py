@@ -1,0 +1,95 @@
+"""dwiml_visualize_logs_correlation.py: correlations of two logs over epochs,
+on experiment folders with known logs, and a real PNG figure."""
+import json
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+from scipy import stats
+
+from dwi_ml.cli.dwiml_visualize_logs_correlation import main
+
+
+def _experiment(folder, name, **logs):
+    logs_dir = os.path.join(folder, name, "logs")
+    os.makedirs(logs_dir)
+    for log, values in logs.items():
+        np.save(os.path.join(logs_dir, f"{log}.npy"),
+                np.asarray(values, dtype=np.float64))
+    return os.path.join(folder, name)
+
+
+def test_correlations_per_experiment_and_pooled(tmp_path, capsys):
+    # a: tracking_f1 falls exactly as valid_loss rises (r = rho = -1); its
+    # NaN epoch (no tracking yet) is left out. b: a monotonic, non-linear
+    # relation (rho = 1, r < 1). c: a constant log (no correlation).
+    a = _experiment(tmp_path, "a", valid_loss=[4, 1, 2, 3, 5],
+                    tracking_f1=[np.nan, 0.9, 0.8, 0.7, 0.5])
+    b = _experiment(tmp_path, "b", valid_loss=[1, 2, 3, 4],
+                    tracking_f1=[1, 4, 9, 100])
+    c = _experiment(tmp_path, "c", valid_loss=[1, 2, 3],
+                    tracking_f1=[0.5, 0.5, 0.5])
+    out, out_json = tmp_path / "corr.png", tmp_path / "corr.json"
+    main([a, b, c, "valid_loss", "tracking_f1", "--out", str(out),
+          "--out_json", str(out_json)])
+    saved = json.loads(out_json.read_text())
+    assert saved["experiments"]["a"]["nb_epochs"] == 4
+    assert saved["experiments"]["a"]["pearson"] == pytest.approx(-1)
+    assert saved["experiments"]["a"]["spearman"] == pytest.approx(-1)
+    assert saved["experiments"]["b"]["spearman"] == pytest.approx(1)
+    x, y = np.array([1., 2, 3, 4]), np.array([1., 4, 9, 100])
+    r = float(np.corrcoef(x, y)[0, 1])
+    assert saved["experiments"]["b"]["pearson"] == pytest.approx(r)
+    assert r < 0.9
+    assert saved["experiments"]["c"] == {"nb_epochs": 3, "pearson": None,
+                                         "spearman": None}
+    # Pooled: the 11 paired epochs of all three, and their line.
+    px = np.array([1., 2, 3, 5, 1, 2, 3, 4, 1, 2, 3])
+    py = np.array([0.9, 0.8, 0.7, 0.5, 1, 4, 9, 100, 0.5, 0.5, 0.5])
+    assert saved["all"]["nb_epochs"] == 11
+    assert saved["all"]["pearson"] == pytest.approx(np.corrcoef(px, py)[0, 1])
+    assert saved["all"]["spearman"] == pytest.approx(
+        stats.spearmanr(px, py)[0])
+    slope, intercept = np.polyfit(px, py, 1)
+    assert saved["fit"] == pytest.approx({"slope": slope,
+                                          "intercept": intercept})
+    image = matplotlib.image.imread(str(out))
+    assert image.shape[:2] == (1000, 640)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[3].split() == ["c", "3", "n/a", "n/a"]
+    assert printed[4].split()[:2] == ["all", "11"]
+
+
+def test_first_epochs_left_out_and_default_output(tmp_path):
+    a = _experiment(tmp_path, "a", train_loss=[9, 1, 2, 3, 4],
+                    valid_loss=[0, 2, 4, 6, 8.5])
+    main([a, "train_loss", "valid_loss", "--ignore_first_epochs", "1",
+          "--out_json", str(tmp_path / "c.json")])
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["all"]["nb_epochs"] == 4
+    assert saved["all"]["spearman"] == pytest.approx(1)
+    assert os.path.isfile(os.path.join(a, "logs_correlation_train_loss_"
+                                          "valid_loss.png"))
+
+
+def test_bad_inputs_are_refused_in_one_line(tmp_path, capsys):
+    a = _experiment(tmp_path, "a", valid_loss=[1, 2, 3], train_loss=[3, 2, 1],
+                    train_loss_per_batch=[1, 2, 3, 4])
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"mine")
+    cases = [
+        ([a, "valid_loss", "nope"], "no log 'nope'"),
+        ([a, "valid_loss", "train_loss_per_batch"], "per-batch"),
+        ([a, "valid_loss", "train_loss", "--out", str(kept)], str(kept)),
+        ([a, "valid_loss", "train_loss", "--ignore_first_epochs", "-1"],
+         "--ignore_first_epochs"),
+        ([str(tmp_path / "missing"), "valid_loss", "train_loss"], "missing"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        err = capsys.readouterr().err
+        assert raised.value.code != 0 and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1
+    assert kept.read_bytes() == b"mine"
