@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from training_data import TINY_TRAINING, make_training_hdf5
 
 from dwi_ml.cli.dwiml_compute_loss_copy_previous import main as copy_main
@@ -17,6 +18,8 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.direction_getters import make_direction_getter
+from dwi_ml.monitoring.log_reading import ExperimentLogs
+from dwi_ml.monitoring.plotting import default_panels, draw_panel
 from dwi_ml.training.copy_previous import (
     check_regression_getter,
     copy_previous_point_losses,
@@ -173,3 +176,35 @@ def test_bad_inputs_are_refused_in_one_line(data, tmp_path, capsys):
     copy_main([hdf5_file, "--out", str(existing), "-f"])
     assert json.loads(existing.read_text())["results"]["all"]["n_points"] > 0
 
+
+
+def test_training_logs_the_baseline_beside_the_validation_loss(data,
+                                                               tmp_path):
+    folder, hdf5_file, experiment = data
+    logged = np.load(experiment / "logs" / "copy_previous_valid_loss.npy")
+    copy_main([hdf5_file, "--experiment", str(experiment), "--out",
+               str(tmp_path / "rule.json")])
+    expected = json.loads((tmp_path / "rule.json").read_text())[
+        "results"]["all"]["loss"]
+    # The same computation on the same batches: the same bits, each epoch.
+    assert logged.tolist() == [expected]
+    # A likelihood getter has no such baseline: no log.
+    train_main([str(folder), "gaussian", hdf5_file, "input", "streamlines",
+                *TINY_TRAINING, "--dg_key", "gaussian"])
+    assert not (folder / "gaussian" / "logs" /
+                "copy_previous_valid_loss.npy").exists()
+
+
+def test_the_baseline_is_drawn_in_the_loss_panel_without_a_best_epoch_star():
+    experiment = ExperimentLogs("exp", "exp", {
+        "train_loss": np.array([0.5, 0.2, 0.1]),
+        "valid_loss": np.array([0.4, 0.1, 0.3]),
+        "copy_previous_valid_loss": np.array([0.2, 0.2, 0.2])}, best_epoch=1)
+    [panel] = [p for p in default_panels([experiment]) if p.title == "Loss"]
+    assert panel.log_names == ("train_loss", "valid_loss",
+                               "copy_previous_valid_loss")
+    ax = Figure().subplots()
+    draw_panel(ax, panel, [experiment], ["C0"])
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    # One star per loss of the model (train, valid), none on the baseline.
+    assert sorted(float(line.get_ydata()[0]) for line in stars) == [0.1, 0.2]

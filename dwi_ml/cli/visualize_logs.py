@@ -36,7 +36,8 @@ DEFAULT_OUT_NAME = "logs_plot"
 DESCRIPTION = """\
 Plot the logs of dwi_ml experiments (EXPERIMENT/logs/*.npy, written by the
 trainer at each epoch) in one PNG figure, one panel per group of logs:
-losses (train and valid), gradient norms (before and after clipping),
+losses (train, valid, and the
+copy-previous baseline), gradient norms (before and after clipping),
 learning rate (log scale), epoch times (train and valid), the per-batch
 training loss, the tracking validation metrics when there are some (bundle
 scores, overreach, points near the reference, endpoint distance,

@@ -45,6 +45,8 @@ KIND_LABELS = {"loss": "loss", "metric": "value",
                "learning_rate": "learning rate", "time": "seconds",
                "grad_norm": "gradient norm"}
 BEST_EPOCH_KINDS = frozenset({"loss", "metric"})
+# Logs of a baseline, not of the model: no best-epoch star on them.
+REFERENCE_LOGS = frozenset({"copy_previous_valid_loss"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Panel:
 
 
 DEFAULT_PANELS = (
-    Panel("Loss", ("train_loss", "valid_loss")),
+    Panel("Loss", ("train_loss", "valid_loss", "copy_previous_valid_loss")),
     Panel("Gradient norm", ("grad_norm_before_clip", "grad_norm_after_clip")),
     Panel("Learning rate", ("learning_rate",)),
     Panel("Epoch time (s)", ("train_time", "valid_time")),
@@ -315,7 +317,8 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
             drawn = True
             any_dot |= _draw_curve(ax, values, colour, style,
                                    smooth if per_batch else 1)
-            if not per_batch and log_kind(name) in BEST_EPOCH_KINDS:
+            if (not per_batch and log_kind(name) in BEST_EPOCH_KINDS
+                    and name not in REFERENCE_LOGS):
                 any_best |= _draw_best_epoch(ax, experiment, values, colour)
         if drawn:
             handles.append(Line2D([], [], color=colour,

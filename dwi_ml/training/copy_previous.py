@@ -17,6 +17,8 @@ Only regression getters have such an output: the rule gives no
 probability, so the negative log-likelihood of the Gaussian, Fisher-von
 Mises and classification getters is not defined for it.
 """
+import math
+
 import torch
 
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
@@ -30,6 +32,7 @@ from dwi_ml.models.directions import (
     nb_predictions,
     streamline_lengths,
 )
+from dwi_ml.training.callbacks import Callback
 from dwi_ml.training.evaluation import (
     WeightedMeans,
     add_angles,
@@ -179,3 +182,36 @@ def copy_previous_losses_on_hdf5(hdf5_file, split, streamline_group,
                                     skip_first_point, batch_size)
     finally:
         dataset.close()
+
+
+BASELINE_LOG = "copy_previous_valid_loss"
+
+
+class CopyPreviousBaseline(Callback):
+    """Log the rule's loss on the validation set beside ``valid_loss``.
+
+    At each epoch end it sets ``copy_previous_valid_loss``: the loss of
+    "copy the previous direction" on the run's validation streamlines, in
+    the model's format and with its direction getter's loss (computed once
+    per process; the same value at every epoch). With EOS it compares with
+    ``valid_loss_direction``. Models without a regression direction
+    getter, and runs without validation, get no such log.
+    """
+
+    name = None  # no state: the value is computed again on resume
+
+    def __init__(self):
+        self.value = None
+
+    def on_validation_end(self, trainer, epoch):
+        getter = getattr(trainer.model, "direction_getter", None)
+        if (not trainer.use_validation or getter is None
+                or getter.key not in REGRESSION_KEYS):
+            return
+        if self.value is None:
+            loader = trainer.batch_loader
+            self.value = copy_previous_losses(
+                loader.dataset, "validation", loader.streamline_group, getter,
+                trainer.model.input_spec.streamline_format)["all"]["loss"]
+        trainer.monitors.get_or_create(BASELINE_LOG).set_epoch_value(
+            math.nan if self.value is None else self.value)

@@ -229,6 +229,8 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     device : torch.device
     distributed : DistributedContext
     callbacks : sequence of Callback
+        Added after :class:`~dwi_ml.training.copy_previous.CopyPreviousBaseline`,
+        which every run has.
     done_message : callable
         ``done_message(trainer)``: the line logged at the end of the run.
     auto_requeue : bool
@@ -246,9 +248,11 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     check_streamlines_fit_model(model, loader)
     if before_trainer is not None:
         before_trainer()
+    # Imported here: copy_previous reads this module (through evaluation).
+    from dwi_ml.training.copy_previous import CopyPreviousBaseline
     trainer = build_trainer(model, experiments_path, experiment_name, sampler,
                             loader, {**params["trainer"], "device": device},
-                            callbacks, distributed)
+                            [CopyPreviousBaseline(), *callbacks], distributed)
     if after_trainer is not None:
         after_trainer(trainer)
     trainer.save_parameters({**{key: params[key]
