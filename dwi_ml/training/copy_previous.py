@@ -95,7 +95,7 @@ def copy_previous_point_losses(direction_getter, streamlines,
 
 def copy_previous_losses(dataset, split, streamline_group, direction_getter,
                          streamline_format=None, skip_first_point=False,
-                         batch_size=1000):
+                         batch_size=1000, max_streamlines=None):
     """The rule's loss and angles per subject of ``split``.
 
     Parameters
@@ -113,6 +113,9 @@ def copy_previous_losses(dataset, split, streamline_group, direction_getter,
     skip_first_point : bool
     batch_size : int
         Streamlines per pass.
+    max_streamlines : int or None
+        Score up to this many streamlines of each subject, evenly spread
+        over its file (all when None).
 
     Returns
     -------
@@ -138,7 +141,8 @@ def copy_previous_losses(dataset, split, streamline_group, direction_getter,
     results, overall, overall_angles = {}, WeightedMeans(), WeightedMeans()
     with torch.no_grad():
         for subject_id, linear, requests in subject_requests(
-                dataset, split, streamline_group, batch_size):
+                dataset, split, streamline_group, batch_size,
+                max_streamlines):
             linear = torch.as_tensor(linear, dtype=torch.float32)
             losses, angles = WeightedMeans(), WeightedMeans()
             for request in requests:
@@ -185,6 +189,10 @@ def copy_previous_losses_on_hdf5(hdf5_file, split, streamline_group,
 
 
 BASELINE_LOG = "copy_previous_valid_loss"
+# Streamlines of each validation subject the logged baseline is computed on:
+# its standard error is then far below its differences with a model's loss,
+# and a large validation set costs seconds, not minutes, at each start.
+BASELINE_MAX_STREAMLINES = 10_000
 
 
 class CopyPreviousBaseline(Callback):
@@ -192,9 +200,10 @@ class CopyPreviousBaseline(Callback):
 
     At each epoch end it sets ``copy_previous_valid_loss``: the loss of
     "copy the previous direction" on the run's validation streamlines, in
-    the model's format and with its direction getter's loss (computed once
-    per process; the same value at every epoch). With EOS it compares with
-    ``valid_loss_direction``. Models without a regression direction
+    the model's format and with its direction getter's loss, on up to
+    :data:`BASELINE_MAX_STREAMLINES` streamlines of each validation subject
+    (computed once per process; the same value at every epoch). With EOS
+    it compares with ``valid_loss_direction``. Models without a regression direction
     getter, and runs without validation, get no such log.
     """
 
@@ -212,6 +221,7 @@ class CopyPreviousBaseline(Callback):
             loader = trainer.batch_loader
             self.value = copy_previous_losses(
                 loader.dataset, "validation", loader.streamline_group, getter,
-                trainer.model.input_spec.streamline_format)["all"]["loss"]
+                trainer.model.input_spec.streamline_format,
+                max_streamlines=BASELINE_MAX_STREAMLINES)["all"]["loss"]
         trainer.monitors.get_or_create(BASELINE_LOG).set_epoch_value(
             math.nan if self.value is None else self.value)

@@ -69,8 +69,20 @@ def _batch_angles_deg(model, outputs, target_streamlines, linear):
     return angles_deg_mm(predicted, targets, linear)
 
 
-def subject_requests(dataset, split, streamline_group, batch_size):
-    """The batches of every streamline of each subject of ``split``.
+def spread_ids(nb_streamlines, max_streamlines=None):
+    """Up to ``max_streamlines`` streamline ids, evenly spread over
+    ``range(nb_streamlines)`` (all when None or when there are fewer):
+    files often store streamlines bundle after bundle."""
+    if max_streamlines is None or nb_streamlines <= max_streamlines:
+        return np.arange(nb_streamlines)
+    return np.unique(np.linspace(0, nb_streamlines - 1,
+                                 max_streamlines).round().astype(np.int64))
+
+
+def subject_requests(dataset, split, streamline_group, batch_size,
+                     max_streamlines=None):
+    """The batches of every streamline of each subject of ``split``, or of
+    up to ``max_streamlines`` of each (:func:`spread_ids`).
 
     Yields
     ------
@@ -86,7 +98,7 @@ def subject_requests(dataset, split, streamline_group, batch_size):
     for subj_idx, subject_id in enumerate(subset.subjects):
         sft_data = subset.get_subject(subj_idx).sft_data_list[group_idx]
         linear = np.asarray(sft_data.space_attributes[0])[:3, :3]
-        ids = np.arange(sft_data.nb_streamlines)
+        ids = spread_ids(sft_data.nb_streamlines, max_streamlines)
         yield subject_id, linear, [
             BatchRequest(split, 0, start // batch_size,
                          [(subj_idx, ids[start:start + batch_size])])
