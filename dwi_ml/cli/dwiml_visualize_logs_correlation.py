@@ -82,12 +82,11 @@ def main(argv=None):
         check_output_free(args.out_json, args.overwrite, extensions=(".json",))
 
     experiments = read_experiments(args.experiments)
-    per_experiment, pooled, fit = correlate_logs(
+    per_experiment, pooled, fit, pairs = correlate_logs(
         experiments, args.log1, args.log2, args.ignore_first_epochs)
     names = (args.rename_log1 or args.log1, args.rename_log2 or args.log2)
     figure = Figure(figsize=(6.4, 10.0), dpi=DPI)
-    draw_correlation(figure, experiments, args.log1, args.log2, names,
-                     args.ignore_first_epochs, per_experiment, pooled, fit)
+    draw_correlation(figure, pairs, names, per_experiment, pooled, fit)
     with atomic_output_file(out) as tmp_path:
         figure.savefig(tmp_path, format="png")
 

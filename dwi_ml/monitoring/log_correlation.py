@@ -80,30 +80,30 @@ def correlate_logs(experiments, log1, log2, first_epoch=0):
         Over the paired epochs of all experiments, labelled 'all'.
     fit : (slope, intercept) or None
         Least-squares line ``log2 = slope * log1 + intercept`` over them.
+    pairs : list of (epochs, x, y)
+        Each experiment's :func:`paired_values`, for the figure.
     """
-    per_experiment, xs, ys = [], [], []
-    for experiment in experiments:
-        _, x, y = paired_values(experiment, log1, log2, first_epoch)
-        per_experiment.append(correlation(experiment.label, x, y))
-        xs.append(x)
-        ys.append(y)
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    pairs = [paired_values(experiment, log1, log2, first_epoch)
+             for experiment in experiments]
+    per_experiment = [correlation(experiment.label, x, y)
+                      for experiment, (_, x, y) in zip(experiments, pairs)]
+    x = np.concatenate([x for _, x, _ in pairs])
+    y = np.concatenate([y for _, _, y in pairs])
     pooled = correlation("all", x, y)
     fit = (None if pooled.pearson is None
            else tuple(float(v) for v in np.polyfit(x, y, 1)))
-    return per_experiment, pooled, fit
+    return per_experiment, pooled, fit, pairs
 
 
-def draw_correlation(figure, experiments, log1, log2, names, first_epoch,
-                     per_experiment, pooled, fit):
+def draw_correlation(figure, pairs, names, per_experiment, pooled, fit):
     """Three panels: each log against the epochs, then log2 against log1
-    with the least-squares line. ``names`` label the two logs."""
+    with the least-squares line: the results of :func:`correlate_logs`.
+    ``names`` label the two logs."""
     axes = figure.subplots(3, 1)
-    colours = [f"C{i % 10}" for i in range(len(experiments))]
-    for experiment, result, colour in zip(experiments, per_experiment,
-                                          colours):
-        epochs, x, y = paired_values(experiment, log1, log2, first_epoch)
-        label = experiment.label + (
+    colours = [f"C{i % 10}" for i in range(len(pairs))]
+    for (epochs, x, y), result, colour in zip(pairs, per_experiment,
+                                              colours):
+        label = result.label + (
             "" if result.pearson is None else f" (r = {result.pearson:.2f})")
         axes[0].plot(epochs, x, "o-", color=colour, markersize=3, label=label)
         axes[1].plot(epochs, y, "o-", color=colour, markersize=3)
