@@ -22,12 +22,13 @@ import torch
 from dipy.io.stateful_tractogram import Space
 
 from dwi_ml.cli import dwiml_compute_loss_copy_previous as copy_previous_cli
-from dwi_ml.cli import dwiml_run_demo, dwiml_score_tractogram
+from dwi_ml.cli import dwiml_run_demo, dwiml_score_tractogram, dwiml_train_model
 from dwi_ml.cli import dwiml_send_logs_to_comet as send_logs_cli
 from dwi_ml.cli import dwiml_track_from_model as track_cli
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.processing.augmentation import count_from_ratio
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.training.evaluation import evaluate_model_folder
 from tests.tolerances import rounding_atol
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -52,15 +53,16 @@ def run_page(name):
     return namespace
 
 
-def documented_command(name, script):
+def documented_command(name, script, containing=None):
     """The arguments of the first command of a page's bash blocks that runs
-    ``script``, continuation lines joined."""
+    ``script`` (with the word ``containing``), continuation lines joined."""
     for block in re.findall(r"```bash\n(.*?)```", page(name), re.DOTALL):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             words = shlex.split(line)
-            if words and words[0] == f"{script}.py":
+            if (words and words[0] == f"{script}.py"
+                    and (containing is None or containing in words)):
                 return words[1:]
-    raise AssertionError(f"{name} runs no {script}.py")
+    raise AssertionError(f"{name} runs no {script}.py {containing or ''}")
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +231,28 @@ def test_training_page_copy_previous_baseline(in_demo_folder, capsys):
     assert subject.split()[1:] == overall.split()[1:]
     assert 0 < float(subject.split()[1]) < 2
     assert "cosine-regression" in summary and "step_size 2.0" in summary
+
+
+def test_training_page_fine_tuning(in_demo_folder):
+    argv = documented_command("docs/training.md", "dwiml_train_model",
+                              containing="--pretrained")
+    dwiml_train_model.main([*argv, "-v", "WARNING"])
+    with open("demo_output/experiments/tuned/parameters.json") as f:
+        params = json.load(f)
+    with open("demo_output/experiments/demo/parameters.json") as f:
+        demo = json.load(f)
+    assert params["model"] == {**demo["model"], "experiment_name": "tuned"}
+    assert params["trainer"]["learning_rate"] == 0.001
+    start = params["pretrained"]["valid_loss"]
+    logged = np.load("demo_output/experiments/tuned/logs/"
+                     "pretrained_valid_loss.npy")
+    assert logged.tolist() == [start, start]
+    # The demo model's loss on the validation subject, as evaluated alone.
+    assert start == evaluate_model_folder(
+        "demo_output/experiments/demo/best_model", "demo_output/dataset.hdf5",
+        "validation", "input", "streamlines")["all"]["loss"]
+    assert params["pretrained"]["experiment"] == os.path.abspath(
+        "demo_output/experiments/demo")
 
 
 def test_monitoring_page_sends_logs_to_comet(in_demo_folder, capsys,

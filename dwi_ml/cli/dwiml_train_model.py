@@ -45,7 +45,9 @@ from dwi_ml.models.model_io import MODEL_REGISTRY
 from dwi_ml.models.model_types import (
     DEFAULT_LEARNING_RATES,
     add_model_args,
+    model_options_given,
     model_params_from_args,
+    model_type_of,
 )
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.tracking.stopping import DEFAULT_MAX_LENGTH_MM
@@ -67,6 +69,7 @@ from dwi_ml.training.preemption import (
     add_interruption_args,
     interruption_params,
 )
+from dwi_ml.training.pretrained import load_pretrained
 from dwi_ml.training.random_states import seed_everything
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 
@@ -92,6 +95,20 @@ def build_parser():
     add_sampler_args(parser)
     add_loader_args(parser)
     add_model_args(parser)
+    pretrained = parser.add_argument_group(
+        "Fine-tuning",
+        "Start from a trained model instead of random weights. Its type, "
+        "options (format, neighbourhood, layers, direction getter) and "
+        "weights are taken: no model option may be given. Data, "
+        "augmentation and trainer options are this command line's; the "
+        "run logs pretrained_valid_loss, the starting model's loss on this "
+        "run's validation set (docs/training.md).")
+    pretrained.add_argument(
+        "--pretrained", metavar="EXPERIMENT",
+        help="Experiment folder whose best model starts this run.")
+    pretrained.add_argument(
+        "--pretrained_use_latest_epoch", action="store_true",
+        help="Start from its checkpoint's model instead of its best model.")
     add_trainer_args(parser)
     add_tracking_validation_args(parser)
 
@@ -280,6 +297,7 @@ def _train(args, callbacks, lock):
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)
     params = collect_params(args)
+    pretrained_model = _apply_pretrained(args, params)
     check_tracking_validation_data(
         args.hdf5_file, args.streamline_group,
         tracking_validation_params_from_args(args), args.best_model_metric)
@@ -299,6 +317,8 @@ def _train(args, callbacks, lock):
     def make_model(dataset):
         # The model's initial weights come from torch's global generator.
         seed_everything(args.seed)
+        if pretrained_model is not None:
+            return pretrained_model
         group_idx = dataset.volume_groups.index(args.input_group)
         return MODEL_REGISTRY[params["model_type"]](
             nb_features=dataset.nb_features[group_idx], **params["model"])
@@ -320,6 +340,41 @@ def _train(args, callbacks, lock):
             f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
         args.auto_requeue, before_trainer=clear_folder)
+
+
+def _apply_pretrained(args, params):
+    """With --pretrained: refuse model options, load the model, and put its
+    type and options, and where it comes from, in ``params``.
+
+    Returns
+    -------
+    MainModelAbstract or None
+        The pretrained model, renamed to this experiment; None without
+        --pretrained.
+    """
+    if args.pretrained is None:
+        if args.pretrained_use_latest_epoch:
+            raise DwiMLUserError(
+                "argument --pretrained_use_latest_epoch: an option of "
+                "--pretrained, found no --pretrained.")
+        return None
+    given = model_options_given(args)
+    if given:
+        raise DwiMLUserError(
+            f"argument {given[0]}: the model comes from --pretrained "
+            f"'{args.pretrained}' (its type, options and weights); expected "
+            f"no model option, found {', '.join(given)}.")
+    model, params["pretrained"] = load_pretrained(
+        args.pretrained, args.pretrained_use_latest_epoch)
+    model.experiment_name = args.experiment_name
+    params["model_type"] = type(model).__name__
+    params["model"] = {name: value
+                       for name, value in model.params_for_checkpoint.items()
+                       if name != "nb_features"}
+    if args.learning_rate is None:
+        params["trainer"]["learning_rate"] = DEFAULT_LEARNING_RATES[
+            model_type_of(params["model_type"])]
+    return model
 
 
 def _warn_ignored_trainer_options(args, experiment_dir):

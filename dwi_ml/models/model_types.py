@@ -187,6 +187,21 @@ def _default(option):
     return _model_args_parser().get_default(option)
 
 
+def model_options_given(args):
+    """The options of :func:`add_model_args` whose value in ``args`` is not
+    their default, as ``--name`` strings in the parser's order."""
+    return [action.option_strings[0]
+            for action in _model_args_parser()._actions
+            if action.dest != "help" and hasattr(args, action.dest)
+            and getattr(args, action.dest) != action.default]
+
+
+def model_type_of(model_class_name):
+    """The ``--model_type`` key of a registered model class's name."""
+    return next(key for key, model_class in MODEL_TYPES.items()
+                if model_class.__name__ == model_class_name)
+
+
 def model_params_from_args(args):
     """``(model class name, constructor arguments)`` from the options.
 

@@ -45,8 +45,10 @@ KIND_LABELS = {"loss": "loss", "metric": "value",
                "learning_rate": "learning rate", "time": "seconds",
                "grad_norm": "gradient norm"}
 BEST_EPOCH_KINDS = frozenset({"loss", "metric"})
-# Logs of a baseline, not of the model: no best-epoch star on them.
-REFERENCE_LOGS = frozenset({"copy_previous_valid_loss"})
+# Logs of a baseline, not of the model: no best-epoch star on them (the
+# copy-previous rule; with --pretrained, the starting model).
+REFERENCE_LOGS = frozenset({"copy_previous_valid_loss",
+                            "pretrained_valid_loss"})
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class Panel:
 
 
 DEFAULT_PANELS = (
-    Panel("Loss", ("train_loss", "valid_loss", "copy_previous_valid_loss")),
+    Panel("Loss", ("train_loss", "valid_loss", "copy_previous_valid_loss",
+                   "pretrained_valid_loss")),
     Panel("Gradient norm", ("grad_norm_before_clip", "grad_norm_after_clip")),
     Panel("Learning rate", ("learning_rate",)),
     Panel("Epoch time (s)", ("train_time", "valid_time")),

@@ -114,7 +114,7 @@ def add_angles(batch_angles, *means):
 
 
 def evaluate_model(model, dataset, split, input_group, streamline_group,
-                   batch_size=200, device="cpu"):
+                   batch_size=200, device="cpu", max_streamlines=None):
     """Losses and mean angular error of ``model`` per subject of ``split``.
 
     Parameters
@@ -131,6 +131,9 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
         Streamlines per forward pass.
     device : str or torch.device
         Where the batches are moved and interpolated.
+    max_streamlines : int or None
+        Evaluate up to this many streamlines of each subject, evenly spread
+        over its file (all when None).
 
     Returns
     -------
@@ -159,7 +162,8 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
     results, overall, overall_angles = {}, WeightedMeans(), WeightedMeans()
     with torch.no_grad():
         for subject_id, linear, requests in subject_requests(
-                dataset, split, streamline_group, batch_size):
+                dataset, split, streamline_group, batch_size,
+                max_streamlines):
             linear = torch.as_tensor(linear, dtype=torch.float32,
                                      device=device)
             losses, angles = WeightedMeans(), WeightedMeans()

@@ -20,6 +20,7 @@ from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.training.preemption import end_run
+from dwi_ml.training.pretrained import PretrainedBaseline, pretrained_valid_loss
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 
 
@@ -222,7 +223,8 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
         'tracking_validation' (see
         :mod:`dwi_ml.tracking.tracking_validation_args`), saved as given:
         its callbacks come in ``callbacks`` (training does not import
-        tracking).
+        tracking); and 'pretrained' (see :mod:`dwi_ml.training.pretrained`),
+        whose ``valid_loss`` is computed here when missing.
     make_model : callable
         ``make_model(dataset)`` returns the model (new, or the checkpoint's).
     experiments_path, experiment_name : str
@@ -230,7 +232,9 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     distributed : DistributedContext
     callbacks : sequence of Callback
         Added after :class:`~dwi_ml.training.copy_previous.CopyPreviousBaseline`,
-        which every run has.
+        which every run has (and
+        :class:`~dwi_ml.training.pretrained.PretrainedBaseline` with
+        'pretrained').
     done_message : callable
         ``done_message(trainer)``: the line logged at the end of the run.
     auto_requeue : bool
@@ -250,14 +254,22 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
         before_trainer()
     # Imported here: copy_previous reads this module (through evaluation).
     from dwi_ml.training.copy_previous import CopyPreviousBaseline
+    pretrained = params.get("pretrained")
+    baselines = [CopyPreviousBaseline(),
+                 *([PretrainedBaseline(pretrained)] if pretrained else [])]
     trainer = build_trainer(model, experiments_path, experiment_name, sampler,
                             loader, {**params["trainer"], "device": device},
-                            [CopyPreviousBaseline(), *callbacks], distributed)
+                            [*baselines, *callbacks], distributed)
+    if pretrained and "valid_loss" not in pretrained:
+        # Once, before the first batch: the weights are still the
+        # pretrained ones. A resumed run reads it from parameters.json.
+        pretrained["valid_loss"] = pretrained_valid_loss(model, trainer)
     if after_trainer is not None:
         after_trainer(trainer)
     trainer.save_parameters({**{key: params[key]
                                 for key in ("dataset", "sampler", "loader")},
-                             "tracking_validation": params.get("tracking_validation")})
+                             "tracking_validation": params.get("tracking_validation"),
+                             **({"pretrained": pretrained} if pretrained else {})})
     trainer.train_and_validate()
     end_run(trainer, experiments_path, experiment_name, done_message(trainer),
             auto_requeue)
