@@ -28,6 +28,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def child_temporary_files_in_pytest_folder(tmp_path_factory):
+    """Child processes write their temporary files under pytest's own
+    folder (which pytest prunes), not in the system's: a process the tests
+    kill with SIGKILL cannot remove what it made there, such as
+    multiprocessing's ``pymp-*`` folders."""
+    folder = tmp_path_factory.mktemp("child_tmp")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    yield
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+
+
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """One intra-op torch thread for a module: tiny model steps run 10-60x
