@@ -24,6 +24,10 @@ number of workers (0 included), two epochs differ, two batches of one
 epoch differ, and a resumed sampler and loader redraw exactly the
 augmentations of the uninterrupted run.
 
+:meth:`BatchLoaderOneInput.load_streamlines` gives a request's streamlines
+as :meth:`~BatchLoaderOneInput.load_batch` does, with the source of each,
+without inputs.
+
 Interpolation is one call per subject per batch (one call in all when the
 batch holds one subject), in the collate step (DataLoader workers, CPU) or,
 with ``interpolation_device`` set, in the main process, with the volumes kept
@@ -31,6 +35,8 @@ on that device. Both give the same values. Whoever consumes a batch (trainer,
 evaluation) calls :meth:`BatchLoaderOneInput.prepare_batch`, the one place
 that moves it to the device and interpolates what is left to interpolate.
 """
+from typing import NamedTuple, Optional
+
 import numpy as np
 import torch
 
@@ -66,6 +72,30 @@ from dwi_ml.io_utils.arg_checks import (
 _ZERO_LENGTH_MM = 1e-3
 # The dataset's subset of each split (keys hash as the splits' strings).
 _SUBSET_ATTRIBUTES = {split: f"{split.value}_set" for split in Split}
+
+
+class SubjectStreamlines(NamedTuple):
+    """One subject's streamlines of a batch, as the model gets them.
+
+    Attributes
+    ----------
+    targets, input_points : np.ndarray (P, 3), float32
+        Voxel space, corner origin; compact. The same array when no noise
+        tells them apart.
+    lengths : np.ndarray (N,), int64
+    open_ends : np.ndarray (N,) bool, or None
+        With splitting: True where a streamline ends at a cut
+        (:func:`~dwi_ml.data.processing.augmentation.open_ended_pieces`).
+    source_ids : np.ndarray (N,), int64
+        Position in the request's ids of the streamline each one comes
+        from (the two pieces of a split streamline share it).
+    """
+
+    targets: np.ndarray
+    input_points: np.ndarray
+    lengths: np.ndarray
+    open_ends: Optional[np.ndarray]
+    source_ids: np.ndarray
 
 
 class BatchLoaderOneInput:
@@ -183,19 +213,38 @@ class BatchLoaderOneInput:
             of each streamline and, unless ``interpolation_device`` is set,
             the inputs.
         """
-        rng = self.make_generator(request)
-        is_training = request.split == Split.TRAINING
-        subset = self._subset(request.split)
-        parts = []
-        for subj_idx, ids in request.subject_ids:
-            sft_data = subset.get_subject(subj_idx).sft_data_list[
-                self.streamline_group_idx]
-            parts.append(self._load_subject(sft_data, ids, is_training, rng)
-                         + (subj_idx,))
+        parts = [(loaded.targets, loaded.input_points, loaded.lengths,
+                  loaded.open_ends, subj_idx)
+                 for loaded, (subj_idx, _) in zip(
+                     self.load_streamlines(request), request.subject_ids)]
         batch = LoadedBatch.from_packed_parts(parts, request.split)
         if self.interpolation_device is None:
             batch.inputs = self.compute_inputs(batch, "cpu")
         return batch
+
+    def load_streamlines(self, request):
+        """The streamlines of :meth:`load_batch`, subject by subject, with
+        the source of each; no inputs.
+
+        The same draws as :meth:`load_batch` for the same request: what a
+        batch's streamlines are, and where each comes from (e.g. to look at
+        the augmentations, ``dwiml_visualize_noise_on_streamlines.py``).
+
+        Parameters
+        ----------
+        request : BatchRequest
+
+        Returns
+        -------
+        list of SubjectStreamlines
+            One per ``(subject_index, ids)`` of the request, in its order.
+        """
+        rng = self.make_generator(request)
+        is_training = request.split == Split.TRAINING
+        subset = self._subset(request.split)
+        return [self._load_subject(subset.get_subject(subj_idx).sft_data_list[
+            self.streamline_group_idx], ids, is_training, rng)
+            for subj_idx, ids in request.subject_ids]
 
     def _load_subject(self, sft_data, ids, is_training, rng):
         """One subject's streamlines ``ids``, in the model's format, augmented.
@@ -207,12 +256,7 @@ class BatchLoaderOneInput:
 
         Returns
         -------
-        targets, input_points : np.ndarray (P, 3), float32
-            Compact; the same array when no noise tells them apart.
-        lengths : np.ndarray (N,), int64
-        open_ends : np.ndarray (N,) bool, or None
-            With splitting: True where a streamline ends at a cut
-            (:func:`~dwi_ml.data.processing.augmentation.open_ended_pieces`).
+        SubjectStreamlines
         """
         affine = sft_data.space_attributes[0]
         if self._resamples:
@@ -242,10 +286,13 @@ class BatchLoaderOneInput:
             rows = ranges_to_indices(offsets, lengths)
         if sources is not None:
             open_ends = open_ended_pieces(sources, is_reversed)
+        else:
+            sources = np.arange(len(lengths))
         # The one copy of the points.
         points = np.take(data, rows, axis=0).astype(np.float32, copy=False)
         if not noisy:
-            return points, points, lengths, open_ends
+            return SubjectStreamlines(points, points, lengths, open_ends,
+                                      sources)
         noise_rows = None
         if layout_shift is not None:
             noise_rows = ranges_to_indices(offsets + layout_shift[sources],
@@ -262,7 +309,8 @@ class BatchLoaderOneInput:
             noise += points
             return noise
         input_points = add_noise(self.noise_forward)
-        return add_noise(self.noise_loss), input_points, lengths, open_ends
+        return SubjectStreamlines(add_noise(self.noise_loss), input_points,
+                                  lengths, open_ends, sources)
 
     @property
     def _resamples(self):
@@ -436,3 +484,28 @@ def add_loader_args(parser):
                        help="Sigma in mm of the noise on the target "
                             "streamlines of the loss.")
     return group
+
+
+LOADER_OPTIONS = ("split_ratio", "reverse_ratio",
+                  "noise_gaussian_size_forward", "noise_gaussian_size_loss")
+
+
+def loader_options_from_args(args):
+    """The options of :func:`add_loader_args`, checked before any work.
+
+    Returns
+    -------
+    dict
+        ``{name: value}`` for the names of ``LOADER_OPTIONS``.
+
+    Raises
+    ------
+    DwiMLUserError
+        A ratio outside [0, 1] or a negative noise, naming the option.
+    """
+    options = {name: getattr(args, name) for name in LOADER_OPTIONS}
+    for name in ("split_ratio", "reverse_ratio"):
+        check_ratio(f"--{name}", options[name])
+    for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
+        check_non_negative_float(f"--{name}", options[name])
+    return options

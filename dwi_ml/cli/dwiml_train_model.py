@@ -9,7 +9,11 @@ global: each batch is split across the ranks.
 import logging
 import os
 
-from dwi_ml.batching.batch_loader import add_loader_args
+from dwi_ml.batching.batch_loader import (
+    LOADER_OPTIONS,
+    add_loader_args,
+    loader_options_from_args,
+)
 from dwi_ml.batching.batch_sampler import add_sampler_args
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
@@ -19,8 +23,6 @@ from dwi_ml.io_utils.arg_checks import (
     check_device,
     check_fraction,
     check_int_options,
-    check_non_negative_float,
-    check_ratio,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
@@ -176,12 +178,9 @@ def _check_simple_args(args):
     """
     check_device(args.device, "--device")
     check_int_options(args, INT_MINIMUMS)
-    for name in ("split_ratio", "reverse_ratio"):
-        check_ratio(f"--{name}", getattr(args, name))
+    loader_options_from_args(args)
     if args.dropout is not None:
         check_fraction("--dropout", args.dropout)
-    for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
-        check_non_negative_float(f"--{name}", getattr(args, name))
     tracking_validation_params_from_args(args)
 
 
@@ -201,10 +200,7 @@ def collect_params(args):
                     "cycles": args.cycles, "seed": args.seed, **batch_size},
         "loader": {"streamline_group": args.streamline_group,
                    "input_group": args.input_group,
-                   "split_ratio": args.split_ratio,
-                   "reverse_ratio": args.reverse_ratio,
-                   "noise_gaussian_size_forward": args.noise_gaussian_size_forward,
-                   "noise_gaussian_size_loss": args.noise_gaussian_size_loss,
+                   **{name: getattr(args, name) for name in LOADER_OPTIONS},
                    "seed": args.seed},
         "model_type": model_type,
         "model": model_params,
