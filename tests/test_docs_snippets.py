@@ -20,11 +20,14 @@ import numpy as np
 import pytest
 import torch
 from dipy.io.stateful_tractogram import Space
+from dipy.io.streamline import load_tractogram
 
 from dwi_ml.cli import dwiml_compute_loss_copy_previous as copy_previous_cli
+from dwi_ml.cli import dwiml_hdf5_extract_data as extract_cli
 from dwi_ml.cli import dwiml_run_demo, dwiml_score_tractogram, dwiml_train_model
 from dwi_ml.cli import dwiml_send_logs_to_comet as send_logs_cli
 from dwi_ml.cli import dwiml_track_from_model as track_cli
+from dwi_ml.cli import dwiml_visualize_noise_on_streamlines as noise_cli
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.processing.augmentation import count_from_ratio
 from dwi_ml.data.synthetic import make_synthetic_dataset
@@ -253,6 +256,29 @@ def test_training_page_fine_tuning(in_demo_folder):
         "validation", "input", "streamlines")["all"]["loss"]
     assert params["pretrained"]["experiment"] == os.path.abspath(
         "demo_output/experiments/demo")
+
+
+def test_training_page_shows_the_noise_on_streamlines(in_demo_folder,
+                                                      capsys):
+    noise_cli.main(documented_command(
+        "docs/training.md", "dwiml_visualize_noise_on_streamlines"))
+    extract_cli.main(documented_command("docs/training.md",
+                                        "dwiml_hdf5_extract_data"))
+    summary = capsys.readouterr().out
+    assert re.fullmatch(r"50 streamlines in, 50 out, \d+ points; noise "
+                        r"displacement: mean 0\.\d{4} mm, max \d\.\d{4} mm\.\n",
+                        summary), summary
+    noisy = load_tractogram("noise_0.5mm.trk", "same",
+                            bbox_valid_check=False)
+    stored = load_tractogram("stored.trk", "same", bbox_valid_check=False)
+    # Each point is its stored one (half of the streamlines reversed),
+    # moved by at most 2 sigma = 1 mm along each axis.
+    sources = noisy.data_per_streamline["source_id"].ravel().astype(int)
+    for streamline, source in zip(noisy.streamlines, sources):
+        original = stored.streamlines[source]
+        moved = min(np.abs(streamline - points).max()
+                    for points in (original, original[::-1]))
+        assert moved <= 2 * 0.5 + rounding_atol(np.abs(original).max(), 4)
 
 
 def test_monitoring_page_sends_logs_to_comet(in_demo_folder, capsys,

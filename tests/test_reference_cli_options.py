@@ -1,7 +1,8 @@
-"""A reference dwi_ml user's train, resume, track and plot command lines get
-a useful answer: each option we name differently is accepted under its
-reference name when it means the same with the same default, else refused
-in one line that says what to use here (before any work). Parse only."""
+"""A reference dwi_ml user's train, resume, track, plot-logs and
+visualize-noise command lines get a useful answer: each option we name
+differently is accepted under its reference name when it means the same
+with the same default, else refused in one line that says what to use here
+(before any work). Parse only."""
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from error_checks import assert_user_error
 from dwi_ml.cli import (
     dwiml_track_from_model,
     dwiml_train_model,
+    dwiml_visualize_noise_on_streamlines,
     resume_training_from_checkpoint,
     visualize_logs,
 )
@@ -42,6 +44,12 @@ def _scripts(tmp):
         "visualize_logs": (visualize_logs.main, visualize_logs._build_parser,
                            ref.VISUALIZE_LOGS_REFERENCE_OPTIONS,
                            ref.VISUALIZE_LOGS_SAME_NAMES, [experiment]),
+        "visualize_noise": (dwiml_visualize_noise_on_streamlines.main,
+                            dwiml_visualize_noise_on_streamlines._build_parser,
+                            ref.VISUALIZE_NOISE_REFERENCE_OPTIONS,
+                            ref.VISUALIZE_NOISE_SAME_NAMES,
+                            [hdf5, "sub-01", "streamlines",
+                             str(tmp / "out.trk")]),
     }
 
 

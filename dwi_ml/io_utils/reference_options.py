@@ -1,8 +1,9 @@
-"""The reference dwi_ml's options for training, resuming, tracking and
-plotting logs, on our scripts' terms.
+"""The reference dwi_ml's options for training, resuming, tracking,
+plotting logs and showing the noise, on our scripts' terms.
 
 The reference is scil-vital/dwi_ml: its ``l2t_*`` and ``tt_*`` train,
-resume and track scripts and ``dwiml_visualize_logs.py``, with the helpers
+resume and track scripts, ``dwiml_visualize_logs.py`` and
+``dwiml_visualize_noise_on_streamlines.py``, with the helpers
 that add their options. Each table is given to
 :func:`dwi_ml.io_utils.script_args.parse_script_args`: a :class:`SameAs`
 option has here the same meaning and default under our name and is
@@ -20,6 +21,10 @@ _EMBEDDING_KEYS = {"no_embedding": "use none here",
                    "nn_embedding": "use linear here (one linear layer)",
                    "cnn_embedding": "use cnn here (with --neighborhood_type "
                                     "grid)"}
+_NOISE_SIZE_TRAINING = ("use --noise_gaussian_size_forward S (inputs) and "
+                        "--noise_gaussian_size_loss S (targets)")
+_FIXED_NOISE_SIGMA = ("the noise sigma is fixed here "
+                      "(--noise_gaussian_size_forward); drop it")
 _NO_COPY_PREV = ("the model predicts each direction itself here, not an "
                  "increment on the previous one; drop it")
 
@@ -35,14 +40,10 @@ TRAIN_REFERENCE_OPTIONS = {
     # Batch sampler and loader.
     "--nb_streamlines_per_chunk": "length_mm batches are filled exactly "
                                   "here; drop it",
-    "--noise_gaussian_size_training": "use --noise_gaussian_size_forward S "
-                                      "(inputs) and --noise_gaussian_size_"
-                                      "loss S (targets)",
+    "--noise_gaussian_size_training": _NOISE_SIZE_TRAINING,
     "--noise_gaussian_size_validation": "validation batches get no noise "
                                         "here; drop it",
-    "--noise_gaussian_var_training": "the noise sigma is fixed here "
-                                     "(--noise_gaussian_size_forward); drop "
-                                     "it",
+    "--noise_gaussian_var_training": _FIXED_NOISE_SIGMA,
     "--noise_gaussian_var_validation": "validation batches get no noise "
                                        "here; drop it",
     # Tracking validation.
@@ -167,3 +168,13 @@ VISUALIZE_LOGS_REFERENCE_OPTIONS = {
 VISUALIZE_LOGS_SAME_NAMES = (
     "--save_to_csv", "--graph", "--nb_plots_per_fig", "--xlim",
     "--remove_outliers")
+
+VISUALIZE_NOISE_REFERENCE_OPTIONS = {
+    "--noise_gaussian_var_forward": _FIXED_NOISE_SIGMA,
+    "--noise_gaussian_size_training": _NOISE_SIZE_TRAINING,
+    "--logging": _LOGGING,
+}
+
+VISUALIZE_NOISE_SAME_NAMES = (
+    "--subset", "--step_size", "--compress", "--noise_gaussian_size_forward",
+    "--noise_gaussian_size_loss", "--split_ratio", "--reverse_ratio")
