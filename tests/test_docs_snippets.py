@@ -22,7 +22,10 @@ import torch
 from dipy.io.stateful_tractogram import Space
 from dipy.io.streamline import load_tractogram
 
+from dwi_ml.cli import dwiml_compute_connectivity_matrix_from_blocs as blocs_cli
+from dwi_ml.cli import dwiml_compute_connectivity_matrix_from_labels as labels_cli
 from dwi_ml.cli import dwiml_compute_loss_copy_previous as copy_previous_cli
+from dwi_ml.cli import dwiml_divide_volume_into_blocs as divide_cli
 from dwi_ml.cli import dwiml_hdf5_extract_data as extract_cli
 from dwi_ml.cli import dwiml_run_demo, dwiml_score_tractogram, dwiml_train_model
 from dwi_ml.cli import dwiml_send_logs_to_comet as send_logs_cli
@@ -279,6 +282,24 @@ def test_training_page_shows_the_noise_on_streamlines(in_demo_folder,
         moved = min(np.abs(streamline - points).max()
                     for points in (original, original[::-1]))
         assert moved <= 2 * 0.5 + rounding_atol(np.abs(original).max(), 4)
+
+
+def test_tracking_page_blocs_are_the_matrix_rows(in_demo_folder, tmp_path):
+    mask = re.search(r"^MASK=(\S+)$", page("docs/tracking.md"),
+                     re.MULTILINE).group(1)
+    argv = documented_command("docs/tracking.md",
+                              "dwiml_divide_volume_into_blocs")
+    divide_cli.main([mask if word == "$MASK" else word for word in argv])
+    tractogram = sorted(glob.glob(
+        "demo_output/synthetic/dwi_ml_ready/subj-03/bundles/*.trk"))[0]
+    from_blocs, from_labels = tmp_path / "blocs.npy", tmp_path / "labels.npy"
+    blocs_cli.main([tractogram, mask, "4", str(from_blocs)])
+    labels_cli.main([tractogram, "blocs_4.nii.gz", str(from_labels)])
+    # 4 divides each axis of the demo's 24 x 24 x 16 grid: no voxel is
+    # shared by two blocs, and the endpoints are inside the volume.
+    matrix = np.load(from_blocs)
+    np.testing.assert_array_equal(np.load(from_labels), matrix)
+    assert matrix.shape == (64, 64) and matrix.sum() > 0
 
 
 def test_monitoring_page_sends_logs_to_comet(in_demo_folder, capsys,

@@ -5,13 +5,14 @@ import os
 import numpy as np
 
 from dwi_ml.io_utils.atomic import save_npy
-from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
     check_inputs_exist,
     make_parser,
     parse_script_args,
 )
 from dwi_ml.tracking.connectivity import (
+    check_nb_blocs_fit,
     connectivity_from_blocs,
     parse_nb_blocs,
 )
@@ -57,11 +58,7 @@ def main(argv=None):
     check_matrix_output(args)
 
     shape, _ = load_grid(args.in_volume)
-    if any(nb > size for nb, size in zip(nb_blocs, shape)):
-        raise DwiMLUserError(
-            f"nb_blocs: expected at most the volume's size along each axis "
-            f"{list(shape)} (a bloc holds at least one voxel), found "
-            f"{list(nb_blocs)}.")
+    check_nb_blocs_fit(nb_blocs, shape)
     check_matrix_fits(int(np.prod(nb_blocs)), f"nb_blocs {list(nb_blocs)}")
     sft = load_tractogram_vox_corner(args.in_tractogram, args.in_volume)
     matrix = connectivity_from_blocs(sft.streamlines, shape, nb_blocs,

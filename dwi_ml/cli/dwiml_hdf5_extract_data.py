@@ -1,13 +1,17 @@
 """Write one group of one subject of a dwi_ml HDF5 file back to a file."""
 import logging
-import os
 
 import nibabel as nib
 import numpy as np
 
 from dwi_ml.data.dataset import MultiSubjectDataset
-from dwi_ml.io_utils.atomic import atomic_output_file, save_npy
+from dwi_ml.io_utils.atomic import save_npy
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.nifti_files import (
+    NIFTI_EXTENSIONS,
+    extension_of,
+    save_nifti_atomic,
+)
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -20,7 +24,6 @@ from dwi_ml.tracking.tracking_io import save_tractogram_atomic
 
 logger = logging.getLogger(__name__)
 
-NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 MATRIX_EXTENSIONS = (".npy",)
 
 DESCRIPTION = """\
@@ -57,16 +60,11 @@ def _build_parser():
     return parser
 
 
-def _extension(path):
-    lower = path.lower()
-    return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
-
-
 def _check_extension(path, expected, what):
-    if _extension(path) not in expected:
+    if extension_of(path) not in expected:
         raise DwiMLUserError(
             f"output '{path}': a {what} is written to one of "
-            f"{', '.join(expected)}, found '{_extension(path) or 'none'}'.")
+            f"{', '.join(expected)}, found '{extension_of(path) or 'none'}'.")
 
 
 def load_subject_group(hdf5_file, subject_id, group):
@@ -107,20 +105,6 @@ def volume_to_nifti(volume):
     if data.shape[-1] == 1:
         data = data[..., 0]
     return nib.Nifti1Image(data, np.asarray(volume.affine, dtype=np.float64))
-
-
-def save_nifti_atomic(image, out_path):
-    """Save ``image`` to ``out_path`` (.nii or .nii.gz) atomically."""
-    with atomic_output_file(out_path) as tmp_path:
-        # nibabel picks the format from the extension, which the
-        # temporary name lacks.
-        tmp_with_extension = tmp_path + _extension(out_path)
-        try:
-            nib.save(image, tmp_with_extension)
-            os.replace(tmp_with_extension, tmp_path)
-        finally:
-            if os.path.exists(tmp_with_extension):
-                os.remove(tmp_with_extension)
 
 
 def save_connectivity_matrix(sft_data, out_path, where):
@@ -166,7 +150,7 @@ def main(argv=None):
         if args.group in dataset.volume_groups:
             _check_extension(args.out_file, NIFTI_EXTENSIONS, "volume group")
             save_nifti_atomic(volume_to_nifti(data), args.out_file)
-        elif _extension(args.out_file) in MATRIX_EXTENSIONS:
+        elif extension_of(args.out_file) in MATRIX_EXTENSIONS:
             save_connectivity_matrix(
                 data, args.out_file, f"HDF5 file {args.hdf5_file}, subject "
                 f"'{args.subject_id}', group '{args.group}'")

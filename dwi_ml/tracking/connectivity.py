@@ -122,8 +122,18 @@ def connectivity_from_labels(streamlines_vox, label_volume, binary=False):
                                len(nodes), binary)
 
 
-def endpoint_blocs(streamlines_vox, shape, nb_blocs):
-    """Bloc of each streamline's first and last point.
+def check_nb_blocs_fit(nb_blocs, shape):
+    """Refuse more blocs than voxels along an axis (a bloc holds at least
+    one voxel); ``nb_blocs`` as :func:`parse_nb_blocs` returns it."""
+    if any(nb > size for nb, size in zip(nb_blocs, shape)):
+        raise DwiMLUserError(
+            f"nb_blocs: expected at most the volume's size along each axis "
+            f"{list(shape)} (a bloc holds at least one voxel), found "
+            f"{list(nb_blocs)}.")
+
+
+def point_blocs(points_vox, shape, nb_blocs):
+    """Bloc of each point of a volume cut into a grid of blocs.
 
     The volume is cut into ``nb_blocs[d]`` equal parts along each axis
     ``d``; a point at ``x`` (voxels) along that axis is in part
@@ -131,6 +141,52 @@ def endpoint_blocs(streamlines_vox, shape, nb_blocs):
     parts, so points outside the volume count in the bloc at its border.
     Blocs are numbered in C order: ``(a * nb_blocs[1] + b) * nb_blocs[2] +
     c``, as in the reference dwi_ml.
+
+    Parameters
+    ----------
+    points_vox : np.ndarray, shape (P, 3)
+        Voxel space, corner origin; NaN points (the endpoints of an empty
+        streamline) go to bloc 0.
+    shape : tuple of 3 int
+    nb_blocs : int or tuple of 3 int
+
+    Returns
+    -------
+    np.ndarray, shape (P,), int64
+    """
+    nb_blocs = np.asarray(parse_nb_blocs(nb_blocs), dtype=np.int64)
+    scale = nb_blocs / np.asarray(shape, dtype=np.float64)
+    points = np.nan_to_num(np.asarray(points_vox, dtype=np.float64), nan=0.0)
+    parts = np.clip(np.floor(points * scale), 0, nb_blocs - 1)
+    return np.ravel_multi_index(parts.astype(np.int64).T, tuple(nb_blocs))
+
+
+def bloc_label_volume(shape, nb_blocs):
+    """The bloc of each voxel: a label volume whose label ``i`` is row ``i``
+    of :func:`connectivity_from_blocs`' matrix.
+
+    Each voxel gets the bloc of its centre (:func:`point_blocs`). When an
+    axis of ``S`` voxels is not a multiple of its ``n`` blocs, some voxels
+    straddle two blocs: points in them count in either, by their position.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+    nb_blocs : int or tuple of 3 int
+
+    Returns
+    -------
+    np.ndarray, shape ``shape``, int32
+        Labels ``0`` to ``prod(nb_blocs) - 1``.
+    """
+    shape = tuple(int(size) for size in shape)
+    centres = np.indices(shape, dtype=np.float64).reshape(3, -1).T + 0.5
+    return point_blocs(centres, shape, nb_blocs).astype(np.int32).reshape(
+        shape)
+
+
+def endpoint_blocs(streamlines_vox, shape, nb_blocs):
+    """Bloc of each streamline's first and last point (:func:`point_blocs`).
 
     Parameters
     ----------
@@ -143,16 +199,8 @@ def endpoint_blocs(streamlines_vox, shape, nb_blocs):
     -------
     start_blocs, end_blocs : np.ndarray, shape (N,), int64
     """
-    nb_blocs = np.asarray(parse_nb_blocs(nb_blocs), dtype=np.int64)
-    scale = nb_blocs / np.asarray(shape, dtype=np.float64)
-    results = []
-    for points in streamline_endpoints(streamlines_vox):
-        # An empty streamline (NaN endpoints) goes to bloc 0.
-        points = np.nan_to_num(points, nan=0.0)
-        parts = np.clip(np.floor(points * scale), 0, nb_blocs - 1)
-        results.append(np.ravel_multi_index(parts.astype(np.int64).T,
-                                            tuple(nb_blocs)))
-    return tuple(results)
+    return tuple(point_blocs(points, shape, nb_blocs)
+                 for points in streamline_endpoints(streamlines_vox))
 
 
 def connectivity_from_blocs(streamlines_vox, shape, nb_blocs, binary=False):
