@@ -77,6 +77,30 @@ class Neighborhood:
             return 1 + 6 * self.radius
         return (2 * self.radius + 1) ** 3
 
+    def offsets_mm(self):
+        """(K, 3) offsets in RAS mm along the world axes, centre first.
+
+        Returns
+        -------
+        np.ndarray, shape (K, 3), float64
+            Neighbour ``k`` is ``offsets_mm()[k]`` mm from its point; in the
+            interpolated inputs it holds columns ``k * F`` to ``(k + 1) * F``
+            (see :func:`interpolate_with_neighborhood`).
+        """
+        if self.type is None:
+            return np.zeros((1, 3))
+        if self.type == "axes":
+            directions = np.concatenate((np.eye(3), -np.eye(3)),
+                                        axis=1).reshape(6, 3)
+            layers = np.arange(1, self.radius + 1, dtype=np.float64)
+            steps = (layers[:, None, None] * directions[None]).reshape(-1, 3)
+        else:
+            steps = np.array(list(itertools.product(
+                range(-self.radius, self.radius + 1), repeat=3)),
+                dtype=np.float64)
+            steps = steps[np.any(steps != 0, axis=1)]
+        return np.concatenate((np.zeros((1, 3)), steps)) * self.resolution_mm
+
     def offsets_vox(self, affine):
         """(K, 3) offsets in voxel units, centre first.
 
@@ -90,7 +114,8 @@ class Neighborhood:
         Returns
         -------
         np.ndarray, shape (K, 3), float64
-            To add to voxel coordinates (either origin).
+            :meth:`offsets_mm` in voxel units, to add to voxel coordinates
+            (either origin).
         """
         if self.type is None:
             return np.zeros((1, 3))
@@ -98,19 +123,7 @@ class Neighborhood:
             raise DwiMLUserError(
                 f"affine: neighborhood_type '{self.type}' needs the subject's "
                 "4x4 voxel-to-RAS mm affine, found None.")
-        if self.type == "axes":
-            directions = np.concatenate((np.eye(3), -np.eye(3)),
-                                        axis=1).reshape(6, 3)
-            layers = np.arange(1, self.radius + 1, dtype=np.float64)
-            steps = (layers[:, None, None] * directions[None]).reshape(-1, 3)
-        else:
-            steps = np.array(list(itertools.product(
-                range(-self.radius, self.radius + 1), repeat=3)),
-                dtype=np.float64)
-            steps = steps[np.any(steps != 0, axis=1)]
-        offsets_mm = np.concatenate((np.zeros((1, 3)), steps)) \
-            * self.resolution_mm
-        return vectors_rasmm_to_vox(offsets_mm, affine)
+        return vectors_rasmm_to_vox(self.offsets_mm(), affine)
 
 
 def get_neighborhood_offsets(neighborhood_type, radius=None, resolution_mm=None,
