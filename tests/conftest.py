@@ -19,6 +19,7 @@ kernels.
 """
 import multiprocessing
 import os
+import signal
 import time
 
 import pytest
@@ -26,6 +27,12 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# A shell without job control starts background commands (``pytest ... &``)
+# with Ctrl-C ignored, and children inherit that: the tests that send
+# SIGINT to a script would see it finish. Python's own handler instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
