@@ -12,6 +12,7 @@ from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.cli.dwiml_hdf5_extract_data import main as extract_main
 from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
+from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.dwiml_visualize_noise_on_streamlines import _build_parser
 from dwi_ml.cli.dwiml_visualize_noise_on_streamlines import main as noise_main
 from dwi_ml.data.dataset import MultiSubjectDataset
@@ -246,3 +247,26 @@ def test_refused_inputs_are_one_line_errors(hdf5_file, tmp_path, capsys):
         assert_user_error(noise_main, [hdf5_file, *argv], capsys, tmp_path,
                           expected)
     assert existing.read_text() == "keep me"
+
+
+def test_experiment_gives_its_augmentations_seed_and_format(hdf5_file,
+                                                             tmp_path, capsys):
+    settings = ["--noise_gaussian_size_forward", "0.2", "--split_ratio",
+                "0.3", "--reverse_ratio", "0.2", "--seed", "5",
+                "--step_size", "1.5"]
+    train_main([str(tmp_path), "run", hdf5_file, "input", "streamlines",
+                "--max_epochs", "1", "--rnn_layer_sizes", "8", "-v", "WARNING",
+                *settings])
+    experiment = str(tmp_path / "run")
+    _run(hdf5_file, tmp_path / "from_run.trk", "--experiment", experiment)
+    _run(hdf5_file, tmp_path / "given.trk", *settings)
+    assert ((tmp_path / "from_run.trk").read_bytes()
+            == (tmp_path / "given.trk").read_bytes())
+    out = tmp_path / "out.trk"
+    assert_user_error(noise_main, [hdf5_file, "subj-01", "streamlines", out,
+                                   "--experiment", experiment, "--seed", "1"],
+                      capsys, tmp_path, "argument --seed: --experiment",
+                      "expected none of them, found --seed")
+    assert_user_error(noise_main, [hdf5_file, "subj-01", "streamlines", out,
+                                   "--experiment", str(tmp_path / "nowhere")],
+                      capsys, tmp_path, "is not a dwi_ml experiment")

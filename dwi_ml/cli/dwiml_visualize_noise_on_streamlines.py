@@ -1,10 +1,15 @@
 """See a subject's streamlines as the training batches hold them."""
-from dwi_ml.batching.batch_loader import add_loader_args, loader_options_from_args
+from dwi_ml.batching.batch_loader import (
+    LOADER_OPTIONS,
+    add_loader_args,
+    loader_options_from_args,
+)
 from dwi_ml.data.processing.input_spec import add_streamline_format_args
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.arg_checks import check_extension, check_int
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.reference_options import VISUALIZE_NOISE_REFERENCE_OPTIONS
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -25,6 +30,10 @@ from dwi_ml.monitoring.augmentation_preview import (
 from dwi_ml.training.experiment_builder import check_hdf5_groups
 
 OUT_EXTENSIONS = (".trk", ".trx")
+# What --experiment takes from parameters.json: (section, name).
+EXPERIMENT_OPTIONS = (*(("loader", name) for name in LOADER_OPTIONS),
+                      ("loader", "seed"), ("model", "step_size"),
+                      ("model", "nb_points"), ("model", "compress"))
 
 DESCRIPTION = """\
 Write one subject's streamlines of a dwi_ml HDF5 file as the training's
@@ -49,7 +58,10 @@ comes last, so each noisy point has its clean one). A line gives the
 number of streamlines in and out and the mean and largest displacement.
 OUT_TRACTOGRAM is a .trk or .trx file, in the subject's space (RAS mm, on
 the streamline group's grid). Every input is checked, and an existing
-output refused without -f, before any work."""
+output refused without -f, before any work. --experiment takes the
+augmentations, the seed and the model's format of a training run from its
+parameters.json: what that run's training batches held (their first batch
+holds other streamlines)."""
 
 
 def _build_parser():
@@ -84,6 +96,10 @@ def _build_parser():
     run.add_argument("--seed", type=int, default=1234,
                      help="The loader's seed (dwiml_train_model.py's "
                           "--seed): the same seed gives the same file.")
+    run.add_argument("--experiment", metavar="EXPERIMENT",
+                     help="Take the augmentation options, --seed and the "
+                          "format from this experiment's parameters.json "
+                          "(none of them may then be given).")
     add_output_args(parser)
     return parser
 
@@ -97,6 +113,8 @@ def main(argv=None):
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     check_extension(args.out_tractogram, OUT_EXTENSIONS)
     check_output_free(args.out_tractogram, args.overwrite)
+    if args.experiment is not None:
+        _options_from_experiment(args)
     augmentations = loader_options_from_args(args)
     streamline_format = StreamlineFormat(args.step_size, args.nb_points,
                                          args.compress)
@@ -121,6 +139,22 @@ def main(argv=None):
         dataset.close()
     save_preview_tractogram(preview, args.out_tractogram)
     print(summarize(preview))
+
+
+def _options_from_experiment(args):
+    """Set the loader, seed and format options of ``args`` from
+    ``--experiment``'s parameters.json, refusing any of them given."""
+    defaults = _build_parser()
+    given = [f"--{name}" for _, name in EXPERIMENT_OPTIONS
+             if getattr(args, name) != defaults.get_default(name)]
+    if given:
+        raise DwiMLUserError(
+            f"argument {given[0]}: --experiment '{args.experiment}' gives "
+            f"the augmentations, the seed and the format; expected none of "
+            f"them, found {', '.join(given)}.")
+    params = read_parameters(args.experiment, ("loader", "model"))
+    for section, name in EXPERIMENT_OPTIONS:
+        setattr(args, name, params[section].get(name))
 
 
 if __name__ == "__main__":
