@@ -5,7 +5,6 @@ import os
 from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.output_folders import (
     check_output_folder,
     reset_output_folder,
@@ -18,7 +17,6 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.monitoring.attention_views import (
     check_transformer,
     draw_heatmap,
@@ -26,7 +24,7 @@ from dwi_ml.monitoring.attention_views import (
     save_attention_tractogram,
     subject_attention,
 )
-from dwi_ml.training.experiment_builder import check_hdf5_groups
+from dwi_ml.training.experiment_builder import load_experiment_model_for
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +93,7 @@ def main(argv=None):
             f"--streamline_ids: expected distinct IDs, found "
             f"{args.streamline_ids}.")
     check_output_folder(args.out_dir, "attention_views", args.overwrite)
-    loader_params = read_parameters(args.experiment_path,
-                                    ("loader",))["loader"]
-    input_group = args.input_group or loader_params["input_group"]
-    streamline_group = (args.streamline_group
-                        or loader_params["streamline_group"])
-    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
-    model = load_model_of_experiment(args.experiment_path,
-                                     args.use_latest_epoch, args.device)
+    model, input_group, streamline_group = load_experiment_model_for(args)
     check_transformer(model, args.experiment_path)
 
     attention = subject_attention(model, args.hdf5_file, args.subject_id,

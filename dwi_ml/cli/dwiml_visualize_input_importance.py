@@ -4,7 +4,6 @@ import logging
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file, write_json_atomic
 from dwi_ml.io_utils.errors import script_entry_point
-from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
     add_experiment_subject_args,
@@ -15,14 +14,13 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.monitoring.input_importance import (
     compute_input_importance,
     draw_importance,
     importance_as_dict,
     parse_feature_groups,
 )
-from dwi_ml.training.experiment_builder import check_hdf5_groups
+from dwi_ml.training.experiment_builder import load_experiment_model_for
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +89,7 @@ def main(argv=None):
     if args.out_json:
         check_output_free(args.out_json, args.overwrite, "--out_json",
                           extensions=(".json",))
-    loader_params = read_parameters(args.experiment_path, ("loader",))["loader"]
-    input_group = args.input_group or loader_params["input_group"]
-    streamline_group = args.streamline_group or loader_params["streamline_group"]
-    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
-    model = load_model_of_experiment(args.experiment_path,
-                                     args.use_latest_epoch, args.device)
+    model, input_group, streamline_group = load_experiment_model_for(args)
     groups = parse_feature_groups(args.feature_names, model.nb_features)
 
     importance = compute_input_importance(

@@ -5,7 +5,6 @@ import os
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
     add_experiment_subject_args,
@@ -16,13 +15,12 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.monitoring.loss_per_point import (
     compute_subject_point_losses,
     draw_histograms,
     save_loss_tractogram,
 )
-from dwi_ml.training.experiment_builder import check_hdf5_groups
+from dwi_ml.training.experiment_builder import load_experiment_model_for
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +82,7 @@ def main(argv=None):
     check_output_free(args.out_tractogram, args.overwrite)
     check_output_free(out_histogram, args.overwrite, "--out_histogram",
                       extensions=(".png",))
-    loader_params = read_parameters(args.experiment_path, ("loader",))["loader"]
-    input_group = args.input_group or loader_params["input_group"]
-    streamline_group = args.streamline_group or loader_params["streamline_group"]
-    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
-    model = load_model_of_experiment(args.experiment_path,
-                                     args.use_latest_epoch, args.device)
+    model, input_group, streamline_group = load_experiment_model_for(args)
 
     point_losses = compute_subject_point_losses(
         model, args.hdf5_file, args.subject_id, input_group,

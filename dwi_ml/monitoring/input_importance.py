@@ -45,7 +45,7 @@ from dwi_ml.training.evaluation import subject_requests
 from dwi_ml.training.experiment_builder import (
     build_loader,
     check_streamlines_not_too_short,
-    nb_predictions_beyond_max_len,
+    refuse_beyond_max_len,
 )
 from dwi_ml.training.trainer_optimization import combine_losses, compute_batch_loss
 
@@ -241,12 +241,7 @@ def compute_input_importance(model, hdf5_file, subject_id, input_group,
                                         "input_group": input_group},
                               model, device)
         check_streamlines_not_too_short(model, loader, split)
-        nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
-        if nb_predictions is not None:
-            raise DwiMLUserError(
-                f"{where}: expected streamlines of at most the model's "
-                f"max_len={model.max_len} prediction points, found "
-                f"{nb_predictions} (in the model's format).")
+        refuse_beyond_max_len(model, loader, split, where)
         _, _, requests = next(subject_requests(
             dataset, split, streamline_group, batch_size, max_streamlines))
         if not requests:

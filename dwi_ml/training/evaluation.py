@@ -8,13 +8,12 @@ import torch
 
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset import MultiSubjectDataset
-from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import (
     build_loader,
     check_streamlines_not_too_short,
-    nb_predictions_beyond_max_len,
+    refuse_beyond_max_len,
 )
 from dwi_ml.training.monitors import BatchMeanMonitor
 from dwi_ml.training.trainer_optimization import (
@@ -150,12 +149,7 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
     loader = build_loader(dataset, {"streamline_group": streamline_group,
                                     "input_group": input_group}, model, device)
     # Refused before any batch, not at the first too long one.
-    nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
-    if nb_predictions is not None:
-        raise DwiMLUserError(
-            f"--subset {split}: expected streamlines of at most the model's "
-            f"max_len={model.max_len} prediction points, found "
-            f"{nb_predictions} (in the model's format).")
+    refuse_beyond_max_len(model, loader, split, f"--subset {split}")
     check_streamlines_not_too_short(model, loader, split)
     # Angles are averaged over their own points: with EOS a streamline has
     # one angle fewer than loss points (none where the target is "stop").

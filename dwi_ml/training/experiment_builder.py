@@ -18,7 +18,9 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.output_folders import check_experiment_name
+from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.preemption import end_run
 from dwi_ml.training.pretrained import PretrainedBaseline, pretrained_valid_loss
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -88,6 +90,38 @@ def check_hdf5_groups(hdf5_file, input_group, streamline_group,
         raise DwiMLUserError(
             f"streamline_group: '{streamline_group}' is not a streamline group "
             f"of '{hdf5_file}' (expected one of: {', '.join(streamlines)}).")
+
+
+def load_experiment_model_for(args):
+    """The model of an experiment and the groups it reads in an HDF5 file.
+
+    For the scripts that run an experiment's model over an HDF5 file
+    (:func:`~dwi_ml.io_utils.script_args.add_model_run_args` and
+    :func:`~dwi_ml.io_utils.script_args.add_experiment_group_args`).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        With ``experiment_path``, ``hdf5_file``, ``input_group`` and
+        ``streamline_group`` (None: the experiment's), ``use_latest_epoch``
+        and ``device``.
+
+    Returns
+    -------
+    model : MainModelAbstract
+        In eval mode, on ``args.device``.
+    input_group, streamline_group : str
+        Checked to be groups of the HDF5 file.
+    """
+    loader_params = read_parameters(args.experiment_path,
+                                    ("loader",))["loader"]
+    input_group = args.input_group or loader_params["input_group"]
+    streamline_group = (args.streamline_group
+                        or loader_params["streamline_group"])
+    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
+    model = load_model_of_experiment(args.experiment_path,
+                                     args.use_latest_epoch, args.device)
+    return model, input_group, streamline_group
 
 
 def build_dataset(dataset_params):
@@ -170,6 +204,18 @@ def nb_predictions_beyond_max_len(model, loader, split):
     nb_predictions = loader.longest_streamline(
         split, max_len + extra_point) - extra_point
     return nb_predictions if nb_predictions > max_len else None
+
+
+def refuse_beyond_max_len(model, loader, split, where):
+    """Refuse, before any batch, streamlines of ``split`` with more
+    prediction points than the model's ``max_len``; the message starts with
+    ``where`` (what the user gave: '--subset testing', a file and subject)."""
+    nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
+    if nb_predictions is not None:
+        raise DwiMLUserError(
+            f"{where}: expected streamlines of at most the model's "
+            f"max_len={model.max_len} prediction points, found "
+            f"{nb_predictions} (in the model's format).")
 
 
 def check_streamlines_not_too_short(model, loader, split):
