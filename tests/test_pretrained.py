@@ -151,7 +151,8 @@ def test_what_is_not_fine_tuning_is_refused(base, capsys):
                       "found no folder")
     assert_user_error(main, _tune_args(folder, "t", hdf5_file,
                                        str(folder / "synthetic")),
-                      capsys, folder, "has no best_model")
+                      capsys, folder, "argument --pretrained: experiment",
+                      "has no best_model")
     assert_user_error(main, [str(folder), "t", hdf5_file, "input",
                              "streamlines", "--pretrained_use_latest_epoch"],
                       capsys, folder, "argument --pretrained_use_latest_epoch",

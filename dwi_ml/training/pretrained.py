@@ -53,8 +53,11 @@ def load_pretrained(experiment_dir, use_latest_epoch=False):
         raise DwiMLUserError(
             f"argument --pretrained: expected an experiment folder, found no "
             f"folder '{experiment_dir}'.")
-    model, (epoch, _) = load_model_of_experiment(
-        experiment_dir, use_latest_epoch, with_epoch=True)
+    try:
+        model, (epoch, _) = load_model_of_experiment(
+            experiment_dir, use_latest_epoch, with_epoch=True)
+    except DwiMLUserError as error:
+        raise DwiMLUserError(f"argument --pretrained: {error}") from None
     sha256 = file_sha256(os.path.join(
         experiment_model_dir(experiment_dir, use_latest_epoch), STATE_FILE))
     return model, {"experiment": os.path.abspath(experiment_dir),
