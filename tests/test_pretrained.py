@@ -164,15 +164,27 @@ def test_what_is_not_fine_tuning_is_refused(base, capsys):
                       "found 1 features")
 
 
-def test_a_transformer_keeps_its_type_and_learning_rate(base, tmp_path):
+def test_a_transformer_keeps_its_type_learning_rate_and_max_len(
+        base, tmp_path, capsys):
     _, hdf5_file, _ = base
+    # 35: the prediction points of this file's longest streamline at 1.5 mm.
     train_cli.main([str(tmp_path), "tf", hdf5_file, "input", "streamlines",
                     "--model_type", "transformer_src_only", "--d_model", "8",
                     "--nheads", "2", "--n_layers_e", "1", "--step_size", "1.5",
-                    "--max_epochs", "1", *BATCHES])
+                    "--max_len", "35", "--max_epochs", "1", *BATCHES])
     train_cli.main(_tune_args(tmp_path, "tuned", hdf5_file,
                               str(tmp_path / "tf"), "--max_epochs", "1"))
     params = _parameters(str(tmp_path / "tuned"))
     assert params["model_type"] == "TransformerSrcOnlyModel"
     assert params["model"]["d_model"] == 8
     assert params["trainer"]["learning_rate"] == 0.001
+    # Other data, whose longest streamline has 36 prediction points: the
+    # model's max_len cannot be given, and the refusal says so.
+    (tmp_path / "other").mkdir()
+    other = make_training_hdf5(str(tmp_path / "other"), nb_streamlines=400,
+                               seed=2)
+    message = assert_user_error(
+        train_cli.main, _tune_args(tmp_path, "t2", other, str(tmp_path / "tf")),
+        capsys, tmp_path / "tf", "max_len of the --pretrained model",
+        "expected at least 36", "found 35")
+    assert not (tmp_path / "t2").exists(), message

@@ -240,16 +240,18 @@ def check_streamlines_not_too_short(model, loader, split):
         f"{', '.join(map(str, ids[:5]))}{', ...' * (len(ids) > 5)}).")
 
 
-def check_streamlines_fit_model(model, loader):
+def check_streamlines_fit_model(model, loader,
+                                max_len_source="argument --max_len"):
     """Refuse, before any folder is made, training and validation
     streamlines longer than a model's ``max_len`` or too short for it; the
-    model would refuse them at their first batch, possibly epochs later."""
+    model would refuse them at their first batch, possibly epochs later.
+    ``max_len_source`` names where ``max_len`` comes from."""
     for split in ("training", "validation"):
         check_streamlines_not_too_short(model, loader, split)
         nb_predictions = nb_predictions_beyond_max_len(model, loader, split)
         if nb_predictions is not None:
             raise DwiMLUserError(
-                f"argument --max_len: expected at least {nb_predictions}, "
+                f"{max_len_source}: expected at least {nb_predictions}, "
                 f"the prediction points of the longest {split} streamline "
                 f"in the model's format, found {model.max_len}.")
 
@@ -295,12 +297,14 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     sampler = build_sampler(dataset, params["sampler"], distributed.rank,
                             distributed.world_size)
     loader = build_loader(dataset, params["loader"], model, device)
-    check_streamlines_fit_model(model, loader)
+    pretrained = params.get("pretrained")
+    check_streamlines_fit_model(model, loader, (
+        f"max_len of the --pretrained model ({pretrained['experiment']}; "
+        "fixed with the model)" if pretrained else "argument --max_len"))
     if before_trainer is not None:
         before_trainer()
     # Imported here: copy_previous reads this module (through evaluation).
     from dwi_ml.training.copy_previous import CopyPreviousBaseline
-    pretrained = params.get("pretrained")
     baselines = [CopyPreviousBaseline(),
                  *([PretrainedBaseline(pretrained)] if pretrained else [])]
     trainer = build_trainer(model, experiments_path, experiment_name, sampler,
