@@ -44,6 +44,7 @@ from dwi_ml.training.copy_previous import (
     check_regression_getter,
     copy_previous_losses_on_hdf5,
 )
+from dwi_ml.training.evaluation import subject_table
 from dwi_ml.training.experiment_builder import (
     check_hdf5_groups,
     hdf5_group_names,
@@ -153,10 +154,6 @@ def _streamline_group(args, default):
     return groups[0]
 
 
-def _column(mean):
-    return f"{'n/a':>20}" if mean is None else f"{mean:>20.5f}"
-
-
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_compute_loss_copy_previous.py."""
@@ -176,12 +173,7 @@ def main(argv=None):
         raise DwiMLUserError(
             f"--subset {args.subset}: '{args.hdf5_file}' has no "
             f"{args.subset} subject.")
-    print(f"{'subject':<16}{'loss':>20}{'angular_error_deg':>20}"
-          f"{'n_points':>10}")
-    for subject, values in results.items():
-        print(f"{subject:<16}{_column(values['loss'])}"
-              f"{_column(values['angular_error_deg'])}"
-              f"{values['n_points']:>10d}")
+    print("\n".join(subject_table(results, ["loss", "angular_error_deg"])))
     print(f"'Copy the previous direction' with {getter.key}"
           f"{' (EOS rows)' if getter.add_eos else ''}, streamlines "
           f"{_format_text(streamline_format)}"

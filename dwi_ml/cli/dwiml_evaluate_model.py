@@ -23,7 +23,7 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.models.model_io import load_model_of_experiment
-from dwi_ml.training.evaluation import evaluate_model_on_hdf5
+from dwi_ml.training.evaluation import evaluate_model_on_hdf5, subject_table
 from dwi_ml.training.experiment_builder import check_hdf5_groups
 
 
@@ -41,11 +41,6 @@ def _build_parser():
                        "evaluation_SUBSET_best|latest.json).")
     add_output_args(parser)
     return parser
-
-
-def _column(mean):
-    """A mean, or n/a for the None of a subject without streamlines."""
-    return f"{'n/a':>20}" if mean is None else f"{mean:>20.5f}"
 
 
 @script_entry_point
@@ -79,12 +74,8 @@ def main(argv=None):
                             "subset": args.subset,
                             "hdf5_file": os.path.abspath(args.hdf5_file),
                             "results": results})
-    names = [key for key in results["all"] if key != "n_points"]
-    print(f"{'subject':<16}" + "".join(f"{name:>20}" for name in names)
-          + f"{'n_points':>10}")
-    for subject, values in results.items():
-        print(f"{subject:<16}" + "".join(_column(values[name]) for name in names)
-              + f"{values['n_points']:>10d}")
+    print("\n".join(subject_table(
+        results, [key for key in results["all"] if key != "n_points"])))
     stopped = "" if epoch_complete else ", stopped inside it"
     print(f"Evaluated the {which} model (epoch {epoch}{stopped}). "
           f"Saved to {out}")

@@ -182,6 +182,33 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
     return with_null_means(results)
 
 
+def subject_table(results, names):
+    """The lines of a text table of per-subject results, for a script's
+    output: a header, then one row per subject (and 'all') with the means
+    of ``names`` ('n/a' for None) and ``n_points``.
+
+    Parameters
+    ----------
+    results : dict
+        As :func:`evaluate_model` returns it.
+    names : sequence of str
+        The columns, in order.
+
+    Returns
+    -------
+    list of str
+    """
+    def column(mean):
+        return f"{'n/a':>20}" if mean is None else f"{mean:>20.5f}"
+    lines = [f"{'subject':<16}" + "".join(f"{name:>20}" for name in names)
+             + f"{'n_points':>10}"]
+    lines += [f"{subject:<16}" + "".join(column(values[name])
+                                        for name in names)
+              + f"{values['n_points']:>10d}"
+              for subject, values in results.items()]
+    return lines
+
+
 def with_null_means(results):
     """Every entry with every value: a subject without streamlines (no loss
     point) gets None for the means of nothing, never NaN (not JSON)."""
