@@ -20,6 +20,7 @@ kernels.
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 
 import pytest
@@ -42,13 +43,17 @@ def child_temporary_files_in_pytest_folder(tmp_path_factory):
     kill with SIGKILL cannot remove what it made there, such as
     multiprocessing's ``pymp-*`` folders."""
     folder = tmp_path_factory.mktemp("child_tmp")
-    previous = os.environ.get("TMPDIR")
+    previous = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"] = str(folder)
+    # Forked children (DataLoader workers) inherit this process's cached
+    # folder, not the environment.
+    tempfile.tempdir = str(folder)
     yield
-    if previous is None:
+    if previous[0] is None:
         os.environ.pop("TMPDIR", None)
     else:
-        os.environ["TMPDIR"] = previous
+        os.environ["TMPDIR"] = previous[0]
+    tempfile.tempdir = previous[1]
 
 
 @pytest.fixture(scope="module")
