@@ -81,10 +81,12 @@ def _time_stages(model, times):
         times, "direction getter forward", model.direction_getter.forward)
 
 
-def _make_step(model, optimizer, times, validation):
+def _make_step(model, optimizer, times, validation, bf16):
     def stage(name, function, *args):
         start = time.process_time()
-        result = function(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16
+                            and name in ("forward (all)", "loss")):
+            result = function(*args)
         times[name] += time.process_time() - start
         return result
 
@@ -133,6 +135,9 @@ def main(argv=None):
     parser.add_argument("--validation", action="store_true",
                         help="Validation batches and steps (unsplit, no "
                              "augmentation, forward and loss only).")
+    parser.add_argument("--bf16", action="store_true",
+                        help="Autocast the forward pass and loss to "
+                             "bfloat16, as --mixed_precision bf16.")
     parser.add_argument("--stages", action="store_true",
                         help="Print the CPU time of each stage.")
     parser.add_argument("--profile", action="store_true",
@@ -156,7 +161,7 @@ def main(argv=None):
     times = collections.defaultdict(float)
     if args.stages:
         _time_stages(model, times)
-    step = _make_step(model, optimizer, times, args.validation)
+    step = _make_step(model, optimizer, times, args.validation, args.bf16)
     for batch in batches[:2]:
         step(batch)
     if args.profile:

@@ -1,5 +1,7 @@
 """The CUDA paths: training, mixed precision, checkpoints, tracking, draws.
 
+bf16 mixed precision also runs on CPU, and is tested there.
+
 CI has no GPU: the tests marked ``needs CUDA`` run the day one is present
 (compare each CUDA result with the CPU one, within float64 rounding where
 kernels differ). The others show on CPU a GPU bug's logic.
@@ -176,18 +178,29 @@ def _mixed_precision_models(nb_features):
     }
 
 
-@needs_cuda
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("device, precision", [
+    ("cpu", "bf16"),
+    pytest.param("cuda", "bf16", marks=needs_cuda),
+    pytest.param("cuda", "fp16", marks=needs_cuda)])
 @pytest.mark.parametrize("model_name", ["l2t_no_norm", "l2t_linear_embeddings",
                                         "transformer_alibi"])
-def test_mixed_precision_training_on_cuda(tmp_path, dataset, precision,
-                                          model_name):
+def test_mixed_precision_training(tmp_path, dataset, device, precision,
+                                  model_name):
     make_model = _mixed_precision_models(dataset.nb_features[0])[model_name]
     torch.manual_seed(0)
     trainer = make_trainer(dataset, tmp_path, model=make_model(),
-                           loader_device="cuda", max_epochs=2, device="cuda",
+                           loader_device=device, max_epochs=2, device=device,
                            mixed_precision=precision)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtypes = set()
+    hooks = [module.register_forward_hook(
+        lambda module, inputs, output: dtypes.add(output.dtype))
+        for module in trainer.model.modules()
+        if isinstance(module, torch.nn.Linear)]
     trainer.train_and_validate()
+    for hook in hooks:
+        hook.remove()
+    assert half in dtypes  # autocast was on
     losses = _logs(tmp_path / "exp", "train_loss")
     assert len(losses) == 2 and np.all(np.isfinite(losses))
     assert np.all(np.isfinite(_logs(tmp_path / "exp", "valid_loss")))

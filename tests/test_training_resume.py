@@ -60,11 +60,16 @@ def _assert_same_run(dir_a, dir_b):
             assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
 
 
-@pytest.mark.parametrize("nb_workers", [0, 2])
-def test_stop_and_resume_equals_straight_run(tmp_path, hdf5_file, nb_workers):
+@pytest.mark.parametrize("nb_workers, precision",
+                         [(0, None), (2, None), (0, "bf16")])
+def test_stop_and_resume_equals_straight_run(tmp_path, hdf5_file, nb_workers,
+                                             precision):
     experiments = str(tmp_path)
-    train_main(_train_args(experiments, "straight", hdf5_file, 4, nb_workers))
-    train_main(_train_args(experiments, "resumed", hdf5_file, 2, nb_workers))
+    extra = ["--mixed_precision", precision] if precision else []
+    train_main(_train_args(experiments, "straight", hdf5_file, 4, nb_workers)
+               + extra)
+    train_main(_train_args(experiments, "resumed", hdf5_file, 2, nb_workers)
+               + extra)
     assert len(_logs(tmp_path / "resumed")["train_loss.npy"]) == 2
     resume_cli.main([experiments, "resumed", "--new_max_epochs", "4",
                      "-v", "WARNING"])

@@ -108,7 +108,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
     device : str
         'cpu' or 'cuda[:N]'.
     mixed_precision : None, 'bf16' or 'fp16'
-        Autocast on CUDA; fp16 uses a gradient scaler.
+        Autocast: bf16 on CUDA or CPU; fp16, with a gradient scaler, on
+        CUDA only.
     seed : int
         Seeds torch's global generator (dropout).
     callbacks : list of Callback
@@ -168,7 +169,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         self.grad_accumulation_steps = int(grad_accumulation_steps)
         self.nb_workers = nb_workers
         self.device = torch.device(device)
-        # Saved as asked; applied on CUDA only (autocast, grad_scaler).
+        # Saved as asked; bf16 autocasts anywhere, fp16 on CUDA only.
         self.mixed_precision = mixed_precision
         self.seed = seed
         self.deterministic = bool(deterministic)

@@ -125,6 +125,7 @@ def add_trainer_args(parser):
     group.add_argument("--grad_accumulation_steps", type=int, default=1,
                        help="Update the weights every N batches.")
     group.add_argument("--mixed_precision", choices=("bf16", "fp16"),
-                       help="Autocast on CUDA (ignored on CPU, but saved for a "
-                            "resume on CUDA); None trains in float32.")
+                       help="Autocast the forward pass: bf16 on CUDA or CPU, "
+                            "fp16 on CUDA only (ignored on CPU, but saved for "
+                            "a resume on CUDA). Default: float32.")
     return group

@@ -133,9 +133,11 @@ class TrainerOptimization:
         return {"grad_norm": grad_norm, "grad_norm_after_clip": clipped_norm}
 
     def autocast(self):
-        """Mixed-precision context on CUDA; a no-op otherwise."""
+        """Mixed-precision context: bf16 on any device, fp16 on CUDA only."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            self.mixed_precision if self.device.type == "cuda" else None)
+            self.mixed_precision)
+        if dtype == torch.float16 and self.device.type != "cuda":
+            dtype = None
         return torch.autocast(device_type=self.device.type, dtype=dtype,
                               enabled=dtype is not None)
 
