@@ -1,4 +1,5 @@
 """Tracking defaults taken from how the model was trained."""
+import json
 import logging
 import os
 
@@ -6,6 +7,7 @@ import pytest
 from error_checks import assert_user_error
 from training_data import make_training_hdf5
 
+from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
@@ -14,8 +16,11 @@ from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.tracking.tracking_io import load_experiment_model
 from dwi_ml.tracking.training_facts import (
     choose_step_size,
+    input_preparation_differences,
     training_hdf5_step_size,
     training_step_size,
+    use_training_streamline_format,
+    warn_if_input_prepared_differently,
     warn_if_not_trained_backward,
 )
 
@@ -26,10 +31,20 @@ def experiments(tmp_path_factory):
     paths = make_synthetic_dataset(str(folder / "synthetic"), nb_subjects=2,
                                    nb_streamlines=30, seed=0)
     files = {}
-    for name, step in (("stepped", 1.5), ("raw", None)):
+    # The input group standardized otherwise: another input.
+    with open(paths.config) as file:
+        config = json.load(file)
+    assert config["input"]["standardization"] != "none"
+    config["input"]["standardization"] = "none"
+    other_config = str(folder / "other_standardization.json")
+    with open(other_config, "w") as file:
+        json.dump(config, file)
+    for name, step, config_file in (("stepped", 1.5, paths.config),
+                                    ("raw", None, paths.config),
+                                    ("unstandardized", 1.5, other_config)):
         files[name] = str(folder / f"{name}.hdf5")
         create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
-                            files[name], paths.config, ["subj-01"], [],
+                            files[name], config_file, ["subj-01"], [],
                             ["subj-02"], step_size=step)
     os.makedirs(folder / "exps")
     for name, extra in (("stepped", ["--reverse_ratio", "0.5"]),
@@ -125,3 +140,82 @@ def test_tracking_validation_without_a_step_is_refused_before_any_folder(
                          *extra],
             capsys, tmp_path, "--tracking_validation_every",
             "needs a step size", reason)
+
+
+def test_a_model_reads_another_file_as_it_read_its_training_file(
+        experiments, caplog):
+    # Before: evaluated on the streamlines as stored in the other file, at
+    # a step the model never saw.
+    exps, files = experiments
+    experiment = str(exps / "stepped")
+    model = load_experiment_model(experiment, False, "cpu")
+    assert not model.input_spec.streamline_format.is_set
+    # Its own training file: nothing to do.
+    use_training_streamline_format(model, experiment, files["stepped"])
+    assert not model.input_spec.streamline_format.is_set
+    with caplog.at_level(logging.INFO):
+        use_training_streamline_format(model, experiment, files["raw"])
+    assert model.input_spec.streamline_format.as_dict() == {
+        "step_size": 1.5, "nb_points": None, "compress": None}
+    assert "resampled to step_size 1.5, as those of the HDF5" in caplog.text
+    # A model of its own format keeps it.
+    use_training_streamline_format(model, str(exps / "raw"),
+                                   files["stepped"])
+    assert model.input_spec.streamline_format.step_size == 1.5
+
+
+def test_a_model_trained_on_raw_streamlines_is_warned_of_resampled_ones(
+        experiments, caplog):
+    exps, files = experiments
+    experiment = str(exps / "raw")
+    model = load_experiment_model(experiment, False, "cpu")
+    with caplog.at_level(logging.WARNING):
+        use_training_streamline_format(model, experiment, files["stepped"])
+    assert not model.input_spec.streamline_format.is_set
+    assert len(caplog.records) == 1
+    assert ("trained on streamlines as stored, not resampled; those of "
+            f"{files['stepped']} are stored with step_size 1.5") \
+        in caplog.text
+
+
+def test_an_input_group_made_otherwise_is_warned_of(experiments, caplog):
+    exps, files = experiments
+    experiment = str(exps / "stepped")
+    assert input_preparation_differences(experiment, files["raw"],
+                                         "input") == []
+    assert input_preparation_differences(
+        experiment, files["unstandardized"], "input") == [
+        "standardization: 'none' here, 'independent' in training group "
+        "'input'"]
+    with caplog.at_level(logging.WARNING):
+        warn_if_input_prepared_differently(experiment, files["stepped"],
+                                           "input")
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        warn_if_input_prepared_differently(experiment,
+                                           files["unstandardized"], "input")
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith(
+        f"Input group 'input' of {files['unstandardized']} was made "
+        "otherwise than the model's training input (standardization: "
+        "'none' here, 'independent' in training group 'input')")
+    # Another group of the same file, the mask: everything differs.
+    assert [piece.split(":")[0] for piece in input_preparation_differences(
+        experiment, files["stepped"], "wm_mask")] == [
+        "files", "standardization", "std_mask"]
+
+
+def test_evaluation_reads_another_file_at_the_training_step(experiments,
+                                                            tmp_path):
+    exps, files = experiments
+    results = {}
+    for name in ("stepped", "raw"):
+        out = str(tmp_path / f"{name}.json")
+        evaluate_main([str(exps / "stepped"), files[name], "--out", out,
+                       "-v", "WARNING"])
+        with open(out) as file:
+            results[name] = json.load(file)["results"]["all"]
+    # The raw file's streamlines, resampled by the loader, are those the
+    # stepped file stored: the same function on the same float32 points
+    # (at creation), so the same values.
+    assert results["raw"] == results["stepped"]

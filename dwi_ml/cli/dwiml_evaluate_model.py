@@ -8,6 +8,11 @@ error in degrees (deterministic directions against the streamlines' own
 segments, measured in mm), with the model evaluated: best or latest, its
 0-based epoch and whether that epoch was complete (a checkpoint written at
 a stop holds a model inside an epoch). A model trained on GPU evaluates on CPU.
+The streamlines are read as the model read its training streamlines: a
+model without a step size of its own was trained on its HDF5's streamlines
+as stored (say, resampled to 1.5 mm at creation), and those of another HDF5
+are resampled to that format. A warning says when the model's input group
+was made otherwise in this file (other files, or another standardization).
 """
 import os
 
@@ -23,6 +28,10 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.models.model_io import load_model_of_experiment
+from dwi_ml.tracking.training_facts import (
+    use_training_streamline_format,
+    warn_if_input_prepared_differently,
+)
 from dwi_ml.training.evaluation import evaluate_model_on_hdf5, subject_table
 from dwi_ml.training.experiment_builder import check_hdf5_groups
 
@@ -56,6 +65,10 @@ def main(argv=None):
     model, (epoch, epoch_complete) = load_model_of_experiment(
         args.experiment_path, args.use_latest_epoch, args.device,
         with_epoch=True)
+    warn_if_input_prepared_differently(args.experiment_path, args.hdf5_file,
+                                       input_group)
+    use_training_streamline_format(model, args.experiment_path,
+                                   args.hdf5_file)
     out = args.out or os.path.join(args.experiment_path,
                                    f"evaluation_{args.subset}_{which}.json")
     check_output_free(out, args.overwrite,

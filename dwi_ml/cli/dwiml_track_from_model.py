@@ -42,6 +42,7 @@ from dwi_ml.tracking.tracking_io import (
 )
 from dwi_ml.tracking.training_facts import (
     choose_step_size,
+    warn_if_input_prepared_differently,
     warn_if_not_trained_backward,
 )
 from dwi_ml.training.experiment_builder import check_model_input_features
@@ -245,6 +246,8 @@ def main(argv=None):
     volumes = load_subject_volumes(args.hdf5_file, args.subject_id, groups)
     input_volume = volumes[args.input_group]
     step_size = _check_model(model, args, input_volume)
+    warn_if_input_prepared_differently(args.experiment_path, args.hdf5_file,
+                                       args.input_group)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
     eos_threshold = default_eos_threshold(model, args.eos_stop)

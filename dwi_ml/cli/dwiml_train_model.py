@@ -63,7 +63,11 @@ from dwi_ml.tracking.tracking_validation_args import (
     check_tracking_validation_data,
     tracking_validation_params_from_args,
 )
-from dwi_ml.tracking.training_facts import max_length_for, training_step_size
+from dwi_ml.tracking.training_facts import (
+    max_length_for,
+    training_step_size,
+    warn_if_input_prepared_differently,
+)
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
@@ -362,6 +366,8 @@ def _apply_pretrained(args, params):
             f"no model option, found {', '.join(given)}.")
     model, params["pretrained"] = load_pretrained(
         args.pretrained, args.pretrained_use_latest_epoch)
+    warn_if_input_prepared_differently(args.pretrained, args.hdf5_file,
+                                       args.input_group)
     model.experiment_name = args.experiment_name
     params["model_type"] = type(model).__name__
     params["model"] = {name: value

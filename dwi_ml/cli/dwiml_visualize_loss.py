@@ -39,8 +39,9 @@ with an end-of-streamline (EOS) output, its terms 'loss_direction' and
 model's most likely direction and the true one (in mm). Without EOS the
 last point of each streamline predicts nothing: its values are NaN. With
 EOS it holds the loss of stopping there, and a NaN angle. The streamlines
-are those the model saw (resampled to its step size when the HDF5's
-differs), in the subject's space (RAS mm, on the streamline group's grid).
+are those the model saw (resampled to its step size, or to the format of
+the HDF5 it was trained on, when the HDF5's differs), in the subject's
+space (RAS mm, on the streamline group's grid).
 The mean of 'loss' over the points with a value is the subject's loss of
 dwiml_evaluate_model.py. A histogram of each value is written to a PNG
 file. OUT_TRACTOGRAM is a .trk or .trx file (a .tck file cannot hold

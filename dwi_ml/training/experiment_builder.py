@@ -21,6 +21,10 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.models.model_io import load_model_of_experiment
+from dwi_ml.tracking.training_facts import (
+    use_training_streamline_format,
+    warn_if_input_prepared_differently,
+)
 from dwi_ml.training.preemption import end_run
 from dwi_ml.training.pretrained import PretrainedBaseline, pretrained_valid_loss
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -109,7 +113,9 @@ def load_experiment_model_for(args):
     Returns
     -------
     model : MainModelAbstract
-        In eval mode, on ``args.device``.
+        In eval mode, on ``args.device``; reading the file's streamlines
+        as it read its training file's
+        (:func:`~dwi_ml.tracking.training_facts.use_training_streamline_format`).
     input_group, streamline_group : str
         Checked to be groups of the HDF5 file.
     """
@@ -121,6 +127,10 @@ def load_experiment_model_for(args):
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     model = load_model_of_experiment(args.experiment_path,
                                      args.use_latest_epoch, args.device)
+    warn_if_input_prepared_differently(args.experiment_path, args.hdf5_file,
+                                       input_group)
+    use_training_streamline_format(model, args.experiment_path,
+                                   args.hdf5_file)
     return model, input_group, streamline_group
 
 
