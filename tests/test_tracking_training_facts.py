@@ -16,12 +16,14 @@ from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.tracking.tracking_io import load_experiment_model
 from dwi_ml.tracking.training_facts import (
     choose_step_size,
-    input_preparation_differences,
     training_hdf5_step_size,
     training_step_size,
+    warn_if_not_trained_backward,
+)
+from dwi_ml.training.training_file import (
+    input_preparation_differences,
     use_training_streamline_format,
     warn_if_input_prepared_differently,
-    warn_if_not_trained_backward,
 )
 
 

@@ -28,12 +28,12 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.models.model_io import load_model_of_experiment
-from dwi_ml.tracking.training_facts import (
+from dwi_ml.training.evaluation import evaluate_model_on_hdf5, subject_table
+from dwi_ml.training.experiment_builder import check_hdf5_groups
+from dwi_ml.training.training_file import (
     use_training_streamline_format,
     warn_if_input_prepared_differently,
 )
-from dwi_ml.training.evaluation import evaluate_model_on_hdf5, subject_table
-from dwi_ml.training.experiment_builder import check_hdf5_groups
 
 
 def _build_parser():

@@ -42,10 +42,10 @@ from dwi_ml.tracking.tracking_io import (
 )
 from dwi_ml.tracking.training_facts import (
     choose_step_size,
-    warn_if_input_prepared_differently,
     warn_if_not_trained_backward,
 )
 from dwi_ml.training.experiment_builder import check_model_input_features
+from dwi_ml.training.training_file import warn_if_input_prepared_differently
 
 DESCRIPTION = """\
 Track one subject of a dwi_ml HDF5 file with the model of an experiment

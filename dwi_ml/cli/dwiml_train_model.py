@@ -66,7 +66,6 @@ from dwi_ml.tracking.tracking_validation_args import (
 from dwi_ml.tracking.training_facts import (
     max_length_for,
     training_step_size,
-    warn_if_input_prepared_differently,
 )
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
@@ -78,6 +77,7 @@ from dwi_ml.training.preemption import (
 from dwi_ml.training.pretrained import load_pretrained
 from dwi_ml.training.random_states import seed_everything
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
+from dwi_ml.training.training_file import warn_if_input_prepared_differently
 
 
 def build_parser():

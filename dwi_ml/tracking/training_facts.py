@@ -5,9 +5,7 @@ file at that file's step size, so tracking uses that step by default. A
 model trained without reversed streamlines has never seen a streamline run
 backwards, so the backward half of two-way tracking is out of its training.
 A model with a ``max_len`` (the Transformers' positions) cannot track
-longer streamlines. A model reads its input group as the training file's
-config made it (files, in their order, and standardization): another
-file's input group made otherwise is another input.
+longer streamlines.
 """
 import logging
 import numbers
@@ -15,11 +13,9 @@ import os
 
 import h5py
 
-from dwi_ml.data.hdf5.layout import parse_groups_config, read_optional_number
-from dwi_ml.data.processing.input_spec import InputSpec
-from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
+from dwi_ml.training.training_file import training_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +34,7 @@ def training_hdf5_step_size(experiment_dir):
     fingerprints exist), else from the training file's root attrs when it
     is still there.
     """
-    return _dataset_step_size(_training_dataset(experiment_dir))
-
-
-def _training_dataset(experiment_dir):
-    """The ``dataset`` section of the experiment's parameters.json, or {}."""
-    if not os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE)):
-        return {}
-    return read_parameters(experiment_dir).get("dataset") or {}
+    return _dataset_step_size(training_dataset(experiment_dir))
 
 
 def _dataset_step_size(dataset):
@@ -63,144 +52,6 @@ def _dataset_step_size(dataset):
         return None
 
 
-_FORMAT_CASTS = (("step_size", float), ("nb_points", int), ("compress", float))
-
-
-def hdf5_streamline_format(attrs):
-    """The :class:`StreamlineFormat` an HDF5's root ``attrs`` (or a
-    fingerprint's ``creation``) record; None when one of them is not a
-    number nor unset (a file we cannot read it from)."""
-    try:
-        return StreamlineFormat(**{key: read_optional_number(attrs, key, cast)
-                                   for key, cast in _FORMAT_CASTS})
-    except (TypeError, ValueError):
-        return None
-
-
-def _training_streamline_format(dataset):
-    """The format of the streamlines of the experiment's training HDF5: from
-    its fingerprint, else from the file; None when unknown."""
-    creation = (dataset.get("fingerprint") or {}).get("creation")
-    if creation is not None:
-        return hdf5_streamline_format(creation)
-    path = dataset.get("hdf5_file")
-    if not path or not os.path.isfile(path):
-        return None
-    try:
-        with h5py.File(path, "r") as hdf_file:
-            return hdf5_streamline_format(dict(hdf_file.attrs))
-    except OSError:
-        return None
-
-
-def _describe_format(streamline_format):
-    given = {key: value for key, value in streamline_format.as_dict().items()
-             if value is not None}
-    return (", ".join(f"{key} {value:g}" for key, value in given.items())
-            or "as stored, not resampled")
-
-
-def use_training_streamline_format(model, experiment_dir, hdf5_file):
-    """Make a model without a streamline format of its own read another
-    HDF5's streamlines as it read its training file's.
-
-    Such a model was trained on its training file's streamlines as stored
-    (say, resampled to 1.5 mm at creation). On a file stored otherwise, its
-    loss and angles would be those of other streamlines. Its ``input_spec``
-    then takes the training file's format, so that the loader resamples
-    this file's streamlines to it (a model is never saved by the scripts
-    that call this). When the training file's streamlines were not
-    resampled and this file's were, nothing can undo it: a warning says so.
-
-    Parameters
-    ----------
-    model : MainModelAbstract
-        Loaded from ``experiment_dir``.
-    experiment_dir : str
-    hdf5_file : str
-        The file the model is about to read.
-    """
-    if model.input_spec.streamline_format.is_set:
-        return
-    trained = _training_streamline_format(_training_dataset(experiment_dir))
-    with h5py.File(hdf5_file, "r") as hdf_file:
-        given = hdf5_streamline_format(dict(hdf_file.attrs))
-    if trained is None or given is None or trained == given:
-        return
-    if not trained.is_set:
-        logger.warning(
-            "The model was trained on streamlines as stored, not resampled; "
-            "those of %s are stored with %s: the model reads them so, "
-            "unlike its training streamlines.", hdf5_file,
-            _describe_format(given))
-        return
-    spec = model.input_spec
-    model.input_spec = InputSpec(trained, spec.neighborhood,
-                                 spec.nb_previous_dirs)
-    logger.info("Streamlines of %s (%s) are resampled to %s, as those of the "
-                "HDF5 the model was trained on.", hdf5_file,
-                _describe_format(given), _describe_format(trained))
-
-
-# What makes an input group's values, with the config's defaults.
-INPUT_PREPARATION = (("files", []), ("standardization", "none"),
-                     ("std_mask", []))
-
-
-def _preparation(config, group):
-    """The :data:`INPUT_PREPARATION` of ``group`` in a groups config, or
-    None when unknown."""
-    entry = (config or {}).get(group)
-    if not isinstance(entry, dict):
-        return None
-    prepared = {}
-    for key, default in INPUT_PREPARATION:
-        value = entry.get(key, default)
-        prepared[key] = [value] if isinstance(value, str) and key != \
-            "standardization" else value
-    return prepared
-
-
-def input_preparation_differences(experiment_dir, hdf5_file, input_group):
-    """How ``input_group`` of ``hdf5_file`` was made unlike the model's
-    training input, as ``"key: VALUE here, TRAINING_VALUE in training group
-    'NAME'"`` pieces; [] when alike, or when either config is unknown (files of the
-    reference's tools may not record it)."""
-    dataset = _training_dataset(experiment_dir)
-    creation = (dataset.get("fingerprint") or {}).get("creation") or {}
-    loader = (read_parameters(experiment_dir).get("loader") or {}
-              if dataset else {})
-    training_group = loader.get("input_group")
-    if "groups_config" not in creation or training_group is None:
-        return []
-    trained = _preparation(parse_groups_config(creation["groups_config"]),
-                           training_group)
-    with h5py.File(hdf5_file, "r") as hdf_file:
-        text = hdf_file.attrs.get("groups_config")
-    given = _preparation(parse_groups_config(text) if text is not None
-                         else None, input_group)
-    if trained is None or given is None:
-        return []
-    return [f"{key}: {given[key]!r} here, {trained[key]!r} in training "
-            f"group '{training_group}'"
-            for key, _ in INPUT_PREPARATION if given[key] != trained[key]]
-
-
-def warn_if_input_prepared_differently(experiment_dir, hdf5_file,
-                                       input_group):
-    """One warning when :func:`input_preparation_differences` finds any:
-    the model would read inputs it was not trained on (say, another
-    standardization), which no feature count shows."""
-    differences = input_preparation_differences(experiment_dir, hdf5_file,
-                                                input_group)
-    if differences:
-        logger.warning(
-            "Input group '%s' of %s was made otherwise than the model's "
-            "training input (%s): the model may read values it was not "
-            "trained on. Create the HDF5 with the training file's config "
-            "for this group.", input_group, hdf5_file, "; ".join(differences))
-
-
 def choose_step_size(given_mm, model, experiment_dir):
     """The tracking step: given, else the model's, else the training HDF5's.
 
@@ -216,7 +67,7 @@ def choose_step_size(given_mm, model, experiment_dir):
     if given_mm is not None:
         return given_mm
     return training_step_size(model.input_spec.streamline_format.as_dict(),
-                              _training_dataset(experiment_dir))
+                              training_dataset(experiment_dir))
 
 
 def training_step_size(streamline_format, dataset):

@@ -21,13 +21,13 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.models.model_io import load_model_of_experiment
-from dwi_ml.tracking.training_facts import (
-    use_training_streamline_format,
-    warn_if_input_prepared_differently,
-)
 from dwi_ml.training.preemption import end_run
 from dwi_ml.training.pretrained import PretrainedBaseline, pretrained_valid_loss
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
+from dwi_ml.training.training_file import (
+    use_training_streamline_format,
+    warn_if_input_prepared_differently,
+)
 
 
 def hdf5_group_names(hdf5_file, need_training=False):

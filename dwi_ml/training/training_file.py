@@ -1,0 +1,164 @@
+"""What an experiment's training HDF5 was, read back from parameters.json.
+
+A model reads the streamlines of its training file as that file stored
+them, unless it resamples them itself, and its input group as the file's
+config made it (files, in their order, and standardization). Scripts that
+run a model over another file use these facts to read it the same way, or
+to say what differs.
+"""
+import logging
+import os
+
+import h5py
+
+from dwi_ml.data.hdf5.layout import parse_groups_config, read_optional_number
+from dwi_ml.data.processing.input_spec import InputSpec
+from dwi_ml.data.processing.resampling import StreamlineFormat
+from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
+
+logger = logging.getLogger(__name__)
+
+
+def training_dataset(experiment_dir):
+    """The ``dataset`` section of the experiment's parameters.json, or {}."""
+    if not os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE)):
+        return {}
+    return read_parameters(experiment_dir).get("dataset") or {}
+
+
+_FORMAT_CASTS = (("step_size", float), ("nb_points", int), ("compress", float))
+
+
+def hdf5_streamline_format(attrs):
+    """The :class:`StreamlineFormat` an HDF5's root ``attrs`` (or a
+    fingerprint's ``creation``) record; None when one of them is not a
+    number nor unset (a file we cannot read it from)."""
+    try:
+        return StreamlineFormat(**{key: read_optional_number(attrs, key, cast)
+                                   for key, cast in _FORMAT_CASTS})
+    except (TypeError, ValueError):
+        return None
+
+
+def _training_streamline_format(dataset):
+    """The format of the streamlines of the experiment's training HDF5: from
+    its fingerprint, else from the file; None when unknown."""
+    creation = (dataset.get("fingerprint") or {}).get("creation")
+    if creation is not None:
+        return hdf5_streamline_format(creation)
+    path = dataset.get("hdf5_file")
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with h5py.File(path, "r") as hdf_file:
+            return hdf5_streamline_format(dict(hdf_file.attrs))
+    except OSError:
+        return None
+
+
+def _describe_format(streamline_format):
+    given = {key: value for key, value in streamline_format.as_dict().items()
+             if value is not None}
+    return (", ".join(f"{key} {value:g}" for key, value in given.items())
+            or "as stored, not resampled")
+
+
+def use_training_streamline_format(model, experiment_dir, hdf5_file):
+    """Make a model without a streamline format of its own read another
+    HDF5's streamlines as it read its training file's.
+
+    Such a model was trained on its training file's streamlines as stored
+    (say, resampled to 1.5 mm at creation). On a file stored otherwise, its
+    loss and angles would be those of other streamlines. Its ``input_spec``
+    then takes the training file's format, so that the loader resamples
+    this file's streamlines to it (a model is never saved by the scripts
+    that call this). When the training file's streamlines were not
+    resampled and this file's were, nothing can undo it: a warning says so.
+
+    Parameters
+    ----------
+    model : MainModelAbstract
+        Loaded from ``experiment_dir``.
+    experiment_dir : str
+    hdf5_file : str
+        The file the model is about to read.
+    """
+    if model.input_spec.streamline_format.is_set:
+        return
+    trained = _training_streamline_format(training_dataset(experiment_dir))
+    with h5py.File(hdf5_file, "r") as hdf_file:
+        given = hdf5_streamline_format(dict(hdf_file.attrs))
+    if trained is None or given is None or trained == given:
+        return
+    if not trained.is_set:
+        logger.warning(
+            "The model was trained on streamlines as stored, not resampled; "
+            "those of %s are stored with %s: the model reads them so, "
+            "unlike its training streamlines.", hdf5_file,
+            _describe_format(given))
+        return
+    spec = model.input_spec
+    model.input_spec = InputSpec(trained, spec.neighborhood,
+                                 spec.nb_previous_dirs)
+    logger.info("Streamlines of %s (%s) are resampled to %s, as those of the "
+                "HDF5 the model was trained on.", hdf5_file,
+                _describe_format(given), _describe_format(trained))
+
+
+# What makes an input group's values, with the config's defaults.
+INPUT_PREPARATION = (("files", []), ("standardization", "none"),
+                     ("std_mask", []))
+
+
+def _preparation(config, group):
+    """The :data:`INPUT_PREPARATION` of ``group`` in a groups config, or
+    None when unknown."""
+    entry = (config or {}).get(group)
+    if not isinstance(entry, dict):
+        return None
+    prepared = {}
+    for key, default in INPUT_PREPARATION:
+        value = entry.get(key, default)
+        prepared[key] = [value] if isinstance(value, str) and key != \
+            "standardization" else value
+    return prepared
+
+
+def input_preparation_differences(experiment_dir, hdf5_file, input_group):
+    """How ``input_group`` of ``hdf5_file`` was made unlike the model's
+    training input, as ``"key: VALUE here, TRAINING_VALUE in training group
+    'NAME'"`` pieces; [] when alike, or when either config is unknown (files of the
+    reference's tools may not record it)."""
+    dataset = training_dataset(experiment_dir)
+    creation = (dataset.get("fingerprint") or {}).get("creation") or {}
+    loader = (read_parameters(experiment_dir).get("loader") or {}
+              if dataset else {})
+    training_group = loader.get("input_group")
+    if "groups_config" not in creation or training_group is None:
+        return []
+    trained = _preparation(parse_groups_config(creation["groups_config"]),
+                           training_group)
+    with h5py.File(hdf5_file, "r") as hdf_file:
+        text = hdf_file.attrs.get("groups_config")
+    given = _preparation(parse_groups_config(text) if text is not None
+                         else None, input_group)
+    if trained is None or given is None:
+        return []
+    return [f"{key}: {given[key]!r} here, {trained[key]!r} in training "
+            f"group '{training_group}'"
+            for key, _ in INPUT_PREPARATION if given[key] != trained[key]]
+
+
+def warn_if_input_prepared_differently(experiment_dir, hdf5_file,
+                                       input_group):
+    """One warning when :func:`input_preparation_differences` finds any:
+    the model would read inputs it was not trained on (say, another
+    standardization), which no feature count shows."""
+    differences = input_preparation_differences(experiment_dir, hdf5_file,
+                                                input_group)
+    if differences:
+        logger.warning(
+            "Input group '%s' of %s was made otherwise than the model's "
+            "training input (%s): the model may read values it was not "
+            "trained on. Create the HDF5 with the training file's config "
+            "for this group.", input_group, hdf5_file, "; ".join(differences))
