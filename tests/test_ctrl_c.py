@@ -120,3 +120,25 @@ def test_sigterm_after_a_finished_training_says_it_is_complete(tmp_path):
         "outputs are complete."]
     assert os.path.isfile(tmp_path / "exp" / "checkpoint" /
                           "checkpoint_state.pt")
+
+
+@pytest.mark.parametrize("stop", STOPS, ids=STOP_IDS)
+def test_a_signal_wrapped_by_python_is_still_one_line(capsys, stop):
+    # A signal during a lazy import of torch's came wrapped in Python's
+    # "Error calling __set_name__" RuntimeError: a traceback, exit status 1.
+    from dwi_ml.io_utils.errors import Terminated, script_entry_point
+    raised = KeyboardInterrupt if stop[0] == signal.SIGINT else Terminated
+
+    class Descriptor:
+        def __set_name__(self, owner, name):
+            raise raised()
+
+    @script_entry_point
+    def main(argv=None):
+        type("Owner", (), {"field": Descriptor()})
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == stop[1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f": {stop[2]}; an output it had not" in err[0]

@@ -443,3 +443,59 @@ def test_resume_if_exists_names_the_training_options_it_ignores(
     assert "Nothing to resume" in warnings[1]
     logs = np.load(tmp_path / "exp" / "logs" / "train_loss.npy")
     assert len(logs) == 1
+
+
+@pytest.mark.parametrize("spec", [f"{NB_EPOCHS - 1}:valid:2:SIGTERM",
+                                  f"{NB_EPOCHS}:save:0:SIGUSR1"])
+def test_a_signal_after_the_last_epoch_leaves_a_finished_run(
+        tmp_path, hdf5_file, straight_run, spec):
+    # After the last validation batch, or while the last checkpoint is
+    # written: before, "checkpoint saved; resume with" and exit status 3,
+    # then a resume refused as finished (exit 2), and a requeued job.
+    name = "late"
+    process = _run(spec, "train", _train_args(tmp_path, name, hdf5_file))
+    assert "resume with" not in process.stderr
+    assert f"reached max_epochs ({NB_EPOCHS})" in process.stdout
+    assert_same_run(straight_run, tmp_path / name)
+
+
+STARTUP_SIGNAL = """\
+import os, signal, sys
+from dwi_ml.training.interruptions import record_early_stop_signals
+record_early_stop_signals()  # as the scripts' files do, before the imports
+os.kill(os.getpid(), signal.SIGUSR1)  # while the script starts
+from dwi_ml.cli.{module} import main
+sys.argv = ["{module}.py", *sys.argv[1:]]
+main()
+"""
+
+
+def _run_signalled_at_startup(module, args):
+    return subprocess.run(
+        [sys.executable, "-c", STARTUP_SIGNAL.format(module=module), *args],
+        capture_output=True, text=True, timeout=600, env=_env())
+
+
+def test_a_signal_while_the_run_starts_stops_it_at_its_first_step(
+        tmp_path, hdf5_file, straight_run):
+    # Before: SIGUSR1 killed the process (status 138, nothing said, no
+    # requeue), SIGTERM exited 143, until the training loop began.
+    name = "early"
+    process = _run_signalled_at_startup(
+        "dwiml_train_model", _train_args(tmp_path, name, hdf5_file))
+    assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
+    assert "SIGUSR1 received while the run starts" in process.stderr
+    assert _stop_line(process) == (
+        f"stopped by SIGUSR1 at epoch 0, train batch 0; checkpoint saved; "
+        f"resume with: resume_training_from_checkpoint.py {tmp_path} {name}")
+    assert _position(tmp_path / name) == (0, "train", 0)
+    # The same while a resumed run starts: the checkpoint stays the position.
+    _resume("1:train:1:SIGTERM", tmp_path, name, EXIT_INTERRUPTED)
+    process = _run_signalled_at_startup(
+        "resume_training_from_checkpoint", [str(tmp_path), name])
+    assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
+    assert "stopped by SIGUSR1 at epoch 1, train batch 2" in _stop_line(
+        process)
+    assert _position(tmp_path / name) == (1, "train", 2)
+    _resume("-", tmp_path, name)
+    assert_same_run(straight_run, tmp_path / name)

@@ -70,6 +70,7 @@ from dwi_ml.tracking.training_facts import (
 from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
+from dwi_ml.training.interruptions import early_stop_signals_recorded
 from dwi_ml.training.preemption import (
     add_interruption_args,
     interruption_params,
@@ -255,7 +256,8 @@ def train_from_args(args, callbacks=()):
     """Check the arguments, build everything and train, holding the
     experiment's lock; ``callbacks`` are added to the trainer's (e.g. for
     tests or custom monitoring)."""
-    return run_locked(args, _train, callbacks)
+    with early_stop_signals_recorded():
+        return run_locked(args, _train, callbacks)
 
 
 def _train(args, callbacks, lock):

@@ -48,6 +48,7 @@ from dwi_ml.training.cpu_threads import set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
 from dwi_ml.training.epoch_position import EpochPosition
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
+from dwi_ml.training.interruptions import early_stop_signals_recorded
 from dwi_ml.training.preemption import (
     add_interruption_args,
     interruption_params,
@@ -209,7 +210,8 @@ def main(argv=None):
 def resume_from_args(args, callbacks=()):
     """Rebuild the experiment from its folder and train on, holding its
     lock; ``callbacks`` are added to the trainer's."""
-    return run_locked(args, _resume, callbacks)
+    with early_stop_signals_recorded():
+        return run_locked(args, _resume, callbacks)
 
 
 def _resume(args, callbacks, lock):

@@ -75,12 +75,22 @@ def script_entry_point(main_fn):
     @functools.wraps(main_fn)
     def wrapper(argv=None):
         previous = None
+        handler = signal.getsignal(signal.SIGTERM)
         if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+                and (handler == signal.SIG_DFL or getattr(
+                    handler, "replaceable_by_scripts", False))):
             previous = signal.signal(signal.SIGTERM, raise_terminated)
         finished = False
         try:
-            result = main_fn(argv)
+            try:
+                result = main_fn(argv)
+            except Exception as error:
+                # A signal inside an import or a class body comes wrapped
+                # (e.g. "Error calling __set_name__"): unwrap it.
+                stop = _stop_in_chain(error)
+                if stop is None:
+                    raise
+                raise stop from None
             finished = True
             return result
         except DwiMLUserError as error:
@@ -115,6 +125,18 @@ def script_entry_point(main_fn):
                 signal.signal(signal.SIGTERM, _terminated_after_the_end
                               if finished and argv is None else previous)
     return wrapper
+
+
+def _stop_in_chain(error):
+    """The Ctrl-C or SIGTERM that ``error`` wraps (its causes and
+    contexts), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (KeyboardInterrupt, Terminated)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _prog():

@@ -10,7 +10,13 @@ trainer writes a checkpoint of its exact position inside the epoch, and the
 script exits with :data:`EXIT_STATUS_INTERRUPTED`. A second signal during
 that save is recorded and ignored, so the save completes; the checkpoint
 is written atomically, so even a SIGKILL keeps the previous one valid.
+
+The training scripts record these signals from their start
+(:func:`early_stop_signals_recorded`): one that comes while the data load
+and the model is built stops the run at its first step, with a checkpoint,
+like any other.
 """
+import contextlib
 import logging
 import signal
 import threading
@@ -45,6 +51,61 @@ def parse_duration(text, name="--max_time"):
             f"argument {name}: expected a positive duration [DD:]HH:MM:SS, "
             f"got {text!r}.")
     return float(seconds)
+
+
+# A stop signal received before RunInterruptions.start.
+_early = {"signal": None}
+
+
+def _record_early(signum, frame):
+    if _early["signal"] is None:
+        _early["signal"] = signum
+        logger.warning("%s received while the run starts: it stops with a "
+                       "checkpoint at its first step.",
+                       signal.Signals(signum).name)
+    elif signum == signal.SIGINT:
+        # A second Ctrl-C while the data load: stop at once.
+        raise KeyboardInterrupt
+
+
+# script_entry_point may replace it as it replaces SIG_DFL (io_utils cannot
+# import this module).
+_record_early.replaceable_by_scripts = True
+
+
+def _install_recorder():
+    """Record the stop signals; return the handlers replaced (none outside
+    the main thread, where Python installs no handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _record_early)
+            for signum in STOP_SIGNALS}
+
+
+def record_early_stop_signals():
+    """Record the stop signals for the rest of the process, until a run's
+    :meth:`RunInterruptions.start` acts on one: for a training script's
+    file, before its imports (torch's take seconds)."""
+    _install_recorder()
+
+
+@contextlib.contextmanager
+def early_stop_signals_recorded():
+    """Record the stop signals while a training script's ``main`` loads the
+    data and builds the run (:meth:`RunInterruptions.start` then acts on a
+    recorded one); give back the handlers they had at the end."""
+    previous = _install_recorder()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _early["signal"] = None
+
+
+def _take_early_signal():
+    signum, _early["signal"] = _early["signal"], None
+    return signum
 
 
 def describe_stop(code):
@@ -88,7 +149,7 @@ class RunInterruptions:
         """Catch the stop signals and start the clocks."""
         now = time.monotonic()
         self._start_time = self._last_poll = self._last_checkpoint = now
-        self.received_signal = None
+        self.received_signal = _take_early_signal()
         # Python only lets the main thread install handlers.
         if threading.current_thread() is not threading.main_thread():
             logger.warning("Training outside the main thread: signals stop "

@@ -25,6 +25,7 @@ reduction across ranks, back-propagation, gradient accumulation, optimizer
 step) in :mod:`dwi_ml.training.trainer_optimization`; the DataLoaders and
 their iteration in :mod:`dwi_ml.training.trainer_dataloading`.
 """
+import logging
 import os
 import time
 
@@ -61,6 +62,8 @@ from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_checkpointing import TrainerCheckpointing
 from dwi_ml.training.trainer_dataloading import TrainerDataLoading
 from dwi_ml.training.trainer_optimization import TrainerOptimization
+
+logger = logging.getLogger(__name__)
 
 
 class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
@@ -264,6 +267,10 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         self.callbacks.on_train_start(self)
         self.interruptions.start()
         try:
+            # A stop requested while the run started (a signal while the
+            # data loaded) stops here: the checkpoint is the exact position.
+            if self.poll_interruptions(is_training_batch=False):
+                self.save_checkpoint()
             while not self.is_finished() and not self.interrupted_by:
                 epoch = self.current_epoch
                 if self.position.at_epoch_start:
@@ -295,7 +302,12 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         self.save_checkpoint()
         # A signal that came during the epoch's last steps or its save
         # stops here: the checkpoint just written is the exact position.
-        self.poll_interruptions(is_training_batch=False)
+        # After the last epoch, the run is done: nothing to resume.
+        if self.poll_interruptions(is_training_batch=False) \
+                and self.is_finished():
+            logger.info("%s received after the last epoch's checkpoint: the "
+                        "run is finished.", self.interrupted_by)
+            self.interrupted_by = None
 
     def is_finished(self):
         """True when max_epochs is reached or patience ran out.
