@@ -70,8 +70,12 @@ def script_entry_point(main_fn):
     a training run (which stops cleanly instead), with exit status 130;
     SIGTERM likewise, with exit status 143, while the script runs, and
     after it finished when run from the command line (``argv`` None),
-    saying then that its outputs are complete.
+    saying then that its outputs are complete. Each call records its own
+    inputs and outputs (see :mod:`dwi_ml.io_utils.run_paths`).
     """
+    # Imported here: run_paths raises this module's DwiMLUserError.
+    from dwi_ml.io_utils.run_paths import script_run
+
     @functools.wraps(main_fn)
     def wrapper(argv=None):
         previous = None
@@ -80,7 +84,8 @@ def script_entry_point(main_fn):
             previous = signal.signal(signal.SIGTERM, raise_terminated)
         finished = False
         try:
-            result = main_fn(argv)
+            with script_run():
+                result = main_fn(argv)
             finished = True
             return result
         except DwiMLUserError as error:
