@@ -582,10 +582,10 @@ def test_an_output_of_another_format_is_refused_even_with_f(tmp_path, data,
     before = snapshot(tmp_path)
     for main, argv, expected in [
             (score_main, [tracked, tracked, nifti, "--out_json", tracked],
-             f"output '{tracked}': expected the extension .json, found "
-             "'.trk'"),
+             f"output '{tracked}' is also an input (in_tractogram); give "
+             "another path."),
             (connectivity_score_main, [matrix, matrix, "--out_json", matrix],
-             "expected the extension .json, found '.npy'"),
+             f"output '{matrix}' is also an input (predicted_matrix)"),
             (create_main, [str(synthetic / "dwi_ml_ready"), config, config,
                            *lists],
              f"output '{config}': expected one of the extensions .hdf5, "

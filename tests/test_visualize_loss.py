@@ -209,8 +209,8 @@ def test_bad_inputs_are_one_line_errors(eos_experiment, hdf5_file, tmp_path,
         # With -f, a PNG was written over the input HDF5 file.
         ([eos_experiment, hdf5_file, "subj-01", out, "--out_histogram",
           hdf5_file, "-f"],
-         f"--out_histogram '{hdf5_file}': expected the extension .png, "
-         "found '.hdf5'"),
+         f"--out_histogram '{hdf5_file}' is also an input (HDF5); give "
+         "another path."),
     ]
     hdf5_bytes = open(hdf5_file, "rb").read()
     for argv, message in cases:

@@ -24,6 +24,7 @@ from dwi_ml.io_utils.arg_checks import check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, count_of, script_entry_point
 from dwi_ml.io_utils.experiment_layout import best_model_dir
 from dwi_ml.io_utils.output_folders import check_output_folder, reset_output_folder
+from dwi_ml.io_utils.run_paths import script_run
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     make_parser,
@@ -101,18 +102,23 @@ def main(argv=None):
     check_output_folder(args.out_folder, "demo_output", args.overwrite)
     reset_output_folder(args.out_folder, "demo_output")
 
+    # Each step is a script run of its own: one step's output is the
+    # next one's input.
     print("1. Synthetic subjects")
-    paths = make_synthetic_dataset(
-        os.path.join(args.out_folder, "synthetic"), nb_subjects=3,
-        nb_streamlines=args.nb_streamlines, seed=args.seed, overwrite=True)
+    with script_run():
+        paths = make_synthetic_dataset(
+            os.path.join(args.out_folder, "synthetic"), nb_subjects=3,
+            nb_streamlines=args.nb_streamlines, seed=args.seed, overwrite=True)
     print(f"   -> {paths.out_folder}")
 
     print("2. HDF5 dataset")
     hdf5_file = os.path.join(args.out_folder, "dataset.hdf5")
-    create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
-                        hdf5_file, paths.config, paths.splits["training"],
-                        paths.splits["validation"], paths.splits["testing"],
-                        step_size=2.0, overwrite=True)
+    with script_run():
+        create_hdf5_dataset(
+            os.path.join(paths.out_folder, "dwi_ml_ready"), hdf5_file,
+            paths.config, paths.splits["training"],
+            paths.splits["validation"], paths.splits["testing"],
+            step_size=2.0, overwrite=True)
     print(f"   -> {hdf5_file}")
     print("\n".join(summarize_dataset(hdf5_file)))
 
@@ -121,7 +127,8 @@ def main(argv=None):
     os.makedirs(experiments, exist_ok=True)
     train_args = train_parser().parse_args(demo_training_args(
         experiments, hdf5_file, first_epochs, args.seed) + ["-v", args.verbose])
-    train_from_args(train_args)
+    with script_run():
+        train_from_args(train_args)
     experiment_dir = os.path.join(experiments, "demo")
 
     print(f"4. Resuming up to {total_epochs} epochs")

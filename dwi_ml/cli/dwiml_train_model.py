@@ -36,6 +36,7 @@ from dwi_ml.io_utils.experiment_lock import (
 )
 from dwi_ml.io_utils.output_folders import check_output_folder, folder_kind
 from dwi_ml.io_utils.reference_options import TRAIN_REFERENCE_OPTIONS
+from dwi_ml.io_utils.run_paths import record_input
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
@@ -366,6 +367,7 @@ def _apply_pretrained(args, params):
             f"argument {given[0]}: the model comes from --pretrained "
             f"'{args.pretrained}' (its type, options and weights); expected "
             f"no model option, found {', '.join(given)}.")
+    record_input(args.pretrained, "--pretrained")
     model, params["pretrained"] = load_pretrained(
         args.pretrained, args.pretrained_use_latest_epoch)
     warn_if_input_prepared_differently(args.pretrained, args.hdf5_file,

@@ -179,10 +179,25 @@ def _check_ylim_titles(per_panel, panels):
                 f"{', '.join(titles)}.")
 
 
+def check_out_prefix(prefix):
+    """Refuse a ``--out`` prefix that names a folder (an existing one, one
+    ending with a path separator, '.' or '..'): its figures would be hidden
+    files (``./..png``) or files beside it (``/root.png`` for ``~``)."""
+    stem = _without_png(prefix)
+    if os.path.basename(stem) in ("", ".", "..") or os.path.isdir(stem):
+        raise DwiMLUserError(
+            f"--out: expected a file name prefix (PREFIX.png is written), "
+            f"found folder '{prefix}'; give e.g. "
+            f"'{os.path.join(stem, DEFAULT_OUT_NAME)}'.")
+
+
+def _without_png(prefix):
+    return prefix[:-len(".png")] if prefix.lower().endswith(".png") else prefix
+
+
 def png_paths(prefix, nb_figures):
     """``PREFIX.png`` for one figure, else ``PREFIX_1.png``, ... ."""
-    if prefix.lower().endswith(".png"):
-        prefix = prefix[:-len(".png")]
+    prefix = _without_png(prefix)
     if nb_figures == 1:
         return [prefix + ".png"]
     return [f"{prefix}_{index}.png" for index in range(1, nb_figures + 1)]
@@ -232,6 +247,8 @@ def main(argv=None):
     args = parse_script_args(_build_parser(), argv,
                              reference_options=VISUALIZE_LOGS_REFERENCE_OPTIONS)
     check_inputs_exist(*args.experiments, what="experiment")
+    if args.out is not None:
+        check_out_prefix(args.out)
     _check_numbers(args)
     ylim, panel_ylims = parse_ylims(args.ylim)
     panels = _parse_graphs(args.graph)

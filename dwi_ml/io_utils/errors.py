@@ -70,8 +70,12 @@ def script_entry_point(main_fn):
     a training run (which stops cleanly instead), with exit status 130;
     SIGTERM likewise, with exit status 143, while the script runs, and
     after it finished when run from the command line (``argv`` None),
-    saying then that its outputs are complete.
+    saying then that its outputs are complete. Each call records its own
+    inputs and outputs (see :mod:`dwi_ml.io_utils.run_paths`).
     """
+    # Imported here: run_paths raises this module's DwiMLUserError.
+    from dwi_ml.io_utils.run_paths import script_run
+
     @functools.wraps(main_fn)
     def wrapper(argv=None):
         previous = None
@@ -83,7 +87,8 @@ def script_entry_point(main_fn):
         finished = False
         try:
             try:
-                result = main_fn(argv)
+                with script_run():
+                    result = main_fn(argv)
             except Exception as error:
                 # A signal inside an import or a class body comes wrapped
                 # (e.g. "Error calling __set_name__"): unwrap it.

@@ -9,8 +9,12 @@ but what that kind's scripts write (:data:`OWN_ENTRIES`): ``-f`` never
 deletes a file its script did not write. Any other non-empty folder is
 refused, with or without ``-f``; an empty one may be used. The current
 folder, its parents, the home folder and ``/`` are never written to or
-replaced. Output files are replaced with ``-f``, but a folder at an output
-file's path never is. Every check runs before any work and raises a one-line
+replaced, nor is a symbolic link's target. Output files are replaced with
+``-f``, but a folder at an output file's path never is. With or without
+``-f``, no output may be an input of the same script (see
+:mod:`dwi_ml.io_utils.run_paths`) or lie in an experiment's
+``checkpoint/``, ``best_model/`` or ``logs/``, which training rewrites.
+Every check runs before any work and raises a one-line
 :class:`~dwi_ml.io_utils.errors.DwiMLUserError`.
 """
 import datetime
@@ -24,6 +28,7 @@ from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS, PARAMETERS_FILE
+from dwi_ml.io_utils.run_paths import record_output
 
 MARKER_FILE = ".dwi_ml_output.json"
 OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output",
@@ -124,6 +129,36 @@ def _check_parent(path, what):
             f"{what} '{path}': folder '{parent}' is not writable.")
 
 
+def _refuse_inside_experiment_folders(path, what):
+    """Refuse ``path`` inside an experiment's ``checkpoint/``,
+    ``best_model/`` or ``logs/``: training replaces those folders whole (a
+    resumed run swaps ``checkpoint/``), and what else they hold with them."""
+    folder = os.path.join(os.path.realpath(os.path.dirname(
+        os.path.abspath(path))), os.path.basename(path.rstrip(os.sep)))
+    while os.path.dirname(folder) != folder:
+        experiment = os.path.dirname(folder)
+        if (os.path.basename(folder) in EXPERIMENT_FOLDERS
+                and os.path.isdir(experiment)
+                and folder_kind(experiment) == "experiment"):
+            raise DwiMLUserError(
+                f"{what} '{path}' is inside '{folder}', a folder of "
+                f"experiment '{experiment}' that training rewrites (and "
+                "removes what else it holds): give a path outside it.")
+        folder = experiment
+
+
+def _refuse_link_to_folder(path, what, ignore=()):
+    """Refuse a symbolic link to a non-empty folder: replacing it would
+    empty the link's target, which may be another output of the user's."""
+    link = path.rstrip(os.sep) or path
+    if (os.path.islink(link) and os.path.isdir(link)
+            and not _is_empty(link, ignore)):
+        raise DwiMLUserError(
+            f"{what} '{path}' is a symbolic link to "
+            f"'{os.path.realpath(link)}'; dwi_ml never writes into or "
+            "replaces a link's target: give the real folder or another name.")
+
+
 def check_output_free(path, overwrite, what="output", extensions=None):
     """Check that the output file ``path`` can be written, before any work.
 
@@ -143,14 +178,19 @@ def check_output_free(path, overwrite, what="output", extensions=None):
     ------
     DwiMLUserError
         When ``path`` is a folder (``-f`` never replaces one), its parent is
-        missing, is a file or is not writable, ``path`` exists without
-        ``overwrite``, or its extension is not one of ``extensions``.
+        missing, is a file or is not writable, it is also an input of the
+        script (see :mod:`dwi_ml.io_utils.run_paths`) or lies in an
+        experiment's ``checkpoint/``, ``best_model/`` or ``logs/`` (all
+        with or without ``overwrite``), it exists without ``overwrite``, or
+        its extension is not one of ``extensions``.
     """
     if os.path.isdir(path):
         raise DwiMLUserError(
             f"{what} '{path}' is a folder; expected a file name (-f never "
             "replaces a folder).")
     _check_parent(path, what)
+    record_output(path, what)
+    _refuse_inside_experiment_folders(path, what)
     if os.path.lexists(path) and not overwrite:
         raise DwiMLUserError(
             f"{what} '{path}' already exists; use -f/--overwrite to "
@@ -222,10 +262,13 @@ def check_output_folder(path, kind, overwrite, what="output folder",
     Raises
     ------
     DwiMLUserError
-        When ``path`` is protected (see :func:`protected_folder_reason`) or
-        a file; when its parent is missing or not writable; when it is a
-        non-empty folder that does not hold ``kind`` (with or without
-        ``overwrite``); when it holds ``kind`` and ``overwrite`` is False.
+        When ``path`` is protected (see :func:`protected_folder_reason`), a
+        file, or a symbolic link to a non-empty folder; when its parent is
+        missing or not writable; when it is also an input of the script or
+        lies in an experiment's ``checkpoint/``, ``best_model/`` or
+        ``logs/``; when it is a non-empty folder that does not hold ``kind``
+        (with or without ``overwrite``); when it holds ``kind`` and
+        ``overwrite`` is False.
     """
     reason = protected_folder_reason(path)
     if reason is not None:
@@ -237,6 +280,9 @@ def check_output_folder(path, kind, overwrite, what="output folder",
             f"{what} '{path}' is a file; expected a folder (-f never "
             "replaces a file by a folder).")
     _check_parent(path, what)
+    record_output(path, what)
+    _refuse_inside_experiment_folders(path, what)
+    _refuse_link_to_folder(path, what, ignore)
     if not os.path.isdir(path):
         return
     if not _is_empty(path, ignore):
@@ -340,6 +386,7 @@ def reset_output_folder(path, kind, keep=()):
     """
     if protected_folder_reason(path) is not None:
         raise DwiMLUserError(f"output folder '{path}': refusing to empty it.")
+    _refuse_link_to_folder(path, "output folder", keep)
     if not os.path.isdir(path):
         os.mkdir(path)
     elif not _is_empty(path, keep):

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from dwi_ml.io_utils.arg_checks import check_device, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_output_free  # noqa: F401 (for scripts)
+from dwi_ml.io_utils.run_paths import record_arguments, record_input
 
 VERBOSITY_LEVELS = ("DEBUG", "INFO", "WARNING")
 
@@ -171,6 +172,7 @@ def parse_script_args(parser, argv=None, reference_options=None):
             sys.argv[1:] if argv is None else argv, reference_options)
     args = parser.parse_args(argv)
     expand_home(args)
+    record_arguments(parser, args)
     set_verbosity(args.verbose)
     return args
 
@@ -228,10 +230,12 @@ def progress_bars_disabled():
 
 
 def check_inputs_exist(*paths, what="input"):
-    """Raise a clear error for the first path that does not exist."""
+    """Raise a clear error for the first path that does not exist, or that
+    is also an output of the script (see :mod:`dwi_ml.io_utils.run_paths`)."""
     for path in paths:
         if path is not None and not os.path.exists(path):
             raise DwiMLUserError(f"{what} '{path}' does not exist.")
+        record_input(path, what)
 
 
 def refuse_wrong_path_kind(path, what, folder=False):

@@ -1,0 +1,105 @@
+"""The inputs and outputs of one script run: no output may be an input.
+
+``check_inputs_exist`` records each input of a run and the output checks
+(``check_output_free``, ``check_output_folder``) each output; whichever
+comes second compares them, so that an output path that is also an input
+(the same path, a symbolic link to it or a hard link) is refused, with or
+without ``-f``. :func:`script_run` starts a new record: each script's
+``main`` (see :func:`~dwi_ml.io_utils.errors.script_entry_point`) and
+each step of a pipeline whose outputs are the next step's inputs. Outside
+a script run nothing is recorded.
+"""
+import contextlib
+import os
+from typing import NamedTuple
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+
+_runs = []   # One _RunPaths per script run in progress, innermost last.
+
+
+class _Path(NamedTuple):
+    path: str
+    what: str
+
+
+class _RunPaths:
+    def __init__(self):
+        self.inputs = []
+        self.outputs = []
+        self.argument_names = {}   # path as given -> '--flag' or NAME
+
+
+@contextlib.contextmanager
+def script_run():
+    """A new record of inputs and outputs, for the block's run."""
+    _runs.append(_RunPaths())
+    try:
+        yield
+    finally:
+        _runs.pop()
+
+
+def record_arguments(parser, args):
+    """Remember which argument each path came from, for the messages.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The script's parser.
+    args : argparse.Namespace
+        What it parsed.
+    """
+    if not _runs:
+        return
+    names = _runs[-1].argument_names
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if action.option_strings:
+            name = max(action.option_strings, key=len)
+        else:
+            name = action.metavar if isinstance(action.metavar, str) \
+                else action.dest
+        for item in values:
+            if isinstance(item, str):
+                names.setdefault(item, name)
+
+
+def record_input(path, what="input"):
+    """Record an input of the run; refuse it when it is one of its outputs."""
+    if not _runs or path is None:
+        return
+    run = _runs[-1]
+    given = _Path(path, run.argument_names.get(path, what))
+    for output in run.outputs:
+        _refuse_if_same(output, given)
+    run.inputs.append(given)
+
+
+def record_output(path, what="output"):
+    """Record an output of the run; refuse it when it is one of its inputs."""
+    if not _runs:
+        return
+    run = _runs[-1]
+    output = _Path(path, what)
+    for given in run.inputs:
+        _refuse_if_same(output, given)
+    run.outputs.append(output)
+
+
+def _same_path(first, second):
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:   # One of them does not exist (yet).
+        return False
+
+
+def _refuse_if_same(output, given):
+    if _same_path(output.path, given.path):
+        also = "" if output.path == given.path else f" '{given.path}'"
+        raise DwiMLUserError(
+            f"{output.what} '{output.path}' is also an input ({given.what}"
+            f"{also}); give another path.")
