@@ -189,12 +189,16 @@ def test_an_input_group_made_otherwise_is_warned_of(experiments, caplog):
         experiment, files["unstandardized"], "input") == [
         "standardization: 'none' here, 'independent' in training group "
         "'input'"]
+    model = load_experiment_model(experiment, False, "cpu")
     with caplog.at_level(logging.WARNING):
-        warn_if_input_prepared_differently(experiment, files["stepped"],
-                                           "input")
+        warn_if_input_prepared_differently(model, experiment,
+                                           files["stepped"], "input")
+        # Another number of features: refused later, in one line.
+        warn_if_input_prepared_differently(model, experiment,
+                                           files["stepped"], "wm_mask")
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
-        warn_if_input_prepared_differently(experiment,
+        warn_if_input_prepared_differently(model, experiment,
                                            files["unstandardized"], "input")
     assert len(caplog.records) == 1
     assert caplog.records[0].getMessage().startswith(

@@ -65,7 +65,7 @@ def main(argv=None):
     model, (epoch, epoch_complete) = load_model_of_experiment(
         args.experiment_path, args.use_latest_epoch, args.device,
         with_epoch=True)
-    warn_if_input_prepared_differently(args.experiment_path, args.hdf5_file,
+    warn_if_input_prepared_differently(model, args.experiment_path, args.hdf5_file,
                                        input_group)
     use_training_streamline_format(model, args.experiment_path,
                                    args.hdf5_file)

@@ -246,7 +246,7 @@ def main(argv=None):
     volumes = load_subject_volumes(args.hdf5_file, args.subject_id, groups)
     input_volume = volumes[args.input_group]
     step_size = _check_model(model, args, input_volume)
-    warn_if_input_prepared_differently(args.experiment_path, args.hdf5_file,
+    warn_if_input_prepared_differently(model, args.experiment_path, args.hdf5_file,
                                        args.input_group)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)

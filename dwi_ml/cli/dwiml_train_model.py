@@ -370,7 +370,7 @@ def _apply_pretrained(args, params):
     record_input(args.pretrained, "--pretrained")
     model, params["pretrained"] = load_pretrained(
         args.pretrained, args.pretrained_use_latest_epoch)
-    warn_if_input_prepared_differently(args.pretrained, args.hdf5_file,
+    warn_if_input_prepared_differently(model, args.pretrained, args.hdf5_file,
                                        args.input_group)
     model.experiment_name = args.experiment_name
     params["model_type"] = type(model).__name__

@@ -127,7 +127,7 @@ def load_experiment_model_for(args):
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     model = load_model_of_experiment(args.experiment_path,
                                      args.use_latest_epoch, args.device)
-    warn_if_input_prepared_differently(args.experiment_path, args.hdf5_file,
+    warn_if_input_prepared_differently(model, args.experiment_path, args.hdf5_file,
                                        input_group)
     use_training_streamline_format(model, args.experiment_path,
                                    args.hdf5_file)

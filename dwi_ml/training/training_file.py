@@ -149,11 +149,26 @@ def input_preparation_differences(experiment_dir, hdf5_file, input_group):
             for key, _ in INPUT_PREPARATION if given[key] != trained[key]]
 
 
-def warn_if_input_prepared_differently(experiment_dir, hdf5_file,
+def _group_nb_features(hdf5_file, group):
+    """``nb_features`` of ``group`` in the file's first subject holding it,
+    or None."""
+    with h5py.File(hdf5_file, "r") as hdf_file:
+        for item in hdf_file.values():
+            if isinstance(item, h5py.Group) and group in item:
+                value = item[group].attrs.get("nb_features")
+                return None if value is None else int(value)
+    return None
+
+
+def warn_if_input_prepared_differently(model, experiment_dir, hdf5_file,
                                        input_group):
     """One warning when :func:`input_preparation_differences` finds any:
     the model would read inputs it was not trained on (say, another
-    standardization), which no feature count shows."""
+    standardization), which no feature count shows. Nothing is said when
+    the group's number of features is not the model's: that is refused,
+    later, in one line."""
+    if _group_nb_features(hdf5_file, input_group) != model.nb_features:
+        return
     differences = input_preparation_differences(experiment_dir, hdf5_file,
                                                 input_group)
     if differences:
