@@ -192,11 +192,24 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_over(
     assert len(np.load(os.path.join(folder, "logs", "train_loss.npy"))) == 1
 
     # A finished epoch whose checkpoint was removed since (to save space)
-    # keeps its best model: --resume_if_exists refuses, changing nothing.
+    # keeps its best model: --resume_if_exists refuses, changing nothing,
+    # and both refusals say what works (they suggested -f or
+    # --resume_if_exists, which refuse or delete that model).
     shutil.rmtree(os.path.join(folder, "checkpoint"))
     before = snapshot(tmp_path)
     message = run_refused(train_main, argv + ["--resume_if_exists"], capsys)
-    assert "already exists" in message and "no checkpoint" in message
+    assert message.split(": error: ", 1)[1] == (
+        f"experiment '{folder}' already exists; use -f/--overwrite to "
+        "replace it and lose its best_model/ (it has no checkpoint to "
+        "continue, only that model: to keep it, track or evaluate with that "
+        "model (dwiml_track_from_model.py, dwiml_evaluate_model.py)).")
+    message = run_refused(resume_cli.main, [str(experiments), "exp"], capsys)
+    assert message.split(": error: ", 1)[1] == (
+        f"experiment '{folder}' has no checkpoint to continue, only a "
+        "best_model/: track or evaluate with that model "
+        "(dwiml_track_from_model.py, dwiml_evaluate_model.py), or start the "
+        "experiment over with dwiml_train_model.py -f, which deletes that "
+        "model.")
     assert snapshot(tmp_path) == before
 
     # Killed even earlier: only the marker and the lock were written.
@@ -269,3 +282,46 @@ def test_holder_names_the_running_process(tmp_path):
     # Asking took no lock: the experiment can be locked at once.
     with ExperimentLock(str(tmp_path)) as lock:
         assert lock.acquire().is_held
+
+
+@pytest.mark.parametrize("kind", ["folder", "link", "dangling link"])
+def test_a_lock_file_that_is_not_a_file_is_named(tmp_path, data, capsys,
+                                                   kind):
+    """A folder or a symbolic link in place of .lock gave an
+    IsADirectoryError or 'Too many levels of symbolic links' traceback.
+    A link is never followed: its target is neither created nor written."""
+    experiments = tmp_path / "exps"
+    shutil.copytree(data["experiment"], experiments / "exp")
+    lock_path = experiments / "exp" / LOCK_FILE
+    lock_path.unlink(missing_ok=True)
+    target = tmp_path / "target"
+    if kind == "folder":
+        lock_path.mkdir()
+    else:
+        if kind == "link":
+            target.write_text("theirs")
+        lock_path.symlink_to(target)
+    found = "a folder" if kind == "folder" else "a symbolic link"
+    expected = (f"experiment '{experiments / 'exp'}': its lock file "
+                f"{lock_path} is {found}; expected a regular file (or "
+                "none): remove it, then run again.")
+    argv = [str(experiments), "exp", data["hdf5"], "input", "streamlines",
+            *TINY_TRAINING]
+    try:
+        for main, args in ((resume_cli.main, [str(experiments), "exp",
+                                              "--new_max_epochs", "2"]),
+                           (train_main, argv + ["--resume_if_exists"]),
+                           (train_main, argv + ["-f"])):
+            message = run_refused(main, args, capsys)
+            assert message.split(": error: ", 1)[1] == expected
+        assert ExperimentLock(str(experiments / "exp")).holder() is None
+        if kind == "link":
+            assert target.read_text() == "theirs"
+        else:
+            assert not target.exists()
+    finally:
+        # Other tests walk the temporary folders, following links.
+        if kind == "folder":
+            lock_path.rmdir()
+        else:
+            lock_path.unlink()

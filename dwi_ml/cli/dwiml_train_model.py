@@ -27,6 +27,7 @@ from dwi_ml.io_utils.arg_checks import (
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
+    USE_BEST_MODEL_HINT,
     has_checkpoint,
     read_parameters,
 )
@@ -44,6 +45,7 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
+from dwi_ml.models.direction_getters import DG_OPTION_ARGS
 from dwi_ml.models.model_io import MODEL_REGISTRY
 from dwi_ml.models.model_types import (
     DEFAULT_LEARNING_RATES,
@@ -78,6 +80,7 @@ from dwi_ml.training.preemption import (
 )
 from dwi_ml.training.pretrained import load_pretrained
 from dwi_ml.training.random_states import seed_everything
+from dwi_ml.training.saved_parameters import check_saved_parameters
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 from dwi_ml.training.training_file import warn_if_input_prepared_differently
 
@@ -137,9 +140,10 @@ def build_parser():
         "--resume_if_exists", action="store_true",
         help="If the experiment already has a checkpoint, resume it (as "
              "resume_training_from_checkpoint.py would, with its saved "
-             "options, naming in a warning the trainer options given here "
-             "that differ; --max_time, --checkpoint_every_* and Comet options "
-             "given here apply, and HDF5_FILE, which may have moved if it "
+             "options, naming in a warning the options given here with "
+             "other values (trainer, model, data options alike); "
+             "--max_time, --checkpoint_every_* and Comet options given "
+             "here apply, and HDF5_FILE, which may have moved if it "
              "is the same data) instead of refusing; if it has none (its "
              "run was killed before saving one) nor a best model, start "
              "it over; if its run had ended, say so and exit 0: one "
@@ -163,6 +167,9 @@ _TRAINER_ARGS = (
 _EXISTS_HINT = ", or resume_training_from_checkpoint.py to continue it"
 _NO_CHECKPOINT_HINT = (" (it has no checkpoint to continue: its run stopped "
                        "before saving one)")
+_NO_CHECKPOINT_BEST_HINT = (
+    f" and lose its {BEST_MODEL_DIR}/ (it has no checkpoint to continue, "
+    f"only that model: to keep it, {USE_BEST_MODEL_HINT})")
 
 # Smallest valid value of each integer option.
 INT_MINIMUMS = {
@@ -272,7 +279,7 @@ def _train(args, callbacks, lock):
     resumable = has_checkpoint(experiment_dir)
     check_inputs_exist(args.hdf5_file, what="HDF5 file")
     if args.resume_if_exists and resumable:
-        _warn_ignored_trainer_options(args, experiment_dir)
+        _warn_ignored_options(args, experiment_dir)
         try:
             return resume_cli.resume_from_args(_resume_args(args), callbacks)
         except resume_cli.ExperimentFinished as finished:
@@ -293,7 +300,10 @@ def _train(args, callbacks, lock):
         logging.warning("Experiment '%s' has no checkpoint (its run stopped "
                         "before saving one): starting it over.",
                         experiment_dir)
-    hint = _EXISTS_HINT if resumable else _NO_CHECKPOINT_HINT
+    hint = (_EXISTS_HINT if resumable
+            else _NO_CHECKPOINT_BEST_HINT if os.path.exists(
+                os.path.join(experiment_dir, BEST_MODEL_DIR))
+            else _NO_CHECKPOINT_HINT)
     check_output_folder(experiment_dir, "experiment", overwrite,
                         what="experiment", hint=hint)
     _check_simple_args(args)
@@ -383,21 +393,80 @@ def _apply_pretrained(args, params):
     return model
 
 
-def _warn_ignored_trainer_options(args, experiment_dir):
-    """--resume_if_exists continues with the saved trainer options: name
-    those of this command line that differ (a job script given a larger
-    --max_epochs, say, then requeued)."""
-    saved = read_parameters(experiment_dir, ("trainer",))["trainer"]
-    given = collect_params(args)["trainer"]
-    ignored = [f"--{name} {given[name]} (saved: {saved[name]})"
-               for name in _TRAINER_ARGS
-               if name in saved and given[name] != saved[name]]
+def check_saved_sections(params, experiment_dir):
+    """Check the sections of an experiment's parameters.json with this
+    script's options (see :mod:`dwi_ml.training.saved_parameters`)."""
+    check_saved_parameters(params, experiment_dir, build_parser(),
+                           INT_MINIMUMS)
+
+
+def _warn_ignored_options(args, experiment_dir):
+    """--resume_if_exists continues with the saved options: name those
+    given on this command line with another value (a job script given a
+    larger --max_epochs or other layers, say, then requeued)."""
+    params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
+                                              "trainer"))
+    check_saved_sections(params, experiment_dir)
+    ignored = []
+    for action in build_parser()._actions:
+        value = getattr(args, action.dest, action.default)
+        if (action.dest in _APPLIED_ON_RESUME or action.dest == "help"
+                or (value == action.default and not action.required)):
+            continue
+        saved = _saved_value(action, params)
+        if saved is not _NOT_SAVED and value != saved:
+            name = (action.option_strings or [action.dest])[0]
+            shown = "" if action.nargs == 0 else f" {_option_text(action, value)}"
+            ignored.append(f"{name}{shown} (saved: "
+                           f"{_option_text(action, saved)})")
     if ignored:
         logging.warning(
             "--resume_if_exists continues experiment '%s' with its saved "
             "options; ignored: %s. To train longer or with another patience,"
             " run resume_training_from_checkpoint.py with --new_max_epochs "
-            "or --new_patience.", experiment_dir, ", ".join(ignored))
+            "or --new_patience; to change the others, train a new "
+            "experiment (-f starts this one over).", experiment_dir,
+            ", ".join(ignored))
+
+
+_NOT_SAVED = object()
+# Options that --resume_if_exists passes on to the resume (_resume_args).
+_APPLIED_ON_RESUME = (
+    "experiments_path", "experiment_name", "hdf5_file", "verbose",
+    "resume_if_exists", "nb_cpu_threads", "max_time",
+    "checkpoint_every_n_batches", "checkpoint_every_minutes", "auto_requeue",
+    "comet_workspace", "comet_project", "comet_offline_dir",
+    "comet_log_every")
+# The direction getter's options saved in the model's dg_args.
+_DG_OPTIONS = {"add_eos": "add_eos", "eos_weight": "eos_weight",
+               "eos_only_at_fibre_ends": "eos_only_at_fibre_ends",
+               **DG_OPTION_ARGS}
+
+
+def _saved_value(action, params):
+    """The value of option ``action`` that the saved sections hold, or
+    _NOT_SAVED for an option they do not record."""
+    dest = action.dest
+    model = params.get("model") or {}
+    if dest == "model_type" and params.get("model_type") in MODEL_REGISTRY:
+        return model_type_of(params["model_type"])
+    for section in ("dataset", "sampler", "loader", "trainer"):
+        if dest in params[section]:
+            return params[section][dest]
+    if dest in model:
+        return model[dest]
+    if dest in _DG_OPTIONS and isinstance(model.get("dg_args"), dict):
+        return model["dg_args"].get(_DG_OPTIONS[dest], action.default)
+    if dest.startswith("no_") and f"use_{dest[3:]}" in model:
+        return not model[f"use_{dest[3:]}"]
+    return _NOT_SAVED
+
+
+def _option_text(action, value):
+    """A value as typed: '32 32' for a list, 'given' for a flag."""
+    if action.nargs == 0:
+        return "given" if value != action.default else "not given"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _resume_args(args):

@@ -19,6 +19,8 @@ from dwi_ml.data.hdf5.fingerprint import (
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, count_of, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
+    BEST_MODEL_DIR,
+    USE_BEST_MODEL_HINT,
     checkpoint_model_dir,
     has_checkpoint,
     load_checkpoint_state,
@@ -154,6 +156,20 @@ def refuse_training_options(argv):
                 f"{TRAINING_OPTIONS_ON_RESUME[option]}.")
 
 
+def _no_checkpoint_message(experiment_dir):
+    """Why an experiment without a checkpoint cannot be resumed, and what
+    to do. With a best model, an epoch ended (its checkpoint was removed
+    since): --resume_if_exists refuses to start over, and -f deletes it."""
+    if os.path.exists(os.path.join(experiment_dir, BEST_MODEL_DIR)):
+        return (f"experiment '{experiment_dir}' has no checkpoint to "
+                f"continue, only a {BEST_MODEL_DIR}/: {USE_BEST_MODEL_HINT}, or "
+                "start the experiment over with dwiml_train_model.py -f, "
+                "which deletes that model.")
+    return (f"experiment '{experiment_dir}' has no checkpoint to continue: "
+            "its run stopped before saving one; start it over with "
+            "dwiml_train_model.py -f (or --resume_if_exists).")
+
+
 class ExperimentFinished(DwiMLUserError):
     """The experiment has nothing left to train (its epochs or patience
     are spent)."""
@@ -223,12 +239,12 @@ def _resume(args, callbacks, lock):
     lock.refuse_if_held()
     if (folder_kind(experiment_dir) == "experiment"
             and not has_checkpoint(experiment_dir)):
-        raise DwiMLUserError(
-            f"experiment '{experiment_dir}' has no checkpoint to continue: "
-            "its run stopped before saving one; start it over with "
-            "dwiml_train_model.py -f (or --resume_if_exists).")
+        raise DwiMLUserError(_no_checkpoint_message(experiment_dir))
     params = read_parameters(experiment_dir, ("dataset", "sampler", "loader",
                                               "trainer"))
+    # Imported here: that script imports this one (--resume_if_exists).
+    from dwi_ml.cli.dwiml_train_model import check_saved_sections
+    check_saved_sections(params, experiment_dir)
     state = load_checkpoint_state(experiment_dir)
     check_new_max_epochs(args.new_max_epochs, state, experiment_dir)
     if args.hdf5_file is not None:

@@ -13,9 +13,24 @@ import numpy as np
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
+class InvalidValue(DwiMLUserError):
+    """A value refused by one of these checks.
+
+    Keeps the argument's name, what was expected and the value, so that a
+    caller which read the value from a file can name the file's key
+    instead (see :mod:`dwi_ml.training.saved_parameters`).
+    """
+
+    def __init__(self, name, owner, expected, value):
+        where = f"{owner} argument {name}" if owner else f"argument '{name}'"
+        super().__init__(f"{where}: expected {expected}, got {value!r}.")
+        self.name = name
+        self.expected = expected
+        self.value = value
+
+
 def _fail(name, owner, expected, value):
-    where = f"{owner} argument {name}" if owner else f"argument '{name}'"
-    raise DwiMLUserError(f"{where}: expected {expected}, got {value!r}.")
+    raise InvalidValue(name, owner, expected, value)
 
 
 def check_int(name, value, min_value, owner=None):

@@ -27,6 +27,10 @@ CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
 PARAMETERS_FILE = "parameters.json"
 EXPERIMENT_FOLDERS = (CHECKPOINT_DIR, BEST_MODEL_DIR, LOGS_DIR)
+# What an experiment with a best model but no checkpoint (removed to save
+# space) is still good for, in messages.
+USE_BEST_MODEL_HINT = ("track or evaluate with that model "
+                       "(dwiml_track_from_model.py, dwiml_evaluate_model.py)")
 # Version of parameters.json and checkpoints. 1: files without the key
 # (before the input spec and the split enum; they load unchanged). 2: the
 # Comet key is the Comet callback's state. Bump it when old experiments can

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 
 from dwi_ml.io_utils.atomic import remove_stale_temporaries
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -112,7 +113,9 @@ class ExperimentLock:
         lock): it needs no write access, and creates no lock file.
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in its place must not block the reader.
+            fd = os.open(self.path,
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
         try:
@@ -129,11 +132,17 @@ class ExperimentLock:
 
     def _open(self, flags=0):
         """Open the lock file for writing; a user error when it cannot be
-        (a read-only copy of an experiment, another user's lock file)."""
+        (a read-only copy of an experiment, another user's lock file, a
+        folder or a link in its place).
+
+        O_NOFOLLOW: a symbolic link is refused, never followed, so that
+        its target is neither created nor written.
+        """
         try:
-            return os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | flags,
-                           0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | flags, 0o644)
         except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR):
+                self._refuse_not_a_file()
             if error.errno not in _NOT_WRITABLE:
                 raise
             raise DwiMLUserError(
@@ -141,6 +150,19 @@ class ExperimentLock:
                 f"file {self.path} for writing ({error.strerror}); training "
                 "writes into the experiment: make it writable, or copy it to "
                 "a folder you can write to.") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self._refuse_not_a_file()
+        return fd
+
+    def _refuse_not_a_file(self):
+        found = ("a symbolic link" if os.path.islink(self.path)
+                 else "a folder" if os.path.isdir(self.path)
+                 else "not a regular file")
+        raise DwiMLUserError(
+            f"experiment '{self.experiment_dir}': its lock file {self.path} "
+            f"is {found}; expected a regular file (or none): remove it, then "
+            "run again.")
 
     def _lock_or_refuse(self, fd):
         """True once locked; False where the file system has no locks."""

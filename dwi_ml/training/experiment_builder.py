@@ -135,10 +135,14 @@ def load_experiment_model_for(args):
 
 
 def build_dataset(dataset_params):
-    """Load a MultiSubjectDataset (training and validation sets)."""
-    dataset = MultiSubjectDataset(dataset_params["hdf5_file"],
-                                  lazy=dataset_params["lazy"],
-                                  cache_size=dataset_params.get("cache_size"))
+    """Load a MultiSubjectDataset (training and validation sets).
+
+    ``dataset_params``: its constructor's arguments, and the file's
+    ``fingerprint`` (a record, not an argument).
+    """
+    dataset = MultiSubjectDataset(**{key: value for key, value
+                                     in dataset_params.items()
+                                     if key != "fingerprint"})
     dataset.load_data(load_training=True, load_validation=True,
                       load_testing=False)
     return dataset

@@ -2,12 +2,13 @@
 import argparse
 
 from dwi_ml.io_utils.arg_checks import (
+    InvalidValue,
+    check_choice,
     check_device,
     check_int,
     check_non_negative_float,
     check_positive_float,
 )
-from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 
 
@@ -45,9 +46,8 @@ def check_trainer_args(args):
         check_positive_float("lr_gamma", args["lr_gamma"])
     elif args["lr_scheduler"] == "plateau" and not (
             check_positive_float("lr_gamma", args["lr_gamma"]) < 1):
-        raise DwiMLUserError(
-            "argument 'lr_gamma': expected a number in (0, 1) for the "
-            f"'plateau' scheduler, got {args['lr_gamma']!r}.")
+        raise InvalidValue("lr_gamma", None, "a number in (0, 1) for the "
+                           "'plateau' scheduler", args["lr_gamma"])
     _check_positive("max_epochs", args["max_epochs"], integer=True)
     _check_positive("patience", args["patience"], allow_none=True,
                     integer=True)
@@ -57,19 +57,12 @@ def check_trainer_args(args):
     for key in ("max_batches_per_epoch_training",
                 "max_batches_per_epoch_validation"):
         _check_positive(key, args[key], allow_none=True, integer=True)
-    if args["weight_decay"] < 0:
-        raise DwiMLUserError(
-            f"weight_decay: expected >= 0, got {args['weight_decay']}.")
-    if args["patience_delta"] < 0:
-        raise DwiMLUserError(
-            f"patience_delta: expected >= 0, got {args['patience_delta']}.")
-    if args["nb_workers"] < 0:
-        raise DwiMLUserError(
-            f"nb_workers: expected >= 0, got {args['nb_workers']}.")
-    if args["mixed_precision"] not in (None, "bf16", "fp16"):
-        raise DwiMLUserError(
-            "mixed_precision: expected 'bf16', 'fp16' or none, got "
-            f"'{args['mixed_precision']}'.")
+    check_non_negative_float("weight_decay", args["weight_decay"])
+    check_non_negative_float("patience_delta", args["patience_delta"])
+    check_int("nb_workers", args["nb_workers"], 0)
+    check_choice("mixed_precision", args["mixed_precision"],
+                 (None, "bf16", "fp16"))
+    check_int("seed", args["seed"], 0)
     check_device(args["device"])
     _check_positive("max_time_s", args.get("max_time_s"), allow_none=True)
     _check_positive("checkpoint_every_n_batches",

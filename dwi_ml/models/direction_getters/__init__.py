@@ -100,7 +100,8 @@ def add_direction_getter_args(group):
 
 
 # Command-line option -> constructor argument, for the getter's own options.
-_OPTION_ARGS = {"dg_dropout": "dropout", "normalize_targets":
+# Option of add_direction_getter_args -> its argument in dg_args.
+DG_OPTION_ARGS = {"dg_dropout": "dropout", "normalize_targets":
                 "normalize_targets", "normalize_outputs": "normalize_outputs",
                 "entropy_weight": "entropy_weight", "nb_gaussians":
                 "nb_gaussians", "sphere": "sphere",
@@ -132,7 +133,7 @@ def direction_getter_args(args):
         ("normalize_outputs", None), ("entropy_weight", 0.0),
         ("nb_gaussians", 3), ("sphere", "symmetric724"),
         ("smoothing_sigma_deg", 10.0))}
-    for option, name in _OPTION_ARGS.items():
+    for option, name in DG_OPTION_ARGS.items():
         value = getattr(args, option)
         if value == defaults[option]:
             continue
@@ -148,4 +149,4 @@ __all__ = ["AbstractDirectionGetter", "CosineRegressionDG", "L2RegressionDG",
            "CosinePlusL2RegressionDG", "SphereClassificationDG",
            "SmoothSphereClassificationDG", "GaussianDG", "GaussianMixtureDG",
            "FisherVonMisesDG", "DIRECTION_GETTERS", "make_direction_getter",
-           "add_direction_getter_args", "direction_getter_args"]
+           "add_direction_getter_args", "DG_OPTION_ARGS", "direction_getter_args"]

@@ -1,0 +1,112 @@
+"""A hand-edited parameters.json is refused on resume in one line.
+
+A bad value, an unknown key or a section that is not an object gave a
+TypeError or ValueError traceback (exit 1), and a negative seed was taken.
+"""
+import json
+import shutil
+
+import pytest
+from file_tree import run_refused, snapshot
+from training_data import TINY_TRAINING, make_trained_experiment
+
+from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
+from dwi_ml.cli.dwiml_train_model import check_saved_sections
+from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.io_utils.experiment_layout import read_parameters
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_trained_experiment(tmp_path_factory.mktemp("saved_params"))
+
+
+def _edited_copy(data, folder, edit):
+    """A copy of the trained experiment in ``folder``/exp, its
+    parameters.json changed by ``edit(params)``."""
+    experiment = folder / "exp"
+    shutil.copytree(data["experiment"], experiment)
+    path = experiment / "parameters.json"
+    params = json.loads(path.read_text())
+    edit(params)
+    path.write_text(json.dumps(params))
+    return str(experiment)
+
+
+def _set(section, key, value):
+    def edit(params):
+        params[section][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_set("trainer", "seed", None),
+     "trainer.seed: expected an integer >= 0, found None."),
+    (_set("trainer", "seed", "abc"),
+     "trainer.seed: expected an integer >= 0, found 'abc'."),
+    (_set("trainer", "seed", 1.5),
+     "trainer.seed: expected an integer >= 0, found 1.5."),
+    (_set("trainer", "seed", -1),
+     "trainer.seed: expected an integer >= 0, found -1."),
+    (_set("trainer", "foo", 1), "trainer: unknown key 'foo' "
+     "(DWIMLTrainerOneInput takes no such argument): remove it."),
+    (lambda params: params.update(trainer=[1]),
+     "trainer: expected a JSON object, found list [1]."),
+    (_set("trainer", "optimizer", "Foo"), "trainer.optimizer: expected one "
+     "of ['Adam', 'AdamW', 'RAdam', 'SGD'], found 'Foo'."),
+    (_set("trainer", "weight_decay", "x"),
+     "trainer.weight_decay: expected a number, found 'x'."),
+    (_set("sampler", "cycles", 0),
+     "sampler.cycles: expected an integer >= 1, found 0."),
+    (_set("sampler", "batch_size_training", 2.5),
+     "sampler.batch_size_training: expected a finite, positive integer "
+     "number of streamlines, found 2.5."),
+    (_set("sampler", "bar", 2),
+     "sampler: unknown key 'bar' (BatchSampler takes no such argument): "
+     "remove it."),
+    (_set("loader", "split_ratio", 2),
+     "loader.split_ratio: expected a number in [0, 1], found 2."),
+    (_set("dataset", "lazy", "yes"),
+     "dataset.lazy: expected True or False, found 'yes'."),
+    (_set("model", "rnn_layer_sizes", [0]),
+     "model.rnn_layer_sizes: expected an integer >= 1, found 0."),
+    (_set("model", "nope", 1), "model: unknown key 'nope' "
+     "(Learn2TrackModel takes no such argument): remove it."),
+])
+def test_resume_refuses_a_bad_saved_value(tmp_path, data, capsys, edit,
+                                          expected):
+    experiment = _edited_copy(data, tmp_path, edit)
+    before = snapshot(tmp_path)
+    message = run_refused(resume_cli.main, [str(tmp_path), "exp",
+                                            "--new_max_epochs", "2"], capsys)
+    assert message.split(": error: ", 1)[1] == (
+        f"parameters.json of {experiment}: {expected}")
+    assert snapshot(tmp_path) == before
+
+
+def test_saved_parameters_of_a_run_pass(data):
+    params = read_parameters(data["experiment"])
+    check_saved_sections(params, data["experiment"])
+    # A value that the option reads from its text 'none' (no clipping).
+    params["trainer"]["clip_grad"] = None
+    check_saved_sections(params, data["experiment"])
+
+
+def test_resume_if_exists_names_the_model_options_it_ignores(
+        tmp_path, data, capsys):
+    """Changed model options were ignored without a word, while changed
+    trainer options were named; options not given are never named."""
+    shutil.copytree(data["experiment"], tmp_path / "exp")
+    argv = [str(tmp_path), "exp", data["hdf5"], "input", "streamlines",
+            *TINY_TRAINING, "--resume_if_exists"]
+    capsys.readouterr()
+    train_main(argv)  # the same command line: finished, nothing ignored
+    assert "ignored" not in capsys.readouterr().err
+    sizes = argv.index("--rnn_layer_sizes") + 1
+    argv[sizes:sizes + 1] = ["32", "32"]
+    train_main([*argv, "--learning_rate", "0.1", "--add_eos",
+                "--split_ratio", "0.2"])
+    warning = capsys.readouterr().err.strip().splitlines()[0]
+    assert ("ignored: --split_ratio 0.2 (saved: 0.0), --rnn_layer_sizes "
+            "32 32 (saved: 8), --add_eos (saved: not given), "
+            "--learning_rate 0.1 (saved: 0.005).") in warning
