@@ -28,6 +28,13 @@ from dwi_ml.tracking.tracking_io import load_experiment_model
 # Enough saves that reads overlap several of them: without reading again
 # after a swap, the test failed 4 runs in 4.
 NB_SAVES = 300
+# The writer saves in bursts, then waits for one whole read, as a run
+# pauses between its saves. Without the pause a reader slower than a save
+# (a loaded machine) met a swap in every attempt and gave up: each failed
+# attempt overlaps its own swap, so a read now takes BURST + 1 attempts at
+# most, whatever the speeds.
+BURST = 5
+WAIT_FOR_READ_S = 60
 
 
 def seeded_model(seed):
@@ -43,11 +50,21 @@ def save_checkpoint(model, experiment_dir):
         write_manifest(tmp_dir)
 
 
-def keep_saving(experiment_dir, started):
-    models = [seeded_model(0), seeded_model(1)]
+def in_bursts(save, started, read_done):
+    """save(index) for every index, pausing for a read after each burst."""
     started.set()
     for index in range(NB_SAVES):
-        save_checkpoint(models[index % 2], experiment_dir)
+        if index % BURST == 0 and index > 0:
+            read_done.clear()
+            read_done.wait(WAIT_FOR_READ_S)
+        save(index)
+
+
+def keep_saving(experiment_dir, started, read_done):
+    models = [seeded_model(0), seeded_model(1)]
+    in_bursts(lambda index: save_checkpoint(models[index % 2],
+                                            experiment_dir),
+              started, read_done)
 
 
 def test_the_latest_model_loads_while_the_run_saves_checkpoints(tmp_path):
@@ -55,9 +72,10 @@ def test_the_latest_model_loads_while_the_run_saves_checkpoints(tmp_path):
     os.makedirs(experiment_dir)
     expected = [seeded_model(0).state_dict(), seeded_model(1).state_dict()]
     save_checkpoint(seeded_model(0), experiment_dir)
-    started = multiprocessing.get_context("fork").Event()
-    writer = multiprocessing.get_context("fork").Process(
-        target=keep_saving, args=(experiment_dir, started))
+    context = multiprocessing.get_context("fork")
+    started, read_done = context.Event(), context.Event()
+    writer = context.Process(
+        target=keep_saving, args=(experiment_dir, started, read_done))
     writer.start()
     started.wait()
     errors, nb_loads = [], 0
@@ -69,6 +87,7 @@ def test_the_latest_model_loads_while_the_run_saves_checkpoints(tmp_path):
             errors.append(str(error))
             continue
         nb_loads += 1
+        read_done.set()
         # One saved version, whole.
         assert any(all(torch.equal(weights[key], version[key])
                        for key in version) for version in expected)
@@ -110,19 +129,18 @@ def test_a_read_is_done_again_after_a_swap_and_not_without(tmp_path):
     assert len(attempts) == 1
 
 
-def save_best_epochs(experiment_dir, nb_saves):
+def save_best_epoch(experiment_dir, index):
     """What save_best_model does to best_model/, epochs 0 and 1 in turn."""
-    for index in range(nb_saves):
-        with atomic_output_folder(os.path.join(experiment_dir,
-                                               "best_model")) as tmp_dir:
-            write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"),
-                              {"epoch": index % 2, "loss": float(index % 2)})
-            write_manifest(tmp_dir)
+    with atomic_output_folder(os.path.join(experiment_dir,
+                                           "best_model")) as tmp_dir:
+        write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"),
+                          {"epoch": index % 2, "loss": float(index % 2)})
+        write_manifest(tmp_dir)
 
 
-def keep_saving_best_epochs(experiment_dir, started):
-    started.set()
-    save_best_epochs(experiment_dir, NB_SAVES)
+def keep_saving_best_epochs(experiment_dir, started, read_done):
+    in_bursts(lambda index: save_best_epoch(experiment_dir, index),
+              started, read_done)
 
 
 def test_the_best_epoch_is_read_whole_while_the_run_saves_it(tmp_path):
@@ -134,10 +152,11 @@ def test_the_best_epoch_is_read_whole_while_the_run_saves_it(tmp_path):
     os.makedirs(os.path.join(experiment_dir, "logs"))
     np.save(os.path.join(experiment_dir, "logs", "valid_loss.npy"),
             np.array([1.0, 0.5]))
-    save_best_epochs(experiment_dir, 1)
-    started = multiprocessing.get_context("fork").Event()
-    writer = multiprocessing.get_context("fork").Process(
-        target=keep_saving_best_epochs, args=(experiment_dir, started))
+    save_best_epoch(experiment_dir, 0)
+    context = multiprocessing.get_context("fork")
+    started, read_done = context.Event(), context.Event()
+    writer = context.Process(target=keep_saving_best_epochs,
+                             args=(experiment_dir, started, read_done))
     writer.start()
     started.wait()
     errors, seen = [], set()
@@ -147,6 +166,7 @@ def test_the_best_epoch_is_read_whole_while_the_run_saves_it(tmp_path):
         except Exception as error:  # noqa: BLE001 - every failure counts
             errors.append(str(error))
             continue
+        read_done.set()
         seen.add((logs.best_epoch, logs.best_loss))
     writer.join()
     assert writer.exitcode == 0
