@@ -11,11 +11,12 @@ import logging
 import numbers
 import os
 
-import h5py
-
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
-from dwi_ml.training.training_file import training_dataset
+from dwi_ml.training.training_file import (
+    training_dataset,
+    training_streamline_format,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +40,9 @@ def training_hdf5_step_size(experiment_dir):
 
 def _dataset_step_size(dataset):
     """Step size (mm) of the ``dataset`` section of parameters.json."""
-    creation = (dataset.get("fingerprint") or {}).get("creation") or {}
-    if "step_size" in creation:
-        return _as_step(creation["step_size"])
-    path = dataset.get("hdf5_file")
-    if not path or not os.path.isfile(path):
-        return None
-    try:
-        with h5py.File(path, "r") as hdf_file:
-            return _as_step(hdf_file.attrs.get("step_size"))
-    except OSError:
-        return None
+    streamline_format = training_streamline_format(dataset)
+    return None if streamline_format is None else _as_step(
+        streamline_format.step_size)
 
 
 def choose_step_size(given_mm, model, experiment_dir):

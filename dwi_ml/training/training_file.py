@@ -11,7 +11,7 @@ import os
 
 import h5py
 
-from dwi_ml.data.hdf5.layout import parse_groups_config, read_optional_number
+from dwi_ml.data.hdf5.layout import parse_groups_config, read_streamline_format
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
@@ -26,23 +26,31 @@ def training_dataset(experiment_dir):
     return read_parameters(experiment_dir).get("dataset") or {}
 
 
-_FORMAT_CASTS = (("step_size", float), ("nb_points", int), ("compress", float))
-
-
 def hdf5_streamline_format(attrs):
     """The :class:`StreamlineFormat` an HDF5's root ``attrs`` (or a
     fingerprint's ``creation``) record; None when one of them is not a
     number nor unset (a file we cannot read it from)."""
     try:
-        return StreamlineFormat(**{key: read_optional_number(attrs, key, cast)
-                                   for key, cast in _FORMAT_CASTS})
+        return StreamlineFormat(**read_streamline_format(attrs))
     except (TypeError, ValueError):
         return None
 
 
-def _training_streamline_format(dataset):
-    """The format of the streamlines of the experiment's training HDF5: from
-    its fingerprint, else from the file; None when unknown."""
+def training_streamline_format(dataset):
+    """The format of the streamlines of the experiment's training HDF5.
+
+    Parameters
+    ----------
+    dataset : dict
+        The ``dataset`` section of parameters.json
+        (:func:`training_dataset`).
+
+    Returns
+    -------
+    StreamlineFormat or None
+        From the HDF5 fingerprint, else from the file when it is still
+        there; None when unknown.
+    """
     creation = (dataset.get("fingerprint") or {}).get("creation")
     if creation is not None:
         return hdf5_streamline_format(creation)
@@ -85,7 +93,7 @@ def use_training_streamline_format(model, experiment_dir, hdf5_file):
     """
     if model.input_spec.streamline_format.is_set:
         return
-    trained = _training_streamline_format(training_dataset(experiment_dir))
+    trained = training_streamline_format(training_dataset(experiment_dir))
     with h5py.File(hdf5_file, "r") as hdf_file:
         given = hdf5_streamline_format(dict(hdf_file.attrs))
     if trained is None or given is None or trained == given:

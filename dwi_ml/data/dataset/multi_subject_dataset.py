@@ -11,7 +11,7 @@ from dwi_ml.data.hdf5.layout import (
     STREAMLINES_TYPE,
     VOLUME_TYPE,
     parse_groups_config,
-    read_optional_number,
+    read_streamline_format,
     read_subject_list,
 )
 from dwi_ml.data.hdf5.volumes import AFFINE_TOLERANCE_MM
@@ -173,9 +173,8 @@ class MultiSubjectDataset:
                 read_group_signatures(handle, subject), subject, reference,
                 reference_id, volume_groups is None,
                 streamline_groups is None)
-        self.step_size = read_optional_number(attrs, "step_size", float)
-        self.nb_points = read_optional_number(attrs, "nb_points", int)
-        self.compress = read_optional_number(attrs, "compress", float)
+        for key, value in read_streamline_format(attrs).items():
+            setattr(self, key, value)
         self.groups_config = (parse_groups_config(attrs["groups_config"])
                               if "groups_config" in attrs else None)
         subjects_data = {

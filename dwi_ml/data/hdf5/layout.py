@@ -69,6 +69,19 @@ def read_optional_number(attrs, key, cast):
     return cast(value)
 
 
+STREAMLINE_FORMAT_KEYS = (("step_size", float), ("nb_points", int),
+                          ("compress", float))
+
+
+def read_streamline_format(attrs):
+    """``{'step_size', 'nb_points', 'compress'}`` as an HDF5's root
+    ``attrs`` (or a fingerprint's ``creation``) record them; None for each
+    unset one. Raises ValueError or TypeError on a value that is not a
+    number."""
+    return {key: read_optional_number(attrs, key, cast)
+            for key, cast in STREAMLINE_FORMAT_KEYS}
+
+
 def write_optional_number(value):
     """Value to store for an optional number: itself or ``NOT_DEFINED``."""
     return NOT_DEFINED if value is None else value
