@@ -110,3 +110,10 @@ def test_resume_if_exists_names_the_model_options_it_ignores(
     assert ("ignored: --split_ratio 0.2 (saved: 0.0), --rnn_layer_sizes "
             "32 32 (saved: 8), --add_eos (saved: not given), "
             "--learning_rate 0.1 (saved: 0.005).") in warning
+    # Typed at its default, 10, but saved as 1: named too (it was taken for
+    # an option not given).
+    epochs = argv.index("--max_epochs") + 1
+    argv[epochs] = "10"
+    train_main(argv)
+    warning = capsys.readouterr().err.strip().splitlines()[0]
+    assert "--max_epochs 10 (saved: 1)" in warning

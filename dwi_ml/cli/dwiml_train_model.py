@@ -408,10 +408,16 @@ def _warn_ignored_options(args, experiment_dir):
                                               "trainer"))
     check_saved_sections(params, experiment_dir)
     ignored = []
+    # Typed on the command line; args built in code: those off default.
+    given = getattr(args, "options_given", None)
     for action in build_parser()._actions:
         value = getattr(args, action.dest, action.default)
+        if given is not None:
+            typed = action.dest in given
+        else:
+            typed = value != action.default or action.required
         if (action.dest in _APPLIED_ON_RESUME or action.dest == "help"
-                or (value == action.default and not action.required)):
+                or not typed):
             continue
         saved = _saved_value(action, params)
         if saved is not _NOT_SAVED and value != saved:

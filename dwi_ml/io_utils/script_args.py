@@ -167,14 +167,43 @@ def parse_script_args(parser, argv=None, reference_options=None):
     ``reference_options``, a table of :func:`translate_reference_options`,
     answers the reference dwi_ml's spellings first.
     """
+    argv = sys.argv[1:] if argv is None else argv
     if reference_options is not None:
-        argv = translate_reference_options(
-            sys.argv[1:] if argv is None else argv, reference_options)
+        argv = translate_reference_options(argv, reference_options)
     args = parser.parse_args(argv)
+    args.options_given = options_given(parser, argv)
     expand_home(args)
     record_arguments(parser, args)
     set_verbosity(args.verbose)
     return args
+
+
+_NOT_GIVEN = object()
+_ACCUMULATING = (argparse._AppendAction, argparse._AppendConstAction,
+                 argparse._CountAction)
+
+
+def options_given(parser, argv):
+    """The ``dest`` of each argument typed in ``argv``, even at its default.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    argv : list of str
+        Arguments that ``parser`` parses without error.
+
+    Returns
+    -------
+    frozenset of str
+    """
+    # argparse sets a default only where the namespace has no value yet;
+    # actions that add to their value (append, count) start from None.
+    preset = {action.dest: None if isinstance(action, _ACCUMULATING)
+              else _NOT_GIVEN for action in parser._actions
+              if action.dest is not argparse.SUPPRESS}
+    parsed = parser.parse_args(argv, namespace=argparse.Namespace(**preset))
+    return frozenset(dest for dest, value in vars(parsed).items()
+                     if value is not preset[dest])
 
 
 def _expanded(value):
