@@ -103,9 +103,14 @@ def test_matrices_indexed_by_label_value_are_converted():
                                               [12, 13, 15]])
     compact = np.ones((3, 3))
     assert matrix_on_label_nodes(compact, _labels(), "m") is compact
+    # Without the background's row (labels 1 and 3 only).
+    np.testing.assert_array_equal(
+        matrix_on_label_nodes(np.array([[1, 2], [3, 4]]), _labels(), "m"),
+        [[0, 0, 0], [0, 1, 2], [0, 3, 4]])
     with pytest.raises(DwiMLUserError,
-                       match="m: expected 3 x 3, one row per distinct "
-                             "label of the label volume, found 5 x 5"):
+                       match=r"m: expected 3 x 3, one row per distinct "
+                             r"label of the label volume \(or 2 x 2 without "
+                             r"label 0\), found 5 x 5"):
         matrix_on_label_nodes(np.ones((5, 5)), _labels(), "m")
 
 

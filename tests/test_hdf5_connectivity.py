@@ -151,8 +151,8 @@ def test_without_connectivity_nothing_is_added(dataset_root, tmp_path):
      "missing.npy"),
     ({"connectivity_matrix": "small.npy",
       "connectivity_labels": "labels.nii.gz"},
-     "expected 5 x 5, one row per distinct label of the label volume, "
-     "found 3 x 3"),
+     "expected 5 x 5, one row per distinct label of the label volume (or "
+     "4 x 4 without label 0), found 3 x 3"),
 ])
 def test_bad_connectivity_config_is_one_clear_error(dataset_root, tmp_path,
                                                     entry, message):

@@ -147,6 +147,30 @@ def test_reads_what_the_reference_writes(tmp_path, variant, lazy):
 
 
 @pytest.mark.parametrize("lazy", [False, True])
+def test_a_label_matrix_without_the_background_is_read(tmp_path, lazy):
+    """Some reference versions store one row per label other than 0. Eager
+    loading refused such a file (lazy read it): it reads as the matrix with
+    an empty row and column for label 0."""
+    path = str(tmp_path / "reference.hdf5")
+    _write(path)
+    labels = np.zeros((8, 9, 10), np.int64)
+    labels[:3], labels[5:] = 1, 2
+    with h5py.File(path, "r+") as hdf:
+        group = hdf[S1]
+        group.attrs["connectivity_matrix_type"] = "from_labels"
+        group["connectivity_label_volume"] = labels
+        group["connectivity_matrix"] = np.array([[False, True],
+                                                 [False, False]])
+    dataset = MultiSubjectDataset(path, lazy=lazy)
+    dataset.load_data()
+    connectivity = dataset.training_set.get_subject(0) \
+        .sft_data_list[0].connectivity
+    np.testing.assert_array_equal(connectivity.matrix, [
+        [False, False, False], [False, False, True], [False, False, False]])
+    np.testing.assert_array_equal(connectivity.label_volume, labels)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
 def test_older_files_without_origin_are_refused(tmp_path, lazy):
     """Older reference versions stored points with dipy's default centre
     origin and no 'origin' attr: reading them as corner points would shift

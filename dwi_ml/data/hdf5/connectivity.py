@@ -234,7 +234,10 @@ def matrix_on_label_nodes(matrix, label_volume, where):
     Matrices indexed by label value (row ``k`` is label ``k``, ``largest
     label + 1`` rows: earlier dwi_ml versions) are converted by keeping the
     rows and columns of the labels present; they are the same matrix when
-    every label from 0 to the largest is present.
+    every label from 0 to the largest is present. Matrices without the
+    background (a row per label other than 0, as some versions of the
+    reference make them) get an empty row and column for label 0: no
+    connection ends in the background.
 
     Raises
     ------
@@ -246,10 +249,16 @@ def matrix_on_label_nodes(matrix, label_volume, where):
         return matrix
     if len(nodes) and len(matrix) == int(nodes[-1]) + 1:
         return matrix[np.ix_(nodes, nodes)]
+    if len(nodes) and nodes[0] == 0 and len(matrix) == len(nodes) - 1:
+        with_background = np.zeros((len(nodes), len(nodes)), matrix.dtype)
+        with_background[1:, 1:] = matrix
+        return with_background
+    background = (f" (or {len(nodes) - 1} x {len(nodes) - 1} without label "
+                  "0)" if len(nodes) > 1 and nodes[0] == 0 else "")
     raise DwiMLUserError(
         f"{where}: expected {len(nodes)} x {len(nodes)}, one row per "
-        f"distinct label of the label volume, found {matrix.shape[0]} x "
-        f"{matrix.shape[1]}.")
+        f"distinct label of the label volume{background}, found "
+        f"{matrix.shape[0]} x {matrix.shape[1]}.")
 
 
 def load_group_connectivity(group_config, group_files, subject):
