@@ -72,6 +72,23 @@ def _set(section, key, value):
      "model.rnn_layer_sizes: expected an integer >= 1, found 0."),
     (_set("model", "nope", 1), "model: unknown key 'nope' "
      "(Learn2TrackModel takes no such argument): remove it."),
+    # Tracking validation, off (null) in this run: its section built the
+    # callback with a TypeError traceback, and nothing checked the metric.
+    (lambda params: params.update(tracking_validation=[1]),
+     "tracking_validation: expected a JSON object, found list [1]."),
+    (lambda params: params.update(tracking_validation={"every": 0}),
+     "tracking_validation: argument '--tracking_validation_every': "
+     "expected an integer >= 1, got 0."),
+    (lambda params: params.update(tracking_validation={"every": 1, "n": 2}),
+     "tracking_validation: unknown key 'n' (TrackingValidationParams takes "
+     "no such argument): remove it."),
+    (lambda params: params.update(tracking_validation={"mode": "generation"}),
+     "tracking_validation: expected the key 'every' "
+     "(TrackingValidationParams needs it), found none."),
+    (_set("trainer", "best_model_metric", "tracking_f1"),
+     "trainer.best_model_metric: argument --best_model_metric: "
+     "'tracking_f1' is a tracking metric; expected --tracking_validation_every"
+     " N, found tracking validation off."),
 ])
 def test_resume_refuses_a_bad_saved_value(tmp_path, data, capsys, edit,
                                           expected):
