@@ -344,6 +344,23 @@ def test_qa_synthetic_f_keeps_what_the_pipeline_wrote_inside_it(
     assert snapshot(tmp_path) == before
 
 
+def test_train_f_refuses_a_users_file_in_logs(tmp_path, data, capsys):
+    """logs/ holds the monitors' .npy files, each written on its own: a
+    user's plot saved there was removed by -f with the experiment."""
+    folder = tmp_path / "out"
+    (folder / "logs").mkdir(parents=True)
+    mark_output_folder(str(folder), "experiment")
+    np.save(folder / "logs" / "valid_loss.npy", np.ones(2))
+    (folder / "logs" / "my_plot.png").write_text("mine")
+    assert output_folders.foreign_entries(str(folder), "experiment") == [
+        "logs/my_plot.png"]
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(tmp_path, "out", data, "-f"),
+                          capsys)
+    assert "but also holds 'logs/my_plot.png'" in message
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("kind, own, script", [
     ("experiment", "logs", "train"), ("demo_output", "synthetic", "demo"),
     ("attention_views", "attention_layer0_head0.png", None)])

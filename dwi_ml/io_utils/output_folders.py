@@ -27,7 +27,13 @@ from dwi_ml import __version__
 from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS, PARAMETERS_FILE
+from dwi_ml.io_utils.experiment_layout import (
+    BEST_MODEL_DIR,
+    CHECKPOINT_DIR,
+    EXPERIMENT_FOLDERS,
+    LOGS_DIR,
+    PARAMETERS_FILE,
+)
 from dwi_ml.io_utils.run_paths import record_output
 
 MARKER_FILE = ".dwi_ml_output.json"
@@ -47,8 +53,11 @@ OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output",
 OWN_ENTRIES = {
     # evaluation JSONs and the logs plot are written into the experiment
     # by dwiml_evaluate_model.py and visualize_logs.py by default.
-    "experiment": (PARAMETERS_FILE, *EXPERIMENT_FOLDERS, ".lock",
-                   "evaluation_*.json", "logs_plot*.png"),
+    # checkpoint/ and best_model/ are replaced whole at each save; logs/
+    # holds the monitors' .npy files, each written on its own.
+    "experiment": (PARAMETERS_FILE, CHECKPOINT_DIR, BEST_MODEL_DIR,
+                   f"{LOGS_DIR}/*.npy", ".lock", "evaluation_*.json",
+                   "logs_plot*.png"),
     "synthetic_dataset": ("config.json", "dwi_ml_ready", "*_subjs.txt"),
     "demo_output": ("synthetic", "dataset.hdf5", "experiments/demo",
                     "logs_plot*.png", "tracking_*.trk"),
