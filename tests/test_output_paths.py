@@ -20,6 +20,9 @@ from dwi_ml.cli.dwiml_run_demo import main as demo_main
 from dwi_ml.cli.dwiml_score_tractogram import main as score_main
 from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.cli.dwiml_visualize_input_importance import (
+    main as importance_main,
+)
 from dwi_ml.cli.dwiml_visualize_loss import main as loss_main
 from dwi_ml.cli.visualize_logs import main as plot_main
 from dwi_ml.io_utils.output_folders import (
@@ -131,6 +134,22 @@ def test_library_calls_outside_a_script_record_nothing(tmp_path):
         f.write("{}")
     check_inputs_exist(path)
     check_output_free(path, overwrite=True)
+
+
+def test_two_outputs_of_a_run_at_one_file_are_refused(tmp_path, data,
+                                                      capsys):
+    """--out_json a link to the figure: one output replaced the other."""
+    (tmp_path / "fig.png").write_text("old figure")
+    os.symlink(tmp_path / "fig.png", tmp_path / "values.json")
+    before = snapshot(tmp_path)
+    message = _error(importance_main, [
+        data["experiment"], data["hdf5"], "subject", str(tmp_path / "fig.png"),
+        "--out_json", str(tmp_path / "values.json"), "-f"], capsys)
+    assert message == (
+        f"--out_json '{tmp_path / 'values.json'}' is also the output "
+        f"'{tmp_path / 'fig.png'}': one would replace the other; give each "
+        "output its own path.")
+    assert snapshot(tmp_path) == before
 
 
 # ----------------------------------------------------------------------

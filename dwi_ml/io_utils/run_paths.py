@@ -3,11 +3,12 @@
 ``check_inputs_exist`` records each input of a run and the output checks
 (``check_output_free``, ``check_output_folder``) each output; whichever
 comes second compares them, so that an output path that is also an input
-(the same path, a symbolic link to it or a hard link) is refused, with or
-without ``-f``. :func:`script_run` starts a new record: each script's
-``main`` (see :func:`~dwi_ml.io_utils.errors.script_entry_point`) and
-each step of a pipeline whose outputs are the next step's inputs. Outside
-a script run nothing is recorded.
+(the same path, a symbolic link to it or a hard link), or another output
+of the run, is refused, with or without ``-f``. :func:`script_run`
+starts a new record: each script's ``main`` (see
+:func:`~dwi_ml.io_utils.errors.script_entry_point`) and each step of a
+pipeline whose outputs are the next step's inputs. Outside a script run
+nothing is recorded.
 """
 import contextlib
 import os
@@ -85,6 +86,13 @@ def record_output(path, what="output"):
     output = _Path(path, what)
     for given in run.inputs:
         _refuse_if_same(output, given)
+    for other in run.outputs:
+        # The same output checked twice is the same 'what'.
+        if other.what != what and _same_path(other.path, path):
+            raise DwiMLUserError(
+                f"{what} '{path}' is also the {other.what} '{other.path}': "
+                "one would replace the other; give each output its own "
+                "path.")
     run.outputs.append(output)
 
 
