@@ -166,6 +166,22 @@ def test_a_model_reads_another_file_as_it_read_its_training_file(
     assert model.input_spec.streamline_format.step_size == 1.5
 
 
+def test_fine_tuning_on_another_file_keeps_the_pretrained_step(
+        experiments, capsys):
+    """--pretrained on a file stored otherwise trained the model at that
+    file's step, silently; it now reads it at the step it learned, and the
+    fine-tuned model records it (its tracking step follows)."""
+    exps, files = experiments
+    train_main([str(exps), "tuned", files["raw"], "input", "streamlines",
+                "--max_epochs", "1", "--pretrained", str(exps / "stepped"),
+                "-v", "INFO"])
+    assert ("resampled to step_size 1.5, as those of the HDF5"
+            in capsys.readouterr().err)
+    model = load_experiment_model(str(exps / "tuned"), False, "cpu")
+    assert model.input_spec.streamline_format.step_size == 1.5
+    assert read_parameters(str(exps / "tuned"))["model"]["step_size"] == 1.5
+
+
 def test_a_model_trained_on_raw_streamlines_is_warned_of_resampled_ones(
         experiments, caplog):
     exps, files = experiments

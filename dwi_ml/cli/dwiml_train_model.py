@@ -82,7 +82,10 @@ from dwi_ml.training.pretrained import load_pretrained
 from dwi_ml.training.random_states import seed_everything
 from dwi_ml.training.saved_parameters import check_saved_parameters
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
-from dwi_ml.training.training_file import warn_if_input_prepared_differently
+from dwi_ml.training.training_file import (
+    use_training_streamline_format,
+    warn_if_input_prepared_differently,
+)
 
 
 def build_parser():
@@ -382,6 +385,8 @@ def _apply_pretrained(args, params):
         args.pretrained, args.pretrained_use_latest_epoch)
     warn_if_input_prepared_differently(model, args.pretrained, args.hdf5_file,
                                        args.input_group)
+    # Fine-tuned at the step it learned, not at this file's.
+    use_training_streamline_format(model, args.pretrained, args.hdf5_file)
     model.experiment_name = args.experiment_name
     params["model_type"] = type(model).__name__
     params["model"] = {name: value

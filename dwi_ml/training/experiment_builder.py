@@ -115,7 +115,7 @@ def load_experiment_model_for(args):
     model : MainModelAbstract
         In eval mode, on ``args.device``; reading the file's streamlines
         as it read its training file's
-        (:func:`~dwi_ml.tracking.training_facts.use_training_streamline_format`).
+        (:func:`~dwi_ml.training.training_file.use_training_streamline_format`).
     input_group, streamline_group : str
         Checked to be groups of the HDF5 file.
     """
