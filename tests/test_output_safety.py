@@ -422,6 +422,54 @@ def test_demo_outputs_are_all_its_own(tmp_path, capsys):
     assert output_folders.foreign_entries(str(out), "demo_output") == []
     experiment = out / "experiments" / "demo"
     assert output_folders.foreign_entries(str(experiment), "experiment") == []
+    # The user's files inside its folders, or named like its outputs: -f
+    # deleted them all without a word.
+    mine = ["experiments/demo/my_notes.txt", "logs_plot_mine.png",
+            "synthetic/data.hdf5", "synthetic/dwi_ml_ready/my-subj",
+            "synthetic/my_subjs.txt", "tracking_subj-03_handmade.trk"]
+    for name in mine:
+        (out / name).write_text("mine")
+    assert output_folders.foreign_entries(str(out), "demo_output") == mine
+    before = snapshot(tmp_path)
+    message = run_refused(demo_main, [str(out), "-f"], capsys)
+    assert ("but also holds 'experiments/demo/my_notes.txt', "
+            "'logs_plot_mine.png', 'synthetic/data.hdf5', "
+            "'synthetic/dwi_ml_ready/my-subj', 'synthetic/my_subjs.txt' and "
+            "1 more, which are not part of one") in message
+    assert snapshot(tmp_path) == before
+
+
+def test_synthetic_f_refuses_a_users_subject_or_list_inside(tmp_path,
+                                                           capsys):
+    out = tmp_path / "syn"
+    synthetic_main([str(out), *TINY_SYNTHETIC])
+    (out / "dwi_ml_ready" / "my-real-subject").mkdir()
+    (out / "dwi_ml_ready" / "my-real-subject" / "dwi.nii.gz").write_text("x")
+    (out / "my_training_subjs.txt").write_text("my-real-subject")
+    before = snapshot(tmp_path)
+    message = run_refused(synthetic_main, [str(out), "-f", *TINY_SYNTHETIC],
+                          capsys)
+    assert ("holds 'dwi_ml_ready/my-real-subject', 'my_training_subjs.txt', "
+            "which are not part of one") in message
+    assert snapshot(tmp_path) == before
+    # What it wrote alone is replaced.
+    shutil.rmtree(out / "dwi_ml_ready" / "my-real-subject")
+    os.remove(out / "my_training_subjs.txt")
+    synthetic_main([str(out), "-f", *TINY_SYNTHETIC])
+
+
+def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
+    """Names the scripts write into an experiment, not a user's look-alikes
+    (evaluation_my_notes.json, logs_plot_for_paper.png were deleted)."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    mark_output_folder(str(folder), "experiment")
+    for name in ("evaluation_testing_best.json", "logs_plot.png",
+                 "logs_plot_2.png", "evaluation_my_notes.json",
+                 "logs_plot_for_paper.png"):
+        (folder / name).write_text("x")
+    assert output_folders.foreign_entries(str(folder), "experiment") == [
+        "evaluation_my_notes.json", "logs_plot_for_paper.png"]
 
 
 def test_demo_refuses_a_users_folder_and_bad_epochs(tmp_path, capsys):

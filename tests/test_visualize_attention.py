@@ -112,6 +112,12 @@ def test_overwrite_and_refusals(experiments, tmp_path, capsys):
     attention_main([original, hdf5, "subj-03", str(out_dir),
                     "--streamline_ids", "2", "4", "-f"])
     assert len(_read(out_dir)[1]) == 2
+    # A figure of the user's saved there: -f deleted it (any *.png).
+    (out_dir / "my_figure_for_paper.png").write_text("mine")
+    assert_user_error(attention_main, [original, hdf5, "subj-03", out_dir,
+                                       "-f"],
+                      capsys, tmp_path, "also holds 'my_figure_for_paper.png'")
+    (out_dir / "my_figure_for_paper.png").unlink()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

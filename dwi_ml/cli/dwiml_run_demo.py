@@ -23,7 +23,11 @@ from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.arg_checks import check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, count_of, script_entry_point
 from dwi_ml.io_utils.experiment_layout import best_model_dir
-from dwi_ml.io_utils.output_folders import check_output_folder, reset_output_folder
+from dwi_ml.io_utils.output_folders import (
+    check_output_folder,
+    reset_output_folder,
+    seal_output_folder,
+)
 from dwi_ml.io_utils.run_paths import script_run
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -148,6 +152,7 @@ def main(argv=None):
                     "-v", args.verbose])
     nb_tracked = len(load_tractogram(tractogram, "same",
                                      bbox_valid_check=True).streamlines)
+    seal_output_folder(args.out_folder)
 
     valid_loss = np.load(os.path.join(experiment_dir, "logs", "valid_loss.npy"))
     best = load_model_from_params_and_state(best_model_dir(experiment_dir))

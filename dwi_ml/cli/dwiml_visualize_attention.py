@@ -8,6 +8,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.output_folders import (
     check_output_folder,
     reset_output_folder,
+    seal_output_folder,
 )
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
@@ -108,6 +109,7 @@ def main(argv=None):
             figure.savefig(tmp_path, format="png")
     save_attention_tractogram(attention,
                               os.path.join(args.out_dir, TRACTOGRAM_NAME))
+    seal_output_folder(args.out_dir)
     logger.info("%d heatmaps and %s written to %s.", len(names),
                 TRACTOGRAM_NAME, args.out_dir)
 

@@ -50,18 +50,29 @@ OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output",
 # inside a synthetic dataset, the docs' experiments trained next to the
 # demo's) is refused, so -f never deletes what its script did not write.
 # A test checks that each script's outputs match.
+# dwiml_evaluate_model.py's and visualize_logs.py's default outputs.
+_EVALUATION_FILES = tuple(
+    f"evaluation_{subset}_{which}.json"
+    for subset in ("training", "validation", "testing")
+    for which in ("best", "latest"))
+_LOGS_PLOTS = ("logs_plot.png", "logs_plot_[0-9].png",
+               "logs_plot_[0-9][0-9].png")
+_SUBJECT_LISTS = tuple(f"{split}_subjs.txt"
+                       for split in ("training", "validation", "testing"))
 OWN_ENTRIES = {
     # evaluation JSONs and the logs plot are written into the experiment
     # by dwiml_evaluate_model.py and visualize_logs.py by default.
     # checkpoint/ and best_model/ are replaced whole at each save; logs/
     # holds the monitors' .npy files, each written on its own.
     "experiment": (PARAMETERS_FILE, CHECKPOINT_DIR, BEST_MODEL_DIR,
-                   f"{LOGS_DIR}/*.npy", ".lock", "evaluation_*.json",
-                   "logs_plot*.png"),
-    "synthetic_dataset": ("config.json", "dwi_ml_ready", "*_subjs.txt"),
+                   f"{LOGS_DIR}/*.npy", ".lock", *_EVALUATION_FILES,
+                   *_LOGS_PLOTS),
+    # Folders written whole, then sealed (seal_output_folder): these are
+    # used only when the run that wrote them stopped before the end.
+    "synthetic_dataset": ("config.json", "dwi_ml_ready", *_SUBJECT_LISTS),
     "demo_output": ("synthetic", "dataset.hdf5", "experiments/demo",
-                    "logs_plot*.png", "tracking_*.trk"),
-    "attention_views": ("*.png", "streamlines_attention.trk"),
+                    *_LOGS_PLOTS, "tracking_subj-*.trk"),
+    "attention_views": ("*_layer*_head*.png", "streamlines_attention.trk"),
 }
 _TEMPORARY_ENTRIES = (".*.tmp", ".*.old")
 
@@ -320,8 +331,73 @@ def _check_folder_holds(path, kind, overwrite, what, hint):
 
 def foreign_entries(path, kind):
     """Paths in folder ``path`` (relative, sorted) that ``kind``'s scripts
-    do not write (see :data:`OWN_ENTRIES`)."""
+    did not write: those not recorded when the folder was sealed
+    (:func:`seal_output_folder`), else those that do not match
+    :data:`OWN_ENTRIES`."""
+    sealed = _sealed_entries(path)
+    if sealed is not None:
+        return _unsealed_entries(path, sealed, "")
     return _foreign_entries(path, (MARKER_FILE, *OWN_ENTRIES[kind]))
+
+
+def seal_output_folder(path):
+    """Record in the marker of ``path`` every entry now in it.
+
+    Call it when a script has written the whole folder (emptied first by
+    :func:`reset_output_folder`, or written under a temporary name): ``-f``
+    then removes these entries only, and refuses anything added since
+    (a user's file, even one named like an output).
+    """
+    marker = os.path.join(path, MARKER_FILE)
+    with open(marker) as f:
+        content = json.load(f)
+    content["entries"] = sorted(_entries_under(path, ""))
+    with atomic_output_file(marker) as tmp_path:
+        with open(tmp_path, "w") as f:
+            f.write(json.dumps(content, indent=2) + "\n")
+
+
+def _is_temporary(name):
+    return any(fnmatch.fnmatchcase(name, temporary)
+               for temporary in _TEMPORARY_ENTRIES)
+
+
+def _entries_under(folder, prefix):
+    entries = []
+    for entry in os.scandir(folder):
+        relative = prefix + entry.name
+        if relative == MARKER_FILE or _is_temporary(entry.name):
+            continue
+        entries.append(relative)
+        if entry.is_dir(follow_symlinks=False):
+            entries += _entries_under(entry.path, relative + "/")
+    return entries
+
+
+def _sealed_entries(path):
+    """The entries recorded by :func:`seal_output_folder`, or None."""
+    try:
+        with open(os.path.join(path, MARKER_FILE)) as f:
+            entries = json.load(f).get("entries")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entries, list):
+        return None
+    return {entry for entry in entries if isinstance(entry, str)}
+
+
+def _unsealed_entries(folder, sealed, prefix):
+    foreign = []
+    for name in sorted(os.listdir(folder)):
+        relative = prefix + name
+        if relative == MARKER_FILE or _is_temporary(name):
+            continue
+        full = os.path.join(folder, name)
+        if relative not in sealed:
+            foreign.append(relative)
+        elif os.path.isdir(full) and not os.path.islink(full):
+            foreign += _unsealed_entries(full, sealed, relative + "/")
+    return foreign
 
 
 def _foreign_entries(path, patterns):
@@ -333,8 +409,7 @@ def _foreign_entries(path, patterns):
     for name in sorted(os.listdir(path)):
         allowed = [rest for head, rests in inside.items()
                    if fnmatch.fnmatchcase(name, head) for rest in rests]
-        if any(fnmatch.fnmatchcase(name, temporary)
-               for temporary in _TEMPORARY_ENTRIES) or "" in allowed:
+        if _is_temporary(name) or "" in allowed:
             continue
         full = os.path.join(path, name)
         if allowed and os.path.isdir(full) and not os.path.islink(full):

@@ -20,7 +20,11 @@ from dwi_ml.data.synthetic.writer import (
 )
 from dwi_ml.io_utils.atomic import atomic_output_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.output_folders import check_output_folder, mark_output_folder
+from dwi_ml.io_utils.output_folders import (
+    check_output_folder,
+    mark_output_folder,
+    seal_output_folder,
+)
 
 MIN_NB_DIRECTIONS = 6  # a tensor needs six directions
 
@@ -145,6 +149,7 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
         write_config(tmp_folder)
         write_subject_lists(tmp_folder, splits)
         mark_output_folder(tmp_folder, "synthetic_dataset")
+        seal_output_folder(tmp_folder)
 
     return SyntheticDatasetPaths(
         out_folder=out_folder,
