@@ -9,6 +9,7 @@ import os
 import shutil
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 from bad_input_data import TRAIN_OPTIONS, copy_experiment, make_error_test_data
@@ -369,7 +370,33 @@ def _nan_streamlines(path):
     save_streamlines(path, streamlines)
 
 
+def _single_point_streamlines(path):
+    streamlines = random_streamlines(np.random.default_rng(1), 3)
+    streamlines[1] = streamlines[1][:1]
+    save_streamlines(path, streamlines,
+                     dps={"weight": np.ones((3, 1), np.float32)})
+
+
+def _resaved_volume(convert):
+    """Damage: save the volume again with its data made by ``convert``."""
+    def damage(path):
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(convert(np.asarray(image.dataobj)),
+                                 image.affine), path)
+    return damage
+
+
 @pytest.mark.parametrize("file_name, damage, config, expected", [
+    # Written, then refused by every reader; the real part kept silently.
+    ("dwi/fa.nii.gz", _resaved_volume(lambda data: np.zeros(
+        (*data.shape[:3], 0), np.float32)), CONFIG,
+     ["expected at least one voxel and one feature, found shape"]),
+    ("dwi/fa.nii.gz", _resaved_volume(lambda data: data.astype(
+        np.complex64)), CONFIG, ["expected real values, found complex64"]),
+    # Written as is (even with --step_size), then refused by training.
+    ("tractograms/bundle_1.trk", _single_point_streamlines, CONFIG,
+     ["1 of 3 streamlines have a single point (expected at least 2); use "
+      "--remove_invalid to drop them."]),
     ("dwi/peaks.nii.gz", truncate, CONFIG,
      ["its header reads but its data does not", "truncated or corrupt"]),
     ("dwi/fa.nii.gz", write_random_bytes, CONFIG,

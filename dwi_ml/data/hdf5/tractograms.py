@@ -223,7 +223,8 @@ def load_streamline_group(group_config, files, reference, subject,
         del tractogram, data
     if nb_removed:
         logging.warning("%s: removed %d streamlines with points outside the "
-                        "volume.", describe(subject, group), nb_removed)
+                        "volume or a single point.", describe(subject, group),
+                        nb_removed)
     if not all_lengths:
         raise DwiMLUserError(
             f"{describe(subject, group)}: no streamline left after removing "
@@ -339,7 +340,7 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
     DwiMLUserError
         An unreadable (e.g. truncated) or empty file, NaN or Inf
         coordinates, a missing dps key, or (without ``remove_invalid``)
-        points outside the volume.
+        points outside the volume or single-point streamlines.
     """
     where = describe(subject, group_config.name, path)
     try:
@@ -371,13 +372,22 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
     dps = {key: np.asarray(found[key]).reshape(len(lengths), -1)
            for key in group_config.dps_keys}
     invalid = streamlines_with_flagged_points(outside, lengths)
+    nb_outside = int(invalid.sum())
+    # A single point has no direction: nothing to learn, nor to resample.
+    single = lengths < 2
+    invalid |= single
     nb_invalid = int(invalid.sum())
     if nb_invalid and not remove_invalid:
-        shape = tuple(int(n) for n in dimensions)
+        if nb_outside:
+            shape = tuple(int(n) for n in dimensions)
+            count, problem = (nb_outside, "have points outside the volume "
+                                          f"of shape {shape}")
+        else:
+            count, problem = (nb_invalid, "have a single point (expected at "
+                                          "least 2)")
         raise DwiMLUserError(
-            f"{where}: {nb_invalid} of {len(lengths)} streamlines have points "
-            f"outside the volume of shape {shape}; use --remove_invalid to "
-            "drop them.")
+            f"{where}: {count} of {len(lengths)} streamlines {problem}; use "
+            "--remove_invalid to drop them.")
     if nb_invalid:
         keep = np.flatnonzero(~invalid)
         points, _, lengths = gather(points, offsets_from_lengths(lengths)[keep],

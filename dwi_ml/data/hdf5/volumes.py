@@ -67,6 +67,16 @@ def read_volume_grid(path, subject, group):
         raise DwiMLUserError(
             f"{describe(subject, group, path)}: expected a 3-D or 4-D volume, "
             f"found shape {image.shape}.")
+    if 0 in image.shape:
+        raise DwiMLUserError(
+            f"{describe(subject, group, path)}: expected at least one voxel "
+            f"and one feature, found shape {image.shape}.")
+    if image.get_data_dtype().kind == "c":
+        # nibabel keeps the real part only, with a warning.
+        raise DwiMLUserError(
+            f"{describe(subject, group, path)}: expected real values, found "
+            f"{image.get_data_dtype()}; save the magnitude (or the parts) "
+            "as real volumes.")
     grid = VolumeGrid(tuple(int(n) for n in image.shape[:3]),
                       image.affine.astype(np.float64),
                       np.asarray(image.header.get_zooms()[:3], np.float32))
