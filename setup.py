@@ -8,11 +8,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _console_scripts():
-    # Each scripts_python/NAME.py is a thin wrapper of dwi_ml.cli.NAME:main;
-    # the installed command keeps the .py name that users know.
+    # Each scripts_python/NAME.py runs dwi_ml.cli.NAME:main through
+    # dwi_ml.launcher (a stop signal while it imports is one line); the
+    # installed command keeps the .py name that users know.
     names = sorted(os.path.splitext(os.path.basename(path))[0] for path in
                    glob.glob(os.path.join(HERE, "scripts_python", "*.py")))
-    return [f"{name}.py = dwi_ml.cli.{name}:main" for name in names]
+    return [f"{name}.py = dwi_ml.launcher:{name}" for name in names]
 
 
 setup(

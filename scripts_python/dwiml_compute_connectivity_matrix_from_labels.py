@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Count a tractogram's streamlines between the labels of a parcellation."""
-from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_labels import main
+# Through dwi_ml.launcher: a stop signal while it imports is handled too.
+from dwi_ml.launcher import launch
 
 if __name__ == "__main__":
-    main()
+    launch("dwiml_compute_connectivity_matrix_from_labels")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Label each voxel of a volume with its connectivity bloc."""
-from dwi_ml.cli.dwiml_divide_volume_into_blocs import main
+# Through dwi_ml.launcher: a stop signal while it imports is handled too.
+from dwi_ml.launcher import launch
 
 if __name__ == "__main__":
-    main()
+    launch("dwiml_divide_volume_into_blocs")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Evaluate a trained model on a subset of an HDF5 file, subject by subject."""
-from dwi_ml.cli.dwiml_evaluate_model import main
+# Through dwi_ml.launcher: a stop signal while it imports is handled too.
+from dwi_ml.launcher import launch
 
 if __name__ == "__main__":
-    main()
+    launch("dwiml_evaluate_model")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Run the whole dwi_ml job on a synthetic example, in a few minutes on CPU."""
-from dwi_ml.cli.dwiml_run_demo import main
+# Through dwi_ml.launcher: a stop signal while it imports is handled too.
+from dwi_ml.launcher import launch
 
 if __name__ == "__main__":
-    main()
+    launch("dwiml_run_demo")

@@ -1,10 +1,7 @@
 #!/usr/bin/env python3
 """Continue a dwi_ml training from its last checkpoint."""
-# A pre-emption signal while torch is imported stops the run cleanly too.
-from dwi_ml.training.interruptions import record_early_stop_signals
-
-record_early_stop_signals()
-from dwi_ml.cli.resume_training_from_checkpoint import main  # noqa: E402
+# Through dwi_ml.launcher: a stop signal while it imports is handled too.
+from dwi_ml.launcher import launch
 
 if __name__ == "__main__":
-    main()
+    launch("resume_training_from_checkpoint")

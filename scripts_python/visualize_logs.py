@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plot the logs (losses, grad norms, LR, times) of dwi_ml experiments to PNG."""
-from dwi_ml.cli.visualize_logs import main
+# Through dwi_ml.launcher: a stop signal while it imports is handled too.
+from dwi_ml.launcher import launch
 
 if __name__ == "__main__":
-    main()
+    launch("visualize_logs")

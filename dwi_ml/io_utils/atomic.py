@@ -11,6 +11,7 @@ import threading
 import numpy as np
 
 from dwi_ml.io_utils.errors import DwiMLUserError, Terminated, raise_terminated
+from dwi_ml.io_utils.run_paths import record_written
 
 # tempfile's names: PREFIX + 8 characters of this alphabet + SUFFIX.
 _TEMP_RANDOM = "[a-z0-9_]{8}"
@@ -105,6 +106,7 @@ def atomic_output_file(path):
         # mkstemp creates 0600 files; give the output the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
+        record_written(path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
@@ -139,6 +141,7 @@ def atomic_output_folder(path):
                 shutil.rmtree(old_path)
             os.replace(path, old_path)
         os.replace(tmp_path, path)
+        record_written(path)
         if os.path.exists(old_path):
             shutil.rmtree(old_path)
     finally:

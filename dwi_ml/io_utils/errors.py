@@ -1,4 +1,5 @@
 """User-facing errors: one clear line, no traceback."""
+import atexit
 import functools
 import os
 import signal
@@ -85,9 +86,10 @@ def script_entry_point(main_fn):
                     handler, "replaceable_by_scripts", False))):
             previous = signal.signal(signal.SIGTERM, raise_terminated)
         finished = False
+        run = None
         try:
             try:
-                with script_run():
+                with script_run() as run:
                     result = main_fn(argv)
             except Exception as error:
                 # A signal inside an import or a class body comes wrapped
@@ -111,12 +113,12 @@ def script_entry_point(main_fn):
         except KeyboardInterrupt:
             # Every output is written under a temporary name and renamed
             # when complete, so the traceback would only hide this line.
-            print(f"{_prog()}: interrupted (Ctrl-C); an output it had not "
-                  "finished is not written.", file=sys.stderr)
+            print(f"{_prog()}: interrupted (Ctrl-C){_outputs_state(run)}",
+                  file=sys.stderr)
             sys.exit(EXIT_STATUS_CTRL_C)
         except Terminated:
-            print(f"{_prog()}: terminated (SIGTERM); an output it had not "
-                  "finished is not written.", file=sys.stderr)
+            print(f"{_prog()}: terminated (SIGTERM){_outputs_state(run)}",
+                  file=sys.stderr)
             sys.exit(EXIT_STATUS_SIGTERM)
         except BrokenPipeError:
             # Python would report the pipe again when flushing stdout at
@@ -127,9 +129,23 @@ def script_entry_point(main_fn):
             if previous is not None:
                 # Run from the command line (argv None), the process exits
                 # next: a SIGTERM then must not look like a killed run.
-                signal.signal(signal.SIGTERM, _terminated_after_the_end
-                              if finished and argv is None else previous)
+                if finished and argv is None:
+                    signal.signal(signal.SIGTERM, _terminated_after_the_end)
+                    # The interpreter's last steps give SIGTERM its default
+                    # action back (a kill, no word): ignored from atexit on.
+                    atexit.register(signal.signal, signal.SIGTERM,
+                                    signal.SIG_IGN)
+                else:
+                    signal.signal(signal.SIGTERM, previous)
     return wrapper
+
+
+def _outputs_state(run):
+    """The end of an interruption's message: whether the outputs of the
+    run (a :class:`~dwi_ml.io_utils.run_paths` record) are complete."""
+    if run is not None and run.outputs_complete():
+        return " as it ended: its outputs are complete."
+    return "; an output it had not finished is not written."
 
 
 def _stop_in_chain(error):

@@ -29,16 +29,30 @@ class _RunPaths:
         self.inputs = []
         self.outputs = []
         self.argument_names = {}   # path as given -> '--flag' or NAME
+        self.written = set()       # real paths of the complete outputs
+
+    def outputs_complete(self):
+        """Whether the run has outputs and wrote each of them whole."""
+        return bool(self.outputs) and all(
+            os.path.realpath(output.path) in self.written
+            for output in self.outputs)
 
 
 @contextlib.contextmanager
 def script_run():
-    """A new record of inputs and outputs, for the block's run."""
-    _runs.append(_RunPaths())
+    """A new record of inputs and outputs, for the block's run; yields it."""
+    run = _RunPaths()
+    _runs.append(run)
     try:
-        yield
+        yield run
     finally:
         _runs.pop()
+
+
+def record_written(path):
+    """Record that the output ``path`` is complete (renamed into place)."""
+    if _runs:
+        _runs[-1].written.add(os.path.realpath(path))
 
 
 def record_arguments(parser, args):

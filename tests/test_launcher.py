@@ -1,0 +1,127 @@
+"""A stop signal while a script imports its modules, or as it ends.
+
+Before dwi_ml.launcher, a Ctrl-C during the seconds a script spends
+importing torch printed a traceback, and a SIGTERM killed it without a
+word (status -15). A signal after the outputs were renamed into place said
+that an output it had not finished was not written.
+"""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from dwi_ml import launcher
+from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.errors import Terminated, script_entry_point
+from dwi_ml.io_utils.output_folders import check_output_free
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The signal comes while the script's module imports numpy: after the
+# launcher's setup, in the middle of the script's imports.
+SIGNAL_DURING_IMPORT = """\
+import os, signal, sys
+from dwi_ml.launcher import launch
+
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.{signal_name})
+        return None
+
+
+assert "numpy" not in sys.modules
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["{module}.py", "--help"]
+launch("{module}")
+"""
+
+
+@pytest.mark.parametrize("signal_name, status, what", [
+    ("SIGINT", 130, "interrupted (Ctrl-C)"),
+    ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_a_signal_while_a_script_imports_is_one_line(signal_name, status,
+                                                     what):
+    code = SIGNAL_DURING_IMPORT.format(signal_name=signal_name,
+                                       module="dwiml_score_tractogram")
+    process = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == status
+    assert process.stderr == (f"dwiml_score_tractogram.py: {what} while "
+                              "starting; nothing was written.\n")
+    assert process.stdout == ""
+
+
+def test_every_installed_command_runs_its_module_through_the_launcher():
+    scripts = sorted(name[:-3] for name in os.listdir(
+        os.path.join(HERE, "..", "scripts_python")) if name.endswith(".py"))
+    for name in scripts:
+        entry = getattr(launcher, name)
+        assert entry.func is launcher.launch and entry.args == (name,)
+        with open(os.path.join(HERE, "..", "scripts_python",
+                               f"{name}.py")) as f:
+            assert f'launch("{name}")' in f.read()
+    with pytest.raises(AttributeError):
+        launcher.__wrapped__   # noqa: B018 - dunders are not scripts
+
+
+@script_entry_point
+def _write_then_stop(argv):
+    out, stop = argv
+    check_output_free(out, overwrite=False)
+    if stop == "before":
+        raise Terminated()
+    with atomic_output_file(out) as tmp_path:
+        with open(tmp_path, "w") as f:
+            f.write("whole")
+    raise {"terminated": Terminated(), "ctrl_c": KeyboardInterrupt()}[stop]
+
+
+@pytest.mark.parametrize("stop, status, expected", [
+    ("before", 143, "terminated (SIGTERM); an output it had not finished is "
+                    "not written."),
+    ("terminated", 143, "terminated (SIGTERM) as it ended: its outputs are "
+                        "complete."),
+    ("ctrl_c", 130, "interrupted (Ctrl-C) as it ended: its outputs are "
+                    "complete.")])
+def test_a_signal_after_the_outputs_are_written_says_so(tmp_path, capsys,
+                                                        stop, status,
+                                                        expected):
+    out = str(tmp_path / "out.json")
+    with pytest.raises(SystemExit) as exit_info:
+        _write_then_stop([out, stop])
+    assert exit_info.value.code == status
+    assert capsys.readouterr().err.split(": ", 1)[1] == expected + "\n"
+    assert os.path.exists(out) == (stop != "before")
+
+
+def test_sigterm_is_ignored_once_a_finished_script_exits():
+    """After main, SIGTERM says the outputs are complete; in the
+    interpreter's last steps it had its default action back (a kill, status
+    -15, no word): it is ignored from atexit on."""
+    code = (
+        "import atexit, os, signal\n"
+        "from dwi_ml.io_utils.errors import script_entry_point\n"
+        "atexit.register(os.kill, os.getpid(), signal.SIGTERM)\n"
+        "script_entry_point(lambda argv: None)()\n")
+    # atexit runs the last registered first: the signal comes after the
+    # script's own atexit step.
+    process = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    assert process.stderr == ""
+    # Before that step: the line, and 143.
+    code = code.replace("script_entry_point(lambda argv: None)()\n", "") \
+        .replace("import atexit, os, signal\n",
+                 "import atexit, os, signal\n"
+                 "from dwi_ml.io_utils.errors import script_entry_point\n"
+                 "script_entry_point(lambda argv: None)()\n")
+    process = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 143
+    assert process.stderr.endswith("terminated (SIGTERM) after it finished: "
+                                   "its outputs are complete.\n")
