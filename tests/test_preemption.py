@@ -458,14 +458,24 @@ def test_a_signal_after_the_last_epoch_leaves_a_finished_run(
     assert_same_run(straight_run, tmp_path / name)
 
 
+# As the scripts' files and commands start (dwi_ml.launcher), with a
+# signal while the script's module imports numpy.
 STARTUP_SIGNAL = """\
 import os, signal, sys
-from dwi_ml.training.interruptions import record_early_stop_signals
-record_early_stop_signals()  # as the scripts' files do, before the imports
-os.kill(os.getpid(), signal.SIGUSR1)  # while the script starts
-from dwi_ml.cli.{module} import main
+from dwi_ml.launcher import launch
+
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return None
+
+
+sys.meta_path.insert(0, SignalOnImport())
 sys.argv = ["{module}.py", *sys.argv[1:]]
-main()
+launch("{module}")
 """
 
 
