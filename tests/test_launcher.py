@@ -6,7 +6,6 @@ word (status -15). A signal after the outputs were renamed into place said
 that an output it had not finished was not written.
 """
 import os
-import signal
 import subprocess
 import sys
 

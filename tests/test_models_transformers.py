@@ -309,6 +309,30 @@ def test_cached_steps_equal_full_forward(cls, config):
         torch.testing.assert_close(got, expected, **TIGHT)
 
 
+@pytest.mark.parametrize("cls", [TransformerSrcOnlyModel,
+                                 TransformerSrcAndTgtModel,
+                                 OriginalTransformerModel])
+def test_a_double_model_steps_on_the_trackers_float32_inputs(cls):
+    """The tracker's interpolation gives float32 inputs; the key/value
+    buffers took their dtype, and a model.double() failed at its second
+    step (query double, key float)."""
+    model = eval_double(cls, {})
+    inputs, streamlines = make_batch(model, lengths=(5, 5))
+    outputs = {}
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            cache, rows = None, []
+            for t in range(4):
+                step = torch.stack([x[t] for x in inputs]).to(torch.float32)
+                step_outputs, cache = model.forward_step(
+                    step.to(dtype), [s[:t + 1] for s in streamlines], cache)
+                rows.append(step_outputs)
+            outputs[dtype] = torch.stack(rows)
+            assert all(buffer.keys.dtype == torch.float64
+                       for buffer in cache.encoder)
+    assert torch.equal(outputs[torch.float32], outputs[torch.float64])
+
+
 def test_windowed_cache_keeps_at_most_the_window():
     # 40 steps with a window of 3: every buffer stays at 3 positions (a
     # ring), and the steps still equal the full forward

@@ -215,7 +215,10 @@ class TransformerModelAbstract(DirectionGetterModel):
         raise NotImplementedError
 
     def new_buffers(self, n_layers, like):
-        """``n_layers`` empty key/value buffers like ``like`` (N, ...)."""
+        """``n_layers`` empty key/value buffers for ``len(like)``
+        streamlines, in the model's dtype, on like's device (the tracker's
+        inputs stay float32 for a ``model.double()``)."""
+        like = like.to(self.dtype)
         return tuple(KeyValueBuffer.empty(like, self.nheads,
                                           self.d_model // self.nheads,
                                           self.attention_window)
