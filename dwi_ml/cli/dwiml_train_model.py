@@ -27,6 +27,7 @@ from dwi_ml.io_utils.arg_checks import (
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
+    PARAMETERS_FILE,
     USE_BEST_MODEL_HINT,
     has_checkpoint,
     read_parameters,
@@ -62,7 +63,9 @@ from dwi_ml.tracking.tracking_validation import (
     tracking_validation_callbacks,
 )
 from dwi_ml.tracking.tracking_validation_args import (
+    TrackingValidationParams,
     add_tracking_validation_args,
+    check_best_model_metric_option,
     check_tracking_validation_data,
     tracking_validation_params_from_args,
 )
@@ -80,7 +83,10 @@ from dwi_ml.training.preemption import (
 )
 from dwi_ml.training.pretrained import load_pretrained
 from dwi_ml.training.random_states import seed_everything
-from dwi_ml.training.saved_parameters import check_saved_parameters
+from dwi_ml.training.saved_parameters import (
+    check_saved_parameters,
+    check_saved_section,
+)
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 from dwi_ml.training.training_file import (
     use_training_streamline_format,
@@ -403,6 +409,27 @@ def check_saved_sections(params, experiment_dir):
     script's options (see :mod:`dwi_ml.training.saved_parameters`)."""
     check_saved_parameters(params, experiment_dir, build_parser(),
                            INT_MINIMUMS)
+    _check_saved_tracking_validation(params, experiment_dir)
+
+
+def _check_saved_tracking_validation(params, experiment_dir):
+    """Refuse, on resume, a ``tracking_validation`` section of
+    parameters.json that builds no :class:`TrackingValidationParams`, or a
+    best-model metric that it does not write."""
+    tracking = check_saved_section(
+        params, experiment_dir, "tracking_validation",
+        TrackingValidationParams,
+        lambda values: TrackingValidationParams(**values))
+    metric = (params.get("trainer") or {}).get("best_model_metric")
+    if metric is None:
+        return
+    try:
+        check_best_model_metric_option(metric, tracking)
+    except DwiMLUserError as error:
+        raise DwiMLUserError(
+            f"{PARAMETERS_FILE} of {experiment_dir}: trainer."
+            f"best_model_metric: {error}") from None
+
 
 
 def _warn_ignored_options(args, experiment_dir):

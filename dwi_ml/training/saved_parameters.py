@@ -30,10 +30,6 @@ from dwi_ml.io_utils.arg_checks import (
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE
 from dwi_ml.models.model_io import MODEL_REGISTRY
-from dwi_ml.tracking.tracking_validation_args import (
-    TrackingValidationParams,
-    check_best_model_metric_option,
-)
 from dwi_ml.training.monitors import check_best_model_metric
 from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -72,7 +68,6 @@ _SECTION_CHECKS = {
     "loader": lambda values: loader_options_from_args(
         argparse.Namespace(**values)),
     "trainer": _check_trainer,
-    "tracking_validation": lambda values: TrackingValidationParams(**values),
 }
 
 
@@ -120,7 +115,6 @@ def check_saved_parameters(params, experiment_dir, parser, int_minimums):
                 f"{error.expected}, found {error.value!r}.") from None
         except DwiMLUserError as error:
             raise DwiMLUserError(f"{where}: {section}: {error}") from None
-    _check_tracking_validation(params, where)
 
 
 def _check_object(where, section, values):
@@ -130,29 +124,41 @@ def _check_object(where, section, values):
             f"{type(values).__name__} {values!r}.")
 
 
-def _check_tracking_validation(params, where):
-    """The ``tracking_validation`` section (null: off) builds the callback's
-    parameters, which hold the monitors of the best-model metric."""
-    values = params.get("tracking_validation")
-    tracking = None
-    if values is not None:
-        _check_object(where, "tracking_validation", values)
-        try:
-            # No option check: the keys are the options without their
-            # 'tracking_validation_' (nb_points is another option).
-            _check_section("tracking_validation", values,
-                           TrackingValidationParams, (), {}, {})
-        except DwiMLUserError as error:
-            raise DwiMLUserError(
-                f"{where}: tracking_validation: {error}") from None
-        tracking = TrackingValidationParams(**values)
-    metric = (params.get("trainer") or {}).get("best_model_metric")
-    if metric is not None:
-        try:
-            check_best_model_metric_option(metric, tracking)
-        except DwiMLUserError as error:
-            raise DwiMLUserError(
-                f"{where}: trainer.best_model_metric: {error}") from None
+def check_saved_section(params, experiment_dir, section, built, check):
+    """Refuse a saved section that does not build ``built``.
+
+    For a section that the training script's options do not check one by
+    one (their names differ), e.g. ``tracking_validation``.
+
+    Parameters
+    ----------
+    params : dict
+        parameters.json.
+    experiment_dir : str
+        Named in the message.
+    section : str
+        The section's key; a null section is accepted (off).
+    built : type
+        What the section builds: its keys must be its arguments.
+    check : callable
+        Called with the section's values (with the defaults of ``built``);
+        raises :class:`DwiMLUserError`.
+
+    Returns
+    -------
+    What ``built(**values)`` returns, or None for a null section.
+    """
+    where = f"{PARAMETERS_FILE} of {experiment_dir}"
+    values = params.get(section)
+    if values is None:
+        return None
+    _check_object(where, section, values)
+    try:
+        _check_section(section, values, built, (), {}, {})
+        check(values)
+    except DwiMLUserError as error:
+        raise DwiMLUserError(f"{where}: {section}: {error}") from None
+    return built(**values)
 
 
 def _check_section(section, values, built, given_by_builder, options,
