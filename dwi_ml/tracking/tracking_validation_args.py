@@ -303,4 +303,3 @@ def check_tracking_validation_data(hdf5_file, streamline_group, params,
             f"argument --best_model_metric: '{best_model_metric}' needs "
             f"{needed}, found none.")
     return names
-
