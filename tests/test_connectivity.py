@@ -234,7 +234,7 @@ def test_script_errors(files, tmp_path, capsys):
         (score_main, [str(existing), files["labels"]],
          "expected the extension .npy, found '.gz'"),
         (score_main, [str(existing), str(tmp_path / "not_npy.npy")],
-         "could not read"),
+         "found a file without the .npy header"),
         # A NaN was scored (nan streamlines), and 100 blocs per axis of a
         # 10-voxel grid asked for a 7 TiB matrix (a MemoryError traceback).
         (score_main, [str(existing), str(tmp_path / "nan.npy")],
@@ -298,7 +298,8 @@ def test_score_script_names_the_matrix_of_the_wrong_shape(tmp_path, capsys):
                                  "found 3 negative entries"),
         # 0 bytes: numpy's EOFError went through as a traceback.
         (["empty", "square"], "matrix '{empty}': expected a .npy array, "
-                              "could not read it"),
+                              "found a file without the .npy header (0 "
+                              "bytes"),
     ]
     paths["empty"] = str(tmp_path / "empty.npy")
     open(paths["empty"], "wb").close()

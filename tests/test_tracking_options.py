@@ -209,6 +209,11 @@ def test_eos_stop_max_and_bad_values_from_the_script(experiment, capsys):
                            (("--max_invalid_nb_points", "-1"),
                             "--max_invalid_nb_points"),
                            (("--compress_th", "0"), "--compress_th"),
+                           # Named --max_length ('at least one step of inf
+                           # mm'): the step is the wrong one.
+                           (("--step_size", "inf"), "argument --step_size: "
+                            "expected a finite number > 0 mm, found inf."),
+                           (("--max_length", "inf"), "--max_length"),
                            (("--mask_interp", "cubic"), "--mask_interp")):
         with pytest.raises(SystemExit) as exit_info:
             track(experiment, "bad", *options)

@@ -247,6 +247,28 @@ def test_empty_log_file_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "cut" / "logs" / "valid_loss.npy").write_bytes(b"")
     error = run_error([folder, "--out", str(tmp_path / "plot")], capsys)
     assert error.count("\n") == 1, error
-    assert "log '{}' cannot be read as a .npy array".format(
-        tmp_path / "cut" / "logs" / "valid_loss.npy") in error
+    assert ("log '{}': expected a .npy array, found a file without the "
+            ".npy header (0 bytes".format(
+                tmp_path / "cut" / "logs" / "valid_loss.npy")) in error
     assert not os.path.exists(tmp_path / "plot.png")
+
+
+@pytest.mark.parametrize("content, expected", [
+    # numpy said it held pickled data and suggested allow_pickle=True.
+    (b"garbage\n", "found a file without the .npy header (8 bytes"),
+    (None, "expected an array of numbers, found Python objects (pickled); "
+           "not loaded."),
+])
+def test_a_log_that_is_no_array_of_numbers_is_named(tmp_path, capsys,
+                                                   content, expected):
+    folder = write_experiment(tmp_path / "bad", {"train_loss": [2.0, 1.0]})
+    path = tmp_path / "bad" / "logs" / "valid_loss.npy"
+    if content is None:
+        np.save(path, np.array([{"loss": 1}], dtype=object),
+                allow_pickle=True)
+    else:
+        path.write_bytes(content)
+    error = run_error([folder, "--out", str(tmp_path / "plot")], capsys)
+    assert error.count("\n") == 1, error
+    assert f"log '{path}': " in error and expected in error
+    assert "allow_pickle" not in error

@@ -6,6 +6,7 @@ import numpy as np
 
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.safe_load import load_npy_file
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -47,12 +48,7 @@ def _build_parser():
 
 def _load_matrix(path):
     check_npy_extension(path, "matrix")
-    try:
-        matrix = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:  # EOFError: 0 bytes
-        raise DwiMLUserError(
-            f"matrix '{path}': expected a .npy array, could not read it "
-            f"({error}).") from None
+    matrix = load_npy_file(path, "matrix")
     if not (np.issubdtype(matrix.dtype, np.integer)
             or np.issubdtype(matrix.dtype, np.floating)
             or matrix.dtype == bool):

@@ -1,6 +1,7 @@
 """Track a subject of an HDF5 file with a trained model."""
 import argparse
 import logging
+import math
 import os
 
 import numpy as np
@@ -179,18 +180,19 @@ def _check_numbers(args):
     checks = [
         ("npv", args.npv, args.npv is None or args.npv >= 1, ">= 1"),
         ("nt", args.nt, args.nt is None or args.nt >= 1, ">= 1"),
-        ("step_size", args.step_size,
-         args.step_size is None or args.step_size > 0, "> 0 mm"),
+        ("step_size", args.step_size, args.step_size is None
+         or 0 < args.step_size < math.inf, "a finite number > 0 mm"),
         ("theta", args.theta, 0 < args.theta <= 180, "in (0, 180] degrees"),
         ("min_length", args.min_length, args.min_length >= 0, ">= 0 mm"),
         ("max_length", args.max_length, args.max_length >= args.min_length
-         and args.max_length > 0, "> 0 mm and >= --min_length"),
+         and 0 < args.max_length < math.inf,
+         "a finite number > 0 mm and >= --min_length"),
         ("eos_stop", args.eos_stop, eos_stop_is_valid(args.eos_stop),
          "in [0, 1) or 'max'"),
         ("max_invalid_nb_points", args.max_invalid_nb_points,
          args.max_invalid_nb_points >= 0, ">= 0"),
-        ("compress_th", args.compress_th,
-         args.compress_th is None or args.compress_th > 0, "> 0 mm"),
+        ("compress_th", args.compress_th, args.compress_th is None
+         or 0 < args.compress_th < math.inf, "a finite number > 0 mm"),
         ("batch_size", args.batch_size, args.batch_size >= 1, ">= 1"),
     ]
     for name, value, valid, expected in checks:

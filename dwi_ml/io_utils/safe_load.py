@@ -1,4 +1,4 @@
-"""Read torch and JSON files that a user gave us, with one-line errors.
+"""Read torch, JSON and .npy files that a user gave us, with one-line errors.
 
 Every torch file (model weights, checkpoint state) goes through
 :func:`load_torch_file`: ``torch.load(weights_only=True)``, so that a file
@@ -9,6 +9,8 @@ can be bad (missing, empty, truncated, random bytes, pickled code) becomes a
 import json
 import os
 import pickle
+
+import numpy as np
 
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -85,3 +87,46 @@ def load_json_file(path, what):
             f"{what} '{path}': expected valid JSON, found an error at line "
             f"{error.lineno} column {error.colno}: {error.msg} (the file is "
             "truncated or corrupt).") from None
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npy_file(path, what):
+    """``np.load(path, allow_pickle=False)``, with one-line user errors.
+
+    numpy's own message for a file that is not a .npy (a text file, random
+    bytes) says that it holds pickled data and suggests loading it
+    unsafely; here it is called a file without the .npy header.
+
+    Raises
+    ------
+    DwiMLUserError
+        Missing file, no .npy header, an array of Python objects (not
+        loaded), or a truncated file.
+    """
+    if not os.path.isfile(path):
+        raise DwiMLUserError(f"{what} '{path}': expected a file, found none.")
+    with open(path, "rb") as f:
+        header = f.read(len(_NPY_MAGIC))
+    size = os.path.getsize(path)
+    if header != _NPY_MAGIC:
+        raise DwiMLUserError(
+            f"{what} '{path}': expected a .npy array, found a file without "
+            f"the .npy header ({size} bytes: empty, truncated or not a .npy "
+            "file).")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DwiMLUserError(
+                f"{what} '{path}': expected an array of numbers, found "
+                "Python objects (pickled); not loaded.") from None
+        raise DwiMLUserError(
+            f"{what} '{path}': expected a .npy array, found a truncated or "
+            f"corrupt one ({size} bytes; {_one_line(error)}).") from None
+    except (OSError, EOFError) as error:
+        raise DwiMLUserError(
+            f"{what} '{path}': expected a .npy array, found a truncated or "
+            f"corrupt one ({size} bytes; {type(error).__name__}: "
+            f"{_one_line(error) or 'no data'}).") from None

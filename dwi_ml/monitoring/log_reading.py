@@ -21,6 +21,7 @@ from dwi_ml.io_utils.experiment_layout import (
     PARAMETERS_FILE,
     read_best_epoch,
 )
+from dwi_ml.io_utils.safe_load import load_npy_file
 from dwi_ml.monitoring.log_expressions import base_log_names
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,7 @@ def is_per_batch(log_name):
 
 
 def _load_log(path):
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:  # EOFError: 0 bytes
-        raise DwiMLUserError(
-            f"log '{path}' cannot be read as a .npy array ({error}).") from None
+    values = load_npy_file(path, "log")
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
         raise DwiMLUserError(
             f"log '{path}': expected a 1-D numeric array, found shape "

@@ -35,6 +35,7 @@ from dwi_ml.data.hdf5.layout import decode_str
 from dwi_ml.data.hdf5.subjects import one_line
 from dwi_ml.data.hdf5.tractograms import reference_info
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.safe_load import load_npy_file
 
 CONNECTIVITY_KEYS = ("connectivity_matrix", "connectivity_nb_blocs",
                      "connectivity_labels")
@@ -137,11 +138,7 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
     -------
     Connectivity
     """
-    try:
-        matrix = np.load(matrix_path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise DwiMLUserError(f"{where}: connectivity matrix '{matrix_path}' "
-                             f"cannot be read ({error}).") from None
+    matrix = load_npy_file(matrix_path, f"{where}: connectivity matrix")
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise DwiMLUserError(
             f"{where}: connectivity matrix '{matrix_path}': expected a square "
