@@ -372,6 +372,11 @@ BAD_INPUTS = {
         "type": "streamlines", "files": ["tractograms/bundle_3.tck"],
         "reference": "streamlines"})}, None,
         ["'streamlines'", "reference"]),
+    # JSON keeps the last of two groups of one name: the first was lost.
+    "duplicate_group": ({"config_text": json.dumps(CONFIG)[:-1] + ', "input":'
+                         ' {"type": "volume", "files": ["masks/wm.nii.gz"]}}'},
+                        None, ["config '", "expected each key once in an "
+                               "object, found 'input' 2 times"]),
     "missing_dps": ({"config": config_with(streamlines={
         "type": "streamlines", "files": ["tractograms/bundle_1.trk"],
         "dps_keys": ["seeds"]})}, None,
@@ -387,7 +392,8 @@ def test_bad_input_is_one_line_error_and_no_output(tmp_path, capsys, case):
     if change is not None:
         change[1](os.path.join(root, "sub-02", change[0]))
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(lists_and_config.get("config", CONFIG)))
+    config.write_text(lists_and_config.get("config_text") or json.dumps(
+        lists_and_config.get("config", CONFIG)))
     paths = write_subject_lists(
         tmp_path, lists_and_config.get("training", ["sub-01", "sub-02"]),
         lists_and_config.get("validation", []))

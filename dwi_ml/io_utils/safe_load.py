@@ -64,20 +64,34 @@ def load_torch_file(path, what, map_location="cpu"):
         ) from None
 
 
+def _refuse_duplicate_keys(path, what):
+    def object_from_pairs(pairs):
+        keys = [key for key, _ in pairs]
+        repeated = next((key for key in keys if keys.count(key) > 1), None)
+        if repeated is not None:
+            # json keeps the last value: a group written twice was lost.
+            raise DwiMLUserError(
+                f"{what} '{path}': expected each key once in an object, found "
+                f"'{repeated}' {keys.count(repeated)} times.")
+        return dict(pairs)
+    return object_from_pairs
+
+
 def load_json_file(path, what):
     """Parse a JSON file, with one-line user errors naming it.
 
     Raises
     ------
     DwiMLUserError
-        Missing file, bytes that are not UTF-8, or invalid (e.g. truncated)
-        JSON.
+        Missing file, bytes that are not UTF-8, invalid (e.g. truncated)
+        JSON, or a key twice in one object.
     """
     if not os.path.isfile(path):
         raise DwiMLUserError(f"{what} '{path}': expected a file, found none.")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=_refuse_duplicate_keys(
+                path, what))
     except UnicodeDecodeError:
         raise DwiMLUserError(
             f"{what} '{path}': expected UTF-8 JSON text, found binary bytes "
