@@ -89,11 +89,17 @@ def check_hdf5_groups(hdf5_file, input_group, streamline_group,
     if input_group is not None and input_group not in volumes:
         raise DwiMLUserError(
             f"input_group: '{input_group}' is not a volume group of "
-            f"'{hdf5_file}' (expected one of: {', '.join(volumes)}).")
+            f"'{hdf5_file}' ({_expected_names(volumes, 'volume')}).")
     if streamline_group not in streamlines:
         raise DwiMLUserError(
             f"streamline_group: '{streamline_group}' is not a streamline group "
-            f"of '{hdf5_file}' (expected one of: {', '.join(streamlines)}).")
+            f"of '{hdf5_file}' ({_expected_names(streamlines, 'streamline')}).")
+
+
+def _expected_names(names, kind):
+    if not names:
+        return f"the file has no {kind} group"
+    return f"expected one of: {', '.join(names)}"
 
 
 def load_experiment_model_for(args):
