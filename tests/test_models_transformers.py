@@ -566,6 +566,9 @@ def test_a_few_optimisation_steps_reduce_the_loss(cls):
     (TransformerSrcOnlyModel, dict(nheads=3), "nheads"),
     (TransformerSrcOnlyModel, dict(input_embedding_key="none"),
      "'input_embedding_key'.*4 values.*expects 16 \\(set by d_model\\)"),
+    # Concatenated tokens: the source's share is what is left of d_model.
+    (TransformerSrcAndTgtModel, dict(input_embedding_key="none"),
+     "expects 8 \\(set by d_model - target_embedded_size\\)"),
     (TransformerSrcOnlyModel, dict(position_encoding="rope"),
      "position_encoding"),
     (TransformerSrcOnlyModel, dict(activation="tanh"), "activation"),

@@ -150,8 +150,9 @@ class TransformerModelAbstract(DirectionGetterModel):
         """int: width of a source token (input and previous directions)."""
         return self.input_size + 3 * self.nb_previous_dirs
 
-    def make_input_embedding(self, output_size):
-        """The source tokens' embedding, to ``output_size`` values."""
+    def make_input_embedding(self, output_size, set_by="d_model"):
+        """The source tokens' embedding, to ``output_size`` values (set by
+        the options ``set_by``)."""
         if self.input_embedding_key == "cnn":
             return make_cnn_embedding(self.nb_features,
                                       self.input_spec.neighborhood,
@@ -159,7 +160,7 @@ class TransformerModelAbstract(DirectionGetterModel):
                                       self.cnn_nb_filters)
         return make_token_embedding("input_embedding_key",
                                     self.input_embedding_key,
-                                    self.source_size, output_size)
+                                    self.source_size, output_size, set_by)
 
     def make_stack(self, n_layers, cross_attention):
         """``n_layers`` layers with the model's options."""

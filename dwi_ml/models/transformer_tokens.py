@@ -17,15 +17,17 @@ from dwi_ml.models.embeddings import EMBEDDING_KEYS, make_embedding
 SOS_TOKEN_TYPES = ("learned", "class")
 
 
-def make_token_embedding(name, key, input_size, output_size):
+def make_token_embedding(name, key, input_size, output_size,
+                         set_by="d_model"):
     """Embedding ``key`` ("none" or "linear") from ``input_size`` to
-    ``output_size``; "none" requires both widths to be equal."""
+    ``output_size``; "none" requires both widths to be equal (the message
+    names the options that set ``output_size``: ``set_by``)."""
     check_choice(name, key, EMBEDDING_KEYS)
     if key == "none" and input_size != output_size:
         raise DwiMLUserError(
             f"argument '{name}': 'none' keeps the token's {input_size} "
-            f"values, but the model expects {output_size} (set by d_model); "
-            f"use 'linear', or a d_model that fits.")
+            f"values, but the model expects {output_size} (set by {set_by}); "
+            f"use 'linear', or a {set_by} that fits.")
     return make_embedding(key, input_size,
                           None if key == "none" else output_size)
 

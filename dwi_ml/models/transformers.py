@@ -116,7 +116,9 @@ class TransformerSrcAndTgtModel(TransformerModelAbstract):
                 f"{target_width}; or use 'linear'.")
         self.target_embedded_size = target_embedded_size
         self.target_embedding_key = target_embedding_key
-        self.input_embedding = self.make_input_embedding(source_width)
+        self.input_embedding = self.make_input_embedding(
+            source_width, "d_model" if token_combination == "add"
+            else "d_model - target_embedded_size")
         self.target_embedding = TargetEmbedding(
             target_embedding_key, target_width, sos_token_type)
         self.encoder = self.make_stack(self.n_layers_e, False)
