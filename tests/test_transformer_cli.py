@@ -76,3 +76,14 @@ def test_train_resume_track_each_transformer(tmp_path, hdf5_file,
                          "--tracking_mask_group", "wm_mask", "--nt", "5",
                          "--max_length", "1600"],
         capsys, tmp_path, "max_length", "max_len=1000", "1500 mm")
+
+
+def test_a_model_argument_refused_is_named_as_its_option(tmp_path, hdf5_file,
+                                                         capsys):
+    """The models' checks name their constructor argument ('nheads'); from
+    the script, the option typed (--nheads)."""
+    args = _args(tmp_path, "bad", hdf5_file, "transformer_src_only", 1)
+    args[args.index("--nheads") + 1] = "3"
+    assert_user_error(train_main, args, capsys, tmp_path,
+                      "argument --nheads: expected a divisor of d_model (16), "
+                      "found 3.")

@@ -42,6 +42,7 @@ from dwi_ml.io_utils.run_paths import record_input
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
+    as_option_names,
     check_inputs_exist,
     make_parser,
     parse_script_args,
@@ -264,9 +265,16 @@ def _as_dict(params):
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_train_model.py."""
-    args = parse_script_args(build_parser(), argv,
+    parser = build_parser()
+    args = parse_script_args(parser, argv,
                              reference_options=TRAIN_REFERENCE_OPTIONS)
-    train_from_args(args)
+    try:
+        train_from_args(args)
+    except DwiMLUserError as error:
+        renamed = as_option_names(error, parser)
+        if renamed is error:
+            raise
+        raise renamed from None
 
 
 def train_from_args(args, callbacks=()):
