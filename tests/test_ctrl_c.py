@@ -101,7 +101,9 @@ def test_stop_during_tractogram_writing(data, tmp_path, extension, stop):
 def test_sigterm_after_a_finished_training_says_it_is_complete(tmp_path):
     # A SIGTERM while the interpreter exits, after 'Experiment saved' (a
     # time limit, scancel): the script died of it (143) without a word,
-    # so that the run looked killed with its experiment unfinished.
+    # so that the run looked killed with its experiment unfinished. This
+    # one comes in Python's last steps (registered first, atexit runs it
+    # last): ignored, a finished run (test_launcher: the line before).
     hdf5_file = make_training_hdf5(str(tmp_path))
     script = os.path.join(SCRIPTS, "dwiml_train_model.py")
     code = ("import atexit, os, runpy, signal, sys\n"
@@ -113,11 +115,9 @@ def test_sigterm_after_a_finished_training_says_it_is_complete(tmp_path):
          "input", "streamlines", "--max_epochs", "1", "--step_size", "1.5",
          "--rnn_layer_sizes", "8", "-v", "WARNING"],
         capture_output=True, text=True, timeout=300)
-    assert process.returncode == EXIT_STATUS_SIGTERM, process.stderr[-3000:]
+    assert process.returncode == 0, process.stderr[-3000:]
     assert process.stdout.startswith(f"Experiment saved in {tmp_path}/exp (")
-    assert process.stderr.strip().splitlines() == [
-        "dwiml_train_model.py: terminated (SIGTERM) after it finished: its "
-        "outputs are complete."]
+    assert process.stderr == ""
     assert os.path.isfile(tmp_path / "exp" / "checkpoint" /
                           "checkpoint_state.pt")
 
