@@ -66,6 +66,6 @@ def test_tracking_at_the_bench_batch_tracks_every_seed(bench_output):
     row = re.search(r"batch\s+100:\s+(\d+) streamlines,\s+([\d.]+) points "
                     r"each \|\s+([\d.]+) streamlines/s", tracking)
     assert row is not None, tracking
-    assert int(row.group(1)) == 200
+    assert int(row.group(1)) == 100
     assert float(row.group(2)) > 1 and float(row.group(3)) > 0
     assert re.search(r"== bench_gpu.sh done in \d+ s", bench_output)

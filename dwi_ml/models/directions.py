@@ -17,7 +17,8 @@ Directions and predictions
 --------------------------
 The directions of streamline ``s`` are its segments in voxel space:
 ``d_t = s[t + 1] - s[t]`` for ``t = 0 .. n - 2`` (not normalised; their
-length is the step size in voxels).
+length is the segment's in voxels, which depends on its orientation when
+voxels are anisotropic; docs/models.md).
 
 At point ``t`` the model sees ``inputs[t]`` and the ``k`` previous
 directions and predicts ``d_t``.

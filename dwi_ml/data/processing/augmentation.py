@@ -266,8 +266,10 @@ def add_noise_mm(streamlines_vox, sigma_mm, affine, rng):
     nibabel ArraySequence
         Same offsets and lengths, new data array (every row of ``_data``,
         covered by a streamline or not, is moved) with the input's dtype.
-        Pieces from ``split_streamlines`` that share a cut point still share
-        it after noise. Float32 points get ``point + noise`` rounded once
+        Pieces from ``split_streamlines`` that still share a cut point (one
+        row of ``_data``) share it after noise; once reversed
+        (``reverse_streamlines`` copies every streamline), each piece gets
+        its own noise there. Float32 points get ``point + noise`` rounded once
         (both are float32).
     """
     try:
