@@ -238,6 +238,17 @@ def test_logged_stop_reason_when_several_criteria_apply():
         result.forward_stops,
         [StopReason.MASK, StopReason.EOS, StopReason.EOS])
     np.testing.assert_array_equal(result.streamlines._lengths, [1, 1, 1])
+    # --no-discard_last_point keeps the point out of the mask only if it
+    # passed the other tests: here EOS ends every streamline at its seed
+    # (the first seed's point out of the mask was kept, and turns sharper
+    # than --theta were kept the same way).
+    result = make_tracker(model, mask, eos_threshold=0.5,
+                          track_forward_only=True,
+                          append_last_point=True).track(seeds)
+    np.testing.assert_array_equal(result.streamlines._lengths, [1, 1, 1])
+    result = make_tracker(constant_model(), mask, track_forward_only=True,
+                          append_last_point=True).track(seeds[:1])
+    np.testing.assert_array_equal(result.streamlines._lengths, [2])
 
 
 def test_no_streamline_kept_is_a_warning_naming_why(experiment, capsys):

@@ -105,7 +105,8 @@ class BatchedTracker(NextPointChecks):
         does).
     append_last_point : bool
         A half that stops on the mask, inside the volume, ends with the
-        point out of the mask that stopped it.
+        point out of the mask that stopped it, if that point passed the
+        angle and EOS tests (a sharper turn or an EOS there is not added).
     """
 
     def __init__(self, model, input_volume, affine, tracking_mask,
@@ -365,6 +366,9 @@ class BatchedTracker(NextPointChecks):
                                         self._eos_stops(outputs, eos_probs),
                                         recent, t, growing, known_next_points)
             if out_of_mask is not None:
+                # A point out of the mask is appended (append_last_point)
+                # only if it passed the angle and EOS tests.
+                appendable = out_of_mask & (stop_codes == 0)
                 # With no point allowed out of the mask, all counts are 0
                 # before the step: the first one is past the limit.
                 past_limit = out_of_mask
@@ -381,7 +385,7 @@ class BatchedTracker(NextPointChecks):
                 stops.index_copy_(0, stopped_rows,
                                   stop_codes.index_select(0, stopped))
                 if self.append_last_point and out_of_mask is not None:
-                    lengths.index_copy_(0, stopped_rows, (out_of_mask & (
+                    lengths.index_copy_(0, stopped_rows, (appendable & (
                         stop_codes == StopReason.MASK)).index_select(
                             0, stopped) + (t + 1))
                 else:
