@@ -357,7 +357,8 @@ def test_train_f_refuses_a_users_file_in_logs(tmp_path, data, capsys):
     before = snapshot(tmp_path)
     message = run_refused(train_main, _train(tmp_path, "out", data, "-f"),
                           capsys)
-    assert "but also holds 'logs/my_plot.png'" in message
+    assert ("but also holds 'logs/my_plot.png', which is not part of one: "
+            "-f removes only what dwi_ml wrote; move it elsewhere") in message
     assert snapshot(tmp_path) == before
 
 

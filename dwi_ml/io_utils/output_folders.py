@@ -427,8 +427,10 @@ def _refuse_foreign_entries(path, kind, what):
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         raise DwiMLUserError(
             f"{what} '{path}' is a {_KIND_NAMES[kind]} but also holds "
-            f"{shown}{more}, which are not part of one: -f removes only "
-            "what dwi_ml wrote; move them elsewhere or give a new folder.")
+            f"{shown}{more}, which {'is' if len(foreign) == 1 else 'are'} "
+            "not part of one: -f removes only what dwi_ml wrote; move "
+            f"{'it' if len(foreign) == 1 else 'them'} elsewhere or give a new "
+            "folder.")
 
 
 def mark_output_folder(path, kind):
