@@ -136,7 +136,8 @@ def train_offline(hdf5, tmp_path, max_epochs, log_every, resume=False):
     """Train (or resume) experiment 'exp' with an offline Comet archive."""
     args = comet_args(["--comet_workspace", "ws", "--comet_project", "proj",
                        "--comet_offline_dir", str(tmp_path / "comet"),
-                       "--comet_log_every", str(log_every)])
+                       *([] if log_every is None else
+                         ["--comet_log_every", str(log_every)])])
     # hyperparameters=None: parameters.json as it is when training starts.
     callback = make_comet_callback(args, os.path.join(tmp_path, "exp"))
     trainer = make_tiny_trainer(hdf5, tmp_path, "exp", max_epochs,
@@ -167,7 +168,7 @@ def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
     archives = glob.glob(str(tmp_path / "comet" / "*.zip"))
     assert archives == [str(tmp_path / "comet" / f"{key}.zip")]
     assert load_checkpoint_state(trainer.experiment_dir)["callbacks"][
-        "comet"] == {"experiment_key": key}
+        "comet"] == {"experiment_key": key, "log_every": 3}
 
     experiment, messages, raw = read_archive(archives[0])
     first_messages = messages
@@ -204,9 +205,10 @@ def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
              if m["type"] == "log_other" and m["payload"]["key"] == "Name"]
     assert names == ["exp"]
 
-    # Resume to epoch 3: a second archive continues the same experiment.
+    # Resume to epoch 3: a second archive continues the same experiment,
+    # logging every 3 batches without being told again (it stopped).
     _, resumed = train_offline(tiny_hdf5, tmp_path, max_epochs=3,
-                               log_every=3, resume=True)
+                               log_every=None, resume=True)
     assert resumed.experiment_key == key
     second = [path for path in glob.glob(str(tmp_path / "comet" / "*.zip"))
               if path != archives[0]]
@@ -398,4 +400,4 @@ def test_a_resume_without_comet_options_says_its_epochs_miss_comet(
     assert sorted(os.listdir(comet_dir)) == archives
     # The key is kept: a later resume with Comet continues the experiment.
     assert load_checkpoint_state(str(tmp_path / "exp"))["callbacks"][
-        "comet"] == {"experiment_key": key}
+        "comet"] == {"experiment_key": key, "log_every": 0}

@@ -191,8 +191,9 @@ class CometCallback(Callback):
         training starts (the training scripts write it just before).
     experiment_name : str or None
         Name given to a new experiment (e.g. the experiment folder's name).
-    log_every : int
-        Log the training loss every ``log_every`` batches; 0 never.
+    log_every : int or None
+        Log the training loss every ``log_every`` batches; 0 never. None:
+        the checkpoint's value on resume (it is part of the state), else 0.
     experiment_key : str or None
         Experiment to continue; None creates a new experiment unless a
         checkpoint's state gives one (:meth:`load_state_dict`).
@@ -201,14 +202,15 @@ class CometCallback(Callback):
     name = "comet"
 
     def __init__(self, workspace=None, project=None, offline_dir=None,
-                 hyperparameters=None, experiment_name=None, log_every=0,
+                 hyperparameters=None, experiment_name=None, log_every=None,
                  experiment_key=None):
         self.workspace = workspace
         self.project = project
         self.offline_dir = offline_dir
         self.hyperparameters = hyperparameters
         self.experiment_name = experiment_name
-        self.log_every = log_every
+        self._log_every_given = log_every is not None
+        self.log_every = log_every or 0
         self.experiment_key = experiment_key
         self.experiment = None
 
@@ -249,14 +251,20 @@ class CometCallback(Callback):
         return {}
 
     def state_dict(self):
-        """``{'experiment_key': key}`` once an experiment exists."""
+        """``{'experiment_key': key, 'log_every': N}`` once an experiment
+        exists."""
         if self.experiment_key is None:
             return None
-        return {"experiment_key": self.experiment_key}
+        return {"experiment_key": self.experiment_key,
+                "log_every": self.log_every}
 
     def load_state_dict(self, state):
-        """Continue the experiment of a checkpoint."""
+        """Continue the experiment of a checkpoint, logging the training
+        loss as often as it did unless told otherwise (a resume without
+        --comet_log_every stopped the per-batch curve)."""
         self.experiment_key = state.get("experiment_key")
+        if not self._log_every_given:
+            self.log_every = int(state.get("log_every") or 0)
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         if self.experiment is not None:

@@ -36,10 +36,10 @@ def add_comet_args(parser, description=COMET_ARGS_DESCRIPTION,
                             "logging online. DIR is created if its parent "
                             "exists.")
     if log_every:
-        group.add_argument("--comet_log_every", type=int, default=0,
-                           metavar="N",
+        group.add_argument("--comet_log_every", type=int, metavar="N",
                            help="Also log the training loss every N batches "
-                                "(0: epoch metrics only).")
+                                "(0: epoch metrics only). Default: 0; a "
+                                "resume keeps the run's value.")
     return group
 
 
@@ -51,7 +51,7 @@ def comet_is_requested(args):
 
 def check_comet_args(args):
     """Check the Comet options locally (no network); raise a clear error."""
-    log_every = getattr(args, "comet_log_every", 0)
+    log_every = getattr(args, "comet_log_every", None) or 0
     if log_every < 0:
         raise DwiMLUserError(
             f"--comet_log_every: expected 0 or more batches, got "
@@ -132,4 +132,5 @@ def make_comet_callback(args, experiment_dir, hyperparameters=None,
         workspace=args.comet_workspace, project=args.comet_project,
         offline_dir=args.comet_offline_dir, hyperparameters=hyperparameters,
         experiment_name=os.path.basename(os.path.normpath(experiment_dir)),
-        log_every=args.comet_log_every, experiment_key=resumed_key)
+        log_every=getattr(args, "comet_log_every", None),
+        experiment_key=resumed_key)
