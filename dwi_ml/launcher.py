@@ -13,6 +13,7 @@ imports nothing heavy.
 """
 import functools
 import importlib
+import importlib.util
 import signal
 import sys
 
@@ -73,7 +74,10 @@ def launch(name):
 
 
 def __getattr__(name):
-    # dwi_ml.launcher:NAME, the installed commands' entry points.
-    if name.startswith("__"):
-        raise AttributeError(name)
+    # dwi_ml.launcher:NAME, the installed commands' entry points: a name of
+    # a script module only (found, not imported).
+    if name.startswith("_") or importlib.util.find_spec(
+            f"dwi_ml.cli.{name}") is None:
+        raise AttributeError(f"module 'dwi_ml.launcher' has no attribute "
+                             f"'{name}'")
     return functools.partial(launch, name)

@@ -64,8 +64,9 @@ def test_every_installed_command_runs_its_module_through_the_launcher():
         with open(os.path.join(HERE, "..", "scripts_python",
                                f"{name}.py")) as f:
             assert f'launch("{name}")' in f.read()
-    with pytest.raises(AttributeError):
-        launcher.__wrapped__   # noqa: B018 - dunders are not scripts
+    for name in ("__wrapped__", "_private", "no_such_script"):
+        with pytest.raises(AttributeError):
+            getattr(launcher, name)
 
 
 @script_entry_point
