@@ -219,12 +219,17 @@ def check_output_free(path, overwrite, what="output", extensions=None):
         check_extension(path, extensions, what)
 
 
-def _read_marker(path):
+def _marker_field(path, key):
+    """``key`` of the marker of folder ``path``; None if unreadable."""
     try:
         with open(os.path.join(path, MARKER_FILE)) as f:
-            kind = json.load(f).get("kind")
+            return json.load(f).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _read_marker(path):
+    kind = _marker_field(path, "kind")
     return kind if kind in OUTPUT_KINDS else None
 
 
@@ -376,11 +381,7 @@ def _entries_under(folder, prefix):
 
 def _sealed_entries(path):
     """The entries recorded by :func:`seal_output_folder`, or None."""
-    try:
-        with open(os.path.join(path, MARKER_FILE)) as f:
-            entries = json.load(f).get("entries")
-    except (OSError, ValueError, AttributeError):
-        return None
+    entries = _marker_field(path, "entries")
     if not isinstance(entries, list):
         return None
     return {entry for entry in entries if isinstance(entry, str)}
