@@ -439,7 +439,6 @@ def _check_saved_tracking_validation(params, experiment_dir):
             f"best_model_metric: {error}") from None
 
 
-
 def _warn_ignored_options(args, experiment_dir):
     """--resume_if_exists continues with the saved options: name those
     given on this command line with another value (a job script given a

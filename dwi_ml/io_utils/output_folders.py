@@ -341,7 +341,7 @@ def foreign_entries(path, kind):
     :data:`OWN_ENTRIES`."""
     sealed = _sealed_entries(path)
     if sealed is not None:
-        return _unsealed_entries(path, sealed, "")
+        return _unsealed_entries(path, sealed)
     return _foreign_entries(path, (MARKER_FILE, *OWN_ENTRIES[kind]))
 
 
@@ -387,17 +387,14 @@ def _sealed_entries(path):
     return {entry for entry in entries if isinstance(entry, str)}
 
 
-def _unsealed_entries(folder, sealed, prefix):
+def _unsealed_entries(path, sealed):
+    """Entries under ``path`` not in ``sealed``; a foreign folder is named,
+    not what it holds."""
     foreign = []
-    for name in sorted(os.listdir(folder)):
-        relative = prefix + name
-        if relative == MARKER_FILE or _is_temporary(name):
-            continue
-        full = os.path.join(folder, name)
-        if relative not in sealed:
-            foreign.append(relative)
-        elif os.path.isdir(full) and not os.path.islink(full):
-            foreign += _unsealed_entries(full, sealed, relative + "/")
+    for entry in sorted(_entries_under(path, "")):
+        if entry not in sealed and not any(
+                entry.startswith(folder + "/") for folder in foreign):
+            foreign.append(entry)
     return foreign
 
 
