@@ -98,9 +98,15 @@ def test_matrices_indexed_by_label_value_are_converted():
     included) keeps the rows of the labels present; the reference's
     layout is kept as it is; any other size is one clear error."""
     by_value = np.arange(16).reshape(4, 4)
+    by_value[2], by_value[:, 2] = 0, 0  # label 2 is not in the volume
     converted = matrix_on_label_nodes(by_value, _labels(), "m")
     np.testing.assert_array_equal(converted, [[0, 1, 3], [4, 5, 7],
                                               [12, 13, 15]])
+    # A connection on label 2 would be lost: not this volume's matrix.
+    by_value[2, 3] = 1
+    with pytest.raises(DwiMLUserError, match=r"m: a row per label value, "
+                       r"with connections on label\(s\) \[2\]"):
+        matrix_on_label_nodes(by_value, _labels(), "m")
     compact = np.ones((3, 3))
     assert matrix_on_label_nodes(compact, _labels(), "m") is compact
     # Without the background's row (labels 1 and 3 only).
@@ -286,9 +292,9 @@ def test_score_script_names_the_matrix_of_the_wrong_shape(tmp_path, capsys):
         paths[name] = str(tmp_path / f"{name}.npy")
         np.save(paths[name], matrix)
     cases = [
-        (["row", "square"], "matrix '{row}': expected a square matrix, "
+        (["row", "square"], "matrix '{row}': expected a square 2-D array, "
                             "found shape (3,)"),
-        (["square", "rect"], "matrix '{rect}': expected a square matrix, "
+        (["square", "rect"], "matrix '{rect}': expected a square 2-D array, "
                              "found shape (2, 3)"),
         (["square", "big"], "matrices '{square}' (3 x 3) and '{big}' "
                             "(4 x 4): expected the same shape"),

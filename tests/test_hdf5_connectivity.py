@@ -190,6 +190,49 @@ def test_bad_label_volume_is_one_clear_error(dataset_root, tmp_path, name,
     assert not os.path.exists(tmp_path / "out.hdf5")
 
 
+@pytest.mark.parametrize("case, message", [
+    ("nan", "expected finite counts, found 1 NaN or infinite entries"),
+    ("negative", "expected counts >= 0, found 1 negative entries"),
+    ("too_many_blocs", "'connectivity_nb_blocs': expected at most the "
+                       "volume's size along each axis [10, 12, 8]"),
+    ("shifted_labels", "expected the streamline group's affine"),
+    ("other_parcellation", "with connections on label(s) [1, 2] that the label "
+                           "volume does not have"),
+])
+def test_connectivity_that_would_score_wrongly_is_refused(
+        dataset_root, tmp_path, case, message):
+    """Each was stored as a plausible matrix (NaN and negative counts as
+    "no connection", a label volume off the grid, more blocs than voxels,
+    a connection on a label the volume lacks dropped), and the
+    connectivity score of every epoch was silently wrong."""
+    labels = np.zeros(SHAPE, dtype=np.int16)
+    labels[5:] = 3  # labels {0, 3}
+    matrix = np.zeros((4, 4))
+    entry = {"connectivity_matrix": "case.npy",
+             "connectivity_labels": "case.nii.gz"}
+    affine = grid_affine()
+    if case in ("nan", "negative"):
+        matrix[0, 3] = np.nan if case == "nan" else -1
+    elif case == "too_many_blocs":
+        matrix = np.zeros((11 * 2 * 2,) * 2)
+        entry = {"connectivity_matrix": "case.npy",
+                 "connectivity_nb_blocs": [11, 2, 2]}
+    elif case == "shifted_labels":
+        affine = grid_affine(translation=(-5.0, 7.5, 3.0))
+    else:
+        matrix[0, 3] = matrix[1, 2] = 9  # labels 1, 2 are not in it
+    for subject in SUBJECTS:
+        np.save(dataset_root / subject / "case.npy", matrix)
+        save_nifti(str(dataset_root / subject / "case.nii.gz"), labels,
+                   affine)
+    with pytest.raises(DwiMLUserError) as error:
+        _create(dataset_root, tmp_path, entry)
+    text = str(error.value)
+    assert message in text and len(text.splitlines()) == 1
+    assert "subject 's1', group 'streamlines'" in text
+    assert not os.path.exists(tmp_path / "out.hdf5")
+
+
 @pytest.mark.parametrize("layout", ["reference", "by_label_value"])
 def test_sparse_labels_of_either_layout_score_streamlines(tmp_path, layout):
     """Labels 0, 4 and 9 (a parcellation's numbering has gaps): the

@@ -2,8 +2,7 @@
 import logging
 import os
 
-import numpy as np
-
+from dwi_ml.data.hdf5.connectivity import check_count_matrix
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.safe_load import load_npy_file
@@ -49,26 +48,7 @@ def _build_parser():
 def _load_matrix(path):
     check_npy_extension(path, "matrix")
     matrix = load_npy_file(path, "matrix")
-    if not (np.issubdtype(matrix.dtype, np.integer)
-            or np.issubdtype(matrix.dtype, np.floating)
-            or matrix.dtype == bool):
-        raise DwiMLUserError(
-            f"matrix '{path}': expected numbers or booleans, found dtype "
-            f"{matrix.dtype}.")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise DwiMLUserError(
-            f"matrix '{path}': expected a square matrix, found shape "
-            f"{matrix.shape}.")
-    nb_not_finite = int(np.count_nonzero(~np.isfinite(matrix)))
-    if nb_not_finite:
-        raise DwiMLUserError(
-            f"matrix '{path}': expected finite counts, found {nb_not_finite} "
-            "NaN or infinite entries.")
-    nb_negative = int(np.count_nonzero(matrix < 0))
-    if nb_negative:
-        raise DwiMLUserError(
-            f"matrix '{path}': expected counts >= 0, found {nb_negative} "
-            "negative entries.")
+    check_count_matrix(matrix, f"matrix '{path}'")
     return matrix
 
 

@@ -12,7 +12,10 @@ Every function takes streamlines in voxel space with a corner origin (dipy
 """
 import numpy as np
 
-from dwi_ml.data.hdf5.connectivity import label_nodes
+from dwi_ml.data.hdf5.connectivity import (  # noqa: F401 (re-exported)
+    check_nb_blocs_fit,
+    label_nodes,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.voxel_masks import (
     OUTSIDE,
@@ -120,16 +123,6 @@ def connectivity_from_labels(streamlines_vox, label_volume, binary=False):
                     & (nodes[end_nodes[known]] == end_labels[known]))
     return connectivity_matrix(start_nodes[known], end_nodes[known],
                                len(nodes), binary)
-
-
-def check_nb_blocs_fit(nb_blocs, shape):
-    """Refuse more blocs than voxels along an axis (a bloc holds at least
-    one voxel); ``nb_blocs`` as :func:`parse_nb_blocs` returns it."""
-    if any(nb > size for nb, size in zip(nb_blocs, shape)):
-        raise DwiMLUserError(
-            f"nb_blocs: expected at most the volume's size along each axis "
-            f"{list(shape)} (a bloc holds at least one voxel), found "
-            f"{list(nb_blocs)}.")
 
 
 def point_blocs(points_vox, shape, nb_blocs):

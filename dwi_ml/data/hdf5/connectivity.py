@@ -34,6 +34,7 @@ import numpy as np
 from dwi_ml.data.hdf5.layout import decode_str
 from dwi_ml.data.hdf5.subjects import one_line
 from dwi_ml.data.hdf5.tractograms import reference_info
+from dwi_ml.data.hdf5.volumes import AFFINE_TOLERANCE_MM
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.safe_load import load_npy_file
 
@@ -121,7 +122,43 @@ def _parse_nb_blocs(value, where):
     return tuple(values * 3) if len(values) == 1 else tuple(values)
 
 
-def load_connectivity(config, matrix_path, labels_path, shape, where):
+def check_nb_blocs_fit(nb_blocs, shape, what="nb_blocs"):
+    """Refuse more blocs than voxels along an axis (a bloc holds at least
+    one voxel); ``what`` starts the one-line error."""
+    if any(nb > size for nb, size in zip(nb_blocs, shape)):
+        raise DwiMLUserError(
+            f"{what}: expected at most the volume's size along each axis "
+            f"{list(shape)} (a bloc holds at least one voxel), found "
+            f"{list(nb_blocs)}.")
+
+
+def check_count_matrix(matrix, what):
+    """Refuse a connectivity matrix that is not square, finite counts >= 0
+    (or booleans); ``what`` names the file in the one-line error."""
+    if not (np.issubdtype(matrix.dtype, np.integer)
+            or np.issubdtype(matrix.dtype, np.floating)
+            or matrix.dtype == bool):
+        raise DwiMLUserError(
+            f"{what}: expected numbers or booleans, found dtype "
+            f"{matrix.dtype}.")
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise DwiMLUserError(
+            f"{what}: expected a square 2-D array, found shape "
+            f"{matrix.shape}.")
+    nb_not_finite = int(np.count_nonzero(~np.isfinite(matrix)))
+    if nb_not_finite:
+        raise DwiMLUserError(
+            f"{what}: expected finite counts, found {nb_not_finite} NaN or "
+            "infinite entries.")
+    nb_negative = int(np.count_nonzero(matrix < 0))
+    if nb_negative:
+        raise DwiMLUserError(
+            f"{what}: expected counts >= 0, found {nb_negative} negative "
+            "entries.")
+
+
+def load_connectivity(config, matrix_path, labels_path, shape, where,
+                      affine=None):
     """Read and check a subject's connectivity files.
 
     Parameters
@@ -130,20 +167,24 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
     matrix_path, labels_path : str or None
         The subject's files (labels_path with 'from_labels' only).
     shape : tuple of 3 int
-        The streamline group's grid, for the label volume.
+        The streamline group's grid: the label volume's shape, and at
+        most as many blocs along each axis.
     where : str
         Names the subject and group in errors.
+    affine : np.ndarray (4, 4), optional
+        The streamline group's voxel-to-RAS affine; the label volume's must
+        match it (within dipy's header tolerance).
 
     Returns
     -------
     Connectivity
     """
     matrix = load_npy_file(matrix_path, f"{where}: connectivity matrix")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise DwiMLUserError(
-            f"{where}: connectivity matrix '{matrix_path}': expected a square "
-            f"2-D array, found shape {matrix.shape}.")
+    check_count_matrix(
+        matrix, f"{where}: connectivity matrix '{matrix_path}'")
     if config.nb_blocs is not None:
+        check_nb_blocs_fit(config.nb_blocs, shape,
+                           f"{where}: 'connectivity_nb_blocs'")
         nb_nodes = int(np.prod(config.nb_blocs))
         if matrix.shape[0] != nb_nodes:
             raise DwiMLUserError(
@@ -152,11 +193,18 @@ def load_connectivity(config, matrix_path, labels_path, shape, where):
                 f"found {matrix.shape[0]} x {matrix.shape[1]}.")
         return Connectivity(matrix > 0, FROM_BLOCS, config.nb_blocs)
     what = f"{where}: connectivity labels '{labels_path}'"
-    labels, _ = read_label_volume(labels_path, what)
+    labels, labels_affine = read_label_volume(labels_path, what)
     if labels.shape != tuple(shape):
         raise DwiMLUserError(
             f"{what}: expected the streamline group's grid {tuple(shape)}, "
             f"found shape {labels.shape}.")
+    if affine is not None and not np.allclose(
+            labels_affine, affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        raise DwiMLUserError(
+            f"{what}: expected the streamline group's affine "
+            f"{np.round(affine, 4).tolist()}, found "
+            f"{np.round(labels_affine, 4).tolist()}; endpoints would take "
+            "the labels of other voxels.")
     labels = labels.astype(np.int32)
     matrix = matrix_on_label_nodes(
         matrix, labels, f"{where}: connectivity matrix '{matrix_path}'")
@@ -245,6 +293,14 @@ def matrix_on_label_nodes(matrix, label_volume, where):
     if len(matrix) == len(nodes):
         return matrix
     if len(nodes) and len(matrix) == int(nodes[-1]) + 1:
+        absent = np.setdiff1d(np.arange(len(matrix)), nodes)
+        lost = np.flatnonzero(np.asarray(matrix)[absent].any(axis=1)
+                              | np.asarray(matrix)[:, absent].any(axis=0))
+        if len(lost):
+            raise DwiMLUserError(
+                f"{where}: a row per label value, with connections on "
+                f"label(s) {absent[lost][:5].tolist()} that the label volume "
+                "does not have; was it made from another parcellation?")
         return matrix[np.ix_(nodes, nodes)]
     if len(nodes) and nodes[0] == 0 and len(matrix) == len(nodes) - 1:
         with_background = np.zeros((len(nodes), len(nodes)), matrix.dtype)
@@ -273,12 +329,13 @@ def load_group_connectivity(group_config, group_files, subject):
     -------
     Connectivity
     """
-    shape = tuple(int(v) for v in reference_info(group_files.reference)[1])
+    affine, dimensions = reference_info(group_files.reference)[:2]
     matrix_path, *labels_path = group_files.connectivity_files
     return load_connectivity(
         group_config.connectivity, matrix_path,
-        labels_path[0] if labels_path else None, shape,
-        f"subject '{subject}', group '{group_config.name}'")
+        labels_path[0] if labels_path else None,
+        tuple(int(v) for v in dimensions),
+        f"subject '{subject}', group '{group_config.name}'", affine)
 
 
 def write_connectivity(streamline_group, connectivity):
