@@ -134,10 +134,13 @@ def test_shard_plan_splits_each_global_batch():
     plan = [[(0, np.arange(5)), (2, np.arange(10, 12))], [(1, np.array([7]))],
             [(0, np.arange(20, 24))]]
     shares = [shard_plan(plan, rank, 3) for rank in range(3)]
-    # The one-streamline batch cannot give each of 3 ranks one: dropped.
-    assert [nb_dropped for _, nb_dropped in shares] == [1, 1, 1]
+    # The one-streamline batch cannot give each of 3 ranks one: it joins
+    # the next batch (it was dropped, the same streamline every epoch of
+    # validation).
+    assert [nb_merged for _, nb_merged in shares] == [1, 1, 1]
     assert [len(share) for share, _ in shares] == [2, 2, 2]
-    for batch_idx, global_batch in ((0, plan[0]), (1, plan[2])):
+    joined = [(1, np.array([7])), (0, np.arange(20, 24))]
+    for batch_idx, global_batch in ((0, plan[0]), (1, joined)):
         parts = [share[batch_idx] for share, _ in shares]
         assert all(parts)
         merged = [(subj, int(i)) for part in parts for subj, ids in part
@@ -147,6 +150,30 @@ def test_shard_plan_splits_each_global_batch():
         sizes = [sum(len(ids) for _, ids in part) for part in parts]
         assert max(sizes) - min(sizes) <= 1
     assert shard_plan(plan, 0, 1) == (plan, 0)
+
+
+def test_shard_plan_joins_small_batches_to_their_neighbours():
+    def streamlines(batches):
+        return sorted((subj, int(i)) for batch in batches
+                      for subj, ids in batch for i in ids)
+
+    # A last batch too small joins the one before; same subject's ids are
+    # one entry.
+    plan = [[(0, np.arange(4))], [(1, np.arange(3))], [(1, np.array([9]))]]
+    shares = [shard_plan(plan, rank, 2)[0] for rank in range(2)]
+    assert [len(share) for share in shares] == [2, 2]
+    assert [as_pairs(part) for part in (shares[0][1], shares[1][1])] == [
+        ((1, (0, 1)),), ((1, (2, 9)),)]
+    # Batches of one streamline for 2 ranks: joined in pairs (the fifth
+    # joins the last pair), none lost.
+    singles = [[(0, np.array([i]))] for i in range(5)]
+    shares = [shard_plan(singles, rank, 2) for rank in range(2)]
+    assert [nb for _, nb in shares] == [3, 3]
+    assert [[as_pairs(part) for part in share] for share, _ in shares] == [
+        [((0, (0,)),), ((0, (2, 3)),)], [((0, (1,)),), ((0, (4,)),)]]
+    assert streamlines(shares[0][0] + shares[1][0]) == streamlines(singles)
+    # Fewer streamlines in the epoch than ranks: no batch.
+    assert shard_plan(singles[:2], 0, 3) == ([], 2)
 
 
 # --- BatchSampler on a real MultiSubjectDataset -----------------------------
@@ -273,8 +300,7 @@ def test_sampler_shards_every_global_batch(dataset, world_size):
 
     kept = [sorted(pair for part in parts for pair in streamlines(part))
             for parts in zip(*per_rank)]
-    full = [streamlines(batch) for batch in global_plan
-            if len(streamlines(batch)) >= world_size]
+    full = [streamlines(batch) for batch in global_plan]
     assert kept == full and len(kept) == len(global_plan)
 
 
@@ -363,17 +389,30 @@ def test_sampler_refuses_training_subjects_without_streamlines(tmp_path):
 
 @pytest.mark.parametrize("units, budget", [("nb_streamlines", 1),
                                            ("length_mm", 1.)])
-def test_sampler_refuses_batches_too_small_for_every_rank(dataset, units,
-                                                          budget):
-    # Before: every batch of one streamline was dropped (fewer streamlines
-    # than ranks), logged at INFO only: a run under torchrun trained on
-    # nothing, and its valid_loss was NaN.
-    sampler = make_sampler(dataset, units, batch_size_training=budget,
-                           batch_size_validation=budget, world_size=2)
+def test_batches_too_small_for_every_rank_are_joined(dataset, units,
+                                                     budget):
+    # Batches of one streamline for 2 ranks: before, every batch was
+    # dropped (a run under torchrun trained on nothing); now each pair of
+    # them is one global batch, and every streamline is used.
+    shards = [make_sampler(dataset, units, batch_size_training=budget,
+                           batch_size_validation=budget, rank=rank,
+                           world_size=2) for rank in range(2)]
+    single = make_sampler(dataset, units, batch_size_training=budget,
+                          batch_size_validation=budget)
     for split in ("training", "validation"):
-        with pytest.raises(DwiMLUserError) as error:
-            len(sampler.for_split(split))
-        assert str(error.value) == (
-            f"BatchSampler argument batch_size_{split}: every {split} batch "
-            f"of epoch 0 holds fewer streamlines than the 2 ranks and is "
-            f"dropped; expected a budget above {float(budget)} ({units}).")
+        per_rank = [epoch_pairs(shard, split) for shard in shards]
+        assert len(per_rank[0]) == len(per_rank[1])
+        assert all(len(part) for batches in per_rank for part in batches)
+        used = sorted((subj, i) for batches in per_rank for batch in batches
+                      for subj, ids in batch for i in ids)
+        assert used == sorted((subj, i) for batch in epoch_pairs(
+            single, split) for subj, ids in batch for i in ids)
+
+
+def test_sampler_refuses_fewer_streamlines_than_ranks(dataset):
+    sampler = make_sampler(dataset, world_size=16)
+    with pytest.raises(DwiMLUserError) as error:
+        len(sampler.for_split("validation"))
+    assert str(error.value) == (
+        "validation set: expected at least one streamline per rank, found 15 "
+        "streamline(s) for 16 ranks.")

@@ -186,25 +186,27 @@ def _fill_batch(chosen, cumulatives, positions, counts, budget):
 
 
 def shard_plan(plan, rank, world_size):
-    """Return this rank's part of every global batch, and the number dropped.
+    """Return this rank's part of every global batch, and the number merged.
 
     Batch sizes are global: each batch of the shared plan is split into
     ``world_size`` contiguous parts of (almost) equal numbers of
     streamlines, and rank ``r`` gets part ``r`` of every batch. All ranks
     thus get the same number of batches, and together they see exactly the
-    batches a single process would (the trainer weights each rank's loss
-    by its number of points, so the update equals the single-process one).
-    A batch with fewer streamlines than ranks cannot give each rank one; it
-    is dropped (never repeated) and counted.
+    streamlines a single process would (the trainer weights each rank's
+    loss by its number of points, so the update equals the single-process
+    one). A batch with fewer streamlines than ranks cannot give each rank
+    one: it joins the batches after it until the joined batch has one
+    streamline per rank (the last joins the one before), so no streamline
+    is left out; that update then covers several of the single process's
+    batches. They are counted. An epoch with fewer streamlines than ranks
+    gives no batch.
     """
     if world_size == 1:
         return plan, 0
-    rank_plan, nb_dropped = [], 0
+    plan, nb_merged = _merge_small_batches(plan, world_size)
+    rank_plan = []
     for batch in plan:
         sizes = np.array([len(ids) for _, ids in batch])
-        if sizes.sum() < world_size:
-            nb_dropped += 1
-            continue
         bounds = np.linspace(0, sizes.sum(), world_size + 1).round()
         start, stop = int(bounds[rank]), int(bounds[rank + 1])
         subject_starts = np.concatenate(([0], np.cumsum(sizes)))
@@ -215,4 +217,32 @@ def shard_plan(plan, rank, world_size):
             if lo < hi:
                 part.append((subj_idx, ids[lo - first:hi - first]))
         rank_plan.append(part)
-    return rank_plan, nb_dropped
+    return rank_plan, nb_merged
+
+
+def _merge_small_batches(plan, world_size):
+    """``plan`` with each batch of fewer than ``world_size`` streamlines
+    joined to its neighbours (see :func:`shard_plan`), and the number of
+    batches that joined another."""
+    merged, pending = [], []
+    for batch in plan:
+        pending.append(batch)
+        if sum(len(ids) for part in pending for _, ids in part) >= world_size:
+            merged.append(_join_batches(pending))
+            pending = []
+    if pending and merged:
+        merged[-1] = _join_batches([merged[-1], *pending])
+    return merged, len(plan) - len(merged)
+
+
+def _join_batches(batches):
+    """One batch of the streamlines of ``batches``; a subject's ids keep
+    their order."""
+    if len(batches) == 1:
+        return batches[0]
+    ids = {}
+    for batch in batches:
+        for subj_idx, subject_ids in batch:
+            ids.setdefault(subj_idx, []).append(subject_ids)
+    return [(subj_idx, np.concatenate(parts)) for subj_idx, parts in
+            ids.items()]

@@ -194,20 +194,18 @@ class BatchSampler:
         key = (self.seed, split, epoch)
         if self._cached_plan is None or self._cached_plan[0] != key:
             plan = self._plan_epoch(split, make_generator(*key))
-            rank_plan, nb_dropped = shard_plan(plan, self.rank,
-                                               self.world_size)
+            rank_plan, nb_merged = shard_plan(plan, self.rank,
+                                              self.world_size)
             if plan and not rank_plan:
                 raise DwiMLUserError(
-                    f"BatchSampler argument batch_size_{split.value}: every "
-                    f"{split.value} batch of epoch {epoch} holds fewer "
-                    f"streamlines than the {self.world_size} ranks and is "
-                    f"dropped; expected a budget above {self.budgets[split]} "
-                    f"({self.batch_size_units}).")
-            if nb_dropped:
+                    f"{split.value} set: expected at least one streamline per "
+                    f"rank, found {sum(len(ids) for b in plan for _, ids in b)}"
+                    f" streamline(s) for {self.world_size} ranks.")
+            if nb_merged:
                 logger.info(
-                    "%s epoch %d: dropped %d of %d batches, smaller than the "
-                    "%d ranks.", split, epoch, nb_dropped, len(plan),
-                    self.world_size)
+                    "%s epoch %d: %d of %d batches, smaller than the %d "
+                    "ranks, joined a neighbour.", split, epoch, nb_merged,
+                    len(plan), self.world_size)
             self._cached_plan = (key, rank_plan)
         return self._cached_plan[1]
 

@@ -74,7 +74,7 @@ from dwi_ml.tracking.training_facts import (
     max_length_for,
     training_step_size,
 )
-from dwi_ml.training.cpu_threads import set_cpu_threads
+from dwi_ml.training.cpu_threads import cap_workers, set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
 from dwi_ml.training.interruptions import early_stop_signals_recorded
@@ -143,8 +143,10 @@ def build_parser():
                           "on cores the main process does not use "
                           "(bench/README.md, 'Workers').")
     run.add_argument("--nb_cpu_threads", type=int,
-                     help="torch threads of the main process (default: the "
-                          "cores left by the workers and other ranks).")
+                     help="torch threads of the main process (default: "
+                          "OMP_NUM_THREADS when set, which torchrun sets to "
+                          "1 with several ranks per node; else the cores "
+                          "left by the workers and other ranks).")
     run.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'.")
     run.add_argument(
         "--resume_if_exists", action="store_true",
@@ -340,7 +342,9 @@ def _train(args, callbacks, lock):
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     _check_tracking_validation_step(params)
     distributed, device = init_distributed(args.device)
-    set_cpu_threads(args.nb_cpu_threads, args.nb_workers)
+    params["trainer"]["nb_workers"] = cap_workers(
+        params["trainer"]["nb_workers"])
+    set_cpu_threads(args.nb_cpu_threads, params["trainer"]["nb_workers"])
     comet = (make_comet_callback(args, experiment_dir)
              if distributed.is_main_process else None)
 

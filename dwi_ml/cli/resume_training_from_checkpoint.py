@@ -46,7 +46,7 @@ from dwi_ml.monitoring.monitoring_args import (
     make_comet_callback,
 )
 from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
-from dwi_ml.training.cpu_threads import set_cpu_threads
+from dwi_ml.training.cpu_threads import cap_workers, set_cpu_threads
 from dwi_ml.training.distributed import cleanup_distributed, init_distributed
 from dwi_ml.training.epoch_position import EpochPosition
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
@@ -81,7 +81,9 @@ def build_parser():
                             "one the experiment was trained on.")
     group.add_argument("--device", help="'cpu' or 'cuda[:N]' (default: as saved).")
     group.add_argument("--nb_cpu_threads", type=int,
-                       help="torch threads of the main process (default: the "
+                       help="torch threads of the main process (default: "
+                            "OMP_NUM_THREADS when set, which torchrun sets "
+                            "to 1 with several ranks per node; else the "
                             "cores left by the workers and other ranks).")
     group.add_argument("--nb_workers", type=int,
                        help="DataLoader workers (default: as saved).")
@@ -277,6 +279,7 @@ def _resume(args, callbacks, lock):
     distributed, device = init_distributed(trainer_params["device"])
     if distributed.is_main_process:
         start_resumed_experiment(lock)
+    trainer_params["nb_workers"] = cap_workers(trainer_params["nb_workers"])
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
     # Checkpoints of older versions kept the Comet key at the top level.
     comet_key = ((state.get("callbacks") or {}).get("comet") or {}).get(

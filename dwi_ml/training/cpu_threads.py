@@ -21,6 +21,21 @@ def available_cores():
     return os.cpu_count() or 1
 
 
+def cap_workers(nb_workers):
+    """``nb_workers``, at most the cores this process may run on (with a
+    warning): each worker is a process of a few hundred MB, and more
+    workers than cores only compete. Batches do not depend on the number
+    of workers, so the run is the same."""
+    cores = available_cores()
+    if nb_workers > cores:
+        logger.warning(
+            "--nb_workers %d: more than the %d core(s) this process may run "
+            "on; using %d worker(s) (the batches are the same).", nb_workers,
+            cores, cores)
+        return cores
+    return nb_workers
+
+
 def set_cpu_threads(nb_threads=None, nb_workers=0):
     """Set torch's intra-op threads; return the number chosen.
 
@@ -29,7 +44,9 @@ def set_cpu_threads(nb_threads=None, nb_workers=0):
     nb_threads : int or None
         None chooses: OMP_NUM_THREADS when set, else the cores shared by
         the local ranks (torchrun's LOCAL_WORLD_SIZE) minus one per
-        DataLoader worker, at least 1.
+        DataLoader worker, at least 1. torchrun sets OMP_NUM_THREADS to 1
+        for each rank when it starts several per node and the variable is
+        unset: there, give ``nb_threads`` to use more.
     nb_workers : int
         DataLoader workers of this process (each uses one thread).
     """

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dwi_ml.io_utils.errors import DwiMLUserError
+
 
 @dataclass
 class DistributedContext:
@@ -45,11 +47,17 @@ def init_distributed(device):
     device : str
         The device this process must use.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _environment_int("WORLD_SIZE", "1", 1)
     if world_size == 1:
         return DistributedContext(), device
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    rank = _environment_int("RANK", None, 0, world_size)
+    local_rank = _environment_int("LOCAL_RANK", str(rank), 0)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise DwiMLUserError(
+                f"environment variable {name}: expected the address of rank "
+                f"0 (torchrun sets it) with WORLD_SIZE={world_size}, found "
+                "none; launch with torchrun, or unset WORLD_SIZE.")
     if str(device).startswith("cuda"):
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
@@ -57,6 +65,26 @@ def init_distributed(device):
         dist.init_process_group(
             backend="nccl" if device.startswith("cuda") else "gloo")
     return DistributedContext(rank, world_size, local_rank), device
+
+
+def _environment_int(name, default, minimum, above=None):
+    """The integer environment variable ``name`` (torchrun's), or
+    ``default``; one-line error for another value."""
+    text = os.environ.get(name, default)
+    expected = (f"an integer >= {minimum}" if above is None else
+                f"an integer from {minimum} to {above - 1}")
+    if text is None:
+        raise DwiMLUserError(
+            f"environment variable {name}: expected {expected} (torchrun sets "
+            f"it) with WORLD_SIZE={os.environ.get('WORLD_SIZE')}, found none; "
+            "launch with torchrun, or unset WORLD_SIZE.")
+    value = int(text) if text.strip().isdigit() else None
+    if value is None or value < minimum or (above is not None
+                                             and value >= above):
+        raise DwiMLUserError(
+            f"environment variable {name}: expected {expected} (torchrun sets "
+            f"it), found {text!r}.")
+    return value
 
 
 def current_context():
