@@ -9,6 +9,7 @@ import torch
 from training_data import make_trainer, make_training_hdf5
 
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import mark_output_folder
 from dwi_ml.models.learn2track import Learn2TrackModel
@@ -345,21 +346,32 @@ def test_mixed_precision_is_kept_for_a_resume_on_cuda(tmp_path, dataset):
     assert len(np.load(tmp_path / "exp" / "logs" / "train_loss.npy")) == 2
 
 
-def test_validation_budget_leaving_ranks_no_batch_is_refused_at_build(
+def test_a_split_with_fewer_streamlines_than_ranks_is_refused_at_build(
         tmp_path, dataset):
-    """Refused before the run, not after its first training epoch."""
+    """Refused before the run, not after its first training epoch. A
+    budget of one streamline for 2 ranks is not: its batches are joined."""
     torch.manual_seed(0)
     model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
                              step_size=1.5, rnn_layer_sizes=[8])
-    sampler = build_sampler(dataset, {
-        "streamline_group": "streamlines", "batch_size_training": 40,
-        "batch_size_validation": 1, "batch_size_units": "nb_streamlines",
-        "seed": 3}, rank=0, world_size=2)
     loader = build_loader(dataset, {"streamline_group": "streamlines",
                                     "input_group": "input"}, model, "cpu")
-    with pytest.raises(DwiMLUserError, match="argument batch_size_validation:"):
-        build_trainer(model, str(tmp_path), "exp", sampler, loader,
-                      {"max_epochs": 1})
+
+    def sampler(world_size):
+        return build_sampler(dataset, {
+            "streamline_group": "streamlines", "batch_size_training": 40,
+            "batch_size_validation": 1, "batch_size_units": "nb_streamlines",
+            "seed": 3}, rank=0, world_size=world_size)
+
+    nb_valid = sampler(2).nb_streamlines(Split.VALIDATION)
+    assert len(sampler(2).for_split(Split.VALIDATION)) == nb_valid // 2
+    # This dataset has as many training streamlines: that split says it.
+    assert sampler(2).nb_streamlines(Split.TRAINING) == nb_valid
+    with pytest.raises(DwiMLUserError) as error:
+        build_trainer(model, str(tmp_path), "exp", sampler(nb_valid + 1),
+                      loader, {"max_epochs": 1})
+    assert str(error.value) == (
+        f"training set: expected at least one streamline per rank, found "
+        f"{nb_valid} streamline(s) for {nb_valid + 1} ranks.")
     assert not (tmp_path / "exp").exists()
 
 
