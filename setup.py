@@ -38,7 +38,8 @@ setup(
     ],
     extras_require={
         # The tests build the docs too, so that they never break unseen.
-        "test": ["pytest>=7", "ruff", "sphinx>=7", "myst-parser>=2"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff", "sphinx>=7",
+                 "myst-parser>=2"],
         "docs": ["sphinx>=7", "myst-parser>=2"],
     },
     entry_points={"console_scripts": _console_scripts()},

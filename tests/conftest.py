@@ -5,7 +5,9 @@ beside the main one, torch's default of one thread per core oversubscribes
 them and makes timings (not results) erratic, hence 1 by default.
 
 The suite must pass in each of these four configurations (run them one
-after the other on a shared machine):
+after the other on a shared machine), in one process or in two
+(``-n 2 --dist loadfile``, the README's command: pytest-xdist, one file's
+tests in one process, so module fixtures are built once):
 
     OMP_NUM_THREADS=1 python3 -m pytest -q tests
     OMP_NUM_THREADS=2 python3 -m pytest -q tests
