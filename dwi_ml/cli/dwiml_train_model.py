@@ -48,7 +48,7 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.models.direction_getters import DG_OPTION_ARGS
-from dwi_ml.models.model_io import MODEL_REGISTRY
+from dwi_ml.models.model_io import registered_model_class
 from dwi_ml.models.model_types import (
     DEFAULT_LEARNING_RATES,
     add_model_args,
@@ -88,6 +88,7 @@ from dwi_ml.training.saved_parameters import (
     check_saved_parameters,
     check_saved_section,
 )
+from dwi_ml.training.trainer import DEFAULT_LEARNING_RATE
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 from dwi_ml.training.training_file import (
     use_training_streamline_format,
@@ -354,7 +355,7 @@ def _train(args, callbacks, lock):
         if pretrained_model is not None:
             return pretrained_model
         group_idx = dataset.volume_groups.index(args.input_group)
-        return MODEL_REGISTRY[params["model_type"]](
+        return registered_model_class(params["model_type"], "model_type")(
             nb_features=dataset.nb_features[group_idx], **params["model"])
 
     def clear_folder():
@@ -411,8 +412,9 @@ def _apply_pretrained(args, params):
                        for name, value in model.params_for_checkpoint.items()
                        if name != "nb_features"}
     if args.learning_rate is None:
-        params["trainer"]["learning_rate"] = DEFAULT_LEARNING_RATES[
-            model_type_of(params["model_type"])]
+        # A model of your own (no --model_type): the trainer's default.
+        params["trainer"]["learning_rate"] = DEFAULT_LEARNING_RATES.get(
+            model_type_of(params["model_type"]), DEFAULT_LEARNING_RATE)
     return model
 
 
@@ -497,7 +499,7 @@ def _saved_value(action, params):
     _NOT_SAVED for an option they do not record."""
     dest = action.dest
     model = params.get("model") or {}
-    if dest == "model_type" and params.get("model_type") in MODEL_REGISTRY:
+    if dest == "model_type" and model_type_of(params.get("model_type")):
         return model_type_of(params["model_type"])
     for section in ("dataset", "sampler", "loader", "trainer"):
         if dest in params[section]:

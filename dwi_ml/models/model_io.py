@@ -33,12 +33,121 @@ MODEL_TYPE_FILE = "model_type.txt"
 STATE_FILE = "model_state.pt"
 
 MODEL_REGISTRY = {}
+# Modules of models of your own, for the scripts: names on the Python path
+# or .py files, separated by ':' or ','.
+MODEL_MODULES_VARIABLE = "DWIML_MODEL_MODULES"
+# Installed packages may register theirs as entry points of this group.
+MODEL_ENTRY_POINTS = "dwi_ml.models"
+_plugins_imported = False
 
 
 def register_model(cls):
     """Class decorator: make ``cls`` loadable by its class name."""
     MODEL_REGISTRY[cls.__name__] = cls
     return cls
+
+
+def import_model_plugins():
+    """Import the modules of models of your own, once, so that their
+    ``@register_model`` classes are in :data:`MODEL_REGISTRY`.
+
+    They are the modules named in the environment variable
+    ``DWIML_MODEL_MODULES`` (module names on the Python path, or paths of
+    ``.py`` files, separated by ``:`` or ``,``) and the entry points of
+    the group ``dwi_ml.models`` of installed packages.
+
+    Raises
+    ------
+    DwiMLUserError
+        A module that is missing or fails to import.
+    """
+    global _plugins_imported
+    if _plugins_imported:
+        return
+    _plugins_imported = True
+    import importlib
+    import importlib.metadata
+    import importlib.util
+    import re
+
+    names = [name.strip() for name in re.split(r"[:,]", os.environ.get(
+        MODEL_MODULES_VARIABLE, "")) if name.strip()]
+    for name in names:
+        what = f"environment variable {MODEL_MODULES_VARIABLE}: module '{name}'"
+        try:
+            if name.endswith(".py"):
+                if not os.path.isfile(name):
+                    raise DwiMLUserError(f"{what}: file not found.")
+                module_name = os.path.splitext(os.path.basename(name))[0]
+                spec = importlib.util.spec_from_file_location(module_name,
+                                                              name)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except DwiMLUserError:
+            raise
+        except Exception as error:  # the user's code may raise anything
+            raise DwiMLUserError(
+                f"{what}: could not import it ({type(error).__name__}: "
+                f"{' '.join(str(error).split())})."
+            ) from None
+    for entry_point in importlib.metadata.entry_points(
+            group=MODEL_ENTRY_POINTS):
+        try:
+            entry_point.load()
+        except Exception as error:  # an installed package's code
+            raise DwiMLUserError(
+                f"entry point '{entry_point.name}' of group "
+                f"'{MODEL_ENTRY_POINTS}' ({entry_point.value}): could not "
+                f"import it ({type(error).__name__}: "
+                f"{' '.join(str(error).split())}).") from None
+
+
+def registered_model_class(model_type, where):
+    """The registered class named ``model_type``, after importing the
+    modules of models of your own (:func:`import_model_plugins`).
+
+    Raises
+    ------
+    DwiMLUserError
+        ``WHERE: expected one of [...], found 'NAME'``, with how to make a
+        model of your own known to the scripts.
+    """
+    if model_type not in MODEL_REGISTRY:
+        import_model_plugins()
+    if model_type not in MODEL_REGISTRY:
+        raise DwiMLUserError(
+            f"{where}: expected one of {sorted(MODEL_REGISTRY)}, found "
+            f"{model_type!r}; for a model of your own, name its module in "
+            f"{MODEL_MODULES_VARIABLE} (e.g. {MODEL_MODULES_VARIABLE}="
+            "my_model, or a .py file).")
+    return MODEL_REGISTRY[model_type]
+
+
+def model_params(model):
+    """``model.params_for_checkpoint``, each value checked to be JSON.
+
+    Raises
+    ------
+    DwiMLUserError
+        Naming the first key whose value JSON cannot hold (a numpy
+        number, a tensor, NaN...): the model could not be rebuilt.
+    """
+    params = model.params_for_checkpoint
+    for key, value in params.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            text = repr(value)
+            raise DwiMLUserError(
+                f"{type(model).__name__}.params_for_checkpoint['{key}']: "
+                "expected a JSON value (int, float, str, bool, None, or a "
+                "list or dict of them; no NaN), found "
+                f"{type(value).__name__} "
+                f"{text if len(text) <= 60 else text[:60] + ' ...'}; convert "
+                "it (e.g. int(...)) in the constructor.") from None
+    return params
 
 
 def save_params_and_state(model, folder):
@@ -56,6 +165,7 @@ def save_params_and_state(model, folder):
         raise DwiMLUserError(
             f"model class '{model_type}' is not registered: decorate it with "
             f"@register_model so that it can be loaded again.")
+    model_params(model)
     os.makedirs(folder, exist_ok=True)
     # The weights go first and the type last: an interrupted save leaves no
     # model_type.txt in a new folder, so nobody mistakes it for a model.
@@ -63,8 +173,7 @@ def save_params_and_state(model, folder):
         torch.save(model.state_dict(), tmp_path)
     with atomic_output_file(os.path.join(folder, PARAMETERS_FILE)) as tmp:
         with open(tmp, "w") as f:
-            json.dump(model.params_for_checkpoint, f, indent=2,
-                      allow_nan=False)
+            json.dump(model_params(model), f, indent=2, allow_nan=False)
     with atomic_output_file(os.path.join(folder, MODEL_TYPE_FILE)) as tmp:
         with open(tmp, "w") as f:
             f.write(model_type + "\n")
@@ -98,17 +207,14 @@ def load_model_from_params_and_state(folder, device="cpu"):
             model_type = f.read().strip()
     except UnicodeDecodeError:
         model_type = "(binary bytes)"
-    if model_type not in MODEL_REGISTRY:
-        raise DwiMLUserError(
-            f"{os.path.join(folder, MODEL_TYPE_FILE)}: expected one of "
-            f"{sorted(MODEL_REGISTRY)}, found '{model_type}'.")
+    model_class = registered_model_class(
+        model_type, os.path.join(folder, MODEL_TYPE_FILE))
     params_path = os.path.join(folder, PARAMETERS_FILE)
     params = load_json_file(params_path, "model parameters")
     if not isinstance(params, dict):
         raise DwiMLUserError(
             f"model parameters '{params_path}': expected a JSON object, found "
             f"{type(params).__name__}.")
-    model_class = MODEL_REGISTRY[model_type]
     # Parameters added later: what a model saved before them was.
     params = {**getattr(model_class, "SAVED_BEFORE", {}), **params}
     try:
@@ -122,10 +228,13 @@ def load_model_from_params_and_state(folder, device="cpu"):
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
+        detail = " ".join(str(error).split())
         raise DwiMLUserError(
             f"model weights '{state_path}': expected the weights of this "
-            f"{model_type}, found others ({' '.join(str(error).split())[:200]})."
-        ) from None
+            f"{model_type} built from {PARAMETERS_FILE}, found others "
+            f"({detail if len(detail) <= 300 else detail[:300] + ' ...'}); "
+            "a model of your own must list every constructor argument in "
+            "params_for_checkpoint.") from None
     model.to(device)
     model.eval()
     return model

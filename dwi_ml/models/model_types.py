@@ -197,9 +197,10 @@ def model_options_given(args):
 
 
 def model_type_of(model_class_name):
-    """The ``--model_type`` key of a registered model class's name."""
-    return next(key for key, model_class in MODEL_TYPES.items()
-                if model_class.__name__ == model_class_name)
+    """The ``--model_type`` key of a registered model class's name; None for
+    a model of your own (no ``--model_type`` builds it)."""
+    return next((key for key, model_class in MODEL_TYPES.items()
+                 if model_class.__name__ == model_class_name), None)
 
 
 def model_params_from_args(args):

@@ -203,11 +203,14 @@ def check_model_input_features(model, nb_features, input_group, hdf5_file):
     input_group, hdf5_file : str
         Named in the message.
     """
-    if getattr(model, "nb_features", None) != nb_features:
+    expected = getattr(model, "nb_features", None)
+    if expected is None:
+        return  # a model of your own that does not say (MainModelAbstract)
+    if expected != nb_features:
         raise DwiMLUserError(
             f"input group '{input_group}' of {hdf5_file}: the model "
             f"expects {model.input_size} inputs per point "
-            f"({model.nb_features} features x "
+            f"({expected} features x "
             f"{model.input_spec.neighborhood.nb_neighbours} neighbours), "
             f"found {nb_features} features.")
 

@@ -29,7 +29,7 @@ from dwi_ml.io_utils.arg_checks import (
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE
-from dwi_ml.models.model_io import MODEL_REGISTRY
+from dwi_ml.models.model_io import registered_model_class
 from dwi_ml.training.monitors import check_best_model_metric
 from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -97,12 +97,8 @@ def check_saved_parameters(params, experiment_dir, parser, int_minimums):
     options = {action.dest: action for action in parser._actions}
     sections = {name: _BUILT_BY[name] for name in _BUILT_BY if name in params}
     if "model" in params:
-        model_type = params.get("model_type")
-        if model_type not in MODEL_REGISTRY:
-            raise DwiMLUserError(
-                f"{where}: model_type: expected one of "
-                f"{sorted(MODEL_REGISTRY)}, found {model_type!r}.")
-        sections["model"] = (MODEL_REGISTRY[model_type], ())
+        sections["model"] = (registered_model_class(
+            params.get("model_type"), f"{where}: model_type"), ())
     for section, (built, given_by_builder) in sections.items():
         values = params[section]
         _check_object(where, section, values)

@@ -65,6 +65,9 @@ from dwi_ml.training.trainer_optimization import TrainerOptimization
 
 logger = logging.getLogger(__name__)
 
+# The trainer's, and that of a model of your own trained by the scripts.
+DEFAULT_LEARNING_RATE = 1e-3
+
 
 class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
                            TrainerDataLoading):
@@ -139,8 +142,9 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
 
     def __init__(self, model, experiments_path, experiment_name,
                  batch_sampler, batch_loader, optimizer="Adam",
-                 learning_rate=1e-3, weight_decay=0.0, momentum=0.9,
-                 lr_scheduler="constant", lr_step_size=10, lr_gamma=0.5,
+                 learning_rate=DEFAULT_LEARNING_RATE, weight_decay=0.0,
+                 momentum=0.9, lr_scheduler="constant", lr_step_size=10,
+                 lr_gamma=0.5,
                  max_epochs=10, patience=None, patience_delta=0.0,
                  max_batches_per_epoch_training=None,
                  max_batches_per_epoch_validation=None, clip_grad=None,

@@ -23,6 +23,7 @@ from dwi_ml.io_utils.experiment_layout import (
     load_checkpoint_state,
 )
 from dwi_ml.io_utils.manifest import write_manifest
+from dwi_ml.models.model_io import model_params
 from dwi_ml.training.distributed import all_gather_objects, all_reduce_max, barrier
 from dwi_ml.training.epoch_position import VALID_PHASE, EpochPosition
 from dwi_ml.training.interruptions import describe_stop
@@ -59,7 +60,7 @@ class TrainerCheckpointing:
         params = {"format_version": EXPERIMENT_FORMAT_VERSION,
                   "trainer": self.params_for_checkpoint,
                   "model_type": type(self.model).__name__,
-                  "model": self.model.params_for_checkpoint,
+                  "model": model_params(self.model),
                   **(extra_params or {})}
         os.makedirs(self.experiment_dir, exist_ok=True)
         write_json_atomic(os.path.join(self.experiment_dir,
