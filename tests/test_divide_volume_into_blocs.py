@@ -37,6 +37,8 @@ def test_labels_are_the_blocs_of_the_voxel_centres(tmp_path):
     labels = np.asarray(image.dataobj)
     assert labels.shape == SHAPE and labels.dtype == np.int32
     np.testing.assert_array_equal(image.affine, AFFINE)
+    assert (int(image.header["sform_code"]),
+            int(image.header["qform_code"])) == (1, 1)
     # Hand-chosen voxels, at the borders of parts too: along x (10 voxels,
     # 3 parts), voxels 3 (centre 3.5 -> 1.05) and 6 (6.5 -> 1.95) are in
     # part 1; along y (7 voxels, 2 parts), voxel 3 (3.5 -> 1.0, exactly in

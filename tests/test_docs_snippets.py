@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from dipy.io.stateful_tractogram import Space
+from dipy.io.stateful_tractogram import Origin, Space
 from dipy.io.streamline import load_tractogram
 
 from dwi_ml.cli import dwiml_compute_connectivity_matrix_from_blocs as blocs_cli
@@ -125,8 +125,18 @@ def test_dataset_page(in_demo_folder, capsys):
         np.testing.assert_array_equal(
             namespace["streamlines"][row],
             sft_data.get_streamlines([streamline_id])[0])
-    assert namespace["sft"].space == Space.RASMM
-    assert len(namespace["sft"]) == 3
+    sft = namespace["sft"]
+    assert sft.space == Space.RASMM and sft.origin == Origin.NIFTI
+    assert len(sft) == 3
+    # RAS mm as nibabel gives them: affine @ (p - 0.5) of the corner-origin
+    # voxel points (to_rasmm() alone left them half a voxel off). float32
+    # points of at most ~100 mm, a few roundings per coordinate.
+    affine = np.asarray(sft_data.space_attributes[0], dtype=np.float64)
+    for corner, rasmm in zip(namespace["streamlines"], sft.streamlines):
+        expected = (corner.astype(np.float64) - 0.5) @ affine[:3, :3].T \
+            + affine[:3, 3]
+        np.testing.assert_allclose(rasmm, expected, rtol=0,
+                                   atol=rounding_atol(100, 8))
 
 
 def test_batching_page(in_demo_folder, capsys):

@@ -38,6 +38,13 @@ def test_volume_groups_come_back_with_values_and_affine(hdf5_and_sources,
     extract_main([hdf5_file, SUBJECTS[1], "input", out])
     image = nib.load(out)
     np.testing.assert_array_equal(image.affine, grid_affine())
+    # Scanner space in mm, in both the sform and the qform (a bare image
+    # had sform code 2, qform code 0 and no units).
+    assert int(image.header["sform_code"]) == 1
+    assert int(image.header["qform_code"]) == 1
+    assert image.header.get_xyzt_units()[0] == "mm"
+    # (float32 quaternion and offsets of ~10 mm: a few roundings.)
+    np.testing.assert_allclose(image.get_qform(), grid_affine(), atol=1e-5)
     # 'input' concatenates fa (1 feature) then peaks (3), standardization
     # 'none': the stored float32 values are the sources'.
     expected = np.concatenate([source["fa"][..., None], source["peaks"]], -1)

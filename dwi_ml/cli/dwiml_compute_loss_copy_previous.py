@@ -19,8 +19,11 @@ format with --step_size, --nb_points or --compress.
 At the first point of a streamline there is no previous direction: the rule
 outputs a zero vector there (cosine loss 1, L2 loss the target's norm), as
 a model sees no previous direction there either. --skip_first_point leaves
-those points out. Only regression getters are accepted: the rule gives no
-probability, so the likelihood losses of the other getters are undefined.
+those points out. n_points counts the loss points; angular_error_deg is the
+mean over the points with a previous direction (without
+--skip_first_point, one point fewer per streamline). Only regression
+getters are accepted: the rule gives no probability, so the likelihood
+losses of the other getters are undefined.
 """
 import os
 

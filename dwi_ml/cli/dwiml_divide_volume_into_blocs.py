@@ -2,10 +2,12 @@
 connectivity matrix."""
 import logging
 
-import nibabel as nib
-
 from dwi_ml.io_utils.errors import script_entry_point
-from dwi_ml.io_utils.nifti_files import check_nifti_extension, save_nifti_atomic
+from dwi_ml.io_utils.nifti_files import (
+    check_nifti_extension,
+    save_nifti_atomic,
+    scanner_image,
+)
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -59,7 +61,7 @@ def main(argv=None):
     shape, affine = load_grid(args.in_volume)
     check_nb_blocs_fit(nb_blocs, shape)
     labels = bloc_label_volume(shape, nb_blocs)
-    save_nifti_atomic(nib.Nifti1Image(labels, affine), args.out_labels)
+    save_nifti_atomic(scanner_image(labels, affine), args.out_labels)
     logger.info("Saved the %s blocs (labels 0 to %d) in %s.",
                 " x ".join(map(str, nb_blocs)), labels.max(), args.out_labels)
 

@@ -1,7 +1,6 @@
 """Write one group of one subject of a dwi_ml HDF5 file back to a file."""
 import logging
 
-import nibabel as nib
 import numpy as np
 
 from dwi_ml.data.dataset import MultiSubjectDataset
@@ -11,6 +10,7 @@ from dwi_ml.io_utils.nifti_files import (
     NIFTI_EXTENSIONS,
     extension_of,
     save_nifti_atomic,
+    scanner_image,
 )
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -104,7 +104,7 @@ def volume_to_nifti(volume):
     data = volume.data
     if data.shape[-1] == 1:
         data = data[..., 0]
-    return nib.Nifti1Image(data, np.asarray(volume.affine, dtype=np.float64))
+    return scanner_image(data, volume.affine)
 
 
 def save_connectivity_matrix(sft_data, out_path, where):

@@ -83,7 +83,8 @@ def _build_parser():
                         help="Volume group the model takes as input.")
     parser.add_argument("out_tractogram", help="Output .trk, .tck or .trx.")
 
-    masks = parser.add_argument_group("Masks (volume groups of the HDF5)")
+    masks = parser.add_argument_group(
+        "Masks (volume groups of the HDF5; give at least one)")
     masks.add_argument("--seeding_mask_group", metavar="GROUP",
                        help="Seeds are drawn in its voxels >= 0.5. Default: "
                             "the tracking mask group.")
@@ -133,7 +134,7 @@ def _build_parser():
                           help="How the tracking mask is read at a point: "
                                "trilinear interpolation, or the value of "
                                "the voxel holding it (the reference's "
-                               "default is nearest).")
+                               "default is nearest). Default: trilinear.")
     tracking.add_argument("--max_invalid_nb_points", type=int, default=0,
                           metavar="N",
                           help="Points out of the tracking mask (inside the "

@@ -1,7 +1,8 @@
-"""NIfTI files: their extensions, and an atomic write."""
+"""NIfTI files: their extensions, a scanner-space image, an atomic write."""
 import os
 
 import nibabel as nib
+import numpy as np
 
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -23,6 +24,19 @@ def check_nifti_extension(path, what="output"):
             f"{what} '{path}': expected one of the extensions "
             f"{', '.join(NIFTI_EXTENSIONS)}, found "
             f"'{extension_of(path) or 'none'}'.")
+
+
+def scanner_image(data, affine):
+    """A NIfTI image of ``data`` whose affine is the scanner space's in mm:
+    sform and qform codes 1 ('scanner'), units mm. (A bare
+    ``Nifti1Image(data, affine)`` writes sform code 2, qform code 0 and no
+    units: tools that read the qform see no orientation.)"""
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(data, affine)
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    return image
 
 
 def save_nifti_atomic(image, out_path):
