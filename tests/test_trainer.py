@@ -1,5 +1,6 @@
 """DWIMLAbstractTrainer: folders, logs, best model, patience, NaN stop, checks."""
 import json
+import logging
 import math
 import os
 
@@ -403,3 +404,35 @@ def test_train_script_refuses_streamlines_on_another_grid(tmp_path, capsys):
         "1.0, 2.5], [0.0, 0.0, 0.0, 1.0]]: its points would be interpolated "
         "on the wrong grid.")
     assert not (tmp_path / "exp").exists()
+
+
+def test_subjects_in_other_voxel_orientations_are_warned_about(tmp_path,
+                                                               caplog):
+    """An LPS subject among LAS ones trained without a word, though a model
+    reads directions in voxel space (the new-user audit: the flipped copy
+    of a subject scored 22 degrees against 8)."""
+    rng = np.random.default_rng(2)
+    subjects = {name: make_example_subject(rng, nb_streamlines=8)
+                for name in ("s1", "s2", "s3")}
+    flip = np.diag([1., -1., 1., 1.])  # j axis: A becomes P
+    for name in ("s2", "s3"):
+        volume, group = subjects[name]["input"], subjects[name]["streamlines"]
+        volume.affine = volume.affine @ flip
+        group.affine = (group.affine @ flip).astype(np.float32)
+        group.voxel_order = "RPS"
+    path = str(tmp_path / "mixed.hdf5")
+    write_reference_hdf5(path, subjects, training_subjs=["s1", "s2"],
+                         validation_subjs=["s3"])
+    dataset = build_dataset({"hdf5_file": path, "lazy": True})
+    assert dataset.voxel_orientations("input") == {"RAS": ["s1"],
+                                                   "RPS": ["s2", "s3"]}
+    model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
+                             step_size=1.5, rnn_layer_sizes=[8])
+    with caplog.at_level(logging.WARNING):
+        build_loader(dataset, {"streamline_group": "streamlines",
+                               "input_group": "input"}, model, "cpu")
+    assert caplog.messages == [
+        f"HDF5 file {path}, volume group 'input': subjects in 2 voxel "
+        "orientations (RAS: s1; RPS: s2, s3); a model learns directions in "
+        "voxel space, where they differ: reorient the subjects alike (e.g. "
+        "to RAS) before creating the HDF5."]

@@ -170,6 +170,7 @@ def build_loader(dataset, loader_params, model, device):
     check_model_matches_dataset(model, dataset, loader_params["input_group"])
     dataset.check_same_grid(loader_params["input_group"],
                             loader_params["streamline_group"])
+    dataset.warn_mixed_orientations(loader_params["input_group"])
     interpolation_device = device if str(device).startswith("cuda") else None
     return BatchLoaderOneInput(dataset, input_spec=model.input_spec,
                                interpolation_device=interpolation_device,

@@ -1,4 +1,6 @@
 """All subjects of a dwi_ml HDF5 file, split into training/validation/testing."""
+import logging
+
 import numpy as np
 
 from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle
@@ -20,6 +22,8 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 
 # Lazy mode keeps at most this many bytes of volumes per process (and so per
 # DataLoader worker). No bound on their number unless cache_size is given.
+logger = logging.getLogger(__name__)
+
 DEFAULT_CACHE_SIZE_BYTES = 1024 ** 3
 
 
@@ -142,6 +146,45 @@ class MultiSubjectDataset:
                     f"affine {np.round(volume.affine, 4).tolist()}), found "
                     f"shape {shape}, affine {np.round(affine, 4).tolist()}: "
                     "its points would be interpolated on the wrong grid.")
+
+    def voxel_orientations(self, volume_group):
+        """The loaded subjects of each voxel orientation of ``volume_group``.
+
+        Returns
+        -------
+        dict of str to list of str
+            Axis codes (nibabel's ``aff2axcodes``, e.g. 'LAS') to subject
+            ids, in the order met.
+        """
+        import nibabel as nib
+
+        volume_idx = self.volume_groups.index(volume_group)
+        found = {}
+        for subset in (self.training_set, self.validation_set,
+                       self.testing_set):
+            for subj_idx in range(subset.nb_subjects):
+                subject = subset.get_subject(subj_idx)
+                codes = "".join(nib.aff2axcodes(
+                    subject.mri_data_list[volume_idx].affine))
+                found.setdefault(codes, []).append(subject.subject_id)
+        return found
+
+    def warn_mixed_orientations(self, volume_group):
+        """Warn, in one line, when the loaded subjects' ``volume_group``
+        lies in more than one voxel orientation: models see directions in
+        voxel space, where one RAS direction is another in each."""
+        found = self.voxel_orientations(volume_group)
+        if len(found) < 2:
+            return
+        listed = "; ".join(
+            f"{codes}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+            for codes, ids in found.items())
+        logger.warning(
+            "HDF5 file %s, volume group '%s': subjects in %d voxel "
+            "orientations (%s); a model learns directions in voxel space, "
+            "where they differ: reorient the subjects alike (e.g. to RAS) "
+            "before creating the HDF5.", self.hdf5_file, volume_group,
+            len(found), listed)
 
     def close(self):
         """Close the lazy file handle of this process, if any."""
