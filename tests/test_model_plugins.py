@@ -155,3 +155,26 @@ def test_a_parameter_json_cannot_hold_is_named():
         "value (int, float, str, bool, None, or a list or dict of them; no "
         "NaN), found int64 np.int64(16); convert it (e.g. int(...)) in the "
         "constructor.")
+
+
+def test_tracking_refuses_step_outputs_of_another_width():
+    """A model of one's own whose forward_step returned one column too
+    many tracked with exit status 0 (the column read as an EOS logit)."""
+    import torch
+
+    from dwi_ml.io_utils.errors import DwiMLUserError
+    from dwi_ml.models.learn2track import Learn2TrackModel
+    from dwi_ml.tracking.propagation import check_step_outputs
+
+    model = Learn2TrackModel("m", nb_features=4, step_size=1.5,
+                             rnn_layer_sizes=[8], dg_key="fisher-von-mises",
+                             dg_args={"add_eos": True})
+    width = model.direction_getter.output_size
+    check_step_outputs(model, torch.zeros(5, width), 5)
+    for shape in ((5, width + 1), (6, width), (5,)):
+        with pytest.raises(DwiMLUserError) as error:
+            check_step_outputs(model, torch.zeros(shape), 5)
+        assert str(error.value) == (
+            f"Learn2TrackModel.forward_step: expected outputs of shape "
+            f"(5, {width}) (one row per streamline, the direction getter's "
+            f"outputs), found {shape}.")

@@ -94,7 +94,9 @@ class DirectionGetterModel(MainModelOneInput):
         -------
         torch.Tensor (M, hidden_size)
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.hidden_states: not implemented; "
+            "a subclass must define it (docs/extending.md).")
 
     def compute_loss(self, outputs, streamlines, open_ends=None):
         """Mean loss over the batch's predictions, and their number.

@@ -113,7 +113,9 @@ class MainModelAbstract(torch.nn.Module):
         :attr:`~dwi_ml.batching.loaded_batch.LoadedBatch.open_ends`: the
         streamlines whose last point is a cut, not an end of the fibre.
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.compute_loss: not implemented; "
+            "a subclass must define it (docs/extending.md).")
 
 
 class MainModelOneInput(MainModelAbstract):

@@ -337,6 +337,8 @@ class BatchedTracker(NextPointChecks):
                 inputs = self._interpolate_inputs(current)
             outputs, hidden_states = self.model.forward_step(
                 inputs, context, hidden_states)
+            if t == 0:
+                check_step_outputs(self.model, outputs, len(active))
             inputs = None
             # Until the longest prefix is replayed, some streamlines take
             # their known next point instead of the model's.
@@ -421,3 +423,19 @@ class BatchedTracker(NextPointChecks):
                                                      points_vox_corner)
         return interpolate_with_neighborhood(self.volume, points_vox_corner,
                                              self.offsets)
+
+
+def check_step_outputs(model, outputs, nb_streamlines):
+    """Refuse ``forward_step`` outputs that are not one row of the direction
+    getter's outputs per streamline (a model of one's own whose extra
+    column would be read as an EOS logit, silently)."""
+    getter = getattr(model, "direction_getter", None)
+    width = getattr(getter, "output_size", None)
+    shape = tuple(getattr(outputs, "shape", ()))
+    expected = (nb_streamlines, width if width is not None else "any")
+    if len(shape) != 2 or shape[0] != nb_streamlines or (
+            width is not None and shape[1] != width):
+        raise DwiMLUserError(
+            f"{type(model).__name__}.forward_step: expected outputs of shape "
+            f"{expected} (one row per streamline, the direction getter's "
+            f"outputs), found {shape}.")

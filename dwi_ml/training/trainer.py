@@ -416,7 +416,9 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         models. Call ``self.forward_model`` (the DDP-wrapped model under
         torchrun) for the forward pass.
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.run_one_batch: not implemented; "
+            "a subclass must define it (docs/extending.md).")
 
     def _has_validation_data(self):
         # Validation subjects without a streamline give no batch: a run

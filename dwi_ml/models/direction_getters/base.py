@@ -122,7 +122,9 @@ class AbstractDirectionGetter(torch.nn.Module):
 
     def compute_direction_losses(self, dir_outputs, target_dirs):
         """Direction loss of each point, (M,)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.compute_direction_losses: not implemented; "
+            "a subclass must define it (docs/extending.md).")
 
     def compute_loss(self, outputs, target_dirs, eos_targets=None):
         """Mean loss over the M points, and M.
@@ -205,7 +207,9 @@ class AbstractDirectionGetter(torch.nn.Module):
 
     def get_det_directions(self, dir_outputs):
         """Most likely unit direction of each point, (N, 3)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.get_det_directions: not implemented; "
+            "a subclass must define it (docs/extending.md).")
 
     def sample_directions(self, dir_outputs, draws):
         """One random unit direction per point, (N, 3), from ``draws``
