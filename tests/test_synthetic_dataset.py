@@ -227,6 +227,13 @@ def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
     tiny = ["--nb_subjects", "1", "--nb_streamlines", "20", "--shape", "12",
             "12", "10", "--nb_directions", "6"]
     main([str(out), *tiny])
+    # It said nothing; now what it wrote, and the next command.
+    assert capsys.readouterr().out.splitlines() == [
+        f"Wrote 1 subject(s) in {out} (training: subj-01; validation: none; "
+        "testing: none).",
+        f"Next: dwiml_create_hdf5_dataset.py {out}/dwi_ml_ready "
+        f"{out}/dataset.hdf5 {out}/config.json {out}/training_subjs.txt "
+        f"{out}/validation_subjs.txt {out}/testing_subjs.txt"]
     (out / "training_subjs.txt").write_text("from before")
     with pytest.raises(SystemExit) as error:
         main([str(out), *tiny])

@@ -222,6 +222,20 @@ def test_a_subject_of_any_split_is_shown_as_a_training_batch(hdf5_file,
     assert np.abs(_per_point(sft, NOISE_KEY)).max() > 0.1
 
 
+def test_augmentations_typed_for_a_validation_batch_are_warned_about(
+        hdf5_file, tmp_path, capsys):
+    """They were ignored in silence: "mean 0.0000 mm" of noise."""
+    sft = _run(hdf5_file, tmp_path / "valid.trk", "--subset", "validation",
+               "--split_ratio", "1", "--noise_gaussian_size_forward", "0.3")
+    assert np.abs(_per_point(sft, NOISE_KEY)).max() == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "WARNING: --split_ratio, --noise_gaussian_size_forward: not applied "
+        "to a --subset validation batch (the loader augments training "
+        "batches only); use --subset training to see them."]
+    _run(hdf5_file, tmp_path / "valid_default.trk", "--subset", "validation")
+    assert capsys.readouterr().err == ""
+
+
 def test_refused_inputs_are_one_line_errors(hdf5_file, tmp_path, capsys):
     out = tmp_path / "out.trk"
     existing = tmp_path / "taken.trk"

@@ -7,7 +7,11 @@ losses (the total and each named loss), number of points and mean angular
 error in degrees (deterministic directions against the streamlines' own
 segments, measured in mm), with the model evaluated: best or latest, its
 0-based epoch and whether that epoch was complete (a checkpoint written at
-a stop holds a model inside an epoch). A model trained on GPU evaluates on CPU.
+a stop holds a model inside an epoch). The 'all' row pools the points of
+every subject (not a mean of the subjects' means): losses over the loss
+points (n_points), the angle over the points with a direction to compare
+(without the last point of each streamline with EOS). A model trained on
+GPU evaluates on CPU.
 The streamlines are read as the model read its training streamlines: a
 model without a step size of its own was trained on its HDF5's streamlines
 as stored (say, resampled to 1.5 mm at creation), and those of another HDF5

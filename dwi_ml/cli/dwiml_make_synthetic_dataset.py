@@ -1,4 +1,7 @@
 """Write a small synthetic dataset ready for dwiml_create_hdf5_dataset.py."""
+import os
+import shlex
+
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -58,12 +61,21 @@ def _build_parser():
 @script_entry_point
 def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
-    make_synthetic_dataset(
+    paths = make_synthetic_dataset(
         args.out_folder, nb_subjects=args.nb_subjects,
         nb_streamlines=args.nb_streamlines, shape=args.shape,
         voxel_size=args.voxel_size, nb_bundles=args.nb_bundles,
         nb_directions=args.nb_directions, seed=args.seed,
         overwrite=args.overwrite)
+    folder = args.out_folder
+    splits = "; ".join(f"{split}: {', '.join(ids) or 'none'}"
+                       for split, ids in paths.splits.items())
+    print(f"Wrote {len(paths.subjects)} subject(s) in {folder} ({splits}).")
+    print("Next: dwiml_create_hdf5_dataset.py " + " ".join(shlex.quote(
+        os.path.join(folder, name)) for name in (
+            "dwi_ml_ready", "dataset.hdf5", "config.json",
+            "training_subjs.txt", "validation_subjs.txt",
+            "testing_subjs.txt")))
 
 
 if __name__ == "__main__":

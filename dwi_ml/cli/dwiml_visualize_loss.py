@@ -38,7 +38,9 @@ with an end-of-streamline (EOS) output, its terms 'loss_direction' and
 'loss_eos'; key 'angular_error_deg' holds the angle in degrees between the
 model's most likely direction and the true one (in mm). Without EOS the
 last point of each streamline predicts nothing: its values are NaN. With
-EOS it holds the loss of stopping there, and a NaN angle. The streamlines
+EOS it holds the loss of stopping there ('loss_eos'; its 'loss_direction'
+is 0, as in training: no direction to predict), and a NaN angle. The
+streamlines
 are those the model saw (resampled to its step size, or to the format of
 the HDF5 it was trained on, when the HDF5's differs), in the subject's
 space (RAS mm, on the streamline group's grid).

@@ -1,4 +1,6 @@
 """See a subject's streamlines as the training batches hold them."""
+import logging
+
 from dwi_ml.batching.batch_loader import (
     LOADER_OPTIONS,
     add_loader_args,
@@ -104,6 +106,23 @@ def _build_parser():
     return parser
 
 
+AUGMENTATION_OPTIONS = ("split_ratio", "reverse_ratio",
+                        "noise_gaussian_size_forward",
+                        "noise_gaussian_size_loss")
+
+
+def _warn_augmentations_unused(args):
+    """Augmentation options typed for a validation or testing batch, which
+    the loader does not augment: say so rather than show no noise."""
+    typed = [f"--{name}" for name in AUGMENTATION_OPTIONS
+             if name in args.options_given]
+    if args.subset != Split.TRAINING.value and typed:
+        logging.warning(
+            "%s: not applied to a --subset %s batch (the loader augments "
+            "training batches only); use --subset training to see them.",
+            ", ".join(typed), args.subset)
+
+
 @script_entry_point
 def main(argv=None):
     """Entry point of dwiml_visualize_noise_on_streamlines.py."""
@@ -116,6 +135,7 @@ def main(argv=None):
     if args.experiment is not None:
         _options_from_experiment(args)
     augmentations = loader_options_from_args(args)
+    _warn_augmentations_unused(args)
     streamline_format = StreamlineFormat(args.step_size, args.nb_points,
                                          args.compress)
     check_int("--seed", args.seed, 0)
