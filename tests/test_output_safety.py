@@ -212,6 +212,25 @@ def test_train_f_replaces_a_marked_experiment(tmp_path, data):
     assert (experiments / "other_exp" / "parameters.json").is_file()
 
 
+def test_train_reuses_an_experiment_that_holds_only_its_marker(
+        tmp_path, data):
+    """A run that failed before writing anything (an error at its first
+    batch) left the marker and the lock; the same command then asked for
+    -f though there was nothing to replace."""
+    experiments = tmp_path / "experiments"
+    folder = experiments / "exp"
+    folder.mkdir(parents=True)
+    mark_output_folder(str(folder), "experiment")
+    (folder / ".lock").write_text("")
+    train_main(_train(experiments, "exp", data))
+    assert (folder / "checkpoint").is_dir()
+    assert len(np.load(folder / "logs" / "train_loss.npy")) == 1
+    # One output more, and -f is needed again.
+    with pytest.raises(SystemExit) as error:
+        train_main(_train(experiments, "exp", data))
+    assert error.value.code == 2
+
+
 @pytest.mark.parametrize("overwrite", [[], ["-f"]])
 def test_train_refuses_a_folder_without_marker(tmp_path, data, capsys,
                                                overwrite):

@@ -33,6 +33,7 @@ from dwi_ml.io_utils.experiment_layout import (
     read_parameters,
 )
 from dwi_ml.io_utils.experiment_lock import (
+    LOCK_FILE,
     run_locked,
     start_new_experiment,
 )
@@ -325,7 +326,7 @@ def _train(args, callbacks, lock):
                 os.path.join(experiment_dir, BEST_MODEL_DIR))
             else _NO_CHECKPOINT_HINT)
     check_output_folder(experiment_dir, "experiment", overwrite,
-                        what="experiment", hint=hint)
+                        what="experiment", hint=hint, ignore=(LOCK_FILE,))
     _check_simple_args(args)
     check_hdf5_groups(args.hdf5_file, args.input_group, args.streamline_group,
                       need_training=True)

@@ -293,7 +293,8 @@ def check_output_folder(path, kind, overwrite, what="output folder",
         lies in an experiment's ``checkpoint/``, ``best_model/`` or
         ``logs/``; when it is a non-empty folder that does not hold ``kind``
         (with or without ``overwrite``); when it holds ``kind`` and
-        ``overwrite`` is False.
+        ``overwrite`` is False, unless it holds nothing but its marker (a
+        run that stopped before writing any output).
     """
     reason = protected_folder_reason(path)
     if reason is not None:
@@ -310,7 +311,11 @@ def check_output_folder(path, kind, overwrite, what="output folder",
     _refuse_link_to_folder(path, what, ignore)
     if not os.path.isdir(path):
         return
-    if not _is_empty(path, ignore):
+    # Only the marker of this kind (a run that stopped before writing any
+    # output): nothing to lose, no -f needed.
+    if not _is_empty(path, ignore) and not (
+            _is_empty(path, (*ignore, MARKER_FILE))
+            and folder_kind(path) == kind):
         _check_folder_holds(path, kind, overwrite, what, hint)
     if not os.access(path, os.W_OK | os.X_OK):
         raise DwiMLUserError(f"{what} '{path}' is not writable.")
