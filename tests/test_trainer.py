@@ -262,6 +262,9 @@ def test_train_script_unknown_group_and_existing_experiment(tmp_path, hdf5_file,
     assert "input_group: 'dwi' is not a volume group" in err and "input" in err
     (tmp_path / "exp").mkdir()
     mark_output_folder(str(tmp_path / "exp"), "experiment")
+    # A run that wrote its parameters, then stopped before a checkpoint
+    # (with its marker only, the folder is reused: test_output_safety.py).
+    (tmp_path / "exp" / "parameters.json").write_text("{}")
     with pytest.raises(SystemExit):
         train_main([str(tmp_path), "exp", hdf5_file, "input", "streamlines"])
     assert "it has no checkpoint to continue" in capsys.readouterr().err
