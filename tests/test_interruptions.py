@@ -76,6 +76,36 @@ def test_signal_is_recorded_and_handlers_restored():
     assert signal.getsignal(signal.SIGUSR1) is previous
 
 
+def test_no_sigchld_handler_while_training():
+    """SIGTERM to the group kills the workers too; torch's SIGCHLD handler,
+    run between two bytecodes of the SIGTERM handler before the stop was
+    recorded, raised "DataLoader worker ... killed by signal: Terminated"
+    out of the training step (a CI run, exit 1 instead of 3). While a run
+    is trained, torch installs no SIGCHLD handler; its own is given back."""
+    from torch.utils.data._utils import signal_handling
+
+    def users_handler(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGCHLD, users_handler)
+    flag = signal_handling._SIGCHLD_handler_set
+    interruptions = RunInterruptions()
+    interruptions.start()
+    try:
+        assert signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL
+        assert signal_handling._SIGCHLD_handler_set is True
+        # A DataLoader with workers started now installs nothing.
+        loader = torch.utils.data.DataLoader(list(range(4)), num_workers=1)
+        assert sorted(int(x) for x in loader) == [0, 1, 2, 3]
+        assert signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL
+    finally:
+        interruptions.stop()
+        restored = signal.getsignal(signal.SIGCHLD)
+        signal.signal(signal.SIGCHLD, previous)
+    assert restored is users_handler
+    assert signal_handling._SIGCHLD_handler_set is flag
+
+
 def test_checkpoint_cadence_in_batches():
     interruptions = RunInterruptions(checkpoint_every_n_batches=3)
     interruptions.start()

@@ -138,6 +138,7 @@ class RunInterruptions:
                                    else 60.0 * checkpoint_every_minutes)
         self.received_signal = None
         self._previous_handlers = {}
+        self._torch_sigchld_flag = None
         self._start_time = None
         self._last_poll = None
         self._last_checkpoint = None
@@ -158,21 +159,33 @@ class RunInterruptions:
         for signum in STOP_SIGNALS:
             self._previous_handlers[signum] = signal.signal(signum,
                                                             self._on_signal)
+        self._mute_worker_deaths()
 
     def stop(self):
         """Give the signals back to their previous handlers."""
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}
+        if self._torch_sigchld_flag is not None:
+            _torch_signal_handling()._SIGCHLD_handler_set = \
+                self._torch_sigchld_flag
+            self._torch_sigchld_flag = None
+
+    def _mute_worker_deaths(self):
+        """No SIGCHLD handler while training: SIGTERM to the process group
+        also kills the DataLoader workers, and torch's handler, run between
+        two bytecodes (even inside this class's SIGTERM handler, before it
+        records the stop), raised "worker killed" out of the training step.
+        A worker's death is then found by the DataLoader's own liveness
+        check, at the next batch (see
+        :mod:`dwi_ml.training.trainer_dataloading`)."""
+        module = _torch_signal_handling()
+        self._torch_sigchld_flag = module._SIGCHLD_handler_set
+        module._SIGCHLD_handler_set = True  # torch installs none from now
+        self._previous_handlers[signal.SIGCHLD] = signal.signal(
+            signal.SIGCHLD, signal.SIG_DFL)
 
     def _on_signal(self, signum, frame):
-        if signum == signal.SIGTERM and signal.SIGCHLD not in \
-                self._previous_handlers:
-            # SIGTERM to the process group also kills DataLoader workers:
-            # their deaths must not raise in the main process (torch's
-            # SIGCHLD handler) while it saves the checkpoint.
-            self._previous_handlers[signal.SIGCHLD] = signal.signal(
-                signal.SIGCHLD, signal.SIG_DFL)
         if self.received_signal is None:
             self.received_signal = signum
             logger.warning("%s received: stopping after the current step.",
@@ -223,3 +236,10 @@ class RunInterruptions:
         self._longest_save = max(self._longest_save, duration_s)
         self._last_checkpoint = time.monotonic()
         self._batches_since_checkpoint = 0
+
+
+def _torch_signal_handling():
+    """torch's module that installs its DataLoader SIGCHLD handler once per
+    process, unless its ``_SIGCHLD_handler_set`` is already True."""
+    from torch.utils.data._utils import signal_handling
+    return signal_handling
