@@ -165,7 +165,7 @@ def save_params_and_state(model, folder):
         raise DwiMLUserError(
             f"model class '{model_type}' is not registered: decorate it with "
             f"@register_model so that it can be loaded again.")
-    model_params(model)
+    params = model_params(model)  # checked before anything is written
     os.makedirs(folder, exist_ok=True)
     # The weights go first and the type last: an interrupted save leaves no
     # model_type.txt in a new folder, so nobody mistakes it for a model.
@@ -173,7 +173,7 @@ def save_params_and_state(model, folder):
         torch.save(model.state_dict(), tmp_path)
     with atomic_output_file(os.path.join(folder, PARAMETERS_FILE)) as tmp:
         with open(tmp, "w") as f:
-            json.dump(model_params(model), f, indent=2, allow_nan=False)
+            json.dump(params, f, indent=2, allow_nan=False)
     with atomic_output_file(os.path.join(folder, MODEL_TYPE_FILE)) as tmp:
         with open(tmp, "w") as f:
             f.write(model_type + "\n")

@@ -126,26 +126,29 @@ class MultiSubjectDataset:
         """
         volume_idx = self.volume_groups.index(volume_group)
         streamline_idx = self.streamline_groups.index(streamline_group)
+        for subject in self._loaded_subjects():
+            volume = subject.mri_data_list[volume_idx]
+            affine, dimensions = subject.sft_data_list[
+                streamline_idx].space_attributes[:2]
+            shape = tuple(int(n) for n in dimensions)
+            if shape == tuple(volume.shape[:3]) and np.allclose(
+                    affine, volume.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+                continue
+            raise DwiMLUserError(
+                f"HDF5 file {self.hdf5_file}, subject "
+                f"'{subject.subject_id}': expected streamline group "
+                f"'{streamline_group}' on the grid of volume group "
+                f"'{volume_group}' (shape {tuple(volume.shape[:3])}, "
+                f"affine {np.round(volume.affine, 4).tolist()}), found "
+                f"shape {shape}, affine {np.round(affine, 4).tolist()}: "
+                "its points would be interpolated on the wrong grid.")
+
+    def _loaded_subjects(self):
+        """Every loaded subject: training, then validation, then testing."""
         for subset in (self.training_set, self.validation_set,
                        self.testing_set):
             for subj_idx in range(subset.nb_subjects):
-                subject = subset.get_subject(subj_idx)
-                volume = subject.mri_data_list[volume_idx]
-                affine, dimensions = subject.sft_data_list[
-                    streamline_idx].space_attributes[:2]
-                shape = tuple(int(n) for n in dimensions)
-                if shape == tuple(volume.shape[:3]) and np.allclose(
-                        affine, volume.affine, rtol=0,
-                        atol=AFFINE_TOLERANCE_MM):
-                    continue
-                raise DwiMLUserError(
-                    f"HDF5 file {self.hdf5_file}, subject "
-                    f"'{subject.subject_id}': expected streamline group "
-                    f"'{streamline_group}' on the grid of volume group "
-                    f"'{volume_group}' (shape {tuple(volume.shape[:3])}, "
-                    f"affine {np.round(volume.affine, 4).tolist()}), found "
-                    f"shape {shape}, affine {np.round(affine, 4).tolist()}: "
-                    "its points would be interpolated on the wrong grid.")
+                yield subset.get_subject(subj_idx)
 
     def voxel_orientations(self, volume_group):
         """The loaded subjects of each voxel orientation of ``volume_group``.
@@ -160,13 +163,10 @@ class MultiSubjectDataset:
 
         volume_idx = self.volume_groups.index(volume_group)
         found = {}
-        for subset in (self.training_set, self.validation_set,
-                       self.testing_set):
-            for subj_idx in range(subset.nb_subjects):
-                subject = subset.get_subject(subj_idx)
-                codes = "".join(nib.aff2axcodes(
-                    subject.mri_data_list[volume_idx].affine))
-                found.setdefault(codes, []).append(subject.subject_id)
+        for subject in self._loaded_subjects():
+            codes = "".join(nib.aff2axcodes(
+                subject.mri_data_list[volume_idx].affine))
+            found.setdefault(codes, []).append(subject.subject_id)
         return found
 
     def warn_mixed_orientations(self, volume_group):
