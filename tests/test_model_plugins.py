@@ -83,6 +83,16 @@ def experiment(tmp_path_factory):
     return folder, hdf5_file
 
 
+def test_a_run_from_python_records_the_files_fingerprint(experiment):
+    # Before, only dwiml_train_model.py recorded it: a resume of a run
+    # trained from Python warned "no fingerprint" and checked nothing.
+    from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
+    folder, hdf5_file = experiment
+    saved = json.loads((folder / "mine" / "parameters.json").read_text())
+    assert saved["dataset"]["fingerprint"] == json.loads(json.dumps(
+        compute_hdf5_fingerprint(hdf5_file)))
+
+
 def _evaluate(folder, hdf5_file, env, *extra):
     return _run([_script("dwiml_evaluate_model"), str(folder / "mine"),
                  hdf5_file, "--subset", "validation", *extra], env)

@@ -16,6 +16,7 @@ from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
+from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import read_parameters
@@ -291,7 +292,9 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
     ----------
     params : dict
         ``parameters.json``'s sections 'dataset', 'sampler', 'loader' and
-        'trainer' (the trainer's without its device), and optionally
+        'trainer' (the trainer's without its device; 'dataset' gets the
+        file's ``fingerprint`` when it has none, so that a resume can
+        check the file), and optionally
         'tracking_validation' (see
         :mod:`dwi_ml.tracking.tracking_validation_args`), saved as given:
         its callbacks come in ``callbacks`` (training does not import
@@ -316,6 +319,9 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
         the experiment folder) and with the trainer once built (e.g. to
         load its checkpoint).
     """
+    if "fingerprint" not in params["dataset"]:
+        params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(
+            params["dataset"]["hdf5_file"])
     dataset = build_dataset(params["dataset"])
     model = make_model(dataset)
     sampler = build_sampler(dataset, params["sampler"], distributed.rank,
