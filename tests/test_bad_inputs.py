@@ -395,7 +395,8 @@ def _resaved_volume(convert):
         np.complex64)), CONFIG, ["expected real values, found complex64"]),
     # Written as is (even with --step_size), then refused by training.
     ("tractograms/bundle_1.trk", _single_point_streamlines, CONFIG,
-     ["1 of 3 streamlines have a single point (expected at least 2); use "
+     ["1 of 3 streamlines have a single point, or all their points equal "
+      "(expected at least 2 distinct); use "
       "--remove_invalid to drop them."]),
     ("dwi/peaks.nii.gz", truncate, CONFIG,
      ["its header reads but its data does not", "truncated or corrupt"]),

@@ -293,6 +293,46 @@ def test_remove_invalid_drops_and_counts(tmp_path, caplog):
     np.testing.assert_array_equal(weights[:4], [0, 2, 3, 5])
 
 
+def test_repeated_points_are_stored_once_and_far_faces_are_inside(
+        tmp_path, caplog):
+    # Before: a repeated point was kept (a zero target: class 0 for a
+    # classification getter), a streamline of equal points stored with 1
+    # point once resampled (then refused by training), and a point on a far
+    # face (dipy's check accepts it) refused as outside.
+    root = str(tmp_path / "ready")
+    write_subject(root, "sub-01")
+    rng = np.random.default_rng(6)
+    valid = random_streamlines(rng, 2)
+    repeated = np.repeat(valid[1], [1, 3] + [1] * (len(valid[1]) - 2), axis=0)
+    # Exact in float32 through the affine: corner (10, 12, 4) is on the
+    # far faces of x and y.
+    far_face = np.array([[5., 6., 4.], [10., 12., 4.]])
+    stuck = np.array([[5., 5., 5.]] * 3)
+    path = os.path.join(root, "sub-01", "tractograms", "bundle_1.trk")
+    weights = {"weight": np.zeros((3, 1), np.float32)}
+    save_streamlines(path, [valid[0], repeated, far_face], dps=weights)
+    out = str(tmp_path / "out.h5")
+    create_hdf5_dataset(root, out, CONFIG, ["sub-01"], [], [])
+    assert ("removed 2 repeated consecutive points" in caplog.text
+            and "bundle_1.trk" in caplog.text)
+    with h5py.File(out, "r") as hdf:
+        stored = read_streamlines(hdf["sub-01/streamlines"])
+    assert [len(streamline) for streamline in stored[:3]] == [
+        len(valid[0]), len(valid[1]), 2]
+    for got, want in zip(stored[:3], [valid[0], valid[1], far_face]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=POINT_ATOL_VOX)
+    # All points equal: no direction, as a single point.
+    save_streamlines(path, [valid[0], stuck, far_face], dps=weights)
+    with pytest.raises(DwiMLUserError, match=(
+            r"bundle_1.trk': 1 of 3 streamlines have a single point, or all "
+            r"their points equal \(expected at least 2 distinct\); use "
+            "--remove_invalid to drop them.")):
+        create_hdf5_dataset(root, out + "2", CONFIG, ["sub-01"], [], [])
+    removed = create_hdf5_dataset(root, out + "3", CONFIG, ["sub-01"], [], [],
+                                  remove_invalid=True)
+    assert removed == {"sub-01": {"streamlines": 1}}
+
+
 def _replace_volume(path, shape=SHAPE + (3,), translation=None, value=None):
     data = np.ones(shape, np.float32)
     if value is not None:

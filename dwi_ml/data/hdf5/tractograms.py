@@ -223,8 +223,8 @@ def load_streamline_group(group_config, files, reference, subject,
         del tractogram, data
     if nb_removed:
         logging.warning("%s: removed %d streamlines with points outside the "
-                        "volume or a single point.", describe(subject, group),
-                        nb_removed)
+                        "volume or fewer than 2 distinct points.",
+                        describe(subject, group), nb_removed)
     if not all_lengths:
         raise DwiMLUserError(
             f"{describe(subject, group)}: no streamline left after removing "
@@ -277,7 +277,9 @@ def points_outside_volume(points, dimensions):
     points : np.ndarray, shape (P, 3)
         Points in voxel space with a corner origin.
     dimensions : array-like of 3 int
-        Volume shape; valid coordinates are in [0, dimensions).
+        Volume shape; valid coordinates are in [0, dimensions], the far
+        faces included, as dipy's bounding-box check (interpolation there
+        replicates the border voxels).
 
     Returns
     -------
@@ -285,12 +287,49 @@ def points_outside_volume(points, dimensions):
     """
     # NaN fails both comparisons: it is flagged with the points outside.
     inside = points >= 0
-    inside &= points < np.asarray(dimensions)
+    inside &= points <= np.asarray(dimensions)
     # Column by column: numpy's reduction over rows of 3 is much slower.
     outside = ~inside[:, 0]
     outside |= ~inside[:, 1]
     outside |= ~inside[:, 2]
     return outside
+
+
+def drop_repeated_points(points, lengths):
+    """Remove each point equal to the one before it in its streamline.
+
+    A zero-length segment has no direction: its target would be a zero
+    vector (a wrong class for classification getters).
+
+    Parameters
+    ----------
+    points : np.ndarray, shape (P, 3)
+        Compact streamlines.
+    lengths : np.ndarray, shape (N,)
+        Number of points of each streamline.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray, int)
+        The points and lengths without the repeats (the inputs themselves
+        when there are none), and the number of points removed. A
+        streamline whose points are all equal keeps one.
+    """
+    repeated = np.zeros(len(points), dtype=bool)
+    # Column by column, as points_outside_volume.
+    same = repeated[1:]
+    np.equal(points[1:, 0], points[:-1, 0], out=same)
+    same &= points[1:, 1] == points[:-1, 1]
+    same &= points[1:, 2] == points[:-1, 2]
+    starts = offsets_from_lengths(lengths)
+    repeated[starts[lengths > 0]] = False
+    nb_repeated = int(np.count_nonzero(repeated))
+    if not nb_repeated:
+        return points, lengths, 0
+    removed = np.zeros(len(lengths), dtype=np.int64)
+    filled = lengths > 0
+    removed[filled] = np.add.reduceat(repeated, starts[filled])
+    return points[~repeated], lengths - removed, nb_repeated
 
 
 def streamlines_with_flagged_points(flags, lengths):
@@ -340,7 +379,8 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
     DwiMLUserError
         An unreadable (e.g. truncated) or empty file, NaN or Inf
         coordinates, a missing dps key, or (without ``remove_invalid``)
-        points outside the volume or single-point streamlines.
+        points outside the volume or single-point streamlines (points
+        repeated in a row count once).
     """
     where = describe(subject, group_config.name, path)
     try:
@@ -373,6 +413,11 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
            for key in group_config.dps_keys}
     invalid = streamlines_with_flagged_points(outside, lengths)
     nb_outside = int(invalid.sum())
+    points, lengths, nb_repeated = drop_repeated_points(points, lengths)
+    if nb_repeated:
+        logging.warning("%s: removed %d repeated consecutive points "
+                        "(zero-length segments have no direction).", where,
+                        nb_repeated)
     # A single point has no direction: nothing to learn, nor to resample.
     single = lengths < 2
     invalid |= single
@@ -383,8 +428,9 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
             count, problem = (nb_outside, "have points outside the volume "
                                           f"of shape {shape}")
         else:
-            count, problem = (nb_invalid, "have a single point (expected at "
-                                          "least 2)")
+            count, problem = (nb_invalid, "have a single point, or all "
+                                          "their points equal (expected at "
+                                          "least 2 distinct)")
         raise DwiMLUserError(
             f"{where}: {count} of {len(lengths)} streamlines {problem}; use "
             "--remove_invalid to drop them.")
