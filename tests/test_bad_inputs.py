@@ -38,6 +38,7 @@ from dwi_ml.data.hdf5.fingerprint import (
     compute_hdf5_fingerprint,
     first_fingerprint_difference,
 )
+from dwi_ml.data.hdf5.layout import decode_str
 
 
 @pytest.fixture(scope="module")
@@ -449,11 +450,35 @@ def test_creation_names_a_corrupt_config_or_subject_list(
     else:
         path = lists[0]
         with open(path, "wb") as f:
-            f.write(b"\xff\xfe\x00\x81" * 8)
+            f.write(b"\x81\xfe\x00\xff" * 8)
     out = tmp_path / "out.hdf5"
     assert_user_error(create_main, [creation_inputs, out, config_path,
                                     *lists], capsys, tmp_path, path, *expected)
     assert not out.exists()
+
+
+def test_creation_reads_files_with_a_byte_order_mark_pipes_and_dev_null(
+        creation_inputs, tmp_path):
+    # Before: a UTF-8 byte-order mark became part of the first subject ID
+    # ("has no folder '.../\ufeffsub-01'"), UTF-16 (PowerShell's '>') was
+    # "binary bytes", and /dev/null or <(...) "does not exist".
+    config_path = tmp_path / "config.json"
+    config_path.write_bytes(b"\xef\xbb\xbf" + json.dumps(CONFIG).encode())
+    training = tmp_path / "training.txt"
+    training.write_bytes(b"\xef\xbb\xbfsub-01\r\nsub-02\r\n")
+    validation = tmp_path / "validation.txt"
+    validation.write_bytes("sub-03\r\n".encode("utf-16"))
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    out = tmp_path / "out.hdf5"
+    create_main([creation_inputs, str(out), str(config_path), str(training),
+                 str(validation), f"/dev/fd/{read_end}"])
+    os.close(read_end)
+    with h5py.File(out, "r") as hdf:
+        assert sorted(hdf.keys()) == list(SUBJECTS)
+        assert [list(map(decode_str, hdf.attrs[split])) for split in (
+            "training_subjs", "validation_subjs", "testing_subjs")] == [
+                ["sub-01", "sub-02"], ["sub-03"], []]
 
 
 def test_sizes_beyond_memory_are_one_line_not_a_traceback(tmp_path, capsys):

@@ -77,6 +77,29 @@ def _refuse_duplicate_keys(path, what):
     return object_from_pairs
 
 
+_BOM_ENCODINGS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"),
+                  (b"\xfe\xff", "utf-16"))
+
+
+def read_text(path):
+    """A text file's content: UTF-8, or UTF-8 / UTF-16 with a byte-order mark.
+
+    Editors on Windows write a byte-order mark (PowerShell's ``>`` writes
+    UTF-16); it is not part of the text. Pipes and devices (``<(...)``,
+    ``/dev/null``) read as files do.
+
+    Raises
+    ------
+    UnicodeDecodeError
+        Bytes that are not text in the encoding found.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    encoding = next((name for bom, name in _BOM_ENCODINGS
+                     if data.startswith(bom)), "utf-8")
+    return data.decode(encoding)
+
+
 def load_json_file(path, what):
     """Parse a JSON file, with one-line user errors naming it.
 
@@ -86,12 +109,11 @@ def load_json_file(path, what):
         Missing file, bytes that are not UTF-8, invalid (e.g. truncated)
         JSON, or a key twice in one object.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path) or os.path.isdir(path):
         raise DwiMLUserError(f"{what} '{path}': expected a file, found none.")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, object_pairs_hook=_refuse_duplicate_keys(
-                path, what))
+        return json.loads(read_text(path), object_pairs_hook=(
+            _refuse_duplicate_keys(path, what)))
     except UnicodeDecodeError:
         raise DwiMLUserError(
             f"{what} '{path}': expected UTF-8 JSON text, found binary bytes "

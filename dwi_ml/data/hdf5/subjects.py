@@ -6,6 +6,7 @@ from typing import Tuple
 
 from dwi_ml.data.hdf5.layout import SPLITS
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.safe_load import read_text
 from dwi_ml.io_utils.script_args import refuse_wrong_path_kind
 
 ALL_FILES = "ALL"  # 'folder/ALL': the older reference's "every file in it"
@@ -45,17 +46,19 @@ def one_line(error):
 def read_subjects_file(path):
     """Read subject IDs from a text file, separated by spaces or newlines.
 
+    UTF-8 (or UTF-8 / UTF-16 with a byte-order mark); a pipe or
+    ``/dev/null`` (an empty list) reads as a file.
+
     Raises
     ------
     DwiMLUserError
         When the file does not exist or is not text.
     """
     refuse_wrong_path_kind(path, "subject list")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise DwiMLUserError(f"subject list '{path}' does not exist.")
     try:
-        with open(path, encoding="utf-8") as file:
-            return file.read().split()
+        return read_text(path).split()
     except UnicodeDecodeError:
         raise DwiMLUserError(
             f"subject list '{path}': expected text (subject IDs), found "
