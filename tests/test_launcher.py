@@ -99,14 +99,18 @@ def test_a_signal_after_the_outputs_are_written_says_so(tmp_path, capsys,
     assert os.path.exists(out) == (stop != "before")
 
 
-def test_sigterm_is_ignored_once_a_finished_script_exits():
-    """After main, SIGTERM says the outputs are complete; in the
-    interpreter's last steps it had its default action back (a kill, status
-    -15, no word): it is ignored from atexit on."""
+@pytest.mark.parametrize("name, status, said", [
+    ("SIGTERM", 143, "terminated (SIGTERM)"),
+    ("SIGINT", 130, "interrupted (Ctrl-C)")])
+def test_a_stop_is_ignored_once_a_finished_script_exits(name, status, said):
+    """After main, SIGTERM or Ctrl-C says the outputs are complete; in the
+    interpreter's last steps they had their default action back (SIGTERM a
+    kill, status -15, no word; Ctrl-C exit 0 with a KeyboardInterrupt
+    traceback, or a kill, -2): ignored from atexit on."""
     code = (
         "import atexit, os, signal\n"
         "from dwi_ml.io_utils.errors import script_entry_point\n"
-        "atexit.register(os.kill, os.getpid(), signal.SIGTERM)\n"
+        f"atexit.register(os.kill, os.getpid(), signal.{name})\n"
         "script_entry_point(lambda argv: None)()\n")
     # atexit runs the last registered first: the signal comes after the
     # script's own atexit step.
@@ -122,6 +126,6 @@ def test_sigterm_is_ignored_once_a_finished_script_exits():
                  "script_entry_point(lambda argv: None)()\n")
     process = subprocess.run([sys.executable, "-c", code],
                              capture_output=True, text=True, timeout=300)
-    assert process.returncode == 143
-    assert process.stderr.endswith("terminated (SIGTERM) after it finished: "
-                                   "its outputs are complete.\n")
+    assert process.returncode == status
+    assert process.stderr.endswith(f"{said} after it finished: its outputs "
+                                   "are complete.\n")

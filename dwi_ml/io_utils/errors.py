@@ -25,13 +25,17 @@ def raise_terminated(signum, frame):
     raise Terminated()
 
 
-def _terminated_after_the_end(signum, frame):
-    """SIGTERM handler once a command-line script has finished: while the
-    interpreter exits, every output is complete; say so, exit 143."""
+def _stopped_after_the_end(signum, frame):
+    """SIGTERM or SIGINT handler once a command-line script has finished:
+    while the interpreter exits, every output is complete; say so, exit 143
+    or 130."""
+    name, status = (("terminated (SIGTERM)", EXIT_STATUS_SIGTERM)
+                    if signum == signal.SIGTERM
+                    else ("interrupted (Ctrl-C)", EXIT_STATUS_CTRL_C))
     sys.stdout.flush()
-    print(f"{_prog()}: terminated (SIGTERM) after it finished: its outputs "
-          "are complete.", file=sys.stderr, flush=True)
-    os._exit(EXIT_STATUS_SIGTERM)
+    print(f"{_prog()}: {name} after it finished: its outputs are complete.",
+          file=sys.stderr, flush=True)
+    os._exit(status)
 
 
 class DwiMLUserError(Exception):
@@ -130,14 +134,24 @@ def script_entry_point(main_fn):
                 # Run from the command line (argv None), the process exits
                 # next: a SIGTERM then must not look like a killed run.
                 if finished and argv is None:
-                    signal.signal(signal.SIGTERM, _terminated_after_the_end)
-                    # The interpreter's last steps give SIGTERM its default
-                    # action back (a kill, no word): ignored from atexit on.
-                    atexit.register(signal.signal, signal.SIGTERM,
-                                    signal.SIG_IGN)
+                    _say_when_stopped_after_the_end()
                 else:
                     signal.signal(signal.SIGTERM, previous)
     return wrapper
+
+
+def _say_when_stopped_after_the_end():
+    """SIGTERM, and SIGINT if Python's own handler has it, say that the
+    outputs are complete while the interpreter exits. Its last steps give
+    each its default action back (a kill, no word; a late Ctrl-C also
+    raised inside atexit, exit 0 with a traceback): both are ignored from
+    atexit on."""
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signals.append(signal.SIGINT)
+    for signum in signals:
+        signal.signal(signum, _stopped_after_the_end)
+        atexit.register(signal.signal, signum, signal.SIG_IGN)
 
 
 def _outputs_state(run):
