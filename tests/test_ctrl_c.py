@@ -40,7 +40,8 @@ def _interrupt_while_writing(script, args, out_path, signum):
     """Run SCRIPT; send ``signum`` once its output's temporary file exists.
 
     Returns the exit status and stderr of the interrupted run, or None when
-    every attempt finished its output before the signal.
+    every attempt finished its output before the signal (the output then
+    exists: such a run, whatever it said, is tried again).
     """
     temporaries = os.path.join(os.path.dirname(out_path),
                                f".{os.path.basename(out_path)}.*")
@@ -52,7 +53,7 @@ def _interrupt_while_writing(script, args, out_path, signum):
             time.sleep(0.0005)
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=300)
-        if process.returncode != 0:
+        if not os.path.lexists(out_path):
             return process.returncode, stderr
         os.remove(out_path)
     return None
