@@ -452,10 +452,19 @@ def test_bad_input_is_one_line_error_and_no_output(tmp_path, capsys, case):
 
 def test_exclusive_options_and_bad_values(dataset, tmp_path):
     root, _ = dataset
-    for options in ({"step_size": 1.0, "nb_points": 5}, {"step_size": 0},
-                    {"nb_points": 1}, {"compress": -1.0}):
-        with pytest.raises(DwiMLUserError):
+    for options, expected in (
+            ({"step_size": 1.0, "nb_points": 5}, "arguments step_size, "
+             "nb_points: expected at most one of step_size, nb_points, "
+             "compress, found 2."),
+            ({"step_size": 0}, "argument 'step_size': expected a finite "
+                               "number > 0, got 0."),
+            ({"nb_points": 1}, "argument 'nb_points': expected an integer "
+                               ">= 2, got 1."),
+            ({"compress": -1.0}, "argument 'compress': expected a finite "
+                                 "number > 0, got -1.0.")):
+        with pytest.raises(DwiMLUserError) as error:
             create(root, tmp_path / "out.h5", **options)
+        assert expected in str(error.value)
     assert not (tmp_path / "out.h5").exists()
 
 
