@@ -338,7 +338,11 @@ def test_script_errors(hand_files, tmp_path, capsys):
         ([*files, "--out_json", str(existing)], "already exists"),
         ([*files, "--bundle_key", "nope"], "'nope'"),
         ([str(not_a_tractogram), *files[1:]], "extensions"),
-        ([*files, "--min_share_in_volume", "2"], "min_share_in_volume"),
+        ([*files, "--min_share_in_volume", "2"], "argument "
+         "--min_share_in_volume: expected a share in [0, 1], found 2.0."),
+        # It named the function's argument, max_angle_deg.
+        ([*files, "--max_angle", "-5"], "argument --max_angle: expected an "
+         "angle in [0, 90] degrees, found -5.0."),
         ([*files, "--out_json", str(tmp_path / "no" / "s.json")],
          "does not exist"),
     ]

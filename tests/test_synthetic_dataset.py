@@ -254,7 +254,11 @@ def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
 @pytest.mark.parametrize("option, value, name", [
     ("--nb_directions", "3", "nb_directions"),
     ("--nb_subjects", "0", "nb_subjects"),
-    ("--shape", "4 30 30", "shape")])
+    ("--shape", "4 30 30", "shape"),
+    # An infinite size warned, then blamed the shape.
+    ("--voxel_size", "inf 2 2", "voxel_size: expected 3 finite positive "
+                                "sizes in mm, got [inf, 2.0, 2.0]."),
+    ("--nb_bundles", "0", "nb_bundles: expected at least 1, got 0.")])
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, option,
                                                value, name):
     out = tmp_path / "data"

@@ -103,7 +103,9 @@ def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
     check_scoring_numbers(DEFAULT_DISTANCES_VOX, args.max_angle,
                           DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
-                          args.min_share_in_volume, DEFAULT_MAX_STEP_VOX)
+                          args.min_share_in_volume, DEFAULT_MAX_STEP_VOX,
+                          {"max_angle_deg": "--max_angle",
+                           "min_share_in_volume": "--min_share_in_volume"})
     check_inputs_exist(args.in_tractogram, args.reference_tractogram,
                        args.mask_or_volume)
     if args.out_json is not None:

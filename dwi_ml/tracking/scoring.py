@@ -198,9 +198,10 @@ def _compact_points(streamlines):
 
 def check_scoring_numbers(distances_vox, max_angle_deg,
                           direction_max_distance_vox, min_share_in_volume,
-                          max_step_vox):
+                          max_step_vox, option_names=None):
     """Raise a user error for a threshold of :func:`score_tractogram` out of
-    its range."""
+    its range, naming its argument, or its option in ``option_names``
+    (argument name -> e.g. '--max_angle') when a script gave it."""
     checks = [
         ("distances_vox", distances_vox, len(distances_vox) > 0 and
          all(d > 0 for d in distances_vox), "distances > 0 (voxels)"),
@@ -215,6 +216,7 @@ def check_scoring_numbers(distances_vox, max_angle_deg,
     ]
     for name, value, valid, expected in checks:
         if not valid:
+            name = (option_names or {}).get(name, name)
             raise DwiMLUserError(
                 f"argument {name}: expected {expected}, found {value!r}.")
 

@@ -66,8 +66,8 @@ def _check_arguments(nb_subjects, nb_streamlines, shape, voxel_size,
     check(seed >= 0, "seed", "a non-negative integer", seed)
     check(len(shape) == 3 and all(s >= 8 for s in shape), "shape",
           "3 sizes of at least 8 voxels", list(shape))
-    check(len(voxel_size) == 3 and all(v > 0 for v in voxel_size),
-          "voxel_size", "3 positive sizes in mm", list(voxel_size))
+    check(len(voxel_size) == 3 and all(0 < v < np.inf for v in voxel_size),
+          "voxel_size", "3 finite positive sizes in mm", list(voxel_size))
     inner_mm = (np.asarray(shape) * np.asarray(voxel_size)
                 - 2 * centreline_margin_mm(shape, voxel_size))
     check(np.all(inner_mm > 0), "shape",
