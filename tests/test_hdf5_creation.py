@@ -333,13 +333,17 @@ def test_repeated_points_are_stored_once_and_far_faces_are_inside(
     assert removed == {"sub-01": {"streamlines": 1}}
 
 
-def _replace_volume(path, shape=SHAPE + (3,), translation=None, value=None):
-    data = np.ones(shape, np.float32)
+def _replace_volume(path, shape=SHAPE + (3,), translation=None, value=None,
+                    dtype=np.float32):
+    data = np.ones(shape, dtype)
     if value is not None:
         data.flat[7] = value
     affine = None if translation is None else grid_affine(
         translation=translation)
-    save_nifti(path, data, affine)
+    if dtype == np.float32:
+        save_nifti(path, data, affine)
+    else:
+        nib.save(nib.Nifti1Image(data, grid_affine()), path)
 
 
 def _other_grid_trk(path):
@@ -391,6 +395,11 @@ BAD_INPUTS = {
     "inf": ({}, ("dwi/fa.nii.gz", lambda p: _replace_volume(
         p, shape=SHAPE, value=np.inf)), ["sub-02", "'input'", "fa.nii.gz",
                                          "Inf"]),
+    # It said "NaN or Inf", after numpy's overflow warning.
+    "beyond_float32": ({}, ("dwi/fa.nii.gz", lambda p: _replace_volume(
+        p, shape=SHAPE, value=1e39, dtype=np.float64)), [
+            "sub-02", "fa.nii.gz", "found 1 value(s) beyond float32's range "
+            "(|value| > 3.4e+38); expected finite values only."]),
     "trk_other_grid": ({}, ("tractograms/bundle_2.trk", _other_grid_trk),
                        ["sub-02", "'streamlines'", "bundle_2.trk",
                         "[11, 12, 8]", "[10, 12, 8]"]),

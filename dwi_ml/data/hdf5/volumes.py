@@ -130,15 +130,22 @@ def load_volume_group(group_config, files, mask_files, subject):
 def load_volume(path, subject, group):
     """Load one NIfTI file as (X, Y, Z, F) float32, refusing NaN and Inf."""
     image = _load_image(path, subject, group)
-    data = _read_data(image, path, subject, group,
-                      lambda img: img.get_fdata(dtype=np.float32))
+    # Values beyond float32's range become Inf: told apart below.
+    with np.errstate(over="ignore"):
+        data = _read_data(image, path, subject, group,
+                          lambda img: img.get_fdata(dtype=np.float32))
     if data.ndim == 3:
         data = data[..., None]
     if not all_finite(data):
         nb_bad = int(np.count_nonzero(~np.isfinite(data)))
+        nb_nonfinite = int(np.count_nonzero(~np.isfinite(
+            np.asanyarray(image.dataobj))))
+        problem = (f"{nb_bad} NaN or Inf value(s)" if nb_nonfinite else
+                   f"{nb_bad} value(s) beyond float32's range (|value| > "
+                   f"{np.finfo(np.float32).max:.3g})")
         raise DwiMLUserError(
-            f"{describe(subject, group, path)}: found {nb_bad} NaN or Inf "
-            "value(s); expected finite values only.")
+            f"{describe(subject, group, path)}: found {problem}; expected "
+            "finite values only.")
     return data
 
 
