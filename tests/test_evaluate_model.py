@@ -124,6 +124,36 @@ def test_no_best_model_points_to_the_checkpoint(experiment, tmp_path,
     assert "--use_latest_epoch" not in capsys.readouterr().err
 
 
+def test_a_model_trained_from_python_is_evaluated_on_the_groups_given(
+        experiment, tmp_path, capsys):
+    """trainer.save_parameters() alone (docs/extending.md) saves no loader
+    section: the script said "expected sections ['loader']" even with the
+    model's module named; it now takes the groups as options."""
+    experiment_dir, hdf5_file = experiment
+    copy = tmp_path / "exp"
+    shutil.copytree(experiment_dir, copy,
+                    ignore=shutil.ignore_patterns("evaluation_*"))
+    params = json.loads((copy / "parameters.json").read_text())
+    (copy / "parameters.json").write_text(json.dumps(
+        {key: params[key] for key in ("format_version", "model_type",
+                                      "model", "trainer")}))
+    with pytest.raises(SystemExit) as error:
+        evaluate_main([str(copy), hdf5_file, "--subset", "validation"])
+    assert error.value.code == 2
+    assert capsys.readouterr().err.strip().split(": error: ")[1] == (
+        f"experiment '{copy}': its parameters.json has no 'loader' section "
+        "naming the groups its model read (a run trained from Python); give "
+        "--input_group and --streamline_group.")
+    evaluate_main([str(copy), hdf5_file, "--subset", "validation",
+                   "--input_group", "input", "--streamline_group",
+                   "streamlines", "--out", str(tmp_path / "given.json")])
+    evaluate_main([str(experiment_dir), hdf5_file, "--subset", "validation",
+                   "--out", str(tmp_path / "saved.json")])
+    given, saved = (json.loads((tmp_path / f"{name}.json").read_text())
+                    for name in ("given", "saved"))
+    assert given["results"] == saved["results"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_evaluation_on_cuda_equals_cpu(experiment, tmp_path):
     # Batches moved to the GPU and interpolated there, the model on it.

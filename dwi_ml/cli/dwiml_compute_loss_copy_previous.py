@@ -115,8 +115,9 @@ def _getter_and_format(args):
                 f"argument {given[0]}: set by --experiment (its model's "
                 f"loss and format), found both.")
         check_inputs_exist(args.experiment, what="experiment")
-        group = read_parameters(args.experiment, ("loader",))["loader"][
-            "streamline_group"]
+        # None for a model trained from Python: the file's only group.
+        group = (read_parameters(args.experiment).get("loader")
+                 or {}).get("streamline_group")
         model = load_model_of_experiment(args.experiment,
                                          args.use_latest_epoch)
         if not hasattr(model, "direction_getter"):

@@ -24,6 +24,7 @@ from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import read_parameters
 from dwi_ml.io_utils.script_args import (
+    add_experiment_group_args,
     add_model_run_args,
     add_output_args,
     check_model_run_args,
@@ -33,7 +34,7 @@ from dwi_ml.io_utils.script_args import (
 )
 from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.evaluation import evaluate_model_on_hdf5, subject_table
-from dwi_ml.training.experiment_builder import check_hdf5_groups
+from dwi_ml.training.experiment_builder import check_hdf5_groups, experiment_groups
 from dwi_ml.training.training_file import (
     use_training_streamline_format,
     warn_if_input_prepared_differently,
@@ -50,6 +51,7 @@ def _build_parser():
                        help="Split of the HDF5 file whose subjects are "
                             "evaluated.")
     add_model_run_args(group)
+    add_experiment_group_args(group, "to evaluate")
     group.add_argument("--out", help="Output .json file (default: EXPERIMENT/"
                        "evaluation_SUBSET_best|latest.json).")
     add_output_args(parser)
@@ -61,14 +63,14 @@ def main(argv=None):
     """Entry point of dwiml_evaluate_model.py."""
     args = parse_script_args(_build_parser(), argv)
     check_model_run_args(args)
-    params = read_parameters(args.experiment_path, ("loader",))
-    input_group = params["loader"]["input_group"]
-    streamline_group = params["loader"]["streamline_group"]
-    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     which = "latest" if args.use_latest_epoch else "best"
+    read_parameters(args.experiment_path)   # Is it an experiment at all?
     model, (epoch, epoch_complete) = load_model_of_experiment(
         args.experiment_path, args.use_latest_epoch, args.device,
         with_epoch=True)
+    input_group, streamline_group = experiment_groups(
+        args.experiment_path, args.input_group, args.streamline_group)
+    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     warn_if_input_prepared_differently(model, args.experiment_path, args.hdf5_file,
                                        input_group)
     use_training_streamline_format(model, args.experiment_path,

@@ -19,7 +19,7 @@ from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.experiment_layout import read_parameters
+from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
 from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.preemption import end_run
@@ -126,19 +126,41 @@ def load_experiment_model_for(args):
     input_group, streamline_group : str
         Checked to be groups of the HDF5 file.
     """
-    loader_params = read_parameters(args.experiment_path,
-                                    ("loader",))["loader"]
-    input_group = args.input_group or loader_params["input_group"]
-    streamline_group = (args.streamline_group
-                        or loader_params["streamline_group"])
-    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
+    read_parameters(args.experiment_path)   # Is it an experiment at all?
     model = load_model_of_experiment(args.experiment_path,
                                      args.use_latest_epoch, args.device)
+    input_group, streamline_group = experiment_groups(
+        args.experiment_path, args.input_group, args.streamline_group)
+    check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     warn_if_input_prepared_differently(model, args.experiment_path, args.hdf5_file,
                                        input_group)
     use_training_streamline_format(model, args.experiment_path,
                                    args.hdf5_file)
     return model, input_group, streamline_group
+
+
+def experiment_groups(experiment_path, input_group=None,
+                      streamline_group=None):
+    """The volume and streamline groups to read: those given, else those
+    the experiment trained on (its ``parameters.json``'s 'loader').
+
+    Raises
+    ------
+    DwiMLUserError
+        A group not given, and no 'loader' section to read it from (a
+        model trained from Python saves only its trainer's and model's).
+    """
+    if input_group and streamline_group:
+        return input_group, streamline_group
+    loader = read_parameters(experiment_path).get("loader")
+    if not isinstance(loader, dict):
+        raise DwiMLUserError(
+            f"experiment '{experiment_path}': its {PARAMETERS_FILE} has no "
+            "'loader' section naming the groups its model read (a run "
+            "trained from Python); give --input_group and "
+            "--streamline_group.")
+    return (input_group or loader["input_group"],
+            streamline_group or loader["streamline_group"])
 
 
 def build_dataset(dataset_params):
