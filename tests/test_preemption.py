@@ -6,6 +6,7 @@ loader draws each batch from (seed, context, epoch, batch index), so 0 or 2
 workers and eager or lazy reading give the same batches: one reference run
 serves all of them.
 """
+import json
 import os
 import signal
 import subprocess
@@ -250,8 +251,11 @@ def test_max_time_stops_with_a_checkpoint(tmp_path, hdf5_file, straight_run):
     assert _stop_line(process).startswith("stopped by max_time at epoch ")
     epoch, _, _ = _position(folder)
     assert epoch < NB_EPOCHS
-    _resume("-", tmp_path, name, extra=["--max_time", "01:00:00"])
+    # 'none' removes the saved limit (it came back on every resume).
+    _resume("-", tmp_path, name, extra=["--max_time", "none"])
     assert_same_run(straight_run, folder)
+    saved = json.loads((folder / "parameters.json").read_text())
+    assert saved["trainer"]["max_time_s"] is None
 
 
 def test_runs_repeat_bitwise_under_cpu_contention(tmp_path, hdf5_file,

@@ -36,21 +36,24 @@ def add_interruption_args(parser, for_resume=False):
                                       INTERRUPTIONS_DESCRIPTION)
 
     def default(when_training):
-        return "as saved with the run" if for_resume else when_training
+        if for_resume:
+            return "as saved with the run; 'none' removes it"
+        return (f"{when_training}; with --resume_if_exists, as saved with "
+                "the run, 'none' removing it")
 
     group.add_argument(
-        "--max_time", metavar="[DD:]HH:MM:SS",
+        "--max_time", metavar="[DD:]HH:MM:SS", type=_or_none(str),
         help="Stop with a checkpoint before this much time has passed since "
              "this process started training, keeping a margin of twice the "
              "longest step plus the longest checkpoint write (default: "
              f"{default('no limit')}).")
     group.add_argument(
-        "--checkpoint_every_n_batches", type=int, metavar="N",
+        "--checkpoint_every_n_batches", type=_or_none(int), metavar="N",
         help="Also write a mid-epoch checkpoint every N training batches "
              "(rounded up to whole --grad_accumulation_steps groups) "
              f"(default: {default('only at the end of each epoch')}).")
     group.add_argument(
-        "--checkpoint_every_minutes", type=float, metavar="M",
+        "--checkpoint_every_minutes", type=_or_none(float), metavar="M",
         help="Also write a mid-epoch checkpoint when M minutes have passed "
              f"since the last one (default: {default('never')}).")
     group.add_argument(
@@ -71,17 +74,34 @@ def add_interruption_args(parser, for_resume=False):
     return group
 
 
+REMOVED = "none"
+
+
+def _or_none(convert):
+    """An argparse type: ``convert(text)``, or REMOVED for 'none' (which
+    removes a value saved with the run)."""
+    def parse(text):
+        return REMOVED if text.strip().lower() == REMOVED else convert(text)
+    parse.__name__ = f"{convert.__name__} or 'none'"
+    return parse
+
+
 def interruption_params(args, saved=None):
-    """Trainer parameters from the options; None keeps ``saved`` values."""
+    """Trainer parameters from the options; None keeps ``saved`` values,
+    REMOVED ('none') removes them."""
     params = dict(saved or {})
-    if args.max_time is not None:
-        params["max_time_s"] = parse_duration(args.max_time)
-    if args.checkpoint_every_n_batches is not None:
-        params["checkpoint_every_n_batches"] = check_int(
-            "--checkpoint_every_n_batches", args.checkpoint_every_n_batches, 1)
-    if args.checkpoint_every_minutes is not None:
-        params["checkpoint_every_minutes"] = check_positive_float(
-            "--checkpoint_every_minutes", args.checkpoint_every_minutes)
+    checks = (("max_time_s", args.max_time, parse_duration),
+              ("checkpoint_every_n_batches", args.checkpoint_every_n_batches,
+               lambda value: check_int("--checkpoint_every_n_batches", value,
+                                       1)),
+              ("checkpoint_every_minutes", args.checkpoint_every_minutes,
+               lambda value: check_positive_float(
+                   "--checkpoint_every_minutes", value)))
+    for key, value, check in checks:
+        if value == REMOVED:
+            params[key] = None
+        elif value is not None:
+            params[key] = check(value)
     if getattr(args, "deterministic", False):
         params["deterministic"] = True
     return params
