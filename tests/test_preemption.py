@@ -18,6 +18,8 @@ import pytest
 import torch
 from training_data import make_training_hdf5
 
+from dwi_ml.training.cpu_threads import available_cores
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, "signal_during_training.py")
 TIME_LOGS = ("train_time.npy", "valid_time.npy")
@@ -256,6 +258,25 @@ def test_max_time_stops_with_a_checkpoint(tmp_path, hdf5_file, straight_run):
     assert_same_run(straight_run, folder)
     saved = json.loads((folder / "parameters.json").read_text())
     assert saved["trainer"]["max_time_s"] is None
+
+
+def test_a_resume_keeps_the_runs_thread_count(tmp_path, hdf5_file,
+                                              straight_run):
+    """Without --nb_cpu_threads or OMP_NUM_THREADS, a resume used the cores
+    left by its workers: other workers (or another node) gave another
+    thread count, other float rounding, and another run, without a word."""
+    name = "threads"
+    _run("1:train:1:SIGTERM", "train", _train_args(tmp_path, name, hdf5_file),
+         expected=EXIT_INTERRUPTED)
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "OMP_NUM_THREADS"}
+    process = _run("-", "resume", [str(tmp_path), name, "-v", "WARNING",
+                                   "--nb_workers", "1"], env=environment)
+    assert_same_run(straight_run, tmp_path / name)
+    assert _state(tmp_path / name)["cpu_threads"] == 2
+    oversubscribed = available_cores() - 1 < 2
+    assert ("Keeping the run's 2 CPU thread(s) for torch" in
+            process.stderr) == oversubscribed
 
 
 def test_runs_repeat_bitwise_under_cpu_contention(tmp_path, hdf5_file,

@@ -83,8 +83,11 @@ def build_parser():
     group.add_argument("--nb_cpu_threads", type=int,
                        help="torch threads of the main process (default: "
                             "OMP_NUM_THREADS when set, which torchrun sets "
-                            "to 1 with several ranks per node; else the "
-                            "cores left by the workers and other ranks).")
+                            "to 1 with several ranks per node; else, on "
+                            "CPU, the run's own count, which keeps its "
+                            "float rounding (a warning when it is more "
+                            "than the cores left by the workers and other "
+                            "ranks); else those cores).")
     group.add_argument("--nb_workers", type=int,
                        help="DataLoader workers (default: as saved).")
     add_verbose_arg(parser)
@@ -280,7 +283,9 @@ def _resume(args, callbacks, lock):
     if distributed.is_main_process:
         start_resumed_experiment(lock)
     trainer_params["nb_workers"] = cap_workers(trainer_params["nb_workers"])
-    set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"])
+    set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"],
+                    state.get("cpu_threads")
+                    if str(device).startswith("cpu") else None)
     # Checkpoints of older versions kept the Comet key at the top level.
     comet_key = ((state.get("callbacks") or {}).get("comet") or {}).get(
         "experiment_key", state.get("comet_key"))

@@ -36,7 +36,7 @@ def cap_workers(nb_workers):
     return nb_workers
 
 
-def set_cpu_threads(nb_threads=None, nb_workers=0):
+def set_cpu_threads(nb_threads=None, nb_workers=0, resumed_from=None):
     """Set torch's intra-op threads; return the number chosen.
 
     Parameters
@@ -49,12 +49,35 @@ def set_cpu_threads(nb_threads=None, nb_workers=0):
         unset: there, give ``nb_threads`` to use more.
     nb_workers : int
         DataLoader workers of this process (each uses one thread).
+    resumed_from : int or None
+        The thread count of the CPU run being resumed. Float rounding, and
+        so the resumed run's numbers, depend on it: it replaces the
+        default (OMP_NUM_THREADS or the cores left), with a warning when
+        it is more than those cores; a count given that differs from it is
+        warned about.
     """
+    given = "--nb_cpu_threads"
     if nb_threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        nb_threads = int(os.environ["OMP_NUM_THREADS"])
+        nb_threads, given = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores_left = max(1, available_cores() // local_ranks - nb_workers)
+    if nb_threads is None and resumed_from is not None:
+        nb_threads = resumed_from
+        if resumed_from > cores_left:
+            logger.warning(
+                "Keeping the run's %d CPU thread(s) for torch (its float "
+                "rounding): with %d worker(s) they are more than the %d "
+                "core(s) left, which can slow training a lot; "
+                "--nb_cpu_threads %d is faster, but its numbers differ from "
+                "an uninterrupted run's.", resumed_from, nb_workers,
+                cores_left, cores_left)
+    elif resumed_from is not None and nb_threads != resumed_from:
+        logger.warning(
+            "%s %d: the run trained with %d CPU thread(s) for torch; float "
+            "rounding differs, so the resumed run's numbers differ from an "
+            "uninterrupted run's.", given, nb_threads, resumed_from)
     if nb_threads is None:
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        nb_threads = max(1, available_cores() // local_ranks - nb_workers)
+        nb_threads = cores_left
     torch.set_num_threads(int(nb_threads))
     logger.info("Using %d CPU thread(s) for torch.", nb_threads)
     return nb_threads

@@ -104,6 +104,8 @@ class TrainerCheckpointing:
             "monitors": self.monitors.state_dict(),
             "best": self.best_tracker.state_dict(),
             "callbacks": self.callbacks.state_dict(),
+            # A CPU run's float rounding depends on it: a resume keeps it.
+            "cpu_threads": torch.get_num_threads(),
         }
         self.callbacks.on_checkpoint_save(self, state)
         return state
