@@ -1,5 +1,6 @@
 """Write files and folders under a temporary name, then rename them."""
 import contextlib
+import errno
 import json
 import os
 import re
@@ -263,3 +264,35 @@ def write_json_atomic(path, data, strict=True):
     with atomic_output_file(path) as tmp_path:
         with open(tmp_path, "w") as f:
             f.write(text + "\n")
+
+
+# errno values of a write that the disk or the system refused.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS,
+                 errno.EACCES, errno.EPERM, errno.EIO}
+# torch.save's C++ writer reports the same failures as RuntimeErrors.
+_TORCH_WRITE_FAILURES = ("iostream error", "unexpected pos",
+                         "file write failed", "PytorchStreamWriter failed")
+
+
+def is_write_failure(error):
+    """Whether ``error`` is a write refused by the disk or the system (no
+    space, quota, file size limit, read-only, permissions)."""
+    if isinstance(error, OSError):
+        return error.errno in _WRITE_ERRNOS
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in _TORCH_WRITE_FAILURES)
+
+
+@contextlib.contextmanager
+def write_failures_named(what, path, then):
+    """Turn a refused write inside the block into one DwiMLUserError line
+    naming ``what`` and ``path``, followed by ``then`` (what to do)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if not is_write_failure(error):
+            raise
+        cause = " ".join(str(error).split())[:200]
+        raise DwiMLUserError(
+            f"cannot write {what} '{path}' ({type(error).__name__}: {cause}); "
+            f"{then}") from None

@@ -13,13 +13,18 @@ import time
 import torch
 
 from dwi_ml.data.splits import SAMPLED_SPLITS, Split
-from dwi_ml.io_utils.atomic import atomic_output_folder, write_json_atomic
+from dwi_ml.io_utils.atomic import (
+    atomic_output_folder,
+    write_failures_named,
+    write_json_atomic,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
     EXPERIMENT_FORMAT_VERSION,
     PARAMETERS_FILE,
+    has_checkpoint,
     load_checkpoint_state,
 )
 from dwi_ml.io_utils.manifest import write_manifest
@@ -32,6 +37,7 @@ from dwi_ml.training.optimizers import (
     load_scheduler_state,
     scheduler_horizon,
 )
+from dwi_ml.training.preemption import resume_command
 from dwi_ml.training.random_states import (
     get_global_random_states,
     set_global_random_states,
@@ -71,7 +77,8 @@ class TrainerCheckpointing:
         if not self.is_main_process:
             return
         path = os.path.join(self.experiment_dir, BEST_MODEL_DIR)
-        with atomic_output_folder(path) as tmp_dir:
+        with self._write_failures_named("the best model", path), \
+                atomic_output_folder(path) as tmp_dir:
             self.model.save_params_and_state(tmp_dir)
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
                 "epoch": self.best_tracker.best_epoch,
@@ -150,12 +157,25 @@ class TrainerCheckpointing:
         state = self.checkpoint_state()
         if self.is_main_process:
             path = os.path.join(self.experiment_dir, CHECKPOINT_DIR)
-            with atomic_output_folder(path) as tmp_dir:
+            with self._write_failures_named("the checkpoint", path), \
+                    atomic_output_folder(path) as tmp_dir:
                 self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
                 torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
                 write_manifest(tmp_dir)
         barrier()
         self.interruptions.checkpoint_written(time.monotonic() - start)
+
+    def _write_failures_named(self, what, path):
+        """A write the disk refuses (no space, quota, file size limit): one
+        line that says the last complete one is kept, and how to go on."""
+        experiments_path, name = os.path.split(
+            os.path.normpath(self.experiment_dir))
+        then = (f"resume with: {resume_command(experiments_path, name)}"
+                if has_checkpoint(self.experiment_dir) else
+                "start the run again with -f (it has no checkpoint yet)")
+        return write_failures_named(
+            what, path, "the last one written, if any, is kept whole: free "
+            f"some space (or raise the limit), then {then}")
 
     def load_checkpoint(self, state=None):
         """Restore the state saved by :meth:`save_checkpoint`.

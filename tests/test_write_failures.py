@@ -1,0 +1,54 @@
+"""A write the disk refuses (here a file size limit, as a full disk or a
+quota would): one line, exit 2, the last complete folder kept whole."""
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+from training_data import make_training_hdf5
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "..", "scripts_python", "dwiml_train_model.py")
+# Above best_model/'s largest file (the LSTM [64]'s weights, ~134 kB) and
+# below the checkpoint's state (the weights and Adam's two moments,
+# ~289 kB).
+FILE_SIZE_LIMIT = 200_000
+
+
+def _limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE,
+                       (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"),
+                    reason="needs RLIMIT_FSIZE")
+def test_a_refused_checkpoint_write_is_one_line(tmp_path):
+    # It was a 31-line traceback ending in torch's "basic_ios::clear:
+    # iostream error", exit 1.
+    hdf5_file = make_training_hdf5(str(tmp_path))
+    experiments = tmp_path / "exps"
+    experiments.mkdir()
+    process = subprocess.run(
+        [sys.executable, SCRIPT, str(experiments), "run", hdf5_file, "input",
+         "streamlines", "--max_epochs", "2", "--step_size", "1.5",
+         "--rnn_layer_sizes", "64", "-v", "WARNING"],
+        capture_output=True, text=True, timeout=600,
+        preexec_fn=_limit_file_size)
+    assert process.returncode == 2, process.stderr[-3000:]
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1
+    head, tail = lines[0].split(" (RuntimeError: ", 1)
+    assert head == ("dwiml_train_model.py: error: cannot write the checkpoint "
+                    f"'{experiments / 'run' / 'checkpoint'}'")
+    assert tail.endswith(
+        "); the last one written, if any, is kept whole: free some space (or "
+        "raise the limit), then start the run again with -f (it has no "
+        "checkpoint yet)")
+    # best_model/ was written whole before; no temporary folder is left.
+    assert sorted(os.listdir(experiments / "run")) == [
+        ".dwi_ml_output.json", ".lock", "best_model", "logs",
+        "parameters.json"]
+    assert sorted(os.listdir(experiments / "run" / "best_model")) == [
+        "MANIFEST.sha256", "best_epoch.json", "model_state.pt",
+        "model_type.txt", "parameters.json"]
