@@ -140,10 +140,12 @@ def build_parser():
                      help="Seed of the initial weights, the batches and "
                           "the augmentations.")
     run.add_argument("--nb_workers", type=int, default=0,
-                     help="DataLoader worker processes. They pay off with "
-                          "large batches (~1000 streamlines) or lazy data "
-                          "on cores the main process does not use "
-                          "(bench/README.md, 'Workers').")
+                     help="DataLoader worker processes, for training "
+                          "and as many for validation (each with its own "
+                          "lazy cache). They pay off with large batches "
+                          "(~1000 streamlines) or lazy data on cores the "
+                          "main process does not use (bench/README.md, "
+                          "'Workers').")
     run.add_argument("--nb_cpu_threads", type=int,
                      help="torch threads of the main process (default: "
                           "OMP_NUM_THREADS when set, which torchrun sets to "
