@@ -52,3 +52,14 @@ def test_a_refused_checkpoint_write_is_one_line(tmp_path):
     assert sorted(os.listdir(experiments / "run" / "best_model")) == [
         "MANIFEST.sha256", "best_epoch.json", "model_state.pt",
         "model_type.txt", "parameters.json"]
+    # Its latest model: the checkpoint's folder is missing, not the epoch.
+    evaluate = os.path.join(HERE, "..", "scripts_python",
+                            "dwiml_evaluate_model.py")
+    process = subprocess.run(
+        [sys.executable, evaluate, str(experiments / "run"), hdf5_file,
+         "--use_latest_epoch"], capture_output=True, text=True, timeout=600)
+    assert process.returncode == 2
+    assert process.stderr.strip() == (
+        f"dwiml_evaluate_model.py: error: experiment '{experiments / 'run'}' "
+        "has no checkpoint/ folder: its first checkpoint was never written; "
+        "its best model was (drop --use_latest_epoch to use it).")

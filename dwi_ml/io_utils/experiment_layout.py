@@ -76,9 +76,16 @@ def checkpoint_dir(experiment_dir):
     """The readable checkpoint folder of an experiment, or a clear error."""
     path = existing_atomic_folder(os.path.join(experiment_dir, CHECKPOINT_DIR))
     if path is None:
+        # A best model without a checkpoint: the first checkpoint's write
+        # failed (e.g. a full disk) after the best model's.
+        why = ("its first checkpoint was never written; its best model "
+               "was (drop --use_latest_epoch to use it)"
+               if existing_atomic_folder(os.path.join(
+                   experiment_dir, BEST_MODEL_DIR)) is not None
+               else "it never finished an epoch")
         raise DwiMLUserError(
             f"experiment '{experiment_dir}' has no {CHECKPOINT_DIR}/ folder: "
-            "it never finished an epoch.")
+            f"{why}.")
     return path
 
 
