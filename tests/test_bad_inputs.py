@@ -498,6 +498,12 @@ def test_sizes_beyond_memory_are_one_line_not_a_traceback(tmp_path, capsys):
     ("--patience", "3", "use --new_patience"),
     ("--learning_rate", "0.001", "continue from the checkpoint"),
     ("--lr_scheduler=cosine", None, "continue from the checkpoint"),
+    # The other options of training were "unrecognized arguments".
+    ("--seed", "3", "the run continues with the value saved in its "
+     "parameters.json; train a new experiment to change it."),
+    ("--lazy", None, "the value saved in its parameters.json"),
+    ("-f", None, "a resume never deletes its experiment; start it over with "
+     "dwiml_train_model.py -f."),
 ])
 def test_resume_says_which_training_options_it_takes_instead(
         tmp_path, capsys, option, value, expected):

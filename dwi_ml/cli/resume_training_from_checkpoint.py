@@ -136,6 +136,8 @@ _FIXED_ON_RESUME = ("the optimizer and its learning-rate schedule continue "
 TRAINING_OPTIONS_ON_RESUME = {
     "--max_epochs": "use --new_max_epochs N (the new total)",
     "--patience": "use --new_patience N",
+    **{option: ("a resume never deletes its experiment; start it over with "
+                "dwiml_train_model.py -f") for option in ("-f", "--overwrite")},
     **{option: _FIXED_ON_RESUME for option in (
         "--learning_rate", "--lr_scheduler", "--lr_step_size", "--lr_gamma",
         "--optimizer", "--weight_decay", "--momentum")},
@@ -148,9 +150,13 @@ def refuse_training_options(argv):
     Raises
     ------
     DwiMLUserError
-        For the first option of :data:`TRAINING_OPTIONS_ON_RESUME` in
-        ``argv`` (before any ``--``).
+        For the first option of :data:`TRAINING_OPTIONS_ON_RESUME`, or of
+        dwiml_train_model.py only, in ``argv`` (before any ``--``).
     """
+    # Imported here: that script imports this one (--resume_if_exists).
+    from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
+    resume_options = set(build_parser()._option_string_actions)
+    fixed = set(train_parser()._option_string_actions) - resume_options
     for token in argv:
         if token == "--":
             return
@@ -159,6 +165,11 @@ def refuse_training_options(argv):
             raise DwiMLUserError(
                 f"argument {option}: not an option of a resume: "
                 f"{TRAINING_OPTIONS_ON_RESUME[option]}.")
+        if option in fixed:
+            raise DwiMLUserError(
+                f"argument {option}: not an option of a resume: the run "
+                "continues with the value saved in its parameters.json; "
+                "train a new experiment to change it.")
 
 
 def _no_checkpoint_message(experiment_dir):
