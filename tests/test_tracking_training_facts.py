@@ -134,14 +134,21 @@ def test_tracking_validation_without_a_step_is_refused_before_any_folder(
     # Before: refused at the first epoch, after the folder was made.
     hdf5_file = make_training_hdf5(str(tmp_path), nb_streamlines=10)
     os.makedirs(tmp_path / "exps")
-    for extra, reason in (([], "step size is unknown"),
-                          (["--nb_points", "10"], "--nb_points 10")):
-        assert_user_error(
+    # The message was the tracking script's ("give --step_size"), which
+    # --nb_points refuses.
+    for extra, found in (([], "no --step_size, and an HDF5 whose step size "
+                              "is unknown"),
+                         (["--nb_points", "10"], "streamlines of --nb_points "
+                                                 "10, which have none")):
+        message = assert_user_error(
             train_main, [tmp_path / "exps", "tv", hdf5_file, "input",
                          "streamlines", "--tracking_validation_every", "1",
-                         *extra],
-            capsys, tmp_path, "--tracking_validation_every",
-            "needs a step size", reason)
+                         *extra], capsys, tmp_path)
+        assert message == (
+            "argument --tracking_validation_every: expected a step size in "
+            f"mm to track at (the training streamlines'), found {found}; "
+            "train with --step_size instead, or without tracking "
+            "validation.")
 
 
 def test_a_model_reads_another_file_as_it_read_its_training_file(

@@ -207,7 +207,12 @@ def test_bad_trainer_arguments(tmp_path, dataset, key, value, message):
 
 @pytest.mark.parametrize("extra,message", [
     (["--split_ratio", "1.5"], "'--split_ratio': expected a number in [0, 1]"),
-    (["--neighborhood_type", "axes"], "'axes' needs neighborhood_radius"),
+    (["--neighborhood_type", "axes"], "'axes' needs neighborhood_radius "
+     "(scripts: --neighborhood_radius)"),
+    # It named the library's fields only.
+    (["--neighborhood_resolution", "2"], "(scripts: --neighborhood_radius, "
+     "--neighborhood_resolution): expected none without a neighborhood_type "
+     "(--neighborhood_type), found radius None, resolution 2.0."),
 ])
 def test_train_script_checks_arguments_before_work(tmp_path, hdf5_file, capsys,
                                                    extra, message):

@@ -2,6 +2,7 @@
 figures per file, figure size, y labels and best-epoch markers."""
 import os
 import re
+import warnings
 
 import matplotlib.image
 import numpy as np
@@ -148,6 +149,15 @@ def test_ylim_per_graph_and_for_every_panel(experiment):
     assert axes["Loss"].get_ylim() == (1.2, 3.0)
     low, high = axes["Epoch time (s)"].get_ylim()
     assert low < 0.9 and 11.0 < high < 12.0
+    # A range from 0 of every panel: the log-scaled learning rate keeps its
+    # own (matplotlib warned, then ignored the 0).
+    automatic = axes["Learning rate"].get_ylim()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        axes = axes_by_title(build_figures(panels, experiments, PlotOptions(
+            ylim=(0.0, 10.0))))
+    assert axes["Epoch time (s)"].get_ylim() == (0.0, 10.0)
+    assert axes["Learning rate"].get_ylim() == automatic
 
 
 def test_remove_outliers_uses_3_iqr_fences():

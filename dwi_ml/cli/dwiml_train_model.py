@@ -251,10 +251,18 @@ def _check_tracking_validation_step(params):
         return
     try:
         step_size_mm = training_step_size(params["model"], params["dataset"])
-    except DwiMLUserError as error:
+    except DwiMLUserError:
+        # Its message is for the tracking script (give --step_size there).
+        given = [f"--{option} {params['model'][option]:g}"
+                 for option in ("nb_points", "compress")
+                 if params["model"].get(option) is not None]
+        found = (f"streamlines of {given[0]}, which have none" if given else
+                 "no --step_size, and an HDF5 whose step size is unknown")
         raise DwiMLUserError(
-            f"argument --tracking_validation_every: tracking validation "
-            f"needs a step size; {error}") from None
+            "argument --tracking_validation_every: expected a step size in "
+            "mm to track at (the training streamlines'), found "
+            f"{found}; train with --step_size instead, or without tracking "
+            "validation.") from None
     check_eos_stop_for_model(
         params["tracking_validation"]["eos_stop"],
         (params["model"].get("dg_args") or {}).get("add_eos", False))

@@ -77,7 +77,9 @@ def _build_parser():
         help="'--ylim MIN MAX': y range of every panel; '--ylim GRAPH MIN "
              "MAX': y range of the panel titled GRAPH (a --graph TITLE or a "
              "default panel's title, e.g. Loss). Repeatable; a panel's own "
-             "range wins over the range of every panel.")
+             "range wins over the range of every panel. A log-scaled panel "
+             "(the learning rate's, or with --log_y) keeps its own range "
+             "when MIN <= 0.")
     panels.add_argument("--log_y", action="store_true",
                         help="Log scale on every panel's y axis (values <= 0 "
                              "are left out, with a warning naming each log).")

@@ -397,7 +397,10 @@ def draw_figure(figure, panels, experiments, options=PlotOptions()):
         if options.xlim is not None:
             ax.set_xlim(*options.xlim)
         ylim = options.panel_ylims.get(panel.title, options.ylim)
-        if ylim is not None:
+        # A log axis cannot show MIN <= 0: the range of every panel
+        # leaves such a panel (e.g. the learning rate's) its own.
+        if ylim is not None and not (_log_scale(panel, options)
+                                     and ylim[0] <= 0):
             ax.set_ylim(*ylim)
     for ax in axes[len(panels):]:
         ax.set_visible(False)

@@ -52,15 +52,19 @@ class Neighborhood:
         if self.type is None:
             if self.radius is not None or self.resolution_mm is not None:
                 raise DwiMLUserError(
-                    "arguments neighborhood_radius/neighborhood_resolution_mm: "
-                    "expected None without neighborhood_type, found "
-                    f"{self.radius!r}/{self.resolution_mm!r}.")
+                    "neighborhood_radius and neighborhood_resolution(_mm) "
+                    "(scripts: --neighborhood_radius, "
+                    "--neighborhood_resolution): expected none without a "
+                    "neighborhood_type (--neighborhood_type), found "
+                    f"radius {self.radius!r}, resolution "
+                    f"{self.resolution_mm!r}.")
             return
         radius = self.radius
         if radius is None:
             raise DwiMLUserError(
-                f"neighborhood_type '{self.type}' needs neighborhood_radius, "
-                "an integer >= 1 of layers; found None.")
+                f"neighborhood_type '{self.type}' needs neighborhood_radius "
+                "(scripts: --neighborhood_radius), an integer >= 1 of "
+                "layers; found None.")
         if isinstance(radius, float) and radius.is_integer():
             radius = int(radius)
         object.__setattr__(self, "radius", check_int(
