@@ -333,6 +333,28 @@ def test_repeated_points_are_stored_once_and_far_faces_are_inside(
     assert removed == {"sub-01": {"streamlines": 1}}
 
 
+def test_remove_invalid_skips_an_empty_file_of_a_group(tmp_path, caplog):
+    # A bundle found empty in one subject stopped the whole creation, with
+    # or without --remove_invalid.
+    root = str(tmp_path / "ready")
+    write_subject(root, "sub-01")
+    path = os.path.join(root, "sub-01", "tractograms", "bundle_2.trk")
+    _empty_trk(path)
+    with pytest.raises(DwiMLUserError, match=(
+            "bundle_2.trk': the tractogram is empty \\(0 streamlines\\); use "
+            "--remove_invalid to skip it.")):
+        create_hdf5_dataset(root, str(tmp_path / "out.h5"), CONFIG,
+                            ["sub-01"], [], [])
+    out = str(tmp_path / "out2.h5")
+    assert create_hdf5_dataset(root, out, CONFIG, ["sub-01"], [], [],
+                               remove_invalid=True) == {"sub-01": {"streamlines": 0}}
+    assert "bundle_2.trk': the tractogram is empty (0 streamlines); " \
+        "skipped." in caplog.text
+    with h5py.File(out, "r") as hdf:
+        stored = read_streamlines(hdf["sub-01/streamlines"])
+    assert len(stored) == NB_STREAMLINES["bundle_1.trk"]
+
+
 def _replace_volume(path, shape=SHAPE + (3,), translation=None, value=None,
                     dtype=np.float32):
     data = np.ones(shape, dtype)

@@ -99,9 +99,10 @@ def _build_parser():
                              f"({DEFAULT_COMPRESS_MM} mm if given alone).")
     streamlines.add_argument(
         "--remove_invalid", action="store_true",
-        help="Drop streamlines with points outside the volume, or with a "
-             "single point (their count is logged per subject and group), "
-             "instead of failing.")
+        help="Drop streamlines with points outside the volume, or with "
+             "fewer than 2 distinct points (their count is logged per "
+             "subject and group), and skip empty tractogram files (with a "
+             "warning naming each), instead of failing.")
     parser.add_argument(
         "--enforce_files_presence", type=_only_true, default=True,
         metavar="True",

@@ -377,7 +377,8 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
     Raises
     ------
     DwiMLUserError
-        An unreadable (e.g. truncated) or empty file, NaN or Inf
+        An unreadable (e.g. truncated) file, an empty one (without
+        ``remove_invalid``, which skips it), NaN or Inf
         coordinates, a missing dps key, or (without ``remove_invalid``)
         points outside the volume or single-point streamlines (points
         repeated in a row count once).
@@ -392,8 +393,14 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
             f"({type(error).__name__}: {one_line(error)}).") from None
     points, lengths = tractogram.points, tractogram.lengths
     if len(lengths) == 0:
-        raise DwiMLUserError(f"{where}: the tractogram is empty (0 "
-                             "streamlines).")
+        if not remove_invalid:
+            raise DwiMLUserError(
+                f"{where}: the tractogram is empty (0 streamlines); use "
+                "--remove_invalid to skip it.")
+        # E.g. a bundle that segmentation found empty in this subject.
+        logging.warning("%s: the tractogram is empty (0 streamlines); "
+                        "skipped.", where)
+        return PackedTractogram(points, lengths, {}), 0
     dimensions = space_attributes[1]
     outside = points_outside_volume(points, dimensions)
     # NaN or Inf in the file stays non-finite through the affine, and is
