@@ -333,6 +333,39 @@ def test_repeated_points_are_stored_once_and_far_faces_are_inside(
     assert removed == {"sub-01": {"streamlines": 1}}
 
 
+def test_a_loop_resampled_to_one_point_is_refused_or_dropped(tmp_path):
+    # At --nb_points 2 a streamline back at its start is 2 equal points:
+    # stored as such (zero targets) before.
+    root = str(tmp_path / "ready")
+    write_subject(root, "sub-01")
+    rng = np.random.default_rng(7)
+    valid = random_streamlines(rng, 2)
+    loop = np.array([[1., 1., 1.], [3., 1., 1.], [1., 1., 1.]])
+    path = os.path.join(root, "sub-01", "tractograms", "bundle_1.trk")
+    save_streamlines(path, [valid[0], loop, valid[1]],
+                     dps={"weight": np.arange(3, dtype=np.float32)[:, None]})
+    with pytest.raises(DwiMLUserError, match=(
+            "bundle_1.trk': 1 streamlines have fewer than 2 distinct points "
+            "once resampled")):
+        create_hdf5_dataset(root, str(tmp_path / "out.h5"), CONFIG,
+                            ["sub-01"], [], [], nb_points=2)
+    out = str(tmp_path / "out2.h5")
+    removed = create_hdf5_dataset(root, out, CONFIG, ["sub-01"], [], [],
+                                  nb_points=2, remove_invalid=True)
+    assert removed == {"sub-01": {"streamlines": 1}}
+    with h5py.File(out, "r") as hdf:
+        group = hdf["sub-01/streamlines"]
+        stored = read_streamlines(group)
+        weights = group["data_per_streamline/weight"][:, 0]
+    nb_other = NB_STREAMLINES["bundle_2.trk"]
+    assert len(stored) == 2 + nb_other and len(weights) == 2 + nb_other
+    # The dps rows stay with their streamlines: the loop's (1) is gone.
+    np.testing.assert_array_equal(weights[:2], [0, 2])
+    for got, want in zip(stored[:2], valid):
+        np.testing.assert_allclose(got[[0, -1]], want[[0, -1]], rtol=0,
+                                   atol=POINT_ATOL_VOX)
+
+
 def test_remove_invalid_skips_an_empty_file_of_a_group(tmp_path, caplog):
     # A bundle found empty in one subject stopped the whole creation, with
     # or without --remove_invalid.
@@ -353,6 +386,16 @@ def test_remove_invalid_skips_an_empty_file_of_a_group(tmp_path, caplog):
     with h5py.File(out, "r") as hdf:
         stored = read_streamlines(hdf["sub-01/streamlines"])
     assert len(stored) == NB_STREAMLINES["bundle_1.trk"]
+    # Nothing left at all: the reasons, all of them (it named the volume's
+    # bounds only).
+    _empty_trk(os.path.join(root, "sub-01", "tractograms", "bundle_1.trk"))
+    with pytest.raises(DwiMLUserError) as error:
+        create_hdf5_dataset(root, str(tmp_path / "out3.h5"), CONFIG,
+                            ["sub-01"], [], [], remove_invalid=True)
+    assert str(error.value) == (
+        "subject 'sub-01', group 'streamlines': no streamline left after "
+        "removing 0 streamlines outside the volume or with fewer than 2 "
+        "distinct points, and skipping empty files.")
 
 
 def _replace_volume(path, shape=SHAPE + (3,), translation=None, value=None,

@@ -1,6 +1,7 @@
 """Write files and folders under a temporary name, then rename them."""
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -116,10 +117,14 @@ def atomic_output_file(path):
 def save_npy(path, array):
     """Save an array at ``path`` (ending in .npy), atomically: a kill while
     writing leaves the previous file, never a file cut short."""
+    # The bytes first: np.save to a file goes through C stdio, whose failed
+    # flush (a full disk, a file size limit) raised nothing and left a file
+    # cut short; Python's own write raises.
+    buffer = io.BytesIO()
+    np.save(buffer, array)
     with atomic_output_file(path) as tmp_path:
-        # A file object: np.save would add '.npy' to the temporary name.
         with open(tmp_path, "wb") as f:
-            np.save(f, array)
+            f.write(buffer.getbuffer())
 
 
 @contextlib.contextmanager

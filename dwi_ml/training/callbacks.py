@@ -206,8 +206,9 @@ class NpyLoggerCallback(Callback):
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         if not trainer.is_main_process:
             return
-        for monitor in trainer.monitors.values():
-            monitor.save(trainer.logs_dir)
+        with trainer.named_write_failures("the logs", trainer.logs_dir):
+            for monitor in trainer.monitors.values():
+                monitor.save(trainer.logs_dir)
 
 
 class EpochSummaryCallback(Callback):

@@ -69,15 +69,16 @@ class TrainerCheckpointing:
                   "model": model_params(self.model),
                   **(extra_params or {})}
         os.makedirs(self.experiment_dir, exist_ok=True)
-        write_json_atomic(os.path.join(self.experiment_dir,
-                                       PARAMETERS_FILE), params)
+        path = os.path.join(self.experiment_dir, PARAMETERS_FILE)
+        with self.named_write_failures("the parameters", path):
+            write_json_atomic(path, params)
 
     def save_best_model(self):
         """Write ``best_model/`` (model params and state, epoch and loss)."""
         if not self.is_main_process:
             return
         path = os.path.join(self.experiment_dir, BEST_MODEL_DIR)
-        with self._write_failures_named("the best model", path), \
+        with self.named_write_failures("the best model", path), \
                 atomic_output_folder(path) as tmp_dir:
             self.model.save_params_and_state(tmp_dir)
             write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
@@ -157,7 +158,7 @@ class TrainerCheckpointing:
         state = self.checkpoint_state()
         if self.is_main_process:
             path = os.path.join(self.experiment_dir, CHECKPOINT_DIR)
-            with self._write_failures_named("the checkpoint", path), \
+            with self.named_write_failures("the checkpoint", path), \
                     atomic_output_folder(path) as tmp_dir:
                 self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
                 torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
@@ -165,7 +166,7 @@ class TrainerCheckpointing:
         barrier()
         self.interruptions.checkpoint_written(time.monotonic() - start)
 
-    def _write_failures_named(self, what, path):
+    def named_write_failures(self, what, path):
         """A write the disk refuses (no space, quota, file size limit): one
         line that says the last complete one is kept, and how to go on."""
         experiments_path, name = os.path.split(

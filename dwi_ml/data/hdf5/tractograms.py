@@ -213,22 +213,50 @@ def load_streamline_group(group_config, files, reference, subject,
         nb_removed += nb_invalid
         if len(tractogram.lengths) == 0:
             continue
-        dps_parts.append(tractogram.data_per_streamline)
+        keep_parts, nb_repeated = [], 0
         for data, offsets, lengths in _apply_in_runs(
                 streamline_format, tractogram.points, tractogram.lengths,
                 affine):
+            points = data.astype(np.float32, copy=False)
+            # Resampled, a streamline that comes back on itself can repeat
+            # a point (a loop at --nb_points 2): as in the file, counted once.
+            distinct, distinct_lengths, nb_run = drop_repeated_points(
+                points, lengths)
+            keep = distinct_lengths >= 2
+            if nb_run or not keep.all():
+                if not keep.all() and not remove_invalid:
+                    raise DwiMLUserError(
+                        f"{describe(subject, group, path)}: "
+                        f"{int(np.count_nonzero(~keep))} streamlines have "
+                        "fewer than 2 distinct points once resampled (they "
+                        "come back to their start); use --remove_invalid to "
+                        "drop them.")
+                data, offsets, lengths = gather(
+                    distinct, offsets_from_lengths(distinct_lengths)[keep],
+                    distinct_lengths[keep])
+                points, nb_repeated = data, nb_repeated + nb_run
             euclidean.append(lengths_mm(data, offsets, lengths, affine))
-            write_points(data.astype(np.float32, copy=False))
+            write_points(points)
             all_lengths.append(lengths)
-        del tractogram, data
+            keep_parts.append(keep)
+        keep = np.concatenate(keep_parts)
+        nb_removed += int(np.count_nonzero(~keep))
+        dps_parts.append({key: values[keep] for key, values
+                          in tractogram.data_per_streamline.items()})
+        if nb_repeated:
+            logging.warning("%s: removed %d repeated consecutive points once "
+                            "resampled.", describe(subject, group, path),
+                            nb_repeated)
+        del tractogram, data, points
     if nb_removed:
         logging.warning("%s: removed %d streamlines with points outside the "
                         "volume or fewer than 2 distinct points.",
                         describe(subject, group), nb_removed)
-    if not all_lengths:
+    if not all_lengths or not sum(len(part) for part in all_lengths):
         raise DwiMLUserError(
             f"{describe(subject, group)}: no streamline left after removing "
-            f"{nb_removed} streamlines outside the volume.")
+            f"{nb_removed} streamlines outside the volume or with fewer than "
+            "2 distinct points, and skipping empty files.")
     lengths = np.concatenate(all_lengths)
     offsets = offsets_from_lengths(lengths)
     dps = {key: _concatenate_dps([part[key] for part in dps_parts], key,
