@@ -458,7 +458,7 @@ def test_creation_names_a_corrupt_config_or_subject_list(
 
 
 def test_creation_reads_files_with_a_byte_order_mark_pipes_and_dev_null(
-        creation_inputs, tmp_path):
+        creation_inputs, tmp_path, capsys):
     # Before: a UTF-8 byte-order mark became part of the first subject ID
     # ("has no folder '.../\ufeffsub-01'"), UTF-16 (PowerShell's '>') was
     # "binary bytes", and /dev/null or <(...) "does not exist".
@@ -474,6 +474,12 @@ def test_creation_reads_files_with_a_byte_order_mark_pipes_and_dev_null(
     create_main([creation_inputs, str(out), str(config_path), str(training),
                  str(validation), f"/dev/fd/{read_end}"])
     os.close(read_end)
+    # A device that never ends (it was read until memory ran out).
+    message = assert_user_error(
+        create_main, [creation_inputs, tmp_path / "o.hdf5", config_path,
+                      training, validation, "/dev/zero"], capsys, tmp_path)
+    assert message == ("subject list '/dev/zero': expected a file or a pipe, "
+                       "found a device or socket.")
     with h5py.File(out, "r") as hdf:
         assert sorted(hdf.keys()) == list(SUBJECTS)
         assert [list(map(decode_str, hdf.attrs[split])) for split in (

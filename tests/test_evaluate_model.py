@@ -137,13 +137,15 @@ def test_a_model_trained_from_python_is_evaluated_on_the_groups_given(
     (copy / "parameters.json").write_text(json.dumps(
         {key: params[key] for key in ("format_version", "model_type",
                                       "model", "trainer")}))
-    with pytest.raises(SystemExit) as error:
-        evaluate_main([str(copy), hdf5_file, "--subset", "validation"])
-    assert error.value.code == 2
-    assert capsys.readouterr().err.strip().split(": error: ")[1] == (
-        f"experiment '{copy}': its parameters.json has no 'loader' section "
-        "naming the groups its model read (a run trained from Python); give "
-        "--input_group and --streamline_group.")
+    for extra in ([], ["--input_group", "input"]):
+        with pytest.raises(SystemExit) as error:
+            evaluate_main([str(copy), hdf5_file, "--subset", "validation",
+                           *extra])
+        assert error.value.code == 2
+        assert capsys.readouterr().err.strip().split(": error: ")[1] == (
+            f"experiment '{copy}': its parameters.json has no 'loader' "
+            "section naming the groups its model read (a run trained from "
+            "Python); give --input_group and --streamline_group.")
     evaluate_main([str(copy), hdf5_file, "--subset", "validation",
                    "--input_group", "input", "--streamline_group",
                    "streamlines", "--out", str(tmp_path / "given.json")])

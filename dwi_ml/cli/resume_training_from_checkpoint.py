@@ -294,9 +294,11 @@ def _resume(args, callbacks, lock):
     if distributed.is_main_process:
         start_resumed_experiment(lock)
     trainer_params["nb_workers"] = cap_workers(trainer_params["nb_workers"])
+    # A GPU run's thread count says nothing of its float rounding.
+    on_cpu = all(str(value).startswith("cpu") for value in (
+        device, params["trainer"].get("device", "cpu")))
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"],
-                    state.get("cpu_threads")
-                    if str(device).startswith("cpu") else None)
+                    state.get("cpu_threads") if on_cpu else None)
     # Checkpoints of older versions kept the Comet key at the top level.
     comet_key = ((state.get("callbacks") or {}).get("comet") or {}).get(
         "experiment_key", state.get("comet_key"))

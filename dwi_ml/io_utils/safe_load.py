@@ -9,6 +9,7 @@ can be bad (missing, empty, truncated, random bytes, pickled code) becomes a
 import json
 import os
 import pickle
+import stat
 
 import numpy as np
 
@@ -81,7 +82,7 @@ _BOM_ENCODINGS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"),
                   (b"\xfe\xff", "utf-16"))
 
 
-def read_text(path):
+def read_text(path, what="file"):
     """A text file's content: UTF-8, or UTF-8 / UTF-16 with a byte-order mark.
 
     Editors on Windows write a byte-order mark (PowerShell's ``>`` writes
@@ -90,9 +91,17 @@ def read_text(path):
 
     Raises
     ------
+    DwiMLUserError
+        A device other than ``/dev/null`` (``/dev/zero`` never ends).
     UnicodeDecodeError
         Bytes that are not text in the encoding found.
     """
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)
+            or os.path.samefile(path, os.devnull)):
+        raise DwiMLUserError(
+            f"{what} '{path}': expected a file or a pipe, found a device "
+            "or socket.")
     with open(path, "rb") as f:
         data = f.read()
     encoding = next((name for bom, name in _BOM_ENCODINGS
@@ -112,7 +121,7 @@ def load_json_file(path, what):
     if not os.path.exists(path) or os.path.isdir(path):
         raise DwiMLUserError(f"{what} '{path}': expected a file, found none.")
     try:
-        return json.loads(read_text(path), object_pairs_hook=(
+        return json.loads(read_text(path, what), object_pairs_hook=(
             _refuse_duplicate_keys(path, what)))
     except UnicodeDecodeError:
         raise DwiMLUserError(

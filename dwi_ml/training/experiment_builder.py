@@ -150,17 +150,17 @@ def experiment_groups(experiment_path, input_group=None,
         A group not given, and no 'loader' section to read it from (a
         model trained from Python saves only its trainer's and model's).
     """
-    if input_group and streamline_group:
-        return input_group, streamline_group
     loader = read_parameters(experiment_path).get("loader")
-    if not isinstance(loader, dict):
+    loader = loader if isinstance(loader, dict) else {}
+    input_group = input_group or loader.get("input_group")
+    streamline_group = streamline_group or loader.get("streamline_group")
+    if not (input_group and streamline_group):
         raise DwiMLUserError(
             f"experiment '{experiment_path}': its {PARAMETERS_FILE} has no "
             "'loader' section naming the groups its model read (a run "
             "trained from Python); give --input_group and "
             "--streamline_group.")
-    return (input_group or loader["input_group"],
-            streamline_group or loader["streamline_group"])
+    return input_group, streamline_group
 
 
 def build_dataset(dataset_params):

@@ -58,7 +58,7 @@ def read_subjects_file(path):
     if not os.path.exists(path):
         raise DwiMLUserError(f"subject list '{path}' does not exist.")
     try:
-        return read_text(path).split()
+        return read_text(path, "subject list").split()
     except UnicodeDecodeError:
         raise DwiMLUserError(
             f"subject list '{path}': expected text (subject IDs), found "
