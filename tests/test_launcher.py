@@ -102,30 +102,42 @@ def test_a_signal_after_the_outputs_are_written_says_so(tmp_path, capsys,
 @pytest.mark.parametrize("name, status, said", [
     ("SIGTERM", 143, "terminated (SIGTERM)"),
     ("SIGINT", 130, "interrupted (Ctrl-C)")])
-def test_a_stop_is_ignored_once_a_finished_script_exits(name, status, said):
+def test_a_stop_is_ignored_once_a_finished_script_exits(tmp_path, name,
+                                                        status, said):
     """After main, SIGTERM or Ctrl-C says the outputs are complete; in the
     interpreter's last steps they had their default action back (SIGTERM a
     kill, status -15, no word; Ctrl-C exit 0 with a KeyboardInterrupt
     traceback, or a kill, -2): ignored from atexit on."""
-    code = (
-        "import atexit, os, signal\n"
-        "from dwi_ml.io_utils.errors import script_entry_point\n"
-        f"atexit.register(os.kill, os.getpid(), signal.{name})\n"
-        "script_entry_point(lambda argv: None)()\n")
+    script = tmp_path / "my_script.py"
+    main = ("from dwi_ml.io_utils.errors import script_entry_point\n"
+            "main = script_entry_point(lambda argv: None)\n")
     # atexit runs the last registered first: the signal comes after the
     # script's own atexit step.
-    process = subprocess.run([sys.executable, "-c", code],
+    script.write_text(main + "import atexit, os, signal\n"
+                      f"atexit.register(os.kill, os.getpid(), signal.{name})\n"
+                      "main()\n")
+    process = subprocess.run([sys.executable, str(script)],
                              capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr
     assert process.stderr == ""
-    # Before that step: the line, and 143.
-    code = code.replace("script_entry_point(lambda argv: None)()\n", "") \
-        .replace("import atexit, os, signal\n",
-                 "import atexit, os, signal\n"
-                 "from dwi_ml.io_utils.errors import script_entry_point\n"
-                 "script_entry_point(lambda argv: None)()\n")
-    process = subprocess.run([sys.executable, "-c", code],
+    # Before that step: the line, and the signal's status.
+    script.write_text(main + "main()\nimport os, signal, time\n"
+                      f"os.kill(os.getpid(), signal.{name})\n"
+                      "time.sleep(60)\n")
+    process = subprocess.run([sys.executable, str(script)],
                              capture_output=True, text=True, timeout=300)
     assert process.returncode == status
     assert process.stderr.endswith(f"{said} after it finished: its outputs "
                                    "are complete.\n")
+    # A program that calls a script's main() keeps its own handlers (it
+    # ended the caller at its next Ctrl-C).
+    (tmp_path / "my_script_lib.py").write_text(main)
+    (tmp_path / "caller.py").write_text(
+        "import signal\n"
+        "from my_script_lib import main\n"
+        "main()\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+        " signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
+    process = subprocess.run([sys.executable, str(tmp_path / "caller.py")],
+                             capture_output=True, text=True, timeout=300)
+    assert process.stdout == "True True\n", process.stderr

@@ -74,7 +74,8 @@ def script_entry_point(main_fn):
     machine) is one line too, with exit status 1, and so is Ctrl-C outside
     a training run (which stops cleanly instead), with exit status 130;
     SIGTERM likewise, with exit status 143, while the script runs, and
-    after it finished when run from the command line (``argv`` None),
+    after it finished when run from the command line (``argv`` None, and
+    the process runs the script's own file or command),
     saying then that its outputs are complete. Each call records its own
     inputs and outputs (see :mod:`dwi_ml.io_utils.run_paths`).
     """
@@ -133,11 +134,21 @@ def script_entry_point(main_fn):
             if previous is not None:
                 # Run from the command line (argv None), the process exits
                 # next: a SIGTERM then must not look like a killed run.
-                if finished and argv is None:
+                if finished and argv is None and _run_as_its_script(
+                        main_fn):
                     _say_when_stopped_after_the_end()
                 else:
                     signal.signal(signal.SIGTERM, previous)
     return wrapper
+
+
+def _run_as_its_script(main_fn):
+    """Whether the process runs ``main_fn``'s own script (its command, its
+    scripts_python/ file or ``python -m``), not a program that called it:
+    only then does the process end with it."""
+    def stem(path):
+        return os.path.splitext(os.path.basename(path))[0]
+    return stem(sys.argv[0]) == stem(main_fn.__code__.co_filename)
 
 
 def _say_when_stopped_after_the_end():
