@@ -2,9 +2,10 @@
 import logging
 
 import pytest
+import torch
 
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.training.cpu_threads import available_cores, cap_workers
+from dwi_ml.training.cpu_threads import available_cores, cap_workers, set_cpu_threads
 from dwi_ml.training.distributed import init_distributed
 
 TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
@@ -66,3 +67,38 @@ def test_more_workers_than_cores_are_cut_down(caplog):
     caplog.clear()
     assert cap_workers(cores) == cores and cap_workers(0) == 0
     assert caplog.messages == []
+
+
+@pytest.fixture
+def threads_restored(monkeypatch):
+    previous = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_a_resume_keeps_the_thread_count_of_its_run(threads_restored, caplog):
+    cores = available_cores()
+    with caplog.at_level(logging.WARNING):
+        # The run's count, not the cores left by the workers.
+        assert set_cpu_threads(None, nb_workers=0, resumed_from=1) == 1
+        assert torch.get_num_threads() == 1 and caplog.messages == []
+        # More than the cores left: kept, with a warning.
+        assert set_cpu_threads(None, nb_workers=cores,
+                               resumed_from=2) == 2
+        assert caplog.messages == [
+            f"Keeping the run's 2 CPU thread(s) for torch (its float "
+            f"rounding): with {cores} worker(s) they are more than the 1 "
+            "core(s) left, which can slow training a lot; --nb_cpu_threads "
+            "1 is faster, but its numbers differ from an uninterrupted "
+            "run's."]
+        caplog.clear()
+        # Given otherwise: used, with a warning.
+        assert set_cpu_threads(1, nb_workers=0, resumed_from=2) == 1
+        assert caplog.messages == [
+            "--nb_cpu_threads 1: the run trained with 2 CPU thread(s) for "
+            "torch; float rounding differs, so the resumed run's numbers "
+            "differ from an uninterrupted run's."]
+    # Not a resume: the cores left.
+    assert set_cpu_threads(None, nb_workers=0) == max(1, cores)
