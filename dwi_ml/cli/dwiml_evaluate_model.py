@@ -64,12 +64,12 @@ def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
     check_model_run_args(args)
     which = "latest" if args.use_latest_epoch else "best"
-    read_parameters(args.experiment_path)   # Is it an experiment at all?
+    params = read_parameters(args.experiment_path)
     model, (epoch, epoch_complete) = load_model_of_experiment(
         args.experiment_path, args.use_latest_epoch, args.device,
         with_epoch=True)
     input_group, streamline_group = experiment_groups(
-        args.experiment_path, args.input_group, args.streamline_group)
+        params, args.experiment_path, args.input_group, args.streamline_group)
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     warn_if_input_prepared_differently(model, args.experiment_path, args.hdf5_file,
                                        input_group)

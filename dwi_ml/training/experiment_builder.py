@@ -126,11 +126,12 @@ def load_experiment_model_for(args):
     input_group, streamline_group : str
         Checked to be groups of the HDF5 file.
     """
-    read_parameters(args.experiment_path)   # Is it an experiment at all?
+    params = read_parameters(args.experiment_path)
     model = load_model_of_experiment(args.experiment_path,
                                      args.use_latest_epoch, args.device)
     input_group, streamline_group = experiment_groups(
-        args.experiment_path, args.input_group, args.streamline_group)
+        params, args.experiment_path, args.input_group,
+        args.streamline_group)
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
     warn_if_input_prepared_differently(model, args.experiment_path, args.hdf5_file,
                                        input_group)
@@ -139,10 +140,12 @@ def load_experiment_model_for(args):
     return model, input_group, streamline_group
 
 
-def experiment_groups(experiment_path, input_group=None,
+def experiment_groups(params, experiment_path, input_group=None,
                       streamline_group=None):
     """The volume and streamline groups to read: those given, else those
-    the experiment trained on (its ``parameters.json``'s 'loader').
+    the experiment trained on (``params``, its ``parameters.json``:
+    'loader'). The model is loaded first, so that a missing model module
+    is the first error.
 
     Raises
     ------
@@ -150,7 +153,7 @@ def experiment_groups(experiment_path, input_group=None,
         A group not given, and no 'loader' section to read it from (a
         model trained from Python saves only its trainer's and model's).
     """
-    loader = read_parameters(experiment_path).get("loader")
+    loader = params.get("loader")
     loader = loader if isinstance(loader, dict) else {}
     input_group = input_group or loader.get("input_group")
     streamline_group = streamline_group or loader.get("streamline_group")
