@@ -25,7 +25,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["dwi_ml", "dwi_ml.*"]),
     install_requires=[
-        "torch>=2.2",
+        # 2.6: torch.nn.utils.get_total_norm (the gradient norm after clipping).
+        "torch>=2.6",
         "numpy>=1.23",
         "h5py>=3.7",
         "scipy>=1.8",

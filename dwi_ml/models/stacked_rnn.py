@@ -27,6 +27,9 @@ for the cell. The cell gives torch's native values, those of ``nn.LSTM``
 with oneDNN disabled: other last bits than ``forward``'s oneDNN ones, the
 same in every run. Training keeps oneDNN (faster there).
 """
+import functools
+import logging
+
 import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence
@@ -36,6 +39,7 @@ RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 # (inputs (N, F), state, w_ih, w_hh, b_ih, b_hh) -> new state.
 RNN_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell}
 STACKINGS = ("plain", "reference")
+logger = logging.getLogger(__name__)
 
 
 def _map_data(sequence, function):
@@ -47,6 +51,54 @@ def _map_data(sequence, function):
 
 def _data(sequence):
     return sequence.data if isinstance(sequence, PackedSequence) else sequence
+
+
+@functools.cache
+def cpu_bf16_rnn_works(rnn_class):
+    """Whether ``rnn_class`` runs forward and backward under CPU bfloat16
+    autocast: oneDNN has no bfloat16 LSTM on CPUs without AVX-512, where
+    torch's call fails ("could not create a primitive descriptor")."""
+    with torch.random.fork_rng(devices=[]):  # the run's draws unchanged
+        layer = rnn_class(2, 2)
+    inputs = torch.zeros(1, 1, 2, requires_grad=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = layer(inputs)[0]
+        outputs.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _needs_float32_rnn(rnn, sequence):
+    """CPU bfloat16 autocast, on a CPU that cannot run ``rnn`` in it."""
+    if (_data(sequence).device.type != "cpu"
+            or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16
+            or cpu_bf16_rnn_works(type(rnn))):
+        return False
+    if not _needs_float32_rnn.warned:
+        _needs_float32_rnn.warned = True
+        logger.warning("This CPU has no bfloat16 %s (oneDNN needs AVX-512): "
+                       "the RNN layers run in float32, the rest of the "
+                       "model in bfloat16.", type(rnn).__name__)
+    return True
+
+
+_needs_float32_rnn.warned = False
+
+
+def _run_rnn(rnn, sequence, state):
+    """``rnn(sequence, state)``, in float32 where the CPU has no bfloat16
+    kernel for it (see :func:`cpu_bf16_rnn_works`)."""
+    if not _needs_float32_rnn(rnn, sequence):
+        return rnn(sequence, state)
+    with torch.autocast("cpu", enabled=False):
+        sequence = _map_data(sequence, lambda data: data.float())
+        if state is not None:
+            state = (tuple(part.float() for part in state)
+                     if isinstance(state, tuple) else state.float())
+        return rnn(sequence, state)
 
 
 class StackedRNN(torch.nn.Module):
@@ -122,7 +174,7 @@ class StackedRNN(torch.nn.Module):
             if layer > 0 and self.inputs_to_every_layer:
                 sequence = _map_data(sequence, lambda data: torch.cat(
                     [data, _data(inputs)], dim=-1))
-            sequence, new_state = rnn(sequence, state)
+            sequence, new_state = _run_rnn(rnn, sequence, state)
             sequence = _map_data(sequence, post_layer)
             layer_outputs.append(_data(sequence))
             new_states.append(new_state)
