@@ -322,6 +322,22 @@ def test_load_errors(tmp_path):
         load_model_from_params_and_state(folder)
 
 
+def test_a_diverged_model_is_refused_at_load(tmp_path):
+    # Its NaN reached the evaluation's JSON writer or the tracker's
+    # indexing as tracebacks; now one line names the weight.
+    model = make_model()
+    with torch.no_grad():
+        model.rnn.rnn_layers[0].weight_hh_l0[1, 2] = float("inf")
+    folder = str(tmp_path / "model")
+    model.save_params_and_state(folder)
+    with pytest.raises(DwiMLUserError) as error:
+        load_model_from_params_and_state(folder)
+    assert str(error.value) == (
+        f"model weights '{folder}/model_state.pt': expected finite weights, "
+        "found NaN or Inf in 'rnn.rnn_layers.0.weight_hh_l0' (a diverged "
+        "training); use another epoch's model.")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(step_size=0.5, nb_points=20), "step_size, nb_points"),
     (dict(step_size=float("nan")), "step_size"),

@@ -11,9 +11,16 @@ from file_tree import run_refused, snapshot
 from training_data import TINY_TRAINING, make_trained_experiment
 
 from dwi_ml.cli import resume_training_from_checkpoint as resume_cli
-from dwi_ml.cli.dwiml_train_model import check_saved_sections
+from dwi_ml.cli.dwiml_train_model import (
+    INT_MINIMUMS,
+    build_parser,
+    check_saved_sections,
+)
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import read_parameters
+from dwi_ml.models.model_types import MODEL_TYPES, model_params_from_args
+from dwi_ml.training.saved_parameters import check_saved_parameters
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +141,61 @@ def test_resume_if_exists_names_the_model_options_it_ignores(
     train_main(argv)
     warning = capsys.readouterr().err.strip().splitlines()[0]
     assert "--max_epochs 10 (saved: 1)" in warning
+
+
+_T = ["--d_model", "16", "--nheads", "2", "--n_layers_e", "1"]
+
+
+@pytest.mark.parametrize("options", [
+    [],
+    # Saved prev_dirs_embedding_size 0 (3 x 0 directions), which the
+    # option's minimum of 1 refused: such a run could never be resumed.
+    ["--nb_previous_dirs", "0"],
+    ["--nb_previous_dirs", "0", "--rnn_key", "gru", "--dg_key",
+     "sphere-classification", "--add_eos"],
+    ["--prev_dirs_embedding_key", "linear", "--prev_dirs_embedding_size", "4"],
+    ["--neighborhood_type", "grid", "--neighborhood_radius", "1",
+     "--input_embedding_key", "cnn", "--input_embedding_size", "8"],
+    ["--nb_points", "12", "--dg_key", "gaussian-mixture"],
+    ["--model_type", "transformer_src_only", *_T, "--position_encoding",
+     "none", "--attention_window", "4", "--nb_previous_dirs", "0"],
+    ["--model_type", "transformer_src_tgt", *_T],
+    # Saved target_embedded_size None ('add' takes none), which the
+    # option's default of 8 refused.
+    ["--model_type", "transformer_src_tgt", *_T, "--token_combination",
+     "add", "--sos_token_type", "class", "--dg_key",
+     "sphere-classification", "--add_eos"],
+    ["--model_type", "transformer_src_tgt", *_T, "--target_embedding_key",
+     "none", "--target_embedded_size", "3"],
+    ["--model_type", "transformer_original", *_T, "--n_layers_d", "1",
+     "--dg_key", "fisher-von-mises", "--norm_first"],
+])
+def test_what_training_saves_a_resume_accepts(options):
+    """Every model a training builds saves parameters that the resume's
+    check takes (each option's type and minimum, or the model's own
+    constructor where the saved value is outside the option's range)."""
+    parser = build_parser()
+    args = parser.parse_args(["exps", "exp", "data.hdf5", "input",
+                              "streamlines", *options])
+    class_name, model_params = model_params_from_args(args)
+    model = MODEL_TYPES[args.model_type](nb_features=5, **model_params)
+    params = {"model_type": class_name, "model": model.params_for_checkpoint}
+    check_saved_parameters(params, "exps/exp", parser, INT_MINIMUMS)
+
+
+def test_a_model_value_outside_its_option_names_the_models_reason(tmp_path):
+    # The constructor decides, with its own message.
+    parser = build_parser()
+    args = parser.parse_args(["exps", "exp", "data.hdf5", "input",
+                              "streamlines", "--nb_previous_dirs", "2"])
+    class_name, model_params = model_params_from_args(args)
+    saved = MODEL_TYPES["learn2track"](nb_features=5, **model_params
+                                       ).params_for_checkpoint
+    saved["prev_dirs_embedding_size"] = 0
+    with pytest.raises(DwiMLUserError) as error:
+        check_saved_parameters({"model_type": class_name, "model": saved},
+                               "exps/exp", parser, INT_MINIMUMS)
+    assert str(error.value) == (
+        "parameters.json of exps/exp: model: argument "
+        "'prev_dirs_embedding_size': expected None or 6 (3 * "
+        "nb_previous_dirs) with prev_dirs_embedding_key 'none', found 0.")

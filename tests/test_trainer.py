@@ -118,6 +118,10 @@ def test_script_names_the_training_loss_without_validation(tmp_path, capsys):
     best = int(np.argmin(train_loss))
     assert capsys.readouterr().out.strip().endswith(
         f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
+    # best_epoch.json named valid_loss for this train_loss value.
+    with open(tmp_path / "exp" / "best_model" / "best_epoch.json") as f:
+        assert json.load(f) == {"epoch": best, "loss": train_loss[best],
+                                "metric": "train_loss"}
 
 
 def test_validation_subjects_without_streamlines_count_as_no_validation(
@@ -168,6 +172,24 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, dataset):
     for sub in ("checkpoint/model", "best_model"):
         weights = torch.load(folder / sub / "model_state.pt", weights_only=True)
         assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_overflowing_weights_stop_before_any_save(tmp_path, dataset):
+    # Adam moves each weight by about the learning rate: 1e39 overflows
+    # float32 at the first update while its loss and gradient are finite.
+    # Saved every batch, the checkpoint held Inf weights that a resume
+    # could not use; now the update is refused before anything is saved.
+    trainer = make_trainer(dataset, tmp_path, learning_rate=1e39,
+                           clip_grad=None, checkpoint_every_n_batches=1)
+    with pytest.raises(TrainingAbortedError) as error:
+        trainer.train_and_validate()
+    assert str(error.value).startswith(
+        "non-finite weights after the update (inf) at epoch 0, batch 0; the "
+        "last checkpoint and best model are kept. To go on with a lower "
+        "--learning_rate or with --clip_grad, start a new experiment from it")
+    folder = tmp_path / "exp"
+    assert not (folder / "checkpoint").exists()
+    assert not (folder / "best_model").exists()
 
 
 @pytest.mark.parametrize("optimizer,scheduler", [

@@ -235,9 +235,23 @@ def load_model_from_params_and_state(folder, device="cpu"):
             f"({detail if len(detail) <= 300 else detail[:300] + ' ...'}); "
             "a model of your own must list every constructor argument in "
             "params_for_checkpoint.") from None
+    _check_finite_weights(state, state_path)
     model.to(device)
     model.eval()
     return model
+
+
+def _check_finite_weights(state, state_path):
+    """Refuse NaN or Inf weights (a diverged model, saved by an older
+    version or another tool): they would only surface later, in a JSON
+    writer or the tracker's indexing."""
+    for name, tensor in state.items():
+        if (torch.is_tensor(tensor) and tensor.is_floating_point()
+                and not torch.isfinite(tensor).all()):
+            raise DwiMLUserError(
+                f"model weights '{state_path}': expected finite weights, "
+                f"found NaN or Inf in '{name}' (a diverged training); use "
+                "another epoch's model.")
 
 
 def load_model_of_experiment(experiment_dir, use_latest_epoch=False,

@@ -136,24 +136,33 @@ class CallbackList:
         self._fire("on_checkpoint_load", trainer, checkpoint_state)
 
 
+_GO_ON_WITH_OTHER_SETTINGS = (
+    "To go on with a lower --learning_rate or with --clip_grad, start a new "
+    "experiment from it: --pretrained EXPERIMENT [--pretrained_use_latest_"
+    "epoch].")
+
+
 class NanCheckCallback(Callback):
-    """Stop the run on a NaN or infinite loss or gradient norm."""
+    """Stop the run on a NaN or infinite loss, gradient norm or weight,
+    before anything is saved from it."""
 
     def on_train_batch_end(self, trainer, batch, outputs):
-        for key in ("loss", "grad_norm"):
+        where = f"at epoch {trainer.current_epoch}, batch {trainer.batch_index}"
+        for key, what in (("loss", "loss"), ("grad_norm", "grad_norm"),
+                          ("max_abs_weight", "weights after the update")):
             value = outputs.get(key)
             if value is not None and not math.isfinite(value):
                 raise TrainingAbortedError(
-                    f"non-finite {key} ({value}) at epoch {trainer.current_epoch}"
-                    f", batch {trainer.batch_index}; the last checkpoint and "
-                    "best model are kept. Try a lower learning rate or "
-                    "--clip_grad.")
+                    f"non-finite {what} ({value}) {where}; the last "
+                    "checkpoint and best model are kept. "
+                    + _GO_ON_WITH_OTHER_SETTINGS)
 
     def on_validation_batch_end(self, trainer, batch, outputs):
         if not math.isfinite(outputs["loss"]):
             raise TrainingAbortedError(
                 f"non-finite validation loss at epoch {trainer.current_epoch}; "
-                "the last checkpoint and best model are kept.")
+                "the last checkpoint and best model are kept. "
+                + _GO_ON_WITH_OTHER_SETTINGS)
 
 
 class ProgressBarCallback(Callback):

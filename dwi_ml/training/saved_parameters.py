@@ -14,6 +14,8 @@ import argparse
 import inspect
 import numbers
 
+import torch
+
 from dwi_ml.batching.batch_loader import (
     BatchLoaderOneInput,
     loader_options_from_args,
@@ -175,11 +177,33 @@ def _check_section(section, values, built, given_by_builder, options,
                 "found none.")
     for key, value in values.items():
         if key in options:
-            _check_as_option(key, value, options[key], int_minimums)
+            try:
+                _check_as_option(key, value, options[key], int_minimums)
+            except InvalidValue:
+                # A model saves its resolved values, some outside the
+                # option's range (None where the option has a default, a
+                # width of 0 previous directions): its constructor decides.
+                if section != "model" or not _builds(built, values):
+                    raise
     check = _SECTION_CHECKS.get(section)
     if check is not None:
         check({**{name: parameter.default for name, parameter
                   in arguments.items()}, **values})
+
+
+def _builds(model_class, values):
+    """Whether ``model_class`` builds from the saved ``values`` (the
+    arguments added since, as :mod:`~dwi_ml.models.model_io` fills them).
+
+    Raises its own DwiMLUserError, which names the argument."""
+    values = {**getattr(model_class, "SAVED_BEFORE", {}), **values}
+    # Building draws initial weights: the run's random streams unchanged.
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model_class(**values)
+        except (TypeError, ValueError, RuntimeError):
+            return False
+    return True
 
 
 def _constructor_arguments(built):

@@ -86,7 +86,7 @@ class TrainerCheckpointing:
                 # JSON has no NaN: null while the metric has no value.
                 "loss": (None if math.isnan(self.best_tracker.best_loss)
                          else self.best_tracker.best_loss),
-                "metric": self.best_tracker.metric})
+                "metric": self.best_metric_name})
             write_manifest(tmp_dir)
 
     def checkpoint_state(self):

@@ -106,8 +106,9 @@ class TrainerOptimization:
         Returns
         -------
         dict
-            ``grad_norm`` (before clipping) and ``grad_norm_after_clip``;
-            empty when the fp16 gradient scaler skipped the update.
+            ``grad_norm`` (before clipping), ``grad_norm_after_clip`` and
+            the weights' ``max_abs_weight`` after the update; empty when
+            the fp16 gradient scaler skipped the update.
 
         Notes
         -----
@@ -130,7 +131,12 @@ class TrainerOptimization:
             step_scheduler(self.scheduler)
         if self.grad_scaler.is_enabled() and not math.isfinite(grad_norm):
             return {}
-        return {"grad_norm": grad_norm, "grad_norm_after_clip": clipped_norm}
+        # A finite gradient times a huge learning rate can still overflow
+        # the weights: the NaN check refuses them before any save.
+        max_abs_weight = float(torch.nn.utils.get_total_norm(
+            list(self.model.parameters()), math.inf))
+        return {"grad_norm": grad_norm, "grad_norm_after_clip": clipped_norm,
+                "max_abs_weight": max_abs_weight}
 
     def autocast(self):
         """Mixed-precision context: bf16 on any device, fp16 on CUDA only."""
