@@ -1,5 +1,6 @@
 """A write the disk refuses (here a file size limit, as a full disk or a
 quota would): one line, exit 2, the last complete folder kept whole."""
+import errno
 import os
 import resource
 import subprocess
@@ -7,6 +8,9 @@ import sys
 
 import pytest
 from training_data import make_training_hdf5
+
+from dwi_ml.io_utils.atomic import write_failures_named
+from dwi_ml.io_utils.errors import DwiMLUserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "..", "scripts_python", "dwiml_train_model.py")
@@ -63,3 +67,22 @@ def test_a_refused_checkpoint_write_is_one_line(tmp_path):
         f"dwiml_evaluate_model.py: error: experiment '{experiments / 'run'}' "
         "has no checkpoint/ folder: its first checkpoint was never written; "
         "its best model was (drop --use_latest_epoch to use it).")
+
+
+@pytest.mark.parametrize("error, remedy", [
+    (PermissionError(errno.EACCES, "Permission denied"),
+     "make the folder writable"),
+    (OSError(errno.EROFS, "Read-only file system"), "make the folder writable"),
+    (OSError(errno.ENOSPC, "No space left on device"),
+     "free some space (or raise the limit)"),
+])
+def test_the_remedy_follows_the_refusal(error, remedy):
+    # A folder made read-only was told to free some space.
+    with pytest.raises(DwiMLUserError) as raised:
+        with write_failures_named("the checkpoint", "exp/checkpoint {x}",
+                                  "kept: {remedy}, then resume {x}"):
+            raise error
+    assert str(raised.value) == (
+        f"cannot write the checkpoint 'exp/checkpoint {{x}}' "
+        f"({type(error).__name__}: {error}); kept: {remedy}, then resume "
+        "{x}")

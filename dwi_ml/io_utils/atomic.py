@@ -288,16 +288,23 @@ def is_write_failure(error):
         text in str(error) for text in _TORCH_WRITE_FAILURES)
 
 
+_NOT_ALLOWED_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 @contextlib.contextmanager
 def write_failures_named(what, path, then):
     """Turn a refused write inside the block into one DwiMLUserError line
-    naming ``what`` and ``path``, followed by ``then`` (what to do)."""
+    naming ``what`` and ``path``, the remedy (writable folder, or space),
+    then ``then`` (what to do next)."""
     try:
         yield
     except (OSError, RuntimeError) as error:
         if not is_write_failure(error):
             raise
         cause = " ".join(str(error).split())[:200]
+        remedy = ("make the folder writable" if getattr(
+            error, "errno", None) in _NOT_ALLOWED_ERRNOS
+            else "free some space (or raise the limit)")
         raise DwiMLUserError(
             f"cannot write {what} '{path}' ({type(error).__name__}: {cause}); "
-            f"{then}") from None
+            f"{then.replace('{remedy}', remedy)}") from None

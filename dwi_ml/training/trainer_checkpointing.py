@@ -175,8 +175,8 @@ class TrainerCheckpointing:
                 if has_checkpoint(self.experiment_dir) else
                 "start the run again with -f (it has no checkpoint yet)")
         return write_failures_named(
-            what, path, "the last one written, if any, is kept whole: free "
-            f"some space (or raise the limit), then {then}")
+            what, path, "the last one written, if any, is kept whole: "
+            f"{{remedy}}, then {then}")
 
     def load_checkpoint(self, state=None):
         """Restore the state saved by :meth:`save_checkpoint`.
