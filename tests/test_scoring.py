@@ -317,6 +317,20 @@ def test_script_prints_and_saves_the_scores(hand_files, tmp_path, capsys):
         assert json.load(f)["VC"] == 1 / 5   # JSON keeps float64 exactly
 
 
+def test_script_warns_that_an_empty_tractogram_scores_0(hand_files,
+                                                         tmp_path, capsys):
+    # Its zeros were printed and saved without a word.
+    empty = save_trk(tmp_path / "empty.trk", [], hand_files["nifti"])
+    out = str(tmp_path / "scores.json")
+    score_main([empty, hand_files["reference"], hand_files["nifti"],
+                "--out_json", out])
+    assert (f"'{empty}' holds no streamline: every share below is 0 "
+            "(nothing tracked, nothing valid).") in capsys.readouterr().err
+    with open(out) as f:
+        scores = json.load(f)
+    assert scores["nb_tracked"] == 0 and scores["points_within_1_vox"] == 0
+
+
 def _error(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         score_main(argv)

@@ -133,6 +133,9 @@ def main(argv=None):
         raise DwiMLUserError(
             f"reference '{args.reference_tractogram}': expected streamlines, "
             "found none.")
+    if len(tracked) == 0:
+        logging.warning("'%s' holds no streamline: every share below is 0 "
+                        "(nothing tracked, nothing valid).", args.in_tractogram)
     logging.info("Scoring %d streamlines against %d reference streamlines%s.",
                  len(tracked), len(reference),
                  "" if labels is None else
