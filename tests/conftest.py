@@ -14,6 +14,12 @@ tests in one process, so module fixtures are built once):
     ATEN_CPU_CAPABILITY=avx2 python3 -m pytest -q tests
     ATEN_CPU_CAPABILITY=default python3 -m pytest -q tests
 
+On an AVX-512 machine, cap oneDNN and MKL too, as on a CPU without
+AVX-512 (oneDNN then has no bfloat16 LSTM, see ``models/stacked_rnn.py``):
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        MKL_ENABLE_INSTRUCTIONS=AVX2 python3 -m pytest -q tests
+
 Different thread counts and CPU kernels round float32 results differently,
 so float comparisons use tolerances derived in ``tests/tolerances.py``, or
 float64, or bitwise equality only where the same shapes run the same
