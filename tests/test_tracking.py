@@ -540,8 +540,12 @@ def test_errors(data, tmp_path, capsys):
         ([*base, str(existing), *mask], "already exists"),
         ([*base, str(tmp_path / "out.nii"), *mask], "extensions"),
         ([str(tmp_path / "missing"), *base[1:], out, *mask], "missing"),
-        ([*base, out, *mask, "--algo", "prob"], "deterministic"),
-        ([*base, out, *mask, "--eos_stop", "0.5"], "no EOS"),
+        # Named as the script's options (they were the library's
+        # "argument 'algo'", "argument 'eos_stop'").
+        ([*base, out, *mask, "--algo", "prob"],
+         "error: argument --algo: 'prob' needs"),
+        ([*base, out, *mask, "--eos_stop", "0.5"],
+         "error: argument --eos_stop: the model predicts no EOS"),
         ([*base, out], "mask group"),
         ([*base, out, *mask, "--theta", "0"], "--theta"),
         ([data["fvm"], *base[1:], out, *mask], "--step_size"),

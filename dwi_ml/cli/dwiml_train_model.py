@@ -43,7 +43,6 @@ from dwi_ml.io_utils.run_paths import record_input
 from dwi_ml.io_utils.script_args import (
     add_overwrite_arg,
     add_verbose_arg,
-    as_option_names,
     check_inputs_exist,
     make_parser,
     parse_script_args,
@@ -282,13 +281,7 @@ def main(argv=None):
     parser = build_parser()
     args = parse_script_args(parser, argv,
                              reference_options=TRAIN_REFERENCE_OPTIONS)
-    try:
-        train_from_args(args)
-    except DwiMLUserError as error:
-        renamed = as_option_names(error, parser)
-        if renamed is error:
-            raise
-        raise renamed from None
+    train_from_args(args)
 
 
 def train_from_args(args, callbacks=()):

@@ -80,7 +80,7 @@ def script_entry_point(main_fn):
     inputs and outputs (see :mod:`dwi_ml.io_utils.run_paths`).
     """
     # Imported here: run_paths raises this module's DwiMLUserError.
-    from dwi_ml.io_utils.run_paths import script_run
+    from dwi_ml.io_utils.run_paths import as_typed_options, script_run
 
     @functools.wraps(main_fn)
     def wrapper(argv=None):
@@ -106,6 +106,7 @@ def script_entry_point(main_fn):
             finished = True
             return result
         except DwiMLUserError as error:
+            error = as_typed_options(error, run)
             print(f"{_prog()}: error: {one_line_message(error)}",
                   file=sys.stderr)
             sys.exit(2)

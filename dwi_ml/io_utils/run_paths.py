@@ -12,6 +12,7 @@ nothing is recorded.
 """
 import contextlib
 import os
+import re
 from typing import NamedTuple
 
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -29,6 +30,7 @@ class _RunPaths:
         self.inputs = []
         self.outputs = []
         self.argument_names = {}   # path as given -> '--flag' or NAME
+        self.option_names = {}     # dest -> '--flag'
         self.written = set()       # real paths of the complete outputs
 
     def outputs_complete(self):
@@ -69,6 +71,9 @@ def record_arguments(parser, args):
         return
     names = _runs[-1].argument_names
     for action in parser._actions:
+        if action.option_strings:
+            _runs[-1].option_names.setdefault(
+                action.dest, max(action.option_strings, key=len))
         value = getattr(args, action.dest, None)
         values = value if isinstance(value, list) else [value]
         if action.option_strings:
@@ -125,3 +130,15 @@ def _refuse_if_same(output, given):
         raise DwiMLUserError(
             f"{output.what} '{output.path}' is also an input ({given.what}"
             f"{also}); give another path.")
+
+
+def as_typed_options(error, run):
+    """``error`` (a DwiMLUserError) with the ``argument 'name'`` of its
+    head spelled as the run's option ``--name``: the library's checks name
+    a constructor argument, the user typed an option."""
+    head, colon, rest = str(error).partition(":")
+    if run is None or not head.startswith("argument"):
+        return error
+    named = re.sub(r"'(\w+)'", lambda match: run.option_names.get(
+        match.group(1), match.group(0)), head)
+    return error if named == head else DwiMLUserError(named + colon + rest)

@@ -3,7 +3,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import sys
 from typing import NamedTuple
 
@@ -177,21 +176,6 @@ def parse_script_args(parser, argv=None, reference_options=None):
     record_arguments(parser, args)
     set_verbosity(args.verbose)
     return args
-
-
-def as_option_names(error, parser):
-    """``error`` (a DwiMLUserError) with its ``argument 'name'`` spelled as
-    the script's option ``--name``: the library's checks name a constructor
-    argument, the user typed an option."""
-    head, colon, rest = str(error).partition(":")
-    if not head.startswith("argument"):
-        return error
-    options = {action.dest for action in parser._actions
-               if action.option_strings}
-    named = re.sub(r"'(\w+)'", lambda match: (
-        f"--{match.group(1)}" if match.group(1) in options
-        else match.group(0)), head)
-    return error if named == head else DwiMLUserError(named + colon + rest)
 
 
 _NOT_GIVEN = object()

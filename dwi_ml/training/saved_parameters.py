@@ -175,6 +175,15 @@ def _check_section(section, values, built, given_by_builder, options,
             raise DwiMLUserError(
                 f"expected the key '{name}' ({built.__name__} needs it), "
                 "found none.")
+        # Taken from the constructor, a missing key would silently change
+        # the run where the script's default differs (clip_grad, ...). A
+        # model's keys added since are filled by its SAVED_BEFORE.
+        if (section != "model" and name not in values and name in options
+                and options[name].default != parameter.default):
+            raise DwiMLUserError(
+                f"expected the key '{name}' (every training saves it; "
+                f"{built.__name__}'s default, {parameter.default!r}, is not "
+                "the script's), found none.")
     for key, value in values.items():
         if key in options:
             try:
