@@ -101,6 +101,18 @@ def test_random_bytes_in_the_checkpoint_are_named_not_a_learning_rate(
     assert "learning rate" not in message and "non-finite" not in message
 
 
+def test_a_damaged_best_model_is_named_on_resume(data, tmp_path, capsys):
+    # The resume went on without a word, and a run with no better epoch
+    # ended "saved" with the damaged best model.
+    experiment = copy_experiment(data, tmp_path)
+    state = os.path.join(experiment, "best_model", "model_state.pt")
+    truncate(state)
+    resume_main(_resume(str(tmp_path)))
+    warning = capsys.readouterr().err
+    assert (f"'{state}'" in warning and "the run goes on, and replaces it at "
+            "its next best epoch only." in warning)
+
+
 def _empty(path):
     open(path, "wb").close()
 

@@ -31,6 +31,7 @@ from dwi_ml.io_utils.experiment_lock import (
     run_locked,
     start_resumed_experiment,
 )
+from dwi_ml.io_utils.manifest import verify_manifest
 from dwi_ml.io_utils.output_folders import folder_kind
 from dwi_ml.io_utils.reference_options import RESUME_REFERENCE_OPTIONS
 from dwi_ml.io_utils.script_args import (
@@ -246,6 +247,19 @@ def resume_from_args(args, callbacks=()):
         return run_locked(args, _resume, callbacks)
 
 
+def _warn_if_best_model_damaged(experiment_dir):
+    """A resume replaces best_model/ only at its next best epoch: a damaged
+    one would otherwise be left, unsaid, at the end of the run."""
+    folder = os.path.join(experiment_dir, BEST_MODEL_DIR)
+    if not os.path.isdir(folder):
+        return
+    try:
+        verify_manifest(folder)
+    except DwiMLUserError as error:
+        logging.warning("%s; the run goes on, and replaces it at its next "
+                        "best epoch only.", str(error).rstrip("."))
+
+
 def _resume(args, callbacks, lock):
     experiment_dir = os.path.join(args.experiments_path, args.experiment_name)
     check_int_options(args, {"new_max_epochs": 1, "new_patience": 1,
@@ -263,6 +277,7 @@ def _resume(args, callbacks, lock):
     check_saved_sections(params, experiment_dir)
     state = load_checkpoint_state(experiment_dir)
     check_new_max_epochs(args.new_max_epochs, state, experiment_dir)
+    _warn_if_best_model_damaged(experiment_dir)
     if args.hdf5_file is not None:
         params["dataset"]["hdf5_file"] = os.path.abspath(args.hdf5_file)
         check_inputs_exist(args.hdf5_file, what="--hdf5_file")
