@@ -91,6 +91,16 @@ def test_gaussian_nll():
         nll.mean(), abs=rounding_atol(20, 40))
 
 
+def test_gaussian_nll_gradient_stays_finite_for_tiny_sigma():
+    # exp(2 log sigma) squared underflowed in the backward pass: an
+    # infinite gradient from log sigma ~ -22 in float32.
+    outputs = torch.tensor([[0.9, 0.1, 0.0, -30.0, -30.0, -30.0]],
+                           requires_grad=True)
+    loss = GaussianDG(4).compute_loss(outputs, torch.tensor([[1., 0., 0.]]))
+    loss[0].sum().backward()
+    assert torch.isfinite(loss[0]).all() and torch.isfinite(outputs.grad).all()
+
+
 def test_fisher_von_mises_nll_exact_formula():
     raw_means = np.array([[1., 0.2, 0.], [1., 1., 1.], [0., -0.3, 2.]])
     kappas = np.array([0.5, 3., 10.])

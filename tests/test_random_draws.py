@@ -158,6 +158,22 @@ def test_a_uniform_scaled_to_the_sum_takes_the_last_class_of_non_zero_probabilit
         == [0]
 
 
+def test_generator_uniforms_are_never_0():
+    # torch.rand returns 0 now and then (1 in 2^24 in float32, 1 in 2^11 in
+    # float16, where it is seen): inverse CDF sampling then picked a class
+    # of probability 0.
+    like = torch.zeros(4096, 1, dtype=torch.float16)
+    raw = torch.rand((4096, 1), generator=torch.Generator().manual_seed(0),
+                     dtype=torch.float16)
+    drawn = uniforms(GeneratorDraws(torch.Generator().manual_seed(0)), 1,
+                     like)
+    assert (raw == 0).any() and (drawn > 0).all()
+    assert torch.equal(drawn[raw > 0], raw[raw > 0])
+    classes = sample_classes(torch.tensor([[0.0, 1.0]]).expand(4096, 2),
+                             drawn.float())
+    assert (classes == 1).all()
+
+
 def test_generator_draws_are_the_torch_streams():
     like = torch.zeros(50, 2)
     wrapped = as_draws(torch.Generator().manual_seed(3))

@@ -102,8 +102,9 @@ def _build_parser():
 
     tracking = parser.add_argument_group("Tracking")
     tracking.add_argument("--algo", choices=TRACKING_ALGOS, default="det",
-                          help="Most likely direction, or one drawn from the "
-                               "model's distribution.")
+                          help="det: the model's one direction (its output, "
+                               "most probable vertex or mean; docs/models.md)"
+                               "; prob: one drawn from its distribution.")
     tracking.add_argument("--step_size", type=float, metavar="MM",
                           help="Step in mm. Default: the model's, else the "
                                "step size of the HDF5 it was trained on "

@@ -24,7 +24,9 @@ def _gaussian_log_densities(unit_targets, means, log_sigmas):
     # Written from log sigma rather than with torch.distributions, whose
     # argument checks raise on a diverged (NaN) output: a NaN loss must
     # reach the trainer's NaN check and stop the run cleanly.
-    squared = (unit_targets - means) ** 2 / (2 * torch.exp(2 * log_sigmas))
+    # ((x - mu) / sigma)^2 / 2 through exp(-log sigma): exp(2 log sigma)
+    # squared underflowed in the backward pass from log sigma ~ -22 (float32).
+    squared = 0.5 * ((unit_targets - means) * torch.exp(-log_sigmas)) ** 2
     return -(log_sigmas + _HALF_LOG_2PI + squared).sum(dim=-1)
 
 

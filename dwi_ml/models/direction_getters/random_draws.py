@@ -149,14 +149,17 @@ class GeneratorDraws:
         self.generator = generator
 
     def draw(self, like, nb_uniforms=0, nb_normals=0):
-        """(N, nb_uniforms) uniforms in [0, 1) (``torch.rand``) and
-        (N, nb_normals) standard normals (``torch.randn``), on ``like``'s
-        device."""
+        """(N, nb_uniforms) uniforms in (0, 1) (``torch.rand``, whose 0 is
+        raised to the smallest normal float: inverse CDF sampling would
+        pick a class of probability 0 there) and (N, nb_normals) standard
+        normals (``torch.randn``), on ``like``'s device."""
         device = (like.device if self.generator is None
                   else self.generator.device)
         options = {"generator": self.generator, "device": device,
                    "dtype": like.dtype}
-        return (torch.rand((len(like), nb_uniforms), **options).to(like.device),
+        uniforms = torch.rand((len(like), nb_uniforms), **options).clamp_(
+            min=torch.finfo(like.dtype).tiny)
+        return (uniforms.to(like.device),
                 torch.randn((len(like), nb_normals), **options).to(like.device))
 
 
