@@ -80,8 +80,9 @@ def test_prev_dirs_embedding_widths_and_values():
     expected = torch.relu(previous @ linear.weight.T + linear.bias)
     # Another kernel (SIMD width) may sum the 9 products and the bias in
     # another order: 10 roundings of values up to sum |W| |d| + |b|.
-    magnitude = float((previous.abs() @ linear.weight.abs().T
-                       + linear.bias.abs()).max())
+    with torch.no_grad():
+        magnitude = float((previous.abs() @ linear.weight.abs().T
+                           + linear.bias.abs()).max())
     torch.testing.assert_close(features[:, NB_FEATURES:], expected, rtol=0,
                                atol=rounding_atol(magnitude, 10))
     # Its default width is 3 k; "none" keeps the 3 k values.

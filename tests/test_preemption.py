@@ -87,7 +87,8 @@ def _weights(experiment_dir, folder):
 
 
 def assert_same_run(dir_a, dir_b):
-    """Bitwise equal logs (but times) and weights of two experiments."""
+    """Bitwise equal logs (but times), weights and checkpoint states of two
+    experiments."""
     logs_a, logs_b = _logs(dir_a), _logs(dir_b)
     assert sorted(logs_a) == sorted(logs_b)
     for name in logs_a:
@@ -98,6 +99,40 @@ def assert_same_run(dir_a, dir_b):
         assert weights_a.keys() == weights_b.keys()
         for key in weights_a:
             assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
+    assert_same_states(dir_a, dir_b)
+
+
+def assert_same_states(dir_a, dir_b):
+    """Bitwise equal checkpoint states, but for times."""
+    _assert_same_state(_untimed_state(dir_a), _untimed_state(dir_b), "state")
+
+
+def _untimed_state(folder):
+    """checkpoint_state.pt without what measures the machine (times)."""
+    state = torch.load(os.path.join(folder, "checkpoint",
+                                    "checkpoint_state.pt"), weights_only=True)
+    del state["position"]["elapsed_s"]
+    for name in ("train_time", "valid_time"):
+        state["monitors"].pop(name, None)
+    return state
+
+
+def _assert_same_state(a, b, where):
+    # The DataLoaders' generator moved with each process that created
+    # iterators: a resumed run's differed (with workers) from a straight one.
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (item_a, item_b) in enumerate(zip(a, b)):
+            _assert_same_state(item_a, item_b, f"{where}[{index}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b or (a != a and b != b), where   # NaN equals NaN
 
 
 def _stop_line(process):
@@ -121,7 +156,7 @@ def test_signals_at_many_positions_then_resume_equal_straight_run(
                    _train_args(tmp_path, name, hdf5_file),
                    expected=EXIT_INTERRUPTED)
     assert _stop_line(process) == (
-        f"stopped by SIGTERM at epoch 0, train batch 1; checkpoint saved; "
+        f"stopped by SIGTERM in epoch 0 after 1 training batch; checkpoint saved; "
         f"resume with: resume_training_from_checkpoint.py {tmp_path} {name}")
     assert _position(folder) == (0, "train", 1)
     # During validation.
@@ -129,7 +164,8 @@ def test_signals_at_many_positions_then_resume_equal_straight_run(
     assert _position(folder) == (0, "valid", 1)
     # Last training batch: the position is the start of validation.
     process = _resume("1:train:3:SIGINT", tmp_path, name, EXIT_INTERRUPTED)
-    assert "stopped by SIGINT at epoch 1, train batch 4" in _stop_line(process)
+    assert ("stopped by SIGINT in epoch 1 after 4 training batches"
+            in _stop_line(process))
     assert _position(folder) == (1, "valid", 0)
     # A second signal while stopping changes nothing.
     _resume("2:train:1:SIGTERM+SIGINT", tmp_path, name, EXIT_INTERRUPTED)
@@ -187,7 +223,7 @@ def test_sigterm_to_the_group_kills_workers_and_still_saves(
     _, err = process.communicate(timeout=600)
     assert process.returncode == EXIT_INTERRUPTED, err[-3000:]
     assert err.strip().splitlines()[-1].startswith(
-        "stopped by SIGTERM at epoch")
+        "stopped by SIGTERM in epoch")
     _resume("-", tmp_path, name)
     assert_same_run(straight_run, tmp_path / name)
 
@@ -204,7 +240,7 @@ def test_sigterm_to_the_group_between_epochs(tmp_path, hdf5_file,
         capture_output=True, text=True, timeout=600, env=_env(),
         start_new_session=True)
     assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
-    assert _stop_line(process).startswith("stopped by SIGTERM at epoch")
+    assert _stop_line(process).startswith("stopped by SIGTERM in epoch")
     assert _position(folder) == (1, "train", 0)
     _resume("-", tmp_path, name)
     assert_same_run(straight_run, folder)
@@ -250,7 +286,7 @@ def test_max_time_stops_with_a_checkpoint(tmp_path, hdf5_file, straight_run):
         capture_output=True, text=True, timeout=600,
         env=_env(DWIML_TEST_SLEEP_PER_BATCH="0.3"))
     assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
-    assert _stop_line(process).startswith("stopped by max_time at epoch ")
+    assert _stop_line(process).startswith("stopped by max_time in epoch ")
     epoch, _, _ = _position(folder)
     assert epoch < NB_EPOCHS
     # 'none' removes the saved limit (it came back on every resume).
@@ -393,7 +429,7 @@ def test_torchrun_sigterm_to_the_group_then_resume(tmp_path, hdf5_file):
     os.killpg(interrupted.pid, signal.SIGTERM)
     _, err = interrupted.communicate(timeout=600)
     assert interrupted.returncode != 0
-    assert "stopped by SIGTERM at epoch" in err, err[-3000:]
+    assert "stopped by SIGTERM in epoch" in err, err[-3000:]
     epoch, phase, nb_done = _position(tmp_path / "stopped")
     assert epoch < NB_EPOCHS
     if (phase, nb_done) != ("train", 0):
@@ -520,7 +556,7 @@ def test_a_signal_while_the_run_starts_stops_it_at_its_first_step(
     assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
     assert "SIGUSR1 received while the run starts" in process.stderr
     assert _stop_line(process) == (
-        f"stopped by SIGUSR1 at epoch 0, train batch 0; checkpoint saved; "
+        f"stopped by SIGUSR1 in epoch 0 after 0 training batches; checkpoint saved; "
         f"resume with: resume_training_from_checkpoint.py {tmp_path} {name}")
     assert _position(tmp_path / name) == (0, "train", 0)
     # The same while a resumed run starts: the checkpoint stays the position.
@@ -528,7 +564,7 @@ def test_a_signal_while_the_run_starts_stops_it_at_its_first_step(
     process = _run_signalled_at_startup(
         "resume_training_from_checkpoint", [str(tmp_path), name])
     assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
-    assert "stopped by SIGUSR1 at epoch 1, train batch 2" in _stop_line(
+    assert "stopped by SIGUSR1 in epoch 1 after 2 training batches" in _stop_line(
         process)
     assert _position(tmp_path / name) == (1, "train", 2)
     _resume("-", tmp_path, name)

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_preemption import assert_same_states
 from training_data import make_training_hdf5
 
 from dwi_ml.cli import dwiml_train_model as train_cli
@@ -58,6 +59,7 @@ def _assert_same_run(dir_a, dir_b):
         assert weights_a.keys() == weights_b.keys()
         for key in weights_a:
             assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
+    assert_same_states(dir_a, dir_b)
 
 
 @pytest.mark.parametrize("nb_workers, precision",

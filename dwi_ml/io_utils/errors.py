@@ -60,8 +60,10 @@ def one_line_message(error):
 
 
 def count_of(count, noun):
-    """``'1 epoch'``, ``'2 epochs'``: a count and its noun, in messages."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    """``'1 epoch'``, ``'2 epochs'``, ``'3 batches'``: a count and its
+    noun, in messages."""
+    plural = "es" if noun.endswith(("s", "x", "ch", "sh")) else "s"
+    return f"{count} {noun}{'' if count == 1 else plural}"
 
 
 def script_entry_point(main_fn):

@@ -61,7 +61,7 @@ def _record_early(signum, frame):
     if _early["signal"] is None:
         _early["signal"] = signum
         logger.warning("%s received while the run starts: it stops with a "
-                       "checkpoint at its first step.",
+                       "checkpoint before its first batch.",
                        signal.Signals(signum).name)
     elif signum == signal.SIGINT:
         # A second Ctrl-C while the data load: stop at once.

@@ -203,7 +203,10 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
             self.optimizer, max_epochs, self._updates_per_epoch())
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=(
             mixed_precision == "fp16" and self.device.type == "cuda"))
-        self.dataloader_generator = torch.Generator().manual_seed(seed)
+        # Source of the DataLoaders' worker base seeds (unused: batches draw
+        # from (seed, split, epoch, batch)); a fresh generator each time, so
+        # that no state moves with the processes that create iterators.
+        self.dataloader_seed = seed
 
         self.use_validation = self._has_validation_data()
         self.best_tracker = BestEpochTracker(patience, patience_delta,

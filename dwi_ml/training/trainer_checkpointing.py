@@ -18,7 +18,7 @@ from dwi_ml.io_utils.atomic import (
     write_failures_named,
     write_json_atomic,
 )
-from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.errors import DwiMLUserError, count_of
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
@@ -104,8 +104,6 @@ class TrainerCheckpointing:
             "grad_scaler": self.grad_scaler.state_dict(),
             # One entry per rank: each resumes its own streams.
             "random_states": all_gather_objects(get_global_random_states()),
-            "dataloader_generator": all_gather_objects(
-                self.dataloader_generator.get_state()),
             "sampler": self._sampler_state_at_position(),
             "loader": (self.batch_loader.state_dict()
                        if hasattr(self.batch_loader, "state_dict") else {}),
@@ -132,10 +130,14 @@ class TrainerCheckpointing:
         stop_code, checkpoint_due = requests
         if stop_code:
             self.interrupted_by = describe_stop(stop_code)
+            # A count, not an index: "batch 3" read as the 4th (0-based,
+            # as epochs are) or the 3rd.
+            kind = ("validation batch" if self.position.phase == VALID_PHASE
+                    else "training batch")
             self.stopped_reason = (
-                f"stopped by {self.interrupted_by} at epoch "
-                f"{self.current_epoch}, {self.position.phase} batch "
-                f"{self.position.nb_batches_done}")
+                f"stopped by {self.interrupted_by} in epoch "
+                f"{self.current_epoch} after "
+                f"{count_of(self.position.nb_batches_done, kind)}")
             return True
         if checkpoint_due:
             self.save_checkpoint()
@@ -210,8 +212,6 @@ class TrainerCheckpointing:
         if state["grad_scaler"]:  # empty when saved off CUDA or without fp16
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         set_global_random_states(self._own_rank_entry(state["random_states"]))
-        self.dataloader_generator.set_state(
-            self._own_rank_entry(state["dataloader_generator"]))
         self.batch_sampler.load_state_dict(state["sampler"])
         if hasattr(self.batch_loader, "load_state_dict"):
             self.batch_loader.load_state_dict(state["loader"])

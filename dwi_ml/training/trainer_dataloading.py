@@ -2,10 +2,12 @@
 
 A mixin of :class:`~dwi_ml.training.trainer.DWIMLAbstractTrainer`: it reads
 the trainer's ``batch_sampler``, ``batch_loader``, ``use_validation``,
-``nb_workers``, ``dataloader_generator``, ``device``, ``max_batches``,
+``nb_workers``, ``dataloader_seed``, ``device``, ``max_batches``,
 ``position`` and ``interruptions``, and keeps the loaders in
 ``_dataloaders``.
 """
+import torch
+
 from dwi_ml.batching.dataloaders import make_dataloader
 from dwi_ml.data.splits import Split
 
@@ -24,7 +26,8 @@ class TrainerDataLoading:
             if split not in self._dataloaders:
                 self._dataloaders[split] = make_dataloader(
                     self.batch_sampler, self.batch_loader, split,
-                    self.nb_workers, self.dataloader_generator,
+                    self.nb_workers,
+                    torch.Generator().manual_seed(self.dataloader_seed),
                     pin_memory=self.device.type == "cuda")
 
     def iterate_batches(self, split, epoch):
