@@ -148,12 +148,12 @@ class NanCheckCallback(Callback):
 
     def on_train_batch_end(self, trainer, batch, outputs):
         where = f"at epoch {trainer.current_epoch}, batch {trainer.batch_index}"
-        for key, what in (("loss", "loss"), ("grad_norm", "grad_norm"),
-                          ("max_abs_weight", "weights after the update")):
+        for key, what in (("loss", "loss ({})"), ("grad_norm", "grad_norm ({})"),
+                          ("weight_sum", "weights after the update")):
             value = outputs.get(key)
             if value is not None and not math.isfinite(value):
                 raise TrainingAbortedError(
-                    f"non-finite {what} ({value}) {where}; the last "
+                    f"non-finite {what.format(value)} {where}; the last "
                     "checkpoint and best model are kept. "
                     + _GO_ON_WITH_OTHER_SETTINGS)
 
