@@ -59,11 +59,10 @@ def one_line_message(error):
     return lines[-1].split(f"{DwiMLUserError.__name__}: ", 1)[-1]
 
 
-def count_of(count, noun):
-    """``'1 epoch'``, ``'2 epochs'``, ``'3 batches'``: a count and its
-    noun, in messages."""
-    plural = "es" if noun.endswith(("s", "x", "ch", "sh")) else "s"
-    return f"{count} {noun}{'' if count == 1 else plural}"
+def count_of(count, noun, plural=None):
+    """``'1 epoch'``, ``'2 epochs'``: a count and its noun, in messages;
+    ``plural`` where it is not ``noun + 's'`` (batches)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def script_entry_point(main_fn):

@@ -137,7 +137,7 @@ class TrainerCheckpointing:
             self.stopped_reason = (
                 f"stopped by {self.interrupted_by} in epoch "
                 f"{self.current_epoch} after "
-                f"{count_of(self.position.nb_batches_done, kind)}")
+                f"{count_of(self.position.nb_batches_done, kind, kind + 'es')}")
             return True
         if checkpoint_due:
             self.save_checkpoint()
