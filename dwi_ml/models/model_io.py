@@ -179,6 +179,13 @@ def save_params_and_state(model, folder):
             f.write(model_type + "\n")
 
 
+def with_saved_before(model_class, params):
+    """Saved ``params`` completed with the arguments added to
+    ``model_class`` since: what a model saved before them was (its
+    ``SAVED_BEFORE``)."""
+    return {**getattr(model_class, "SAVED_BEFORE", {}), **params}
+
+
 def load_model_from_params_and_state(folder, device="cpu"):
     """Rebuild the model saved in ``folder`` and load its weights.
 
@@ -215,8 +222,7 @@ def load_model_from_params_and_state(folder, device="cpu"):
         raise DwiMLUserError(
             f"model parameters '{params_path}': expected a JSON object, found "
             f"{type(params).__name__}.")
-    # Parameters added later: what a model saved before them was.
-    params = {**getattr(model_class, "SAVED_BEFORE", {}), **params}
+    params = with_saved_before(model_class, params)
     try:
         model = model_class(**params)
     except TypeError as error:

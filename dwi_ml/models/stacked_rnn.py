@@ -57,7 +57,8 @@ def _data(sequence):
 def cpu_bf16_rnn_works(rnn_class):
     """Whether ``rnn_class`` runs forward and backward under CPU bfloat16
     autocast: oneDNN has no bfloat16 LSTM on CPUs without AVX-512, where
-    torch's call fails ("could not create a primitive descriptor")."""
+    torch's call fails ("could not create a primitive descriptor"). Asked
+    once per class; a warning says when it does not."""
     with torch.random.fork_rng(devices=[]):  # the run's draws unchanged
         layer = rnn_class(2, 2)
     inputs = torch.zeros(1, 1, 2, requires_grad=True)
@@ -66,26 +67,19 @@ def cpu_bf16_rnn_works(rnn_class):
             outputs = layer(inputs)[0]
         outputs.float().sum().backward()
     except RuntimeError:
+        logger.warning("This CPU has no bfloat16 %s (oneDNN needs AVX-512): "
+                       "the RNN layers run in float32, the rest of the "
+                       "model in bfloat16.", rnn_class.__name__)
         return False
     return True
 
 
 def _needs_float32_rnn(rnn, sequence):
     """CPU bfloat16 autocast, on a CPU that cannot run ``rnn`` in it."""
-    if (_data(sequence).device.type != "cpu"
-            or not torch.is_autocast_enabled("cpu")
-            or torch.get_autocast_dtype("cpu") != torch.bfloat16
-            or cpu_bf16_rnn_works(type(rnn))):
-        return False
-    if not _needs_float32_rnn.warned:
-        _needs_float32_rnn.warned = True
-        logger.warning("This CPU has no bfloat16 %s (oneDNN needs AVX-512): "
-                       "the RNN layers run in float32, the rest of the "
-                       "model in bfloat16.", type(rnn).__name__)
-    return True
-
-
-_needs_float32_rnn.warned = False
+    return (_data(sequence).device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and not cpu_bf16_rnn_works(type(rnn)))
 
 
 def _run_rnn(rnn, sequence, state):

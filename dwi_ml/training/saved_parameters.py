@@ -31,7 +31,7 @@ from dwi_ml.io_utils.arg_checks import (
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE
-from dwi_ml.models.model_io import registered_model_class
+from dwi_ml.models.model_io import registered_model_class, with_saved_before
 from dwi_ml.training.monitors import check_best_model_metric
 from dwi_ml.training.trainer_args import check_trainer_args
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -201,11 +201,11 @@ def _check_section(section, values, built, given_by_builder, options,
 
 
 def _builds(model_class, values):
-    """Whether ``model_class`` builds from the saved ``values`` (the
-    arguments added since, as :mod:`~dwi_ml.models.model_io` fills them).
+    """Whether ``model_class`` builds from the saved ``values`` (with the
+    arguments added since, as a model loads).
 
     Raises its own DwiMLUserError, which names the argument."""
-    values = {**getattr(model_class, "SAVED_BEFORE", {}), **values}
+    values = with_saved_before(model_class, values)
     # Building draws initial weights: the run's random streams unchanged.
     with torch.random.fork_rng(devices=[]):
         try:
