@@ -7,7 +7,8 @@ SIGNALS is a comma-separated list of EPOCH:PHASE:BATCH:SIGNAL, or '-' for
 none. PHASE 'train' or 'valid' fires after batch BATCH of that phase;
 'save' fires while a checkpoint is being written (before its files), where
 EPOCH:BATCH is the position saved: the next epoch and 0 at an epoch's end;
-'start' (BATCH 0) fires when the epoch starts. SIGNAL is a signal name, or
+'start' (BATCH 0) fires when the epoch starts; 'end' (BATCH 0) fires
+between the epoch's best-model save and its checkpoint. SIGNAL is a signal name, or
 two names joined by '+' to send both (a second signal during the stop).
 'SIGTERM@group' sends SIGTERM to the whole process group, as SLURM does,
 and returns once the DataLoader workers have died of it.
@@ -37,10 +38,12 @@ class SignalAt(Callback):
                 epoch, phase, batch, names = item.split(":")
                 self.targets[(int(epoch), phase, int(batch))] = names.split("+")
 
-    def _fire(self, trainer, phase, batch_index=None):
+    def _fire(self, trainer, phase, batch_index=None, epoch=None):
         if batch_index is None:
             batch_index = trainer.batch_index
-        key = (trainer.current_epoch, phase, batch_index)
+        if epoch is None:
+            epoch = trainer.current_epoch
+        key = (epoch, phase, batch_index)
         for name in self.targets.pop(key, []):
             if name == "SIGTERM@group":
                 os.killpg(os.getpgid(0), signal.SIGTERM)
@@ -52,6 +55,9 @@ class SignalAt(Callback):
 
     def on_epoch_start(self, trainer, epoch):
         self._fire(trainer, "start", 0)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self._fire(trainer, "end", 0, epoch)
 
     def on_train_batch_end(self, trainer, batch, outputs):
         time.sleep(float(os.environ.get("DWIML_TEST_SLEEP_PER_BATCH", "0")))

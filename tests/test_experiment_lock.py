@@ -154,9 +154,10 @@ def test_only_previous_version_is_kept(tmp_path):
 
 
 class _CrashAtFirstBatch(Callback):
-    """Stands for a kill (-9, out of memory) before the first checkpoint."""
+    """Stands for a kill (-9, out of memory) before the first checkpoint:
+    while the run starts (the run saves one before its first batch)."""
 
-    def on_train_batch_end(self, trainer, batch, outputs):
+    def on_train_start(self, trainer):
         raise RuntimeError("killed before the first checkpoint")
 
 

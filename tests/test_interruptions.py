@@ -126,8 +126,8 @@ def test_every_n_batches_positions(tmp_path, dataset):
     trainer = make_trainer(dataset, tmp_path, callbacks=[recorder],
                            max_epochs=2, checkpoint_every_n_batches=2)
     trainer.train_and_validate()
-    # The epoch-end checkpoint restarts the count.
-    assert recorder.positions == [(0, "train", 2), (1, "train", 0),
+    # The run's start is saved; the epoch-end checkpoint restarts the count.
+    assert recorder.positions == [(0, "train", 0), (0, "train", 2), (1, "train", 0),
                                   (1, "train", 2), (2, "train", 0)]
 
 
@@ -139,8 +139,9 @@ def test_every_minutes_checkpoints_each_batch_when_short(tmp_path, dataset):
     trainer.train_and_validate()
     # Only training batches checkpoint; after the last one the training
     # phase is complete but not closed.
-    assert recorder.positions == [(0, "train", 1), (0, "train", 2),
-                                  (0, "train", 3), (1, "train", 0)]
+    assert recorder.positions == [(0, "train", 0), (0, "train", 1),
+                                  (0, "train", 2), (0, "train", 3),
+                                  (1, "train", 0)]
     state = torch.load(tmp_path / "exp" / "checkpoint" / "checkpoint_state.pt",
                        weights_only=True)
     assert state["position"] == {"phase": "train", "nb_batches_done": 0,
@@ -166,8 +167,9 @@ def test_every_n_batches_counts_batches_under_gradient_accumulation(
                            grad_accumulation_steps=2,
                            checkpoint_every_n_batches=2)
     trainer.train_and_validate()
-    assert recorder.positions == [(0, "train", 2), (0, "train", 4),
-                                  (0, "train", 6), (1, "train", 0)]
+    assert recorder.positions == [(0, "train", 0), (0, "train", 2),
+                                  (0, "train", 4), (0, "train", 6),
+                                  (1, "train", 0)]
 
 
 class SigtermWithWorkers(Callback):

@@ -345,6 +345,19 @@ def test_resume_if_exists_starts_then_continues(tmp_path, hdf5_file,
     assert_same_run(straight_run, tmp_path / name)
 
 
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_sigkill_between_best_model_and_checkpoint_then_requeue(
+        tmp_path, hdf5_file, straight_run, epoch):
+    # Epoch 0: before, the best model without any checkpoint made
+    # --resume_if_exists refuse for ever (a requeued job failed each time).
+    name = "killed_at_end"
+    args = _train_args(tmp_path, name, hdf5_file, ["--resume_if_exists"])
+    _run(f"{epoch}:end:0:SIGKILL", "train", args, expected=-signal.SIGKILL)
+    assert os.path.isdir(tmp_path / name / "best_model")
+    _run("-", "train", args)
+    assert_same_run(straight_run, tmp_path / name)
+
+
 def test_auto_requeue_calls_scontrol(tmp_path, hdf5_file):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

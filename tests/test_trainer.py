@@ -188,7 +188,14 @@ def test_overflowing_weights_stop_before_any_save(tmp_path, dataset):
         "last checkpoint and best model are kept. To go on with a lower "
         "--learning_rate or with --clip_grad, start a new experiment from it")
     folder = tmp_path / "exp"
-    assert not (folder / "checkpoint").exists()
+    # Only the run's first checkpoint, of its start: finite weights.
+    state = torch.load(folder / "checkpoint" / "checkpoint_state.pt",
+                       weights_only=True)
+    assert (state["current_epoch"], state["position"]["nb_batches_done"]) \
+        == (0, 0)
+    weights = torch.load(folder / "checkpoint" / "model" / "model_state.pt",
+                         weights_only=True)
+    assert all(torch.isfinite(value).all() for value in weights.values())
     assert not (folder / "best_model").exists()
 
 

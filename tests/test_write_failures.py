@@ -45,18 +45,19 @@ def test_a_refused_checkpoint_write_is_one_line(tmp_path):
     head, tail = lines[0].split(" (RuntimeError: ", 1)
     assert head == ("dwiml_train_model.py: error: cannot write the checkpoint "
                     f"'{experiments / 'run' / 'checkpoint'}'")
+    # The run's first checkpoint, of its start, is small enough.
     assert tail.endswith(
         "); the last one written, if any, is kept whole: free some space (or "
-        "raise the limit), then start the run again with -f (it has no "
-        "checkpoint yet)")
+        "raise the limit), then resume with: resume_training_from_checkpoint"
+        f".py {experiments} run")
     # best_model/ was written whole before; no temporary folder is left.
     assert sorted(os.listdir(experiments / "run")) == [
-        ".dwi_ml_output.json", ".lock", "best_model", "logs",
+        ".dwi_ml_output.json", ".lock", "best_model", "checkpoint", "logs",
         "parameters.json"]
     assert sorted(os.listdir(experiments / "run" / "best_model")) == [
         "MANIFEST.sha256", "best_epoch.json", "model_state.pt",
         "model_type.txt", "parameters.json"]
-    # Its latest model: the checkpoint's folder is missing, not the epoch.
+    # Its latest model is the run's start: refused, not evaluated.
     evaluate = os.path.join(HERE, "..", "scripts_python",
                             "dwiml_evaluate_model.py")
     process = subprocess.run(
@@ -64,9 +65,9 @@ def test_a_refused_checkpoint_write_is_one_line(tmp_path):
          "--use_latest_epoch"], capture_output=True, text=True, timeout=600)
     assert process.returncode == 2
     assert process.stderr.strip() == (
-        f"dwiml_evaluate_model.py: error: experiment '{experiments / 'run'}' "
-        "has no checkpoint/ folder: its first checkpoint was never written; "
-        "its best model was (drop --use_latest_epoch to use it).")
+        f"dwiml_evaluate_model.py: error: experiment '{experiments / 'run'}'"
+        ": its checkpoint was saved before its first training batch; its "
+        "model is untrained: resume the run first.")
 
 
 @pytest.mark.parametrize("error, remedy", [

@@ -174,16 +174,29 @@ def read_model_epoch(experiment_dir, use_latest_epoch=False):
     return epochs_done, False
 
 
+def _checkpoint_has_trained(experiment_dir):
+    """False for a checkpoint of a run's start (every run saves one)."""
+    return read_model_epoch(experiment_dir, use_latest_epoch=True)[0] \
+        is not None
+
+
 def experiment_model_dir(experiment_dir, use_latest_epoch=False):
     """Folder of the best model, or of the checkpoint's model (checked)."""
     if use_latest_epoch:
-        return checkpoint_model_dir(experiment_dir)
+        folder = checkpoint_model_dir(experiment_dir)
+        if not _checkpoint_has_trained(experiment_dir):
+            raise DwiMLUserError(
+                f"experiment '{experiment_dir}': its checkpoint was saved "
+                "before its first training batch; its model is untrained: "
+                "resume the run first.")
+        return folder
     try:
         return best_model_dir(experiment_dir)
     except DwiMLUserError as error:
         # Stopped before its first epoch ended (a checkpoint written at
         # a pre-emption, say): its model is there.
-        if not has_checkpoint(experiment_dir):
+        if not (has_checkpoint(experiment_dir)
+                and _checkpoint_has_trained(experiment_dir)):
             raise
         raise DwiMLUserError(
             f"{error} Its checkpoint holds a model: --use_latest_epoch "

@@ -276,7 +276,10 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         try:
             # A stop requested while the run started (a signal while the
             # data loaded) stops here: the checkpoint is the exact position.
-            if self.poll_interruptions(is_training_batch=False):
+            # A new run saves one too: a kill between its first best model
+            # and first checkpoint left no run to continue.
+            if self.poll_interruptions(is_training_batch=False) or (
+                    self.current_epoch == 0 and self.position.at_epoch_start):
                 self.save_checkpoint()
             while not self.is_finished() and not self.interrupted_by:
                 epoch = self.current_epoch
