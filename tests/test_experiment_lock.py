@@ -326,3 +326,38 @@ def test_a_lock_file_that_is_not_a_file_is_named(tmp_path, data, capsys,
             lock_path.rmdir()
         else:
             lock_path.unlink()
+
+
+def test_resume_if_exists_never_starts_over_what_another_copy_saved(
+        tmp_path, data, capsys, monkeypatch):
+    """Two copies of a requeued job: the second found nothing saved, loaded
+    its data, meanwhile the first saved (here: finished) the run; the second
+    then deleted it and trained again from scratch, exit status 0."""
+    from dwi_ml.training import experiment_builder
+
+    experiments = tmp_path / "exps"
+    (experiments / "exp").mkdir(parents=True)
+    mark_output_folder(str(experiments / "exp"), "experiment")
+    real_build = experiment_builder.build_dataset
+
+    def build_while_the_other_copy_saves(params):
+        dataset = real_build(params)
+        shutil.rmtree(experiments / "exp")
+        shutil.copytree(data["experiment"], experiments / "exp")
+        return dataset
+
+    monkeypatch.setattr(experiment_builder, "build_dataset",
+                        build_while_the_other_copy_saves)
+    argv = [str(experiments), "exp", data["hdf5"], "input", "streamlines",
+            *TINY_TRAINING, "--resume_if_exists"]
+    message = run_refused(train_main, argv, capsys)
+    assert message.split(": error: ", 1)[1] == (
+        f"experiment '{experiments / 'exp'}' was saved by another run while "
+        "this one loaded its data (a second copy of the job?); nothing was "
+        "changed: run the same command again to resume it.")
+    # The other copy's experiment, untouched (the lock file emptied).
+    saved = snapshot(data["experiment"])
+    after = snapshot(experiments / "exp")
+    for tree in (saved, after):
+        tree.pop(LOCK_FILE, None)
+    assert after == saved

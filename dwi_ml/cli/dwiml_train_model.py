@@ -320,10 +320,6 @@ def _train(args, callbacks, lock):
         args.resume_if_exists and os.path.isdir(experiment_dir)
         and folder_kind(experiment_dir) == "experiment"
         and not os.path.exists(os.path.join(experiment_dir, BEST_MODEL_DIR)))
-    if overwrite and not args.overwrite:
-        logging.warning("Experiment '%s' has no checkpoint (its run stopped "
-                        "before saving one): starting it over.",
-                        experiment_dir)
     hint = (_EXISTS_HINT if resumable
             else _NO_CHECKPOINT_BEST_HINT if os.path.exists(
                 os.path.join(experiment_dir, BEST_MODEL_DIR))
@@ -366,7 +362,10 @@ def _train(args, callbacks, lock):
         # Every rank checked that the folder was free before rank 0 clears it.
         barrier()
         if distributed.is_main_process:
-            start_new_experiment(lock, overwrite, hint=hint)
+            start_new_experiment(
+                lock, overwrite, hint=hint,
+                check=(_start_over_if_still_unsaved
+                       if overwrite and not args.overwrite else None))
 
     run_experiment(
         params, make_model, args.experiments_path, args.experiment_name,
@@ -485,6 +484,20 @@ def _warn_ignored_options(args, experiment_dir):
 
 
 _NOT_SAVED = object()
+def _start_over_if_still_unsaved(experiment_dir):
+    """--resume_if_exists found nothing saved to continue: under the lock,
+    check that no other run of the experiment (a second copy of the job)
+    saved one while this one loaded its data, before starting it over."""
+    if has_checkpoint(experiment_dir) or os.path.exists(
+            os.path.join(experiment_dir, BEST_MODEL_DIR)):
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' was saved by another run while "
+            "this one loaded its data (a second copy of the job?); nothing "
+            "was changed: run the same command again to resume it.")
+    logging.warning("Experiment '%s' has no checkpoint (its run stopped "
+                    "before saving one): starting it over.", experiment_dir)
+
+
 # Options that --resume_if_exists passes on to the resume (_resume_args).
 _APPLIED_ON_RESUME = (
     "experiments_path", "experiment_name", "hdf5_file", "verbose",

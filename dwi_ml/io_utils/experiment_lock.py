@@ -227,7 +227,7 @@ def check_experiment_writable(experiment_dir):
                 "experiment to a folder you can write to.")
 
 
-def start_new_experiment(lock, overwrite, hint=""):
+def start_new_experiment(lock, overwrite, hint="", check=None):
     """Lock, then create or replace (``overwrite``) an experiment folder.
 
     Call it on the main process only, after every check of the run: the
@@ -242,10 +242,15 @@ def start_new_experiment(lock, overwrite, hint=""):
         ``-f``: replace an existing experiment.
     hint : str
         Appended to the 'already exists' message.
+    check : callable, optional
+        Called with the folder once the lock is held, before any change:
+        raises to refuse (the folder changed since the run's checks).
     """
     experiment_dir = lock.experiment_dir
     os.makedirs(experiment_dir, exist_ok=True)
     lock.acquire()
+    if check is not None:
+        check(experiment_dir)
     check_output_folder(experiment_dir, "experiment", overwrite,
                         what="experiment", hint=hint, ignore=(LOCK_FILE,))
     reset_output_folder(experiment_dir, "experiment", keep=(LOCK_FILE,))
