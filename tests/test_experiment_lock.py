@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from file_tree import run_refused, snapshot
 from training_data import (
     TINY_TRAINING,
@@ -361,3 +362,50 @@ def test_resume_if_exists_never_starts_over_what_another_copy_saved(
     for tree in (saved, after):
         tree.pop(LOCK_FILE, None)
     assert after == saved
+
+
+def test_a_resume_continues_what_another_copy_saved_meanwhile(
+        tmp_path, data, capsys, monkeypatch):
+    """A resume read the checkpoint, then another copy of the job saved a
+    later one before this resume took the lock: it went on with the old
+    epoch and optimizer but the later weights (and rewrote the logs)."""
+    experiments = tmp_path / "exps"
+    experiments.mkdir()
+    for name in ("exp", "other", "straight"):
+        shutil.copytree(data["experiment"], experiments / name)
+    # The other copy: one more epoch.
+    resume_cli.main([str(experiments), "other", "--new_max_epochs", "2"])
+    shutil.rmtree(experiments / "straight")
+    shutil.copytree(experiments / "other", experiments / "straight")
+    resume_cli.main([str(experiments), "straight", "--new_max_epochs", "3"])
+
+    real_start = resume_cli.start_resumed_experiment
+
+    def start_after_the_other_copy_saved(lock):
+        for entry in ("checkpoint", "best_model", "logs", "parameters.json"):
+            source, target = experiments / "other" / entry, \
+                experiments / "exp" / entry
+            if source.is_dir():
+                shutil.rmtree(target)
+                shutil.copytree(source, target)
+            else:
+                shutil.copy(source, target)
+        return real_start(lock)
+
+    monkeypatch.setattr(resume_cli, "start_resumed_experiment",
+                        start_after_the_other_copy_saved)
+    capsys.readouterr()
+    resume_cli.main([str(experiments), "exp", "--new_max_epochs", "3"])
+    warnings = capsys.readouterr().err
+    for log in ("train_loss.npy", "valid_loss.npy"):
+        np.testing.assert_array_equal(
+            np.load(experiments / "exp" / "logs" / log),
+            np.load(experiments / "straight" / "logs" / log))
+    exp_weights, straight_weights = (
+        torch.load(experiments / name / "checkpoint" / "model" /
+                   "model_state.pt", weights_only=True)
+        for name in ("exp", "straight"))
+    assert exp_weights.keys() == straight_weights.keys()
+    for key, value in exp_weights.items():
+        assert torch.equal(value, straight_weights[key]), key
+    assert "was saved by another run while this one started" in warnings

@@ -17,9 +17,11 @@ from dwi_ml.data.hdf5.fingerprint import (
     first_fingerprint_difference,
 )
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
+from dwi_ml.io_utils.atomic import folder_version
 from dwi_ml.io_utils.errors import DwiMLUserError, count_of, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
+    CHECKPOINT_DIR,
     USE_BEST_MODEL_HINT,
     checkpoint_model_dir,
     has_checkpoint,
@@ -48,7 +50,11 @@ from dwi_ml.monitoring.monitoring_args import (
 )
 from dwi_ml.tracking.tracking_validation import tracking_validation_callbacks
 from dwi_ml.training.cpu_threads import cap_workers, set_cpu_threads
-from dwi_ml.training.distributed import cleanup_distributed, init_distributed
+from dwi_ml.training.distributed import (
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
 from dwi_ml.training.epoch_position import EpochPosition
 from dwi_ml.training.experiment_builder import check_hdf5_groups, run_experiment
 from dwi_ml.training.interruptions import early_stop_signals_recorded
@@ -275,6 +281,8 @@ def _resume(args, callbacks, lock):
     # Imported here: that script imports this one (--resume_if_exists).
     from dwi_ml.cli.dwiml_train_model import check_saved_sections
     check_saved_sections(params, experiment_dir)
+    saved_version = folder_version(os.path.join(experiment_dir,
+                                                CHECKPOINT_DIR))
     state = load_checkpoint_state(experiment_dir)
     check_new_max_epochs(args.new_max_epochs, state, experiment_dir)
     _warn_if_best_model_damaged(experiment_dir)
@@ -308,6 +316,16 @@ def _resume(args, callbacks, lock):
     distributed, device = init_distributed(trainer_params["device"])
     if distributed.is_main_process:
         start_resumed_experiment(lock)
+    barrier()
+    if folder_version(os.path.join(experiment_dir, CHECKPOINT_DIR)) \
+            != saved_version:
+        # Another run of this experiment (a second copy of the job) saved
+        # it between the checks and the lock: continue from its save.
+        logging.warning("Experiment '%s' was saved by another run while this "
+                        "one started: continuing from its latest checkpoint.",
+                        experiment_dir)
+        state = load_checkpoint_state(experiment_dir)
+        check_new_max_epochs(args.new_max_epochs, state, experiment_dir)
     trainer_params["nb_workers"] = cap_workers(trainer_params["nb_workers"])
     # A GPU run's thread count says nothing of its float rounding.
     on_cpu = all(str(value).startswith("cpu") for value in (

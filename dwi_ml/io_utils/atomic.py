@@ -169,7 +169,7 @@ def existing_atomic_folder(path):
     return old_path if os.path.isdir(old_path) else None
 
 
-def _folder_version(path):
+def folder_version(path):
     """What changes when :func:`atomic_output_folder` swaps ``path``: the
     folder's inode and change time (an inode number may be reused)."""
     try:
@@ -208,15 +208,15 @@ def read_replaced_folder(path, read, max_attempts=100):
     What ``read`` returned.
     """
     for attempt in range(1, max_attempts + 1):
-        version = _folder_version(path)
+        version = folder_version(path)
         try:
             result = read()
         except (DwiMLUserError, OSError):
             # OSError: a file removed between its check and its opening.
-            if attempt == max_attempts or _folder_version(path) == version:
+            if attempt == max_attempts or folder_version(path) == version:
                 raise
             continue
-        if attempt == max_attempts or _folder_version(path) == version:
+        if attempt == max_attempts or folder_version(path) == version:
             return result
 
 
