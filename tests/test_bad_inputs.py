@@ -7,6 +7,8 @@ working folder are the same before and after (nothing left behind).
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import h5py
 import nibabel as nib
@@ -519,3 +521,38 @@ def test_resume_says_which_training_options_it_takes_instead(
     message = assert_user_error(resume_main, argv, capsys, tmp_path,
                                 expected)
     assert message.startswith(f"argument {option.partition('=')[0]}: ")
+
+
+# Holds an HDF5 file open for writing, as a process editing it would.
+HDF5_WRITER = """
+import sys, time
+import h5py
+with h5py.File(sys.argv[1], "a"):
+    print("open", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_an_hdf5_file_locked_by_a_writer_is_named_as_locked(
+        data, tmp_path, capsys):
+    # It was called "truncated or corrupt" (HDF5's lock refused): a user
+    # could rebuild a good file, or miss HDF5_USE_FILE_LOCKING on NFS.
+    hdf5_file = tmp_path / "locked.hdf5"
+    shutil.copy(data["data"], hdf5_file)
+    writer = subprocess.Popen([sys.executable, "-c", HDF5_WRITER,
+                               str(hdf5_file)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        message = assert_user_error(
+            train_main, _train_argv(data, hdf5_file), capsys,
+            data["experiments"])
+    finally:
+        writer.kill()
+        writer.wait()
+    assert message.startswith(
+        f"HDF5 file '{hdf5_file}': cannot lock it to read it (")
+    assert message.endswith(
+        "): another process has it open for writing, or its file system "
+        "(NFS, Lustre) has no file locks; for the latter, set "
+        "HDF5_USE_FILE_LOCKING=FALSE in the environment.")

@@ -24,6 +24,17 @@ def _one_line(error):
     return " ".join(str(error).split())[:200]
 
 
+def _refuse_locked(path, error):
+    """HDF5's file lock refused (it is not corrupt): say why and what to do."""
+    if "unable to lock file" not in str(error):
+        return
+    raise DwiMLUserError(
+        f"HDF5 file '{path}': cannot lock it to read it ({_one_line(error)})"
+        ": another process has it open for writing, or its file system "
+        "(NFS, Lustre) has no file locks; for the latter, set "
+        "HDF5_USE_FILE_LOCKING=FALSE in the environment.") from None
+
+
 def check_dwiml_hdf5(path):
     """Check that ``path`` is a dwi_ml HDF5 file; return its splits.
 
@@ -70,6 +81,7 @@ def check_dwiml_hdf5(path):
     except DwiMLUserError:
         raise
     except READ_ERRORS as error:
+        _refuse_locked(path, error)
         raise DwiMLUserError(
             f"HDF5 file '{path}': cannot read its metadata; the file is "
             f"truncated or corrupt ({type(error).__name__}: "
@@ -102,6 +114,7 @@ def hdf5_read_errors(path, key=None):
     try:
         yield
     except READ_ERRORS as error:
+        _refuse_locked(path, error)
         where = f"HDF5 file '{path}': cannot read it"
         if key is not None:
             parts = key.strip("/").split("/")
