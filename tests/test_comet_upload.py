@@ -2,6 +2,7 @@
 run, into real offline archives (the network is closed)."""
 import glob
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -71,7 +72,8 @@ def test_a_run_without_comet_goes_to_a_new_experiment(tiny_hdf5,  # noqa: F811
 
 
 def test_a_run_that_had_comet_is_continued(tiny_hdf5, tmp_path,  # noqa: F811
-                                           capsys):
+                                           capsys, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     trainer, callback = train_offline(tiny_hdf5, tmp_path, max_epochs=2,
                                       log_every=0)
     out = str(tmp_path / "comet")
@@ -96,7 +98,8 @@ def test_a_run_that_had_comet_is_continued(tiny_hdf5, tmp_path,  # noqa: F811
         with pytest.raises(SystemExit) as raised:
             send_main([trainer.experiment_dir, "--comet_offline_dir", out])
         assert raised.value.code == 2
-        assert (f"is in use by process {os.getpid()}, which logs to its Comet"
+        assert (f"is in use by process {os.getpid()} on host "
+                f"{socket.gethostname()}, which logs to its Comet"
                 f" experiment {callback.experiment_key}") in \
             capsys.readouterr().err
         send_main([trainer.experiment_dir, "--comet_offline_dir", out,

@@ -1,6 +1,7 @@
 """One process per experiment, and a killed run's leftovers cleaned."""
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -52,9 +53,11 @@ def experiment(tmp_path, data):
 @pytest.fixture
 def holder(experiment):
     """A real second process holding the experiment's lock."""
+    # As a SLURM job: a PID alone names no process on another node.
     process = subprocess.Popen([sys.executable, "-c", HOLDER,
                                 str(experiment / "exp")],
-                               stdout=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "SLURM_JOB_ID": "4242"})
     assert process.stdout.readline().strip() == "locked"
     yield process
     process.kill()
@@ -69,7 +72,8 @@ def test_resume_refuses_while_another_process_runs(experiment, holder,
     message = run_refused(resume_cli.main, [str(experiment), "exp",
                                             "--new_max_epochs", "2"], capsys)
     assert f"experiment '{experiment / 'exp'}' is in use by process " \
-           f"{holder.pid}" in message
+           f"{holder.pid} on host {socket.gethostname()} (SLURM job 4242) " \
+           f"(lock {experiment / 'exp' / LOCK_FILE}): wait for it" in message
     assert snapshot(experiment.parent) == before
 
 
@@ -83,18 +87,22 @@ def test_train_f_refuses_while_another_process_runs(experiment, holder, data,
     assert snapshot(experiment.parent) == before
 
 
-def test_lock_of_a_dead_process_does_not_block(experiment, holder):
+def test_lock_of_a_dead_process_does_not_block(experiment, holder,
+                                              monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     holder.kill()
     holder.wait()
     lock_path = experiment / "exp" / LOCK_FILE
-    assert lock_path.read_text().strip() == str(holder.pid)
+    assert lock_path.read_text().split() == [
+        str(holder.pid), socket.gethostname(), "4242"]
     resume_cli.main([str(experiment), "exp", "--new_max_epochs", "2",
                      "-v", "WARNING"])
     # Released at the end of the run, and left empty.
     assert lock_path.read_text() == ""
     with ExperimentLock(str(experiment / "exp")) as lock:
         lock.acquire()
-        assert lock_path.read_text().strip() == str(os.getpid())
+        assert lock_path.read_text().split() == [str(os.getpid()),
+                                                 socket.gethostname()]
 
 
 def test_lock_is_held_during_the_run(experiment, data):
@@ -273,13 +281,14 @@ def test_only_rank_0_probes_the_lock(tmp_path, monkeypatch):
         assert held.is_held
 
 
-def test_holder_names_the_running_process(tmp_path):
+def test_holder_names_the_running_process(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert ExperimentLock(str(tmp_path)).holder() is None
     assert not (tmp_path / LOCK_FILE).exists()  # asking creates no file
     with ExperimentLock(str(tmp_path)) as lock:
         lock.acquire()
         assert ExperimentLock(str(tmp_path)).holder() == \
-            f"process {os.getpid()}"
+            f"process {os.getpid()} on host {socket.gethostname()}"
     assert ExperimentLock(str(tmp_path)).holder() is None
     # Asking took no lock: the experiment can be locked at once.
     with ExperimentLock(str(tmp_path)) as lock:

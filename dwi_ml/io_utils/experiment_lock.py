@@ -3,14 +3,16 @@
 Training and resuming take ``fcntl.flock`` on the lock file before they
 change any file of the experiment, and hold it for the whole run. The
 kernel releases it when the process ends, even on a kill, so a lock file
-left by a dead process never blocks. The holder writes its PID in the file
-so that a refused process can name it. Under torchrun only rank 0 takes the
-lock: the other ranks never write into the experiment.
+left by a dead process never blocks. The holder writes its PID, host and
+SLURM job in the file so that a refused process can name it. Under
+torchrun only rank 0 takes the lock: the other ranks never write into the
+experiment.
 """
 import errno
 import fcntl
 import logging
 import os
+import socket
 import stat
 
 from dwi_ml.io_utils.atomic import remove_stale_temporaries
@@ -83,7 +85,7 @@ class ExperimentLock:
         fd = self._open(os.O_CREAT)
         self._locked = self._lock_or_refuse(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, _holder_line().encode())
         self._fd = fd
         return self
 
@@ -198,9 +200,24 @@ class ExperimentLock:
         self._fd = None
 
 
+def _holder_line():
+    """'PID HOST [SLURM_JOB_ID]': a PID alone names no process on another
+    node (a shared file system) or from another container."""
+    job = os.environ.get("SLURM_JOB_ID", "").strip()
+    return " ".join([str(os.getpid()), socket.gethostname(),
+                     *([job] if job.isalnum() else [])]) + "\n"
+
+
 def _read_holder(fd):
-    content = os.pread(fd, 64, 0).decode(errors="replace").strip()
-    return f"process {content}" if content.isdigit() else "another process"
+    fields = os.pread(fd, 256, 0).decode(errors="replace").split()
+    if not fields or not fields[0].isdigit():
+        return "another process"
+    holder = f"process {fields[0]}"
+    if len(fields) > 1:
+        holder += f" on host {fields[1]}"
+    if len(fields) > 2:
+        holder += f" (SLURM job {fields[2]})"
+    return holder
 
 
 def check_experiment_writable(experiment_dir):
