@@ -1,12 +1,14 @@
 """A write the disk refuses (here a file size limit, as a full disk or a
 quota would): one line, exit 2, the last complete folder kept whole."""
 import errno
+import json
 import os
 import resource
 import subprocess
 import sys
 
 import pytest
+from hdf5_test_data import CONFIG, write_dataset, write_subject_lists
 from training_data import make_training_hdf5
 
 from dwi_ml.io_utils.atomic import write_failures_named
@@ -87,3 +89,43 @@ def test_the_remedy_follows_the_refusal(error, remedy):
         f"cannot write the checkpoint 'exp/checkpoint {{x}}' "
         f"({type(error).__name__}: {error}); kept: {remedy}, then resume "
         "{x}")
+
+
+def test_a_refused_hdf5_write_is_one_line_and_keeps_the_old_file(tmp_path):
+    # It was 144 lines of h5py tracebacks (chunk writes failing inside its
+    # object cleanup), then a segmentation fault (exit 139).
+    root = str(tmp_path / "ready")
+    subjects = ["sub-01", "sub-02", "sub-03"]
+    write_dataset(root, subjects)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    out = tmp_path / "out" / "data.hdf5"
+    out.parent.mkdir()
+    args = [root, str(out), str(config),
+            *write_subject_lists(tmp_path, subjects[:2], subjects[2:])]
+    create = os.path.join(HERE, "..", "scripts_python",
+                          "dwiml_create_hdf5_dataset.py")
+    subprocess.run([sys.executable, create, *args, "-v", "WARNING"],
+                   check=True, capture_output=True, timeout=600)
+    before = out.read_bytes()
+    # Less than the file: its writes fail half way, as on a full disk.
+    limit = len(before) // 2
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    process = subprocess.run(
+        [sys.executable, create, *args, "--step_size", "1", "-f",
+         "-v", "WARNING"], capture_output=True, text=True, timeout=600,
+        preexec_fn=limit_file_size)
+    assert process.returncode == 2, process.stderr[-3000:]
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1, process.stderr[-3000:]
+    assert lines[0].startswith(
+        "dwiml_create_hdf5_dataset.py: error: cannot write the HDF5 file "
+        f"'{out}' (OSError: [Errno 27] ")
+    assert lines[0].endswith(
+        "); any file there before is kept: free some space (or raise the "
+        "limit), then run the command again")
+    assert os.listdir(out.parent) == ["data.hdf5"]
+    assert out.read_bytes() == before

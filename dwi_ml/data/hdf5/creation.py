@@ -14,6 +14,7 @@ The run reads top to bottom:
 A failing or interrupted run never leaves anything at the output path: a
 tractogram refused in step 3 removes the temporary file.
 """
+import contextlib
 import datetime
 import json
 import logging
@@ -42,7 +43,7 @@ from dwi_ml.data.hdf5.writer import (
     write_volume_group,
 )
 from dwi_ml.data.processing.resampling import StreamlineFormat
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import atomic_output_file, write_failures_named
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import (
     check_output_free,
@@ -114,8 +115,11 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
     date_time = _date_time or datetime.datetime.now().strftime(DATE_FORMAT)
 
     removed = {}
-    with atomic_output_file(out_hdf5) as tmp_path, \
-            h5py.File(tmp_path, "w") as hdf_file:
+    with write_failures_named(
+            "the HDF5 file", out_hdf5, "any file there before is kept: "
+            "{remedy}, then run the command again"), \
+            atomic_output_file(out_hdf5) as tmp_path, \
+            _hdf5_for_writing(tmp_path) as hdf_file:
         write_root_attrs(hdf_file, subjects, json.dumps(config.raw),
                          date_time,
                          **streamline_format.as_dict())
@@ -129,6 +133,27 @@ def create_hdf5_dataset(dwi_ml_ready_folder, out_hdf5, groups_config,
                 remove_invalid)
     logging.info("Saved %d subjects in %s.", len(all_files), out_hdf5)
     return removed
+
+
+@contextlib.contextmanager
+def _hdf5_for_writing(path):
+    """``h5py.File(path, "w")`` whose failed writes raise where they happen.
+
+    Without a chunk cache (the writers write whole chunks), a full disk
+    fails the write call itself; with one, it failed when HDF5 evicted the
+    chunk later, inside h5py's object cleanup (tracebacks it ignores, then
+    a segmentation fault at exit). After an error, the temporary file is
+    emptied so that HDF5 can close it.
+    """
+    hdf_file = h5py.File(path, "w", rdcc_nbytes=0)
+    try:
+        yield hdf_file
+    except BaseException:
+        os.truncate(path, 0)
+        with contextlib.suppress(OSError, RuntimeError):
+            hdf_file.close()
+        raise
+    hdf_file.close()
 
 
 def _write_subject(hdf_file, subject_files, config, streamline_format,
