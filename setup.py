@@ -28,13 +28,17 @@ setup(
         # 2.6: torch.nn.utils.get_total_norm (the gradient norm after clipping).
         "torch>=2.6",
         "numpy>=1.23",
-        "h5py>=3.7",
+        # 3.10: wheels with HDF5 >= 1.12.3, whose chunk_iter the lazy
+        # reads use to read raw chunks (else a slower path).
+        "h5py>=3.10",
         "scipy>=1.8",
         "nibabel>=5.0",
         "dipy>=1.9",
         "trx-python>=0.3",
         "tqdm>=4.60",
-        "comet_ml>=3.35",
+        # 3.35 - 3.38 import pkg_resources, gone from setuptools 82; the
+        # tests use a debug flag of 3.47.1.
+        "comet_ml>=3.47.1",
         "matplotlib>=3.6",
     ],
     extras_require={

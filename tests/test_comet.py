@@ -401,3 +401,23 @@ def test_a_resume_without_comet_options_says_its_epochs_miss_comet(
     # The key is kept: a later resume with Comet continues the experiment.
     assert load_checkpoint_state(str(tmp_path / "exp"))["callbacks"][
         "comet"] == {"experiment_key": key, "log_every": 0}
+
+
+def test_a_comet_ml_that_fails_to_import_is_named_as_installed(tmp_path):
+    # comet_ml 3.35 - 3.38 import pkg_resources, which setuptools 82 removed:
+    # the message said to install comet_ml, which was installed.
+    broken = tmp_path / "site" / "comet_ml"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("import pkg_resources_gone_xyz\n")
+    code = ("from dwi_ml.monitoring.comet_logger import import_comet\n"
+            "from dwi_ml.io_utils.errors import DwiMLUserError\n"
+            "try:\n    import_comet()\n"
+            "except DwiMLUserError as error:\n    print(error)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert process.stdout.strip() == (
+        "the Comet options need the comet_ml package, which is installed but "
+        "failed to import (No module named 'pkg_resources_gone_xyz'); "
+        "upgrade it: pip install -U comet_ml.")

@@ -50,6 +50,12 @@ def import_comet():
     try:
         import comet_ml
     except ImportError as error:
+        if getattr(error, "name", None) not in (None, "comet_ml"):
+            # Installed, but something it imports is not.
+            raise DwiMLUserError(
+                f"the Comet options need the comet_ml package, which is "
+                f"installed but failed to import ({error}); upgrade it: pip "
+                "install -U comet_ml.") from None
         raise DwiMLUserError(
             f"the Comet options need the comet_ml package ({error}).") from None
     return comet_ml

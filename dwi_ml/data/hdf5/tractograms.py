@@ -98,7 +98,8 @@ def reference_info(path):
     else:
         from dipy.io.utils import get_reference_info
         with quiet_logger("dipy"):
-            return get_reference_info(path)
+            # dipy < 1.12 returns a float32 affine (float64 from 1.12 on).
+            info = get_reference_info(path)
     affine, dimensions, voxel_sizes, voxel_order = info
     if isinstance(voxel_order, bytes):
         voxel_order = voxel_order.decode("utf-8")
