@@ -89,6 +89,30 @@ def _create_holding_stop_signals(create):
         raise
 
 
+def _sync(path):
+    """fsync a file or folder: a rename is durable only after its data
+    (a node that crashes, or a network file system's client, could leave
+    the new name with empty files and the previous version removed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        # Folders of some file systems cannot be synced; files can.
+        if error.errno not in (errno.EINVAL, errno.EBADF) or \
+                not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(folder):
+    """fsync every file and folder under ``folder``, then itself."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            _sync(os.path.join(root, name))
+        _sync(root)
+
+
 @contextlib.contextmanager
 def atomic_output_file(path):
     """Yield a temporary path next to ``path``; rename it on success.
@@ -107,7 +131,9 @@ def atomic_output_file(path):
         yield tmp_path
         # mkstemp creates 0600 files; give the output the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
+        _sync(tmp_path)
         os.replace(tmp_path, path)
+        _sync(folder)
         record_written(path)
     finally:
         if os.path.exists(tmp_path):
@@ -142,11 +168,14 @@ def atomic_output_folder(path):
         held.release()
         os.chmod(tmp_path, 0o777 & ~_current_umask())
         yield tmp_path
+        _sync_tree(tmp_path)
         if os.path.exists(path):
             if os.path.exists(old_path):
                 shutil.rmtree(old_path)
             os.replace(path, old_path)
         os.replace(tmp_path, path)
+        # The swap on disk before the previous version goes.
+        _sync(parent)
         record_written(path)
         if os.path.exists(old_path):
             shutil.rmtree(old_path)
