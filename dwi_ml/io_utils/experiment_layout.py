@@ -24,6 +24,8 @@ from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
 BEST_MODEL_DIR = "best_model"
 CHECKPOINT_DIR = "checkpoint"
+# In checkpoint/: its epoch and position, readable without the state.
+CHECKPOINT_POSITION = "position.json"
 LOGS_DIR = "logs"
 PARAMETERS_FILE = "parameters.json"
 EXPERIMENT_FOLDERS = (CHECKPOINT_DIR, BEST_MODEL_DIR, LOGS_DIR)
@@ -163,19 +165,39 @@ def read_model_epoch(experiment_dir, use_latest_epoch=False):
     """
     if not use_latest_epoch:
         return read_best_epoch(best_model_dir(experiment_dir))[0], True
-    state = load_checkpoint_state(experiment_dir)
-    epochs_done = int(state["current_epoch"])
+    position = _read_checkpoint_position(experiment_dir)
+    if position is None:
+        state = load_checkpoint_state(experiment_dir)
+        position = {"current_epoch": state["current_epoch"],
+                     **(state.get("position") or {})}
+    epochs_done = int(position["current_epoch"])
     # As EpochPosition.at_epoch_start, which io_utils may not import (it
     # comes after io_utils in the data flow).
-    position = state.get("position") or {}
     if position.get("phase", "train") == "train" and \
             position.get("nb_batches_done", 0) == 0:
         return (epochs_done - 1 if epochs_done else None), epochs_done > 0
     return epochs_done, False
 
 
+def _read_checkpoint_position(experiment_dir):
+    """``checkpoint/position.json`` (its epoch and position, small), or None
+    for a checkpoint written before it existed."""
+    path = os.path.join(checkpoint_dir(experiment_dir), CHECKPOINT_POSITION)
+    if not os.path.isfile(path):
+        return None
+    verify_manifest(os.path.dirname(path), [CHECKPOINT_POSITION])
+    position = load_json_file(path, "checkpoint position")
+    if not isinstance(position, dict) or "current_epoch" not in position:
+        raise DwiMLUserError(
+            f"checkpoint position '{path}': expected JSON with "
+            "'current_epoch', could not read it.")
+    return position
+
+
 def _checkpoint_has_trained(experiment_dir):
     """False for a checkpoint of a run's start (every run saves one)."""
+    if _read_checkpoint_position(experiment_dir) is None:
+        return True
     return read_model_epoch(experiment_dir, use_latest_epoch=True)[0] \
         is not None
 

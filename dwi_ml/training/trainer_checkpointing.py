@@ -22,6 +22,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError, count_of
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
+    CHECKPOINT_POSITION,
     EXPERIMENT_FORMAT_VERSION,
     PARAMETERS_FILE,
     has_checkpoint,
@@ -164,6 +165,11 @@ class TrainerCheckpointing:
                     atomic_output_folder(path) as tmp_dir:
                 self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
                 torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
+                # Readers of the latest model read its epoch there.
+                write_json_atomic(
+                    os.path.join(tmp_dir, CHECKPOINT_POSITION),
+                    {"current_epoch": self.current_epoch,
+                     **self.position.state_dict()})
                 write_manifest(tmp_dir)
         barrier()
         self.interruptions.checkpoint_written(time.monotonic() - start)
