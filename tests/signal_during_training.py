@@ -11,7 +11,9 @@ EPOCH:BATCH is the position saved: the next epoch and 0 at an epoch's end;
 between the epoch's best-model save and its checkpoint. SIGNAL is a signal name, or
 two names joined by '+' to send both (a second signal during the stop).
 'SIGTERM@group' sends SIGTERM to the whole process group, as SLURM does,
-and returns once the DataLoader workers have died of it.
+and returns once the DataLoader workers have died of it. 'WAIT' writes
+the file $DWIML_TEST_READY_DIR/PID, then waits until this process receives
+a stop signal: the test sends it, and the run cannot end meanwhile.
 DWIML_TEST_SLEEP_PER_BATCH=S makes each training batch S seconds longer (for
 --max_time). Used by test_preemption.py: the process exits through the
 scripts' own entry points, with their exit status.
@@ -45,7 +47,14 @@ class SignalAt(Callback):
             epoch = trainer.current_epoch
         key = (epoch, phase, batch_index)
         for name in self.targets.pop(key, []):
-            if name == "SIGTERM@group":
+            if name == "WAIT":
+                ready = os.path.join(os.environ["DWIML_TEST_READY_DIR"],
+                                     str(os.getpid()))
+                with open(ready, "w"):
+                    pass
+                while trainer.interruptions.received_signal is None:
+                    time.sleep(0.01)
+            elif name == "SIGTERM@group":
                 os.killpg(os.getpgid(0), signal.SIGTERM)
                 while any(child.is_alive()
                           for child in multiprocessing.active_children()):

@@ -27,11 +27,11 @@ from dwi_ml.training.callbacks import Callback
 
 # Holds the lock of EXPERIMENT like a running training would, until killed.
 HOLDER = textwrap.dedent("""
-    import sys, time
+    import sys
     from dwi_ml.io_utils.experiment_lock import ExperimentLock
     lock = ExperimentLock(sys.argv[1]).acquire()
     print("locked", flush=True)
-    time.sleep(120)
+    sys.stdin.read()  # until killed (or its test ends)
 """)
 
 
@@ -56,7 +56,8 @@ def holder(experiment):
     # As a SLURM job: a PID alone names no process on another node.
     process = subprocess.Popen([sys.executable, "-c", HOLDER,
                                 str(experiment / "exp")],
-                               stdout=subprocess.PIPE, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True,
                                env={**os.environ, "SLURM_JOB_ID": "4242"})
     assert process.stdout.readline().strip() == "locked"
     yield process
@@ -239,7 +240,8 @@ def test_a_run_in_its_first_epoch_is_named_as_in_use(tmp_path, data, capsys):
     mark_output_folder(str(experiments / "exp"), "experiment")
     process = subprocess.Popen([sys.executable, "-c", HOLDER,
                                 str(experiments / "exp")],
-                               stdout=subprocess.PIPE, text=True)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
     try:
         assert process.stdout.readline().strip() == "locked"
         before = snapshot(tmp_path)

@@ -135,6 +135,15 @@ def _assert_same_state(a, b, where):
         assert a == b or (a != a and b != b), where   # NaN equals NaN
 
 
+def _wait_until_ready(folder, nb_processes, process):
+    """Until ``nb_processes`` wait for a signal (their files in folder)."""
+    end = time.monotonic() + 600
+    while len(os.listdir(folder)) < nb_processes:
+        assert process.poll() is None, "the run ended before its signal"
+        assert time.monotonic() < end, "not waiting for a signal after 600 s"
+        time.sleep(0.05)
+
+
 def _stop_line(process):
     lines = process.stderr.strip().splitlines()
     return lines[-1]
@@ -208,17 +217,15 @@ def test_sigterm_to_the_group_kills_workers_and_still_saves(
         tmp_path, hdf5_file, straight_run):
     name = "group"
     # As SLURM or scancel do: SIGTERM to the main process and its 2 workers,
-    # once the first epoch is saved; slowed batches keep the run going.
+    # in epoch 1, which waits for it (a run that ended first failed).
+    ready = tmp_path / "ready"
+    ready.mkdir()
     process = subprocess.Popen(
-        [sys.executable, HELPER, "-", "train",
+        [sys.executable, HELPER, "1:train:1:WAIT", "train",
          *_train_args(tmp_path, name, hdf5_file, ["--nb_workers", "2"])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=_env(DWIML_TEST_SLEEP_PER_BATCH="0.3"), start_new_session=True)
-    checkpoint = tmp_path / name / "checkpoint"
-    end = time.monotonic() + 600
-    while not checkpoint.exists() and process.poll() is None:
-        assert time.monotonic() < end, "no checkpoint after 600 s"
-        time.sleep(0.2)
+        env=_env(DWIML_TEST_READY_DIR=str(ready)), start_new_session=True)
+    _wait_until_ready(ready, 1, process)
     os.killpg(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=600)
     assert process.returncode == EXIT_INTERRUPTED, err[-3000:]
@@ -407,10 +414,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc_per_node=2"]
 
 
-def _torchrun(mode, args, **popen_args):
+def _torchrun(mode, args, spec="-", **popen_args):
     # One torch thread per rank: the default on 2 cores and 2 ranks.
     return subprocess.Popen(
-        [*TORCHRUN, HELPER, "-", mode, *args], stdout=subprocess.PIPE,
+        [*TORCHRUN, HELPER, spec, mode, *args], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
         env=_env(OMP_NUM_THREADS="1", **popen_args.pop("env", {})),
         **popen_args)
@@ -429,16 +436,16 @@ def test_torchrun_sigterm_to_the_group_then_resume(tmp_path, hdf5_file):
     _, err = straight.communicate(timeout=600)
     assert straight.returncode == 0, err[-3000:]
 
-    # SIGTERM to torchrun and both ranks, as SLURM or scancel do, once the
-    # first epoch is saved; slowed batches keep the run going meanwhile.
+    # SIGTERM to torchrun's group, as SLURM or scancel do, in epoch 1: both
+    # ranks wait for it (a run that ended first failed). torchrun starts
+    # each rank in its own session and passes the signal on to them.
+    ready = tmp_path / "ready"
+    ready.mkdir()
     interrupted = _torchrun(
         "train", _ddp_args(tmp_path, "stopped", hdf5_file),
-        env={"DWIML_TEST_SLEEP_PER_BATCH": "0.3"}, start_new_session=True)
-    checkpoint = tmp_path / "stopped" / "checkpoint"
-    end = time.monotonic() + 600
-    while not checkpoint.exists() and interrupted.poll() is None:
-        assert time.monotonic() < end, "no checkpoint after 600 s"
-        time.sleep(0.2)
+        spec="1:train:1:WAIT", env={"DWIML_TEST_READY_DIR": str(ready)},
+        start_new_session=True)
+    _wait_until_ready(ready, 2, interrupted)
     os.killpg(interrupted.pid, signal.SIGTERM)
     _, err = interrupted.communicate(timeout=600)
     assert interrupted.returncode != 0

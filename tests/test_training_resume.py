@@ -113,7 +113,8 @@ def test_sigkill_mid_epoch_then_resume_equals_straight_run(tmp_path, hdf5_file):
     train_main(_train_args(experiments, "straight", hdf5_file, 4, 0))
     command = [sys.executable, os.path.join(HERE, "kill_during_training.py"),
                "2", "1", *_train_args(experiments, "killed", hdf5_file, 4, 0)]
-    process = subprocess.run(command, capture_output=True, text=True)
+    process = subprocess.run(command, capture_output=True, text=True,
+                             timeout=600)
     assert process.returncode == -signal.SIGKILL, process.stderr
     # The epoch-2 checkpoint is the last complete one: epoch 3 is redone.
     state = torch.load(tmp_path / "killed" / "checkpoint" / "checkpoint_state.pt",
