@@ -1,4 +1,5 @@
 """One process per experiment, and a killed run's leftovers cleaned."""
+import json
 import os
 import shutil
 import socket
@@ -420,3 +421,23 @@ def test_a_resume_continues_what_another_copy_saved_meanwhile(
     for key, value in exp_weights.items():
         assert torch.equal(value, straight_weights[key]), key
     assert "was saved by another run while this one started" in warnings
+
+
+def test_a_checkpoint_folder_linked_to_another_disk_stays_linked(
+        experiment, tmp_path):
+    # The run crashed at its first save ("Cannot call rmtree on a symbolic
+    # link"), with the link renamed and a real checkpoint/ in its place.
+    store = tmp_path / "scratch"
+    store.mkdir()
+    shutil.move(experiment / "exp" / "checkpoint", store / "checkpoint")
+    os.symlink(store / "checkpoint", experiment / "exp" / "checkpoint")
+    resume_cli.main([str(experiment), "exp", "--new_max_epochs", "2",
+                     "-v", "WARNING"])
+    link = experiment / "exp" / "checkpoint"
+    assert os.path.islink(link)
+    assert os.readlink(link) == str(store / "checkpoint")
+    position = json.loads((store / "checkpoint" / "position.json").read_text())
+    assert position["current_epoch"] == 2
+    assert sorted(os.listdir(store)) == ["checkpoint"]
+    assert not [name for name in os.listdir(experiment / "exp")
+                if name.endswith((".tmp", ".old"))]

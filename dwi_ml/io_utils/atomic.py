@@ -153,14 +153,23 @@ def save_npy(path, array):
             f.write(buffer.getbuffer())
 
 
+def _link_target(path):
+    """The absolute path of ``path``, or of what it links to."""
+    return (os.path.realpath(path) if os.path.islink(path)
+            else os.path.abspath(path))
+
+
 @contextlib.contextmanager
 def atomic_output_folder(path):
     """Yield a temporary folder next to ``path``; swap it in on success.
 
     The previous folder at ``path`` stays complete until the new one is
-    fully written, so a kill during the write leaves it loadable.
+    fully written, so a kill during the write leaves it loadable. A
+    symbolic link at ``path`` (a checkpoint/ kept on another disk) stays:
+    the folder it points to is replaced, beside it.
     """
-    parent, name = os.path.split(os.path.abspath(path))
+    target = _link_target(path)
+    parent, name = os.path.split(target)
     tmp_path, held = _create_holding_stop_signals(lambda: tempfile.mkdtemp(
         prefix=f".{name}.", suffix=".tmp", dir=parent))
     old_path = os.path.join(parent, f".{name}.old")
@@ -169,11 +178,11 @@ def atomic_output_folder(path):
         os.chmod(tmp_path, 0o777 & ~_current_umask())
         yield tmp_path
         _sync_tree(tmp_path)
-        if os.path.exists(path):
+        if os.path.exists(target):
             if os.path.exists(old_path):
                 shutil.rmtree(old_path)
-            os.replace(path, old_path)
-        os.replace(tmp_path, path)
+            os.replace(target, old_path)
+        os.replace(tmp_path, target)
         # The swap on disk before the previous version goes.
         _sync(parent)
         record_written(path)
@@ -193,7 +202,7 @@ def existing_atomic_folder(path):
     """
     if os.path.isdir(path):
         return path
-    parent, name = os.path.split(os.path.abspath(path))
+    parent, name = os.path.split(_link_target(path))
     old_path = os.path.join(parent, f".{name}.old")
     return old_path if os.path.isdir(old_path) else None
 
