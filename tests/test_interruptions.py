@@ -16,6 +16,7 @@ from dwi_ml.training.interruptions import (
     MAX_TIME_CODE,
     RunInterruptions,
     describe_stop,
+    early_stop_signals_recorded,
     parse_duration,
 )
 
@@ -74,6 +75,33 @@ def test_signal_is_recorded_and_handlers_restored():
     finally:
         interruptions.stop()
     assert signal.getsignal(signal.SIGUSR1) is previous
+
+
+def test_a_signal_after_the_runs_loop_is_not_called_an_early_one(caplog):
+    # After the loop, the scripts' recorder is back: it said "received while
+    # the run starts: it stops with a checkpoint before its first batch".
+    with caplog.at_level("WARNING"), early_stop_signals_recorded():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        interruptions = RunInterruptions()
+        interruptions.start()
+        assert interruptions.poll(True) == (signal.SIGUSR1, 0)
+        interruptions.stop()
+        os.kill(os.getpid(), signal.SIGUSR1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "SIGUSR1 received while the run starts: it stops with a checkpoint "
+        "before its first batch.",
+        "SIGUSR1 received after the run's last step: its outputs are "
+        "written; nothing left to stop."]
+    # The next run in this process records an early signal again.
+    caplog.clear()
+    with caplog.at_level("WARNING"), early_stop_signals_recorded():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        interruptions = RunInterruptions()
+        interruptions.start()
+        assert interruptions.poll(True) == (signal.SIGUSR1, 0)
+        interruptions.stop()
+    assert "while the run starts" in caplog.text
 
 
 def test_no_sigchld_handler_while_training():

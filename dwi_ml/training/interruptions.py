@@ -53,12 +53,17 @@ def parse_duration(text, name="--max_time"):
     return float(seconds)
 
 
-# A stop signal received before RunInterruptions.start.
-_early = {"signal": None}
+# A stop signal received before RunInterruptions.start; whether a run's
+# loop has ended (its handlers given back to the recorder).
+_early = {"signal": None, "run_ended": False}
 
 
 def _record_early(signum, frame):
-    if _early["signal"] is None:
+    if _early["run_ended"]:
+        logger.warning("%s received after the run's last step: its outputs "
+                       "are written; nothing left to stop.",
+                       signal.Signals(signum).name)
+    elif _early["signal"] is None:
         _early["signal"] = signum
         logger.warning("%s received while the run starts: it stops with a "
                        "checkpoint before its first batch.",
@@ -78,6 +83,7 @@ def _install_recorder():
     the main thread, where Python installs no handler)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+    _early["run_ended"] = False
     return {signum: signal.signal(signum, _record_early)
             for signum in STOP_SIGNALS}
 
@@ -100,7 +106,7 @@ def early_stop_signals_recorded():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _early["signal"] = None
+        _early.update(signal=None, run_ended=False)
 
 
 def _take_early_signal():
@@ -166,6 +172,7 @@ class RunInterruptions:
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}
+        _early["run_ended"] = True
         if self._torch_sigchld_flag is not None:
             _torch_signal_handling()._SIGCHLD_handler_set = \
                 self._torch_sigchld_flag
