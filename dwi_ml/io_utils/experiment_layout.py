@@ -170,6 +170,11 @@ def read_model_epoch(experiment_dir, use_latest_epoch=False):
         state = load_checkpoint_state(experiment_dir)
         position = {"current_epoch": state["current_epoch"],
                      **(state.get("position") or {})}
+    return _epoch_at(position)
+
+
+def _epoch_at(position):
+    """(epoch, complete) of a checkpoint's position; see read_model_epoch."""
     epochs_done = int(position["current_epoch"])
     # As EpochPosition.at_epoch_start, which io_utils may not import (it
     # comes after io_utils in the data flow).
@@ -196,10 +201,8 @@ def _read_checkpoint_position(experiment_dir):
 
 def _checkpoint_has_trained(experiment_dir):
     """False for a checkpoint of a run's start (every run saves one)."""
-    if _read_checkpoint_position(experiment_dir) is None:
-        return True
-    return read_model_epoch(experiment_dir, use_latest_epoch=True)[0] \
-        is not None
+    position = _read_checkpoint_position(experiment_dir)
+    return position is None or _epoch_at(position)[0] is not None
 
 
 def experiment_model_dir(experiment_dir, use_latest_epoch=False):
