@@ -203,6 +203,69 @@ def test_euclidean_lengths_of_another_count_are_recomputed(tmp_path, lazy):
     assert np.array_equal(got, expected.astype(np.float32))
 
 
+def _write_with_repeats(path, repeat):
+    """A reference file whose s1 streamlines hold points repeated in a row
+    (``repeat(streamlines)`` adds them), stored with gaps and shuffled.
+    Returns the streamlines as they are without the repeats."""
+    rng = np.random.default_rng(3)
+    subject = make_example_subject(rng, gap_rows=2, shuffle_storage=True)
+    distinct = [s.copy() for s in subject["streamlines"].streamlines]
+    repeat(subject["streamlines"].streamlines)
+    write_reference_hdf5(path, {"s1": subject}, training_subjs=["s1"])
+    return distinct
+
+
+def _seed_twice_and_a_point_three_times(streamlines):
+    streamlines[0] = np.concatenate([streamlines[0][:1], streamlines[0]])
+    points = streamlines[4]
+    streamlines[4] = np.concatenate([points[:2], points[1:2], points[1:2],
+                                     points[2:]])
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_points_repeated_in_a_row_are_used_once(tmp_path, lazy, caplog):
+    """A tracker may write the seed twice; the reference stores such
+    points as they are. Their zero-length segment has no direction (a zero
+    target): they are read once, with a warning naming the group."""
+    path = str(tmp_path / "repeats.hdf5")
+    distinct = _write_with_repeats(path, _seed_twice_and_a_point_three_times)
+    dataset = MultiSubjectDataset(path, lazy=lazy)
+    dataset.load_data()
+    sft_data = dataset.training_set.get_subject(0).sft_data_list[0]
+    ids = np.array([4, 0, 1, 4])
+    got = sft_data.get_streamlines(ids)
+    assert [len(s) for s in got] == [len(distinct[i]) for i in ids]
+    for points, i in zip(got, ids):
+        assert np.array_equal(points, distinct[i])
+    data, offsets, lengths = sft_data.read_points(ids)
+    for i, (o, n) in enumerate(zip(offsets, lengths)):
+        assert np.array_equal(data[o:o + n], distinct[ids[i]])
+    # 1 repeat in streamline 0, 2 in streamline 4: the whole file when
+    # eager; lazy, those of the first read (4, 0, 1, 4).
+    expected = 5 if lazy else 3
+    warnings = [r.getMessage() for r in caplog.records
+                if "equal to the point before" in r.getMessage()]
+    assert len(warnings) == 1
+    assert (f"subject 's1', group 'streamlines': read without {expected} "
+            "points") in warnings[0]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_streamline_of_equal_points_is_refused(tmp_path, lazy):
+    def all_equal(streamlines):
+        streamlines[7] = np.repeat(streamlines[7][:1], 4, axis=0)
+
+    path = str(tmp_path / "equal.hdf5")
+    _write_with_repeats(path, all_equal)
+    dataset = MultiSubjectDataset(path, lazy=lazy)
+    with pytest.raises(DwiMLUserError,
+                       match=r"'s1', group 'streamlines': expected .* "
+                             r"distinct points, found streamline 7 with"):
+        dataset.load_data()  # eager: reads the points
+        dataset.training_set.get_subject(0).sft_data_list[0] \
+            .get_streamlines(np.arange(10))
+
+
 @pytest.fixture(scope="module")
 def our_file(tmp_path_factory):
     """A file of our writer with connectivity from blocs and labels."""

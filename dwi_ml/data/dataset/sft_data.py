@@ -5,6 +5,8 @@ a sampler can choose streamlines without touching their points. Points are
 in voxel space with a corner origin (dipy ``Space.VOX``,
 ``Origin.TRACKVIS``).
 """
+import logging
+
 import numpy as np
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 
@@ -13,6 +15,7 @@ from dwi_ml.data.finite import all_finite
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.packed import (
+    drop_repeated_points,
     gather,
     make_array_sequence,
     offsets_from_lengths,
@@ -49,6 +52,74 @@ def check_finite_points(data, offsets, lengths, ids, path, key):
     raise DwiMLUserError(
         f"HDF5 file '{path}', subject '{subject}', group '{group}': expected "
         f"finite points, found NaN or Inf in streamline {int(ids[first])}.")
+
+
+def without_repeated_points(data, offsets, lengths, ids, path, key):
+    """The streamlines (offsets, lengths) of ``data`` without the points
+    equal to the one before them.
+
+    Our HDF5 creation stores none; a reference-made file may (a tracker's
+    seed point written twice): their zero-length segment has no
+    direction, and its target would be a zero vector.
+
+    Parameters
+    ----------
+    data : np.ndarray (R, 3)
+    offsets, lengths : np.ndarray (N,)
+    ids : np.ndarray (N,)
+        The streamline ids of these ranges, named in the error.
+    path, key : str
+        The HDF5 file and the streamline group ('subject/group').
+
+    Returns
+    -------
+    (data, offsets, lengths, nb_removed)
+        The inputs themselves when nothing is repeated (one pass over
+        ``data``, no copy), else a compact copy.
+
+    Raises
+    ------
+    DwiMLUserError
+        When all the points of a streamline are equal.
+    """
+    if not _has_equal_neighbours(data):
+        return data, offsets, lengths, 0
+    points, _, lengths = gather(data, offsets, lengths)
+    points, distinct_lengths, nb_removed = drop_repeated_points(points,
+                                                                lengths)
+    collapsed = np.flatnonzero((distinct_lengths < 2) & (lengths >= 2))
+    if len(collapsed):
+        subject, group = key.split("/")[:2]
+        raise DwiMLUserError(
+            f"HDF5 file '{path}', subject '{subject}', group '{group}': "
+            f"expected streamlines of distinct points, found streamline "
+            f"{int(ids[collapsed[0]])} with all its points equal; create "
+            "the file with dwiml_create_hdf5_dataset.py (--remove_invalid "
+            "drops such streamlines).")
+    return (points, offsets_from_lengths(distinct_lengths), distinct_lengths,
+            nb_removed)
+
+
+def warn_repeated_points(nb_removed, path, key):
+    """Log how many points :func:`without_repeated_points` removed (lazy:
+    in the first read that found some)."""
+    subject, group = key.split("/")[:2]
+    logging.warning(
+        "HDF5 file '%s', subject '%s', group '%s': read without %d points "
+        "equal to the point before them (a zero-length segment has no "
+        "direction); dwiml_create_hdf5_dataset.py stores none.", path,
+        subject, group, nb_removed)
+
+
+def _has_equal_neighbours(data):
+    """True when a row of ``data`` equals the row before it (one pass)."""
+    if len(data) < 2:
+        return False
+    # Column by column: numpy's reduction over rows of 3 is much slower.
+    same = data[1:, 0] == data[:-1, 0]
+    same &= data[1:, 1] == data[:-1, 1]
+    same &= data[1:, 2] == data[:-1, 2]
+    return bool(same.any())
 
 
 class _SFTDataBase:
@@ -110,9 +181,7 @@ class _SFTDataBase:
         offsets, lengths : np.ndarray, shape (len(ids),), int64
             Row in ``data`` and number of points of each streamline.
         """
-        ids = self._check_ids(ids)
-        data, offsets = self._read_points(ids)
-        return data, offsets, self.lengths[ids]
+        return self._read_points(self._check_ids(ids))
 
     def as_sft(self, ids=None):
         """A dipy ``StatefulTractogram`` of the streamlines ``ids``.
@@ -160,7 +229,7 @@ class SFTData(_SFTDataBase):
         return make_array_sequence(self._data, self._offsets, self.lengths)
 
     def _read_points(self, ids):
-        return self._data, self._offsets[ids]
+        return self._data, self._offsets[ids], self.lengths[ids]
 
     def get_data_per_streamline(self, ids=None):
         """data_per_streamline rows of ``ids``, as a dict of arrays."""
@@ -194,15 +263,24 @@ class LazySFTData(_SFTDataBase):
         self._handle = handle
         self._key = key
         self.dps_names = list(dps_names)
+        self._warned_repeats = False
 
     def _read_points(self, ids):
         with hdf5_read_errors(self._handle.path, self._key):
             data, offsets = read_row_ranges(self._handle, self._key + "/data",
                                             self._offsets[ids],
                                             self.lengths[ids])
-        check_finite_points(data, offsets, self.lengths[ids], ids,
-                            self._handle.path, self._key)
-        return data, offsets
+        lengths = self.lengths[ids]
+        check_finite_points(data, offsets, lengths, ids, self._handle.path,
+                            self._key)
+        # The lengths kept in RAM are the stored ones (the sampler's point
+        # budget counts repeats, an upper bound).
+        data, offsets, lengths, nb_removed = without_repeated_points(
+            data, offsets, lengths, ids, self._handle.path, self._key)
+        if nb_removed and not self._warned_repeats:
+            warn_repeated_points(nb_removed, self._handle.path, self._key)
+            self._warned_repeats = True
+        return data, offsets, lengths
 
     @property
     def connectivity(self):

@@ -16,6 +16,8 @@ from dwi_ml.data.dataset.sft_data import (
     LazySFTData,
     SFTData,
     check_finite_points,
+    warn_repeated_points,
+    without_repeated_points,
 )
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
@@ -222,6 +224,10 @@ def _load_streamlines(handle, key, lazy):
     points = np.asarray(stored_points, dtype=np.float32)
     check_finite_points(points, offsets, lengths, np.arange(len(lengths)),
                         handle.path, key)
+    points, offsets, lengths, nb_removed = without_repeated_points(
+        points, offsets, lengths, np.arange(len(lengths)), handle.path, key)
+    if nb_removed:
+        warn_repeated_points(nb_removed, handle.path, key)
     lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine,
                                   points)
     dps = {name: group["data_per_streamline"][name][()] for name in dps_names}

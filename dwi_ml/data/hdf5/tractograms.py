@@ -21,6 +21,7 @@ from dwi_ml.data.hdf5.tractogram_reading import (
 from dwi_ml.data.packed import (
     compact,
     cut_by_budget,
+    drop_repeated_points,
     gather,
     lengths_mm,
     make_array_sequence,
@@ -322,43 +323,6 @@ def points_outside_volume(points, dimensions):
     outside |= ~inside[:, 1]
     outside |= ~inside[:, 2]
     return outside
-
-
-def drop_repeated_points(points, lengths):
-    """Remove each point equal to the one before it in its streamline.
-
-    A zero-length segment has no direction: its target would be a zero
-    vector (a wrong class for classification getters).
-
-    Parameters
-    ----------
-    points : np.ndarray, shape (P, 3)
-        Compact streamlines.
-    lengths : np.ndarray, shape (N,)
-        Number of points of each streamline.
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray, int)
-        The points and lengths without the repeats (the inputs themselves
-        when there are none), and the number of points removed. A
-        streamline whose points are all equal keeps one.
-    """
-    repeated = np.zeros(len(points), dtype=bool)
-    # Column by column, as points_outside_volume.
-    same = repeated[1:]
-    np.equal(points[1:, 0], points[:-1, 0], out=same)
-    same &= points[1:, 1] == points[:-1, 1]
-    same &= points[1:, 2] == points[:-1, 2]
-    starts = offsets_from_lengths(lengths)
-    repeated[starts[lengths > 0]] = False
-    nb_repeated = int(np.count_nonzero(repeated))
-    if not nb_repeated:
-        return points, lengths, 0
-    removed = np.zeros(len(lengths), dtype=np.int64)
-    filled = lengths > 0
-    removed[filled] = np.add.reduceat(repeated, starts[filled])
-    return points[~repeated], lengths - removed, nb_repeated
 
 
 def streamlines_with_flagged_points(flags, lengths):
