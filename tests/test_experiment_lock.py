@@ -1,5 +1,7 @@
 """One process per experiment, and a killed run's leftovers cleaned."""
+import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -22,7 +24,11 @@ from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.io_utils.atomic import remove_stale_temporaries
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import has_checkpoint
-from dwi_ml.io_utils.experiment_lock import LOCK_FILE, ExperimentLock
+from dwi_ml.io_utils.experiment_lock import (
+    LOCK_FILE,
+    ExperimentLock,
+    holder_is_alive_here,
+)
 from dwi_ml.io_utils.output_folders import mark_output_folder
 from dwi_ml.training.callbacks import Callback
 
@@ -441,3 +447,55 @@ def test_a_checkpoint_folder_linked_to_another_disk_stays_linked(
     assert sorted(os.listdir(store)) == ["checkpoint"]
     assert not [name for name in os.listdir(experiment / "exp")
                 if name.endswith((".tmp", ".old"))]
+
+
+def test_a_holder_line_is_alive_only_for_a_running_process_here():
+    here = socket.gethostname()
+    ended = subprocess.run([sys.executable, "-c", "import os; "
+                            "print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    assert holder_is_alive_here(f"{os.getpid()} {here}\n")
+    assert holder_is_alive_here(f"{os.getpid()} {here} 1234\n")
+    assert not holder_is_alive_here(f"{ended.stdout.strip()} {here}\n")
+    assert not holder_is_alive_here(f"{os.getpid()} not-{here}\n")
+    assert not holder_is_alive_here(f"{os.getpid()}\n")  # older files
+    assert not holder_is_alive_here("")
+    assert not holder_is_alive_here(f"99999999999999999999 {here}")
+
+
+def test_without_flock_a_live_holder_here_is_refused(tmp_path, caplog):
+    """A file system without flock (the OS's answer, ENOLCK, given here:
+    no test machine has one): the holder line is the only guard."""
+    lock = ExperimentLock(str(tmp_path))
+    no_locks = OSError(errno.ENOLCK, "No locks available")
+    path = tmp_path / LOCK_FILE
+    path.write_text(f"{os.getpid()} {socket.gethostname()} 77\n")
+    fd = os.open(path, os.O_RDWR)
+    with pytest.raises(DwiMLUserError, match=(
+            rf"is in use by process {os.getpid()} on host .* \(SLURM job "
+            r"77\) \(lock .*, on a file system without locks: No locks "
+            r"available\).* remove the lock file")):
+        lock._without_locks(fd, no_locks)
+    # Emptied by a release, or naming a process of another host: a warning.
+    for line, named in (("", None), ("12 elsewhere\n", "process 12 on "
+                                                       "host elsewhere")):
+        path.write_text(line)
+        fd = os.open(path, os.O_RDWR)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            lock._without_locks(fd, no_locks)
+        os.close(fd)
+        message = caplog.records[-1].getMessage()
+        assert "does not support locks (No locks available)" in message
+        assert (named in message) if named else ("names" not in message)
+
+
+def test_an_unexpected_lock_failure_is_one_line(tmp_path):
+    """flock failing otherwise than 'held' or 'not supported' (here EBADF,
+    a closed descriptor) is named, not a traceback."""
+    lock = ExperimentLock(str(tmp_path))
+    fd = os.open(tmp_path / "closed", os.O_CREAT | os.O_RDWR)
+    os.close(fd)
+    with pytest.raises(DwiMLUserError, match=(
+            r"cannot lock its lock file .*\.lock \(Bad file descriptor\)")):
+        lock._lock_or_refuse(fd)

@@ -8,6 +8,7 @@ SLURM job in the file so that a refused process can name it. Under
 torchrun only rank 0 takes the lock: the other ranks never write into the
 experiment.
 """
+import contextlib
 import errno
 import fcntl
 import logging
@@ -31,8 +32,10 @@ from dwi_ml.io_utils.output_folders import (
 LOCK_FILE = ".lock"
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 # flock on file systems without locks (NFS without lockd, Lustre mounted
-# noflock): the run goes on unguarded, with a warning.
-_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+# noflock, some FUSE and CIFS mounts: EINVAL): the run goes on with the
+# holder line as its only guard (see _refuse_if_named_holder_lives).
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP,
+             errno.EINVAL)
 
 logger = logging.getLogger(__name__)
 
@@ -173,19 +176,42 @@ class ExperimentLock:
             return True
         except OSError as error:
             if error.errno in _NO_LOCKS:
-                logger.warning(
-                    "The file system of %s does not support locks (%s): a "
-                    "second run of this experiment at the same time would "
-                    "not be refused.", self.path, error.strerror)
+                self._without_locks(fd, error)
                 return False
-            holder = _read_holder(fd)
-            os.close(fd)
-            if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
+            held = error.errno in (errno.EWOULDBLOCK, errno.EACCES)
+            holder = _read_holder(fd) if held else None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            if not held:
+                raise DwiMLUserError(
+                    f"experiment '{self.experiment_dir}': cannot lock its "
+                    f"lock file {self.path} ({error.strerror}); expected a "
+                    "file system that supports flock or refuses it.") \
+                    from None
             raise DwiMLUserError(
                 f"experiment '{self.experiment_dir}' is in use by {holder} "
                 f"(lock {self.path}): wait for it to end or stop it, then "
                 "run again.") from None
+
+    def _without_locks(self, fd, error):
+        """No flock here: refuse when the lock file names a live process
+        of this host (a release empties it), else warn."""
+        line = os.pread(fd, 256, 0).decode(errors="replace")
+        if holder_is_alive_here(line):
+            os.close(fd)
+            raise DwiMLUserError(
+                f"experiment '{self.experiment_dir}' is in use by "
+                f"{_describe_holder(line)} (lock {self.path}, on a file "
+                f"system without locks: {error.strerror}): wait for it to "
+                "end or stop it; if no run of this experiment is going, "
+                "remove the lock file, then run again.")
+        named = (f"; its lock file names {_describe_holder(line)}, which "
+                 "cannot be checked from here: if that run still goes, "
+                 "stop this one" if line.split() else "")
+        logger.warning(
+            "The file system of %s does not support locks (%s): a second "
+            "run of this experiment at the same time on another host would "
+            "not be refused%s.", self.path, error.strerror, named)
 
     def release(self):
         """Release the lock; does nothing if it is not held."""
@@ -208,8 +234,31 @@ def _holder_line():
                      *([job] if job.isalnum() else [])]) + "\n"
 
 
+def holder_is_alive_here(line):
+    """True when the holder line 'PID HOST ...' names a process that runs
+    on this host (a reused PID reads as alive: the message says what to
+    do)."""
+    fields = line.split()
+    if (len(fields) < 2 or not fields[0].isdigit()
+            or fields[1] != socket.gethostname()):
+        return False
+    try:
+        os.kill(int(fields[0]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
 def _read_holder(fd):
-    fields = os.pread(fd, 256, 0).decode(errors="replace").split()
+    return _describe_holder(os.pread(fd, 256, 0).decode(errors="replace"))
+
+
+def _describe_holder(line):
+    fields = line.split()
     if not fields or not fields[0].isdigit():
         return "another process"
     holder = f"process {fields[0]}"
