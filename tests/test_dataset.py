@@ -332,6 +332,18 @@ def test_a_file_recreated_under_a_lazy_dataset_is_refused_by_workers(
         "the run: restart the run, or resume it from its checkpoint.")
 
 
+def test_the_raw_descriptor_reads_the_file_that_h5py_opened(tmp_path):
+    """Lazy reads of unfiltered data go through a raw descriptor: it is
+    h5py's own file, not the path opened again (which may be a new file by
+    then)."""
+    dataset = _load(_write(tmp_path), lazy=True)
+    handle = dataset._handle
+    h5py_file = os.fstat(handle.file.id.get_vfd_handle())
+    raw = os.fstat(handle.fd)
+    assert (raw.st_dev, raw.st_ino) == (h5py_file.st_dev, h5py_file.st_ino)
+    assert handle.fd != handle.file.id.get_vfd_handle()  # closed separately
+
+
 def _first_batch_error(loader):
     """The one-line message of the user error of the loader's first batch.
 

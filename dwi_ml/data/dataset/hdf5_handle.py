@@ -57,7 +57,7 @@ class Hdf5Handle:
         self._datasets, self._memo = {}, {}
         self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES,
                                rdcc_nslots=CHUNK_CACHE_SLOTS)
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = _own_descriptor(self._file, self.path)
         self._pid = os.getpid()
         self._check_identity()
 
@@ -118,3 +118,13 @@ class Hdf5Handle:
     def __setstate__(self, state):
         self.__init__(state["path"])
         self._identity = state["identity"]
+
+
+def _own_descriptor(file, path):
+    """A descriptor of the very file that h5py opened (a copy of its own):
+    opening ``path`` again could open a file renamed there meanwhile, read
+    at the first one's offsets."""
+    try:
+        return os.dup(file.id.get_vfd_handle())
+    except (TypeError, ValueError, OSError):  # a driver without one
+        return os.open(path, os.O_RDONLY)
