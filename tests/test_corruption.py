@@ -6,6 +6,7 @@ readers still give one line naming the file. HDF5 files: volumes and
 per-streamline datasets carry HDF5's fletcher32 checksum, streamline points
 a CRC-32 per chunk, checked eagerly and lazily.
 """
+import errno
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.resume_training_from_checkpoint import main as resume_main
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.dataset.row_ranges import find_raw_chunks
+from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.manifest import (
     MANIFEST_FILE,
@@ -385,3 +387,16 @@ def test_random_bytes_anywhere_in_the_hdf5_give_a_user_error(data, tmp_path):
                 assert "\n" not in str(error) and path in str(error)
                 nb_detected += 1
     assert nb_detected >= len(offsets)
+
+
+def test_a_stale_nfs_handle_is_named_not_called_corrupt():
+    """NFS answers ESTALE to a read of a file removed on another host (no
+    test machine can: the OS's error is raised here)."""
+    stale = OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+    with pytest.raises(DwiMLUserError) as refused:
+        with hdf5_read_errors("/data/d.hdf5", "s1/streamlines/data"):
+            raise stale
+    message = str(refused.value)
+    assert message.startswith("HDF5 file '/data/d.hdf5': it was removed or "
+                              "replaced from another host")
+    assert "Stale file handle" in message and "corrupt" not in message

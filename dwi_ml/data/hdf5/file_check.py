@@ -8,6 +8,7 @@ bytes caught by a checksum, a truncated file) into a one-line error naming
 the file, subject and group.
 """
 import contextlib
+import errno
 import os
 
 import h5py
@@ -33,6 +34,18 @@ def _refuse_locked(path, error):
         ": another process has it open for writing, or its file system "
         "(NFS, Lustre) has no file locks; for the latter, set "
         "HDF5_USE_FILE_LOCKING=FALSE in the environment.") from None
+
+
+def _refuse_stale(path, error):
+    """NFS's 'stale file handle' (the file was removed or replaced on
+    another host while open here): it is not corrupt."""
+    if not (isinstance(error, OSError) and error.errno == errno.ESTALE):
+        return
+    raise DwiMLUserError(
+        f"HDF5 file '{path}': it was removed or replaced from another host "
+        f"while this run read it ({_one_line(error)}); a run reads its HDF5 "
+        "file until its end: restart the run, or resume it from its "
+        "checkpoint.") from None
 
 
 def check_dwiml_hdf5(path):
@@ -115,6 +128,7 @@ def hdf5_read_errors(path, key=None):
         yield
     except READ_ERRORS as error:
         _refuse_locked(path, error)
+        _refuse_stale(path, error)
         where = f"HDF5 file '{path}': cannot read it"
         if key is not None:
             parts = key.strip("/").split("/")
