@@ -250,20 +250,34 @@ def test_points_repeated_in_a_row_are_used_once(tmp_path, lazy, caplog):
             "points") in warnings[0]
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-def test_a_streamline_of_equal_points_is_refused(tmp_path, lazy):
-    def all_equal(streamlines):
-        streamlines[7] = np.repeat(streamlines[7][:1], 4, axis=0)
+def _all_equal(streamlines):
+    streamlines[7] = np.repeat(streamlines[7][:1], 4, axis=0)
 
+
+def test_a_streamline_of_equal_points_is_one_point_when_eager(tmp_path):
+    """Its length is then that of a 1-point streamline, which training
+    checks against the model before any batch (test_trainer.py)."""
     path = str(tmp_path / "equal.hdf5")
-    _write_with_repeats(path, all_equal)
-    dataset = MultiSubjectDataset(path, lazy=lazy)
+    distinct = _write_with_repeats(path, _all_equal)
+    dataset = MultiSubjectDataset(path)
+    dataset.load_data()
+    sft_data = dataset.training_set.get_subject(0).sft_data_list[0]
+    assert sft_data.lengths[7] == 1
+    assert np.array_equal(sft_data.get_streamlines([7])[0], distinct[7][:1])
+
+
+def test_a_streamline_of_equal_points_is_refused_when_lazy(tmp_path):
+    """Lazy, the lengths checked before training are the stored ones: the
+    batch that reads it refuses it, naming it."""
+    path = str(tmp_path / "equal.hdf5")
+    _write_with_repeats(path, _all_equal)
+    dataset = MultiSubjectDataset(path, lazy=True)
+    dataset.load_data()
+    sft_data = dataset.training_set.get_subject(0).sft_data_list[0]
     with pytest.raises(DwiMLUserError,
                        match=r"'s1', group 'streamlines': expected .* "
                              r"distinct points, found streamline 7 with"):
-        dataset.load_data()  # eager: reads the points
-        dataset.training_set.get_subject(0).sft_data_list[0] \
-            .get_streamlines(np.arange(10))
+        sft_data.get_streamlines(np.arange(10))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from training_data import make_trainer, make_training_hdf5
 
+from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -23,6 +24,7 @@ from dwi_ml.training.experiment_builder import (
     build_sampler,
     build_trainer,
 )
+from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
 from tests.tolerances import EPS32, EPS64, rounding_atol
 
@@ -234,6 +236,54 @@ def test_bad_trainer_arguments(tmp_path, dataset, key, value, message):
         make_trainer(dataset, tmp_path, **{key: value})
 
 
+def test_a_loader_of_another_input_spec_is_refused(tmp_path, dataset):
+    """A loader built without the model's spec resampled nothing while the
+    model recorded a 1.5 mm step: trained on other data than its
+    parameters say, silently."""
+    trainer = make_trainer(dataset, tmp_path)
+    with pytest.raises(DwiMLUserError, match=(
+            r"^batch_loader: expected the model's input_spec, found another "
+            r"\(step_size 1.5 in the model, None in the loader\); build the "
+            r"loader with input_spec=model.input_spec.$")):
+        DWIMLTrainerOneInput(
+            trainer.model, str(tmp_path), "exp2", trainer.batch_sampler,
+            BatchLoaderOneInput(dataset, "streamlines", "input"))
+    with pytest.raises(DwiMLUserError, match="argument 'model': expected a "
+                                             "torch.nn.Module"):
+        DWIMLTrainerOneInput("m", str(tmp_path), "exp2",
+                             trainer.batch_sampler, trainer.batch_loader)
+
+
+@pytest.mark.parametrize("name", ["", ".", "a/b"])
+def test_an_experiment_name_that_is_no_folder_name_is_refused(
+        tmp_path, dataset, name):
+    """An empty name wrote best_model/, checkpoint/ and logs/ straight into
+    the experiments folder, among the other experiments."""
+    parts = make_trainer(dataset, tmp_path)
+    with pytest.raises(DwiMLUserError, match="experiment_name"):
+        DWIMLTrainerOneInput(parts.model, str(tmp_path), name,
+                             parts.batch_sampler, parts.batch_loader)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_new_trainer_never_writes_over_a_previous_run(tmp_path, dataset):
+    """The scripts ask for -f; a trainer built in Python replaced the run
+    (its logs, best model and checkpoint) without a word."""
+    make_trainer(dataset, tmp_path, max_epochs=2).train_and_validate()
+    logs = tmp_path / "exp" / "logs" / "valid_loss.npy"
+    before = logs.read_bytes()
+    with pytest.raises(DwiMLUserError, match=(
+            r"holds a previous run \(checkpoint/, best_model/, logs/\); "
+            r"expected a new experiment folder")):
+        make_trainer(dataset, tmp_path, max_epochs=1).train_and_validate()
+    assert logs.read_bytes() == before
+    # Continuing it is what a loaded checkpoint does.
+    trainer = make_trainer(dataset, tmp_path, max_epochs=3)
+    trainer.load_checkpoint()
+    trainer.train_and_validate()
+    assert np.load(logs).shape == (3,)
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--split_ratio", "1.5"], "'--split_ratio': expected a number in [0, 1]"),
     (["--neighborhood_type", "axes"], "'axes' needs neighborhood_radius "
@@ -254,8 +304,10 @@ def test_train_script_checks_arguments_before_work(tmp_path, hdf5_file, capsys,
 
 
 @pytest.mark.parametrize("extra, expected", [
+    # Streamline 4's 3 equal points are read as one (its segments have no
+    # direction).
     ([], "at least 2 points in the model's format (a model without EOS "
-         "predicts n - 1 directions), found 1 (streamline ids: 3)."),
+         "predicts n - 1 directions), found 2 (streamline ids: 3, 4)."),
     # A streamline of 0 mm keeps 1 point at any step size.
     (["--step_size", "0.5"], "at least 2 points in the model's format (a "
      "model without EOS predicts n - 1 directions), found 2 (streamline "

@@ -58,7 +58,11 @@ from dwi_ml.training.optimizers import (
     scheduler_factory_from_name,
 )
 from dwi_ml.training.random_states import seed_everything, set_deterministic
-from dwi_ml.training.trainer_args import check_trainer_args
+from dwi_ml.training.trainer_args import (
+    check_trainer_args,
+    check_trainer_parts,
+    refuse_previous_run,
+)
 from dwi_ml.training.trainer_checkpointing import TrainerCheckpointing
 from dwi_ml.training.trainer_dataloading import TrainerDataLoading
 from dwi_ml.training.trainer_optimization import TrainerOptimization
@@ -155,6 +159,10 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
                  checkpoint_every_minutes=None, deterministic=False,
                  best_model_metric="valid_loss"):
         check_trainer_args(locals())
+        check_trainer_parts(model, experiment_name, batch_loader)
+        # False until a checkpoint is loaded or the run starts: a new run
+        # refuses a folder that holds another run's outputs.
+        self.continues_a_run = False
         self.model = model
         self.experiment_dir = os.path.join(experiments_path, experiment_name)
         self.experiments_path = experiments_path
@@ -269,7 +277,10 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
     def train_and_validate(self):
         """Run epochs until ``max_epochs``, patience or a stop request."""
         if self.is_main_process:
+            if not self.continues_a_run:
+                refuse_previous_run(self.experiment_dir)
             os.makedirs(self.experiment_dir, exist_ok=True)
+        self.continues_a_run = True
         self.create_dataloaders()
         self.callbacks.on_train_start(self)
         self.interruptions.start()

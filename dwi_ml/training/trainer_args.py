@@ -1,6 +1,10 @@
 """The trainer's arguments: their script options and their checks."""
 import argparse
+import os
 
+import torch
+
+from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.arg_checks import (
     InvalidValue,
     check_choice,
@@ -9,6 +13,9 @@ from dwi_ml.io_utils.arg_checks import (
     check_non_negative_float,
     check_positive_float,
 )
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS
+from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 
 
@@ -70,6 +77,57 @@ def check_trainer_args(args):
                     integer=True)
     _check_positive("checkpoint_every_minutes",
                     args.get("checkpoint_every_minutes"), allow_none=True)
+
+
+def check_trainer_parts(model, experiment_name, batch_loader):
+    """Refuse a model that is no torch module, an experiment name that is
+    not one folder name, and a loader that does not follow the model."""
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidValue("model", None, "a torch.nn.Module (a dwi_ml "
+                           "model)", model)
+    check_experiment_name(experiment_name)
+    check_loader_follows_model(model, batch_loader)
+
+
+def check_loader_follows_model(model, loader):
+    """Refuse a batch loader whose ``input_spec`` is not the model's.
+
+    The loader resamples the streamlines and interpolates the inputs as its
+    spec says; the model records its own in the experiment, for tracking.
+    A loader built with another spec (the default one, say) would train
+    the model on data that its saved parameters do not describe.
+    """
+    model_spec = getattr(model, "input_spec", None)
+    loader_spec = getattr(loader, "input_spec", None)
+    if not (isinstance(model_spec, InputSpec)
+            and isinstance(loader_spec, InputSpec)):
+        return  # a model or loader of your own that does not say
+    ours, theirs = model_spec.as_options(), loader_spec.as_options()
+    differ = [f"{key} {ours[key]!r} in the model, {theirs[key]!r} in the "
+              "loader" for key in ours if ours[key] != theirs[key]]
+    if differ:
+        raise DwiMLUserError(
+            "batch_loader: expected the model's input_spec, found another ("
+            + "; ".join(differ) + "); build the loader with "
+            "input_spec=model.input_spec.")
+
+
+def refuse_previous_run(experiment_dir):
+    """Refuse to start a new run in a folder that holds a run's outputs.
+
+    A trainer that continues a run loads its checkpoint first; a new one
+    must not write over another run's best model, checkpoint and logs (the
+    scripts remove them with ``-f`` only).
+    """
+    found = [name for name in EXPERIMENT_FOLDERS
+             if os.path.lexists(os.path.join(experiment_dir, name))]
+    if found:
+        raise DwiMLUserError(
+            f"experiment '{experiment_dir}' holds a previous run ("
+            f"{', '.join(name + '/' for name in found)}); expected a new "
+            "experiment folder: continue it (load_checkpoint, or "
+            "resume_training_from_checkpoint.py), choose another "
+            "experiment name, or replace it with dwiml_train_model.py -f.")
 
 
 def add_trainer_args(parser):

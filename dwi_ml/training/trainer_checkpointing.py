@@ -194,6 +194,7 @@ class TrainerCheckpointing:
         """
         if state is None:
             state = load_checkpoint_state(self.experiment_dir)
+        self.continues_a_run = True
         self.current_epoch = int(state["current_epoch"])
         self.position = EpochPosition.from_state(state.get("position"))
         saved_ranks = int(state["sampler"]["world_size"])

@@ -54,7 +54,8 @@ def check_finite_points(data, offsets, lengths, ids, path, key):
         f"finite points, found NaN or Inf in streamline {int(ids[first])}.")
 
 
-def without_repeated_points(data, offsets, lengths, ids, path, key):
+def without_repeated_points(data, offsets, lengths, ids, path, key,
+                            refuse_collapsed=True):
     """The streamlines (offsets, lengths) of ``data`` without the points
     equal to the one before them.
 
@@ -70,6 +71,10 @@ def without_repeated_points(data, offsets, lengths, ids, path, key):
         The streamline ids of these ranges, named in the error.
     path, key : str
         The HDF5 file and the streamline group ('subject/group').
+    refuse_collapsed : bool
+        Refuse a streamline whose points are all equal (lazy: the lengths
+        that the checks before training read are the stored ones). Else it
+        keeps one point, and those checks name it.
 
     Returns
     -------
@@ -80,7 +85,7 @@ def without_repeated_points(data, offsets, lengths, ids, path, key):
     Raises
     ------
     DwiMLUserError
-        When all the points of a streamline are equal.
+        When all the points of a streamline are equal (``refuse_collapsed``).
     """
     if not _has_equal_neighbours(data):
         return data, offsets, lengths, 0
@@ -88,7 +93,7 @@ def without_repeated_points(data, offsets, lengths, ids, path, key):
     points, distinct_lengths, nb_removed = drop_repeated_points(points,
                                                                 lengths)
     collapsed = np.flatnonzero((distinct_lengths < 2) & (lengths >= 2))
-    if len(collapsed):
+    if refuse_collapsed and len(collapsed):
         subject, group = key.split("/")[:2]
         raise DwiMLUserError(
             f"HDF5 file '{path}', subject '{subject}', group '{group}': "
