@@ -155,6 +155,7 @@ def _loader(dataset, **kwargs):
     (dict(step_size=-1.), "step_size"),
     (dict(nb_points=1), "nb_points"),
     (dict(seed=-3), "seed"),
+    (dict(interpolation_device="gpu"), "interpolation_device"),
 ])
 def test_bad_arguments_give_one_line_user_errors(reference_eager, kwargs,
                                                  name):
@@ -162,6 +163,16 @@ def test_bad_arguments_give_one_line_user_errors(reference_eager, kwargs,
         _loader(reference_eager, **kwargs)
     message = str(error.value)
     assert "\n" not in message and name in message
+
+
+def test_options_instead_of_an_input_spec_are_refused(reference_eager):
+    """A dict of the spec's options was taken, then the first batch failed
+    with an AttributeError."""
+    with pytest.raises(DwiMLUserError, match=(
+            r"BatchLoaderOneInput argument input_spec: expected an InputSpec "
+            r"\(the model's input_spec\) or None, got \{'step_size': 1.0\}")):
+        BatchLoaderOneInput(reference_eager, "streamlines", "input",
+                            input_spec={"step_size": 1.0})
 
 
 def test_unknown_streamline_group_is_a_user_error(reference_eager):

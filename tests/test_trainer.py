@@ -254,6 +254,37 @@ def test_a_loader_of_another_input_spec_is_refused(tmp_path, dataset):
                              trainer.batch_sampler, trainer.batch_loader)
 
 
+@pytest.mark.parametrize("params, device, message", [
+    ({"streamline_group": "streamlines", "input_group": "dwi"}, "cpu",
+     "BatchLoaderOneInput argument input_group: expected one of ['input', "
+     "'wm_mask'], got 'dwi'."),
+    ({"streamline_group": "streamlines"}, "cpu",
+     "loader_params: expected the keys 'streamline_group' and 'input_group', "
+     "found none for input_group."),
+    # It interpolated on the CPU, quietly.
+    ({"streamline_group": "streamlines", "input_group": "input"}, "gpu",
+     "argument device: expected a torch device such as 'cpu' or 'cuda[:N]', "
+     "got 'gpu'.")])
+def test_build_loader_names_what_is_wrong(dataset, params, device, message):
+    model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
+                             rnn_layer_sizes=[8])
+    with pytest.raises(DwiMLUserError) as refused:
+        build_loader(dataset, params, model, device)
+    assert message in str(refused.value)
+
+
+def test_loading_a_model_on_an_unknown_device_names_the_device(tmp_path,
+                                                               dataset):
+    """It was called a truncated or corrupt weights file."""
+    trainer = make_trainer(dataset, tmp_path, max_epochs=1)
+    trainer.train_and_validate()
+    for device in ("gpu", *(() if torch.cuda.is_available() else ("cuda",))):
+        with pytest.raises(DwiMLUserError, match=r"^argument device: .*"
+                                                 rf"'{device}'"):
+            load_model_from_params_and_state(
+                str(tmp_path / "exp" / "best_model"), device)
+
+
 @pytest.mark.parametrize("name", ["", ".", "a/b"])
 def test_an_experiment_name_that_is_no_folder_name_is_refused(
         tmp_path, dataset, name):

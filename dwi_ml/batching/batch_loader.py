@@ -62,7 +62,9 @@ from dwi_ml.data.processing.neighborhood import interpolate_with_neighborhood
 from dwi_ml.data.processing.resampling import nb_points_for_step_size
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.arg_checks import (
+    InvalidValue,
     check_choice,
+    check_device,
     check_int,
     check_non_negative_float,
     check_ratio,
@@ -121,7 +123,8 @@ class BatchLoaderOneInput:
     interpolation_device : None or str
         None: interpolate in the collate step (workers, CPU). A device
         (e.g. 'cuda'): leave it to :meth:`prepare_batch` in the main
-        process, with the volumes kept on that device.
+        process, which interpolates on the device that it is given (the
+        trainer's), with the volumes kept there.
     """
 
     def __init__(self, dataset, streamline_group, input_group,
@@ -138,6 +141,9 @@ class BatchLoaderOneInput:
             "input_group", input_group, dataset.volume_groups, owner))
         self.streamline_group = streamline_group
         self.input_group = input_group
+        if input_spec is not None and not isinstance(input_spec, InputSpec):
+            raise InvalidValue("input_spec", owner, "an InputSpec (the "
+                               "model's input_spec) or None", input_spec)
         self.input_spec = input_spec or InputSpec()
         self.split_ratio = check_ratio("split_ratio", split_ratio, owner)
         self.reverse_ratio = check_ratio("reverse_ratio", reverse_ratio, owner)
@@ -146,6 +152,8 @@ class BatchLoaderOneInput:
         self.noise_loss = check_non_negative_float(
             "noise_gaussian_size_loss", noise_gaussian_size_loss, owner)
         self.seed = check_int("seed", seed, 0, owner)
+        if interpolation_device is not None:
+            check_device(interpolation_device, "interpolation_device")
         self.interpolation_device = interpolation_device
         self._offsets_cache = {}
 

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.atomic import atomic_output_file, read_replaced_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
@@ -201,6 +202,7 @@ def load_model_from_params_and_state(folder, device="cpu"):
     MainModelAbstract
         The model, on ``device``, in eval mode.
     """
+    device = check_device(device)
     verify_manifest(folder)
     for name in (MODEL_TYPE_FILE, PARAMETERS_FILE, STATE_FILE):
         path = os.path.join(folder, name)

@@ -18,6 +18,7 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
+from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
 from dwi_ml.io_utils.output_folders import check_experiment_name
@@ -193,14 +194,23 @@ def build_loader(dataset, loader_params, model, device):
     on the GPU (see ``prepare_batch``); on CPU it happens in the DataLoader
     workers. The model must take the input group's features.
     """
+    device = check_device(device)
+    missing = [key for key in ("streamline_group", "input_group")
+               if key not in loader_params]
+    if missing:
+        raise DwiMLUserError(
+            f"loader_params: expected the keys 'streamline_group' and "
+            f"'input_group', found none for {', '.join(missing)}.")
+    # Builds first: it names a group that the dataset does not hold.
+    loader = BatchLoaderOneInput(
+        dataset, input_spec=model.input_spec,
+        interpolation_device=device if device.type == "cuda" else None,
+        **loader_params)
     check_model_matches_dataset(model, dataset, loader_params["input_group"])
     dataset.check_same_grid(loader_params["input_group"],
                             loader_params["streamline_group"])
     dataset.warn_mixed_orientations(loader_params["input_group"])
-    interpolation_device = device if str(device).startswith("cuda") else None
-    return BatchLoaderOneInput(dataset, input_spec=model.input_spec,
-                               interpolation_device=interpolation_device,
-                               **loader_params)
+    return loader
 
 
 def build_trainer(model, experiments_path, experiment_name, sampler, loader,
