@@ -9,10 +9,14 @@ and scales its directions without ``F.normalize``: tracks must not
 change. Real untrained Learn2track models (seeded), a random volume and a
 tracking mask.
 """
+import re
+
 import numpy as np
+import pytest
 import torch
 
 from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import Learn2TrackModel
 from dwi_ml.models.direction_getters import make_direction_getter
 from dwi_ml.models.directions import unit_vectors
@@ -105,7 +109,7 @@ def test_mask_read_with_the_inputs_tracks_as_read_alone():
     np.testing.assert_array_equal(first[1], second[1])
 
 
-def test_mask_on_another_grid_or_nearest_is_read_alone():
+def test_a_nearest_mask_is_read_alone_and_one_of_another_grid_refused():
     tracker = _tracker(DIAGONAL)
     nearest = BatchedTracker(
         tracker.model, tracker.volume, DIAGONAL,
@@ -115,11 +119,43 @@ def test_mask_on_another_grid_or_nearest_is_read_alone():
     unmasked = BatchedTracker(tracker.model, tracker.volume, DIAGONAL,
                               TrackingMask(SHAPE), STEP_MM)
     assert unmasked._inputs_and_mask is None
+    # Read at the input's voxel coordinates, it stopped every streamline.
     coarse = (6, 5, 4)
-    other_grid = BatchedTracker(
-        tracker.model, tracker.volume, DIAGONAL,
-        TrackingMask(coarse, np.ones(coarse, np.float32)), STEP_MM)
-    assert other_grid._inputs_and_mask is None
+    with pytest.raises(DwiMLUserError, match=re.escape(
+            "BatchedTracker argument tracking_mask: expected a TrackingMask "
+            f"of the input volume's grid {SHAPE} (its shape), got (6, 5, 4).")):
+        BatchedTracker(tracker.model, tracker.volume, DIAGONAL,
+                       TrackingMask(coarse, np.ones(coarse, np.float32)),
+                       STEP_MM)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"step_size_mm": 0.0}, "step_size_mm: expected a finite number > 0"),
+    ({"step_size_mm": -2.0}, "step_size_mm: expected a finite number > 0"),
+    ({"max_angle_deg": -10.0}, "max_angle_deg: expected a finite number > 0"),
+    ({"max_angle_deg": 400.0}, "max_angle_deg: expected a number in (0, 180]"),
+    ({"algo": "sample"}, "algo: expected one of ['det', 'prob']"),
+    ({"affine": None}, "affine: expected a finite (4, 4) voxel-to-mm"),
+    ({"device": "gpu"}, "argument device: expected a torch device"),
+    ({"input_volume": "more_features"}, "input_volume: expected 5 features "
+     "per voxel (the model's nb_features), got 7."),
+])
+def test_bad_tracker_arguments_are_named(change, message):
+    """They gave a ZeroDivisionError, an error about max_length, an RNN
+    size error, or were accepted (a turn of -10 or 400 degrees)."""
+    tracker = _tracker(DIAGONAL)
+    args = {"model": tracker.model, "input_volume": tracker.volume,
+            "affine": DIAGONAL, "tracking_mask": TrackingMask(SHAPE),
+            "step_size_mm": STEP_MM, **change}
+    if change.get("input_volume") == "more_features":
+        args["input_volume"] = torch.zeros(SHAPE + (7,))
+    with pytest.raises(DwiMLUserError) as refused:
+        BatchedTracker(**args)
+    assert message in str(refused.value)
+    for batch_size in (0, -1):
+        with pytest.raises(DwiMLUserError, match="batch_size: expected an "
+                                                 "integer >= 1"):
+            tracker.track_in_batches(_seeds(), batch_size)
 
 
 def test_neighbourhood_inputs_are_read_at_the_offsets():

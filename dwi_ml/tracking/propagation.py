@@ -62,6 +62,7 @@ from dwi_ml.tracking.tracked_streamlines import (
     reverse_padded,
     scatter_rows,
 )
+from dwi_ml.tracking.tracker_args import check_tracker_args
 from dwi_ml.tracking.training_facts import check_model_max_len
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,9 @@ class BatchedTracker(NextPointChecks):
                  eos_threshold=None, algo="det", track_forward_only=False,
                  rng_seed=0, device="cpu", max_invalid_nb_points=0,
                  append_last_point=False):
-        self.device = torch.device(device)
+        self.device = check_tracker_args(
+            model, input_volume, affine, tracking_mask, step_size_mm,
+            max_angle_deg, algo, device)
         self.model = model.to(self.device).eval()
         self.dtype = model.dtype
         self.volume = prepare_volume_for_interpolation(input_volume,
@@ -234,6 +237,7 @@ class BatchedTracker(NextPointChecks):
 
         Returns one :class:`TrackedStreamlines` for all seeds, in order.
         """
+        check_int("batch_size", batch_size, 1, "track_in_batches")
         results = [self.track(seeds_vox_corner[start:start + batch_size],
                               start)
                    for start in tqdm(range(0, len(seeds_vox_corner),

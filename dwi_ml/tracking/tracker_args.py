@@ -1,0 +1,51 @@
+"""Checks of :class:`~dwi_ml.tracking.propagation.BatchedTracker`'s
+arguments, for a tracker built in Python (the tracking script checks its
+options first, with their option names)."""
+import numpy as np
+
+from dwi_ml.io_utils.arg_checks import (
+    InvalidValue,
+    check_choice,
+    check_device,
+    check_positive_float,
+)
+
+OWNER = "BatchedTracker"
+ALGOS = ("det", "prob")
+
+
+def check_tracker_args(model, input_volume, affine, tracking_mask,
+                       step_size_mm, max_angle_deg, algo, device):
+    """Raise a one-line user error naming the first invalid argument.
+
+    Returns
+    -------
+    torch.device
+        ``device``, parsed.
+    """
+    device = check_device(device)
+    shape = tuple(getattr(input_volume, "shape", ()))
+    if len(shape) != 4:
+        raise InvalidValue("input_volume", OWNER, "an (X, Y, Z, F) volume "
+                           "(its shape)", shape)
+    nb_features = getattr(model, "nb_features", None)
+    if nb_features is not None and shape[3] != nb_features:
+        raise InvalidValue("input_volume", OWNER, f"{nb_features} features "
+                           "per voxel (the model's nb_features)", shape[3])
+    matrix = np.asarray(affine if affine is not None else np.nan,
+                        dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise InvalidValue("affine", OWNER, "a finite (4, 4) voxel-to-mm "
+                           "matrix", affine)
+    mask_shape = tuple(getattr(tracking_mask, "shape", ()))
+    if mask_shape != shape[:3]:
+        raise InvalidValue("tracking_mask", OWNER, "a TrackingMask of the "
+                           f"input volume's grid {shape[:3]} (its shape)",
+                           mask_shape)
+    check_positive_float("step_size_mm", step_size_mm, OWNER)
+    if not 0 < check_positive_float("max_angle_deg", max_angle_deg,
+                                    OWNER) <= 180:
+        raise InvalidValue("max_angle_deg", OWNER, "a number in (0, 180]",
+                           max_angle_deg)
+    check_choice("algo", algo, ALGOS, OWNER)
+    return device
