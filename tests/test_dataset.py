@@ -390,6 +390,59 @@ def test_load_subsets_subjects_and_groups(quirky_file):
     assert dataset.training_set.get_subject(0).mri_data_list == []
 
 
+def test_one_group_name_is_one_group_and_subjects_are_found_by_id(
+        quirky_file):
+    """A string was split into letters ("no volume group 'i'")."""
+    dataset = MultiSubjectDataset(quirky_file[0])
+    dataset.load_data(volume_groups="input", streamline_groups="streamlines")
+    assert dataset.volume_groups == ["input"]
+    assert dataset.streamline_groups == ["streamlines"]
+    subset = dataset.training_set
+    assert subset.get_subject("subj_b") is subset.get_subject(1)
+    assert np.array_equal(subset.get_lengths("subj_b", 0),
+                          subset.get_lengths(1, 0))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: MultiSubjectDataset(d.hdf5_file, lazy="no"),
+     "argument lazy: expected True or False, got 'no'"),
+    (lambda d: MultiSubjectDataset(d.hdf5_file, cache_size=-1),
+     "argument cache_size: expected an integer >= 0, got -1"),
+    (lambda d: MultiSubjectDataset(d.hdf5_file, cache_size="big"),
+     "argument cache_size: expected an integer >= 0, got 'big'"),
+    (lambda d: d.load_data(load_training="no"),
+     "load_data argument load_training: expected True or False"),
+    (lambda d: d.load_data(volume_groups=["input", "input"]),
+     "volume_groups: expected each group once, found 'input' 2 times."),
+    (lambda d: d.training_set.get_subject("subj_x"),
+     "training subjects: no subject 'subj_x'; loaded: subj_a, subj_b."),
+    # -1 gave the last subject; 5 an IndexError.
+    (lambda d: d.training_set.get_subject(-1),
+     "training subjects: expected a subject index in [0, 2) or a subject id, "
+     "got -1."),
+    (lambda d: d.training_set.get_lengths(0, 3),
+     "expected a streamline group index in [0, 1), got 3."),
+    (lambda d: d.check_same_grid("dwi", "streamlines"),
+     "argument volume_group: expected one of ['input'], got 'dwi'."),
+    (lambda d: d.voxel_orientations("dwi"),
+     "argument volume_group: expected one of ['input'], got 'dwi'."),
+])
+def test_dataset_arguments_are_named(quirky_file, call, message):
+    dataset = _load(quirky_file[0], lazy=False)
+    with pytest.raises(DwiMLUserError) as refused:
+        call(dataset)
+    assert message in str(refused.value)
+
+
+def test_fractional_streamline_ids_are_refused(quirky_file):
+    """get_streamlines([1.7]) returned streamline 1."""
+    sft_data = _load(quirky_file[0], lazy=False).training_set \
+        .get_subject(0).sft_data_list[0]
+    with pytest.raises(IndexError, match="must be integers; got float64"):
+        sft_data.get_streamlines([1.7])
+    assert len(sft_data.get_streamlines([])) == 0
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_3d_volume_counts_as_one_feature(tmp_path, lazy):
     subjects = {"s1": make_example_subject(np.random.default_rng(2))}

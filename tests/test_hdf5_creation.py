@@ -333,6 +333,22 @@ def test_repeated_points_are_stored_once_and_far_faces_are_inside(
     assert removed == {"sub-01": {"streamlines": 1}}
 
 
+def test_one_subject_id_is_one_subject_and_a_config_list_is_named(tmp_path):
+    """A string was a list of its letters ("subject '-' has no folder");
+    a config given as a list was a TypeError of os.stat."""
+    root = str(tmp_path / "ready")
+    write_subject(root, "sub-01")
+    out = str(tmp_path / "out.h5")
+    create_hdf5_dataset(root, out, CONFIG, "sub-01", [], [])
+    with h5py.File(out, "r") as hdf:
+        assert list(hdf.attrs["training_subjs"]) == ["sub-01"]
+    with pytest.raises(DwiMLUserError, match=(
+            r"^groups config: expected a JSON file's path or a dict, found "
+            r"list \[")):
+        create_hdf5_dataset(root, str(tmp_path / "out2.h5"), [CONFIG],
+                            ["sub-01"], [], [])
+
+
 def test_a_loop_resampled_to_one_point_is_refused_or_dropped(tmp_path):
     # At --nb_points 2 a streamline back at its start is 2 equal points:
     # stored as such (zero targets) before.

@@ -273,6 +273,20 @@ def test_build_loader_names_what_is_wrong(dataset, params, device, message):
     assert message in str(refused.value)
 
 
+def test_builders_name_what_they_expect(hdf5_file, dataset):
+    with pytest.raises(DwiMLUserError, match=(
+            r"argument dataset_params: expected a dict of the constructor's "
+            r"arguments, got str '.*data.hdf5'.$")):
+        build_dataset(hdf5_file)
+    sampler = build_sampler(dataset, {
+        "streamline_group": "streamlines", "batch_size_training": 40,
+        "batch_size_validation": 40, "batch_size_units": "nb_streamlines"})
+    with pytest.raises(DwiMLUserError, match=(
+            r"BatchSampler argument split: expected one of \['training', "
+            r"'validation'\], got 'train'")):
+        sampler.nb_streamlines("train")
+
+
 def test_loading_a_model_on_an_unknown_device_names_the_device(tmp_path,
                                                                dataset):
     """It was called a truncated or corrupt weights file."""

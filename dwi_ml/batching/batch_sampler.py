@@ -124,6 +124,8 @@ class BatchSampler:
 
     def nb_streamlines(self, split):
         """Streamlines of ``split`` (training or validation) in the group."""
+        split = check_choice("split", split, SAMPLED_SPLITS,
+                             owner="BatchSampler")
         return sum(len(costs) for costs in self.costs[Split(split)])
 
     def for_split(self, split):

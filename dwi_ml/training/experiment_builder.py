@@ -170,9 +170,21 @@ def experiment_groups(params, experiment_path, input_group=None,
 def build_dataset(dataset_params):
     """Load a MultiSubjectDataset (training and validation sets).
 
-    ``dataset_params``: its constructor's arguments, and the file's
-    ``fingerprint`` (a record, not an argument).
+    Parameters
+    ----------
+    dataset_params : dict
+        :class:`~dwi_ml.data.dataset.MultiSubjectDataset`'s arguments
+        (``hdf5_file``, and optionally ``lazy``, ``cache_size``,
+        ``cache_size_bytes``), and the file's ``fingerprint`` (a record of
+        ``parameters.json``, ignored here).
+
+    Returns
+    -------
+    MultiSubjectDataset
+        With its training and validation subjects loaded (all their data
+        when eager, their metadata when lazy); no testing subjects.
     """
+    _check_params("dataset_params", dataset_params)
     dataset = MultiSubjectDataset(**{key: value for key, value
                                      in dataset_params.items()
                                      if key != "fingerprint"})
@@ -181,8 +193,33 @@ def build_dataset(dataset_params):
     return dataset
 
 
+def _check_params(name, params):
+    if not isinstance(params, dict):
+        raise DwiMLUserError(
+            f"argument {name}: expected a dict of the constructor's "
+            f"arguments, got {type(params).__name__} {params!r}.")
+
+
 def build_sampler(dataset, sampler_params, rank=0, world_size=1):
-    """A BatchSampler from its saved parameters."""
+    """A BatchSampler from its saved parameters.
+
+    Parameters
+    ----------
+    dataset : MultiSubjectDataset
+    sampler_params : dict
+        :class:`~dwi_ml.batching.batch_sampler.BatchSampler`'s arguments
+        other than the dataset and ranks: ``streamline_group``,
+        ``batch_size_training``, ``batch_size_validation`` and
+        ``batch_size_units`` (required), ``nb_subjects_per_batch``,
+        ``cycles``, ``seed``.
+    rank, world_size : int
+        This process's rank and the number of ranks (distributed runs).
+
+    Returns
+    -------
+    BatchSampler
+    """
+    _check_params("sampler_params", sampler_params)
     return BatchSampler(dataset, rank=rank, world_size=world_size,
                         **sampler_params)
 
@@ -190,11 +227,30 @@ def build_sampler(dataset, sampler_params, rank=0, world_size=1):
 def build_loader(dataset, loader_params, model, device):
     """A BatchLoaderOneInput reading the model's ``input_spec``.
 
-    On CUDA, interpolation happens in the main process with volumes cached
-    on the GPU (see ``prepare_batch``); on CPU it happens in the DataLoader
-    workers. The model must take the input group's features.
+    Parameters
+    ----------
+    dataset : MultiSubjectDataset
+    loader_params : dict
+        :class:`~dwi_ml.batching.batch_loader.BatchLoaderOneInput`'s
+        arguments: ``streamline_group`` and ``input_group`` (required),
+        and optionally the augmentations (``split_ratio``,
+        ``reverse_ratio``, ``noise_gaussian_size_forward``,
+        ``noise_gaussian_size_loss``) and ``seed``. Not ``input_spec``:
+        the model's is used.
+    model : MainModelAbstract
+        Its ``input_spec`` resamples and interpolates; its ``nb_features``
+        must be the input group's.
+    device : str or torch.device
+        The training device. On CUDA, interpolation happens in the main
+        process with volumes cached on the GPU (see ``prepare_batch``); on
+        CPU it happens in the DataLoader workers.
+
+    Returns
+    -------
+    BatchLoaderOneInput
     """
     device = check_device(device)
+    _check_params("loader_params", loader_params)
     missing = [key for key in ("streamline_group", "input_group")
                if key not in loader_params]
     if missing:
@@ -215,7 +271,24 @@ def build_loader(dataset, loader_params, model, device):
 
 def build_trainer(model, experiments_path, experiment_name, sampler, loader,
                   trainer_params, callbacks=(), distributed=None):
-    """A DWIMLTrainerOneInput from its saved parameters."""
+    """A DWIMLTrainerOneInput from its saved parameters.
+
+    Parameters
+    ----------
+    model, experiments_path, experiment_name, sampler, loader
+        As :class:`~dwi_ml.training.trainer_one_input.DWIMLTrainerOneInput`
+        takes them.
+    trainer_params : dict
+        The trainer's other arguments (``max_epochs``, ``learning_rate``,
+        ``device``, ...).
+    callbacks : sequence of Callback
+    distributed : DistributedContext, optional
+
+    Returns
+    -------
+    DWIMLTrainerOneInput
+    """
+    _check_params("trainer_params", trainer_params)
     check_experiment_name(experiment_name)
     return DWIMLTrainerOneInput(model, experiments_path, experiment_name,
                                 sampler, loader, callbacks=callbacks,

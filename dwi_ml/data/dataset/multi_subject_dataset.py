@@ -18,6 +18,7 @@ from dwi_ml.data.hdf5.layout import (
 )
 from dwi_ml.data.hdf5.volumes import AFFINE_TOLERANCE_MM
 from dwi_ml.data.processing.resampling import StreamlineFormat
+from dwi_ml.io_utils.arg_checks import check_bool, check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 # Lazy mode keeps at most this many bytes of volumes per process (and so per
@@ -65,8 +66,13 @@ class MultiSubjectDataset:
 
     def __init__(self, hdf5_file, lazy=False, cache_size=None,
                  cache_size_bytes=DEFAULT_CACHE_SIZE_BYTES):
+        owner = type(self).__name__
         self.hdf5_file = str(hdf5_file)
-        self.lazy = lazy
+        self.lazy = check_bool("lazy", lazy, owner)
+        if cache_size is not None:
+            check_int("cache_size", cache_size, 0, owner)
+        if cache_size_bytes is not None:
+            check_int("cache_size_bytes", cache_size_bytes, 0, owner)
         self.volume_cache = LRUCache(cache_size, cache_size_bytes)
         self._handle = None
         self.volume_groups = []
@@ -96,10 +102,17 @@ class MultiSubjectDataset:
             Which splits to load; the others stay empty.
         subj_id : str or list of str, optional
             Load only these subjects (in whichever loaded split they are).
-        volume_groups, streamline_groups : list of str, optional
-            Load only these groups, in this order. Default: all, in
+        volume_groups, streamline_groups : list of str or str, optional
+            Load only these groups (or this one), in this order. Default: all, in
             alphabetical order.
         """
+        for name, value in (("load_training", load_training),
+                            ("load_validation", load_validation),
+                            ("load_testing", load_testing)):
+            check_bool(name, value, "load_data")
+        volume_groups = _group_names("volume_groups", volume_groups)
+        streamline_groups = _group_names("streamline_groups",
+                                         streamline_groups)
         check_dwiml_hdf5(self.hdf5_file)
         self.close()
         self.volume_cache.clear()
@@ -124,8 +137,9 @@ class MultiSubjectDataset:
         volume's: both grids must be the same (affines within
         ``AFFINE_TOLERANCE_MM``, as the HDF5 creation checks).
         """
-        volume_idx = self.volume_groups.index(volume_group)
-        streamline_idx = self.streamline_groups.index(streamline_group)
+        volume_idx = self._group_index("volume_group", volume_group)
+        streamline_idx = self._group_index("streamline_group",
+                                           streamline_group)
         for subject in self._loaded_subjects():
             volume = subject.mri_data_list[volume_idx]
             affine, dimensions = subject.sft_data_list[
@@ -161,7 +175,7 @@ class MultiSubjectDataset:
         """
         import nibabel as nib
 
-        volume_idx = self.volume_groups.index(volume_group)
+        volume_idx = self._group_index("volume_group", volume_group)
         found = {}
         for subject in self._loaded_subjects():
             codes = "".join(nib.aff2axcodes(
@@ -185,6 +199,14 @@ class MultiSubjectDataset:
             "where they differ: reorient the subjects alike (e.g. to RAS) "
             "before creating the HDF5.", self.hdf5_file, volume_group,
             len(found), listed)
+
+    def _group_index(self, argument, name):
+        """Index of a loaded group; ``argument`` ('volume_group' or
+        'streamline_group') names the argument and the list searched."""
+        groups = (self.volume_groups if argument == "volume_group"
+                  else self.streamline_groups)
+        check_choice(argument, name, groups, type(self).__name__)
+        return groups.index(name)
 
     def close(self):
         """Close the lazy file handle of this process, if any."""
@@ -283,3 +305,17 @@ class MultiSubjectDataset:
                 raise DwiMLUserError(
                     f"{where}, group '{name}': expected no such group as in "
                     f"subject '{reference_id}', found a {kind} group.")
+
+
+def _group_names(argument, names):
+    """``names`` as a list (one name alone as a list of one): a string was
+    taken as a list of its letters. Refuses a name given twice."""
+    if names is None:
+        return None
+    names = [names] if isinstance(names, str) else list(names)
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise DwiMLUserError(
+            f"load_data argument {argument}: expected each group once, "
+            f"found '{repeated}' {names.count(repeated)} times.")
+    return names

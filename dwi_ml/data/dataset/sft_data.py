@@ -144,7 +144,11 @@ class _SFTDataBase:
     def _check_ids(self, ids):
         if ids is None:
             return np.arange(self.nb_streamlines, dtype=np.int64)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        given = np.asarray(ids)
+        if given.size and not np.issubdtype(given.dtype, np.integer):
+            raise IndexError(f"Streamline ids must be integers; got "
+                             f"{given.dtype} values.")
+        ids = given.astype(np.int64, copy=False).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.nb_streamlines):
             raise IndexError(
                 f"Streamline ids must lie in [0, {self.nb_streamlines}); "

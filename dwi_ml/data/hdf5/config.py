@@ -112,6 +112,10 @@ def load_groups_config(config):
     """
     if isinstance(config, dict):
         source, raw = "groups config", config
+    elif not isinstance(config, (str, os.PathLike)):
+        raise DwiMLUserError(
+            f"groups config: expected a JSON file's path or a dict, found "
+            f"{type(config).__name__} {config!r:.60}.")
     else:
         source = f"config '{config}'"
         raw = _read_json(config, source)

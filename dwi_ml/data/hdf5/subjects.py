@@ -73,8 +73,8 @@ def check_subject_lists(dwi_ml_ready_folder, training, validation, testing):
     ----------
     dwi_ml_ready_folder : str
         Folder holding one sub-folder per subject.
-    training, validation, testing : list of str
-        Subject IDs of each split; a list may be empty.
+    training, validation, testing : list of str, or str
+        Subject IDs of each split (or one ID); a list may be empty.
 
     Returns
     -------
@@ -86,8 +86,11 @@ def check_subject_lists(dwi_ml_ready_folder, training, validation, testing):
         A subject listed twice (in one list or in two), an ID that cannot be
         an HDF5 group name, a subject without a folder, or no subject at all.
     """
-    lists = dict(zip(SPLITS, (list(training), list(validation),
-                              list(testing))))
+    # One ID alone is a list of one (a string was a list of its letters).
+    lists = dict(zip(SPLITS, ([subjects] if isinstance(subjects, str)
+                              else list(subjects)
+                              for subjects in (training, validation,
+                                               testing))))
     seen = {}
     for split, subjects in lists.items():
         for subject in subjects:
