@@ -97,6 +97,8 @@ def test_seeds_npv_and_nt_fall_in_mask_voxels():
     assert np.all(mask[tuple(np.floor(seeds_nt).astype(int).T)] == 1)
     again = make_seeds(mask, np.random.default_rng(0), nt=50)
     np.testing.assert_array_equal(seeds_nt, again)
+    # A seed is taken for the generator it seeds (it was an AttributeError).
+    np.testing.assert_array_equal(make_seeds(mask, 0, nt=50), seeds_nt)
 
 
 def test_seeds_stay_in_their_voxel_after_float32_rounding():

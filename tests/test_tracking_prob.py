@@ -39,6 +39,10 @@ def experiment(tmp_path_factory):
                 "--rnn_layer_sizes", "16", "--dg_key", "fisher-von-mises",
                 "--step_size", str(STEP_MM), "--seed", "0", "-v", "WARNING"])
     volumes = load_subject_volumes(hdf5_file, SUBJECT, ["input", "wm_mask"])
+    # One group alone (a string was read as the groups 'i', 'n', ...).
+    alone = load_subject_volumes(hdf5_file, SUBJECT, "input")
+    assert list(alone) == ["input"]
+    assert np.array_equal(alone["input"].data, volumes["input"].data)
     return {"experiment": str(folder / "experiments" / "fvm"),
             "hdf5": hdf5_file, "folder": folder,
             "volume": volumes["input"], "mask": volumes["wm_mask"].data[..., 0]}

@@ -287,6 +287,21 @@ def test_builders_name_what_they_expect(hdf5_file, dataset):
         sampler.nb_streamlines("train")
 
 
+def test_callbacks_that_are_not_callbacks_are_named(tmp_path, dataset):
+    """A function given as callbacks was a TypeError deep in the trainer;
+    one Callback alone is a list of one."""
+    def on_epoch_end(trainer, epoch, logs):
+        pass
+
+    with pytest.raises(DwiMLUserError, match=(
+            r"argument 'callbacks': expected a list of Callback instances "
+            r"\(dwi_ml.training.callbacks\), got <function")):
+        make_trainer(dataset, tmp_path, callbacks=on_epoch_end)
+    alone = Callback()
+    trainer = make_trainer(dataset, tmp_path, callbacks=alone)
+    assert trainer.callbacks.callbacks[-1] is alone
+
+
 def test_loading_a_model_on_an_unknown_device_names_the_device(tmp_path,
                                                                dataset):
     """It was called a truncated or corrupt weights file."""

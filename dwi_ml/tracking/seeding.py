@@ -20,8 +20,9 @@ def make_seeds(mask, rng, npv=None, nt=None):
     ----------
     mask : np.ndarray, shape (X, Y, Z) or (X, Y, Z, 1)
         Seeding mask; voxels with a value >= 0.5 are seeded.
-    rng : np.random.Generator
-        The random stream (positions and, with ``nt``, voxels).
+    rng : np.random.Generator or int
+        The random stream (positions and, with ``nt``, voxels), or its
+        seed.
     npv : int, optional
         Seeds per mask voxel, voxel after voxel (C order).
     nt : int, optional
@@ -42,6 +43,7 @@ def make_seeds(mask, rng, npv=None, nt=None):
         raise DwiMLUserError(
             f"seeding: expected {'npv' if npv is not None else 'nt'} >= 1, "
             f"found {count}.")
+    rng = np.random.default_rng(rng)  # a Generator is kept as it is
     mask = np.asarray(mask)
     if mask.ndim == 4 and mask.shape[3] == 1:
         mask = mask[..., 0]

@@ -51,15 +51,19 @@ def load_subject_volumes(hdf5_file, subject_id, groups):
     ----------
     hdf5_file : str
     subject_id : str
-    groups : list of str
-        Volume groups to read (duplicates allowed).
+    groups : list of str, or str
+        Volume groups to read (duplicates allowed), or one.
 
     Returns
     -------
     dict of str to MRIData
         Every group, all on the grid of the first one.
     """
-    names = list(dict.fromkeys(groups))
+    names = list(dict.fromkeys([groups] if isinstance(groups, str)
+                               else groups))
+    if not names:
+        raise DwiMLUserError("load_subject_volumes argument groups: expected "
+                             "at least one volume group, got none.")
     dataset = MultiSubjectDataset(hdf5_file, lazy=False)
     dataset.load_data(subj_id=subject_id, volume_groups=names,
                       streamline_groups=[])

@@ -8,6 +8,8 @@ import torch
 
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.data.hdf5.layout import SPLITS
+from dwi_ml.io_utils.arg_checks import check_choice
 from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import (
@@ -220,7 +222,22 @@ def with_null_means(results):
 
 def evaluate_model_folder(model_dir, hdf5_file, split, input_group,
                           streamline_group, batch_size=200, device="cpu"):
-    """:func:`evaluate_model` for a saved model, on a lazily read HDF5."""
+    """:func:`evaluate_model` for a saved model, on a lazily read HDF5.
+
+    Parameters
+    ----------
+    model_dir : str
+        A saved model folder (an experiment's ``best_model/`` or
+        ``checkpoint/model``).
+    hdf5_file : str
+    split, input_group, streamline_group, batch_size, device
+        As in :func:`evaluate_model`.
+
+    Returns
+    -------
+    dict
+        As :func:`evaluate_model` returns it.
+    """
     return evaluate_model_on_hdf5(
         load_model_from_params_and_state(model_dir, device), hdf5_file, split,
         input_group, streamline_group, batch_size, device)
@@ -228,7 +245,23 @@ def evaluate_model_folder(model_dir, hdf5_file, split, input_group,
 
 def evaluate_model_on_hdf5(model, hdf5_file, split, input_group,
                            streamline_group, batch_size=200, device="cpu"):
-    """:func:`evaluate_model` on a lazily read HDF5 file."""
+    """:func:`evaluate_model` on a lazily read HDF5 file.
+
+    Parameters
+    ----------
+    model : MainModelOneInput
+        In eval mode, on ``device``.
+    hdf5_file : str
+        Only ``split``'s subjects and the two groups are loaded.
+    split, input_group, streamline_group, batch_size, device
+        As in :func:`evaluate_model`.
+
+    Returns
+    -------
+    dict
+        As :func:`evaluate_model` returns it.
+    """
+    check_choice("split", split, SPLITS, "evaluate_model_on_hdf5")
     dataset = MultiSubjectDataset(hdf5_file, lazy=True)
     dataset.load_data(load_training=split == "training",
                       load_validation=split == "validation",

@@ -59,6 +59,7 @@ from dwi_ml.training.optimizers import (
 )
 from dwi_ml.training.random_states import seed_everything, set_deterministic
 from dwi_ml.training.trainer_args import (
+    check_callbacks,
     check_trainer_args,
     check_trainer_parts,
     refuse_previous_run,
@@ -220,6 +221,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         self.best_tracker = BestEpochTracker(patience, patience_delta,
                                              best_model_metric)
         self.monitors = EpochMonitors()
+        callbacks = check_callbacks(callbacks)
         self.callbacks = CallbackList([ProgressBarCallback(),
                                        NanCheckCallback(),
                                        NpyLoggerCallback(),

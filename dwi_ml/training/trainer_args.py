@@ -89,6 +89,25 @@ def check_trainer_parts(model, experiment_name, batch_loader):
     check_loader_follows_model(model, batch_loader)
 
 
+def check_callbacks(callbacks):
+    """``callbacks`` as a list of Callback instances (one alone is a list
+    of one); anything else is refused, naming it."""
+    from dwi_ml.training.callbacks import Callback
+
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        callbacks = [callbacks]
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise InvalidValue("callbacks", None, "a list of Callback "
+                               "instances (dwi_ml.training.callbacks)",
+                               callback)
+    return callbacks
+
+
 def check_loader_follows_model(model, loader):
     """Refuse a batch loader whose ``input_spec`` is not the model's.
 
