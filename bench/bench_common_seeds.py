@@ -17,11 +17,15 @@ keeps more seeds adds streamlines that the other dropped, often harder
 ones. On the common seeds the two models are compared on the same starts.
 
 Prints, over the folders, the mean of each part's scores and the paired
-differences (model B minus model A, mean +- standard error over folders).
+differences (model B minus model A, mean +- standard error over folders;
+N/A with one folder). A part without streamlines (e.g. no shared seeds)
+has no scores: "no streamlines" in the table, left out of the means. The
+testing grid's NIfTI is written in a temporary folder (or --work_dir).
 """
 import argparse
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -39,6 +43,8 @@ KEYS = ("nb_tracked", "points_within_1_vox", "points_aligned")
 def seed_keys(sft, path):
     """Each streamline's seed (RAS mm, as written by the tracker; dipy
     leaves data_per_streamline as stored), as a hashable row."""
+    if len(sft.streamlines) == 0:   # An empty tractogram stores no seeds.
+        return []
     if "seeds" not in sft.data_per_streamline:
         sys.exit(f"{path}: expected data_per_streamline 'seeds' (written by "
                  "dwiml_track_from_model.py in a .trk or .trx), found "
@@ -86,10 +92,19 @@ def score_parts(folder, model_a, model_b, folder_b, grid_dir):
 
 
 def mean_se(values):
+    """Mean and standard error of the finite values; None for what they
+    cannot give (no value: both; one value: the error)."""
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
-    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0
+    if len(values) == 0:
+        return None, None
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 \
+        else None
     return values.mean(), se
+
+
+def _cell(value, digits):
+    return "no streamlines" if value is None else f"{value:.{digits}f}"
 
 
 def main():
@@ -104,16 +119,21 @@ def main():
     parser.add_argument("--folders_b", nargs="+",
                         help="Model B's folders, one per folder, same seeds "
                              "(default: the same folders).")
-    parser.add_argument("--work_dir", default=".",
-                        help="Where the testing grid's NIfTI is written "
-                             "(default: .).")
+    parser.add_argument("--work_dir", default=None,
+                        help="An existing folder where the testing grid's "
+                             "NIfTI is written (default: a temporary folder, "
+                             "removed at the end).")
     args = parser.parse_args()
     folders_b = args.folders_b or args.folders
     if len(folders_b) != len(args.folders):
         parser.error("--folders_b: expected one folder per folder.")
-    os.makedirs(args.work_dir, exist_ok=True)
-    runs = [score_parts(a, args.model_a, args.model_b, b, args.work_dir)
-            for a, b in zip(args.folders, folders_b)]
+    if args.work_dir is not None and not os.path.isdir(args.work_dir):
+        parser.error(f"--work_dir: expected an existing folder, found "
+                     f"'{args.work_dir}'.")
+    with tempfile.TemporaryDirectory(prefix="bench_common_seeds_") as tmp:
+        runs = [score_parts(a, args.model_a, args.model_b, b,
+                            args.work_dir or tmp)
+                for a, b in zip(args.folders, folders_b)]
     print(f"{len(runs)} folders; model A {args.model_a}, model B "
           f"{args.model_b}\n")
     print("| part | model | streamlines | within 1 voxel | within 30 deg |")
@@ -122,8 +142,8 @@ def main():
         for model in (args.model_a, args.model_b):
             means = [mean_se([run[(model, part)][key] for run in runs])[0]
                      for key in KEYS]
-            print(f"| {part} | {model} | {means[0]:.0f} | {means[1]:.3f} | "
-                  f"{means[2]:.3f} |")
+            print(f"| {part} | {model} | {means[0]:.0f} | "
+                  f"{_cell(means[1], 3)} | {_cell(means[2], 3)} |")
     print("\nB minus A (paired over folders):")
     for part in ("all", "common"):
         cells = []
@@ -131,7 +151,12 @@ def main():
             mean, se = mean_se([run[(args.model_b, part)][key]
                                 - run[(args.model_a, part)][key]
                                 for run in runs])
-            cells.append(f"{key} {mean:+.3f} +- {se:.3f}")
+            if mean is None:
+                cells.append(f"{key} N/A (no " + ("shared seeds)"
+                             if part == "common" else "streamlines)"))
+                continue
+            cells.append(f"{key} {mean:+.3f} +- "
+                         + ("N/A" if se is None else f"{se:.3f}"))
         print(f"  {part}: " + ", ".join(cells))
 
 

@@ -18,6 +18,9 @@ import time
 
 import numpy as np
 
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.script_args import check_inputs_exist
+
 BATCH_SIZES = (100, 1000)
 
 
@@ -69,12 +72,18 @@ def _run_in_subprocess(args, mode):
     command = [sys.executable, __file__, args.hdf5_file, "--streamline_group",
                args.streamline_group, "--nb_batches", str(args.nb_batches),
                "--_mode", mode]
-    output = subprocess.run(command, check=True, capture_output=True,
-                            text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or ["(no message)"]
+        if done.returncode == 2:   # A user error: the child's one line.
+            raise DwiMLUserError(lines[-1].split(": error: ", 1)[-1])
+        sys.exit(f"bench_dataset.py: the {mode} run failed (exit status "
+                 f"{done.returncode}):\n" + "\n".join(lines[-20:]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main():
+@script_entry_point
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +92,8 @@ def main():
     parser.add_argument("--nb_batches", type=int, default=50)
     parser.add_argument("--_mode", choices=("eager", "lazy"),
                         help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_inputs_exist(args.hdf5_file, what="hdf5_file")
     if args._mode:
         print(json.dumps(measure(args.hdf5_file, args.streamline_group,
                                  args._mode == "lazy", args.nb_batches)))

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """EOS threshold at tracking: which ``--eos_stop`` tracks best?
 
-Takes folders written by ``bench_model_comparison.py --add_eos`` (each with
-its ``data.hdf5`` and one experiment per model type) and, without
+Takes folders written by ``bench_model_comparison.py --add_eos --seeding
+fibres`` (each with its ``data.hdf5``, which then holds the ``fibre_mask``
+group, and one experiment per model type, trained with EOS) and, without
 retraining, tracks each model's best model on the validation subject and
 on the testing subject at every ``--eos_stops`` threshold, the way that
 bench tracks the testing subject (its :func:`track_subject`: seeds in the
@@ -13,14 +14,20 @@ Each family's threshold is chosen on the validation subject (the mean
 over the folders of ``--choose_by``); the testing subject's paired
 differences (Transformer minus Learn2track, mean +- standard error over
 the folders) are printed at the chosen thresholds and at 0.5, then the
-full table. Every score is also written, one JSON line per tractogram, to
-``OUT_DIR/scores.jsonl``. Run with ``OMP_NUM_THREADS=1``.
+full table (a standard error needs two folders: N/A with one). Every
+score is also written, one JSON line per tractogram, to
+``OUT_DIR/scores.jsonl``, beside the grids and the last tractogram. The
+inputs are checked before OUT_DIR is made; an existing OUT_DIR is refused
+unless -f, which removes what this script wrote there (and refuses a
+folder holding anything else). Run with ``OMP_NUM_THREADS=1``.
 """
 import argparse
 import json
 import os
+import shutil
 import sys
 
+import h5py
 import nibabel as nib
 import numpy as np
 
@@ -32,11 +39,86 @@ from bench_model_comparison import (  # noqa: E402
 )
 
 from dwi_ml.data.dataset import MultiSubjectDataset  # noqa: E402
+from dwi_ml.io_utils.errors import (  # noqa: E402
+    DwiMLUserError,
+    script_entry_point,
+)
 from dwi_ml.tracking.stopping import eos_stop_value  # noqa: E402
 
 SPLITS = ("validation", "testing")
+# What this script writes in OUT_DIR (-f removes these only).
+OWN_FILES = ("scores.jsonl", "tracked.trk",
+             *(f"{split}_grid.nii.gz" for split in SPLITS))
 KEYS = ("points_within_1_vox", "points_aligned", "nb_tracked",
         "nb_tracked_points", "mean_length_mm")
+
+
+def check_input_folder(folder, model_types):
+    """Refuse, in one line, a folder that is not a run of
+    ``bench_model_comparison.py --add_eos --seeding fibres`` with these
+    model types."""
+    hdf5_file = os.path.join(folder, "data.hdf5")
+    if not os.path.isfile(hdf5_file):
+        raise DwiMLUserError(
+            f"folder '{folder}': expected data.hdf5 (a folder of "
+            "bench_model_comparison.py --add_eos --seeding fibres), not "
+            "found.")
+    with h5py.File(hdf5_file, "r") as f:
+        groups = json.loads(f.attrs.get("groups_config", "{}"))
+    if "fibre_mask" not in groups:
+        raise DwiMLUserError(
+            f"folder '{folder}': expected a fibre_mask group in data.hdf5 "
+            "(bench_model_comparison.py --seeding fibres), found "
+            f"{sorted(groups)}.")
+    for model_type in model_types:
+        parameters = os.path.join(folder, model_type, "parameters.json")
+        if not os.path.isfile(parameters):
+            raise DwiMLUserError(
+                f"folder '{folder}': expected the experiment {model_type} "
+                f"(--model_types), {parameters} not found.")
+        with open(parameters) as f:
+            dg_args = json.load(f)["model"].get("dg_args") or {}
+        if not dg_args.get("add_eos"):
+            raise DwiMLUserError(
+                f"folder '{folder}': expected {model_type} trained with EOS "
+                "(bench_model_comparison.py --add_eos), found none.")
+
+
+def prepare_out_dir(out_dir, overwrite):
+    """Make OUT_DIR, or with ``overwrite`` empty it of this script's files;
+    refuse anything else in one line."""
+    if not os.path.lexists(out_dir):
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        if not os.path.isdir(parent):
+            raise DwiMLUserError(f"out_dir '{out_dir}': its parent folder "
+                                 "does not exist.")
+        os.makedirs(out_dir)
+        return
+    if not os.path.isdir(out_dir):
+        raise DwiMLUserError(f"out_dir '{out_dir}' is a file; expected a "
+                             "new folder.")
+    if not overwrite:
+        raise DwiMLUserError(f"out_dir '{out_dir}' already exists; use -f "
+                             "to replace what this script wrote there.")
+    foreign = sorted(set(os.listdir(out_dir)) - set(OWN_FILES))
+    if foreign:
+        raise DwiMLUserError(
+            f"out_dir '{out_dir}': expected only this script's files "
+            f"{list(OWN_FILES)}, found also {foreign}; refused with or "
+            "without -f.")
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def _pm(mean, se, digits=3):
+    """'+0.012 +- 0.004', or '+- N/A' where one folder gives no error."""
+    if se is None:
+        return f"{mean:+.{digits}f} +- N/A"
+    return f"{mean:+.{digits}f} +- {se:.{digits}f}"
 
 
 def folder_seed(folder, model_types):
@@ -100,7 +182,7 @@ def mean_over_seeds(rows, split, model_type, eos_stop, key):
 def paired(rows, model_type, eos_stop, ref_type, ref_stop):
     """Testing subject: model minus reference, per seed, for both shares
     and the number of points within 1 voxel; returns (means, standard
-    errors), each (3,)."""
+    errors), each (3,); the errors are None with one seed."""
     def by_seed(kind, stop):
         return {r["seed"]: (r["points_within_1_vox"], r["points_aligned"],
                             within_1_vox_count(r))
@@ -110,7 +192,7 @@ def paired(rows, model_type, eos_stop, ref_type, ref_stop):
     seeds = sorted(set(a) & set(b))
     diffs = np.array([np.subtract(a[s], b[s]) for s in seeds])
     se = (diffs.std(0, ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1
-          else np.zeros(3))
+          else [None] * 3)
     return diffs.mean(0), se
 
 
@@ -132,9 +214,9 @@ def report(rows, args):
                                      chosen[ref]), ("0.5", "0.5", "0.5")):
             mean, se = paired(rows, model_type, mine, ref, theirs)
             print(f"testing, {model_type} ({mine}) minus {ref} ({theirs}), "
-                  f"{label}: {mean[0]:+.3f} +- {se[0]:.3f} (within 1 vox) / "
-                  f"{mean[1]:+.3f} +- {se[1]:.3f} (within 30 deg) / "
-                  f"{mean[2]:+.0f} +- {se[2]:.0f} (points within 1 vox)")
+                  f"{label}: {_pm(mean[0], se[0])} (within 1 vox) / "
+                  f"{_pm(mean[1], se[1])} (within 30 deg) / "
+                  f"{_pm(mean[2], se[2], 0)} (points within 1 vox)")
     print("\n| model | eos_stop | subject | within 1 voxel | within 30 deg | "
           "kept streamlines | points within 1 voxel (count) | mean length "
           "(mm) | minus 0.5, within 1 voxel / 30 deg (testing) |")
@@ -151,8 +233,7 @@ def report(rows, args):
                 gain = ""
                 if split == "testing":
                     d, se = paired(rows, model_type, stop, model_type, "0.5")
-                    gain = (f"{d[0]:+.3f} +- {se[0]:.3f} / "
-                            f"{d[1]:+.3f} +- {se[1]:.3f}")
+                    gain = f"{_pm(d[0], se[0])} / {_pm(d[1], se[1])}"
                 print(f"| {model_type} | {stop} | {split} | "
                       f"{mean['points_within_1_vox']:.3f} | "
                       f"{mean['points_aligned']:.3f} | "
@@ -160,7 +241,8 @@ def report(rows, args):
                       f"{mean['mean_length_mm']:.1f} | {gain} |")
 
 
-def main():
+@script_entry_point
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("out_dir", help="New folder for the scores.")
@@ -185,11 +267,18 @@ def main():
                              "threshold; 'both': the sum of the two shares "
                              "(default: both).")
     add_tracking_args(parser)
-    args = parser.parse_args()
+    parser.add_argument("-f", dest="overwrite", action="store_true",
+                        help="Replace the files this script wrote in "
+                             "out_dir.")
+    args = parser.parse_args(argv)
     if 0.5 not in args.eos_stops:
         parser.error("argument --eos_stops: expected 0.5 among them, "
                      f"found {args.eos_stops}.")
-    os.makedirs(args.out_dir, exist_ok=False)
+    for folder in args.folders:
+        if not os.path.isdir(folder):
+            raise DwiMLUserError(f"folder '{folder}' does not exist.")
+        check_input_folder(folder, args.model_types)
+    prepare_out_dir(args.out_dir, args.overwrite)
     rows = []
     with open(os.path.join(args.out_dir, "scores.jsonl"), "w") as f:
         for folder in args.folders:

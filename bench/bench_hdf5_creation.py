@@ -8,7 +8,9 @@ creates the HDF5 of its first N subjects (all in training) with
 default, as the issue's reference figure). Each subprocess reports its wall
 and CPU time, the time of the check pass (every volume read whole once
 before writing) and its peak RSS (``VmHWM``). Creation streams
-subject by subject, so the peak RSS should not grow with N.
+subject by subject, so the peak RSS should not grow with N. A reused
+dataset is said so in the header, with its own size (subjects,
+streamlines per subject, shape), which may differ from the options.
 """
 import argparse
 import json
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 
 
 def _create(args, nb_subjects):
@@ -67,13 +69,30 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _dataset_size(ready):
+    """Subjects, streamlines of the first subject, DWI shape of the
+    synthetic dataset in ``ready`` (its dwi_ml_ready folder)."""
+    import glob
+
+    import nibabel as nib
+
+    subjects = sorted(os.listdir(ready))
+    first = os.path.join(ready, subjects[0])
+    nb_streamlines = sum(
+        int(nib.streamlines.load(path, lazy_load=True).header[
+            "nb_streamlines"])
+        for path in glob.glob(os.path.join(first, "bundles", "*.trk")))
+    shape = nib.load(os.path.join(first, "dwi.nii.gz")).shape
+    return len(subjects), nb_streamlines, tuple(shape)
+
+
 def _make_synthetic(args, nb_subjects):
     from dwi_ml.data.synthetic import make_synthetic_dataset
     make_synthetic_dataset(args.folder, nb_subjects=nb_subjects,
                            nb_streamlines=args.nb_streamlines,
                            shape=tuple(args.shape), voxel_size=(2., 2., 2.),
                            nb_directions=args.nb_features - 1,
-                           overwrite=True)
+                           overwrite=args.overwrite)
 
 
 def _build_parser():
@@ -107,13 +126,28 @@ def main(argv=None):
         return
     nb_needed = max(args.nb_subjects)
     ready = os.path.join(args.folder, "dwi_ml_ready")
-    if args.overwrite or not os.path.isdir(ready) \
-            or len(os.listdir(ready)) < nb_needed:
+    if (os.path.isdir(ready) and len(os.listdir(ready)) < nb_needed
+            and not args.overwrite):
+        raise DwiMLUserError(
+            f"folder '{args.folder}': expected at least {nb_needed} subjects "
+            f"(--nb_subjects), found {len(os.listdir(ready))}; use -f to "
+            "remake the synthetic dataset.")
+    if args.overwrite or not os.path.isdir(ready):
         start = time.perf_counter()
         _make_synthetic(args, nb_needed)
         print(f"synthetic dataset: {nb_needed} subjects x "
               f"{args.nb_streamlines} streamlines in "
               f"{time.perf_counter() - start:.0f} s")
+    else:
+        nb_found, nb_streamlines, shape = _dataset_size(ready)
+        asked = (nb_streamlines == args.nb_streamlines
+                 and shape == (*args.shape, args.nb_features))
+        print(f"REUSED synthetic dataset {args.folder} (not remade; -f "
+              f"remakes it): {nb_found} subjects x {nb_streamlines} "
+              f"streamlines, DWI {shape}"
+              + ("" if asked else
+                 f"; NOT the options' {args.nb_streamlines} streamlines, "
+                 f"DWI {(*args.shape, args.nb_features)}"))
     print(f"step {args.step_size} mm; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'subjects':>8} {'wall s':>7} {'CPU s':>6} {'check s':>7} "

@@ -19,17 +19,26 @@ from dwi_ml.data.processing.interpolation import (
 )
 
 
-def _best_seconds(function, nb_repeats):
+def _synchronize(device):
+    """Wait for the device's queued kernels (CUDA runs them asynchronously)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _best_seconds(function, nb_repeats, device="cpu"):
     """Best wall and CPU times of ``nb_repeats`` calls, after a warm-up call.
 
     CPU time (all threads) is less sensitive to other processes sharing the
-    machine than wall time.
+    machine than wall time. On CUDA the device is synchronized before each
+    clock read, so that the kernels are timed, not their launches.
     """
     function()
     wall, cpu = [], []
     for _ in range(nb_repeats):
+        _synchronize(device)
         wall_start, cpu_start = time.perf_counter(), time.process_time()
         function()
+        _synchronize(device)
         wall.append(time.perf_counter() - wall_start)
         cpu.append(time.process_time() - cpu_start)
     return min(wall), min(cpu)
@@ -71,10 +80,10 @@ def main():
         results[method] = interpolate_volume_at_coordinates(volume, coords, method)
         seconds = _best_seconds(
             lambda m=method: interpolate_volume_at_coordinates(volume, coords, m),
-            args.repeats)
+            args.repeats, args.device)
         _print_speed(method, args.nb_points, seconds)
     seconds = _best_seconds(lambda: interpolate_volume_at_coordinates(volume, coords),
-                            args.repeats)
+                            args.repeats, args.device)
     _print_speed("chosen", args.nb_points, seconds)
     difference = (results["gather"] - results["grid_sample"]).abs().max().item()
     print(f"max |gather - grid_sample| = {difference:.2e}")

@@ -32,7 +32,8 @@ import subprocess
 import sys
 import time
 
-from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.output_folders import check_output_folder
 from dwi_ml.io_utils.script_args import check_inputs_exist, check_output_free
 
 CASES = [(neighborhood, lazy, nb_workers)
@@ -340,6 +341,10 @@ def _run_in_subprocess(args, job):
                     "--nb_streamlines", str(args.nb_streamlines)]
         command += ["-f"] if args.overwrite else []
     result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == 2:
+        # A user error in the child: its one line, without its prefix.
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+        raise DwiMLUserError(last.split(": error: ", 1)[-1])
     if result.returncode != 0:
         sys.exit(f"{job} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -424,12 +429,16 @@ def main(argv=None):
         print(json.dumps(_run_job(args, json.loads(args._job))))
         return
     if args.make_synthetic:
-        for path in (args.make_synthetic, args.hdf5_file):
-            check_output_free(path, args.overwrite)
+        check_output_folder(args.make_synthetic, "synthetic_dataset",
+                            args.overwrite, what="--make_synthetic folder")
+        check_output_free(args.hdf5_file, args.overwrite, what="HDF5_FILE")
         result = _run_in_subprocess(args, {"kind": "synthetic"})
         print(f"synthetic dataset (3 x {args.nb_streamlines} streamlines) "
               f"and HDF5 written in {result['seconds']:.1f} s")
-    check_inputs_exist(args.hdf5_file)
+    else:
+        # With --make_synthetic, HDF5_FILE is this run's output, then read
+        # by the benchmark's children only.
+        check_inputs_exist(args.hdf5_file, what="HDF5_FILE")
     if args.profile:
         print_profile(args)
         return

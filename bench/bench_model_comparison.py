@@ -42,6 +42,7 @@ from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.models import Learn2TrackModel
 from dwi_ml.models.transformers import (
     OriginalTransformerModel,
@@ -243,7 +244,8 @@ def add_tracking_args(parser):
                              "(default: 45).")
 
 
-def main():
+@script_entry_point
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("out_dir", help="New folder for the data, the "
@@ -387,9 +389,14 @@ def main():
     parser.add_argument("--seed", type=int, default=1,
                         help="Seed of the data, the models, the batches "
                              "and the seeds (default: 1).")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    os.makedirs(args.out_dir, exist_ok=False)
+    if os.path.lexists(args.out_dir):
+        raise DwiMLUserError(
+            f"out_dir '{args.out_dir}' already exists; expected a new folder "
+            "(this bench writes its data, experiments and tractograms "
+            "there).")
+    os.makedirs(args.out_dir)
     paths, hdf5_file = make_data(args)
     dataset = MultiSubjectDataset(hdf5_file)
     dataset.load_data()

@@ -20,6 +20,7 @@ step at the longest length to the shortest (target <= 1.5). The functions
 are those of ``bench_transformer_step.py``, which has more options.
 """
 import argparse
+import resource
 import time
 from types import SimpleNamespace
 
@@ -46,6 +47,10 @@ def _make_tracker(args):
 
 
 def _bench(tracker, seeds, batch_size):
+    """Track ``seeds`` by batches of ``batch_size``; print one row."""
+    on_cuda = str(tracker.device).startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     result = tracker.track_in_batches(seeds, batch_size, disable_progress=True)
     wall = time.perf_counter() - wall_start
@@ -59,7 +64,9 @@ def _bench(tracker, seeds, batch_size):
           f"{np.mean(lengths):5.1f} points each | "
           f"{len(seeds) / wall:8.1f} streamlines/s, "
           f"{added / wall:9.0f} points/s, {model_steps / wall:9.0f} model "
-          f"steps/s (wall {wall:.2f} s, CPU {cpu:.2f} s)")
+          f"steps/s (wall {wall:.2f} s, CPU {cpu:.2f} s), GPU peak "
+          + (f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+             if on_cuda else "N/A on CPU"))
 
 
 def bench_transformer_steps(args):
@@ -157,11 +164,15 @@ def main():
           f"{'forward only' if args.forward_only else 'both directions'}, "
           f"step {args.step_size} mm, max {args.max_length} mm, untrained "
           f"LSTM [64], {args.dg_key}, {args.algo}")
-    _bench(tracker, centre + rng.uniform(-5, 5, (8, 3)), 8)   # warm-up
+    # Warm-up (first calls, allocations): not printed.
+    tracker.track_in_batches(centre + rng.uniform(-5, 5, (8, 3)), 8,
+                             disable_progress=True)
     for batch_size, nb_seeds in zip(args.batch_sizes, args.nb_seeds):
         seeds = (centre + rng.uniform(-5, 5, (nb_seeds, 3))).astype(
             np.float32)
         _bench(tracker, seeds, batch_size)
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+          " MiB (this process, warm-up included)")
 
 
 if __name__ == "__main__":

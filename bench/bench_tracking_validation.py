@@ -32,6 +32,7 @@ import collections
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -44,7 +45,9 @@ from dwi_ml.cli import dwiml_track_from_model as track_cli
 from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR
+from dwi_ml.io_utils.run_paths import script_run
 from dwi_ml.models.direction_getter_model import DirectionGetterModel
 from dwi_ml.models.learn2track import Learn2TrackModel
 from dwi_ml.models.stacked_rnn import StackedRNN
@@ -69,6 +72,9 @@ WHOLE_SUBJECT = ["--tracking_validation_mode", "whole_subject",
                  "--tracking_validation_tracking_mask_group", "wm_mask",
                  "--tracking_validation_nb_seeds", "1000"]
 GENERATION = ["--tracking_validation_nb_streamlines", "1000"]
+# What the three modes write in OUT (-f removes these only).
+OWN_ENTRIES = ("synthetic", "dataset.hdf5", "labelled.hdf5", "experiments",
+               "epochs", "testing_reference.trk")
 
 
 class SaveEveryEpoch(Callback):
@@ -206,7 +212,8 @@ def _train(experiments, name, hdf5_file, extra, callbacks=()):
                                       "streamlines", *DEMO_MODEL, *extra,
                                       "-f", "-v", "WARNING"])
     cpu, wall = time.process_time(), time.perf_counter()
-    train_from_args(args, callbacks=callbacks)
+    with script_run():   # The HDF5 was this run's output, is its input here.
+        train_from_args(args, callbacks=callbacks)
     print(f"{name}: {time.process_time() - cpu:.0f} s CPU, "
           f"{time.perf_counter() - wall:.0f} s wall")
     logs_dir = os.path.join(experiments, name, "logs")
@@ -303,17 +310,52 @@ def proof(out, nb_epochs):
               f"{rows[epoch][4]:.3f}, VC {rows[epoch][5]:.3f}, IC "
               f"{rows[epoch][6]:.3f}")
 
-def main():
+def prepare_out(out, overwrite):
+    """Make OUT, or with ``overwrite`` remove this script's entries from it;
+    refuse anything else in one line."""
+    if not os.path.lexists(out):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise DwiMLUserError(f"out '{out}': its parent folder does not "
+                                 "exist.")
+        os.makedirs(out)
+        return
+    if not os.path.isdir(out):
+        raise DwiMLUserError(f"out '{out}' is a file; expected a folder.")
+    entries = os.listdir(out)
+    if not entries:
+        return
+    foreign = sorted(set(entries) - set(OWN_ENTRIES))
+    if foreign:
+        raise DwiMLUserError(
+            f"out '{out}': expected a new folder or one of this script's "
+            f"({list(OWN_ENTRIES)}), found also {foreign}; refused with or "
+            "without -f.")
+    if not overwrite:
+        raise DwiMLUserError(f"out '{out}' already exists; use -f to "
+                             "replace what this script wrote there.")
+    for name in entries:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+@script_entry_point
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("what", choices=("cost", "stages", "proof"))
-    parser.add_argument("out", help="Output folder (replaced).")
+    parser.add_argument("out", help="Output folder: new or empty, or one "
+                                    "this script wrote, replaced with -f.")
     parser.add_argument("--nb_epochs", type=int, default=8,
                         help="proof: epochs to train (default 8).")
     parser.add_argument("--repeats", type=int, default=4,
                         help="stages: tracking passes timed after a first "
                              "one (default 4).")
-    args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    parser.add_argument("-f", dest="overwrite", action="store_true",
+                        help="Replace what this script wrote in OUT.")
+    args = parser.parse_args(argv)
+    prepare_out(args.out, args.overwrite)
     if args.what == "cost":
         cost(args.out)
     elif args.what == "stages":

@@ -6,7 +6,16 @@ streamlines, built once in FOLDER) with each number of DataLoader workers of
 loop spends between the end of one batch and the start of the next (waiting
 on the DataLoader), as a share of the whole training time. On CUDA the
 inputs are interpolated on the GPU in the main process (the loader's
-default there); ``--mixed_precision bf16`` autocasts the forward pass.
+default there); on CPU they are interpolated in the collate step (in the
+workers, or in the main process with 0 workers) whatever
+``--interpolation``. ``--mixed_precision bf16`` autocasts the forward pass
+(on CPU too). Gradients are clipped as ``--clip_grad`` says: 'none' by
+default, as when the figures of bench/README.md were taken (the training
+script clips at 1.0 by default since 2026-12-02).
+
+The experiments ``bench_w{N}`` in FOLDER are replaced at each run (said
+in the output). "peak RSS" is the case's main process; "worker RSS" the
+largest of its DataLoader workers (separate processes).
 
     python bench/bench_training.py /tmp/bench_training --nb_streamlines 5000
     python bench/bench_training.py /tmp/bench_training --device cuda \
@@ -20,7 +29,10 @@ import subprocess
 import sys
 import time
 
+from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.run_paths import script_run
 from dwi_ml.training.callbacks import Callback
+from dwi_ml.training.trainer_args import clip_grad_value
 
 HERE = os.path.abspath(__file__)
 
@@ -95,6 +107,7 @@ def run_case(hdf5_file, nb_workers, args):
         experiments, f"bench_w{nb_workers}", hdf5_file, "input", "streamlines",
         "--max_epochs", "2", "--nb_workers", str(nb_workers), "-f",
         "--device", args.device,
+        "--clip_grad", "none" if args.clip_grad is None else str(args.clip_grad),
         *(["--mixed_precision", args.mixed_precision]
           if args.mixed_precision else []),
         "--batch_size_training", str(args.batch_size),
@@ -111,10 +124,11 @@ def run_case(hdf5_file, nb_workers, args):
         # the peak of all the cases before it.
         torch.cuda.reset_peak_memory_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
-    train_from_args(train_args, callbacks=[timer])
+    with script_run():
+        train_from_args(train_args, callbacks=[timer])
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
-    gpu_peak = 0.0
+    gpu_peak = None
     if args.device.startswith("cuda"):
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20
     return {"nb_workers": nb_workers,
@@ -126,10 +140,34 @@ def run_case(hdf5_file, nb_workers, args):
             "wall_s": wall,
             # Main process, all threads, 2 epochs with validation and setup.
             "cpu_s": cpu,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # The largest worker that has exited (workers end with training).
+            "worker_rss_mib": (resource.getrusage(
+                resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+                if nb_workers else None)}
 
 
-def main():
+def _run_case(nb_workers):
+    """Run one case in a child process; its measures."""
+    done = subprocess.run(
+        [sys.executable, HERE, *sys.argv[1:], "--_case", str(nb_workers)],
+        capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or ["(no message)"]
+        if done.returncode == 2:
+            raise DwiMLUserError(lines[-1].split(": error: ", 1)[-1])
+        sys.exit(f"bench_training.py: the case with {nb_workers} workers "
+                 f"failed (exit status {done.returncode}):\n"
+                 + "\n".join(lines[-20:]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _mib(value):
+    return "N/A" if value is None else f"{value:.0f}"
+
+
+@script_entry_point
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="Where the benchmark data is built.")
@@ -151,33 +189,55 @@ def main():
                              "process on CUDA, in the collate step on CPU); "
                              "'workers' always in the collate step, on the "
                              "CPU (default: default).")
+    parser.add_argument("--clip_grad", type=clip_grad_value, default=None,
+                        metavar="NORM|none",
+                        help="--clip_grad of the training. Default: none "
+                             "(no clipping), as in bench/README.md's "
+                             "figures; dwiml_train_model.py's own default "
+                             "is 1.0 since 2026-12-02.")
     parser.add_argument("--_case", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.folder))):
+        raise DwiMLUserError(f"folder '{args.folder}': its parent folder "
+                             "does not exist.")
     os.makedirs(args.folder, exist_ok=True)
-    hdf5_file = make_data(args.folder, args.nb_streamlines)
+    with script_run():
+        hdf5_file = make_data(args.folder, args.nb_streamlines)
     if args._case is not None:
         print(json.dumps(run_case(hdf5_file, args._case, args)))
         return
+    replaced = [name for name in (f"bench_w{n}" for n in args.workers)
+                if os.path.isdir(os.path.join(args.folder, name))]
+    if replaced:
+        print(f"replacing the experiments {', '.join(replaced)} of "
+              f"{args.folder} (they are this benchmark's own)")
+    on_cpu = not args.device.startswith("cuda")
+    where = ("in the collate step, on the CPU (on CPU 'default' and "
+             "'workers' are the same)" if on_cpu else
+             "on the GPU, main process" if args.interpolation == "default"
+             else "in the collate step (workers), on the CPU")
     print(f"dataset: {hdf5_file} (3 training subjects x {args.nb_streamlines} "
           f"streamlines); model LSTM {args.rnn_layer_sizes}; batch "
           f"{args.batch_size} streamlines; noise 0.1 mm"
           + ("; split 0.5, reverse 0.5" if args.augment else "")
           + f"; device {args.device} {args.mixed_precision or 'fp32'}"
-          + f"; interpolation {args.interpolation}")
+          + f"; clip_grad {args.clip_grad or 'none'}"
+          + f"; interpolation {where}")
+    print("peak RSS: the case's main process; worker RSS: its largest "
+          "DataLoader worker" + ("; GPU peak: N/A on CPU" if on_cpu else ""))
     print(f"{'workers':>7} {'streamlines/s':>14} {'points/s':>11} "
           f"{'epoch (s)':>10} {'data wait':>10} {'peak RSS MiB':>13} "
-          f"{'GPU peak MiB':>13} {'CPU s (2 epochs)':>16}")
+          f"{'worker RSS MiB':>15} {'GPU peak MiB':>13} "
+          f"{'CPU s (2 epochs)':>16}")
     for nb_workers in args.workers:
-        output = subprocess.run(
-            [sys.executable, HERE, *sys.argv[1:], "--_case", str(nb_workers)],
-            check=True, capture_output=True, text=True).stdout
-        result = json.loads(output.strip().splitlines()[-1])
+        result = _run_case(nb_workers)
         print(f"{nb_workers:>7} {result['streamlines_per_s']:>14.0f} "
               f"{result['points_per_s']:>11.0f} "
               f"{result['epoch_train_s']:>10.1f} "
               f"{100 * result['data_wait_share']:>9.1f}% "
               f"{result['peak_rss_mib']:>13.0f} "
-              f"{result['gpu_peak_mib']:>13.0f} "
+              f"{_mib(result['worker_rss_mib']):>15} "
+              f"{_mib(result['gpu_peak_mib']):>13} "
               f"{result['cpu_s']:>16.1f}")
 
 
