@@ -270,3 +270,46 @@ def test_a_streamline_too_short_for_the_model_is_named_before_any_batch(
         "testing streamlines of at least 2 points in the model's format (a "
         "model without EOS predicts n - 1 directions), found 1 (streamline "
         "ids: 2).")
+
+
+def test_a_model_in_training_mode_is_evaluated_without_dropout(experiment):
+    """It was evaluated with its dropout on, and left so."""
+    _, hdf5_file = experiment
+    dataset = MultiSubjectDataset(hdf5_file)
+    dataset.load_data()
+    torch.manual_seed(0)
+    model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
+                             rnn_layer_sizes=[8], step_size=1.5,
+                             dg_args={"dropout": 0.5})
+    model.eval()
+    expected = evaluate_model(model, dataset, "validation", "input",
+                              "streamlines")
+    model.train()
+    got = evaluate_model(model, dataset, "validation", "input",
+                         "streamlines")
+    assert got == expected  # the same batches, in eval mode both times
+    assert model.training
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"split": "testing"}, "evaluate_model: expected testing subjects in the "
+     "dataset, found none loaded (load_data(load_testing=True)"),
+    ({"split": "valid"}, "evaluate_model argument split: expected one of "
+     "['training', 'validation', 'testing'], got 'valid'."),
+    ({"batch_size": 0}, "evaluate_model argument batch_size: expected an "
+     "integer >= 1, got 0."),
+    ({"max_streamlines": 0}, "evaluate_model argument max_streamlines: "
+     "expected an integer >= 1, got 0.")])
+def test_evaluate_model_names_bad_arguments(experiment, kwargs, message):
+    """A split not loaded, a batch of 0 or at most 0 streamlines gave
+    empty results; 'valid' an enum error."""
+    _, hdf5_file = experiment
+    dataset = MultiSubjectDataset(hdf5_file)
+    dataset.load_data(load_testing=False)
+    model = Learn2TrackModel("m", nb_features=dataset.nb_features[0],
+                             rnn_layer_sizes=[8], step_size=1.5)
+    args = {"split": "validation", **kwargs}
+    with pytest.raises(DwiMLUserError) as refused:
+        evaluate_model(model, dataset, args.pop("split"), "input",
+                       "streamlines", **args)
+    assert message in str(refused.value)

@@ -20,6 +20,7 @@ was made otherwise in this file (other files, or another standardization).
 """
 import os
 
+from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import read_parameters
@@ -80,13 +81,13 @@ def main(argv=None):
     check_output_free(out, args.overwrite,
                       extensions=(".json",))
 
-    results = evaluate_model_on_hdf5(model, args.hdf5_file, args.subset,
-                                     input_group, streamline_group,
-                                     args.batch_size, args.device)
-    if len(results) == 1:
+    if not check_dwiml_hdf5(args.hdf5_file)[args.subset]:
         raise DwiMLUserError(
             f"--subset {args.subset}: '{args.hdf5_file}' has no "
             f"{args.subset} subject.")
+    results = evaluate_model_on_hdf5(model, args.hdf5_file, args.subset,
+                                     input_group, streamline_group,
+                                     args.batch_size, args.device)
     write_json_atomic(out, {"experiment": os.path.abspath(args.experiment_path),
                             "model": which, "epoch": epoch,
                             "epoch_complete": epoch_complete,

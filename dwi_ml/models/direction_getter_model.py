@@ -120,8 +120,15 @@ class DirectionGetterModel(MainModelOneInput):
             'eos': ...}`` whose sum is optimised (the trainer logs each).
         n_points : int
         """
+        self._check_outputs(outputs, "compute_loss")
         target_dirs, eos_targets = compute_direction_targets(
             streamlines, self.add_eos)
+        if len(outputs) != len(target_dirs):
+            raise DwiMLUserError(
+                f"{type(self).__name__}.compute_loss: expected one row of "
+                f"outputs per prediction of the streamlines "
+                f"({len(target_dirs)}: n{'' if self.add_eos else ' - 1'} "
+                f"per streamline), found {len(outputs)}.")
         kept = None
         if self.direction_getter.eos_only_at_fibre_ends:
             kept = rows_with_targets(streamline_lengths(streamlines),
@@ -142,8 +149,22 @@ class DirectionGetterModel(MainModelOneInput):
         See
         :meth:`dwi_ml.models.direction_getters.base.AbstractDirectionGetter.get_tracking_directions`.
         """
+        self._check_outputs(outputs, "get_tracking_directions")
         return self.direction_getter.get_tracking_directions(
             outputs, algo, draws)
+
+    def _check_outputs(self, outputs, method):
+        """Refuse outputs that are not (M, output_size) tensors: extra
+        columns were ignored, and a wrong width read other values."""
+        if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2 \
+                or outputs.shape[1] != self.output_size:
+            found = (f"shape {tuple(outputs.shape)}"
+                     if isinstance(outputs, torch.Tensor)
+                     else type(outputs).__name__)
+            raise DwiMLUserError(
+                f"{type(self).__name__}.{method}: expected outputs of shape "
+                f"(M, {self.output_size}) (the model's output_size), found "
+                f"{found}.")
 
     def eos_is_most_likely(self, outputs):
         """(N,) bool: EOS is the most likely class (``--eos_stop max``).

@@ -29,10 +29,17 @@ Tracking (one step at a time, :meth:`Learn2TrackModel.forward_step`)
     <dwi_ml.models.stacked_rnn.StackedRNN.forward_step>`).
     Put the model in eval mode (no dropout) and under ``torch.no_grad()``.
 """
+import logging
+
 import torch
 
 from dwi_ml.data.processing.input_spec import add_input_spec_args
-from dwi_ml.io_utils.arg_checks import check_choice, check_fraction, check_int
+from dwi_ml.io_utils.arg_checks import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.cnn_embedding import check_cnn_neighborhood, make_cnn_embedding
 from dwi_ml.models.direction_getter_model import DirectionGetterModel
@@ -54,6 +61,8 @@ from dwi_ml.models.stacked_rnn import (
     StackedRNN,
     select_hidden_states,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @register_model
@@ -89,7 +98,9 @@ class Learn2TrackModel(DirectionGetterModel):
     use_layer_norm : bool
         Layer norm on each RNN layer's output.
     dropout : float
-        Dropout on each RNN layer's output, in [0, 1).
+        Dropout on the RNN layers' outputs, in [0, 1): between layers only
+        with ``rnn_stacking="reference"`` (none with one layer; a warning
+        says so), after each layer with ``"plain"``.
     rnn_stacking : "reference" or "plain"
         How the RNN layers are stacked; "reference" is the reference
         dwi_ml's (see :mod:`dwi_ml.models.stacked_rnn`). A model saved
@@ -144,11 +155,19 @@ class Learn2TrackModel(DirectionGetterModel):
                 f"integers, found {rnn_layer_sizes!r}.")
         self.rnn_layer_sizes = [check_int("rnn_layer_sizes", size, 1)
                                 for size in rnn_layer_sizes]
-        self.use_skip_connection = bool(use_skip_connection)
-        self.use_layer_norm = bool(use_layer_norm)
+        self.use_skip_connection = check_bool("use_skip_connection",
+                                              use_skip_connection)
+        self.use_layer_norm = check_bool("use_layer_norm", use_layer_norm)
         self.dropout = check_fraction("dropout", dropout)
         self.rnn_stacking = check_choice("rnn_stacking", rnn_stacking,
                                          STACKINGS)
+        if (self.dropout and self.rnn_stacking == "reference"
+                and len(self.rnn_layer_sizes) == 1):
+            logger.warning(
+                "Learn2track: dropout %s does nothing with one RNN layer "
+                "and rnn_stacking 'reference' (dropout between layers "
+                "only); use the direction getter's dropout, or "
+                "rnn_stacking 'plain'.", self.dropout)
         self.rnn = StackedRNN(
             rnn_key, (self.embedding.output_size
                       + self.prev_dirs_embedding.output_size),

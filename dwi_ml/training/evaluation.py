@@ -9,7 +9,8 @@ import torch
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.layout import SPLITS
-from dwi_ml.io_utils.arg_checks import check_choice
+from dwi_ml.io_utils.arg_checks import check_choice, check_int
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.experiment_builder import (
@@ -121,9 +122,10 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
     Parameters
     ----------
     model : MainModelOneInput
-        In eval mode, on ``device``.
+        On ``device``; evaluated in eval mode (no dropout), then given back
+        in the mode it came in.
     dataset : MultiSubjectDataset
-        With ``split`` loaded.
+        With ``split`` loaded (refused when it has no subject).
     split : str
         'training', 'validation' or 'testing'.
     input_group, streamline_group : str
@@ -148,8 +150,30 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
         over all angles of the subset. A mean of nothing (a subject without
         streamlines, or without an angle) is None.
     """
+    owner = "evaluate_model"
+    split = check_choice("split", split, SPLITS, owner)
+    check_int("batch_size", batch_size, 1, owner)
+    if max_streamlines is not None:
+        check_int("max_streamlines", max_streamlines, 1, owner)
+    if not getattr(dataset, f"{split}_set").nb_subjects:
+        raise DwiMLUserError(
+            f"{owner}: expected {split} subjects in the dataset, found none "
+            f"loaded (load_data(load_{split}=True), or a split that the "
+            f"file {dataset.hdf5_file} lists).")
     loader = build_loader(dataset, {"streamline_group": streamline_group,
                                     "input_group": input_group}, model, device)
+    was_training = model.training
+    model.eval()
+    try:
+        return _evaluate(model, dataset, loader, split, streamline_group,
+                         batch_size, device, max_streamlines)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model, dataset, loader, split, streamline_group, batch_size,
+              device, max_streamlines):
+    """:func:`evaluate_model`'s work, with the model in eval mode."""
     # Refused before any batch, not at the first too long one.
     refuse_beyond_max_len(model, loader, split, f"--subset {split}")
     check_streamlines_not_too_short(model, loader, split)
@@ -262,6 +286,7 @@ def evaluate_model_on_hdf5(model, hdf5_file, split, input_group,
         As :func:`evaluate_model` returns it.
     """
     check_choice("split", split, SPLITS, "evaluate_model_on_hdf5")
+    check_int("batch_size", batch_size, 1, "evaluate_model_on_hdf5")
     dataset = MultiSubjectDataset(hdf5_file, lazy=True)
     dataset.load_data(load_training=split == "training",
                       load_validation=split == "validation",

@@ -44,6 +44,10 @@ def make_direction_getter(dg_key, input_size, dg_args=None):
     """
     check_choice("dg_key", dg_key, DIRECTION_GETTERS)
     cls = DIRECTION_GETTERS[dg_key]
+    if dg_args is not None and not isinstance(dg_args, dict):
+        raise DwiMLUserError(
+            f"argument 'dg_args': expected a dict of the getter's options, "
+            f"found {type(dg_args).__name__} {dg_args!r}.")
     dg_args = dict(dg_args or {})
     allowed = set(inspect.signature(cls).parameters) - {"input_size"}
     if not set(dg_args) <= allowed:

@@ -79,7 +79,7 @@ class AbstractDirectionGetter(torch.nn.Module):
                  dropout=0.0, eos_only_at_fibre_ends=False):
         super().__init__()
         self.input_size = input_size
-        self.add_eos = bool(add_eos)
+        self.add_eos = check_bool("add_eos", add_eos)
         self.eos_only_at_fibre_ends = check_bool("eos_only_at_fibre_ends",
                                                  eos_only_at_fibre_ends)
         self.eos_weight = check_positive_float("eos_weight", eos_weight)

@@ -1,0 +1,76 @@
+"""Models called from Python name what is wrong with their inputs."""
+import logging
+
+import pytest
+import torch
+
+from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.models.learn2track import Learn2TrackModel
+
+
+def _streamlines():
+    torch.manual_seed(0)
+    return [torch.cumsum(torch.rand(n, 3), dim=0) + 1.0 for n in (5, 3)]
+
+
+def _model(**options):
+    torch.manual_seed(0)
+    return Learn2TrackModel("m", nb_features=4, rnn_layer_sizes=[8],
+                            **options)
+
+
+def test_compute_loss_refuses_outputs_of_another_width_or_count():
+    """Extra columns were ignored (the same loss); a 4-wide EOS output was
+    read by a 3-wide model."""
+    model = _model()
+    streamlines = _streamlines()
+    outputs = torch.randn(6, model.output_size)  # 4 + 2 predictions
+    loss, n_points = model.compute_loss(outputs, streamlines)
+    assert n_points == 6 and torch.isfinite(loss)
+    wider = torch.cat([outputs, torch.randn(6, 7)], dim=1)
+    with pytest.raises(DwiMLUserError, match=(
+            r"^Learn2TrackModel.compute_loss: expected outputs of shape "
+            r"\(M, 3\) \(the model's output_size\), found shape \(6, 10\)")):
+        model.compute_loss(wider, streamlines)
+    with pytest.raises(DwiMLUserError, match=(
+            r"expected one row of outputs per prediction of the streamlines "
+            r"\(6: n - 1 per streamline\), found 5")):
+        model.compute_loss(outputs[:5], streamlines)
+    with pytest.raises(DwiMLUserError, match="found ndarray"):
+        model.compute_loss(outputs.numpy(), streamlines)
+
+
+def test_tracking_directions_refuse_outputs_of_another_width():
+    """A regression model returned (2, 2) 'directions'."""
+    with pytest.raises(DwiMLUserError, match=(
+            r"get_tracking_directions: expected outputs of shape \(M, 3\)")):
+        _model().get_tracking_directions(torch.randn(2, 2))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"dg_args": {"add_eos": "no"}},  # was read as True
+     "argument 'add_eos': expected True or False, got 'no'."),
+    ({"dg_args": [1]},
+     "argument 'dg_args': expected a dict of the getter's options, found "
+     "list [1]."),
+    ({"use_layer_norm": "yes"},
+     "argument 'use_layer_norm': expected True or False, got 'yes'.")])
+def test_model_options_that_are_no_bools_or_dicts_are_named(options,
+                                                            message):
+    with pytest.raises(DwiMLUserError) as refused:
+        _model(**options)
+    assert message in str(refused.value)
+
+
+def test_dropout_that_does_nothing_is_said(caplog):
+    """One RNN layer stacked as the reference's: dropout is between layers,
+    so there is none (training gave the same outputs for any seed)."""
+    with caplog.at_level(logging.WARNING):
+        _model(dropout=0.5)
+    assert "dropout 0.5 does nothing with one RNN layer" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _model(dropout=0.5, rnn_stacking="plain")
+        Learn2TrackModel("m", nb_features=4, rnn_layer_sizes=[8, 8],
+                         dropout=0.5)
+    assert "does nothing" not in caplog.text
