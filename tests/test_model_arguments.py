@@ -1,11 +1,19 @@
 """Models called from Python name what is wrong with their inputs."""
 import logging
+import os
+import shutil
 
 import pytest
 import torch
+from training_data import make_trained_experiment
 
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.learn2track import Learn2TrackModel
+from dwi_ml.models.model_io import (
+    MODEL_REGISTRY,
+    load_model_from_params_and_state,
+    register_model,
+)
 
 
 def _streamlines():
@@ -74,3 +82,66 @@ def test_dropout_that_does_nothing_is_said(caplog):
         Learn2TrackModel("m", nb_features=4, rnn_layer_sizes=[8, 8],
                          dropout=0.5)
     assert "does nothing" not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return make_trained_experiment(tmp_path_factory.mktemp("model_io"))
+
+
+def test_a_model_saved_again_in_its_folder_loads(trained, tmp_path):
+    """The folder's manifest named the replaced files as corrupt."""
+    best = tmp_path / "best_model"
+    shutil.copytree(os.path.join(trained["experiment"], "best_model"), best)
+    model = load_model_from_params_and_state(str(best))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_params_and_state(str(best))
+    again = load_model_from_params_and_state(str(best))
+    for got, saved in zip(again.parameters(), model.parameters()):
+        assert torch.equal(got, saved)
+    assert (best / "best_epoch.json").is_file()  # still in the manifest
+
+
+def test_a_model_is_never_saved_over_an_experiment(trained, tmp_path):
+    """It replaced the experiment's parameters.json: no resume after."""
+    experiment = tmp_path / "exp"
+    shutil.copytree(trained["experiment"], experiment)
+    before = (experiment / "parameters.json").read_bytes()
+    model = load_model_from_params_and_state(str(experiment / "best_model"))
+    with pytest.raises(DwiMLUserError, match=(
+            r"model folder '.*exp' is an experiment \(its parameters.json "
+            r"would be replaced\); expected a folder of its own")):
+        model.save_params_and_state(str(experiment))
+    assert (experiment / "parameters.json").read_bytes() == before
+
+
+def _define(name, module):
+    """A model class of ``name`` defined in ``module`` (as a notebook cell
+    or a file would)."""
+    namespace = {"Learn2TrackModel": Learn2TrackModel, "__name__": module}
+    exec(f"class {name}(Learn2TrackModel):\n    pass\n", namespace)
+    cls = namespace[name]
+    cls.__qualname__ = name
+    return cls
+
+
+def test_model_class_names_are_not_taken_over():
+    """A class of your own named Learn2TrackModel replaced the real one
+    for every load; a cell run twice made earlier instances unsavable with
+    a message saying 'not registered'."""
+    with pytest.raises(DwiMLUserError, match=(
+            r"model class name 'Learn2TrackModel' is taken by "
+            r"dwi_ml.models.learn2track.Learn2TrackModel, found another in "
+            r"notebook.Learn2TrackModel; rename your class")):
+        register_model(_define("Learn2TrackModel", "notebook"))
+    assert MODEL_REGISTRY["Learn2TrackModel"] is Learn2TrackModel
+    first = register_model(_define("CellModel", "__main__"))
+    model = first("m", nb_features=4, rnn_layer_sizes=[8])
+    try:
+        register_model(_define("CellModel", "__main__"))  # the cell again
+        with pytest.raises(DwiMLUserError, match=(
+                "an instance of an earlier definition of the class")):
+            model.save_params_and_state("unused")
+    finally:
+        del MODEL_REGISTRY["CellModel"]

@@ -27,7 +27,12 @@ from dwi_ml.io_utils.experiment_layout import (
     experiment_model_dir,
     read_model_epoch,
 )
-from dwi_ml.io_utils.manifest import verify_manifest
+from dwi_ml.io_utils.manifest import (
+    MANIFEST_FILE,
+    verify_manifest,
+    write_manifest,
+)
+from dwi_ml.io_utils.output_folders import folder_kind
 from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
 MODEL_TYPE_FILE = "model_type.txt"
@@ -43,9 +48,24 @@ _plugins_imported = False
 
 
 def register_model(cls):
-    """Class decorator: make ``cls`` loadable by its class name."""
+    """Class decorator: make ``cls`` loadable by its class name.
+
+    Defining the class again (a notebook cell run twice, a reloaded
+    module) replaces it; another class of the same name is refused: it
+    would load every model saved under that name.
+    """
+    known = MODEL_REGISTRY.get(cls.__name__)
+    if known is not None and _where(known) != _where(cls):
+        raise DwiMLUserError(
+            f"register_model: model class name '{cls.__name__}' is taken "
+            f"by {_where(known)}, found another in {_where(cls)}; rename "
+            "your class.")
     MODEL_REGISTRY[cls.__name__] = cls
     return cls
+
+
+def _where(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def import_model_plugins():
@@ -162,11 +182,22 @@ def save_params_and_state(model, folder):
         Destination folder.
     """
     model_type = type(model).__name__
-    if MODEL_REGISTRY.get(model_type) is not type(model):
+    registered = MODEL_REGISTRY.get(model_type)
+    if registered is None:
         raise DwiMLUserError(
             f"model class '{model_type}' is not registered: decorate it with "
             f"@register_model so that it can be loaded again.")
+    if registered is not type(model):
+        raise DwiMLUserError(
+            f"model class '{model_type}': this model is an instance of an "
+            f"earlier definition of the class (a cell run again, or a "
+            f"reloaded module); make it again from the current class.")
     params = model_params(model)  # checked before anything is written
+    if os.path.isdir(folder) and folder_kind(folder) == "experiment":
+        raise DwiMLUserError(
+            f"model folder '{folder}' is an experiment (its parameters.json "
+            f"would be replaced); expected a folder of its own, such as "
+            f"'{os.path.join(folder, 'my_model')}'.")
     os.makedirs(folder, exist_ok=True)
     # The weights go first and the type last: an interrupted save leaves no
     # model_type.txt in a new folder, so nobody mistakes it for a model.
@@ -178,6 +209,10 @@ def save_params_and_state(model, folder):
     with atomic_output_file(os.path.join(folder, MODEL_TYPE_FILE)) as tmp:
         with open(tmp, "w") as f:
             f.write(model_type + "\n")
+    # A folder saved before (a best model) has a manifest of the files just
+    # replaced: it would call them corrupt.
+    if os.path.isfile(os.path.join(folder, MANIFEST_FILE)):
+        write_manifest(folder)
 
 
 def with_saved_before(model_class, params):
