@@ -14,6 +14,7 @@ from dwi_ml.models.model_io import (
     load_model_from_params_and_state,
     register_model,
 )
+from dwi_ml.models.transformers import TransformerSrcOnlyModel
 
 
 def _streamlines():
@@ -145,3 +146,27 @@ def test_model_class_names_are_not_taken_over():
             model.save_params_and_state("unused")
     finally:
         del MODEL_REGISTRY["CellModel"]
+
+
+def test_a_tracking_step_that_breaks_the_contract_is_named():
+    """Wrong widths and counts were shape errors from inside torch; a
+    Transformer step whose streamlines missed the last step's point ran,
+    reading the wrong positions."""
+    model = _model().eval()
+    seeds = [torch.rand(1, 3) + 1.0 for _ in range(2)]
+    with pytest.raises(DwiMLUserError, match=(
+            r"^forward_step: expected step_inputs of shape \(N, 4\) "
+            r"\(nb_features \* nb_neighbours\), found shape \(2, 5\)")):
+        model.forward_step(torch.rand(2, 5), seeds)
+    with pytest.raises(DwiMLUserError, match=(
+            r"expected partial_streamlines of the 2 streamlines of "
+            r"step_inputs.*found 1 streamlines")):
+        model.forward_step(torch.rand(2, 4), seeds[:1])
+    transformer = TransformerSrcOnlyModel(
+        "t", nb_features=4, d_model=8, nheads=2, max_len=10).eval()
+    with torch.no_grad():
+        _, cache = transformer.forward_step(torch.rand(2, 4), seeds)
+        with pytest.raises(DwiMLUserError, match=(
+                "expected streamlines of 2 points at this step .*append "
+                "each step's new point.*found 1")):
+            transformer.forward_step(torch.rand(2, 4), seeds, cache)

@@ -242,6 +242,7 @@ class Learn2TrackModel(DirectionGetterModel):
             Give them to the next step (after
             :meth:`select_hidden_states` if streamlines stopped).
         """
+        self.check_step_inputs(step_inputs, partial_streamlines)
         features = self._point_features(
             step_inputs, self.compute_last_previous_dirs(partial_streamlines))
         outputs, hidden_states = self.rnn.forward_step(features, hidden_states)

@@ -176,6 +176,51 @@ class MainModelOneInput(MainModelAbstract):
                       normalize_prev_dirs=self.normalize_prev_dirs)
         return params
 
+    def check_step_inputs(self, step_inputs, partial_streamlines,
+                          nb_points=None):
+        """Refuse a tracking step that breaks ``forward_step``'s contract.
+
+        Parameters
+        ----------
+        step_inputs : torch.Tensor (N, input_size)
+        partial_streamlines : list of torch.Tensor (m_i, 3), or (N, m, 3)
+        nb_points : int, optional
+            The points every streamline must have (a list only: a tensor
+            may hold the last points alone).
+        """
+        if (not isinstance(step_inputs, torch.Tensor) or step_inputs.ndim != 2
+                or step_inputs.shape[1] != self.input_size):
+            found = (f"shape {tuple(step_inputs.shape)}"
+                     if isinstance(step_inputs, torch.Tensor)
+                     else type(step_inputs).__name__)
+            raise DwiMLUserError(
+                f"forward_step: expected step_inputs of shape (N, "
+                f"{self.input_size}) (nb_features * nb_neighbours), found "
+                f"{found}.")
+        if isinstance(partial_streamlines, torch.Tensor):
+            shape = tuple(partial_streamlines.shape)
+            valid = (len(shape) == 3 and shape[0] == len(step_inputs)
+                     and shape[1] >= 1 and shape[2] == 3)
+            counts = None
+        else:
+            counts = [tuple(s.shape) for s in partial_streamlines]
+            shape = f"{len(counts)} streamlines"
+            valid = len(counts) == len(step_inputs) and all(
+                len(c) == 2 and c[0] >= 1 and c[1] == 3 for c in counts)
+        if not valid:
+            raise DwiMLUserError(
+                f"forward_step: expected partial_streamlines of the "
+                f"{len(step_inputs)} streamlines of step_inputs, (N, m, 3) "
+                f"or a list of (m_i, 3) with m >= 1 points, found {shape}.")
+        if nb_points is not None and counts is not None:
+            wrong = next((c[0] for c in counts if c[0] != nb_points), None)
+            if wrong is not None:
+                raise DwiMLUserError(
+                    f"forward_step: expected streamlines of {nb_points} "
+                    f"points at this step (one more than the steps "
+                    f"before: append each step's new point), found "
+                    f"{wrong}.")
+
     def check_inputs(self, inputs, streamlines):
         """Refuse a batch that breaks the contract of the loader."""
         if len(inputs) != len(streamlines) or len(inputs) == 0:

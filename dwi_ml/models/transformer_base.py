@@ -282,6 +282,8 @@ class TransformerModelAbstract(DirectionGetterModel):
             Give it to the next step (after :meth:`select_hidden_states` if
             streamlines stopped).
         """
+        self.check_step_inputs(step_inputs, partial_streamlines,
+                               1 if cache is None else cache.nb_steps + 1)
         if cache is None:
             cache = self._new_cache(step_inputs)
         elif cache.nb_streamlines != len(step_inputs):
