@@ -26,12 +26,14 @@ criterion's rank correlation with the scores over the epochs.
 """
 import argparse
 import os
+import re
 import shutil
 import time
 
 import numpy as np
 import torch
 from bench_demo_validation import _angles_by_place, _prepare_data, _SaveEachEpoch
+from bench_out_folder import prepare_out
 from scipy.stats import spearmanr
 
 from dwi_ml.cli.dwiml_run_demo import demo_training_args
@@ -39,6 +41,7 @@ from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.cli.dwiml_train_model import build_parser as train_parser
 from dwi_ml.cli.dwiml_train_model import train_from_args
 from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR, PARAMETERS_FILE
 from dwi_ml.tracking.scoring import score_tractogram
 from dwi_ml.tracking.scoring_io import load_tractogram_vox_corner
@@ -72,8 +75,7 @@ def track_epoch(folder, experiment, weights, hdf5_file, subject, dwi,
 
 def run_seed(out_folder, seed, nb_streamlines, epochs, tracking_seed):
     """One seed: per-epoch criteria and tracking scores (list of dicts)."""
-    shutil.rmtree(out_folder, ignore_errors=True)
-    os.makedirs(out_folder)
+    os.makedirs(out_folder)  # new: main() prepared its parent
     hdf5_file = _prepare_data(out_folder, nb_streamlines, seed)
     experiments = os.path.join(out_folder, "experiments")
     os.makedirs(experiments)
@@ -151,8 +153,11 @@ def print_tables(results):
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("out_folder", help="Scratch folder (one sub-folder "
-                        "per seed, replaced).")
+    parser.add_argument("out_folder", help="Output folder, one sub-folder "
+                        "per seed: new, or one this script wrote (replaced "
+                        "with -f).")
+    parser.add_argument("-f", dest="overwrite", action="store_true",
+                        help="Replace what this script wrote in out_folder.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="Seeds of the data and the training (default: "
                              "0 1 2).")
@@ -166,6 +171,14 @@ def main():
                              "in their voxels (default: 0; others show the "
                              "scores' noise).")
     args = parser.parse_args()
+    own = {f"seed_{seed}" for seed in args.seeds}
+    if os.path.isdir(args.out_folder):
+        own |= {name for name in os.listdir(args.out_folder)
+                if re.fullmatch(r"seed_\d+", name)}
+    try:
+        prepare_out(args.out_folder, args.overwrite, sorted(own))
+    except DwiMLUserError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
     results = {}
     for seed in args.seeds:

@@ -16,12 +16,12 @@ CPU time of the training.
 """
 import argparse
 import os
-import shutil
 import sys
 import time
 
 import numpy as np
 import torch
+from bench_out_folder import prepare_out  # bench/, on the path as a script
 
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.cli.dwiml_run_demo import demo_training_args
@@ -30,6 +30,7 @@ from dwi_ml.cli.dwiml_train_model import train_from_args
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.directions import compute_direction_targets
 from dwi_ml.models.model_io import load_model_from_params_and_state
 from dwi_ml.training.callbacks import Callback
@@ -85,13 +86,20 @@ def _angles_by_place(model_dir, dataset, batch_size=200):
     return np.concatenate(angles), np.concatenate(places)
 
 
+# What main() writes at the top of its output folder.
+OWN_ENTRIES = ("synthetic", "dataset.hdf5", "experiments", "weights")
+
+
 def main():
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("out_folder", help="Scratch folder (replaced).")
+    parser.add_argument("out_folder", help="Output folder: new, or one "
+                        "this script wrote (replaced with -f).")
+    parser.add_argument("-f", dest="overwrite", action="store_true",
+                        help="Replace what this script wrote in out_folder.")
     parser.add_argument("--nb_streamlines", type=int, default=1000,
                         help="Streamlines per subject (default: 1000, the "
                              "demo's).")
@@ -101,8 +109,10 @@ def main():
                         help="Seed of the data and the training (default: "
                              "0).")
     args = parser.parse_args(argv)
-    shutil.rmtree(args.out_folder, ignore_errors=True)
-    os.makedirs(args.out_folder)
+    try:
+        prepare_out(args.out_folder, args.overwrite, OWN_ENTRIES)
+    except DwiMLUserError as error:
+        parser.error(str(error))
     hdf5_file = _prepare_data(args.out_folder, args.nb_streamlines,
                               args.seed)
     experiments = os.path.join(args.out_folder, "experiments")

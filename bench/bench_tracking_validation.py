@@ -32,7 +32,6 @@ import collections
 import functools
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -45,7 +44,7 @@ from dwi_ml.cli import dwiml_track_from_model as track_cli
 from dwi_ml.cli.dwiml_train_model import build_parser, train_from_args
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.synthetic import make_synthetic_dataset
-from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.experiment_layout import BEST_MODEL_DIR
 from dwi_ml.io_utils.run_paths import script_run
 from dwi_ml.models.direction_getter_model import DirectionGetterModel
@@ -58,6 +57,7 @@ from dwi_ml.training.callbacks import Callback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "tests"))
+from bench_out_folder import prepare_out  # noqa: E402 (bench/, on the path)
 from tracking_validation_data import (  # noqa: E402
     BUNDLE_KEY,
     label_bundles,
@@ -310,37 +310,6 @@ def proof(out, nb_epochs):
               f"{rows[epoch][4]:.3f}, VC {rows[epoch][5]:.3f}, IC "
               f"{rows[epoch][6]:.3f}")
 
-def prepare_out(out, overwrite):
-    """Make OUT, or with ``overwrite`` remove this script's entries from it;
-    refuse anything else in one line."""
-    if not os.path.lexists(out):
-        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise DwiMLUserError(f"out '{out}': its parent folder does not "
-                                 "exist.")
-        os.makedirs(out)
-        return
-    if not os.path.isdir(out):
-        raise DwiMLUserError(f"out '{out}' is a file; expected a folder.")
-    entries = os.listdir(out)
-    if not entries:
-        return
-    foreign = sorted(set(entries) - set(OWN_ENTRIES))
-    if foreign:
-        raise DwiMLUserError(
-            f"out '{out}': expected a new folder or one of this script's "
-            f"({list(OWN_ENTRIES)}), found also {foreign}; refused with or "
-            "without -f.")
-    if not overwrite:
-        raise DwiMLUserError(f"out '{out}' already exists; use -f to "
-                             "replace what this script wrote there.")
-    for name in entries:
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
-
-
 @script_entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
@@ -355,7 +324,7 @@ def main(argv=None):
     parser.add_argument("-f", dest="overwrite", action="store_true",
                         help="Replace what this script wrote in OUT.")
     args = parser.parse_args(argv)
-    prepare_out(args.out, args.overwrite)
+    prepare_out(args.out, args.overwrite, OWN_ENTRIES)
     if args.what == "cost":
         cost(args.out)
     elif args.what == "stages":
