@@ -1,8 +1,8 @@
 """The output folder of a bench script: new, or replaced with -f only
 where it holds nothing but the script's own entries."""
 import os
-import shutil
 
+from dwi_ml.io_utils.atomic import remove_path
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 
@@ -47,8 +47,4 @@ def prepare_out(out, overwrite, own_entries):
         raise DwiMLUserError(f"out '{out}' already exists; use -f to "
                              "replace what this script wrote there.")
     for name in entries:
-        path = os.path.join(out, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+        remove_path(os.path.join(out, name))

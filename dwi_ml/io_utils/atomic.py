@@ -289,12 +289,17 @@ def remove_stale_temporaries(folder, names):
     removed = []
     for name in stale:
         path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+        remove_path(path)
         removed.append(path)
     return removed
+
+
+def remove_path(path):
+    """Remove a file, a link (not its target) or a folder tree."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 def write_json_atomic(path, data, strict=True):

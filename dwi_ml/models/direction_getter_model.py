@@ -15,7 +15,7 @@ from dwi_ml.models.directions import (
     rows_with_targets,
     streamline_lengths,
 )
-from dwi_ml.models.main_models import MainModelOneInput
+from dwi_ml.models.main_models import MainModelOneInput, check_rows_of_width
 
 
 class DirectionGetterModel(MainModelOneInput):
@@ -156,15 +156,10 @@ class DirectionGetterModel(MainModelOneInput):
     def _check_outputs(self, outputs, method):
         """Refuse outputs that are not (M, output_size) tensors: extra
         columns were ignored, and a wrong width read other values."""
-        if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2 \
-                or outputs.shape[1] != self.output_size:
-            found = (f"shape {tuple(outputs.shape)}"
-                     if isinstance(outputs, torch.Tensor)
-                     else type(outputs).__name__)
-            raise DwiMLUserError(
-                f"{type(self).__name__}.{method}: expected outputs of shape "
-                f"(M, {self.output_size}) (the model's output_size), found "
-                f"{found}.")
+        check_rows_of_width(
+            outputs, "M", self.output_size,
+            f"{type(self).__name__}.{method}: expected outputs",
+            "the model's output_size")
 
     def eos_is_most_likely(self, outputs):
         """(N,) bool: EOS is the most likely class (``--eos_stop max``).

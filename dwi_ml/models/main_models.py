@@ -18,6 +18,20 @@ from dwi_ml.models import model_io
 from dwi_ml.models.directions import compute_last_previous_dirs, compute_previous_dirs
 
 
+def check_rows_of_width(tensor, rows, width, expected, meaning):
+    """Refuse anything but a 2-D tensor of ``width`` columns.
+
+    The message reads ``'{expected} of shape ({rows}, {width}) ({meaning}),
+    found ...'``.
+    """
+    if (isinstance(tensor, torch.Tensor) and tensor.ndim == 2
+            and tensor.shape[1] == width):
+        return
+    found = (f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor)
+             else type(tensor).__name__)
+    raise DwiMLUserError(f"{expected} of shape ({rows}, {width}) ({meaning}), "
+                         f"found {found}.")
+
 class MainModelAbstract(torch.nn.Module):
     """A model that can be saved, rebuilt and trained by dwi_ml.
 
@@ -188,15 +202,9 @@ class MainModelOneInput(MainModelAbstract):
             The points every streamline must have (a list only: a tensor
             may hold the last points alone).
         """
-        if (not isinstance(step_inputs, torch.Tensor) or step_inputs.ndim != 2
-                or step_inputs.shape[1] != self.input_size):
-            found = (f"shape {tuple(step_inputs.shape)}"
-                     if isinstance(step_inputs, torch.Tensor)
-                     else type(step_inputs).__name__)
-            raise DwiMLUserError(
-                f"forward_step: expected step_inputs of shape (N, "
-                f"{self.input_size}) (nb_features * nb_neighbours), found "
-                f"{found}.")
+        check_rows_of_width(step_inputs, "N", self.input_size,
+                            "forward_step: expected step_inputs",
+                            "nb_features * nb_neighbours")
         if isinstance(partial_streamlines, torch.Tensor):
             shape = tuple(partial_streamlines.shape)
             valid = (len(shape) == 3 and shape[0] == len(step_inputs)
