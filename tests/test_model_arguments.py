@@ -1,4 +1,5 @@
 """Models called from Python name what is wrong with their inputs."""
+import json
 import logging
 import os
 import shutil
@@ -170,3 +171,27 @@ def test_a_tracking_step_that_breaks_the_contract_is_named():
                 "expected streamlines of 2 points at this step .*append "
                 "each step's new point.*found 1")):
             transformer.forward_step(torch.rand(2, 4), seeds, cache)
+
+
+def test_model_folder_arguments_are_named(trained, tmp_path):
+    """None was a TypeError of os.path; a file in place of the folder a
+    FileExistsError; a value the model refuses did not name the file."""
+    with pytest.raises(DwiMLUserError, match=(
+            r"^model folder: expected a path .*found NoneType None")):
+        load_model_from_params_and_state(None)
+    model = load_model_from_params_and_state(
+        os.path.join(trained["experiment"], "best_model"))
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(DwiMLUserError, match=(
+            r"model folder '.*a_file': expected a folder \(or none\), found "
+            r"a file")):
+        model.save_params_and_state(str(tmp_path / "a_file"))
+    assert (tmp_path / "a_file").read_text() == "mine"
+    folder = tmp_path / "saved"
+    model.save_params_and_state(str(folder))
+    params = json.loads((folder / "parameters.json").read_text())
+    params["dropout"] = 1.5
+    (folder / "parameters.json").write_text(json.dumps(params))
+    with pytest.raises(DwiMLUserError, match=(
+            r"^.*saved.parameters.json: argument 'dropout': expected")):
+        load_model_from_params_and_state(str(folder))

@@ -193,6 +193,10 @@ def save_params_and_state(model, folder):
             f"earlier definition of the class (a cell run again, or a "
             f"reloaded module); make it again from the current class.")
     params = model_params(model)  # checked before anything is written
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise DwiMLUserError(
+            f"model folder '{folder}': expected a folder (or none), found a "
+            f"file.")
     if os.path.isdir(folder) and folder_kind(folder) == "experiment":
         raise DwiMLUserError(
             f"model folder '{folder}' is an experiment (its parameters.json "
@@ -238,6 +242,11 @@ def load_model_from_params_and_state(folder, device="cpu"):
         The model, on ``device``, in eval mode.
     """
     device = check_device(device)
+    if not isinstance(folder, (str, os.PathLike)):
+        raise DwiMLUserError(
+            f"model folder: expected a path (such as an experiment's "
+            f"best_model), found {type(folder).__name__} {folder!r}.")
+    folder = os.fspath(folder)
     verify_manifest(folder)
     for name in (MODEL_TYPE_FILE, PARAMETERS_FILE, STATE_FILE):
         path = os.path.join(folder, name)
@@ -266,6 +275,8 @@ def load_model_from_params_and_state(folder, device="cpu"):
         raise DwiMLUserError(
             f"{params_path}: parameters do not match {model_type}: "
             f"{error}.") from None
+    except DwiMLUserError as error:  # a value the model refuses
+        raise DwiMLUserError(f"{params_path}: {error}") from None
     state_path = os.path.join(folder, STATE_FILE)
     state = load_torch_file(state_path, "model weights", map_location=device)
     try:
