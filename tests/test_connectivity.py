@@ -12,6 +12,7 @@ from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_blocs import main as bloc
 from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_labels import main as labels_main
 from dwi_ml.cli.dwiml_compute_connectivity_score import main as score_main
 from dwi_ml.data.hdf5.connectivity import matrix_on_label_nodes
+from dwi_ml.data.packed import make_array_sequence
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.connectivity import (
     connectivity_from_blocs,
@@ -70,6 +71,93 @@ def test_matrix_is_upper_triangular_and_counts_each_streamline_once():
     assert matrix.dtype == np.int64
     binary = connectivity_matrix([0, 2, 1, 1], [2, 0, 1, 3], 4, binary=True)
     np.testing.assert_array_equal(binary, expected > 0)
+
+
+@pytest.mark.parametrize("start, end, expected", [
+    ([0, 5], [1, 1], "argument start_nodes: expected nodes in [0, 3), found "
+                     "5 (streamline 1, 1 out of range in all)."),
+    ([0, 1], [-1, 2], "argument end_nodes: expected nodes in [0, 3), found "
+                      "-1 (streamline 0, 1 out of range in all)."),
+    ([0, 1], [1], "expected two (N,) arrays of the same length, found "
+                  "shapes (2,) and (1,)."),
+])
+def test_matrix_refuses_nodes_out_of_range(start, end, expected):
+    """Node 5 of 3 went silently into cell [2, 2] (bincount's flat index);
+    a negative one was a numpy error."""
+    with pytest.raises(DwiMLUserError) as error:
+        connectivity_matrix(start, end, 3)
+    assert str(error.value).startswith("connectivity_matrix ")
+    assert str(error.value).endswith(expected)
+
+
+def test_blocs_refuse_a_nan_endpoint_but_count_an_empty_streamline():
+    """An empty streamline (NaN endpoints) counts in bloc 0, as documented;
+    a NaN endpoint of another counted there silently too."""
+    # Streamlines 0 (empty), 1 (two points), 2 (its last point NaN).
+    data = np.array([[1.5, 1.5, 1.5], [3.5, 3.5, 3.5], [1.5, 1.5, 1.5],
+                     [np.nan, 1.5, 1.5]])
+    lengths = np.array([0, 2, 2])
+    empty_and_good = make_array_sequence(data[:2], np.array([0, 0]),
+                                         lengths[:2])
+    matrix = connectivity_from_blocs(empty_and_good, (4, 4, 4), 2)
+    # The empty one joins bloc 0 to itself; the other bloc 0 to bloc 7.
+    assert matrix[0, 0] == 1 and matrix[0, 7] == 1 and matrix.sum() == 2
+    with_nan = make_array_sequence(data, np.array([0, 0, 2]), lengths)
+    for compute in (lambda s: connectivity_from_blocs(s, (4, 4, 4), 2),
+                    lambda s: connectivity_from_labels(s, _labels())):
+        with pytest.raises(DwiMLUserError) as error:
+            compute(with_nan)
+        assert str(error.value) == (
+            "streamlines_vox: expected finite endpoints, found NaN or "
+            "infinite ones in 1 streamline(s), streamline 2 first.")
+
+
+def test_labels_must_be_whole_numbers_on_a_3d_grid():
+    """Labels 3.0 and 7.5 gave a matrix of zeros; a 2-D volume a numpy
+    error."""
+    labels = _labels().astype(np.float32)
+    np.testing.assert_array_equal(
+        connectivity_from_labels(_streamlines(), labels),
+        EXPECTED_FROM_LABELS)    # whole floats are labels
+    labels[labels == 3] = 7.5
+    with pytest.raises(DwiMLUserError) as error:
+        connectivity_from_labels(_streamlines(), labels)
+    assert str(error.value) == (
+        "label_volume: expected integer labels, found 300 voxel(s) of "
+        "non-integer value, e.g. 7.5.")
+    with pytest.raises(DwiMLUserError) as error:
+        connectivity_from_labels(_streamlines(), _labels()[:, :, 0])
+    assert str(error.value) == ("label_volume: expected a 3-D (X, Y, Z) "
+                                "volume of labels, found shape (10, 10).")
+
+
+def test_labels_refuse_streamlines_of_another_grid():
+    """Every endpoint outside the label volume gave [[0]] (background
+    only) with no word: the streamlines are on another grid."""
+    far = ArraySequence([line_along_x(25.5, 25.5, np.array([20.5, 30.5])),
+                         line_along_x(-3.5, 2.5)])
+    with pytest.raises(DwiMLUserError) as error:
+        connectivity_from_labels(far, _labels())
+    assert str(error.value) == (
+        "streamlines_vox: expected endpoints in the label volume of shape "
+        "(10, 10, 10) (voxel space, corner origin), found all 4 outside "
+        "it; the streamlines are probably not on its grid.")
+    # One endpoint inside is enough; no streamline at all is no matrix.
+    inside = ArraySequence([far[0], line_along_x(2.5, 2.5,
+                                                 np.array([-3., 1.5]))])
+    # The far one joins the background to itself (counted as before).
+    assert connectivity_from_labels(inside, _labels()).tolist() == [
+        [1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert connectivity_from_labels(ArraySequence(), _labels()).sum() == 0
+
+
+def test_a_list_of_streamlines_is_read_as_an_array_sequence():
+    """A list of (n, 3) arrays: "'list' object has no attribute '_data'"."""
+    as_list = list(_streamlines())
+    np.testing.assert_array_equal(
+        connectivity_from_labels(as_list, _labels()), EXPECTED_FROM_LABELS)
+    np.testing.assert_array_equal(
+        connectivity_from_blocs(as_list, GRID, 2), EXPECTED_FROM_BLOCS)
 
 
 def test_from_labels():

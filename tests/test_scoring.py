@@ -249,6 +249,85 @@ def test_bad_arguments_are_user_errors():
                          min_share_in_volume=1.5)
 
 
+def test_a_reference_off_the_grid_is_refused():
+    """The reference scored against itself on a grid of 5^3 when it lies
+    on 10^3 gave VC 0, NC 1, OL 0 with no word: the reference defines the
+    bundles, so any point of it off the grid is refused, also when given
+    as a DenseReference (tracking validation)."""
+    reference, labels = hand_reference()
+    for given in (reference, DenseReference(reference, np.eye(4))):
+        with pytest.raises(DwiMLUserError) as error:
+            score_tractogram(reference, given, (5, 5, 5), np.eye(4), labels)
+        assert str(error.value) == (
+            "score_tractogram argument reference: expected points on the "
+            "grid of shape (5, 5, 5) (voxel space, corner origin: [0, size] "
+            "along each axis), found points from (0.5, 2.5, 2.5) to (9.5, "
+            "7.5, 7.5); is it in voxel space, on this grid?")
+    # On its grid: a perfect score, with no warning.
+    assert score_tractogram(reference, reference, GRID, np.eye(4),
+                            labels)["VC"] == 1.0
+
+
+def test_tracked_points_off_the_grid_are_scored_with_one_warning(caplog):
+    """A tracked tractogram left in RAS mm scored 0 everywhere silently;
+    its points off the grid are now counted in one warning."""
+    reference, _ = hand_reference()
+    tracked = list(hand_tracked())
+    in_rasmm = [points * 2.0 + 30.0 for points in tracked]
+    # One point of the last streamline just off the grid.
+    tracked[-1] = np.vstack([tracked[-1], [[10.25, 2.5, 2.5]]])
+    for streamlines, nb_outside in ((tracked, 1), (in_rasmm, 41)):
+        caplog.clear()
+        scores = score_tractogram(streamlines, reference, GRID, np.eye(4))
+        messages = [r.getMessage() for r in caplog.records
+                    if r.levelname == "WARNING"]
+        nb_points = int(scores["nb_tracked_points"])
+        assert messages == [
+            f"score_tractogram: {nb_outside} of the {nb_points} tracked "
+            f"points lie outside the grid of shape {GRID} (voxel space, "
+            f"corner origin); they count as far from the reference and in "
+            f"no voxel. Are they in voxel space, on this grid?"]
+    assert scores["points_within_2_vox"] == 0.0
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"shape": (10, 0, 10)}, "argument shape: expected 3 integers >= 1 "
+     "(the grid's size in voxels), found (10, 0, 10)."),
+    ({"shape": (10, -10, 10)}, "argument shape: expected 3 integers >= 1 "
+     "(the grid's size in voxels), found (10, -10, 10)."),
+    ({"shape": (10, 10)}, "argument shape: expected 3 integers >= 1 "
+     "(the grid's size in voxels), found (10, 10)."),
+    ({"shape": (10, 10, 10.5)}, "argument shape: expected 3 integers >= 1 "
+     "(the grid's size in voxels), found (10, 10, 10.5)."),
+    ({"affine": np.diag([2.0, 2.0, 0.0, 1.0])}, "argument affine: expected "
+     "a finite voxel-to-RAS mm matrix with an invertible linear part, "
+     "found a singular one (singular values [2.0, 2.0, 0.0])."),
+    ({"affine": np.full((4, 4), np.inf)}, "argument affine: expected a "
+     "finite voxel-to-RAS mm matrix with an invertible linear part, found "
+     "NaN or infinite values."),
+    ({"tracked": [np.array([[1.5, 1.5, np.nan], [2.5, 1.5, 1.5]])]},
+     "argument tracked: expected finite points, found 1 with NaN or "
+     "infinite coordinates."),
+    ({"reference": [np.array([[1.5, 1.5, 1.5], [np.inf, 1.5, 1.5]])]},
+     "argument reference: expected finite points, found 1 with NaN or "
+     "infinite coordinates."),
+    ({"tracked": [np.ones((3, 2))]}, "argument tracked: expected "
+     "streamlines of (n, 3) points, found points of shape (2,) "
+     "(coordinates per point)."),
+])
+def test_bad_grid_and_points_are_one_line_errors(change, expected):
+    """A zero size, NaN points (scipy's "'x' must be finite"), (n, 2)
+    points (reshaped silently to (., 3)) and a singular affine (an error
+    naming step_size_mm) are refused, naming the argument."""
+    reference, _ = hand_reference()
+    arguments = {"tracked": list(hand_tracked()), "reference": reference,
+                 "shape": GRID, "affine": np.eye(4)}
+    arguments.update(change)
+    with pytest.raises(DwiMLUserError) as error:
+        score_tractogram(**arguments)
+    assert str(error.value) == f"score_tractogram {expected}"
+
+
 def test_voxel_helpers():
     np.testing.assert_array_equal(
         point_voxel_indices(np.array([[0.5, 0.5, 0.5], [9.99, 0, 0],

@@ -240,6 +240,97 @@ def test_eos_stop():
         make_tracker(constant_model(), box_mask(), eos_threshold=0.5)
 
 
+TRACK = ("BatchedTracker.track argument seeds_vox_corner: expected an "
+         "(N, 3) array of points, found ")
+CONTINUE = ("BatchedTracker.continue_streamlines argument "
+            "prefixes_vox_corner: expected an (N, K, 3) array of prefixes, "
+            "K >= 1, found ")
+
+
+@pytest.mark.parametrize("seeds, found", [
+    (np.zeros((2, 2)), "shape (2, 2)."),
+    (np.zeros(3), "shape (3,)."),
+    (np.zeros((2, 1, 3)), "shape (2, 1, 3)."),
+    ([[1.5, 1.5, 1.5], [1.5, 1.5]],
+     "a ragged sequence (rows of different lengths)."),
+    (np.array([[3.5, 3.5, 3.5], [np.inf, 1, 1], [np.nan, 1, 1]]),
+     "NaN or infinite coordinates in 2 of 3 seeds (seed 1 first)."),
+])
+def test_seeds_that_are_not_n_by_3_points_are_refused(seeds, found):
+    """(N, 2), (3,) and (N, 1, 3) failed deep in stopping.py or
+    propagation.py; a NaN seed came back as a streamline."""
+    tracker = make_tracker(constant_model(), box_mask())
+    for track, message in (
+            (tracker.track, TRACK),
+            (lambda seeds: tracker.track_in_batches(seeds, 2, True),
+             TRACK.replace(".track ", ".track_in_batches "))):
+        with pytest.raises(DwiMLUserError) as error:
+            track(seeds)
+        assert str(error.value) == message + found
+
+
+def test_no_seed_gives_an_empty_result_in_batches_too():
+    """track_in_batches without seeds: 'need at least one array to
+    concatenate'; track gave the empty result. A list of points is fine."""
+    tracker = make_tracker(constant_model(), box_mask())
+    for seeds in (np.zeros((0, 3), np.float32), []):
+        for result in (tracker.track(seeds),
+                       tracker.track_in_batches(seeds, 10, True)):
+            assert len(result.streamlines) == 0
+            assert result.seeds.shape == (0, 3)
+            assert len(result.forward_stops) == 0
+            assert len(result.backward_stops) == 0
+    listed = tracker.track_in_batches(SEED.tolist(), 10, True)
+    np.testing.assert_array_equal(listed.streamlines[0],
+                                  tracker.track(SEED).streamlines[0])
+
+
+@pytest.mark.parametrize("prefixes, found", [
+    (np.zeros((2, 0, 3)), "shape (2, 0, 3)."),
+    (np.zeros((2, 3)), "shape (2, 3)."),
+    (np.zeros((2, 2, 2)), "shape (2, 2, 2)."),
+    ([np.full((2, 3), 3.5), np.full((3, 3), 3.5)],
+     "a ragged sequence (rows of different lengths)."),
+    (np.array([[[3.5, 3.5, 3.5], [4.5, 3.5, 3.5]],
+               [[3.5, 3.5, 3.5], [np.nan, 3.5, 3.5]]]),
+     "NaN or infinite coordinates in 1 of 2 prefixes (prefix 1 first)."),
+])
+def test_prefixes_that_are_not_n_k_3_points_are_refused(prefixes, found):
+    """Zero-point prefixes tracked from voxel (0, 0, 0); NaN prefixes came
+    back as they were."""
+    tracker = make_tracker(constant_model(), box_mask())
+    with pytest.raises(DwiMLUserError) as error:
+        tracker.continue_streamlines(prefixes)
+    assert str(error.value) == CONTINUE + found
+
+
+def test_no_prefix_gives_an_empty_result():
+    streamlines, stops = make_tracker(constant_model(), box_mask()) \
+        .continue_streamlines(np.zeros((0, 2, 3), np.float32))
+    assert len(streamlines) == 0 and stops.shape == (0,)
+
+
+def test_a_prefix_outside_the_volume_stops_at_once_as_a_seed_does():
+    """A prefix ending outside the volume (x < 0) was grown when the model
+    steered it back in; like a seed outside the volume, it now stops at
+    once (MASK) and comes back as it is, and the others grow as before."""
+    tracker = make_tracker(constant_model(), None, track_forward_only=True)
+    outside = np.array([[-1.5, 5.5, 4.5], [-0.5, 5.5, 4.5]], np.float32)
+    inside = np.array([[2.25, 5.5, 4.5], [3.25, 5.5, 4.5]], np.float32)
+    streamlines, stops = tracker.continue_streamlines(
+        np.stack([inside, outside, inside]))
+    np.testing.assert_array_equal(streamlines[1], outside)
+    assert stops[1] == StopReason.MASK
+    alone, alone_stops = tracker.continue_streamlines(inside[None])
+    for row in (0, 2):
+        np.testing.assert_array_equal(streamlines[row], alone[0])
+        assert stops[row] == alone_stops[0] == StopReason.MASK
+    assert len(alone[0]) == 2 + 10     # x from 4.25 to 13.25, then out
+    seed = tracker.track(outside[-1:])
+    assert len(seed.streamlines[0]) == 1
+    assert seed.forward_stops[0] == StopReason.MASK
+
+
 def test_keep_by_length():
     keep = keep_by_length(np.array([1, 2, 6, 11, 12]), 2.0, 2.0, 20.0)
     np.testing.assert_array_equal(keep, [False, True, True, True, False])

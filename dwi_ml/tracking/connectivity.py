@@ -8,14 +8,18 @@ upper-triangular: a streamline from node ``i`` to node ``j`` adds one at
 
 Every function takes streamlines in voxel space with a corner origin (dipy
 ``Space.VOX``, ``Origin.TRACKVIS``): an endpoint ``p`` lies in voxel
-``floor(p)``.
+``floor(p)``. A plain list of ``(n, 3)`` arrays is read as an
+ArraySequence.
 """
 import numpy as np
+from nibabel.streamlines import ArraySequence
 
 from dwi_ml.data.hdf5.connectivity import (  # noqa: F401 (re-exported)
     check_nb_blocs_fit,
     label_nodes,
 )
+from dwi_ml.data.packed import packed_arrays
+from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.voxel_masks import (
     OUTSIDE,
@@ -44,7 +48,7 @@ def connectivity_matrix(start_nodes, end_nodes, nb_nodes, binary=False):
     ----------
     start_nodes, end_nodes : np.ndarray, shape (N,), int
         Node of each streamline's first and last point, in
-        ``[0, nb_nodes)``.
+        ``[0, nb_nodes)``; other nodes are refused.
     nb_nodes : int
     binary : bool
         Return whether each pair is connected (bool) instead of counts.
@@ -53,8 +57,23 @@ def connectivity_matrix(start_nodes, end_nodes, nb_nodes, binary=False):
     -------
     np.ndarray, shape (nb_nodes, nb_nodes), int64 (or bool)
     """
+    nb_nodes = check_int("nb_nodes", nb_nodes, 0, "connectivity_matrix")
     start_nodes = np.asarray(start_nodes, dtype=np.int64)
     end_nodes = np.asarray(end_nodes, dtype=np.int64)
+    if start_nodes.ndim != 1 or start_nodes.shape != end_nodes.shape:
+        raise DwiMLUserError(
+            f"connectivity_matrix arguments start_nodes, end_nodes: expected "
+            f"two (N,) arrays of the same length, found shapes "
+            f"{start_nodes.shape} and {end_nodes.shape}.")
+    for name, nodes in (("start_nodes", start_nodes),
+                        ("end_nodes", end_nodes)):
+        # np.bincount would put a node >= nb_nodes in another cell.
+        bad = np.flatnonzero((nodes < 0) | (nodes >= nb_nodes))
+        if len(bad):
+            raise DwiMLUserError(
+                f"connectivity_matrix argument {name}: expected nodes in "
+                f"[0, {nb_nodes}), found {nodes[bad[0]]} (streamline "
+                f"{bad[0]}, {len(bad)} out of range in all).")
     low = np.minimum(start_nodes, end_nodes)
     high = np.maximum(start_nodes, end_nodes)
     counts = np.bincount(low * nb_nodes + high, minlength=nb_nodes * nb_nodes)
@@ -66,7 +85,8 @@ def endpoint_labels(streamlines_vox, label_volume):
     """Label of the voxel of each streamline's first and last point.
 
     Endpoints outside the volume get ``BACKGROUND`` (0), like those in
-    unlabelled voxels.
+    unlabelled voxels; a tractogram whose endpoints are all outside (another
+    grid), or one with a NaN endpoint, is refused.
 
     Parameters
     ----------
@@ -78,12 +98,34 @@ def endpoint_labels(streamlines_vox, label_volume):
     -------
     start_labels, end_labels : np.ndarray, shape (N,), int64
     """
+    label_volume = check_label_volume(label_volume)
+    return _labels_of_voxels(
+        label_volume, _endpoint_voxels(streamlines_vox, label_volume.shape))
+
+
+def _endpoint_voxels(streamlines_vox, shape):
+    """Flat voxel index (or OUTSIDE) of each streamline's first and last
+    point; refuses a tractogram whose endpoints are all outside the grid."""
+    heads, tails, kept = checked_endpoints(streamlines_vox)
+    voxels = tuple(point_voxel_indices(points, shape)
+                   for points in (heads, tails))
+    if kept.any() and not np.any((voxels[0][kept] != OUTSIDE)
+                                 | (voxels[1][kept] != OUTSIDE)):
+        raise DwiMLUserError(
+            f"streamlines_vox: expected endpoints in the label volume of "
+            f"shape {tuple(shape)} (voxel space, corner origin), found all "
+            f"{2 * int(kept.sum())} outside it; the streamlines are probably "
+            f"not on its grid.")
+    return voxels
+
+
+def _labels_of_voxels(label_volume, voxels):
+    """Labels at flat voxel indices; BACKGROUND at OUTSIDE."""
     flat_labels = np.asarray(label_volume, dtype=np.int64).ravel()
     results = []
-    for points in streamline_endpoints(streamlines_vox):
-        voxels = point_voxel_indices(points, label_volume.shape)
-        labels = np.full(len(voxels), BACKGROUND, dtype=np.int64)
-        labels[voxels != OUTSIDE] = flat_labels[voxels[voxels != OUTSIDE]]
+    for flat in voxels:
+        labels = np.full(len(flat), BACKGROUND, dtype=np.int64)
+        labels[flat != OUTSIDE] = flat_labels[flat[flat != OUTSIDE]]
         results.append(labels)
     return tuple(results)
 
@@ -101,18 +143,18 @@ def connectivity_from_labels(streamlines_vox, label_volume, binary=False):
     Parameters
     ----------
     streamlines_vox : nibabel ArraySequence
-        Voxel space, corner origin, on the grid of ``label_volume``.
-    label_volume : np.ndarray, shape (X, Y, Z), int >= 0
+        Voxel space, corner origin, on the grid of ``label_volume``. When
+        every endpoint of a non-empty tractogram lies outside the volume,
+        it is refused: it is on another grid.
+    label_volume : np.ndarray, shape (X, Y, Z), integer values >= 0
+        Whole floats (3.0) are accepted, fractional ones (7.5) refused.
     binary : bool
 
     Returns
     -------
     np.ndarray, square (as many rows as distinct labels), int64 (or bool)
     """
-    label_volume = np.asarray(label_volume)
-    if label_volume.size and label_volume.min() < 0:
-        raise DwiMLUserError(
-            f"label_volume: expected labels >= 0, found {label_volume.min()}.")
+    label_volume = check_label_volume(label_volume)
     nodes = label_nodes(label_volume)
     start_labels, end_labels = endpoint_labels(streamlines_vox, label_volume)
     start_nodes, end_nodes = (np.searchsorted(nodes, labels)
@@ -123,6 +165,63 @@ def connectivity_from_labels(streamlines_vox, label_volume, binary=False):
                     & (nodes[end_nodes[known]] == end_labels[known]))
     return connectivity_matrix(start_nodes[known], end_nodes[known],
                                len(nodes), binary)
+
+
+def check_label_volume(label_volume):
+    """Return ``label_volume`` as an array, refusing anything but a 3-D
+    volume of integer labels >= 0 (whole floats included)."""
+    label_volume = np.asarray(label_volume)
+    if label_volume.ndim != 3:
+        raise DwiMLUserError(
+            f"label_volume: expected a 3-D (X, Y, Z) volume of labels, found "
+            f"shape {label_volume.shape}.")
+    if not (np.issubdtype(label_volume.dtype, np.integer)
+            or label_volume.dtype == bool):
+        fractional = label_volume[~(np.floor(label_volume) == label_volume)]
+        if fractional.size:
+            raise DwiMLUserError(
+                f"label_volume: expected integer labels, found "
+                f"{fractional.size} voxel(s) of non-integer value, e.g. "
+                f"{fractional.flat[0]}.")
+    if label_volume.size and label_volume.min() < 0:
+        raise DwiMLUserError(
+            f"label_volume: expected labels >= 0, found {label_volume.min()}.")
+    return label_volume
+
+
+def checked_endpoints(streamlines_vox):
+    """First and last point of each streamline, refusing a non-empty
+    streamline whose endpoint is NaN or infinite.
+
+    Parameters
+    ----------
+    streamlines_vox : nibabel ArraySequence or list of (n, 3) arrays
+
+    Returns
+    -------
+    heads, tails : np.ndarray, shape (N, 3), float64
+        NaN for empty streamlines (see
+        :func:`~dwi_ml.tracking.voxel_masks.streamline_endpoints`).
+    kept : np.ndarray, shape (N,), bool
+        The non-empty streamlines.
+    """
+    if not isinstance(streamlines_vox, ArraySequence):
+        streamlines_vox = ArraySequence(streamlines_vox)
+    data, _, lengths = packed_arrays(streamlines_vox)
+    if data.ndim != 2 or data.shape[1] != 3:
+        raise DwiMLUserError(
+            f"streamlines_vox: expected (n, 3) points, found points of "
+            f"shape {data.shape[1:]}.")
+    heads, tails = streamline_endpoints(streamlines_vox)
+    kept = lengths > 0
+    bad = np.flatnonzero(kept & ~np.all(np.isfinite(heads)
+                                        & np.isfinite(tails), axis=1))
+    if len(bad):
+        raise DwiMLUserError(
+            f"streamlines_vox: expected finite endpoints, found NaN or "
+            f"infinite ones in {len(bad)} streamline(s), streamline "
+            f"{bad[0]} first.")
+    return heads, tails, kept
 
 
 def point_blocs(points_vox, shape, nb_blocs):
@@ -193,7 +292,7 @@ def endpoint_blocs(streamlines_vox, shape, nb_blocs):
     start_blocs, end_blocs : np.ndarray, shape (N,), int64
     """
     return tuple(point_blocs(points, shape, nb_blocs)
-                 for points in streamline_endpoints(streamlines_vox))
+                 for points in checked_endpoints(streamlines_vox)[:2])
 
 
 def connectivity_from_blocs(streamlines_vox, shape, nb_blocs, binary=False):
@@ -202,7 +301,8 @@ def connectivity_from_blocs(streamlines_vox, shape, nb_blocs, binary=False):
     Parameters
     ----------
     streamlines_vox : nibabel ArraySequence
-        Voxel space, corner origin.
+        Voxel space, corner origin. An empty streamline counts in bloc 0;
+        a NaN or infinite endpoint of another is refused.
     shape : tuple of 3 int
         Volume size, voxels.
     nb_blocs : int or tuple of 3 int

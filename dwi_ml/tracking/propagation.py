@@ -62,7 +62,7 @@ from dwi_ml.tracking.tracked_streamlines import (
     reverse_padded,
     scatter_rows,
 )
-from dwi_ml.tracking.tracker_args import check_tracker_args
+from dwi_ml.tracking.tracker_args import check_points, check_tracker_args
 from dwi_ml.tracking.training_facts import check_model_max_len
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,10 @@ class BatchedTracker(NextPointChecks):
         Parameters
         ----------
         seeds_vox_corner : np.ndarray, shape (N, 3)
-            Voxel space, corner origin.
+            Voxel space, corner origin (a list of 3-element points is
+            fine); NaN or infinite coordinates, or any other shape, are
+            refused. A seed outside the volume, or whose voxel is outside
+            the tracking mask, stops at once (``MASK``, the seed alone).
         first_index : int
             Index of the first seed among all seeds of the run: seed ``i``
             of the batch draws as seed ``first_index + i`` ("prob").
@@ -202,8 +205,10 @@ class BatchedTracker(NextPointChecks):
         -------
         TrackedStreamlines
         """
-        seeds = torch.as_tensor(np.asarray(seeds_vox_corner),
-                                dtype=self.dtype, device=self.device)
+        seeds = torch.as_tensor(
+            check_points("seeds_vox_corner", seeds_vox_corner,
+                         "BatchedTracker.track"),
+            dtype=self.dtype, device=self.device)
         with torch.inference_mode():
             valid = self.tracking_mask.contains_voxel(seeds)
             points = seeds[:, None, :]
@@ -235,9 +240,14 @@ class BatchedTracker(NextPointChecks):
                          disable_progress=None):
         """Track all seeds, ``batch_size`` at a time, with a progress bar.
 
-        Returns one :class:`TrackedStreamlines` for all seeds, in order.
+        Returns one :class:`TrackedStreamlines` for all seeds, in order
+        (without seeds, the empty result of :meth:`track`).
         """
         check_int("batch_size", batch_size, 1, "track_in_batches")
+        seeds_vox_corner = check_points("seeds_vox_corner", seeds_vox_corner,
+                                        "BatchedTracker.track_in_batches")
+        if len(seeds_vox_corner) == 0:
+            return self.track(seeds_vox_corner)
         results = [self.track(seeds_vox_corner[start:start + batch_size],
                               start)
                    for start in tqdm(range(0, len(seeds_vox_corner),
@@ -257,8 +267,12 @@ class BatchedTracker(NextPointChecks):
         ----------
         prefixes_vox_corner : np.ndarray, shape (N, K, 3)
             The first K >= 1 points of each streamline, voxel space, corner
-            origin. Prefix ``i`` draws ("prob") as the forward half of seed
-            ``i``.
+            origin, finite (anything else is refused). Prefix ``i`` draws
+            ("prob") as the forward half of seed ``i``. A prefix with a
+            point outside the volume is not grown, as a seed outside the
+            volume: it comes back as it is, stopped by ``MASK``. The
+            tracking mask is not read on the prefix (its points are given),
+            only on the points grown after it.
 
         Returns
         -------
@@ -266,14 +280,28 @@ class BatchedTracker(NextPointChecks):
             Prefix and continuation, voxel space, corner origin, compact.
         stops : np.ndarray of StopReason values, shape (N,)
         """
-        prefixes = torch.as_tensor(np.asarray(prefixes_vox_corner),
-                                   dtype=self.dtype, device=self.device)
-        lengths = torch.full((len(prefixes),), prefixes.shape[1],
+        prefixes = torch.as_tensor(
+            check_points("prefixes_vox_corner", prefixes_vox_corner,
+                         "BatchedTracker.continue_streamlines",
+                         prefixes=True),
+            dtype=self.dtype, device=self.device)
+        nb_prefixes, prefix_length = prefixes.shape[:2]
+        lengths = torch.full((nb_prefixes,), prefix_length,
                              dtype=torch.int64, device=self.device)
-        keys = 2 * torch.arange(len(prefixes), device=self.device)
+        stops = torch.full_like(lengths, int(StopReason.MASK))
+        points = prefixes
         with torch.inference_mode():
-            points, lengths, stops, _ = self._propagate(prefixes, lengths,
-                                                        keys)
+            # Prefixes with a point outside the volume are not grown.
+            inside = self.tracking_mask.inside_volume(
+                prefixes.reshape(-1, 3)).reshape(nb_prefixes,
+                                                 prefix_length).all(dim=1)
+            if inside.any():
+                rows = torch.nonzero(inside).squeeze(1)
+                grown, grown_lengths, grown_stops, _ = self._propagate(
+                    prefixes[rows], lengths[rows], 2 * rows)
+                points = scatter_rows(points, rows, grown)
+                lengths[rows] = grown_lengths
+                stops[rows] = grown_stops
         return pack_padded(points, lengths), stops.cpu().numpy()
 
     def _propagate(self, prefixes, prefix_lengths, keys,

@@ -32,7 +32,17 @@ Lengths
 
 Counts
     ``nb_tracked``, ``nb_reference`` (streamlines) and ``nb_tracked_points``.
+
+Points off the grid
+    Points must lie on the grid: in ``[0, shape[d]]`` along each axis ``d``
+    (dipy's bounding box). A reference point outside is refused (the
+    reference defines the bundles: it is on another grid or in another
+    space); tracked points outside are scored (as far from the reference,
+    in no voxel) with one warning giving their count.
 """
+import logging
+import numbers
+
 import numpy as np
 from nibabel.streamlines import ArraySequence
 from scipy.spatial import cKDTree
@@ -50,6 +60,8 @@ DEFAULT_DIRECTION_MAX_DISTANCE_VOX = 2.0
 DEFAULT_MIN_SHARE_IN_VOLUME = 0.5
 DEFAULT_MAX_STEP_VOX = 0.5
 _QUERY_BLOCK_VOX = 4.0
+
+logger = logging.getLogger(__name__)
 
 
 class DenseReference:
@@ -76,11 +88,15 @@ class DenseReference:
     """
 
     def __init__(self, reference, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
-        self.affine = check_affine(affine)
+        self.affine = check_grid_affine(affine, "DenseReference")
         self.max_step_vox = max_step_vox
         self.nb_streamlines = len(reference)
-        self.streamlines = densify(_compact_points(reference), self.affine,
-                                   max_step_vox)
+        reference = _compact_points(reference, "reference")
+        points = packed_arrays(reference)[0]
+        # Bounding box of the points, to check them against a grid.
+        self.bounds = (np.stack([points.min(axis=0), points.max(axis=0)])
+                       if len(points) else None)
+        self.streamlines = densify(reference, self.affine, max_step_vox)
         self._tree = None
         self._voxel_sets = {}
 
@@ -103,6 +119,20 @@ class DenseReference:
             self._tree = cKDTree(np.asarray(packed_arrays(self.streamlines)[0],
                                             dtype=np.float64))
         return self._tree
+
+    def check_on_grid(self, shape):
+        """Refuse a reference with points outside the grid ``shape``:
+        ``[0, shape[d]]`` along each axis (its bundles would lose them)."""
+        if self.bounds is None or (np.all(self.bounds[0] >= 0) and np.all(
+                self.bounds[1] <= np.asarray(shape))):
+            return
+        low, high = (tuple(round(float(x), 2) for x in row)
+                     for row in self.bounds)
+        raise DwiMLUserError(
+            f"score_tractogram argument reference: expected points on the "
+            f"grid of shape {tuple(shape)} (voxel space, corner origin: "
+            f"[0, size] along each axis), found points from {low} to "
+            f"{high}; is it in voxel space, on this grid?")
 
     def check_matches(self, affine, max_step_vox):
         """Refuse to score on another grid or resampling than its own."""
@@ -157,8 +187,8 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
         :func:`dwi_ml.tracking.bundle_scoring.score_bundles` when
         ``reference_labels`` is given.
     """
-    affine = check_affine(affine)
-    shape = tuple(int(size) for size in shape)
+    affine = check_grid_affine(affine, "score_tractogram")
+    shape = check_grid_shape(shape, "score_tractogram")
     check_scoring_numbers(distances_vox, max_angle_deg,
                           direction_max_distance_vox, min_share_in_volume,
                           max_step_vox)
@@ -166,13 +196,15 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
         reference.check_matches(affine, max_step_vox)
     else:
         reference = DenseReference(reference, affine, max_step_vox)
+    reference.check_on_grid(shape)
     if reference_labels is not None and \
             len(reference_labels) != reference.nb_streamlines:
         raise DwiMLUserError(
             f"reference_labels: expected one label per reference streamline "
             f"({reference.nb_streamlines}), found {len(reference_labels)}.")
 
-    tracked = _compact_points(tracked)
+    tracked = _compact_points(tracked, "tracked")
+    _warn_points_off_grid(packed_arrays(tracked)[0], shape)
     dense_reference = reference.streamlines
     scores = {"nb_tracked": float(len(tracked)),
               "nb_reference": float(reference.nb_streamlines),
@@ -188,12 +220,68 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
     return scores
 
 
-def _compact_points(streamlines):
-    """Compact copy whose data is (P, 3) even without streamlines."""
+def _compact_points(streamlines, name):
+    """Compact copy whose data is (P, 3) even without streamlines; refuses
+    points that are not 3-D or not finite (argument ``name``)."""
     if not isinstance(streamlines, ArraySequence):
         streamlines = ArraySequence(streamlines)
     data, offsets, lengths = compact(streamlines)
-    return make_array_sequence(np.reshape(data, (-1, 3)), offsets, lengths)
+    data = np.asarray(data)
+    if data.size and (data.ndim != 2 or data.shape[1] != 3):
+        raise DwiMLUserError(
+            f"score_tractogram argument {name}: expected streamlines of "
+            f"(n, 3) points, found points of shape {data.shape[1:]} "
+            f"(coordinates per point).")
+    data = np.reshape(data, (-1, 3))
+    bad = ~np.all(np.isfinite(data), axis=1)
+    if bad.any():
+        raise DwiMLUserError(
+            f"score_tractogram argument {name}: expected finite points, "
+            f"found {np.count_nonzero(bad)} with NaN or infinite "
+            f"coordinates.")
+    return make_array_sequence(data, offsets, lengths)
+
+
+def _warn_points_off_grid(points, shape):
+    """One warning with the count of tracked points off the grid (see the
+    module docstring)."""
+    outside = np.count_nonzero(np.any((points < 0) | (points > shape),
+                                      axis=1))
+    if outside:
+        logger.warning(
+            "score_tractogram: %d of the %d tracked points lie outside the "
+            "grid of shape %s (voxel space, corner origin); they count as "
+            "far from the reference and in no voxel. Are they in voxel "
+            "space, on this grid?", outside, len(points), shape)
+
+
+def check_grid_shape(shape, owner):
+    """Return ``shape`` as 3 ints >= 1, or raise a one-line user error."""
+    values = tuple(np.atleast_1d(np.asarray(shape, dtype=object)))
+    if len(values) != 3 or not all(
+            isinstance(size, numbers.Integral) and not isinstance(size, bool)
+            and size >= 1 for size in values):
+        raise DwiMLUserError(
+            f"{owner} argument shape: expected 3 integers >= 1 (the grid's "
+            f"size in voxels), found {shape!r}.")
+    return tuple(int(size) for size in values)
+
+
+def check_grid_affine(affine, owner):
+    """Return ``affine`` as a float64 (4, 4) array with a finite, invertible
+    linear part, or raise a one-line user error."""
+    affine = check_affine(affine)
+    singular_values = (np.linalg.svd(affine[:3, :3], compute_uv=False)
+                       if np.all(np.isfinite(affine)) else None)
+    if singular_values is None or singular_values.min() <= \
+            1e-12 * singular_values.max():
+        found = ("NaN or infinite values" if singular_values is None else
+                 f"a singular one (singular values "
+                 f"{np.round(singular_values, 6).tolist()})")
+        raise DwiMLUserError(
+            f"{owner} argument affine: expected a finite voxel-to-RAS mm "
+            f"matrix with an invertible linear part, found {found}.")
+    return affine
 
 
 def check_scoring_numbers(distances_vox, max_angle_deg,

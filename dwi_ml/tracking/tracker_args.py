@@ -9,6 +9,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_device,
     check_positive_float,
 )
+from dwi_ml.io_utils.errors import DwiMLUserError
 
 OWNER = "BatchedTracker"
 ALGOS = ("det", "prob")
@@ -49,3 +50,51 @@ def check_tracker_args(model, input_volume, affine, tracking_mask,
                            max_angle_deg)
     check_choice("algo", algo, ALGOS, OWNER)
     return device
+
+
+def check_points(name, points, owner, prefixes=False):
+    """Seeds (N, 3) or prefixes (N, K, 3) with K >= 1, as a finite array.
+
+    Parameters
+    ----------
+    name : str
+        The argument, named in the error.
+    points : array-like
+        A list of 3-element points (or of (K, 3) prefixes) is accepted.
+    owner : str
+        E.g. 'BatchedTracker.track'.
+    prefixes : bool
+        Expect (N, K, 3) instead of (N, 3).
+
+    Returns
+    -------
+    np.ndarray
+        ``points`` as an array (its dtype kept when numeric).
+    """
+    expected = ("an (N, K, 3) array of prefixes, K >= 1" if prefixes
+                else "an (N, 3) array of points")
+
+    def refuse(found):
+        raise DwiMLUserError(
+            f"{owner} argument {name}: expected {expected}, found {found}.")
+
+    try:
+        array = np.asarray(points)
+    except ValueError:    # numpy: "inhomogeneous shape"
+        refuse("a ragged sequence (rows of different lengths)")
+    if array.dtype.kind not in "iuf":
+        refuse(f"dtype {array.dtype}")
+    # (0,) is what np.asarray([]) gives: no seed at all.
+    if array.shape == (0,) and not prefixes:
+        array = array.reshape(0, 3)
+    if (array.ndim != (3 if prefixes else 2) or array.shape[-1] != 3
+            or (prefixes and array.shape[1] < 1)):
+        refuse(f"shape {array.shape}")
+    bad = np.flatnonzero(~np.isfinite(array).all(
+        axis=tuple(range(1, array.ndim))))
+    if len(bad):
+        noun = "prefix" if prefixes else "seed"
+        plural = "prefixes" if prefixes else "seeds"
+        refuse(f"NaN or infinite coordinates in {len(bad)} of {len(array)} "
+               f"{plural} ({noun} {bad[0]} first)")
+    return array

@@ -12,6 +12,7 @@ Every function takes points in voxel space with a corner origin (dipy
 axis, and so on.
 """
 import numpy as np
+from nibabel.streamlines import ArraySequence
 
 from dwi_ml.data.packed import packed_arrays
 
@@ -90,7 +91,7 @@ def streamline_endpoints(streamlines):
 
     Parameters
     ----------
-    streamlines : nibabel ArraySequence
+    streamlines : nibabel ArraySequence, or list of (n, 3) arrays
         Packed streamlines (any space; the points are returned as they are).
 
     Returns
@@ -98,6 +99,8 @@ def streamline_endpoints(streamlines):
     heads, tails : np.ndarray, shape (N, 3), float64
         An empty streamline gets NaN points, which lie in no voxel.
     """
+    if not isinstance(streamlines, ArraySequence):
+        streamlines = ArraySequence(streamlines)
     data, offsets, lengths = packed_arrays(streamlines)
     data = data.astype(np.float64, copy=False)
     heads = np.full((len(lengths), 3), np.nan)
