@@ -483,6 +483,22 @@ def test_script_refuses_nan_points(hand_files, tmp_path, capsys):
             in message
 
 
+def test_script_names_the_reference_file_off_the_grid(hand_files, tmp_path,
+                                                     capsys):
+    """score_tractogram names its argument; the script, the file."""
+    reference, labels = hand_reference()
+    shifted = ArraySequence([points + 30.0 for points in reference])
+    off = save_trk(tmp_path / "off.trk", shifted, hand_files["nifti"],
+                   labels=labels)
+    with pytest.raises(SystemExit) as exit_info:
+        score_main([hand_files["tracked"], off, hand_files["nifti"]])
+    assert exit_info.value.code == 2
+    # After the loader's warning that most of its points are off the grid.
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: reference '{off}': expected points on the grid of " \
+        "shape" in message
+
+
 def test_script_refuses_an_upper_case_extension(hand_files, tmp_path,
                                                 capsys):
     """'.TRK' passed the extension check, then dipy's load_tractogram

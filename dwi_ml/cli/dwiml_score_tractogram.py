@@ -141,11 +141,17 @@ def main(argv=None):
                  "" if labels is None else
                  f" in {len(np.unique(labels))} bundles")
 
-    scores = score_tractogram(
-        tracked.streamlines, reference.streamlines, shape, affine, labels,
-        max_angle_deg=args.max_angle,
-        direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
-        min_share_in_volume=args.min_share_in_volume)
+    try:
+        scores = score_tractogram(
+            tracked.streamlines, reference.streamlines, shape, affine, labels,
+            max_angle_deg=args.max_angle,
+            direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
+            min_share_in_volume=args.min_share_in_volume)
+    except DwiMLUserError as error:
+        # The library names its argument; a user of the script, the file.
+        raise DwiMLUserError(str(error).replace(
+            "score_tractogram argument reference:",
+            f"reference '{args.reference_tractogram}':", 1)) from None
     print(format_scores(scores))
     if names is not None:
         scores["bundle_names"] = {str(label): name
