@@ -266,18 +266,29 @@ def test_a_streamline_of_equal_points_is_one_point_when_eager(tmp_path):
     assert np.array_equal(sft_data.get_streamlines([7])[0], distinct[7][:1])
 
 
-def test_a_streamline_of_equal_points_is_refused_when_lazy(tmp_path):
-    """Lazy, the lengths checked before training are the stored ones: the
-    batch that reads it refuses it, naming it."""
+def test_a_streamline_of_equal_points_is_read_as_stored_when_lazy(
+        tmp_path, caplog):
+    """Lazy, the lengths checked before training are the stored ones: one
+    point would reach a model that needs two in the middle of a run (it was
+    refused there). It is read as stored, with a warning naming it; the
+    repeats of the other streamlines are dropped as usual."""
     path = str(tmp_path / "equal.hdf5")
-    _write_with_repeats(path, _all_equal)
+
+    def equal_and_seed_twice(streamlines):
+        _all_equal(streamlines)
+        _seed_twice_and_a_point_three_times(streamlines)
+
+    distinct = _write_with_repeats(path, equal_and_seed_twice)
     dataset = MultiSubjectDataset(path, lazy=True)
     dataset.load_data()
     sft_data = dataset.training_set.get_subject(0).sft_data_list[0]
-    with pytest.raises(DwiMLUserError,
-                       match=r"'s1', group 'streamlines': expected .* "
-                             r"distinct points, found streamline 7 with"):
-        sft_data.get_streamlines(np.arange(10))
+    got = sft_data.get_streamlines([7, 0, 4])
+    assert np.array_equal(got[0], np.repeat(distinct[7][:1], 4, axis=0))
+    assert np.array_equal(got[1], distinct[0])
+    assert np.array_equal(got[2], distinct[4])
+    assert ("subject 's1', group 'streamlines': streamline 7 has all its "
+            "points equal (no direction to learn); read as stored") \
+        in caplog.text
 
 
 @pytest.fixture(scope="module")

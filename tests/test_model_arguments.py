@@ -76,13 +76,18 @@ def test_dropout_that_does_nothing_is_said(caplog):
     """One RNN layer stacked as the reference's: dropout is between layers,
     so there is none (training gave the same outputs for any seed)."""
     with caplog.at_level(logging.WARNING):
-        _model(dropout=0.5)
-    assert "dropout 0.5 does nothing with one RNN layer" in caplog.text
+        model = _model(dropout=0.5)
+        model.eval()  # tracking, evaluation: nothing to say
+        assert "does nothing" not in caplog.text
+        model.train()
+        model.train()
+    assert caplog.text.count("dropout 0.5 does nothing with one RNN "
+                             "layer") == 1
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _model(dropout=0.5, rnn_stacking="plain")
+        _model(dropout=0.5, rnn_stacking="plain").train()
         Learn2TrackModel("m", nb_features=4, rnn_layer_sizes=[8, 8],
-                         dropout=0.5)
+                         dropout=0.5).train()
     assert "does nothing" not in caplog.text
 
 
@@ -113,9 +118,16 @@ def test_a_model_is_never_saved_over_an_experiment(trained, tmp_path):
     model = load_model_from_params_and_state(str(experiment / "best_model"))
     with pytest.raises(DwiMLUserError, match=(
             r"model folder '.*exp' is an experiment \(its parameters.json "
-            r"would be replaced\); expected a folder of its own")):
+            r"would be replaced, or written among its run's folders\); "
+            r"expected a folder of its own")):
         model.save_params_and_state(str(experiment))
     assert (experiment / "parameters.json").read_bytes() == before
+    # A trainer built in Python writes no parameters.json or marker.
+    (experiment / "parameters.json").unlink()
+    (experiment / ".dwi_ml_output.json").unlink(missing_ok=True)
+    with pytest.raises(DwiMLUserError, match="is an experiment"):
+        model.save_params_and_state(str(experiment))
+    assert not (experiment / "parameters.json").exists()
 
 
 def _define(name, module):
@@ -161,7 +173,7 @@ def test_a_tracking_step_that_breaks_the_contract_is_named():
         model.forward_step(torch.rand(2, 5), seeds)
     with pytest.raises(DwiMLUserError, match=(
             r"expected partial_streamlines of the 2 streamlines of "
-            r"step_inputs.*found 1 streamlines")):
+            r"step_inputs.*found 1 streamlines, the first of shape \(1, 3\)")):
         model.forward_step(torch.rand(2, 4), seeds[:1])
     transformer = TransformerSrcOnlyModel(
         "t", nb_features=4, d_model=8, nheads=2, max_len=10).eval()

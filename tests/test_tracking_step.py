@@ -132,7 +132,7 @@ def test_a_nearest_mask_is_read_alone_and_one_of_another_grid_refused():
 @pytest.mark.parametrize("change, message", [
     ({"step_size_mm": 0.0}, "step_size_mm: expected a finite number > 0"),
     ({"step_size_mm": -2.0}, "step_size_mm: expected a finite number > 0"),
-    ({"max_angle_deg": -10.0}, "max_angle_deg: expected a finite number > 0"),
+    ({"max_angle_deg": -10.0}, "max_angle_deg: expected a number in (0, 180]"),
     ({"max_angle_deg": 400.0}, "max_angle_deg: expected a number in (0, 180]"),
     ({"algo": "sample"}, "algo: expected one of ['det', 'prob']"),
     ({"affine": None}, "affine: expected a finite (4, 4) voxel-to-mm"),

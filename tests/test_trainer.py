@@ -260,7 +260,7 @@ def test_a_loader_of_another_input_spec_is_refused(tmp_path, dataset):
      "'wm_mask'], got 'dwi'."),
     ({"streamline_group": "streamlines"}, "cpu",
      "loader_params: expected the keys 'streamline_group' and 'input_group', "
-     "found none for input_group."),
+     "missing: input_group."),
     # It interpolated on the CPU, quietly.
     ({"streamline_group": "streamlines", "input_group": "input"}, "gpu",
      "argument device: expected a torch device such as 'cpu' or 'cuda[:N]', "

@@ -90,7 +90,7 @@ def gather(data, offsets, lengths):
     return np.take(data, rows, axis=0), offsets_from_lengths(lengths), lengths
 
 
-def drop_repeated_points(points, lengths):
+def drop_repeated_points(points, lengths, keep_streamlines=None):
     """Remove each point equal to the one before it in its streamline.
 
     A zero-length segment has no direction: its target would be a zero
@@ -102,6 +102,8 @@ def drop_repeated_points(points, lengths):
         Compact streamlines.
     lengths : np.ndarray, shape (N,)
         Number of points of each streamline.
+    keep_streamlines : np.ndarray of bool, shape (N,), optional
+        Streamlines left as they are, repeats included.
 
     Returns
     -------
@@ -118,6 +120,8 @@ def drop_repeated_points(points, lengths):
     same &= points[1:, 2] == points[:-1, 2]
     starts = offsets_from_lengths(lengths)
     repeated[starts[lengths > 0]] = False
+    if keep_streamlines is not None and keep_streamlines.any():
+        repeated[np.repeat(keep_streamlines, lengths)] = False
     nb_repeated = int(np.count_nonzero(repeated))
     if not nb_repeated:
         return points, lengths, 0

@@ -33,7 +33,7 @@ LOCK_FILE = ".lock"
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 # flock on file systems without locks (NFS without lockd, Lustre mounted
 # noflock, some FUSE and CIFS mounts: EINVAL): the run goes on with the
-# holder line as its only guard (see _refuse_if_named_holder_lives).
+# holder line as its only guard (see ExperimentLock._without_locks).
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP,
              errno.EINVAL)
 
@@ -60,6 +60,7 @@ class ExperimentLock:
         self.path = os.path.join(experiment_dir, LOCK_FILE)
         self._fd = None
         self._locked = False
+        self._warned_no_locks = False
 
     def __enter__(self):
         return self
@@ -205,6 +206,9 @@ class ExperimentLock:
                 f"system without locks: {error.strerror}): wait for it to "
                 "end or stop it; if no run of this experiment is going, "
                 "remove the lock file, then run again.")
+        if self._warned_no_locks:
+            return
+        self._warned_no_locks = True
         named = (f"; its lock file names {_describe_holder(line)}, which "
                  "cannot be checked from here: if that run still goes, "
                  "stop this one" if line.split() else "")

@@ -100,7 +100,8 @@ class Learn2TrackModel(DirectionGetterModel):
     dropout : float
         Dropout on the RNN layers' outputs, in [0, 1): between layers only
         with ``rnn_stacking="reference"`` (none with one layer; a warning
-        says so), after each layer with ``"plain"``.
+        says so when the model is trained), after each layer with
+        ``"plain"``.
     rnn_stacking : "reference" or "plain"
         How the RNN layers are stacked; "reference" is the reference
         dwi_ml's (see :mod:`dwi_ml.models.stacked_rnn`). A model saved
@@ -161,13 +162,7 @@ class Learn2TrackModel(DirectionGetterModel):
         self.dropout = check_fraction("dropout", dropout)
         self.rnn_stacking = check_choice("rnn_stacking", rnn_stacking,
                                          STACKINGS)
-        if (self.dropout and self.rnn_stacking == "reference"
-                and len(self.rnn_layer_sizes) == 1):
-            logger.warning(
-                "Learn2track: dropout %s does nothing with one RNN layer "
-                "and rnn_stacking 'reference' (dropout between layers "
-                "only); use the direction getter's dropout, or "
-                "rnn_stacking 'plain'.", self.dropout)
+        self._said_dropout_does_nothing = False
         self.rnn = StackedRNN(
             rnn_key, (self.embedding.output_size
                       + self.prev_dirs_embedding.output_size),
@@ -216,6 +211,21 @@ class Learn2TrackModel(DirectionGetterModel):
         groups = PaddedGroups(counts)
         return groups.unpad([self.rnn(block)[0]
                              for block in groups.pad(features)])
+
+    def train(self, mode=True):
+        """torch's ``train``; training with a dropout that one RNN layer
+        stacked as the reference's ignores (dropout between layers only)
+        is said once."""
+        if (mode and not self._said_dropout_does_nothing and self.dropout
+                and self.rnn_stacking == "reference"
+                and len(self.rnn_layer_sizes) == 1):
+            self._said_dropout_does_nothing = True
+            logger.warning(
+                "Learn2track: dropout %s does nothing with one RNN layer "
+                "and rnn_stacking 'reference' (dropout between layers "
+                "only); use the direction getter's dropout, or "
+                "rnn_stacking 'plain'.", self.dropout)
+        return super().train(mode)
 
     def forward_step(self, step_inputs, partial_streamlines,
                      hidden_states=None):

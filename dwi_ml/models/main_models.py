@@ -199,8 +199,8 @@ class MainModelOneInput(MainModelAbstract):
         step_inputs : torch.Tensor (N, input_size)
         partial_streamlines : list of torch.Tensor (m_i, 3), or (N, m, 3)
         nb_points : int, optional
-            The points every streamline must have (a list only: a tensor
-            may hold the last points alone).
+            The points every streamline must have (a list only, checked on
+            its first: a tensor may hold the last points alone).
         """
         check_rows_of_width(step_inputs, "N", self.input_size,
                             "forward_step: expected step_inputs",
@@ -209,25 +209,29 @@ class MainModelOneInput(MainModelAbstract):
             shape = tuple(partial_streamlines.shape)
             valid = (len(shape) == 3 and shape[0] == len(step_inputs)
                      and shape[1] >= 1 and shape[2] == 3)
-            counts = None
+            first = None
         else:
-            counts = [tuple(s.shape) for s in partial_streamlines]
-            shape = f"{len(counts)} streamlines"
-            valid = len(counts) == len(step_inputs) and all(
-                len(c) == 2 and c[0] >= 1 and c[1] == 3 for c in counts)
+            # The first alone: all step together (a loop over N streamlines
+            # would cost a step of a large batch).
+            first = (tuple(partial_streamlines[0].shape)
+                     if len(partial_streamlines) else None)
+            shape = f"{len(partial_streamlines)} streamlines, the first " \
+                    f"of shape {first}"
+            valid = (len(partial_streamlines) == len(step_inputs)
+                     and first is not None and len(first) == 2
+                     and first[0] >= 1 and first[1] == 3)
         if not valid:
             raise DwiMLUserError(
                 f"forward_step: expected partial_streamlines of the "
                 f"{len(step_inputs)} streamlines of step_inputs, (N, m, 3) "
                 f"or a list of (m_i, 3) with m >= 1 points, found {shape}.")
-        if nb_points is not None and counts is not None:
-            wrong = next((c[0] for c in counts if c[0] != nb_points), None)
-            if wrong is not None:
-                raise DwiMLUserError(
-                    f"forward_step: expected streamlines of {nb_points} "
-                    f"points at this step (one more than the steps "
-                    f"before: append each step's new point), found "
-                    f"{wrong}.")
+        if nb_points is not None and first is not None \
+                and first[0] != nb_points:
+            raise DwiMLUserError(
+                f"forward_step: expected streamlines of {nb_points} "
+                f"point{'s' if nb_points > 1 else ''} at this step (one "
+                f"more than the steps before: append each step's new "
+                f"point), found {first[0]}.")
 
     def check_inputs(self, inputs, streamlines):
         """Refuse a batch that breaks the contract of the loader."""

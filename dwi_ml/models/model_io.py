@@ -23,6 +23,7 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
+    EXPERIMENT_FOLDERS,
     PARAMETERS_FILE,
     experiment_model_dir,
     read_model_epoch,
@@ -197,10 +198,13 @@ def save_params_and_state(model, folder):
         raise DwiMLUserError(
             f"model folder '{folder}': expected a folder (or none), found a "
             f"file.")
-    if os.path.isdir(folder) and folder_kind(folder) == "experiment":
+    if os.path.isdir(folder) and (folder_kind(folder) == "experiment" or any(
+            os.path.lexists(os.path.join(folder, name))
+            for name in EXPERIMENT_FOLDERS)):
         raise DwiMLUserError(
             f"model folder '{folder}' is an experiment (its parameters.json "
-            f"would be replaced); expected a folder of its own, such as "
+            f"would be replaced, or written among its run's folders); "
+            f"expected a folder of its own, such as "
             f"'{os.path.join(folder, 'my_model')}'.")
     os.makedirs(folder, exist_ok=True)
     # The weights go first and the type last: an interrupted save leaves no
@@ -242,6 +246,8 @@ def load_model_from_params_and_state(folder, device="cpu"):
         The model, on ``device``, in eval mode.
     """
     device = check_device(device)
+    if device.type == "cpu":
+        device = torch.device("cpu")  # 'cpu:0' is one; torch.load refuses it
     if not isinstance(folder, (str, os.PathLike)):
         raise DwiMLUserError(
             f"model folder: expected a path (such as an experiment's "

@@ -4,6 +4,8 @@ Seeds are in voxel space with a corner origin (dipy ``Space.VOX``,
 ``Origin.TRACKVIS``): voxel ``(i, j, k)`` spans ``[i, i + 1) x [j, j + 1) x
 [k, k + 1)``, and each seed is drawn uniformly inside its voxel.
 """
+import numbers
+
 import numpy as np
 
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -43,6 +45,11 @@ def make_seeds(mask, rng, npv=None, nt=None):
         raise DwiMLUserError(
             f"seeding: expected {'npv' if npv is not None else 'nt'} >= 1, "
             f"found {count}.")
+    if rng is None or isinstance(rng, bool) or not isinstance(
+            rng, (np.random.Generator, numbers.Integral)):
+        raise DwiMLUserError(
+            f"seeding: expected rng, a numpy Generator or an integer seed, "
+            f"found {rng!r} (None would draw other seeds at each run).")
     rng = np.random.default_rng(rng)  # a Generator is kept as it is
     mask = np.asarray(mask)
     if mask.ndim == 4 and mask.shape[3] == 1:

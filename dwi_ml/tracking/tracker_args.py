@@ -1,6 +1,8 @@
 """Checks of :class:`~dwi_ml.tracking.propagation.BatchedTracker`'s
 arguments, for a tracker built in Python (the tracking script checks its
 options first, with their option names)."""
+import numbers
+
 import numpy as np
 
 from dwi_ml.io_utils.arg_checks import (
@@ -44,8 +46,9 @@ def check_tracker_args(model, input_volume, affine, tracking_mask,
                            f"input volume's grid {shape[:3]} (its shape)",
                            mask_shape)
     check_positive_float("step_size_mm", step_size_mm, OWNER)
-    if not 0 < check_positive_float("max_angle_deg", max_angle_deg,
-                                    OWNER) <= 180:
+    if (isinstance(max_angle_deg, bool)
+            or not isinstance(max_angle_deg, numbers.Real)
+            or not 0 < max_angle_deg <= 180):
         raise InvalidValue("max_angle_deg", OWNER, "a number in (0, 180]",
                            max_angle_deg)
     check_choice("algo", algo, ALGOS, OWNER)

@@ -256,7 +256,7 @@ def build_loader(dataset, loader_params, model, device):
     if missing:
         raise DwiMLUserError(
             f"loader_params: expected the keys 'streamline_group' and "
-            f"'input_group', found none for {', '.join(missing)}.")
+            f"'input_group', missing: {', '.join(missing)}.")
     # Builds first: it names a group that the dataset does not hold.
     loader = BatchLoaderOneInput(
         dataset, input_spec=model.input_spec,

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dwi_ml.batching.dataloaders import shut_down_workers
 from dwi_ml.data.splits import Split
-from dwi_ml.io_utils.errors import count_of
+from dwi_ml.io_utils.errors import DwiMLUserError, count_of
 from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.training.callbacks import (
     CallbackList,
@@ -43,7 +43,7 @@ from dwi_ml.training.callbacks import (
     NpyLoggerCallback,
     ProgressBarCallback,
 )
-from dwi_ml.training.distributed import current_context
+from dwi_ml.training.distributed import all_gather_objects, current_context
 from dwi_ml.training.epoch_position import (
     END_PHASE,
     TRAIN_PHASE,
@@ -278,9 +278,19 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
     # The loop
     def train_and_validate(self):
         """Run epochs until ``max_epochs``, patience or a stop request."""
+        if not self.continues_a_run:
+            # Decided by rank 0, raised by every rank: the others would wait
+            # for it at their first collective.
+            refusal = None
+            if self.is_main_process:
+                try:
+                    refuse_previous_run(self.experiment_dir)
+                except DwiMLUserError as error:
+                    refusal = str(error)
+            refusal = all_gather_objects(refusal)[0]
+            if refusal is not None:
+                raise DwiMLUserError(refusal)
         if self.is_main_process:
-            if not self.continues_a_run:
-                refuse_previous_run(self.experiment_dir)
             os.makedirs(self.experiment_dir, exist_ok=True)
         self.continues_a_run = True
         self.create_dataloaders()

@@ -55,7 +55,7 @@ def check_finite_points(data, offsets, lengths, ids, path, key):
 
 
 def without_repeated_points(data, offsets, lengths, ids, path, key,
-                            refuse_collapsed=True):
+                            collapsed_as_stored=False):
     """The streamlines (offsets, lengths) of ``data`` without the points
     equal to the one before them.
 
@@ -71,38 +71,40 @@ def without_repeated_points(data, offsets, lengths, ids, path, key,
         The streamline ids of these ranges, named in the error.
     path, key : str
         The HDF5 file and the streamline group ('subject/group').
-    refuse_collapsed : bool
-        Refuse a streamline whose points are all equal (lazy: the lengths
-        that the checks before training read are the stored ones). Else it
-        keeps one point, and those checks name it.
+    collapsed_as_stored : bool
+        A streamline whose points are all equal keeps them as stored, with a
+        warning (lazy: the checks before training read the stored lengths,
+        so one point would reach a model that needs two, hours into a run).
+        Else it keeps one point, and those checks name it (eager).
 
     Returns
     -------
     (data, offsets, lengths, nb_removed)
         The inputs themselves when nothing is repeated (one pass over
         ``data``, no copy), else a compact copy.
-
-    Raises
-    ------
-    DwiMLUserError
-        When all the points of a streamline are equal (``refuse_collapsed``).
     """
-    if not _has_equal_neighbours(data):
+    # Compared as the batches hold them (float32): eager and lazy agree.
+    as_read = data if data.dtype == np.float32 else data.astype(np.float32)
+    if not _has_equal_neighbours(as_read):
         return data, offsets, lengths, 0
-    points, _, lengths = gather(data, offsets, lengths)
-    points, distinct_lengths, nb_removed = drop_repeated_points(points,
-                                                                lengths)
+    points, _, lengths = gather(as_read, offsets, lengths)
+    distinct, distinct_lengths, nb_removed = drop_repeated_points(points,
+                                                                  lengths)
     collapsed = np.flatnonzero((distinct_lengths < 2) & (lengths >= 2))
-    if refuse_collapsed and len(collapsed):
+    if collapsed_as_stored and len(collapsed):
         subject, group = key.split("/")[:2]
-        raise DwiMLUserError(
-            f"HDF5 file '{path}', subject '{subject}', group '{group}': "
-            f"expected streamlines of distinct points, found streamline "
-            f"{int(ids[collapsed[0]])} with all its points equal; create "
+        logging.warning(
+            "HDF5 file '%s', subject '%s', group '%s': streamline %d has all "
+            "its points equal (no direction to learn); read as stored. Create "
             "the file with dwiml_create_hdf5_dataset.py (--remove_invalid "
-            "drops such streamlines).")
-    return (points, offsets_from_lengths(distinct_lengths), distinct_lengths,
-            nb_removed)
+            "drops such streamlines).", path, subject, group,
+            int(ids[collapsed[0]]))
+        as_stored = np.zeros(len(lengths), dtype=bool)
+        as_stored[collapsed] = True
+        distinct, distinct_lengths, nb_removed = drop_repeated_points(
+            points, lengths, as_stored)
+    return (distinct, offsets_from_lengths(distinct_lengths),
+            distinct_lengths, nb_removed)
 
 
 def warn_repeated_points(nb_removed, path, key):
@@ -285,7 +287,8 @@ class LazySFTData(_SFTDataBase):
         # The lengths kept in RAM are the stored ones (the sampler's point
         # budget counts repeats, an upper bound).
         data, offsets, lengths, nb_removed = without_repeated_points(
-            data, offsets, lengths, ids, self._handle.path, self._key)
+            data, offsets, lengths, ids, self._handle.path, self._key,
+            collapsed_as_stored=True)
         if nb_removed and not self._warned_repeats:
             warn_repeated_points(nb_removed, self._handle.path, self._key)
             self._warned_repeats = True

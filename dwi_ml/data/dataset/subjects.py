@@ -225,8 +225,7 @@ def _load_streamlines(handle, key, lazy):
     check_finite_points(points, offsets, lengths, np.arange(len(lengths)),
                         handle.path, key)
     points, offsets, lengths, nb_removed = without_repeated_points(
-        points, offsets, lengths, np.arange(len(lengths)), handle.path, key,
-        refuse_collapsed=False)
+        points, offsets, lengths, np.arange(len(lengths)), handle.path, key)
     if nb_removed:
         warn_repeated_points(nb_removed, handle.path, key)
     lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine,
