@@ -24,7 +24,6 @@ folder holding anything else). Run with ``OMP_NUM_THREADS=1``.
 import argparse
 import json
 import os
-import shutil
 import sys
 
 import h5py
@@ -37,6 +36,7 @@ from bench_model_comparison import (  # noqa: E402
     score_subject,
     track_subject,
 )
+from bench_out_folder import prepare_out  # noqa: E402
 
 from dwi_ml.data.dataset import MultiSubjectDataset  # noqa: E402
 from dwi_ml.io_utils.errors import (  # noqa: E402
@@ -82,36 +82,6 @@ def check_input_folder(folder, model_types):
             raise DwiMLUserError(
                 f"folder '{folder}': expected {model_type} trained with EOS "
                 "(bench_model_comparison.py --add_eos), found none.")
-
-
-def prepare_out_dir(out_dir, overwrite):
-    """Make OUT_DIR, or with ``overwrite`` empty it of this script's files;
-    refuse anything else in one line."""
-    if not os.path.lexists(out_dir):
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        if not os.path.isdir(parent):
-            raise DwiMLUserError(f"out_dir '{out_dir}': its parent folder "
-                                 "does not exist.")
-        os.makedirs(out_dir)
-        return
-    if not os.path.isdir(out_dir):
-        raise DwiMLUserError(f"out_dir '{out_dir}' is a file; expected a "
-                             "new folder.")
-    if not overwrite:
-        raise DwiMLUserError(f"out_dir '{out_dir}' already exists; use -f "
-                             "to replace what this script wrote there.")
-    foreign = sorted(set(os.listdir(out_dir)) - set(OWN_FILES))
-    if foreign:
-        raise DwiMLUserError(
-            f"out_dir '{out_dir}': expected only this script's files "
-            f"{list(OWN_FILES)}, found also {foreign}; refused with or "
-            "without -f.")
-    for name in os.listdir(out_dir):
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
 
 
 def _pm(mean, se, digits=3):
@@ -278,7 +248,7 @@ def main(argv=None):
         if not os.path.isdir(folder):
             raise DwiMLUserError(f"folder '{folder}' does not exist.")
         check_input_folder(folder, args.model_types)
-    prepare_out_dir(args.out_dir, args.overwrite)
+    prepare_out(args.out_dir, args.overwrite, OWN_FILES)
     rows = []
     with open(os.path.join(args.out_dir, "scores.jsonl"), "w") as f:
         for folder in args.folders:

@@ -80,7 +80,8 @@ def bench_cached(model, args):
         for t in range(nb_steps):
             _synchronize(args.device)
             start, cpu_start = time.perf_counter(), time.process_time()
-            # As the tracker: views of the points so far, one per streamline.
+            # A list of views of the points so far, one per streamline (the
+            # tracker passes one tensor of the last points instead).
             partial = points[:, :t + 1].unbind(0)
             _, cache = model.forward_step(inputs[:, t], partial, cache)
             _synchronize(args.device)
