@@ -207,3 +207,20 @@ def test_model_folder_arguments_are_named(trained, tmp_path):
     with pytest.raises(DwiMLUserError, match=(
             r"^.*saved.parameters.json: argument 'dropout': expected")):
         load_model_from_params_and_state(str(folder))
+
+
+def test_transformers_compute_in_their_dtype_as_learn2track():
+    """float64 inputs to a float32 Transformer (or float32 batches to a
+    model.double()) failed 13 frames deep; Learn2track casts them."""
+    streamlines = _streamlines()
+    inputs = [torch.rand(len(s), 4) for s in streamlines]
+    model = TransformerSrcOnlyModel("t", nb_features=4, d_model=8, nheads=2,
+                                    max_len=10).eval()
+    with torch.no_grad():
+        expected = model(inputs, streamlines)
+        # float32 values in float64: cast back exactly, the same outputs.
+        as_float64 = model([x.double() for x in inputs], streamlines)
+        assert as_float64.dtype == torch.float32
+        assert torch.equal(as_float64, expected)
+        doubled = model.double()(inputs, streamlines)
+    assert doubled.dtype == torch.float64

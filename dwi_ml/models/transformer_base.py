@@ -250,10 +250,13 @@ class TransformerModelAbstract(DirectionGetterModel):
         previous_dirs = compute_previous_dirs(
             streamlines, max(self.nb_previous_dirs, 1), self.add_eos,
             self.normalize_prev_dirs)
+        # In the model's dtype, as Learn2track (a model.double(), float32
+        # batches; float64 inputs to a float32 model).
+        dtype = self.dtype
         sources = torch.cat(
             [point_inputs, previous_dirs[:, :3 * self.nb_previous_dirs]],
-            dim=1)
-        return self._run(sources, previous_dirs[:, :3],
+            dim=1).to(dtype)
+        return self._run(sources, previous_dirs[:, :3].to(dtype),
                          layout.time_ids == 0, layout.time_ids, layout, None)
 
     def forward_step(self, step_inputs, partial_streamlines, cache=None):
@@ -300,12 +303,14 @@ class TransformerModelAbstract(DirectionGetterModel):
         previous_dirs = compute_last_previous_dirs(
             partial_streamlines, max(self.nb_previous_dirs, 1),
             self.normalize_prev_dirs)
+        dtype = self.dtype
         sources = torch.cat(
-            [step_inputs, previous_dirs[:, :3 * self.nb_previous_dirs]], dim=1)
+            [step_inputs, previous_dirs[:, :3 * self.nb_previous_dirs]],
+            dim=1).to(dtype)
         positions = torch.full((len(step_inputs),), step, dtype=torch.int64,
                                device=step_inputs.device)
-        hidden = self._run(sources, previous_dirs[:, :3], positions == 0,
-                           positions, None, cache)
+        hidden = self._run(sources, previous_dirs[:, :3].to(dtype),
+                           positions == 0, positions, None, cache)
         cache.nb_steps = step + 1
         return self.direction_getter(hidden), cache
 

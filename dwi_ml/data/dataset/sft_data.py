@@ -54,6 +54,10 @@ def check_finite_points(data, offsets, lengths, ids, path, key):
         f"finite points, found NaN or Inf in streamline {int(ids[first])}.")
 
 
+# (file, group) whose streamline of equal points was said (lazy).
+_SAID_COLLAPSED = set()
+
+
 def without_repeated_points(data, offsets, lengths, ids, path, key,
                             collapsed_as_stored=False):
     """The streamlines (offsets, lengths) of ``data`` without the points
@@ -93,12 +97,14 @@ def without_repeated_points(data, offsets, lengths, ids, path, key,
     collapsed = np.flatnonzero((distinct_lengths < 2) & (lengths >= 2))
     if collapsed_as_stored and len(collapsed):
         subject, group = key.split("/")[:2]
-        logging.warning(
-            "HDF5 file '%s', subject '%s', group '%s': streamline %d has all "
-            "its points equal (no direction to learn); read as stored. Create "
-            "the file with dwiml_create_hdf5_dataset.py (--remove_invalid "
-            "drops such streamlines).", path, subject, group,
-            int(ids[collapsed[0]]))
+        if (path, key) not in _SAID_COLLAPSED:  # once per group and process
+            _SAID_COLLAPSED.add((path, key))
+            logging.warning(
+                "HDF5 file '%s', subject '%s', group '%s': streamline %d "
+                "has all its points equal (no direction to learn); read as "
+                "stored. Create the file with dwiml_create_hdf5_dataset.py "
+                "(--remove_invalid drops such streamlines).", path, subject,
+                group, int(ids[collapsed[0]]))
         as_stored = np.zeros(len(lengths), dtype=bool)
         as_stored[collapsed] = True
         distinct, distinct_lengths, nb_removed = drop_repeated_points(
