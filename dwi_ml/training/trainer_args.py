@@ -16,6 +16,7 @@ from dwi_ml.io_utils.arg_checks import (
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS
 from dwi_ml.io_utils.output_folders import check_experiment_name
+from dwi_ml.training.callbacks import Callback
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 
 
@@ -92,8 +93,6 @@ def check_trainer_parts(model, experiment_name, batch_loader):
 def check_callbacks(callbacks):
     """``callbacks`` as a list of Callback instances (one alone is a list
     of one); anything else is refused, naming it."""
-    from dwi_ml.training.callbacks import Callback
-
     if isinstance(callbacks, Callback):
         return [callbacks]
     try:

@@ -137,9 +137,11 @@ class MultiSubjectDataset:
         volume's: both grids must be the same (affines within
         ``AFFINE_TOLERANCE_MM``, as the HDF5 creation checks).
         """
-        volume_idx = self._group_index("volume_group", volume_group)
+        volume_idx = self._group_index("volume_group", volume_group,
+                                       self.volume_groups)
         streamline_idx = self._group_index("streamline_group",
-                                           streamline_group)
+                                           streamline_group,
+                                           self.streamline_groups)
         for subject in self._loaded_subjects():
             volume = subject.mri_data_list[volume_idx]
             affine, dimensions = subject.sft_data_list[
@@ -175,7 +177,8 @@ class MultiSubjectDataset:
         """
         import nibabel as nib
 
-        volume_idx = self._group_index("volume_group", volume_group)
+        volume_idx = self._group_index("volume_group", volume_group,
+                                       self.volume_groups)
         found = {}
         for subject in self._loaded_subjects():
             codes = "".join(nib.aff2axcodes(
@@ -200,11 +203,9 @@ class MultiSubjectDataset:
             "before creating the HDF5.", self.hdf5_file, volume_group,
             len(found), listed)
 
-    def _group_index(self, argument, name):
-        """Index of a loaded group; ``argument`` ('volume_group' or
-        'streamline_group') names the argument and the list searched."""
-        groups = (self.volume_groups if argument == "volume_group"
-                  else self.streamline_groups)
+    def _group_index(self, argument, name, groups):
+        """Index of ``name`` in the loaded ``groups``, or a user error
+        naming ``argument``."""
         check_choice(argument, name, groups, type(self).__name__)
         return groups.index(name)
 

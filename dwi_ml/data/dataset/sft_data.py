@@ -54,8 +54,16 @@ def check_finite_points(data, offsets, lengths, ids, path, key):
         f"finite points, found NaN or Inf in streamline {int(ids[first])}.")
 
 
-# (file, group) whose streamline of equal points was said (lazy).
-_SAID_COLLAPSED = set()
+# (what, file, group) already said by a lazy dataset of this process.
+_SAID_ONCE = set()
+
+
+def _say_once(what, path, key):
+    """True the first time (what, path, key) is asked, in this process."""
+    if (what, path, key) in _SAID_ONCE:
+        return False
+    _SAID_ONCE.add((what, path, key))
+    return True
 
 
 def without_repeated_points(data, offsets, lengths, ids, path, key,
@@ -97,8 +105,7 @@ def without_repeated_points(data, offsets, lengths, ids, path, key,
     collapsed = np.flatnonzero((distinct_lengths < 2) & (lengths >= 2))
     if collapsed_as_stored and len(collapsed):
         subject, group = key.split("/")[:2]
-        if (path, key) not in _SAID_COLLAPSED:  # once per group and process
-            _SAID_COLLAPSED.add((path, key))
+        if _say_once("collapsed", path, key):
             logging.warning(
                 "HDF5 file '%s', subject '%s', group '%s': streamline %d "
                 "has all its points equal (no direction to learn); read as "
@@ -280,7 +287,6 @@ class LazySFTData(_SFTDataBase):
         self._handle = handle
         self._key = key
         self.dps_names = list(dps_names)
-        self._warned_repeats = False
 
     def _read_points(self, ids):
         with hdf5_read_errors(self._handle.path, self._key):
@@ -295,9 +301,8 @@ class LazySFTData(_SFTDataBase):
         data, offsets, lengths, nb_removed = without_repeated_points(
             data, offsets, lengths, ids, self._handle.path, self._key,
             collapsed_as_stored=True)
-        if nb_removed and not self._warned_repeats:
+        if nb_removed and _say_once("repeats", self._handle.path, self._key):
             warn_repeated_points(nb_removed, self._handle.path, self._key)
-            self._warned_repeats = True
         return data, offsets, lengths
 
     @property
