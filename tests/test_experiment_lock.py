@@ -449,6 +449,28 @@ def test_a_checkpoint_folder_linked_to_another_disk_stays_linked(
                 if name.endswith((".tmp", ".old"))]
 
 
+def test_overwriting_unlinks_a_linked_checkpoint_and_names_its_target(
+        experiment, data, tmp_path, capsys):
+    # -f removes the link, never what it points to (it may be the user's),
+    # and says so: the new run's checkpoint/ is then a folder of its own.
+    store = tmp_path / "scratch"
+    store.mkdir()
+    (store / "notes.txt").write_text("mine")
+    shutil.move(experiment / "exp" / "checkpoint", store / "checkpoint")
+    os.symlink(store / "checkpoint", experiment / "exp" / "checkpoint")
+    kept = snapshot(store)
+    train_main([str(experiment), "exp", data["hdf5"], "input",
+                "streamlines", *TINY_TRAINING, "-f", "-v", "WARNING"])
+    assert snapshot(store) == kept
+    checkpoint = experiment / "exp" / "checkpoint"
+    assert checkpoint.is_dir() and not checkpoint.is_symlink()
+    assert json.loads((checkpoint / "position.json").read_text())[
+        "current_epoch"] == 1
+    assert (f"-f: '{checkpoint}' was a symbolic link to "
+            f"'{store / 'checkpoint'}'; the link is removed") in \
+        capsys.readouterr().err
+
+
 def test_a_holder_line_is_alive_only_for_a_running_process_here():
     here = socket.gethostname()
     ended = subprocess.run([sys.executable, "-c", "import os; "

@@ -20,6 +20,7 @@ Every check runs before any work and raises a one-line
 import datetime
 import fnmatch
 import json
+import logging
 import os
 import shutil
 
@@ -35,6 +36,8 @@ from dwi_ml.io_utils.experiment_layout import (
     PARAMETERS_FILE,
 )
 from dwi_ml.io_utils.run_paths import record_output
+
+logger = logging.getLogger(__name__)
 
 MARKER_FILE = ".dwi_ml_output.json"
 OUTPUT_KINDS = ("experiment", "synthetic_dataset", "demo_output",
@@ -489,7 +492,20 @@ def reset_output_folder(path, kind, keep=()):
     for entry in os.scandir(path):
         if entry.name in (*keep, MARKER_FILE):
             continue
+        if entry.is_symlink():
+            _warn_link_removed(entry.path)
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:
             os.remove(entry.path)
+
+
+def _warn_link_removed(link):
+    """Name the target of a link that -f removes: the target stays (it may
+    be the user's), and what was written through the link is now written
+    here."""
+    logger.warning(
+        "-f: '%s' was a symbolic link to '%s'; the link is removed and its "
+        "target left as it is (remove it yourself if it is no longer "
+        "needed); this run writes a '%s' folder of its own there.",
+        link, os.path.realpath(link), os.path.basename(link))
