@@ -172,3 +172,15 @@ def test_the_best_epoch_is_read_whole_while_the_run_saves_it(tmp_path):
     assert writer.exitcode == 0
     assert errors == []
     assert seen == {(0, 0.0), (1, 1.0)}
+
+
+def test_the_same_weights_save_to_the_same_bytes(tmp_path):
+    # torch.save given the temporary path named the archive's inner folder
+    # after it: every save of the same weights hashed differently, and
+    # MANIFEST.sha256 could not tell that two runs gave one model.
+    for name in ("a", "b"):
+        seeded_model(3).save_params_and_state(str(tmp_path / name))
+        write_manifest(str(tmp_path / name))
+    for name in ("model_state.pt", "MANIFEST.sha256"):
+        assert (tmp_path / "a" / name).read_bytes() == \
+            (tmp_path / "b" / name).read_bytes(), name

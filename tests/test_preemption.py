@@ -99,7 +99,15 @@ def assert_same_run(dir_a, dir_b):
         assert weights_a.keys() == weights_b.keys()
         for key in weights_a:
             assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
+        # The files too: a checksum tells two runs' models apart or not.
+        assert _state_bytes(dir_a, folder) == _state_bytes(dir_b, folder)
     assert_same_states(dir_a, dir_b)
+
+
+def _state_bytes(experiment_dir, folder):
+    with open(os.path.join(experiment_dir, folder, "model_state.pt"),
+              "rb") as f:
+        return f.read()
 
 
 def assert_same_states(dir_a, dir_b):

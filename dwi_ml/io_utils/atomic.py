@@ -153,6 +153,20 @@ def save_npy(path, array):
             f.write(buffer.getbuffer())
 
 
+def save_torch_file(obj, path):
+    """``torch.save(obj)`` at ``path``, atomically, with bytes that depend
+    only on ``obj``.
+
+    Saved to a path, torch names the archive's inner folder after the
+    file: the temporary name made the same weights hash differently at
+    each save. Through a file object the folder is always ``archive``.
+    """
+    import torch  # here: the HDF5 tools import this module without torch
+    with atomic_output_file(path) as tmp_path:
+        with open(tmp_path, "wb") as f:
+            torch.save(obj, f)
+
+
 def _link_target(path):
     """The absolute path of ``path``, or of what it links to."""
     return (os.path.realpath(path) if os.path.islink(path)

@@ -18,7 +18,11 @@ import os
 import torch
 
 from dwi_ml.io_utils.arg_checks import check_device
-from dwi_ml.io_utils.atomic import atomic_output_file, read_replaced_folder
+from dwi_ml.io_utils.atomic import (
+    atomic_output_file,
+    read_replaced_folder,
+    save_torch_file,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
@@ -209,8 +213,7 @@ def save_params_and_state(model, folder):
     os.makedirs(folder, exist_ok=True)
     # The weights go first and the type last: an interrupted save leaves no
     # model_type.txt in a new folder, so nobody mistakes it for a model.
-    with atomic_output_file(os.path.join(folder, STATE_FILE)) as tmp_path:
-        torch.save(model.state_dict(), tmp_path)
+    save_torch_file(model.state_dict(), os.path.join(folder, STATE_FILE))
     with atomic_output_file(os.path.join(folder, PARAMETERS_FILE)) as tmp:
         with open(tmp, "w") as f:
             json.dump(params, f, indent=2, allow_nan=False)

@@ -15,6 +15,7 @@ import torch
 from dwi_ml.data.splits import SAMPLED_SPLITS, Split
 from dwi_ml.io_utils.atomic import (
     atomic_output_folder,
+    save_torch_file,
     write_failures_named,
     write_json_atomic,
 )
@@ -164,7 +165,8 @@ class TrainerCheckpointing:
             with self.named_write_failures("the checkpoint", path), \
                     atomic_output_folder(path) as tmp_dir:
                 self.model.save_params_and_state(os.path.join(tmp_dir, "model"))
-                torch.save(state, os.path.join(tmp_dir, "checkpoint_state.pt"))
+                save_torch_file(state,
+                                os.path.join(tmp_dir, "checkpoint_state.pt"))
                 # Readers of the latest model read its epoch there.
                 write_json_atomic(
                     os.path.join(tmp_dir, CHECKPOINT_POSITION),
