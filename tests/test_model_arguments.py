@@ -224,3 +224,39 @@ def test_transformers_compute_in_their_dtype_as_learn2track():
         assert torch.equal(as_float64, expected)
         doubled = model.double()(inputs, streamlines)
     assert doubled.dtype == torch.float64
+
+
+@pytest.mark.parametrize("model_class", ["learn2track", "transformer"])
+@pytest.mark.parametrize("open_ends, found", [
+    (torch.tensor([True, False, True]), "shape (3,) torch.bool"),
+    (torch.tensor([False]), "shape (1,) torch.bool"),
+    (torch.tensor([[True, False]]), "shape (1, 2) torch.bool"),
+    # Integers were read as indices of streamlines: a silent wrong loss.
+    (torch.tensor([0, 1]), "shape (2,) torch.int64"),
+    ([True, False], "list"),
+])
+def test_compute_loss_refuses_open_ends_that_are_not_one_flag_per_streamline(
+        model_class, open_ends, found):
+    """A wrong length was an IndexError from inside torch (or ignored when
+    all False), a list an AttributeError."""
+    dg_args = {"add_eos": True, "eos_only_at_fibre_ends": True}
+    torch.manual_seed(0)
+    model = (_model(dg_args=dg_args) if model_class == "learn2track" else
+             TransformerSrcOnlyModel("t", nb_features=4, d_model=8, nheads=2,
+                                     dg_args=dg_args))
+    streamlines = _streamlines()
+    outputs = torch.randn(8, model.output_size)  # 5 + 3 predictions (EOS)
+    name = type(model).__name__
+    with pytest.raises(DwiMLUserError) as refused:
+        model.compute_loss(outputs, streamlines, open_ends=open_ends)
+    assert str(refused.value) == (
+        f"{name}.compute_loss: expected open_ends of shape (2,), bool (one "
+        f"flag per streamline), found {found}.")
+    # The same, bit for bit, from a NumPy array of flags.
+    flags = torch.tensor([True, False])
+    expected = model.compute_loss(outputs, streamlines, open_ends=flags)
+    from_numpy = model.compute_loss(outputs, streamlines,
+                                    open_ends=flags.numpy())
+    assert expected[1] == from_numpy[1] == 7
+    for term in ("direction", "eos"):
+        assert torch.equal(expected[0][term], from_numpy[0][term])
