@@ -149,7 +149,8 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
                      max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
                      direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
                      min_share_in_volume=DEFAULT_MIN_SHARE_IN_VOLUME,
-                     max_step_vox=DEFAULT_MAX_STEP_VOX):
+                     max_step_vox=DEFAULT_MAX_STEP_VOX,
+                     tracked_name="score_tractogram"):
     """Score tracked streamlines against the reference streamlines.
 
     Parameters
@@ -179,6 +180,9 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
     max_step_vox : float
         Both tractograms are resampled to steps of at most this (voxels)
         for the distances to the reference and for the voxel masks.
+    tracked_name : str
+        What the warning about tracked points off the grid begins with,
+        to name them (the scoring script: ``"tractogram 'FILE'"``).
 
     Returns
     -------
@@ -204,7 +208,7 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
             f"({reference.nb_streamlines}), found {len(reference_labels)}.")
 
     tracked = _compact_points(tracked, "tracked")
-    _warn_points_off_grid(packed_arrays(tracked)[0], shape)
+    _warn_points_off_grid(packed_arrays(tracked)[0], shape, tracked_name)
     dense_reference = reference.streamlines
     scores = {"nb_tracked": float(len(tracked)),
               "nb_reference": float(reference.nb_streamlines),
@@ -242,17 +246,17 @@ def _compact_points(streamlines, name):
     return make_array_sequence(data, offsets, lengths)
 
 
-def _warn_points_off_grid(points, shape):
+def _warn_points_off_grid(points, shape, tracked_name):
     """One warning with the count of tracked points off the grid (see the
-    module docstring)."""
+    module docstring), beginning with ``tracked_name``."""
     outside = np.count_nonzero(np.any((points < 0) | (points > shape),
                                       axis=1))
     if outside:
         logger.warning(
-            "score_tractogram: %d of the %d tracked points lie outside the "
-            "grid of shape %s (voxel space, corner origin); they count as "
-            "far from the reference and in no voxel. Are they in voxel "
-            "space, on this grid?", outside, len(points), shape)
+            "%s: %d of the %d tracked points lie outside the grid of shape "
+            "%s (voxel space, corner origin); they count as far from the "
+            "reference and in no voxel. Are they in voxel space, on this "
+            "grid?", tracked_name, outside, len(points), shape)
 
 
 def check_grid_shape(shape, owner):
