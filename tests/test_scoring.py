@@ -300,11 +300,14 @@ def test_tracked_points_off_the_grid_are_scored_with_one_warning(caplog):
     ({"shape": (10, 10, 10.5)}, "argument shape: expected 3 integers >= 1 "
      "(the grid's size in voxels), found (10, 10, 10.5)."),
     ({"affine": np.diag([2.0, 2.0, 0.0, 1.0])}, "argument affine: expected "
-     "a finite voxel-to-RAS mm matrix with an invertible linear part, "
-     "found a singular one (singular values [2.0, 2.0, 0.0])."),
+     "a finite (4, 4) voxel-to-RAS mm matrix with an invertible linear "
+     "part, found a singular one (singular values [2.0, 2.0, 0.0])."),
     ({"affine": np.full((4, 4), np.inf)}, "argument affine: expected a "
-     "finite voxel-to-RAS mm matrix with an invertible linear part, found "
-     "NaN or infinite values."),
+     "finite (4, 4) voxel-to-RAS mm matrix with an invertible linear part, "
+     "found NaN or infinite values."),
+    ({"affine": np.eye(3)}, "argument affine: expected a finite (4, 4) "
+     "voxel-to-RAS mm matrix with an invertible linear part, found shape "
+     "(3, 3)."),
     ({"tracked": [np.array([[1.5, 1.5, np.nan], [2.5, 1.5, 1.5]])]},
      "argument tracked: expected finite points, found 1 with NaN or "
      "infinite coordinates."),

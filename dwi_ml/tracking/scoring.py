@@ -49,7 +49,7 @@ from scipy.spatial import cKDTree
 
 from dwi_ml.data.packed import compact, lengths_mm, make_array_sequence, packed_arrays
 from dwi_ml.data.processing.resampling import resample_to_max_step
-from dwi_ml.data.processing.space import check_affine
+from dwi_ml.data.processing.space import check_affine, check_grid_affine
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.bundle_scoring import score_bundles
 from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
@@ -269,23 +269,6 @@ def check_grid_shape(shape, owner):
             f"{owner} argument shape: expected 3 integers >= 1 (the grid's "
             f"size in voxels), found {shape!r}.")
     return tuple(int(size) for size in values)
-
-
-def check_grid_affine(affine, owner):
-    """Return ``affine`` as a float64 (4, 4) array with a finite, invertible
-    linear part, or raise a one-line user error."""
-    affine = check_affine(affine)
-    singular_values = (np.linalg.svd(affine[:3, :3], compute_uv=False)
-                       if np.all(np.isfinite(affine)) else None)
-    if singular_values is None or singular_values.min() <= \
-            1e-12 * singular_values.max():
-        found = ("NaN or infinite values" if singular_values is None else
-                 f"a singular one (singular values "
-                 f"{np.round(singular_values, 6).tolist()})")
-        raise DwiMLUserError(
-            f"{owner} argument affine: expected a finite voxel-to-RAS mm "
-            f"matrix with an invertible linear part, found {found}.")
-    return affine
 
 
 def check_scoring_numbers(distances_vox, max_angle_deg,
