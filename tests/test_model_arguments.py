@@ -224,3 +224,94 @@ def test_transformers_compute_in_their_dtype_as_learn2track():
         assert torch.equal(as_float64, expected)
         doubled = model.double()(inputs, streamlines)
     assert doubled.dtype == torch.float64
+
+
+@pytest.mark.parametrize("model_class", ["learn2track", "transformer"])
+@pytest.mark.parametrize("open_ends, found", [
+    (torch.tensor([True, False, True]), "shape (3,) torch.bool"),
+    (torch.tensor([False]), "shape (1,) torch.bool"),
+    (torch.tensor([[True, False]]), "shape (1, 2) torch.bool"),
+    # Integers were read as indices of streamlines: a silent wrong loss.
+    (torch.tensor([0, 1]), "shape (2,) torch.int64"),
+    ([True, False], "list"),
+])
+def test_compute_loss_refuses_open_ends_that_are_not_one_flag_per_streamline(
+        model_class, open_ends, found):
+    """A wrong length was an IndexError from inside torch (or ignored when
+    all False), a list an AttributeError."""
+    dg_args = {"add_eos": True, "eos_only_at_fibre_ends": True}
+    torch.manual_seed(0)
+    model = (_model(dg_args=dg_args) if model_class == "learn2track" else
+             TransformerSrcOnlyModel("t", nb_features=4, d_model=8, nheads=2,
+                                     dg_args=dg_args))
+    streamlines = _streamlines()
+    outputs = torch.randn(8, model.output_size)  # 5 + 3 predictions (EOS)
+    name = type(model).__name__
+    with pytest.raises(DwiMLUserError) as refused:
+        model.compute_loss(outputs, streamlines, open_ends=open_ends)
+    assert str(refused.value) == (
+        f"{name}.compute_loss: expected open_ends of shape (2,), bool (one "
+        f"flag per streamline), found {found}.")
+    # The same, bit for bit, from a NumPy array of flags.
+    flags = torch.tensor([True, False])
+    expected = model.compute_loss(outputs, streamlines, open_ends=flags)
+    from_numpy = model.compute_loss(outputs, streamlines,
+                                    open_ends=flags.numpy())
+    assert expected[1] == from_numpy[1] == 7
+    for term in ("direction", "eos"):
+        assert torch.equal(expected[0][term], from_numpy[0][term])
+
+
+def test_a_batch_that_breaks_the_contract_is_one_line():
+    """NumPy arrays, lists and None were TypeErrors or AttributeErrors from
+    inside torch; a wrong row count blamed the streamline."""
+    model = _model()
+    streamlines = _streamlines()
+    inputs = [torch.rand(5, 4), torch.rand(3, 4)]
+    model(inputs, streamlines)  # the contract
+    cases = [
+        (None, streamlines, "batch: expected lists of as many inputs as "
+         "streamlines (>= 1), found NoneType and 2 streamlines."),
+        ([x.numpy() for x in inputs], streamlines, "batch inputs: expected "
+         "tensors of shape (n_i, 4) (nb_features * nb_neighbours), found "
+         "ndarray at streamline 0."),
+        ([inputs[0], inputs[1].tolist()], streamlines, "batch inputs: "
+         "expected tensors of shape (n_i, 4) (nb_features * nb_neighbours), "
+         "found list at streamline 1."),
+        ([inputs[0], torch.rand(3, 5)], streamlines, "batch inputs: expected "
+         "tensors of shape (n_i, 4) (nb_features * nb_neighbours), found "
+         "a tensor of 5 columns at streamline 1."),
+        (inputs, [streamlines[0], streamlines[1][:, :2]], "batch "
+         "streamlines: expected tensors of shape (n_i, 3) (points), found "
+         "a tensor of 2 columns at streamline 1."),
+        (inputs, [s.numpy() for s in streamlines], "batch streamlines: "
+         "expected tensors of shape (n_i, 3) (points), found ndarray at "
+         "streamline 0."),
+        ([inputs[0][:4], inputs[1]], streamlines, "batch inputs: expected "
+         "one row per point of each streamline, found 4 rows for the 5 "
+         "points of streamline 0."),
+    ]
+    for batch_inputs, batch_streamlines, message in cases:
+        with pytest.raises(DwiMLUserError) as refused:
+            model(batch_inputs, batch_streamlines)
+        assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("nb_previous_dirs", [0, 2])
+def test_a_list_of_partial_streamlines_of_other_shapes_is_one_line(
+        nb_previous_dirs):
+    """Only the first was checked: a later one of 2 columns (or 1-D) was a
+    RuntimeError of torch.cat."""
+    transformer = TransformerSrcOnlyModel(
+        "t", nb_features=4, d_model=8, nheads=2,
+        nb_previous_dirs=nb_previous_dirs).eval()
+    learn2track = _model(nb_previous_dirs=2).eval()
+    good = torch.rand(1, 3)
+    for model in (transformer, learn2track):
+        for bad, found in ((torch.rand(4, 2), "a tensor of 2 columns"),
+                           (torch.rand(3), "a 1-D tensor")):
+            with torch.no_grad(), pytest.raises(DwiMLUserError) as refused:
+                model.forward_step(torch.rand(2, 4), [good, bad])
+            assert str(refused.value) == (
+                f"streamlines: expected tensors of shape (n_i, 3) (points), "
+                f"found {found} at streamline 1.")

@@ -364,7 +364,8 @@ def test_bad_model_args_give_user_errors(kwargs, match):
 def test_bad_batches_give_user_errors():
     model = make_model()
     inputs, streamlines = make_batch()
-    with pytest.raises(DwiMLUserError, match="width 4"):
+    with pytest.raises(DwiMLUserError, match=r"shape \(n_i, 4\) .*found a "
+                                             r"tensor of 3 columns"):
         model([torch.ones(5, 3)], [streamlines[0]])
     with pytest.raises(DwiMLUserError, match="at least 2 points"):
         model([inputs[0][:1]], [streamlines[0][:1]])

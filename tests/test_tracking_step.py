@@ -135,7 +135,20 @@ def test_a_nearest_mask_is_read_alone_and_one_of_another_grid_refused():
     ({"max_angle_deg": -10.0}, "max_angle_deg: expected a number in (0, 180]"),
     ({"max_angle_deg": 400.0}, "max_angle_deg: expected a number in (0, 180]"),
     ({"algo": "sample"}, "algo: expected one of ['det', 'prob']"),
-    ({"affine": None}, "affine: expected a finite (4, 4) voxel-to-mm"),
+    ({"affine": None}, "BatchedTracker argument affine: expected a finite "
+     "(4, 4) voxel-to-RAS mm matrix with an invertible linear part, found "
+     "None."),
+    # A singular affine was accepted (one scoring refuses).
+    ({"affine": np.diag([2.0, 2.0, 0.0, 1.0])}, "BatchedTracker argument "
+     "affine: expected a finite (4, 4) voxel-to-RAS mm matrix with an "
+     "invertible linear part, found a singular one (singular values "
+     "[2.0, 2.0, 0.0])."),
+    ({"affine": np.full((4, 4), np.nan)}, "BatchedTracker argument affine: "
+     "expected a finite (4, 4) voxel-to-RAS mm matrix with an invertible "
+     "linear part, found NaN or infinite values."),
+    ({"affine": np.eye(3)}, "BatchedTracker argument affine: expected a "
+     "finite (4, 4) voxel-to-RAS mm matrix with an invertible linear part, "
+     "found shape (3, 3)."),
     ({"device": "gpu"}, "argument device: expected a torch device"),
     ({"input_volume": "more_features"}, "input_volume: expected 5 features "
      "per voxel (the model's nb_features), got 7."),

@@ -113,8 +113,10 @@ def main(argv=None):
                           extensions=(".json",))
 
     shape, affine = load_grid(args.mask_or_volume)
+    # score_tractogram warns of its points off the grid, with their count.
     tracked = load_tractogram_vox_corner(args.in_tractogram,
-                                         args.mask_or_volume)
+                                         args.mask_or_volume,
+                                         warn_outside=False)
     reference = load_tractogram_vox_corner(args.reference_tractogram,
                                            args.mask_or_volume)
     labels = names = None
@@ -146,7 +148,8 @@ def main(argv=None):
             tracked.streamlines, reference.streamlines, shape, affine, labels,
             max_angle_deg=args.max_angle,
             direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
-            min_share_in_volume=args.min_share_in_volume)
+            min_share_in_volume=args.min_share_in_volume,
+            tracked_name=f"tractogram '{args.in_tractogram}'")
     except DwiMLUserError as error:
         # The library names its argument; a user of the script, the file.
         raise DwiMLUserError(str(error).replace(

@@ -5,6 +5,7 @@ state, then through ``self.direction_getter``: the outputs, the loss, EOS
 and the tracking directions follow from the getter and from the prediction
 contract of :mod:`dwi_ml.models.directions`.
 """
+import numpy as np
 import torch
 
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -111,7 +112,8 @@ class DirectionGetterModel(MainModelOneInput):
             The batch's ``open_ends``: with EOS and the getter's
             ``eos_only_at_fibre_ends``, the last point of a streamline that
             ends at a cut is left out of the loss
-            (:func:`~dwi_ml.models.directions.rows_with_targets`).
+            (:func:`~dwi_ml.models.directions.rows_with_targets`). A NumPy
+            array of N flags is taken too; anything else is refused.
 
         Returns
         -------
@@ -121,6 +123,7 @@ class DirectionGetterModel(MainModelOneInput):
         n_points : int
         """
         self._check_outputs(outputs, "compute_loss")
+        open_ends = self._check_open_ends(open_ends, len(streamlines))
         target_dirs, eos_targets = compute_direction_targets(
             streamlines, self.add_eos)
         if len(outputs) != len(target_dirs):
@@ -160,6 +163,26 @@ class DirectionGetterModel(MainModelOneInput):
             outputs, "M", self.output_size,
             f"{type(self).__name__}.{method}: expected outputs",
             "the model's output_size")
+
+    def _check_open_ends(self, open_ends, nb_streamlines):
+        """``open_ends`` as a bool tensor (N,), or None; refuse anything
+        else (integers would index streamlines, a wrong length failed in
+        torch or was ignored)."""
+        if open_ends is None:
+            return None
+        if isinstance(open_ends, np.ndarray) and open_ends.dtype == bool:
+            open_ends = torch.from_numpy(open_ends)
+        if (isinstance(open_ends, torch.Tensor)
+                and open_ends.dtype == torch.bool
+                and tuple(open_ends.shape) == (nb_streamlines,)):
+            return open_ends
+        found = (f"shape {tuple(open_ends.shape)} {open_ends.dtype}"
+                 if isinstance(open_ends, torch.Tensor)
+                 else type(open_ends).__name__)
+        raise DwiMLUserError(
+            f"{type(self).__name__}.compute_loss: expected open_ends of "
+            f"shape ({nb_streamlines},), bool (one flag per streamline), "
+            f"found {found}.")
 
     def eos_is_most_likely(self, outputs):
         """(N,) bool: EOS is the most likely class (``--eos_stop max``).

@@ -70,6 +70,33 @@ def streamline_lengths(streamlines):
                         device=device)
 
 
+def first_not_rows_of_width(tensors, width):
+    """Where a list breaks the ``(n_i, width)`` tensors of the contract.
+
+    Parameters
+    ----------
+    tensors : list
+        Of torch.Tensor ``(n_i, width)``, one per streamline.
+    width : int
+
+    Returns
+    -------
+    tuple of (int, str), or None
+        The index of the first other element and what it is (``'a 1-D
+        tensor'``, ``'a tensor of 2 columns'`` or its type's name, never
+        its rows: a tracking step reads the last points alone); None when
+        all are tensors of that width.
+    """
+    for index, tensor in enumerate(tensors):
+        if not isinstance(tensor, torch.Tensor):
+            return index, type(tensor).__name__
+        if tensor.ndim != 2:
+            return index, f"a {tensor.ndim}-D tensor"
+        if tensor.shape[1] != width:
+            return index, f"a tensor of {tensor.shape[1]} columns"
+    return None
+
+
 def nb_predictions(lengths, add_eos):
     """Predictions per streamline: ``n`` with EOS, ``n - 1`` without."""
     return lengths if add_eos else lengths - 1
@@ -126,7 +153,19 @@ def compute_segment_directions(streamlines):
         raise DwiMLUserError(
             "streamlines: expected at least 1 point per streamline, "
             "found an empty one.")
-    points = torch.cat(list(streamlines))
+    try:
+        points = torch.cat(list(streamlines))
+    except (TypeError, RuntimeError):
+        points = None
+    # The cat and one shape check stand for a check of each streamline;
+    # the loop runs only to name the one at fault.
+    if points is None or points.ndim != 2 or points.shape[1] != 3:
+        fault = first_not_rows_of_width(streamlines, 3)
+        if fault is None:  # another failure of torch.cat (memory, devices)
+            torch.cat(list(streamlines))
+        raise DwiMLUserError(
+            f"streamlines: expected tensors of shape (n_i, 3) (points), "
+            f"found {fault[1]} at streamline {fault[0]}.")
     # Differences across two streamlines start at a streamline's last point.
     keep = ~_last_point_mask(lengths)[:-1]
     return (points[1:] - points[:-1])[keep], lengths - 1

@@ -15,7 +15,11 @@ from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models import model_io
-from dwi_ml.models.directions import compute_last_previous_dirs, compute_previous_dirs
+from dwi_ml.models.directions import (
+    compute_last_previous_dirs,
+    compute_previous_dirs,
+    first_not_rows_of_width,
+)
 
 
 def check_rows_of_width(tensor, rows, width, expected, meaning):
@@ -31,6 +35,19 @@ def check_rows_of_width(tensor, rows, width, expected, meaning):
              else type(tensor).__name__)
     raise DwiMLUserError(f"{expected} of shape ({rows}, {width}) ({meaning}), "
                          f"found {found}.")
+
+# What a batch's inputs and streamlines may be: N tensors, in a list or
+# stacked in one tensor (n_i all equal).
+_BATCH_TYPES = (list, tuple, torch.Tensor)
+
+
+def _count_of_list(values, noun):
+    """``'2 streamlines'`` for a list, tuple or tensor, else its type's
+    name."""
+    if isinstance(values, _BATCH_TYPES):
+        return f"{len(values)} {noun}"
+    return type(values).__name__
+
 
 class MainModelAbstract(torch.nn.Module):
     """A model that can be saved, rebuilt and trained by dwi_ml.
@@ -234,21 +251,46 @@ class MainModelOneInput(MainModelAbstract):
                 f"point), found {first[0]}.")
 
     def check_inputs(self, inputs, streamlines):
-        """Refuse a batch that breaks the contract of the loader."""
-        if len(inputs) != len(streamlines) or len(inputs) == 0:
+        """Refuse a batch that breaks the contract of the loader, in one line.
+
+        Parameters
+        ----------
+        inputs : list of torch.Tensor (n_i, input_size)
+        streamlines : list of torch.Tensor (n_i, 3)
+            As many as ``inputs``, each with one point per row of its input.
+            (A tensor (N, n, ...) stands for a list of N equal lengths.)
+
+        Notes
+        -----
+        One pass over the N streamlines (no Python per point); a tracking
+        step checks its arguments with :meth:`check_step_inputs` instead.
+        """
+        if (not isinstance(inputs, _BATCH_TYPES)
+                or not isinstance(streamlines, _BATCH_TYPES)
+                or len(inputs) != len(streamlines) or len(inputs) == 0):
             raise DwiMLUserError(
-                f"batch: expected as many inputs as streamlines (>= 1), "
-                f"found {len(inputs)} and {len(streamlines)}.")
-        for x, s in zip(inputs, streamlines):
-            if x.ndim != 2 or x.shape[1] != self.input_size:
+                f"batch: expected lists of as many inputs as streamlines "
+                f"(>= 1), found {_count_of_list(inputs, 'inputs')} and "
+                f"{_count_of_list(streamlines, 'streamlines')}.")
+        for name, tensors, width, meaning in (
+                ("inputs", inputs, self.input_size,
+                 "nb_features * nb_neighbours"),
+                ("streamlines", streamlines, 3, "points")):
+            fault = first_not_rows_of_width(tensors, width)
+            if fault is not None:
                 raise DwiMLUserError(
-                    f"batch inputs: expected width {self.input_size} "
-                    f"(nb_features * nb_neighbours), found shape "
-                    f"{tuple(x.shape)}.")
-            if s.ndim != 2 or s.shape[1] != 3 or len(s) != len(x):
-                raise DwiMLUserError(
-                    f"batch streamlines: expected ({len(x)}, 3) points, "
-                    f"found shape {tuple(s.shape)}.")
+                    f"batch {name}: expected tensors of shape (n_i, {width}) "
+                    f"({meaning}), found {fault[1]} at streamline "
+                    f"{fault[0]}.")
+        rows = torch.tensor([len(x) for x in inputs])
+        points = torch.tensor([len(s) for s in streamlines])
+        differ = torch.nonzero(rows != points)
+        if len(differ):
+            index = int(differ[0, 0])
+            raise DwiMLUserError(
+                f"batch inputs: expected one row per point of each "
+                f"streamline, found {int(rows[index])} rows for the "
+                f"{int(points[index])} points of streamline {index}.")
 
     def compute_previous_dirs(self, streamlines, add_eos):
         """Previous directions of every prediction point, (M, 3 * k).

@@ -49,7 +49,7 @@ from scipy.spatial import cKDTree
 
 from dwi_ml.data.packed import compact, lengths_mm, make_array_sequence, packed_arrays
 from dwi_ml.data.processing.resampling import resample_to_max_step
-from dwi_ml.data.processing.space import check_affine
+from dwi_ml.data.processing.space import check_affine, check_grid_affine
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.bundle_scoring import score_bundles
 from dwi_ml.tracking.voxel_masks import point_voxel_indices, voxel_set
@@ -149,7 +149,8 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
                      max_angle_deg=DEFAULT_MAX_ANGLE_DEG,
                      direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
                      min_share_in_volume=DEFAULT_MIN_SHARE_IN_VOLUME,
-                     max_step_vox=DEFAULT_MAX_STEP_VOX):
+                     max_step_vox=DEFAULT_MAX_STEP_VOX,
+                     tracked_name="score_tractogram"):
     """Score tracked streamlines against the reference streamlines.
 
     Parameters
@@ -179,6 +180,9 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
     max_step_vox : float
         Both tractograms are resampled to steps of at most this (voxels)
         for the distances to the reference and for the voxel masks.
+    tracked_name : str
+        What the warning about tracked points off the grid begins with,
+        to name them (the scoring script: ``"tractogram 'FILE'"``).
 
     Returns
     -------
@@ -204,7 +208,7 @@ def score_tractogram(tracked, reference, shape, affine, reference_labels=None,
             f"({reference.nb_streamlines}), found {len(reference_labels)}.")
 
     tracked = _compact_points(tracked, "tracked")
-    _warn_points_off_grid(packed_arrays(tracked)[0], shape)
+    _warn_points_off_grid(packed_arrays(tracked)[0], shape, tracked_name)
     dense_reference = reference.streamlines
     scores = {"nb_tracked": float(len(tracked)),
               "nb_reference": float(reference.nb_streamlines),
@@ -242,17 +246,17 @@ def _compact_points(streamlines, name):
     return make_array_sequence(data, offsets, lengths)
 
 
-def _warn_points_off_grid(points, shape):
+def _warn_points_off_grid(points, shape, tracked_name):
     """One warning with the count of tracked points off the grid (see the
-    module docstring)."""
+    module docstring), beginning with ``tracked_name``."""
     outside = np.count_nonzero(np.any((points < 0) | (points > shape),
                                       axis=1))
     if outside:
         logger.warning(
-            "score_tractogram: %d of the %d tracked points lie outside the "
-            "grid of shape %s (voxel space, corner origin); they count as "
-            "far from the reference and in no voxel. Are they in voxel "
-            "space, on this grid?", outside, len(points), shape)
+            "%s: %d of the %d tracked points lie outside the grid of shape "
+            "%s (voxel space, corner origin); they count as far from the "
+            "reference and in no voxel. Are they in voxel space, on this "
+            "grid?", tracked_name, outside, len(points), shape)
 
 
 def check_grid_shape(shape, owner):
@@ -265,23 +269,6 @@ def check_grid_shape(shape, owner):
             f"{owner} argument shape: expected 3 integers >= 1 (the grid's "
             f"size in voxels), found {shape!r}.")
     return tuple(int(size) for size in values)
-
-
-def check_grid_affine(affine, owner):
-    """Return ``affine`` as a float64 (4, 4) array with a finite, invertible
-    linear part, or raise a one-line user error."""
-    affine = check_affine(affine)
-    singular_values = (np.linalg.svd(affine[:3, :3], compute_uv=False)
-                       if np.all(np.isfinite(affine)) else None)
-    if singular_values is None or singular_values.min() <= \
-            1e-12 * singular_values.max():
-        found = ("NaN or infinite values" if singular_values is None else
-                 f"a singular one (singular values "
-                 f"{np.round(singular_values, 6).tolist()})")
-        raise DwiMLUserError(
-            f"{owner} argument affine: expected a finite voxel-to-RAS mm "
-            f"matrix with an invertible linear part, found {found}.")
-    return affine
 
 
 def check_scoring_numbers(distances_vox, max_angle_deg,

@@ -65,12 +65,22 @@ def load_label_volume(nifti_path):
     return read_label_volume(nifti_path, f"labels '{nifti_path}'")
 
 
-def load_tractogram_vox_corner(path, nifti_path):
+def load_tractogram_vox_corner(path, nifti_path, warn_outside=True):
     """Load a tractogram on the grid of a NIfTI, in voxel space, corner origin.
 
     Points outside the grid are kept (dipy's bounding-box check is off):
     a score counts them as outside. NaN or infinite coordinates are
     refused: no distance, voxel or length is defined for them.
+
+    Parameters
+    ----------
+    path : str
+        A .trk, .tck or .trx file.
+    nifti_path : str
+        The NIfTI whose grid (shape, affine) the tractogram is loaded on.
+    warn_outside : bool
+        Warn when most points lie outside the grid. False where the caller
+        warns itself (the scoring script: score_tractogram counts them).
 
     Returns
     -------
@@ -95,7 +105,8 @@ def load_tractogram_vox_corner(path, nifti_path):
     sft.to_vox()
     sft.to_corner()
     _check_finite_points(sft.streamlines, path)
-    _warn_if_mostly_outside(sft, path, nifti_path)
+    if warn_outside:
+        _warn_if_mostly_outside(sft, path, nifti_path)
     return sft
 
 

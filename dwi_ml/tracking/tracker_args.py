@@ -5,6 +5,7 @@ import numbers
 
 import numpy as np
 
+from dwi_ml.data.processing.space import check_grid_affine
 from dwi_ml.io_utils.arg_checks import (
     InvalidValue,
     check_choice,
@@ -35,11 +36,7 @@ def check_tracker_args(model, input_volume, affine, tracking_mask,
     if nb_features is not None and shape[3] != nb_features:
         raise InvalidValue("input_volume", OWNER, f"{nb_features} features "
                            "per voxel (the model's nb_features)", shape[3])
-    matrix = np.asarray(affine if affine is not None else np.nan,
-                        dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-        raise InvalidValue("affine", OWNER, "a finite (4, 4) voxel-to-mm "
-                           "matrix", affine)
+    check_grid_affine(affine, OWNER)
     mask_shape = tuple(getattr(tracking_mask, "shape", ()))
     if mask_shape != shape[:3]:
         raise InvalidValue("tracking_mask", OWNER, "a TrackingMask of the "

@@ -27,6 +27,47 @@ def check_affine(affine):
     return affine
 
 
+def check_grid_affine(affine, owner):
+    """Return a grid's affine as a float64 (4, 4) array, or refuse it.
+
+    Parameters
+    ----------
+    affine : array-like
+        The voxel-to-RAS mm affine of a grid.
+    owner : str
+        Who takes it (e.g. 'BatchedTracker'), named in the error.
+
+    Returns
+    -------
+    np.ndarray, shape (4, 4)
+
+    Raises
+    ------
+    DwiMLUserError
+        One line naming ``owner``'s argument affine, when it is not a
+        finite (4, 4) matrix whose linear part is invertible.
+    """
+    try:
+        matrix = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError):
+        matrix = None
+    if matrix is None or matrix.ndim == 0:
+        found = repr(affine)
+    elif matrix.shape != (4, 4):
+        found = f"shape {matrix.shape}"
+    elif not np.all(np.isfinite(matrix)):
+        found = "NaN or infinite values"
+    else:
+        singular_values = np.linalg.svd(matrix[:3, :3], compute_uv=False)
+        if singular_values.min() > 1e-12 * singular_values.max():
+            return matrix
+        found = (f"a singular one (singular values "
+                 f"{np.round(singular_values, 6).tolist()})")
+    raise DwiMLUserError(
+        f"{owner} argument affine: expected a finite (4, 4) voxel-to-RAS mm "
+        f"matrix with an invertible linear part, found {found}.")
+
+
 def points_vox_corner_to_rasmm(points_vox, affine):
     """Convert points from voxel space (corner origin) to RAS mm.
 
