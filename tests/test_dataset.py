@@ -23,7 +23,7 @@ from dwi_ml.data.dataset import (
     SFTData,
 )
 from dwi_ml.data.dataset import subjects as subjects_module
-from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle
+from dwi_ml.data.dataset.hdf5_handle import MAX_OPEN_DATASETS, Hdf5Handle
 from dwi_ml.data.dataset.row_ranges import (
     find_raw_chunks,
     plan_blocks,
@@ -485,6 +485,34 @@ def test_coalesced_reads_match_slicing(tmp_path, chunks, compression,
     for start, count, position in zip(starts, counts, positions):
         assert np.array_equal(buffer[position:position + count],
                               data[start:start + count])
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_open_datasets_stay_bounded_over_many_subjects(tmp_path,
+                                                       compression):
+    # Each open dataset keeps its own chunk cache (and HDF5's slot table):
+    # a lazy run kept every subject's open, 2.4 MB each, never released.
+    rng = np.random.default_rng(2)
+    path = str(tmp_path / "many.hdf5")
+    arrays = {f"subj{i}/data": rng.random((300, 3), dtype=np.float32)
+              for i in range(3 * MAX_OPEN_DATASETS)}
+    with h5py.File(path, "w") as hdf:
+        for key, data in arrays.items():
+            hdf.create_dataset(key, data=data, chunks=(64, 3),
+                               compression=compression)
+    handle = Hdf5Handle(path)
+    for _ in range(2):  # the second pass reopens what was closed
+        for key, data in arrays.items():
+            buffer, positions = read_row_ranges(handle, key,
+                                                np.array([5, 200]),
+                                                np.array([10, 70]))
+            assert np.array_equal(buffer[positions[0]:positions[0] + 10],
+                                  data[5:15])
+            assert np.array_equal(buffer[positions[1]:positions[1] + 70],
+                                  data[200:270])
+    gc.collect()
+    assert h5py.h5f.get_obj_count(handle.file.id, h5py.h5f.OBJ_DATASET) <= \
+        MAX_OPEN_DATASETS
 
 
 def test_reads_across_chunks_scattered_in_the_file(tmp_path):

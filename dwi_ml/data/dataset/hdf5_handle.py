@@ -5,17 +5,23 @@ forked from the main process would otherwise read through the parent's
 handle. :class:`Hdf5Handle` opens the file on first use and again whenever
 the process id changes, and drops the open file when pickled (spawn).
 """
+import collections
 import os
 
 import h5py
 
 from dwi_ml.io_utils.errors import DwiMLUserError
 
-# Per open dataset, for chunks read through h5py (compressed streamlines);
-# unfiltered streamline data is read with os.pread and bypasses it.
-CHUNK_CACHE_BYTES = 16 * 1024 ** 2
-# A prime about 100x the number of small chunks that fit, as HDF5 advises.
-CHUNK_CACHE_SLOTS = 100_003
+# Per open dataset, for chunks read through h5py (volumes, filtered
+# streamlines); unfiltered streamline data is read with os.pread and
+# bypasses it. HDF5 keeps both until the dataset closes.
+CHUNK_CACHE_BYTES = 4 * 1024 ** 2
+# A prime about 100x the number of 48-KiB streamline chunks that fit, as
+# HDF5 advises (its slot table costs 8 bytes a slot, per open dataset).
+CHUNK_CACHE_SLOTS = 10_007
+# Datasets kept open, the most recently used: a lazy run over 1000
+# subjects kept all of theirs, each with its own chunk cache.
+MAX_OPEN_DATASETS = 16
 
 
 class Hdf5Handle:
@@ -39,7 +45,7 @@ class Hdf5Handle:
         self._pid = None
         self._file = None
         self._fd = None
-        self._datasets = {}
+        self._datasets = collections.OrderedDict()
         self._memo = {}
         # (device, inode, size, modification time) at the first opening:
         # a process opening the file later (a worker) must find the same.
@@ -54,7 +60,7 @@ class Hdf5Handle:
             if self._fd is not None:
                 os.close(self._fd)
             self._file, self._fd = None, None
-        self._datasets, self._memo = {}, {}
+        self._datasets, self._memo = collections.OrderedDict(), {}
         self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES,
                                rdcc_nslots=CHUNK_CACHE_SLOTS)
         self._fd = _own_descriptor(self._file, self.path)
@@ -87,12 +93,20 @@ class Hdf5Handle:
         return self._fd
 
     def dataset(self, key):
-        """The h5py dataset at ``key`` (e.g. 'subj1/streamlines/data')."""
+        """The h5py dataset at ``key`` (e.g. 'subj1/streamlines/data').
+
+        The :data:`MAX_OPEN_DATASETS` most recently used stay open; the
+        caller should not keep the object (it would keep its chunk cache).
+        """
         self._ensure_open()
         dataset = self._datasets.get(key)
         if dataset is None:
             dataset = self._file[key]
             self._datasets[key] = dataset
+            if len(self._datasets) > MAX_OPEN_DATASETS:
+                self._datasets.popitem(last=False)
+        else:
+            self._datasets.move_to_end(key)
         return dataset
 
     def memoize(self, key, compute):
@@ -110,7 +124,7 @@ class Hdf5Handle:
             if self._fd is not None:
                 os.close(self._fd)
         self._pid, self._file, self._fd = None, None, None
-        self._datasets, self._memo = {}, {}
+        self._datasets, self._memo = collections.OrderedDict(), {}
 
     def __getstate__(self):
         return {"path": self.path, "identity": self._identity}

@@ -120,17 +120,20 @@ class _RowLayout:
     (h5py's ``shape`` and ``dtype`` cost microseconds per access)."""
 
     def __init__(self, handle, key):
-        self.dataset = handle.dataset(key)
-        self.nb_rows = len(self.dataset)
-        self.row_shape = self.dataset.shape[1:]
-        self.dtype = self.dataset.dtype
+        # The dataset object is not kept: the handle closes the least
+        # recently used ones (each holds a chunk cache).
+        self.key = key
+        dataset = handle.dataset(key)
+        self.nb_rows = len(dataset)
+        self.row_shape = dataset.shape[1:]
+        self.dtype = dataset.dtype
         self.row_bytes = self.dtype.itemsize * int(
             np.prod(self.row_shape, dtype=np.int64))
         self.max_gap_rows = MERGE_GAP_BYTES // max(self.row_bytes, 1)
         # Rows where each extent of chunks contiguous in the file begins,
         # and its address; None: read through h5py.
         self.extent_rows = self.extent_addresses = None
-        raw_chunks = find_raw_chunks(self.dataset)
+        raw_chunks = find_raw_chunks(dataset)
         if raw_chunks is not None:
             chunk_rows, addresses = raw_chunks
             opens = np.ones(len(addresses), dtype=bool)
@@ -146,7 +149,8 @@ class _RowLayout:
 def _read_blocks(handle, layout, block_starts, block_counts):
     """Rows of sorted, disjoint blocks, one after the other."""
     if layout.extent_rows is None:
-        return _read_with_h5py(layout.dataset, block_starts, block_counts)
+        return _read_with_h5py(handle.dataset(layout.key), block_starts,
+                               block_counts)
     file_starts, sizes, _ = _file_pieces(layout, block_starts, block_counts)
     fd = handle.fd
     raw = b"".join([os.pread(fd, size, start) for size, start
@@ -262,7 +266,8 @@ def _block_checksums(handle, layout, starts, counts, rows_per_checksum):
     """
     if layout.extent_rows is None:
         return row_block_checksums(
-            _read_with_h5py(layout.dataset, starts, counts), rows_per_checksum)
+            _read_with_h5py(handle.dataset(layout.key), starts, counts),
+            rows_per_checksum)
     file_starts, sizes, blocks = _file_pieces(layout, starts, counts)
     crcs = [0] * len(starts)
     fd = handle.fd
