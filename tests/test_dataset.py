@@ -566,7 +566,7 @@ def test_checksums_of_blocks_across_scattered_chunks(tmp_path, damaged):
     starts = np.array([0, 345, 600, 5])
     counts = np.array([30, 20, 100, 3])
     if damaged:
-        with pytest.raises(DwiMLUserError, match="rows 350 to 359 do not"):
+        with pytest.raises(DwiMLUserError, match="rows 350 to 359 of dataset"):
             read_row_ranges(handle, key, starts, counts)
         return
     for _ in range(2):  # checked, then read only

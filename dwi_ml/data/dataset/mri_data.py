@@ -3,8 +3,33 @@ import numpy as np
 import torch
 
 from dwi_ml.data.finite import all_finite
-from dwi_ml.data.hdf5.file_check import hdf5_read_errors
+from dwi_ml.data.hdf5.file_check import checksum_mismatch, hdf5_read_errors
+from dwi_ml.data.hdf5.layout import VOLUME_CHECKSUM_ATTR, volume_checksum
 from dwi_ml.io_utils.errors import DwiMLUserError
+
+
+def read_volume_checksum(attrs):
+    """The CRC-32 a volume group's attrs hold, or None (the reference's
+    files, ours made before it existed: their data is not checked)."""
+    if VOLUME_CHECKSUM_ATTR not in attrs:
+        return None
+    return int(attrs[VOLUME_CHECKSUM_ATTR])
+
+
+def check_volume_checksum(stored, checksum, path, key):
+    """Refuse a volume, as read from ``key``, that differs from the one
+    written at creation.
+
+    Parameters
+    ----------
+    stored : np.ndarray
+        The dataset as read, in its stored dtype and shape.
+    checksum : int or None
+        From :func:`read_volume_checksum`; None: nothing to check.
+    """
+    if checksum is not None and volume_checksum(stored) != checksum:
+        raise checksum_mismatch(path, key,
+                                f"the volume data (dataset '{key}')")
 
 
 def check_finite_volume(data, path, key):
@@ -102,15 +127,20 @@ class LazyMRIData:
         As in :class:`MRIData`.
     cache : LRUCache
         Shared by all lazy volumes of a dataset, keyed by (key, device).
+    checksum : int, optional
+        The CRC-32 stored at creation (:func:`read_volume_checksum`),
+        checked at the first read in each process; None: not checked.
     """
 
-    def __init__(self, handle, key, shape, affine, voxres, cache):
+    def __init__(self, handle, key, shape, affine, voxres, cache,
+                 checksum=None):
         self._handle = handle
         self._key = key
         self.shape = tuple(shape)
         self.affine = affine
         self.voxres = voxres
         self._cache = cache
+        self._checksum = checksum
 
     @property
     def nb_features(self):
@@ -119,11 +149,22 @@ class LazyMRIData:
 
     @property
     def data(self):
-        """The volume read from disk as a (X, Y, Z, F) float32 array."""
-        with hdf5_read_errors(self._handle.path, self._key):
-            dataset = self._handle.dataset(self._key)
-            data = np.asarray(dataset[()], dtype=np.float32).reshape(self.shape)
-        check_finite_volume(data, self._handle.path, self._key)
+        """The volume read from disk as a (X, Y, Z, F) float32 array.
+
+        Its CRC-32 is checked at its first read in each process that
+        passes; later reads (after the LRU cache evicted it) are not
+        checked again.
+        """
+        path = self._handle.path
+        with hdf5_read_errors(path, self._key):
+            stored = self._handle.dataset(self._key)[()]
+        if self._checksum is not None:
+            self._handle.memoize(
+                ("volume_checksum", self._key),
+                lambda: check_volume_checksum(stored, self._checksum, path,
+                                              self._key))
+        data = np.asarray(stored, dtype=np.float32).reshape(self.shape)
+        check_finite_volume(data, path, self._key)
         return data
 
     def as_tensor(self, device="cpu"):

@@ -28,13 +28,13 @@ import zlib
 import h5py
 import numpy as np
 
+from dwi_ml.data.hdf5.file_check import checksum_mismatch
 from dwi_ml.data.hdf5.layout import (
     CHECKSUM_SUFFIX,
     ROWS_PER_CHECKSUM_ATTR,
     row_block_checksums,
 )
 from dwi_ml.data.packed import offsets_from_lengths, ranges_to_indices
-from dwi_ml.io_utils.errors import DwiMLUserError
 
 # Merge two ranges when the gap between them is at most this many bytes:
 # reading 16 KiB from the page cache costs about one extra read call.
@@ -223,12 +223,9 @@ def check_row_checksums(path, key, data, rows_per_checksum, checksums,
     bad = np.flatnonzero(found != expected)
     if len(bad) or len(expected) != len(found):
         block = first_block + (int(bad[0]) if len(bad) else len(expected))
-        parts = key.split("/")
-        raise DwiMLUserError(
-            f"HDF5 file '{path}', subject '{parts[0]}', group '{parts[1]}': "
-            f"dataset '{key}' is corrupt: rows {block * rows_per_checksum} "
-            f"to {(block + 1) * rows_per_checksum - 1} do not match the "
-            "CRC-32 stored when the file was created.")
+        raise checksum_mismatch(
+            path, key, f"rows {block * rows_per_checksum} to "
+            f"{(block + 1) * rows_per_checksum - 1} of dataset '{key}'")
 
 
 def _verify_touched_rows(handle, key, layout, block_starts, block_counts):

@@ -6,6 +6,8 @@ from dwi_ml.data.dataset.mri_data import (
     LazyMRIData,
     MRIData,
     check_finite_volume,
+    check_volume_checksum,
+    read_volume_checksum,
 )
 from dwi_ml.data.dataset.row_ranges import (
     check_row_checksums,
@@ -156,10 +158,13 @@ def _load_volume(handle, key, lazy, volume_cache):
         voxres = np.asarray(group.attrs["voxres"], dtype=np.float32).ravel()
     else:
         voxres = nib.affines.voxel_sizes(affine).astype(np.float32)
+    checksum = read_volume_checksum(group.attrs)
     if lazy:
         return LazyMRIData(handle, key + "/data", shape, affine, voxres,
-                           volume_cache)
-    data = np.asarray(group["data"][()], dtype=np.float32).reshape(shape)
+                           volume_cache, checksum)
+    stored = group["data"][()]
+    check_volume_checksum(stored, checksum, handle.path, key + "/data")
+    data = np.asarray(stored, dtype=np.float32).reshape(shape)
     check_finite_volume(data, handle.path, key)
     return MRIData(data, affine, voxres)
 

@@ -5,7 +5,8 @@ Every script and the dataset open a user's HDF5 file through
 gets the same one-line error everywhere, naming why the file is not a
 dwi_ml file. :func:`hdf5_read_errors` turns a failed data read (corrupt
 bytes caught by a checksum, a truncated file) into a one-line error naming
-the file, subject and group.
+the file, subject and group; :func:`checksum_mismatch` is that error for
+data that no longer matches a CRC-32 our writer stored.
 """
 import contextlib
 import errno
@@ -131,11 +132,44 @@ def hdf5_read_errors(path, key=None):
         _refuse_stale(path, error)
         where = f"HDF5 file '{path}': cannot read it"
         if key is not None:
-            parts = key.strip("/").split("/")
-            where = f"HDF5 file '{path}', subject '{parts[0]}'"
-            if len(parts) > 1:
-                where += f", group '{parts[1]}'"
-            where += f": cannot read '{key}'"
+            where = f"{_where(path, key)}: cannot read '{key}'"
         raise DwiMLUserError(
             f"{where}; the file is corrupt or truncated "
             f"({type(error).__name__}: {_one_line(error)}).") from None
+
+
+def checksum_mismatch(path, key, what):
+    """The error for data whose CRC-32 differs from the one stored at
+    creation (our writer's streamline ``data_crc32`` and volume
+    ``data_crc32``): one line naming the file, subject and group.
+
+    HDF5's fletcher32 cannot tell this: it is recomputed on every write, so
+    a dataset edited in place with h5py reads as valid.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file.
+    key : str
+        The dataset, 'subject/group/...'.
+    what : str
+        The data that differs, e.g. ``"rows 0 to 4095 of dataset 'KEY'"``.
+
+    Returns
+    -------
+    DwiMLUserError
+        To raise.
+    """
+    return DwiMLUserError(
+        f"{_where(path, key)}: {what} changed since the file was created: "
+        "the CRC-32 stored then differs (the file is corrupt, or was edited "
+        "in place); create the file again.")
+
+
+def _where(path, key):
+    """'HDF5 file PATH, subject S, group G' for ``key`` 'S/G/...'."""
+    parts = key.strip("/").split("/")
+    where = f"HDF5 file '{path}', subject '{parts[0]}'"
+    if len(parts) > 1:
+        where += f", group '{parts[1]}'"
+    return where

@@ -5,6 +5,12 @@ training time and compared on resume, so that resuming on another file is a
 decision of the user, not an accident. It is cheap: root attributes, and
 the groups, shapes, dtypes and attributes of every subject; no data is
 read.
+
+So data edited in place after creation (same shapes, same attributes) is
+not seen here: the readers see it, by the CRC-32s our writer stores (a
+volume group's attr ``data_crc32``, which the fingerprint records among
+its attrs, and the streamline dataset ``data_crc32``) and checks on the
+reads they make anyway (``dwi_ml.data.dataset``).
 """
 import h5py
 import numpy as np

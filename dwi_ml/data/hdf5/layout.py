@@ -29,6 +29,10 @@ SPACE_ATTRS = ("affine", "dimensions", "voxel_sizes", "voxel_order")
 # each block of rows_per_checksum rows (see writer.py).
 CHECKSUM_SUFFIX = "_crc32"
 ROWS_PER_CHECKSUM_ATTR = "rows_per_checksum"
+# Ours: a volume group's attr holding the CRC-32 of its whole ``data`` (see
+# volume_checksum). An attr, not a dataset: a volume is read whole, and the
+# reference's readers ignore attrs they do not know.
+VOLUME_CHECKSUM_ATTR = "data" + CHECKSUM_SUFFIX
 
 
 def decode_str(value):
@@ -131,3 +135,18 @@ def row_block_checksums(data, rows_per_checksum):
     return np.array([zlib.crc32(raw[start:start + block_bytes])
                      for start in range(0, len(raw), block_bytes)],
                     dtype=np.uint32)
+
+
+def volume_checksum(data):
+    """CRC-32 of a volume's bytes as stored (C order, its stored dtype).
+
+    Parameters
+    ----------
+    data : np.ndarray, shape (X, Y, Z, F) or (X, Y, Z)
+
+    Returns
+    -------
+    int
+        What the writer stores in the group's ``VOLUME_CHECKSUM_ATTR``.
+    """
+    return zlib.crc32(np.ascontiguousarray(data).reshape(-1).view(np.uint8))

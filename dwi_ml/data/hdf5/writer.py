@@ -19,7 +19,11 @@ docs/hdf5_layout.md, "Storage choices"):
 - streamline ``data`` stays unfiltered, so that lazy reads can fetch its
   bytes with ``os.pread`` (a filter would force HDF5's much slower path).
   Its sibling dataset ``data_crc32`` holds the CRC-32 of each chunk's rows
-  (attr ``rows_per_checksum``), checked by our readers.
+  (attr ``rows_per_checksum``), checked by our readers;
+- a volume group's attr ``data_crc32`` holds the CRC-32 of its whole
+  ``data``: fletcher32 is recomputed by HDF5 on every write, so only this
+  one tells a volume edited in place since creation (our readers check it
+  on their full reads).
 """
 import h5py
 import numpy as np
@@ -33,8 +37,10 @@ from dwi_ml.data.hdf5.layout import (
     STREAMLINE_ORIGIN,
     STREAMLINE_SPACE,
     STREAMLINES_TYPE,
+    VOLUME_CHECKSUM_ATTR,
     VOLUME_TYPE,
     row_block_checksums,
+    volume_checksum,
     write_optional_number,
 )
 
@@ -95,7 +101,9 @@ def write_volume_group(subject_group, name, data, grid):
     group.attrs["affine"] = np.asarray(grid.affine, dtype=np.float64)
     group.attrs["voxres"] = np.asarray(grid.voxres, dtype=np.float32)
     group.attrs["nb_features"] = np.int64(data.shape[-1])
-    _create_checked(group, "data", np.asarray(data, dtype=np.float32))
+    data = np.asarray(data, dtype=np.float32)
+    group.attrs[VOLUME_CHECKSUM_ATTR] = np.uint32(volume_checksum(data))
+    _create_checked(group, "data", data)
 
 
 class StreamlinePointsWriter:
