@@ -438,7 +438,7 @@ def test_demo_outputs_are_all_its_own(tmp_path, capsys):
     assert "3. Training for 1 epoch\n" in printed   # not '1 epochs'
     assert sorted(os.listdir(out)) == [
         ".dwi_ml_output.json", "dataset.hdf5", "experiments", "logs_plot.png",
-        "synthetic", "tracking_subj-02.trk"]
+        "synthetic", "tracking_subj-02.trk", "tracking_subj-02.trk.json"]
     assert output_folders.foreign_entries(str(out), "demo_output") == []
     experiment = out / "experiments" / "demo"
     assert output_folders.foreign_entries(str(experiment), "experiment") == []

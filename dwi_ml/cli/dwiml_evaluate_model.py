@@ -16,14 +16,22 @@ The streamlines are read as the model read its training streamlines: a
 model without a step size of its own was trained on its HDF5's streamlines
 as stored (say, resampled to 1.5 mm at creation), and those of another HDF5
 are resampled to that format. A warning says when the model's input group
-was made otherwise in this file (other files, or another standardization).
+was made otherwise in this file (other files, or another standardization),
+and when an evaluated subject's ID is in the training split of the file
+the model was trained on (as recorded in the experiment's parameters.json;
+it says whether this is that same file).
+The JSON also records the sha256 of the model's weights, the fingerprint
+of the HDF5 file (its splits and the shapes of its data), the options and
+the dwi_ml version.
 """
 import os
 
 from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5
+from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import read_parameters
+from dwi_ml.io_utils.provenance import run_record
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
     add_model_run_args,
@@ -37,6 +45,7 @@ from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.evaluation import evaluate_model_on_hdf5, subject_table
 from dwi_ml.training.experiment_builder import check_hdf5_groups, experiment_groups
 from dwi_ml.training.training_file import (
+    training_split_subjects,
     use_training_streamline_format,
     warn_if_input_prepared_differently,
 )
@@ -64,11 +73,10 @@ def main(argv=None):
     """Entry point of dwiml_evaluate_model.py."""
     args = parse_script_args(_build_parser(), argv)
     check_model_run_args(args)
-    which = "latest" if args.use_latest_epoch else "best"
     params = read_parameters(args.experiment_path)
-    model, (epoch, epoch_complete) = load_model_of_experiment(
+    model, provenance = load_model_of_experiment(
         args.experiment_path, args.use_latest_epoch, args.device,
-        with_epoch=True)
+        with_provenance=True)
     input_group, streamline_group = experiment_groups(
         params, args.experiment_path, args.input_group, args.streamline_group)
     check_hdf5_groups(args.hdf5_file, input_group, streamline_group)
@@ -76,8 +84,9 @@ def main(argv=None):
                                        input_group)
     use_training_streamline_format(model, args.experiment_path,
                                    args.hdf5_file)
-    out = args.out or os.path.join(args.experiment_path,
-                                   f"evaluation_{args.subset}_{which}.json")
+    out = args.out or os.path.join(
+        args.experiment_path,
+        f"evaluation_{args.subset}_{provenance['model']}.json")
     check_output_free(out, args.overwrite,
                       extensions=(".json",))
 
@@ -85,20 +94,28 @@ def main(argv=None):
         raise DwiMLUserError(
             f"--subset {args.subset}: '{args.hdf5_file}' has no "
             f"{args.subset} subject.")
+    fingerprint = compute_hdf5_fingerprint(args.hdf5_file)
+    in_training_split = training_split_subjects(
+        args.experiment_path, fingerprint["splits"][args.subset],
+        args.hdf5_file, fingerprint)
     results = evaluate_model_on_hdf5(model, args.hdf5_file, args.subset,
                                      input_group, streamline_group,
                                      args.batch_size, args.device)
-    write_json_atomic(out, {"experiment": os.path.abspath(args.experiment_path),
-                            "model": which, "epoch": epoch,
-                            "epoch_complete": epoch_complete,
-                            "subset": args.subset,
+    options = {**run_record(args, leave_out=(
+        "experiment_path", "hdf5_file", "subset", "out"))["options"],
+        # The groups used, the experiment's when not given.
+        "input_group": input_group, "streamline_group": streamline_group}
+    write_json_atomic(out, {**provenance, "subset": args.subset,
                             "hdf5_file": os.path.abspath(args.hdf5_file),
-                            "results": results})
+                            "hdf5_fingerprint": fingerprint,
+                            "subjects_in_training_split": in_training_split,
+                            "options": options, "results": results})
     print("\n".join(subject_table(
         results, [key for key in results["all"] if key != "n_points"])))
-    stopped = "" if epoch_complete else ", stopped inside it"
-    print(f"Evaluated the {which} model (epoch {epoch}{stopped}). "
-          f"Saved to {out}")
+    stopped = ", stopped inside it" if provenance["epoch_complete"] is False \
+        else ""
+    print(f"Evaluated the {provenance['model']} model (epoch "
+          f"{provenance['epoch']}{stopped}). Saved to {out}")
 
 
 if __name__ == "__main__":

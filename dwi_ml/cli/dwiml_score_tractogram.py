@@ -6,6 +6,7 @@ import numpy as np
 
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.provenance import run_record
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -28,6 +29,7 @@ from dwi_ml.tracking.scoring_io import (
     format_scores,
     load_grid,
     load_tractogram_vox_corner,
+    scores_for_json,
 )
 
 DESCRIPTION = """\
@@ -66,7 +68,10 @@ dilated by one voxel (26 neighbours).
 
 Lengths: mean and median length (mm) of the tracked streamlines.
 
-The scores are printed and, with --out_json, saved as one flat JSON dict."""
+The scores are printed and, with --out_json, saved in a JSON dict: one key
+per score (counts as integers), then 'inputs' (the absolute paths of the
+three files), 'options' (every option, and the scoring's fixed distances:
+the numbers depend on them) and 'dwi_ml_version'."""
 
 
 def _build_parser():
@@ -162,7 +167,15 @@ def main(argv=None):
         print("\n".join(f"bundle_{label} is group '{name}'"
                         for label, name in names.items()))
     if args.out_json is not None:
-        write_json_atomic(args.out_json, scores, strict=False)
+        record = run_record(args, input_paths=(
+            "in_tractogram", "reference_tractogram", "mask_or_volume"),
+            leave_out=("out_json",))
+        record["options"].update(
+            distances_vox=list(DEFAULT_DISTANCES_VOX),
+            direction_max_distance_vox=DEFAULT_DIRECTION_MAX_DISTANCE_VOX,
+            max_step_vox=DEFAULT_MAX_STEP_VOX)
+        write_json_atomic(args.out_json, {**scores_for_json(scores),
+                                          **record}, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))
 
 

@@ -11,6 +11,13 @@ from dwi_ml.data.packed import packed_arrays
 from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.provenance import (
+    check_provenance_free,
+    provenance_path,
+    remove_provenance,
+    run_record,
+    write_provenance,
+)
 from dwi_ml.io_utils.reference_options import TRACK_REFERENCE_OPTIONS
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -46,7 +53,10 @@ from dwi_ml.tracking.training_facts import (
     warn_if_not_trained_backward,
 )
 from dwi_ml.training.experiment_builder import check_model_input_features
-from dwi_ml.training.training_file import warn_if_input_prepared_differently
+from dwi_ml.training.training_file import (
+    training_split_subjects,
+    warn_if_input_prepared_differently,
+)
 
 DESCRIPTION = """\
 Track one subject of a dwi_ml HDF5 file with the model of an experiment
@@ -71,7 +81,14 @@ the subject's space (the input group's affine and shape), compressed with
 like the streamlines as nibabel and dipy load them (a .tck file cannot hold
 them). A Transformer model takes at most its max_len steps per streamline:
 a --max_length above max_len x the step size is refused. Every input is
-checked before any tracking."""
+checked before any tracking.
+Beside the tractogram, OUT_TRACTOGRAM.json (e.g. subj.trk.json) records
+how it was made: the experiment, its best or latest model, that model's
+epoch and the sha256 of its weights, the HDF5 file and subject, every
+option and the values used (step size, EOS threshold...), the dwi_ml
+version and the sha256 of the tractogram. It is replaced with -f only when
+dwi_ml wrote it. A warning says when the subject's ID is in the training
+split of the file the model was trained on."""
 
 
 def _build_parser():
@@ -235,6 +252,7 @@ def main(argv=None):
     check_inputs_exist(args.experiment_path, what="experiment")
     check_inputs_exist(args.hdf5_file)
     check_output_free(args.out_tractogram, args.overwrite)
+    check_provenance_free(args.out_tractogram, args.overwrite)
     seeding_group = args.seeding_mask_group or args.tracking_mask_group
     if seeding_group is None:
         raise DwiMLUserError(
@@ -242,8 +260,9 @@ def main(argv=None):
             "at least one mask group to seed in, found none.")
     device = check_device(args.device, "--device")
 
-    model = load_experiment_model(args.experiment_path,
-                                  args.use_latest_epoch, device)
+    model, provenance = load_experiment_model(
+        args.experiment_path, args.use_latest_epoch, device,
+        with_provenance=True)
     groups = [args.input_group, seeding_group]
     if args.tracking_mask_group is not None:
         groups.append(args.tracking_mask_group)
@@ -272,6 +291,8 @@ def main(argv=None):
     # After every check: a refused run prints its one error line alone.
     warn_if_not_trained_backward(args.experiment_path,
                                  args.track_forward_only)
+    in_training_split = bool(training_split_subjects(
+        args.experiment_path, [args.subject_id], args.hdf5_file))
     logging.info("Tracking %d seeds of subject %s, step %.3g mm.",
                  len(seeds), args.subject_id, step_size)
     result = tracker.track_in_batches(seeds, args.batch_size,
@@ -294,10 +315,23 @@ def main(argv=None):
     if args.compress_th is not None:
         streamlines = compress(streamlines, input_volume.affine,
                                args.compress_th)
+    remove_provenance(args.out_tractogram)
     save_tractogram_with_seeds(streamlines, result.seeds[keep],
                                input_volume.affine, input_volume.shape,
                                args.out_tractogram)
+    write_provenance(args.out_tractogram, {
+        **provenance,
+        **run_record(args, input_paths=("hdf5_file",),
+                     other_inputs=("subject_id",),
+                     leave_out=("experiment_path", "out_tractogram")),
+        # What the options left to the model or to the other options.
+        "used": {"step_size_mm": step_size, "eos_threshold": eos_threshold,
+                 "seeding_mask_group": seeding_group, "npv": npv},
+        "subject_in_training_split": in_training_split,
+        "nb_seeds": len(seeds), "nb_streamlines": len(keep)})
     logging.info("Saved %s.", os.path.abspath(args.out_tractogram))
+    logging.info("How it was made: %s.",
+                 os.path.abspath(provenance_path(args.out_tractogram)))
 
 
 def _stop_counts(result):

@@ -28,6 +28,8 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_POSITION = "position.json"
 LOGS_DIR = "logs"
 PARAMETERS_FILE = "parameters.json"
+# In best_model/: its epoch and loss.
+BEST_EPOCH_FILE = "best_epoch.json"
 EXPERIMENT_FOLDERS = (CHECKPOINT_DIR, BEST_MODEL_DIR, LOGS_DIR)
 # What an experiment with a best model but no checkpoint (removed to save
 # space) is still good for, in messages.
@@ -140,7 +142,7 @@ def read_best_epoch(best_folder):
     DwiMLUserError
         A file that is not JSON with an integer 'epoch' and a 'loss'.
     """
-    path = os.path.join(best_folder, "best_epoch.json")
+    path = os.path.join(best_folder, BEST_EPOCH_FILE)
     best = load_json_file(path, "best epoch")
     try:
         loss = best["loss"]

@@ -74,7 +74,8 @@ OWN_ENTRIES = {
     # used only when the run that wrote them stopped before the end.
     "synthetic_dataset": ("config.json", "dwi_ml_ready", *_SUBJECT_LISTS),
     "demo_output": ("synthetic", "dataset.hdf5", "experiments/demo",
-                    *_LOGS_PLOTS, "tracking_subj-*.trk"),
+                    *_LOGS_PLOTS, "tracking_subj-*.trk",
+                    "tracking_subj-*.trk.json"),
     "attention_views": ("*_layer*_head*.png", "streamlines_attention.trk"),
 }
 _TEMPORARY_ENTRIES = (".*.tmp", ".*.old")

@@ -30,7 +30,6 @@ from dwi_ml.io_utils.experiment_layout import (
     EXPERIMENT_FOLDERS,
     PARAMETERS_FILE,
     experiment_model_dir,
-    read_model_epoch,
 )
 from dwi_ml.io_utils.manifest import (
     MANIFEST_FILE,
@@ -38,6 +37,7 @@ from dwi_ml.io_utils.manifest import (
     write_manifest,
 )
 from dwi_ml.io_utils.output_folders import folder_kind
+from dwi_ml.io_utils.provenance import model_provenance
 from dwi_ml.io_utils.safe_load import load_json_file, load_torch_file
 
 MODEL_TYPE_FILE = "model_type.txt"
@@ -318,7 +318,7 @@ def _check_finite_weights(state, state_path):
 
 
 def load_model_of_experiment(experiment_dir, use_latest_epoch=False,
-                             device="cpu", with_epoch=False):
+                             device="cpu", with_provenance=False):
     """Load an experiment's best model, or its checkpoint's model.
 
     The experiment's run may be going on: a save that swaps in a new
@@ -332,20 +332,22 @@ def load_model_of_experiment(experiment_dir, use_latest_epoch=False,
     use_latest_epoch : bool
         Load ``checkpoint/model/`` instead of ``best_model/``.
     device : str or torch.device
-    with_epoch : bool
-        Also return the model's epoch, read with it from the same save
-        (:func:`~dwi_ml.io_utils.experiment_layout.read_model_epoch`).
+    with_provenance : bool
+        Also return which model this is, read with it from the same save
+        (:func:`~dwi_ml.io_utils.provenance.model_provenance`: its epoch,
+        the sha256 of its weights...).
 
     Returns
     -------
-    MainModelAbstract, in eval mode on ``device``; with ``with_epoch``,
-    (model, (epoch, epoch_complete)).
+    MainModelAbstract, in eval mode on ``device``; with
+    ``with_provenance``, (model, provenance dict).
     """
     def read():
-        model = load_model_from_params_and_state(
-            experiment_model_dir(experiment_dir, use_latest_epoch), device)
-        if not with_epoch:
+        folder = experiment_model_dir(experiment_dir, use_latest_epoch)
+        model = load_model_from_params_and_state(folder, device)
+        if not with_provenance:
             return model
-        return model, read_model_epoch(experiment_dir, use_latest_epoch)
+        return model, model_provenance(experiment_dir, use_latest_epoch,
+                                       os.path.join(folder, STATE_FILE))
     saved = CHECKPOINT_DIR if use_latest_epoch else BEST_MODEL_DIR
     return read_replaced_folder(os.path.join(experiment_dir, saved), read)

@@ -283,15 +283,31 @@ def check_matrix_fits(nb_nodes, where):
             "available.")
 
 
+def is_count(name):
+    """Whether the score ``name`` is a count (``nb_*``, ``*_nb_*``, VB,
+    IB), not a share or a length."""
+    return name.startswith("nb_") or "_nb_" in name or name in ("VB", "IB")
+
+
+def _whole_count(name, value):
+    return is_count(name) and float(value).is_integer()
+
+
 def format_scores(scores):
     """One line per score, name then value: counts as integers, shares (and
     counts that are not whole, e.g. sums of weights) to 4 decimals."""
     width = max((len(name) for name in scores), default=0)
     lines = []
     for name, value in scores.items():
-        is_count = (name.startswith("nb_") or "_nb_" in name
-                    or name in ("VB", "IB"))
-        shown = f"{value:.0f}" if is_count and float(value).is_integer() \
+        shown = f"{value:.0f}" if _whole_count(name, value) \
             else f"{value:.4f}"
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines)
+
+
+def scores_for_json(scores):
+    """``scores`` with their whole counts as ints (the scoring functions
+    return floats, for the monitors' logs): ``"nb_tracked": 1524``, not
+    ``1524.0``."""
+    return {name: int(value) if _whole_count(name, value) else value
+            for name, value in scores.items()}

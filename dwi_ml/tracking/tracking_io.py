@@ -27,21 +27,24 @@ logger = logging.getLogger(__name__)
 
 
 def load_experiment_model(experiment_path, use_latest_epoch=False,
-                          device="cpu"):
+                          device="cpu", with_provenance=False):
     """:func:`~dwi_ml.models.model_io.load_model_of_experiment`, for a
-    model that tracks (a one-line error otherwise)."""
+    model that tracks (a one-line error otherwise); with
+    ``with_provenance``, (model, provenance)."""
     if not os.path.isdir(experiment_path):
         raise DwiMLUserError(
             f"experiment '{experiment_path}': expected an experiment folder, "
             f"found none.")
-    model = load_model_of_experiment(experiment_path, use_latest_epoch, device)
+    loaded = load_model_of_experiment(experiment_path, use_latest_epoch,
+                                      device, with_provenance)
+    model = loaded[0] if with_provenance else loaded
     for method in ("forward_step", "select_hidden_states",
                    "get_tracking_directions"):
         if not hasattr(model, method):
             raise DwiMLUserError(
                 f"model of '{experiment_path}': expected a model that "
                 f"tracks (with {method}), found a {type(model).__name__}.")
-    return model
+    return loaded
 
 
 def load_subject_volumes(hdf5_file, subject_id, groups):

@@ -19,14 +19,10 @@ import math
 import os
 
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.io_utils.experiment_layout import experiment_model_dir
-from dwi_ml.io_utils.manifest import file_sha256
-from dwi_ml.models.model_io import STATE_FILE, load_model_of_experiment
+from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.callbacks import Callback
 
 PRETRAINED_LOG = "pretrained_valid_loss"
-# Reads of a model that a run still going on keeps replacing.
-MAX_READS = 3
 
 
 def load_pretrained(experiment_dir, use_latest_epoch=False):
@@ -55,29 +51,15 @@ def load_pretrained(experiment_dir, use_latest_epoch=False):
         raise DwiMLUserError(
             f"argument --pretrained: expected an experiment folder, found no "
             f"folder '{experiment_dir}'.")
-    def weights_sha256():
-        return file_sha256(os.path.join(
-            experiment_model_dir(experiment_dir, use_latest_epoch),
-            STATE_FILE))
-
     try:
-        # A run still going on may save a new model while it is read: the
-        # hash must be that of the weights loaded, read again if it moved.
-        for _ in range(MAX_READS):
-            sha256 = weights_sha256()
-            model, (epoch, _) = load_model_of_experiment(
-                experiment_dir, use_latest_epoch, with_epoch=True)
-            if weights_sha256() == sha256:
-                break
-        else:
-            raise DwiMLUserError(
-                f"experiment '{experiment_dir}': its model changed at each "
-                f"of {MAX_READS} reads (its run saves it); try again.")
+        model, provenance = load_model_of_experiment(
+            experiment_dir, use_latest_epoch, with_provenance=True)
     except DwiMLUserError as error:
         raise DwiMLUserError(f"argument --pretrained: {error}") from None
-    return model, {"experiment": os.path.abspath(experiment_dir),
-                   "use_latest_epoch": use_latest_epoch, "epoch": epoch,
-                   "weights_sha256": sha256}
+    return model, {"experiment": provenance["experiment"],
+                   "use_latest_epoch": use_latest_epoch,
+                   "epoch": provenance["epoch"],
+                   "weights_sha256": provenance["weights_sha256"]}
 
 
 def pretrained_valid_loss(model, trainer):

@@ -4,13 +4,18 @@ A model reads the streamlines of its training file as that file stored
 them, unless it resamples them itself, and its input group as the file's
 config made it (files, in their order, and standardization). Scripts that
 run a model over another file use these facts to read it the same way, or
-to say what differs.
+to say what differs; and they say when they run it on subjects of its
+training split.
 """
 import logging
 import os
 
 import h5py
 
+from dwi_ml.data.hdf5.fingerprint import (
+    compute_hdf5_fingerprint,
+    first_fingerprint_difference,
+)
 from dwi_ml.data.hdf5.layout import parse_groups_config, read_streamline_format
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.resampling import StreamlineFormat
@@ -185,3 +190,56 @@ def warn_if_input_prepared_differently(model, experiment_dir, hdf5_file,
             "training input (%s): the model may read values it was not "
             "trained on. Create the HDF5 with the training file's config "
             "for this group.", input_group, hdf5_file, "; ".join(differences))
+
+
+def training_split_subjects(experiment_dir, subject_ids, hdf5_file,
+                            fingerprint=None):
+    """Which of ``subject_ids`` the model may have been trained on, with
+    one warning naming them.
+
+    Only IDs in the training split of the HDF5 fingerprint that the
+    experiment's parameters.json records (the file it was trained on;
+    nothing is said for an experiment without one). Subject IDs may be
+    reused across files: the warning says whether ``hdf5_file`` is that
+    same file (the same fingerprint), in which case these are the very
+    subjects the model learned from.
+
+    Parameters
+    ----------
+    experiment_dir : str
+    subject_ids : sequence of str
+        The subjects about to be evaluated or tracked.
+    hdf5_file : str
+        The file they are read from.
+    fingerprint : dict, optional
+        ``hdf5_file``'s fingerprint, when already computed.
+
+    Returns
+    -------
+    list of str
+        Those of ``subject_ids`` in the recorded training split, in their
+        order.
+    """
+    trained = training_dataset(experiment_dir).get("fingerprint") or {}
+    training_ids = set((trained.get("splits") or {}).get("training") or [])
+    found = [subject for subject in subject_ids if subject in training_ids]
+    if not found:
+        return found
+    if fingerprint is None:
+        fingerprint = compute_hdf5_fingerprint(hdf5_file)
+    difference = first_fingerprint_difference(trained, fingerprint)
+    several = len(found) > 1
+    it = "them" if several else "it"
+    if difference is None:
+        which = (f"and this is that same file (same fingerprint): the model "
+                 f"learned from {it};")
+    else:
+        which = (f"not this one ({difference}); IDs may be reused across "
+                 f"files, but if {'they are' if several else 'it is'} the same "
+                 f"subject{'s' if several else ''},")
+    logger.warning(
+        "%s %s of %s: ID%s the training split of the file the model was "
+        "trained on, %s results on %s are not those of an unseen subject.",
+        "Subjects" if several else "Subject", ", ".join(found), hdf5_file,
+        "s match" if several else " matches", which, it)
+    return found
