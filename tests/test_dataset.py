@@ -515,6 +515,35 @@ def test_open_datasets_stay_bounded_over_many_subjects(tmp_path,
         MAX_OPEN_DATASETS
 
 
+def _descriptors_of(path):
+    folder = "/proc/self/fd"
+    found = []
+    for name in os.listdir(folder):
+        try:
+            if os.path.realpath(os.readlink(os.path.join(folder, name))) \
+                    == os.path.realpath(path):
+                found.append(name)
+        except OSError:  # closed meanwhile (listdir's own descriptor)
+            pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux")
+def test_a_dropped_lazy_dataset_closes_the_file(quirky_file):
+    # The raw descriptor stayed open: the file stayed open, and locked
+    # against writers, after a lazy run from Python returned.
+    path, subjects = quirky_file
+    dataset = _load(path, lazy=True)
+    subject = dataset.training_set.get_subject(0)
+    assert len(subject.sft_data_list[0].get_streamlines([0])) == 1
+    assert _descriptors_of(path)
+    del dataset, subject
+    gc.collect()
+    assert _descriptors_of(path) == []
+    with h5py.File(path, "r+"):
+        pass
+
+
 def test_reads_across_chunks_scattered_in_the_file(tmp_path):
     # Chunks written last to first lie in the file in reverse order: every
     # chunk end is the end of a stretch of bytes, and blocks over it are read

@@ -126,6 +126,17 @@ class Hdf5Handle:
         self._pid, self._file, self._fd = None, None, None
         self._datasets, self._memo = collections.OrderedDict(), {}
 
+    def __del__(self):
+        # The raw descriptor is ours (h5py closes its own file): left open,
+        # it kept the file open, and locked, after a lazy run returned.
+        if getattr(self, "_fd", None) is not None \
+                and self._pid == os.getpid():
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
     def __getstate__(self):
         return {"path": self.path, "identity": self._identity}
 
