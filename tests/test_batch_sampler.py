@@ -18,6 +18,7 @@ from dwi_ml.batching.batch_planning import (
 )
 from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
+from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
 from tests.reference_hdf5 import make_example_subject, write_reference_hdf5
 from tests.tolerances import EPS64, rounding_atol
@@ -257,6 +258,22 @@ def test_sampler_epochs_seeds_and_validation(dataset):
         sampler.set_epoch(epoch)
         validations.append(epoch_pairs(sampler, "validation"))
     assert validations[0] == validations[1] == validations[2]
+
+
+def test_each_split_keeps_its_plan_while_the_other_is_used(dataset):
+    # One cached plan for both splits: a trainer alternating training and
+    # validation re-planned each epoch 2 - 4 times (seconds to minutes at
+    # 1000 subjects). The same plan object comes back now.
+    sampler = make_sampler(dataset)
+    training = sampler.rank_plan(Split.TRAINING)
+    validation = sampler.rank_plan(Split.VALIDATION)
+    assert len(sampler.for_split("training")) == len(training)
+    assert sampler.rank_plan(Split.TRAINING) is training
+    assert sampler.rank_plan(Split.VALIDATION) is validation
+    sampler.set_epoch(1)
+    assert sampler.rank_plan(Split.TRAINING) is not training
+    # Validation batches do not change with the epoch.
+    assert sampler.rank_plan(Split.VALIDATION) is validation
 
 
 def test_sampler_resumes_mid_epoch_from_saved_state(dataset, tmp_path):

@@ -120,7 +120,9 @@ class BatchSampler:
         _check_split_streamlines(dataset, streamline_group, self.costs)
         self.epoch = 0
         self._nb_yielded = dict.fromkeys(SAMPLED_SPLITS, 0)
-        self._cached_plan = None
+        # Per split: (key, this rank's plan). One entry a split, so that
+        # training and validation do not evict each other's plan.
+        self._cached_plans = {}
 
     def nb_streamlines(self, split):
         """Streamlines of ``split`` (training or validation) in the group."""
@@ -180,13 +182,13 @@ class BatchSampler:
                         "with %d: restarting epoch %d.", state["world_size"],
                         self.world_size, self.epoch)
             self._nb_yielded = dict.fromkeys(SAMPLED_SPLITS, 0)
-        self._cached_plan = None
+        self._cached_plans = {}
 
     def __getstate__(self):
         # The plan is rebuilt on demand and the lengths are all a copy
         # needs: the dataset may hold all volumes, or an h5py handle.
         state = self.__dict__.copy()
-        state["_cached_plan"] = None
+        state["_cached_plans"] = {}
         state["dataset"] = None
         return state
 
@@ -194,7 +196,8 @@ class BatchSampler:
         """Return this rank's batches of ``split`` in the current epoch."""
         epoch = self.epoch if split == Split.TRAINING else 0
         key = (self.seed, split, epoch)
-        if self._cached_plan is None or self._cached_plan[0] != key:
+        cached = self._cached_plans.get(split)
+        if cached is None or cached[0] != key:
             plan = self._plan_epoch(split, make_generator(*key))
             rank_plan, nb_merged = shard_plan(plan, self.rank,
                                               self.world_size)
@@ -208,8 +211,8 @@ class BatchSampler:
                     "%s epoch %d: %d of %d batches, smaller than the %d "
                     "ranks, joined a neighbour.", split, epoch, nb_merged,
                     len(plan), self.world_size)
-            self._cached_plan = (key, rank_plan)
-        return self._cached_plan[1]
+            cached = self._cached_plans[split] = (key, rank_plan)
+        return cached[1]
 
     def _plan_epoch(self, split, rng):
         """Plan the global batches of ``split``."""
