@@ -293,7 +293,14 @@ def test_scripts_write_the_matrices_and_the_scores(files, tmp_path, capsys):
                 "--out_json", out])
     assert "true_connections_found" in capsys.readouterr().out
     with open(out) as f:
-        assert json.load(f) == EXPECTED_SCORES   # JSON keeps float64 exactly
+        saved = json.load(f)
+    # JSON keeps float64 exactly; what was scored is recorded with them.
+    assert {name: saved[name] for name in EXPECTED_SCORES} == EXPECTED_SCORES
+    assert saved["inputs"] == {
+        "predicted_matrix": str(tmp_path / "predicted.npy"),
+        "true_matrix": str(tmp_path / "true.npy")}
+    assert saved["options"] == {} and "dwi_ml_version" in saved
+    assert type(saved["nb_predicted_streamlines"]) is int   # a count
 
 
 def _error(capsys, main, argv):

@@ -5,6 +5,7 @@ import os
 from dwi_ml.data.hdf5.connectivity import check_count_matrix
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.provenance import run_record
 from dwi_ml.io_utils.safe_load import load_npy_file
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -14,7 +15,11 @@ from dwi_ml.io_utils.script_args import (
     parse_script_args,
 )
 from dwi_ml.tracking.connectivity import score_connectivity
-from dwi_ml.tracking.scoring_io import check_npy_extension, format_scores
+from dwi_ml.tracking.scoring_io import (
+    check_npy_extension,
+    format_scores,
+    scores_for_json,
+)
 
 DESCRIPTION = """\
 Compare a predicted connectivity matrix (e.g. of a tracked tractogram) with
@@ -32,7 +37,9 @@ of nodes with a non-zero entry.
     reference dwi_ml's "connectivity loss". Meaningless for a binary
     predicted matrix, which counts connections; for a weighted one
     (floats), the share of its weights.
-The scores are printed and, with --out_json, saved as one flat JSON dict."""
+The scores are printed and, with --out_json, saved in a JSON dict: one key
+per score (counts as integers), then "inputs" (the two matrices' absolute
+paths), "options" and "dwi_ml_version"."""
 
 
 def _build_parser():
@@ -71,7 +78,11 @@ def main(argv=None):
     scores = score_connectivity(predicted, true)
     print(format_scores(scores))
     if args.out_json is not None:
-        write_json_atomic(args.out_json, scores, strict=False)
+        record = run_record(args, input_paths=("predicted_matrix",
+                                               "true_matrix"),
+                            leave_out=("out_json",))
+        write_json_atomic(args.out_json, {**scores_for_json(scores),
+                                          **record}, strict=False)
         logging.info("Saved %s.", os.path.abspath(args.out_json))
 
 
