@@ -62,6 +62,9 @@ from dwi_ml.training.preemption import (
     add_interruption_args,
     interruption_params,
 )
+from dwi_ml.training.run_history import command_line
+
+PROGRAM = "resume_training_from_checkpoint.py"
 
 
 def build_parser():
@@ -368,7 +371,9 @@ def _resume(args, callbacks, lock):
             f"{trainer.best_tracker.best_epoch}, "
             f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
-        args.auto_requeue, after_trainer=load_checkpoint)
+        args.auto_requeue, after_trainer=load_checkpoint,
+        argv=getattr(args, "command_line", None) or command_line(PROGRAM,
+                                                                  args))
 
 
 if __name__ == "__main__":
