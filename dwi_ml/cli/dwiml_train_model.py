@@ -1,10 +1,12 @@
 """Train a Learn2track or Transformer model on an HDF5 dataset.
 
 The experiment folder EXPERIMENTS_PATH/EXPERIMENT_NAME receives
-parameters.json (everything needed to rebuild the run), best_model/, a
-checkpoint/ after every epoch and logs/*.npy. A killed run continues exactly
-with resume_training_from_checkpoint.py. Under torchrun, batch sizes are
-global: each batch is split across the ranks.
+parameters.json (everything needed to rebuild the run), runs.json (how
+each segment of the run was made: command line, versions, host, threads,
+how it ended), best_model/, a checkpoint/ after every epoch and logs/*.npy.
+A killed run continues exactly with resume_training_from_checkpoint.py.
+Under torchrun, batch sizes are global: each batch is split across the
+ranks.
 """
 import logging
 import os

@@ -7,6 +7,8 @@ longer than planned, --new_patience to loosen early stopping, --hdf5_file if
 the data moved. The HDF5 file must be the one the experiment was trained on
 (same subjects, groups, shapes and creation attributes, as recorded in its
 parameters.json); --accept_different_hdf5 resumes on another one.
+parameters.json then holds the new values; the experiment's runs.json
+records each resume, with the values it replaced.
 """
 import logging
 import os
