@@ -1,4 +1,5 @@
 """Real torch.distributed (gloo, 2 CPU processes under torchrun)."""
+import json
 import math
 import os
 import shutil
@@ -106,7 +107,9 @@ def test_ddp_ranks_agree_rank0_writes_and_equals_one_process(tmp_path,
     # Rank 0 alone took the lock (the others did not refuse): one .lock.
     assert sorted(os.listdir(folder)) == [".dwi_ml_output.json", ".lock",
                                           "best_model", "checkpoint", "logs",
-                                          "parameters.json"]
+                                          "parameters.json", "runs.json"]
+    (segment,) = json.loads((folder / "runs.json").read_text())["segments"]
+    assert (segment["nb_ranks"], segment["end"]) == (2, "completed")
     logged = np.load(folder / "logs" / "train_loss.npy")
     assert np.array_equal(logged, rank0["train_loss"].numpy())
     saved = torch.load(folder / "checkpoint" / "model" / "model_state.pt",

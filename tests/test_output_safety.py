@@ -197,7 +197,7 @@ def test_train_f_replaces_a_marked_experiment(tmp_path, data):
     plot_main([old])
     assert sorted(os.listdir(old)) == sorted(
         [".dwi_ml_output.json", ".lock", "best_model", "checkpoint", "logs",
-         "parameters.json", "evaluation_validation_best.json",
+         "parameters.json", "runs.json", "evaluation_validation_best.json",
          "logs_plot.png"])
     assert output_folders.foreign_entries(old, "experiment") == []
     train_main(_train(experiments, "exp", data, "-f"))

@@ -55,7 +55,13 @@ def test_a_refused_checkpoint_write_is_one_line(tmp_path):
     # best_model/ was written whole before; no temporary folder is left.
     assert sorted(os.listdir(experiments / "run")) == [
         ".dwi_ml_output.json", ".lock", "best_model", "checkpoint", "logs",
-        "parameters.json"]
+        "parameters.json", "runs.json"]
+    # The run's history says how it ended.
+    (segment,) = json.loads(
+        (experiments / "run" / "runs.json").read_text())["segments"]
+    assert segment["end"] == "error"
+    assert segment["end_detail"].startswith(
+        "DwiMLUserError: cannot write the checkpoint")
     assert sorted(os.listdir(experiments / "run" / "best_model")) == [
         "MANIFEST.sha256", "best_epoch.json", "model_state.pt",
         "model_type.txt", "parameters.json"]

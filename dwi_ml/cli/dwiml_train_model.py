@@ -1,10 +1,12 @@
 """Train a Learn2track or Transformer model on an HDF5 dataset.
 
 The experiment folder EXPERIMENTS_PATH/EXPERIMENT_NAME receives
-parameters.json (everything needed to rebuild the run), best_model/, a
-checkpoint/ after every epoch and logs/*.npy. A killed run continues exactly
-with resume_training_from_checkpoint.py. Under torchrun, batch sizes are
-global: each batch is split across the ranks.
+parameters.json (everything needed to rebuild the run), runs.json (how
+each segment of the run was made: command line, versions, host, threads,
+how it ended), best_model/, a checkpoint/ after every epoch and logs/*.npy.
+A killed run continues exactly with resume_training_from_checkpoint.py.
+Under torchrun, batch sizes are global: each batch is split across the
+ranks.
 """
 import logging
 import os
@@ -84,6 +86,7 @@ from dwi_ml.training.preemption import (
 )
 from dwi_ml.training.pretrained import load_pretrained
 from dwi_ml.training.random_states import seed_everything
+from dwi_ml.training.run_history import command_line
 from dwi_ml.training.saved_parameters import (
     check_saved_parameters,
     check_saved_section,
@@ -94,6 +97,8 @@ from dwi_ml.training.training_file import (
     use_training_streamline_format,
     warn_if_input_prepared_differently,
 )
+
+PROGRAM = "dwiml_train_model.py"
 
 
 def build_parser():
@@ -377,7 +382,8 @@ def _train(args, callbacks, lock):
             f"best epoch {trainer.best_tracker.best_epoch}, "
             f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
-        args.auto_requeue, before_trainer=clear_folder)
+        args.auto_requeue, before_trainer=clear_folder,
+        argv=command_line(PROGRAM, args))
 
 
 def _apply_pretrained(args, params):
@@ -549,6 +555,8 @@ def _resume_args(args):
                  "checkpoint_every_minutes", "auto_requeue", "comet_workspace",
                  "comet_project", "comet_offline_dir", "comet_log_every"):
         setattr(resume_args, name, getattr(args, name))
+    # The run's history records the command line that was typed.
+    resume_args.command_line = command_line(PROGRAM, args)
     return resume_args
 
 

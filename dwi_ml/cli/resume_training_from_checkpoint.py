@@ -7,6 +7,8 @@ longer than planned, --new_patience to loosen early stopping, --hdf5_file if
 the data moved. The HDF5 file must be the one the experiment was trained on
 (same subjects, groups, shapes and creation attributes, as recorded in its
 parameters.json); --accept_different_hdf5 resumes on another one.
+parameters.json then holds the new values; the experiment's runs.json
+records each resume, with the values it replaced.
 """
 import logging
 import os
@@ -62,6 +64,9 @@ from dwi_ml.training.preemption import (
     add_interruption_args,
     interruption_params,
 )
+from dwi_ml.training.run_history import command_line
+
+PROGRAM = "resume_training_from_checkpoint.py"
 
 
 def build_parser():
@@ -368,7 +373,9 @@ def _resume(args, callbacks, lock):
             f"{trainer.best_tracker.best_epoch}, "
             f"{trainer.best_metric_name} "
             f"{trainer.best_tracker.best_loss:.5f})."),
-        args.auto_requeue, after_trainer=load_checkpoint)
+        args.auto_requeue, after_trainer=load_checkpoint,
+        argv=getattr(args, "command_line", None) or command_line(PROGRAM,
+                                                                  args))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ trainer, the scripts, tracking, monitoring and the output-folder safety
 code::
 
     EXPERIMENT/parameters.json    everything needed to rebuild the run
+    EXPERIMENT/runs.json          how each segment of the run was made
     EXPERIMENT/checkpoint/        the last checkpoint (model/ inside)
     EXPERIMENT/best_model/        the best model so far
     EXPERIMENT/logs/              one .npy per logged value
@@ -30,6 +31,10 @@ LOGS_DIR = "logs"
 PARAMETERS_FILE = "parameters.json"
 # In best_model/: its epoch and loss.
 BEST_EPOCH_FILE = "best_epoch.json"
+# One entry per segment of the run (its start, each resume): the command
+# line, versions, host, threads, the options a resume changed, the HDF5
+# file, and how the segment ended (dwi_ml.training.run_history).
+RUNS_FILE = "runs.json"
 EXPERIMENT_FOLDERS = (CHECKPOINT_DIR, BEST_MODEL_DIR, LOGS_DIR)
 # What an experiment with a best model but no checkpoint (removed to save
 # space) is still good for, in messages.

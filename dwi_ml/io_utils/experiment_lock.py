@@ -22,6 +22,7 @@ from dwi_ml.io_utils.output_folders import (
     EXPERIMENT_FOLDERS,
     MARKER_FILE,
     PARAMETERS_FILE,
+    RUNS_FILE,
     check_experiment_name,
     check_output_folder,
     folder_kind,
@@ -40,7 +41,8 @@ _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP,
 logger = logging.getLogger(__name__)
 
 # What a training run writes atomically at the top of its experiment.
-_ATOMIC_OUTPUTS = (PARAMETERS_FILE, MARKER_FILE, *EXPERIMENT_FOLDERS)
+_ATOMIC_OUTPUTS = (PARAMETERS_FILE, RUNS_FILE, MARKER_FILE,
+                   *EXPERIMENT_FOLDERS)
 
 
 class ExperimentLock:

@@ -34,6 +34,7 @@ from dwi_ml.io_utils.experiment_layout import (
     EXPERIMENT_FOLDERS,
     LOGS_DIR,
     PARAMETERS_FILE,
+    RUNS_FILE,
 )
 from dwi_ml.io_utils.run_paths import record_output
 
@@ -67,7 +68,7 @@ OWN_ENTRIES = {
     # by dwiml_evaluate_model.py and visualize_logs.py by default.
     # checkpoint/ and best_model/ are replaced whole at each save; logs/
     # holds the monitors' .npy files, each written on its own.
-    "experiment": (PARAMETERS_FILE, CHECKPOINT_DIR, BEST_MODEL_DIR,
+    "experiment": (PARAMETERS_FILE, RUNS_FILE, CHECKPOINT_DIR, BEST_MODEL_DIR,
                    f"{LOGS_DIR}/*.npy", ".lock", *_EVALUATION_FILES,
                    *_LOGS_PLOTS),
     # Folders written whole, then sealed (seal_output_folder): these are

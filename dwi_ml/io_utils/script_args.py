@@ -165,14 +165,17 @@ def parse_script_args(parser, argv=None, reference_options=None):
     """Parse ``argv`` and set the logging level that ``-v`` asked for.
 
     ``reference_options``, a table of :func:`translate_reference_options`,
-    answers the reference dwi_ml's spellings first.
+    answers the reference dwi_ml's spellings first. ``args.argv`` keeps
+    the arguments as typed (a training run records them).
     """
     argv = sys.argv[1:] if argv is None else argv
+    typed = [str(arg) for arg in argv]
     if reference_options is not None:
         argv = translate_reference_options(argv, reference_options)
     args = parser.parse_args(argv)
     args.options_given = options_given(parser, argv)
     expand_home(args)
+    args.argv = typed
     record_arguments(parser, args)
     set_verbosity(args.verbose)
     return args

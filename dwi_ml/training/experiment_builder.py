@@ -5,10 +5,14 @@ dicts in ``parameters.json``; ``resume_training_from_checkpoint.py`` rebuilds
 them from that file. One place, so the two can never disagree: both run
 :func:`run_experiment`.
 
-``parameters.json`` holds::
+``parameters.json`` holds the values the run reads now (a resume may
+change some)::
 
     {"dataset": {...}, "sampler": {...}, "loader": {...},
      "model_type": "...", "model": {...}, "trainer": {...}}
+
+and ``runs.json`` how each segment of the run was made, with the values a
+resume replaced (:mod:`dwi_ml.training.run_history`).
 """
 import h5py
 
@@ -25,6 +29,7 @@ from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.preemption import end_run
 from dwi_ml.training.pretrained import PretrainedBaseline, pretrained_valid_loss
+from dwi_ml.training.run_history import previous_parameters, recorded_segment
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
 from dwi_ml.training.training_file import (
     use_training_streamline_format,
@@ -391,7 +396,7 @@ def check_streamlines_fit_model(model, loader,
 
 def run_experiment(params, make_model, experiments_path, experiment_name,
                    device, distributed, callbacks, done_message, auto_requeue,
-                   before_trainer=None, after_trainer=None):
+                   before_trainer=None, after_trainer=None, argv=None):
     """Build the dataset, model, sampler, loader and trainer, train, end.
 
     The one sequence of the training and the resume scripts.
@@ -426,6 +431,9 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
         Called with no argument before the trainer is built (e.g. to clear
         the experiment folder) and with the trainer once built (e.g. to
         load its checkpoint).
+    argv : list of str, optional
+        The command line, recorded in ``runs.json`` with the rest of this
+        segment's provenance (:mod:`dwi_ml.training.run_history`).
     """
     if "fingerprint" not in params["dataset"]:
         params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(
@@ -454,10 +462,12 @@ def run_experiment(params, make_model, experiments_path, experiment_name,
         pretrained["valid_loss"] = pretrained_valid_loss(model, trainer)
     if after_trainer is not None:
         after_trainer(trainer)
-    trainer.save_parameters({**{key: params[key]
-                                for key in ("dataset", "sampler", "loader")},
-                             "tracking_validation": params.get("tracking_validation"),
-                             **({"pretrained": pretrained} if pretrained else {})})
-    trainer.train_and_validate()
+    previous = previous_parameters(trainer)
+    written = trainer.save_parameters({
+        **{key: params[key] for key in ("dataset", "sampler", "loader")},
+        "tracking_validation": params.get("tracking_validation"),
+        **({"pretrained": pretrained} if pretrained else {})})
+    with recorded_segment(trainer, argv, written, previous):
+        trainer.train_and_validate()
     end_run(trainer, experiments_path, experiment_name, done_message(trainer),
             auto_requeue)

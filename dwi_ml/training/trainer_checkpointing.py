@@ -62,9 +62,12 @@ class TrainerCheckpointing:
             self._pending_scheduler_horizon = None
 
     def save_parameters(self, extra_params=None):
-        """Write ``parameters.json``: trainer, model and ``extra_params``."""
+        """Write ``parameters.json``: trainer, model and ``extra_params``.
+
+        Returns what it wrote (None on processes other than the main one).
+        """
         if not self.is_main_process:
-            return
+            return None
         params = {"format_version": EXPERIMENT_FORMAT_VERSION,
                   "trainer": self.params_for_checkpoint,
                   "model_type": type(self.model).__name__,
@@ -74,6 +77,7 @@ class TrainerCheckpointing:
         path = os.path.join(self.experiment_dir, PARAMETERS_FILE)
         with self.named_write_failures("the parameters", path):
             write_json_atomic(path, params)
+        return params
 
     def save_best_model(self):
         """Write ``best_model/`` (model params and state, epoch and loss)."""
