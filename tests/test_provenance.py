@@ -78,6 +78,10 @@ def test_tracking_sidecar_records_the_model_and_every_option(data, tmp_path,
                     "use_latest_epoch": False},
         "used": {"eos_threshold": None, "npv": None,
                  "seeding_mask_group": "wm_mask", "step_size_mm": 1.5},
+        "argv": [data["experiment"], data["hdf5"], TESTING, "input",
+                 str(out), "--tracking_mask_group", "wm_mask", "--nt", "30",
+                 "-v", "WARNING", "--seed", "7", "--algo", "det",
+                 "--theta", "40", "--step_size", "1.5"],
         "subject_in_training_split": False,
         "nb_seeds": 30, "nb_streamlines": nb_streamlines}
     with open(f"{out}.json") as f:

@@ -188,6 +188,9 @@ def test_lazy_training_and_evaluation_after_an_edit_are_refused(
     path = _copy(data["data"], tmp_path / "edited")
     subject = _training_subject(path)
     _edit_one_voxel(path, subject)
+    with h5py.File(path, "r") as hdf:
+        validation = sorted(hdf.attrs["validation_subjs"])[0]
+    _edit_one_voxel(path, validation)
     expected = (f"HDF5 file '{path}', subject '{subject}', group 'input'",
                 CHANGED)
     # The resume fails at its first batch: the run's files may have moved
@@ -199,6 +202,8 @@ def test_lazy_training_and_evaluation_after_an_edit_are_refused(
     assert raised.value.code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert all(text in err for text in expected)
+    # The validation subset (evaluating the training one is warned of).
     assert_user_error(evaluate_main, [experiments / "lazy", path, "--subset",
-                                      "training"],
-                      capsys, tmp_path, *expected)
+                                      "validation"], capsys, tmp_path,
+                      f"HDF5 file '{path}', subject '{validation}', group "
+                      "'input'", CHANGED)

@@ -28,7 +28,7 @@ from dwi_ml.io_utils.output_folders import check_output_free
 PROVENANCE_KIND = "dwi_ml provenance"
 PROVENANCE_SUFFIX = ".json"
 # Arguments that change how a script runs or talks, not what it writes.
-_NOT_RECORDED = ("overwrite", "verbose", "options_given")
+_NOT_RECORDED = ("overwrite", "verbose", "options_given", "argv")
 
 
 def model_provenance(experiment_dir, use_latest_epoch, weights_path):
@@ -90,8 +90,10 @@ def run_record(args, input_paths=(), other_inputs=(), leave_out=()):
     -------
     dict
         ``inputs``, ``options`` (every other argument, by its name, at the
-        value used, defaults included; not ``-f`` and ``-v``) and
-        ``dwi_ml_version``.
+        value used, defaults included; not ``-f`` and ``-v``), ``argv``
+        (the arguments as typed, when parsed by
+        :func:`~dwi_ml.io_utils.script_args.parse_script_args`; else None)
+        and ``dwi_ml_version``.
     """
     values = vars(args)
     inputs = {name: None if values[name] is None
@@ -101,6 +103,7 @@ def run_record(args, input_paths=(), other_inputs=(), leave_out=()):
     options = {name: value for name, value in sorted(values.items())
                if name not in skipped}
     return {"inputs": inputs, "options": options,
+            "argv": getattr(args, "argv", None),
             "dwi_ml_version": __version__}
 
 
