@@ -313,7 +313,9 @@ def draw_noise_vox(nb_rows, sigma_mm, affine, rng):
     return noise @ scale
 
 
-@functools.lru_cache(maxsize=64)
+# One entry per subject's affine (and sigma): 64 thrashed with mixed
+# batches of more subjects, each call then inverting its affine again.
+@functools.lru_cache(maxsize=16384)
 def _mm_to_vox_scale(affine_bytes, sigma_mm):
     """``sigma_mm`` times the mm-to-voxel map of an affine (given as the
     bytes of its float64 (4, 4) array), float32, transposed for a product
