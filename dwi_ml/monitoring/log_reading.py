@@ -16,6 +16,7 @@ import numpy as np
 from dwi_ml.io_utils.atomic import existing_atomic_folder, read_replaced_folder
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
+    BEST_EPOCH_FILE,
     BEST_MODEL_DIR,
     LOGS_DIR,
     PARAMETERS_FILE,
@@ -81,7 +82,7 @@ def _read_best_epoch(experiment_dir):
     def read():
         folder = existing_atomic_folder(path)
         if folder is None or not os.path.isfile(
-                os.path.join(folder, "best_epoch.json")):
+                os.path.join(folder, BEST_EPOCH_FILE)):
             return None, None
         return read_best_epoch(folder)
     return read_replaced_folder(path, read)

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import torch
 
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.atomic import save_npy
@@ -56,20 +57,28 @@ class BatchMeanMonitor:
         self.epoch_history.append(float(value))
 
     def state_dict(self):
-        """Plain-Python state (safe for ``torch.load(weights_only=True)``).
+        """State of plain Python values and a float64 tensor (safe for
+        ``torch.load(weights_only=True)``).
 
         The running sums are kept, so that a checkpoint written inside an
         epoch resumes the epoch's mean exactly.
         """
+        # The per-batch values as one tensor: a list of a million floats
+        # took seconds to pickle at every checkpoint, and as long to load.
         return {"epoch_history": [float(v) for v in self.epoch_history],
-                "batch_history": [float(v) for v in self.batch_history],
+                "batch_history": torch.tensor(self.batch_history,
+                                              dtype=torch.float64),
                 "running_sum": float(self._sum),
                 "running_weight": float(self._weight)}
 
     def load_state_dict(self, state):
         """Restore the histories saved by :meth:`state_dict`."""
         self.epoch_history = list(state["epoch_history"])
-        self.batch_history = list(state["batch_history"])
+        history = state["batch_history"]
+        # A list in checkpoints of earlier versions.
+        self.batch_history = (history.tolist()
+                              if isinstance(history, torch.Tensor)
+                              else [float(v) for v in history])
         self._sum = float(state.get("running_sum", 0.0))
         self._weight = float(state.get("running_weight", 0.0))
 

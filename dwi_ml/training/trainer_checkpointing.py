@@ -21,6 +21,7 @@ from dwi_ml.io_utils.atomic import (
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, count_of
 from dwi_ml.io_utils.experiment_layout import (
+    BEST_EPOCH_FILE,
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
     CHECKPOINT_POSITION,
@@ -87,7 +88,7 @@ class TrainerCheckpointing:
         with self.named_write_failures("the best model", path), \
                 atomic_output_folder(path) as tmp_dir:
             self.model.save_params_and_state(tmp_dir)
-            write_json_atomic(os.path.join(tmp_dir, "best_epoch.json"), {
+            write_json_atomic(os.path.join(tmp_dir, BEST_EPOCH_FILE), {
                 "epoch": self.best_tracker.best_epoch,
                 # JSON has no NaN: null while the metric has no value.
                 "loss": (None if math.isnan(self.best_tracker.best_loss)
