@@ -11,6 +11,7 @@ import torch
 
 from dwi_ml.batching.batch_planning import (
     cut_by_budget,
+    group_by_subject,
     make_generator,
     plan_mixed_batches,
     plan_subject_batches,
@@ -84,6 +85,35 @@ def test_plan_uses_every_streamline_once_within_budget(units, nb_subjects,
     assert all(len(batch) <= (nb_subjects or 4) for batch in plan)
     if units == "mm":
         assert ((2, (6,)),) in [as_pairs(batch) for batch in plan]
+
+
+def test_grouped_batches_are_each_batch_grouped_by_subject():
+    # Batches are built when read, from arrays over the whole epoch: each
+    # must be its streamlines grouped by subject, ids sorted, as a plain
+    # per-batch grouping gives them.
+    rng = np.random.default_rng(5)
+    counts = [7, 0, 30, 1, 12]
+    subject_starts = np.concatenate(([0], np.cumsum(counts)))
+    global_ids = rng.permutation(subject_starts[-1])
+    bounds = np.array([0, 3, 4, 20, 41, 50])
+    plan = group_by_subject(global_ids, bounds, subject_starts)
+    assert len(plan) == len(bounds) - 1
+    for index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        expected = {}
+        for global_id in sorted(global_ids[start:stop]):
+            subject = int(np.searchsorted(subject_starts, global_id,
+                                          side="right") - 1)
+            expected.setdefault(subject, []).append(
+                global_id - subject_starts[subject])
+        assert as_pairs(plan[index]) == tuple(
+            (subject, tuple(int(i) for i in ids))
+            for subject, ids in expected.items())
+        assert all(ids.dtype == np.int64 for _, ids in plan[index])
+    assert as_pairs(plan[-1]) == as_pairs(plan[len(plan) - 1])
+    assert [as_pairs(batch) for batch in plan[1:3]] == [
+        as_pairs(plan[1]), as_pairs(plan[2])]
+    with pytest.raises(IndexError):
+        plan[len(plan)]
 
 
 def test_cut_by_budget_keeps_last_partial_and_isolates_long_items():

@@ -13,6 +13,8 @@ yields an empty batch, and keeps each batch's total cost within the budget,
 except for a streamline that alone costs more than the budget: it gets a
 batch of its own.
 """
+import collections.abc
+
 import numpy as np
 
 from dwi_ml.data.packed import cut_by_budget  # noqa: F401 (re-exported)
@@ -42,23 +44,58 @@ def group_by_subject(global_ids, bounds, subject_starts):
 
     Returns
     -------
-    list of list of (int, np.ndarray)
-        Per batch, ``(subject_index, local streamline ids sorted
-        increasingly)`` for each subject present.
+    GroupedBatches
+        A sequence of batches: per batch, a list of ``(subject_index, local
+        streamline ids sorted increasingly)`` for each subject present.
     """
-    batch_of_item = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
-    # Sorting by (batch, global id) groups each batch by subject as well.
-    sorted_ids = global_ids[np.lexsort((global_ids, batch_of_item))]
-    subjects = np.searchsorted(subject_starts, sorted_ids, side="right") - 1
-    local_ids = sorted_ids - subject_starts[subjects]
-    segment_starts = np.flatnonzero(np.concatenate((
-        [True], (np.diff(batch_of_item) != 0) | (np.diff(subjects) != 0))))
-    batches = [[] for _ in range(len(bounds) - 1)]
-    for batch, subject, ids in zip(batch_of_item[segment_starts].tolist(),
-                                   subjects[segment_starts].tolist(),
-                                   np.split(local_ids, segment_starts[1:])):
-        batches[batch].append((subject, ids))
-    return batches
+    return GroupedBatches(global_ids, bounds, subject_starts)
+
+
+class GroupedBatches(collections.abc.Sequence):
+    """The batches of :func:`group_by_subject`, each built when asked for.
+
+    The grouping is a few passes over all the epoch's streamlines; only a
+    batch's list of ``(subject_index, ids)`` is made per batch, when read.
+    A list of them all held one tuple and one array per (batch, subject)
+    pair: 6 million, 1.4 GB, for 1000 subjects of 10 000 streamlines.
+    """
+
+    def __init__(self, global_ids, bounds, subject_starts):
+        batch_of_item = np.repeat(np.arange(len(bounds) - 1),
+                                  np.diff(bounds))
+        # Sorting by (batch, global id) groups each batch by subject too:
+        # one int64 key (batch_of_item is sorted already), much faster
+        # than a lexsort of millions of streamlines.
+        total = np.int64(subject_starts[-1])
+        keys = batch_of_item * total + global_ids
+        keys.sort()
+        sorted_ids = keys - batch_of_item * total
+        subjects = np.searchsorted(subject_starts, sorted_ids,
+                                   side="right") - 1
+        self._local_ids = sorted_ids - subject_starts[subjects]
+        # Segment: the ids of one subject in one batch.
+        starts = np.flatnonzero(np.concatenate((
+            [True], (np.diff(batch_of_item) != 0) | (np.diff(subjects) != 0)))
+        ) if len(sorted_ids) else np.zeros(0, dtype=np.int64)
+        self._segment_bounds = np.append(starts, len(sorted_ids))
+        self._segment_subjects = subjects[starts]
+        # Segments of batch i: [first[i], first[i + 1]).
+        self._first_segment = np.searchsorted(
+            batch_of_item[starts], np.arange(len(bounds)))
+
+    def __len__(self):
+        return len(self._first_segment) - 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # negative, and out of range
+        first, last = self._first_segment[index:index + 2].tolist()
+        bounds = self._segment_bounds[first:last + 1].tolist()
+        return [(subject, self._local_ids[start:stop])
+                for subject, start, stop in zip(
+                    self._segment_subjects[first:last].tolist(),
+                    bounds[:-1], bounds[1:])]
 
 
 def plan_mixed_batches(costs_per_subject, budget, rng):
