@@ -198,6 +198,8 @@ def test_evaluation_warns_on_training_subjects_and_records_the_model(
                                 "input_group": "input",
                                 "streamline_group": "streamlines",
                                 "use_latest_epoch": False}
+    assert saved["argv"] == [data["experiment"], data["hdf5"], "--out",
+                             str(tmp_path / "testing.json"), "-v", "WARNING"]
 
     saved, warnings = _evaluate(capsys, data, tmp_path / "training.json",
                                 "--subset", "training")

@@ -149,6 +149,10 @@ def test_a_nearest_mask_is_read_alone_and_one_of_another_grid_refused():
     ({"affine": np.eye(3)}, "BatchedTracker argument affine: expected a "
      "finite (4, 4) voxel-to-RAS mm matrix with an invertible linear part, "
      "found shape (3, 3)."),
+    # One line, not the array's repr.
+    ({"affine": np.full((4, 4), "a")}, "BatchedTracker argument affine: "
+     "expected a finite (4, 4) voxel-to-RAS mm matrix with an invertible "
+     "linear part, found ndarray of shape (4, 4), not numbers."),
     ({"device": "gpu"}, "argument device: expected a torch device"),
     ({"input_volume": "more_features"}, "input_volume: expected 5 features "
      "per voxel (the model's nb_features), got 7."),

@@ -101,15 +101,18 @@ def main(argv=None):
     results = evaluate_model_on_hdf5(model, args.hdf5_file, args.subset,
                                      input_group, streamline_group,
                                      args.batch_size, args.device)
-    options = {**run_record(args, leave_out=(
-        "experiment_path", "hdf5_file", "subset", "out"))["options"],
-        # The groups used, the experiment's when not given.
-        "input_group": input_group, "streamline_group": streamline_group}
+    record = run_record(args, leave_out=(
+        "experiment_path", "hdf5_file", "subset", "out"))
+    options = {**record["options"],
+               # The groups used, the experiment's when not given.
+               "input_group": input_group,
+               "streamline_group": streamline_group}
     write_json_atomic(out, {**provenance, "subset": args.subset,
                             "hdf5_file": os.path.abspath(args.hdf5_file),
                             "hdf5_fingerprint": fingerprint,
                             "subjects_in_training_split": in_training_split,
-                            "options": options, "results": results})
+                            "options": options, "argv": record["argv"],
+                            "results": results})
     print("\n".join(subject_table(
         results, [key for key in results["all"] if key != "n_points"])))
     stopped = ", stopped inside it" if provenance["epoch_complete"] is False \

@@ -509,5 +509,6 @@ def _warn_link_removed(link):
     logger.warning(
         "-f: '%s' was a symbolic link to '%s'; the link is removed and its "
         "target left as it is (remove it yourself if it is no longer "
-        "needed); this run writes a '%s' folder of its own there.",
-        link, os.path.realpath(link), os.path.basename(link))
+        "needed); this run writes its own '%s' in '%s'.",
+        link, os.path.realpath(link), os.path.basename(link),
+        os.path.dirname(link))

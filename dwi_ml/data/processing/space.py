@@ -52,7 +52,10 @@ def check_grid_affine(affine, owner):
     except (TypeError, ValueError):
         matrix = None
     if matrix is None or matrix.ndim == 0:
-        found = repr(affine)
+        # Type and shape: a repr may span lines (an array of strings).
+        shape = getattr(affine, "shape", None)
+        found = "None" if affine is None else type(affine).__name__ + (
+            "" if shape is None else f" of shape {tuple(shape)}, not numbers")
     elif matrix.shape != (4, 4):
         found = f"shape {matrix.shape}"
     elif not np.all(np.isfinite(matrix)):
