@@ -410,10 +410,16 @@ def test_compute_inputs_on_gpu_equals_cpu(synthetic):
                                atol=atol)
 
 
+@pytest.mark.parametrize("neighborhood", [
+    {}, {"neighborhood_type": "grid", "neighborhood_radius": 1,
+         "neighborhood_resolution": 1.}])
 def test_eager_and_lazy_datasets_give_the_same_batches(reference_eager,
-                                                       reference_lazy):
-    kwargs = dict(AUGMENTED, neighborhood_type="grid", neighborhood_radius=1,
-                  neighborhood_resolution=1.)
+                                                       reference_lazy,
+                                                       neighborhood):
+    # Eager batches of several subjects interpolate all their runs at once
+    # (interpolate_volumes_at_runs), lazy ones subject by subject: the same
+    # bits.
+    kwargs = dict(AUGMENTED, **neighborhood)
     for context in ("training", "validation"):
         _assert_same_batches(
             [_load_all(_loader(reference_eager, **kwargs), context)],

@@ -7,6 +7,7 @@ from dwi_ml.data.processing import interpolation
 from dwi_ml.data.processing.interpolation import (
     INTERPOLATION_METHODS,
     interpolate_volume_at_coordinates,
+    interpolate_volumes_at_runs,
     prepare_volume_for_interpolation,
 )
 from dwi_ml.data.processing.neighborhood import (
@@ -231,3 +232,29 @@ def test_neighborhood_bad_arguments(kwargs, argument):
     kwargs = {"resolution_mm": 1., "affine": ANISOTROPIC_AFFINE, **kwargs}
     with pytest.raises(DwiMLUserError, match=argument):
         get_neighborhood_offsets(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_runs_in_their_own_volumes_equal_one_call_per_run(dtype):
+    # One pass over the corners of all runs (a batch of many subjects),
+    # then one gather per run: the bits of a call per run, whichever path
+    # (few points, many points, over one chunk) that call takes.
+    rng = np.random.default_rng(0)
+    shapes = [(5, 7, 3), (1, 4, 6), (9, 2, 1), (4, 4, 4), (6, 5, 8)]
+    volumes = [prepare_volume_for_interpolation(
+        rng.random(shape + (3,), dtype=np.float32)) for shape in shapes]
+    counts = [3, 0, 2000, 1, interpolation._CHUNK_NB_POINTS + 5]
+    points = [torch.from_numpy((rng.random((count, 3))
+                                * (np.array(shape) + 2) - 1).astype(dtype))
+              for count, shape in zip(counts, shapes)]
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    values = interpolate_volumes_at_runs(volumes, bounds, torch.cat(points))
+    expected = torch.cat([interpolate_volume_at_coordinates(volume, run)
+                          for volume, run in zip(volumes, points)])
+    assert values.shape == (bounds[-1], 3)
+    assert torch.equal(values, expected)
+    with pytest.raises(DwiMLUserError, match="same F"):
+        interpolate_volumes_at_runs(
+            [volumes[0], prepare_volume_for_interpolation(
+                np.zeros((2, 2, 2, 4), np.float32))], [0, 1, 2],
+            torch.zeros((2, 3)))

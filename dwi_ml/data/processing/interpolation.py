@@ -168,14 +168,7 @@ def _interpolate_gather(volume, coords):
                                               constants[4])
     else:
         rows, weights = _torch_rows_and_weights(coords, *constants)
-    table = volume.reshape(-1, volume.shape[3])
-    # The kernel of torch_functional.embedding_bag(rows, table, mode="sum",
-    # per_sample_weights=weights), without its Python checks: bags of 8
-    # rows (mode 0 is "sum").
-    offsets = torch.arange(0, rows.numel(), 8, dtype=rows.dtype,
-                           device=rows.device)
-    return torch.embedding_bag(table, rows.reshape(-1), offsets, False, 0,
-                               False, weights.reshape(-1), False, None)[0]
+    return _weighted_rows(volume, rows, weights)
 
 
 def _torch_rows_and_weights(coords, lowest_centre, upper_centre, lower_max,
@@ -221,27 +214,40 @@ def _cpu_rows_and_weights(coords, shape, corner_steps):
     numpy alike, broadcasting (P, 3) against (3,) or (P, 1) against (8,)
     runs a slow loop per row, while one column with scalar bounds does not.
     """
-    points = coords.numpy()
-    # int32 rows (fewer bytes to write) when the table allows them.
     row_dtype = np.int32 if math.prod(shape[:3]) < 2 ** 31 else np.int64
+    return _numpy_rows_and_weights(coords.numpy(), shape, corner_steps.tolist(),
+                                   row_dtype)
+
+
+def _numpy_rows_and_weights(points, dims, corner_steps, row_dtype):
+    """Rows and weights of :func:`_cpu_rows_and_weights`.
+
+    ``dims`` is the grid's shape, 3 ints, or 3 (P,) int arrays (a grid per
+    point); ``corner_steps`` the 8 row steps, ints or (P,) arrays. Whole
+    columns against scalars or columns: no per-row loop either way.
+    """
     base = np.zeros(len(points), dtype=row_dtype)
     upper, lower = [], []
-    for axis, stride in enumerate((shape[1] * shape[2], shape[2], 1)):
+    strides = (dims[1] * dims[2], dims[2], 1)
+    for axis, stride in enumerate(strides):
         centred = points[:, axis] - 0.5
-        np.clip(centred, 0, shape[axis] - 1, out=centred)
+        # Bounds in the points' dtype: exact small integers either way.
+        np.clip(centred, 0, _as_float(dims[axis] - 1, centred.dtype),
+                out=centred)
         corner = np.floor(centred)
-        np.minimum(corner, max(shape[axis] - 2, 0), out=corner)
+        np.minimum(corner, _as_float(np.maximum(dims[axis] - 2, 0),
+                                     centred.dtype), out=corner)
         fraction = (centred - corner).astype(np.float32, copy=False)
         upper.append(fraction)
         lower.append(1 - fraction)
         corner = corner.astype(row_dtype)
-        if stride != 1:
-            corner *= stride
+        if not isinstance(stride, int) or stride != 1:
+            corner *= np.asarray(stride, dtype=row_dtype)
         base += corner
     rows = np.empty((len(points), 8), dtype=row_dtype)
     weights = np.empty((len(points), 8), dtype=np.float32)
-    for corner, step in enumerate(corner_steps.tolist()):
-        np.add(base, step, out=rows[:, corner])
+    for corner, step in enumerate(corner_steps):
+        np.add(base, step, out=rows[:, corner], dtype=row_dtype)
     # As _weights: w_x * w_y, then times w_z; x slowest, z fastest.
     corner = 0
     for weight_x in (lower[0], upper[0]):
@@ -251,6 +257,95 @@ def _cpu_rows_and_weights(coords, shape, corner_steps):
             np.multiply(weight_xy, upper[2], out=weights[:, corner + 1])
             corner += 2
     return torch.from_numpy(rows), torch.from_numpy(weights)
+
+
+def _as_float(bound, dtype):
+    """An int bound, or a (P,) int array of them, in ``dtype``."""
+    return (dtype.type(bound) if np.ndim(bound) == 0
+            else np.asarray(bound).astype(dtype))
+
+
+def interpolate_volumes_at_runs(volumes, run_bounds, coords_vox_corner):
+    """:func:`interpolate_volume_at_coordinates` of consecutive runs of
+    points, each in its own volume, with one computation of the corners.
+
+    A batch mixing many subjects interpolated subject by subject paid the
+    fixed cost of a call (~20 operations) per subject; here the corner rows
+    and weights of all points come from one pass, and each run costs one
+    gather in its volume. Row for row the same bits as one call per run.
+
+    Parameters
+    ----------
+    volumes : list of torch.Tensor, each (X_r, Y_r, Z_r, F)
+        As returned by :func:`prepare_volume_for_interpolation`, on the
+        CPU, with the same F.
+    run_bounds : sequence of int, (R + 1,)
+        Run r is ``coords_vox_corner[run_bounds[r]:run_bounds[r + 1]]``.
+    coords_vox_corner : torch.Tensor, shape (P, 3), float32 or float64
+        Voxel space, corner origin, on the CPU.
+
+    Returns
+    -------
+    torch.Tensor, shape (P, F), float32.
+    """
+    bounds = np.asarray(run_bounds, dtype=np.int64)
+    shapes = np.array([volume.shape[:3] for volume in volumes],
+                      dtype=np.int64)
+    if len(volumes) != len(bounds) - 1 or len(volumes) == 0 or not all(
+            _is_prepared(volume) and volume.device.type == "cpu"
+            and volume.shape[3] == volumes[0].shape[3] for volume in volumes):
+        raise DwiMLUserError(
+            "volumes: expected one prepared CPU (X, Y, Z, F) float32 volume "
+            "per run, all of the same F.")
+    counts = np.diff(bounds)
+    dims = [np.repeat(shapes[:, axis], counts) for axis in range(3)]
+    steps = [np.repeat(column, counts) for column in
+             _corner_steps_of_shapes(shapes).T]
+    row_dtype = (np.int32 if int(shapes.prod(axis=1).max()) < 2 ** 31
+                 else np.int64)
+    coords = _as_coordinates(coords_vox_corner, torch.device("cpu"))
+    output = torch.empty((len(coords), volumes[0].shape[3]),
+                         dtype=torch.float32)
+    # In chunks of runs, as interpolate_volume_at_coordinates in chunks of
+    # points: the corner tables stay small.
+    first = 0
+    while first < len(volumes):
+        last = int(np.searchsorted(bounds, bounds[first] + _CHUNK_NB_POINTS,
+                                   side="right")) - 1
+        last = min(max(last, first + 1), len(volumes))
+        start, stop = int(bounds[first]), int(bounds[last])
+        rows, weights = _numpy_rows_and_weights(
+            coords[start:stop].numpy(),
+            [column[start:stop] for column in dims],
+            [column[start:stop] for column in steps], row_dtype)
+        for run in range(first, last):
+            lo, hi = int(bounds[run]) - start, int(bounds[run + 1]) - start
+            if hi > lo:
+                output[start + lo:start + hi] = _weighted_rows(
+                    volumes[run], rows[lo:hi], weights[lo:hi])
+        first = last
+    return output
+
+
+def _corner_steps_of_shapes(shapes):
+    """(R, 8) row steps from the lower corner to each corner, per grid."""
+    strides = np.stack((shapes[:, 1] * shapes[:, 2], shapes[:, 2],
+                        np.ones(len(shapes), dtype=np.int64)), axis=1)
+    corners = _CORNERS.numpy()
+    return ((corners[None] * (strides * (shapes > 1))[:, None, :])
+            .sum(axis=2))
+
+
+def _weighted_rows(volume, rows, weights):
+    """Sum of each point's 8 weighted rows of the flat table of ``volume``:
+    the kernel of ``embedding_bag(rows, table, mode="sum",
+    per_sample_weights=weights)`` without its Python checks (bags of 8
+    rows; mode 0 is "sum")."""
+    table = volume.reshape(-1, volume.shape[3])
+    offsets = torch.arange(0, rows.numel(), 8, dtype=rows.dtype,
+                           device=rows.device)
+    return torch.embedding_bag(table, rows.reshape(-1), offsets, False, 0,
+                               False, weights.reshape(-1), False, None)[0]
 
 
 def _weights(fraction):
