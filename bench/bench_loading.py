@@ -189,19 +189,18 @@ PROFILE_STAGES = [
     ("reversing (reverse_rows)", "batch_loader", "reverse_rows"),
     ("rows, unreversed (ranges_to_indices)", "batch_loader",
      "ranges_to_indices"),
-    ("noise draws (draw_noise_vox)", "batch_loader", "draw_noise_vox"),
-    ("gather + noise add (_load_subject)", "BatchLoaderOneInput",
-     "_load_subject"),
-    ("packing (LoadedBatch)", "LoadedBatch", "from_packed_parts"),
+    ("noise draws (draw_noise_vox_runs)", "batch_loader",
+     "draw_noise_vox_runs"),
+    ("gather + noise add (_load_request)", "BatchLoaderOneInput",
+     "_load_request"),
     ("interpolation (compute_inputs)", "BatchLoaderOneInput",
      "compute_inputs"),
     ("other (load_batch)", "BatchLoaderOneInput", "load_batch"),
 ]
 # The stages each one calls (its own time excludes theirs).
-_NESTED = {"gather + noise add (_load_subject)": [
-    label for label, _, _ in PROFILE_STAGES[1:6]],
-    "other (load_batch)": [PROFILE_STAGES[index][0]
-                           for index in (0, 6, 7, 8)]}
+_NESTED = {"gather + noise add (_load_request)": [
+    label for label, _, _ in PROFILE_STAGES[:6]],
+    "other (load_batch)": [PROFILE_STAGES[index][0] for index in (6, 7)]}
 
 
 def _time_stages(totals):

@@ -14,6 +14,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from nibabel.streamlines import ArraySequence
 from torch.utils.data import DataLoader
 
 from dwi_ml.batching.batch_loader import BatchLoaderOneInput
@@ -26,6 +27,7 @@ from dwi_ml.data.packed import make_array_sequence
 from dwi_ml.data.processing.augmentation import (
     add_noise_mm,
     count_from_ratio,
+    draw_noise_vox,
     open_ended_pieces,
     reverse_streamlines,
     split_streamlines,
@@ -198,12 +200,12 @@ def test_split_counts_are_exact_and_short_streamlines_stay_whole(
     batch = _load_all(_loader(reference_eager, split_ratio=0.5))
     pieces = _as_numpy(batch.target_streamlines())
     subjects = batch.subject_indices.tolist()
-    position = 0
+    position = nb_split = nb_eligible = 0
     for subj, name in enumerate(("s1", "s2")):
         originals = reference[1][name]["streamlines"].streamlines
         lengths = np.array([len(s) for s in originals])
         assert min(lengths) < MIN_SPLIT_LENGTH  # some are too short
-        nb_split = 0
+        nb_eligible += np.count_nonzero(lengths >= MIN_SPLIT_LENGTH)
         for original in originals:
             first = pieces[position]
             if len(first) == len(original):
@@ -219,8 +221,8 @@ def test_split_counts_are_exact_and_short_streamlines_stay_whole(
             assert subjects[position] == subjects[position + 1] == subj
             position += 2
             nb_split += 1
-        assert nb_split == count_from_ratio(
-            0.5, np.count_nonzero(lengths >= MIN_SPLIT_LENGTH))
+    # The ratio counts over the batch, not subject by subject.
+    assert nb_split == count_from_ratio(0.5, nb_eligible)
     assert position == len(pieces) == batch.nb_streamlines
 
 
@@ -237,8 +239,70 @@ def test_reversed_streamlines_are_exactly_reversed_originals(
         if not np.array_equal(streamline, original):
             np.testing.assert_array_equal(streamline, original[::-1])
             nb_reversed[subj] += 1
-    assert nb_reversed == [count_from_ratio(0.5, 30)] * 2
+    assert sum(nb_reversed) == count_from_ratio(0.5, 60)
+    assert min(nb_reversed) > 0
     assert torch.equal(batch.input_points, batch.target_points)
+
+
+def test_ratios_count_over_the_batch_when_subjects_bring_one_streamline(
+        reference, reference_eager):
+    # Six entries of one streamline each: counts rounded per entry (0.5 of
+    # 1 is 1) reversed and split every one of them.
+    lengths = [np.array([len(s) for s in reference[1][name][
+        "streamlines"].streamlines]) for name in ("s1", "s2")]
+    long_ids = [np.flatnonzero(subject_lengths >= MIN_SPLIT_LENGTH)[:3]
+                for subject_lengths in lengths]
+    entries = [(subj, long_ids[subj][i:i + 1])
+               for i in range(3) for subj in (0, 1)]
+    originals = [reference[1][("s1", "s2")[subj]]["streamlines"]
+                 .streamlines[int(ids[0])] for subj, ids in entries]
+    reversed_counts, split_counts = [], []
+    for batch_index in range(20):
+        request = BatchRequest("training", 0, batch_index, entries)
+        batch = _loader(reference_eager, reverse_ratio=0.5).load_batch(
+            request)
+        streamlines = _as_numpy(batch.target_streamlines())
+        reversed_counts.append(sum(
+            not np.array_equal(streamline, original)
+            for streamline, original in zip(streamlines, originals)))
+        split = _loader(reference_eager, split_ratio=0.5).load_batch(request)
+        split_counts.append(split.nb_streamlines - len(entries))
+        # The two pieces of a split streamline stay in their entry.
+        subjects = split.subject_indices.tolist()
+        assert [subj for i, subj in enumerate(subjects)
+                if i == 0 or subj != subjects[i - 1]] == [0, 1] * 3
+    assert reversed_counts == [3] * 20
+    assert split_counts == [3] * 20
+
+
+def test_noise_is_drawn_once_and_scaled_to_each_subjects_voxels(tmp_path):
+    # Subjects of 1, 2 and 2 mm voxels: one standard normal draw over the
+    # batch's points, times sigma, in each subject's voxels.
+    rng = np.random.default_rng(3)
+    voxel_sizes = {"a": 1.0, "b": 2.0, "c": 2.0}
+    subjects = {name: make_example_subject(rng, nb_streamlines=4,
+                                           voxel_size=size)
+                for name, size in voxel_sizes.items()}
+    path = tmp_path / "voxel_sizes.h5"
+    write_reference_hdf5(path, subjects, training_subjs=list(subjects))
+    dataset = _load(path, lazy=False)
+    sigma = 0.4
+    loader = _loader(dataset, noise_gaussian_size_forward=sigma)
+    request = BatchRequest("training", 1, 2, _all_ids(dataset, "training"))
+    batch = loader.load_batch(request)
+    standard = draw_noise_vox(batch.input_points.shape[0], 1.0, np.eye(4),
+                              loader.make_generator(request))
+    names = dataset.training_set.subjects
+    points_voxel_size = np.repeat(
+        [voxel_sizes[names[subj]] for subj in batch.subject_indices.tolist()],
+        batch.lengths.numpy())
+    clean = batch.target_points.numpy().astype(np.float64)
+    expected = clean + standard * sigma / points_voxel_size[:, None]
+    # The scale and the noise rounded to float32, then the sum.
+    atol = rounding_atol(np.abs(clean).max() + 2 * sigma, 3)
+    np.testing.assert_allclose(batch.input_points.numpy(), expected,
+                               rtol=0, atol=atol)
+    assert len(set(batch.subject_indices.tolist())) == 3
 
 
 @pytest.mark.parametrize("dataset_name", ["reference_eager", "reference_lazy"])
@@ -252,33 +316,35 @@ def test_batches_equal_the_augmentation_functions_applied_in_order(
         request, dataset_name, augmentations):
     # The loader augments row indices and gathers once; its batches must be
     # bit for bit those of the public functions, one after the other, on
-    # get_streamlines (split, reverse, forward noise, loss noise), drawn
-    # from the batch's generator. The reference file stores streamlines
-    # with gaps and shuffled, so rows and offsets differ from the output's.
+    # the batch's get_streamlines, all subjects together (split, reverse,
+    # forward noise, loss noise), drawn from the batch's generator. The
+    # reference file stores streamlines with gaps and shuffled, so rows and
+    # offsets differ from the output's. Its subjects share one affine.
     dataset = request.getfixturevalue(dataset_name)
     loader = _loader(dataset, **augmentations)
     batch_request = BatchRequest("training", 2, 5, _all_ids(dataset,
                                                             "training"))
     batch = loader.load_batch(batch_request)
     rng = loader.make_generator(batch_request)
-    targets, inputs, open_ends = [], [], []
-    for subj, ids in batch_request.subject_ids:
-        sft_data = dataset.training_set.get_subject(subj).sft_data_list[0]
-        affine = np.asarray(sft_data.space_attributes[0])
-        streamlines = sft_data.get_streamlines(ids)
-        sources = is_reversed = None
-        if loader.split_ratio:
-            streamlines, sources = split_streamlines(streamlines,
-                                                     loader.split_ratio, rng)
-        if loader.reverse_ratio:
-            streamlines, is_reversed = reverse_streamlines(
-                streamlines, loader.reverse_ratio, rng)
-        if sources is not None:
-            open_ends.append(open_ended_pieces(sources, is_reversed))
-        inputs += list(add_noise_mm(streamlines, loader.noise_forward,
-                                    affine, rng))
-        targets += list(add_noise_mm(streamlines, loader.noise_loss, affine,
-                                     rng))
+    affine = np.asarray(dataset.training_set.get_subject(0).sft_data_list[
+        0].space_attributes[0])
+    streamlines = ArraySequence([
+        streamline for subj, ids in batch_request.subject_ids
+        for streamline in dataset.training_set.get_subject(
+            subj).sft_data_list[0].get_streamlines(ids)])
+    sources = is_reversed = None
+    open_ends = []
+    if loader.split_ratio:
+        streamlines, sources = split_streamlines(streamlines,
+                                                 loader.split_ratio, rng)
+    if loader.reverse_ratio:
+        streamlines, is_reversed = reverse_streamlines(
+            streamlines, loader.reverse_ratio, rng)
+    if sources is not None:
+        open_ends.append(open_ended_pieces(sources, is_reversed))
+    inputs = list(add_noise_mm(streamlines, loader.noise_forward, affine,
+                               rng))
+    targets = list(add_noise_mm(streamlines, loader.noise_loss, affine, rng))
     np.testing.assert_array_equal(batch.lengths.numpy(),
                                   [len(s) for s in targets])
     assert batch.target_points.dtype == torch.float32

@@ -10,6 +10,8 @@ from dwi_ml.data.processing.augmentation import (
     add_noise_mm,
     choose,
     count_from_ratio,
+    draw_noise_vox,
+    draw_noise_vox_runs,
     reverse_streamlines,
     split_streamlines,
     uniform_integers,
@@ -397,6 +399,29 @@ def test_noise_bound_holds_in_mm_on_rotated_affine():
         noise_vox_max, 4)
     assert np.abs(delta_mm).max() <= 1. + float32_mm_atol(
         affine, packed._data, 1) + noise_atol_mm
+
+
+def test_noise_runs_draw_once_and_convert_each_run_to_its_voxels():
+    # Runs of 1 mm, rotated and 1 x 2 x 4 mm voxels (scalar and matrix
+    # scales): one standard normal draw over all rows, each run's rows
+    # then in its own voxels.
+    affines = [np.eye(4), _rotated_affine(), ANISOTROPIC_AFFINE,
+               2 * np.eye(4)]
+    bounds = np.array([0, 700, 700, 1500, 2000])
+    sigma_mm = 0.5
+    noise = draw_noise_vox_runs(bounds, sigma_mm, affines,
+                                np.random.default_rng(4))
+    assert noise.dtype == np.float32 and noise.shape == (2000, 3)
+    standard = draw_noise_vox(2000, 1., np.eye(4), np.random.default_rng(4))
+    for affine, start, stop in zip(affines, bounds[:-1], bounds[1:]):
+        # noise_vox = A^-1 noise_mm, row by row.
+        inverse = np.linalg.inv(affine[:3, :3])
+        expected = sigma_mm * standard[start:stop] @ inverse.T
+        # Float32 scale (one rounding), 3 products and 2 sums, on values of
+        # at most 2 sigma |A^-1|.
+        magnitude = 2 * sigma_mm * np.abs(inverse).sum(axis=1).max()
+        np.testing.assert_allclose(noise[start:stop], expected, rtol=0,
+                                   atol=rounding_atol(magnitude, 6))
 
 
 def test_zero_noise_returns_input_and_negative_sigma_fails():

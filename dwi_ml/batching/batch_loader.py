@@ -18,18 +18,21 @@ from its :class:`~dwi_ml.data.processing.input_spec.InputSpec`:
 
 Randomness: each batch draws from its own numpy Generator seeded with
 ``(seed, split, epoch, batch index, rank)``, in the order split, reverse,
-forward noise, loss noise. This is stronger than per-worker streams: a batch
-gets the same augmentations whichever worker loads it and whatever the
-number of workers (0 included), two epochs differ, two batches of one
-epoch differ, and a resumed sampler and loader redraw exactly the
-augmentations of the uninterrupted run.
+forward noise, loss noise, each drawn once over all the batch's
+streamlines, whatever their subjects (ratios count over the batch).
+This is stronger than per-worker streams: a batch gets the same
+augmentations whichever worker loads it and whatever the number of workers
+(0 included), two epochs differ, two batches of one epoch differ, and a
+resumed sampler and loader redraw exactly the augmentations of the
+uninterrupted run.
 
 :meth:`BatchLoaderOneInput.load_streamlines` gives a request's streamlines
 as :meth:`~BatchLoaderOneInput.load_batch` does, with the source of each,
 without inputs.
 
-Interpolation is one call per subject per batch (one call in all when the
-batch holds one subject), in the collate step (DataLoader workers, CPU) or,
+Interpolation is one pass over the batch on the CPU with eager volumes,
+else one call per subject per batch (one call in all when the batch holds
+one subject), in the collate step (DataLoader workers, CPU) or,
 with ``interpolation_device`` set, in the main process, with the volumes kept
 on that device. Both give the same values. Whoever consumes a batch (trainer,
 evaluation) calls :meth:`BatchLoaderOneInput.prepare_batch`, the one place
@@ -48,7 +51,7 @@ from dwi_ml.data.packed import (
     subject_runs,
 )
 from dwi_ml.data.processing.augmentation import (
-    draw_noise_vox,
+    draw_noise_vox_runs,
     open_ended_pieces,
     reverse_rows,
     split_ranges,
@@ -99,6 +102,37 @@ class SubjectStreamlines(NamedTuple):
     lengths: np.ndarray
     open_ends: Optional[np.ndarray]
     source_ids: np.ndarray
+
+
+class _EntryRows(NamedTuple):
+    """One request entry's streamlines: rows ``[offsets, offsets +
+    lengths)`` of ``data``, and the subject's voxel-to-RAS mm affine."""
+
+    data: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    affine: np.ndarray
+
+
+class _LoadedStreamlines(NamedTuple):
+    """A request's streamlines, augmented, entry after entry.
+
+    ``targets``, ``input_points``, ``lengths``, ``open_ends`` and
+    ``sources`` (over the request's ids, all entries in turn) as in
+    :class:`SubjectStreamlines`; ``entries`` is the request entry of each
+    streamline, and entry ``e`` holds streamlines
+    ``piece_bounds[e]:piece_bounds[e + 1]`` and points
+    ``row_bounds[e]:row_bounds[e + 1]``.
+    """
+
+    targets: np.ndarray
+    input_points: np.ndarray
+    lengths: np.ndarray
+    open_ends: Optional[np.ndarray]
+    sources: np.ndarray
+    entries: np.ndarray
+    piece_bounds: np.ndarray
+    row_bounds: np.ndarray
 
 
 class BatchLoaderOneInput:
@@ -222,11 +256,19 @@ class BatchLoaderOneInput:
             of each streamline and, unless ``interpolation_device`` is set,
             the inputs.
         """
-        parts = [(loaded.targets, loaded.input_points, loaded.lengths,
-                  loaded.open_ends, subj_idx)
-                 for loaded, (subj_idx, _) in zip(
-                     self.load_streamlines(request), request.subject_ids)]
-        batch = LoadedBatch.from_packed_parts(parts, request.split)
+        loaded = self._load_request(request)
+        subjects = np.array([subj for subj, _ in request.subject_ids],
+                            dtype=np.int64)
+        targets = torch.from_numpy(loaded.targets)
+        batch = LoadedBatch(
+            target_points=targets,
+            input_points=(targets if loaded.input_points is loaded.targets
+                          else torch.from_numpy(loaded.input_points)),
+            lengths=torch.from_numpy(loaded.lengths),
+            subject_indices=torch.from_numpy(subjects[loaded.entries]),
+            split=request.split,
+            open_ends=(None if loaded.open_ends is None
+                       else torch.from_numpy(loaded.open_ends)))
         if self.interpolation_device is None:
             batch.inputs = self.compute_inputs(batch, "cpu")
         return batch
@@ -246,27 +288,109 @@ class BatchLoaderOneInput:
         Returns
         -------
         list of SubjectStreamlines
-            One per ``(subject_index, ids)`` of the request, in its order.
+            One per ``(subject_index, ids)`` of the request, in its order;
+            ``source_ids`` index that entry's ids.
+        """
+        loaded = self._load_request(request)
+        first_sources = offsets_from_lengths(np.array(
+            [len(ids) for _, ids in request.subject_ids], dtype=np.int64))
+        parts = []
+        for entry, first_source in enumerate(first_sources):
+            pieces = slice(*loaded.piece_bounds[entry:entry + 2])
+            rows = slice(*loaded.row_bounds[entry:entry + 2])
+            targets = loaded.targets[rows]
+            parts.append(SubjectStreamlines(
+                targets, (targets if loaded.input_points is loaded.targets
+                          else loaded.input_points[rows]),
+                loaded.lengths[pieces],
+                None if loaded.open_ends is None
+                else loaded.open_ends[pieces],
+                loaded.sources[pieces] - first_source))
+        return parts
+
+    def _load_request(self, request):
+        """A request's streamlines in the model's format, augmented in one
+        pass over the whole batch.
+
+        Each entry ``(subject, ids)`` is read (and resampled) on its own;
+        the augmentations then choose row indices over all the batch's
+        streamlines at once, the points are gathered once and the noise
+        added to them, with the draws and the values of
+        ``split_streamlines``, ``reverse_streamlines`` then ``add_noise_mm``
+        (forward, then loss) applied to the concatenation of the entries'
+        ``get_streamlines(ids)``, the noise converted to each subject's
+        voxels. Ratios thus count over the batch: a batch of one
+        streamline per subject reverses ``reverse_ratio`` of them, not
+        every one (counts rounded per subject did).
+
+        Returns
+        -------
+        _LoadedStreamlines
         """
         rng = self.make_generator(request)
         is_training = request.split == Split.TRAINING
         subset = self._subset(request.split)
-        return [self._load_subject(subset.get_subject(subj_idx).sft_data_list[
-            self.streamline_group_idx], ids, is_training, rng)
+        reads = [self._read_entry(subset.get_subject(subj_idx).sft_data_list[
+            self.streamline_group_idx], ids)
             for subj_idx, ids in request.subject_ids]
+        offsets = _concat_int64([read.offsets for read in reads])
+        lengths = _concat_int64([read.lengths for read in reads])
+        entries = np.repeat(np.arange(len(reads)),
+                            [len(read.lengths) for read in reads])
+        # The functions would act on the compact copy of the streamlines
+        # (the "layout", get_streamlines' array); splitting and reversing
+        # act on (offsets, lengths) alone, so they run on the rows of each
+        # entry's data directly. Only the noise of split, unreversed
+        # streamlines (drawn over the layout's rows, cut points shared)
+        # needs the layout's rows.
+        noisy = is_training and (self.noise_forward or self.noise_loss)
+        layout_shift = open_ends = is_reversed = noise_rows = None
+        noise_bounds = _entry_bounds(entries, lengths, len(reads))
+        sources = np.arange(len(lengths))
+        if is_training and self.split_ratio > 0:
+            if noisy and not self.reverse_ratio:
+                layout_shift = offsets_from_lengths(lengths) - offsets
+            offsets, lengths, sources = split_ranges(
+                offsets, lengths, self.split_ratio, rng)
+            entries = entries[sources]
+        if is_training and self.reverse_ratio > 0:
+            rows, is_reversed = reverse_rows(offsets, lengths,
+                                             self.reverse_ratio, rng)
+        else:
+            rows = ranges_to_indices(offsets, lengths)
+        if is_training and self.split_ratio > 0:
+            open_ends = open_ended_pieces(sources, is_reversed)
+        piece_bounds = np.searchsorted(entries, np.arange(len(reads) + 1))
+        row_bounds = _entry_bounds(entries, lengths, len(reads))
+        # The one copy of the points.
+        points = _gather_rows([read.data for read in reads], rows, row_bounds)
+        loaded = _LoadedStreamlines(points, points, lengths, open_ends,
+                                    sources, entries, piece_bounds,
+                                    row_bounds)
+        if not noisy:
+            return loaded
+        if layout_shift is not None:
+            noise_rows = ranges_to_indices(offsets + layout_shift[sources],
+                                           lengths)
+        else:
+            noise_bounds = row_bounds
+        affines = [read.affine for read in reads]
 
-    def _load_subject(self, sft_data, ids, is_training, rng):
-        """One subject's streamlines ``ids``, in the model's format, augmented.
+        def add_noise(sigma_mm):
+            if sigma_mm == 0:
+                return points
+            noise = draw_noise_vox_runs(noise_bounds, sigma_mm, affines, rng)
+            if noise_rows is not None:
+                noise = np.take(noise, noise_rows, axis=0)
+            noise += points
+            return noise
+        input_points = add_noise(self.noise_forward)
+        return loaded._replace(targets=add_noise(self.noise_loss),
+                               input_points=input_points)
 
-        The augmentations choose row indices; the points are gathered once
-        and the noise added to them, with the draws and the values of
-        ``split_streamlines``, ``reverse_streamlines`` then ``add_noise_mm``
-        (forward, then loss) applied to ``get_streamlines(ids)``.
-
-        Returns
-        -------
-        SubjectStreamlines
-        """
+    def _read_entry(self, sft_data, ids):
+        """One entry's streamlines ``ids`` in the model's format, as rows of
+        a packed array (not copied when not resampled)."""
         affine = sft_data.space_attributes[0]
         if self._resamples:
             data, offsets, lengths = packed_arrays(self.resample(
@@ -274,52 +398,7 @@ class BatchLoaderOneInput:
                 np.asarray(affine, dtype=np.float64)))
         else:
             data, offsets, lengths = sft_data.read_points(ids)
-        # The functions would act on the compact copy of the streamlines
-        # (the "layout", get_streamlines' array); splitting and reversing
-        # act on (offsets, lengths) alone, so they run on the rows of
-        # ``data`` directly. Only the noise of split, unreversed streamlines
-        # (drawn over the layout's rows, cut points shared) needs the
-        # layout's rows.
-        noisy = is_training and (self.noise_forward or self.noise_loss)
-        layout_shift = sources = open_ends = is_reversed = None
-        if is_training and self.split_ratio > 0:
-            if noisy and not self.reverse_ratio:
-                layout_shift = offsets_from_lengths(lengths) - offsets
-                nb_noise_rows = int(lengths.sum())
-            offsets, lengths, sources = split_ranges(
-                offsets, lengths, self.split_ratio, rng)
-        if is_training and self.reverse_ratio > 0:
-            rows, is_reversed = reverse_rows(offsets, lengths,
-                                             self.reverse_ratio, rng)
-        else:
-            rows = ranges_to_indices(offsets, lengths)
-        if sources is not None:
-            open_ends = open_ended_pieces(sources, is_reversed)
-        else:
-            sources = np.arange(len(lengths))
-        # The one copy of the points.
-        points = np.take(data, rows, axis=0).astype(np.float32, copy=False)
-        if not noisy:
-            return SubjectStreamlines(points, points, lengths, open_ends,
-                                      sources)
-        noise_rows = None
-        if layout_shift is not None:
-            noise_rows = ranges_to_indices(offsets + layout_shift[sources],
-                                           lengths)
-        else:
-            nb_noise_rows = len(rows)
-
-        def add_noise(sigma_mm):
-            if sigma_mm == 0:
-                return points
-            noise = draw_noise_vox(nb_noise_rows, sigma_mm, affine, rng)
-            if noise_rows is not None:
-                noise = np.take(noise, noise_rows, axis=0)
-            noise += points
-            return noise
-        input_points = add_noise(self.noise_forward)
-        return SubjectStreamlines(add_noise(self.noise_loss), input_points,
-                                  lengths, open_ends, sources)
+        return _EntryRows(data, offsets, lengths, affine)
 
     @property
     def _resamples(self):
@@ -504,6 +583,33 @@ class BatchLoaderOneInput:
         if attribute is None:  # not a split: Split names the choices
             attribute = f"{Split(split).value}_set"
         return getattr(self.dataset, attribute)
+
+
+def _concat_int64(arrays):
+    if len(arrays) == 1:
+        return np.asarray(arrays[0], dtype=np.int64)
+    return np.concatenate([np.zeros(0, dtype=np.int64), *arrays]).astype(
+        np.int64, copy=False)
+
+
+def _entry_bounds(entries, lengths, nb_entries):
+    """First point of each entry, and the number of points: ``(E + 1,)``.
+    ``entries`` (the entry of each streamline) is non-decreasing."""
+    ends = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=ends[1:])
+    return ends[np.searchsorted(entries, np.arange(nb_entries + 1))]
+
+
+def _gather_rows(datas, rows, bounds):
+    """Rows ``rows[bounds[e]:bounds[e + 1]]`` of ``datas[e]`` for every
+    entry, in one compact float32 (P, 3) array."""
+    if len(datas) == 1:
+        return np.take(datas[0], rows, axis=0).astype(np.float32,
+                                                       copy=False)
+    points = np.empty((len(rows), 3), dtype=np.float32)
+    for data, start, stop in zip(datas, bounds[:-1], bounds[1:]):
+        points[start:stop] = np.take(data, rows[start:stop], axis=0)
+    return points
 
 
 def add_loader_args(parser):

@@ -3,7 +3,6 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 
 
@@ -45,52 +44,6 @@ class LoadedBatch:
     split: str
     inputs: Optional[torch.Tensor] = None
     open_ends: Optional[torch.Tensor] = None
-
-    @classmethod
-    def from_packed_parts(cls, parts, split):
-        """Concatenate per-subject packed parts into one batch.
-
-        Parameters
-        ----------
-        parts : list of (targets, input_points, lengths, open_ends, subject_index)
-            Compact float32 (P_s, 3) arrays (the same object when there is
-            no forward noise), (N_s,) lengths, (N_s,) bool open ends or
-            None (nothing split), and the subject's index.
-        split : Split
-        """
-        if len(parts) == 1:  # the usual batch: no concatenation
-            targets, inputs, lengths, open_ends, subject = parts[0]
-            target_data = torch.from_numpy(_concat([targets]))
-            return cls(
-                target_points=target_data,
-                input_points=(target_data if inputs is targets
-                              else torch.from_numpy(_concat([inputs]))),
-                lengths=torch.from_numpy(_int64(lengths)),
-                subject_indices=torch.from_numpy(
-                    np.full(len(lengths), subject, dtype=np.int64)),
-                split=split,
-                open_ends=(None if open_ends is None
-                           else torch.from_numpy(open_ends)))
-        same = all(part[0] is part[1] for part in parts)
-        target_data = torch.from_numpy(_concat([part[0] for part in parts]))
-        input_data = target_data if same else torch.from_numpy(
-            _concat([part[1] for part in parts]))
-        lengths = [part[2] for part in parts]
-        open_ends = None
-        if any(part[3] is not None for part in parts):
-            open_ends = torch.from_numpy(np.concatenate(
-                [np.zeros(len(part[2]), dtype=bool) if part[3] is None
-                 else part[3] for part in parts]))
-        return cls(
-            target_points=target_data, input_points=input_data,
-            lengths=torch.from_numpy(
-                _int64(np.concatenate(lengths)) if lengths
-                else np.zeros(0, dtype=np.int64)),
-            subject_indices=torch.from_numpy(np.concatenate(
-                [np.full(len(part[2]), part[4], dtype=np.int64)
-                 for part in parts]) if parts
-                else np.zeros(0, dtype=np.int64)),
-            split=split, open_ends=open_ends)
 
     def __reduce__(self):
         same = self.input_points is self.target_points
@@ -191,15 +144,3 @@ def _unpack_batch(buffer, nb_streamlines, float_dtype, shapes, same_points,
         split=split, inputs=views[-1] if has_inputs else None,
         open_ends=(integers[2 * nb_streamlines:].bool() if has_open_ends
                    else None))
-
-
-def _int64(values):
-    return np.asarray(values, dtype=np.int64)
-
-
-def _concat(parts):
-    """One contiguous float32 (P, 3) array; no copy for one such part."""
-    if not parts:
-        return np.zeros((0, 3), dtype=np.float32)
-    data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return np.ascontiguousarray(data, dtype=np.float32)

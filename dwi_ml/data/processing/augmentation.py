@@ -303,14 +303,49 @@ def draw_noise_vox(nb_rows, sigma_mm, affine, rng):
     -------
     np.ndarray, shape (nb_rows, 3), float32, in voxel units.
     """
-    noise = _truncated_standard_normal(nb_rows, NOISE_TRUNCATION_NB_SIGMAS,
-                                       rng)
-    scale = _mm_to_vox_scale(np.asarray(affine, dtype=np.float64).tobytes(),
-                             float(sigma_mm))
-    if scale.ndim == 0:
-        noise *= scale
+    return draw_noise_vox_runs(np.array([0, nb_rows]), sigma_mm, [affine],
+                               rng)
+
+
+def draw_noise_vox_runs(bounds, sigma_mm, affines, rng):
+    """:func:`draw_noise_vox` for consecutive runs of rows, each in its own
+    voxel space, with one draw for all rows.
+
+    Run ``i`` is rows ``[bounds[i], bounds[i + 1])``, converted with
+    ``affines[i]``. With one run this is ``draw_noise_vox(bounds[1],
+    sigma_mm, affines[0], rng)``, the same bits.
+
+    Parameters
+    ----------
+    bounds : np.ndarray of int64, shape (R + 1,)
+        Non-decreasing, from 0 to the number of rows.
+    sigma_mm : float
+    affines : sequence of R (4, 4) arrays
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    np.ndarray, shape (bounds[-1], 3), float32, in voxel units.
+    """
+    noise = _truncated_standard_normal(int(bounds[-1]),
+                                       NOISE_TRUNCATION_NB_SIGMAS, rng)
+    scales = [_mm_to_vox_scale(np.asarray(affine, dtype=np.float64).tobytes(),
+                               float(sigma_mm)) for affine in affines]
+    if len(scales) == 1 and scales[0].ndim:
+        return noise @ scales[0]
+    if all(scale.ndim == 0 for scale in scales):
+        if len(set(scales)) == 1:
+            noise *= scales[0]
+        else:  # one product per row, as noise *= scale run by run
+            noise *= np.repeat(np.array(scales, dtype=np.float32),
+                               np.diff(bounds))[:, None]
         return noise
-    return noise @ scale
+    for scale, start, stop in zip(scales, bounds[:-1], bounds[1:]):
+        if scale.ndim == 0:
+            noise[start:stop] *= scale
+        else:  # oblique or anisotropic voxels: a product per run
+            noise[start:stop] = noise[start:stop] @ scale
+    return noise
 
 
 # One entry per subject's affine (and sigma): 64 thrashed with mixed
