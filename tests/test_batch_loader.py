@@ -432,6 +432,23 @@ def test_inputs_equal_a_direct_interpolation_of_each_subject(synthetic,
                                    expected, rtol=0, atol=atol)
 
 
+def test_inputs_follow_the_subjects_of_a_reloaded_dataset(reference):
+    # The loader keeps each eager subject's volume; a dataset loaded again
+    # with another subject at index 0 must be interpolated in that one.
+    dataset = _load(reference[0], lazy=False)
+    loader = _loader(dataset)
+    request = BatchRequest("training", 0, 0, [(0, np.arange(5))])
+    before = loader.load_batch(request)
+    dataset.load_data(subj_id="s2")
+    after = loader.load_batch(request)
+    volume = reference[1]["s2"]["input"].data
+    assert dataset.training_set.subjects == ["s2"]
+    np.testing.assert_array_equal(
+        after.inputs.numpy(),
+        interpolate_volume_at_coordinates(volume, after.input_points).numpy())
+    assert not torch.equal(before.inputs, after.inputs)
+
+
 def test_inputs_at_voxel_centres_are_the_voxel_values(reference,
                                                       reference_eager):
     # 2 mm voxels and 2 mm layers: the neighbours are the adjacent centres.

@@ -191,6 +191,7 @@ class BatchLoaderOneInput:
             check_device(interpolation_device, "interpolation_device")
         self.interpolation_device = interpolation_device
         self._offsets_cache = {}
+        self._eager_inputs_cache = {}
 
     @property
     def params_for_checkpoint(self):
@@ -226,6 +227,7 @@ class BatchLoaderOneInput:
         # Spawned workers rebuild their own caches (possibly of GPU tensors).
         state = self.__dict__.copy()
         state["_offsets_cache"] = {}
+        state["_eager_inputs_cache"] = {}
         return state
 
     # ------------------------------------------------------------------
@@ -559,22 +561,31 @@ class BatchLoaderOneInput:
     def _volume_and_offsets(self, split, subj_idx, device):
         """A subject's input volume on ``device``, ready to interpolate, and
         its neighbourhood's offsets in voxels (None without one)."""
-        mri = self._subset(split).get_subject(subj_idx).mri_data_list[
+        key = (split, subj_idx, str(device))
+        subset = self._subset(split)
+        cached = self._eager_inputs_cache.get(key)
+        # A lookup, where a batch pays it per subject (unless the dataset
+        # was loaded again since).
+        if cached is not None and cached[0] is subset:
+            return cached[1:]
+        mri = subset.get_subject(subj_idx).mri_data_list[
             self.input_group_idx]
         # Eager volumes keep one tensor per device; lazy ones sit in the
         # dataset's LRU cache. Both are already float32 and contiguous:
         # the interpolation uses them as they are.
         volume = prepare_volume_for_interpolation(mri.as_tensor(device))
         neighborhood = self.input_spec.neighborhood
-        if neighborhood.type is None:
-            return volume, None
-        key = (split, subj_idx, str(device))
-        offsets = self._offsets_cache.get(key)
-        if offsets is None:
+        offsets = None
+        if neighborhood.type is not None:
+            offsets = self._offsets_cache.get(key)
+        if neighborhood.type is not None and offsets is None:
             offsets = torch.as_tensor(
                 neighborhood.offsets_vox(np.asarray(mri.affine)),
                 dtype=torch.float32, device=device)
             self._offsets_cache[key] = offsets
+        if not self.dataset.lazy:
+            # Eager volumes stay on each device anyway (MRIData.as_tensor).
+            self._eager_inputs_cache[key] = subset, volume, offsets
         return volume, offsets
 
     def _subset(self, split):
