@@ -23,7 +23,7 @@ from dwi_ml.batching.dataloaders import BatchRequest, make_dataloader
 from dwi_ml.batching.loaded_batch import LoadedBatch
 from dwi_ml.data.dataset.multi_subject_dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
-from dwi_ml.data.packed import make_array_sequence
+from dwi_ml.data.packed import make_array_sequence, subject_runs
 from dwi_ml.data.processing.augmentation import (
     add_noise_mm,
     count_from_ratio,
@@ -499,14 +499,43 @@ def test_compute_inputs_on_gpu_equals_cpu(synthetic):
 def test_eager_and_lazy_datasets_give_the_same_batches(reference_eager,
                                                        reference_lazy,
                                                        neighborhood):
-    # Eager batches of several subjects interpolate all their runs at once
-    # (interpolate_volumes_at_runs), lazy ones subject by subject: the same
-    # bits.
+    # Batches of several subjects interpolate their runs at once
+    # (interpolate_volumes_at_runs), lazy ones as many subjects at once as
+    # the volume cache holds: the same bits as subject by subject.
     kwargs = dict(AUGMENTED, **neighborhood)
     for context in ("training", "validation"):
         _assert_same_batches(
             [_load_all(_loader(reference_eager, **kwargs), context)],
             [_load_all(_loader(reference_lazy, **kwargs), context)])
+
+
+@pytest.mark.parametrize("cache, expected_groups", [
+    (dict(cache_size=None, cache_size_bytes=None), [[0, 1, 2, 3]]),
+    (dict(cache_size=2), [[0, 1, 2, 3]]),  # two distinct subjects
+    (dict(cache_size=1), [[0], [1], [2], [3]]),
+    (dict(cache_size=0), [[0], [1], [2], [3]]),
+    # One volume's bytes: the second subject starts a new group.
+    (dict(cache_size_bytes=8 * 9 * 10 * 2 * 4), [[0], [1], [2], [3]]),
+    (dict(cache_size_bytes=1), [[0], [1], [2], [3]]),
+])
+def test_lazy_batches_interpolate_as_many_subjects_as_the_cache_holds(
+        reference, reference_eager, cache, expected_groups):
+    # Runs of subjects 0, 1, 0, 1: a group holds its distinct volumes at
+    # once, so at most the cache's bound; the inputs stay those of eager.
+    lazy = MultiSubjectDataset(reference[0], lazy=True, **cache)
+    lazy.load_data()
+    request = BatchRequest("training", 0, 0, [
+        (0, np.arange(5)), (1, np.arange(6)), (0, np.arange(5, 9)),
+        (1, np.arange(6, 8))])
+    lazy_loader = _loader(lazy, **AUGMENTED)
+    batch = lazy_loader.load_batch(request)
+    runs = subject_runs(batch.subject_indices, batch.lengths,
+                        len(batch.input_points))
+    groups = lazy_loader._runs_within_volume_cache("training", runs)
+    assert [[runs.index(run) for run in group] for group in groups] == (
+        expected_groups)
+    _assert_same_batches([batch], [_loader(reference_eager, **AUGMENTED)
+                                   .load_batch(request)])
 
 
 def _epoch_batches(dataset, nb_workers=0, epoch=0, sampler_seed=3,

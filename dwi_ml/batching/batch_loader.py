@@ -38,6 +38,7 @@ on that device. Both give the same values. Whoever consumes a batch (trainer,
 evaluation) calls :meth:`BatchLoaderOneInput.prepare_batch`, the one place
 that moves it to the device and interpolates what is left to interpolate.
 """
+import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -519,13 +520,18 @@ class BatchLoaderOneInput:
                                dtype=torch.float32, device=device)
         if len(runs) == 1:
             return self._interpolate(batch.split, runs[0][0], points, device)
-        # Eager volumes are all in memory anyway; holding a lazy batch's
-        # volumes at once could pass the volume cache's bound.
-        if (device.type == "cpu" and points.dtype == torch.float32
-                and not self.dataset.lazy):
+        on_cpu = device.type == "cpu" and points.dtype == torch.float32
+        if on_cpu and not self.dataset.lazy:
             return self._interpolate_runs(batch.split, runs, points)
         outputs = torch.empty((len(points), self.nb_input_features),
                               dtype=torch.float32, device=device)
+        if on_cpu:
+            # Lazy volumes: as many subjects at once as the volume cache
+            # holds, so that no more than its bound is held.
+            for group in self._runs_within_volume_cache(batch.split, runs):
+                outputs[group[0][1]:group[-1][2]] = self._interpolate_runs(
+                    batch.split, group, points)
+            return outputs
         for subj_idx, start, stop in runs:
             outputs[start:stop] = self._interpolate(
                 batch.split, subj_idx, points[start:stop], device)
@@ -539,9 +545,11 @@ class BatchLoaderOneInput:
         return interpolate_with_neighborhood(volume, points, offsets)
 
     def _interpolate_runs(self, split, runs, points):
-        """:meth:`_interpolate` of each run on the CPU, the corners of all
-        points computed at once (a batch of many subjects paid a call's
-        fixed cost per subject); the same values, bit for bit."""
+        """:meth:`_interpolate` of consecutive runs on the CPU, the corners
+        of all their points computed at once (a batch of many subjects paid
+        a call's fixed cost per subject); the same values, bit for bit.
+
+        Returns the inputs of ``points[runs[0][1]:runs[-1][2]]``."""
         volumes, bounds, all_points = [], [0], []
         for subj_idx, start, stop in runs:
             volume, offsets = self._volume_and_offsets(split, subj_idx, "cpu")
@@ -556,7 +564,31 @@ class BatchLoaderOneInput:
             bounds.append(bounds[-1] + len(run_points))
         values = interpolate_volumes_at_runs(volumes, bounds,
                                              torch.cat(all_points))
-        return values.reshape(len(points), -1)
+        return values.reshape(runs[-1][2] - runs[0][1], -1)
+
+    def _runs_within_volume_cache(self, split, runs):
+        """``runs`` cut into groups of consecutive runs whose distinct
+        subjects' volumes fit the dataset's volume cache together (a
+        volume bigger than the cache makes a group alone)."""
+        cache = self.dataset.volume_cache
+        subset = self._subset(split)
+        groups, group, subjects, nb_bytes = [], [], set(), 0
+        for run in runs:
+            if run[0] not in subjects:
+                shape = subset.get_subject(run[0]).mri_data_list[
+                    self.input_group_idx].shape
+                size = 4 * math.prod(shape)  # float32
+                fits = ((cache.max_items is None
+                         or len(subjects) < cache.max_items)
+                        and (cache.max_bytes is None
+                             or nb_bytes + size <= cache.max_bytes))
+                if group and not fits:
+                    groups.append(group)
+                    group, subjects, nb_bytes = [], set(), 0
+                subjects.add(run[0])
+                nb_bytes += size
+            group.append(run)
+        return groups + [group]
 
     def _volume_and_offsets(self, split, subj_idx, device):
         """A subject's input volume on ``device``, ready to interpolate, and
