@@ -30,13 +30,14 @@ uninterrupted run.
 as :meth:`~BatchLoaderOneInput.load_batch` does, with the source of each,
 without inputs.
 
-Interpolation is one pass over the batch on the CPU with eager volumes,
-else one call per subject per batch (one call in all when the batch holds
-one subject), in the collate step (DataLoader workers, CPU) or,
-with ``interpolation_device`` set, in the main process, with the volumes kept
-on that device. Both give the same values. Whoever consumes a batch (trainer,
-evaluation) calls :meth:`BatchLoaderOneInput.prepare_batch`, the one place
-that moves it to the device and interpolates what is left to interpolate.
+Interpolation on the CPU is one pass over the batch with eager volumes,
+one per group of subjects that the volume cache holds with lazy ones; on
+another device, one call per subject. It runs in the collate step
+(DataLoader workers, CPU) or, with ``interpolation_device`` set, in the
+main process, with the volumes kept on that device. Both give the same
+values. Whoever consumes a batch (trainer, evaluation) calls
+:meth:`BatchLoaderOneInput.prepare_batch`, the one place that moves it to
+the device and interpolates what is left to interpolate.
 """
 import math
 from typing import NamedTuple, Optional
@@ -495,9 +496,10 @@ class BatchLoaderOneInput:
     def compute_inputs(self, batch, device):
         """Interpolate the input volume at every input point of ``batch``.
 
-        One interpolation call per run of consecutive streamlines of the same
-        subject (one per subject for batches from :meth:`load_batch`). The
-        features of the neighbourhood are laid out neighbour by neighbour,
+        On the CPU, one pass over the runs of consecutive streamlines of
+        the same subject (lazy: per group of runs whose volumes fit the
+        volume cache); elsewhere one call per run. The same values either
+        way. The features of the neighbourhood are laid out neighbour by neighbour,
         centre first.
 
         Parameters
