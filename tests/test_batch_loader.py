@@ -34,7 +34,10 @@ from dwi_ml.data.processing.augmentation import (
 )
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.interpolation import interpolate_volume_at_coordinates
-from dwi_ml.data.processing.neighborhood import get_neighborhood_offsets
+from dwi_ml.data.processing.neighborhood import (
+    get_neighborhood_offsets,
+    interpolate_with_neighborhood,
+)
 from dwi_ml.data.processing.resampling import resample_to_step_size
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -432,21 +435,37 @@ def test_inputs_equal_a_direct_interpolation_of_each_subject(synthetic,
                                    expected, rtol=0, atol=atol)
 
 
-def test_inputs_follow_the_subjects_of_a_reloaded_dataset(reference):
-    # The loader keeps each eager subject's volume; a dataset loaded again
-    # with another subject at index 0 must be interpolated in that one.
-    dataset = _load(reference[0], lazy=False)
-    loader = _loader(dataset)
+@pytest.mark.parametrize("lazy", [False, True])
+def test_inputs_follow_the_subjects_of_a_reloaded_dataset(tmp_path, lazy):
+    # The loader keeps each subject's volume (eager) and neighbourhood
+    # offsets; a dataset loaded again with another subject at index 0 (of
+    # another voxel size) must be interpolated in that one, with its own
+    # offsets, and the old subjects' volumes let go.
+    rng = np.random.default_rng(5)
+    subjects = {name: make_example_subject(rng, nb_streamlines=6,
+                                           voxel_size=size)
+                for name, size in (("a", 1.0), ("b", 2.0))}
+    path = tmp_path / "two_voxel_sizes.h5"
+    write_reference_hdf5(path, subjects, training_subjs=["a", "b"])
+    dataset = _load(path, lazy=lazy)
+    neighborhood = dict(neighborhood_type="axes", neighborhood_radius=1,
+                        neighborhood_resolution=1.5)
+    loader = _loader(dataset, **neighborhood)
     request = BatchRequest("training", 0, 0, [(0, np.arange(5))])
     before = loader.load_batch(request)
-    dataset.load_data(subj_id="s2")
+    old_subset = dataset.training_set
+    dataset.load_data(subj_id="b")
     after = loader.load_batch(request)
-    volume = reference[1]["s2"]["input"].data
-    assert dataset.training_set.subjects == ["s2"]
-    np.testing.assert_array_equal(
-        after.inputs.numpy(),
-        interpolate_volume_at_coordinates(volume, after.input_points).numpy())
+    assert dataset.training_set.subjects == ["b"]
+    offsets = get_neighborhood_offsets(*neighborhood.values(),
+                                       subjects["b"]["input"].affine)
+    expected = interpolate_with_neighborhood(
+        torch.from_numpy(subjects["b"]["input"].data), after.input_points,
+        torch.from_numpy(offsets).float())
+    np.testing.assert_array_equal(after.inputs.numpy(), expected.numpy())
     assert not torch.equal(before.inputs, after.inputs)
+    assert all(cached[0] is not old_subset
+               for cached in loader._inputs_cache.values())
 
 
 def test_inputs_at_voxel_centres_are_the_voxel_values(reference,

@@ -192,8 +192,8 @@ class BatchLoaderOneInput:
         if interpolation_device is not None:
             check_device(interpolation_device, "interpolation_device")
         self.interpolation_device = interpolation_device
-        self._offsets_cache = {}
-        self._eager_inputs_cache = {}
+        # (split, subject, device): (subset, eager volume or None, offsets)
+        self._inputs_cache = {}
 
     @property
     def params_for_checkpoint(self):
@@ -228,8 +228,7 @@ class BatchLoaderOneInput:
     def __getstate__(self):
         # Spawned workers rebuild their own caches (possibly of GPU tensors).
         state = self.__dict__.copy()
-        state["_offsets_cache"] = {}
-        state["_eager_inputs_cache"] = {}
+        state["_inputs_cache"] = {}
         return state
 
     # ------------------------------------------------------------------
@@ -597,11 +596,13 @@ class BatchLoaderOneInput:
         its neighbourhood's offsets in voxels (None without one)."""
         key = (split, subj_idx, str(device))
         subset = self._subset(split)
-        cached = self._eager_inputs_cache.get(key)
-        # A lookup, where a batch pays it per subject (unless the dataset
-        # was loaded again since).
-        if cached is not None and cached[0] is subset:
-            return cached[1:]
+        cached = self._inputs_cache.get(key)
+        if cached is not None and cached[0] is not subset:
+            # The dataset was loaded again: its subjects may have changed.
+            self._inputs_cache.clear()
+            cached = None
+        if cached is not None and cached[1] is not None:
+            return cached[1:]  # a lookup, where a batch pays it per subject
         mri = subset.get_subject(subj_idx).mri_data_list[
             self.input_group_idx]
         # Eager volumes keep one tensor per device; lazy ones sit in the
@@ -609,17 +610,16 @@ class BatchLoaderOneInput:
         # the interpolation uses them as they are.
         volume = prepare_volume_for_interpolation(mri.as_tensor(device))
         neighborhood = self.input_spec.neighborhood
-        offsets = None
-        if neighborhood.type is not None:
-            offsets = self._offsets_cache.get(key)
+        offsets = None if cached is None else cached[2]
         if neighborhood.type is not None and offsets is None:
             offsets = torch.as_tensor(
                 neighborhood.offsets_vox(np.asarray(mri.affine)),
                 dtype=torch.float32, device=device)
-            self._offsets_cache[key] = offsets
-        if not self.dataset.lazy:
-            # Eager volumes stay on each device anyway (MRIData.as_tensor).
-            self._eager_inputs_cache[key] = subset, volume, offsets
+        # Eager volumes stay on each device anyway (MRIData.as_tensor);
+        # lazy ones are not kept here, beyond the volume cache's bound.
+        self._inputs_cache[key] = (subset,
+                                   None if self.dataset.lazy else volume,
+                                   offsets)
         return volume, offsets
 
     def _subset(self, split):
