@@ -28,7 +28,12 @@ from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
 from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.visualize_logs import main as plot_main
+from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
+from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_lock import LOCK_FILE
+from dwi_ml.training.run_history import changed_values
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "..", "scripts_python")
@@ -223,3 +228,38 @@ def test_lock_file_of_another_user_is_named(tmp_path, data):
                      "streamlines", *TINY_TRAINING, "-f"], prefix),
         "dwiml_train_model.py", expected)
     assert snapshot(tmp_path) == before
+
+
+def test_a_resume_names_the_step_size_that_changed(tmp_path, caplog):
+    """A resume on a file stored at another step size named only a shape
+    (the first difference), and runs.json a fingerprint's digest: the step
+    the model now trained at changed unnoticed."""
+    paths = make_synthetic_dataset(str(tmp_path / "synthetic"),
+                                   nb_subjects=3, nb_streamlines=10, seed=0)
+    files = {}
+    for step_size in (1.0, 2.0):
+        files[step_size] = str(tmp_path / f"step_{step_size}.hdf5")
+        create_hdf5_dataset(
+            os.path.join(paths.out_folder, "dwi_ml_ready"), files[step_size],
+            paths.config, paths.splits["training"],
+            paths.splits["validation"], paths.splits["testing"],
+            step_size=step_size)
+    saved = compute_hdf5_fingerprint(files[1.0])
+    expected = ("its streamlines were stored with step_size 2.0, the "
+                "training file's with step_size 1.0; a model without its own "
+                "--step_size, --nb_points or --compress trains on them as "
+                "stored; first difference: subjects/")
+    with pytest.raises(DwiMLUserError) as raised:
+        resume_cli.check_same_hdf5(
+            {"hdf5_file": files[2.0], "fingerprint": saved}, "exp", False)
+    assert expected in str(raised.value)
+    with caplog.at_level("WARNING"):
+        resume_cli.check_same_hdf5(
+            {"hdf5_file": files[2.0], "fingerprint": saved}, "exp", True)
+    assert expected in caplog.text
+    found = compute_hdf5_fingerprint(files[2.0])
+    changes = changed_values({"dataset": {"fingerprint": saved}},
+                             {"dataset": {"fingerprint": found}})
+    assert changes["dataset.fingerprint.creation.step_size"] == {
+        "old": 1.0, "new": 2.0}
+    assert changes["dataset.fingerprint"]["old"].startswith("sha256:")

@@ -381,6 +381,45 @@ def test_train_f_refuses_a_users_file_in_logs(tmp_path, data, capsys):
     assert snapshot(tmp_path) == before
 
 
+def test_train_f_refuses_a_users_npy_in_logs(tmp_path, data, capsys):
+    """A user's own .npy in logs/ matched logs/*.npy and -f deleted it: the
+    trainer records its logs' names in the marker, the others are foreign."""
+    experiments = _user_files(tmp_path)
+    old = _copy_experiment(data, experiments / "exp")
+    with open(os.path.join(old, MARKER_FILE)) as f:
+        written = json.load(f)["written"]
+    assert written == sorted(f"logs/{name}" for name in
+                             os.listdir(os.path.join(old, "logs")))
+    assert "logs/train_loss.npy" in written
+    np.save(os.path.join(old, "logs", "my_own_metric.npy"), np.arange(3))
+    before = snapshot(tmp_path)
+    message = run_refused(train_main, _train(experiments, "exp", data, "-f"),
+                          capsys)
+    assert ("but also holds 'logs/my_own_metric.npy', which is not part of "
+            "one: -f removes only what dwi_ml wrote") in message
+    assert snapshot(tmp_path) == before
+    # Without it, -f replaces the experiment, and the new one records its
+    # own logs.
+    os.remove(os.path.join(old, "logs", "my_own_metric.npy"))
+    train_main(_train(experiments, "exp", data, "-f"))
+    assert output_folders.foreign_entries(old, "experiment") == []
+
+
+def test_experiments_without_recorded_logs_keep_the_logs_pattern(tmp_path):
+    # Written before the logs were recorded: any .npy of logs/ is taken
+    # for the trainer's, as before.
+    folder = tmp_path / "exp"
+    (folder / "logs").mkdir(parents=True)
+    mark_output_folder(str(folder), "experiment")
+    np.save(folder / "logs" / "train_loss.npy", np.ones(2))
+    np.save(folder / "logs" / "other.npy", np.ones(2))
+    assert output_folders.foreign_entries(str(folder), "experiment") == []
+    output_folders.record_written_entries(str(folder),
+                                          ["logs/train_loss.npy"])
+    assert output_folders.foreign_entries(str(folder), "experiment") == [
+        "logs/other.npy"]
+
+
 @pytest.mark.parametrize("kind, own, script", [
     ("experiment", "logs", "train"), ("demo_output", "synthetic", "demo"),
     ("attention_views", "attention_layer0_head0.png", None)])

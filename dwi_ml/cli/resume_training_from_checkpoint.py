@@ -17,6 +17,7 @@ import sys
 from dwi_ml.data.hdf5.fingerprint import (
     compute_hdf5_fingerprint,
     first_fingerprint_difference,
+    streamline_format_differences,
 )
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
 from dwi_ml.io_utils.atomic import folder_version
@@ -131,14 +132,23 @@ def check_same_hdf5(dataset_params, experiment_dir, accept_different):
     difference = first_fingerprint_difference(saved, found)
     if difference is None:
         return
+    detail = f"first difference: {difference}"
+    # A changed step size changes what the model learns: said first.
+    formats = streamline_format_differences(saved, found)
+    if formats:
+        detail = ("its streamlines were stored with " + ", ".join(
+            f"{key} {new}, the training file's with {key} {old}"
+            for key, (old, new) in formats.items())
+            + "; a model without its own --step_size, --nb_points or "
+            "--compress trains on them as stored; " + detail)
     if not accept_different:
         raise DwiMLUserError(
             f"HDF5 file '{hdf5_file}' is not the one experiment "
-            f"'{experiment_dir}' was trained on (first difference: "
-            f"{difference}); use resume_training_from_checkpoint.py "
-            "--accept_different_hdf5 to resume on it anyway.")
-    logging.warning("Resuming on a different HDF5 file '%s' (first "
-                    "difference: %s).", hdf5_file, difference)
+            f"'{experiment_dir}' was trained on ({detail}); use "
+            "resume_training_from_checkpoint.py --accept_different_hdf5 to "
+            "resume on it anyway.")
+    logging.warning("Resuming on a different HDF5 file '%s' (%s).",
+                    hdf5_file, detail)
 
 
 _FIXED_ON_RESUME = ("the optimizer and its learning-rate schedule continue "

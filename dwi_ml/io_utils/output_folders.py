@@ -19,6 +19,7 @@ Every check runs before any work and raises a one-line
 """
 import datetime
 import fnmatch
+import glob
 import json
 import logging
 import os
@@ -348,11 +349,46 @@ def foreign_entries(path, kind):
     """Paths in folder ``path`` (relative, sorted) that ``kind``'s scripts
     did not write: those not recorded when the folder was sealed
     (:func:`seal_output_folder`), else those that do not match
-    :data:`OWN_ENTRIES`."""
+    :data:`OWN_ENTRIES`, where an experiment's ``logs/`` may hold only the
+    logs recorded by :func:`record_written_entries` (any ``.npy`` in
+    experiments written before it)."""
     sealed = _sealed_entries(path)
     if sealed is not None:
         return _unsealed_entries(path, sealed)
-    return _foreign_entries(path, (MARKER_FILE, *OWN_ENTRIES[kind]))
+    patterns = OWN_ENTRIES[kind]
+    written = _marker_field(path, "written")
+    if kind == "experiment" and isinstance(written, list):
+        patterns = [pattern for pattern in patterns
+                    if pattern != f"{LOGS_DIR}/*.npy"]
+        patterns += [glob.escape(entry) for entry in written
+                     if isinstance(entry, str)]
+    return _foreign_entries(path, (MARKER_FILE, *patterns))
+
+
+def record_written_entries(path, entries):
+    """Add ``entries`` (paths relative to ``path``) to what its marker says
+    dwi_ml wrote there, for the files an experiment gains one by one (its
+    logs): ``-f`` then removes these and refuses the others.
+
+    Nothing is done for a folder without a readable marker.
+    """
+    marker = os.path.join(path, MARKER_FILE)
+    try:
+        with open(marker) as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(content, dict):
+        return
+    written = content.get("written")
+    written = ({entry for entry in written if isinstance(entry, str)}
+               if isinstance(written, list) else set())
+    if set(entries) <= written:
+        return
+    content["written"] = sorted(written | set(entries))
+    with atomic_output_file(marker) as tmp_path:
+        with open(tmp_path, "w") as f:
+            f.write(json.dumps(content, indent=2) + "\n")
 
 
 def seal_output_folder(path):

@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import LOGS_DIR
+from dwi_ml.io_utils.output_folders import record_written_entries
 from dwi_ml.io_utils.script_args import progress_bars_disabled
 
 logger = logging.getLogger(__name__)
@@ -210,12 +212,28 @@ class ProgressBarCallback(Callback):
 
 
 class NpyLoggerCallback(Callback):
-    """Write one ``logs/NAME.npy`` per monitor at each epoch end."""
+    """Write one ``logs/NAME.npy`` per monitor at each epoch end.
+
+    Their names are recorded in the experiment's output marker, so that
+    ``-f`` replaces these logs and refuses any other file of ``logs/`` (a
+    user's own ``.npy``).
+    """
+
+    def __init__(self):
+        self._recorded = set()
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         if not trainer.is_main_process:
             return
         with trainer.named_write_failures("the logs", trainer.logs_dir):
+            # Recorded before they are written: a kill in between leaves
+            # no log of ours that -f would take for a user's.
+            names = {f"{LOGS_DIR}/{name}"
+                     for monitor in trainer.monitors.values()
+                     for name in monitor.file_names}
+            if not names <= self._recorded:
+                record_written_entries(trainer.experiment_dir, names)
+                self._recorded |= names
             for monitor in trainer.monitors.values():
                 monitor.save(trainer.logs_dir)
 

@@ -82,13 +82,21 @@ class BatchMeanMonitor:
         self._sum = float(state.get("running_sum", 0.0))
         self._weight = float(state.get("running_weight", 0.0))
 
-    def save(self, logs_dir):
-        """Write ``NAME.npy`` (and ``NAME_per_batch.npy`` when kept)."""
-        save_npy(f"{logs_dir}/{self.name}.npy",
-                 np.asarray(self.epoch_history, dtype=np.float64))
+    @property
+    def file_names(self):
+        """The files :meth:`save` writes: ``NAME.npy`` (and
+        ``NAME_per_batch.npy`` when kept)."""
+        names = [f"{self.name}.npy"]
         if self.keep_batch_values:
-            save_npy(f"{logs_dir}/{self.name}_per_batch.npy",
-                     np.asarray(self.batch_history, dtype=np.float64))
+            names.append(f"{self.name}_per_batch.npy")
+        return names
+
+    def save(self, logs_dir):
+        """Write :attr:`file_names` in ``logs_dir``."""
+        values = [self.epoch_history, self.batch_history]
+        for name, history in zip(self.file_names, values):
+            save_npy(f"{logs_dir}/{name}",
+                     np.asarray(history, dtype=np.float64))
 
 
 # Monitors that may choose the best model (``best_model_metric``), and

@@ -47,6 +47,7 @@ from importlib import metadata
 import torch
 
 import dwi_ml
+from dwi_ml.data.hdf5.fingerprint import streamline_format_differences
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, RUNS_FILE
@@ -239,6 +240,11 @@ def changed_values(old, new, prefix=""):
         name = f"{prefix}{key}"
         before, after = old.get(key), new.get(key)
         if name == "dataset.fingerprint":
+            # The streamlines' format named, the rest by its digest.
+            for attr, (old_value, new_value) in streamline_format_differences(
+                    before, after).items():
+                changes[f"{name}.creation.{attr}"] = {"old": old_value,
+                                                      "new": new_value}
             before, after = (_digest_text(before), _digest_text(after))
         if isinstance(before, dict) and isinstance(after, dict):
             changes.update(changed_values(before, after, f"{name}."))

@@ -86,6 +86,22 @@ def compute_hdf5_fingerprint(path):
     return {"splits": splits, "creation": creation, "subjects": subjects}
 
 
+# The creation attrs that set the streamlines' format: a model without its
+# own format trains and tracks at the file's.
+STREAMLINE_FORMAT_ATTRS = ("step_size", "nb_points", "compress")
+
+
+def streamline_format_differences(saved, found):
+    """``{attr: (saved, found)}`` for the creation attrs of
+    :data:`STREAMLINE_FORMAT_ATTRS` that differ between two fingerprints
+    (None: absent)."""
+    saved_creation = (saved or {}).get("creation", {})
+    found_creation = (found or {}).get("creation", {})
+    return {key: (saved_creation.get(key), found_creation.get(key))
+            for key in STREAMLINE_FORMAT_ATTRS
+            if saved_creation.get(key) != found_creation.get(key)}
+
+
 def first_fingerprint_difference(saved, found, where=""):
     """The first difference between two fingerprints, as one line, or None.
 
