@@ -12,18 +12,20 @@ import math
 import numpy as np
 
 
-def resample(streamline, affine, max_step_mm):
-    """``ceil(L / h) + 1`` points equally spaced along the polyline (mm)."""
+def resample(streamline, affine, max_step_mm, length_atol_mm=0.0):
+    """Every point kept, each segment cut into ``ceil((l - atol) / h)``
+    equal parts (at least one): steps of at most ``h`` mm."""
     streamline = np.asarray(streamline, dtype=np.float64)
     if len(streamline) < 2:
         return streamline
-    arc = np.concatenate([[0.], np.cumsum(np.linalg.norm(
-        np.diff(streamline, axis=0) @ affine[:3, :3].T, axis=1))])
-    if arc[-1] == 0:
-        return streamline[:1]
-    along = np.linspace(0., arc[-1], math.ceil(arc[-1] / max_step_mm) + 1)
-    return np.column_stack([np.interp(along, arc, streamline[:, k])
-                            for k in range(3)])
+    points = []
+    for start, end in zip(streamline[:-1], streamline[1:]):
+        length = np.linalg.norm((end - start) @ affine[:3, :3].T)
+        nb_parts = max(math.ceil((length - length_atol_mm) / max_step_mm
+                                 - 1e-6), 1)
+        points += [start + (end - start) * k / nb_parts
+                   for k in range(nb_parts)]
+    return np.array(points + [streamline[-1]])
 
 
 def voxels(points, shape):

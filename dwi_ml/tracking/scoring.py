@@ -47,8 +47,15 @@ import numpy as np
 from nibabel.streamlines import ArraySequence
 from scipy.spatial import cKDTree
 
-from dwi_ml.data.packed import compact, lengths_mm, make_array_sequence, packed_arrays
-from dwi_ml.data.processing.resampling import resample_to_max_step
+from dwi_ml.data.packed import (
+    compact,
+    lengths_mm,
+    make_array_sequence,
+    offsets_from_lengths,
+    packed_arrays,
+)
+from dwi_ml.data.processing.length_rounding import point_rounding_mm
+from dwi_ml.data.processing.resampling import STEP_COUNT_TOLERANCE
 from dwi_ml.data.processing.space import check_affine, check_grid_affine
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.tracking.bundle_scoring import score_bundles
@@ -297,12 +304,18 @@ def check_scoring_numbers(distances_vox, max_angle_deg,
 
 
 def densify(streamlines_vox, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
-    """Resample streamlines to steps of at most ``max_step_vox`` voxels.
+    """Subdivide streamlines into steps of at most ``max_step_vox`` voxels.
 
     The step in mm is ``max_step_vox`` times the smallest singular value of
     the affine's linear part, so no step is longer than ``max_step_vox`` in
     voxel units, along any direction, even with anisotropic or oblique
-    voxels. Points stay on the original polylines; endpoints are kept.
+    voxels. Every original point is kept, and each segment is cut into
+    ``ceil(length / step)`` equal parts (the length less its rounding
+    error, so that files of every format give the same parts): a point of
+    a streamline is thus its own nearest point in the densified one
+    (resampling the whole curve at equal steps moved the points, so that
+    at a crossing another streamline could be nearer, and a tractogram
+    scored against itself was not aligned everywhere).
 
     Parameters
     ----------
@@ -314,12 +327,36 @@ def densify(streamlines_vox, affine, max_step_vox=DEFAULT_MAX_STEP_VOX):
     Returns
     -------
     nibabel ArraySequence
-        Compact, voxel space, corner origin.
+        Compact, voxel space, corner origin, float32.
     """
-    smallest_mm_per_vox = np.linalg.svd(check_affine(affine)[:3, :3],
-                                        compute_uv=False).min()
-    return resample_to_max_step(streamlines_vox, affine,
-                                max_step_vox * smallest_mm_per_vox)
+    linear = check_affine(affine)[:3, :3]
+    step_mm = max_step_vox * np.linalg.svd(linear, compute_uv=False).min()
+    data, offsets, lengths = compact(streamlines_vox)
+    points = np.asarray(data, dtype=np.float64).reshape(-1, 3)
+    # Segment i joins points i and i + 1 of one streamline.
+    is_last = np.zeros(len(points), dtype=bool)
+    is_last[(offsets + lengths - 1)[lengths > 0]] = True
+    starts = np.flatnonzero(~is_last)
+    vectors = points[starts + 1] - points[starts]
+    # A segment of exactly k steps, read from any file format (points
+    # rounded differently), gets k parts: its length less its rounding.
+    length_atol_mm = min(2 * point_rounding_mm(data, affine), step_mm / 4)
+    nb_parts = np.maximum(np.ceil(
+        (np.linalg.norm(vectors @ linear.T, axis=1) - length_atol_mm)
+        / step_mm - STEP_COUNT_TOLERANCE), 1).astype(np.int64)
+    # Each point gives itself, then its segment's inner points.
+    nb_rows = np.ones(len(points), dtype=np.int64)
+    nb_rows[starts] = nb_parts
+    steps = np.zeros((len(points), 3))
+    steps[starts] = vectors / nb_parts[:, None]
+    owner = np.repeat(np.arange(len(points)), nb_rows)
+    ends = np.zeros(len(points) + 1, dtype=np.int64)
+    np.cumsum(nb_rows, out=ends[1:])
+    part = np.arange(len(owner)) - ends[owner]
+    dense = points[owner] + part[:, None] * steps[owner]
+    new_lengths = ends[offsets + lengths] - ends[offsets]
+    return make_array_sequence(dense.astype(np.float32),
+                               offsets_from_lengths(new_lengths), new_lengths)
 
 
 def point_directions_mm(streamlines_vox, affine, rows=None):

@@ -36,7 +36,7 @@ def length_rounding_bound_mm(points_vox, first_rows, lengths, affine):
         0 for integer points, and for streamlines of one point or none.
     """
     bound = np.zeros(len(lengths))
-    point_error_mm = _point_rounding_mm(points_vox, affine)
+    point_error_mm = point_rounding_mm(points_vox, affine)
     if point_error_mm == 0:
         return bound
     linear = np.asarray(affine, np.float64)[:3, :3]
@@ -58,9 +58,10 @@ def length_rounding_bound_mm(points_vox, first_rows, lengths, affine):
     return np.where(np.asarray(lengths) > 1, bound, 0.0)
 
 
-def _point_rounding_mm(points_vox, affine):
+def point_rounding_mm(points_vox, affine):
     """``e`` of :func:`length_rounding_bound_mm`: a bound (mm) on the
-    rounding error of each point; 0 for integer points or fewer than 2."""
+    rounding error of each point of ``points_vox``; 0 for integer points or
+    fewer than 2."""
     if (not np.issubdtype(points_vox.dtype, np.floating)
             or len(points_vox) < 2):
         return 0.0
@@ -85,7 +86,7 @@ def counts_within_rounding(count_points, points_vox, first_rows, lengths,
     the exact bound (in practice, all but the few streamlines within a
     hair of a whole number of steps).
     """
-    point_error_mm = _point_rounding_mm(points_vox, affine)
+    point_error_mm = point_rounding_mm(points_vox, affine)
     coarse = point_error_mm * (2 + 2 * np.maximum(lengths - 2, 0))
     counts = np.asarray(count_points(length_mm, coarse))
     unsure = np.flatnonzero(counts != count_points(length_mm, 0.0))

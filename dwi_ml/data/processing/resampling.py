@@ -53,7 +53,7 @@ from dwi_ml.io_utils.arg_checks import (
 # ceil(L / s) would give one extra point to a streamline of exactly k steps
 # whose length picked up rounding noise: round such noise away first (see
 # length_rounding_bound_mm for the noise of float32 points).
-_STEP_COUNT_TOLERANCE = 1e-6
+STEP_COUNT_TOLERANCE = 1e-6
 # dipy's default: a compressed segment never exceeds 10 mm.
 COMPRESS_MAX_SEGMENT_MM = 10.0
 
@@ -151,7 +151,7 @@ def nb_points_for_step_size(lengths_in_mm, step_size_mm, nb_extra_points=0,
     # Capped so that a count drops by one step at most.
     length_atol_mm = np.minimum(length_atol_mm, step_size_mm / 4)
     nb_steps = np.ceil((np.asarray(lengths_in_mm) - length_atol_mm)
-                       / step_size_mm - _STEP_COUNT_TOLERANCE)
+                       / step_size_mm - STEP_COUNT_TOLERANCE)
     return np.maximum(nb_steps.astype(np.int64) + nb_extra_points, 2)
 
 
