@@ -221,19 +221,37 @@ def test_few_subjects_keep_one_for_training(tmp_path, nb_subjects, expected):
             assert f.read().split() == ids
 
 
+def test_next_hint_is_the_readme_hdf5_command(tmp_path, monkeypatch,
+                                              capsys):
+    # The hint left out README.md's --step_size 1.0: a model trained on
+    # that file could not track without a --step_size of its own.
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                          "README.md")
+    with open(readme) as f:
+        row = next(line for line in f if line.startswith("| HDF5 creation |"))
+    readme_command = row.split("`")[1]
+    monkeypatch.chdir(tmp_path)
+    main(["example", "--nb_subjects", "1", "--nb_streamlines", "20",
+          "--shape", "12", "12", "10", "--nb_directions", "6"])
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint == f"Next: {readme_command}"
+
+
 def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
         tmp_path, capsys):
     out = tmp_path / "data"
     tiny = ["--nb_subjects", "1", "--nb_streamlines", "20", "--shape", "12",
             "12", "10", "--nb_directions", "6"]
     main([str(out), *tiny])
-    # It said nothing; now what it wrote, and the next command.
+    # It said nothing; now what it wrote, and the next command: README.md's,
+    # with its step size (without one, tracking from a model trained on
+    # the file failed, after the training, for want of --step_size).
     assert capsys.readouterr().out.splitlines() == [
         f"Wrote 1 subject(s) in {out} (training: subj-01; validation: none; "
         "testing: none).",
         f"Next: dwiml_create_hdf5_dataset.py {out}/dwi_ml_ready "
-        f"{out}/dataset.hdf5 {out}/config.json {out}/training_subjs.txt "
-        f"{out}/validation_subjs.txt {out}/testing_subjs.txt"]
+        f"{out}/data.hdf5 {out}/config.json {out}/training_subjs.txt "
+        f"{out}/validation_subjs.txt {out}/testing_subjs.txt --step_size 1.0"]
     (out / "training_subjs.txt").write_text("from before")
     with pytest.raises(SystemExit) as error:
         main([str(out), *tiny])

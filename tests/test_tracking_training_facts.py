@@ -151,6 +151,40 @@ def test_tracking_validation_without_a_step_is_refused_before_any_folder(
             "validation.")
 
 
+def test_training_warns_at_its_start_when_tracking_will_need_a_step(
+        experiments, tmp_path, capsys):
+    # Tracking from such a model said "trained without a step size" only
+    # after the training.
+    _, files = experiments
+    runs = (("raw", files["raw"], []), ("raw_stepped", files["raw"],
+                                        ["--step_size", "1.0"]),
+            ("stepped", files["stepped"], []),
+            ("points", files["stepped"], ["--nb_points", "10"]))
+    warnings = {}
+    for name, hdf5_file, extra in runs:
+        train_main([str(tmp_path), name, hdf5_file, "input", "streamlines",
+                    "--max_epochs", "1", "--rnn_layer_sizes", "8", *extra])
+        warnings[name] = [line for line in capsys.readouterr().err.splitlines()
+                          if "--step_size" in line]
+    assert warnings == {
+        "raw": [f"WARNING: Training without --step_size on HDF5 file "
+                f"{files['raw']}, which records no step size: "
+                "dwiml_track_from_model.py will need --step_size to track "
+                "from this model. Give --step_size here, or create the HDF5 "
+                "with --step_size, for the model to know its step."],
+        "raw_stepped": [], "stepped": [],
+        "points": ["WARNING: Training on streamlines of --nb_points 10, "
+                   "which have no step size: dwiml_track_from_model.py will "
+                   "need --step_size to track from this model."]}
+    # The warning says what tracking then does: refuse without --step_size.
+    for name in ("raw", "points"):
+        model = load_experiment_model(str(tmp_path / name), False, "cpu")
+        with pytest.raises(DwiMLUserError, match="argument --step_size"):
+            choose_step_size(None, model, str(tmp_path / name))
+    model = load_experiment_model(str(tmp_path / "stepped"), False, "cpu")
+    assert choose_step_size(None, model, str(tmp_path / "stepped")) == 1.5
+
+
 def test_a_model_reads_another_file_as_it_read_its_training_file(
         experiments, caplog):
     # Before: evaluated on the streamlines as stored in the other file, at

@@ -83,11 +83,14 @@ def test_experiment_folder_logs_and_best_model(tmp_path, dataset):
     assert isinstance(model, Learn2TrackModel)
 
 
-def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
+def test_patience_stops_and_no_validation_uses_training_loss(
+        tmp_path, dataset, caplog):
     # A learning rate of ~0 never improves by more than patience_delta.
     trainer = make_trainer(dataset, tmp_path, learning_rate=1e-12,
                             max_epochs=10, patience=2, patience_delta=1.0)
-    trainer.train_and_validate()
+    with caplog.at_level(logging.WARNING, logger="dwi_ml.training"):
+        trainer.train_and_validate()
+    assert "validation" not in caplog.text
     assert trainer.current_epoch == 3
     assert "patience" in trainer.stopped_reason
     assert len(np.load(tmp_path / "exp" / "logs" / "valid_loss.npy")) == 3
@@ -99,7 +102,14 @@ def test_patience_stops_and_no_validation_uses_training_loss(tmp_path, dataset):
     trainer = make_trainer(dataset_no_valid, tmp_path, name="no_valid",
                             max_epochs=2)
     assert not trainer.use_validation
-    trainer.train_and_validate()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dwi_ml.training"):
+        trainer.train_and_validate()
+    # docs/training.md promised a warning; nothing was said.
+    assert [record.getMessage() for record in caplog.records] == [
+        f"HDF5 file {hdf5_no_valid}: no validation subject; training runs "
+        "without validation (valid_loss is NaN): the best model and "
+        "patience follow train_loss."]
     train_loss = np.load(tmp_path / "no_valid" / "logs" / "train_loss.npy")
     best = json.loads((tmp_path / "no_valid" / "best_model" /
                        "best_epoch.json").read_text())
@@ -115,11 +125,18 @@ def test_script_names_the_training_loss_without_validation(tmp_path, capsys):
     hdf5_no_valid = make_training_hdf5(str(tmp_path), nb_streamlines=40,
                                        with_validation=False)
     train_main([str(tmp_path), "exp", hdf5_no_valid, "input", "streamlines",
-                "--max_epochs", "2", "--rnn_layer_sizes", "8"])
+                "--max_epochs", "2", "--rnn_layer_sizes", "8",
+                "--step_size", "1.0"])
     train_loss = np.load(tmp_path / "exp" / "logs" / "train_loss.npy")
     best = int(np.argmin(train_loss))
-    assert capsys.readouterr().out.strip().endswith(
+    output = capsys.readouterr()
+    assert output.out.strip().endswith(
         f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
+    # One warning, at the start, as docs/training.md says.
+    assert output.err.splitlines() == [
+        f"WARNING: HDF5 file {hdf5_no_valid}: no validation subject; "
+        "training runs without validation (valid_loss is NaN): the best "
+        "model and patience follow train_loss."]
     # best_epoch.json named valid_loss for this train_loss value.
     with open(tmp_path / "exp" / "best_model" / "best_epoch.json") as f:
         assert json.load(f) == {"epoch": best, "loss": train_loss[best],
@@ -140,15 +157,19 @@ def test_validation_subjects_without_streamlines_count_as_no_validation(
     write_reference_hdf5(path, subjects, training_subjs=["t1"],
                          validation_subjs=["v1", "v2"])
     train_main([str(tmp_path), "exp", path, "input", "streamlines",
-                "--max_epochs", "2", "--rnn_layer_sizes", "8"])
+                "--max_epochs", "2", "--rnn_layer_sizes", "8",
+                "--step_size", "1.0"])
     train_loss = np.load(tmp_path / "exp" / "logs" / "train_loss.npy")
     best = int(np.argmin(train_loss))
     output = capsys.readouterr()
     assert output.out.strip().endswith(
         f"best epoch {best}, train_loss {train_loss[best]:.5f}).")
-    assert (f"HDF5 file {path}, streamline group 'streamlines': the "
-            "validation subjects (v1, v2) hold no streamline; training "
-            "runs without validation.") in output.err
+    # One warning, with what the best model follows instead.
+    assert output.err.splitlines() == [
+        f"WARNING: HDF5 file {path}, streamline group 'streamlines': the "
+        "validation subjects (v1, v2) hold no streamline; training runs "
+        "without validation (valid_loss is NaN): the best model and "
+        "patience follow train_loss."]
 
 
 class _PoisonWeights(Callback):

@@ -312,6 +312,27 @@ def test_default_panels_name_only_logs_some_experiment_has(tmp_path, capsys):
         "tracked", "tracking_f1", "tracking_ol", "best epoch"]
 
 
+def test_loss_panel_of_a_run_without_validation_names_train_loss(tmp_path):
+    # valid_loss all NaN (no validation subject) is left out: the Loss
+    # panel held train_loss alone, and its legend said only 'best epoch'.
+    run = write_experiment(tmp_path / "noval", {
+        "train_loss": [3.0, 2.0, 2.5], "valid_loss": [np.nan] * 3,
+        "learning_rate": [1e-3] * 3})
+    os.makedirs(tmp_path / "noval" / "best_model")
+    (tmp_path / "noval" / "best_model" / "best_epoch.json").write_text(
+        '{"epoch": 1, "loss": 2.0, "metric": "train_loss"}')
+    experiments = read_experiments([run])
+    axes = axes_by_title(build_figures(default_panels(experiments),
+                                       experiments))
+    loss = axes["Loss"]
+    assert list(legend_entries(loss)) == ["noval", "train_loss", "best epoch"]
+    curves = [line.get_ydata().tolist() for line in loss.lines
+              if line.get_marker() not in ("*", "o")]
+    assert curves == [[3.0, 2.0, 2.5]]
+    # A panel that is one log by definition does not repeat its name.
+    assert list(legend_entries(axes["Learning rate"])) == ["noval"]
+
+
 def test_the_logs_of_a_default_panel_have_distinct_line_styles(tmp_path):
     bundles = ("tracking_f1", "tracking_ol", "tracking_vc", "tracking_ic",
                "tracking_nc")

@@ -130,6 +130,19 @@ class BatchSampler:
                              owner="BatchSampler")
         return sum(len(costs) for costs in self.costs[Split(split)])
 
+    def missing_validation_reason(self):
+        """Why the validation split has no streamline, naming the HDF5
+        file, e.g. "HDF5 file F: no validation subject"; None when it has
+        some."""
+        if self.nb_streamlines(Split.VALIDATION):
+            return None
+        subjects = self.dataset.validation_set.subjects
+        if not subjects:
+            return f"HDF5 file {self.dataset.hdf5_file}: no validation subject"
+        return (f"HDF5 file {self.dataset.hdf5_file}, streamline group "
+                f"'{self.streamline_group}': the validation subjects "
+                f"({', '.join(subjects)}) hold no streamline")
+
     def for_split(self, split):
         """The batches of ``split`` (training or validation), as a Sampler.
 
@@ -272,20 +285,15 @@ def _streamline_costs(subset, subj_idx, group_idx, in_streamlines):
 
 def _check_split_streamlines(dataset, streamline_group, costs):
     """Refuse a training split without a streamline (no batch to train
-    on); warn of validation subjects without one (no validation)."""
-    where = (f"HDF5 file {dataset.hdf5_file}, streamline group "
-             f"'{streamline_group}'")
+    on). Validation without one is the trainer's to warn of, with what it
+    then follows."""
     subjects = dataset.training_set.subjects
     if not sum(len(subject_costs) for subject_costs in costs[Split.TRAINING]):
         raise DwiMLUserError(
-            f"{where}: expected at least one training streamline, found "
-            f"none in the training subjects ({', '.join(subjects) or 'none'}).")
-    subjects = dataset.validation_set.subjects
-    if subjects and not sum(len(subject_costs) for subject_costs
-                            in costs[Split.VALIDATION]):
-        logger.warning("%s: the validation subjects (%s) hold no "
-                       "streamline; training runs without validation.",
-                       where, ", ".join(subjects))
+            f"HDF5 file {dataset.hdf5_file}, streamline group "
+            f"'{streamline_group}': expected at least one training "
+            f"streamline, found none in the training subjects "
+            f"({', '.join(subjects) or 'none'}).")
 
 
 def _check_subjects_options(nb_subjects_per_batch, cycles, nb_subjects):

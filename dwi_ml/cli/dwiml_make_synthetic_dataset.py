@@ -71,11 +71,13 @@ def main(argv=None):
     splits = "; ".join(f"{split}: {', '.join(ids) or 'none'}"
                        for split, ids in paths.splits.items())
     print(f"Wrote {len(paths.subjects)} subject(s) in {folder} ({splits}).")
+    # README.md's command: without --step_size, a model trained on the
+    # file could only track with a --step_size given then.
     print("Next: dwiml_create_hdf5_dataset.py " + " ".join(shlex.quote(
         os.path.join(folder, name)) for name in (
-            "dwi_ml_ready", "dataset.hdf5", "config.json",
+            "dwi_ml_ready", "data.hdf5", "config.json",
             "training_subjs.txt", "validation_subjs.txt",
-            "testing_subjs.txt")))
+            "testing_subjs.txt")) + " --step_size 1.0")
 
 
 if __name__ == "__main__":

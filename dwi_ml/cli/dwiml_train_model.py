@@ -75,6 +75,7 @@ from dwi_ml.tracking.tracking_validation_args import (
 from dwi_ml.tracking.training_facts import (
     max_length_for,
     training_step_size,
+    warn_if_tracking_needs_step_size,
 )
 from dwi_ml.training.cpu_threads import cap_workers, set_cpu_threads
 from dwi_ml.training.distributed import barrier, init_distributed
@@ -348,6 +349,9 @@ def _train(args, callbacks, lock):
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     _check_tracking_validation_step(params)
     distributed, device = init_distributed(args.device)
+    if distributed.is_main_process:
+        # Said now: tracking found it out only after the training.
+        warn_if_tracking_needs_step_size(params["model"], params["dataset"])
     params["trainer"]["nb_workers"] = cap_workers(
         params["trainer"]["nb_workers"])
     set_cpu_threads(args.nb_cpu_threads, params["trainer"]["nb_workers"])

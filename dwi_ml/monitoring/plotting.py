@@ -78,6 +78,9 @@ DEFAULT_PANELS = (
 )
 
 
+DEFAULT_PANEL_LOGS = {panel.title: panel.log_names for panel in DEFAULT_PANELS}
+
+
 def default_panels(experiments):
     """The default panels that have data, each with only the logs that some
     experiment has, then one panel per other log."""
@@ -326,7 +329,7 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
         if drawn:
             handles.append(Line2D([], [], color=colour,
                                   label=experiment.label))
-    if len(panel.log_names) > 1:
+    if _names_its_logs(panel):
         # Values drawn alone show their log by the dot's marker.
         handles += [Line2D([], [], color="black", linestyle=style, label=name,
                            marker=_dot_marker(style) if any_dot else None)
@@ -346,6 +349,14 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
         centre = (left + right) / 2
         ax.set_xlim(centre - 1, centre + 1)
     ax.grid(alpha=0.3)
+
+
+def _names_its_logs(panel):
+    """True when the legend names the panel's logs: it has several, or it
+    is a default panel of several left with one (the Loss panel holds only
+    train_loss when valid_loss is all NaN, a run without validation)."""
+    default = DEFAULT_PANEL_LOGS.get(panel.title, ())
+    return len(panel.log_names) > 1 or len(default) > 1
 
 
 def _styles(panel):

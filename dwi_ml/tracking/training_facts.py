@@ -80,23 +80,77 @@ def training_step_size(streamline_format, dataset):
         of the HDF5's or streamlines resampled to a number of points or
         compressed.
     """
+    step_size = known_training_step_size(streamline_format, dataset)
+    if step_size is not None:
+        if streamline_format.get("step_size") is None:
+            logger.info("Step size %s mm: the step size of the HDF5 the "
+                        "model was trained on (give --step_size to change "
+                        "it).", step_size)
+        return step_size
+    option = _resampling_option(streamline_format)
+    if option is not None:
+        raise DwiMLUserError(
+            f"argument --step_size: the model was trained on streamlines "
+            f"of {option}, without a step size; give one in mm, found none.")
+    raise DwiMLUserError(
+        "argument --step_size: the model was trained without a step "
+        "size and its training HDF5's step size is unknown; give one in "
+        "mm, found none.")
+
+
+def known_training_step_size(streamline_format, dataset):
+    """The step (mm) of :func:`training_step_size`, or None when unknown
+    (tracking then needs --step_size).
+
+    Parameters
+    ----------
+    streamline_format : dict
+        The model's ``step_size``, ``nb_points`` and ``compress``.
+    dataset : dict
+        The ``dataset`` section of its parameters.json.
+    """
     if streamline_format.get("step_size") is not None:
         return streamline_format["step_size"]
+    if _resampling_option(streamline_format) is not None:
+        # Its streamlines were resampled: the HDF5's step is not theirs.
+        return None
+    return _dataset_step_size(dataset)
+
+
+def _resampling_option(streamline_format):
+    """``--nb_points N`` or ``--compress T`` of the model, or None."""
     for option in ("nb_points", "compress"):
         if streamline_format.get(option) is not None:
-            raise DwiMLUserError(
-                f"argument --step_size: the model was trained on streamlines "
-                f"of --{option} {streamline_format[option]:g}, without a "
-                f"step size; give one in mm, found none.")
-    step_size = _dataset_step_size(dataset)
-    if step_size is None:
-        raise DwiMLUserError(
-            "argument --step_size: the model was trained without a step "
-            "size and its training HDF5's step size is unknown; give one in "
-            "mm, found none.")
-    logger.info("Step size %s mm: the step size of the HDF5 the model was "
-                "trained on (give --step_size to change it).", step_size)
-    return step_size
+            return f"--{option} {streamline_format[option]:g}"
+    return None
+
+
+def warn_if_tracking_needs_step_size(streamline_format, dataset):
+    """One warning, when a run starts, if tracking from its model will
+    need ``--step_size``: :func:`known_training_step_size` is None.
+
+    Parameters
+    ----------
+    streamline_format : dict
+        The model's ``step_size``, ``nb_points`` and ``compress``.
+    dataset : dict
+        The ``dataset`` section of its parameters.json (``hdf5_file``
+        and ``fingerprint``).
+    """
+    if known_training_step_size(streamline_format, dataset) is not None:
+        return
+    needed = ("dwiml_track_from_model.py will need --step_size to track "
+              "from this model")
+    option = _resampling_option(streamline_format)
+    if option is not None:
+        logger.warning("Training on streamlines of %s, which have no step "
+                       "size: %s.", option, needed)
+        return
+    logger.warning(
+        "Training without --step_size on HDF5 file %s, which records no "
+        "step size: %s. Give --step_size here, or create the HDF5 with "
+        "--step_size, for the model to know its step.",
+        dataset["hdf5_file"], needed)
 
 
 def warn_if_not_trained_backward(experiment_dir, forward_only):

@@ -251,6 +251,7 @@ class EpochSummaryCallback(Callback):
         parts.append(f"lr {epoch_logs['learning_rate']:.3g}")
         parts.append(f"time {epoch_logs['train_time'] + epoch_logs['valid_time']:.1f}s")
         best = trainer.best_tracker
-        parts.append(f"best epoch {best.best_epoch} ({best.metric} "
-                     f"{best.best_loss:.5f})")
+        # train_loss, not valid_loss, in a run without validation.
+        parts.append(f"best epoch {best.best_epoch} "
+                     f"({trainer.best_metric_name} {best.best_loss:.5f})")
         logger.info(", ".join(parts))

@@ -293,6 +293,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         if self.is_main_process:
             os.makedirs(self.experiment_dir, exist_ok=True)
         self.continues_a_run = True
+        self.warn_if_without_validation()
         self.create_dataloaders()
         self.callbacks.on_train_start(self)
         self.interruptions.start()
@@ -322,6 +323,18 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
                 shut_down_workers(loader)
             self.interruptions.stop()
         self.callbacks.on_train_end(self)
+
+    def warn_if_without_validation(self):
+        """One warning, from the main process, at the start of a run
+        without validation: its valid_loss is NaN, and the best model and
+        patience follow :attr:`best_metric_name` instead."""
+        if self.use_validation or not self.is_main_process:
+            return
+        reason = (self.batch_sampler.missing_validation_reason()
+                  or "no validation batch")
+        logger.warning("%s; training runs without validation (valid_loss "
+                       "is NaN): the best model and patience follow %s.",
+                       reason, self.best_metric_name)
 
     def finish_epoch(self, epoch):
         """Close the epoch: monitors, best model, callbacks, checkpoint."""
