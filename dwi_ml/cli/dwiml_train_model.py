@@ -349,9 +349,6 @@ def _train(args, callbacks, lock):
     params["dataset"]["fingerprint"] = compute_hdf5_fingerprint(args.hdf5_file)
     _check_tracking_validation_step(params)
     distributed, device = init_distributed(args.device)
-    if distributed.is_main_process:
-        # Said now: tracking found it out only after the training.
-        warn_if_tracking_needs_step_size(params["model"], params["dataset"])
     params["trainer"]["nb_workers"] = cap_workers(
         params["trainer"]["nb_workers"])
     set_cpu_threads(args.nb_cpu_threads, params["trainer"]["nb_workers"])
@@ -371,6 +368,10 @@ def _train(args, callbacks, lock):
         # Every rank checked that the folder was free before rank 0 clears it.
         barrier()
         if distributed.is_main_process:
+            # Said once every check passed (a refusal stays one line), as
+            # training starts: tracking found it out only after it.
+            warn_if_tracking_needs_step_size(params["model"],
+                                             params["dataset"])
             start_new_experiment(
                 lock, overwrite, hint=hint,
                 check=(_start_over_if_still_unsaved
