@@ -333,7 +333,7 @@ def test_script_errors(files, tmp_path, capsys):
         (score_main, [str(existing), str(tmp_path / "missing.npy")],
          "missing.npy"),
         (score_main, [str(existing), files["labels"]],
-         "expected the extension .npy, found '.gz'"),
+         "expected the extension .npy, found '.nii.gz'"),
         (score_main, [str(existing), str(tmp_path / "not_npy.npy")],
          "found a file without the .npy header"),
         # A NaN was scored (nan streamlines), and 100 blocs per axis of a
