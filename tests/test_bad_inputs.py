@@ -94,6 +94,16 @@ def test_train_refuses_bad_integer_options(data, capsys, extra, expected):
     assert not os.path.exists(os.path.join(data["experiments"], "new"))
 
 
+def test_a_zero_batch_size_is_shown_as_given(data, capsys):
+    """Parsed as a float (sizes in mm may be fractional), 0 was shown as
+    0.0."""
+    message = assert_user_error(
+        train_main, _train_argv(data, data["data"], "--batch_size_training",
+                                "0"), capsys, data["folder"])
+    assert message == ("argument '--batch_size_training': expected a finite, "
+                       "positive integer number of streamlines, got 0.")
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--learning_rate", "-1"], ["learning_rate", "> 0", "-1.0"]),
     (["--weight_decay", "-1"], ["weight_decay", ">= 0", "-1.0"]),

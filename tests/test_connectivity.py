@@ -278,8 +278,13 @@ def test_scripts_write_the_matrices_and_the_scores(files, tmp_path, capsys):
     assert (tmp_path / "rows.txt").read_text().split() == ["0", "1", "3"]
 
     out = str(tmp_path / "blocs.npy")
+    capsys.readouterr()
     blocs_main([files["tractogram"], files["labels"], "2", out])
     np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_BLOCS)
+    # One line says what was written where.
+    assert capsys.readouterr().out == (
+        f"Saved the 8 x 8 matrix (2 x 2 x 2 blocs) of {len(_streamlines())} "
+        f"streamlines in {out}.\n")
     blocs_main([files["tractogram"], files["labels"], "2", "2", "2", out,
                 "-f"])
     np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_BLOCS)
@@ -333,7 +338,7 @@ def test_script_errors(files, tmp_path, capsys):
         (score_main, [str(existing), str(tmp_path / "missing.npy")],
          "missing.npy"),
         (score_main, [str(existing), files["labels"]],
-         "expected the extension .npy, found '.gz'"),
+         "expected the extension .npy, found '.nii.gz'"),
         (score_main, [str(existing), str(tmp_path / "not_npy.npy")],
          "found a file without the .npy header"),
         # A NaN was scored (nan streamlines), and 100 blocs per axis of a

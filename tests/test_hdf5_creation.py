@@ -507,6 +507,19 @@ BAD_INPUTS = {
                          ' {"type": "volume", "files": ["masks/wm.nii.gz"]}}'},
                         None, ["config '", "expected each key once in an "
                                "object, found 'input' 2 times"]),
+    # The std_mask entry was reported as the group's file.
+    "missing_std_mask": ({"config": config_with(input={
+        "type": "volume", "files": ["dwi/fa.nii.gz"],
+        "standardization": "independent",
+        "std_mask": ["masks/nope.nii.gz"]})}, None,
+        ["subject 'sub-01', group 'input', std_mask file '",
+         f"{os.path.join('masks', 'nope.nii.gz')}': file does not exist."]),
+    # It said "found '.gz'".
+    "nifti_as_streamlines": ({"config": config_with(streamlines={
+        "type": "streamlines", "files": ["masks/wm.nii.gz"]})}, None,
+        ["subject 'sub-01', group 'streamlines', file '",
+         "wm.nii.gz': expected a tractogram ['.trk', '.tck', '.trx'], "
+         "found '.nii.gz'."]),
     "missing_dps": ({"config": config_with(streamlines={
         "type": "streamlines", "files": ["tractograms/bundle_1.trk"],
         "dps_keys": ["seeds"]})}, None,

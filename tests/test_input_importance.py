@@ -115,10 +115,14 @@ def test_features_the_model_cannot_read_get_exactly_zero(
 
 
 def test_aggregates_sum_the_columns_over_every_prediction_point(
-        l2t_experiment, hdf5_file, tmp_path):
+        l2t_experiment, hdf5_file, tmp_path, capsys):
+    capsys.readouterr()
     values, image = run_script(
         l2t_experiment, hdf5_file, "subj-02", tmp_path, "--batch_size", "9",
         "--feature_names", "low", "0", "mid", "10", "high", "40")
+    assert capsys.readouterr().out == (
+        f"Saved the figure in {tmp_path / 'importance.png'} and the values "
+        f"in {tmp_path / 'importance.json'}.\n")
     assert values["subject"] == "subj-02"
     assert (values["nb_features"], values["nb_neighbours"]) == (NB_FEATURES,
                                                                 7)

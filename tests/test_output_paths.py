@@ -13,7 +13,9 @@ from file_tree import run_refused, snapshot
 from scoring_data import hand_tracked, save_nifti, save_trk
 from training_data import TINY_TRAINING, make_trained_experiment
 
+from dwi_ml.cli.dwiml_create_hdf5_dataset import main as create_main
 from dwi_ml.cli.dwiml_divide_volume_into_blocs import main as divide_main
+from dwi_ml.cli.dwiml_evaluate_model import main as evaluate_main
 from dwi_ml.cli.dwiml_hdf5_extract_data import main as extract_main
 from dwi_ml.cli.dwiml_make_synthetic_dataset import main as synthetic_main
 from dwi_ml.cli.dwiml_run_demo import main as demo_main
@@ -245,4 +247,55 @@ def test_f_refuses_other_output_folders_that_are_links(tmp_path, capsys, kind,
         message = _error(main, [path, *options, "-f"], capsys)
         assert message.startswith(
             f"output folder '{path}' is a symbolic link to '{target}'")
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------
+# 5. A folder where a file, or an experiment, is expected.
+def test_an_existing_folder_as_output_file_is_named_a_folder(tmp_path, data,
+                                                             capsys):
+    """An existing folder OUT (no extension) was reported as "found
+    'none'" instead of as a folder."""
+    out = tmp_path / "OUT"
+    out.mkdir()
+    before = snapshot(tmp_path)
+    message = _error(track_main, [
+        data["experiment"], data["hdf5"], "subj-01", "input", str(out),
+        "--tracking_mask_group", "wm_mask", "-f"], capsys)
+    assert message == (f"output '{out}' is a folder; expected a .trk, .tck "
+                       "or .trx file path.")
+    message = _error(create_main, [str(tmp_path / "ready"), str(out),
+                                   "config.json", "train.txt", "valid.txt",
+                                   "test.txt", "-f"], capsys)
+    assert message == (f"output '{out}' is a folder; expected a .hdf5 or "
+                       ".h5 file path.")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_folder_of_experiments_is_not_an_experiment(tmp_path, data,
+                                                      capsys):
+    """The experiments path given instead of an experiment: 'has no
+    best_model/ folder', with no hint of what to give."""
+    experiments = tmp_path / "exps"
+    for name in ("b_run", "a_run", "c_run"):
+        shutil.copytree(data["experiment"], experiments / name)
+    out = tmp_path / "t.trk"
+    before = snapshot(tmp_path)
+    expected = (
+        f"experiment '{experiments}' is not a dwi_ml experiment folder: "
+        "expected parameters.json with best_model/ or checkpoint/, found no "
+        f"parameters.json; it holds the experiments '{experiments / 'a_run'}'"
+        f" and '{experiments / 'b_run'}' (and 1 more): give one of them.")
+    assert _error(track_main, [
+        str(experiments), data["hdf5"], "subj-01", "input", str(out),
+        "--tracking_mask_group", "wm_mask"], capsys) == expected
+    assert _error(evaluate_main, [str(experiments), data["hdf5"]],
+                  capsys) == expected
+    # A folder holding no experiment: no hint.
+    assert _error(track_main, [
+        str(tmp_path), data["hdf5"], "subj-01", "input", str(out),
+        "--tracking_mask_group", "wm_mask"], capsys) == (
+        f"experiment '{tmp_path}' is not a dwi_ml experiment folder: "
+        "expected parameters.json with best_model/ or checkpoint/, found no "
+        "parameters.json.")
     assert snapshot(tmp_path) == before

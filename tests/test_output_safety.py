@@ -716,7 +716,7 @@ def test_an_output_of_another_format_is_refused_even_with_f(tmp_path, data,
              ".h5, found '.json'"),
             (evaluate_main, [data["experiment"], data["hdf5"], "--out",
                              str(tmp_path / "mask.nii.gz")],
-             "expected the extension .json, found '.gz'"),
+             "expected the extension .json, found '.nii.gz'"),
             (plot_main, [data["experiment"], "--out", str(tmp_path / "p"),
                          "--save_to_csv", str(csv_input)],
              "expected the extension .csv, found '.txt'")]:

@@ -152,7 +152,9 @@ def test_what_is_not_fine_tuning_is_refused(base, capsys):
     assert_user_error(main, _tune_args(folder, "t", hdf5_file,
                                        str(folder / "synthetic")),
                       capsys, folder, "argument --pretrained: experiment",
-                      "has no best_model")
+                      "is not a dwi_ml experiment folder: expected "
+                      "parameters.json with best_model/ or checkpoint/, found "
+                      "no parameters.json")
     assert_user_error(main, [str(folder), "t", hdf5_file, "input",
                              "streamlines", "--pretrained_use_latest_epoch"],
                       capsys, folder, "argument --pretrained_use_latest_epoch",

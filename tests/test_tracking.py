@@ -396,10 +396,15 @@ def run_track(data, out, *options, experiment="trained"):
 
 
 @pytest.mark.parametrize("extension", [".trk", ".trx"])
-def test_output_loads_with_seeds_on_streamlines(data, tmp_path, extension):
+def test_output_loads_with_seeds_on_streamlines(data, tmp_path, extension,
+                                                capsys):
     out = tmp_path / f"out{extension}"
+    capsys.readouterr()
     run_track(data, out, "--nt", "300", "--min_length", "4")
     sft = load_tractogram(str(out), data["reference"], bbox_valid_check=True)
+    assert capsys.readouterr().out == (
+        f"Saved {len(sft)} streamlines in {out} (how they were made: "
+        f"{out}.json).\n")
     assert len(sft) > 50
     seeds = np.asarray(sft.data_per_streamline["seeds"])
     assert seeds.shape == (len(sft), 3)

@@ -103,9 +103,14 @@ def test_overwrite_and_refusals(experiments, tmp_path, capsys):
     hdf5 = experiments["hdf5"]
     original = str(experiments["folder"] / "original")
     out_dir = tmp_path / "views"
+    capsys.readouterr()
     attention_main([original, hdf5, "subj-03", str(out_dir),
                     "--streamline_ids", "1"])
     assert (out_dir / MARKER_FILE).is_file()
+    nb_heatmaps = len(_read(out_dir)[0])
+    assert capsys.readouterr().out == (
+        f"Saved {nb_heatmaps} heatmaps and streamlines_attention.trk in "
+        f"{out_dir}.\n")
     assert_user_error(attention_main, [original, hdf5, "subj-03", out_dir],
                       capsys, tmp_path, "already exists", "-f")
     # -f replaces the folder: the new run's two streamlines.

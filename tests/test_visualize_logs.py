@@ -91,15 +91,20 @@ def run_error(argv, capsys):
 def test_default_figure_overlays_all_experiments_and_csv_matches_npy(
         experiments, tmp_path, capsys):
     csv_path = str(tmp_path / "values.csv")
+    capsys.readouterr()
     main([*experiments, "--save_to_csv", csv_path])
     png = os.path.join(experiments[0], "logs_plot.png")
+    # Written into the first experiment by default: the one line says so.
+    captured = capsys.readouterr()
+    assert captured.out == (f"Saved the figure in {png} and the values in "
+                            f"{csv_path}.\n")
     image = read_png(png)
     # 5 default panels (loss, grad norm, LR, times, per batch): 3 rows of 2.
     assert image.shape[:2] == (3 * PANEL_PX[0], 2 * PANEL_PX[1])
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10
     assert all(has_colour(image, colour) for colour in EXPERIMENT_COLOURS)
     # set_verbosity replaces the logging handlers: warnings go to stderr.
-    assert capsys.readouterr().err == (
+    assert captured.err == (
         "WARNING: experiment 'in_progress' has no log grad_norm_before_clip, "
         "grad_norm_after_clip, train_time, valid_time, "
         "train_loss_per_batch: not drawn for it.\n")
@@ -157,7 +162,9 @@ def test_moving_average_is_the_mean_of_each_window():
 
 def test_existing_outputs_need_f(experiments, tmp_path, capsys):
     out = str(tmp_path / "plot")
+    capsys.readouterr()
     main([experiments[1], "--out", out])
+    assert capsys.readouterr().out == f"Saved the figure in {out}.png.\n"
     first = os.path.getsize(out + ".png")
     error = run_error([experiments[1], experiments[2], "--out", out], capsys)
     assert f"output '{out}.png' already exists; use -f" in error

@@ -118,10 +118,14 @@ def eos_experiment(hdf5_file, tmp_path_factory):
 
 
 def test_script_writes_losses_per_point_in_subject_space(
-        eos_experiment, hdf5_file, tmp_path):
+        eos_experiment, hdf5_file, tmp_path, capsys):
     out = str(tmp_path / "losses.trk")
+    capsys.readouterr()
     visualize_loss_main([eos_experiment, hdf5_file, "subj-03", out,
                          "--batch_size", "23", "--nb_bins", "20"])
+    assert capsys.readouterr().out == (
+        f"Saved the loss per point in {out} and its histograms in "
+        f"{tmp_path / 'losses_histogram.png'}.\n")
     model = load_model_from_params_and_state(eos_experiment + "/best_model")
     expected = compute_subject_point_losses(model, hdf5_file, "subj-03",
                                             "input", "streamlines")

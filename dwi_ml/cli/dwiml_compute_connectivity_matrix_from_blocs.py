@@ -1,6 +1,4 @@
 """Count a tractogram's streamlines between the blocs of a volume grid."""
-import logging
-import os
 
 import numpy as np
 
@@ -64,10 +62,9 @@ def main(argv=None):
     matrix = connectivity_from_blocs(sft.streamlines, shape, nb_blocs,
                                      args.binary)
     save_npy(args.out_matrix, matrix)
-    logging.info("Saved the %d x %d matrix (%s blocs) of %d streamlines in "
-                 "%s.", len(matrix), len(matrix),
-                 " x ".join(map(str, nb_blocs)), len(sft),
-                 os.path.abspath(args.out_matrix))
+    print(f"Saved the {len(matrix)} x {len(matrix)} matrix "
+          f"({' x '.join(map(str, nb_blocs))} blocs) of {len(sft)} "
+          f"streamlines in {args.out_matrix}.")
 
 
 if __name__ == "__main__":

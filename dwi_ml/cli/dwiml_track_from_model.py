@@ -2,7 +2,6 @@
 import argparse
 import logging
 import math
-import os
 
 import numpy as np
 import torch
@@ -329,9 +328,8 @@ def main(argv=None):
                  "seeding_mask_group": seeding_group, "npv": npv},
         "subject_in_training_split": in_training_split,
         "nb_seeds": len(seeds), "nb_streamlines": len(keep)})
-    logging.info("Saved %s.", os.path.abspath(args.out_tractogram))
-    logging.info("How it was made: %s.",
-                 os.path.abspath(provenance_path(args.out_tractogram)))
+    print(f"Saved {len(keep)} streamlines in {args.out_tractogram} (how "
+          f"they were made: {provenance_path(args.out_tractogram)}).")
 
 
 def _stop_counts(result):

@@ -1,5 +1,4 @@
 """See what a trained Transformer attends to, on a few streamlines."""
-import logging
 import os
 
 from dwi_ml.io_utils.arg_checks import check_device
@@ -26,8 +25,6 @@ from dwi_ml.monitoring.attention_views import (
     subject_attention,
 )
 from dwi_ml.training.experiment_builder import load_experiment_model_for
-
-logger = logging.getLogger(__name__)
 
 TRACTOGRAM_NAME = "streamlines_attention.trk"
 DEFAULT_IDS = (0, 1, 2)
@@ -110,8 +107,8 @@ def main(argv=None):
     save_attention_tractogram(attention,
                               os.path.join(args.out_dir, TRACTOGRAM_NAME))
     seal_output_folder(args.out_dir)
-    logger.info("%d heatmaps and %s written to %s.", len(names),
-                TRACTOGRAM_NAME, args.out_dir)
+    print(f"Saved {len(names)} heatmaps and {TRACTOGRAM_NAME} in "
+          f"{args.out_dir}.")
 
 
 if __name__ == "__main__":

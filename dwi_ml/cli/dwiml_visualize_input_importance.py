@@ -1,5 +1,4 @@
 """Which input features and neighbours a trained model relies on."""
-import logging
 
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file, write_json_atomic
@@ -21,8 +20,6 @@ from dwi_ml.monitoring.input_importance import (
     parse_feature_groups,
 )
 from dwi_ml.training.experiment_builder import load_experiment_model_for
-
-logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Measure how much a trained model relies on each of its inputs, on one
@@ -103,8 +100,8 @@ def main(argv=None):
             "subject": args.subject_id,
             "model": "latest epoch" if args.use_latest_epoch else "best",
             **importance_as_dict(importance, groups)})
-    logger.info("Figure written to %s%s.", args.out_png,
-                f", values to {args.out_json}" if args.out_json else "")
+    values = f" and the values in {args.out_json}" if args.out_json else ""
+    print(f"Saved the figure in {args.out_png}{values}.")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """See where along the streamlines a trained model's loss is high."""
-import logging
 import os
 
 from dwi_ml.io_utils.arg_checks import check_int
@@ -21,8 +20,6 @@ from dwi_ml.monitoring.loss_per_point import (
     save_loss_tractogram,
 )
 from dwi_ml.training.experiment_builder import load_experiment_model_for
-
-logger = logging.getLogger(__name__)
 
 OUT_EXTENSIONS = (".trk", ".trx")
 HISTOGRAM_SUFFIX = "_histogram.png"
@@ -94,8 +91,8 @@ def main(argv=None):
     figure = draw_histograms(point_losses, args.nb_bins)
     with atomic_output_file(out_histogram) as tmp_path:
         figure.savefig(tmp_path, format="png")
-    logger.info("Tractogram written to %s, histograms to %s.",
-                args.out_tractogram, out_histogram)
+    print(f"Saved the loss per point in {args.out_tractogram} and its "
+          f"histograms in {out_histogram}.")
 
 
 if __name__ == "__main__":

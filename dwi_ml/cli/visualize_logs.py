@@ -287,12 +287,14 @@ def main(argv=None):
     for figure, path in zip(figures, paths):
         with atomic_output_file(path) as tmp_path:
             figure.savefig(tmp_path, format="png")
-        logger.info("Figure written to %s.", path)
     if args.save_to_csv:
         log_names = list(dict.fromkeys(name for panel in panels
                                        for name in panel.log_names))
         write_logs_csv(args.save_to_csv, experiments, log_names)
-        logger.info("Values written to %s.", args.save_to_csv)
+    values = (f" and the values in {args.save_to_csv}" if args.save_to_csv
+              else "")
+    print(f"Saved the {'figure' if len(paths) == 1 else 'figures'} in "
+          f"{', '.join(paths)}{values}.")
     if show:
         plt.show()
 

@@ -104,7 +104,10 @@ def check_count_or_size(name, value, as_count, owner=None):
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or value <= 0
             or (as_count and not float(value).is_integer())):
-        _fail(name, owner, expected, value)
+        # Parsed as a float: show '0' as typed, not '0.0'.
+        shown = (int(value) if isinstance(value, float) and value.is_integer()
+                 else value)
+        _fail(name, owner, expected, shown)
     return int(value) if as_count else float(value)
 
 
@@ -179,6 +182,29 @@ def check_device(device, name="device"):
     return parsed
 
 
+# Suffixes that compress a file: their extension is the one before too.
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz")
+
+
+def extension_of(path):
+    """The lower-case extension of ``path``, with the dot.
+
+    A compressed file's extension includes the one before it ('.nii.gz',
+    '.trk.gz'), so that a message names the file's kind; '' when none.
+    """
+    root, extension = os.path.splitext(os.path.basename(path).lower())
+    if extension in _COMPRESSION_SUFFIXES:
+        extension = os.path.splitext(root)[1] + extension
+    return extension
+
+
+def _one_of(extensions):
+    """'.trk, .tck or .trx' for ('.trk', '.tck', '.trx')."""
+    if len(extensions) == 1:
+        return extensions[0]
+    return f"{', '.join(extensions[:-1])} or {extensions[-1]}"
+
+
 def check_extension(path, extensions, what="output"):
     """Refuse a path whose extension is not one of ``extensions``.
 
@@ -193,10 +219,21 @@ def check_extension(path, extensions, what="output"):
     Returns
     -------
     str
-        The path's lower-case extension.
+        The path's lower-case extension (see :func:`extension_of`).
+
+    Raises
+    ------
+    DwiMLUserError
+        When the extension is not one of ``extensions``; the message says
+        when ``path`` is an existing folder rather than naming its
+        (missing) extension.
     """
-    extension = os.path.splitext(path)[1].lower()
+    extension = extension_of(path)
     if extension not in extensions:
+        if os.path.isdir(path):
+            raise DwiMLUserError(
+                f"{what} '{path}' is a folder; expected a "
+                f"{_one_of(extensions)} file path.")
         expected = (f"the extension {extensions[0]}" if len(extensions) == 1
                     else f"one of the extensions {', '.join(extensions)}")
         raise DwiMLUserError(

@@ -47,6 +47,34 @@ USE_BEST_MODEL_HINT = ("track or evaluate with that model "
 EXPERIMENT_FORMAT_VERSION = 2
 
 
+def experiments_inside_hint(folder):
+    """'; it holds the experiments 'A' and 'B': give one of them', naming at
+    most two sub-folders of ``folder`` that have a ``parameters.json``
+    (e.g. the experiments path given instead of one experiment); '' when
+    none has."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.is_dir() and os.path.isfile(
+                           os.path.join(entry.path, PARAMETERS_FILE)))
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    shown = " and ".join(f"'{os.path.join(folder, name)}'"
+                         for name in names[:2])
+    more = f" (and {len(names) - 2} more)" if len(names) > 2 else ""
+    return f"; it holds the experiments {shown}{more}: give one of them"
+
+
+def _not_an_experiment(experiment_dir):
+    """The one-line error for a folder without ``parameters.json``."""
+    return DwiMLUserError(
+        f"experiment '{experiment_dir}' is not a dwi_ml experiment folder: "
+        f"expected {PARAMETERS_FILE} with {BEST_MODEL_DIR}/ or "
+        f"{CHECKPOINT_DIR}/, found no {PARAMETERS_FILE}"
+        f"{experiments_inside_hint(experiment_dir)}.")
+
+
 def read_parameters(experiment_dir, sections=()):
     """Read ``parameters.json`` of an experiment, with a clear error.
 
@@ -59,8 +87,7 @@ def read_parameters(experiment_dir, sections=()):
     """
     path = os.path.join(experiment_dir, PARAMETERS_FILE)
     if not os.path.isfile(path):
-        raise DwiMLUserError(
-            f"'{experiment_dir}' is not a dwi_ml experiment: no {PARAMETERS_FILE}.")
+        raise _not_an_experiment(experiment_dir)
     params = load_json_file(path, "experiment parameters")
     if not isinstance(params, dict):
         raise DwiMLUserError(
@@ -213,7 +240,18 @@ def _checkpoint_has_trained(experiment_dir):
 
 
 def experiment_model_dir(experiment_dir, use_latest_epoch=False):
-    """Folder of the best model, or of the checkpoint's model (checked)."""
+    """Folder of the best model, or of the checkpoint's model (checked).
+
+    Raises
+    ------
+    DwiMLUserError
+        When ``experiment_dir`` is no experiment (no ``parameters.json``
+        and none of its folders), or lacks the model asked for.
+    """
+    if not (os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE))
+            or any(os.path.isdir(os.path.join(experiment_dir, name))
+                   for name in EXPERIMENT_FOLDERS)):
+        raise _not_an_experiment(experiment_dir)
     if use_latest_epoch:
         folder = checkpoint_model_dir(experiment_dir)
         if not _checkpoint_has_trained(experiment_dir):

@@ -18,6 +18,7 @@ import stat
 
 from dwi_ml.io_utils.atomic import remove_stale_temporaries
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.experiment_layout import experiments_inside_hint
 from dwi_ml.io_utils.output_folders import (
     EXPERIMENT_FOLDERS,
     MARKER_FILE,
@@ -350,7 +351,8 @@ def start_resumed_experiment(lock):
     if folder_kind(experiment_dir) != "experiment":
         raise DwiMLUserError(
             f"experiment '{experiment_dir}' is not a dwi_ml experiment: no "
-            f"{MARKER_FILE} or {PARAMETERS_FILE} with a checkpoint.")
+            f"{MARKER_FILE} or {PARAMETERS_FILE} with a checkpoint"
+            f"{experiments_inside_hint(experiment_dir)}.")
     lock.acquire()
     for path in remove_stale_temporaries(experiment_dir, _ATOMIC_OUTPUTS):
         logging.info("Removed %s, left by a killed run.", path)

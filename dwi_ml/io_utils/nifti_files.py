@@ -4,26 +4,16 @@ import os
 import nibabel as nib
 import numpy as np
 
+from dwi_ml.io_utils.arg_checks import check_extension, extension_of
 from dwi_ml.io_utils.atomic import atomic_output_file
-from dwi_ml.io_utils.errors import DwiMLUserError
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
-
-
-def extension_of(path):
-    """The lower-case extension of ``path``, '.nii.gz' counted as one."""
-    lower = path.lower()
-    return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
 
 
 def check_nifti_extension(path, what="output"):
     """Raise a one-line user error unless ``path`` ends in .nii or .nii.gz;
     ``what`` names the file in the message."""
-    if extension_of(path) not in NIFTI_EXTENSIONS:
-        raise DwiMLUserError(
-            f"{what} '{path}': expected one of the extensions "
-            f"{', '.join(NIFTI_EXTENSIONS)}, found "
-            f"'{extension_of(path) or 'none'}'.")
+    check_extension(path, NIFTI_EXTENSIONS, what)
 
 
 def scanner_image(data, affine):

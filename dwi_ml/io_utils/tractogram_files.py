@@ -1,14 +1,13 @@
 """Tractogram file formats: the one list of extensions dwi_ml reads and writes."""
-import os
-
-from dwi_ml.io_utils.arg_checks import check_extension
+from dwi_ml.io_utils.arg_checks import check_extension, extension_of
 
 TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
 
 
 def tractogram_extension(path):
-    """The lower-case extension of a tractogram path ('.trk', ...)."""
-    return os.path.splitext(path)[1].lower()
+    """The lower-case extension of a tractogram path ('.trk', ...; a
+    compressed file's in full, e.g. '.nii.gz')."""
+    return extension_of(path)
 
 
 def check_tractogram_extension(path, what="output"):

@@ -20,6 +20,7 @@ from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
     LOGS_DIR,
     PARAMETERS_FILE,
+    experiments_inside_hint,
     read_best_epoch,
 )
 from dwi_ml.io_utils.safe_load import load_npy_file
@@ -122,7 +123,8 @@ def read_experiment_logs(experiment_dir, label=None):
             os.path.join(experiment_dir, PARAMETERS_FILE))):
         raise DwiMLUserError(
             f"'{experiment_dir}' is not a dwi_ml experiment: expected a "
-            f"{LOGS_DIR}/ folder or {PARAMETERS_FILE}, found neither.")
+            f"{LOGS_DIR}/ folder or {PARAMETERS_FILE}, found neither"
+            f"{experiments_inside_hint(experiment_dir)}.")
     logs = {}
     for path in sorted(glob.glob(os.path.join(logs_dir, "*.npy"))):
         values = _load_log(path)

@@ -28,13 +28,17 @@ class SubjectLists:
         return getattr(self, name)
 
 
-def describe(subject, group=None, path=None):
-    """Where an error happened: "subject 'S', group 'G', file 'F'"."""
+def describe(subject, group=None, path=None, key=None):
+    """Where an error happened: "subject 'S', group 'G', file 'F'".
+
+    ``key``, the config entry that names the file when it is not the
+    group's 'files' (e.g. 'std_mask'), is said before 'file'.
+    """
     parts = [f"subject '{subject}'"]
     if group is not None:
         parts.append(f"group '{group}'")
     if path is not None:
-        parts.append(f"file '{path}'")
+        parts.append(f"{key} file '{path}'" if key else f"file '{path}'")
     return ", ".join(parts)
 
 
@@ -118,7 +122,7 @@ def check_subject_lists(dwi_ml_ready_folder, training, validation, testing):
     return SubjectLists(*(tuple(sorted(lists[split])) for split in SPLITS))
 
 
-def resolve_files(subject_folder, patterns, subject, group):
+def resolve_files(subject_folder, patterns, subject, group, key=None):
     """Expand a config's file patterns for one subject.
 
     Parameters
@@ -131,6 +135,9 @@ def resolve_files(subject_folder, patterns, subject, group):
         ``folder/*``.
     subject, group : str
         Named in error messages.
+    key : str or None
+        The config entry that holds ``patterns`` when it is not 'files'
+        (e.g. 'std_mask'), named in error messages.
 
     Returns
     -------
@@ -154,22 +161,23 @@ def resolve_files(subject_folder, patterns, subject, group):
             matches = sorted(p for p in glob.glob(full) if os.path.isfile(p))
             if not matches:
                 raise DwiMLUserError(
-                    f"{describe(subject, group, full)}: the pattern matches "
-                    "no file.")
+                    f"{describe(subject, group, full, key)}: the pattern "
+                    "matches no file.")
             paths.extend(matches)
         elif os.path.isdir(full):
             raise DwiMLUserError(
-                f"{describe(subject, group, full)}: expected a file, found a "
-                f"folder; write '{os.path.join(pattern, '*')}' for all its "
-                "files.")
+                f"{describe(subject, group, full, key)}: expected a file, "
+                f"found a folder; write '{os.path.join(pattern, '*')}' for "
+                "all its files.")
         elif not os.path.isfile(full):
             raise DwiMLUserError(
-                f"{describe(subject, group, full)}: file does not exist.")
+                f"{describe(subject, group, full, key)}: file does not exist.")
         else:
             paths.append(full)
     duplicates = sorted({p for p in paths if paths.count(p) > 1})
     if duplicates:
         raise DwiMLUserError(
-            f"{describe(subject, group, duplicates[0])}: the file is matched "
-            "twice by the config's patterns; each file must appear once.")
+            f"{describe(subject, group, duplicates[0], key)}: the file is "
+            "matched twice by the config's patterns; each file must appear "
+            "once.")
     return paths

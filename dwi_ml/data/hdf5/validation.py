@@ -89,7 +89,7 @@ def check_subject_files(subject_folder, subject, config):
         mask_files = ()
         if group_config.standardization != "none":
             mask_files = resolve_files(subject_folder, group_config.std_mask,
-                                       subject, group)
+                                       subject, group, key="std_mask")
             _check_masks(mask_files, grid, files[0], subject, group)
         if first_group is not None:
             first = volume_groups[first_group]
