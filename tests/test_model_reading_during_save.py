@@ -184,3 +184,18 @@ def test_the_same_weights_save_to_the_same_bytes(tmp_path):
     for name in ("model_state.pt", "MANIFEST.sha256"):
         assert (tmp_path / "a" / name).read_bytes() == \
             (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_an_experiment_caught_between_the_renames_of_a_save_loads(tmp_path):
+    # Between the two renames of a save only .checkpoint.old is there: the
+    # check that a folder is an experiment at all took that moment for "not
+    # an experiment" (a reader racing a run failed under load).
+    experiment_dir = str(tmp_path / "exp")
+    os.makedirs(experiment_dir)
+    save_checkpoint(seeded_model(0), experiment_dir)
+    os.rename(tmp_path / "exp" / "checkpoint",
+              tmp_path / "exp" / ".checkpoint.old")
+    weights = load_experiment_model(experiment_dir,
+                                    use_latest_epoch=True).state_dict()
+    expected = seeded_model(0).state_dict()
+    assert all(torch.equal(weights[key], expected[key]) for key in expected)

@@ -248,9 +248,12 @@ def experiment_model_dir(experiment_dir, use_latest_epoch=False):
         When ``experiment_dir`` is no experiment (no ``parameters.json``
         and none of its folders), or lacks the model asked for.
     """
+    # A run's save swaps checkpoint/ through .checkpoint.old: one of the
+    # two is there at every moment.
     if not (os.path.isfile(os.path.join(experiment_dir, PARAMETERS_FILE))
             or any(os.path.isdir(os.path.join(experiment_dir, name))
-                   for name in EXPERIMENT_FOLDERS)):
+                   for folder in EXPERIMENT_FOLDERS
+                   for name in (folder, f".{folder}.old"))):
         raise _not_an_experiment(experiment_dir)
     if use_latest_epoch:
         folder = checkpoint_model_dir(experiment_dir)
