@@ -27,7 +27,7 @@ import shutil
 
 from dwi_ml import __version__
 from dwi_ml.io_utils.arg_checks import check_extension
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
@@ -386,9 +386,7 @@ def record_written_entries(path, entries):
     if set(entries) <= written:
         return
     content["written"] = sorted(written | set(entries))
-    with atomic_output_file(marker) as tmp_path:
-        with open(tmp_path, "w") as f:
-            f.write(json.dumps(content, indent=2) + "\n")
+    write_json_atomic(marker, content, strict=False)
 
 
 def seal_output_folder(path):
@@ -403,9 +401,7 @@ def seal_output_folder(path):
     with open(marker) as f:
         content = json.load(f)
     content["entries"] = sorted(_entries_under(path, ""))
-    with atomic_output_file(marker) as tmp_path:
-        with open(tmp_path, "w") as f:
-            f.write(json.dumps(content, indent=2) + "\n")
+    write_json_atomic(marker, content, strict=False)
 
 
 def _is_temporary(name):
@@ -491,11 +487,9 @@ def mark_output_folder(path, kind):
         raise ValueError(f"kind must be one of {OUTPUT_KINDS}, got {kind!r}")
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
-    text = json.dumps({"kind": kind, "dwi_ml_version": __version__,
-                       "created": created}, indent=2)
-    with atomic_output_file(os.path.join(path, MARKER_FILE)) as tmp_path:
-        with open(tmp_path, "w") as f:
-            f.write(text + "\n")
+    write_json_atomic(os.path.join(path, MARKER_FILE),
+                      {"kind": kind, "dwi_ml_version": __version__,
+                       "created": created}, strict=False)
 
 
 def reset_output_folder(path, kind, keep=()):
