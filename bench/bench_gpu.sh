@@ -2,7 +2,8 @@
 # One command for the GPU figures of bench/README.md (issue 17; under 8
 # minutes on one H100/H200): training throughput in points/s, fp32 and
 # bf16, with interpolation on the GPU (0 workers) and in the workers; data
-# waiting as a share of the step; peak GPU memory; tracking at batch 10000.
+# waiting as a share of the step; peak GPU memory; tracking at batch 10000;
+# one Transformer tracking step, cached and re-forward (issue 14).
 # Each training case prints points/s, data waiting (share of the training
 # time spent waiting for the DataLoader), peak RSS and peak GPU memory;
 # tracking prints its peak GPU memory per batch size and its peak RSS;
@@ -30,10 +31,12 @@ p = torch.cuda.get_device_properties(0)
 print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')"
     NB_STREAMLINES=20000; BATCH=1000; WORKERS="0 4"; INTERP_WORKERS=4
     TRACK_SEEDS=20000; TRACK_BATCH=10000
+    STEP_ARGS=(--lengths 20 100 200 --nb_streamlines 1000)
 else
     echo "CPU run (--cpu): small sizes; GPU peak memory is N/A on CPU"
     NB_STREAMLINES=200; BATCH=50; WORKERS="0 1"; INTERP_WORKERS=1
     TRACK_SEEDS=100; TRACK_BATCH=100
+    STEP_ARGS=(--lengths 20 60 --nb_streamlines 50 --repeats 3)
 fi
 
 # bf16 autocasts on CPU too (torch.autocast), so both precisions run.
@@ -64,4 +67,6 @@ if [ "$DEVICE" = cpu ]; then
 fi
 python3 bench/bench_tracking.py --device "$DEVICE" \
     --batch_sizes "$TRACK_BATCH" --nb_seeds "$TRACK_SEEDS" --max_length 40
+echo "== transformer tracking step ($SECONDS s so far)"
+python3 bench/bench_transformer_step.py --device "$DEVICE" "${STEP_ARGS[@]}"
 echo "== bench_gpu.sh done in $SECONDS s"

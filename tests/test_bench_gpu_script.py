@@ -82,3 +82,22 @@ def test_tracking_at_the_bench_batch_tracks_every_seed(bench_output):
     assert int(row.group(1)) == 100
     assert float(row.group(2)) > 1 and float(row.group(3)) > 0
     assert re.search(r"== bench_gpu.sh done in \d+ s", bench_output)
+
+
+def test_the_transformer_step_prints_each_variant_and_its_ratio(
+        bench_output):
+    step = bench_output.split("== transformer tracking step")[1]
+    for variant in ("transformer_original", "transformer_src_only",
+                    "transformer_src_tgt"):
+        block = step.split(variant)[1]
+        cached = [float(ms) for ms in re.findall(
+            r"length\s+\d+: cached step\s+([\d.]+) ms", block)[:2]]
+        assert len(cached) == 2 and min(cached) > 0, block
+        ratio = re.search(r"cached step at 60 / at 20: ([\d.]+)", block)
+        # The ratio is printed to 2 decimals (0.005) from the unrounded
+        # steps; each printed step is within 0.005 ms of its own, which
+        # moves their ratio by at most (0.005 + ratio * 0.005) / (c0 - 0.005).
+        assert ratio is not None, block
+        printed = cached[1] / cached[0]
+        assert abs(float(ratio.group(1)) - printed) <= 0.005 + (
+            0.005 * (1 + printed) / (cached[0] - 0.005)) + 1e-9
