@@ -12,7 +12,9 @@
 #   bash bench/gpu_checks.sh [LOG_FOLDER]      # default /tmp/dwiml_gpu_checks
 #
 # TESTS_TIMEOUT and BENCH_TIMEOUT (seconds, default 150 and 420) bound each
-# part, so that a slow or stuck part still leaves the others' results.
+# part, so that a slow or stuck part still leaves the others' results. The
+# bench's data (an HDF5 of 170 MB and its experiments) goes to BENCH_DATA
+# (default /tmp/dwiml_bench_gpu), not LOG_FOLDER.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${1:-/tmp/dwiml_gpu_checks}
@@ -30,7 +32,7 @@ timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -rs -p no:cacheprovider \
     || status=1
 
 echo "== bench_gpu.sh ($SECONDS s so far)"
-timeout "${BENCH_TIMEOUT:-420}" bash bench/bench_gpu.sh "$LOGS/bench_data" \
+timeout "${BENCH_TIMEOUT:-420}" bash bench/bench_gpu.sh "${BENCH_DATA:-/tmp/dwiml_bench_gpu}" \
     2>&1 | tee "$LOGS/bench_gpu.log" || status=1
 
 echo "== gpu_checks.sh done in $SECONDS s (status $status)"
