@@ -270,8 +270,13 @@ def files(tmp_path):
 
 def test_scripts_write_the_matrices_and_the_scores(files, tmp_path, capsys):
     out = str(tmp_path / "labels.npy")
+    capsys.readouterr()
     labels_main([files["tractogram"], files["labels"], out])
     np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS)
+    # One line says what was written where (every streamline counted).
+    assert capsys.readouterr().out == (
+        f"Saved the 3 x 3 matrix of {int(EXPECTED_FROM_LABELS.sum())} "
+        f"streamlines in {out}.\n")
     labels_main([files["tractogram"], files["labels"], out, "--binary",
                  "-f", "--out_labels", str(tmp_path / "rows.txt")])
     np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS > 0)

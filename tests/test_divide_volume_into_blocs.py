@@ -32,8 +32,12 @@ def _divide(tmp_path, *nb_blocs, name="blocs.nii.gz"):
     return volume, nib.load(str(out))
 
 
-def test_labels_are_the_blocs_of_the_voxel_centres(tmp_path):
+def test_labels_are_the_blocs_of_the_voxel_centres(tmp_path, capsys):
     _, image = _divide(tmp_path, *NB_BLOCS)
+    # One line says what was written where: 3 x 2 x 4 = 24 blocs.
+    assert capsys.readouterr().out == (
+        f"Saved the 3 x 2 x 4 blocs (labels 0 to 23) in "
+        f"{tmp_path / 'blocs.nii.gz'}.\n")
     labels = np.asarray(image.dataobj)
     assert labels.shape == SHAPE and labels.dtype == np.int32
     np.testing.assert_array_equal(image.affine, AFFINE)

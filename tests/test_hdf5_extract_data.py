@@ -31,11 +31,14 @@ def vox_corner_to_rasmm(points):
 
 
 def test_volume_groups_come_back_with_values_and_affine(hdf5_and_sources,
-                                                        tmp_path):
+                                                        tmp_path, capsys):
     hdf5_file, written = hdf5_and_sources
     source = written[SUBJECTS[1]]  # a testing subject: any split works
     out = str(tmp_path / "input.nii.gz")
+    capsys.readouterr()
     extract_main([hdf5_file, SUBJECTS[1], "input", out])
+    assert capsys.readouterr().out == (
+        f"Group 'input' of subject '{SUBJECTS[1]}' written to {out}.\n")
     image = nib.load(out)
     np.testing.assert_array_equal(image.affine, grid_affine())
     # Scanner space in mm, in both the sform and the qform (a bare image
@@ -116,6 +119,9 @@ def test_bad_inputs_are_one_line_errors(hdf5_and_sources, tmp_path, capsys):
          "already exists; use -f"),
         ([hdf5_file, SUBJECTS[0], "input",
           str(tmp_path / "no_folder" / "a.nii")], "no_folder"),
+        ([hdf5_file, SUBJECTS[0], "input", str(tmp_path)],
+         f"output '{tmp_path}' is a folder; expected a .nii, .nii.gz, .trk, "
+         ".tck, .trx or .npy file path."),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:

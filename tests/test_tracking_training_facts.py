@@ -223,6 +223,21 @@ def test_fine_tuning_on_another_file_keeps_the_pretrained_step(
     assert read_parameters(str(exps / "tuned"))["model"]["step_size"] == 1.5
 
 
+def test_fine_tuning_without_a_step_says_to_create_the_hdf5_with_one(
+        experiments, capsys):
+    # It said "Give --step_size here", an option --pretrained refuses.
+    exps, files = experiments
+    train_main([str(exps), "tuned_raw", files["raw"], "input", "streamlines",
+                "--max_epochs", "1", "--pretrained", str(exps / "raw")])
+    assert [line for line in capsys.readouterr().err.splitlines()
+            if "--step_size" in line] == [
+        f"WARNING: Fine-tuning the model of --pretrained '{exps / 'raw'}', "
+        f"which has no step size, on HDF5 file {files['raw']}, which records "
+        "none: dwiml_track_from_model.py will need --step_size to track from "
+        "this model. Create the HDF5 with --step_size for the model to know "
+        "its step."]
+
+
 def test_a_model_trained_on_raw_streamlines_is_warned_of_resampled_ones(
         experiments, caplog):
     exps, files = experiments

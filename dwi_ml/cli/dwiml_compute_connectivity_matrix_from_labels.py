@@ -1,6 +1,5 @@
 """Count a tractogram's streamlines between the labels of a parcellation."""
 import logging
-import os
 
 import numpy as np
 
@@ -74,9 +73,8 @@ def main(argv=None):
         with atomic_output_file(args.out_labels) as tmp_path:
             np.savetxt(tmp_path, nodes, fmt="%d")
     logging.info("Labels of the rows: %s.", " ".join(map(str, nodes)))
-    logging.info("Saved the %d x %d matrix of %d streamlines in %s.",
-                 len(matrix), len(matrix), len(sft) - nb_left_out,
-                 os.path.abspath(args.out_matrix))
+    print(f"Saved the {len(matrix)} x {len(matrix)} matrix of "
+          f"{len(sft) - nb_left_out} streamlines in {args.out_matrix}.")
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def main(argv=None):
     check_nb_blocs_fit(nb_blocs, shape)
     labels = bloc_label_volume(shape, nb_blocs)
     save_nifti_atomic(scanner_image(labels, affine), args.out_labels)
-    logger.info("Saved the %s blocs (labels 0 to %d) in %s.",
-                " x ".join(map(str, nb_blocs)), labels.max(), args.out_labels)
+    print(f"Saved the {' x '.join(map(str, nb_blocs))} blocs (labels 0 to "
+          f"{labels.max()}) in {args.out_labels}.")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Write one group of one subject of a dwi_ml HDF5 file back to a file."""
 import logging
+import os
 
 import numpy as np
 
 from dwi_ml.data.dataset import MultiSubjectDataset
+from dwi_ml.io_utils.arg_checks import check_extension
 from dwi_ml.io_utils.atomic import save_npy
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.nifti_files import (
@@ -61,6 +63,9 @@ def _build_parser():
 
 
 def _check_extension(path, expected, what):
+    if os.path.isdir(path):
+        # The shared check names a folder as such (not "found 'none'").
+        check_extension(path, expected)
     if extension_of(path) not in expected:
         raise DwiMLUserError(
             f"output '{path}': a {what} is written to one of "
@@ -160,8 +165,8 @@ def main(argv=None):
             save_streamline_group(data, args.out_file)
     finally:
         dataset.close()
-    logger.info("Group '%s' of subject '%s' written to %s.", args.group,
-                args.subject_id, args.out_file)
+    print(f"Group '{args.group}' of subject '{args.subject_id}' written to "
+          f"{args.out_file}.")
 
 
 if __name__ == "__main__":

@@ -370,8 +370,8 @@ def _train(args, callbacks, lock):
         if distributed.is_main_process:
             # Said once every check passed (a refusal stays one line), as
             # training starts: tracking found it out only after it.
-            warn_if_tracking_needs_step_size(params["model"],
-                                             params["dataset"])
+            warn_if_tracking_needs_step_size(
+                params["model"], params["dataset"], args.pretrained)
             start_new_experiment(
                 lock, overwrite, hint=hint,
                 check=(_start_over_if_still_unsaved

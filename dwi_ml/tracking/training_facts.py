@@ -125,7 +125,8 @@ def _resampling_option(streamline_format):
     return None
 
 
-def warn_if_tracking_needs_step_size(streamline_format, dataset):
+def warn_if_tracking_needs_step_size(streamline_format, dataset,
+                                     pretrained=None):
     """One warning, when a run starts, if tracking from its model will
     need ``--step_size``: :func:`known_training_step_size` is None.
 
@@ -136,6 +137,9 @@ def warn_if_tracking_needs_step_size(streamline_format, dataset):
     dataset : dict
         The ``dataset`` section of its parameters.json (``hdf5_file``
         and ``fingerprint``).
+    pretrained : str or None
+        The ``--pretrained`` experiment the model comes from: its options
+        are kept, so the advice is to create the HDF5 with a step.
     """
     if known_training_step_size(streamline_format, dataset) is not None:
         return
@@ -145,6 +149,13 @@ def warn_if_tracking_needs_step_size(streamline_format, dataset):
     if option is not None:
         logger.warning("Training on streamlines of %s, which have no step "
                        "size: %s.", option, needed)
+        return
+    if pretrained is not None:
+        logger.warning(
+            "Fine-tuning the model of --pretrained '%s', which has no step "
+            "size, on HDF5 file %s, which records none: %s. Create the HDF5 "
+            "with --step_size for the model to know its step.", pretrained,
+            dataset["hdf5_file"], needed)
         return
     logger.warning(
         "Training without --step_size on HDF5 file %s, which records no "
