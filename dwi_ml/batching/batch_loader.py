@@ -46,7 +46,10 @@ import numpy as np
 import torch
 
 from dwi_ml.batching.loaded_batch import LoadedBatch
+from dwi_ml.data.dataset.sft_data import read_points_of_many
 from dwi_ml.data.packed import (
+    gather,
+    make_array_sequence,
     offsets_from_lengths,
     packed_arrays,
     ranges_to_indices,
@@ -333,9 +336,11 @@ class BatchLoaderOneInput:
         rng = self.make_generator(request)
         is_training = request.split == Split.TRAINING
         subset = self._subset(request.split)
-        reads = [self._read_entry(subset.get_subject(subj_idx).sft_data_list[
-            self.streamline_group_idx], ids)
-            for subj_idx, ids in request.subject_ids]
+        reads = self._read_entries(
+            [subset.get_subject(subj_idx).sft_data_list[
+                self.streamline_group_idx]
+             for subj_idx, _ in request.subject_ids],
+            [ids for _, ids in request.subject_ids])
         offsets = _concat_int64([read.offsets for read in reads])
         lengths = _concat_int64([read.lengths for read in reads])
         entries = np.repeat(np.arange(len(reads)),
@@ -391,17 +396,23 @@ class BatchLoaderOneInput:
         return loaded._replace(targets=add_noise(self.noise_loss),
                                input_points=input_points)
 
-    def _read_entry(self, sft_data, ids):
-        """One entry's streamlines ``ids`` in the model's format, as rows of
-        a packed array (not copied when not resampled)."""
-        affine = sft_data.space_attributes[0]
-        if self._resamples:
-            data, offsets, lengths = packed_arrays(self.resample(
-                sft_data.get_streamlines(ids),
-                np.asarray(affine, dtype=np.float64)))
-        else:
-            data, offsets, lengths = sft_data.read_points(ids)
-        return _EntryRows(data, offsets, lengths, affine)
+    def _read_entries(self, sft_datas, ids_list):
+        """Each entry's streamlines ``ids`` in the model's format, as rows
+        of a packed array (not copied when not resampled; lazy entries of
+        one file read together, into one buffer)."""
+        reads = []
+        for sft_data, read in zip(sft_datas,
+                                  read_points_of_many(sft_datas, ids_list)):
+            affine = sft_data.space_attributes[0]
+            if self._resamples:
+                points, offsets, lengths = gather(*read)
+                read = packed_arrays(self.resample(
+                    make_array_sequence(points.astype(np.float32,
+                                                      copy=False),
+                                        offsets, lengths),
+                    np.asarray(affine, dtype=np.float64)))
+            reads.append(_EntryRows(*read, affine))
+        return reads
 
     @property
     def _resamples(self):
@@ -648,7 +659,7 @@ def _entry_bounds(entries, lengths, nb_entries):
 def _gather_rows(datas, rows, bounds):
     """Rows ``rows[bounds[e]:bounds[e + 1]]`` of ``datas[e]`` for every
     entry, in one compact float32 (P, 3) array."""
-    if len(datas) == 1:
+    if datas and all(data is datas[0] for data in datas):  # one buffer
         return np.take(datas[0], rows, axis=0).astype(np.float32,
                                                        copy=False)
     points = np.empty((len(rows), 3), dtype=np.float32)

@@ -115,6 +115,114 @@ def read_row_ranges(handle, key, starts, counts):
     return _read_blocks(handle, layout, block_starts, block_counts), positions
 
 
+def read_row_ranges_of_datasets(handle, keys, starts, counts):
+    """:func:`read_row_ranges` for several datasets of one file at once.
+
+    The ranges of all datasets are planned together and read into ONE
+    buffer: one sort, one merge and one list of reads, where a dataset at
+    a time costs those steps' fixed overhead again (~100 us each: a lazy
+    batch of 48 subjects spent more time planning than reading).
+
+    Parameters
+    ----------
+    handle : Hdf5Handle
+    keys : list of str
+        Datasets of the same dtype and row shape (e.g. every subject's
+        streamline ``data``); each key at most once.
+    starts, counts : list of np.ndarray
+        The ranges of each dataset, as for :func:`read_row_ranges`.
+
+    Returns
+    -------
+    buffer : np.ndarray, shape (M, ...)
+        Every dataset's merged blocks. May be read-only.
+    positions : list of np.ndarray
+        ``buffer[positions[k][i]:...]`` is range i of dataset ``keys[k]``.
+
+    Datasets whose bytes cannot be read directly (compressed...), or of
+    other dtypes, are read one after the other with :func:`read_row_ranges`
+    and concatenated.
+    """
+    layouts = [handle.memoize(("row_layout", key),
+                              lambda key=key: _RowLayout(handle, key))
+               for key in keys]
+    first = layouts[0]
+    if len(keys) == 1 or any(
+            layout.extent_rows is None or layout.dtype != first.dtype
+            or layout.row_shape != first.row_shape for layout in layouts):
+        return _read_one_after_the_other(handle, keys, starts, counts)
+    space = handle.memoize(("row_space", first.dtype.str, first.row_shape),
+                           lambda: _RowSpace(first))
+    bases = space.bases(layouts)
+    sizes = np.array([len(part) for part in starts], dtype=np.int64)
+    all_starts = np.concatenate(starts).astype(np.int64, copy=False)
+    all_starts += np.repeat(bases, sizes)
+    # Datasets never share a block: the row space leaves more than
+    # max_gap_rows between them.
+    block_starts, block_counts, positions = plan_blocks(
+        all_starts, np.concatenate(counts), first.max_gap_rows)
+    for key, layout, base in zip(keys, layouts, bases.tolist()):
+        if layout.checksums is not None and not layout.checksums[2].all():
+            mine = ((block_starts >= base)
+                    & (block_starts < base + layout.nb_rows))
+            _verify_touched_rows(handle, key, layout,
+                                 block_starts[mine] - base,
+                                 block_counts[mine])
+    if not block_counts.any():
+        buffer = np.empty((0,) + first.row_shape, first.dtype)
+    else:
+        buffer = _read_blocks(handle, space, block_starts, block_counts)
+    return buffer, np.split(positions, np.cumsum(sizes)[:-1])
+
+
+def _read_one_after_the_other(handle, keys, starts, counts):
+    buffers, positions, nb_rows = [], [], 0
+    for key, key_starts, key_counts in zip(keys, starts, counts):
+        buffer, key_positions = read_row_ranges(handle, key, key_starts,
+                                                key_counts)
+        buffers.append(buffer)
+        positions.append(key_positions + nb_rows)
+        nb_rows += len(buffer)
+    if len(buffers) == 1:
+        return buffers[0], positions
+    return np.concatenate(buffers), positions
+
+
+class _RowSpace:
+    """The rows of many datasets of one file (one dtype and row shape) laid
+    end to end, each at a fixed base with a gap larger than the merge gap
+    after it, and the file extents of all of them: one plan and one
+    :func:`_file_pieces` serve reads over several datasets. Datasets are
+    added the first time a read names them."""
+
+    def __init__(self, layout):
+        self.key = None  # read with os.pread only
+        self.dtype, self.row_shape = layout.dtype, layout.row_shape
+        self.row_bytes = layout.row_bytes
+        self._gap = layout.max_gap_rows + 1
+        self._bases = {}
+        self._end = 0
+        self._extents = []
+        self.extent_rows = self.extent_ends = self.extent_addresses = None
+
+    def bases(self, layouts):
+        """The base row of each layout's dataset, added if new."""
+        new = [layout for layout in layouts if layout.key not in self._bases]
+        for layout in new:
+            base = self._end
+            self._bases[layout.key] = base
+            self._end += layout.nb_rows + self._gap
+            ends = np.append(layout.extent_rows[1:], layout.nb_rows)
+            self._extents.append((layout.extent_rows + base, ends + base,
+                                  layout.extent_addresses))
+        if new:
+            rows, ends, addresses = map(np.concatenate, zip(*self._extents))
+            self.extent_rows, self.extent_ends = rows, ends
+            self.extent_addresses = addresses
+        return np.array([self._bases[layout.key] for layout in layouts],
+                        dtype=np.int64)
+
+
 class _RowLayout:
     """What reading rows of one dataset needs, looked up once per process
     (h5py's ``shape`` and ``dtype`` cost microseconds per access)."""

@@ -10,7 +10,10 @@ import logging
 import numpy as np
 from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 
-from dwi_ml.data.dataset.row_ranges import read_row_ranges
+from dwi_ml.data.dataset.row_ranges import (
+    read_row_ranges,
+    read_row_ranges_of_datasets,
+)
 from dwi_ml.data.finite import all_finite
 from dwi_ml.data.hdf5.connectivity import read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
@@ -293,9 +296,18 @@ class LazySFTData(_SFTDataBase):
             data, offsets = read_row_ranges(self._handle, self._key + "/data",
                                             self._offsets[ids],
                                             self.lengths[ids])
+        return self._checked(data, offsets, ids)
+
+    def _checked(self, data, offsets, ids, checks=(True, True)):
+        """(data, offsets, lengths) of streamlines ``ids`` read at
+        ``offsets``, refused if not finite and without repeated points;
+        ``checks`` (finite, repeats) False: known to pass."""
         lengths = self.lengths[ids]
-        check_finite_points(data, offsets, lengths, ids, self._handle.path,
-                            self._key)
+        if checks[0]:
+            check_finite_points(data, offsets, lengths, ids,
+                                self._handle.path, self._key)
+        if not checks[1]:
+            return data, offsets, lengths
         # The lengths kept in RAM are the stored ones (the sampler's point
         # budget counts repeats, an upper bound).
         data, offsets, lengths, nb_removed = without_repeated_points(
@@ -327,3 +339,52 @@ class LazySFTData(_SFTDataBase):
                     ids, np.ones(len(ids), dtype=np.int64))
             values[name] = buffer[positions]
         return values
+
+
+def read_points_of_many(sft_datas, ids_list):
+    """``[sft.read_points(ids) for sft, ids in zip(sft_datas, ids_list)]``,
+    the lazy streamlines of one file read together.
+
+    A mixed batch reads some streamlines of each of many subjects: one read
+    plan over all of them (``read_row_ranges_of_datasets``) and one check
+    of the buffer replace a plan, a read and the checks per subject. The
+    results are the same arrays' values; the data of every lazy entry is
+    then the one shared buffer.
+    """
+    lazy = all(isinstance(sft, LazySFTData) for sft in sft_datas)
+    if (len(sft_datas) < 2 or not lazy
+            or len({id(sft._handle) for sft in sft_datas}) > 1
+            or len({sft._key for sft in sft_datas}) < len(sft_datas)):
+        return [sft.read_points(ids) for sft, ids in zip(sft_datas, ids_list)]
+    ids_list = _checked_ids_of_many(sft_datas, ids_list)
+    handle = sft_datas[0]._handle
+    try:
+        with hdf5_read_errors(handle.path):
+            buffer, positions = read_row_ranges_of_datasets(
+                handle, [sft._key + "/data" for sft in sft_datas],
+                [sft._offsets[ids] for sft, ids in zip(sft_datas, ids_list)],
+                [sft.lengths[ids] for sft, ids in zip(sft_datas, ids_list)])
+    except DwiMLUserError:
+        # Read again subject by subject: the error names the group.
+        return [sft.read_points(ids) for sft, ids in zip(sft_datas, ids_list)]
+    # One pass over the buffer for all subjects, in the usual case.
+    as_read = (buffer if buffer.dtype == np.float32
+               else buffer.astype(np.float32))
+    checks = (not all_finite(buffer), _has_equal_neighbours(as_read))
+    return [sft._checked(buffer, offsets, ids, checks)
+            for sft, offsets, ids in zip(sft_datas, positions, ids_list)]
+
+
+def _checked_ids_of_many(sft_datas, ids_list):
+    """``[sft._check_ids(ids) ...]`` in a few numpy calls over all entries
+    (each one's checks cost ~15 us); an entry that fails is checked again
+    on its own, for its error."""
+    given = [np.asarray(ids).reshape(-1) for ids in ids_list]
+    if all(ids.dtype.kind in "iu" for ids in given):
+        sizes = [len(ids) for ids in given]
+        all_ids = np.concatenate(given).astype(np.int64, copy=False)
+        limits = np.repeat([sft.nb_streamlines for sft in sft_datas], sizes)
+        if not len(all_ids) or (all_ids.min() >= 0
+                                and (all_ids < limits).all()):
+            return np.split(all_ids, np.cumsum(sizes)[:-1])
+    return [sft._check_ids(ids) for sft, ids in zip(sft_datas, ids_list)]
