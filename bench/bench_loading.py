@@ -184,7 +184,7 @@ def measure_bare(args, neighborhood):
 PROFILE_STAGES = [
     ("random stream (seeded Generator)", "BatchLoaderOneInput",
      "make_generator"),
-    ("reading (read_points)", "_SFTDataBase", "read_points"),
+    ("reading (read_points_of_many)", "batch_loader", "read_points_of_many"),
     ("splitting (split_ranges)", "batch_loader", "split_ranges"),
     ("reversing (reverse_rows)", "batch_loader", "reverse_rows"),
     ("rows, unreversed (ranges_to_indices)", "batch_loader",

@@ -24,6 +24,7 @@ from dwi_ml.data.hdf5.layout import (
     ROWS_PER_CHECKSUM_ATTR,
     row_block_checksums,
 )
+from dwi_ml.data.packed import split_by_lengths
 from dwi_ml.io_utils.errors import DwiMLUserError
 
 GAP_ROWS = MERGE_GAP_BYTES // 12  # float32 rows of 3
@@ -258,3 +259,15 @@ def test_repeated_points_are_dropped_and_their_subject_named(tmp_path,
     alone = [sft.read_points(i) for sft, i in zip(sfts, ids)]
     _assert_same_reads(together, alone)
     assert together[1][2][0] == sfts[1].lengths[2] - 1
+
+
+def test_split_by_lengths_is_numpys_split_at_the_cumulative_lengths():
+    array = np.arange(20).reshape(10, 2)
+    for lengths in ([10], [0, 3, 0, 7], [2, 2, 2, 2, 2, 0], []):
+        pieces = split_by_lengths(array, np.array(lengths, dtype=np.int64))
+        expected = (np.split(array, np.cumsum(lengths)[:-1]) if lengths
+                    else [])
+        assert len(pieces) == len(expected)
+        for piece, other in zip(pieces, expected):
+            np.testing.assert_array_equal(piece, other)
+            assert piece.base is array or piece.base is array.base

@@ -34,7 +34,11 @@ from dwi_ml.data.hdf5.layout import (
     ROWS_PER_CHECKSUM_ATTR,
     row_block_checksums,
 )
-from dwi_ml.data.packed import offsets_from_lengths, ranges_to_indices
+from dwi_ml.data.packed import (
+    offsets_from_lengths,
+    ranges_to_indices,
+    split_by_lengths,
+)
 
 # Merge two ranges when the gap between them is at most this many bytes:
 # reading 16 KiB from the page cache costs about one extra read call.
@@ -172,7 +176,7 @@ def read_row_ranges_of_datasets(handle, keys, starts, counts):
         buffer = np.empty((0,) + first.row_shape, first.dtype)
     else:
         buffer = _read_blocks(handle, space, block_starts, block_counts)
-    return buffer, np.split(positions, np.cumsum(sizes)[:-1])
+    return buffer, split_by_lengths(positions, sizes)
 
 
 def _read_one_after_the_other(handle, keys, starts, counts):

@@ -23,6 +23,7 @@ from dwi_ml.data.packed import (
     make_array_sequence,
     offsets_from_lengths,
     ranges_to_indices,
+    split_by_lengths,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
 
@@ -386,5 +387,5 @@ def _checked_ids_of_many(sft_datas, ids_list):
         limits = np.repeat([sft.nb_streamlines for sft in sft_datas], sizes)
         if not len(all_ids) or (all_ids.min() >= 0
                                 and (all_ids < limits).all()):
-            return np.split(all_ids, np.cumsum(sizes)[:-1])
+            return split_by_lengths(all_ids, sizes)
     return [sft._check_ids(ids) for sft, ids in zip(sft_datas, ids_list)]
