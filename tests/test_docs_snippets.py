@@ -280,8 +280,9 @@ def test_training_page_shows_the_noise_on_streamlines(in_demo_folder,
                                         "dwiml_hdf5_extract_data"))
     summary = capsys.readouterr().out
     assert re.fullmatch(r"50 streamlines in, 50 out, \d+ points; noise "
-                        r"displacement: mean 0\.\d{4} mm, max \d\.\d{4} mm\.\n",
-                        summary), summary
+                        r"displacement: mean 0\.\d{4} mm, max \d\.\d{4} mm\.\n"
+                        r"Group 'streamlines' of subject 'subj-01' written to "
+                        r"stored\.trk\.\n", summary), summary
     noisy = load_tractogram("noise_0.5mm.trk", "same",
                             bbox_valid_check=False)
     stored = load_tractogram("stored.trk", "same", bbox_valid_check=False)

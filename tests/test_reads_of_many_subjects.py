@@ -72,17 +72,14 @@ def _ranges(rng, nb_rows):
 
 @pytest.mark.parametrize("keys", [
     ["contiguous/data", "chunked/data", "scattered/data", "small/data"],
-    ["scattered/data", "small/data"],
-    # A compressed one or another dtype: each dataset read on its own.
-    ["chunked/data", "gzip/data"],
-    ["contiguous/data", "float64/data"]])
+    ["scattered/data", "small/data"]])
 def test_one_plan_reads_what_each_dataset_gives(tmp_path, keys):
     rng = np.random.default_rng(5)
     path = str(tmp_path / "rows.hdf5")
     arrays = _write_datasets(path, rng)
     handle = Hdf5Handle(path)
     # The row space grows with new datasets: earlier ones keep their place.
-    for chosen in (keys[:1], keys, keys[::-1], keys):
+    for chosen in (keys[:2], keys, keys[::-1], keys):
         ranges = [_ranges(rng, len(arrays[key])) for key in chosen]
         buffer, positions = read_row_ranges_of_datasets(
             handle, chosen, [starts for starts, _ in ranges],
@@ -103,6 +100,19 @@ def test_one_plan_reads_what_each_dataset_gives(tmp_path, keys):
             alone, _ = read_row_ranges(handle, key, starts, counts)
             expected_rows += len(alone)
         assert len(buffer) == expected_rows
+
+
+@pytest.mark.parametrize("keys", [
+    ["chunked/data"], ["chunked/data", "chunked/data"],
+    # Compressed, or another dtype: each dataset is read on its own.
+    ["chunked/data", "gzip/data"], ["contiguous/data", "float64/data"]])
+def test_datasets_that_cannot_share_a_read_are_left_to_the_caller(
+        tmp_path, keys):
+    path = str(tmp_path / "rows.hdf5")
+    _write_datasets(path, np.random.default_rng(5))
+    ranges = [np.array([0, 10])] * len(keys)
+    assert read_row_ranges_of_datasets(Hdf5Handle(path), keys, ranges,
+                                       ranges) is None
 
 
 def test_datasets_end_to_end_do_not_share_a_block(tmp_path):
@@ -247,8 +257,10 @@ def test_repeated_points_are_dropped_and_their_subject_named(tmp_path,
         points[row] = points[row - 1]
         group["data"][...] = points
     path, sfts = _lazy_file(tmp_path, repeat_a_point)
-    ids = [np.array([1, 2]), np.array([2, 0]), np.array([3]),
-           np.array([2])]
+    # Streamlines with others between them: read alone, a subject's blocks
+    # hold those too, where a compact copy would not.
+    ids = [np.array([0, 3]), np.array([2, 0]), np.array([1, 4]),
+           np.array([0, 2])]
     with caplog.at_level(logging.WARNING):
         together = read_points_of_many(sfts, ids)
     assert [record.getMessage() for record in caplog.records] == [
@@ -259,6 +271,25 @@ def test_repeated_points_are_dropped_and_their_subject_named(tmp_path,
     alone = [sft.read_points(i) for sft, i in zip(sfts, ids)]
     _assert_same_reads(together, alone)
     assert together[1][2][0] == sfts[1].lengths[2] - 1
+    # The others keep their own rows of the buffer, as read alone: a repeat
+    # in one subject made every subject check the whole buffer.
+    for subject in (0, 2, 3):
+        assert len(together[subject][0]) == len(alone[subject][0])
+
+
+def test_subjects_of_several_dtypes_are_read_each_in_its_own(tmp_path):
+    def to_float64(hdf):
+        group = hdf["subj_d/streamlines"]
+        points = group["data"][()].astype(np.float64)
+        del group["data"]
+        group.create_dataset("data", data=points)
+    _, sfts = _lazy_file(tmp_path, to_float64)
+    ids = [np.array([0, 1])] * 4
+    together = read_points_of_many(sfts, ids)
+    alone = [sft.read_points(i) for sft, i in zip(sfts, ids)]
+    _assert_same_reads(together, alone)
+    assert [read[0].dtype for read in together] == [np.float32] * 3 + [
+        np.float64]
 
 
 def test_split_by_lengths_is_numpys_split_at_the_cumulative_lengths():

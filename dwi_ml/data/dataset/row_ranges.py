@@ -131,30 +131,30 @@ def read_row_ranges_of_datasets(handle, keys, starts, counts):
     ----------
     handle : Hdf5Handle
     keys : list of str
-        Datasets of the same dtype and row shape (e.g. every subject's
-        streamline ``data``); each key at most once.
+        Distinct datasets of the same dtype and row shape (e.g. every
+        subject's streamline ``data``).
     starts, counts : list of np.ndarray
         The ranges of each dataset, as for :func:`read_row_ranges`.
 
     Returns
     -------
-    buffer : np.ndarray, shape (M, ...)
-        Every dataset's merged blocks. May be read-only.
-    positions : list of np.ndarray
-        ``buffer[positions[k][i]:...]`` is range i of dataset ``keys[k]``.
-
-    Datasets whose bytes cannot be read directly (compressed...), or of
-    other dtypes, are read one after the other with :func:`read_row_ranges`
-    and concatenated.
+    (buffer, positions) or None
+        ``buffer[positions[k][i]:...]`` is range i of dataset ``keys[k]``;
+        each dataset's blocks are consecutive in the buffer (datasets never
+        share one). None when the datasets cannot be read together: fewer
+        than two, a key twice, one whose bytes cannot be read directly
+        (compressed...) or another dtype or row shape; read each with
+        :func:`read_row_ranges` then.
     """
+    if len(keys) < 2 or len(set(keys)) < len(keys):
+        return None
     layouts = [handle.memoize(("row_layout", key),
                               lambda key=key: _RowLayout(handle, key))
                for key in keys]
     first = layouts[0]
-    if len(keys) == 1 or any(
-            layout.extent_rows is None or layout.dtype != first.dtype
-            or layout.row_shape != first.row_shape for layout in layouts):
-        return _read_one_after_the_other(handle, keys, starts, counts)
+    if any(layout.extent_rows is None or layout.dtype != first.dtype
+           or layout.row_shape != first.row_shape for layout in layouts):
+        return None
     space = handle.memoize(("row_space", first.dtype.str, first.row_shape),
                            lambda: _RowSpace(first))
     bases = space.bases(layouts)
@@ -177,19 +177,6 @@ def read_row_ranges_of_datasets(handle, keys, starts, counts):
     else:
         buffer = _read_blocks(handle, space, block_starts, block_counts)
     return buffer, split_by_lengths(positions, sizes)
-
-
-def _read_one_after_the_other(handle, keys, starts, counts):
-    buffers, positions, nb_rows = [], [], 0
-    for key, key_starts, key_counts in zip(keys, starts, counts):
-        buffer, key_positions = read_row_ranges(handle, key, key_starts,
-                                                key_counts)
-        buffers.append(buffer)
-        positions.append(key_positions + nb_rows)
-        nb_rows += len(buffer)
-    if len(buffers) == 1:
-        return buffers[0], positions
-    return np.concatenate(buffers), positions
 
 
 class _RowSpace:

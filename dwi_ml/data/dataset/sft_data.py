@@ -299,16 +299,12 @@ class LazySFTData(_SFTDataBase):
                                             self.lengths[ids])
         return self._checked(data, offsets, ids)
 
-    def _checked(self, data, offsets, ids, checks=(True, True)):
+    def _checked(self, data, offsets, ids):
         """(data, offsets, lengths) of streamlines ``ids`` read at
-        ``offsets``, refused if not finite and without repeated points;
-        ``checks`` (finite, repeats) False: known to pass."""
+        ``offsets``, refused if not finite and without repeated points."""
         lengths = self.lengths[ids]
-        if checks[0]:
-            check_finite_points(data, offsets, lengths, ids,
-                                self._handle.path, self._key)
-        if not checks[1]:
-            return data, offsets, lengths
+        check_finite_points(data, offsets, lengths, ids, self._handle.path,
+                            self._key)
         # The lengths kept in RAM are the stored ones (the sampler's point
         # budget counts repeats, an upper bound).
         data, offsets, lengths, nb_removed = without_repeated_points(
@@ -349,31 +345,42 @@ def read_points_of_many(sft_datas, ids_list):
     A mixed batch reads some streamlines of each of many subjects: one read
     plan over all of them (``read_row_ranges_of_datasets``) and one check
     of the buffer replace a plan, a read and the checks per subject. The
-    results are the same arrays' values; the data of every lazy entry is
-    then the one shared buffer.
+    same values and dtype; the data of every entry is then the one shared
+    buffer, or, when the buffer holds NaN or repeated points, each entry's
+    own part of it, checked on its own (so that a repeat in one subject
+    costs that subject's rows, not the whole buffer per subject).
     """
     lazy = all(isinstance(sft, LazySFTData) for sft in sft_datas)
-    if (len(sft_datas) < 2 or not lazy
-            or len({id(sft._handle) for sft in sft_datas}) > 1
-            or len({sft._key for sft in sft_datas}) < len(sft_datas)):
+    if len(sft_datas) < 2 or not lazy or len(
+            {id(sft._handle) for sft in sft_datas}) > 1:
         return [sft.read_points(ids) for sft, ids in zip(sft_datas, ids_list)]
     ids_list = _checked_ids_of_many(sft_datas, ids_list)
     handle = sft_datas[0]._handle
     try:
         with hdf5_read_errors(handle.path):
-            buffer, positions = read_row_ranges_of_datasets(
+            read = read_row_ranges_of_datasets(
                 handle, [sft._key + "/data" for sft in sft_datas],
                 [sft._offsets[ids] for sft, ids in zip(sft_datas, ids_list)],
                 [sft.lengths[ids] for sft, ids in zip(sft_datas, ids_list)])
     except DwiMLUserError:
-        # Read again subject by subject: the error names the group.
+        read = None  # read again subject by subject: the error names it
+    if read is None:
         return [sft.read_points(ids) for sft, ids in zip(sft_datas, ids_list)]
+    buffer, positions = read
     # One pass over the buffer for all subjects, in the usual case.
     as_read = (buffer if buffer.dtype == np.float32
                else buffer.astype(np.float32))
-    checks = (not all_finite(buffer), _has_equal_neighbours(as_read))
-    return [sft._checked(buffer, offsets, ids, checks)
-            for sft, offsets, ids in zip(sft_datas, positions, ids_list)]
+    if all_finite(buffer) and not _has_equal_neighbours(as_read):
+        return [(buffer, offsets, sft.lengths[ids])
+                for sft, offsets, ids in zip(sft_datas, positions, ids_list)]
+    reads = []
+    for sft, offsets, ids in zip(sft_datas, positions, ids_list):
+        # Each subject's blocks are consecutive in the buffer.
+        first = int(offsets.min()) if len(offsets) else 0
+        last = (int((offsets + sft.lengths[ids]).max()) if len(offsets)
+                else 0)
+        reads.append(sft._checked(buffer[first:last], offsets - first, ids))
+    return reads
 
 
 def _checked_ids_of_many(sft_datas, ids_list):
