@@ -602,7 +602,8 @@ def test_subjects_in_other_voxel_orientations_are_warned_about(tmp_path,
         build_loader(dataset, {"streamline_group": "streamlines",
                                "input_group": "input"}, model, "cpu")
     assert caplog.messages == [
-        f"HDF5 file {path}, volume group 'input': subjects in 2 voxel "
-        "orientations (RAS: s1; RPS: s2, s3); a model learns directions in "
-        "voxel space, where they differ: reorient the subjects alike (e.g. "
-        "to RAS) before creating the HDF5."]
+        f"HDF5 file {path}, volume group 'input': subjects on 2 kinds of "
+        "voxel grid (RAS, 2 x 2 x 2 mm voxels: s1; RPS, 2 x 2 x 2 mm voxels: "
+        "s2, s3); a model learns directions in voxel space, where they "
+        "differ: resample or reorient the subjects alike (e.g. to RAS, one "
+        "voxel size) before creating the HDF5."]

@@ -45,6 +45,7 @@ from dwi_ml.models.model_io import load_model_of_experiment
 from dwi_ml.training.evaluation import evaluate_model_on_hdf5, subject_table
 from dwi_ml.training.experiment_builder import check_hdf5_groups, experiment_groups
 from dwi_ml.training.training_file import (
+    grids_unlike_training,
     training_split_subjects,
     use_training_streamline_format,
     warn_if_input_prepared_differently,
@@ -95,6 +96,9 @@ def main(argv=None):
             f"--subset {args.subset}: '{args.hdf5_file}' has no "
             f"{args.subset} subject.")
     fingerprint = compute_hdf5_fingerprint(args.hdf5_file)
+    grids_unlike_training(args.experiment_path,
+                          fingerprint["splits"][args.subset], input_group,
+                          fingerprint)
     in_training_split = training_split_subjects(
         args.experiment_path, fingerprint["splits"][args.subset],
         args.hdf5_file, fingerprint)

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import torch
 
+from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.data.packed import packed_arrays
 from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import check_device, check_int_options
@@ -53,6 +54,7 @@ from dwi_ml.tracking.training_facts import (
 )
 from dwi_ml.training.experiment_builder import check_model_input_features
 from dwi_ml.training.training_file import (
+    grids_unlike_training,
     training_split_subjects,
     warn_if_input_prepared_differently,
 )
@@ -290,8 +292,12 @@ def main(argv=None):
     # After every check: a refused run prints its one error line alone.
     warn_if_not_trained_backward(args.experiment_path,
                                  args.track_forward_only)
+    fingerprint = compute_hdf5_fingerprint(args.hdf5_file)
+    grids_unlike_training(args.experiment_path, [args.subject_id],
+                          args.input_group, fingerprint)
     in_training_split = bool(training_split_subjects(
-        args.experiment_path, [args.subject_id], args.hdf5_file))
+        args.experiment_path, [args.subject_id], args.hdf5_file,
+        fingerprint))
     logging.info("Tracking %d seeds of subject %s, step %.3g mm.",
                  len(seeds), args.subject_id, step_size)
     result = tracker.track_in_batches(seeds, args.batch_size,

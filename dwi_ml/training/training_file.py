@@ -11,12 +11,18 @@ import logging
 import os
 
 import h5py
+import numpy as np
 
 from dwi_ml.data.hdf5.fingerprint import (
     compute_hdf5_fingerprint,
     first_fingerprint_difference,
 )
 from dwi_ml.data.hdf5.layout import parse_groups_config, read_streamline_format
+from dwi_ml.data.processing.grid_frames import (
+    describe_grid,
+    grid_frame_difference,
+    grids_alike,
+)
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
@@ -190,6 +196,77 @@ def warn_if_input_prepared_differently(model, experiment_dir, hdf5_file,
             "training input (%s): the model may read values it was not "
             "trained on. Create the HDF5 with the training file's config "
             "for this group.", input_group, hdf5_file, "; ".join(differences))
+
+
+def _group_affine(fingerprint, subject, group):
+    affine = (((fingerprint.get("subjects") or {}).get(subject) or {})
+              .get(group) or {}).get("attrs", {}).get("affine")
+    return None if affine is None else np.asarray(affine, dtype=np.float64)
+
+
+def grids_unlike_training(experiment_dir, subject_ids, input_group,
+                          fingerprint):
+    """The subjects whose input grid is unlike every training subject's,
+    with one warning naming them.
+
+    A model learns directions in voxel space: on a grid whose axes point
+    other ways (flipped, permuted, rotated) or whose voxels have another
+    shape, its directions are other world directions, and tracking or
+    evaluation there is silently wrong (see
+    :mod:`dwi_ml.data.processing.grid_frames`). Nothing is said for an
+    experiment whose parameters.json records no training file.
+
+    Parameters
+    ----------
+    experiment_dir : str
+    subject_ids : sequence of str
+        The subjects about to be tracked or evaluated.
+    input_group : str
+        Their input volume group.
+    fingerprint : dict
+        The fingerprint of the HDF5 they are read from
+        (:func:`~dwi_ml.data.hdf5.fingerprint.compute_hdf5_fingerprint`).
+
+    Returns
+    -------
+    list of str
+    """
+    dataset = training_dataset(experiment_dir)
+    trained_file = dataset.get("fingerprint") or {}
+    training_group = ((read_parameters(experiment_dir).get("loader") or {})
+                      .get("input_group") if dataset else None)
+    trained = [(subject, affine) for subject in
+               (trained_file.get("splits") or {}).get("training", [])
+               for affine in [_group_affine(trained_file, subject,
+                                            training_group)]
+               if affine is not None]
+    if not trained:
+        return []
+    unlike = []
+    for subject in subject_ids:
+        affine = _group_affine(fingerprint, subject, input_group)
+        if affine is not None and not any(grids_alike(affine, other)
+                                          for _, other in trained):
+            unlike.append((subject, affine))
+    if unlike:
+        subject, affine = unlike[0]
+        nearest, nearest_affine = min(
+            trained, key=lambda item: grid_frame_difference(affine, item[1]))
+        angle, change = grid_frame_difference(affine, nearest_affine)
+        names = ", ".join(f"'{name}'" for name, _ in unlike[:3])
+        logger.warning(
+            "Subject%s %s%s, input group '%s': a voxel grid unlike every "
+            "training subject's (%s; nearest, training subject '%s': %s; "
+            "axes up to %.1f degrees apart, voxel sides up to %.1f %% "
+            "different): the model's directions are in voxel space, so "
+            "here they point elsewhere in the world. Resample or reorient "
+            "the subject's volumes like the training subjects' before "
+            "creating the HDF5 (docs/models.md).",
+            "s" if len(unlike) > 1 else "", names,
+            " ..." if len(unlike) > 3 else "", input_group,
+            describe_grid(affine), nearest, describe_grid(nearest_affine),
+            angle, 100 * change)
+    return [name for name, _ in unlike]
 
 
 def training_split_subjects(experiment_dir, subject_ids, hdf5_file,

@@ -17,6 +17,7 @@ from dwi_ml.data.hdf5.layout import (
     read_subject_list,
 )
 from dwi_ml.data.hdf5.volumes import AFFINE_TOLERANCE_MM
+from dwi_ml.data.processing.grid_frames import describe_grid, grids_alike
 from dwi_ml.data.processing.resampling import StreamlineFormat
 from dwi_ml.io_utils.arg_checks import check_bool, check_choice, check_int
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -186,22 +187,48 @@ class MultiSubjectDataset:
             found.setdefault(codes, []).append(subject.subject_id)
         return found
 
+    def voxel_grid_kinds(self, volume_group):
+        """The loaded subjects of ``volume_group`` grouped by voxel grid:
+        subjects share a kind when their voxel axes point the same ways
+        and their voxels have the same shape (``grids_alike``; the origin
+        and an isotropic scale do not count).
+
+        Returns
+        -------
+        list of (str, list of str)
+            Each kind's description (e.g. 'LPS, 2 x 2 x 2.5 mm voxels', of
+            its first subject) and its subject ids, in the order met.
+        """
+        volume_idx = self._group_index("volume_group", volume_group,
+                                       self.volume_groups)
+        kinds = []  # (affine of the first subject, description, ids)
+        for subject in self._loaded_subjects():
+            affine = subject.mri_data_list[volume_idx].affine
+            kind = next((kind for kind in kinds
+                         if grids_alike(affine, kind[0])), None)
+            if kind is None:
+                kind = (affine, describe_grid(affine), [])
+                kinds.append(kind)
+            kind[2].append(subject.subject_id)
+        return [(description, ids) for _, description, ids in kinds]
+
     def warn_mixed_orientations(self, volume_group):
         """Warn, in one line, when the loaded subjects' ``volume_group``
-        lies in more than one voxel orientation: models see directions in
-        voxel space, where one RAS direction is another in each."""
-        found = self.voxel_orientations(volume_group)
-        if len(found) < 2:
+        lies on voxel grids of several kinds (flipped, permuted or rotated
+        axes, or voxels of another shape): models see directions in voxel
+        space, where one RAS direction is another on each."""
+        kinds = self.voxel_grid_kinds(volume_group)
+        if len(kinds) < 2:
             return
         listed = "; ".join(
-            f"{codes}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
-            for codes, ids in found.items())
+            f"{description}: {', '.join(ids[:3])}"
+            f"{' ...' if len(ids) > 3 else ''}" for description, ids in kinds)
         logger.warning(
-            "HDF5 file %s, volume group '%s': subjects in %d voxel "
-            "orientations (%s); a model learns directions in voxel space, "
-            "where they differ: reorient the subjects alike (e.g. to RAS) "
-            "before creating the HDF5.", self.hdf5_file, volume_group,
-            len(found), listed)
+            "HDF5 file %s, volume group '%s': subjects on %d kinds of voxel "
+            "grid (%s); a model learns directions in voxel space, where "
+            "they differ: resample or reorient the subjects alike (e.g. to "
+            "RAS, one voxel size) before creating the HDF5.", self.hdf5_file,
+            volume_group, len(kinds), listed)
 
     def _group_index(self, argument, name, groups):
         """Index of ``name`` in the loaded ``groups``, or a user error
