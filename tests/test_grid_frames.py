@@ -150,3 +150,23 @@ def test_a_subject_moved_or_scaled_alike_is_not_warned_of(experiment,
             compute_hdf5_fingerprint(rotated)) == ["subj-02"]
     assert len(caplog.messages) == 1
     assert "axes up to 20.0 degrees apart" in caplog.messages[0]
+
+
+def test_fine_tuning_on_subjects_of_another_grid_is_warned_of(
+        experiment, tmp_path, capsys):
+    experiment_dir, hdf5_file = experiment
+    # Its training subject flipped (the testing one is not fine-tuned on).
+    flipped = str(tmp_path / "all_flipped.hdf5")
+    _subject_on_another_grid(hdf5_file, flipped, "subj-01",
+                             lambda affine: affine @ np.diag([1., -1., 1., 1.]))
+    capsys.readouterr()
+    train_main([str(tmp_path), "tuned", flipped, "input", "streamlines",
+                "--max_epochs", "1", "--pretrained", experiment_dir])
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if "voxel grid unlike" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "WARNING: Subject 'subj-01', input group 'input': a voxel grid "
+        "unlike every training subject's (RPS, 2 x 2.5 x 3 mm voxels; "
+        "nearest, training subject 'subj-01': RAS, 2 x 2.5 x 3 mm voxels; "
+        "axes up to 180.0 degrees apart")

@@ -95,6 +95,7 @@ from dwi_ml.training.saved_parameters import (
 from dwi_ml.training.trainer import DEFAULT_LEARNING_RATE
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 from dwi_ml.training.training_file import (
+    grids_unlike_training,
     use_training_streamline_format,
     warn_if_input_prepared_differently,
 )
@@ -372,6 +373,8 @@ def _train(args, callbacks, lock):
             # training starts: tracking found it out only after it.
             warn_if_tracking_needs_step_size(
                 params["model"], params["dataset"], args.pretrained)
+            if args.pretrained is not None:
+                _warn_if_grids_unlike_pretrained(args, params)
             start_new_experiment(
                 lock, overwrite, hint=hint,
                 check=(_start_over_if_still_unsaved
@@ -430,6 +433,16 @@ def _apply_pretrained(args, params):
         params["trainer"]["learning_rate"] = DEFAULT_LEARNING_RATES.get(
             model_type_of(params["model_type"]), DEFAULT_LEARNING_RATE)
     return model
+
+
+def _warn_if_grids_unlike_pretrained(args, params):
+    """Fine-tuning subjects on grids unlike the pretrained model's training
+    subjects' teach it other directions (see grids_unlike_training)."""
+    fingerprint = params["dataset"]["fingerprint"]
+    grids_unlike_training(
+        args.pretrained, [subject for split in ("training", "validation")
+                          for subject in fingerprint["splits"][split]],
+        args.input_group, fingerprint)
 
 
 def check_saved_sections(params, experiment_dir):
