@@ -333,6 +333,35 @@ def test_repeated_points_are_stored_once_and_far_faces_are_inside(
     assert removed == {"sub-01": {"streamlines": 1}}
 
 
+def test_a_tractogram_mostly_off_the_volume_asks_for_its_space(
+        tmp_path, caplog):
+    # All 3 streamlines 100 voxels off: "use --remove_invalid to drop them"
+    # dropped the whole file; the file is in another space.
+    root = str(tmp_path / "ready")
+    write_subject(root, "sub-01")
+    path = os.path.join(root, "sub-01", "tractograms", "bundle_1.trk")
+    shifted = [s + 100. for s in random_streamlines(
+        np.random.default_rng(8), 3)]
+    save_streamlines(path, shifted,
+                     dps={"weight": np.zeros((3, 1), np.float32)})
+    elsewhere = ("is the file in the space of the subject's reference volume "
+                 "(a .tck has no header: its points must be in that volume's "
+                 "RAS mm)?")
+    with pytest.raises(DwiMLUserError) as error:
+        create_hdf5_dataset(root, str(tmp_path / "out.h5"), CONFIG,
+                            ["sub-01"], [], [])
+    assert str(error.value).endswith(
+        f"bundle_1.trk': 3 of 3 streamlines have points outside the volume "
+        f"of shape {SHAPE}; {elsewhere}")
+    # Dropped with --remove_invalid, the warning names the file and asks.
+    create_hdf5_dataset(root, str(tmp_path / "out2.h5"), CONFIG,
+                        ["sub-01"], [], [], remove_invalid=True)
+    assert [record.getMessage().split("': ", 1)[1]
+            for record in caplog.records if "dropping" in record.getMessage()
+            and "bundle_1.trk" in record.getMessage()] == [
+        f"dropping 3 of its 3 streamlines, outside the volume; {elsewhere}"]
+
+
 def test_one_subject_id_is_one_subject_and_a_config_list_is_named(tmp_path):
     """A string was a list of its letters ("subject '-' has no folder");
     a config given as a list was a TypeError of os.stat."""

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from error_checks import assert_user_error
 from nibabel.streamlines import ArraySequence
 from scoring_data import (
     GRID,
@@ -262,7 +263,7 @@ def test_a_reference_off_the_grid_is_refused():
             "score_tractogram argument reference: expected points on the "
             "grid of shape (5, 5, 5) (voxel space, corner origin: [0, size] "
             "along each axis), found points from (0.5, 2.5, 2.5) to (9.5, "
-            "7.5, 7.5); is it in voxel space, on this grid?")
+            "7.5, 7.5); is it in the space of this grid?")
     # On its grid: a perfect score, with no warning.
     assert score_tractogram(reference, reference, GRID, np.eye(4),
                             labels)["VC"] == 1.0
@@ -286,7 +287,7 @@ def test_tracked_points_off_the_grid_are_scored_with_one_warning(caplog):
             f"score_tractogram: {nb_outside} of the {nb_points} tracked "
             f"points lie outside the grid of shape {GRID} (voxel space, "
             f"corner origin); they count as far from the reference and in "
-            f"no voxel. Are they in voxel space, on this grid?"]
+            f"no voxel. Is the tractogram in the space of this grid?"]
     assert scores["points_within_2_vox"] == 0.0
 
 
@@ -571,10 +572,20 @@ def test_a_tck_in_another_space_is_warned(hand_files, tmp_path, capsys):
         expected = (f"tractogram '{tmp_path / name}': {nb_points} of the "
                     f"{nb_points} tracked points lie outside the grid of "
                     f"shape (10, 10, 10) (voxel space, corner origin); they "
-                    f"count as far from the reference and in no voxel. Are "
-                    f"they in voxel space, on this grid?")
+                    f"count as far from the reference and in no voxel. Is "
+                    f"the tractogram in the space of this grid?")
         assert (expected in err) == warned
         assert err.count("outside the grid") == warned
+    # The same shifted file as the reference: refused, in one line naming
+    # the volume whose space it should be in, with no warning before.
+    message = assert_user_error(
+        score_main, [hand_files["tracked"], str(tmp_path / "shifted.tck"),
+                     hand_files["nifti"]], capsys, tmp_path)
+    assert message.startswith(f"reference '{tmp_path / 'shifted.tck'}': "
+                              "expected points on the grid of shape")
+    assert message.endswith(
+        f"is it in the space of '{hand_files['nifti']}' (a .tck has no "
+        "header: its points must be in that volume's RAS mm)?")
 
 
 def test_trx_groups_are_the_bundles(hand_files, tmp_path, capsys):

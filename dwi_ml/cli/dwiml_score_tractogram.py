@@ -122,8 +122,10 @@ def main(argv=None):
     tracked = load_tractogram_vox_corner(args.in_tractogram,
                                          args.mask_or_volume,
                                          warn_outside=False)
+    # A reference off the grid is refused below: no warning before.
     reference = load_tractogram_vox_corner(args.reference_tractogram,
-                                           args.mask_or_volume)
+                                           args.mask_or_volume,
+                                           warn_outside=False)
     labels = names = None
     if args.bundle_key is None and reference.data_per_streamline:
         logging.info("No --bundle_key: no bundle scores. The reference has "
@@ -159,7 +161,10 @@ def main(argv=None):
         # The library names its argument; a user of the script, the file.
         raise DwiMLUserError(str(error).replace(
             "score_tractogram argument reference:",
-            f"reference '{args.reference_tractogram}':", 1)) from None
+            f"reference '{args.reference_tractogram}':", 1).replace(
+            "in the space of this grid?",
+            f"in the space of '{args.mask_or_volume}' (a .tck has no "
+            "header: its points must be in that volume's RAS mm)?")) from None
     print(format_scores(scores))
     if names is not None:
         scores["bundle_names"] = {str(label): name

@@ -139,7 +139,7 @@ class DenseReference:
             f"score_tractogram argument reference: expected points on the "
             f"grid of shape {tuple(shape)} (voxel space, corner origin: "
             f"[0, size] along each axis), found points from {low} to "
-            f"{high}; is it in voxel space, on this grid?")
+            f"{high}; is it in the space of this grid?")
 
     def check_matches(self, affine, max_step_vox):
         """Refuse to score on another grid or resampling than its own."""
@@ -262,8 +262,8 @@ def _warn_points_off_grid(points, shape, tracked_name):
         logger.warning(
             "%s: %d of the %d tracked points lie outside the grid of shape "
             "%s (voxel space, corner origin); they count as far from the "
-            "reference and in no voxel. Are they in voxel space, on this "
-            "grid?", tracked_name, outside, len(points), shape)
+            "reference and in no voxel. Is the tractogram in the space of "
+            "this grid?", tracked_name, outside, len(points), shape)
 
 
 def check_grid_shape(shape, owner):

@@ -422,9 +422,24 @@ def load_tractogram_file(path, space_attributes, group_config, subject,
     single = lengths < 2
     invalid |= single
     nb_invalid = int(invalid.sum())
+    # Most streamlines off the volume: the file is in another space (a .tck
+    # has no header to check), not a few strays to drop.
+    elsewhere = ("is the file in the space of the subject's reference "
+                 "volume (a .tck has no header: its points must be in that "
+                 "volume's RAS mm)?")
+    mostly_outside = 2 * nb_outside > len(lengths)
+    if nb_invalid and remove_invalid and mostly_outside:
+        logging.warning("%s: dropping %d of its %d streamlines, outside the "
+                        "volume; %s", where, nb_outside, len(lengths),
+                        elsewhere)
     if nb_invalid and not remove_invalid:
         if nb_outside:
             shape = tuple(int(n) for n in dimensions)
+            if mostly_outside:
+                raise DwiMLUserError(
+                    f"{where}: {nb_outside} of {len(lengths)} streamlines "
+                    f"have points outside the volume of shape {shape}; "
+                    f"{elsewhere}")
             count, problem = (nb_outside, "have points outside the volume "
                                           f"of shape {shape}")
         else:
