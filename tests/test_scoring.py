@@ -490,7 +490,13 @@ def test_script_refuses_a_tractogram_of_another_grid(hand_files, tmp_path,
     message = _error(capsys, [hand_files["tracked"], hand_files["reference"],
                               other_nifti])
     assert f"tractogram '{hand_files['tracked']}'" in message
-    assert f"does not match the reference '{other_nifti}'" in message
+    # Only the affine differs: only it is named, with both values.
+    affine_text = str(GRID_AFFINE.tolist())
+    assert message.split(": error: ", 1)[1] == (
+        f"tractogram '{hand_files['tracked']}': the tractogram's grid does "
+        f"not match the reference '{other_nifti}': affine {affine_text} "
+        f"here, {str(shifted.tolist())} there; expected a tractogram of the "
+        "same subject and space as the volume.")
     assert "[[2.0, 0.0, 0.0, -10.0]" in message    # the tractogram's grid
     assert "[[2.0, 0.0, 0.0, -6.0]" in message     # the volume's
     other_reference = save_trk(tmp_path / "other_reference.trk",

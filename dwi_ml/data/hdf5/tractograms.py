@@ -153,13 +153,20 @@ def grid_difference(found, expected, reference):
     reference : str
         The reference's path, named in the text.
     """
-    close = [np.allclose(found[i], expected[i], rtol=HEADER_TOLERANCE,
-                         atol=HEADER_TOLERANCE) for i in (0, 2)]
-    if (all(close) and np.array_equal(found[1], expected[1])
-            and found[3] == expected[3]):
+    alike = [np.allclose(found[0], expected[0], rtol=HEADER_TOLERANCE,
+                         atol=HEADER_TOLERANCE),
+             np.array_equal(found[1], expected[1]),
+             np.allclose(found[2], expected[2], rtol=HEADER_TOLERANCE,
+                         atol=HEADER_TOLERANCE),
+             found[3] == expected[3]]
+    if all(alike):
         return None
-    return (f"the tractogram's grid ({_grid_text(found)}) does not match "
-            f"the reference '{reference}' ({_grid_text(expected)})")
+    # Only what differs: the order, say, rather than two whole grids.
+    found_text, expected_text = _grid_texts(found), _grid_texts(expected)
+    return (f"the tractogram's grid does not match the reference "
+            f"'{reference}': " + "; ".join(
+                f"{name} {found_text[i]} here, {expected_text[i]} there"
+                for i, name in enumerate(_GRID_FIELDS) if not alike[i]))
 
 
 def load_streamline_group(group_config, files, reference, subject,
@@ -467,9 +474,13 @@ def _concatenate_dps(values, key, subject, group):
     return np.concatenate(values)
 
 
-def _grid_text(info):
+# The fields of dipy's reference info, in its order.
+_GRID_FIELDS = ("affine", "dimensions", "voxel sizes", "order")
+
+
+def _grid_texts(info):
     affine, dimensions, voxel_sizes, voxel_order = info
-    return (f"dimensions {[int(d) for d in dimensions]}, voxel sizes "
-            f"{np.round(np.asarray(voxel_sizes, float), 4).tolist()}, "
-            f"order {voxel_order}, affine "
-            f"{np.round(np.asarray(affine, float), 4).tolist()}")
+    return (str(np.round(np.asarray(affine, float), 4).tolist()),
+            str([int(d) for d in dimensions]),
+            str(np.round(np.asarray(voxel_sizes, float), 4).tolist()),
+            str(voxel_order))
