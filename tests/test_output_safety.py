@@ -289,7 +289,8 @@ def test_old_experiment_without_marker_is_recognised(tmp_path, data, capsys):
     # Resume continues it (and marks it); train -f replaces it.
     message = run_refused(resume_cli.main, [str(experiments), "old"], capsys)
     assert "already finished its 1 epoch: " in message
-    os.remove(os.path.join(old, MARKER_FILE))
+    # Refused before it starts anything: the folder is left as it was.
+    assert not os.path.exists(os.path.join(old, MARKER_FILE))
     resume_cli.main([str(experiments), "old", "--new_max_epochs", "2",
                      "-v", "WARNING"])
     assert os.path.isfile(os.path.join(old, MARKER_FILE))

@@ -89,7 +89,7 @@ def test_a_resume_keeps_the_thread_count_of_its_run(threads_restored, caplog):
                                resumed_from=2) == 2
         assert caplog.messages == [
             f"Keeping the run's 2 CPU thread(s) for torch (its float "
-            f"rounding): with {cores} worker(s) they are more than the 1 "
+            f"rounding): with {cores} worker(s) they are more than the 0 "
             "core(s) left, which can slow training a lot; --nb_cpu_threads "
             "1 is faster, but its numbers differ from an uninterrupted "
             "run's."]

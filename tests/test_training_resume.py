@@ -129,7 +129,10 @@ def test_resume_of_a_finished_run_says_so(tmp_path, hdf5_file, capsys):
     train_main(_train_args(experiments, "done", hdf5_file, 2, 0))
     # A smaller --new_max_epochs does not undo the epochs done: the message
     # said 'finished its 1 epochs: give --new_max_epochs larger than 1'.
-    for extra in ([], ["--new_max_epochs", "1"], ["--new_max_epochs", "2"]):
+    # With more workers than cores: the refusal alone, no worker or thread
+    # warning before it (they came first).
+    for extra in ([], ["--new_max_epochs", "1"], ["--new_max_epochs", "2"],
+                  ["--nb_workers", "99"]):
         with pytest.raises(SystemExit) as error:
             resume_cli.main([experiments, "done", *extra])
         assert error.value.code == 2

@@ -237,13 +237,26 @@ def check_new_max_epochs(new_max_epochs, state, experiment_dir):
         f"expected at least {epoch + 1}, found {new_max_epochs}.")
 
 
+def _epochs_done_message(experiment_dir, epochs_done):
+    # Epochs done, which a smaller --new_max_epochs does not undo.
+    return (f"experiment '{experiment_dir}' already finished its "
+            f"{count_of(epochs_done, 'epoch')}: give --new_max_epochs "
+            f"larger than {epochs_done} to train longer.")
+
+
+def _refuse_if_epochs_done(state, max_epochs, experiment_dir):
+    """The refusal of a run whose epochs are all done, before this resume
+    warns of anything (workers, threads) or starts anything."""
+    epochs_done = int(state["current_epoch"])
+    if (EpochPosition.from_state(state.get("position")).at_epoch_start
+            and epochs_done >= max_epochs):
+        raise ExperimentFinished(_epochs_done_message(experiment_dir,
+                                                      epochs_done))
+
+
 def _finished_message(trainer, experiment_dir):
     if trainer.current_epoch >= trainer.max_epochs:
-        # current_epoch: epochs done, which a smaller --new_max_epochs
-        # does not undo.
-        return (f"experiment '{experiment_dir}' already finished its "
-                f"{count_of(trainer.current_epoch, 'epoch')}: give --new_max_epochs "
-                f"larger than {trainer.current_epoch} to train longer.")
+        return _epochs_done_message(experiment_dir, trainer.current_epoch)
     tracker = trainer.best_tracker
     return (f"experiment '{experiment_dir}' stopped early: patience "
             f"({count_of(tracker.patience, 'epoch')}) reached at epoch "
@@ -322,6 +335,8 @@ def _resume(args, callbacks, lock):
                        ("nb_workers", args.nb_workers)):
         if value is not None:
             trainer_params[key] = value
+    _refuse_if_epochs_done(state, trainer_params["max_epochs"],
+                           experiment_dir)
 
     # A GPU experiment resumed on a CPU machine fails here with its saved
     # device: the message says where it comes from.

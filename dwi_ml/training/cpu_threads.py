@@ -60,7 +60,8 @@ def set_cpu_threads(nb_threads=None, nb_workers=0, resumed_from=None):
     if nb_threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         nb_threads, given = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cores_left = max(1, available_cores() // local_ranks - nb_workers)
+    free_cores = available_cores() // local_ranks - nb_workers
+    cores_left = max(1, free_cores)
     if nb_threads is None and resumed_from is not None:
         nb_threads = resumed_from
         if resumed_from > cores_left:
@@ -70,7 +71,7 @@ def set_cpu_threads(nb_threads=None, nb_workers=0, resumed_from=None):
                 "core(s) left, which can slow training a lot; "
                 "--nb_cpu_threads %d is faster, but its numbers differ from "
                 "an uninterrupted run's.", resumed_from, nb_workers,
-                cores_left, cores_left)
+                max(0, free_cores), cores_left)
     elif resumed_from is not None and nb_threads != resumed_from:
         logger.warning(
             "%s %d: the run trained with %d CPU thread(s) for torch; float "
