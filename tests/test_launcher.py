@@ -141,3 +141,29 @@ def test_a_stop_is_ignored_once_a_finished_script_exits(tmp_path, name,
     process = subprocess.run([sys.executable, str(tmp_path / "caller.py")],
                              capture_output=True, text=True, timeout=300)
     assert process.stdout == "True True\n", process.stderr
+
+
+@pytest.mark.parametrize("rank, world_size, prefix", [
+    (None, None, ""), ("0", "3", ""), ("2", "3", "[rank 2] "),
+    ("1", "1", "")])
+def test_a_user_error_under_torchrun_is_one_whole_line_per_rank(
+        rank, world_size, prefix):
+    # Three ranks refusing the same resume wrote their lines into one
+    # line; an error of one rank alone was not told from the others'.
+    code = (
+        "from dwi_ml.io_utils.errors import DwiMLUserError, "
+        "script_entry_point\n"
+        "@script_entry_point\n"
+        "def main(argv=None):\n"
+        "    raise DwiMLUserError('argument x: expected 1, found 2.')\n"
+        "main([])\n")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "WORLD_SIZE")}
+    env.update({key: value for key, value in (("RANK", rank),
+                                               ("WORLD_SIZE", world_size))
+                if value is not None})
+    process = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    assert process.stderr == (f"{prefix}-c: error: argument x: expected 1, "
+                              "found 2.\n")

@@ -65,6 +65,26 @@ def count_of(count, noun, plural=None):
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
+def _print_error_line(line):
+    """Print one error line on stderr. Under torchrun (several ranks), each
+    rank's line is written whole, in one call (the ranks' lines were
+    interleaved into one), and named by its rank beyond rank 0: an error
+    may be one rank's alone."""
+    rank = os.environ.get("RANK")
+    if rank is None or os.environ.get("WORLD_SIZE", "1") == "1":
+        print(line, file=sys.stderr)
+        return
+    if rank != "0":
+        line = f"[rank {rank}] {line}"
+    try:
+        fileno = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream
+        print(line, file=sys.stderr)
+        return
+    sys.stderr.flush()
+    os.write(fileno, (line + "\n").encode())
+
+
 def script_entry_point(main_fn):
     """Wrap a script's ``main(argv=None)`` so user errors exit cleanly.
 
@@ -108,8 +128,7 @@ def script_entry_point(main_fn):
             return result
         except DwiMLUserError as error:
             error = as_typed_options(error, run)
-            print(f"{_prog()}: error: {one_line_message(error)}",
-                  file=sys.stderr)
+            _print_error_line(f"{_prog()}: error: {one_line_message(error)}")
             sys.exit(2)
         except MemoryError as error:
             print(f"{_prog()}: error: out of memory ({one_line_message(error)}):"
