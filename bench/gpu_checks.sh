@@ -26,9 +26,12 @@ if not torch.cuda.is_available(): sys.exit('no CUDA device: nothing to check')" 
 status=0
 
 echo "== tests that need CUDA ($SECONDS s so far)"
-# Their names say cuda or gpu; bench_gpu.sh's own CPU test is left out.
+# Their names say cuda or gpu; bench_gpu.sh's own CPU test is left out. A
+# test file that fails to import there (an image's broken package) must not
+# hide the CUDA tests: pytest goes on past collection errors (and reports
+# them, with a non-zero status).
 timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -rs -p no:cacheprovider \
-    -k "(cuda or gpu) and not bench_gpu" tests 2>&1 | tee "$LOGS/tests.log" \
+    --continue-on-collection-errors -k "(cuda or gpu) and not bench_gpu" tests 2>&1 | tee "$LOGS/tests.log" \
     || status=1
 
 echo "== bench_gpu.sh ($SECONDS s so far)"
