@@ -238,8 +238,47 @@ class NpyLoggerCallback(Callback):
                 monitor.save(trainer.logs_dir)
 
 
+# A GPU that waits for data this share of the training time or more gets
+# the --nb_workers hint (once per run).
+DATA_WAIT_HINT_SHARE = 0.2
+
+
+def data_wait_share(wait_s, train_time):
+    """The share of ``train_time`` spent waiting for batches, in [0, 1];
+    None without a wait (no training batch asked for in this process: a
+    run resumed in its validation) or without a training time."""
+    if wait_s is None or not train_time > 0:
+        return None
+    return min(max(wait_s / train_time, 0.0), 1.0)
+
+
+def data_wait_hint(device_type, nb_workers, share, epoch):
+    """The warning for a GPU left waiting for data, or None.
+
+    On CUDA the DataLoader's workers read and augment the next batches
+    while the GPU computes; with too few, the GPU waits. On CPU, workers
+    take the cores of the training step, so no hint is given there.
+    """
+    if device_type != "cuda" or share is None or share < DATA_WAIT_HINT_SHARE:
+        return None
+    return (f"The GPU waited for data during {share:.0%} of epoch {epoch}'s "
+            f"training (--nb_workers {nb_workers}): DataLoader workers "
+            f"prepare the next batches while it computes; a higher "
+            f"--nb_workers (within the free CPU cores) should shorten the "
+            f"epochs.")
+
+
 class EpochSummaryCallback(Callback):
-    """Log one line per epoch: losses, learning rate, time and best epoch."""
+    """Log one line per epoch: losses, learning rate, time, the share of
+    the training time spent waiting for data, and the best epoch.
+
+    On CUDA, a training that waited for data for at least
+    ``DATA_WAIT_HINT_SHARE`` of its time is told, once, to raise
+    ``--nb_workers``.
+    """
+
+    def __init__(self):
+        self._hinted = False
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         if not trainer.is_main_process:
@@ -250,8 +289,17 @@ class EpochSummaryCallback(Callback):
                 parts.append(f"{key} {epoch_logs[key]:.5f}")
         parts.append(f"lr {epoch_logs['learning_rate']:.3g}")
         parts.append(f"time {epoch_logs['train_time'] + epoch_logs['valid_time']:.1f}s")
+        share = data_wait_share(trainer.data_wait_s.get(Split.TRAINING),
+                                epoch_logs["train_time"])
+        if share is not None:
+            parts.append(f"data wait {share:.0%}")
         best = trainer.best_tracker
         # train_loss, not valid_loss, in a run without validation.
         parts.append(f"best epoch {best.best_epoch} "
                      f"({trainer.best_metric_name} {best.best_loss:.5f})")
         logger.info(", ".join(parts))
+        hint = data_wait_hint(trainer.device.type, trainer.nb_workers, share,
+                              epoch)
+        if hint and not self._hinted:
+            self._hinted = True
+            logger.warning(hint)

@@ -232,6 +232,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         self.stopped_reason = None
         self.interrupted_by = None
         self._dataloaders = {}
+        self.data_wait_s = {}
 
     @property
     def is_main_process(self):

@@ -4,8 +4,11 @@ A mixin of :class:`~dwi_ml.training.trainer.DWIMLAbstractTrainer`: it reads
 the trainer's ``batch_sampler``, ``batch_loader``, ``use_validation``,
 ``nb_workers``, ``dataloader_seed``, ``device``, ``max_batches``,
 ``position`` and ``interruptions``, and keeps the loaders in
-``_dataloaders``.
+``_dataloaders`` and the time spent waiting for their batches in
+``data_wait_s``.
 """
+import time
+
 import torch
 
 from dwi_ml.batching.dataloaders import make_dataloader
@@ -34,8 +37,11 @@ class TrainerDataLoading:
         """Yield the epoch's remaining batches of ``split``, up to the cap.
 
         Iteration starts after the batches the current position has done
-        (the sampler was restored at the same place).
+        (the sampler was restored at the same place). The seconds spent
+        waiting for the DataLoader (in this process: not before a resume)
+        add up in ``self.data_wait_s[split]``.
         """
+        self.data_wait_s[split] = 0.0
         self.batch_sampler.set_epoch(epoch)
         cap = self.max_batches[split]
         first = self.position.nb_batches_done
@@ -45,6 +51,7 @@ class TrainerDataLoading:
             self._stop_if_workers_died_of_stop_signal()
             return
         while True:
+            asked = time.perf_counter()
             try:
                 batch_index, batch = next(batches)
             except StopIteration:
@@ -52,6 +59,7 @@ class TrainerDataLoading:
             except (RuntimeError, OSError):
                 self._stop_if_workers_died_of_stop_signal()
                 return
+            self.data_wait_s[split] += time.perf_counter() - asked
             if cap is not None and batch_index >= cap:
                 return
             self.batch_index = batch_index

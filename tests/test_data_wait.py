@@ -1,0 +1,70 @@
+"""The share of training time spent waiting for data: the epoch line, and
+the --nb_workers hint for a GPU left waiting."""
+import logging
+import re
+import time
+
+import pytest
+from training_data import make_trainer, make_training_hdf5
+
+from dwi_ml.data.splits import Split
+from dwi_ml.training.callbacks import data_wait_hint, data_wait_share
+from dwi_ml.training.experiment_builder import build_dataset
+
+DELAY_S = 0.05
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    hdf5_file = make_training_hdf5(str(tmp_path_factory.mktemp("wait")))
+    return build_dataset({"hdf5_file": hdf5_file, "lazy": False})
+
+
+def test_share_is_the_wait_over_the_training_time():
+    assert data_wait_share(1.0, 4.0) == 0.25
+    # Clock readings of two spans can cross by a little: kept in [0, 1].
+    assert data_wait_share(4.2, 4.0) == 1.0
+    assert data_wait_share(0.0, 4.0) == 0.0
+    assert data_wait_share(1.0, 0.0) is None
+    assert data_wait_share(None, 4.0) is None
+
+
+def test_hint_only_for_a_waiting_gpu():
+    hint = data_wait_hint("cuda", 0, 0.33, 2)
+    assert hint == (
+        "The GPU waited for data during 33% of epoch 2's training "
+        "(--nb_workers 0): DataLoader workers prepare the next batches "
+        "while it computes; a higher --nb_workers (within the free CPU "
+        "cores) should shorten the epochs.")
+    assert "--nb_workers 4" in data_wait_hint("cuda", 4, 0.2, 0)
+    assert data_wait_hint("cuda", 0, 0.19, 0) is None
+    assert data_wait_hint("cuda", 0, None, 0) is None
+    # On CPU, workers take the training step's cores: no hint.
+    assert data_wait_hint("cpu", 0, 0.9, 0) is None
+
+
+def test_epoch_line_gives_the_measured_wait(tmp_path, dataset, caplog):
+    trainer = make_trainer(dataset, tmp_path, max_epochs=1)
+    load_batch = trainer.batch_loader.load_batch
+
+    def slow_load_batch(request):
+        time.sleep(DELAY_S)
+        return load_batch(request)
+
+    # The collate step of 0 workers runs in this process: each training
+    # batch then waits at least DELAY_S.
+    trainer.batch_loader.load_batch = slow_load_batch
+    with caplog.at_level(logging.INFO, logger="dwi_ml.training"):
+        trainer.train_and_validate()
+    nb_batches = trainer.nb_batches(Split.TRAINING)
+    wait = trainer.data_wait_s[Split.TRAINING]
+    train_time = trainer.monitors["train_time"].epoch_history[0]
+    assert nb_batches * DELAY_S <= wait <= train_time
+    lines = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("epoch 0,")]
+    assert len(lines) == 1
+    shown = re.search(r", data wait (\d+)%,", lines[0])
+    assert shown, lines[0]
+    assert int(shown.group(1)) == round(100 * wait / train_time)
+    # On CPU, no hint whatever the wait.
+    assert "waited for data" not in caplog.text
