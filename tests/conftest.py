@@ -34,7 +34,10 @@ import time
 import pytest
 import torch
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# An empty or non-numeric value (``OMP_NUM_THREADS= pytest``) counts as
+# unset, as OpenMP itself ignores it.
+if not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+    os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # A shell without job control starts background commands (``pytest ... &``)
