@@ -34,9 +34,10 @@ import time
 import pytest
 import torch
 
-# An empty or non-numeric value (``OMP_NUM_THREADS= pytest``) counts as
-# unset, as OpenMP itself ignores it.
-if not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+# An empty, zero or non-numeric value (``OMP_NUM_THREADS= pytest``)
+# counts as unset, as OpenMP itself ignores it.
+_threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+if not (_threads.isdigit() and int(_threads) > 0):
     os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from dipy.io.streamline import load_tractogram, save_tractogram
 from error_checks import truncate
 from nibabel.streamlines import ArraySequence
 from scoring_data import GRID, line_along_x, save_nifti, save_trk
@@ -492,3 +493,21 @@ def test_labels_of_shape_xyz1_are_read_as_3d(files, tmp_path):
     out = tmp_path / "o.npy"
     labels_main([files["tractogram"], labels_4d, str(out)])
     np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS)
+
+
+def test_a_tck_named_trk_is_a_one_line_error(files, tmp_path, capsys):
+    """nibabel reads a tractogram by its content: a .tck renamed .trk
+    gave a TCK header, whose text fields were compared as numbers (a
+    traceback in four scripts)."""
+    tck = tmp_path / "t.tck"
+    sft = load_tractogram(files["tractogram"], "same",
+                          bbox_valid_check=False)
+    save_tractogram(sft, str(tck), bbox_valid_check=False)
+    renamed = tmp_path / "renamed.trk"
+    tck.rename(renamed)
+    message = _error(capsys, labels_main, [str(renamed), files["labels"],
+                                           str(tmp_path / "o.npy")])
+    assert message.endswith(
+        f"tractogram '{renamed}': expected TrackVis .trk content (its "
+        "extension), found TCK content; give it its format's extension.")
+    assert not (tmp_path / "o.npy").exists()

@@ -27,6 +27,7 @@ from dwi_ml.cli.dwiml_visualize_input_importance import (
 )
 from dwi_ml.cli.dwiml_visualize_loss import main as loss_main
 from dwi_ml.cli.visualize_logs import main as plot_main
+from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import (
     check_output_free,
     mark_output_folder,
@@ -184,6 +185,43 @@ def test_outputs_beside_those_folders_stay_allowed(tmp_path, data):
     # A folder named logs/ outside any experiment is the user's own.
     (tmp_path / "logs").mkdir()
     check_output_free(str(tmp_path / "logs" / "t.trk"), False)
+
+
+@pytest.mark.parametrize("name", ["parameters.json", "runs.json",
+                                  ".dwi_ml_output.json"])
+def test_an_experiment_s_own_files_are_never_outputs(tmp_path, data, capsys,
+                                                      name):
+    """`dwiml_score_tractogram.py ... --out_json exps/l2t/parameters.json -f`
+    replaced the experiment's parameters by a score (exit 0): the
+    experiment no longer evaluated, tracked or resumed."""
+    experiment = tmp_path / "exp"
+    shutil.copytree(data["experiment"], experiment)
+    mask = save_nifti(tmp_path / "mask.nii.gz")
+    reference = save_trk(tmp_path / "ref.trk", hand_tracked(), mask)
+    before = snapshot(tmp_path)
+    out = experiment / name
+    for overwrite in ([], ["-f"]):
+        message = _error(score_main, [reference, reference, mask,
+                                      "--out_json", str(out), *overwrite],
+                         capsys)
+        assert message == (
+            f"output '{out}' is a file of the dwi_ml experiment "
+            f"'{experiment}', which dwi_ml wrote and reads back: refused "
+            "with or without -f; give another file name.")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_synthetic_dataset_s_config_is_never_an_output(tmp_path, capsys):
+    synthetic_main([str(tmp_path / "syn"), *TINY_SYNTHETIC])
+    config = tmp_path / "syn" / "config.json"
+    before = snapshot(tmp_path)
+    with pytest.raises(DwiMLUserError, match=(
+            "is a file of the dwi_ml synthetic dataset .* refused with or "
+            "without -f")):
+        check_output_free(str(config), True, "--out_json")
+    assert snapshot(tmp_path) == before
+    # Another name in it, and an experiment's evaluation JSON, stay outputs.
+    check_output_free(str(tmp_path / "syn" / "scores.json"), True)
 
 
 # ----------------------------------------------------------------------

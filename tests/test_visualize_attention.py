@@ -1,6 +1,11 @@
 """dwiml_visualize_attention.py: heatmaps per layer and head, and a
 tractogram of per-point attention summaries."""
+import glob
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import matplotlib.image
 import numpy as np
@@ -8,11 +13,13 @@ import pytest
 import torch
 from dipy.io.streamline import load_tractogram
 from error_checks import assert_user_error
+from file_tree import snapshot
 from training_data import make_training_hdf5
 
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.dwiml_visualize_attention import TRACTOGRAM_NAME
 from dwi_ml.cli.dwiml_visualize_attention import main as attention_main
+from dwi_ml.io_utils.errors import EXIT_STATUS_SIGTERM
 from dwi_ml.io_utils.output_folders import MARKER_FILE
 from dwi_ml.models import load_model_from_params_and_state
 from dwi_ml.monitoring.attention_views import subject_attention
@@ -199,3 +206,35 @@ def test_views_of_a_model_on_cuda_equal_the_cpu_ones(experiments, tmp_path):
         cuda_sft.data_per_point["attention_received"].get_data(),
         cpu_sft.data_per_point["attention_received"].get_data(), rtol=0,
         atol=2 * rounding_atol(10, 256))
+
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                      "scripts_python", "dwiml_visualize_attention.py")
+
+
+def test_a_stopped_overwrite_keeps_the_previous_views(experiments, tmp_path):
+    """SIGTERM while -f writes the new views: the previous folder stays
+    whole (it was emptied first, then written file by file)."""
+    original = str(experiments["folder"] / "original")
+    out_dir = tmp_path / "views"
+    first = [original, experiments["hdf5"], "subj-03", str(out_dir),
+             "--streamline_ids", "1"]
+    attention_main(first)
+    before = snapshot(out_dir)
+    temporaries = str(tmp_path / ".views.*.tmp")
+    for _ in range(5):
+        process = subprocess.Popen(
+            [sys.executable, SCRIPT, *first[:4], "--streamline_ids", "2",
+             "4", "5", "-f"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        while process.poll() is None and not glob.glob(temporaries):
+            time.sleep(0.0005)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+        if process.returncode != 0:
+            break
+        attention_main([*first, "-f"])  # it finished first: again
+        before = snapshot(out_dir)
+    assert process.returncode == EXIT_STATUS_SIGTERM, stderr[-3000:]
+    assert snapshot(out_dir) == before
+    assert sorted(os.listdir(tmp_path)) == ["views"]

@@ -2,11 +2,11 @@
 import os
 
 from dwi_ml.io_utils.arg_checks import check_device
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import atomic_output_folder
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.output_folders import (
     check_output_folder,
-    reset_output_folder,
+    mark_output_folder,
     seal_output_folder,
 )
 from dwi_ml.io_utils.script_args import (
@@ -97,16 +97,17 @@ def main(argv=None):
     attention = subject_attention(model, args.hdf5_file, args.subject_id,
                                   input_group, streamline_group,
                                   args.streamline_ids, args.device)
-    reset_output_folder(args.out_dir, "attention_views")
     names = heatmap_names(attention)
-    for name, layer, head, file_name in names:
-        figure = draw_heatmap(attention, name, layer, head)
-        with atomic_output_file(os.path.join(args.out_dir,
-                                             file_name)) as tmp_path:
-            figure.savefig(tmp_path, format="png")
-    save_attention_tractogram(attention,
-                              os.path.join(args.out_dir, TRACTOGRAM_NAME))
-    seal_output_folder(args.out_dir)
+    # Written whole in a temporary folder, then swapped in: the previous
+    # views stay complete until then (-f stopped midway loses nothing).
+    with atomic_output_folder(args.out_dir) as tmp_dir:
+        for name, layer, head, file_name in names:
+            figure = draw_heatmap(attention, name, layer, head)
+            figure.savefig(os.path.join(tmp_dir, file_name), format="png")
+        save_attention_tractogram(attention,
+                                  os.path.join(tmp_dir, TRACTOGRAM_NAME))
+        mark_output_folder(tmp_dir, "attention_views")
+        seal_output_folder(tmp_dir)
     print(f"Saved {len(names)} heatmaps and {TRACTOGRAM_NAME} in "
           f"{args.out_dir}.")
 

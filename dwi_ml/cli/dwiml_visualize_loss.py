@@ -1,7 +1,6 @@
 """See where along the streamlines a trained model's loss is high."""
-import os
 
-from dwi_ml.io_utils.arg_checks import check_int
+from dwi_ml.io_utils.arg_checks import check_int, extension_of
 from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
@@ -72,12 +71,13 @@ def main(argv=None):
     args = parse_script_args(_build_parser(), argv)
     check_model_run_args(args)
     check_int("--nb_bins", args.nb_bins, 1)
-    root, extension = os.path.splitext(args.out_tractogram)
-    if extension.lower() not in OUT_EXTENSIONS:
+    extension = extension_of(args.out_tractogram)
+    if extension not in OUT_EXTENSIONS:
         raise DwiMLUserError(
             f"output '{args.out_tractogram}': expected one of "
             f"{', '.join(OUT_EXTENSIONS)} (data_per_point), found "
             f"'{extension or 'none'}'.")
+    root = args.out_tractogram[:len(args.out_tractogram) - len(extension)]
     out_histogram = args.out_histogram or root + HISTOGRAM_SUFFIX
     check_output_free(args.out_tractogram, args.overwrite)
     check_output_free(out_histogram, args.overwrite, "--out_histogram",

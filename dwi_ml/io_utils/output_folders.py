@@ -12,8 +12,10 @@ folder, its parents, the home folder and ``/`` are never written to or
 replaced, nor is a symbolic link's target. Output files are replaced with
 ``-f``, but a folder at an output file's path never is. With or without
 ``-f``, no output may be an input of the same script (see
-:mod:`dwi_ml.io_utils.run_paths`) or lie in an experiment's
-``checkpoint/``, ``best_model/`` or ``logs/``, which training rewrites.
+:mod:`dwi_ml.io_utils.run_paths`), lie in an experiment's
+``checkpoint/``, ``best_model/`` or ``logs/``, which training rewrites, or
+be one of the files a dwi_ml folder holds as its state (an experiment's
+``parameters.json``, a synthetic dataset's ``config.json``, a marker).
 Every check runs before any work and raises a one-line
 :class:`~dwi_ml.io_utils.errors.DwiMLUserError`.
 """
@@ -173,6 +175,31 @@ def _refuse_inside_experiment_folders(path, what):
         folder = experiment
 
 
+# The files that hold a dwi_ml folder's state, read back by its scripts:
+# no output file may replace one (nor any folder's marker). An experiment's
+# evaluation JSONs and logs plot, and a demo output's files (written by the
+# demo itself), are outputs, replaced with -f.
+_STATE_FILES = {"experiment": (PARAMETERS_FILE, RUNS_FILE, ".lock"),
+                "synthetic_dataset": ("config.json", *_SUBJECT_LISTS)}
+
+
+def _refuse_state_file_of_output_folder(path, what):
+    """Refuse an output file that is a dwi_ml folder's state (an
+    experiment's ``parameters.json`` or ``runs.json``, a synthetic
+    dataset's ``config.json``, any marker): ``-f`` would replace it by
+    another script's output, and break the folder."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    name = os.path.basename(path)
+    kind = folder_kind(folder)
+    if kind is None or (name != MARKER_FILE
+                        and name not in _STATE_FILES.get(kind, ())):
+        return
+    raise DwiMLUserError(
+        f"{what} '{path}' is a file of the {_KIND_NAMES[kind]} '{folder}', "
+        "which dwi_ml wrote and reads back: refused with or without -f; "
+        "give another file name.")
+
+
 def _refuse_link_to_folder(path, what, ignore=()):
     """Refuse a symbolic link to a non-empty folder: replacing it would
     empty the link's target, which may be another output of the user's."""
@@ -205,9 +232,10 @@ def check_output_free(path, overwrite, what="output", extensions=None):
     DwiMLUserError
         When ``path`` is a folder (``-f`` never replaces one), its parent is
         missing, is a file or is not writable, it is also an input of the
-        script (see :mod:`dwi_ml.io_utils.run_paths`) or lies in an
-        experiment's ``checkpoint/``, ``best_model/`` or ``logs/`` (all
-        with or without ``overwrite``), it exists without ``overwrite``, or
+        script (see :mod:`dwi_ml.io_utils.run_paths`), lies in an
+        experiment's ``checkpoint/``, ``best_model/`` or ``logs/``, or is
+        a file that a dwi_ml folder holds as its state (all with or without
+        ``overwrite``), it exists without ``overwrite``, or
         its extension is not one of ``extensions``.
     """
     if os.path.isdir(path):
@@ -217,6 +245,7 @@ def check_output_free(path, overwrite, what="output", extensions=None):
     _check_parent(path, what)
     record_output(path, what)
     _refuse_inside_experiment_folders(path, what)
+    _refuse_state_file_of_output_folder(path, what)
     if os.path.lexists(path) and not overwrite:
         raise DwiMLUserError(
             f"{what} '{path}' already exists; use -f/--overwrite to "

@@ -149,6 +149,8 @@ def _check_same_grid(path, nifti_path):
         return
     try:
         found = reference_info(path)
+    except DwiMLUserError:
+        raise
     except Exception as error:  # dipy and nibabel raise many kinds
         raise DwiMLUserError(
             f"tractogram '{path}': cannot read its header; the file is "

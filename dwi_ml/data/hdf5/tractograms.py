@@ -66,6 +66,11 @@ class StreamlineGroupData:
 HEADER_TOLERANCE = 1e-3
 
 
+def _format_name(tractogram_file):
+    """'TCK' for a nibabel ``TckFile``, and so on."""
+    return type(tractogram_file).__name__.removesuffix("File").upper()
+
+
 def reference_info(path):
     """dipy's ``get_reference_info`` of a file, without importing dipy.io.
 
@@ -93,7 +98,14 @@ def reference_info(path):
         info = (affine, header["dim"][1:4], header["pixdim"][1:4],
                 "".join(nib.aff2axcodes(affine)))
     elif tractogram_extension(name) == ".trk":
-        header = nib.streamlines.load(path, lazy_load=True).header
+        loaded = nib.streamlines.load(path, lazy_load=True)
+        if not isinstance(loaded, nib.streamlines.TrkFile):
+            # nibabel reads by content: a .tck renamed .trk has no grid.
+            raise DwiMLUserError(
+                f"tractogram '{path}': expected TrackVis .trk content (its "
+                f"extension), found {_format_name(loaded)} content; give "
+                "it its format's extension.")
+        header = loaded.header
         info = tuple(header[key] for key in ("voxel_to_rasmm", "dimensions",
                                              "voxel_sizes", "voxel_order"))
     else:
@@ -130,6 +142,8 @@ def check_tractogram_header(path, reference, subject, group):
     """
     try:
         found = reference_info(path)
+    except DwiMLUserError:
+        raise
     except Exception as error:  # dipy/nibabel raise many types
         raise DwiMLUserError(
             f"{describe(subject, group, path)}: cannot read its header; "
