@@ -518,6 +518,35 @@ def test_synthetic_f_refuses_a_users_subject_or_list_inside(tmp_path,
     synthetic_main([str(out), "-f", *TINY_SYNTHETIC])
 
 
+def test_synthetic_f_refuses_files_the_user_changed(tmp_path, capsys):
+    """A group added to config.json and a subject to a list: -f replaced
+    both (the marker named the files, not what they held)."""
+    out = tmp_path / "syn"
+    synthetic_main([str(out), *TINY_SYNTHETIC])
+    config = json.loads((out / "config.json").read_text())
+    config["my_fa"] = {"type": "volume", "files": ["fa.nii.gz"]}
+    (out / "config.json").write_text(json.dumps(config))
+    with open(out / "training_subjs.txt", "a") as f:
+        f.write("my-subject\n")
+    assert output_folders.changed_entries(str(out)) == [
+        "config.json", "training_subjs.txt"]
+    before = snapshot(tmp_path)
+    message = run_refused(synthetic_main, [str(out), "-f", *TINY_SYNTHETIC],
+                          capsys)
+    assert message.endswith(
+        f"output folder '{out}' is a dwi_ml synthetic dataset, but "
+        "'config.json', 'training_subjs.txt' changed since dwi_ml wrote "
+        "them: -f removes only what dwi_ml wrote; keep a copy elsewhere and "
+        "remove the folder yourself, or give a new folder.")
+    assert snapshot(tmp_path) == before
+    # The same bytes again (an edit undone): replaced.
+    synthetic_main([str(tmp_path / "fresh"), *TINY_SYNTHETIC])
+    for name in ("config.json", "training_subjs.txt"):
+        shutil.copy(tmp_path / "fresh" / name, out / name)
+    assert output_folders.changed_entries(str(out)) == []
+    synthetic_main([str(out), "-f", *TINY_SYNTHETIC])
+
+
 def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
     """Names the scripts write into an experiment, not a user's look-alikes
     (evaluation_my_notes.json, logs_plot_for_paper.png were deleted)."""

@@ -260,9 +260,17 @@ def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
     assert "\n" not in message and "already exists" in message
     assert str(out) in message and "-f" in message
     assert (out / "training_subjs.txt").read_text() == "from before"
+    # Nor with -f: the list changed since the script wrote it.
+    with pytest.raises(SystemExit) as error:
+        main([str(out), "-f", *tiny])
+    assert error.value.code == 2
+    assert ("'training_subjs.txt' changed since dwi_ml wrote it"
+            in capsys.readouterr().err)
+    assert (out / "training_subjs.txt").read_text() == "from before"
 
     # -f replaces it: it is a synthetic dataset (its marker file says so),
-    # holding only what the script writes.
+    # holding only what the script wrote.
+    (out / "training_subjs.txt").write_text("subj-01\n")
     main([str(out), "-f", *tiny])
     assert (out / "training_subjs.txt").read_text() == "subj-01\n"
     dwi = nib.load(out / "dwi_ml_ready" / "subj-01" / "dwi.nii.gz")

@@ -238,3 +238,18 @@ def test_a_stopped_overwrite_keeps_the_previous_views(experiments, tmp_path):
     assert process.returncode == EXIT_STATUS_SIGTERM, stderr[-3000:]
     assert snapshot(out_dir) == before
     assert sorted(os.listdir(tmp_path)) == ["views"]
+
+
+def test_f_refuses_a_figure_saved_under_a_heatmap_s_name(experiments,
+                                                         tmp_path, capsys):
+    """A user's figure saved over one of the views: -f replaced it."""
+    original = str(experiments["folder"] / "original")
+    out_dir = tmp_path / "views"
+    attention_main([original, experiments["hdf5"], "subj-03", str(out_dir),
+                    "--streamline_ids", "1"])
+    (out_dir / "encoder_layer0_head0.png").write_bytes(b"my figure")
+    # assert_user_error also checks that no file changed.
+    assert_user_error(attention_main, [original, experiments["hdf5"],
+                                       "subj-03", out_dir, "-f"],
+                      capsys, tmp_path, "'encoder_layer0_head0.png' changed "
+                      "since dwi_ml wrote it")

@@ -22,6 +22,7 @@ Every check runs before any work and raises a one-line
 import datetime
 import fnmatch
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -83,6 +84,11 @@ OWN_ENTRIES = {
     "attention_views": ("*_layer*_head*.png", "streamlines_attention.trk"),
 }
 _TEMPORARY_ENTRIES = (".*.tmp", ".*.old")
+# Folders written whole by one script: sealing records each file's
+# fingerprint, so that -f refuses a file changed since (an edited config).
+# Not the demo's output: the experiment in it changes when resumed.
+_FINGERPRINTED_KINDS = ("synthetic_dataset", "attention_views")
+_HASHED_SIZE = 1 << 20
 
 _KIND_NAMES = {"experiment": "dwi_ml experiment",
                "synthetic_dataset": "dwi_ml synthetic dataset",
@@ -424,13 +430,50 @@ def seal_output_folder(path):
     Call it when a script has written the whole folder (emptied first by
     :func:`reset_output_folder`, or written under a temporary name): ``-f``
     then removes these entries only, and refuses anything added since
-    (a user's file, even one named like an output).
+    (a user's file, even one named like an output). For a synthetic
+    dataset or attention views it also records each file's size and, up to
+    1 MiB, its SHA-256: ``-f`` refuses a file changed since (an edited
+    ``config.json``).
     """
     marker = os.path.join(path, MARKER_FILE)
     with open(marker) as f:
         content = json.load(f)
-    content["entries"] = sorted(_entries_under(path, ""))
+    entries = sorted(_entries_under(path, ""))
+    content["entries"] = entries
+    if content.get("kind") in _FINGERPRINTED_KINDS:
+        content["fingerprints"] = {
+            entry: _fingerprint(os.path.join(path, entry))
+            for entry in entries
+            if os.path.isfile(os.path.join(path, entry))
+            and not os.path.islink(os.path.join(path, entry))}
     write_json_atomic(marker, content, strict=False)
+
+
+def _fingerprint(path):
+    """The size of file ``path`` and, up to ``_HASHED_SIZE`` bytes, its
+    SHA-256: what tells a user's edit from what dwi_ml wrote."""
+    size = os.path.getsize(path)
+    if size > _HASHED_SIZE:
+        return f"{size}"
+    with open(path, "rb") as f:
+        return f"{size}:{hashlib.sha256(f.read()).hexdigest()}"
+
+
+def changed_entries(path):
+    """Files of folder ``path`` (relative, sorted) that differ from what
+    :func:`seal_output_folder` recorded (a user's edit of a config, a
+    figure of theirs saved under an output's name); [] for folders sealed
+    without fingerprints."""
+    fingerprints = _marker_field(path, "fingerprints")
+    if not isinstance(fingerprints, dict):
+        return []
+    changed = []
+    for entry, recorded in sorted(fingerprints.items()):
+        file_path = os.path.join(path, entry)
+        if (os.path.isfile(file_path) and not os.path.islink(file_path)
+                and _fingerprint(file_path) != recorded):
+            changed.append(entry)
+    return changed
 
 
 def _is_temporary(name):
@@ -490,6 +533,15 @@ def _foreign_entries(path, patterns):
 
 
 def _refuse_foreign_entries(path, kind, what):
+    changed = changed_entries(path)
+    if changed:
+        shown = ", ".join(f"'{name}'" for name in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise DwiMLUserError(
+            f"{what} '{path}' is a {_KIND_NAMES[kind]}, but {shown}{more} "
+            f"changed since dwi_ml wrote {'it' if len(changed) == 1 else 'them'}"
+            ": -f removes only what dwi_ml wrote; keep a copy elsewhere and "
+            "remove the folder yourself, or give a new folder.")
     foreign = foreign_entries(path, kind)
     if foreign:
         shown = ", ".join(f"'{name}'" for name in foreign[:5])
