@@ -68,3 +68,17 @@ def test_epoch_line_gives_the_measured_wait(tmp_path, dataset, caplog):
     assert int(shown.group(1)) == round(100 * wait / train_time)
     # On CPU, no hint whatever the wait.
     assert "waited for data" not in caplog.text
+
+
+def test_no_share_for_an_epoch_resumed_midway(tmp_path, dataset):
+    """Its wait before the stop is unknown: a share over the whole
+    train_time showed 1 % where the uninterrupted run waited 22 %."""
+    trainer = make_trainer(dataset, tmp_path, max_epochs=1)
+    trainer.create_dataloaders()
+    trainer.position.nb_batches_done = 1
+    # (The sampler itself is restored by a resume; not needed here.)
+    assert list(trainer.iterate_batches(Split.TRAINING, 0))
+    assert trainer.data_wait_s[Split.TRAINING] is None
+    trainer.position.nb_batches_done = 0
+    list(trainer.iterate_batches(Split.TRAINING, 1))
+    assert trainer.data_wait_s[Split.TRAINING] > 0

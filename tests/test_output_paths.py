@@ -187,15 +187,19 @@ def test_outputs_beside_those_folders_stay_allowed(tmp_path, data):
     check_output_free(str(tmp_path / "logs" / "t.trk"), False)
 
 
-@pytest.mark.parametrize("name", ["parameters.json", "runs.json",
+@pytest.mark.parametrize("name", ["parameters.json", "runs.json", ".lock",
                                   ".dwi_ml_output.json"])
+@pytest.mark.parametrize("marked", [True, False])
 def test_an_experiment_s_own_files_are_never_outputs(tmp_path, data, capsys,
-                                                      name):
+                                                      name, marked):
     """`dwiml_score_tractogram.py ... --out_json exps/l2t/parameters.json -f`
     replaced the experiment's parameters by a score (exit 0): the
-    experiment no longer evaluated, tracked or resumed."""
+    experiment no longer evaluated, tracked or resumed. The same in an
+    experiment written before markers (``marked`` False)."""
     experiment = tmp_path / "exp"
     shutil.copytree(data["experiment"], experiment)
+    if not marked:
+        os.remove(experiment / ".dwi_ml_output.json")
     mask = save_nifti(tmp_path / "mask.nii.gz")
     reference = save_trk(tmp_path / "ref.trk", hand_tracked(), mask)
     before = snapshot(tmp_path)
@@ -205,6 +209,9 @@ def test_an_experiment_s_own_files_are_never_outputs(tmp_path, data, capsys,
                                       "--out_json", str(out), *overwrite],
                          capsys)
         assert message == (
+            f"output '{out}' is named like the marker by which dwi_ml "
+            "recognises its folders: refused with or without -f; give "
+            "another file name." if name == ".dwi_ml_output.json" else
             f"output '{out}' is a file of the dwi_ml experiment "
             f"'{experiment}', which dwi_ml wrote and reads back: refused "
             "with or without -f; give another file name.")

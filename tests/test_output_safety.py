@@ -539,8 +539,25 @@ def test_synthetic_f_refuses_files_the_user_changed(tmp_path, capsys):
         "them: -f removes only what dwi_ml wrote; keep a copy elsewhere and "
         "remove the folder yourself, or give a new folder.")
     assert snapshot(tmp_path) == before
-    # The same bytes again (an edit undone): replaced.
+    # An edit that keeps the size is seen too (the content's hash).
     synthetic_main([str(tmp_path / "fresh"), *TINY_SYNTHETIC])
+    shutil.copy(tmp_path / "fresh" / "training_subjs.txt",
+                out / "training_subjs.txt")
+    text = (tmp_path / "fresh" / "config.json").read_text()
+    (out / "config.json").write_text(text.replace('"', "'", 1)
+                                     if '"' in text else text + " ")
+    assert output_folders.changed_entries(str(out)) == ["config.json"]
+    # The demo's own synthetic dataset, inside its output: seen from there.
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    mark_output_folder(str(demo), "demo_output")
+    shutil.copytree(out, demo / "synthetic")
+    before = snapshot(tmp_path)
+    message = run_refused(demo_main, [str(demo), "-f"], capsys)
+    assert ("is a dwi_ml demo output, but 'synthetic/config.json' changed "
+            "since dwi_ml wrote it") in message
+    assert snapshot(tmp_path) == before
+    # The same bytes again (an edit undone): replaced.
     for name in ("config.json", "training_subjs.txt"):
         shutil.copy(tmp_path / "fresh" / name, out / name)
     assert output_folders.changed_entries(str(out)) == []

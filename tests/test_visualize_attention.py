@@ -253,3 +253,21 @@ def test_f_refuses_a_figure_saved_under_a_heatmap_s_name(experiments,
                                        "subj-03", out_dir, "-f"],
                       capsys, tmp_path, "'encoder_layer0_head0.png' changed "
                       "since dwi_ml wrote it")
+
+
+def test_views_through_a_link_keep_the_link_and_the_folder_s_mode(
+        experiments, tmp_path):
+    """'lnk/' (a link to a user's empty, private folder): the trailing
+    slash hid the link, which was renamed then removed as a folder (a
+    traceback); the folder's mode became the umask's."""
+    real = tmp_path / "private"
+    real.mkdir()
+    real.chmod(0o700)
+    os.symlink(real, tmp_path / "lnk")
+    attention_main([str(experiments["folder"] / "original"),
+                    experiments["hdf5"], "subj-03", str(tmp_path / "lnk") + "/",
+                    "--streamline_ids", "1"])
+    assert os.path.islink(tmp_path / "lnk")
+    assert sorted(os.listdir(tmp_path)) == ["lnk", "private"]
+    assert TRACTOGRAM_NAME in os.listdir(real)
+    assert real.stat().st_mode & 0o777 == 0o700

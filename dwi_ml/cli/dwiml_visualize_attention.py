@@ -108,6 +108,8 @@ def main(argv=None):
                                   os.path.join(tmp_dir, TRACTOGRAM_NAME))
         mark_output_folder(tmp_dir, "attention_views")
         seal_output_folder(tmp_dir)
+        # Again before the swap: what came there meanwhile is not lost.
+        check_output_folder(args.out_dir, "attention_views", args.overwrite)
     print(f"Saved {len(names)} heatmaps and {TRACTOGRAM_NAME} in "
           f"{args.out_dir}.")
 

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 
@@ -182,6 +183,8 @@ def atomic_output_folder(path):
     symbolic link at ``path`` (a checkpoint/ kept on another disk) stays:
     the folder it points to is replaced, beside it.
     """
+    # 'link/' is the link: its trailing slash would hide it (islink).
+    path = os.path.normpath(path)
     target = _link_target(path)
     parent, name = os.path.split(target)
     tmp_path, held = _create_holding_stop_signals(lambda: tempfile.mkdtemp(
@@ -189,7 +192,11 @@ def atomic_output_folder(path):
     old_path = os.path.join(parent, f".{name}.old")
     try:
         held.release()
-        os.chmod(tmp_path, 0o777 & ~_current_umask())
+        # The previous folder's permissions (a user's empty folder made
+        # private stays private), else the umask's.
+        mode = (stat.S_IMODE(os.stat(target).st_mode)
+                if os.path.isdir(target) else 0o777 & ~_current_umask())
+        os.chmod(tmp_path, mode)
         yield tmp_path
         _sync_tree(tmp_path)
         if os.path.exists(target):

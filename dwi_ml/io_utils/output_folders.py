@@ -196,9 +196,13 @@ def _refuse_state_file_of_output_folder(path, what):
     another script's output, and break the folder."""
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     name = os.path.basename(path)
+    if name == MARKER_FILE:
+        raise DwiMLUserError(
+            f"{what} '{path}' is named like the marker by which dwi_ml "
+            "recognises its folders: refused with or without -f; give "
+            "another file name.")
     kind = folder_kind(folder)
-    if kind is None or (name != MARKER_FILE
-                        and name not in _STATE_FILES.get(kind, ())):
+    if kind is None or name not in _STATE_FILES.get(kind, ()):
         return
     raise DwiMLUserError(
         f"{what} '{path}' is a file of the {_KIND_NAMES[kind]} '{folder}', "
@@ -532,8 +536,23 @@ def _foreign_entries(path, patterns):
     return foreign
 
 
+def _changed_entries_under(path):
+    """:func:`changed_entries` of ``path`` and of every folder under it
+    with its own marker (the demo's synthetic dataset), relative to
+    ``path``."""
+    changed = []
+    for folder, dirs, files in os.walk(path):
+        dirs.sort()
+        if folder != path and MARKER_FILE not in files:
+            continue
+        prefix = os.path.relpath(folder, path)
+        changed += [entry if folder == path else f"{prefix}/{entry}"
+                    for entry in changed_entries(folder)]
+    return changed
+
+
 def _refuse_foreign_entries(path, kind, what):
-    changed = changed_entries(path)
+    changed = _changed_entries_under(path)
     if changed:
         shown = ", ".join(f"'{name}'" for name in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""

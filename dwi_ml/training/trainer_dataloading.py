@@ -38,13 +38,13 @@ class TrainerDataLoading:
 
         Iteration starts after the batches the current position has done
         (the sampler was restored at the same place). The seconds spent
-        waiting for the DataLoader (in this process: not before a resume)
-        add up in ``self.data_wait_s[split]``.
+        waiting for the DataLoader add up in ``self.data_wait_s[split]``;
+        None for an epoch resumed midway, whose earlier wait is unknown.
         """
-        self.data_wait_s[split] = 0.0
         self.batch_sampler.set_epoch(epoch)
         cap = self.max_batches[split]
         first = self.position.nb_batches_done
+        self.data_wait_s[split] = None if first > 0 else 0.0
         try:  # wakes persistent workers up: they may be dead already
             batches = enumerate(self._dataloaders[split], start=first)
         except (RuntimeError, OSError):
@@ -59,7 +59,8 @@ class TrainerDataLoading:
             except (RuntimeError, OSError):
                 self._stop_if_workers_died_of_stop_signal()
                 return
-            self.data_wait_s[split] += time.perf_counter() - asked
+            if first == 0:
+                self.data_wait_s[split] += time.perf_counter() - asked
             if cap is not None and batch_index >= cap:
                 return
             self.batch_index = batch_index

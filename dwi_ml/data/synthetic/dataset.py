@@ -150,6 +150,8 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
         write_subject_lists(tmp_folder, splits)
         mark_output_folder(tmp_folder, "synthetic_dataset")
         seal_output_folder(tmp_folder)
+        # Again before the swap: what came there meanwhile is not lost.
+        check_output_folder(out_folder, "synthetic_dataset", overwrite)
 
     return SyntheticDatasetPaths(
         out_folder=out_folder,
