@@ -551,23 +551,27 @@ def _changed_entries_under(path):
     return changed
 
 
+def _quoted(names, most=5):
+    """"'a', 'b' and 3 more": the first ``most`` names, quoted."""
+    shown = ", ".join(f"'{name}'" for name in names[:most])
+    return (shown + f" and {len(names) - most} more" if len(names) > most
+            else shown)
+
+
 def _refuse_foreign_entries(path, kind, what):
     changed = _changed_entries_under(path)
     if changed:
-        shown = ", ".join(f"'{name}'" for name in changed[:5])
-        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise DwiMLUserError(
-            f"{what} '{path}' is a {_KIND_NAMES[kind]}, but {shown}{more} "
-            f"changed since dwi_ml wrote {'it' if len(changed) == 1 else 'them'}"
-            ": -f removes only what dwi_ml wrote; keep a copy elsewhere and "
-            "remove the folder yourself, or give a new folder.")
+            f"{what} '{path}' is a {_KIND_NAMES[kind]}, but "
+            f"{_quoted(changed)} changed since dwi_ml wrote "
+            f"{'it' if len(changed) == 1 else 'them'}: -f removes only what "
+            "dwi_ml wrote; keep a copy elsewhere and remove the folder "
+            "yourself, or give a new folder.")
     foreign = foreign_entries(path, kind)
     if foreign:
-        shown = ", ".join(f"'{name}'" for name in foreign[:5])
-        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         raise DwiMLUserError(
             f"{what} '{path}' is a {_KIND_NAMES[kind]} but also holds "
-            f"{shown}{more}, which {'is' if len(foreign) == 1 else 'are'} "
+            f"{_quoted(foreign)}, which {'is' if len(foreign) == 1 else 'are'} "
             "not part of one: -f removes only what dwi_ml wrote; move "
             f"{'it' if len(foreign) == 1 else 'them'} elsewhere or give a new "
             "folder.")
