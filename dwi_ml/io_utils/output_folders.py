@@ -22,7 +22,6 @@ Every check runs before any work and raises a one-line
 import datetime
 import fnmatch
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from dwi_ml.io_utils.experiment_layout import (
     PARAMETERS_FILE,
     RUNS_FILE,
 )
+from dwi_ml.io_utils.manifest import file_sha256
 from dwi_ml.io_utils.run_paths import record_output
 
 logger = logging.getLogger(__name__)
@@ -459,8 +459,7 @@ def _fingerprint(path):
     size = os.path.getsize(path)
     if size > _HASHED_SIZE:
         return f"{size}"
-    with open(path, "rb") as f:
-        return f"{size}:{hashlib.sha256(f.read()).hexdigest()}"
+    return f"{size}:{file_sha256(path)}"
 
 
 def changed_entries(path):
