@@ -12,12 +12,19 @@ process CPU time (``time.process_time``: steady on a shared machine; run
 it at 1 torch thread). A step is what the trainer does: forward, loss,
 backward, gradient norm, optimizer step, zero_grad.
 
+``--device cuda`` runs the steps on the GPU and times them in wall time,
+synchronised at the end of each pass (``--stages`` is CPU only);
+``--group_cost`` sets the fixed cost of a length group in padded points
+(``dwi_ml.models.length_groups``; 'inf' pads the batch as one group).
+
 ``--stages`` prints the CPU time of each stage of a step (forward: previous
 directions, length groups, each LSTM layer and layer norm, the direction
 getter; loss; backward; gradient norm; optimizer), ``--profile`` the
 ``torch.profiler`` table of one pass (backward per operation).
 
     python bench/bench_learn2track_step.py /tmp/b17/syn.hdf5 --nb_batches 10 --repeats 3
+    python bench/bench_learn2track_step.py FILE.hdf5 --device cuda --batch_size 1000 \
+        --bf16 --profile
 """
 import argparse
 import collections
@@ -45,8 +52,9 @@ def _load_batches(args):
         if len(batches) == args.nb_batches:
             break
         batch = loader.prepare_batch(batch, "cpu")
-        batches.append((batch.inputs_list(), batch.input_streamlines(),
-                        batch.target_streamlines()))
+        batches.append(tuple([t.to(args.device) for t in tensors] for tensors in (
+            batch.inputs_list(), batch.input_streamlines(),
+            batch.target_streamlines())))
     return batches
 
 
@@ -81,10 +89,10 @@ def _time_stages(model, times):
         times, "direction getter forward", model.direction_getter.forward)
 
 
-def _make_step(model, optimizer, times, validation, bf16):
+def _make_step(model, optimizer, times, validation, bf16, device_type):
     def stage(name, function, *args):
         start = time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16
                             and name in ("forward (all)", "loss")):
             result = function(*args)
         times[name] += time.process_time() - start
@@ -138,6 +146,12 @@ def main(argv=None):
     parser.add_argument("--bf16", action="store_true",
                         help="Autocast the forward pass and loss to "
                              "bfloat16, as --mixed_precision bf16.")
+    parser.add_argument("--device", default="cpu",
+                        help="'cpu' or 'cuda' (default: cpu).")
+    parser.add_argument("--group_cost", type=float,
+                        help="Fixed cost of a length group, in padded "
+                             "points ('inf': one group; default: the "
+                             "model's).")
     parser.add_argument("--stages", action="store_true",
                         help="Print the CPU time of each stage.")
     parser.add_argument("--profile", action="store_true",
@@ -145,6 +159,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_inputs_exist(args.hdf5_file)
     torch.set_num_threads(args.nb_threads)
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu and args.stages:
+        parser.error("--stages: CPU only (it times each stage in CPU time)")
+    if args.group_cost is not None:
+        from dwi_ml.models import length_groups
+        length_groups.default_group_cost = lambda: args.group_cost
 
     from dwi_ml.models.learn2track import Learn2TrackModel
     from dwi_ml.training.optimizers import create_optimizer
@@ -155,34 +175,50 @@ def main(argv=None):
                 else dict(nb_previous_dirs=2))
     torch.manual_seed(0)
     model = Learn2TrackModel("bench", batches[0][0][0].shape[1],
-                             rnn_layer_sizes=[64, 64], **settings)
+                             rnn_layer_sizes=[64, 64], **settings).to(args.device)
     model.train(not args.validation)
     optimizer = create_optimizer(model.parameters(), "Adam", 0.005)
     times = collections.defaultdict(float)
     if args.stages:
         _time_stages(model, times)
-    step = _make_step(model, optimizer, times, args.validation, args.bf16)
+    step = _make_step(model, optimizer, times, args.validation, args.bf16,
+                      torch.device(args.device).type)
+    # On the GPU a pass is timed in wall time, synchronised at its end.
+    clock = time.perf_counter if on_gpu else time.process_time
+
+    def synchronize():
+        if on_gpu:
+            torch.cuda.synchronize()
     for batch in batches[:2]:
         step(batch)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        activities = [ProfilerActivity.CPU] + (
+            [ProfilerActivity.CUDA] if on_gpu else [])
+        with profile(activities=activities) as profiler:
             for batch in batches:
                 step(batch)
-        print(profiler.key_averages().table(sort_by="self_cpu_time_total",
-                                            row_limit=30))
+            synchronize()
+        print(profiler.key_averages().table(
+            sort_by="self_cuda_time_total" if on_gpu
+            else "self_cpu_time_total", row_limit=30))
     times.clear()
     passes = []
     for _ in range(args.repeats):
-        start = time.process_time()
+        synchronize()
+        start = clock()
         for batch in batches:
             loss = step(batch)
-        passes.append(time.process_time() - start)
+        synchronize()
+        passes.append(clock() - start)
     nb_points = sum(sum(len(s) for s in batch[1]) for batch in batches)
     print(f"{'validation' if args.validation else 'training'} step, "
           f"{'reference' if args.reference_settings else 'our'} settings, "
-          f"{args.nb_threads} thread(s), {nb_points // len(batches)} points "
-          f"a batch: CPU ms a batch "
+          f"{args.nb_threads} thread(s), {args.device} "
+          f"{'bf16' if args.bf16 else 'fp32'}, group cost "
+          f"{args.group_cost if args.group_cost is not None else 'default'}, "
+          f"{nb_points // len(batches)} points a batch: "
+          f"{'wall' if on_gpu else 'CPU'} ms a batch "
           + " ".join(f"{1000 * t / len(batches):.1f}" for t in passes)
           + f" (last loss {loss:.6g})")
     if args.stages:

@@ -1,7 +1,8 @@
 """Training throughput of Learn2track: points/s, data waiting, peak memory.
 
-Trains for 2 epochs on a benchmark-size synthetic dataset (3 subjects x N
-streamlines, built once in FOLDER) with each number of DataLoader workers of
+Trains for ``--epochs`` epochs (2 by default) on a benchmark-size synthetic
+dataset (3 training subjects x N streamlines, built once in FOLDER, with
+``--nb_processes`` subjects made at once) with each number of DataLoader workers of
 ``--workers``, each case in its own process. "Data waiting" is the time the
 loop spends between the end of one batch and the start of the next (waiting
 on the DataLoader), as a share of the whole training time. On CUDA the
@@ -20,6 +21,10 @@ largest of its DataLoader workers (separate processes).
     python bench/bench_training.py /tmp/bench_training --nb_streamlines 5000
     python bench/bench_training.py /tmp/bench_training --device cuda \
         --mixed_precision bf16 --workers 0 4
+    # one epoch of 1M streamlines (its data: 5 x 333 334 streamlines, ~5 GB)
+    python bench/bench_training.py /tmp/b1m --device cuda \
+        --nb_streamlines 333334 --batch_size 1000 --rnn_layer_sizes 64 64 \
+        --workers 8 --epochs 1 --nb_processes 5
 """
 import argparse
 import json
@@ -43,6 +48,7 @@ class DataWaitTimer(Callback):
     def __init__(self):
         self.wait = 0.0
         self.total = 0.0
+        self.valid = 0.0
         self.nb_streamlines = 0
         self.nb_points = 0
         self._last_end = None
@@ -64,23 +70,28 @@ class DataWaitTimer(Callback):
 
     def on_epoch_end(self, trainer, epoch, epoch_logs):
         self.total += epoch_logs["train_time"]
+        self.valid += epoch_logs["valid_time"]
 
 
-def make_data(folder, nb_streamlines):
+def make_data(folder, nb_streamlines, nb_processes=1):
     """Build (once) the synthetic subjects and the HDF5; return its path."""
     from dwi_ml.data.hdf5.creation import create_hdf5_dataset
     from dwi_ml.data.synthetic import make_synthetic_dataset
     hdf5_file = os.path.join(folder, f"bench_{nb_streamlines}.hdf5")
     if not os.path.exists(hdf5_file):
+        start = time.perf_counter()
         paths = make_synthetic_dataset(
             os.path.join(folder, f"synthetic_{nb_streamlines}"), nb_subjects=5,
             nb_streamlines=nb_streamlines, shape=(48, 48, 32), seed=0,
-            overwrite=True)
+            overwrite=True, nb_processes=nb_processes)
+        made = time.perf_counter()
         # 3 training subjects, as in the reference comparison.
         create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
                             hdf5_file, paths.config,
                             ["subj-01", "subj-02", "subj-03"], ["subj-04"],
                             ["subj-05"])
+        print(f"data built: synthetic subjects {made - start:.0f} s, HDF5 "
+              f"{time.perf_counter() - made:.0f} s", file=sys.stderr)
     return hdf5_file
 
 
@@ -105,7 +116,7 @@ def run_case(hdf5_file, nb_workers, args):
     experiments = os.path.dirname(hdf5_file)
     train_args = build_parser().parse_args([
         experiments, f"bench_w{nb_workers}", hdf5_file, "input", "streamlines",
-        "--max_epochs", "2", "--nb_workers", str(nb_workers), "-f",
+        "--max_epochs", str(args.epochs), "--nb_workers", str(nb_workers), "-f",
         "--device", args.device,
         "--clip_grad", "none" if args.clip_grad is None else str(args.clip_grad),
         *(["--mixed_precision", args.mixed_precision]
@@ -135,10 +146,11 @@ def run_case(hdf5_file, nb_workers, args):
             "streamlines_per_s": timer.nb_streamlines / timer.total,
             "points_per_s": timer.nb_points / timer.total,
             "gpu_peak_mib": gpu_peak,
-            "epoch_train_s": timer.total / 2,
+            "epoch_train_s": timer.total / args.epochs,
+            "epoch_valid_s": timer.valid / args.epochs,
             "data_wait_share": timer.wait / timer.total,
             "wall_s": wall,
-            # Main process, all threads, 2 epochs with validation and setup.
+            # Main process, all threads, all epochs with validation and setup.
             "cpu_s": cpu,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             # The largest worker that has exited (workers end with training).
@@ -195,6 +207,11 @@ def main(argv=None):
                              "(no clipping), as in bench/README.md's "
                              "figures; dwiml_train_model.py's own default "
                              "is 1.0 since 2026-12-02.")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="Epochs of each case (default: 2).")
+    parser.add_argument("--nb_processes", type=int, default=1,
+                        help="Subjects made at once when the data is built "
+                             "(default: 1).")
     parser.add_argument("--_case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.folder))):
@@ -202,7 +219,8 @@ def main(argv=None):
                              "does not exist.")
     os.makedirs(args.folder, exist_ok=True)
     with script_run():
-        hdf5_file = make_data(args.folder, args.nb_streamlines)
+        hdf5_file = make_data(args.folder, args.nb_streamlines,
+                              args.nb_processes)
     if args._case is not None:
         print(json.dumps(run_case(hdf5_file, args._case, args)))
         return
@@ -226,14 +244,15 @@ def main(argv=None):
     print("peak RSS: the case's main process; worker RSS: its largest "
           "DataLoader worker" + ("; GPU peak: N/A on CPU" if on_cpu else ""))
     print(f"{'workers':>7} {'streamlines/s':>14} {'points/s':>11} "
-          f"{'epoch (s)':>10} {'data wait':>10} {'peak RSS MiB':>13} "
+          f"{'epoch (s)':>10} {'valid (s)':>10} {'data wait':>10} {'peak RSS MiB':>13} "
           f"{'worker RSS MiB':>15} {'GPU peak MiB':>13} "
-          f"{'CPU s (2 epochs)':>16}")
+          f"{f'CPU s ({args.epochs} ep.)':>16}")
     for nb_workers in args.workers:
         result = _run_case(nb_workers)
         print(f"{nb_workers:>7} {result['streamlines_per_s']:>14.0f} "
               f"{result['points_per_s']:>11.0f} "
               f"{result['epoch_train_s']:>10.1f} "
+              f"{result['epoch_valid_s']:>10.1f} "
               f"{100 * result['data_wait_share']:>9.1f}% "
               f"{result['peak_rss_mib']:>13.0f} "
               f"{_mib(result['worker_rss_mib']):>15} "

@@ -5,6 +5,7 @@ import re
 import time
 
 import pytest
+import torch
 from training_data import make_trainer, make_training_hdf5
 
 from dwi_ml.data.splits import Split
@@ -18,6 +19,16 @@ DELAY_S = 0.05
 def dataset(tmp_path_factory):
     hdf5_file = make_training_hdf5(str(tmp_path_factory.mktemp("wait")))
     return build_dataset({"hdf5_file": hdf5_file, "lazy": False})
+
+
+def _slow_collate(trainer):
+    """Each training batch of 0 workers then waits at least DELAY_S."""
+    load_batch = trainer.batch_loader.load_batch
+
+    def slow_load_batch(request):
+        time.sleep(DELAY_S)
+        return load_batch(request)
+    trainer.batch_loader.load_batch = slow_load_batch
 
 
 def test_share_is_the_wait_over_the_training_time():
@@ -45,15 +56,8 @@ def test_hint_only_for_a_waiting_gpu():
 
 def test_epoch_line_gives_the_measured_wait(tmp_path, dataset, caplog):
     trainer = make_trainer(dataset, tmp_path, max_epochs=1)
-    load_batch = trainer.batch_loader.load_batch
-
-    def slow_load_batch(request):
-        time.sleep(DELAY_S)
-        return load_batch(request)
-
-    # The collate step of 0 workers runs in this process: each training
-    # batch then waits at least DELAY_S.
-    trainer.batch_loader.load_batch = slow_load_batch
+    # The collate step of 0 workers runs in this process.
+    _slow_collate(trainer)
     with caplog.at_level(logging.INFO, logger="dwi_ml.training"):
         trainer.train_and_validate()
     nb_batches = trainer.nb_batches(Split.TRAINING)
@@ -68,6 +72,26 @@ def test_epoch_line_gives_the_measured_wait(tmp_path, dataset, caplog):
     assert int(shown.group(1)) == round(100 * wait / train_time)
     # On CPU, no hint whatever the wait.
     assert "waited for data" not in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_that_waits_is_told_once_to_raise_workers(
+        tmp_path, dataset, caplog):
+    # A model of 16 units computes a batch of 40 in a few ms on a GPU:
+    # DELAY_S a batch makes the wait most of each epoch.
+    trainer = make_trainer(dataset, tmp_path, max_epochs=3, device="cuda",
+                           loader_device="cuda")
+    _slow_collate(trainer)
+    with caplog.at_level(logging.INFO, logger="dwi_ml.training"):
+        trainer.train_and_validate()
+    shares = [int(m) for m in re.findall(r", data wait (\d+)%,",
+                                         caplog.text)]
+    assert len(shares) == 3 and all(share >= 20 for share in shares)
+    hints = [r for r in caplog.records if "waited for data" in r.getMessage()]
+    assert len(hints) == 1 and hints[0].levelno == logging.WARNING
+    assert hints[0].getMessage().startswith(
+        f"The GPU waited for data during {shares[0]}% of epoch 0's")
+    assert "(--nb_workers 0)" in hints[0].getMessage()
 
 
 def test_no_share_for_an_epoch_resumed_midway(tmp_path, dataset):

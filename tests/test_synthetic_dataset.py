@@ -65,6 +65,13 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(
     assert all(other_hashes[name] != reference[name] for name in data_files)
 
 
+def test_subjects_made_in_processes_give_the_same_files(dataset, tmp_path):
+    # Each subject depends only on (seed, index), not on who made it.
+    parallel = make_synthetic_dataset(str(tmp_path / "parallel"), seed=0,
+                                      nb_processes=2, **TINY)
+    assert _hash_files(parallel.out_folder) == _hash_files(dataset.out_folder)
+
+
 def test_subjects_differ(dataset):
     dwis = [nib.load(dataset.subjects[s].dwi) for s in SUBJECT_IDS]
     assert not np.allclose(dwis[0].affine, dwis[1].affine)
@@ -284,7 +291,8 @@ def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
     # An infinite size warned, then blamed the shape.
     ("--voxel_size", "inf 2 2", "voxel_size: expected 3 finite positive "
                                 "sizes in mm, got [inf, 2.0, 2.0]."),
-    ("--nb_bundles", "0", "nb_bundles: expected at least 1, got 0.")])
+    ("--nb_bundles", "0", "nb_bundles: expected at least 1, got 0."),
+    ("--nb_processes", "0", "nb_processes: expected at least 1, got 0.")])
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, option,
                                                value, name):
     out = tmp_path / "data"

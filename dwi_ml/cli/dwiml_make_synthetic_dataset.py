@@ -54,6 +54,9 @@ def _build_parser():
     parser.add_argument("--seed", type=int, default=0,
                         help="Random seed; the same seed gives the same "
                              "files.")
+    parser.add_argument("--nb_processes", type=int, default=1, metavar="P",
+                        help="Subjects made at once, each in its own "
+                             "process (the files are the same whatever P).")
     add_output_args(parser)
     return parser
 
@@ -66,7 +69,7 @@ def main(argv=None):
         nb_streamlines=args.nb_streamlines, shape=args.shape,
         voxel_size=args.voxel_size, nb_bundles=args.nb_bundles,
         nb_directions=args.nb_directions, seed=args.seed,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, nb_processes=args.nb_processes)
     folder = args.out_folder
     splits = "; ".join(f"{split}: {', '.join(ids) or 'none'}"
                        for split, ids in paths.splits.items())
