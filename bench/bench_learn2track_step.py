@@ -164,7 +164,7 @@ def main(argv=None):
         parser.error("--stages: CPU only (it times each stage in CPU time)")
     if args.group_cost is not None:
         from dwi_ml.models import length_groups
-        length_groups.default_group_cost = lambda: args.group_cost
+        length_groups.default_group_cost = lambda device=None: args.group_cost
 
     from dwi_ml.models.learn2track import Learn2TrackModel
     from dwi_ml.training.optimizers import create_optimizer

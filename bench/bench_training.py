@@ -122,6 +122,7 @@ def run_case(hdf5_file, nb_workers, args):
         *(["--mixed_precision", args.mixed_precision]
           if args.mixed_precision else []),
         "--batch_size_training", str(args.batch_size),
+        "--batch_size_validation", str(args.batch_size),
         "--rnn_layer_sizes", *map(str, args.rnn_layer_sizes),
         "--nb_previous_dirs", "1", "--step_size", "1.0",
         "--noise_gaussian_size_forward", "0.1", "-v", "WARNING",
@@ -236,7 +237,7 @@ def main(argv=None):
              else "in the collate step (workers), on the CPU")
     print(f"dataset: {hdf5_file} (3 training subjects x {args.nb_streamlines} "
           f"streamlines); model LSTM {args.rnn_layer_sizes}; batch "
-          f"{args.batch_size} streamlines; noise 0.1 mm"
+          f"{args.batch_size} streamlines (training and validation); noise 0.1 mm"
           + ("; split 0.5, reverse 0.5" if args.augment else "")
           + f"; device {args.device} {args.mixed_precision or 'fp32'}"
           + f"; clip_grad {args.clip_grad or 'none'}"

@@ -78,7 +78,8 @@ def test_epoch_line_gives_the_measured_wait(tmp_path, dataset, caplog):
 def test_cuda_training_that_waits_is_told_once_to_raise_workers(
         tmp_path, dataset, caplog):
     # A model of 16 units computes a batch of 40 in a few ms on a GPU:
-    # DELAY_S a batch makes the wait most of each epoch.
+    # DELAY_S a batch makes the wait most of each epoch once CUDA is warm
+    # (epoch 0 also initialises CUDA and cuDNN: its share may be lower).
     trainer = make_trainer(dataset, tmp_path, max_epochs=3, device="cuda",
                            loader_device="cuda")
     _slow_collate(trainer)
@@ -86,11 +87,13 @@ def test_cuda_training_that_waits_is_told_once_to_raise_workers(
         trainer.train_and_validate()
     shares = [int(m) for m in re.findall(r", data wait (\d+)%,",
                                          caplog.text)]
-    assert len(shares) == 3 and all(share >= 20 for share in shares)
+    assert len(shares) == 3 and shares[-1] >= 20
+    first = next(epoch for epoch, share in enumerate(shares) if share >= 20)
     hints = [r for r in caplog.records if "waited for data" in r.getMessage()]
     assert len(hints) == 1 and hints[0].levelno == logging.WARNING
     assert hints[0].getMessage().startswith(
-        f"The GPU waited for data during {shares[0]}% of epoch 0's")
+        f"The GPU waited for data during {shares[first]}% of epoch "
+        f"{first}'s")
     assert "(--nb_workers 0)" in hints[0].getMessage()
 
 

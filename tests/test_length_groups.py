@@ -1,5 +1,6 @@
 """Length groups: the split of least cost, and padding that comes back."""
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -84,3 +85,25 @@ def test_default_group_cost_follows_torch_threads(monkeypatch):
         assert length_groups([9, 9, 5, 5, 5, 2]) == [0]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_one_group_on_cuda_and_at_infinite_cost():
+    # On a GPU padding is nearly free and each cuDNN call is not.
+    assert length_groups_module.default_group_cost("cuda") == math.inf
+    assert length_groups_module.default_group_cost(torch.device("cuda:1")) \
+        == math.inf
+    assert length_groups_module.default_group_cost("cpu") \
+        == length_groups_module.default_group_cost()
+    assert length_groups([90, 9, 5, 5, 2], math.inf) == [0]
+    assert length_groups([90, 9, 5, 5, 2], 0) == [0, 1, 2, 4]
+    counts = torch.tensor([2, 90, 5])
+    groups = PaddedGroups(counts, group_cost=math.inf)
+    assert groups.shapes == [(90, 3)]
+    rows = torch.arange(97.)[:, None]
+    assert torch.equal(groups.unpad(groups.pad(rows)), rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batch_is_one_group():
+    counts = torch.tensor([90, 9, 5, 5, 2], device="cuda")
+    assert PaddedGroups(counts).shapes == [(90, 5)]
