@@ -1,5 +1,6 @@
 """Make a whole synthetic dataset: subjects, HDF5 config and subject lists."""
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -159,9 +160,14 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
         if nb_processes == 1:
             durations = map(_write_one_subject, *zip(*jobs))
         else:
-            pool = ProcessPoolExecutor(nb_processes)
-            with pool:
+            # spawn: no fork of a process that may hold torch's threads.
+            pool = ProcessPoolExecutor(
+                nb_processes, mp_context=multiprocessing.get_context("spawn"))
+            try:
                 durations = list(pool.map(_write_one_subject, *zip(*jobs)))
+            finally:
+                # On an error or a signal, the subjects not started are not.
+                pool.shutdown(cancel_futures=True)
         for subject_id, duration in zip(subject_ids, durations):
             logging.info("%s: %d streamlines written in %.1f s", subject_id,
                          nb_streamlines, duration)
