@@ -150,3 +150,22 @@ def test_translation_stops_at_double_dash_and_keeps_other_tokens():
         translate_reference_options(["--use_gpu"], table)
     # A choice given last, without its value, is left to argparse.
     assert translate_reference_options(["--dg_key"], table) == ["--dg_key"]
+
+
+def test_reference_seeding_mask_positional_says_what_to_use(tmp_path,
+                                                            capsys):
+    # The reference's track command: ... INPUT_GROUP SEEDING_MASK OUT.
+    out = tmp_path / "out.trk"
+    with pytest.raises(SystemExit) as error:
+        dwiml_track_from_model.main([
+            str(tmp_path / "exp"), "data.hdf5", "subj-01", "input",
+            "wm_mask", str(out)])
+    assert error.value.code == 2
+    message = capsys.readouterr().err.strip()
+    # (The program's name is pytest's here.)
+    assert message.split(": error: ", 1)[1] == (
+        "positional arguments: expected "
+        "the output tractogram after the input group, found 'wm_mask' then "
+        f"'{out}' (the reference's seeding mask positional): give "
+        "--seeding_mask_group wm_mask and end with the output.")
+    assert not out.exists()

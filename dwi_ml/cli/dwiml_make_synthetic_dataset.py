@@ -24,7 +24,8 @@ random jitter of the geometry. OUT_FOLDER also gets config.json, the HDF5
 creation config for these files, and training_subjs.txt,
 validation_subjs.txt and testing_subjs.txt: with 3 subjects or more, the last
 two are for validation and testing; with 2, the second is for validation;
-with 1, it is for training. The same seed gives byte-identical files."""
+with 1, it is for training. The same seed gives byte-identical files (but
+the hidden marker .dwi_ml_output.json, which records the creation time)."""
 
 
 def _build_parser():

@@ -2,6 +2,7 @@
 import argparse
 import logging
 import math
+import sys
 
 import numpy as np
 import torch
@@ -9,7 +10,11 @@ import torch
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
 from dwi_ml.data.packed import packed_arrays
 from dwi_ml.data.processing.resampling import compress
-from dwi_ml.io_utils.arg_checks import check_device, check_int_options
+from dwi_ml.io_utils.arg_checks import (
+    check_device,
+    check_int_options,
+    extension_of,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.provenance import (
     check_provenance_free,
@@ -26,8 +31,12 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
     progress_bars_disabled,
+    translate_reference_options,
 )
-from dwi_ml.io_utils.tractogram_files import check_tractogram_extension
+from dwi_ml.io_utils.tractogram_files import (
+    TRACTOGRAM_EXTENSIONS,
+    check_tractogram_extension,
+)
 from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.seeding import make_seeds
@@ -43,6 +52,7 @@ from dwi_ml.tracking.stopping import (
     eos_stop_value,
     keep_by_length,
 )
+from dwi_ml.tracking.tracker_args import check_tracking_model
 from dwi_ml.tracking.tracking_io import (
     load_experiment_model,
     load_subject_volumes,
@@ -229,10 +239,14 @@ def _check_model(model, args, input_volume):
     """Step size (mm) to use, after checking the model fits the inputs."""
     check_model_input_features(model, input_volume.nb_features,
                                args.input_group, args.hdf5_file)
+    check_tracking_model(model, args.experiment_path)
     step_size = choose_step_size(args.step_size, model, args.experiment_path)
-    # Refuses 'prob' with a deterministic direction getter before any work.
-    model.get_tracking_directions(
-        torch.zeros((1, model.output_size), device=model.device), args.algo)
+    # Refuses 'prob' with a deterministic direction getter before any work
+    # (a model of your own without output_size: when tracking starts).
+    if getattr(model, "output_size", None) is not None:
+        model.get_tracking_directions(
+            torch.zeros((1, model.output_size), device=model.device),
+            args.algo)
     return step_size
 
 
@@ -247,9 +261,27 @@ def _mask_volume(volumes, group):
     return volume.data[..., 0]
 
 
+def _refuse_reference_seeding_positional(parser, argv):
+    """The reference's command line puts a seeding mask group before the
+    output: say what to use instead of "unrecognized arguments"."""
+    known, extras = parser.parse_known_args(
+        translate_reference_options(argv, TRACK_REFERENCE_OPTIONS))
+    if (len(extras) == 1 and not extras[0].startswith("-")
+            and extension_of(extras[0]) in TRACTOGRAM_EXTENSIONS):
+        raise DwiMLUserError(
+            f"positional arguments: expected the output tractogram after "
+            f"the input group, found '{known.out_tractogram}' then "
+            f"'{extras[0]}' (the reference's seeding mask positional): give "
+            f"--seeding_mask_group {known.out_tractogram} and end with the "
+            f"output.")
+
+
 @script_entry_point
 def main(argv=None):
-    args = parse_script_args(_build_parser(), argv,
+    parser = _build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    _refuse_reference_seeding_positional(parser, argv)
+    args = parse_script_args(parser, argv,
                              reference_options=TRACK_REFERENCE_OPTIONS)
     _check_numbers(args)
     check_tractogram_extension(args.out_tractogram)

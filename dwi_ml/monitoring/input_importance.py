@@ -199,7 +199,10 @@ def batch_attribution_sums(model, batch):
         losses, n_points = compute_batch_loss(model, outputs, batch)
         gradient, = torch.autograd.grad(combine_losses(losses)[0] * n_points,
                                         inputs)
-    rows = prediction_rows(batch.lengths.to(inputs.device), model.add_eos)
+    # A model without EOS (or without the attribute: one of your own)
+    # predicts at every point but the last.
+    rows = prediction_rows(batch.lengths.to(inputs.device),
+                           getattr(model, "add_eos", False))
     gradient, inputs = gradient[rows], inputs.detach()[rows]
     return {GRADIENT_X_INPUT: (gradient * inputs).abs().sum(
                 0, dtype=torch.float64),

@@ -18,6 +18,23 @@ OWNER = "BatchedTracker"
 ALGOS = ("det", "prob")
 
 
+# What the tracker calls (docs/extending.md, "model (tracking)").
+TRACKING_METHODS = ("forward_step", "select_hidden_states",
+                    "get_tracking_directions")
+
+
+def check_tracking_model(model, where):
+    """Refuse, in one line starting with ``where``, a model without the
+    methods the tracker calls (:data:`TRACKING_METHODS`)."""
+    missing = [name for name in TRACKING_METHODS
+               if not callable(getattr(model, name, None))]
+    if missing:
+        raise DwiMLUserError(
+            f"{where}: expected a model that can track (methods "
+            f"{', '.join(TRACKING_METHODS)}: docs/extending.md), found a "
+            f"{type(model).__name__} without {', '.join(missing)}.")
+
+
 def check_tracker_args(model, input_volume, affine, tracking_mask,
                        step_size_mm, max_angle_deg, algo, device):
     """Raise a one-line user error naming the first invalid argument.
@@ -27,6 +44,7 @@ def check_tracker_args(model, input_volume, affine, tracking_mask,
     torch.device
         ``device``, parsed.
     """
+    check_tracking_model(model, f"{OWNER}: model")
     device = check_device(device)
     shape = tuple(getattr(input_volume, "shape", ()))
     if len(shape) != 4:

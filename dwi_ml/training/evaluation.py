@@ -62,10 +62,18 @@ def angles_deg_mm(directions, other_directions, linear):
     return torch.rad2deg(torch.arccos(cosines.clamp(-1, 1)))
 
 
+def gives_directions(model):
+    """Whether ``model`` gives tracking directions (``get_tracking_directions``,
+    as the tracking models do): only then are angles measured. A model
+    without ``add_eos`` is taken to predict at every point but the last."""
+    return callable(getattr(model, "get_tracking_directions", None))
+
+
 def _batch_angles_deg(model, outputs, target_streamlines, linear):
     """Angles (degrees) between predicted and true directions, in mm."""
     predicted, _ = model.get_tracking_directions(outputs, "det")
-    targets, eos = compute_direction_targets(target_streamlines, model.add_eos)
+    targets, eos = compute_direction_targets(
+        target_streamlines, getattr(model, "add_eos", False))
     if eos is not None:
         predicted, targets = predicted[eos == 0], targets[eos == 0]
     return angles_deg_mm(predicted, targets, linear)
@@ -148,7 +156,8 @@ def evaluate_model(model, dataset, split, input_group, streamline_group,
         not bend them), leaving out points where the target is "stop";
         ``'all'`` averages the losses over all loss points and the angles
         over all angles of the subset. A mean of nothing (a subject without
-        streamlines, or without an angle) is None.
+        streamlines, or without an angle) is None, and so is every angle of
+        a model without tracking directions (:func:`gives_directions`).
     """
     owner = "evaluate_model"
     split = check_choice("split", split, SPLITS, owner)
@@ -194,9 +203,10 @@ def _evaluate(model, dataset, loader, split, streamline_group, batch_size,
                                                             batch)
                 losses.add(loss_log_values(*combine_losses(batch_losses)),
                            int(n_points))
-                add_angles(_batch_angles_deg(model, outputs,
-                                             batch.target_streamlines(),
-                                             linear), angles, overall_angles)
+                if gives_directions(model):
+                    add_angles(_batch_angles_deg(
+                        model, outputs, batch.target_streamlines(), linear),
+                        angles, overall_angles)
             values = {**losses.means(),
                       "angular_error_deg": angles.mean_of("angular_error_deg")}
             results[subject_id] = values
