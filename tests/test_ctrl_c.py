@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 from file_tree import snapshot
 from training_data import make_trained_experiment, make_training_hdf5
 
@@ -119,8 +121,14 @@ def test_sigterm_after_a_finished_training_says_it_is_complete(tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
     assert process.stdout.startswith(f"Experiment saved in {tmp_path}/exp (")
     assert process.stderr == ""
-    assert os.path.isfile(tmp_path / "exp" / "checkpoint" /
-                          "checkpoint_state.pt")
+    # The whole run: its one epoch logged, and a checkpoint after it.
+    experiment = tmp_path / "exp"
+    assert len(np.load(experiment / "logs" / "train_loss.npy")) == 1
+    state = torch.load(experiment / "checkpoint" / "checkpoint_state.pt",
+                       weights_only=True)
+    assert state["current_epoch"] == 1
+    assert (state["position"]["phase"],
+            state["position"]["nb_batches_done"]) == ("train", 0)
 
 
 @pytest.mark.parametrize("stop", STOPS, ids=STOP_IDS)

@@ -35,6 +35,7 @@ from dwi_ml.data.hdf5.creation import create_hdf5_dataset
 from dwi_ml.data.processing.augmentation import count_from_ratio
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.training.evaluation import evaluate_model_folder
+from tests.test_comet import archive_metrics, read_archive
 from tests.tolerances import rounding_atol
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -320,8 +321,22 @@ def test_monitoring_page_sends_logs_to_comet(in_demo_folder, capsys,
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("COMET_API_KEY", raising=False)
     before = set(glob.glob("comet_archives/*.zip"))
-    send_logs_cli.main(documented_command("docs/monitoring.md",
-                                          "dwiml_send_logs_to_comet"))
+    argv = documented_command("docs/monitoring.md",
+                              "dwiml_send_logs_to_comet")
+    send_logs_cli.main(argv)
     [archive] = set(glob.glob("comet_archives/*.zip")) - before
     key = os.path.basename(archive)[:-len(".zip")]
     assert f"logs to a new Comet experiment {key}" in capsys.readouterr().out
+    # Every epoch log (not the per-batch one), each epoch a step, its
+    # value as saved (Comet takes no NaN: those epochs are left out).
+    logs_dir = os.path.join(argv[0], "logs")
+    logs = {name[:-len(".npy")]: np.load(os.path.join(logs_dir, name))
+            for name in os.listdir(logs_dir)
+            if not name.endswith("_per_batch.npy")}
+    assert "train_loss" in logs and "valid_loss" in logs
+    metrics = archive_metrics(read_archive(archive)[1])
+    assert sorted(metrics) == sorted(logs)
+    for name, values in logs.items():
+        finite = np.isfinite(values)
+        assert metrics[name] == (np.flatnonzero(finite).tolist(),
+                                 values[finite].tolist()), name

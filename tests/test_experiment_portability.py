@@ -13,10 +13,13 @@ import shutil
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from file_tree import run_refused, snapshot, without_write_permission
+from test_preemption import assert_same_states
 from training_data import (
     TINY_TRAINING,
     make_trained_experiment,
@@ -49,6 +52,42 @@ def data(tmp_path_factory):
     return make_trained_experiment(tmp_path_factory.mktemp("portability_data"))
 
 
+# Times differ between runs by nature; every other log must be bitwise equal.
+TIME_LOGS = ("train_time.npy", "valid_time.npy")
+
+
+def _logs(experiment_dir):
+    logs_dir = os.path.join(experiment_dir, "logs")
+    return {name: np.load(os.path.join(logs_dir, name))
+            for name in sorted(os.listdir(logs_dir)) if name not in TIME_LOGS}
+
+
+def _assert_same_run(dir_a, dir_b, nb_epochs):
+    """Bitwise equal logs (but times), weights and checkpoint states (as
+    tests/test_training_resume.py checks a resumed run)."""
+    logs_a, logs_b = _logs(dir_a), _logs(dir_b)
+    assert sorted(logs_a) == sorted(logs_b)
+    for name in logs_a:
+        assert logs_a[name].tobytes() == logs_b[name].tobytes(), name
+    assert len(logs_a["train_loss.npy"]) == nb_epochs
+    for folder in ("checkpoint/model", "best_model"):
+        weights_a, weights_b = (
+            torch.load(os.path.join(experiment, folder, "model_state.pt"),
+                       weights_only=True) for experiment in (dir_a, dir_b))
+        assert weights_a.keys() == weights_b.keys()
+        for key in weights_a:
+            assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
+    assert_same_states(dir_a, dir_b)
+
+
+@pytest.fixture(scope="module")
+def straight_run(data):
+    """The 2 epochs of the interrupted runs below, uninterrupted."""
+    train_main([str(data["folder"]), "straight", data["hdf5"], "input",
+                "streamlines", *TINY_TRAINING[2:], "--max_epochs", "2"])
+    return os.path.join(str(data["folder"]), "straight")
+
+
 def _run_script(name, args, prefix=(), **kwargs):
     return subprocess.run([*prefix, sys.executable,
                            os.path.join(SCRIPTS, name), *args],
@@ -77,45 +116,74 @@ def _interrupted_run(experiments, name, hdf5_file):
     return stopped
 
 
+def _resume_track_evaluate(parent, name, hdf5_file, tractogram):
+    """An experiment resumed to 2 epochs, tracked and evaluated. Returns
+    the HDF5 file it saved, the tractogram and the evaluation."""
+    experiment = os.path.join(parent, name)
+    resume_cli.main([parent, name, "--new_max_epochs", "2",
+                     "--hdf5_file", hdf5_file, "-v", "WARNING"])
+    with open(os.path.join(experiment, "parameters.json")) as f:
+        saved = json.load(f)["dataset"]["hdf5_file"]
+    track_main([experiment, hdf5_file, "subj-03", "input", tractogram,
+                "--seeding_mask_group", "wm_mask", "--npv", "1",
+                "--step_size", "1.5", "--min_length", "0"])
+    evaluate_main([experiment, hdf5_file])
+    with open(os.path.join(experiment, "evaluation_testing_best.json")) as f:
+        evaluation = json.load(f)
+    return saved, nib.streamlines.load(tractogram), evaluation
+
+
 def test_copied_experiment_and_moved_hdf5_work_from_relative_paths(
         tmp_path, data, monkeypatch):
     """Copied under another parent and name, its HDF5 moved: every script
-    takes them by relative paths with spaces and non-ASCII letters."""
+    takes them by relative paths with spaces and non-ASCII letters, and
+    does what it does on a copy by absolute paths."""
     (tmp_path / PARENT).mkdir()
     shutil.copytree(data["experiment"], tmp_path / PARENT / NAME)
+    # The same commands on another copy, by absolute paths.
+    reference = tmp_path / "reference"
+    shutil.copytree(data["experiment"], reference / NAME)
+    _, expected_tracks, expected = _resume_track_evaluate(
+        str(reference), NAME, data["hdf5"], str(tmp_path / "reference.trk"))
+
     (tmp_path / "scratch ü").mkdir()
     shutil.copy(data["hdf5"], tmp_path / "scratch ü" / "dätä 1.hdf5")
     hdf5_file = os.path.join("scratch ü", "dätä 1.hdf5")
     experiment = os.path.join(PARENT, NAME)
     monkeypatch.chdir(tmp_path)
-
-    resume_cli.main([PARENT, NAME, "--new_max_epochs", "2",
-                     "--hdf5_file", hdf5_file, "-v", "WARNING"])
-    assert len(np.load(os.path.join(experiment, "logs",
-                                    "train_loss.npy"))) == 2
-    with open(os.path.join(experiment, "parameters.json")) as f:
-        saved = json.load(f)["dataset"]["hdf5_file"]
+    saved, tracks, evaluation = _resume_track_evaluate(
+        PARENT, NAME, hdf5_file, "tracks ß.trk")
     # Absolute: a later resume from another folder finds it.
     assert saved == str(tmp_path / hdf5_file)
+    _assert_same_run(experiment, reference / NAME, 2)
 
-    track_main([experiment, hdf5_file, "subj-03", "input", "tracks ß.trk",
-                "--seeding_mask_group", "wm_mask", "--npv", "1",
-                "--step_size", "1.5", "--min_length", "0"])
-    tractogram = nib.streamlines.load("tracks ß.trk")
-    assert len(tractogram.streamlines) > 0
+    assert len(tracks.streamlines) > 0
+    np.testing.assert_array_equal(tracks.streamlines._lengths,
+                                  expected_tracks.streamlines._lengths)
+    np.testing.assert_array_equal(tracks.streamlines.get_data(),
+                                  expected_tracks.streamlines.get_data())
+    np.testing.assert_array_equal(tracks.affine, expected_tracks.affine)
 
-    evaluate_main([experiment, hdf5_file])
-    with open(os.path.join(experiment, "evaluation_testing_best.json")) as f:
-        evaluation = json.load(f)
     assert evaluation["hdf5_file"] == str(tmp_path / hdf5_file)
     assert evaluation["experiment"] == str(tmp_path / experiment)
+    assert evaluation["weights_sha256"] == expected["weights_sha256"]
+    assert evaluation["results"] == expected["results"]
 
+    # Times differ between runs by nature: the reference gets the copy's,
+    # so that every drawn value is the same.
+    for name in TIME_LOGS:
+        shutil.copy(os.path.join(experiment, "logs", name),
+                    reference / NAME / "logs" / name)
     plot_main([experiment])
-    with open(os.path.join(experiment, "logs_plot.png"), "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    plot_main([str(reference / NAME)])
+    image = plt.imread(os.path.join(experiment, "logs_plot.png"))
+    assert image.ndim == 3
+    np.testing.assert_array_equal(
+        image, plt.imread(reference / NAME / "logs_plot.png"))
 
 
-def test_printed_resume_command_works_when_pasted(tmp_path, data):
+def test_printed_resume_command_works_when_pasted(tmp_path, data,
+                                                  straight_run):
     """The resume command printed at an interruption is quoted for a shell:
     pasted as it is, it resumes an experiment whose path has spaces."""
     experiments = tmp_path / PARENT
@@ -129,10 +197,11 @@ def test_printed_resume_command_works_when_pasted(tmp_path, data):
 
     resumed = _run_script(script, [*args, "-v", "WARNING"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert len(np.load(experiments / NAME / "logs" / "train_loss.npy")) == 2
+    _assert_same_run(experiments / NAME, straight_run, 2)
 
 
-def test_requeued_job_resumes_on_its_own_copy_of_the_hdf5(tmp_path, data):
+def test_requeued_job_resumes_on_its_own_copy_of_the_hdf5(tmp_path, data,
+                                                         straight_run):
     """A job that copies the HDF5 to its node's scratch each time: the
     requeued command line names a new copy; the first one is gone."""
     first_copy = tmp_path / "scratch_job1" / "data.hdf5"
@@ -147,7 +216,7 @@ def test_requeued_job_resumes_on_its_own_copy_of_the_hdf5(tmp_path, data):
                 "streamlines", *TINY_TRAINING[2:], "--max_epochs", "2",
                 "--resume_if_exists"])
     experiment = tmp_path / "exp"
-    assert len(np.load(experiment / "logs" / "train_loss.npy")) == 2
+    _assert_same_run(experiment, straight_run, 2)
     with open(experiment / "parameters.json") as f:
         assert json.load(f)["dataset"]["hdf5_file"] == str(second_copy)
 

@@ -96,7 +96,13 @@ def test_a_signal_after_the_outputs_are_written_says_so(tmp_path, capsys,
         _write_then_stop([out, stop])
     assert exit_info.value.code == status
     assert capsys.readouterr().err.split(": ", 1)[1] == expected + "\n"
-    assert os.path.exists(out) == (stop != "before")
+    # The output whole, or none; no temporary file left beside it.
+    if stop == "before":
+        assert os.listdir(tmp_path) == []
+    else:
+        assert os.listdir(tmp_path) == ["out.json"]
+        with open(out) as f:
+            assert f.read() == "whole"
 
 
 @pytest.mark.parametrize("name, status, said", [

@@ -1,14 +1,19 @@
 """dwiml_visualize_logs_correlation.py: correlations of two logs over epochs,
 on experiment folders with known logs, and a real PNG figure."""
+import io
 import json
 import os
 
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from scipy import stats
 
 from dwi_ml.cli.dwiml_visualize_logs_correlation import main
+from dwi_ml.monitoring.log_correlation import correlate_logs, draw_correlation
+from dwi_ml.monitoring.log_reading import read_experiments
+from dwi_ml.monitoring.plotting import DPI
 
 
 def _experiment(folder, name, **logs):
@@ -61,6 +66,15 @@ def test_correlations_per_experiment_and_pooled(tmp_path, capsys):
     assert printed[4].split()[:2] == ["all", "11"]
 
 
+def _figure_inputs(experiment, first_epoch):
+    """What the script draws for train_loss and valid_loss."""
+    per_experiment, pooled, fit, pairs = correlate_logs(
+        read_experiments([experiment]), "train_loss", "valid_loss",
+        first_epoch)
+    return (pairs, ("train_loss", "valid_loss"), per_experiment, pooled,
+            fit)
+
+
 def test_first_epochs_left_out_and_default_output(tmp_path):
     a = _experiment(tmp_path, "a", train_loss=[9, 1, 2, 3, 4],
                     valid_loss=[0, 2, 4, 6, 8.5])
@@ -69,8 +83,24 @@ def test_first_epochs_left_out_and_default_output(tmp_path):
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["all"]["nb_epochs"] == 4
     assert saved["all"]["spearman"] == pytest.approx(1)
-    assert os.path.isfile(os.path.join(a, "logs_correlation_train_loss_"
-                                          "valid_loss.png"))
+    # The figure of epochs 1 to 4: each log against the epochs, then
+    # valid_loss against train_loss.
+    figure = Figure(figsize=(6.4, 10.0), dpi=DPI)
+    draw_correlation(figure, *_figure_inputs(a, 1))
+    by_epoch_1, by_epoch_2, scatter = figure.axes
+    for ax, values in ((by_epoch_1, [1, 2, 3, 4]),
+                       (by_epoch_2, [2, 4, 6, 8.5])):
+        np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1, 2, 3, 4])
+        np.testing.assert_array_equal(ax.lines[0].get_ydata(), values)
+    np.testing.assert_array_equal(scatter.collections[0].get_offsets(),
+                                  [[1, 2], [2, 4], [3, 6], [4, 8.5]])
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    buffer.seek(0)
+    image = matplotlib.image.imread(
+        os.path.join(a, "logs_correlation_train_loss_valid_loss.png"))
+    assert image.shape[:2] == (1000, 640)
+    np.testing.assert_array_equal(image, matplotlib.image.imread(buffer))
 
 
 def test_bad_inputs_are_refused_in_one_line(tmp_path, capsys):

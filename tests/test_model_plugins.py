@@ -111,21 +111,30 @@ def test_scripts_load_a_model_named_in_dwiml_model_modules(experiment):
         "'TransformerSrcOnlyModel'], found 'MyLearn2Track'; for a model of "
         "your own, name its module in DWIML_MODEL_MODULES (e.g. "
         "DWIML_MODEL_MODULES=my_model, or a .py file).")
+    best = json.loads((folder / "mine" / "best_model" /
+                       "best_epoch.json").read_text())
+    out = folder / "mine" / "evaluation_validation_best.json"
+    results = []
     # A .py file, or a module name on the Python path.
     for env in ({"DWIML_MODEL_MODULES": str(folder / "my_model.py")},
                 {"DWIML_MODEL_MODULES": "my_model",
                  "PYTHONPATH": str(folder)}):
-        process = _evaluate(folder, hdf5_file, env, "-f")
+        out.unlink(missing_ok=True)
+        process = _evaluate(folder, hdf5_file, env)
         assert process.returncode == 0, process.stderr[-3000:]
-    with open(folder / "mine" / "evaluation_validation_best.json") as f:
-        scores = json.load(f)["results"]
-    # The run's best validation loss, up to float32 rounding (other batch
-    # shapes take other kernels; the bound of tests/test_evaluate_model.py:
-    # one rounding per term of dot products of fan-in < 64, per step < 100).
-    best = json.loads((folder / "mine" / "best_model" /
-                       "best_epoch.json").read_text())
-    assert scores["all"]["loss"] == pytest.approx(
-        best["loss"], rel=rounding_atol(1, 100 * 64))
+        evaluation = json.loads(out.read_text())
+        assert evaluation["subset"] == "validation"
+        assert evaluation["model"] == "best"
+        scores = evaluation["results"]
+        # The run's best validation loss, up to float32 rounding (other
+        # batch shapes take other kernels; the bound of
+        # tests/test_evaluate_model.py: one rounding per term of dot
+        # products of fan-in < 64, per step < 100).
+        assert scores["all"]["loss"] == pytest.approx(
+            best["loss"], rel=rounding_atol(1, 100 * 64))
+        results.append(scores)
+    # The same model, data and thread count: the same numbers.
+    assert results[0] == results[1]
 
 
 def test_a_module_that_cannot_be_imported_is_one_line(experiment):

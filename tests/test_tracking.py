@@ -5,8 +5,10 @@ getter whose last layer is set to a constant output (a known direction, a
 known EOS probability), so that stops are exact; and one trained for a few
 batches on synthetic data (module fixture) for the script.
 """
+import json
 import math
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -25,6 +27,7 @@ from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.data.processing.space import points_vox_corner_to_rasmm
 from dwi_ml.data.synthetic import make_synthetic_dataset
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.manifest import write_manifest
 from dwi_ml.models import Learn2TrackModel
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.seeding import make_seeds
@@ -431,10 +434,26 @@ def test_output_loads_with_seeds_on_streamlines(data, tmp_path, extension,
 
 
 def test_tck_output(data, tmp_path):
-    out = tmp_path / "out.tck"
-    run_track(data, out, "--nt", "50", "--min_length", "0")
-    sft = load_tractogram(str(out), data["reference"], bbox_valid_check=True)
-    assert len(sft) > 0
+    """The same seeds to .trk and .tck: the same streamlines."""
+    loaded = {}
+    for extension in (".trk", ".tck"):
+        out = tmp_path / f"out{extension}"
+        run_track(data, out, "--nt", "50", "--min_length", "0")
+        loaded[extension] = load_tractogram(
+            str(out), data["reference"], bbox_valid_check=True).streamlines
+    trk, tck = loaded[".trk"], loaded[".tck"]
+    assert len(trk) > 0
+    np.testing.assert_array_equal(tck._lengths, trk._lengths)
+    # Both hold float32 coordinates: .tck in RAS mm (1 rounding), .trk in
+    # voxel mm, reached and left through the affine (at most ~4 roundings
+    # each way, plus its storage): 10 roundings of values below the
+    # largest coordinate in RAS mm or in voxel mm (here RAS mm minus the
+    # diagonal affine's translation). Measured: 2.5 float32 spacings.
+    image = nib.load(data["reference"])
+    magnitude = max(np.abs(trk.get_data()).max(),
+                    np.abs(trk.get_data() - image.affine[:3, 3]).max())
+    np.testing.assert_allclose(tck.get_data(), trk.get_data(), rtol=0,
+                               atol=rounding_atol(magnitude, 10))
 
 
 def test_both_directions_extend_the_forward_halves(data):
@@ -577,11 +596,52 @@ def test_same_seed_same_output(data, tmp_path):
         tracked("p2.trk", 5, *prob_options, experiment="fvm").get_data())
 
 
+def _perturbed_copy(data, tmp_path, name, folder):
+    """A copy of the trained experiment whose ``folder`` (best_model or
+    checkpoint/model) holds the trained weights, perturbed."""
+    experiment = tmp_path / name
+    shutil.copytree(data["trained"], experiment)
+    model = load_experiment_model(data["trained"])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(-0.5)
+    model.save_params_and_state(str(experiment / folder))
+    # checkpoint/'s manifest covers model/: written again, as a save does.
+    write_manifest(str(experiment / folder.split("/")[0]))
+    return str(experiment)
+
+
 def test_use_latest_epoch(data, tmp_path):
-    out = tmp_path / "latest.trk"
-    run_track(data, out, "--nt", "20", "--use_latest_epoch",
-              "--min_length", "0", "--batch_size", "7")
-    assert len(load_tractogram(str(out), data["reference"])) > 0
+    """--use_latest_epoch tracks with checkpoint/model, not best_model."""
+    # 'latest': checkpoint/ holds other weights than best_model/;
+    # 'expected': its best_model/ holds those weights.
+    data = {**data,
+            "latest": _perturbed_copy(data, tmp_path, "latest",
+                                      "checkpoint/model"),
+            "expected": _perturbed_copy(data, tmp_path, "expected",
+                                        "best_model")}
+
+    def tracked(name, experiment, *options):
+        out = tmp_path / name
+        run_track(data, out, "--nt", "40", "--min_length", "0",
+                  "--batch_size", "7", *options, experiment=experiment)
+        with open(f"{out}.json") as f:
+            provenance = json.load(f)
+        return (load_tractogram(str(out), data["reference"]).streamlines,
+                provenance)
+
+    latest, latest_made = tracked("latest.trk", "latest",
+                                  "--use_latest_epoch")
+    expected, expected_made = tracked("expected.trk", "expected")
+    best, best_made = tracked("best.trk", "latest")
+    assert (latest_made["model"], best_made["model"]) == ("latest", "best")
+    assert latest_made["weights_sha256"] == expected_made["weights_sha256"]
+    assert latest_made["weights_sha256"] != best_made["weights_sha256"]
+    # Same model, seeds and batches: bit for bit the same.
+    np.testing.assert_array_equal(latest._lengths, expected._lengths)
+    np.testing.assert_array_equal(latest.get_data(), expected.get_data())
+    assert (not np.array_equal(latest._lengths, best._lengths)
+            or not np.array_equal(latest.get_data(), best.get_data()))
 
 
 def test_batch_size_does_not_change_det_results(data):

@@ -1,6 +1,7 @@
 """dwiml_visualize_attention.py: heatmaps per layer and head, and a
 tractogram of per-point attention summaries."""
 import glob
+import io
 import os
 import signal
 import subprocess
@@ -22,7 +23,11 @@ from dwi_ml.cli.dwiml_visualize_attention import main as attention_main
 from dwi_ml.io_utils.errors import EXIT_STATUS_SIGTERM
 from dwi_ml.io_utils.output_folders import MARKER_FILE
 from dwi_ml.models import load_model_from_params_and_state
-from dwi_ml.monitoring.attention_views import subject_attention
+from dwi_ml.monitoring.attention_views import (
+    draw_heatmap,
+    heatmap_names,
+    subject_attention,
+)
 from tests.tolerances import rounding_atol
 
 IDS = ["0", "3", "5"]
@@ -52,6 +57,34 @@ def _read(out_dir):
     return pngs, sft
 
 
+def _assert_heatmaps(attention, out_dir):
+    """Each PNG of ``out_dir`` is the heatmap of its layer and head: one
+    panel per streamline drawing that map (causal: upper triangle 0, rows
+    of softmax weights summing to 1), as the script saved it."""
+    names = heatmap_names(attention)
+    assert sorted(file_name for *_, file_name in names) == sorted(
+        name for name in os.listdir(out_dir) if name.endswith(".png"))
+    for name, layer, head, file_name in names:
+        figure = draw_heatmap(attention, name, layer, head)
+        panels = [ax for ax in figure.axes if ax.images]
+        assert len(panels) == len(IDS)
+        for row, (ax, count) in enumerate(zip(panels, attention.counts)):
+            drawn = np.asarray(ax.images[0].get_array())
+            weights = attention.maps[name][layer, row, head].numpy()
+            np.testing.assert_array_equal(drawn, weights[:count, :count])
+            np.testing.assert_array_equal(np.triu(drawn, 1), 0)
+            # float64 sums of count (< 64) float32 softmax outputs.
+            np.testing.assert_allclose(drawn.sum(axis=1), 1, rtol=0,
+                                       atol=rounding_atol(1, 64))
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        buffer.seek(0)
+        image = matplotlib.image.imread(str(out_dir / file_name))
+        # Three panels (one per streamline) side by side, with colour bars.
+        assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]
+        np.testing.assert_array_equal(image, matplotlib.image.imread(buffer))
+
+
 @pytest.mark.parametrize("name, expected_pngs", [
     # 2 encoder layers, 1 decoder layer (self and cross), 2 heads each.
     ("original", ["cross_layer0_head0.png", "cross_layer0_head1.png",
@@ -68,15 +101,12 @@ def test_heatmaps_and_tractogram(experiments, tmp_path, name,
                     str(out_dir), "--streamline_ids", *IDS])
     pngs, sft = _read(out_dir)
     assert pngs == expected_pngs
-    for png in pngs:
-        image = matplotlib.image.imread(str(out_dir / png))
-        # Three panels (one per streamline) side by side, with colour bars.
-        assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]
 
     model = load_model_from_params_and_state(experiment + "/best_model")
     expected = subject_attention(model.eval(), experiments["hdf5"],
                                  "subj-03", "input", "streamlines",
                                  [int(i) for i in IDS])
+    _assert_heatmaps(expected, out_dir)
     lengths = expected.streamlines._lengths
     assert len(sft) == len(IDS)
     np.testing.assert_array_equal(sft.streamlines._lengths, lengths)

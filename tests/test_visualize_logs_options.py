@@ -1,5 +1,6 @@
 """visualize_logs.py: computed curves, per-graph y ranges, outliers,
 figures per file, figure size, y labels and best-epoch markers."""
+import io
 import os
 import re
 import warnings
@@ -55,6 +56,14 @@ def short_run(tmp_path):
 def axes_by_title(figures):
     return {ax.get_title(): ax for figure in figures for ax in figure.axes
             if ax.get_visible()}
+
+
+def png_pixels(figure):
+    """The figure saved as the script saves it, read back."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    buffer.seek(0)
+    return matplotlib.image.imread(buffer)
 
 
 def star_markers(ax):
@@ -205,9 +214,12 @@ def test_nb_plots_per_fig_and_fig_size_in_pngs(experiment, tmp_path):
                             PlotOptions(nb_plots_per_fig=4))
     assert [len([ax for ax in figure.axes if ax.get_visible()])
             for figure in figures] == [4, 2]
-    # One figure: PREFIX.png, as before.
+    # One figure: PREFIX.png, as before; the 6 panels drawn.
     main([experiment, "--nb_plots_per_fig", "6", "--out", out])
-    assert os.path.isfile(out + ".png")
+    [figure] = build_figures(default_panels(experiments), experiments,
+                             PlotOptions(nb_plots_per_fig=6))
+    np.testing.assert_array_equal(
+        matplotlib.image.imread(out + ".png"), png_pixels(figure))
 
 
 def test_new_options_refuse_bad_values(experiment, tmp_path, capsys):
@@ -377,7 +389,16 @@ def test_log_y_names_the_values_it_leaves_out(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "WARNING: experiment 'run', log valid_gain: 2 of 4 values are <= 0, "
         "left out on the log-scale y axis.\n")
-    assert os.path.isfile(out + ".png")
+    figures = build_figures([Panel("Gain", ("valid_gain", "train_loss")),
+                             Panel("Gain again", ("valid_gain",))],
+                            read_experiments([run]), PlotOptions(log_y=True))
+    axes = axes_by_title(figures)
+    assert [axes[title].get_yscale() for title in ("Gain", "Gain again")] \
+        == ["log", "log"]
+    np.testing.assert_array_equal(axes["Gain again"].lines[0].get_ydata(),
+                                  [0.5, 0.0, -0.2, 1.0])
+    np.testing.assert_array_equal(
+        matplotlib.image.imread(out + ".png"), png_pixels(figures[0]))
     # The learning rate panel is always on a log scale.
     main([run, "--graph", "LR", "learning_rate", "--out", out, "-f"])
     assert capsys.readouterr().err == (
