@@ -15,6 +15,7 @@ from dwi_ml.models.direction_getters import (
     make_direction_getter,
 )
 from dwi_ml.models.direction_getters.random_draws import KeyedDraws
+from tests.tolerances import rounding_atol
 
 # float64 throughout: these tests check formulas, not rounding.
 TARGETS = torch.tensor([[2., 0., 0.], [0., 1., 0.], [0., 0., 0.5]],
@@ -109,16 +110,40 @@ def test_smooth_sphere_targets_and_loss():
     target = vertices[7:8] * 2
     smoothed = dg.smoothed_targets(target.float()).double()
     angles = torch.acos((vertices @ vertices[7]).clamp(-1, 1))
-    weights = torch.exp(-angles ** 2 / (2 * math.radians(10.) ** 2))
-    # float32 targets: angles to about 1e-3 rad near 0, so 1e-4 relative.
+    sigma = math.radians(10.)
+    weights = torch.exp(-angles ** 2 / (2 * sigma ** 2))
+    # float32 smoothing: each cosine c is within dc = 11 * EPS32 / 2 of the
+    # float64 one (normalising the target: ~4.5 roundings; a dot product of
+    # 3: 5; the float32 vertices' norm: sqrt(3) / 2). The exponent
+    # e = acos(c) ** 2 / (2 sigma ** 2) then moves by
+    # (theta / sin(theta)) * dc / sigma ** 2, with theta / sin(theta) below
+    # pi / 2 where a weight is above exp(-40); and a softmax moves by at
+    # most 2 p (1 - p) <= 1 / 2 times the largest change of the exponents.
+    # Plus its own roundings, relative, on probabilities <= 1: acos, square,
+    # divide (4), exp (1), a sum of 100 (99), divide (1), float32 (1).
+    dc = rounding_atol(1, 11) / 2
+    atol = math.pi / 4 * dc / sigma ** 2 + rounding_atol(1, 4 + 102) / 2
     np.testing.assert_allclose(smoothed[0].numpy(),
-                               (weights / weights.sum()).numpy(), atol=1e-4)
+                               (weights / weights.sum()).numpy(), rtol=0,
+                               atol=atol)
     assert torch.argmax(smoothed[0]) == 7
     outputs = torch.randn(1, 100, dtype=torch.float64,
                           generator=torch.Generator().manual_seed(2))
-    expected = -(smoothed[0] * torch.log_softmax(outputs[0], 0)).sum()
+    log_probs = torch.log_softmax(outputs[0], 0)
+    expected = -(smoothed[0] * log_probs).sum()
     loss = dg.compute_direction_losses(outputs.float(), target.float())
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # The loss has the same targets (smoothed again in float32) and float32
+    # outputs: each log-probability is within EPS32 / 2 times (2 |o| for the
+    # outputs' rounding, 99 for the sum of 100 exponentials, 3 |log p| for
+    # exp, log and the subtraction), and the sum of the 100 products of
+    # targets (summing to 1) by them, all of one sign, adds 100 roundings
+    # of the loss.
+    nb_roundings = (2 * float(outputs.abs().max()) + 99
+                    + 3 * float(log_probs.abs().max()))
+    loss_atol = (rounding_atol(1, nb_roundings)
+                 + rounding_atol(abs(expected.item()), 100)) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=0,
+                                        abs=loss_atol)
 
 
 def test_sphere_defaults_to_symmetric724():

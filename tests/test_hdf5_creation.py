@@ -655,24 +655,42 @@ def test_same_inputs_give_identical_bytes(dataset, tmp_path):
 def test_interrupted_creation_leaves_no_output(tmp_path):
     root = tmp_path / "ready"
     write_subject(str(root), "sub-000", shape=(48, 48, 32))
-    subjects = [f"sub-{i:03d}" for i in range(80)]
+    subjects = [f"sub-{i:03d}" for i in range(3)]
     for subject in subjects[1:]:
         os.symlink(root / "sub-000", root / subject)
     config = config_with(streamlines={"type": "streamlines",
                                       "files": ["tractograms/*.trk"]})
     out = tmp_path / "out.h5"
-    code = ("import sys; from dwi_ml.data.hdf5.creation import "
-            "create_hdf5_dataset as c; "
-            f"c({str(root)!r}, {str(out)!r}, {config!r}, {subjects!r}, [], [])")
-    process = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 60
-    while not [p for p in tmp_path.glob(".out.h5.*.tmp")
-               if p.stat().st_size > 0]:
-        assert process.poll() is None, "creation ended before being killed"
-        assert time.time() < deadline
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    # The creation says when its first subject is in the temporary file,
+    # then waits on its stdin: it is killed in the middle, deterministically.
+    code = f"""
+import sys
+from dwi_ml.data.hdf5 import creation
+write_subject = creation._write_subject
+def write_then_wait(hdf_file, *args):
+    removed = write_subject(hdf_file, *args)
+    hdf_file.flush()
+    print("written", flush=True)
+    sys.stdin.read()  # until killed, or until the test closes stdin
+    return removed
+creation._write_subject = write_then_wait
+creation.create_hdf5_dataset({str(root)!r}, {str(out)!r}, {config!r},
+                             {subjects!r}, [], [])
+"""
+    process = subprocess.Popen([sys.executable, "-c", code],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        # Blocks until then; a hang is left to the suite's timeout.
+        assert process.stdout.readline() == "written\n", \
+            "creation ended before writing its first subject"
+        assert [p for p in tmp_path.glob(".out.h5.*.tmp")
+                if p.stat().st_size > 0]
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    finally:
+        process.kill()
+        process.communicate()
     assert not out.exists()
 
 

@@ -9,6 +9,7 @@ from hdf5_test_data import CONFIG, grid_affine, write_dataset
 
 from dwi_ml.cli.dwiml_hdf5_extract_data import main as extract_main
 from dwi_ml.data.hdf5.creation import create_hdf5_dataset
+from tests.tolerances import rounding_atol
 
 SUBJECTS = ("sub-01", "sub-02")
 # The .trk files of the config's streamline group, in the order stored.
@@ -46,8 +47,18 @@ def test_volume_groups_come_back_with_values_and_affine(hdf5_and_sources,
     assert int(image.header["sform_code"]) == 1
     assert int(image.header["qform_code"]) == 1
     assert image.header.get_xyzt_units()[0] == "mm"
-    # (float32 quaternion and offsets of ~10 mm: a few roundings.)
-    np.testing.assert_allclose(image.get_qform(), grid_affine(), atol=1e-5)
+    # The qform is stored in float32: the quaternion (b, c, d: 1 rounding
+    # each; the rotation's entries, sums of 2 products of them and a from
+    # a square root: ~6 in all) times the voxel sizes (1), and the offsets
+    # (1), on values below the largest voxel size and translation.
+    qform, affine = image.get_qform(), grid_affine()
+    np.testing.assert_allclose(
+        qform[:3, :3], affine[:3, :3], rtol=0,
+        atol=rounding_atol(np.abs(affine[:3, :3]).max(), 6 + 1) / 2)
+    np.testing.assert_allclose(
+        qform[:3, 3], affine[:3, 3], rtol=0,
+        atol=rounding_atol(np.abs(affine[:3, 3]).max(), 1) / 2)
+    np.testing.assert_array_equal(qform[3], [0, 0, 0, 1])
     # 'input' concatenates fa (1 feature) then peaks (3), standardization
     # 'none': the stored float32 values are the sources'.
     expected = np.concatenate([source["fa"][..., None], source["peaks"]], -1)

@@ -144,11 +144,11 @@ def _assert_same_state(a, b, where):
 
 
 def _wait_until_ready(folder, nb_processes, process):
-    """Until ``nb_processes`` wait for a signal (their files in folder)."""
-    end = time.monotonic() + 600
+    """Until ``nb_processes`` wait for a signal (their files in folder),
+    however slow the machine: a run that never gets there is a hang, left
+    to the suite's timeout; one that ends first fails here."""
     while len(os.listdir(folder)) < nb_processes:
         assert process.poll() is None, "the run ended before its signal"
-        assert time.monotonic() < end, "not waiting for a signal after 600 s"
         time.sleep(0.05)
 
 
