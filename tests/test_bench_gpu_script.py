@@ -58,19 +58,19 @@ def test_every_training_case_prints_a_row_of_sane_values(bench_output):
         assert case.splitlines()[1].startswith(
             "interpolation on the device vs in the workers: N/A on CPU")
     for _, header, rows in tables:
-        assert header[:4] == ["workers", "streamlines/s", "points/s",
-                              "epoch"]
-        assert "peak RSS MiB worker RSS MiB GPU peak MiB" in " ".join(header)
+        assert " ".join(header).startswith(
+            "workers streamlines/s points/s epoch (s) valid (s) data wait "
+            "peak RSS MiB worker RSS MiB GPU peak MiB")
         for row in rows:
-            workers, streamlines_s, points_s, epoch_s, wait = row[:5]
-            assert streamlines_s > 0 and epoch_s > 0
+            workers, streamlines_s, points_s, epoch_s, valid_s, wait = row[:6]
+            assert streamlines_s > 0 and epoch_s > 0 and valid_s > 0
             # Every streamline has more than one point.
             assert points_s > streamlines_s
             assert 0 <= wait <= 100
             # Main process RSS; a worker's only with workers; no GPU.
-            assert row[5] > 0
-            assert (row[6] is None) == (workers == 0)
-            assert row[7] is None
+            assert row[6] > 0
+            assert (row[7] is None) == (workers == 0)
+            assert row[8] is None
 
 
 def test_tracking_at_the_bench_batch_tracks_every_seed(bench_output):
