@@ -215,6 +215,9 @@ def main(argv=None):
                              "(default: 1).")
     parser.add_argument("--_case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.epochs < 1 or args.nb_processes < 1:
+        parser.error("--epochs and --nb_processes: expected at least 1, "
+                     f"found {args.epochs} and {args.nb_processes}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.folder))):
         raise DwiMLUserError(f"folder '{args.folder}': its parent folder "
                              "does not exist.")

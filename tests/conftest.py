@@ -89,9 +89,10 @@ def no_child_process_left(request):
     what they count and time. The test's end waits for those still
     running, however slow the machine; ``CHILD_HANG_S`` only turns a child
     that never ends (a real hang, not slowness) into a failure that names
-    it. A child that ended on an error (an exception: code > 0, or a
-    signal other than the SIGTERM of a DataLoader's shutdown) fails the
-    test too."""
+    it. A child still running at the test's end that then ends on an error
+    (an exception: code > 0, or a signal other than the SIGTERM of a
+    DataLoader's shutdown) fails the test too; one that ended earlier is
+    the test's own business (multiprocessing forgets it)."""
     yield
     children = multiprocessing.active_children()
     for child in children:

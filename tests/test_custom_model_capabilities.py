@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from training_data import make_training_hdf5
+from training_data import make_trainer, make_training_hdf5
 
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -24,6 +24,8 @@ from dwi_ml.monitoring.input_importance import (
 )
 from dwi_ml.tracking.propagation import BatchedTracker
 from dwi_ml.tracking.stopping import TrackingMask
+from dwi_ml.tracking.tracking_validation import TrackingValidationCallback
+from dwi_ml.tracking.tracking_validation_args import TrackingValidationParams
 from dwi_ml.training.evaluation import evaluate_model
 from tests.tolerances import rounding_atol
 
@@ -113,3 +115,15 @@ def test_tracker_refuses_a_model_without_tracking_methods(model):
         "forward_step, select_hidden_states, get_tracking_directions: "
         "docs/extending.md), found a PreviousDirsMLP without forward_step, "
         "select_hidden_states, get_tracking_directions.")
+
+
+def test_tracking_validation_refuses_it_before_any_epoch(model, tmp_path):
+    model, dataset = model
+    callback = TrackingValidationCallback(TrackingValidationParams(every=1))
+    trainer = make_trainer(dataset, tmp_path, model=model, max_epochs=1,
+                           callbacks=[callback])
+    with pytest.raises(DwiMLUserError) as error:
+        trainer.train_and_validate()
+    assert str(error.value).startswith(
+        "--tracking_validation_every: expected a model that can track")
+    assert not (tmp_path / "exp" / "logs" / "train_loss.npy").exists()

@@ -2,6 +2,7 @@
 import filecmp
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -681,7 +682,10 @@ creation.create_hdf5_dataset({str(root)!r}, {str(out)!r}, {config!r},
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True)
     try:
-        # Blocks until then; a hang is left to the suite's timeout.
+        # Seconds, however slow the machine; the guard catches a hang only
+        # (the suite has no timeout of its own).
+        ready, _, _ = select.select([process.stdout], [], [], 600)
+        assert ready, "no first subject after 600 s: a hang"
         assert process.stdout.readline() == "written\n", \
             "creation ended before writing its first subject"
         assert [p for p in tmp_path.glob(".out.h5.*.tmp")

@@ -143,12 +143,19 @@ def _assert_same_state(a, b, where):
         assert a == b or (a != a and b != b), where   # NaN equals NaN
 
 
+# A guard against a hang only (the suite has no timeout of its own): a run
+# gets ready in seconds, however slow the machine.
+HANG_GUARD_S = 600
+
+
 def _wait_until_ready(folder, nb_processes, process):
-    """Until ``nb_processes`` wait for a signal (their files in folder),
-    however slow the machine: a run that never gets there is a hang, left
-    to the suite's timeout; one that ends first fails here."""
+    """Until ``nb_processes`` wait for a signal (their files in folder); a
+    run that ends first, or hangs, fails here."""
+    guard = time.monotonic() + HANG_GUARD_S
     while len(os.listdir(folder)) < nb_processes:
         assert process.poll() is None, "the run ended before its signal"
+        assert time.monotonic() < guard, \
+            f"not ready after {HANG_GUARD_S} s: a hang"
         time.sleep(0.05)
 
 

@@ -169,3 +169,16 @@ def test_reference_seeding_mask_positional_says_what_to_use(tmp_path,
         f"'{out}' (the reference's seeding mask positional): give "
         "--seeding_mask_group wm_mask and end with the output.")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("tail", [["out.trk", "out2.trk"],
+                                  ["out.trk", "--", "x.trk"]])
+def test_two_tractograms_are_not_taken_for_a_seeding_mask(tmp_path, capsys,
+                                                          tail):
+    with pytest.raises(SystemExit) as error:
+        dwiml_track_from_model.main([str(tmp_path / "exp"), "data.hdf5",
+                                     "subj-01", "input", *tail])
+    assert error.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.endswith(f"unrecognized arguments: {tail[-1]} (see "
+                            "--help).")

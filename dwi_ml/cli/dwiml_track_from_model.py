@@ -266,8 +266,11 @@ def _refuse_reference_seeding_positional(parser, argv):
     output: say what to use instead of "unrecognized arguments"."""
     known, extras = parser.parse_known_args(
         translate_reference_options(argv, TRACK_REFERENCE_OPTIONS))
+    # ... input wm_mask out.trk: a group name, then a tractogram.
     if (len(extras) == 1 and not extras[0].startswith("-")
-            and extension_of(extras[0]) in TRACTOGRAM_EXTENSIONS):
+            and extension_of(extras[0]) in TRACTOGRAM_EXTENSIONS
+            and extension_of(known.out_tractogram)
+            not in TRACTOGRAM_EXTENSIONS):
         raise DwiMLUserError(
             f"positional arguments: expected the output tractogram after "
             f"the input group, found '{known.out_tractogram}' then "

@@ -69,6 +69,7 @@ from dwi_ml.tracking.stopping import (
     keep_by_length,
     max_nb_points,
 )
+from dwi_ml.tracking.tracker_args import check_tracking_model
 from dwi_ml.tracking.tracking_validation_args import (
     GENERATION,
     TRACKING_TIME,
@@ -222,6 +223,8 @@ class TrackingValidationCallback(Callback):
         self._dense_references = {}
 
     def on_train_start(self, trainer):
+        # Before the first epoch, not at the first tracking epoch.
+        check_tracking_model(trainer.model, "--tracking_validation_every")
         self.metric_names = check_tracking_validation_data(
             trainer.batch_sampler.dataset.hdf5_file,
             trainer.batch_loader.streamline_group, self.params,

@@ -1,9 +1,7 @@
 """Make a whole synthetic dataset: subjects, HDF5 config and subject lists."""
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +25,7 @@ from dwi_ml.io_utils.output_folders import (
     mark_output_folder,
     seal_output_folder,
 )
+from dwi_ml.io_utils.process_jobs import run_in_processes
 
 MIN_NB_DIRECTIONS = 6  # a tensor needs six directions
 
@@ -160,14 +159,8 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
         if nb_processes == 1:
             durations = map(_write_one_subject, *zip(*jobs))
         else:
-            # spawn: no fork of a process that may hold torch's threads.
-            pool = ProcessPoolExecutor(
-                nb_processes, mp_context=multiprocessing.get_context("spawn"))
-            try:
-                durations = list(pool.map(_write_one_subject, *zip(*jobs)))
-            finally:
-                # On an error or a signal, the subjects not started are not.
-                pool.shutdown(cancel_futures=True)
+            durations = run_in_processes(_write_one_subject, jobs,
+                                         nb_processes, "a subject")
         for subject_id, duration in zip(subject_ids, durations):
             logging.info("%s: %d streamlines written in %.1f s", subject_id,
                          nb_streamlines, duration)
