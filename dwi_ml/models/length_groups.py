@@ -37,7 +37,7 @@ def default_group_cost(device=None):
     group) on CUDA, else ``GROUP_COST`` at one torch thread and
     ``MULTITHREAD_GROUP_COST`` at more.
 
-    On an H200, split batches of 1000 streamlines trained 1.3 - 2.2x faster
+    On an H200, split batches of 1000 streamlines trained 1.3 - 2.1x faster
     in one group than in the CPU's groups (bench/README.md, "Session 29").
     """
     if device is not None and torch.device(device).type == "cuda":
