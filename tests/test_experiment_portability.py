@@ -17,9 +17,8 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from file_tree import run_refused, snapshot, without_write_permission
-from test_preemption import assert_same_states
+from test_training_resume import TIME_LOGS, assert_same_run
 from training_data import (
     TINY_TRAINING,
     make_trained_experiment,
@@ -50,34 +49,6 @@ NAME = "run 1 ñ'b"
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_trained_experiment(tmp_path_factory.mktemp("portability_data"))
-
-
-# Times differ between runs by nature; every other log must be bitwise equal.
-TIME_LOGS = ("train_time.npy", "valid_time.npy")
-
-
-def _logs(experiment_dir):
-    logs_dir = os.path.join(experiment_dir, "logs")
-    return {name: np.load(os.path.join(logs_dir, name))
-            for name in sorted(os.listdir(logs_dir)) if name not in TIME_LOGS}
-
-
-def _assert_same_run(dir_a, dir_b, nb_epochs):
-    """Bitwise equal logs (but times), weights and checkpoint states (as
-    tests/test_training_resume.py checks a resumed run)."""
-    logs_a, logs_b = _logs(dir_a), _logs(dir_b)
-    assert sorted(logs_a) == sorted(logs_b)
-    for name in logs_a:
-        assert logs_a[name].tobytes() == logs_b[name].tobytes(), name
-    assert len(logs_a["train_loss.npy"]) == nb_epochs
-    for folder in ("checkpoint/model", "best_model"):
-        weights_a, weights_b = (
-            torch.load(os.path.join(experiment, folder, "model_state.pt"),
-                       weights_only=True) for experiment in (dir_a, dir_b))
-        assert weights_a.keys() == weights_b.keys()
-        for key in weights_a:
-            assert torch.equal(weights_a[key], weights_b[key]), (folder, key)
-    assert_same_states(dir_a, dir_b)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +126,7 @@ def test_copied_experiment_and_moved_hdf5_work_from_relative_paths(
         PARENT, NAME, hdf5_file, "tracks ß.trk")
     # Absolute: a later resume from another folder finds it.
     assert saved == str(tmp_path / hdf5_file)
-    _assert_same_run(experiment, reference / NAME, 2)
+    assert_same_run(experiment, reference / NAME, 2)
 
     assert len(tracks.streamlines) > 0
     np.testing.assert_array_equal(tracks.streamlines._lengths,
@@ -197,7 +168,7 @@ def test_printed_resume_command_works_when_pasted(tmp_path, data,
 
     resumed = _run_script(script, [*args, "-v", "WARNING"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(experiments / NAME, straight_run, 2)
+    assert_same_run(experiments / NAME, straight_run, 2)
 
 
 def test_requeued_job_resumes_on_its_own_copy_of_the_hdf5(tmp_path, data,
@@ -216,7 +187,7 @@ def test_requeued_job_resumes_on_its_own_copy_of_the_hdf5(tmp_path, data,
                 "streamlines", *TINY_TRAINING[2:], "--max_epochs", "2",
                 "--resume_if_exists"])
     experiment = tmp_path / "exp"
-    _assert_same_run(experiment, straight_run, 2)
+    assert_same_run(experiment, straight_run, 2)
     with open(experiment / "parameters.json") as f:
         assert json.load(f)["dataset"]["hdf5_file"] == str(second_copy)
 

@@ -50,12 +50,13 @@ def _weights(experiment_dir, folder="checkpoint/model"):
                       weights_only=True)
 
 
-def _assert_same_run(dir_a, dir_b):
+def assert_same_run(dir_a, dir_b, nb_epochs=4):
+    """Bitwise equal logs (but times), weights and checkpoint states."""
     logs_a, logs_b = _logs(dir_a), _logs(dir_b)
     assert sorted(logs_a) == sorted(logs_b)
     for name in logs_a:
         assert logs_a[name].tobytes() == logs_b[name].tobytes(), name
-    assert len(logs_a["train_loss.npy"]) == 4
+    assert len(logs_a["train_loss.npy"]) == nb_epochs
     for folder in ("checkpoint/model", "best_model"):
         weights_a, weights_b = _weights(dir_a, folder), _weights(dir_b, folder)
         assert weights_a.keys() == weights_b.keys()
@@ -77,7 +78,7 @@ def test_stop_and_resume_equals_straight_run(tmp_path, hdf5_file, nb_workers,
     assert len(_logs(tmp_path / "resumed")["train_loss.npy"]) == 2
     resume_cli.main([experiments, "resumed", "--new_max_epochs", "4",
                      "-v", "WARNING"])
-    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
     # Training changed the weights and lowered the loss.
     losses = _logs(tmp_path / "straight")["train_loss.npy"]
     assert losses[-1] < losses[0]
@@ -132,7 +133,7 @@ def test_sigkill_mid_epoch_then_resume_equals_straight_run(tmp_path, hdf5_file):
                        weights_only=True)
     assert state["current_epoch"] == 2
     resume_cli.main([experiments, "killed", "-v", "WARNING"])
-    _assert_same_run(tmp_path / "straight", tmp_path / "killed")
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
 
 
 def test_resume_of_a_finished_run_says_so(tmp_path, hdf5_file, capsys):
@@ -205,7 +206,7 @@ def test_a_longer_run_resumed_inside_an_epoch_equals_one_extended_at_its_end(
     for name in ("at_end", "inside"):
         resume_cli.main([experiments, name, "--new_max_epochs", "4",
                          "-v", "WARNING"])
-    _assert_same_run(tmp_path / "at_end", tmp_path / "inside")
+    assert_same_run(tmp_path / "at_end", tmp_path / "inside")
 
 
 def test_a_smaller_new_max_epochs_than_the_epoch_in_progress_is_refused(
