@@ -11,6 +11,7 @@ import os
 
 import nibabel as nib
 import numpy as np
+from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.io.streamline import load_tractogram
 
 from dwi_ml.data.hdf5.connectivity import read_label_volume
@@ -96,8 +97,19 @@ def load_tractogram_vox_corner(path, nifti_path, warn_outside=True):
             f"({', '.join(TRACTOGRAM_EXTENSIONS)}; dipy reads no other), "
             f"found '{extension}'.")
     _check_same_grid(path, nifti_path)
+    # A .trk/.trx is read through its own header, checked above: dipy's
+    # check would also compare the NIfTI's pixdim, which follows its qform.
+    has_grid = tractogram_extension(path) != ".tck"
     try:
-        sft = load_tractogram(path, nifti_path, bbox_valid_check=False)
+        sft = load_tractogram(path, "same" if has_grid else nifti_path,
+                              bbox_valid_check=False)
+        if has_grid:
+            sft.to_rasmm()
+            sft.to_center()
+            sft = StatefulTractogram(
+                sft.streamlines, nifti_path, Space.RASMM,
+                origin=Origin.NIFTI, data_per_point=sft.data_per_point,
+                data_per_streamline=sft.data_per_streamline)
     except Exception as error:  # dipy and nibabel raise many kinds
         raise DwiMLUserError(
             f"tractogram '{path}': could not read it with the grid of "

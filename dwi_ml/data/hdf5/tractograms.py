@@ -158,7 +158,10 @@ def grid_difference(found, expected, reference):
     """How a tractogram's grid differs from its reference's, or None.
 
     The comparison of dipy's ``is_header_compatible`` (see
-    :func:`check_tractogram_header`).
+    :func:`check_tractogram_header`), but with the voxel sizes of the
+    affines: a NIfTI's pixdim follows its qform, which may differ from the
+    sform that nibabel and dipy take as its grid, and a .trk's header
+    sizes only scale its own points.
 
     Parameters
     ----------
@@ -167,6 +170,8 @@ def grid_difference(found, expected, reference):
     reference : str
         The reference's path, named in the text.
     """
+    found, expected = _with_affine_voxel_sizes(found), \
+        _with_affine_voxel_sizes(expected)
     alike = [np.allclose(found[0], expected[0], rtol=HEADER_TOLERANCE,
                          atol=HEADER_TOLERANCE),
              np.array_equal(found[1], expected[1]),
@@ -490,6 +495,12 @@ def _concatenate_dps(values, key, subject, group):
 
 # The fields of dipy's reference info, in its order.
 _GRID_FIELDS = ("affine", "dimensions", "voxel sizes", "order")
+
+
+def _with_affine_voxel_sizes(info):
+    """:func:`reference_info` with the voxel sizes of its affine."""
+    affine, dimensions, _, voxel_order = info
+    return (affine, dimensions, nib.affines.voxel_sizes(affine), voxel_order)
 
 
 def _grid_texts(info):
