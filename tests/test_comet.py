@@ -197,7 +197,7 @@ def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
     hyperparameters = flatten(read_parameters(trainer.experiment_dir))
     params = archive_parameters(messages)
     assert set(params) == set(hyperparameters)
-    assert params["trainer|learning_rate"] == 1e-3
+    assert params["trainer|learning_rate"] == 0.005  # Learn2track's default
     assert params["model_type"] == "Learn2TrackModel"
     graphs = [m["payload"]["graph"] for m in messages if m["type"] == "graph"]
     assert graphs == [str(trainer.model)]

@@ -75,10 +75,10 @@ def _set(section, key, value):
      "loader.split_ratio: expected a number in [0, 1], found 2."),
     (_set("dataset", "lazy", "yes"),
      "dataset.lazy: expected True or False, found 'yes'."),
-    # Taken from the trainer's default (no clipping), not the script's.
-    (lambda params: params["trainer"].pop("clip_grad"),
-     "trainer: expected the key 'clip_grad' (every training saves it; "
-     "DWIMLTrainerOneInput's default, None, is not the script's), found "
+    # Taken from the loader's default (no reversal), not the script's.
+    (lambda params: params["loader"].pop("reverse_ratio"),
+     "loader: expected the key 'reverse_ratio' (every training saves it; "
+     "BatchLoaderOneInput's default, 0.0, is not the script's), found "
      "none."),
     (_set("model", "rnn_layer_sizes", [0]),
      "model.rnn_layer_sizes: expected an integer >= 1, found 0."),

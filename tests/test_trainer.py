@@ -275,6 +275,31 @@ def test_a_loader_of_another_input_spec_is_refused(tmp_path, dataset):
                              trainer.batch_sampler, trainer.batch_loader)
 
 
+@pytest.mark.parametrize("model_type", ["learn2track",
+                                        "transformer_src_only"])
+def test_a_python_trainer_takes_the_scripts_optimisation_defaults(
+        tmp_path, dataset, model_type):
+    """No learning rate or clipping given: those the training script
+    saves for the same model type (they differed until session 30)."""
+    from dwi_ml.cli.dwiml_train_model import build_parser
+    from dwi_ml.models.model_types import DEFAULT_LEARNING_RATES, MODEL_TYPES
+    model_class = MODEL_TYPES[model_type]
+    torch.manual_seed(0)
+    model = model_class("exp", nb_features=dataset.nb_features[0],
+                        step_size=1.5)
+    trainer = make_trainer(dataset, tmp_path, model=model)
+    trainer = DWIMLTrainerOneInput(model, str(tmp_path), "defaults",
+                                   trainer.batch_sampler,
+                                   trainer.batch_loader)
+    script = build_parser().parse_args(
+        [str(tmp_path), "x", "data.hdf5", "input", "streamlines"])
+    assert script.learning_rate is None  # resolved by the model type
+    assert trainer.learning_rate == DEFAULT_LEARNING_RATES[model_type] \
+        == model_class.default_learning_rate
+    assert trainer.clip_grad == script.clip_grad == 1.0
+    assert trainer.optimizer.param_groups[0]["lr"] == trainer.learning_rate
+
+
 @pytest.mark.parametrize("params, device, message", [
     ({"streamline_group": "streamlines", "input_group": "dwi"}, "cpu",
      "BatchLoaderOneInput argument input_group: expected one of ['input', "

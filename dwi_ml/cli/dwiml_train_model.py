@@ -92,7 +92,6 @@ from dwi_ml.training.saved_parameters import (
     check_saved_parameters,
     check_saved_section,
 )
-from dwi_ml.training.trainer import DEFAULT_LEARNING_RATE
 from dwi_ml.training.trainer_args import add_trainer_args, check_trainer_args
 from dwi_ml.training.training_file import (
     grids_unlike_training,
@@ -429,9 +428,7 @@ def _apply_pretrained(args, params):
                        for name, value in model.params_for_checkpoint.items()
                        if name != "nb_features"}
     if args.learning_rate is None:
-        # A model of your own (no --model_type): the trainer's default.
-        params["trainer"]["learning_rate"] = DEFAULT_LEARNING_RATES.get(
-            model_type_of(params["model_type"]), DEFAULT_LEARNING_RATE)
+        params["trainer"]["learning_rate"] = model.default_learning_rate
     return model
 
 

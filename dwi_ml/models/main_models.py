@@ -70,7 +70,13 @@ class MainModelAbstract(torch.nn.Module):
     Subclasses extend ``params_for_checkpoint`` with all their constructor
     arguments and decorate themselves with
     :func:`dwi_ml.models.model_io.register_model`.
+
+    ``default_learning_rate`` (class attribute) is the learning rate a
+    trainer uses when given none, in Python and in the training script
+    alike; a subclass sets its own.
     """
+
+    default_learning_rate = 1e-3
 
     def __init__(self, experiment_name, step_size=None, nb_points=None,
                  compress=None):

@@ -94,11 +94,9 @@ def add_model_args(parser):
     return group
 
 
-# Measured in docs/training.md: Learn2track learns faster at 0.005; the
-# Transformers keep the usual 0.001.
-DEFAULT_LEARNING_RATES = {"learn2track": 0.005, "transformer_original": 0.001,
-                          "transformer_src_tgt": 0.001,
-                          "transformer_src_only": 0.001}
+# Each class's own (Learn2track 0.005, the Transformers 0.001).
+DEFAULT_LEARNING_RATES = {name: model_class.default_learning_rate
+                          for name, model_class in MODEL_TYPES.items()}
 
 
 _TRANSFORMERS = ("transformer_original", "transformer_src_tgt",

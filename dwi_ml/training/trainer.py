@@ -59,6 +59,7 @@ from dwi_ml.training.optimizers import (
 )
 from dwi_ml.training.random_states import seed_everything, set_deterministic
 from dwi_ml.training.trainer_args import (
+    DEFAULT_CLIP_GRAD,
     check_callbacks,
     check_trainer_args,
     check_trainer_parts,
@@ -70,8 +71,6 @@ from dwi_ml.training.trainer_optimization import TrainerOptimization
 
 logger = logging.getLogger(__name__)
 
-# The trainer's, and that of a model of your own trained by the scripts.
-DEFAULT_LEARNING_RATE = 1e-3
 
 
 class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
@@ -90,7 +89,11 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
     batch_loader : the collate step (e.g. BatchLoaderOneInput)
     optimizer : str
         'Adam', 'AdamW', 'RAdam' or 'SGD' (with ``momentum``).
-    learning_rate, weight_decay, momentum : float
+    learning_rate : float or None
+        None: the model's ``default_learning_rate`` (0.005 for
+        Learn2track, 0.001 for the Transformers and by default), as in
+        the training script.
+    weight_decay, momentum : float
     lr_scheduler, lr_step_size, lr_gamma : str or SchedulerFactory, int, float
         'constant', 'step' (times ``lr_gamma`` every ``lr_step_size``
         epochs), 'cosine', 'plateau' (times ``lr_gamma``), 'onecycle', or a
@@ -109,7 +112,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
     max_batches_per_epoch_training, max_batches_per_epoch_validation : int
         Cap on the batches per epoch (None: the whole epoch).
     clip_grad : float or None
-        Clip the gradients' total norm to this value, once per update.
+        Clip the gradients' total norm to this value, once per update
+        (default 1.0, as the training script); None never clips.
     grad_accumulation_steps : int
         Update the weights every N batches, with each batch's loss scaled
         by 1/N: N batches of equal numbers of points then give the update
@@ -147,18 +151,21 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
 
     def __init__(self, model, experiments_path, experiment_name,
                  batch_sampler, batch_loader, optimizer="Adam",
-                 learning_rate=DEFAULT_LEARNING_RATE, weight_decay=0.0,
+                 learning_rate=None, weight_decay=0.0,
                  momentum=0.9, lr_scheduler="constant", lr_step_size=10,
                  lr_gamma=0.5,
                  max_epochs=10, patience=None, patience_delta=0.0,
                  max_batches_per_epoch_training=None,
-                 max_batches_per_epoch_validation=None, clip_grad=None,
+                 max_batches_per_epoch_validation=None,
+                 clip_grad=DEFAULT_CLIP_GRAD,
                  grad_accumulation_steps=1, nb_workers=0, device="cpu",
                  mixed_precision=None, seed=1234, callbacks=(),
                  distributed=None, max_time_s=None,
                  checkpoint_every_n_batches=None,
                  checkpoint_every_minutes=None, deterministic=False,
                  best_model_metric="valid_loss"):
+        if learning_rate is None:
+            learning_rate = getattr(model, "default_learning_rate", 1e-3)
         check_trainer_args(locals())
         check_trainer_parts(model, experiment_name, batch_loader)
         # False until a checkpoint is loaded or the run starts: a new run

@@ -19,6 +19,9 @@ from dwi_ml.io_utils.output_folders import check_experiment_name
 from dwi_ml.training.callbacks import Callback
 from dwi_ml.training.optimizers import OPTIMIZER_CHOICES, SCHEDULER_CHOICES
 
+# The trainer's and the training script's (docs/training.md).
+DEFAULT_CLIP_GRAD = 1.0
+
 
 def clip_grad_value(value):
     """argparse type of --clip_grad: a number, or 'none' (no clipping)."""
@@ -188,7 +191,8 @@ def add_trainer_args(parser):
     group.add_argument("--max_batches_per_epoch_validation", type=int,
                        help="Cap on validation batches per epoch; None uses "
                             "them all.")
-    group.add_argument("--clip_grad", type=clip_grad_value, default=1.0,
+    group.add_argument("--clip_grad", type=clip_grad_value,
+                       default=DEFAULT_CLIP_GRAD,
                        metavar="NORM|none",
                        help="Clip the gradients' total norm to NORM, once "
                             "per update; 'none' never clips. Default: 1.0 "
