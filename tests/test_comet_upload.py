@@ -123,6 +123,9 @@ def test_bad_requests_are_refused_in_one_line(tiny_hdf5, tmp_path,  # noqa: F811
         ([exp, *offline, "--epochs", "1", "5"], "0 <= FIRST <= LAST < 2"),
         ([str(tmp_path / "missing"), *offline], "missing"),
         ([str(tmp_path), *offline], "not a dwi_ml experiment"),
+        # A resume swaps checkpoint/ whole: the archive went with it.
+        *[([exp, "--comet_offline_dir", os.path.join(exp, folder)],
+           "a folder of experiment") for folder in ("checkpoint", "logs")],
         # Online, Comet refuses at once (a closed port): nothing is sent.
         ([exp, "--comet_workspace", "ws", "--comet_project", "p"],
          "could not be reached"),

@@ -572,7 +572,8 @@ def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
     mark_output_folder(str(folder), "experiment")
     for name in ("evaluation_testing_best.json", "logs_plot.png",
                  "logs_plot_2.png", "evaluation_my_notes.json",
-                 "logs_plot_for_paper.png"):
+                 "logs_plot_for_paper.png",
+                 "logs_correlation_train_loss_valid_loss.png"):
         (folder / name).write_text("x")
     assert output_folders.foreign_entries(str(folder), "experiment") == [
         "evaluation_my_notes.json", "logs_plot_for_paper.png"]

@@ -5,12 +5,11 @@ import os
 import numpy as np
 
 from dwi_ml.data.dataset import MultiSubjectDataset
-from dwi_ml.io_utils.arg_checks import check_extension
+from dwi_ml.io_utils.arg_checks import check_extension, extension_of
 from dwi_ml.io_utils.atomic import save_npy
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.nifti_files import (
     NIFTI_EXTENSIONS,
-    extension_of,
     save_nifti_atomic,
     scanner_image,
 )

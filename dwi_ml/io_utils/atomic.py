@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 
+from dwi_ml.io_utils.arg_checks import extension_of
 from dwi_ml.io_utils.errors import DwiMLUserError, Terminated, raise_terminated
 from dwi_ml.io_utils.run_paths import record_written
 
@@ -26,11 +27,61 @@ def _current_umask():
     return mask
 
 
-def _new_temporary_file(folder, name):
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp",
-                                    dir=folder)
+def name_max(folder):
+    """The longest file name, in bytes, that ``folder`` takes (255 when
+    the system does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _temporary_prefix(folder, name, reserve=0):
+    """``.NAME.``, with NAME cut so that mkstemp's name (8 random
+    characters and ``.tmp`` more), and ``reserve`` bytes after it, fit the
+    folder's limit: a valid long output name would otherwise fail only
+    when written, after the work."""
+    encoded = os.fsencode(name)
+    room = name_max(folder) - len("..") - 8 - len(".tmp") - reserve
+    if len(encoded) > room:
+        name = os.fsdecode(encoded[:room])
+    return f".{name}."
+
+
+def _new_temporary_file(folder, name, reserve=0):
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=_temporary_prefix(folder, name, reserve), suffix=".tmp",
+        dir=folder)
     os.close(fd)
     return tmp_path
+
+
+def probe_output_file(path):
+    """Create and remove the temporary files that
+    :func:`atomic_output_file_with_extension` would write ``path`` through
+    (the longer of its and :func:`atomic_output_file`'s).
+
+    Raises
+    ------
+    OSError
+        When the folder cannot hold them, though ``os.access`` says it is
+        writable (``/sys``, a read-only mount, a name too long).
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    extension = extension_of(name)
+    # A Ctrl-C meanwhile is raised once both are removed.
+    held = _StopSignalsHeld()
+    try:
+        tmp_path = _new_temporary_file(folder, name,
+                                       len(os.fsencode(extension)))
+        try:
+            with open(tmp_path + extension, "xb"):
+                pass
+            os.remove(tmp_path + extension)
+        finally:
+            os.remove(tmp_path)
+    finally:
+        held.release()
 
 
 # Handlers that raise in the main thread, and what they raise.
@@ -115,7 +166,7 @@ def _sync_tree(folder):
 
 
 @contextlib.contextmanager
-def atomic_output_file(path):
+def atomic_output_file(path, _reserve=0):
     """Yield a temporary path next to ``path``; rename it on success.
 
     An exception (or a kill) inside the block never leaves a partial file at
@@ -126,7 +177,7 @@ def atomic_output_file(path):
     """
     folder, name = os.path.split(os.path.abspath(path))
     tmp_path, held = _create_holding_stop_signals(
-        lambda: _new_temporary_file(folder, name))
+        lambda: _new_temporary_file(folder, name, _reserve))
     try:
         held.release()
         yield tmp_path
@@ -139,6 +190,21 @@ def atomic_output_file(path):
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+@contextlib.contextmanager
+def atomic_output_file_with_extension(path):
+    """As :func:`atomic_output_file`, with a temporary path that ends in
+    ``path``'s extension (nibabel and dipy choose the format by it)."""
+    extension = extension_of(path)
+    with atomic_output_file(path, len(os.fsencode(extension))) as tmp_path:
+        tmp_with_extension = tmp_path + extension
+        try:
+            yield tmp_with_extension
+            os.replace(tmp_with_extension, tmp_path)
+        finally:
+            if os.path.exists(tmp_with_extension):
+                os.remove(tmp_with_extension)
 
 
 def save_npy(path, array):
@@ -188,7 +254,7 @@ def atomic_output_folder(path):
     target = _link_target(path)
     parent, name = os.path.split(target)
     tmp_path, held = _create_holding_stop_signals(lambda: tempfile.mkdtemp(
-        prefix=f".{name}.", suffix=".tmp", dir=parent))
+        prefix=_temporary_prefix(parent, name), suffix=".tmp", dir=parent))
     old_path = os.path.join(parent, f".{name}.old")
     try:
         held.release()

@@ -1,11 +1,10 @@
 """NIfTI files: their extensions, a scanner-space image, an atomic write."""
-import os
 
 import nibabel as nib
 import numpy as np
 
-from dwi_ml.io_utils.arg_checks import check_extension, extension_of
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.arg_checks import check_extension
+from dwi_ml.io_utils.atomic import atomic_output_file_with_extension
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 
@@ -31,13 +30,5 @@ def scanner_image(data, affine):
 
 def save_nifti_atomic(image, out_path):
     """Save ``image`` to ``out_path`` (.nii or .nii.gz) atomically."""
-    with atomic_output_file(out_path) as tmp_path:
-        # nibabel picks the format from the extension, which the
-        # temporary name lacks.
-        tmp_with_extension = tmp_path + extension_of(out_path)
-        try:
-            nib.save(image, tmp_with_extension)
-            os.replace(tmp_with_extension, tmp_path)
-        finally:
-            if os.path.exists(tmp_with_extension):
-                os.remove(tmp_with_extension)
+    with atomic_output_file_with_extension(out_path) as tmp_path:
+        nib.save(image, tmp_path)

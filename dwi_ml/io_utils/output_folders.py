@@ -29,7 +29,11 @@ import shutil
 
 from dwi_ml import __version__
 from dwi_ml.io_utils.arg_checks import check_extension
-from dwi_ml.io_utils.atomic import write_json_atomic
+from dwi_ml.io_utils.atomic import (
+    name_max,
+    probe_output_file,
+    write_json_atomic,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import (
     BEST_MODEL_DIR,
@@ -41,6 +45,7 @@ from dwi_ml.io_utils.experiment_layout import (
 )
 from dwi_ml.io_utils.manifest import file_sha256
 from dwi_ml.io_utils.run_paths import record_output
+from dwi_ml.io_utils.tractogram_files import refuse_upper_case_tractogram
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +70,19 @@ _EVALUATION_FILES = tuple(
     for which in ("best", "latest"))
 _LOGS_PLOTS = ("logs_plot.png", "logs_plot_[0-9].png",
                "logs_plot_[0-9][0-9].png")
+# dwiml_visualize_logs_correlation.py's default output.
+_LOGS_CORRELATIONS = ("logs_correlation_*.png",)
 _SUBJECT_LISTS = tuple(f"{split}_subjs.txt"
                        for split in ("training", "validation", "testing"))
 OWN_ENTRIES = {
-    # evaluation JSONs and the logs plot are written into the experiment
-    # by dwiml_evaluate_model.py and visualize_logs.py by default.
+    # evaluation JSONs, the logs plot and logs correlations are written
+    # into the experiment by dwiml_evaluate_model.py, visualize_logs.py
+    # and dwiml_visualize_logs_correlation.py by default.
     # checkpoint/ and best_model/ are replaced whole at each save; logs/
     # holds the monitors' .npy files, each written on its own.
     "experiment": (PARAMETERS_FILE, RUNS_FILE, CHECKPOINT_DIR, BEST_MODEL_DIR,
                    f"{LOGS_DIR}/*.npy", ".lock", *_EVALUATION_FILES,
-                   *_LOGS_PLOTS),
+                   *_LOGS_PLOTS, *_LOGS_CORRELATIONS),
     # Folders written whole, then sealed (seal_output_folder): these are
     # used only when the run that wrote them stopped before the end.
     "synthetic_dataset": ("config.json", "dwi_ml_ready", *_SUBJECT_LISTS),
@@ -161,9 +169,14 @@ def _check_parent(path, what):
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DwiMLUserError(
             f"{what} '{path}': folder '{parent}' is not writable.")
+    size, limit = len(os.fsencode(os.path.basename(path))), name_max(parent)
+    if size > limit:
+        raise DwiMLUserError(
+            f"{what} '{path}': expected a file name of at most {limit} "
+            f"bytes (the file system's limit), found {size}.")
 
 
-def _refuse_inside_experiment_folders(path, what):
+def refuse_inside_experiment_folders(path, what):
     """Refuse ``path`` inside an experiment's ``checkpoint/``,
     ``best_model/`` or ``logs/``: training replaces those folders whole (a
     resumed run swaps ``checkpoint/``), and what else they hold with them."""
@@ -210,6 +223,28 @@ def _refuse_state_file_of_output_folder(path, what):
         "give another file name.")
 
 
+# A tractogram's record, OUT.trk.json (dwi_ml.io_utils.provenance): only
+# the script that writes OUT.trk replaces it.
+PROVENANCE_KIND = "dwi_ml provenance"
+PROVENANCE_SUFFIX = ".json"
+PROVENANCE_WHAT = "provenance sidecar"
+
+
+def is_provenance_sidecar(path):
+    """Whether ``path`` is a provenance sidecar that dwi_ml wrote (its
+    ``kind``); False for any other file, or none."""
+    if not path.endswith(PROVENANCE_SUFFIX) or not os.path.isfile(path) \
+            or os.path.getsize(path) > _HASHED_SIZE:
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(content, dict) and \
+        content.get("kind") == PROVENANCE_KIND
+
+
 def _refuse_link_to_folder(path, what, ignore=()):
     """Refuse a symbolic link to a non-empty folder: replacing it would
     empty the link's target, which may be another output of the user's."""
@@ -254,14 +289,27 @@ def check_output_free(path, overwrite, what="output", extensions=None):
             "replaces a folder).")
     _check_parent(path, what)
     record_output(path, what)
-    _refuse_inside_experiment_folders(path, what)
+    refuse_inside_experiment_folders(path, what)
     _refuse_state_file_of_output_folder(path, what)
+    if what != PROVENANCE_WHAT and is_provenance_sidecar(path):
+        raise DwiMLUserError(
+            f"{what} '{path}' is the provenance sidecar of "
+            f"'{path[:-len(PROVENANCE_SUFFIX)]}', which dwi_ml wrote with "
+            "it: refused with or without -f; give another file name.")
     if os.path.lexists(path) and not overwrite:
         raise DwiMLUserError(
             f"{what} '{path}' already exists; use -f/--overwrite to "
             "replace it.")
     if extensions is not None:
         check_extension(path, extensions, what)
+    refuse_upper_case_tractogram(path, what)
+    try:
+        probe_output_file(path)
+    except OSError as error:
+        raise DwiMLUserError(
+            f"{what} '{path}': cannot create a file in "
+            f"'{os.path.dirname(os.path.abspath(path))}' "
+            f"({error.strerror or error}).") from None
 
 
 def _marker_field(path, key):
@@ -352,7 +400,7 @@ def check_output_folder(path, kind, overwrite, what="output folder",
             "replaces a file by a folder).")
     _check_parent(path, what)
     record_output(path, what)
-    _refuse_inside_experiment_folders(path, what)
+    refuse_inside_experiment_folders(path, what)
     _refuse_link_to_folder(path, what, ignore)
     if not os.path.isdir(path):
         return

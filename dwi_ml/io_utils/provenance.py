@@ -23,10 +23,14 @@ from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import BEST_EPOCH_FILE, read_model_epoch
 from dwi_ml.io_utils.manifest import file_sha256
-from dwi_ml.io_utils.output_folders import check_output_free
+from dwi_ml.io_utils.output_folders import (
+    PROVENANCE_KIND,
+    PROVENANCE_SUFFIX,
+    PROVENANCE_WHAT,
+    check_output_free,
+    is_provenance_sidecar,
+)
 
-PROVENANCE_KIND = "dwi_ml provenance"
-PROVENANCE_SUFFIX = ".json"
 # Arguments that change how a script runs or talks, not what it writes.
 _NOT_RECORDED = ("overwrite", "verbose", "options_given", "argv")
 
@@ -114,20 +118,6 @@ def provenance_path(output_path):
     return output_path + PROVENANCE_SUFFIX
 
 
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-
-
-def _is_ours(path):
-    content = _read_json(path)
-    return isinstance(content, dict) and \
-        content.get("kind") == PROVENANCE_KIND
-
-
 def check_provenance_free(output_path, overwrite):
     """Check, before any work, that the sidecar of ``output_path`` may be
     written: as :func:`~dwi_ml.io_utils.output_folders.check_output_free`,
@@ -139,8 +129,8 @@ def check_provenance_free(output_path, overwrite):
     DwiMLUserError
     """
     path = provenance_path(output_path)
-    check_output_free(path, overwrite, what="provenance sidecar")
-    if os.path.lexists(path) and not _is_ours(path):
+    check_output_free(path, overwrite, what=PROVENANCE_WHAT)
+    if os.path.lexists(path) and not is_provenance_sidecar(path):
         raise DwiMLUserError(
             f"provenance sidecar '{path}' exists and is not a dwi_ml "
             f"provenance file (no \"kind\": \"{PROVENANCE_KIND}\"): refused "
@@ -153,7 +143,7 @@ def remove_provenance(output_path):
     that stops between the two writes then leaves an output without a
     record, never one with the record of the output it replaced."""
     path = provenance_path(output_path)
-    if os.path.lexists(path) and _is_ours(path):
+    if os.path.lexists(path) and is_provenance_sidecar(path):
         os.remove(path)
 
 
@@ -177,10 +167,13 @@ def read_provenance(output_path):
     """The sidecar record of ``output_path``, or None when it has none, or
     one that is not ours or describes another version of the file (its
     ``output_sha256`` differs)."""
-    path = provenance_path(output_path)
-    if not os.path.isfile(path) or not _is_ours(path):
+    try:
+        with open(provenance_path(output_path), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
-    record = _read_json(path)
-    if record.get("output_sha256") != file_sha256(output_path):
+    if not isinstance(record, dict) or \
+            record.get("kind") != PROVENANCE_KIND or \
+            record.get("output_sha256") != file_sha256(output_path):
         return None
     return record

@@ -1,5 +1,8 @@
 """Tractogram file formats: the one list of extensions dwi_ml reads and writes."""
+import os
+
 from dwi_ml.io_utils.arg_checks import check_extension, extension_of
+from dwi_ml.io_utils.errors import DwiMLUserError
 
 TRACTOGRAM_EXTENSIONS = (".trk", ".tck", ".trx")
 
@@ -25,3 +28,21 @@ def check_tractogram_extension(path, what="output"):
         The lower-case extension.
     """
     return check_extension(path, TRACTOGRAM_EXTENSIONS, what)
+
+
+def refuse_upper_case_tractogram(path, what="output"):
+    """Refuse ``OUT.TRK`` and the like: dipy's ``load_tractogram`` reads
+    only lower-case extensions, so neither dwi_ml's scoring nor dipy-based
+    tools could read it back.
+
+    Raises
+    ------
+    DwiMLUserError
+    """
+    extension = os.path.splitext(path)[1]
+    if extension.lower() in TRACTOGRAM_EXTENSIONS \
+            and extension != extension.lower():
+        raise DwiMLUserError(
+            f"{what} '{path}': expected a lower-case extension "
+            f"({', '.join(TRACTOGRAM_EXTENSIONS)}; dipy reads no other), "
+            f"found '{extension}'.")

@@ -2,6 +2,7 @@
 import os
 
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.output_folders import refuse_inside_experiment_folders
 from dwi_ml.monitoring.comet_logger import (
     CometCallback,
     check_comet_workspace,
@@ -87,6 +88,8 @@ def _check_offline_dir(path):
         raise DwiMLUserError(
             f"--comet_offline_dir: parent folder '{parent}' of '{path}' "
             f"{found}.")
+    # Training replaces those folders whole: the archive would go with them.
+    refuse_inside_experiment_folders(path, "--comet_offline_dir")
     # Comet writes its archive at the end of the run: refuse it now.
     folder = path if os.path.isdir(path) else parent
     if not os.access(folder, os.W_OK | os.X_OK):

@@ -7,7 +7,6 @@ renamed.
 """
 
 import logging
-import os
 
 import nibabel as nib
 import numpy as np
@@ -27,8 +26,8 @@ from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import check_output_free
 from dwi_ml.io_utils.script_args import add_output_args
 from dwi_ml.io_utils.tractogram_files import (
-    TRACTOGRAM_EXTENSIONS,
     check_tractogram_extension,
+    refuse_upper_case_tractogram,
     tractogram_extension,
 )
 
@@ -89,13 +88,8 @@ def load_tractogram_vox_corner(path, nifti_path, warn_outside=True):
         In ``Space.VOX``, ``Origin.TRACKVIS``.
     """
     check_tractogram_extension(path, "tractogram")
-    extension = os.path.splitext(path)[1]
-    if extension != extension.lower():
-        # dipy's load_tractogram logs an error and returns False.
-        raise DwiMLUserError(
-            f"tractogram '{path}': expected a lower-case extension "
-            f"({', '.join(TRACTOGRAM_EXTENSIONS)}; dipy reads no other), "
-            f"found '{extension}'.")
+    # dipy's load_tractogram would log an error and return False.
+    refuse_upper_case_tractogram(path, "tractogram")
     _check_same_grid(path, nifti_path)
     # A .trk/.trx is read through its own header, checked above: dipy's
     # check would also compare the NIfTI's pixdim, which follows its qform.

@@ -17,7 +17,7 @@ from dwi_ml.data.processing.space import (
     points_vox_corner_to_rasmm,
     streamlines_vox_corner_to_rasmm,
 )
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import atomic_output_file_with_extension
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.models.model_io import load_model_of_experiment
 
@@ -133,17 +133,8 @@ def save_tractogram_atomic(streamlines_vox_corner, affine, shape, out_path,
         streamlines_mm, make_reference_header(affine, shape), Space.RASMM,
         origin=Origin.NIFTI, data_per_streamline=data_per_streamline,
         data_per_point=data_per_point)
-    with atomic_output_file(out_path) as tmp_path:
-        # dipy picks the format from the extension, which the temporary
-        # name lacks.
-        tmp_with_extension = tmp_path + extension
-        try:
-            save_tractogram(sft, tmp_with_extension,
-                            bbox_valid_check=bbox_valid_check)
-            os.replace(tmp_with_extension, tmp_path)
-        finally:
-            if os.path.exists(tmp_with_extension):
-                os.remove(tmp_with_extension)
+    with atomic_output_file_with_extension(out_path) as tmp_path:
+        save_tractogram(sft, tmp_path, bbox_valid_check=bbox_valid_check)
 
 
 def save_tractogram_with_seeds(streamlines_vox_corner, seeds_vox_corner,
