@@ -394,14 +394,19 @@ def test_score_script_names_the_matrix_of_the_wrong_shape(tmp_path, capsys):
     for name, matrix in [("square", np.eye(3)), ("big", np.eye(4)),
                          ("row", np.ones(3)), ("rect", np.ones((2, 3))),
                          ("complex", np.eye(3) * (1 + 1j)),
-                         ("negative", -np.eye(3))]:
+                         ("negative", -np.eye(3)),
+                         ("nothing", np.zeros((0, 0)))]:
         paths[name] = str(tmp_path / f"{name}.npy")
         np.save(paths[name], matrix)
     cases = [
-        (["row", "square"], "matrix '{row}': expected a square 2-D array, "
-                            "found shape (3,)"),
-        (["square", "rect"], "matrix '{rect}': expected a square 2-D array, "
-                             "found shape (2, 3)"),
+        (["row", "square"], "matrix '{row}': expected a square 2-D array "
+                            "of at least one node, found shape (3,)"),
+        (["square", "rect"], "matrix '{rect}': expected a square 2-D array "
+                             "of at least one node, found shape (2, 3)"),
+        # Two of them scored 0.
+        (["nothing", "nothing"], "matrix '{nothing}': expected a square 2-D "
+                                 "array of at least one node, found shape "
+                                 "(0, 0)"),
         (["square", "big"], "matrices '{square}' (3 x 3) and '{big}' "
                             "(4 x 4): expected the same shape"),
         (["complex", "square"], "matrix '{complex}': expected numbers or "

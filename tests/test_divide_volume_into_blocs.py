@@ -91,7 +91,12 @@ def test_refused_inputs_are_one_line_errors(tmp_path, capsys):
     existing = tmp_path / "taken.nii.gz"
     existing.write_text("keep me")
     out = tmp_path / "out.nii.gz"
+    # Taken as a grid until now; HDF5 creation refuses it.
+    five_d = save_nifti(tmp_path / "five_d.nii.gz", shape=(*SHAPE, 2, 2),
+                        affine=AFFINE)
     cases = [
+        ([five_d, "2", out], "expected a 3-D or 4-D volume, found shape "
+         f"{(*SHAPE, 2, 2)}."),
         ([volume, "3", "8", "2", out],
          "at most the volume's size along each axis [10, 7, 6]"),
         ([volume, "2", "2", out], "1 or 3 integers >= 1, found [2, 2]"),

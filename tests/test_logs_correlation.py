@@ -115,6 +115,10 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, capsys):
         ([a, "valid_loss", "train_loss", "--ignore_first_epochs", "-1"],
          "--ignore_first_epochs"),
         ([str(tmp_path / "missing"), "valid_loss", "train_loss"], "missing"),
+        # The option whose value is wrong is named.
+        ([a, "valid_loss", "train_loss", "--out", str(tmp_path / "c.png"),
+          "--out_json", str(tmp_path / "d.png")],
+         f"--out_json '{tmp_path / 'd.png'}': expected the extension .json"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as raised:

@@ -256,6 +256,12 @@ def test_refused_inputs_are_one_line_errors(hdf5_file, tmp_path, capsys):
          "--streamline_ids: expected ids in [0, 40)"),
         (["subj-01", "streamlines", out, "--max_streamlines", "0"],
          "argument '--max_streamlines': expected an integer >= 1"),
+        # It wrote NaN points, with numpy's warnings, and exit 0.
+        *[(["subj-01", "streamlines", out, f"--{name}", "1e300"],
+           f"argument '--{name}': expected a sigma in mm in [0, 1000] (a "
+           "head is ~200 mm across), got 1e+300.")
+          for name in ("noise_gaussian_size_forward",
+                       "noise_gaussian_size_loss")],
     ]
     for argv, expected in cases:
         assert_user_error(noise_main, [hdf5_file, *argv], capsys, tmp_path,

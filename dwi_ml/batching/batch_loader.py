@@ -156,8 +156,8 @@ class BatchLoaderOneInput:
     split_ratio, reverse_ratio : float in [0, 1]
         Share of the streamlines split in two / reversed (training only).
     noise_gaussian_size_forward, noise_gaussian_size_loss : float
-        Sigma in mm (>= 0) of the noise on input points / on target
-        streamlines (training only), truncated at 2 sigma.
+        Sigma in mm (0 to ``MAX_NOISE_MM``) of the noise on input points
+        / on target streamlines (training only), truncated at 2 sigma.
     seed : int
         Source of every batch's random stream (see the module docstring).
     interpolation_device : None or str
@@ -187,9 +187,9 @@ class BatchLoaderOneInput:
         self.input_spec = input_spec or InputSpec()
         self.split_ratio = check_ratio("split_ratio", split_ratio, owner)
         self.reverse_ratio = check_ratio("reverse_ratio", reverse_ratio, owner)
-        self.noise_forward = check_non_negative_float(
+        self.noise_forward = check_noise_size(
             "noise_gaussian_size_forward", noise_gaussian_size_forward, owner)
-        self.noise_loss = check_non_negative_float(
+        self.noise_loss = check_noise_size(
             "noise_gaussian_size_loss", noise_gaussian_size_loss, owner)
         self.seed = check_int("seed", seed, 0, owner)
         if interpolation_device is not None:
@@ -689,6 +689,22 @@ def add_loader_args(parser):
     return group
 
 
+# A head is ~200 mm across: a larger sigma only moves points off every
+# volume, and much larger ones overflow float32 coordinates into NaN.
+MAX_NOISE_MM = 1000.0
+
+
+def check_noise_size(name, value, owner=None):
+    """Return a noise sigma (mm) as float, refusing anything outside
+    [0, ``MAX_NOISE_MM``], NaN included."""
+    value = check_non_negative_float(name, value, owner)
+    if value > MAX_NOISE_MM:
+        raise InvalidValue(name, owner, f"a sigma in mm in [0, "
+                           f"{MAX_NOISE_MM:g}] (a head is ~200 mm across)",
+                           value)
+    return value
+
+
 LOADER_OPTIONS = ("split_ratio", "reverse_ratio",
                   "noise_gaussian_size_forward", "noise_gaussian_size_loss")
 
@@ -710,5 +726,5 @@ def loader_options_from_args(args):
     for name in ("split_ratio", "reverse_ratio"):
         check_ratio(f"--{name}", options[name])
     for name in ("noise_gaussian_size_forward", "noise_gaussian_size_loss"):
-        check_non_negative_float(f"--{name}", options[name])
+        check_noise_size(f"--{name}", options[name])
     return options

@@ -77,9 +77,11 @@ def main(argv=None):
     out = args.out or os.path.join(
         args.experiments[0],
         f"logs_correlation_{args.log1}_{args.log2}.png")
-    check_output_free(out, args.overwrite, extensions=(".png",))
+    check_output_free(out, args.overwrite, "--out" if args.out else "output",
+                      extensions=(".png",))
     if args.out_json:
-        check_output_free(args.out_json, args.overwrite, extensions=(".json",))
+        check_output_free(args.out_json, args.overwrite, "--out_json",
+                          extensions=(".json",))
 
     experiments = read_experiments(args.experiments)
     per_experiment, pooled, fit, pairs = correlate_logs(

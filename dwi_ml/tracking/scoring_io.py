@@ -51,7 +51,7 @@ def _load_image(nifti_path):
 def load_grid(nifti_path):
     """Shape (3 int) and voxel-to-RAS mm affine of a NIfTI volume."""
     image = _load_image(nifti_path)
-    if len(image.shape) < 3:
+    if not 3 <= len(image.shape) <= 4:
         raise DwiMLUserError(
             f"volume '{nifti_path}': expected a 3-D or 4-D volume, found "
             f"shape {image.shape}.")

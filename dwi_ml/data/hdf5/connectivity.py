@@ -141,10 +141,11 @@ def check_count_matrix(matrix, what):
         raise DwiMLUserError(
             f"{what}: expected numbers or booleans, found dtype "
             f"{matrix.dtype}.")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] \
+            or matrix.size == 0:
         raise DwiMLUserError(
-            f"{what}: expected a square 2-D array, found shape "
-            f"{matrix.shape}.")
+            f"{what}: expected a square 2-D array of at least one node, "
+            f"found shape {matrix.shape}.")
     nb_not_finite = int(np.count_nonzero(~np.isfinite(matrix)))
     if nb_not_finite:
         raise DwiMLUserError(

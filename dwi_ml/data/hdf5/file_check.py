@@ -74,7 +74,9 @@ def check_dwiml_hdf5(path):
     """
     refuse_wrong_path_kind(path, "HDF5 file")
     if not os.path.isfile(path):
-        raise DwiMLUserError(f"HDF5 file '{path}' not found.")
+        found = ("not found" if not os.path.exists(path)
+                 else "is not a regular file (a device, pipe or socket)")
+        raise DwiMLUserError(f"HDF5 file '{path}' {found}.")
     not_dwiml = f"'{path}' is not a dwi_ml HDF5 file"
     if not h5py.is_hdf5(path):
         raise DwiMLUserError(
