@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from dwi_ml.io_utils.atomic import atomic_output_file, save_npy
+from dwi_ml.io_utils.atomic import atomic_output_file, output_group, save_npy
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.output_folders import check_output_free
 from dwi_ml.io_utils.script_args import (
@@ -67,11 +67,12 @@ def main(argv=None):
             "%d of %d streamlines not counted: an endpoint outside the "
             "volume, which has no background (label 0).", nb_left_out,
             len(sft))
-    save_npy(args.out_matrix, matrix > 0 if args.binary else matrix)
     nodes = label_nodes(labels)
-    if args.out_labels is not None:
-        with atomic_output_file(args.out_labels) as tmp_path:
-            np.savetxt(tmp_path, nodes, fmt="%d")
+    with output_group():
+        save_npy(args.out_matrix, matrix > 0 if args.binary else matrix)
+        if args.out_labels is not None:
+            with atomic_output_file(args.out_labels) as tmp_path:
+                np.savetxt(tmp_path, nodes, fmt="%d")
     logging.info("Labels of the rows: %s.", " ".join(map(str, nodes)))
     print(f"Saved the {len(matrix)} x {len(matrix)} matrix of "
           f"{len(sft) - nb_left_out} streamlines in {args.out_matrix}.")

@@ -1,7 +1,7 @@
 """Which input features and neighbours a trained model relies on."""
 
 from dwi_ml.io_utils.arg_checks import check_int
-from dwi_ml.io_utils.atomic import atomic_output_file, write_json_atomic
+from dwi_ml.io_utils.atomic import atomic_output_file, output_group, write_json_atomic
 from dwi_ml.io_utils.errors import script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
@@ -93,13 +93,14 @@ def main(argv=None):
         model, args.hdf5_file, args.subject_id, input_group, streamline_group,
         args.batch_size, args.device, args.max_streamlines)
     figure = draw_importance(importance, groups)
-    with atomic_output_file(args.out_png) as tmp_path:
-        figure.savefig(tmp_path, format="png")
-    if args.out_json:
-        write_json_atomic(args.out_json, {
-            "subject": args.subject_id,
-            "model": "latest epoch" if args.use_latest_epoch else "best",
-            **importance_as_dict(importance, groups)})
+    with output_group():
+        with atomic_output_file(args.out_png) as tmp_path:
+            figure.savefig(tmp_path, format="png")
+        if args.out_json:
+            write_json_atomic(args.out_json, {
+                "subject": args.subject_id,
+                "model": "latest epoch" if args.use_latest_epoch else "best",
+                **importance_as_dict(importance, groups)})
     values = f" and the values in {args.out_json}" if args.out_json else ""
     print(f"Saved the figure in {args.out_png}{values}.")
 

@@ -19,7 +19,7 @@ import os
 from matplotlib.figure import Figure
 
 from dwi_ml.io_utils.arg_checks import check_int
-from dwi_ml.io_utils.atomic import atomic_output_file, write_json_atomic
+from dwi_ml.io_utils.atomic import atomic_output_file, output_group, write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_output_args,
@@ -89,22 +89,23 @@ def main(argv=None):
     names = (args.rename_log1 or args.log1, args.rename_log2 or args.log2)
     figure = Figure(figsize=(6.4, 10.0), dpi=DPI)
     draw_correlation(figure, pairs, names, per_experiment, pooled, fit)
-    with atomic_output_file(out) as tmp_path:
-        figure.savefig(tmp_path, format="png")
+    with output_group():
+        with atomic_output_file(out) as tmp_path:
+            figure.savefig(tmp_path, format="png")
+        if args.out_json:
+            write_json_atomic(args.out_json, {
+                "log1": args.log1, "log2": args.log2,
+                "ignore_first_epochs": args.ignore_first_epochs,
+                "experiments": {result.label: result.as_dict()
+                                for result in per_experiment},
+                "all": pooled.as_dict(),
+                "fit": None if fit is None else {"slope": fit[0],
+                                                 "intercept": fit[1]}})
 
     print(f"{'experiment':<24}{'epochs':>8}{'pearson':>10}{'spearman':>10}")
     for result in [*per_experiment, pooled]:
         print(f"{result.label:<24}{result.nb_epochs:>8d}"
               f"{_value(result.pearson)}{_value(result.spearman)}")
-    if args.out_json:
-        write_json_atomic(args.out_json, {
-            "log1": args.log1, "log2": args.log2,
-            "ignore_first_epochs": args.ignore_first_epochs,
-            "experiments": {result.label: result.as_dict()
-                            for result in per_experiment},
-            "all": pooled.as_dict(),
-            "fit": None if fit is None else {"slope": fit[0],
-                                             "intercept": fit[1]}})
     print(f"Figure written to {out}"
           + (f"; values to {args.out_json}." if args.out_json else "."))
 

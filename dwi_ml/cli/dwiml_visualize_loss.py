@@ -1,7 +1,7 @@
 """See where along the streamlines a trained model's loss is high."""
 
 from dwi_ml.io_utils.arg_checks import check_int, extension_of
-from dwi_ml.io_utils.atomic import atomic_output_file
+from dwi_ml.io_utils.atomic import atomic_output_file, output_group
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
@@ -87,10 +87,11 @@ def main(argv=None):
     point_losses = compute_subject_point_losses(
         model, args.hdf5_file, args.subject_id, input_group,
         streamline_group, args.batch_size, args.device)
-    save_loss_tractogram(point_losses, args.out_tractogram)
     figure = draw_histograms(point_losses, args.nb_bins)
-    with atomic_output_file(out_histogram) as tmp_path:
-        figure.savefig(tmp_path, format="png")
+    with output_group():
+        save_loss_tractogram(point_losses, args.out_tractogram)
+        with atomic_output_file(out_histogram) as tmp_path:
+            figure.savefig(tmp_path, format="png")
     print(f"Saved the loss per point in {args.out_tractogram} and its "
           f"histograms in {out_histogram}.")
 

@@ -184,12 +184,63 @@ def atomic_output_file(path, _reserve=0):
         # mkstemp creates 0600 files; give the output the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
         _sync(tmp_path)
+        group = getattr(_GROUP, "pending", None)
+        if group is not None:
+            # Renamed by output_group with the others; removed if it fails.
+            group.append((tmp_path, path))
+            tmp_path = None
+            return
         os.replace(tmp_path, path)
         _sync(folder)
         record_written(path)
     finally:
-        if os.path.exists(tmp_path):
+        if tmp_path is not None and os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+# The outputs of the innermost output_group, waiting for its end.
+_GROUP = threading.local()
+
+
+@contextlib.contextmanager
+def output_group():
+    """The files written inside (by :func:`atomic_output_file` and what
+    uses it) appear together, when the block ends without error.
+
+    Each is renamed into place only then, all with Ctrl-C and SIGTERM held
+    from the first rename to the last: a stop or an error never leaves a
+    run's outputs half new, half from an earlier run (a matrix and the
+    labels of its rows). Nothing inside may read an output back from its
+    final path.
+    """
+    outer = getattr(_GROUP, "pending", None)
+    pending = _GROUP.pending = []
+    try:
+        yield
+    except BaseException:
+        for tmp_path, _ in pending:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+        raise
+    finally:
+        _GROUP.pending = outer
+    if outer is not None:
+        outer.extend(pending)
+        return
+    held = _StopSignalsHeld()
+    try:
+        for tmp_path, path in pending:
+            os.replace(tmp_path, path)
+        for folder in {os.path.dirname(os.path.abspath(path))
+                       for _, path in pending}:
+            _sync(folder)
+        for _, path in pending:
+            record_written(path)
+    finally:
+        for tmp_path, _ in pending:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+        held.release()
 
 
 @contextlib.contextmanager
