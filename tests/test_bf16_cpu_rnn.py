@@ -42,3 +42,25 @@ def test_lstm_falls_back_to_float32_where_onednn_has_no_bf16():
                             capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[:4] == [
         "False", "torch.float32 True", "1", "True"], result.stdout
+
+
+ASKED_IN = """
+import torch
+from dwi_ml.models.stacked_rnn import cpu_bf16_rnn_works
+with {mode}:
+    print(cpu_bf16_rnn_works(torch.nn.LSTM))
+"""
+
+
+def test_the_answer_does_not_depend_on_the_callers_grad_mode():
+    """First asked under no_grad (a run resumed in its validation), the
+    test's backward failed: False for the whole process, so the resumed run
+    trained its LSTM in float32 where the straight run used bfloat16."""
+    answers = {
+        mode: subprocess.run(
+            [sys.executable, "-c", ASKED_IN.format(mode=mode)],
+            capture_output=True, text=True, check=True).stdout
+        for mode in ("torch.enable_grad()", "torch.no_grad()",
+                     "torch.inference_mode()")}
+    assert len(set(answers.values())) == 1, answers
+    assert next(iter(answers.values())).strip() in ("True", "False")

@@ -58,14 +58,19 @@ def cpu_bf16_rnn_works(rnn_class):
     """Whether ``rnn_class`` runs forward and backward under CPU bfloat16
     autocast: oneDNN has no bfloat16 LSTM on CPUs without AVX-512, where
     torch's call fails ("could not create a primitive descriptor"). Asked
-    once per class; a warning says when it does not."""
-    with torch.random.fork_rng(devices=[]):  # the run's draws unchanged
-        layer = rnn_class(2, 2)
-    inputs = torch.zeros(1, 1, 2, requires_grad=True)
+    once per class; a warning says when it does not.
+
+    Gradients are on for the test, whatever the caller's mode: first asked
+    under ``no_grad`` (a run resumed in its validation), the backward
+    failed, and False stayed for the whole process."""
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs = layer(inputs)[0]
-        outputs.float().sum().backward()
+        with torch.inference_mode(False), torch.enable_grad():
+            with torch.random.fork_rng(devices=[]):  # the run's draws kept
+                layer = rnn_class(2, 2)
+            inputs = torch.zeros(1, 1, 2, requires_grad=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs = layer(inputs)[0]
+            outputs.float().sum().backward()
     except RuntimeError:
         logger.warning("This CPU has no bfloat16 %s (oneDNN needs AVX-512): "
                        "the RNN layers run in float32, the rest of the "
