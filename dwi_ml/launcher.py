@@ -38,6 +38,18 @@ def _terminated_while_starting(signum, frame):
 _terminated_while_starting.replaceable_by_scripts = True
 
 
+def prepare_start(name):
+    """Before importing the script ``dwi_ml.cli.NAME``: a training script
+    records a stop signal (its run then checkpoints at its first step),
+    another one turns SIGTERM into an exception that :func:`launch` says
+    in one line."""
+    if name in RECORDING_SCRIPTS:
+        from dwi_ml.training.interruptions import record_early_stop_signals
+        record_early_stop_signals()
+    elif signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated_while_starting)
+
+
 def launch(name):
     """Import ``dwi_ml.cli.NAME`` and run its ``main()``.
 
@@ -53,11 +65,7 @@ def launch(name):
     -------
     What the script's ``main()`` returns.
     """
-    if name in RECORDING_SCRIPTS:
-        from dwi_ml.training.interruptions import record_early_stop_signals
-        record_early_stop_signals()
-    elif signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminated_while_starting)
+    prepare_start(name)
     try:
         module = importlib.import_module(f"dwi_ml.cli.{name}")
     except BaseException as error:

@@ -604,3 +604,43 @@ def test_a_signal_while_the_run_starts_stops_it_at_its_first_step(
     assert _position(tmp_path / name) == (1, "train", 2)
     _resume("-", tmp_path, name)
     assert_same_run(straight_run, tmp_path / name)
+
+
+# Installed by Python at start-up (sitecustomize), before `-m` imports the
+# script: the signal arrives while the script imports numpy.
+SIGNAL_ON_IMPORT_SITE = """
+import os, signal, sys
+
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return None
+
+
+sys.meta_path.insert(0, SignalOnImport())
+"""
+
+
+def test_the_dash_m_form_also_stops_a_run_signalled_while_it_starts(
+        tmp_path, hdf5_file):
+    """``python -m dwi_ml.cli.dwiml_train_model`` (torchrun's form in the
+    docs) skipped the launcher: SIGUSR1 while it imported killed it (status
+    138, nothing said, no checkpoint)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SIGNAL_ON_IMPORT_SITE)
+    name = "early_m"
+    process = subprocess.run(
+        [sys.executable, "-m", "dwi_ml.cli.dwiml_train_model",
+         *_train_args(tmp_path, name, hdf5_file)],
+        capture_output=True, text=True, timeout=600,
+        env=_env(PYTHONPATH=os.pathsep.join(
+            [str(site), os.environ.get("PYTHONPATH", "")])))
+    assert process.returncode == EXIT_INTERRUPTED, process.stderr[-3000:]
+    assert "SIGUSR1 received while the run starts" in process.stderr
+    assert "stopped by SIGUSR1 in epoch 0 after 0 training batches" in \
+        _stop_line(process)
+    assert _position(tmp_path / name) == (0, "train", 0)
