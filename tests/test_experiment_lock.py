@@ -1,9 +1,11 @@
 """One process per experiment, and a killed run's leftovers cleaned."""
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -524,3 +526,37 @@ def test_an_unexpected_lock_failure_is_one_line(tmp_path):
     with pytest.raises(DwiMLUserError, match=(
             r"cannot lock its lock file .*\.lock \(Bad file descriptor\)")):
         lock._lock_or_refuse(fd)
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from dwi_ml.io_utils.experiment_lock import ExperimentLock
+lock = ExperimentLock(sys.argv[1]).acquire()
+child = os.fork()  # as a DataLoader worker is made
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path):
+    """kill -9 of a run with DataLoader workers: the orphaned workers held
+    the lock's descriptor, and a resume was refused until they noticed."""
+    holder = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER,
+                               str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    try:
+        # The child's closed copy leaves the parent's lock held.
+        with pytest.raises(DwiMLUserError, match=f"process {holder.pid}"):
+            ExperimentLock(str(tmp_path)).acquire()
+        holder.kill()
+        holder.wait(timeout=600)
+        os.kill(child, 0)  # the orphan is alive
+        ExperimentLock(str(tmp_path)).acquire().release()
+    finally:
+        holder.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

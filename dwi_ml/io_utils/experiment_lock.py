@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import stat
+import weakref
 
 from dwi_ml.io_utils.atomic import remove_stale_temporaries
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -40,6 +41,24 @@ _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP,
              errno.EINVAL)
 
 logger = logging.getLogger(__name__)
+
+# The locks this process holds. A forked child (a DataLoader worker)
+# inherits their descriptors, and with them the flock: after a kill -9 of
+# the run, its orphaned workers kept the experiment locked until they
+# noticed. The child closes its copies; the parent's lock is unchanged.
+_HELD = weakref.WeakSet()
+
+
+def _forget_locks_in_child():
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 # What a training run writes atomically at the top of its experiment.
 _ATOMIC_OUTPUTS = (PARAMETERS_FILE, RUNS_FILE, MARKER_FILE,
@@ -94,6 +113,7 @@ class ExperimentLock:
         os.ftruncate(fd, 0)
         os.write(fd, _holder_line().encode())
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def refuse_if_held(self):
@@ -224,6 +244,7 @@ class ExperimentLock:
         """Release the lock; does nothing if it is not held."""
         if self._fd is None:
             return
+        _HELD.discard(self)
         # Emptied, not removed: removing a lock file lets two processes
         # lock two different files of the same name.
         os.ftruncate(self._fd, 0)
