@@ -337,6 +337,22 @@ def test_a_resume_keeps_the_runs_thread_count(tmp_path, hdf5_file,
             process.stderr) == oversubscribed
 
 
+def test_the_same_command_resumes_a_run_given_threads_over_the_variable(
+        tmp_path, hdf5_file, straight_run):
+    """Trained with --nb_cpu_threads 2 where OMP_NUM_THREADS is 1 (as
+    under torchrun): the printed resume command, in the same environment,
+    took 1 thread from the variable, and the run's numbers changed."""
+    name = "threads_over_variable"
+    _run("1:train:1:SIGTERM", "train",
+         _train_args(tmp_path, name, hdf5_file, ["--nb_cpu_threads", "2"]),
+         env=_env(OMP_NUM_THREADS="1"), expected=EXIT_INTERRUPTED)
+    process = _run("-", "resume", [str(tmp_path), name, "-v", "WARNING"],
+                   env=_env(OMP_NUM_THREADS="1"))
+    assert "float rounding differs" not in process.stderr
+    assert_same_run(straight_run, tmp_path / name)
+    assert _state(tmp_path / name)["cpu_threads"] == 2
+
+
 def test_runs_repeat_bitwise_under_cpu_contention(tmp_path, hdf5_file,
                                                   straight_run):
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])

@@ -102,3 +102,17 @@ def test_a_resume_keeps_the_thread_count_of_its_run(threads_restored, caplog):
             "differ from an uninterrupted run's."]
     # Not a resume: the cores left.
     assert set_cpu_threads(None, nb_workers=0) == max(1, cores)
+
+
+def test_a_resume_keeps_its_count_over_omp_num_threads(threads_restored,
+                                                       monkeypatch, caplog):
+    """torchrun sets OMP_NUM_THREADS to 1: a run given --nb_cpu_threads 2
+    there resumed with 1 thread, and other numbers."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with caplog.at_level(logging.WARNING):
+        assert set_cpu_threads(None, nb_workers=0, resumed_from=2) == 2
+        assert torch.get_num_threads() == 2
+        assert not any("float rounding differs" in message
+                       for message in caplog.messages)
+        # Not a resume: the variable.
+        assert set_cpu_threads(None, nb_workers=0) == 1

@@ -95,12 +95,12 @@ def build_parser():
     group.add_argument("--device", help="'cpu' or 'cuda[:N]' (default: as saved).")
     group.add_argument("--nb_cpu_threads", type=int,
                        help="torch threads of the main process (default: "
-                            "OMP_NUM_THREADS when set, which torchrun sets "
-                            "to 1 with several ranks per node; else, on "
-                            "CPU, the run's own count, which keeps its "
-                            "float rounding (a warning when it is more "
-                            "than the cores left by the workers and other "
-                            "ranks); else those cores).")
+                            "on CPU, the run's own count, which keeps its "
+                            "float rounding, whatever OMP_NUM_THREADS says "
+                            "(torchrun sets it to 1); a warning when it is "
+                            "more than the cores left by the workers and "
+                            "other ranks; else OMP_NUM_THREADS when set, "
+                            "else those cores).")
     group.add_argument("--nb_workers", type=int,
                        help="DataLoader workers (default: as saved).")
     add_verbose_arg(parser)

@@ -52,13 +52,21 @@ def set_cpu_threads(nb_threads=None, nb_workers=0, resumed_from=None):
     resumed_from : int or None
         The thread count of the CPU run being resumed. Float rounding, and
         so the resumed run's numbers, depend on it: it replaces the
-        default (OMP_NUM_THREADS or the cores left), with a warning when
-        it is more than those cores; a count given that differs from it is
-        warned about.
+        default (OMP_NUM_THREADS, which torchrun sets to 1, or the cores
+        left), with a warning when it is more than those cores; a count
+        given that differs from it is warned about.
     """
     given = "--nb_cpu_threads"
-    if nb_threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        nb_threads, given = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    environment = os.environ.get("OMP_NUM_THREADS", "")
+    if nb_threads is None and resumed_from is not None \
+            and environment.isdigit() and int(environment) != resumed_from:
+        # The run may have been given --nb_cpu_threads over this variable
+        # (torchrun's 1): the same command line must resume it exactly.
+        logger.info("OMP_NUM_THREADS %s left aside: the resumed run keeps "
+                    "its %d CPU thread(s) (--nb_cpu_threads to change it).",
+                    environment, resumed_from)
+    elif nb_threads is None and environment.isdigit():
+        nb_threads, given = int(environment), "OMP_NUM_THREADS"
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     free_cores = available_cores() // local_ranks - nb_workers
     cores_left = max(1, free_cores)
