@@ -496,6 +496,41 @@ def test_torchrun_sigterm_to_the_group_then_resume(tmp_path, hdf5_file):
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
+def _torchrun_forwards(option):
+    return option in subprocess.run(
+        [*TORCHRUN[:3], "--help"], capture_output=True, text=True,
+        timeout=600).stdout
+
+
+@pytest.mark.skipif(not _torchrun_forwards("--signals-to-handle"),
+                    reason="this torchrun forwards no SIGUSR1")
+def test_torchrun_forwards_sigusr1_as_docs_slurm_says(tmp_path, hdf5_file):
+    """SIGUSR1 to torchrun alone (SLURM's B: form): without
+    --signals-to-handle it ended torchrun at once (status 138) and the
+    ranks trained on, orphaned. With docs/slurm.md's options it reaches
+    both ranks, which stop at the same step with a checkpoint."""
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    launcher = [*TORCHRUN, "--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1",
+                "--shutdown-timeout", "600"]
+    process = subprocess.Popen(
+        [*launcher, HELPER, "1:train:1:WAIT", "train",
+         *_ddp_args(tmp_path, "usr1", hdf5_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(OMP_NUM_THREADS="1", DWIML_TEST_READY_DIR=str(ready)))
+    _wait_until_ready(ready, 2, process)
+    ranks = [int(name) for name in os.listdir(ready)]
+    process.send_signal(signal.SIGUSR1)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode != 0  # torchrun's, after the ranks stopped
+    assert ("stopped by SIGUSR1 in epoch 1 after 2 training batches; "
+            "checkpoint saved") in err, err[-3000:]
+    assert _position(tmp_path / "usr1") == (1, "train", 2)
+    for rank in ranks:  # none left training
+        with pytest.raises(ProcessLookupError):
+            os.kill(rank, 0)
+
+
 def _has_mkl():
     import ctypes
 
