@@ -149,6 +149,21 @@ def test_checkpoint_cadence_in_batches():
         interruptions.stop()
 
 
+def test_max_time_leaves_room_for_an_expected_epoch_end():
+    """Tracking validation at an epoch's end (5 s) overran a 2 s
+    --max_time in each process: no step is polled during it. Its logged
+    time is expected from the start (600 s here, far more than this test
+    takes before its polls)."""
+    interruptions = RunInterruptions(max_time_s=600.0)
+    interruptions.start()
+    try:
+        assert interruptions.poll(True) == (0, 0)
+        interruptions.expect_epoch_end(600.0)
+        assert interruptions.poll(True)[0] == MAX_TIME_CODE
+    finally:
+        interruptions.stop()
+
+
 def test_every_n_batches_positions(tmp_path, dataset):
     recorder = SaveRecorder()
     # 120 training streamlines in batches of 40: 3 batches per epoch.

@@ -238,6 +238,11 @@ class TrackingValidationCallback(Callback):
                                self.step_size_mm)
         check_eos_stop_for_model(self.params.eos_stop,
                                  getattr(trainer.model, "add_eos", False))
+        # A resumed run's tracking, which --max_time must leave room for
+        # before this process has timed one (no step is polled during it).
+        if TRACKING_TIME in trainer.monitors:
+            trainer.interruptions.expect_epoch_end(max(
+                trainer.monitors[TRACKING_TIME].epoch_history, default=0.0))
 
     def on_validation_end(self, trainer, epoch):
         if epoch % self.params.every == 0:

@@ -128,7 +128,10 @@ class RunInterruptions:
     ----------
     max_time_s : float or None
         Stop before this many seconds since :meth:`start`, keeping a margin
-        of twice the longest step seen plus the longest checkpoint write.
+        of twice the longest step seen, plus the longest checkpoint write,
+        plus the longest epoch end (tracking validation, the best model's
+        save: no step is polled during it), seen or expected
+        (:meth:`expect_epoch_end`).
     checkpoint_every_n_batches : int or None
         Ask for a mid-epoch checkpoint every N training batches.
     checkpoint_every_minutes : float or None
@@ -150,6 +153,7 @@ class RunInterruptions:
         self._last_checkpoint = None
         self._longest_step = 0.0
         self._longest_save = 0.0
+        self._longest_epoch_end = 0.0
         self._batches_since_checkpoint = 0
 
     def start(self):
@@ -226,7 +230,8 @@ class RunInterruptions:
             self._batches_since_checkpoint += nb_batches
         stop_code = self.received_signal or 0
         if not stop_code and self.max_time_s is not None:
-            margin = 2 * self._longest_step + self._longest_save
+            margin = (2 * self._longest_step + self._longest_save
+                      + self._longest_epoch_end)
             if now - self._start_time + margin >= self.max_time_s:
                 stop_code = MAX_TIME_CODE
         return stop_code, int(is_training_batch and self._checkpoint_due(now))
@@ -239,10 +244,21 @@ class RunInterruptions:
                 and now - self._last_checkpoint >= self.checkpoint_every_s)
 
     def checkpoint_written(self, duration_s):
-        """Restart the checkpoint cadence; remember how long a save takes."""
+        """Restart the checkpoint cadence; remember how long a save takes,
+        and the work since the last step before it (an epoch's end)."""
+        now = time.monotonic()
         self._longest_save = max(self._longest_save, duration_s)
-        self._last_checkpoint = time.monotonic()
+        if self._last_poll is not None:
+            self._longest_epoch_end = max(
+                self._longest_epoch_end, now - self._last_poll - duration_s)
+        self._last_checkpoint = now
         self._batches_since_checkpoint = 0
+
+    def expect_epoch_end(self, duration_s):
+        """An epoch's end may take ``duration_s`` (the run's logged
+        tracking validation, when this process has seen none yet)."""
+        self._longest_epoch_end = max(self._longest_epoch_end,
+                                      float(duration_s))
 
 
 def _torch_signal_handling():
