@@ -534,9 +534,10 @@ from dwi_ml.io_utils.experiment_lock import ExperimentLock
 lock = ExperimentLock(sys.argv[1]).acquire()
 child = os.fork()  # as a DataLoader worker is made
 if child == 0:
+    # Past os.fork, so past its handlers: the test may go on.
+    print(os.getpid(), flush=True)
     time.sleep(600)
     os._exit(0)
-print(child, flush=True)
 time.sleep(600)
 """
 
