@@ -255,8 +255,8 @@ def main(argv=None):
         result = _run_case(nb_workers)
         print(f"{nb_workers:>7} {result['streamlines_per_s']:>14.0f} "
               f"{result['points_per_s']:>11.0f} "
-              f"{result['epoch_train_s']:>10.1f} "
-              f"{result['epoch_valid_s']:>10.1f} "
+              f"{result['epoch_train_s']:>10.3f} "
+              f"{result['epoch_valid_s']:>10.3f} "
               f"{100 * result['data_wait_share']:>9.1f}% "
               f"{result['peak_rss_mib']:>13.0f} "
               f"{_mib(result['worker_rss_mib']):>15} "
