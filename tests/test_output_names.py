@@ -92,3 +92,29 @@ def test_only_the_tractogram_script_replaces_its_sidecar(tmp_path):
     check_output_free(str(other), True)
     with open(other) as file:
         assert json.load(file) == {"kind": "scores"}
+
+
+def test_a_long_name_without_a_format_extension_is_accepted(tmp_path):
+    """Its last suffix is no format: no room is kept for it (the check
+    refused a name that the write takes)."""
+    limit = name_max(str(tmp_path))
+    path = tmp_path / ("labels." + "b" * (limit - len("labels.")))
+    check_output_free(str(path), False)
+    write_json_atomic(str(path), {"labels": [1]})
+    with open(path) as file:
+        assert json.load(file) == {"labels": [1]}
+
+
+def test_a_folder_of_the_longest_name_is_replaced_with_f(tmp_path, capsys):
+    """Its previous version, .NAME.old during the swap, is cut to fit:
+    the second run failed after its work with a traceback."""
+    from dwi_ml.cli.dwiml_make_synthetic_dataset import main as synthetic
+    limit = name_max(str(tmp_path))
+    folder = tmp_path / ("s" * (limit - 2))
+    tiny = ["--nb_subjects", "1", "--nb_streamlines", "5", "--nb_bundles",
+            "1", "--shape", "8", "8", "8", "--nb_directions", "6"]
+    synthetic([str(folder), *tiny])
+    first = sorted(os.listdir(folder))
+    synthetic([str(folder), *tiny, "-f", "--seed", "1"])
+    assert sorted(os.listdir(folder)) == first
+    assert sorted(os.listdir(tmp_path)) == [folder.name]

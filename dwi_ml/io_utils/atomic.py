@@ -27,25 +27,40 @@ def _current_umask():
     return mask
 
 
+# Formats that nibabel and dipy choose by the extension: their temporary
+# files end in it (atomic_output_file_with_extension).
+_FORMAT_EXTENSIONS = (".nii", ".nii.gz", ".trk", ".tck", ".trx")
+
+
 def name_max(folder):
     """The longest file name, in bytes, that ``folder`` takes (255 when
-    the system does not say)."""
+    the system does not say, or says nothing usable)."""
     try:
-        return os.pathconf(folder, "PC_NAME_MAX")
+        limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
         return 255
+    return limit if limit > 0 else 255
+
+
+def _cut_to_fit(folder, name, taken):
+    """NAME, cut so that ``taken`` more bytes fit the folder's limit: a
+    valid long output name would otherwise fail only when written, after
+    the work."""
+    encoded = os.fsencode(name)
+    room = max(1, name_max(folder) - taken)
+    return os.fsdecode(encoded[:room]) if len(encoded) > room else name
 
 
 def _temporary_prefix(folder, name, reserve=0):
-    """``.NAME.``, with NAME cut so that mkstemp's name (8 random
-    characters and ``.tmp`` more), and ``reserve`` bytes after it, fit the
-    folder's limit: a valid long output name would otherwise fail only
-    when written, after the work."""
-    encoded = os.fsencode(name)
-    room = name_max(folder) - len("..") - 8 - len(".tmp") - reserve
-    if len(encoded) > room:
-        name = os.fsdecode(encoded[:room])
-    return f".{name}."
+    """``.NAME.``, NAME cut to leave room for mkstemp's 8 random
+    characters, ``.tmp`` and ``reserve`` bytes after it."""
+    return f".{_cut_to_fit(folder, name, len('..') + 8 + 4 + reserve)}."
+
+
+def old_version_name(folder, name):
+    """``.NAME.old``, where :func:`atomic_output_folder` keeps the previous
+    version of ``folder/NAME`` during its swap (NAME cut to fit)."""
+    return f".{_cut_to_fit(folder, name, len('.') + len('.old'))}.old"
 
 
 def _new_temporary_file(folder, name, reserve=0):
@@ -69,15 +84,18 @@ def probe_output_file(path):
     """
     folder, name = os.path.split(os.path.abspath(path))
     extension = extension_of(name)
+    if extension not in _FORMAT_EXTENSIONS:
+        extension = ""
     # A Ctrl-C meanwhile is raised once both are removed.
     held = _StopSignalsHeld()
     try:
         tmp_path = _new_temporary_file(folder, name,
                                        len(os.fsencode(extension)))
         try:
-            with open(tmp_path + extension, "xb"):
-                pass
-            os.remove(tmp_path + extension)
+            if extension:
+                with open(tmp_path + extension, "xb"):
+                    pass
+                os.remove(tmp_path + extension)
         finally:
             os.remove(tmp_path)
     finally:
@@ -217,6 +235,8 @@ def output_group():
     pending = _GROUP.pending = []
     try:
         yield
+        # Held from here: a Ctrl-C now is raised once all are renamed.
+        held = _StopSignalsHeld()
     except BaseException:
         for tmp_path, _ in pending:
             if os.path.exists(tmp_path):
@@ -226,8 +246,8 @@ def output_group():
         _GROUP.pending = outer
     if outer is not None:
         outer.extend(pending)
+        held.release()
         return
-    held = _StopSignalsHeld()
     try:
         for tmp_path, path in pending:
             os.replace(tmp_path, path)
@@ -306,7 +326,7 @@ def atomic_output_folder(path):
     parent, name = os.path.split(target)
     tmp_path, held = _create_holding_stop_signals(lambda: tempfile.mkdtemp(
         prefix=_temporary_prefix(parent, name), suffix=".tmp", dir=parent))
-    old_path = os.path.join(parent, f".{name}.old")
+    old_path = os.path.join(parent, old_version_name(parent, name))
     try:
         held.release()
         # The previous folder's permissions (a user's empty folder made
@@ -341,7 +361,7 @@ def existing_atomic_folder(path):
     if os.path.isdir(path):
         return path
     parent, name = os.path.split(_link_target(path))
-    old_path = os.path.join(parent, f".{name}.old")
+    old_path = os.path.join(parent, old_version_name(parent, name))
     return old_path if os.path.isdir(old_path) else None
 
 
@@ -421,8 +441,9 @@ def remove_stale_temporaries(folder, names):
                 for name in names]
     stale = [entry.name for entry in os.scandir(folder)
              if any(pattern.fullmatch(entry.name) for pattern in patterns)]
-    stale += [f".{name}.old" for name in names
-              if os.path.lexists(os.path.join(folder, f".{name}.old"))
+    stale += [old_version_name(folder, name) for name in names
+              if os.path.lexists(os.path.join(folder,
+                                              old_version_name(folder, name)))
               and os.path.lexists(os.path.join(folder, name))]
     removed = []
     for name in stale:

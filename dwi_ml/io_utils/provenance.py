@@ -167,8 +167,11 @@ def read_provenance(output_path):
     """The sidecar record of ``output_path``, or None when it has none, or
     one that is not ours or describes another version of the file (its
     ``output_sha256`` differs)."""
+    path = provenance_path(output_path)
+    if not os.path.isfile(path):  # a FIFO would block the read
+        return None
     try:
-        with open(provenance_path(output_path), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except (OSError, UnicodeDecodeError, ValueError):
         return None
