@@ -131,7 +131,8 @@ class RunInterruptions:
         of twice the longest step seen, plus the longest checkpoint write,
         plus the longest epoch end (tracking validation, the best model's
         save: no step is polled during it), seen or expected
-        (:meth:`expect_epoch_end`).
+        (:meth:`expect_epoch_end`), unless that alone is longer than
+        ``max_time_s``.
     checkpoint_every_n_batches : int or None
         Ask for a mid-epoch checkpoint every N training batches.
     checkpoint_every_minutes : float or None
@@ -230,8 +231,11 @@ class RunInterruptions:
             self._batches_since_checkpoint += nb_batches
         stop_code = self.received_signal or 0
         if not stop_code and self.max_time_s is not None:
-            margin = (2 * self._longest_step + self._longest_save
-                      + self._longest_epoch_end)
+            # An epoch end longer than the whole time could never be left
+            # room for: the run then stops only by the steps.
+            epoch_end = (self._longest_epoch_end
+                         if self._longest_epoch_end < self.max_time_s else 0.0)
+            margin = 2 * self._longest_step + self._longest_save + epoch_end
             if now - self._start_time + margin >= self.max_time_s:
                 stop_code = MAX_TIME_CODE
         return stop_code, int(is_training_batch and self._checkpoint_due(now))
@@ -251,6 +255,8 @@ class RunInterruptions:
         if self._last_poll is not None:
             self._longest_epoch_end = max(
                 self._longest_epoch_end, now - self._last_poll - duration_s)
+            # The next step is timed from here, without the save.
+            self._last_poll = now
         self._last_checkpoint = now
         self._batches_since_checkpoint = 0
 
