@@ -25,6 +25,9 @@ from dwi_ml.cli.dwiml_make_synthetic_dataset import main as synthetic_main
 from dwi_ml.cli.dwiml_run_demo import main as demo_main
 from dwi_ml.cli.dwiml_track_from_model import main as track_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
+from dwi_ml.cli.dwiml_visualize_logs_correlation import (
+    main as correlation_main,
+)
 from dwi_ml.cli.visualize_logs import main as plot_main
 from dwi_ml.io_utils import experiment_layout, output_folders
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -195,13 +198,16 @@ def test_train_f_replaces_a_marked_experiment(tmp_path, data):
     # What dwi_ml's scripts write into an experiment by default goes too.
     evaluate_main([old, data["hdf5"], "--subset", "validation"])
     plot_main([old])
+    correlation_main([old, "train_loss", "valid_loss"])
     assert sorted(os.listdir(old)) == sorted(
         [".dwi_ml_output.json", ".lock", "best_model", "checkpoint", "logs",
          "parameters.json", "runs.json", "evaluation_validation_best.json",
-         "logs_plot.png"])
+         "logs_plot.png", "logs_correlation_train_loss_valid_loss.png"])
     assert output_folders.foreign_entries(old, "experiment") == []
     train_main(_train(experiments, "exp", data, "-f"))
     assert not os.path.exists(os.path.join(old, "logs_plot.png"))
+    assert not os.path.exists(
+        os.path.join(old, "logs_correlation_train_loss_valid_loss.png"))
     assert not os.path.exists(
         os.path.join(old, "evaluation_validation_best.json"))
     assert folder_kind(old) == "experiment"
@@ -573,10 +579,11 @@ def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
     for name in ("evaluation_testing_best.json", "logs_plot.png",
                  "logs_plot_2.png", "evaluation_my_notes.json",
                  "logs_plot_for_paper.png",
-                 "logs_correlation_train_loss_valid_loss.png"):
+                 "logs_correlation_my_annotated_copy.png"):
         (folder / name).write_text("x")
     assert output_folders.foreign_entries(str(folder), "experiment") == [
-        "evaluation_my_notes.json", "logs_plot_for_paper.png"]
+        "evaluation_my_notes.json", "logs_correlation_my_annotated_copy.png",
+        "logs_plot_for_paper.png"]
 
 
 def test_demo_refuses_a_users_folder_and_bad_epochs(tmp_path, capsys):

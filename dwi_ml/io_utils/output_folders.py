@@ -70,19 +70,17 @@ _EVALUATION_FILES = tuple(
     for which in ("best", "latest"))
 _LOGS_PLOTS = ("logs_plot.png", "logs_plot_[0-9].png",
                "logs_plot_[0-9][0-9].png")
-# dwiml_visualize_logs_correlation.py's default output.
-_LOGS_CORRELATIONS = ("logs_correlation_*.png",)
 _SUBJECT_LISTS = tuple(f"{split}_subjs.txt"
                        for split in ("training", "validation", "testing"))
 OWN_ENTRIES = {
-    # evaluation JSONs, the logs plot and logs correlations are written
-    # into the experiment by dwiml_evaluate_model.py, visualize_logs.py
-    # and dwiml_visualize_logs_correlation.py by default.
+    # evaluation JSONs and the logs plot are written into the experiment
+    # by dwiml_evaluate_model.py and visualize_logs.py by default (a logs
+    # correlation plot is recorded by name: record_output_in_experiment).
     # checkpoint/ and best_model/ are replaced whole at each save; logs/
     # holds the monitors' .npy files, each written on its own.
     "experiment": (PARAMETERS_FILE, RUNS_FILE, CHECKPOINT_DIR, BEST_MODEL_DIR,
                    f"{LOGS_DIR}/*.npy", ".lock", *_EVALUATION_FILES,
-                   *_LOGS_PLOTS, *_LOGS_CORRELATIONS),
+                   *_LOGS_PLOTS),
     # Folders written whole, then sealed (seal_output_folder): these are
     # used only when the run that wrote them stopped before the end.
     "synthetic_dataset": ("config.json", "dwi_ml_ready", *_SUBJECT_LISTS),
@@ -474,6 +472,19 @@ def record_written_entries(path, entries):
         return
     content["written"] = sorted(written | set(entries))
     write_json_atomic(marker, content, strict=False)
+
+
+def record_output_in_experiment(path):
+    """Record the output file ``path`` as dwi_ml's when it lies at the top
+    of an experiment whose marker lists what was written there (its name
+    depends on the user's choices, so no pattern of :data:`OWN_ENTRIES`
+    may claim it): ``-f`` then removes it with the experiment. An older
+    experiment, without that list, is left as it is (the file then counts
+    as the user's)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    if folder_kind(folder) == "experiment" and \
+            isinstance(_marker_field(folder, "written"), list):
+        record_written_entries(folder, [name])
 
 
 def seal_output_folder(path):
