@@ -357,11 +357,16 @@ def _resume(args, callbacks, lock):
         state = load_checkpoint_state(experiment_dir)
         check_new_max_epochs(args.new_max_epochs, state, experiment_dir)
     trainer_params["nb_workers"] = cap_workers(trainer_params["nb_workers"])
-    # A GPU run's thread count says nothing of its float rounding.
+    # A GPU run's thread count says nothing of its float rounding, nor one
+    # of another number of ranks (its numbers change anyway; its threads
+    # would oversubscribe the cores).
     on_cpu = all(str(value).startswith("cpu") for value in (
         device, params["trainer"].get("device", "cpu")))
+    same_ranks = int((state.get("sampler") or {}).get(
+        "world_size", distributed.world_size)) == distributed.world_size
     set_cpu_threads(args.nb_cpu_threads, trainer_params["nb_workers"],
-                    state.get("cpu_threads") if on_cpu else None)
+                    state.get("cpu_threads") if on_cpu and same_ranks
+                    else None)
     # Checkpoints of older versions kept the Comet key at the top level.
     comet_key = ((state.get("callbacks") or {}).get("comet") or {}).get(
         "experiment_key", state.get("comet_key"))
