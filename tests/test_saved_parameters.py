@@ -75,6 +75,10 @@ def _set(section, key, value):
      "loader.split_ratio: expected a number in [0, 1], found 2."),
     (_set("dataset", "lazy", "yes"),
      "dataset.lazy: expected True or False, found 'yes'."),
+    # The trainer's default (the model's rate) is resolved by a run only.
+    (lambda params: params["trainer"].pop("learning_rate"),
+     "trainer: expected the key 'learning_rate' (every training saves "
+     "it), found none."),
     # Taken from the loader's default (no reversal), not the script's.
     (lambda params: params["loader"].pop("reverse_ratio"),
      "loader: expected the key 'reverse_ratio' (every training saves it; "

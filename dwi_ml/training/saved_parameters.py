@@ -196,8 +196,19 @@ def _check_section(section, values, built, given_by_builder, options,
                     raise
     check = _SECTION_CHECKS.get(section)
     if check is not None:
-        check({**{name: parameter.default for name, parameter
-                  in arguments.items()}, **values})
+        filled = {name: parameter.default for name, parameter
+                  in arguments.items() if name not in values}
+        try:
+            check({**filled, **values})
+        except InvalidValue as error:
+            name = error.name.lstrip("-")
+            if name not in filled:
+                raise
+            # A default that only a run resolves (the model's learning
+            # rate): the key is missing, not wrong.
+            raise DwiMLUserError(
+                f"expected the key '{name}' (every training saves it), "
+                "found none.") from None
 
 
 def _builds(model_class, values):
