@@ -173,3 +173,22 @@ def test_a_user_error_under_torchrun_is_one_whole_line_per_rank(
     assert process.returncode == 2
     assert process.stderr == (f"{prefix}-c: error: argument x: expected 1, "
                               "found 2.\n")
+
+
+@pytest.mark.parametrize("options, module", [
+    (["-m", "dwi_ml.cli.x", "a"], "dwi_ml.cli.x"),
+    # Flags joined to -m: the documented form missed them.
+    (["-um", "dwi_ml.cli.x"], "dwi_ml.cli.x"),
+    (["-u", "-m", "y"], "y"),
+    (["-mz"], "z"),
+    (["-W", "ignore", "-m", "q"], "q"),
+    (["-Wignore", "-m", "q"], "q"),
+    (["-X", "dev", "-bm", "r"], "r"),
+    (["--check-hash-based-pycs", "always", "-m", "k"], "k"),
+    (["-c", "import x", "-m", "no"], None),
+    (["script.py", "-m", "x"], None),
+])
+def test_the_module_of_dash_m_is_found_among_the_interpreters_options(
+        options, module):
+    from dwi_ml.cli import _dash_m_module
+    assert _dash_m_module(options) == module

@@ -511,7 +511,8 @@ def test_torchrun_forwards_sigusr1_as_docs_slurm_says(tmp_path, hdf5_file):
     both ranks, which stop at the same step with a checkpoint."""
     ready = tmp_path / "ready"
     ready.mkdir()
-    launcher = [*TORCHRUN, "--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1",
+    launcher = [*TORCHRUN, "--signals-to-handle",
+                "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
                 "--shutdown-timeout", "600"]
     process = subprocess.Popen(
         [*launcher, HELPER, "1:train:1:WAIT", "train",

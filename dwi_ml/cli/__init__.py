@@ -16,14 +16,36 @@ def _run_with_dash_m():
     """
     if sys.argv[:1] != ["-m"]:
         return None
-    argv = list(getattr(sys, "orig_argv", ()))
-    for index, arg in enumerate(argv[1:], 1):
-        module = (argv[index + 1] if arg == "-m" and index + 1 < len(argv)
-                  else arg[2:] if arg.startswith("-m") else None)
-        if module is not None:
-            prefix = f"{__name__}."
-            return module[len(prefix):] if module.startswith(prefix) \
-                else None
+    module = _dash_m_module(list(getattr(sys, "orig_argv", ()))[1:])
+    prefix = f"{__name__}."
+    if module is None or not module.startswith(prefix):
+        return None
+    return module[len(prefix):]
+
+
+def _dash_m_module(options):
+    """The module of ``-m`` in the interpreter's options (``-u -m X``,
+    ``-um X``, ``-mX``), or None."""
+    index = 0
+    while index < len(options):
+        arg = options[index]
+        if arg == "--check-hash-based-pycs":
+            index += 2
+            continue
+        if not arg.startswith("-") or arg in ("-", "--") or \
+                arg.startswith("--"):
+            return None
+        for position, flag in enumerate(arg[1:], 2):
+            rest = arg[position:]
+            if flag == "m":
+                return rest or (options[index + 1]
+                                if index + 1 < len(options) else None)
+            if flag == "c":
+                return None
+            if flag in "WX":  # their value: the rest, or the next option
+                index += 0 if rest else 1
+                break
+        index += 1
     return None
 
 
