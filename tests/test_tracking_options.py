@@ -5,6 +5,7 @@ Stops are exact with the constant models of test_tracking: +x, one voxel
 (2 mm) per step from x = 3.25, in a mask of voxels x in [2, 10).
 """
 import math
+import os
 
 import numpy as np
 import pytest
@@ -220,6 +221,33 @@ def test_eos_stop_max_and_bad_values_from_the_script(experiment, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and match in err
+
+
+def test_mask_options_without_a_tracking_mask_and_a_step_too_small(
+        experiment, capsys):
+    """Both gave no clear line: the mask options were ignored without a
+    word, and a 1e-9 mm step asked torch for 180 TB (its allocator's
+    RuntimeError, a traceback)."""
+    out = str(experiment["folder"] / "refused.trk")
+    base = [experiment["experiment"], experiment["hdf5"], "subj-02", "input",
+            out, "--nt", "5", "-v", "WARNING"]
+    cases = [
+        (["--seeding_mask_group", "wm_mask", "--mask_interp", "nearest",
+          "--max_invalid_nb_points", "2"], 2,
+         "arguments --mask_interp, --max_invalid_nb_points: expected "
+         "--tracking_mask_group, which they apply to, found none (without "
+         "it, tracking stops only at the volume's border)."),
+        (["--tracking_mask_group", "wm_mask", "--step_size", "1e-9"], 1,
+         "error: out of memory ("),
+    ]
+    for options, status, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            track_main([*base, *options])
+        assert exit_info.value.code == status
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+        assert "Traceback" not in err
+    assert not os.path.exists(out)
 
 
 def test_logged_stop_reason_when_several_criteria_apply():

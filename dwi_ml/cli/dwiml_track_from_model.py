@@ -279,6 +279,19 @@ def _refuse_reference_seeding_positional(parser, argv):
             f"output.")
 
 
+def _refuse_mask_options_without_mask(args):
+    """The options of the tracking mask, given without one: ignored, they
+    were silently."""
+    given = [f"--{name}" for name in ("mask_interp", "max_invalid_nb_points",
+                                      "discard_last_point")
+             if name in args.options_given]
+    if given and args.tracking_mask_group is None:
+        raise DwiMLUserError(
+            f"argument{'s' * (len(given) > 1)} {', '.join(given)}: expected "
+            "--tracking_mask_group, which they apply to, found none "
+            "(without it, tracking stops only at the volume's border).")
+
+
 @script_entry_point
 def main(argv=None):
     parser = _build_parser()
@@ -297,6 +310,7 @@ def main(argv=None):
         raise DwiMLUserError(
             "arguments --seeding_mask_group/--tracking_mask_group: expected "
             "at least one mask group to seed in, found none.")
+    _refuse_mask_options_without_mask(args)
     device = check_device(args.device, "--device")
 
     model, provenance = load_experiment_model(

@@ -85,6 +85,18 @@ def _print_error_line(line):
     os.write(fileno, (line + "\n").encode())
 
 
+# What torch's allocators say when they cannot allocate (a RuntimeError,
+# not a MemoryError): on the CPU, and torch.OutOfMemoryError on a GPU.
+_TORCH_ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory",
+                              "alloc_cpu.cpp")
+
+
+def _is_out_of_memory(error):
+    return isinstance(error, MemoryError) \
+        or type(error).__name__ == "OutOfMemoryError" \
+        or any(text in str(error) for text in _TORCH_ALLOCATION_FAILURES)
+
+
 def script_entry_point(main_fn):
     """Wrap a script's ``main(argv=None)`` so user errors exit cleanly.
 
@@ -130,7 +142,9 @@ def script_entry_point(main_fn):
             error = as_typed_options(error, run)
             _print_error_line(f"{_prog()}: error: {one_line_message(error)}")
             sys.exit(2)
-        except MemoryError as error:
+        except (MemoryError, RuntimeError) as error:
+            if not _is_out_of_memory(error):
+                raise
             print(f"{_prog()}: error: out of memory ({one_line_message(error)}):"
                   " the inputs or options ask for more memory than this "
                   "machine has; use smaller sizes or a larger machine.",
