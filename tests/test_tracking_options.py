@@ -250,6 +250,33 @@ def test_mask_options_without_a_tracking_mask_and_a_step_too_small(
     assert not os.path.exists(out)
 
 
+def test_a_0_255_tracking_mask_is_warned_of(experiment, tmp_path, capsys):
+    """Read by the trilinear rule (>= 0.5), such a mask reached about a
+    voxel past its border, with no word."""
+    import shutil
+
+    import h5py
+    hdf5_file = str(tmp_path / "m255.hdf5")
+    shutil.copy(experiment["hdf5"], hdf5_file)
+    with h5py.File(hdf5_file, "r+") as hdf:
+        source = hdf["subj-02/wm_mask"]
+        group = hdf["subj-02"].create_group("m255")
+        group.create_dataset("data", data=source["data"][()] * 255)
+        # As a reference-made file: no CRC-32 of the data to check.
+        for key, value in source.attrs.items():
+            if key != "data_crc32":
+                group.attrs[key] = value
+    out = str(tmp_path / "t.trk")
+    base = [experiment["experiment"], hdf5_file, "subj-02", "input", out,
+            "--tracking_mask_group", "m255", "--nt", "5", "-f"]
+    for options, warned in (((), True), (("--mask_interp", "nearest"), False)):
+        capsys.readouterr()
+        track_main([*base, *options])
+        err = capsys.readouterr().err
+        assert err.count("tracking mask 'm255' holds values up to 255: the "
+                         "trilinear rule") == int(warned), err
+
+
 def test_logged_stop_reason_when_several_criteria_apply():
     """docs/tracking.md: a point out of the mask (inside the volume) is
     logged 'mask' before EOS; EOS before a point out of the volume."""

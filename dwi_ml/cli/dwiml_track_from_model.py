@@ -39,7 +39,7 @@ from dwi_ml.io_utils.tractogram_files import (
 )
 from dwi_ml.models.direction_getters.base import TRACKING_ALGOS
 from dwi_ml.tracking.propagation import BatchedTracker
-from dwi_ml.tracking.seeding import make_seeds
+from dwi_ml.tracking.seeding import MASK_THRESHOLD, make_seeds
 from dwi_ml.tracking.stopping import (
     DEFAULT_MAX_ANGLE_DEG,
     DEFAULT_MAX_LENGTH_MM,
@@ -261,6 +261,21 @@ def _mask_volume(volumes, group):
     return volume.data[..., 0]
 
 
+def _warn_if_not_a_unit_mask(mask, group, mask_interp):
+    """A 0/255 mask (a common uint8 one) read by the trilinear rule (inside
+    where the interpolated value is >= 0.5) reaches about a voxel past its
+    border: say so."""
+    if mask is None or mask_interp != "trilinear":
+        return
+    largest = float(mask.max())
+    if largest > 1.0:
+        logging.warning(
+            "tracking mask '%s' holds values up to %g: the trilinear rule "
+            "(inside where the interpolated value is >= %g) reaches about a "
+            "voxel past its border; store it as 0/1, or give --mask_interp "
+            "nearest.", group, largest, MASK_THRESHOLD)
+
+
 def _refuse_reference_seeding_positional(parser, argv):
     """The reference's command line puts a seeding mask group before the
     output: say what to use instead of "unrecognized arguments"."""
@@ -326,6 +341,8 @@ def main(argv=None):
                                        args.input_group)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
+    _warn_if_not_a_unit_mask(tracking_mask, args.tracking_mask_group,
+                             args.mask_interp)
     eos_threshold = default_eos_threshold(model, args.eos_stop)
 
     npv = None if args.nt is not None else (args.npv or 1)
