@@ -217,7 +217,7 @@ def test_eos_stop_max_and_bad_values_from_the_script(experiment, capsys):
                            (("--max_length", "inf"), "--max_length"),
                            # 'prob' draws read it modulo 2 ** 64.
                            (("--seed", str(2 ** 64)), "argument --seed: "
-                            "expected an integer in [0, 2 ** 64), found "
+                            "expected an integer < 2 ** 64, found "
                             f"{2 ** 64}."),
                            (("--mask_interp", "cubic"), "--mask_interp")):
         with pytest.raises(SystemExit) as exit_info:
