@@ -87,6 +87,8 @@ def test_resume_refuses_a_file_without_training_subjects(data, capsys,
     (["--lr_step_size", "0"], ["--lr_step_size", ">= 1"]),
     (["--nb_workers", "-2"], ["--nb_workers", ">= 0"]),
     (["--seed", "-1"], ["--seed", ">= 0"]),
+    # torch.manual_seed's overflow, a traceback.
+    (["--seed", str(2 ** 64)], ["--seed", "< 2 ** 64"]),
 ])
 def test_train_refuses_bad_integer_options(data, capsys, extra, expected):
     assert_user_error(train_main, _train_argv(data, data["data"], *extra),

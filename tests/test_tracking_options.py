@@ -216,8 +216,8 @@ def test_eos_stop_max_and_bad_values_from_the_script(experiment, capsys):
                             "expected a finite number > 0 mm, found inf."),
                            (("--max_length", "inf"), "--max_length"),
                            # 'prob' draws read it modulo 2 ** 64.
-                           (("--seed", str(2 ** 64)), "argument --seed: "
-                            "expected an integer < 2 ** 64, found "
+                           (("--seed", str(2 ** 64)), "argument '--seed': "
+                            "expected an integer < 2 ** 64, got "
                             f"{2 ** 64}."),
                            (("--mask_interp", "cubic"), "--mask_interp")):
         with pytest.raises(SystemExit) as exit_info:

@@ -13,6 +13,7 @@ from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import (
     check_device,
     check_int_options,
+    check_seed,
     extension_of,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
@@ -233,11 +234,8 @@ def _check_numbers(args):
             raise DwiMLUserError(
                 f"argument --{name}: expected {expected}, found {value}.")
     check_int_options(args, {"seed": 0})
-    # 'prob' draws read the seed modulo 2 ** 64: one above would draw as
-    # another, while the seeds' placement differs.
-    if args.seed >= 2 ** 64:
-        raise DwiMLUserError(f"argument --seed: expected an integer < 2 ** "
-                             f"64, found {args.seed}.")
+    # 'prob' draws read it modulo 2 ** 64, the seeds' placement whole.
+    check_seed("--seed", args.seed)
 
 
 def _check_model(model, args, input_volume):

@@ -25,6 +25,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_device,
     check_fraction,
     check_int_options,
+    check_seed,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import (
@@ -212,6 +213,7 @@ def _check_simple_args(args):
     """
     check_device(args.device, "--device")
     check_int_options(args, INT_MINIMUMS)
+    check_seed("--seed", args.seed)
     loader_options_from_args(args)
     if args.dropout is not None:
         check_fraction("--dropout", args.dropout)

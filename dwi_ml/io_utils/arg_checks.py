@@ -41,6 +41,15 @@ def check_int(name, value, min_value, owner=None):
     return int(value)
 
 
+def check_seed(name, value, owner=None):
+    """Return a seed as int, refusing anything outside [0, 2 ** 64): torch
+    takes no more, and 'prob' draws read a seed modulo 2 ** 64."""
+    value = check_int(name, value, 0, owner)
+    if value >= 2 ** 64:
+        _fail(name, owner, "an integer < 2 ** 64", value)
+    return value
+
+
 def check_int_options(args, minimums):
     """Check a script's integer options against their minimum values.
 

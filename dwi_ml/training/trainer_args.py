@@ -12,6 +12,7 @@ from dwi_ml.io_utils.arg_checks import (
     check_int,
     check_non_negative_float,
     check_positive_float,
+    check_seed,
 )
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import EXPERIMENT_FOLDERS
@@ -73,7 +74,7 @@ def check_trainer_args(args):
     check_int("nb_workers", args["nb_workers"], 0)
     check_choice("mixed_precision", args["mixed_precision"],
                  (None, "bf16", "fp16"))
-    check_int("seed", args["seed"], 0)
+    check_seed("seed", args["seed"])
     check_device(args["device"])
     _check_positive("max_time_s", args.get("max_time_s"), allow_none=True)
     _check_positive("checkpoint_every_n_batches",
