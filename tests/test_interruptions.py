@@ -1,4 +1,5 @@
 """RunInterruptions and mid-epoch checkpoints, in process (fast cases)."""
+import logging
 import multiprocessing
 import os
 import signal
@@ -149,30 +150,48 @@ def test_checkpoint_cadence_in_batches():
         interruptions.stop()
 
 
+def _run_for(interruptions, seconds):
+    """As if ``seconds`` had passed since start() (its clock moved back)."""
+    interruptions._start_time -= seconds
+
+
 def test_max_time_leaves_room_for_an_expected_epoch_end():
     """Tracking validation at an epoch's end (5 s) overran a 2 s
     --max_time in each process: no step is polled during it. Its logged
     time is expected from the start."""
-    interruptions = RunInterruptions(max_time_s=600.0)
-    interruptions.start()
-    try:
-        assert interruptions.poll(True) == (0, 0)
-        # Just under the whole time: any time passed since start() makes
-        # the margin reach it.
-        interruptions.expect_epoch_end(600.0 - 1e-9)
-        assert interruptions.poll(True)[0] == MAX_TIME_CODE
-    finally:
-        interruptions.stop()
+    for expected, stops in ((0.0, False), (200.0, True)):
+        interruptions = RunInterruptions(max_time_s=600.0)
+        interruptions.expect_epoch_end(expected)
+        interruptions.start()
+        try:
+            assert interruptions.poll(False) == (0, 0)  # before a step
+            _run_for(interruptions, 500.0)
+            assert (interruptions.poll(True)[0] == MAX_TIME_CODE) == stops
+        finally:
+            interruptions.stop()
 
 
-def test_an_epoch_end_longer_than_max_time_does_not_stop_every_start():
+@pytest.mark.parametrize("expected", [300.0, 590.0, 700.0])
+def test_an_epoch_end_the_limit_cannot_hold_does_not_stop_every_start(
+        expected, caplog):
     """Left room for, it stopped each resumed process before its first
-    step, forever (an endless requeue)."""
+    step, forever (an endless requeue): now the first poll never stops for
+    the time, and such an epoch end is said and not left room for."""
     interruptions = RunInterruptions(max_time_s=600.0)
-    interruptions.expect_epoch_end(700.0)
+    interruptions.expect_epoch_end(expected)
     interruptions.start()
     try:
-        assert interruptions.poll(False) == (0, 0)
+        with caplog.at_level(logging.WARNING):
+            assert interruptions.poll(False) == (0, 0)
+            assert interruptions.poll(True) == (0, 0)
+            assert interruptions.poll(True) == (0, 0)
+        assert [m for m in caplog.messages if "--max_time 600 s" in m] == [
+            f"--max_time 600 s: an epoch's end (tracking validation, the "
+            f"best model's save) takes {expected:.0f} s, half the limit or "
+            "more: each job spends much of its time leaving room for it, or "
+            "overruns it; raise --max_time or track less often."]
+        _run_for(interruptions, 600.0)
+        assert interruptions.poll(True)[0] == MAX_TIME_CODE
     finally:
         interruptions.stop()
 

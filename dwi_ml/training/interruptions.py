@@ -131,8 +131,9 @@ class RunInterruptions:
         of twice the longest step seen, plus the longest checkpoint write,
         plus the longest epoch end (tracking validation, the best model's
         save: no step is polled during it), seen or expected
-        (:meth:`expect_epoch_end`), unless that alone is longer than
-        ``max_time_s``.
+        (:meth:`expect_epoch_end`), unless the margin would then reach
+        ``max_time_s`` (a warning says so). A process's first poll, before
+        its first step, never stops for the time.
     checkpoint_every_n_batches : int or None
         Ask for a mid-epoch checkpoint every N training batches.
     checkpoint_every_minutes : float or None
@@ -155,6 +156,8 @@ class RunInterruptions:
         self._longest_step = 0.0
         self._longest_save = 0.0
         self._longest_epoch_end = 0.0
+        self._warned_epoch_end = False
+        self._nb_polls = 0
         self._batches_since_checkpoint = 0
 
     def start(self):
@@ -230,12 +233,25 @@ class RunInterruptions:
         if is_training_batch:
             self._batches_since_checkpoint += nb_batches
         stop_code = self.received_signal or 0
-        if not stop_code and self.max_time_s is not None:
-            # An epoch end longer than the whole time could never be left
-            # room for: the run then stops only by the steps.
-            epoch_end = (self._longest_epoch_end
-                         if self._longest_epoch_end < self.max_time_s else 0.0)
-            margin = 2 * self._longest_step + self._longest_save + epoch_end
+        self._nb_polls += 1
+        # A process's first poll comes before its first step: it never
+        # stops for the time, so that each process makes progress.
+        if not stop_code and self.max_time_s is not None \
+                and self._nb_polls > 1:
+            margin = 2 * self._longest_step + self._longest_save
+            # Left room for when the limit can hold it: one it cannot would
+            # stop every process before its epoch's end, forever.
+            if margin + self._longest_epoch_end < self.max_time_s:
+                margin += self._longest_epoch_end
+            if 2 * self._longest_epoch_end >= self.max_time_s \
+                    and not self._warned_epoch_end:
+                self._warned_epoch_end = True
+                logger.warning(
+                    "--max_time %g s: an epoch's end (tracking validation, "
+                    "the best model's save) takes %.0f s, half the limit "
+                    "or more: each job spends much of its time leaving room "
+                    "for it, or overruns it; raise --max_time or track less "
+                    "often.", self.max_time_s, self._longest_epoch_end)
             if now - self._start_time + margin >= self.max_time_s:
                 stop_code = MAX_TIME_CODE
         return stop_code, int(is_training_batch and self._checkpoint_due(now))

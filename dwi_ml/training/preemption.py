@@ -46,7 +46,7 @@ def add_interruption_args(parser, for_resume=False):
         help="Stop with a checkpoint before this much time has passed since "
              "this process started training, keeping a margin of twice the "
              "longest step plus the longest checkpoint write and epoch end "
-             "(tracking validation) (default: "
+             "(tracking validation; docs/slurm.md) (default: "
              f"{default('no limit')}).")
     group.add_argument(
         "--checkpoint_every_n_batches", type=_or_none(int), metavar="N",
