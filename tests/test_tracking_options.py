@@ -230,18 +230,21 @@ def test_eos_stop_max_and_bad_values_from_the_script(experiment, capsys):
 def test_mask_options_without_a_tracking_mask_and_a_step_too_small(
         experiment, capsys):
     """Both gave no clear line: the mask options were ignored without a
-    word, and a 1e-9 mm step asked torch for 180 TB (its allocator's
+    word, and a 1e-9 mm step asked torch for 18 TB (its allocator's
     RuntimeError, a traceback)."""
     out = str(experiment["folder"] / "refused.trk")
     base = [experiment["experiment"], experiment["hdf5"], "subj-02", "input",
             out, "--nt", "5", "-v", "WARNING"]
     cases = [
         (["--seeding_mask_group", "wm_mask", "--mask_interp", "nearest",
-          "--max_invalid_nb_points", "2"], 2,
-         "arguments --mask_interp, --max_invalid_nb_points: expected "
+          "--max_invalid_nb_points", "2", "--no-discard_last_point"], 2,
+         "arguments --mask_interp, --max_invalid_nb_points, "
+         "--[no-]discard_last_point: expected "
          "--tracking_mask_group, which they apply to, found none (without "
          "it, tracking stops only at the volume's border)."),
-        (["--tracking_mask_group", "wm_mask", "--step_size", "1e-9"], 1,
+        # Petabytes: more than any address space, whatever the kernel's
+        # overcommit.
+        (["--tracking_mask_group", "wm_mask", "--step_size", "1e-12"], 1,
          "error: out of memory ("),
     ]
     for options, status, expected in cases:
@@ -279,6 +282,13 @@ def test_a_0_255_tracking_mask_is_warned_of(experiment, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("tracking mask 'm255' holds values up to 255: the "
                          "trilinear rule") == int(warned), err
+    # After every check: a refused run prints its one error line alone.
+    with pytest.raises(SystemExit):
+        track_main([*base, "--min_length", "0", "--max_length", "0.1"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "error: argument --max_length: expected at least one step of 1.0 "
+        "mm, found 0.1 mm."), lines
 
 
 def test_logged_stop_reason_when_several_criteria_apply():

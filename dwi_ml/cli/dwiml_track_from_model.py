@@ -300,9 +300,11 @@ def _refuse_reference_seeding_positional(parser, argv):
 def _refuse_mask_options_without_mask(args):
     """The options of the tracking mask, given without one: ignored, they
     were silently."""
-    given = [f"--{name}" for name in ("mask_interp", "max_invalid_nb_points",
-                                      "discard_last_point")
-             if name in args.options_given]
+    given = [option for name, option in (
+        ("mask_interp", "--mask_interp"),
+        ("max_invalid_nb_points", "--max_invalid_nb_points"),
+        ("discard_last_point", "--[no-]discard_last_point"))
+        if name in args.options_given]
     if given and args.tracking_mask_group is None:
         raise DwiMLUserError(
             f"argument{'s' * (len(given) > 1)} {', '.join(given)}: expected "
@@ -344,8 +346,6 @@ def main(argv=None):
                                        args.input_group)
     seeding_mask = _mask_volume(volumes, seeding_group)
     tracking_mask = _mask_volume(volumes, args.tracking_mask_group)
-    _warn_if_not_a_unit_mask(tracking_mask, args.tracking_mask_group,
-                             args.mask_interp)
     eos_threshold = default_eos_threshold(model, args.eos_stop)
 
     npv = None if args.nt is not None else (args.npv or 1)
@@ -364,6 +364,8 @@ def main(argv=None):
     # After every check: a refused run prints its one error line alone.
     warn_if_not_trained_backward(args.experiment_path,
                                  args.track_forward_only)
+    _warn_if_not_a_unit_mask(tracking_mask, args.tracking_mask_group,
+                             args.mask_interp)
     fingerprint = compute_hdf5_fingerprint(args.hdf5_file)
     grids_unlike_training(args.experiment_path, [args.subject_id],
                           args.input_group, fingerprint)
