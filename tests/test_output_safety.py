@@ -579,8 +579,13 @@ def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
     for name in ("evaluation_testing_best.json", "logs_plot.png",
                  "logs_plot_2.png", "evaluation_my_notes.json",
                  "logs_plot_for_paper.png",
-                 "logs_correlation_my_annotated_copy.png"):
+                 "logs_correlation_my_annotated_copy.png",
+                 "logs_correlation_train_loss_valid_loss.png"):
         (folder / name).write_text("x")
+    # A correlation plot is the script's when named after two of its logs.
+    (folder / "logs").mkdir()
+    for log in ("train_loss", "valid_loss"):
+        np.save(folder / "logs" / f"{log}.npy", np.zeros(2))
     assert output_folders.foreign_entries(str(folder), "experiment") == [
         "evaluation_my_notes.json", "logs_correlation_my_annotated_copy.png",
         "logs_plot_for_paper.png"]

@@ -21,7 +21,6 @@ from matplotlib.figure import Figure
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file, output_group, write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
-from dwi_ml.io_utils.output_folders import record_output_in_experiment
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -93,7 +92,6 @@ def main(argv=None):
     with output_group():
         with atomic_output_file(out) as tmp_path:
             figure.savefig(tmp_path, format="png")
-        record_output_in_experiment(out)
         if args.out_json:
             write_json_atomic(args.out_json, {
                 "log1": args.log1, "log2": args.log2,

@@ -75,7 +75,7 @@ _SUBJECT_LISTS = tuple(f"{split}_subjs.txt"
 OWN_ENTRIES = {
     # evaluation JSONs and the logs plot are written into the experiment
     # by dwiml_evaluate_model.py and visualize_logs.py by default (a logs
-    # correlation plot is recorded by name: record_output_in_experiment).
+    # correlation plot, named after two of its logs: foreign_entries).
     # checkpoint/ and best_model/ are replaced whole at each save; logs/
     # holds the monitors' .npy files, each written on its own.
     "experiment": (PARAMETERS_FILE, RUNS_FILE, CHECKPOINT_DIR, BEST_MODEL_DIR,
@@ -447,7 +447,29 @@ def foreign_entries(path, kind):
                     if pattern != f"{LOGS_DIR}/*.npy"]
         patterns += [glob.escape(entry) for entry in written
                      if isinstance(entry, str)]
-    return _foreign_entries(path, (MARKER_FILE, *patterns))
+    foreign = _foreign_entries(path, (MARKER_FILE, *patterns))
+    if kind == "experiment":
+        foreign = [name for name in foreign
+                   if not _is_logs_correlation_plot(path, name)]
+    return foreign
+
+
+def _is_logs_correlation_plot(path, name):
+    """Whether ``name`` is ``logs_correlation_LOG1_LOG2.png`` for two logs
+    of the experiment ``path``: dwiml_visualize_logs_correlation.py's
+    default output (a pattern of any name took a user's look-alike)."""
+    prefix, suffix = "logs_correlation_", ".png"
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return False
+    try:
+        logs = {entry[:-len(".npy")] for entry in
+                os.listdir(os.path.join(path, LOGS_DIR))
+                if entry.endswith(".npy")}
+    except OSError:
+        return False
+    pair = name[len(prefix):-len(suffix)]
+    return any(pair[:cut] in logs and pair[cut + 1:] in logs
+               for cut, character in enumerate(pair) if character == "_")
 
 
 def record_written_entries(path, entries):
@@ -472,19 +494,6 @@ def record_written_entries(path, entries):
         return
     content["written"] = sorted(written | set(entries))
     write_json_atomic(marker, content, strict=False)
-
-
-def record_output_in_experiment(path):
-    """Record the output file ``path`` as dwi_ml's when it lies at the top
-    of an experiment whose marker lists what was written there (its name
-    depends on the user's choices, so no pattern of :data:`OWN_ENTRIES`
-    may claim it): ``-f`` then removes it with the experiment. An older
-    experiment, without that list, is left as it is (the file then counts
-    as the user's)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    if folder_kind(folder) == "experiment" and \
-            isinstance(_marker_field(folder, "written"), list):
-        record_written_entries(folder, [name])
 
 
 def seal_output_folder(path):
