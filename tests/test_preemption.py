@@ -608,9 +608,8 @@ def test_a_signal_after_the_last_epoch_leaves_a_finished_run(
 
 # As the scripts' files and commands start (dwi_ml.launcher), with a
 # signal while the script's module imports numpy.
-STARTUP_SIGNAL = """\
+SIGNAL_ON_IMPORT = """
 import os, signal, sys
-from dwi_ml.launcher import launch
 
 
 class SignalOnImport:
@@ -622,6 +621,9 @@ class SignalOnImport:
 
 
 sys.meta_path.insert(0, SignalOnImport())
+"""
+STARTUP_SIGNAL = SIGNAL_ON_IMPORT + """
+from dwi_ml.launcher import launch
 sys.argv = ["{module}.py", *sys.argv[1:]]
 launch("{module}")
 """
@@ -658,24 +660,6 @@ def test_a_signal_while_the_run_starts_stops_it_at_its_first_step(
     assert_same_run(straight_run, tmp_path / name)
 
 
-# Installed by Python at start-up (sitecustomize), before `-m` imports the
-# script: the signal arrives while the script imports numpy.
-SIGNAL_ON_IMPORT_SITE = """
-import os, signal, sys
-
-
-class SignalOnImport:
-    def find_spec(self, name, path=None, target=None):
-        if name == "numpy":
-            sys.meta_path.remove(self)
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return None
-
-
-sys.meta_path.insert(0, SignalOnImport())
-"""
-
-
 def test_the_dash_m_form_also_stops_a_run_signalled_while_it_starts(
         tmp_path, hdf5_file):
     """``python -m dwi_ml.cli.dwiml_train_model`` (torchrun's form in the
@@ -683,7 +667,8 @@ def test_the_dash_m_form_also_stops_a_run_signalled_while_it_starts(
     138, nothing said, no checkpoint)."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(SIGNAL_ON_IMPORT_SITE)
+    # Installed by Python at start-up, before `-m` imports the script.
+    (site / "sitecustomize.py").write_text(SIGNAL_ON_IMPORT)
     name = "early_m"
     process = subprocess.run(
         [sys.executable, "-m", "dwi_ml.cli.dwiml_train_model",

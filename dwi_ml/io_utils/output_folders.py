@@ -228,19 +228,26 @@ PROVENANCE_SUFFIX = ".json"
 PROVENANCE_WHAT = "provenance sidecar"
 
 
-def is_provenance_sidecar(path):
-    """Whether ``path`` is a provenance sidecar that dwi_ml wrote (its
-    ``kind``); False for any other file, or none."""
+def provenance_record(path):
+    """The record in ``path`` when it is a provenance sidecar that dwi_ml
+    wrote (its ``kind``), else None (any other file, none, a FIFO, a file
+    over 1 MiB)."""
     if not path.endswith(PROVENANCE_SUFFIX) or not os.path.isfile(path) \
             or os.path.getsize(path) > _HASHED_SIZE:
-        return False
+        return None
     try:
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
     except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(content, dict) and \
-        content.get("kind") == PROVENANCE_KIND
+        return None
+    if isinstance(content, dict) and content.get("kind") == PROVENANCE_KIND:
+        return content
+    return None
+
+
+def is_provenance_sidecar(path):
+    """Whether ``path`` is a provenance sidecar that dwi_ml wrote."""
+    return provenance_record(path) is not None
 
 
 def _refuse_link_to_folder(path, what, ignore=()):

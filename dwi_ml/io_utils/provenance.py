@@ -15,7 +15,6 @@ only when it is one of ours (its ``kind``). It records the sha256 of the
 tractogram it describes, so that :func:`read_provenance` never attributes
 a record to a tractogram replaced since.
 """
-import json
 import os
 
 from dwi_ml import __version__
@@ -29,6 +28,7 @@ from dwi_ml.io_utils.output_folders import (
     PROVENANCE_WHAT,
     check_output_free,
     is_provenance_sidecar,
+    provenance_record,
 )
 
 # Arguments that change how a script runs or talks, not what it writes.
@@ -167,16 +167,8 @@ def read_provenance(output_path):
     """The sidecar record of ``output_path``, or None when it has none, or
     one that is not ours or describes another version of the file (its
     ``output_sha256`` differs)."""
-    path = provenance_path(output_path)
-    if not os.path.isfile(path):  # a FIFO would block the read
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(record, dict) or \
-            record.get("kind") != PROVENANCE_KIND or \
+    record = provenance_record(provenance_path(output_path))
+    if record is None or \
             record.get("output_sha256") != file_sha256(output_path):
         return None
     return record
