@@ -12,7 +12,6 @@ from dwi_ml.data.packed import packed_arrays
 from dwi_ml.data.processing.resampling import compress
 from dwi_ml.io_utils.arg_checks import (
     check_device,
-    check_int_options,
     check_seed,
     extension_of,
 )
@@ -233,7 +232,6 @@ def _check_numbers(args):
         if not valid:
             raise DwiMLUserError(
                 f"argument --{name}: expected {expected}, found {value}.")
-    check_int_options(args, {"seed": 0})
     # 'prob' draws read it modulo 2 ** 64, the seeds' placement whole.
     check_seed("--seed", args.seed)
 

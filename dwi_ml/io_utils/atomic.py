@@ -16,6 +16,7 @@ import numpy as np
 from dwi_ml.io_utils.arg_checks import extension_of
 from dwi_ml.io_utils.errors import DwiMLUserError, Terminated, raise_terminated
 from dwi_ml.io_utils.run_paths import record_written
+from dwi_ml.io_utils.tractogram_files import TRACTOGRAM_EXTENSIONS
 
 # tempfile's names: PREFIX + 8 characters of this alphabet + SUFFIX.
 _TEMP_RANDOM = "[a-z0-9_]{8}"
@@ -28,8 +29,9 @@ def _current_umask():
 
 
 # Formats that nibabel and dipy choose by the extension: their temporary
-# files end in it (atomic_output_file_with_extension).
-_FORMAT_EXTENSIONS = (".nii", ".nii.gz", ".trk", ".tck", ".trx")
+# files end in it (atomic_output_file_with_extension). NIfTI's as
+# nifti_files.NIFTI_EXTENSIONS, which imports this module.
+_FORMAT_EXTENSIONS = (".nii", ".nii.gz", *TRACTOGRAM_EXTENSIONS)
 
 
 def name_max(folder):

@@ -96,10 +96,8 @@ def load_tractogram_vox_corner(path, nifti_path, warn_outside=True):
     has_grid = tractogram_extension(path) != ".tck"
     try:
         sft = load_tractogram(path, "same" if has_grid else nifti_path,
-                              bbox_valid_check=False)
+                              bbox_valid_check=False)  # RAS mm, centre
         if has_grid:
-            sft.to_rasmm()
-            sft.to_center()
             sft = StatefulTractogram(
                 sft.streamlines, nifti_path, Space.RASMM,
                 origin=Origin.NIFTI, data_per_point=sft.data_per_point,

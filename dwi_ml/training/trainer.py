@@ -36,6 +36,7 @@ from dwi_ml.batching.dataloaders import shut_down_workers
 from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError, count_of
 from dwi_ml.io_utils.experiment_layout import LOGS_DIR
+from dwi_ml.models.main_models import MainModelAbstract
 from dwi_ml.training.callbacks import (
     CallbackList,
     EpochSummaryCallback,
@@ -165,7 +166,8 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
                  checkpoint_every_minutes=None, deterministic=False,
                  best_model_metric="valid_loss"):
         if learning_rate is None:
-            learning_rate = getattr(model, "default_learning_rate", 1e-3)
+            learning_rate = getattr(model, "default_learning_rate",
+                                    MainModelAbstract.default_learning_rate)
         check_trainer_args(locals())
         check_trainer_parts(model, experiment_name, batch_loader)
         # False until a checkpoint is loaded or the run starts: a new run
