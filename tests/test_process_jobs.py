@@ -38,11 +38,12 @@ def test_an_error_in_a_job_is_raised_as_is():
 
 def test_a_worker_that_dies_is_one_user_error():
     with pytest.raises(DwiMLUserError) as error:
-        run_in_processes(_fail, [("killed",), ("killed",)], 2, "a subject")
+        run_in_processes(_fail, [("killed",), ("killed",)], 2, "a subject",
+                         "--nb_processes")
     assert str(error.value) == (
-        "nb_processes: the process making a subject ended without a result "
-        "(killed, perhaps for lack of memory, with 2 processes at once): "
-        "try fewer.")
+        "argument --nb_processes: the process making a subject ended "
+        "without a result (killed, perhaps for lack of memory, with 2 "
+        "processes at once): try fewer.")
 
 
 SCRIPT = '''\

@@ -13,6 +13,7 @@ from nibabel.affines import apply_affine
 
 from dwi_ml.cli.dwiml_make_synthetic_dataset import main
 from dwi_ml.data.synthetic import make_synthetic_dataset
+from dwi_ml.io_utils.errors import DwiMLUserError
 from tests.tolerances import EPS32, rounding_atol
 
 TINY = dict(nb_subjects=3, nb_streamlines=150, shape=(20, 22, 14),
@@ -285,14 +286,18 @@ def test_cli_refuses_existing_folder_without_f_and_replaces_it_with_f(
 
 
 @pytest.mark.parametrize("option, value, name", [
-    ("--nb_directions", "3", "nb_directions"),
-    ("--nb_subjects", "0", "nb_subjects"),
-    ("--shape", "4 30 30", "shape"),
+    ("--nb_directions", "3", "argument --nb_directions: expected"),
+    ("--nb_subjects", "0", "argument --nb_subjects: expected"),
+    ("--shape", "4 30 30", "argument --shape: expected"),
     # An infinite size warned, then blamed the shape.
-    ("--voxel_size", "inf 2 2", "voxel_size: expected 3 finite positive "
-                                "sizes in mm, got [inf, 2.0, 2.0]."),
-    ("--nb_bundles", "0", "nb_bundles: expected at least 1, got 0."),
-    ("--nb_processes", "0", "nb_processes: expected at least 1, got 0.")])
+    ("--voxel_size", "inf 2 2", "argument --voxel_size: expected 3 finite "
+                                "positive sizes in mm, found [inf, 2.0, 2.0]."),
+    ("--nb_bundles", "0", "argument --nb_bundles: expected at least 1, "
+                          "found 0."),
+    ("--nb_streamlines", "2", "argument --nb_streamlines: expected at least "
+                              "--nb_bundles (3), found 2."),
+    ("--nb_processes", "0", "argument --nb_processes: expected at least 1, "
+                            "found 0.")])
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, option,
                                                value, name):
     out = tmp_path / "data"
@@ -302,3 +307,11 @@ def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, option,
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and name in message
     assert not out.exists()
+
+
+def test_function_names_its_own_arguments(tmp_path):
+    # The Python function names its arguments, the script its options.
+    with pytest.raises(DwiMLUserError) as error:
+        make_synthetic_dataset(str(tmp_path / "data"), nb_streamlines=2)
+    assert str(error.value) == ("argument 'nb_streamlines': expected at "
+                                "least 'nb_bundles' (3), found 2.")

@@ -70,7 +70,8 @@ def main(argv=None):
         nb_streamlines=args.nb_streamlines, shape=args.shape,
         voxel_size=args.voxel_size, nb_bundles=args.nb_bundles,
         nb_directions=args.nb_directions, seed=args.seed,
-        overwrite=args.overwrite, nb_processes=args.nb_processes)
+        overwrite=args.overwrite, nb_processes=args.nb_processes,
+        as_options=True)
     folder = args.out_folder
     splits = "; ".join(f"{split}: {', '.join(ids) or 'none'}"
                        for split, ids in paths.splits.items())

@@ -41,7 +41,8 @@ def _terminate_workers(pool):
             process.terminate()
 
 
-def run_in_processes(function, jobs, nb_processes, what):
+def run_in_processes(function, jobs, nb_processes, what,
+                     argument="'nb_processes'"):
     """``[function(*job) for job in jobs]``, computed in up to
     ``nb_processes`` spawned processes.
 
@@ -56,6 +57,8 @@ def run_in_processes(function, jobs, nb_processes, what):
     what : str
         What a job makes, for the message of a worker that died (e.g.
         "a subject").
+    argument : str
+        The argument that set ``nb_processes``, as that message names it.
 
     Returns
     -------
@@ -79,8 +82,8 @@ def run_in_processes(function, jobs, nb_processes, what):
                 results[running.pop(future)] = future.result()
     except BrokenProcessPool:
         raise DwiMLUserError(
-            f"nb_processes: the process making {what} ended without a "
-            f"result (killed, perhaps for lack of memory, with "
+            f"argument {argument}: the process making {what} ended "
+            f"without a result (killed, perhaps for lack of memory, with "
             f"{nb_processes} processes at once): try fewer.") from None
     finally:
         if running:

@@ -51,17 +51,27 @@ class SyntheticDatasetPaths:
     subjects: dict
 
 
+def _label(name, as_options):
+    """An argument as a message names it: the script's option
+    (``--nb_processes``) or the function's argument (``'nb_processes'``)."""
+    return f"--{name}" if as_options else repr(name)
+
+
 def _check_arguments(nb_subjects, nb_streamlines, shape, voxel_size,
-                     nb_bundles, nb_directions, seed, nb_processes):
+                     nb_bundles, nb_directions, seed, nb_processes,
+                     as_options):
+    def label(name):
+        return _label(name, as_options)
+
     def check(condition, name, expected, found):
         if not condition:
-            raise DwiMLUserError(
-                f"{name}: expected {expected}, got {found}.")
+            raise DwiMLUserError(f"argument {label(name)}: expected "
+                                 f"{expected}, found {found}.")
 
     check(nb_subjects >= 1, "nb_subjects", "at least 1", nb_subjects)
     check(nb_bundles >= 1, "nb_bundles", "at least 1", nb_bundles)
     check(nb_streamlines >= nb_bundles, "nb_streamlines",
-          f"at least nb_bundles ({nb_bundles})", nb_streamlines)
+          f"at least {label('nb_bundles')} ({nb_bundles})", nb_streamlines)
     check(nb_directions >= MIN_NB_DIRECTIONS, "nb_directions",
           f"at least {MIN_NB_DIRECTIONS}", nb_directions)
     check(seed >= 0, "seed", "a non-negative integer", seed)
@@ -90,7 +100,8 @@ def _write_one_subject(folder, seeds, shape, voxel_size, nb_streamlines,
 def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
                            shape=(24, 24, 16), voxel_size=(2.0, 2.5, 3.0),
                            nb_bundles=3, nb_directions=44, seed=0,
-                           overwrite=False, nb_processes=1):
+                           overwrite=False, nb_processes=1,
+                           as_options=False):
     """Write a synthetic dwi_ml dataset that a model can learn to track from.
 
     Each subject ``subj-XX`` gets, in ``OUT_FOLDER/dwi_ml_ready/subj-XX/``:
@@ -128,6 +139,9 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
     nb_processes : int
         Subjects made at once, each in its own process. The files are the
         same whatever this number.
+    as_options : bool
+        Name the arguments in error messages as the script's options
+        (``--nb_processes``) rather than as this function's.
 
     Returns
     -------
@@ -141,7 +155,8 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
     shape = tuple(int(s) for s in shape)
     voxel_size = tuple(float(v) for v in voxel_size)
     _check_arguments(nb_subjects, nb_streamlines, shape, voxel_size,
-                     nb_bundles, nb_directions, seed, nb_processes)
+                     nb_bundles, nb_directions, seed, nb_processes,
+                     as_options)
     check_output_folder(out_folder, "synthetic_dataset", overwrite)
 
     out_folder = os.path.abspath(out_folder)
@@ -159,8 +174,9 @@ def make_synthetic_dataset(out_folder, nb_subjects=3, nb_streamlines=300,
         if nb_processes == 1:
             durations = map(_write_one_subject, *zip(*jobs))
         else:
-            durations = run_in_processes(_write_one_subject, jobs,
-                                         nb_processes, "a subject")
+            durations = run_in_processes(
+                _write_one_subject, jobs, nb_processes, "a subject",
+                _label("nb_processes", as_options))
         for subject_id, duration in zip(subject_ids, durations):
             logging.info("%s: %d streamlines written in %.1f s", subject_id,
                          nb_streamlines, duration)
