@@ -8,6 +8,7 @@ serves all of them.
 """
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 from training_data import make_training_hdf5
 
 from dwi_ml.training.cpu_threads import available_cores
+from dwi_ml.training.preemption import resume_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, "signal_during_training.py")
@@ -490,9 +492,20 @@ def test_torchrun_sigterm_to_the_group_then_resume(tmp_path, hdf5_file):
         assert "saved inside epoch" in process.stderr
         assert "by 2 process(es); resume it with 2 (found 1)" in process.stderr
 
-    resumed = _torchrun("resume", [str(tmp_path), "stopped", "-v", "WARNING"])
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
+    # The printed command resumes with as many ranks, pasted as it is
+    # ("torchrun" is torch.distributed.run).
+    command = err.strip().splitlines()
+    command = next(line for line in reversed(command)
+                   if "resume with: " in line).split("resume with: ", 1)[1]
+    assert command == shlex.join([
+        "torchrun", "--standalone", "--nproc_per_node=2", "-m",
+        "dwi_ml.cli.resume_training_from_checkpoint", str(tmp_path),
+        "stopped"])
+    resumed = subprocess.run(
+        [*TORCHRUN[:3], *shlex.split(command)[1:], "-v", "WARNING"],
+        capture_output=True, text=True, timeout=600,
+        env=_env(OMP_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
@@ -681,3 +694,22 @@ def test_the_dash_m_form_also_stops_a_run_signalled_while_it_starts(
     assert "stopped by SIGUSR1 in epoch 0 after 0 training batches" in \
         _stop_line(process)
     assert _position(tmp_path / name) == (0, "train", 0)
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, "resume_training_from_checkpoint.py '/my exps' run"),
+    ({"WORLD_SIZE": "1"}, "resume_training_from_checkpoint.py '/my exps' run"),
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"},
+     "torchrun --standalone --nproc_per_node=4 -m "
+     "dwi_ml.cli.resume_training_from_checkpoint '/my exps' run"),
+    # Over several nodes, only the job knows its rendezvous options.
+    ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"},
+     "torchrun <this job's options, 8 ranks> -m "
+     "dwi_ml.cli.resume_training_from_checkpoint '/my exps' run")])
+def test_resume_command_resumes_with_as_many_ranks(monkeypatch, environment,
+                                                   expected):
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert resume_command("/my exps", "run") == expected

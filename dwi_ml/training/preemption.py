@@ -132,9 +132,22 @@ def requeue_slurm_job():
 
 def resume_command(experiments_path, experiment_name):
     """The command line that resumes an experiment, quoted for a shell so
-    that it can be pasted as it is (paths with spaces or quotes)."""
-    return shlex.join(["resume_training_from_checkpoint.py", experiments_path,
-                       experiment_name])
+    that it can be pasted as it is (paths with spaces or quotes).
+
+    Under torchrun (``WORLD_SIZE`` above 1) it resumes with as many ranks,
+    which continues exactly: on one node, a torchrun command line; over
+    several, a placeholder for the job's own torchrun options.
+    """
+    arguments = [experiments_path, experiment_name]
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if not world_size.isdigit() or int(world_size) <= 1:
+        return shlex.join(["resume_training_from_checkpoint.py", *arguments])
+    module = shlex.join(["-m", "dwi_ml.cli.resume_training_from_checkpoint",
+                         *arguments])
+    if os.environ.get("LOCAL_WORLD_SIZE") == world_size:
+        return (f"torchrun --standalone --nproc_per_node={world_size} "
+                f"{module}")
+    return f"torchrun <this job's options, {world_size} ranks> {module}"
 
 
 def end_run(trainer, experiments_path, experiment_name, done_message,
