@@ -29,10 +29,35 @@ same in every run. Training keeps oneDNN (faster there).
 """
 import functools
 import logging
+import os
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence
+
+# oneDNN keeps its last 1024 kernels (primitives) by default. Training's
+# length groups meet a new (steps, sequences) shape at most RNN calls, each
+# shape takes some 4 - 6 entries (each layer's forward and backward), and a
+# new one costs ~0.7 ms a layer to build: a cache of 4096 keeps ~4x more
+# shapes, for ~60 KB each (bench/README.md, "oneDNN's kernel cache").
+ONEDNN_CACHE_CAPACITY = 4096
+_ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                           "DNNL_PRIMITIVE_CACHE_CAPACITY")
+
+
+def raise_onednn_cache_capacity():
+    """Give oneDNN's kernel cache :data:`ONEDNN_CACHE_CAPACITY` entries,
+    unless the environment sets its size (either of oneDNN's names).
+
+    oneDNN reads the variable when it builds its first kernel: this runs
+    when this module is imported, before any RNN of dwi_ml runs. Kernels
+    are the same whatever the cache's size: only their reuse changes.
+    """
+    if not any(name in os.environ for name in _ONEDNN_CACHE_VARIABLES):
+        os.environ[_ONEDNN_CACHE_VARIABLES[0]] = str(ONEDNN_CACHE_CAPACITY)
+
+
+raise_onednn_cache_capacity()
 
 RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 # Cell function of each RNN class: one time step of a layer,
