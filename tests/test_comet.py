@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,11 @@ from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import load_checkpoint_state, read_parameters
 from dwi_ml.models.learn2track import Learn2TrackModel
-from dwi_ml.monitoring.comet_logger import CometCallback, describe_comet_error
+from dwi_ml.monitoring.comet_logger import (
+    CometCallback,
+    create_comet_experiment,
+    describe_comet_error,
+)
 from dwi_ml.monitoring.monitoring_args import add_comet_args, make_comet_callback
 from dwi_ml.training.distributed import DistributedContext
 from dwi_ml.training.trainer_one_input import DWIMLTrainerOneInput
@@ -421,3 +426,41 @@ def test_a_comet_ml_that_fails_to_import_is_named_as_installed(tmp_path):
         "the Comet options need the comet_ml package, which is installed but "
         "failed to import (No module named 'pkg_resources_gone_xyz'); "
         "upgrade it: pip install -U comet_ml.")
+
+
+def test_resumed_archives_of_one_seeded_run_get_their_own_names(tmp_path):
+    """Comet draws a resumed archive's name suffix from Python's random:
+    seeded alike, two resumes of one experiment (or of its copy) wrote the
+    same KEY-XXXXXX.zip, the second over the first. The run's own draws
+    stay as they were."""
+    folder = str(tmp_path / "comet")
+    first = create_comet_experiment("ws", "proj", folder,
+                                    system_metrics=False)
+    key = first.get_key()
+    first.end()
+    draws = []
+    for _ in range(2):
+        random.seed(1234)
+        resumed = create_comet_experiment("ws", "proj", folder,
+                                          experiment_key=key,
+                                          system_metrics=False)
+        draws.append(random.random())
+        resumed.log_metric("train_loss", 1.0, step=0)
+        resumed.end()
+    random.seed(1234)
+    assert draws == [random.random()] * 2
+    archives = sorted(os.path.basename(path)
+                      for path in glob.glob(os.path.join(folder, "*.zip")))
+    assert len(archives) == 3 and f"{key}.zip" in archives
+    assert all(name.startswith(key) for name in archives)
+
+
+@pytest.mark.parametrize("option", ["--comet_offline_dir",
+                                    "--comet_workspace", "--comet_project"])
+def test_an_empty_comet_option_is_refused(option, tmp_path):
+    """An unset shell variable ("$COMET_DIR") turned Comet off, silently."""
+    with pytest.raises(DwiMLUserError, match=(
+            f"^argument {option}: expected a name or path, found an empty "
+            "string")):
+        make_comet_callback(comet_args([option, ""]), str(tmp_path / "exp"),
+                            {})

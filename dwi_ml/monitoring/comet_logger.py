@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import sys
 
 from dwi_ml.io_utils.errors import DwiMLUserError
@@ -172,10 +173,29 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
                                        project_name=project, **options)
     options.update(workspace=workspace, project_name=project,
                    offline_directory=offline_dir)
-    if experiment_key:
-        return comet_ml.ExistingOfflineExperiment(
-            experiment_key=experiment_key, **options)
-    return comet_ml.OfflineExperiment(**options)
+    with _python_random_from_entropy():
+        if experiment_key:
+            return comet_ml.ExistingOfflineExperiment(
+                experiment_key=experiment_key, **options)
+        return comet_ml.OfflineExperiment(**options)
+
+
+@contextlib.contextmanager
+def _python_random_from_entropy():
+    """Python's ``random`` seeded from the system's entropy inside, its
+    state as it was outside.
+
+    Comet draws a resumed offline archive's name suffix (``KEY-XXXXXX.zip``)
+    from ``random``, which a seeded run seeds: every first resume of an
+    experiment (or of its copy) drew the same name, and one archive
+    replaced another. The run's own draws are left as they were.
+    """
+    state = random.getstate()
+    random.seed()
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 class CometCallback(Callback):

@@ -52,6 +52,12 @@ def comet_is_requested(args):
 
 def check_comet_args(args):
     """Check the Comet options locally (no network); raise a clear error."""
+    for name in ("comet_workspace", "comet_project", "comet_offline_dir"):
+        # An unset shell variable ("$COMET_DIR") would turn Comet off.
+        if getattr(args, name, None) == "":
+            raise DwiMLUserError(
+                f"argument --{name}: expected a name or path, found an "
+                "empty string (an unset shell variable?).")
     log_every = getattr(args, "comet_log_every", None) or 0
     if log_every < 0:
         raise DwiMLUserError(
