@@ -571,11 +571,15 @@ def test_synthetic_f_refuses_files_the_user_changed(tmp_path, capsys):
 
 
 def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
-    """Names the scripts write into an experiment, not a user's look-alikes
+    """In an experiment marked before outputs were recorded: names the
+    scripts write into it, not a user's look-alikes
     (evaluation_my_notes.json, logs_plot_for_paper.png were deleted)."""
     folder = tmp_path / "exp"
     folder.mkdir()
     mark_output_folder(str(folder), "experiment")
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    del marker["outputs"]
+    (folder / MARKER_FILE).write_text(json.dumps(marker))
     for name in ("evaluation_testing_best.json", "logs_plot.png",
                  "logs_plot_2.png", "evaluation_my_notes.json",
                  "logs_plot_for_paper.png",
@@ -589,6 +593,41 @@ def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
     assert output_folders.foreign_entries(str(folder), "experiment") == [
         "evaluation_my_notes.json", "logs_correlation_my_annotated_copy.png",
         "logs_plot_for_paper.png"]
+
+
+def test_f_removes_only_the_evaluations_and_plots_the_scripts_wrote(
+        tmp_path, data, capsys):
+    """A file of a script's name that the script did not write (a user's
+    figure saved as logs_plot_7.png) was deleted by train -f; so was our
+    plot once the user saved theirs over it."""
+    experiments = tmp_path / "exps"
+    experiments.mkdir()
+    old = _copy_experiment(data, experiments / "exp")
+    plot_main([old])
+    evaluate_main([old, data["hdf5"], "--subset", "validation"])
+    assert output_folders.foreign_entries(old, "experiment") == []
+    for name in ("logs_plot_7.png", "evaluation_testing_best.json"):
+        with open(os.path.join(old, name), "w") as f:
+            f.write("mine")
+    before = snapshot(experiments)
+    message = run_refused(train_main, _train(experiments, "exp", data, "-f"),
+                          capsys)
+    assert "evaluation_testing_best.json" in message
+    assert snapshot(experiments) == before
+    for name in ("logs_plot_7.png", "evaluation_testing_best.json"):
+        os.remove(os.path.join(old, name))
+    # The user's figure over ours: theirs now.
+    with open(os.path.join(old, "logs_plot.png"), "ab") as f:
+        f.write(b"my annotations")
+    assert output_folders.foreign_entries(old, "experiment") == [
+        "logs_plot.png"]
+    # Written again by the script: ours again, and -f removes it.
+    plot_main([old, "-f"])
+    assert output_folders.foreign_entries(old, "experiment") == []
+    train_main(_train(experiments, "exp", data, "-f"))
+    assert not os.path.exists(os.path.join(old, "logs_plot.png"))
+    assert not os.path.exists(
+        os.path.join(old, "evaluation_validation_best.json"))
 
 
 def test_demo_refuses_a_users_folder_and_bad_epochs(tmp_path, capsys):

@@ -22,6 +22,15 @@ from dwi_ml.io_utils.tractogram_files import TRACTOGRAM_EXTENSIONS
 _TEMP_RANDOM = "[a-z0-9_]{8}"
 
 
+def _written(path):
+    """An output now complete at ``path``: for the run's checks, and, for an
+    evaluation or a logs plot written into an experiment, for ``-f``."""
+    record_written(path)
+    # Imported here: output_folders imports this module.
+    from dwi_ml.io_utils.output_folders import record_output_in_experiment
+    record_output_in_experiment(path)
+
+
 def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -212,7 +221,7 @@ def atomic_output_file(path, _reserve=0):
             return
         os.replace(tmp_path, path)
         _sync(folder)
-        record_written(path)
+        _written(path)
     finally:
         if tmp_path is not None and os.path.exists(tmp_path):
             os.remove(tmp_path)
@@ -257,7 +266,7 @@ def output_group():
                        for _, path in pending}:
             _sync(folder)
         for _, path in pending:
-            record_written(path)
+            _written(path)
     finally:
         for tmp_path, _ in pending:
             if os.path.exists(tmp_path):
@@ -345,7 +354,7 @@ def atomic_output_folder(path):
         os.replace(tmp_path, target)
         # The swap on disk before the previous version goes.
         _sync(parent)
-        record_written(path)
+        _written(path)
         if os.path.exists(old_path):
             shutil.rmtree(old_path)
     finally:

@@ -70,6 +70,9 @@ _EVALUATION_FILES = tuple(
     for which in ("best", "latest"))
 _LOGS_PLOTS = ("logs_plot.png", "logs_plot_[0-9].png",
                "logs_plot_[0-9][0-9].png")
+# Written into an experiment by other scripts (see
+# record_output_in_experiment).
+_ADDED_OUTPUTS = (*_EVALUATION_FILES, *_LOGS_PLOTS)
 _SUBJECT_LISTS = tuple(f"{split}_subjs.txt"
                        for split in ("training", "validation", "testing"))
 OWN_ENTRIES = {
@@ -448,17 +451,59 @@ def foreign_entries(path, kind):
     if sealed is not None:
         return _unsealed_entries(path, sealed)
     patterns = OWN_ENTRIES[kind]
+    if kind != "experiment":
+        return _foreign_entries(path, (MARKER_FILE, *patterns))
     written = _marker_field(path, "written")
-    if kind == "experiment" and isinstance(written, list):
+    if isinstance(written, list):
         patterns = [pattern for pattern in patterns
                     if pattern != f"{LOGS_DIR}/*.npy"]
         patterns += [glob.escape(entry) for entry in written
                      if isinstance(entry, str)]
-    foreign = _foreign_entries(path, (MARKER_FILE, *patterns))
-    if kind == "experiment":
-        foreign = [name for name in foreign
-                   if not _is_logs_correlation_plot(path, name)]
-    return foreign
+    outputs = _marker_field(path, "outputs")
+    if isinstance(outputs, dict):
+        # Evaluations and plots are the experiment's when recorded as
+        # written (record_output_in_experiment) and unchanged since.
+        patterns = [pattern for pattern in patterns
+                    if pattern not in _ADDED_OUTPUTS]
+        return [name for name in _foreign_entries(path, (MARKER_FILE,
+                                                         *patterns))
+                if not (name in outputs and os.path.isfile(
+                    os.path.join(path, name)) and not os.path.islink(
+                        os.path.join(path, name))
+                        and _fingerprint(os.path.join(path, name))
+                        == outputs[name])]
+    # Experiments written before outputs were recorded: by their names.
+    return [name for name in _foreign_entries(path, (MARKER_FILE, *patterns))
+            if not _is_logs_correlation_plot(path, name)]
+
+
+def record_output_in_experiment(path):
+    """Record an output file now complete at ``path`` in its experiment's
+    marker, if it lies directly in a dwi_ml experiment under a name that
+    other scripts write there (an evaluation, a logs plot or a logs
+    correlation plot): ``-f`` then removes it with the experiment, and
+    refuses it once changed (a user's figure saved under that name).
+
+    Any other path is left alone.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    if not (any(fnmatch.fnmatchcase(name, pattern)
+                for pattern in _ADDED_OUTPUTS)
+            or _is_logs_correlation_plot(folder, name)):
+        return
+    marker = os.path.join(folder, MARKER_FILE)
+    try:
+        with open(marker) as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(content, dict) or content.get("kind") != "experiment":
+        return
+    outputs = content.get("outputs")
+    outputs = dict(outputs) if isinstance(outputs, dict) else {}
+    outputs[name] = _fingerprint(path)
+    content["outputs"] = outputs
+    write_json_atomic(marker, content, strict=False)
 
 
 def _is_logs_correlation_plot(path, name):
@@ -665,9 +710,13 @@ def mark_output_folder(path, kind):
         raise ValueError(f"kind must be one of {OUTPUT_KINDS}, got {kind!r}")
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
-    write_json_atomic(os.path.join(path, MARKER_FILE),
-                      {"kind": kind, "dwi_ml_version": __version__,
-                       "created": created}, strict=False)
+    content = {"kind": kind, "dwi_ml_version": __version__,
+               "created": created}
+    if kind == "experiment":
+        # Its evaluations and plots are recorded as written (none yet).
+        content["outputs"] = {}
+    write_json_atomic(os.path.join(path, MARKER_FILE), content,
+                      strict=False)
 
 
 def reset_output_folder(path, kind, keep=()):
