@@ -57,18 +57,22 @@ def test_a_run_without_comet_goes_to_a_new_experiment(tiny_hdf5,  # noqa: F811
     key = os.path.basename(archive)[:-len(".zip")]
     assert f"to a new Comet experiment {key} (offline" in capsys.readouterr().out
 
-    # Chosen logs and epochs, the per-batch log, into another experiment.
+    # Chosen logs and epochs into another experiment, then the per-batch
+    # log (all its rows: it has no epochs) into a third.
     send_main([trainer.experiment_dir, "--comet_offline_dir", str(out),
-               "--logs", "valid_loss", "train_loss_per_batch", "--epochs",
-               "1", "2"])
+               "--logs", "valid_loss", "--epochs", "1", "2"])
     [second] = [path for path in _archives(out) if path != archive]
     metrics = archive_metrics(read_archive(second)[1])
     valid_loss = np.load(os.path.join(logs_dir, "valid_loss.npy"))
+    assert metrics == {"valid_loss": ([1, 2], list(valid_loss[1:]))}
+    send_main([trainer.experiment_dir, "--comet_offline_dir", str(out),
+               "--logs", "train_loss_per_batch"])
+    [third] = [path for path in _archives(out)
+               if path not in (archive, second)]
+    metrics = archive_metrics(read_archive(third)[1])
     per_batch = np.load(os.path.join(logs_dir, "train_loss_per_batch.npy"))
-    assert sorted(metrics) == ["train_loss_per_batch", "valid_loss"]
-    assert metrics["valid_loss"] == ([1, 2], list(valid_loss[1:]))
-    assert metrics["train_loss_per_batch"] == (list(range(len(per_batch))),
-                                               list(per_batch))
+    assert metrics == {"train_loss_per_batch": (list(range(len(per_batch))),
+                                                list(per_batch))}
 
 
 def test_a_run_that_had_comet_is_continued(tiny_hdf5, tmp_path,  # noqa: F811
@@ -121,6 +125,12 @@ def test_bad_requests_are_refused_in_one_line(tiny_hdf5, tmp_path,  # noqa: F811
         ([exp, "--comet_workspace", "ws"], "needs both"),
         ([exp, *offline, "--logs", "nope"], "no log 'nope'"),
         ([exp, *offline, "--epochs", "1", "5"], "0 <= FIRST <= LAST < 2"),
+        # Per-batch rows have no epochs: all were sent, twice for some.
+        *[([exp, *offline, *chosen, "--epochs", "0", "0"],
+           "--epochs: selects epochs of the epoch logs; "
+           "'train_loss_per_batch' has a row per batch")
+          for chosen in (["--per_batch"],
+                         ["--logs", "train_loss_per_batch"])],
         ([str(tmp_path / "missing"), *offline], "missing"),
         ([str(tmp_path), *offline], "not a dwi_ml experiment"),
         # A resume swaps checkpoint/ whole: the archive went with it.
@@ -137,4 +147,6 @@ def test_bad_requests_are_refused_in_one_line(tiny_hdf5, tmp_path,  # noqa: F811
         assert raised.value.code != 0, argv
         last = err.strip().splitlines()[-1]
         assert message in last and "Traceback" not in err, (argv, err)
+        # Nothing goes on: a training run's words are not said.
+        assert "goes on without Comet" not in err
     assert _archives(tmp_path / "comet") == []

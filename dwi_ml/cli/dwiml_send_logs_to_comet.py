@@ -60,7 +60,8 @@ def _build_parser():
                       help="Send these epochs only (0-based, inclusive). "
                            "Default: all.")
     logs.add_argument("--per_batch", action="store_true",
-                      help="Also send train_loss_per_batch (all its rows).")
+                      help="Also send train_loss_per_batch (all its rows: "
+                           "not with --epochs, it has no epochs).")
     comet = add_comet_args(parser, COMET_SEND_DESCRIPTION, log_every=False)
     comet.add_argument("--new_comet_experiment", action="store_true",
                        help="Create a new Comet experiment even when the "
@@ -90,7 +91,7 @@ def main(argv=None):
             f"which logs to its Comet experiment {key} itself: wait for it "
             "to end, or send to a new one with --new_comet_experiment.")
     if args.comet_offline_dir is None and not check_comet_workspace(
-            args.comet_workspace):
+            args.comet_workspace, then=""):
         raise DwiMLUserError(
             "Comet could not be reached (see the warning above); nothing "
             "was sent.")

@@ -82,7 +82,7 @@ def describe_comet_error(error):
     return f"{type(error).__name__}: {text}"
 
 
-def check_comet_workspace(workspace):
+def check_comet_workspace(workspace, then=None):
     """Reach Comet and raise a clear error when it does not know
     ``workspace``; return False when Comet cannot be reached.
 
@@ -91,17 +91,28 @@ def check_comet_workspace(workspace):
     without Comet, rather than retrying every later call for a minute and
     printing a warning for each retry. Comet's own HTTP retries are off
     for the check unless COMET_HTTP_SESSION_RETRY_TOTAL says otherwise.
+
+    ``then``: what follows, said in the warning (default: a training run's
+    "the run goes on without Comet"); "" for a caller that stops there, in
+    its own error.
     """
+    if then is None:
+        then = ("the run goes on without Comet, its logs are in the "
+                "experiment's logs/ folder")
     comet_ml = import_comet()
     try:
         with quiet_logger("comet_ml"), quiet_logger("urllib3"), \
                 _environment_default(COMET_RETRY_VARIABLE, "0"):
             workspaces = comet_ml.API().get_workspaces()
     except Exception as error:  # comet raises requests' and its own errors
-        logger.warning(
-            "Comet could not be reached to check the workspace '%s' (%s); "
-            "the run goes on without Comet, its logs are in the "
-            "experiment's logs/ folder.", workspace, describe_comet_error(error))
+        if then:
+            logger.warning(
+                "Comet could not be reached to check the workspace '%s' "
+                "(%s); %s.", workspace, describe_comet_error(error), then)
+        else:
+            logger.warning(
+                "Comet could not be reached to check the workspace '%s' "
+                "(%s).", workspace, describe_comet_error(error))
         return False
     if workspace not in workspaces:
         raise DwiMLUserError(

@@ -65,6 +65,14 @@ def logs_to_send(experiment_dir, names=None, epochs=None, per_batch=False):
             f"--logs: no log '{unknown[0]}' with a value in "
             f"'{os.path.join(experiment_dir, 'logs')}' (found: "
             f"{', '.join(sorted(logs))}).")
+    per_batch_names = [name for name in names if is_per_batch(name)]
+    if epochs is not None and per_batch_names:
+        # Its rows are batches, and no log says which epoch each was in:
+        # all of them would go, twice for those Comet already has.
+        raise DwiMLUserError(
+            f"--epochs: selects epochs of the epoch logs; "
+            f"'{per_batch_names[0]}' has a row per batch, not per epoch: "
+            "send it without --epochs (all its rows), or leave it out.")
     epoch_names = [name for name in names if not is_per_batch(name)]
     nb_epochs = max((len(logs[name]) for name in epoch_names), default=0)
     first, last = (0, nb_epochs - 1) if epochs is None else epochs
