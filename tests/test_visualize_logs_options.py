@@ -222,6 +222,23 @@ def test_nb_plots_per_fig_and_fig_size_in_pngs(experiment, tmp_path):
         matplotlib.image.imread(out + ".png"), png_pixels(figure))
 
 
+def test_figures_of_an_earlier_call_are_named(experiment, tmp_path, capsys):
+    """-f with fewer figures left the earlier call's last ones beside the
+    new ones, showing other panels, unsaid."""
+    out = str(tmp_path / "p")
+    main([experiment, "--nb_plots_per_fig", "2", "--out", out])
+    assert capsys.readouterr().err == ""
+    main([experiment, "--nb_plots_per_fig", "3", "--out", out, "-f"])
+    assert capsys.readouterr().err == (
+        f"WARNING: {tmp_path}: figure(s) of this prefix from an earlier "
+        "call, not written now (they show other panels): p_3.png.\n")
+    main([experiment, "--out", out, "-f"])
+    assert capsys.readouterr().err.endswith(": p_1.png, p_2.png, p_3.png.\n")
+    # Kept: they may be a user's.
+    assert sorted(os.listdir(tmp_path)) == ["p.png", "p_1.png", "p_2.png",
+                                            "p_3.png", "run"]
+
+
 def test_new_options_refuse_bad_values(experiment, tmp_path, capsys):
     out = ["--out", str(tmp_path / "plot")]
     existing = tmp_path / "taken_2.png"

@@ -2,6 +2,7 @@
 import csv
 import logging
 import os
+import re
 import sys
 
 from matplotlib.figure import Figure
@@ -205,6 +206,25 @@ def png_paths(prefix, nb_figures):
     return [f"{prefix}_{index}.png" for index in range(1, nb_figures + 1)]
 
 
+def _warn_older_figures(paths):
+    """Name the figures of this prefix that this call did not write (a call
+    with more figures, or one figure where it now writes several): kept,
+    since they may not be ours, but they show other panels."""
+    prefix = (paths[0][:-len(".png")] if len(paths) == 1
+              else paths[0][:-len("_1.png")])
+    pattern = re.compile(re.escape(os.path.basename(prefix))
+                         + r"(_[0-9]+)?\.png")
+    folder = os.path.dirname(prefix) or "."
+    written = {os.path.basename(path) for path in paths}
+    older = sorted(name for name in os.listdir(folder)
+                   if pattern.fullmatch(name) and name not in written)
+    if older:
+        logger.warning(
+            "%s: figure(s) of this prefix from an earlier call, not "
+            "written now (they show other panels): %s.", folder,
+            ", ".join(older))
+
+
 def _has_display():
     if sys.platform in ("darwin", "win32"):
         return True
@@ -295,6 +315,7 @@ def main(argv=None):
               else "")
     print(f"Saved the {'figure' if len(paths) == 1 else 'figures'} in "
           f"{', '.join(paths)}{values}.")
+    _warn_older_figures(paths)
     if show:
         plt.show()
 
