@@ -199,6 +199,28 @@ def test_remove_outliers_in_drawn_curves(experiment):
             "train_loss_per_batch"])
 
 
+def test_remove_outliers_keeps_the_best_epoch_and_the_learning_rate(
+        tmp_path):
+    """The best epoch, far below the others, was removed with its star; a
+    decaying learning rate lost its first value."""
+    valid_loss = [0.9, 0.02, 0.9, 0.91, 0.92, 0.93, 0.9, 0.95]
+    learning_rate = [5e-3] + [1e-4] * 7
+    run = write_experiment(tmp_path / "run", {
+        "valid_loss": valid_loss, "learning_rate": learning_rate},
+        best_epoch=1)
+    experiments = read_experiments([run])
+    figures = build_figures(
+        [Panel("Loss", ("valid_loss",)), Panel("LR", ("learning_rate",))],
+        experiments, PlotOptions(remove_outliers=True))
+    loss, rate = axes_by_title(figures).values()
+    assert remove_outliers(valid_loss)[1] != remove_outliers(valid_loss)[1]
+    np.testing.assert_array_equal(loss.lines[0].get_ydata(), valid_loss)
+    [star] = star_markers(loss)
+    assert list(star.get_xdata()) == [1] and list(star.get_ydata()) == [0.02]
+    assert np.isnan(remove_outliers(learning_rate)[0])
+    np.testing.assert_array_equal(rate.lines[0].get_ydata(), learning_rate)
+
+
 def test_nb_plots_per_fig_and_fig_size_in_pngs(experiment, tmp_path):
     out = str(tmp_path / "plots")
     main([experiment, "--nb_plots_per_fig", "4", "--fig_size", "5", "3",

@@ -94,7 +94,9 @@ def _build_parser():
         help="Leave out of each drawn curve (per experiment and log) the "
              f"values above Q3 + {OUTLIER_IQR_FACTOR:g} IQR or below Q1 - "
              f"{OUTLIER_IQR_FACTOR:g} IQR, with Q1, Q3 its quartiles and IQR "
-             "= Q3 - Q1; they leave a gap. The CSV keeps every value.")
+             "= Q3 - Q1; they leave a gap. The best epoch's value stays, "
+             "and the learning rate is drawn whole. The CSV keeps every "
+             "value.")
     figures = parser.add_argument_group("Figures")
     figures.add_argument(
         "--nb_plots_per_fig", type=int, metavar="N",

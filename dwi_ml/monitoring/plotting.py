@@ -153,7 +153,8 @@ def warn_hidden_values(panels, experiments, options):
                 if _log_scale(panel, options) and name not in logged:
                     logged.add(name)
                     if options.remove_outliers:
-                        values = remove_outliers(values)
+                        values = drawn_without_outliers(experiment, name,
+                                                        values)
                     count = np.count_nonzero(values <= 0)
                     if count:
                         logger.warning(
@@ -246,6 +247,21 @@ def remove_outliers(values, factor=OUTLIER_IQR_FACTOR):
     return values
 
 
+def drawn_without_outliers(experiment, log_name, values):
+    """``values`` of ``log_name`` as ``--remove_outliers`` draws them: its
+    outliers removed (:func:`remove_outliers`), but the experiment's best
+    epoch kept (the point the star marks), and a learning rate drawn whole
+    (a schedule's first values are no outliers)."""
+    if log_kind(log_name) == "learning_rate":
+        return values
+    kept = remove_outliers(values)
+    epoch = experiment.best_epoch
+    if (not is_per_batch(log_name) and epoch is not None
+            and 0 <= epoch < len(kept)):
+        kept[epoch] = values[epoch]
+    return kept
+
+
 def moving_average(values, window):
     """Mean of each ``window`` consecutive values (length ``n - window + 1``).
 
@@ -319,7 +335,7 @@ def draw_panel(ax, panel, experiments, colours, smooth=1,
             if values is None:
                 continue
             if outliers_removed:
-                values = remove_outliers(values)
+                values = drawn_without_outliers(experiment, name, values)
             drawn = True
             any_dot |= _draw_curve(ax, values, colour, style,
                                    smooth if per_batch else 1)
