@@ -199,7 +199,8 @@ def test_bad_inputs_are_one_line_errors(experiments, tmp_path, capsys):
         ([experiments[1], "--graph", "Loss"],
          "--graph: expected TITLE LOG [LOG ...], got only 'Loss'"),
         ([experiments[1], "--graph", "Typo", "trian_loss"],
-         "--graph 'Typo': none of the logs trian_loss exists"),
+         "--graph 'Typo': none of the logs trian_loss has a finite "
+         "value in any experiment"),
         ([experiments[1], "--graph", "Mix", "train_loss",
           "train_loss_per_batch"], "cannot mix per-batch and per-epoch"),
         ([experiments[1], "--xlim", "5", "1"], "--xlim: expected MIN < MAX"),

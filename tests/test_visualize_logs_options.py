@@ -272,7 +272,7 @@ def test_new_options_refuse_bad_values(experiment, tmp_path, capsys):
         (["--ylim", "Typo", "0", "2"], "--ylim Typo: no panel titled 'Typo'"),
         (["--graph", "G", "diff(train_loss)"], "diff takes 2 logs"),
         (["--graph", "G", "diff(nothing, none)"],
-         "none of the logs diff(nothing, none) exists"),
+         "none of the logs diff(nothing, none) has a finite value"),
         (["--graph", "G", "diff(train_loss, train_loss_per_batch)"],
          "cannot mix per-batch and per-epoch"),
         (["--nb_plots_per_fig", "0"], "--nb_plots_per_fig: expected at least 1"),

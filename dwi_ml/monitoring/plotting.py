@@ -113,8 +113,9 @@ def check_panels(panels, experiments):
             available = sorted(set().union(*(e.logs for e in experiments)))
             raise DwiMLUserError(
                 f"--graph '{panel.title}': none of the logs "
-                f"{', '.join(panel.log_names)} exists in any experiment "
-                f"(found: {', '.join(available)}).")
+                f"{', '.join(panel.log_names)} has a finite value in any "
+                f"experiment (a log of NaN only is left out; found: "
+                f"{', '.join(available)}).")
     wanted = list(dict.fromkeys(name for panel in panels
                                 for name in panel.log_names))
     for experiment in experiments:
