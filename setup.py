@@ -22,7 +22,10 @@ setup(
     description="Train PyTorch models on diffusion-MRI tractography.",
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    # 3.10: sys.orig_argv, with which `python -m dwi_ml.cli.NAME` records
+    # stop signals while it imports (3.9 ended in October 2025, and
+    # comet_ml's last releases for it need setuptools < 82).
+    python_requires=">=3.10",
     packages=find_packages(include=["dwi_ml", "dwi_ml.*"]),
     install_requires=[
         # 2.6: torch.nn.utils.get_total_norm (the gradient norm after clipping).

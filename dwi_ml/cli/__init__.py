@@ -12,11 +12,11 @@ def _run_with_dash_m():
     """NAME when this process runs ``python -m dwi_ml.cli.NAME``, else None.
 
     While ``-m`` looks the module up, ``sys.argv[0]`` is ``'-m'``;
-    ``sys.orig_argv`` (Python >= 3.10) names the module.
+    ``sys.orig_argv`` names the module.
     """
     if sys.argv[:1] != ["-m"]:
         return None
-    module = _dash_m_module(list(getattr(sys, "orig_argv", ()))[1:])
+    module = _dash_m_module(sys.orig_argv[1:])
     prefix = f"{__name__}."
     if module is None or not module.startswith(prefix):
         return None
