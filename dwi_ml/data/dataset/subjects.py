@@ -1,4 +1,5 @@
 """One subject's groups, and how they are read from the reference layout."""
+import h5py
 import nibabel as nib
 import numpy as np
 
@@ -21,7 +22,7 @@ from dwi_ml.data.dataset.sft_data import (
     warn_repeated_points,
     without_repeated_points,
 )
-from dwi_ml.data.hdf5.connectivity import read_connectivity
+from dwi_ml.data.hdf5.connectivity import check_connectivity, read_connectivity
 from dwi_ml.data.hdf5.file_check import hdf5_read_errors
 from dwi_ml.data.hdf5.layout import (
     SPACE_ATTRS,
@@ -82,7 +83,15 @@ def read_group_signatures(handle, subject_id):
     signatures = {}
     for name, group in handle.file[subject_id].items():
         where = f"HDF5 file {handle.path}: group '{subject_id}/{name}'"
-        group_type = decode_str(group.attrs.get("type", ""))
+        if not isinstance(group, h5py.Group):
+            raise DwiMLUserError(
+                f"{where}: expected a group with attr 'type' '{VOLUME_TYPE}' "
+                f"or '{STREAMLINES_TYPE}', found a dataset.")
+        if "type" not in group.attrs:
+            raise DwiMLUserError(
+                f"{where}: expected attr 'type' ('{VOLUME_TYPE}' or "
+                f"'{STREAMLINES_TYPE}'), found it missing.")
+        group_type = decode_str(group.attrs["type"])
         if group_type == VOLUME_TYPE:
             signatures[name] = (group_type, _volume_shape(group, where)[-1])
         elif group_type == STREAMLINES_TYPE:
@@ -130,10 +139,36 @@ def load_subject(handle, subject_id, volume_groups, streamline_groups,
 
 
 def _require(group, name, where):
+    """Dataset ``name`` of ``group``; refuse it missing or a group."""
     if name not in group:
         raise DwiMLUserError(f"{where}: expected a dataset '{name}', found "
                              f"only {sorted(group.keys())}.")
-    return group[name]
+    item = group[name]
+    if not isinstance(item, h5py.Dataset):
+        raise DwiMLUserError(f"{where}: expected '{name}' to be a dataset, "
+                             f"found a group of {len(item)} items.")
+    return item
+
+
+def read_affine(attrs, where):
+    """The attr ``affine`` as a (4, 4) float64 array; refused otherwise."""
+    if "affine" not in attrs:
+        raise DwiMLUserError(f"{where}: expected attr 'affine', found none.")
+    value = np.asarray(attrs["affine"])
+    if value.shape != (4, 4) or value.dtype.kind not in "iuf" or not \
+            np.isfinite(value).all():
+        raise DwiMLUserError(
+            f"{where}: expected attr 'affine' a 4x4 array of finite numbers,"
+            f" found {_describe_attr(value)}.")
+    return value.astype(np.float64)
+
+
+def _describe_attr(value):
+    """An attr's shape and dtype, and its value when short, for errors."""
+    text = f"shape {value.shape}, dtype {value.dtype}"
+    if value.size <= 4:
+        text += f" ({value.tolist()!r})"
+    return text
 
 
 def _volume_shape(group, where):
@@ -151,9 +186,7 @@ def _load_volume(handle, key, lazy, volume_cache):
     group = handle.file[key]
     where = f"HDF5 file {handle.path}: volume group '{key}'"
     shape = _volume_shape(group, where)
-    if "affine" not in group.attrs:
-        raise DwiMLUserError(f"{where}: expected attr 'affine', found none.")
-    affine = np.asarray(group.attrs["affine"], dtype=np.float64).reshape(4, 4)
+    affine = read_affine(group.attrs, where)
     if "voxres" in group.attrs:
         voxres = np.asarray(group.attrs["voxres"], dtype=np.float32).ravel()
     else:
@@ -179,10 +212,53 @@ def read_space_attributes(attrs, where):
     if missing:
         raise DwiMLUserError(f"{where}: expected attrs {list(SPACE_ATTRS)}, "
                              f"missing {missing}.")
-    return (np.asarray(attrs["affine"], dtype=np.float64).reshape(4, 4),
-            np.asarray(attrs["dimensions"]).astype(np.int16).ravel(),
-            np.asarray(attrs["voxel_sizes"], dtype=np.float32).ravel(),
-            decode_str(attrs["voxel_order"]))
+    return (read_affine(attrs, where),
+            _read_dimensions(attrs, where),
+            _read_voxel_sizes(attrs, where),
+            _read_voxel_order(attrs, where))
+
+
+def _read_dimensions(attrs, where):
+    value = np.asarray(attrs["dimensions"])
+    valid = (value.shape == (3,) and value.dtype.kind in "iuf"
+             and np.isfinite(value).all() and (value >= 1).all()
+             and (value == np.round(value)).all() and (value < 2 ** 15).all())
+    if not valid:
+        raise DwiMLUserError(
+            f"{where}: expected attr 'dimensions' 3 positive integers, found "
+            f"{_describe_attr(value)}.")
+    return value.astype(np.int16)
+
+
+def _read_voxel_sizes(attrs, where):
+    value = np.asarray(attrs["voxel_sizes"])
+    if not (value.shape == (3,) and value.dtype.kind in "iuf"
+            and np.isfinite(value).all() and (value > 0).all()):
+        raise DwiMLUserError(
+            f"{where}: expected attr 'voxel_sizes' 3 positive finite "
+            f"numbers, found {_describe_attr(value)}.")
+    return value.astype(np.float32)
+
+
+# One letter per axis, each axis once (nibabel's axis codes).
+_AXIS_LETTERS = ("LR", "PA", "IS")
+
+
+def _read_voxel_order(attrs, where):
+    value = attrs["voxel_order"]
+    text = decode_str(value) if isinstance(
+        value, (str, bytes, np.bytes_, np.str_)) or (
+        isinstance(value, np.ndarray) and value.shape == ()
+        and value.dtype.kind in "SUO") else None
+    order = None if text is None else text.upper()
+    axes = ([next((i for i, pair in enumerate(_AXIS_LETTERS) if c in pair),
+                  None) for c in order] if order is not None else [])
+    if order is None or len(order) != 3 or sorted(
+            a for a in axes if a is not None) != [0, 1, 2]:
+        raise DwiMLUserError(
+            f"{where}: expected attr 'voxel_order' 3 letters, one of L/R, "
+            f"P/A and I/S each (e.g. 'RAS'), found {value!r}.")
+    return order
 
 
 def _check_space(attrs, where):
@@ -215,7 +291,8 @@ def _load_streamlines(handle, key, lazy):
     offsets = np.asarray(_require(group, "offsets", where)[()], np.int64)
     lengths = np.asarray(_require(group, "lengths", where)[()], np.int64)
     _check_packing(data.shape, offsets, lengths, where)
-    dps_names = list(group.get("data_per_streamline", {}))
+    dps_names = _check_data_per_streamline(group, len(lengths), where)
+    check_connectivity(group, space_attributes[1], where)
     affine = space_attributes[0]
     if lazy:
         lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine)
@@ -240,6 +317,36 @@ def _load_streamlines(handle, key, lazy):
                    read_connectivity(group))
 
 
+def _check_data_per_streamline(group, nb_streamlines, where):
+    """Names of the group's data_per_streamline datasets, each of one row
+    per streamline; refuse anything else (a lazy read past a dataset's end
+    would return bytes that are no data).
+
+    Returns
+    -------
+    list of str
+    """
+    if "data_per_streamline" not in group:
+        return []
+    dps = group["data_per_streamline"]
+    if not isinstance(dps, h5py.Group):
+        raise DwiMLUserError(
+            f"{where}: expected 'data_per_streamline' to be a group (one "
+            f"dataset per key), found a dataset of shape {dps.shape}.")
+    for name, item in dps.items():
+        key = f"data_per_streamline/{name}"
+        if not isinstance(item, h5py.Dataset):
+            raise DwiMLUserError(f"{where}: expected '{key}' to be a "
+                                 "dataset, found a group.")
+        rows = item.shape[0] if item.shape else None
+        if rows != nb_streamlines:
+            raise DwiMLUserError(
+                f"{where}: expected '{key}' of {nb_streamlines} rows (one per "
+                f"streamline), found {'shape ()' if rows is None else rows}"
+                f"{'' if rows is None else ' rows'}.")
+    return list(dps)
+
+
 def _check_packing(data_shape, offsets, lengths, where):
     if len(data_shape) != 2 or data_shape[1] != 3:
         raise DwiMLUserError(f"{where}: expected 'data' of shape (P, 3), "
@@ -253,6 +360,11 @@ def _check_packing(data_shape, offsets, lengths, where):
         raise DwiMLUserError(f"{where}: expected offsets + lengths within "
                              f"the {data_shape[0]} rows of 'data', found "
                              "streamlines outside.")
+    if len(lengths) and lengths.min() < 1:
+        raise DwiMLUserError(
+            f"{where}: expected 'lengths' >= 1 (a streamline has points), "
+            f"found {int(np.sum(lengths < 1))} of {len(lengths)} streamlines "
+            f"of 0 points (the first: {int(np.argmax(lengths < 1))}).")
 
 
 def _read_lengths_mm(handle, key, offsets, lengths, affine, points=None):
@@ -267,7 +379,13 @@ def _read_lengths_mm(handle, key, offsets, lengths, affine, points=None):
     # later (invalid ones): then they match no streamline.
     if ("euclidean_lengths" in group
             and group["euclidean_lengths"].shape == lengths.shape):
-        return group["euclidean_lengths"][()]
+        stored = group["euclidean_lengths"]
+        if stored.dtype.kind not in "iuf":
+            raise DwiMLUserError(
+                f"HDF5 file {handle.path}: streamline group '{key}': expected"
+                f" dataset 'euclidean_lengths' of numbers (mm), found dtype "
+                f"{stored.dtype}.")
+        return stored[()]
     if points is not None:
         return lengths_mm(points, offsets, lengths, affine)
     result = np.zeros(len(lengths), dtype=np.float32)

@@ -39,7 +39,14 @@ def describe_hdf5(path):
             subjects = read_subject_list(hdf_file.attrs, split)
             lines.append(f"{INDENT}{split} ({len(subjects)}): "
                          f"{', '.join(subjects) if subjects else '-'}")
-        subjects = [k for k, v in hdf_file.items() if isinstance(v, h5py.Group)]
+        listed = {s for split in SPLITS
+                  for s in read_subject_list(hdf_file.attrs, split)}
+        # Root groups that no split lists (e.g. a fork's 'bundle_dict').
+        others = [k for k in hdf_file if k not in listed]
+        subjects = [k for k in hdf_file if k in listed]
+        if others:
+            lines.append(f"Other root items (not subjects): "
+                         f"{', '.join(others)}")
         lines.append(f"Subjects ({len(subjects)}):")
         for subject in subjects:
             lines.append(f"{INDENT}{subject}")
@@ -55,10 +62,13 @@ def _describe_group(name, group, depth):
         return [f"{pad}{name}: dataset {_dataset_text(group)}"]
     group_type = decode_str(group.attrs.get("type", "unknown"))
     summary = f"{pad}{name}: type {group_type}"
-    if group_type == VOLUME_TYPE and "data" in group:
+    if group_type == VOLUME_TYPE and isinstance(group.get("data"),
+                                                h5py.Dataset):
         shape = group["data"].shape
         # A 3-D volume (X, Y, Z) has one feature per voxel.
         summary += f", nb_features {int(shape[3]) if len(shape) == 4 else 1}"
+    elif group_type == VOLUME_TYPE and "data" in group:
+        summary += ", 'data' is a group (expected a dataset)"
     elif group_type == STREAMLINES_TYPE and "lengths" in group:
         lengths = group["lengths"][:]
         summary += (f", nb_streamlines {len(lengths)}, "

@@ -386,3 +386,87 @@ def read_connectivity(streamline_group):
         f"HDF5 group '{streamline_group.name}': connectivity_matrix of type "
         f"'{matrix_type}' has neither connectivity_nb_blocs nor "
         "connectivity_label_volume.")
+
+
+def check_connectivity(streamline_group, dimensions, where):
+    """Check the connectivity data of an HDF5 streamline group, if any,
+    when it is loaded (not at the first tracking validation).
+
+    Parameters
+    ----------
+    streamline_group : h5py.Group
+    dimensions : np.ndarray, shape (3,)
+        The subject's grid (the group's ``dimensions`` attr).
+    where : str
+        "HDF5 file F: streamline group 'S/G'", starting each error.
+
+    Raises
+    ------
+    DwiMLUserError
+        One line naming the key: a matrix that is not a square 2-D
+        dataset, a type other than 'from_blocs' and 'from_labels', blocs
+        that are not 1 or 3 integers >= 1 or of another size than the
+        matrix, a label volume that is not integers on the subject's grid
+        or of another number of labels than the matrix.
+    """
+    attrs = streamline_group.attrs
+    if "connectivity_matrix" not in streamline_group:
+        return
+    matrix = streamline_group["connectivity_matrix"]
+    shape = getattr(matrix, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        found = "a group" if shape is None else f"shape {shape}"
+        raise DwiMLUserError(f"{where}: expected dataset "
+                             f"'connectivity_matrix' square (M, M), found "
+                             f"{found}.")
+    matrix_type = (decode_str(attrs["connectivity_matrix_type"])
+                   if "connectivity_matrix_type" in attrs else None)
+    if matrix_type not in (None, FROM_BLOCS, FROM_LABELS):
+        raise DwiMLUserError(
+            f"{where}: expected attr 'connectivity_matrix_type' "
+            f"'{FROM_BLOCS}' or '{FROM_LABELS}', found '{matrix_type}'.")
+    if "connectivity_nb_blocs" in attrs and matrix_type != FROM_LABELS:
+        _check_hdf5_blocs(attrs["connectivity_nb_blocs"], shape[0], where)
+    elif "connectivity_label_volume" in streamline_group \
+            and matrix_type != FROM_BLOCS:
+        _check_hdf5_labels(streamline_group, dimensions, where)
+    else:
+        needed = {FROM_BLOCS: "attr 'connectivity_nb_blocs'",
+                  FROM_LABELS: "dataset 'connectivity_label_volume'"}
+        raise DwiMLUserError(
+            f"{where}: 'connectivity_matrix' of type '{matrix_type}' expects "
+            f"{needed.get(matrix_type, ' or '.join(needed.values()))}, "
+            "found none.")
+
+
+def _check_hdf5_blocs(value, matrix_size, where):
+    values = np.atleast_1d(np.asarray(value))
+    valid = (values.ndim == 1 and len(values) in (1, 3)
+             and values.dtype.kind in "iu" and (values >= 1).all())
+    if not valid:
+        raise DwiMLUserError(
+            f"{where}: expected attr 'connectivity_nb_blocs' 1 or 3 "
+            f"integers >= 1, found {values.tolist()!r} ({values.dtype}).")
+    nb_blocs = values.tolist() * (3 if len(values) == 1 else 1)
+    if int(np.prod(nb_blocs)) != matrix_size:
+        raise DwiMLUserError(
+            f"{where}: expected dataset 'connectivity_matrix' of "
+            f"{int(np.prod(nb_blocs))} x {int(np.prod(nb_blocs))} (one row "
+            f"per bloc of 'connectivity_nb_blocs' {nb_blocs}), found "
+            f"{matrix_size} x {matrix_size}.")
+
+
+def _check_hdf5_labels(streamline_group, dimensions, where):
+    labels = streamline_group["connectivity_label_volume"]
+    shape = getattr(labels, "shape", None)
+    if shape is None or tuple(shape) != tuple(int(d) for d in dimensions) \
+            or labels.dtype.kind not in "iu":
+        found = ("a group" if shape is None
+                 else f"shape {tuple(shape)}, dtype {labels.dtype}")
+        raise DwiMLUserError(
+            f"{where}: expected dataset 'connectivity_label_volume' of "
+            f"integers on the subject's grid {tuple(int(d) for d in dimensions)}"
+            f", found {found}.")
+    matrix_on_label_nodes(streamline_group["connectivity_matrix"][()] > 0,
+                          np.asarray(labels[()], dtype=np.int32),
+                          f"{where}: dataset 'connectivity_matrix'")
