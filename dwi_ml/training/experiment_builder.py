@@ -21,7 +21,7 @@ from dwi_ml.batching.batch_sampler import BatchSampler
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
 from dwi_ml.data.hdf5.fingerprint import compute_hdf5_fingerprint
-from dwi_ml.data.hdf5.layout import SPLITS, VOLUME_TYPE, decode_str
+from dwi_ml.data.hdf5.layout import SPLIT_ATTRS, SPLITS, VOLUME_TYPE, decode_str
 from dwi_ml.io_utils.arg_checks import check_device
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.experiment_layout import PARAMETERS_FILE, read_parameters
@@ -59,10 +59,13 @@ def hdf5_group_names(hdf5_file, need_training=False):
     """
     splits = check_dwiml_hdf5(hdf5_file)
     if need_training and not splits["training"]:
+        with h5py.File(hdf5_file, "r") as f, hdf5_read_errors(hdf5_file):
+            state = ("is empty" if SPLIT_ATTRS["training"] in f.attrs
+                     else "is missing")
         raise DwiMLUserError(
             f"HDF5 file '{hdf5_file}': expected at least one training "
-            "subject, found none (its training_subjs attr is empty); "
-            "training needs some.")
+            f"subject, found none (its root attr 'training_subjs' {state});"
+            " training needs some.")
     first_subject = next(s for split in SPLITS for s in splits[split])
     with h5py.File(hdf5_file, "r") as f, \
             hdf5_read_errors(hdf5_file, first_subject):

@@ -7,13 +7,16 @@ from dwi_ml.data.dataset.hdf5_handle import Hdf5Handle
 from dwi_ml.data.dataset.lru_cache import LRUCache
 from dwi_ml.data.dataset.subjects import load_subject, read_group_signatures
 from dwi_ml.data.dataset.subsets import MultiSubjectSubset
-from dwi_ml.data.hdf5.file_check import check_dwiml_hdf5, hdf5_read_errors
+from dwi_ml.data.hdf5.file_check import (
+    check_dwiml_hdf5,
+    hdf5_read_errors,
+    read_hdf5_streamline_format,
+)
 from dwi_ml.data.hdf5.layout import (
     SPLITS,
     STREAMLINES_TYPE,
     VOLUME_TYPE,
     parse_groups_config,
-    read_streamline_format,
     read_subject_list,
 )
 from dwi_ml.data.hdf5.volumes import AFFINE_TOLERANCE_MM
@@ -266,7 +269,8 @@ class MultiSubjectDataset:
                 read_group_signatures(handle, subject), subject, reference,
                 reference_id, volume_groups is None,
                 streamline_groups is None)
-        for key, value in read_streamline_format(attrs).items():
+        for key, value in read_hdf5_streamline_format(
+                self.hdf5_file, attrs).items():
             setattr(self, key, value)
         self.groups_config = (parse_groups_config(attrs["groups_config"])
                               if "groups_config" in attrs else None)

@@ -13,8 +13,16 @@ import errno
 import os
 
 import h5py
+import numpy as np
 
-from dwi_ml.data.hdf5.layout import SPLIT_ATTRS, SPLITS, read_subject_list
+from dwi_ml.data.hdf5.layout import (
+    NOT_DEFINED,
+    SPLIT_ATTRS,
+    SPLITS,
+    STREAMLINE_FORMAT_KEYS,
+    read_optional_number,
+    read_subject_list,
+)
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.script_args import refuse_wrong_path_kind
 
@@ -113,6 +121,55 @@ def check_dwiml_hdf5(path):
             f"HDF5 file '{path}': subject '{missing[0]}' is listed in the "
             "splits but there is no group of that name at the root.")
     return splits
+
+
+def read_hdf5_streamline_format(path, attrs):
+    """The root attrs ``step_size``, ``nb_points`` and ``compress`` of an
+    HDF5 file, checked; None for each unset one.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file, named in errors.
+    attrs : h5py.AttributeManager
+        Its root attrs.
+
+    Returns
+    -------
+    dict of str to number or None
+
+    Raises
+    ------
+    DwiMLUserError
+        A value that is not a number nor '{NOT_DEFINED}', a step or
+        tolerance not positive and finite, fewer than 2 points, or more
+        than one of them set: one line naming the file and the attr.
+    """
+    values = {}
+    for key, cast in STREAMLINE_FORMAT_KEYS:
+        expected = ("an integer >= 2" if cast is int
+                    else "a positive finite number")
+        try:
+            value = read_optional_number(attrs, key, cast)
+        except (ValueError, TypeError, OverflowError) as error:
+            raise DwiMLUserError(
+                f"HDF5 file '{path}': root attr '{key}': expected {expected} "
+                f"or '{NOT_DEFINED}', {_one_line(error)}.") from None
+        low = 2 if cast is int else 0
+        if value is not None and not (np.isfinite(value) and value >= low
+                                      and (cast is int or value > 0)):
+            raise DwiMLUserError(
+                f"HDF5 file '{path}': root attr '{key}': expected {expected} "
+                f"or '{NOT_DEFINED}', found {value!r}.")
+        values[key] = value
+    set_keys = [f"'{key}' ({value})" for key, value in values.items()
+                if value is not None]
+    if len(set_keys) > 1:
+        raise DwiMLUserError(
+            f"HDF5 file '{path}': root attrs {' and '.join(set_keys)} are "
+            "all set; expected at most one (streamlines are resampled one "
+            "way).")
+    return values
 
 
 @contextlib.contextmanager

@@ -60,17 +60,38 @@ def read_subject_list(attrs, split):
 
 
 def read_optional_number(attrs, key, cast):
-    """Read ``step_size``, ``nb_points`` or ``compress``; None when unset."""
+    """Read ``step_size``, ``nb_points`` or ``compress``; None when unset.
+
+    Raises
+    ------
+    ValueError
+        A value that is neither one number nor ``NOT_DEFINED`` (text, an
+        array of several values), or, with ``cast`` int, a number that is
+        not an integer: the message says what was found.
+    """
     if key not in attrs:
         return None
     value = attrs[key]
-    if isinstance(value, (bytes, str)) or (
-            isinstance(value, np.ndarray) and value.dtype.kind in "SUO"):
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, (bytes, str, np.bytes_)):
         text = decode_str(value)
         if text == NOT_DEFINED or text in ("None", ""):
             return None
-        return cast(float(text))
+        raise ValueError(f"found text {text!r}")
+    if isinstance(value, np.ndarray) or isinstance(value, (bool, np.bool_)) \
+            or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"found {_describe_value(value)}")
+    if cast is int and not (np.isfinite(value)
+                            and float(value).is_integer()):
+        raise ValueError(f"found {float(value)!r}, not an integer")
     return cast(value)
+
+
+def _describe_value(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} ({value.tolist()})"
+    return f"{value!r} ({type(value).__name__})"
 
 
 STREAMLINE_FORMAT_KEYS = (("step_size", float), ("nb_points", int),
@@ -80,8 +101,8 @@ STREAMLINE_FORMAT_KEYS = (("step_size", float), ("nb_points", int),
 def read_streamline_format(attrs):
     """``{'step_size', 'nb_points', 'compress'}`` as an HDF5's root
     ``attrs`` (or a fingerprint's ``creation``) record them; None for each
-    unset one. Raises ValueError or TypeError on a value that is not a
-    number."""
+    unset one. Raises ValueError on a value that is not a number (see
+    :func:`read_optional_number`)."""
     return {key: read_optional_number(attrs, key, cast)
             for key, cast in STREAMLINE_FORMAT_KEYS}
 
@@ -94,20 +115,22 @@ def write_optional_number(value):
 def parse_groups_config(text):
     """Parse ``groups_config``, written as JSON or as a Python dict repr.
 
-    None when it is neither: the reference writes ``str()`` of the config,
-    which ``ast.literal_eval`` cannot read back when a value is NaN or
-    infinite (``nan``, ``inf``). The config is informative only; the file
-    is still read.
+    None when it is neither, or when it parses to something other than a
+    dict (e.g. '5'): the reference writes ``str()`` of the config, which
+    ``ast.literal_eval`` cannot read back when a value is NaN or infinite
+    (``nan``, ``inf``). The config is informative only; the file is still
+    read.
     """
     text = decode_str(text)
     try:
-        return json.loads(text)
+        config = json.loads(text)
     except json.JSONDecodeError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
+        try:
+            config = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError,
+                RecursionError):
+            return None
+    return config if isinstance(config, dict) else None
 
 
 def strip_enum_prefix(value):
