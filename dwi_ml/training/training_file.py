@@ -169,13 +169,21 @@ def input_preparation_differences(experiment_dir, hdf5_file, input_group):
 
 
 def _group_nb_features(hdf5_file, group):
-    """``nb_features`` of ``group`` in the file's first subject holding it,
-    or None."""
+    """The number of features of volume ``group`` in the file's first
+    subject holding it, or None.
+
+    From the shape of its ``data``, as the loader counts them (the attr
+    ``nb_features`` may be an array, or disagree with the data: see
+    docs/hdf5_layout.md).
+    """
     with h5py.File(hdf5_file, "r") as hdf_file:
         for item in hdf_file.values():
             if isinstance(item, h5py.Group) and group in item:
-                value = item[group].attrs.get("nb_features")
-                return None if value is None else int(value)
+                data = item[group].get("data") \
+                    if isinstance(item[group], h5py.Group) else None
+                if not isinstance(data, h5py.Dataset):
+                    return None
+                return int(data.shape[3]) if data.ndim == 4 else 1
     return None
 
 
