@@ -292,7 +292,8 @@ def _load_streamlines(handle, key, lazy):
     lengths = np.asarray(_require(group, "lengths", where)[()], np.int64)
     _check_packing(data.shape, offsets, lengths, where)
     dps_names = _check_data_per_streamline(group, len(lengths), where)
-    check_connectivity(group, space_attributes[1], where)
+    check_connectivity(group, space_attributes[1], where,
+                       read_labels=not lazy)
     affine = space_attributes[0]
     if lazy:
         lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine)

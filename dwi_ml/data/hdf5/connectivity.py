@@ -388,7 +388,8 @@ def read_connectivity(streamline_group):
         "connectivity_label_volume.")
 
 
-def check_connectivity(streamline_group, dimensions, where):
+def check_connectivity(streamline_group, dimensions, where,
+                       read_labels=True):
     """Check the connectivity data of an HDF5 streamline group, if any,
     when it is loaded (not at the first tracking validation).
 
@@ -399,6 +400,9 @@ def check_connectivity(streamline_group, dimensions, where):
         The subject's grid (the group's ``dimensions`` attr).
     where : str
         "HDF5 file F: streamline group 'S/G'", starting each error.
+    read_labels : bool
+        Also read the label volume, to check the matrix's labels (not in
+        lazy mode, which reads no volume at load).
 
     Raises
     ------
@@ -429,7 +433,7 @@ def check_connectivity(streamline_group, dimensions, where):
         _check_hdf5_blocs(attrs["connectivity_nb_blocs"], shape[0], where)
     elif "connectivity_label_volume" in streamline_group \
             and matrix_type != FROM_BLOCS:
-        _check_hdf5_labels(streamline_group, dimensions, where)
+        _check_hdf5_labels(streamline_group, dimensions, where, read_labels)
     else:
         needed = {FROM_BLOCS: "attr 'connectivity_nb_blocs'",
                   FROM_LABELS: "dataset 'connectivity_label_volume'"}
@@ -456,7 +460,7 @@ def _check_hdf5_blocs(value, matrix_size, where):
             f"{matrix_size} x {matrix_size}.")
 
 
-def _check_hdf5_labels(streamline_group, dimensions, where):
+def _check_hdf5_labels(streamline_group, dimensions, where, read_labels):
     labels = streamline_group["connectivity_label_volume"]
     shape = getattr(labels, "shape", None)
     if shape is None or tuple(shape) != tuple(int(d) for d in dimensions) \
@@ -467,6 +471,8 @@ def _check_hdf5_labels(streamline_group, dimensions, where):
             f"{where}: expected dataset 'connectivity_label_volume' of "
             f"integers on the subject's grid {tuple(int(d) for d in dimensions)}"
             f", found {found}.")
+    if not read_labels:
+        return
     matrix_on_label_nodes(streamline_group["connectivity_matrix"][()] > 0,
                           np.asarray(labels[()], dtype=np.int32),
                           f"{where}: dataset 'connectivity_matrix'")
