@@ -418,8 +418,10 @@ def test_train_script_checks_arguments_before_work(tmp_path, hdf5_file, capsys,
     (["--step_size", "0.5"], "at least 2 points in the model's format (a "
      "model without EOS predicts n - 1 directions), found 2 (streamline "
      "ids: 3, 4)."),
-    (["--add_eos"], "at least 1 point in the model's format (a model with "
-     "EOS predicts n directions), found 1 (streamline ids: 5).")])
+    # A 0-point streamline is refused when the file is loaded, whatever
+    # the model.
+    (["--add_eos"], "expected 'lengths' >= 1 (a streamline has points), "
+     "found 1 of 6 streamlines of 0 points (the first: 5).")])
 def test_train_script_refuses_streamlines_too_short_for_the_model(
         tmp_path, capsys, extra, expected):
     """A model without EOS predicts n - 1 directions: a stored 1-point
@@ -440,9 +442,12 @@ def test_train_script_refuses_streamlines_too_short_for_the_model(
         train_main([str(tmp_path), "exp", path, "input", "streamlines",
                     "--rnn_layer_sizes", "8", *extra])
     assert error.value.code == 2
+    where = (f"HDF5 file {path}: streamline group 't2/streamlines': "
+             if "--add_eos" in extra else
+             f"HDF5 file {path}, subject 't2', group 'streamlines': expected "
+             "training streamlines of ")
     assert capsys.readouterr().err.strip().endswith(
-        f"error: HDF5 file {path}, subject 't2', group 'streamlines': "
-        f"expected training streamlines of {expected}")
+        f"error: {where}{expected}")
     assert not (tmp_path / "exp").exists()
 
 

@@ -329,6 +329,10 @@ def _check_data_per_streamline(group, nb_streamlines, where):
     """
     if "data_per_streamline" not in group:
         return []
+    if nb_streamlines == 0:
+        # Nothing to read from it (an empty group is refused where used).
+        return list(group["data_per_streamline"]) if isinstance(
+            group["data_per_streamline"], h5py.Group) else []
     dps = group["data_per_streamline"]
     if not isinstance(dps, h5py.Group):
         raise DwiMLUserError(
