@@ -19,6 +19,7 @@ from dwi_ml.training.interruptions import (
     describe_stop,
     early_stop_signals_recorded,
     parse_duration,
+    record_early_stop_signals,
 )
 
 
@@ -104,6 +105,28 @@ def test_a_signal_after_the_runs_loop_is_not_called_an_early_one(caplog):
     with caplog.at_level("WARNING"):
         _run_signalled_while_it_starts(signal_after_the_loop=False)
     assert [record.getMessage() for record in caplog.records] == [early]
+
+
+def test_a_signal_after_the_script_gave_its_handlers_back(caplog):
+    """Once the script's block ends, the launcher's recorder (installed
+    before it) is back: it took a signal after the run's end for one while
+    the run starts."""
+    before = {signum: signal.getsignal(signum)
+              for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    record_early_stop_signals()
+    try:
+        with caplog.at_level("WARNING"):
+            with early_stop_signals_recorded():
+                interruptions = RunInterruptions()
+                interruptions.start()
+                interruptions.stop()
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert [record.getMessage() for record in caplog.records] == [
+            "SIGUSR1 received after the run's last step: its outputs are "
+            "written; nothing left to stop."]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def test_no_sigchld_handler_while_training():

@@ -149,6 +149,36 @@ def test_a_stop_is_ignored_once_a_finished_script_exits(tmp_path, name,
     assert process.stdout == "True True\n", process.stderr
 
 
+def test_a_late_ctrl_c_to_a_training_script_says_its_outputs_are_complete(
+        tmp_path):
+    """A training script runs with the stop-signal recorder as its SIGINT
+    handler: a Ctrl-C once main had returned said "while the run starts:
+    it stops with a checkpoint" (exit 0), or, in the interpreter's last
+    steps, killed it without a word (-2)."""
+    script = tmp_path / "my_train.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from dwi_ml.io_utils.errors import script_entry_point\n"
+        "from dwi_ml.training.interruptions import (\n"
+        "    RunInterruptions, early_stop_signals_recorded,\n"
+        "    record_early_stop_signals)\n"
+        "record_early_stop_signals()  # as the launcher does\n"
+        "def train(argv):\n"
+        "    with early_stop_signals_recorded():\n"
+        "        run = RunInterruptions()\n"
+        "        run.start()\n"
+        "        run.stop()\n"
+        "main = script_entry_point(train)\n"
+        "main()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(60)\n")
+    process = subprocess.run([sys.executable, str(script)],
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 130, process.stderr
+    assert process.stderr == ("my_train.py: interrupted (Ctrl-C) after it "
+                              "finished: its outputs are complete.\n")
+
+
 @pytest.mark.parametrize("rank, world_size, prefix", [
     (None, None, ""), ("0", "3", ""), ("2", "3", "[rank 2] "),
     ("1", "1", "")])

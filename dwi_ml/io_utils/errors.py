@@ -187,13 +187,18 @@ def _run_as_its_script(main_fn):
 
 
 def _say_when_stopped_after_the_end():
-    """SIGTERM, and SIGINT if Python's own handler has it, say that the
-    outputs are complete while the interpreter exits. Its last steps give
+    """SIGTERM, and SIGINT if Python's own handler (or the training
+    scripts' recorder) has it, say that the outputs are complete while the
+    interpreter exits. Its last steps give
     each its default action back (a kill, no word; a late Ctrl-C also
     raised inside atexit, exit 0 with a traceback): both are ignored from
     atexit on."""
     signals = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    handler = signal.getsignal(signal.SIGINT)
+    # Python's Ctrl-C handler, or a training script's recorder of stop
+    # signals (a late Ctrl-C then killed the process without a word).
+    if handler is signal.default_int_handler or getattr(
+            handler, "replaceable_by_scripts", False):
         signals.append(signal.SIGINT)
     for signum in signals:
         signal.signal(signum, _stopped_after_the_end)

@@ -106,7 +106,9 @@ def early_stop_signals_recorded():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _early.update(signal=None, run_ended=False)
+        # run_ended stays: the launcher's recorder, given back here, said a
+        # signal after the run's end "stops the run before its first batch".
+        _early["signal"] = None
 
 
 def _take_early_signal():
