@@ -491,19 +491,25 @@ def record_output_in_experiment(path):
                 for pattern in _ADDED_OUTPUTS)
             or _is_logs_correlation_plot(folder, name)):
         return
-    marker = os.path.join(folder, MARKER_FILE)
-    try:
-        with open(marker) as f:
-            content = json.load(f)
-    except (OSError, ValueError):
-        return
-    if not isinstance(content, dict) or content.get("kind") != "experiment":
+    content = _marker_content(folder)
+    if content is None or content.get("kind") != "experiment":
         return
     outputs = content.get("outputs")
     outputs = dict(outputs) if isinstance(outputs, dict) else {}
     outputs[name] = _fingerprint(path)
     content["outputs"] = outputs
-    write_json_atomic(marker, content, strict=False)
+    write_json_atomic(os.path.join(folder, MARKER_FILE), content,
+                      strict=False)
+
+
+def _marker_content(folder):
+    """The marker of ``folder`` as a dict, or None (none, or unreadable)."""
+    try:
+        with open(os.path.join(folder, MARKER_FILE)) as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def _is_logs_correlation_plot(path, name):
@@ -531,13 +537,8 @@ def record_written_entries(path, entries):
 
     Nothing is done for a folder without a readable marker.
     """
-    marker = os.path.join(path, MARKER_FILE)
-    try:
-        with open(marker) as f:
-            content = json.load(f)
-    except (OSError, ValueError):
-        return
-    if not isinstance(content, dict):
+    content = _marker_content(path)
+    if content is None:
         return
     written = content.get("written")
     written = ({entry for entry in written if isinstance(entry, str)}
@@ -545,7 +546,7 @@ def record_written_entries(path, entries):
     if set(entries) <= written:
         return
     content["written"] = sorted(written | set(entries))
-    write_json_atomic(marker, content, strict=False)
+    write_json_atomic(os.path.join(path, MARKER_FILE), content, strict=False)
 
 
 def seal_output_folder(path):
