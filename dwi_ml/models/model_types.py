@@ -59,8 +59,9 @@ def add_model_args(parser):
                        help="Layer norm before attention and feed-forward "
                             "(pre-norm) instead of after.")
     group.add_argument("--max_len", type=int, default=1000,
-                       help="Most points of a streamline, in training and "
-                            "tracking.")
+                       help="Most prediction points of a streamline, in "
+                            "training and tracking: n - 1 for a streamline "
+                            "of n points (n with --add_eos).")
     group.add_argument("--position_encoding", default="sinusoidal",
                        choices=POSITION_ENCODINGS,
                        help="Position vectors added to the tokens: fixed "

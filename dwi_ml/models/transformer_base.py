@@ -298,8 +298,8 @@ class TransformerModelAbstract(DirectionGetterModel):
         if step >= self.max_len:
             raise DwiMLUserError(
                 f"tracking: expected at most max_len={self.max_len} "
-                f"points per streamline, found more; track with a shorter "
-                f"maximal length.")
+                f"steps (prediction points) per streamline, found more; "
+                f"track with a shorter maximal length.")
         previous_dirs = compute_last_previous_dirs(
             partial_streamlines, max(self.nb_previous_dirs, 1),
             self.normalize_prev_dirs)
