@@ -145,6 +145,18 @@ def test_what_is_not_fine_tuning_is_refused(base, capsys):
                                        "--rnn_layer_sizes", "16"),
                       capsys, folder, "argument --rnn_layer_sizes",
                       "the model comes from --pretrained")
+    # Transformer options too: not checked against the default model type.
+    for option, value in (("--n_layers_d", "3"), ("--d_model", "16"),
+                          ("--attention_window", "4"),
+                          ("--position_encoding", "alibi"),
+                          ("--max_len", "50")):
+        message = assert_user_error(
+            main, _tune_args(folder, "t", hdf5_file, pretrained, option,
+                             value), capsys, folder)
+        assert message == (
+            f"argument {option}: the model comes from --pretrained "
+            f"'{pretrained}' (its type, options and weights); expected no "
+            f"model option, found {option}.")
     assert_user_error(main, _tune_args(folder, "t", hdf5_file,
                                        str(folder / "nowhere")),
                       capsys, folder, "argument --pretrained",

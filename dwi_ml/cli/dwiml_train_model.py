@@ -67,6 +67,8 @@ from dwi_ml.tracking.tracking_validation import (
     tracking_validation_callbacks,
 )
 from dwi_ml.tracking.tracking_validation_args import (
+    GENERATION,
+    WHOLE_SUBJECT,
     TrackingValidationParams,
     add_tracking_validation_args,
     check_best_model_metric_option,
@@ -211,13 +213,93 @@ def _check_simple_args(args):
     when the components are built; checking first leaves the experiment
     folder untouched and loads no data.
     """
+    _refuse_model_options_with_pretrained(args)
     check_device(args.device, "--device")
     check_int_options(args, INT_MINIMUMS)
+    _refuse_options_that_do_not_apply(args)
     check_seed("--seed", args.seed)
     loader_options_from_args(args)
     if args.dropout is not None:
         check_fraction("--dropout", args.dropout)
     tracking_validation_params_from_args(args)
+
+
+def _refuse_model_options_with_pretrained(args):
+    """Refuse any model option with --pretrained, before the options of
+    the default --model_type are checked (they would name it)."""
+    if args.pretrained is None:
+        return
+    given = model_options_given(args)
+    if given:
+        raise DwiMLUserError(
+            f"argument {given[0]}: the model comes from --pretrained "
+            f"'{args.pretrained}' (its type, options and weights); expected "
+            f"no model option, found {', '.join(given)}.")
+
+
+# The options of one tracking validation mode only (see docs/tracking.md).
+_TRACKING_MODE_OPTIONS = {
+    "tracking_validation_nb_streamlines": GENERATION,
+    "tracking_validation_nb_points": GENERATION,
+    "tracking_validation_nb_seeds": WHOLE_SUBJECT,
+    "tracking_validation_seeding_mask_group": WHOLE_SUBJECT,
+    "tracking_validation_bundle_key": WHOLE_SUBJECT}
+# The learning-rate schedulers that read each option.
+_SCHEDULER_OPTIONS = {"lr_step_size": ("step",),
+                      "lr_gamma": ("step", "plateau")}
+
+
+def _refuse_options_that_do_not_apply(args):
+    """Refuse an option given (off its default) where nothing reads it:
+    the run would silently ignore it.
+
+    Raises
+    ------
+    DwiMLUserError
+        A tracking validation option with tracking validation off or of
+        the other mode, --cache_size without --lazy, a scheduler option
+        of another scheduler, or --eos_only_at_fibre_ends without
+        --split_ratio.
+    """
+    parser = build_parser()
+
+    def given(name):
+        return getattr(args, name) != parser.get_default(name)
+
+    tracking_options = [action.dest for action in parser._actions
+                        if action.dest.startswith("tracking_validation_")
+                        and action.dest != "tracking_validation_every"]
+    for name in tracking_options:
+        if not given(name):
+            continue
+        value = getattr(args, name)
+        if not args.tracking_validation_every:
+            raise DwiMLUserError(
+                f"argument --{name}: an option of --tracking_validation_every"
+                f" N, found {value!r} with tracking validation off.")
+        mode = _TRACKING_MODE_OPTIONS.get(name)
+        if mode is not None and args.tracking_validation_mode != mode:
+            raise DwiMLUserError(
+                f"argument --{name}: an option of --tracking_validation_mode "
+                f"{mode}, found {value!r} with --tracking_validation_mode "
+                f"{args.tracking_validation_mode}.")
+    if given("cache_size") and not args.lazy:
+        raise DwiMLUserError(
+            f"argument --cache_size: an option of --lazy, found "
+            f"{args.cache_size!r} without --lazy.")
+    for name, schedulers in _SCHEDULER_OPTIONS.items():
+        if given(name) and args.lr_scheduler not in schedulers:
+            raise DwiMLUserError(
+                f"argument --{name}: an option of --lr_scheduler "
+                f"{' or '.join(schedulers)}, found {getattr(args, name)!r} "
+                f"with --lr_scheduler {args.lr_scheduler}.")
+    # Only split pieces end at a cut; without --add_eos, the direction
+    # getter's check names that instead.
+    if (args.add_eos and args.eos_only_at_fibre_ends
+            and not args.split_ratio):
+        raise DwiMLUserError(
+            "argument --eos_only_at_fibre_ends: an option of --split_ratio "
+            "(> 0), found without --split_ratio.")
 
 
 def collect_params(args):
@@ -411,12 +493,7 @@ def _apply_pretrained(args, params):
                 "argument --pretrained_use_latest_epoch: an option of "
                 "--pretrained, found no --pretrained.")
         return None
-    given = model_options_given(args)
-    if given:
-        raise DwiMLUserError(
-            f"argument {given[0]}: the model comes from --pretrained "
-            f"'{args.pretrained}' (its type, options and weights); expected "
-            f"no model option, found {', '.join(given)}.")
+    # Model options were refused by _check_simple_args.
     record_input(args.pretrained, "--pretrained")
     model, params["pretrained"] = load_pretrained(
         args.pretrained, args.pretrained_use_latest_epoch)
