@@ -527,12 +527,19 @@ def test_plateau_lowers_the_rate_after_5_epochs_without_improvement(
     assert np.all(losses > losses[0] * (1 - 1e-4))
 
 
-def test_mixed_precision_is_kept_for_a_resume_on_cuda(tmp_path, dataset):
+def test_mixed_precision_is_kept_for_a_resume_on_cuda(tmp_path, dataset,
+                                                      caplog):
     # Ignored on CPU, it was also dropped from parameters.json and the
     # checkpoint: a GPU run resumed once on CPU went on in float32 on GPU.
-    trainer = make_trainer(dataset, tmp_path, mixed_precision="fp16",
-                           max_epochs=1, max_batches_per_epoch_training=1,
-                           max_batches_per_epoch_validation=1)
+    with caplog.at_level(logging.WARNING, logger="dwi_ml"):
+        trainer = make_trainer(dataset, tmp_path, mixed_precision="fp16",
+                               max_epochs=1, max_batches_per_epoch_training=1,
+                               max_batches_per_epoch_validation=1)
+    # Said, not silent.
+    assert [record.getMessage() for record in caplog.records] == [
+        "mixed_precision fp16: CUDA only; this run on cpu trains in float32 "
+        "(kept in its parameters for a resume on CUDA; bf16 autocasts on "
+        "CPU)."]
     trainer.save_parameters()
     trainer.train_and_validate()
     saved = json.loads((tmp_path / "exp" / "parameters.json").read_text())

@@ -11,7 +11,9 @@ a stop holds a model inside an epoch). The 'all' row pools the points of
 every subject (not a mean of the subjects' means): losses over the loss
 points (n_points), the angle over the points with a direction to compare
 (without the last point of each streamline with EOS). A model trained on
-GPU evaluates on CPU.
+GPU evaluates on CPU. It evaluates in float32: a model trained with
+--mixed_precision bf16 logged its validation loss in bfloat16, which differs
+from this one by ~1e-4 relative.
 The streamlines are read as the model read its training streamlines: a
 model without a step size of its own was trained on its HDF5's streamlines
 as stored (say, resampled to 1.5 mm at creation), and those of another HDF5

@@ -221,6 +221,11 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
             self.optimizer, max_epochs, self._updates_per_epoch())
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=(
             mixed_precision == "fp16" and self.device.type == "cuda"))
+        if mixed_precision == "fp16" and self.device.type != "cuda":
+            logger.warning(
+                "mixed_precision fp16: CUDA only; this run on %s trains in "
+                "float32 (kept in its parameters for a resume on CUDA; "
+                "bf16 autocasts on CPU).", self.device.type)
         # Source of the DataLoaders' worker base seeds (unused: batches draw
         # from (seed, split, epoch, batch)); a fresh generator each time, so
         # that no state moves with the processes that create iterators.
