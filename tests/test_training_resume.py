@@ -39,6 +39,17 @@ def _train_args(experiments, name, hdf5_file, max_epochs, nb_workers):
             "--lr_step_size", "1", "--seed", "7", "-v", "WARNING"]
 
 
+def _with_scheduler(arguments, scheduler):
+    """``arguments`` with another --lr_scheduler, without --lr_step_size
+    unless it is 'step' (the others refuse it)."""
+    arguments = list(arguments)
+    arguments[arguments.index("step")] = scheduler
+    if scheduler != "step":
+        cut = arguments.index("--lr_step_size")
+        del arguments[cut:cut + 2]
+    return arguments
+
+
 def _logs(experiment_dir):
     logs_dir = os.path.join(experiment_dir, "logs")
     return {name: np.load(os.path.join(logs_dir, name))
@@ -93,9 +104,9 @@ def test_a_longer_resumed_run_follows_the_longer_schedule(tmp_path, hdf5_file,
     experiments = str(tmp_path)
 
     def args(name, max_epochs):
-        arguments = _train_args(experiments, name, hdf5_file, max_epochs, 0)
-        arguments[arguments.index("step")] = scheduler
-        return arguments
+        return _with_scheduler(
+            _train_args(experiments, name, hdf5_file, max_epochs, 0),
+            scheduler)
 
     train_main(args("straight", 4))
     train_main(args("extended", 2))
@@ -191,9 +202,8 @@ def test_a_longer_run_resumed_inside_an_epoch_equals_one_extended_at_its_end(
     experiments = str(tmp_path)
 
     def args(name):
-        arguments = _train_args(experiments, name, hdf5_file, 2, 0)
-        arguments[arguments.index("step")] = scheduler
-        return arguments
+        return _with_scheduler(_train_args(experiments, name, hdf5_file, 2,
+                                           0), scheduler)
 
     train_main(args("at_end"))
     with pytest.raises(SystemExit) as stopped:
