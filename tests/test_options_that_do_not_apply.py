@@ -49,6 +49,9 @@ CASES = [
     (["--lr_gamma", "0.1"],
      "argument --lr_gamma: an option of --lr_scheduler step or plateau, "
      "found 0.1 with --lr_scheduler constant."),
+    (["--momentum", "0.5"],
+     "argument --momentum: an option of --optimizer SGD, found 0.5 with "
+     "--optimizer Adam."),
     (["--add_eos", "--eos_only_at_fibre_ends"],
      "argument --eos_only_at_fibre_ends: an option of --split_ratio (> 0), "
      "found without --split_ratio."),

@@ -257,9 +257,9 @@ def _refuse_options_that_do_not_apply(args):
     ------
     DwiMLUserError
         A tracking validation option with tracking validation off or of
-        the other mode, --cache_size without --lazy, a scheduler option
-        of another scheduler, or --eos_only_at_fibre_ends without
-        --split_ratio.
+        the other mode, --momentum with another optimizer than SGD,
+        --cache_size without --lazy, a scheduler option of another
+        scheduler, or --eos_only_at_fibre_ends without --split_ratio.
     """
     parser = build_parser()
 
@@ -283,6 +283,10 @@ def _refuse_options_that_do_not_apply(args):
                 f"argument --{name}: an option of --tracking_validation_mode "
                 f"{mode}, found {value!r} with --tracking_validation_mode "
                 f"{args.tracking_validation_mode}.")
+    if given("momentum") and args.optimizer != "SGD":
+        raise DwiMLUserError(
+            f"argument --momentum: an option of --optimizer SGD, found "
+            f"{args.momentum!r} with --optimizer {args.optimizer}.")
     if given("cache_size") and not args.lazy:
         raise DwiMLUserError(
             f"argument --cache_size: an option of --lazy, found "

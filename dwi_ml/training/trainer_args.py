@@ -167,7 +167,7 @@ def add_trainer_args(parser):
     group.add_argument("--weight_decay", type=float, default=0.0,
                        help="Weight decay (L2 penalty; decoupled for AdamW).")
     group.add_argument("--momentum", type=float, default=0.9,
-                       help="SGD momentum (other optimizers ignore it).")
+                       help="SGD momentum (refused with another optimizer).")
     group.add_argument("--lr_scheduler", default="constant",
                        choices=SCHEDULER_CHOICES,
                        help="Learning-rate schedule over the epochs.")
