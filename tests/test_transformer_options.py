@@ -162,6 +162,20 @@ def test_max_len_refused_from_the_script_before_any_folder(tmp_path,
         capsys, tmp_path, "--max_len", "found 5")
 
 
+def test_a_window_of_every_point_is_refused(tmp_path, hdf5_file, capsys):
+    """--attention_window 5000 with max_len 1000 trained as without one."""
+    message = assert_user_error(
+        train_main, [tmp_path, "exp", hdf5_file, "input", "streamlines",
+                     "--model_type", "transformer_src_only", "--d_model", "8",
+                     "--nheads", "2", "--attention_window", "1000"],
+        capsys, tmp_path)
+    assert message == (
+        "argument --attention_window: expected fewer points than --max_len "
+        "(1000), found 1000: a window of every point is no window; leave it "
+        "out.")
+    assert not (tmp_path / "exp").exists()
+
+
 def test_model_max_length_is_that_of_max_len_steps():
     model = TransformerSrcOnlyModel("m", 2, d_model=8, nheads=2, max_len=40)
     assert model_max_length_mm(model, 1.5, 300.0) == 60.0

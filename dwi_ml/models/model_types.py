@@ -242,6 +242,13 @@ def model_params_from_args(args):
                       use_layer_norm=not args.no_layer_norm,
                       rnn_stacking=args.rnn_stacking)
         return model_class.__name__, params
+    if (args.attention_window is not None and args.max_len is not None
+            and args.attention_window >= args.max_len):
+        # Not in the model: saved models with such a window still load.
+        raise DwiMLUserError(
+            f"argument --attention_window: expected fewer points than "
+            f"--max_len ({args.max_len}), found {args.attention_window}: a "
+            f"window of every point is no window; leave it out.")
     params.update(d_model=args.d_model, nheads=args.nheads,
                   n_layers_e=args.n_layers_e,
                   ffnn_hidden_size=args.ffnn_hidden_size,
