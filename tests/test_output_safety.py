@@ -30,6 +30,7 @@ from dwi_ml.cli.dwiml_visualize_logs_correlation import (
 )
 from dwi_ml.cli.visualize_logs import main as plot_main
 from dwi_ml.io_utils import experiment_layout, output_folders
+from dwi_ml.io_utils.atomic import atomic_output_file
 from dwi_ml.io_utils.errors import DwiMLUserError
 from dwi_ml.io_utils.output_folders import (
     MARKER_FILE,
@@ -38,6 +39,7 @@ from dwi_ml.io_utils.output_folders import (
     check_output_free,
     folder_kind,
     mark_output_folder,
+    reset_output_folder,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -628,6 +630,57 @@ def test_f_removes_only_the_evaluations_and_plots_the_scripts_wrote(
     assert not os.path.exists(os.path.join(old, "logs_plot.png"))
     assert not os.path.exists(
         os.path.join(old, "evaluation_validation_best.json"))
+
+
+def _write_output(path, text):
+    with atomic_output_file(str(path)) as tmp_path:
+        with open(tmp_path, "w") as f:
+            f.write(text)
+
+
+def test_an_older_experiment_keeps_its_outputs_when_one_is_recorded(
+        tmp_path):
+    """Marked before outputs were recorded, its evaluation (its own by
+    name) became foreign once a plot was recorded: -f refused it."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    mark_output_folder(str(folder), "experiment")
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    del marker["outputs"]
+    (folder / MARKER_FILE).write_text(json.dumps(marker))
+    (folder / "evaluation_testing_best.json").write_text("{}")
+    _write_output(folder / "logs_plot.png", "plot")
+    assert output_folders.foreign_entries(str(folder), "experiment") == []
+    # Recorded now: changed, it is no longer the experiment's.
+    (folder / "evaluation_testing_best.json").write_text("{} mine")
+    assert output_folders.foreign_entries(str(folder), "experiment") == [
+        "evaluation_testing_best.json"]
+
+
+def test_a_reset_stopped_midway_keeps_the_outputs_it_left(tmp_path,
+                                                           monkeypatch):
+    """-f marks the folder anew before emptying it: stopped then, the plot
+    it had not removed yet was no longer recorded, and the next -f refused
+    it."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    mark_output_folder(str(folder), "experiment")
+    (folder / "checkpoint").mkdir()
+    _write_output(folder / "logs_plot.png", "plot")
+
+    def stopped(path, *args, **kwargs):
+        raise KeyboardInterrupt
+    # Stopped at its first removal, whichever entry it takes first.
+    monkeypatch.setattr(output_folders.shutil, "rmtree", stopped)
+    monkeypatch.setattr(output_folders.os, "remove", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        reset_output_folder(str(folder), "experiment")
+    monkeypatch.undo()
+    assert (folder / "logs_plot.png").exists()
+    assert output_folders.foreign_entries(str(folder), "experiment") == []
+    reset_output_folder(str(folder), "experiment")
+    assert sorted(os.listdir(folder)) == [MARKER_FILE]
+    assert json.loads((folder / MARKER_FILE).read_text())["outputs"] == {}
 
 
 def test_demo_refuses_a_users_folder_and_bad_epochs(tmp_path, capsys):

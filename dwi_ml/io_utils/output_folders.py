@@ -494,12 +494,36 @@ def record_output_in_experiment(path):
     content = _marker_content(folder)
     if content is None or content.get("kind") != "experiment":
         return
-    outputs = content.get("outputs")
-    outputs = dict(outputs) if isinstance(outputs, dict) else {}
+    outputs = _recorded_outputs(folder, content)
     outputs[name] = _fingerprint(path)
     content["outputs"] = outputs
-    write_json_atomic(os.path.join(folder, MARKER_FILE), content,
-                      strict=False)
+    try:
+        write_json_atomic(os.path.join(folder, MARKER_FILE), content,
+                          strict=False)
+    except OSError as error:
+        # The output is complete: -f will only refuse it.
+        logger.warning("%s: not recorded in the experiment's %s (%s): -f "
+                       "will refuse it as not dwi_ml's.", path, MARKER_FILE,
+                       error)
+
+
+def _recorded_outputs(folder, content):
+    """The evaluations and plots of experiment ``folder`` that are its own,
+    with their fingerprints: those recorded in its marker ``content``, or,
+    for a marker written before outputs were recorded, those named as the
+    scripts name them (its own then; recorded from now on)."""
+    outputs = content.get("outputs")
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    own = {}
+    for name in sorted(os.listdir(folder)):
+        file_path = os.path.join(folder, name)
+        if (os.path.isfile(file_path) and not os.path.islink(file_path)
+                and (any(fnmatch.fnmatchcase(name, pattern)
+                         for pattern in _ADDED_OUTPUTS)
+                     or _is_logs_correlation_plot(folder, name))):
+            own[name] = _fingerprint(file_path)
+    return own
 
 
 def _marker_content(folder):
@@ -697,7 +721,7 @@ def _refuse_foreign_entries(path, kind, what):
             "folder.")
 
 
-def mark_output_folder(path, kind):
+def mark_output_folder(path, kind, outputs=None):
     """Write the marker that lets ``-f`` recognise folder ``path`` later.
 
     Parameters
@@ -706,6 +730,9 @@ def mark_output_folder(path, kind):
         An existing folder, written by dwi_ml.
     kind : str
         One of :data:`OUTPUT_KINDS`.
+    outputs : dict or None
+        For an experiment: the evaluations and plots already in it that
+        are its own (name -> fingerprint); None: none.
     """
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"kind must be one of {OUTPUT_KINDS}, got {kind!r}")
@@ -714,8 +741,8 @@ def mark_output_folder(path, kind):
     content = {"kind": kind, "dwi_ml_version": __version__,
                "created": created}
     if kind == "experiment":
-        # Its evaluations and plots are recorded as written (none yet).
-        content["outputs"] = {}
+        # Its evaluations and plots are recorded as written.
+        content["outputs"] = dict(outputs or {})
     write_json_atomic(os.path.join(path, MARKER_FILE), content,
                       strict=False)
 
@@ -747,8 +774,12 @@ def reset_output_folder(path, kind, keep=()):
                 f"output folder '{path}' is not a {_KIND_NAMES[kind]}: "
                 "refusing to empty it.")
         _refuse_foreign_entries(path, kind, "output folder")
-    # Marked first: a kill while emptying leaves a folder -f still knows.
-    mark_output_folder(path, kind)
+    # Marked first: a kill while emptying leaves a folder -f still knows,
+    # with the evaluations and plots it still holds.
+    content = _marker_content(path) if kind == "experiment" else None
+    kept = (None if content is None or content.get("kind") != kind
+            else _recorded_outputs(path, content))
+    mark_output_folder(path, kind, kept)
     for entry in os.scandir(path):
         if entry.name in (*keep, MARKER_FILE):
             continue
@@ -758,6 +789,8 @@ def reset_output_folder(path, kind, keep=()):
             shutil.rmtree(entry.path)
         else:
             os.remove(entry.path)
+    if kept:
+        mark_output_folder(path, kind)
 
 
 def _warn_link_removed(link):
