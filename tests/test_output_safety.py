@@ -572,16 +572,22 @@ def test_synthetic_f_refuses_files_the_user_changed(tmp_path, capsys):
     synthetic_main([str(out), "-f", *TINY_SYNTHETIC])
 
 
-def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
-    """In an experiment marked before outputs were recorded: names the
-    scripts write into it, not a user's look-alikes
-    (evaluation_my_notes.json, logs_plot_for_paper.png were deleted)."""
+def _experiment_marked_before_outputs(tmp_path):
+    """An experiment folder whose marker records no outputs (older)."""
     folder = tmp_path / "exp"
     folder.mkdir()
     mark_output_folder(str(folder), "experiment")
     marker = json.loads((folder / MARKER_FILE).read_text())
     del marker["outputs"]
     (folder / MARKER_FILE).write_text(json.dumps(marker))
+    return folder
+
+
+def test_experiment_patterns_are_the_scripts_names_only(tmp_path):
+    """In an experiment marked before outputs were recorded: names the
+    scripts write into it, not a user's look-alikes
+    (evaluation_my_notes.json, logs_plot_for_paper.png were deleted)."""
+    folder = _experiment_marked_before_outputs(tmp_path)
     for name in ("evaluation_testing_best.json", "logs_plot.png",
                  "logs_plot_2.png", "evaluation_my_notes.json",
                  "logs_plot_for_paper.png",
@@ -642,12 +648,7 @@ def test_an_older_experiment_keeps_its_outputs_when_one_is_recorded(
         tmp_path):
     """Marked before outputs were recorded, its evaluation (its own by
     name) became foreign once a plot was recorded: -f refused it."""
-    folder = tmp_path / "exp"
-    folder.mkdir()
-    mark_output_folder(str(folder), "experiment")
-    marker = json.loads((folder / MARKER_FILE).read_text())
-    del marker["outputs"]
-    (folder / MARKER_FILE).write_text(json.dumps(marker))
+    folder = _experiment_marked_before_outputs(tmp_path)
     (folder / "evaluation_testing_best.json").write_text("{}")
     _write_output(folder / "logs_plot.png", "plot")
     assert output_folders.foreign_entries(str(folder), "experiment") == []
