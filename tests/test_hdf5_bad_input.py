@@ -152,6 +152,13 @@ def test_bad_streamline_format_attrs_are_refused(tmp_path, attrs, message):
     _refused(path, False, ROOT + message)
 
 
+def test_a_step_size_written_as_text_is_read(tmp_path):
+    """A number stored as text ('1.5') is that number, as it was read
+    before the checks above."""
+    path = _edited(tmp_path, lambda f: f.attrs.update({"step_size": "1.5"}))
+    assert _load(path, False).step_size == 1.5
+
+
 def test_two_streamline_formats_in_the_file_are_refused(tmp_path):
     path = _edited(tmp_path, lambda f: f.attrs.update(
         {"step_size": 1.0, "nb_points": 20}))

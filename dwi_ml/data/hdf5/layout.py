@@ -78,7 +78,11 @@ def read_optional_number(attrs, key, cast):
         text = decode_str(value)
         if text == NOT_DEFINED or text in ("None", ""):
             return None
-        raise ValueError(f"found text {text!r}")
+        try:
+            # A number written as text ('1.0') is read as that number.
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"found text {text!r}") from None
     if isinstance(value, np.ndarray) or isinstance(value, (bool, np.bool_)) \
             or not isinstance(value, (int, float, np.number)):
         raise ValueError(f"found {_describe_value(value)}")
