@@ -658,6 +658,21 @@ def test_an_older_experiment_keeps_its_outputs_when_one_is_recorded(
         "evaluation_testing_best.json"]
 
 
+def test_a_large_recorded_plot_replaced_by_one_of_its_size_is_foreign(
+        tmp_path):
+    """Above 1 MiB a fingerprint was the size alone: a user's figure of the
+    same size saved over ours counted as ours, and -f deleted it."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    mark_output_folder(str(folder), "experiment")
+    size = 2 * 1024 * 1024
+    _write_output(folder / "logs_plot.png", "a" * size)
+    assert output_folders.foreign_entries(str(folder), "experiment") == []
+    (folder / "logs_plot.png").write_text("b" * size)
+    assert output_folders.foreign_entries(str(folder), "experiment") == [
+        "logs_plot.png"]
+
+
 def test_a_reset_stopped_midway_keeps_the_outputs_it_left(tmp_path,
                                                            monkeypatch):
     """-f marks the folder anew before emptying it: stopped then, the plot

@@ -470,7 +470,7 @@ def foreign_entries(path, kind):
                 if not (name in outputs and os.path.isfile(
                     os.path.join(path, name)) and not os.path.islink(
                         os.path.join(path, name))
-                        and _fingerprint(os.path.join(path, name))
+                        and _output_fingerprint(os.path.join(path, name))
                         == outputs[name])]
     # Experiments written before outputs were recorded: by their names.
     return [name for name in _foreign_entries(path, (MARKER_FILE, *patterns))
@@ -495,7 +495,7 @@ def record_output_in_experiment(path):
     if content is None or content.get("kind") != "experiment":
         return
     outputs = _recorded_outputs(folder, content)
-    outputs[name] = _fingerprint(path)
+    outputs[name] = _output_fingerprint(path)
     content["outputs"] = outputs
     try:
         write_json_atomic(os.path.join(folder, MARKER_FILE), content,
@@ -522,7 +522,7 @@ def _recorded_outputs(folder, content):
                 and (any(fnmatch.fnmatchcase(name, pattern)
                          for pattern in _ADDED_OUTPUTS)
                      or _is_logs_correlation_plot(folder, name))):
-            own[name] = _fingerprint(file_path)
+            own[name] = _output_fingerprint(file_path)
     return own
 
 
@@ -598,13 +598,21 @@ def seal_output_folder(path):
     write_json_atomic(marker, content, strict=False)
 
 
-def _fingerprint(path):
-    """The size of file ``path`` and, up to ``_HASHED_SIZE`` bytes, its
-    SHA-256: what tells a user's edit from what dwi_ml wrote."""
+def _fingerprint(path, hashed_size=_HASHED_SIZE):
+    """The size of file ``path`` and, up to ``hashed_size`` bytes (None:
+    any size), its SHA-256: what tells a user's edit from what dwi_ml
+    wrote."""
     size = os.path.getsize(path)
-    if size > _HASHED_SIZE:
+    if hashed_size is not None and size > hashed_size:
         return f"{size}"
     return f"{size}:{file_sha256(path)}"
+
+
+def _output_fingerprint(path):
+    """An evaluation's or a plot's fingerprint: hashed whatever its size
+    (a few MB at most), so that a user's file of the same size saved over
+    it is never taken for it."""
+    return _fingerprint(path, None)
 
 
 def changed_entries(path):
