@@ -292,8 +292,9 @@ def _load_streamlines(handle, key, lazy):
     lengths = np.asarray(_require(group, "lengths", where)[()], np.int64)
     _check_packing(data.shape, offsets, lengths, where)
     dps_names = _check_data_per_streamline(group, len(lengths), where)
-    check_connectivity(group, space_attributes[1], where,
-                       read_labels=not lazy)
+    # Shapes and types only: the labels are read with the connectivity
+    # (below when eager, at first use when lazy).
+    check_connectivity(group, space_attributes[1], where)
     affine = space_attributes[0]
     if lazy:
         lengths_mm = _read_lengths_mm(handle, key, offsets, lengths, affine)
@@ -315,7 +316,7 @@ def _load_streamlines(handle, key, lazy):
                                   points)
     dps = {name: group["data_per_streamline"][name][()] for name in dps_names}
     return SFTData(points, offsets, lengths, lengths_mm, space_attributes, dps,
-                   read_connectivity(group))
+                   read_connectivity(group, f"{where}:"))
 
 
 def _check_data_per_streamline(group, nb_streamlines, where):

@@ -356,14 +356,20 @@ def write_connectivity(streamline_group, connectivity):
             fletcher32=True, chunks=True, track_times=False)
 
 
-def read_connectivity(streamline_group):
+def read_connectivity(streamline_group, where=None):
     """The Connectivity of an HDF5 streamline group (either tool's), or None.
+
+    ``where`` starts the error of a matrix with connections on labels that
+    the label volume lacks (default: the group's name).
 
     Raises
     ------
     DwiMLUserError
-        A matrix without its blocs or label volume.
+        A matrix without its blocs or label volume, or with connections on
+        labels the volume lacks.
     """
+    if where is None:
+        where = f"HDF5 group '{streamline_group.name}':"
     if "connectivity_matrix" not in streamline_group:
         return None
     matrix = np.asarray(streamline_group["connectivity_matrix"]) > 0
@@ -377,8 +383,7 @@ def read_connectivity(streamline_group):
         labels = np.asarray(streamline_group["connectivity_label_volume"],
                             dtype=np.int32)
         return Connectivity(matrix_on_label_nodes(
-            matrix, labels, f"HDF5 group '{streamline_group.name}': "
-                            "connectivity_matrix"),
+            matrix, labels, f"{where} dataset 'connectivity_matrix'"),
             FROM_LABELS, label_volume=labels)
     matrix_type = decode_str(streamline_group.attrs.get(
         "connectivity_matrix_type", "?"))
@@ -388,8 +393,7 @@ def read_connectivity(streamline_group):
         "connectivity_label_volume.")
 
 
-def check_connectivity(streamline_group, dimensions, where,
-                       read_labels=True):
+def check_connectivity(streamline_group, dimensions, where):
     """Check the connectivity data of an HDF5 streamline group, if any,
     when it is loaded (not at the first tracking validation).
 
@@ -400,9 +404,6 @@ def check_connectivity(streamline_group, dimensions, where,
         The subject's grid (the group's ``dimensions`` attr).
     where : str
         "HDF5 file F: streamline group 'S/G'", starting each error.
-    read_labels : bool
-        Also read the label volume, to check the matrix's labels (not in
-        lazy mode, which reads no volume at load).
 
     Raises
     ------
@@ -410,8 +411,9 @@ def check_connectivity(streamline_group, dimensions, where,
         One line naming the key: a matrix that is not a square 2-D
         dataset, a type other than 'from_blocs' and 'from_labels', blocs
         that are not 1 or 3 integers >= 1 or of another size than the
-        matrix, a label volume that is not integers on the subject's grid
-        or of another number of labels than the matrix.
+        matrix, or a label volume that is not integers on the subject's
+        grid. Only shapes and types are read: the labels are checked
+        against the matrix by :func:`read_connectivity`.
     """
     attrs = streamline_group.attrs
     if "connectivity_matrix" not in streamline_group:
@@ -433,7 +435,7 @@ def check_connectivity(streamline_group, dimensions, where,
         _check_hdf5_blocs(attrs["connectivity_nb_blocs"], shape[0], where)
     elif "connectivity_label_volume" in streamline_group \
             and matrix_type != FROM_BLOCS:
-        _check_hdf5_labels(streamline_group, dimensions, where, read_labels)
+        _check_hdf5_labels(streamline_group, dimensions, where)
     else:
         needed = {FROM_BLOCS: "attr 'connectivity_nb_blocs'",
                   FROM_LABELS: "dataset 'connectivity_label_volume'"}
@@ -460,7 +462,7 @@ def _check_hdf5_blocs(value, matrix_size, where):
             f"{matrix_size} x {matrix_size}.")
 
 
-def _check_hdf5_labels(streamline_group, dimensions, where, read_labels):
+def _check_hdf5_labels(streamline_group, dimensions, where):
     labels = streamline_group["connectivity_label_volume"]
     shape = getattr(labels, "shape", None)
     if shape is None or tuple(shape) != tuple(int(d) for d in dimensions) \
@@ -471,8 +473,3 @@ def _check_hdf5_labels(streamline_group, dimensions, where, read_labels):
             f"{where}: expected dataset 'connectivity_label_volume' of "
             f"integers on the subject's grid {tuple(int(d) for d in dimensions)}"
             f", found {found}.")
-    if not read_labels:
-        return
-    matrix_on_label_nodes(streamline_group["connectivity_matrix"][()] > 0,
-                          np.asarray(labels[()], dtype=np.int32),
-                          f"{where}: dataset 'connectivity_matrix'")
