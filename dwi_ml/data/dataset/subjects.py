@@ -330,10 +330,6 @@ def _check_data_per_streamline(group, nb_streamlines, where):
     """
     if "data_per_streamline" not in group:
         return []
-    if nb_streamlines == 0:
-        # Nothing to read from it (an empty group is refused where used).
-        return list(group["data_per_streamline"]) if isinstance(
-            group["data_per_streamline"], h5py.Group) else []
     dps = group["data_per_streamline"]
     if not isinstance(dps, h5py.Group):
         raise DwiMLUserError(
@@ -345,7 +341,9 @@ def _check_data_per_streamline(group, nb_streamlines, where):
             raise DwiMLUserError(f"{where}: expected '{key}' to be a "
                                  "dataset, found a group.")
         rows = item.shape[0] if item.shape else None
-        if rows != nb_streamlines:
+        # Without streamlines nothing is read from it (an empty group is
+        # refused where used).
+        if nb_streamlines and rows != nb_streamlines:
             raise DwiMLUserError(
                 f"{where}: expected '{key}' of {nb_streamlines} rows (one per "
                 f"streamline), found {'shape ()' if rows is None else rows}"
