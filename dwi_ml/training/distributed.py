@@ -128,6 +128,14 @@ def barrier():
 
 
 def cleanup_distributed():
-    """Destroy the process group, if any."""
+    """Destroy the process group, if any, once every rank is here.
+
+    Called by every rank at the same point (a run's end, an agreed stop).
+    Without the barrier, a rank that destroyed its group while the other
+    was still ending aborted now and then at exit ("terminate called
+    without an active exception", exit -6: 3 of 30 two-rank runs with gloo;
+    0 of 60 with it), and torchrun reported a finished run as failed.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
