@@ -890,3 +890,45 @@ def test_an_output_of_another_format_is_refused_even_with_f(tmp_path, data,
              "expected the extension .csv, found '.txt'")]:
         assert expected in run_refused(main, [*argv, "-f"], capsys)
     assert snapshot(tmp_path) == before
+
+
+def _record_many(folder, role, start):
+    """Child process: once ``start`` is set, record plots in ``folder``'s
+    marker as visualize_logs.py does, or log entries as a training run
+    does."""
+    start.wait()
+    if role == "plots":
+        for i in range(100):  # logs_plot_0.png to logs_plot_99.png
+            _write_output(os.path.join(folder, f"logs_plot_{i}.png"), str(i))
+    else:
+        for i in range(300):
+            output_folders.record_written_entries(
+                folder, [f"logs/{role}_{i}.npy"])
+
+
+def test_concurrent_marker_updates_lose_no_record(tmp_path):
+    """A training run recording its logs and a plot recorded at the same
+    moment each wrote back the marker they had read: one record was lost,
+    and -f then refused that plot as not dwi_ml's."""
+    import multiprocessing
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    output_folders.mark_output_folder(str(folder), "experiment")
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    roles = ("plots", "train", "valid")
+    children = [context.Process(target=_record_many,
+                                args=(str(folder), role, start))
+                for role in roles]
+    for child in children:
+        child.start()
+    start.set()
+    for child in children:
+        child.join(120)
+        assert child.exitcode == 0
+    with open(folder / output_folders.MARKER_FILE) as f:
+        marker = json.load(f)
+    assert sorted(marker["outputs"]) == sorted(
+        f"logs_plot_{i}.png" for i in range(100))
+    assert sorted(marker["written"]) == sorted(
+        f"logs/{role}_{i}.npy" for role in roles[1:] for i in range(300))

@@ -19,13 +19,17 @@ be one of the files a dwi_ml folder holds as its state (an experiment's
 Every check runs before any work and raises a one-line
 :class:`~dwi_ml.io_utils.errors.DwiMLUserError`.
 """
+import contextlib
 import datetime
+import errno
+import fcntl
 import fnmatch
 import glob
 import json
 import logging
 import os
 import shutil
+import time
 
 from dwi_ml import __version__
 from dwi_ml.io_utils.arg_checks import check_extension
@@ -491,15 +495,16 @@ def record_output_in_experiment(path):
                 for pattern in _ADDED_OUTPUTS)
             or _is_logs_correlation_plot(folder, name)):
         return
-    content = _marker_content(folder)
-    if content is None or content.get("kind") != "experiment":
-        return
-    outputs = _recorded_outputs(folder, content)
-    outputs[name] = _output_fingerprint(path)
-    content["outputs"] = outputs
     try:
-        write_json_atomic(os.path.join(folder, MARKER_FILE), content,
-                          strict=False)
+        with _marker_update(folder):
+            content = _marker_content(folder)
+            if content is None or content.get("kind") != "experiment":
+                return
+            outputs = _recorded_outputs(folder, content)
+            outputs[name] = _output_fingerprint(path)
+            content["outputs"] = outputs
+            write_json_atomic(os.path.join(folder, MARKER_FILE), content,
+                              strict=False)
     except OSError as error:
         # The output is complete: -f will only refuse it.
         logger.warning("%s: not recorded in the experiment's %s (%s): -f "
@@ -536,6 +541,39 @@ def _marker_content(folder):
     return content if isinstance(content, dict) else None
 
 
+# How long a marker update waits for another process's update of the same
+# folder (each holds it for milliseconds) before it goes on unlocked.
+_MARKER_LOCK_WAIT = 30.0
+
+
+@contextlib.contextmanager
+def _marker_update(folder):
+    """Hold an exclusive ``flock`` on ``folder`` itself while its marker is
+    read, changed and written back: a training run recording its logs and
+    a plot recorded at the same moment would otherwise each write back the
+    marker it read, and one record would be lost. Where the file system
+    has no locks, or the folder cannot be opened, it goes on unlocked."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + _MARKER_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if (error.errno not in (errno.EAGAIN, errno.EACCES)
+                        or time.monotonic() > deadline):
+                    break
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _is_logs_correlation_plot(path, name):
     """Whether ``name`` is ``logs_correlation_LOG1_LOG2.png`` for two logs
     of the experiment ``path``: dwiml_visualize_logs_correlation.py's
@@ -561,16 +599,18 @@ def record_written_entries(path, entries):
 
     Nothing is done for a folder without a readable marker.
     """
-    content = _marker_content(path)
-    if content is None:
-        return
-    written = content.get("written")
-    written = ({entry for entry in written if isinstance(entry, str)}
-               if isinstance(written, list) else set())
-    if set(entries) <= written:
-        return
-    content["written"] = sorted(written | set(entries))
-    write_json_atomic(os.path.join(path, MARKER_FILE), content, strict=False)
+    with _marker_update(path):
+        content = _marker_content(path)
+        if content is None:
+            return
+        written = content.get("written")
+        written = ({entry for entry in written if isinstance(entry, str)}
+                   if isinstance(written, list) else set())
+        if set(entries) <= written:
+            return
+        content["written"] = sorted(written | set(entries))
+        write_json_atomic(os.path.join(path, MARKER_FILE), content,
+                          strict=False)
 
 
 def seal_output_folder(path):
@@ -585,17 +625,18 @@ def seal_output_folder(path):
     ``config.json``).
     """
     marker = os.path.join(path, MARKER_FILE)
-    with open(marker) as f:
-        content = json.load(f)
-    entries = sorted(_entries_under(path, ""))
-    content["entries"] = entries
-    if content.get("kind") in _FINGERPRINTED_KINDS:
-        content["fingerprints"] = {
-            entry: _fingerprint(os.path.join(path, entry))
-            for entry in entries
-            if os.path.isfile(os.path.join(path, entry))
-            and not os.path.islink(os.path.join(path, entry))}
-    write_json_atomic(marker, content, strict=False)
+    with _marker_update(path):
+        with open(marker) as f:
+            content = json.load(f)
+        entries = sorted(_entries_under(path, ""))
+        content["entries"] = entries
+        if content.get("kind") in _FINGERPRINTED_KINDS:
+            content["fingerprints"] = {
+                entry: _fingerprint(os.path.join(path, entry))
+                for entry in entries
+                if os.path.isfile(os.path.join(path, entry))
+                and not os.path.islink(os.path.join(path, entry))}
+        write_json_atomic(marker, content, strict=False)
 
 
 def _fingerprint(path, hashed_size=_HASHED_SIZE):
@@ -784,10 +825,11 @@ def reset_output_folder(path, kind, keep=()):
         _refuse_foreign_entries(path, kind, "output folder")
     # Marked first: a kill while emptying leaves a folder -f still knows,
     # with the evaluations and plots it still holds.
-    content = _marker_content(path) if kind == "experiment" else None
-    kept = (None if content is None or content.get("kind") != kind
-            else _recorded_outputs(path, content))
-    mark_output_folder(path, kind, kept)
+    with _marker_update(path):
+        content = _marker_content(path) if kind == "experiment" else None
+        kept = (None if content is None or content.get("kind") != kind
+                else _recorded_outputs(path, content))
+        mark_output_folder(path, kind, kept)
     for entry in os.scandir(path):
         if entry.name in (*keep, MARKER_FILE):
             continue
@@ -798,7 +840,8 @@ def reset_output_folder(path, kind, keep=()):
         else:
             os.remove(entry.path)
     if kept:
-        mark_output_folder(path, kind)
+        with _marker_update(path):
+            mark_output_folder(path, kind)
 
 
 def _warn_link_removed(link):
