@@ -55,6 +55,35 @@ CASES = [
     (["--add_eos", "--eos_only_at_fibre_ends"],
      "argument --eos_only_at_fibre_ends: an option of --split_ratio (> 0), "
      "found without --split_ratio."),
+    # Typed at its default: the user still expects it to act.
+    (["--momentum", "0.9"],
+     "argument --momentum: an option of --optimizer SGD, found 0.9 with "
+     "--optimizer Adam."),
+    (["--lr_scheduler", "cosine", "--lr_gamma", "0.5"],
+     "argument --lr_gamma: an option of --lr_scheduler step or plateau, "
+     "found 0.5 with --lr_scheduler cosine."),
+    (["--lr_step_size", "10"],
+     "argument --lr_step_size: an option of --lr_scheduler step, found 10 "
+     "with --lr_scheduler constant."),
+    (["--tracking_validation_nb_seeds", "1000"],
+     "argument --tracking_validation_nb_seeds: an option of "
+     "--tracking_validation_every N, found 1000 with tracking validation "
+     "off."),
+    (["--d_model", "64"],
+     "argument --d_model: an option of --model_type transformer_original or "
+     "transformer_src_tgt or transformer_src_only, found 64 with "
+     "--model_type learn2track."),
+    (["--eos_weight", "1.0"],
+     "argument --eos_weight: an option of --add_eos, found 1.0 without "
+     "--add_eos."),
+    (["--cnn_nb_filters", "8"],
+     "argument --cnn_nb_filters: an option of --input_embedding_key cnn, "
+     "found 8 with --input_embedding_key none."),
+    (["--rnn_layer_sizes", "8", "--rnn_stacking", "reference"],
+     "argument --rnn_stacking: an option of two or more RNN layers or "
+     "--dropout (the stackings differ between layers and by the dropout "
+     "after the last one), found 'reference' with one layer "
+     "(--rnn_layer_sizes 8) and no dropout."),
 ]
 
 

@@ -48,6 +48,7 @@ from dwi_ml.io_utils.script_args import (
     add_verbose_arg,
     check_inputs_exist,
     make_parser,
+    option_given,
     parse_script_args,
 )
 from dwi_ml.models.direction_getters import DG_OPTION_ARGS
@@ -250,8 +251,8 @@ _SCHEDULER_OPTIONS = {"lr_step_size": ("step",),
 
 
 def _refuse_options_that_do_not_apply(args):
-    """Refuse an option given (off its default) where nothing reads it:
-    the run would silently ignore it.
+    """Refuse an option given (see :func:`option_given`) where nothing
+    reads it: the run would silently ignore it.
 
     Raises
     ------
@@ -264,7 +265,7 @@ def _refuse_options_that_do_not_apply(args):
     parser = build_parser()
 
     def given(name):
-        return getattr(args, name) != parser.get_default(name)
+        return option_given(args, name, parser.get_default(name))
 
     tracking_options = [action.dest for action in parser._actions
                         if action.dest.startswith("tracking_validation_")

@@ -18,6 +18,7 @@ from dwi_ml.io_utils.script_args import (
     check_inputs_exist,
     check_output_free,
     make_parser,
+    option_given,
     parse_script_args,
 )
 from dwi_ml.monitoring.augmentation_preview import (
@@ -166,7 +167,7 @@ def _options_from_experiment(args):
     ``--experiment``'s parameters.json, refusing any of them given."""
     defaults = _build_parser()
     given = [f"--{name}" for _, name in EXPERIMENT_OPTIONS
-             if getattr(args, name) != defaults.get_default(name)]
+             if option_given(args, name, defaults.get_default(name))]
     if given:
         raise DwiMLUserError(
             f"argument {given[0]}: --experiment '{args.experiment}' gives "

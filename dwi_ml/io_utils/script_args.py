@@ -209,6 +209,20 @@ def options_given(parser, argv):
                      if value is not preset[dest])
 
 
+def option_given(args, name, default):
+    """Whether option ``name`` was given: typed on the command line, even
+    at its default, for ``args`` from :func:`parse_script_args`; set to
+    another value than ``default`` for ``args`` built in code.
+
+    The refusals of options that nothing would read use it: a typed option
+    is one the user expects to act.
+    """
+    given = getattr(args, "options_given", None)
+    if given is not None:
+        return name in given
+    return getattr(args, name) != default
+
+
 def _expanded(value):
     if isinstance(value, str) and value.startswith("~"):
         return os.path.expanduser(value)

@@ -10,6 +10,7 @@ import argparse
 import functools
 
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.script_args import option_given
 from dwi_ml.models.direction_getters import direction_getter_args
 from dwi_ml.models.learn2track import Learn2TrackModel, add_learn2track_args
 from dwi_ml.models.transformer_layers import POSITION_ENCODINGS
@@ -104,7 +105,7 @@ _TRANSFORMERS = ("transformer_original", "transformer_src_tgt",
                  "transformer_src_only")
 _WITH_TARGET = ("transformer_original", "transformer_src_tgt")
 # The model types that take each family-specific option; the others would
-# ignore it, so a value other than its default is refused.
+# ignore it, so one given is refused (even typed at its default).
 OPTION_MODEL_TYPES = {
     **dict.fromkeys(("input_embedding_size", "prev_dirs_embedding_key",
                      "prev_dirs_embedding_size", "rnn_key", "rnn_layer_sizes",
@@ -121,15 +122,15 @@ OPTION_MODEL_TYPES = {
 
 def check_options_of_model_type(args):
     """Refuse an option of another model type than ``args.model_type``
-    (e.g. --n_layers_d with transformer_src_only) set to another value
-    than its default: the model would silently ignore it.
+    (e.g. --n_layers_d with transformer_src_only) given, even typed at
+    its default: the model would silently ignore it.
 
     ``--target_embedded_size`` is refused with ``--token_combination add``
     too (both tokens embed to d_model).
     """
     for option, model_types in OPTION_MODEL_TYPES.items():
         value = getattr(args, option)
-        if value == _default(option):
+        if not option_given(args, option, _default(option)):
             continue
         if args.model_type not in model_types:
             raise DwiMLUserError(
@@ -147,7 +148,7 @@ def _check_options_of_inputs(args, input_embedding_key, model_class):
     """Refuse --cnn_nb_filters without the cnn embedding, and
     --no-normalize_prev_dirs for a model that reads no previous direction:
     either would be silently ignored."""
-    if (args.cnn_nb_filters != _default("cnn_nb_filters")
+    if (option_given(args, "cnn_nb_filters", _default("cnn_nb_filters"))
             and input_embedding_key != "cnn"):
         raise DwiMLUserError(
             f"argument --cnn_nb_filters: an option of --input_embedding_key "
@@ -163,15 +164,16 @@ def _check_options_of_inputs(args, input_embedding_key, model_class):
 
 
 def _check_rnn_stacking(args, dropout):
-    """Refuse a non-default --rnn_stacking where it changes nothing: one
+    """Refuse a given --rnn_stacking where it changes nothing: one
     RNN layer and no dropout."""
-    if (args.rnn_stacking != _default("rnn_stacking")
+    if (option_given(args, "rnn_stacking", _default("rnn_stacking"))
             and len(args.rnn_layer_sizes) == 1 and dropout == 0):
         raise DwiMLUserError(
-            f"argument --rnn_stacking: {args.rnn_stacking} differs from "
-            f"{_default('rnn_stacking')} between RNN layers and by the "
-            f"dropout after the last one, found one layer "
-            f"(--rnn_layer_sizes {args.rnn_layer_sizes[0]}) and no dropout.")
+            f"argument --rnn_stacking: an option of two or more RNN layers "
+            f"or --dropout (the stackings differ between layers and by the "
+            f"dropout after the last one), found {args.rnn_stacking!r} with "
+            f"one layer (--rnn_layer_sizes {args.rnn_layer_sizes[0]}) and no "
+            f"dropout.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -187,12 +189,13 @@ def _default(option):
 
 
 def model_options_given(args):
-    """The options of :func:`add_model_args` whose value in ``args`` is not
-    their default, as ``--name`` strings in the parser's order."""
+    """The options of :func:`add_model_args` given in ``args`` (see
+    :func:`~dwi_ml.io_utils.script_args.option_given`), as ``--name``
+    strings in the parser's order."""
     return [action.option_strings[0]
             for action in _model_args_parser()._actions
             if action.dest != "help" and hasattr(args, action.dest)
-            and getattr(args, action.dest) != action.default]
+            and option_given(args, action.dest, action.default)]
 
 
 def model_type_of(model_class_name):

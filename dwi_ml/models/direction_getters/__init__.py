@@ -8,6 +8,7 @@ import inspect
 
 from dwi_ml.io_utils.arg_checks import check_choice
 from dwi_ml.io_utils.errors import DwiMLUserError
+from dwi_ml.io_utils.script_args import option_given
 from dwi_ml.models.direction_getters.base import AbstractDirectionGetter
 from dwi_ml.models.direction_getters.fisher_von_mises import FisherVonMisesDG
 from dwi_ml.models.direction_getters.gaussian import GaussianDG, GaussianMixtureDG
@@ -120,7 +121,7 @@ def direction_getter_args(args):
     """
     cls = DIRECTION_GETTERS[args.dg_key]
     accepted = set(inspect.signature(cls).parameters)
-    if not args.add_eos and args.eos_weight != 1.0:
+    if not args.add_eos and option_given(args, "eos_weight", 1.0):
         # Without EOS there is no EOS loss to weigh.
         raise DwiMLUserError(
             f"argument --eos_weight: an option of --add_eos, found "
@@ -139,7 +140,7 @@ def direction_getter_args(args):
         ("smoothing_sigma_deg", 10.0))}
     for option, name in DG_OPTION_ARGS.items():
         value = getattr(args, option)
-        if value == defaults[option]:
+        if not option_given(args, option, defaults[option]):
             continue
         if name not in accepted:
             raise DwiMLUserError(
