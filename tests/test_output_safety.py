@@ -507,6 +507,37 @@ def test_demo_outputs_are_all_its_own(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+def test_demo_f_removes_the_plots_and_evaluations_of_its_experiment(
+        tmp_path, capsys):
+    """A plot and an evaluation written into the demo's experiment, as the
+    docs do, are the experiment's own: the demo's -f refused them as
+    foreign, while the experiment's own -f removed them."""
+    out = tmp_path / "demo"
+    args = [str(out), "--epochs", "1", "2", "--nb_streamlines", "30",
+            "-v", "WARNING"]
+    demo_main(args)
+    experiment = str(out / "experiments" / "demo")
+    plot_main([experiment, "-v", "WARNING"])
+    evaluate_main([experiment, str(out / "dataset.hdf5"), "-v", "WARNING"])
+    added = ["logs_plot.png", "evaluation_testing_best.json"]
+    for name in added:
+        assert os.path.isfile(os.path.join(experiment, name))
+    assert output_folders.foreign_entries(str(out), "demo_output") == []
+    # The user's figure saved over the experiment's plot is theirs.
+    with open(os.path.join(experiment, "logs_plot.png"), "ab") as f:
+        f.write(b"my annotations")
+    assert output_folders.foreign_entries(str(out), "demo_output") == [
+        "experiments/demo/logs_plot.png"]
+    before = snapshot(tmp_path)
+    message = run_refused(demo_main, [*args, "-f"], capsys)
+    assert "but also holds 'experiments/demo/logs_plot.png'" in message
+    assert snapshot(tmp_path) == before
+    plot_main([experiment, "-f", "-v", "WARNING"])
+    demo_main([*args, "-f"])
+    for name in added:
+        assert not os.path.exists(os.path.join(experiment, name))
+
+
 def test_synthetic_f_refuses_a_users_subject_or_list_inside(tmp_path,
                                                            capsys):
     out = tmp_path / "syn"

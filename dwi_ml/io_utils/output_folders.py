@@ -700,13 +700,37 @@ def _sealed_entries(path):
 
 def _unsealed_entries(path, sealed):
     """Entries under ``path`` not in ``sealed``; a foreign folder is named,
-    not what it holds."""
+    not what it holds. Inside an experiment (the demo's), what the
+    experiment itself counts as its own is not foreign: its evaluations
+    and plots, and the logs of a resume."""
     foreign = []
+    experiments = {}
     for entry in sorted(_entries_under(path, "")):
-        if entry not in sealed and not any(
-                entry.startswith(folder + "/") for folder in foreign):
+        if entry in sealed or any(entry.startswith(folder + "/")
+                                  for folder in foreign):
+            continue
+        experiment_foreign = _foreign_in_experiment_above(path, entry,
+                                                          experiments)
+        if experiment_foreign is None or entry in experiment_foreign:
             foreign.append(entry)
     return foreign
+
+
+def _foreign_in_experiment_above(path, entry, cache):
+    """The foreign entries (relative to ``path``) of the closest experiment
+    folder above ``entry`` inside ``path``; None if there is none."""
+    parts = entry.split("/")[:-1]
+    for depth in range(len(parts), 0, -1):
+        folder = "/".join(parts[:depth])
+        if folder not in cache:
+            full = os.path.join(path, folder)
+            cache[folder] = (
+                {f"{folder}/{name}"
+                 for name in foreign_entries(full, "experiment")}
+                if _marker_field(full, "kind") == "experiment" else None)
+        if cache[folder] is not None:
+            return cache[folder]
+    return None
 
 
 def _foreign_entries(path, patterns):
