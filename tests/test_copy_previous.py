@@ -5,6 +5,7 @@ experiment against the same rule written out point by point in numpy.
 """
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from training_data import TINY_TRAINING, make_training_hdf5
 
+import dwi_ml
 from dwi_ml.cli.dwiml_compute_loss_copy_previous import main as copy_main
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.data.dataset import MultiSubjectDataset
@@ -107,6 +109,11 @@ def test_script_matches_the_rule_written_point_by_point(data, tmp_path,
     assert sorted(saved["results"]) == ["all", "subj-02"]
     assert saved["results"]["all"] == pytest.approx(result, rel=1e-15)
     assert saved["dg_key"] == "cosine-regression"
+    # How it was made (docs/scripts.md).
+    assert saved["argv"][-2:] == ["--batch_size", "7"]
+    assert saved["inputs"]["hdf5_file"] == os.path.abspath(hdf5_file)
+    assert saved["options"]["step_size"] == 1.5
+    assert saved["dwi_ml_version"] == dwi_ml.__version__
     assert saved["streamline_format"]["step_size"] == 1.5
     assert result["n_points"] == len(losses)
     # Each float32 loss is within a few roundings of 1 - cos (unit vectors

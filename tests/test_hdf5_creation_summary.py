@@ -56,3 +56,12 @@ def test_summary_counts_subjects_streamlines_points_and_size(tmp_path, capsys):
     upper = elapsed + 0.05
     assert 0 <= float(match["seconds"]) <= upper + rounding_atol(upper, 2,
                                                                  EPS64)
+
+
+def test_summary_says_one_subject_not_one_subjects():
+    from dwi_ml.cli.dwiml_create_hdf5_dataset import format_summary
+    summary = {"subjects": {"training": 1, "validation": 0, "testing": 0},
+               "nb_streamlines": 1, "nb_points": 2, "file_size_bytes": 2048}
+    assert format_summary("a.hdf5", summary, 0.25) == (
+        "Created a.hdf5 in 0.2 s: 1 subject (1 training, 0 validation, 0 "
+        "testing), 1 streamline, 2 points, 0.00 MiB (2048 bytes).")

@@ -1,6 +1,7 @@
 """dwiml_visualize_input_importance.py: gradient x input attribution of a
 trained model's inputs, per column, feature, neighbour and group."""
 import json
+import os
 import shutil
 
 import matplotlib.image
@@ -11,6 +12,7 @@ from error_checks import assert_user_error
 from tolerances import EPS64, rounding_atol
 from training_data import TINY_TRAINING, make_training_hdf5
 
+import dwi_ml
 from dwi_ml.batching.dataloaders import BatchRequest
 from dwi_ml.cli.dwiml_train_model import main as train_main
 from dwi_ml.cli.dwiml_visualize_input_importance import main
@@ -124,6 +126,12 @@ def test_aggregates_sum_the_columns_over_every_prediction_point(
         f"Saved the figure in {tmp_path / 'importance.png'} and the values "
         f"in {tmp_path / 'importance.json'}.\n")
     assert values["subject"] == "subj-02"
+    assert values["inputs"] == {
+        "experiment_path": os.path.abspath(l2t_experiment),
+        "hdf5_file": os.path.abspath(hdf5_file), "subject_id": "subj-02"}
+    assert values["options"]["batch_size"] == 9
+    assert values["argv"][-2:] == ["high", "40"]
+    assert values["dwi_ml_version"] == dwi_ml.__version__
     assert (values["nb_features"], values["nb_neighbours"]) == (NB_FEATURES,
                                                                 7)
     assert values["per_neighbour"]["offsets_mm"] == AXES_OFFSETS_MM

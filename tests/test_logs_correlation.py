@@ -10,6 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 from scipy import stats
 
+import dwi_ml
 from dwi_ml.cli.dwiml_visualize_logs_correlation import main
 from dwi_ml.monitoring.log_correlation import correlate_logs, draw_correlation
 from dwi_ml.monitoring.log_reading import read_experiments
@@ -39,6 +40,9 @@ def test_correlations_per_experiment_and_pooled(tmp_path, capsys):
     main([a, b, c, "valid_loss", "tracking_f1", "--out", str(out),
           "--out_json", str(out_json)])
     saved = json.loads(out_json.read_text())
+    assert saved["argv"][3:5] == ["valid_loss", "tracking_f1"]
+    assert saved["options"]["experiments"] == [a, b, c]
+    assert saved["dwi_ml_version"] == dwi_ml.__version__
     assert saved["experiments"]["a"]["nb_epochs"] == 4
     assert saved["experiments"]["a"]["pearson"] == pytest.approx(-1)
     assert saved["experiments"]["a"]["spearman"] == pytest.approx(-1)

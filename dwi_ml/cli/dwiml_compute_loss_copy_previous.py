@@ -33,6 +33,7 @@ from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
 from dwi_ml.io_utils.experiment_layout import read_parameters
+from dwi_ml.io_utils.provenance import run_record
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -191,7 +192,9 @@ def main(argv=None):
             "dg_key": getter.key,
             "dg_args": getter.params,
             "streamline_format": streamline_format.as_dict(),
-            "skip_first_point": args.skip_first_point, "results": results})
+            "skip_first_point": args.skip_first_point, "results": results,
+            **run_record(args, input_paths=("hdf5_file", "experiment"),
+                         leave_out=("out",))})
         print(f"Saved to {args.out}")
 
 

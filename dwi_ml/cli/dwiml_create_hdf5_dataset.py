@@ -147,14 +147,19 @@ def summarize_hdf5(path):
             "nb_points": nb_points, "file_size_bytes": os.path.getsize(path)}
 
 
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def format_summary(path, summary, seconds):
     """The one-paragraph summary printed after a successful creation."""
     splits = ", ".join(f"{count} {split}"
                        for split, count in summary["subjects"].items())
     return (f"Created {path} in {seconds:.1f} s: "
-            f"{sum(summary['subjects'].values())} subjects ({splits}), "
-            f"{summary['nb_streamlines']} streamlines, "
-            f"{summary['nb_points']} points, "
+            f"{_count(sum(summary['subjects'].values()), 'subject')} "
+            f"({splits}), "
+            f"{_count(summary['nb_streamlines'], 'streamline')}, "
+            f"{_count(summary['nb_points'], 'point')}, "
             f"{summary['file_size_bytes'] / 1024 ** 2:.2f} MiB "
             f"({summary['file_size_bytes']} bytes).")
 

@@ -1,4 +1,4 @@
-"""Run the whole dwi_ml job on a synthetic example, in a few minutes on CPU.
+"""Run the whole dwi_ml job on a synthetic example, in under a minute on CPU.
 
 Steps: make the synthetic subjects, build the HDF5 (streamlines resampled
 to 2 mm steps), load it and print a summary, train a small Learn2track model

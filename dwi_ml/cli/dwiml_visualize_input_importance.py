@@ -3,6 +3,7 @@
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file, output_group, write_json_atomic
 from dwi_ml.io_utils.errors import script_entry_point
+from dwi_ml.io_utils.provenance import run_record
 from dwi_ml.io_utils.script_args import (
     add_experiment_group_args,
     add_experiment_subject_args,
@@ -100,7 +101,11 @@ def main(argv=None):
             write_json_atomic(args.out_json, {
                 "subject": args.subject_id,
                 "model": "latest epoch" if args.use_latest_epoch else "best",
-                **importance_as_dict(importance, groups)})
+                **importance_as_dict(importance, groups),
+                **run_record(args, input_paths=("experiment_path",
+                                                "hdf5_file"),
+                             other_inputs=("subject_id",),
+                             leave_out=("out_png", "out_json"))})
     values = f" and the values in {args.out_json}" if args.out_json else ""
     print(f"Saved the figure in {args.out_png}{values}.")
 

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from dwi_ml.io_utils.arg_checks import check_int
 from dwi_ml.io_utils.atomic import atomic_output_file, output_group, write_json_atomic
 from dwi_ml.io_utils.errors import DwiMLUserError, script_entry_point
+from dwi_ml.io_utils.provenance import run_record
 from dwi_ml.io_utils.script_args import (
     add_output_args,
     check_inputs_exist,
@@ -100,7 +101,8 @@ def main(argv=None):
                                 for result in per_experiment},
                 "all": pooled.as_dict(),
                 "fit": None if fit is None else {"slope": fit[0],
-                                                 "intercept": fit[1]}})
+                                                 "intercept": fit[1]},
+                **run_record(args, leave_out=("out", "out_json"))})
 
     print(f"{'experiment':<24}{'epochs':>8}{'pearson':>10}{'spearman':>10}")
     for result in [*per_experiment, pooled]:
