@@ -9,7 +9,9 @@ next segments, in mm: the streamlines' turning per step).
 
 With --experiment, the rule is scored as the experiment's model is: its
 direction getter's loss, its streamline format (step size, number of points
-or compression) and, by default, its streamline group. Compare the result
+or compression; for a model without one, the format of its training file's
+streamlines, as dwiml_evaluate_model.py reads another file) and, by
+default, its streamline group. Compare the result
 with the experiment's validation loss (--subset validation, the default),
 or with dwiml_evaluate_model.py's loss on the same subset. With EOS the
 rule has no stopping output: compare with the model's loss_direction.
@@ -53,6 +55,7 @@ from dwi_ml.training.experiment_builder import (
     check_hdf5_groups,
     hdf5_group_names,
 )
+from dwi_ml.training.training_file import format_as_in_training
 
 # Options that the experiment sets when --experiment is given.
 _MODEL_OPTIONS = ("dg_key", "normalize_targets", "normalize_outputs",
@@ -127,8 +130,11 @@ def _getter_and_format(args):
                 f"direction getter, found a {type(model).__name__}.")
         check_regression_getter(model.direction_getter,
                                 f"--experiment '{args.experiment}'")
-        return (model.direction_getter,
-                model.input_spec.streamline_format, group)
+        # Its training file's format when the model has none of its own,
+        # as dwiml_evaluate_model.py reads it.
+        return (model.direction_getter, format_as_in_training(
+            args.experiment, args.hdf5_file,
+            model.input_spec.streamline_format), group)
     if args.use_latest_epoch:
         raise DwiMLUserError(
             "argument --use_latest_epoch: an option of --experiment, found "

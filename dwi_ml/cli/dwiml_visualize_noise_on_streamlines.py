@@ -31,6 +31,7 @@ from dwi_ml.monitoring.augmentation_preview import (
     summarize,
 )
 from dwi_ml.training.experiment_builder import check_hdf5_groups
+from dwi_ml.training.training_file import format_as_in_training
 
 OUT_EXTENSIONS = (".trk", ".trx")
 # What --experiment takes from parameters.json: (section, name).
@@ -102,7 +103,9 @@ def _build_parser():
     run.add_argument("--experiment", metavar="EXPERIMENT",
                      help="Take the augmentation options, --seed and the "
                           "format from this experiment's parameters.json "
-                          "(none of them may then be given).")
+                          "(for a model without a format of its own, the "
+                          "format of its training file's streamlines); none "
+                          "of them may then be given.")
     add_output_args(parser)
     return parser
 
@@ -139,6 +142,10 @@ def main(argv=None):
     _warn_augmentations_unused(args)
     streamline_format = StreamlineFormat(args.step_size, args.nb_points,
                                          args.compress)
+    if args.experiment is not None:
+        # Its training file's format when the model has none of its own.
+        streamline_format = format_as_in_training(
+            args.experiment, args.hdf5_file, streamline_format)
     check_int("--seed", args.seed, 0)
     if args.max_streamlines is not None:
         check_int("--max_streamlines", args.max_streamlines, 1)

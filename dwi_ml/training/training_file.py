@@ -102,26 +102,50 @@ def use_training_streamline_format(model, experiment_dir, hdf5_file):
     hdf5_file : str
         The file the model is about to read.
     """
-    if model.input_spec.streamline_format.is_set:
-        return
+    spec = model.input_spec
+    streamline_format = format_as_in_training(
+        experiment_dir, hdf5_file, spec.streamline_format)
+    if streamline_format is not spec.streamline_format:
+        model.input_spec = InputSpec(streamline_format, spec.neighborhood,
+                                     spec.nb_previous_dirs)
+
+
+def format_as_in_training(experiment_dir, hdf5_file, streamline_format):
+    """The format in which a run of ``experiment_dir`` reads ``hdf5_file``'s
+    streamlines: ``streamline_format`` (the model's own) when it is set,
+    else the format of the training file's streamlines (see
+    :func:`use_training_streamline_format`).
+
+    Parameters
+    ----------
+    experiment_dir : str
+    hdf5_file : str
+    streamline_format : StreamlineFormat
+        The model's own format (``parameters.json``'s ``model``).
+
+    Returns
+    -------
+    StreamlineFormat
+        ``streamline_format`` itself, or the training file's.
+    """
+    if streamline_format.is_set:
+        return streamline_format
     trained = training_streamline_format(training_dataset(experiment_dir))
     with h5py.File(hdf5_file, "r") as hdf_file:
         given = hdf5_streamline_format(dict(hdf_file.attrs))
     if trained is None or given is None or trained == given:
-        return
+        return streamline_format
     if not trained.is_set:
         logger.warning(
             "The model was trained on streamlines as stored, not resampled; "
             "those of %s are stored with %s: the model reads them so, "
             "unlike its training streamlines.", hdf5_file,
             _describe_format(given))
-        return
-    spec = model.input_spec
-    model.input_spec = InputSpec(trained, spec.neighborhood,
-                                 spec.nb_previous_dirs)
+        return streamline_format
     logger.info("Streamlines of %s (%s) are resampled to %s, as those of the "
                 "HDF5 the model was trained on.", hdf5_file,
                 _describe_format(given), _describe_format(trained))
+    return trained
 
 
 # What makes an input group's values, with the config's defaults.
