@@ -61,6 +61,22 @@ def test_l2_rule_and_eos_rows():
     assert has_direction.tolist() == [False, True, True, False, False, False]
 
 
+@pytest.mark.parametrize("norm", [2.0, None])
+def test_l2_rule_copies_the_previous_target_at_the_targets_norm(norm):
+    """Unit outputs against targets of norm 2 (or unscaled segments) gave a
+    baseline near 1 everywhere, which a model beat by learning the norm."""
+    getter = make_direction_getter("l2-regression", 1,
+                                   {"normalize_targets": norm})
+    # Segments 2 voxels long: at norm 2 and unscaled, the same targets.
+    losses, previous, _, _ = copy_previous_point_losses(
+        getter, [2 * L_SHAPE, SEGMENT])
+    # First points: the target's norm (2); the straight step 0; the right
+    # angle 2 * sqrt(2).
+    assert previous.tolist() == [[0, 0, 0], [2, 0, 0], [2, 0, 0], [0, 0, 0]]
+    assert losses.tolist() == pytest.approx(
+        [2.0, 0.0, 2 * math.sqrt(2), 2.0], abs=rounding_atol(4, 4))
+
+
 def test_likelihood_getters_are_refused():
     for key in ("gaussian", "sphere-classification", "fisher-von-mises"):
         with pytest.raises(DwiMLUserError, match=f"found '{key}'"):

@@ -18,6 +18,9 @@ rule has no stopping output: compare with the model's loss_direction.
 Without --experiment, choose the loss with --dg_key and its options and the
 format with --step_size, --nb_points or --compress.
 
+The rule's output is the previous segment's direction, at the targets'
+norm (--normalize_targets: copying the previous target), so that an L2
+loss measures the turn, not a norm the model has to learn.
 At the first point of a streamline there is no previous direction: the rule
 outputs a zero vector there (cosine loss 1, L2 loss the target's norm), as
 a model sees no previous direction there either. --skip_first_point leaves
@@ -90,10 +93,11 @@ def _build_parser():
                             "cosine-regression.")
     model.add_argument("--normalize_targets", type=float, metavar="NORM",
                        help="L2 getters: scale targets to this norm (default "
-                            "1).")
+                            "1); the rule's outputs, the previous segments' "
+                            "directions, are scaled as the targets.")
     model.add_argument("--normalize_outputs", type=float, metavar="NORM",
-                       help="L2 getters: scale the rule's unit outputs to "
-                            "this norm (default: unscaled).")
+                       help="L2 getters: scale the rule's outputs to this "
+                            "norm, as a model's (default: unscaled).")
     model.add_argument("--add_eos", action="store_true",
                        help="Score the rows of a model with EOS (one per "
                             "point; 0 where the target is 'stop').")

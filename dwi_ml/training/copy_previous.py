@@ -5,10 +5,13 @@ segment that led there already scores well under a direction loss. A
 model's loss means something only next to this rule's, on the same
 streamlines, in the same format and with the same loss.
 
-The rule's output at a point is the unit direction of the previous segment
-(voxel space, as the models see it), and a zero vector at the first point
-of a streamline, where there is none: there, the cosine loss is 1 and the
-L2 loss is the target's norm. ``skip_first_point`` leaves first points
+The rule's output at a point is the previous segment's direction (voxel
+space, as the models see it), as the getter scales its targets: a unit
+vector by default, at ``normalize_targets``'s norm when set, the segment
+itself for targets left unscaled (the previous target, so that the L2
+loss measures the turn, not a difference of norms). It is a zero vector at
+the first point of a streamline, where there is none: there, the cosine
+loss is 1 and the L2 loss is the target's norm. ``skip_first_point`` leaves first points
 out. With EOS, the rows are the model's (one per point, the last one's
 target being "stop"): the rule's direction loss is 0 where the target is
 "stop", so its mean is comparable to the model's ``loss_direction``.
@@ -25,7 +28,10 @@ from dwi_ml.batching.batch_loader import BatchLoaderOneInput
 from dwi_ml.data.dataset import MultiSubjectDataset
 from dwi_ml.data.processing.input_spec import InputSpec
 from dwi_ml.io_utils.errors import DwiMLUserError
-from dwi_ml.models.direction_getters.regression import REGRESSION_KEYS
+from dwi_ml.models.direction_getters.regression import (
+    REGRESSION_KEYS,
+    CosineRegressionDG,
+)
 from dwi_ml.models.directions import (
     compute_direction_targets,
     compute_previous_dirs,
@@ -76,12 +82,13 @@ def copy_previous_point_losses(direction_getter, streamlines,
     """
     add_eos = direction_getter.add_eos
     targets, eos = compute_direction_targets(streamlines, add_eos)
-    previous = compute_previous_dirs(streamlines, 1, add_eos)
-    losses = direction_getter.compute_direction_losses(previous, targets)
     counts = nb_predictions(streamline_lengths(streamlines), add_eos)
     first_rows = torch.cumsum(counts, 0) - counts
-    is_first = torch.zeros(len(losses), dtype=torch.bool)
+    is_first = torch.zeros(len(targets), dtype=torch.bool)
     is_first[first_rows[counts > 0]] = True
+    previous = _previous_as_targets(direction_getter, streamlines, targets,
+                                    is_first)
+    losses = direction_getter.compute_direction_losses(previous, targets)
     has_direction = ~is_first
     if eos is not None:
         losses = (1 - eos) * losses
@@ -91,6 +98,22 @@ def copy_previous_point_losses(direction_getter, streamlines,
         return (losses[keep], previous[keep], targets[keep],
                 has_direction[keep])
     return losses, previous, targets, has_direction
+
+
+def _previous_as_targets(direction_getter, streamlines, targets, is_first):
+    """Each row's previous segment, scaled as the getter scales targets."""
+    if direction_getter.key == CosineRegressionDG.key:
+        # The cosine loss ignores norms.
+        return compute_previous_dirs(streamlines, 1, direction_getter.add_eos)
+    norm = direction_getter.normalize_targets
+    if norm is None:
+        # Unscaled targets: the previous row's target, the segment itself.
+        previous = torch.zeros_like(targets)
+        previous[1:] = targets[:-1]
+        previous[is_first] = 0
+        return previous
+    unit = compute_previous_dirs(streamlines, 1, direction_getter.add_eos)
+    return unit if norm == 1 else norm * unit
 
 
 def copy_previous_losses(dataset, split, streamline_group, direction_getter,
