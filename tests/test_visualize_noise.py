@@ -236,6 +236,21 @@ def test_augmentations_typed_for_a_validation_batch_are_warned_about(
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("points, noise, other", [
+    ("target", "noise_gaussian_size_forward", "input"),
+    ("input", "noise_gaussian_size_loss", "target")])
+def test_a_noise_of_the_other_points_is_warned_about(hdf5_file, tmp_path,
+                                                     capsys, points, noise,
+                                                     other):
+    """The file showed 0.0000 mm of noise in silence."""
+    sft = _run(hdf5_file, tmp_path / "other.trk", "--points", points,
+               f"--{noise}", "1")
+    assert np.abs(_per_point(sft, NOISE_KEY)).max() == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"WARNING: --{noise}: not shown with --points {points} (it moves the "
+        f"{other} points only); use --points {other} to see it."]
+
+
 def test_refused_inputs_are_one_line_errors(hdf5_file, tmp_path, capsys):
     out = tmp_path / "out.trk"
     existing = tmp_path / "taken.trk"

@@ -85,8 +85,9 @@ def _build_parser():
                             "testing ones are brought to the format).")
     ids = shown.add_mutually_exclusive_group()
     ids.add_argument("--streamline_ids", type=int, nargs="+", metavar="ID",
-                     help="These streamlines of the group, in this order. "
-                          "Default: all of them.")
+                     help="These streamlines of the group, in this order; "
+                          "an ID given twice shows two draws of its "
+                          "augmentations. Default: all of them.")
     ids.add_argument("--max_streamlines", type=int, metavar="N",
                      help="Up to N streamlines, evenly spread over the "
                           "group. Default: all of them.")
@@ -125,6 +126,16 @@ def _warn_augmentations_unused(args):
             "%s: not applied to a --subset %s batch (the loader augments "
             "training batches only); use --subset training to see them.",
             ", ".join(typed), args.subset)
+        return
+    # Each noise moves one kind of points only.
+    other = {"input": ("noise_gaussian_size_loss", "target"),
+             "target": ("noise_gaussian_size_forward", "input")}
+    name, shown_by = other[args.points]
+    if name in args.options_given:
+        logging.warning(
+            "--%s: not shown with --points %s (it moves the %s points "
+            "only); use --points %s to see it.", name, args.points,
+            "target" if args.points == "input" else "input", shown_by)
 
 
 @script_entry_point
