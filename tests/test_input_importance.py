@@ -1,6 +1,7 @@
 """dwiml_visualize_input_importance.py: gradient x input attribution of a
 trained model's inputs, per column, feature, neighbour and group."""
 import json
+import math
 import os
 import shutil
 
@@ -135,6 +136,9 @@ def test_aggregates_sum_the_columns_over_every_prediction_point(
     assert (values["nb_features"], values["nb_neighbours"]) == (NB_FEATURES,
                                                                 7)
     assert values["per_neighbour"]["offsets_mm"] == AXES_OFFSETS_MM
+    assert all(math.copysign(1, value) == 1 for offset in
+               values["per_neighbour"]["offsets_mm"] for value in offset
+               if value == 0)   # written "0.0", not "-0.0"
     for measure in MEASURES:
         columns = np.array(values["per_column"][measure]).reshape(
             7, NB_FEATURES)
