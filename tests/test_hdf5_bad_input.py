@@ -121,6 +121,33 @@ def test_euclidean_lengths_of_bytes_are_refused(tmp_path):
              "numbers (mm), found dtype |S1.")
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_offsets_or_lengths_that_are_not_integers_are_refused(tmp_path,
+                                                              lazy):
+    """'corrupt or truncated' before, for text."""
+    path = _edited(tmp_path, lambda f: _replace(
+        f, S1 + "/offsets", data=np.array([b"0"] * 20)))
+    _refused(path, lazy, WHERE + "expected 'offsets' of integers, found "
+             "dtype |S1.")
+    (tmp_path / "second").mkdir()
+    path = _edited(tmp_path / "second", lambda f: _replace(
+        f, S1 + "/lengths", data=np.full(20, 2.5)))
+    _refused(path, lazy, WHERE + "expected 'lengths' of integers, found "
+             "dtype float64 holding values that are not whole.")
+
+
+def test_whole_float_offsets_and_lengths_are_read(tmp_path):
+    path = _edited(tmp_path, lambda f: None)
+    expected = _load(path, False).training_set.get_subject(0)
+    with h5py.File(path, "r+") as hdf:
+        for key in ("offsets", "lengths"):
+            values = hdf[f"{S1}/{key}"][()]
+            _replace(hdf, f"{S1}/{key}", data=values.astype(np.float64))
+    loaded = _load(path, False).training_set.get_subject(0)
+    np.testing.assert_array_equal(loaded.sft_data_list[0].lengths,
+                                  expected.sft_data_list[0].lengths)
+
+
 def test_a_group_without_type_is_refused(tmp_path):
     """D10: said "found ''" before."""
     path = _edited(tmp_path, lambda f: f["s1/input"].attrs.__delitem__(

@@ -150,6 +150,24 @@ def _require(group, name, where):
     return item
 
 
+def _read_counts(group, name, where):
+    """Dataset ``name`` (offsets or lengths) as int64; refused unless it
+    holds whole numbers."""
+    dataset = _require(group, name, where)
+    kind = dataset.dtype.kind
+    if kind in "iu":
+        return np.asarray(dataset[()], np.int64)
+    values = dataset[()] if kind == "f" else None
+    if values is None or not np.all(np.isfinite(values)) or not np.all(
+            values == np.round(values)):
+        raise DwiMLUserError(
+            f"{where}: expected '{name}' of integers, found dtype "
+            f"{dataset.dtype}" + ("" if values is None else
+                                  " holding values that are not whole")
+            + ".")
+    return values.astype(np.int64)
+
+
 def read_affine(attrs, where):
     """The attr ``affine`` as a (4, 4) float64 array; refused otherwise."""
     if "affine" not in attrs:
@@ -288,8 +306,8 @@ def _load_streamlines(handle, key, lazy):
     _check_space(group.attrs, where)
     space_attributes = read_space_attributes(group.attrs, where)
     data = _require(group, "data", where)
-    offsets = np.asarray(_require(group, "offsets", where)[()], np.int64)
-    lengths = np.asarray(_require(group, "lengths", where)[()], np.int64)
+    offsets = _read_counts(group, "offsets", where)
+    lengths = _read_counts(group, "lengths", where)
     _check_packing(data.shape, offsets, lengths, where)
     dps_names = _check_data_per_streamline(group, len(lengths), where)
     # Shapes and types only: the labels are read with the connectivity
