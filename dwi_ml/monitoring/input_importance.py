@@ -355,6 +355,8 @@ def importance_as_dict(importance, groups=()):
             "nb_neighbours": importance.nb_neighbours,
             "per_column": lists(importance.values.get),
             "per_feature": lists(importance.per_feature),
-            "per_neighbour": {"offsets_mm": importance.offsets_mm.tolist(),
+            # + 0.0: no "-0.0" in the file.
+            "per_neighbour": {"offsets_mm": (importance.offsets_mm
+                                             + 0.0).tolist(),
                               **lists(importance.per_neighbour)},
             "per_group": per_group}
