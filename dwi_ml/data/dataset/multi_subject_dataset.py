@@ -127,11 +127,14 @@ class MultiSubjectDataset:
                                     "validation": load_validation,
                                     "testing": load_testing},
                            subj_id, volume_groups, streamline_groups)
-        finally:
-            if not self.lazy:
-                handle.close()
+        except BaseException:
+            # A refused lazy load kept the file open (and locked).
+            handle.close()
+            raise
         if self.lazy:
             self._handle = handle
+        else:
+            handle.close()
 
     def check_same_grid(self, volume_group, streamline_group):
         """Refuse subjects whose streamlines are not on the volume's grid.
