@@ -1,5 +1,7 @@
 """dwiml_divide_volume_into_blocs.py: label i of its volume is row i of
 dwiml_compute_connectivity_matrix_from_blocs.py's matrix."""
+import tracemalloc
+
 import nibabel as nib
 import numpy as np
 from error_checks import assert_user_error
@@ -9,6 +11,7 @@ from scoring_data import save_nifti, save_trk
 from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_blocs import main as blocs_main
 from dwi_ml.cli.dwiml_compute_connectivity_matrix_from_labels import main as labels_main
 from dwi_ml.cli.dwiml_divide_volume_into_blocs import main as divide_main
+from dwi_ml.tracking.connectivity import bloc_label_volume, point_blocs
 
 # Sizes that are not multiples of the blocs: the parts are uneven.
 SHAPE = (10, 7, 6)
@@ -60,6 +63,36 @@ def test_one_value_is_the_same_for_every_axis(tmp_path):
     _, same = _divide(tmp_path, 3, name="same.nii")
     np.testing.assert_array_equal(np.asarray(image.dataobj),
                                   np.asarray(same.dataobj))
+
+
+def _blocs_of_voxel_centres(shape, nb_blocs):
+    """Each voxel's bloc, its centre looked up with point_blocs: what
+    bloc_label_volume computed before it worked axis by axis."""
+    centres = np.indices(shape, dtype=np.float64).reshape(3, -1).T + 0.5
+    return point_blocs(centres, shape, nb_blocs).reshape(shape)
+
+
+def test_label_volume_is_the_blocs_of_the_centres_on_odd_grids():
+    for shape, nb_blocs in [((7, 11, 5), 3), ((7, 11, 5), 2),
+                            ((7, 11, 5), (3, 2, 5)), ((1, 4, 9), (1, 3, 2))]:
+        labels = bloc_label_volume(shape, nb_blocs)
+        assert labels.dtype == np.int32 and labels.shape == shape
+        np.testing.assert_array_equal(
+            labels, _blocs_of_voxel_centres(shape, nb_blocs))
+
+
+def test_label_volume_needs_little_more_memory_than_itself():
+    """The centres of every voxel, in float64, peaked at 480 MB for a
+    145 x 174 x 145 grid (2 GB at 256^3): 1-D parts per axis now."""
+    shape = (64, 80, 72)
+    tracemalloc.start()
+    try:
+        labels = bloc_label_volume(shape, 7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The int32 labels (1.5 MB), and the 1-D arrays of each axis.
+    assert peak < 1.1 * labels.nbytes
 
 
 def test_endpoint_labels_give_the_matrix_of_the_blocs_script(tmp_path):

@@ -246,11 +246,20 @@ def point_blocs(points_vox, shape, nb_blocs):
     -------
     np.ndarray, shape (P,), int64
     """
-    nb_blocs = np.asarray(parse_nb_blocs(nb_blocs), dtype=np.int64)
-    scale = nb_blocs / np.asarray(shape, dtype=np.float64)
+    nb_blocs = parse_nb_blocs(nb_blocs)
     points = np.nan_to_num(np.asarray(points_vox, dtype=np.float64), nan=0.0)
-    parts = np.clip(np.floor(points * scale), 0, nb_blocs - 1)
-    return np.ravel_multi_index(parts.astype(np.int64).T, tuple(nb_blocs))
+    return np.ravel_multi_index(_parts(points, shape, nb_blocs).T, nb_blocs)
+
+
+def _parts(coordinates_vox, sizes, nb_parts):
+    """Part ``floor(x * n / S)`` of each coordinate ``x`` along an axis of
+    ``S`` voxels cut in ``n`` parts, clipped to ``[0, n - 1]``; ``sizes``
+    and ``nb_parts`` broadcast against the last axis of
+    ``coordinates_vox``. Returns int64."""
+    nb_parts = np.asarray(nb_parts, dtype=np.int64)
+    scale = nb_parts / np.asarray(sizes, dtype=np.float64)
+    parts = np.clip(np.floor(coordinates_vox * scale), 0, nb_parts - 1)
+    return parts.astype(np.int64)
 
 
 def bloc_label_volume(shape, nb_blocs):
@@ -272,9 +281,16 @@ def bloc_label_volume(shape, nb_blocs):
         Labels ``0`` to ``prod(nb_blocs) - 1``.
     """
     shape = tuple(int(size) for size in shape)
-    centres = np.indices(shape, dtype=np.float64).reshape(3, -1).T + 0.5
-    return point_blocs(centres, shape, nb_blocs).astype(np.int32).reshape(
-        shape)
+    nb_blocs = parse_nb_blocs(nb_blocs)
+    # A voxel's bloc depends on each axis alone: three 1-D arrays of parts
+    # broadcast into the labels, not the float64 centres of every voxel.
+    first, second, third = (
+        _parts(np.arange(size, dtype=np.float64) + 0.5, size, n).astype(
+            np.int32) for size, n in zip(shape, nb_blocs))
+    # C order, as point_blocs numbers the blocs.
+    plane = (first[:, None] * np.int32(nb_blocs[1]) + second) \
+        * np.int32(nb_blocs[2])
+    return plane[:, :, None] + third
 
 
 def endpoint_blocs(streamlines_vox, shape, nb_blocs):
