@@ -244,6 +244,31 @@ EXPECTED_SCORES = {
 }
 
 
+def test_shares_of_zero_over_zero_are_undefined():
+    """A share whose denominator is 0 was 0.0, the score of a prediction
+    that is all wrong: None (undefined) now; other shares keep a value."""
+    empty, one = np.zeros((3, 3), dtype=np.int64), np.eye(3, dtype=np.int64)
+    cases = [
+        # No true connection: recall undefined; the 3 predicted are false.
+        (one, empty, {"true_connections_found": None,
+                      "predicted_connections_true": 0.0,
+                      "connections_f1": 0.0,
+                      "streamlines_in_true_connections": 0.0}),
+        # Nothing predicted: precision and the streamlines' share undefined.
+        (empty, one, {"true_connections_found": 0.0,
+                      "predicted_connections_true": None,
+                      "connections_f1": 0.0,
+                      "streamlines_in_true_connections": None}),
+        (empty, empty, {"true_connections_found": None,
+                        "predicted_connections_true": None,
+                        "connections_f1": None,
+                        "streamlines_in_true_connections": None}),
+    ]
+    for predicted, true, expected in cases:
+        scores = score_connectivity(predicted, true)
+        assert {name: scores[name] for name in expected} == expected
+
+
 def test_score():
     predicted, true = _score_case()
     assert score_connectivity(predicted, true) == EXPECTED_SCORES
@@ -516,3 +541,27 @@ def test_a_tck_named_trk_is_a_one_line_error(files, tmp_path, capsys):
         f"tractogram '{renamed}': expected TrackVis .trk content (its "
         "extension), found TCK content; give it its format's extension.")
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_score_script_shows_undefined_shares_as_n_a(tmp_path, capsys):
+    """An all-zero true matrix printed recall 0.0000 (and saved 0.0): as if
+    every true connection were missed. n/a, and null in the JSON."""
+    np.save(tmp_path / "predicted.npy", np.eye(3, dtype=np.int64))
+    np.save(tmp_path / "true.npy", np.zeros((3, 3), dtype=np.int64))
+    out = tmp_path / "score.json"
+    capsys.readouterr()
+    score_main([str(tmp_path / "predicted.npy"), str(tmp_path / "true.npy"),
+                "--out_json", str(out)])
+    printed = dict(line.split() for line in
+                   capsys.readouterr().out.strip().splitlines())
+    assert printed == {
+        "true_connections_found": "n/a",
+        "predicted_connections_true": "0.0000", "connections_f1": "0.0000",
+        "streamlines_in_true_connections": "0.0000",
+        "nb_true_connections": "0", "nb_predicted_connections": "3",
+        "nb_predicted_streamlines": "3"}
+    with open(out) as f:
+        saved = json.load(f)
+    assert saved["true_connections_found"] is None
+    assert saved["predicted_connections_true"] == 0.0
+    assert saved["nb_true_connections"] == 0

@@ -120,6 +120,21 @@ def test_connectivity_score_counts_streamlines_in_known_connections():
                                   (4, 4, 4)) == 3
 
 
+def test_connectivity_score_of_a_subject_without_generated_streamlines():
+    """A subject whose streamlines are all shorter than the prefix has no
+    generated streamline: none joins a connection (its share is 0 / 0,
+    undefined, in score_connectivity)."""
+    matrix = np.zeros((8, 8), dtype=bool)
+    matrix[0, 7] = True
+    no_points = np.zeros((0, 3))
+    for connectivity in (Connectivity(matrix, FROM_BLOCS, nb_blocs=(2, 2, 2)),
+                         Connectivity(matrix[:3, :3], FROM_LABELS,
+                                      label_volume=np.arange(3).reshape(
+                                          3, 1, 1))):
+        assert nb_in_true_connections(endpoint_pairs(no_points, no_points),
+                                      connectivity, (4, 4, 4)) == 0
+
+
 def test_connectivity_score_with_a_label_volume():
     labels = np.zeros((4, 1, 1), dtype=np.int32)
     labels[0], labels[3] = 1, 2

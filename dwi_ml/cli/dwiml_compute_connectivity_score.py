@@ -37,6 +37,10 @@ of nodes with a non-zero entry.
     reference dwi_ml's "connectivity loss". Meaningless for a binary
     predicted matrix, which counts connections; for a weighted one
     (floats), the share of its weights.
+A share whose denominator is 0 is undefined (0 / 0), shown as n/a (null in
+the JSON): recall without true connections, precision without predicted
+ones, F1 without either, streamlines_in_true_connections without predicted
+streamlines.
 The scores are printed and, with --out_json, saved in a JSON dict: one key
 per score (counts as integers), then "inputs" (the two matrices' absolute
 paths), "options" and "dwi_ml_version"."""

@@ -361,15 +361,18 @@ def score_connectivity(predicted, true):
 
     Returns
     -------
-    dict of str to float
+    dict of str to float or None
         ``true_connections_found``: share of the true connections that the
         prediction has (recall); ``predicted_connections_true``: share of the
         predicted connections that are true (precision);
-        ``connections_f1``: their F1 score; ``streamlines_in_true_connections``:
-        share of the predicted streamlines (counts) that join a true
-        connection (1 minus the reference dwi_ml's "connectivity loss");
-        ``nb_true_connections``, ``nb_predicted_connections``,
-        ``nb_predicted_streamlines``. Shares are 0 when their denominator is.
+        ``connections_f1``: ``2 found / (nb true + nb predicted)``;
+        ``streamlines_in_true_connections``: share of the predicted
+        streamlines (counts) that join a true connection (1 minus the
+        reference dwi_ml's "connectivity loss"); ``nb_true_connections``,
+        ``nb_predicted_connections``, ``nb_predicted_streamlines``. A share
+        whose denominator is 0 is undefined (0 / 0), None: recall without
+        true connections, precision without predicted ones, F1 without
+        either, the streamlines' share without predicted streamlines.
     """
     predicted, true = np.asarray(predicted), np.asarray(true)
     if predicted.ndim != 2 or predicted.shape[0] != predicted.shape[1] \
@@ -388,7 +391,7 @@ def score_connectivity(predicted, true):
     nb_streamlines = float(predicted.sum())
 
     def share(count, total):
-        return float(count) / total if total else 0.0
+        return float(count) / total if total else None
 
     return {
         "true_connections_found": share(nb_found, nb_true),

@@ -296,17 +296,23 @@ def is_count(name):
 
 
 def _whole_count(name, value):
-    return is_count(name) and float(value).is_integer()
+    return (value is not None and is_count(name)
+            and float(value).is_integer())
 
 
 def format_scores(scores):
     """One line per score, name then value: counts as integers, shares (and
-    counts that are not whole, e.g. sums of weights) to 4 decimals."""
+    counts that are not whole, e.g. sums of weights) to 4 decimals, and
+    undefined scores (None, e.g. a share of 0 / 0) as n/a."""
     width = max((len(name) for name in scores), default=0)
     lines = []
     for name, value in scores.items():
-        shown = f"{value:.0f}" if _whole_count(name, value) \
-            else f"{value:.4f}"
+        if value is None:
+            shown = "n/a"
+        elif _whole_count(name, value):
+            shown = f"{value:.0f}"
+        else:
+            shown = f"{value:.4f}"
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines)
 
@@ -314,6 +320,6 @@ def format_scores(scores):
 def scores_for_json(scores):
     """``scores`` with their whole counts as ints (the scoring functions
     return floats, for the monitors' logs): ``"nb_tracked": 1524``, not
-    ``1524.0``."""
+    ``1524.0``; undefined scores (None) stay None (JSON null)."""
     return {name: int(value) if _whole_count(name, value) else value
             for name, value in scores.items()}

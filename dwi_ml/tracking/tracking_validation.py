@@ -144,8 +144,10 @@ def nb_in_true_connections(streamlines_vox, connectivity, shape):
         predicted = connectivity_from_labels(streamlines_vox,
                                              connectivity.label_volume)
     scores = score_connectivity(predicted, connectivity.matrix)
-    return int(round(scores["streamlines_in_true_connections"]
-                     * scores["nb_predicted_streamlines"]))
+    share = scores["streamlines_in_true_connections"]
+    # Undefined (None) without streamlines: none of them joins anything.
+    return 0 if share is None else int(round(
+        share * scores["nb_predicted_streamlines"]))
 
 
 def whole_tractogram_overlap(tracked_vox, reference_vox, shape, affine):
