@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from dipy.io.stateful_tractogram import Origin, Space, StatefulTractogram
 from dipy.io.streamline import load_tractogram, save_tractogram
-from error_checks import truncate
+from error_checks import assert_user_error, truncate
 from nibabel.streamlines import ArraySequence
 from scoring_data import GRID, line_along_x, save_nifti, save_trk
 
@@ -137,12 +138,16 @@ def test_labels_refuse_streamlines_of_another_grid():
     only) with no word: the streamlines are on another grid."""
     far = ArraySequence([line_along_x(25.5, 25.5, np.array([20.5, 30.5])),
                          line_along_x(-3.5, 2.5)])
-    with pytest.raises(DwiMLUserError) as error:
-        connectivity_from_labels(far, _labels())
-    assert str(error.value) == (
-        "streamlines_vox: expected endpoints in the label volume of shape "
-        "(10, 10, 10) (voxel space, corner origin), found all 4 outside "
-        "it; the streamlines are probably not on its grid.")
+    # From blocs, they counted in the border blocs: refused the same way.
+    for compute in (lambda s: connectivity_from_labels(s, _labels()),
+                    lambda s: connectivity_from_blocs(s, GRID, 2)):
+        with pytest.raises(DwiMLUserError) as error:
+            compute(far)
+        assert str(error.value) == (
+            "streamlines_vox: expected endpoints inside the volume of shape "
+            "(10, 10, 10) (voxel space, corner origin), found 4 of 4 "
+            "outside; the streamlines are probably not in that volume's "
+            "space.")
     # One endpoint inside is enough; no streamline at all is no matrix.
     inside = ArraySequence([far[0], line_along_x(2.5, 2.5,
                                                  np.array([-3., 1.5]))])
@@ -150,6 +155,9 @@ def test_labels_refuse_streamlines_of_another_grid():
     assert connectivity_from_labels(inside, _labels()).tolist() == [
         [1, 1, 0], [0, 0, 0], [0, 0, 0]]
     assert connectivity_from_labels(ArraySequence(), _labels()).sum() == 0
+    # From blocs, in the border blocs: bloc 7 (far), bloc 0 (x = -3).
+    matrix = connectivity_from_blocs(inside, GRID, 2)
+    assert (matrix[7, 7], matrix[0, 0], matrix.sum()) == (1, 1, 2)
 
 
 def test_a_list_of_streamlines_is_read_as_an_array_sequence():
@@ -541,6 +549,57 @@ def test_a_tck_named_trk_is_a_one_line_error(files, tmp_path, capsys):
         f"tractogram '{renamed}': expected TrackVis .trk content (its "
         "extension), found TCK content; give it its format's extension.")
     assert not (tmp_path / "o.npy").exists()
+
+
+def _far_tck(tmp_path, nifti_path):
+    """The streamlines of the tests moved 200 mm (100 voxels), as a .tck
+    in another space than the volume's."""
+    far = ArraySequence([points + 100 for points in _streamlines()])
+    sft = StatefulTractogram(far, nifti_path, Space.VOX,
+                             origin=Origin.TRACKVIS)
+    path = str(tmp_path / "far.tck")
+    save_tractogram(sft, path, bbox_valid_check=False)
+    return path
+
+
+def test_scripts_refuse_a_tractogram_outside_the_volume(files, tmp_path,
+                                                        capsys):
+    """All endpoints outside: from blocs, a warning and a matrix of the
+    border blocs (exit 0); from labels, an error naming the library's
+    argument 'streamlines_vox' after that warning. Both refuse it in one
+    line naming the files."""
+    far = _far_tck(tmp_path, files["labels"])
+    out = tmp_path / "o.npy"
+    expected = (
+        f"tractogram '{far}': expected endpoints inside the volume of "
+        f"'{files['labels']}' (shape (10, 10, 10)), found 10 of 10 outside; "
+        "the streamlines are probably not in that volume's space.")
+    for main, argv in [(blocs_main, [far, files["labels"], "2", out]),
+                       (labels_main, [far, files["labels"], out])]:
+        assert assert_user_error(main, argv, capsys, tmp_path) == expected
+    # Endpoints partly outside are counted (the fourth streamline's first).
+    labels_main([files["tractogram"], files["labels"], str(out)])
+    np.testing.assert_array_equal(np.load(out), EXPECTED_FROM_LABELS)
+
+
+def test_scripts_warn_that_an_empty_tractogram_gives_zeros(files, tmp_path,
+                                                          capsys):
+    """An empty tracking result is an input: the matrix of zeros is
+    written (as before), with one warning that says why it is zeros."""
+    empty = save_trk(tmp_path / "empty.trk", ArraySequence(),
+                     files["labels"])
+    for name, main, argv, shape in [
+            ("blocs", blocs_main, ["2"], (8, 8)),
+            ("labels", labels_main, [], (3, 3))]:
+        out = tmp_path / f"{name}.npy"
+        capsys.readouterr()
+        main([empty, files["labels"], *argv, str(out)])
+        captured = capsys.readouterr()
+        assert captured.err == (f"WARNING: tractogram '{empty}' holds no "
+                                "streamline: the matrix is all zeros.\n")
+        assert "matrix" in captured.out and "of 0 streamlines" in captured.out
+        matrix = np.load(out)
+        assert matrix.shape == shape and not matrix.any()
 
 
 def test_score_script_shows_undefined_shares_as_n_a(tmp_path, capsys):

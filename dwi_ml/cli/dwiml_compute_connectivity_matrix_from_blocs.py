@@ -19,7 +19,7 @@ from dwi_ml.tracking.scoring_io import (
     check_matrix_fits,
     check_matrix_output,
     load_grid,
-    load_tractogram_vox_corner,
+    load_tractogram_for_connectivity,
 )
 
 DESCRIPTION = """\
@@ -28,12 +28,17 @@ volume: the volume of the reference NIfTI is cut into NB_BLOCS equal parts
 along each axis (one value for all axes, or three), and blocs are numbered
 in C order, as in the reference dwi_ml. A point at x voxels along an axis
 of S voxels cut in n parts is in part floor(x * n / S), clipped to [0,
-n - 1] (points outside the volume count in the border blocs). Each
-streamline is counted once, between the blocs of its first and last
-points, at [min(i, j), max(i, j)]: the matrix is upper-triangular and sums
-to the number of streamlines. It has prod(NB_BLOCS) rows (8000 for 20 blocs
-per axis: 512 MB of int64) and is saved as .npy (int64 counts, or bool with
---binary)."""
+n - 1]. Each streamline is counted once, between the blocs of its first
+and last points, at [min(i, j), max(i, j)]: the matrix is upper-triangular
+and sums to the number of streamlines. It has prod(NB_BLOCS) rows (8000
+for 20 blocs per axis: 512 MB of int64) and is saved as .npy (int64
+counts, or bool with --binary).
+
+Endpoints outside the volume count in the border blocs (tracking may stop
+just past the border), but a tractogram whose endpoints all lie outside
+the volume is refused: it is not in that volume's space. More than half
+of its points outside is warned. A tractogram without streamlines gives a
+matrix of zeros, with a warning."""
 
 
 def _build_parser():
@@ -58,7 +63,7 @@ def main(argv=None):
     shape, _ = load_grid(args.in_volume)
     check_nb_blocs_fit(nb_blocs, shape)
     check_matrix_fits(int(np.prod(nb_blocs)), f"nb_blocs {list(nb_blocs)}")
-    sft = load_tractogram_vox_corner(args.in_tractogram, args.in_volume)
+    sft = load_tractogram_for_connectivity(args.in_tractogram, args.in_volume)
     matrix = connectivity_from_blocs(sft.streamlines, shape, nb_blocs,
                                      args.binary)
     save_npy(args.out_matrix, matrix)

@@ -17,7 +17,7 @@ from dwi_ml.tracking.scoring_io import (
     check_matrix_fits,
     check_matrix_output,
     load_label_volume,
-    load_tractogram_vox_corner,
+    load_tractogram_for_connectivity,
 )
 
 DESCRIPTION = """\
@@ -31,7 +31,13 @@ background (label 0), row 0 gathers the endpoints there or outside the
 volume, and the matrix sums to the number of streamlines; without one, a
 streamline with an endpoint outside the volume is not counted (a warning
 says how many). --out_labels writes the label of each row. Saved as .npy
-(int64 counts, or bool with --binary)."""
+(int64 counts, or bool with --binary).
+
+Endpoints outside the volume are kept as above (tracking may stop just
+past the border), but a tractogram whose endpoints all lie outside the
+volume is refused: it is not in that volume's space. More than half of its
+points outside is warned. A tractogram without streamlines gives a matrix
+of zeros, with a warning."""
 
 
 def _build_parser():
@@ -59,7 +65,7 @@ def main(argv=None):
     labels, _ = load_label_volume(args.in_labels)
     check_matrix_fits(len(label_nodes(labels)),
                       f"labels '{args.in_labels}'")
-    sft = load_tractogram_vox_corner(args.in_tractogram, args.in_labels)
+    sft = load_tractogram_for_connectivity(args.in_tractogram, args.in_labels)
     matrix = connectivity_from_labels(sft.streamlines, labels)
     nb_left_out = len(sft) - int(matrix.sum())
     if nb_left_out:

@@ -86,7 +86,8 @@ def endpoint_labels(streamlines_vox, label_volume):
 
     Endpoints outside the volume get ``BACKGROUND`` (0), like those in
     unlabelled voxels; a tractogram whose endpoints are all outside (another
-    grid), or one with a NaN endpoint, is refused.
+    grid, see :func:`endpoints_in_volume`), or one with a NaN endpoint, is
+    refused.
 
     Parameters
     ----------
@@ -100,23 +101,52 @@ def endpoint_labels(streamlines_vox, label_volume):
     """
     label_volume = check_label_volume(label_volume)
     return _labels_of_voxels(
-        label_volume, _endpoint_voxels(streamlines_vox, label_volume.shape))
+        label_volume, endpoints_in_volume(streamlines_vox,
+                                          label_volume.shape)[2])
 
 
-def _endpoint_voxels(streamlines_vox, shape):
-    """Flat voxel index (or OUTSIDE) of each streamline's first and last
-    point; refuses a tractogram whose endpoints are all outside the grid."""
+def endpoints_in_volume(streamlines_vox, shape,
+                        tractogram_name="streamlines_vox", volume_name=None):
+    """First and last points of each streamline, and their voxels, refusing
+    a tractogram whose endpoints all lie outside the volume.
+
+    Some endpoints outside are normal (tracking may stop just past the
+    border), so they are kept; all of them outside means that the
+    streamlines are not on this grid. Empty streamlines are not counted.
+
+    Parameters
+    ----------
+    streamlines_vox : nibabel ArraySequence or list of (n, 3) arrays
+        Voxel space, corner origin.
+    shape : tuple of 3 int
+        The volume's size, voxels.
+    tractogram_name : str
+        Names the streamlines in the error (e.g. ``"tractogram 'a.trk'"``).
+    volume_name : str or None
+        Names the volume in the error (e.g. ``"'labels.nii.gz'"``).
+
+    Returns
+    -------
+    heads, tails : np.ndarray, shape (N, 3), float64
+        See :func:`checked_endpoints`.
+    voxels : tuple of 2 np.ndarray, shape (N,), int64
+        Flat voxel index of the heads and of the tails, or ``OUTSIDE``.
+    """
     heads, tails, kept = checked_endpoints(streamlines_vox)
     voxels = tuple(point_voxel_indices(points, shape)
                    for points in (heads, tails))
-    if kept.any() and not np.any((voxels[0][kept] != OUTSIDE)
-                                 | (voxels[1][kept] != OUTSIDE)):
+    nb_endpoints = 2 * int(kept.sum())
+    nb_outside = sum(int(np.count_nonzero(flat[kept] == OUTSIDE))
+                     for flat in voxels)
+    if nb_endpoints and nb_outside == nb_endpoints:
+        volume = (f"of shape {tuple(shape)} (voxel space, corner origin)"
+                  if volume_name is None
+                  else f"of {volume_name} (shape {tuple(shape)})")
         raise DwiMLUserError(
-            f"streamlines_vox: expected endpoints in the label volume of "
-            f"shape {tuple(shape)} (voxel space, corner origin), found all "
-            f"{2 * int(kept.sum())} outside it; the streamlines are probably "
-            f"not on its grid.")
-    return voxels
+            f"{tractogram_name}: expected endpoints inside the volume "
+            f"{volume}, found {nb_outside} of {nb_endpoints} outside; the "
+            f"streamlines are probably not in that volume's space.")
+    return heads, tails, voxels
 
 
 def _labels_of_voxels(label_volume, voxels):
@@ -296,6 +326,10 @@ def bloc_label_volume(shape, nb_blocs):
 def endpoint_blocs(streamlines_vox, shape, nb_blocs):
     """Bloc of each streamline's first and last point (:func:`point_blocs`).
 
+    Endpoints outside the volume count in the blocs at its border; a
+    tractogram whose endpoints are all outside is refused
+    (:func:`endpoints_in_volume`).
+
     Parameters
     ----------
     streamlines_vox : nibabel ArraySequence
@@ -308,7 +342,7 @@ def endpoint_blocs(streamlines_vox, shape, nb_blocs):
     start_blocs, end_blocs : np.ndarray, shape (N,), int64
     """
     return tuple(point_blocs(points, shape, nb_blocs)
-                 for points in checked_endpoints(streamlines_vox)[:2])
+                 for points in endpoints_in_volume(streamlines_vox, shape)[:2])
 
 
 def connectivity_from_blocs(streamlines_vox, shape, nb_blocs, binary=False):
@@ -318,7 +352,10 @@ def connectivity_from_blocs(streamlines_vox, shape, nb_blocs, binary=False):
     ----------
     streamlines_vox : nibabel ArraySequence
         Voxel space, corner origin. An empty streamline counts in bloc 0;
-        a NaN or infinite endpoint of another is refused.
+        a NaN or infinite endpoint of another is refused. Endpoints
+        outside the volume count in its border blocs; when every endpoint
+        of a non-empty tractogram lies outside, it is refused: it is on
+        another grid.
     shape : tuple of 3 int
         Volume size, voxels.
     nb_blocs : int or tuple of 3 int

@@ -30,6 +30,7 @@ from dwi_ml.io_utils.tractogram_files import (
     refuse_upper_case_tractogram,
     tractogram_extension,
 )
+from dwi_ml.tracking.connectivity import endpoints_in_volume
 
 logger = logging.getLogger(__name__)
 # Share of a tractogram's points outside the grid above which it is
@@ -111,6 +112,33 @@ def load_tractogram_vox_corner(path, nifti_path, warn_outside=True):
     _check_finite_points(sft.streamlines, path)
     if warn_outside:
         _warn_if_mostly_outside(sft, path, nifti_path)
+    return sft
+
+
+def load_tractogram_for_connectivity(path, nifti_path):
+    """Load a tractogram to count its streamlines between the nodes of a
+    NIfTI's grid (:func:`load_tractogram_vox_corner`).
+
+    Endpoints outside the grid are kept (tracking may stop just past its
+    border), but a tractogram whose endpoints all lie outside is refused,
+    naming both files: its matrix would only count where the volume's
+    border or background catches them. Warns, in one line, when most of its
+    points lie outside the grid, or when it holds no streamline (an empty
+    tracking result: its matrix is all zeros).
+
+    Returns
+    -------
+    dipy StatefulTractogram
+        In ``Space.VOX``, ``Origin.TRACKVIS``.
+    """
+    sft = load_tractogram_vox_corner(path, nifti_path, warn_outside=False)
+    endpoints_in_volume(sft.streamlines,
+                        tuple(int(size) for size in sft.dimensions),
+                        f"tractogram '{path}'", f"'{nifti_path}'")
+    _warn_if_mostly_outside(sft, path, nifti_path)
+    if len(sft) == 0:
+        logger.warning("tractogram '%s' holds no streamline: the matrix is "
+                       "all zeros.", path)
     return sft
 
 
