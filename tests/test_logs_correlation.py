@@ -131,3 +131,63 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, capsys):
         assert raised.value.code != 0 and message in err, (argv, err)
         assert len(err.strip().splitlines()) == 1
     assert kept.read_bytes() == b"mine"
+
+
+def test_only_the_two_logs_are_read(tmp_path, capsys):
+    # A malformed log that is not correlated (a user's own 2-D array) is
+    # not opened; a malformed one that is named is refused in one line.
+    a = _experiment(tmp_path, "a", train_loss=[4, 3, 2, 1],
+                    valid_loss=[5, 4, 3, 2])
+    np.save(os.path.join(a, "logs", "twod.npy"), np.zeros((5, 2)))
+    main([a, "train_loss", "valid_loss", "--out_json",
+          str(tmp_path / "c.json")])
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["experiments"]["a"]["nb_epochs"] == 4
+    assert saved["experiments"]["a"]["pearson"] == pytest.approx(1)
+    capsys.readouterr()
+    for argv, message in (
+            ([a, "train_loss", "twod"], "twod.npy': expected a 1-D numeric"),
+            # The logs not read are still named as found.
+            ([a, "train_loss", "nope"],
+             "no log 'nope' with a value (found: train_loss, twod, "
+             "valid_loss)")):
+        with pytest.raises(SystemExit) as raised:
+            main([*argv, "--out", str(tmp_path / "d.png")])
+        err = capsys.readouterr().err
+        assert raised.value.code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d.png").exists()
+
+
+def test_no_epoch_left_is_refused_and_an_empty_experiment_named(tmp_path,
+                                                                capsys):
+    a = _experiment(tmp_path, "a", train_loss=[5, 4, 3, 2, 1],
+                    valid_loss=[6, 5, 4, 3, 1])
+    b = _experiment(tmp_path, "b", train_loss=[3, 2, 1],
+                    valid_loss=[3, 1, 0])
+    out = tmp_path / "c.png"
+    for experiments, nb_ignored, message in (
+            ([a, b], "10",
+             "--ignore_first_epochs: expected fewer than the epochs of the "
+             "experiments, found 10 while they have 5 epochs at most with "
+             "both train_loss and valid_loss: no epoch is left"),
+            ([a], "5", "found 5 while they have 5")):
+        with pytest.raises(SystemExit) as raised:
+            main([*experiments, "train_loss", "valid_loss",
+                  "--ignore_first_epochs", nb_ignored, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert raised.value.code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    # b has no epoch left, a has 2: the correlation is a's, b is named.
+    main([a, b, "train_loss", "valid_loss", "--ignore_first_epochs", "3",
+          "--out", str(out), "--out_json", str(tmp_path / "c.json")])
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["experiments"]["b"]["nb_epochs"] == 0
+    assert saved["all"]["nb_epochs"] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "WARNING: No epoch to correlate after --ignore_first_epochs 3 in b "
+        "(3 epochs with both train_loss and valid_loss): they add nothing "
+        "to the figure or the pooled correlation."]
+    assert out.exists()

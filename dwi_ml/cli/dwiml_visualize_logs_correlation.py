@@ -8,12 +8,15 @@ docs/tracking.md) says how far a lower loss goes with a better
 tractogram. Writes a PNG figure (each log against the epochs, then LOG2
 against LOG1 with the least-squares line of the pooled epochs) and, with
 --out_json, the values. A correlation needs 3 epochs or more and logs that
-are not constant; else it is n/a (JSON null).
+are not constant; else it is n/a (JSON null). Only LOG1 and LOG2 are read
+from logs/. An --ignore_first_epochs that leaves no epoch in any experiment
+is refused; an experiment left without one is named in a warning.
 
 Tracking metrics keep their last value between tracking epochs
 (--tracking_validation_every N > 1): those repeated values count as
 epochs too; train with --tracking_validation_every 1 to correlate them.
 """
+import logging
 import os
 
 from matplotlib.figure import Figure
@@ -29,9 +32,15 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.monitoring.log_correlation import correlate_logs, draw_correlation
+from dwi_ml.monitoring.log_correlation import (
+    correlate_logs,
+    draw_correlation,
+    paired_values,
+)
 from dwi_ml.monitoring.log_reading import is_per_batch, read_experiments
 from dwi_ml.monitoring.plotting import DPI
+
+logger = logging.getLogger(__name__)
 
 
 def _build_parser():
@@ -60,6 +69,38 @@ def _build_parser():
     return parser
 
 
+def _nb_paired_epochs(experiment, log1, log2):
+    """Epochs up to the last one where both logs have a value (0: none)."""
+    epochs = paired_values(experiment, log1, log2)[0]
+    return int(epochs[-1]) + 1 if len(epochs) else 0
+
+
+def _check_epochs_left(experiments, per_experiment, args):
+    """Refuse when no experiment has an epoch to correlate; warn, naming
+    them, when only some have none (they add nothing)."""
+    found = [_nb_paired_epochs(experiment, args.log1, args.log2)
+             for experiment in experiments]
+    both = f"both {args.log1} and {args.log2}"
+    if not any(result.nb_epochs for result in per_experiment):
+        if args.ignore_first_epochs and any(found):
+            raise DwiMLUserError(
+                f"--ignore_first_epochs: expected fewer than the epochs of "
+                f"the experiments, found {args.ignore_first_epochs} while "
+                f"they have {max(found)} epochs at most with {both}: no "
+                "epoch is left to correlate.")
+        raise DwiMLUserError(
+            f"no epoch where {both} have a value, in any experiment: "
+            "nothing to correlate.")
+    empty = [f"{result.label} ({nb} epochs with {both})"
+             for result, nb in zip(per_experiment, found)
+             if not result.nb_epochs]
+    if empty:
+        logger.warning(
+            "No epoch to correlate after --ignore_first_epochs %d in %s: "
+            "they add nothing to the figure or the pooled correlation.",
+            args.ignore_first_epochs, ", ".join(empty))
+
+
 def _value(number):
     return f"{'n/a':>10}" if number is None else f"{number:>10.4f}"
 
@@ -84,9 +125,12 @@ def main(argv=None):
         check_output_free(args.out_json, args.overwrite, "--out_json",
                           extensions=(".json",))
 
-    experiments = read_experiments(args.experiments)
+    # Only the two logs: another one, malformed, is no concern here.
+    experiments = read_experiments(args.experiments,
+                                   names=[args.log1, args.log2])
     per_experiment, pooled, fit, pairs = correlate_logs(
         experiments, args.log1, args.log2, args.ignore_first_epochs)
+    _check_epochs_left(experiments, per_experiment, args)
     names = (args.rename_log1 or args.log1, args.rename_log2 or args.log2)
     figure = Figure(figsize=(6.4, 10.0), dpi=DPI)
     draw_correlation(figure, pairs, names, per_experiment, pooled, fit)

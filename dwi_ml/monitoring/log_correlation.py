@@ -44,7 +44,7 @@ def paired_values(experiment, log1, log2, first_epoch=0):
         if name not in experiment.logs:
             raise DwiMLUserError(
                 f"experiment '{experiment.path}': no log '{name}' with a value"
-                f" (found: {', '.join(sorted(experiment.logs))}).")
+                f" (found: {', '.join(experiment.log_names)}).")
     x, y = experiment.logs[log1], experiment.logs[log2]
     epochs = np.arange(min(len(x), len(y)))
     epochs = epochs[epochs >= first_epoch]

@@ -48,12 +48,21 @@ class ExperimentLogs:
     best_epoch : int or None
         From ``best_model/best_epoch.json`` (0-based); None when absent.
     best_loss : float or None
+    unread_logs : list of str
+        Names of the ``logs/*.npy`` left unread: those not asked for when
+        reading only some logs.
     """
     path: str
     label: str
     logs: dict = field(default_factory=dict)
     best_epoch: Optional[int] = None
     best_loss: Optional[float] = None
+    unread_logs: list = field(default_factory=list)
+
+    @property
+    def log_names(self):
+        """Every log name found: those read with a value, then the unread."""
+        return sorted([*self.logs, *self.unread_logs])
 
 
 def is_per_batch(log_name):
@@ -94,14 +103,18 @@ class NoLogsYet(DwiMLUserError):
     has not finished its first epoch)."""
 
 
-def read_experiment_logs(experiment_dir, label=None):
-    """Read every ``logs/*.npy`` of an experiment and its best epoch.
+def read_experiment_logs(experiment_dir, label=None, names=None):
+    """Read the ``logs/*.npy`` of an experiment and its best epoch.
 
     Parameters
     ----------
     experiment_dir : str
     label : str or None
         Name for legends; default: the folder's name.
+    names : list of str or None
+        Read only these logs (those that exist; the caller says which is
+        missing): a malformed log that is not asked for is never opened.
+        None: every log.
 
     Returns
     -------
@@ -112,8 +125,8 @@ def read_experiment_logs(experiment_dir, label=None):
     DwiMLUserError
         When the folder is not an experiment (no ``logs/`` and no
         ``parameters.json``), when it has no log with a finite value
-        (:class:`NoLogsYet`), or when a log is not a 1-D numeric ``.npy``
-        array.
+        (:class:`NoLogsYet`), or when a log read is not a 1-D numeric
+        ``.npy`` array.
     """
     if not os.path.isdir(experiment_dir):
         raise DwiMLUserError(
@@ -125,16 +138,20 @@ def read_experiment_logs(experiment_dir, label=None):
             f"'{experiment_dir}' is not a dwi_ml experiment: expected a "
             f"{LOGS_DIR}/ folder or {PARAMETERS_FILE}, found neither"
             f"{experiments_inside_hint(experiment_dir)}.")
-    logs = {}
+    logs, unread = {}, []
     for path in sorted(glob.glob(os.path.join(logs_dir, "*.npy"))):
-        values = _load_log(path)
         name = os.path.basename(path)[:-len(".npy")]
+        if names is not None and name not in names:
+            unread.append(name)
+            continue
+        values = _load_log(path)
         if np.isfinite(values).any():
             logs[name] = values
         else:
             logger.info("%s: log %s has no finite value; skipped.",
                         experiment_dir, name)
-    if not logs:
+    # Unread logs may hold values: the caller names the logs it lacks.
+    if not logs and not unread:
         raise NoLogsYet(
             f"experiment '{experiment_dir}' has no logs yet: no .npy file "
             f"with a finite value in {logs_dir}.")
@@ -142,7 +159,7 @@ def read_experiment_logs(experiment_dir, label=None):
     if label is None:
         label = os.path.basename(os.path.normpath(experiment_dir))
     return ExperimentLogs(os.path.normpath(experiment_dir), label, logs,
-                          best_epoch, best_loss)
+                          best_epoch, best_loss, unread)
 
 
 def experiment_labels(experiment_dirs):
@@ -153,8 +170,10 @@ def experiment_labels(experiment_dirs):
             for path, name in zip(experiment_dirs, names)]
 
 
-def read_experiments(experiment_dirs):
+def read_experiments(experiment_dirs, names=None):
     """Read several experiments, labelled by :func:`experiment_labels`.
+
+    ``names``: read only these logs (see :func:`read_experiment_logs`).
 
     An experiment without logs yet (a run still in its first epoch) is
     left out with a warning when others have logs.
@@ -176,7 +195,7 @@ def read_experiments(experiment_dirs):
     experiments, without_logs = [], []
     for path, label in zip(experiment_dirs, experiment_labels(experiment_dirs)):
         try:
-            experiments.append(read_experiment_logs(path, label))
+            experiments.append(read_experiment_logs(path, label, names))
         except NoLogsYet as error:
             without_logs.append(error)
     if not experiments:
