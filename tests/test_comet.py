@@ -172,8 +172,11 @@ def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
     key = callback.experiment_key
     archives = glob.glob(str(tmp_path / "comet" / "*.zip"))
     assert archives == [str(tmp_path / "comet" / f"{key}.zip")]
+    # With what it logged there: epochs 0-1, and every 3rd of 8 batches.
     assert load_checkpoint_state(trainer.experiment_dir)["callbacks"][
-        "comet"] == {"experiment_key": key, "log_every": 3}
+        "comet"] == {"experiment_key": key, "log_every": 3,
+                     "logged_epochs": [[0, 1, 1]],
+                     "logged_batches": [[0, 6, 3]]}
 
     experiment, messages, raw = read_archive(archives[0])
     first_messages = messages
@@ -231,6 +234,10 @@ def test_offline_run_logs_metrics_params_graph_then_resume_adds_to_it(
     assert metrics["train_loss_per_batch"][0] == [9]
     assert metrics["train_loss_per_batch"][1] == [per_batch[9]]
     assert caplog.records == []
+    assert load_checkpoint_state(trainer.experiment_dir)["callbacks"][
+        "comet"] == {"experiment_key": key, "log_every": 3,
+                     "logged_epochs": [[0, 2, 1]],
+                     "logged_batches": [[0, 9, 3]]}
 
     for path in glob.glob(os.path.join(tmp_path, "exp", "**", "*"),
                           recursive=True):
@@ -404,8 +411,10 @@ def test_a_resume_without_comet_options_says_its_epochs_miss_comet(
     assert key in warnings[0] and "--comet_offline_dir" in warnings[0]
     assert sorted(os.listdir(comet_dir)) == archives
     # The key is kept: a later resume with Comet continues the experiment.
+    # So is the record of what reached it: epoch 0 only.
     assert load_checkpoint_state(str(tmp_path / "exp"))["callbacks"][
-        "comet"] == {"experiment_key": key, "log_every": 0}
+        "comet"] == {"experiment_key": key, "log_every": 0,
+                     "logged_epochs": [[0, 0, 1]], "logged_batches": []}
 
 
 def test_a_comet_ml_that_fails_to_import_is_named_as_installed(tmp_path):

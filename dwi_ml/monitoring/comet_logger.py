@@ -9,7 +9,9 @@ Metric names are those of the ``.npy`` logs (``train_loss``,
 ``valid_loss``, ``learning_rate``...), with ``step = epoch``, plus
 ``best_epoch`` and ``best_loss`` (as in ``best_model/best_epoch.json``).
 ``train_loss_per_batch`` (optional) uses the global batch index as step:
-the row of ``logs/train_loss_per_batch.npy``.
+the row of ``logs/train_loss_per_batch.npy``. The run records which steps
+it logged (:func:`add_logged_step`), so that values sent after the run
+(:mod:`~dwi_ml.monitoring.comet_upload`) leave out those Comet has.
 """
 import contextlib
 import logging
@@ -191,6 +193,22 @@ def create_comet_experiment(workspace=None, project=None, offline_dir=None,
         return comet_ml.OfflineExperiment(**options)
 
 
+def add_logged_step(ranges, step, every=1):
+    """Record ``step`` in ``ranges``, a list of ``[first, last, every]``
+    (the steps ``first, first + every, ..., last``); a step that continues
+    the last range extends it, so a run's record stays a few numbers."""
+    if ranges and ranges[-1][2] == every and ranges[-1][1] + every == step:
+        ranges[-1][1] = step
+    else:
+        ranges.append([step, step, every])
+
+
+def logged_steps(ranges):
+    """The set of steps of ``ranges`` (see :func:`add_logged_step`)."""
+    return {step for first, last, every in ranges
+            for step in range(first, last + 1, every)}
+
+
 @contextlib.contextmanager
 def _python_random_from_entropy():
     """Python's ``random`` seeded from the system's entropy inside, its
@@ -216,7 +234,11 @@ class CometCallback(Callback):
     only (``trainer.is_main_process``, True when absent). Its key is this
     callback's state (``experiment_key``), saved in the trainer's checkpoint
     under ``callbacks['comet']``; on resume, the same experiment is
-    continued.
+    continued. The state also records the epochs and the rows of
+    ``train_loss_per_batch`` logged to that experiment (``logged_epochs``,
+    ``logged_batches``: :func:`add_logged_step` ranges), or None for each
+    when unknown: an experiment continued from a checkpoint written before
+    dwi_ml recorded them.
 
     Parameters
     ----------
@@ -249,6 +271,9 @@ class CometCallback(Callback):
         self._log_every_given = log_every is not None
         self.log_every = log_every or 0
         self.experiment_key = experiment_key
+        # A key given here comes from a checkpoint that kept no record.
+        self.logged_epochs = None if experiment_key else []
+        self.logged_batches = None if experiment_key else []
         self.experiment = None
 
     @property
@@ -270,6 +295,8 @@ class CometCallback(Callback):
                 "(network, API key or experiment key)")
         self.experiment = experiment
         self.experiment_key = experiment.get_key()
+        if key is None:
+            self.logged_epochs, self.logged_batches = [], []
         if key is None and self.experiment_name:
             experiment.set_name(self.experiment_name)
         experiment.log_parameters(self._hyperparameters(trainer))
@@ -288,18 +315,26 @@ class CometCallback(Callback):
         return {}
 
     def state_dict(self):
-        """``{'experiment_key': key, 'log_every': N}`` once an experiment
-        exists."""
+        """``{'experiment_key': key, 'log_every': N, 'logged_epochs':
+        ranges, 'logged_batches': ranges}`` once an experiment exists (no
+        ranges when unknown)."""
         if self.experiment_key is None:
             return None
-        return {"experiment_key": self.experiment_key,
-                "log_every": self.log_every}
+        state = {"experiment_key": self.experiment_key,
+                 "log_every": self.log_every}
+        if self.logged_epochs is not None:
+            state.update(logged_epochs=self.logged_epochs,
+                         logged_batches=self.logged_batches)
+        return state
 
     def load_state_dict(self, state):
         """Continue the experiment of a checkpoint, logging the training
         loss as often as it did unless told otherwise (a resume without
         --comet_log_every stopped the per-batch curve)."""
         self.experiment_key = state.get("experiment_key")
+        # Absent from the checkpoints of earlier versions: unknown.
+        self.logged_epochs = state.get("logged_epochs")
+        self.logged_batches = state.get("logged_batches")
         if not self._log_every_given:
             self.log_every = int(state.get("log_every") or 0)
 
@@ -317,6 +352,8 @@ class CometCallback(Callback):
         if math.isfinite(best.best_loss):
             metrics["best_loss"] = best.best_loss
         self.experiment.log_metrics(metrics, step=epoch, epoch=epoch)
+        if self.logged_epochs is not None:
+            add_logged_step(self.logged_epochs, epoch)
 
     def on_train_batch_end(self, trainer, batch, outputs):
         if self.experiment is None or not self.log_every:
@@ -325,9 +362,14 @@ class CometCallback(Callback):
         # across resumes because the monitor is saved in the checkpoint.
         global_batch = len(trainer.monitors["train_loss"].batch_history) - 1
         if global_batch % self.log_every == 0:
-            self._guarded(self.experiment.log_metric, PER_BATCH_METRIC,
-                          outputs["loss"], step=global_batch,
-                          epoch=trainer.current_epoch)
+            self._guarded(self._log_batch, trainer, global_batch,
+                          outputs["loss"])
+
+    def _log_batch(self, trainer, global_batch, loss):
+        self.experiment.log_metric(PER_BATCH_METRIC, loss, step=global_batch,
+                                   epoch=trainer.current_epoch)
+        if self.logged_batches is not None:
+            add_logged_step(self.logged_batches, global_batch, self.log_every)
 
     def on_train_end(self, trainer):
         if self.experiment is not None:
