@@ -9,7 +9,8 @@ builds Learn2track (LSTM [64, 64], our defaults or, with
 skip connection, no layer norm) and Adam as the trainer does, runs two
 warm-up steps, then times ``--repeats`` passes over the same batches in
 process CPU time (``time.process_time``: steady on a shared machine; run
-it at 1 torch thread). A step is what the trainer does: forward, loss,
+it at 1 torch thread), and in wall time (the measure at 2 threads or more,
+where spinning threads count as CPU time). A step is what the trainer does: forward, loss,
 backward, gradient norm, optimizer step, zero_grad.
 
 ``--device cuda`` runs the steps on the GPU and times them in wall time,
@@ -203,14 +204,15 @@ def main(argv=None):
             sort_by="self_cuda_time_total" if on_gpu
             else "self_cpu_time_total", row_limit=30))
     times.clear()
-    passes = []
+    passes, walls = [], []
     for _ in range(args.repeats):
         synchronize()
-        start = clock()
+        start, wall_start = clock(), time.perf_counter()
         for batch in batches:
             loss = step(batch)
         synchronize()
         passes.append(clock() - start)
+        walls.append(time.perf_counter() - wall_start)
     nb_points = sum(sum(len(s) for s in batch[1]) for batch in batches)
     print(f"{'validation' if args.validation else 'training'} step, "
           f"{'reference' if args.reference_settings else 'our'} settings, "
@@ -220,6 +222,8 @@ def main(argv=None):
           f"{nb_points // len(batches)} points a batch: "
           f"{'wall' if on_gpu else 'CPU'} ms a batch "
           + " ".join(f"{1000 * t / len(batches):.1f}" for t in passes)
+          + ("" if on_gpu else "; wall ms a batch " + " ".join(
+              f"{1000 * t / len(batches):.1f}" for t in walls))
           + f" (last loss {loss:.6g})")
     if args.stages:
         # Nested: the forward's parts are inside "forward (all)".
