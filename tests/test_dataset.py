@@ -624,7 +624,7 @@ def _write(tmp_path, subjects=None, **kwargs):
 def test_error_file_missing_or_not_hdf5_or_not_the_layout(tmp_path):
     _raises("not found", str(tmp_path / "nope.hdf5"))
     # It said 'not found' of a path that exists.
-    assert _raises("", "/dev/null") == (
+    assert _raises("not a regular file", "/dev/null") == (
         "HDF5 file '/dev/null' is not a regular file (a device, pipe or "
         "socket).")
     text_file = tmp_path / "notes.hdf5"
