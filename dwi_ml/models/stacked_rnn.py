@@ -41,20 +41,38 @@ from torch.nn.utils.rnn import PackedSequence
 # new one costs ~0.7 ms a layer to build: a cache of 4096 keeps ~4x more
 # shapes, for ~60 KB each (bench/README.md, "oneDNN's kernel cache").
 ONEDNN_CACHE_CAPACITY = 4096
+# bfloat16 kernels take more entries: over an epoch's batches, 4096 held
+# too few of them and bf16 ran no faster than float32; with 16384, 20 %
+# faster (bench/README.md, "Group cost at 2 threads, and bf16").
+ONEDNN_BF16_CACHE_CAPACITY = 16384
 _ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                            "DNNL_PRIMITIVE_CACHE_CAPACITY")
+# The value this module gave the variable (None: none; the user's stays).
+_capacity_set_here = None
 
 
-def raise_onednn_cache_capacity():
-    """Give oneDNN's kernel cache :data:`ONEDNN_CACHE_CAPACITY` entries,
-    unless the environment sets its size (either of oneDNN's names).
+def raise_onednn_cache_capacity(capacity=ONEDNN_CACHE_CAPACITY):
+    """Give oneDNN's kernel cache ``capacity`` entries, unless the
+    environment sets its size (either of oneDNN's names); a size that this
+    function set is raised, never lowered.
 
     oneDNN reads the variable when it builds its first kernel: this runs
-    when this module is imported, before any RNN of dwi_ml runs. Kernels
-    are the same whatever the cache's size: only their reuse changes.
+    when this module is imported, before any RNN of dwi_ml runs, and a
+    bf16 training run on the CPU raises it to
+    :data:`ONEDNN_BF16_CACHE_CAPACITY` before its first step (later in a
+    process that already ran an RNN, it changes nothing). Kernels are the
+    same whatever the cache's size: only their reuse changes.
     """
-    if not any(name in os.environ for name in _ONEDNN_CACHE_VARIABLES):
-        os.environ[_ONEDNN_CACHE_VARIABLES[0]] = str(ONEDNN_CACHE_CAPACITY)
+    global _capacity_set_here
+    name = _ONEDNN_CACHE_VARIABLES[0]
+    unset = not any(variable in os.environ
+                    for variable in _ONEDNN_CACHE_VARIABLES)
+    ours = (_capacity_set_here is not None
+            and os.environ.get(name) == _capacity_set_here
+            and _ONEDNN_CACHE_VARIABLES[1] not in os.environ)
+    if unset or (ours and int(_capacity_set_here) < capacity):
+        _capacity_set_here = str(capacity)
+        os.environ[name] = _capacity_set_here
 
 
 raise_onednn_cache_capacity()
