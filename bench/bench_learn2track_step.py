@@ -10,8 +10,8 @@ skip connection, no layer norm) and Adam as the trainer does, runs two
 warm-up steps, then times ``--repeats`` passes over the same batches in
 process CPU time (``time.process_time``: steady on a shared machine; run
 it at 1 torch thread), and in wall time (the measure at 2 threads or more,
-where spinning threads count as CPU time). A step is what the trainer does: forward, loss,
-backward, gradient norm, optimizer step, zero_grad.
+where spinning threads count as CPU time). A step is what the trainer
+does: forward, loss, backward, gradient norm, optimizer step, zero_grad.
 
 ``--device cuda`` runs the steps on the GPU and times them in wall time,
 synchronised at the end of each pass (``--stages`` is CPU only);
