@@ -388,7 +388,7 @@ def _resume(args, callbacks, lock):
     def load_checkpoint(trainer):
         trainer.load_checkpoint(state)
         if trainer.is_finished():
-            cleanup_distributed()
+            cleanup_distributed(trainer)
             raise ExperimentFinished(_finished_message(trainer,
                                                        experiment_dir))
 

@@ -167,7 +167,7 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
     """
     main = trainer.is_main_process
     if not trainer.interrupted_by:
-        cleanup_distributed()
+        cleanup_distributed(trainer)
         if main:
             print(done_message)
         return
@@ -179,5 +179,5 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
               f"{'job requeued; ' if requeued else ''}resume with: "
               f"{resume_command(experiments_path, experiment_name)}",
               file=sys.stderr, flush=True)
-    cleanup_distributed()
+    cleanup_distributed(trainer)
     sys.exit(EXIT_STATUS_INTERRUPTED)
