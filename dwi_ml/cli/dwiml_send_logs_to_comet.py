@@ -36,7 +36,7 @@ from dwi_ml.io_utils.script_args import (
     make_parser,
     parse_script_args,
 )
-from dwi_ml.monitoring.comet_logger import check_comet_workspace
+from dwi_ml.monitoring.comet_logger import add_logged_step, check_comet_workspace
 from dwi_ml.monitoring.comet_upload import (
     leave_out_logged,
     logs_to_send,
@@ -163,12 +163,9 @@ def _epoch_list(epochs):
     """Sorted epochs as ``0-3, 5``."""
     runs = []
     for epoch in epochs:
-        if runs and runs[-1][1] + 1 == epoch:
-            runs[-1][1] = epoch
-        else:
-            runs.append([epoch, epoch])
+        add_logged_step(runs, epoch)
     return ", ".join(str(first) if first == last else f"{first}-{last}"
-                     for first, last in runs)
+                     for first, last, _ in runs)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ vector by default, at ``normalize_targets``'s norm when set, the segment
 itself for targets left unscaled (the previous target, so that the L2
 loss measures the turn, not a difference of norms). It is a zero vector at
 the first point of a streamline, where there is none: there, the cosine
-loss is 1 and the L2 loss is the target's norm. ``skip_first_point`` leaves first points
-out. With EOS, the rows are the model's (one per point, the last one's
-target being "stop"): the rule's direction loss is 0 where the target is
-"stop", so its mean is comparable to the model's ``loss_direction``.
+loss is 1 and the L2 loss is the target's norm. ``skip_first_point``
+leaves first points out. With EOS, the rows are the model's (one per
+point, the last one's target being "stop"): the rule's direction loss is 0
+where the target is "stop", so its mean is comparable to the model's
+``loss_direction``.
 
 Only regression getters have such an output: the rule gives no
 probability, so the negative log-likelihood of the Gaussian, Fisher-von
@@ -101,19 +102,17 @@ def copy_previous_point_losses(direction_getter, streamlines,
 
 
 def _previous_as_targets(direction_getter, streamlines, targets, is_first):
-    """Each row's previous segment, scaled as the getter scales targets."""
-    if direction_getter.key == CosineRegressionDG.key:
-        # The cosine loss ignores norms.
-        return compute_previous_dirs(streamlines, 1, direction_getter.add_eos)
+    """Each row's previous segment, scaled as the getter scales targets
+    (the cosine loss ignores norms: unit vectors)."""
     norm = direction_getter.normalize_targets
-    if norm is None:
+    if norm is None and direction_getter.key != CosineRegressionDG.key:
         # Unscaled targets: the previous row's target, the segment itself.
         previous = torch.zeros_like(targets)
         previous[1:] = targets[:-1]
         previous[is_first] = 0
         return previous
     unit = compute_previous_dirs(streamlines, 1, direction_getter.add_eos)
-    return unit if norm == 1 else norm * unit
+    return unit if norm is None else norm * unit
 
 
 def copy_previous_losses(dataset, split, streamline_group, direction_getter,
