@@ -23,6 +23,12 @@ directions, length groups, each LSTM layer and layer norm, the direction
 getter; loss; backward; gradient norm; optimizer), ``--profile`` the
 ``torch.profiler`` table of one pass (backward per operation).
 
+``--lstm_only`` times the model's LSTM layers alone, forward and backward,
+on random blocks of each batch's length groups (the shapes the
+step runs), and prints their rate in GFLOP/s: the multiply-adds of the
+LSTM's products (8 x units x (inputs + units) a padded point and layer
+forward, twice that backward), the floor of a training step on this CPU.
+
     python bench/bench_learn2track_step.py /tmp/b17/syn.hdf5 --nb_batches 10 --repeats 3
     python bench/bench_learn2track_step.py FILE.hdf5 --device cuda --batch_size 1000 \
         --bf16 --profile
@@ -119,6 +125,43 @@ def _make_step(model, optimizer, times, validation, bf16, device_type):
     return valid_step if validation else train_step
 
 
+def _lstm_only_step(model, batches, args):
+    """A step that runs the model's LSTM layers alone, forward and
+    backward, on random blocks of the batch's length-group shapes; prints
+    the shapes' padded points and the LSTM's FLOPs a batch."""
+    from dwi_ml.models.length_groups import PaddedGroups
+    generator = torch.Generator().manual_seed(0)
+    blocks = {}
+    padded = points = 0
+    for batch in batches:
+        counts = torch.tensor([len(s) for s in batch[0]])
+        shapes = PaddedGroups(counts).shapes
+        blocks[id(batch)] = [torch.randn(
+            length, width, model.rnn.rnn_layers[0].input_size,
+            generator=generator, device=args.device)
+            for length, width in shapes]
+        padded += sum(length * width for length, width in shapes)
+        points += int(counts.sum())
+    flops = 3 * sum(8 * rnn.hidden_size * (rnn.input_size + rnn.hidden_size)
+                    for rnn in model.rnn.rnn_layers)
+    print(f"LSTM only: {points / len(batches):.0f} points, "
+          f"{padded / len(batches):.0f} padded points a batch "
+          f"({padded / points:.3f}x), {flops / 1e3:.1f} kFLOP a padded "
+          f"point forward and backward: "
+          f"{flops * padded / len(batches) / 1e9:.3f} GFLOP a batch")
+
+    def lstm_step(batch):
+        total = 0.
+        for block in blocks[id(batch)]:
+            outputs = model.rnn(block)[0]
+            outputs.sum().backward()
+            total += float(outputs.detach()[0, 0, 0])
+        model.zero_grad(set_to_none=True)
+        return total
+    lstm_step.gflop = flops * padded / len(batches) / 1e9
+    return lstm_step
+
+
 @script_entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -157,12 +200,18 @@ def main(argv=None):
                         help="Print the CPU time of each stage.")
     parser.add_argument("--profile", action="store_true",
                         help="Print torch.profiler's table of one pass.")
+    parser.add_argument("--lstm_only", action="store_true",
+                        help="Time the LSTM layers alone on the batches' "
+                             "length groups, with their GFLOP/s.")
     args = parser.parse_args(argv)
     check_inputs_exist(args.hdf5_file)
     torch.set_num_threads(args.nb_threads)
     on_gpu = args.device.startswith("cuda")
     if on_gpu and args.stages:
         parser.error("--stages: CPU only (it times each stage in CPU time)")
+    if args.lstm_only and (args.validation or args.stages or args.bf16):
+        parser.error("--lstm_only: a forward and backward in float32, "
+                     "without --validation, --stages or --bf16")
     if args.group_cost is not None:
         from dwi_ml.models import length_groups
         length_groups.default_group_cost = lambda device=None: args.group_cost
@@ -184,6 +233,8 @@ def main(argv=None):
         _time_stages(model, times)
     step = _make_step(model, optimizer, times, args.validation, args.bf16,
                       torch.device(args.device).type)
+    if args.lstm_only:
+        step = _lstm_only_step(model, batches, args)
     # On the GPU a pass is timed in wall time, synchronised at its end.
     clock = time.perf_counter if on_gpu else time.process_time
 
@@ -214,7 +265,9 @@ def main(argv=None):
         passes.append(clock() - start)
         walls.append(time.perf_counter() - wall_start)
     nb_points = sum(sum(len(s) for s in batch[1]) for batch in batches)
-    print(f"{'validation' if args.validation else 'training'} step, "
+    kind = ("LSTM layers only" if args.lstm_only else "validation step"
+            if args.validation else "training step")
+    print(f"{kind}, "
           f"{'reference' if args.reference_settings else 'our'} settings, "
           f"{args.nb_threads} thread(s), {args.device} "
           f"{'bf16' if args.bf16 else 'fp32'}, group cost "
@@ -225,6 +278,10 @@ def main(argv=None):
           + ("" if on_gpu else "; wall ms a batch " + " ".join(
               f"{1000 * t / len(batches):.1f}" for t in walls))
           + f" (last loss {loss:.6g})")
+    if args.lstm_only:
+        print("LSTM only, GFLOP/s " + " ".join(
+            f"{step.gflop * len(batches) / t:.0f}"
+            for t in (walls if args.nb_threads > 1 or on_gpu else passes)))
     if args.stages:
         # Nested: the forward's parts are inside "forward (all)".
         nb_steps = len(batches) * len(passes)
