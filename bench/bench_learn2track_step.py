@@ -27,7 +27,8 @@ getter; loss; backward; gradient norm; optimizer), ``--profile`` the
 on random blocks of each batch's length groups (the shapes the
 step runs), and prints their rate in GFLOP/s: the multiply-adds of the
 LSTM's products (8 x units x (inputs + units) a padded point and layer
-forward, twice that backward), the floor of a training step on this CPU.
+forward, twice that backward), the floor of a training step on this CPU,
+beside the rate of a large matrix product on the same device.
 
     python bench/bench_learn2track_step.py /tmp/b17/syn.hdf5 --nb_batches 10 --repeats 3
     python bench/bench_learn2track_step.py FILE.hdf5 --device cuda --batch_size 1000 \
@@ -162,6 +163,21 @@ def _lstm_only_step(model, batches, args):
     return lstm_step
 
 
+def _matmul_rate(device, clock, synchronize, size=2048, repeats=10):
+    """GFLOP/s of a float32 ``size`` x ``size`` matrix product: the
+    CPU's (or GPU's) rate on large products, to compare the LSTM's with."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device)
+            for _ in range(2))
+    a @ b
+    synchronize()
+    start = clock()
+    for _ in range(repeats):
+        a @ b
+    synchronize()
+    return 2 * size ** 3 * repeats / (clock() - start) / 1e9
+
+
 @script_entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -281,7 +297,9 @@ def main(argv=None):
     if args.lstm_only:
         print("LSTM only, GFLOP/s " + " ".join(
             f"{step.gflop * len(batches) / t:.0f}"
-            for t in (walls if args.nb_threads > 1 or on_gpu else passes)))
+            for t in (walls if args.nb_threads > 1 or on_gpu else passes))
+            + f"; a 2048 x 2048 matrix product, GFLOP/s "
+            f"{_matmul_rate(args.device, clock, synchronize):.0f}")
     if args.stages:
         # Nested: the forward's parts are inside "forward (all)".
         nb_steps = len(batches) * len(passes)
