@@ -3,10 +3,13 @@
 
 ``cost OUT``: the bundled example of ``dwiml_run_demo.py`` (3 synthetic
 subjects x 1000 streamlines, HDF5 at 2 mm, its Learn2track model), trained
-2 epochs with whole-subject tracking validation from 1000 seeds, then 2
-with generation validation; prints the epoch's training and validation
-time against the tracking time, from the run's own logs (wall), then the
-same in CPU time of this process (steadier on a shared machine).
+2 epochs (``--nb_epochs``) with whole-subject tracking validation from
+1000 seeds, then as many with generation validation; prints the epoch's
+training and validation time against the tracking time, from the run's
+own logs (wall), then the same in CPU time of this process (steadier on a
+shared machine). With ``--nb_streamlines N``, N streamlines a subject
+instead of 1000: the same 1000 seeds (or streamlines) tracked against a
+longer epoch.
 
 ``stages OUT``: the same example and runs as ``cost``; after training,
 the callback's tracking pass is run ``--repeats`` more times with each
@@ -221,10 +224,12 @@ def _train(experiments, name, hdf5_file, extra, callbacks=()):
             for f in os.listdir(logs_dir)}
 
 
-def _demo_hdf5(out):
-    """The bundled example's HDF5 (3 subjects x 1000 streamlines, 2 mm)."""
+def _demo_hdf5(out, nb_streamlines=1000):
+    """The bundled example's HDF5 (3 subjects x 1000 streamlines, 2 mm),
+    or with ``nb_streamlines`` a subject."""
     paths = make_synthetic_dataset(os.path.join(out, "synthetic"),
-                                   nb_subjects=3, nb_streamlines=1000, seed=0,
+                                   nb_subjects=3,
+                                   nb_streamlines=nb_streamlines, seed=0,
                                    overwrite=True)
     hdf5_file = os.path.join(out, "dataset.hdf5")
     create_hdf5_dataset(os.path.join(paths.out_folder, "dwi_ml_ready"),
@@ -234,18 +239,20 @@ def _demo_hdf5(out):
     return hdf5_file
 
 
-def cost(out):
-    """Tracking time vs one epoch on the bundled example."""
-    hdf5_file = _demo_hdf5(out)
+def cost(out, nb_streamlines=1000, nb_epochs=2):
+    """Tracking time vs one epoch on the bundled example (or its data
+    with ``nb_streamlines`` a subject: the same 1000 seeds against a
+    longer epoch)."""
+    hdf5_file = _demo_hdf5(out, nb_streamlines)
     experiments = os.path.join(out, "experiments")
     for name, extra in (("whole_subject", WHOLE_SUBJECT),
                         ("generation", GENERATION)):
         clock = CpuClock()
         logs = _train(experiments, name, hdf5_file,
                       ["--tracking_validation_every", "1", "--max_epochs",
-                       "2", *extra], callbacks=[clock])
+                       str(nb_epochs), *extra], callbacks=[clock])
         epoch = logs["train_time"] + logs["valid_time"]
-        for k in range(2):
+        for k in range(nb_epochs):
             print(f"{name} epoch {k}: train {logs['train_time'][k]:.2f} s, "
                   f"valid {logs['valid_time'][k]:.2f} s, tracking "
                   f"{logs['tracking_time'][k]:.2f} s "
@@ -316,21 +323,25 @@ def main(argv=None):
     parser.add_argument("what", choices=("cost", "stages", "proof"))
     parser.add_argument("out", help="Output folder: new or empty, or one "
                                     "this script wrote, replaced with -f.")
-    parser.add_argument("--nb_epochs", type=int, default=8,
-                        help="proof: epochs to train (default 8).")
+    parser.add_argument("--nb_epochs", type=int,
+                        help="Epochs to train (default: cost 2, proof 8).")
     parser.add_argument("--repeats", type=int, default=4,
                         help="stages: tracking passes timed after a first "
                              "one (default 4).")
+    parser.add_argument("--nb_streamlines", type=int, default=1000,
+                        help="cost: streamlines a subject (default 1000: "
+                             "the bundled example; more makes its epoch "
+                             "longer, the tracking the same).")
     parser.add_argument("-f", dest="overwrite", action="store_true",
                         help="Replace what this script wrote in OUT.")
     args = parser.parse_args(argv)
     prepare_out(args.out, args.overwrite, OWN_ENTRIES)
     if args.what == "cost":
-        cost(args.out)
+        cost(args.out, args.nb_streamlines, args.nb_epochs or 2)
     elif args.what == "stages":
         stages(args.out, args.repeats)
     else:
-        proof(args.out, args.nb_epochs)
+        proof(args.out, args.nb_epochs or 8)
 
 
 if __name__ == "__main__":
