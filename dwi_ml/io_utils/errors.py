@@ -172,7 +172,9 @@ def script_entry_point(main_fn):
                 if finished and argv is None and _run_as_its_script(
                         main_fn):
                     _say_when_stopped_after_the_end()
-                else:
+                elif signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+                    # An ignored SIGTERM is a stopped training run's, while
+                    # it exits with its status.
                     signal.signal(signal.SIGTERM, previous)
     return wrapper
 

@@ -105,10 +105,30 @@ def early_stop_signals_recorded():
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if signum not in _ignored_until_exit:
+                signal.signal(signum, handler)
         # run_ended stays: the launcher's recorder, given back here, said a
         # signal after the run's end "stops the run before its first batch".
         _early["signal"] = None
+
+
+def ignore_stop_signals(signals=STOP_SIGNALS):
+    """Ignore ``signals`` for the rest of the process: a run that stopped
+    (its checkpoint saved) or finished takes a second or more to exit
+    (torch's teardown), and a late stop signal must not turn its exit
+    status into a kill's (a SLURM requeue loop reads status 3). Only the
+    main thread can; elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in signals:
+        signal.signal(signum, signal.SIG_IGN)
+        _ignored_until_exit.add(signum)
+    # early_stop_signals_recorded and script_entry_point give the handlers
+    # back when main ends: they keep these ignored.
+
+
+# Signals that ignore_stop_signals ignored for the rest of the process.
+_ignored_until_exit = set()
 
 
 def _take_early_signal():

@@ -15,7 +15,12 @@ import sys
 
 from dwi_ml.io_utils.arg_checks import check_int, check_positive_float
 from dwi_ml.training.distributed import cleanup_distributed
-from dwi_ml.training.interruptions import EXIT_STATUS_INTERRUPTED, parse_duration
+from dwi_ml.training.interruptions import (
+    EXIT_STATUS_INTERRUPTED,
+    STOP_SIGNALS,
+    ignore_stop_signals,
+    parse_duration,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +175,11 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
         cleanup_distributed(trainer)
         if main:
             print(done_message)
+        # SIGTERM and Ctrl-C: the scripts' own word after the end (exit
+        # status 143 or 130, "its outputs are complete"); SIGUSR1, a
+        # cluster's warning, must not kill a finished run.
+        ignore_stop_signals([signum for signum in STOP_SIGNALS
+                             if signum.name == "SIGUSR1"])
         return
     # Said before leaving the process group: under torchrun, the first rank
     # to exit makes the launcher stop the others.
@@ -180,4 +190,7 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
               f"{resume_command(experiments_path, experiment_name)}",
               file=sys.stderr, flush=True)
     cleanup_distributed(trainer)
+    # The checkpoint is saved: a second signal while the process exits
+    # keeps status 3.
+    ignore_stop_signals()
     sys.exit(EXIT_STATUS_INTERRUPTED)
