@@ -36,14 +36,19 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 # oneDNN keeps its last 1024 kernels (primitives) by default. Training's
-# length groups meet a new (steps, sequences) shape at most RNN calls, each
-# shape takes some 4 - 6 entries (each layer's forward and backward), and a
-# new one costs ~0.7 ms a layer to build: a cache of 4096 keeps ~4x more
-# shapes, for ~60 KB each (bench/README.md, "oneDNN's kernel cache").
-ONEDNN_CACHE_CAPACITY = 4096
-# bfloat16 kernels take more entries: over an epoch's batches, 4096 held
-# too few of them and bf16 ran no faster than float32; with 16384, 20 %
-# faster (bench/README.md, "Group cost at 2 threads, and bf16").
+# length groups meet a new (steps, sequences) shape at most RNN calls, so
+# an LSTM kernel is seldom reused before it is evicted, and each one kept
+# pins heap memory between the batches' large tensors that glibc cannot
+# give back: with 1024 or 4096 entries, one epoch of 200 batches peaked
+# ~450 MiB higher than with 32, and 3 epochs of 300 batches ~1.4 GiB
+# higher, for more CPU, not less (bench/README.md, "Peak RSS of a CPU
+# epoch"). 32 entries still keep the weights' reorders, used at every call
+# (12 kernels for an LSTM [64, 64]).
+ONEDNN_CACHE_CAPACITY = 32
+# bfloat16 kernels cost more to build: over an epoch's batches, 4096
+# entries held too few of them and bf16 ran no faster than float32; with
+# 16384, 20 % faster (bench/README.md, "Group cost at 2 threads, and
+# bf16"); its memory was not measured against a small cache.
 ONEDNN_BF16_CACHE_CAPACITY = 16384
 _ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                            "DNNL_PRIMITIVE_CACHE_CAPACITY")
@@ -51,7 +56,7 @@ _ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
 _capacity_set_here = None
 
 
-def raise_onednn_cache_capacity(capacity=ONEDNN_CACHE_CAPACITY):
+def set_onednn_cache_capacity(capacity=ONEDNN_CACHE_CAPACITY):
     """Give oneDNN's kernel cache ``capacity`` entries, unless the
     environment sets its size (either of oneDNN's names); a size that this
     function set is raised, never lowered.
@@ -75,7 +80,7 @@ def raise_onednn_cache_capacity(capacity=ONEDNN_CACHE_CAPACITY):
         os.environ[name] = _capacity_set_here
 
 
-raise_onednn_cache_capacity()
+set_onednn_cache_capacity()
 
 RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 # Cell function of each RNN class: one time step of a layer,

@@ -39,7 +39,7 @@ from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.models.main_models import MainModelAbstract
 from dwi_ml.models.stacked_rnn import (
     ONEDNN_BF16_CACHE_CAPACITY,
-    raise_onednn_cache_capacity,
+    set_onednn_cache_capacity,
 )
 from dwi_ml.training.callbacks import (
     CallbackList,
@@ -226,7 +226,7 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=(
             mixed_precision == "fp16" and self.device.type == "cuda"))
         if mixed_precision == "bf16" and self.device.type == "cpu":
-            raise_onednn_cache_capacity(ONEDNN_BF16_CACHE_CAPACITY)
+            set_onednn_cache_capacity(ONEDNN_BF16_CACHE_CAPACITY)
         if mixed_precision == "fp16" and self.device.type != "cuda":
             logger.warning(
                 "mixed_precision fp16: CUDA only; this run on %s trains in "
