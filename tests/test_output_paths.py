@@ -344,3 +344,12 @@ def test_a_folder_of_experiments_is_not_an_experiment(tmp_path, data,
         "expected parameters.json with best_model/ or checkpoint/, found no "
         "parameters.json.")
     assert snapshot(tmp_path) == before
+    # An experiment that lost its parameters.json: its best_model/ (which
+    # holds one too) is not an experiment to give.
+    broken = experiments / "a_run"
+    os.remove(broken / "parameters.json")
+    assert os.path.isfile(broken / "best_model" / "parameters.json")
+    assert _error(evaluate_main, [str(broken), data["hdf5"]], capsys) == (
+        f"experiment '{broken}' is not a dwi_ml experiment folder: "
+        "expected parameters.json with best_model/ or checkpoint/, found no "
+        "parameters.json.")

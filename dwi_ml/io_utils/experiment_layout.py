@@ -51,10 +51,13 @@ def experiments_inside_hint(folder):
     """'; it holds the experiments 'A' and 'B': give one of them', naming at
     most two sub-folders of ``folder`` that have a ``parameters.json``
     (e.g. the experiments path given instead of one experiment); '' when
-    none has."""
+    none has. An experiment's own folders (``best_model/`` holds a
+    ``parameters.json`` too) are not experiments to give."""
     try:
         names = sorted(entry.name for entry in os.scandir(folder)
-                       if entry.is_dir() and os.path.isfile(
+                       if entry.is_dir()
+                       and entry.name not in EXPERIMENT_FOLDERS
+                       and os.path.isfile(
                            os.path.join(entry.path, PARAMETERS_FILE)))
     except OSError:
         return ""
