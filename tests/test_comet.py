@@ -473,3 +473,24 @@ def test_an_empty_comet_option_is_refused(option, tmp_path):
             "string")):
         make_comet_callback(comet_args([option, ""]), str(tmp_path / "exp"),
                             {})
+
+
+def test_comet_leaves_python_random_as_it_was(tiny_hdf5, tmp_path):
+    """Comet draws from Python's random (archive names, ids) when it logs
+    and ends: a run with Comet ended with another random state than the
+    same run without it, and a resumed run's checkpoint held another state
+    than an uninterrupted one's (a user callback drawing from random then
+    diverged)."""
+    states = []
+    for comet in (True, False):
+        folder = tmp_path / ("comet_run" if comet else "plain_run")
+        folder.mkdir()
+        random.seed(1234)
+        if comet:
+            train_offline(tiny_hdf5, folder, max_epochs=2, log_every=1)
+        else:
+            trainer = make_tiny_trainer(tiny_hdf5, folder, "exp", 2)
+            trainer.save_parameters()
+            trainer.train_and_validate()
+        states.append(random.getstate())
+    assert states[0] == states[1]

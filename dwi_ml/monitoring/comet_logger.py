@@ -217,7 +217,9 @@ def _python_random_from_entropy():
     Comet draws a resumed offline archive's name suffix (``KEY-XXXXXX.zip``)
     from ``random``, which a seeded run seeds: every first resume of an
     experiment (or of its copy) drew the same name, and one archive
-    replaced another. The run's own draws are left as they were.
+    replaced another. The run's own draws are left as they were: Comet's
+    other draws (as it logs and ends) had moved the run's state, so a run
+    with Comet, or resumed with it, ended in another state than without.
     """
     state = random.getstate()
     random.seed()
@@ -377,9 +379,12 @@ class CometCallback(Callback):
             self.experiment = None
 
     def _guarded(self, function, *args, **kwargs):
-        """Call ``function``; on any error, warn once and stop using Comet."""
+        """Call ``function``; on any error, warn once and stop using Comet.
+        Python's ``random`` is left as it was: Comet draws from it when it
+        logs and ends (see :func:`_python_random_from_entropy`)."""
         try:
-            function(*args, **kwargs)
+            with _python_random_from_entropy():
+                function(*args, **kwargs)
         except Exception as error:  # Comet must never stop a training run
             self.experiment = None
             logger.warning(
