@@ -45,39 +45,25 @@ from torch.nn.utils.rnn import PackedSequence
 # epoch"). 32 entries still keep the weights' reorders, used at every call
 # (12 kernels for an LSTM [64, 64]).
 ONEDNN_CACHE_CAPACITY = 32
-# bfloat16 kernels cost more to build: over an epoch's batches, 4096
-# entries held too few of them and bf16 ran no faster than float32; with
-# 16384, 20 % faster (bench/README.md, "Group cost at 2 threads, and
-# bf16"); its memory was not measured against a small cache.
-ONEDNN_BF16_CACHE_CAPACITY = 16384
+# bfloat16 kernels too: 16384 entries (session 32's choice for bf16) made
+# a bf16 epoch slower and 1.8 GiB higher than 32 (bench/README.md, "Peak
+# RSS of a CPU epoch").
 _ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                            "DNNL_PRIMITIVE_CACHE_CAPACITY")
-# The value this module gave the variable (None: none; the user's stays).
-_capacity_set_here = None
 
 
 def set_onednn_cache_capacity(capacity=ONEDNN_CACHE_CAPACITY):
     """Give oneDNN's kernel cache ``capacity`` entries, unless the
-    environment sets its size (either of oneDNN's names); a size that this
-    function set is raised, never lowered.
+    environment sets its size (either of oneDNN's names).
 
     oneDNN reads the variable when it builds its first kernel: this runs
-    when this module is imported, before any RNN of dwi_ml runs, and a
-    bf16 training run on the CPU raises it to
-    :data:`ONEDNN_BF16_CACHE_CAPACITY` before its first step (later in a
+    when this module is imported, before any RNN of dwi_ml runs (later in a
     process that already ran an RNN, it changes nothing). Kernels are the
     same whatever the cache's size: only their reuse changes.
     """
-    global _capacity_set_here
-    name = _ONEDNN_CACHE_VARIABLES[0]
-    unset = not any(variable in os.environ
-                    for variable in _ONEDNN_CACHE_VARIABLES)
-    ours = (_capacity_set_here is not None
-            and os.environ.get(name) == _capacity_set_here
-            and _ONEDNN_CACHE_VARIABLES[1] not in os.environ)
-    if unset or (ours and int(_capacity_set_here) < capacity):
-        _capacity_set_here = str(capacity)
-        os.environ[name] = _capacity_set_here
+    if not any(variable in os.environ
+               for variable in _ONEDNN_CACHE_VARIABLES):
+        os.environ[_ONEDNN_CACHE_VARIABLES[0]] = str(capacity)
 
 
 set_onednn_cache_capacity()

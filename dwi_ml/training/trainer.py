@@ -37,10 +37,6 @@ from dwi_ml.data.splits import Split
 from dwi_ml.io_utils.errors import DwiMLUserError, count_of
 from dwi_ml.io_utils.experiment_layout import LOGS_DIR
 from dwi_ml.models.main_models import MainModelAbstract
-from dwi_ml.models.stacked_rnn import (
-    ONEDNN_BF16_CACHE_CAPACITY,
-    set_onednn_cache_capacity,
-)
 from dwi_ml.training.callbacks import (
     CallbackList,
     EpochSummaryCallback,
@@ -225,8 +221,6 @@ class DWIMLAbstractTrainer(TrainerOptimization, TrainerCheckpointing,
             self.optimizer, max_epochs, self._updates_per_epoch())
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=(
             mixed_precision == "fp16" and self.device.type == "cuda"))
-        if mixed_precision == "bf16" and self.device.type == "cpu":
-            set_onednn_cache_capacity(ONEDNN_BF16_CACHE_CAPACITY)
         if mixed_precision == "fp16" and self.device.type != "cuda":
             logger.warning(
                 "mixed_precision fp16: CUDA only; this run on %s trains in "
