@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from dwi_ml.io_utils.arg_checks import check_int, check_positive_float
+from dwi_ml.launcher import RECORDING_SCRIPTS
 from dwi_ml.training.distributed import cleanup_distributed
 from dwi_ml.training.interruptions import (
     EXIT_STATUS_INTERRUPTED,
@@ -178,8 +179,9 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
         # SIGTERM and Ctrl-C: the scripts' own word after the end (exit
         # status 143 or 130, "its outputs are complete"); SIGUSR1, a
         # cluster's warning, must not kill a finished run.
-        ignore_stop_signals([signum for signum in STOP_SIGNALS
-                             if signum.name == "SIGUSR1"])
+        if _process_ends_with_the_run():
+            ignore_stop_signals([signum for signum in STOP_SIGNALS
+                                 if signum.name == "SIGUSR1"])
         return
     # Said before leaving the process group: under torchrun, the first rank
     # to exit makes the launcher stop the others.
@@ -192,5 +194,15 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
     cleanup_distributed(trainer)
     # The checkpoint is saved: a second signal while the process exits
     # keeps status 3.
-    ignore_stop_signals()
+    if _process_ends_with_the_run():
+        ignore_stop_signals()
     sys.exit(EXIT_STATUS_INTERRUPTED)
+
+
+def _process_ends_with_the_run():
+    """Whether this process runs a training script itself (its command,
+    its scripts_python/ file or ``python -m``), so that it exits once the
+    run has ended. A program that called the script's main (a notebook, a
+    test) keeps its signal handlers: Ctrl-C must still interrupt it."""
+    stem = os.path.splitext(os.path.basename(sys.argv[0] or ""))[0]
+    return stem in RECORDING_SCRIPTS
