@@ -24,8 +24,8 @@ getter; loss; backward; gradient norm; optimizer), ``--profile`` the
 ``torch.profiler`` table of one pass (backward per operation).
 
 ``--lstm_only`` times the model's LSTM layers alone, forward and backward,
-on random blocks of each batch's length groups (the shapes the
-step runs), and prints their rate in GFLOP/s: the multiply-adds of the
+on random blocks of each batch's length groups (the shapes the step
+runs), and prints their rate in GFLOP/s: the multiply-adds of the
 LSTM's products (8 x units x (inputs + units) a padded point and layer
 forward, twice that backward), the floor of a training step on this CPU,
 beside the rate of a large matrix product on the same device.
@@ -145,11 +145,11 @@ def _lstm_only_step(model, batches, args):
         points += int(counts.sum())
     flops = 3 * sum(8 * rnn.hidden_size * (rnn.input_size + rnn.hidden_size)
                     for rnn in model.rnn.rnn_layers)
+    gflop = flops * padded / len(batches) / 1e9
     print(f"LSTM only: {points / len(batches):.0f} points, "
           f"{padded / len(batches):.0f} padded points a batch "
           f"({padded / points:.3f}x), {flops / 1e3:.1f} kFLOP a padded "
-          f"point forward and backward: "
-          f"{flops * padded / len(batches) / 1e9:.3f} GFLOP a batch")
+          f"point forward and backward: {gflop:.3f} GFLOP a batch")
 
     def lstm_step(batch):
         total = 0.
@@ -159,7 +159,7 @@ def _lstm_only_step(model, batches, args):
             total += float(outputs.detach()[0, 0, 0])
         model.zero_grad(set_to_none=True)
         return total
-    lstm_step.gflop = flops * padded / len(batches) / 1e9
+    lstm_step.gflop = gflop
     return lstm_step
 
 

@@ -183,9 +183,18 @@ def _run_as_its_script(main_fn):
     """Whether the process runs ``main_fn``'s own script (its command, its
     scripts_python/ file or ``python -m``), not a program that called it:
     only then does the process end with it."""
-    def stem(path):
-        return os.path.splitext(os.path.basename(path))[0]
-    return stem(sys.argv[0]) == stem(main_fn.__code__.co_filename)
+    return running_script() == _stem(main_fn.__code__.co_filename)
+
+
+def running_script():
+    """The name (no folder, no extension) of the script this process runs:
+    a script's command, its scripts_python/ file and ``python -m`` give the
+    same; ``''`` for ``python -c`` or an interactive interpreter."""
+    return _stem(sys.argv[0] or "")
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _say_when_stopped_after_the_end():

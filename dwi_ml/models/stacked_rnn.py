@@ -43,11 +43,9 @@ from torch.nn.utils.rnn import PackedSequence
 # ~450 MiB higher than with 32, and 3 epochs of 300 batches ~1.4 GiB
 # higher, for more CPU, not less (bench/README.md, "Peak RSS of a CPU
 # epoch"). 32 entries still keep the weights' reorders, used at every call
-# (12 kernels for an LSTM [64, 64]).
+# (12 kernels for an LSTM [64, 64]). bfloat16 runs too: with 16384
+# entries a bf16 epoch took longer and peaked 1.8 GiB higher.
 ONEDNN_CACHE_CAPACITY = 32
-# bfloat16 kernels too: 16384 entries (session 32's choice for bf16) made
-# a bf16 epoch slower and 1.8 GiB higher than 32 (bench/README.md, "Peak
-# RSS of a CPU epoch").
 _ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                            "DNNL_PRIMITIVE_CACHE_CAPACITY")
 

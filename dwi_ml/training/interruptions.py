@@ -105,7 +105,8 @@ def early_stop_signals_recorded():
         yield
     finally:
         for signum, handler in previous.items():
-            if signum not in _ignored_until_exit:
+            # Ignored by ignore_stop_signals: kept so while the run exits.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, handler)
         # run_ended stays: the launcher's recorder, given back here, said a
         # signal after the run's end "stops the run before its first batch".
@@ -122,13 +123,8 @@ def ignore_stop_signals(signals=STOP_SIGNALS):
         return
     for signum in signals:
         signal.signal(signum, signal.SIG_IGN)
-        _ignored_until_exit.add(signum)
     # early_stop_signals_recorded and script_entry_point give the handlers
-    # back when main ends: they keep these ignored.
-
-
-# Signals that ignore_stop_signals ignored for the rest of the process.
-_ignored_until_exit = set()
+    # back when main ends: they keep an ignored one.
 
 
 def _take_early_signal():

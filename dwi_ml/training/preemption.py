@@ -10,15 +10,16 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
 from dwi_ml.io_utils.arg_checks import check_int, check_positive_float
+from dwi_ml.io_utils.errors import running_script
 from dwi_ml.launcher import RECORDING_SCRIPTS
 from dwi_ml.training.distributed import cleanup_distributed
 from dwi_ml.training.interruptions import (
     EXIT_STATUS_INTERRUPTED,
-    STOP_SIGNALS,
     ignore_stop_signals,
     parse_duration,
 )
@@ -180,8 +181,7 @@ def end_run(trainer, experiments_path, experiment_name, done_message,
         # status 143 or 130, "its outputs are complete"); SIGUSR1, a
         # cluster's warning, must not kill a finished run.
         if _process_ends_with_the_run():
-            ignore_stop_signals([signum for signum in STOP_SIGNALS
-                                 if signum.name == "SIGUSR1"])
+            ignore_stop_signals([signal.SIGUSR1])
         return
     # Said before leaving the process group: under torchrun, the first rank
     # to exit makes the launcher stop the others.
@@ -204,5 +204,4 @@ def _process_ends_with_the_run():
     its scripts_python/ file or ``python -m``), so that it exits once the
     run has ended. A program that called the script's main (a notebook, a
     test) keeps its signal handlers: Ctrl-C must still interrupt it."""
-    stem = os.path.splitext(os.path.basename(sys.argv[0] or ""))[0]
-    return stem in RECORDING_SCRIPTS
+    return running_script() in RECORDING_SCRIPTS
